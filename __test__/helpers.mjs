@@ -1,0 +1,58 @@
+// Shared set-up for the JS tests: a temp folder, a stand-in API server, and a manager whose CLI
+// runs offline against it with its own CLAUDE_CONFIG_DIR.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { createRequire } from 'node:module'
+
+const require = createRequire(import.meta.url)
+export const addon = require('../index.js')
+export const { startStandInServer } = require('../testing/index.js')
+
+export function tempDir(prefix = 'csm-') {
+  return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))
+}
+
+/** A manager over a fresh database; `server` is optional. */
+export function makeManager({ server, dir = tempDir(), ...options } = {}) {
+  const configDir = path.join(dir, 'claude-config')
+  fs.mkdirSync(configDir, { recursive: true })
+  const work = path.join(dir, 'work')
+  fs.mkdirSync(work, { recursive: true })
+  const manager = new addon.SessionManager({
+    databasePath: path.join(dir, 'sessions.db'),
+    workingDirectory: work,
+    env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },
+    ...options,
+  })
+  return { manager, dir, work, configDir }
+}
+
+/** Expects a promise (or function) to reject with an Error carrying `code`. */
+export async function rejectsWith(t, fnOrPromise, code, messagePart, label = '') {
+  try {
+    await (typeof fnOrPromise === 'function' ? fnOrPromise() : fnOrPromise)
+  } catch (e) {
+    t.assert.ok(e instanceof Error, `not an Error: ${e}`)
+    t.assert.strictEqual(e.code, code, `${label} expected ${code}, got ${e.code}: ${e.message}`)
+    if (messagePart) t.assert.match(e.message, messagePart)
+    return e
+  }
+  t.assert.fail(`${label} expected a rejection with ${code}`)
+}
+
+/** Processes whose command line mentions `needle` (e.g. a session id in the CLI's argv). */
+export function processesMentioning(needle) {
+  const found = []
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+      if (cmd.includes(needle) && !/\) Z /.test(stat)) found.push(Number(pid))
+    } catch {}
+  }
+  return found
+}
+
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/

@@ -1,0 +1,619 @@
+//! Driving the `claude` CLI: finding the binary, building argv from validated values, the child's
+//! environment, spawning it in its own process group (without a shell, prompt on stdin), reading
+//! its stream, and stopping the whole group on abort, timeout or stall.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::Usage;
+use crate::stream::{self, ContextTracker, Kind, Line, ResultLine};
+
+/// A cancellation flag that can be awaited. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<(AtomicBool, Notify)>);
+
+impl CancelToken {
+  pub fn new() -> Self {
+    Self::default()
+  }
+  pub fn cancel(&self) {
+    self.0 .0.store(true, Ordering::SeqCst);
+    self.0 .1.notify_waiters();
+  }
+  pub fn is_cancelled(&self) -> bool {
+    self.0 .0.load(Ordering::SeqCst)
+  }
+  pub async fn cancelled(&self) {
+    loop {
+      let notified = self.0 .1.notified();
+      if self.is_cancelled() {
+        return;
+      }
+      notified.await;
+    }
+  }
+}
+
+// ---- finding the binary -----------------------------------------------------------------
+
+fn platform_package() -> Option<&'static str> {
+  match (std::env::consts::OS, std::env::consts::ARCH) {
+    ("linux", "x86_64") => Some("claude-code-linux-x64"),
+    ("linux", "aarch64") => Some("claude-code-linux-arm64"),
+    ("macos", "x86_64") => Some("claude-code-darwin-x64"),
+    ("macos", "aarch64") => Some("claude-code-darwin-arm64"),
+    ("windows", "x86_64") => Some("claude-code-win32-x64"),
+    ("windows", "aarch64") => Some("claude-code-win32-arm64"),
+    _ => None,
+  }
+}
+
+fn is_executable(p: &Path) -> bool {
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0 && m.len() > 0).unwrap_or(false)
+  }
+  #[cfg(not(unix))]
+  {
+    p.is_file()
+  }
+}
+
+/// The `claude` binary of the `@anthropic-ai/claude-code` npm package installed in a
+/// `node_modules` at or above `dir`.
+fn from_node_modules(dir: &Path) -> Option<PathBuf> {
+  let exe = if cfg!(windows) { "claude.exe" } else { "claude" };
+  for base in dir.ancestors() {
+    let nm = base.join("node_modules").join("@anthropic-ai");
+    if !nm.is_dir() {
+      continue;
+    }
+    let mut candidates = vec![nm.join("claude-code").join("bin").join("claude.exe")];
+    if let Some(pkg) = platform_package() {
+      candidates.push(nm.join(pkg).join(exe));
+      candidates.push(nm.join(format!("{pkg}-musl")).join(exe));
+    }
+    if let Some(found) = candidates.into_iter().find(|c| is_executable(c)) {
+      return Some(found);
+    }
+  }
+  None
+}
+
+fn from_path(path_var: Option<OsString>) -> Option<PathBuf> {
+  let names: &[&str] = if cfg!(windows) { &["claude.exe", "claude.cmd"] } else { &["claude"] };
+  std::env::split_paths(&path_var?).flat_map(|d| names.iter().map(move |n| d.join(n))).find(|p| is_executable(p))
+}
+
+/// Resolves the CLI: the `claudePath` option, then `CLAUDE_PATH`, then the npm package
+/// `@anthropic-ai/claude-code` under `search_dirs`, then `PATH`.
+pub fn resolve_cli(explicit: Option<&str>, search_dirs: &[PathBuf]) -> Result<PathBuf> {
+  let hint = "install it with `npm install @anthropic-ai/claude-code`, or pass the `claudePath` option / set CLAUDE_PATH";
+  if let Some(p) = explicit.map(str::to_owned).or_else(|| std::env::var("CLAUDE_PATH").ok().filter(|s| !s.is_empty())) {
+    let pb = PathBuf::from(&p);
+    return if is_executable(&pb) {
+      Ok(pb)
+    } else {
+      Err(Error::new(ErrorCode::CliNotFound, format!("the claude CLI at {p} is missing or not executable; {hint}")))
+    };
+  }
+  search_dirs
+    .iter()
+    .find_map(|d| from_node_modules(d))
+    .or_else(|| from_path(std::env::var_os("PATH")))
+    .ok_or_else(|| Error::new(ErrorCode::CliNotFound, format!("the claude CLI was not found; {hint}")))
+}
+
+// ---- argv and environment ---------------------------------------------------------------
+
+/// How the CLI is to pick up the session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionMode {
+  /// A session the CLI has not seen: `--session-id`.
+  New(String),
+  /// `--resume`.
+  Resume(String),
+  /// `--resume <parent> --fork-session --session-id <child>`.
+  Fork { parent: String, child: String },
+}
+
+/// Validated flag values of one CLI run.
+#[derive(Debug, Clone, Default)]
+pub struct CliArgs {
+  pub session: Option<SessionMode>,
+  pub model: Option<String>,
+  pub max_turns: Option<u64>,
+  pub allowed_tools: Vec<String>,
+  pub disallowed_tools: Vec<String>,
+  pub permission_mode: Option<String>,
+  pub append_system_prompt: Option<String>,
+  pub max_budget_usd: Option<f64>,
+  pub fallback_model: Option<String>,
+}
+
+/// Builds argv. Every value travels as `--flag=value`, so no value can become a flag of its own.
+pub fn build_args(a: &CliArgs) -> Vec<String> {
+  let mut v: Vec<String> =
+    ["-p", "--output-format=stream-json", "--verbose", "--include-partial-messages"].iter().map(|s| s.to_string()).collect();
+  match &a.session {
+    Some(SessionMode::New(id)) => v.push(format!("--session-id={id}")),
+    Some(SessionMode::Resume(id)) => v.push(format!("--resume={id}")),
+    Some(SessionMode::Fork { parent, child }) => {
+      v.push(format!("--resume={parent}"));
+      v.push("--fork-session".into());
+      v.push(format!("--session-id={child}"));
+    }
+    None => {}
+  }
+  if let Some(m) = &a.model {
+    v.push(format!("--model={m}"));
+  }
+  if let Some(n) = a.max_turns {
+    v.push(format!("--max-turns={n}"));
+  }
+  for t in &a.allowed_tools {
+    v.push(format!("--allowedTools={t}"));
+  }
+  for t in &a.disallowed_tools {
+    v.push(format!("--disallowedTools={t}"));
+  }
+  if let Some(m) = &a.permission_mode {
+    v.push(format!("--permission-mode={m}"));
+  }
+  if let Some(s) = &a.append_system_prompt {
+    v.push(format!("--append-system-prompt={s}"));
+  }
+  if let Some(b) = a.max_budget_usd {
+    v.push(format!("--max-budget-usd={b}"));
+  }
+  if let Some(m) = &a.fallback_model {
+    v.push(format!("--fallback-model={m}"));
+  }
+  v
+}
+
+const ENV_NAMES: &[&str] = &[
+  "HOME", "PATH", "USER", "LOGNAME", "SHELL", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ", "TERM",
+  "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+  "http_proxy", "https_proxy", "no_proxy", "all_proxy", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
+  "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "SystemRoot", "SYSTEMROOT", "ComSpec", "APPDATA", "LOCALAPPDATA",
+  "USERPROFILE", "PATHEXT", "CLAUDE_CONFIG_DIR", "API_TIMEOUT_MS", "BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS",
+  "MAX_THINKING_TOKENS", "MCP_TIMEOUT", "MCP_TOOL_TIMEOUT", "DISABLE_AUTOUPDATER", "DISABLE_TELEMETRY",
+  "DISABLE_ERROR_REPORTING", "DISABLE_COST_WARNINGS",
+];
+const ENV_PREFIXES: &[&str] = &["LC_", "ANTHROPIC_", "CLAUDE_CODE_"];
+
+/// The child's environment: only what the CLI needs from `parent` (API key and base URL, proxy,
+/// `HOME`, `PATH`, `CLAUDE_CONFIG_DIR`, `CLAUDE_CODE_*`, cloud-provider credentials only when that
+/// provider is switched on), then `extra` on top. Other server secrets do not pass.
+pub fn child_env(parent: impl IntoIterator<Item = (String, String)>, extra: &[(String, String)]) -> Vec<(String, String)> {
+  let parent: Vec<(String, String)> = parent.into_iter().collect();
+  let on = |name: &str| {
+    parent.iter().chain(extra.iter()).any(|(k, v)| k == name && !v.is_empty() && v != "0" && v != "false")
+  };
+  let bedrock = on("CLAUDE_CODE_USE_BEDROCK");
+  let vertex = on("CLAUDE_CODE_USE_VERTEX");
+  let mut out: Vec<(String, String)> = parent
+    .into_iter()
+    .filter(|(k, _)| {
+      ENV_NAMES.contains(&k.as_str())
+        || ENV_PREFIXES.iter().any(|p| k.starts_with(p))
+        || (bedrock && k.starts_with("AWS_"))
+        || (vertex && (k.starts_with("VERTEX_") || k == "CLOUD_ML_REGION" || k == "GOOGLE_APPLICATION_CREDENTIALS"))
+    })
+    .collect();
+  for (k, v) in extra {
+    out.retain(|(ok, _)| ok != k);
+    out.push((k.clone(), v.clone()));
+  }
+  out
+}
+
+// ---- running --------------------------------------------------------------------------------
+
+/// Everything needed to start one CLI process.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+  pub program: PathBuf,
+  pub args: Vec<String>,
+  pub cwd: PathBuf,
+  pub env: Vec<(String, String)>,
+  pub stdin: String,
+  /// Whole-run limit.
+  pub timeout: Option<Duration>,
+  /// Limit on silence: no stdout line for this long stops the run.
+  pub stall_timeout: Option<Duration>,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+  Exited,
+  Aborted,
+  TimedOut,
+  Stalled,
+}
+
+/// A compaction the CLI reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactEvent {
+  pub trigger: String,
+  pub pre_tokens: Option<u64>,
+  pub post_tokens: Option<u64>,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+  pub reason: EndReason,
+  pub exit_code: Option<i32>,
+  pub signal: Option<i32>,
+  pub stderr_tail: String,
+  pub result: Option<ResultLine>,
+  pub cli_version: Option<String>,
+  pub model: Option<String>,
+  /// Usage of the last main-chain API call: the context size after the task.
+  pub context: Option<Usage>,
+  pub compactions: Vec<CompactEvent>,
+  pub compact_errors: Vec<String>,
+  /// Lines that were not JSON objects, each cut to 200 characters.
+  pub malformed: Vec<String>,
+  pub pid: Option<u32>,
+  pub elapsed: Duration,
+}
+
+const STDERR_TAIL: usize = 4096;
+const KILL_GRACE: Duration = Duration::from_millis(400);
+
+fn kill_group(pgid: u32, sig: i32) {
+  #[cfg(unix)]
+  unsafe {
+    libc::killpg(pgid as libc::pid_t, sig);
+  }
+  #[cfg(not(unix))]
+  let _ = (pgid, sig);
+}
+
+/// Whether a process with this pid exists on this host.
+pub fn pid_alive(pid: u32) -> bool {
+  #[cfg(unix)]
+  unsafe {
+    libc::kill(pid as libc::pid_t, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+  }
+  #[cfg(not(unix))]
+  {
+    let _ = pid;
+    true
+  }
+}
+
+/// Stops the child's whole process group: SIGTERM, a short grace, then SIGKILL.
+async fn stop_group(child: &mut Child, pgid: Option<u32>) {
+  #[cfg(unix)]
+  if let Some(pg) = pgid {
+    kill_group(pg, libc::SIGTERM);
+    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+      kill_group(pg, libc::SIGKILL);
+    }
+    // Whatever the CLI started (tools, shells) goes too.
+    kill_group(pg, libc::SIGKILL);
+  }
+  let _ = child.start_kill();
+  let _ = child.wait().await;
+}
+
+fn spawn(spec: &RunSpec) -> Result<Child> {
+  let mut cmd = Command::new(&spec.program);
+  cmd
+    .args(&spec.args)
+    .current_dir(&spec.cwd)
+    .env_clear()
+    .envs(spec.env.iter().map(|(k, v)| (k, v)))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+  #[cfg(unix)]
+  {
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    unsafe {
+      let parent = libc::getpid();
+      cmd.pre_exec(move || {
+        // Die with the Node process, even when it is killed with SIGKILL.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+          return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+          libc::_exit(1);
+        }
+        Ok(())
+      });
+    }
+  }
+  cmd.spawn().map_err(|e| {
+    if e.kind() == std::io::ErrorKind::NotFound && !spec.cwd.is_dir() {
+      Error::invalid(format!("the working directory {} does not exist", spec.cwd.display()))
+    } else if e.kind() == std::io::ErrorKind::NotFound {
+      Error::new(ErrorCode::CliNotFound, format!("cannot start {}: {e}", spec.program.display()))
+    } else {
+      Error::new(ErrorCode::CliError, format!("cannot start {}: {e}", spec.program.display()))
+    }
+  })
+}
+
+/// Runs the CLI to its end (or until cancelled, timed out or stalled), calling `on_line` for every
+/// parsed line as it arrives. The child's process group is gone when this returns.
+pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&Line)) -> Result<RunOutcome> {
+  if !spec.cwd.is_dir() {
+    return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
+  }
+  let started = Instant::now();
+  let mut child = spawn(spec)?;
+  let pid = child.id();
+  let pgid = pid; // process_group(0): the group id is the child's pid.
+
+  let mut stdin = child.stdin.take().ok_or_else(|| Error::internal("child stdin missing"))?;
+  let prompt = spec.stdin.clone();
+  let writer = tokio::spawn(async move {
+    let _ = stdin.write_all(prompt.as_bytes()).await;
+    let _ = stdin.shutdown().await;
+  });
+  let mut stderr = child.stderr.take().ok_or_else(|| Error::internal("child stderr missing"))?;
+  let err_reader = tokio::spawn(async move {
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(STDERR_TAIL);
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stderr.read(&mut buf).await {
+      if n == 0 {
+        break;
+      }
+      for b in &buf[..n] {
+        if tail.len() == STDERR_TAIL {
+          tail.pop_front();
+        }
+        tail.push_back(*b);
+      }
+    }
+    String::from_utf8_lossy(&tail.into_iter().collect::<Vec<u8>>()).into_owned()
+  });
+  let stdout = child.stdout.take().ok_or_else(|| Error::internal("child stdout missing"))?;
+  let mut reader = BufReader::new(stdout);
+
+  let mut out = RunOutcome {
+    reason: EndReason::Exited,
+    exit_code: None,
+    signal: None,
+    stderr_tail: String::new(),
+    result: None,
+    cli_version: None,
+    model: None,
+    context: None,
+    compactions: Vec::new(),
+    compact_errors: Vec::new(),
+    malformed: Vec::new(),
+    pid,
+    elapsed: Duration::ZERO,
+  };
+  let mut tracker = ContextTracker::default();
+  let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
+  let far = Duration::from_secs(60 * 60 * 24 * 365);
+  let mut buf = Vec::with_capacity(8192);
+  let mut stopped = false;
+
+  loop {
+    buf.clear();
+    let until_deadline = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())).unwrap_or(far);
+    let stall = spec.stall_timeout.unwrap_or(far);
+    tokio::select! {
+      read = reader.read_until(b'\n', &mut buf) => {
+        match read {
+          Ok(0) | Err(_) => break,
+          Ok(_) => {
+            let text = String::from_utf8_lossy(&buf);
+            if text.trim().is_empty() { continue; }
+            match stream::parse_line(&text) {
+              Ok(line) => {
+                tracker.observe(&line.kind);
+                match &line.kind {
+                  Kind::Init { cli_version, model, .. } => {
+                    out.cli_version = cli_version.clone().or(out.cli_version.take());
+                    out.model = model.clone().or(out.model.take());
+                  }
+                  Kind::CompactBoundary { trigger, pre_tokens, post_tokens } => out.compactions.push(CompactEvent {
+                    trigger: trigger.clone(), pre_tokens: *pre_tokens, post_tokens: *post_tokens,
+                  }),
+                  Kind::Status { compact_error: Some(e), .. } => out.compact_errors.push(e.clone()),
+                  Kind::Result(r) => out.result = Some((**r).clone()),
+                  _ => {}
+                }
+                on_line(&line);
+              }
+              Err(why) => {
+                let shown: String = text.trim().chars().take(200).collect();
+                out.malformed.push(format!("{why}: {shown}"));
+              }
+            }
+          }
+        }
+      }
+      _ = cancel.cancelled() => { out.reason = EndReason::Aborted; stopped = true; break; }
+      _ = tokio::time::sleep(until_deadline) => { out.reason = EndReason::TimedOut; stopped = true; break; }
+      _ = tokio::time::sleep(stall) => { out.reason = EndReason::Stalled; stopped = true; break; }
+    }
+  }
+
+  if stopped {
+    stop_group(&mut child, pgid).await;
+  } else {
+    // stdout closed: the CLI is done or dying. Give it a moment to exit, then make sure.
+    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+      Ok(_) => {
+        if let Some(pg) = pgid {
+          #[cfg(unix)]
+          kill_group(pg, libc::SIGKILL);
+        }
+      }
+      Err(_) => stop_group(&mut child, pgid).await,
+    }
+  }
+  writer.abort();
+  if let Ok(Some(status)) = child.try_wait() {
+    out.exit_code = status.code();
+    #[cfg(unix)]
+    {
+      use std::os::unix::process::ExitStatusExt;
+      out.signal = status.signal();
+    }
+  }
+  out.stderr_tail = tokio::time::timeout(Duration::from_secs(2), err_reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+  out.context = tracker.last();
+  out.elapsed = started.elapsed();
+  Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn argv_keeps_values_attached_to_their_flags() {
+    let a = CliArgs {
+      session: Some(SessionMode::Fork { parent: "p".into(), child: "c".into() }),
+      model: Some("--dangerously-skip-permissions".into()),
+      allowed_tools: vec!["Bash(git log:*)".into(), "-x".into()],
+      append_system_prompt: Some("--help me".into()),
+      ..Default::default()
+    };
+    let v = build_args(&a);
+    assert!(v.contains(&"--model=--dangerously-skip-permissions".to_string()));
+    assert!(v.contains(&"--allowedTools=Bash(git log:*)".to_string()));
+    assert!(v.contains(&"--allowedTools=-x".to_string()));
+    assert!(v.contains(&"--append-system-prompt=--help me".to_string()));
+    assert_eq!(v.iter().filter(|s| s.as_str() == "--dangerously-skip-permissions").count(), 0);
+    let i = v.iter().position(|s| s == "--resume=p").unwrap();
+    assert_eq!(v[i + 1], "--fork-session");
+    assert_eq!(v[i + 2], "--session-id=c");
+  }
+
+  #[test]
+  fn env_passes_what_the_cli_needs_and_nothing_else() {
+    let parent = [
+      ("PATH", "/bin"),
+      ("HOME", "/root"),
+      ("ANTHROPIC_API_KEY", "k"),
+      ("DATABASE_URL", "postgres://secret"),
+      ("AWS_SECRET_ACCESS_KEY", "aws"),
+      ("CLAUDE_CODE_MAX_RETRIES", "0"),
+      ("LC_ALL", "C"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let env = child_env(parent.clone(), &[("ANTHROPIC_API_KEY".into(), "override".into())]);
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("PATH"), Some("/bin"));
+    assert_eq!(get("ANTHROPIC_API_KEY"), Some("override"));
+    assert_eq!(get("CLAUDE_CODE_MAX_RETRIES"), Some("0"));
+    assert_eq!(get("LC_ALL"), Some("C"));
+    assert_eq!(get("DATABASE_URL"), None);
+    assert_eq!(get("AWS_SECRET_ACCESS_KEY"), None);
+    let env = child_env(parent, &[("CLAUDE_CODE_USE_BEDROCK".into(), "1".into())]);
+    assert!(env.iter().any(|(k, _)| k == "AWS_SECRET_ACCESS_KEY"));
+  }
+
+  #[test]
+  fn explicit_cli_path_must_exist() {
+    let e = resolve_cli(Some("/nonexistent/claude"), &[]).unwrap_err();
+    assert_eq!(e.code, ErrorCode::CliNotFound);
+    assert!(e.message.contains("npm install @anthropic-ai/claude-code"));
+  }
+
+  /// A stand-in CLI (a shell script) reaches what the real one cannot show on demand: garbage
+  /// output, a hang, a grandchild that would outlive it.
+  fn script(dir: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("fake-claude");
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+  }
+
+  fn spec(program: PathBuf, cwd: &Path) -> RunSpec {
+    RunSpec {
+      program,
+      args: vec![],
+      cwd: cwd.to_path_buf(),
+      env: child_env(std::env::vars(), &[]),
+      stdin: "hello".into(),
+      timeout: None,
+      stall_timeout: None,
+    }
+  }
+
+  #[tokio::test]
+  async fn garbage_lines_are_reported_and_the_result_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(
+      dir.path(),
+      r#"cat >/dev/null
+echo 'not json at all'
+echo '{"type":"system","subtype":"init","claude_code_version":"9.9.9","model":"m"}'
+printf '{"type":"result","subtype":"success","is_error":false,"result":"ok","num_turns":1}\n{"trunc'
+echo "some stderr" >&2
+exit 3"#,
+    );
+    let mut seen = 0;
+    let out = run(&spec(p, dir.path()), &CancelToken::new(), |_| seen += 1).await.unwrap();
+    assert_eq!(out.reason, EndReason::Exited);
+    assert_eq!(out.exit_code, Some(3));
+    assert_eq!(seen, 2);
+    assert_eq!(out.malformed.len(), 2, "{:?}", out.malformed);
+    assert_eq!(out.cli_version.as_deref(), Some("9.9.9"));
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("ok"));
+    assert!(out.stderr_tail.contains("some stderr"));
+  }
+
+  #[tokio::test]
+  async fn prompt_goes_to_stdin_not_argv() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), r#"read line; printf '{"type":"result","subtype":"success","result":"%s|%s"}\n' "$line" "$#""#);
+    let out = run(&spec(p, dir.path()), &CancelToken::new(), |_| {}).await.unwrap();
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("hello|0"));
+  }
+
+  #[tokio::test]
+  async fn stall_and_cancel_kill_the_whole_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let p = script(dir.path(), &format!("sleep 300 & echo $! > {}\nsleep 300", pidfile.display()));
+    let mut s = spec(p.clone(), dir.path());
+    s.stall_timeout = Some(Duration::from_millis(300));
+    let out = run(&s, &CancelToken::new(), |_| {}).await.unwrap();
+    assert_eq!(out.reason, EndReason::Stalled);
+    let gc: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // Reaped by init eventually; it must at least not be running (zombie or gone).
+    let state = std::fs::read_to_string(format!("/proc/{gc}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "grandchild still alive: {state}");
+
+    let token = CancelToken::new();
+    let t2 = token.clone();
+    tokio::spawn(async move {
+      tokio::time::sleep(Duration::from_millis(200)).await;
+      t2.cancel();
+    });
+    let started = Instant::now();
+    let out = run(&spec(p, dir.path()), &token, |_| {}).await.unwrap();
+    assert_eq!(out.reason, EndReason::Aborted);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!pid_alive(out.pid.unwrap()) || std::fs::read_to_string(format!("/proc/{}/stat", out.pid.unwrap())).unwrap_or_default().contains(") Z"));
+  }
+}

@@ -1,0 +1,833 @@
+//! The session manager without Node: configuration, request validation, the session API and task
+//! execution. The napi binding is a thin shell over this type.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::context::{self, ContextInfo};
+use crate::error::{Error, ErrorCode, Result};
+use crate::executor::{self, CancelToken, CliArgs, EndReason, RunOutcome, RunSpec, SessionMode};
+use crate::store::{self, Compaction, ContextSnapshot, ListQuery, NewSession, Owner, Session, Store, TaskEnd, Usage};
+use crate::stream::{Kind, Line};
+use crate::{transcript, validate};
+
+/// Options of `new SessionManager(options)`, as read from JavaScript.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Options {
+  pub database_path: Option<String>,
+  pub working_directory: Option<String>,
+  pub default_model: Option<String>,
+  pub context_window: Option<f64>,
+  pub compact_threshold: Option<f64>,
+  pub claude_path: Option<String>,
+  #[serde(default)]
+  pub env: std::collections::BTreeMap<String, String>,
+  #[serde(default)]
+  pub allow_bypass_permissions: bool,
+  pub max_concurrent_tasks: Option<f64>,
+  pub queue_timeout_ms: Option<f64>,
+  pub stall_timeout_ms: Option<f64>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+  pub database_path: PathBuf,
+  pub working_directory: PathBuf,
+  pub default_model: String,
+  pub context_window: u64,
+  pub compact_threshold: f64,
+  pub claude_path: Option<String>,
+  pub env: Vec<(String, String)>,
+  pub allow_bypass_permissions: bool,
+  pub max_concurrent_tasks: usize,
+  pub queue_timeout: Duration,
+  pub stall_timeout: Option<Duration>,
+  pub lease_ttl: Duration,
+}
+
+fn env_var(k: &str) -> Option<String> {
+  std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+impl Config {
+  /// Applies defaults and environment variables, and checks every value.
+  pub fn resolve(o: Options) -> Result<Config> {
+    let cwd = std::env::current_dir().map_err(|e| Error::invalid(format!("cannot read the current directory: {e}")))?;
+    let working_directory = PathBuf::from(o.working_directory.clone().or_else(|| env_var("CLAUDE_WORKING_DIR")).unwrap_or_else(|| cwd.to_string_lossy().into_owned()));
+    let working_directory = if working_directory.is_absolute() { working_directory } else { cwd.join(working_directory) };
+    if !working_directory.is_dir() {
+      return Err(Error::invalid(format!("workingDirectory {} is not an existing folder", working_directory.display())));
+    }
+    let database_path = match o.database_path.clone().or_else(|| env_var("CLAUDE_SESSIONS_DB")) {
+      Some(p) => PathBuf::from(p),
+      None => {
+        let dir = working_directory.join(".claude-sessions");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
+        dir.join("sessions.db")
+      }
+    };
+    let default_model = o.default_model.clone().or_else(|| env_var("CLAUDE_DEFAULT_MODEL")).unwrap_or_else(|| "sonnet".into());
+    validate::cli_value("defaultModel", &default_model, 128)?;
+    let context_window = match o.context_window {
+      Some(w) => validate::positive_int("contextWindow", w)?,
+      None => 200_000,
+    };
+    let compact_threshold = validate::percent("compactThreshold", o.compact_threshold.unwrap_or(80.0))?;
+    let max_concurrent_tasks = match o.max_concurrent_tasks {
+      Some(n) => validate::positive_int("maxConcurrentTasks", n)?.min(1024) as usize,
+      None => 8,
+    };
+    let queue_timeout = Duration::from_millis(match o.queue_timeout_ms {
+      Some(t) => validate::non_negative_int("queueTimeoutMs", t)?,
+      None => 60_000,
+    });
+    let stall_timeout = match o.stall_timeout_ms {
+      Some(0.0) => None,
+      Some(t) => Some(Duration::from_millis(validate::positive_int("stallTimeoutMs", t)?)),
+      None => Some(Duration::from_secs(15 * 60)),
+    };
+    let env: Vec<(String, String)> = o.env.into_iter().collect();
+    for (k, v) in &env {
+      if v.contains('\0') {
+        return Err(Error::invalid(format!("env variable {k} contains a NUL byte")));
+      }
+      if k.is_empty() || k.contains('=') || k.contains('\0') {
+        return Err(Error::invalid(format!("env has an invalid variable name {:?}", k)));
+      }
+    }
+    if let Some(p) = &o.claude_path {
+      validate::cli_value("claudePath", p, 4096)?;
+    }
+    Ok(Config {
+      database_path,
+      working_directory,
+      default_model,
+      context_window,
+      compact_threshold,
+      claude_path: o.claude_path,
+      env,
+      allow_bypass_permissions: o.allow_bypass_permissions,
+      max_concurrent_tasks,
+      queue_timeout,
+      stall_timeout,
+      lease_ttl: Duration::from_secs(30),
+    })
+  }
+}
+
+/// `listSessions` filters, as read from JavaScript.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListRequest {
+  pub user_id: String,
+  pub project_id: Option<String>,
+  pub status: Option<String>,
+  pub parent_id: Option<String>,
+  pub limit: Option<f64>,
+  pub offset: Option<f64>,
+}
+
+/// `executeTask` request, as read from JavaScript.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskRequest {
+  pub prompt: String,
+  pub project_id: String,
+  pub user_id: String,
+  pub session_id: Option<String>,
+  pub model: Option<String>,
+  pub max_turns: Option<f64>,
+  pub allowed_tools: Option<Vec<String>>,
+  pub disallowed_tools: Option<Vec<String>>,
+  pub permission_mode: Option<String>,
+  pub append_system_prompt: Option<String>,
+  pub max_budget_usd: Option<f64>,
+  pub fallback_model: Option<String>,
+  pub auto_compact: Option<bool>,
+  pub compact_threshold: Option<f64>,
+  pub fork_session: Option<bool>,
+  pub timeout_ms: Option<f64>,
+  pub include_partial_messages: Option<bool>,
+  pub title: Option<String>,
+}
+
+/// A task failure as the result reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskError {
+  pub code: String,
+  pub message: String,
+  pub status: Option<u64>,
+}
+
+/// What `executeTask` resolves to.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResult {
+  pub success: bool,
+  pub session_id: String,
+  pub task_id: String,
+  pub parent_session_id: Option<String>,
+  pub result: String,
+  pub context_info: ContextInfo,
+  pub duration_total_ms: u64,
+  pub duration_api_ms: u64,
+  pub cost: f64,
+  pub turns: u64,
+  pub usage: Usage,
+  pub permission_denials: Vec<Value>,
+  pub stop_reason: Option<String>,
+  pub model: Option<String>,
+  pub compacted: bool,
+  pub error: Option<TaskError>,
+}
+
+/// Receives every event of a task as it arrives.
+pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
+
+/// The manager.
+pub struct Manager {
+  store: Arc<Store>,
+  cfg: Config,
+  owner: Owner,
+  session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+  slots: Arc<Semaphore>,
+  running: Mutex<HashMap<String, CancelToken>>,
+  closed: AtomicBool,
+}
+
+const VALID_STATUSES: [&str; 2] = ["active", "archived"];
+const PERMISSION_MODES: [&str; 4] = ["default", "acceptEdits", "plan", "bypassPermissions"];
+const MAX_LIST: u64 = 1000;
+
+fn validate_user_project(user_id: &str, project_id: Option<&str>) -> Result<()> {
+  validate::id("userId", user_id)?;
+  if let Some(p) = project_id {
+    validate::id("projectId", p)?;
+  }
+  Ok(())
+}
+
+impl Manager {
+  /// Opens the store, migrates it and marks tasks of dead processes `interrupted`.
+  pub fn open(options: Options) -> Result<Manager> {
+    let cfg = Config::resolve(options)?;
+    let store = Store::open(&cfg.database_path)?;
+    store.recover_interrupted(&executor::pid_alive)?;
+    Ok(Manager {
+      store: Arc::new(store),
+      slots: Arc::new(Semaphore::new(cfg.max_concurrent_tasks)),
+      cfg,
+      owner: Owner { id: uuid::Uuid::new_v4().to_string(), pid: std::process::id() },
+      session_locks: Mutex::new(HashMap::new()),
+      running: Mutex::new(HashMap::new()),
+      closed: AtomicBool::new(false),
+    })
+  }
+
+  pub fn config(&self) -> &Config {
+    &self.cfg
+  }
+
+  fn check_open(&self) -> Result<()> {
+    if self.closed.load(Ordering::SeqCst) {
+      return Err(Error::new(ErrorCode::Closed, "this SessionManager was closed; create a new one"));
+    }
+    Ok(())
+  }
+
+  /// Runs blocking store work off the async threads.
+  async fn db<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    self.check_open()?;
+    let store = self.store.clone();
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
+  }
+
+  fn new_session(&self, project_id: &str, user_id: &str, id: Option<String>, model: Option<String>) -> NewSession {
+    NewSession {
+      id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+      project_id: project_id.to_owned(),
+      user_id: user_id.to_owned(),
+      parent_id: None,
+      title: None,
+      model: model.unwrap_or_else(|| self.cfg.default_model.clone()),
+      working_directory: self.cfg.working_directory.to_string_lossy().into_owned(),
+      context: None,
+      cli_cost_watermark: 0.0,
+    }
+  }
+
+  // ---- session API ------------------------------------------------------------------------
+
+  pub async fn list_sessions(&self, r: ListRequest) -> Result<Vec<Session>> {
+    validate_user_project(&r.user_id, r.project_id.as_deref())?;
+    if let Some(s) = &r.status {
+      if !VALID_STATUSES.contains(&s.as_str()) {
+        return Err(Error::invalid(format!("status must be \"active\" or \"archived\", got {:?}", s)));
+      }
+    }
+    let parent_id = r.parent_id.as_deref().map(|p| validate::session_id("parentId", p)).transpose()?;
+    let limit = match r.limit {
+      Some(l) => validate::positive_int("limit", l)?.min(MAX_LIST),
+      None => 50,
+    };
+    let offset = match r.offset {
+      Some(o) => validate::non_negative_int("offset", o)?,
+      None => 0,
+    };
+    let q = ListQuery { user_id: r.user_id, project_id: r.project_id, status: r.status, parent_id, limit, offset };
+    self.db(move |s| s.list_sessions(&q)).await
+  }
+
+  pub async fn get_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
+    let id = validate::session_id("sessionId", session_id)?;
+    validate::id("userId", user_id)?;
+    let user = user_id.to_owned();
+    let shown = id.clone();
+    self.db(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
+  }
+
+  pub async fn get_or_create(&self, project_id: &str, user_id: &str, prefer_active: bool) -> Result<(Session, bool)> {
+    validate_user_project(user_id, Some(project_id))?;
+    let new = self.new_session(project_id, user_id, None, None);
+    self.db(move |s| s.get_or_create(&new, prefer_active)).await
+  }
+
+  pub async fn start_fresh(&self, project_id: &str, user_id: &str, session_id: Option<&str>) -> Result<(Session, u64)> {
+    validate_user_project(user_id, Some(project_id))?;
+    let id = session_id.map(|s| validate::session_id("sessionId", s)).transpose()?;
+    let new = self.new_session(project_id, user_id, id, None);
+    self.db(move |s| s.start_fresh(&new)).await
+  }
+
+  pub async fn archive_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
+    let id = validate::session_id("sessionId", session_id)?;
+    validate::id("userId", user_id)?;
+    let user = user_id.to_owned();
+    self.db(move |s| s.archive_session(&id, &user)).await
+  }
+
+  pub async fn delete_session(&self, session_id: &str, user_id: &str) -> Result<()> {
+    let id = validate::session_id("sessionId", session_id)?;
+    validate::id("userId", user_id)?;
+    let user = user_id.to_owned();
+    self.db(move |s| s.delete_session(&id, &user)).await
+  }
+
+  /// Returns `(deleted, remaining)`.
+  pub async fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: f64, keep_active: bool) -> Result<(u64, u64)> {
+    validate_user_project(user_id, project_id)?;
+    let age = validate::non_negative_int("maxAgeMs", max_age_ms)?;
+    let (user, project) = (user_id.to_owned(), project_id.map(str::to_owned));
+    self
+      .db(move |s| {
+        let deleted = s.cleanup(&user, project.as_deref(), age, keep_active)?;
+        Ok((deleted, s.count_sessions(&user, project.as_deref())?))
+      })
+      .await
+  }
+
+  /// A new session that continues from `session_id` without calling the model; its first task
+  /// makes the CLI fork the transcript.
+  pub async fn fork(&self, session_id: &str, user_id: &str, title: Option<String>) -> Result<Session> {
+    if let Some(t) = &title {
+      validate::title(t)?;
+    }
+    let parent = self.get_session(session_id, user_id).await?;
+    let new = NewSession {
+      parent_id: Some(parent.id.clone()),
+      title: title.or_else(|| parent.title.clone()),
+      model: parent.model.clone(),
+      working_directory: parent.working_directory.clone(),
+      context: parent.context.clone(),
+      cli_cost_watermark: parent.cli_cost_watermark,
+      ..self.new_session(&parent.project_id, &parent.user_id, None, None)
+    };
+    self.db(move |s| s.create_session(&new)).await
+  }
+
+  pub async fn get_context(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Result<ContextInfo> {
+    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
+    let s = self.get_session(session_id, user_id).await?;
+    Ok(context::context_info(s.context.as_ref(), self.cfg.context_window, threshold, 0))
+  }
+
+  pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
+    let s = self.get_session(session_id, user_id).await?;
+    self.db(move |st| st.list_tasks(&s.id)).await
+  }
+
+  pub async fn list_compactions(&self, session_id: &str, user_id: &str) -> Result<Vec<Compaction>> {
+    let s = self.get_session(session_id, user_id).await?;
+    self.db(move |st| st.list_compactions(&s.id)).await
+  }
+
+  /// Cancels every running task and refuses further calls. Waits for the tasks to settle.
+  pub async fn close(&self) -> Result<()> {
+    self.closed.store(true, Ordering::SeqCst);
+    let tokens: Vec<CancelToken> = self.running.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+    for t in &tokens {
+      t.cancel();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && self.running.lock().map(|m| !m.is_empty()).unwrap_or(false) {
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+  }
+
+  // ---- tasks ------------------------------------------------------------------------------
+
+  fn validate_task(&self, r: &TaskRequest) -> Result<CliArgs> {
+    validate_user_project(&r.user_id, Some(&r.project_id))?;
+    if r.prompt.trim().is_empty() {
+      return Err(Error::invalid("prompt must be a non-empty string"));
+    }
+    if r.prompt.len() > validate::MAX_PROMPT_BYTES {
+      return Err(Error::new(
+        ErrorCode::ContextOverflow,
+        format!("the prompt is {} bytes; the limit is {} bytes, far beyond any model's context window", r.prompt.len(), validate::MAX_PROMPT_BYTES),
+      ));
+    }
+    if r.prompt.contains('\0') {
+      return Err(Error::invalid("prompt contains a NUL byte"));
+    }
+    if let Some(m) = &r.model {
+      validate::cli_value("model", m, 128)?;
+    }
+    if let Some(m) = &r.fallback_model {
+      validate::cli_value("fallbackModel", m, 128)?;
+    }
+    let max_turns = r.max_turns.map(|t| validate::positive_int("maxTurns", t)).transpose()?;
+    if let Some(t) = max_turns {
+      if t > 10_000 {
+        return Err(Error::invalid("maxTurns must be at most 10000"));
+      }
+    }
+    let tools = |field: &str, list: &Option<Vec<String>>| -> Result<Vec<String>> {
+      let list = list.clone().unwrap_or_default();
+      if list.len() > 256 {
+        return Err(Error::invalid(format!("{field} has more than 256 entries")));
+      }
+      for t in &list {
+        validate::cli_value(field, t, 512)?;
+        if t.chars().any(|c| c.is_control()) {
+          return Err(Error::invalid(format!("{field} entry {:?} contains a control character", t)));
+        }
+      }
+      Ok(list)
+    };
+    let allowed_tools = tools("allowedTools", &r.allowed_tools)?;
+    let disallowed_tools = tools("disallowedTools", &r.disallowed_tools)?;
+    if let Some(m) = &r.permission_mode {
+      if !PERMISSION_MODES.contains(&m.as_str()) {
+        return Err(Error::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {:?}", m)));
+      }
+      if m == "bypassPermissions" && !self.cfg.allow_bypass_permissions {
+        return Err(Error::invalid(
+          "permissionMode \"bypassPermissions\" is refused: construct the SessionManager with allowBypassPermissions: true to allow it",
+        ));
+      }
+    }
+    if let Some(s) = &r.append_system_prompt {
+      validate::cli_value("appendSystemPrompt", s, 64 * 1024)?;
+    }
+    if let Some(b) = r.max_budget_usd {
+      if !b.is_finite() || b <= 0.0 {
+        return Err(Error::invalid(format!("maxBudgetUsd must be a positive number, got {b}")));
+      }
+    }
+    if let Some(t) = r.compact_threshold {
+      validate::percent("compactThreshold", t)?;
+    }
+    if let Some(t) = r.timeout_ms {
+      validate::positive_int("timeoutMs", t)?;
+    }
+    if let Some(t) = &r.title {
+      validate::title(t)?;
+    }
+    if r.fork_session == Some(true) && r.session_id.is_none() {
+      return Err(Error::invalid("forkSession needs the sessionId of the session to fork"));
+    }
+    Ok(CliArgs {
+      session: None,
+      model: r.model.clone(),
+      max_turns,
+      allowed_tools,
+      disallowed_tools,
+      permission_mode: r.permission_mode.clone(),
+      append_system_prompt: r.append_system_prompt.clone(),
+      max_budget_usd: r.max_budget_usd,
+      fallback_model: r.fallback_model.clone(),
+    })
+  }
+
+  fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let mut m = self.session_locks.lock().unwrap_or_else(|p| p.into_inner());
+    m.retain(|_, l| Arc::strong_count(l) > 1);
+    m.entry(id.to_owned()).or_default().clone()
+  }
+
+  fn child_env(&self) -> Vec<(String, String)> {
+    executor::child_env(std::env::vars(), &self.cfg.env)
+  }
+
+  /// Runs a task. Invalid requests are rejected before anything is spawned; failures of the model
+  /// or the CLI resolve with `success: false` and a code.
+  pub async fn execute_task(&self, r: TaskRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    self.check_open()?;
+    let mut args = self.validate_task(&r)?;
+    let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
+    let program = executor::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
+
+    // The session to run in.
+    let (session, forked_from) = match (&session_id, r.fork_session.unwrap_or(false)) {
+      (None, _) => {
+        let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone());
+        new.title = r.title.clone();
+        (self.db(move |s| s.create_session(&new)).await?, None)
+      }
+      (Some(id), fork) => {
+        let s = self.get_session(id, &r.user_id).await?;
+        if s.project_id != r.project_id {
+          return Err(Error::not_found(id));
+        }
+        if fork {
+          let child = self.fork(id, &r.user_id, r.title.clone()).await?;
+          (child, Some(s.id))
+        } else {
+          (s, None)
+        }
+      }
+    };
+    args.session = Some(match (&session.parent_id, session.materialized) {
+      (_, true) => SessionMode::Resume(session.id.clone()),
+      (Some(parent), false) => {
+        let user = r.user_id.clone();
+        let pid = parent.clone();
+        let parent_row = self.db(move |s| s.get_session(&pid, &user)).await?;
+        match parent_row {
+          Some(p) if p.materialized => SessionMode::Fork { parent: p.id, child: session.id.clone() },
+          _ => SessionMode::New(session.id.clone()),
+        }
+      }
+      (None, false) => SessionMode::New(session.id.clone()),
+    });
+    if args.model.is_none() {
+      args.model = Some(session.model.clone());
+    }
+    let threshold = r.compact_threshold.unwrap_or(self.cfg.compact_threshold);
+    let mut compacted = false;
+    if r.auto_compact == Some(true) && session.materialized {
+      let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0);
+      if info.should_compact {
+        self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
+        compacted = true;
+        args.session = Some(SessionMode::Resume(session.id.clone()));
+      }
+    }
+    let spec = RunSpec {
+      program,
+      args: executor::build_args(&args),
+      cwd: PathBuf::from(&session.working_directory),
+      env: self.child_env(),
+      stdin: r.prompt.clone(),
+      timeout: r.timeout_ms.map(|t| Duration::from_millis(t as u64)),
+      stall_timeout: self.cfg.stall_timeout,
+    };
+    let include_partials = r.include_partial_messages.unwrap_or(false);
+    let mut res = self.run_locked(&session, "task", spec, sink, cancel, include_partials, threshold).await?;
+    res.parent_session_id = forked_from.or(res.parent_session_id);
+    res.compacted = compacted || res.compacted;
+    Ok(res)
+  }
+
+  fn search_dirs(&self) -> Vec<PathBuf> {
+    let mut v = vec![self.cfg.working_directory.clone()];
+    if let Ok(c) = std::env::current_dir() {
+      v.push(c);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+      if let Some(d) = exe.parent() {
+        v.push(d.to_path_buf());
+      }
+    }
+    v
+  }
+
+  /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
+  /// runs the CLI and records the end.
+  #[allow(clippy::too_many_arguments)]
+  async fn run_locked(
+    &self,
+    session: &Session,
+    kind: &'static str,
+    spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+    include_partials: bool,
+    threshold: f64,
+  ) -> Result<TaskResult> {
+    let queued = Instant::now();
+    let busy = || {
+      Error::new(
+        ErrorCode::SessionBusy,
+        format!("session {} is running another task; waited {} ms", session.id, self.cfg.queue_timeout.as_millis()),
+      )
+    };
+    let lock = self.session_lock(&session.id);
+    let _guard = tokio::select! {
+      g = tokio::time::timeout(self.cfg.queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
+      _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for its session")),
+    };
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let model = spec.args.iter().find_map(|a| a.strip_prefix("--model=")).unwrap_or(&session.model).to_owned();
+    loop {
+      let (sid, tid, m, owner, ttl) = (session.id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
+      if self.db(move |s| s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)).await? {
+        break;
+      }
+      if queued.elapsed() >= self.cfg.queue_timeout {
+        return Err(busy());
+      }
+      tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for its session")),
+      }
+    }
+    self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
+    let renew = {
+      let (store, sid, tid, ttl) = (self.store.clone(), session.id.clone(), task_id.clone(), self.cfg.lease_ttl);
+      tokio::spawn(async move {
+        loop {
+          tokio::time::sleep(ttl / 3).await;
+          let (store, sid, tid) = (store.clone(), sid.clone(), tid.clone());
+          let _ = tokio::task::spawn_blocking(move || store.renew_lease(&sid, &tid, ttl)).await;
+        }
+      })
+    };
+    let outcome = self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await;
+    renew.abort();
+    self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
+    self.finish(session, &task_id, outcome, queued, threshold).await
+  }
+
+  async fn run_with_slot(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: &CancelToken,
+    include_partials: bool,
+  ) -> Result<RunOutcome> {
+    let _permit = tokio::select! {
+      p = self.slots.clone().acquire_owned() => p.map_err(|_| Error::new(ErrorCode::Closed, "the manager was closed"))?,
+      _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for a free slot")),
+    };
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_started", "sessionId": session_id, "taskId": task_id }));
+    }
+    let forward = |line: &Line| {
+      if let Some(s) = &sink {
+        if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
+          s(line.raw.clone());
+        }
+      }
+    };
+    executor::run(&spec, cancel, forward).await
+  }
+
+  async fn finish(&self, session: &Session, task_id: &str, outcome: Result<RunOutcome>, queued: Instant, threshold: f64) -> Result<TaskResult> {
+    let env = self.child_env();
+    let transcript_exists = transcript::config_dir(&env)
+      .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
+      .unwrap_or(false);
+    let mut end = TaskEnd { materialized: session.materialized || transcript_exists, ..Default::default() };
+    let mut res = TaskResult {
+      success: false,
+      session_id: session.id.clone(),
+      task_id: task_id.to_owned(),
+      parent_session_id: session.parent_id.clone(),
+      result: String::new(),
+      context_info: context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0),
+      duration_total_ms: 0,
+      duration_api_ms: 0,
+      cost: 0.0,
+      turns: 0,
+      usage: Usage::default(),
+      permission_denials: vec![],
+      stop_reason: None,
+      model: None,
+      compacted: false,
+      error: None,
+    };
+    let mut watermark = None;
+    let mut compactions = vec![];
+    let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
+    match outcome {
+      Err(e) => {
+        res.error = Some(fail(e.code, e.message.clone(), None));
+        end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
+      }
+      Ok(out) => {
+        end.cli_version = out.cli_version.clone();
+        res.model = out.model.clone();
+        compactions = out.compactions.clone();
+        let tail = out.stderr_tail.trim();
+        let tail = if tail.is_empty() { String::new() } else { format!("; stderr: {}", &tail[tail.len().saturating_sub(1000)..]) };
+        if let Some(r) = &out.result {
+          res.result = r.result.clone().unwrap_or_default();
+          res.turns = r.num_turns.unwrap_or(0);
+          res.usage = r.usage;
+          res.duration_api_ms = r.duration_api_ms.unwrap_or(0);
+          res.permission_denials = r.permission_denials.clone();
+          res.stop_reason = r.stop_reason.clone();
+          let (cost, w) = context::task_cost(r, session.cli_cost_watermark);
+          res.cost = cost;
+          watermark = Some(w);
+          end.cli_reported_cost_usd = r.total_cost_usd;
+          let window = context::window_from_result(r).unwrap_or(self.cfg.context_window);
+          if let Some(u) = out.context {
+            end.context = Some(ContextSnapshot { tokens: u.context_total(), window, source: "api".into(), measured_at: store::now_ms() });
+          } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
+            end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: store::now_ms() });
+          }
+        } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
+          end.context = Some(ContextSnapshot { tokens: c, window: self.cfg.context_window, source: "estimate".into(), measured_at: store::now_ms() });
+        }
+        let error = match (out.reason, &out.result) {
+          (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
+          (EndReason::TimedOut, _) => Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None)),
+          (EndReason::Stalled, _) => Some(fail(ErrorCode::Timeout, format!("the CLI printed nothing for {} ms and was stopped{tail}", self.cfg.stall_timeout.map(|d| d.as_millis()).unwrap_or(0)), None)),
+          (EndReason::Exited, None) => Some(fail(
+            ErrorCode::CliError,
+            format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
+            None,
+          )),
+          (EndReason::Exited, Some(r)) => classify_result(r),
+        };
+        if !out.malformed.is_empty() && error.is_none() {
+          // Reported, not fatal: the stream still ended with a result.
+          if let Some(s) = out.malformed.first() {
+            res.stop_reason = res.stop_reason.take().or(Some(format!("malformed output line: {s}")));
+          }
+        }
+        end.status = match (&error, out.reason) {
+          (None, _) => "succeeded",
+          (_, EndReason::Aborted) => "aborted",
+          (_, EndReason::TimedOut) | (_, EndReason::Stalled) => "timed_out",
+          _ => "failed",
+        }
+        .into();
+        res.compacted = out.compactions.iter().any(|c| c.trigger == "auto");
+        res.error = error;
+      }
+    }
+    res.success = res.error.is_none();
+    res.duration_total_ms = queued.elapsed().as_millis() as u64;
+    end.model = res.model.clone();
+    end.turns = Some(res.turns);
+    end.usage = res.usage;
+    end.cost_usd = res.cost;
+    end.duration_api_ms = Some(res.duration_api_ms);
+    end.error_code = res.error.as_ref().map(|e| e.code.clone());
+    end.error_message = res.error.as_ref().map(|e| e.message.clone());
+    if let Some(ctx) = &end.context {
+      res.context_info = context::context_info(Some(ctx), self.cfg.context_window, threshold, 0);
+    }
+    let (sid, tid) = (session.id.clone(), task_id.to_owned());
+    let started = store::now_ms();
+    self
+      .db(move |s| {
+        s.finish_task(&sid, &tid, &end, watermark)?;
+        for c in compactions {
+          s.add_compaction(&Compaction {
+            session_id: sid.clone(),
+            task_id: Some(tid.clone()),
+            trigger: c.trigger,
+            pre_tokens: c.pre_tokens,
+            post_tokens: c.post_tokens,
+            started_at: started,
+            duration_ms: None,
+          })?;
+        }
+        Ok(())
+      })
+      .await?;
+    Ok(res)
+  }
+
+  /// Compacts a session through the CLI's `/compact`.
+  pub async fn compact(&self, session_id: &str, user_id: &str, instructions: Option<String>, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    self.check_open()?;
+    if let Some(i) = &instructions {
+      validate::cli_value("summaryInstructions", i, 64 * 1024)?;
+    }
+    let session = self.get_session(session_id, user_id).await?;
+    self.compact_inner(&session, instructions, "manual", sink, cancel).await
+  }
+
+  async fn compact_inner(&self, session: &Session, instructions: Option<String>, trigger: &'static str, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    if !session.materialized {
+      return Err(Error::new(ErrorCode::CompactFailed, format!("session {} has no conversation yet; there is nothing to compact", session.id)));
+    }
+    let program = executor::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
+    let args = CliArgs { session: Some(SessionMode::Resume(session.id.clone())), model: Some(session.model.clone()), ..Default::default() };
+    let prompt = match instructions {
+      Some(i) => format!("/compact {i}"),
+      None => "/compact".to_string(),
+    };
+    let spec = RunSpec {
+      program,
+      args: executor::build_args(&args),
+      cwd: PathBuf::from(&session.working_directory),
+      env: self.child_env(),
+      stdin: prompt,
+      timeout: None,
+      stall_timeout: self.cfg.stall_timeout,
+    };
+    let started = Instant::now();
+    let mut res = self.run_locked(session, "compact", spec, sink, cancel, false, self.cfg.compact_threshold).await?;
+    let compactions = self.list_compactions(&session.id, &session.user_id).await?;
+    let done = compactions.iter().any(|c| c.task_id.as_deref() == Some(&res.task_id));
+    if !done {
+      let why = res.error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
+      return Err(Error::new(ErrorCode::CompactFailed, format!("compaction of session {} failed: {why}", session.id)));
+    }
+    // The CLI labels /compact as manual; record the trigger the caller meant.
+    if trigger == "auto" {
+      res.compacted = true;
+    }
+    let _ = started;
+    Ok(res)
+  }
+}
+
+/// Maps a `result` line to a task error, or `None` for success. A `success` subtype with
+/// `is_error: true` is a failure (an API error after the CLI's retries).
+pub fn classify_result(r: &crate::stream::ResultLine) -> Option<TaskError> {
+  let msg = r.result.clone().filter(|s| !s.is_empty()).or_else(|| r.errors.first().cloned()).unwrap_or_else(|| r.subtype.clone());
+  let e = |code: ErrorCode, status: Option<u64>| Some(TaskError { code: code.as_str().into(), message: msg.clone(), status });
+  match r.subtype.as_str() {
+    "success" if !r.is_error => None,
+    "error_max_turns" => e(ErrorCode::MaxTurns, None),
+    "error_max_budget_usd" => e(ErrorCode::BudgetExceeded, None),
+    _ if r.api_error_status.is_some() => e(ErrorCode::ApiError, r.api_error_status),
+    _ if msg.starts_with("API Error") => e(ErrorCode::ApiError, parse_status(&msg)),
+    _ => e(ErrorCode::CliError, None),
+  }
+}
+
+fn parse_status(msg: &str) -> Option<u64> {
+  msg.split(|c: char| !c.is_ascii_digit()).find(|w| w.len() == 3).and_then(|w| w.parse().ok())
+}

@@ -1,0 +1,156 @@
+//! Checks on every value that comes from a caller, run before the store is touched or anything is
+//! spawned. Each failure is an `INVALID_ARGUMENT` error naming the field.
+
+use crate::error::{Error, Result};
+
+/// Longest accepted project or user id, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Longest accepted title, in bytes.
+pub const MAX_TITLE_LEN: usize = 1024;
+/// Largest prompt accepted, in bytes (the CLI and the model cannot take more anyway).
+pub const MAX_PROMPT_BYTES: usize = 4 * 1024 * 1024;
+
+fn describe_control(s: &str) -> Option<String> {
+  s.chars()
+    .find(|c| c.is_control())
+    .map(|c| format!("U+{:04X}", c as u32))
+}
+
+/// A project or user id: 1..=256 bytes, no control characters, not only white space.
+pub fn id(field: &str, value: &str) -> Result<()> {
+  if value.trim().is_empty() {
+    return Err(Error::invalid(format!("{field} must be a non-empty string")));
+  }
+  if value.len() > MAX_ID_LEN {
+    return Err(Error::invalid(format!(
+      "{field} is {} bytes long; the limit is {MAX_ID_LEN}",
+      value.len()
+    )));
+  }
+  if let Some(c) = describe_control(value) {
+    return Err(Error::invalid(format!(
+      "{field} contains the control character {c}; ids must be printable"
+    )));
+  }
+  Ok(())
+}
+
+/// A session id: a UUID in its canonical hyphenated form (the form the `claude` CLI uses).
+/// Returns it lower-cased.
+pub fn session_id(field: &str, value: &str) -> Result<String> {
+  let ok = value.len() == 36
+    && value.char_indices().all(|(i, c)| match i {
+      8 | 13 | 18 | 23 => c == '-',
+      _ => c.is_ascii_hexdigit(),
+    });
+  if !ok {
+    let shown: String = value.chars().take(64).collect::<String>().escape_debug().to_string();
+    return Err(Error::invalid(format!(
+      "{field} must be a UUID such as 123e4567-e89b-42d3-a456-426614174000, got \"{shown}\""
+    )));
+  }
+  Ok(value.to_ascii_lowercase())
+}
+
+/// An optional free-text title.
+pub fn title(value: &str) -> Result<()> {
+  if value.len() > MAX_TITLE_LEN {
+    return Err(Error::invalid(format!("title is longer than {MAX_TITLE_LEN} bytes")));
+  }
+  if value.contains('\0') {
+    return Err(Error::invalid("title contains a NUL byte"));
+  }
+  Ok(())
+}
+
+/// A whole, non-negative number given from JavaScript as a double.
+pub fn non_negative_int(field: &str, value: f64) -> Result<u64> {
+  if !value.is_finite() || value < 0.0 || value.fract() != 0.0 || value > 9_007_199_254_740_991.0 {
+    return Err(Error::invalid(format!(
+      "{field} must be a whole number >= 0, got {value}"
+    )));
+  }
+  Ok(value as u64)
+}
+
+/// A whole number that must be at least 1.
+pub fn positive_int(field: &str, value: f64) -> Result<u64> {
+  let v = non_negative_int(field, value)?;
+  if v == 0 {
+    return Err(Error::invalid(format!("{field} must be at least 1")));
+  }
+  Ok(v)
+}
+
+/// A percentage in (0, 100].
+pub fn percent(field: &str, value: f64) -> Result<f64> {
+  if !value.is_finite() || value <= 0.0 || value > 100.0 {
+    return Err(Error::invalid(format!(
+      "{field} must be a percentage greater than 0 and at most 100, got {value}"
+    )));
+  }
+  Ok(value)
+}
+
+/// A value that will be passed to the CLI as a flag value: non-empty, printable, bounded.
+/// Values that begin with `-` are allowed because the executor always passes them as
+/// `--flag=value`, which the CLI cannot mistake for another flag.
+pub fn cli_value(field: &str, value: &str, max_len: usize) -> Result<()> {
+  if value.is_empty() {
+    return Err(Error::invalid(format!("{field} must not be empty")));
+  }
+  if value.len() > max_len {
+    return Err(Error::invalid(format!("{field} is longer than {max_len} bytes")));
+  }
+  if value.contains('\0') {
+    return Err(Error::invalid(format!("{field} contains a NUL byte")));
+  }
+  Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::error::ErrorCode;
+
+  #[test]
+  fn ids() {
+    assert!(id("userId", "u-1").is_ok());
+    for bad in ["", "   ", "a\nb", "a\u{0}b", "\u{7f}"] {
+      assert_eq!(id("userId", bad).unwrap_err().code, ErrorCode::InvalidArgument, "{bad:?}");
+    }
+    assert!(id("userId", &"x".repeat(256)).is_ok());
+    let e = id("projectId", &"x".repeat(257)).unwrap_err();
+    assert!(e.message.contains("projectId") && e.message.contains("256"), "{}", e.message);
+  }
+
+  #[test]
+  fn session_ids() {
+    let u = "123E4567-E89B-42D3-A456-426614174000";
+    assert_eq!(session_id("sessionId", u).unwrap(), u.to_lowercase());
+    for bad in [
+      "",
+      "not-a-uuid",
+      "--dangerously-skip-permissions",
+      "123e4567e89b42d3a456426614174000",
+      "123e4567-e89b-42d3-a456-42661417400g",
+      "../../../../etc/passwd-aaaaaaaaaaaaaa",
+    ] {
+      assert_eq!(session_id("sessionId", bad).unwrap_err().code, ErrorCode::InvalidArgument);
+    }
+  }
+
+  #[test]
+  fn numbers() {
+    assert_eq!(non_negative_int("limit", 0.0).unwrap(), 0);
+    assert_eq!(non_negative_int("limit", 50.0).unwrap(), 50);
+    for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY, 1e300] {
+      assert!(non_negative_int("limit", bad).is_err(), "{bad}");
+    }
+    assert!(positive_int("maxTurns", 0.0).is_err());
+    assert!(percent("threshold", 0.0).is_err());
+    assert!(percent("threshold", 101.0).is_err());
+    assert!(percent("threshold", -5.0).is_err());
+    assert_eq!(percent("threshold", 80.0).unwrap(), 80.0);
+  }
+}
