@@ -902,8 +902,8 @@ fn read_execute_options(env: &Env, options: Option<Unknown<'_>>) -> CoreResult<(
               Ok(())
             })
             .map_err(|_| bad("cannot listen to signal"))?;
-          let add: Function<(String, Function<(), ()>), ()> = unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
-          add.apply(signal, ("abort".to_string(), listener)).map_err(|_| bad("cannot listen to signal"))?;
+          let add: Function<FnArgs<(String, Function<(), ()>)>, ()> = unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
+          add.apply(signal, ("abort".to_string(), listener).into()).map_err(|e| bad(&format!("cannot listen to signal: {e}")))?;
         }
       }
       _ => return Err(bad("signal must be an AbortSignal")),
