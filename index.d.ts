@@ -60,6 +60,8 @@ export declare class SessionManager {
   getSessionContext(sessionId: string, userId: string, options?: { threshold?: number }): Promise<ContextInfo>
   /** The tasks run in a session, oldest first. */
   listTasks(sessionId: string, userId: string): Promise<TaskRecord[]>
+  /** The compactions of a session, oldest first. */
+  listCompactions(sessionId: string, userId: string): Promise<CompactionRecord[]>
   /**
    * Runs a prompt through the `claude` CLI in a session (a new one when `sessionId` is omitted).
    * Invalid requests reject before anything is spawned; model and CLI failures resolve with
@@ -81,6 +83,23 @@ export interface CleanupResult {
   deleted: number
   /** The user's (project's) sessions left. */
   remaining: number
+}
+
+/** A compaction of a session's context. */
+export interface CompactionRecord {
+  sessionId: string
+  /** The run that compacted. */
+  taskId?: string
+  /** `manual` (compactSession), or `auto` (autoCompact, or the CLI on its own). */
+  trigger: 'manual' | 'auto'
+  /** Context tokens before, as the CLI counted them. */
+  preTokens?: number
+  /** Context tokens after, as the CLI counted them. */
+  postTokens?: number
+  /** When it ran (ms since the epoch). */
+  startedAt: number
+  /** How long the summary took (ms). */
+  durationMs?: number
 }
 
 /** How full a session's context window is. */
@@ -118,6 +137,9 @@ export interface ContextSnapshot {
  * tokenizer is not public: treat the count as an estimate of Claude tokens.
  */
 export declare function countTokens(text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }): number
+
+/** `countTokens` off the JavaScript thread, for large texts: the promise settles with the count. */
+export declare function countTokensAsync(text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }): Promise<number>
 
 /** Every error code this package uses, for documentation and exhaustive handling. */
 export declare function errorCodes(): Array<string>
@@ -324,6 +346,8 @@ export interface TaskResult {
   model?: string
   /** The session was compacted before or during the task. */
   compacted: boolean
+  /** Those compactions, with their before and after token counts. */
+  compactions: Array<CompactionRecord>
   error?: TaskError
 }
 

@@ -837,4 +837,5 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.SessionManager = nativeBinding.SessionManager
 module.exports.countTokens = nativeBinding.countTokens
+module.exports.countTokensAsync = nativeBinding.countTokensAsync
 module.exports.errorCodes = nativeBinding.errorCodes

@@ -371,6 +371,8 @@ pub struct TaskResult {
   pub model: Option<String>,
   /// The session was compacted before or during the task.
   pub compacted: bool,
+  /// Those compactions, with their before and after token counts.
+  pub compactions: Vec<CompactionRecord>,
   pub error: Option<TaskError>,
 }
 
@@ -391,9 +393,43 @@ impl From<manager::TaskResult> for TaskResult {
       stop_reason: r.stop_reason,
       model: r.model,
       compacted: r.compacted,
+      compactions: compaction_records(r.compactions),
       error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32) }),
     }
   }
+}
+
+/// A compaction of a session's context.
+#[napi(object)]
+pub struct CompactionRecord {
+  pub session_id: String,
+  /// The run that compacted.
+  pub task_id: Option<String>,
+  /// `manual` (compactSession), or `auto` (autoCompact, or the CLI on its own).
+  #[napi(ts_type = "'manual' | 'auto'")]
+  pub trigger: String,
+  /// Context tokens before, as the CLI counted them.
+  pub pre_tokens: Option<f64>,
+  /// Context tokens after, as the CLI counted them.
+  pub post_tokens: Option<f64>,
+  /// When it ran (ms since the epoch).
+  pub started_at: f64,
+  /// How long the summary took (ms).
+  pub duration_ms: Option<f64>,
+}
+
+fn compaction_records(v: Vec<store::Compaction>) -> Vec<CompactionRecord> {
+  v.into_iter()
+    .map(|c| CompactionRecord {
+      session_id: c.session_id,
+      task_id: c.task_id,
+      trigger: c.trigger,
+      pre_tokens: c.pre_tokens.map(num),
+      post_tokens: c.post_tokens.map(num),
+      started_at: c.started_at as f64,
+      duration_ms: c.duration_ms.map(num),
+    })
+    .collect()
 }
 
 /// A task row as stored.
@@ -791,6 +827,19 @@ impl SessionManager {
     )
   }
 
+  /// The compactions of a session, oldest first.
+  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<CompactionRecord[]>")]
+  pub fn list_compactions<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<CompactionRecord>>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move { m.list_compactions(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
+      compaction_records,
+    )
+  }
+
   /// Runs a prompt through the `claude` CLI in a session (a new one when `sessionId` is omitted).
   /// Invalid requests reject before anything is spawned; model and CLI failures resolve with
   /// `success: false` and an `error.code`.
@@ -923,6 +972,24 @@ pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -
     let enc = encoding_of(options?)?;
     Ok(tokens::count(&text, enc) as u32)
   })
+}
+
+/// `countTokens` off the JavaScript thread, for large texts: the promise settles with the count.
+#[napi(ts_args_type = "text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }", ts_return_type = "Promise<number>")]
+pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, u32>> {
+  let text = js_value(env, "text", Some(text));
+  let options = js_value(env, "options", options);
+  promise(
+    env,
+    async move {
+      let text = string_arg("text", text?)?;
+      let enc = encoding_of(options?)?;
+      tokio::task::spawn_blocking(move || tokens::count(&text, enc))
+        .await
+        .map_err(|e| CoreError::internal(format!("token counting failed: {e}")))
+    },
+    |n| n as u32,
+  )
 }
 
 fn encoding_of(options: Value) -> CoreResult<tokens::Encoding> {

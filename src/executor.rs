@@ -251,6 +251,7 @@ pub struct CompactEvent {
   pub trigger: String,
   pub pre_tokens: Option<u64>,
   pub post_tokens: Option<u64>,
+  pub duration_ms: Option<u64>,
 }
 
 /// What a run produced.
@@ -430,8 +431,8 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&
                     out.cli_version = cli_version.clone().or(out.cli_version.take());
                     out.model = model.clone().or(out.model.take());
                   }
-                  Kind::CompactBoundary { trigger, pre_tokens, post_tokens } => out.compactions.push(CompactEvent {
-                    trigger: trigger.clone(), pre_tokens: *pre_tokens, post_tokens: *post_tokens,
+                  Kind::CompactBoundary { trigger, pre_tokens, post_tokens, duration_ms } => out.compactions.push(CompactEvent {
+                    trigger: trigger.clone(), pre_tokens: *pre_tokens, post_tokens: *post_tokens, duration_ms: *duration_ms,
                   }),
                   Kind::Status { compact_error: Some(e), .. } => out.compact_errors.push(e.clone()),
                   Kind::Result(r) => out.result = Some((**r).clone()),

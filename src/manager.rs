@@ -188,6 +188,8 @@ pub struct TaskResult {
   pub stop_reason: Option<String>,
   pub model: Option<String>,
   pub compacted: bool,
+  /// Compactions during this run (or just before it, with `autoCompact`).
+  pub compactions: Vec<Compaction>,
   pub error: Option<TaskError>,
 }
 
@@ -526,12 +528,13 @@ impl Manager {
       args.model = Some(session.model.clone());
     }
     let threshold = r.compact_threshold.unwrap_or(self.cfg.compact_threshold);
-    let mut compacted = false;
+    let mut compacted = None;
     if r.auto_compact == Some(true) && session.materialized {
-      let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0);
+      let next = self.estimate_prompt(&session, &r.prompt);
+      let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, next);
       if info.should_compact {
-        self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
-        compacted = true;
+        let done = self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
+        compacted = done.compactions.into_iter().next();
         args.session = Some(SessionMode::Resume(session.id.clone()));
       }
     }
@@ -545,10 +548,18 @@ impl Manager {
       stall_timeout: self.cfg.stall_timeout,
     };
     let include_partials = r.include_partial_messages.unwrap_or(false);
-    let mut res = self.run_locked(&session, "task", spec, sink, cancel, include_partials, threshold).await?;
+    let mut res = self.run_locked(&session, "task", spec, sink, cancel, include_partials, threshold, None).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
-    res.compacted = compacted || res.compacted;
+    res.compacted = compacted.is_some() || res.compacted;
+    if let Some(c) = compacted {
+      res.compactions.insert(0, c);
+    }
     Ok(res)
+  }
+
+  /// Tokens a prompt is expected to add to the session's context.
+  pub fn estimate_prompt(&self, _session: &Session, prompt: &str) -> u64 {
+    crate::tokens::count(prompt, crate::tokens::Encoding::O200kBase) as u64
   }
 
   fn search_dirs(&self) -> Vec<PathBuf> {
@@ -576,6 +587,7 @@ impl Manager {
     cancel: CancelToken,
     include_partials: bool,
     threshold: f64,
+    trigger: Option<&'static str>,
   ) -> Result<TaskResult> {
     let queued = Instant::now();
     let busy = || {
@@ -618,7 +630,7 @@ impl Manager {
     let outcome = self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await;
     renew.abort();
     self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
-    self.finish(session, &task_id, outcome, queued, threshold).await
+    self.finish(session, &task_id, outcome, queued, threshold, trigger).await
   }
 
   async fn run_with_slot(
@@ -647,7 +659,15 @@ impl Manager {
     executor::run(&spec, cancel, forward).await
   }
 
-  async fn finish(&self, session: &Session, task_id: &str, outcome: Result<RunOutcome>, queued: Instant, threshold: f64) -> Result<TaskResult> {
+  async fn finish(
+    &self,
+    session: &Session,
+    task_id: &str,
+    outcome: Result<RunOutcome>,
+    queued: Instant,
+    threshold: f64,
+    trigger: Option<&'static str>,
+  ) -> Result<TaskResult> {
     let env = self.child_env();
     let transcript_exists = transcript::config_dir(&env)
       .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
@@ -669,10 +689,11 @@ impl Manager {
       stop_reason: None,
       model: None,
       compacted: false,
+      compactions: vec![],
       error: None,
     };
     let mut watermark = None;
-    let mut compactions = vec![];
+    let mut compactions: Vec<executor::CompactEvent> = vec![];
     let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
     match outcome {
       Err(e) => {
@@ -697,7 +718,7 @@ impl Manager {
           watermark = Some(w);
           end.cli_reported_cost_usd = r.total_cost_usd;
           let window = context::window_from_result(r).unwrap_or(self.cfg.context_window);
-          if let Some(u) = out.context {
+          if let Some(u) = out.context.filter(|u| u.context_total() > 0) {
             end.context = Some(ContextSnapshot { tokens: u.context_total(), window, source: "api".into(), measured_at: store::now_ms() });
           } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
             end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: store::now_ms() });
@@ -714,7 +735,11 @@ impl Manager {
             format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
             None,
           )),
-          (EndReason::Exited, Some(r)) => classify_result(r),
+          (EndReason::Exited, Some(r)) => classify_result(r).or_else(|| {
+            // A `/compact` that failed reports it through system/status, not the result.
+            (out.compactions.is_empty() && !out.compact_errors.is_empty())
+              .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
+          }),
         };
         if !out.malformed.is_empty() && error.is_none() {
           // Reported, not fatal: the stream still ended with a result.
@@ -729,7 +754,7 @@ impl Manager {
           _ => "failed",
         }
         .into();
-        res.compacted = out.compactions.iter().any(|c| c.trigger == "auto");
+        res.compacted = !out.compactions.is_empty();
         res.error = error;
       }
     }
@@ -745,21 +770,26 @@ impl Manager {
     if let Some(ctx) = &end.context {
       res.context_info = context::context_info(Some(ctx), self.cfg.context_window, threshold, 0);
     }
-    let (sid, tid) = (session.id.clone(), task_id.to_owned());
     let started = store::now_ms();
+    res.compactions = compactions
+      .into_iter()
+      .map(|c| Compaction {
+        session_id: session.id.clone(),
+        task_id: Some(task_id.to_owned()),
+        // The CLI labels a `/compact` we sent for autoCompact as manual; record what it was.
+        trigger: trigger.map(str::to_owned).unwrap_or(c.trigger),
+        pre_tokens: c.pre_tokens,
+        post_tokens: c.post_tokens,
+        started_at: started,
+        duration_ms: c.duration_ms,
+      })
+      .collect();
+    let (sid, tid, rows) = (session.id.clone(), task_id.to_owned(), res.compactions.clone());
     self
       .db(move |s| {
         s.finish_task(&sid, &tid, &end, watermark)?;
-        for c in compactions {
-          s.add_compaction(&Compaction {
-            session_id: sid.clone(),
-            task_id: Some(tid.clone()),
-            trigger: c.trigger,
-            pre_tokens: c.pre_tokens,
-            post_tokens: c.post_tokens,
-            started_at: started,
-            duration_ms: None,
-          })?;
+        for c in &rows {
+          s.add_compaction(c)?;
         }
         Ok(())
       })
@@ -796,19 +826,11 @@ impl Manager {
       timeout: None,
       stall_timeout: self.cfg.stall_timeout,
     };
-    let started = Instant::now();
-    let mut res = self.run_locked(session, "compact", spec, sink, cancel, false, self.cfg.compact_threshold).await?;
-    let compactions = self.list_compactions(&session.id, &session.user_id).await?;
-    let done = compactions.iter().any(|c| c.task_id.as_deref() == Some(&res.task_id));
-    if !done {
-      let why = res.error.as_ref().map(|e| e.message.clone()).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
-      return Err(Error::new(ErrorCode::CompactFailed, format!("compaction of session {} failed: {why}", session.id)));
+    let res = self.run_locked(session, "compact", spec, sink, cancel, false, self.cfg.compact_threshold, Some(trigger)).await?;
+    if res.compactions.is_empty() {
+      let why = res.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
+      return Err(Error::new(ErrorCode::CompactFailed, format!("compaction of session {} failed ({why}); the session is unchanged", session.id)));
     }
-    // The CLI labels /compact as manual; record the trigger the caller meant.
-    if trigger == "auto" {
-      res.compacted = true;
-    }
-    let _ = started;
     Ok(res)
   }
 }

@@ -18,7 +18,7 @@ pub enum Kind {
   /// `system/init`: the CLI started; says which model, tools and version.
   Init { session_id: Option<String>, model: Option<String>, cli_version: Option<String> },
   /// `system/compact_boundary`: a compaction happened.
-  CompactBoundary { trigger: String, pre_tokens: Option<u64>, post_tokens: Option<u64> },
+  CompactBoundary { trigger: String, pre_tokens: Option<u64>, post_tokens: Option<u64>, duration_ms: Option<u64> },
   /// `system/status`; carries `compact_error` when a compaction failed.
   Status { status: Option<String>, compact_error: Option<String> },
   /// `system/api_retry`.
@@ -121,6 +121,7 @@ fn classify(v: &Value) -> Kind {
             trigger: str_at(&meta, "trigger").unwrap_or_else(|| "manual".into()),
             pre_tokens: u64_at(&meta, "pre_tokens"),
             post_tokens: u64_at(&meta, "post_tokens"),
+            duration_ms: u64_at(&meta, "duration_ms"),
           }
         }
         "status" => Kind::Status {
@@ -136,10 +137,14 @@ fn classify(v: &Value) -> Kind {
     }
     "assistant" => {
       let msg = v.get("message").cloned().unwrap_or(Value::Null);
+      // The CLI reports an API failure as a synthetic assistant message with zero usage: it
+      // says nothing about the context.
+      let synthetic = v.get("is_api_error_message").and_then(Value::as_bool).unwrap_or(false)
+        || msg.get("model").and_then(Value::as_str) == Some("<synthetic>");
       Kind::Assistant {
         message_id: str_at(&msg, "id"),
         sidechain: is_sidechain(v),
-        usage: msg.get("usage").and_then(usage_of),
+        usage: if synthetic { None } else { msg.get("usage").and_then(usage_of) },
       }
     }
     "user" => Kind::User { sidechain: is_sidechain(v) },
@@ -285,10 +290,16 @@ mod tests {
     let l = parse_line(r#"{"type":"system","subtype":"compact_boundary","compact_metadata":{"trigger":"auto","pre_tokens":150000,"post_tokens":9000}}"#).unwrap();
     assert_eq!(
       l.kind,
-      Kind::CompactBoundary { trigger: "auto".into(), pre_tokens: Some(150000), post_tokens: Some(9000) }
+      Kind::CompactBoundary { trigger: "auto".into(), pre_tokens: Some(150000), post_tokens: Some(9000), duration_ms: None }
     );
     let l = parse_line(r#"{"type":"system","subtype":"status","status":null,"compact_error":"boom"}"#).unwrap();
     assert_eq!(l.kind, Kind::Status { status: None, compact_error: Some("boom".into()) });
+  }
+
+  #[test]
+  fn synthetic_api_error_messages_carry_no_usage() {
+    let l = parse_line(r#"{"type":"assistant","is_api_error_message":true,"message":{"id":"x","model":"<synthetic>","usage":{"input_tokens":0,"output_tokens":0}}}"#).unwrap();
+    assert_eq!(l.kind, Kind::Assistant { message_id: Some("x".into()), sidechain: false, usage: None });
   }
 
   #[test]

@@ -1,0 +1,154 @@
+// Context tracking, compaction and token counting against the real CLI and the stand-in server.
+import { test, before, after } from 'node:test'
+import { addon, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const total = (u) => u.input_tokens + u.output_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens
+
+test('context: the meter is exactly what the API reported for the last main-chain call', async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server })
+  // A tool turn makes two API calls in one task; the meter must follow the second, and must take
+  // output_tokens from message_delta (the assistant lines carry a provisional 1).
+  server.enqueue(
+    { toolUse: { name: 'Write', input: { file_path: `${work}/a.txt`, content: 'x' } }, usage: { cache_read_input_tokens: 5000, cache_creation_input_tokens: 300 } },
+    { text: 'done and dusted', usage: { cache_read_input_tokens: 7000, cache_creation_input_tokens: 111, output_tokens: 4321 } },
+  )
+  const r = await manager.executeTask({ prompt: 'go', projectId: 'p', userId: 'u', permissionMode: 'acceptEdits' })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const last = server.responses.filter((x) => x.kind === 'text' || x.kind === 'tool_use').at(-1).usage
+  t.assert.strictEqual(last.output_tokens, 4321)
+  t.assert.strictEqual(r.contextInfo.estimatedTokens, total(last))
+  t.assert.strictEqual(r.contextInfo.source, 'api')
+  // result.usage is cumulative over the task, so it is larger than the last call.
+  const sum = r.usage.inputTokens + r.usage.outputTokens + r.usage.cacheReadInputTokens + r.usage.cacheCreationInputTokens
+  t.assert.ok(sum > r.contextInfo.estimatedTokens)
+  // The window is what the CLI reported for the model (modelUsage.contextWindow), not the option.
+  t.assert.notStrictEqual(r.contextInfo.maxTokens, 123456)
+  const c = await manager.getSessionContext(r.sessionId, 'u')
+  t.assert.strictEqual(c.estimatedTokens, r.contextInfo.estimatedTokens)
+  t.assert.strictEqual(c.maxTokens, r.contextInfo.maxTokens)
+  t.assert.strictEqual(c.usagePercentage, Math.round((c.estimatedTokens / c.maxTokens) * 10000) / 100)
+  const tight = await manager.getSessionContext(r.sessionId, 'u', { threshold: c.usagePercentage })
+  t.assert.strictEqual(tight.shouldCompact, true)
+  const loose = await manager.getSessionContext(r.sessionId, 'u', { threshold: 99 })
+  t.assert.strictEqual(loose.shouldCompact, false)
+  await manager.close()
+})
+
+test('context: without a model report the window is the contextWindow option; a new session reads as empty', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server, contextWindow: 123456 })
+  const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
+  const empty = await manager.getSessionContext(session.id, 'u')
+  t.assert.deepStrictEqual(
+    { tokens: empty.estimatedTokens, max: empty.maxTokens, pct: empty.usagePercentage, source: empty.source, can: empty.canContinue },
+    { tokens: 0, max: 123456, pct: 0, source: 'estimate', can: true },
+  )
+  server.enqueue({ error: { status: 500 } })
+  const r = await manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u', sessionId: session.id })
+  t.assert.strictEqual(r.success, false)
+  t.assert.strictEqual(r.contextInfo.maxTokens, 123456)
+  await manager.close()
+})
+
+test('compaction: manual compaction records before/after tokens and updates the meter', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  const a = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId })
+  server.reset()
+  const c = await manager.compactSession({ sessionId: a.sessionId, userId: 'u', summaryInstructions: 'keep the numbers' })
+  t.assert.strictEqual(c.success, true, JSON.stringify(c.error))
+  t.assert.strictEqual(c.compactions.length, 1)
+  const [k] = c.compactions
+  t.assert.strictEqual(k.trigger, 'manual')
+  t.assert.ok(k.preTokens > k.postTokens, JSON.stringify(k))
+  // The summary request carried our instructions.
+  const summaryCall = server.requests.find((r) => r.path === '/v1/messages')
+  t.assert.match(JSON.stringify(summaryCall.body.messages.at(-1)), /keep the numbers/)
+  const ctx = await manager.getSessionContext(a.sessionId, 'u')
+  t.assert.strictEqual(ctx.estimatedTokens, k.postTokens)
+  const rows = await manager.listCompactions(a.sessionId, 'u')
+  t.assert.deepStrictEqual(rows.map((x) => [x.trigger, x.preTokens, x.postTokens]), [['manual', k.preTokens, k.postTokens]])
+  // The session goes on after it.
+  const after = await manager.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId: a.sessionId })
+  t.assert.strictEqual(after.success, true)
+  t.assert.match(after.result, /three$/)
+  await manager.close()
+})
+
+test('compaction: a failed compaction is COMPACT_FAILED and leaves the session as it was', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  const a = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  const before = await manager.getSessionContext(a.sessionId, 'u')
+  server.enqueue({ error: { status: 500 } })
+  await rejectsWith(t, manager.compactSession({ sessionId: a.sessionId, userId: 'u' }), 'COMPACT_FAILED')
+  t.assert.deepStrictEqual(await manager.getSessionContext(a.sessionId, 'u'), before)
+  t.assert.deepStrictEqual(await manager.listCompactions(a.sessionId, 'u'), [])
+  const next = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId })
+  t.assert.strictEqual(next.result, 'Echo #2: two', 'history intact')
+  // A session that never ran has nothing to compact.
+  const { session } = await manager.getOrCreateSession({ projectId: 'empty', userId: 'u' })
+  await rejectsWith(t, manager.compactSession({ sessionId: session.id, userId: 'u' }), 'COMPACT_FAILED')
+  await manager.close()
+})
+
+test('compaction: autoCompact compacts first when the session is over the threshold', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  const a = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  const pct = a.contextInfo.usagePercentage
+  // Under the threshold: no compaction.
+  const b = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId, autoCompact: true })
+  t.assert.strictEqual(b.compacted, false)
+  // Over it: compact, then run.
+  const c = await manager.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId: a.sessionId, autoCompact: true, compactThreshold: pct / 2 })
+  t.assert.strictEqual(c.success, true, JSON.stringify(c.error))
+  t.assert.strictEqual(c.compacted, true)
+  t.assert.strictEqual(c.compactions[0].trigger, 'auto')
+  t.assert.ok(c.compactions[0].preTokens > c.compactions[0].postTokens)
+  t.assert.match(c.result, /three$/)
+  const rows = await manager.listCompactions(a.sessionId, 'u')
+  t.assert.deepStrictEqual(rows.map((r) => r.trigger), ['auto'])
+  const tasks = await manager.listTasks(a.sessionId, 'u')
+  t.assert.deepStrictEqual(tasks.map((x) => x.kind), ['task', 'task', 'compact', 'task'])
+  await manager.close()
+})
+
+test('compaction: one the CLI does on its own is recorded as auto', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  // Report a nearly full window; the CLI compacts by itself on the next turn.
+  server.enqueue({ text: 'big', usage: { input_tokens: 990_000, cache_read_input_tokens: 5000 } })
+  const a = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  t.assert.ok(a.contextInfo.usagePercentage > 90, JSON.stringify(a.contextInfo))
+  t.assert.strictEqual((await manager.getSessionContext(a.sessionId, 'u')).shouldCompact, true)
+  const b = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId })
+  t.assert.strictEqual(b.success, true, JSON.stringify(b.error))
+  t.assert.strictEqual(b.compacted, true)
+  t.assert.strictEqual(b.compactions[0].trigger, 'auto')
+  t.assert.ok(b.contextInfo.usagePercentage < 10, JSON.stringify(b.contextInfo))
+  t.assert.deepStrictEqual((await manager.listCompactions(a.sessionId, 'u')).map((r) => r.trigger), ['auto'])
+  await manager.close()
+})
+
+test('countTokens: tiktoken counts, both encodings, async variant, bad input', async (t) => {
+  const { countTokens, countTokensAsync } = addon
+  t.assert.strictEqual(countTokens('hello world'), 2)
+  t.assert.strictEqual(countTokens(''), 0)
+  t.assert.strictEqual(countTokens('hello world', { encoding: 'cl100k_base' }), 2)
+  const big = 'The quick brown fox jumps over the lazy dog. '.repeat(20_000)
+  t.assert.strictEqual(await countTokensAsync(big), countTokens(big))
+  t.assert.throws(() => countTokens('x', { encoding: 'gpt2' }), (e) => e.code === 'INVALID_ARGUMENT')
+  t.assert.throws(() => countTokens(42), (e) => e.code === 'INVALID_ARGUMENT')
+  await rejectsWith(t, countTokensAsync('x', { encoding: 'p50k' }), 'INVALID_ARGUMENT')
+})
