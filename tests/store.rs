@@ -1,0 +1,153 @@
+//! The SQLite store without Node: migrations from an older schema, ownership, leases, task ends
+//! and recovery after a crash.
+
+use std::time::Duration;
+
+use claude_session_manager::error::ErrorCode;
+use claude_session_manager::store::{self, ListQuery, NewSession, Owner, Store, TaskEnd, Usage};
+use rusqlite::Connection;
+
+fn new_session(id: &str, user: &str, project: &str) -> NewSession {
+  NewSession {
+    id: id.into(),
+    project_id: project.into(),
+    user_id: user.into(),
+    parent_id: None,
+    title: None,
+    model: "sonnet".into(),
+    working_directory: "/tmp".into(),
+    context: None,
+    cli_cost_watermark: 0.0,
+  }
+}
+
+const A: &str = "11111111-1111-4111-8111-111111111111";
+const B: &str = "22222222-2222-4222-8222-222222222222";
+
+#[test]
+fn migrates_a_version_1_database_and_keeps_its_rows() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("old.db");
+  {
+    // The first release's schema, written by hand as that release did.
+    let c = Connection::open(&path).unwrap();
+    c.execute_batch(
+      "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, project_id TEXT NOT NULL, user_id TEXT NOT NULL,
+         status TEXT NOT NULL CHECK (status IN ('active', 'archived')), parent_id TEXT, title TEXT, model TEXT NOT NULL,
+         working_directory TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL);
+       CREATE INDEX sessions_by_user ON sessions (user_id, last_active_at DESC);
+       INSERT INTO sessions VALUES ('11111111-1111-4111-8111-111111111111', 'p', 'alice', 'active', NULL, 'old one', 'opus', '/w', 1, 2, 3);
+       PRAGMA user_version = 1;",
+    )
+    .unwrap();
+  }
+  let s = Store::open(&path).unwrap();
+  assert_eq!(s.schema_version().unwrap(), store::SCHEMA_VERSION);
+  let old = s.get_session(A, "alice").unwrap().expect("row kept");
+  assert_eq!(old.title.as_deref(), Some("old one"));
+  assert_eq!(old.model, "opus");
+  assert_eq!(old.task_count, 0);
+  assert_eq!(old.context, None);
+  // The new tables work on the migrated file.
+  let owner = Owner { id: "o".into(), pid: std::process::id() };
+  assert!(s.try_begin_task(A, "t1", "task", "opus", &owner, Duration::from_secs(30)).unwrap());
+  // Opening again is a no-op.
+  drop(s);
+  let s = Store::open(&path).unwrap();
+  assert_eq!(s.list_tasks(A).unwrap().len(), 1);
+}
+
+#[test]
+fn refuses_a_database_from_a_newer_build() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("new.db");
+  Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 999;").unwrap();
+  let e = Store::open(&path).err().unwrap();
+  assert_eq!(e.code, ErrorCode::StoreError);
+  assert!(e.message.contains("newer"), "{}", e.message);
+}
+
+#[test]
+fn ownership_and_listing() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(B, "bob", "p")).unwrap();
+  assert!(s.get_session(A, "bob").unwrap().is_none());
+  assert_eq!(s.archive_session(A, "bob").unwrap_err().code, ErrorCode::SessionNotFound);
+  assert_eq!(s.delete_session(A, "bob").unwrap_err().code, ErrorCode::SessionNotFound);
+  let q = ListQuery { user_id: "alice".into(), limit: 10, ..Default::default() };
+  assert_eq!(s.list_sessions(&q).unwrap().iter().map(|x| x.id.as_str()).collect::<Vec<_>>(), vec![A]);
+}
+
+#[test]
+fn one_lease_per_session_and_task_ends_update_totals_atomically() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  let me = Owner { id: "me".into(), pid: std::process::id() };
+  let ttl = Duration::from_secs(30);
+  assert!(s.try_begin_task(A, "t1", "task", "sonnet", &me, ttl).unwrap());
+  assert!(!s.try_begin_task(A, "t2", "task", "sonnet", &me, ttl).unwrap(), "the lease is held");
+  assert!(s.renew_lease(A, "t1", ttl).unwrap());
+  assert!(!s.renew_lease(A, "t2", ttl).unwrap());
+  let usage = Usage { input_tokens: 10, output_tokens: 5, cache_read_input_tokens: 100, cache_creation_input_tokens: 1 };
+  let end = TaskEnd {
+    status: "succeeded".into(),
+    usage,
+    cost_usd: 0.25,
+    materialized: true,
+    context: Some(store::ContextSnapshot { tokens: 116, window: 200_000, source: "api".into(), measured_at: 1 }),
+    ..Default::default()
+  };
+  s.finish_task(A, "t1", &end, Some(0.25)).unwrap();
+  assert!(s.try_begin_task(A, "t2", "task", "sonnet", &me, ttl).unwrap(), "released at the end");
+  s.finish_task(A, "t2", &TaskEnd { status: "failed".into(), cost_usd: 0.5, usage, ..Default::default() }, None).unwrap();
+  let row = s.get_session(A, "alice").unwrap().unwrap();
+  assert_eq!(row.task_count, 2);
+  assert_eq!(row.total_cost_usd, 0.75);
+  assert_eq!(row.usage.input_tokens, 20);
+  assert_eq!(row.usage.cache_read_input_tokens, 200);
+  assert!(row.materialized, "a later failure does not unmark the transcript");
+  assert_eq!(row.context.unwrap().tokens, 116, "a task without a measurement keeps the last one");
+  let tasks = s.list_tasks(A).unwrap();
+  assert_eq!(tasks.iter().map(|t| t.status.as_str()).collect::<Vec<_>>(), vec!["succeeded", "failed"]);
+  let sum: f64 = tasks.iter().map(|t| t.cost_usd).sum();
+  assert_eq!(sum, row.total_cost_usd);
+}
+
+#[test]
+fn tasks_of_dead_processes_and_expired_leases_are_interrupted() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(B, "alice", "p")).unwrap();
+  let dead = Owner { id: "dead".into(), pid: 999_999_999 };
+  let alive = Owner { id: "alive".into(), pid: std::process::id() };
+  assert!(s.try_begin_task(A, "ta", "task", "m", &dead, Duration::from_secs(300)).unwrap());
+  assert!(s.try_begin_task(B, "tb", "task", "m", &alive, Duration::from_secs(300)).unwrap());
+  let n = s.recover_interrupted(&|pid| pid == std::process::id()).unwrap();
+  assert_eq!(n, 1);
+  assert_eq!(s.list_tasks(A).unwrap()[0].status, "interrupted");
+  assert_eq!(s.list_tasks(B).unwrap()[0].status, "running", "a live holder keeps its task");
+  // An expired lease can be taken over; its task becomes interrupted.
+  let c = Connection::open(dir.path().join("s.db")).unwrap();
+  c.execute("UPDATE leases SET expires_at = 0 WHERE session_id = ?1", [B]).unwrap();
+  assert!(s.try_begin_task(B, "tb2", "task", "m", &alive, Duration::from_secs(30)).unwrap());
+  let statuses: Vec<String> = s.list_tasks(B).unwrap().into_iter().map(|t| t.status).collect();
+  assert_eq!(statuses, vec!["interrupted", "running"]);
+}
+
+#[test]
+fn cleanup_skips_running_sessions() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(B, "alice", "p")).unwrap();
+  let me = Owner { id: "me".into(), pid: std::process::id() };
+  assert!(s.try_begin_task(A, "t", "task", "m", &me, Duration::from_secs(30)).unwrap());
+  std::thread::sleep(Duration::from_millis(5));
+  assert_eq!(s.cleanup("alice", None, 1, false).unwrap(), 1);
+  assert!(s.get_session(A, "alice").unwrap().is_some());
+  assert!(s.get_session(B, "alice").unwrap().is_none());
+}
