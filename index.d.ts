@@ -30,12 +30,12 @@ export declare class SessionManager {
    * The newest active session of the user's project, or a new one (`preferActive` defaults to
    * true; false always creates).
    */
-  getOrCreateSession(request: { projectId: string; userId: string; preferActive?: boolean }): Promise<GetOrCreateResult>
+  getOrCreateSession(request: { projectId: string; userId: string; preferActive?: boolean; workingDirectory?: string }): Promise<GetOrCreateResult>
   /**
    * Archives the user's active sessions of the project and returns a new one (optionally with a
    * chosen UUID).
    */
-  startFresh(request: { projectId: string; userId: string; sessionId?: string }): Promise<StartFreshResult>
+  startFresh(request: { projectId: string; userId: string; sessionId?: string; workingDirectory?: string }): Promise<StartFreshResult>
   /** Marks a session archived; it stays readable and resumable. */
   archiveSession(sessionId: string, userId: string): Promise<Session>
   /**
@@ -234,6 +234,18 @@ export interface SessionManagerOptions {
   queueTimeoutMs?: number
   /** Stop a CLI that prints nothing for this long (ms); 0 disables. Default 900000. */
   stallTimeoutMs?: number
+  /**
+   * When set, every working directory (the manager's and each session's) must resolve, through
+   * `..` and symlinks, inside one of these folders.
+   */
+  allowedRoots?: Array<string>
+  /**
+   * Give each user (or each user's project) its own `CLAUDE_CONFIG_DIR`, so transcripts of
+   * different tenants never share a folder. Default `none`.
+   */
+  isolateTenants?: 'none' | 'user' | 'project'
+  /** Where tenant configuration folders live. Default: `claude-config` beside the database. */
+  tenantConfigRoot?: string
 }
 
 /** `startFresh`'s answer. */
@@ -313,6 +325,11 @@ export interface TaskRequest {
   includePartialMessages?: boolean
   /** Title for a new session or fork. */
   title?: string
+  /**
+   * For a new session: the absolute folder the CLI runs in (inside `allowedRoots` when set).
+   * An existing session always runs in its own folder.
+   */
+  workingDirectory?: string
 }
 
 /**

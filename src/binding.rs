@@ -530,6 +530,15 @@ pub struct SessionManagerOptions {
   pub queue_timeout_ms: Option<f64>,
   /// Stop a CLI that prints nothing for this long (ms); 0 disables. Default 900000.
   pub stall_timeout_ms: Option<f64>,
+  /// When set, every working directory (the manager's and each session's) must resolve, through
+  /// `..` and symlinks, inside one of these folders.
+  pub allowed_roots: Option<Vec<String>>,
+  /// Give each user (or each user's project) its own `CLAUDE_CONFIG_DIR`, so transcripts of
+  /// different tenants never share a folder. Default `none`.
+  #[napi(ts_type = "'none' | 'user' | 'project'")]
+  pub isolate_tenants: Option<String>,
+  /// Where tenant configuration folders live. Default: `claude-config` beside the database.
+  pub tenant_config_root: Option<String>,
 }
 
 /// Filters of `listSessions`.
@@ -582,6 +591,9 @@ pub struct TaskRequest {
   pub include_partial_messages: Option<bool>,
   /// Title for a new session or fork.
   pub title: Option<String>,
+  /// For a new session: the absolute folder the CLI runs in (inside `allowedRoots` when set).
+  /// An existing session always runs in its own folder.
+  pub working_directory: Option<String>,
 }
 
 /// How a caller follows and cancels a task.
@@ -656,7 +668,7 @@ impl SessionManager {
   /// The newest active session of the user's project, or a new one (`preferActive` defaults to
   /// true; false always creates).
   #[napi(
-    ts_args_type = "request: { projectId: string; userId: string; preferActive?: boolean }",
+    ts_args_type = "request: { projectId: string; userId: string; preferActive?: boolean; workingDirectory?: string }",
     ts_return_type = "Promise<GetOrCreateResult>"
   )]
   pub fn get_or_create_session<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, GetOrCreateResult>> {
@@ -667,13 +679,14 @@ impl SessionManager {
       project_id: String,
       user_id: String,
       prefer_active: Option<bool>,
+      working_directory: Option<String>,
     }
     let m = self.inner.clone();
     promise(
       env,
       async move {
         let r: Req = parse("getOrCreateSession", request?)?;
-        m.get_or_create(&r.project_id, &r.user_id, r.prefer_active.unwrap_or(true)).await
+        m.get_or_create(&r.project_id, &r.user_id, r.prefer_active.unwrap_or(true), r.working_directory.as_deref()).await
       },
       |(s, created)| GetOrCreateResult { session: s.into(), created },
     )
@@ -682,7 +695,7 @@ impl SessionManager {
   /// Archives the user's active sessions of the project and returns a new one (optionally with a
   /// chosen UUID).
   #[napi(
-    ts_args_type = "request: { projectId: string; userId: string; sessionId?: string }",
+    ts_args_type = "request: { projectId: string; userId: string; sessionId?: string; workingDirectory?: string }",
     ts_return_type = "Promise<StartFreshResult>"
   )]
   pub fn start_fresh<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, StartFreshResult>> {
@@ -693,13 +706,14 @@ impl SessionManager {
       project_id: String,
       user_id: String,
       session_id: Option<String>,
+      working_directory: Option<String>,
     }
     let m = self.inner.clone();
     promise(
       env,
       async move {
         let r: Req = parse("startFresh", request?)?;
-        m.start_fresh(&r.project_id, &r.user_id, r.session_id.as_deref()).await
+        m.start_fresh(&r.project_id, &r.user_id, r.session_id.as_deref(), r.working_directory.as_deref()).await
       },
       |(s, archived)| StartFreshResult { session: s.into(), archived: num(archived) },
     )

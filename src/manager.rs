@@ -35,6 +35,18 @@ pub struct Options {
   pub max_concurrent_tasks: Option<f64>,
   pub queue_timeout_ms: Option<f64>,
   pub stall_timeout_ms: Option<f64>,
+  #[serde(default)]
+  pub allowed_roots: Vec<String>,
+  pub isolate_tenants: Option<String>,
+  pub tenant_config_root: Option<String>,
+}
+
+/// Which tenants get a `CLAUDE_CONFIG_DIR` of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+  None,
+  User,
+  Project,
 }
 
 /// Resolved configuration.
@@ -52,6 +64,9 @@ pub struct Config {
   pub queue_timeout: Duration,
   pub stall_timeout: Option<Duration>,
   pub lease_ttl: Duration,
+  pub allowed_roots: Vec<PathBuf>,
+  pub isolation: Isolation,
+  pub tenant_config_root: PathBuf,
 }
 
 fn env_var(k: &str) -> Option<String> {
@@ -62,11 +77,19 @@ impl Config {
   /// Applies defaults and environment variables, and checks every value.
   pub fn resolve(o: Options) -> Result<Config> {
     let cwd = std::env::current_dir().map_err(|e| Error::invalid(format!("cannot read the current directory: {e}")))?;
+    let mut allowed_roots = Vec::new();
+    for r in &o.allowed_roots {
+      allowed_roots.push(validate::working_directory("allowedRoots entry", r, &[])?);
+    }
     let working_directory = PathBuf::from(o.working_directory.clone().or_else(|| env_var("CLAUDE_WORKING_DIR")).unwrap_or_else(|| cwd.to_string_lossy().into_owned()));
     let working_directory = if working_directory.is_absolute() { working_directory } else { cwd.join(working_directory) };
-    if !working_directory.is_dir() {
-      return Err(Error::invalid(format!("workingDirectory {} is not an existing folder", working_directory.display())));
-    }
+    let working_directory = validate::working_directory("workingDirectory", &working_directory.to_string_lossy(), &allowed_roots)?;
+    let isolation = match o.isolate_tenants.as_deref() {
+      None | Some("none") => Isolation::None,
+      Some("user") => Isolation::User,
+      Some("project") => Isolation::Project,
+      Some(other) => return Err(Error::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
+    };
     let database_path = match o.database_path.clone().or_else(|| env_var("CLAUDE_SESSIONS_DB")) {
       Some(p) => PathBuf::from(p),
       None => {
@@ -107,6 +130,10 @@ impl Config {
     if let Some(p) = &o.claude_path {
       validate::cli_value("claudePath", p, 4096)?;
     }
+    let tenant_config_root = match &o.tenant_config_root {
+      Some(r) => validate::working_directory("tenantConfigRoot", r, &[])?,
+      None => database_path.parent().map(|p| p.join("claude-config")).unwrap_or_else(|| PathBuf::from("claude-config")),
+    };
     Ok(Config {
       database_path,
       working_directory,
@@ -120,6 +147,9 @@ impl Config {
       queue_timeout,
       stall_timeout,
       lease_ttl: Duration::from_secs(30),
+      allowed_roots,
+      isolation,
+      tenant_config_root,
     })
   }
 }
@@ -158,6 +188,8 @@ pub struct TaskRequest {
   pub timeout_ms: Option<f64>,
   pub include_partial_messages: Option<bool>,
   pub title: Option<String>,
+  /// For a new session: the folder the CLI runs in (default: the manager's).
+  pub working_directory: Option<String>,
 }
 
 /// A task failure as the result reports it.
@@ -254,7 +286,31 @@ impl Manager {
     tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
   }
 
-  fn new_session(&self, project_id: &str, user_id: &str, id: Option<String>, model: Option<String>) -> NewSession {
+  /// Resolves a requested working directory (or the manager's) inside the allowed roots.
+  fn working_dir(&self, requested: Option<&str>) -> Result<PathBuf> {
+    match requested {
+      Some(w) => validate::working_directory("workingDirectory", w, &self.cfg.allowed_roots),
+      None => Ok(self.cfg.working_directory.clone()),
+    }
+  }
+
+  /// The CLI configuration folder of a tenant, when tenants are isolated: a stable name made
+  /// from the id (readable prefix plus a hash), under `tenantConfigRoot`.
+  fn tenant_config_dir(&self, project_id: &str, user_id: &str) -> Option<String> {
+    let (kind, id) = match self.cfg.isolation {
+      Isolation::None => return None,
+      Isolation::User => ("user", user_id.to_owned()),
+      Isolation::Project => ("project", format!("{user_id}\u{0}{project_id}")),
+    };
+    let readable: String = id.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let mut h: u64 = 0xcbf29ce484222325; // FNV-1a: stable across builds and platforms.
+    for b in id.as_bytes() {
+      h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+    }
+    Some(self.cfg.tenant_config_root.join(format!("{kind}-{readable}-{h:016x}")).to_string_lossy().into_owned())
+  }
+
+  fn new_session(&self, project_id: &str, user_id: &str, id: Option<String>, model: Option<String>, working_directory: PathBuf) -> NewSession {
     NewSession {
       id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
       project_id: project_id.to_owned(),
@@ -262,9 +318,10 @@ impl Manager {
       parent_id: None,
       title: None,
       model: model.unwrap_or_else(|| self.cfg.default_model.clone()),
-      working_directory: self.cfg.working_directory.to_string_lossy().into_owned(),
+      working_directory: working_directory.to_string_lossy().into_owned(),
       context: None,
       cli_cost_watermark: 0.0,
+      config_dir: self.tenant_config_dir(project_id, user_id),
     }
   }
 
@@ -298,16 +355,18 @@ impl Manager {
     self.db(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
   }
 
-  pub async fn get_or_create(&self, project_id: &str, user_id: &str, prefer_active: bool) -> Result<(Session, bool)> {
+  pub async fn get_or_create(&self, project_id: &str, user_id: &str, prefer_active: bool, working_directory: Option<&str>) -> Result<(Session, bool)> {
     validate_user_project(user_id, Some(project_id))?;
-    let new = self.new_session(project_id, user_id, None, None);
+    let wd = self.working_dir(working_directory)?;
+    let new = self.new_session(project_id, user_id, None, None, wd);
     self.db(move |s| s.get_or_create(&new, prefer_active)).await
   }
 
-  pub async fn start_fresh(&self, project_id: &str, user_id: &str, session_id: Option<&str>) -> Result<(Session, u64)> {
+  pub async fn start_fresh(&self, project_id: &str, user_id: &str, session_id: Option<&str>, working_directory: Option<&str>) -> Result<(Session, u64)> {
     validate_user_project(user_id, Some(project_id))?;
     let id = session_id.map(|s| validate::session_id("sessionId", s)).transpose()?;
-    let new = self.new_session(project_id, user_id, id, None);
+    let wd = self.working_dir(working_directory)?;
+    let new = self.new_session(project_id, user_id, id, None, wd);
     self.db(move |s| s.start_fresh(&new)).await
   }
 
@@ -352,7 +411,8 @@ impl Manager {
       working_directory: parent.working_directory.clone(),
       context: parent.context.clone(),
       cli_cost_watermark: parent.cli_cost_watermark,
-      ..self.new_session(&parent.project_id, &parent.user_id, None, None)
+      config_dir: parent.config_dir.clone(),
+      ..self.new_session(&parent.project_id, &parent.user_id, None, None, PathBuf::from(&parent.working_directory))
     };
     self.db(move |s| s.create_session(&new)).await
   }
@@ -479,8 +539,16 @@ impl Manager {
     m.entry(id.to_owned()).or_default().clone()
   }
 
-  fn child_env(&self) -> Vec<(String, String)> {
-    executor::child_env(std::env::vars(), &self.cfg.env)
+  /// The CLI's environment for a session: what the CLI needs, the manager's `env`, and the
+  /// tenant's own configuration folder when tenants are isolated.
+  fn child_env(&self, session: &Session) -> Result<Vec<(String, String)>> {
+    let mut env = executor::child_env(std::env::vars(), &self.cfg.env);
+    if let Some(dir) = &session.config_dir {
+      std::fs::create_dir_all(dir).map_err(|e| Error::store(format!("cannot create the CLI configuration folder {dir}: {e}")))?;
+      env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
+      env.push(("CLAUDE_CONFIG_DIR".into(), dir.clone()));
+    }
+    Ok(env)
   }
 
   /// Runs a task. Invalid requests are rejected before anything is spawned; failures of the model
@@ -489,12 +557,16 @@ impl Manager {
     self.check_open()?;
     let mut args = self.validate_task(&r)?;
     let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
+    if session_id.is_some() && r.working_directory.is_some() {
+      return Err(Error::invalid("workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript"));
+    }
+    let wd = self.working_dir(r.working_directory.as_deref())?;
     let program = executor::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
 
     // The session to run in.
     let (session, forked_from) = match (&session_id, r.fork_session.unwrap_or(false)) {
       (None, _) => {
-        let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone());
+        let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
         (self.db(move |s| s.create_session(&new)).await?, None)
       }
@@ -542,7 +614,7 @@ impl Manager {
       program,
       args: executor::build_args(&args),
       cwd: PathBuf::from(&session.working_directory),
-      env: self.child_env(),
+      env: self.child_env(&session)?,
       stdin: r.prompt.clone(),
       timeout: r.timeout_ms.map(|t| Duration::from_millis(t as u64)),
       stall_timeout: self.cfg.stall_timeout,
@@ -668,7 +740,7 @@ impl Manager {
     threshold: f64,
     trigger: Option<&'static str>,
   ) -> Result<TaskResult> {
-    let env = self.child_env();
+    let env = self.child_env(session).unwrap_or_default();
     let transcript_exists = transcript::config_dir(&env)
       .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
       .unwrap_or(false);
@@ -821,7 +893,7 @@ impl Manager {
       program,
       args: executor::build_args(&args),
       cwd: PathBuf::from(&session.working_directory),
-      env: self.child_env(),
+      env: self.child_env(&session)?,
       stdin: prompt,
       timeout: None,
       stall_timeout: self.cfg.stall_timeout,

@@ -96,6 +96,10 @@ const MIGRATIONS: &[&str] = &[
     expires_at INTEGER NOT NULL
   );
   "#,
+  // 2 -> 3: per-tenant CLI configuration folders.
+  r#"
+  ALTER TABLE sessions ADD COLUMN config_dir TEXT;
+  "#,
 ];
 
 /// The schema version this build writes.
@@ -159,12 +163,14 @@ pub struct Session {
   /// Whether the CLI has a transcript for this session yet (its first task ran).
   pub materialized: bool,
   pub cli_cost_watermark: f64,
+  /// The CLI's `CLAUDE_CONFIG_DIR` for this session when tenants are isolated.
+  pub config_dir: Option<String>,
 }
 
 const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
-  context_measured_at, materialized, cli_cost_watermark";
+  context_measured_at, materialized, cli_cost_watermark, config_dir";
 
 fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
   let context_tokens: Option<i64> = r.get(17)?;
@@ -200,6 +206,7 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     context,
     materialized: r.get::<_, i64>(21)? != 0,
     cli_cost_watermark: r.get(22)?,
+    config_dir: r.get(23)?,
   })
 }
 
@@ -216,6 +223,7 @@ pub struct NewSession {
   pub context: Option<ContextSnapshot>,
   /// For forks: the parent's running total of CLI-reported cost (see `context::task_cost`).
   pub cli_cost_watermark: f64,
+  pub config_dir: Option<String>,
 }
 
 /// Filters of `list_sessions`.
@@ -422,8 +430,8 @@ impl Store {
     tx.execute(
       "INSERT INTO sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
          created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
-         cli_cost_watermark)
-       VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?12, ?13)",
+         cli_cost_watermark, config_dir)
+       VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
       params![
         s.id,
         s.project_id,
@@ -438,6 +446,7 @@ impl Store {
         ctx.map(|c| c.source.clone()),
         ctx.map(|c| c.measured_at),
         s.cli_cost_watermark,
+        s.config_dir,
       ],
     )?;
     Ok(())

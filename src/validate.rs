@@ -108,6 +108,30 @@ pub fn cli_value(field: &str, value: &str, max_len: usize) -> Result<()> {
   Ok(())
 }
 
+/// A working directory: an absolute path to an existing folder, resolved through `..` and
+/// symlinks; with `allowed_roots`, it must lie inside one of them (after resolving, so neither
+/// `..` nor a symlink can leave a root). Returns the resolved path.
+pub fn working_directory(field: &str, value: &str, allowed_roots: &[std::path::PathBuf]) -> Result<std::path::PathBuf> {
+  cli_value(field, value, 4096)?;
+  let p = std::path::Path::new(value);
+  if !p.is_absolute() {
+    return Err(Error::invalid(format!("{field} must be an absolute path, got {:?}", value)));
+  }
+  let resolved = std::fs::canonicalize(p)
+    .map_err(|e| Error::invalid(format!("{field} {:?} cannot be used: {e}", value)))?;
+  if !resolved.is_dir() {
+    return Err(Error::invalid(format!("{field} {:?} is not a folder", value)));
+  }
+  if !allowed_roots.is_empty() && !allowed_roots.iter().any(|r| resolved.starts_with(r)) {
+    return Err(Error::invalid(format!(
+      "{field} {:?} resolves to {} which is outside the allowed roots",
+      value,
+      resolved.display()
+    )));
+  }
+  Ok(resolved)
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -138,6 +162,28 @@ mod tests {
     ] {
       assert_eq!(session_id("sessionId", bad).unwrap_err().code, ErrorCode::InvalidArgument);
     }
+  }
+
+  #[test]
+  fn working_directories_stay_inside_their_roots() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root_path = std::fs::canonicalize(root.path()).unwrap();
+    let inside = root_path.join("project");
+    std::fs::create_dir(&inside).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root_path.join("escape")).unwrap();
+    let roots = vec![root_path.clone()];
+    assert_eq!(working_directory("wd", inside.to_str().unwrap(), &roots).unwrap(), inside);
+    for bad in [
+      format!("{}/project/../..", root_path.display()),
+      format!("{}/escape", root_path.display()),
+      "relative/path".to_string(),
+      format!("{}/missing", root_path.display()),
+      "/".to_string(),
+    ] {
+      assert_eq!(working_directory("wd", &bad, &roots).unwrap_err().code, ErrorCode::InvalidArgument, "{bad}");
+    }
+    assert!(working_directory("wd", "/", &[]).is_ok(), "no roots: any folder");
   }
 
   #[test]

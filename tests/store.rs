@@ -18,6 +18,7 @@ fn new_session(id: &str, user: &str, project: &str) -> NewSession {
     working_directory: "/tmp".into(),
     context: None,
     cli_cost_watermark: 0.0,
+    config_dir: None,
   }
 }
 

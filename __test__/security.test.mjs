@@ -1,0 +1,139 @@
+// Hostile input, isolation and permissions. Every hostile input gets its exact error code and
+// nothing reaches the CLI: the stand-in server sees no request and no process is started.
+import { test, before, after } from 'node:test'
+import fs from 'node:fs'
+import path from 'node:path'
+import { addon, makeManager, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+test('hostile input: at least 40 cases, each with its exact code, none spawning', async (t) => {
+  server.reset()
+  const root = tempDir('csm-root-')
+  const outside = tempDir('csm-outside-')
+  fs.mkdirSync(path.join(root, 'proj'))
+  fs.symlinkSync(outside, path.join(root, 'link-out'))
+  const { manager, dir } = makeManager({ server, workingDirectory: root, allowedRoots: [root] })
+  const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
+  const base = { prompt: 'hi', projectId: 'p', userId: 'u' }
+  const flag = '--dangerously-skip-permissions'
+  const I = 'INVALID_ARGUMENT'
+  const cases = [
+    // argument injection through every field that reaches argv
+    [{ ...base, sessionId: flag }, I],
+    [{ ...base, sessionId: `${session.id} ${flag}` }, I],
+    [{ ...base, permissionMode: 'bypassPermissions' }, I],
+    [{ ...base, permissionMode: flag }, I],
+    [{ ...base, dangerouslySkipPermissions: true }, I],
+    [{ ...base, model: '' }, I],
+    [{ ...base, model: 'x'.repeat(200) }, I],
+    [{ ...base, model: 'sonnet\u0000--verbose' }, I],
+    [{ ...base, fallbackModel: '' }, I],
+    [{ ...base, allowedTools: flag }, I],
+    [{ ...base, allowedTools: [''] }, I],
+    [{ ...base, allowedTools: ['Bash\n--dangerously-skip-permissions'] }, I],
+    [{ ...base, disallowedTools: ['Read\u0000'] }, I],
+    [{ ...base, disallowedTools: Array(300).fill('Read') }, I],
+    [{ ...base, appendSystemPrompt: '' }, I],
+    [{ ...base, appendSystemPrompt: 'a\u0000b' }, I],
+    // NUL and control characters in ids and prompt
+    [{ ...base, prompt: 'a\u0000b' }, I],
+    [{ ...base, prompt: '   ' }, I],
+    [{ ...base, userId: 'u\u0000' }, I],
+    [{ ...base, userId: 'u\r\nX-Injected: 1' }, I],
+    [{ ...base, projectId: '\u001b[31mred' }, I],
+    [{ ...base, projectId: '' }, I],
+    [{ ...base, title: 'x'.repeat(5000) }, I],
+    // over-long
+    [{ ...base, userId: 'u'.repeat(257) }, I],
+    [{ ...base, projectId: '\u00e9'.repeat(200) }, I], // 400 bytes of UTF-8
+    // JSON in the wrong shapes
+    [{ ...base, maxTurns: '3' }, I],
+    [{ ...base, maxTurns: Number.NaN }, I],
+    [{ ...base, maxTurns: 2 ** 60 }, I],
+    [{ ...base, maxTurns: 1.5 }, I],
+    [{ ...base, maxTurns: -1 }, I],
+    [{ ...base, maxBudgetUsd: 0 }, I],
+    [{ ...base, timeoutMs: Number.POSITIVE_INFINITY }, I],
+    [{ ...base, timeoutMs: 10n }, I],
+    [{ ...base, compactThreshold: 0 }, I],
+    [{ ...base, compactThreshold: 250 }, I],
+    [{ ...base, allowedTools: { 0: 'Bash' } }, I],
+    [{ ...base, prompt: ['hi'] }, I],
+    [{ ...base, prompt: { toString: () => 'hi' } }, I],
+    [{ ...base, forkSession: 'yes' }, I],
+    [{ ...base, autoCompact: 1 }, I],
+    [{ ...base, userId: 42 }, I],
+    [{ ...base, forkSession: true }, I],
+    // path traversal outside allowedRoots
+    [{ ...base, workingDirectory: path.join(root, 'proj', '..', '..') }, I],
+    [{ ...base, workingDirectory: path.join(root, 'link-out') }, I],
+    [{ ...base, workingDirectory: outside }, I],
+    [{ ...base, workingDirectory: 'proj' }, I],
+    [{ ...base, workingDirectory: path.join(root, 'missing') }, I],
+    [{ ...base, sessionId: session.id, workingDirectory: path.join(root, 'proj') }, I],
+    // ownership
+    [{ ...base, sessionId: session.id, userId: 'mallory' }, 'SESSION_NOT_FOUND'],
+    [{ ...base, sessionId: session.id, projectId: 'other-project' }, 'SESSION_NOT_FOUND'],
+    // far over any context window
+    [{ ...base, prompt: 'word '.repeat(1_000_000) }, 'CONTEXT_OVERFLOW'],
+  ]
+  t.assert.ok(cases.length >= 40)
+  for (const [i, [req, code]] of cases.entries()) await rejectsWith(t, manager.executeTask(req), code, undefined, `case ${i}`)
+  for (const bad of [null, 'prompt', 42, [base]]) await rejectsWith(t, manager.executeTask(bad), I)
+  t.assert.strictEqual(server.requests.length, 0, 'nothing reached the API')
+  t.assert.strictEqual((await manager.listSessions({ userId: 'u' })).length, 1, 'nothing was stored')
+  // An allowed folder works.
+  const ok = await manager.executeTask({ ...base, workingDirectory: path.join(root, 'proj') })
+  t.assert.strictEqual(ok.success, true, JSON.stringify(ok.error))
+  t.assert.strictEqual((await manager.getSession(ok.sessionId, 'u')).workingDirectory, path.join(root, 'proj'))
+  await manager.close()
+  t.assert.throws(() => new addon.SessionManager({ databasePath: path.join(dir, 'x.db'), workingDirectory: outside, allowedRoots: [root] }), (e) => e.code === I)
+})
+
+test('permissions: bypassPermissions needs the opt-in; tools reach the CLI exactly as given', async (t) => {
+  server.reset()
+  const dir = tempDir()
+  // As root the CLI refuses to bypass permissions unless it is told it runs in a sandbox.
+  const { manager } = makeManager({ server, dir, allowBypassPermissions: true, env: { ...server.env(), CLAUDE_CONFIG_DIR: path.join(dir, 'claude-config'), IS_SANDBOX: '1' } })
+  const r = await manager.executeTask({
+    prompt: 'hi',
+    projectId: 'p',
+    userId: 'u',
+    permissionMode: 'bypassPermissions',
+    allowedTools: ['Bash(git log:*)', 'Read'],
+    disallowedTools: ['WebFetch'],
+  })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const tools = server.requests.find((x) => x.path === '/v1/messages').body.tools.map((x) => x.name)
+  t.assert.ok(!tools.includes('WebFetch'), 'a disallowed tool is not offered to the model')
+  t.assert.ok(tools.includes('Read'))
+  await manager.close()
+})
+
+test('tenancy: isolateTenants gives each user a configuration folder of their own', async (t) => {
+  server.reset()
+  const dir = tempDir()
+  const { manager } = makeManager({ server, dir, isolateTenants: 'user' })
+  const a = await manager.executeTask({ prompt: 'alice here', projectId: 'p', userId: 'alice' })
+  const b = await manager.executeTask({ prompt: 'bob here', projectId: 'p', userId: 'bob' })
+  t.assert.ok(a.success && b.success, JSON.stringify([a.error, b.error]))
+  const root = path.join(dir, 'claude-config')
+  const tenants = fs.readdirSync(root).sort()
+  t.assert.strictEqual(tenants.length, 2, tenants.join())
+  const transcripts = (tenant) =>
+    fs.readdirSync(path.join(root, tenant, 'projects'), { recursive: true }).filter((f) => String(f).endsWith('.jsonl')).map((f) => path.basename(String(f), '.jsonl'))
+  const owners = Object.fromEntries(tenants.map((x) => [x, transcripts(x)]))
+  t.assert.deepStrictEqual(Object.values(owners).flat().sort(), [a.sessionId, b.sessionId].sort())
+  t.assert.ok(Object.values(owners).every((ids) => ids.length === 1), 'one tenant per folder')
+  // Resume finds the transcript in the tenant's folder.
+  const a2 = await manager.executeTask({ prompt: 'again', projectId: 'p', userId: 'alice', sessionId: a.sessionId })
+  t.assert.strictEqual(a2.result, 'Echo #2: again')
+  await manager.close()
+})
