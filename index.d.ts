@@ -63,6 +63,18 @@ export declare class SessionManager {
   /** The compactions of a session, oldest first. */
   listCompactions(sessionId: string, userId: string): Promise<CompactionRecord[]>
   /**
+   * The conversation the model has, read from the CLI's transcript: the chain from the newest
+   * message back to the first (dead branches left out, compaction summaries marked), one entry
+   * per user message or model response. Without `offset`, the newest `limit` (default 100)
+   * messages, oldest first.
+   */
+  getMessages(sessionId: string, userId: string, options?: { limit?: number; offset?: number }): Promise<MessagesPage>
+  /**
+   * Predicts how many tokens a prompt would add to the session (Claude's tokenizer is not
+   * public: tiktoken × a factor learned per model family) and whether it still fits.
+   */
+  estimatePromptTokens(sessionId: string, userId: string, prompt: string, options?: { threshold?: number }): Promise<PromptEstimate>
+  /**
    * Runs a prompt through the `claude` CLI in a session (a new one when `sessionId` is omitted).
    * Invalid requests reject before anything is spawned; model and CLI failures resolve with
    * `success: false` and an `error.code`.
@@ -163,6 +175,35 @@ export interface GetOrCreateResult {
   created: boolean
 }
 
+/**
+ * One message of a session's conversation, as `getMessages` returns it: a user message, or one
+ * API response of the model with all its content blocks.
+ */
+export interface HistoryMessage {
+  /** The uuid of the message's first transcript line. */
+  uuid: string
+  parentUuid?: string
+  role: 'user' | 'assistant'
+  /**
+   * `prompt` (typed by the user), `toolResults`, `command` (a slash command), `notification`,
+   * `compactSummary` (the summary a compaction left), `meta`, or `assistant`.
+   */
+  kind: 'prompt' | 'toolResults' | 'command' | 'notification' | 'compactSummary' | 'meta' | 'assistant'
+  /** The text blocks joined by blank lines. */
+  text: string
+  /** The content blocks in order. */
+  blocks: Array<{ type: 'text'; text: string } | { type: 'thinking'; text: string } | { type: 'toolUse'; id: string; name: string; input: any } | { type: 'toolResult'; toolUseId: string; toolName?: string; content: string; isError: boolean; truncated: boolean; contentChars: number; images: number } | { type: 'image'; mediaType?: string } | { type: 'other'; blockType: string }>
+  /** The API message id of an assistant message. */
+  messageId?: string
+  model?: string
+  /** ISO-8601 time. */
+  timestamp?: string
+  /** API usage of an assistant message (the input side is exact; output may be partial). */
+  usage?: TokenUsage
+  /** Set on compaction summaries. */
+  compaction?: { trigger?: 'auto' | 'manual'; preTokens?: number }
+}
+
 /** Filters of `listSessions`. */
 export interface ListSessionsRequest {
   userId: string
@@ -173,6 +214,38 @@ export interface ListSessionsRequest {
   /** At most this many (1..1000). Default 50. */
   limit?: number
   offset?: number
+}
+
+/** A page of a session's conversation. */
+export interface MessagesPage {
+  /** Oldest first. */
+  messages: Array<HistoryMessage>
+  /** Index of the first returned message in the whole conversation. */
+  offset: number
+  /** Messages in the whole conversation. */
+  total: number
+  /** Index of the first message still in the model's context (the latest compaction summary). */
+  liveFrom: number
+  /** Compactions the conversation went through. */
+  compactions: number
+}
+
+/** How many tokens a prompt would add to a session, and whether it still fits. */
+export interface PromptEstimate {
+  /** Tokens the prompt is expected to add: `tiktokenTokens × factor`. */
+  tokens: number
+  /** Its tiktoken (`o200k_base`) count. */
+  tiktokenTokens: number
+  /**
+   * Claude tokens per tiktoken token: a prior per model family fitted on real transcripts,
+   * refined by this session's own turns.
+   */
+  factor: number
+  family: 'opus' | 'sonnet' | 'haiku' | 'other'
+  /** Turns of this session the factor learned from (0: the prior alone). */
+  observations: number
+  /** The session's context with the prompt added: `canContinue` says whether it fits. */
+  contextInfo: ContextInfo
 }
 
 /** A persisted session. Its `id` is the id the `claude` CLI uses for the conversation. */

@@ -499,6 +499,71 @@ pub struct CleanupResult {
   pub remaining: f64,
 }
 
+/// One message of a session's conversation, as `getMessages` returns it: a user message, or one
+/// API response of the model with all its content blocks.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false)]
+pub struct HistoryMessage {
+  /// The uuid of the message's first transcript line.
+  pub uuid: String,
+  pub parent_uuid: Option<String>,
+  #[napi(ts_type = "'user' | 'assistant'")]
+  pub role: String,
+  /// `prompt` (typed by the user), `toolResults`, `command` (a slash command), `notification`,
+  /// `compactSummary` (the summary a compaction left), `meta`, or `assistant`.
+  #[napi(ts_type = "'prompt' | 'toolResults' | 'command' | 'notification' | 'compactSummary' | 'meta' | 'assistant'")]
+  pub kind: String,
+  /// The text blocks joined by blank lines.
+  pub text: String,
+  /// The content blocks in order.
+  #[napi(ts_type = "Array<{ type: 'text'; text: string } | { type: 'thinking'; text: string } | { type: 'toolUse'; id: string; name: string; input: any } | { type: 'toolResult'; toolUseId: string; toolName?: string; content: string; isError: boolean; truncated: boolean; contentChars: number; images: number } | { type: 'image'; mediaType?: string } | { type: 'other'; blockType: string }>")]
+  pub blocks: Vec<serde_json::Value>,
+  /// The API message id of an assistant message.
+  pub message_id: Option<String>,
+  pub model: Option<String>,
+  /// ISO-8601 time.
+  pub timestamp: Option<String>,
+  /// API usage of an assistant message (the input side is exact; output may be partial).
+  pub usage: Option<TokenUsage>,
+  /// Set on compaction summaries.
+  #[napi(ts_type = "{ trigger?: 'auto' | 'manual'; preTokens?: number }")]
+  pub compaction: Option<serde_json::Value>,
+}
+
+/// A page of a session's conversation.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false)]
+pub struct MessagesPage {
+  /// Oldest first.
+  pub messages: Vec<HistoryMessage>,
+  /// Index of the first returned message in the whole conversation.
+  pub offset: f64,
+  /// Messages in the whole conversation.
+  pub total: f64,
+  /// Index of the first message still in the model's context (the latest compaction summary).
+  pub live_from: f64,
+  /// Compactions the conversation went through.
+  pub compactions: f64,
+}
+
+/// How many tokens a prompt would add to a session, and whether it still fits.
+#[napi(object)]
+pub struct PromptEstimate {
+  /// Tokens the prompt is expected to add: `tiktokenTokens × factor`.
+  pub tokens: f64,
+  /// Its tiktoken (`o200k_base`) count.
+  pub tiktoken_tokens: f64,
+  /// Claude tokens per tiktoken token: a prior per model family fitted on real transcripts,
+  /// refined by this session's own turns.
+  pub factor: f64,
+  #[napi(ts_type = "'opus' | 'sonnet' | 'haiku' | 'other'")]
+  pub family: String,
+  /// Turns of this session the factor learned from (0: the prior alone).
+  pub observations: f64,
+  /// The session's context with the prompt added: `canContinue` says whether it fits.
+  pub context_info: ContextInfo,
+}
+
 // ---- input types (typing only: inputs are read through serde so that every shape error is an
 // INVALID_ARGUMENT naming the field) ----------------------------------------------------------
 
@@ -851,6 +916,77 @@ impl SessionManager {
       env,
       async move { m.list_compactions(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
       compaction_records,
+    )
+  }
+
+  /// The conversation the model has, read from the CLI's transcript: the chain from the newest
+  /// message back to the first (dead branches left out, compaction summaries marked), one entry
+  /// per user message or model response. Without `offset`, the newest `limit` (default 100)
+  /// messages, oldest first.
+  #[napi(
+    ts_args_type = "sessionId: string, userId: string, options?: { limit?: number; offset?: number }",
+    ts_return_type = "Promise<MessagesPage>"
+  )]
+  pub fn get_messages<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, serde_json::Value>> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Opts {
+      limit: Option<f64>,
+      offset: Option<f64>,
+    }
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let options = js_value(env, "options", options);
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let o: Opts = match options? {
+          Value::Null => Opts::default(),
+          v => parse("getMessages options", v)?,
+        };
+        let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.limit, o.offset).await?;
+        serde_json::to_value(page).map_err(|e| CoreError::internal(format!("cannot encode messages: {e}")))
+      },
+      |v| v,
+    )
+  }
+
+  /// Predicts how many tokens a prompt would add to the session (Claude's tokenizer is not
+  /// public: tiktoken × a factor learned per model family) and whether it still fits.
+  #[napi(
+    ts_args_type = "sessionId: string, userId: string, prompt: string, options?: { threshold?: number }",
+    ts_return_type = "Promise<PromptEstimate>"
+  )]
+  pub fn estimate_prompt_tokens<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, prompt: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, PromptEstimate>> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Opts {
+      threshold: Option<f64>,
+    }
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let prompt = js_value(env, "prompt", Some(prompt));
+    let options = js_value(env, "options", options);
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let o: Opts = match options? {
+          Value::Null => Opts::default(),
+          v => parse("estimatePromptTokens options", v)?,
+        };
+        let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
+        m.estimate_prompt_tokens(&sid, &uid, p, o.threshold).await
+      },
+      |e| PromptEstimate {
+        tokens: num(e.tokens),
+        tiktoken_tokens: num(e.tiktoken_tokens),
+        factor: e.factor,
+        family: e.family,
+        observations: num(e.observations),
+        context_info: e.context_info.into(),
+      },
     )
   }
 

@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::executor::{self, CancelToken, CliArgs, EndReason, RunOutcome, RunSpec, SessionMode};
 use crate::store::{self, Compaction, ContextSnapshot, ListQuery, NewSession, Owner, Session, Store, TaskEnd, Usage};
 use crate::stream::{Kind, Line};
-use crate::{transcript, validate};
+use crate::{estimate, transcript, validate};
 
 /// Options of `new SessionManager(options)`, as read from JavaScript.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -223,6 +223,65 @@ pub struct TaskResult {
   /// Compactions during this run (or just before it, with `autoCompact`).
   pub compactions: Vec<Compaction>,
   pub error: Option<TaskError>,
+}
+
+impl TaskResult {
+  /// A result with nothing measured yet.
+  fn empty(session: &Session, task_id: &str, context_info: ContextInfo) -> TaskResult {
+    TaskResult {
+      success: false,
+      session_id: session.id.clone(),
+      task_id: task_id.to_owned(),
+      parent_session_id: session.parent_id.clone(),
+      result: String::new(),
+      context_info,
+      duration_total_ms: 0,
+      duration_api_ms: 0,
+      cost: 0.0,
+      turns: 0,
+      usage: Usage::default(),
+      permission_denials: vec![],
+      stop_reason: None,
+      model: None,
+      compacted: false,
+      compactions: vec![],
+      error: None,
+    }
+  }
+}
+
+/// A page of a session's conversation, as `getMessages` returns it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagesPage {
+  /// Oldest first.
+  pub messages: Vec<transcript::Message>,
+  /// Index of the first returned message in the whole conversation.
+  pub offset: usize,
+  /// Messages in the whole conversation.
+  pub total: usize,
+  /// Index of the first message still in the model's context (the latest compaction summary).
+  pub live_from: usize,
+  /// Compactions the conversation went through.
+  pub compactions: usize,
+}
+
+/// What `estimatePromptTokens` says about a prompt.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptEstimate {
+  /// Tokens the prompt is expected to add to the context.
+  pub tokens: u64,
+  /// Its tiktoken (`o200k_base`) count.
+  pub tiktoken_tokens: u64,
+  /// Claude tokens per tiktoken token used for the estimate.
+  pub factor: f64,
+  /// The model family the factor belongs to.
+  pub family: String,
+  /// How many of the session's own turns the factor learned from (0: the prior alone).
+  pub observations: u64,
+  /// The session's context if the prompt were added now.
+  pub context_info: ContextInfo,
 }
 
 /// Receives every event of a task as it arrives.
@@ -533,6 +592,25 @@ impl Manager {
     })
   }
 
+  /// Rejects a prompt whose own tokens exceed the window, before anything is stored or spawned.
+  /// A token is at least one byte, so only prompts longer than the window in bytes are counted.
+  async fn check_prompt_fits(&self, prompt: &str, window: u64) -> Result<()> {
+    if (prompt.len() as u64) <= window {
+      return Ok(());
+    }
+    let text = prompt.to_owned();
+    let n = tokio::task::spawn_blocking(move || crate::tokens::count(&text, crate::tokens::Encoding::O200kBase) as u64)
+      .await
+      .map_err(|e| Error::internal(format!("token counting failed: {e}")))?;
+    if n >= window {
+      return Err(Error::new(
+        ErrorCode::ContextOverflow,
+        format!("the prompt alone is about {n} tokens; the context window is {window}: split it or send it as a file the agent can read"),
+      ));
+    }
+    Ok(())
+  }
+
   fn session_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
     let mut m = self.session_locks.lock().unwrap_or_else(|p| p.into_inner());
     m.retain(|_, l| Arc::strong_count(l) > 1);
@@ -553,7 +631,7 @@ impl Manager {
 
   /// Runs a task. Invalid requests are rejected before anything is spawned; failures of the model
   /// or the CLI resolve with `success: false` and a code.
-  pub async fn execute_task(&self, r: TaskRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+  pub async fn execute_task(self: &Arc<Self>, r: TaskRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
     self.check_open()?;
     let mut args = self.validate_task(&r)?;
     let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
@@ -561,6 +639,7 @@ impl Manager {
       return Err(Error::invalid("workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript"));
     }
     let wd = self.working_dir(r.working_directory.as_deref())?;
+    self.check_prompt_fits(&r.prompt, self.cfg.context_window).await?;
     let program = executor::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
 
     // The session to run in.
@@ -602,7 +681,10 @@ impl Manager {
     let threshold = r.compact_threshold.unwrap_or(self.cfg.compact_threshold);
     let mut compacted = None;
     if r.auto_compact == Some(true) && session.materialized {
-      let next = self.estimate_prompt(&session, &r.prompt);
+      let next = {
+        let (me, s2, p) = (self.clone(), session.clone(), r.prompt.clone());
+        tokio::task::spawn_blocking(move || me.estimate_prompt(&s2, &p)).await.unwrap_or(0)
+      };
       let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, next);
       if info.should_compact {
         let done = self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
@@ -629,9 +711,72 @@ impl Manager {
     Ok(res)
   }
 
-  /// Tokens a prompt is expected to add to the session's context.
-  pub fn estimate_prompt(&self, _session: &Session, prompt: &str) -> u64 {
-    crate::tokens::count(prompt, crate::tokens::Encoding::O200kBase) as u64
+  /// The transcript file of a session.
+  fn transcript_of(&self, session: &Session) -> Result<Option<PathBuf>> {
+    let env = self.child_env(session)?;
+    Ok(transcript::config_dir(&env).map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id)))
+  }
+
+  /// Tokens a prompt is expected to add to a session's context: its tiktoken count times a
+  /// factor per model family, learned from the session's own transcript on top of a prior fitted
+  /// on real transcripts (see `estimate`). Reads the transcript: call it off the async threads.
+  fn estimate_blocking(&self, session: &Session, prompt: &str) -> Result<(u64, u64, f64, estimate::Family, u64)> {
+    let family = estimate::Family::of_model(&session.model);
+    let mut est = estimate::Estimator::new();
+    if let Some(path) = self.transcript_of(session)? {
+      if path.is_file() {
+        est.train_on_transcript(&path)?;
+      }
+    }
+    let tiktoken = crate::tokens::count(prompt, crate::tokens::Encoding::O200kBase) as u64;
+    Ok((est.estimate(family, tiktoken), tiktoken, est.factor(family), family, est.learned(family).observations))
+  }
+
+  /// Tokens a prompt is expected to add (see `estimate_blocking`); a failure to read the
+  /// transcript falls back to the prior.
+  pub fn estimate_prompt(&self, session: &Session, prompt: &str) -> u64 {
+    self.estimate_blocking(session, prompt).map(|e| e.0).unwrap_or_else(|_| {
+      let f = estimate::Family::of_model(&session.model);
+      estimate::Estimator::new().estimate(f, crate::tokens::count(prompt, crate::tokens::Encoding::O200kBase) as u64)
+    })
+  }
+
+  /// `estimatePromptTokens`: how much a prompt would add and whether it still fits.
+  pub async fn estimate_prompt_tokens(self: &Arc<Self>, session_id: &str, user_id: &str, prompt: String, threshold: Option<f64>) -> Result<PromptEstimate> {
+    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
+    if prompt.len() > validate::MAX_PROMPT_BYTES * 4 {
+      return Err(Error::invalid(format!("prompt is longer than {} bytes", validate::MAX_PROMPT_BYTES * 4)));
+    }
+    let session = self.get_session(session_id, user_id).await?;
+    let (me, s2) = (self.clone(), session.clone());
+    let (tokens, tiktoken, factor, family, observations) = self.db(move |_| me.estimate_blocking(&s2, &prompt)).await?;
+    let context_info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, tokens);
+    Ok(PromptEstimate { tokens, tiktoken_tokens: tiktoken, factor, family: family.as_str().to_string(), observations, context_info })
+  }
+
+  /// `getMessages`: the conversation the model has, from the CLI's transcript. Without `offset`
+  /// it returns the newest `limit` (default 100) messages, oldest first.
+  pub async fn get_messages(&self, session_id: &str, user_id: &str, limit: Option<f64>, offset: Option<f64>) -> Result<MessagesPage> {
+    let limit = match limit {
+      Some(l) => validate::positive_int("limit", l)?.min(10_000) as usize,
+      None => 100,
+    };
+    let offset = offset.map(|o| validate::non_negative_int("offset", o)).transpose()?.map(|o| o as usize);
+    let session = self.get_session(session_id, user_id).await?;
+    let path = self.transcript_of(&session)?;
+    self
+      .db(move |_| {
+        let history = match path {
+          Some(p) => transcript::read_messages(&p)?,
+          None => transcript::History::default(),
+        };
+        let page = match offset {
+          Some(o) => history.page(o, limit),
+          None => history.page_from_end(0, limit),
+        };
+        Ok(MessagesPage { messages: page.messages, offset: page.offset, total: page.total, live_from: history.live_from, compactions: history.compactions })
+      })
+      .await
   }
 
   fn search_dirs(&self) -> Vec<PathBuf> {
@@ -668,12 +813,12 @@ impl Manager {
         format!("session {} is running another task; waited {} ms", session.id, self.cfg.queue_timeout.as_millis()),
       )
     };
+    let task_id = uuid::Uuid::new_v4().to_string();
     let lock = self.session_lock(&session.id);
     let _guard = tokio::select! {
       g = tokio::time::timeout(self.cfg.queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
-      _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for its session")),
+      _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
     };
-    let task_id = uuid::Uuid::new_v4().to_string();
     let model = spec.args.iter().find_map(|a| a.strip_prefix("--model=")).unwrap_or(&session.model).to_owned();
     loop {
       let (sid, tid, m, owner, ttl) = (session.id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
@@ -685,7 +830,7 @@ impl Manager {
       }
       tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for its session")),
+        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
       }
     }
     self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
@@ -703,6 +848,17 @@ impl Manager {
     renew.abort();
     self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
     self.finish(session, &task_id, outcome, queued, threshold, trigger).await
+  }
+
+  /// A task aborted before it got its session: one `aborted` row, and a result saying so.
+  async fn aborted_in_queue(&self, session: &Session, task_id: &str, kind: &'static str, queued: Instant, threshold: f64) -> Result<TaskResult> {
+    let msg = "the task was aborted while it waited for its session";
+    let (sid, tid, owner) = (session.id.clone(), task_id.to_owned(), self.owner.clone());
+    self.db(move |s| s.record_unstarted_task(&sid, &tid, kind, &owner, "aborted", "ABORTED", msg)).await?;
+    let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
+    res.duration_total_ms = queued.elapsed().as_millis() as u64;
+    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
+    Ok(res)
   }
 
   async fn run_with_slot(
@@ -745,25 +901,7 @@ impl Manager {
       .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
       .unwrap_or(false);
     let mut end = TaskEnd { materialized: session.materialized || transcript_exists, ..Default::default() };
-    let mut res = TaskResult {
-      success: false,
-      session_id: session.id.clone(),
-      task_id: task_id.to_owned(),
-      parent_session_id: session.parent_id.clone(),
-      result: String::new(),
-      context_info: context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0),
-      duration_total_ms: 0,
-      duration_api_ms: 0,
-      cost: 0.0,
-      turns: 0,
-      usage: Usage::default(),
-      permission_denials: vec![],
-      stop_reason: None,
-      model: None,
-      compacted: false,
-      compactions: vec![],
-      error: None,
-    };
+    let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
     let mut watermark = None;
     let mut compactions: Vec<executor::CompactEvent> = vec![];
     let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
