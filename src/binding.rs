@@ -49,7 +49,12 @@ where
 {
   env.spawn_future_with_callback(
     async move {
-      let r = match tokio::spawn(fut).await {
+      let r = match tokio::spawn(async move {
+        debug_panic_hook();
+        fut.await
+      })
+      .await
+      {
         Ok(r) => r,
         Err(join) if join.is_panic() => Err(CoreError::internal(format!("panic: {}", panic_message(join.into_panic())))),
         Err(join) => Err(CoreError::internal(format!("task failed: {join}"))),
@@ -63,9 +68,21 @@ where
   )
 }
 
+/// Debug builds only: panics when `CSM_DEBUG_PANIC` is set, so tests can prove that a panic
+/// becomes an `INTERNAL` rejection instead of crashing Node. Release builds compile it away.
+fn debug_panic_hook() {
+  #[cfg(debug_assertions)]
+  if std::env::var_os("CSM_DEBUG_PANIC").is_some() {
+    panic!("CSM_DEBUG_PANIC is set");
+  }
+}
+
 /// Runs a synchronous core call, mapping errors and panics.
 fn sync<T>(env: &Env, f: impl FnOnce() -> CoreResult<T>) -> napi::Result<T> {
-  match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+  match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    debug_panic_hook();
+    f()
+  })) {
     Ok(Ok(t)) => Ok(t),
     Ok(Err(e)) => Err(js_error(env, e)),
     Err(p) => Err(js_error(env, CoreError::internal(format!("panic: {}", panic_message(p))))),

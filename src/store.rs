@@ -299,6 +299,26 @@ pub struct Owner {
 pub struct Store {
   conn: Mutex<Connection>,
   path: PathBuf,
+  /// The file's identity when opened: a file deleted or replaced under an open connection is
+  /// caught before work is done on a copy no other process sees.
+  identity: Option<(u64, u64)>,
+  /// Held open so the inode cannot be reused by a replacement file while this store lives.
+  /// Declared after `conn`: it closes after the connection, so SQLite's POSIX locks (which any
+  /// close of the file releases) are never dropped under a live connection.
+  _pin: Option<std::fs::File>,
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+  }
+  #[cfg(not(unix))]
+  {
+    let _ = path;
+    None
+  }
 }
 
 fn store_err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -368,7 +388,9 @@ impl Store {
       .pragma_update(None, "foreign_keys", "ON")
       .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
       .map_err(|e| store_err(path, "cannot configure the session store", e))?;
-    let mut store = Store { conn: Mutex::new(conn), path: path.to_path_buf() };
+    let pin = std::fs::File::open(path).ok();
+    let identity = file_identity(path);
+    let mut store = Store { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin };
     store.migrate()?;
     Ok(store)
   }
@@ -399,6 +421,12 @@ impl Store {
 
   fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
     let mut conn = self.conn.lock().map_err(|_| Error::internal("store lock poisoned"))?;
+    if self.identity.is_some() && file_identity(&self.path) != self.identity {
+      return Err(Error::store(format!(
+        "the session store {} was deleted or replaced while open; nothing was written. Restore the file or create a new SessionManager",
+        self.path.display()
+      )));
+    }
     f(&mut conn)
   }
 

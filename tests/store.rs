@@ -152,3 +152,21 @@ fn cleanup_skips_running_sessions() {
   assert!(s.get_session(A, "alice").unwrap().is_some());
   assert!(s.get_session(B, "alice").unwrap().is_none());
 }
+
+#[test]
+fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  std::fs::remove_file(&path).unwrap();
+  let e = s.create_session(&new_session(B, "alice", "p")).unwrap_err();
+  assert_eq!(e.code, ErrorCode::StoreError);
+  assert!(e.message.contains("deleted or replaced"), "{}", e.message);
+  assert_eq!(s.get_session(A, "alice").unwrap_err().code, ErrorCode::StoreError);
+  // Replaced by another database: refused too.
+  let other = Store::open(&dir.path().join("other.db")).unwrap();
+  drop(other);
+  std::fs::rename(dir.path().join("other.db"), &path).unwrap();
+  assert_eq!(s.list_sessions(&ListQuery { user_id: "alice".into(), limit: 5, ..Default::default() }).unwrap_err().code, ErrorCode::StoreError);
+}

@@ -1,0 +1,86 @@
+// The store under faults: a briefly locked file, a full disk, a file deleted while open, and a
+// Rust panic. Each is a clear error with a code; the Node process never crashes.
+import { test } from 'node:test'
+import fs from 'node:fs'
+import path from 'node:path'
+import { spawn, spawnSync } from 'node:child_process'
+import { addon, rejectsWith, tempDir } from './helpers.mjs'
+
+const { SessionManager } = addon
+
+test('store faults: a file locked by another process for a moment makes writers wait, not fail', async (t) => {
+  const dir = tempDir()
+  const db = path.join(dir, 's.db')
+  const m = new SessionManager({ databasePath: db, workingDirectory: dir })
+  await m.getOrCreateSession({ projectId: 'p', userId: 'u' })
+  const locker = spawn('python3', ['-c', `
+import sqlite3, sys, time
+c = sqlite3.connect(${JSON.stringify(db)}, isolation_level=None)
+c.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(1.5)
+c.execute("COMMIT")`])
+  const exited = new Promise((r) => locker.on('exit', r))
+  await new Promise((r) => locker.stdout.on('data', (d) => String(d).includes('locked') && r()))
+  const r = await m.getOrCreateSession({ projectId: 'q', userId: 'u' })
+  t.assert.strictEqual(r.created, true)
+  await exited
+  t.assert.strictEqual((await m.listSessions({ userId: 'u' })).length, 2)
+  await m.close()
+})
+
+test('store faults: a full disk is STORE_ERROR; what was written stays readable', async (t) => {
+  const mnt = tempDir('csm-full-')
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=160k', 'tmpfs', mnt])
+  if (mounted.status !== 0) return t.skip(`cannot mount a small tmpfs here: ${String(mounted.stderr).trim()}`)
+  try {
+    const m = new SessionManager({ databasePath: path.join(mnt, 's.db'), workingDirectory: mnt })
+    let made = 0
+    let error
+    for (let i = 0; i < 5000 && !error; i++) {
+      try {
+        await m.startFresh({ projectId: `project-${i}-${'x'.repeat(200)}`, userId: 'u' })
+        made++
+      } catch (e) {
+        error = e
+      }
+    }
+    t.assert.ok(error, 'the disk filled up')
+    t.assert.strictEqual(error.code, 'STORE_ERROR')
+    t.assert.match(error.message, /full|disk|space/i)
+    t.assert.ok(made > 0)
+    const list = await m.listSessions({ userId: 'u', limit: 1000 })
+    t.assert.strictEqual(list.length, made, 'every acknowledged write is there, nothing half-written')
+    await m.close()
+  } finally {
+    spawnSync('umount', [mnt])
+  }
+})
+
+test('store faults: the database deleted while running is STORE_ERROR', async (t) => {
+  const dir = tempDir()
+  const db = path.join(dir, 's.db')
+  const m = new SessionManager({ databasePath: db, workingDirectory: dir })
+  await m.getOrCreateSession({ projectId: 'p', userId: 'u' })
+  for (const f of fs.readdirSync(dir).filter((f) => f.startsWith('s.db'))) fs.rmSync(path.join(dir, f))
+  await rejectsWith(t, m.getOrCreateSession({ projectId: 'p2', userId: 'u' }), 'STORE_ERROR', /deleted or replaced/)
+  await rejectsWith(t, m.listSessions({ userId: 'u' }), 'STORE_ERROR')
+  await m.close()
+})
+
+test('a Rust panic becomes an INTERNAL rejection and Node keeps running (debug builds)', async (t) => {
+  const script = `
+    const { SessionManager, countTokens } = require(${JSON.stringify(path.resolve('index.js'))});
+    const dir = require('fs').mkdtempSync(require('os').tmpdir() + '/csm-');
+    const m = new SessionManager({ databasePath: dir + '/s.db', workingDirectory: dir });
+    process.env.CSM_DEBUG_PANIC = '1';
+    const out = {};
+    m.listSessions({ userId: 'u' }).then(() => { out.async = 'resolved' }, (e) => { out.async = e.code })
+      .then(() => { try { countTokens('x'); out.sync = 'returned' } catch (e) { out.sync = e.code } })
+      .then(() => { delete process.env.CSM_DEBUG_PANIC; return m.listSessions({ userId: 'u' }) })
+      .then((l) => { out.after = Array.isArray(l); console.log(JSON.stringify(out)) });`
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+  t.assert.strictEqual(r.status, 0, r.stderr)
+  const out = JSON.parse(r.stdout.trim().split('\n').at(-1))
+  t.assert.deepStrictEqual(out, { async: 'INTERNAL', sync: 'INTERNAL', after: true })
+})
