@@ -108,7 +108,7 @@ function errorBody(error) {
 
 function errorResponse(error, request, onError) {
   const { status, body } = errorBody(error)
-  if (status >= 500 && onError) {
+  if (status >= 500 && status !== 501 && onError) {
     try {
       onError(error, request)
     } catch {}
