@@ -414,6 +414,23 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.strictEqual(api.parentId, parentId)
     await shot('nextjs.png')
 
+    // Reload: the project's newest active session (the fork) opens again with its meter, and its
+    // history when the server can replay it (SessionManager.getMessages, feature-detected).
+    const forkMeter = await meter()
+    await page.reload()
+    await page.waitForFunction((id) => document.querySelector('[data-testid=current-session] code')?.textContent === id, forkId)
+    await page.waitForFunction((n) => Number(document.querySelector('[data-testid=meter]').dataset.tokens) === n, forkMeter.tokens)
+    const historyStatus = await page.evaluate(
+      async (id) => (await fetch('/api/claude/session', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ action: 'messages', sessionId: id }) })).status,
+      forkId,
+    )
+    if (historyStatus === 200) {
+      await page.waitForFunction(() => [...document.querySelectorAll('.message.assistant .text')].some((el) => el.textContent.includes('hello from the fork')))
+    } else {
+      t.assert.strictEqual(historyStatus, 501)
+      t.diagnostic('history replay is not available in this addon build (no getMessages): after a reload the page shows the session and its meter only')
+    }
+
     // Start fresh: a new, empty session; the others are archived.
     await page.click('[data-testid=start-fresh]')
     await page.waitForFunction((ids) => {

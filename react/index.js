@@ -315,13 +315,13 @@ function useClientSession(opts) {
   }, [projectId, api, initialSessionId])
 
   // Unmounting stops a running task (its HTTP stream closes, so the server aborts the CLI).
-  useEffect(
-    () => () => {
+  useEffect(() => {
+    mounted.current = true
+    return () => {
       mounted.current = false
       if (abortRef.current) abortRef.current.abort()
-    },
-    [],
-  )
+    }
+  }, [])
 
   const ensureSession = useCallback(async () => {
     if (sessionIdRef.current) return sessionIdRef.current
