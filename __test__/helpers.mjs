@@ -56,3 +56,26 @@ export function processesMentioning(needle) {
 }
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
+
+/** Parses a text/event-stream body into `{ event, data, id }` records. */
+export function parseSse(text) {
+  const out = []
+  for (const block of text.split(/\r?\n\r?\n/)) {
+    let event = 'message'
+    let id
+    const data = []
+    let any = false
+    for (const line of block.split(/\r?\n/)) {
+      if (!line || line.startsWith(':')) continue
+      const i = line.indexOf(':')
+      const field = i < 0 ? line : line.slice(0, i)
+      const value = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '')
+      if (field === 'event') event = value
+      else if (field === 'data') data.push(value)
+      else if (field === 'id') id = value
+      any = true
+    }
+    if (any && data.length) out.push({ event, id, data: JSON.parse(data.join('\n')) })
+  }
+  return out
+}

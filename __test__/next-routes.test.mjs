@@ -1,0 +1,403 @@
+// claude-session-manager/next: the App Router route handlers, driven directly with Request objects
+// against a real SessionManager whose `claude` CLI runs offline against the stand-in server.
+import { test, before, after } from 'node:test'
+import { createRequire } from 'node:module'
+import { makeManager, parseSse, startStandInServer, UUID } from './helpers.mjs'
+
+const require = createRequire(import.meta.url)
+const nextRoutes = require('../next/index.js')
+const { createClaudeRoutes, getSessionManager, closeSessionManager, statusForCode } = nextRoutes
+
+const BASE = 'http://localhost/api/claude'
+let server
+let manager
+let routes
+
+before(async () => {
+  server = await startStandInServer()
+  ;({ manager } = makeManager({ server, queueTimeoutMs: 400 }))
+  routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
+})
+after(async () => {
+  await manager.close()
+  await server.close()
+})
+
+/** A JSON POST as the browser would send it; `user: null` sends no user. */
+function post(path, body, { user = 'alice', raw, contentType = 'application/json', signal } = {}) {
+  const headers = {}
+  if (user) headers['x-user'] = user
+  if (contentType) headers['content-type'] = contentType
+  return new Request(`${BASE}/${path}`, { method: 'POST', headers, body: raw !== undefined ? raw : JSON.stringify(body), signal })
+}
+function get(pathAndQuery, { user = 'alice' } = {}) {
+  return new Request(`${BASE}/${pathAndQuery}`, { headers: user ? { 'x-user': user } : {} })
+}
+async function jsonOf(res, status) {
+  const text = await res.text()
+  let body
+  try {
+    body = JSON.parse(text)
+  } catch {
+    throw new Error(`not JSON (HTTP ${res.status}): ${text.slice(0, 300)}`)
+  }
+  if (status !== undefined && res.status !== status) throw new Error(`expected HTTP ${status}, got ${res.status}: ${text.slice(0, 500)}`)
+  return body
+}
+async function expectError(t, res, status, code, messagePart) {
+  const body = await jsonOf(res, status)
+  t.assert.strictEqual(res.headers.get('content-type'), 'application/json; charset=utf-8')
+  t.assert.strictEqual(body.error.code, code, JSON.stringify(body))
+  t.assert.strictEqual(typeof body.error.message, 'string')
+  if (messagePart) t.assert.match(body.error.message, messagePart)
+  return body.error
+}
+
+const waitFor = async (what, fn, ms = 15000) => {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = await fn()
+    if (v) return v
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 25))
+  }
+}
+
+test('next routes: task POST runs a task and answers with the TaskResult; resume carries history', async (t) => {
+  server.reset()
+  const res = await routes.task.POST(post('task', { prompt: 'hello from a route', projectId: 'web' }))
+  const r = await jsonOf(res, 200)
+  t.assert.strictEqual(res.headers.get('cache-control'), 'no-store')
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.match(r.sessionId, UUID)
+  t.assert.strictEqual(r.result, 'Echo #1: hello from a route')
+  t.assert.strictEqual(r.contextInfo.source, 'api')
+  t.assert.ok(r.contextInfo.estimatedTokens > 0)
+  const again = await jsonOf(await routes.task.POST(post('task', { prompt: 'and again', projectId: 'web', sessionId: r.sessionId })), 200)
+  t.assert.strictEqual(again.result, 'Echo #2: and again', 'the resumed task saw turn 1')
+  const session = (await jsonOf(await routes.session.GET(get(`session?sessionId=${r.sessionId}`)), 200)).session
+  t.assert.strictEqual(session.userId, 'alice', 'the user came from getUserId')
+  t.assert.strictEqual(session.taskCount, 2)
+})
+
+test('next routes: the stream route sends every event as SSE, then a result event with the TaskResult', async (t) => {
+  server.reset()
+  server.enqueue({ text: 'streamed word by word', chunkDelayMs: 5 })
+  const { session } = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'sse' })), 200)
+  const res = await routes.stream.POST(post('stream', { prompt: 'stream please', projectId: 'sse', sessionId: session.id }))
+  t.assert.strictEqual(res.status, 200)
+  t.assert.match(res.headers.get('content-type'), /^text\/event-stream/)
+  t.assert.match(res.headers.get('cache-control'), /no-cache/)
+  const events = parseSse(await res.text())
+  const messages = events.filter((e) => e.event === 'message')
+  t.assert.strictEqual(messages[0].data.type, 'task_started')
+  t.assert.strictEqual(messages[0].data.sessionId, session.id)
+  const types = new Set(messages.map((e) => e.data.type))
+  for (const type of ['system', 'stream_event', 'assistant', 'result']) t.assert.ok(types.has(type), `has a ${type} event: ${[...types]}`)
+  const deltas = messages
+    .filter((e) => e.data.type === 'stream_event' && e.data.event?.delta?.type === 'text_delta')
+    .map((e) => e.data.event.delta.text)
+    .join('')
+  t.assert.strictEqual(deltas, 'streamed word by word', 'text deltas are forwarded (includePartialMessages defaults to true)')
+  const ids = events.map((e) => Number(e.id))
+  t.assert.deepStrictEqual(ids, ids.map((_, i) => i), 'ids count up from 0')
+  const last = events.at(-1)
+  t.assert.strictEqual(last.event, 'result', 'the final event is the TaskResult')
+  t.assert.strictEqual(events.filter((e) => e.event === 'result').length, 1)
+  t.assert.strictEqual(last.data.success, true)
+  t.assert.strictEqual(last.data.result, 'streamed word by word')
+  t.assert.strictEqual(last.data.sessionId, session.id)
+  t.assert.strictEqual(typeof last.data.contextInfo.usagePercentage, 'number')
+  t.assert.strictEqual(typeof last.data.taskId, 'string')
+
+  // includePartialMessages: false leaves the deltas out.
+  const quiet = parseSse(await (await routes.stream.POST(post('stream', { prompt: 'quiet', projectId: 'sse', sessionId: session.id, includePartialMessages: false }))).text())
+  t.assert.ok(!quiet.some((e) => e.data.type === 'stream_event'))
+  t.assert.strictEqual(quiet.at(-1).data.result, 'Echo #2: quiet')
+})
+
+test('next routes: closing the stream (client disconnect) aborts the task', async (t) => {
+  server.reset()
+  const { session } = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'abort' })), 200)
+  // 1. The request's signal fires (Next aborts request.signal when the client goes away).
+  server.enqueue({ text: 'a b c d e f g h i j k l m n o p q r s t u v w x y z '.repeat(4), chunkDelayMs: 100 })
+  const controller = new AbortController()
+  const res = await routes.stream.POST(post('stream', { prompt: 'long one', projectId: 'abort', sessionId: session.id }, { signal: controller.signal }))
+  t.assert.strictEqual(res.status, 200)
+  const reader = res.body.getReader()
+  let seen = ''
+  while (!seen.includes('text_delta')) {
+    const { value, done } = await reader.read()
+    if (done) break
+    seen += new TextDecoder().decode(value)
+  }
+  controller.abort()
+  let rest = ''
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    rest += new TextDecoder().decode(value)
+  }
+  const result = parseSse(rest).find((e) => e.event === 'result')
+  t.assert.strictEqual(result?.data.success, false)
+  t.assert.strictEqual(result.data.error.code, 'ABORTED')
+  const tasks = (await jsonOf(await routes.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks
+  t.assert.strictEqual(tasks.at(-1).status, 'aborted')
+
+  // 2. The body is cancelled (the response stream's reader goes away).
+  server.enqueue({ text: 'slow '.repeat(80), chunkDelayMs: 100 })
+  const res2 = await routes.stream.POST(post('stream', { prompt: 'long two', projectId: 'abort', sessionId: session.id }))
+  const reader2 = res2.body.getReader()
+  await reader2.read()
+  await reader2.cancel()
+  await waitFor('the second task to end aborted', async () => {
+    const list = (await jsonOf(await routes.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks
+    return list.length === 2 && list[1].status === 'aborted'
+  })
+})
+
+test('next routes: no user is a 401 on every route, before the body is read', async (t) => {
+  const calls = [
+    routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { user: null })),
+    routes.stream.POST(post('stream', { prompt: 'x', projectId: 'p' }, { user: null })),
+    routes.session.GET(get('session?projectId=p', { user: null })),
+    routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'p' }, { user: null })),
+    routes.compact.GET(get('compact?sessionId=00000000-0000-4000-8000-000000000000', { user: null })),
+    routes.compact.POST(post('compact', { sessionId: '00000000-0000-4000-8000-000000000000' }, { user: null })),
+    routes.task.POST(post('task', null, { user: null, raw: '{not json' })),
+  ]
+  for (const res of await Promise.all(calls)) await expectError(t, res, 401, 'UNAUTHORIZED')
+})
+
+test('next routes: malformed JSON and invalid arguments are 400 INVALID_ARGUMENT with a message', async (t) => {
+  const cases = [
+    [routes.task.POST(post('task', null, { raw: '{"prompt": ' })), /not valid JSON/],
+    [routes.task.POST(post('task', null, { raw: '' })), /empty/],
+    [routes.task.POST(post('task', null, { raw: '[1,2]' })), /JSON object/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: 'text/plain' })), /application\/json/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: null })), /application\/json/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', userId: 'mallory' })), /userId/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', allowedTools: ['Bash'] })), /allowedTools/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', permissionMode: 'bypassPermissions' })), /permissionMode/],
+    [routes.task.POST(post('task', { projectId: 'p' })), /prompt/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', sessionId: 'not-a-uuid' })), /sessionId/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', maxTurns: -1 })), /maxTurns/],
+    [routes.stream.POST(post('stream', { prompt: 'x', projectId: 'p\n' })), /projectId/],
+    [routes.stream.POST(post('stream', null, { raw: 'nope' })), /not valid JSON/],
+    [routes.session.POST(post('session', { projectId: 'p' })), /action/],
+    [routes.session.POST(post('session', { action: 'explode' })), /action/],
+    [routes.session.POST(post('session', { action: 'fork', sessionId: 'x', extra: 1 })), /extra/],
+    [routes.session.POST(post('session', { action: 'getOrCreate' })), /projectId/],
+    [routes.session.POST(post('session', { action: 'archive', sessionId: '../../etc' })), /sessionId/],
+    [routes.session.POST(post('session', { action: 'cleanup', maxAgeMs: -1 })), /maxAgeMs/],
+    [routes.session.GET(get('session?projectId=p&limit=many')), /limit/],
+    [routes.session.GET(get('session?status=deleted')), /status/],
+    [routes.session.GET(get('session?sessionId=42')), /sessionId/],
+    [routes.compact.GET(get('compact')), /sessionId/],
+    [routes.compact.GET(get('compact?sessionId=00000000-0000-4000-8000-000000000000&threshold=150')), /threshold/],
+    [routes.compact.POST(post('compact', { sessionId: '00000000-0000-4000-8000-000000000000', now: true })), /now/],
+  ]
+  for (const [i, [res, message]] of cases.entries()) {
+    const error = await expectError(t, await res, 400, 'INVALID_ARGUMENT').catch((e) => {
+      throw new Error(`case ${i}: ${e.message}`)
+    })
+    t.assert.match(error.message, message, `case ${i}`)
+  }
+  t.assert.strictEqual((await manager.listSessions({ userId: 'alice', projectId: 'p' })).length, 0, 'nothing was stored')
+})
+
+test('next routes: another user\'s session is a 404 everywhere, exactly like a missing one', async (t) => {
+  server.reset()
+  const mine = await jsonOf(await routes.task.POST(post('task', { prompt: 'private', projectId: 'secret' }, { user: 'bob' })), 200)
+  t.assert.strictEqual(mine.success, true)
+  const id = mine.sessionId
+  const asMallory = { user: 'mallory' }
+  const calls = [
+    routes.session.GET(get(`session?sessionId=${id}`, asMallory)),
+    routes.task.POST(post('task', { prompt: 'steal', projectId: 'secret', sessionId: id }, asMallory)),
+    routes.task.POST(post('task', { prompt: 'steal', projectId: 'secret', sessionId: id, forkSession: true }, asMallory)),
+    routes.stream.POST(post('stream', { prompt: 'steal', projectId: 'secret', sessionId: id }, asMallory)),
+    routes.session.POST(post('session', { action: 'fork', sessionId: id }, asMallory)),
+    routes.session.POST(post('session', { action: 'archive', sessionId: id }, asMallory)),
+    routes.session.POST(post('session', { action: 'delete', sessionId: id }, asMallory)),
+    routes.session.POST(post('session', { action: 'messages', sessionId: id }, asMallory)),
+    routes.session.POST(post('session', { action: 'tasks', sessionId: id }, asMallory)),
+    routes.compact.GET(get(`compact?sessionId=${id}`, asMallory)),
+    routes.compact.POST(post('compact', { sessionId: id }, asMallory)),
+    // Bob's own session under another project id is not found either.
+    routes.task.POST(post('task', { prompt: 'x', projectId: 'other', sessionId: id }, { user: 'bob' })),
+  ]
+  for (const [i, res] of (await Promise.all(calls)).entries()) {
+    const e = await expectError(t, res, 404, 'SESSION_NOT_FOUND').catch((err) => {
+      throw new Error(`case ${i}: ${err.message}`)
+    })
+    t.assert.ok(!e.message.includes('bob'), 'the owner is not revealed')
+  }
+  const list = await jsonOf(await routes.session.GET(get('session?projectId=secret', asMallory)), 200)
+  t.assert.deepStrictEqual(list.sessions, [])
+  const bobs = await jsonOf(await routes.session.GET(get('session?projectId=secret', { user: 'bob' })), 200)
+  t.assert.strictEqual(bobs.sessions.length, 1)
+  t.assert.strictEqual(bobs.sessions[0].status, 'active', 'nothing mallory did changed it')
+  t.assert.strictEqual(bobs.sessions[0].taskCount, 1)
+})
+
+test('next routes: a session running a task is 409 SESSION_BUSY for another task, a stream and a delete', async (t) => {
+  server.reset()
+  const { session } = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'busy' })), 200)
+  server.enqueue({ text: 'finally done', delayMs: 4000 })
+  const first = routes.task.POST(post('task', { prompt: 'slow', projectId: 'busy', sessionId: session.id }))
+  await waitFor('the slow task to reach the model', () => server.requests.some((r) => r.path === '/v1/messages'))
+  const conflicts = await Promise.all([
+    routes.task.POST(post('task', { prompt: 'me too', projectId: 'busy', sessionId: session.id })),
+    routes.stream.POST(post('stream', { prompt: 'me too', projectId: 'busy', sessionId: session.id })),
+    routes.session.POST(post('session', { action: 'delete', sessionId: session.id })),
+  ])
+  for (const res of conflicts) await expectError(t, res, 409, 'SESSION_BUSY')
+  const done = await jsonOf(await first, 200)
+  t.assert.strictEqual(done.result, 'finally done')
+  const tasks = (await jsonOf(await routes.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks
+  t.assert.strictEqual(tasks.length, 1, 'the refused requests left no task behind')
+})
+
+test('next routes: session actions and the compact routes', async (t) => {
+  server.reset()
+  const P = 'actions'
+  const created = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: P })), 200)
+  t.assert.strictEqual(created.created, true)
+  const same = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: P })), 200)
+  t.assert.deepStrictEqual([same.created, same.session.id], [false, created.session.id])
+  const id = created.session.id
+
+  // The context meter of a session that never ran, then after a task with a large reported usage.
+  const empty = (await jsonOf(await routes.compact.GET(get(`compact?sessionId=${id}`)), 200)).context
+  t.assert.strictEqual(empty.estimatedTokens, 0)
+  server.enqueue({ text: 'big context', usage: { input_tokens: 850000 } })
+  const ran = await jsonOf(await routes.task.POST(post('task', { prompt: 'fill it', projectId: P, sessionId: id })), 200)
+  t.assert.strictEqual(ran.success, true)
+  const full = (await jsonOf(await routes.compact.GET(get(`compact?sessionId=${id}`)), 200)).context
+  t.assert.strictEqual(full.shouldCompact, true, JSON.stringify(full))
+  const lenient = (await jsonOf(await routes.compact.GET(get(`compact?sessionId=${id}&threshold=99`)), 200)).context
+  t.assert.strictEqual(lenient.shouldCompact, false)
+
+  // Compact: the meter drops.
+  const compacted = await jsonOf(await routes.compact.POST(post('compact', { sessionId: id })), 200)
+  t.assert.strictEqual(compacted.success, true, JSON.stringify(compacted.error))
+  t.assert.ok(compacted.contextInfo.estimatedTokens < full.estimatedTokens / 10, `dropped: ${full.estimatedTokens} -> ${compacted.contextInfo.estimatedTokens}`)
+  const after = (await jsonOf(await routes.compact.GET(get(`compact?sessionId=${id}`)), 200)).context
+  t.assert.strictEqual(after.estimatedTokens, compacted.contextInfo.estimatedTokens)
+
+  // A session with no conversation cannot be compacted: a 500 carrying the code and its message.
+  const { session: blank } = await jsonOf(await routes.session.POST(post('session', { action: 'startFresh', projectId: 'blank' })), 200)
+  const failed = await expectError(t, await routes.compact.POST(post('compact', { sessionId: blank.id })), 500, 'COMPACT_FAILED', /nothing to compact/)
+  t.assert.ok(failed)
+
+  // Fork, list with parentId, archive, startFresh, delete, cleanup.
+  const fork = (await jsonOf(await routes.session.POST(post('session', { action: 'fork', sessionId: id, title: 'what if' })), 200)).session
+  t.assert.strictEqual(fork.parentId, id)
+  t.assert.strictEqual(fork.title, 'what if')
+  const forks = (await jsonOf(await routes.session.GET(get(`session?parentId=${id}`)), 200)).sessions
+  t.assert.deepStrictEqual(forks.map((s) => s.id), [fork.id])
+  const listed = (await jsonOf(await routes.session.GET(get(`session?projectId=${P}&limit=10&offset=0`)), 200)).sessions
+  t.assert.deepStrictEqual(new Set(listed.map((s) => s.id)), new Set([id, fork.id]))
+  t.assert.strictEqual(listed[0].id, fork.id, 'newest activity first')
+  const archived = (await jsonOf(await routes.session.POST(post('session', { action: 'archive', sessionId: fork.id })), 200)).session
+  t.assert.strictEqual(archived.status, 'archived')
+  t.assert.strictEqual((await jsonOf(await routes.session.GET(get(`session?projectId=${P}&status=archived`)), 200)).sessions.length, 1)
+  const fresh = await jsonOf(await routes.session.POST(post('session', { action: 'startFresh', projectId: P })), 200)
+  t.assert.strictEqual(fresh.archived, 1)
+  t.assert.notStrictEqual(fresh.session.id, id)
+  const deleted = await jsonOf(await routes.session.POST(post('session', { action: 'delete', sessionId: fork.id })), 200)
+  t.assert.deepStrictEqual(deleted, { deleted: true, sessionId: fork.id })
+  await expectError(t, await routes.session.GET(get(`session?sessionId=${fork.id}`)), 404, 'SESSION_NOT_FOUND')
+  await new Promise((r) => setTimeout(r, 20))
+  const cleaned = await jsonOf(await routes.session.POST(post('session', { action: 'cleanup', projectId: P, maxAgeMs: 1 })), 200)
+  t.assert.deepStrictEqual(cleaned, { deleted: 1, remaining: 1 })
+
+  // History replay: whatever this addon build offers.
+  const res = await routes.session.POST(post('session', { action: 'messages', sessionId: fresh.session.id, limit: 10 }))
+  if (typeof manager.getMessages === 'function') {
+    const body = await jsonOf(res, 200)
+    t.assert.ok(Array.isArray(body.messages))
+  } else {
+    await expectError(t, res, 501, 'NOT_IMPLEMENTED', /getMessages/)
+  }
+})
+
+test('next routes: the messages action passes through to getMessages when the addon has it', async (t) => {
+  const calls = []
+  const fake = {
+    getSession: (...a) => manager.getSession(...a),
+    getMessages: async (sessionId, userId, page) => {
+      calls.push([sessionId, userId, page])
+      return [{ role: 'user', content: 'hi' }]
+    },
+  }
+  const r = createClaudeRoutes({ getUserId: () => 'carol', manager: async () => fake })
+  const id = '00000000-0000-4000-8000-00000000000a'
+  const body = await jsonOf(await r.session.POST(post('session', { action: 'messages', sessionId: id, limit: 5, offset: 2 })), 200)
+  t.assert.deepStrictEqual(body, { messages: [{ role: 'user', content: 'hi' }] })
+  t.assert.deepStrictEqual(calls, [[id, 'carol', { limit: 5, offset: 2 }]])
+  fake.getMessages = async () => ({ messages: [], total: 0 })
+  t.assert.deepStrictEqual(await jsonOf(await r.session.POST(post('session', { action: 'messages', sessionId: id })), 200), { messages: [], total: 0 })
+})
+
+test('next routes: options — taskDefaults, clientTaskFields, getUserId throwing a Response, private 500s', async (t) => {
+  server.reset()
+  t.assert.throws(() => createClaudeRoutes({}), TypeError)
+  t.assert.throws(() => createClaudeRoutes({ getUserId: 'alice' }), TypeError)
+
+  const r = createClaudeRoutes({ getUserId: () => 'dave', manager, taskDefaults: { title: 'from the server', maxTurns: 3 }, clientTaskFields: ['prompt', 'projectId'] })
+  await expectError(t, await r.task.POST(post('task', { prompt: 'x', projectId: 'd', model: 'opus' })), 400, 'INVALID_ARGUMENT', /model/)
+  const ok = await jsonOf(await r.task.POST(post('task', { prompt: 'x', projectId: 'd' })), 200)
+  t.assert.strictEqual((await manager.getSession(ok.sessionId, 'dave')).title, 'from the server')
+
+  const redirect = createClaudeRoutes({
+    getUserId: () => {
+      throw Response.redirect('http://localhost/login', 302)
+    },
+    manager,
+  })
+  const res = await redirect.session.GET(get('session'))
+  t.assert.strictEqual(res.status, 302)
+  t.assert.strictEqual(res.headers.get('location'), 'http://localhost/login')
+
+  const seen = []
+  const broken = createClaudeRoutes({
+    getUserId: () => 'erin',
+    manager: () => {
+      throw Object.assign(new Error('cannot open /srv/secret/path/sessions.db'), { code: 'STORE_ERROR' })
+    },
+    onError: (e) => seen.push(e),
+  })
+  const e = await expectError(t, await broken.session.GET(get('session')), 500, 'STORE_ERROR')
+  t.assert.ok(!e.message.includes('/srv/secret'), 'private details stay on the server')
+  t.assert.strictEqual(seen.length, 1)
+  const thrown = createClaudeRoutes({ getUserId: () => 'erin', manager: () => { throw new TypeError('oops') }, onError: null })
+  await expectError(t, await thrown.session.GET(get('session')), 500, 'INTERNAL')
+
+  t.assert.deepStrictEqual(['INVALID_ARGUMENT', 'UNAUTHORIZED', 'SESSION_NOT_FOUND', 'SESSION_BUSY', 'API_ERROR'].map(statusForCode), [400, 401, 404, 409, 500])
+})
+
+test('next routes: getSessionManager is one manager per process, kept on globalThis', async (t) => {
+  const { dir } = makeManager({ server }) // just for a temp folder
+  const a = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: dir })
+  const b = getSessionManager({ databasePath: `${dir}/ignored.db`, workingDirectory: dir })
+  t.assert.strictEqual(a, b)
+  t.assert.strictEqual(a.databasePath, `${dir}/shared.db`)
+  t.assert.strictEqual(globalThis[Symbol.for('claude-session-manager.next.manager')], a)
+  // A second copy of the module (what a hot reload evaluates) still finds it.
+  delete require.cache[require.resolve('../next/index.js')]
+  const reloaded = require('../next/index.js')
+  t.assert.notStrictEqual(reloaded.getSessionManager, getSessionManager)
+  t.assert.strictEqual(reloaded.getSessionManager(), a)
+  // The default routes use it.
+  const r = createClaudeRoutes({ getUserId: () => 'frank' })
+  await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'g' })), 200)
+  t.assert.strictEqual((await a.listSessions({ userId: 'frank' })).length, 1)
+  await closeSessionManager()
+  t.assert.strictEqual(globalThis[Symbol.for('claude-session-manager.next.manager')], undefined)
+  await t.assert.rejects(a.listSessions({ userId: 'frank' }), (e) => e.code === 'CLOSED')
+  const c = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: dir })
+  t.assert.notStrictEqual(c, a)
+  await closeSessionManager()
+})

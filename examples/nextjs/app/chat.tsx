@@ -1,0 +1,164 @@
+'use client'
+
+import { useEffect, useRef, useState } from 'react'
+import { contextLevel, useClaudeSession } from 'claude-session-manager/react'
+import type { ClaudeMessage } from 'claude-session-manager/react'
+
+const short = (id: string) => id.slice(0, 8)
+const time = (ms: number) => new Date(ms).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+
+export function Chat({ projectId, userId, mode }: { projectId: string; userId: string; mode: string }) {
+  const chat = useClaudeSession({ projectId })
+  const [input, setInput] = useState('')
+  const bottom = useRef<HTMLDivElement>(null)
+  useEffect(() => {
+    bottom.current?.scrollIntoView({ block: 'end' }) // (a block body: scrollIntoView may return a promise)
+  }, [chat.messages])
+
+  const ctx = chat.context
+  const level = contextLevel(ctx)
+  const pct = ctx ? ctx.usagePercentage : 0
+
+  const submit = (e: React.FormEvent) => {
+    e.preventDefault()
+    const prompt = input.trim()
+    if (!prompt || chat.isLoading) return
+    setInput('')
+    void chat.send(prompt)
+  }
+
+  return (
+    <div className="app">
+      <aside className="sidebar">
+        <h2>Sessions</h2>
+        <p className="muted">
+          project <code>{projectId}</code> · user <code>{userId}</code>
+        </p>
+        <ul className="sessions" data-testid="session-list">
+          {chat.sessions.map((s) => (
+            <li key={s.id}>
+              <button
+                type="button"
+                className={`session${s.id === chat.sessionId ? ' current' : ''}`}
+                data-session-id={s.id}
+                data-status={s.status}
+                onClick={() => chat.selectSession(s.id)}
+                disabled={chat.isLoading || s.id === chat.sessionId}
+              >
+                <span className="sid">{s.title || short(s.id)}</span>
+                <span className={`badge ${s.status}`}>{s.status}</span>
+                {s.parentId && <span className="badge fork">fork of {short(s.parentId)}</span>}
+                <span className="meta">
+                  {s.taskCount} task{s.taskCount === 1 ? '' : 's'} · ${s.totalCostUsd.toFixed(4)} · {time(s.lastActiveAt)}
+                </span>
+              </button>
+            </li>
+          ))}
+        </ul>
+        <p className="muted small">{mode}</p>
+      </aside>
+
+      <main className="main">
+        <header className="toolbar">
+          <div className="meter" data-testid="meter" data-level={level} data-percentage={pct} data-tokens={ctx?.estimatedTokens ?? 0}>
+            <div className="meter-track">
+              <div className={`meter-fill ${level}`} style={{ width: `${Math.min(100, Math.max(pct, ctx && ctx.estimatedTokens > 0 ? 0.5 : 0))}%` }} />
+            </div>
+            <span className="meter-label" data-testid="meter-label">
+              {ctx
+                ? `${ctx.estimatedTokens.toLocaleString('en-US')} / ${ctx.maxTokens.toLocaleString('en-US')} tokens · ${pct}%${ctx.shouldCompact ? ' · compact recommended' : ''}`
+                : 'context: …'}
+            </span>
+          </div>
+          <div className="actions">
+            <button type="button" data-testid="compact" onClick={() => chat.compact()} disabled={chat.isLoading || !chat.sessionId}>
+              {chat.status === 'compacting' ? 'Compacting…' : 'Compact'}
+            </button>
+            <button type="button" data-testid="fork" onClick={() => chat.fork()} disabled={chat.isLoading || !chat.sessionId}>
+              Fork
+            </button>
+            <button type="button" data-testid="start-fresh" onClick={() => chat.startFresh()} disabled={chat.isLoading}>
+              Start fresh
+            </button>
+          </div>
+        </header>
+
+        <p className="muted small session-line" data-testid="current-session">
+          {chat.sessionId ? (
+            <>
+              session <code>{chat.sessionId}</code>
+              {chat.session?.parentId && (
+                <>
+                  {' '}
+                  (fork of <code>{short(chat.session.parentId)}</code>)
+                </>
+              )}
+            </>
+          ) : (
+            'opening session…'
+          )}
+        </p>
+
+        {chat.error && (
+          <div className="error" role="alert" data-testid="error">
+            <strong>{chat.error.code}</strong> {chat.error.message}
+            <button type="button" className="link" onClick={chat.clearError}>
+              dismiss
+            </button>
+          </div>
+        )}
+
+        <div className="messages" data-testid="messages">
+          {chat.messages.length === 0 && <p className="muted empty">No messages yet. Ask something.</p>}
+          {chat.messages.map((m) => (
+            <Message key={m.id} message={m} />
+          ))}
+          <div ref={bottom} />
+        </div>
+
+        <form className="composer" onSubmit={submit}>
+          <textarea
+            data-testid="prompt"
+            value={input}
+            placeholder="Message Claude…  (Enter to send, Shift+Enter for a new line)"
+            onChange={(e) => setInput(e.target.value)}
+            onKeyDown={(e) => {
+              if (e.key === 'Enter' && !e.shiftKey) submit(e)
+            }}
+            rows={2}
+          />
+          {chat.isStreaming ? (
+            <button type="button" data-testid="stop" onClick={chat.abort}>
+              Stop
+            </button>
+          ) : (
+            <button type="submit" data-testid="send" disabled={chat.isLoading || !input.trim()}>
+              Send
+            </button>
+          )}
+        </form>
+      </main>
+    </div>
+  )
+}
+
+function Message({ message: m }: { message: ClaudeMessage }) {
+  return (
+    <div className={`message ${m.role} ${m.status}`} data-role={m.role} data-status={m.status}>
+      <div className="who">{m.role === 'user' ? 'You' : m.role === 'assistant' ? 'Claude' : 'Note'}</div>
+      <div className="text">
+        {m.content || (m.status === 'streaming' ? '…' : '')}
+        {m.status === 'streaming' && <span className="cursor">▍</span>}
+        {m.status === 'aborted' && <span className="muted small"> (stopped)</span>}
+      </div>
+      {m.toolUses && m.toolUses.length > 0 && (
+        <div className="tools muted small">tools: {m.toolUses.map((t) => t.name).join(', ')}</div>
+      )}
+      {m.result && (
+        <div className="muted small">
+          ${m.result.cost.toFixed(4)} · {m.result.turns} turn{m.result.turns === 1 ? '' : 's'} · {(m.result.duration.total / 1000).toFixed(1)} s
+        </div>
+      )}
+    </div>
+  )
+}

@@ -1,0 +1,76 @@
+// The server side of the example: one SessionManager for the process and the route handlers
+// over it. Route files import `routes` from here (one line each).
+//
+// With ANTHROPIC_API_KEY set, the `claude` CLI talks to the real Anthropic API. Without it, the
+// package's stand-in API server (claude-session-manager/testing) is started in this process and
+// the CLI is pointed at it, so the whole app works offline and costs nothing.
+import fs from 'node:fs'
+import path from 'node:path'
+import type { SessionManager } from 'claude-session-manager'
+import { createClaudeRoutes, getSessionManager } from 'claude-session-manager/next'
+import { getUserId } from './demo-auth'
+
+/** Where the CLI runs and the session database lives. Keep it a folder of its own: the CLI can
+ * read the files under it. */
+const workspace = process.env.CLAUDE_WORKING_DIR
+  ? path.resolve(/* turbopackIgnore: true */ process.env.CLAUDE_WORKING_DIR)
+  : path.join(/* turbopackIgnore: true */ process.cwd(), '.claude-workspace')
+
+export const usingRealApi = Boolean(process.env.ANTHROPIC_API_KEY)
+
+const SETUP = Symbol.for('claude-session-manager.example.setup')
+type WithSetup = typeof globalThis & { [SETUP]?: Promise<SessionManager> }
+
+/** The shared manager, made once per process (kept on globalThis, so dev-mode reloads reuse it). */
+export function manager(): Promise<SessionManager> {
+  const g = globalThis as WithSetup
+  if (!g[SETUP]) {
+    g[SETUP] = setup().catch((error) => {
+      delete g[SETUP] // try again on the next request
+      throw error
+    })
+  }
+  return g[SETUP]
+}
+
+async function setup(): Promise<SessionManager> {
+  fs.mkdirSync(path.join(workspace, '.claude-sessions'), { recursive: true })
+  const databasePath = process.env.CLAUDE_SESSIONS_DB || path.join(workspace, '.claude-sessions', 'sessions.db')
+  if (usingRealApi) {
+    console.log(`[claude] real Anthropic API; workspace ${workspace}`)
+    return getSessionManager({ workingDirectory: workspace, databasePath })
+  }
+
+  // Offline: the stand-in API. Its default reply echoes the prompt; here it also pads the usage it
+  // reports by DEMO_TOKENS_PER_TURN tokens per user turn, so the context meter visibly fills up
+  // (and Compact visibly empties it) without a real, long conversation.
+  const { startStandInServer, echoReply, summarizeUserTurns, countInputTokens } = await import('claude-session-manager/testing')
+  const perTurn = Number(process.env.DEMO_TOKENS_PER_TURN || 150000)
+  const server = await startStandInServer({
+    defaultReply: (req) => {
+      const { turns, lastText } = summarizeUserTurns(req.body)
+      const usage = { input_tokens: countInputTokens(req.body) + turns * perTurn }
+      // The CLI's compaction asks for a summary: answer with a short one, at once.
+      if (lastText.startsWith('CRITICAL: Respond with TEXT ONLY')) {
+        return { text: `Summary (stand-in): ${turns - 1} earlier messages, nothing to keep.`, usage }
+      }
+      return { ...echoReply(req), chunkDelayMs: 25, usage } // streamed word by word
+    },
+  })
+  // The CLI's own config and transcripts, apart from any real ~/.claude of this machine.
+  const configDir = path.join(workspace, '.claude-config')
+  fs.mkdirSync(configDir, { recursive: true })
+  console.log(`[claude] no ANTHROPIC_API_KEY: using the stand-in API at ${server.url}; workspace ${workspace}`)
+  return getSessionManager({
+    workingDirectory: workspace,
+    databasePath,
+    env: { ...server.env(), CLAUDE_CONFIG_DIR: configDir },
+  })
+}
+
+export const routes = createClaudeRoutes({
+  getUserId, // ← your authentication goes here
+  manager,
+  // Server-side task settings a browser may not change (see clientTaskFields).
+  taskDefaults: { maxTurns: 8 },
+})

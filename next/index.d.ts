@@ -1,0 +1,142 @@
+/**
+ * `claude-session-manager/next` — Next.js App Router route handlers over one shared
+ * {@link SessionManager}.
+ *
+ * ```ts
+ * // lib/claude.ts (server only)
+ * import { createClaudeRoutes } from 'claude-session-manager/next'
+ * export const routes = createClaudeRoutes({
+ *   getUserId: async (request) => (await auth(request))?.user.id, // your authentication
+ * })
+ *
+ * // app/api/claude/task/route.ts
+ * import { routes } from '@/lib/claude'
+ * export const runtime = 'nodejs'
+ * export const { POST } = routes.task
+ * ```
+ *
+ * Mount the four route groups under one base path (the React hook's `api` option, default
+ * `/api/claude`): `task`, `stream`, `session` and `compact`. Also set
+ * `serverExternalPackages: ['claude-session-manager']` in `next.config`: the package loads a
+ * native addon and must not be bundled.
+ *
+ * ## HTTP API
+ *
+ * Every request is authenticated first with `getUserId(request)`; the user never comes from the
+ * body (a body with `userId` is a 400). POST bodies must be JSON objects sent with
+ * `content-type: application/json` (this also keeps cookie-authenticated routes safe from
+ * cross-site form posts).
+ *
+ * | route | answer |
+ * | --- | --- |
+ * | `POST /task` `{ prompt, projectId, sessionId?, model?, title?, forkSession?, ... }` | the {@link TaskResult} |
+ * | `POST /stream` (same body) | `text/event-stream`: one unnamed event (`message`) per `onEvent` event, its data the event's JSON; then `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it started. Closing the connection aborts the task. `includePartialMessages` defaults to true here, so text deltas (`stream_event`) are included. |
+ * | `GET /session?sessionId=…` | `{ session }` |
+ * | `GET /session?projectId=…&status=…&parentId=…&limit=…&offset=…` (all optional) | `{ sessions }`, newest activity first |
+ * | `POST /session` `{ action: 'getOrCreate', projectId, preferActive? }` | `{ session, created }` |
+ * | `POST /session` `{ action: 'startFresh', projectId, sessionId? }` | `{ session, archived }` |
+ * | `POST /session` `{ action: 'cleanup', maxAgeMs, projectId?, keepActive? }` | `{ deleted, remaining }` |
+ * | `POST /session` `{ action: 'fork', sessionId, title? }` | `{ session }` (the new fork) |
+ * | `POST /session` `{ action: 'archive', sessionId }` | `{ session }` |
+ * | `POST /session` `{ action: 'delete', sessionId }` | `{ deleted: true, sessionId }` |
+ * | `POST /session` `{ action: 'messages', sessionId, limit?, offset? }` | `{ messages, ... }` from `SessionManager.getMessages`; 501 `NOT_IMPLEMENTED` when the addon has no `getMessages` |
+ * | `POST /session` `{ action: 'tasks', sessionId }` | `{ tasks }` ({@link TaskRecord}s, oldest first) |
+ * | `GET /compact?sessionId=…&threshold=…` | `{ context }` ({@link ContextInfo}) |
+ * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
+ *
+ * Errors are `{ error: { code, message } }`: no user → 401 `UNAUTHORIZED`; malformed JSON or an
+ * invalid argument → 400 `INVALID_ARGUMENT`; `SESSION_NOT_FOUND` (also for another user's
+ * session) → 404; `SESSION_BUSY` → 409; every other code → 500 with that code. A task that ran
+ * and failed (model or CLI error) is not an HTTP error: it is a 200 TaskResult with
+ * `success: false` and `error.code`.
+ */
+import type { SessionManager, SessionManagerOptions, TaskRequest } from '../index.js'
+
+/** A Next.js App Router route handler. Next passes a `NextRequest` (a `Request`) and a context. */
+export type RouteHandler = (request: Request, context?: unknown) => Promise<Response>
+
+/** The route handlers, one group per route file. */
+export interface ClaudeRoutes {
+  /** `app/api/claude/task/route.ts`: `export const { POST } = routes.task` */
+  task: { POST: RouteHandler }
+  /** `app/api/claude/stream/route.ts`: `export const { POST } = routes.stream` */
+  stream: { POST: RouteHandler }
+  /** `app/api/claude/session/route.ts`: `export const { GET, POST } = routes.session` */
+  session: { GET: RouteHandler; POST: RouteHandler }
+  /** `app/api/claude/compact/route.ts`: `export const { GET, POST } = routes.compact` */
+  compact: { GET: RouteHandler; POST: RouteHandler }
+}
+
+/** A field of {@link TaskRequest} other than `userId`. */
+export type ClientTaskField = Exclude<keyof TaskRequest, 'userId'>
+
+export interface ClaudeRoutesOptions {
+  /**
+   * REQUIRED. Your authentication: the id of the signed-in user, or `null`/`undefined` when there
+   * is none (the route answers 401). Sessions are scoped by this id: a user can never see or use
+   * another user's session. It may also throw a `Response` (a redirect, a 403), which is returned
+   * as it is; any other exception is a 500.
+   */
+  getUserId: (request: Request) => string | null | undefined | Promise<string | null | undefined>
+  /**
+   * The manager to use: an instance, or a (possibly async) function returning one, called on
+   * each request (cache inside it). Default: {@link getSessionManager}() with default options.
+   */
+  manager?: SessionManager | (() => SessionManager | Promise<SessionManager>)
+  /**
+   * Task fields set by the server, applied under the client's fields — e.g.
+   * `{ allowedTools: ['Read'], permissionMode: 'default', maxBudgetUsd: 1 }`. A field the client
+   * may not send (see `clientTaskFields`) can only come from here.
+   */
+  taskDefaults?: Partial<Omit<TaskRequest, 'userId'>>
+  /**
+   * The task fields a client may send to the task and stream routes; a body with any other field
+   * is a 400. Default {@link DEFAULT_CLIENT_TASK_FIELDS}, which leaves out what widens what the CLI
+   * may do on your server or spend (`allowedTools`, `disallowedTools`, `permissionMode`,
+   * `appendSystemPrompt`, `maxBudgetUsd`, `fallbackModel`). `'all'` accepts every field.
+   */
+  clientTaskFields?: readonly ClientTaskField[] | 'all'
+  /**
+   * Called with every error answered with a 5xx (after its message is hidden from the client when
+   * it may name server paths: `STORE_ERROR`, `INTERNAL`, `CLI_NOT_FOUND`, errors without a code).
+   * Default `console.error`; `null` silences it.
+   */
+  onError?: ((error: unknown, request: Request) => void) | null
+}
+
+/**
+ * Route handlers for the HTTP API described above. Throws a `TypeError` when `getUserId` is
+ * missing.
+ */
+export declare function createClaudeRoutes(options: ClaudeRoutesOptions): ClaudeRoutes
+
+/**
+ * The process-wide {@link SessionManager}: made on the first call with `options`, then kept on
+ * `globalThis` (under `Symbol.for('claude-session-manager.next.manager')`) so Next's dev-mode hot
+ * reload and every route module share one manager. Later calls return it and ignore `options`.
+ * Throws what `new SessionManager(options)` throws (`INVALID_ARGUMENT`, `STORE_ERROR`).
+ */
+export declare function getSessionManager(options?: SessionManagerOptions): SessionManager
+
+/** Closes the shared manager, if any, and forgets it (tests, graceful shutdown). */
+export declare function closeSessionManager(): Promise<void>
+
+/** The HTTP status the routes use for an error code: 400, 401, 404, 409, 501, else 500. */
+export declare function statusForCode(code: string): number
+
+/** The task fields a client may send by default. */
+export declare const DEFAULT_CLIENT_TASK_FIELDS: readonly ClientTaskField[]
+
+/** An error the routes answer with a fixed HTTP status (e.g. 401 `UNAUTHORIZED`). */
+export declare class RouteError extends Error {
+  constructor(status: number, code: string, message: string)
+  readonly status: number
+  readonly code: string
+}
+
+/** The JSON body of every error response. */
+export interface ErrorResponseBody {
+  error: { code: string; message: string }
+}
+
+export type { ContextInfo, Session, TaskRecord, TaskResult } from '../index.js'

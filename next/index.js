@@ -1,0 +1,432 @@
+'use strict'
+// claude-session-manager/next — Next.js App Router route handlers over one shared SessionManager.
+// Plain CommonJS with no build step; the typings and the full contract are in ./index.d.ts.
+//
+// Server-only: this module loads the native addon (lazily, on the first request). Keep the
+// package in `serverExternalPackages` and use it from route handlers with `runtime = 'nodejs'`.
+
+const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
+
+/** Fields of a task request a client may send unless `clientTaskFields` says otherwise. */
+const DEFAULT_CLIENT_TASK_FIELDS = Object.freeze([
+  'prompt',
+  'projectId',
+  'sessionId',
+  'model',
+  'title',
+  'forkSession',
+  'autoCompact',
+  'compactThreshold',
+  'maxTurns',
+  'timeoutMs',
+  'includePartialMessages',
+])
+
+/** HTTP status of each error code the routes answer with; every other code is a 500. */
+const STATUS_BY_CODE = Object.freeze({
+  INVALID_ARGUMENT: 400,
+  UNAUTHORIZED: 401,
+  SESSION_NOT_FOUND: 404,
+  SESSION_BUSY: 409,
+  NOT_IMPLEMENTED: 501,
+})
+
+/** Codes whose messages may name server paths or internals: a 5xx with one of these (or with no
+ * code at all) gets a generic message; the real error goes to `onError`. */
+const PRIVATE_CODES = new Set(['STORE_ERROR', 'INTERNAL', 'CLI_NOT_FOUND'])
+
+const JSON_HEADERS = Object.freeze({ 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' })
+const SSE_HEADERS = Object.freeze({
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-cache, no-transform',
+  connection: 'keep-alive',
+  'x-accel-buffering': 'no',
+})
+const KEEPALIVE_MS = 15000
+
+let addon
+function loadAddon() {
+  if (!addon) addon = require('../index.js')
+  return addon
+}
+
+/**
+ * The process-wide SessionManager, created on the first call with `options` and kept on
+ * `globalThis` under a registered symbol, so Next's dev-mode hot reload (which re-evaluates your
+ * modules) and several route modules all share one manager. Later calls return the same manager
+ * and ignore `options`.
+ */
+function getSessionManager(options) {
+  const existing = globalThis[MANAGER_KEY]
+  if (existing) return existing
+  const { SessionManager } = loadAddon()
+  const manager = new SessionManager(options)
+  Object.defineProperty(globalThis, MANAGER_KEY, { value: manager, configurable: true, writable: true, enumerable: false })
+  return manager
+}
+
+/** Closes the shared manager (if one was made) and forgets it; the next `getSessionManager` makes a new one. */
+async function closeSessionManager() {
+  const manager = globalThis[MANAGER_KEY]
+  if (!manager) return
+  delete globalThis[MANAGER_KEY]
+  await manager.close()
+}
+
+/** An error the routes answer with a fixed status and code. */
+class RouteError extends Error {
+  constructor(status, code, message) {
+    super(message)
+    this.name = 'RouteError'
+    this.status = status
+    this.code = code
+  }
+}
+
+const badRequest = (message) => new RouteError(400, 'INVALID_ARGUMENT', message)
+
+/** The HTTP status the routes use for an error code. */
+function statusForCode(code) {
+  return STATUS_BY_CODE[code] || 500
+}
+
+function json(data, status = 200) {
+  return new Response(JSON.stringify(data), { status, headers: JSON_HEADERS })
+}
+
+/** `{ code, message }` for an error, with private messages hidden (see PRIVATE_CODES). */
+function errorBody(error) {
+  const code = error && typeof error.code === 'string' && error.code ? error.code : 'INTERNAL'
+  const status = error instanceof RouteError ? error.status : statusForCode(code)
+  const hasOwnCode = Boolean(error && typeof error.code === 'string' && error.code)
+  const hide = status >= 500 && (!hasOwnCode || PRIVATE_CODES.has(code))
+  const message = hide
+    ? `the server could not complete the request (${code})`
+    : String((error && error.message) || code)
+  return { status, body: { code, message } }
+}
+
+function errorResponse(error, request, onError) {
+  const { status, body } = errorBody(error)
+  if (status >= 500 && status !== 501 && onError) {
+    try {
+      onError(error, request)
+    } catch {}
+  }
+  return json({ error: body }, status)
+}
+
+/** Reads the body as one JSON object. Requires a JSON content type: a cross-site form cannot
+ * send one without a CORS preflight, which keeps cookie-authenticated routes safe from CSRF. */
+async function readJsonObject(request) {
+  const type = (request.headers.get('content-type') || '').toLowerCase()
+  if (!/^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/.test(type)) {
+    throw badRequest(`the request body must be JSON sent with "content-type: application/json" (got ${type ? `"${type}"` : 'no content type'})`)
+  }
+  let text
+  try {
+    text = await request.text()
+  } catch {
+    throw badRequest('the request body could not be read')
+  }
+  if (!text.trim()) throw badRequest('the request body is empty; expected a JSON object')
+  let value
+  try {
+    value = JSON.parse(text)
+  } catch (e) {
+    throw badRequest(`the request body is not valid JSON: ${e.message}`)
+  }
+  if (!value || typeof value !== 'object' || Array.isArray(value)) throw badRequest('the request body must be a JSON object')
+  if (Object.prototype.hasOwnProperty.call(value, 'userId')) {
+    throw badRequest('userId must not be in the request body: the user comes from authentication')
+  }
+  return value
+}
+
+/** Only `allowed` keys of `body` (plus `ignore`); anything else is a 400. */
+function only(body, allowed, what, ignore = []) {
+  for (const key of Object.keys(body)) {
+    if (!allowed.includes(key) && !ignore.includes(key)) {
+      throw badRequest(`${what}: unknown or not allowed field "${key}" (allowed: ${allowed.join(', ') || 'none'})`)
+    }
+  }
+  const out = {}
+  for (const key of allowed) if (body[key] !== undefined) out[key] = body[key]
+  return out
+}
+
+function queryNumber(params, name) {
+  const raw = params.get(name)
+  if (raw === null) return undefined
+  return raw.trim() === '' ? Number.NaN : Number(raw) // NaN is rejected by the addon as INVALID_ARGUMENT
+}
+
+function requiredQuery(params, name) {
+  const value = params.get(name)
+  if (value === null || value === '') throw badRequest(`the "${name}" query parameter is required`)
+  return value
+}
+
+/**
+ * What the routes pass to the addon as `signal`. The addon (0.1.0) calls
+ * `signal.addEventListener(['abort', listener])` — one array argument instead of two (its napi
+ * `Function::apply` is given a tuple, which napi-rs v3 converts to one array; multiple arguments
+ * need `FnArgs`) — so with a real AbortSignal it throws and the task rejects with
+ * "cannot listen to signal". This adapter accepts both forms and forwards to the real signal.
+ */
+function addonSignal(signal) {
+  if (!signal) return undefined
+  return {
+    get aborted() {
+      return signal.aborted
+    },
+    addEventListener(type, listener) {
+      if (Array.isArray(type)) [type, listener] = type
+      if (typeof listener === 'function') signal.addEventListener(type, () => listener(), { once: true })
+    },
+    removeEventListener() {},
+  }
+}
+
+function sseFrame(event, data, id) {
+  let frame = ''
+  if (event) frame += `event: ${event}\n`
+  if (id !== undefined) frame += `id: ${id}\n`
+  return `${frame}data: ${JSON.stringify(data)}\n\n`
+}
+
+/**
+ * Route handlers for the HTTP API, over one SessionManager. Each handler is
+ * `(request: Request) => Promise<Response>`, so a route file is one line:
+ *
+ *   export const { POST } = routes.task
+ */
+function createClaudeRoutes(options) {
+  if (!options || typeof options.getUserId !== 'function') {
+    throw new TypeError('createClaudeRoutes: the getUserId(request) option is required (your authentication)')
+  }
+  const { getUserId, manager, taskDefaults = {}, clientTaskFields = DEFAULT_CLIENT_TASK_FIELDS } = options
+  const onError = options.onError === undefined ? (error) => console.error('[claude-session-manager/next]', error) : options.onError
+  if (manager !== undefined && manager !== null && typeof manager !== 'function' && typeof manager !== 'object') {
+    throw new TypeError('createClaudeRoutes: manager must be a SessionManager or a function returning one')
+  }
+  const clientFields = clientTaskFields === 'all' ? null : Array.from(clientTaskFields)
+
+  const resolveManager = async () => {
+    if (manager == null) return getSessionManager()
+    if (typeof manager === 'function') return await manager()
+    return manager
+  }
+
+  const authenticate = async (request) => {
+    const userId = await getUserId(request)
+    if (userId === undefined || userId === null || userId === '' || userId === false) {
+      throw new RouteError(401, 'UNAUTHORIZED', 'authentication required')
+    }
+    if (typeof userId !== 'string' && typeof userId !== 'number') {
+      throw new TypeError(`getUserId must return a string (or null for "not signed in"), got ${typeof userId}`)
+    }
+    return String(userId)
+  }
+
+  /** Wraps a handler body: authentication first, then errors mapped to JSON responses. */
+  const route = (fn) =>
+    async function claudeRouteHandler(request) {
+      try {
+        const userId = await authenticate(request)
+        return await fn(request, userId)
+      } catch (error) {
+        if (error instanceof Response) return error // getUserId may throw a ready response (redirect, 403, ...)
+        return errorResponse(error, request, onError)
+      }
+    }
+
+  const taskRequest = (body, userId) => {
+    if (clientFields) {
+      for (const key of Object.keys(body)) {
+        if (!clientFields.includes(key)) {
+          throw badRequest(`task: the client may not set "${key}" (allowed: ${clientFields.join(', ')}); set server-side values with taskDefaults`)
+        }
+      }
+    }
+    return { ...taskDefaults, ...body, userId }
+  }
+
+  // POST /api/claude/task — run a task, answer with the TaskResult.
+  const taskPOST = route(async (request, userId) => {
+    const task = taskRequest(await readJsonObject(request), userId)
+    const m = await resolveManager()
+    return json(await m.executeTask(task, { signal: addonSignal(request.signal) }))
+  })
+
+  // POST /api/claude/stream — run a task and forward its events as Server-Sent Events.
+  const streamPOST = route(async (request, userId) => {
+    const task = taskRequest(await readJsonObject(request), userId)
+    if (task.includePartialMessages === undefined) task.includePartialMessages = true
+    const m = await resolveManager()
+
+    const abort = new AbortController()
+    const onClientGone = () => abort.abort()
+    if (request.signal) {
+      if (request.signal.aborted) abort.abort()
+      else request.signal.addEventListener('abort', onClientGone, { once: true })
+    }
+    const encoder = new TextEncoder()
+    const pending = []
+    let controller = null
+    let closed = false
+    let nextId = 0
+    const push = (text) => {
+      if (closed) return
+      if (!controller) return void pending.push(text)
+      try {
+        controller.enqueue(encoder.encode(text))
+      } catch {
+        closed = true
+      }
+    }
+    let markStarted
+    const started = new Promise((resolve) => (markStarted = resolve))
+    const onEvent = (event) => {
+      push(sseFrame(null, event, nextId++))
+      if (event && event.type === 'task_started') markStarted()
+    }
+    const run = m.executeTask(task, { onEvent, signal: addonSignal(abort.signal) })
+    // Answer only once the task has started (or settled), so a request the manager rejects
+    // (bad arguments, someone else's session, a busy session) still gets its 400/404/409.
+    const first = await Promise.race([started.then(() => null), run.then(() => null, (error) => ({ error }))])
+    if (first) {
+      if (request.signal) request.signal.removeEventListener('abort', onClientGone)
+      throw first.error
+    }
+    let keepalive
+    const stream = new ReadableStream({
+      start(c) {
+        controller = c
+        for (const text of pending.splice(0)) push(text)
+        keepalive = setInterval(() => push(': keep-alive\n\n'), KEEPALIVE_MS)
+        if (keepalive.unref) keepalive.unref()
+        run
+          .then(
+            (result) => push(sseFrame('result', result, nextId++)),
+            (error) => {
+              const { status, body } = errorBody(error)
+              if (status >= 500 && onError) onError(error, request)
+              push(sseFrame('error', { error: { ...body, status } }, nextId++))
+            },
+          )
+          .finally(() => {
+            clearInterval(keepalive)
+            if (request.signal) request.signal.removeEventListener('abort', onClientGone)
+            if (!closed) {
+              closed = true
+              try {
+                c.close()
+              } catch {}
+            }
+          })
+      },
+      cancel() {
+        // The client went away: stop the CLI.
+        closed = true
+        clearInterval(keepalive)
+        abort.abort()
+      },
+    })
+    return new Response(stream, { status: 200, headers: SSE_HEADERS })
+  })
+
+  // GET /api/claude/session — ?sessionId=… one session; otherwise the list (?projectId, status,
+  // parentId, limit, offset).
+  const sessionGET = route(async (request, userId) => {
+    const params = new URL(request.url).searchParams
+    const m = await resolveManager()
+    const sessionId = params.get('sessionId')
+    if (sessionId !== null) return json({ session: await m.getSession(sessionId, userId) })
+    const filter = { userId }
+    for (const key of ['projectId', 'status', 'parentId']) {
+      const value = params.get(key)
+      if (value !== null) filter[key] = value
+    }
+    for (const key of ['limit', 'offset']) {
+      const value = queryNumber(params, key)
+      if (value !== undefined) filter[key] = value
+    }
+    return json({ sessions: await m.listSessions(filter) })
+  })
+
+  const sessionActions = {
+    getOrCreate: async (m, b, userId) => m.getOrCreateSession({ ...only(b, ['projectId', 'preferActive'], 'getOrCreate', ['action']), userId }),
+    startFresh: async (m, b, userId) => m.startFresh({ ...only(b, ['projectId', 'sessionId'], 'startFresh', ['action']), userId }),
+    cleanup: async (m, b, userId) => m.cleanupSessions({ ...only(b, ['projectId', 'maxAgeMs', 'keepActive'], 'cleanup', ['action']), userId }),
+    fork: async (m, b, userId) => ({ session: await m.fork({ ...only(b, ['sessionId', 'title'], 'fork', ['action']), userId }) }),
+    archive: async (m, b, userId) => {
+      const { sessionId } = only(b, ['sessionId'], 'archive', ['action'])
+      return { session: await m.archiveSession(sessionId, userId) }
+    },
+    delete: async (m, b, userId) => {
+      const { sessionId } = only(b, ['sessionId'], 'delete', ['action'])
+      await m.deleteSession(sessionId, userId)
+      return { deleted: true, sessionId }
+    },
+    messages: async (m, b, userId) => {
+      const { sessionId, ...page } = only(b, ['sessionId', 'limit', 'offset'], 'messages', ['action'])
+      if (typeof m.getMessages !== 'function') {
+        // Check ownership first, so the answer for someone else's session stays a 404.
+        await m.getSession(sessionId, userId)
+        throw new RouteError(501, 'NOT_IMPLEMENTED', 'this version of claude-session-manager cannot replay a session\'s messages (SessionManager.getMessages is missing)')
+      }
+      const out = await m.getMessages(sessionId, userId, page)
+      return Array.isArray(out) ? { messages: out } : out
+    },
+    tasks: async (m, b, userId) => {
+      const { sessionId } = only(b, ['sessionId'], 'tasks', ['action'])
+      return { tasks: await m.listTasks(sessionId, userId) }
+    },
+  }
+  const actionNames = Object.keys(sessionActions)
+
+  // POST /api/claude/session — { action, ... }.
+  const sessionPOST = route(async (request, userId) => {
+    const body = await readJsonObject(request)
+    const action = body.action
+    if (typeof action !== 'string' || !Object.prototype.hasOwnProperty.call(sessionActions, action)) {
+      throw badRequest(`"action" must be one of ${actionNames.join(', ')}`)
+    }
+    const m = await resolveManager()
+    return json(await sessionActions[action](m, body, userId))
+  })
+
+  // GET /api/claude/compact?sessionId=…[&threshold=…] — the context meter.
+  const compactGET = route(async (request, userId) => {
+    const params = new URL(request.url).searchParams
+    const sessionId = requiredQuery(params, 'sessionId')
+    const threshold = queryNumber(params, 'threshold')
+    const m = await resolveManager()
+    const context = await m.getSessionContext(sessionId, userId, threshold === undefined ? undefined : { threshold })
+    return json({ context })
+  })
+
+  // POST /api/claude/compact — { sessionId, summaryInstructions? } → the compaction's TaskResult.
+  const compactPOST = route(async (request, userId) => {
+    const body = only(await readJsonObject(request), ['sessionId', 'summaryInstructions'], 'compact')
+    const m = await resolveManager()
+    return json(await m.compactSession({ ...body, userId }, { signal: addonSignal(request.signal) }))
+  })
+
+  return {
+    task: { POST: taskPOST },
+    stream: { POST: streamPOST },
+    session: { GET: sessionGET, POST: sessionPOST },
+    compact: { GET: compactGET, POST: compactPOST },
+  }
+}
+
+module.exports = {
+  createClaudeRoutes,
+  getSessionManager,
+  closeSessionManager,
+  statusForCode,
+  DEFAULT_CLIENT_TASK_FIELDS,
+  RouteError,
+}

@@ -1,0 +1,140 @@
+/**
+ * `claude-session-manager/react` — a React hook over the HTTP API of
+ * `claude-session-manager/next`, in the spirit of the AI SDK's `useChat`.
+ *
+ * ```tsx
+ * 'use client'
+ * import { useClaudeSession, contextLevel } from 'claude-session-manager/react'
+ *
+ * export function Chat() {
+ *   const { messages, send, context, isLoading, error, compact, fork, startFresh, abort } =
+ *     useClaudeSession({ projectId: 'my-project' })
+ *   // ...
+ * }
+ * ```
+ *
+ * Client-safe: the module requires only `react` (an optional peer dependency of this package)
+ * and imports nothing but types from the native addon.
+ *
+ * On mount (and when `projectId` changes) the hook finds the user's active session of the project
+ * (`getOrCreate`; or uses `sessionId` when given), loads its context meter, its history when the
+ * server can replay it (`messages` action; skipped quietly when the server answers 501), and the
+ * project's session list. Actions never reject: a failure sets `error` and resolves `null`.
+ */
+import type { ContextInfo, Session, TaskResult } from '../index.js'
+
+export type { ContextInfo, Session, TaskResult }
+
+/** A message on screen. `system` messages are notes the hook adds (e.g. after a compaction). */
+export interface ClaudeMessage {
+  /** A local id for new messages; the server's id for replayed history. */
+  id: string
+  role: 'user' | 'assistant' | 'system'
+  /** The text; for the assistant it grows while the reply streams. */
+  content: string
+  /** `streaming` while the reply arrives; `aborted` after `abort()`; `error` when the task failed. */
+  status: 'streaming' | 'done' | 'aborted' | 'error'
+  /** Tools the assistant called during this reply. */
+  toolUses?: Array<{ id: string; name: string; input: unknown }>
+  /** The task's result, on the assistant message that ended it. */
+  result?: TaskResult
+  /** Milliseconds since the epoch. */
+  createdAt?: number
+}
+
+/** An event of the task stream: the CLI's stream-json messages and `task_started`. */
+export interface ClaudeStreamEvent {
+  type: string
+  subtype?: string
+  [key: string]: any
+}
+
+/** An error of the API (or of the hook), with the API's `code`. */
+export interface ClaudeSessionError extends Error {
+  /** `UNAUTHORIZED`, `INVALID_ARGUMENT`, `SESSION_NOT_FOUND`, `SESSION_BUSY`, `API_ERROR`, ... */
+  code: string
+  /** The HTTP status, when the error came with a response. */
+  status?: number
+}
+
+export interface UseClaudeSessionOptions {
+  /** The project whose session this is. Required before anything is loaded. */
+  projectId: string
+  /** Open this session instead of the project's active one. */
+  sessionId?: string
+  /** Where the routes of `claude-session-manager/next` are mounted. Default `/api/claude`. */
+  api?: string
+  /** Extra request headers (e.g. an auth token), or a function returning them. */
+  headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>)
+  /** `fetch` credentials. Default `same-origin` (cookies go along). */
+  credentials?: RequestCredentials
+  /** A custom fetch (tests, instrumentation). */
+  fetch?: typeof fetch
+  /** Extra task fields sent with every prompt (only those the server's `clientTaskFields` allow). */
+  body?: Record<string, unknown>
+  /** Load the session's history from the `messages` action when the server has it. Default true. */
+  loadHistory?: boolean
+  /** How many history messages to load. Default 200. */
+  historyLimit?: number
+  /** Every event of a running task, as it arrives. */
+  onEvent?: (event: ClaudeStreamEvent) => void
+  /** Each finished task's result (also failed ones: check `success`). */
+  onFinish?: (result: TaskResult) => void
+  /** Every error that is also put in `error`. */
+  onError?: (error: ClaudeSessionError) => void
+}
+
+export interface UseClaudeSessionResult {
+  /** The current session's id; `null` until it is known. */
+  sessionId: string | null
+  /** The current session, once it is in `sessions`. */
+  session: Session | null
+  /** The project's sessions (active and archived), newest activity first. */
+  sessions: Session[]
+  messages: ClaudeMessage[]
+  setMessages: (update: ClaudeMessage[] | ((messages: ClaudeMessage[]) => ClaudeMessage[])) => void
+  /** The context meter of the current session; `null` until loaded. */
+  context: ContextInfo | null
+  /** `streaming` while a prompt runs, `compacting`, `loading` (switching sessions), else `idle`. */
+  status: 'idle' | 'loading' | 'streaming' | 'compacting'
+  /** `status !== 'idle'`. */
+  isLoading: boolean
+  /** `status === 'streaming'`. */
+  isStreaming: boolean
+  /** The last error, cleared by the next action. */
+  error: ClaudeSessionError | null
+  clearError: () => void
+  /** Whether the server could replay history (`null` before the first try). */
+  historySupported: boolean | null
+  /**
+   * Sends a prompt and streams the reply into `messages`; resolves with the task's result (also
+   * for a failed task), or `null` when it could not run. `forkSession: true` runs it in a new fork.
+   */
+  send: (prompt: string, options?: { model?: string; title?: string; forkSession?: boolean }) => Promise<TaskResult | null>
+  /** Stops the running prompt: the stream closes and the server aborts the CLI. */
+  abort: () => void
+  /** Compacts the session; the meter shows the smaller context and a system note is added. */
+  compact: (options?: { summaryInstructions?: string }) => Promise<TaskResult | null>
+  /** Forks the session (no model call) and switches to the fork, keeping the messages on screen. */
+  fork: (options?: { title?: string }) => Promise<Session | null>
+  /** Archives the project's active sessions and switches to a new, empty one. */
+  startFresh: () => Promise<Session | null>
+  /** Switches to another session of the list (its history loads when the server can replay it). */
+  selectSession: (sessionId: string) => Promise<string | null>
+  /** Reloads the session list and the context meter. */
+  refresh: () => Promise<Session[]>
+}
+
+export declare function useClaudeSession(options: UseClaudeSessionOptions): UseClaudeSessionResult
+
+/**
+ * The meter's level, for its colour: `critical` when the session should be compacted (or cannot
+ * continue), `warning` from `warnAt` percent (default 60), else `ok`.
+ */
+export declare function contextLevel(context: ContextInfo | null | undefined, options?: { warnAt?: number }): 'ok' | 'warning' | 'critical'
+
+/**
+ * Reads a `text/event-stream` body (as the stream route sends it), calling `onFrame` with each
+ * event's name (`message`, `result`, `error`) and its JSON data. Resolves when the body ends.
+ */
+export declare function readEventStream(body: ReadableStream<Uint8Array>, onFrame: (event: string, data: any) => void): Promise<void>

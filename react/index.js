@@ -1,0 +1,555 @@
+'use client'
+'use strict'
+// claude-session-manager/react — a React hook over the HTTP API of claude-session-manager/next.
+// Client-safe: it requires only 'react' (never the native addon). Typings: ./index.d.ts.
+
+// On the server there is nothing to run: effects never do, and the first render shows the initial
+// state. There the hook returns that state without calling React at all, which also matters in
+// Next.js: with `serverExternalPackages: ['claude-session-manager']` Node loads this module during
+// server rendering, and `require('react')` would give the app's node_modules React rather than the
+// copy Next renders with (hooks would then fail with "Cannot read properties of null").
+const isServer = typeof window === 'undefined' || typeof document === 'undefined'
+const React = isServer ? null : require('react')
+const { useState, useRef, useCallback, useEffect } = React || {}
+
+/** In-flight "find or create the project's session" calls, shared by hook instances (and by
+ * React's StrictMode double effects) so one mount does not create two sessions. */
+const inflightInit = new Map()
+/** APIs whose server answered that it cannot replay history: not asked again in this page. */
+const noHistory = new Set()
+
+let localCounter = 0
+const localId = (prefix) => `${prefix}-${Date.now().toString(36)}-${(localCounter++).toString(36)}`
+
+/** An Error with the API's `code` (and the HTTP `status` when there was one). */
+function apiError(code, message, status) {
+  const e = new Error(message || code)
+  e.name = 'ClaudeSessionError'
+  e.code = code
+  if (status !== undefined) e.status = status
+  return e
+}
+
+function asError(e) {
+  if (e instanceof Error) return e
+  if (e && typeof e === 'object' && typeof e.code === 'string') return apiError(e.code, e.message, e.status)
+  return apiError('INTERNAL', String(e))
+}
+
+const isAbort = (e) => e && (e.name === 'AbortError' || e.code === 'ABORTED')
+
+async function errorFromResponse(res) {
+  let body = null
+  try {
+    body = await res.json()
+  } catch {}
+  const err = body && body.error
+  if (err && typeof err.code === 'string') return apiError(err.code, err.message, res.status)
+  return apiError(res.status === 401 ? 'UNAUTHORIZED' : 'HTTP_ERROR', `HTTP ${res.status} ${res.statusText || ''}`.trim(), res.status)
+}
+
+/** The text of a message's content: a string, or the `text` blocks of a content array. */
+function textOf(content) {
+  if (typeof content === 'string') return content
+  if (Array.isArray(content)) {
+    return content
+      .filter((b) => b && b.type === 'text' && typeof b.text === 'string')
+      .map((b) => b.text)
+      .join('')
+  }
+  return ''
+}
+
+/**
+ * One replayed message (from the session route's `messages` action) as a chat message, or null.
+ * Accepts the shapes a history API is likely to return: `{ role, content | text }` and the CLI's
+ * transcript lines `{ type, uuid, message: { role, content } }`.
+ */
+function historyMessage(m, i) {
+  if (!m || typeof m !== 'object') return null
+  const inner = m.message && typeof m.message === 'object' ? m.message : null
+  const role = m.role || (inner && inner.role) || m.type
+  if (role !== 'user' && role !== 'assistant') return null
+  const content = textOf(m.content !== undefined ? m.content : m.text !== undefined ? m.text : inner ? inner.content : undefined)
+  if (!content.trim()) return null
+  const createdAt = typeof m.createdAt === 'number' ? m.createdAt : typeof m.timestamp === 'string' ? Date.parse(m.timestamp) || undefined : typeof m.timestamp === 'number' ? m.timestamp : undefined
+  const id = m.id || m.uuid || (inner && inner.id) || `history-${i}`
+  const out = { id: String(id), role, content, status: 'done' }
+  if (createdAt !== undefined) out.createdAt = createdAt
+  return out
+}
+
+/**
+ * Reads a `text/event-stream` body, calling `onFrame(event, data)` per event (`data` parsed as
+ * JSON). Comments (keep-alives) are skipped.
+ */
+async function readEventStream(body, onFrame) {
+  const reader = body.getReader()
+  const decoder = new TextDecoder()
+  let buffer = ''
+  const flush = (block) => {
+    let event = 'message'
+    const data = []
+    for (const line of block.split(/\r?\n/)) {
+      if (!line || line.charCodeAt(0) === 58 /* ':' */) continue
+      const i = line.indexOf(':')
+      const field = i < 0 ? line : line.slice(0, i)
+      const value = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '')
+      if (field === 'event') event = value
+      else if (field === 'data') data.push(value)
+    }
+    if (data.length) onFrame(event, JSON.parse(data.join('\n')))
+  }
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    buffer += decoder.decode(value, { stream: true })
+    let m
+    while ((m = /\r?\n\r?\n/.exec(buffer))) {
+      const block = buffer.slice(0, m.index)
+      buffer = buffer.slice(m.index + m[0].length)
+      flush(block)
+    }
+  }
+  buffer += decoder.decode()
+  if (buffer.trim()) flush(buffer)
+}
+
+/**
+ * The meter's level: `'critical'` when the session should be compacted, `'warning'` from
+ * `warnAt` percent (default 60), else `'ok'`.
+ */
+function contextLevel(context, options) {
+  if (!context) return 'ok'
+  const warnAt = options && typeof options.warnAt === 'number' ? options.warnAt : 60
+  if (context.shouldCompact || !context.canContinue) return 'critical'
+  if (context.usagePercentage >= warnAt) return 'warning'
+  return 'ok'
+}
+
+/** Picks the string fields `names` from an argument that may also be a click event. */
+function stringFields(arg, names) {
+  const out = {}
+  if (arg && typeof arg === 'object' && !('nativeEvent' in arg) && !('target' in arg)) {
+    for (const n of names) if (typeof arg[n] === 'string' && arg[n]) out[n] = arg[n]
+  }
+  return out
+}
+
+/**
+ * A Claude Code session of one project, over the routes of `claude-session-manager/next`,
+ * in the spirit of the AI SDK's `useChat`. See ./index.d.ts for the contract.
+ */
+function useClaudeSession(options) {
+  return isServer ? serverState(options || {}) : useClientSession(options || {})
+}
+
+const noop = () => {}
+const resolveNull = async () => null
+
+/** What the hook shows before it has loaded anything (the server render and the first client
+ * render are the same, so hydration matches). */
+function serverState(opts) {
+  return {
+    sessionId: opts.sessionId || null,
+    session: null,
+    sessions: [],
+    messages: [],
+    setMessages: noop,
+    context: null,
+    status: 'idle',
+    isLoading: false,
+    isStreaming: false,
+    error: null,
+    clearError: noop,
+    historySupported: null,
+    send: resolveNull,
+    abort: noop,
+    compact: resolveNull,
+    fork: resolveNull,
+    startFresh: resolveNull,
+    selectSession: resolveNull,
+    refresh: async () => [],
+  }
+}
+
+function useClientSession(opts) {
+  const { projectId, api = '/api/claude', loadHistory = true, historyLimit = 200 } = opts
+  const initialSessionId = opts.sessionId
+
+  const [sessionId, setSessionIdState] = useState(initialSessionId || null)
+  const [messages, setMessages] = useState([])
+  const [context, setContextState] = useState(null)
+  const [sessions, setSessions] = useState([])
+  const [status, setStatus] = useState('idle')
+  const [error, setError] = useState(null)
+  const [historySupported, setHistorySupported] = useState(null)
+
+  // The latest values, for callbacks that must not go stale.
+  const latest = useRef(opts)
+  latest.current = opts
+  const sessionIdRef = useRef(sessionId)
+  const contextRef = useRef(context)
+  const abortRef = useRef(null)
+  const readyRef = useRef(null) // Promise<string> of the current session id while it is loaded
+  const mounted = useRef(true)
+
+  const setSessionId = useCallback((id) => {
+    sessionIdRef.current = id
+    setSessionIdState(id)
+  }, [])
+  const setContext = useCallback((c) => {
+    contextRef.current = c
+    setContextState(c)
+  }, [])
+
+  /** fetch against the API with JSON in and out; non-2xx answers throw an Error with `code`. */
+  const call = useCallback(
+    async (method, path, body, init) => {
+      const o = latest.current
+      const doFetch = o.fetch || globalThis.fetch.bind(globalThis)
+      const extra = typeof o.headers === 'function' ? await o.headers() : o.headers
+      const headers = { accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(extra || {}) }
+      const res = await doFetch(`${api}${path}`, {
+        method,
+        headers,
+        body: body !== undefined ? JSON.stringify(body) : undefined,
+        credentials: o.credentials || 'same-origin',
+        cache: 'no-store',
+        ...(init || {}),
+      })
+      if (!res.ok) throw await errorFromResponse(res)
+      return res
+    },
+    [api],
+  )
+  const callJson = useCallback(async (method, path, body, init) => (await call(method, path, body, init)).json(), [call])
+
+  const report = useCallback((e) => {
+    const err = asError(e)
+    if (mounted.current) setError(err)
+    const onError = latest.current.onError
+    if (onError) onError(err)
+    return err
+  }, [])
+
+  const refreshSessions = useCallback(async () => {
+    if (!projectId) return []
+    try {
+      const { sessions: list } = await callJson('GET', `/session?projectId=${encodeURIComponent(projectId)}`)
+      if (mounted.current) setSessions(list)
+      return list
+    } catch (e) {
+      report(e)
+      return []
+    }
+  }, [projectId, callJson, report])
+
+  const fetchContext = useCallback(async (id) => (await callJson('GET', `/compact?sessionId=${encodeURIComponent(id)}`)).context, [callJson])
+
+  const fetchHistory = useCallback(
+    async (id) => {
+      if (noHistory.has(api)) {
+        if (mounted.current) setHistorySupported(false)
+        return null
+      }
+      try {
+        const body = await callJson('POST', '/session', { action: 'messages', sessionId: id, limit: historyLimit })
+        const raw = Array.isArray(body) ? body : body && Array.isArray(body.messages) ? body.messages : []
+        if (mounted.current) setHistorySupported(true)
+        return raw.map(historyMessage).filter(Boolean)
+      } catch (e) {
+        // History replay is optional: the server's addon (or route) may not have it yet.
+        const unsupported = e.code === 'NOT_IMPLEMENTED' || e.status === 405 || e.status === 501 || (e.status === 404 && e.code !== 'SESSION_NOT_FOUND')
+        if (unsupported) {
+          noHistory.add(api)
+          if (mounted.current) setHistorySupported(false)
+          return null
+        }
+        throw e
+      }
+    },
+    [api, callJson, historyLimit],
+  )
+
+  /** Makes `id` the current session: its context and, when the server can replay it, its history. */
+  const load = useCallback(
+    async (id, { keepMessages = false } = {}) => {
+      setSessionId(id)
+      if (!keepMessages) setMessages([])
+      const [ctx, history] = await Promise.all([fetchContext(id), loadHistory && !keepMessages ? fetchHistory(id) : null])
+      if (!mounted.current || sessionIdRef.current !== id) return
+      setContext(ctx)
+      if (history) setMessages(history)
+    },
+    [fetchContext, fetchHistory, loadHistory, setContext, setSessionId],
+  )
+
+  // Find (or create) the project's session on mount and whenever the project changes.
+  useEffect(() => {
+    mounted.current = true
+    if (!projectId) return undefined
+    let cancelled = false
+    const ready = (async () => {
+      let id = initialSessionId
+      if (!id) {
+        const key = `${api}\u0000${projectId}`
+        let p = inflightInit.get(key)
+        if (!p) {
+          p = callJson('POST', '/session', { action: 'getOrCreate', projectId }).finally(() => inflightInit.delete(key))
+          inflightInit.set(key, p)
+        }
+        id = (await p).session.id
+      }
+      if (!cancelled) await Promise.all([load(id), refreshSessions()])
+      return id
+    })()
+    readyRef.current = ready
+    ready.catch((e) => {
+      if (!cancelled) report(e)
+    })
+    return () => {
+      cancelled = true
+    }
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [projectId, api, initialSessionId])
+
+  // Unmounting stops a running task (its HTTP stream closes, so the server aborts the CLI).
+  useEffect(() => {
+    mounted.current = true
+    return () => {
+      mounted.current = false
+      if (abortRef.current) abortRef.current.abort()
+    }
+  }, [])
+
+  const ensureSession = useCallback(async () => {
+    if (sessionIdRef.current) return sessionIdRef.current
+    if (readyRef.current) {
+      try {
+        await readyRef.current
+      } catch {}
+    }
+    if (sessionIdRef.current) return sessionIdRef.current
+    const { session } = await callJson('POST', '/session', { action: 'getOrCreate', projectId })
+    setSessionId(session.id)
+    return session.id
+  }, [callJson, projectId, setSessionId])
+
+  const send = useCallback(
+    async (prompt, sendOptions) => {
+      if (typeof prompt !== 'string' || !prompt.trim()) return null
+      if (abortRef.current) {
+        report(apiError('SESSION_BUSY', 'a task is already running in this session; wait for it or abort() it'))
+        return null
+      }
+      const controller = new AbortController()
+      abortRef.current = controller
+      setError(null)
+      setStatus('streaming')
+      const user = { id: localId('user'), role: 'user', content: prompt, status: 'done', createdAt: Date.now() }
+      const reply = { id: localId('assistant'), role: 'assistant', content: '', status: 'streaming', toolUses: [], createdAt: Date.now() }
+      setMessages((ms) => [...ms, user, reply])
+      const update = (patch) => {
+        if (mounted.current) setMessages((ms) => ms.map((m) => (m.id === reply.id ? { ...m, ...patch } : m)))
+      }
+      // Text per model message, in order: deltas as they stream, replaced by each complete message.
+      const texts = new Map()
+      const toolUses = []
+      let currentMessage = null
+      const joined = () => Array.from(texts.values()).filter(Boolean).join('\n\n')
+      let result = null
+      let streamError = null
+      let id = null
+      try {
+        id = await ensureSession()
+        const extra = stringFields(sendOptions, ['model', 'title'])
+        const body = { ...(latest.current.body || {}), ...extra, prompt, projectId, sessionId: id }
+        if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
+        const res = await call('POST', '/stream', body, { signal: controller.signal })
+        await readEventStream(res.body, (event, data) => {
+          if (event === 'result') {
+            result = data
+            return
+          }
+          if (event === 'error') {
+            streamError = apiError((data.error && data.error.code) || 'INTERNAL', data.error && data.error.message, data.error && data.error.status)
+            return
+          }
+          const onEvent = latest.current.onEvent
+          if (onEvent) onEvent(data)
+          if (!data || typeof data !== 'object') return
+          if (data.type === 'task_started' && data.sessionId && data.sessionId !== sessionIdRef.current) {
+            setSessionId(data.sessionId) // a forked task runs in a new session
+          }
+          if (data.parent_tool_use_id) return // a subagent's message, not the reply
+          if (data.type === 'stream_event' && data.event) {
+            const ev = data.event
+            if (ev.type === 'message_start' && ev.message) currentMessage = ev.message.id || data.api_message_id || localId('m')
+            if (ev.type === 'content_block_delta' && ev.delta && ev.delta.type === 'text_delta') {
+              const key = data.api_message_id || currentMessage || 'current'
+              texts.set(key, (texts.get(key) || '') + ev.delta.text)
+              update({ content: joined() })
+            }
+          } else if (data.type === 'assistant' && data.message) {
+            const blocks = Array.isArray(data.message.content) ? data.message.content : []
+            const key = data.message.id || localId('m')
+            const text = textOf(blocks)
+            if (text || !texts.has(key)) texts.set(key, text)
+            for (const b of blocks) if (b && b.type === 'tool_use') toolUses.push({ id: b.id, name: b.name, input: b.input })
+            update({ content: joined(), toolUses: toolUses.slice() })
+          }
+        })
+        if (streamError) throw streamError
+        if (!result) throw apiError('STREAM_ENDED', 'the stream ended without a result')
+        if (mounted.current) {
+          if (result.sessionId && result.sessionId !== sessionIdRef.current) setSessionId(result.sessionId)
+          setContext(result.contextInfo)
+        }
+        const content = joined() || result.result || ''
+        if (result.success) {
+          update({ content, status: 'done', result })
+        } else {
+          update({ content, status: result.error && result.error.code === 'ABORTED' ? 'aborted' : 'error', result })
+          if (!(result.error && result.error.code === 'ABORTED')) report(apiError(result.error.code, result.error.message, result.error.status))
+        }
+        const onFinish = latest.current.onFinish
+        if (onFinish) onFinish(result)
+        return result
+      } catch (e) {
+        if (isAbort(e) || controller.signal.aborted) {
+          update({ content: joined(), status: 'aborted' })
+        } else {
+          update({ content: joined(), status: 'error' })
+          report(e)
+        }
+        // The server's view of the context may have changed before the failure.
+        if (id && mounted.current) fetchContext(id).then((c) => mounted.current && sessionIdRef.current === id && setContext(c), () => {})
+        return result
+      } finally {
+        if (abortRef.current === controller) abortRef.current = null
+        if (mounted.current) setStatus('idle')
+        refreshSessions()
+      }
+    },
+    [call, ensureSession, fetchContext, projectId, refreshSessions, report, setContext, setSessionId],
+  )
+
+  const abort = useCallback(() => {
+    if (abortRef.current) abortRef.current.abort()
+  }, [])
+
+  /** Runs one session-changing call with status and error handling; never rejects. */
+  const guarded = useCallback(
+    async (busyStatus, fn) => {
+      if (abortRef.current) {
+        report(apiError('SESSION_BUSY', 'a task is running; wait for it or abort() it first'))
+        return null
+      }
+      setError(null)
+      setStatus(busyStatus)
+      try {
+        return await fn()
+      } catch (e) {
+        report(e)
+        return null
+      } finally {
+        if (mounted.current) setStatus('idle')
+      }
+    },
+    [report],
+  )
+
+  const compact = useCallback(
+    (arg) =>
+      guarded('compacting', async () => {
+        const id = await ensureSession()
+        const before = contextRef.current
+        const result = await callJson('POST', '/compact', { sessionId: id, ...stringFields(arg, ['summaryInstructions']) })
+        if (!mounted.current) return result
+        setContext(result.contextInfo)
+        const from = before ? before.estimatedTokens.toLocaleString('en-US') : '?'
+        const to = result.contextInfo.estimatedTokens.toLocaleString('en-US')
+        setMessages((ms) => [...ms, { id: localId('system'), role: 'system', content: `Context compacted: ${from} → ${to} tokens`, status: 'done', createdAt: Date.now() }])
+        refreshSessions()
+        return result
+      }),
+    [callJson, ensureSession, guarded, refreshSessions, setContext],
+  )
+
+  const fork = useCallback(
+    (arg) =>
+      guarded('loading', async () => {
+        const id = await ensureSession()
+        const { session } = await callJson('POST', '/session', { action: 'fork', sessionId: id, ...stringFields(arg, ['title']) })
+        // The fork continues from the same conversation: keep the messages on screen.
+        await load(session.id, { keepMessages: true })
+        await refreshSessions()
+        return session
+      }),
+    [callJson, ensureSession, guarded, load, refreshSessions],
+  )
+
+  const startFresh = useCallback(
+    () =>
+      guarded('loading', async () => {
+        const { session } = await callJson('POST', '/session', { action: 'startFresh', projectId })
+        await load(session.id)
+        await refreshSessions()
+        return session
+      }),
+    [callJson, guarded, load, projectId, refreshSessions],
+  )
+
+  const selectSession = useCallback(
+    (id) =>
+      guarded('loading', async () => {
+        if (typeof id !== 'string' || !id) throw apiError('INVALID_ARGUMENT', 'selectSession needs a session id')
+        await load(id)
+        return id
+      }),
+    [guarded, load],
+  )
+
+  const refresh = useCallback(async () => {
+    const id = sessionIdRef.current
+    const [list] = await Promise.all([
+      refreshSessions(),
+      id
+        ? fetchContext(id).then(
+            (c) => mounted.current && sessionIdRef.current === id && setContext(c),
+            (e) => report(e),
+          )
+        : null,
+    ])
+    return list
+  }, [fetchContext, refreshSessions, report, setContext])
+
+  const clearError = useCallback(() => setError(null), [])
+
+  const session = sessions.find((s) => s.id === sessionId) || null
+
+  return {
+    sessionId,
+    session,
+    sessions,
+    messages,
+    setMessages,
+    context,
+    status,
+    isLoading: status !== 'idle',
+    isStreaming: status === 'streaming',
+    error,
+    clearError,
+    historySupported,
+    send,
+    abort,
+    compact,
+    fork,
+    startFresh,
+    selectSession,
+    refresh,
+  }
+}
+
+module.exports = { useClaudeSession, contextLevel, readEventStream }
