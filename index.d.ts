@@ -159,9 +159,10 @@ export declare function errorCodes(): Array<string>
 /** How a caller follows and cancels a task. */
 export interface ExecuteOptions {
   /**
-   * Called with every event as it arrives: the CLI's stream-json messages (`system`,
-   * `assistant`, `user`, `result`, and `stream_event` when `includePartialMessages`) plus
-   * `{ type: 'task_started', sessionId, taskId }`.
+   * Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
+   * `{ type: 'task_started', sessionId, taskId }` when the CLI starts, then the CLI's
+   * stream-json messages (`system`, `assistant`, `user`, `result`, and `stream_event` when
+   * `includePartialMessages`).
    */
   onEvent?: (event: { type: string; subtype?: string; [key: string]: any }) => void
   /** Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`. */
@@ -403,6 +404,11 @@ export interface TaskRequest {
    * An existing session always runs in its own folder.
    */
   workingDirectory?: string
+  /**
+   * How long to wait while the session runs another task before failing with `SESSION_BUSY`
+   * (ms; 0 fails at once). Default: the manager's `queueTimeoutMs`.
+   */
+  queueTimeoutMs?: number
 }
 
 /**

@@ -56,6 +56,11 @@ test('context: without a model report the window is the contextWindow option; a 
   const r = await manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u', sessionId: session.id })
   t.assert.strictEqual(r.success, false)
   t.assert.strictEqual(r.contextInfo.maxTokens, 123456)
+  // Once the CLI has reported a window for the model, new sessions of that model start with it.
+  const ok = await manager.executeTask({ prompt: 'y', projectId: 'p', userId: 'u' })
+  t.assert.notStrictEqual(ok.contextInfo.maxTokens, 123456)
+  const { session: next } = await manager.startFresh({ projectId: 'p', userId: 'u' })
+  t.assert.strictEqual((await manager.getSessionContext(next.id, 'u')).maxTokens, ok.contextInfo.maxTokens)
   await manager.close()
 })
 
@@ -96,6 +101,12 @@ test('compaction: a failed compaction is COMPACT_FAILED and leaves the session a
   t.assert.deepStrictEqual(await manager.listCompactions(a.sessionId, 'u'), [])
   const next = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId })
   t.assert.strictEqual(next.result, 'Echo #2: two', 'history intact')
+  // A fork that has not run yet compacts the conversation it carries, into its own transcript.
+  const fork = await manager.fork({ sessionId: a.sessionId, userId: 'u' })
+  const fc = await manager.compactSession({ sessionId: fork.id, userId: 'u' })
+  t.assert.strictEqual(fc.sessionId, fork.id)
+  t.assert.strictEqual(fc.compactions.length, 1)
+  t.assert.strictEqual((await manager.getMessages(a.sessionId, 'u')).compactions, 0, 'the parent was not compacted')
   // A session that never ran has nothing to compact.
   const { session } = await manager.getOrCreateSession({ projectId: 'empty', userId: 'u' })
   await rejectsWith(t, manager.compactSession({ sessionId: session.id, userId: 'u' }), 'COMPACT_FAILED')

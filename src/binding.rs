@@ -676,15 +676,19 @@ pub struct TaskRequest {
   /// For a new session: the absolute folder the CLI runs in (inside `allowedRoots` when set).
   /// An existing session always runs in its own folder.
   pub working_directory: Option<String>,
+  /// How long to wait while the session runs another task before failing with `SESSION_BUSY`
+  /// (ms; 0 fails at once). Default: the manager's `queueTimeoutMs`.
+  pub queue_timeout_ms: Option<f64>,
 }
 
 /// How a caller follows and cancels a task.
 #[allow(dead_code)]
 #[napi(object, object_from_js = false)]
 pub struct ExecuteOptions {
-  /// Called with every event as it arrives: the CLI's stream-json messages (`system`,
-  /// `assistant`, `user`, `result`, and `stream_event` when `includePartialMessages`) plus
-  /// `{ type: 'task_started', sessionId, taskId }`.
+  /// Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
+  /// `{ type: 'task_started', sessionId, taskId }` when the CLI starts, then the CLI's
+  /// stream-json messages (`system`, `assistant`, `user`, `result`, and `stream_event` when
+  /// `includePartialMessages`).
   #[napi(ts_type = "(event: { type: string; subtype?: string; [key: string]: any }) => void")]
   pub on_event: Option<Unknown<'static>>,
   /// Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`.

@@ -190,6 +190,8 @@ pub struct TaskRequest {
   pub title: Option<String>,
   /// For a new session: the folder the CLI runs in (default: the manager's).
   pub working_directory: Option<String>,
+  /// How long to wait while the session runs another task (0: fail at once with SESSION_BUSY).
+  pub queue_timeout_ms: Option<f64>,
 }
 
 /// A task failure as the result reports it.
@@ -282,6 +284,18 @@ pub struct PromptEstimate {
   pub observations: u64,
   /// The session's context if the prompt were added now.
   pub context_info: ContextInfo,
+}
+
+/// How `run_locked` runs one CLI process.
+struct RunOptions {
+  /// `task` or `compact`, as the task row records it.
+  kind: &'static str,
+  include_partials: bool,
+  threshold: f64,
+  /// The compaction trigger to record instead of the CLI's own label.
+  trigger: Option<&'static str>,
+  /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
+  queue_timeout: Option<Duration>,
 }
 
 /// Receives every event of a task as it arrives.
@@ -479,7 +493,18 @@ impl Manager {
   pub async fn get_context(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Result<ContextInfo> {
     let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
     let s = self.get_session(session_id, user_id).await?;
-    Ok(context::context_info(s.context.as_ref(), self.cfg.context_window, threshold, 0))
+    let window = self.window_of(&s).await?;
+    Ok(context::context_info(s.context.as_ref(), window, threshold, 0))
+  }
+
+  /// The window of a session not measured yet: what the CLI last reported for its model, else
+  /// the `contextWindow` option.
+  async fn window_of(&self, s: &Session) -> Result<u64> {
+    if s.context.is_some() {
+      return Ok(self.cfg.context_window);
+    }
+    let model = s.model.clone();
+    Ok(self.db(move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
   }
 
   pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
@@ -573,6 +598,9 @@ impl Manager {
     if let Some(t) = r.timeout_ms {
       validate::positive_int("timeoutMs", t)?;
     }
+    if let Some(t) = r.queue_timeout_ms {
+      validate::non_negative_int("queueTimeoutMs", t)?;
+    }
     if let Some(t) = &r.title {
       validate::title(t)?;
     }
@@ -590,6 +618,23 @@ impl Manager {
       max_budget_usd: r.max_budget_usd,
       fallback_model: r.fallback_model.clone(),
     })
+  }
+
+  /// How the CLI picks the session up: resume it, fork it from its parent on its first run, or
+  /// start it under its id.
+  async fn session_mode(&self, session: &Session) -> Result<SessionMode> {
+    if session.materialized {
+      return Ok(SessionMode::Resume(session.id.clone()));
+    }
+    if let Some(parent) = &session.parent_id {
+      let (pid, user) = (parent.clone(), session.user_id.clone());
+      if let Some(p) = self.db(move |s| s.get_session(&pid, &user)).await? {
+        if p.materialized {
+          return Ok(SessionMode::Fork { parent: p.id, child: session.id.clone() });
+        }
+      }
+    }
+    Ok(SessionMode::New(session.id.clone()))
   }
 
   /// Rejects a prompt whose own tokens exceed the window, before anything is stored or spawned.
@@ -662,19 +707,7 @@ impl Manager {
         }
       }
     };
-    args.session = Some(match (&session.parent_id, session.materialized) {
-      (_, true) => SessionMode::Resume(session.id.clone()),
-      (Some(parent), false) => {
-        let user = r.user_id.clone();
-        let pid = parent.clone();
-        let parent_row = self.db(move |s| s.get_session(&pid, &user)).await?;
-        match parent_row {
-          Some(p) if p.materialized => SessionMode::Fork { parent: p.id, child: session.id.clone() },
-          _ => SessionMode::New(session.id.clone()),
-        }
-      }
-      (None, false) => SessionMode::New(session.id.clone()),
-    });
+    args.session = Some(self.session_mode(&session).await?);
     if args.model.is_none() {
       args.model = Some(session.model.clone());
     }
@@ -702,7 +735,9 @@ impl Manager {
       stall_timeout: self.cfg.stall_timeout,
     };
     let include_partials = r.include_partial_messages.unwrap_or(false);
-    let mut res = self.run_locked(&session, "task", spec, sink, cancel, include_partials, threshold, None).await?;
+    let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
+    let opts = RunOptions { kind: "task", include_partials, threshold, trigger: None, queue_timeout };
+    let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
     res.compacted = compacted.is_some() || res.compacted;
     if let Some(c) = compacted {
@@ -750,7 +785,8 @@ impl Manager {
     let session = self.get_session(session_id, user_id).await?;
     let (me, s2) = (self.clone(), session.clone());
     let (tokens, tiktoken, factor, family, observations) = self.db(move |_| me.estimate_blocking(&s2, &prompt)).await?;
-    let context_info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, tokens);
+    let window = self.window_of(&session).await?;
+    let context_info = context::context_info(session.context.as_ref(), window, threshold, tokens);
     Ok(PromptEstimate { tokens, tiktoken_tokens: tiktoken, factor, family: family.as_str().to_string(), observations, context_info })
   }
 
@@ -794,29 +830,23 @@ impl Manager {
 
   /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
   /// runs the CLI and records the end.
-  #[allow(clippy::too_many_arguments)]
-  async fn run_locked(
-    &self,
-    session: &Session,
-    kind: &'static str,
-    spec: RunSpec,
-    sink: Option<EventSink>,
-    cancel: CancelToken,
-    include_partials: bool,
-    threshold: f64,
-    trigger: Option<&'static str>,
-  ) -> Result<TaskResult> {
+  async fn run_locked(&self, session: &Session, spec: RunSpec, sink: Option<EventSink>, cancel: CancelToken, o: RunOptions) -> Result<TaskResult> {
+    let RunOptions { kind, include_partials, threshold, trigger, queue_timeout } = o;
+    let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
     let queued = Instant::now();
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_queued", "sessionId": session.id }));
+    }
     let busy = || {
       Error::new(
         ErrorCode::SessionBusy,
-        format!("session {} is running another task; waited {} ms", session.id, self.cfg.queue_timeout.as_millis()),
+        format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()),
       )
     };
     let task_id = uuid::Uuid::new_v4().to_string();
     let lock = self.session_lock(&session.id);
     let _guard = tokio::select! {
-      g = tokio::time::timeout(self.cfg.queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
+      g = tokio::time::timeout(queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
       _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
     };
     let model = spec.args.iter().find_map(|a| a.strip_prefix("--model=")).unwrap_or(&session.model).to_owned();
@@ -825,7 +855,7 @@ impl Manager {
       if self.db(move |s| s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)).await? {
         break;
       }
-      if queued.elapsed() >= self.cfg.queue_timeout {
+      if queued.elapsed() >= queue_timeout {
         return Err(busy());
       }
       tokio::select! {
@@ -995,9 +1025,13 @@ impl Manager {
       })
       .collect();
     let (sid, tid, rows) = (session.id.clone(), task_id.to_owned(), res.compactions.clone());
+    let reported_window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
     self
       .db(move |s| {
         s.finish_task(&sid, &tid, &end, watermark)?;
+        if let Some((model, window)) = reported_window {
+          s.remember_window(&model, window)?;
+        }
         for c in &rows {
           s.add_compaction(c)?;
         }
@@ -1018,11 +1052,13 @@ impl Manager {
   }
 
   async fn compact_inner(&self, session: &Session, instructions: Option<String>, trigger: &'static str, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
-    if !session.materialized {
+    // A fork that has not run yet compacts its parent's conversation into its own transcript.
+    let mode = self.session_mode(session).await?;
+    if matches!(mode, SessionMode::New(_)) {
       return Err(Error::new(ErrorCode::CompactFailed, format!("session {} has no conversation yet; there is nothing to compact", session.id)));
     }
     let program = executor::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
-    let args = CliArgs { session: Some(SessionMode::Resume(session.id.clone())), model: Some(session.model.clone()), ..Default::default() };
+    let args = CliArgs { session: Some(mode), model: Some(session.model.clone()), ..Default::default() };
     let prompt = match instructions {
       Some(i) => format!("/compact {i}"),
       None => "/compact".to_string(),
@@ -1036,7 +1072,8 @@ impl Manager {
       timeout: None,
       stall_timeout: self.cfg.stall_timeout,
     };
-    let res = self.run_locked(session, "compact", spec, sink, cancel, false, self.cfg.compact_threshold, Some(trigger)).await?;
+    let opts = RunOptions { kind: "compact", include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
+    let res = self.run_locked(session, spec, sink, cancel, opts).await?;
     if res.compactions.is_empty() {
       let why = res.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
       return Err(Error::new(ErrorCode::CompactFailed, format!("compaction of session {} failed ({why}); the session is unchanged", session.id)));

@@ -100,6 +100,14 @@ const MIGRATIONS: &[&str] = &[
   r#"
   ALTER TABLE sessions ADD COLUMN config_dir TEXT;
   "#,
+  // 3 -> 4: the context window the CLI last reported per model, for sessions not yet measured.
+  r#"
+  CREATE TABLE model_windows (
+    model TEXT PRIMARY KEY NOT NULL,
+    context_window INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  );
+  "#,
 ];
 
 /// The schema version this build writes.
@@ -857,6 +865,31 @@ impl Store {
         })
       })?;
       Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    })
+  }
+
+  // ---- model windows ----------------------------------------------------------------------
+
+  /// Remembers the context window the CLI reported for a model (as sessions name it).
+  pub fn remember_window(&self, model: &str, window: u64) -> Result<()> {
+    self.write(|tx| {
+      tx.execute(
+        "INSERT INTO model_windows (model, context_window, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (model) DO UPDATE SET context_window = ?2, updated_at = ?3",
+        params![model, window as i64, now_ms()],
+      )?;
+      Ok(())
+    })
+  }
+
+  /// The last window reported for a model, if any.
+  pub fn window_for(&self, model: &str) -> Result<Option<u64>> {
+    self.with(|c| {
+      Ok(
+        c.query_row("SELECT context_window FROM model_windows WHERE model = ?1", [model], |r| r.get::<_, i64>(0))
+          .optional()?
+          .map(|w| w as u64),
+      )
     })
   }
 
