@@ -287,3 +287,16 @@ test('task: the CLI gets the API settings but not unrelated server secrets', asy
   t.assert.doesNotMatch(dumped, /DATABASE_URL|secret@db/)
   await manager.close()
 })
+
+test('task: two first tasks racing on a new session both run (the second resumes what the first started)', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
+  server.enqueue({ text: 'first', delayMs: 300 })
+  const [a, b] = await Promise.all(['A', 'B'].map((prompt) => manager.executeTask({ prompt, projectId: 'p', userId: 'u', sessionId: session.id })))
+  t.assert.ok(a.success && b.success, JSON.stringify([a.error, b.error]))
+  t.assert.deepStrictEqual([a.result, b.result].sort(), ['Echo #2: B', 'first'].sort())
+  const s = await manager.getSession(session.id, 'u')
+  t.assert.ok(Math.abs(s.totalCostUsd - (a.cost + b.cost)) < 1e-12)
+  await manager.close()
+})

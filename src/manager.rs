@@ -290,6 +290,8 @@ pub struct PromptEstimate {
 struct RunOptions {
   /// `task` or `compact`, as the task row records it.
   kind: &'static str,
+  /// The CLI's flags; how it picks the session up is decided once the session is held.
+  cli: CliArgs,
   include_partials: bool,
   threshold: f64,
   /// The compaction trigger to record instead of the CLI's own label.
@@ -707,7 +709,6 @@ impl Manager {
         }
       }
     };
-    args.session = Some(self.session_mode(&session).await?);
     if args.model.is_none() {
       args.model = Some(session.model.clone());
     }
@@ -722,12 +723,11 @@ impl Manager {
       if info.should_compact {
         let done = self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
         compacted = done.compactions.into_iter().next();
-        args.session = Some(SessionMode::Resume(session.id.clone()));
       }
     }
     let spec = RunSpec {
       program,
-      args: executor::build_args(&args),
+      args: vec![],
       cwd: PathBuf::from(&session.working_directory),
       env: self.child_env(&session)?,
       stdin: r.prompt.clone(),
@@ -736,7 +736,7 @@ impl Manager {
     };
     let include_partials = r.include_partial_messages.unwrap_or(false);
     let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
-    let opts = RunOptions { kind: "task", include_partials, threshold, trigger: None, queue_timeout };
+    let opts = RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout };
     let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
     res.compacted = compacted.is_some() || res.compacted;
@@ -830,8 +830,8 @@ impl Manager {
 
   /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
   /// runs the CLI and records the end.
-  async fn run_locked(&self, session: &Session, spec: RunSpec, sink: Option<EventSink>, cancel: CancelToken, o: RunOptions) -> Result<TaskResult> {
-    let RunOptions { kind, include_partials, threshold, trigger, queue_timeout } = o;
+  async fn run_locked(&self, session: &Session, mut spec: RunSpec, sink: Option<EventSink>, cancel: CancelToken, o: RunOptions) -> Result<TaskResult> {
+    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout } = o;
     let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
     let queued = Instant::now();
     if let Some(s) = &sink {
@@ -849,7 +849,7 @@ impl Manager {
       g = tokio::time::timeout(queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
       _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
     };
-    let model = spec.args.iter().find_map(|a| a.strip_prefix("--model=")).unwrap_or(&session.model).to_owned();
+    let model = cli.model.clone().unwrap_or_else(|| session.model.clone());
     loop {
       let (sid, tid, m, owner, ttl) = (session.id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
       if self.db(move |s| s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)).await? {
@@ -863,6 +863,14 @@ impl Manager {
         _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
       }
     }
+    // Read the session again now that it is ours: a task that ran while this one waited (in this
+    // process or another) may have created its transcript or moved its cost watermark.
+    let (sid, uid) = (session.id.clone(), session.user_id.clone());
+    let session = &match self.db(move |s| s.get_session(&sid, &uid)).await {
+      Ok(Some(fresh)) => fresh,
+      _ => session.clone(),
+    };
+    let mode = self.session_mode(session).await;
     self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
     let renew = {
       let (store, sid, tid, ttl) = (self.store.clone(), session.id.clone(), task_id.clone(), self.cfg.lease_ttl);
@@ -874,7 +882,14 @@ impl Manager {
         }
       })
     };
-    let outcome = self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await;
+    let outcome = match mode {
+      Ok(mode) => {
+        cli.session = Some(mode);
+        spec.args = executor::build_args(&cli);
+        self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await
+      }
+      Err(e) => Err(e),
+    };
     renew.abort();
     self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
     self.finish(session, &task_id, outcome, queued, threshold, trigger).await
@@ -1053,26 +1068,25 @@ impl Manager {
 
   async fn compact_inner(&self, session: &Session, instructions: Option<String>, trigger: &'static str, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
     // A fork that has not run yet compacts its parent's conversation into its own transcript.
-    let mode = self.session_mode(session).await?;
-    if matches!(mode, SessionMode::New(_)) {
+    if matches!(self.session_mode(session).await?, SessionMode::New(_)) {
       return Err(Error::new(ErrorCode::CompactFailed, format!("session {} has no conversation yet; there is nothing to compact", session.id)));
     }
     let program = executor::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
-    let args = CliArgs { session: Some(mode), model: Some(session.model.clone()), ..Default::default() };
+    let args = CliArgs { model: Some(session.model.clone()), ..Default::default() };
     let prompt = match instructions {
       Some(i) => format!("/compact {i}"),
       None => "/compact".to_string(),
     };
     let spec = RunSpec {
       program,
-      args: executor::build_args(&args),
+      args: vec![],
       cwd: PathBuf::from(&session.working_directory),
-      env: self.child_env(&session)?,
+      env: self.child_env(session)?,
       stdin: prompt,
       timeout: None,
       stall_timeout: self.cfg.stall_timeout,
     };
-    let opts = RunOptions { kind: "compact", include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
+    let opts = RunOptions { kind: "compact", cli: args, include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
     let res = self.run_locked(session, spec, sink, cancel, opts).await?;
     if res.compactions.is_empty() {
       let why = res.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
