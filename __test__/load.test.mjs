@@ -39,6 +39,8 @@ test(`load: ${PROCESSES} processes, ${TASKS} tasks, ${SESSIONS} sessions, inject
   t.assert.deepStrictEqual(summaries.flatMap((s) => s.rejected), [], 'no task was rejected')
   t.assert.strictEqual(sum('ok') + sum('failed') + sum('aborted'), TASKS)
   t.assert.ok(sum('failed') > 0 && sum('aborted') > 0 && sum('ok') > 0, 'errors and aborts were exercised')
+  const codes = new Set(summaries.flatMap((s) => Object.keys(s.codes)))
+  t.assert.deepStrictEqual([...codes].filter((c) => c !== 'API_ERROR' && c !== 'ABORTED'), [], 'every failure is an injected one')
 
   const { manager: check } = makeManager({ server, dir })
   let rows = 0

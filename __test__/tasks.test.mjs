@@ -300,3 +300,18 @@ test('task: two first tasks racing on a new session both run (the second resumes
   t.assert.ok(Math.abs(s.totalCostUsd - (a.cost + b.cost)) < 1e-12)
   await manager.close()
 })
+
+test('task: a long-lived AbortSignal shared by many tasks collects no listeners', async (t) => {
+  const { getEventListeners } = await import('node:events')
+  server.reset()
+  const { manager } = makeManager({ server })
+  const controller = new AbortController()
+  const first = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' }, { signal: controller.signal })
+  for (let i = 0; i < 12; i++) {
+    const r = await manager.executeTask({ prompt: `n${i}`, projectId: 'p', userId: 'u', sessionId: first.sessionId }, { signal: controller.signal })
+    t.assert.strictEqual(r.success, true)
+  }
+  await manager.executeTask({ prompt: '', projectId: 'p', userId: 'u' }, { signal: controller.signal }).catch(() => {})
+  t.assert.strictEqual(getEventListeners(controller.signal, 'abort').length, 0)
+  await manager.close()
+})

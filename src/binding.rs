@@ -47,6 +47,16 @@ where
   V: ToNapiValue + 'static,
   F: Future<Output = CoreResult<T>> + Send + 'static,
 {
+  promise_then(env, fut, map, |_| ())
+}
+
+/// [`promise`], with `cleanup` run on the JavaScript thread once the future has settled.
+fn promise_then<'e, T, V, F>(env: &'e Env, fut: F, map: fn(T) -> V, cleanup: impl FnOnce(&Env) + 'static) -> napi::Result<PromiseRaw<'e, V>>
+where
+  T: Send + 'static,
+  V: ToNapiValue + 'static,
+  F: Future<Output = CoreResult<T>> + Send + 'static,
+{
   env.spawn_future_with_callback(
     async move {
       let r = match tokio::spawn(async move {
@@ -61,9 +71,12 @@ where
       };
       Ok::<_, napi::Error>(r)
     },
-    move |env, r| match r {
-      Ok(t) => Ok(map(t)),
-      Err(e) => Err(js_error(env, e)),
+    move |env, r| {
+      cleanup(env);
+      match r {
+        Ok(t) => Ok(map(t)),
+        Err(e) => Err(js_error(env, e)),
+      }
     },
   )
 }
@@ -1017,18 +1030,19 @@ impl SessionManager {
   #[napi(ts_args_type = "request: TaskRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
   pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, TaskResult>> {
     let request = js_value(env, "request", Some(request));
-    let (sink, cancel) = match read_execute_options(env, options) {
+    let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "executeTask", options) {
       Ok(x) => x,
       Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
     };
     let m = self.inner.clone();
-    promise(
+    promise_then(
       env,
       async move {
         let r: manager::TaskRequest = parse("executeTask", request?)?;
         m.execute_task(r, sink, cancel).await
       },
       TaskResult::from,
+      ExecuteHooks::cleanup(abort),
     )
   }
 
@@ -1047,18 +1061,19 @@ impl SessionManager {
       user_id: String,
       summary_instructions: Option<String>,
     }
-    let (sink, cancel) = match read_execute_options(env, options) {
+    let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "compactSession", options) {
       Ok(x) => x,
       Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
     };
     let m = self.inner.clone();
-    promise(
+    promise_then(
       env,
       async move {
         let r: Req = parse("compactSession", request?)?;
         m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await
       },
       TaskResult::from,
+      ExecuteHooks::cleanup(abort),
     )
   }
 
@@ -1072,12 +1087,48 @@ impl SessionManager {
 
 /// Reads `{ onEvent, signal }`: wraps the callback for use from other threads and hooks the
 /// signal's `abort` event to a cancel token.
-fn read_execute_options(env: &Env, options: Option<Unknown<'_>>) -> CoreResult<(Option<manager::EventSink>, CancelToken)> {
+/// The `abort` listener a task put on a caller's signal, removed when the task settles so that a
+/// long-lived signal does not collect listeners.
+struct AbortHook {
+  signal: ObjectRef,
+  listener: FunctionRef<(), ()>,
+}
+
+impl AbortHook {
+  fn remove(self, env: &Env) {
+    let _ = (|| -> napi::Result<()> {
+      let signal = self.signal.get_value(env)?;
+      let listener = self.listener.borrow_back(env)?;
+      let remove: Function<FnArgs<(String, Function<(), ()>)>, ()> = signal.get_named_property("removeEventListener")?;
+      remove.apply(signal, ("abort".to_string(), listener).into())
+    })();
+  }
+}
+
+/// What `{ onEvent, signal }` turn into.
+struct ExecuteHooks {
+  sink: Option<manager::EventSink>,
+  cancel: CancelToken,
+  abort: Option<AbortHook>,
+}
+
+impl ExecuteHooks {
+  fn cleanup(abort: Option<AbortHook>) -> impl FnOnce(&Env) + 'static {
+    move |env| {
+      if let Some(h) = abort {
+        h.remove(env);
+      }
+    }
+  }
+}
+
+fn read_execute_options(env: &Env, what: &str, options: Option<Unknown<'_>>) -> CoreResult<ExecuteHooks> {
   let cancel = CancelToken::new();
-  let bad = |what: &str| CoreError::invalid(format!("executeTask options: {what}"));
-  let Some(o) = options else { return Ok((None, cancel)) };
+  let bad = |why: &str| CoreError::invalid(format!("{what} options: {why}"));
+  let none = |cancel| Ok(ExecuteHooks { sink: None, cancel, abort: None });
+  let Some(o) = options else { return none(cancel) };
   let o: Object = match o.get_type().map_err(|_| bad("cannot read options"))? {
-    ValueType::Undefined | ValueType::Null => return Ok((None, cancel)),
+    ValueType::Undefined | ValueType::Null => return none(cancel),
     ValueType::Object => unsafe { o.cast() }.map_err(|_| bad("must be an object"))?,
     _ => return Err(bad("must be an object like { onEvent, signal }")),
   };
@@ -1102,6 +1153,7 @@ fn read_execute_options(env: &Env, options: Option<Unknown<'_>>) -> CoreResult<(
       _ => return Err(bad("onEvent must be a function")),
     }
   }
+  let mut abort = None;
   if o.has_named_property("signal").map_err(|_| bad("cannot read signal"))? {
     let v: Unknown = o.get_named_property("signal").map_err(|_| bad("cannot read signal"))?;
     match v.get_type().map_err(|_| bad("cannot read signal"))? {
@@ -1124,12 +1176,16 @@ fn read_execute_options(env: &Env, options: Option<Unknown<'_>>) -> CoreResult<(
             .map_err(|_| bad("cannot listen to signal"))?;
           let add: Function<FnArgs<(String, Function<(), ()>)>, ()> = unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
           add.apply(signal, ("abort".to_string(), listener).into()).map_err(|e| bad(&format!("cannot listen to signal: {e}")))?;
+          abort = Some(AbortHook {
+            signal: signal.create_ref().map_err(|_| bad("cannot keep signal"))?,
+            listener: listener.create_ref().map_err(|_| bad("cannot keep listener"))?,
+          });
         }
       }
       _ => return Err(bad("signal must be an AbortSignal")),
     }
   }
-  Ok((sink, cancel))
+  Ok(ExecuteHooks { sink, cancel, abort })
 }
 
 /// Counts tokens with tiktoken (`o200k_base` by default, or `cl100k_base`). Claude's own
