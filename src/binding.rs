@@ -1096,12 +1096,16 @@ struct AbortHook {
 
 impl AbortHook {
   fn remove(self, env: &Env) {
+    let AbortHook { signal, listener } = self;
     let _ = (|| -> napi::Result<()> {
-      let signal = self.signal.get_value(env)?;
-      let listener = self.listener.borrow_back(env)?;
-      let remove: Function<FnArgs<(String, Function<(), ()>)>, ()> = signal.get_named_property("removeEventListener")?;
-      remove.apply(signal, ("abort".to_string(), listener).into())
+      let target = signal.get_value(env)?;
+      let f = listener.borrow_back(env)?;
+      let remove: Function<FnArgs<(String, Function<(), ()>)>, ()> = target.get_named_property("removeEventListener")?;
+      remove.apply(target, ("abort".to_string(), f).into())
     })();
+    // Release the references here, on the JavaScript thread.
+    let _ = signal.unref(env);
+    drop(listener);
   }
 }
 
