@@ -194,6 +194,14 @@ fn parse<T: DeserializeOwned>(what: &str, v: Value) -> CoreResult<T> {
   serde_json::from_value(v).map_err(|e| CoreError::invalid(format!("{what}: {e}")))
 }
 
+/// Like [`parse`], with `null`/`undefined` meaning the type's defaults (optional option bags).
+fn parse_optional<T: DeserializeOwned + Default>(what: &str, v: Value) -> CoreResult<T> {
+  match v {
+    Value::Null => Ok(T::default()),
+    v => parse(what, v),
+  }
+}
+
 fn string_arg(field: &str, v: Value) -> CoreResult<String> {
   match v {
     Value::String(s) => Ok(s),
@@ -729,10 +737,7 @@ impl SessionManager {
   pub fn new(env: Env, options: Option<Unknown<'_>>) -> napi::Result<Self> {
     let options = js_value(&env, "options", options);
     sync(&env, || {
-      let opts: manager::Options = match options? {
-        Value::Null => manager::Options::default(),
-        v => parse("SessionManager options", v)?,
-      };
+      let opts: manager::Options = parse_optional("SessionManager options", options?)?;
       Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts)?) })
     })
   }
@@ -917,10 +922,7 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = match options? {
-          Value::Null => Opts::default(),
-          v => parse("getSessionContext options", v)?,
-        };
+        let o: Opts = parse_optional("getSessionContext options", options?)?;
         m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.threshold).await
       },
       ContextInfo::from,
@@ -975,10 +977,7 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = match options? {
-          Value::Null => Opts::default(),
-          v => parse("getMessages options", v)?,
-        };
+        let o: Opts = parse_optional("getMessages options", options?)?;
         let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.limit, o.offset).await?;
         serde_json::to_value(page).map_err(|e| CoreError::internal(format!("cannot encode messages: {e}")))
       },
@@ -1006,10 +1005,7 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = match options? {
-          Value::Null => Opts::default(),
-          v => parse("estimatePromptTokens options", v)?,
-        };
+        let o: Opts = parse_optional("estimatePromptTokens options", options?)?;
         let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
         m.estimate_prompt_tokens(&sid, &uid, p, o.threshold).await
       },
@@ -1229,10 +1225,7 @@ fn encoding_of(options: Value) -> CoreResult<tokens::Encoding> {
   struct Opts {
     encoding: Option<String>,
   }
-  let o: Opts = match options {
-    Value::Null => Opts::default(),
-    v => parse("countTokens options", v)?,
-  };
+  let o: Opts = parse_optional("countTokens options", options)?;
   tokens::Encoding::parse(o.encoding.as_deref())
 }
 
