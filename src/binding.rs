@@ -1192,6 +1192,13 @@ fn read_execute_options(env: &Env, what: &str, options: Option<Unknown<'_>>) -> 
 /// tokenizer is not public: treat the count as an estimate of Claude tokens.
 #[napi(ts_args_type = "text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }")]
 pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -> napi::Result<u32> {
+  // Fast path (a string, no options or only `encoding`): the text goes from V8 straight into a
+  // UTF-8 buffer in one pass, with no intermediate JSON value or copy.
+  if let Some(enc) = fast_encoding(&env, options) {
+    if let Some(n) = unsafe { with_js_str(env.raw(), text.raw(), |s| sync(&env, || Ok(tokens::count(s, enc) as u32))) } {
+      return n;
+    }
+  }
   let text = js_value(&env, "text", Some(text));
   let options = js_value(&env, "options", options);
   sync(&env, || {
@@ -1204,6 +1211,23 @@ pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -
 /// `countTokens` off the JavaScript thread, for large texts: the promise settles with the count.
 #[napi(ts_args_type = "text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }", ts_return_type = "Promise<number>")]
 pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, u32>> {
+  if let Some(enc) = fast_encoding(env, options) {
+    match unsafe { js_string_len16(env.raw(), text.raw()) } {
+      // A short text is counted at once (faster than a trip to another thread and back) and the
+      // promise is returned already resolved.
+      Some(len) if len <= ASYNC_INLINE_MAX_UTF16 => {
+        if let Some(Ok(n)) = unsafe { with_js_str(env.raw(), text.raw(), |s| sync(env, || Ok(tokens::count(s, enc) as u32))) } {
+          return PromiseRaw::resolve(env, n);
+        }
+      }
+      Some(_) => {
+        if let Some(text) = unsafe { with_js_str(env.raw(), text.raw(), |s| s.to_owned()) } {
+          return promise(env, async move { count_blocking(text, enc).await }, |n| n as u32);
+        }
+      }
+      None => {}
+    }
+  }
   let text = js_value(env, "text", Some(text));
   let options = js_value(env, "options", options);
   promise(
@@ -1211,12 +1235,102 @@ pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<U
     async move {
       let text = string_arg("text", text?)?;
       let enc = encoding_of(options?)?;
-      tokio::task::spawn_blocking(move || tokens::count(&text, enc))
-        .await
-        .map_err(|e| CoreError::internal(format!("token counting failed: {e}")))
+      count_blocking(text, enc).await
     },
     |n| n as u32,
   )
+}
+
+/// Texts up to this many UTF-16 code units are counted by `countTokensAsync` on the calling thread.
+const ASYNC_INLINE_MAX_UTF16: usize = 1024;
+
+async fn count_blocking(text: String, enc: tokens::Encoding) -> CoreResult<usize> {
+  tokio::task::spawn_blocking(move || tokens::count(&text, enc))
+    .await
+    .map_err(|e| CoreError::internal(format!("token counting failed: {e}")))
+}
+
+/// The encoding when `options` is absent, `undefined`, `null`, `{}` or `{ encoding: <valid name> }`;
+/// `None` for anything else, which the general path then validates (and rejects with its message).
+fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<tokens::Encoding> {
+  use napi::sys;
+  let Some(options) = options else { return Some(tokens::Encoding::O200kBase) };
+  let (env, v) = (env.raw(), options.raw());
+  let ok = |s: sys::napi_status| (s == sys::Status::napi_ok).then_some(());
+  unsafe {
+    let mut t = 0;
+    ok(sys::napi_typeof(env, v, &mut t))?;
+    match t {
+      sys::ValueType::napi_undefined | sys::ValueType::napi_null => return Some(tokens::Encoding::O200kBase),
+      sys::ValueType::napi_object => {}
+      _ => return None,
+    }
+    let mut is_array = false;
+    ok(sys::napi_is_array(env, v, &mut is_array))?;
+    if is_array {
+      return None;
+    }
+    let mut keys = std::ptr::null_mut();
+    ok(sys::napi_get_property_names(env, v, &mut keys))?;
+    let mut n = 0u32;
+    ok(sys::napi_get_array_length(env, keys, &mut n))?;
+    match n {
+      0 => Some(tokens::Encoding::O200kBase),
+      1 => {
+        let mut k = std::ptr::null_mut();
+        ok(sys::napi_get_element(env, keys, 0, &mut k))?;
+        if with_js_str(env, k, |k| k == "encoding") != Some(true) {
+          return None;
+        }
+        let mut val = std::ptr::null_mut();
+        ok(sys::napi_get_property(env, v, k, &mut val))?;
+        let mut vt = 0;
+        ok(sys::napi_typeof(env, val, &mut vt))?;
+        if vt == sys::ValueType::napi_undefined {
+          return Some(tokens::Encoding::O200kBase);
+        }
+        with_js_str(env, val, |name| tokens::Encoding::parse(Some(name)).ok()).flatten()
+      }
+      _ => None,
+    }
+  }
+}
+
+/// The length of a JavaScript string in UTF-16 code units (O(1)), or `None` for a non-string.
+unsafe fn js_string_len16(env: napi::sys::napi_env, v: napi::sys::napi_value) -> Option<usize> {
+  use napi::sys;
+  let mut t = 0;
+  if sys::napi_typeof(env, v, &mut t) != sys::Status::napi_ok || t != sys::ValueType::napi_string {
+    return None;
+  }
+  let mut len = 0usize;
+  (sys::napi_get_value_string_utf16(env, v, std::ptr::null_mut(), 0, &mut len) == sys::Status::napi_ok).then_some(len)
+}
+
+/// Calls `f` with a JavaScript string as UTF-8 (lone surrogates become U+FFFD, as `TextEncoder`
+/// has them), converted in one pass into a stack buffer for short strings; `None` for a non-string.
+/// A UTF-16 code unit never takes more than 3 bytes of UTF-8, so `3 × length` always suffices.
+unsafe fn with_js_str<R>(env: napi::sys::napi_env, v: napi::sys::napi_value, f: impl FnOnce(&str) -> R) -> Option<R> {
+  use napi::sys;
+  let len16 = js_string_len16(env, v)?;
+  let cap = len16 * 3 + 1;
+  let mut stack = std::mem::MaybeUninit::<[u8; 2048]>::uninit();
+  let mut heap = Vec::new();
+  let buf: *mut u8 = if cap <= 2048 {
+    stack.as_mut_ptr().cast()
+  } else {
+    heap.reserve_exact(cap);
+    heap.as_mut_ptr()
+  };
+  let mut written = 0usize;
+  if sys::napi_get_value_string_utf8(env, v, buf.cast(), cap, &mut written) != sys::Status::napi_ok {
+    return None;
+  }
+  let bytes = std::slice::from_raw_parts(buf, written);
+  Some(match std::str::from_utf8(bytes) {
+    Ok(s) => f(s),
+    Err(_) => f(&String::from_utf8_lossy(bytes)),
+  })
 }
 
 fn encoding_of(options: Value) -> CoreResult<tokens::Encoding> {

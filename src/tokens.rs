@@ -1,8 +1,27 @@
-//! Native token counting with tiktoken-rs. Each encoding is built once per process and shared.
+//! Native token counting for tiktoken's `o200k_base` and `cl100k_base`, exact to OpenAI's tiktoken.
+//!
+//! tiktoken-rs supplies the vocabularies (read once per process through its public
+//! `decode_bytes`); the counting is done here, because tiktoken-rs's `encode_ordinary` spends most
+//! of its time in fancy-regex's backtracking VM and allocates a token vector we do not need:
+//!
+//! - **Pre-tokenizer**: a hand-written scanner that returns exactly the pieces the encoding's
+//!   regex (`O200K_BASE_PAT_STR`, and tiktoken's possessive `cl100k_base` pattern) returns with
+//!   leftmost-first semantics. Each alternative is resolved in one forward pass; where the regex
+//!   would backtrack (`[UP]*[LO]+`, `\s*[\r\n]+`, `\s+(?!\S)`) the scanner computes the position
+//!   the backtracking settles on. The character classes (`\p{L}`, `\p{N}`, `\s`, ...) are taken
+//!   from `regex-syntax`, the tables fancy-regex itself matches with, so even rare code points
+//!   classify the same. Tests compare every piece with fancy-regex's on prose, code, transcripts
+//!   and random Unicode.
+//! - **BPE**: tiktoken's own merge loops (the small O(n·m) one and the heap one for pieces of
+//!   100 bytes or more), counting instead of collecting, over an FxHashMap of the ordinary tokens.
+//! - **Large texts** are cut at boundaries no piece can cross (see [`is_safe_boundary`]) and the
+//!   parts counted on all cores with `std::thread::scope`; the sum equals the unsplit count.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use tiktoken_rs::CoreBPE;
+use rustc_hash::FxHashMap;
+use tiktoken_rs::{CoreBPE, Rank};
 
 use crate::error::{Error, Result};
 
@@ -25,22 +44,768 @@ impl Encoding {
     }
   }
 
-  fn bpe(self) -> &'static CoreBPE {
-    static O200K: OnceLock<CoreBPE> = OnceLock::new();
-    static CL100K: OnceLock<CoreBPE> = OnceLock::new();
+  /// The vocabulary, built once per process on first use.
+  fn vocab(self) -> &'static Vocab {
+    static O200K: OnceLock<Vocab> = OnceLock::new();
+    static CL100K: OnceLock<Vocab> = OnceLock::new();
     match self {
-      Encoding::O200kBase => O200K.get_or_init(|| tiktoken_rs::o200k_base().expect("o200k_base tables are built in")),
-      Encoding::Cl100kBase => CL100K.get_or_init(|| tiktoken_rs::cl100k_base().expect("cl100k_base tables are built in")),
+      Encoding::O200kBase => O200K.get_or_init(|| Vocab::from_bpe(&tiktoken_rs::o200k_base().expect("o200k_base tables are built in"))),
+      Encoding::Cl100kBase => {
+        CL100K.get_or_init(|| Vocab::from_bpe(&tiktoken_rs::cl100k_base().expect("cl100k_base tables are built in")))
+      }
     }
   }
 }
 
-/// Counts tokens of `text`; special-token text is counted as ordinary text.
+/// Counts tokens of `text`; special-token text is counted as ordinary text (tiktoken's
+/// `encode_ordinary`). Texts of [`PARALLEL_MIN_BYTES`] or more are counted on all cores.
 pub fn count(text: &str, enc: Encoding) -> usize {
   if text.is_empty() {
     return 0;
   }
-  enc.bpe().encode_ordinary(text).len()
+  let s = text.as_bytes();
+  let vocab = enc.vocab();
+  let cls = classes();
+  let threads = if s.len() >= PARALLEL_MIN_BYTES { parallelism() } else { 1 };
+  if threads < 2 {
+    return count_bytes(s, enc, vocab, cls);
+  }
+  // A few more parts than threads, so a thread that lands on a busy core does less of the work.
+  let parts = split(s, enc, (s.len() / (threads * 4)).max(PART_MIN_BYTES));
+  if parts.len() < 2 {
+    return count_bytes(s, enc, vocab, cls);
+  }
+  let next = AtomicUsize::new(0);
+  let worker = || {
+    let mut n = 0;
+    loop {
+      let i = next.fetch_add(1, Ordering::Relaxed);
+      match parts.get(i) {
+        Some(p) => n += count_bytes(p, enc, vocab, cls),
+        None => return n,
+      }
+    }
+  };
+  std::thread::scope(|scope| {
+    let helpers: Vec<_> = (1..threads.min(parts.len()))
+      .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok())
+      .collect();
+    let mine = worker();
+    mine + helpers.into_iter().map(|h| h.join().expect("token counting thread panicked")).sum::<usize>()
+  })
+}
+
+/// Texts this long (bytes of UTF-8) or longer are split and counted in parallel.
+pub const PARALLEL_MIN_BYTES: usize = 64 * 1024;
+/// The smallest part a parallel count cuts.
+const PART_MIN_BYTES: usize = 16 * 1024;
+
+fn parallelism() -> usize {
+  static N: OnceLock<usize> = OnceLock::new();
+  *N.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(16))
+}
+
+/// Counts tokens of the whole of `s` on this thread.
+fn count_bytes(s: &[u8], enc: Encoding, vocab: &Vocab, cls: &Classes) -> usize {
+  let mut n = 0;
+  let mut p = 0;
+  while p < s.len() {
+    let e = match enc {
+      Encoding::O200kBase => cls.next_o200k(s, p),
+      Encoding::Cl100kBase => cls.next_cl100k(s, p),
+    };
+    n += vocab.piece_tokens(s, p, e);
+    p = e;
+  }
+  n
+}
+
+/// The pre-tokenizer's pieces of `text`, as byte ranges (for tests and diagnostics).
+pub fn pieces(text: &str, enc: Encoding) -> Vec<std::ops::Range<usize>> {
+  let s = text.as_bytes();
+  let cls = classes();
+  let mut out = Vec::new();
+  let mut p = 0;
+  while p < s.len() {
+    let e = match enc {
+      Encoding::O200kBase => cls.next_o200k(s, p),
+      Encoding::Cl100kBase => cls.next_cl100k(s, p),
+    };
+    out.push(p..e);
+    p = e;
+  }
+  out
+}
+
+// ---- splitting ----------------------------------------------------------------------------------
+
+/// Whether byte offset `b` of `s` is a boundary that no piece of either encoding crosses and at
+/// which the pieces before `b` do not depend on what follows, so that
+/// `count(s) == count(&s[..b]) + count(&s[b..])`.
+///
+/// Rule 1: `s[b-1]` is `\n` and `s[b]` is neither whitespace (`\s`) nor `/`. Every alternative
+/// that can hold a `\n` (`\s*[\r\n]+` / `\s*[\r\n]`, `\s+(?!\S)`, `\s+`, `\s++$`, and the
+/// `[\r\n/]*` / `[\r\n]*` tail of the punctuation alternative) ends at the first character that is
+/// not whitespace (or, in o200k's tail, `/`), so the piece holding `s[b-1]` ends at `b`; letter,
+/// number and contraction alternatives cannot hold a `\n`. Before `b`, the only decisions that
+/// look past `b-1` are those ends, and end-of-text stops them the same way: the whitespace run
+/// ending in `\n` is taken up to its last line break by `\s*[\r\n]+` (o200k, tried before
+/// `\s+(?!\S)`), and by `\s*[\r\n]` or `\s++$` (cl100k), which give the same piece when the run
+/// ends with the break. After `b`, matching starts afresh at `b`, as it does on `s[b..]`.
+///
+/// Rule 2 (for text without line breaks): `s[b-1]` and `s[b+1]` are ASCII letters and `s[b]` is a
+/// space. The letter piece holding `s[b-1]` ends at `b` (a space is no letter, and a contraction
+/// needs an apostrophe), and a letter run stops at a space as it does at end-of-text; the piece at
+/// `b` starts with the space (` word`).
+pub fn is_safe_boundary(s: &[u8], b: usize) -> bool {
+  if b == 0 || b >= s.len() {
+    return false;
+  }
+  if s[b - 1] == b'\n' {
+    return s[b] != b'/' && classes().at(s, b).0 & WS == 0;
+  }
+  s[b] == b' ' && b + 1 < s.len() && s[b - 1].is_ascii_alphabetic() && s[b + 1].is_ascii_alphabetic()
+}
+
+/// Cuts `s` into parts of about `target` bytes at safe boundaries (rule 1 preferred, then rule 2
+/// within the same window); a window with neither joins the next part.
+pub fn split(s: &[u8], _enc: Encoding, target: usize) -> Vec<&[u8]> {
+  let target = target.max(1);
+  let mut parts = Vec::new();
+  let mut start = 0;
+  while s.len() - start > target + target / 2 {
+    let want = start + target;
+    let window_end = (want + target).min(s.len());
+    let cut = find_boundary(s, want, window_end, true).or_else(|| find_boundary(s, want, window_end, false));
+    match cut {
+      Some(b) => {
+        parts.push(&s[start..b]);
+        start = b;
+      }
+      None if window_end >= s.len() => break,
+      None => {
+        // No boundary in this window: keep looking further on for the same part.
+        match find_boundary(s, window_end, s.len(), true).or_else(|| find_boundary(s, window_end, s.len(), false)) {
+          Some(b) => {
+            parts.push(&s[start..b]);
+            start = b;
+          }
+          None => break,
+        }
+      }
+    }
+  }
+  parts.push(&s[start..]);
+  parts
+}
+
+fn find_boundary(s: &[u8], from: usize, to: usize, newline: bool) -> Option<usize> {
+  let to = to.min(s.len());
+  if from >= to {
+    return None;
+  }
+  if newline {
+    let mut i = from.max(1);
+    while i < to {
+      let nl = i - 1 + s[i - 1..to].iter().position(|&c| c == b'\n')?;
+      let b = nl + 1;
+      if b < s.len() && is_safe_boundary(s, b) {
+        return Some(b);
+      }
+      i = b + 1;
+    }
+    None
+  } else {
+    (from.max(1)..to).find(|&b| s[b] == b' ' && is_safe_boundary(s, b))
+  }
+}
+
+// ---- vocabulary and BPE ------------------------------------------------------------------------
+
+struct Vocab {
+  /// Ordinary tokens (no special tokens) of up to 7 bytes, keyed by their bytes packed in a
+  /// `u64` with the length in the top byte: one probe, no pointer to follow, no byte compare.
+  k8: FxHashMap<u64, Rank>,
+  /// Ordinary tokens of 8 to 15 bytes, packed the same way in a `u128`.
+  k16: FxHashMap<u128, Rank>,
+  /// Longer ordinary tokens: bytes → rank.
+  long: FxHashMap<Box<[u8]>, Rank>,
+}
+
+/// Bytes `buf[start..start + len]` (len <= 7) packed as a `k8` key; reads 8 bytes from `start`.
+#[inline(always)]
+fn key8(buf: &[u8], start: usize, len: usize) -> u64 {
+  let w = u64::from_le_bytes(buf[start..start + 8].try_into().unwrap());
+  (w & ((1u64 << (8 * len)) - 1)) | ((len as u64) << 56)
+}
+
+/// Bytes `buf[start..start + len]` (8 <= len <= 15) packed as a `k16` key; reads 16 bytes.
+#[inline(always)]
+fn key16(buf: &[u8], start: usize, len: usize) -> u128 {
+  let w = u128::from_le_bytes(buf[start..start + 16].try_into().unwrap());
+  (w & ((1u128 << (8 * len)) - 1)) | ((len as u128) << 120)
+}
+
+impl Vocab {
+  fn from_bpe(bpe: &CoreBPE) -> Vocab {
+    let specials: Vec<Vec<u8>> = bpe.special_tokens().iter().map(|s| s.as_bytes().to_vec()).collect();
+    let mut v = Vocab { k8: FxHashMap::default(), k16: FxHashMap::default(), long: FxHashMap::default() };
+    let mut misses = 0;
+    let mut r: Rank = 0;
+    // Ranks are dense up to the special tokens; stop after a long run of unused ranks.
+    while misses < 4096 {
+      match bpe.decode_bytes(&[r]) {
+        Ok(bytes) if !specials.contains(&bytes) => {
+          let mut padded = bytes.clone();
+          padded.resize(bytes.len() + 16, 0);
+          match bytes.len() {
+            0..=7 => v.k8.insert(key8(&padded, 0, bytes.len()), r),
+            8..=15 => v.k16.insert(key16(&padded, 0, bytes.len()), r),
+            _ => v.long.insert(bytes.into_boxed_slice(), r),
+          };
+          misses = 0;
+        }
+        _ => misses += 1,
+      }
+      r += 1;
+    }
+    v
+  }
+
+  /// The rank of `buf[start..start + len]`; `buf` must hold 16 bytes from `start` when `len < 16`.
+  #[inline(always)]
+  fn rank_at(&self, buf: &[u8], start: usize, len: usize) -> Option<Rank> {
+    match len {
+      0..=7 => self.k8.get(&key8(buf, start, len)).copied(),
+      8..=15 => self.k16.get(&key16(buf, start, len)).copied(),
+      _ => self.long.get(&buf[start..start + len]).copied(),
+    }
+  }
+
+  /// The rank of any byte string.
+  fn rank(&self, bytes: &[u8]) -> Option<Rank> {
+    if bytes.len() >= 16 {
+      return self.long.get(bytes).copied();
+    }
+    let mut padded = [0u8; 32];
+    padded[..bytes.len()].copy_from_slice(bytes);
+    self.rank_at(&padded, 0, bytes.len())
+  }
+
+  /// Tokens of the piece `s[p..e]`: tiktoken's `encode_ordinary` for one regex match, counted.
+  #[inline(always)]
+  fn piece_tokens(&self, s: &[u8], p: usize, e: usize) -> usize {
+    let len = e - p;
+    if len == 1 {
+      return 1;
+    }
+    let known = if p + 16 <= s.len() || len >= 16 { self.rank_at(s, p, len) } else { self.rank(&s[p..e]) };
+    if known.is_some() {
+      1
+    } else if len < 100 {
+      self.merge_small(&s[p..e])
+    } else {
+      self.merge_large(&s[p..e])
+    }
+  }
+
+  /// tiktoken's `_byte_pair_merge` (2 <= len < 100), on the stack, returning the token count.
+  fn merge_small(&self, piece: &[u8]) -> usize {
+    let mut buf = [0u8; 128];
+    buf[..piece.len()].copy_from_slice(piece);
+    let mut parts = [(0u32, Rank::MAX); 101];
+    let mut len = 0;
+    let mut min_rank: (Rank, usize) = (Rank::MAX, usize::MAX);
+    for i in 0..piece.len() - 1 {
+      let rank = self.rank_at(&buf, i, 2).unwrap_or(Rank::MAX);
+      if rank < min_rank.0 {
+        min_rank = (rank, i);
+      }
+      parts[len] = (i as u32, rank);
+      len += 1;
+    }
+    parts[len] = ((piece.len() - 1) as u32, Rank::MAX);
+    parts[len + 1] = (piece.len() as u32, Rank::MAX);
+    len += 2;
+    let get_rank = |parts: &[(u32, Rank)], len: usize, i: usize| {
+      if i + 3 < len {
+        let (a, b) = (parts[i].0 as usize, parts[i + 3].0 as usize);
+        self.rank_at(&buf, a, b - a).unwrap_or(Rank::MAX)
+      } else {
+        Rank::MAX
+      }
+    };
+    while min_rank.0 != Rank::MAX {
+      let i = min_rank.1;
+      if i > 0 {
+        parts[i - 1].1 = get_rank(&parts, len, i - 1);
+      }
+      parts[i].1 = get_rank(&parts, len, i);
+      parts.copy_within(i + 2..len, i + 1);
+      len -= 1;
+      min_rank = (Rank::MAX, usize::MAX);
+      for (i, &(_, rank)) in parts[..len - 1].iter().enumerate() {
+        if rank < min_rank.0 {
+          min_rank = (rank, i);
+        }
+      }
+    }
+    len - 1
+  }
+
+  /// tiktoken's `_byte_pair_merge_large` (len >= 100: a heap of candidate merges), counted.
+  fn merge_large(&self, piece: &[u8]) -> usize {
+    use std::collections::BinaryHeap;
+    #[derive(Eq, PartialEq, Clone, Copy)]
+    struct Merge {
+      start: usize,
+      rank: Rank,
+    }
+    impl Ord for Merge {
+      fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.rank.cmp(&self.rank).then_with(|| other.start.cmp(&self.start))
+      }
+    }
+    impl PartialOrd for Merge {
+      fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+      }
+    }
+    struct State {
+      prev: usize,
+      end: usize,
+      next_end: usize,
+      next_rank: Rank,
+    }
+    let mut state = Vec::with_capacity(piece.len());
+    state.push(State { prev: usize::MAX, end: 1, next_end: 2, next_rank: Rank::MAX });
+    let mut heap = BinaryHeap::with_capacity(piece.len());
+    for i in 0..piece.len() - 1 {
+      if let Some(rank) = self.rank(&piece[i..i + 2]) {
+        heap.push(Merge { start: i, rank });
+        state[i].next_rank = rank;
+      }
+      state.push(State { prev: i, end: i + 2, next_end: i + 3, next_rank: Rank::MAX });
+    }
+    let potential_merge = |state: &mut Vec<State>, heap: &mut BinaryHeap<Merge>, start: usize, next_end_item: usize| {
+      state[start].next_end = next_end_item;
+      state[start].next_rank = Rank::MAX;
+      if next_end_item <= piece.len() {
+        if let Some(rank) = self.rank(&piece[start..next_end_item]) {
+          heap.push(Merge { start, rank });
+          state[start].next_rank = rank;
+        }
+      }
+    };
+    while let Some(left) = heap.pop() {
+      if left.rank == Rank::MAX {
+        break;
+      }
+      if left.rank != state[left.start].next_rank {
+        continue;
+      }
+      let left_start = left.start;
+      let right_start = state[left_start].end;
+      let right_end = state[left_start].next_end;
+      let right_next_end = state[right_start].next_end;
+      state[left_start].end = right_end;
+      potential_merge(&mut state, &mut heap, left_start, right_next_end);
+      if right_end < state.len() {
+        state[right_end].prev = left_start;
+      }
+      if left_start > 0 {
+        let prev_start = state[left_start].prev;
+        potential_merge(&mut state, &mut heap, prev_start, right_end);
+      }
+      state[right_start].next_rank = Rank::MAX;
+    }
+    let mut n = 0;
+    let mut i = 0;
+    while i < state.len() {
+      n += 1;
+      i = state[i].end;
+    }
+    n
+  }
+}
+
+// ---- character classes and the pre-tokenizer -----------------------------------------------------
+
+/// `\p{L}`
+const L: u8 = 1;
+/// `\p{N}`
+const N: u8 = 2;
+/// `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]` (o200k's "upper" letters)
+const UP: u8 = 4;
+/// `[\p{Ll}\p{Lm}\p{Lo}\p{M}]` (o200k's "lower" letters)
+const LO: u8 = 8;
+/// `\s` (Unicode White_Space, as the regex crate has it)
+const WS: u8 = 16;
+/// `\r` or `\n`
+const NL: u8 = 32;
+
+/// The classes of ASCII characters (checked against the Unicode tables by a test).
+const ASCII: [u8; 128] = {
+  let mut t = [0u8; 128];
+  let mut c = 0;
+  while c < 128 {
+    let b = c as u8;
+    t[c] = if b.is_ascii_lowercase() {
+      L | LO
+    } else if b.is_ascii_uppercase() {
+      L | UP
+    } else if b.is_ascii_digit() {
+      N
+    } else if b == b'\r' || b == b'\n' {
+      WS | NL
+    } else if b == b' ' || (b >= 0x09 && b <= 0x0D) {
+      WS
+    } else {
+      0
+    };
+    c += 1;
+  }
+  t
+};
+
+struct Classes {
+  /// Class bits of every code point.
+  table: Box<[u8]>,
+}
+
+fn classes() -> &'static Classes {
+  static C: OnceLock<Classes> = OnceLock::new();
+  C.get_or_init(Classes::build)
+}
+
+impl Classes {
+  fn build() -> Classes {
+    let mut table = vec![0u8; 0x11_0000].into_boxed_slice();
+    for (pattern, bit) in [
+      (r"\p{L}", L),
+      (r"\p{N}", N),
+      (r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", UP),
+      (r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]", LO),
+      (r"\s", WS),
+      (r"[\r\n]", NL),
+    ] {
+      let hir = regex_syntax::Parser::new().parse(pattern).expect("class pattern");
+      let regex_syntax::hir::HirKind::Class(regex_syntax::hir::Class::Unicode(class)) = hir.kind() else {
+        panic!("{pattern} is not a Unicode class");
+      };
+      for r in class.ranges() {
+        for c in &mut table[r.start() as usize..=r.end() as usize] {
+          *c |= bit;
+        }
+      }
+    }
+    Classes { table }
+  }
+
+  /// Class bits and UTF-8 length of the character at byte `i` (a char boundary of valid UTF-8).
+  #[inline(always)]
+  fn at(&self, s: &[u8], i: usize) -> (u8, usize) {
+    let b = s[i];
+    if b < 0x80 {
+      return (ASCII[b as usize], 1);
+    }
+    self.at_multibyte(s, i)
+  }
+
+  #[inline(never)]
+  fn at_multibyte(&self, s: &[u8], i: usize) -> (u8, usize) {
+    let b = s[i];
+    let (cp, len) = if b < 0xE0 {
+      (((b as u32 & 0x1F) << 6) | (s[i + 1] as u32 & 0x3F), 2)
+    } else if b < 0xF0 {
+      (((b as u32 & 0x0F) << 12) | ((s[i + 1] as u32 & 0x3F) << 6) | (s[i + 2] as u32 & 0x3F), 3)
+    } else {
+      (
+        ((b as u32 & 0x07) << 18) | ((s[i + 1] as u32 & 0x3F) << 12) | ((s[i + 2] as u32 & 0x3F) << 6) | (s[i + 3] as u32 & 0x3F),
+        4,
+      )
+    };
+    (self.table[cp as usize], len)
+  }
+
+  /// End of the run of characters having any of `bits`, from `i`.
+  #[inline(always)]
+  fn run(&self, s: &[u8], mut i: usize, bits: u8) -> usize {
+    while i < s.len() {
+      let (c, l) = self.at(s, i);
+      if c & bits == 0 {
+        break;
+      }
+      i += l;
+    }
+    i
+  }
+
+  /// `[UP]*[LO]+` at `i`, with the regex's backtracking: the greedy `[UP]*` gives back characters
+  /// until one in `LO` can start `[LO]+`.
+  #[inline(always)]
+  fn upper_lower(&self, s: &[u8], mut i: usize) -> Option<usize> {
+    let mut last_lo_end = None;
+    while i < s.len() {
+      let (c, l) = self.at(s, i);
+      if c & UP == 0 {
+        if c & LO != 0 {
+          return Some(self.run(s, i + l, LO));
+        }
+        break;
+      }
+      i += l;
+      if c & LO != 0 {
+        last_lo_end = Some(i);
+      }
+    }
+    // `[LO]+` starts at the last LO character of the UP run; the characters after it in the
+    // run are UP only, and the one after the run is not LO, so it is one character long.
+    last_lo_end
+  }
+
+  /// `[UP]+[LO]*` at `i`.
+  #[inline(always)]
+  fn upper_then_lower(&self, s: &[u8], i: usize) -> Option<usize> {
+    let e = self.run(s, i, UP);
+    (e > i).then(|| self.run(s, e, LO))
+  }
+
+  /// The piece of `o200k_base` starting at `p`:
+  /// `[^\r\n\p{L}\p{N}]?[UP]*[LO]+C?|[^\r\n\p{L}\p{N}]?[UP]+[LO]*C?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+  fn next_o200k(&self, s: &[u8], p: usize) -> usize {
+    if let Some(e) = ascii_word(s, p, false) {
+      return e;
+    }
+    let (c0, l0) = self.at(s, p);
+    let prefix = c0 & (NL | L | N) == 0 && p + l0 < s.len();
+    if prefix {
+      if let Some(e) = self.upper_lower(s, p + l0) {
+        return contraction(s, e);
+      }
+    }
+    if c0 & (UP | LO) != 0 {
+      if let Some(e) = self.upper_lower(s, p) {
+        return contraction(s, e);
+      }
+    }
+    if prefix {
+      if let Some(e) = self.upper_then_lower(s, p + l0) {
+        return contraction(s, e);
+      }
+    }
+    if c0 & UP != 0 {
+      if let Some(e) = self.upper_then_lower(s, p) {
+        return contraction(s, e);
+      }
+    }
+    if c0 & N != 0 {
+      return self.digits(s, p);
+    }
+    if let Some(q) = self.punct_start(s, p, c0) {
+      let mut e = self.run_other(s, q);
+      while e < s.len() && matches!(s[e], b'\r' | b'\n' | b'/') {
+        e += 1;
+      }
+      return e;
+    }
+    if c0 & WS != 0 {
+      let w = self.whitespace(s, p);
+      if let Some(j) = w.last_nl {
+        return j + 1; // \s*[\r\n]+
+      }
+      if w.end == s.len() || w.count == 1 {
+        return w.end; // \s+(?!\S) to the end, or \s+
+      }
+      return w.last_start; // \s+(?!\S): all but the last
+    }
+    p + l0
+  }
+
+  /// The piece of `cl100k_base` starting at `p` (tiktoken's possessive form of the pattern):
+  /// `'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s`
+  fn next_cl100k(&self, s: &[u8], p: usize) -> usize {
+    if let Some(e) = ascii_word(s, p, true) {
+      return e;
+    }
+    if s[p] == b'\'' {
+      let e = contraction(s, p);
+      if e != p {
+        return e;
+      }
+    }
+    let (c0, l0) = self.at(s, p);
+    if c0 & L != 0 {
+      return self.run(s, p + l0, L);
+    }
+    if c0 & (NL | N) == 0 && p + l0 < s.len() && self.at(s, p + l0).0 & L != 0 {
+      return self.run(s, p + l0, L);
+    }
+    if c0 & N != 0 {
+      return self.digits(s, p);
+    }
+    if let Some(q) = self.punct_start(s, p, c0) {
+      let mut e = self.run_other(s, q);
+      while e < s.len() && matches!(s[e], b'\r' | b'\n') {
+        e += 1;
+      }
+      return e;
+    }
+    if c0 & WS != 0 {
+      let w = self.whitespace(s, p);
+      if w.end == s.len() {
+        return w.end; // \s++$
+      }
+      if let Some(j) = w.last_nl {
+        return j + 1; // \s*[\r\n]
+      }
+      if w.count == 1 {
+        return w.end; // \s
+      }
+      return w.last_start; // \s+(?!\S)
+    }
+    p + l0
+  }
+
+  /// `\p{N}{1,3}`
+  #[inline(always)]
+  fn digits(&self, s: &[u8], mut i: usize) -> usize {
+    for _ in 0..3 {
+      if i >= s.len() {
+        break;
+      }
+      let (c, l) = self.at(s, i);
+      if c & N == 0 {
+        break;
+      }
+      i += l;
+    }
+    i
+  }
+
+  /// Where `[^\s\p{L}\p{N}]+` starts for ` ?[^\s\p{L}\p{N}]+`, if that alternative matches at `p`.
+  #[inline(always)]
+  fn punct_start(&self, s: &[u8], p: usize, c0: u8) -> Option<usize> {
+    if s[p] == b' ' && p + 1 < s.len() && self.at(s, p + 1).0 & (WS | L | N) == 0 {
+      return Some(p + 1);
+    }
+    (c0 & (WS | L | N) == 0).then_some(p)
+  }
+
+  /// End of `[^\s\p{L}\p{N}]+` from `i`.
+  #[inline(always)]
+  fn run_other(&self, s: &[u8], mut i: usize) -> usize {
+    while i < s.len() {
+      let (c, l) = self.at(s, i);
+      if c & (WS | L | N) != 0 {
+        break;
+      }
+      i += l;
+    }
+    i
+  }
+
+  /// The maximal whitespace run from `p`.
+  #[inline(always)]
+  fn whitespace(&self, s: &[u8], p: usize) -> Whitespace {
+    let mut w = Whitespace { end: p, last_start: p, last_nl: None, count: 0 };
+    while w.end < s.len() {
+      let (c, l) = self.at(s, w.end);
+      if c & WS == 0 {
+        break;
+      }
+      if c & NL != 0 {
+        w.last_nl = Some(w.end);
+      }
+      w.last_start = w.end;
+      w.end += l;
+      w.count += 1;
+    }
+    w
+  }
+}
+
+/// The common piece, decided on ASCII alone: an optional prefix (an ASCII character that is no
+/// letter, digit, `\r` or `\n`), then a word, then an ASCII character that is no letter and no
+/// apostrophe (or the end). For o200k (`any_case` false) the word is `[A-Z]?[a-z]+`, which both
+/// `[UP]*[LO]+` and the prefix take whole; for cl100k (`any_case` true) it is `[A-Za-z]+`, the
+/// possessive `\p{L}++`, and the prefix may not be an apostrophe (that starts a contraction).
+/// Anything else (non-ASCII next to the word, an apostrophe after it, capitals runs in o200k)
+/// returns `None` and takes the general path.
+#[inline(always)]
+fn ascii_word(s: &[u8], p: usize, any_case: bool) -> Option<usize> {
+  let n = s.len();
+  let mut i = p;
+  let b = s[i];
+  if b < 0x80 && ASCII[b as usize] & (L | N | NL) == 0 && !(any_case && b == b'\'') {
+    i += 1;
+    if i == n {
+      return None;
+    }
+  }
+  if !any_case && s[i].is_ascii_uppercase() {
+    i += 1;
+  }
+  let start = i;
+  let e = if any_case { run_between(s, i, 0x20, 0x60, 0x7B) } else { run_between(s, i, 0, 0x60, 0x7B) };
+  if e == start || (e < n && (s[e] >= 0x80 || s[e].is_ascii_alphabetic() || s[e] == b'\'')) {
+    return None;
+  }
+  Some(e)
+}
+
+/// End of the run of bytes `b` from `i` with `lo < (b | or) < hi` (`hi <= 0x80`), eight at a
+/// time (the "has between" bit trick; bytes >= 0x80 never qualify).
+#[inline(always)]
+fn run_between(s: &[u8], mut i: usize, or: u8, lo: u8, hi: u8) -> usize {
+  const ONES: u64 = 0x0101_0101_0101_0101;
+  let or = ONES * or as u64;
+  while i + 8 <= s.len() {
+    let x = u64::from_le_bytes(s[i..i + 8].try_into().unwrap()) | or;
+    let low7 = x & (ONES * 127);
+    let inside = (ONES * (127 + hi as u64)).wrapping_sub(low7) & !x & (low7 + ONES * (127 - lo as u64)) & (ONES * 128);
+    let outside = !inside & (ONES * 128);
+    if outside != 0 {
+      return i + (outside.trailing_zeros() / 8) as usize;
+    }
+    i += 8;
+  }
+  while i < s.len() && (s[i] | (or as u8)) > lo && (s[i] | (or as u8)) < hi {
+    i += 1;
+  }
+  i
+}
+
+struct Whitespace {
+  end: usize,
+  /// Start of the run's last character.
+  last_start: usize,
+  /// Position of the run's last `\r` or `\n`.
+  last_nl: Option<usize>,
+  /// Characters in the run.
+  count: usize,
+}
+
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)` at `e`: its end, or `e`. Case-insensitive as the regex crate
+/// folds case, so `'ſ` (U+017F, which folds to `s`) counts as `'s`.
+#[inline(always)]
+fn contraction(s: &[u8], e: usize) -> usize {
+  if e + 1 >= s.len() || s[e] != b'\'' {
+    return e;
+  }
+  match s[e + 1].to_ascii_lowercase() {
+    b's' | b't' | b'm' | b'd' => e + 2,
+    0xC5 if s.get(e + 2) == Some(&0xBF) => e + 3,
+    a @ (b'r' | b'v' | b'l') if e + 2 < s.len() => {
+      let b = s[e + 2].to_ascii_lowercase();
+      if (a == b'r' && b == b'e') || (a == b'v' && b == b'e') || (a == b'l' && b == b'l') {
+        e + 3
+      } else {
+        e
+      }
+    }
+    _ => e,
+  }
 }
 
 #[cfg(test)]
@@ -55,5 +820,218 @@ mod tests {
     assert_eq!(count("", Encoding::O200kBase), 0);
     assert_eq!(count("<|endoftext|>", Encoding::Cl100kBase), 7);
     assert!(Encoding::parse(Some("gpt2")).is_err());
+  }
+
+  #[test]
+  fn ascii_classes_match_the_unicode_tables() {
+    for c in 0..128 {
+      assert_eq!(ASCII[c], classes().table[c], "class of {:?}", c as u8 as char);
+    }
+  }
+
+  const ENCODINGS: [Encoding; 2] = [Encoding::O200kBase, Encoding::Cl100kBase];
+
+  /// tiktoken's cl100k_base pattern, as tiktoken-rs compiles it.
+  const CL100K_PAT: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+
+  struct Oracle {
+    regex: fancy_regex::Regex,
+    bpe: CoreBPE,
+  }
+
+  fn oracle(enc: Encoding) -> &'static Oracle {
+    static O: OnceLock<Oracle> = OnceLock::new();
+    static C: OnceLock<Oracle> = OnceLock::new();
+    match enc {
+      Encoding::O200kBase => O.get_or_init(|| Oracle {
+        regex: fancy_regex::Regex::new(tiktoken_rs::O200K_BASE_PAT_STR).unwrap(),
+        bpe: tiktoken_rs::o200k_base().unwrap(),
+      }),
+      Encoding::Cl100kBase => {
+        C.get_or_init(|| Oracle { regex: fancy_regex::Regex::new(CL100K_PAT).unwrap(), bpe: tiktoken_rs::cl100k_base().unwrap() })
+      }
+    }
+  }
+
+  /// Pieces and count agree with fancy-regex and tiktoken-rs.
+  fn check(text: &str, what: &str) {
+    for enc in ENCODINGS {
+      let o = oracle(enc);
+      let want: Vec<_> = o.regex.find_iter(text).map(|m| m.unwrap().range()).collect();
+      let got = pieces(text, enc);
+      if got != want {
+        let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let at = want.get(i).or(got.get(i)).unwrap().start;
+        panic!(
+          "{what} ({enc:?}): piece {i} differs near byte {at}: got {:?}, regex {:?}; context {:?}",
+          got.get(i).map(|r| &text[r.clone()]),
+          want.get(i).map(|r| &text[r.clone()]),
+          &text[text.floor_char_boundary(at.saturating_sub(20))..text.ceil_char_boundary((at + 20).min(text.len()))]
+        );
+      }
+      let expected = o.bpe.encode_ordinary(text).len();
+      assert_eq!(count_bytes(text.as_bytes(), enc, enc.vocab(), classes()), expected, "{what} ({enc:?}): count");
+      assert_eq!(count(text, enc), expected, "{what} ({enc:?}): count (parallel path)");
+    }
+  }
+
+  /// The sum over `split` parts equals the unsplit count, for several part sizes.
+  fn check_split(text: &str, what: &str) {
+    for enc in ENCODINGS {
+      let whole = count_bytes(text.as_bytes(), enc, enc.vocab(), classes());
+      for target in [1, 7, 64, 1000, 16 * 1024] {
+        let parts = split(text.as_bytes(), enc, target);
+        assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), text.len());
+        let sum: usize = parts.iter().map(|p| count_bytes(p, enc, enc.vocab(), classes())).sum();
+        assert_eq!(sum, whole, "{what} ({enc:?}): split into {} parts of ~{target} bytes", parts.len());
+      }
+    }
+  }
+
+  /// Every safe boundary of a short text splits it without changing the count.
+  fn check_every_boundary(text: &str, what: &str) {
+    let s = text.as_bytes();
+    for enc in ENCODINGS {
+      let whole = count_bytes(s, enc, enc.vocab(), classes());
+      for b in 1..s.len() {
+        if is_safe_boundary(s, b) {
+          let sum = count_bytes(&s[..b], enc, enc.vocab(), classes()) + count_bytes(&s[b..], enc, enc.vocab(), classes());
+          assert_eq!(sum, whole, "{what} ({enc:?}): boundary at {b} of {text:?}");
+        }
+      }
+    }
+  }
+
+  struct Rng(u64);
+  impl Rng {
+    fn next(&mut self) -> u64 {
+      self.0 ^= self.0 << 13;
+      self.0 ^= self.0 >> 7;
+      self.0 ^= self.0 << 17;
+      self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+      (self.next() % n as u64) as usize
+    }
+  }
+
+  /// Characters that exercise every class and every alternative.
+  const POOL: &[&str] = &[
+    "a", "b", "z", "A", "B", "Z", "é", "É", "ß", "ſ", "ǅ", "ʰ", "ª", "中", "文", "ア", "ー", "ا", "ب", "ה", "अ", "ि", "\u{301}", "\u{300}",
+    "\u{20dd}", "\u{e0100}", "0", "1", "9", "٣", "Ⅻ", "½", "²", "𝟘", " ", " ", " ", "  ", "\t", "\n", "\n", "\r", "\r\n", "\u{b}", "\u{c}",
+    "\u{85}", "\u{a0}", "\u{1680}", "\u{2028}", "\u{2029}", "\u{3000}", "\u{200b}", "\u{feff}", "'", "'s", "'S", "'t", "'re", "'RE", "'ve",
+    "'m", "'ll", "'Ll", "'d", "'ſ", "'x", ".", ",", "!", "?", "/", "//", "\\", "-", "_", "(", ")", "{", "}", "\"", "#", "$", "€", "©", "😀",
+    "👍🏽", "\u{0}", "\u{7}", "\u{7f}", "\u{9f}", "<|endoftext|>",
+  ];
+
+  fn random_text(rng: &mut Rng, len: usize, pool: &[&str]) -> String {
+    (0..len).map(|_| pool[rng.below(pool.len())]).collect()
+  }
+
+  const PROSE: &str = "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of \
+foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light, it was the season \
+of Darkness, it was the spring of hope, it was the winter of despair.\n\nWe had everything before us, we had nothing \
+before us; we were all going direct to Heaven, we were all going direct the other way. \"Don't,\" she said -- \"you'll \
+see; I'm sure they'd LIKE it.\"  Mr. O'Brien paid $1,234.56 on 2024-05-17 at 10:45 PM (about 3.5% more).\r\n\
+\tIndented line\n    four spaces\n\n\n   \nTHE END   ";
+
+  #[test]
+  fn pieces_and_counts_match_tiktoken_on_prose_and_code() {
+    check(PROSE, "prose");
+    check(include_str!("../README.md"), "README.md");
+    check(include_str!("../index.d.ts"), "index.d.ts");
+    for (name, code) in [
+      ("binding.rs", include_str!("binding.rs")),
+      ("manager.rs", include_str!("manager.rs")),
+      ("store.rs", include_str!("store.rs")),
+      ("transcript.rs", include_str!("transcript.rs")),
+      ("tokens.rs", include_str!("tokens.rs")),
+      ("testing/index.js", include_str!("../testing/index.js")),
+    ] {
+      check(code, name);
+      check_split(code, name);
+    }
+  }
+
+  #[test]
+  fn pieces_and_counts_match_tiktoken_on_random_unicode_and_whitespace() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in 0..3000 {
+      let len = 1 + rng.below(60);
+      let text = random_text(&mut rng, len, POOL);
+      check(&text, &format!("random #{i}"));
+      check_every_boundary(&text, &format!("random #{i}"));
+    }
+    let ws: Vec<&str> = vec![" ", " ", "  ", "\t", "\n", "\r", "\r\n", "\u{a0}", "\u{85}", "\u{3000}", "\u{2028}", "a", "B", "1", ".", "/", "'", "x/"];
+    for i in 0..3000 {
+      let len = 1 + rng.below(40);
+      let text = random_text(&mut rng, len, &ws);
+      check(&text, &format!("whitespace #{i}"));
+      check_every_boundary(&text, &format!("whitespace #{i}"));
+    }
+    // Mostly ASCII words, to exercise the ASCII fast path and its hand-over to the general one.
+    let ascii: Vec<&str> = vec![
+      "the", "a", "Word", "HTTPS", "x", "I", " ", " ", "  ", "'", "'s", "'LL", ".", ",", "\n", "\r\n", "\t", "(", "-", "_", "/", "é", "É", "ß",
+      "1", "\u{301}", "\u{a0}", "中",
+    ];
+    for i in 0..3000 {
+      let len = 1 + rng.below(30);
+      let text = random_text(&mut rng, len, &ascii);
+      check(&text, &format!("ascii #{i}"));
+      check_every_boundary(&text, &format!("ascii #{i}"));
+    }
+    // Long runs: whitespace, letters (the heap merge), digits, punctuation, a base64-like blob.
+    for text in [
+      " ".repeat(5000),
+      "\n".repeat(300) + "x",
+      format!("{}\n{}", " \t".repeat(200), "  \r\n".repeat(100)),
+      "a".repeat(3000),
+      "ab".repeat(700) + "C",
+      "ǅ".repeat(200) + &"Ǆ".repeat(200),
+      "1234567890".repeat(50),
+      "!?.".repeat(400) + "\n\n/",
+      (0..2000).map(|i| (b'A' + (i * 7 % 26) as u8) as char).collect::<String>() + "==",
+    ] {
+      check(&text, "long run");
+      check_split(&text, "long run");
+    }
+  }
+
+  #[test]
+  fn large_random_texts_split_and_count_in_parallel_like_one_thread() {
+    let mut rng = Rng(42);
+    let words: Vec<&str> = POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
+    for i in 0..4 {
+      let text = random_text(&mut rng, 60_000 + i * 10_000, &words);
+      assert!(text.len() >= PARALLEL_MIN_BYTES);
+      check(&text, &format!("large random #{i}"));
+      check_split(&text, &format!("large random #{i}"));
+    }
+    // Prose without line breaks splits on rule 2 only.
+    let one_line = PROSE.replace(['\n', '\r'], " ").repeat(200);
+    assert!(split(one_line.as_bytes(), Encoding::O200kBase, 4096).len() > 10);
+    check(&one_line, "one long line");
+    check_split(&one_line, "one long line");
+  }
+
+  /// The transcripts in `../shared/transcripts` (present in development and CI), if any.
+  #[test]
+  fn pieces_and_counts_match_tiktoken_on_transcripts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/transcripts");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+      eprintln!("no transcripts at {}; skipped", dir.display());
+      return;
+    };
+    let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
+    files.sort();
+    for f in files {
+      let text = std::fs::read_to_string(&f).unwrap();
+      // Debug builds of fancy-regex are slow: the first 256 KiB of each is plenty of lines.
+      let cut = text.floor_char_boundary(256 * 1024);
+      let name = f.file_name().unwrap().to_string_lossy().into_owned();
+      check(&text[..cut], &name);
+      check_split(&text[..cut], &name);
+      check_split(&text, &name);
+    }
   }
 }
