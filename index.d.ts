@@ -444,6 +444,8 @@ export interface TaskResult {
   compacted: boolean
   /** Those compactions, with their before and after token counts. */
   compactions: Array<CompactionRecord>
+  /** CLI output lines that could not be read; the task went on without them. */
+  warnings: Array<string>
   error?: TaskError
 }
 

@@ -411,6 +411,8 @@ pub struct TaskResult {
   pub compacted: bool,
   /// Those compactions, with their before and after token counts.
   pub compactions: Vec<CompactionRecord>,
+  /// CLI output lines that could not be read; the task went on without them.
+  pub warnings: Vec<String>,
   pub error: Option<TaskError>,
 }
 
@@ -432,6 +434,7 @@ impl From<manager::TaskResult> for TaskResult {
       model: r.model,
       compacted: r.compacted,
       compactions: compaction_records(r.compactions),
+      warnings: r.warnings,
       error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32) }),
     }
   }

@@ -224,6 +224,8 @@ pub struct TaskResult {
   pub compacted: bool,
   /// Compactions during this run (or just before it, with `autoCompact`).
   pub compactions: Vec<Compaction>,
+  /// CLI output lines that could not be read (the task went on without them).
+  pub warnings: Vec<String>,
   pub error: Option<TaskError>,
 }
 
@@ -247,6 +249,7 @@ impl TaskResult {
       model: None,
       compacted: false,
       compactions: vec![],
+      warnings: vec![],
       error: None,
     }
   }
@@ -996,12 +999,8 @@ impl Manager {
               .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
           }),
         };
-        if !out.malformed.is_empty() && error.is_none() {
-          // Reported, not fatal: the stream still ended with a result.
-          if let Some(s) = out.malformed.first() {
-            res.stop_reason = res.stop_reason.take().or(Some(format!("malformed output line: {s}")));
-          }
-        }
+        // Reported, not fatal.
+        res.warnings = out.malformed.iter().map(|m| format!("malformed CLI output line: {m}")).collect();
         end.status = match (&error, out.reason) {
           (None, _) => "succeeded",
           (_, EndReason::Aborted) => "aborted",
