@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
@@ -299,8 +299,50 @@ pub fn pid_alive(pid: u32) -> bool {
   }
 }
 
+/// A running CLI: started by [`crate::spawn_linux`] where it can be (Linux with pidfds), else by
+/// tokio's `Command`.
+enum Proc {
+  Tokio(Child),
+  #[cfg(target_os = "linux")]
+  Raw(crate::spawn_linux::RawChild),
+}
+
+impl Proc {
+  fn id(&self) -> Option<u32> {
+    match self {
+      Proc::Tokio(c) => c.id(),
+      #[cfg(target_os = "linux")]
+      Proc::Raw(c) => Some(c.id()),
+    }
+  }
+  async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+    match self {
+      Proc::Tokio(c) => c.wait().await,
+      #[cfg(target_os = "linux")]
+      Proc::Raw(c) => c.wait().await,
+    }
+  }
+  fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+    match self {
+      Proc::Tokio(c) => c.try_wait(),
+      #[cfg(target_os = "linux")]
+      Proc::Raw(c) => c.try_wait(),
+    }
+  }
+  fn start_kill(&mut self) -> std::io::Result<()> {
+    match self {
+      Proc::Tokio(c) => c.start_kill(),
+      #[cfg(target_os = "linux")]
+      Proc::Raw(c) => c.start_kill(),
+    }
+  }
+}
+
+type Stdin = Box<dyn AsyncWrite + Send + Unpin>;
+type Output = Box<dyn AsyncRead + Send + Unpin>;
+
 /// Stops the child's whole process group: SIGTERM, a short grace, then SIGKILL.
-async fn stop_group(child: &mut Child, pgid: Option<u32>) {
+async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
   #[cfg(unix)]
   if let Some(pg) = pgid {
     kill_group(pg, libc::SIGTERM);
@@ -314,7 +356,36 @@ async fn stop_group(child: &mut Child, pgid: Option<u32>) {
   let _ = child.wait().await;
 }
 
-fn spawn(spec: &RunSpec) -> Result<Child> {
+/// Starts the CLI with piped stdio in its own process group, set to die with this process.
+fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
+  #[cfg(target_os = "linux")]
+  if spec.program.is_absolute() && crate::spawn_linux::available() {
+    use crate::spawn_linux::{spawn as clone_spawn, Step};
+    use tokio::net::unix::pipe;
+    return match clone_spawn(&spec.program, &spec.args, &spec.env, &spec.cwd) {
+      Ok(s) => {
+        let io = |e: std::io::Error| Error::new(ErrorCode::CliError, format!("cannot start {}: {e}", spec.program.display()));
+        let stdin = pipe::Sender::from_owned_fd(s.stdin).map_err(io)?;
+        let stdout = pipe::Receiver::from_owned_fd(s.stdout).map_err(io)?;
+        let stderr = pipe::Receiver::from_owned_fd(s.stderr).map_err(io)?;
+        Ok((Proc::Raw(s.child), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
+      }
+      Err(e) => Err(match (e.step, e.error.kind()) {
+        (Step::Chdir, _) => Error::invalid(format!("the working directory {} cannot be used: {}", spec.cwd.display(), e.error)),
+        (Step::Exec, std::io::ErrorKind::NotFound) => Error::new(ErrorCode::CliNotFound, format!("cannot start {}: {}", spec.program.display(), e.error)),
+        _ => Error::new(ErrorCode::CliError, format!("cannot start {}: {}", spec.program.display(), e.error)),
+      }),
+    };
+  }
+  let mut child = spawn_command(spec)?;
+  let stdin = child.stdin.take().ok_or_else(|| Error::internal("child stdin missing"))?;
+  let stdout = child.stdout.take().ok_or_else(|| Error::internal("child stdout missing"))?;
+  let stderr = child.stderr.take().ok_or_else(|| Error::internal("child stderr missing"))?;
+  Ok((Proc::Tokio(child), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
+}
+
+/// The portable way: tokio's `Command` (a `fork()` on Linux, because of the `pre_exec` hook).
+fn spawn_command(spec: &RunSpec) -> Result<Child> {
   let mut cmd = Command::new(&spec.program);
   cmd
     .args(&spec.args)
@@ -361,17 +432,15 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&
     return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
   }
   let started = Instant::now();
-  let mut child = spawn(spec)?;
+  let (mut child, mut stdin, stdout, mut stderr) = spawn(spec)?;
   let pid = child.id();
   let pgid = pid; // process_group(0): the group id is the child's pid.
 
-  let mut stdin = child.stdin.take().ok_or_else(|| Error::internal("child stdin missing"))?;
   let prompt = spec.stdin.clone();
   let writer = tokio::spawn(async move {
     let _ = stdin.write_all(prompt.as_bytes()).await;
     let _ = stdin.shutdown().await;
   });
-  let mut stderr = child.stderr.take().ok_or_else(|| Error::internal("child stderr missing"))?;
   let err_reader = tokio::spawn(async move {
     let mut tail: VecDeque<u8> = VecDeque::with_capacity(STDERR_TAIL);
     let mut buf = [0u8; 4096];
@@ -388,7 +457,6 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&
     }
     String::from_utf8_lossy(&tail.into_iter().collect::<Vec<u8>>()).into_owned()
   });
-  let stdout = child.stdout.take().ok_or_else(|| Error::internal("child stdout missing"))?;
   let mut reader = BufReader::new(stdout);
 
   let mut out = RunOutcome {

@@ -10,6 +10,8 @@ pub mod executor;
 pub mod manager;
 pub mod store;
 pub mod stream;
+#[cfg(target_os = "linux")]
+mod spawn_linux;
 pub mod tokens;
 pub mod transcript;
 pub mod validate;

@@ -121,6 +121,12 @@ pub fn now_ms() -> i64 {
     .unwrap_or(0)
 }
 
+/// `execute` through the connection's statement cache: the statements every task runs are
+/// parsed and planned once per connection.
+fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+  c.prepare_cached(sql)?.execute(params)
+}
+
 /// Token counts as the API reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -396,6 +402,8 @@ impl Store {
       .pragma_update(None, "foreign_keys", "ON")
       .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
       .map_err(|e| store_err(path, "cannot configure the session store", e))?;
+    // The statements a task runs are prepared once per connection, not on every call.
+    conn.set_prepared_statement_cache_capacity(64);
     let pin = std::fs::File::open(path).ok();
     let identity = file_identity(path);
     let mut store = Store { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin };
@@ -456,19 +464,21 @@ impl Store {
 
   fn insert_session(tx: &rusqlite::Transaction<'_>, s: &NewSession, now: i64) -> Result<()> {
     let exists: bool = tx
-      .query_row("SELECT 1 FROM sessions WHERE id = ?1", [&s.id], |_| Ok(true))
+      .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
+      .query_row([&s.id], |_| Ok(true))
       .optional()?
       .unwrap_or(false);
     if exists {
       return Err(Error::invalid(format!("a session with id {} already exists", s.id)));
     }
     let ctx = s.context.as_ref();
-    tx.execute(
+    tx.prepare_cached(
       "INSERT INTO sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
          created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
          cli_cost_watermark, config_dir)
        VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-      params![
+    )?
+    .execute(params![
         s.id,
         s.project_id,
         s.user_id,
@@ -483,19 +493,15 @@ impl Store {
         ctx.map(|c| c.measured_at),
         s.cli_cost_watermark,
         s.config_dir,
-      ],
-    )?;
+      ])?;
     Ok(())
   }
 
   fn get_in(tx: &Connection, id: &str, user_id: &str) -> Result<Option<Session>> {
     Ok(
-      tx.query_row(
-        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND user_id = ?2"),
-        params![id, user_id],
-        session_from_row,
-      )
-      .optional()?,
+      tx.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1 AND user_id = ?2"))?
+        .query_row(params![id, user_id], session_from_row)
+        .optional()?,
     )
   }
 
@@ -663,12 +669,9 @@ impl Store {
 
   fn lease_live(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
     Ok(
-      tx.query_row(
-        "SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2",
-        params![session_id, now],
-        |_| Ok(true),
-      )
-      .optional()?
+      tx.prepare_cached("SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2")?
+        .query_row(params![session_id, now], |_| Ok(true))
+        .optional()?
       .unwrap_or(false),
     )
   }
@@ -691,12 +694,12 @@ impl Store {
       }
       // An expired lease belongs to a dead or stuck holder: its task is interrupted.
       Self::interrupt_expired(tx, session_id, now)?;
-      tx.execute(
+      exec(tx, 
         "INSERT INTO leases (session_id, owner_id, owner_pid, task_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (session_id) DO UPDATE SET owner_id = ?2, owner_pid = ?3, task_id = ?4, expires_at = ?5",
         params![session_id, owner.id, owner.pid, task_id, now + ttl.as_millis() as i64],
       )?;
-      tx.execute(
+      exec(tx, 
         "INSERT INTO tasks (id, session_id, status, started_at, model, owner_id, owner_pid, kind)
          VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
         params![task_id, session_id, now, model, owner.id, owner.pid, kind],
@@ -706,7 +709,7 @@ impl Store {
   }
 
   fn interrupt_expired(tx: &Connection, session_id: &str, now: i64) -> Result<()> {
-    tx.execute(
+    exec(tx, 
       "UPDATE tasks SET status = 'interrupted', ended_at = ?2, error_code = 'INTERRUPTED',
          error_message = 'the process running this task stopped before it ended'
        WHERE session_id = ?1 AND status = 'running'
@@ -748,7 +751,7 @@ impl Store {
     self.write(|tx| {
       let now = now_ms();
       let u = &end.usage;
-      tx.execute(
+      exec(tx, 
         "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
            input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
            cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
@@ -772,7 +775,7 @@ impl Store {
           end.cli_version,
         ],
       )?;
-      tx.execute(
+      exec(tx, 
         "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
            input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
            cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
@@ -792,13 +795,13 @@ impl Store {
         ],
       )?;
       if let Some(ctx) = &end.context {
-        tx.execute(
+        exec(tx, 
           "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
            WHERE id = ?1",
           params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
         )?;
       }
-      tx.execute("DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
+      exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
       Ok(())
     })
   }

@@ -1,0 +1,356 @@
+//! Starting the CLI on Linux without `fork()`.
+//!
+//! `std::process::Command` with a `pre_exec` hook (needed for `PR_SET_PDEATHSIG`) has to `fork()`
+//! the whole Node.js process: the kernel copies its page tables (and holds its memory map
+//! locked, stalling the JavaScript thread's page faults meanwhile), then tears the copy down
+//! again at `exec`. For a Node process of 100 MB that is 1–2 ms per task, growing with the
+//! process. Here the child is made the way `posix_spawn` makes it, with
+//! `clone(CLONE_VM | CLONE_VFORK)` on a small stack of its own: nothing is copied, and the
+//! calling thread waits only until the child has called `execve`. The child runs only
+//! async-signal-safe system calls on memory prepared before the clone: it takes default signal
+//! handling and an empty signal mask, becomes its own process group leader, asks for SIGKILL
+//! when its parent dies (and checks the parent is still there), moves its pipes to fds 0–2,
+//! changes directory and execs. A failure is reported to the parent through a close-on-exec
+//! pipe. The exit is awaited through a pidfd, so no thread blocks in `waitpid`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::OnceLock;
+
+use tokio::io::unix::AsyncFd;
+
+/// Whether this kernel has `pidfd_open` (Linux 5.3+); without it the caller uses `Command`.
+pub fn available() -> bool {
+  static OK: OnceLock<bool> = OnceLock::new();
+  *OK.get_or_init(|| match pidfd_open(unsafe { libc::getpid() }) {
+    Ok(_fd) => true,
+    Err(_) => false,
+  })
+}
+
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+  let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+  if fd < 0 {
+    return Err(io::Error::last_os_error());
+  }
+  Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+  let mut fds = [0 as RawFd; 2];
+  if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    return Err(io::Error::last_os_error());
+  }
+  Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Which step failed in the child, with the `errno` it failed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+  Setup,
+  Chdir,
+  Exec,
+}
+
+#[derive(Debug)]
+pub struct SpawnError {
+  pub step: Step,
+  pub error: io::Error,
+}
+
+/// A started child: its pid, the parent's ends of its stdio pipes, and its exit.
+pub struct RawChild {
+  pid: libc::pid_t,
+  status: Option<ExitStatus>,
+  pidfd: AsyncFd<OwnedFd>,
+}
+
+pub struct Spawned {
+  pub child: RawChild,
+  pub stdin: OwnedFd,
+  pub stdout: OwnedFd,
+  pub stderr: OwnedFd,
+}
+
+/// What the child reads; lives on the parent's stack, which is frozen until the child execs.
+struct ChildArgs {
+  program: *const libc::c_char,
+  argv: *const *const libc::c_char,
+  envp: *const *const libc::c_char,
+  cwd: *const libc::c_char,
+  /// Child ends of the stdin, stdout and stderr pipes, for fds 0, 1 and 2.
+  fds: [RawFd; 3],
+  /// Write end of the close-on-exec pipe a failure is reported on.
+  report: RawFd,
+  parent: libc::pid_t,
+}
+
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+  // Only system calls from here on: no allocation, no locks, no panics.
+  unsafe {
+    let a = &*(arg as *const ChildArgs);
+    let fail = |step: i32| -> ! {
+      let msg = [step, *libc::__errno_location()];
+      libc::write(a.report, msg.as_ptr().cast(), std::mem::size_of_val(&msg));
+      libc::_exit(127)
+    };
+    // Default handling for every signal the parent handles (its handlers are not ours to run),
+    // SIGPIPE included (Node ignores it, and an ignored signal survives exec), then unblock all.
+    let mut dfl: libc::sigaction = std::mem::zeroed();
+    dfl.sa_sigaction = libc::SIG_DFL;
+    for sig in 1..libc::SIGRTMAX() {
+      if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        continue;
+      }
+      let mut old: libc::sigaction = std::mem::zeroed();
+      if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+        && (sig == libc::SIGPIPE || (old.sa_sigaction != libc::SIG_IGN && old.sa_sigaction != libc::SIG_DFL))
+      {
+        libc::sigaction(sig, &dfl, std::ptr::null_mut());
+      }
+    }
+    let mut none: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut none);
+    if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+      fail(0);
+    }
+    if libc::setpgid(0, 0) != 0 {
+      fail(0);
+    }
+    // Die with the Node process, even when it is killed with SIGKILL.
+    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+      fail(0);
+    }
+    if libc::getppid() != a.parent {
+      libc::_exit(1);
+    }
+    for (target, &fd) in a.fds.iter().enumerate() {
+      let target = target as RawFd;
+      if fd == target {
+        // Already in place: only drop close-on-exec.
+        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+          fail(0);
+        }
+      } else if libc::dup2(fd, target) < 0 {
+        fail(0);
+      }
+    }
+    if libc::chdir(a.cwd) != 0 {
+      fail(1);
+    }
+    libc::execve(a.program, a.argv, a.envp);
+    fail(2)
+  }
+}
+
+/// Starts `program` (an absolute path) with `args`, exactly the environment `env`, in `cwd`,
+/// with piped stdio, in a new process group, set to die with this process.
+pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> Result<Spawned, SpawnError> {
+  let setup = |error: io::Error| SpawnError { step: Step::Setup, error };
+  let cstr = |b: &[u8]| CString::new(b).map_err(|_| setup(io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument")));
+  let program_c = cstr(program.as_os_str().as_bytes())?;
+  let mut argv_c = vec![program_c.clone()];
+  for a in args {
+    argv_c.push(cstr(a.as_bytes())?);
+  }
+  let envp_c: Vec<CString> = env.iter().map(|(k, v)| cstr(format!("{k}={v}").as_bytes())).collect::<Result<_, _>>()?;
+  let cwd_c = cstr(cwd.as_os_str().as_bytes())?;
+  let argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+  let envp: Vec<*const libc::c_char> = envp_c.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+
+  let (in_r, in_w) = pipe().map_err(setup)?;
+  let (out_r, out_w) = pipe().map_err(setup)?;
+  let (err_r, err_w) = pipe().map_err(setup)?;
+  let (report_r, report_w) = pipe().map_err(setup)?;
+  let a = ChildArgs {
+    program: program_c.as_ptr(),
+    argv: argv.as_ptr(),
+    envp: envp.as_ptr(),
+    cwd: cwd_c.as_ptr(),
+    fds: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+    report: report_w.as_raw_fd(),
+    parent: unsafe { libc::getpid() },
+  };
+  // The child's stack: it makes a few system calls, nothing more.
+  let mut stack = vec![0u8; 64 * 1024];
+  let top = ((stack.as_mut_ptr() as usize + stack.len()) & !15) as *mut libc::c_void;
+  let pid = unsafe {
+    // Block every signal on this thread while the child shares its memory (as posix_spawn does):
+    // no handler of ours may run on the child's side before it has reset them.
+    let mut all: libc::sigset_t = std::mem::zeroed();
+    let mut old: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut all);
+    libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    let pid = libc::clone(child_main, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, &a as *const ChildArgs as *mut libc::c_void);
+    let err = io::Error::last_os_error();
+    libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    if pid < 0 {
+      return Err(setup(err));
+    }
+    pid
+  };
+  // CLONE_VFORK: the child has exec'd or exited by now, so its stack and arguments are free.
+  drop(stack);
+  drop((in_r, out_w, err_w, report_w));
+  let mut msg = [0i32; 2];
+  let n = loop {
+    let n = unsafe { libc::read(report_r.as_raw_fd(), msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
+    if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+      continue;
+    }
+    break n;
+  };
+  if n > 0 {
+    let mut status = 0;
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let step = match msg[0] {
+      1 => Step::Chdir,
+      2 => Step::Exec,
+      _ => Step::Setup,
+    };
+    return Err(SpawnError { step, error: io::Error::from_raw_os_error(msg[1]) });
+  }
+  // SAFETY: the OwnedFd is moved into the AsyncFd and stays open for its whole life.
+  let pidfd = pidfd_open(pid).and_then(|fd| {
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| std::io::Error::other(e.to_string()))
+  });
+  let pidfd = match pidfd {
+    Ok(fd) => fd,
+    Err(e) => {
+      unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+      }
+      return Err(setup(e));
+    }
+  };
+  Ok(Spawned { child: RawChild { pid, status: None, pidfd }, stdin: in_w, stdout: out_r, stderr: err_r })
+}
+
+impl RawChild {
+  pub fn id(&self) -> u32 {
+    self.pid as u32
+  }
+
+  /// The exit status if the child has exited (reaping it), else `None`.
+  pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+    if let Some(s) = self.status {
+      return Ok(Some(s));
+    }
+    let mut status = 0;
+    let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+    if r < 0 {
+      return Err(io::Error::last_os_error());
+    }
+    if r == self.pid {
+      self.status = Some(ExitStatus::from_raw(status));
+    }
+    Ok(self.status)
+  }
+
+  /// Waits for the child to exit (its pidfd turns readable) and reaps it.
+  pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+    loop {
+      if let Some(s) = self.try_wait()? {
+        return Ok(s);
+      }
+      let mut ready = self.pidfd.readable().await?;
+      ready.clear_ready();
+    }
+  }
+
+  /// SIGKILL, unless it was already reaped.
+  pub fn start_kill(&mut self) -> io::Result<()> {
+    if self.status.is_none() && unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
+      return Err(io::Error::last_os_error());
+    }
+    Ok(())
+  }
+}
+
+impl Drop for RawChild {
+  /// Like `kill_on_drop`: a child not waited for is killed and reaped.
+  fn drop(&mut self) {
+    if self.status.is_some() {
+      return;
+    }
+    let _ = self.start_kill();
+    if matches!(self.try_wait(), Ok(None)) {
+      let pid = self.pid;
+      std::thread::spawn(move || unsafe {
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+      });
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use tokio::io::AsyncReadExt;
+
+  async fn output(s: Spawned) -> (String, ExitStatus) {
+    let Spawned { mut child, stdin, stdout, stderr: _stderr } = s;
+    drop(stdin);
+    let mut out = String::new();
+    tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).unwrap().read_to_string(&mut out).await.unwrap();
+    (out, child.wait().await.unwrap())
+  }
+
+  fn env() -> Vec<(String, String)> {
+    vec![("PATH".into(), "/usr/bin:/bin".into()), ("ONLY_THIS".into(), "1".into())]
+  }
+
+  #[tokio::test]
+  async fn child_gets_default_signals_an_empty_mask_its_own_group_the_cwd_and_only_the_env_given() {
+    assert!(available(), "this kernel has pidfd_open");
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let script = "exec cat /proc/self/status /proc/self/stat; ".to_string();
+    let s = spawn(Path::new("/bin/sh"), &["-c".into(), script], &env(), &dir).unwrap();
+    let pid = s.child.id();
+    let (out, status) = output(s).await;
+    assert!(status.success());
+    let field = |name: &str| out.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap();
+    // The test harness ignores SIGPIPE (Rust programs do); the child must not inherit that.
+    assert_eq!(u64::from_str_radix(&field("SigIgn:"), 16).unwrap() & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+    assert_eq!(field("SigBlk:"), "0000000000000000");
+    let stat = out.lines().last().unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let pgrp: u32 = after.split(' ').nth(2).unwrap().parse().unwrap();
+    assert_eq!(pgrp, pid, "the child leads its own process group");
+
+    let s = spawn(Path::new("/bin/sh"), &["-c".into(), "pwd; env".into()], &env(), &dir).unwrap();
+    let (out, _) = output(s).await;
+    let mut lines = out.lines();
+    assert_eq!(lines.next().unwrap(), dir.to_str().unwrap());
+    let mut vars: Vec<&str> = lines.filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_=")).collect();
+    vars.sort();
+    assert_eq!(vars, ["ONLY_THIS=1", "PATH=/usr/bin:/bin"]);
+  }
+
+  #[tokio::test]
+  async fn failures_name_the_step_and_a_dropped_child_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = spawn(Path::new("/nonexistent/claude"), &[], &env(), dir.path()).err().unwrap();
+    assert_eq!((e.step, e.error.kind()), (Step::Exec, io::ErrorKind::NotFound));
+    let e = spawn(Path::new("/bin/true"), &[], &env(), &dir.path().join("missing")).err().unwrap();
+    assert_eq!((e.step, e.error.kind()), (Step::Chdir, io::ErrorKind::NotFound));
+    let e = spawn(Path::new("/bin/true"), &["a\0b".into()], &env(), dir.path()).err().unwrap();
+    assert_eq!(e.step, Step::Setup);
+
+    let s = spawn(Path::new("/bin/sleep"), &["30".into()], &env(), dir.path()).unwrap();
+    let pid = s.child.id() as libc::pid_t;
+    drop(s);
+    let gone = (0..200).any(|_| {
+      std::thread::sleep(std::time::Duration::from_millis(10));
+      (unsafe { libc::kill(pid, 0) }) != 0
+    });
+    assert!(gone, "the dropped child was killed and reaped");
+  }
+}
