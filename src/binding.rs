@@ -764,6 +764,13 @@ impl SessionManager {
   pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
+    // A point read that needs no waiting is answered here: a trip through the worker threads
+    // costs more than the read.
+    if let (Ok(Value::String(id)), Ok(Value::String(user))) = (&session_id, &user_id) {
+      if let Some(s) = self.inner.get_session_now(id, user) {
+        return PromiseRaw::resolve(env, Session::from(s));
+      }
+    }
     let m = self.inner.clone();
     promise(
       env,
@@ -920,6 +927,16 @@ impl SessionManager {
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct Opts {
       threshold: Option<f64>,
+    }
+    // Answered here when the store can be read without waiting (see `getSession`).
+    if let (Ok(Value::String(id)), Ok(Value::String(user)), Ok(o)) = (&session_id, &user_id, &options) {
+      let threshold = match o {
+        Value::Null => Some(None),
+        v => parse::<Opts>("getSessionContext options", v.clone()).ok().map(|o| o.threshold),
+      };
+      if let Some(ci) = threshold.and_then(|t| self.inner.get_context_now(id, user, t)) {
+        return PromiseRaw::resolve(env, ContextInfo::from(ci));
+      }
     }
     let m = self.inner.clone();
     promise(
@@ -1302,10 +1319,7 @@ fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<tokens::Enco
 /// The length of a JavaScript string in UTF-16 code units (O(1)), or `None` for a non-string.
 unsafe fn js_string_len16(env: napi::sys::napi_env, v: napi::sys::napi_value) -> Option<usize> {
   use napi::sys;
-  let mut t = 0;
-  if sys::napi_typeof(env, v, &mut t) != sys::Status::napi_ok || t != sys::ValueType::napi_string {
-    return None;
-  }
+  // Fails with `napi_string_expected` for anything but a string: no separate type check needed.
   let mut len = 0usize;
   (sys::napi_get_value_string_utf16(env, v, std::ptr::null_mut(), 0, &mut len) == sys::Status::napi_ok).then_some(len)
 }

@@ -512,6 +512,23 @@ impl Manager {
     Ok(self.db(move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
   }
 
+  /// A session answered at once, on the calling thread, when the store can be read without
+  /// waiting (see `Store::get_session_now`); `None` for anything else (a miss, an invalid
+  /// argument, a busy store), which the async `get_session` then answers.
+  pub fn get_session_now(&self, session_id: &str, user_id: &str) -> Option<Session> {
+    self.check_open().ok()?;
+    let id = validate::session_id("sessionId", session_id).ok()?;
+    validate::id("userId", user_id).ok()?;
+    self.store.get_session_now(&id, user_id)?.ok()?
+  }
+
+  /// `get_context` answered at once, as `get_session_now` is.
+  pub fn get_context_now(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Option<ContextInfo> {
+    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold)).ok()?;
+    let s = self.get_session_now(session_id, user_id)?;
+    Some(context::context_info(s.context.as_ref(), self.cfg.context_window, threshold, 0))
+  }
+
   pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
     let s = self.get_session(session_id, user_id).await?;
     self.db(move |st| st.list_tasks(&s.id)).await

@@ -518,6 +518,21 @@ impl Store {
     self.with(|c| Self::get_in(c, id, user_id))
   }
 
+  /// `get_session` only if it can be answered without waiting: the connection is free and
+  /// SQLite needs no lock another process holds (no busy wait). `None` means "ask again the
+  /// blocking way". Meant for the JavaScript thread: a point read by primary key takes
+  /// microseconds, less than a trip to another thread and back.
+  pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
+    let conn = self.conn.try_lock().ok()?;
+    conn.busy_timeout(Duration::ZERO).ok()?;
+    let r = Self::get_in(&conn, id, user_id);
+    let restored = conn.busy_timeout(BUSY_TIMEOUT);
+    match r {
+      Err(e) if e.code == crate::error::ErrorCode::StoreError || restored.is_err() => None,
+      r => Some(r),
+    }
+  }
+
   /// Sessions of a user, newest activity first.
   pub fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     self.with(|c| {

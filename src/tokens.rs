@@ -49,9 +49,9 @@ impl Encoding {
     static O200K: OnceLock<Vocab> = OnceLock::new();
     static CL100K: OnceLock<Vocab> = OnceLock::new();
     match self {
-      Encoding::O200kBase => O200K.get_or_init(|| Vocab::from_bpe(&tiktoken_rs::o200k_base().expect("o200k_base tables are built in"))),
+      Encoding::O200kBase => O200K.get_or_init(|| Vocab::from_bpe(&tiktoken_rs::o200k_base().expect("o200k_base tables are built in"), 0)),
       Encoding::Cl100kBase => {
-        CL100K.get_or_init(|| Vocab::from_bpe(&tiktoken_rs::cl100k_base().expect("cl100k_base tables are built in")))
+        CL100K.get_or_init(|| Vocab::from_bpe(&tiktoken_rs::cl100k_base().expect("cl100k_base tables are built in"), 1 << 127))
       }
     }
   }
@@ -230,6 +230,8 @@ struct Vocab {
   k16: FxHashMap<u128, Rank>,
   /// Longer ordinary tokens: bytes → rank.
   long: FxHashMap<Box<[u8]>, Rank>,
+  /// Marks this encoding's entries in the per-thread merge cache.
+  tag: u128,
 }
 
 /// Bytes `buf[start..start + len]` (len <= 7) packed as a `k8` key; reads 8 bytes from `start`.
@@ -247,9 +249,9 @@ fn key16(buf: &[u8], start: usize, len: usize) -> u128 {
 }
 
 impl Vocab {
-  fn from_bpe(bpe: &CoreBPE) -> Vocab {
+  fn from_bpe(bpe: &CoreBPE, tag: u128) -> Vocab {
     let specials: Vec<Vec<u8>> = bpe.special_tokens().iter().map(|s| s.as_bytes().to_vec()).collect();
-    let mut v = Vocab { k8: FxHashMap::default(), k16: FxHashMap::default(), long: FxHashMap::default() };
+    let mut v = Vocab { k8: FxHashMap::default(), k16: FxHashMap::default(), long: FxHashMap::default(), tag };
     let mut misses = 0;
     let mut r: Rank = 0;
     // Ranks are dense up to the special tokens; stop after a long run of unused ranks.
@@ -302,11 +304,40 @@ impl Vocab {
     let known = if p + 16 <= s.len() || len >= 16 { self.rank_at(s, p, len) } else { self.rank(&s[p..e]) };
     if known.is_some() {
       1
+    } else if len <= 15 {
+      self.merge_cached(&s[p..e])
     } else if len < 100 {
       self.merge_small(&s[p..e])
     } else {
       self.merge_large(&s[p..e])
     }
+  }
+
+  /// `merge_small` through a small per-thread cache of recent results (pieces of 2 to 15 bytes
+  /// that are not tokens themselves: rarer words, names, numbers with units). Direct-mapped,
+  /// keyed by the piece's bytes, its length and the encoding, so a hit is exact.
+  fn merge_cached(&self, piece: &[u8]) -> usize {
+    const SLOTS: usize = 2048;
+    thread_local! {
+      static CACHE: std::cell::RefCell<Vec<(u128, u32)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut padded = [0u8; 16];
+    padded[..piece.len()].copy_from_slice(piece);
+    let key = u128::from_le_bytes(padded) | ((piece.len() as u128) << 120) | self.tag;
+    let slot = (((key as u64) ^ ((key >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 53) as usize % SLOTS;
+    let hit = CACHE.with(|c| c.borrow().get(slot).filter(|e| e.0 == key).map(|e| e.1 as usize));
+    if let Some(n) = hit {
+      return n;
+    }
+    let n = self.merge_small(piece);
+    CACHE.with(|c| {
+      let mut c = c.borrow_mut();
+      if c.is_empty() {
+        c.resize(SLOTS, (0, 0));
+      }
+      c[slot] = (key, n as u32);
+    });
+    n
   }
 
   /// tiktoken's `_byte_pair_merge` (2 <= len < 100), on the stack, returning the token count.

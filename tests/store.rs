@@ -170,3 +170,44 @@ fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
   std::fs::rename(dir.path().join("other.db"), &path).unwrap();
   assert_eq!(s.list_sessions(&ListQuery { user_id: "alice".into(), limit: 5, ..Default::default() }).unwrap_err().code, ErrorCode::StoreError);
 }
+
+#[test]
+fn reads_without_waiting_answer_like_get_session_or_step_aside() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  let now = s.get_session_now(A, "alice").expect("a free store answers at once").unwrap().unwrap();
+  assert_eq!(now.id, s.get_session(A, "alice").unwrap().unwrap().id);
+  assert!(s.get_session_now(A, "bob").unwrap().unwrap().is_none(), "another user's session is a miss, as in get_session");
+
+  // The busy timeout is restored afterwards: a write that meets another process's write lock
+  // still waits for it instead of failing.
+  let other = Connection::open(&path).unwrap();
+  other.execute_batch("BEGIN IMMEDIATE; UPDATE sessions SET title = 'x';").unwrap();
+  let release = std::thread::spawn(move || {
+    std::thread::sleep(Duration::from_millis(300));
+    other.execute_batch("COMMIT;").unwrap();
+  });
+  s.create_session(&new_session(B, "alice", "p")).unwrap();
+  release.join().unwrap();
+  assert_eq!(s.get_session_now(A, "alice").unwrap().unwrap().unwrap().title.as_deref(), Some("x"));
+
+  // While this process's own writes hold the connection, it steps aside rather than wait.
+  let s = std::sync::Arc::new(s);
+  let writer = {
+    let s = s.clone();
+    std::thread::spawn(move || {
+      for _ in 0..300 {
+        s.set_context(A, &store::ContextSnapshot { tokens: 1, window: 2, source: "api".into(), measured_at: 3 }).unwrap();
+      }
+    })
+  };
+  // Whatever it answers meanwhile is right; "step aside" is `None`, never a wrong row or an error.
+  while !writer.is_finished() {
+    if let Some(r) = s.get_session_now(A, "alice") {
+      assert_eq!(r.unwrap().unwrap().id, A);
+    }
+  }
+  writer.join().unwrap();
+}
