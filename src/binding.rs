@@ -1299,21 +1299,29 @@ fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<tokens::Enco
       1 => {
         let mut k = std::ptr::null_mut();
         ok(sys::napi_get_element(env, keys, 0, &mut k))?;
-        if with_js_str(env, k, |k| k == "encoding") != Some(true) {
+        if small_str(env, k, &mut [0u8; 16])? != "encoding" {
           return None;
         }
         let mut val = std::ptr::null_mut();
         ok(sys::napi_get_property(env, v, k, &mut val))?;
-        let mut vt = 0;
-        ok(sys::napi_typeof(env, val, &mut vt))?;
-        if vt == sys::ValueType::napi_undefined {
-          return Some(tokens::Encoding::O200kBase);
-        }
-        with_js_str(env, val, |name| tokens::Encoding::parse(Some(name)).ok()).flatten()
+        // Not a string (`undefined` included): the general path decides.
+        tokens::Encoding::parse(Some(small_str(env, val, &mut [0u8; 32])?)).ok()
       }
       _ => None,
     }
   }
+}
+
+/// A short JavaScript string read in one call into `buf`; `None` for a non-string or one that
+/// does not fit (which then matches nothing a caller looks for).
+unsafe fn small_str<'b>(env: napi::sys::napi_env, v: napi::sys::napi_value, buf: &'b mut [u8]) -> Option<&'b str> {
+  let mut written = 0usize;
+  if napi::sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), buf.len(), &mut written) != napi::sys::Status::napi_ok
+    || written + 1 >= buf.len()
+  {
+    return None;
+  }
+  std::str::from_utf8(&buf[..written]).ok()
 }
 
 /// The length of a JavaScript string in UTF-16 code units (O(1)), or `None` for a non-string.
