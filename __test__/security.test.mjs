@@ -95,6 +95,9 @@ test('hostile input: at least 40 cases, each with its exact code, none spawning'
   t.assert.strictEqual((await manager.getSession(ok.sessionId, 'u')).workingDirectory, path.join(root, 'proj'))
   await manager.close()
   t.assert.throws(() => new addon.SessionManager({ databasePath: path.join(dir, 'x.db'), workingDirectory: outside, allowedRoots: [root] }), (e) => e.code === I)
+  for (const cliNiceness of [-1, 20, 2.5, '5', Number.NaN]) {
+    t.assert.throws(() => new addon.SessionManager({ databasePath: path.join(dir, 'x.db'), workingDirectory: root, cliNiceness }), (e) => e.code === I && /cliNiceness/.test(e.message), `cliNiceness ${String(cliNiceness)}`)
+  }
 })
 
 test('permissions: bypassPermissions needs the opt-in; tools reach the CLI exactly as given', async (t) => {

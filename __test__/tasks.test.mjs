@@ -295,7 +295,9 @@ test('task: two first tasks racing on a new session both run (the second resumes
   server.enqueue({ text: 'first', delayMs: 300 })
   const [a, b] = await Promise.all(['A', 'B'].map((prompt) => manager.executeTask({ prompt, projectId: 'p', userId: 'u', sessionId: session.id })))
   t.assert.ok(a.success && b.success, JSON.stringify([a.error, b.error]))
-  t.assert.deepStrictEqual([a.result, b.result].sort(), ['Echo #2: B', 'first'].sort())
+  // Called in the same tick, either may reach the session first; the other resumes its session.
+  const [firstRun, second] = a.result === 'first' ? ['A', 'B'] : ['B', 'A']
+  t.assert.deepStrictEqual([a.result, b.result].sort(), [`Echo #2: ${second}`, 'first'].sort(), `${firstRun} ran first`)
   const s = await manager.getSession(session.id, 'u')
   t.assert.ok(Math.abs(s.totalCostUsd - (a.cost + b.cost)) < 1e-12)
   await manager.close()
@@ -314,4 +316,66 @@ test('task: a long-lived AbortSignal shared by many tasks collects no listeners'
   await manager.executeTask({ prompt: '', projectId: 'p', userId: 'u' }, { signal: controller.signal }).catch(() => {})
   t.assert.strictEqual(getEventListeners(controller.signal, 'abort').length, 0)
   await manager.close()
+})
+
+// The nice value of the real `claude` process running this session, read from /proc while it waits
+// for the stand-in API; `null` when no such process is found.
+function cliNice(sessionId) {
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    let cmd
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+    } catch {
+      continue
+    }
+    if (!cmd.includes(sessionId) || !cmd.includes('stream-json')) continue
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return { pid: Number(pid), nice: Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]) }
+  }
+  return null
+}
+const ownNice = () => {
+  const stat = fs.readFileSync('/proc/self/stat', 'utf8')
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])
+}
+
+test('task: the CLI runs cliNiceness steps below Node (default 10); the next task waits for its exit', { skip: process.platform !== 'linux' }, async (t) => {
+  for (const [options, by] of [[{}, 10], [{ cliNiceness: 0 }, 0], [{ cliNiceness: 19 }, 19]]) {
+    server.reset()
+    const { manager } = makeManager({ server, ...options })
+    const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
+    server.enqueue({ text: 'slow', delayMs: 1500 })
+    let seen = null
+    let second = null
+    let firstAliveAtSecondStart = null
+    const alive = (pid) => {
+      try {
+        return !/\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))
+      } catch {
+        return false
+      }
+    }
+    const first = manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u', sessionId: session.id }, {
+      onEvent: (e) => {
+        if (e.type !== 'system' || e.subtype !== 'init') return
+        seen = cliNice(session.id)
+        // Queued behind the first while it runs: it may start only once the first CLI has exited.
+        second = manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: session.id }, {
+          onEvent: (e2) => {
+            if (e2.type === 'task_started') firstAliveAtSecondStart = alive(seen.pid)
+          },
+        })
+      },
+    })
+    const a = await first
+    t.assert.ok(a.success, JSON.stringify(a.error))
+    t.assert.ok(seen, 'the CLI process was found while it ran')
+    t.assert.strictEqual(seen.nice, Math.min(19, ownNice() + by), JSON.stringify(options))
+    const b = await second
+    t.assert.ok(b.success, JSON.stringify(b.error))
+    t.assert.strictEqual(b.result, 'Echo #2: two', 'the second task resumed the first one\'s full history')
+    t.assert.strictEqual(firstAliveAtSecondStart, false, 'the second CLI started after the first had exited')
+    await manager.close()
+    t.assert.ok(!fs.existsSync(`/proc/${seen.pid}/cmdline`) || fs.readFileSync(`/proc/${seen.pid}/cmdline`, 'utf8') === '', 'no CLI is left after close()')
+  }
 })

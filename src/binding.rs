@@ -636,6 +636,10 @@ pub struct SessionManagerOptions {
   pub queue_timeout_ms: Option<f64>,
   /// Stop a CLI that prints nothing for this long (ms); 0 disables. Default 900000.
   pub stall_timeout_ms: Option<f64>,
+  /// How much lower the CLI's CPU priority is than this process's: a Unix nice increment, 0–19
+  /// (0 keeps it equal). Default 10, so that a burst of CLIs starting up (and the tools they run)
+  /// leaves the Node event loop serving requests on time. Ignored on Windows.
+  pub cli_niceness: Option<f64>,
   /// When set, every working directory (the manager's and each session's) must resolve, through
   /// `..` and symlinks, inside one of these folders.
   pub allowed_roots: Option<Vec<String>>,

@@ -234,6 +234,8 @@ pub struct RunSpec {
   pub timeout: Option<Duration>,
   /// Limit on silence: no stdout line for this long stops the run.
   pub stall_timeout: Option<Duration>,
+  /// Nice increment of the child relative to this process (0 keeps the priority; Unix only).
+  pub niceness: i32,
 }
 
 /// Why a run ended.
@@ -362,7 +364,7 @@ fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   if spec.program.is_absolute() && crate::spawn_linux::available() {
     use crate::spawn_linux::{spawn as clone_spawn, Step};
     use tokio::net::unix::pipe;
-    return match clone_spawn(&spec.program, &spec.args, &spec.env, &spec.cwd) {
+    return match clone_spawn(&spec.program, &spec.args, &spec.env, &spec.cwd, spec.niceness) {
       Ok(s) => {
         let io = |e: std::io::Error| Error::new(ErrorCode::CliError, format!("cannot start {}: {e}", spec.program.display()));
         let stdin = pipe::Sender::from_owned_fd(s.stdin).map_err(io)?;
@@ -384,6 +386,33 @@ fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   Ok((Proc::Tokio(child), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
 }
 
+/// Raises the calling process's nice value by `by` (capped at 19). Async-signal-safe: it runs in
+/// the child between fork and exec. Best effort: lowering one's own priority needs no privilege,
+/// and a failure leaves the CLI at this process's priority.
+#[cfg(unix)]
+pub(crate) fn lower_priority(by: i32) {
+  if by <= 0 {
+    return;
+  }
+  unsafe {
+    *errno_location() = 0;
+    let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+    if current == -1 && *errno_location() != 0 {
+      return;
+    }
+    libc::setpriority(libc::PRIO_PROCESS, 0, (current + by).min(19));
+  }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+unsafe fn errno_location() -> *mut libc::c_int {
+  libc::__errno_location()
+}
+#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+unsafe fn errno_location() -> *mut libc::c_int {
+  libc::__error()
+}
+
 /// The portable way: tokio's `Command` (a `fork()` on Linux, because of the `pre_exec` hook).
 fn spawn_command(spec: &RunSpec) -> Result<Child> {
   let mut cmd = Command::new(&spec.program);
@@ -399,6 +428,7 @@ fn spawn_command(spec: &RunSpec) -> Result<Child> {
   #[cfg(unix)]
   {
     cmd.process_group(0);
+    let niceness = spec.niceness;
     #[cfg(target_os = "linux")]
     unsafe {
       let parent = libc::getpid();
@@ -410,6 +440,14 @@ fn spawn_command(spec: &RunSpec) -> Result<Child> {
         if libc::getppid() != parent {
           libc::_exit(1);
         }
+        lower_priority(niceness);
+        Ok(())
+      });
+    }
+    #[cfg(not(target_os = "linux"))]
+    unsafe {
+      cmd.pre_exec(move || {
+        lower_priority(niceness);
         Ok(())
       });
     }
@@ -425,9 +463,41 @@ fn spawn_command(spec: &RunSpec) -> Result<Child> {
   })
 }
 
+/// The rest of a run that returned at the CLI's `result` line: draining its output, its exit,
+/// and the end of its process group. Await it; dropping it kills the CLI.
+pub struct Tail(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl Tail {
+  /// Resolves once the CLI has exited (on its own within [`EXIT_WAIT`], else stopped) and its
+  /// process group is gone. Cancelling the run's token stops it at once.
+  pub async fn finish(self) {
+    self.0.await
+  }
+}
+
+/// How long a CLI that closed its output (or printed its result) may take to exit on its own.
+pub const EXIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs the CLI to its end (or until cancelled, timed out or stalled), calling `on_line` for every
 /// parsed line as it arrives. The child's process group is gone when this returns.
-pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&Line)) -> Result<RunOutcome> {
+pub async fn run(spec: &RunSpec, cancel: &CancelToken, on_line: impl FnMut(&Line)) -> Result<RunOutcome> {
+  let (out, tail) = run_until_result(spec, cancel, on_line, false).await?;
+  if let Some(t) = tail {
+    t.finish().await;
+  }
+  Ok(out)
+}
+
+/// As [`run`], but with `settle_at_result` it returns as soon as the `result` line is read, with
+/// the CLI's exit left to the returned [`Tail`]. In `-p` mode the CLI prints nothing after its
+/// result; it only appends session metadata to its transcript and exits (tens of milliseconds).
+/// The outcome then has no exit status and no stderr: a result makes them moot.
+pub async fn run_until_result(
+  spec: &RunSpec,
+  cancel: &CancelToken,
+  mut on_line: impl FnMut(&Line),
+  settle_at_result: bool,
+) -> Result<(RunOutcome, Option<Tail>)> {
   if !spec.cwd.is_dir() {
     return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
   }
@@ -479,8 +549,12 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&
   let far = Duration::from_secs(60 * 60 * 24 * 365);
   let mut buf = Vec::with_capacity(8192);
   let mut stopped = false;
+  let mut early = false;
 
   loop {
+    if early {
+      break;
+    }
     buf.clear();
     let until_deadline = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now())).unwrap_or(far);
     let stall = spec.stall_timeout.unwrap_or(far);
@@ -507,6 +581,7 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&
                   _ => {}
                 }
                 on_line(&line);
+                early = settle_at_result && out.result.is_some();
               }
               Err(why) => {
                 let shown: String = text.trim().chars().take(200).collect();
@@ -522,38 +597,140 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, mut on_line: impl FnMut(&
     }
   }
 
-  if stopped {
-    stop_group(&mut child, pgid).await;
-  } else {
-    // stdout closed: the CLI is done or dying. Give it a moment to exit, then make sure.
-    match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-      Ok(_) => {
-        if let Some(pg) = pgid {
-          #[cfg(unix)]
-          kill_group(pg, libc::SIGKILL);
-        }
+  let cancel = cancel.clone();
+  let ending = async move {
+    // After an early return, read (and drop) whatever the CLI still prints, so that it never
+    // blocks on a full pipe; its exit, not the end of its output (which a tool's background
+    // process can hold open), ends the wait below.
+    let drain = early.then(|| tokio::spawn(async move { tokio::io::copy(&mut reader, &mut tokio::io::sink()).await }));
+    if stopped {
+      stop_group(&mut child, pgid).await;
+    } else {
+      // stdout closed or the result is in: the CLI is done. Give it a moment to exit, then make
+      // sure its whole group is gone.
+      tokio::select! {
+        r = tokio::time::timeout(EXIT_WAIT, child.wait()) => match r {
+          Ok(_) => {
+            if let Some(pg) = pgid {
+              #[cfg(unix)]
+              kill_group(pg, libc::SIGKILL);
+            }
+          }
+          Err(_) => stop_group(&mut child, pgid).await,
+        },
+        _ = cancel.cancelled() => stop_group(&mut child, pgid).await,
       }
-      Err(_) => stop_group(&mut child, pgid).await,
     }
-  }
-  writer.abort();
-  if let Ok(Some(status)) = child.try_wait() {
-    out.exit_code = status.code();
-    #[cfg(unix)]
-    {
-      use std::os::unix::process::ExitStatusExt;
-      out.signal = status.signal();
+    writer.abort();
+    if let Some(d) = drain {
+      d.abort();
     }
-  }
-  out.stderr_tail = tokio::time::timeout(Duration::from_secs(2), err_reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    let mut status = (None, None);
+    if let Ok(Some(s)) = child.try_wait() {
+      #[cfg(unix)]
+      {
+        use std::os::unix::process::ExitStatusExt;
+        status = (s.code(), s.signal());
+      }
+      #[cfg(not(unix))]
+      {
+        status = (s.code(), None);
+      }
+    }
+    let stderr_tail = tokio::time::timeout(Duration::from_secs(2), err_reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+    (status, stderr_tail)
+  };
   out.context = tracker.last();
   out.elapsed = started.elapsed();
-  Ok(out)
+  if early {
+    return Ok((out, Some(Tail(Box::pin(async move {
+      ending.await;
+    })))));
+  }
+  let ((exit_code, signal), stderr_tail) = ending.await;
+  out.exit_code = exit_code;
+  out.signal = signal;
+  out.stderr_tail = stderr_tail;
+  out.elapsed = started.elapsed();
+  Ok((out, None))
+}
+
+/// This process's nice value, from `/proc/self/stat` (tests only).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn own_nice() -> i32 {
+  let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+  stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse().unwrap()
 }
 
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[cfg(unix)]
+  #[tokio::test]
+  async fn settling_at_the_result_leaves_the_exit_to_the_tail_which_ends_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("exited");
+    // A CLI that prints its result, keeps a grandchild, and exits only after 300 ms.
+    let p = script(
+      dir.path(),
+      &format!(
+        "read line\nsleep 300 &\necho '{{\"type\":\"result\",\"subtype\":\"success\",\"result\":\"ok\"}}'\nsleep 0.3\ntouch {}",
+        marker.display()
+      ),
+    );
+    let alive = |pid: u32| {
+      let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+      !state.is_empty() && !state.contains(") Z")
+    };
+    let (out, tail) = run_until_result(&spec(p.clone(), dir.path()), &CancelToken::new(), |_| {}, true).await.unwrap();
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("ok"));
+    let pid = out.pid.unwrap();
+    assert!(alive(pid) && !marker.exists(), "returned at the result line, before the CLI exited");
+    tail.expect("a tail").finish().await;
+    assert!(marker.exists(), "the tail let the CLI finish on its own");
+    assert!(!alive(pid));
+    let group_left = std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
+      std::fs::read_to_string(e.path().join("stat")).map(|st| st[st.rfind(')').unwrap_or(0)..].split(' ').nth(3) == Some(&pid.to_string())).unwrap_or(false)
+        && e.file_name().to_string_lossy().parse::<u32>().map(alive).unwrap_or(false)
+    });
+    assert!(!group_left, "the grandchild went with the group");
+
+    // Cancelling stops a CLI that lingers after its result.
+    let token = CancelToken::new();
+    let (out, tail) = run_until_result(&spec(p.clone(), dir.path()), &token, |_| {}, true).await.unwrap();
+    let _ = std::fs::remove_file(&marker);
+    token.cancel();
+    tail.unwrap().finish().await;
+    assert!(!alive(out.pid.unwrap()) && !marker.exists(), "stopped before it could finish");
+
+    // Without settling, `run` returns after the exit, with its status.
+    let p = script(
+      dir.path(),
+      &format!("read line\necho '{{\"type\":\"result\",\"subtype\":\"success\",\"result\":\"ok\"}}'\nsleep 0.3\ntouch {}", marker.display()),
+    );
+    let out = run(&spec(p, dir.path()), &CancelToken::new(), |_| {}).await.unwrap();
+    assert_eq!(out.exit_code, Some(0));
+    assert!(marker.exists());
+  }
+
+  #[cfg(target_os = "linux")]
+  #[tokio::test]
+  async fn the_cli_runs_below_this_process_priority_on_either_spawn_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), r#"read line; printf '{"type":"result","subtype":"success","result":"%s"}\n' "$(cut -d' ' -f19 /proc/$$/stat)""#);
+    let mut s = spec(p, dir.path());
+    for by in [0, 7, 40] {
+      s.niceness = by;
+      let out = run(&s, &CancelToken::new(), |_| {}).await.unwrap();
+      assert_eq!(out.result.unwrap().result.unwrap(), (own_nice() + by).min(19).to_string(), "clone path, +{by}");
+      // The portable path (tokio's Command and its pre_exec hook) does the same.
+      let child = spawn_command(&s).unwrap();
+      let stdout = child.wait_with_output().await.unwrap().stdout;
+      let line = String::from_utf8(stdout).unwrap();
+      assert!(line.contains(&format!("\"result\":\"{}\"", (own_nice() + by).min(19))), "Command path, +{by}: {line}");
+    }
+  }
 
   #[test]
   fn argv_keeps_values_attached_to_their_flags() {
@@ -625,6 +802,7 @@ mod tests {
       stdin: "hello".into(),
       timeout: None,
       stall_timeout: None,
+      niceness: 0,
     }
   }
 

@@ -35,6 +35,7 @@ pub struct Options {
   pub max_concurrent_tasks: Option<f64>,
   pub queue_timeout_ms: Option<f64>,
   pub stall_timeout_ms: Option<f64>,
+  pub cli_niceness: Option<f64>,
   #[serde(default)]
   pub allowed_roots: Vec<String>,
   pub isolate_tenants: Option<String>,
@@ -63,11 +64,17 @@ pub struct Config {
   pub max_concurrent_tasks: usize,
   pub queue_timeout: Duration,
   pub stall_timeout: Option<Duration>,
+  /// Nice increment of the CLI relative to this process.
+  pub cli_niceness: i32,
   pub lease_ttl: Duration,
   pub allowed_roots: Vec<PathBuf>,
   pub isolation: Isolation,
   pub tenant_config_root: PathBuf,
 }
+
+/// The CLI's default nice increment: below the Node process serving requests, still above batch
+/// work at 19.
+pub const DEFAULT_NICENESS: u64 = 10;
 
 fn env_var(k: &str) -> Option<String> {
   std::env::var(k).ok().filter(|v| !v.is_empty())
@@ -118,6 +125,13 @@ impl Config {
       Some(t) => Some(Duration::from_millis(validate::positive_int("stallTimeoutMs", t)?)),
       None => Some(Duration::from_secs(15 * 60)),
     };
+    let cli_niceness = match o.cli_niceness {
+      Some(n) => validate::non_negative_int("cliNiceness", n)?,
+      None => DEFAULT_NICENESS,
+    };
+    if cli_niceness > 19 {
+      return Err(Error::invalid(format!("cliNiceness must be an integer from 0 to 19, got {cli_niceness}")));
+    }
     let env: Vec<(String, String)> = o.env.into_iter().collect();
     for (k, v) in &env {
       if v.contains('\0') {
@@ -146,6 +160,7 @@ impl Config {
       max_concurrent_tasks,
       queue_timeout,
       stall_timeout,
+      cli_niceness: cli_niceness as i32,
       lease_ttl: Duration::from_secs(30),
       allowed_roots,
       isolation,
@@ -303,6 +318,9 @@ struct RunOptions {
   queue_timeout: Option<Duration>,
 }
 
+/// Work left after a task settled: the CLI's exit, then freeing what the task held.
+type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Receives every event of a task as it arrives.
 pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
 
@@ -313,7 +331,8 @@ pub struct Manager {
   owner: Owner,
   session_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
   slots: Arc<Semaphore>,
-  running: Mutex<HashMap<String, CancelToken>>,
+  /// Tasks between start and the CLI's exit (which can come after the task has settled).
+  running: Arc<Mutex<HashMap<String, CancelToken>>>,
   closed: AtomicBool,
 }
 
@@ -341,7 +360,7 @@ impl Manager {
       cfg,
       owner: Owner { id: uuid::Uuid::new_v4().to_string(), pid: std::process::id() },
       session_locks: Mutex::new(HashMap::new()),
-      running: Mutex::new(HashMap::new()),
+      running: Arc::new(Mutex::new(HashMap::new())),
       closed: AtomicBool::new(false),
     })
   }
@@ -526,7 +545,12 @@ impl Manager {
   pub fn get_context_now(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Option<ContextInfo> {
     let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold)).ok()?;
     let s = self.get_session_now(session_id, user_id)?;
-    Some(context::context_info(s.context.as_ref(), self.cfg.context_window, threshold, 0))
+    // As `window_of`: a session not measured yet takes the window last reported for its model.
+    let window = match s.context {
+      Some(_) => self.cfg.context_window,
+      None => self.store.window_for_now(&s.model)?.ok()?.unwrap_or(self.cfg.context_window),
+    };
+    Some(context::context_info(s.context.as_ref(), window, threshold, 0))
   }
 
   pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
@@ -753,6 +777,7 @@ impl Manager {
       stdin: r.prompt.clone(),
       timeout: r.timeout_ms.map(|t| Duration::from_millis(t as u64)),
       stall_timeout: self.cfg.stall_timeout,
+      niceness: self.cfg.cli_niceness,
     };
     let include_partials = r.include_partial_messages.unwrap_or(false);
     let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
@@ -865,7 +890,7 @@ impl Manager {
     };
     let task_id = uuid::Uuid::new_v4().to_string();
     let lock = self.session_lock(&session.id);
-    let _guard = tokio::select! {
+    let guard = tokio::select! {
       g = tokio::time::timeout(queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
       _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
     };
@@ -910,9 +935,29 @@ impl Manager {
       }
       Err(e) => Err(e),
     };
-    renew.abort();
-    self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
-    self.finish(session, &task_id, outcome, queued, threshold, trigger).await
+    let (outcome, tail) = match outcome {
+      Ok((out, tail)) => (Ok(out), tail),
+      Err(e) => (Err(e), None),
+    };
+    let Some(tail) = tail else {
+      renew.abort();
+      self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
+      return self.finish(session, &task_id, outcome, queued, threshold, trigger, false).await;
+    };
+    // The task settles at the CLI's result line. The session stays held (the in-process queue,
+    // the lease and its renewal, the concurrency slot) until the CLI has exited, so the next task
+    // on it starts only after this CLI is gone; `close()` waits for that too.
+    let res = self.finish(session, &task_id, outcome, queued, threshold, trigger, true).await;
+    let (store, running, sid, tid) = (self.store.clone(), self.running.clone(), session.id.clone(), task_id.clone());
+    tokio::spawn(async move {
+      tail.await;
+      renew.abort();
+      let (sid2, tid2) = (sid.clone(), tid.clone());
+      let _ = tokio::task::spawn_blocking(move || store.release_lease(&sid2, &tid2)).await;
+      running.lock().unwrap_or_else(|p| p.into_inner()).remove(&tid);
+      drop(guard);
+    });
+    res
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.
@@ -934,8 +979,8 @@ impl Manager {
     sink: Option<EventSink>,
     cancel: &CancelToken,
     include_partials: bool,
-  ) -> Result<RunOutcome> {
-    let _permit = tokio::select! {
+  ) -> Result<(RunOutcome, Option<Tail>)> {
+    let permit = tokio::select! {
       p = self.slots.clone().acquire_owned() => p.map_err(|_| Error::new(ErrorCode::Closed, "the manager was closed"))?,
       _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for a free slot")),
     };
@@ -949,7 +994,14 @@ impl Manager {
         }
       }
     };
-    executor::run(&spec, cancel, forward).await
+    let (out, tail) = executor::run_until_result(&spec, cancel, forward, true).await?;
+    // The slot is the CLI's: it is freed when the CLI has exited.
+    Ok((out, tail.map(|t| -> Tail {
+      Box::pin(async move {
+        t.finish().await;
+        drop(permit);
+      })
+    })))
   }
 
   async fn finish(
@@ -960,12 +1012,13 @@ impl Manager {
     queued: Instant,
     threshold: f64,
     trigger: Option<&'static str>,
+    keep_lease: bool,
   ) -> Result<TaskResult> {
     let env = self.child_env(session).unwrap_or_default();
     let transcript_exists = transcript::config_dir(&env)
       .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
       .unwrap_or(false);
-    let mut end = TaskEnd { materialized: session.materialized || transcript_exists, ..Default::default() };
+    let mut end = TaskEnd { materialized: session.materialized || transcript_exists, keep_lease, ..Default::default() };
     let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
     let mut watermark = None;
     let mut compactions: Vec<executor::CompactEvent> = vec![];
@@ -1101,6 +1154,7 @@ impl Manager {
       stdin: prompt,
       timeout: None,
       stall_timeout: self.cfg.stall_timeout,
+      niceness: self.cfg.cli_niceness,
     };
     let opts = RunOptions { kind: "compact", cli: args, include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
     let res = self.run_locked(session, spec, sink, cancel, opts).await?;

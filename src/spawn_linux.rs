@@ -88,6 +88,8 @@ struct ChildArgs {
   /// Write end of the close-on-exec pipe a failure is reported on.
   report: RawFd,
   parent: libc::pid_t,
+  /// Nice increment (see `executor::lower_priority`).
+  niceness: i32,
 }
 
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
@@ -140,6 +142,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         fail(0);
       }
     }
+    crate::executor::lower_priority(a.niceness);
     if libc::chdir(a.cwd) != 0 {
       fail(1);
     }
@@ -149,8 +152,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Starts `program` (an absolute path) with `args`, exactly the environment `env`, in `cwd`,
-/// with piped stdio, in a new process group, set to die with this process.
-pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Path) -> Result<Spawned, SpawnError> {
+/// `niceness` steps below this process's priority, with piped stdio, in a new process group,
+/// set to die with this process.
+pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Path, niceness: i32) -> Result<Spawned, SpawnError> {
   let setup = |error: io::Error| SpawnError { step: Step::Setup, error };
   let cstr = |b: &[u8]| CString::new(b).map_err(|_| setup(io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument")));
   let program_c = cstr(program.as_os_str().as_bytes())?;
@@ -175,6 +179,7 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
     fds: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
     report: report_w.as_raw_fd(),
     parent: unsafe { libc::getpid() },
+    niceness,
   };
   // The child's stack: it makes a few system calls, nothing more.
   let mut stack = vec![0u8; 64 * 1024];
@@ -312,7 +317,7 @@ mod tests {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
     let script = "exec cat /proc/self/status /proc/self/stat; ".to_string();
-    let s = spawn(Path::new("/bin/sh"), &["-c".into(), script], &env(), &dir).unwrap();
+    let s = spawn(Path::new("/bin/sh"), &["-c".into(), script], &env(), &dir, 5).unwrap();
     let pid = s.child.id();
     let (out, status) = output(s).await;
     assert!(status.success());
@@ -324,8 +329,10 @@ mod tests {
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let pgrp: u32 = after.split(' ').nth(2).unwrap().parse().unwrap();
     assert_eq!(pgrp, pid, "the child leads its own process group");
+    let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
+    assert_eq!(nice, (crate::executor::own_nice() + 5).min(19), "the child runs 5 steps below this process");
 
-    let s = spawn(Path::new("/bin/sh"), &["-c".into(), "pwd; env".into()], &env(), &dir).unwrap();
+    let s = spawn(Path::new("/bin/sh"), &["-c".into(), "pwd; env".into()], &env(), &dir, 0).unwrap();
     let (out, _) = output(s).await;
     let mut lines = out.lines();
     assert_eq!(lines.next().unwrap(), dir.to_str().unwrap());
@@ -337,14 +344,14 @@ mod tests {
   #[tokio::test]
   async fn failures_name_the_step_and_a_dropped_child_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let e = spawn(Path::new("/nonexistent/claude"), &[], &env(), dir.path()).err().unwrap();
+    let e = spawn(Path::new("/nonexistent/claude"), &[], &env(), dir.path(), 0).err().unwrap();
     assert_eq!((e.step, e.error.kind()), (Step::Exec, io::ErrorKind::NotFound));
-    let e = spawn(Path::new("/bin/true"), &[], &env(), &dir.path().join("missing")).err().unwrap();
+    let e = spawn(Path::new("/bin/true"), &[], &env(), &dir.path().join("missing"), 0).err().unwrap();
     assert_eq!((e.step, e.error.kind()), (Step::Chdir, io::ErrorKind::NotFound));
-    let e = spawn(Path::new("/bin/true"), &["a\0b".into()], &env(), dir.path()).err().unwrap();
+    let e = spawn(Path::new("/bin/true"), &["a\0b".into()], &env(), dir.path(), 0).err().unwrap();
     assert_eq!(e.step, Step::Setup);
 
-    let s = spawn(Path::new("/bin/sleep"), &["30".into()], &env(), dir.path()).unwrap();
+    let s = spawn(Path::new("/bin/sleep"), &["30".into()], &env(), dir.path(), 0).unwrap();
     let pid = s.child.id() as libc::pid_t;
     drop(s);
     let gone = (0..200).any(|_| {

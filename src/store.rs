@@ -287,6 +287,8 @@ pub struct TaskEnd {
   pub context: Option<ContextSnapshot>,
   /// Whether the CLI now has a transcript for the session.
   pub materialized: bool,
+  /// Keep the session's lease: the CLI is still exiting, and [`Store::release_lease`] frees it.
+  pub keep_lease: bool,
 }
 
 /// A compaction row.
@@ -523,9 +525,24 @@ impl Store {
   /// blocking way". Meant for the JavaScript thread: a point read by primary key takes
   /// microseconds, less than a trip to another thread and back.
   pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
+    self.read_now(|c| Self::get_in(c, id, user_id))
+  }
+
+  /// `window_for`, answered without waiting or not at all, as `get_session_now` is.
+  pub fn window_for_now(&self, model: &str) -> Option<Result<Option<u64>>> {
+    self.read_now(|c| Self::window_in(c, model))
+  }
+
+  /// Runs a read on the calling thread when it needs no waiting: the connection is free and
+  /// SQLite needs no lock another process holds (the busy timeout is 0 for the read, then
+  /// restored). `None` means "ask the blocking path", which also reports a replaced file.
+  fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Option<Result<T>> {
     let conn = self.conn.try_lock().ok()?;
+    if self.identity.is_some() && file_identity(&self.path) != self.identity {
+      return None;
+    }
     conn.busy_timeout(Duration::ZERO).ok()?;
-    let r = Self::get_in(&conn, id, user_id);
+    let r = f(&conn);
     let restored = conn.busy_timeout(BUSY_TIMEOUT);
     match r {
       Err(e) if e.code == crate::error::ErrorCode::StoreError || restored.is_err() => None,
@@ -761,7 +778,7 @@ impl Store {
   }
 
   /// Ends a task: writes its row, adds to the session's totals, replaces the context snapshot
-  /// and frees the lease — all in one transaction.
+  /// and frees the lease (unless `end.keep_lease`) — all in one transaction.
   pub fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
     self.write(|tx| {
       let now = now_ms();
@@ -816,6 +833,16 @@ impl Store {
           params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
         )?;
       }
+      if !end.keep_lease {
+        exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
+      }
+      Ok(())
+    })
+  }
+
+  /// Frees the lease a task kept past its end (see [`TaskEnd::keep_lease`]).
+  pub fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
+    self.write(|tx| {
       exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
       Ok(())
     })
@@ -846,6 +873,16 @@ impl Store {
           tx.execute("DELETE FROM leases WHERE task_id = ?1", [&task_id])?;
           tx.execute("UPDATE sessions SET updated_at = ?2 WHERE id = ?1", params![session_id, now])?;
           n += 1;
+        }
+      }
+      // A lease kept past its task's end (the CLI was exiting) by a process that died since.
+      let kept: Vec<(String, i64)> = tx
+        .prepare("SELECT l.task_id, l.owner_pid FROM leases l JOIN tasks t ON t.id = l.task_id WHERE t.status != 'running'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+      for (task_id, pid) in kept {
+        if !is_alive(pid as u32) {
+          tx.execute("DELETE FROM leases WHERE task_id = ?1", [&task_id])?;
         }
       }
       Ok(n)
@@ -902,13 +939,16 @@ impl Store {
 
   /// The last window reported for a model, if any.
   pub fn window_for(&self, model: &str) -> Result<Option<u64>> {
-    self.with(|c| {
-      Ok(
-        c.query_row("SELECT context_window FROM model_windows WHERE model = ?1", [model], |r| r.get::<_, i64>(0))
-          .optional()?
-          .map(|w| w as u64),
-      )
-    })
+    self.with(|c| Self::window_in(c, model))
+  }
+
+  fn window_in(c: &Connection, model: &str) -> Result<Option<u64>> {
+    Ok(
+      c.prepare_cached("SELECT context_window FROM model_windows WHERE model = ?1")?
+        .query_row([model], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|w| w as u64),
+    )
   }
 
   // ---- compactions ------------------------------------------------------------------------

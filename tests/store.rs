@@ -164,6 +164,7 @@ fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
   assert_eq!(e.code, ErrorCode::StoreError);
   assert!(e.message.contains("deleted or replaced"), "{}", e.message);
   assert_eq!(s.get_session(A, "alice").unwrap_err().code, ErrorCode::StoreError);
+  assert!(s.get_session_now(A, "alice").is_none(), "the fast read steps aside so the blocking path reports it");
   // Replaced by another database: refused too.
   let other = Store::open(&dir.path().join("other.db")).unwrap();
   drop(other);
