@@ -146,12 +146,14 @@ export interface ContextSnapshot {
 
 /**
  * Counts tokens with tiktoken (`o200k_base` by default, or `cl100k_base`). Claude's own
- * tokenizer is not public: treat the count as an estimate of Claude tokens.
+ * tokenizer is not public: treat the count as an estimate of Claude tokens. The encoding can be
+ * given as a string, `countTokens(text, 'cl100k_base')`, the fastest form for short texts, or as
+ * `{ encoding }`, whose keys are checked.
  */
-export declare function countTokens(text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }): number
+export declare function countTokens(text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }): number
 
 /** `countTokens` off the JavaScript thread, for large texts: the promise settles with the count. */
-export declare function countTokensAsync(text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }): Promise<number>
+export declare function countTokensAsync(text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }): Promise<number>
 
 /** Every error code this package uses, for documentation and exhaustive handling. */
 export declare function errorCodes(): Array<string>

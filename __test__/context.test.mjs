@@ -162,6 +162,16 @@ test('countTokens: tiktoken counts, both encodings, async variant, bad input', a
   t.assert.throws(() => countTokens('x', { encoding: 'gpt2' }), (e) => e.code === 'INVALID_ARGUMENT')
   t.assert.throws(() => countTokens(42), (e) => e.code === 'INVALID_ARGUMENT')
   await rejectsWith(t, countTokensAsync('x', { encoding: 'p50k' }), 'INVALID_ARGUMENT')
+  // The encoding as a plain string: the same counts as `{ encoding }`, the same checks.
+  const code = 'fn main() {\n    println!("héllo, wörld");  \t\r\n}\n'.repeat(3)
+  for (const encoding of ['o200k_base', 'cl100k_base']) {
+    t.assert.strictEqual(countTokens(code, encoding), countTokens(code, { encoding }), encoding)
+    t.assert.strictEqual(await countTokensAsync(big, encoding), countTokens(big, { encoding }), encoding)
+  }
+  t.assert.notStrictEqual(countTokens(code, 'cl100k_base'), countTokens(code, 'o200k_base'), 'the string picks the encoding')
+  t.assert.throws(() => countTokens('x', 'gpt2'), (e) => e.code === 'INVALID_ARGUMENT' && /gpt2/.test(e.message))
+  t.assert.throws(() => countTokens('x', { encoding: 'cl100k_base', extra: 1 }), (e) => e.code === 'INVALID_ARGUMENT')
+  await rejectsWith(t, countTokensAsync('x', 'p50k'), 'INVALID_ARGUMENT')
 })
 
 test('history: getMessages replays the conversation after resume, fork and compaction', async (t) => {

@@ -191,7 +191,25 @@ unsafe fn to_json(env: napi::sys::napi_env, v: napi::sys::napi_value, at: &str, 
 
 /// Reads a JavaScript value into a core request type; shape errors are `INVALID_ARGUMENT`.
 fn parse<T: DeserializeOwned>(what: &str, v: Value) -> CoreResult<T> {
-  serde_json::from_value(v).map_err(|e| CoreError::invalid(format!("{what}: {e}")))
+  T::deserialize(&v).map_err(|e| {
+    let msg = e.to_string();
+    // serde names a missing or unknown field but not the one whose value has the wrong type:
+    // find it (on this error path only) by reading each field alone.
+    let culprit = match &v {
+      Value::Object(m) if !msg.contains('`') => m
+        .iter()
+        .find(|(k, x)| {
+          let alone = Value::Object(std::iter::once(((*k).clone(), (*x).clone())).collect());
+          T::deserialize(&alone).err().is_some_and(|e| e.to_string() == msg)
+        })
+        .map(|(k, _)| k.clone()),
+      _ => None,
+    };
+    match culprit {
+      Some(field) => CoreError::invalid(format!("{what}: {field}: {msg}")),
+      None => CoreError::invalid(format!("{what}: {msg}")),
+    }
+  })
 }
 
 /// Like [`parse`], with `null`/`undefined` meaning the type's defaults (optional option bags).
@@ -1213,8 +1231,10 @@ fn read_execute_options(env: &Env, what: &str, options: Option<Unknown<'_>>) -> 
 }
 
 /// Counts tokens with tiktoken (`o200k_base` by default, or `cl100k_base`). Claude's own
-/// tokenizer is not public: treat the count as an estimate of Claude tokens.
-#[napi(ts_args_type = "text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }")]
+/// tokenizer is not public: treat the count as an estimate of Claude tokens. The encoding can be
+/// given as a string, `countTokens(text, 'cl100k_base')`, the fastest form for short texts, or as
+/// `{ encoding }`, whose keys are checked.
+#[napi(ts_args_type = "text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }")]
 pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -> napi::Result<u32> {
   // Fast path (a string, no options or only `encoding`): the text goes from V8 straight into a
   // UTF-8 buffer in one pass, with no intermediate JSON value or copy.
@@ -1233,7 +1253,7 @@ pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -
 }
 
 /// `countTokens` off the JavaScript thread, for large texts: the promise settles with the count.
-#[napi(ts_args_type = "text: string, options?: { encoding?: 'o200k_base' | 'cl100k_base' }", ts_return_type = "Promise<number>")]
+#[napi(ts_args_type = "text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }", ts_return_type = "Promise<number>")]
 pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, u32>> {
   if let Some(enc) = fast_encoding(env, options) {
     match unsafe { js_string_len16(env.raw(), text.raw()) } {
@@ -1286,6 +1306,8 @@ fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<tokens::Enco
     ok(sys::napi_typeof(env, v, &mut t))?;
     match t {
       sys::ValueType::napi_undefined | sys::ValueType::napi_null => return Some(tokens::Encoding::O200kBase),
+      // The shorthand `countTokens(text, 'cl100k_base')`: one napi call, no keys to check.
+      sys::ValueType::napi_string => return tokens::Encoding::parse(Some(small_str(env, v, &mut [0u8; 32])?)).ok(),
       sys::ValueType::napi_object => {}
       _ => return None,
     }
@@ -1363,6 +1385,9 @@ unsafe fn with_js_str<R>(env: napi::sys::napi_env, v: napi::sys::napi_value, f: 
 }
 
 fn encoding_of(options: Value) -> CoreResult<tokens::Encoding> {
+  if let Value::String(name) = &options {
+    return tokens::Encoding::parse(Some(name));
+  }
   #[derive(serde::Deserialize, Default)]
   #[serde(deny_unknown_fields)]
   struct Opts {

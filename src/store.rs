@@ -641,7 +641,7 @@ impl Store {
       if Self::get_in(tx, id, user_id)?.is_none() {
         return Err(Error::not_found(id));
       }
-      if Self::lease_live(tx, id, now_ms())? {
+      if Self::task_running(tx, id, now_ms())? {
         return Err(Error::new(
           crate::error::ErrorCode::SessionBusy,
           format!("session {id} is running a task; abort it or wait before deleting"),
@@ -661,7 +661,8 @@ impl Store {
       let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
       let sql = "SELECT id FROM sessions s WHERE user_id = ?1 AND (?2 IS NULL OR project_id = ?2)
          AND last_active_at < ?3 AND (?4 = 0 OR status = 'archived')
-         AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.session_id = s.id AND l.expires_at > ?5)";
+         AND NOT EXISTS (SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
+           WHERE l.session_id = s.id AND l.expires_at > ?5 AND t.status = 'running')";
       let ids: Vec<String> = tx
         .prepare(sql)?
         .query_map(params![user_id, project_id, cutoff, keep_active as i64, now], |r| r.get(0))?
@@ -704,6 +705,21 @@ impl Store {
       tx.prepare_cached("SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2")?
         .query_row(params![session_id, now], |_| Ok(true))
         .optional()?
+      .unwrap_or(false),
+    )
+  }
+
+  /// Whether a task of the session is running: its lease is live and its row not yet ended. A
+  /// lease kept past the task's end (its CLI is exiting) does not make the session busy for
+  /// deletion; it still keeps the next task waiting (`lease_live`).
+  fn task_running(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
+    Ok(
+      tx.prepare_cached(
+        "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.session_id = ?1 AND l.expires_at > ?2 AND t.status = 'running'",
+      )?
+      .query_row(params![session_id, now], |_| Ok(true))
+      .optional()?
       .unwrap_or(false),
     )
   }

@@ -212,3 +212,33 @@ fn reads_without_waiting_answer_like_get_session_or_step_aside() {
   }
   writer.join().unwrap();
 }
+
+#[test]
+fn a_lease_kept_while_the_cli_exits_holds_the_next_task_but_not_deletion() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  for id in [A, B] {
+    s.create_session(&new_session(id, "alice", "p")).unwrap();
+  }
+  let me = Owner { id: "me".into(), pid: std::process::id() };
+  let ttl = Duration::from_secs(30);
+  assert!(s.try_begin_task(A, "t1", "task", "m", &me, ttl).unwrap());
+  s.finish_task(A, "t1", &TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() }, None).unwrap();
+  assert_eq!(s.list_tasks(A).unwrap()[0].status, "succeeded", "the task has ended");
+  assert!(!s.try_begin_task(A, "t2", "task", "m", &me, ttl).unwrap(), "the next task waits for the exit");
+  s.release_lease(A, "t1").unwrap();
+  assert!(s.try_begin_task(A, "t2", "task", "m", &me, ttl).unwrap(), "and runs once it is released");
+
+  // Deleting does not wait for an exiting CLI: its task is over.
+  assert!(s.try_begin_task(B, "t3", "task", "m", &me, ttl).unwrap());
+  s.finish_task(B, "t3", &TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() }, None).unwrap();
+  s.delete_session(B, "alice").unwrap();
+  s.release_lease(B, "t3").unwrap();
+  // But a running task still makes its session busy.
+  assert_eq!(s.delete_session(A, "alice").unwrap_err().code, ErrorCode::SessionBusy);
+
+  // A kept lease whose process died is dropped at the next open.
+  s.finish_task(A, "t2", &TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() }, None).unwrap();
+  assert_eq!(s.recover_interrupted(&|pid| pid != std::process::id()).unwrap(), 0, "no running task to interrupt");
+  assert!(s.try_begin_task(A, "t4", "task", "m", &me, ttl).unwrap(), "the dead holder's lease is gone");
+}

@@ -76,8 +76,8 @@ export class LifetimeLog {
       .split('\n')
       .filter(Boolean)
       .map((l) => {
-        const [main, forked, reaped, maxRssKb, status, pid] = l.split(' ')
-        return { main: BigInt(main), forked: BigInt(forked), reaped: BigInt(reaped), maxRssKb: Number(maxRssKb), status: Number(status), pid: Number(pid) }
+        const [main, forked, reaped, maxRssKb, status, pid, result = '0'] = l.split(' ')
+        return { main: BigInt(main), forked: BigInt(forked), reaped: BigInt(reaped), maxRssKb: Number(maxRssKb), status: Number(status), pid: Number(pid), result: result === '0' ? null : BigInt(result) }
       })
   }
   /** The records added since the last call (waiting up to `waitMs` for at least one). */

@@ -42,7 +42,8 @@ async function timedTask(manager, log, request) {
   const t1 = ns()
   if (!r.success) throw new Error(`task failed: ${r.error?.code} ${r.error?.message}`)
   const [life] = (await log.next()).sort((a, b) => Number(b.reaped - b.forked - (a.reaped - a.forked)))
-  return { sessionId: r.sessionId, wall: ms(t0, t1), cli: ms(life.forked, life.reaped), overhead: ms(t0, life.main) + ms(life.reaped, t1) }
+  // As in section 2: executeTask settles at the end of the CLI's result line.
+  return { sessionId: r.sessionId, wall: ms(t0, t1), cli: ms(life.forked, life.reaped), overhead: ms(t0, life.main) + ms(life.result ?? life.reaped, t1) }
 }
 
 const stat = (v) => ({ median: median(v), p90: p90(v) })

@@ -38,6 +38,8 @@ const out = { load: [machineLoad()] }
     databasePath: ws.db,
     workingDirectory: ws.work,
     maxConcurrentTasks: 64,
+    // --niceness=N sets cliNiceness (default: the addon's default, 10).
+    ...(opt.niceness !== undefined ? { cliNiceness: Number(opt.niceness) } : {}),
     env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config },
   })
   // Warm-up (page cache, the CLI's first start), then an idle baseline of the event loop.
@@ -75,6 +77,7 @@ const out = { load: [machineLoad()] }
   const kids = await new Promise((r) => monitor.once('message', r))
   const sessions = new Set(results.map((r) => r.sessionId).filter(Boolean))
   out.concurrent = {
+    cliNiceness: opt.niceness !== undefined ? Number(opt.niceness) : 'default (10)',
     tasks: TASKS,
     completed: results.filter((r) => r.ok).length,
     distinctSessions: sessions.size,

@@ -8,8 +8,11 @@
 // process.hrtime.bigint() reads the same clock, so per task:
 //   pre  = wrapper main − call           (validation, store writes, spawning)
 //   CLI  = reaped − fork                  (the claude process, start to exit)
-//   post = settled − reaped               (noticing the exit, store writes, resolving)
-//   overhead = pre + post = wall − CLI − (the wrapper's own fork, microseconds)
+//   post = settled − what the caller waits for: the end of the CLI's `result` line (the wrapper
+//          relays the CLI's stdout and notes it) for executeTask, which settles there and leaves
+//          the CLI's exit to the background; the exit (reaped) for the SDK, whose iterator ends
+//          only then (its `result` message arrives earlier, "to result")
+//   overhead = pre + post
 // The wrapper itself costs a little (its exec, and its exit after the CLI's), which lands in
 // pre/post: the "wrapper cost" calibration below measures it with a fake CLI that answers at
 // once, run with and without the wrapper, and it is reported (not subtracted) next to the bar.
@@ -85,13 +88,16 @@ function record(impl, kind, r) {
   const life = r.life.sort((a, b) => Number(b.reaped - b.forked - (a.reaped - a.forked)))[0]
   if (!life) return { impl, kind, wall: ms(r.t0, r.t1), toResult: ms(r.t0, r.tResult), cli: NaN, pre: NaN, post: NaN, overhead: NaN, processes: 0 }
   const pre = ms(r.t0, life.main)
-  const post = ms(life.reaped, r.t1)
+  const settlesOn = impl === 'manager' ? life.result : life.reaped
+  const post = settlesOn === null ? NaN : ms(settlesOn, r.t1)
   return {
     impl,
     kind,
     wall: ms(r.t0, r.t1),
     toResult: ms(r.t0, r.tResult),
     cli: ms(life.forked, life.reaped),
+    cliToResult: life.result === null ? NaN : ms(life.forked, life.result),
+    exitAfterResult: life.result === null ? NaN : ms(life.result, life.reaped),
     pre,
     post,
     overhead: pre + post,
@@ -150,7 +156,7 @@ for (let i = 0; i < CAL_RUNS + 2; i++) {
   cal.direct.push(d)
   cal.wrapped.push(ms(t0, t1))
   cal.wrappedPre.push(ms(t0, life.main))
-  cal.wrappedPost.push(ms(life.reaped, t1))
+  cal.wrappedPost.push(ms(life.result ?? life.reaped, t1))
   cal.wrappedCli.push(ms(life.forked, life.reaped))
 }
 await direct.close()
@@ -168,6 +174,8 @@ for (const impl of ['manager', 'sdk']) {
       wall: { median: median(col('wall')), p90: p90(col('wall')) },
       toResult: { median: median(col('toResult')), p90: p90(col('toResult')) },
       cli: { median: median(col('cli')), p90: p90(col('cli')) },
+      cliToResult: { median: median(col('cliToResult')), p90: p90(col('cliToResult')) },
+      exitAfterResult: { median: median(col('exitAfterResult')), p90: p90(col('exitAfterResult')) },
       pre: { median: median(col('pre')), p90: p90(col('pre')) },
       post: { median: median(col('post')), p90: p90(col('post')) },
       overhead: { median: median(col('overhead')), p90: p90(col('overhead')) },
