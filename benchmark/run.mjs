@@ -221,7 +221,7 @@ if (tasks) {
   table(['contender — task', 'wall ms (median / p90)', 'to result ms', 'CLI lifetime ms (median / p90)', 'CLI to result ms', 'CLI exit after result ms', 'pre ms', 'post ms', 'overhead ms (median / p90)', 'CLI max RSS MB'], ['manager/new', 'sdk/new', 'manager/resume', 'sdk/resume'].map(row))
   const c = tasks.calibration
   md.push(
-    `Wrapper cost, measured with a fake CLI (a shell script that answers at once) run ${c.runs} times through the manager with and without the wrapper: ${fmt(c.wrapperCost)} ms per task (medians ${fmt(c.wrappedWall)} vs ${fmt(c.directWall)} ms). It is inside the overheads above (its exec in *pre*, its exit after the CLI's in *post*) and is **not** subtracted: the bars below are judged on the raw figures.`,
+    `Wrapper cost, measured with a fake CLI (a shell script that answers at once) run ${c.runs} times through the manager with and without the wrapper: ${fmt(c.wrapperCost)} ms per task (medians ${fmt(c.wrappedWall)} vs ${fmt(c.directWall)} ms). It is inside the overheads above (its exec and start-up in *pre*; in *post*, its relay of the CLI's stdout for executeTask and its exit after the CLI's for the SDK) and is **not** subtracted: the bars below are judged on the raw figures.`,
     '',
   )
   for (const kind of ['new', 'resume']) {
@@ -241,6 +241,7 @@ if (scale) {
     md.push(`### ${c.tasks} concurrent tasks across ${c.tasks} sessions (maxConcurrentTasks 64)`, '')
     md.push('The real CLI against the stand-in (in another process); all tasks started at once with `Promise.all`; event-loop delay from `perf_hooks.monitorEventLoopDelay({ resolution: 1 })` over the whole burst. The CLI processes\' RSS is sampled from a sibling process (so the sampling does not load the loop being measured), which also measures its own event-loop delay as a control: what any Node process on this machine sees while 64 CLIs compete for 2 cores.', '')
     table(['measure', 'value'], [
+      ['CLI priority', `cliNiceness ${c.cliNiceness ?? 'default'} (the CLIs run that many nice steps below Node)`],
       ['tasks completed', `${c.completed} / ${c.tasks}${c.failures.length ? ` (failures: ${c.failures.join(', ')})` : ''}, ${c.distinctSessions} distinct sessions`],
       ['wall for the burst', `${fmt(c.wallMs / 1000, 1)} s (${fmt(c.tasksPerSec)} tasks/s); per-task latency median ${fmt(c.latency.median / 1000, 1)} s, p90 ${fmt(c.latency.p90 / 1000, 1)} s`],
       ['event-loop delay during the burst', `p50 ${fmt(c.eventLoopDelayMs.p50)} ms, **p99 ${fmt(c.eventLoopDelayMs.p99)} ms**, max ${fmt(c.eventLoopDelayMs.max)} ms`],

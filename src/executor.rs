@@ -666,6 +666,12 @@ pub(crate) fn own_nice() -> i32 {
 mod tests {
   use super::*;
 
+  /// Whether the process is gone (or a zombie waiting to be reaped), from /proc.
+  fn gone(pid: u32) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    state.is_empty() || state.contains(") Z")
+  }
+
   #[cfg(unix)]
   #[tokio::test]
   async fn settling_at_the_result_leaves_the_exit_to_the_tail_which_ends_the_group() {
@@ -679,10 +685,7 @@ mod tests {
         marker.display()
       ),
     );
-    let alive = |pid: u32| {
-      let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-      !state.is_empty() && !state.contains(") Z")
-    };
+    let alive = |pid: u32| !gone(pid);
     let (out, tail) = run_until_result(&spec(p.clone(), dir.path()), &CancelToken::new(), |_| {}, true).await.unwrap();
     assert_eq!(out.result.unwrap().result.as_deref(), Some("ok"));
     let pid = out.pid.unwrap();
@@ -852,10 +855,6 @@ exit 3"#,
     let out = run(&s, &CancelToken::new(), |_| {}).await.unwrap();
     assert_eq!(out.reason, EndReason::Stalled);
     let gc: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let gone = |pid: u32| {
-      let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-      state.is_empty() || state.contains(") Z")
-    };
     assert!(gone(gc), "the grandchild outlived the stall");
     assert!(gone(out.pid.unwrap()), "the CLI outlived the stall");
 
