@@ -377,17 +377,27 @@ impl Manager {
   }
 
   /// Runs blocking store work off the async threads.
+  /// Runs a store call on the blocking pool.
   async fn db<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
     self.check_open()?;
     let store = self.store.clone();
-    // On a multi-thread runtime (napi's), run the store call on this worker: tokio hands the
-    // worker's other tasks to another thread meanwhile, and the call skips a hop to the blocking
-    // pool and back (about 0.1 ms per call on a cold pool, several per task).
-    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-      return tokio::task::block_in_place(move || f(&store));
-    }
     tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
   }
+
+  /// A point read or small write (by primary key, a few rows): run right here, on the tokio
+  /// worker, when it can go through without waiting (see [`Store::now`]), because it takes tens
+  /// of microseconds, less than a hop to the blocking pool and back; else as [`Self::db`]. (Not
+  /// `block_in_place`: that can turn this worker into a pool thread that exits when idle, and a
+  /// CLI spawned from a thread gets its parent-death signal when that thread exits.)
+  async fn point<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    self.check_open()?;
+    if let Some(r) = self.store.now(&f) {
+      return r;
+    }
+    self.db(f).await
+  }
+
+
 
   /// Resolves a requested working directory (or the manager's) inside the allowed roots.
   fn working_dir(&self, requested: Option<&str>) -> Result<PathBuf> {
@@ -451,11 +461,14 @@ impl Manager {
   }
 
   pub async fn get_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
+    if let Some(s) = self.get_session_now(session_id, user_id) {
+      return Ok(s);
+    }
     let id = validate::session_id("sessionId", session_id)?;
     validate::id("userId", user_id)?;
     let user = user_id.to_owned();
     let shown = id.clone();
-    self.db(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
+    self.point(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
   }
 
   pub async fn get_or_create(&self, project_id: &str, user_id: &str, prefer_active: bool, working_directory: Option<&str>) -> Result<(Session, bool)> {
@@ -517,7 +530,7 @@ impl Manager {
       config_dir: parent.config_dir.clone(),
       ..self.new_session(&parent.project_id, &parent.user_id, None, None, PathBuf::from(&parent.working_directory))
     };
-    self.db(move |s| s.create_session(&new)).await
+    self.point(move |s| s.create_session(&new)).await
   }
 
   pub async fn get_context(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Result<ContextInfo> {
@@ -534,7 +547,7 @@ impl Manager {
       return Ok(self.cfg.context_window);
     }
     let model = s.model.clone();
-    Ok(self.db(move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
+    Ok(self.point(move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
   }
 
   /// A session answered at once, on the calling thread, when the store can be read without
@@ -680,7 +693,7 @@ impl Manager {
     }
     if let Some(parent) = &session.parent_id {
       let (pid, user) = (parent.clone(), session.user_id.clone());
-      if let Some(p) = self.db(move |s| s.get_session(&pid, &user)).await? {
+      if let Some(p) = self.point(move |s| s.get_session(&pid, &user)).await? {
         if p.materialized {
           return Ok(SessionMode::Fork { parent: p.id, child: session.id.clone() });
         }
@@ -744,7 +757,7 @@ impl Manager {
       (None, _) => {
         let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
-        (self.db(move |s| s.create_session(&new)).await?, None)
+        (self.point(move |s| s.create_session(&new)).await?, None)
       }
       (Some(id), fork) => {
         let s = self.get_session(id, &r.user_id).await?;
@@ -835,7 +848,11 @@ impl Manager {
     }
     let session = self.get_session(session_id, user_id).await?;
     let (me, s2) = (self.clone(), session.clone());
-    let (tokens, tiktoken, factor, family, observations) = self.db(move |_| me.estimate_blocking(&s2, &prompt)).await?;
+    let (tokens, tiktoken, factor, family, observations) = {
+      self.check_open()?;
+      // It reads the transcript: off the async workers.
+      tokio::task::spawn_blocking(move || me.estimate_blocking(&s2, &prompt)).await.map_err(|e| Error::internal(format!("estimator failed: {e}")))??
+    };
     let window = self.window_of(&session).await?;
     let context_info = context::context_info(session.context.as_ref(), window, threshold, tokens);
     Ok(PromptEstimate { tokens, tiktoken_tokens: tiktoken, factor, family: family.as_str().to_string(), observations, context_info })
@@ -851,8 +868,9 @@ impl Manager {
     let offset = offset.map(|o| validate::non_negative_int("offset", o)).transpose()?.map(|o| o as usize);
     let session = self.get_session(session_id, user_id).await?;
     let path = self.transcript_of(&session)?;
-    self
-      .db(move |_| {
+    self.check_open()?;
+    // Reading a transcript can take milliseconds: off the async workers.
+    tokio::task::spawn_blocking(move || {
         let history = match path {
           Some(p) => transcript::read_messages(&p)?,
           None => transcript::History::default(),
@@ -864,6 +882,7 @@ impl Manager {
         Ok(MessagesPage { messages: page.messages, offset: page.offset, total: page.total, live_from: history.live_from, compactions: history.compactions })
       })
       .await
+      .map_err(|e| Error::internal(format!("transcript reader failed: {e}")))?
   }
 
   fn search_dirs(&self) -> Vec<PathBuf> {
@@ -901,10 +920,16 @@ impl Manager {
       _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
     };
     let model = cli.model.clone().unwrap_or_else(|| session.model.clone());
-    loop {
-      let (sid, tid, m, owner, ttl) = (session.id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
-      if self.db(move |s| s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)).await? {
-        break;
+    // Once the lease is ours, the session is read again (in the same trip to the store): a task
+    // that ran while this one waited (in this process or another) may have created its
+    // transcript or moved its cost watermark.
+    let fresh = loop {
+      let (sid, uid, tid, m, owner, ttl) = (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
+      let began = self
+        .point(move |s| Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? { Some(s.get_session(&sid, &uid).ok().flatten()) } else { None }))
+        .await?;
+      if let Some(fresh) = began {
+        break fresh;
       }
       if queued.elapsed() >= queue_timeout {
         return Err(busy());
@@ -913,14 +938,8 @@ impl Manager {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
       }
-    }
-    // Read the session again now that it is ours: a task that ran while this one waited (in this
-    // process or another) may have created its transcript or moved its cost watermark.
-    let (sid, uid) = (session.id.clone(), session.user_id.clone());
-    let session = &match self.db(move |s| s.get_session(&sid, &uid)).await {
-      Ok(Some(fresh)) => fresh,
-      _ => session.clone(),
     };
+    let session = &fresh.unwrap_or_else(|| session.clone());
     let mode = self.session_mode(session).await;
     self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
     let renew = {
@@ -970,7 +989,7 @@ impl Manager {
   async fn aborted_in_queue(&self, session: &Session, task_id: &str, kind: &'static str, queued: Instant, threshold: f64) -> Result<TaskResult> {
     let msg = "the task was aborted while it waited for its session";
     let (sid, tid, owner) = (session.id.clone(), task_id.to_owned(), self.owner.clone());
-    self.db(move |s| s.record_unstarted_task(&sid, &tid, kind, &owner, "aborted", "ABORTED", msg)).await?;
+    self.point(move |s| s.record_unstarted_task(&sid, &tid, kind, &owner, "aborted", "ABORTED", msg)).await?;
     let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
     res.duration_total_ms = queued.elapsed().as_millis() as u64;
     res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
@@ -1117,10 +1136,10 @@ impl Manager {
     let (sid, tid, rows) = (session.id.clone(), task_id.to_owned(), res.compactions.clone());
     let reported_window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
     self
-      .db(move |s| {
+      .point(move |s| {
         s.finish_task(&sid, &tid, &end, watermark)?;
-        if let Some((model, window)) = reported_window {
-          s.remember_window(&model, window)?;
+        if let Some((model, window)) = &reported_window {
+          s.remember_window(model, *window)?;
         }
         for c in &rows {
           s.add_compaction(c)?;

@@ -14,6 +14,28 @@ use crate::error::{Error, Result};
 /// How long a writer waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where this thread is in a [`Store::now`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Now {
+  /// Not in one: store calls wait for locks as usual.
+  Off,
+  /// Nothing done yet: the next store call gives up instead of waiting.
+  Trying,
+  /// A store call went through: the rest wait as usual.
+  Done,
+  /// A store call would have waited and gave up.
+  WouldBlock,
+}
+
+thread_local! {
+  static NOW: std::cell::Cell<Now> = const { std::cell::Cell::new(Now::Off) };
+}
+
+fn would_block() -> Error {
+  NOW.with(|n| n.set(Now::WouldBlock));
+  Error::store("the store is busy (the caller waits where it may)")
+}
+
 /// Forward migrations; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
   // 0 -> 1: the first release: sessions only.
@@ -438,14 +460,51 @@ impl Store {
   }
 
   fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-    let mut conn = self.conn.lock().map_err(|_| Error::internal("store lock poisoned"))?;
+    let trying = NOW.with(|n| n.get()) == Now::Trying;
+    let mut conn = if trying {
+      match self.conn.try_lock() {
+        Ok(c) => c,
+        Err(std::sync::TryLockError::WouldBlock) => return Err(would_block()),
+        Err(std::sync::TryLockError::Poisoned(_)) => return Err(Error::internal("store lock poisoned")),
+      }
+    } else {
+      self.conn.lock().map_err(|_| Error::internal("store lock poisoned"))?
+    };
     if self.identity.is_some() && file_identity(&self.path) != self.identity {
       return Err(Error::store(format!(
         "the session store {} was deleted or replaced while open; nothing was written. Restore the file or create a new SessionManager",
         self.path.display()
       )));
     }
-    f(&mut conn)
+    if !trying {
+      return f(&mut conn);
+    }
+    // SQLite calls this instead of waiting for another process's lock: give up at once.
+    conn.busy_handler(Some(|_| {
+      NOW.with(|n| n.set(Now::WouldBlock));
+      false
+    }))?;
+    let r = f(&mut conn);
+    let restored = conn.busy_timeout(BUSY_TIMEOUT);
+    if NOW.with(|n| n.get()) == Now::Trying {
+      // It went through: whatever follows in the same `now` call runs to the end, waiting if it
+      // must, so that a call is never half done and then run again.
+      NOW.with(|n| n.set(Now::Done));
+    }
+    restored?;
+    r
+  }
+
+  /// Runs `f` on this thread if its first store call can go through without waiting: the
+  /// connection is free and SQLite needs no lock that another process holds. `None` when it
+  /// would have waited; nothing was done then (a write takes its lock first, with
+  /// `BEGIN IMMEDIATE`), and the caller runs `f` where waiting is fine. Store calls after the
+  /// first one wait as usual.
+  pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
+    let outer = NOW.with(|n| n.replace(Now::Trying));
+    let r = f(self);
+    let state = NOW.with(|n| n.replace(outer));
+    (state != Now::WouldBlock).then_some(r)
   }
 
   fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -525,29 +584,12 @@ impl Store {
   /// blocking way". Meant for the JavaScript thread: a point read by primary key takes
   /// microseconds, less than a trip to another thread and back.
   pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
-    self.read_now(|c| Self::get_in(c, id, user_id))
+    self.now(|s| s.get_session(id, user_id))
   }
 
   /// `window_for`, answered without waiting or not at all, as `get_session_now` is.
   pub fn window_for_now(&self, model: &str) -> Option<Result<Option<u64>>> {
-    self.read_now(|c| Self::window_in(c, model))
-  }
-
-  /// Runs a read on the calling thread when it needs no waiting: the connection is free and
-  /// SQLite needs no lock another process holds (the busy timeout is 0 for the read, then
-  /// restored). `None` means "ask the blocking path", which also reports a replaced file.
-  fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Option<Result<T>> {
-    let conn = self.conn.try_lock().ok()?;
-    if self.identity.is_some() && file_identity(&self.path) != self.identity {
-      return None;
-    }
-    conn.busy_timeout(Duration::ZERO).ok()?;
-    let r = f(&conn);
-    let restored = conn.busy_timeout(BUSY_TIMEOUT);
-    match r {
-      Err(e) if e.code == crate::error::ErrorCode::StoreError || restored.is_err() => None,
-      r => Some(r),
-    }
+    self.now(|s| s.window_for(model))
   }
 
   /// Sessions of a user, newest activity first.

@@ -164,7 +164,7 @@ fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
   assert_eq!(e.code, ErrorCode::StoreError);
   assert!(e.message.contains("deleted or replaced"), "{}", e.message);
   assert_eq!(s.get_session(A, "alice").unwrap_err().code, ErrorCode::StoreError);
-  assert!(s.get_session_now(A, "alice").is_none(), "the fast read steps aside so the blocking path reports it");
+  assert_eq!(s.get_session_now(A, "alice").expect("nothing to wait for").unwrap_err().code, ErrorCode::StoreError, "the fast read reports it too");
   // Replaced by another database: refused too.
   let other = Store::open(&dir.path().join("other.db")).unwrap();
   drop(other);
@@ -241,4 +241,40 @@ fn a_lease_kept_while_the_cli_exits_holds_the_next_task_but_not_deletion() {
   s.finish_task(A, "t2", &TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() }, None).unwrap();
   assert_eq!(s.recover_interrupted(&|pid| pid != std::process::id()).unwrap(), 0, "no running task to interrupt");
   assert!(s.try_begin_task(A, "t4", "task", "m", &me, ttl).unwrap(), "the dead holder's lease is gone");
+}
+
+#[test]
+fn now_gives_up_before_waiting_and_never_half_way() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  // Another process holds the write lock: a write gives up at once and writes nothing.
+  let other = Connection::open(&path).unwrap();
+  other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+  assert!(s.now(|s| s.create_session(&new_session(B, "alice", "p"))).is_none());
+  // Reads need no lock under WAL: they go through.
+  assert_eq!(s.now(|s| s.get_session(A, "alice")).unwrap().unwrap().unwrap().id, A);
+  other.execute_batch("COMMIT;").unwrap();
+  assert!(s.get_session(B, "alice").unwrap().is_none(), "nothing was written");
+  assert_eq!(s.now(|s| s.create_session(&new_session(B, "alice", "p"))).unwrap().unwrap().id, B);
+
+  // Once a first call went through, the ones after it wait as usual instead of giving up, so the
+  // caller never has to run a half-done sequence again.
+  let other = Connection::open(&path).unwrap();
+  let me = Owner { id: "me".into(), pid: std::process::id() };
+  let r = s.now(|s| {
+    let began = s.try_begin_task(A, "t1", "task", "m", &me, Duration::from_secs(30))?;
+    other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    // The lock is released from another thread after a while (its connection moves there).
+    let holder = std::thread::spawn(move || {
+      std::thread::sleep(Duration::from_millis(200));
+      other.execute_batch("COMMIT;").unwrap();
+    });
+    let finished = s.finish_task(A, "t1", &TaskEnd { status: "succeeded".into(), ..Default::default() }, None);
+    holder.join().unwrap();
+    finished.map(|_| began)
+  });
+  assert_eq!(r.expect("not given up").unwrap(), true);
+  assert_eq!(s.list_tasks(A).unwrap()[0].status, "succeeded");
 }
