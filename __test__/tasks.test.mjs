@@ -375,6 +375,10 @@ test('task: the CLI runs cliNiceness steps below Node (default 10); the next tas
     t.assert.ok(b.success, JSON.stringify(b.error))
     t.assert.strictEqual(b.result, 'Echo #2: two', 'the second task resumed the first one\'s full history')
     t.assert.strictEqual(firstAliveAtSecondStart, false, 'the second CLI started after the first had exited')
+    // Right after a task settles its CLI may still be exiting; that is not a busy session, even
+    // for a caller that accepts no waiting at all.
+    const third = await manager.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId: session.id, queueTimeoutMs: 0 })
+    t.assert.ok(third.success, JSON.stringify(third.error))
     await manager.close()
     t.assert.ok(!fs.existsSync(`/proc/${seen.pid}/cmdline`) || fs.readFileSync(`/proc/${seen.pid}/cmdline`, 'utf8') === '', 'no CLI is left after close()')
   }

@@ -318,6 +318,15 @@ struct RunOptions {
   queue_timeout: Option<Duration>,
 }
 
+/// A task handle aborted when dropped (the lease renewal: it must never outlive its task).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+  fn drop(&mut self) {
+    self.0.abort();
+  }
+}
+
 /// Work left after a task settled: the CLI's exit, then freeing what the task held.
 type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -333,6 +342,9 @@ pub struct Manager {
   slots: Arc<Semaphore>,
   /// Tasks between start and the CLI's exit (which can come after the task has settled).
   running: Arc<Mutex<HashMap<String, CancelToken>>>,
+  /// Sessions whose last task has settled while its CLI is still exiting: the receiver sees its
+  /// channel close once the session is free again.
+  finishing: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>,
   closed: AtomicBool,
 }
 
@@ -361,6 +373,7 @@ impl Manager {
       owner: Owner { id: uuid::Uuid::new_v4().to_string(), pid: std::process::id() },
       session_locks: Mutex::new(HashMap::new()),
       running: Arc::new(Mutex::new(HashMap::new())),
+      finishing: Arc::new(Mutex::new(HashMap::new())),
       closed: AtomicBool::new(false),
     })
   }
@@ -914,6 +927,17 @@ impl Manager {
       )
     };
     let task_id = uuid::Uuid::new_v4().to_string();
+    // A task that has settled but whose CLI is still exiting holds the session for a moment
+    // more: wait for that first, so that it does not count against `queueTimeoutMs` (the caller
+    // sees no task running).
+    let exiting = self.finishing.lock().unwrap_or_else(|p| p.into_inner()).get(&session.id).cloned();
+    if let Some(mut exiting) = exiting {
+      tokio::select! {
+        _ = exiting.changed() => {}
+        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
+      }
+    }
+    let queued_for_lock = Instant::now();
     let lock = self.session_lock(&session.id);
     let guard = tokio::select! {
       g = tokio::time::timeout(queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
@@ -923,15 +947,30 @@ impl Manager {
     // Once the lease is ours, the session is read again (in the same trip to the store): a task
     // that ran while this one waited (in this process or another) may have created its
     // transcript or moved its cost watermark.
+    // Time spent behind another process's exiting CLI does not count, as above.
+    let mut excused = Duration::ZERO;
+    let mut last = Instant::now();
     let fresh = loop {
       let (sid, uid, tid, m, owner, ttl) = (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
       let began = self
-        .point(move |s| Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? { Some(s.get_session(&sid, &uid).ok().flatten()) } else { None }))
+        .point(move |s| {
+          Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? {
+            Ok(s.get_session(&sid, &uid).ok().flatten())
+          } else {
+            Err(s.lease_kept_after_end(&sid)?)
+          })
+        })
         .await?;
-      if let Some(fresh) = began {
-        break fresh;
+      let exiting_elsewhere = match began {
+        Ok(fresh) => break fresh,
+        Err(exiting) => exiting,
+      };
+      let now = Instant::now();
+      if exiting_elsewhere {
+        excused += now - last;
       }
-      if queued.elapsed() >= queue_timeout {
+      last = now;
+      if queued_for_lock.elapsed().saturating_sub(excused) >= queue_timeout {
         return Err(busy());
       }
       tokio::select! {
@@ -944,13 +983,13 @@ impl Manager {
     self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
     let renew = {
       let (store, sid, tid, ttl) = (self.store.clone(), session.id.clone(), task_id.clone(), self.cfg.lease_ttl);
-      tokio::spawn(async move {
+      AbortOnDrop(tokio::spawn(async move {
         loop {
           tokio::time::sleep(ttl / 3).await;
           let (store, sid, tid) = (store.clone(), sid.clone(), tid.clone());
           let _ = tokio::task::spawn_blocking(move || store.renew_lease(&sid, &tid, ttl)).await;
         }
-      })
+      }))
     };
     let outcome = match mode {
       Ok(mode) => {
@@ -965,7 +1004,7 @@ impl Manager {
       Err(e) => (Err(e), None),
     };
     let Some(tail) = tail else {
-      renew.abort();
+      drop(renew);
       self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
       return self.finish(session, &task_id, outcome, queued, threshold, trigger, false).await;
     };
@@ -973,14 +1012,23 @@ impl Manager {
     // the lease and its renewal, the concurrency slot) until the CLI has exited, so the next task
     // on it starts only after this CLI is gone; `close()` waits for that too.
     let res = self.finish(session, &task_id, outcome, queued, threshold, trigger, true).await;
-    let (store, running, sid, tid) = (self.store.clone(), self.running.clone(), session.id.clone(), task_id.clone());
+    // If the end could not be recorded, the row is still `running`: leave the lease to expire,
+    // and the next task marks it `interrupted` (as after a crash).
+    let recorded = res.is_ok();
+    let (exiting_tx, exiting_rx) = tokio::sync::watch::channel(());
+    self.finishing.lock().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), exiting_rx);
+    let (store, running, finishing, sid, tid) = (self.store.clone(), self.running.clone(), self.finishing.clone(), session.id.clone(), task_id.clone());
     tokio::spawn(async move {
       tail.await;
-      renew.abort();
-      let (sid2, tid2) = (sid.clone(), tid.clone());
-      let _ = tokio::task::spawn_blocking(move || store.release_lease(&sid2, &tid2)).await;
+      drop(renew);
+      if recorded {
+        let (sid2, tid2) = (sid.clone(), tid.clone());
+        let _ = tokio::task::spawn_blocking(move || store.release_lease(&sid2, &tid2)).await;
+      }
       running.lock().unwrap_or_else(|p| p.into_inner()).remove(&tid);
+      finishing.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
       drop(guard);
+      drop(exiting_tx);
     });
     res
   }
@@ -1058,7 +1106,15 @@ impl Manager {
         res.model = out.model.clone();
         compactions = out.compactions.clone();
         let tail = out.stderr_tail.trim();
-        let tail = if tail.is_empty() { String::new() } else { format!("; stderr: {}", &tail[tail.len().saturating_sub(1000)..]) };
+        let tail = if tail.is_empty() {
+          String::new()
+        } else {
+          let mut cut = tail.len().saturating_sub(1000);
+          while !tail.is_char_boundary(cut) {
+            cut += 1;
+          }
+          format!("; stderr: {}", &tail[cut..])
+        };
         if let Some(r) = &out.result {
           res.result = r.result.clone().unwrap_or_default();
           res.turns = r.num_turns.unwrap_or(0);
@@ -1133,20 +1189,11 @@ impl Manager {
         duration_ms: c.duration_ms,
       })
       .collect();
-    let (sid, tid, rows) = (session.id.clone(), task_id.to_owned(), res.compactions.clone());
-    let reported_window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
-    self
-      .point(move |s| {
-        s.finish_task(&sid, &tid, &end, watermark)?;
-        if let Some((model, window)) = &reported_window {
-          s.remember_window(model, *window)?;
-        }
-        for c in &rows {
-          s.add_compaction(c)?;
-        }
-        Ok(())
-      })
-      .await?;
+    let (sid, tid) = (session.id.clone(), task_id.to_owned());
+    end.window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
+    end.compactions = res.compactions.clone();
+    // One transaction: the row, the totals, the window, the compactions and the lease.
+    self.point(move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
     Ok(res)
   }
 

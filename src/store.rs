@@ -311,6 +311,10 @@ pub struct TaskEnd {
   pub materialized: bool,
   /// Keep the session's lease: the CLI is still exiting, and [`Store::release_lease`] frees it.
   pub keep_lease: bool,
+  /// The context window the CLI reported for a model, to remember (see [`Store::window_for`]).
+  pub window: Option<(String, u64)>,
+  /// Compactions the task did.
+  pub compactions: Vec<Compaction>,
 }
 
 /// A compaction row.
@@ -501,10 +505,18 @@ impl Store {
   /// `BEGIN IMMEDIATE`), and the caller runs `f` where waiting is fine. Store calls after the
   /// first one wait as usual.
   pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
-    let outer = NOW.with(|n| n.replace(Now::Trying));
+    /// Puts the thread's state back even if `f` panics (a caught panic must not leave later
+    /// store calls on this thread in "give up" mode).
+    struct Restore(Now);
+    impl Drop for Restore {
+      fn drop(&mut self) {
+        NOW.with(|n| n.set(self.0));
+      }
+    }
+    let _restore = Restore(NOW.with(|n| n.replace(Now::Trying)));
     let r = f(self);
-    let state = NOW.with(|n| n.replace(outer));
-    (state != Now::WouldBlock).then_some(r)
+    let gave_up = NOW.with(|n| n.get()) == Now::WouldBlock;
+    (!gave_up).then_some(r)
   }
 
   fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
@@ -766,6 +778,21 @@ impl Store {
     )
   }
 
+  /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
+  pub fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
+    self.with(|c| {
+      Ok(
+        c.prepare_cached(
+          "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
+           WHERE l.session_id = ?1 AND l.expires_at > ?2 AND t.status != 'running'",
+        )?
+        .query_row(params![session_id, now_ms()], |_| Ok(true))
+        .optional()?
+        .unwrap_or(false),
+      )
+    })
+  }
+
   /// Takes the session's lease and inserts the task row as `running`, in one transaction.
   /// Returns false (and writes nothing) when another live task holds the lease.
   pub fn try_begin_task(
@@ -891,6 +918,12 @@ impl Store {
           params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
         )?;
       }
+      if let Some((model, window)) = &end.window {
+        Self::remember_window_in(tx, model, *window)?;
+      }
+      for c in &end.compactions {
+        Self::add_compaction_in(tx, c)?;
+      }
       if !end.keep_lease {
         exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
       }
@@ -985,14 +1018,17 @@ impl Store {
 
   /// Remembers the context window the CLI reported for a model (as sessions name it).
   pub fn remember_window(&self, model: &str, window: u64) -> Result<()> {
-    self.write(|tx| {
-      tx.execute(
-        "INSERT INTO model_windows (model, context_window, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (model) DO UPDATE SET context_window = ?2, updated_at = ?3",
-        params![model, window as i64, now_ms()],
-      )?;
-      Ok(())
-    })
+    self.write(|tx| Self::remember_window_in(tx, model, window))
+  }
+
+  fn remember_window_in(tx: &Connection, model: &str, window: u64) -> Result<()> {
+    exec(
+      tx,
+      "INSERT INTO model_windows (model, context_window, updated_at) VALUES (?1, ?2, ?3)
+       ON CONFLICT (model) DO UPDATE SET context_window = ?2, updated_at = ?3",
+      params![model, window as i64, now_ms()],
+    )?;
+    Ok(())
   }
 
   /// The last window reported for a model, if any.
@@ -1013,23 +1049,26 @@ impl Store {
 
   /// Records a compaction.
   pub fn add_compaction(&self, c: &Compaction) -> Result<()> {
-    self.write(|tx| {
-      tx.execute(
-        "INSERT INTO compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-          c.session_id,
-          c.task_id,
-          c.trigger,
-          c.pre_tokens.map(|t| t as i64),
-          c.post_tokens.map(|t| t as i64),
-          c.started_at,
-          c.duration_ms.map(|t| t as i64),
-        ],
-      )?;
-      Ok(())
-    })
+    self.write(|tx| Self::add_compaction_in(tx, c))
   }
+
+  fn add_compaction_in(tx: &Connection, c: &Compaction) -> Result<()> {
+    exec(tx, 
+      "INSERT INTO compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
+       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+      params![
+        c.session_id,
+        c.task_id,
+        c.trigger,
+        c.pre_tokens.map(|t| t as i64),
+        c.post_tokens.map(|t| t as i64),
+        c.started_at,
+        c.duration_ms.map(|t| t as i64),
+      ],
+    )?;
+    Ok(())
+  }
+
 
   /// Compactions of a session, oldest first.
   pub fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {

@@ -226,8 +226,11 @@ fn a_lease_kept_while_the_cli_exits_holds_the_next_task_but_not_deletion() {
   s.finish_task(A, "t1", &TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() }, None).unwrap();
   assert_eq!(s.list_tasks(A).unwrap()[0].status, "succeeded", "the task has ended");
   assert!(!s.try_begin_task(A, "t2", "task", "m", &me, ttl).unwrap(), "the next task waits for the exit");
+  assert!(s.lease_kept_after_end(A).unwrap(), "and knows it waits for an exit, not a task");
   s.release_lease(A, "t1").unwrap();
+  assert!(!s.lease_kept_after_end(A).unwrap());
   assert!(s.try_begin_task(A, "t2", "task", "m", &me, ttl).unwrap(), "and runs once it is released");
+  assert!(!s.lease_kept_after_end(A).unwrap(), "a running task's lease is not an exiting one");
 
   // Deleting does not wait for an exiting CLI: its task is over.
   assert!(s.try_begin_task(B, "t3", "task", "m", &me, ttl).unwrap());
