@@ -389,12 +389,16 @@ impl Manager {
     Ok(())
   }
 
-  /// Runs blocking store work off the async threads.
+  /// Runs blocking work (a store call that may wait, reading a transcript) on the blocking pool.
+  async fn blocking<T: Send + 'static>(&self, what: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    self.check_open()?;
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("{what} failed: {e}")))?
+  }
+
   /// Runs a store call on the blocking pool.
   async fn db<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    self.check_open()?;
     let store = self.store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
+    self.blocking("store worker", move || f(&store)).await
   }
 
   /// A point read or small write (by primary key, a few rows): run right here, on the tokio
@@ -409,8 +413,6 @@ impl Manager {
     }
     self.db(f).await
   }
-
-
 
   /// Resolves a requested working directory (or the manager's) inside the allowed roots.
   fn working_dir(&self, requested: Option<&str>) -> Result<PathBuf> {
@@ -474,9 +476,6 @@ impl Manager {
   }
 
   pub async fn get_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
-    if let Some(s) = self.get_session_now(session_id, user_id) {
-      return Ok(s);
-    }
     let id = validate::session_id("sessionId", session_id)?;
     validate::id("userId", user_id)?;
     let user = user_id.to_owned();
@@ -801,16 +800,7 @@ impl Manager {
         compacted = done.compactions.into_iter().next();
       }
     }
-    let spec = RunSpec {
-      program,
-      args: vec![],
-      cwd: PathBuf::from(&session.working_directory),
-      env: self.child_env(&session)?,
-      stdin: r.prompt.clone(),
-      timeout: r.timeout_ms.map(|t| Duration::from_millis(t as u64)),
-      stall_timeout: self.cfg.stall_timeout,
-      niceness: self.cfg.cli_niceness,
-    };
+    let spec = self.run_spec(&session, program, r.prompt.clone(), r.timeout_ms.map(|t| Duration::from_millis(t as u64)))?;
     let include_partials = r.include_partial_messages.unwrap_or(false);
     let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
     let opts = RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout };
@@ -821,6 +811,21 @@ impl Manager {
       res.compactions.insert(0, c);
     }
     Ok(res)
+  }
+
+  /// How a CLI process for the session is started: its folder, environment, priority and limits.
+  /// The argv is built once the session is held (see `run_locked`).
+  fn run_spec(&self, session: &Session, program: PathBuf, stdin: String, timeout: Option<Duration>) -> Result<RunSpec> {
+    Ok(RunSpec {
+      program,
+      args: vec![],
+      cwd: PathBuf::from(&session.working_directory),
+      env: self.child_env(session)?,
+      stdin,
+      timeout,
+      stall_timeout: self.cfg.stall_timeout,
+      niceness: self.cfg.cli_niceness,
+    })
   }
 
   /// The transcript file of a session.
@@ -861,11 +866,8 @@ impl Manager {
     }
     let session = self.get_session(session_id, user_id).await?;
     let (me, s2) = (self.clone(), session.clone());
-    let (tokens, tiktoken, factor, family, observations) = {
-      self.check_open()?;
-      // It reads the transcript: off the async workers.
-      tokio::task::spawn_blocking(move || me.estimate_blocking(&s2, &prompt)).await.map_err(|e| Error::internal(format!("estimator failed: {e}")))??
-    };
+    // It reads the transcript: off the async workers.
+    let (tokens, tiktoken, factor, family, observations) = self.blocking("estimator", move || me.estimate_blocking(&s2, &prompt)).await?;
     let window = self.window_of(&session).await?;
     let context_info = context::context_info(session.context.as_ref(), window, threshold, tokens);
     Ok(PromptEstimate { tokens, tiktoken_tokens: tiktoken, factor, family: family.as_str().to_string(), observations, context_info })
@@ -881,9 +883,8 @@ impl Manager {
     let offset = offset.map(|o| validate::non_negative_int("offset", o)).transpose()?.map(|o| o as usize);
     let session = self.get_session(session_id, user_id).await?;
     let path = self.transcript_of(&session)?;
-    self.check_open()?;
     // Reading a transcript can take milliseconds: off the async workers.
-    tokio::task::spawn_blocking(move || {
+    self.blocking("transcript reader", move || {
         let history = match path {
           Some(p) => transcript::read_messages(&p)?,
           None => transcript::History::default(),
@@ -895,7 +896,6 @@ impl Manager {
         Ok(MessagesPage { messages: page.messages, offset: page.offset, total: page.total, live_from: history.live_from, compactions: history.compactions })
       })
       .await
-      .map_err(|e| Error::internal(format!("transcript reader failed: {e}")))?
   }
 
   fn search_dirs(&self) -> Vec<PathBuf> {
@@ -1218,16 +1218,7 @@ impl Manager {
       Some(i) => format!("/compact {i}"),
       None => "/compact".to_string(),
     };
-    let spec = RunSpec {
-      program,
-      args: vec![],
-      cwd: PathBuf::from(&session.working_directory),
-      env: self.child_env(session)?,
-      stdin: prompt,
-      timeout: None,
-      stall_timeout: self.cfg.stall_timeout,
-      niceness: self.cfg.cli_niceness,
-    };
+    let spec = self.run_spec(session, program, prompt, None)?;
     let opts = RunOptions { kind: "compact", cli: args, include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
     let res = self.run_locked(session, spec, sink, cancel, opts).await?;
     if res.compactions.is_empty() {

@@ -149,6 +149,11 @@ fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::
   c.prepare_cached(sql)?.execute(params)
 }
 
+/// Whether a query returns a row, through the statement cache.
+fn exists<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> Result<bool> {
+  Ok(c.prepare_cached(sql)?.query_row(params, |_| Ok(())).optional()?.is_some())
+}
+
 /// Token counts as the API reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -536,12 +541,7 @@ impl Store {
   // ---- sessions -------------------------------------------------------------------------
 
   fn insert_session(tx: &rusqlite::Transaction<'_>, s: &NewSession, now: i64) -> Result<()> {
-    let exists: bool = tx
-      .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-      .query_row([&s.id], |_| Ok(true))
-      .optional()?
-      .unwrap_or(false);
-    if exists {
+    if exists(tx, "SELECT 1 FROM sessions WHERE id = ?1", [&s.id])? {
       return Err(Error::invalid(format!("a session with id {} already exists", s.id)));
     }
     let ctx = s.context.as_ref();
@@ -591,9 +591,8 @@ impl Store {
     self.with(|c| Self::get_in(c, id, user_id))
   }
 
-  /// `get_session` only if it can be answered without waiting: the connection is free and
-  /// SQLite needs no lock another process holds (no busy wait). `None` means "ask again the
-  /// blocking way". Meant for the JavaScript thread: a point read by primary key takes
+  /// `get_session` if it can be answered without waiting (see [`Store::now`]); `None` means "ask
+  /// again the blocking way". Meant for the JavaScript thread: a point read by primary key takes
   /// microseconds, less than a trip to another thread and back.
   pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
     self.now(|s| s.get_session(id, user_id))
@@ -755,40 +754,29 @@ impl Store {
   // ---- leases -----------------------------------------------------------------------------
 
   fn lease_live(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
-    Ok(
-      tx.prepare_cached("SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2")?
-        .query_row(params![session_id, now], |_| Ok(true))
-        .optional()?
-      .unwrap_or(false),
-    )
+    exists(tx, "SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2", params![session_id, now])
   }
 
   /// Whether a task of the session is running: its lease is live and its row not yet ended. A
   /// lease kept past the task's end (its CLI is exiting) does not make the session busy for
   /// deletion; it still keeps the next task waiting (`lease_live`).
   fn task_running(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
-    Ok(
-      tx.prepare_cached(
-        "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
-         WHERE l.session_id = ?1 AND l.expires_at > ?2 AND t.status = 'running'",
-      )?
-      .query_row(params![session_id, now], |_| Ok(true))
-      .optional()?
-      .unwrap_or(false),
+    exists(
+      tx,
+      "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
+       WHERE l.session_id = ?1 AND l.expires_at > ?2 AND t.status = 'running'",
+      params![session_id, now],
     )
   }
 
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
   pub fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
     self.with(|c| {
-      Ok(
-        c.prepare_cached(
-          "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
-           WHERE l.session_id = ?1 AND l.expires_at > ?2 AND t.status != 'running'",
-        )?
-        .query_row(params![session_id, now_ms()], |_| Ok(true))
-        .optional()?
-        .unwrap_or(false),
+      exists(
+        c,
+        "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
+         WHERE l.session_id = ?1 AND l.expires_at > ?2 AND t.status != 'running'",
+        params![session_id, now_ms()],
       )
     })
   }
@@ -811,12 +799,12 @@ impl Store {
       }
       // An expired lease belongs to a dead or stuck holder: its task is interrupted.
       Self::interrupt_expired(tx, session_id, now)?;
-      exec(tx, 
+      exec(tx,
         "INSERT INTO leases (session_id, owner_id, owner_pid, task_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (session_id) DO UPDATE SET owner_id = ?2, owner_pid = ?3, task_id = ?4, expires_at = ?5",
         params![session_id, owner.id, owner.pid, task_id, now + ttl.as_millis() as i64],
       )?;
-      exec(tx, 
+      exec(tx,
         "INSERT INTO tasks (id, session_id, status, started_at, model, owner_id, owner_pid, kind)
          VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
         params![task_id, session_id, now, model, owner.id, owner.pid, kind],
@@ -826,7 +814,7 @@ impl Store {
   }
 
   fn interrupt_expired(tx: &Connection, session_id: &str, now: i64) -> Result<()> {
-    exec(tx, 
+    exec(tx,
       "UPDATE tasks SET status = 'interrupted', ended_at = ?2, error_code = 'INTERRUPTED',
          error_message = 'the process running this task stopped before it ended'
        WHERE session_id = ?1 AND status = 'running'
@@ -868,7 +856,7 @@ impl Store {
     self.write(|tx| {
       let now = now_ms();
       let u = &end.usage;
-      exec(tx, 
+      exec(tx,
         "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
            input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
            cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
@@ -892,7 +880,7 @@ impl Store {
           end.cli_version,
         ],
       )?;
-      exec(tx, 
+      exec(tx,
         "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
            input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
            cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
@@ -912,17 +900,17 @@ impl Store {
         ],
       )?;
       if let Some(ctx) = &end.context {
-        exec(tx, 
+        exec(tx,
           "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
            WHERE id = ?1",
           params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
         )?;
       }
       if let Some((model, window)) = &end.window {
-        Self::remember_window_in(tx, model, *window)?;
+        Self::remember_window(tx, model, *window)?;
       }
       for c in &end.compactions {
-        Self::add_compaction_in(tx, c)?;
+        Self::add_compaction(tx, c)?;
       }
       if !end.keep_lease {
         exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
@@ -1016,12 +1004,9 @@ impl Store {
 
   // ---- model windows ----------------------------------------------------------------------
 
-  /// Remembers the context window the CLI reported for a model (as sessions name it).
-  pub fn remember_window(&self, model: &str, window: u64) -> Result<()> {
-    self.write(|tx| Self::remember_window_in(tx, model, window))
-  }
-
-  fn remember_window_in(tx: &Connection, model: &str, window: u64) -> Result<()> {
+  /// Remembers the context window the CLI reported for a model (as sessions name it); part of
+  /// a task's end.
+  fn remember_window(tx: &Connection, model: &str, window: u64) -> Result<()> {
     exec(
       tx,
       "INSERT INTO model_windows (model, context_window, updated_at) VALUES (?1, ?2, ?3)
@@ -1033,27 +1018,21 @@ impl Store {
 
   /// The last window reported for a model, if any.
   pub fn window_for(&self, model: &str) -> Result<Option<u64>> {
-    self.with(|c| Self::window_in(c, model))
-  }
-
-  fn window_in(c: &Connection, model: &str) -> Result<Option<u64>> {
-    Ok(
-      c.prepare_cached("SELECT context_window FROM model_windows WHERE model = ?1")?
-        .query_row([model], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|w| w as u64),
-    )
+    self.with(|c| {
+      Ok(
+        c.prepare_cached("SELECT context_window FROM model_windows WHERE model = ?1")?
+          .query_row([model], |r| r.get::<_, i64>(0))
+          .optional()?
+          .map(|w| w as u64),
+      )
+    })
   }
 
   // ---- compactions ------------------------------------------------------------------------
 
-  /// Records a compaction.
-  pub fn add_compaction(&self, c: &Compaction) -> Result<()> {
-    self.write(|tx| Self::add_compaction_in(tx, c))
-  }
-
-  fn add_compaction_in(tx: &Connection, c: &Compaction) -> Result<()> {
-    exec(tx, 
+  /// Records a compaction; part of a task's end.
+  fn add_compaction(tx: &Connection, c: &Compaction) -> Result<()> {
+    exec(tx,
       "INSERT INTO compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
       params![
