@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use claude_session_manager::estimate::{
+use claude_session_manager::context::estimate::{
   fit_priors, leave_one_out_errors, online_errors, pairs_from_transcript, ErrorStats, Estimator, Family,
 };
 

@@ -1,19 +1,22 @@
 //! claude-session-manager: persistent, resumable, forkable Claude Code sessions for Node.js.
 //!
-//! The core (`store`, `executor`, `stream`, `context`, `tokens`, `transcript`, `estimate`,
-//! `manager`) is plain Rust that `cargo test` covers without Node; `binding` is the thin napi layer.
+//! The core is plain Rust that `cargo test` covers without Node, in rooms by responsibility:
+//! - [`sessions`]: the manager, the session API and task runs;
+//! - [`store`]: the session store (SQLite);
+//! - [`cli`]: the `claude` CLI as a process (finding it, argv, environment, spawn, stream-json);
+//! - [`context`]: the context meter, the prompt estimator and token counting;
+//! - [`transcript`]: the CLI's transcript read back as a conversation;
+//! - [`error`], [`validate`]: the one error type with its stable codes, and input checks.
+//!
+//! `binding` is the thin napi door over [`sessions::Manager`].
 
+pub mod cli;
 pub mod context;
 pub mod error;
-pub mod estimate;
-pub mod executor;
-pub mod manager;
+pub mod sessions;
 pub mod store;
-pub mod stream;
-#[cfg(target_os = "linux")]
-mod spawn_linux;
-pub mod tokens;
 pub mod transcript;
 pub mod validate;
 
-mod binding;
+#[doc(hidden)]
+pub mod binding;

@@ -6,7 +6,7 @@
 //! server: init, partial messages, a tool turn, a 529 and a compaction) and, when present,
 //! `../shared/transcripts/*.jsonl`. proptest keeps failing cases in `proptest-regressions/`.
 
-use claude_session_manager::stream::{parse_line, ContextTracker, Kind};
+use claude_session_manager::cli::stream::{parse_line, ContextTracker, Kind};
 use claude_session_manager::transcript::{parse_str, ReadOptions};
 use proptest::prelude::*;
 use serde_json::Value;

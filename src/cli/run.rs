@@ -1,10 +1,8 @@
-//! Driving the `claude` CLI: finding the binary, building argv from validated values, the child's
-//! environment, spawning it in its own process group (without a shell, prompt on stdin), reading
-//! its stream, and stopping the whole group on abort, timeout or stall.
+//! Running one CLI process: spawning it in its own process group (without a shell, prompt on
+//! stdin), reading its stream, and stopping the whole group on abort, timeout or stall.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +14,8 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::Usage;
-use crate::stream::{self, ContextTracker, Kind, Line, ResultLine};
+use super::process::{kill_group, lower_priority};
+use super::stream::{self, ContextTracker, Kind, Line, ResultLine};
 
 /// A cancellation flag that can be awaited. Cloning shares it.
 #[derive(Clone, Default)]
@@ -44,183 +43,6 @@ impl CancelToken {
   }
 }
 
-// ---- finding the binary -----------------------------------------------------------------
-
-fn platform_package() -> Option<&'static str> {
-  match (std::env::consts::OS, std::env::consts::ARCH) {
-    ("linux", "x86_64") => Some("claude-code-linux-x64"),
-    ("linux", "aarch64") => Some("claude-code-linux-arm64"),
-    ("macos", "x86_64") => Some("claude-code-darwin-x64"),
-    ("macos", "aarch64") => Some("claude-code-darwin-arm64"),
-    ("windows", "x86_64") => Some("claude-code-win32-x64"),
-    ("windows", "aarch64") => Some("claude-code-win32-arm64"),
-    _ => None,
-  }
-}
-
-fn is_executable(p: &Path) -> bool {
-  #[cfg(unix)]
-  {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0 && m.len() > 0).unwrap_or(false)
-  }
-  #[cfg(not(unix))]
-  {
-    p.is_file()
-  }
-}
-
-/// The `claude` binary of the `@anthropic-ai/claude-code` npm package installed in a
-/// `node_modules` at or above `dir`.
-fn from_node_modules(dir: &Path) -> Option<PathBuf> {
-  let exe = if cfg!(windows) { "claude.exe" } else { "claude" };
-  for base in dir.ancestors() {
-    let nm = base.join("node_modules").join("@anthropic-ai");
-    if !nm.is_dir() {
-      continue;
-    }
-    let mut candidates = vec![nm.join("claude-code").join("bin").join("claude.exe")];
-    if let Some(pkg) = platform_package() {
-      candidates.push(nm.join(pkg).join(exe));
-      candidates.push(nm.join(format!("{pkg}-musl")).join(exe));
-    }
-    if let Some(found) = candidates.into_iter().find(|c| is_executable(c)) {
-      return Some(found);
-    }
-  }
-  None
-}
-
-fn from_path(path_var: Option<OsString>) -> Option<PathBuf> {
-  let names: &[&str] = if cfg!(windows) { &["claude.exe", "claude.cmd"] } else { &["claude"] };
-  std::env::split_paths(&path_var?).flat_map(|d| names.iter().map(move |n| d.join(n))).find(|p| is_executable(p))
-}
-
-/// Resolves the CLI: the `claudePath` option, then `CLAUDE_PATH`, then the npm package
-/// `@anthropic-ai/claude-code` under `search_dirs`, then `PATH`.
-pub fn resolve_cli(explicit: Option<&str>, search_dirs: &[PathBuf]) -> Result<PathBuf> {
-  let hint = "install it with `npm install @anthropic-ai/claude-code`, or pass the `claudePath` option / set CLAUDE_PATH";
-  if let Some(p) = explicit.map(str::to_owned).or_else(|| std::env::var("CLAUDE_PATH").ok().filter(|s| !s.is_empty())) {
-    let pb = PathBuf::from(&p);
-    return if is_executable(&pb) {
-      Ok(pb)
-    } else {
-      Err(Error::new(ErrorCode::CliNotFound, format!("the claude CLI at {p} is missing or not executable; {hint}")))
-    };
-  }
-  search_dirs
-    .iter()
-    .find_map(|d| from_node_modules(d))
-    .or_else(|| from_path(std::env::var_os("PATH")))
-    .ok_or_else(|| Error::new(ErrorCode::CliNotFound, format!("the claude CLI was not found; {hint}")))
-}
-
-// ---- argv and environment ---------------------------------------------------------------
-
-/// How the CLI is to pick up the session.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SessionMode {
-  /// A session the CLI has not seen: `--session-id`.
-  New(String),
-  /// `--resume`.
-  Resume(String),
-  /// `--resume <parent> --fork-session --session-id <child>`.
-  Fork { parent: String, child: String },
-}
-
-/// Validated flag values of one CLI run.
-#[derive(Debug, Clone, Default)]
-pub struct CliArgs {
-  pub session: Option<SessionMode>,
-  pub model: Option<String>,
-  pub max_turns: Option<u64>,
-  pub allowed_tools: Vec<String>,
-  pub disallowed_tools: Vec<String>,
-  pub permission_mode: Option<String>,
-  pub append_system_prompt: Option<String>,
-  pub max_budget_usd: Option<f64>,
-  pub fallback_model: Option<String>,
-}
-
-/// Builds argv. Every value travels as `--flag=value`, so no value can become a flag of its own.
-pub fn build_args(a: &CliArgs) -> Vec<String> {
-  let mut v: Vec<String> =
-    ["-p", "--output-format=stream-json", "--verbose", "--include-partial-messages"].iter().map(|s| s.to_string()).collect();
-  match &a.session {
-    Some(SessionMode::New(id)) => v.push(format!("--session-id={id}")),
-    Some(SessionMode::Resume(id)) => v.push(format!("--resume={id}")),
-    Some(SessionMode::Fork { parent, child }) => {
-      v.push(format!("--resume={parent}"));
-      v.push("--fork-session".into());
-      v.push(format!("--session-id={child}"));
-    }
-    None => {}
-  }
-  if let Some(m) = &a.model {
-    v.push(format!("--model={m}"));
-  }
-  if let Some(n) = a.max_turns {
-    v.push(format!("--max-turns={n}"));
-  }
-  for t in &a.allowed_tools {
-    v.push(format!("--allowedTools={t}"));
-  }
-  for t in &a.disallowed_tools {
-    v.push(format!("--disallowedTools={t}"));
-  }
-  if let Some(m) = &a.permission_mode {
-    v.push(format!("--permission-mode={m}"));
-  }
-  if let Some(s) = &a.append_system_prompt {
-    v.push(format!("--append-system-prompt={s}"));
-  }
-  if let Some(b) = a.max_budget_usd {
-    v.push(format!("--max-budget-usd={b}"));
-  }
-  if let Some(m) = &a.fallback_model {
-    v.push(format!("--fallback-model={m}"));
-  }
-  v
-}
-
-const ENV_NAMES: &[&str] = &[
-  "HOME", "PATH", "USER", "LOGNAME", "SHELL", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ", "TERM",
-  "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
-  "http_proxy", "https_proxy", "no_proxy", "all_proxy", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
-  "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "SystemRoot", "SYSTEMROOT", "ComSpec", "APPDATA", "LOCALAPPDATA",
-  "USERPROFILE", "PATHEXT", "CLAUDE_CONFIG_DIR", "API_TIMEOUT_MS", "BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS",
-  "MAX_THINKING_TOKENS", "MCP_TIMEOUT", "MCP_TOOL_TIMEOUT", "DISABLE_AUTOUPDATER", "DISABLE_TELEMETRY",
-  "DISABLE_ERROR_REPORTING", "DISABLE_COST_WARNINGS",
-];
-const ENV_PREFIXES: &[&str] = &["LC_", "ANTHROPIC_", "CLAUDE_CODE_"];
-
-/// The child's environment: only what the CLI needs from `parent` (API key and base URL, proxy,
-/// `HOME`, `PATH`, `CLAUDE_CONFIG_DIR`, `CLAUDE_CODE_*`, cloud-provider credentials only when that
-/// provider is switched on), then `extra` on top. Other server secrets do not pass.
-pub fn child_env(parent: impl IntoIterator<Item = (String, String)>, extra: &[(String, String)]) -> Vec<(String, String)> {
-  let parent: Vec<(String, String)> = parent.into_iter().collect();
-  let on = |name: &str| {
-    parent.iter().chain(extra.iter()).any(|(k, v)| k == name && !v.is_empty() && v != "0" && v != "false")
-  };
-  let bedrock = on("CLAUDE_CODE_USE_BEDROCK");
-  let vertex = on("CLAUDE_CODE_USE_VERTEX");
-  let mut out: Vec<(String, String)> = parent
-    .into_iter()
-    .filter(|(k, _)| {
-      ENV_NAMES.contains(&k.as_str())
-        || ENV_PREFIXES.iter().any(|p| k.starts_with(p))
-        || (bedrock && k.starts_with("AWS_"))
-        || (vertex && (k.starts_with("VERTEX_") || k == "CLOUD_ML_REGION" || k == "GOOGLE_APPLICATION_CREDENTIALS"))
-    })
-    .collect();
-  for (k, v) in extra {
-    out.retain(|(ok, _)| ok != k);
-    out.push((k.clone(), v.clone()));
-  }
-  out
-}
-
-// ---- running --------------------------------------------------------------------------------
 
 /// Everything needed to start one CLI process.
 #[derive(Debug, Clone)]
@@ -279,34 +101,12 @@ pub struct RunOutcome {
 const STDERR_TAIL: usize = 4096;
 const KILL_GRACE: Duration = Duration::from_millis(400);
 
-fn kill_group(pgid: u32, sig: i32) {
-  #[cfg(unix)]
-  unsafe {
-    libc::killpg(pgid as libc::pid_t, sig);
-  }
-  #[cfg(not(unix))]
-  let _ = (pgid, sig);
-}
-
-/// Whether a process with this pid exists on this host.
-pub fn pid_alive(pid: u32) -> bool {
-  #[cfg(unix)]
-  unsafe {
-    libc::kill(pid as libc::pid_t, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-  }
-  #[cfg(not(unix))]
-  {
-    let _ = pid;
-    true
-  }
-}
-
-/// A running CLI: started by [`crate::spawn_linux`] where it can be (Linux with pidfds), else by
+/// A running CLI: started by [`super::process::linux`] where it can be (Linux with pidfds), else by
 /// tokio's `Command`.
 enum Proc {
   Tokio(Child),
   #[cfg(target_os = "linux")]
-  Raw(crate::spawn_linux::RawChild),
+  Raw(super::process::linux::RawChild),
 }
 
 impl Proc {
@@ -361,8 +161,8 @@ async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
 /// Starts the CLI with piped stdio in its own process group, set to die with this process.
 fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   #[cfg(target_os = "linux")]
-  if spec.program.is_absolute() && crate::spawn_linux::available() {
-    use crate::spawn_linux::{spawn as clone_spawn, Step};
+  if spec.program.is_absolute() && super::process::linux::available() {
+    use super::process::linux::{spawn as clone_spawn, Step};
     use tokio::net::unix::pipe;
     return match clone_spawn(&spec.program, &spec.args, &spec.env, &spec.cwd, spec.niceness) {
       Ok(s) => {
@@ -384,33 +184,6 @@ fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   let stdout = child.stdout.take().ok_or_else(|| Error::internal("child stdout missing"))?;
   let stderr = child.stderr.take().ok_or_else(|| Error::internal("child stderr missing"))?;
   Ok((Proc::Tokio(child), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
-}
-
-/// Raises the calling process's nice value by `by` (capped at 19). Async-signal-safe: it runs in
-/// the child between fork and exec. Best effort: lowering one's own priority needs no privilege,
-/// and a failure leaves the CLI at this process's priority.
-#[cfg(unix)]
-pub(crate) fn lower_priority(by: i32) {
-  if by <= 0 {
-    return;
-  }
-  unsafe {
-    *errno_location() = 0;
-    let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-    if current == -1 && *errno_location() != 0 {
-      return;
-    }
-    libc::setpriority(libc::PRIO_PROCESS, 0, (current + by).min(19));
-  }
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-unsafe fn errno_location() -> *mut libc::c_int {
-  libc::__errno_location()
-}
-#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
-unsafe fn errno_location() -> *mut libc::c_int {
-  libc::__error()
 }
 
 /// The portable way: tokio's `Command` (a `fork()` on Linux, because of the `pre_exec` hook).
@@ -663,16 +436,13 @@ pub async fn run_until_result(
   Ok((out, None))
 }
 
-/// This process's nice value, from `/proc/self/stat` (tests only).
-#[cfg(all(test, target_os = "linux"))]
-pub(crate) fn own_nice() -> i32 {
-  let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-  stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse().unwrap()
-}
-
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::cli::args::*;
+  use crate::cli::process::*;
+  use crate::cli::resolve::*;
+  use std::path::Path;
 
   /// Whether the process is gone (or a zombie waiting to be reaped), from /proc.
   fn gone(pid: u32) -> bool {

@@ -88,7 +88,7 @@ struct ChildArgs {
   /// Write end of the close-on-exec pipe a failure is reported on.
   report: RawFd,
   parent: libc::pid_t,
-  /// Nice increment (see `executor::lower_priority`).
+  /// Nice increment (see `super::lower_priority`).
   niceness: i32,
 }
 
@@ -142,7 +142,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         fail(0);
       }
     }
-    crate::executor::lower_priority(a.niceness);
+    super::lower_priority(a.niceness);
     if libc::chdir(a.cwd) != 0 {
       fail(1);
     }
@@ -330,7 +330,7 @@ mod tests {
     let pgrp: u32 = after.split(' ').nth(2).unwrap().parse().unwrap();
     assert_eq!(pgrp, pid, "the child leads its own process group");
     let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
-    assert_eq!(nice, (crate::executor::own_nice() + 5).min(19), "the child runs 5 steps below this process");
+    assert_eq!(nice, (super::super::own_nice() + 5).min(19), "the child runs 5 steps below this process");
 
     let s = spawn(Path::new("/bin/sh"), &["-c".into(), "pwd; env".into()], &env(), &dir, 0).unwrap();
     let (out, _) = output(s).await;

@@ -1,9 +1,12 @@
 //! Context-window math and the cost ledger: pure functions over stored numbers.
 
+pub mod estimate;
+pub mod tokens;
+
 use serde::Serialize;
 
 use crate::store::{ContextSnapshot, Usage};
-use crate::stream::ResultLine;
+use crate::cli::stream::ResultLine;
 
 /// What `getSessionContext` and `TaskResult.contextInfo` say.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -79,7 +82,7 @@ pub fn add_usage(a: Usage, b: Usage) -> Usage {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::stream::ModelUsage;
+  use crate::cli::stream::ModelUsage;
 
   fn result(cost: f64, process_tokens: u64, counted: u64) -> ResultLine {
     ResultLine {

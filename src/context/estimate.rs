@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::tokens::{count, Encoding};
+use super::tokens::{count, Encoding};
 use crate::transcript::{read_messages_with, Block, History, MessageKind, ReadOptions, Role};
 
 /// A model family. Claude models up to Opus 4.6 share a tokenizer, but the families render and

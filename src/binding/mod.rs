@@ -1,0 +1,418 @@
+//! The napi edge: converts JavaScript values to core requests and core results to JavaScript
+//! objects, maps errors to `Error` objects with a stable `code`, and turns panics into `INTERNAL`.
+//! No logic lives here.
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi_derive::napi;
+use serde_json::Value;
+
+use crate::error::{Error as CoreError, ErrorCode};
+use crate::cli::CancelToken;
+use crate::context::tokens as core_tokens;
+use crate::{context, sessions as manager, store};
+
+mod convert;
+mod errors;
+mod hooks;
+mod requests;
+mod results;
+mod tokens;
+
+use convert::*;
+use errors::*;
+use hooks::*;
+pub use requests::*;
+pub use results::*;
+pub use tokens::*;
+
+type CoreResult<T> = std::result::Result<T, CoreError>;
+
+// ---- the class --------------------------------------------------------------------------------
+
+type EventFn = ThreadsafeFunction<Value, (), Value, Status, false, true>;
+
+/// Runs Claude Code tasks in sessions that persist (SQLite), resume, fork and compact.
+/// Create one per server process and share it.
+#[napi]
+pub struct SessionManager {
+  inner: Arc<manager::Manager>,
+}
+
+#[napi]
+impl SessionManager {
+  /// Opens (or creates) the session store and marks tasks left running by dead processes as
+  /// `interrupted`. Throws `INVALID_ARGUMENT` for bad options and `STORE_ERROR` when the database
+  /// cannot be opened.
+  #[napi(constructor, ts_args_type = "options?: SessionManagerOptions")]
+  pub fn new(env: Env, options: Option<Unknown<'_>>) -> napi::Result<Self> {
+    let options = js_value(&env, "options", options);
+    sync(&env, || {
+      let opts: manager::Options = parse_optional("SessionManager options", options?)?;
+      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts)?) })
+    })
+  }
+
+  /// The SQLite file in use.
+  #[napi(getter)]
+  pub fn database_path(&self) -> String {
+    self.inner.config().database_path.to_string_lossy().into_owned()
+  }
+
+  /// Sessions of a user, newest activity first.
+  #[napi(ts_args_type = "request: ListSessionsRequest", ts_return_type = "Promise<Session[]>")]
+  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<Session>>> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(env, async move { m.list_sessions(parse("listSessions", request?)?).await }, sessions)
+  }
+
+  /// One session. Another user's session rejects with `SESSION_NOT_FOUND`, as a missing one does.
+  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
+  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    // A point read that needs no waiting is answered here: a trip through the worker threads
+    // costs more than the read.
+    if let (Ok(Value::String(id)), Ok(Value::String(user))) = (&session_id, &user_id) {
+      if let Some(s) = self.inner.get_session_now(id, user) {
+        return PromiseRaw::resolve(env, Session::from(s));
+      }
+    }
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move { m.get_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
+      Session::from,
+    )
+  }
+
+  /// The newest active session of the user's project, or a new one (`preferActive` defaults to
+  /// true; false always creates).
+  #[napi(
+    ts_args_type = "request: { projectId: string; userId: string; preferActive?: boolean; workingDirectory?: string }",
+    ts_return_type = "Promise<GetOrCreateResult>"
+  )]
+  pub fn get_or_create_session<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, GetOrCreateResult>> {
+    let request = js_value(env, "request", Some(request));
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Req {
+      project_id: String,
+      user_id: String,
+      prefer_active: Option<bool>,
+      working_directory: Option<String>,
+    }
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: Req = parse("getOrCreateSession", request?)?;
+        m.get_or_create(&r.project_id, &r.user_id, r.prefer_active.unwrap_or(true), r.working_directory.as_deref()).await
+      },
+      |(s, created)| GetOrCreateResult { session: s.into(), created },
+    )
+  }
+
+  /// Archives the user's active sessions of the project and returns a new one (optionally with a
+  /// chosen UUID).
+  #[napi(
+    ts_args_type = "request: { projectId: string; userId: string; sessionId?: string; workingDirectory?: string }",
+    ts_return_type = "Promise<StartFreshResult>"
+  )]
+  pub fn start_fresh<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, StartFreshResult>> {
+    let request = js_value(env, "request", Some(request));
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Req {
+      project_id: String,
+      user_id: String,
+      session_id: Option<String>,
+      working_directory: Option<String>,
+    }
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: Req = parse("startFresh", request?)?;
+        m.start_fresh(&r.project_id, &r.user_id, r.session_id.as_deref(), r.working_directory.as_deref()).await
+      },
+      |(s, archived)| StartFreshResult { session: s.into(), archived: num(archived) },
+    )
+  }
+
+  /// Marks a session archived; it stays readable and resumable.
+  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
+  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move { m.archive_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
+      Session::from,
+    )
+  }
+
+  /// Deletes a session with its task and compaction rows (not the CLI's transcript). A session
+  /// running a task rejects with `SESSION_BUSY`.
+  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<void>")]
+  pub fn delete_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, ()>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move { m.delete_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
+      |()| (),
+    )
+  }
+
+  /// Deletes the user's sessions idle for longer than `maxAgeMs` (only archived ones while
+  /// `keepActive`, the default).
+  #[napi(
+    ts_args_type = "request: { userId: string; projectId?: string; maxAgeMs: number; keepActive?: boolean }",
+    ts_return_type = "Promise<CleanupResult>"
+  )]
+  pub fn cleanup_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, CleanupResult>> {
+    let request = js_value(env, "request", Some(request));
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Req {
+      user_id: String,
+      project_id: Option<String>,
+      max_age_ms: f64,
+      keep_active: Option<bool>,
+    }
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: Req = parse("cleanupSessions", request?)?;
+        m.cleanup(&r.user_id, r.project_id.as_deref(), r.max_age_ms, r.keep_active.unwrap_or(true)).await
+      },
+      |(deleted, remaining)| CleanupResult { deleted: num(deleted), remaining: num(remaining) },
+    )
+  }
+
+  /// A new session that continues from `sessionId`, made at once without calling the model; its
+  /// first task forks the CLI's transcript. The parent is never changed by the fork.
+  #[napi(
+    ts_args_type = "request: { sessionId: string; userId: string; title?: string }",
+    ts_return_type = "Promise<Session>"
+  )]
+  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
+    let request = js_value(env, "request", Some(request));
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Req {
+      session_id: String,
+      user_id: String,
+      title: Option<String>,
+    }
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: Req = parse("fork", request?)?;
+        m.fork(&r.session_id, &r.user_id, r.title).await
+      },
+      Session::from,
+    )
+  }
+
+  /// How full the session's context is, from the store (nothing is spawned). `threshold` is a
+  /// percentage; default the manager's `compactThreshold`.
+  #[napi(
+    ts_args_type = "sessionId: string, userId: string, options?: { threshold?: number }",
+    ts_return_type = "Promise<ContextInfo>"
+  )]
+  pub fn get_session_context<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, ContextInfo>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let options = js_value(env, "options", options);
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Opts {
+      threshold: Option<f64>,
+    }
+    // Answered here when the store can be read without waiting (see `getSession`).
+    if let (Ok(Value::String(id)), Ok(Value::String(user)), Ok(o)) = (&session_id, &user_id, &options) {
+      let threshold = match o {
+        Value::Null => Some(None),
+        v => parse::<Opts>("getSessionContext options", v.clone()).ok().map(|o| o.threshold),
+      };
+      if let Some(ci) = threshold.and_then(|t| self.inner.get_context_now(id, user, t)) {
+        return PromiseRaw::resolve(env, ContextInfo::from(ci));
+      }
+    }
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let o: Opts = parse_optional("getSessionContext options", options?)?;
+        m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.threshold).await
+      },
+      ContextInfo::from,
+    )
+  }
+
+  /// The tasks run in a session, oldest first.
+  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<TaskRecord[]>")]
+  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<TaskRecord>>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move { m.list_tasks(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
+      task_records,
+    )
+  }
+
+  /// The compactions of a session, oldest first.
+  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<CompactionRecord[]>")]
+  pub fn list_compactions<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<CompactionRecord>>> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move { m.list_compactions(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
+      compaction_records,
+    )
+  }
+
+  /// The conversation the model has, read from the CLI's transcript: the chain from the newest
+  /// message back to the first (dead branches left out, compaction summaries marked), one entry
+  /// per user message or model response. Without `offset`, the newest `limit` (default 100)
+  /// messages, oldest first.
+  #[napi(
+    ts_args_type = "sessionId: string, userId: string, options?: { limit?: number; offset?: number }",
+    ts_return_type = "Promise<MessagesPage>"
+  )]
+  pub fn get_messages<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, serde_json::Value>> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Opts {
+      limit: Option<f64>,
+      offset: Option<f64>,
+    }
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let options = js_value(env, "options", options);
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let o: Opts = parse_optional("getMessages options", options?)?;
+        let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.limit, o.offset).await?;
+        serde_json::to_value(page).map_err(|e| CoreError::internal(format!("cannot encode messages: {e}")))
+      },
+      |v| v,
+    )
+  }
+
+  /// Predicts how many tokens a prompt would add to the session (Claude's tokenizer is not
+  /// public: tiktoken × a factor learned per model family) and whether it still fits.
+  #[napi(
+    ts_args_type = "sessionId: string, userId: string, prompt: string, options?: { threshold?: number }",
+    ts_return_type = "Promise<PromptEstimate>"
+  )]
+  pub fn estimate_prompt_tokens<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, prompt: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, PromptEstimate>> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Opts {
+      threshold: Option<f64>,
+    }
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let prompt = js_value(env, "prompt", Some(prompt));
+    let options = js_value(env, "options", options);
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let o: Opts = parse_optional("estimatePromptTokens options", options?)?;
+        let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
+        m.estimate_prompt_tokens(&sid, &uid, p, o.threshold).await
+      },
+      |e| PromptEstimate {
+        tokens: num(e.tokens),
+        tiktoken_tokens: num(e.tiktoken_tokens),
+        factor: e.factor,
+        family: e.family,
+        observations: num(e.observations),
+        context_info: e.context_info.into(),
+      },
+    )
+  }
+
+  /// Runs a prompt through the `claude` CLI in a session (a new one when `sessionId` is omitted).
+  /// Invalid requests reject before anything is spawned; model and CLI failures resolve with
+  /// `success: false` and an `error.code`.
+  #[napi(ts_args_type = "request: TaskRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
+  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, TaskResult>> {
+    let request = js_value(env, "request", Some(request));
+    let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "executeTask", options) {
+      Ok(x) => x,
+      Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
+    };
+    let m = self.inner.clone();
+    promise_then(
+      env,
+      async move {
+        let r: manager::TaskRequest = parse("executeTask", request?)?;
+        m.execute_task(r, sink, cancel).await
+      },
+      TaskResult::from,
+      ExecuteHooks::cleanup(abort),
+    )
+  }
+
+  /// Compacts a session through the CLI's `/compact` and records the before/after tokens. A
+  /// failed compaction rejects with `COMPACT_FAILED` and leaves the session as it was.
+  #[napi(
+    ts_args_type = "request: { sessionId: string; userId: string; summaryInstructions?: string }, options?: ExecuteOptions",
+    ts_return_type = "Promise<TaskResult>"
+  )]
+  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, TaskResult>> {
+    let request = js_value(env, "request", Some(request));
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Req {
+      session_id: String,
+      user_id: String,
+      summary_instructions: Option<String>,
+    }
+    let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "compactSession", options) {
+      Ok(x) => x,
+      Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
+    };
+    let m = self.inner.clone();
+    promise_then(
+      env,
+      async move {
+        let r: Req = parse("compactSession", request?)?;
+        m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await
+      },
+      TaskResult::from,
+      ExecuteHooks::cleanup(abort),
+    )
+  }
+
+  /// Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'e>(&self, env: &'e Env) -> napi::Result<PromiseRaw<'e, ()>> {
+    let m = self.inner.clone();
+    promise(env, async move { m.close().await }, |()| ())
+  }
+}
+
+/// Every error code this package uses, for documentation and exhaustive handling.
+#[napi]
+pub fn error_codes() -> Vec<String> {
+  ErrorCode::ALL.iter().map(|c| c.as_str().to_string()).collect()
+}

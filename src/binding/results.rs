@@ -1,0 +1,387 @@
+//! What the addon returns to JavaScript: `#[napi(object)]` mirrors of the core's results.
+
+use napi_derive::napi;
+
+
+use super::*;
+
+
+/// Token counts as the Anthropic API reports them.
+#[napi(object)]
+pub struct TokenUsage {
+  /// Input tokens that were not read from or written to the prompt cache.
+  pub input_tokens: f64,
+  /// Output tokens.
+  pub output_tokens: f64,
+  /// Input tokens read from the prompt cache.
+  pub cache_read_input_tokens: f64,
+  /// Input tokens written to the prompt cache.
+  pub cache_creation_input_tokens: f64,
+}
+
+impl From<store::Usage> for TokenUsage {
+  fn from(u: store::Usage) -> Self {
+    TokenUsage {
+      input_tokens: num(u.input_tokens),
+      output_tokens: num(u.output_tokens),
+      cache_read_input_tokens: num(u.cache_read_input_tokens),
+      cache_creation_input_tokens: num(u.cache_creation_input_tokens),
+    }
+  }
+}
+
+/// The last measurement of a session's context window.
+#[napi(object)]
+pub struct ContextSnapshot {
+  /// Tokens in the context after the last model call.
+  pub tokens: f64,
+  /// The model's context window.
+  pub window: f64,
+  /// `api` when the number is what the API reported; `estimate` otherwise.
+  #[napi(ts_type = "'api' | 'estimate'")]
+  pub source: String,
+  /// When it was measured (ms since the epoch).
+  pub measured_at: f64,
+}
+
+/// A persisted session. Its `id` is the id the `claude` CLI uses for the conversation.
+#[napi(object)]
+pub struct Session {
+  /// UUID v4; the CLI's session id.
+  pub id: String,
+  pub project_id: String,
+  pub user_id: String,
+  /// `active` or `archived`.
+  #[napi(ts_type = "'active' | 'archived'")]
+  pub status: String,
+  /// The session this one was forked from.
+  pub parent_id: Option<String>,
+  pub title: Option<String>,
+  /// The model alias or name tasks use unless a request names another.
+  pub model: String,
+  /// The folder the CLI runs in for this session (resume is scoped to it).
+  pub working_directory: String,
+  /// Milliseconds since the epoch.
+  pub created_at: f64,
+  pub updated_at: f64,
+  pub last_active_at: f64,
+  /// Tasks run in this session (compactions included).
+  pub task_count: f64,
+  /// Sum of the tasks' costs in US dollars.
+  pub total_cost_usd: f64,
+  /// Sum of the tasks' token usage.
+  pub usage: TokenUsage,
+  /// The last context measurement, if any task ran.
+  pub context: Option<ContextSnapshot>,
+}
+
+impl From<store::Session> for Session {
+  fn from(s: store::Session) -> Self {
+    Session {
+      id: s.id,
+      project_id: s.project_id,
+      user_id: s.user_id,
+      status: s.status,
+      parent_id: s.parent_id,
+      title: s.title,
+      model: s.model,
+      working_directory: s.working_directory,
+      created_at: s.created_at as f64,
+      updated_at: s.updated_at as f64,
+      last_active_at: s.last_active_at as f64,
+      task_count: num(s.task_count),
+      total_cost_usd: s.total_cost_usd,
+      usage: s.usage.into(),
+      context: s.context.map(|c| ContextSnapshot {
+        tokens: num(c.tokens),
+        window: num(c.window),
+        source: c.source,
+        measured_at: c.measured_at as f64,
+      }),
+    }
+  }
+}
+
+pub(crate) fn sessions(v: Vec<store::Session>) -> Vec<Session> {
+  v.into_iter().map(Session::from).collect()
+}
+
+/// How full a session's context window is.
+#[napi(object)]
+pub struct ContextInfo {
+  /// Tokens in the context (as the API reported for the last call, or estimated).
+  pub estimated_tokens: f64,
+  /// The context window.
+  pub max_tokens: f64,
+  /// `estimatedTokens / maxTokens` in percent, two decimals.
+  pub usage_percentage: f64,
+  /// At or over the compaction threshold.
+  pub should_compact: bool,
+  /// Room is left for another prompt.
+  pub can_continue: bool,
+  /// Where `estimatedTokens` came from.
+  #[napi(ts_type = "'api' | 'estimate'")]
+  pub source: String,
+  /// When it was measured (ms since the epoch); absent for a session that never ran.
+  pub measured_at: Option<f64>,
+}
+
+impl From<context::ContextInfo> for ContextInfo {
+  fn from(c: context::ContextInfo) -> Self {
+    ContextInfo {
+      estimated_tokens: num(c.estimated_tokens),
+      max_tokens: num(c.max_tokens),
+      usage_percentage: c.usage_percentage,
+      should_compact: c.should_compact,
+      can_continue: c.can_continue,
+      source: c.source,
+      measured_at: c.measured_at.map(|t| t as f64),
+    }
+  }
+}
+
+/// Why a task failed.
+#[napi(object)]
+pub struct TaskError {
+  /// `API_ERROR`, `MAX_TURNS`, `BUDGET_EXCEEDED`, `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ...
+  pub code: String,
+  pub message: String,
+  /// The HTTP status of an `API_ERROR`.
+  pub status: Option<u32>,
+}
+
+/// Wall-clock and API time of a task.
+#[napi(object)]
+pub struct TaskDuration {
+  /// From the call to the end, queueing included (ms).
+  pub total: f64,
+  /// Time spent waiting for the model API, as the CLI measured it (ms).
+  pub api: f64,
+}
+
+/// What `executeTask` resolves to. Failures of the model or the CLI resolve with
+/// `success: false` and an `error`; invalid requests reject instead.
+#[napi(object)]
+pub struct TaskResult {
+  pub success: bool,
+  /// The session the task ran in (a new id when the request forked).
+  pub session_id: String,
+  /// The task's row id.
+  pub task_id: String,
+  /// For a fork: the session it was forked from.
+  pub parent_session_id: Option<String>,
+  /// The model's final text.
+  pub result: String,
+  /// The session's context after the task.
+  pub context_info: ContextInfo,
+  pub duration: TaskDuration,
+  /// This task's cost in US dollars.
+  pub cost: f64,
+  /// Model turns the task took.
+  pub turns: f64,
+  /// Tokens used by this task.
+  pub usage: TokenUsage,
+  /// Tool uses the permission mode refused, as the CLI reported them.
+  pub permission_denials: Vec<serde_json::Value>,
+  /// The model's last stop reason (`end_turn`, `tool_use`, `max_tokens`, ...).
+  pub stop_reason: Option<String>,
+  /// The model that answered, as the CLI reported it.
+  pub model: Option<String>,
+  /// The session was compacted before or during the task.
+  pub compacted: bool,
+  /// Those compactions, with their before and after token counts.
+  pub compactions: Vec<CompactionRecord>,
+  /// CLI output lines that could not be read; the task went on without them.
+  pub warnings: Vec<String>,
+  pub error: Option<TaskError>,
+}
+
+impl From<manager::TaskResult> for TaskResult {
+  fn from(r: manager::TaskResult) -> Self {
+    TaskResult {
+      success: r.success,
+      session_id: r.session_id,
+      task_id: r.task_id,
+      parent_session_id: r.parent_session_id,
+      result: r.result,
+      context_info: r.context_info.into(),
+      duration: TaskDuration { total: num(r.duration_total_ms), api: num(r.duration_api_ms) },
+      cost: r.cost,
+      turns: num(r.turns),
+      usage: r.usage.into(),
+      permission_denials: r.permission_denials,
+      stop_reason: r.stop_reason,
+      model: r.model,
+      compacted: r.compacted,
+      compactions: compaction_records(r.compactions),
+      warnings: r.warnings,
+      error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32) }),
+    }
+  }
+}
+
+/// A compaction of a session's context.
+#[napi(object)]
+pub struct CompactionRecord {
+  pub session_id: String,
+  /// The run that compacted.
+  pub task_id: Option<String>,
+  /// `manual` (compactSession), or `auto` (autoCompact, or the CLI on its own).
+  #[napi(ts_type = "'manual' | 'auto'")]
+  pub trigger: String,
+  /// Context tokens before, as the CLI counted them.
+  pub pre_tokens: Option<f64>,
+  /// Context tokens after, as the CLI counted them.
+  pub post_tokens: Option<f64>,
+  /// When it ran (ms since the epoch).
+  pub started_at: f64,
+  /// How long the summary took (ms).
+  pub duration_ms: Option<f64>,
+}
+
+pub(crate) fn compaction_records(v: Vec<store::Compaction>) -> Vec<CompactionRecord> {
+  v.into_iter()
+    .map(|c| CompactionRecord {
+      session_id: c.session_id,
+      task_id: c.task_id,
+      trigger: c.trigger,
+      pre_tokens: c.pre_tokens.map(num),
+      post_tokens: c.post_tokens.map(num),
+      started_at: c.started_at as f64,
+      duration_ms: c.duration_ms.map(num),
+    })
+    .collect()
+}
+
+/// A task row as stored.
+#[napi(object)]
+pub struct TaskRecord {
+  pub id: String,
+  pub session_id: String,
+  /// `running`, `succeeded`, `failed`, `aborted`, `timed_out` or `interrupted`.
+  pub status: String,
+  /// `task` or `compact`.
+  pub kind: String,
+  pub started_at: f64,
+  pub ended_at: Option<f64>,
+  pub model: Option<String>,
+  pub turns: Option<f64>,
+  pub usage: TokenUsage,
+  pub cost_usd: f64,
+  pub error_code: Option<String>,
+  pub error_message: Option<String>,
+  /// The `claude` CLI version that ran it.
+  pub cli_version: Option<String>,
+}
+
+pub(crate) fn task_records(v: Vec<store::TaskRecord>) -> Vec<TaskRecord> {
+  v.into_iter()
+    .map(|t| TaskRecord {
+      id: t.id,
+      session_id: t.session_id,
+      status: t.status,
+      kind: t.kind,
+      started_at: t.started_at as f64,
+      ended_at: t.ended_at.map(|x| x as f64),
+      model: t.model,
+      turns: t.turns.map(num),
+      usage: t.usage.into(),
+      cost_usd: t.cost_usd,
+      error_code: t.error_code,
+      error_message: t.error_message,
+      cli_version: t.cli_version,
+    })
+    .collect()
+}
+
+/// `getOrCreateSession`'s answer.
+#[napi(object)]
+pub struct GetOrCreateResult {
+  pub session: Session,
+  /// True when no active session existed and a new one was made.
+  pub created: bool,
+}
+
+/// `startFresh`'s answer.
+#[napi(object)]
+pub struct StartFreshResult {
+  /// The new active session.
+  pub session: Session,
+  /// How many active sessions were archived.
+  pub archived: f64,
+}
+
+/// `cleanupSessions`'s answer.
+#[napi(object)]
+pub struct CleanupResult {
+  /// Sessions deleted.
+  pub deleted: f64,
+  /// The user's (project's) sessions left.
+  pub remaining: f64,
+}
+
+/// One message of a session's conversation, as `getMessages` returns it: a user message, or one
+/// API response of the model with all its content blocks.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false)]
+pub struct HistoryMessage {
+  /// The uuid of the message's first transcript line.
+  pub uuid: String,
+  pub parent_uuid: Option<String>,
+  #[napi(ts_type = "'user' | 'assistant'")]
+  pub role: String,
+  /// `prompt` (typed by the user), `toolResults`, `command` (a slash command), `notification`,
+  /// `compactSummary` (the summary a compaction left), `meta`, or `assistant`.
+  #[napi(ts_type = "'prompt' | 'toolResults' | 'command' | 'notification' | 'compactSummary' | 'meta' | 'assistant'")]
+  pub kind: String,
+  /// The text blocks joined by blank lines.
+  pub text: String,
+  /// The content blocks in order.
+  #[napi(ts_type = "Array<{ type: 'text'; text: string } | { type: 'thinking'; text: string } | { type: 'toolUse'; id: string; name: string; input: any } | { type: 'toolResult'; toolUseId: string; toolName?: string; content: string; isError: boolean; truncated: boolean; contentChars: number; images: number } | { type: 'image'; mediaType?: string } | { type: 'other'; blockType: string }>")]
+  pub blocks: Vec<serde_json::Value>,
+  /// The API message id of an assistant message.
+  pub message_id: Option<String>,
+  pub model: Option<String>,
+  /// ISO-8601 time.
+  pub timestamp: Option<String>,
+  /// API usage of an assistant message (the input side is exact; output may be partial).
+  pub usage: Option<TokenUsage>,
+  /// Set on compaction summaries.
+  #[napi(ts_type = "{ trigger?: 'auto' | 'manual'; preTokens?: number }")]
+  pub compaction: Option<serde_json::Value>,
+}
+
+/// A page of a session's conversation.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false)]
+pub struct MessagesPage {
+  /// Oldest first.
+  pub messages: Vec<HistoryMessage>,
+  /// Index of the first returned message in the whole conversation.
+  pub offset: f64,
+  /// Messages in the whole conversation.
+  pub total: f64,
+  /// Index of the first message still in the model's context (the latest compaction summary).
+  pub live_from: f64,
+  /// Compactions the conversation went through.
+  pub compactions: f64,
+}
+
+/// How many tokens a prompt would add to a session, and whether it still fits.
+#[napi(object)]
+pub struct PromptEstimate {
+  /// Tokens the prompt is expected to add: `tiktokenTokens × factor`.
+  pub tokens: f64,
+  /// Its tiktoken (`o200k_base`) count.
+  pub tiktoken_tokens: f64,
+  /// Claude tokens per tiktoken token: a prior per model family fitted on real transcripts,
+  /// refined by this session's own turns.
+  pub factor: f64,
+  #[napi(ts_type = "'opus' | 'sonnet' | 'haiku' | 'other'")]
+  pub family: String,
+  /// Turns of this session the factor learned from (0: the prior alone).
+  pub observations: f64,
+  /// The session's context with the prompt added: `canContinue` says whether it fits.
+  pub context_info: ContextInfo,
+}
+

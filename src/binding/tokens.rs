@@ -1,0 +1,177 @@
+//! `countTokens` / `countTokensAsync`, with the fast path that reads short strings straight from
+//! V8 (every raw `napi_*` call of the binding is here).
+
+use napi_derive::napi;
+
+use napi::bindgen_prelude::*;
+use serde_json::Value;
+
+use super::*;
+
+/// Counts tokens with tiktoken (`o200k_base` by default, or `cl100k_base`). Claude's own
+/// tokenizer is not public: treat the count as an estimate of Claude tokens. The encoding can be
+/// given as a string, `countTokens(text, 'cl100k_base')`, the fastest form for short texts, or as
+/// `{ encoding }`, whose keys are checked.
+#[napi(ts_args_type = "text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }")]
+pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -> napi::Result<u32> {
+  // Fast path (a string, no options or only `encoding`): the text goes from V8 straight into a
+  // UTF-8 buffer in one pass, with no intermediate JSON value or copy.
+  if let Some(enc) = fast_encoding(&env, options) {
+    if let Some(n) = unsafe { with_js_str(env.raw(), text.raw(), |s| sync(&env, || Ok(core_tokens::count(s, enc) as u32))) } {
+      return n;
+    }
+  }
+  let text = js_value(&env, "text", Some(text));
+  let options = js_value(&env, "options", options);
+  sync(&env, || {
+    let text = string_arg("text", text?)?;
+    let enc = encoding_of(options?)?;
+    Ok(core_tokens::count(&text, enc) as u32)
+  })
+}
+
+/// `countTokens` off the JavaScript thread, for large texts: the promise settles with the count.
+#[napi(ts_args_type = "text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }", ts_return_type = "Promise<number>")]
+pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, u32>> {
+  if let Some(enc) = fast_encoding(env, options) {
+    match unsafe { js_string_len16(env.raw(), text.raw()) } {
+      // A short text is counted at once (faster than a trip to another thread and back) and the
+      // promise is returned already resolved.
+      Some(len) if len <= ASYNC_INLINE_MAX_UTF16 => {
+        if let Some(Ok(n)) = unsafe { with_js_str(env.raw(), text.raw(), |s| sync(env, || Ok(core_tokens::count(s, enc) as u32))) } {
+          return PromiseRaw::resolve(env, n);
+        }
+      }
+      Some(_) => {
+        if let Some(text) = unsafe { with_js_str(env.raw(), text.raw(), |s| s.to_owned()) } {
+          return promise(env, async move { count_blocking(text, enc).await }, |n| n as u32);
+        }
+      }
+      None => {}
+    }
+  }
+  let text = js_value(env, "text", Some(text));
+  let options = js_value(env, "options", options);
+  promise(
+    env,
+    async move {
+      let text = string_arg("text", text?)?;
+      let enc = encoding_of(options?)?;
+      count_blocking(text, enc).await
+    },
+    |n| n as u32,
+  )
+}
+
+/// Texts up to this many UTF-16 code units are counted by `countTokensAsync` on the calling thread.
+pub(crate) const ASYNC_INLINE_MAX_UTF16: usize = 1024;
+
+async fn count_blocking(text: String, enc: core_tokens::Encoding) -> CoreResult<usize> {
+  tokio::task::spawn_blocking(move || core_tokens::count(&text, enc))
+    .await
+    .map_err(|e| CoreError::internal(format!("token counting failed: {e}")))
+}
+
+/// The encoding when `options` is absent, `undefined`, `null`, `{}` or `{ encoding: <valid name> }`;
+/// `None` for anything else, which the general path then validates (and rejects with its message).
+pub(crate) fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<core_tokens::Encoding> {
+  use napi::sys;
+  let Some(options) = options else { return Some(core_tokens::Encoding::O200kBase) };
+  let (env, v) = (env.raw(), options.raw());
+  let ok = |s: sys::napi_status| (s == sys::Status::napi_ok).then_some(());
+  unsafe {
+    let mut t = 0;
+    ok(sys::napi_typeof(env, v, &mut t))?;
+    match t {
+      sys::ValueType::napi_undefined | sys::ValueType::napi_null => return Some(core_tokens::Encoding::O200kBase),
+      // The shorthand `countTokens(text, 'cl100k_base')`: one napi call, no keys to check.
+      sys::ValueType::napi_string => return core_tokens::Encoding::parse(Some(small_str(env, v, &mut [0u8; 32])?)).ok(),
+      sys::ValueType::napi_object => {}
+      _ => return None,
+    }
+    let mut is_array = false;
+    ok(sys::napi_is_array(env, v, &mut is_array))?;
+    if is_array {
+      return None;
+    }
+    let mut keys = std::ptr::null_mut();
+    ok(sys::napi_get_property_names(env, v, &mut keys))?;
+    let mut n = 0u32;
+    ok(sys::napi_get_array_length(env, keys, &mut n))?;
+    match n {
+      0 => Some(core_tokens::Encoding::O200kBase),
+      1 => {
+        let mut k = std::ptr::null_mut();
+        ok(sys::napi_get_element(env, keys, 0, &mut k))?;
+        if small_str(env, k, &mut [0u8; 16])? != "encoding" {
+          return None;
+        }
+        let mut val = std::ptr::null_mut();
+        ok(sys::napi_get_property(env, v, k, &mut val))?;
+        // Not a string (`undefined` included): the general path decides.
+        core_tokens::Encoding::parse(Some(small_str(env, val, &mut [0u8; 32])?)).ok()
+      }
+      _ => None,
+    }
+  }
+}
+
+/// A short JavaScript string read in one call into `buf`; `None` for a non-string or one that
+/// does not fit (which then matches nothing a caller looks for).
+pub(crate) unsafe fn small_str<'b>(env: napi::sys::napi_env, v: napi::sys::napi_value, buf: &'b mut [u8]) -> Option<&'b str> {
+  let mut written = 0usize;
+  if napi::sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), buf.len(), &mut written) != napi::sys::Status::napi_ok
+    || written + 1 >= buf.len()
+  {
+    return None;
+  }
+  std::str::from_utf8(&buf[..written]).ok()
+}
+
+/// The length of a JavaScript string in UTF-16 code units (O(1)), or `None` for a non-string.
+pub(crate) unsafe fn js_string_len16(env: napi::sys::napi_env, v: napi::sys::napi_value) -> Option<usize> {
+  use napi::sys;
+  // Fails with `napi_string_expected` for anything but a string: no separate type check needed.
+  let mut len = 0usize;
+  (sys::napi_get_value_string_utf16(env, v, std::ptr::null_mut(), 0, &mut len) == sys::Status::napi_ok).then_some(len)
+}
+
+/// Calls `f` with a JavaScript string as UTF-8 (lone surrogates become U+FFFD, as `TextEncoder`
+/// has them), converted in one pass into a stack buffer for short strings; `None` for a non-string.
+/// A UTF-16 code unit never takes more than 3 bytes of UTF-8, so `3 × length` always suffices.
+pub(crate) unsafe fn with_js_str<R>(env: napi::sys::napi_env, v: napi::sys::napi_value, f: impl FnOnce(&str) -> R) -> Option<R> {
+  use napi::sys;
+  let len16 = js_string_len16(env, v)?;
+  let cap = len16 * 3 + 1;
+  let mut stack = std::mem::MaybeUninit::<[u8; 2048]>::uninit();
+  let mut heap = Vec::new();
+  let buf: *mut u8 = if cap <= 2048 {
+    stack.as_mut_ptr().cast()
+  } else {
+    heap.reserve_exact(cap);
+    heap.as_mut_ptr()
+  };
+  let mut written = 0usize;
+  if sys::napi_get_value_string_utf8(env, v, buf.cast(), cap, &mut written) != sys::Status::napi_ok {
+    return None;
+  }
+  let bytes = std::slice::from_raw_parts(buf, written);
+  Some(match std::str::from_utf8(bytes) {
+    Ok(s) => f(s),
+    Err(_) => f(&String::from_utf8_lossy(bytes)),
+  })
+}
+
+pub(crate) fn encoding_of(options: Value) -> CoreResult<core_tokens::Encoding> {
+  if let Value::String(name) = &options {
+    return core_tokens::Encoding::parse(Some(name));
+  }
+  #[derive(serde::Deserialize, Default)]
+  #[serde(deny_unknown_fields)]
+  struct Opts {
+    encoding: Option<String>,
+  }
+  let o: Opts = parse_optional("countTokens options", options)?;
+  core_tokens::Encoding::parse(o.encoding.as_deref())
+}
+

@@ -1,0 +1,14 @@
+//! Everything about the `claude` CLI as a process: finding it (`resolve`), its argv and
+//! environment (`args`), running it and reading its stream (`run`, `stream`), and the platform's
+//! process primitives (`process`).
+
+pub mod args;
+pub mod process;
+pub mod resolve;
+pub mod run;
+pub mod stream;
+
+pub use args::{build_args, child_env, CliArgs, SessionMode};
+pub use process::pid_alive;
+pub use resolve::resolve_cli;
+pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};

@@ -1,0 +1,216 @@
+//! The session API: creating, listing, forking, archiving and deleting sessions, the context
+//! meter, prompt estimates and the conversation history. Every call is scoped by `userId`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{validate_user_project, ListRequest, Manager, MessagesPage, PromptEstimate, MAX_LIST, VALID_STATUSES};
+use crate::context::{self, estimate, ContextInfo};
+use crate::error::{Error, Result};
+use crate::store::{self, Compaction, ListQuery, NewSession, Session};
+use crate::{transcript, validate};
+
+impl Manager {
+  pub async fn list_sessions(&self, r: ListRequest) -> Result<Vec<Session>> {
+    validate_user_project(&r.user_id, r.project_id.as_deref())?;
+    if let Some(s) = &r.status {
+      if !VALID_STATUSES.contains(&s.as_str()) {
+        return Err(Error::invalid(format!("status must be \"active\" or \"archived\", got {:?}", s)));
+      }
+    }
+    let parent_id = r.parent_id.as_deref().map(|p| validate::session_id("parentId", p)).transpose()?;
+    let limit = match r.limit {
+      Some(l) => validate::positive_int("limit", l)?.min(MAX_LIST),
+      None => 50,
+    };
+    let offset = match r.offset {
+      Some(o) => validate::non_negative_int("offset", o)?,
+      None => 0,
+    };
+    let q = ListQuery { user_id: r.user_id, project_id: r.project_id, status: r.status, parent_id, limit, offset };
+    self.db(move |s| s.list_sessions(&q)).await
+  }
+
+  pub async fn get_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
+    let id = validate::session_id("sessionId", session_id)?;
+    validate::id("userId", user_id)?;
+    let user = user_id.to_owned();
+    let shown = id.clone();
+    self.point(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
+  }
+
+  pub async fn get_or_create(&self, project_id: &str, user_id: &str, prefer_active: bool, working_directory: Option<&str>) -> Result<(Session, bool)> {
+    validate_user_project(user_id, Some(project_id))?;
+    let wd = self.working_dir(working_directory)?;
+    let new = self.new_session(project_id, user_id, None, None, wd);
+    self.db(move |s| s.get_or_create(&new, prefer_active)).await
+  }
+
+  pub async fn start_fresh(&self, project_id: &str, user_id: &str, session_id: Option<&str>, working_directory: Option<&str>) -> Result<(Session, u64)> {
+    validate_user_project(user_id, Some(project_id))?;
+    let id = session_id.map(|s| validate::session_id("sessionId", s)).transpose()?;
+    let wd = self.working_dir(working_directory)?;
+    let new = self.new_session(project_id, user_id, id, None, wd);
+    self.db(move |s| s.start_fresh(&new)).await
+  }
+
+  pub async fn archive_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
+    let id = validate::session_id("sessionId", session_id)?;
+    validate::id("userId", user_id)?;
+    let user = user_id.to_owned();
+    self.db(move |s| s.archive_session(&id, &user)).await
+  }
+
+  pub async fn delete_session(&self, session_id: &str, user_id: &str) -> Result<()> {
+    let id = validate::session_id("sessionId", session_id)?;
+    validate::id("userId", user_id)?;
+    let user = user_id.to_owned();
+    self.db(move |s| s.delete_session(&id, &user)).await
+  }
+
+  /// Returns `(deleted, remaining)`.
+  pub async fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: f64, keep_active: bool) -> Result<(u64, u64)> {
+    validate_user_project(user_id, project_id)?;
+    let age = validate::non_negative_int("maxAgeMs", max_age_ms)?;
+    let (user, project) = (user_id.to_owned(), project_id.map(str::to_owned));
+    self
+      .db(move |s| {
+        let deleted = s.cleanup(&user, project.as_deref(), age, keep_active)?;
+        Ok((deleted, s.count_sessions(&user, project.as_deref())?))
+      })
+      .await
+  }
+
+  /// A new session that continues from `session_id` without calling the model; its first task
+  /// makes the CLI fork the transcript.
+  pub async fn fork(&self, session_id: &str, user_id: &str, title: Option<String>) -> Result<Session> {
+    if let Some(t) = &title {
+      validate::title(t)?;
+    }
+    let parent = self.get_session(session_id, user_id).await?;
+    let new = NewSession {
+      parent_id: Some(parent.id.clone()),
+      title: title.or_else(|| parent.title.clone()),
+      model: parent.model.clone(),
+      working_directory: parent.working_directory.clone(),
+      context: parent.context.clone(),
+      cli_cost_watermark: parent.cli_cost_watermark,
+      config_dir: parent.config_dir.clone(),
+      ..self.new_session(&parent.project_id, &parent.user_id, None, None, PathBuf::from(&parent.working_directory))
+    };
+    self.point(move |s| s.create_session(&new)).await
+  }
+
+  pub async fn get_context(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Result<ContextInfo> {
+    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
+    let s = self.get_session(session_id, user_id).await?;
+    let window = self.window_of(&s).await?;
+    Ok(context::context_info(s.context.as_ref(), window, threshold, 0))
+  }
+
+  /// The window of a session not measured yet: what the CLI last reported for its model, else
+  /// the `contextWindow` option.
+  pub(crate) async fn window_of(&self, s: &Session) -> Result<u64> {
+    if s.context.is_some() {
+      return Ok(self.cfg.context_window);
+    }
+    let model = s.model.clone();
+    Ok(self.point(move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
+  }
+
+  /// A session answered at once, on the calling thread, when the store can be read without
+  /// waiting (see `Store::get_session_now`); `None` for anything else (a miss, an invalid
+  /// argument, a busy store), which the async `get_session` then answers.
+  pub fn get_session_now(&self, session_id: &str, user_id: &str) -> Option<Session> {
+    self.check_open().ok()?;
+    let id = validate::session_id("sessionId", session_id).ok()?;
+    validate::id("userId", user_id).ok()?;
+    self.store.get_session_now(&id, user_id)?.ok()?
+  }
+
+  /// `get_context` answered at once, as `get_session_now` is.
+  pub fn get_context_now(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Option<ContextInfo> {
+    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold)).ok()?;
+    let s = self.get_session_now(session_id, user_id)?;
+    // As `window_of`: a session not measured yet takes the window last reported for its model.
+    let window = match s.context {
+      Some(_) => self.cfg.context_window,
+      None => self.store.window_for_now(&s.model)?.ok()?.unwrap_or(self.cfg.context_window),
+    };
+    Some(context::context_info(s.context.as_ref(), window, threshold, 0))
+  }
+
+  pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
+    let s = self.get_session(session_id, user_id).await?;
+    self.db(move |st| st.list_tasks(&s.id)).await
+  }
+
+  pub async fn list_compactions(&self, session_id: &str, user_id: &str) -> Result<Vec<Compaction>> {
+    let s = self.get_session(session_id, user_id).await?;
+    self.db(move |st| st.list_compactions(&s.id)).await
+  }
+
+  /// Tokens a prompt is expected to add to a session's context: its tiktoken count times a
+  /// factor per model family, learned from the session's own transcript on top of a prior fitted
+  /// on real transcripts (see `estimate`). Reads the transcript: call it off the async threads.
+  pub(crate) fn estimate_blocking(&self, session: &Session, prompt: &str) -> Result<(u64, u64, f64, estimate::Family, u64)> {
+    let family = estimate::Family::of_model(&session.model);
+    let mut est = estimate::Estimator::new();
+    if let Some(path) = self.transcript_of(session)? {
+      if path.is_file() {
+        est.train_on_transcript(&path)?;
+      }
+    }
+    let tiktoken = crate::context::tokens::count(prompt, crate::context::tokens::Encoding::O200kBase) as u64;
+    Ok((est.estimate(family, tiktoken), tiktoken, est.factor(family), family, est.learned(family).observations))
+  }
+
+  /// Tokens a prompt is expected to add (see `estimate_blocking`); a failure to read the
+  /// transcript falls back to the prior.
+  pub fn estimate_prompt(&self, session: &Session, prompt: &str) -> u64 {
+    self.estimate_blocking(session, prompt).map(|e| e.0).unwrap_or_else(|_| {
+      let f = estimate::Family::of_model(&session.model);
+      estimate::Estimator::new().estimate(f, crate::context::tokens::count(prompt, crate::context::tokens::Encoding::O200kBase) as u64)
+    })
+  }
+
+  /// `estimatePromptTokens`: how much a prompt would add and whether it still fits.
+  pub async fn estimate_prompt_tokens(self: &Arc<Self>, session_id: &str, user_id: &str, prompt: String, threshold: Option<f64>) -> Result<PromptEstimate> {
+    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
+    if prompt.len() > validate::MAX_PROMPT_BYTES * 4 {
+      return Err(Error::invalid(format!("prompt is longer than {} bytes", validate::MAX_PROMPT_BYTES * 4)));
+    }
+    let session = self.get_session(session_id, user_id).await?;
+    let (me, s2) = (self.clone(), session.clone());
+    // It reads the transcript: off the async workers.
+    let (tokens, tiktoken, factor, family, observations) = self.blocking("estimator", move || me.estimate_blocking(&s2, &prompt)).await?;
+    let window = self.window_of(&session).await?;
+    let context_info = context::context_info(session.context.as_ref(), window, threshold, tokens);
+    Ok(PromptEstimate { tokens, tiktoken_tokens: tiktoken, factor, family: family.as_str().to_string(), observations, context_info })
+  }
+
+  /// `getMessages`: the conversation the model has, from the CLI's transcript. Without `offset`
+  /// it returns the newest `limit` (default 100) messages, oldest first.
+  pub async fn get_messages(&self, session_id: &str, user_id: &str, limit: Option<f64>, offset: Option<f64>) -> Result<MessagesPage> {
+    let limit = match limit {
+      Some(l) => validate::positive_int("limit", l)?.min(10_000) as usize,
+      None => 100,
+    };
+    let offset = offset.map(|o| validate::non_negative_int("offset", o)).transpose()?.map(|o| o as usize);
+    let session = self.get_session(session_id, user_id).await?;
+    let path = self.transcript_of(&session)?;
+    // Reading a transcript can take milliseconds: off the async workers.
+    self.blocking("transcript reader", move || {
+        let history = match path {
+          Some(p) => transcript::read_messages(&p)?,
+          None => transcript::History::default(),
+        };
+        let page = match offset {
+          Some(o) => history.page(o, limit),
+          None => history.page_from_end(0, limit),
+        };
+        Ok(MessagesPage { messages: page.messages, offset: page.offset, total: page.total, live_from: history.live_from, compactions: history.compactions })
+      })
+      .await
+  }
+}

@@ -1,0 +1,415 @@
+//! Running a task or a compaction: validation, the session to run in, the in-process queue, the
+//! cross-process lease, a concurrency slot, and the CLI itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{validate_user_project, AbortOnDrop, EventSink, Manager, RunOptions, Tail, TaskError, TaskRequest, TaskResult, PERMISSION_MODES};
+use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, SessionMode};
+use crate::context;
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::Session;
+use crate::cli::stream::{Kind, Line};
+use crate::validate;
+
+impl Manager {
+  pub(crate) fn validate_task(&self, r: &TaskRequest) -> Result<CliArgs> {
+    validate_user_project(&r.user_id, Some(&r.project_id))?;
+    if r.prompt.trim().is_empty() {
+      return Err(Error::invalid("prompt must be a non-empty string"));
+    }
+    if r.prompt.len() > validate::MAX_PROMPT_BYTES {
+      return Err(Error::new(
+        ErrorCode::ContextOverflow,
+        format!("the prompt is {} bytes; the limit is {} bytes, far beyond any model's context window", r.prompt.len(), validate::MAX_PROMPT_BYTES),
+      ));
+    }
+    if r.prompt.contains('\0') {
+      return Err(Error::invalid("prompt contains a NUL byte"));
+    }
+    if let Some(m) = &r.model {
+      validate::cli_value("model", m, 128)?;
+    }
+    if let Some(m) = &r.fallback_model {
+      validate::cli_value("fallbackModel", m, 128)?;
+    }
+    let max_turns = r.max_turns.map(|t| validate::positive_int("maxTurns", t)).transpose()?;
+    if let Some(t) = max_turns {
+      if t > 10_000 {
+        return Err(Error::invalid("maxTurns must be at most 10000"));
+      }
+    }
+    let tools = |field: &str, list: &Option<Vec<String>>| -> Result<Vec<String>> {
+      let list = list.clone().unwrap_or_default();
+      if list.len() > 256 {
+        return Err(Error::invalid(format!("{field} has more than 256 entries")));
+      }
+      for t in &list {
+        validate::cli_value(field, t, 512)?;
+        if t.chars().any(|c| c.is_control()) {
+          return Err(Error::invalid(format!("{field} entry {:?} contains a control character", t)));
+        }
+      }
+      Ok(list)
+    };
+    let allowed_tools = tools("allowedTools", &r.allowed_tools)?;
+    let disallowed_tools = tools("disallowedTools", &r.disallowed_tools)?;
+    if let Some(m) = &r.permission_mode {
+      if !PERMISSION_MODES.contains(&m.as_str()) {
+        return Err(Error::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {:?}", m)));
+      }
+      if m == "bypassPermissions" && !self.cfg.allow_bypass_permissions {
+        return Err(Error::invalid(
+          "permissionMode \"bypassPermissions\" is refused: construct the SessionManager with allowBypassPermissions: true to allow it",
+        ));
+      }
+    }
+    if let Some(s) = &r.append_system_prompt {
+      validate::cli_value("appendSystemPrompt", s, 64 * 1024)?;
+    }
+    if let Some(b) = r.max_budget_usd {
+      if !b.is_finite() || b <= 0.0 {
+        return Err(Error::invalid(format!("maxBudgetUsd must be a positive number, got {b}")));
+      }
+    }
+    if let Some(t) = r.compact_threshold {
+      validate::percent("compactThreshold", t)?;
+    }
+    if let Some(t) = r.timeout_ms {
+      validate::positive_int("timeoutMs", t)?;
+    }
+    if let Some(t) = r.queue_timeout_ms {
+      validate::non_negative_int("queueTimeoutMs", t)?;
+    }
+    if let Some(t) = &r.title {
+      validate::title(t)?;
+    }
+    if r.fork_session == Some(true) && r.session_id.is_none() {
+      return Err(Error::invalid("forkSession needs the sessionId of the session to fork"));
+    }
+    Ok(CliArgs {
+      session: None,
+      model: r.model.clone(),
+      max_turns,
+      allowed_tools,
+      disallowed_tools,
+      permission_mode: r.permission_mode.clone(),
+      append_system_prompt: r.append_system_prompt.clone(),
+      max_budget_usd: r.max_budget_usd,
+      fallback_model: r.fallback_model.clone(),
+    })
+  }
+
+  /// How the CLI picks the session up: resume it, fork it from its parent on its first run, or
+  /// start it under its id.
+  pub(crate) async fn session_mode(&self, session: &Session) -> Result<SessionMode> {
+    if session.materialized {
+      return Ok(SessionMode::Resume(session.id.clone()));
+    }
+    if let Some(parent) = &session.parent_id {
+      let (pid, user) = (parent.clone(), session.user_id.clone());
+      if let Some(p) = self.point(move |s| s.get_session(&pid, &user)).await? {
+        if p.materialized {
+          return Ok(SessionMode::Fork { parent: p.id, child: session.id.clone() });
+        }
+      }
+    }
+    Ok(SessionMode::New(session.id.clone()))
+  }
+
+  /// Rejects a prompt whose own tokens exceed the window, before anything is stored or spawned.
+  /// A token is at least one byte, so only prompts longer than the window in bytes are counted.
+  pub(crate) async fn check_prompt_fits(&self, prompt: &str, window: u64) -> Result<()> {
+    if (prompt.len() as u64) <= window {
+      return Ok(());
+    }
+    let text = prompt.to_owned();
+    let n = tokio::task::spawn_blocking(move || crate::context::tokens::count(&text, crate::context::tokens::Encoding::O200kBase) as u64)
+      .await
+      .map_err(|e| Error::internal(format!("token counting failed: {e}")))?;
+    if n >= window {
+      return Err(Error::new(
+        ErrorCode::ContextOverflow,
+        format!("the prompt alone is about {n} tokens; the context window is {window}: split it or send it as a file the agent can read"),
+      ));
+    }
+    Ok(())
+  }
+
+  /// Runs a task. Invalid requests are rejected before anything is spawned; failures of the model
+  /// or the CLI resolve with `success: false` and a code.
+  pub async fn execute_task(self: &Arc<Self>, r: TaskRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    self.check_open()?;
+    let mut args = self.validate_task(&r)?;
+    let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
+    if session_id.is_some() && r.working_directory.is_some() {
+      return Err(Error::invalid("workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript"));
+    }
+    let wd = self.working_dir(r.working_directory.as_deref())?;
+    self.check_prompt_fits(&r.prompt, self.cfg.context_window).await?;
+    let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
+
+    // The session to run in.
+    let (session, forked_from) = match (&session_id, r.fork_session.unwrap_or(false)) {
+      (None, _) => {
+        let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
+        new.title = r.title.clone();
+        (self.point(move |s| s.create_session(&new)).await?, None)
+      }
+      (Some(id), fork) => {
+        let s = self.get_session(id, &r.user_id).await?;
+        if s.project_id != r.project_id {
+          return Err(Error::not_found(id));
+        }
+        if fork {
+          let child = self.fork(id, &r.user_id, r.title.clone()).await?;
+          (child, Some(s.id))
+        } else {
+          (s, None)
+        }
+      }
+    };
+    if args.model.is_none() {
+      args.model = Some(session.model.clone());
+    }
+    let threshold = r.compact_threshold.unwrap_or(self.cfg.compact_threshold);
+    let mut compacted = None;
+    if r.auto_compact == Some(true) && session.materialized {
+      let next = {
+        let (me, s2, p) = (self.clone(), session.clone(), r.prompt.clone());
+        tokio::task::spawn_blocking(move || me.estimate_prompt(&s2, &p)).await.unwrap_or(0)
+      };
+      let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, next);
+      if info.should_compact {
+        let done = self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
+        compacted = done.compactions.into_iter().next();
+      }
+    }
+    let spec = self.run_spec(&session, program, r.prompt.clone(), r.timeout_ms.map(|t| Duration::from_millis(t as u64)))?;
+    let include_partials = r.include_partial_messages.unwrap_or(false);
+    let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
+    let opts = RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout };
+    let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
+    res.parent_session_id = forked_from.or(res.parent_session_id);
+    res.compacted = compacted.is_some() || res.compacted;
+    if let Some(c) = compacted {
+      res.compactions.insert(0, c);
+    }
+    Ok(res)
+  }
+
+  /// How a CLI process for the session is started: its folder, environment, priority and limits.
+  /// The argv is built once the session is held (see `run_locked`).
+  pub(crate) fn run_spec(&self, session: &Session, program: PathBuf, stdin: String, timeout: Option<Duration>) -> Result<RunSpec> {
+    Ok(RunSpec {
+      program,
+      args: vec![],
+      cwd: PathBuf::from(&session.working_directory),
+      env: self.child_env(session)?,
+      stdin,
+      timeout,
+      stall_timeout: self.cfg.stall_timeout,
+      niceness: self.cfg.cli_niceness,
+    })
+  }
+
+  /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
+  /// runs the CLI and records the end.
+  pub(crate) async fn run_locked(&self, session: &Session, mut spec: RunSpec, sink: Option<EventSink>, cancel: CancelToken, o: RunOptions) -> Result<TaskResult> {
+    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout } = o;
+    let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
+    let queued = Instant::now();
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_queued", "sessionId": session.id }));
+    }
+    let busy = || {
+      Error::new(
+        ErrorCode::SessionBusy,
+        format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()),
+      )
+    };
+    let task_id = uuid::Uuid::new_v4().to_string();
+    // A task that has settled but whose CLI is still exiting holds the session for a moment
+    // more: wait for that first, so that it does not count against `queueTimeoutMs` (the caller
+    // sees no task running).
+    let exiting = self.finishing.lock().unwrap_or_else(|p| p.into_inner()).get(&session.id).cloned();
+    if let Some(mut exiting) = exiting {
+      tokio::select! {
+        _ = exiting.changed() => {}
+        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
+      }
+    }
+    let queued_for_lock = Instant::now();
+    let lock = self.session_lock(&session.id);
+    let guard = tokio::select! {
+      g = tokio::time::timeout(queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
+      _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
+    };
+    let model = cli.model.clone().unwrap_or_else(|| session.model.clone());
+    // Once the lease is ours, the session is read again (in the same trip to the store): a task
+    // that ran while this one waited (in this process or another) may have created its
+    // transcript or moved its cost watermark.
+    // Time spent behind another process's exiting CLI does not count, as above.
+    let mut excused = Duration::ZERO;
+    let mut last = Instant::now();
+    let fresh = loop {
+      let (sid, uid, tid, m, owner, ttl) = (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
+      let began = self
+        .point(move |s| {
+          Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? {
+            Ok(s.get_session(&sid, &uid).ok().flatten())
+          } else {
+            Err(s.lease_kept_after_end(&sid)?)
+          })
+        })
+        .await?;
+      let exiting_elsewhere = match began {
+        Ok(fresh) => break fresh,
+        Err(exiting) => exiting,
+      };
+      let now = Instant::now();
+      if exiting_elsewhere {
+        excused += now - last;
+      }
+      last = now;
+      if queued_for_lock.elapsed().saturating_sub(excused) >= queue_timeout {
+        return Err(busy());
+      }
+      tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
+      }
+    };
+    let session = &fresh.unwrap_or_else(|| session.clone());
+    let mode = self.session_mode(session).await;
+    self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
+    let renew = {
+      let (store, sid, tid, ttl) = (self.store.clone(), session.id.clone(), task_id.clone(), self.cfg.lease_ttl);
+      AbortOnDrop(tokio::spawn(async move {
+        loop {
+          tokio::time::sleep(ttl / 3).await;
+          let (store, sid, tid) = (store.clone(), sid.clone(), tid.clone());
+          let _ = tokio::task::spawn_blocking(move || store.renew_lease(&sid, &tid, ttl)).await;
+        }
+      }))
+    };
+    let outcome = match mode {
+      Ok(mode) => {
+        cli.session = Some(mode);
+        spec.args = cli::build_args(&cli);
+        self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await
+      }
+      Err(e) => Err(e),
+    };
+    let (outcome, tail) = match outcome {
+      Ok((out, tail)) => (Ok(out), tail),
+      Err(e) => (Err(e), None),
+    };
+    let Some(tail) = tail else {
+      drop(renew);
+      self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
+      return self.finish(session, &task_id, outcome, queued, threshold, trigger, false).await;
+    };
+    // The task settles at the CLI's result line. The session stays held (the in-process queue,
+    // the lease and its renewal, the concurrency slot) until the CLI has exited, so the next task
+    // on it starts only after this CLI is gone; `close()` waits for that too.
+    let res = self.finish(session, &task_id, outcome, queued, threshold, trigger, true).await;
+    // If the end could not be recorded, the row is still `running`: leave the lease to expire,
+    // and the next task marks it `interrupted` (as after a crash).
+    let recorded = res.is_ok();
+    let (exiting_tx, exiting_rx) = tokio::sync::watch::channel(());
+    self.finishing.lock().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), exiting_rx);
+    let (store, running, finishing, sid, tid) = (self.store.clone(), self.running.clone(), self.finishing.clone(), session.id.clone(), task_id.clone());
+    tokio::spawn(async move {
+      tail.await;
+      drop(renew);
+      if recorded {
+        let (sid2, tid2) = (sid.clone(), tid.clone());
+        let _ = tokio::task::spawn_blocking(move || store.release_lease(&sid2, &tid2)).await;
+      }
+      running.lock().unwrap_or_else(|p| p.into_inner()).remove(&tid);
+      finishing.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
+      drop(guard);
+      drop(exiting_tx);
+    });
+    res
+  }
+
+  /// A task aborted before it got its session: one `aborted` row, and a result saying so.
+  pub(crate) async fn aborted_in_queue(&self, session: &Session, task_id: &str, kind: &'static str, queued: Instant, threshold: f64) -> Result<TaskResult> {
+    let msg = "the task was aborted while it waited for its session";
+    let (sid, tid, owner) = (session.id.clone(), task_id.to_owned(), self.owner.clone());
+    self.point(move |s| s.record_unstarted_task(&sid, &tid, kind, &owner, "aborted", "ABORTED", msg)).await?;
+    let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
+    res.duration_total_ms = queued.elapsed().as_millis() as u64;
+    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
+    Ok(res)
+  }
+
+  pub(crate) async fn run_with_slot(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: &CancelToken,
+    include_partials: bool,
+  ) -> Result<(RunOutcome, Option<Tail>)> {
+    let permit = tokio::select! {
+      p = self.slots.clone().acquire_owned() => p.map_err(|_| Error::new(ErrorCode::Closed, "the manager was closed"))?,
+      _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for a free slot")),
+    };
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_started", "sessionId": session_id, "taskId": task_id }));
+    }
+    let forward = |line: &Line| {
+      if let Some(s) = &sink {
+        if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
+          s(line.raw.clone());
+        }
+      }
+    };
+    let (out, tail) = cli::run_until_result(&spec, cancel, forward, true).await?;
+    // The slot is the CLI's: it is freed when the CLI has exited.
+    Ok((out, tail.map(|t| -> Tail {
+      Box::pin(async move {
+        t.finish().await;
+        drop(permit);
+      })
+    })))
+  }
+
+  /// Compacts a session through the CLI's `/compact`.
+  pub async fn compact(&self, session_id: &str, user_id: &str, instructions: Option<String>, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    self.check_open()?;
+    if let Some(i) = &instructions {
+      validate::cli_value("summaryInstructions", i, 64 * 1024)?;
+    }
+    let session = self.get_session(session_id, user_id).await?;
+    self.compact_inner(&session, instructions, "manual", sink, cancel).await
+  }
+
+  pub(crate) async fn compact_inner(&self, session: &Session, instructions: Option<String>, trigger: &'static str, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    // A fork that has not run yet compacts its parent's conversation into its own transcript.
+    if matches!(self.session_mode(session).await?, SessionMode::New(_)) {
+      return Err(Error::new(ErrorCode::CompactFailed, format!("session {} has no conversation yet; there is nothing to compact", session.id)));
+    }
+    let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
+    let args = CliArgs { model: Some(session.model.clone()), ..Default::default() };
+    let prompt = match instructions {
+      Some(i) => format!("/compact {i}"),
+      None => "/compact".to_string(),
+    };
+    let spec = self.run_spec(session, program, prompt, None)?;
+    let opts = RunOptions { kind: "compact", cli: args, include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
+    let res = self.run_locked(session, spec, sink, cancel, opts).await?;
+    if res.compactions.is_empty() {
+      let why = res.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
+      return Err(Error::new(ErrorCode::CompactFailed, format!("compaction of session {} failed ({why}); the session is unchanged", session.id)));
+    }
+    Ok(res)
+  }
+}

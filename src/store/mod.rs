@@ -1,0 +1,450 @@
+//! The SQLite session store: one file shared by every process of a server. WAL mode, a busy
+//! timeout and `BEGIN IMMEDIATE` for every write, so concurrent writers queue instead of failing;
+//! the schema is versioned with `PRAGMA user_version` and migrated forward on open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+mod leases;
+mod meter;
+mod schema;
+mod sessions;
+
+use schema::MIGRATIONS;
+pub use schema::SCHEMA_VERSION;
+
+/// How long a writer waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where this thread is in a [`Store::now`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Now {
+  /// Not in one: store calls wait for locks as usual.
+  Off,
+  /// Nothing done yet: the next store call gives up instead of waiting.
+  Trying,
+  /// A store call went through: the rest wait as usual.
+  Done,
+  /// A store call would have waited and gave up.
+  WouldBlock,
+}
+
+thread_local! {
+  static NOW: std::cell::Cell<Now> = const { std::cell::Cell::new(Now::Off) };
+}
+
+fn would_block() -> Error {
+  NOW.with(|n| n.set(Now::WouldBlock));
+  Error::store("the store is busy (the caller waits where it may)")
+}
+
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+  SystemTime::now()
+    .duration_since(UNIX_EPOCH)
+    .map(|d| d.as_millis() as i64)
+    .unwrap_or(0)
+}
+
+/// `execute` through the connection's statement cache: the statements every task runs are
+/// parsed and planned once per connection.
+pub(crate) fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+  c.prepare_cached(sql)?.execute(params)
+}
+
+/// Whether a query returns a row, through the statement cache.
+pub(crate) fn exists<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> Result<bool> {
+  Ok(c.prepare_cached(sql)?.query_row(params, |_| Ok(())).optional()?.is_some())
+}
+
+/// Token counts as the API reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+  pub input_tokens: u64,
+  pub output_tokens: u64,
+  pub cache_read_input_tokens: u64,
+  pub cache_creation_input_tokens: u64,
+}
+
+impl Usage {
+  /// Everything the model saw and wrote in one call: the size of the context after it.
+  pub fn context_total(&self) -> u64 {
+    self.input_tokens + self.output_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+  }
+}
+
+/// The last measurement of a session's context.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextSnapshot {
+  pub tokens: u64,
+  pub window: u64,
+  /// `api` when the number is what the API reported, `estimate` otherwise.
+  pub source: String,
+  pub measured_at: i64,
+}
+
+/// A session row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+  pub id: String,
+  pub project_id: String,
+  pub user_id: String,
+  pub status: String,
+  pub parent_id: Option<String>,
+  pub title: Option<String>,
+  pub model: String,
+  pub working_directory: String,
+  pub created_at: i64,
+  pub updated_at: i64,
+  pub last_active_at: i64,
+  pub task_count: u64,
+  pub total_cost_usd: f64,
+  pub usage: Usage,
+  pub context: Option<ContextSnapshot>,
+  /// Whether the CLI has a transcript for this session yet (its first task ran).
+  pub materialized: bool,
+  pub cli_cost_watermark: f64,
+  /// The CLI's `CLAUDE_CONFIG_DIR` for this session when tenants are isolated.
+  pub config_dir: Option<String>,
+}
+
+pub(crate) const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
+  created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
+  cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
+  context_measured_at, materialized, cli_cost_watermark, config_dir";
+
+pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
+  let context_tokens: Option<i64> = r.get(17)?;
+  let context = match context_tokens {
+    Some(tokens) => Some(ContextSnapshot {
+      tokens: tokens as u64,
+      window: r.get::<_, Option<i64>>(18)?.unwrap_or(0) as u64,
+      source: r.get::<_, Option<String>>(19)?.unwrap_or_else(|| "estimate".into()),
+      measured_at: r.get::<_, Option<i64>>(20)?.unwrap_or(0),
+    }),
+    None => None,
+  };
+  Ok(Session {
+    id: r.get(0)?,
+    project_id: r.get(1)?,
+    user_id: r.get(2)?,
+    status: r.get(3)?,
+    parent_id: r.get(4)?,
+    title: r.get(5)?,
+    model: r.get(6)?,
+    working_directory: r.get(7)?,
+    created_at: r.get(8)?,
+    updated_at: r.get(9)?,
+    last_active_at: r.get(10)?,
+    task_count: r.get::<_, i64>(11)? as u64,
+    total_cost_usd: r.get(12)?,
+    usage: Usage {
+      input_tokens: r.get::<_, i64>(13)? as u64,
+      output_tokens: r.get::<_, i64>(14)? as u64,
+      cache_read_input_tokens: r.get::<_, i64>(15)? as u64,
+      cache_creation_input_tokens: r.get::<_, i64>(16)? as u64,
+    },
+    context,
+    materialized: r.get::<_, i64>(21)? != 0,
+    cli_cost_watermark: r.get(22)?,
+    config_dir: r.get(23)?,
+  })
+}
+
+/// What a new session row starts with.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+  pub id: String,
+  pub project_id: String,
+  pub user_id: String,
+  pub parent_id: Option<String>,
+  pub title: Option<String>,
+  pub model: String,
+  pub working_directory: String,
+  pub context: Option<ContextSnapshot>,
+  /// For forks: the parent's running total of CLI-reported cost (see `context::task_cost`).
+  pub cli_cost_watermark: f64,
+  pub config_dir: Option<String>,
+}
+
+/// Filters of `list_sessions`.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+  pub user_id: String,
+  pub project_id: Option<String>,
+  pub status: Option<String>,
+  pub parent_id: Option<String>,
+  pub limit: u64,
+  pub offset: u64,
+}
+
+/// A task row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+  pub id: String,
+  pub session_id: String,
+  pub status: String,
+  pub kind: String,
+  pub started_at: i64,
+  pub ended_at: Option<i64>,
+  pub model: Option<String>,
+  pub turns: Option<u64>,
+  pub usage: Usage,
+  pub cost_usd: f64,
+  pub error_code: Option<String>,
+  pub error_message: Option<String>,
+  pub cli_version: Option<String>,
+}
+
+/// How a task ended, written together with the session's totals in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct TaskEnd {
+  pub status: String,
+  pub model: Option<String>,
+  pub turns: Option<u64>,
+  pub usage: Usage,
+  pub cost_usd: f64,
+  pub cli_reported_cost_usd: Option<f64>,
+  pub duration_api_ms: Option<u64>,
+  pub error_code: Option<String>,
+  pub error_message: Option<String>,
+  pub cli_version: Option<String>,
+  /// The new context snapshot, when the task measured one.
+  pub context: Option<ContextSnapshot>,
+  /// Whether the CLI now has a transcript for the session.
+  pub materialized: bool,
+  /// Keep the session's lease: the CLI is still exiting, and [`Store::release_lease`] frees it.
+  pub keep_lease: bool,
+  /// The context window the CLI reported for a model, to remember (see [`Store::window_for`]).
+  pub window: Option<(String, u64)>,
+  /// Compactions the task did.
+  pub compactions: Vec<Compaction>,
+}
+
+/// A compaction row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Compaction {
+  pub session_id: String,
+  pub task_id: Option<String>,
+  pub trigger: String,
+  pub pre_tokens: Option<u64>,
+  pub post_tokens: Option<u64>,
+  pub started_at: i64,
+  pub duration_ms: Option<u64>,
+}
+
+/// Who holds work in this store: one per manager instance.
+#[derive(Debug, Clone)]
+pub struct Owner {
+  pub id: String,
+  pub pid: u32,
+}
+
+/// The store. Methods block; callers run them off the JavaScript thread.
+pub struct Store {
+  conn: Mutex<Connection>,
+  path: PathBuf,
+  /// The file's identity when opened: a file deleted or replaced under an open connection is
+  /// caught before work is done on a copy no other process sees.
+  identity: Option<(u64, u64)>,
+  /// Held open so the inode cannot be reused by a replacement file while this store lives.
+  /// Declared after `conn`: it closes after the connection, so SQLite's POSIX locks (which any
+  /// close of the file releases) are never dropped under a live connection.
+  _pin: Option<std::fs::File>,
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+  }
+  #[cfg(not(unix))]
+  {
+    let _ = path;
+    None
+  }
+}
+
+fn store_err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+  Error::store(format!("{what} {}: {e}", path.display()))
+}
+
+impl Store {
+  /// Opens (creating if needed) the database at `path` and migrates it. The folder must exist.
+  /// A file that is not a SQLite database is reported, never overwritten.
+  pub fn open(path: &Path) -> Result<Store> {
+    if path.as_os_str().is_empty() {
+      return Err(Error::invalid("databasePath must not be empty"));
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+      return Err(Error::store(format!(
+        "cannot open the session store {}: the folder {} does not exist",
+        path.display(),
+        parent.display()
+      )));
+    }
+    if path.is_dir() {
+      return Err(Error::store(format!(
+        "cannot open the session store {}: it is a folder, not a file",
+        path.display()
+      )));
+    }
+    let conn = Connection::open_with_flags(
+      path,
+      OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| store_err(path, "cannot open the session store", e))?;
+    conn
+      .busy_timeout(BUSY_TIMEOUT)
+      .map_err(|e| store_err(path, "cannot configure the session store", e))?;
+    // Read before writing anything: a file that is not a database fails here, untouched.
+    let version: i64 = conn
+      .query_row("PRAGMA user_version", [], |r| r.get(0))
+      .map_err(|e| store_err(path, "cannot read the session store", e))?;
+    if version > SCHEMA_VERSION {
+      return Err(Error::store(format!(
+        "the session store {} has schema version {version}, newer than this build's {SCHEMA_VERSION}: upgrade claude-session-manager",
+        path.display()
+      )));
+    }
+    // Switching to WAL needs a moment alone with the file; when several processes open a new
+    // database at once, the losers retry instead of failing.
+    let wal_deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+      let mode: rusqlite::Result<String> = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
+      if mode.as_deref().map(|m| m.eq_ignore_ascii_case("wal")).unwrap_or(false) {
+        break;
+      }
+      match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+        Ok(m) if m.eq_ignore_ascii_case("wal") => break,
+        Err(rusqlite::Error::SqliteFailure(f, _))
+          if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            && std::time::Instant::now() < wal_deadline =>
+        {
+          std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(m) => return Err(Error::store(format!("cannot enable WAL on the session store {}: journal mode stayed {m}", path.display()))),
+        Err(e) => return Err(store_err(path, "cannot enable WAL on the session store", e)),
+      }
+    }
+    conn
+      .pragma_update(None, "foreign_keys", "ON")
+      .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
+      .map_err(|e| store_err(path, "cannot configure the session store", e))?;
+    // The statements a task runs are prepared once per connection, not on every call.
+    conn.set_prepared_statement_cache_capacity(64);
+    let pin = std::fs::File::open(path).ok();
+    let identity = file_identity(path);
+    let mut store = Store { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin };
+    store.migrate()?;
+    Ok(store)
+  }
+
+  /// The file this store lives in.
+  pub fn path(&self) -> &Path {
+    &self.path
+  }
+
+  fn migrate(&mut self) -> Result<()> {
+    let path = self.path.clone();
+    let conn = self.conn.get_mut().map_err(|_| Error::internal("store lock poisoned"))?;
+    let tx = conn
+      .transaction_with_behavior(TransactionBehavior::Immediate)
+      .map_err(|e| store_err(&path, "cannot migrate the session store", e))?;
+    // Re-read inside the write lock: another process may have migrated meanwhile.
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+      tx.execute_batch(sql)
+        .map_err(|e| store_err(&path, &format!("migration {} -> {} failed on", i, i + 1), e))?;
+    }
+    if version < SCHEMA_VERSION {
+      tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
+    tx.commit().map_err(|e| store_err(&path, "cannot migrate the session store", e))?;
+    Ok(())
+  }
+
+  pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    let trying = NOW.with(|n| n.get()) == Now::Trying;
+    let mut conn = if trying {
+      match self.conn.try_lock() {
+        Ok(c) => c,
+        Err(std::sync::TryLockError::WouldBlock) => return Err(would_block()),
+        Err(std::sync::TryLockError::Poisoned(_)) => return Err(Error::internal("store lock poisoned")),
+      }
+    } else {
+      self.conn.lock().map_err(|_| Error::internal("store lock poisoned"))?
+    };
+    if self.identity.is_some() && file_identity(&self.path) != self.identity {
+      return Err(Error::store(format!(
+        "the session store {} was deleted or replaced while open; nothing was written. Restore the file or create a new SessionManager",
+        self.path.display()
+      )));
+    }
+    if !trying {
+      return f(&mut conn);
+    }
+    // SQLite calls this instead of waiting for another process's lock: give up at once.
+    conn.busy_handler(Some(|_| {
+      NOW.with(|n| n.set(Now::WouldBlock));
+      false
+    }))?;
+    let r = f(&mut conn);
+    let restored = conn.busy_timeout(BUSY_TIMEOUT);
+    if NOW.with(|n| n.get()) == Now::Trying {
+      // It went through: whatever follows in the same `now` call runs to the end, waiting if it
+      // must, so that a call is never half done and then run again.
+      NOW.with(|n| n.set(Now::Done));
+    }
+    restored?;
+    r
+  }
+
+  /// Runs `f` on this thread if its first store call can go through without waiting: the
+  /// connection is free and SQLite needs no lock that another process holds. `None` when it
+  /// would have waited; nothing was done then (a write takes its lock first, with
+  /// `BEGIN IMMEDIATE`), and the caller runs `f` where waiting is fine. Store calls after the
+  /// first one wait as usual.
+  pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
+    /// Puts the thread's state back even if `f` panics (a caught panic must not leave later
+    /// store calls on this thread in "give up" mode).
+    struct Restore(Now);
+    impl Drop for Restore {
+      fn drop(&mut self) {
+        NOW.with(|n| n.set(self.0));
+      }
+    }
+    let _restore = Restore(NOW.with(|n| n.replace(Now::Trying)));
+    let r = f(self);
+    let gave_up = NOW.with(|n| n.get()) == Now::WouldBlock;
+    (!gave_up).then_some(r)
+  }
+
+  pub(crate) fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    self.with(|conn| {
+      let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+      let out = f(&tx)?;
+      tx.commit()?;
+      Ok(out)
+    })
+  }
+
+  /// The schema version of the open file.
+  pub fn schema_version(&self) -> Result<i64> {
+    self.with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+  }
+}

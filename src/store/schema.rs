@@ -1,0 +1,100 @@
+//! The schema, as forward migrations.
+
+/// Forward migrations; entry `i` takes the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[
+  // 0 -> 1: the first release: sessions only.
+  r#"
+  CREATE TABLE sessions (
+    id TEXT PRIMARY KEY NOT NULL,
+    project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'archived')),
+    parent_id TEXT,
+    title TEXT,
+    model TEXT NOT NULL,
+    working_directory TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_active_at INTEGER NOT NULL
+  );
+  CREATE INDEX sessions_by_user ON sessions (user_id, last_active_at DESC);
+  "#,
+  // 1 -> 2: tasks, compactions, leases, totals and the context snapshot.
+  r#"
+  ALTER TABLE sessions ADD COLUMN task_count INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN total_cost_usd REAL NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN input_tokens INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN output_tokens INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN cache_read_tokens INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN cache_creation_tokens INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN context_tokens INTEGER;
+  ALTER TABLE sessions ADD COLUMN context_window INTEGER;
+  ALTER TABLE sessions ADD COLUMN context_source TEXT;
+  ALTER TABLE sessions ADD COLUMN context_measured_at INTEGER;
+  ALTER TABLE sessions ADD COLUMN materialized INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE sessions ADD COLUMN cli_cost_watermark REAL NOT NULL DEFAULT 0;
+  CREATE INDEX sessions_by_project ON sessions (user_id, project_id, status, last_active_at DESC);
+  CREATE INDEX sessions_by_parent ON sessions (parent_id);
+
+  CREATE TABLE tasks (
+    id TEXT PRIMARY KEY NOT NULL,
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    status TEXT NOT NULL CHECK (status IN
+      ('running', 'succeeded', 'failed', 'aborted', 'timed_out', 'interrupted')),
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    model TEXT,
+    turns INTEGER,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_creation_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    cli_reported_cost_usd REAL,
+    duration_api_ms INTEGER,
+    error_code TEXT,
+    error_message TEXT,
+    cli_version TEXT,
+    owner_id TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'task'
+  );
+  CREATE INDEX tasks_by_session ON tasks (session_id, started_at);
+  CREATE INDEX tasks_by_status ON tasks (status);
+
+  CREATE TABLE compactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    task_id TEXT,
+    trigger TEXT NOT NULL CHECK (trigger IN ('manual', 'auto')),
+    pre_tokens INTEGER,
+    post_tokens INTEGER,
+    started_at INTEGER NOT NULL,
+    duration_ms INTEGER
+  );
+  CREATE INDEX compactions_by_session ON compactions (session_id, started_at);
+
+  CREATE TABLE leases (
+    session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    owner_id TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+  );
+  "#,
+  // 2 -> 3: per-tenant CLI configuration folders.
+  r#"
+  ALTER TABLE sessions ADD COLUMN config_dir TEXT;
+  "#,
+  // 3 -> 4: the context window the CLI last reported per model, for sessions not yet measured.
+  r#"
+  CREATE TABLE model_windows (
+    model TEXT PRIMARY KEY NOT NULL,
+    context_window INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  );
+  "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
