@@ -98,10 +98,7 @@ impl Error {
     Error::new(ErrorCode::InvalidArgument, message)
   }
   pub fn not_found(session_id: &str) -> Self {
-    Error::new(
-      ErrorCode::SessionNotFound,
-      format!("session {session_id} was not found for this user"),
-    )
+    Error::new(ErrorCode::SessionNotFound, format!("session {session_id} was not found for this user"))
   }
   pub fn store(message: impl Into<String>) -> Self {
     Error::new(ErrorCode::StoreError, message)

@@ -11,9 +11,7 @@ pub const MAX_TITLE_LEN: usize = 1024;
 pub const MAX_PROMPT_BYTES: usize = 4 * 1024 * 1024;
 
 fn describe_control(s: &str) -> Option<String> {
-  s.chars()
-    .find(|c| c.is_control())
-    .map(|c| format!("U+{:04X}", c as u32))
+  s.chars().find(|c| c.is_control()).map(|c| format!("U+{:04X}", c as u32))
 }
 
 /// A project or user id: 1..=256 bytes, no control characters, not only white space.
@@ -22,15 +20,10 @@ pub fn id(field: &str, value: &str) -> Result<()> {
     return Err(Error::invalid(format!("{field} must be a non-empty string")));
   }
   if value.len() > MAX_ID_LEN {
-    return Err(Error::invalid(format!(
-      "{field} is {} bytes long; the limit is {MAX_ID_LEN}",
-      value.len()
-    )));
+    return Err(Error::invalid(format!("{field} is {} bytes long; the limit is {MAX_ID_LEN}", value.len())));
   }
   if let Some(c) = describe_control(value) {
-    return Err(Error::invalid(format!(
-      "{field} contains the control character {c}; ids must be printable"
-    )));
+    return Err(Error::invalid(format!("{field} contains the control character {c}; ids must be printable")));
   }
   Ok(())
 }
@@ -45,9 +38,7 @@ pub fn session_id(field: &str, value: &str) -> Result<String> {
     });
   if !ok {
     let shown: String = value.chars().take(64).collect::<String>().escape_debug().to_string();
-    return Err(Error::invalid(format!(
-      "{field} must be a UUID such as 123e4567-e89b-42d3-a456-426614174000, got \"{shown}\""
-    )));
+    return Err(Error::invalid(format!("{field} must be a UUID such as 123e4567-e89b-42d3-a456-426614174000, got \"{shown}\"")));
   }
   Ok(value.to_ascii_lowercase())
 }
@@ -66,9 +57,7 @@ pub fn title(value: &str) -> Result<()> {
 /// A whole, non-negative number given from JavaScript as a double.
 pub fn non_negative_int(field: &str, value: f64) -> Result<u64> {
   if !value.is_finite() || value < 0.0 || value.fract() != 0.0 || value > 9_007_199_254_740_991.0 {
-    return Err(Error::invalid(format!(
-      "{field} must be a whole number >= 0, got {value}"
-    )));
+    return Err(Error::invalid(format!("{field} must be a whole number >= 0, got {value}")));
   }
   Ok(value as u64)
 }
@@ -85,9 +74,7 @@ pub fn positive_int(field: &str, value: f64) -> Result<u64> {
 /// A percentage in (0, 100].
 pub fn percent(field: &str, value: f64) -> Result<f64> {
   if !value.is_finite() || value <= 0.0 || value > 100.0 {
-    return Err(Error::invalid(format!(
-      "{field} must be a percentage greater than 0 and at most 100, got {value}"
-    )));
+    return Err(Error::invalid(format!("{field} must be a percentage greater than 0 and at most 100, got {value}")));
   }
   Ok(value)
 }
@@ -117,17 +104,12 @@ pub fn working_directory(field: &str, value: &str, allowed_roots: &[std::path::P
   if !p.is_absolute() {
     return Err(Error::invalid(format!("{field} must be an absolute path, got {:?}", value)));
   }
-  let resolved = std::fs::canonicalize(p)
-    .map_err(|e| Error::invalid(format!("{field} {:?} cannot be used: {e}", value)))?;
+  let resolved = std::fs::canonicalize(p).map_err(|e| Error::invalid(format!("{field} {:?} cannot be used: {e}", value)))?;
   if !resolved.is_dir() {
     return Err(Error::invalid(format!("{field} {:?} is not a folder", value)));
   }
   if !allowed_roots.is_empty() && !allowed_roots.iter().any(|r| resolved.starts_with(r)) {
-    return Err(Error::invalid(format!(
-      "{field} {:?} resolves to {} which is outside the allowed roots",
-      value,
-      resolved.display()
-    )));
+    return Err(Error::invalid(format!("{field} {:?} resolves to {} which is outside the allowed roots", value, resolved.display())));
   }
   Ok(resolved)
 }

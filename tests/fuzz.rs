@@ -40,18 +40,46 @@ fn json_value() -> impl Strategy<Value = Value> {
     any::<i64>().prop_map(|n| Value::from(n)),
     any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| Value::from(f)),
     "[a-z_]{0,12}".prop_map(Value::String),
-    prop_oneof![Just("system"), Just("assistant"), Just("user"), Just("result"), Just("stream_event"), Just("init"),
-      Just("compact_boundary"), Just("status"), Just("message_start"), Just("message_delta")]
-      .prop_map(|s| Value::String(s.to_string())),
+    prop_oneof![
+      Just("system"),
+      Just("assistant"),
+      Just("user"),
+      Just("result"),
+      Just("stream_event"),
+      Just("init"),
+      Just("compact_boundary"),
+      Just("status"),
+      Just("message_start"),
+      Just("message_delta")
+    ]
+    .prop_map(|s| Value::String(s.to_string())),
   ];
   leaf.prop_recursive(4, 64, 8, |inner| {
     prop_oneof![
       prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
       prop::collection::vec(
-        (prop_oneof![Just("type"), Just("subtype"), Just("message"), Just("usage"), Just("event"), Just("input_tokens"),
-          Just("output_tokens"), Just("is_error"), Just("modelUsage"), Just("compact_metadata"), Just("parent_tool_use_id"),
-          Just("uuid"), Just("parentUuid"), Just("content"), Just("id"), Just("isSidechain")].prop_map(str::to_owned),
-         inner),
+        (
+          prop_oneof![
+            Just("type"),
+            Just("subtype"),
+            Just("message"),
+            Just("usage"),
+            Just("event"),
+            Just("input_tokens"),
+            Just("output_tokens"),
+            Just("is_error"),
+            Just("modelUsage"),
+            Just("compact_metadata"),
+            Just("parent_tool_use_id"),
+            Just("uuid"),
+            Just("parentUuid"),
+            Just("content"),
+            Just("id"),
+            Just("isSidechain")
+          ]
+          .prop_map(str::to_owned),
+          inner
+        ),
         0..6,
       )
       .prop_map(|kv| Value::Object(kv.into_iter().collect())),

@@ -164,12 +164,19 @@ fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
   assert_eq!(e.code, ErrorCode::StoreError);
   assert!(e.message.contains("deleted or replaced"), "{}", e.message);
   assert_eq!(s.get_session(A, "alice").unwrap_err().code, ErrorCode::StoreError);
-  assert_eq!(s.get_session_now(A, "alice").expect("nothing to wait for").unwrap_err().code, ErrorCode::StoreError, "the fast read reports it too");
+  assert_eq!(
+    s.get_session_now(A, "alice").expect("nothing to wait for").unwrap_err().code,
+    ErrorCode::StoreError,
+    "the fast read reports it too"
+  );
   // Replaced by another database: refused too.
   let other = Store::open(&dir.path().join("other.db")).unwrap();
   drop(other);
   std::fs::rename(dir.path().join("other.db"), &path).unwrap();
-  assert_eq!(s.list_sessions(&ListQuery { user_id: "alice".into(), limit: 5, ..Default::default() }).unwrap_err().code, ErrorCode::StoreError);
+  assert_eq!(
+    s.list_sessions(&ListQuery { user_id: "alice".into(), limit: 5, ..Default::default() }).unwrap_err().code,
+    ErrorCode::StoreError
+  );
 }
 
 #[test]

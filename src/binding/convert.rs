@@ -147,4 +147,3 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
 pub(crate) fn num(v: u64) -> f64 {
   v as f64
 }
-

@@ -7,7 +7,6 @@ use napi::bindgen_prelude::*;
 
 use super::*;
 
-
 /// Builds a JavaScript `Error` whose `code` is the core error's code.
 pub(crate) fn js_error(env: &Env, e: CoreError) -> napi::Error {
   let build = || -> napi::Result<napi::Error> {
@@ -40,7 +39,12 @@ where
 }
 
 /// [`promise`], with `cleanup` run on the JavaScript thread once the future has settled.
-pub(crate) fn promise_then<'e, T, V, F>(env: &'e Env, fut: F, map: fn(T) -> V, cleanup: impl FnOnce(&Env) + 'static) -> napi::Result<PromiseRaw<'e, V>>
+pub(crate) fn promise_then<'e, T, V, F>(
+  env: &'e Env,
+  fut: F,
+  map: fn(T) -> V,
+  cleanup: impl FnOnce(&Env) + 'static,
+) -> napi::Result<PromiseRaw<'e, V>>
 where
   T: Send + 'static,
   V: ToNapiValue + 'static,
@@ -90,4 +94,3 @@ pub(crate) fn sync<T>(env: &Env, f: impl FnOnce() -> CoreResult<T>) -> napi::Res
     Err(p) => Err(js_error(env, CoreError::internal(format!("panic: {}", panic_message(p))))),
   }
 }
-

@@ -101,7 +101,8 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
               Ok(())
             })
             .map_err(|_| bad("cannot listen to signal"))?;
-          let add: Function<FnArgs<(String, Function<(), ()>)>, ()> = unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
+          let add: Function<FnArgs<(String, Function<(), ()>)>, ()> =
+            unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
           add.apply(signal, ("abort".to_string(), listener).into()).map_err(|e| bad(&format!("cannot listen to signal: {e}")))?;
           abort = Some(AbortHook {
             signal: signal.create_ref().map_err(|_| bad("cannot keep signal"))?,
@@ -114,4 +115,3 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
   }
   Ok(ExecuteHooks { sink, cancel, abort })
 }
-

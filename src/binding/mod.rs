@@ -9,9 +9,9 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::error::{Error as CoreError, ErrorCode};
 use crate::cli::CancelToken;
 use crate::context::tokens as core_tokens;
+use crate::error::{Error as CoreError, ErrorCode};
 use crate::{context, sessions as manager, store};
 
 mod convert;
@@ -163,11 +163,7 @@ impl SessionManager {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let m = self.inner.clone();
-    promise(
-      env,
-      async move { m.delete_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
-      |()| (),
-    )
+    promise(env, async move { m.delete_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await }, |()| ())
   }
 
   /// Deletes the user's sessions idle for longer than `maxAgeMs` (only archived ones while
@@ -199,10 +195,7 @@ impl SessionManager {
 
   /// A new session that continues from `sessionId`, made at once without calling the model; its
   /// first task forks the CLI's transcript. The parent is never changed by the fork.
-  #[napi(
-    ts_args_type = "request: { sessionId: string; userId: string; title?: string }",
-    ts_return_type = "Promise<Session>"
-  )]
+  #[napi(ts_args_type = "request: { sessionId: string; userId: string; title?: string }", ts_return_type = "Promise<Session>")]
   pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
     let request = js_value(env, "request", Some(request));
     #[derive(serde::Deserialize)]
@@ -225,11 +218,14 @@ impl SessionManager {
 
   /// How full the session's context is, from the store (nothing is spawned). `threshold` is a
   /// percentage; default the manager's `compactThreshold`.
-  #[napi(
-    ts_args_type = "sessionId: string, userId: string, options?: { threshold?: number }",
-    ts_return_type = "Promise<ContextInfo>"
-  )]
-  pub fn get_session_context<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, ContextInfo>> {
+  #[napi(ts_args_type = "sessionId: string, userId: string, options?: { threshold?: number }", ts_return_type = "Promise<ContextInfo>")]
+  pub fn get_session_context<'e>(
+    &self,
+    env: &'e Env,
+    session_id: Unknown<'e>,
+    user_id: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+  ) -> napi::Result<PromiseRaw<'e, ContextInfo>> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let options = js_value(env, "options", options);
@@ -261,20 +257,26 @@ impl SessionManager {
 
   /// The tasks run in a session, oldest first.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<TaskRecord[]>")]
-  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<TaskRecord>>> {
+  pub fn list_tasks<'e>(
+    &self,
+    env: &'e Env,
+    session_id: Unknown<'e>,
+    user_id: Unknown<'e>,
+  ) -> napi::Result<PromiseRaw<'e, Vec<TaskRecord>>> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let m = self.inner.clone();
-    promise(
-      env,
-      async move { m.list_tasks(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
-      task_records,
-    )
+    promise(env, async move { m.list_tasks(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await }, task_records)
   }
 
   /// The compactions of a session, oldest first.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<CompactionRecord[]>")]
-  pub fn list_compactions<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<CompactionRecord>>> {
+  pub fn list_compactions<'e>(
+    &self,
+    env: &'e Env,
+    session_id: Unknown<'e>,
+    user_id: Unknown<'e>,
+  ) -> napi::Result<PromiseRaw<'e, Vec<CompactionRecord>>> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let m = self.inner.clone();
@@ -293,7 +295,13 @@ impl SessionManager {
     ts_args_type = "sessionId: string, userId: string, options?: { limit?: number; offset?: number }",
     ts_return_type = "Promise<MessagesPage>"
   )]
-  pub fn get_messages<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, serde_json::Value>> {
+  pub fn get_messages<'e>(
+    &self,
+    env: &'e Env,
+    session_id: Unknown<'e>,
+    user_id: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+  ) -> napi::Result<PromiseRaw<'e, serde_json::Value>> {
     #[derive(serde::Deserialize, Default)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct Opts {
@@ -321,7 +329,14 @@ impl SessionManager {
     ts_args_type = "sessionId: string, userId: string, prompt: string, options?: { threshold?: number }",
     ts_return_type = "Promise<PromptEstimate>"
   )]
-  pub fn estimate_prompt_tokens<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>, prompt: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, PromptEstimate>> {
+  pub fn estimate_prompt_tokens<'e>(
+    &self,
+    env: &'e Env,
+    session_id: Unknown<'e>,
+    user_id: Unknown<'e>,
+    prompt: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+  ) -> napi::Result<PromiseRaw<'e, PromptEstimate>> {
     #[derive(serde::Deserialize, Default)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     struct Opts {
@@ -354,7 +369,12 @@ impl SessionManager {
   /// Invalid requests reject before anything is spawned; model and CLI failures resolve with
   /// `success: false` and an `error.code`.
   #[napi(ts_args_type = "request: TaskRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
-  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, TaskResult>> {
+  pub fn execute_task<'e>(
+    &self,
+    env: &'e Env,
+    request: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+  ) -> napi::Result<PromiseRaw<'e, TaskResult>> {
     let request = js_value(env, "request", Some(request));
     let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "executeTask", options) {
       Ok(x) => x,
@@ -378,7 +398,12 @@ impl SessionManager {
     ts_args_type = "request: { sessionId: string; userId: string; summaryInstructions?: string }, options?: ExecuteOptions",
     ts_return_type = "Promise<TaskResult>"
   )]
-  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, TaskResult>> {
+  pub fn compact_session<'e>(
+    &self,
+    env: &'e Env,
+    request: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+  ) -> napi::Result<PromiseRaw<'e, TaskResult>> {
     let request = js_value(env, "request", Some(request));
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -4,7 +4,6 @@ use napi_derive::napi;
 
 use napi::bindgen_prelude::*;
 
-
 // ---- input types (typing only: inputs are read through serde so that every shape error is an
 // INVALID_ARGUMENT naming the field) ----------------------------------------------------------
 
@@ -123,4 +122,3 @@ pub struct ExecuteOptions {
   #[napi(ts_type = "AbortSignal")]
   pub signal: Option<Unknown<'static>>,
 }
-

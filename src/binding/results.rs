@@ -2,9 +2,7 @@
 
 use napi_derive::napi;
 
-
 use super::*;
-
 
 /// Token counts as the Anthropic API reports them.
 #[napi(object)]
@@ -337,7 +335,9 @@ pub struct HistoryMessage {
   /// The text blocks joined by blank lines.
   pub text: String,
   /// The content blocks in order.
-  #[napi(ts_type = "Array<{ type: 'text'; text: string } | { type: 'thinking'; text: string } | { type: 'toolUse'; id: string; name: string; input: any } | { type: 'toolResult'; toolUseId: string; toolName?: string; content: string; isError: boolean; truncated: boolean; contentChars: number; images: number } | { type: 'image'; mediaType?: string } | { type: 'other'; blockType: string }>")]
+  #[napi(
+    ts_type = "Array<{ type: 'text'; text: string } | { type: 'thinking'; text: string } | { type: 'toolUse'; id: string; name: string; input: any } | { type: 'toolResult'; toolUseId: string; toolName?: string; content: string; isError: boolean; truncated: boolean; contentChars: number; images: number } | { type: 'image'; mediaType?: string } | { type: 'other'; blockType: string }>"
+  )]
   pub blocks: Vec<serde_json::Value>,
   /// The API message id of an assistant message.
   pub message_id: Option<String>,
@@ -384,4 +384,3 @@ pub struct PromptEstimate {
   /// The session's context with the prompt added: `canContinue` says whether it fits.
   pub context_info: ContextInfo,
 }
-

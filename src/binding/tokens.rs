@@ -31,7 +31,10 @@ pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -
 }
 
 /// `countTokens` off the JavaScript thread, for large texts: the promise settles with the count.
-#[napi(ts_args_type = "text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }", ts_return_type = "Promise<number>")]
+#[napi(
+  ts_args_type = "text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }",
+  ts_return_type = "Promise<number>"
+)]
 pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, u32>> {
   if let Some(enc) = fast_encoding(env, options) {
     match unsafe { js_string_len16(env.raw(), text.raw()) } {
@@ -174,4 +177,3 @@ pub(crate) fn encoding_of(options: Value) -> CoreResult<core_tokens::Encoding> {
   let o: Opts = parse_optional("countTokens options", options)?;
   core_tokens::Encoding::parse(o.encoding.as_deref())
 }
-

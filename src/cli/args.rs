@@ -1,7 +1,6 @@
 //! The CLI's argv, built from validated values (every value as `--flag=value`), and its
 //! environment (only what the CLI needs).
 
-
 /// How the CLI is to pick up the session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionMode {
@@ -69,13 +68,52 @@ pub fn build_args(a: &CliArgs) -> Vec<String> {
 }
 
 const ENV_NAMES: &[&str] = &[
-  "HOME", "PATH", "USER", "LOGNAME", "SHELL", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ", "TERM",
-  "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
-  "http_proxy", "https_proxy", "no_proxy", "all_proxy", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME",
-  "XDG_STATE_HOME", "XDG_RUNTIME_DIR", "SystemRoot", "SYSTEMROOT", "ComSpec", "APPDATA", "LOCALAPPDATA",
-  "USERPROFILE", "PATHEXT", "CLAUDE_CONFIG_DIR", "API_TIMEOUT_MS", "BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS",
-  "MAX_THINKING_TOKENS", "MCP_TIMEOUT", "MCP_TOOL_TIMEOUT", "DISABLE_AUTOUPDATER", "DISABLE_TELEMETRY",
-  "DISABLE_ERROR_REPORTING", "DISABLE_COST_WARNINGS",
+  "HOME",
+  "PATH",
+  "USER",
+  "LOGNAME",
+  "SHELL",
+  "TMPDIR",
+  "TMP",
+  "TEMP",
+  "LANG",
+  "LANGUAGE",
+  "TZ",
+  "TERM",
+  "NODE_EXTRA_CA_CERTS",
+  "SSL_CERT_FILE",
+  "SSL_CERT_DIR",
+  "HTTP_PROXY",
+  "HTTPS_PROXY",
+  "NO_PROXY",
+  "ALL_PROXY",
+  "http_proxy",
+  "https_proxy",
+  "no_proxy",
+  "all_proxy",
+  "XDG_CONFIG_HOME",
+  "XDG_CACHE_HOME",
+  "XDG_DATA_HOME",
+  "XDG_STATE_HOME",
+  "XDG_RUNTIME_DIR",
+  "SystemRoot",
+  "SYSTEMROOT",
+  "ComSpec",
+  "APPDATA",
+  "LOCALAPPDATA",
+  "USERPROFILE",
+  "PATHEXT",
+  "CLAUDE_CONFIG_DIR",
+  "API_TIMEOUT_MS",
+  "BASH_DEFAULT_TIMEOUT_MS",
+  "BASH_MAX_TIMEOUT_MS",
+  "MAX_THINKING_TOKENS",
+  "MCP_TIMEOUT",
+  "MCP_TOOL_TIMEOUT",
+  "DISABLE_AUTOUPDATER",
+  "DISABLE_TELEMETRY",
+  "DISABLE_ERROR_REPORTING",
+  "DISABLE_COST_WARNINGS",
 ];
 const ENV_PREFIXES: &[&str] = &["LC_", "ANTHROPIC_", "CLAUDE_CODE_"];
 
@@ -84,9 +122,7 @@ const ENV_PREFIXES: &[&str] = &["LC_", "ANTHROPIC_", "CLAUDE_CODE_"];
 /// provider is switched on), then `extra` on top. Other server secrets do not pass.
 pub fn child_env(parent: impl IntoIterator<Item = (String, String)>, extra: &[(String, String)]) -> Vec<(String, String)> {
   let parent: Vec<(String, String)> = parent.into_iter().collect();
-  let on = |name: &str| {
-    parent.iter().chain(extra.iter()).any(|(k, v)| k == name && !v.is_empty() && v != "0" && v != "false")
-  };
+  let on = |name: &str| parent.iter().chain(extra.iter()).any(|(k, v)| k == name && !v.is_empty() && v != "0" && v != "false");
   let bedrock = on("CLAUDE_CODE_USE_BEDROCK");
   let vertex = on("CLAUDE_CODE_USE_VERTEX");
   let mut out: Vec<(String, String)> = parent
@@ -104,4 +140,3 @@ pub fn child_env(parent: impl IntoIterator<Item = (String, String)>, extra: &[(S
   }
   out
 }
-

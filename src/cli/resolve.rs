@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorCode, Result};
 
-
 fn platform_package() -> Option<&'static str> {
   match (std::env::consts::OS, std::env::consts::ARCH) {
     ("linux", "x86_64") => Some("claude-code-linux-x64"),
@@ -74,4 +73,3 @@ pub fn resolve_cli(explicit: Option<&str>, search_dirs: &[PathBuf]) -> Result<Pa
     .or_else(|| from_path(std::env::var_os("PATH")))
     .ok_or_else(|| Error::new(ErrorCode::CliNotFound, format!("the claude CLI was not found; {hint}")))
 }
-

@@ -12,10 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 
-use crate::error::{Error, ErrorCode, Result};
-use crate::store::Usage;
 use super::process::{kill_group, lower_priority};
 use super::stream::{self, ContextTracker, Kind, Line, ResultLine};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::Usage;
 
 /// A cancellation flag that can be awaited. Cloning shares it.
 #[derive(Clone, Default)]
@@ -42,7 +42,6 @@ impl CancelToken {
     }
   }
 }
-
 
 /// Everything needed to start one CLI process.
 #[derive(Debug, Clone)]
@@ -174,7 +173,9 @@ fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
       }
       Err(e) => Err(match (e.step, e.error.kind()) {
         (Step::Chdir, _) => Error::invalid(format!("the working directory {} cannot be used: {}", spec.cwd.display(), e.error)),
-        (Step::Exec, std::io::ErrorKind::NotFound) => Error::new(ErrorCode::CliNotFound, format!("cannot start {}: {}", spec.program.display(), e.error)),
+        (Step::Exec, std::io::ErrorKind::NotFound) => {
+          Error::new(ErrorCode::CliNotFound, format!("cannot start {}: {}", spec.program.display(), e.error))
+        }
         _ => Error::new(ErrorCode::CliError, format!("cannot start {}: {}", spec.program.display(), e.error)),
       }),
     };
@@ -424,9 +425,12 @@ pub async fn run_until_result(
   out.context = tracker.last();
   out.elapsed = started.elapsed();
   if early {
-    return Ok((out, Some(Tail(Box::pin(async move {
-      ending.await;
-    })))));
+    return Ok((
+      out,
+      Some(Tail(Box::pin(async move {
+        ending.await;
+      }))),
+    ));
   }
   let ((exit_code, signal), stderr_tail) = ending.await;
   out.exit_code = exit_code;
@@ -473,7 +477,9 @@ mod tests {
     assert!(!alive(pid));
     let group_left = || {
       std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()).any(|e| {
-        std::fs::read_to_string(e.path().join("stat")).map(|st| st[st.rfind(')').unwrap_or(0)..].split(' ').nth(3) == Some(&pid.to_string())).unwrap_or(false)
+        std::fs::read_to_string(e.path().join("stat"))
+          .map(|st| st[st.rfind(')').unwrap_or(0)..].split(' ').nth(3) == Some(&pid.to_string()))
+          .unwrap_or(false)
           && e.file_name().to_string_lossy().parse::<u32>().map(alive).unwrap_or(false)
       })
     };
@@ -496,7 +502,10 @@ mod tests {
     // Without settling, `run` returns after the exit, with its status.
     let p = script(
       dir.path(),
-      &format!("read line\necho '{{\"type\":\"result\",\"subtype\":\"success\",\"result\":\"ok\"}}'\nsleep 0.3\ntouch {}", marker.display()),
+      &format!(
+        "read line\necho '{{\"type\":\"result\",\"subtype\":\"success\",\"result\":\"ok\"}}'\nsleep 0.3\ntouch {}",
+        marker.display()
+      ),
     );
     let out = run(&spec(p, dir.path()), &CancelToken::new(), |_| {}).await.unwrap();
     assert_eq!(out.exit_code, Some(0));
@@ -507,7 +516,8 @@ mod tests {
   #[tokio::test]
   async fn the_cli_runs_below_this_process_priority_on_either_spawn_path() {
     let dir = tempfile::tempdir().unwrap();
-    let p = script(dir.path(), r#"read line; printf '{"type":"result","subtype":"success","result":"%s"}\n' "$(cut -d' ' -f19 /proc/$$/stat)""#);
+    let p =
+      script(dir.path(), r#"read line; printf '{"type":"result","subtype":"success","result":"%s"}\n' "$(cut -d' ' -f19 /proc/$$/stat)""#);
     let mut s = spec(p, dir.path());
     for by in [0, 7, 40] {
       s.niceness = by;

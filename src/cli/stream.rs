@@ -89,8 +89,7 @@ pub fn usage_of(v: &Value) -> Option<Usage> {
 }
 
 fn is_sidechain(v: &Value) -> bool {
-  v.get("parent_tool_use_id").map(|p| !p.is_null()).unwrap_or(false)
-    || v.get("isSidechain").and_then(Value::as_bool).unwrap_or(false)
+  v.get("parent_tool_use_id").map(|p| !p.is_null()).unwrap_or(false) || v.get("isSidechain").and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// Parses one line. `Err` carries a short description for lines that are not a JSON object.
@@ -110,11 +109,9 @@ fn classify(v: &Value) -> Kind {
     "system" => {
       let subtype = v.get("subtype").and_then(Value::as_str).unwrap_or("");
       match subtype {
-        "init" => Kind::Init {
-          session_id: str_at(v, "session_id"),
-          model: str_at(v, "model"),
-          cli_version: str_at(v, "claude_code_version"),
-        },
+        "init" => {
+          Kind::Init { session_id: str_at(v, "session_id"), model: str_at(v, "model"), cli_version: str_at(v, "claude_code_version") }
+        }
         "compact_boundary" => {
           let meta = v.get("compact_metadata").cloned().unwrap_or(Value::Null);
           Kind::CompactBoundary {
@@ -167,10 +164,8 @@ fn parse_result(v: &Value) -> ResultLine {
   let mut model_usage = Vec::new();
   if let Some(mu) = v.get("modelUsage").and_then(Value::as_object) {
     for (model, m) in mu {
-      let tokens = ["inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens"]
-        .iter()
-        .filter_map(|k| u64_at(m, k))
-        .sum();
+      let tokens =
+        ["inputTokens", "outputTokens", "cacheReadInputTokens", "cacheCreationInputTokens"].iter().filter_map(|k| u64_at(m, k)).sum();
       model_usage.push(ModelUsage {
         model: model.clone(),
         context_window: u64_at(m, "contextWindow"),
@@ -287,7 +282,10 @@ mod tests {
 
   #[test]
   fn compact_boundary_and_status() {
-    let l = parse_line(r#"{"type":"system","subtype":"compact_boundary","compact_metadata":{"trigger":"auto","pre_tokens":150000,"post_tokens":9000}}"#).unwrap();
+    let l = parse_line(
+      r#"{"type":"system","subtype":"compact_boundary","compact_metadata":{"trigger":"auto","pre_tokens":150000,"post_tokens":9000}}"#,
+    )
+    .unwrap();
     assert_eq!(
       l.kind,
       Kind::CompactBoundary { trigger: "auto".into(), pre_tokens: Some(150000), post_tokens: Some(9000), duration_ms: None }

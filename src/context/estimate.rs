@@ -26,8 +26,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
 use super::tokens::{count, Encoding};
+use crate::error::Result;
 use crate::transcript::{read_messages_with, Block, History, MessageKind, ReadOptions, Role};
 
 /// A model family. Claude models up to Opus 4.6 share a tokenizer, but the families render and
@@ -368,9 +368,7 @@ pub fn fit_prior(pairs: &[Pair]) -> Option<Prior> {
   if data.is_empty() {
     return None;
   }
-  let cost = |fi: f64, fo: f64, ov: f64| -> f64 {
-    data.iter().map(|[u, r, b, api]| ((fi * u + fo * r + ov * b) - api).abs() / api).sum()
-  };
+  let cost = |fi: f64, fo: f64, ov: f64| -> f64 { data.iter().map(|[u, r, b, api]| ((fi * u + fo * r + ov * b) - api).abs() / api).sum() };
   // (centre, half-width, step) per parameter; each stage searches around the previous best.
   let mut best = (1.2, 1.2, 40.0);
   let stages = [((1.4, 0.8, 0.05), (50.0, 50.0, 10.0)), ((0.0, 0.05, 0.01), (0.0, 10.0, 2.0)), ((0.0, 0.01, 0.002), (0.0, 2.0, 0.5))];
@@ -491,7 +489,16 @@ mod tests {
   }
 
   fn pair(family: Family, user: u64, reply: u64, blocks: u64, api: i64) -> Pair {
-    Pair { family, user_tiktoken: user, reply_tiktoken: reply, tool_blocks: blocks, added_api: api, thinking: false, uncountable: false, prompt: false }
+    Pair {
+      family,
+      user_tiktoken: user,
+      reply_tiktoken: reply,
+      tool_blocks: blocks,
+      added_api: api,
+      thinking: false,
+      uncountable: false,
+      prompt: false,
+    }
   }
 
   #[test]
@@ -540,7 +547,8 @@ mod tests {
   #[test]
   fn pairs_follow_the_main_chain_and_skip_compactions() {
     let line = |v: Value| v.to_string();
-    let usage = |ctx: u64| json!({"input_tokens": 2, "cache_creation_input_tokens": 10, "cache_read_input_tokens": ctx - 12, "output_tokens": 1});
+    let usage =
+      |ctx: u64| json!({"input_tokens": 2, "cache_creation_input_tokens": 10, "cache_read_input_tokens": ctx - 12, "output_tokens": 1});
     let asst = |uuid: &str, parent: &str, id: &str, model: &str, block: Value, ctx: u64| {
       line(json!({"type": "assistant", "uuid": uuid, "parentUuid": parent,
         "message": {"id": id, "role": "assistant", "model": model, "content": [block], "usage": usage(ctx)}}))
@@ -643,7 +651,9 @@ mod tests {
     for f in Family::ALL {
       let (a, b) = (fitted[f.index()], prior(f));
       assert!(
-        (a.input_factor - b.input_factor).abs() < 0.011 && (a.output_factor - b.output_factor).abs() < 0.011 && (a.tool_block_overhead - b.tool_block_overhead).abs() <= 1.0,
+        (a.input_factor - b.input_factor).abs() < 0.011
+          && (a.output_factor - b.output_factor).abs() < 0.011
+          && (a.tool_block_overhead - b.tool_block_overhead).abs() <= 1.0,
         "{f:?}: refit {a:?}, built in {b:?}"
       );
     }

@@ -5,8 +5,8 @@ pub mod tokens;
 
 use serde::Serialize;
 
-use crate::store::{ContextSnapshot, Usage};
 use crate::cli::stream::ResultLine;
+use crate::store::{ContextSnapshot, Usage};
 
 /// What `getSessionContext` and `TaskResult.contextInfo` say.
 #[derive(Debug, Clone, PartialEq, Serialize)]

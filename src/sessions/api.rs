@@ -39,14 +39,26 @@ impl Manager {
     self.point(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
   }
 
-  pub async fn get_or_create(&self, project_id: &str, user_id: &str, prefer_active: bool, working_directory: Option<&str>) -> Result<(Session, bool)> {
+  pub async fn get_or_create(
+    &self,
+    project_id: &str,
+    user_id: &str,
+    prefer_active: bool,
+    working_directory: Option<&str>,
+  ) -> Result<(Session, bool)> {
     validate_user_project(user_id, Some(project_id))?;
     let wd = self.working_dir(working_directory)?;
     let new = self.new_session(project_id, user_id, None, None, wd);
     self.db(move |s| s.get_or_create(&new, prefer_active)).await
   }
 
-  pub async fn start_fresh(&self, project_id: &str, user_id: &str, session_id: Option<&str>, working_directory: Option<&str>) -> Result<(Session, u64)> {
+  pub async fn start_fresh(
+    &self,
+    project_id: &str,
+    user_id: &str,
+    session_id: Option<&str>,
+    working_directory: Option<&str>,
+  ) -> Result<(Session, u64)> {
     validate_user_project(user_id, Some(project_id))?;
     let id = session_id.map(|s| validate::session_id("sessionId", s)).transpose()?;
     let wd = self.working_dir(working_directory)?;
@@ -175,7 +187,13 @@ impl Manager {
   }
 
   /// `estimatePromptTokens`: how much a prompt would add and whether it still fits.
-  pub async fn estimate_prompt_tokens(self: &Arc<Self>, session_id: &str, user_id: &str, prompt: String, threshold: Option<f64>) -> Result<PromptEstimate> {
+  pub async fn estimate_prompt_tokens(
+    self: &Arc<Self>,
+    session_id: &str,
+    user_id: &str,
+    prompt: String,
+    threshold: Option<f64>,
+  ) -> Result<PromptEstimate> {
     let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
     if prompt.len() > validate::MAX_PROMPT_BYTES * 4 {
       return Err(Error::invalid(format!("prompt is longer than {} bytes", validate::MAX_PROMPT_BYTES * 4)));
@@ -200,7 +218,8 @@ impl Manager {
     let session = self.get_session(session_id, user_id).await?;
     let path = self.transcript_of(&session)?;
     // Reading a transcript can take milliseconds: off the async workers.
-    self.blocking("transcript reader", move || {
+    self
+      .blocking("transcript reader", move || {
         let history = match path {
           Some(p) => transcript::read_messages(&p)?,
           None => transcript::History::default(),
@@ -209,7 +228,13 @@ impl Manager {
           Some(o) => history.page(o, limit),
           None => history.page_from_end(0, limit),
         };
-        Ok(MessagesPage { messages: page.messages, offset: page.offset, total: page.total, live_from: history.live_from, compactions: history.compactions })
+        Ok(MessagesPage {
+          messages: page.messages,
+          offset: page.offset,
+          total: page.total,
+          live_from: history.live_from,
+          compactions: history.compactions,
+        })
       })
       .await
   }

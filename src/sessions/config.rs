@@ -79,7 +79,9 @@ impl Config {
     for r in &o.allowed_roots {
       allowed_roots.push(validate::working_directory("allowedRoots entry", r, &[])?);
     }
-    let working_directory = PathBuf::from(o.working_directory.clone().or_else(|| env_var("CLAUDE_WORKING_DIR")).unwrap_or_else(|| cwd.to_string_lossy().into_owned()));
+    let working_directory = PathBuf::from(
+      o.working_directory.clone().or_else(|| env_var("CLAUDE_WORKING_DIR")).unwrap_or_else(|| cwd.to_string_lossy().into_owned()),
+    );
     let working_directory = if working_directory.is_absolute() { working_directory } else { cwd.join(working_directory) };
     let working_directory = validate::working_directory("workingDirectory", &working_directory.to_string_lossy(), &allowed_roots)?;
     let isolation = match o.isolate_tenants.as_deref() {

@@ -27,7 +27,8 @@ impl Manager {
       .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
       .unwrap_or(false);
     let mut end = TaskEnd { materialized: session.materialized || transcript_exists, keep_lease, ..Default::default() };
-    let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
+    let mut res =
+      TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
     let mut watermark = None;
     let mut compactions: Vec<cli::CompactEvent> = vec![];
     let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
@@ -68,12 +69,19 @@ impl Manager {
             end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: store::now_ms() });
           }
         } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
-          end.context = Some(ContextSnapshot { tokens: c, window: self.cfg.context_window, source: "estimate".into(), measured_at: store::now_ms() });
+          end.context =
+            Some(ContextSnapshot { tokens: c, window: self.cfg.context_window, source: "estimate".into(), measured_at: store::now_ms() });
         }
         let error = match (out.reason, &out.result) {
           (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
-          (EndReason::TimedOut, _) => Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None)),
-          (EndReason::Stalled, _) => Some(fail(ErrorCode::Timeout, format!("the CLI printed nothing for {} ms and was stopped{tail}", self.cfg.stall_timeout.map(|d| d.as_millis()).unwrap_or(0)), None)),
+          (EndReason::TimedOut, _) => {
+            Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None))
+          }
+          (EndReason::Stalled, _) => Some(fail(
+            ErrorCode::Timeout,
+            format!("the CLI printed nothing for {} ms and was stopped{tail}", self.cfg.stall_timeout.map(|d| d.as_millis()).unwrap_or(0)),
+            None,
+          )),
           (EndReason::Exited, None) => Some(fail(
             ErrorCode::CliError,
             format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),

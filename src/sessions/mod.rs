@@ -165,7 +165,14 @@ impl Manager {
     Some(self.cfg.tenant_config_root.join(format!("{kind}-{readable}-{h:016x}")).to_string_lossy().into_owned())
   }
 
-  pub(crate) fn new_session(&self, project_id: &str, user_id: &str, id: Option<String>, model: Option<String>, working_directory: PathBuf) -> NewSession {
+  pub(crate) fn new_session(
+    &self,
+    project_id: &str,
+    user_id: &str,
+    id: Option<String>,
+    model: Option<String>,
+    working_directory: PathBuf,
+  ) -> NewSession {
     NewSession {
       id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
       project_id: project_id.to_owned(),

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{validate_user_project, AbortOnDrop, EventSink, Manager, RunOptions, Tail, TaskError, TaskRequest, TaskResult, PERMISSION_MODES};
+use super::{
+  validate_user_project, AbortOnDrop, EventSink, Manager, RunOptions, Tail, TaskError, TaskRequest, TaskResult, PERMISSION_MODES,
+};
+use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::Session;
-use crate::cli::stream::{Kind, Line};
 use crate::validate;
 
 impl Manager {
@@ -24,7 +26,11 @@ impl Manager {
     if r.prompt.len() > validate::MAX_PROMPT_BYTES {
       return Err(Error::new(
         ErrorCode::ContextOverflow,
-        format!("the prompt is {} bytes; the limit is {} bytes, far beyond any model's context window", r.prompt.len(), validate::MAX_PROMPT_BYTES),
+        format!(
+          "the prompt is {} bytes; the limit is {} bytes, far beyond any model's context window",
+          r.prompt.len(),
+          validate::MAX_PROMPT_BYTES
+        ),
       ));
     }
     if r.prompt.contains('\0') {
@@ -146,7 +152,9 @@ impl Manager {
     let mut args = self.validate_task(&r)?;
     let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
     if session_id.is_some() && r.working_directory.is_some() {
-      return Err(Error::invalid("workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript"));
+      return Err(Error::invalid(
+        "workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript",
+      ));
     }
     let wd = self.working_dir(r.working_directory.as_deref())?;
     self.check_prompt_fits(&r.prompt, self.cfg.context_window).await?;
@@ -218,7 +226,14 @@ impl Manager {
 
   /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
   /// runs the CLI and records the end.
-  pub(crate) async fn run_locked(&self, session: &Session, mut spec: RunSpec, sink: Option<EventSink>, cancel: CancelToken, o: RunOptions) -> Result<TaskResult> {
+  pub(crate) async fn run_locked(
+    &self,
+    session: &Session,
+    mut spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+    o: RunOptions,
+  ) -> Result<TaskResult> {
     let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout } = o;
     let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
     let queued = Instant::now();
@@ -226,10 +241,7 @@ impl Manager {
       s(json!({ "type": "task_queued", "sessionId": session.id }));
     }
     let busy = || {
-      Error::new(
-        ErrorCode::SessionBusy,
-        format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()),
-      )
+      Error::new(ErrorCode::SessionBusy, format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()))
     };
     let task_id = uuid::Uuid::new_v4().to_string();
     // A task that has settled but whose CLI is still exiting holds the session for a moment
@@ -256,7 +268,8 @@ impl Manager {
     let mut excused = Duration::ZERO;
     let mut last = Instant::now();
     let fresh = loop {
-      let (sid, uid, tid, m, owner, ttl) = (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
+      let (sid, uid, tid, m, owner, ttl) =
+        (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
       let began = self
         .point(move |s| {
           Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? {
@@ -322,7 +335,8 @@ impl Manager {
     let recorded = res.is_ok();
     let (exiting_tx, exiting_rx) = tokio::sync::watch::channel(());
     self.finishing.lock().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), exiting_rx);
-    let (store, running, finishing, sid, tid) = (self.store.clone(), self.running.clone(), self.finishing.clone(), session.id.clone(), task_id.clone());
+    let (store, running, finishing, sid, tid) =
+      (self.store.clone(), self.running.clone(), self.finishing.clone(), session.id.clone(), task_id.clone());
     tokio::spawn(async move {
       tail.await;
       drop(renew);
@@ -339,11 +353,19 @@ impl Manager {
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.
-  pub(crate) async fn aborted_in_queue(&self, session: &Session, task_id: &str, kind: &'static str, queued: Instant, threshold: f64) -> Result<TaskResult> {
+  pub(crate) async fn aborted_in_queue(
+    &self,
+    session: &Session,
+    task_id: &str,
+    kind: &'static str,
+    queued: Instant,
+    threshold: f64,
+  ) -> Result<TaskResult> {
     let msg = "the task was aborted while it waited for its session";
     let (sid, tid, owner) = (session.id.clone(), task_id.to_owned(), self.owner.clone());
     self.point(move |s| s.record_unstarted_task(&sid, &tid, kind, &owner, "aborted", "ABORTED", msg)).await?;
-    let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
+    let mut res =
+      TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
     res.duration_total_ms = queued.elapsed().as_millis() as u64;
     res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
     Ok(res)
@@ -374,16 +396,26 @@ impl Manager {
     };
     let (out, tail) = cli::run_until_result(&spec, cancel, forward, true).await?;
     // The slot is the CLI's: it is freed when the CLI has exited.
-    Ok((out, tail.map(|t| -> Tail {
-      Box::pin(async move {
-        t.finish().await;
-        drop(permit);
-      })
-    })))
+    Ok((
+      out,
+      tail.map(|t| -> Tail {
+        Box::pin(async move {
+          t.finish().await;
+          drop(permit);
+        })
+      }),
+    ))
   }
 
   /// Compacts a session through the CLI's `/compact`.
-  pub async fn compact(&self, session_id: &str, user_id: &str, instructions: Option<String>, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+  pub async fn compact(
+    &self,
+    session_id: &str,
+    user_id: &str,
+    instructions: Option<String>,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+  ) -> Result<TaskResult> {
     self.check_open()?;
     if let Some(i) = &instructions {
       validate::cli_value("summaryInstructions", i, 64 * 1024)?;
@@ -392,10 +424,20 @@ impl Manager {
     self.compact_inner(&session, instructions, "manual", sink, cancel).await
   }
 
-  pub(crate) async fn compact_inner(&self, session: &Session, instructions: Option<String>, trigger: &'static str, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+  pub(crate) async fn compact_inner(
+    &self,
+    session: &Session,
+    instructions: Option<String>,
+    trigger: &'static str,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+  ) -> Result<TaskResult> {
     // A fork that has not run yet compacts its parent's conversation into its own transcript.
     if matches!(self.session_mode(session).await?, SessionMode::New(_)) {
-      return Err(Error::new(ErrorCode::CompactFailed, format!("session {} has no conversation yet; there is nothing to compact", session.id)));
+      return Err(Error::new(
+        ErrorCode::CompactFailed,
+        format!("session {} has no conversation yet; there is nothing to compact", session.id),
+      ));
     }
     let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
     let args = CliArgs { model: Some(session.model.clone()), ..Default::default() };
@@ -404,11 +446,22 @@ impl Manager {
       None => "/compact".to_string(),
     };
     let spec = self.run_spec(session, program, prompt, None)?;
-    let opts = RunOptions { kind: "compact", cli: args, include_partials: false, threshold: self.cfg.compact_threshold, trigger: Some(trigger), queue_timeout: None };
+    let opts = RunOptions {
+      kind: "compact",
+      cli: args,
+      include_partials: false,
+      threshold: self.cfg.compact_threshold,
+      trigger: Some(trigger),
+      queue_timeout: None,
+    };
     let res = self.run_locked(session, spec, sink, cancel, opts).await?;
     if res.compactions.is_empty() {
-      let why = res.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
-      return Err(Error::new(ErrorCode::CompactFailed, format!("compaction of session {} failed ({why}); the session is unchanged", session.id)));
+      let why =
+        res.error.as_ref().map(|e| format!("{}: {}", e.code, e.message)).unwrap_or_else(|| "the CLI did not confirm a compaction".into());
+      return Err(Error::new(
+        ErrorCode::CompactFailed,
+        format!("compaction of session {} failed ({why}); the session is unchanged", session.id),
+      ));
     }
     Ok(res)
   }

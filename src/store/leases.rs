@@ -38,15 +38,7 @@ impl Store {
 
   /// Takes the session's lease and inserts the task row as `running`, in one transaction.
   /// Returns false (and writes nothing) when another live task holds the lease.
-  pub fn try_begin_task(
-    &self,
-    session_id: &str,
-    task_id: &str,
-    kind: &str,
-    model: &str,
-    owner: &Owner,
-    ttl: Duration,
-  ) -> Result<bool> {
+  pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
     self.write(|tx| {
       let now = now_ms();
       if Self::lease_live(tx, session_id, now)? {
@@ -54,12 +46,14 @@ impl Store {
       }
       // An expired lease belongs to a dead or stuck holder: its task is interrupted.
       Self::interrupt_expired(tx, session_id, now)?;
-      exec(tx,
+      exec(
+        tx,
         "INSERT INTO leases (session_id, owner_id, owner_pid, task_id, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (session_id) DO UPDATE SET owner_id = ?2, owner_pid = ?3, task_id = ?4, expires_at = ?5",
         params![session_id, owner.id, owner.pid, task_id, now + ttl.as_millis() as i64],
       )?;
-      exec(tx,
+      exec(
+        tx,
         "INSERT INTO tasks (id, session_id, status, started_at, model, owner_id, owner_pid, kind)
          VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
         params![task_id, session_id, now, model, owner.id, owner.pid, kind],
@@ -69,7 +63,8 @@ impl Store {
   }
 
   pub(crate) fn interrupt_expired(tx: &Connection, session_id: &str, now: i64) -> Result<()> {
-    exec(tx,
+    exec(
+      tx,
       "UPDATE tasks SET status = 'interrupted', ended_at = ?2, error_code = 'INTERRUPTED',
          error_message = 'the process running this task stopped before it ended'
        WHERE session_id = ?1 AND status = 'running'
@@ -81,7 +76,16 @@ impl Store {
 
   /// Records a task that ended before it could start (aborted while it waited for its session):
   /// one row with its final status, counted in the session's totals like any other.
-  pub fn record_unstarted_task(&self, session_id: &str, task_id: &str, kind: &str, owner: &Owner, status: &str, code: &str, message: &str) -> Result<()> {
+  pub fn record_unstarted_task(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    kind: &str,
+    owner: &Owner,
+    status: &str,
+    code: &str,
+    message: &str,
+  ) -> Result<()> {
     self.write(|tx| {
       let now = now_ms();
       tx.execute(
@@ -111,7 +115,8 @@ impl Store {
     self.write(|tx| {
       let now = now_ms();
       let u = &end.usage;
-      exec(tx,
+      exec(
+        tx,
         "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
            input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
            cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
@@ -135,7 +140,8 @@ impl Store {
           end.cli_version,
         ],
       )?;
-      exec(tx,
+      exec(
+        tx,
         "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
            input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
            cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
@@ -155,7 +161,8 @@ impl Store {
         ],
       )?;
       if let Some(ctx) = &end.context {
-        exec(tx,
+        exec(
+          tx,
           "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
            WHERE id = ?1",
           params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],

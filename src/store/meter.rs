@@ -1,6 +1,5 @@
 //! What the context meter remembers: each model's window and the compactions.
 
-
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::*;
@@ -35,7 +34,8 @@ impl Store {
 
   /// Records a compaction; part of a task's end.
   pub(crate) fn add_compaction(tx: &Connection, c: &Compaction) -> Result<()> {
-    exec(tx,
+    exec(
+      tx,
       "INSERT INTO compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
       params![
@@ -50,7 +50,6 @@ impl Store {
     )?;
     Ok(())
   }
-
 
   /// Compactions of a session, oldest first.
   pub fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {

@@ -44,13 +44,9 @@ fn would_block() -> Error {
   Error::store("the store is busy (the caller waits where it may)")
 }
 
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-  SystemTime::now()
-    .duration_since(UNIX_EPOCH)
-    .map(|d| d.as_millis() as i64)
-    .unwrap_or(0)
+  SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `execute` through the connection's statement cache: the statements every task runs are
@@ -298,23 +294,17 @@ impl Store {
       )));
     }
     if path.is_dir() {
-      return Err(Error::store(format!(
-        "cannot open the session store {}: it is a folder, not a file",
-        path.display()
-      )));
+      return Err(Error::store(format!("cannot open the session store {}: it is a folder, not a file", path.display())));
     }
     let conn = Connection::open_with_flags(
       path,
       OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| store_err(path, "cannot open the session store", e))?;
-    conn
-      .busy_timeout(BUSY_TIMEOUT)
-      .map_err(|e| store_err(path, "cannot configure the session store", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| store_err(path, "cannot configure the session store", e))?;
     // Read before writing anything: a file that is not a database fails here, untouched.
-    let version: i64 = conn
-      .query_row("PRAGMA user_version", [], |r| r.get(0))
-      .map_err(|e| store_err(path, "cannot read the session store", e))?;
+    let version: i64 =
+      conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| store_err(path, "cannot read the session store", e))?;
     if version > SCHEMA_VERSION {
       return Err(Error::store(format!(
         "the session store {} has schema version {version}, newer than this build's {SCHEMA_VERSION}: upgrade claude-session-manager",
@@ -368,8 +358,7 @@ impl Store {
     // Re-read inside the write lock: another process may have migrated meanwhile.
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-      tx.execute_batch(sql)
-        .map_err(|e| store_err(&path, &format!("migration {} -> {} failed on", i, i + 1), e))?;
+      tx.execute_batch(sql).map_err(|e| store_err(&path, &format!("migration {} -> {} failed on", i, i + 1), e))?;
     }
     if version < SCHEMA_VERSION {
       tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

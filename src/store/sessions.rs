@@ -1,6 +1,5 @@
 //! Sessions: create, read, list, archive, delete, clean up.
 
-
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::*;
@@ -19,21 +18,21 @@ impl Store {
        VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
-        s.id,
-        s.project_id,
-        s.user_id,
-        s.parent_id,
-        s.title,
-        s.model,
-        s.working_directory,
-        now,
-        ctx.map(|c| c.tokens as i64),
-        ctx.map(|c| c.window as i64),
-        ctx.map(|c| c.source.clone()),
-        ctx.map(|c| c.measured_at),
-        s.cli_cost_watermark,
-        s.config_dir,
-      ])?;
+      s.id,
+      s.project_id,
+      s.user_id,
+      s.parent_id,
+      s.title,
+      s.model,
+      s.working_directory,
+      now,
+      ctx.map(|c| c.tokens as i64),
+      ctx.map(|c| c.window as i64),
+      ctx.map(|c| c.source.clone()),
+      ctx.map(|c| c.measured_at),
+      s.cli_cost_watermark,
+      s.config_dir,
+    ])?;
     Ok(())
   }
 
@@ -89,11 +88,7 @@ impl Store {
       }
       args.push((q.limit as i64).into());
       args.push((q.offset as i64).into());
-      sql += &format!(
-        " ORDER BY last_active_at DESC, created_at DESC, id LIMIT ?{} OFFSET ?{}",
-        args.len() - 1,
-        args.len()
-      );
+      sql += &format!(" ORDER BY last_active_at DESC, created_at DESC, id LIMIT ?{} OFFSET ?{}", args.len() - 1, args.len());
       let mut stmt = c.prepare_cached(&sql)?;
       let rows = stmt.query_map(rusqlite::params_from_iter(args), session_from_row)?;
       Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -43,10 +43,7 @@ pub(super) fn content_blocks(v: &Value) -> &[Value] {
 }
 
 pub(super) fn block_ids<'a>(v: &'a Value, block_type: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-  content_blocks(v)
-    .iter()
-    .filter(move |b| s(b, "type") == Some(block_type))
-    .filter_map(move |b| s(b, key))
+  content_blocks(v).iter().filter(move |b| s(b, "type") == Some(block_type)).filter_map(move |b| s(b, key))
 }
 
 /// The indices (file order) of the lines that make up the live conversation.
@@ -73,9 +70,9 @@ pub(super) fn select_lines(lines: &[Value]) -> Vec<usize> {
     let v = &lines[i];
     cur = match s(v, "parentUuid") {
       Some(p) => by_uuid.get(p).copied(),
-      None if is_compact_boundary(v) => s(v, "logicalParentUuid")
-        .and_then(|p| by_uuid.get(p).copied())
-        .or_else(|| (0..i).rev().find(|&j| main_msg(&lines[j]))),
+      None if is_compact_boundary(v) => {
+        s(v, "logicalParentUuid").and_then(|p| by_uuid.get(p).copied()).or_else(|| (0..i).rev().find(|&j| main_msg(&lines[j])))
+      }
       None => None,
     };
   }
@@ -263,14 +260,8 @@ pub(super) fn build_history(lines: &[Value], malformed: usize, opts: &ReadOption
   History { messages, live_from, compactions, malformed_lines: malformed }
 }
 
-pub(super) const COMMAND_PREFIXES: [&str; 6] = [
-  "<command-name>",
-  "<command-message>",
-  "<local-command-stdout>",
-  "<local-command-stderr>",
-  "<bash-input>",
-  "<bash-stdout>",
-];
+pub(super) const COMMAND_PREFIXES: [&str; 6] =
+  ["<command-name>", "<command-message>", "<local-command-stdout>", "<local-command-stderr>", "<bash-input>", "<bash-stdout>"];
 
 pub(super) fn convert_blocks(content: Option<&Value>, opts: &ReadOptions) -> Vec<Block> {
   match content {
@@ -345,4 +336,3 @@ pub(super) fn cut(text: &str, chars: usize, max: usize) -> (String, bool) {
   };
   (head.to_string(), true)
 }
-

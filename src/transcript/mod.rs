@@ -282,8 +282,7 @@ pub fn read_messages_with(path: &Path, opts: &ReadOptions) -> Result<History> {
     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(History::default()),
     Err(e) => return Err(Error::store(format!("cannot read transcript {}: {e}", path.display()))),
   };
-  parse_reader(BufReader::new(file), opts)
-    .map_err(|e| Error::store(format!("cannot read transcript {}: {e}", path.display())))
+  parse_reader(BufReader::new(file), opts).map_err(|e| Error::store(format!("cannot read transcript {}: {e}", path.display())))
 }
 
 /// Reads a conversation from transcript JSONL.
@@ -321,8 +320,8 @@ pub fn parse_str(text: &str, opts: &ReadOptions) -> History {
 
 #[cfg(test)]
 pub(crate) mod tests {
-  use std::collections::{HashMap, HashSet};
   use super::*;
+  use std::collections::{HashMap, HashSet};
 
   #[test]
   fn slug_replaces_every_non_alphanumeric() {
@@ -330,10 +329,7 @@ pub(crate) mod tests {
     let env = vec![("HOME".to_string(), "/h".to_string())];
     assert_eq!(config_dir(&env), Some(PathBuf::from("/h/.claude")));
     let env = vec![("HOME".to_string(), "/h".to_string()), ("CLAUDE_CONFIG_DIR".to_string(), "/c".to_string())];
-    assert_eq!(
-      transcript_path(&config_dir(&env).unwrap(), Path::new("/w"), "id"),
-      PathBuf::from("/c/projects/-w/id.jsonl")
-    );
+    assert_eq!(transcript_path(&config_dir(&env).unwrap(), Path::new("/w"), "id"), PathBuf::from("/c/projects/-w/id.jsonl"));
   }
 
   // --- conversation replay -------------------------------------------------------------------
@@ -533,7 +529,9 @@ pub(crate) mod tests {
   #[test]
   fn long_tool_results_are_cut_at_a_line_break() {
     let body: String = (0..200).map(|i| format!("line {i:03}\n")).collect(); // 9 chars a line
-    let doc = [user("u1", None, json!("x")), assistant("a1", "u1", "m1", tool_use("t1"), 10), user("r1", Some("a1"), tool_result("t1", &body))].join("\n");
+    let doc =
+      [user("u1", None, json!("x")), assistant("a1", "u1", "m1", tool_use("t1"), 10), user("r1", Some("a1"), tool_result("t1", &body))]
+        .join("\n");
     let h = parse_str(&doc, &ReadOptions { max_tool_result_chars: 100, include_meta: false });
     match &h.messages[2].blocks[0] {
       Block::ToolResult { content, truncated, content_chars, .. } => {
@@ -569,7 +567,8 @@ pub(crate) mod tests {
       eprintln!("note: {} is absent; skipping the real-transcript checks", dir.display());
       return Vec::new();
     };
-    let mut files: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
+    let mut files: Vec<PathBuf> =
+      rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
     files.sort();
     files
   }
@@ -649,7 +648,10 @@ pub(crate) mod tests {
             // message with the results of its earlier tool calls (A1 R1 A2 R2 …), so a later
             // block line hangs off the result message that follows the merged message.
             Some(j) => assert!(
-              j == i || j + 1 == i || answered.contains(&j) || (j == i + 1 && m.role == Role::Assistant && h.messages[j].kind == MessageKind::ToolResults),
+              j == i
+                || j + 1 == i
+                || answered.contains(&j)
+                || (j == i + 1 && m.role == Role::Assistant && h.messages[j].kind == MessageKind::ToolResults),
               "{name}: message {i} ({u}) hangs off {j}"
             ),
           }
@@ -702,5 +704,4 @@ pub(crate) mod tests {
       );
     }
   }
-
 }

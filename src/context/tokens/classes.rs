@@ -93,10 +93,7 @@ impl Classes {
     } else if b < 0xF0 {
       (((b as u32 & 0x0F) << 12) | ((s[i + 1] as u32 & 0x3F) << 6) | (s[i + 2] as u32 & 0x3F), 3)
     } else {
-      (
-        ((b as u32 & 0x07) << 18) | ((s[i + 1] as u32 & 0x3F) << 12) | ((s[i + 2] as u32 & 0x3F) << 6) | (s[i + 3] as u32 & 0x3F),
-        4,
-      )
+      (((b as u32 & 0x07) << 18) | ((s[i + 1] as u32 & 0x3F) << 12) | ((s[i + 2] as u32 & 0x3F) << 6) | (s[i + 3] as u32 & 0x3F), 4)
     };
     (self.table[cp as usize], len)
   }
@@ -380,4 +377,3 @@ pub(super) fn contraction(s: &[u8], e: usize) -> usize {
     _ => e,
   }
 }
-

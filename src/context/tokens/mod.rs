@@ -40,10 +40,9 @@ impl Encoding {
     match name.unwrap_or("o200k_base") {
       "o200k_base" => Ok(Encoding::O200kBase),
       "cl100k_base" => Ok(Encoding::Cl100kBase),
-      other => Err(Error::invalid(format!(
-        "unknown encoding \"{}\"; use \"o200k_base\" (default) or \"cl100k_base\"",
-        other.escape_debug()
-      ))),
+      other => {
+        Err(Error::invalid(format!("unknown encoding \"{}\"; use \"o200k_base\" (default) or \"cl100k_base\"", other.escape_debug())))
+      }
     }
   }
 
@@ -90,9 +89,8 @@ pub fn count(text: &str, enc: Encoding) -> usize {
     }
   };
   std::thread::scope(|scope| {
-    let helpers: Vec<_> = (1..threads.min(parts.len()))
-      .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok())
-      .collect();
+    let helpers: Vec<_> =
+      (1..threads.min(parts.len())).filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, worker).ok()).collect();
     let mine = worker();
     mine + helpers.into_iter().map(|h| h.join().expect("token counting thread panicked")).sum::<usize>()
   })
@@ -487,7 +485,8 @@ mod tests {
   const ENCODINGS: [Encoding; 2] = [Encoding::O200kBase, Encoding::Cl100kBase];
 
   /// tiktoken's cl100k_base pattern, as tiktoken-rs compiles it.
-  const CL100K_PAT: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+  const CL100K_PAT: &str =
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 
   struct Oracle {
     regex: fancy_regex::Regex,
@@ -572,11 +571,97 @@ mod tests {
 
   /// Characters that exercise every class and every alternative.
   const POOL: &[&str] = &[
-    "a", "b", "z", "A", "B", "Z", "é", "É", "ß", "ſ", "ǅ", "ʰ", "ª", "中", "文", "ア", "ー", "ا", "ب", "ה", "अ", "ि", "\u{301}", "\u{300}",
-    "\u{20dd}", "\u{e0100}", "0", "1", "9", "٣", "Ⅻ", "½", "²", "𝟘", " ", " ", " ", "  ", "\t", "\n", "\n", "\r", "\r\n", "\u{b}", "\u{c}",
-    "\u{85}", "\u{a0}", "\u{1680}", "\u{2028}", "\u{2029}", "\u{3000}", "\u{200b}", "\u{feff}", "'", "'s", "'S", "'t", "'re", "'RE", "'ve",
-    "'m", "'ll", "'Ll", "'d", "'ſ", "'x", ".", ",", "!", "?", "/", "//", "\\", "-", "_", "(", ")", "{", "}", "\"", "#", "$", "€", "©", "😀",
-    "👍🏽", "\u{0}", "\u{7}", "\u{7f}", "\u{9f}", "<|endoftext|>",
+    "a",
+    "b",
+    "z",
+    "A",
+    "B",
+    "Z",
+    "é",
+    "É",
+    "ß",
+    "ſ",
+    "ǅ",
+    "ʰ",
+    "ª",
+    "中",
+    "文",
+    "ア",
+    "ー",
+    "ا",
+    "ب",
+    "ה",
+    "अ",
+    "ि",
+    "\u{301}",
+    "\u{300}",
+    "\u{20dd}",
+    "\u{e0100}",
+    "0",
+    "1",
+    "9",
+    "٣",
+    "Ⅻ",
+    "½",
+    "²",
+    "𝟘",
+    " ",
+    " ",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\n",
+    "\r",
+    "\r\n",
+    "\u{b}",
+    "\u{c}",
+    "\u{85}",
+    "\u{a0}",
+    "\u{1680}",
+    "\u{2028}",
+    "\u{2029}",
+    "\u{3000}",
+    "\u{200b}",
+    "\u{feff}",
+    "'",
+    "'s",
+    "'S",
+    "'t",
+    "'re",
+    "'RE",
+    "'ve",
+    "'m",
+    "'ll",
+    "'Ll",
+    "'d",
+    "'ſ",
+    "'x",
+    ".",
+    ",",
+    "!",
+    "?",
+    "/",
+    "//",
+    "\\",
+    "-",
+    "_",
+    "(",
+    ")",
+    "{",
+    "}",
+    "\"",
+    "#",
+    "$",
+    "€",
+    "©",
+    "😀",
+    "👍🏽",
+    "\u{0}",
+    "\u{7}",
+    "\u{7f}",
+    "\u{9f}",
+    "<|endoftext|>",
   ];
 
   fn random_text(rng: &mut Rng, len: usize, pool: &[&str]) -> String {
@@ -617,7 +702,8 @@ see; I'm sure they'd LIKE it.\"  Mr. O'Brien paid $1,234.56 on 2024-05-17 at 10:
       check(&text, &format!("random #{i}"));
       check_every_boundary(&text, &format!("random #{i}"));
     }
-    let ws: Vec<&str> = vec![" ", " ", "  ", "\t", "\n", "\r", "\r\n", "\u{a0}", "\u{85}", "\u{3000}", "\u{2028}", "a", "B", "1", ".", "/", "'", "x/"];
+    let ws: Vec<&str> =
+      vec![" ", " ", "  ", "\t", "\n", "\r", "\r\n", "\u{a0}", "\u{85}", "\u{3000}", "\u{2028}", "a", "B", "1", ".", "/", "'", "x/"];
     for i in 0..3000 {
       let len = 1 + rng.below(40);
       let text = random_text(&mut rng, len, &ws);
@@ -626,8 +712,8 @@ see; I'm sure they'd LIKE it.\"  Mr. O'Brien paid $1,234.56 on 2024-05-17 at 10:
     }
     // Mostly ASCII words, to exercise the ASCII fast path and its hand-over to the general one.
     let ascii: Vec<&str> = vec![
-      "the", "a", "Word", "HTTPS", "x", "I", " ", " ", "  ", "'", "'s", "'LL", ".", ",", "\n", "\r\n", "\t", "(", "-", "_", "/", "é", "É", "ß",
-      "1", "\u{301}", "\u{a0}", "中",
+      "the", "a", "Word", "HTTPS", "x", "I", " ", " ", "  ", "'", "'s", "'LL", ".", ",", "\n", "\r\n", "\t", "(", "-", "_", "/", "é", "É",
+      "ß", "1", "\u{301}", "\u{a0}", "中",
     ];
     for i in 0..3000 {
       let len = 1 + rng.below(30);
@@ -655,7 +741,8 @@ see; I'm sure they'd LIKE it.\"  Mr. O'Brien paid $1,234.56 on 2024-05-17 at 10:
   #[test]
   fn large_random_texts_split_and_count_in_parallel_like_one_thread() {
     let mut rng = Rng(42);
-    let words: Vec<&str> = POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
+    let words: Vec<&str> =
+      POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
     for i in 0..4 {
       let text = random_text(&mut rng, 60_000 + i * 10_000, &words);
       assert!(text.len() >= PARALLEL_MIN_BYTES);
@@ -677,7 +764,8 @@ see; I'm sure they'd LIKE it.\"  Mr. O'Brien paid $1,234.56 on 2024-05-17 at 10:
       eprintln!("no transcripts at {}; skipped", dir.display());
       return;
     };
-    let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
+    let mut files: Vec<_> =
+      entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
     files.sort();
     for f in files {
       let text = std::fs::read_to_string(&f).unwrap();
