@@ -37,8 +37,8 @@ fn json_value() -> impl Strategy<Value = Value> {
   let leaf = prop_oneof![
     Just(Value::Null),
     any::<bool>().prop_map(Value::Bool),
-    any::<i64>().prop_map(|n| Value::from(n)),
-    any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| Value::from(f)),
+    any::<i64>().prop_map(Value::from),
+    any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
     "[a-z_]{0,12}".prop_map(Value::String),
     prop_oneof![
       Just("system"),

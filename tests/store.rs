@@ -285,6 +285,6 @@ fn now_gives_up_before_waiting_and_never_half_way() {
     holder.join().unwrap();
     finished.map(|_| began)
   });
-  assert_eq!(r.expect("not given up").unwrap(), true);
+  assert!(r.expect("not given up").unwrap());
   assert_eq!(s.list_tasks(A).unwrap()[0].status, "succeeded");
 }

@@ -13,10 +13,15 @@ pub(crate) fn js_error(env: &Env, e: CoreError) -> napi::Error {
     let code = env.create_string(e.code.as_str())?;
     let msg = env.create_string(&e.message)?;
     let mut raw = std::ptr::null_mut();
+    // SAFETY: `env` is the live env of the JavaScript thread this runs on (an `&Env` is only
+    // handed out there), `code` and `msg` are string handles just created in the current handle
+    // scope, and `raw` is a local `napi_value` for the result.
     let status = unsafe { napi::sys::napi_create_error(env.raw(), code.raw(), msg.raw(), &mut raw) };
     if status != napi::sys::Status::napi_ok {
       return Err(napi::Error::from_reason("cannot create an error object"));
     }
+    // SAFETY: `napi_create_error` succeeded, so `raw` is a valid handle to the new error object
+    // in the current scope on this env; `Unknown` accepts a value of any type.
     let unknown = unsafe { Unknown::from_napi_value(env.raw(), raw)? };
     Ok(napi::Error::from(unknown))
   };

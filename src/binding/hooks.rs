@@ -23,7 +23,7 @@ impl AbortHook {
     let _ = (|| -> napi::Result<()> {
       let target = signal.get_value(env)?;
       let f = listener.borrow_back(env)?;
-      let remove: Function<FnArgs<(String, Function<(), ()>)>, ()> = target.get_named_property("removeEventListener")?;
+      let remove: ListenerMethod<'_> = target.get_named_property("removeEventListener")?;
       remove.apply(target, ("abort".to_string(), f).into())
     })();
     // Release the references here, on the JavaScript thread.
@@ -31,6 +31,9 @@ impl AbortHook {
     drop(listener);
   }
 }
+
+/// `EventTarget.addEventListener` / `removeEventListener` as called here: `(type, listener)`.
+type ListenerMethod<'a> = Function<'a, FnArgs<(String, Function<'a, (), ()>)>, ()>;
 
 /// What `{ onEvent, signal }` turn into.
 pub(crate) struct ExecuteHooks {
@@ -56,6 +59,7 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
   let Some(o) = options else { return none(cancel) };
   let o: Object = match o.get_type().map_err(|_| bad("cannot read options"))? {
     ValueType::Undefined | ValueType::Null => return none(cancel),
+    // SAFETY: `get_type` just reported an object, so the value can be read as an `Object`.
     ValueType::Object => unsafe { o.cast() }.map_err(|_| bad("must be an object"))?,
     _ => return Err(bad("must be an object like { onEvent, signal }")),
   };
@@ -65,6 +69,8 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
     match v.get_type().map_err(|_| bad("cannot read onEvent"))? {
       ValueType::Undefined | ValueType::Null => {}
       ValueType::Function => {
+        // SAFETY: `get_type` just reported a function, so the value can be read as a `Function`
+        // (its argument and return types only shape how napi-rs converts them on each call).
         let f: Function<Value, ()> = unsafe { v.cast() }.map_err(|_| bad("onEvent must be a function"))?;
         let tsfn: EventFn = f
           .build_threadsafe_function()
@@ -86,6 +92,7 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
     match v.get_type().map_err(|_| bad("cannot read signal"))? {
       ValueType::Undefined | ValueType::Null => {}
       ValueType::Object => {
+        // SAFETY: `get_type` just reported an object, so the value can be read as an `Object`.
         let signal: Object = unsafe { v.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
         let add: Unknown = signal.get_named_property("addEventListener").map_err(|_| bad("signal must be an AbortSignal"))?;
         if add.get_type().ok() != Some(ValueType::Function) {
@@ -101,8 +108,9 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
               Ok(())
             })
             .map_err(|_| bad("cannot listen to signal"))?;
-          let add: Function<FnArgs<(String, Function<(), ()>)>, ()> =
-            unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
+          // SAFETY: `add` was checked above to be a function (`get_type` is `Function`), so it can
+          // be read as a `Function`; the argument and return types only shape the conversions.
+          let add: ListenerMethod<'_> = unsafe { add.cast() }.map_err(|_| bad("signal must be an AbortSignal"))?;
           add.apply(signal, ("abort".to_string(), listener).into()).map_err(|e| bad(&format!("cannot listen to signal: {e}")))?;
           abort = Some(AbortHook {
             signal: signal.create_ref().map_err(|_| bad("cannot keep signal"))?,

@@ -17,6 +17,8 @@ pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -
   // Fast path (a string, no options or only `encoding`): the text goes from V8 straight into a
   // UTF-8 buffer in one pass, with no intermediate JSON value or copy.
   if let Some(enc) = fast_encoding(&env, options) {
+    // SAFETY: `env` and `text` are this synchronous N-API call's own, used on the JavaScript
+    // thread before it returns, so the raw env and handle are live throughout.
     if let Some(n) = unsafe { with_js_str(env.raw(), text.raw(), |s| sync(&env, || Ok(core_tokens::count(s, enc) as u32))) } {
       return n;
     }
@@ -37,15 +39,20 @@ pub fn count_tokens(env: Env, text: Unknown<'_>, options: Option<Unknown<'_>>) -
 )]
 pub fn count_tokens_async<'e>(env: &'e Env, text: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, u32>> {
   if let Some(enc) = fast_encoding(env, options) {
+    // SAFETY: `env` and `text` are this synchronous N-API call's own ('e), used on the
+    // JavaScript thread before it returns, so the raw env and handle are live.
     match unsafe { js_string_len16(env.raw(), text.raw()) } {
       // A short text is counted at once (faster than a trip to another thread and back) and the
       // promise is returned already resolved.
       Some(len) if len <= ASYNC_INLINE_MAX_UTF16 => {
+        // SAFETY: as above: this call's live env and `text` handle, on the JavaScript thread.
         if let Some(Ok(n)) = unsafe { with_js_str(env.raw(), text.raw(), |s| sync(env, || Ok(core_tokens::count(s, enc) as u32))) } {
           return PromiseRaw::resolve(env, n);
         }
       }
       Some(_) => {
+        // SAFETY: as above; the text is copied out (`to_owned`) before the buffer is freed, and
+        // only the owned `String` goes to the other thread.
         if let Some(text) = unsafe { with_js_str(env.raw(), text.raw(), |s| s.to_owned()) } {
           return promise(env, async move { count_blocking(text, enc).await }, |n| n as u32);
         }
@@ -82,6 +89,11 @@ pub(crate) fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<c
   let Some(options) = options else { return Some(core_tokens::Encoding::O200kBase) };
   let (env, v) = (env.raw(), options.raw());
   let ok = |s: sys::napi_status| (s == sys::Status::napi_ok).then_some(());
+  // SAFETY: `env` is the raw env of the `&Env` this synchronous call got, on the JavaScript
+  // thread, and `v` the handle of its `options` argument, live until the call returns; `keys`,
+  // `k` and `val` are handles just returned by successful napi calls in the same scope; every
+  // out-pointer is a `&mut` to a local of the type napi writes; and `small_str` gets a local
+  // array whose length is the size it passes on.
   unsafe {
     let mut t = 0;
     ok(sys::napi_typeof(env, v, &mut t))?;
@@ -121,30 +133,50 @@ pub(crate) fn fast_encoding(env: &Env, options: Option<Unknown<'_>>) -> Option<c
 
 /// A short JavaScript string read in one call into `buf`; `None` for a non-string or one that
 /// does not fit (which then matches nothing a caller looks for).
-pub(crate) unsafe fn small_str<'b>(env: napi::sys::napi_env, v: napi::sys::napi_value, buf: &'b mut [u8]) -> Option<&'b str> {
+///
+/// # Safety
+///
+/// `env` must be the live `napi_env` of the JavaScript thread this is called on, and `v` a
+/// handle valid in the currently open handle scope (e.g. both from the N-API call being served).
+pub(crate) unsafe fn small_str(env: napi::sys::napi_env, v: napi::sys::napi_value, buf: &mut [u8]) -> Option<&str> {
   let mut written = 0usize;
-  if napi::sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), buf.len(), &mut written) != napi::sys::Status::napi_ok
-    || written + 1 >= buf.len()
-  {
+  // SAFETY: `env` and `v` are valid per this function's contract; `buf` is a writable slice of
+  // exactly `buf.len()` bytes, the size passed, so napi writes within it; `written` is a local.
+  let status = unsafe { napi::sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), buf.len(), &mut written) };
+  if status != napi::sys::Status::napi_ok || written + 1 >= buf.len() {
     return None;
   }
   std::str::from_utf8(&buf[..written]).ok()
 }
 
 /// The length of a JavaScript string in UTF-16 code units (O(1)), or `None` for a non-string.
+///
+/// # Safety
+///
+/// `env` must be the live `napi_env` of the JavaScript thread this is called on, and `v` a
+/// handle valid in the currently open handle scope (e.g. both from the N-API call being served).
 pub(crate) unsafe fn js_string_len16(env: napi::sys::napi_env, v: napi::sys::napi_value) -> Option<usize> {
   use napi::sys;
   // Fails with `napi_string_expected` for anything but a string: no separate type check needed.
   let mut len = 0usize;
-  (sys::napi_get_value_string_utf16(env, v, std::ptr::null_mut(), 0, &mut len) == sys::Status::napi_ok).then_some(len)
+  // SAFETY: `env` and `v` are valid per this function's contract; a null buffer of size 0 only
+  // asks for the length, which napi writes to the local `len`.
+  let status = unsafe { sys::napi_get_value_string_utf16(env, v, std::ptr::null_mut(), 0, &mut len) };
+  (status == sys::Status::napi_ok).then_some(len)
 }
 
 /// Calls `f` with a JavaScript string as UTF-8 (lone surrogates become U+FFFD, as `TextEncoder`
 /// has them), converted in one pass into a stack buffer for short strings; `None` for a non-string.
 /// A UTF-16 code unit never takes more than 3 bytes of UTF-8, so `3 × length` always suffices.
+///
+/// # Safety
+///
+/// `env` must be the live `napi_env` of the JavaScript thread this is called on, and `v` a
+/// handle valid in the currently open handle scope (e.g. both from the N-API call being served).
 pub(crate) unsafe fn with_js_str<R>(env: napi::sys::napi_env, v: napi::sys::napi_value, f: impl FnOnce(&str) -> R) -> Option<R> {
   use napi::sys;
-  let len16 = js_string_len16(env, v)?;
+  // SAFETY: `env` and `v` are valid per this function's contract, passed on unchanged.
+  let len16 = unsafe { js_string_len16(env, v) }?;
   let cap = len16 * 3 + 1;
   let mut stack = std::mem::MaybeUninit::<[u8; 2048]>::uninit();
   let mut heap = Vec::new();
@@ -155,10 +187,16 @@ pub(crate) unsafe fn with_js_str<R>(env: napi::sys::napi_env, v: napi::sys::napi
     heap.as_mut_ptr()
   };
   let mut written = 0usize;
-  if sys::napi_get_value_string_utf8(env, v, buf.cast(), cap, &mut written) != sys::Status::napi_ok {
+  // SAFETY: `env` and `v` are valid per this function's contract; `buf` points to at least `cap`
+  // writable bytes (the 2048-byte stack array when `cap <= 2048`, else the heap allocation just
+  // reserved with capacity `cap`), the size passed, so napi writes within it; `written` is a local.
+  let status = unsafe { sys::napi_get_value_string_utf8(env, v, buf.cast(), cap, &mut written) };
+  if status != sys::Status::napi_ok {
     return None;
   }
-  let bytes = std::slice::from_raw_parts(buf, written);
+  // SAFETY: napi succeeded and initialised the first `written` (< `cap`) bytes at `buf`, which
+  // stay allocated and unaliased (`stack` and `heap` are not touched again) until this returns.
+  let bytes = unsafe { std::slice::from_raw_parts(buf, written) };
   Some(match std::str::from_utf8(bytes) {
     Ok(s) => f(s),
     Err(_) => f(&String::from_utf8_lossy(bytes)),

@@ -203,6 +203,12 @@ fn spawn_command(spec: &RunSpec) -> Result<Child> {
   {
     cmd.process_group(0);
     let niceness = spec.niceness;
+    // SAFETY: `getpid` has no preconditions. The `pre_exec` hook runs in the forked child between
+    // fork and exec, where only async-signal-safe code may run: it calls only `prctl`, `getppid`,
+    // `_exit` and `lower_priority` (itself only `getpriority`/`setpriority` and errno), all
+    // async-signal-safe system calls, and builds its error with `last_os_error`, which reads errno
+    // without allocating; it captures only two integers (`parent`, `niceness`), takes no locks
+    // and does not allocate.
     #[cfg(target_os = "linux")]
     unsafe {
       let parent = libc::getpid();
@@ -218,6 +224,10 @@ fn spawn_command(spec: &RunSpec) -> Result<Child> {
         Ok(())
       });
     }
+    // SAFETY: the `pre_exec` hook runs in the forked child between fork and exec, where only
+    // async-signal-safe code may run: `lower_priority` makes only the async-signal-safe
+    // `getpriority`/`setpriority` calls and touches errno; the hook captures one integer, takes
+    // no locks and does not allocate.
     #[cfg(not(target_os = "linux"))]
     unsafe {
       cmd.pre_exec(move || {

@@ -489,7 +489,7 @@ pub(crate) mod tests {
   #[test]
   fn serialises_camel_case_for_javascript() {
     let h = parse_str(&rewind_tree(), &ReadOptions::default());
-    let v = serde_json::to_value(&h.page(5, 2)).unwrap();
+    let v = serde_json::to_value(h.page(5, 2)).unwrap();
     assert_eq!(v["offset"], 5);
     assert_eq!(v["total"], 8);
     let a = &v["messages"][0];

@@ -27,6 +27,7 @@ use tokio::io::unix::AsyncFd;
 /// Whether this kernel has `pidfd_open` (Linux 5.3+); without it the caller uses `Command`.
 pub fn available() -> bool {
   static OK: OnceLock<bool> = OnceLock::new();
+  // SAFETY: `getpid` has no preconditions and cannot fail.
   *OK.get_or_init(|| match pidfd_open(unsafe { libc::getpid() }) {
     Ok(_fd) => true,
     Err(_) => false,
@@ -34,18 +35,24 @@ pub fn available() -> bool {
 }
 
 fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+  // SAFETY: `pidfd_open(pid, 0)` takes two integers and touches no memory of ours.
   let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
   if fd < 0 {
     return Err(io::Error::last_os_error());
   }
+  // SAFETY: the call succeeded, so `fd` is a new open descriptor that nothing else owns; the
+  // `OwnedFd` becomes its only owner.
   Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
   let mut fds = [0 as RawFd; 2];
+  // SAFETY: `fds` is a writable array of the two `c_int`s `pipe2` fills in.
   if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
     return Err(io::Error::last_os_error());
   }
+  // SAFETY: `pipe2` succeeded, so both are new open descriptors that nothing else owns; each
+  // `OwnedFd` becomes the only owner of one of them.
   Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
@@ -94,6 +101,15 @@ struct ChildArgs {
 
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
   // Only system calls from here on: no allocation, no locks, no panics.
+  // SAFETY: this runs only as the child `spawn` makes with `clone(CLONE_VM | CLONE_VFORK)`. `arg`
+  // is the `&ChildArgs` passed there: the parent thread is suspended until this child execs or
+  // exits, so that struct, and the C strings and NULL-terminated arrays it points to (all owned
+  // by `spawn`'s frame), stay valid and unchanged for as long as this runs. Every call below is an
+  // async-signal-safe system call (`lower_priority` included) on locals or on that memory: no
+  // allocation, no locks, no unwinding (`fail` ends in `_exit`), so sharing the parent's memory
+  // and TLS (its `errno` slot, unused by the suspended parent) is sound. Every signal is blocked
+  // on the cloning thread, so no handler of the parent runs here before they are reset. The
+  // zeroed `sigaction` and `sigset_t` are plain C structs for which all-zero is a valid value.
   unsafe {
     let a = &*(arg as *const ChildArgs);
     let fail = |step: i32| -> ! {
@@ -178,12 +194,21 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
     cwd: cwd_c.as_ptr(),
     fds: [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
     report: report_w.as_raw_fd(),
+    // SAFETY: `getpid` has no preconditions and cannot fail.
     parent: unsafe { libc::getpid() },
     niceness,
   };
   // The child's stack: it makes a few system calls, nothing more.
   let mut stack = vec![0u8; 64 * 1024];
   let top = ((stack.as_mut_ptr() as usize + stack.len()) & !15) as *mut libc::c_void;
+  // SAFETY: the sigset_t values are locals (all-zero is a valid value) initialised by
+  // `sigfillset` or filled in by `pthread_sigmask`. `child_main` has the signature `clone`
+  // expects; `top` is the 16-byte-aligned end of `stack`, a 64 KiB allocation owned here; and the
+  // argument is `&a`, on this frame. With CLONE_VFORK this thread is suspended until the child
+  // execs or exits, so `stack`, `a` and the strings and arrays it points to (`program_c`,
+  // `argv`, `envp`, `cwd_c`, all dropped only after this returns) outlive the child's use of
+  // them, and nothing else touches them meanwhile; the child itself only makes system calls (see
+  // `child_main`).
   let pid = unsafe {
     // Block every signal on this thread while the child shares its memory (as posix_spawn does):
     // no handler of ours may run on the child's side before it has reset them.
@@ -204,6 +229,8 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
   drop((in_r, out_w, err_w, report_w));
   let mut msg = [0i32; 2];
   let n = loop {
+    // SAFETY: `report_r` is an open fd owned here, and `msg` is a writable local of exactly the
+    // byte length passed.
     let n = unsafe { libc::read(report_r.as_raw_fd(), msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
     if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
       continue;
@@ -212,6 +239,7 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
   };
   if n > 0 {
     let mut status = 0;
+    // SAFETY: `pid` is our child, not yet reaped, and `status` a writable local `c_int`.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let step = match msg[0] {
       1 => Step::Chdir,
@@ -220,13 +248,16 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
     };
     return Err(SpawnError { step, error: io::Error::from_raw_os_error(msg[1]) });
   }
-  // SAFETY: the OwnedFd is moved into the AsyncFd and stays open for its whole life.
   let pidfd = pidfd_open(pid).and_then(|fd| {
+    // SAFETY: `fd` is an open pidfd owned by the `OwnedFd`, which is moved into the `AsyncFd`:
+    // it stays open, and `as_raw_fd` keeps returning it, for the `AsyncFd`'s whole life.
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| std::io::Error::other(e.to_string()))
   });
   let pidfd = match pidfd {
     Ok(fd) => fd,
     Err(e) => {
+      // SAFETY: `pid` is our child, not yet reaped (so the pid cannot have been reused); both
+      // calls take plain integers, and `waitpid` accepts a null status pointer.
       unsafe {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
@@ -248,6 +279,8 @@ impl RawChild {
       return Ok(Some(s));
     }
     let mut status = 0;
+    // SAFETY: `self.pid` is our child (reaped at most once: `status` is set when it is), and
+    // `status` a writable local `c_int`.
     let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
     if r < 0 {
       return Err(io::Error::last_os_error());
@@ -271,6 +304,8 @@ impl RawChild {
 
   /// SIGKILL, unless it was already reaped.
   pub fn start_kill(&mut self) -> io::Result<()> {
+    // SAFETY: `kill` takes plain integers; `self.pid` is our child and not yet reaped (checked
+    // first), so the pid cannot belong to another process.
     if self.status.is_none() && unsafe { libc::kill(self.pid, libc::SIGKILL) } != 0 {
       return Err(io::Error::last_os_error());
     }
@@ -287,6 +322,8 @@ impl Drop for RawChild {
     let _ = self.start_kill();
     if matches!(self.try_wait(), Ok(None)) {
       let pid = self.pid;
+      // SAFETY: `pid` is our child, not yet reaped, and `waitpid` accepts a null status pointer;
+      // `self` is going away, so this thread is the only one that reaps it.
       std::thread::spawn(move || unsafe {
         libc::waitpid(pid, std::ptr::null_mut(), 0);
       });
@@ -356,6 +393,7 @@ mod tests {
     drop(s);
     let gone = (0..200).any(|_| {
       std::thread::sleep(std::time::Duration::from_millis(10));
+      // SAFETY: `kill` with signal 0 takes plain integers and only checks that `pid` exists.
       (unsafe { libc::kill(pid, 0) }) != 0
     });
     assert!(gone, "the dropped child was killed and reaped");

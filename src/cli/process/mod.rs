@@ -5,6 +5,8 @@
 pub mod linux;
 
 pub(crate) fn kill_group(pgid: u32, sig: i32) {
+  // SAFETY: `killpg` takes plain integers and touches no memory of ours; a stale or foreign pgid
+  // only makes it fail (ESRCH/EPERM), which is ignored here as before.
   #[cfg(unix)]
   unsafe {
     libc::killpg(pgid as libc::pid_t, sig);
@@ -15,6 +17,8 @@ pub(crate) fn kill_group(pgid: u32, sig: i32) {
 
 /// Whether a process with this pid exists on this host.
 pub fn pid_alive(pid: u32) -> bool {
+  // SAFETY: `kill` with signal 0 only checks that the pid exists and may be signalled; it takes
+  // plain integers, touches no memory of ours and sends nothing.
   #[cfg(unix)]
   unsafe {
     libc::kill(pid as libc::pid_t, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
@@ -34,6 +38,10 @@ pub(crate) fn lower_priority(by: i32) {
   if by <= 0 {
     return;
   }
+  // SAFETY: `errno_location` returns the calling thread's errno slot, always valid and aligned
+  // for this thread, so reading and writing it is sound; `getpriority`/`setpriority` take plain
+  // integers and are async-signal-safe system calls, so this is also sound in a forked or cloned
+  // child before exec (no allocation, no locks).
   unsafe {
     *errno_location() = 0;
     let current = libc::getpriority(libc::PRIO_PROCESS, 0);
@@ -44,13 +52,27 @@ pub(crate) fn lower_priority(by: i32) {
   }
 }
 
+/// The address of the calling thread's `errno`.
+///
+/// # Safety
+///
+/// The pointer is valid only on the calling thread, for as long as that thread lives: it must not
+/// be sent to or dereferenced on another thread.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 unsafe fn errno_location() -> *mut libc::c_int {
-  libc::__errno_location()
+  // SAFETY: `__errno_location` has no preconditions; it returns this thread's errno slot.
+  unsafe { libc::__errno_location() }
 }
+/// The address of the calling thread's `errno`.
+///
+/// # Safety
+///
+/// The pointer is valid only on the calling thread, for as long as that thread lives: it must not
+/// be sent to or dereferenced on another thread.
 #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
 unsafe fn errno_location() -> *mut libc::c_int {
-  libc::__error()
+  // SAFETY: `__error` has no preconditions; it returns this thread's errno slot.
+  unsafe { libc::__error() }
 }
 
 /// This process's nice value, from `/proc/self/stat` (tests only).

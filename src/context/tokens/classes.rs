@@ -368,7 +368,7 @@ pub(super) fn contraction(s: &[u8], e: usize) -> usize {
     0xC5 if s.get(e + 2) == Some(&0xBF) => e + 3,
     a @ (b'r' | b'v' | b'l') if e + 2 < s.len() => {
       let b = s[e + 2].to_ascii_lowercase();
-      if (a == b'r' && b == b'e') || (a == b'v' && b == b'e') || (a == b'l' && b == b'l') {
+      if ((a == b'r' || a == b'v') && b == b'e') || (a == b'l' && b == b'l') {
         e + 3
       } else {
         e

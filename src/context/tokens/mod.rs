@@ -477,8 +477,8 @@ mod tests {
 
   #[test]
   fn ascii_classes_match_the_unicode_tables() {
-    for c in 0..128 {
-      assert_eq!(ASCII[c], classes().table[c], "class of {:?}", c as u8 as char);
+    for (c, &class) in ASCII.iter().enumerate() {
+      assert_eq!(class, classes().table[c], "class of {:?}", c as u8 as char);
     }
   }
 
