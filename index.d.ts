@@ -39,10 +39,11 @@ export declare class SessionManager {
   /** Marks a session archived; it stays readable and resumable. */
   archiveSession(sessionId: string, userId: string): Promise<Session>
   /**
-   * Deletes a session with its task and compaction rows (not the CLI's transcript). A session
-   * running a task rejects with `SESSION_BUSY`.
+   * Deletes a session with its task and compaction rows and the CLI's transcript (unless
+   * `keepTranscript`). Its id is never given out again. A session running a task rejects with
+   * `SESSION_BUSY`.
    */
-  deleteSession(sessionId: string, userId: string): Promise<void>
+  deleteSession(sessionId: string, userId: string, options?: { keepTranscript?: boolean }): Promise<void>
   /**
    * Deletes the user's sessions idle for longer than `maxAgeMs` (only archived ones while
    * `keepActive`, the default).
@@ -85,6 +86,11 @@ export declare class SessionManager {
    * failed compaction rejects with `COMPACT_FAILED` and leaves the session as it was.
    */
   compactSession(request: { sessionId: string; userId: string; summaryInstructions?: string }, options?: ExecuteOptions): Promise<TaskResult>
+  /**
+   * How tasks run here: whether the agent is sandboxed, whether the API key is hidden behind the
+   * per-task proxy, and where the addon keeps its state.
+   */
+  info(): ManagerInfo
   /** Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`. */
   close(): Promise<void>
 }
@@ -219,6 +225,20 @@ export interface ListSessionsRequest {
   offset?: number
 }
 
+/** `SessionManager.info()`. */
+export interface ManagerInfo {
+  /** Where the agent runs: `bubblewrap` (sandboxed) or `none`. */
+  sandbox: 'bubblewrap' | 'none'
+  /**
+   * Whether the CLI gets a per-task token for the loopback key proxy instead of the API key
+   * (false when there is no key to hide, e.g. a cloud provider, or with `exposeApiKeyToAgent`).
+   */
+  apiKeyProxy: boolean
+  stateDirectory: string
+  databasePath: string
+  isolateTenants: 'none' | 'user' | 'project'
+}
+
 /** A page of a session's conversation. */
 export interface MessagesPage {
   /** Oldest first. */
@@ -283,8 +303,8 @@ export interface Session {
 /** Options of `new SessionManager(options)`. Unknown keys are rejected. */
 export interface SessionManagerOptions {
   /**
-   * SQLite file. Default: env `CLAUDE_SESSIONS_DB`, else `.claude-sessions/sessions.db` under
-   * `workingDirectory`. Its folder must exist.
+   * SQLite file. Default: env `CLAUDE_SESSIONS_DB`, else `sessions.db` in `stateDirectory`
+   * (created `0600`). Keep it out of every working directory: an agent must not reach it.
    */
   databasePath?: string
   /** Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else `process.cwd()`. */
@@ -299,7 +319,8 @@ export interface SessionManagerOptions {
   claudePath?: string
   /**
    * Extra environment for the CLI. The CLI otherwise gets only what it needs from this process
-   * (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`): other server secrets do not pass.
+   * (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`). The API key itself never reaches
+   * it (see `exposeApiKeyToAgent`).
    */
   env?: Record<string, string>
   /** Allow `permissionMode: 'bypassPermissions'`. Default false. */
@@ -322,12 +343,51 @@ export interface SessionManagerOptions {
    */
   allowedRoots?: Array<string>
   /**
-   * Give each user (or each user's project) its own `CLAUDE_CONFIG_DIR`, so transcripts of
-   * different tenants never share a folder. Default `none`.
+   * Give each user (or each user's project) its own `CLAUDE_CONFIG_DIR`, so transcripts,
+   * settings and running agents of different tenants never share a folder. Default `user`;
+   * `none` shares one folder between every tenant.
    */
   isolateTenants?: 'none' | 'user' | 'project'
-  /** Where tenant configuration folders live. Default: `claude-config` beside the database. */
+  /** Where tenant configuration folders live (`0700`). Default: `claude-config` in `stateDirectory`. */
   tenantConfigRoot?: string
+  /**
+   * The addon's own folder (database, tenant folders), created `0700`. Default: env
+   * `CLAUDE_SESSIONS_STATE_DIR`, else the folder of `databasePath` when given, else
+   * `$XDG_STATE_HOME` (or `~/.local/state`)`/claude-session-manager/<workingDirectory name>-<hash>`.
+   */
+  stateDirectory?: string
+  /**
+   * Where the agent runs. `auto` (default): inside bubblewrap where it works (Linux with `bwrap`),
+   * else unsandboxed; `bubblewrap`: sandboxed or the constructor throws `SANDBOX_UNAVAILABLE`;
+   * `none`: the agent runs as the server's user and reaches what it can. See `info().sandbox`.
+   */
+  sandbox?: 'auto' | 'bubblewrap' | 'none'
+  /**
+   * Extra host folders the sandbox shows the agent (absolute paths), besides `/usr`, the CLI, the
+   * session's working directory and the tenant's configuration folder.
+   */
+  sandboxPaths?: { readOnly?: string[]; readWrite?: string[] }
+  /**
+   * Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
+   * per-task token for a loopback proxy in this process that adds the key; the token is void
+   * once the task ends. Default false.
+   */
+  exposeApiKeyToAgent?: boolean
+  /**
+   * Slash commands a prompt may run, e.g. `['/context']`. Every other prompt is plain text (the
+   * CLI runs with `--disable-slash-commands`). `compactSession` works regardless. Default none.
+   */
+  allowSlashCommands?: Array<string>
+  /**
+   * Let `@path` in a prompt inline files (the CLI does that whatever the tool permissions say).
+   * Default false.
+   */
+  allowFileMentions?: boolean
+  /**
+   * The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
+   * agent or another tenant could write, changes permissions.
+   */
+  settingSources?: Array<'user' | 'project' | 'local'>
 }
 
 /** `startFresh`'s answer. */
@@ -454,6 +514,8 @@ export interface TaskResult {
   compactions: Array<CompactionRecord>
   /** CLI output lines that could not be read; the task went on without them. */
   warnings: Array<string>
+  /** Whether the CLI ran in the sandbox (see `SessionManager.info()`). */
+  sandboxed: boolean
   error?: TaskError
 }
 

@@ -12,10 +12,12 @@ const BASE = 'http://localhost/api/claude'
 let server
 let manager
 let routes
+let work
+let configDir
 
 before(async () => {
   server = await startStandInServer()
-  ;({ manager } = makeManager({ server, queueTimeoutMs: 400 }))
+  ;({ manager, work, configDir } = makeManager({ server, queueTimeoutMs: 400 }))
   routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
 })
 after(async () => {
@@ -156,6 +158,130 @@ test('next routes: closing the stream (client disconnect) aborts the task', asyn
   })
 })
 
+test('next routes: the stream answers as soon as its task is queued; a client leaving the queue aborts the task', async (t) => {
+  server.reset()
+  // The server lets tasks wait long for their session, so the queued streams would wait too.
+  const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, taskDefaults: { queueTimeoutMs: 30000 }, onError: null })
+  const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'queued' })), 200)
+  server.enqueue({ text: 'first, slowly', delayMs: 3000 })
+  let firstDone = false
+  const first = r.task.POST(post('task', { prompt: 'slow first', projectId: 'queued', sessionId: session.id })).then((res) => {
+    firstDone = true
+    return res
+  })
+  await waitFor('the first task to reach the model', () => server.requests.some((q) => q.path === '/v1/messages'))
+
+  // 1. Headers and task_queued at once, while the first task still runs; request.signal aborts it.
+  const began = Date.now()
+  const controller = new AbortController()
+  const res = await r.stream.POST(post('stream', { prompt: 'queued one', projectId: 'queued', sessionId: session.id }, { signal: controller.signal }))
+  t.assert.strictEqual(res.status, 200)
+  t.assert.strictEqual(firstDone, false, 'answered while the task was queued behind the first')
+  t.assert.ok(Date.now() - began < 2000, `answered after ${Date.now() - began} ms`)
+  const reader = res.body.getReader()
+  let head = ''
+  while (!head.includes('\n\n')) {
+    const { value, done } = await reader.read()
+    if (done) break
+    head += new TextDecoder().decode(value)
+  }
+  t.assert.deepStrictEqual(parseSse(head)[0].data, { type: 'task_queued', sessionId: session.id })
+  controller.abort()
+  let rest = ''
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) break
+    rest += new TextDecoder().decode(value)
+  }
+  const result = parseSse(head + rest).find((e) => e.event === 'result')
+  t.assert.strictEqual(result?.data.error?.code, 'ABORTED', rest)
+  t.assert.strictEqual(firstDone, false, 'aborted while still queued')
+
+  // 2. The same when the body is cancelled instead.
+  const res2 = await r.stream.POST(post('stream', { prompt: 'queued two', projectId: 'queued', sessionId: session.id }))
+  t.assert.strictEqual(res2.status, 200)
+  const reader2 = res2.body.getReader()
+  await reader2.read()
+  await reader2.cancel()
+  await waitFor('the cancelled task to be recorded aborted', async () => {
+    const list = (await jsonOf(await r.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks
+    return list.filter((x) => x.status === 'aborted').length === 2
+  })
+  t.assert.strictEqual(firstDone, false, 'both left the queue before the first task ended')
+
+  const done = await jsonOf(await first, 200)
+  t.assert.strictEqual(done.result, 'first, slowly')
+  const text = JSON.stringify(server.requests.map((q) => q.body))
+  t.assert.ok(!text.includes('queued one') && !text.includes('queued two'), 'the aborted tasks never reached the model')
+})
+
+test('next routes: the stream and session routes keep server paths from the browser unless exposeServerDetails', async (t) => {
+  server.reset()
+  const res = await routes.stream.POST(post('stream', { prompt: 'where are you', projectId: 'paths' }))
+  const events = parseSse(await res.text())
+  const init = events.find((e) => e.data.type === 'system' && e.data.subtype === 'init')
+  t.assert.ok(init, 'the init event is forwarded')
+  t.assert.match(init.data.session_id, UUID)
+  for (const key of Object.keys(init.data)) {
+    t.assert.ok(['type', 'subtype', 'session_id', 'model', 'permissionMode', 'uuid'].includes(key), `init event field ${key}`)
+  }
+  const all = JSON.stringify(events)
+  t.assert.ok(!all.includes(work), 'no event names the working directory')
+  t.assert.ok(!all.includes(configDir), 'no event names the config folder')
+  t.assert.ok(!all.includes('"cwd"'))
+  const sessionId = events.at(-1).data.sessionId
+  const { session } = await jsonOf(await routes.session.GET(get(`session?sessionId=${sessionId}`)), 200)
+  t.assert.strictEqual(session.id, sessionId)
+  t.assert.ok(!('workingDirectory' in session))
+  t.assert.ok(!JSON.stringify(await jsonOf(await routes.session.GET(get('session?projectId=paths')), 200)).includes(work))
+
+  // exposeServerDetails: the CLI's init event as it is.
+  const open = createClaudeRoutes({ getUserId: () => 'alice', manager, exposeServerDetails: true, onError: null })
+  const raw = parseSse(await (await open.stream.POST(post('stream', { prompt: 'and now', projectId: 'paths', sessionId }))).text())
+  const rawInit = raw.find((e) => e.data.type === 'system' && e.data.subtype === 'init')
+  t.assert.strictEqual(typeof rawInit.data.cwd, 'string')
+  t.assert.ok(Array.isArray(rawInit.data.tools))
+  t.assert.match((await jsonOf(await open.session.GET(get(`session?sessionId=${sessionId}`)), 200)).session.workingDirectory, /\/work$/)
+})
+
+test('next routes: oversized bodies and prompts are a 413, never a 500', async (t) => {
+  const seen = []
+  const r = createClaudeRoutes({ getUserId: () => 'gina', manager, onError: (e) => seen.push(e) })
+  // Over the default 1 MiB body limit.
+  const big = 'x'.repeat(2 * 1024 * 1024)
+  await expectError(t, await r.task.POST(post('task', { prompt: big, projectId: 'huge' })), 413, 'PAYLOAD_TOO_LARGE', /1048576/)
+  await expectError(t, await r.stream.POST(post('stream', { prompt: big, projectId: 'huge' })), 413, 'PAYLOAD_TOO_LARGE')
+  // Within a raised body limit, but over the manager's 4 MiB prompt limit.
+  const roomy = createClaudeRoutes({ getUserId: () => 'gina', manager, maxBodyBytes: 8 * 1024 * 1024, onError: (e) => seen.push(e) })
+  const huge = 'x'.repeat(5 * 1024 * 1024)
+  await expectError(t, await roomy.task.POST(post('task', { prompt: huge, projectId: 'huge' })), 413, 'CONTEXT_OVERFLOW')
+  await expectError(t, await roomy.stream.POST(post('stream', { prompt: huge, projectId: 'huge' })), 413, 'CONTEXT_OVERFLOW')
+  // More tokens than the context window.
+  const small = makeManager({ server, contextWindow: 5000 })
+  try {
+    const tight = createClaudeRoutes({ getUserId: () => 'gina', manager: small.manager, onError: (e) => seen.push(e) })
+    const long = 'lorem ipsum dolor sit amet '.repeat(3000)
+    await expectError(t, await tight.task.POST(post('task', { prompt: long, projectId: 'huge' })), 413, 'CONTEXT_OVERFLOW', /context window/)
+    await expectError(t, await tight.stream.POST(post('stream', { prompt: long, projectId: 'huge' })), 413, 'CONTEXT_OVERFLOW')
+  } finally {
+    await small.manager.close()
+  }
+  t.assert.deepStrictEqual(seen, [], 'none of them was a server error')
+  t.assert.strictEqual((await manager.listSessions({ userId: 'gina' })).length, 0, 'nothing was stored')
+})
+
+test('next routes: model — refused by default, checked against allowedModels', async (t) => {
+  server.reset()
+  await expectError(t, await routes.task.POST(post('task', { prompt: 'x', projectId: 'models', model: 'opus' })), 400, 'INVALID_ARGUMENT', /allowedModels/)
+  t.assert.strictEqual(server.requests.length, 0, 'nothing reached the model')
+  const r = createClaudeRoutes({ getUserId: () => 'alice', manager, allowedModels: ['haiku'], taskDefaults: { maxTurns: 2 }, onError: null })
+  await expectError(t, await r.task.POST(post('task', { prompt: 'x', projectId: 'models', model: 'opus' })), 400, 'INVALID_ARGUMENT', /allowed models: haiku/)
+  const ok = await jsonOf(await r.task.POST(post('task', { prompt: 'pick haiku', projectId: 'models', model: 'haiku', maxTurns: 10000 })), 200)
+  t.assert.strictEqual(ok.success, true, JSON.stringify(ok.error))
+  const models = server.requests.filter((q) => q.path === '/v1/messages' && JSON.stringify(q.body).includes('pick haiku')).map((q) => q.body.model)
+  t.assert.ok(models.length > 0 && models.every((m) => /haiku/.test(m)), `models asked for: ${models}`)
+})
+
 test('next routes: no user is a 401 on every route, before the body is read', async (t) => {
   const calls = [
     routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { user: null })),
@@ -247,12 +373,19 @@ test('next routes: a session running a task is 409 SESSION_BUSY for another task
   server.enqueue({ text: 'finally done', delayMs: 4000 })
   const first = routes.task.POST(post('task', { prompt: 'slow', projectId: 'busy', sessionId: session.id }))
   await waitFor('the slow task to reach the model', () => server.requests.some((r) => r.path === '/v1/messages'))
-  const conflicts = await Promise.all([
+  const [task, stream, del] = await Promise.all([
     routes.task.POST(post('task', { prompt: 'me too', projectId: 'busy', sessionId: session.id })),
     routes.stream.POST(post('stream', { prompt: 'me too', projectId: 'busy', sessionId: session.id })),
     routes.session.POST(post('session', { action: 'delete', sessionId: session.id })),
   ])
-  for (const res of conflicts) await expectError(t, res, 409, 'SESSION_BUSY')
+  for (const res of [task, del]) await expectError(t, res, 409, 'SESSION_BUSY')
+  // The stream was answered as soon as its task was queued, so the refusal (after
+  // queueTimeoutMs) is its `error` event, with the status the task route would have used.
+  t.assert.strictEqual(stream.status, 200)
+  const events = parseSse(await stream.text())
+  t.assert.deepStrictEqual(events.map((e) => e.event), ['message', 'error'])
+  t.assert.strictEqual(events[0].data.type, 'task_queued')
+  t.assert.deepStrictEqual([events[1].data.error.code, events[1].data.error.status], ['SESSION_BUSY', 409])
   const done = await jsonOf(await first, 200)
   t.assert.strictEqual(done.result, 'finally done')
   const tasks = (await jsonOf(await routes.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks

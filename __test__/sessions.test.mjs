@@ -38,7 +38,7 @@ test('sessions: create, get, list newest first, getOrCreate, startFresh, archive
   const chosen = '6f1c1d3e-8a8b-4c2d-9e0f-123456789abc'
   const fresh2 = await manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen })
   t.assert.strictEqual(fresh2.session.id, chosen)
-  await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen }), 'INVALID_ARGUMENT', /already exists/)
+  await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen }), 'INVALID_ARGUMENT', /cannot be used/)
 
   const archived = await manager.archiveSession(fresh.session.id, 'alice')
   t.assert.strictEqual(archived.status, 'archived')
@@ -119,20 +119,37 @@ test('store: missing folder, a folder, and a file that is not SQLite give STORE_
   t.assert.throws(() => new SessionManager({ databasePath: '/proc/csm/sessions.db', workingDirectory: dir }), (e) => e.code === 'STORE_ERROR')
 })
 
-test('store: the default database lives in .claude-sessions under the working directory; env overrides', async (t) => {
+test('store: the default database lives in a private state folder outside the working directory; env overrides', async (t) => {
   const dir = tempDir()
-  const m = new SessionManager({ workingDirectory: dir })
-  t.assert.strictEqual(m.databasePath, path.join(dir, '.claude-sessions', 'sessions.db'))
-  await m.close()
+  const work = path.join(dir, 'work')
+  fs.mkdirSync(work)
+  // A database an older version left inside the working directory is moved out, not lost.
+  const legacy = path.join(work, '.claude-sessions')
+  fs.mkdirSync(legacy)
+  const old = new SessionManager({ workingDirectory: work, databasePath: path.join(legacy, 'sessions.db') })
+  await old.getOrCreateSession({ projectId: 'p', userId: 'u' })
+  await old.close()
+  const run = (env) => {
+    const child = spawn(process.execPath, ['-e', `
+      const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
+      const m = new SessionManager({ workingDirectory: ${JSON.stringify(work)} });
+      m.listSessions({ userId: 'u' }).then((s) => console.log(JSON.stringify({ ...m.info(), sessions: s.length })))`], { env: { ...process.env, ...env } })
+    let out = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (out += d))
+    return new Promise((r) => child.on('exit', () => r(out.trim())))
+  }
+  const state = path.join(dir, 'xdg-state')
+  const info = JSON.parse(await run({ XDG_STATE_HOME: state, CLAUDE_SESSIONS_DB: '', CLAUDE_SESSIONS_STATE_DIR: '' }))
+  t.assert.ok(info.databasePath.startsWith(path.join(state, 'claude-session-manager') + path.sep), info.databasePath)
+  t.assert.ok(!info.databasePath.startsWith(work + path.sep), 'not under the working directory')
+  t.assert.strictEqual(info.sessions, 1, 'the legacy database was adopted')
+  t.assert.ok(!fs.existsSync(path.join(legacy, 'sessions.db')), 'and moved out of the agent\'s reach')
+  t.assert.strictEqual(fs.statSync(info.databasePath).mode & 0o777, 0o600)
+  t.assert.strictEqual(fs.statSync(info.stateDirectory).mode & 0o777, 0o700)
+  t.assert.strictEqual(info.isolateTenants, 'user', 'tenants are apart by default')
   const envDb = path.join(dir, 'from-env.db')
-  const child = spawn(process.execPath, ['-e', `
-    const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
-    const m = new SessionManager({ workingDirectory: ${JSON.stringify(dir)} });
-    console.log(m.databasePath)`], { env: { ...process.env, CLAUDE_SESSIONS_DB: envDb } })
-  let out = ''
-  child.stdout.on('data', (d) => (out += d))
-  await new Promise((r) => child.on('exit', r))
-  t.assert.strictEqual(out.trim(), envDb)
+  t.assert.strictEqual(JSON.parse(await run({ CLAUDE_SESSIONS_DB: envDb })).databasePath, envDb)
 })
 
 test('cleanup: deletes idle archived sessions, keeps active ones unless told', async (t) => {

@@ -29,8 +29,8 @@
  *
  * | route | answer |
  * | --- | --- |
- * | `POST /task` `{ prompt, projectId, sessionId?, model?, title?, forkSession?, ... }` | the {@link TaskResult} |
- * | `POST /stream` (same body) | `text/event-stream`: one unnamed event (`message`) per `onEvent` event, its data the event's JSON; then `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it started. Closing the connection aborts the task. `includePartialMessages` defaults to true here, so text deltas (`stream_event`) are included. |
+ * | `POST /task` `{ prompt, projectId, sessionId?, title?, forkSession?, ... }` (`model` only with `allowedModels`) | the {@link TaskResult} |
+ * | `POST /stream` (same body) | `text/event-stream`, answered as soon as the task is queued (before it waits for its session or a slot): one unnamed event (`message`) per `onEvent` event, its data the event's JSON, starting with `task_queued`; then `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it was queued (e.g. `SESSION_BUSY`, status 409, once `queueTimeoutMs` has passed). Closing the connection aborts the task, also while it is still queued. `includePartialMessages` defaults to true here, so text deltas (`stream_event`) are included. Events are reduced unless `exposeServerDetails` (see there). |
  * | `GET /session?sessionId=…` | `{ session }` |
  * | `GET /session?projectId=…&status=…&parentId=…&limit=…&offset=…` (all optional) | `{ sessions }`, newest activity first |
  * | `POST /session` `{ action: 'getOrCreate', projectId, preferActive? }` | `{ session, created }` |
@@ -45,10 +45,24 @@
  * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
  *
  * Errors are `{ error: { code, message } }`: no user → 401 `UNAUTHORIZED`; malformed JSON or an
- * invalid argument → 400 `INVALID_ARGUMENT`; `SESSION_NOT_FOUND` (also for another user's
- * session) → 404; `SESSION_BUSY` → 409; every other code → 500 with that code. A task that ran
- * and failed (model or CLI error) is not an HTTP error: it is a 200 TaskResult with
- * `success: false` and `error.code`.
+ * invalid argument (also a field or model the client may not send) → 400 `INVALID_ARGUMENT`;
+ * `SESSION_NOT_FOUND` (also for another user's session) → 404; `SESSION_BUSY` → 409; a body over
+ * `maxBodyBytes` → 413 `PAYLOAD_TOO_LARGE`; a prompt too long for the manager (over 4 MiB, or
+ * more tokens than the context window) → 413 `CONTEXT_OVERFLOW`; every other code → 500 with that
+ * code. A task that ran and failed (model or CLI error) is not an HTTP error: it is a 200
+ * TaskResult with `success: false` and `error.code`.
+ *
+ * ## What the server decides
+ *
+ * - Which task fields a client may send: `clientTaskFields` (anything else is a 400).
+ * - Which model: only the server's (`taskDefaults.model`, else the manager's default) unless
+ *   `allowedModels` lists the ones a client may pick.
+ * - Everything in `taskDefaults`: a client value never overrides it. For the numeric limits
+ *   `maxTurns`, `timeoutMs` and `maxBudgetUsd` the server's value is a cap (the task gets the
+ *   smaller of the two); for every other field the server's value is used and the client's ignored.
+ * - How much a client may send: `maxBodyBytes`.
+ * - What the browser learns about the server: nothing of its paths or set-up unless
+ *   `exposeServerDetails`.
  */
 import type { SessionManager, SessionManagerOptions, TaskRequest } from '../index.js'
 
@@ -84,18 +98,57 @@ export interface ClaudeRoutesOptions {
    */
   manager?: SessionManager | (() => SessionManager | Promise<SessionManager>)
   /**
-   * Task fields set by the server, applied under the client's fields — e.g.
-   * `{ allowedTools: ['Read'], permissionMode: 'default', maxBudgetUsd: 1 }`. A field the client
-   * may not send (see `clientTaskFields`) can only come from here.
+   * Task fields set by the server — e.g. `{ model: 'sonnet', maxTurns: 8, timeoutMs: 120000,
+   * allowedTools: ['Read'], permissionMode: 'default', maxBudgetUsd: 1 }`. A client can never
+   * override them:
+   * - the numeric limits `maxTurns`, `timeoutMs` and `maxBudgetUsd` are caps: a client may ask for
+   *   less (the task gets the smaller value), never for more;
+   * - every other field set here wins over the client's value, which is ignored (no error);
+   * - the one exception is `model` (and `fallbackModel`) when `allowedModels` is set: then
+   *   `taskDefaults.model` is the default and a client may replace it with one of the allowed
+   *   models.
+   *
+   * A field the client may not send (see `clientTaskFields`) can only come from here.
    */
   taskDefaults?: Partial<Omit<TaskRequest, 'userId'>>
   /**
    * The task fields a client may send to the task and stream routes; a body with any other field
    * is a 400. Default {@link DEFAULT_CLIENT_TASK_FIELDS}, which leaves out what widens what the CLI
-   * may do on your server or spend (`allowedTools`, `disallowedTools`, `permissionMode`,
-   * `appendSystemPrompt`, `maxBudgetUsd`, `fallbackModel`). `'all'` accepts every field.
+   * may do on your server or spend (`model`, `allowedTools`, `disallowedTools`, `permissionMode`,
+   * `appendSystemPrompt`, `maxBudgetUsd`, `fallbackModel`, `queueTimeoutMs`, `workingDirectory`).
+   * `'all'` accepts every field (still subject to `taskDefaults` and `allowedModels`). `model` is
+   * governed by `allowedModels` alone: listing it here without `allowedModels` throws a
+   * `TypeError`, and `allowedModels` adds it.
    */
   clientTaskFields?: readonly ClientTaskField[] | 'all'
+  /**
+   * The models a client may choose with `model` (and, if `clientTaskFields` lets it send one,
+   * `fallbackModel`), e.g. `['sonnet', 'haiku']`; a model outside the list is a 400
+   * `INVALID_ARGUMENT` naming the list. `'any'` accepts any model (not recommended: the model sets
+   * the cost). Default: none — a client that sends `model` gets a 400 and the server's model
+   * (`taskDefaults.model`, else the manager's default) is used.
+   */
+  allowedModels?: readonly string[] | 'any'
+  /**
+   * The largest request body the POST routes read, in bytes. A larger `content-length` is refused
+   * before reading; a body without one is read in chunks and abandoned as soon as it passes the
+   * limit. Either way the answer is 413 `PAYLOAD_TOO_LARGE`, and `onError` is not called.
+   * Default {@link DEFAULT_MAX_BODY_BYTES} (1 MiB). (The manager refuses prompts over 4 MiB
+   * anyway, with 413 `CONTEXT_OVERFLOW`.)
+   */
+  maxBodyBytes?: number
+  /**
+   * Forward the CLI's events and sessions to the browser as they are. Default `false`: the stream
+   * route reduces the CLI's `system`/`init` event to `{ type, subtype, session_id, model,
+   * permissionMode, uuid }` (it otherwise names the working directory, the config folder, the
+   * messaging socket, the installed tools, plugins, MCP servers, skills and the CLI version), and
+   * drops those fields (`cwd`, `memory_paths`, `messaging_socket_path`, `transcript_path`,
+   * `plugins`, `tools`, `mcp_servers`, `slash_commands`, `skills`, `agents`,
+   * `claude_code_version`, `apiKeySource`, `output_style`) from the top level of any other event;
+   * and the session routes leave out each session's `workingDirectory`. What the model writes
+   * (text, tool calls and their results) is never changed.
+   */
+  exposeServerDetails?: boolean
   /**
    * Called with every error answered with a 5xx (after its message is hidden from the client when
    * it may name server paths: `STORE_ERROR`, `INTERNAL`, `CLI_NOT_FOUND`, errors without a code).
@@ -121,11 +174,17 @@ export declare function getSessionManager(options?: SessionManagerOptions): Sess
 /** Closes the shared manager, if any, and forgets it (tests, graceful shutdown). */
 export declare function closeSessionManager(): Promise<void>
 
-/** The HTTP status the routes use for an error code: 400, 401, 404, 409, 501, else 500. */
+/** The HTTP status the routes use for an error code: 400, 401, 404, 409, 413 (`PAYLOAD_TOO_LARGE`,
+ * `CONTEXT_OVERFLOW`), 501, else 500. */
 export declare function statusForCode(code: string): number
 
-/** The task fields a client may send by default. */
+/** The task fields a client may send by default: `prompt`, `projectId`, `sessionId`, `title`,
+ * `forkSession`, `autoCompact`, `compactThreshold`, `maxTurns`, `timeoutMs`,
+ * `includePartialMessages` (not `model`: see `allowedModels`). */
 export declare const DEFAULT_CLIENT_TASK_FIELDS: readonly ClientTaskField[]
+
+/** The default `maxBodyBytes`: 1 MiB. */
+export declare const DEFAULT_MAX_BODY_BYTES: number
 
 /** An error the routes answer with a fixed HTTP status (e.g. 401 `UNAUTHORIZED`). */
 export declare class RouteError extends Error {

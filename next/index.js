@@ -7,12 +7,12 @@
 
 const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
 
-/** Fields of a task request a client may send unless `clientTaskFields` says otherwise. */
+/** Fields of a task request a client may send unless `clientTaskFields` says otherwise. `model` is
+ * not one of them: a client may choose the model only from `allowedModels`. */
 const DEFAULT_CLIENT_TASK_FIELDS = Object.freeze([
   'prompt',
   'projectId',
   'sessionId',
-  'model',
   'title',
   'forkSession',
   'autoCompact',
@@ -28,8 +28,40 @@ const STATUS_BY_CODE = Object.freeze({
   UNAUTHORIZED: 401,
   SESSION_NOT_FOUND: 404,
   SESSION_BUSY: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  // The manager refuses a prompt too long for any context window before anything runs.
+  CONTEXT_OVERFLOW: 413,
   NOT_IMPLEMENTED: 501,
 })
+
+/** Numeric task limits: a value the server sets in `taskDefaults` is a cap the client may only lower. */
+const LIMIT_FIELDS = Object.freeze(['maxTurns', 'timeoutMs', 'maxBudgetUsd'])
+
+/** Task fields that name a model: the client may send them only with `allowedModels`. */
+const MODEL_FIELDS = Object.freeze(['model', 'fallbackModel'])
+
+const DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+/** What the browser gets of the CLI's `system`/`init` event by default. */
+const INIT_EVENT_FIELDS = Object.freeze(['type', 'subtype', 'session_id', 'model', 'permissionMode', 'uuid'])
+
+/** Top-level event fields that describe the server (paths, sockets, installed tools, versions):
+ * dropped from every event sent to the browser unless `exposeServerDetails` is set. */
+const SERVER_DETAIL_FIELDS = new Set([
+  'cwd',
+  'memory_paths',
+  'messaging_socket_path',
+  'transcript_path',
+  'plugins',
+  'tools',
+  'mcp_servers',
+  'slash_commands',
+  'skills',
+  'agents',
+  'claude_code_version',
+  'apiKeySource',
+  'output_style',
+])
 
 /** Codes whose messages may name server paths or internals: a 5xx with one of these (or with no
  * code at all) gets a generic message; the real error goes to `onError`. */
@@ -116,19 +148,55 @@ function errorResponse(error, request, onError) {
   return json({ error: body }, status)
 }
 
-/** Reads the body as one JSON object. Requires a JSON content type: a cross-site form cannot
- * send one without a CORS preflight, which keeps cookie-authenticated routes safe from CSRF. */
-async function readJsonObject(request) {
+/** The body as text, read chunk by chunk from `request.body` and abandoned (413) as soon as it
+ * exceeds `limit` bytes; a `content-length` over the limit is refused before reading anything. */
+async function readBodyText(request, limit) {
+  const tooLarge = () => new RouteError(413, 'PAYLOAD_TOO_LARGE', `the request body is larger than the limit of ${limit} bytes`)
+  const declared = request.headers.get('content-length')
+  if (declared !== null && /^\s*\d+\s*$/.test(declared) && Number(declared) > limit) {
+    if (request.body && !request.body.locked) request.body.cancel().catch(() => {})
+    throw tooLarge()
+  }
+  const body = request.body
+  if (!body) return ''
+  let reader
+  try {
+    reader = body.getReader()
+  } catch {
+    throw badRequest('the request body could not be read')
+  }
+  const decoder = new TextDecoder()
+  const encoder = new TextEncoder()
+  let total = 0
+  let text = ''
+  for (;;) {
+    let chunk
+    try {
+      chunk = await reader.read()
+    } catch {
+      throw badRequest('the request body could not be read')
+    }
+    if (chunk.done) break
+    const bytes = typeof chunk.value === 'string' ? encoder.encode(chunk.value) : chunk.value
+    total += bytes.byteLength
+    if (total > limit) {
+      reader.cancel().catch(() => {})
+      throw tooLarge()
+    }
+    text += decoder.decode(bytes, { stream: true })
+  }
+  return text + decoder.decode()
+}
+
+/** Reads the body as one JSON object of at most `limit` bytes. Requires a JSON content type: a
+ * cross-site form cannot send one without a CORS preflight, which keeps cookie-authenticated
+ * routes safe from CSRF. */
+async function readJsonObject(request, limit) {
   const type = (request.headers.get('content-type') || '').toLowerCase()
   if (!/^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/.test(type)) {
     throw badRequest(`the request body must be JSON sent with "content-type: application/json" (got ${type ? `"${type}"` : 'no content type'})`)
   }
-  let text
-  try {
-    text = await request.text()
-  } catch {
-    throw badRequest('the request body could not be read')
-  }
+  const text = await readBodyText(request, limit)
   if (!text.trim()) throw badRequest('the request body is empty; expected a JSON object')
   let value
   try {
@@ -188,6 +256,40 @@ function addonSignal(signal) {
   }
 }
 
+/** An event as the browser may see it: the CLI's `system`/`init` event reduced to
+ * INIT_EVENT_FIELDS, and SERVER_DETAIL_FIELDS dropped from every other event. */
+function publicEvent(event) {
+  if (!event || typeof event !== 'object' || Array.isArray(event)) return event
+  if (event.type === 'system' && event.subtype === 'init') {
+    const out = {}
+    for (const key of INIT_EVENT_FIELDS) if (event[key] !== undefined) out[key] = event[key]
+    return out
+  }
+  let out = event
+  for (const key of Object.keys(event)) {
+    if (!SERVER_DETAIL_FIELDS.has(key)) continue
+    if (out === event) out = { ...event }
+    delete out[key]
+  }
+  return out
+}
+
+/** A session as the browser may see it: without its server-side `workingDirectory`. */
+function publicSession(session) {
+  if (!session || typeof session !== 'object' || !('workingDirectory' in session)) return session
+  const { workingDirectory, ...rest } = session
+  return rest
+}
+
+/** `out` with its `session` / `sessions` made public. */
+function publicSessions(out) {
+  if (!out || typeof out !== 'object') return out
+  const copy = { ...out }
+  if (copy.session) copy.session = publicSession(copy.session)
+  if (Array.isArray(copy.sessions)) copy.sessions = copy.sessions.map(publicSession)
+  return copy
+}
+
 function sseFrame(event, data, id) {
   let frame = ''
   if (event) frame += `event: ${event}\n`
@@ -205,12 +307,35 @@ function createClaudeRoutes(options) {
   if (!options || typeof options.getUserId !== 'function') {
     throw new TypeError('createClaudeRoutes: the getUserId(request) option is required (your authentication)')
   }
-  const { getUserId, manager, taskDefaults = {}, clientTaskFields = DEFAULT_CLIENT_TASK_FIELDS } = options
+  const { getUserId, manager, taskDefaults = {}, clientTaskFields = DEFAULT_CLIENT_TASK_FIELDS, allowedModels, maxBodyBytes = DEFAULT_MAX_BODY_BYTES } = options
+  const exposeServerDetails = options.exposeServerDetails === true
   const onError = options.onError === undefined ? (error) => console.error('[claude-session-manager/next]', error) : options.onError
   if (manager !== undefined && manager !== null && typeof manager !== 'function' && typeof manager !== 'object') {
     throw new TypeError('createClaudeRoutes: manager must be a SessionManager or a function returning one')
   }
-  const clientFields = clientTaskFields === 'all' ? null : Array.from(clientTaskFields)
+  if (!taskDefaults || typeof taskDefaults !== 'object' || Array.isArray(taskDefaults)) {
+    throw new TypeError('createClaudeRoutes: taskDefaults must be an object')
+  }
+  if (clientTaskFields !== 'all' && !Array.isArray(clientTaskFields)) {
+    throw new TypeError("createClaudeRoutes: clientTaskFields must be an array of field names or 'all'")
+  }
+  if (allowedModels !== undefined && allowedModels !== 'any' && !(Array.isArray(allowedModels) && allowedModels.every((m) => typeof m === 'string' && m !== ''))) {
+    throw new TypeError("createClaudeRoutes: allowedModels must be an array of model names (or 'any')")
+  }
+  if (typeof maxBodyBytes !== 'number' || Number.isNaN(maxBodyBytes) || maxBodyBytes <= 0) {
+    throw new TypeError('createClaudeRoutes: maxBodyBytes must be a positive number of bytes')
+  }
+  // `model` (and `fallbackModel`) are governed by allowedModels alone.
+  const modelPolicy = allowedModels === undefined ? null : allowedModels === 'any' ? 'any' : Array.from(allowedModels)
+  if (clientTaskFields !== 'all' && clientTaskFields.includes('model') && modelPolicy === null) {
+    throw new TypeError("createClaudeRoutes: clientTaskFields lists 'model' but allowedModels is not set: list the models clients may choose in allowedModels (or 'any')")
+  }
+  let clientFields = null
+  if (clientTaskFields !== 'all') {
+    clientFields = Array.from(clientTaskFields)
+    if (modelPolicy !== null && !clientFields.includes('model')) clientFields.push('model')
+  }
+  const readBody = (request) => readJsonObject(request, maxBodyBytes)
 
   const resolveManager = async () => {
     if (manager == null) return getSessionManager()
@@ -241,27 +366,57 @@ function createClaudeRoutes(options) {
       }
     }
 
+  /** The client's task fields merged with taskDefaults (see ClaudeRoutesOptions.taskDefaults). */
   const taskRequest = (body, userId) => {
     if (clientFields) {
       for (const key of Object.keys(body)) {
+        if (key === 'model' && modelPolicy === null) continue // refused below, with a clearer message
         if (!clientFields.includes(key)) {
           throw badRequest(`task: the client may not set "${key}" (allowed: ${clientFields.join(', ')}); set server-side values with taskDefaults`)
         }
       }
     }
-    return { ...taskDefaults, ...body, userId }
+    for (const key of MODEL_FIELDS) {
+      const value = body[key]
+      if (value === undefined || !Object.prototype.hasOwnProperty.call(body, key)) continue
+      if (modelPolicy === null) {
+        throw badRequest(`task: the client may not choose the model ("${key}"); the server sets it (taskDefaults.model), or lists the models clients may choose with the allowedModels option`)
+      }
+      if (modelPolicy !== 'any' && (typeof value !== 'string' || !modelPolicy.includes(value))) {
+        throw badRequest(`task: ${key} ${JSON.stringify(value)} is not allowed (allowed models: ${modelPolicy.join(', ') || 'none'})`)
+      }
+    }
+    const task = { ...body }
+    for (const key of Object.keys(taskDefaults)) {
+      const serverValue = taskDefaults[key]
+      if (serverValue === undefined || key === 'userId') continue
+      const clientValue = task[key]
+      if (clientValue === undefined) {
+        task[key] = serverValue
+      } else if (LIMIT_FIELDS.includes(key) && typeof serverValue === 'number') {
+        // A server limit is a cap: the client may ask for less, never for more.
+        if (typeof clientValue !== 'number' || !Number.isFinite(clientValue)) throw badRequest(`task: ${key} must be a number`)
+        task[key] = Math.min(clientValue, serverValue)
+      } else if (MODEL_FIELDS.includes(key) && modelPolicy !== null) {
+        // The client's model, already checked against allowedModels, replaces the server's default.
+      } else {
+        task[key] = serverValue // the server's value wins
+      }
+    }
+    task.userId = userId
+    return task
   }
 
   // POST /api/claude/task — run a task, answer with the TaskResult.
   const taskPOST = route(async (request, userId) => {
-    const task = taskRequest(await readJsonObject(request), userId)
+    const task = taskRequest(await readBody(request), userId)
     const m = await resolveManager()
     return json(await m.executeTask(task, { signal: addonSignal(request.signal) }))
   })
 
   // POST /api/claude/stream — run a task and forward its events as Server-Sent Events.
   const streamPOST = route(async (request, userId) => {
-    const task = taskRequest(await readJsonObject(request), userId)
+    const task = taskRequest(await readBody(request), userId)
     if (task.includePartialMessages === undefined) task.includePartialMessages = true
     const m = await resolveManager()
 
@@ -285,16 +440,26 @@ function createClaudeRoutes(options) {
         closed = true
       }
     }
-    let markStarted
-    const started = new Promise((resolve) => (markStarted = resolve))
+    const send = exposeServerDetails ? (event) => event : publicEvent
+    let markAccepted
+    const accepted = new Promise((resolve) => (markAccepted = resolve))
     const onEvent = (event) => {
-      push(sseFrame(null, event, nextId++))
-      if (event && event.type === 'task_started') markStarted()
+      push(sseFrame(null, send(event), nextId++))
+      markAccepted()
     }
-    const run = m.executeTask(task, { onEvent, signal: addonSignal(abort.signal) })
-    // Answer only once the task has started (or settled), so a request the manager rejects
-    // (bad arguments, someone else's session, a busy session) still gets its 400/404/409.
-    const first = await Promise.race([started.then(() => null), run.then(() => null, (error) => ({ error }))])
+    let run
+    try {
+      run = Promise.resolve(m.executeTask(task, { onEvent, signal: addonSignal(abort.signal) }))
+    } catch (error) {
+      if (request.signal) request.signal.removeEventListener('abort', onClientGone)
+      throw error
+    }
+    // Answer as soon as the manager has accepted the task: its first event (`task_queued`) comes
+    // once the request is validated and the session found, before the task waits for its session
+    // or a slot. A request refused before that (bad arguments, someone else's session, a prompt
+    // too long) still gets its 400/404/413; a refusal after it (SESSION_BUSY once queueTimeoutMs
+    // has passed) is an `error` event.
+    const first = await Promise.race([accepted.then(() => null), run.then(() => null, (error) => ({ error }))])
     if (first) {
       if (request.signal) request.signal.removeEventListener('abort', onClientGone)
       throw first.error
@@ -342,7 +507,8 @@ function createClaudeRoutes(options) {
     const params = new URL(request.url).searchParams
     const m = await resolveManager()
     const sessionId = params.get('sessionId')
-    if (sessionId !== null) return json({ session: await m.getSession(sessionId, userId) })
+    const out = exposeServerDetails ? (data) => json(data) : (data) => json(publicSessions(data))
+    if (sessionId !== null) return out({ session: await m.getSession(sessionId, userId) })
     const filter = { userId }
     for (const key of ['projectId', 'status', 'parentId']) {
       const value = params.get(key)
@@ -352,7 +518,7 @@ function createClaudeRoutes(options) {
       const value = queryNumber(params, key)
       if (value !== undefined) filter[key] = value
     }
-    return json({ sessions: await m.listSessions(filter) })
+    return out({ sessions: await m.listSessions(filter) })
   })
 
   const sessionActions = {
@@ -388,13 +554,14 @@ function createClaudeRoutes(options) {
 
   // POST /api/claude/session — { action, ... }.
   const sessionPOST = route(async (request, userId) => {
-    const body = await readJsonObject(request)
+    const body = await readBody(request)
     const action = body.action
     if (typeof action !== 'string' || !Object.prototype.hasOwnProperty.call(sessionActions, action)) {
       throw badRequest(`"action" must be one of ${actionNames.join(', ')}`)
     }
     const m = await resolveManager()
-    return json(await sessionActions[action](m, body, userId))
+    const out = await sessionActions[action](m, body, userId)
+    return json(exposeServerDetails ? out : publicSessions(out))
   })
 
   // GET /api/claude/compact?sessionId=…[&threshold=…] — the context meter.
@@ -409,7 +576,7 @@ function createClaudeRoutes(options) {
 
   // POST /api/claude/compact — { sessionId, summaryInstructions? } → the compaction's TaskResult.
   const compactPOST = route(async (request, userId) => {
-    const body = only(await readJsonObject(request), ['sessionId', 'summaryInstructions'], 'compact')
+    const body = only(await readBody(request), ['sessionId', 'summaryInstructions'], 'compact')
     const m = await resolveManager()
     return json(await m.compactSession({ ...body, userId }, { signal: addonSignal(request.signal) }))
   })
@@ -428,5 +595,6 @@ module.exports = {
   closeSessionManager,
   statusForCode,
   DEFAULT_CLIENT_TASK_FIELDS,
+  DEFAULT_MAX_BODY_BYTES,
   RouteError,
 }

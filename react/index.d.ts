@@ -109,6 +109,8 @@ export interface UseClaudeSessionResult {
   /**
    * Sends a prompt and streams the reply into `messages`; resolves with the task's result (also
    * for a failed task), or `null` when it could not run. `forkSession: true` runs it in a new fork.
+   * `model` is accepted by the server routes only when their `allowedModels` option lists it
+   * (otherwise the request fails with `INVALID_ARGUMENT`).
    */
   send: (prompt: string, options?: { model?: string; title?: string; forkSession?: boolean }) => Promise<TaskResult | null>
   /** Stops the running prompt: the stream closes and the server aborts the CLI. */

@@ -35,6 +35,8 @@ pub enum ErrorCode {
   ContextOverflow,
   /// A compaction failed; the session is unchanged.
   CompactFailed,
+  /// `sandbox: 'bubblewrap'` was asked for and bubblewrap cannot be used on this machine.
+  SandboxUnavailable,
   /// A bug in this package (a panic or an impossible state). Please report it.
   Internal,
 }
@@ -57,12 +59,13 @@ impl ErrorCode {
       ErrorCode::Closed => "CLOSED",
       ErrorCode::ContextOverflow => "CONTEXT_OVERFLOW",
       ErrorCode::CompactFailed => "COMPACT_FAILED",
+      ErrorCode::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
       ErrorCode::Internal => "INTERNAL",
     }
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 15] = [
+  pub const ALL: [ErrorCode; 16] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
@@ -77,6 +80,7 @@ impl ErrorCode {
     ErrorCode::Closed,
     ErrorCode::ContextOverflow,
     ErrorCode::CompactFailed,
+    ErrorCode::SandboxUnavailable,
     ErrorCode::Internal,
   ];
 }

@@ -114,6 +114,29 @@ pub fn working_directory(field: &str, value: &str, allowed_roots: &[std::path::P
   Ok(resolved)
 }
 
+/// A tool rule names one tool (`Bash`, `Bash(npm test:*)`, `mcp__server__tool`): the CLI splits
+/// `--allowedTools` values at spaces and commas outside parentheses, so `"Read Bash"` would grant
+/// two tools. Such entries are refused.
+pub fn one_tool_rule(field: &str, rule: &str) -> Result<()> {
+  let mut depth = 0i32;
+  for c in rule.chars() {
+    match c {
+      '(' => depth += 1,
+      ')' => depth -= 1,
+      ' ' | ',' | '\t' if depth <= 0 => {
+        return Err(Error::invalid(format!(
+          "{field} entry {rule:?} names more than one tool (the CLI splits entries at spaces and commas): pass one rule per entry"
+        )))
+      }
+      _ => {}
+    }
+  }
+  if rule.trim().is_empty() || depth != 0 {
+    return Err(Error::invalid(format!("{field} entry {rule:?} is not a tool rule")));
+  }
+  Ok(())
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;

@@ -156,14 +156,34 @@ impl SessionManager {
     )
   }
 
-  /// Deletes a session with its task and compaction rows (not the CLI's transcript). A session
-  /// running a task rejects with `SESSION_BUSY`.
-  #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<void>")]
-  pub fn delete_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, ()>> {
+  /// Deletes a session with its task and compaction rows and the CLI's transcript (unless
+  /// `keepTranscript`). Its id is never given out again. A session running a task rejects with
+  /// `SESSION_BUSY`.
+  #[napi(ts_args_type = "sessionId: string, userId: string, options?: { keepTranscript?: boolean }", ts_return_type = "Promise<void>")]
+  pub fn delete_session<'e>(
+    &self,
+    env: &'e Env,
+    session_id: Unknown<'e>,
+    user_id: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+  ) -> napi::Result<PromiseRaw<'e, ()>> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Opts {
+      keep_transcript: Option<bool>,
+    }
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
+    let options = js_value(env, "options", options);
     let m = self.inner.clone();
-    promise(env, async move { m.delete_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await }, |()| ())
+    promise(
+      env,
+      async move {
+        let o: Opts = parse_optional("deleteSession options", options?)?;
+        m.delete_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.keep_transcript.unwrap_or(false)).await
+      },
+      |()| (),
+    )
   }
 
   /// Deletes the user's sessions idle for longer than `maxAgeMs` (only archived ones while
@@ -426,6 +446,13 @@ impl SessionManager {
       TaskResult::from,
       ExecuteHooks::cleanup(abort),
     )
+  }
+
+  /// How tasks run here: whether the agent is sandboxed, whether the API key is hidden behind the
+  /// per-task proxy, and where the addon keeps its state.
+  #[napi]
+  pub fn info(&self) -> ManagerInfo {
+    self.inner.info().into()
   }
 
   /// Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.

@@ -11,8 +11,8 @@ use napi::bindgen_prelude::*;
 #[allow(dead_code)]
 #[napi(object, object_from_js = false)]
 pub struct SessionManagerOptions {
-  /// SQLite file. Default: env `CLAUDE_SESSIONS_DB`, else `.claude-sessions/sessions.db` under
-  /// `workingDirectory`. Its folder must exist.
+  /// SQLite file. Default: env `CLAUDE_SESSIONS_DB`, else `sessions.db` in `stateDirectory`
+  /// (created `0600`). Keep it out of every working directory: an agent must not reach it.
   pub database_path: Option<String>,
   /// Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else `process.cwd()`.
   pub working_directory: Option<String>,
@@ -25,7 +25,8 @@ pub struct SessionManagerOptions {
   /// The `claude` binary. Default: env `CLAUDE_PATH`, the `@anthropic-ai/claude-code` package, `PATH`.
   pub claude_path: Option<String>,
   /// Extra environment for the CLI. The CLI otherwise gets only what it needs from this process
-  /// (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`): other server secrets do not pass.
+  /// (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`). The API key itself never reaches
+  /// it (see `exposeApiKeyToAgent`).
   pub env: Option<std::collections::HashMap<String, String>>,
   /// Allow `permissionMode: 'bypassPermissions'`. Default false.
   pub allow_bypass_permissions: Option<bool>,
@@ -42,12 +43,40 @@ pub struct SessionManagerOptions {
   /// When set, every working directory (the manager's and each session's) must resolve, through
   /// `..` and symlinks, inside one of these folders.
   pub allowed_roots: Option<Vec<String>>,
-  /// Give each user (or each user's project) its own `CLAUDE_CONFIG_DIR`, so transcripts of
-  /// different tenants never share a folder. Default `none`.
+  /// Give each user (or each user's project) its own `CLAUDE_CONFIG_DIR`, so transcripts,
+  /// settings and running agents of different tenants never share a folder. Default `user`;
+  /// `none` shares one folder between every tenant.
   #[napi(ts_type = "'none' | 'user' | 'project'")]
   pub isolate_tenants: Option<String>,
-  /// Where tenant configuration folders live. Default: `claude-config` beside the database.
+  /// Where tenant configuration folders live (`0700`). Default: `claude-config` in `stateDirectory`.
   pub tenant_config_root: Option<String>,
+  /// The addon's own folder (database, tenant folders), created `0700`. Default: env
+  /// `CLAUDE_SESSIONS_STATE_DIR`, else the folder of `databasePath` when given, else
+  /// `$XDG_STATE_HOME` (or `~/.local/state`)`/claude-session-manager/<workingDirectory name>-<hash>`.
+  pub state_directory: Option<String>,
+  /// Where the agent runs. `auto` (default): inside bubblewrap where it works (Linux with `bwrap`),
+  /// else unsandboxed; `bubblewrap`: sandboxed or the constructor throws `SANDBOX_UNAVAILABLE`;
+  /// `none`: the agent runs as the server's user and reaches what it can. See `info().sandbox`.
+  #[napi(ts_type = "'auto' | 'bubblewrap' | 'none'")]
+  pub sandbox: Option<String>,
+  /// Extra host folders the sandbox shows the agent (absolute paths), besides `/usr`, the CLI, the
+  /// session's working directory and the tenant's configuration folder.
+  #[napi(ts_type = "{ readOnly?: string[]; readWrite?: string[] }")]
+  pub sandbox_paths: Option<serde_json::Value>,
+  /// Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
+  /// per-task token for a loopback proxy in this process that adds the key; the token is void
+  /// once the task ends. Default false.
+  pub expose_api_key_to_agent: Option<bool>,
+  /// Slash commands a prompt may run, e.g. `['/context']`. Every other prompt is plain text (the
+  /// CLI runs with `--disable-slash-commands`). `compactSession` works regardless. Default none.
+  pub allow_slash_commands: Option<Vec<String>>,
+  /// Let `@path` in a prompt inline files (the CLI does that whatever the tool permissions say).
+  /// Default false.
+  pub allow_file_mentions: Option<bool>,
+  /// The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
+  /// agent or another tenant could write, changes permissions.
+  #[napi(ts_type = "Array<'user' | 'project' | 'local'>")]
+  pub setting_sources: Option<Vec<String>>,
 }
 
 /// Filters of `listSessions`.

@@ -191,6 +191,8 @@ pub struct TaskResult {
   pub compactions: Vec<CompactionRecord>,
   /// CLI output lines that could not be read; the task went on without them.
   pub warnings: Vec<String>,
+  /// Whether the CLI ran in the sandbox (see `SessionManager.info()`).
+  pub sandboxed: bool,
   pub error: Option<TaskError>,
 }
 
@@ -213,6 +215,7 @@ impl From<manager::TaskResult> for TaskResult {
       compacted: r.compacted,
       compactions: compaction_records(r.compactions),
       warnings: r.warnings,
+      sandboxed: r.sandboxed,
       error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32) }),
     }
   }
@@ -383,4 +386,31 @@ pub struct PromptEstimate {
   pub observations: f64,
   /// The session's context with the prompt added: `canContinue` says whether it fits.
   pub context_info: ContextInfo,
+}
+
+/// `SessionManager.info()`.
+#[napi(object, object_from_js = false)]
+pub struct ManagerInfo {
+  /// Where the agent runs: `bubblewrap` (sandboxed) or `none`.
+  #[napi(ts_type = "'bubblewrap' | 'none'")]
+  pub sandbox: String,
+  /// Whether the CLI gets a per-task token for the loopback key proxy instead of the API key
+  /// (false when there is no key to hide, e.g. a cloud provider, or with `exposeApiKeyToAgent`).
+  pub api_key_proxy: bool,
+  pub state_directory: String,
+  pub database_path: String,
+  #[napi(ts_type = "'none' | 'user' | 'project'")]
+  pub isolate_tenants: String,
+}
+
+impl From<manager::ManagerInfo> for ManagerInfo {
+  fn from(i: manager::ManagerInfo) -> Self {
+    ManagerInfo {
+      sandbox: i.sandbox.into(),
+      api_key_proxy: i.api_key_proxy,
+      state_directory: i.state_directory.to_string_lossy().into_owned(),
+      database_path: i.database_path.to_string_lossy().into_owned(),
+      isolate_tenants: i.isolate_tenants.into(),
+    }
+  }
 }

@@ -24,6 +24,10 @@ pub struct CliArgs {
   pub append_system_prompt: Option<String>,
   pub max_budget_usd: Option<f64>,
   pub fallback_model: Option<String>,
+  /// `--disable-slash-commands`: the prompt is text, never a CLI command.
+  pub disable_slash_commands: bool,
+  /// `--setting-sources`; `None` leaves the CLI's default (every source).
+  pub setting_sources: Option<Vec<String>>,
 }
 
 /// Builds argv. Every value travels as `--flag=value`, so no value can become a flag of its own.
@@ -39,6 +43,12 @@ pub fn build_args(a: &CliArgs) -> Vec<String> {
       v.push(format!("--session-id={child}"));
     }
     None => {}
+  }
+  if a.disable_slash_commands {
+    v.push("--disable-slash-commands".into());
+  }
+  if let Some(s) = &a.setting_sources {
+    v.push(format!("--setting-sources={}", s.join(",")));
   }
   if let Some(m) = &a.model {
     v.push(format!("--model={m}"));

@@ -3,12 +3,16 @@
 //! process primitives (`process`).
 
 pub mod args;
+pub mod key_proxy;
 pub mod process;
 pub mod resolve;
 pub mod run;
+pub mod sandbox;
 pub mod stream;
 
 pub use args::{build_args, child_env, CliArgs, SessionMode};
+pub use key_proxy::{KeyProxy, TaskToken, Upstream};
 pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};
+pub use sandbox::Sandbox;

@@ -73,11 +73,24 @@ impl Manager {
     self.db(move |s| s.archive_session(&id, &user)).await
   }
 
-  pub async fn delete_session(&self, session_id: &str, user_id: &str) -> Result<()> {
-    let id = validate::session_id("sessionId", session_id)?;
-    validate::id("userId", user_id)?;
-    let user = user_id.to_owned();
-    self.db(move |s| s.delete_session(&id, &user)).await
+  /// Deletes a session's rows and, unless `keep_transcript`, the CLI's transcript of it.
+  pub async fn delete_session(&self, session_id: &str, user_id: &str, keep_transcript: bool) -> Result<()> {
+    let session = self.get_session(session_id, user_id).await?;
+    let (id, user) = (session.id.clone(), user_id.to_owned());
+    self.db(move |s| s.delete_session(&id, &user)).await?;
+    if !keep_transcript {
+      self.remove_transcript(&session)?;
+    }
+    Ok(())
+  }
+
+  /// Removes a deleted session's transcript (and the folder of its subagents' transcripts).
+  fn remove_transcript(&self, session: &Session) -> Result<()> {
+    if let Some(path) = self.transcript_of(session)? {
+      let _ = std::fs::remove_file(&path);
+      let _ = std::fs::remove_dir_all(path.with_extension(""));
+    }
+    Ok(())
   }
 
   /// Returns `(deleted, remaining)`.
@@ -85,12 +98,16 @@ impl Manager {
     validate_user_project(user_id, project_id)?;
     let age = validate::non_negative_int("maxAgeMs", max_age_ms)?;
     let (user, project) = (user_id.to_owned(), project_id.map(str::to_owned));
-    self
+    let (deleted, remaining) = self
       .db(move |s| {
-        let deleted = s.cleanup(&user, project.as_deref(), age, keep_active)?;
+        let deleted = s.cleanup_sessions(&user, project.as_deref(), age, keep_active)?;
         Ok((deleted, s.count_sessions(&user, project.as_deref())?))
       })
-      .await
+      .await?;
+    for s in &deleted {
+      self.remove_transcript(s)?;
+    }
+    Ok((deleted.len() as u64, remaining))
   }
 
   /// A new session that continues from `session_id` without calling the model; its first task

@@ -31,6 +31,38 @@ pub struct Options {
   pub allowed_roots: Vec<String>,
   pub isolate_tenants: Option<String>,
   pub tenant_config_root: Option<String>,
+  pub state_directory: Option<String>,
+  pub sandbox: Option<String>,
+  pub sandbox_paths: Option<SandboxPaths>,
+  #[serde(default)]
+  pub expose_api_key_to_agent: bool,
+  #[serde(default)]
+  pub allow_slash_commands: Vec<String>,
+  #[serde(default)]
+  pub allow_file_mentions: bool,
+  #[serde(default)]
+  pub setting_sources: Vec<String>,
+}
+
+/// Extra folders the sandbox shows the agent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxPaths {
+  #[serde(default)]
+  pub read_only: Vec<String>,
+  #[serde(default)]
+  pub read_write: Vec<String>,
+}
+
+/// Whether the CLI runs in a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+  /// Bubblewrap where it works (Linux with `bwrap`), else none.
+  Auto,
+  /// Bubblewrap or a failing constructor.
+  Bubblewrap,
+  /// No sandbox: the agent runs as the server's user.
+  None,
 }
 
 /// Which tenants get a `CLAUDE_CONFIG_DIR` of their own.
@@ -61,6 +93,17 @@ pub struct Config {
   pub allowed_roots: Vec<PathBuf>,
   pub isolation: Isolation,
   pub tenant_config_root: PathBuf,
+  /// The addon's own folder (database, tenant configuration), outside every working directory.
+  pub state_directory: PathBuf,
+  pub sandbox: SandboxMode,
+  pub sandbox_read_only: Vec<PathBuf>,
+  pub sandbox_read_write: Vec<PathBuf>,
+  pub expose_api_key: bool,
+  /// Slash commands a prompt may run (each `/name`); every other prompt is plain text.
+  pub allow_slash_commands: Vec<String>,
+  pub allow_file_mentions: bool,
+  /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
+  pub setting_sources: Vec<String>,
 }
 
 /// The CLI's default nice increment: below the Node process serving requests, still above batch
@@ -85,17 +128,31 @@ impl Config {
     let working_directory = if working_directory.is_absolute() { working_directory } else { cwd.join(working_directory) };
     let working_directory = validate::working_directory("workingDirectory", &working_directory.to_string_lossy(), &allowed_roots)?;
     let isolation = match o.isolate_tenants.as_deref() {
-      None | Some("none") => Isolation::None,
-      Some("user") => Isolation::User,
+      Some("none") => Isolation::None,
+      None | Some("user") => Isolation::User,
       Some("project") => Isolation::Project,
       Some(other) => return Err(Error::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
     };
-    let database_path = match o.database_path.clone().or_else(|| env_var("CLAUDE_SESSIONS_DB")) {
-      Some(p) => PathBuf::from(p),
+    let explicit_db = o.database_path.clone().or_else(|| env_var("CLAUDE_SESSIONS_DB")).map(PathBuf::from);
+    // The database's own folder must exist (a typo must not create a new, empty store); a state
+    // folder chosen here is created, private.
+    let (state_directory, create) = match o.state_directory.clone().or_else(|| env_var("CLAUDE_SESSIONS_STATE_DIR")) {
+      Some(d) => (PathBuf::from(d), true),
+      None => match explicit_db.as_ref().and_then(|p| p.parent()).filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => (parent.to_path_buf(), false),
+        None => (default_state_directory(&working_directory)?, true),
+      },
+    };
+    let state_directory = if state_directory.is_absolute() { state_directory } else { cwd.join(state_directory) };
+    if create {
+      private_dir(&state_directory)?;
+    }
+    let database_path = match explicit_db {
+      Some(p) => p,
       None => {
-        let dir = working_directory.join(".claude-sessions");
-        std::fs::create_dir_all(&dir).map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
-        dir.join("sessions.db")
+        let db = state_directory.join("sessions.db");
+        adopt_legacy_database(&working_directory, &db)?;
+        db
       }
     };
     let default_model = o.default_model.clone().or_else(|| env_var("CLAUDE_DEFAULT_MODEL")).unwrap_or_else(|| "sonnet".into());
@@ -139,8 +196,37 @@ impl Config {
     }
     let tenant_config_root = match &o.tenant_config_root {
       Some(r) => validate::working_directory("tenantConfigRoot", r, &[])?,
-      None => database_path.parent().map(|p| p.join("claude-config")).unwrap_or_else(|| PathBuf::from("claude-config")),
+      None => state_directory.join("claude-config"),
     };
+    let sandbox = match o.sandbox.as_deref() {
+      None | Some("auto") => SandboxMode::Auto,
+      Some("bubblewrap") => SandboxMode::Bubblewrap,
+      Some("none") => SandboxMode::None,
+      Some(other) => return Err(Error::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
+    };
+    let paths = o.sandbox_paths.unwrap_or_default();
+    let mut sandbox_read_only = Vec::new();
+    for p in &paths.read_only {
+      sandbox_read_only.push(validate::working_directory("sandboxPaths.readOnly entry", p, &[])?);
+    }
+    let mut sandbox_read_write = Vec::new();
+    for p in &paths.read_write {
+      sandbox_read_write.push(validate::working_directory("sandboxPaths.readWrite entry", p, &[])?);
+    }
+    for c in &o.allow_slash_commands {
+      let ok = c.len() <= 64
+        && c.starts_with('/')
+        && c.len() > 1
+        && c[1..].chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | ':'));
+      if !ok {
+        return Err(Error::invalid(format!("allowSlashCommands entries are commands such as \"/context\", got {:?}", c)));
+      }
+    }
+    for s in &o.setting_sources {
+      if !matches!(s.as_str(), "user" | "project" | "local") {
+        return Err(Error::invalid(format!("settingSources entries are \"user\", \"project\" or \"local\", got {:?}", s)));
+      }
+    }
     Ok(Config {
       database_path,
       working_directory,
@@ -158,6 +244,72 @@ impl Config {
       allowed_roots,
       isolation,
       tenant_config_root,
+      state_directory,
+      sandbox,
+      sandbox_read_only,
+      sandbox_read_write,
+      expose_api_key: o.expose_api_key_to_agent,
+      allow_slash_commands: o.allow_slash_commands,
+      allow_file_mentions: o.allow_file_mentions,
+      setting_sources: o.setting_sources,
     })
   }
+}
+
+/// The default state folder: `$XDG_STATE_HOME` (else `~/.local/state`)
+/// `/claude-session-manager/<working directory's name>-<hash>`, one per working directory.
+fn default_state_directory(working_directory: &std::path::Path) -> Result<PathBuf> {
+  let base = env_var("XDG_STATE_HOME")
+    .map(PathBuf::from)
+    .or_else(|| env_var("HOME").map(|h| PathBuf::from(h).join(".local").join("state")))
+    .unwrap_or_else(std::env::temp_dir);
+  let name: String = working_directory
+    .file_name()
+    .map(|n| n.to_string_lossy().chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect())
+    .unwrap_or_else(|| "root".into());
+  Ok(base.join("claude-session-manager").join(format!("{name}-{:016x}", fnv1a(working_directory.to_string_lossy().as_bytes()))))
+}
+
+/// FNV-1a: a stable hash across builds and platforms, for folder names.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+  let mut h: u64 = 0xcbf29ce484222325;
+  for b in bytes {
+    h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
+  }
+  h
+}
+
+/// Creates a folder only its owner can enter (`0700` on Unix), and tightens an existing one.
+pub(crate) fn private_dir(dir: &std::path::Path) -> Result<()> {
+  std::fs::create_dir_all(dir).map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+      .map_err(|e| Error::store(format!("cannot make {} private: {e}", dir.display())))?;
+  }
+  Ok(())
+}
+
+/// Moves a database left by an older version at `<workingDirectory>/.claude-sessions/` (inside the
+/// agent's reach) to the state folder, so that no session is lost.
+fn adopt_legacy_database(working_directory: &std::path::Path, db: &std::path::Path) -> Result<()> {
+  let legacy = working_directory.join(".claude-sessions").join("sessions.db");
+  if db.exists() || !legacy.is_file() {
+    return Ok(());
+  }
+  for suffix in ["", "-wal", "-shm"] {
+    let from = PathBuf::from(format!("{}{suffix}", legacy.display()));
+    let to = PathBuf::from(format!("{}{suffix}", db.display()));
+    if from.exists() {
+      std::fs::rename(&from, &to).map_err(|e| {
+        Error::store(format!(
+          "cannot move the session database {} out of the working directory to {}: {e}; move it yourself or pass databasePath",
+          from.display(),
+          to.display()
+        ))
+      })?;
+    }
+  }
+  Ok(())
 }

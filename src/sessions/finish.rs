@@ -12,6 +12,7 @@ use crate::store::{self, Compaction, ContextSnapshot, Session, TaskEnd};
 use crate::transcript;
 
 impl Manager {
+  #[allow(clippy::too_many_arguments, reason = "the parts of one task end; split out as a pure function when finish gets its own tests")]
   pub(crate) async fn finish(
     &self,
     session: &Session,
@@ -38,6 +39,7 @@ impl Manager {
         end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
       }
       Ok(out) => {
+        res.sandboxed = self.sandboxed();
         end.cli_version = out.cli_version.clone();
         res.model = out.model.clone();
         compactions = out.compactions.clone();

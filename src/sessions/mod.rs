@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, Session, Store};
 use crate::{transcript, validate};
 
-pub use config::{Config, Isolation, Options, DEFAULT_NICENESS};
+pub use config::{Config, Isolation, Options, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
 pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
 
@@ -73,6 +73,55 @@ pub struct Manager {
   /// channel close once the session is free again.
   finishing: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>,
   closed: AtomicBool,
+  /// The agent's sandbox, when tasks run in one.
+  sandbox: Option<cli::Sandbox>,
+  /// The API-key proxy, started with the first task that needs it (`None`: no key to hide).
+  key_proxy: tokio::sync::OnceCell<Option<cli::KeyProxy>>,
+}
+
+/// What `SessionManager.info()` reports: how tasks are run.
+#[derive(Debug, Clone)]
+pub struct ManagerInfo {
+  /// `bubblewrap` or `none`.
+  pub sandbox: &'static str,
+  /// Whether the CLI gets a per-task token for a loopback proxy instead of the API key.
+  pub api_key_proxy: bool,
+  pub state_directory: PathBuf,
+  pub database_path: PathBuf,
+  pub isolate_tenants: &'static str,
+}
+
+/// Creates a file only its owner can read (`0600` on Unix), or tightens an existing one.
+fn private_file(path: &Path) -> Result<()> {
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if !path.exists() {
+      let _ = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+    } else if let Ok(m) = path.metadata() {
+      if m.is_file() && m.permissions().mode() & 0o077 != 0 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+      }
+    }
+  }
+  #[cfg(not(unix))]
+  let _ = path;
+  Ok(())
+}
+
+/// Where the CLI's API calls go and with which credentials, when it uses the Anthropic API with a
+/// key or token (not a cloud provider, which the proxy does not sign for).
+fn upstream_of(env: &[(String, String)]) -> Option<cli::Upstream> {
+  let get = |k: &str| env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
+  let on = |k: &str| get(k).is_some_and(|v| v != "0" && v != "false");
+  if on("CLAUDE_CODE_USE_BEDROCK") || on("CLAUDE_CODE_USE_VERTEX") || on("CLAUDE_CODE_USE_FOUNDRY") {
+    return None;
+  }
+  let (api_key, auth_token) = (get("ANTHROPIC_API_KEY"), get("ANTHROPIC_AUTH_TOKEN"));
+  if api_key.is_none() && auth_token.is_none() {
+    return None;
+  }
+  Some(cli::Upstream { base_url: get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()), api_key, auth_token })
 }
 
 const VALID_STATUSES: [&str; 2] = ["active", "archived"];
@@ -91,7 +140,16 @@ impl Manager {
   /// Opens the store, migrates it and marks tasks of dead processes `interrupted`.
   pub fn open(options: Options) -> Result<Manager> {
     let cfg = Config::resolve(options)?;
+    let sandbox = cli::Sandbox::detect(cfg.sandbox, cfg.sandbox_read_only.clone(), cfg.sandbox_read_write.clone())?;
+    private_file(&cfg.database_path)?;
     let store = Store::open(&cfg.database_path)?;
+    config::private_dir(&cfg.tenant_config_root)?;
+    for suffix in ["-wal", "-shm"] {
+      let p = PathBuf::from(format!("{}{suffix}", cfg.database_path.display()));
+      if p.exists() {
+        private_file(&p)?;
+      }
+    }
     store.recover_interrupted(&cli::pid_alive)?;
     Ok(Manager {
       store: Arc::new(store),
@@ -102,7 +160,65 @@ impl Manager {
       running: Arc::new(Mutex::new(HashMap::new())),
       finishing: Arc::new(Mutex::new(HashMap::new())),
       closed: AtomicBool::new(false),
+      sandbox,
+      key_proxy: tokio::sync::OnceCell::new(),
     })
+  }
+
+  /// How tasks are run: sandboxed or not, the key proxy, where the state lives.
+  pub fn info(&self) -> ManagerInfo {
+    ManagerInfo {
+      sandbox: if self.sandbox.is_some() { "bubblewrap" } else { "none" },
+      api_key_proxy: !self.cfg.expose_api_key && upstream_of(&self.base_env()).is_some(),
+      state_directory: self.cfg.state_directory.clone(),
+      database_path: self.cfg.database_path.clone(),
+      isolate_tenants: match self.cfg.isolation {
+        Isolation::None => "none",
+        Isolation::User => "user",
+        Isolation::Project => "project",
+      },
+    }
+  }
+
+  fn base_env(&self) -> Vec<(String, String)> {
+    cli::child_env(std::env::vars(), &self.cfg.env)
+  }
+
+  /// Makes a CLI run safe to start: the API key replaced by a per-task token of the key proxy
+  /// (returned: the token is revoked when dropped), then the sandbox around the CLI.
+  pub(crate) async fn secure(&self, spec: &mut cli::RunSpec) -> Result<Option<cli::TaskToken>> {
+    let token = if self.cfg.expose_api_key {
+      None
+    } else if let Some(upstream) = upstream_of(&spec.env) {
+      let proxy = self
+        .key_proxy
+        .get_or_try_init(|| async {
+          cli::KeyProxy::start(upstream).await.map(Some).map_err(|e| Error::internal(format!("cannot start the API-key proxy: {e}")))
+        })
+        .await?;
+      match proxy {
+        Some(proxy) => {
+          let token = proxy.issue();
+          spec.env.retain(|(k, _)| !matches!(k.as_str(), "ANTHROPIC_API_KEY" | "ANTHROPIC_AUTH_TOKEN" | "ANTHROPIC_BASE_URL"));
+          spec.env.push(("ANTHROPIC_BASE_URL".into(), proxy.base_url()));
+          spec.env.push(("ANTHROPIC_API_KEY".into(), token.as_str().to_owned()));
+          Some(token)
+        }
+        None => None,
+      }
+    } else {
+      None
+    };
+    if let Some(sandbox) = &self.sandbox {
+      let config_dir = transcript::config_dir(&spec.env).ok_or_else(|| Error::internal("the CLI has no configuration folder"))?;
+      sandbox.wrap(spec, &config_dir)?;
+    }
+    Ok(token)
+  }
+
+  /// Whether tasks run sandboxed.
+  pub fn sandboxed(&self) -> bool {
+    self.sandbox.is_some()
   }
 
   pub fn config(&self) -> &Config {
@@ -158,10 +274,7 @@ impl Manager {
       Isolation::Project => ("project", format!("{user_id}\u{0}{project_id}")),
     };
     let readable: String = id.chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    let mut h: u64 = 0xcbf29ce484222325; // FNV-1a: stable across builds and platforms.
-    for b in id.as_bytes() {
-      h = (h ^ *b as u64).wrapping_mul(0x100000001b3);
-    }
+    let h = config::fnv1a(id.as_bytes());
     Some(self.cfg.tenant_config_root.join(format!("{kind}-{readable}-{h:016x}")).to_string_lossy().into_owned())
   }
 
@@ -196,11 +309,21 @@ impl Manager {
   /// The CLI's environment for a session: what the CLI needs, the manager's `env`, and the
   /// tenant's own configuration folder when tenants are isolated.
   pub(crate) fn child_env(&self, session: &Session) -> Result<Vec<(String, String)>> {
-    let mut env = cli::child_env(std::env::vars(), &self.cfg.env);
+    let mut env = self.base_env();
     if let Some(dir) = &session.config_dir {
-      std::fs::create_dir_all(dir).map_err(|e| Error::store(format!("cannot create the CLI configuration folder {dir}: {e}")))?;
+      config::private_dir(Path::new(dir))?;
       env.retain(|(k, _)| k != "CLAUDE_CONFIG_DIR");
       env.push(("CLAUDE_CONFIG_DIR".into(), dir.clone()));
+    } else if !env.iter().any(|(k, _)| k == "CLAUDE_CONFIG_DIR") {
+      // Shared by every tenant (isolateTenants: 'none'), but still the addon's, not ~/.claude.
+      let dir = self.cfg.state_directory.join("claude-config");
+      config::private_dir(&dir)?;
+      env.push(("CLAUDE_CONFIG_DIR".into(), dir.to_string_lossy().into_owned()));
+    }
+    if !self.cfg.allow_file_mentions {
+      // `@path` in a prompt would inline files whatever the tool permissions say.
+      env.retain(|(k, _)| k != "CLAUDE_CODE_DISABLE_FILE_MENTIONS");
+      env.push(("CLAUDE_CODE_DISABLE_FILE_MENTIONS".into(), "1".into()));
     }
     Ok(env)
   }

@@ -58,6 +58,7 @@ impl Manager {
         if t.chars().any(|c| c.is_control()) {
           return Err(Error::invalid(format!("{field} entry {:?} contains a control character", t)));
         }
+        validate::one_tool_rule(field, t)?;
       }
       Ok(list)
     };
@@ -102,11 +103,21 @@ impl Manager {
       max_turns,
       allowed_tools,
       disallowed_tools,
-      permission_mode: r.permission_mode.clone(),
+      // Always explicit: no settings file can change what the server decided.
+      permission_mode: Some(r.permission_mode.clone().unwrap_or_else(|| "default".into())),
       append_system_prompt: r.append_system_prompt.clone(),
       max_budget_usd: r.max_budget_usd,
       fallback_model: r.fallback_model.clone(),
+      disable_slash_commands: !self.slash_command_allowed(&r.prompt),
+      setting_sources: Some(self.cfg.setting_sources.clone()),
     })
+  }
+
+  /// Whether a prompt is a slash command the server allowed (`allowSlashCommands`); every other
+  /// prompt runs with the CLI's commands off, so it is only text.
+  fn slash_command_allowed(&self, prompt: &str) -> bool {
+    let command = prompt.split_whitespace().next().unwrap_or("");
+    command.starts_with('/') && self.cfg.allow_slash_commands.iter().any(|c| c == command)
   }
 
   /// How the CLI picks the session up: resume it, fork it from its parent on its first run, or
@@ -313,7 +324,15 @@ impl Manager {
       Ok(mode) => {
         cli.session = Some(mode);
         spec.args = cli::build_args(&cli);
-        self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await
+        match self.secure(&mut spec).await {
+          // The key proxy's token for this CLI lives until its result is in.
+          Ok(token) => {
+            let out = self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await;
+            drop(token);
+            out
+          }
+          Err(e) => Err(e),
+        }
       }
       Err(e) => Err(e),
     };
@@ -440,7 +459,13 @@ impl Manager {
       ));
     }
     let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
-    let args = CliArgs { model: Some(session.model.clone()), ..Default::default() };
+    // The one process that keeps the CLI's commands on: its prompt is ours, `/compact`.
+    let args = CliArgs {
+      model: Some(session.model.clone()),
+      permission_mode: Some("default".into()),
+      setting_sources: Some(self.cfg.setting_sources.clone()),
+      ..Default::default()
+    };
     let prompt = match instructions {
       Some(i) => format!("/compact {i}"),
       None => "/compact".to_string(),

@@ -79,6 +79,8 @@ pub struct TaskResult {
   pub compactions: Vec<Compaction>,
   /// CLI output lines that could not be read (the task went on without them).
   pub warnings: Vec<String>,
+  /// Whether the CLI ran in the sandbox.
+  pub sandboxed: bool,
   pub error: Option<TaskError>,
 }
 
@@ -103,6 +105,7 @@ impl TaskResult {
       compacted: false,
       compactions: vec![],
       warnings: vec![],
+      sandboxed: false,
       error: None,
     }
   }

@@ -94,6 +94,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     updated_at INTEGER NOT NULL
   );
   "#,
+  // 4 -> 5: ids of deleted sessions, never given out again (their transcripts must not be adopted).
+  r#"
+  CREATE TABLE retired_session_ids (
+    id TEXT PRIMARY KEY NOT NULL,
+    retired_at INTEGER NOT NULL
+  );
+  "#,
 ];
 
 /// The schema version this build writes.

@@ -7,8 +7,9 @@ use crate::error::{Error, Result};
 
 impl Store {
   pub(crate) fn insert_session(tx: &rusqlite::Transaction<'_>, s: &NewSession, now: i64) -> Result<()> {
-    if exists(tx, "SELECT 1 FROM sessions WHERE id = ?1", [&s.id])? {
-      return Err(Error::invalid(format!("a session with id {} already exists", s.id)));
+    // One answer whoever holds the id, or held it before it was deleted: no oracle, no reuse.
+    if exists(tx, "SELECT 1 FROM sessions WHERE id = ?1 UNION ALL SELECT 1 FROM retired_session_ids WHERE id = ?1", [&s.id])? {
+      return Err(Error::invalid(format!("session id {} cannot be used for a new session; choose a new UUID", s.id)));
     }
     let ctx = s.context.as_ref();
     tx.prepare_cached(
@@ -162,7 +163,7 @@ impl Store {
           format!("session {id} is running a task; abort it or wait before deleting"),
         ));
       }
-      tx.execute("UPDATE sessions SET parent_id = NULL WHERE parent_id = ?1", [id])?;
+      Self::retire(tx, id)?;
       tx.execute("DELETE FROM sessions WHERE id = ?1 AND user_id = ?2", params![id, user_id])?;
       Ok(())
     })
@@ -171,6 +172,18 @@ impl Store {
   /// Deletes a user's sessions idle for longer than `max_age_ms` (only archived ones when
   /// `keep_active`) that run no task. Returns how many were deleted.
   pub fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
+    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
+  }
+
+  /// Unlinks a session from its forks and keeps its id from ever being used again.
+  fn retire(tx: &Connection, id: &str) -> Result<()> {
+    tx.execute("UPDATE sessions SET parent_id = NULL WHERE parent_id = ?1", [id])?;
+    tx.execute("INSERT OR IGNORE INTO retired_session_ids (id, retired_at) VALUES (?1, ?2)", params![id, now_ms()])?;
+    Ok(())
+  }
+
+  /// As [`Store::cleanup`], returning the deleted sessions.
+  pub fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
     self.write(|tx| {
       let now = now_ms();
       let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
@@ -182,11 +195,15 @@ impl Store {
         .prepare(sql)?
         .query_map(params![user_id, project_id, cutoff, keep_active as i64, now], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+      let mut deleted = Vec::with_capacity(ids.len());
       for id in &ids {
-        tx.execute("UPDATE sessions SET parent_id = NULL WHERE parent_id = ?1", [id])?;
-        tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+        if let Some(s) = Self::get_in(tx, id, user_id)? {
+          deleted.push(s);
+        }
+        Self::retire(tx, id)?;
+        tx.execute("DELETE FROM sessions WHERE id = ?1 AND user_id = ?2", params![id, user_id])?;
       }
-      Ok(ids.len() as u64)
+      Ok(deleted)
     })
   }
 
