@@ -44,10 +44,12 @@ test(`load: ${PROCESSES} processes, ${TASKS} tasks, ${SESSIONS} sessions, inject
 
   const { manager: check } = makeManager({ server, dir })
   let rows = 0
+  const unstarted = new Set(summaries.flatMap((s) => s.unstarted))
   for (const id of sessions) {
     const s = await check.getSession(id, 'load')
     const tasks = await check.listTasks(id, 'load')
     rows += tasks.length
+    for (const task of tasks) t.assert.ok(!unstarted.has(task.id), 'a task aborted while it waited has no row')
     for (const task of tasks) t.assert.ok(['succeeded', 'failed', 'aborted', 'timed_out'].includes(task.status), task.status)
     t.assert.strictEqual(s.taskCount, tasks.length)
     const cost = tasks.reduce((a, x) => a + x.costUsd, 0)
@@ -56,7 +58,7 @@ test(`load: ${PROCESSES} processes, ${TASKS} tasks, ${SESSIONS} sessions, inject
       t.assert.strictEqual(s.usage[k], tasks.reduce((a, x) => a + x.usage[k], 0), k)
     }
   }
-  t.assert.strictEqual(rows, TASKS, 'exactly one row per task')
+  t.assert.strictEqual(rows, TASKS - unstarted.size, 'exactly one row per task that started (none for those aborted while waiting)')
   // No two API calls of one session were in flight at once (the CLI sends the session id).
   const bySession = new Map()
   for (const r of server.requests.filter((x) => x.sessionId)) bySession.set(r.sessionId, [...(bySession.get(r.sessionId) ?? []), r])

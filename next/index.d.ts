@@ -168,8 +168,13 @@ export declare function createClaudeRoutes(options: ClaudeRoutesOptions): Claude
  * `globalThis` (under `Symbol.for('claude-session-manager.next.manager')`) so Next's dev-mode hot
  * reload and every route module share one manager. Later calls return it and ignore `options`.
  * Throws what `new SessionManager(options)` throws (`INVALID_ARGUMENT`, `STORE_ERROR`).
+ *
+ * It also installs `closeOnSignals` (see `claude-session-manager/shutdown`) for the new manager:
+ * on SIGTERM, SIGINT or SIGHUP (a deploy, Ctrl-C) every task is aborted and recorded, every CLI
+ * and its tools stopped, and the signal then ends the process as usual unless you listen to it
+ * yourself. Pass `{ closeOnSignals: false }` to handle signals yourself.
  */
-export declare function getSessionManager(options?: SessionManagerOptions): SessionManager
+export declare function getSessionManager(options?: SessionManagerOptions, behaviour?: { closeOnSignals?: boolean }): SessionManager
 
 /** Closes the shared manager, if any, and forgets it (tests, graceful shutdown). */
 export declare function closeSessionManager(): Promise<void>

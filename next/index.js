@@ -6,6 +6,7 @@
 // package in `serverExternalPackages` and use it from route handlers with `runtime = 'nodejs'`.
 
 const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
+const SIGNALS_KEY = Symbol.for('claude-session-manager.next.signals')
 
 /** Fields of a task request a client may send unless `clientTaskFields` says otherwise. `model` is
  * not one of them: a client may choose the model only from `allowedModels`. */
@@ -88,12 +89,17 @@ function loadAddon() {
  * modules) and several route modules all share one manager. Later calls return the same manager
  * and ignore `options`.
  */
-function getSessionManager(options) {
+function getSessionManager(options, { closeOnSignals: onSignals = true } = {}) {
   const existing = globalThis[MANAGER_KEY]
   if (existing) return existing
   const { SessionManager } = loadAddon()
   const manager = new SessionManager(options)
   Object.defineProperty(globalThis, MANAGER_KEY, { value: manager, configurable: true, writable: true, enumerable: false })
+  // A deploy stops the server with SIGTERM: tasks end recorded as aborted, nothing left running.
+  if (onSignals) {
+    const remove = require('../shutdown/index.js').closeOnSignals(manager)
+    Object.defineProperty(globalThis, SIGNALS_KEY, { value: remove, configurable: true, writable: true, enumerable: false })
+  }
   return manager
 }
 
@@ -102,6 +108,8 @@ async function closeSessionManager() {
   const manager = globalThis[MANAGER_KEY]
   if (!manager) return
   delete globalThis[MANAGER_KEY]
+  if (typeof globalThis[SIGNALS_KEY] === 'function') globalThis[SIGNALS_KEY]()
+  delete globalThis[SIGNALS_KEY]
   await manager.close()
 }
 

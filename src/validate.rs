@@ -143,6 +143,18 @@ mod tests {
   use crate::error::ErrorCode;
 
   #[test]
+  fn one_tool_rule_per_entry() {
+    for ok in ["Bash", "Bash(npm test:*)", "Bash(touch a && echo b, c)", "mcp__server__tool", "Read(/src/**)"] {
+      assert!(one_tool_rule("allowedTools", ok).is_ok(), "{ok}");
+    }
+    for bad in ["Read Bash", "Read,Bash", "Bash(x) Read", "Read,  Write", "Read\tBash", "Bash(x", "Bash)x(", " "] {
+      let e = one_tool_rule("allowedTools", bad).unwrap_err();
+      assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
+      assert!(e.message.contains("allowedTools"), "{bad}: {}", e.message);
+    }
+  }
+
+  #[test]
   fn ids() {
     assert!(id("userId", "u-1").is_ok());
     for bad in ["", "   ", "a\nb", "a\u{0}b", "\u{7f}"] {

@@ -150,3 +150,26 @@ pub fn child_env(parent: impl IntoIterator<Item = (String, String)>, extra: &[(S
   }
   out
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn safety_flags_are_passed_as_asked() {
+    let a = CliArgs {
+      permission_mode: Some("default".into()),
+      disable_slash_commands: true,
+      setting_sources: Some(vec![]),
+      ..Default::default()
+    };
+    let v = build_args(&a);
+    assert!(v.contains(&"--disable-slash-commands".to_string()));
+    assert!(v.contains(&"--setting-sources=".to_string()));
+    assert!(v.contains(&"--permission-mode=default".to_string()));
+    let b = build_args(&CliArgs { setting_sources: Some(vec!["user".into(), "project".into()]), ..Default::default() });
+    assert!(b.contains(&"--setting-sources=user,project".to_string()));
+    assert!(!b.iter().any(|x| x == "--disable-slash-commands"));
+    assert!(!b.iter().any(|x| x.starts_with("--permission-mode")));
+  }
+}

@@ -86,6 +86,8 @@ pub struct RunOutcome {
   pub stderr_tail: String,
   pub result: Option<ResultLine>,
   pub cli_version: Option<String>,
+  /// The session id the CLI reported in its `system/init` line.
+  pub session_id: Option<String>,
   pub model: Option<String>,
   /// Usage of the last main-chain API call: the context size after the task.
   pub context: Option<Usage>,
@@ -146,12 +148,16 @@ type Output = Box<dyn AsyncRead + Send + Unpin>;
 async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
   #[cfg(unix)]
   if let Some(pg) = pgid {
+    // The CLI puts each tool command in a process group of its own: find them all before the
+    // CLI dies (its children are then reparented and can no longer be told apart).
+    let tools = super::process::descendants(pg);
     kill_group(pg, libc::SIGTERM);
     if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
       kill_group(pg, libc::SIGKILL);
     }
     // Whatever the CLI started (tools, shells) goes too.
     kill_group(pg, libc::SIGKILL);
+    super::process::kill_tree(&tools);
   }
   let _ = child.start_kill();
   let _ = child.wait().await;
@@ -323,6 +329,7 @@ pub async fn run_until_result(
     stderr_tail: String::new(),
     result: None,
     cli_version: None,
+    session_id: None,
     model: None,
     context: None,
     compactions: Vec::new(),
@@ -356,7 +363,8 @@ pub async fn run_until_result(
               Ok(line) => {
                 tracker.observe(&line.kind);
                 match &line.kind {
-                  Kind::Init { cli_version, model, .. } => {
+                  Kind::Init { cli_version, model, session_id } => {
+                    out.session_id = session_id.clone().or(out.session_id.take());
                     out.cli_version = cli_version.clone().or(out.cli_version.take());
                     out.model = model.clone().or(out.model.take());
                   }

@@ -89,14 +89,29 @@ impl Manager {
             format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
             None,
           )),
+          // The CLI switched to another session behind the store's back (a command such as
+          // `/clear`): what it did is not this session's history.
+          (EndReason::Exited, Some(_)) if out.session_id.as_deref().is_some_and(|id| id != session.id) => Some(fail(
+            ErrorCode::CliError,
+            format!(
+              "the CLI ran in session {} instead of {}; the task is not recorded as this session's",
+              out.session_id.as_deref().unwrap_or(""),
+              session.id
+            ),
+            None,
+          )),
           (EndReason::Exited, Some(r)) => classify_result(r).or_else(|| {
-            // A `/compact` that failed reports it through system/status, not the result.
-            (out.compactions.is_empty() && !out.compact_errors.is_empty())
+            // A `/compact` that failed reports it through system/status, not the result. Only a
+            // compaction run fails for it; a task that answered keeps its answer (warnings).
+            (trigger.is_some() && out.compactions.is_empty() && !out.compact_errors.is_empty())
               .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
           }),
         };
         // Reported, not fatal.
         res.warnings = out.malformed.iter().map(|m| format!("malformed CLI output line: {m}")).collect();
+        if trigger.is_none() {
+          res.warnings.extend(out.compact_errors.iter().map(|e| format!("the CLI's own compaction failed: {e}")));
+        }
         end.status = match (&error, out.reason) {
           (None, _) => "succeeded",
           (_, EndReason::Aborted) => "aborted",
@@ -138,7 +153,7 @@ impl Manager {
     end.window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
     end.compactions = res.compactions.clone();
     // One transaction: the row, the totals, the window, the compactions and the lease.
-    self.point(move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
+    self.record(move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
     Ok(res)
   }
 }

@@ -75,8 +75,23 @@ pub struct Manager {
   closed: AtomicBool,
   /// The agent's sandbox, when tasks run in one.
   sandbox: Option<cli::Sandbox>,
+  /// Every task between its call and its end, so that `close()` can abort and await them all.
+  tasks: Arc<Mutex<HashMap<u64, CancelToken>>>,
+  next_task: std::sync::atomic::AtomicU64,
   /// The API-key proxy, started with the first task that needs it (`None`: no key to hide).
   key_proxy: tokio::sync::OnceCell<Option<cli::KeyProxy>>,
+}
+
+/// Keeps a task in the manager's registry until dropped.
+pub(crate) struct TaskRegistration {
+  tasks: Arc<Mutex<HashMap<u64, CancelToken>>>,
+  id: u64,
+}
+
+impl Drop for TaskRegistration {
+  fn drop(&mut self) {
+    self.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+  }
 }
 
 /// What `SessionManager.info()` reports: how tasks are run.
@@ -161,6 +176,8 @@ impl Manager {
       finishing: Arc::new(Mutex::new(HashMap::new())),
       closed: AtomicBool::new(false),
       sandbox,
+      tasks: Arc::new(Mutex::new(HashMap::new())),
+      next_task: std::sync::atomic::AtomicU64::new(0),
       key_proxy: tokio::sync::OnceCell::new(),
     })
   }
@@ -230,6 +247,27 @@ impl Manager {
       return Err(Error::new(ErrorCode::Closed, "this SessionManager was closed; create a new one"));
     }
     Ok(())
+  }
+
+  /// Registers a task's cancel token until the returned guard drops, so that `close()` aborts it
+  /// wherever it is (queued, waiting for a slot, running).
+  pub(crate) fn register(&self, cancel: &CancelToken) -> TaskRegistration {
+    let id = self.next_task.fetch_add(1, Ordering::SeqCst);
+    self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(id, cancel.clone());
+    if self.closed.load(Ordering::SeqCst) {
+      cancel.cancel();
+    }
+    TaskRegistration { tasks: self.tasks.clone(), id }
+  }
+
+  /// A write that completes a task (its row, totals, lease): done even once `close()` was
+  /// called, since that is what `close()` waits for.
+  pub(crate) async fn record<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    if let Some(r) = self.store.now(&f) {
+      return r;
+    }
+    let store = self.store.clone();
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
   }
 
   /// Runs blocking work (a store call that may wait, reading a transcript) on the blocking pool.
@@ -347,15 +385,20 @@ impl Manager {
     Ok(transcript::config_dir(&env).map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id)))
   }
 
-  /// Cancels every running task and refuses further calls. Waits for the tasks to settle.
+  /// Refuses further calls, aborts every task (queued, waiting for a slot or running), and waits
+  /// until each has recorded its end (`aborted`) and its CLI has exited.
   pub async fn close(&self) -> Result<()> {
     self.closed.store(true, Ordering::SeqCst);
-    let tokens: Vec<CancelToken> = self.running.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
-    for t in &tokens {
-      t.cancel();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && self.running.lock().map(|m| !m.is_empty()).unwrap_or(false) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+      let tokens: Vec<CancelToken> = self.tasks.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+      let running: Vec<CancelToken> = self.running.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+      if (tokens.is_empty() && running.is_empty()) || Instant::now() >= deadline {
+        break;
+      }
+      for t in tokens.iter().chain(running.iter()) {
+        t.cancel();
+      }
       tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())

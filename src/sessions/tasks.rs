@@ -160,6 +160,7 @@ impl Manager {
   /// or the CLI resolve with `success: false` and a code.
   pub async fn execute_task(self: &Arc<Self>, r: TaskRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
     self.check_open()?;
+    let _registered = self.register(&cancel);
     let mut args = self.validate_task(&r)?;
     let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
     if session_id.is_some() && r.working_directory.is_some() {
@@ -255,21 +256,48 @@ impl Manager {
       Error::new(ErrorCode::SessionBusy, format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()))
     };
     let task_id = uuid::Uuid::new_v4().to_string();
-    // A task that has settled but whose CLI is still exiting holds the session for a moment
-    // more: wait for that first, so that it does not count against `queueTimeoutMs` (the caller
-    // sees no task running).
-    let exiting = self.finishing.lock().unwrap_or_else(|p| p.into_inner()).get(&session.id).cloned();
-    if let Some(mut exiting) = exiting {
-      tokio::select! {
-        _ = exiting.changed() => {}
-        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
-      }
-    }
+    // The in-process queue, in arrival order (the lock future is kept, so its place in line too).
+    // Time behind a CLI that is exiting after its task settled does not count against
+    // `queueTimeoutMs` (the caller sees no task running then).
     let queued_for_lock = Instant::now();
     let lock = self.session_lock(&session.id);
-    let guard = tokio::select! {
-      g = tokio::time::timeout(queue_timeout, lock.lock_owned()) => g.map_err(|_| busy())?,
-      _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
+    let mut acquire = std::pin::pin!(lock.lock_owned());
+    let mut deadline = tokio::time::Instant::now() + queue_timeout;
+    let guard = loop {
+      tokio::select! {
+        g = &mut acquire => break g,
+        _ = tokio::time::sleep_until(deadline) => {
+          if self.finishing.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&session.id) {
+            deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+          } else {
+            return Err(busy());
+          }
+        }
+        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, queued, threshold),
+      }
+    };
+    // A concurrency slot, within what is left of the queue timeout; no task row exists yet, so a
+    // task waiting here is not `running` and does not hold the session against deletion.
+    let permit = match self.slots.clone().try_acquire_owned() {
+      Ok(p) => p,
+      Err(_) => {
+        let left = queue_timeout.saturating_sub(queued.elapsed());
+        tokio::select! {
+          p = tokio::time::timeout(left, self.slots.clone().acquire_owned()) => match p {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(Error::new(ErrorCode::Closed, "the manager was closed")),
+            Err(_) => return Err(Error::new(
+              ErrorCode::SessionBusy,
+              format!(
+                "no free task slot (maxConcurrentTasks {} in this process) within {} ms",
+                self.cfg.max_concurrent_tasks,
+                queue_timeout.as_millis()
+              ),
+            )),
+          },
+          _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, queued, threshold),
+        }
+      }
     };
     let model = cli.model.clone().unwrap_or_else(|| session.model.clone());
     // Once the lease is ours, the session is read again (in the same trip to the store): a task
@@ -279,6 +307,9 @@ impl Manager {
     let mut excused = Duration::ZERO;
     let mut last = Instant::now();
     let fresh = loop {
+      if cancel.is_cancelled() {
+        return self.aborted_in_queue(session, &task_id, queued, threshold);
+      }
       let (sid, uid, tid, m, owner, ttl) =
         (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
       let began = self
@@ -304,7 +335,7 @@ impl Manager {
       }
       tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, kind, queued, threshold).await,
+        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, queued, threshold),
       }
     };
     let session = &fresh.unwrap_or_else(|| session.clone());
@@ -327,7 +358,7 @@ impl Manager {
         match self.secure(&mut spec).await {
           // The key proxy's token for this CLI lives until its result is in.
           Ok(token) => {
-            let out = self.run_with_slot(&session.id, &task_id, spec, sink, &cancel, include_partials).await;
+            let out = self.run_cli(permit, &session.id, &task_id, spec, sink, &cancel, include_partials).await;
             drop(token);
             out
           }
@@ -372,17 +403,10 @@ impl Manager {
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.
-  pub(crate) async fn aborted_in_queue(
-    &self,
-    session: &Session,
-    task_id: &str,
-    kind: &'static str,
-    queued: Instant,
-    threshold: f64,
-  ) -> Result<TaskResult> {
+  /// A task aborted before it got its session or a slot: no task row (it never started), and a
+  /// result saying so.
+  pub(crate) fn aborted_in_queue(&self, session: &Session, task_id: &str, queued: Instant, threshold: f64) -> Result<TaskResult> {
     let msg = "the task was aborted while it waited for its session";
-    let (sid, tid, owner) = (session.id.clone(), task_id.to_owned(), self.owner.clone());
-    self.point(move |s| s.record_unstarted_task(&sid, &tid, kind, &owner, "aborted", "ABORTED", msg)).await?;
     let mut res =
       TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
     res.duration_total_ms = queued.elapsed().as_millis() as u64;
@@ -390,8 +414,10 @@ impl Manager {
     Ok(res)
   }
 
-  pub(crate) async fn run_with_slot(
+  #[allow(clippy::too_many_arguments, reason = "the parts of one run, passed once; no other caller")]
+  pub(crate) async fn run_cli(
     &self,
+    permit: tokio::sync::OwnedSemaphorePermit,
     session_id: &str,
     task_id: &str,
     spec: RunSpec,
@@ -399,10 +425,6 @@ impl Manager {
     cancel: &CancelToken,
     include_partials: bool,
   ) -> Result<(RunOutcome, Option<Tail>)> {
-    let permit = tokio::select! {
-      p = self.slots.clone().acquire_owned() => p.map_err(|_| Error::new(ErrorCode::Closed, "the manager was closed"))?,
-      _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while it waited for a free slot")),
-    };
     if let Some(s) = &sink {
       s(json!({ "type": "task_started", "sessionId": session_id, "taskId": task_id }));
     }
@@ -414,12 +436,17 @@ impl Manager {
       }
     };
     let (out, tail) = cli::run_until_result(&spec, cancel, forward, true).await?;
+    let leftovers = per_process_files(&spec, out.pid);
     // The slot is the CLI's: it is freed when the CLI has exited.
     Ok((
       out,
       tail.map(|t| -> Tail {
         Box::pin(async move {
           t.finish().await;
+          // A CLI that was killed leaves its per-process files; one that exited removed them.
+          for f in leftovers {
+            let _ = std::fs::remove_file(f);
+          }
           drop(permit);
         })
       }),
@@ -436,6 +463,7 @@ impl Manager {
     cancel: CancelToken,
   ) -> Result<TaskResult> {
     self.check_open()?;
+    let _registered = self.register(&cancel);
     if let Some(i) = &instructions {
       validate::cli_value("summaryInstructions", i, 64 * 1024)?;
     }
@@ -490,4 +518,22 @@ impl Manager {
     }
     Ok(res)
   }
+}
+
+/// The files a CLI keeps while it runs, named by its pid: its session file and key under the
+/// configuration folder, and its messaging socket. Inside the sandbox they are on tmpfs mounts
+/// that vanish with it, so there is nothing to remove.
+fn per_process_files(spec: &RunSpec, pid: Option<u32>) -> Vec<PathBuf> {
+  let (Some(pid), false) = (pid, spec.args.iter().any(|a| a == "--die-with-parent")) else {
+    return vec![];
+  };
+  let var = |k: &str| spec.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| PathBuf::from(v));
+  let mut files = vec![];
+  if let Some(config) = var("CLAUDE_CONFIG_DIR") {
+    files.push(config.join("sessions").join(format!("{pid}.json")));
+    files.push(config.join("sessions").join(format!("{pid}.key")));
+  }
+  let tmp = var("TMPDIR").unwrap_or_else(|| PathBuf::from("/tmp"));
+  files.push(tmp.join("cc-socks").join(format!("{pid}.sock")));
+  files
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::*;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 impl Store {
   pub(crate) fn lease_live(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
@@ -41,6 +41,10 @@ impl Store {
   pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
     self.write(|tx| {
       let now = now_ms();
+      // Deleted while this task waited for it.
+      if !exists(tx, "SELECT 1 FROM sessions WHERE id = ?1", [session_id])? {
+        return Err(Error::not_found(session_id));
+      }
       if Self::lease_live(tx, session_id, now)? {
         return Ok(false);
       }
@@ -63,7 +67,7 @@ impl Store {
   }
 
   pub(crate) fn interrupt_expired(tx: &Connection, session_id: &str, now: i64) -> Result<()> {
-    exec(
+    let n = exec(
       tx,
       "UPDATE tasks SET status = 'interrupted', ended_at = ?2, error_code = 'INTERRUPTED',
          error_message = 'the process running this task stopped before it ended'
@@ -71,6 +75,8 @@ impl Store {
          AND id IN (SELECT task_id FROM leases WHERE session_id = ?1 AND expires_at <= ?2)",
       params![session_id, now],
     )?;
+    // An interrupted task counts like every other task row.
+    exec(tx, "UPDATE sessions SET task_count = task_count + ?2 WHERE id = ?1", params![session_id, n as i64])?;
     Ok(())
   }
 
@@ -216,7 +222,7 @@ impl Store {
             params![task_id, now],
           )?;
           tx.execute("DELETE FROM leases WHERE task_id = ?1", [&task_id])?;
-          tx.execute("UPDATE sessions SET updated_at = ?2 WHERE id = ?1", params![session_id, now])?;
+          tx.execute("UPDATE sessions SET updated_at = ?2, task_count = task_count + 1 WHERE id = ?1", params![session_id, now])?;
           n += 1;
         }
       }

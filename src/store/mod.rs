@@ -335,6 +335,14 @@ impl Store {
       .pragma_update(None, "foreign_keys", "ON")
       .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))
       .map_err(|e| store_err(path, "cannot configure the session store", e))?;
+    // A file this process may only read (e.g. `chmod 444` for a non-root user) opens, and every
+    // write would fail later: say so now, with the path.
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+      return Err(Error::store(format!(
+        "the session store {} is read-only for this process (check the file's and its folder's permissions)",
+        path.display()
+      )));
+    }
     // The statements a task runs are prepared once per connection, not on every call.
     conn.set_prepared_statement_cache_capacity(64);
     let pin = std::fs::File::open(path).ok();

@@ -81,3 +81,55 @@ pub fn own_nice() -> i32 {
   let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
   stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse().unwrap()
 }
+
+/// Every process descended from `pid` on this host (Linux: from `/proc`; elsewhere none).
+pub fn descendants(pid: u32) -> Vec<u32> {
+  #[cfg(target_os = "linux")]
+  {
+    let mut parent_of: Vec<(u32, u32)> = vec![];
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+      for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // The field after the command (which may hold spaces and parentheses) and the state.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+          parent_of.push((p, ppid));
+        }
+      }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+      let p = found[i];
+      found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+      i += 1;
+    }
+    found.remove(0);
+    found
+  }
+  #[cfg(not(target_os = "linux"))]
+  {
+    let _ = pid;
+    vec![]
+  }
+}
+
+/// SIGKILLs each process and the process group it leads or belongs to.
+pub fn kill_tree(pids: &[u32]) {
+  #[cfg(unix)]
+  for &p in pids {
+    // SAFETY: getpgid and kill take plain integers and touch no memory of ours; a pid that is
+    // gone (or reused) makes them fail with ESRCH, which is ignored.
+    unsafe {
+      let pg = libc::getpgid(p as libc::pid_t);
+      // Never this process's own group (a tool may join it: same session).
+      if pg > 1 && pg != libc::getpgrp() {
+        libc::killpg(pg, libc::SIGKILL);
+      }
+      libc::kill(p as libc::pid_t, libc::SIGKILL);
+    }
+  }
+  #[cfg(not(unix))]
+  let _ = pids;
+}

@@ -1,0 +1,60 @@
+// Helpers for attacks.test.mjs: run one scripted Bash command in a task and read back what the
+// tool printed, as the CLI sent it to the (stand-in) model.
+import fs from 'node:fs'
+import path from 'node:path'
+
+export const messageCalls = (server) => server.requests.filter((r) => r.path === '/v1/messages')
+
+/** Every tool_result text the CLI sent to the model since `from` (index into server.requests). */
+export function toolResults(server, from = 0) {
+  const out = []
+  for (const r of server.requests.slice(from)) {
+    if (r.path !== '/v1/messages' || !r.body || !Array.isArray(r.body.messages)) continue
+    const last = r.body.messages.at(-1)
+    if (!last || last.role !== 'user' || !Array.isArray(last.content)) continue
+    for (const b of last.content) {
+      if (b.type !== 'tool_result') continue
+      const c = b.content
+      out.push(typeof c === 'string' ? c : Array.isArray(c) ? c.map((x) => x.text ?? '').join('\n') : JSON.stringify(c))
+    }
+  }
+  return out
+}
+
+/** Everything the CLI sent to the API since `from`, as one string. */
+export function requestsText(server, from = 0) {
+  return server.requests.slice(from).map((r) => JSON.stringify(r.body)).join('\n')
+}
+
+/**
+ * Runs a task whose model calls Bash with `command` once and then says "done". Returns the task
+ * result and the tool result text (joined) the CLI sent back. `finalReply` answers the tool result.
+ */
+export async function runBash(manager, server, command, request = {}, options = {}, finalReply = { text: 'done' }) {
+  const from = server.requests.length
+  server.enqueue({ toolUse: { name: 'Bash', input: { command, description: 'attack' } } }, finalReply)
+  const r = await manager.executeTask(
+    { prompt: 'run it', projectId: 'p', userId: 'mallory', permissionMode: 'acceptEdits', allowedTools: ['Bash'], ...request },
+    options,
+  )
+  return { r, output: toolResults(server, from).join('\n'), from }
+}
+
+/** Transcript files (*.jsonl) under a folder. */
+export function transcripts(root) {
+  if (!fs.existsSync(root)) return []
+  return fs
+    .readdirSync(root, { recursive: true })
+    .map(String)
+    .filter((f) => f.endsWith('.jsonl'))
+    .map((f) => path.join(root, f))
+}
+
+export async function waitFor(pred, ms = 5000, step = 100) {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = await pred()
+    if (v || Date.now() > end) return v
+    await new Promise((res) => setTimeout(res, step))
+  }
+}
