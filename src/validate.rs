@@ -14,10 +14,31 @@ fn describe_control(s: &str) -> Option<String> {
   s.chars().find(|c| c.is_control()).map(|c| format!("U+{:04X}", c as u32))
 }
 
-/// A project or user id: 1..=256 bytes, no control characters, not only white space.
+/// Characters that take no room and show nothing: the soft hyphen U+00AD, the zero-width and
+/// direction marks U+200B–U+200F, the word joiner and invisible operators U+2060–U+2064, and the
+/// byte-order mark U+FEFF.
+pub fn is_invisible(c: char) -> bool {
+  matches!(c, '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+/// The bidirectional embeddings and overrides U+202A–U+202E and isolates U+2066–U+2069, which
+/// reorder the text shown after them.
+pub fn is_bidi_control(c: char) -> bool {
+  matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A project or user id.
+///
+/// - An id is at most 256 bytes of UTF-8.
+/// - An id contains no control character (U+0000–U+001F, U+007F–U+009F: no newline, tab or escape).
+/// - An id has at least one visible character: white space and the invisible characters (U+00AD,
+///   U+200B–U+200F, U+2060–U+2064, U+FEFF) do not count.
+/// - An id is well-formed Unicode: a JavaScript string with an unpaired surrogate (U+D800–U+DFFF
+///   without its partner) is refused where it is read, never changed into U+FFFD.
+/// - An id is compared exactly as given: it is not trimmed or normalised.
 pub fn id(field: &str, value: &str) -> Result<()> {
-  if value.trim().is_empty() {
-    return Err(Error::invalid(format!("{field} must be a non-empty string")));
+  if value.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
+    return Err(Error::invalid(format!("{field} must be a non-empty string with a visible character")));
   }
   if value.len() > MAX_ID_LEN {
     return Err(Error::invalid(format!("{field} is {} bytes long; the limit is {MAX_ID_LEN}", value.len())));
@@ -44,14 +65,59 @@ pub fn session_id(field: &str, value: &str) -> Result<String> {
 }
 
 /// An optional free-text title.
+///
+/// - A title is at most 1024 bytes of UTF-8.
+/// - A title contains no control character (U+0000–U+001F, U+007F–U+009F: no newline, tab or
+///   ANSI escape), so it stays one line and cannot drive a terminal.
+/// - A title contains no bidirectional embedding, override or isolate (U+202A–U+202E,
+///   U+2066–U+2069), which could make it read differently from what it is.
+/// - A title is well-formed Unicode (no unpaired surrogate), as ids are.
 pub fn title(value: &str) -> Result<()> {
   if value.len() > MAX_TITLE_LEN {
     return Err(Error::invalid(format!("title is longer than {MAX_TITLE_LEN} bytes")));
   }
-  if value.contains('\0') {
-    return Err(Error::invalid("title contains a NUL byte"));
+  if let Some(c) = describe_control(value) {
+    return Err(Error::invalid(format!("title contains the control character {c}; a title is one line of printable text")));
+  }
+  if let Some(c) = value.chars().find(|&c| is_bidi_control(c)) {
+    return Err(Error::invalid(format!("title contains the bidirectional control U+{:04X}", c as u32)));
   }
   Ok(())
+}
+
+/// Longest accepted model name, in bytes.
+pub const MAX_MODEL_LEN: usize = 128;
+
+/// A model name (`model`, `fallbackModel`, `defaultModel`): an alias such as `sonnet` or a full id
+/// such as `claude-sonnet-4-5-20250929`, `us.anthropic.claude-3-7-sonnet-20250219-v1:0` or
+/// `claude-opus-4-1[1m]`.
+///
+/// - A model name is 1 to 128 characters from `A–Z a–z 0–9 . _ : [ ] / @ -`.
+/// - A model name begins with a letter or a digit.
+pub fn model(field: &str, value: &str) -> Result<()> {
+  let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '[' | ']' | '/' | '@' | '-');
+  let ok = value.len() <= MAX_MODEL_LEN && value.starts_with(|c: char| c.is_ascii_alphanumeric()) && value.chars().all(allowed);
+  if !ok {
+    let shown: String = value.chars().take(64).collect::<String>().escape_debug().to_string();
+    return Err(Error::invalid(format!(
+      "{field} must be a model name such as sonnet or claude-sonnet-4-5-20250929 (up to {MAX_MODEL_LEN} letters, digits and . _ : [ ] / @ -, \
+       beginning with a letter or digit), got \"{shown}\""
+    )));
+  }
+  Ok(())
+}
+
+/// Smallest accepted `maxBudgetUsd`.
+pub const MIN_BUDGET_USD: f64 = 0.0001;
+/// Largest accepted `maxBudgetUsd`.
+pub const MAX_BUDGET_USD: f64 = 10_000.0;
+
+/// A spending cap in US dollars: a finite number from 0.0001 to 10000.
+pub fn budget_usd(field: &str, value: f64) -> Result<f64> {
+  if !(MIN_BUDGET_USD..=MAX_BUDGET_USD).contains(&value) {
+    return Err(Error::invalid(format!("{field} must be a number from {MIN_BUDGET_USD} to {MAX_BUDGET_USD} (US dollars), got {value}")));
+  }
+  Ok(value)
 }
 
 /// A whole, non-negative number given from JavaScript as a double.
@@ -81,8 +147,12 @@ pub fn percent(field: &str, value: f64) -> Result<f64> {
 
 /// A value that will be passed to the CLI as a flag value: non-empty, printable, bounded.
 /// Values that begin with `-` are allowed because the executor always passes them as
-/// `--flag=value`, which the CLI cannot mistake for another flag.
+/// `--flag=value`, which the CLI cannot mistake for another flag. The model fields (`model`,
+/// `fallbackModel`, `defaultModel`) are checked as [`model`] names.
 pub fn cli_value(field: &str, value: &str, max_len: usize) -> Result<()> {
+  if matches!(field, "model" | "fallbackModel" | "defaultModel") {
+    return model(field, value);
+  }
   if value.is_empty() {
     return Err(Error::invalid(format!("{field} must not be empty")));
   }
@@ -163,6 +233,75 @@ mod tests {
     assert!(id("userId", &"x".repeat(256)).is_ok());
     let e = id("projectId", &"x".repeat(257)).unwrap_err();
     assert!(e.message.contains("projectId") && e.message.contains("256"), "{}", e.message);
+  }
+
+  #[test]
+  fn ids_need_a_visible_character() {
+    for bad in [
+      "\u{200B}",
+      "\u{FEFF}",
+      "\u{AD}",
+      "\u{200B}\u{200C}\u{200D}\u{200E}\u{200F}",
+      "\u{2060}\u{2064}",
+      " \u{FEFF} ",
+      "\u{2028}",
+      "\u{3000}",
+    ] {
+      let e = id("userId", bad).unwrap_err();
+      assert!(e.message.contains("userId"), "{bad:?}: {}", e.message);
+    }
+    for good in ["alice", "\u{200B}a", "a\u{FEFF}", "é", "用户", "a b"] {
+      assert!(id("userId", good).is_ok(), "{good:?}");
+    }
+    assert!(id("userId", "a\u{1b}[31m").is_err());
+  }
+
+  #[test]
+  fn titles() {
+    for good in ["", "Refactor the parser", "Résumé — v2 (draft)", "日本語のタイトル", "emoji 🚀"] {
+      assert!(title(good).is_ok(), "{good:?}");
+    }
+    for bad in
+      ["a\nb", "a\rb", "a\tb", "\u{1b}[31mred", "a\u{0}b", "\u{7f}", "\u{85}", "abc\u{202E}fdp.exe", "\u{202A}x", "\u{2066}x", "\u{2069}"]
+    {
+      assert_eq!(title(bad).unwrap_err().code, ErrorCode::InvalidArgument, "{bad:?}");
+    }
+    assert!(title(&"x".repeat(1024)).is_ok());
+    assert!(title(&"x".repeat(1025)).is_err());
+  }
+
+  #[test]
+  fn models() {
+    for good in [
+      "sonnet",
+      "claude-sonnet-4-5-20250929",
+      "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+      "claude-opus-4-1[1m]",
+      "projects/p/locations/l/models/claude@20250101",
+      "model_1",
+      &"m".repeat(128),
+    ] {
+      assert!(model("model", good).is_ok(), "{good:?}");
+      assert!(cli_value("fallbackModel", good, 128).is_ok(), "{good:?}");
+    }
+    for bad in
+      ["", "sonnet --print", "opus\tX", "-x", "--dangerously-skip-permissions", ".hidden", "sonnet\u{0}", "sönnet", "a b", &"m".repeat(129)]
+    {
+      assert!(model("model", bad).is_err(), "{bad:?}");
+      assert!(cli_value("defaultModel", bad, 128).is_err(), "{bad:?}");
+    }
+    assert!(model("model", "sonnet --print").unwrap_err().message.contains("model"));
+    assert!(cli_value("appendSystemPrompt", "any text --x", 128).is_ok(), "other fields keep the flag-value rule");
+  }
+
+  #[test]
+  fn budgets() {
+    for good in [0.0001, 0.25, 1.0, 10_000.0] {
+      assert_eq!(budget_usd("maxBudgetUsd", good).unwrap(), good);
+    }
+    for bad in [0.0, -1.0, 0.00009, 1e-300, 5e-324, 10_000.01, 1e300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+      assert!(budget_usd("maxBudgetUsd", bad).is_err(), "{bad}");
+    }
   }
 
   #[test]

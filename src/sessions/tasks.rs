@@ -37,10 +37,10 @@ impl Manager {
       return Err(Error::invalid("prompt contains a NUL byte"));
     }
     if let Some(m) = &r.model {
-      validate::cli_value("model", m, 128)?;
+      validate::model("model", m)?;
     }
     if let Some(m) = &r.fallback_model {
-      validate::cli_value("fallbackModel", m, 128)?;
+      validate::model("fallbackModel", m)?;
     }
     let max_turns = r.max_turns.map(|t| validate::positive_int("maxTurns", t)).transpose()?;
     if let Some(t) = max_turns {
@@ -78,9 +78,7 @@ impl Manager {
       validate::cli_value("appendSystemPrompt", s, 64 * 1024)?;
     }
     if let Some(b) = r.max_budget_usd {
-      if !b.is_finite() || b <= 0.0 {
-        return Err(Error::invalid(format!("maxBudgetUsd must be a positive number, got {b}")));
-      }
+      validate::budget_usd("maxBudgetUsd", b)?;
     }
     if let Some(t) = r.compact_threshold {
       validate::percent("compactThreshold", t)?;
