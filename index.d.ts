@@ -154,11 +154,15 @@ export interface ContextSnapshot {
  * Counts tokens with tiktoken (`o200k_base` by default, or `cl100k_base`). Claude's own
  * tokenizer is not public: treat the count as an estimate of Claude tokens. The encoding can be
  * given as a string, `countTokens(text, 'cl100k_base')`, the fastest form for short texts, or as
- * `{ encoding }`, whose keys are checked.
+ * `{ encoding }`, whose keys are checked. A text over 64 MiB (of UTF-8, or 64 Mi UTF-16 code
+ * units) throws `INVALID_ARGUMENT`.
  */
 export declare function countTokens(text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }): number
 
-/** `countTokens` off the JavaScript thread, for large texts: the promise settles with the count. */
+/**
+ * `countTokens` off the JavaScript thread, for large texts: the promise settles with the count.
+ * A text over 64 MiB rejects with `INVALID_ARGUMENT` before anything is copied.
+ */
 export declare function countTokensAsync(text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }): Promise<number>
 
 /** Every error code this package uses, for documentation and exhaustive handling. */

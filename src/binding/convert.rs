@@ -9,7 +9,11 @@ use serde_json::Value;
 use super::*;
 
 /// Reads any JavaScript value as JSON. Values JSON cannot hold (NaN, Infinity, functions,
-/// symbols, BigInt, cycles deeper than 64) are `INVALID_ARGUMENT` naming where they were.
+/// symbols, BigInt, cycles deeper than 64) are `INVALID_ARGUMENT` naming where they were. Only an
+/// object's own enumerable string-keyed properties are read (nothing inherited from its
+/// prototype); a getter or Proxy trap that throws, or a revoked Proxy, is `INVALID_ARGUMENT` with
+/// the exception's message (the exception is taken, not left pending); a string with an unpaired
+/// surrogate is `INVALID_ARGUMENT` unless it is free text (see [`free_text`]).
 pub(crate) fn js_value(env: &Env, what: &str, v: Option<Unknown<'_>>) -> CoreResult<Value> {
   match v {
     None => Ok(Value::Null),
@@ -18,6 +22,84 @@ pub(crate) fn js_value(env: &Env, what: &str, v: Option<Unknown<'_>>) -> CoreRes
     // (`u` borrows from the call's handle scope and cannot outlive it).
     Some(u) => unsafe { to_json(env.raw(), u.raw(), what, 0) },
   }
+}
+
+/// Whether the value at path `at` is free text (a prompt, system prompt, compaction instructions
+/// or the text of `countTokens`), whose unpaired surrogates become U+FFFD as `TextEncoder` has
+/// them. Everywhere else (ids, titles, models, paths, tool rules, keys) they are refused, so that
+/// two different strings can never become the same value.
+pub(crate) fn free_text(at: &str) -> bool {
+  at == "text" || matches!(at.rsplit('.').next(), Some("prompt" | "appendSystemPrompt" | "summaryInstructions"))
+}
+
+/// Takes the JavaScript exception a failed napi call left pending (a throwing getter or Proxy
+/// trap, a revoked Proxy) so that it is not thrown when the call returns, and describes it:
+/// `": <message>"`, or an empty string when no exception was pending.
+///
+/// # Safety
+///
+/// `env` must be the live `napi_env` of the JavaScript thread this is called on.
+pub(crate) unsafe fn take_exception(env: napi::sys::napi_env) -> String {
+  use napi::sys;
+  let mut pending = false;
+  // SAFETY: `env` is live on this thread (this function's contract); `pending` is a local `bool`.
+  if unsafe { sys::napi_is_exception_pending(env, &mut pending) } != sys::Status::napi_ok || !pending {
+    return String::new();
+  }
+  let mut exc = std::ptr::null_mut();
+  // SAFETY: as above; `exc` is a local `napi_value` that receives the exception's handle.
+  if unsafe { sys::napi_get_and_clear_last_exception(env, &mut exc) } != sys::Status::napi_ok {
+    return String::new();
+  }
+  // The message: a thrown string as it is, or an object's `message` when that is a string. Reading
+  // `message` may itself throw (a Proxy, a getter); that exception is dropped too.
+  let mut t = 0;
+  // SAFETY: as above; `exc` was just returned by a successful napi call in the open handle scope.
+  if unsafe { sys::napi_typeof(env, exc, &mut t) } != sys::Status::napi_ok {
+    return String::new();
+  }
+  let mut msg = exc;
+  if t == sys::ValueType::napi_object {
+    // SAFETY: as above; `exc` is an object, the name a NUL-terminated C string literal, `msg` a
+    // local `napi_value`.
+    if unsafe { sys::napi_get_named_property(env, exc, c"message".as_ptr(), &mut msg) } != sys::Status::napi_ok {
+      let mut again = std::ptr::null_mut();
+      // SAFETY: as above; `again` is a local `napi_value` for the exception, which is dropped.
+      unsafe { sys::napi_get_and_clear_last_exception(env, &mut again) };
+      return String::new();
+    }
+  }
+  let mut buf = [0u8; 256];
+  let mut written = 0usize;
+  // SAFETY: as above; `msg` is a handle in the open scope (a non-string fails with
+  // `napi_string_expected` and writes nothing); `buf` is a local array of exactly the size passed.
+  if unsafe { sys::napi_get_value_string_utf8(env, msg, buf.as_mut_ptr().cast(), buf.len(), &mut written) } != sys::Status::napi_ok {
+    return String::new();
+  }
+  format!(": {}", String::from_utf8_lossy(&buf[..written.min(buf.len())]))
+}
+
+/// Whether the JavaScript string `v` holds an unpaired surrogate (read as UTF-16).
+///
+/// # Safety
+///
+/// `env` must be the live `napi_env` of the JavaScript thread this is called on, and `v` a string
+/// handle valid in the currently open handle scope.
+unsafe fn has_lone_surrogate(env: napi::sys::napi_env, v: napi::sys::napi_value) -> bool {
+  use napi::sys;
+  let mut len = 0usize;
+  // SAFETY: per this function's contract; a null buffer of size 0 only asks for the length.
+  if unsafe { sys::napi_get_value_string_utf16(env, v, std::ptr::null_mut(), 0, &mut len) } != sys::Status::napi_ok {
+    return false;
+  }
+  let mut buf = vec![0u16; len + 1];
+  let mut written = 0usize;
+  // SAFETY: per this function's contract; `buf` is an initialised, writable allocation of exactly
+  // `buf.len()` code units, the size passed, so napi writes within it (NUL included).
+  if unsafe { sys::napi_get_value_string_utf16(env, v, buf.as_mut_ptr(), buf.len(), &mut written) } != sys::Status::napi_ok {
+    return false;
+  }
+  char::decode_utf16(buf[..written.min(len)].iter().copied()).any(|c| c.is_err())
 }
 
 /// Reads the JavaScript value `v` as JSON; see [`js_value`].
@@ -30,7 +112,15 @@ pub(crate) fn js_value(env: &Env, what: &str, v: Option<Unknown<'_>>) -> CoreRes
 pub(crate) unsafe fn to_json(env: napi::sys::napi_env, v: napi::sys::napi_value, at: &str, depth: u32) -> CoreResult<Value> {
   use napi::sys;
   let bad = |why: &str| CoreError::invalid(format!("{at} {why}"));
-  let ok = |s: sys::napi_status| if s == sys::Status::napi_ok { Ok(()) } else { Err(CoreError::invalid(format!("{at} cannot be read"))) };
+  let ok = |s: sys::napi_status| {
+    if s == sys::Status::napi_ok {
+      Ok(())
+    } else {
+      // SAFETY: `env` is live on this thread, as the caller guarantees.
+      let why = unsafe { take_exception(env) };
+      Err(CoreError::invalid(format!("{at} cannot be read{why}")))
+    }
+  };
   if depth > 64 {
     return Err(bad("is nested too deeply"));
   }
@@ -66,7 +156,17 @@ pub(crate) unsafe fn to_json(env: napi::sys::napi_env, v: napi::sys::napi_value,
       // `written <= buf.len() - 1` bytes.
       ok(unsafe { sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), buf.len(), &mut written) })?;
       buf.truncate(written);
-      Ok(Value::String(String::from_utf8_lossy(&buf).into_owned()))
+      let s = String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+      // V8 writes an unpaired surrogate as U+FFFD: only a string with one can hold any, and only
+      // then is it read again as UTF-16 to tell a real U+FFFD from a replaced surrogate.
+      // SAFETY: see above; `v` is a string (checked by `napi_typeof`).
+      if s.contains('\u{FFFD}') && !free_text(at) && unsafe { has_lone_surrogate(env, v) } {
+        return Err(bad(
+          "contains an unpaired surrogate (U+D800–U+DFFF without its partner), which is not Unicode text; pass a well-formed string \
+           (String.prototype.toWellFormed())",
+        ));
+      }
+      Ok(Value::String(s))
     }
     sys::ValueType::napi_object => {
       let mut is_array = false;
@@ -91,10 +191,21 @@ pub(crate) unsafe fn to_json(env: napi::sys::napi_env, v: napi::sys::napi_value,
         return Ok(Value::Array(out));
       }
       let mut keys = std::ptr::null_mut();
+      // Own enumerable string keys only, as `Object.keys` has them: a key inherited from the
+      // prototype (`Object.create({ prompt })`, a polluted `Object.prototype`) is not a field.
       // SAFETY: see above; `v` is an object (checked by `napi_typeof`), `keys` a local `napi_value`.
-      ok(unsafe { sys::napi_get_property_names(env, v, &mut keys) })?;
+      ok(unsafe {
+        sys::napi_get_all_property_names(
+          env,
+          v,
+          sys::KeyCollectionMode::own_only,
+          sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
+          sys::KeyConversion::numbers_to_strings,
+          &mut keys,
+        )
+      })?;
       let mut n = 0u32;
-      // SAFETY: see above; `keys` is the array `napi_get_property_names` returned, `n` a local `u32`.
+      // SAFETY: see above; `keys` is the array `napi_get_all_property_names` returned, `n` a local `u32`.
       ok(unsafe { sys::napi_get_array_length(env, keys, &mut n) })?;
       let mut map = serde_json::Map::new();
       for i in 0..n {
