@@ -32,7 +32,7 @@ type CoreResult<T> = std::result::Result<T, CoreError>;
 
 // ---- the class --------------------------------------------------------------------------------
 
-type EventFn = ThreadsafeFunction<Value, (), Value, Status, false, true>;
+type EventFn = ThreadsafeFunction<Value, Unknown<'static>, Value, Status, false, true>;
 
 /// Runs Claude Code tasks in sessions that persist (SQLite), resume, fork and compact.
 /// Create one per server process and share it.
@@ -396,7 +396,7 @@ impl SessionManager {
     options: Option<Unknown<'e>>,
   ) -> napi::Result<PromiseRaw<'e, TaskResult>> {
     let request = js_value(env, "request", Some(request));
-    let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "executeTask", options) {
+    let ExecuteHooks { sink, cancel, abort, failures } = match read_execute_options(env, "executeTask", options) {
       Ok(x) => x,
       Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
     };
@@ -405,7 +405,8 @@ impl SessionManager {
       env,
       async move {
         let r: manager::TaskRequest = parse("executeTask", request?)?;
-        m.execute_task(r, sink, cancel).await
+        let out = m.execute_task(r, sink, cancel).await;
+        failures.add_to(out).await
       },
       TaskResult::from,
       ExecuteHooks::cleanup(abort),
@@ -432,7 +433,7 @@ impl SessionManager {
       user_id: String,
       summary_instructions: Option<String>,
     }
-    let ExecuteHooks { sink, cancel, abort } = match read_execute_options(env, "compactSession", options) {
+    let ExecuteHooks { sink, cancel, abort, failures } = match read_execute_options(env, "compactSession", options) {
       Ok(x) => x,
       Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
     };
@@ -441,7 +442,8 @@ impl SessionManager {
       env,
       async move {
         let r: Req = parse("compactSession", request?)?;
-        m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await
+        let out = m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await;
+        failures.add_to(out).await
       },
       TaskResult::from,
       ExecuteHooks::cleanup(abort),
