@@ -174,7 +174,9 @@ export interface ExecuteOptions {
    * Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
    * `{ type: 'task_started', sessionId, taskId }` when the CLI starts, then the CLI's
    * stream-json messages (`system`, `assistant`, `user`, `result`, and `stream_event` when
-   * `includePartialMessages`).
+   * `includePartialMessages`). A throw, or a returned promise that rejects, does not stop the
+   * task or reach Node as an uncaught error: later events still arrive and the result's
+   * `warnings` say what failed.
    */
   onEvent?: (event: { type: string; subtype?: string; [key: string]: any }) => void
   /** Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`. */
@@ -516,7 +518,11 @@ export interface TaskResult {
   compacted: boolean
   /** Those compactions, with their before and after token counts. */
   compactions: Array<CompactionRecord>
-  /** CLI output lines that could not be read; the task went on without them. */
+  /**
+   * CLI output lines that could not be read, and `onEvent` calls that threw or returned a
+   * promise that rejected (`onEvent threw: …`, `onEvent rejected: …`, each distinct failure once
+   * with a count, at most ten); the task went on regardless.
+   */
   warnings: Array<string>
   /** Whether the CLI ran in the sandbox (see `SessionManager.info()`). */
   sandboxed: boolean

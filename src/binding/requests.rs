@@ -144,7 +144,9 @@ pub struct ExecuteOptions {
   /// Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
   /// `{ type: 'task_started', sessionId, taskId }` when the CLI starts, then the CLI's
   /// stream-json messages (`system`, `assistant`, `user`, `result`, and `stream_event` when
-  /// `includePartialMessages`).
+  /// `includePartialMessages`). A throw, or a returned promise that rejects, does not stop the
+  /// task or reach Node as an uncaught error: later events still arrive and the result's
+  /// `warnings` say what failed.
   #[napi(ts_type = "(event: { type: string; subtype?: string; [key: string]: any }) => void")]
   pub on_event: Option<Unknown<'static>>,
   /// Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`.

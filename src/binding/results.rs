@@ -189,7 +189,9 @@ pub struct TaskResult {
   pub compacted: bool,
   /// Those compactions, with their before and after token counts.
   pub compactions: Vec<CompactionRecord>,
-  /// CLI output lines that could not be read; the task went on without them.
+  /// CLI output lines that could not be read, and `onEvent` calls that threw or returned a
+  /// promise that rejected (`onEvent threw: …`, `onEvent rejected: …`, each distinct failure once
+  /// with a count, at most ten); the task went on regardless.
   pub warnings: Vec<String>,
   /// Whether the CLI ran in the sandbox (see `SessionManager.info()`).
   pub sandboxed: bool,
