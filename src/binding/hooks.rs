@@ -104,7 +104,7 @@ impl EventFailures {
     let Ok(target) = (unsafe { v.cast::<Object>() }) else { return Ok(()) };
     let then: Unknown = match target.get_named_property("then") {
       Ok(t) => t,
-      Err(_) => return Err(format!("reading `then` of its return value threw: {}", take_exception(env).unwrap_or_default())),
+      Err(_) => return Err(format!("reading `then` of its return value threw: {}", take_exception_text(env).unwrap_or_default())),
     };
     if then.get_type().ok() != Some(ValueType::Function) {
       return Ok(());
@@ -144,7 +144,7 @@ impl EventFailures {
     self.update(|s| s.unsettled += 1);
     if then.apply(target, (on_fulfilled, on_rejected).into()).is_err() {
       settle();
-      return Err(format!("calling `then` of its return value threw: {}", take_exception(env).unwrap_or_default()));
+      return Err(format!("calling `then` of its return value threw: {}", take_exception_text(env).unwrap_or_default()));
     }
     Ok(())
   }
@@ -185,7 +185,7 @@ impl EventFailures {
 type ThenMethod<'a> = Function<'a, FnArgs<(Function<'a, (), ()>, Function<'a, (), ()>)>, Unknown<'a>>;
 
 /// Takes the pending JavaScript exception off the env, if there is one, as readable text.
-pub(crate) fn take_exception(env: &Env) -> Option<String> {
+pub(crate) fn take_exception_text(env: &Env) -> Option<String> {
   let mut pending = false;
   // SAFETY: `env` is the live env of the JavaScript thread this runs on (an `&Env` is only
   // handed out there) and `pending` is a local out-parameter.
@@ -286,7 +286,7 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
   let failures = Arc::new(EventFailures::default());
   // A getter, a Proxy trap or a method of the caller's may have thrown: its exception is taken
   // off the env (so it is not thrown at the caller as well) and becomes part of the message.
-  let bad = |why: &str| match take_exception(env) {
+  let bad = |why: &str| match take_exception_text(env) {
     Some(e) => CoreError::invalid(format!("{what} options: {why}: {e}")),
     None => CoreError::invalid(format!("{what} options: {why}")),
   };
@@ -299,7 +299,8 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
     _ => return Err(bad("must be an object like { onEvent, signal }")),
   };
   let mut sink: Option<manager::EventSink> = None;
-  if o.has_named_property("onEvent").map_err(|_| bad("cannot read onEvent"))? {
+  // Own properties only: an inherited (or polluted `Object.prototype`) `onEvent`/`signal` is no option.
+  if o.has_own_property("onEvent").map_err(|_| bad("cannot read onEvent"))? {
     let v: Unknown = o.get_named_property("onEvent").map_err(|_| bad("cannot read onEvent"))?;
     match v.get_type().map_err(|_| bad("cannot read onEvent"))? {
       ValueType::Undefined | ValueType::Null => {}
@@ -332,7 +333,7 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
     }
   }
   let mut abort = None;
-  if o.has_named_property("signal").map_err(|_| bad("cannot read signal"))? {
+  if o.has_own_property("signal").map_err(|_| bad("cannot read signal"))? {
     let v: Unknown = o.get_named_property("signal").map_err(|_| bad("cannot read signal"))?;
     match v.get_type().map_err(|_| bad("cannot read signal"))? {
       ValueType::Undefined | ValueType::Null => {}
@@ -346,7 +347,7 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
         let aborted = match signal.get_named_property::<bool>("aborted") {
           Ok(a) => a,
           // Not a boolean: not aborted. A throwing getter: refused.
-          Err(_) => match take_exception(env) {
+          Err(_) => match take_exception_text(env) {
             Some(e) => return Err(CoreError::invalid(format!("{what} options: reading signal.aborted threw: {e}"))),
             None => false,
           },

@@ -156,7 +156,7 @@ impl Config {
       }
     };
     let default_model = o.default_model.clone().or_else(|| env_var("CLAUDE_DEFAULT_MODEL")).unwrap_or_else(|| "sonnet".into());
-    validate::cli_value("defaultModel", &default_model, 128)?;
+    validate::model("defaultModel", &default_model)?;
     let context_window = match o.context_window {
       Some(w) => validate::positive_int("contextWindow", w)?,
       None => 200_000,
