@@ -6,7 +6,7 @@
 // section in its own Node process (sections/*.mjs write JSON), samples what else the machine
 // is running, and writes benchmark/RESULTS.md and benchmark/results/latest.json.
 //
-// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,
+// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,
 // --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
 // records those numbers in results/tokens-before.json), --out=<RESULTS.md path>.
 import fs from 'node:fs'
@@ -25,7 +25,7 @@ for (const a of process.argv.slice(2)) {
   const m = /^--([^=]+)(?:=(.*))?$/.exec(a)
   if (m) opt[m[1]] = m[2] ?? true
 }
-const sections = String(opt.only ?? 'tokens,tasks,scale,growth').split(',')
+const sections = String(opt.only ?? 'tokens,tasks,scale,growth,sandbox').split(',')
 const quick = Boolean(opt.quick)
 const outFile = path.resolve(opt.out ?? path.join(here, 'RESULTS.md'))
 
@@ -298,6 +298,21 @@ if (growth) {
       us(h.estimatePromptTokens.median * 1000),
     ]),
   )
+}
+
+// The sandbox and the key proxy.
+const sandbox = results.sections.sandbox
+if (sandbox) {
+  md.push('## 5. What the agent sandbox and the API-key proxy add', '')
+  md.push(
+    `Two managers over the same CLI and stand-in (in its own process): *plain* (\`sandbox: 'none'\`, \`exposeApiKeyToAgent: true\`) and *secured* (the defaults: sandbox \`${sandbox.sandbox}\`, key proxy ${sandbox.apiKeyProxy ? 'on' : 'off'}; every secured run sandboxed: ${sandbox.sandboxedEveryRun ? 'yes' : 'no'}). ${sandbox.runs} runs each of a new-session task and a resumed one, interleaved, after one warm-up each; wall time from the call to the settled promise.`,
+    '',
+  )
+  const r = (k) => [k, `${fmt(sandbox[k].median, 1)} / ${fmt(sandbox[k].p90, 1)}`]
+  table(['task', 'wall ms (median / p90)'], ['plainNew', 'securedNew', 'plainResumed', 'securedResumed'].map(r))
+  md.push(`Added per task (difference of medians): new session ${fmt(sandbox.addedNewMs, 1)} ms, resumed ${fmt(sandbox.addedResumedMs, 1)} ms.`, '')
+  bars.push(['sandbox + key proxy, new session', '≤ 20 ms added (median)', `${fmt(sandbox.addedNewMs, 1)} ms`, yes(sandbox.addedNewMs <= 20)])
+  bars.push(['sandbox + key proxy, resumed', '≤ 20 ms added (median)', `${fmt(sandbox.addedResumedMs, 1)} ms`, yes(sandbox.addedResumedMs <= 20)])
 }
 
 md.push('## Bars', '')

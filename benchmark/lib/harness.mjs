@@ -11,6 +11,11 @@ const require = createRequire(import.meta.url)
 // BENCH_ADDON points the sections at another build's .node (to record "before" figures).
 export const addon = require(process.env.BENCH_ADDON || '../../index.js')
 
+/** The tasks, scale and growth sections compare the manager with the Agent SDK on the same
+ * process model, so they run the CLI unsandboxed (their lifetime wrapper execs a binary outside
+ * any sandbox view); section `sandbox` measures what the sandbox and the key proxy add. */
+export const BENCH_SANDBOX = 'none'
+
 /** The claude binary the addon finds by itself (the platform package of @anthropic-ai/claude-code). */
 export function claudeBinary() {
   const candidates = [

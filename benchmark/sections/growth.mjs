@@ -7,7 +7,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { args, median, p90, writeJson, machineLoad } from '../lib/stats.mjs'
-import { addon, claudeBinary, startStandIn, workspace, populate, populatedSession, LifetimeLog } from '../lib/harness.mjs'
+import { addon, claudeBinary, startStandIn, workspace, populate, populatedSession, LifetimeLog, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
 const quick = Boolean(opt.quick)
@@ -28,6 +28,7 @@ const out = { load: [machineLoad()], sizes: [], history: [] }
 
 function openManager(ws, log) {
   return new addon.SessionManager({
+  sandbox: BENCH_SANDBOX,
     databasePath: ws.db,
     workingDirectory: ws.work,
     claudePath: wrapper,
@@ -52,7 +53,7 @@ const stat = (v) => ({ median: median(v), p90: p90(v) })
 for (const n of COUNTS) {
   const ws = workspace('csm-growth-')
   const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
-  new addon.SessionManager({ databasePath: ws.db, workingDirectory: ws.work }).close()
+  new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
   await new Promise((r) => setTimeout(r, 50))
   populate(ws.db, n, { workDir: ws.work })
   const manager = openManager(ws, log)

@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import { fork } from 'node:child_process'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { args, median, p90, p99, writeJson, machineLoad, sampler } from '../lib/stats.mjs'
-import { addon, startStandIn, workspace, populate, populatedSession } from '../lib/harness.mjs'
+import { addon, startStandIn, workspace, populate, populatedSession, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
 const quick = Boolean(opt.quick)
@@ -35,6 +35,7 @@ const out = { load: [machineLoad()] }
   const standIn = await startStandIn()
   const ws = workspace('csm-scale-')
   const manager = new addon.SessionManager({
+  sandbox: BENCH_SANDBOX,
     databasePath: ws.db,
     workingDirectory: ws.work,
     maxConcurrentTasks: 64,
@@ -105,12 +106,12 @@ const out = { load: [machineLoad()] }
 // ---- B: store latency with 100,000 sessions --------------------------------------------------
 {
   const ws = workspace('csm-store-')
-  new addon.SessionManager({ databasePath: ws.db, workingDirectory: ws.work }).close()
+  new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
   await new Promise((r) => setTimeout(r, 50))
   const t = ns()
   populate(ws.db, SESSIONS, { workDir: ws.work })
   const populateMs = msSince(t)
-  const manager = new addon.SessionManager({ databasePath: ws.db, workingDirectory: ws.work })
+  const manager = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work })
   const time = async (f) => {
     const s = ns()
     await f()

@@ -19,7 +19,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { args, median, p90, writeJson, machineLoad } from '../lib/stats.mjs'
-import { addon, claudeBinary, startStandIn, workspace, LifetimeLog, fakeCli, tempDir } from '../lib/harness.mjs'
+import { addon, claudeBinary, startStandIn, workspace, LifetimeLog, fakeCli, tempDir, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
 const quick = Boolean(opt.quick)
@@ -37,6 +37,7 @@ const ms = (a, b) => Number(b - a) / 1e6
 const mw = workspace('csm-bench-mgr-')
 const mLog = new LifetimeLog(path.join(mw.dir, 'lifetime.log'))
 const manager = new addon.SessionManager({
+  sandbox: BENCH_SANDBOX,
   databasePath: mw.db,
   workingDirectory: mw.work,
   claudePath: wrapper,
@@ -136,8 +137,9 @@ for (let i = 0; i < RUNS; i++) {
 const cw = workspace('csm-bench-cal-')
 const fake = fakeCli(tempDir('csm-fake-'))
 const cLog = new LifetimeLog(path.join(cw.dir, 'lifetime.log'))
-const direct = new addon.SessionManager({ databasePath: path.join(cw.dir, 'a.db'), workingDirectory: cw.work, claudePath: fake })
+const direct = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: path.join(cw.dir, 'a.db'), workingDirectory: cw.work, claudePath: fake })
 const wrapped = new addon.SessionManager({
+  sandbox: BENCH_SANDBOX,
   databasePath: path.join(cw.dir, 'b.db'),
   workingDirectory: cw.work,
   claudePath: wrapper,
