@@ -30,12 +30,12 @@ export declare class SessionManager {
    * The newest active session of the user's project, or a new one (`preferActive` defaults to
    * true; false always creates).
    */
-  getOrCreateSession(request: { projectId: string; userId: string; preferActive?: boolean; workingDirectory?: string }): Promise<GetOrCreateResult>
+  getOrCreateSession(request: GetOrCreateRequest): Promise<GetOrCreateResult>
   /**
    * Archives the user's active sessions of the project and returns a new one (optionally with a
    * chosen UUID).
    */
-  startFresh(request: { projectId: string; userId: string; sessionId?: string; workingDirectory?: string }): Promise<StartFreshResult>
+  startFresh(request: StartFreshRequest): Promise<StartFreshResult>
   /** Marks a session archived; it stays readable and resumable. */
   archiveSession(sessionId: string, userId: string): Promise<Session>
   /**
@@ -43,22 +43,22 @@ export declare class SessionManager {
    * `keepTranscript`). Its id is never given out again. A session running a task rejects with
    * `SESSION_BUSY`.
    */
-  deleteSession(sessionId: string, userId: string, options?: { keepTranscript?: boolean }): Promise<void>
+  deleteSession(sessionId: string, userId: string, options?: DeleteSessionOptions): Promise<void>
   /**
    * Deletes the user's sessions idle for longer than `maxAgeMs` (only archived ones while
    * `keepActive`, the default).
    */
-  cleanupSessions(request: { userId: string; projectId?: string; maxAgeMs: number; keepActive?: boolean }): Promise<CleanupResult>
+  cleanupSessions(request: CleanupRequest): Promise<CleanupResult>
   /**
    * A new session that continues from `sessionId`, made at once without calling the model; its
    * first task forks the CLI's transcript. The parent is never changed by the fork.
    */
-  fork(request: { sessionId: string; userId: string; title?: string }): Promise<Session>
+  fork(request: ForkRequest): Promise<Session>
   /**
    * How full the session's context is, from the store (nothing is spawned). `threshold` is a
    * percentage; default the manager's `compactThreshold`.
    */
-  getSessionContext(sessionId: string, userId: string, options?: { threshold?: number }): Promise<ContextInfo>
+  getSessionContext(sessionId: string, userId: string, options?: ThresholdOptions): Promise<ContextInfo>
   /** The tasks run in a session, oldest first. */
   listTasks(sessionId: string, userId: string): Promise<TaskRecord[]>
   /** The compactions of a session, oldest first. */
@@ -69,12 +69,12 @@ export declare class SessionManager {
    * per user message or model response. Without `offset`, the newest `limit` (default 100)
    * messages, oldest first.
    */
-  getMessages(sessionId: string, userId: string, options?: { limit?: number; offset?: number }): Promise<MessagesPage>
+  getMessages(sessionId: string, userId: string, options?: MessagesOptions): Promise<MessagesPage>
   /**
    * Predicts how many tokens a prompt would add to the session (Claude's tokenizer is not
    * public: tiktoken × a factor learned per model family) and whether it still fits.
    */
-  estimatePromptTokens(sessionId: string, userId: string, prompt: string, options?: { threshold?: number }): Promise<PromptEstimate>
+  estimatePromptTokens(sessionId: string, userId: string, prompt: string, options?: ThresholdOptions): Promise<PromptEstimate>
   /**
    * Runs a prompt through the `claude` CLI in a session (a new one when `sessionId` is omitted).
    * Invalid requests reject before anything is spawned; model and CLI failures resolve with
@@ -85,7 +85,7 @@ export declare class SessionManager {
    * Compacts a session through the CLI's `/compact` and records the before/after tokens. A
    * failed compaction rejects with `COMPACT_FAILED` and leaves the session as it was.
    */
-  compactSession(request: { sessionId: string; userId: string; summaryInstructions?: string }, options?: ExecuteOptions): Promise<TaskResult>
+  compactSession(request: CompactRequest, options?: ExecuteOptions): Promise<TaskResult>
   /**
    * How tasks run here: whether the agent is sandboxed, whether the API key is hidden behind the
    * per-task proxy, and where the addon keeps its state.
@@ -93,6 +93,16 @@ export declare class SessionManager {
   info(): ManagerInfo
   /** Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`. */
   close(): Promise<void>
+}
+
+/** `cleanupSessions`. */
+export interface CleanupRequest {
+  userId: string
+  projectId?: string
+  /** Sessions idle for longer than this (ms) are deleted. */
+  maxAgeMs: number
+  /** Delete only archived sessions. Default true. */
+  keepActive?: boolean
 }
 
 /** `cleanupSessions`'s answer. */
@@ -118,6 +128,14 @@ export interface CompactionRecord {
   startedAt: number
   /** How long the summary took (ms). */
   durationMs?: number
+}
+
+/** `compactSession`. */
+export interface CompactRequest {
+  sessionId: string
+  userId: string
+  /** What the summary should keep (appended to `/compact`). */
+  summaryInstructions?: string
 }
 
 /** How full a session's context window is. */
@@ -165,10 +183,16 @@ export declare function countTokens(text: string, options?: 'o200k_base' | 'cl10
  */
 export declare function countTokensAsync(text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }): Promise<number>
 
+/** `deleteSession`'s options. */
+export interface DeleteSessionOptions {
+  /** Keep the CLI's transcript file. Default false. */
+  keepTranscript?: boolean
+}
+
 /** Every error code this package uses, for documentation and exhaustive handling. */
 export declare function errorCodes(): Array<string>
 
-/** How a caller follows and cancels a task. */
+/** How a caller follows and cancels a task. Read by `hooks` (functions and signals are no JSON). */
 export interface ExecuteOptions {
   /**
    * Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
@@ -181,6 +205,27 @@ export interface ExecuteOptions {
   onEvent?: (event: { type: string; subtype?: string; [key: string]: any }) => void
   /** Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`. */
   signal?: AbortSignal
+}
+
+/** `fork`. */
+export interface ForkRequest {
+  sessionId: string
+  userId: string
+  /** Default: the parent's title. */
+  title?: string
+}
+
+/** `getOrCreateSession`. */
+export interface GetOrCreateRequest {
+  projectId: string
+  userId: string
+  /**
+   * Return the newest active session of the project if there is one. Default true; false always
+   * creates.
+   */
+  preferActive?: boolean
+  /** For a new session: the absolute folder the CLI runs in (inside `allowedRoots` when set). */
+  workingDirectory?: string
 }
 
 /** `getOrCreateSession`'s answer. */
@@ -245,6 +290,14 @@ export interface ManagerInfo {
   isolateTenants: 'none' | 'user' | 'project'
 }
 
+/** `getMessages`' options. */
+export interface MessagesOptions {
+  /** At most this many messages (1..10000). Default 100. */
+  limit?: number
+  /** Index of the first message; without it, the newest `limit` messages. */
+  offset?: number
+}
+
 /** A page of a session's conversation. */
 export interface MessagesPage {
   /** Oldest first. */
@@ -275,6 +328,14 @@ export interface PromptEstimate {
   observations: number
   /** The session's context with the prompt added: `canContinue` says whether it fits. */
   contextInfo: ContextInfo
+}
+
+/** Extra host folders the sandbox shows the agent (absolute paths). */
+export interface SandboxPaths {
+  /** Shown read-only. */
+  readOnly?: Array<string>
+  /** Shown read-write. */
+  readWrite?: Array<string>
 }
 
 /** A persisted session. Its `id` is the id the `claude` CLI uses for the conversation. */
@@ -372,7 +433,7 @@ export interface SessionManagerOptions {
    * Extra host folders the sandbox shows the agent (absolute paths), besides `/usr`, the CLI, the
    * session's working directory and the tenant's configuration folder.
    */
-  sandboxPaths?: { readOnly?: string[]; readWrite?: string[] }
+  sandboxPaths?: SandboxPaths
   /**
    * Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
    * per-task token for a loopback proxy in this process that adds the key; the token is void
@@ -394,6 +455,16 @@ export interface SessionManagerOptions {
    * agent or another tenant could write, changes permissions.
    */
   settingSources?: Array<'user' | 'project' | 'local'>
+}
+
+/** `startFresh`. */
+export interface StartFreshRequest {
+  projectId: string
+  userId: string
+  /** The new session's id (a UUID never used before); default a fresh one. */
+  sessionId?: string
+  /** The absolute folder the CLI runs in (inside `allowedRoots` when set). */
+  workingDirectory?: string
 }
 
 /** `startFresh`'s answer. */
@@ -453,9 +524,9 @@ export interface TaskRequest {
   model?: string
   maxTurns?: number
   /** Tools allowed without asking, passed to the CLI exactly as given (e.g. `Bash(git log:*)`). */
-  allowedTools?: unknown[]
+  allowedTools?: Array<string>
   /** Tools refused, passed to the CLI exactly as given. */
-  disallowedTools?: unknown[]
+  disallowedTools?: Array<string>
   /** `bypassPermissions` needs `allowBypassPermissions` on the manager. */
   permissionMode?: 'default' | 'acceptEdits' | 'plan' | 'bypassPermissions'
   appendSystemPrompt?: string
@@ -527,6 +598,12 @@ export interface TaskResult {
   /** Whether the CLI ran in the sandbox (see `SessionManager.info()`). */
   sandboxed: boolean
   error?: TaskError
+}
+
+/** Options of `getSessionContext` and `estimatePromptTokens`. */
+export interface ThresholdOptions {
+  /** Percent at which `shouldCompact` turns true; default the manager's `compactThreshold`. */
+  threshold?: number
 }
 
 /** Token counts as the Anthropic API reports them. */

@@ -189,6 +189,7 @@ pub fn one_tool_rule(field: &str, rule: &str) -> Result<()> {
   for c in rule.chars() {
     match c {
       '(' => depth += 1,
+      ')' if depth == 0 => return Err(Error::invalid(format!("{field} entry {rule:?} is not a tool rule (unbalanced parentheses)"))),
       ')' => depth -= 1,
       ' ' | ',' | '\t' if depth <= 0 => {
         return Err(Error::invalid(format!(

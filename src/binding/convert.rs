@@ -294,3 +294,24 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
 pub(crate) fn num(v: u64) -> f64 {
   v as f64
 }
+
+/// Reads `(sessionId, userId)` and runs `call` with them on the manager: the shape of every
+/// method that addresses one of the user's sessions.
+pub(crate) fn by_session<'e, T, V, F>(
+  env: &'e Env,
+  inner: &std::sync::Arc<manager::Manager>,
+  session_id: Unknown<'e>,
+  user_id: Unknown<'e>,
+  call: impl FnOnce(std::sync::Arc<manager::Manager>, String, String) -> F + Send + 'static,
+  map: fn(T) -> V,
+) -> napi::Result<PromiseRaw<'e, V>>
+where
+  T: Send + 'static,
+  V: ToNapiValue + 'static,
+  F: std::future::Future<Output = CoreResult<T>> + Send + 'static,
+{
+  let session_id = js_value(env, "sessionId", Some(session_id));
+  let user_id = js_value(env, "userId", Some(user_id));
+  let m = inner.clone();
+  promise(env, async move { call(m, string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?).await }, map)
+}

@@ -377,3 +377,22 @@ pub(crate) fn read_execute_options(env: &Env, what: &str, options: Option<Unknow
   }
   Ok(ExecuteHooks { sink, cancel, abort, failures })
 }
+
+/// Runs a task-like call with `{ onEvent, signal }` read from `options`: the result's warnings
+/// get `onEvent`'s failures, and the signal's listener is removed when the promise settles.
+pub(crate) fn with_hooks<'e, F>(
+  env: &'e Env,
+  what: &str,
+  options: Option<Unknown<'e>>,
+  run: impl FnOnce(Option<manager::EventSink>, CancelToken) -> F,
+) -> napi::Result<PromiseRaw<'e, TaskResult>>
+where
+  F: std::future::Future<Output = CoreResult<manager::TaskResult>> + Send + 'static,
+{
+  let ExecuteHooks { sink, cancel, abort, failures } = match read_execute_options(env, what, options) {
+    Ok(x) => x,
+    Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
+  };
+  let fut = run(sink, cancel);
+  promise_then(env, async move { failures.add_to(fut.await).await }, TaskResult::from, ExecuteHooks::cleanup(abort))
+}

@@ -29,6 +29,8 @@ pub use results::*;
 pub use tokens::*;
 
 type CoreResult<T> = std::result::Result<T, CoreError>;
+/// What every async method returns.
+type Promised<'e, T> = napi::Result<PromiseRaw<'e, T>>;
 
 // ---- the class --------------------------------------------------------------------------------
 
@@ -50,8 +52,8 @@ impl SessionManager {
   pub fn new(env: Env, options: Option<Unknown<'_>>) -> napi::Result<Self> {
     let options = js_value(&env, "options", options);
     sync(&env, || {
-      let opts: manager::Options = parse_optional("SessionManager options", options?)?;
-      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts)?) })
+      let opts: SessionManagerOptions = parse_optional("SessionManager options", options?)?;
+      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts.into())?) })
     })
   }
 
@@ -63,15 +65,15 @@ impl SessionManager {
 
   /// Sessions of a user, newest activity first.
   #[napi(ts_args_type = "request: ListSessionsRequest", ts_return_type = "Promise<Session[]>")]
-  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Vec<Session>>> {
+  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<Session>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.list_sessions(parse("listSessions", request?)?).await }, sessions)
+    promise(env, async move { m.list_sessions(parse::<ListSessionsRequest>("listSessions", request?)?.into()).await }, sessions)
   }
 
   /// One session. Another user's session rejects with `SESSION_NOT_FOUND`, as a missing one does.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
-  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
+  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Session> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     // A point read that needs no waiting is answered here: a trip through the worker threads
@@ -91,25 +93,14 @@ impl SessionManager {
 
   /// The newest active session of the user's project, or a new one (`preferActive` defaults to
   /// true; false always creates).
-  #[napi(
-    ts_args_type = "request: { projectId: string; userId: string; preferActive?: boolean; workingDirectory?: string }",
-    ts_return_type = "Promise<GetOrCreateResult>"
-  )]
-  pub fn get_or_create_session<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, GetOrCreateResult>> {
+  #[napi(ts_args_type = "request: GetOrCreateRequest", ts_return_type = "Promise<GetOrCreateResult>")]
+  pub fn get_or_create_session<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, GetOrCreateResult> {
     let request = js_value(env, "request", Some(request));
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Req {
-      project_id: String,
-      user_id: String,
-      prefer_active: Option<bool>,
-      working_directory: Option<String>,
-    }
     let m = self.inner.clone();
     promise(
       env,
       async move {
-        let r: Req = parse("getOrCreateSession", request?)?;
+        let r: GetOrCreateRequest = parse("getOrCreateSession", request?)?;
         m.get_or_create(&r.project_id, &r.user_id, r.prefer_active.unwrap_or(true), r.working_directory.as_deref()).await
       },
       |(s, created)| GetOrCreateResult { session: s.into(), created },
@@ -118,25 +109,14 @@ impl SessionManager {
 
   /// Archives the user's active sessions of the project and returns a new one (optionally with a
   /// chosen UUID).
-  #[napi(
-    ts_args_type = "request: { projectId: string; userId: string; sessionId?: string; workingDirectory?: string }",
-    ts_return_type = "Promise<StartFreshResult>"
-  )]
-  pub fn start_fresh<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, StartFreshResult>> {
+  #[napi(ts_args_type = "request: StartFreshRequest", ts_return_type = "Promise<StartFreshResult>")]
+  pub fn start_fresh<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, StartFreshResult> {
     let request = js_value(env, "request", Some(request));
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Req {
-      project_id: String,
-      user_id: String,
-      session_id: Option<String>,
-      working_directory: Option<String>,
-    }
     let m = self.inner.clone();
     promise(
       env,
       async move {
-        let r: Req = parse("startFresh", request?)?;
+        let r: StartFreshRequest = parse("startFresh", request?)?;
         m.start_fresh(&r.project_id, &r.user_id, r.session_id.as_deref(), r.working_directory.as_deref()).await
       },
       |(s, archived)| StartFreshResult { session: s.into(), archived: num(archived) },
@@ -145,33 +125,21 @@ impl SessionManager {
 
   /// Marks a session archived; it stays readable and resumable.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
-  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
-    let session_id = js_value(env, "sessionId", Some(session_id));
-    let user_id = js_value(env, "userId", Some(user_id));
-    let m = self.inner.clone();
-    promise(
-      env,
-      async move { m.archive_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
-      Session::from,
-    )
+  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Session> {
+    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.archive_session(&id, &user).await }, Session::from)
   }
 
   /// Deletes a session with its task and compaction rows and the CLI's transcript (unless
   /// `keepTranscript`). Its id is never given out again. A session running a task rejects with
   /// `SESSION_BUSY`.
-  #[napi(ts_args_type = "sessionId: string, userId: string, options?: { keepTranscript?: boolean }", ts_return_type = "Promise<void>")]
+  #[napi(ts_args_type = "sessionId: string, userId: string, options?: DeleteSessionOptions", ts_return_type = "Promise<void>")]
   pub fn delete_session<'e>(
     &self,
     env: &'e Env,
     session_id: Unknown<'e>,
     user_id: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> napi::Result<PromiseRaw<'e, ()>> {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Opts {
-      keep_transcript: Option<bool>,
-    }
+  ) -> Promised<'e, ()> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let options = js_value(env, "options", options);
@@ -179,7 +147,7 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = parse_optional("deleteSession options", options?)?;
+        let o: DeleteSessionOptions = parse_optional("deleteSession options", options?)?;
         m.delete_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.keep_transcript.unwrap_or(false)).await
       },
       |()| (),
@@ -188,25 +156,14 @@ impl SessionManager {
 
   /// Deletes the user's sessions idle for longer than `maxAgeMs` (only archived ones while
   /// `keepActive`, the default).
-  #[napi(
-    ts_args_type = "request: { userId: string; projectId?: string; maxAgeMs: number; keepActive?: boolean }",
-    ts_return_type = "Promise<CleanupResult>"
-  )]
-  pub fn cleanup_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, CleanupResult>> {
+  #[napi(ts_args_type = "request: CleanupRequest", ts_return_type = "Promise<CleanupResult>")]
+  pub fn cleanup_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, CleanupResult> {
     let request = js_value(env, "request", Some(request));
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Req {
-      user_id: String,
-      project_id: Option<String>,
-      max_age_ms: f64,
-      keep_active: Option<bool>,
-    }
     let m = self.inner.clone();
     promise(
       env,
       async move {
-        let r: Req = parse("cleanupSessions", request?)?;
+        let r: CleanupRequest = parse("cleanupSessions", request?)?;
         m.cleanup(&r.user_id, r.project_id.as_deref(), r.max_age_ms, r.keep_active.unwrap_or(true)).await
       },
       |(deleted, remaining)| CleanupResult { deleted: num(deleted), remaining: num(remaining) },
@@ -215,21 +172,14 @@ impl SessionManager {
 
   /// A new session that continues from `sessionId`, made at once without calling the model; its
   /// first task forks the CLI's transcript. The parent is never changed by the fork.
-  #[napi(ts_args_type = "request: { sessionId: string; userId: string; title?: string }", ts_return_type = "Promise<Session>")]
-  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Session>> {
+  #[napi(ts_args_type = "request: ForkRequest", ts_return_type = "Promise<Session>")]
+  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Session> {
     let request = js_value(env, "request", Some(request));
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Req {
-      session_id: String,
-      user_id: String,
-      title: Option<String>,
-    }
     let m = self.inner.clone();
     promise(
       env,
       async move {
-        let r: Req = parse("fork", request?)?;
+        let r: ForkRequest = parse("fork", request?)?;
         m.fork(&r.session_id, &r.user_id, r.title).await
       },
       Session::from,
@@ -238,27 +188,22 @@ impl SessionManager {
 
   /// How full the session's context is, from the store (nothing is spawned). `threshold` is a
   /// percentage; default the manager's `compactThreshold`.
-  #[napi(ts_args_type = "sessionId: string, userId: string, options?: { threshold?: number }", ts_return_type = "Promise<ContextInfo>")]
+  #[napi(ts_args_type = "sessionId: string, userId: string, options?: ThresholdOptions", ts_return_type = "Promise<ContextInfo>")]
   pub fn get_session_context<'e>(
     &self,
     env: &'e Env,
     session_id: Unknown<'e>,
     user_id: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> napi::Result<PromiseRaw<'e, ContextInfo>> {
+  ) -> Promised<'e, ContextInfo> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let options = js_value(env, "options", options);
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Opts {
-      threshold: Option<f64>,
-    }
     // Answered here when the store can be read without waiting (see `getSession`).
     if let (Ok(Value::String(id)), Ok(Value::String(user)), Ok(o)) = (&session_id, &user_id, &options) {
       let threshold = match o {
         Value::Null => Some(None),
-        v => parse::<Opts>("getSessionContext options", v.clone()).ok().map(|o| o.threshold),
+        v => parse::<ThresholdOptions>("getSessionContext options", v.clone()).ok().map(|o| o.threshold),
       };
       if let Some(ci) = threshold.and_then(|t| self.inner.get_context_now(id, user, t)) {
         return PromiseRaw::resolve(env, ContextInfo::from(ci));
@@ -268,7 +213,7 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = parse_optional("getSessionContext options", options?)?;
+        let o: ThresholdOptions = parse_optional("getSessionContext options", options?)?;
         m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.threshold).await
       },
       ContextInfo::from,
@@ -277,57 +222,28 @@ impl SessionManager {
 
   /// The tasks run in a session, oldest first.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<TaskRecord[]>")]
-  pub fn list_tasks<'e>(
-    &self,
-    env: &'e Env,
-    session_id: Unknown<'e>,
-    user_id: Unknown<'e>,
-  ) -> napi::Result<PromiseRaw<'e, Vec<TaskRecord>>> {
-    let session_id = js_value(env, "sessionId", Some(session_id));
-    let user_id = js_value(env, "userId", Some(user_id));
-    let m = self.inner.clone();
-    promise(env, async move { m.list_tasks(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await }, task_records)
+  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Vec<TaskRecord>> {
+    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.list_tasks(&id, &user).await }, task_records)
   }
 
   /// The compactions of a session, oldest first.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<CompactionRecord[]>")]
-  pub fn list_compactions<'e>(
-    &self,
-    env: &'e Env,
-    session_id: Unknown<'e>,
-    user_id: Unknown<'e>,
-  ) -> napi::Result<PromiseRaw<'e, Vec<CompactionRecord>>> {
-    let session_id = js_value(env, "sessionId", Some(session_id));
-    let user_id = js_value(env, "userId", Some(user_id));
-    let m = self.inner.clone();
-    promise(
-      env,
-      async move { m.list_compactions(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
-      compaction_records,
-    )
+  pub fn list_compactions<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Vec<CompactionRecord>> {
+    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.list_compactions(&id, &user).await }, compaction_records)
   }
 
   /// The conversation the model has, read from the CLI's transcript: the chain from the newest
   /// message back to the first (dead branches left out, compaction summaries marked), one entry
   /// per user message or model response. Without `offset`, the newest `limit` (default 100)
   /// messages, oldest first.
-  #[napi(
-    ts_args_type = "sessionId: string, userId: string, options?: { limit?: number; offset?: number }",
-    ts_return_type = "Promise<MessagesPage>"
-  )]
+  #[napi(ts_args_type = "sessionId: string, userId: string, options?: MessagesOptions", ts_return_type = "Promise<MessagesPage>")]
   pub fn get_messages<'e>(
     &self,
     env: &'e Env,
     session_id: Unknown<'e>,
     user_id: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> napi::Result<PromiseRaw<'e, serde_json::Value>> {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Opts {
-      limit: Option<f64>,
-      offset: Option<f64>,
-    }
+  ) -> Promised<'e, serde_json::Value> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let options = js_value(env, "options", options);
@@ -335,7 +251,7 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = parse_optional("getMessages options", options?)?;
+        let o: MessagesOptions = parse_optional("getMessages options", options?)?;
         let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.limit, o.offset).await?;
         serde_json::to_value(page).map_err(|e| CoreError::internal(format!("cannot encode messages: {e}")))
       },
@@ -346,7 +262,7 @@ impl SessionManager {
   /// Predicts how many tokens a prompt would add to the session (Claude's tokenizer is not
   /// public: tiktoken × a factor learned per model family) and whether it still fits.
   #[napi(
-    ts_args_type = "sessionId: string, userId: string, prompt: string, options?: { threshold?: number }",
+    ts_args_type = "sessionId: string, userId: string, prompt: string, options?: ThresholdOptions",
     ts_return_type = "Promise<PromptEstimate>"
   )]
   pub fn estimate_prompt_tokens<'e>(
@@ -356,12 +272,7 @@ impl SessionManager {
     user_id: Unknown<'e>,
     prompt: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> napi::Result<PromiseRaw<'e, PromptEstimate>> {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Opts {
-      threshold: Option<f64>,
-    }
+  ) -> Promised<'e, PromptEstimate> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let prompt = js_value(env, "prompt", Some(prompt));
@@ -370,18 +281,11 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: Opts = parse_optional("estimatePromptTokens options", options?)?;
+        let o: ThresholdOptions = parse_optional("estimatePromptTokens options", options?)?;
         let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
         m.estimate_prompt_tokens(&sid, &uid, p, o.threshold).await
       },
-      |e| PromptEstimate {
-        tokens: num(e.tokens),
-        tiktoken_tokens: num(e.tiktoken_tokens),
-        factor: e.factor,
-        family: e.family,
-        observations: num(e.observations),
-        context_info: e.context_info.into(),
-      },
+      PromptEstimate::from,
     )
   }
 
@@ -389,65 +293,25 @@ impl SessionManager {
   /// Invalid requests reject before anything is spawned; model and CLI failures resolve with
   /// `success: false` and an `error.code`.
   #[napi(ts_args_type = "request: TaskRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
-  pub fn execute_task<'e>(
-    &self,
-    env: &'e Env,
-    request: Unknown<'e>,
-    options: Option<Unknown<'e>>,
-  ) -> napi::Result<PromiseRaw<'e, TaskResult>> {
+  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
     let request = js_value(env, "request", Some(request));
-    let ExecuteHooks { sink, cancel, abort, failures } = match read_execute_options(env, "executeTask", options) {
-      Ok(x) => x,
-      Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
-    };
     let m = self.inner.clone();
-    promise_then(
-      env,
-      async move {
-        let r: manager::TaskRequest = parse("executeTask", request?)?;
-        let out = m.execute_task(r, sink, cancel).await;
-        failures.add_to(out).await
-      },
-      TaskResult::from,
-      ExecuteHooks::cleanup(abort),
-    )
+    with_hooks(env, "executeTask", options, move |sink, cancel| async move {
+      let r: manager::TaskRequest = parse::<TaskRequest>("executeTask", request?)?.into();
+      m.execute_task(r, sink, cancel).await
+    })
   }
 
   /// Compacts a session through the CLI's `/compact` and records the before/after tokens. A
   /// failed compaction rejects with `COMPACT_FAILED` and leaves the session as it was.
-  #[napi(
-    ts_args_type = "request: { sessionId: string; userId: string; summaryInstructions?: string }, options?: ExecuteOptions",
-    ts_return_type = "Promise<TaskResult>"
-  )]
-  pub fn compact_session<'e>(
-    &self,
-    env: &'e Env,
-    request: Unknown<'e>,
-    options: Option<Unknown<'e>>,
-  ) -> napi::Result<PromiseRaw<'e, TaskResult>> {
+  #[napi(ts_args_type = "request: CompactRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
+  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
     let request = js_value(env, "request", Some(request));
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase", deny_unknown_fields)]
-    struct Req {
-      session_id: String,
-      user_id: String,
-      summary_instructions: Option<String>,
-    }
-    let ExecuteHooks { sink, cancel, abort, failures } = match read_execute_options(env, "compactSession", options) {
-      Ok(x) => x,
-      Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
-    };
     let m = self.inner.clone();
-    promise_then(
-      env,
-      async move {
-        let r: Req = parse("compactSession", request?)?;
-        let out = m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await;
-        failures.add_to(out).await
-      },
-      TaskResult::from,
-      ExecuteHooks::cleanup(abort),
-    )
+    with_hooks(env, "compactSession", options, move |sink, cancel| async move {
+      let r: CompactRequest = parse("compactSession", request?)?;
+      m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await
+    })
   }
 
   /// How tasks run here: whether the agent is sandboxed, whether the API key is hidden behind the
@@ -459,7 +323,7 @@ impl SessionManager {
 
   /// Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.
   #[napi(ts_return_type = "Promise<void>")]
-  pub fn close<'e>(&self, env: &'e Env) -> napi::Result<PromiseRaw<'e, ()>> {
+  pub fn close<'e>(&self, env: &'e Env) -> Promised<'e, ()> {
     let m = self.inner.clone();
     promise(env, async move { m.close().await }, |()| ())
   }

@@ -1,15 +1,19 @@
-//! The request types as the `.d.ts` shows them.
+//! The request types: each struct is the one definition of its request. It generates the
+//! `.d.ts` interface (`#[napi(object)]`, doc comments included) and reads the input (serde over
+//! the JSON form of the JS value, so that every shape error is an `INVALID_ARGUMENT` naming the
+//! field and unknown keys are refused), then converts once into the core's request.
+
+use std::collections::HashMap;
 
 use napi_derive::napi;
+use serde::Deserialize;
 
-use napi::bindgen_prelude::*;
-
-// ---- input types (typing only: inputs are read through serde so that every shape error is an
-// INVALID_ARGUMENT naming the field) ----------------------------------------------------------
+use crate::sessions as manager;
 
 /// Options of `new SessionManager(options)`. Unknown keys are rejected.
-#[allow(dead_code)]
 #[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SessionManagerOptions {
   /// SQLite file. Default: env `CLAUDE_SESSIONS_DB`, else `sessions.db` in `stateDirectory`
   /// (created `0600`). Keep it out of every working directory: an agent must not reach it.
@@ -27,7 +31,7 @@ pub struct SessionManagerOptions {
   /// Extra environment for the CLI. The CLI otherwise gets only what it needs from this process
   /// (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`). The API key itself never reaches
   /// it (see `exposeApiKeyToAgent`).
-  pub env: Option<std::collections::HashMap<String, String>>,
+  pub env: Option<HashMap<String, String>>,
   /// Allow `permissionMode: 'bypassPermissions'`. Default false.
   pub allow_bypass_permissions: Option<bool>,
   /// Tasks that run at once in this process; more wait in line. Default 8.
@@ -61,8 +65,7 @@ pub struct SessionManagerOptions {
   pub sandbox: Option<String>,
   /// Extra host folders the sandbox shows the agent (absolute paths), besides `/usr`, the CLI, the
   /// session's working directory and the tenant's configuration folder.
-  #[napi(ts_type = "{ readOnly?: string[]; readWrite?: string[] }")]
-  pub sandbox_paths: Option<serde_json::Value>,
+  pub sandbox_paths: Option<SandboxPaths>,
   /// Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
   /// per-task token for a loopback proxy in this process that adds the key; the token is void
   /// once the task ends. Default false.
@@ -80,8 +83,9 @@ pub struct SessionManagerOptions {
 }
 
 /// Filters of `listSessions`.
-#[allow(dead_code)]
 #[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListSessionsRequest {
   pub user_id: String,
   pub project_id: Option<String>,
@@ -95,8 +99,9 @@ pub struct ListSessionsRequest {
 }
 
 /// A request to run a prompt in a session.
-#[allow(dead_code)]
 #[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TaskRequest {
   /// The prompt; it reaches the CLI on stdin, never in argv.
   pub prompt: String,
@@ -108,9 +113,9 @@ pub struct TaskRequest {
   pub model: Option<String>,
   pub max_turns: Option<f64>,
   /// Tools allowed without asking, passed to the CLI exactly as given (e.g. `Bash(git log:*)`).
-  pub allowed_tools: Option<Array<'static>>,
+  pub allowed_tools: Option<Vec<String>>,
   /// Tools refused, passed to the CLI exactly as given.
-  pub disallowed_tools: Option<Array<'static>>,
+  pub disallowed_tools: Option<Vec<String>>,
   /// `bypassPermissions` needs `allowBypassPermissions` on the manager.
   #[napi(ts_type = "'default' | 'acceptEdits' | 'plan' | 'bypassPermissions'")]
   pub permission_mode: Option<String>,
@@ -137,8 +142,8 @@ pub struct TaskRequest {
   pub queue_timeout_ms: Option<f64>,
 }
 
-/// How a caller follows and cancels a task.
-#[allow(dead_code)]
+/// How a caller follows and cancels a task. Read by `hooks` (functions and signals are no JSON).
+#[allow(dead_code, reason = "typing only: hooks::read_execute_options reads it from the JS object")]
 #[napi(object, object_from_js = false)]
 pub struct ExecuteOptions {
   /// Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
@@ -148,8 +153,185 @@ pub struct ExecuteOptions {
   /// task or reach Node as an uncaught error: later events still arrive and the result's
   /// `warnings` say what failed.
   #[napi(ts_type = "(event: { type: string; subtype?: string; [key: string]: any }) => void")]
-  pub on_event: Option<Unknown<'static>>,
+  pub on_event: Option<napi::bindgen_prelude::Unknown<'static>>,
   /// Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`.
   #[napi(ts_type = "AbortSignal")]
-  pub signal: Option<Unknown<'static>>,
+  pub signal: Option<napi::bindgen_prelude::Unknown<'static>>,
+}
+
+/// Extra host folders the sandbox shows the agent (absolute paths).
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxPaths {
+  /// Shown read-only.
+  pub read_only: Option<Vec<String>>,
+  /// Shown read-write.
+  pub read_write: Option<Vec<String>>,
+}
+
+/// `getOrCreateSession`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GetOrCreateRequest {
+  pub project_id: String,
+  pub user_id: String,
+  /// Return the newest active session of the project if there is one. Default true; false always
+  /// creates.
+  pub prefer_active: Option<bool>,
+  /// For a new session: the absolute folder the CLI runs in (inside `allowedRoots` when set).
+  pub working_directory: Option<String>,
+}
+
+/// `startFresh`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartFreshRequest {
+  pub project_id: String,
+  pub user_id: String,
+  /// The new session's id (a UUID never used before); default a fresh one.
+  pub session_id: Option<String>,
+  /// The absolute folder the CLI runs in (inside `allowedRoots` when set).
+  pub working_directory: Option<String>,
+}
+
+/// `cleanupSessions`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CleanupRequest {
+  pub user_id: String,
+  pub project_id: Option<String>,
+  /// Sessions idle for longer than this (ms) are deleted.
+  pub max_age_ms: f64,
+  /// Delete only archived sessions. Default true.
+  pub keep_active: Option<bool>,
+}
+
+/// `fork`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForkRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// Default: the parent's title.
+  pub title: Option<String>,
+}
+
+/// `compactSession`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompactRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// What the summary should keep (appended to `/compact`).
+  pub summary_instructions: Option<String>,
+}
+
+/// `deleteSession`'s options.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteSessionOptions {
+  /// Keep the CLI's transcript file. Default false.
+  pub keep_transcript: Option<bool>,
+}
+
+/// Options of `getSessionContext` and `estimatePromptTokens`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ThresholdOptions {
+  /// Percent at which `shouldCompact` turns true; default the manager's `compactThreshold`.
+  pub threshold: Option<f64>,
+}
+
+/// `getMessages`' options.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessagesOptions {
+  /// At most this many messages (1..10000). Default 100.
+  pub limit: Option<f64>,
+  /// Index of the first message; without it, the newest `limit` messages.
+  pub offset: Option<f64>,
+}
+
+// ---- into the core's requests ------------------------------------------------------------------
+
+impl From<SessionManagerOptions> for manager::Options {
+  fn from(o: SessionManagerOptions) -> Self {
+    let paths = o.sandbox_paths.unwrap_or_default();
+    manager::Options {
+      database_path: o.database_path,
+      working_directory: o.working_directory,
+      default_model: o.default_model,
+      context_window: o.context_window,
+      compact_threshold: o.compact_threshold,
+      claude_path: o.claude_path,
+      env: o.env.unwrap_or_default().into_iter().collect(),
+      allow_bypass_permissions: o.allow_bypass_permissions.unwrap_or(false),
+      max_concurrent_tasks: o.max_concurrent_tasks,
+      queue_timeout_ms: o.queue_timeout_ms,
+      stall_timeout_ms: o.stall_timeout_ms,
+      cli_niceness: o.cli_niceness,
+      allowed_roots: o.allowed_roots.unwrap_or_default(),
+      isolate_tenants: o.isolate_tenants,
+      tenant_config_root: o.tenant_config_root,
+      state_directory: o.state_directory,
+      sandbox: o.sandbox,
+      sandbox_paths: Some(manager::SandboxPaths {
+        read_only: paths.read_only.unwrap_or_default(),
+        read_write: paths.read_write.unwrap_or_default(),
+      }),
+      expose_api_key_to_agent: o.expose_api_key_to_agent.unwrap_or(false),
+      allow_slash_commands: o.allow_slash_commands.unwrap_or_default(),
+      allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
+      setting_sources: o.setting_sources.unwrap_or_default(),
+    }
+  }
+}
+
+impl From<ListSessionsRequest> for manager::ListRequest {
+  fn from(r: ListSessionsRequest) -> Self {
+    manager::ListRequest {
+      user_id: r.user_id,
+      project_id: r.project_id,
+      status: r.status,
+      parent_id: r.parent_id,
+      limit: r.limit,
+      offset: r.offset,
+    }
+  }
+}
+
+impl From<TaskRequest> for manager::TaskRequest {
+  fn from(r: TaskRequest) -> Self {
+    manager::TaskRequest {
+      prompt: r.prompt,
+      project_id: r.project_id,
+      user_id: r.user_id,
+      session_id: r.session_id,
+      model: r.model,
+      max_turns: r.max_turns,
+      allowed_tools: r.allowed_tools,
+      disallowed_tools: r.disallowed_tools,
+      permission_mode: r.permission_mode,
+      append_system_prompt: r.append_system_prompt,
+      max_budget_usd: r.max_budget_usd,
+      fallback_model: r.fallback_model,
+      auto_compact: r.auto_compact,
+      compact_threshold: r.compact_threshold,
+      fork_session: r.fork_session,
+      timeout_ms: r.timeout_ms,
+      include_partial_messages: r.include_partial_messages,
+      title: r.title,
+      working_directory: r.working_directory,
+      queue_timeout_ms: r.queue_timeout_ms,
+    }
+  }
 }

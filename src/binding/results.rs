@@ -416,3 +416,16 @@ impl From<manager::ManagerInfo> for ManagerInfo {
     }
   }
 }
+
+impl From<manager::PromptEstimate> for PromptEstimate {
+  fn from(e: manager::PromptEstimate) -> Self {
+    PromptEstimate {
+      tokens: num(e.tokens),
+      tiktoken_tokens: num(e.tiktoken_tokens),
+      factor: e.factor,
+      family: e.family,
+      observations: num(e.observations),
+      context_info: e.context_info.into(),
+    }
+  }
+}

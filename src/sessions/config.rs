@@ -4,14 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::error::{Error, Result};
 use crate::validate;
 
-/// Options of `new SessionManager(options)`, as read from JavaScript.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// Options of `new SessionManager(options)`.
+#[derive(Debug, Clone, Default)]
 pub struct Options {
   pub database_path: Option<String>,
   pub working_directory: Option<String>,
@@ -19,38 +16,28 @@ pub struct Options {
   pub context_window: Option<f64>,
   pub compact_threshold: Option<f64>,
   pub claude_path: Option<String>,
-  #[serde(default)]
   pub env: std::collections::BTreeMap<String, String>,
-  #[serde(default)]
   pub allow_bypass_permissions: bool,
   pub max_concurrent_tasks: Option<f64>,
   pub queue_timeout_ms: Option<f64>,
   pub stall_timeout_ms: Option<f64>,
   pub cli_niceness: Option<f64>,
-  #[serde(default)]
   pub allowed_roots: Vec<String>,
   pub isolate_tenants: Option<String>,
   pub tenant_config_root: Option<String>,
   pub state_directory: Option<String>,
   pub sandbox: Option<String>,
   pub sandbox_paths: Option<SandboxPaths>,
-  #[serde(default)]
   pub expose_api_key_to_agent: bool,
-  #[serde(default)]
   pub allow_slash_commands: Vec<String>,
-  #[serde(default)]
   pub allow_file_mentions: bool,
-  #[serde(default)]
   pub setting_sources: Vec<String>,
 }
 
 /// Extra folders the sandbox shows the agent.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct SandboxPaths {
-  #[serde(default)]
   pub read_only: Vec<String>,
-  #[serde(default)]
   pub read_write: Vec<String>,
 }
 

@@ -1,15 +1,14 @@
 //! The requests and results of the session API, as the binding reads and returns them.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::context::ContextInfo;
 use crate::store::{Compaction, Session, Usage};
 use crate::transcript;
 
-/// `listSessions` filters, as read from JavaScript.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// `listSessions` filters.
+#[derive(Debug, Clone, Default)]
 pub struct ListRequest {
   pub user_id: String,
   pub project_id: Option<String>,
@@ -19,9 +18,8 @@ pub struct ListRequest {
   pub offset: Option<f64>,
 }
 
-/// `executeTask` request, as read from JavaScript.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// An `executeTask` request.
+#[derive(Debug, Clone, Default)]
 pub struct TaskRequest {
   pub prompt: String,
   pub project_id: String,

@@ -1,0 +1,391 @@
+//! Loopback API-key proxy for the `claude` CLI.
+//!
+//! # Why this exists
+//!
+//! The addon runs the `claude` CLI, and inside it an *untrusted* agent that can read its own environment, files and
+//! memory. If the CLI were given the real Anthropic API key, the agent could copy it out and use it forever. So the
+//! CLI never sees the real key. Instead it is started with
+//!
+//! ```text
+//! ANTHROPIC_BASE_URL=http://127.0.0.1:<port>   (KeyProxy::base_url)
+//! ANTHROPIC_API_KEY=<per-task token>           (KeyProxy::issue -> TaskToken::as_str)
+//! ```
+//!
+//! and talks to this proxy, which:
+//!
+//! 1. accepts a request only if its `x-api-key` header (or `Authorization: Bearer <token>`) equals a token that is
+//!    currently registered, i.e. a task is running. Anything else gets a `401` with an Anthropic-style JSON error and
+//!    nothing is forwarded;
+//! 2. strips the task token and hop-by-hop headers (and `host`), adds the real credentials (`Authorization: Bearer`
+//!    if [`Upstream::auth_token`] is set, else `x-api-key`), and forwards method, path and query to the real upstream,
+//!    joined under the upstream's path prefix if it has one. Only the path and query of the incoming request are used:
+//!    the upstream scheme and host always come from [`Upstream::base_url`];
+//! 3. streams the request body up and the response body down frame by frame (server-sent events are not buffered).
+//!    If the upstream cannot be reached the client gets a `502` with a JSON error.
+//!
+//! A leaked task token is only worth something while its task runs: dropping the [`TaskToken`] revokes it (requests
+//! already in flight are not cut). The proxy listens on `127.0.0.1` only, on a port picked by the OS.
+//!
+//! The upstream client is hyper-util's pooled client with hyper-rustls (ring provider, webpki roots, no OpenSSL): the
+//! server side already needs hyper, so the client adds only the TLS layer, and hyper's `Incoming` bodies are passed
+//! through as they are, with no stream adapters.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt::{self, Write as _};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Body of the responses the proxy sends: the upstream's body passed through, or a small JSON error of its own.
+type ProxyBody = Either<Incoming, Full<Bytes>>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+type TokenSet = Arc<Mutex<HashSet<String>>>;
+
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where requests are forwarded, and the real credentials to send there.
+#[derive(Clone, Default)]
+pub struct Upstream {
+  /// `https://api.anthropic.com`, or `http://host:port/some/prefix`; a path prefix is kept and joined with the
+  /// request path.
+  pub base_url: String,
+  /// Sent as `x-api-key` when `auth_token` is not set.
+  pub api_key: Option<String>,
+  /// Sent as `Authorization: Bearer <auth_token>`; takes precedence over `api_key`.
+  pub auth_token: Option<String>,
+}
+
+impl fmt::Debug for Upstream {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+    f.debug_struct("Upstream")
+      .field("base_url", &self.base_url)
+      .field("api_key", &redact(&self.api_key))
+      .field("auth_token", &redact(&self.auth_token))
+      .finish()
+  }
+}
+
+/// The proxy. Cloning is cheap; it stops when [`KeyProxy::shutdown`] is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct KeyProxy {
+  inner: Arc<Inner>,
+}
+
+struct Inner {
+  addr: SocketAddr,
+  tokens: TokenSet,
+  shutdown: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+  fn drop(&mut self) {
+    self.shutdown.send_replace(true);
+  }
+}
+
+/// Everything a request handler needs; shared by the accept loop and the connection tasks.
+struct State {
+  tokens: TokenSet,
+  scheme: Scheme,
+  authority: Authority,
+  /// Path prefix of the upstream base URL without its trailing `/`; empty for none.
+  prefix: String,
+  credential: Option<(HeaderName, HeaderValue)>,
+  client: UpstreamClient,
+}
+
+impl KeyProxy {
+  /// Validates `upstream`, binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+  pub async fn start(upstream: Upstream) -> io::Result<KeyProxy> {
+    let tokens = TokenSet::default();
+    let state = Arc::new(State::new(upstream, tokens.clone())?);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, state, shutdown_rx));
+    Ok(KeyProxy { inner: Arc::new(Inner { addr, tokens, shutdown }) })
+  }
+
+  /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL`.
+  pub fn base_url(&self) -> String {
+    format!("http://{}", self.inner.addr)
+  }
+
+  /// Registers a fresh random token (32 bytes from the OS, hex) for one task; it is revoked when the returned
+  /// [`TaskToken`] is dropped.
+  pub fn issue(&self) -> TaskToken {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("the OS random number generator failed");
+    let token = raw.iter().fold(String::with_capacity(64), |mut s, b| {
+      let _ = write!(s, "{b:02x}");
+      s
+    });
+    lock(&self.inner.tokens).insert(token.clone());
+    TaskToken { token, tokens: self.inner.tokens.clone() }
+  }
+
+  /// Stops accepting connections and drops open ones, including responses that are still streaming. Idempotent.
+  pub fn shutdown(&self) {
+    self.inner.shutdown.send_replace(true);
+  }
+}
+
+impl fmt::Debug for KeyProxy {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct("KeyProxy").field("addr", &self.inner.addr).finish_non_exhaustive()
+  }
+}
+
+/// A registered per-task token; dropping it revokes the token.
+pub struct TaskToken {
+  token: String,
+  tokens: TokenSet,
+}
+
+impl TaskToken {
+  /// The token, for `ANTHROPIC_API_KEY`.
+  pub fn as_str(&self) -> &str {
+    &self.token
+  }
+}
+
+impl Drop for TaskToken {
+  fn drop(&mut self) {
+    lock(&self.tokens).remove(&self.token);
+  }
+}
+
+impl fmt::Debug for TaskToken {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.write_str("TaskToken(<redacted>)")
+  }
+}
+
+fn lock(tokens: &TokenSet) -> MutexGuard<'_, HashSet<String>> {
+  tokens.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn invalid_input(msg: String) -> io::Error {
+  io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl State {
+  fn new(upstream: Upstream, tokens: TokenSet) -> io::Result<State> {
+    let base: Uri = upstream.base_url.parse().map_err(|e| invalid_input(format!("bad upstream base_url {:?}: {e}", upstream.base_url)))?;
+    let scheme = match base.scheme() {
+      Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+      _ => return Err(invalid_input(format!("upstream base_url {:?} must start with http:// or https://", upstream.base_url))),
+    };
+    let authority =
+      base.authority().cloned().ok_or_else(|| invalid_input(format!("upstream base_url {:?} has no host", upstream.base_url)))?;
+    if base.query().is_some() {
+      return Err(invalid_input(format!("upstream base_url {:?} must not have a query", upstream.base_url)));
+    }
+    let prefix = base.path().trim_end_matches('/').to_owned();
+
+    let credential = match (upstream.auth_token, upstream.api_key) {
+      (Some(token), _) => Some((header::AUTHORIZATION, format!("Bearer {token}"))),
+      (None, Some(key)) => Some((X_API_KEY, key)),
+      (None, None) => None,
+    };
+    let credential = credential
+      .map(|(name, value)| {
+        let mut value =
+          HeaderValue::try_from(value).map_err(|_| invalid_input("upstream credential is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok::<_, io::Error>((name, value))
+      })
+      .transpose()?;
+
+    let tls = HttpsConnectorBuilder::new()
+      .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+      .map_err(|e| io::Error::other(format!("TLS setup failed: {e}")))?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+    let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
+
+    Ok(State { tokens, scheme, authority, prefix, credential, client })
+  }
+
+  /// True if any `x-api-key` or `Authorization: Bearer` value is a registered token.
+  fn authorized(&self, headers: &HeaderMap) -> bool {
+    let tokens = lock(&self.tokens);
+    let api_keys = headers.get_all(X_API_KEY).into_iter().filter_map(|v| v.to_str().ok());
+    let bearers = headers.get_all(header::AUTHORIZATION).into_iter().filter_map(|v| {
+      let v = v.to_str().ok()?;
+      v.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..])
+    });
+    api_keys.chain(bearers).any(|t| tokens.contains(t.trim()))
+  }
+
+  /// Upstream scheme and host, upstream prefix + the request's path and query. The request's own scheme and host
+  /// (absolute-form targets) are ignored.
+  fn upstream_uri(&self, uri: &Uri) -> Result<Uri, hyper::http::Error> {
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let sep = if pq.starts_with('/') { "" } else { "/" };
+    Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(format!("{}{sep}{pq}", self.prefix)).build()
+  }
+
+  async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    if !self.authorized(req.headers()) {
+      return json_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or expired API key for the local key proxy");
+    }
+    if req.method() == Method::CONNECT {
+      return json_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "CONNECT is not supported");
+    }
+    let (parts, body) = req.into_parts();
+    let Ok(uri) = self.upstream_uri(&parts.uri) else {
+      return json_error(StatusCode::BAD_REQUEST, "invalid_request_error", "bad request target");
+    };
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(X_API_KEY);
+    headers.remove(header::AUTHORIZATION);
+    if let Some((name, value)) = &self.credential {
+      headers.insert(name.clone(), value.clone());
+    }
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    *out.headers_mut() = headers;
+
+    match self.client.request(out).await {
+      Ok(resp) => {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, Either::Left(body))
+      }
+      Err(e) => {
+        json_error(StatusCode::BAD_GATEWAY, "api_error", &format!("local key proxy could not reach the upstream API: {}", error_chain(&e)))
+      }
+    }
+  }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+  loop {
+    let stream = tokio::select! {
+      biased;
+      _ = stopped(&mut shutdown) => return,
+      accepted = listener.accept() => match accepted {
+        Ok((stream, _)) => stream,
+        // e.g. out of file descriptors: back off instead of spinning.
+        Err(_) => {
+          tokio::time::sleep(Duration::from_millis(50)).await;
+          continue;
+        }
+      },
+    };
+    tokio::spawn(serve_connection(stream, state.clone(), shutdown.clone()));
+  }
+}
+
+async fn serve_connection(stream: TcpStream, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+  let _ = stream.set_nodelay(true);
+  let service = service_fn(move |req| {
+    let state = state.clone();
+    async move { Ok::<_, Infallible>(state.handle(req).await) }
+  });
+  let conn = http1::Builder::new().timer(TokioTimer::new()).serve_connection(TokioIo::new(stream), service);
+  tokio::select! {
+    _ = conn => {}
+    _ = stopped(&mut shutdown) => {}
+  }
+}
+
+/// Resolves once shutdown was requested (or every `KeyProxy` clone is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+  let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including those named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+  let named: Vec<HeaderName> = headers
+    .get_all(header::CONNECTION)
+    .into_iter()
+    .filter_map(|v| v.to_str().ok())
+    .flat_map(|v| v.split(','))
+    .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    .collect();
+  for name in named {
+    headers.remove(name);
+  }
+  for name in [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+  ] {
+    headers.remove(name);
+  }
+}
+
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+  let mut msg = e.to_string();
+  let mut source = e.source();
+  while let Some(s) = source {
+    let _ = write!(msg, ": {s}");
+    source = s.source();
+  }
+  msg
+}
+
+/// An error in the shape the Anthropic API uses: `{"type":"error","error":{"type":..,"message":..}}`.
+fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
+  let body = format!(r#"{{"type":"error","error":{{"type":"{}","message":"{}"}}}}"#, json_escape(kind), json_escape(message));
+  let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+  *resp.status_mut() = status;
+  resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+  resp
+}
+
+fn json_escape(s: &str) -> String {
+  let mut out = String::with_capacity(s.len());
+  for c in s.chars() {
+    match c {
+      '"' => out.push_str("\\\""),
+      '\\' => out.push_str("\\\\"),
+      '\n' => out.push_str("\\n"),
+      '\r' => out.push_str("\\r"),
+      '\t' => out.push_str("\\t"),
+      c if (c as u32) < 0x20 => {
+        let _ = write!(out, "\\u{:04x}", c as u32);
+      }
+      c => out.push(c),
+    }
+  }
+  out
+}
+
+#[cfg(test)]
+mod tests;

