@@ -11,8 +11,171 @@ use crate::error::{ErrorCode, Result};
 use crate::store::{self, Compaction, ContextSnapshot, Session, TaskEnd};
 use crate::transcript;
 
+/// What a task's end depends on, besides the store: everything [`task_end`] reads.
+pub(crate) struct EndInput<'a> {
+  pub session: &'a Session,
+  pub task_id: &'a str,
+  pub outcome: Result<RunOutcome>,
+  /// From the call to now.
+  pub elapsed_ms: u64,
+  pub threshold: f64,
+  /// The compaction trigger to record instead of the CLI's own label (compaction runs only).
+  pub trigger: Option<&'static str>,
+  pub keep_lease: bool,
+  /// Whether the CLI's transcript of the session exists now.
+  pub transcript_exists: bool,
+  /// The `contextWindow` option.
+  pub default_window: u64,
+  pub stall_timeout_ms: u128,
+  pub sandboxed: bool,
+  pub now_ms: i64,
+}
+
+/// What a finished run means, as a pure function: the result the caller gets, the row and totals
+/// the store records (one transaction), and the session's new cost watermark.
+pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
+  let EndInput {
+    session,
+    task_id,
+    outcome,
+    elapsed_ms,
+    threshold,
+    trigger,
+    keep_lease,
+    transcript_exists,
+    default_window,
+    stall_timeout_ms,
+    sandboxed,
+    now_ms,
+  } = i;
+  let mut end = TaskEnd { materialized: session.materialized || transcript_exists, keep_lease, ..Default::default() };
+  let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), default_window, threshold, 0));
+  let mut watermark = None;
+  let mut compactions: Vec<cli::CompactEvent> = vec![];
+  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
+  match outcome {
+    Err(e) => {
+      res.error = Some(fail(e.code, e.message.clone(), None));
+      end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
+    }
+    Ok(out) => {
+      res.sandboxed = sandboxed;
+      end.cli_version = out.cli_version.clone();
+      res.model = out.model.clone();
+      compactions = out.compactions.clone();
+      let tail = out.stderr_tail.trim();
+      let tail = if tail.is_empty() {
+        String::new()
+      } else {
+        let mut cut = tail.len().saturating_sub(1000);
+        while !tail.is_char_boundary(cut) {
+          cut += 1;
+        }
+        format!("; stderr: {}", &tail[cut..])
+      };
+      if let Some(r) = &out.result {
+        res.result = r.result.clone().unwrap_or_default();
+        res.turns = r.num_turns.unwrap_or(0);
+        res.usage = r.usage;
+        res.duration_api_ms = r.duration_api_ms.unwrap_or(0);
+        res.permission_denials = r.permission_denials.clone();
+        res.stop_reason = r.stop_reason.clone();
+        let (cost, w) = context::task_cost(r, session.cli_cost_watermark);
+        res.cost = cost;
+        watermark = Some(w);
+        end.cli_reported_cost_usd = r.total_cost_usd;
+        let window = context::window_from_result(r).unwrap_or(default_window);
+        // The meter is what the API reported for the last main-chain call; only when no call
+        // completed after a compaction is the compaction's own figure used, marked an estimate.
+        if let Some(u) = out.context.filter(|u| u.context_total() > 0) {
+          end.context = Some(ContextSnapshot { tokens: u.context_total(), window, source: "api".into(), measured_at: now_ms });
+        } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
+          end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: now_ms });
+        }
+      } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
+        end.context = Some(ContextSnapshot { tokens: c, window: default_window, source: "estimate".into(), measured_at: now_ms });
+      }
+      let error = match (out.reason, &out.result) {
+        (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
+        (EndReason::TimedOut, _) => {
+          Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None))
+        }
+        (EndReason::Stalled, _) => {
+          Some(fail(ErrorCode::Timeout, format!("the CLI printed nothing for {stall_timeout_ms} ms and was stopped{tail}"), None))
+        }
+        (EndReason::Exited, None) => Some(fail(
+          ErrorCode::CliError,
+          format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
+          None,
+        )),
+        // The CLI switched to another session behind the store's back (a command such as
+        // `/clear`): what it did is not this session's history.
+        (EndReason::Exited, Some(_)) if out.session_id.as_deref().is_some_and(|id| id != session.id) => Some(fail(
+          ErrorCode::CliError,
+          format!(
+            "the CLI ran in session {} instead of {}; the task is not recorded as this session's",
+            out.session_id.as_deref().unwrap_or(""),
+            session.id
+          ),
+          None,
+        )),
+        (EndReason::Exited, Some(r)) => classify_result(r).or_else(|| {
+          // A `/compact` that failed reports it through system/status, not the result. Only a
+          // compaction run fails for it; a task that answered keeps its answer (warnings).
+          (trigger.is_some() && out.compactions.is_empty() && !out.compact_errors.is_empty())
+            .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
+        }),
+      };
+      // Reported, not fatal.
+      res.warnings = out.malformed.iter().map(|m| format!("malformed CLI output line: {m}")).collect();
+      if trigger.is_none() {
+        res.warnings.extend(out.compact_errors.iter().map(|e| format!("the CLI's own compaction failed: {e}")));
+      }
+      end.status = match (&error, out.reason) {
+        (None, _) => "succeeded",
+        (_, EndReason::Aborted) => "aborted",
+        (_, EndReason::TimedOut) | (_, EndReason::Stalled) => "timed_out",
+        _ => "failed",
+      }
+      .into();
+      res.compacted = !out.compactions.is_empty();
+      res.error = error;
+    }
+  }
+  res.success = res.error.is_none();
+  res.duration_total_ms = elapsed_ms;
+  end.model = res.model.clone();
+  end.turns = Some(res.turns);
+  end.usage = res.usage;
+  end.cost_usd = res.cost;
+  end.duration_api_ms = Some(res.duration_api_ms);
+  end.error_code = res.error.as_ref().map(|e| e.code.clone());
+  end.error_message = res.error.as_ref().map(|e| e.message.clone());
+  if let Some(ctx) = &end.context {
+    res.context_info = context::context_info(Some(ctx), default_window, threshold, 0);
+  }
+  res.compactions = compactions
+    .into_iter()
+    .map(|c| Compaction {
+      session_id: session.id.clone(),
+      task_id: Some(task_id.to_owned()),
+      // The CLI labels a `/compact` we sent for autoCompact as manual; record what it was.
+      trigger: trigger.map(str::to_owned).unwrap_or(c.trigger),
+      pre_tokens: c.pre_tokens,
+      post_tokens: c.post_tokens,
+      started_at: now_ms,
+      duration_ms: c.duration_ms,
+    })
+    .collect();
+  end.window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
+  end.compactions = res.compactions.clone();
+  (res, end, watermark)
+}
+
 impl Manager {
-  #[allow(clippy::too_many_arguments, reason = "the parts of one task end; split out as a pure function when finish gets its own tests")]
+  /// Records a run's end ([`task_end`]) in the store, in one transaction: the row, the totals,
+  /// the window, the compactions and the lease.
+  #[allow(clippy::too_many_arguments, reason = "the parts of one run's end, passed once by run_locked")]
   pub(crate) async fn finish(
     &self,
     session: &Session,
@@ -27,132 +190,21 @@ impl Manager {
     let transcript_exists = transcript::config_dir(&env)
       .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
       .unwrap_or(false);
-    let mut end = TaskEnd { materialized: session.materialized || transcript_exists, keep_lease, ..Default::default() };
-    let mut res =
-      TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
-    let mut watermark = None;
-    let mut compactions: Vec<cli::CompactEvent> = vec![];
-    let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
-    match outcome {
-      Err(e) => {
-        res.error = Some(fail(e.code, e.message.clone(), None));
-        end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
-      }
-      Ok(out) => {
-        res.sandboxed = self.sandboxed();
-        end.cli_version = out.cli_version.clone();
-        res.model = out.model.clone();
-        compactions = out.compactions.clone();
-        let tail = out.stderr_tail.trim();
-        let tail = if tail.is_empty() {
-          String::new()
-        } else {
-          let mut cut = tail.len().saturating_sub(1000);
-          while !tail.is_char_boundary(cut) {
-            cut += 1;
-          }
-          format!("; stderr: {}", &tail[cut..])
-        };
-        if let Some(r) = &out.result {
-          res.result = r.result.clone().unwrap_or_default();
-          res.turns = r.num_turns.unwrap_or(0);
-          res.usage = r.usage;
-          res.duration_api_ms = r.duration_api_ms.unwrap_or(0);
-          res.permission_denials = r.permission_denials.clone();
-          res.stop_reason = r.stop_reason.clone();
-          let (cost, w) = context::task_cost(r, session.cli_cost_watermark);
-          res.cost = cost;
-          watermark = Some(w);
-          end.cli_reported_cost_usd = r.total_cost_usd;
-          let window = context::window_from_result(r).unwrap_or(self.cfg.context_window);
-          if let Some(u) = out.context.filter(|u| u.context_total() > 0) {
-            end.context = Some(ContextSnapshot { tokens: u.context_total(), window, source: "api".into(), measured_at: store::now_ms() });
-          } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
-            end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: store::now_ms() });
-          }
-        } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
-          end.context =
-            Some(ContextSnapshot { tokens: c, window: self.cfg.context_window, source: "estimate".into(), measured_at: store::now_ms() });
-        }
-        let error = match (out.reason, &out.result) {
-          (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
-          (EndReason::TimedOut, _) => {
-            Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None))
-          }
-          (EndReason::Stalled, _) => Some(fail(
-            ErrorCode::Timeout,
-            format!("the CLI printed nothing for {} ms and was stopped{tail}", self.cfg.stall_timeout.map(|d| d.as_millis()).unwrap_or(0)),
-            None,
-          )),
-          (EndReason::Exited, None) => Some(fail(
-            ErrorCode::CliError,
-            format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
-            None,
-          )),
-          // The CLI switched to another session behind the store's back (a command such as
-          // `/clear`): what it did is not this session's history.
-          (EndReason::Exited, Some(_)) if out.session_id.as_deref().is_some_and(|id| id != session.id) => Some(fail(
-            ErrorCode::CliError,
-            format!(
-              "the CLI ran in session {} instead of {}; the task is not recorded as this session's",
-              out.session_id.as_deref().unwrap_or(""),
-              session.id
-            ),
-            None,
-          )),
-          (EndReason::Exited, Some(r)) => classify_result(r).or_else(|| {
-            // A `/compact` that failed reports it through system/status, not the result. Only a
-            // compaction run fails for it; a task that answered keeps its answer (warnings).
-            (trigger.is_some() && out.compactions.is_empty() && !out.compact_errors.is_empty())
-              .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
-          }),
-        };
-        // Reported, not fatal.
-        res.warnings = out.malformed.iter().map(|m| format!("malformed CLI output line: {m}")).collect();
-        if trigger.is_none() {
-          res.warnings.extend(out.compact_errors.iter().map(|e| format!("the CLI's own compaction failed: {e}")));
-        }
-        end.status = match (&error, out.reason) {
-          (None, _) => "succeeded",
-          (_, EndReason::Aborted) => "aborted",
-          (_, EndReason::TimedOut) | (_, EndReason::Stalled) => "timed_out",
-          _ => "failed",
-        }
-        .into();
-        res.compacted = !out.compactions.is_empty();
-        res.error = error;
-      }
-    }
-    res.success = res.error.is_none();
-    res.duration_total_ms = queued.elapsed().as_millis() as u64;
-    end.model = res.model.clone();
-    end.turns = Some(res.turns);
-    end.usage = res.usage;
-    end.cost_usd = res.cost;
-    end.duration_api_ms = Some(res.duration_api_ms);
-    end.error_code = res.error.as_ref().map(|e| e.code.clone());
-    end.error_message = res.error.as_ref().map(|e| e.message.clone());
-    if let Some(ctx) = &end.context {
-      res.context_info = context::context_info(Some(ctx), self.cfg.context_window, threshold, 0);
-    }
-    let started = store::now_ms();
-    res.compactions = compactions
-      .into_iter()
-      .map(|c| Compaction {
-        session_id: session.id.clone(),
-        task_id: Some(task_id.to_owned()),
-        // The CLI labels a `/compact` we sent for autoCompact as manual; record what it was.
-        trigger: trigger.map(str::to_owned).unwrap_or(c.trigger),
-        pre_tokens: c.pre_tokens,
-        post_tokens: c.post_tokens,
-        started_at: started,
-        duration_ms: c.duration_ms,
-      })
-      .collect();
+    let (res, end, watermark) = task_end(EndInput {
+      session,
+      task_id,
+      outcome,
+      elapsed_ms: queued.elapsed().as_millis() as u64,
+      threshold,
+      trigger,
+      keep_lease,
+      transcript_exists,
+      default_window: self.cfg.context_window,
+      stall_timeout_ms: self.cfg.stall_timeout.map(|d| d.as_millis()).unwrap_or(0),
+      sandboxed: self.sandboxed(),
+      now_ms: store::now_ms(),
+    });
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    end.window = end.context.as_ref().filter(|c| c.source == "api").map(|c| (session.model.clone(), c.window));
-    end.compactions = res.compactions.clone();
-    // One transaction: the row, the totals, the window, the compactions and the lease.
     self.record(move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
     Ok(res)
   }
@@ -175,4 +227,172 @@ pub fn classify_result(r: &crate::cli::stream::ResultLine) -> Option<TaskError> 
 
 fn parse_status(msg: &str) -> Option<u64> {
   msg.split(|c: char| !c.is_ascii_digit()).find(|w| w.len() == 3).and_then(|w| w.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+  use std::time::Duration;
+
+  use super::*;
+  use crate::cli::stream::ResultLine;
+  use crate::error::Error;
+  use crate::store::Usage;
+
+  fn session() -> Session {
+    Session {
+      id: "11111111-1111-4111-8111-111111111111".into(),
+      project_id: "p".into(),
+      user_id: "u".into(),
+      status: "active".into(),
+      parent_id: None,
+      title: None,
+      model: "sonnet".into(),
+      working_directory: "/w".into(),
+      created_at: 0,
+      updated_at: 0,
+      last_active_at: 0,
+      task_count: 0,
+      total_cost_usd: 0.0,
+      usage: Usage::default(),
+      context: None,
+      materialized: true,
+      cli_cost_watermark: 0.0,
+      config_dir: None,
+    }
+  }
+
+  fn outcome(result: Option<ResultLine>) -> RunOutcome {
+    RunOutcome {
+      reason: EndReason::Exited,
+      exit_code: Some(0),
+      signal: None,
+      stderr_tail: String::new(),
+      result,
+      cli_version: Some("2.1.331".into()),
+      session_id: Some(session().id),
+      model: Some("claude-sonnet".into()),
+      context: None,
+      compactions: vec![],
+      compact_errors: vec![],
+      malformed: vec![],
+      pid: Some(42),
+      elapsed: Duration::from_millis(5),
+    }
+  }
+
+  fn success(cost: f64) -> ResultLine {
+    ResultLine {
+      subtype: "success".into(),
+      result: Some("done".into()),
+      num_turns: Some(1),
+      total_cost_usd: Some(cost),
+      ..Default::default()
+    }
+  }
+
+  fn finish_of(outcome: Result<RunOutcome>, trigger: Option<&'static str>) -> (TaskResult, TaskEnd, Option<f64>) {
+    let s = session();
+    task_end(EndInput {
+      session: &s,
+      task_id: "t",
+      outcome,
+      elapsed_ms: 7,
+      threshold: 80.0,
+      trigger,
+      keep_lease: false,
+      transcript_exists: true,
+      default_window: 200_000,
+      stall_timeout_ms: 1000,
+      sandboxed: true,
+      now_ms: 123,
+    })
+  }
+
+  #[test]
+  fn a_task_that_answered_succeeds_with_the_api_meter() {
+    let mut out = outcome(Some(success(0.25)));
+    out.context = Some(Usage { input_tokens: 1000, output_tokens: 200, cache_read_input_tokens: 50, cache_creation_input_tokens: 0 });
+    let (res, end, watermark) = finish_of(Ok(out), None);
+    assert!(res.success && res.error.is_none());
+    assert_eq!(end.status, "succeeded");
+    assert_eq!(res.result, "done");
+    assert!(res.sandboxed);
+    let ctx = end.context.expect("measured");
+    assert_eq!((ctx.tokens, ctx.source.as_str()), (1250, "api"));
+    assert_eq!(end.window, Some(("sonnet".into(), 200_000)));
+    assert_eq!(watermark, Some(0.25));
+    assert_eq!(res.duration_total_ms, 7);
+  }
+
+  #[test]
+  fn the_measured_call_wins_over_a_compactions_estimate() {
+    let mut out = outcome(Some(success(0.1)));
+    out.compactions =
+      vec![cli::CompactEvent { trigger: "auto".into(), pre_tokens: Some(150_000), post_tokens: Some(3_000), duration_ms: None }];
+    out.context = Some(Usage { input_tokens: 12_000, ..Default::default() });
+    let (res, end, _) = finish_of(Ok(out.clone()), None);
+    assert_eq!(end.context.as_ref().map(|c| (c.tokens, c.source.as_str())), Some((12_000, "api")));
+    assert!(res.compacted);
+    assert_eq!(res.compactions[0].trigger, "auto");
+    // No call after the compaction: its own figure, marked an estimate, and no window learned.
+    out.context = None;
+    let (_, end, _) = finish_of(Ok(out), None);
+    assert_eq!(end.context.as_ref().map(|c| (c.tokens, c.source.as_str())), Some((3_000, "estimate")));
+    assert_eq!(end.window, None);
+  }
+
+  #[test]
+  fn a_failed_cli_compaction_is_a_warning_in_a_task_and_the_failure_of_a_compaction() {
+    let mut out = outcome(Some(success(0.0)));
+    out.compact_errors = vec!["too_few_groups".into()];
+    let (res, end, _) = finish_of(Ok(out.clone()), None);
+    assert!(res.success, "{:?}", res.error);
+    assert_eq!(end.status, "succeeded");
+    assert!(res.warnings.iter().any(|w| w.contains("too_few_groups")));
+    let (res, end, _) = finish_of(Ok(out), Some("manual"));
+    assert_eq!(res.error.map(|e| e.code), Some("COMPACT_FAILED".into()));
+    assert_eq!(end.status, "failed");
+  }
+
+  #[test]
+  fn a_cli_that_switched_sessions_fails() {
+    let mut out = outcome(Some(success(0.0)));
+    out.session_id = Some("22222222-2222-4222-8222-222222222222".into());
+    let (res, end, _) = finish_of(Ok(out), None);
+    assert_eq!(res.error.map(|e| e.code), Some("CLI_ERROR".into()));
+    assert_eq!(end.status, "failed");
+  }
+
+  #[test]
+  fn ends_map_to_statuses_and_codes() {
+    let (res, end, w) = finish_of(Err(Error::new(ErrorCode::Aborted, "gone")), None);
+    assert_eq!((res.error.map(|e| e.code), end.status.as_str(), w), (Some("ABORTED".into()), "aborted", None));
+    assert!(!res.sandboxed, "nothing ran");
+    for (reason, code, status) in [
+      (EndReason::TimedOut, "TIMEOUT", "timed_out"),
+      (EndReason::Stalled, "TIMEOUT", "timed_out"),
+      (EndReason::Aborted, "ABORTED", "aborted"),
+    ] {
+      let mut out = outcome(None);
+      out.reason = reason;
+      let (res, end, _) = finish_of(Ok(out), None);
+      assert_eq!((res.error.map(|e| e.code), end.status.as_str()), (Some(code.into()), status), "{reason:?}");
+    }
+    let mut out = outcome(None);
+    out.stderr_tail = "boom".into();
+    let (res, end, _) = finish_of(Ok(out), None);
+    let e = res.error.unwrap();
+    assert_eq!((e.code.as_str(), end.status.as_str()), ("CLI_ERROR", "failed"));
+    assert!(e.message.contains("stderr: boom"), "{}", e.message);
+    let mut turns = success(0.0);
+    turns.subtype = "error_max_turns".into();
+    assert_eq!(end_code(turns), "MAX_TURNS");
+    let mut budget = success(0.0);
+    budget.subtype = "error_max_budget_usd".into();
+    assert_eq!(end_code(budget), "BUDGET_EXCEEDED");
+  }
+
+  fn end_code(r: ResultLine) -> String {
+    finish_of(Ok(outcome(Some(r))), None).0.error.map(|e| e.code).unwrap_or_default()
+  }
 }
