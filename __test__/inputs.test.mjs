@@ -122,7 +122,8 @@ test('F21: executeTask/compactSession options ({ onEvent, signal }) that throw r
   const cases = [
     ['a throwing onEvent getter', Object.defineProperty({}, 'onEvent', { enumerable: true, get: () => { throw new Error('hook boom') } }), /onEvent/],
     ['a throwing signal getter', Object.defineProperty({}, 'signal', { enumerable: true, get: () => { throw new Error('hook boom') } }), /signal/],
-    ['a throwing has trap', new Proxy({}, { has: () => { throw new Error('hook boom') } }), /options/],
+    // Options are read as own properties: the trap that runs is getOwnPropertyDescriptor.
+    ['a throwing getOwnPropertyDescriptor trap', new Proxy({}, { getOwnPropertyDescriptor: () => { throw new Error('hook boom') } }), /options/],
     ['a revoked Proxy', revocable.proxy, /options/],
   ]
   for (const [what, options, message] of cases) {
