@@ -20,6 +20,8 @@ test(`load: ${PROCESSES} processes, ${TASKS} tasks, ${SESSIONS} sessions, inject
       return { text: `ok ${n}`, chunkDelayMs: n % 4 === 0 ? 40 : 0 }
     },
   })
+  // A failed assertion must not leave the server (and so this file's process) running.
+  t.after(() => server.close())
   const { manager, dir, work, configDir } = makeManager({ server })
   const sessions = []
   for (let i = 0; i < SESSIONS; i++) sessions.push((await manager.getOrCreateSession({ projectId: 'load', userId: 'load', preferActive: false })).session.id)
@@ -43,6 +45,7 @@ test(`load: ${PROCESSES} processes, ${TASKS} tasks, ${SESSIONS} sessions, inject
   t.assert.deepStrictEqual([...codes].filter((c) => c !== 'API_ERROR' && c !== 'ABORTED'), [], 'every failure is an injected one')
 
   const { manager: check } = makeManager({ server, dir })
+  t.after(() => check.close())
   let rows = 0
   const unstarted = new Set(summaries.flatMap((s) => s.unstarted))
   for (const id of sessions) {
@@ -67,6 +70,4 @@ test(`load: ${PROCESSES} processes, ${TASKS} tasks, ${SESSIONS} sessions, inject
     for (let i = 1; i < reqs.length; i++) t.assert.ok(reqs[i].receivedAt >= reqs[i - 1].endedAt, `overlap in session ${id}`)
   }
   t.assert.deepStrictEqual(sessions.flatMap((id) => processesMentioning(id)), [], 'no CLI process left')
-  await check.close()
-  await server.close()
 })
