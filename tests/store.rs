@@ -201,23 +201,29 @@ fn reads_without_waiting_answer_like_get_session_or_step_aside() {
   release.join().unwrap();
   assert_eq!(s.get_session_now(A, "alice").unwrap().unwrap().unwrap().title.as_deref(), Some("x"));
 
-  // While this process's own writes hold the connection, it steps aside rather than wait.
+  // While this process's own writes hold the connection, it steps aside rather than wait: a
+  // writer stuck behind another process's lock holds it for as long as that lock lasts.
   let s = std::sync::Arc::new(s);
+  let other = Connection::open(&path).unwrap();
+  other.execute_batch("BEGIN IMMEDIATE;").unwrap();
   let writer = {
     let s = s.clone();
-    std::thread::spawn(move || {
-      for _ in 0..300 {
-        s.set_context(A, &store::ContextSnapshot { tokens: 1, window: 2, source: "api".into(), measured_at: 3 }).unwrap();
-      }
-    })
+    std::thread::spawn(move || s.set_context(A, &store::ContextSnapshot { tokens: 1, window: 2, source: "api".into(), measured_at: 3 }))
   };
-  // Whatever it answers meanwhile is right; "step aside" is `None`, never a wrong row or an error.
-  while !writer.is_finished() {
-    if let Some(r) = s.get_session_now(A, "alice") {
-      assert_eq!(r.unwrap().unwrap().id, A);
+  let deadline = std::time::Instant::now() + Duration::from_secs(10);
+  let mut stepped_aside = false;
+  while !stepped_aside && std::time::Instant::now() < deadline {
+    match s.get_session_now(A, "alice") {
+      None => stepped_aside = true,
+      // Before the writer takes the connection, it answers; and only with the right row.
+      Some(r) => assert_eq!(r.unwrap().unwrap().id, A),
     }
   }
-  writer.join().unwrap();
+  assert!(stepped_aside, "a fast read never stepped aside while the connection was held");
+  assert!(!writer.is_finished(), "the writer was still waiting");
+  other.execute_batch("COMMIT;").unwrap();
+  writer.join().unwrap().unwrap();
+  assert_eq!(s.get_session_now(A, "alice").expect("free again").unwrap().unwrap().context.unwrap().tokens, 1);
 }
 
 #[test]
@@ -287,4 +293,65 @@ fn now_gives_up_before_waiting_and_never_half_way() {
   });
   assert!(r.expect("not given up").unwrap());
   assert_eq!(s.list_tasks(A).unwrap()[0].status, "succeeded");
+}
+
+#[test]
+fn a_renewed_lease_keeps_a_second_owner_out_and_a_lapsed_one_lets_it_in() {
+  // A short TTL, renewed well within it: a second owner must stay out for several TTLs, and get
+  // in once renewal stops. (Each check follows a renewal at once, so a slow machine cannot make a
+  // renewed lease look lapsed; only a renewal that does not extend the lease can.)
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  let first = Owner { id: "first".into(), pid: std::process::id() };
+  let second = Owner { id: "second".into(), pid: std::process::id() };
+  let ttl = Duration::from_millis(400);
+  let began = std::time::Instant::now();
+  assert!(s.try_begin_task(A, "t1", "task", "m", &first, ttl).unwrap());
+  let mut checks = 0;
+  while began.elapsed() < ttl * 3 {
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(s.renew_lease(A, "t1", ttl).unwrap(), "the lease is still the first owner's");
+    assert!(!s.try_begin_task(A, "t2", "task", "m", &second, ttl).unwrap(), "renewed at {:?}: the second owner stays out", began.elapsed());
+    checks += 1;
+  }
+  assert!(checks >= 3, "checked past the TTL several times ({checks})");
+  assert_eq!(s.list_tasks(A).unwrap().iter().map(|t| t.status.as_str()).collect::<Vec<_>>(), vec!["running"]);
+  // Renewal stops: once the TTL has passed, the second owner gets in and the first task is
+  // interrupted; the first owner's renewal now fails.
+  std::thread::sleep(ttl + Duration::from_millis(100));
+  assert!(s.try_begin_task(A, "t2", "task", "m", &second, ttl).unwrap(), "a lapsed lease is taken over");
+  assert!(!s.renew_lease(A, "t1", ttl).unwrap(), "the first owner has lost it");
+  let statuses: Vec<String> = s.list_tasks(A).unwrap().into_iter().map(|t| t.status).collect();
+  assert_eq!(statuses, vec!["interrupted", "running"]);
+}
+
+#[test]
+fn cleanup_touches_only_the_callers_sessions() {
+  const C: &str = "33333333-3333-4333-8333-333333333333";
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  // Alice: an idle archived session and a fork of it. Bob: one idle archived session.
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&NewSession { parent_id: Some(A.into()), ..new_session(C, "alice", "p") }).unwrap();
+  s.archive_session(A, "alice").unwrap();
+  s.create_session(&new_session(B, "bob", "p")).unwrap();
+  s.archive_session(B, "bob").unwrap();
+  std::thread::sleep(Duration::from_millis(5));
+  // Bob's cleanup of everything idle, active or not, in any project or in alice's project.
+  for project in [None, Some("p")] {
+    let deleted = s.cleanup_sessions("bob", project, 0, false).unwrap();
+    assert!(deleted.iter().all(|d| d.user_id == "bob"), "{deleted:?}");
+  }
+  assert!(s.get_session(B, "bob").unwrap().is_none(), "bob's own session went");
+  let a = s.get_session(A, "alice").unwrap().expect("alice's session is kept");
+  assert_eq!(a.status, "archived");
+  let c = s.get_session(C, "alice").unwrap().expect("and her fork");
+  assert_eq!(c.parent_id.as_deref(), Some(A), "the fork still names its parent");
+  assert_eq!(s.count_sessions("alice", None).unwrap(), 2);
+  assert_eq!(s.cleanup("mallory", None, 0, false).unwrap(), 0, "a user with no sessions deletes nothing");
+  // Alice's own cleanup does delete hers (the test above is not passing for want of idle rows).
+  assert_eq!(s.cleanup("alice", None, 0, true).unwrap(), 1);
+  assert!(s.get_session(A, "alice").unwrap().is_none());
+  assert_eq!(s.get_session(C, "alice").unwrap().unwrap().parent_id, None, "her fork is unlinked from the deleted parent");
 }
