@@ -339,6 +339,31 @@ mod tests {
   }
 
   #[test]
+  fn a_root_admits_whole_path_components_only() {
+    // `/x/app` is a root; `/x/app-secrets` and `/x/application` share its spelling, not its folder.
+    let base = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(base.path()).unwrap();
+    for d in ["app", "app/src", "app-secrets", "application", "ap"] {
+      std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let roots = vec![base.join("app")];
+    for ok in ["app", "app/src", "app/src/../src", "app-secrets/../app"] {
+      let p = base.join(ok);
+      assert!(working_directory("wd", p.to_str().unwrap(), &roots).is_ok(), "{ok} is inside");
+    }
+    for bad in ["app-secrets", "application", "ap", "app/../app-secrets"] {
+      let p = base.join(bad);
+      let e = working_directory("wd", p.to_str().unwrap(), &roots).unwrap_err();
+      assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
+      assert!(e.message.contains("outside the allowed roots"), "{bad}: {}", e.message);
+    }
+    // A root given with a trailing slash means the same folder.
+    let slash = vec![std::path::PathBuf::from(format!("{}/", base.join("app").display()))];
+    assert!(working_directory("wd", base.join("app-secrets").to_str().unwrap(), &slash).is_err());
+    assert!(working_directory("wd", base.join("app/src").to_str().unwrap(), &slash).is_ok());
+  }
+
+  #[test]
   fn numbers() {
     assert_eq!(non_negative_int("limit", 0.0).unwrap(), 0);
     assert_eq!(non_negative_int("limit", 50.0).unwrap(), 50);
