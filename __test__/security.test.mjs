@@ -13,12 +13,14 @@ after(async () => {
   await server.close()
 })
 
-test('hostile input: at least 40 cases, each with its exact code, none spawning', async (t) => {
+test('hostile input: each case gets its exact code, none spawning', async (t) => {
   server.reset()
   const root = tempDir('csm-root-')
   const outside = tempDir('csm-outside-')
   fs.mkdirSync(path.join(root, 'proj'))
   fs.symlinkSync(outside, path.join(root, 'link-out'))
+  // A sibling whose name starts with the root's: inside by spelling, outside by path components.
+  fs.mkdirSync(`${root}-secrets`)
   const { manager, dir } = makeManager({ server, workingDirectory: root, allowedRoots: [root] })
   const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
   const base = { prompt: 'hi', projectId: 'p', userId: 'u' }
@@ -77,6 +79,8 @@ test('hostile input: at least 40 cases, each with its exact code, none spawning'
     [{ ...base, workingDirectory: outside }, I],
     [{ ...base, workingDirectory: 'proj' }, I],
     [{ ...base, workingDirectory: path.join(root, 'missing') }, I],
+    [{ ...base, workingDirectory: `${root}-secrets` }, I],
+    [{ ...base, workingDirectory: path.join(root, 'proj', '..', '..', `${path.basename(root)}-secrets`) }, I],
     [{ ...base, sessionId: session.id, workingDirectory: path.join(root, 'proj') }, I],
     // ownership
     [{ ...base, sessionId: session.id, userId: 'mallory' }, 'SESSION_NOT_FOUND'],
@@ -84,7 +88,6 @@ test('hostile input: at least 40 cases, each with its exact code, none spawning'
     // far over any context window
     [{ ...base, prompt: 'word '.repeat(1_000_000) }, 'CONTEXT_OVERFLOW'],
   ]
-  t.assert.ok(cases.length >= 40)
   for (const [i, [req, code]] of cases.entries()) await rejectsWith(t, manager.executeTask(req), code, undefined, `case ${i}`)
   for (const bad of [null, 'prompt', 42, [base]]) await rejectsWith(t, manager.executeTask(bad), I)
   t.assert.strictEqual(server.requests.length, 0, 'nothing reached the API')
@@ -105,18 +108,26 @@ test('permissions: bypassPermissions needs the opt-in; tools reach the CLI exact
   const dir = tempDir()
   // As root the CLI refuses to bypass permissions unless it is told it runs in a sandbox.
   const { manager } = makeManager({ server, dir, allowBypassPermissions: true, env: { ...server.env(), CLAUDE_CONFIG_DIR: path.join(dir, 'claude-config'), IS_SANDBOX: '1' } })
-  const r = await manager.executeTask({
-    prompt: 'hi',
-    projectId: 'p',
-    userId: 'u',
-    permissionMode: 'bypassPermissions',
-    allowedTools: ['Bash(git log:*)', 'Read'],
-    disallowedTools: ['WebFetch'],
-  })
+  const events = []
+  const r = await manager.executeTask(
+    {
+      prompt: 'hi',
+      projectId: 'p',
+      userId: 'u',
+      permissionMode: 'bypassPermissions',
+      allowedTools: ['Bash(git log:*)', 'Read'],
+      disallowedTools: ['WebFetch'],
+    },
+    { onEvent: (e) => events.push(e) },
+  )
   t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  // The CLI says in its init line which permission mode it runs in.
+  const init = events.find((e) => e.type === 'system' && e.subtype === 'init')
+  t.assert.strictEqual(init.permissionMode, 'bypassPermissions')
   const tools = server.requests.find((x) => x.path === '/v1/messages').body.tools.map((x) => x.name)
   t.assert.ok(!tools.includes('WebFetch'), 'a disallowed tool is not offered to the model')
-  t.assert.ok(tools.includes('Read'))
+  t.assert.ok(init.tools.includes('Read') && !init.tools.includes('WebFetch'), JSON.stringify(init.tools))
+  // (allowedTools reaching the CLI is proved by a Bash call that runs: tasks.test.mjs, "the CLI gets the API settings".)
   await manager.close()
 })
 
