@@ -14,14 +14,16 @@ const total = (u) => u.input_tokens + u.output_tokens + u.cache_read_input_token
 
 test('context: the meter is exactly what the API reported for the last main-chain call', async (t) => {
   server.reset()
-  const { manager, work } = makeManager({ server })
+  // The option differs from any window the CLI reports, so the window below can only be the CLI's.
+  const { manager, work } = makeManager({ server, contextWindow: 123456 })
   // A tool turn makes two API calls in one task; the meter must follow the second, and must take
   // output_tokens from message_delta (the assistant lines carry a provisional 1).
   server.enqueue(
     { toolUse: { name: 'Write', input: { file_path: `${work}/a.txt`, content: 'x' } }, usage: { cache_read_input_tokens: 5000, cache_creation_input_tokens: 300 } },
     { text: 'done and dusted', usage: { cache_read_input_tokens: 7000, cache_creation_input_tokens: 111, output_tokens: 4321 } },
   )
-  const r = await manager.executeTask({ prompt: 'go', projectId: 'p', userId: 'u', permissionMode: 'acceptEdits' })
+  const events = []
+  const r = await manager.executeTask({ prompt: 'go', projectId: 'p', userId: 'u', permissionMode: 'acceptEdits' }, { onEvent: (e) => events.push(e) })
   t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
   const last = server.responses.filter((x) => x.kind === 'text' || x.kind === 'tool_use').at(-1).usage
   t.assert.strictEqual(last.output_tokens, 4321)
@@ -30,7 +32,11 @@ test('context: the meter is exactly what the API reported for the last main-chai
   // result.usage is cumulative over the task, so it is larger than the last call.
   const sum = r.usage.inputTokens + r.usage.outputTokens + r.usage.cacheReadInputTokens + r.usage.cacheCreationInputTokens
   t.assert.ok(sum > r.contextInfo.estimatedTokens)
-  // The window is what the CLI reported for the model (modelUsage.contextWindow), not the option.
+  // The window is what the CLI reported for the model (the result's modelUsage[model].contextWindow), not the option.
+  const modelUsage = Object.values(events.find((e) => e.type === 'result').modelUsage)
+  t.assert.strictEqual(modelUsage.length, 1, JSON.stringify(modelUsage))
+  t.assert.strictEqual(typeof modelUsage[0].contextWindow, 'number')
+  t.assert.strictEqual(r.contextInfo.maxTokens, modelUsage[0].contextWindow)
   t.assert.notStrictEqual(r.contextInfo.maxTokens, 123456)
   const c = await manager.getSessionContext(r.sessionId, 'u')
   t.assert.strictEqual(c.estimatedTokens, r.contextInfo.estimatedTokens)
@@ -143,12 +149,50 @@ test('compaction: one the CLI does on its own is recorded as auto', async (t) =>
   const a = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
   t.assert.ok(a.contextInfo.usagePercentage > 90, JSON.stringify(a.contextInfo))
   t.assert.strictEqual((await manager.getSessionContext(a.sessionId, 'u')).shouldCompact, true)
+  server.reset()
   const b = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId })
   t.assert.strictEqual(b.success, true, JSON.stringify(b.error))
   t.assert.strictEqual(b.compacted, true)
   t.assert.strictEqual(b.compactions[0].trigger, 'auto')
   t.assert.ok(b.contextInfo.usagePercentage < 10, JSON.stringify(b.contextInfo))
+  // After the compaction the task made a call, so the meter is that call as the stand-in reported
+  // it, not the compaction's estimate.
+  const calls = server.responses.filter((x) => x.kind === 'text')
+  const isSummary = (x) => /CRITICAL: Respond with TEXT ONLY/.test(JSON.stringify(server.requests[x.requestIndex].body.messages.at(-1)))
+  t.assert.ok(calls.some(isSummary) && !isSummary(calls.at(-1)), 'the summary call(s), then the answer')
+  t.assert.strictEqual(b.contextInfo.source, 'api')
+  t.assert.strictEqual(b.contextInfo.estimatedTokens, total(calls.at(-1).usage))
+  t.assert.notStrictEqual(b.contextInfo.estimatedTokens, b.compactions[0].postTokens)
+  t.assert.strictEqual((await manager.getSessionContext(a.sessionId, 'u')).estimatedTokens, total(calls.at(-1).usage))
   t.assert.deepStrictEqual((await manager.listCompactions(a.sessionId, 'u')).map((r) => r.trigger), ['auto'])
+  await manager.close()
+})
+
+test('compaction: a mid-task compaction followed by a failed call leaves the meter at the compaction, not the call before it', async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server })
+  // A tool call reporting a nearly full window; the CLI runs the tool, compacts before its next
+  // call (its summary requests, one or more, get a summary), and that next call fails.
+  const summaryOrFail = (req) =>
+    /CRITICAL: Respond with TEXT ONLY/.test(JSON.stringify(req.body.messages.at(-1))) ? { text: 'Summary: wrote c.txt.' } : { error: { status: 500 } }
+  server.enqueue(
+    { toolUse: { name: 'Write', input: { file_path: `${work}/c.txt`, content: 'x' } }, usage: { input_tokens: 990_000 } },
+    ...Array(6).fill(summaryOrFail),
+  )
+  const r = await manager.executeTask({ prompt: 'fill and fail', projectId: 'p', userId: 'u', permissionMode: 'acceptEdits' })
+  t.assert.strictEqual(r.success, false)
+  t.assert.strictEqual(r.error.code, 'API_ERROR', JSON.stringify(r.error))
+  t.assert.strictEqual(r.compacted, true, JSON.stringify(server.responses.map((x) => x.kind)))
+  const [k] = r.compactions
+  t.assert.strictEqual(k.trigger, 'auto')
+  const full = server.responses.find((x) => x.kind === 'tool_use').usage
+  t.assert.strictEqual(k.preTokens >= full.input_tokens, true, JSON.stringify(k))
+  t.assert.ok(k.postTokens > 0 && k.postTokens < full.input_tokens / 10, JSON.stringify(k))
+  // No call measured the context after the compaction: the meter is its figure, marked an estimate.
+  t.assert.strictEqual(r.contextInfo.source, 'estimate')
+  t.assert.strictEqual(r.contextInfo.estimatedTokens, k.postTokens)
+  const c = await manager.getSessionContext(r.sessionId, 'u')
+  t.assert.deepStrictEqual([c.estimatedTokens, c.source], [k.postTokens, 'estimate'])
   await manager.close()
 })
 
