@@ -1,0 +1,139 @@
+// Error codes produced by the real CLI against the stand-in: MAX_TURNS, BUDGET_EXCEEDED, CLI_ERROR
+// (a binary that cannot start, and an error the CLI reports itself), and the exact code list.
+import { test, before, after } from 'node:test'
+import fs from 'node:fs'
+import path from 'node:path'
+import { addon, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const messageCalls = () => server.requests.filter((r) => r.path === '/v1/messages')
+
+test('errors: MAX_TURNS when the model keeps calling tools past maxTurns', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  // The model calls a tool on every turn; the CLI stops after the first.
+  const tool = { toolUse: { name: 'Bash', input: { command: 'echo again' } } }
+  server.enqueue(tool, tool, tool, tool)
+  const r = await manager.executeTask({ prompt: 'loop', projectId: 'p', userId: 'u', maxTurns: 1, allowedTools: ['Bash'] })
+  t.assert.strictEqual(r.success, false)
+  t.assert.deepStrictEqual(r.error, { code: 'MAX_TURNS', message: 'Reached maximum number of turns (1)' })
+  t.assert.strictEqual(messageCalls().length, 1, 'the CLI made one call and stopped instead of answering the tool result')
+  const [task] = await manager.listTasks(r.sessionId, 'u')
+  t.assert.deepStrictEqual([task.status, task.errorCode], ['failed', 'MAX_TURNS'])
+  // The session goes on.
+  const next = await manager.executeTask({ prompt: 'done?', projectId: 'p', userId: 'u', sessionId: r.sessionId })
+  t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
+  await manager.close()
+})
+
+test('errors: BUDGET_EXCEEDED when a call costs more than maxBudgetUsd', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  // 100,000 input tokens cost far more than one cent on any Claude model.
+  server.enqueue({ text: 'expensive', usage: { input_tokens: 100_000 } })
+  const r = await manager.executeTask({ prompt: 'spend', projectId: 'p', userId: 'u', maxBudgetUsd: 0.01 })
+  t.assert.strictEqual(r.success, false)
+  t.assert.deepStrictEqual(r.error, { code: 'BUDGET_EXCEEDED', message: 'Reached maximum budget ($0.01)' })
+  t.assert.ok(r.cost > 0.01, String(r.cost))
+  t.assert.strictEqual(server.responses[0].usage.input_tokens, 100_000)
+  const [task] = await manager.listTasks(r.sessionId, 'u')
+  t.assert.deepStrictEqual([task.status, task.errorCode, task.costUsd], ['failed', 'BUDGET_EXCEEDED', r.cost])
+  // Under the budget the same reply is fine.
+  server.enqueue({ text: 'expensive', usage: { input_tokens: 100_000 } })
+  const ok = await manager.executeTask({ prompt: 'spend', projectId: 'p', userId: 'u', maxBudgetUsd: 100 })
+  t.assert.strictEqual(ok.success, true, JSON.stringify(ok.error))
+  await manager.close()
+})
+
+test('errors: a claudePath that cannot start is CLI_ERROR; one that is no executable file is CLI_NOT_FOUND', async (t) => {
+  server.reset()
+  const { dir } = makeManager()
+  // An executable file the kernel cannot run (no ELF header, no #!): exec fails with ENOEXEC.
+  const garbage = path.join(dir, 'garbage-claude')
+  fs.writeFileSync(garbage, Buffer.from([0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]), { mode: 0o755 })
+  const base = { prompt: 'x', projectId: 'p', userId: 'u' }
+  {
+    // Spawned directly: the exec itself fails.
+    const { manager } = makeManager({ server, claudePath: garbage, sandbox: 'none' })
+    const r = await manager.executeTask(base)
+    t.assert.strictEqual(r.success, false)
+    t.assert.strictEqual(r.error.code, 'CLI_ERROR')
+    t.assert.strictEqual(r.error.message, `cannot start ${garbage}: Exec format error (os error 8)`)
+    t.assert.deepStrictEqual((await manager.listTasks(r.sessionId, 'u')).map((x) => [x.status, x.errorCode]), [['failed', 'CLI_ERROR']])
+    await manager.close()
+  }
+  {
+    // Whatever the sandbox does with it, the task fails with CLI_ERROR and never reaches the API.
+    const { manager } = makeManager({ server, claudePath: garbage })
+    const r = await manager.executeTask(base)
+    t.assert.strictEqual(r.error?.code, 'CLI_ERROR', JSON.stringify(r.error))
+    await manager.close()
+  }
+  // Not an executable file at all (a folder, a file without the x bit): CLI_NOT_FOUND, as the
+  // README's table says ("no claude binary"), rejected before anything is stored.
+  const plain = path.join(dir, 'plain-claude')
+  fs.writeFileSync(plain, '#!/bin/sh\necho hi\n', { mode: 0o644 })
+  for (const claudePath of [dir, plain]) {
+    const { manager } = makeManager({ server, claudePath })
+    await rejectsWith(t, manager.executeTask(base), 'CLI_NOT_FOUND', /missing or not executable/, claudePath)
+    t.assert.deepStrictEqual(await manager.listSessions({ userId: 'u' }), [])
+    await manager.close()
+  }
+  t.assert.strictEqual(messageCalls().length, 0)
+})
+
+test('errors: an error the CLI reports itself is CLI_ERROR with its message', async (t) => {
+  server.reset()
+  const { manager, configDir } = makeManager({ server })
+  const a = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(a.success, true, JSON.stringify(a.error))
+  // The CLI's transcript disappears behind the manager's back (an operator cleaned the CLI's
+  // folder): the manager passes --resume=<id>, and the real CLI refuses that value itself with a
+  // result line of subtype error_during_execution.
+  const transcripts = fs.readdirSync(configDir, { recursive: true }).map(String).filter((f) => f.endsWith(`${a.sessionId}.jsonl`))
+  t.assert.strictEqual(transcripts.length, 1)
+  fs.rmSync(path.join(configDir, transcripts[0]))
+  server.reset()
+  const events = []
+  const r = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId }, { onEvent: (e) => events.push(e) })
+  const result = events.find((e) => e.type === 'result')
+  t.assert.deepStrictEqual([result.subtype, result.is_error], ['error_during_execution', true], 'the CLI itself reported the error')
+  t.assert.strictEqual(r.success, false)
+  t.assert.deepStrictEqual(r.error, { code: 'CLI_ERROR', message: `No conversation found with session ID: ${a.sessionId}` })
+  t.assert.strictEqual(messageCalls().length, 0, 'the CLI stopped before calling the API')
+  t.assert.deepStrictEqual((await manager.listTasks(a.sessionId, 'u')).map((x) => x.errorCode ?? null), [null, 'CLI_ERROR'])
+  await manager.close()
+})
+
+test('errorCodes lists every code exactly, and the README documents each', (t) => {
+  const expected = [
+    'INVALID_ARGUMENT',
+    'SESSION_NOT_FOUND',
+    'SESSION_BUSY',
+    'STORE_ERROR',
+    'CLI_NOT_FOUND',
+    'CLI_ERROR',
+    'API_ERROR',
+    'MAX_TURNS',
+    'BUDGET_EXCEEDED',
+    'ABORTED',
+    'TIMEOUT',
+    'CLOSED',
+    'CONTEXT_OVERFLOW',
+    'COMPACT_FAILED',
+    'SANDBOX_UNAVAILABLE',
+    'INTERNAL',
+  ]
+  t.assert.deepStrictEqual(addon.errorCodes(), expected)
+  // Every code has a row in the README's error-code table.
+  const readme = fs.readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+  const table = readme.slice(readme.indexOf('### Error codes'), readme.indexOf('## Next.js'))
+  for (const c of expected) t.assert.match(table, new RegExp(`^\\| \`${c}\`|\`${c}\` \\|`, 'm'), `README does not document ${c}`)
+})
