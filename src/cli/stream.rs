@@ -318,4 +318,31 @@ mod tests {
     assert_eq!(u.output_tokens, 77);
     assert_eq!(u.context_total(), 10 + 1000 + 50 + 77);
   }
+
+  #[test]
+  fn tracker_forgets_calls_made_before_a_compaction() {
+    // A call reports a nearly full window, the CLI compacts, and no call completes after it (the
+    // next one fails): nothing measured the compacted context, so the tracker has no figure.
+    let mut t = ContextTracker::default();
+    for l in [
+      r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_start","message":{"usage":{"input_tokens":990000,"output_tokens":1}}}}"#,
+      r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_delta","usage":{"output_tokens":17}}}"#,
+      r#"{"type":"system","subtype":"compact_boundary","compact_metadata":{"trigger":"auto","pre_tokens":990017,"post_tokens":2700}}"#,
+    ] {
+      t.observe(&parse_line(l).unwrap().kind);
+    }
+    assert_eq!(t.last(), None);
+    // A call after the boundary is the new measurement.
+    let mut t = ContextTracker::default();
+    for l in [
+      r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_start","message":{"usage":{"input_tokens":990000,"output_tokens":1}}}}"#,
+      r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_delta","usage":{"output_tokens":17}}}"#,
+      r#"{"type":"system","subtype":"compact_boundary","compact_metadata":{"trigger":"auto","pre_tokens":990017,"post_tokens":2700}}"#,
+      r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_start","message":{"usage":{"input_tokens":2900,"output_tokens":1}}}}"#,
+      r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_delta","usage":{"output_tokens":40}}}"#,
+    ] {
+      t.observe(&parse_line(l).unwrap().kind);
+    }
+    assert_eq!(t.last().map(|u| u.context_total()), Some(2940));
+  }
 }
