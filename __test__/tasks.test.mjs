@@ -313,7 +313,8 @@ test('task: a long-lived AbortSignal shared by many tasks collects no listeners'
     const r = await manager.executeTask({ prompt: `n${i}`, projectId: 'p', userId: 'u', sessionId: first.sessionId }, { signal: controller.signal })
     t.assert.strictEqual(r.success, true)
   }
-  await manager.executeTask({ prompt: '', projectId: 'p', userId: 'u' }, { signal: controller.signal }).catch(() => {})
+  // A call rejected before it ran leaves no listener behind either.
+  await rejectsWith(t, manager.executeTask({ prompt: '', projectId: 'p', userId: 'u' }, { signal: controller.signal }), 'INVALID_ARGUMENT')
   t.assert.strictEqual(getEventListeners(controller.signal, 'abort').length, 0)
   await manager.close()
 })
@@ -345,7 +346,9 @@ test('task: the CLI runs cliNiceness steps below Node (default 10); the next tas
     const { manager } = makeManager({ server, ...options })
     const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
     server.enqueue({ text: 'slow', delayMs: 1500 })
+    const marker = `prompt-marker-${Math.random().toString(36).slice(2)}`
     let seen = null
+    let promptInArgv = null
     let second = null
     let firstAliveAtSecondStart = null
     const alive = (pid) => {
@@ -355,10 +358,12 @@ test('task: the CLI runs cliNiceness steps below Node (default 10); the next tas
         return false
       }
     }
-    const first = manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u', sessionId: session.id }, {
+    const first = manager.executeTask({ prompt: `one ${marker}`, projectId: 'p', userId: 'u', sessionId: session.id }, {
       onEvent: (e) => {
         if (e.type !== 'system' || e.subtype !== 'init') return
         seen = cliNice(session.id)
+        // The prompt went on stdin: no process of this session has it in its argv.
+        promptInArgv = processesMentioning(session.id).filter((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker))
         // Queued behind the first while it runs: it may start only once the first CLI has exited.
         second = manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: session.id }, {
           onEvent: (e2) => {
@@ -370,6 +375,7 @@ test('task: the CLI runs cliNiceness steps below Node (default 10); the next tas
     const a = await first
     t.assert.ok(a.success, JSON.stringify(a.error))
     t.assert.ok(seen, 'the CLI process was found while it ran')
+    t.assert.deepStrictEqual(promptInArgv, [], 'the prompt is not in any argv')
     t.assert.strictEqual(seen.nice, Math.min(19, ownNice() + by), JSON.stringify(options))
     const b = await second
     t.assert.ok(b.success, JSON.stringify(b.error))
@@ -377,9 +383,21 @@ test('task: the CLI runs cliNiceness steps below Node (default 10); the next tas
     t.assert.strictEqual(firstAliveAtSecondStart, false, 'the second CLI started after the first had exited')
     // Right after a task settles its CLI may still be exiting; that is not a busy session, even
     // for a caller that accepts no waiting at all.
-    const third = await manager.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId: session.id, queueTimeoutMs: 0 })
+    let thirdCli = null
+    const third = await manager.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId: session.id, queueTimeoutMs: 0 }, {
+      onEvent: (e) => {
+        if (e.type === 'system' && e.subtype === 'init') thirdCli = processesMentioning(session.id)
+      },
+    })
     t.assert.ok(third.success, JSON.stringify(third.error))
+    t.assert.ok(thirdCli?.length > 0, 'the third CLI was found while it ran')
+    // executeTask settled at the result line; the third CLI is usually still exiting here, and
+    // close() must wait for it (and for every process of its session).
+    // (A process running its exit has dropped its command line; a zombie has exited.)
+    const running = (pid) => processesMentioning(session.id).includes(pid)
+    const runningBeforeClose = thirdCli.filter(running)
     await manager.close()
-    t.assert.ok(!fs.existsSync(`/proc/${seen.pid}/cmdline`) || fs.readFileSync(`/proc/${seen.pid}/cmdline`, 'utf8') === '', 'no CLI is left after close()')
+    t.assert.deepStrictEqual(thirdCli.filter(running), [], `no CLI is left after close() (${runningBeforeClose.length} still ran when close() was called)`)
+    t.assert.deepStrictEqual(processesMentioning(session.id), [], 'nothing of the session runs after close()')
   }
 })

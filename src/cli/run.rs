@@ -646,12 +646,14 @@ exit 3"#,
     assert!(out.stderr_tail.contains("some stderr"));
   }
 
+  // The prompt arrives on stdin. That it is in no argv is checked on a real CLI's /proc cmdline in
+  // __test__/tasks.test.mjs (here the spec's args are the test's own, so it could not fail).
   #[tokio::test]
-  async fn prompt_goes_to_stdin_not_argv() {
+  async fn the_prompt_arrives_on_stdin() {
     let dir = tempfile::tempdir().unwrap();
-    let p = script(dir.path(), r#"read line; printf '{"type":"result","subtype":"success","result":"%s|%s"}\n' "$line" "$#""#);
+    let p = script(dir.path(), r#"read line; printf '{"type":"result","subtype":"success","result":"%s"}\n' "$line""#);
     let out = run(&spec(p, dir.path()), &CancelToken::new(), |_| {}).await.unwrap();
-    assert_eq!(out.result.unwrap().result.as_deref(), Some("hello|0"));
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("hello"));
   }
 
   #[tokio::test]
