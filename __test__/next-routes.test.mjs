@@ -448,32 +448,26 @@ test('next routes: session actions and the compact routes', async (t) => {
   const cleaned = await jsonOf(await routes.session.POST(post('session', { action: 'cleanup', projectId: P, maxAgeMs: 1 })), 200)
   t.assert.deepStrictEqual(cleaned, { deleted: 1, remaining: 1 })
 
-  // History replay: whatever this addon build offers.
-  const res = await routes.session.POST(post('session', { action: 'messages', sessionId: fresh.session.id, limit: 10 }))
-  if (typeof manager.getMessages === 'function') {
-    const body = await jsonOf(res, 200)
-    t.assert.ok(Array.isArray(body.messages))
-  } else {
-    await expectError(t, res, 501, 'NOT_IMPLEMENTED', /getMessages/)
-  }
+  // History replay of a session that never ran: empty.
+  const none = await jsonOf(await routes.session.POST(post('session', { action: 'messages', sessionId: fresh.session.id, limit: 10 })), 200)
+  t.assert.deepStrictEqual([none.messages, none.total], [[], 0])
 })
 
-test('next routes: the messages action passes through to getMessages when the addon has it', async (t) => {
-  const calls = []
-  const fake = {
-    getSession: (...a) => manager.getSession(...a),
-    getMessages: async (sessionId, userId, page) => {
-      calls.push([sessionId, userId, page])
-      return [{ role: 'user', content: 'hi' }]
-    },
-  }
-  const r = createClaudeRoutes({ getUserId: () => 'carol', manager: async () => fake })
-  const id = '00000000-0000-4000-8000-00000000000a'
-  const body = await jsonOf(await r.session.POST(post('session', { action: 'messages', sessionId: id, limit: 5, offset: 2 })), 200)
-  t.assert.deepStrictEqual(body, { messages: [{ role: 'user', content: 'hi' }] })
-  t.assert.deepStrictEqual(calls, [[id, 'carol', { limit: 5, offset: 2 }]])
-  fake.getMessages = async () => ({ messages: [], total: 0 })
-  t.assert.deepStrictEqual(await jsonOf(await r.session.POST(post('session', { action: 'messages', sessionId: id })), 200), { messages: [], total: 0 })
+test('next routes: the messages action answers what getMessages does for the user, with limit and offset', async (t) => {
+  server.reset()
+  const ran = await jsonOf(await routes.task.POST(post('task', { prompt: 'remember me', projectId: 'history' }, { user: 'carol' })), 200)
+  t.assert.strictEqual(ran.success, true, JSON.stringify(ran.error))
+  const all = await manager.getMessages(ran.sessionId, 'carol')
+  t.assert.deepStrictEqual(all.messages.map((m) => m.role), ['user', 'assistant'])
+  const page = await jsonOf(await routes.session.POST(post('session', { action: 'messages', sessionId: ran.sessionId, limit: 1, offset: 1 }, { user: 'carol' })), 200)
+  // The route removes server paths only; here there are none, so it is getMessages' answer as is.
+  t.assert.deepStrictEqual(page, JSON.parse(JSON.stringify(await manager.getMessages(ran.sessionId, 'carol', { limit: 1, offset: 1 }))))
+  t.assert.deepStrictEqual([page.offset, page.total, page.messages.length, page.messages[0].text], [1, 2, 1, 'Echo #1: remember me'])
+  const first = await jsonOf(await routes.session.POST(post('session', { action: 'messages', sessionId: ran.sessionId, limit: 1, offset: 0 }, { user: 'carol' })), 200)
+  t.assert.strictEqual(first.messages[0].text.trim(), 'remember me')
+  // The user comes from getUserId, never the body.
+  await expectError(t, await routes.session.POST(post('session', { action: 'messages', sessionId: ran.sessionId, userId: 'carol' }, { user: 'dave' })), 400, 'INVALID_ARGUMENT')
+  await expectError(t, await routes.session.POST(post('session', { action: 'messages', sessionId: ran.sessionId }, { user: 'dave' })), 404, 'SESSION_NOT_FOUND')
 })
 
 test('next routes: options — taskDefaults, clientTaskFields, getUserId throwing a Response, private 500s', async (t) => {
