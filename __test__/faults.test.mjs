@@ -1,5 +1,6 @@
-// Faults: the Node process killed mid-task, and a stand-in CLI that misbehaves in ways the real one
-// cannot be made to (garbage output, hanging silently). The stand-in CLI is a shell script and says so.
+// Faults: the Node process killed mid-task, a silent CLI, a dropped stream, API errors; and a
+// stand-in CLI (a shell script, and it says so) only for output the real one cannot be made to
+// produce (garbage and a truncated line).
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -78,15 +79,17 @@ test('faults (stand-in CLI): garbage and a truncated line fail with CLI_ERROR an
   await manager.close()
 })
 
-test('faults (stand-in CLI): a CLI that hangs silently is stopped by the stall timeout', async (t) => {
-  const dir = tempDir()
-  const claudePath = fakeCli(dir, `echo '{"type":"system","subtype":"init","claude_code_version":"0.0.0"}'\nsleep 600`)
-  const { manager } = makeManager({ dir, claudePath, stallTimeoutMs: 500 })
+test('faults: a CLI that goes silent (the API never answers) is stopped by the stall timeout', async (t) => {
+  server.reset()
+  // The real CLI waits 10 s for a reply and prints nothing meanwhile.
+  // 3 s: long enough for the CLI's start-up, which prints its init line within it.
+  const { manager } = makeManager({ server, stallTimeoutMs: 3000 })
+  server.enqueue({ text: 'too late', delayMs: 10_000 })
   const r = await manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u' })
-  t.assert.strictEqual(r.error.code, 'TIMEOUT')
-  t.assert.match(r.error.message, /printed nothing/)
+  t.assert.deepStrictEqual(r.error, { code: 'TIMEOUT', message: 'the CLI printed nothing for 3000 ms and was stopped' })
   t.assert.strictEqual((await manager.listTasks(r.sessionId, 'u'))[0].status, 'timed_out')
-  t.assert.deepStrictEqual(processesMentioning(claudePath), [])
+  t.assert.strictEqual(server.requests.filter((x) => x.path === '/v1/messages').length, 1, 'it was waiting for the API')
+  t.assert.deepStrictEqual(processesMentioning(r.sessionId), [], 'the CLI was stopped')
   await manager.close()
 })
 
@@ -97,7 +100,8 @@ test('faults: a stream closed mid-response fails with a code, and the session go
   server.enqueue({ text: 'cut off in the middle of a sentence', dropConnection: true })
   const r = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: first.sessionId })
   t.assert.strictEqual(r.success, false)
-  t.assert.ok(['API_ERROR', 'CLI_ERROR'].includes(r.error.code), r.error.code)
+  t.assert.strictEqual(r.error.code, 'API_ERROR', JSON.stringify(r.error))
+  t.assert.match(r.error.message, /ECONNRESET/)
   const next = await manager.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId: first.sessionId })
   t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
   await manager.close()
