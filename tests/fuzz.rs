@@ -20,6 +20,8 @@ fn transcripts() -> Vec<String> {
   static NOTE: std::sync::Once = std::sync::Once::new();
   let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/transcripts");
   let Ok(rd) = std::fs::read_dir(&dir) else {
+    // With CSM_REQUIRE_SHARED=1 (see GUARANTEES.md) the real transcripts must be there.
+    assert!(std::env::var_os("CSM_REQUIRE_SHARED").is_none_or(|v| v != "1"), "CSM_REQUIRE_SHARED=1 and {} is absent", dir.display());
     NOTE.call_once(|| eprintln!("note: {} is absent; transcript fuzzing uses the stream corpus only", dir.display()));
     return vec![];
   };

@@ -277,7 +277,8 @@ fn pieces_and_counts_match_tiktoken_on_random_unicode_and_whitespace() {
 #[test]
 fn large_random_texts_split_and_count_in_parallel_like_one_thread() {
   let mut rng = Rng(42);
-  let words: Vec<&str> = POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
+  let words: Vec<&str> =
+    POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
   for i in 0..4 {
     let text = random_text(&mut rng, 60_000 + i * 10_000, &words);
     assert!(text.len() >= PARALLEL_MIN_BYTES);
@@ -291,18 +292,11 @@ fn large_random_texts_split_and_count_in_parallel_like_one_thread() {
   check_split(&one_line, "one long line");
 }
 
-/// The transcripts in `../shared/transcripts` (present in development and CI), if any.
+/// The transcripts in `../shared/transcripts` (present in development and CI), if any; with
+/// `CSM_REQUIRE_SHARED=1` their absence fails the test (see `shared_transcripts`).
 #[test]
 fn pieces_and_counts_match_tiktoken_on_transcripts() {
-  let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/transcripts");
-  let Ok(entries) = std::fs::read_dir(&dir) else {
-    eprintln!("no transcripts at {}; skipped", dir.display());
-    return;
-  };
-  let mut files: Vec<_> =
-    entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect();
-  files.sort();
-  for f in files {
+  for f in crate::transcript::tests::shared_transcripts() {
     let text = std::fs::read_to_string(&f).unwrap();
     // Debug builds of fancy-regex are slow: the first 256 KiB of each is plenty of lines.
     let cut = text.floor_char_boundary(256 * 1024);
@@ -312,3 +306,4 @@ fn pieces_and_counts_match_tiktoken_on_transcripts() {
     check_split(&text, &name);
   }
 }
+
