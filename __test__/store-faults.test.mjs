@@ -58,6 +58,29 @@ test('store faults: a full disk is STORE_ERROR; what was written stays readable'
   }
 })
 
+test('store faults: a read-only database file is STORE_ERROR naming the path', async (t) => {
+  // Root writes through file modes, so the file is made read-only by its filesystem instead (a
+  // filesystem with a file open for writing cannot be remounted read-only: another process writes it first).
+  const mnt = tempDir('csm-ro-')
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt])
+  if (mounted.status !== 0) return t.skip(`cannot mount a tmpfs here: ${String(mounted.stderr).trim()}`)
+  try {
+    const db = path.join(mnt, 's.db')
+    const made = spawnSync(process.execPath, ['-e', `
+      const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
+      const m = new SessionManager({ databasePath: ${JSON.stringify(db)}, workingDirectory: ${JSON.stringify(mnt)} });
+      m.getOrCreateSession({ projectId: 'p', userId: 'u' }).then(() => m.close())`], { encoding: 'utf8' })
+    t.assert.strictEqual(made.status, 0, made.stderr)
+    const remount = spawnSync('mount', ['-o', 'remount,ro', mnt])
+    t.assert.strictEqual(remount.status, 0, String(remount.stderr))
+    const bytes = fs.readFileSync(db)
+    t.assert.throws(() => new SessionManager({ databasePath: db, workingDirectory: mnt }), (e) => e.code === 'STORE_ERROR' && e.message.includes(db), 'STORE_ERROR naming the path')
+    t.assert.deepStrictEqual(fs.readFileSync(db), bytes)
+  } finally {
+    spawnSync('umount', [mnt])
+  }
+})
+
 test('store faults: the database deleted while running is STORE_ERROR', async (t) => {
   const dir = tempDir()
   const db = path.join(dir, 's.db')
