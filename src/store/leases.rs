@@ -7,7 +7,7 @@ use rusqlite::{params, Connection};
 use super::*;
 use crate::error::{Error, Result};
 
-impl Store {
+impl SqliteStore {
   pub(crate) fn lease_live(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
     exists(tx, "SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2", params![session_id, now])
   }

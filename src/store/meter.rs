@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::*;
 use crate::error::Result;
 
-impl Store {
+impl SqliteStore {
   /// Remembers the context window the CLI reported for a model (as sessions name it); part of
   /// a task's end.
   pub(crate) fn remember_window(tx: &Connection, model: &str, window: u64) -> Result<()> {

@@ -1,6 +1,11 @@
-//! The SQLite session store: one file shared by every process of a server. WAL mode, a busy
-//! timeout and `BEGIN IMMEDIATE` for every write, so concurrent writers queue instead of failing;
-//! the schema is versioned with `PRAGMA user_version` and migrated forward on open.
+//! The session store: [`Store`] is the one interface the manager calls, whatever database holds
+//! the sessions; each backend lives in its own module and the manager never learns which one it
+//! has.
+//!
+//! - [`SqliteStore`] (this module with `sessions.rs`, `leases.rs`, `meter.rs`, `schema.rs`): one
+//!   file shared by every process of a server. WAL mode, a busy timeout and `BEGIN IMMEDIATE` for
+//!   every write, so concurrent writers queue instead of failing; the schema is versioned with
+//!   `PRAGMA user_version` and migrated forward on open.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -249,7 +254,7 @@ pub struct Owner {
 }
 
 /// The store. Methods block; callers run them off the JavaScript thread.
-pub struct Store {
+pub struct SqliteStore {
   conn: Mutex<Connection>,
   path: PathBuf,
   /// The file's identity when opened: a file deleted or replaced under an open connection is
@@ -278,10 +283,10 @@ fn store_err(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
   Error::store(format!("{what} {}: {e}", path.display()))
 }
 
-impl Store {
+impl SqliteStore {
   /// Opens (creating if needed) the database at `path` and migrates it. The folder must exist.
   /// A file that is not a SQLite database is reported, never overwritten.
-  pub fn open(path: &Path) -> Result<Store> {
+  pub fn open(path: &Path) -> Result<SqliteStore> {
     if path.as_os_str().is_empty() {
       return Err(Error::invalid("databasePath must not be empty"));
     }
@@ -347,7 +352,7 @@ impl Store {
     conn.set_prepared_statement_cache_capacity(64);
     let pin = std::fs::File::open(path).ok();
     let identity = file_identity(path);
-    let mut store = Store { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin };
+    let mut store = SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin };
     store.migrate()?;
     Ok(store)
   }
@@ -411,12 +416,12 @@ impl Store {
     r
   }
 
-  /// Runs `f` on this thread if its first store call can go through without waiting: the
-  /// connection is free and SQLite needs no lock that another process holds. `None` when it
-  /// would have waited; nothing was done then (a write takes its lock first, with
-  /// `BEGIN IMMEDIATE`), and the caller runs `f` where waiting is fine. Store calls after the
-  /// first one wait as usual.
-  pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
+  /// Runs `f` (which makes store calls on this store) on this thread if its first store call
+  /// can go through without waiting: the connection is free and SQLite needs no lock that
+  /// another process holds. `None` when it would have waited; nothing was done then (a write
+  /// takes its lock first, with `BEGIN IMMEDIATE`), and the caller runs `f` where waiting is
+  /// fine. Store calls after the first one wait as usual. See [`Store::now`].
+  pub(crate) fn try_now<T>(&self, f: impl FnOnce() -> Result<T>) -> Option<Result<T>> {
     /// Puts the thread's state back even if `f` panics (a caught panic must not leave later
     /// store calls on this thread in "give up" mode).
     struct Restore(Now);
@@ -426,7 +431,7 @@ impl Store {
       }
     }
     let _restore = Restore(NOW.with(|n| n.replace(Now::Trying)));
-    let r = f(self);
+    let r = f();
     let gave_up = NOW.with(|n| n.get()) == Now::WouldBlock;
     (!gave_up).then_some(r)
   }
@@ -443,5 +448,124 @@ impl Store {
   /// The schema version of the open file.
   pub fn schema_version(&self) -> Result<i64> {
     self.with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+  }
+}
+
+/// The session store the manager uses: one backend behind the same methods. Methods block; the
+/// manager runs them off the JavaScript thread (or, through [`Store::now`], right where it is
+/// when that cannot wait).
+pub enum Store {
+  /// One SQLite file (the default).
+  Sqlite(SqliteStore),
+}
+
+/// Forwards each listed method to the backend.
+macro_rules! dispatch {
+  ($( $(#[$m:meta])* fn $name:ident(&self $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty; )*) => {
+    impl Store {
+      $(
+        $(#[$m])*
+        pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+          match self {
+            Store::Sqlite(s) => s.$name($($arg),*),
+          }
+        }
+      )*
+    }
+  };
+}
+
+dispatch! {
+  /// Creates a session.
+  fn create_session(&self, s: &NewSession) -> Result<Session>;
+  /// One session of one user; another user's session is `None`, as a missing one is.
+  fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>>;
+  /// Sessions of a user, newest activity first.
+  fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>>;
+  /// The newest active session of a user's project, or a new one made from `new`, atomically.
+  fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)>;
+  /// Archives the user's active sessions of the project and creates `new`, atomically.
+  fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)>;
+  /// Archives one session.
+  fn archive_session(&self, id: &str, user_id: &str) -> Result<Session>;
+  /// Deletes one session with its tasks and compactions; a session running a task is busy.
+  fn delete_session(&self, id: &str, user_id: &str) -> Result<()>;
+  /// Deletes idle sessions; returns how many.
+  fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64>;
+  /// Deletes idle sessions; returns them.
+  fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>>;
+  /// Counts a user's sessions.
+  fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64>;
+  /// Replaces the context snapshot of a session.
+  fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()>;
+  /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
+  fn lease_kept_after_end(&self, session_id: &str) -> Result<bool>;
+  /// Takes the session's lease and inserts the task row as `running`, atomically; false when
+  /// another live task holds the lease.
+  fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool>;
+  /// Records a task that ended before it could start.
+  #[allow(clippy::too_many_arguments, reason = "one argument per column of the row written")]
+  fn record_unstarted_task(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    kind: &str,
+    owner: &Owner,
+    status: &str,
+    code: &str,
+    message: &str,
+  ) -> Result<()>;
+  /// Extends a held lease; false when it is no longer this task's.
+  fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool>;
+  /// Ends a task: its row, the session's totals, the context snapshot, the lease.
+  fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()>;
+  /// Frees the lease a task kept past its end.
+  fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()>;
+  /// Marks `running` tasks whose holder is gone as `interrupted`; returns how many.
+  fn recover_interrupted(&self, is_alive: &dyn Fn(u32) -> bool) -> Result<u64>;
+  /// Tasks of a session, oldest first.
+  fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>>;
+  /// The last context window reported for a model, if any.
+  fn window_for(&self, model: &str) -> Result<Option<u64>>;
+  /// Compactions of a session, oldest first.
+  fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>>;
+  /// The schema version of the open store.
+  fn schema_version(&self) -> Result<i64>;
+}
+
+impl Store {
+  /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+  pub fn open(path: &Path) -> Result<Store> {
+    SqliteStore::open(path).map(Store::Sqlite)
+  }
+
+  /// The SQLite file, for the SQLite backend.
+  pub fn path(&self) -> Option<&Path> {
+    match self {
+      Store::Sqlite(s) => Some(s.path()),
+    }
+  }
+
+  /// Runs `f` on this thread if its first store call can go through without waiting (SQLite:
+  /// the connection is free and no other process holds a lock it needs). `None` when it would
+  /// have waited, or when the backend cannot tell without a network round trip (PostgreSQL);
+  /// nothing was done then, and the caller runs `f` where waiting is fine. Store calls after
+  /// the first one wait as usual.
+  pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
+    match self {
+      Store::Sqlite(s) => s.try_now(|| f(self)),
+    }
+  }
+
+  /// `get_session` if it can be answered without waiting (see [`Store::now`]); `None` means "ask
+  /// again the blocking way". Meant for the JavaScript thread: a point read by primary key takes
+  /// microseconds, less than a trip to another thread and back.
+  pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
+    self.now(|s| s.get_session(id, user_id))
+  }
+
+  /// `window_for`, answered without waiting or not at all, as `get_session_now` is.
+  pub fn window_for_now(&self, model: &str) -> Option<Result<Option<u64>>> {
+    self.now(|s| s.window_for(model))
   }
 }

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::*;
 use crate::error::{Error, Result};
 
-impl Store {
+impl SqliteStore {
   pub(crate) fn insert_session(tx: &rusqlite::Transaction<'_>, s: &NewSession, now: i64) -> Result<()> {
     // One answer whoever holds the id, or held it before it was deleted: no oracle, no reuse.
     if exists(tx, "SELECT 1 FROM sessions WHERE id = ?1 UNION ALL SELECT 1 FROM retired_session_ids WHERE id = ?1", [&s.id])? {
@@ -56,18 +56,6 @@ impl Store {
   /// One session of one user; another user's session is `None`, as a missing one is.
   pub fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
     self.with(|c| Self::get_in(c, id, user_id))
-  }
-
-  /// `get_session` if it can be answered without waiting (see [`Store::now`]); `None` means "ask
-  /// again the blocking way". Meant for the JavaScript thread: a point read by primary key takes
-  /// microseconds, less than a trip to another thread and back.
-  pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
-    self.now(|s| s.get_session(id, user_id))
-  }
-
-  /// `window_for`, answered without waiting or not at all, as `get_session_now` is.
-  pub fn window_for_now(&self, model: &str) -> Option<Result<Option<u64>>> {
-    self.now(|s| s.window_for(model))
   }
 
   /// Sessions of a user, newest activity first.
