@@ -6,6 +6,9 @@
 //!   file shared by every process of a server. WAL mode, a busy timeout and `BEGIN IMMEDIATE` for
 //!   every write, so concurrent writers queue instead of failing; the schema is versioned with
 //!   `PRAGMA user_version` and migrated forward on open.
+//! - [`PgStore`] (`postgres.rs`): one PostgreSQL database shared by several nodes, chosen by a
+//!   `postgres://` / `postgresql://` `databaseUrl`; leases with fencing tokens on the database
+//!   clock.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,9 +21,11 @@ use crate::error::{Error, Result};
 
 mod leases;
 mod meter;
+mod postgres;
 mod schema;
 mod sessions;
 
+pub use postgres::{is_postgres_url, PgStore, PG_SCHEMA_VERSION};
 use schema::MIGRATIONS;
 pub use schema::SCHEMA_VERSION;
 
@@ -457,6 +462,8 @@ impl SqliteStore {
 pub enum Store {
   /// One SQLite file (the default).
   Sqlite(SqliteStore),
+  /// A PostgreSQL database shared by several nodes (`databaseUrl`).
+  Postgres(PgStore),
 }
 
 /// Forwards each listed method to the backend.
@@ -468,6 +475,7 @@ macro_rules! dispatch {
         pub fn $name(&self $(, $arg: $ty)*) -> $ret {
           match self {
             Store::Sqlite(s) => s.$name($($arg),*),
+            Store::Postgres(p) => p.$name($($arg),*),
           }
         }
       )*
@@ -539,10 +547,25 @@ impl Store {
     SqliteStore::open(path).map(Store::Sqlite)
   }
 
+  /// Connects to the PostgreSQL database at `url` (`postgres://` or `postgresql://`), keeping
+  /// the tables in `schema`, and migrates it.
+  pub fn connect(url: &str, schema: &str) -> Result<Store> {
+    PgStore::connect(url, schema).map(Store::Postgres)
+  }
+
   /// The SQLite file, for the SQLite backend.
   pub fn path(&self) -> Option<&Path> {
     match self {
       Store::Sqlite(s) => Some(s.path()),
+      Store::Postgres(_) => None,
+    }
+  }
+
+  /// Which backend this is: `sqlite` or `postgres`.
+  pub fn backend(&self) -> &'static str {
+    match self {
+      Store::Sqlite(_) => "sqlite",
+      Store::Postgres(_) => "postgres",
     }
   }
 
@@ -554,6 +577,8 @@ impl Store {
   pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
     match self {
       Store::Sqlite(s) => s.try_now(|| f(self)),
+      // Every call is a network round trip that may wait: never on the caller's thread.
+      Store::Postgres(_) => None,
     }
   }
 

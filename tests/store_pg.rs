@@ -1,0 +1,296 @@
+//! The PostgreSQL store without Node: sessions, leases with fencing tokens, migrations, bad
+//! connection strings. Runs when `CSM_TEST_DATABASE_URL` names a database (each test in a fresh
+//! schema, dropped afterwards); otherwise each test returns at once and one line says so.
+
+use std::io::Write;
+use std::time::Duration;
+
+use claude_session_manager::error::ErrorCode;
+use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, PG_SCHEMA_VERSION};
+
+const SKIP: &str = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them";
+
+fn test_url() -> Option<String> {
+  static ONCE: std::sync::Once = std::sync::Once::new();
+  let url = std::env::var("CSM_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
+  if url.is_none() {
+    // Straight to stderr: the harness captures `eprintln!`, and this line must be seen.
+    ONCE.call_once(|| {
+      let _ = writeln!(std::io::stderr(), "{SKIP}");
+    });
+  }
+  url
+}
+
+/// SQL run directly, for set-up and checks the store does not offer.
+fn admin(url: &str, sql: &str) -> Result<(), String> {
+  let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+  rt.block_on(async {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.map_err(|e| e.as_db_error().map(|d| d.code().code().to_owned()).unwrap_or_else(|| e.to_string()))
+  })
+}
+
+/// A store in a schema of its own, dropped when the guard goes.
+struct Fresh {
+  url: String,
+  schema: String,
+  store: Option<Store>,
+}
+
+impl Fresh {
+  fn new(url: &str) -> Fresh {
+    Fresh::with(url, url)
+  }
+  /// Connects with `connect_url`; drops the schema through `admin_url`.
+  fn with(connect_url: &str, admin_url: &str) -> Fresh {
+    let schema = format!("csm_test_{}", uuid::Uuid::new_v4().simple());
+    let store = Store::connect(connect_url, &schema).unwrap();
+    Fresh { url: admin_url.into(), schema, store: Some(store) }
+  }
+  fn store(&self) -> &Store {
+    self.store.as_ref().unwrap()
+  }
+}
+
+impl Drop for Fresh {
+  fn drop(&mut self) {
+    self.store = None;
+    let _ = admin(&self.url, &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
+  }
+}
+
+fn new_session(id: &str, user: &str, project: &str) -> NewSession {
+  NewSession {
+    id: id.into(),
+    project_id: project.into(),
+    user_id: user.into(),
+    parent_id: None,
+    title: None,
+    model: "sonnet".into(),
+    working_directory: "/tmp".into(),
+    context: None,
+    cli_cost_watermark: 0.0,
+    config_dir: None,
+  }
+}
+
+fn id() -> String {
+  uuid::Uuid::new_v4().to_string()
+}
+
+fn owner() -> Owner {
+  Owner { id: id(), pid: std::process::id() }
+}
+
+fn fence(store: &Store, task: &str) -> i64 {
+  match store {
+    Store::Postgres(p) => p.task_fence(task).unwrap().unwrap(),
+    _ => unreachable!(),
+  }
+}
+
+#[test]
+fn sessions_round_trip_and_stay_per_user() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  assert_eq!(s.backend(), "postgres");
+  assert_eq!(s.schema_version().unwrap(), PG_SCHEMA_VERSION);
+  let a = id();
+  let created = s.create_session(&new_session(&a, "alice", "p")).unwrap();
+  assert_eq!(created.status, "active");
+  assert!(created.created_at > 1_600_000_000_000, "milliseconds by the database clock");
+  assert_eq!(s.get_session(&a, "alice").unwrap().unwrap(), created);
+  assert!(s.get_session(&a, "bob").unwrap().is_none());
+  // No fast path without a round trip.
+  assert!(s.get_session_now(&a, "alice").is_none());
+  assert!(s.window_for_now("sonnet").is_none());
+  // The same id again is refused, as on SQLite.
+  assert_eq!(s.create_session(&new_session(&a, "bob", "p")).unwrap_err().code, ErrorCode::InvalidArgument);
+  let (same, made) = s.get_or_create(&new_session(&id(), "alice", "p"), true).unwrap();
+  assert!(!made);
+  assert_eq!(same.id, a);
+  let (fresh, archived) = s.start_fresh(&new_session(&id(), "alice", "p")).unwrap();
+  assert_eq!(archived, 1);
+  assert_eq!(s.get_session(&a, "alice").unwrap().unwrap().status, "archived");
+  let q =
+    ListQuery { user_id: "alice".into(), project_id: Some("p".into()), status: Some("active".into()), limit: 10, ..Default::default() };
+  let listed = s.list_sessions(&q).unwrap();
+  assert_eq!(listed.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), vec![fresh.id.clone()]);
+  assert_eq!(s.count_sessions("alice", None).unwrap(), 2);
+  assert_eq!(s.archive_session(&fresh.id, "bob").unwrap_err().code, ErrorCode::SessionNotFound);
+  s.delete_session(&a, "alice").unwrap();
+  assert_eq!(s.delete_session(&a, "alice").unwrap_err().code, ErrorCode::SessionNotFound);
+  // A deleted id is never given out again.
+  assert_eq!(s.create_session(&new_session(&a, "alice", "p")).unwrap_err().code, ErrorCode::InvalidArgument);
+  // Cleanup: everything idle for more than 0 ms, archived or not.
+  std::thread::sleep(Duration::from_millis(5));
+  let gone = s.cleanup_sessions("alice", None, 0, false).unwrap();
+  assert_eq!(gone.len(), 1);
+  assert_eq!(s.count_sessions("alice", None).unwrap(), 0);
+  assert_eq!(s.cleanup("alice", Some("p"), u64::MAX, false).unwrap(), 0);
+}
+
+#[test]
+fn get_or_create_from_many_threads_makes_one_session() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let ids: Vec<String> = std::thread::scope(|sc| {
+    let hs: Vec<_> = (0..6).map(|_| sc.spawn(|| s.get_or_create(&new_session(&id(), "u", "shared"), true).unwrap().0.id)).collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+  });
+  assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+  assert_eq!(s.count_sessions("u", Some("shared")).unwrap(), 1);
+}
+
+#[test]
+fn leases_are_fenced_and_expire_by_the_database_clock() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  let (a, b) = (owner(), owner());
+  let ttl = Duration::from_secs(30);
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &a, ttl).unwrap());
+  assert!(!s.try_begin_task(&sid, "t2", "task", "sonnet", &b, ttl).unwrap(), "one holder at a time");
+  assert_eq!(s.delete_session(&sid, "u").unwrap_err().code, ErrorCode::SessionBusy);
+  assert!(s.renew_lease(&sid, "t1", ttl).unwrap());
+  let end = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
+  s.finish_task(&sid, "t1", &end, None).unwrap();
+  assert!(s.lease_kept_after_end(&sid).unwrap());
+  assert!(!s.try_begin_task(&sid, "t2", "task", "sonnet", &b, ttl).unwrap(), "kept while the CLI exits");
+  s.release_lease(&sid, "t1").unwrap();
+  assert!(!s.lease_kept_after_end(&sid).unwrap());
+  assert!(!s.renew_lease(&sid, "t1", ttl).unwrap(), "released");
+  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &b, Duration::from_millis(200)).unwrap());
+  assert_eq!((fence(s, "t1"), fence(s, "t2")), (1, 2), "one more on every take-over");
+  // t2's holder stops renewing; once the lease expires by the database's clock, t3 takes over.
+  std::thread::sleep(Duration::from_millis(400));
+  assert!(s.try_begin_task(&sid, "t3", "task", "sonnet", &a, ttl).unwrap());
+  assert_eq!(fence(s, "t3"), 3);
+  let tasks = s.list_tasks(&sid).unwrap();
+  let t2 = tasks.iter().find(|t| t.id == "t2").unwrap();
+  assert_eq!((t2.status.as_str(), t2.error_code.as_deref()), ("interrupted", Some("INTERRUPTED")));
+  // The stale holder is fenced out: no renewal, and its end is refused without a write.
+  assert!(!s.renew_lease(&sid, "t2", ttl).unwrap());
+  let late = TaskEnd { status: "succeeded".into(), cost_usd: 5.0, ..Default::default() };
+  let e = s.finish_task(&sid, "t2", &late, None).unwrap_err();
+  assert_eq!(e.code, ErrorCode::StoreError);
+  assert!(e.message.contains("took it over"), "{}", e.message);
+  let session = s.get_session(&sid, "u").unwrap().unwrap();
+  assert_eq!(session.total_cost_usd, 0.0);
+  assert_eq!(session.task_count, 2, "t1 and the interrupted t2");
+  let end = TaskEnd { status: "succeeded".into(), cost_usd: 0.5, materialized: true, ..Default::default() };
+  s.finish_task(&sid, "t3", &end, Some(0.5)).unwrap();
+  let session = s.get_session(&sid, "u").unwrap().unwrap();
+  assert_eq!((session.task_count, session.total_cost_usd, session.materialized), (3, 0.5, true));
+  // The next start after a release takes fence 4.
+  assert!(s.try_begin_task(&sid, "t4", "task", "sonnet", &b, ttl).unwrap());
+  assert_eq!(fence(s, "t4"), 4);
+}
+
+#[test]
+fn one_running_task_per_session_is_enforced_by_the_database() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), Duration::from_secs(30)).unwrap());
+  let dup = admin(
+    &url,
+    &format!(
+      "INSERT INTO \"{}\".tasks (id, session_id, status, started_at, owner_id, owner_pid, node_id) VALUES ('x', '{sid}', 'running', 0, 'o', 1, 'n')",
+      f.schema
+    ),
+  );
+  assert_eq!(dup, Err("23505".into()), "unique_violation from the partial unique index");
+}
+
+#[test]
+fn recovery_judges_pids_only_for_this_node() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let (here, elsewhere) = (id(), id());
+  for sid in [&here, &elsewhere] {
+    s.create_session(&new_session(sid, "u", "p")).unwrap();
+  }
+  let ttl = Duration::from_secs(30);
+  assert!(s.try_begin_task(&here, "mine", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(s.try_begin_task(&elsewhere, "theirs", "task", "sonnet", &owner(), ttl).unwrap());
+  // Pretend "theirs" was started by another machine: its pid means nothing here.
+  admin(&url, &format!("UPDATE \"{0}\".tasks SET node_id = 'other' WHERE id = 'theirs'; UPDATE \"{0}\".leases SET node_id = 'other' WHERE task_id = 'theirs'", f.schema)).unwrap();
+  assert_eq!(s.recover_interrupted(&|_| false).unwrap(), 1, "only this node's dead pid");
+  assert_eq!(s.list_tasks(&here).unwrap()[0].status, "interrupted");
+  assert_eq!(s.list_tasks(&elsewhere).unwrap()[0].status, "running");
+  // Once its lease expires by the database clock, the other node's task is recovered too.
+  admin(&url, &format!("UPDATE \"{}\".leases SET expires_at = now() - interval '1 second' WHERE task_id = 'theirs'", f.schema)).unwrap();
+  assert_eq!(s.recover_interrupted(&|_| true).unwrap(), 1);
+  assert!(s.try_begin_task(&elsewhere, "next", "task", "sonnet", &owner(), ttl).unwrap());
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_reopening_is_a_no_op() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let again = Store::connect(&url, &f.schema).unwrap();
+  assert_eq!(again.schema_version().unwrap(), PG_SCHEMA_VERSION);
+  drop(again);
+  admin(&url, &format!("UPDATE \"{}\".schema_version SET version = 999", f.schema)).unwrap();
+  let e = Store::connect(&url, &f.schema).err().expect("refused");
+  assert_eq!(e.code, ErrorCode::StoreError);
+  assert!(e.message.contains("newer than this build"), "{}", e.message);
+}
+
+#[test]
+fn prisma_style_parameters_are_accepted() {
+  let Some(url) = test_url() else { return };
+  let sep = if url.contains('?') { '&' } else { '?' };
+  let prisma = format!("{url}{sep}schema=public&connection_limit=2&pgbouncer=true&pool_timeout=5&socket_timeout=3");
+  let f = Fresh::with(&prisma, &url);
+  let sid = id();
+  f.store().create_session(&new_session(&sid, "u", "p")).unwrap();
+  // The tables went to the addon's schema, not Prisma's `public`.
+  assert_eq!(admin(&url, &format!("SELECT 1 FROM \"{}\".sessions WHERE id = '{sid}'", f.schema)), Ok(()),);
+}
+
+#[test]
+fn unreachable_databases_and_bad_passwords_are_store_errors_without_the_password() {
+  // Needs no database: nothing listens on port 1.
+  let e = Store::connect("postgresql://app:Sup3rSecretPw@127.0.0.1:1/db?connect_timeout=2", "claude_sessions").err().expect("refused");
+  assert_eq!(e.code, ErrorCode::StoreError);
+  assert!(!e.message.contains("Sup3rSecretPw"), "{}", e.message);
+  assert!(e.message.contains("postgresql://app@127.0.0.1:1/db"), "{}", e.message);
+  let e = Store::connect("postgresql://app:pw@127.0.0.1:1/db", "Bad-Schema").err().expect("refused");
+  assert_eq!(e.code, ErrorCode::InvalidArgument);
+  let Some(url) = test_url() else { return };
+  // The same server with a password it cannot accept (a server that trusts the connection
+  // ignores passwords: then there is nothing to refuse, and nothing to leak either).
+  let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+  cfg.password("Wr0ngPassw0rd");
+  let user = cfg.get_user().unwrap_or("postgres").to_owned();
+  let host = match &cfg.get_hosts()[0] {
+    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+    #[cfg(unix)]
+    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+  };
+  let port = cfg.get_ports().first().copied().unwrap_or(5432);
+  let bad = format!("postgresql://{user}:Wr0ngPassw0rd@{host}:{port}/{}", cfg.get_dbname().unwrap_or("postgres"));
+  let schema = format!("csm_test_{}", uuid::Uuid::new_v4().simple());
+  match Store::connect(&bad, &schema) {
+    Err(e) => {
+      assert_eq!(e.code, ErrorCode::StoreError);
+      assert!(!e.message.contains("Wr0ngPassw0rd"), "{}", e.message);
+    }
+    Ok(store) => {
+      drop(store);
+      let _ = admin(&url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+      let _ = writeln!(std::io::stderr(), "note: {host}:{port} trusts this connection; the wrong-password case was not exercised");
+    }
+  }
+}
