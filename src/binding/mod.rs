@@ -57,10 +57,11 @@ impl SessionManager {
     })
   }
 
-  /// The SQLite file in use.
+  /// The SQLite file in use, or with `databaseUrl` the PostgreSQL database
+  /// (`postgresql://user@host:port/db`, never the password).
   #[napi(getter)]
   pub fn database_path(&self) -> String {
-    self.inner.config().database_path.to_string_lossy().into_owned()
+    self.inner.info().database_path
   }
 
   /// Sessions of a user, newest activity first.

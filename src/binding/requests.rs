@@ -18,6 +18,20 @@ pub struct SessionManagerOptions {
   /// SQLite file. Default: env `CLAUDE_SESSIONS_DB`, else `sessions.db` in `stateDirectory`
   /// (created `0600`). Keep it out of every working directory: an agent must not reach it.
   pub database_path: Option<String>,
+  /// Keep sessions in PostgreSQL instead of SQLite, so that several servers (nodes) share them:
+  /// a `postgres://` or `postgresql://` URL (any other value is taken as a SQLite file, like
+  /// `databasePath`; give one or the other). Default: env `CLAUDE_SESSIONS_DATABASE_URL` (never
+  /// `DATABASE_URL`: pass `process.env.DATABASE_URL` yourself to share the app's database).
+  /// Prisma's URL parameters are accepted: `connection_limit` sizes the pool (default 8),
+  /// `pool_timeout` (seconds) bounds the wait for a connection, `schema` and `pgbouncer` are
+  /// ignored. `sslmode=require` uses TLS and verifies the server's certificate against the
+  /// public web roots. A database that cannot be reached, or refuses the login, throws
+  /// `STORE_ERROR` (the message never contains the password). Transcripts stay on each node's
+  /// disk: resuming a session on another node is not supported yet.
+  pub database_url: Option<String>,
+  /// The PostgreSQL schema holding the addon's tables, created if needed (lowercase letters,
+  /// digits, underscores). Default `claude_sessions`, apart from the app's own (`public`) tables.
+  pub database_schema: Option<String>,
   /// Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else `process.cwd()`.
   pub working_directory: Option<String>,
   /// Model for new sessions. Default: env `CLAUDE_DEFAULT_MODEL`, else `sonnet`.

@@ -400,6 +400,8 @@ pub struct ManagerInfo {
   /// (false when there is no key to hide, e.g. a cloud provider, or with `exposeApiKeyToAgent`).
   pub api_key_proxy: bool,
   pub state_directory: String,
+  /// The SQLite file, or with `databaseUrl` the PostgreSQL database (`postgresql://user@host:port/db`,
+  /// never the password).
   pub database_path: String,
   #[napi(ts_type = "'none' | 'user' | 'project'")]
   pub isolate_tenants: String,
@@ -411,7 +413,7 @@ impl From<manager::ManagerInfo> for ManagerInfo {
       sandbox: i.sandbox.into(),
       api_key_proxy: i.api_key_proxy,
       state_directory: i.state_directory.to_string_lossy().into_owned(),
-      database_path: i.database_path.to_string_lossy().into_owned(),
+      database_path: i.database_path,
       isolate_tenants: i.isolate_tenants.into(),
     }
   }

@@ -11,6 +11,8 @@ use crate::validate;
 #[derive(Debug, Clone, Default)]
 pub struct Options {
   pub database_path: Option<String>,
+  pub database_url: Option<String>,
+  pub database_schema: Option<String>,
   pub working_directory: Option<String>,
   pub default_model: Option<String>,
   pub context_window: Option<f64>,
@@ -63,7 +65,12 @@ pub enum Isolation {
 /// Resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+  /// The SQLite file (unused when `database_url` is set).
   pub database_path: PathBuf,
+  /// A `postgres://` / `postgresql://` URL: the sessions live in PostgreSQL instead of SQLite.
+  pub database_url: Option<String>,
+  /// The PostgreSQL schema holding the addon's tables.
+  pub database_schema: String,
   pub working_directory: PathBuf,
   pub default_model: String,
   pub context_window: u64,
@@ -120,7 +127,31 @@ impl Config {
       Some("project") => Isolation::Project,
       Some(other) => return Err(Error::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
     };
-    let explicit_db = o.database_path.clone().or_else(|| env_var("CLAUDE_SESSIONS_DB")).map(PathBuf::from);
+    // `databaseUrl` (or env `CLAUDE_SESSIONS_DATABASE_URL`; never `DATABASE_URL`, which usually
+    // belongs to the app): PostgreSQL when it says so, else a SQLite file as `databasePath`.
+    let url = o.database_url.clone().or_else(|| if o.database_path.is_some() { None } else { env_var("CLAUDE_SESSIONS_DATABASE_URL") });
+    let (database_url, url_path) = match url {
+      Some(_) if o.database_url.is_some() && o.database_path.is_some() => {
+        return Err(Error::invalid("give databaseUrl or databasePath, not both"));
+      }
+      Some(u) if crate::store::is_postgres_url(&u) => (Some(u), None),
+      Some(u) => {
+        let path = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")).or_else(|| u.strip_prefix("file:")).unwrap_or(&u);
+        if path.is_empty() {
+          return Err(Error::invalid("databaseUrl must be a postgres:// or postgresql:// URL or a SQLite file path"));
+        }
+        (None, Some(path.to_owned()))
+      }
+      None => (None, None),
+    };
+    let database_schema = o.database_schema.clone().unwrap_or_else(|| "claude_sessions".into());
+    crate::store::validate_pg_schema(&database_schema)?;
+    let explicit_db = o
+      .database_path
+      .clone()
+      .or(url_path)
+      .or_else(|| if database_url.is_some() { None } else { env_var("CLAUDE_SESSIONS_DB") })
+      .map(PathBuf::from);
     // The database's own folder must exist (a typo must not create a new, empty store); a state
     // folder chosen here is created, private.
     let (state_directory, create) = match o.state_directory.clone().or_else(|| env_var("CLAUDE_SESSIONS_STATE_DIR")) {
@@ -138,7 +169,9 @@ impl Config {
       Some(p) => p,
       None => {
         let db = state_directory.join("sessions.db");
-        adopt_legacy_database(&working_directory, &db)?;
+        if database_url.is_none() {
+          adopt_legacy_database(&working_directory, &db)?;
+        }
         db
       }
     };
@@ -216,6 +249,8 @@ impl Config {
     }
     Ok(Config {
       database_path,
+      database_url,
+      database_schema,
       working_directory,
       default_model,
       context_window,

@@ -102,7 +102,8 @@ pub struct ManagerInfo {
   /// Whether the CLI gets a per-task token for a loopback proxy instead of the API key.
   pub api_key_proxy: bool,
   pub state_directory: PathBuf,
-  pub database_path: PathBuf,
+  /// The SQLite file, or the PostgreSQL database without its password.
+  pub database_path: String,
   pub isolate_tenants: &'static str,
 }
 
@@ -156,15 +157,21 @@ impl Manager {
   pub fn open(options: Options) -> Result<Manager> {
     let cfg = Config::resolve(options)?;
     let sandbox = cli::Sandbox::detect(cfg.sandbox, cfg.sandbox_read_only.clone(), cfg.sandbox_read_write.clone())?;
-    private_file(&cfg.database_path)?;
-    let store = Store::open(&cfg.database_path)?;
-    config::private_dir(&cfg.tenant_config_root)?;
-    for suffix in ["-wal", "-shm"] {
-      let p = PathBuf::from(format!("{}{suffix}", cfg.database_path.display()));
-      if p.exists() {
-        private_file(&p)?;
+    let store = match &cfg.database_url {
+      Some(url) => Store::connect(url, &cfg.database_schema)?,
+      None => {
+        private_file(&cfg.database_path)?;
+        let store = Store::open(&cfg.database_path)?;
+        for suffix in ["-wal", "-shm"] {
+          let p = PathBuf::from(format!("{}{suffix}", cfg.database_path.display()));
+          if p.exists() {
+            private_file(&p)?;
+          }
+        }
+        store
       }
-    }
+    };
+    config::private_dir(&cfg.tenant_config_root)?;
     store.recover_interrupted(&cli::pid_alive)?;
     Ok(Manager {
       store: Arc::new(store),
@@ -188,7 +195,7 @@ impl Manager {
       sandbox: if self.sandbox.is_some() { "bubblewrap" } else { "none" },
       api_key_proxy: !self.cfg.expose_api_key && upstream_of(&self.base_env()).is_some(),
       state_directory: self.cfg.state_directory.clone(),
-      database_path: self.cfg.database_path.clone(),
+      database_path: self.store.describe(),
       isolate_tenants: match self.cfg.isolation {
         Isolation::None => "none",
         Isolation::User => "user",

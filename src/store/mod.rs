@@ -25,7 +25,7 @@ mod postgres;
 mod schema;
 mod sessions;
 
-pub use postgres::{is_postgres_url, PgStore, PG_SCHEMA_VERSION};
+pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 use schema::MIGRATIONS;
 pub use schema::SCHEMA_VERSION;
 
@@ -558,6 +558,15 @@ impl Store {
     match self {
       Store::Sqlite(s) => Some(s.path()),
       Store::Postgres(_) => None,
+    }
+  }
+
+  /// Where the sessions live, for messages and `info()`: the SQLite file, or the PostgreSQL
+  /// database without its password.
+  pub fn describe(&self) -> String {
+    match self {
+      Store::Sqlite(s) => s.path().display().to_string(),
+      Store::Postgres(p) => p.describe().to_owned(),
     }
   }
 
