@@ -4,6 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { createRequire } from 'node:module'
+import { execFileSync } from 'node:child_process'
 
 const require = createRequire(import.meta.url)
 export const addon = require('../index.js')
@@ -13,14 +14,51 @@ export function tempDir(prefix = 'csm-') {
   return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))
 }
 
-/** A manager over a fresh database; `server` is optional. */
-export function makeManager({ server, dir = tempDir(), ...options } = {}) {
+/** The PostgreSQL database the tests may use (`CSM_TEST_DATABASE_URL`), or ''. */
+export const PG_URL = process.env.CSM_TEST_DATABASE_URL || ''
+
+let skipNoted = false
+/**
+ * The store backends to run a test against: `sqlite`, and `postgres` when `CSM_TEST_DATABASE_URL`
+ * is set (otherwise one line says they were skipped).
+ */
+export function testBackends() {
+  if (!PG_URL && !skipNoted) {
+    skipNoted = true
+    console.log('PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them')
+  }
+  return PG_URL ? ['sqlite', 'postgres'] : ['sqlite']
+}
+
+/** A test name's suffix for a backend ('' for the default, SQLite). */
+export const backendTag = (backend) => (backend === 'sqlite' ? '' : ` [${backend}]`)
+
+const schemas = []
+process.on('exit', () => {
+  if (!schemas.length) return
+  const sql = schemas.map((s) => `DROP SCHEMA IF EXISTS "${s}" CASCADE;`).join(' ')
+  try {
+    execFileSync('psql', [PG_URL, '-qc', sql], { stdio: 'ignore' })
+  } catch {}
+})
+
+/** Where a manager of `backend` keeps its sessions: a fresh SQLite file or PostgreSQL schema. */
+function storeOptions(backend, dir) {
+  if (backend === 'sqlite') return { databasePath: path.join(dir, 'sessions.db') }
+  if (backend !== 'postgres' || !PG_URL) throw new Error(`no such test backend: ${backend}`)
+  const schema = `csm_js_${process.pid}_${Math.random().toString(36).slice(2, 10)}`
+  schemas.push(schema)
+  return { databaseUrl: PG_URL, databaseSchema: schema }
+}
+
+/** A manager over a fresh database (`backend`: `sqlite` or `postgres`); `server` is optional. */
+export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...options } = {}) {
   const configDir = path.join(dir, 'claude-config')
   fs.mkdirSync(configDir, { recursive: true })
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
   const manager = new addon.SessionManager({
-    databasePath: path.join(dir, 'sessions.db'),
+    ...storeOptions(backend, dir),
     workingDirectory: work,
     env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },
     ...options,

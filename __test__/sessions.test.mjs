@@ -1,53 +1,84 @@
-// The session API over the SQLite store: lifecycle, ownership, validation, store errors,
+// The session API over the SQLite store (the first tests, cleanup and close also over PostgreSQL
+// when CSM_TEST_DATABASE_URL is set): lifecycle, ownership, validation, store errors,
 // and several processes sharing one database file.
 import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { spawn } from 'node:child_process'
-import { addon, makeManager, rejectsWith, tempDir, UUID } from './helpers.mjs'
+import { spawn, execFileSync } from 'node:child_process'
+import { addon, makeManager, rejectsWith, tempDir, UUID, testBackends, backendTag, PG_URL } from './helpers.mjs'
 
 const { SessionManager } = addon
 
-test('sessions: create, get, list newest first, getOrCreate, startFresh, archive, delete', async (t) => {
-  const { manager } = makeManager()
-  const a = await manager.getOrCreateSession({ projectId: 'p1', userId: 'alice' })
-  t.assert.ok(a.created)
-  t.assert.match(a.session.id, UUID)
-  t.assert.strictEqual(a.session.status, 'active')
-  t.assert.strictEqual(a.session.model, 'sonnet')
-  t.assert.strictEqual(a.session.taskCount, 0)
-  const again = await manager.getOrCreateSession({ projectId: 'p1', userId: 'alice' })
-  t.assert.strictEqual(again.created, false)
-  t.assert.strictEqual(again.session.id, a.session.id)
-  const other = await manager.getOrCreateSession({ projectId: 'p1', userId: 'alice', preferActive: false })
-  t.assert.ok(other.created)
-  t.assert.notStrictEqual(other.session.id, a.session.id)
+for (const backend of testBackends()) {
+  test(`sessions: create, get, list newest first, getOrCreate, startFresh, archive, delete${backendTag(backend)}`, async (t) => {
+    const { manager } = makeManager({ backend })
+    const a = await manager.getOrCreateSession({ projectId: 'p1', userId: 'alice' })
+    t.assert.ok(a.created)
+    t.assert.match(a.session.id, UUID)
+    t.assert.strictEqual(a.session.status, 'active')
+    t.assert.strictEqual(a.session.model, 'sonnet')
+    t.assert.strictEqual(a.session.taskCount, 0)
+    const again = await manager.getOrCreateSession({ projectId: 'p1', userId: 'alice' })
+    t.assert.strictEqual(again.created, false)
+    t.assert.strictEqual(again.session.id, a.session.id)
+    const other = await manager.getOrCreateSession({ projectId: 'p1', userId: 'alice', preferActive: false })
+    t.assert.ok(other.created)
+    t.assert.notStrictEqual(other.session.id, a.session.id)
 
-  const got = await manager.getSession(a.session.id, 'alice')
-  t.assert.deepStrictEqual(got, a.session)
+    const got = await manager.getSession(a.session.id, 'alice')
+    t.assert.deepStrictEqual(got, a.session)
 
-  const fresh = await manager.startFresh({ projectId: 'p1', userId: 'alice' })
-  t.assert.strictEqual(fresh.archived, 2)
-  const list = await manager.listSessions({ userId: 'alice', projectId: 'p1' })
-  t.assert.strictEqual(list.length, 3)
-  t.assert.strictEqual(list[0].id, fresh.session.id, 'newest first')
-  t.assert.deepStrictEqual(list.map((s) => s.status).sort(), ['active', 'archived', 'archived'])
-  t.assert.strictEqual((await manager.listSessions({ userId: 'alice', status: 'active' })).length, 1)
-  t.assert.strictEqual((await manager.listSessions({ userId: 'alice', limit: 1, offset: 1 })).length, 1)
+    const fresh = await manager.startFresh({ projectId: 'p1', userId: 'alice' })
+    t.assert.strictEqual(fresh.archived, 2)
+    const list = await manager.listSessions({ userId: 'alice', projectId: 'p1' })
+    t.assert.strictEqual(list.length, 3)
+    t.assert.strictEqual(list[0].id, fresh.session.id, 'newest first')
+    t.assert.deepStrictEqual(list.map((s) => s.status).sort(), ['active', 'archived', 'archived'])
+    t.assert.strictEqual((await manager.listSessions({ userId: 'alice', status: 'active' })).length, 1)
+    t.assert.strictEqual((await manager.listSessions({ userId: 'alice', limit: 1, offset: 1 })).length, 1)
 
-  const chosen = '6f1c1d3e-8a8b-4c2d-9e0f-123456789abc'
-  const fresh2 = await manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen })
-  t.assert.strictEqual(fresh2.session.id, chosen)
-  await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen }), 'INVALID_ARGUMENT', /cannot be used/)
+    const chosen = '6f1c1d3e-8a8b-4c2d-9e0f-123456789abc'
+    const fresh2 = await manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen })
+    t.assert.strictEqual(fresh2.session.id, chosen)
+    await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen }), 'INVALID_ARGUMENT', /cannot be used/)
 
-  const archived = await manager.archiveSession(fresh.session.id, 'alice')
-  t.assert.strictEqual(archived.status, 'archived')
-  await manager.deleteSession(fresh.session.id, 'alice')
-  await rejectsWith(t, manager.getSession(fresh.session.id, 'alice'), 'SESSION_NOT_FOUND')
-  await manager.close()
-})
+    const archived = await manager.archiveSession(fresh.session.id, 'alice')
+    t.assert.strictEqual(archived.status, 'archived')
+    await manager.deleteSession(fresh.session.id, 'alice')
+    await rejectsWith(t, manager.getSession(fresh.session.id, 'alice'), 'SESSION_NOT_FOUND')
+    await manager.close()
+  })
+}
 
 // Ownership (another user's session answers like a missing one) is table-driven in ownership.test.mjs.
+// The same, on every backend:
+for (const backend of testBackends()) {
+  test(`sessions: another user sees exactly what a missing session shows${backendTag(backend)}`, async (t) => {
+    const { manager } = makeManager({ backend })
+    const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'alice' })
+    const missing = '00000000-0000-4000-8000-000000000000'
+    const calls = (id) => [
+      () => manager.getSession(id, 'mallory'),
+      () => manager.archiveSession(id, 'mallory'),
+      () => manager.deleteSession(id, 'mallory'),
+      () => manager.fork({ sessionId: id, userId: 'mallory' }),
+      () => manager.getSessionContext(id, 'mallory'),
+      () => manager.listTasks(id, 'mallory'),
+      () => manager.compactSession({ sessionId: id, userId: 'mallory' }),
+    ]
+    const theirs = calls(session.id)
+    const none = calls(missing)
+    for (let i = 0; i < theirs.length; i++) {
+      const e1 = await rejectsWith(t, theirs[i], 'SESSION_NOT_FOUND')
+      const e2 = await rejectsWith(t, none[i], 'SESSION_NOT_FOUND')
+      t.assert.strictEqual(e1.message.replace(session.id, 'ID'), e2.message.replace(missing, 'ID'))
+    }
+    t.assert.strictEqual((await manager.listSessions({ userId: 'mallory' })).length, 0)
+    // Alice's session is untouched.
+    t.assert.strictEqual((await manager.getSession(session.id, 'alice')).status, 'active')
+    await manager.close()
+  })
+}
 
 test('sessions: bad input is INVALID_ARGUMENT before the store is touched', async (t) => {
   const { manager } = makeManager()
@@ -128,26 +159,30 @@ test('store: the default database lives in a private state folder outside the wo
   t.assert.strictEqual(JSON.parse(await run({ CLAUDE_SESSIONS_DB: envDb })).databasePath, envDb)
 })
 
-test('cleanup: deletes idle archived sessions, keeps active ones unless told', async (t) => {
-  const { manager } = makeManager()
-  await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
-  await manager.startFresh({ projectId: 'p', userId: 'u' })
-  await manager.startFresh({ projectId: 'p', userId: 'u' })
-  await new Promise((r) => setTimeout(r, 20))
-  const kept = await manager.cleanupSessions({ userId: 'u', maxAgeMs: 10 })
-  t.assert.deepStrictEqual(kept, { deleted: 2, remaining: 1 })
-  const all = await manager.cleanupSessions({ userId: 'u', maxAgeMs: 10, keepActive: false })
-  t.assert.deepStrictEqual(all, { deleted: 1, remaining: 0 })
-  const none = await manager.cleanupSessions({ userId: 'u', maxAgeMs: 3_600_000 })
-  t.assert.deepStrictEqual(none, { deleted: 0, remaining: 0 })
-  await manager.close()
-})
+for (const backend of testBackends()) {
+  test(`cleanup: deletes idle archived sessions, keeps active ones unless told${backendTag(backend)}`, async (t) => {
+    const { manager } = makeManager({ backend })
+    await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
+    await manager.startFresh({ projectId: 'p', userId: 'u' })
+    await manager.startFresh({ projectId: 'p', userId: 'u' })
+    await new Promise((r) => setTimeout(r, 20))
+    const kept = await manager.cleanupSessions({ userId: 'u', maxAgeMs: 10 })
+    t.assert.deepStrictEqual(kept, { deleted: 2, remaining: 1 })
+    const all = await manager.cleanupSessions({ userId: 'u', maxAgeMs: 10, keepActive: false })
+    t.assert.deepStrictEqual(all, { deleted: 1, remaining: 0 })
+    const none = await manager.cleanupSessions({ userId: 'u', maxAgeMs: 3_600_000 })
+    t.assert.deepStrictEqual(none, { deleted: 0, remaining: 0 })
+    await manager.close()
+  })
+}
 
-test('close: later calls reject with CLOSED', async (t) => {
-  const { manager } = makeManager()
-  await manager.close()
-  await rejectsWith(t, manager.listSessions({ userId: 'u' }), 'CLOSED')
-})
+for (const backend of testBackends()) {
+  test(`close: later calls reject with CLOSED${backendTag(backend)}`, async (t) => {
+    const { manager } = makeManager({ backend })
+    await manager.close()
+    await rejectsWith(t, manager.listSessions({ userId: 'u' }), 'CLOSED')
+  })
+}
 
 test('store: two Node processes writing to one database at once lose nothing', async (t) => {
   const dir = tempDir()
@@ -182,4 +217,34 @@ test('store: two Node processes writing to one database at once lose nothing', a
   t.assert.strictEqual(all.length, 2 * perProcess + 1, 'every write landed, and "common" exists once')
   t.assert.deepStrictEqual(new Set(all.map((s) => s.id)), new Set([...a, ...b, ...all.filter((s) => s.projectId === 'common').map((s) => s.id)]))
   await m.close()
+})
+
+test('store: an unreachable PostgreSQL URL or a wrong password is STORE_ERROR without the password', (t) => {
+  const dir = tempDir()
+  const open = (databaseUrl, extra = {}) => new SessionManager({ databaseUrl, workingDirectory: dir, stateDirectory: path.join(dir, 'state'), ...extra })
+  for (const url of ['postgresql://app:Sup3rSecretPw@127.0.0.1:1/db?connect_timeout=2&schema=public', 'postgres://app:Sup3rSecretPw@127.0.0.1:1/db']) {
+    let e
+    try {
+      open(url)
+    } catch (err) {
+      e = err
+    }
+    t.assert.strictEqual(e?.code, 'STORE_ERROR', String(e))
+    t.assert.doesNotMatch(e.message, /Sup3rSecretPw/)
+    t.assert.match(e.message, /postgresql:\/\/app@127\.0\.0\.1:1\/db/)
+  }
+  if (!PG_URL) return
+  const u = new URL(PG_URL)
+  u.password = 'Wr0ngPassw0rd'
+  const schema = `csm_js_wrongpw_${process.pid}`
+  try {
+    open(u.href, { databaseSchema: schema }).close()
+    t.diagnostic('the server trusts this connection: the wrong-password case was not exercised')
+    try {
+      execFileSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS ${schema} CASCADE`], { stdio: 'ignore' })
+    } catch {}
+  } catch (err) {
+    t.assert.strictEqual(err.code, 'STORE_ERROR')
+    t.assert.doesNotMatch(err.message, /Wr0ngPassw0rd/)
+  }
 })

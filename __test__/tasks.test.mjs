@@ -2,7 +2,7 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeManager, rejectsWith, startStandInServer, processesMentioning, UUID } from './helpers.mjs'
+import { makeManager, rejectsWith, startStandInServer, processesMentioning, UUID, testBackends, backendTag } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -14,94 +14,100 @@ after(async () => {
 
 const messageCalls = () => server.requests.filter((r) => r.path === '/v1/messages')
 
-test('task: a new session runs, persists its row, and the CLI used our session id', async (t) => {
-  server.reset()
-  const { manager } = makeManager({ server })
-  const events = []
-  const r = await manager.executeTask({ prompt: 'hello there', projectId: 'p', userId: 'u' }, { onEvent: (e) => events.push(e) })
-  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
-  t.assert.match(r.sessionId, UUID)
-  t.assert.strictEqual(r.result, 'Echo #1: hello there')
-  t.assert.strictEqual(r.turns, 1)
-  t.assert.strictEqual(r.stopReason, 'end_turn')
-  t.assert.ok(r.cost > 0)
-  // The CLI talked to the stand-in under the id we chose.
-  const calls = messageCalls()
-  t.assert.strictEqual(calls.length, 1)
-  t.assert.strictEqual(calls[0].sessionId, r.sessionId)
-  // The exact usage the server reported is the task's usage and the context meter.
-  const reported = server.responses.find((x) => x.kind === 'text').usage
-  t.assert.strictEqual(r.usage.inputTokens, reported.input_tokens)
-  t.assert.strictEqual(r.usage.outputTokens, reported.output_tokens)
-  t.assert.strictEqual(r.contextInfo.estimatedTokens, reported.input_tokens + reported.output_tokens + reported.cache_read_input_tokens + reported.cache_creation_input_tokens)
-  t.assert.strictEqual(r.contextInfo.source, 'api')
-  // Events arrived in order, starting with ours and ending with the result.
-  t.assert.deepStrictEqual(events.slice(0, 2).map((e) => e.type), ['task_queued', 'task_started'])
-  t.assert.strictEqual(events[1].sessionId, r.sessionId)
-  t.assert.strictEqual(events[1].taskId, r.taskId)
-  t.assert.ok(events.some((e) => e.type === 'system' && e.subtype === 'init'))
-  t.assert.ok(events.some((e) => e.type === 'assistant'))
-  t.assert.strictEqual(events.at(-1).type, 'result')
-  t.assert.ok(!events.some((e) => e.type === 'stream_event'), 'partials only on request')
-  // Rows.
-  const s = await manager.getSession(r.sessionId, 'u')
-  t.assert.strictEqual(s.taskCount, 1)
-  t.assert.strictEqual(s.totalCostUsd, r.cost)
-  t.assert.strictEqual(s.usage.inputTokens, r.usage.inputTokens)
-  t.assert.strictEqual(s.context.tokens, r.contextInfo.estimatedTokens)
-  const [task] = await manager.listTasks(r.sessionId, 'u')
-  t.assert.strictEqual(task.status, 'succeeded')
-  t.assert.strictEqual(task.id, r.taskId)
-  t.assert.match(task.cliVersion, /^\d+\.\d+\.\d+/)
-  await manager.close()
-})
+for (const backend of testBackends()) {
+  test(`task: a new session runs, persists its row, and the CLI used our session id${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ backend, server })
+    const events = []
+    const r = await manager.executeTask({ prompt: 'hello there', projectId: 'p', userId: 'u' }, { onEvent: (e) => events.push(e) })
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    t.assert.match(r.sessionId, UUID)
+    t.assert.strictEqual(r.result, 'Echo #1: hello there')
+    t.assert.strictEqual(r.turns, 1)
+    t.assert.strictEqual(r.stopReason, 'end_turn')
+    t.assert.ok(r.cost > 0)
+    // The CLI talked to the stand-in under the id we chose.
+    const calls = messageCalls()
+    t.assert.strictEqual(calls.length, 1)
+    t.assert.strictEqual(calls[0].sessionId, r.sessionId)
+    // The exact usage the server reported is the task's usage and the context meter.
+    const reported = server.responses.find((x) => x.kind === 'text').usage
+    t.assert.strictEqual(r.usage.inputTokens, reported.input_tokens)
+    t.assert.strictEqual(r.usage.outputTokens, reported.output_tokens)
+    t.assert.strictEqual(r.contextInfo.estimatedTokens, reported.input_tokens + reported.output_tokens + reported.cache_read_input_tokens + reported.cache_creation_input_tokens)
+    t.assert.strictEqual(r.contextInfo.source, 'api')
+    // Events arrived in order, starting with ours and ending with the result.
+    t.assert.deepStrictEqual(events.slice(0, 2).map((e) => e.type), ['task_queued', 'task_started'])
+    t.assert.strictEqual(events[1].sessionId, r.sessionId)
+    t.assert.strictEqual(events[1].taskId, r.taskId)
+    t.assert.ok(events.some((e) => e.type === 'system' && e.subtype === 'init'))
+    t.assert.ok(events.some((e) => e.type === 'assistant'))
+    t.assert.strictEqual(events.at(-1).type, 'result')
+    t.assert.ok(!events.some((e) => e.type === 'stream_event'), 'partials only on request')
+    // Rows.
+    const s = await manager.getSession(r.sessionId, 'u')
+    t.assert.strictEqual(s.taskCount, 1)
+    t.assert.strictEqual(s.totalCostUsd, r.cost)
+    t.assert.strictEqual(s.usage.inputTokens, r.usage.inputTokens)
+    t.assert.strictEqual(s.context.tokens, r.contextInfo.estimatedTokens)
+    const [task] = await manager.listTasks(r.sessionId, 'u')
+    t.assert.strictEqual(task.status, 'succeeded')
+    t.assert.strictEqual(task.id, r.taskId)
+    t.assert.match(task.cliVersion, /^\d+\.\d+\.\d+/)
+    await manager.close()
+  })
+}
 
-test('task: resume keeps the id and the history; partial deltas on request', async (t) => {
-  server.reset()
-  const { manager } = makeManager({ server })
-  const first = await manager.executeTask({ prompt: 'remember 42', projectId: 'p', userId: 'u' })
-  const deltas = []
-  const second = await manager.executeTask(
-    { prompt: 'what did I say?', projectId: 'p', userId: 'u', sessionId: first.sessionId, includePartialMessages: true },
-    { onEvent: (e) => e.type === 'stream_event' && e.event?.delta?.type === 'text_delta' && deltas.push(e.event.delta.text) },
-  )
-  t.assert.strictEqual(second.success, true)
-  t.assert.strictEqual(second.sessionId, first.sessionId)
-  t.assert.strictEqual(second.result, 'Echo #2: what did I say?', 'the model got both user turns')
-  t.assert.strictEqual(deltas.join(''), second.result)
-  const sent = messageCalls().at(-1).body.messages.map((m) => JSON.stringify(m.content)).join('\n')
-  t.assert.match(sent, /remember 42/)
-  t.assert.ok(second.contextInfo.estimatedTokens > first.contextInfo.estimatedTokens)
-  const s = await manager.getSession(first.sessionId, 'u')
-  t.assert.strictEqual(s.taskCount, 2)
-  t.assert.ok(Math.abs(s.totalCostUsd - (first.cost + second.cost)) < 1e-12, 'session cost is the sum of task costs')
-  await manager.close()
-})
+for (const backend of testBackends()) {
+  test(`task: resume keeps the id and the history; partial deltas on request${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ backend, server })
+    const first = await manager.executeTask({ prompt: 'remember 42', projectId: 'p', userId: 'u' })
+    const deltas = []
+    const second = await manager.executeTask(
+      { prompt: 'what did I say?', projectId: 'p', userId: 'u', sessionId: first.sessionId, includePartialMessages: true },
+      { onEvent: (e) => e.type === 'stream_event' && e.event?.delta?.type === 'text_delta' && deltas.push(e.event.delta.text) },
+    )
+    t.assert.strictEqual(second.success, true)
+    t.assert.strictEqual(second.sessionId, first.sessionId)
+    t.assert.strictEqual(second.result, 'Echo #2: what did I say?', 'the model got both user turns')
+    t.assert.strictEqual(deltas.join(''), second.result)
+    const sent = messageCalls().at(-1).body.messages.map((m) => JSON.stringify(m.content)).join('\n')
+    t.assert.match(sent, /remember 42/)
+    t.assert.ok(second.contextInfo.estimatedTokens > first.contextInfo.estimatedTokens)
+    const s = await manager.getSession(first.sessionId, 'u')
+    t.assert.strictEqual(s.taskCount, 2)
+    t.assert.ok(Math.abs(s.totalCostUsd - (first.cost + second.cost)) < 1e-12, 'session cost is the sum of task costs')
+    await manager.close()
+  })
+}
 
-test('task: fork gets a new id, carries the history, and leaves the parent as it was', async (t) => {
-  server.reset()
-  const { manager } = makeManager({ server })
-  const root = await manager.executeTask({ prompt: 'base fact', projectId: 'p', userId: 'u' })
-  const fork = await manager.executeTask({ prompt: 'in the fork', projectId: 'p', userId: 'u', sessionId: root.sessionId, forkSession: true })
-  t.assert.strictEqual(fork.success, true, JSON.stringify(fork.error))
-  t.assert.notStrictEqual(fork.sessionId, root.sessionId)
-  t.assert.strictEqual(fork.parentSessionId, root.sessionId)
-  t.assert.strictEqual(fork.result, 'Echo #2: in the fork')
-  t.assert.strictEqual(messageCalls().at(-1).sessionId, fork.sessionId)
-  const parentAfter = await manager.executeTask({ prompt: 'in the parent', projectId: 'p', userId: 'u', sessionId: root.sessionId })
-  t.assert.strictEqual(parentAfter.result, 'Echo #2: in the parent', 'the fork did not add to the parent')
-  // fork() without a model call, then its first task materialises it.
-  const lazy = await manager.fork({ sessionId: root.sessionId, userId: 'u', title: 'lazy fork' })
-  t.assert.strictEqual(lazy.parentId, root.sessionId)
-  t.assert.strictEqual(lazy.title, 'lazy fork')
-  t.assert.strictEqual(lazy.taskCount, 0)
-  t.assert.deepStrictEqual(lazy.context.tokens, (await manager.getSession(root.sessionId, 'u')).context.tokens)
-  const lazyRun = await manager.executeTask({ prompt: 'lazy', projectId: 'p', userId: 'u', sessionId: lazy.id })
-  t.assert.strictEqual(lazyRun.result, 'Echo #3: lazy')
-  const forks = await manager.listSessions({ userId: 'u', parentId: root.sessionId })
-  t.assert.deepStrictEqual(new Set(forks.map((s) => s.id)), new Set([fork.sessionId, lazy.id]))
-  await manager.close()
-})
+for (const backend of testBackends()) {
+  test(`task: fork gets a new id, carries the history, and leaves the parent as it was${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ backend, server })
+    const root = await manager.executeTask({ prompt: 'base fact', projectId: 'p', userId: 'u' })
+    const fork = await manager.executeTask({ prompt: 'in the fork', projectId: 'p', userId: 'u', sessionId: root.sessionId, forkSession: true })
+    t.assert.strictEqual(fork.success, true, JSON.stringify(fork.error))
+    t.assert.notStrictEqual(fork.sessionId, root.sessionId)
+    t.assert.strictEqual(fork.parentSessionId, root.sessionId)
+    t.assert.strictEqual(fork.result, 'Echo #2: in the fork')
+    t.assert.strictEqual(messageCalls().at(-1).sessionId, fork.sessionId)
+    const parentAfter = await manager.executeTask({ prompt: 'in the parent', projectId: 'p', userId: 'u', sessionId: root.sessionId })
+    t.assert.strictEqual(parentAfter.result, 'Echo #2: in the parent', 'the fork did not add to the parent')
+    // fork() without a model call, then its first task materialises it.
+    const lazy = await manager.fork({ sessionId: root.sessionId, userId: 'u', title: 'lazy fork' })
+    t.assert.strictEqual(lazy.parentId, root.sessionId)
+    t.assert.strictEqual(lazy.title, 'lazy fork')
+    t.assert.strictEqual(lazy.taskCount, 0)
+    t.assert.deepStrictEqual(lazy.context.tokens, (await manager.getSession(root.sessionId, 'u')).context.tokens)
+    const lazyRun = await manager.executeTask({ prompt: 'lazy', projectId: 'p', userId: 'u', sessionId: lazy.id })
+    t.assert.strictEqual(lazyRun.result, 'Echo #3: lazy')
+    const forks = await manager.listSessions({ userId: 'u', parentId: root.sessionId })
+    t.assert.deepStrictEqual(new Set(forks.map((s) => s.id)), new Set([fork.sessionId, lazy.id]))
+    await manager.close()
+  })
+}
 
 test('task: a tool turn writes a file under acceptEdits and is denied under default', async (t) => {
   server.reset()
@@ -189,34 +195,38 @@ test('task: timeoutMs stops a slow task with TIMEOUT', async (t) => {
   await manager.close()
 })
 
-test('task: two tasks on one session never overlap; the second waits its turn', async (t) => {
-  server.reset()
-  const { manager } = makeManager({ server })
-  const first = await manager.executeTask({ prompt: 'start', projectId: 'p', userId: 'u' })
-  server.reset()
-  server.enqueue({ text: 'slow one', delayMs: 800 }, { text: 'slow two', delayMs: 800 })
-  const req = (prompt) => manager.executeTask({ prompt, projectId: 'p', userId: 'u', sessionId: first.sessionId })
-  const [a, b] = await Promise.all([req('A'), req('B')])
-  t.assert.ok(a.success && b.success, JSON.stringify([a.error, b.error]))
-  const calls = messageCalls().filter((c) => c.sessionId === first.sessionId).sort((x, y) => x.receivedAt - y.receivedAt)
-  t.assert.strictEqual(calls.length, 2)
-  t.assert.ok(calls[1].receivedAt >= calls[0].endedAt, `overlap: ${JSON.stringify(calls.map((c) => [c.receivedAt, c.endedAt]))}`)
-  await manager.close()
-})
+for (const backend of testBackends()) {
+  test(`task: two tasks on one session never overlap; the second waits its turn${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ backend, server })
+    const first = await manager.executeTask({ prompt: 'start', projectId: 'p', userId: 'u' })
+    server.reset()
+    server.enqueue({ text: 'slow one', delayMs: 800 }, { text: 'slow two', delayMs: 800 })
+    const req = (prompt) => manager.executeTask({ prompt, projectId: 'p', userId: 'u', sessionId: first.sessionId })
+    const [a, b] = await Promise.all([req('A'), req('B')])
+    t.assert.ok(a.success && b.success, JSON.stringify([a.error, b.error]))
+    const calls = messageCalls().filter((c) => c.sessionId === first.sessionId).sort((x, y) => x.receivedAt - y.receivedAt)
+    t.assert.strictEqual(calls.length, 2)
+    t.assert.ok(calls[1].receivedAt >= calls[0].endedAt, `overlap: ${JSON.stringify(calls.map((c) => [c.receivedAt, c.endedAt]))}`)
+    await manager.close()
+  })
+}
 
-test('task: a busy session fails with SESSION_BUSY after queueTimeoutMs', async (t) => {
-  server.reset()
-  const { manager } = makeManager({ server, queueTimeoutMs: 300 })
-  const first = await manager.executeTask({ prompt: 'start', projectId: 'p', userId: 'u' })
-  server.enqueue({ text: 'slow', delayMs: 3000 })
-  const slow = manager.executeTask({ prompt: 'slow', projectId: 'p', userId: 'u', sessionId: first.sessionId })
-  await new Promise((r) => setTimeout(r, 100))
-  await rejectsWith(t, manager.executeTask({ prompt: 'second', projectId: 'p', userId: 'u', sessionId: first.sessionId }), 'SESSION_BUSY')
-  await rejectsWith(t, manager.executeTask({ prompt: 'now or never', projectId: 'p', userId: 'u', sessionId: first.sessionId, queueTimeoutMs: 0 }), 'SESSION_BUSY', /waited 0 ms/)
-  await rejectsWith(t, manager.deleteSession(first.sessionId, 'u'), 'SESSION_BUSY')
-  t.assert.strictEqual((await slow).success, true)
-  await manager.close()
-})
+for (const backend of testBackends()) {
+  test(`task: a busy session fails with SESSION_BUSY after queueTimeoutMs${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ backend, server, queueTimeoutMs: 300 })
+    const first = await manager.executeTask({ prompt: 'start', projectId: 'p', userId: 'u' })
+    server.enqueue({ text: 'slow', delayMs: 3000 })
+    const slow = manager.executeTask({ prompt: 'slow', projectId: 'p', userId: 'u', sessionId: first.sessionId })
+    await new Promise((r) => setTimeout(r, 100))
+    await rejectsWith(t, manager.executeTask({ prompt: 'second', projectId: 'p', userId: 'u', sessionId: first.sessionId }), 'SESSION_BUSY')
+    await rejectsWith(t, manager.executeTask({ prompt: 'now or never', projectId: 'p', userId: 'u', sessionId: first.sessionId, queueTimeoutMs: 0 }), 'SESSION_BUSY', /waited 0 ms/)
+    await rejectsWith(t, manager.deleteSession(first.sessionId, 'u'), 'SESSION_BUSY')
+    t.assert.strictEqual((await slow).success, true)
+    await manager.close()
+  })
+}
 
 test('task: 16 sessions in parallel all complete with correct rows', async (t) => {
   server.reset()
