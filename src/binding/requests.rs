@@ -282,6 +282,8 @@ impl From<SessionManagerOptions> for manager::Options {
     let paths = o.sandbox_paths.unwrap_or_default();
     manager::Options {
       database_path: o.database_path,
+      database_url: o.database_url,
+      database_schema: o.database_schema,
       working_directory: o.working_directory,
       default_model: o.default_model,
       context_window: o.context_window,

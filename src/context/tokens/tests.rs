@@ -277,8 +277,7 @@ fn pieces_and_counts_match_tiktoken_on_random_unicode_and_whitespace() {
 #[test]
 fn large_random_texts_split_and_count_in_parallel_like_one_thread() {
   let mut rng = Rng(42);
-  let words: Vec<&str> =
-    POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
+  let words: Vec<&str> = POOL.iter().copied().chain(["the ", "word ", "\n", "\n\n", "  ", "fn main() {\n", "}\n", "\n/", "\n "]).collect();
   for i in 0..4 {
     let text = random_text(&mut rng, 60_000 + i * 10_000, &words);
     assert!(text.len() >= PARALLEL_MIN_BYTES);
@@ -306,4 +305,3 @@ fn pieces_and_counts_match_tiktoken_on_transcripts() {
     check_split(&text, &name);
   }
 }
-
