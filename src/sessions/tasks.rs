@@ -434,21 +434,25 @@ impl Manager {
       }
     };
     let (out, tail) = cli::run_until_result(&spec, cancel, forward, true).await?;
+    // A CLI that was killed leaves its per-process files; one that exited removed them.
     let leftovers = per_process_files(&spec, out.pid);
+    let remove = move || {
+      for f in leftovers {
+        let _ = std::fs::remove_file(f);
+      }
+    };
+    let Some(tail) = tail else {
+      // Already gone: stopped (abort, timeout, stall) or ended without a result.
+      remove();
+      return Ok((out, None));
+    };
     // The slot is the CLI's: it is freed when the CLI has exited.
-    Ok((
-      out,
-      tail.map(|t| -> Tail {
-        Box::pin(async move {
-          t.finish().await;
-          // A CLI that was killed leaves its per-process files; one that exited removed them.
-          for f in leftovers {
-            let _ = std::fs::remove_file(f);
-          }
-          drop(permit);
-        })
-      }),
-    ))
+    let tail: Tail = Box::pin(async move {
+      tail.finish().await;
+      remove();
+      drop(permit);
+    });
+    Ok((out, Some(tail)))
   }
 
   /// Compacts a session through the CLI's `/compact`.
