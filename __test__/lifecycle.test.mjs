@@ -127,6 +127,11 @@ for (const sandbox of ['auto', 'none']) {
 test('a killed CLI leaves no per-process files behind (unsandboxed)', async (t) => {
   const server = await startStandInServer()
   const { manager, configDir } = makeManager({ server, sandbox: 'none', isolateTenants: 'none' })
+  // A failed assertion must not leave the server (and so this file's process) running.
+  t.after(async () => {
+    await manager.close()
+    await server.close()
+  })
   server.enqueue({ text: 'slow', delayMs: 30000 })
   const controller = new AbortController()
   let started
@@ -138,6 +143,4 @@ test('a killed CLI leaves no per-process files behind (unsandboxed)', async (t) 
   controller.abort()
   t.assert.strictEqual((await run).error?.code, 'ABORTED')
   await until('the CLI files removed', () => fs.readdirSync(sessions).filter((f) => /^\d+\.(json|key)$/.test(f)).length === 0, 5000)
-  await manager.close()
-  await server.close()
 })
