@@ -339,6 +339,18 @@ mod tests {
   }
 
   #[test]
+  fn cli_values_are_non_empty_bounded_and_nul_free() {
+    assert!(cli_value("f", "x", 1).is_ok());
+    assert!(cli_value("f", "--looks-like-a-flag", 64).is_ok(), "passed as --flag=value, so harmless");
+    assert!(cli_value("f", "abcd", 4).is_ok(), "exactly the limit");
+    for (bad, max, what) in [("", 4, "must not be empty"), ("abcde", 4, "longer than 4 bytes"), ("a\0b", 4, "NUL")] {
+      let e = cli_value("field", bad, max).unwrap_err();
+      assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad:?}");
+      assert!(e.message.contains("field") && e.message.contains(what), "{bad:?}: {}", e.message);
+    }
+  }
+
+  #[test]
   fn a_root_admits_whole_path_components_only() {
     // `/x/app` is a root; `/x/app-secrets` and `/x/application` share its spelling, not its folder.
     let base = tempfile::tempdir().unwrap();

@@ -355,3 +355,59 @@ fn cleanup_touches_only_the_callers_sessions() {
   assert!(s.get_session(A, "alice").unwrap().is_none());
   assert_eq!(s.get_session(C, "alice").unwrap().unwrap().parent_id, None, "her fork is unlinked from the deleted parent");
 }
+
+#[test]
+fn a_task_end_remembers_the_window_and_the_compactions() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  let me = Owner { id: "me".into(), pid: std::process::id() };
+  assert_eq!(s.window_for("sonnet").unwrap(), None);
+  assert_eq!(s.window_for_now("sonnet").expect("a free store answers at once").unwrap(), None);
+  assert!(s.list_compactions(A).unwrap().is_empty());
+  assert!(s.try_begin_task(A, "t1", "task", "sonnet", &me, Duration::from_secs(30)).unwrap());
+  let compaction = |pre: u64, post: u64| store::Compaction {
+    session_id: A.into(),
+    task_id: Some("t1".into()),
+    trigger: "auto".into(),
+    pre_tokens: Some(pre),
+    post_tokens: Some(post),
+    started_at: 5,
+    duration_ms: Some(40),
+  };
+  let end = TaskEnd {
+    status: "succeeded".into(),
+    window: Some(("sonnet".into(), 1_000_000)),
+    compactions: vec![compaction(990_047, 1018), compaction(50_000, 900)],
+    ..Default::default()
+  };
+  s.finish_task(A, "t1", &end, None).unwrap();
+  assert_eq!(s.window_for("sonnet").unwrap(), Some(1_000_000));
+  assert_eq!(s.window_for_now("sonnet").unwrap().unwrap(), Some(1_000_000));
+  assert_eq!(s.window_for("opus").unwrap(), None, "per model");
+  assert_eq!(s.list_compactions(A).unwrap(), vec![compaction(990_047, 1018), compaction(50_000, 900)]);
+  assert!(s.list_compactions(B).unwrap().is_empty(), "per session");
+  // A later report replaces the window.
+  assert!(s.try_begin_task(A, "t2", "task", "sonnet", &me, Duration::from_secs(30)).unwrap());
+  s.finish_task(A, "t2", &TaskEnd { status: "succeeded".into(), window: Some(("sonnet".into(), 200_000)), ..Default::default() }, None)
+    .unwrap();
+  assert_eq!(s.window_for("sonnet").unwrap(), Some(200_000));
+}
+
+#[test]
+fn a_task_that_never_started_is_one_final_row_counted_in_the_totals() {
+  let dir = tempfile::tempdir().unwrap();
+  let s = Store::open(&dir.path().join("s.db")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  let me = Owner { id: "me".into(), pid: std::process::id() };
+  s.record_unstarted_task(A, "t0", "task", &me, "aborted", "ABORTED", "aborted while it waited").unwrap();
+  let tasks = s.list_tasks(A).unwrap();
+  assert_eq!(tasks.len(), 1);
+  let t = &tasks[0];
+  assert_eq!((t.id.as_str(), t.status.as_str(), t.kind.as_str()), ("t0", "aborted", "task"));
+  assert_eq!((t.error_code.as_deref(), t.error_message.as_deref()), (Some("ABORTED"), Some("aborted while it waited")));
+  assert_eq!((t.turns, t.ended_at), (Some(0), Some(t.started_at)));
+  assert_eq!(s.get_session(A, "alice").unwrap().unwrap().task_count, 1);
+  // It holds no lease: the next task starts at once.
+  assert!(s.try_begin_task(A, "t1", "task", "m", &me, Duration::from_secs(30)).unwrap());
+}

@@ -345,4 +345,69 @@ mod tests {
     }
     assert_eq!(t.last().map(|u| u.context_total()), Some(2940));
   }
+
+  /// Feeds lines to a fresh tracker and returns its figure.
+  fn track(lines: &[String]) -> Option<Usage> {
+    let mut t = ContextTracker::default();
+    for l in lines {
+      t.observe(&parse_line(l).unwrap().kind);
+    }
+    t.last()
+  }
+  fn start(input: u64, cache_read: u64, cache_creation: u64) -> String {
+    format!(
+      r#"{{"type":"stream_event","parent_tool_use_id":null,"event":{{"type":"message_start","message":{{"usage":{{"input_tokens":{input},"cache_read_input_tokens":{cache_read},"cache_creation_input_tokens":{cache_creation},"output_tokens":1}}}}}}}}"#
+    )
+  }
+  fn delta(usage: &str) -> String {
+    format!(r#"{{"type":"stream_event","parent_tool_use_id":null,"event":{{"type":"message_delta","usage":{{{usage}}}}}}}"#)
+  }
+  fn assistant(input: u64, output: u64) -> String {
+    format!(
+      r#"{{"type":"assistant","parent_tool_use_id":null,"message":{{"id":"m","usage":{{"input_tokens":{input},"output_tokens":{output}}}}}}}"#
+    )
+  }
+  const STOP: &str = r#"{"type":"stream_event","parent_tool_use_id":null,"event":{"type":"message_stop"}}"#;
+  fn u(input: u64, output: u64, cache_read: u64, cache_creation: u64) -> Usage {
+    Usage { input_tokens: input, output_tokens: output, cache_read_input_tokens: cache_read, cache_creation_input_tokens: cache_creation }
+  }
+
+  #[test]
+  fn tracker_takes_input_figures_repeated_in_message_delta_each_on_its_own() {
+    // Newer APIs repeat the input figures in message_delta: any one of them present replaces all three.
+    assert_eq!(track(&[start(10, 20, 30), delta(r#""output_tokens":5"#)]), Some(u(10, 5, 20, 30)), "output only: input figures kept");
+    assert_eq!(track(&[start(10, 20, 30), delta(r#""output_tokens":5,"input_tokens":11"#)]), Some(u(11, 5, 0, 0)));
+    assert_eq!(track(&[start(10, 20, 30), delta(r#""output_tokens":5,"cache_read_input_tokens":21"#)]), Some(u(0, 5, 21, 0)));
+    assert_eq!(track(&[start(10, 20, 30), delta(r#""output_tokens":5,"cache_creation_input_tokens":31"#)]), Some(u(0, 5, 0, 31)));
+  }
+
+  #[test]
+  fn tracker_closes_a_call_at_message_stop_without_a_delta() {
+    assert_eq!(track(&[start(10, 20, 30), STOP.to_string()]), Some(u(10, 1, 20, 30)));
+    assert_eq!(track(&[start(10, 20, 30)]), None, "a call still open is no measurement");
+  }
+
+  #[test]
+  fn tracker_uses_assistant_lines_only_without_partial_events() {
+    // No partial events: the assistant line is the figure.
+    assert_eq!(track(&[assistant(100, 50)]), Some(u(100, 50, 0, 0)));
+    // A later line of the same message (same input) with more output replaces it; with less, not.
+    assert_eq!(track(&[assistant(100, 50), assistant(100, 80)]), Some(u(100, 80, 0, 0)));
+    assert_eq!(track(&[assistant(100, 50), assistant(100, 1)]), Some(u(100, 50, 0, 0)));
+    // A new call (other input figures) replaces it even when smaller.
+    assert_eq!(track(&[assistant(100, 50), assistant(120, 0)]), Some(u(120, 0, 0, 0)));
+    // While a partial call is open its assistant line does not count: the finished call before it stays.
+    assert_eq!(track(&[start(10, 0, 0), delta(r#""output_tokens":5"#), start(20, 0, 0), assistant(99_999, 1)]), Some(u(10, 5, 0, 0)));
+  }
+
+  #[test]
+  fn usage_needs_input_or_output_tokens() {
+    let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+    assert_eq!(usage_of(&v(r#"{"input_tokens":5}"#)), Some(u(5, 0, 0, 0)));
+    assert_eq!(usage_of(&v(r#"{"output_tokens":3}"#)), Some(u(0, 3, 0, 0)));
+    assert_eq!(usage_of(&v(r#"{"input_tokens":5,"output_tokens":3,"cache_read_input_tokens":7}"#)), Some(u(5, 3, 7, 0)));
+    assert_eq!(usage_of(&v(r#"{"cache_read_input_tokens":7}"#)), None);
+    assert_eq!(usage_of(&v(r#"{}"#)), None);
+    assert_eq!(usage_of(&v(r#"[1]"#)), None);
+  }
 }

@@ -131,4 +131,31 @@ mod tests {
     let i = context_info(None, 200_000, 80.0, 0);
     assert_eq!((i.estimated_tokens, i.source.as_str(), i.should_compact), (0, "estimate", false));
   }
+
+  #[test]
+  fn context_report_boundaries() {
+    let snap = |tokens: u64, window: u64| ContextSnapshot { tokens, window, source: "api".into(), measured_at: 7 };
+    // A snapshot without a window takes the default one.
+    let c = context_info(Some(&snap(500, 0)), 1000, 80.0, 0);
+    assert_eq!((c.max_tokens, c.usage_percentage), (1000, 50.0));
+    assert_eq!(context_info(Some(&snap(500, 2000)), 1000, 80.0, 0).max_tokens, 2000);
+    // The next prompt alone decides shouldCompact: 10 % now, 20 % or 55 % after it, threshold 50.
+    let low = context_info(Some(&snap(100, 1000)), 1000, 50.0, 100);
+    assert_eq!((low.usage_percentage, low.should_compact, low.can_continue), (10.0, false, true));
+    let high = context_info(Some(&snap(100, 1000)), 1000, 50.0, 450);
+    assert_eq!((high.usage_percentage, high.should_compact), (10.0, true));
+    // A prompt that exactly fills the window cannot continue; one token less can.
+    assert!(!context_info(Some(&snap(100, 1000)), 1000, 99.0, 900).can_continue);
+    assert!(context_info(Some(&snap(100, 1000)), 1000, 99.0, 899).can_continue);
+  }
+
+  #[test]
+  fn window_from_result_is_the_largest_reported() {
+    let mut r = result(1.0, 10, 10);
+    assert_eq!(window_from_result(&r), Some(200_000));
+    r.model_usage.push(ModelUsage { model: "big".into(), tokens: 1, cost_usd: None, context_window: Some(1_000_000) });
+    r.model_usage.push(ModelUsage { model: "none".into(), tokens: 1, cost_usd: None, context_window: None });
+    assert_eq!(window_from_result(&r), Some(1_000_000));
+    assert_eq!(window_from_result(&ResultLine::default()), None);
+  }
 }

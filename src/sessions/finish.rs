@@ -396,3 +396,61 @@ mod tests {
     finish_of(Ok(outcome(Some(r))), None).0.error.map(|e| e.code).unwrap_or_default()
   }
 }
+
+#[cfg(test)]
+mod classify_tests {
+  use super::*;
+  use crate::cli::stream::ResultLine;
+
+  fn line(subtype: &str, is_error: bool, result: Option<&str>, status: Option<u64>) -> ResultLine {
+    ResultLine { subtype: subtype.into(), is_error, result: result.map(str::to_owned), api_error_status: status, ..Default::default() }
+  }
+  fn code(r: &ResultLine) -> Option<(String, String, Option<u64>)> {
+    classify_result(r).map(|e| (e.code, e.message, e.status))
+  }
+  fn some(code: &str, message: &str, status: Option<u64>) -> Option<(String, String, Option<u64>)> {
+    Some((code.into(), message.into(), status))
+  }
+
+  #[test]
+  fn result_lines_map_to_their_codes() {
+    assert_eq!(code(&line("success", false, Some("hi"), None)), None);
+    // A success subtype flagged as an error is a failure: an API error with its status, from the
+    // field or from the message.
+    assert_eq!(
+      code(&line("success", true, Some("API Error: 529 overloaded"), Some(529))),
+      some("API_ERROR", "API Error: 529 overloaded", Some(529))
+    );
+    assert_eq!(
+      code(&line("success", true, Some("API Error: 500 stand-in api_error"), None)),
+      some("API_ERROR", "API Error: 500 stand-in api_error", Some(500))
+    );
+    assert_eq!(
+      code(&line("success", true, Some("API Error: Connection dropped"), None)),
+      some("API_ERROR", "API Error: Connection dropped", None)
+    );
+    assert_eq!(code(&line("success", true, Some("something else broke"), None)), some("CLI_ERROR", "something else broke", None));
+    assert_eq!(
+      code(&line("error_max_turns", true, Some("Reached maximum number of turns (1)"), None)),
+      some("MAX_TURNS", "Reached maximum number of turns (1)", None)
+    );
+    assert_eq!(
+      code(&line("error_max_budget_usd", true, Some("Reached maximum budget ($0.01)"), None)),
+      some("BUDGET_EXCEEDED", "Reached maximum budget ($0.01)", None)
+    );
+    // The CLI's own error: the message comes from `errors` when `result` is empty, else the subtype.
+    let own =
+      ResultLine { errors: vec!["No conversation found with session ID: x".into()], ..line("error_during_execution", true, None, None) };
+    assert_eq!(code(&own), some("CLI_ERROR", "No conversation found with session ID: x", None));
+    assert_eq!(code(&line("error_during_execution", true, Some(""), None)), some("CLI_ERROR", "error_during_execution", None));
+    // A status field wins over the message, whatever the subtype.
+    assert_eq!(code(&line("error_during_execution", true, Some("x"), Some(429))), some("API_ERROR", "x", Some(429)));
+  }
+
+  #[test]
+  fn the_status_is_the_first_three_digit_number() {
+    assert_eq!(parse_status("API Error: 529 {\"type\":\"error\"}"), Some(529));
+    assert_eq!(parse_status("API Error: 12 then 4040 then 503"), Some(503));
+    assert_eq!(parse_status("no number"), None);
+  }
+}
