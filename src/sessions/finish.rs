@@ -355,6 +355,35 @@ mod tests {
   }
 
   #[test]
+  fn the_lease_is_kept_while_the_cli_exits_and_a_transcript_materializes_the_session() {
+    let mut s = session();
+    s.materialized = false;
+    let run = |keep_lease: bool, transcript_exists: bool| {
+      task_end(EndInput {
+        session: &s,
+        task_id: "t",
+        outcome: Ok(outcome(Some(success(0.0)))),
+        elapsed_ms: 1,
+        threshold: 80.0,
+        trigger: None,
+        keep_lease,
+        transcript_exists,
+        default_window: 200_000,
+        stall_timeout_ms: 0,
+        sandboxed: false,
+        now_ms: 0,
+      })
+      .1
+    };
+    // The next task on the session must wait for this CLI's exit, also in another process.
+    assert!(run(true, true).keep_lease);
+    assert!(!run(false, true).keep_lease);
+    // A first run that wrote a transcript makes the next one resume it.
+    assert!(run(false, true).materialized);
+    assert!(!run(false, false).materialized);
+  }
+
+  #[test]
   fn a_cli_that_switched_sessions_fails() {
     let mut out = outcome(Some(success(0.0)));
     out.session_id = Some("22222222-2222-4222-8222-222222222222".into());
