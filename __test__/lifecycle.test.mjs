@@ -144,3 +144,25 @@ test('a killed CLI leaves no per-process files behind (unsandboxed)', async (t) 
   t.assert.strictEqual((await run).error?.code, 'ABORTED')
   await until('the CLI files removed', () => fs.readdirSync(sessions).filter((f) => /^\d+\.(json|key)$/.test(f)).length === 0, 5000)
 })
+
+test('tasks on one session start in the order they reach it (four waiters)', async (t) => {
+  const server = await startStandInServer()
+  const { manager } = makeManager({ server })
+  t.after(async () => {
+    await manager.close()
+    await server.close()
+  })
+  const { session } = await manager.getOrCreateSession({ projectId: 'order', userId: 'u' })
+  server.enqueue({ text: 'first, slowly', delayMs: 1500 })
+  const runs = []
+  for (const n of [1, 2, 3, 4, 5]) {
+    let queued
+    const isQueued = new Promise((r) => (queued = r))
+    runs.push(manager.executeTask({ prompt: `order ${n}`, projectId: 'order', userId: 'u', sessionId: session.id }, { onEvent: (e) => e.type === 'task_queued' && queued() }))
+    await isQueued // each call reaches the session after the one before
+  }
+  const results = await Promise.all(runs)
+  t.assert.deepStrictEqual(results.map((r) => r.success), [true, true, true, true, true])
+  const order = server.requests.filter((q) => q.path === '/v1/messages').map((q) => [...JSON.stringify(q.body).matchAll(/order (\d)/g)].at(-1)?.[1]).filter(Boolean)
+  t.assert.deepStrictEqual([...new Set(order)], ['1', '2', '3', '4', '5'], 'the model saw the prompts in arrival order (the newest prompt of each request)')
+})
