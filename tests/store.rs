@@ -393,21 +393,3 @@ fn a_task_end_remembers_the_window_and_the_compactions() {
     .unwrap();
   assert_eq!(s.window_for("sonnet").unwrap(), Some(200_000));
 }
-
-#[test]
-fn a_task_that_never_started_is_one_final_row_counted_in_the_totals() {
-  let dir = tempfile::tempdir().unwrap();
-  let s = Store::open(&dir.path().join("s.db")).unwrap();
-  s.create_session(&new_session(A, "alice", "p")).unwrap();
-  let me = Owner { id: "me".into(), pid: std::process::id() };
-  s.record_unstarted_task(A, "t0", "task", &me, "aborted", "ABORTED", "aborted while it waited").unwrap();
-  let tasks = s.list_tasks(A).unwrap();
-  assert_eq!(tasks.len(), 1);
-  let t = &tasks[0];
-  assert_eq!((t.id.as_str(), t.status.as_str(), t.kind.as_str()), ("t0", "aborted", "task"));
-  assert_eq!((t.error_code.as_deref(), t.error_message.as_deref()), (Some("ABORTED"), Some("aborted while it waited")));
-  assert_eq!((t.turns, t.ended_at), (Some(0), Some(t.started_at)));
-  assert_eq!(s.get_session(A, "alice").unwrap().unwrap().task_count, 1);
-  // It holds no lease: the next task starts at once.
-  assert!(s.try_begin_task(A, "t1", "task", "m", &me, Duration::from_secs(30)).unwrap());
-}

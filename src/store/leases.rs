@@ -80,34 +80,6 @@ impl SqliteStore {
     Ok(())
   }
 
-  /// Records a task that ended before it could start (aborted while it waited for its session):
-  /// one row with its final status, counted in the session's totals like any other.
-  #[allow(
-    clippy::too_many_arguments,
-    reason = "one argument per column of the row written; the caller in src/sessions/tasks.rs passes them positionally"
-  )]
-  pub fn record_unstarted_task(
-    &self,
-    session_id: &str,
-    task_id: &str,
-    kind: &str,
-    owner: &Owner,
-    status: &str,
-    code: &str,
-    message: &str,
-  ) -> Result<()> {
-    self.write(|tx| {
-      let now = now_ms();
-      tx.execute(
-        "INSERT INTO tasks (id, session_id, status, started_at, ended_at, owner_id, owner_pid, kind, error_code, error_message, turns)
-         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
-        params![task_id, session_id, status, now, owner.id, owner.pid, kind, code, message],
-      )?;
-      tx.execute("UPDATE sessions SET task_count = task_count + 1, updated_at = ?2 WHERE id = ?1", params![session_id, now])?;
-      Ok(())
-    })
-  }
-
   /// Extends a held lease. Returns false when the lease is no longer this task's.
   pub fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
     self.write(|tx| {

@@ -511,18 +511,6 @@ dispatch! {
   /// Takes the session's lease and inserts the task row as `running`, atomically; false when
   /// another live task holds the lease.
   fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool>;
-  /// Records a task that ended before it could start.
-  #[allow(clippy::too_many_arguments, reason = "one argument per column of the row written")]
-  fn record_unstarted_task(
-    &self,
-    session_id: &str,
-    task_id: &str,
-    kind: &str,
-    owner: &Owner,
-    status: &str,
-    code: &str,
-    message: &str,
-  ) -> Result<()>;
   /// Extends a held lease; false when it is no longer this task's.
   fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool>;
   /// Ends a task: its row, the session's totals, the context snapshot, the lease.

@@ -862,34 +862,6 @@ impl PgStore {
     )
   }
 
-  /// Records a task that ended before it could start.
-  #[allow(clippy::too_many_arguments, reason = "one argument per column of the row written")]
-  pub fn record_unstarted_task(
-    &self,
-    session_id: &str,
-    task_id: &str,
-    kind: &str,
-    owner: &Owner,
-    status: &str,
-    code: &str,
-    message: &str,
-  ) -> Result<()> {
-    let pid = owner.pid as i64;
-    self.tx(async |tx| {
-      self
-        .exec(
-          tx,
-          "INSERT INTO {S}.tasks (id, session_id, status, started_at, ended_at, owner_id, owner_pid, node_id, kind,
-             error_code, error_message, turns)
-           VALUES ($1, $2, $3, {NOW}, {NOW}, $4, $5, $6, $7, $8, $9, 0)",
-          &[&task_id, &session_id, &status, &owner.id, &pid, &self.node, &kind, &code, &message],
-        )
-        .await?;
-      self.exec(tx, "UPDATE {S}.sessions SET task_count = task_count + 1, updated_at = {NOW} WHERE id = $1", &[&session_id]).await?;
-      Ok(())
-    })
-  }
-
   /// Extends a held lease by `ttl` from the database's now. Returns false when the lease is no
   /// longer this task's (another task took it over under a newer fence, or it was released).
   pub fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
