@@ -6,7 +6,8 @@
 // section in its own Node process (sections/*.mjs write JSON), samples what else the machine
 // is running, and writes benchmark/RESULTS.md and benchmark/results/latest.json.
 //
-// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,
+// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,postgres
+// (postgres needs CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL, else it is recorded as skipped),
 // --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
 // records those numbers in results/tokens-before.json), --out=<RESULTS.md path>.
 import fs from 'node:fs'
@@ -25,7 +26,7 @@ for (const a of process.argv.slice(2)) {
   const m = /^--([^=]+)(?:=(.*))?$/.exec(a)
   if (m) opt[m[1]] = m[2] ?? true
 }
-const sections = String(opt.only ?? 'tokens,tasks,scale,growth,sandbox').split(',')
+const sections = String(opt.only ?? 'tokens,tasks,scale,growth,sandbox,postgres').split(',')
 const quick = Boolean(opt.quick)
 const outFile = path.resolve(opt.out ?? path.join(here, 'RESULTS.md'))
 
@@ -313,6 +314,36 @@ if (sandbox) {
   md.push(`Added per task (difference of medians): new session ${fmt(sandbox.addedNewMs, 1)} ms, resumed ${fmt(sandbox.addedResumedMs, 1)} ms.`, '')
   bars.push(['sandbox + key proxy, new session', '≤ 20 ms added (median)', `${fmt(sandbox.addedNewMs, 1)} ms`, yes(sandbox.addedNewMs <= 20)])
   bars.push(['sandbox + key proxy, resumed', '≤ 20 ms added (median)', `${fmt(sandbox.addedResumedMs, 1)} ms`, yes(sandbox.addedResumedMs <= 20)])
+}
+
+// The PostgreSQL store.
+const pg = results.sections.postgres
+if (pg?.skipped) md.push('## 6. PostgreSQL', '', `Skipped: ${pg.skipped}.`, '')
+else if (pg) {
+  md.push('## 6. PostgreSQL beside SQLite', '')
+  md.push(
+    `PostgreSQL ${pg.server} on ${pg.database}. **A. Overhead per task**: a SQLite manager and a PostgreSQL manager over the same CLI (through the lifetime wrapper, as in section 2) and stand-in, ${pg.overhead.runs} runs each of a new-session and a resumed task, interleaved; overhead = (call → the wrapper's main) + (the CLI's result line → settled promise), so the CLI's own lifetime is left out.`,
+    '',
+  )
+  const o = pg.overhead
+  table(
+    ['backend / task', 'overhead ms (median / p90)', 'pre ms', 'post ms', 'wall ms (median)'],
+    ['sqlite/new', 'postgres/new', 'sqlite/resume', 'postgres/resume'].map((k) => [k, `${fmt(o[k].overhead.median)} / ${fmt(o[k].overhead.p90)}`, fmt(o[k].pre.median), fmt(o[k].post.median), fmt(o[k].wall.median, 1)]),
+  )
+  md.push(`PostgreSQL adds (difference of medians): new session ${fmt(o.addedNewMs)} ms, resumed ${fmt(o.addedResumedMs)} ms.`, '')
+  bars.push(['PostgreSQL store, new session', '≤ 2 ms added per task (median)', `${fmt(o.addedNewMs)} ms`, yes(o.addedNewMs <= 2)])
+  bars.push(['PostgreSQL store, resumed', '≤ 2 ms added per task (median)', `${fmt(o.addedResumedMs)} ms`, yes(o.addedResumedMs <= 2)])
+  const st = pg.store
+  md.push(`**B. Store calls with ${st.sessions.toLocaleString('en-US')} sessions** in the schema (inserted in ${fmt(st.populateMs / 1000, 1)} s), on random sessions:`, '')
+  table(
+    ['call', 'median ms', 'p90 ms', 'p99 ms'],
+    ['getSessionContext', 'getSession', 'listSessions', 'listSessionsProject'].map((k) => [k, fmt(st[k].median, 3), fmt(st[k].p90, 3), fmt(st[k].p99, 3)]),
+  )
+  md.push('**C. Three nodes**: three Node processes sharing one store, each running its tasks 4 at a time (new sessions), the CLI against the stand-in:', '')
+  table(
+    ['store', 'tasks', 'completed', 'task rows', 'wall s', 'tasks/s', 'failures'],
+    Object.entries(pg.nodes).map(([k, n]) => [k, `${n.nodes} × ${n.tasksPerNode}`, n.completed, n.taskRowsCounted, fmt(n.wallMs / 1000, 1), fmt(n.tasksPerSec), n.failures.length ? n.failures.join(', ') : 'none']),
+  )
 }
 
 md.push('## Bars', '')

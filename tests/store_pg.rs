@@ -255,6 +255,11 @@ fn prisma_style_parameters_are_accepted() {
   let f = Fresh::with(&prisma, &url);
   let sid = id();
   f.store().create_session(&new_session(&sid, "u", "p")).unwrap();
+  // Behind PgBouncer no statement outlives its transaction: the same read twice on a pool of
+  // two connections prepares it each time and still works.
+  for _ in 0..2 {
+    assert_eq!(f.store().get_session(&sid, "u").unwrap().map(|s| s.id), Some(sid.clone()));
+  }
   // The tables went to the addon's schema, not Prisma's `public`.
   assert_eq!(admin(&url, &format!("SELECT 1 FROM \"{}\".sessions WHERE id = '{sid}'", f.schema)), Ok(()),);
 }

@@ -167,3 +167,41 @@ export function populatedSession(i, users = 100) {
     userId: `u${i % users}`,
   }
 }
+
+/**
+ * Times store calls on random sessions of a store `populate` filled with `sessions` sessions:
+ * getSessionContext and getSession (`iter` each), listSessions for a user and for a user's
+ * project (`lists` each), after 200 untimed rounds. Returns the raw milliseconds.
+ */
+export async function timeStoreCalls(manager, sessions, { iter, lists }) {
+  const ns = () => process.hrtime.bigint()
+  const time = async (f) => {
+    const s = ns()
+    await f()
+    return Number(ns() - s) / 1e6
+  }
+  let seed = 12345
+  const rand = (n) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31
+    return seed % n
+  }
+  const probe = populatedSession(7)
+  if (!(await manager.getSession(probe.id, probe.userId))) throw new Error('the populated sessions are not readable through the addon')
+  const t = { getSessionContext: [], getSession: [], listSessions: [], listSessionsProject: [] }
+  for (let i = 0; i < 200; i++) {
+    const s = populatedSession(rand(sessions))
+    await manager.getSessionContext(s.id, s.userId)
+    await manager.listSessions({ userId: s.userId })
+  }
+  for (let i = 0; i < iter; i++) {
+    const s = populatedSession(rand(sessions))
+    t.getSessionContext.push(await time(() => manager.getSessionContext(s.id, s.userId)))
+    t.getSession.push(await time(() => manager.getSession(s.id, s.userId)))
+  }
+  for (let i = 0; i < lists; i++) {
+    const u = `u${rand(100)}`
+    t.listSessions.push(await time(() => manager.listSessions({ userId: u })))
+    t.listSessionsProject.push(await time(() => manager.listSessions({ userId: u, projectId: `p${rand(10)}`, status: 'active' })))
+  }
+  return t
+}

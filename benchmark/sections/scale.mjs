@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import { fork } from 'node:child_process'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { args, median, p90, p99, writeJson, machineLoad, sampler } from '../lib/stats.mjs'
-import { addon, startStandIn, workspace, populate, populatedSession, BENCH_SANDBOX } from '../lib/harness.mjs'
+import { addon, startStandIn, workspace, populate, timeStoreCalls, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
 const quick = Boolean(opt.quick)
@@ -108,41 +108,11 @@ const out = { load: [machineLoad()] }
   const ws = workspace('csm-store-')
   new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
   await new Promise((r) => setTimeout(r, 50))
-  const t = ns()
+  const t0 = ns()
   populate(ws.db, SESSIONS, { workDir: ws.work })
-  const populateMs = msSince(t)
+  const populateMs = msSince(t0)
   const manager = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work })
-  const time = async (f) => {
-    const s = ns()
-    await f()
-    return msSince(s)
-  }
-  let seed = 12345
-  const rand = (n) => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31
-    return seed % n
-  }
-  const ITER = quick ? 300 : 3000
-  const LIST = quick ? 100 : 1000
-  const ctx = []
-  const list = []
-  const listProject = []
-  const get = []
-  for (let i = 0; i < 200; i++) {
-    const s = populatedSession(rand(SESSIONS))
-    await manager.getSessionContext(s.id, s.userId)
-    await manager.listSessions({ userId: s.userId })
-  }
-  for (let i = 0; i < ITER; i++) {
-    const s = populatedSession(rand(SESSIONS))
-    ctx.push(await time(() => manager.getSessionContext(s.id, s.userId)))
-    get.push(await time(() => manager.getSession(s.id, s.userId)))
-  }
-  for (let i = 0; i < LIST; i++) {
-    const u = `u${rand(100)}`
-    list.push(await time(() => manager.listSessions({ userId: u })))
-    listProject.push(await time(() => manager.listSessions({ userId: u, projectId: `p${rand(10)}`, status: 'active' })))
-  }
+  const t = await timeStoreCalls(manager, SESSIONS, { iter: quick ? 300 : 3000, lists: quick ? 100 : 1000 })
   const stat = (v) => ({ median: median(v), p90: p90(v), p99: p99(v) })
   out.store = {
     sessions: SESSIONS,
@@ -150,10 +120,10 @@ const out = { load: [machineLoad()] }
     sessionsPerUser: SESSIONS / 100,
     populateMs,
     dbMb: fs.statSync(ws.db).size / 2 ** 20,
-    getSessionContext: stat(ctx),
-    getSession: stat(get),
-    listSessions: stat(list),
-    listSessionsProject: stat(listProject),
+    getSessionContext: stat(t.getSessionContext),
+    getSession: stat(t.getSession),
+    listSessions: stat(t.listSessions),
+    listSessionsProject: stat(t.listSessionsProject),
   }
   console.error(`[scale] ${SESSIONS} sessions: getSessionContext median ${(out.store.getSessionContext.median * 1000).toFixed(0)} µs, listSessions median ${out.store.listSessions.median.toFixed(3)} ms`)
   await manager.close()

@@ -18,9 +18,11 @@
 //!
 //! **URL.** `postgres://` or `postgresql://`, libpq's parameters as tokio-postgres knows them.
 //! Prisma's parameters are accepted: `connection_limit` sets the pool size (default 8),
-//! `pool_timeout` (seconds) how long a call waits for a connection (default 30 s), `pgbouncer`
-//! is accepted (every statement already runs inside a transaction and none is cached, which is
-//! what a PgBouncer in transaction mode needs), and `schema` is ignored: it names the app's own
+//! `pool_timeout` (seconds) how long a call waits for a connection (default 30 s), statements are
+//! prepared once per pooled connection and cached, except with `pgbouncer=true` or
+//! `statement_cache_size=0` (a PgBouncer in transaction mode hands each transaction any server
+//! connection, where a named statement may not exist: then each statement is prepared unnamed
+//! inside its transaction, one more round trip), and `schema` is ignored: it names the app's own
 //! schema, and the addon's tables live in `databaseSchema` (default `claude_sessions`) so that
 //! Prisma Migrate never sees them. Other unknown parameters are ignored. No message shows the
 //! password.
@@ -226,6 +228,8 @@ struct Parsed {
   tls: bool,
   pool_size: usize,
   pool_timeout: Duration,
+  /// Whether statements may be prepared once per connection (not behind PgBouncer).
+  cache_statements: bool,
   /// The target without credentials, for messages.
   shown: String,
 }
@@ -280,6 +284,7 @@ fn parse_url(url: &str) -> Result<Parsed> {
   let mut tls = false;
   let mut pool_size = 8usize;
   let mut pool_timeout = Duration::from_secs(30);
+  let mut cache_statements = true;
   let mut connect_timeout = false;
   for pair in query.split('&').filter(|p| !p.is_empty()) {
     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -312,12 +317,14 @@ fn parse_url(url: &str) -> Result<Parsed> {
           .ok_or_else(|| Error::invalid(format!("databaseUrl: pool_timeout must be a number of seconds, got {value:?}")))?;
         pool_timeout = Duration::from_secs_f64(secs);
       }
+      "pgbouncer" if value == "true" => cache_statements = false,
+      "statement_cache_size" if value == "0" => cache_statements = false,
       "connect_timeout" => {
         connect_timeout = true;
         kept.push(pair.to_owned());
       }
       k if KNOWN.contains(&k) => kept.push(pair.to_owned()),
-      // Prisma's `schema`, `pgbouncer`, `socket_timeout`, `statement_cache_size`, `sslaccept`,
+      // Prisma's `schema`, `socket_timeout`, `sslaccept`,
       // `sslcert`, … and anything else: not for tokio-postgres.
       _ => {}
     }
@@ -347,7 +354,7 @@ fn parse_url(url: &str) -> Result<Parsed> {
     ports.join(","),
     config.get_dbname().unwrap_or(""),
   );
-  Ok(Parsed { config, tls, pool_size, pool_timeout, shown })
+  Ok(Parsed { config, tls, pool_size, pool_timeout, cache_statements, shown })
 }
 
 /// Checks a PostgreSQL schema name: a plain identifier, so it can be quoted safely.
@@ -374,6 +381,7 @@ pub struct PgStore {
   schema: String,
   node: String,
   shown: String,
+  cache_statements: bool,
   /// The password, to scrub from any message that might carry it.
   secret: Option<String>,
 }
@@ -424,7 +432,15 @@ impl PgStore {
         .build()
         .map_err(|e| Error::internal(format!("cannot set up the PostgreSQL pool: {e}")))?
     };
-    let store = PgStore { rt: Some(rt), pool, schema: format!("\"{schema}\""), node: node_id(), shown: parsed.shown, secret };
+    let store = PgStore {
+      rt: Some(rt),
+      pool,
+      schema: format!("\"{schema}\""),
+      node: node_id(),
+      shown: parsed.shown,
+      cache_statements: parsed.cache_statements,
+      secret,
+    };
     store.migrate(schema)?;
     Ok(store)
   }
@@ -473,16 +489,30 @@ impl PgStore {
     })
   }
 
+  /// The statement for `sql`, prepared once per pooled connection (deadpool's statement cache):
+  /// a plain `query(&str)` would parse and plan it again on every call, one more round trip.
+  /// Behind PgBouncer (`pgbouncer=true`) it is prepared unnamed in this transaction instead.
+  async fn prepared(&self, tx: &Transaction<'_>, sql: &str) -> Result<tokio_postgres::Statement> {
+    if self.cache_statements {
+      tx.prepare_cached(&self.sql(sql)).await.map_err(pg)
+    } else {
+      tx.prepare(&self.sql(sql)).await.map_err(pg)
+    }
+  }
+
   async fn query(&self, tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-    tx.query(&self.sql(sql), params).await.map_err(pg)
+    let st = self.prepared(tx, sql).await?;
+    tx.query(&st, params).await.map_err(pg)
   }
 
   async fn opt(&self, tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
-    tx.query_opt(&self.sql(sql), params).await.map_err(pg)
+    let st = self.prepared(tx, sql).await?;
+    tx.query_opt(&st, params).await.map_err(pg)
   }
 
   async fn exec(&self, tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<u64> {
-    tx.execute(&self.sql(sql), params).await.map_err(pg)
+    let st = self.prepared(tx, sql).await?;
+    tx.execute(&st, params).await.map_err(pg)
   }
 
   fn migrate(&self, schema: &str) -> Result<()> {
@@ -1190,7 +1220,10 @@ mod tests {
     assert_eq!(p.shown, "postgresql://app@db.example:6543/main");
     assert!(!p.shown.contains("s3cret"));
     assert_eq!(p.config.get_application_name(), Some("x"));
+    assert!(!p.cache_statements, "pgbouncer=true: no statements kept across transactions");
+    assert!(!parse_url("postgres://u@h/db?statement_cache_size=0").unwrap().cache_statements);
     let p = parse_url("postgres://u@localhost/db").unwrap();
+    assert!(p.cache_statements);
     assert!(!p.tls);
     assert_eq!(p.pool_size, 8);
     assert_eq!(p.config.get_connect_timeout(), Some(&Duration::from_secs(10)));
