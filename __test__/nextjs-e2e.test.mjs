@@ -10,10 +10,10 @@ import { test } from 'node:test'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn, spawnSync, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { parseSse, tempDir } from './helpers.mjs'
+import { parseSse, tempDir, PG_URL } from './helpers.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const app = path.join(root, 'examples', 'nextjs')
@@ -116,9 +116,18 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   let log = ''
+  // With CSM_TEST_DATABASE_URL the app keeps its sessions in PostgreSQL (a schema of its own),
+  // as a deployment of several instances would; else in its SQLite file.
+  const pgSchema = PG_URL ? `csm_e2e_${process.pid}` : null
+  const psql = (sql) => execFileSync('psql', [PG_URL, '-qtAc', sql], { encoding: 'utf8' }).trim()
+  if (pgSchema) t.diagnostic(`example app on PostgreSQL, schema ${pgSchema}`)
   const server = spawn(process.execPath, [nextBin, 'start', '-H', '127.0.0.1', '-p', String(port)], {
     cwd: app,
-    env: appEnv({ CLAUDE_WORKING_DIR: work, DEMO_TOKENS_PER_TURN: '300000' }),
+    env: appEnv({
+      CLAUDE_WORKING_DIR: work,
+      DEMO_TOKENS_PER_TURN: '300000',
+      ...(pgSchema ? { CLAUDE_SESSIONS_DATABASE_URL: PG_URL, CLAUDE_SESSIONS_DATABASE_SCHEMA: pgSchema } : {}),
+    }),
     detached: true, // its own process group, so everything it started can be stopped at once
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -139,6 +148,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
       }
     }
     fs.rmSync(work, { recursive: true, force: true })
+    if (pgSchema) psql(`DROP SCHEMA IF EXISTS "${pgSchema}" CASCADE`)
   })
 
   // Wait until it answers.
@@ -443,5 +453,15 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     await page.waitForFunction(() => Number(document.querySelector('[data-testid=meter]').dataset.tokens) > 0)
 
     t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')
+  })
+
+  await t.test('the sessions are in the store the app was configured with', (t) => {
+    const dbFile = path.join(work, '.claude-sessions', 'sessions.db')
+    if (pgSchema) {
+      t.assert.ok(Number(psql(`SELECT count(*) FROM "${pgSchema}".tasks`)) > 0, 'task rows in PostgreSQL')
+      t.assert.strictEqual(fs.existsSync(dbFile), false, 'no SQLite file beside it')
+    } else {
+      t.assert.ok(fs.existsSync(dbFile), 'the SQLite file')
+    }
   })
 })

@@ -34,11 +34,16 @@ export function manager(): Promise<SessionManager> {
 }
 
 async function setup(): Promise<SessionManager> {
-  fs.mkdirSync(path.join(workspace, '.claude-sessions'), { recursive: true })
-  const databasePath = process.env.CLAUDE_SESSIONS_DB || path.join(workspace, '.claude-sessions', 'sessions.db')
+  // The session store: PostgreSQL when CLAUDE_SESSIONS_DATABASE_URL is set (several server
+  // instances can then share it), else a SQLite file in the workspace.
+  const databaseUrl = process.env.CLAUDE_SESSIONS_DATABASE_URL
+  const store = databaseUrl
+    ? { databaseUrl, databaseSchema: process.env.CLAUDE_SESSIONS_DATABASE_SCHEMA || undefined }
+    : { databasePath: process.env.CLAUDE_SESSIONS_DB || path.join(workspace, '.claude-sessions', 'sessions.db') }
+  if (!databaseUrl) fs.mkdirSync(path.join(workspace, '.claude-sessions'), { recursive: true })
   if (usingRealApi) {
     console.log(`[claude] real Anthropic API; workspace ${workspace}`)
-    return getSessionManager({ workingDirectory: workspace, databasePath })
+    return getSessionManager({ workingDirectory: workspace, ...store })
   }
 
   // Offline: the stand-in API. Its default reply echoes the prompt; here it also pads the usage it
@@ -63,7 +68,7 @@ async function setup(): Promise<SessionManager> {
   console.log(`[claude] no ANTHROPIC_API_KEY: using the stand-in API at ${server.url}; workspace ${workspace}`)
   return getSessionManager({
     workingDirectory: workspace,
-    databasePath,
+    ...store,
     env: { ...server.env(), CLAUDE_CONFIG_DIR: configDir },
   })
 }
