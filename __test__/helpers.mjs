@@ -57,13 +57,14 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
   fs.mkdirSync(configDir, { recursive: true })
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
+  const store = storeOptions(backend, dir)
   const manager = new addon.SessionManager({
-    ...storeOptions(backend, dir),
+    ...store,
     workingDirectory: work,
     env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },
     ...options,
   })
-  return { manager, dir, work, configDir }
+  return { manager, dir, work, configDir, store }
 }
 
 /** Expects a promise (or function) to reject with an Error carrying `code`. */
