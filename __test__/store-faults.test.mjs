@@ -3,9 +3,9 @@
 import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn, spawnSync, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { addon, rejectsWith, tempDir } from './helpers.mjs'
+import { addon, rejectsWith, tempDir, makeManager, startStandInServer, PG_URL } from './helpers.mjs'
 
 const { SessionManager } = addon
 
@@ -120,4 +120,24 @@ test('a Rust panic becomes an INTERNAL rejection and Node keeps running (debug b
   t.assert.strictEqual(r.status, 0, r.stderr)
   const out = JSON.parse(r.stdout.trim().split('\n').at(-1))
   t.assert.deepStrictEqual(out, { async: 'INTERNAL', sync: 'INTERNAL', after: true })
+})
+
+test('store faults: PostgreSQL drops every connection while a task runs; the task is still recorded', { skip: !PG_URL && 'PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them' }, async (t) => {
+  const server = await startStandInServer({ defaultReply: () => ({ text: 'one two three four five six seven eight', chunkDelayMs: 100 }) })
+  t.after(() => server.close())
+  const app = `csm_faults_${process.pid}`
+  const sep = PG_URL.includes('?') ? '&' : '?'
+  const { manager } = makeManager({ server, backend: 'postgres', databaseUrl: `${PG_URL}${sep}application_name=${app}` })
+  t.after(() => manager.close())
+  const kill = () => execFileSync('psql', [PG_URL, '-qtAc', `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '${app}'`], { encoding: 'utf8' }).trim()
+  const first = await manager.executeTask({ prompt: 'first', projectId: 'p', userId: 'u' })
+  t.assert.ok(first.success)
+  const running = manager.executeTask({ prompt: 'second', projectId: 'p', userId: 'u', sessionId: first.sessionId })
+  while (!server.requests.some((r) => JSON.stringify(r.body ?? '').includes('second'))) await new Promise((r) => setTimeout(r, 20))
+  t.assert.ok(Number(kill()) >= 1, 'the manager had connections to drop')
+  const r = await running
+  t.assert.ok(r.success, r.error?.message)
+  const tasks = await manager.listTasks(first.sessionId, 'u')
+  t.assert.deepStrictEqual(tasks.map((x) => x.status), ['succeeded', 'succeeded'])
+  t.assert.strictEqual((await manager.getSession(first.sessionId, 'u')).taskCount, 2)
 })

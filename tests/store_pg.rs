@@ -299,3 +299,58 @@ fn unreachable_databases_and_bad_passwords_are_store_errors_without_the_password
     }
   }
 }
+
+/// `url` with another user (and password), for roles the tests create.
+fn url_as(url: &str, user: &str) -> String {
+  let cfg: tokio_postgres::Config = url.parse().unwrap();
+  let host = match &cfg.get_hosts()[0] {
+    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+    #[cfg(unix)]
+    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+  };
+  let port = cfg.get_ports().first().copied().unwrap_or(5432);
+  format!("postgresql://{user}@{host}:{port}/{}", cfg.get_dbname().unwrap_or("postgres"))
+}
+
+#[test]
+fn a_role_that_may_not_create_the_schema_gets_a_store_error_that_says_so() {
+  let Some(url) = test_url() else { return };
+  let role = format!("csm_noperm_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+  admin(&url, &format!("CREATE ROLE {role} LOGIN")).unwrap();
+  struct DropRole<'a>(&'a str, String);
+  impl Drop for DropRole<'_> {
+    fn drop(&mut self) {
+      let _ = admin(self.0, &format!("DROP ROLE IF EXISTS {}", self.1));
+    }
+  }
+  let _guard = DropRole(&url, role.clone());
+  let schema = format!("csm_test_{}", uuid::Uuid::new_v4().simple());
+  let e = Store::connect(&url_as(&url, &role), &schema).err().expect("a role without CREATE on the database is refused");
+  assert_eq!(e.code, ErrorCode::StoreError);
+  assert!(e.message.contains("permission denied"), "{}", e.message);
+  assert!(e.message.contains(&schema), "names the schema it could not create: {}", e.message);
+}
+
+#[test]
+fn the_store_comes_back_after_the_server_drops_its_connections() {
+  let Some(url) = test_url() else { return };
+  let app = format!("csm_goaway_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+  let sep = if url.contains('?') { '&' } else { '?' };
+  let f = Fresh::with(&format!("{url}{sep}application_name={app}&connection_limit=2"), &url);
+  let sid = id();
+  f.store().create_session(&new_session(&sid, "u", "p")).unwrap();
+  let kill = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'");
+  for round in 0..3 {
+    // Every pooled connection is gone (as when the server restarts or a proxy drops them).
+    admin(&url, &kill).unwrap();
+    let s = f.store().get_session(&sid, "u").unwrap_or_else(|e| panic!("round {round}: {}", e.message));
+    assert_eq!(s.map(|s| s.id), Some(sid.clone()));
+    let t = id();
+    assert!(f.store().try_begin_task(&sid, &t, "task", "sonnet", &owner(), Duration::from_secs(30)).unwrap());
+    admin(&url, &kill).unwrap();
+    f.store()
+      .finish_task(&sid, &t, &TaskEnd { status: "succeeded".into(), ..Default::default() }, None)
+      .unwrap_or_else(|e| panic!("round {round}: {}", e.message));
+  }
+  assert_eq!(f.store().get_session(&sid, "u").unwrap().unwrap().task_count, 3);
+}

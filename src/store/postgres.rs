@@ -188,10 +188,27 @@ fn block_on<F: Future>(f: F) -> F::Output {
   }
 }
 
+/// How many times a transaction runs when its connection turns out closed before it commits.
+const TX_ATTEMPTS: u32 = 3;
+
+/// Whether a statement failed because its connection went away (what [`pg`] wrote: the server's
+/// SQLSTATE class 08 "connection exception", 57P01-57P03 "shut down / cannot connect now", or the
+/// driver's closed connection), so that nothing of the transaction can have happened.
+fn connection_lost(e: &Error) -> bool {
+  let Some(rest) = e.message.strip_prefix(PG_PREFIX) else { return false };
+  if rest.starts_with("connection closed") || rest.starts_with("error communicating with the server") {
+    return true;
+  }
+  let code = rest.split_whitespace().nth(1).unwrap_or("").trim_end_matches(':');
+  code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+const PG_PREFIX: &str = "session store (PostgreSQL): ";
+
 /// The error of a failed statement, with the server's message (never the connection string).
 fn pg(e: tokio_postgres::Error) -> Error {
   if let Some(db) = e.as_db_error() {
-    return Error::store(format!("session store (PostgreSQL): {} {}: {}", db.severity(), db.code().code(), db.message()));
+    return Error::store(format!("{PG_PREFIX}{} {}: {}", db.severity(), db.code().code(), db.message()));
   }
   let mut msg = e.to_string();
   let mut source = std::error::Error::source(&e);
@@ -199,7 +216,7 @@ fn pg(e: tokio_postgres::Error) -> Error {
     msg = format!("{msg}: {s}");
     source = s.source();
   }
-  Error::store(format!("session store (PostgreSQL): {msg}"))
+  Error::store(format!("{PG_PREFIX}{msg}"))
 }
 
 /// This machine, for telling which `running` rows a pid check may judge: the host name and the
@@ -473,19 +490,36 @@ impl PgStore {
   }
 
   /// Runs `f` in one transaction on a pooled connection; commits when it returns `Ok`.
-  fn tx<T>(&self, f: impl AsyncFnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+  ///
+  /// A pooled connection the server has dropped (a restart, a failover, an idle timeout of a
+  /// proxy) is found out only when used. When the connection turns out closed before the COMMIT
+  /// was sent, nothing of the transaction happened, so it runs again on a fresh connection (up
+  /// to [`TX_ATTEMPTS`] times; the pool discards closed connections). A connection lost during
+  /// the COMMIT itself is not retried: the outcome is unknown, and the caller gets the error.
+  fn tx<T>(&self, mut f: impl AsyncFnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
     self.block(async {
-      let mut client = self.pool.get().await.map_err(|e| {
-        let detail = match &e {
-          deadpool_postgres::PoolError::Backend(b) => pg_detail(b),
-          other => other.to_string(),
+      let mut attempt = 1;
+      loop {
+        let mut client = self.pool.get().await.map_err(|e| {
+          let detail = match &e {
+            deadpool_postgres::PoolError::Backend(b) => pg_detail(b),
+            other => other.to_string(),
+          };
+          Error::store(format!("cannot reach the session store {}: {detail}", self.shown))
+        })?;
+        let ran = match client.transaction().await {
+          Ok(tx) => match f(&tx).await {
+            Ok(out) => return tx.commit().await.map(|()| out).map_err(pg),
+            Err(e) => Err(e),
+          },
+          Err(e) => Err(pg(e)),
         };
-        Error::store(format!("cannot reach the session store {}: {detail}", self.shown))
-      })?;
-      let tx = client.transaction().await.map_err(pg)?;
-      let out = f(&tx).await?;
-      tx.commit().await.map_err(pg)?;
-      Ok(out)
+        match ran {
+          Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS => attempt += 1,
+          Err(e) => return Err(e),
+          Ok(out) => return Ok(out),
+        }
+      }
     })
   }
 
@@ -526,7 +560,11 @@ impl PgStore {
            CREATE TABLE IF NOT EXISTS {S}.schema_version (version BIGINT NOT NULL);",
         ))
         .await
-        .map_err(pg)?;
+        .map_err(|e| {
+          let mut e = pg(e);
+          e.message = format!("cannot create the schema {schema} in {} (the role needs CREATE on the database, or create the schema for it): {}", self.shown, e.message);
+          e
+        })?;
         let version: i64 = match self.opt(tx, "SELECT version FROM {S}.schema_version", &[]).await? {
           Some(r) => r.get(0),
           None => {
@@ -1232,6 +1270,17 @@ mod tests {
       assert!(!e.message.contains("pw@"), "{}", e.message);
     }
     assert_eq!(percent_decode("a%20b%2Fc+d%zz%4"), "a b/c+d%zz%4");
+  }
+
+  #[test]
+  fn lost_connections_are_told_apart_from_failed_statements() {
+    let e = |m: &str| Error::store(format!("{PG_PREFIX}{m}"));
+    assert!(connection_lost(&e("FATAL 57P01: terminating connection due to administrator command")));
+    assert!(connection_lost(&e("FATAL 08006: connection failure")));
+    assert!(connection_lost(&e("connection closed")));
+    assert!(!connection_lost(&e("ERROR 23505: duplicate key value violates unique constraint")));
+    assert!(!connection_lost(&e("ERROR 40001: could not serialize access")));
+    assert!(!connection_lost(&Error::store("FATAL 57P01 elsewhere")));
   }
 
   #[test]
