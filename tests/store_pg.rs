@@ -354,3 +354,26 @@ fn the_store_comes_back_after_the_server_drops_its_connections() {
   }
   assert_eq!(f.store().get_session(&sid, "u").unwrap().unwrap().task_count, 3);
 }
+
+#[test]
+fn sslmode_require_verifies_the_server_certificate() {
+  let Some(url) = test_url() else { return };
+  let sep = if url.contains('?') { '&' } else { '?' };
+  let schema = format!("csm_test_{}", uuid::Uuid::new_v4().simple());
+  // The local server's certificate (Debian's self-signed "snakeoil" one, when ssl is on) is
+  // signed by no public root: rustls must refuse it where libpq's `require` would not check.
+  match Store::connect(&format!("{url}{sep}sslmode=require&connect_timeout=5"), &schema) {
+    Err(e) => {
+      assert_eq!(e.code, ErrorCode::StoreError);
+      let _ = writeln!(std::io::stderr(), "sslmode=require refused: {}", e.message);
+      assert!(e.message.to_lowercase().contains("certificate") || e.message.contains("TLS") || e.message.contains("tls"), "{}", e.message);
+    }
+    Ok(store) => {
+      drop(store);
+      let _ = admin(&url, &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"));
+      panic!(
+        "a connection with sslmode=require was accepted: the server's certificate verified against the public roots, or TLS was not used"
+      );
+    }
+  }
+}
