@@ -151,3 +151,53 @@ test('tenancy: isolateTenants gives each user a configuration folder of their ow
   t.assert.strictEqual(a2.result, 'Echo #2: again')
   await manager.close()
 })
+
+test("tenancy: isolateTenants 'project' gives each user's project a configuration folder of its own", async (t) => {
+  server.reset()
+  const dir = tempDir()
+  const { manager } = makeManager({ server, dir, isolateTenants: 'project' })
+  t.after(() => manager.close())
+  const runs = []
+  for (const [userId, projectId] of [['alice', 'p'], ['alice', 'q'], ['bob', 'p']]) {
+    const r = await manager.executeTask({ prompt: `${userId} in ${projectId}`, projectId, userId })
+    t.assert.ok(r.success, JSON.stringify(r.error))
+    runs.push(r.sessionId)
+  }
+  const root = path.join(dir, 'claude-config')
+  const tenants = fs.readdirSync(root).sort()
+  t.assert.strictEqual(tenants.length, 3, `one folder per (user, project): ${tenants.join()}`)
+  t.assert.ok(tenants.every((x) => x.startsWith('project-')), tenants.join())
+  const held = tenants.map((x) => fs.readdirSync(path.join(root, x, 'projects'), { recursive: true }).filter((f) => String(f).endsWith('.jsonl')).map((f) => path.basename(String(f), '.jsonl')))
+  t.assert.deepStrictEqual(held.flat().sort(), [...runs].sort())
+  t.assert.ok(held.every((ids) => ids.length === 1), "a user's two projects do not share a folder")
+  const again = await manager.executeTask({ prompt: 'again', projectId: 'q', userId: 'alice', sessionId: runs[1] })
+  t.assert.strictEqual(again.result, 'Echo #2: again')
+})
+
+test('sandbox: where bubblewrap cannot run, "bubblewrap" throws SANDBOX_UNAVAILABLE and "auto" runs the agent unsandboxed, saying so', async (t) => {
+  // A `bwrap` that fails as it does on a kernel without unprivileged user namespaces, first on
+  // PATH of a child Node (the addon checks bubblewrap once per process). A fake, because the
+  // real one cannot be made to fail on this machine without changing the machine.
+  const dir = tempDir()
+  const bin = path.join(dir, 'bin')
+  fs.mkdirSync(bin)
+  fs.writeFileSync(path.join(bin, 'bwrap'), '#!/bin/sh\necho "bwrap: No permissions to creating new namespace" >&2\nexit 1\n', { mode: 0o755 })
+  const script = `
+    const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))})
+    const out = {}
+    try { new SessionManager({ databasePath: ${JSON.stringify(path.join(dir, 'a.db'))}, workingDirectory: ${JSON.stringify(dir)}, sandbox: 'bubblewrap' }); out.bubblewrap = 'constructed' }
+    catch (e) { out.bubblewrap = { code: e.code, message: e.message } }
+    const m = new SessionManager({ databasePath: ${JSON.stringify(path.join(dir, 'b.db'))}, workingDirectory: ${JSON.stringify(dir)} })
+    out.auto = m.info().sandbox
+    m.close().then(() => console.log(JSON.stringify(out)))`
+  const { execFileSync } = await import('node:child_process')
+  const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { env: { ...process.env, PATH: `${bin}:${process.env.PATH}` }, encoding: 'utf8' }))
+  t.assert.strictEqual(out.bubblewrap.code, 'SANDBOX_UNAVAILABLE', JSON.stringify(out))
+  t.assert.match(out.bubblewrap.message, /No permissions to creat/, 'says why')
+  t.assert.strictEqual(out.auto, 'none', 'auto falls back to no sandbox and info() says so')
+  // The same child without the fake: where the real bubblewrap works, both sandbox.
+  const real = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' }))
+  if (real.auto === 'none') return t.diagnostic(`bubblewrap does not work on this machine: ${real.bubblewrap.message}`)
+  t.assert.strictEqual(real.bubblewrap, 'constructed')
+  t.assert.strictEqual(real.auto, 'bubblewrap')
+})
