@@ -16,6 +16,7 @@
 //!
 //! SQLite (one machine) does none of this: the file is the conversation.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -220,8 +221,9 @@ impl TaskMirror {
     }
   }
 
-  /// After the CLI exited: stores the tail of the local transcript the store lacks (frames lost,
-  /// or a CLI without `--session-mirror`), waits for the writer, and stops it.
+  /// After the CLI exited: stores the lines of the local transcript the store lacks (frames lost,
+  /// lines the CLI writes without a frame, or a CLI without `--session-mirror`), after the
+  /// others; waits for the writer, and stops it.
   pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: PathBuf) -> std::result::Result<(), String> {
     self.flush().await?;
     let (st, sid, path) = (store.clone(), session_id.clone(), local.clone());
@@ -231,10 +233,22 @@ impl TaskMirror {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::store(format!("cannot read transcript {}: {e}", path.display()))),
       };
-      let lines: Vec<Value> =
-        text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.is_object() && !not_mirrored(v)).collect();
-      let stored = st.transcript_len(&sid, "")?.max(0) as usize;
-      Ok(lines.into_iter().skip(stored).collect())
+      // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
+      // the CLI also writes lines it does not mirror in the middle of the file (state it
+      // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
+      let mut stored: HashMap<String, usize> = HashMap::new();
+      for e in st.load_transcript(&sid)?.into_iter().filter(|e| e.subpath.is_empty()) {
+        *stored.entry(e.line).or_default() += 1;
+      }
+      let mut missing = vec![];
+      for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.is_object() && !not_mirrored(v)) {
+        let key = serde_json::to_string(&v).unwrap_or_default();
+        match stored.get_mut(&key) {
+          Some(n) if *n > 0 => *n -= 1,
+          _ => missing.push(v),
+        }
+      }
+      Ok(missing)
     })
     .await
     .map_err(|e| e.to_string())?
