@@ -2,7 +2,8 @@
 // CLAUDE_CONFIG_DIR folders and state folder, share one database schema. The conversation follows
 // the session from node to node (the real CLI, the stand-in API: it answers `Echo #<user turns>:
 // <text>`, so the number says how much history the model saw); a killed node's session is taken
-// over once its lease expires; a frozen node that lost its lease writes nothing. Runs when
+// over once its lease expires; a frozen node that lost its lease writes nothing; a compaction on
+// one node is what the others continue from. Runs when
 // CSM_TEST_DATABASE_URL is set (one line says it was skipped otherwise).
 import { test } from 'node:test'
 import fs from 'node:fs'
@@ -109,7 +110,7 @@ function flatKeys(v, out = {}) {
   return out
 }
 
-test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, take-over after SIGKILL, a frozen node fenced', async (t) => {
+test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, take-over after SIGKILL, a frozen node fenced, compaction', async (t) => {
   if (!testBackends().includes('postgres')) return
   const server = await startStandInServer()
   const root = tempDir('csm-nodes-')
@@ -238,6 +239,18 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
   // A's next task answers with B's history.
   const r8 = await run(A2, 'eight', { sessionId: S })
   t.assert.strictEqual(r8.result, echo(9, 'eight'), JSON.stringify(r8.error))
+
+  // B compacts the session (its copy is stale again: A ran last); C sees the compaction, and the
+  // conversation continues from the summary on A.
+  const compacted = await B.call('compactSession', [{ sessionId: S, userId: 'u' }])
+  results.push(compacted)
+  t.assert.strictEqual(compacted.success, true, JSON.stringify(compacted.error))
+  t.assert.strictEqual((await C.call('listCompactions', [S, 'u'])).length, 1)
+  const afterCompaction = await C.call('getMessages', [S, 'u'])
+  t.assert.ok(afterCompaction.messages.some((m) => m.kind === 'compactSummary'), 'C reads the summary B wrote')
+  const r9 = await run(A2, 'nine', { sessionId: S })
+  t.assert.strictEqual(r9.success, true, JSON.stringify(r9.error))
+  t.assert.match(r9.result, /: nine$/)
 
   // Invariants of the whole run.
   await until('every lease released', () => sql(`SELECT count(*) FROM {S}.leases WHERE task_id IS NOT NULL`) === '0', 30000)

@@ -29,8 +29,13 @@
 //! every take-over and is copied onto the task row; expiry is by the database clock (`now()`),
 //! never a node's clock. Renewal and the task's end are fenced: they only apply while the lease
 //! still carries this task and its fence. A partial unique index allows one `running` task per
-//! session. A node judges by pid only the rows its own node (`node_id`: host name and boot id)
-//! wrote; other nodes' rows by lease expiry alone.
+//! session. Rows carry the configured `node_id` (`nodeId`) and the machine (`host_id`: host name
+//! and boot id); a store judges by pid only the rows of its own machine, other machines' rows by
+//! lease expiry alone.
+//!
+//! **Transcripts.** `transcript_entries` holds the CLI's transcript lines, appended fenced by the
+//! lease (`transcripts.rs`); a session's folders are stored relative to the node's roots when
+//! inside them ([`PgStore::set_roots`]), so each node resolves them under its own.
 //!
 //! **Times.** Session and task times are milliseconds since the epoch by the database clock.
 
