@@ -409,3 +409,41 @@ impl Manager {
     res
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::store::{NewSession, Owner};
+
+  #[tokio::test]
+  async fn a_lease_never_renewed_is_lost_at_its_deadline_and_stops_the_run() {
+    let cancel = CancelToken::new();
+    let clock = LeaseClock::new(Instant::now(), Duration::from_millis(300), cancel.clone());
+    assert!(!clock.is_lost() && !cancel.is_cancelled());
+    tokio::time::sleep_until(clock.valid_until().into()).await;
+    assert!(clock.is_lost(), "past start + ttl - margin");
+    assert!(cancel.is_cancelled(), "the CLI is stopped");
+  }
+
+  #[tokio::test]
+  async fn renewals_keep_the_lease_and_a_refused_one_loses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+    let sid = uuid::Uuid::new_v4().to_string();
+    store.create_session(&NewSession { id: sid.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).unwrap();
+    let ttl = Duration::from_millis(600);
+    let taken = Instant::now();
+    assert!(store.try_begin_task(&sid, "t", "task", "sonnet", &Owner { id: "o".into(), pid: std::process::id() }, ttl).unwrap());
+    let cancel = CancelToken::new();
+    let clock = LeaseClock::new(taken, ttl, cancel.clone());
+    let renewing = tokio::spawn(clock.clone().renew_loop(store.clone(), sid.clone(), "t".into()));
+    // Three TTLs later the lease is still held: the renewals went through.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(!clock.is_lost() && !cancel.is_cancelled());
+    assert!(clock.valid_until() > taken + ttl, "the deadline moved with the renewals");
+    // The lease stops being the task's: the next renewal is refused and the run is stopped.
+    store.release_lease(&sid, "t").unwrap();
+    tokio::time::timeout(ttl * 3, renewing).await.expect("the loop ended").unwrap();
+    assert!(clock.is_lost() && cancel.is_cancelled());
+  }
+}

@@ -168,7 +168,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
 }
 
 /// What a new session row starts with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewSession {
   pub id: String,
   pub project_id: String,
