@@ -447,3 +447,66 @@ mod tests {
     assert!(clock.is_lost() && cancel.is_cancelled());
   }
 }
+
+/// Against PostgreSQL (`CSM_TEST_DATABASE_URL`; skipped without it): the writer retries a store
+/// that fails for a while and loses nothing, stores a batch once, and numbers lines after the head.
+#[cfg(test)]
+mod pg_tests {
+  use super::*;
+  use crate::store::{NewSession, Owner};
+
+  async fn admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+  }
+
+  fn frame(session_id: &str, lines: &[Value]) -> MirrorMsg {
+    MirrorMsg::Frame(json!({ "type": "transcript_mirror", "filePath": format!("/c/projects/-w/{session_id}.jsonl"), "entries": lines }))
+  }
+
+  #[tokio::test(flavor = "multi_thread")]
+  async fn the_writer_retries_a_failing_store_and_stores_every_line_once() {
+    let Some(url) = std::env::var("CSM_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+      use std::io::Write;
+      let _ = writeln!(std::io::stderr(), "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them");
+      return;
+    };
+    let schema = format!("csm_mirror_{}", uuid::Uuid::new_v4().simple());
+    let store = {
+      let (u, s) = (url.clone(), schema.clone());
+      Arc::new(tokio::task::spawn_blocking(move || Store::connect(&u, &s)).await.unwrap().unwrap())
+    };
+    let sid = uuid::Uuid::new_v4().to_string();
+    let (st, s2) = (store.clone(), sid.clone());
+    tokio::task::spawn_blocking(move || {
+      st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() })?;
+      st.try_begin_task(&s2, "t", "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
+    let m = TaskMirror::start(store.clone(), &sid, "t", 0, clock);
+    m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
+    m.flush().await.unwrap();
+    // The table goes away for a moment: the next batch fails, is retried, and lands once.
+    let s = format!("\"{schema}\"");
+    admin(&url, &format!("ALTER TABLE {s}.transcript_entries RENAME TO gone")).await;
+    m.tx.send(frame(&sid, &[json!({"type": "assistant", "uuid": "a1"}), json!({"type": "last-prompt"})])).unwrap();
+    let flushed = tokio::spawn(async move { (m.flush().await, m) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    admin(&url, &format!("ALTER TABLE {s}.gone RENAME TO transcript_entries")).await;
+    let (r, m) = flushed.await.unwrap();
+    r.unwrap();
+    drop(m);
+    let (st, s2) = (store.clone(), sid.clone());
+    let stored = tokio::task::spawn_blocking(move || st.load_transcript(&s2)).await.unwrap().unwrap();
+    let types: Vec<String> =
+      stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    drop(store);
+    admin(&url, &format!("DROP SCHEMA {s} CASCADE")).await;
+  }
+}
