@@ -152,6 +152,7 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
     const done = node.task(prompt, { sessionId: S, allowedTools: ['Bash'] }, (id) => started(id))
     const id = await within(Promise.race([taskId, done.then(() => Promise.reject(new Error(`${prompt} ended early`)))]), `${prompt} to start`)
     await until(`the tool of ${prompt} on ${node.name}`, () => processesMentioning(`${tool}\u0000`).length > 0, 30000)
+    t.assert.ok(processesMentioning(`--resume=${S}\u0000`).length > 0, 'the CLI is found by its argv')
     return { taskId: id, tool, done }
   }
   let S
@@ -205,6 +206,7 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
   slow.catch(() => {})
   A.child.kill('SIGKILL')
   await new Promise((r) => A.child.once('exit', r))
+  await until('the killed node\'s CLI gone with it', () => processesMentioning(`--resume=${S}\u0000`).length === 0)
   const leaseUntil = sql(`SELECT (floor(extract(epoch from expires_at) * 1000))::bigint FROM {S}.leases WHERE session_id = '${S}' AND task_id = '${slowId}'`)
   t.assert.ok(leaseUntil, 'the dead node still holds the lease')
   const r6 = await run(B, 'six', { sessionId: S, queueTimeoutMs: 30000 })
@@ -233,7 +235,7 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
   const rFrozen = await within(frozen, 'the frozen node\'s task to end')
   t.assert.strictEqual(rFrozen.success, false)
   t.assert.strictEqual(rFrozen.error?.code, 'LEASE_LOST', rFrozen.error?.message)
-  await until('the frozen node\'s CLI and tool stopped', () => processesMentioning(tool2).length === 0 && processesMentioning(frozenId).length === 0, 30000)
+  await until('the frozen node\'s CLI and tool stopped', () => processesMentioning(tool2).length === 0 && processesMentioning(`--resume=${S}\u0000`).length === 0, 30000)
   t.assert.strictEqual(entriesOfFrozen(), storedBefore, 'no line of the frozen node was stored after it lost the lease')
   t.assert.strictEqual(sql(`SELECT status, error_code, fence FROM {S}.tasks WHERE id = '${frozenId}'`), frozenRowBefore, 'its row was not rewritten')
   // A's next task answers with B's history.
