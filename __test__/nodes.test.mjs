@@ -10,7 +10,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import readline from 'node:readline'
 import { spawn, execFileSync } from 'node:child_process'
-import { PG_URL, testBackends, startStandInServer, tempDir, processesMentioning, until } from './helpers.mjs'
+import { PG_URL, addon, testBackends, startStandInServer, tempDir, processesMentioning, until } from './helpers.mjs'
+
+const { SessionManager } = addon
 
 const FIXTURE = new URL('./fixtures/node-child.mjs', import.meta.url).pathname
 const TTL = 2000
@@ -287,4 +289,21 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
     t.assert.ok(Math.abs(total - sum) < 1e-9 && Math.abs(total - returned) < 1e-9, `costs of ${id}: total ${total}, rows ${sum}, results ${returned}`)
     t.assert.ok(total > 0)
   }
+})
+
+test('nodeId and leaseTtlMs are checked: bad values are INVALID_ARGUMENT naming the option', async (t) => {
+  const dir = tempDir()
+  const make = (options) => () => new SessionManager({ databasePath: path.join(dir, 'sessions.db'), workingDirectory: dir, ...options })
+  for (const [options, name] of [
+    [{ nodeId: '' }, /nodeId/],
+    [{ nodeId: 'a\nb' }, /nodeId/],
+    [{ nodeId: 'x'.repeat(201) }, /nodeId/],
+    [{ leaseTtlMs: 0 }, /leaseTtlMs/],
+    [{ leaseTtlMs: 299 }, /leaseTtlMs/],
+    [{ leaseTtlMs: 1.5 }, /leaseTtlMs/],
+  ]) {
+    t.assert.throws(make(options), (e) => e.code === 'INVALID_ARGUMENT' && name.test(e.message), JSON.stringify(options))
+  }
+  const ok = make({ nodeId: 'web-1', leaseTtlMs: 300 })()
+  await ok.close()
 })
