@@ -390,8 +390,9 @@ export interface SessionManagerOptions {
    * `pool_timeout` (seconds) bounds the wait for a connection, `schema` and `pgbouncer` are
    * ignored. `sslmode=require` uses TLS and verifies the server's certificate against the
    * public web roots. A database that cannot be reached, or refuses the login, throws
-   * `STORE_ERROR` (the message never contains the password). Transcripts stay on each node's
-   * disk: resuming a session on another node is not supported yet.
+   * `STORE_ERROR` (the message never contains the password). The conversation is mirrored into
+   * the database while a task runs, so any node can resume, fork or read a session; the files
+   * the agent edited stay on the node that ran it.
    */
   databaseUrl?: string
   /**
@@ -480,6 +481,18 @@ export interface SessionManagerOptions {
    * agent or another tenant could write, changes permissions.
    */
   settingSources?: Array<'user' | 'project' | 'local'>
+  /**
+   * This server's name in the store: recorded on every task row (PostgreSQL), 1 to 200
+   * characters. Default `<host name>:<pid>`.
+   */
+  nodeId?: string
+  /**
+   * How long a session's lease lasts without renewal (ms, at least 300); it is renewed every
+   * third of it while a task runs. A node that dies holds its sessions at most this long; a
+   * node that cannot renew in time (the database unreachable, the process frozen) stops its CLI
+   * and the task ends `interrupted` with `LEASE_LOST`. Default 30000.
+   */
+  leaseTtlMs?: number
 }
 
 /** `startFresh`. */

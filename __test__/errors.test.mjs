@@ -129,6 +129,7 @@ test('errorCodes lists every code exactly, and the README documents each', (t) =
     'CONTEXT_OVERFLOW',
     'COMPACT_FAILED',
     'SANDBOX_UNAVAILABLE',
+    'LEASE_LOST',
     'INTERNAL',
   ]
   t.assert.deepStrictEqual(addon.errorCodes(), expected)

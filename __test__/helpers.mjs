@@ -67,6 +67,16 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
   return { manager, dir, work, configDir, store }
 }
 
+/** Waits until `check()` is true (polled every 50 ms); throws naming `what` after `ms`. */
+export async function until(what, check, ms = 15000) {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await check()) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
 /** Expects a promise (or function) to reject with an Error carrying `code`. */
 export async function rejectsWith(t, fnOrPromise, code, messagePart, label = '') {
   try {

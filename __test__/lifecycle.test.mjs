@@ -4,18 +4,9 @@ import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { addon, makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir, until } from './helpers.mjs'
 
 const { SessionManager } = addon
-
-async function until(what, check, ms = 15000) {
-  const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await check()) return
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
 
 // A tool command whose processes can be found on the host: the shell's command line has the
 // marker, and the long-running process is named by it (the CLI refuses a bare long `sleep`).

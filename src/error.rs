@@ -37,6 +37,9 @@ pub enum ErrorCode {
   CompactFailed,
   /// `sandbox: 'bubblewrap'` was asked for and bubblewrap cannot be used on this machine.
   SandboxUnavailable,
+  /// The task's node lost the session's lease (it could not renew it in time, or another node
+  /// took it over): its CLI was stopped and the task ended `interrupted`.
+  LeaseLost,
   /// A bug in this package (a panic or an impossible state). Please report it.
   Internal,
 }
@@ -60,12 +63,13 @@ impl ErrorCode {
       ErrorCode::ContextOverflow => "CONTEXT_OVERFLOW",
       ErrorCode::CompactFailed => "COMPACT_FAILED",
       ErrorCode::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
+      ErrorCode::LeaseLost => "LEASE_LOST",
       ErrorCode::Internal => "INTERNAL",
     }
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 16] = [
+  pub const ALL: [ErrorCode; 17] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
@@ -81,6 +85,7 @@ impl ErrorCode {
     ErrorCode::ContextOverflow,
     ErrorCode::CompactFailed,
     ErrorCode::SandboxUnavailable,
+    ErrorCode::LeaseLost,
     ErrorCode::Internal,
   ];
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
-use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, PG_SCHEMA_VERSION};
+use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
 
 const SKIP: &str = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them";
 
@@ -224,7 +224,7 @@ fn recovery_judges_pids_only_for_this_node() {
   assert!(s.try_begin_task(&here, "mine", "task", "sonnet", &owner(), ttl).unwrap());
   assert!(s.try_begin_task(&elsewhere, "theirs", "task", "sonnet", &owner(), ttl).unwrap());
   // Pretend "theirs" was started by another machine: its pid means nothing here.
-  admin(&url, &format!("UPDATE \"{0}\".tasks SET node_id = 'other' WHERE id = 'theirs'; UPDATE \"{0}\".leases SET node_id = 'other' WHERE task_id = 'theirs'", f.schema)).unwrap();
+  admin(&url, &format!("UPDATE \"{0}\".tasks SET node_id = 'other', host_id = 'other' WHERE id = 'theirs'; UPDATE \"{0}\".leases SET node_id = 'other', host_id = 'other' WHERE task_id = 'theirs'", f.schema)).unwrap();
   assert_eq!(s.recover_interrupted(&|_| false).unwrap(), 1, "only this node's dead pid");
   assert_eq!(s.list_tasks(&here).unwrap()[0].status, "interrupted");
   assert_eq!(s.list_tasks(&elsewhere).unwrap()[0].status, "running");
@@ -376,4 +376,71 @@ fn sslmode_require_verifies_the_server_certificate() {
       );
     }
   }
+}
+
+fn entry(seq: i64, uuid: Option<&str>, line: &str) -> TranscriptEntry {
+  TranscriptEntry { seq, subpath: String::new(), uuid: uuid.map(str::to_owned), line: line.into() }
+}
+
+#[test]
+fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  assert_eq!(s.transcript_head(&sid).unwrap(), 0);
+  let ttl = Duration::from_secs(30);
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), ttl).unwrap());
+  let batch = vec![entry(1, None, r#"{"type":"queue-operation"}"#), entry(2, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)];
+  assert!(s.append_transcript(&sid, "t1", &batch).unwrap());
+  // The same batch again (an answer lost on the way back): nothing doubles.
+  assert!(s.append_transcript(&sid, "t1", &batch).unwrap());
+  // A line with a uuid already stored under another seq is skipped too.
+  assert!(s.append_transcript(&sid, "t1", &[entry(3, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)]).unwrap());
+  assert!(s.append_transcript(&sid, "t1", &[entry(4, Some("a1"), r#"{"type":"assistant","uuid":"a1"}"#)]).unwrap());
+  let lines: Vec<String> = s.load_transcript(&sid).unwrap().into_iter().map(|e| e.line).collect();
+  assert_eq!(lines, [r#"{"type":"queue-operation"}"#, r#"{"type":"user","uuid":"u1"}"#, r#"{"type":"assistant","uuid":"a1"}"#]);
+  assert_eq!(s.transcript_len(&sid, "").unwrap(), 3);
+  assert_eq!(s.transcript_head(&sid).unwrap(), 4);
+  // t1's lease expires and t2 takes the session over: t1 can write nothing more.
+  admin(&url, &format!("UPDATE \"{}\".leases SET expires_at = now() - interval '1 second'", f.schema)).unwrap();
+  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(!s.append_transcript(&sid, "t1", &[entry(5, Some("z"), r#"{"type":"user","uuid":"z"}"#)]).unwrap(), "refused");
+  assert!(!s.renew_lease(&sid, "t1", ttl).unwrap());
+  assert_eq!(s.transcript_len(&sid, "").unwrap(), 3, "nothing of the stale holder's");
+  assert!(s.append_transcript(&sid, "t2", &[entry(5, Some("b1"), r#"{"type":"user","uuid":"b1"}"#)]).unwrap());
+  assert_eq!(s.transcript_head(&sid).unwrap(), 5);
+  assert_eq!(s.list_tasks(&sid).unwrap()[0].status, "interrupted");
+  // Deleting the session deletes its transcript.
+  let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
+  s.finish_task(&sid, "t2", &end, None).unwrap();
+  s.delete_session(&sid, "u").unwrap();
+  assert!(s.load_transcript(&sid).unwrap().is_empty());
+}
+
+#[test]
+fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_roots() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let open = |work: &str, config: &str| {
+    let Store::Postgres(mut p) = Store::connect(&url, &f.schema).unwrap() else { unreachable!() };
+    p.set_roots(work.into(), config.into());
+    p.set_node("n");
+    Store::Postgres(p)
+  };
+  let (a, b) = (open("/nodes/a/work", "/nodes/a/claude"), open("/nodes/b/work", "/nodes/b/claude"));
+  let (inside, root, outside) = (id(), id(), id());
+  for (sid, wd) in [(&inside, "/nodes/a/work/repo/sub"), (&root, "/nodes/a/work"), (&outside, "/srv/shared")] {
+    let mut n = new_session(sid, "u", "p");
+    n.working_directory = wd.into();
+    n.config_dir = Some("/nodes/a/claude/user-u-1".into());
+    a.create_session(&n).unwrap();
+  }
+  let on_b = |sid: &str| b.get_session(sid, "u").unwrap().unwrap();
+  assert_eq!(on_b(&inside).working_directory, "/nodes/b/work/repo/sub");
+  assert_eq!(on_b(&inside).config_dir.as_deref(), Some("/nodes/b/claude/user-u-1"));
+  assert_eq!(on_b(&root).working_directory, "/nodes/b/work");
+  assert_eq!(on_b(&outside).working_directory, "/srv/shared", "outside the root: the same path everywhere");
+  assert_eq!(a.get_session(&inside, "u").unwrap().unwrap().working_directory, "/nodes/a/work/repo/sub");
 }

@@ -26,8 +26,9 @@ pub struct SessionManagerOptions {
   /// `pool_timeout` (seconds) bounds the wait for a connection, `schema` and `pgbouncer` are
   /// ignored. `sslmode=require` uses TLS and verifies the server's certificate against the
   /// public web roots. A database that cannot be reached, or refuses the login, throws
-  /// `STORE_ERROR` (the message never contains the password). Transcripts stay on each node's
-  /// disk: resuming a session on another node is not supported yet.
+  /// `STORE_ERROR` (the message never contains the password). The conversation is mirrored into
+  /// the database while a task runs, so any node can resume, fork or read a session; the files
+  /// the agent edited stay on the node that ran it.
   pub database_url: Option<String>,
   /// The PostgreSQL schema holding the addon's tables, created if needed (lowercase letters,
   /// digits, underscores). Default `claude_sessions`, apart from the app's own (`public`) tables.
@@ -94,6 +95,14 @@ pub struct SessionManagerOptions {
   /// agent or another tenant could write, changes permissions.
   #[napi(ts_type = "Array<'user' | 'project' | 'local'>")]
   pub setting_sources: Option<Vec<String>>,
+  /// This server's name in the store: recorded on every task row (PostgreSQL), 1 to 200
+  /// characters. Default `<host name>:<pid>`.
+  pub node_id: Option<String>,
+  /// How long a session's lease lasts without renewal (ms, at least 300); it is renewed every
+  /// third of it while a task runs. A node that dies holds its sessions at most this long; a
+  /// node that cannot renew in time (the database unreachable, the process frozen) stops its CLI
+  /// and the task ends `interrupted` with `LEASE_LOST`. Default 30000.
+  pub lease_ttl_ms: Option<f64>,
 }
 
 /// Filters of `listSessions`.
@@ -308,6 +317,8 @@ impl From<SessionManagerOptions> for manager::Options {
       allow_slash_commands: o.allow_slash_commands.unwrap_or_default(),
       allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
       setting_sources: o.setting_sources.unwrap_or_default(),
+      node_id: o.node_id,
+      lease_ttl_ms: o.lease_ttl_ms,
     }
   }
 }

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod key_proxy;
+pub mod mirror;
 pub mod process;
 pub mod resolve;
 pub mod run;

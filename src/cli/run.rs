@@ -57,6 +57,9 @@ pub struct RunSpec {
   pub stall_timeout: Option<Duration>,
   /// Nice increment of the child relative to this process (0 keeps the priority; Unix only).
   pub niceness: i32,
+  /// Where `transcript_mirror` frames go (the run passes `--session-mirror` itself only through
+  /// `args`); they are never given to `on_line`. `None`: frames, if any, are ordinary lines.
+  pub mirror: Option<super::mirror::MirrorTx>,
 }
 
 /// Why a run ended.
@@ -360,6 +363,11 @@ pub async fn run_until_result(
             let text = String::from_utf8_lossy(&buf);
             if text.trim().is_empty() { continue; }
             match stream::parse_line(&text) {
+              Ok(line) if spec.mirror.is_some() && super::mirror::is_frame(&line.raw) => {
+                if let Some(tx) = &spec.mirror {
+                  let _ = tx.send(super::mirror::MirrorMsg::Frame(line.raw));
+                }
+              }
               Ok(line) => {
                 tracker.observe(&line.kind);
                 match &line.kind {
@@ -393,11 +401,23 @@ pub async fn run_until_result(
   }
 
   let cancel = cancel.clone();
+  let mirror = spec.mirror.clone();
   let ending = async move {
     // After an early return, read (and drop) whatever the CLI still prints, so that it never
     // blocks on a full pipe; its exit, not the end of its output (which a tool's background
-    // process can hold open), ends the wait below.
-    let drain = early.then(|| tokio::spawn(async move { tokio::io::copy(&mut reader, &mut tokio::io::sink()).await }));
+    // process can hold open), ends the wait below. Mirror frames printed after the result still
+    // go to the mirror.
+    let mirrored = mirror.is_some();
+    let mut drain = early.then(|| {
+      tokio::spawn(async move {
+        match mirror {
+          Some(tx) => super::mirror::drain(&mut reader, &tx).await,
+          None => {
+            let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+          }
+        }
+      })
+    });
     if stopped {
       stop_group(&mut child, pgid).await;
     } else {
@@ -417,7 +437,12 @@ pub async fn run_until_result(
       }
     }
     writer.abort();
-    if let Some(d) = drain {
+    if let Some(d) = drain.as_mut() {
+      // The CLI has exited: its last frames are in the pipe; read them unless a process that
+      // outlived it holds the output open.
+      if mirrored {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut *d).await;
+      }
       d.abort();
     }
     let mut status = (None, None);
@@ -620,6 +645,7 @@ mod tests {
       timeout: None,
       stall_timeout: None,
       niceness: 0,
+      mirror: None,
     }
   }
 

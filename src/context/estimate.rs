@@ -335,6 +335,13 @@ impl Estimator {
     Ok(pairs.iter().filter(|p| p.usable()).count())
   }
 
+  /// [`Self::train_on_transcript`] on a conversation already read (e.g. from the store).
+  pub fn train_on_history(&mut self, h: &History) -> usize {
+    let pairs = pairs_from_history(h);
+    pairs.iter().for_each(|p| self.observe_pair(p));
+    pairs.iter().filter(|p| p.usable()).count()
+  }
+
   /// The tokens a new user message of `tiktoken_count` tiktoken (`o200k_base`) tokens will add
   /// to a context of this family.
   pub fn estimate(&self, family: Family, tiktoken_count: u64) -> u64 {

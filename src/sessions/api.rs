@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::mirror::stored_history;
 use super::{validate_user_project, ListRequest, Manager, MessagesPage, PromptEstimate, MAX_LIST, VALID_STATUSES};
 use crate::context::{self, estimate, ContextInfo};
 use crate::error::{Error, Result};
@@ -185,7 +186,10 @@ impl Manager {
   pub(crate) fn estimate_blocking(&self, session: &Session, prompt: &str) -> Result<(u64, u64, f64, estimate::Family, u64)> {
     let family = estimate::Family::of_model(&session.model);
     let mut est = estimate::Estimator::new();
-    if let Some(path) = self.transcript_of(session)? {
+    // PostgreSQL: the conversation as the store has it (this node may have no copy, or an old one).
+    if let Some(h) = stored_history(&self.store, &session.id, &transcript::ReadOptions::full())? {
+      est.train_on_history(&h);
+    } else if let Some(path) = self.transcript_of(session)? {
       if path.is_file() {
         est.train_on_transcript(&path)?;
       }
@@ -234,12 +238,15 @@ impl Manager {
     let offset = offset.map(|o| validate::non_negative_int("offset", o)).transpose()?.map(|o| o as usize);
     let session = self.get_session(session_id, user_id).await?;
     let path = self.transcript_of(&session)?;
+    let store = self.store.clone();
     // Reading a transcript can take milliseconds: off the async workers.
     self
       .blocking("transcript reader", move || {
-        let history = match path {
-          Some(p) => transcript::read_messages(&p)?,
-          None => transcript::History::default(),
+        // PostgreSQL: the store's copy, the same on every node; else this machine's file.
+        let history = match (stored_history(&store, &session.id, &transcript::ReadOptions::default())?, path) {
+          (Some(h), _) => h,
+          (None, Some(p)) => transcript::read_messages(&p)?,
+          (None, None) => transcript::History::default(),
         };
         let page = match offset {
           Some(o) => history.page(o, limit),

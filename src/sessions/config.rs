@@ -34,6 +34,8 @@ pub struct Options {
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
   pub setting_sources: Vec<String>,
+  pub node_id: Option<String>,
+  pub lease_ttl_ms: Option<f64>,
 }
 
 /// Extra folders the sandbox shows the agent.
@@ -83,7 +85,11 @@ pub struct Config {
   pub stall_timeout: Option<Duration>,
   /// Nice increment of the CLI relative to this process.
   pub cli_niceness: i32,
+  /// How long a session's lease lasts without renewal (`leaseTtlMs`): the longest a dead node
+  /// can hold a session, and the time a holder that cannot renew has before it stops its CLI.
   pub lease_ttl: Duration,
+  /// This node's name on task rows (`nodeId`; default `<host name>:<pid>`).
+  pub node_id: String,
   pub allowed_roots: Vec<PathBuf>,
   pub isolation: Isolation,
   pub tenant_config_root: PathBuf,
@@ -247,6 +253,25 @@ impl Config {
         return Err(Error::invalid(format!("settingSources entries are \"user\", \"project\" or \"local\", got {:?}", s)));
       }
     }
+    let lease_ttl = match o.lease_ttl_ms {
+      Some(t) => {
+        let t = validate::positive_int("leaseTtlMs", t)?;
+        if !(MIN_LEASE_TTL_MS..=24 * 3_600_000).contains(&t) {
+          return Err(Error::invalid(format!("leaseTtlMs must be from {MIN_LEASE_TTL_MS} to 86400000, got {t}")));
+        }
+        Duration::from_millis(t)
+      }
+      None => Duration::from_secs(30),
+    };
+    let node_id = match o.node_id {
+      Some(n) => {
+        if n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_control()) {
+          return Err(Error::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
+        }
+        n
+      }
+      None => format!("{}:{}", host_name(), std::process::id()),
+    };
     Ok(Config {
       database_path,
       database_url,
@@ -262,7 +287,8 @@ impl Config {
       queue_timeout,
       stall_timeout,
       cli_niceness: cli_niceness as i32,
-      lease_ttl: Duration::from_secs(30),
+      lease_ttl,
+      node_id,
       allowed_roots,
       isolation,
       tenant_config_root,
@@ -276,6 +302,20 @@ impl Config {
       setting_sources: o.setting_sources,
     })
   }
+}
+
+/// The shortest `leaseTtlMs`: renewals go out every third of it, and each is a round trip.
+pub const MIN_LEASE_TTL_MS: u64 = 300;
+
+/// This machine's host name, for the default `nodeId`.
+fn host_name() -> String {
+  std::fs::read_to_string("/proc/sys/kernel/hostname")
+    .ok()
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty())
+    .or_else(|| env_var("HOSTNAME"))
+    .or_else(|| env_var("COMPUTERNAME"))
+    .unwrap_or_else(|| "localhost".into())
 }
 
 /// The default state folder: `$XDG_STATE_HOME` (else `~/.local/state`)

@@ -10,6 +10,7 @@
 mod api;
 mod config;
 mod finish;
+mod mirror;
 mod tasks;
 mod types;
 
@@ -24,7 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::cli::{self, CancelToken, CliArgs};
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{NewSession, Owner, Session, Store};
+use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
 pub use config::{Config, Isolation, Options, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
@@ -158,7 +159,12 @@ impl Manager {
     let cfg = Config::resolve(options)?;
     let sandbox = cli::Sandbox::detect(cfg.sandbox, cfg.sandbox_read_only.clone(), cfg.sandbox_read_write.clone())?;
     let store = match &cfg.database_url {
-      Some(url) => Store::connect(url, &cfg.database_schema)?,
+      Some(url) => {
+        let mut pg = PgStore::connect(url, &cfg.database_schema)?;
+        pg.set_node(&cfg.node_id);
+        pg.set_roots(cfg.working_directory.clone(), cfg.tenant_config_root.clone());
+        Store::Postgres(pg)
+      }
       None => {
         private_file(&cfg.database_path)?;
         let store = Store::open(&cfg.database_path)?;

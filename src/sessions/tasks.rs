@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::mirror::{finish_mirror, LeaseClock, TaskMirror};
 use super::{
   validate_user_project, AbortOnDrop, EventSink, Manager, RunOptions, Tail, TaskError, TaskRequest, TaskResult, PERMISSION_MODES,
 };
@@ -231,6 +232,7 @@ impl Manager {
       timeout,
       stall_timeout: self.cfg.stall_timeout,
       niceness: self.cfg.cli_niceness,
+      mirror: None,
     })
   }
 
@@ -304,10 +306,12 @@ impl Manager {
     // Time spent behind another process's exiting CLI does not count, as above.
     let mut excused = Duration::ZERO;
     let mut last = Instant::now();
+    let mut taken_at;
     let fresh = loop {
       if cancel.is_cancelled() {
         return self.aborted_in_queue(session, &task_id, queued, threshold);
       }
+      taken_at = Instant::now();
       let (sid, uid, tid, m, owner, ttl) =
         (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
       let began = self
@@ -339,20 +343,35 @@ impl Manager {
     let session = &fresh.unwrap_or_else(|| session.clone());
     let mode = self.session_mode(session).await;
     self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
-    let renew = {
-      let (store, sid, tid, ttl) = (self.store.clone(), session.id.clone(), task_id.clone(), self.cfg.lease_ttl);
-      AbortOnDrop(tokio::spawn(async move {
-        loop {
-          tokio::time::sleep(ttl / 3).await;
-          let (store, sid, tid) = (store.clone(), sid.clone(), tid.clone());
-          let _ = tokio::task::spawn_blocking(move || store.renew_lease(&sid, &tid, ttl)).await;
+    // The lease is the task's until the start of its last renewal plus the TTL (minus a margin);
+    // past that, or once a renewal is refused, the CLI is stopped (see `LeaseClock`).
+    let clock = LeaseClock::new(taken_at, self.cfg.lease_ttl, cancel.clone());
+    let renew = AbortOnDrop(tokio::spawn(clock.clone().renew_loop(self.store.clone(), session.id.clone(), task_id.clone())));
+    // PostgreSQL: this node's copy of the conversation made the store's, and the CLI's transcript
+    // mirrored into the store while it runs.
+    let mut task_mirror = None;
+    let mode = match mode {
+      Ok(m) if self.store.shares_transcripts() => match self.start_mirror(session, &task_id, &m, &clock).await {
+        Ok(tm) => {
+          spec.mirror = Some(tm.tx.clone());
+          task_mirror = Some(tm);
+          Ok(m)
         }
-      }))
+        Err(e) => Err(e),
+      },
+      other => other,
     };
     let outcome = match mode {
       Ok(mode) => {
         cli.session = Some(mode);
         spec.args = cli::build_args(&cli);
+        if spec.mirror.is_some() {
+          // Asked once per CLI binary (`--version`); off the async workers.
+          let program = spec.program.clone();
+          if tokio::task::spawn_blocking(move || cli::mirror::supported(&program)).await.unwrap_or(false) {
+            spec.args.push(cli::mirror::FLAG.into());
+          }
+        }
         match self.secure(&mut spec).await {
           // The key proxy's token for this CLI lives until its result is in.
           Ok(token) => {
@@ -365,11 +384,39 @@ impl Manager {
       }
       Err(e) => Err(e),
     };
-    let (outcome, tail) = match outcome {
+    let (mut outcome, tail) = match outcome {
       Ok((out, tail)) => (Ok(out), tail),
       Err(e) => (Err(e), None),
     };
+    // The turn is in the store before the caller sees the result (or the task says why not).
+    if let (Some(m), Ok(_)) = (&task_mirror, &outcome) {
+      if let Err(why) = m.flush().await {
+        if !clock.is_lost() {
+          outcome = Err(Error::store(why));
+        }
+      }
+    }
+    let local = task_mirror.as_ref().and_then(|_| self.transcript_of(session).ok().flatten());
+    let marker = self.marker_path(&session.id);
+    if clock.is_lost() {
+      // The CLI is being stopped (the clock cancelled the run); nothing more is written for it.
+      if let Some(tail) = tail {
+        tail.await;
+      }
+      drop(task_mirror);
+      drop(renew);
+      self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
+      return Ok(self.finish_lease_lost(session, &task_id, queued, threshold).await);
+    }
     let Some(tail) = tail else {
+      if let (Some(m), Some(local)) = (task_mirror, local) {
+        finish_mirror(m, self.store.clone(), session.id.clone(), local, marker).await;
+      }
+      if clock.is_lost() {
+        drop(renew);
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
+        return Ok(self.finish_lease_lost(session, &task_id, queued, threshold).await);
+      }
       drop(renew);
       self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
       return self.finish(session, &task_id, outcome, queued, threshold, trigger, false).await;
@@ -385,8 +432,12 @@ impl Manager {
     self.finishing.lock().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), exiting_rx);
     let (store, running, finishing, sid, tid) =
       (self.store.clone(), self.running.clone(), self.finishing.clone(), session.id.clone(), task_id.clone());
+    let mirror_store = self.store.clone();
     tokio::spawn(async move {
       tail.await;
+      if let (Some(m), Some(local)) = (task_mirror, local) {
+        finish_mirror(m, mirror_store, sid.clone(), local, marker).await;
+      }
       drop(renew);
       if recorded {
         let (sid2, tid2) = (sid.clone(), tid.clone());
@@ -398,6 +449,15 @@ impl Manager {
       drop(exiting_tx);
     });
     res
+  }
+
+  /// PostgreSQL, once the lease is the task's: this node's copy of the transcript the CLI will
+  /// read refreshed from the store, and the writer that mirrors the CLI's lines into it.
+  async fn start_mirror(&self, session: &Session, task_id: &str, mode: &SessionMode, clock: &LeaseClock) -> Result<TaskMirror> {
+    self.refresh_for(session, mode).await?;
+    let sid = session.id.clone();
+    let head = self.db(move |s| s.transcript_head(&sid)).await?;
+    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, clock.clone()))
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.

@@ -168,7 +168,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
 }
 
 /// What a new session row starts with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewSession {
   pub id: String,
   pub project_id: String,
@@ -249,6 +249,19 @@ pub struct Compaction {
   pub post_tokens: Option<u64>,
   pub started_at: i64,
   pub duration_ms: Option<u64>,
+}
+
+/// One line of a session's transcript as the store keeps it (PostgreSQL; see `transcripts.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranscriptEntry {
+  /// Order within the session, given by the lease holder.
+  pub seq: i64,
+  /// `""` for the main transcript, else the file under the session's folder (e.g.
+  /// `subagents/agent-1`), without `.jsonl`.
+  pub subpath: String,
+  pub uuid: Option<String>,
+  /// The JSON line as the CLI wrote it.
+  pub line: String,
 }
 
 /// Who holds work in this store: one per manager instance.
@@ -527,6 +540,32 @@ dispatch! {
   fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>>;
   /// The schema version of the open store.
   fn schema_version(&self) -> Result<i64>;
+  /// The newest transcript `seq` stored for a session (0: none; always 0 on SQLite).
+  fn transcript_head(&self, session_id: &str) -> Result<i64>;
+  /// Appends transcript lines for a task, fenced by its lease; false when it lost the lease.
+  fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool>;
+  /// A session's stored transcript lines, in order (none on SQLite).
+  fn load_transcript(&self, session_id: &str) -> Result<Vec<TranscriptEntry>>;
+  /// How many lines of one transcript file of a session are stored.
+  fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64>;
+}
+
+/// SQLite serves one machine, where the CLI's transcript file is the conversation: there is
+/// nothing to carry to another node, so the transcript methods store nothing (the manager does
+/// not mirror on this backend; see `Store::shares_transcripts`).
+impl SqliteStore {
+  pub fn transcript_head(&self, _session_id: &str) -> Result<i64> {
+    Ok(0)
+  }
+  pub fn append_transcript(&self, _session_id: &str, _task_id: &str, _entries: &[TranscriptEntry]) -> Result<bool> {
+    Ok(true)
+  }
+  pub fn load_transcript(&self, _session_id: &str) -> Result<Vec<TranscriptEntry>> {
+    Ok(vec![])
+  }
+  pub fn transcript_len(&self, _session_id: &str, _subpath: &str) -> Result<i64> {
+    Ok(0)
+  }
 }
 
 impl Store {
@@ -556,6 +595,12 @@ impl Store {
       Store::Sqlite(s) => s.path().display().to_string(),
       Store::Postgres(p) => p.describe().to_owned(),
     }
+  }
+
+  /// Whether the conversation is kept in the store for other nodes (PostgreSQL): tasks mirror
+  /// the CLI's transcript into it and nodes refresh their local copy from it.
+  pub fn shares_transcripts(&self) -> bool {
+    matches!(self, Store::Postgres(_))
   }
 
   /// Which backend this is: `sqlite` or `postgres`.

@@ -31,12 +31,18 @@
 //! every take-over and is copied onto the task row; expiry is by the database clock (`now()`),
 //! never a node's clock. Renewal and the task's end are fenced: they only apply while the lease
 //! still carries this task and its fence. A partial unique index allows one `running` task per
-//! session. A node judges by pid only the rows its own node (`node_id`: host name and boot id)
-//! wrote; other nodes' rows by lease expiry alone.
+//! session. Rows carry the configured `node_id` (`nodeId`) and the machine (`host_id`: host name
+//! and boot id); a store judges by pid only the rows of its own machine, other machines' rows by
+//! lease expiry alone.
+//!
+//! **Transcripts.** `transcript_entries` holds the CLI's transcript lines, appended fenced by the
+//! lease (`transcripts.rs`); a session's folders are stored relative to the node's roots when
+//! inside them ([`PgStore::set_roots`]), so each node resolves them under its own.
 //!
 //! **Times.** Session and task times are milliseconds since the epoch by the database clock.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -47,6 +53,37 @@ use tokio_postgres::Row;
 
 use super::{Compaction, ContextSnapshot, ListQuery, NewSession, Owner, Session, TaskEnd, TaskRecord, Usage};
 use crate::error::{Error, ErrorCode, Result};
+
+#[path = "transcripts.rs"]
+mod transcripts;
+
+/// The folders a node resolves stored relative paths under.
+struct Roots {
+  /// The manager's `workingDirectory`.
+  working: PathBuf,
+  /// The manager's `tenantConfigRoot`.
+  config: PathBuf,
+}
+
+/// `path` relative to `root` when inside it (`.` for the root itself), else unchanged.
+fn relative_to(root: &Path, path: &str) -> String {
+  match Path::new(path).strip_prefix(root) {
+    Ok(rel) if rel.as_os_str().is_empty() => ".".into(),
+    Ok(rel) => rel.to_string_lossy().into_owned(),
+    Err(_) => path.to_owned(),
+  }
+}
+
+/// A stored path resolved on this node: relative ones under `root`, absolute ones as they are.
+fn resolve_under(root: &Path, stored: &str) -> String {
+  if Path::new(stored).is_absolute() {
+    return stored.to_owned();
+  }
+  if stored == "." {
+    return root.to_string_lossy().into_owned();
+  }
+  root.join(stored).to_string_lossy().into_owned()
+}
 
 /// Forward migrations; entry `i` takes the schema from version `i` to `i + 1`. `{S}` is the
 /// quoted schema name.
@@ -145,6 +182,26 @@ const MIGRATIONS: &[&str] = &[
     retired_at BIGINT NOT NULL
   );
   "#,
+  // 1 -> 2: the conversation follows the session (transcript entries mirrored from the CLI,
+  // fenced by the lease), the configured node id apart from the machine that judges pids.
+  r#"
+  CREATE TABLE {S}.transcript_entries (
+    session_id TEXT NOT NULL REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    subpath TEXT NOT NULL DEFAULT '',
+    uuid TEXT,
+    fence BIGINT NOT NULL,
+    task_id TEXT,
+    line TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+  );
+  CREATE UNIQUE INDEX transcript_entries_uuid ON {S}.transcript_entries (session_id, subpath, uuid) WHERE uuid IS NOT NULL;
+  ALTER TABLE {S}.sessions ADD COLUMN transcript_seq BIGINT NOT NULL DEFAULT 0;
+  ALTER TABLE {S}.tasks ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+  UPDATE {S}.tasks SET host_id = node_id;
+  ALTER TABLE {S}.leases ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
+  UPDATE {S}.leases SET host_id = node_id;
+  "#,
 ];
 
 /// The schema version this build writes.
@@ -221,7 +278,7 @@ fn pg(e: tokio_postgres::Error) -> Error {
 
 /// This machine, for telling which `running` rows a pid check may judge: the host name and the
 /// boot id (a pid is only meaningful on the host, and boot, that gave it out).
-fn node_id() -> String {
+fn host_id() -> String {
   let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
   let host = read("/proc/sys/kernel/hostname")
     .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
@@ -396,7 +453,12 @@ pub struct PgStore {
   pool: Pool,
   /// The schema, quoted, as it goes into SQL.
   schema: String,
+  /// This machine (host name and boot id): the rows whose pids this store may judge.
+  host: String,
+  /// The node id recorded on task and lease rows (`nodeId`; default this machine).
   node: String,
+  /// The roots a session's folders are stored relative to (see [`PgStore::set_roots`]).
+  roots: Option<Roots>,
   shown: String,
   cache_statements: bool,
   /// The password, to scrub from any message that might carry it.
@@ -453,7 +515,9 @@ impl PgStore {
       rt: Some(rt),
       pool,
       schema: format!("\"{schema}\""),
-      node: node_id(),
+      host: host_id(),
+      node: host_id(),
+      roots: None,
       shown: parsed.shown,
       cache_statements: parsed.cache_statements,
       secret,
@@ -467,9 +531,31 @@ impl PgStore {
     &self.shown
   }
 
-  /// The node id this store judges pids for.
+  /// The node id recorded on the task and lease rows this store writes.
   pub fn node(&self) -> &str {
     &self.node
+  }
+
+  /// Names this node (`nodeId`): recorded on every task and lease row it writes. Pids are still
+  /// judged by machine (host name and boot id), whatever the name.
+  pub fn set_node(&mut self, node: &str) {
+    self.node = node.to_owned();
+  }
+
+  /// Stores a session's working directory relative to `working` and its configuration folder
+  /// relative to `config` when they are inside them, and resolves relative ones under this
+  /// node's roots when reading: each node runs a session under its own roots.
+  pub fn set_roots(&mut self, working: PathBuf, config: PathBuf) {
+    self.roots = Some(Roots { working, config });
+  }
+
+  fn session_row(&self, r: &Row) -> Session {
+    let mut s = session_from_row(r);
+    if let Some(roots) = &self.roots {
+      s.working_directory = resolve_under(&roots.working, &s.working_directory);
+      s.config_dir = s.config_dir.map(|d| resolve_under(&roots.config, &d));
+    }
+    s
   }
 
   fn scrub(&self, mut e: Error) -> Error {
@@ -601,7 +687,7 @@ impl PgStore {
   async fn get_in(&self, tx: &Transaction<'_>, id: &str, user_id: &str) -> Result<Option<Session>> {
     let row =
       self.opt(tx, &format!("SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE id = $1 AND user_id = $2"), &[&id, &user_id]).await?;
-    Ok(row.as_ref().map(session_from_row))
+    Ok(row.as_ref().map(|r| self.session_row(r)))
   }
 
   async fn insert_session(&self, tx: &Transaction<'_>, s: &NewSession) -> Result<()> {
@@ -611,6 +697,10 @@ impl PgStore {
     if taken.is_some() {
       return Err(Error::invalid(format!("session id {} cannot be used for a new session; choose a new UUID", s.id)));
     }
+    let (working_directory, config_dir) = match &self.roots {
+      Some(roots) => (relative_to(&roots.working, &s.working_directory), s.config_dir.as_deref().map(|d| relative_to(&roots.config, d))),
+      None => (s.working_directory.clone(), s.config_dir.clone()),
+    };
     let ctx = s.context.as_ref();
     let (tokens, window, source, measured) =
       (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
@@ -628,13 +718,13 @@ impl PgStore {
           &s.parent_id,
           &s.title,
           &s.model,
-          &s.working_directory,
+          &working_directory,
           &tokens,
           &window,
           &source,
           &measured,
           &s.cli_cost_watermark,
-          &s.config_dir,
+          &config_dir,
         ],
       )
       .await?;
@@ -670,7 +760,7 @@ impl PgStore {
           &[&q.user_id, &q.project_id, &q.status, &q.parent_id, &limit, &offset],
         )
         .await?;
-      Ok(rows.iter().map(session_from_row).collect())
+      Ok(rows.iter().map(|r| self.session_row(r)).collect())
     })
   }
 
@@ -697,7 +787,7 @@ impl PgStore {
           )
           .await?;
         if let Some(r) = found {
-          return Ok((session_from_row(&r), false));
+          return Ok((self.session_row(&r), false));
         }
       }
       self.insert_session(tx, new).await?;
@@ -799,7 +889,7 @@ impl PgStore {
         .await?;
       let mut deleted = Vec::with_capacity(rows.len());
       for r in &rows {
-        let s = session_from_row(r);
+        let s = self.session_row(r);
         self.retire(tx, &s.id).await?;
         self.exec(tx, "DELETE FROM {S}.sessions WHERE id = $1 AND user_id = $2", &[&s.id, &user_id]).await?;
         deleted.push(s);
@@ -877,22 +967,22 @@ impl PgStore {
       let fence: i64 = self
         .query(
           tx,
-          "INSERT INTO {S}.leases (session_id, fence, task_id, owner_id, owner_pid, node_id, expires_at)
-           VALUES ($1, 1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond')
+          "INSERT INTO {S}.leases (session_id, fence, task_id, owner_id, owner_pid, node_id, expires_at, host_id)
+           VALUES ($1, 1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond', $7)
            ON CONFLICT (session_id) DO UPDATE SET fence = {S}.leases.fence + 1, task_id = EXCLUDED.task_id,
              owner_id = EXCLUDED.owner_id, owner_pid = EXCLUDED.owner_pid, node_id = EXCLUDED.node_id,
-             expires_at = EXCLUDED.expires_at
+             expires_at = EXCLUDED.expires_at, host_id = EXCLUDED.host_id
            RETURNING fence",
-          &[&session_id, &task_id, &owner.id, &pid, &self.node, &(ttl_ms as f64)],
+          &[&session_id, &task_id, &owner.id, &pid, &self.node, &(ttl_ms as f64), &self.host],
         )
         .await?[0]
         .get(0);
       self
         .exec(
           tx,
-          "INSERT INTO {S}.tasks (id, session_id, status, started_at, model, owner_id, owner_pid, node_id, kind, fence)
-           VALUES ($1, $2, 'running', {NOW}, $3, $4, $5, $6, $7, $8)",
-          &[&task_id, &session_id, &model, &owner.id, &pid, &self.node, &kind, &fence],
+          "INSERT INTO {S}.tasks (id, session_id, status, started_at, model, owner_id, owner_pid, node_id, kind, fence, host_id)
+           VALUES ($1, $2, 'running', {NOW}, $3, $4, $5, $6, $7, $8, $9)",
+          &[&task_id, &session_id, &model, &owner.id, &pid, &self.node, &kind, &fence, &self.host],
         )
         .await?;
       Ok(true)
@@ -1066,7 +1156,7 @@ impl PgStore {
       let running = self
         .query(
           tx,
-          "SELECT t.id, t.session_id, t.owner_pid, t.node_id,
+          "SELECT t.id, t.session_id, t.owner_pid, t.host_id,
              COALESCE(l.task_id = t.id AND l.expires_at > now(), false)
            FROM {S}.tasks t LEFT JOIN {S}.leases l ON l.session_id = t.session_id
            WHERE t.status = 'running' FOR UPDATE OF t",
@@ -1077,7 +1167,7 @@ impl PgStore {
       for r in &running {
         let (task_id, session_id, pid, node, live): (String, String, i64, String, bool) =
           (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-        let dead = !live || (node == self.node && !is_alive(pid as u32));
+        let dead = !live || (node == self.host && !is_alive(pid as u32));
         if dead {
           self
             .exec(
@@ -1098,8 +1188,8 @@ impl PgStore {
         .query(
           tx,
           "SELECT l.session_id, l.task_id, l.owner_pid FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id
-           WHERE t.status != 'running' AND l.node_id = $1",
-          &[&self.node],
+           WHERE t.status != 'running' AND l.host_id = $1",
+          &[&self.host],
         )
         .await?;
       for r in &kept {

@@ -1,0 +1,512 @@
+//! The conversation follows the session (PostgreSQL): a task mirrors the CLI's transcript into
+//! the store while it runs, and a node refreshes its local copy from the store before it resumes
+//! or forks a session, so that any node continues the conversation where the last one left it.
+//!
+//! - **Writing** (the lease holder): the CLI runs with `--session-mirror`; its frames come through
+//!   a channel to [`TaskMirror`]'s writer, which numbers the lines from the store's head and
+//!   appends them fenced by the task's lease (refused once another task took the lease over),
+//!   retrying transient store errors and never dropping a line it still has. At the result the
+//!   task waits for the writer (the store then holds the turn before the caller sees it); after
+//!   the CLI exits, the local file is compared with the store and any tail the store lacks is
+//!   appended (a CLI without the flag is mirrored that way only).
+//! - **Reading**: before a task resumes or forks, the local file
+//!   `CLAUDE_CONFIG_DIR/projects/<slug of this node's folder>/<id>.jsonl` is rewritten from the
+//!   store unless a marker says it is exactly the store's head; `getMessages` and prompt
+//!   estimates read the store.
+//!
+//! SQLite (one machine) does none of this: the file is the conversation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::{Manager, TaskError, TaskResult};
+use crate::cli::mirror::{subpath_of, MirrorMsg, MirrorTx};
+use crate::cli::{CancelToken, SessionMode};
+use crate::context;
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::{Session, Store, TaskEnd, TranscriptEntry};
+use crate::transcript::{self, History, ReadOptions};
+
+/// Waits between attempts of a store write that failed (then the last one again, while the task
+/// lasts).
+const BACKOFF: [Duration; 4] = [Duration::from_millis(200), Duration::from_millis(800), Duration::from_secs(2), Duration::from_secs(5)];
+
+/// How long the task waits for the mirror at its result, and after the CLI's exit.
+const FLUSH_WAIT: Duration = Duration::from_secs(20);
+
+/// Line types the CLI writes to its file but does not mirror (request bookkeeping).
+fn not_mirrored(v: &Value) -> bool {
+  v.get("type").and_then(Value::as_str).is_some_and(|t| t.starts_with("api-request"))
+}
+
+/// When a task's lease stops being its own, by this process's clock: the start of its last
+/// successful renewal plus the TTL minus a margin (River's rule). Shared by the renewal loop,
+/// the mirror and the task's end.
+#[derive(Clone)]
+pub(crate) struct LeaseClock {
+  valid_until: Arc<Mutex<Instant>>,
+  lost: Arc<AtomicBool>,
+  ttl: Duration,
+  cancel: CancelToken,
+}
+
+impl LeaseClock {
+  pub(crate) fn new(taken_at: Instant, ttl: Duration, cancel: CancelToken) -> Self {
+    let clock = LeaseClock { valid_until: Arc::new(Mutex::new(taken_at)), lost: Arc::new(AtomicBool::new(false)), ttl, cancel };
+    clock.renewed(taken_at);
+    clock
+  }
+  fn margin(&self) -> Duration {
+    (self.ttl / 10).min(Duration::from_secs(1))
+  }
+  /// A renewal that started at `at` went through.
+  pub(crate) fn renewed(&self, at: Instant) {
+    let until = at + self.ttl.saturating_sub(self.margin());
+    if let Ok(mut v) = self.valid_until.lock() {
+      *v = (*v).max(until);
+    }
+  }
+  pub(crate) fn valid_until(&self) -> Instant {
+    self.valid_until.lock().map(|v| *v).unwrap_or_else(|_| Instant::now())
+  }
+  /// Whether the lease is (or must be taken as) lost: refused by the store, or past its time.
+  pub(crate) fn is_lost(&self) -> bool {
+    if !self.lost.load(Ordering::SeqCst) && Instant::now() >= self.valid_until() {
+      self.lose();
+    }
+    self.lost.load(Ordering::SeqCst)
+  }
+  /// The lease is lost: the CLI is stopped (its whole process group).
+  pub(crate) fn lose(&self) {
+    self.lost.store(true, Ordering::SeqCst);
+    self.cancel.cancel();
+  }
+
+  /// Renews the lease every third of its TTL until dropped; once a renewal is refused, or none
+  /// went through before the lease would expire, the lease is lost.
+  pub(crate) async fn renew_loop(self, store: Arc<Store>, session_id: String, task_id: String) {
+    let mut pause = self.ttl / 3;
+    loop {
+      let wake = (Instant::now() + pause).min(self.valid_until());
+      tokio::time::sleep_until(wake.into()).await;
+      if self.is_lost() {
+        return;
+      }
+      let started = Instant::now();
+      let (st, sid, tid, ttl) = (store.clone(), session_id.clone(), task_id.clone(), self.ttl);
+      let left = self.valid_until().saturating_duration_since(started);
+      match tokio::time::timeout(left, tokio::task::spawn_blocking(move || st.renew_lease(&sid, &tid, ttl))).await {
+        Ok(Ok(Ok(true))) => {
+          self.renewed(started);
+          pause = self.ttl / 3;
+        }
+        Ok(Ok(Ok(false))) => {
+          self.lose();
+          return;
+        }
+        // A store error or no answer in time: try again soon, while there is time.
+        _ => pause = (self.ttl / 10).max(Duration::from_millis(50)),
+      }
+    }
+  }
+}
+
+/// One task's mirror: a writer that stores the CLI's frames in order.
+pub(crate) struct TaskMirror {
+  pub(crate) tx: MirrorTx,
+  writer: tokio::task::JoinHandle<()>,
+}
+
+struct Writer {
+  store: Arc<Store>,
+  session_id: String,
+  task_id: String,
+  next_seq: i64,
+  pending: Vec<TranscriptEntry>,
+  clock: LeaseClock,
+}
+
+impl Writer {
+  fn take(&mut self, frame: &Value) {
+    let Some(path) = frame.get("filePath").and_then(Value::as_str) else { return };
+    let Some(subpath) = subpath_of(path, &self.session_id) else { return };
+    for e in frame.get("entries").and_then(Value::as_array).into_iter().flatten() {
+      let Ok(line) = serde_json::to_string(e) else { continue };
+      let uuid = e.get("uuid").and_then(Value::as_str).map(str::to_owned);
+      self.pending.push(TranscriptEntry { seq: self.next_seq, subpath: subpath.clone(), uuid, line });
+      self.next_seq += 1;
+    }
+  }
+
+  /// Stores what is pending, retrying transient errors up to [`BACKOFF`]'s length; what could not
+  /// be stored stays pending. Err says why.
+  async fn write(&mut self) -> std::result::Result<(), String> {
+    if self.pending.is_empty() {
+      return Ok(());
+    }
+    if self.clock.is_lost() {
+      self.pending.clear();
+      return Err("the task lost the session's lease; nothing more is stored for it".into());
+    }
+    let mut last = String::new();
+    for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
+      tokio::time::sleep(wait).await;
+      let (st, sid, tid, batch) = (self.store.clone(), self.session_id.clone(), self.task_id.clone(), self.pending.clone());
+      match tokio::task::spawn_blocking(move || st.append_transcript(&sid, &tid, &batch)).await {
+        Ok(Ok(true)) => {
+          self.pending.clear();
+          return Ok(());
+        }
+        Ok(Ok(false)) => {
+          self.pending.clear();
+          self.clock.lose();
+          return Err("the task lost the session's lease; its transcript lines were refused".into());
+        }
+        Ok(Err(e)) => last = e.message,
+        Err(e) => last = e.to_string(),
+      }
+      if self.clock.is_lost() {
+        self.pending.clear();
+        return Err("the task lost the session's lease while the store was unreachable".into());
+      }
+    }
+    Err(format!("the conversation could not be saved to the session store: {last}"))
+  }
+}
+
+impl TaskMirror {
+  /// Starts the writer for `task_id`, numbering lines after `head`.
+  pub(crate) fn start(store: Arc<Store>, session_id: &str, task_id: &str, head: i64, clock: LeaseClock) -> TaskMirror {
+    let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
+    let mut w =
+      Writer { store, session_id: session_id.to_owned(), task_id: task_id.to_owned(), next_seq: head + 1, pending: vec![], clock };
+    let writer = tokio::spawn(async move {
+      while let Some(first) = rx.recv().await {
+        let mut acks = vec![];
+        let mut msg = Some(first);
+        while let Some(m) = msg {
+          match m {
+            MirrorMsg::Frame(f) => w.take(&f),
+            MirrorMsg::Flush(ack) => acks.push(ack),
+          }
+          msg = rx.try_recv().ok();
+        }
+        let r = w.write().await;
+        for a in acks {
+          let _ = a.send(r.clone());
+        }
+      }
+      // The run is over and nobody flushes: a last try for what is left.
+      let _ = w.write().await;
+    });
+    TaskMirror { tx, writer }
+  }
+
+  /// Waits until every frame sent so far is stored; Err says why it could not be.
+  pub(crate) async fn flush(&self) -> std::result::Result<(), String> {
+    let (ack, done) = tokio::sync::oneshot::channel();
+    if self.tx.send(MirrorMsg::Flush(ack)).is_err() {
+      return Err("the transcript mirror stopped".into());
+    }
+    match tokio::time::timeout(FLUSH_WAIT, done).await {
+      Ok(Ok(r)) => r,
+      Ok(Err(_)) => Err("the transcript mirror stopped".into()),
+      Err(_) => Err("the session store did not take the conversation in time".into()),
+    }
+  }
+
+  /// After the CLI exited: stores the lines of the local transcript the store lacks (frames lost,
+  /// lines the CLI writes without a frame, or a CLI without `--session-mirror`), after the
+  /// others; waits for the writer, and stops it.
+  pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: PathBuf) -> std::result::Result<(), String> {
+    self.flush().await?;
+    let (st, sid, path) = (store.clone(), session_id.clone(), local.clone());
+    let tail = tokio::task::spawn_blocking(move || -> Result<Vec<Value>> {
+      let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::store(format!("cannot read transcript {}: {e}", path.display()))),
+      };
+      // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
+      // the CLI also writes lines it does not mirror in the middle of the file (state it
+      // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
+      let mut stored: HashMap<String, usize> = HashMap::new();
+      for e in st.load_transcript(&sid)?.into_iter().filter(|e| e.subpath.is_empty()) {
+        *stored.entry(e.line).or_default() += 1;
+      }
+      let mut missing = vec![];
+      for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.is_object() && !not_mirrored(v)) {
+        let key = serde_json::to_string(&v).unwrap_or_default();
+        match stored.get_mut(&key) {
+          Some(n) if *n > 0 => *n -= 1,
+          _ => missing.push(v),
+        }
+      }
+      Ok(missing)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.message)?;
+    if !tail.is_empty() {
+      let frame = json!({ "type": "transcript_mirror", "filePath": local.to_string_lossy(), "entries": tail });
+      let _ = self.tx.send(MirrorMsg::Frame(frame));
+      self.flush().await?;
+    }
+    drop(self.tx);
+    let _ = self.writer.await;
+    Ok(())
+  }
+}
+
+/// The marker that says a local transcript is the store's copy at `head`: `<head> <file size>`.
+fn marker_of(head: i64, file: &Path) -> Option<String> {
+  std::fs::metadata(file).ok().map(|m| format!("{head} {}", m.len()))
+}
+
+/// Writes `text` to `path` through a temporary file in the same folder (readers never see half
+/// a file), `0600`.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+  let dir = path.parent().ok_or_else(|| Error::internal("a transcript path has no folder"))?;
+  std::fs::create_dir_all(dir).map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
+  let tmp = dir.join(format!(".{}.csm-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), uuid::Uuid::new_v4()));
+  let write = || -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+  };
+  write().map_err(|e| {
+    let _ = std::fs::remove_file(&tmp);
+    Error::store(format!("cannot write transcript {}: {e}", path.display()))
+  })
+}
+
+/// Records that the local transcript `file` is the store's copy at `head`, in `marker`.
+pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &Path) {
+  if let Some(m) = marker_of(head, file) {
+    if let Some(d) = marker.parent() {
+      let _ = super::config::private_dir(d);
+    }
+    let _ = std::fs::write(marker, m);
+  }
+}
+
+/// Makes this node's copy `path` of a session's transcript the store's, unless `marker` says it
+/// already is (blocking). Returns the store's head (0: the store has nothing; the local file is
+/// left as it is).
+pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &Path, marker: &Path) -> Result<i64> {
+  let head = store.transcript_head(session_id)?;
+  if head == 0 {
+    return Ok(0);
+  }
+  let seen = std::fs::read_to_string(marker).ok();
+  if seen.is_some() && seen == marker_of(head, path) {
+    return Ok(head);
+  }
+  let entries = store.load_transcript(session_id)?;
+  let mut files: std::collections::BTreeMap<&str, String> = Default::default();
+  for e in &entries {
+    let text = files.entry(e.subpath.as_str()).or_default();
+    text.push_str(&e.line);
+    text.push('\n');
+  }
+  let folder = path.with_extension("");
+  for (sub, text) in &files {
+    // Only plain relative names under the session's folder.
+    if sub.is_empty() || sub.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+      continue;
+    }
+    write_private(&folder.join(format!("{sub}.jsonl")), text)?;
+  }
+  write_private(path, files.get("").map(String::as_str).unwrap_or(""))?;
+  mark_fresh(marker, head, path);
+  Ok(head)
+}
+
+/// A session's conversation read from the store, when the store keeps transcripts and has one
+/// (blocking); `None` otherwise (read the local file).
+pub(crate) fn stored_history(store: &Store, session_id: &str, opts: &ReadOptions) -> Result<Option<History>> {
+  if !store.shares_transcripts() {
+    return Ok(None);
+  }
+  let entries = store.load_transcript(session_id)?;
+  if entries.is_empty() {
+    return Ok(None);
+  }
+  let mut text = String::new();
+  for e in entries.iter().filter(|e| e.subpath.is_empty()) {
+    text.push_str(&e.line);
+    text.push('\n');
+  }
+  Ok(Some(transcript::parse_str(&text, opts)))
+}
+
+impl Manager {
+  /// Where this node notes which store head its local copy of a session's transcript is.
+  pub(crate) fn marker_path(&self, session_id: &str) -> PathBuf {
+    self.cfg.state_directory.join("transcript-heads").join(session_id)
+  }
+
+  /// Before a task: this node's copy of the transcript the CLI will read (the session's own, or a
+  /// fork's parent's) made the store's. Only on a store that keeps transcripts.
+  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode) -> Result<()> {
+    let source = match mode {
+      SessionMode::New(_) => return Ok(()),
+      SessionMode::Resume(_) => session.clone(),
+      SessionMode::Fork { parent, .. } => self.get_session(parent, &session.user_id).await?,
+    };
+    let Some(path) = self.transcript_of(&source)? else { return Ok(()) };
+    let (store, marker) = (self.store.clone(), self.marker_path(&source.id));
+    tokio::task::spawn_blocking(move || refresh_local(&store, &source.id, &path, &marker).map(|_| ()))
+      .await
+      .map_err(|e| Error::internal(format!("transcript refresh failed: {e}")))?
+  }
+}
+
+/// After the CLI exited: the mirror reconciled with the local file, and the marker set when the
+/// store took everything (else the next task here rewrites the file from the store).
+pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: PathBuf, marker: PathBuf) {
+  if m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok() {
+    let _ = tokio::task::spawn_blocking(move || {
+      if let Ok(head) = store.transcript_head(&session_id) {
+        mark_fresh(&marker, head, &local);
+      }
+    })
+    .await;
+  }
+}
+
+impl Manager {
+  /// A task whose node lost the session's lease: `interrupted` with `LEASE_LOST`, written only if
+  /// the lease is still this task's (else the node that took it over already marked the row).
+  pub(crate) async fn finish_lease_lost(&self, session: &Session, task_id: &str, queued: Instant, threshold: f64) -> TaskResult {
+    let msg = "this node lost the session's lease (it could not renew it in time, or another node took the session over): \
+      its CLI was stopped and nothing it did afterwards was stored";
+    let mut res =
+      TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
+    res.duration_total_ms = queued.elapsed().as_millis() as u64;
+    res.error = Some(TaskError { code: ErrorCode::LeaseLost.as_str().into(), message: msg.into(), status: None });
+    let end = TaskEnd {
+      status: "interrupted".into(),
+      error_code: Some(ErrorCode::LeaseLost.as_str().into()),
+      error_message: Some(msg.into()),
+      materialized: session.materialized,
+      ..Default::default()
+    };
+    let (sid, tid) = (session.id.clone(), task_id.to_owned());
+    let _ = self.record(move |s| s.finish_task(&sid, &tid, &end, None)).await;
+    res
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::store::{NewSession, Owner};
+
+  #[tokio::test]
+  async fn a_lease_never_renewed_is_lost_at_its_deadline_and_stops_the_run() {
+    let cancel = CancelToken::new();
+    let clock = LeaseClock::new(Instant::now(), Duration::from_millis(300), cancel.clone());
+    assert!(!clock.is_lost() && !cancel.is_cancelled());
+    tokio::time::sleep_until(clock.valid_until().into()).await;
+    assert!(clock.is_lost(), "past start + ttl - margin");
+    assert!(cancel.is_cancelled(), "the CLI is stopped");
+  }
+
+  #[tokio::test]
+  async fn renewals_keep_the_lease_and_a_refused_one_loses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+    let sid = uuid::Uuid::new_v4().to_string();
+    store.create_session(&NewSession { id: sid.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).unwrap();
+    let ttl = Duration::from_millis(600);
+    let taken = Instant::now();
+    assert!(store.try_begin_task(&sid, "t", "task", "sonnet", &Owner { id: "o".into(), pid: std::process::id() }, ttl).unwrap());
+    let cancel = CancelToken::new();
+    let clock = LeaseClock::new(taken, ttl, cancel.clone());
+    let renewing = tokio::spawn(clock.clone().renew_loop(store.clone(), sid.clone(), "t".into()));
+    // Three TTLs later the lease is still held: the renewals went through.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(!clock.is_lost() && !cancel.is_cancelled());
+    assert!(clock.valid_until() > taken + ttl, "the deadline moved with the renewals");
+    // The lease stops being the task's: the next renewal is refused and the run is stopped.
+    store.release_lease(&sid, "t").unwrap();
+    tokio::time::timeout(ttl * 3, renewing).await.expect("the loop ended").unwrap();
+    assert!(clock.is_lost() && cancel.is_cancelled());
+  }
+}
+
+/// Against PostgreSQL (`CSM_TEST_DATABASE_URL`; skipped without it): the writer retries a store
+/// that fails for a while and loses nothing, stores a batch once, and numbers lines after the head.
+#[cfg(test)]
+mod pg_tests {
+  use super::*;
+  use crate::store::{NewSession, Owner};
+
+  async fn admin(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.unwrap();
+  }
+
+  fn frame(session_id: &str, lines: &[Value]) -> MirrorMsg {
+    MirrorMsg::Frame(json!({ "type": "transcript_mirror", "filePath": format!("/c/projects/-w/{session_id}.jsonl"), "entries": lines }))
+  }
+
+  #[tokio::test(flavor = "multi_thread")]
+  async fn the_writer_retries_a_failing_store_and_stores_every_line_once() {
+    let Some(url) = std::env::var("CSM_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+      use std::io::Write;
+      let _ = writeln!(std::io::stderr(), "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them");
+      return;
+    };
+    let schema = format!("csm_mirror_{}", uuid::Uuid::new_v4().simple());
+    let store = {
+      let (u, s) = (url.clone(), schema.clone());
+      Arc::new(tokio::task::spawn_blocking(move || Store::connect(&u, &s)).await.unwrap().unwrap())
+    };
+    let sid = uuid::Uuid::new_v4().to_string();
+    let (st, s2) = (store.clone(), sid.clone());
+    tokio::task::spawn_blocking(move || {
+      st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() })?;
+      st.try_begin_task(&s2, "t", "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
+    let m = TaskMirror::start(store.clone(), &sid, "t", 0, clock);
+    m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
+    m.flush().await.unwrap();
+    // The table goes away for a moment: the next batch fails, is retried, and lands once.
+    let s = format!("\"{schema}\"");
+    admin(&url, &format!("ALTER TABLE {s}.transcript_entries RENAME TO gone")).await;
+    m.tx.send(frame(&sid, &[json!({"type": "assistant", "uuid": "a1"}), json!({"type": "last-prompt"})])).unwrap();
+    let flushed = tokio::spawn(async move { (m.flush().await, m) });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    admin(&url, &format!("ALTER TABLE {s}.gone RENAME TO transcript_entries")).await;
+    let (r, m) = flushed.await.unwrap();
+    r.unwrap();
+    drop(m);
+    let (st, s2) = (store.clone(), sid.clone());
+    let stored = tokio::task::spawn_blocking(move || st.load_transcript(&s2)).await.unwrap().unwrap();
+    let types: Vec<String> =
+      stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);
+    assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    drop(store);
+    admin(&url, &format!("DROP SCHEMA {s} CASCADE")).await;
+  }
+}

@@ -1,0 +1,75 @@
+//! The conversation in PostgreSQL: the CLI's transcript lines, mirrored while a task runs, so
+//! that any node can resume, fork or read a session whose transcript another node wrote.
+//!
+//! One row per line, keyed by `(session_id, seq)`: `seq` is given by the lease holder (the one
+//! writer of a session), so a batch sent again after a lost answer lands on the same keys and
+//! is ignored; lines with a `uuid` are also unique per `(session_id, subpath, uuid)`. Every
+//! append is fenced: it is written only while the task still holds the session's lease (no
+//! other task has taken it over), in the same transaction that checks it. `sessions.transcript_seq`
+//! is the head a node compares its local copy with.
+
+use super::PgStore;
+use crate::error::Result;
+use crate::store::TranscriptEntry;
+
+impl PgStore {
+  /// The newest `seq` stored for the session (0: nothing stored).
+  pub fn transcript_head(&self, session_id: &str) -> Result<i64> {
+    self.tx(async |tx| {
+      Ok(self.opt(tx, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
+    })
+  }
+
+  /// Appends lines of the session's transcript for `task_id`, fenced by its lease: returns false,
+  /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
+  /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
+  pub fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    if entries.is_empty() {
+      return Ok(true);
+    }
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    let subpaths: Vec<&str> = entries.iter().map(|e| e.subpath.as_str()).collect();
+    let uuids: Vec<Option<&str>> = entries.iter().map(|e| e.uuid.as_deref()).collect();
+    let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
+    let last = seqs.iter().copied().max().unwrap_or(0);
+    self.tx(async |tx| {
+      let Some(fence) = self.held_fence(tx, session_id, task_id).await? else {
+        return Ok(false);
+      };
+      self
+        .exec(
+          tx,
+          "INSERT INTO {S}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
+           SELECT $1, x.seq, x.subpath, x.uuid, $2, $3, x.line
+           FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[]) AS x(seq, subpath, uuid, line)
+           ON CONFLICT DO NOTHING",
+          &[&session_id, &fence, &task_id, &seqs, &subpaths, &uuids, &lines],
+        )
+        .await?;
+      self.exec(tx, "UPDATE {S}.sessions SET transcript_seq = GREATEST(transcript_seq, $2) WHERE id = $1", &[&session_id, &last]).await?;
+      Ok(true)
+    })
+  }
+
+  /// Every stored line of the session, in order (the main transcript and its subagents' files).
+  pub fn load_transcript(&self, session_id: &str) -> Result<Vec<TranscriptEntry>> {
+    self.tx(async |tx| {
+      let rows = self
+        .query(tx, "SELECT seq, subpath, uuid, line FROM {S}.transcript_entries WHERE session_id = $1 ORDER BY seq", &[&session_id])
+        .await?;
+      Ok(rows.iter().map(|r| TranscriptEntry { seq: r.get(0), subpath: r.get(1), uuid: r.get(2), line: r.get(3) }).collect())
+    })
+  }
+
+  /// How many lines of one file of the session (`""`: the main transcript) are stored.
+  pub fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
+    self.tx(async |tx| {
+      Ok(
+        self
+          .query(tx, "SELECT COUNT(*) FROM {S}.transcript_entries WHERE session_id = $1 AND subpath = $2", &[&session_id, &subpath])
+          .await?[0]
+          .get(0),
+      )
+    })
+  }
+}
