@@ -57,13 +57,15 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
   fs.mkdirSync(configDir, { recursive: true })
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
-  const manager = new addon.SessionManager({
+  const all = {
     ...storeOptions(backend, dir),
     workingDirectory: work,
     env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },
     ...options,
-  })
-  return { manager, dir, work, configDir }
+  }
+  const manager = new addon.SessionManager(all)
+  // `options`: what the manager was made with, for another manager (or process) on the same store.
+  return { manager, dir, work, configDir, options: all }
 }
 
 /** Expects a promise (or function) to reject with an Error carrying `code`. */

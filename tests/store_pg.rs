@@ -8,6 +8,9 @@ use std::time::Duration;
 use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, PG_SCHEMA_VERSION};
 
+#[path = "shared/total_cap.rs"]
+mod total_cap;
+
 const SKIP: &str = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them";
 
 fn test_url() -> Option<String> {
@@ -293,4 +296,16 @@ fn unreachable_databases_and_bad_passwords_are_store_errors_without_the_password
       let _ = writeln!(std::io::stderr(), "note: {host}:{port} trusts this connection; the wrong-password case was not exercised");
     }
   }
+}
+
+#[test]
+fn the_total_cap_counts_live_leases_of_every_node_and_is_taken_atomically() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let ids: Vec<String> = (0..8).map(|_| id()).collect();
+  for sid in &ids {
+    s.create_session(&new_session(sid, "u", "p")).unwrap();
+  }
+  total_cap::check(s, &ids, || Store::connect(&url, &f.schema).unwrap());
 }

@@ -21,6 +21,7 @@ pub struct Options {
   pub env: std::collections::BTreeMap<String, String>,
   pub allow_bypass_permissions: bool,
   pub max_concurrent_tasks: Option<f64>,
+  pub max_concurrent_tasks_total: Option<f64>,
   pub queue_timeout_ms: Option<f64>,
   pub stall_timeout_ms: Option<f64>,
   pub cli_niceness: Option<f64>,
@@ -79,6 +80,8 @@ pub struct Config {
   pub env: Vec<(String, String)>,
   pub allow_bypass_permissions: bool,
   pub max_concurrent_tasks: usize,
+  /// Tasks that run at once across every process sharing the database (live leases).
+  pub max_concurrent_tasks_total: Option<u64>,
   pub queue_timeout: Duration,
   pub stall_timeout: Option<Duration>,
   /// Nice increment of the CLI relative to this process.
@@ -186,6 +189,8 @@ impl Config {
       Some(n) => validate::positive_int("maxConcurrentTasks", n)?.min(1024) as usize,
       None => 8,
     };
+    let max_concurrent_tasks_total =
+      o.max_concurrent_tasks_total.map(|n| validate::positive_int("maxConcurrentTasksTotal", n)).transpose()?.map(|n| n.min(1_000_000));
     let queue_timeout = Duration::from_millis(match o.queue_timeout_ms {
       Some(t) => validate::non_negative_int("queueTimeoutMs", t)?,
       None => 60_000,
@@ -259,6 +264,7 @@ impl Config {
       env,
       allow_bypass_permissions: o.allow_bypass_permissions,
       max_concurrent_tasks,
+      max_concurrent_tasks_total,
       queue_timeout,
       stall_timeout,
       cli_niceness: cli_niceness as i32,

@@ -14,7 +14,7 @@ use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::Session;
+use crate::store::{Begin, Session, TaskStart};
 use crate::validate;
 
 impl Manager {
@@ -308,14 +308,23 @@ impl Manager {
       if cancel.is_cancelled() {
         return self.aborted_in_queue(session, &task_id, queued, threshold);
       }
-      let (sid, uid, tid, m, owner, ttl) =
-        (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
+      let (sid, uid, tid, m, owner, ttl, max_running) = (
+        session.id.clone(),
+        session.user_id.clone(),
+        task_id.clone(),
+        model.clone(),
+        self.owner.clone(),
+        self.cfg.lease_ttl,
+        self.cfg.max_concurrent_tasks_total,
+      );
       let began = self
         .point(move |s| {
-          Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? {
-            Ok(s.get_session(&sid, &uid).ok().flatten())
-          } else {
-            Err(s.lease_kept_after_end(&sid)?)
+          let start = TaskStart { task_id: &tid, kind, model: &m, owner: &owner, ttl, max_running };
+          Ok(match s.begin_task(&sid, &start)? {
+            Begin::Started => Ok(s.get_session(&sid, &uid).ok().flatten()),
+            Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid)?)),
+            // Every place of `maxConcurrentTasksTotal` is taken, in this process or another.
+            Begin::Full => Err(None),
           })
         })
         .await?;
@@ -324,12 +333,22 @@ impl Manager {
         Err(exiting) => exiting,
       };
       let now = Instant::now();
-      if exiting_elsewhere {
+      if exiting_elsewhere == Some(true) {
         excused += now - last;
       }
       last = now;
       if queued_for_lock.elapsed().saturating_sub(excused) >= queue_timeout {
-        return Err(busy());
+        return Err(match exiting_elsewhere {
+          Some(_) => busy(),
+          None => Error::new(
+            ErrorCode::SessionBusy,
+            format!(
+              "no free task slot (maxConcurrentTasksTotal {} across the processes sharing the database) within {} ms",
+              max_running.unwrap_or_default(),
+              queue_timeout.as_millis()
+            ),
+          ),
+        });
       }
       tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}
