@@ -6,9 +6,11 @@
 // section in its own Node process (sections/*.mjs write JSON), samples what else the machine
 // is running, and writes benchmark/RESULTS.md and benchmark/results/latest.json.
 //
-// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,
+// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox
+// (and pathological, not in the default set: one "word" of 4 and 64 MiB),
 // --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
-// records those numbers in results/tokens-before.json), --out=<RESULTS.md path>.
+// records those numbers in results/tokens-before.json; in pathological, runs the same inputs),
+// --out=<RESULTS.md path>. BENCH_ADDON=<.node> measures that build instead of index.js's.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -87,7 +89,7 @@ for (const name of sections) {
   const json = path.join(work, `${name}.json`)
   const argv = [path.join(here, 'sections', `${name}.mjs`), `--json=${json}`, `--wrapper=${wrapper.path}`]
   if (quick) argv.push('--quick')
-  if (opt.baseline && name === 'tokens') argv.push(`--baseline=${path.resolve(opt.baseline)}`)
+  if (opt.baseline && (name === 'tokens' || name === 'pathological')) argv.push(`--baseline=${path.resolve(opt.baseline)}`)
   console.error(`[bench] section ${name} ...`)
   const started = Date.now()
   const code = await new Promise((resolve) => spawn(process.execPath, argv, { stdio: 'inherit', cwd: root }).on('exit', (c, s) => resolve(c ?? s)))
@@ -313,6 +315,19 @@ if (sandbox) {
   md.push(`Added per task (difference of medians): new session ${fmt(sandbox.addedNewMs, 1)} ms, resumed ${fmt(sandbox.addedResumedMs, 1)} ms.`, '')
   bars.push(['sandbox + key proxy, new session', '≤ 20 ms added (median)', `${fmt(sandbox.addedNewMs, 1)} ms`, yes(sandbox.addedNewMs <= 20)])
   bars.push(['sandbox + key proxy, resumed', '≤ 20 ms added (median)', `${fmt(sandbox.addedResumedMs, 1)} ms`, yes(sandbox.addedResumedMs <= 20)])
+}
+
+// Pathological inputs.
+const patho = results.sections.pathological
+if (patho) {
+  md.push('## 6. Pathological inputs: one word of megabytes', '')
+  md.push(
+    `One "word" (no whitespace, one character class: a single piece for the pre-tokenizer) of 4 MiB (the largest \`executeTask\` prompt) and 64 MiB (the largest \`countTokensAsync\` text), and 4 MiB of prose for reference; median of ${patho.rounds} interleaved rounds (one for 64 MiB), wall time per call. Builds: ${patho.impls.join(', ')}.`,
+    '',
+  )
+  const keys = [...new Set(patho.rows.flatMap((r) => Object.keys(r.ms)))]
+  table(['input', 'bytes', ...keys.map((k) => `${k} ms (tokens)`)], patho.rows.map((r) => [r.input, fmt(r.bytes, 0), ...keys.map((k) => (k in r.ms ? `${fmt(r.ms[k], 1)} (${fmt(r.tokens[k], 0)})` : '–'))]))
+  md.push(`\`executeTask\` with the 4 MiB one-letter word as its prompt (rejected before anything is stored or spawned): ${Object.entries(patho.executeTask).map(([k, v]) => `${k} ${fmt(v.ms, 1)} ms (${v.code})`).join(', ')}.`, '')
 }
 
 md.push('## Bars', '')
