@@ -247,9 +247,6 @@ impl Manager {
     let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout } = o;
     let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
     let queued = Instant::now();
-    if let Some(s) = &sink {
-      s(json!({ "type": "task_queued", "sessionId": session.id }));
-    }
     let busy = || {
       Error::new(ErrorCode::SessionBusy, format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()))
     };
@@ -260,8 +257,18 @@ impl Manager {
     let queued_for_lock = Instant::now();
     let lock = self.session_lock(&session.id);
     let mut acquire = std::pin::pin!(lock.lock_owned());
+    // The first poll takes the task's place in line; only then is the caller told it is queued,
+    // so that a request sent on seeing `task_queued` always queues behind this one (the event
+    // reaches JavaScript on its own thread, while this worker may not have polled yet).
+    let mut first = Some(std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(acquire.as_mut(), cx))).await);
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_queued", "sessionId": session.id }));
+    }
     let mut deadline = tokio::time::Instant::now() + queue_timeout;
     let guard = loop {
+      if let Some(std::task::Poll::Ready(g)) = first.take() {
+        break g;
+      }
       tokio::select! {
         g = &mut acquire => break g,
         _ = tokio::time::sleep_until(deadline) => {
