@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeManager, parseSse, startStandInServer, tempDir, UUID } from './helpers.mjs'
+import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, UUID } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const nextRoutes = require('../next/index.js')
@@ -225,7 +225,7 @@ test('next routes: the stream answers as soon as its task is queued; a client le
 // the session until every request is queued (it waits for a gate file), so all 200 wait at once.
 // Each request is sent once the one before has been answered (its task is queued): that is the
 // order they reach the session. (With the real CLI: lifecycle.test.mjs, five tasks.)
-test('next routes: 200 stream requests queued on one session start in the order they arrived', { timeout: 300_000 }, async (t) => {
+for (const backend of testBackends()) test(`next routes: 200 stream requests queued on one session start in the order they arrived${backendTag(backend)}`, { timeout: 300_000 }, async (t) => {
   const N = 200
   const dir = tempDir('csm-order-')
   const log = path.join(dir, 'started.log')
@@ -242,7 +242,7 @@ echo '{"type":"result","subtype":"success","is_error":false,"result":"ok","num_t
 `,
     { mode: 0o755 },
   )
-  const { manager: m } = makeManager({ dir, claudePath: cli, sandbox: 'none' })
+  const { manager: m } = makeManager({ dir, backend, claudePath: cli, sandbox: 'none' })
   t.after(() => m.close())
   const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager: m, taskDefaults: { queueTimeoutMs: 240_000 }, onError: null })
   const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'order' })), 200)
