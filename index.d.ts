@@ -418,8 +418,19 @@ export interface SessionManagerOptions {
   env?: Record<string, string>
   /** Allow `permissionMode: 'bypassPermissions'`. Default false. */
   allowBypassPermissions?: boolean
-  /** Tasks that run at once in this process; more wait in line. Default 8. */
+  /**
+   * Tasks that run at once in this process; more wait in line. Default 8. Per process: see
+   * `maxConcurrentTasksTotal` for a cap over every process sharing the database.
+   */
   maxConcurrentTasks?: number
+  /**
+   * Tasks that run at once across every process (and node) sharing the database, counted
+   * through the store's leases when a task starts; more wait in line (within `queueTimeoutMs`,
+   * then `SESSION_BUSY`, as for `maxConcurrentTasks`). A task holds its place from the start of
+   * its CLI to the CLI's exit; a dead process's place frees when its lease expires (30 s).
+   * Default: no limit beyond `maxConcurrentTasks` per process.
+   */
+  maxConcurrentTasksTotal?: number
   /** How long a task waits for a busy session before failing with `SESSION_BUSY` (ms). Default 60000. */
   queueTimeoutMs?: number
   /** Stop a CLI that prints nothing for this long (ms); 0 disables. Default 900000. */

@@ -58,13 +58,16 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
   const store = storeOptions(backend, dir)
-  const manager = new addon.SessionManager({
+  const all = {
     ...store,
     workingDirectory: work,
     env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },
     ...options,
-  })
-  return { manager, dir, work, configDir, store }
+  }
+  const manager = new addon.SessionManager(all)
+  // `options`: what the manager was made with, for another manager (or process) on the same
+  // store; `store`: its store options alone.
+  return { manager, dir, work, configDir, store, options: all }
 }
 
 /** Waits until `check()` is true (polled every 50 ms); throws naming `what` after `ms`. */

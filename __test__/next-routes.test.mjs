@@ -2,7 +2,9 @@
 // against a real SessionManager whose `claude` CLI runs offline against the stand-in server.
 import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
-import { makeManager, parseSse, startStandInServer, UUID } from './helpers.mjs'
+import fs from 'node:fs'
+import path from 'node:path'
+import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, UUID } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const nextRoutes = require('../next/index.js')
@@ -215,6 +217,53 @@ test('next routes: the stream answers as soon as its task is queued; a client le
   t.assert.deepStrictEqual(list.map((x) => x.status), ['succeeded', 'succeeded'], 'tasks aborted while queued never started and left no row')
   const text = JSON.stringify(server.requests.map((q) => q.body))
   t.assert.ok(!text.includes('queued one') && !text.includes('queued two'), 'the aborted tasks never reached the model')
+})
+
+// 200 real CLI runs one after another would take minutes here (about 0.7 s each), so the CLI is
+// a stand-in script (`claudePath`, no sandbox) that appends the prompt it got on stdin to a log
+// and answers at once; the order of the log is the order the tasks started. The first task holds
+// the session until every request is queued (it waits for a gate file), so all 200 wait at once.
+// Each request is sent once the one before has been answered (its task is queued): that is the
+// order they reach the session. (With the real CLI: lifecycle.test.mjs, five tasks.)
+for (const backend of testBackends()) test(`next routes: 200 stream requests queued on one session start in the order they arrived${backendTag(backend)}`, { timeout: 300_000 }, async (t) => {
+  const N = 200
+  const dir = tempDir('csm-order-')
+  const log = path.join(dir, 'started.log')
+  const gate = path.join(dir, 'gate')
+  const cli = path.join(dir, 'fake-claude')
+  fs.writeFileSync(
+    cli,
+    `#!/bin/sh
+prompt=$(cat)
+printf '%s\\n' "$prompt" >> '${log}'
+if [ "$prompt" = hold ]; then while [ ! -e '${gate}' ]; do sleep 0.05; done; fi
+echo '{"type":"system","subtype":"init","claude_code_version":"0.0.0","model":"sonnet"}'
+echo '{"type":"result","subtype":"success","is_error":false,"result":"ok","num_turns":1,"total_cost_usd":0}'
+`,
+    { mode: 0o755 },
+  )
+  const { manager: m } = makeManager({ dir, backend, claudePath: cli, sandbox: 'none' })
+  t.after(() => m.close())
+  const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager: m, taskDefaults: { queueTimeoutMs: 240_000 }, onError: null })
+  const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'order' })), 200)
+  const first = r.task.POST(post('task', { prompt: 'hold', projectId: 'order', sessionId: session.id }))
+  t.after(() => fs.writeFileSync(gate, '')) // a failure below must not leave the first task waiting
+  await waitFor('the first task to start', () => fs.existsSync(log))
+  const streams = []
+  for (let i = 0; i < N; i++) {
+    const res = await r.stream.POST(post('stream', { prompt: `order ${i}`, projectId: 'order', sessionId: session.id }))
+    t.assert.strictEqual(res.status, 200)
+    streams.push(res)
+  }
+  t.assert.deepStrictEqual(fs.readFileSync(log, 'utf8'), 'hold\n', 'all of them wait behind the first task')
+  fs.writeFileSync(gate, '')
+  t.assert.strictEqual((await jsonOf(await first, 200)).success, true)
+  const results = await Promise.all(streams.map(async (res) => parseSse(await res.text()).find((e) => e.event === 'result')?.data))
+  t.assert.deepStrictEqual(results.map((x) => x?.success), Array(N).fill(true))
+  const started = fs.readFileSync(log, 'utf8').trim().split('\n')
+  t.assert.deepStrictEqual(started, ['hold', ...Array.from({ length: N }, (_, i) => `order ${i}`)], 'the CLIs got their prompts in arrival order')
+  const rows = (await jsonOf(await r.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks
+  t.assert.strictEqual(rows.length, N + 1)
 })
 
 test('next routes: the stream and session routes keep server paths from the browser unless exposeServerDetails', async (t) => {

@@ -135,6 +135,25 @@ after(async () => {
   for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true })
 })
 
+test('server: inFlight and maxInFlight count the messages calls open at once', async () => {
+  const headers = { 'content-type': 'application/json', 'x-api-key': 'test-key' }
+  const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] })
+  const post = () => fetch(`${server.url}/v1/messages`, { method: 'POST', headers, body }).then((r) => r.json())
+  server.enqueue({ text: 'a', delayMs: 300 }, { text: 'b', delayMs: 300 }, { text: 'c', delayMs: 300 })
+  const three = [post(), post(), post()]
+  await waitFor(() => server.inFlight === 3)
+  await Promise.all(three)
+  await fetch(`${server.url}/v1/messages/count_tokens`, { method: 'POST', headers, body }) // not a messages call
+  assert.equal(server.maxInFlight, 3)
+  assert.equal(server.inFlight, 0)
+  await post()
+  assert.equal(server.maxInFlight, 3, 'a high-water mark')
+  server.reset()
+  assert.equal(server.maxInFlight, 0)
+  await post()
+  assert.equal(server.maxInFlight, 1)
+})
+
 test('server basics: env(), routes, auth, count_tokens', async () => {
   assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+$/)
   assert.deepEqual(server.env(), {

@@ -7,9 +7,11 @@
 // is running, and writes benchmark/RESULTS.md and benchmark/results/latest.json.
 //
 // Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,postgres
-// (postgres needs CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL, else it is recorded as skipped),
+// (postgres needs CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL, else it is recorded as skipped;
+// and pathological, not in the default set: one "word" of 4 and 64 MiB),
 // --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
-// records those numbers in results/tokens-before.json), --out=<RESULTS.md path>.
+// records those numbers in results/tokens-before.json; in pathological, runs the same inputs),
+// --out=<RESULTS.md path>. BENCH_ADDON=<.node> measures that build instead of index.js's.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -88,7 +90,7 @@ for (const name of sections) {
   const json = path.join(work, `${name}.json`)
   const argv = [path.join(here, 'sections', `${name}.mjs`), `--json=${json}`, `--wrapper=${wrapper.path}`]
   if (quick) argv.push('--quick')
-  if (opt.baseline && name === 'tokens') argv.push(`--baseline=${path.resolve(opt.baseline)}`)
+  if (opt.baseline && (name === 'tokens' || name === 'pathological')) argv.push(`--baseline=${path.resolve(opt.baseline)}`)
   console.error(`[bench] section ${name} ...`)
   const started = Date.now()
   const code = await new Promise((resolve) => spawn(process.execPath, argv, { stdio: 'inherit', cwd: root }).on('exit', (c, s) => resolve(c ?? s)))
@@ -344,6 +346,19 @@ else if (pg) {
     ['store', 'tasks', 'completed', 'task rows', 'wall s', 'tasks/s', 'failures'],
     Object.entries(pg.nodes).map(([k, n]) => [k, `${n.nodes} × ${n.tasksPerNode}`, n.completed, n.taskRowsCounted, fmt(n.wallMs / 1000, 1), fmt(n.tasksPerSec), n.failures.length ? n.failures.join(', ') : 'none']),
   )
+}
+
+// Pathological inputs.
+const patho = results.sections.pathological
+if (patho) {
+  md.push('## 7. Pathological inputs: one word of megabytes', '')
+  md.push(
+    `One "word" (no whitespace, one character class: a single piece for the pre-tokenizer) of 4 MiB (the largest \`executeTask\` prompt) and 64 MiB (the largest \`countTokensAsync\` text), and 4 MiB of prose for reference; median of ${patho.rounds} interleaved rounds (one for 64 MiB), wall time per call. Builds: ${patho.impls.join(', ')}.`,
+    '',
+  )
+  const keys = [...new Set(patho.rows.flatMap((r) => Object.keys(r.ms)))]
+  table(['input', 'bytes', ...keys.map((k) => `${k} ms (tokens)`)], patho.rows.map((r) => [r.input, fmt(r.bytes, 0), ...keys.map((k) => (k in r.ms ? `${fmt(r.ms[k], 1)} (${fmt(r.tokens[k], 0)})` : '–'))]))
+  md.push(`\`executeTask\` with the 4 MiB one-letter word as its prompt (rejected before anything is stored or spawned): ${Object.entries(patho.executeTask).map(([k, v]) => `${k} ${fmt(v.ms, 1)} ms (${v.code})`).join(', ')}.`, '')
 }
 
 md.push('## Bars', '')

@@ -217,11 +217,19 @@ export interface StandInServer {
   enqueue(...replies: ReplySource[]): number
   /** Number of replies still queued. */
   readonly pending: number
+  /** `POST /v1/messages` requests open right now (from arrival until the response ends or the connection closes). */
+  readonly inFlight: number
+  /**
+   * The most `POST /v1/messages` requests open at once since the server started (or since
+   * `reset()`, which starts it again from those open then): with slow replies, how many CLIs
+   * were talking to the "model" concurrently.
+   */
+  readonly maxInFlight: number
   /** Every request received, in order. The array is cleared in place by `reset()`. */
   readonly requests: RecordedRequest[]
   /** What was answered, in the order responses started. Cleared in place by `reset()`. */
   readonly responses: RecordedResponse[]
-  /** Empties the queue, `requests` and `responses`. */
+  /** Empties the queue, `requests` and `responses`, and restarts `maxInFlight`. */
   reset(): void
   /** Stops listening and destroys open connections. */
   close(): Promise<void>

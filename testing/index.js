@@ -121,6 +121,9 @@ async function startStandInServer(options = {}) {
   const requests = []
   const responses = []
   let idCounter = 0
+  // `POST /v1/messages` calls open right now, and the most open at once since the start (or `reset()`).
+  let inFlight = 0
+  let maxInFlight = 0
   const nextId = () => String(++idCounter).padStart(6, '0')
 
   function pickReply(req) {
@@ -409,15 +412,18 @@ async function startStandInServer(options = {}) {
       requests.push(record)
 
       const ctx = { clientGone: false }
+      const path = url.pathname.replace(/\/+$/, '') || '/'
+      const isMessages = req.method === 'POST' && path === '/v1/messages'
+      if (isMessages) maxInFlight = Math.max(maxInFlight, ++inFlight)
       res.on('close', () => {
         if (!res.writableFinished) {
           ctx.clientGone = true
           record.aborted = true
         }
         record.endedAt = Date.now()
+        if (isMessages) inFlight--
       })
 
-      const path = url.pathname.replace(/\/+$/, '') || '/'
       Promise.resolve()
         .then(() => {
           if (req.method === 'HEAD' || (req.method === 'GET' && path === '/')) {
@@ -429,7 +435,7 @@ async function startStandInServer(options = {}) {
             return sendError(res, record, 401, 'authentication_error', 'invalid x-api-key')
           }
           if (badJson) return sendError(res, record, 400, 'invalid_request_error', 'request body is not valid JSON')
-          if (req.method === 'POST' && path === '/v1/messages') return handleMessages(req, res, record, ctx)
+          if (isMessages) return handleMessages(req, res, record, ctx)
           if (req.method === 'POST' && path === '/v1/messages/count_tokens') return handleCountTokens(res, record)
           if (req.method === 'GET' && path === '/v1/models') return handleModels(res, record)
           return sendError(res, record, 404, 'not_found_error', `stand-in has no route ${req.method} ${url.pathname}`)
@@ -489,7 +495,14 @@ async function startStandInServer(options = {}) {
     get pending() {
       return queue.length
     },
+    get inFlight() {
+      return inFlight
+    },
+    get maxInFlight() {
+      return maxInFlight
+    },
     reset() {
+      maxInFlight = inFlight
       queue.length = 0
       requests.length = 0
       responses.length = 0

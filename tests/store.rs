@@ -22,6 +22,9 @@ fn new_session(id: &str, user: &str, project: &str) -> NewSession {
   }
 }
 
+#[path = "shared/total_cap.rs"]
+mod total_cap;
+
 const A: &str = "11111111-1111-4111-8111-111111111111";
 const B: &str = "22222222-2222-4222-8222-222222222222";
 
@@ -392,4 +395,16 @@ fn a_task_end_remembers_the_window_and_the_compactions() {
   s.finish_task(A, "t2", &TaskEnd { status: "succeeded".into(), window: Some(("sonnet".into(), 200_000)), ..Default::default() }, None)
     .unwrap();
   assert_eq!(s.window_for("sonnet").unwrap(), Some(200_000));
+}
+
+#[test]
+fn the_total_cap_counts_live_leases_of_every_process_and_is_taken_atomically() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  let ids: Vec<String> = (0..8).map(|i| format!("{i:08}-0000-4000-8000-000000000000")).collect();
+  for id in &ids {
+    s.create_session(&new_session(id, "u", "p")).unwrap();
+  }
+  total_cap::check(&s, &ids, || Store::open(&path).unwrap());
 }

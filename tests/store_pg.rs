@@ -8,6 +8,9 @@ use std::time::Duration;
 use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
 
+#[path = "shared/total_cap.rs"]
+mod total_cap;
+
 const SKIP: &str = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them";
 
 fn test_url() -> Option<String> {
@@ -443,4 +446,16 @@ fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_ro
   assert_eq!(on_b(&root).working_directory, "/nodes/b/work");
   assert_eq!(on_b(&outside).working_directory, "/srv/shared", "outside the root: the same path everywhere");
   assert_eq!(a.get_session(&inside, "u").unwrap().unwrap().working_directory, "/nodes/a/work/repo/sub");
+}
+
+#[test]
+fn the_total_cap_counts_live_leases_of_every_node_and_is_taken_atomically() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let ids: Vec<String> = (0..8).map(|_| id()).collect();
+  for sid in &ids {
+    s.create_session(&new_session(sid, "u", "p")).unwrap();
+  }
+  total_cap::check(s, &ids, || Store::connect(&url, &f.schema).unwrap());
 }

@@ -49,8 +49,15 @@ pub struct SessionManagerOptions {
   pub env: Option<HashMap<String, String>>,
   /// Allow `permissionMode: 'bypassPermissions'`. Default false.
   pub allow_bypass_permissions: Option<bool>,
-  /// Tasks that run at once in this process; more wait in line. Default 8.
+  /// Tasks that run at once in this process; more wait in line. Default 8. Per process: see
+  /// `maxConcurrentTasksTotal` for a cap over every process sharing the database.
   pub max_concurrent_tasks: Option<f64>,
+  /// Tasks that run at once across every process (and node) sharing the database, counted
+  /// through the store's leases when a task starts; more wait in line (within `queueTimeoutMs`,
+  /// then `SESSION_BUSY`, as for `maxConcurrentTasks`). A task holds its place from the start of
+  /// its CLI to the CLI's exit; a dead process's place frees when its lease expires (30 s).
+  /// Default: no limit beyond `maxConcurrentTasks` per process.
+  pub max_concurrent_tasks_total: Option<f64>,
   /// How long a task waits for a busy session before failing with `SESSION_BUSY` (ms). Default 60000.
   pub queue_timeout_ms: Option<f64>,
   /// Stop a CLI that prints nothing for this long (ms); 0 disables. Default 900000.
@@ -301,6 +308,7 @@ impl From<SessionManagerOptions> for manager::Options {
       env: o.env.unwrap_or_default().into_iter().collect(),
       allow_bypass_permissions: o.allow_bypass_permissions.unwrap_or(false),
       max_concurrent_tasks: o.max_concurrent_tasks,
+      max_concurrent_tasks_total: o.max_concurrent_tasks_total,
       queue_timeout_ms: o.queue_timeout_ms,
       stall_timeout_ms: o.stall_timeout_ms,
       cli_niceness: o.cli_niceness,

@@ -21,6 +21,7 @@ pub struct Options {
   pub env: std::collections::BTreeMap<String, String>,
   pub allow_bypass_permissions: bool,
   pub max_concurrent_tasks: Option<f64>,
+  pub max_concurrent_tasks_total: Option<f64>,
   pub queue_timeout_ms: Option<f64>,
   pub stall_timeout_ms: Option<f64>,
   pub cli_niceness: Option<f64>,
@@ -81,6 +82,8 @@ pub struct Config {
   pub env: Vec<(String, String)>,
   pub allow_bypass_permissions: bool,
   pub max_concurrent_tasks: usize,
+  /// Tasks that run at once across every process sharing the database (live leases).
+  pub max_concurrent_tasks_total: Option<u64>,
   pub queue_timeout: Duration,
   pub stall_timeout: Option<Duration>,
   /// Nice increment of the CLI relative to this process.
@@ -192,6 +195,8 @@ impl Config {
       Some(n) => validate::positive_int("maxConcurrentTasks", n)?.min(1024) as usize,
       None => 8,
     };
+    let max_concurrent_tasks_total =
+      o.max_concurrent_tasks_total.map(|n| validate::positive_int("maxConcurrentTasksTotal", n)).transpose()?.map(|n| n.min(1_000_000));
     let queue_timeout = Duration::from_millis(match o.queue_timeout_ms {
       Some(t) => validate::non_negative_int("queueTimeoutMs", t)?,
       None => 60_000,
@@ -284,6 +289,7 @@ impl Config {
       env,
       allow_bypass_permissions: o.allow_bypass_permissions,
       max_concurrent_tasks,
+      max_concurrent_tasks_total,
       queue_timeout,
       stall_timeout,
       cli_niceness: cli_niceness as i32,
@@ -342,7 +348,19 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Creates a folder only its owner can enter (`0700` on Unix), and tightens an existing one.
+/// Called for every task and transcript read (`child_env`): a folder already there and private
+/// costs one `stat`, with no `mkdir` or `chmod` (which would write the inode's change time).
 pub(crate) fn private_dir(dir: &std::path::Path) -> Result<()> {
+  #[cfg(unix)]
+  {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    // Ours (as the chmod below requires), a folder, and private.
+    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me && m.permissions().mode() & 0o777 == 0o700) {
+      return Ok(());
+    }
+  }
   std::fs::create_dir_all(dir).map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
   #[cfg(unix)]
   {
@@ -374,4 +392,39 @@ fn adopt_legacy_database(working_directory: &std::path::Path, db: &std::path::Pa
     }
   }
   Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+  use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+  use super::private_dir;
+
+  #[test]
+  fn private_dir_creates_tightens_and_leaves_a_private_folder_untouched() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("tenant");
+    let mode = |d: &std::path::Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+    private_dir(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700, "created private");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    private_dir(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700, "tightened again");
+    // Already private: no chmod, so the inode's change time stays (a chmod always sets it).
+    let ctime = |d: &std::path::Path| {
+      let m = std::fs::metadata(d).unwrap();
+      (m.ctime(), m.ctime_nsec())
+    };
+    let before = ctime(&dir);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    private_dir(&dir).unwrap();
+    assert_eq!(ctime(&dir), before, "left untouched");
+    std::fs::remove_dir(&dir).unwrap();
+    private_dir(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700, "made again after it was removed");
+    // A file where the folder should be is still an error.
+    let file = root.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    assert!(private_dir(&file).is_err());
+  }
 }

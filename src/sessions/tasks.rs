@@ -15,7 +15,7 @@ use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::Session;
+use crate::store::{Begin, Session, TaskStart};
 use crate::validate;
 
 impl Manager {
@@ -249,9 +249,6 @@ impl Manager {
     let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout } = o;
     let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
     let queued = Instant::now();
-    if let Some(s) = &sink {
-      s(json!({ "type": "task_queued", "sessionId": session.id }));
-    }
     let busy = || {
       Error::new(ErrorCode::SessionBusy, format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()))
     };
@@ -262,8 +259,18 @@ impl Manager {
     let queued_for_lock = Instant::now();
     let lock = self.session_lock(&session.id);
     let mut acquire = std::pin::pin!(lock.lock_owned());
+    // The first poll takes the task's place in line; only then is the caller told it is queued,
+    // so that a request sent on seeing `task_queued` always queues behind this one (the event
+    // reaches JavaScript on its own thread, while this worker may not have polled yet).
+    let mut first = Some(std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(acquire.as_mut(), cx))).await);
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_queued", "sessionId": session.id }));
+    }
     let mut deadline = tokio::time::Instant::now() + queue_timeout;
     let guard = loop {
+      if let Some(std::task::Poll::Ready(g)) = first.take() {
+        break g;
+      }
       tokio::select! {
         g = &mut acquire => break g,
         _ = tokio::time::sleep_until(deadline) => {
@@ -312,14 +319,23 @@ impl Manager {
         return self.aborted_in_queue(session, &task_id, queued, threshold);
       }
       taken_at = Instant::now();
-      let (sid, uid, tid, m, owner, ttl) =
-        (session.id.clone(), session.user_id.clone(), task_id.clone(), model.clone(), self.owner.clone(), self.cfg.lease_ttl);
+      let (sid, uid, tid, m, owner, ttl, max_running) = (
+        session.id.clone(),
+        session.user_id.clone(),
+        task_id.clone(),
+        model.clone(),
+        self.owner.clone(),
+        self.cfg.lease_ttl,
+        self.cfg.max_concurrent_tasks_total,
+      );
       let began = self
         .point(move |s| {
-          Ok(if s.try_begin_task(&sid, &tid, kind, &m, &owner, ttl)? {
-            Ok(s.get_session(&sid, &uid).ok().flatten())
-          } else {
-            Err(s.lease_kept_after_end(&sid)?)
+          let start = TaskStart { task_id: &tid, kind, model: &m, owner: &owner, ttl, max_running };
+          Ok(match s.begin_task(&sid, &start)? {
+            Begin::Started => Ok(s.get_session(&sid, &uid).ok().flatten()),
+            Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid)?)),
+            // Every place of `maxConcurrentTasksTotal` is taken, in this process or another.
+            Begin::Full => Err(None),
           })
         })
         .await?;
@@ -328,12 +344,22 @@ impl Manager {
         Err(exiting) => exiting,
       };
       let now = Instant::now();
-      if exiting_elsewhere {
+      if exiting_elsewhere == Some(true) {
         excused += now - last;
       }
       last = now;
       if queued_for_lock.elapsed().saturating_sub(excused) >= queue_timeout {
-        return Err(busy());
+        return Err(match exiting_elsewhere {
+          Some(_) => busy(),
+          None => Error::new(
+            ErrorCode::SessionBusy,
+            format!(
+              "no free task slot (maxConcurrentTasksTotal {} across the processes sharing the database) within {} ms",
+              max_running.unwrap_or_default(),
+              queue_timeout.as_millis()
+            ),
+          ),
+        });
       }
       tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -37,8 +37,11 @@ impl SqliteStore {
   }
 
   /// Takes the session's lease and inserts the task row as `running`, in one transaction.
-  /// Returns false (and writes nothing) when another live task holds the lease.
-  pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
+  /// Writes nothing when another live task holds the lease, or when `start.max_running` live
+  /// leases are held in the file: `BEGIN IMMEDIATE` holds the file's write lock from the count
+  /// to the insert, so processes starting at once never exceed it.
+  pub fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
+    let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     self.write(|tx| {
       let now = now_ms();
       // Deleted while this task waited for it.
@@ -46,7 +49,13 @@ impl SqliteStore {
         return Err(Error::not_found(session_id));
       }
       if Self::lease_live(tx, session_id, now)? {
-        return Ok(false);
+        return Ok(Begin::SessionHeld);
+      }
+      if let Some(max) = max_running {
+        let live: i64 = tx.prepare_cached("SELECT COUNT(*) FROM leases WHERE expires_at > ?1")?.query_row([now], |r| r.get(0))?;
+        if live as u64 >= max {
+          return Ok(Begin::Full);
+        }
       }
       // An expired lease belongs to a dead or stuck holder: its task is interrupted.
       Self::interrupt_expired(tx, session_id, now)?;
@@ -62,7 +71,7 @@ impl SqliteStore {
          VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)",
         params![task_id, session_id, now, model, owner.id, owner.pid, kind],
       )?;
-      Ok(true)
+      Ok(Begin::Started)
     })
   }
 

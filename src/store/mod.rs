@@ -264,6 +264,32 @@ pub struct TranscriptEntry {
   pub line: String,
 }
 
+/// A task about to start, as [`Store::begin_task`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskStart<'a> {
+  pub task_id: &'a str,
+  /// `task` or `compact`.
+  pub kind: &'a str,
+  pub model: &'a str,
+  pub owner: &'a Owner,
+  /// How long the lease lasts unless renewed.
+  pub ttl: Duration,
+  /// At most this many live leases in the whole database, whichever process holds them
+  /// (`maxConcurrentTasksTotal`); `None`: no limit beyond one per session.
+  pub max_running: Option<u64>,
+}
+
+/// What [`Store::begin_task`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+  /// The lease is the task's and its row is `running`.
+  Started,
+  /// Another live task holds the session's lease; nothing was written.
+  SessionHeld,
+  /// `max_running` live leases are held across the database; nothing was written.
+  Full,
+}
+
 /// Who holds work in this store: one per manager instance.
 #[derive(Debug, Clone)]
 pub struct Owner {
@@ -521,9 +547,10 @@ dispatch! {
   fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()>;
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
   fn lease_kept_after_end(&self, session_id: &str) -> Result<bool>;
-  /// Takes the session's lease and inserts the task row as `running`, atomically; false when
-  /// another live task holds the lease.
-  fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool>;
+  /// Takes the session's lease and inserts the task row as `running`, atomically, unless
+  /// another live task holds the lease or `start.max_running` live leases are held across the
+  /// database (counted and taken in one step, so concurrent starters never exceed it).
+  fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin>;
   /// Extends a held lease; false when it is no longer this task's.
   fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool>;
   /// Ends a task: its row, the session's totals, the context snapshot, the lease.
@@ -578,6 +605,12 @@ impl Store {
   /// the tables in `schema`, and migrates it.
   pub fn connect(url: &str, schema: &str) -> Result<Store> {
     PgStore::connect(url, schema).map(Store::Postgres)
+  }
+
+  /// [`Store::begin_task`] without a database-wide limit: true when the task started.
+  pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
+    let start = TaskStart { task_id, kind, model, owner, ttl, max_running: None };
+    Ok(self.begin_task(session_id, &start)? == Begin::Started)
   }
 
   /// The SQLite file, for the SQLite backend.

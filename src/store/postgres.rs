@@ -51,7 +51,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::{Compaction, ContextSnapshot, ListQuery, NewSession, Owner, Session, TaskEnd, TaskRecord, Usage};
+use super::{Begin, Compaction, ContextSnapshot, ListQuery, NewSession, Session, TaskEnd, TaskRecord, TaskStart, Usage};
 use crate::error::{Error, ErrorCode, Result};
 
 #[path = "transcripts.rs"]
@@ -947,8 +947,12 @@ impl PgStore {
   }
 
   /// Takes the session's lease (a new fence) and inserts the task row as `running`, in one
-  /// transaction. Returns false (and writes nothing) when another live task holds the lease.
-  pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
+  /// transaction. Writes nothing when another live task holds the lease, or when
+  /// `start.max_running` live leases are held in the schema: with a limit, the count and the
+  /// insert happen under one transaction-level advisory lock, so nodes starting at once never
+  /// exceed it.
+  pub fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
+    let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
     let pid = owner.pid as i64;
     self.tx(async |tx| {
@@ -960,7 +964,19 @@ impl PgStore {
         .opt(tx, "SELECT 1 FROM {S}.leases WHERE session_id = $1 AND task_id IS NOT NULL AND expires_at > now()", &[&session_id])
         .await?;
       if live.is_some() {
-        return Ok(false);
+        return Ok(Begin::SessionHeld);
+      }
+      if let Some(max) = max_running {
+        // Held until commit: the next starter counts after this one's lease is in. (Each
+        // statement under READ COMMITTED sees what was committed before it began.)
+        let key = format!("{}\u{1}running", self.schema);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key]).await.map_err(pg)?;
+        let live: i64 =
+          self.query(tx, "SELECT COUNT(*) FROM {S}.leases WHERE task_id IS NOT NULL AND expires_at > clock_timestamp()", &[]).await?[0]
+            .get(0);
+        if live as u64 >= max {
+          return Ok(Begin::Full);
+        }
       }
       // No live lease: a `running` row left is a dead or stuck holder's, interrupted.
       self.interrupt_orphans(tx, session_id).await?;
@@ -985,7 +1001,7 @@ impl PgStore {
           &[&task_id, &session_id, &model, &owner.id, &pid, &self.node, &kind, &fence, &self.host],
         )
         .await?;
-      Ok(true)
+      Ok(Begin::Started)
     })
   }
 

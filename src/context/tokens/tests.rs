@@ -305,3 +305,26 @@ fn pieces_and_counts_match_tiktoken_on_transcripts() {
     check_split(&text, &name);
   }
 }
+
+#[test]
+fn a_piece_longer_than_the_limit_is_counted_in_chunks_and_shorter_ones_exactly() {
+  // One "word" of 25000 letters: a single piece for both encodings, cut inside a "hello".
+  let word = "hello".repeat(5000);
+  for enc in ENCODINGS {
+    assert_eq!(pieces(&word, enc).len(), 1, "{enc:?}");
+    let vocab = enc.vocab();
+    let chunks: Vec<&[u8]> = long_piece_chunks(word.as_bytes()).collect();
+    assert_eq!(chunks.iter().map(|c| c.len()).collect::<Vec<_>>(), [LONG_PIECE_BYTES, LONG_PIECE_BYTES, LONG_PIECE_BYTES, 424]);
+    let chunked: usize = chunks.iter().map(|c| vocab.merge_large(c)).sum();
+    let whole = vocab.merge_large(word.as_bytes());
+    // The two differ on this word, so the count says which path was taken.
+    assert_ne!(whole, chunked, "{enc:?}: pick a word whose chunks merge differently");
+    assert_eq!(count(&word, enc), chunked, "{enc:?}: counted in chunks");
+    // Up to the limit, one merge: exactly tiktoken's.
+    let at = &word[..LONG_PIECE_BYTES];
+    assert_eq!(count(at, enc), oracle(enc).bpe.encode_ordinary(at).len(), "{enc:?}: exact at the limit");
+  }
+  // Chunks end on character boundaries.
+  let wide = "é".repeat(LONG_PIECE_BYTES);
+  assert!(long_piece_chunks(wide.as_bytes()).all(|c| std::str::from_utf8(c).is_ok()));
+}
