@@ -201,6 +201,9 @@ const MIGRATIONS: &[&str] = &[
   UPDATE {S}.tasks SET host_id = node_id;
   ALTER TABLE {S}.leases ADD COLUMN host_id TEXT NOT NULL DEFAULT '';
   UPDATE {S}.leases SET host_id = node_id;
+  -- maxConcurrentTasksTotal counts the held leases at every start: those alone, not one row
+  -- per session ever run.
+  CREATE INDEX leases_held ON {S}.leases (expires_at) WHERE task_id IS NOT NULL;
   "#,
 ];
 
