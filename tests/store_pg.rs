@@ -402,7 +402,7 @@ fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
   // A line with a uuid already stored under another seq is skipped too.
   assert!(s.append_transcript(&sid, "t1", &[entry(3, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)]).unwrap());
   assert!(s.append_transcript(&sid, "t1", &[entry(4, Some("a1"), r#"{"type":"assistant","uuid":"a1"}"#)]).unwrap());
-  let lines: Vec<String> = s.load_transcript(&sid).unwrap().into_iter().map(|e| e.line).collect();
+  let lines: Vec<String> = s.load_transcript(&sid, 0).unwrap().into_iter().map(|e| e.line).collect();
   assert_eq!(lines, [r#"{"type":"queue-operation"}"#, r#"{"type":"user","uuid":"u1"}"#, r#"{"type":"assistant","uuid":"a1"}"#]);
   assert_eq!(s.transcript_len(&sid, "").unwrap(), 3);
   assert_eq!(s.transcript_head(&sid).unwrap(), 4);
@@ -419,7 +419,7 @@ fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
   let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
   s.finish_task(&sid, "t2", &end, None).unwrap();
   s.delete_session(&sid, "u").unwrap();
-  assert!(s.load_transcript(&sid).unwrap().is_empty());
+  assert!(s.load_transcript(&sid, 0).unwrap().is_empty());
 }
 
 #[test]

@@ -121,6 +121,10 @@ impl LeaseClock {
 pub(crate) struct TaskMirror {
   pub(crate) tx: MirrorTx,
   writer: tokio::task::JoinHandle<()>,
+  /// The store's head and the local file's length when the task started: the file then held
+  /// the stored lines, and what the task adds is appended after both, so the check at the end
+  /// compares only the task's part (not the whole conversation on every task).
+  from: (i64, u64),
 }
 
 struct Writer {
@@ -181,8 +185,9 @@ impl Writer {
 }
 
 impl TaskMirror {
-  /// Starts the writer for `task_id`, numbering lines after `head`.
-  pub(crate) fn start(store: Arc<Store>, session_id: &str, task_id: &str, head: i64, clock: LeaseClock) -> TaskMirror {
+  /// Starts the writer for `task_id`, numbering lines after `head`; `local_len` is the length of
+  /// the local transcript (0 when there is none), which holds the stored lines up to `head`.
+  pub(crate) fn start(store: Arc<Store>, session_id: &str, task_id: &str, head: i64, local_len: u64, clock: LeaseClock) -> TaskMirror {
     let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
     let mut w =
       Writer { store, session_id: session_id.to_owned(), task_id: task_id.to_owned(), next_seq: head + 1, pending: vec![], clock };
@@ -205,7 +210,7 @@ impl TaskMirror {
       // The run is over and nobody flushes: a last try for what is left.
       let _ = w.write().await;
     });
-    TaskMirror { tx, writer }
+    TaskMirror { tx, writer, from: (head, local_len) }
   }
 
   /// Waits until every frame sent so far is stored; Err says why it could not be.
@@ -226,18 +231,25 @@ impl TaskMirror {
   /// others; waits for the writer, and stops it.
   pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: PathBuf) -> std::result::Result<(), String> {
     self.flush().await?;
-    let (st, sid, path) = (store.clone(), session_id.clone(), local.clone());
+    let (st, sid, path, (head, offset)) = (store.clone(), session_id.clone(), local.clone(), self.from);
     let tail = tokio::task::spawn_blocking(move || -> Result<Vec<Value>> {
-      let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+      let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(Error::store(format!("cannot read transcript {}: {e}", path.display()))),
       };
+      // The task's part: the file past its length at the start, against the lines stored since.
+      // A file shorter than it was (rewritten by something else) is compared whole.
+      let (bytes, after) = match usize::try_from(offset) {
+        Ok(o) if o > 0 && o <= bytes.len() => (&bytes[o..], head),
+        _ => (&bytes[..], 0),
+      };
+      let text = String::from_utf8_lossy(bytes);
       // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
       // the CLI also writes lines it does not mirror in the middle of the file (state it
       // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
       let mut stored: HashMap<String, usize> = HashMap::new();
-      for e in st.load_transcript(&sid)?.into_iter().filter(|e| e.subpath.is_empty()) {
+      for e in st.load_transcript(&sid, after)?.into_iter().filter(|e| e.subpath.is_empty()) {
         *stored.entry(e.line).or_default() += 1;
       }
       let mut missing = vec![];
@@ -314,7 +326,7 @@ pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &Path, marker
   if seen.is_some() && seen == marker_of(head, path) {
     return Ok(head);
   }
-  let entries = store.load_transcript(session_id)?;
+  let entries = store.load_transcript(session_id, 0)?;
   let mut files: std::collections::BTreeMap<&str, String> = Default::default();
   for e in &entries {
     let text = files.entry(e.subpath.as_str()).or_default();
@@ -340,7 +352,7 @@ pub(crate) fn stored_history(store: &Store, session_id: &str, opts: &ReadOptions
   if !store.shares_transcripts() {
     return Ok(None);
   }
-  let entries = store.load_transcript(session_id)?;
+  let entries = store.load_transcript(session_id, 0)?;
   if entries.is_empty() {
     return Ok(None);
   }
@@ -487,7 +499,7 @@ mod pg_tests {
     .unwrap()
     .unwrap();
     let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
-    let m = TaskMirror::start(store.clone(), &sid, "t", 0, clock);
+    let m = TaskMirror::start(store.clone(), &sid, "t", 0, 0, clock);
     m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
     m.flush().await.unwrap();
     // The table goes away for a moment: the next batch fails, is retried, and lands once.
@@ -501,7 +513,7 @@ mod pg_tests {
     r.unwrap();
     drop(m);
     let (st, s2) = (store.clone(), sid.clone());
-    let stored = tokio::task::spawn_blocking(move || st.load_transcript(&s2)).await.unwrap().unwrap();
+    let stored = tokio::task::spawn_blocking(move || st.load_transcript(&s2, 0)).await.unwrap().unwrap();
     let types: Vec<String> =
       stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);

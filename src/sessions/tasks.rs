@@ -483,7 +483,9 @@ impl Manager {
     self.refresh_for(session, mode).await?;
     let sid = session.id.clone();
     let head = self.db(move |s| s.transcript_head(&sid)).await?;
-    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, clock.clone()))
+    // The local copy as the CLI will find it (just refreshed from the store when it was behind).
+    let local_len = self.transcript_of(session).ok().flatten().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, local_len, clock.clone()))
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.

@@ -571,8 +571,8 @@ dispatch! {
   fn transcript_head(&self, session_id: &str) -> Result<i64>;
   /// Appends transcript lines for a task, fenced by its lease; false when it lost the lease.
   fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool>;
-  /// A session's stored transcript lines, in order (none on SQLite).
-  fn load_transcript(&self, session_id: &str) -> Result<Vec<TranscriptEntry>>;
+  /// A session's stored transcript lines after `after` (0: all), in order (none on SQLite).
+  fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>>;
   /// How many lines of one transcript file of a session are stored.
   fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64>;
 }
@@ -587,7 +587,7 @@ impl SqliteStore {
   pub fn append_transcript(&self, _session_id: &str, _task_id: &str, _entries: &[TranscriptEntry]) -> Result<bool> {
     Ok(true)
   }
-  pub fn load_transcript(&self, _session_id: &str) -> Result<Vec<TranscriptEntry>> {
+  pub fn load_transcript(&self, _session_id: &str, _after: i64) -> Result<Vec<TranscriptEntry>> {
     Ok(vec![])
   }
   pub fn transcript_len(&self, _session_id: &str, _subpath: &str) -> Result<i64> {

@@ -52,10 +52,14 @@ impl PgStore {
   }
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
-  pub fn load_transcript(&self, session_id: &str) -> Result<Vec<TranscriptEntry>> {
+  pub fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
     self.tx(async |tx| {
       let rows = self
-        .query(tx, "SELECT seq, subpath, uuid, line FROM {S}.transcript_entries WHERE session_id = $1 ORDER BY seq", &[&session_id])
+        .query(
+          tx,
+          "SELECT seq, subpath, uuid, line FROM {S}.transcript_entries WHERE session_id = $1 AND seq > $2 ORDER BY seq",
+          &[&session_id, &after],
+        )
         .await?;
       Ok(rows.iter().map(|r| TranscriptEntry { seq: r.get(0), subpath: r.get(1), uuid: r.get(2), line: r.get(3) }).collect())
     })
