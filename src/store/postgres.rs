@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -589,13 +589,7 @@ impl PgStore {
     self.block(async {
       let mut attempt = 1;
       loop {
-        let mut client = self.pool.get().await.map_err(|e| {
-          let detail = match &e {
-            deadpool_postgres::PoolError::Backend(b) => pg_detail(b),
-            other => other.to_string(),
-          };
-          Error::store(format!("cannot reach the session store {}: {detail}", self.shown))
-        })?;
+        let mut client = self.client().await?;
         let ran = match client.transaction().await {
           Ok(tx) => match f(&tx).await {
             Ok(out) => return tx.commit().await.map(|()| out).map_err(pg),
@@ -612,10 +606,56 @@ impl PgStore {
     })
   }
 
+  /// A pooled connection.
+  async fn client(&self) -> Result<deadpool_postgres::Object> {
+    self.pool.get().await.map_err(|e| {
+      let detail = match &e {
+        deadpool_postgres::PoolError::Backend(b) => pg_detail(b),
+        other => other.to_string(),
+      };
+      Error::store(format!("cannot reach the session store {}: {detail}", self.shown))
+    })
+  }
+
+  /// Runs `f`, a read of one statement, on a pooled connection without a transaction around it
+  /// (a statement is atomic on its own): one round trip with the statement cache, where
+  /// [`Self::tx`] takes three (BEGIN, the statement, COMMIT). Behind PgBouncer
+  /// (`pgbouncer=true`) a statement's preparation and execution must share a server connection,
+  /// so it runs in a read-only transaction there. Retried on a dropped connection, as `tx`.
+  fn read<T>(&self, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+    self.block(async {
+      let mut attempt = 1;
+      loop {
+        let client = self.client().await?;
+        let wrap = !self.cache_statements;
+        let ran = async {
+          if wrap {
+            client.batch_execute("BEGIN READ ONLY").await.map_err(pg)?;
+          }
+          let out = f(&client).await;
+          if wrap {
+            match &out {
+              Ok(_) => client.batch_execute("COMMIT").await.map_err(pg)?,
+              Err(_) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+              }
+            }
+          }
+          out
+        }
+        .await;
+        match ran {
+          Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS => attempt += 1,
+          other => return other,
+        }
+      }
+    })
+  }
+
   /// The statement for `sql`, prepared once per pooled connection (deadpool's statement cache):
   /// a plain `query(&str)` would parse and plan it again on every call, one more round trip.
   /// Behind PgBouncer (`pgbouncer=true`) it is prepared unnamed in this transaction instead.
-  async fn prepared(&self, tx: &Transaction<'_>, sql: &str) -> Result<tokio_postgres::Statement> {
+  async fn prepared(&self, tx: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement> {
     if self.cache_statements {
       tx.prepare_cached(&self.sql(sql)).await.map_err(pg)
     } else {
@@ -623,17 +663,17 @@ impl PgStore {
     }
   }
 
-  async fn query(&self, tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+  async fn query(&self, tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
     let st = self.prepared(tx, sql).await?;
     tx.query(&st, params).await.map_err(pg)
   }
 
-  async fn opt(&self, tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+  async fn opt(&self, tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
     let st = self.prepared(tx, sql).await?;
     tx.query_opt(&st, params).await.map_err(pg)
   }
 
-  async fn exec(&self, tx: &Transaction<'_>, sql: &str, params: Params<'_>) -> Result<u64> {
+  async fn exec(&self, tx: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64> {
     let st = self.prepared(tx, sql).await?;
     tx.execute(&st, params).await.map_err(pg)
   }
@@ -682,12 +722,12 @@ impl PgStore {
 
   /// The schema version of the database.
   pub fn schema_version(&self) -> Result<i64> {
-    self.tx(async |tx| Ok(self.opt(tx, "SELECT version FROM {S}.schema_version", &[]).await?.map(|r| r.get(0)).unwrap_or(0)))
+    self.read(async |c| Ok(self.opt(c, "SELECT version FROM {S}.schema_version", &[]).await?.map(|r| r.get(0)).unwrap_or(0)))
   }
 
   // ---- sessions ---------------------------------------------------------------------------
 
-  async fn get_in(&self, tx: &Transaction<'_>, id: &str, user_id: &str) -> Result<Option<Session>> {
+  async fn get_in(&self, tx: &impl GenericClient, id: &str, user_id: &str) -> Result<Option<Session>> {
     let row =
       self.opt(tx, &format!("SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE id = $1 AND user_id = $2"), &[&id, &user_id]).await?;
     Ok(row.as_ref().map(|r| self.session_row(r)))
@@ -744,13 +784,13 @@ impl PgStore {
 
   /// One session of one user.
   pub fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
-    self.tx(async |tx| self.get_in(tx, id, user_id).await)
+    self.read(async |c| self.get_in(c, id, user_id).await)
   }
 
   /// Sessions of a user, newest activity first.
   pub fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     let (limit, offset) = (q.limit.min(i64::MAX as u64) as i64, q.offset.min(i64::MAX as u64) as i64);
-    self.tx(async |tx| {
+    self.read(async |tx| {
       let rows = self
         .query(
           tx,
@@ -903,7 +943,7 @@ impl PgStore {
 
   /// Counts a user's sessions.
   pub fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
-    self.tx(async |tx| {
+    self.read(async |tx| {
       let r = self
         .query(
           tx,
@@ -934,7 +974,7 @@ impl PgStore {
 
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
   pub fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
-    self.tx(async |tx| {
+    self.read(async |tx| {
       Ok(
         self
           .opt(
@@ -1223,7 +1263,7 @@ impl PgStore {
 
   /// Tasks of a session, oldest first.
   pub fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
-    self.tx(async |tx| {
+    self.read(async |tx| {
       let rows = self
         .query(
           tx,
@@ -1263,21 +1303,21 @@ impl PgStore {
 
   /// The fence of a task (the lease generation it ran under), for tests and diagnostics.
   pub fn task_fence(&self, task_id: &str) -> Result<Option<i64>> {
-    self.tx(async |tx| Ok(self.opt(tx, "SELECT fence FROM {S}.tasks WHERE id = $1", &[&task_id]).await?.and_then(|r| r.get(0))))
+    self.read(async |c| Ok(self.opt(c, "SELECT fence FROM {S}.tasks WHERE id = $1", &[&task_id]).await?.and_then(|r| r.get(0))))
   }
 
   // ---- the context meter ------------------------------------------------------------------
 
   /// The last context window reported for a model, if any.
   pub fn window_for(&self, model: &str) -> Result<Option<u64>> {
-    self.tx(async |tx| {
-      Ok(self.opt(tx, "SELECT context_window FROM {S}.model_windows WHERE model = $1", &[&model]).await?.map(|r| r.get::<_, i64>(0) as u64))
+    self.read(async |c| {
+      Ok(self.opt(c, "SELECT context_window FROM {S}.model_windows WHERE model = $1", &[&model]).await?.map(|r| r.get::<_, i64>(0) as u64))
     })
   }
 
   /// Compactions of a session, oldest first.
   pub fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
-    self.tx(async |tx| {
+    self.read(async |tx| {
       let rows = self
         .query(
           tx,

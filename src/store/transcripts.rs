@@ -15,8 +15,8 @@ use crate::store::TranscriptEntry;
 impl PgStore {
   /// The newest `seq` stored for the session (0: nothing stored).
   pub fn transcript_head(&self, session_id: &str) -> Result<i64> {
-    self.tx(async |tx| {
-      Ok(self.opt(tx, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
+    self.read(async |c| {
+      Ok(self.opt(c, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
     })
   }
 
@@ -53,7 +53,7 @@ impl PgStore {
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
   pub fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
-    self.tx(async |tx| {
+    self.read(async |tx| {
       let rows = self
         .query(
           tx,
@@ -67,7 +67,7 @@ impl PgStore {
 
   /// How many lines of one file of the session (`""`: the main transcript) are stored.
   pub fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
-    self.tx(async |tx| {
+    self.read(async |tx| {
       Ok(
         self
           .query(tx, "SELECT COUNT(*) FROM {S}.transcript_entries WHERE session_id = $1 AND subpath = $2", &[&session_id, &subpath])
