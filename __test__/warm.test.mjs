@@ -1,0 +1,172 @@
+// Warm sessions (issue #15): a session's CLI stays running between tasks; the real `claude` CLI
+// against the stand-in API. Which process ran a task is read from /proc (the processes whose argv
+// names the session), never from timing.
+import { test, before, after } from 'node:test'
+import { makeManager, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const task = (manager, extra = {}) => manager.executeTask({ projectId: 'p', userId: 'u', prompt: 'hello', ...extra })
+
+/** A manager with warm processes on (the default), closed after the test. */
+function warmManager(t, options = {}) {
+  const m = makeManager({ server, warmIdleMs: 600_000, ...options })
+  t.after(() => m.manager.close())
+  return m
+}
+
+/** Waits (up to `ms`) until `f()` is true; returns its last value. */
+async function eventually(f, ms = 15_000) {
+  const end = Date.now() + ms
+  while (!f() && Date.now() < end) await new Promise((r) => setTimeout(r, 50))
+  return f()
+}
+
+const same = (a, b) => a.length > 0 && JSON.stringify([...a].sort()) === JSON.stringify([...b].sort())
+
+test('warm: the second task on a session runs in the same CLI process, with the history', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+  const pids = processesMentioning(first.sessionId)
+  t.assert.ok(pids.length > 0, 'the CLI is still running after its task')
+  const second = await task(manager, { prompt: 'two', sessionId: first.sessionId })
+  t.assert.strictEqual(second.success, true, JSON.stringify(second.error))
+  t.assert.strictEqual(second.result, 'Echo #2: two')
+  t.assert.ok(same(processesMentioning(first.sessionId), pids), 'the same process ran the second task')
+  // Costs stay per task (differences of the CLI's cumulative figure), as cold.
+  t.assert.ok(second.cost > 0 && second.cost < first.cost * 1.5, `${second.cost} vs ${first.cost}`)
+  const s = await manager.getSession(first.sessionId, 'u')
+  t.assert.strictEqual(s.taskCount, 2)
+  t.assert.ok(Math.abs(s.totalCostUsd - (first.cost + second.cost)) < 1e-9)
+})
+
+test('warm: a changed model or permission mode starts a new process; the old one is gone', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  const a = processesMentioning(first.sessionId)
+  const second = await task(manager, { prompt: 'two', sessionId: first.sessionId, model: 'haiku' })
+  t.assert.strictEqual(second.result, 'Echo #2: two')
+  const b = processesMentioning(first.sessionId)
+  t.assert.ok(b.length > 0 && !b.some((p) => a.includes(p)), `new process for the new model: ${a} -> ${b}`)
+  t.assert.ok(server.requests.filter((r) => r.path === '/v1/messages').at(-1).body.model.includes('haiku'))
+  const third = await task(manager, { prompt: 'three', sessionId: first.sessionId, model: 'haiku', permissionMode: 'acceptEdits' })
+  t.assert.strictEqual(third.result, 'Echo #3: three')
+  const c = processesMentioning(first.sessionId)
+  t.assert.ok(c.length > 0 && !c.some((p) => b.includes(p)), `new process for the new permission mode: ${b} -> ${c}`)
+})
+
+test('warm: a task run by another manager in between makes the warm process close; the next task resumes cold with the whole history', async (t) => {
+  server.reset()
+  const dir = tempDir()
+  const { manager } = warmManager(t, { dir })
+  const other = makeManager({ server, dir, warmIdleMs: 0 }).manager
+  t.after(() => other.close())
+  const first = await task(manager, { prompt: 'one' })
+  const warmPids = processesMentioning(first.sessionId)
+  t.assert.ok(warmPids.length > 0)
+  const elsewhere = await task(other, { prompt: 'two', sessionId: first.sessionId })
+  t.assert.strictEqual(elsewhere.result, 'Echo #2: two')
+  const third = await task(manager, { prompt: 'three', sessionId: first.sessionId })
+  // A stale warm process would answer from its own memory: `Echo #2`.
+  t.assert.strictEqual(third.result, 'Echo #3: three')
+  const now = processesMentioning(first.sessionId)
+  t.assert.ok(!now.some((p) => warmPids.includes(p)), 'the stale process is gone')
+  t.assert.deepStrictEqual((await manager.listTasks(first.sessionId, 'u')).map((x) => x.status), ['succeeded', 'succeeded', 'succeeded'])
+})
+
+test('warm: an idle process is closed after warmIdleMs', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t, { warmIdleMs: 300 })
+  const r = await task(manager)
+  t.assert.strictEqual(r.success, true)
+  t.assert.ok(processesMentioning(r.sessionId).length > 0, 'kept running after the task')
+  t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0), 'closed once idle')
+  // The session goes on, cold-started again.
+  const again = await task(manager, { prompt: 'again', sessionId: r.sessionId })
+  t.assert.strictEqual(again.result, 'Echo #2: again')
+})
+
+test('warm: maxWarmSessions closes the least recently used idle process', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t, { maxWarmSessions: 1 })
+  const a = await task(manager, { prompt: 'a' })
+  t.assert.ok(processesMentioning(a.sessionId).length > 0)
+  const b = await task(manager, { prompt: 'b' })
+  t.assert.ok(processesMentioning(b.sessionId).length > 0)
+  t.assert.ok(await eventually(() => processesMentioning(a.sessionId).length === 0), 'the older one was evicted')
+})
+
+test('warm: close() leaves no CLI running', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server, warmIdleMs: 600_000 })
+  const a = await task(manager, { prompt: 'a' })
+  const b = await task(manager, { prompt: 'b' })
+  t.assert.ok(processesMentioning(a.sessionId).length > 0 && processesMentioning(b.sessionId).length > 0)
+  await manager.close()
+  t.assert.deepStrictEqual(processesMentioning(a.sessionId), [])
+  t.assert.deepStrictEqual(processesMentioning(b.sessionId), [])
+})
+
+test('warm: warmIdleMs 0 keeps today\'s path: one process per task, gone when the task is', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server, warmIdleMs: 0 })
+  t.after(() => manager.close())
+  const r = await task(manager)
+  t.assert.strictEqual(r.success, true)
+  t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0))
+})
+
+test('warm: abort interrupts the turn; the process stays and the session goes on in it', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'before' })
+  const pids = processesMentioning(first.sessionId)
+  server.enqueue({ text: 'a very slow answer that streams word by word for a long time indeed', chunkDelayMs: 1000 })
+  const controller = new AbortController()
+  let aborted = false
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'slow', sessionId: first.sessionId, includePartialMessages: true },
+    {
+      signal: controller.signal,
+      onEvent: (e) => {
+        if (e.type === 'stream_event' && !aborted) {
+          aborted = true
+          controller.abort()
+        }
+      },
+    },
+  )
+  t.assert.ok(aborted)
+  t.assert.strictEqual(r.success, false)
+  t.assert.strictEqual(r.error.code, 'ABORTED')
+  t.assert.strictEqual((await manager.listTasks(first.sessionId, 'u')).at(-1).status, 'aborted')
+  t.assert.ok(same(processesMentioning(first.sessionId), pids), 'the interrupt kept the process')
+  const next = await task(manager, { prompt: 'after', sessionId: first.sessionId })
+  t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
+  t.assert.ok(same(processesMentioning(first.sessionId), pids), 'and the next task ran in it')
+})
+
+test('warm: maxBudgetUsd is per task, not per process', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  const pids = processesMentioning(first.sessionId)
+  // One stand-in turn costs more than this.
+  const over = await task(manager, { prompt: 'two', sessionId: first.sessionId, maxBudgetUsd: first.cost / 10 })
+  t.assert.strictEqual(over.success, false)
+  t.assert.strictEqual(over.error.code, 'BUDGET_EXCEEDED')
+  // A process-wide budget would now refuse every prompt; a task's own budget does not.
+  const within = await task(manager, { prompt: 'three', sessionId: first.sessionId, maxBudgetUsd: first.cost * 10 })
+  t.assert.strictEqual(within.success, true, JSON.stringify(within.error))
+  t.assert.strictEqual(within.result, 'Echo #3: three')
+  t.assert.ok(same(processesMentioning(first.sessionId), pids), 'all in one process')
+})

@@ -1,0 +1,269 @@
+//! Warm sessions: after a task, the session's CLI stays running (`warmIdleMs`), and the next task
+//! on the session is one line on its stdin. The pool of idle processes, the checks that decide
+//! whether one may be used, and the per-task budget a warm process cannot enforce itself.
+//!
+//! A warm process is used only when
+//! - it was started with the argv and environment this task asks for (model, permission mode,
+//!   tools, system prompt append, working directory, environment, permission prompts), and
+//! - no task ran on the session since its last one, in this process or another: the session's
+//!   `task_count`, read with the lease, must be the one it left behind. A task that ran
+//!   elsewhere appended to the transcript this process does not see; using it would split the
+//!   transcript into two branches. Such a process is killed (not closed: on stdin EOF it would
+//!   append its stale metadata) and the task resumes cold from the transcript.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{EventSink, Manager};
+use crate::cli::stream::{Kind, Line};
+use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmProcess};
+use crate::context;
+use crate::error::Result;
+use crate::store::Session;
+
+/// How long a closing warm process gets between stdin EOF and SIGTERM.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long an interrupted turn gets to end before its process group is stopped.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+
+/// A warm process with what decides whether it may run the next task.
+pub(crate) struct Warm {
+  proc: WarmProcess,
+  /// The argv (without the session flags) and environment it was started with.
+  key: String,
+  /// The session's `task_count` once its last task is recorded.
+  seen_tasks: u64,
+  /// The key proxy's token the process uses: revoked when the process is gone.
+  token: Option<TaskToken>,
+}
+
+struct Idle {
+  warm: Warm,
+  last_used: Instant,
+  generation: u64,
+}
+
+/// The idle warm processes of one manager, by session.
+#[derive(Default)]
+pub(crate) struct WarmPool {
+  idle: Mutex<HashMap<String, Idle>>,
+  /// Processes running a task (not in `idle`).
+  in_use: AtomicU64,
+  generation: AtomicU64,
+  closed: std::sync::atomic::AtomicBool,
+  /// Closings started in the background (idle timeout, eviction), awaited by `shutdown`.
+  closing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+  m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WarmPool {
+  fn take(&self, session_id: &str) -> Option<Warm> {
+    lock(&self.idle).remove(session_id).map(|i| i.warm)
+  }
+
+  /// Ends a warm process: closed (stdin EOF, then signals), or killed when `stale`. Its token
+  /// is revoked once it is gone.
+  async fn retire(w: Warm, stale: bool) {
+    let Warm { proc, token, .. } = w;
+    let (spec, pid) = (proc.spec().clone(), proc.pid());
+    let killed = if stale {
+      proc.kill().await;
+      true
+    } else {
+      proc.close(CLOSE_GRACE).await
+    };
+    if killed {
+      super::tasks::remove_per_process_files(&spec, pid);
+    }
+    drop(token);
+  }
+
+  fn retire_later(&self, w: Warm) {
+    let h = tokio::spawn(Self::retire(w, false));
+    let mut c = lock(&self.closing);
+    c.retain(|h| !h.is_finished());
+    c.push(h);
+  }
+
+  /// Puts a process back after its task, starts its idle timer and keeps the pool within its
+  /// cap. Gives it back when the pool is closed.
+  fn put(self: &Arc<Self>, session_id: &str, warm: Warm, idle_for: Duration, cap: usize) -> Option<Warm> {
+    let generation = self.generation.fetch_add(1, Ordering::SeqCst);
+    let evicted = {
+      let mut idle = lock(&self.idle);
+      if self.closed.load(Ordering::SeqCst) {
+        return Some(warm);
+      }
+      if let Some(old) = idle.insert(session_id.to_owned(), Idle { warm, last_used: Instant::now(), generation }) {
+        // Cannot happen (one task per session at a time); never leave one running unseen.
+        self.retire_later(old.warm);
+      }
+      let mut evicted = vec![];
+      while idle.len() as u64 + self.in_use.load(Ordering::SeqCst) > cap as u64 {
+        let Some(oldest) = idle.iter().min_by_key(|(_, i)| i.last_used).map(|(k, _)| k.clone()) else { break };
+        if let Some(i) = idle.remove(&oldest) {
+          evicted.push(i.warm);
+        }
+      }
+      evicted
+    };
+    for w in evicted {
+      self.retire_later(w);
+    }
+    let (pool, sid) = (Arc::downgrade(self), session_id.to_owned());
+    tokio::spawn(async move {
+      tokio::time::sleep(idle_for).await;
+      let Some(pool) = pool.upgrade() else { return };
+      let expired = {
+        let mut idle = lock(&pool.idle);
+        match idle.get(&sid) {
+          Some(i) if i.generation == generation => idle.remove(&sid),
+          _ => None,
+        }
+      };
+      if let Some(i) = expired {
+        pool.retire_later(i.warm);
+      }
+    });
+    None
+  }
+
+  /// Closes every idle process and waits for every closing to end; later returns are refused.
+  pub(crate) async fn shutdown(&self) {
+    self.closed.store(true, Ordering::SeqCst);
+    let all: Vec<Warm> = lock(&self.idle).drain().map(|(_, i)| i.warm).collect();
+    let closing: Vec<_> = lock(&self.closing).drain(..).collect();
+    let mut handles: Vec<_> = all.into_iter().map(|w| tokio::spawn(Self::retire(w, false))).collect();
+    handles.extend(closing);
+    for h in handles {
+      let _ = h.await;
+    }
+  }
+
+  /// The pid of the session's idle warm process, if any.
+  pub(crate) fn idle_pid(&self, session_id: &str) -> Option<u32> {
+    lock(&self.idle).get(session_id).and_then(|i| i.warm.proc.pid())
+  }
+}
+
+/// What decides whether a warm process fits a task: its argv without the session flags, its
+/// working directory and its environment (before the key proxy's token replaces the key).
+fn fingerprint(cli: &CliArgs, spec: &RunSpec, permission_prompts: bool) -> String {
+  let args = cli::warm_args(&CliArgs { session: None, ..cli.clone() }, permission_prompts);
+  let mut env = spec.env.clone();
+  env.sort();
+  serde_json::to_string(&json!({ "program": spec.program, "args": args, "cwd": spec.cwd, "env": env })).unwrap_or_default()
+}
+
+impl Manager {
+  /// Whether a task of this kind runs in a warm process.
+  pub(crate) fn runs_warm(&self, kind: &str, can_use_tool: bool) -> bool {
+    kind == "task" && (self.cfg.warm_idle.is_some() || can_use_tool)
+  }
+
+  /// Kills the session's idle warm process: before any other CLI runs on the session (a
+  /// compaction, a cold task), and when the session is deleted.
+  pub(crate) async fn drop_warm(&self, session_id: &str) {
+    if let Some(w) = self.warm.take(session_id) {
+      WarmPool::retire(w, true).await;
+    }
+  }
+
+  /// The pid of the session's idle warm process (for tests and `info`).
+  pub fn warm_pid(&self, session_id: &str) -> Option<u32> {
+    self.warm.idle_pid(session_id)
+  }
+
+  /// Runs a task's prompt in the session's warm process, or in a new one started for it (which
+  /// is then kept, within `warmIdleMs` and `maxWarmSessions`). `session` is the row read with the
+  /// lease.
+  #[allow(clippy::too_many_arguments, reason = "the parts of one run, passed once by run_locked")]
+  pub(crate) async fn run_warm(
+    &self,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    session: &Session,
+    task_id: &str,
+    cli: &CliArgs,
+    mut spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: &CancelToken,
+    include_partials: bool,
+    can_use_tool: Option<CanUseTool>,
+  ) -> Result<RunOutcome> {
+    let key = fingerprint(cli, &spec, can_use_tool.is_some());
+    let mut warm = None;
+    if let Some(mut w) = self.warm.take(&session.id) {
+      let fits = w.key == key && w.proc.alive();
+      let fresh = w.seen_tasks == session.task_count;
+      if fits && fresh {
+        warm = Some(w);
+      } else {
+        WarmPool::retire(w, !fresh).await;
+      }
+    }
+    let mut warm = match warm {
+      Some(w) => w,
+      None => {
+        spec.args = cli::warm_args(cli, can_use_tool.is_some());
+        let token = self.secure(&mut spec).await?;
+        let proc = WarmProcess::start(spec.clone())?;
+        Warm { proc, key, seen_tasks: 0, token }
+      }
+    };
+    self.warm.in_use.fetch_add(1, Ordering::SeqCst);
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
+    }
+    let forward = |line: &Line| {
+      if let Some(s) = &sink {
+        if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
+          s(line.raw.clone());
+        }
+      }
+    };
+    let opts = TurnOptions {
+      timeout: spec.timeout,
+      stall_timeout: spec.stall_timeout,
+      can_use_tool: can_use_tool.map(|h| (h, self.cfg.permission_timeout)),
+      interrupt_grace: INTERRUPT_GRACE,
+    };
+    let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
+    self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
+    enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
+    let keep = self.cfg.warm_idle.filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
+    match keep {
+      Some(idle_for) => {
+        warm.seen_tasks = session.task_count + 1;
+        if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
+          WarmPool::retire(w, false).await;
+        }
+      }
+      None => {
+        let dead = !warm.proc.alive();
+        WarmPool::retire(warm, dead).await;
+      }
+    }
+    drop(permit);
+    Ok(out)
+  }
+}
+
+/// `maxBudgetUsd` for a warm process, per task: the task's cost is the difference of the CLI's
+/// cumulative figure and the session's watermark, as for every task; a task that went over it
+/// ends as the CLI's own budget stop does (`error_max_budget_usd`, so `BUDGET_EXCEEDED`).
+fn enforce_budget(out: &mut RunOutcome, budget: Option<f64>, watermark: f64) {
+  let (Some(budget), Some(r)) = (budget, out.result.as_mut()) else { return };
+  let (cost, _) = context::task_cost(r, watermark);
+  if cost > budget && !r.is_error {
+    r.subtype = "error_max_budget_usd".into();
+    r.is_error = true;
+    r.result = Some(format!("Reached maximum budget (${budget})"));
+  }
+}
