@@ -208,6 +208,14 @@ export interface ExecuteOptions {
   onEvent?: (event: { type: string; subtype?: string; [key: string]: any }) => void
   /** Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`. */
   signal?: AbortSignal
+  /**
+   * The Agent SDK's permission callback (`executeTask` only): asked before a tool that needs
+   * permission runs (the CLI runs with `--permission-prompt-tool=stdio`). `signal` aborts when
+   * the CLI withdraws the request (the task was aborted) or nobody decided within the
+   * manager's `permissionTimeoutMs` (the answer is then deny). A throw, a rejection or an answer
+   * that is neither allow nor deny denies.
+   */
+  canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>
 }
 
 /** `fork`. */

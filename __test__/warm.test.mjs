@@ -2,6 +2,8 @@
 // against the stand-in API. Which process ran a task is read from /proc (the processes whose argv
 // names the session), never from timing.
 import { test, before, after } from 'node:test'
+import fs from 'node:fs'
+import path from 'node:path'
 import { makeManager, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
 
 let server
@@ -169,4 +171,123 @@ test('warm: maxBudgetUsd is per task, not per process', async (t) => {
   t.assert.strictEqual(within.success, true, JSON.stringify(within.error))
   t.assert.strictEqual(within.result, 'Echo #3: three')
   t.assert.ok(same(processesMentioning(first.sessionId), pids), 'all in one process')
+})
+
+// Permission prompts: `executeTask(request, { canUseTool })` over --permission-prompt-tool=stdio.
+function writeCall(work, name, content = 'from the agent\n') {
+  const file = path.join(work, name)
+  server.enqueue({ toolUse: { name: 'Write', input: { file_path: file, content } } }, { text: 'Done.' })
+  return file
+}
+
+test('canUseTool: allow runs the tool; the callback gets the SDK arguments', async (t) => {
+  server.reset()
+  const { manager, work } = warmManager(t)
+  const file = writeCall(work, 'allowed.txt')
+  const calls = []
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'write it', permissionMode: 'default' },
+    {
+      canUseTool: async (toolName, input, options) => {
+        calls.push({ toolName, input, options })
+        return { behavior: 'allow' }
+      },
+    },
+  )
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.strictEqual(calls.length, 1)
+  t.assert.strictEqual(calls[0].toolName, 'Write')
+  t.assert.strictEqual(calls[0].input.file_path, file)
+  t.assert.ok(calls[0].options.signal instanceof AbortSignal)
+  t.assert.strictEqual(calls[0].options.signal.aborted, false)
+  t.assert.ok(Array.isArray(calls[0].options.suggestions))
+  t.assert.match(calls[0].options.toolUseID, /^toolu_/)
+  t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'from the agent\n')
+  t.assert.deepStrictEqual(r.permissionDenials, [])
+})
+
+test('canUseTool: allow with updatedInput runs the tool with the host\'s input', async (t) => {
+  server.reset()
+  const { manager, work } = warmManager(t)
+  const file = writeCall(work, 'edited.txt')
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'write it', permissionMode: 'default' },
+    { canUseTool: async (_name, input) => ({ behavior: 'allow', updatedInput: { ...input, content: 'REWRITTEN by host\n' } }) },
+  )
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'REWRITTEN by host\n')
+})
+
+test('canUseTool: deny keeps the tool from running and is listed in permissionDenials', async (t) => {
+  server.reset()
+  const { manager, work } = warmManager(t)
+  const file = writeCall(work, 'denied.txt')
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'write it', permissionMode: 'default' },
+    { canUseTool: async () => ({ behavior: 'deny', message: 'host says no' }) },
+  )
+  t.assert.strictEqual(fs.existsSync(file), false)
+  t.assert.strictEqual(r.permissionDenials.length, 1)
+  t.assert.strictEqual(r.permissionDenials[0].tool_name, 'Write')
+  // The model was told why.
+  const toolResult = JSON.stringify(server.requests.filter((x) => x.path === '/v1/messages').at(-1).body.messages.at(-1))
+  t.assert.match(toolResult, /host says no/)
+})
+
+test('canUseTool: nobody deciding within permissionTimeoutMs denies, and the signal aborts', async (t) => {
+  server.reset()
+  const { manager, work } = warmManager(t, { permissionTimeoutMs: 500, warmIdleMs: 0 })
+  const file = writeCall(work, 'late.txt')
+  let signal
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'write it', permissionMode: 'default' },
+    {
+      canUseTool: (_name, _input, options) => {
+        signal = options.signal
+        return new Promise(() => {})
+      },
+    },
+  )
+  t.assert.strictEqual(fs.existsSync(file), false)
+  t.assert.strictEqual(r.permissionDenials.length, 1)
+  t.assert.ok(signal?.aborted, 'the callback was told to stop')
+  t.assert.match(JSON.stringify(server.requests.filter((x) => x.path === '/v1/messages').at(-1).body.messages.at(-1)), /nobody decided/)
+  // With warm processes off, the process that asked is gone with its task.
+  t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0))
+})
+
+test('canUseTool: a throwing callback denies; an abort while it waits withdraws the request (signal aborts) and the session stays usable', async (t) => {
+  server.reset()
+  const { manager, work } = warmManager(t)
+  const thrown = writeCall(work, 'thrown.txt')
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'write it', permissionMode: 'default' },
+    {
+      canUseTool: () => {
+        throw new Error('callback broke')
+      },
+    },
+  )
+  t.assert.strictEqual(fs.existsSync(thrown), false)
+  t.assert.strictEqual(r.permissionDenials.length, 1)
+
+  const pending = writeCall(work, 'pending.txt')
+  const controller = new AbortController()
+  let signal
+  const aborted = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'write again', permissionMode: 'default', sessionId: r.sessionId },
+    {
+      signal: controller.signal,
+      canUseTool: (_name, _input, options) => {
+        signal = options.signal
+        setImmediate(() => controller.abort())
+        return new Promise(() => {})
+      },
+    },
+  )
+  t.assert.strictEqual(aborted.error?.code, 'ABORTED')
+  t.assert.strictEqual(fs.existsSync(pending), false)
+  t.assert.ok(await eventually(() => signal?.aborted), 'the callback was told to stop')
+  const next = await task(manager, { prompt: 'after', sessionId: r.sessionId })
+  t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
 })

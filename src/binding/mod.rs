@@ -17,6 +17,7 @@ use crate::{context, sessions as manager, store};
 mod convert;
 mod errors;
 mod hooks;
+mod permissions;
 mod requests;
 mod results;
 mod tokens;
@@ -297,9 +298,10 @@ impl SessionManager {
   pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
+    let can_use_tool = permissions::read_can_use_tool(env, options);
     with_hooks(env, "executeTask", options, move |sink, cancel| async move {
       let r: manager::TaskRequest = parse::<TaskRequest>("executeTask", request?)?.into();
-      m.execute_task(r, sink, cancel).await
+      m.execute_task_with(r, sink, cancel, can_use_tool?).await
     })
   }
 

@@ -182,6 +182,15 @@ pub struct ExecuteOptions {
   /// Aborting it stops the CLI's whole process group; the task resolves with `ABORTED`.
   #[napi(ts_type = "AbortSignal")]
   pub signal: Option<napi::bindgen_prelude::Unknown<'static>>,
+  /// The Agent SDK's permission callback (`executeTask` only): asked before a tool that needs
+  /// permission runs (the CLI runs with `--permission-prompt-tool=stdio`). `signal` aborts when
+  /// the CLI withdraws the request (the task was aborted) or nobody decided within the
+  /// manager's `permissionTimeoutMs` (the answer is then deny). A throw, a rejection or an answer
+  /// that is neither allow nor deny denies.
+  #[napi(
+    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
+  )]
+  pub can_use_tool: Option<napi::bindgen_prelude::Unknown<'static>>,
 }
 
 /// Extra host folders the sandbox shows the agent (absolute paths).
