@@ -94,6 +94,18 @@ export declare class SessionManager {
    * per-task proxy, and where the addon keeps its state.
    */
   info(): ManagerInfo
+  /**
+   * Adds a message to the task running on the session (in a warm process of this manager):
+   * the CLI runs it after the current prompt and the task ends at its result. Rejects with
+   * `INVALID_ARGUMENT` when no task of this manager is running there.
+   */
+  sendMessage(request: SendMessageRequest): Promise<void>
+  /**
+   * The session's context: the CLI's own breakdown (`get_context_usage`, no API call) when it
+   * has a warm process here (`{ source: 'cli', usage: { categories, totalTokens, maxTokens,
+   * percentage, ... } }`), else the stored meter (`{ source: 'store', contextInfo }`).
+   */
+  getContextUsage(sessionId: string, userId: string): Promise<{ source: 'cli'; usage: Record<string, any> } | { source: 'store'; contextInfo: ContextInfo }>
   /** Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`. */
   close(): Promise<void>
 }
@@ -351,6 +363,14 @@ export interface SandboxPaths {
   readOnly?: Array<string>
   /** Shown read-write. */
   readWrite?: Array<string>
+}
+
+/** `sendMessage`: a message for the task running on a session. */
+export interface SendMessageRequest {
+  sessionId: string
+  userId: string
+  /** Plain text (not a slash command); it reaches the CLI on stdin. */
+  prompt: string
 }
 
 /** A persisted session. Its `id` is the id the `claude` CLI uses for the conversation. */

@@ -291,3 +291,47 @@ test('canUseTool: a throwing callback denies; an abort while it waits withdraws 
   const next = await task(manager, { prompt: 'after', sessionId: r.sessionId })
   t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
 })
+
+test('sendMessage: a message sent while a task runs is answered in that task; with no task running it is refused', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  server.enqueue({ text: 'a slow first answer', delayMs: 1500 })
+  let sent
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
+    {
+      onEvent: (e) => {
+        if (e.type === 'system' && e.subtype === 'init' && !sent) {
+          sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'and also this' })
+        }
+      },
+    },
+  )
+  await sent
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  // The model saw the steered message after its answer to the prompt, in the same task.
+  t.assert.strictEqual(r.result, 'Echo #3: and also this')
+  t.assert.strictEqual(server.requests.filter((x) => x.path === '/v1/messages').length, 3)
+  t.assert.deepStrictEqual((await manager.listTasks(first.sessionId, 'u')).map((x) => x.status), ['succeeded', 'succeeded'])
+  await t.assert.rejects(manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'nobody listens' }), { code: 'INVALID_ARGUMENT' })
+  await t.assert.rejects(manager.sendMessage({ sessionId: first.sessionId, userId: 'someone-else', prompt: 'x' }), { code: 'SESSION_NOT_FOUND' })
+})
+
+test('getContextUsage: the CLI\'s own breakdown from a warm process, else the stored meter', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const r = await task(manager)
+  const before = server.requests.length
+  const live = await manager.getContextUsage(r.sessionId, 'u')
+  t.assert.strictEqual(live.source, 'cli')
+  t.assert.ok(live.usage.totalTokens > 0, JSON.stringify(live))
+  t.assert.ok(Array.isArray(live.usage.categories) && live.usage.categories.length > 0)
+  t.assert.strictEqual(server.requests.length, before, 'summary mode makes no API call')
+  const cold = makeManager({ server, warmIdleMs: 0 }).manager
+  t.after(() => cold.close())
+  const c = await task(cold)
+  const stored = await cold.getContextUsage(c.sessionId, 'u')
+  t.assert.strictEqual(stored.source, 'store')
+  t.assert.strictEqual(stored.contextInfo.estimatedTokens, c.contextInfo.estimatedTokens)
+})

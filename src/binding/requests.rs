@@ -167,6 +167,17 @@ pub struct TaskRequest {
   pub queue_timeout_ms: Option<f64>,
 }
 
+/// `sendMessage`: a message for the task running on a session.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendMessageRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// Plain text (not a slash command); it reaches the CLI on stdin.
+  pub prompt: String,
+}
+
 /// How a caller follows and cancels a task. Read by `hooks` (functions and signals are no JSON).
 #[allow(dead_code, reason = "typing only: hooks::read_execute_options reads it from the JS object")]
 #[napi(object, object_from_js = false)]

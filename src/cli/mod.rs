@@ -17,4 +17,4 @@ pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};
 pub use sandbox::Sandbox;
-pub use warm::{warm_args, CanUseTool, PermissionRequest, TurnOptions, WarmProcess};
+pub use warm::{warm_args, CanUseTool, PermissionRequest, TurnOptions, WarmHandle, WarmProcess};

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::args::{build_args, CliArgs};
 use super::run::{spawn, stderr_tail, stop_group, CancelToken, EndReason, Output, Proc, RunOutcome, RunSpec};
-use super::stream::{self, ContextTracker, Line};
+use super::stream::{self, ContextTracker, Kind, Line};
 use crate::error::{Error, ErrorCode, Result};
 
 /// A `can_use_tool` request of the CLI, as the host's callback sees it.
@@ -76,6 +76,52 @@ pub struct TurnOptions {
   pub interrupt_grace: Duration,
 }
 
+/// Control requests and steering for a warm process, usable while a task runs in it. Writes go
+/// through the process's one stdin writer.
+#[derive(Clone)]
+pub struct WarmHandle {
+  out: Writer,
+  shared: Arc<Shared>,
+}
+
+impl WarmHandle {
+  /// Sends a control request; the receiver gets the CLI's `response` (or its error).
+  pub fn control(&self, request: Value) -> oneshot::Receiver<std::result::Result<Value, String>> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (tx, rx) = oneshot::channel();
+    lock(&self.shared.pending).insert(id.clone(), tx);
+    if !send(&self.out, &json!({ "type": "control_request", "request_id": id, "request": request })) {
+      lock(&self.shared.pending).remove(&id);
+    }
+    rx
+  }
+
+  /// Sends a control request and waits up to `limit` for its answer.
+  pub async fn ask(&self, request: Value, limit: Duration) -> Result<Value> {
+    match tokio::time::timeout(limit, self.control(request)).await {
+      Ok(Ok(Ok(v))) => Ok(v),
+      Ok(Ok(Err(e))) => Err(Error::new(ErrorCode::CliError, format!("the CLI refused the request: {e}"))),
+      Ok(Err(_)) => Err(Error::new(ErrorCode::CliError, "the CLI exited before it answered")),
+      Err(_) => Err(Error::new(ErrorCode::Timeout, format!("the CLI did not answer within {} ms", limit.as_millis()))),
+    }
+  }
+
+  /// Adds a user message to the running task: the CLI queues it and runs it after the current
+  /// prompt, and the task ends at its result. False when no task is running (or it is ending).
+  pub fn steer(&self, text: &str) -> bool {
+    let mut turn = lock(&self.shared.turn);
+    let Some(t) = turn.as_mut() else { return false };
+    if self.shared.closed.load(Ordering::SeqCst) {
+      return false;
+    }
+    let uuid = uuid::Uuid::new_v4().to_string();
+    // Registered before it is written, so that its lifecycle lines find it.
+    t.uuids.push(uuid.clone());
+    t.outstanding.push(uuid.clone());
+    send(&self.out, &user_line(text, &uuid))
+  }
+}
+
 enum Event {
   Line(Line),
   Malformed(String),
@@ -85,10 +131,23 @@ enum Event {
   Closed,
 }
 
+/// The running task's prompts: its own and the ones steered into it (`steer`). The CLI runs them
+/// one after the other, each to its own `result`; the task ends at the result after which none
+/// of them is left.
 struct Turn {
-  uuid: String,
-  started: bool,
+  uuids: Vec<String>,
+  /// Written and not yet `completed`/`cancelled`.
+  outstanding: Vec<String>,
+  /// The one the CLI said it started last.
+  current: Option<String>,
   tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Turn {
+  /// Whether a `result` now ends the task: no prompt of it but the running one is left.
+  fn last_result(&self) -> bool {
+    self.outstanding.iter().all(|u| Some(u) == self.current.as_ref())
+  }
 }
 
 type Pending = oneshot::Sender<std::result::Result<Value, String>>;
@@ -118,7 +177,7 @@ fn send(out: &Writer, v: &Value) -> bool {
 impl Shared {
   /// Hands an event to the running turn, if it is the task's (started and not over).
   fn to_turn(&self, ev: Event) {
-    if let Some(t) = lock(&self.turn).as_ref().filter(|t| t.started) {
+    if let Some(t) = lock(&self.turn).as_ref().filter(|t| t.current.is_some()) {
       let _ = t.tx.send(ev);
     }
   }
@@ -177,28 +236,12 @@ impl WarmProcess {
 
   /// Sends a control request; the receiver gets the CLI's `response` (or its error).
   pub fn control(&self, request: Value) -> oneshot::Receiver<std::result::Result<Value, String>> {
-    let id = uuid::Uuid::new_v4().to_string();
-    let (tx, rx) = oneshot::channel();
-    lock(&self.shared.pending).insert(id.clone(), tx);
-    if !send(&self.out, &json!({ "type": "control_request", "request_id": id, "request": request })) {
-      lock(&self.shared.pending).remove(&id);
-    }
-    rx
+    self.handle().control(request)
   }
 
-  /// Sends a control request and waits up to `limit` for its answer.
-  pub async fn ask(&self, request: Value, limit: Duration) -> Result<Value> {
-    match tokio::time::timeout(limit, self.control(request)).await {
-      Ok(Ok(Ok(v))) => Ok(v),
-      Ok(Ok(Err(e))) => Err(Error::new(ErrorCode::CliError, format!("the CLI refused the request: {e}"))),
-      Ok(Err(_)) => Err(Error::new(ErrorCode::CliError, "the CLI exited before it answered")),
-      Err(_) => Err(Error::new(ErrorCode::Timeout, format!("the CLI did not answer within {} ms", limit.as_millis()))),
-    }
-  }
-
-  /// Writes a user message while a turn runs (the CLI queues it into the conversation).
-  pub fn steer(&self, text: &str) -> bool {
-    !self.dead && send(&self.out, &user_line(text, &uuid::Uuid::new_v4().to_string()))
+  /// A handle for control requests and steering from elsewhere while the process is kept.
+  pub fn handle(&self) -> WarmHandle {
+    WarmHandle { out: self.out.clone(), shared: self.shared.clone() }
   }
 
   /// Runs one prompt to its `result`: the outcome as a cold run reports it. The process stays
@@ -209,7 +252,7 @@ impl WarmProcess {
     let mut tracker = ContextTracker::default();
     let uuid = uuid::Uuid::new_v4().to_string();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    *lock(&self.shared.turn) = Some(Turn { uuid: uuid.clone(), started: false, tx });
+    *lock(&self.shared.turn) = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, tx });
     *lock(&self.shared.permissions) = o.can_use_tool.clone();
     let far = Duration::from_secs(60 * 60 * 24 * 365);
     let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
@@ -228,7 +271,14 @@ impl WarmProcess {
             Some(Event::Line(line)) => {
               out.observe(&mut tracker, &line.kind);
               on_line(&line);
-              if out.result.is_some() { break; }
+              if matches!(line.kind, Kind::Result(_)) {
+                // Closed in the same step, so that nothing is steered into a task that ended.
+                let mut turn = lock(&self.shared.turn);
+                if turn.as_ref().is_none_or(Turn::last_result) {
+                  *turn = None;
+                  break;
+                }
+              }
             }
             Some(Event::Malformed(m)) => out.malformed.push(m),
             Some(Event::Done) => break,
@@ -396,11 +446,14 @@ async fn read_loop(stdout: Output, shared: Arc<Shared>, out: Writer) {
       "command_lifecycle" => {
         let (id, state) = (str_of(&line.raw, "command_uuid"), str_of(&line.raw, "state"));
         let mut turn = lock(&shared.turn);
-        if let Some(t) = turn.as_mut().filter(|t| t.uuid == id) {
+        if let Some(t) = turn.as_mut().filter(|t| t.uuids.contains(&id)) {
           match state.as_str() {
-            "started" => t.started = true,
+            "started" => t.current = Some(id),
             "completed" | "cancelled" => {
-              let _ = t.tx.send(Event::Done);
+              t.outstanding.retain(|u| *u != id);
+              if t.outstanding.is_empty() {
+                let _ = t.tx.send(Event::Done);
+              }
             }
             _ => {}
           }

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{EventSink, Manager};
 use crate::cli::stream::{Kind, Line};
-use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmProcess};
+use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 use crate::store::Session;
 
 /// How long a closing warm process gets between stdin EOF and SIGTERM.
@@ -55,6 +55,8 @@ pub(crate) struct WarmPool {
   in_use: AtomicU64,
   generation: AtomicU64,
   closed: std::sync::atomic::AtomicBool,
+  /// Handles of the processes running a task, by session (steering, control requests).
+  running: Mutex<HashMap<String, WarmHandle>>,
   /// Closings started in the background (idle timeout, eviction), awaited by `shutdown`.
   closing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -147,9 +149,12 @@ impl WarmPool {
     }
   }
 
-  /// The pid of the session's idle warm process, if any.
-  pub(crate) fn idle_pid(&self, session_id: &str) -> Option<u32> {
-    lock(&self.idle).get(session_id).and_then(|i| i.warm.proc.pid())
+  /// A handle of the session's warm process, running a task or idle.
+  fn handle(&self, session_id: &str) -> Option<WarmHandle> {
+    if let Some(h) = lock(&self.running).get(session_id) {
+      return Some(h.clone());
+    }
+    lock(&self.idle).get(session_id).map(|i| i.warm.proc.handle())
   }
 }
 
@@ -176,9 +181,41 @@ impl Manager {
     }
   }
 
-  /// The pid of the session's idle warm process (for tests and `info`).
-  pub fn warm_pid(&self, session_id: &str) -> Option<u32> {
-    self.warm.idle_pid(session_id)
+  /// Adds a message to the task running on the session (in this manager, in a warm process):
+  /// the CLI queues it after the current prompt, and the task ends at its result (its `result`
+  /// text is then the answer to the last message).
+  pub async fn send_message(&self, session_id: &str, user_id: &str, prompt: &str) -> Result<()> {
+    self.check_open()?;
+    if prompt.trim().is_empty() || prompt.contains('\0') || prompt.len() > crate::validate::MAX_PROMPT_BYTES {
+      return Err(Error::invalid("prompt must be a non-empty string without NUL bytes, within the prompt size limit"));
+    }
+    let first = prompt.split_whitespace().next().unwrap_or("");
+    if first.starts_with('/') {
+      return Err(Error::invalid("a message sent to a running task is text; slash commands cannot be sent this way"));
+    }
+    let s = self.get_session(session_id, user_id).await?;
+    let running = lock(&self.warm.running).get(&s.id).cloned();
+    match running {
+      Some(h) if h.steer(prompt) => Ok(()),
+      _ => Err(Error::new(
+        ErrorCode::InvalidArgument,
+        format!("no task is running on session {} in a warm process of this manager; send the message as a new task", s.id),
+      )),
+    }
+  }
+
+  /// The CLI's own context breakdown (`get_context_usage`, summary: no API call) when the
+  /// session has a warm process here, else the stored meter. `{ source: 'cli', usage }` or
+  /// `{ source: 'store', contextInfo }`.
+  pub async fn get_context_usage(&self, session_id: &str, user_id: &str) -> Result<Value> {
+    let s = self.get_session(session_id, user_id).await?;
+    if let Some(h) = self.warm.handle(&s.id) {
+      if let Ok(usage) = h.ask(json!({ "subtype": "get_context_usage", "detail": "summary" }), Duration::from_secs(10)).await {
+        return Ok(json!({ "source": "cli", "usage": usage }));
+      }
+    }
+    let info = self.get_context(session_id, user_id, None).await?;
+    Ok(json!({ "source": "store", "contextInfo": info }))
   }
 
   /// Runs a task's prompt in the session's warm process, or in a new one started for it (which
@@ -218,6 +255,7 @@ impl Manager {
       }
     };
     self.warm.in_use.fetch_add(1, Ordering::SeqCst);
+    lock(&self.warm.running).insert(session.id.clone(), warm.proc.handle());
     if let Some(s) = &sink {
       s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
     }
@@ -236,6 +274,7 @@ impl Manager {
     };
     let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
+    lock(&self.warm.running).remove(&session.id);
     enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
     let keep = self.cfg.warm_idle.filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
     match keep {
