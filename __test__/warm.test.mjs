@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
+import { spawn } from 'node:child_process'
 import { makeManager, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
 
 let server
@@ -335,3 +336,72 @@ test('getContextUsage: the CLI\'s own breakdown from a warm process, else the st
   t.assert.strictEqual(stored.source, 'store')
   t.assert.strictEqual(stored.contextInfo.estimatedTokens, c.contextInfo.estimatedTokens)
 })
+
+/** The key-proxy settings in the environment of one of the session's CLI processes. */
+function cliKey(sessionId) {
+  for (const pid of processesMentioning(sessionId)) {
+    try {
+      const env = Object.fromEntries(
+        fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+      )
+      if (env.ANTHROPIC_API_KEY && env.ANTHROPIC_BASE_URL) return { key: env.ANTHROPIC_API_KEY, base: env.ANTHROPIC_BASE_URL }
+    } catch {}
+  }
+  return null
+}
+
+test('warm: the CLI runs in the sandbox, and its key-proxy token works for the life of the process and is revoked when it closes', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t, { warmIdleMs: 1500 })
+  t.assert.strictEqual(manager.info().apiKeyProxy, true)
+  const r = await task(manager)
+  const sandboxed = manager.info().sandbox === 'bubblewrap'
+  t.assert.strictEqual(r.sandboxed, sandboxed)
+  if (sandboxed) {
+    const cmds = processesMentioning(r.sessionId).map((p) => fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')[0])
+    t.assert.ok(cmds.some((c) => c.endsWith('bwrap')), `wrapped by bubblewrap: ${cmds}`)
+  }
+  const found = cliKey(r.sessionId)
+  t.assert.ok(found, 'the CLI has the proxy URL and its token')
+  t.assert.notStrictEqual(found.key, server.env().ANTHROPIC_API_KEY, 'the real key never reaches the CLI')
+  const probe = () =>
+    fetch(`${found.base}/v1/messages/count_tokens`, {
+      method: 'POST',
+      headers: { 'x-api-key': found.key, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
+      body: JSON.stringify({ model: 'claude-sonnet-4-5', messages: [{ role: 'user', content: 'hi' }] }),
+    }).then((res) => res.status)
+  // A second task in the same process: the token outlived the first task.
+  const again = await task(manager, { prompt: 'again', sessionId: r.sessionId })
+  t.assert.strictEqual(again.success, true, JSON.stringify(again.error))
+  t.assert.notStrictEqual(await probe(), 401, 'valid while the process lives, between tasks')
+  t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0), 'closed once idle')
+  // Revoked once the closing is done (just after the process is gone).
+  let status
+  for (let i = 0; i < 100 && (status = await probe()) !== 401; i++) await new Promise((r) => setTimeout(r, 50))
+  t.assert.strictEqual(status, 401, 'revoked with the process')
+})
+
+for (const sandbox of ['auto', 'none']) {
+  for (const how of ['SIGKILL', 'SIGTERM']) {
+    test(`warm: Node ending by ${how}${how === 'SIGTERM' ? ' (closeOnSignals)' : ''} leaves no warm CLI running (sandbox ${sandbox})`, async (t) => {
+      const dir = tempDir()
+      const work = path.join(dir, 'work')
+      fs.mkdirSync(work)
+      const options = { databasePath: path.join(dir, 'sessions.db'), workingDirectory: work, env: server.env(), sandbox }
+      const script = `
+        const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
+        const { closeOnSignals } = require(${JSON.stringify(path.resolve('shutdown/index.js'))});
+        const m = new SessionManager(${JSON.stringify(options)});
+        ${how === 'SIGTERM' ? 'closeOnSignals(m);' : ''}
+        m.executeTask({ prompt: 'hi', projectId: 'p', userId: 'u' }).then((r) => console.log(r.sessionId));
+        setInterval(() => {}, 1000);`
+      const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+      t.after(() => child.kill('SIGKILL'))
+      const sessionId = await new Promise((resolve) => child.stdout.once('data', (d) => resolve(String(d).trim())))
+      t.assert.ok(processesMentioning(sessionId).length > 0, 'the warm CLI outlived its task')
+      child.kill(how)
+      await new Promise((r) => child.on('exit', r))
+      t.assert.ok(await eventually(() => processesMentioning(sessionId).length === 0, 5000), `left: ${processesMentioning(sessionId)}`)
+    })
+  }
+}
