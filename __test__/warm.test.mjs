@@ -4,8 +4,8 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { spawn } from 'node:child_process'
-import { makeManager, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
+import { spawn, execFileSync } from 'node:child_process'
+import { makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -67,24 +67,29 @@ test('warm: a changed model or permission mode starts a new process; the old one
   t.assert.ok(c.length > 0 && !c.some((p) => b.includes(p)), `new process for the new permission mode: ${b} -> ${c}`)
 })
 
-test('warm: a task run by another manager in between makes the warm process close; the next task resumes cold with the whole history', async (t) => {
-  server.reset()
-  const dir = tempDir()
-  const { manager } = warmManager(t, { dir })
-  const other = makeManager({ server, dir, warmIdleMs: 0 }).manager
-  t.after(() => other.close())
-  const first = await task(manager, { prompt: 'one' })
-  const warmPids = processesMentioning(first.sessionId)
-  t.assert.ok(warmPids.length > 0)
-  const elsewhere = await task(other, { prompt: 'two', sessionId: first.sessionId })
-  t.assert.strictEqual(elsewhere.result, 'Echo #2: two')
-  const third = await task(manager, { prompt: 'three', sessionId: first.sessionId })
-  // A stale warm process would answer from its own memory: `Echo #2`.
-  t.assert.strictEqual(third.result, 'Echo #3: three')
-  const now = processesMentioning(first.sessionId)
-  t.assert.ok(!now.some((p) => warmPids.includes(p)), 'the stale process is gone')
-  t.assert.deepStrictEqual((await manager.listTasks(first.sessionId, 'u')).map((x) => x.status), ['succeeded', 'succeeded', 'succeeded'])
-})
+for (const backend of testBackends()) {
+  test(`warm: a task run by another manager in between makes the warm process close; the next task resumes cold with the whole history${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const dir = tempDir()
+    // Both managers on one store: the same SQLite file, or the same PostgreSQL schema.
+    const store = backend === 'postgres' ? { databaseUrl: PG_URL, databaseSchema: `csm_js_warm_${process.pid}_${Math.random().toString(36).slice(2, 8)}` } : {}
+    if (backend === 'postgres') t.after(() => execFileSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS "${store.databaseSchema}" CASCADE`], { stdio: 'ignore' }))
+    const { manager } = warmManager(t, { dir, backend, ...store })
+    const other = makeManager({ server, dir, backend, warmIdleMs: 0, ...store }).manager
+    t.after(() => other.close())
+    const first = await task(manager, { prompt: 'one' })
+    const warmPids = processesMentioning(first.sessionId)
+    t.assert.ok(warmPids.length > 0)
+    const elsewhere = await task(other, { prompt: 'two', sessionId: first.sessionId })
+    t.assert.strictEqual(elsewhere.result, 'Echo #2: two')
+    const third = await task(manager, { prompt: 'three', sessionId: first.sessionId })
+    // A stale warm process would answer from its own memory: `Echo #2`.
+    t.assert.strictEqual(third.result, 'Echo #3: three')
+    const now = processesMentioning(first.sessionId)
+    t.assert.ok(!now.some((p) => warmPids.includes(p)), 'the stale process is gone')
+    t.assert.deepStrictEqual((await manager.listTasks(first.sessionId, 'u')).map((x) => x.status), ['succeeded', 'succeeded', 'succeeded'])
+  })
+}
 
 test('warm: an idle process is closed after warmIdleMs', async (t) => {
   server.reset()
