@@ -410,3 +410,27 @@ for (const sandbox of ['auto', 'none']) {
     })
   }
 }
+
+test('warm: a turn the CLI starts by itself (a background task finishing) is not taken for the next task\'s answer', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const marker = `bg-marker-${process.pid}-${Date.now()}`
+  server.enqueue(
+    { toolUse: { name: 'Bash', input: { command: `python3 -c "import time; time.sleep(1.5)" # ${marker}`, run_in_background: true, description: 'wait' } } },
+    { text: 'started it' },
+  )
+  const first = await task(manager, { prompt: 'start a background job', allowedTools: ['Bash'] })
+  t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+  t.assert.strictEqual(first.result, 'started it')
+  const calls = () => server.requests.filter((x) => x.path === '/v1/messages')
+  const before = calls().length
+  // The next task's answer comes late, so that the job's notification turn overlaps it.
+  server.enqueue({ text: 'the answer to two', delayMs: 2500 })
+  const second = await task(manager, { prompt: 'two', sessionId: first.sessionId, allowedTools: ['Bash'] })
+  t.assert.strictEqual(second.success, true, JSON.stringify(second.error))
+  t.assert.strictEqual(second.result, 'the answer to two')
+  // The CLI did run a turn of its own about the job (a model call nobody's prompt asked for).
+  t.assert.ok(await eventually(() => calls().slice(before).some((c) => JSON.stringify(c.body.messages).includes('SYSTEM NOTIFICATION')), 10_000), 'a notification turn ran')
+  const third = await task(manager, { prompt: 'three', sessionId: first.sessionId, allowedTools: ['Bash'] })
+  t.assert.match(third.result, /: three$/)
+})
