@@ -434,3 +434,21 @@ test('warm: a turn the CLI starts by itself (a background task finishing) is not
   const third = await task(manager, { prompt: 'three', sessionId: first.sessionId, allowedTools: ['Bash'] })
   t.assert.match(third.result, /: three$/)
 })
+
+test('warm: a CLAUDE.md written after the process started makes the next task start a new one, which reads it', async (t) => {
+  server.reset()
+  // The CLI reads the project's CLAUDE.md only with the project setting source (off by default).
+  const { manager, work } = warmManager(t, { settingSources: ['project'] })
+  const first = await task(manager, { prompt: 'one' })
+  const a = processesMentioning(first.sessionId)
+  fs.writeFileSync(path.join(work, 'CLAUDE.md'), 'Project memory marker: zebra-417.\n')
+  const second = await task(manager, { prompt: 'two', sessionId: first.sessionId })
+  t.assert.strictEqual(second.result, 'Echo #2: two')
+  const b = processesMentioning(first.sessionId)
+  t.assert.ok(b.length > 0 && !b.some((p) => a.includes(p)), `a new process: ${a} -> ${b}`)
+  const last = server.requests.filter((x) => x.path === '/v1/messages').at(-1)
+  t.assert.match(JSON.stringify(last.body), /zebra-417/, 'the new process gave the model the memory file')
+  // Unchanged since: the process is kept again.
+  await task(manager, { prompt: 'three', sessionId: first.sessionId })
+  t.assert.ok(same(processesMentioning(first.sessionId), b))
+})

@@ -14,7 +14,13 @@ use super::hooks::{describe, take_exception_text};
 use crate::cli::{CanUseTool, CancelToken, PermissionRequest};
 use crate::error::{Error as CoreError, Result as CoreResult};
 
-type Answer = Arc<Mutex<Option<oneshot::Sender<std::result::Result<Value, String>>>>>;
+/// Where the callback's answer goes, once; `settled` wakes the request's abort watcher.
+#[derive(Default)]
+struct Slot {
+  tx: Mutex<Option<oneshot::Sender<std::result::Result<Value, String>>>>,
+  settled: tokio::sync::Notify,
+}
+type Answer = Arc<Slot>;
 
 /// One request on its way to the JavaScript thread.
 struct Call {
@@ -28,9 +34,10 @@ type PermissionFn = ThreadsafeFunction<Call, Unknown<'static>, Args, Status, fal
 type ThenMethod<'a> = Function<'a, FnArgs<(Function<'a, Unknown<'a>, ()>, Function<'a, Unknown<'a>, ()>)>, Unknown<'a>>;
 
 fn settle(answer: &Answer, v: std::result::Result<Value, String>) {
-  if let Some(tx) = answer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+  if let Some(tx) = answer.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
     let _ = tx.send(v);
   }
+  answer.settled.notify_one();
 }
 
 /// Reads `canUseTool` (an own property) from `executeTask`'s options.
@@ -71,18 +78,14 @@ pub(crate) fn read_can_use_tool(env: &Env, options: Option<Unknown<'_>>) -> Core
       let abort = abort.bind(controller)?;
       let abort: ThreadsafeFunction<(), (), (), Status, false, true> =
         abort.build_threadsafe_function().callee_handled::<false>().weak::<true>().build()?;
+      // Until the callback settles (`notify_one` keeps a wake-up that comes first).
       let answered = answer.clone();
       napi::bindgen_prelude::spawn(async move {
-        loop {
-          tokio::select! {
-            _ = token.cancelled() => {
-              abort.call((), ThreadsafeFunctionCallMode::NonBlocking);
-              return;
-            }
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-              if answered.lock().unwrap_or_else(|p| p.into_inner()).is_none() { return; }
-            }
+        tokio::select! {
+          _ = token.cancelled() => {
+            abort.call((), ThreadsafeFunctionCallMode::NonBlocking);
           }
+          _ = answered.settled.notified() => {}
         }
       });
       let mut options = Object::new(&env)?;
@@ -98,7 +101,7 @@ pub(crate) fn read_can_use_tool(env: &Env, options: Option<Unknown<'_>>) -> Core
   let tsfn = Arc::new(tsfn);
   Ok(Some(Arc::new(move |req: PermissionRequest, token: CancelToken| {
     let (tx, rx) = oneshot::channel();
-    let answer: Answer = Arc::new(Mutex::new(Some(tx)));
+    let answer: Answer = Arc::new(Slot { tx: Mutex::new(Some(tx)), settled: tokio::sync::Notify::new() });
     let a = answer.clone();
     tsfn.call_with_return_value(Call { req, token, answer }, ThreadsafeFunctionCallMode::NonBlocking, move |ret, env| {
       match ret {

@@ -286,7 +286,8 @@ impl WarmProcess {
           },
           _ = cancel.cancelled(), if interrupted.is_none() => {
             out.reason = EndReason::Aborted;
-            drop(self.control(json!({ "subtype": "interrupt" })));
+            // Messages steered into this task and still queued go too.
+            drop(self.control(json!({ "subtype": "interrupt", "cancel_queued": true })));
             interrupted = Some(now + o.interrupt_grace);
           }
           _ = tokio::time::sleep(settle), if interrupted.is_some() => { stop = true; break; }

@@ -4,7 +4,8 @@
 //!
 //! A warm process is used only when
 //! - it was started with the argv and environment this task asks for (model, permission mode,
-//!   tools, system prompt append, working directory, environment, permission prompts), and
+//!   tools, system prompt append, working directory, environment, permission prompts),
+//! - no `CLAUDE.md` or settings file it read at start-up has changed since, and
 //! - no task ran on the session since its last one, in this process or another: the session's
 //!   `task_count`, read with the lease, must be the one it left behind. A task that ran
 //!   elsewhere appended to the transcript this process does not see; using it would split the
@@ -37,6 +38,8 @@ pub(crate) struct Warm {
   key: String,
   /// The session's `task_count` once its last task is recorded.
   seen_tasks: u64,
+  /// The memory and settings files the CLI read when it started (see [`config_stamp`]).
+  stamp: String,
   /// The key proxy's token the process uses: revoked when the process is gone.
   token: Option<TaskToken>,
 }
@@ -158,6 +161,29 @@ impl WarmPool {
   }
 }
 
+/// The files a CLI reads once, at start-up, that change what it does: `CLAUDE.md` (and
+/// `CLAUDE.local.md`) in the working directory and every folder above it, the project's
+/// `.claude/` memory and settings, and the configuration folder's. Their sizes and modification
+/// times: a process started before one of them changed is replaced (it would not see it).
+fn config_stamp(spec: &RunSpec) -> String {
+  let mut files: Vec<std::path::PathBuf> = vec![];
+  for dir in spec.cwd.ancestors() {
+    files.push(dir.join("CLAUDE.md"));
+    files.push(dir.join("CLAUDE.local.md"));
+  }
+  for f in [".claude/CLAUDE.md", ".claude/settings.json", ".claude/settings.local.json"] {
+    files.push(spec.cwd.join(f));
+  }
+  if let Some(config) = crate::transcript::config_dir(&spec.env) {
+    files.push(config.join("CLAUDE.md"));
+    files.push(config.join("settings.json"));
+  }
+  let stamp = |f: &std::path::Path| {
+    std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())))
+  };
+  files.iter().map(|f| format!("{:?}", stamp(f))).collect::<Vec<_>>().join("|")
+}
+
 /// What decides whether a warm process fits a task: its argv without the session flags, its
 /// working directory and its environment (before the key proxy's token replaces the key).
 fn fingerprint(cli: &CliArgs, spec: &RunSpec, permission_prompts: bool) -> String {
@@ -235,9 +261,10 @@ impl Manager {
     can_use_tool: Option<CanUseTool>,
   ) -> Result<RunOutcome> {
     let key = fingerprint(cli, &spec, can_use_tool.is_some());
+    let stamp = config_stamp(&spec);
     let mut warm = None;
     if let Some(mut w) = self.warm.take(&session.id) {
-      let fits = w.key == key && w.proc.alive();
+      let fits = w.key == key && w.stamp == stamp && w.proc.alive();
       let fresh = w.seen_tasks == session.task_count;
       if fits && fresh {
         warm = Some(w);
@@ -251,7 +278,7 @@ impl Manager {
         spec.args = cli::warm_args(cli, can_use_tool.is_some());
         let token = self.secure(&mut spec).await?;
         let proc = WarmProcess::start(spec.clone())?;
-        Warm { proc, key, seen_tasks: 0, token }
+        Warm { proc, key, seen_tasks: 0, stamp, token }
       }
     };
     self.warm.in_use.fetch_add(1, Ordering::SeqCst);
