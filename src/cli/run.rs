@@ -477,7 +477,7 @@ pub async fn run_until_result(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
   use super::*;
   use crate::cli::args::*;
   use crate::cli::process::*;
@@ -620,7 +620,7 @@ mod tests {
 
   /// A stand-in CLI (a shell script) reaches what the real one cannot show on demand: garbage
   /// output, a hang, a grandchild that would outlive it.
-  fn script(dir: &Path, body: &str) -> PathBuf {
+  pub(crate) fn script(dir: &Path, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = dir.join("fake-claude");
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -628,7 +628,7 @@ mod tests {
     p
   }
 
-  fn spec(program: PathBuf, cwd: &Path) -> RunSpec {
+  pub(crate) fn spec(program: PathBuf, cwd: &Path) -> RunSpec {
     RunSpec {
       program,
       args: vec![],

@@ -582,3 +582,88 @@ mod tests {
     assert_eq!(permission_answer(json!(null), &input)["behavior"], "deny");
   }
 }
+
+#[cfg(all(test, unix))]
+mod fake_cli_tests {
+  //! A stand-in CLI (a shell script) shows what the real one does not on demand: an unknown
+  //! control request, a line that is not JSON, a result that is not the task's.
+  use super::*;
+  use crate::cli::run::tests::{script, spec};
+
+  fn opts() -> TurnOptions {
+    TurnOptions { timeout: None, stall_timeout: Some(Duration::from_secs(20)), can_use_tool: None, interrupt_grace: Duration::from_secs(3) }
+  }
+
+  /// Prints lifecycle lines for the prompt it read (its uuid cut out with sed), then `$1`.
+  const READ_PROMPT: &str = r#"read line; u=$(printf '%s' "$line" | sed 's/.*"uuid":"\([^"]*\)".*/\1/')
+started() { echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$u\",\"state\":\"started\"}"; }
+done_() { echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$u\",\"state\":\"completed\"}"; }"#;
+
+  #[tokio::test]
+  async fn an_unknown_control_request_gets_an_error_answer_and_the_turn_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let answer = dir.path().join("answer");
+    let p = script(
+      dir.path(),
+      &format!(
+        r#"{READ_PROMPT}
+started
+echo '{{"type":"control_request","request_id":"r1","request":{{"subtype":"banana"}}}}'
+read reply; printf '%s' "$reply" > {}
+echo '{{"type":"result","subtype":"success","result":"ok"}}'
+done_
+read rest"#,
+        answer.display()
+      ),
+    );
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}).await;
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("ok"));
+    let reply: Value = serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+    assert_eq!(reply["type"], "control_response");
+    assert_eq!(reply["response"]["subtype"], "error");
+    assert_eq!(reply["response"]["request_id"], "r1");
+    assert!(reply["response"]["error"].as_str().unwrap().contains("Unsupported control request subtype: banana"));
+    assert!(w.alive());
+    w.close(Duration::from_secs(2)).await;
+  }
+
+  #[tokio::test]
+  async fn lines_before_the_prompt_starts_are_not_the_task_s_and_garbage_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // A turn nobody sent (a background notification) ends with its own result before the
+    // CLI starts the prompt; then a line that is not JSON, then the prompt's own result.
+    let p = script(
+      dir.path(),
+      &format!(
+        r#"{READ_PROMPT}
+echo '{{"type":"result","subtype":"success","result":"not yours"}}'
+started
+echo 'this is not json'
+echo '{{"type":"result","subtype":"success","result":"yours"}}'
+done_
+read rest"#
+      ),
+    );
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let mut seen = vec![];
+    let out = w.turn("hi", opts(), &CancelToken::new(), |l| seen.push(l.raw.clone())).await;
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("yours"));
+    assert_eq!(seen.len(), 1, "only the task's lines were forwarded: {seen:?}");
+    assert_eq!(out.malformed.len(), 1, "{:?}", out.malformed);
+    w.close(Duration::from_secs(2)).await;
+  }
+
+  #[tokio::test]
+  async fn a_cli_that_dies_mid_turn_ends_it_without_a_result_and_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), &format!("{READ_PROMPT}\nstarted\necho 'dying' >&2\nexit 3"));
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}).await;
+    assert!(out.result.is_none());
+    assert_eq!(out.reason, EndReason::Exited);
+    assert_eq!(out.exit_code, Some(3));
+    assert!(out.stderr_tail.contains("dying"));
+    assert!(!w.alive());
+  }
+}
