@@ -452,3 +452,25 @@ test('warm: a CLAUDE.md written after the process started makes the next task st
   await task(manager, { prompt: 'three', sessionId: first.sessionId })
   t.assert.ok(same(processesMentioning(first.sessionId), b))
 })
+
+test('warm: compaction, deleteSession and timeoutMs each leave no warm process behind', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  const a = processesMentioning(first.sessionId)
+  t.assert.ok(a.length > 0)
+  // A compaction runs in a CLI of its own: the warm one is closed first (never two on a session).
+  const compacted = await manager.compactSession({ sessionId: first.sessionId, userId: 'u' })
+  t.assert.ok(compacted.compactions.length > 0)
+  t.assert.ok(!processesMentioning(first.sessionId).some((p) => a.includes(p)), 'the warm CLI went before the compaction ran')
+  const after = await task(manager, { prompt: 'after', sessionId: first.sessionId })
+  t.assert.strictEqual(after.success, true, JSON.stringify(after.error))
+  t.assert.ok(processesMentioning(first.sessionId).length > 0)
+  await manager.deleteSession(first.sessionId, 'u')
+  t.assert.deepStrictEqual(processesMentioning(first.sessionId), [], 'deleting the session closed its CLI')
+
+  server.enqueue({ text: 'late', delayMs: 20_000 })
+  const slow = await task(manager, { prompt: 'slow', timeoutMs: 1500 })
+  t.assert.strictEqual(slow.error?.code, 'TIMEOUT')
+  t.assert.deepStrictEqual(processesMentioning(slow.sessionId), [], 'a timed-out warm CLI is stopped')
+})
