@@ -474,3 +474,30 @@ test('warm: compaction, deleteSession and timeoutMs each leave no warm process b
   t.assert.strictEqual(slow.error?.code, 'TIMEOUT')
   t.assert.deepStrictEqual(processesMentioning(slow.sessionId), [], 'a timed-out warm CLI is stopped')
 })
+
+test('sendMessage then abort: the steered message is cancelled with the task and never reaches the model', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  server.enqueue({ text: 'a slow answer', delayMs: 20_000 })
+  const controller = new AbortController()
+  let sent
+  const r = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
+    {
+      signal: controller.signal,
+      onEvent: (e) => {
+        if (e.type === 'system' && e.subtype === 'init' && !sent) {
+          sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'steered-then-cancelled' }).then(() => controller.abort())
+        }
+      },
+    },
+  )
+  await sent
+  t.assert.strictEqual(r.error?.code, 'ABORTED')
+  const next = await task(manager, { prompt: 'three', sessionId: first.sessionId })
+  t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
+  t.assert.match(next.result, /: three$/)
+  const texts = JSON.stringify(server.requests.filter((x) => x.path === '/v1/messages').map((x) => x.body.messages))
+  t.assert.ok(!texts.includes('steered-then-cancelled'), 'the cancelled message never reached the model')
+})
