@@ -482,18 +482,23 @@ test('sendMessage then abort: the steered message is cancelled with the task and
   server.enqueue({ text: 'a slow answer', delayMs: 20_000 })
   const controller = new AbortController()
   let sent
-  const r = await manager.executeTask(
+  const running = manager.executeTask(
     { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
     {
       signal: controller.signal,
       onEvent: (e) => {
         if (e.type === 'system' && e.subtype === 'init' && !sent) {
-          sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'steered-then-cancelled' }).then(() => controller.abort())
+          sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'steered-then-cancelled' })
         }
       },
     },
   )
+  // Abort once the model call for `two` is under way (it takes the slow reply off the queue).
+  const asked = () => server.requests.some((x) => x.path === '/v1/messages' && JSON.stringify(x.body.messages.at(-1)).includes('two'))
+  for (let i = 0; i < 300 && !(sent && asked()); i++) await new Promise((r) => setTimeout(r, 50))
   await sent
+  controller.abort()
+  const r = await running
   t.assert.strictEqual(r.error?.code, 'ABORTED')
   const next = await task(manager, { prompt: 'three', sessionId: first.sessionId })
   t.assert.strictEqual(next.success, true, JSON.stringify(next.error))

@@ -305,7 +305,9 @@ impl WarmProcess {
     out.context = tracker.last();
     if stop {
       self.dead = true;
+      let tree = self.pid.map(super::process::descendants).unwrap_or_default();
       stop_group(&mut self.child, self.pid).await;
+      gone(tree).await;
     }
     if self.dead {
       // Gone or going: its exit status and stderr say why.
@@ -343,23 +345,17 @@ impl WarmProcess {
       }
     };
     self.end_group();
-    // Processes outside its group (a sandbox's inner process) die with it; wait for that, and
-    // make sure.
-    for _ in 0..100 {
-      if !tree.iter().any(|p| super::process::pid_alive(*p)) {
-        break;
-      }
-      tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    super::process::kill_tree(&tree.into_iter().filter(|p| super::process::pid_alive(*p)).collect::<Vec<_>>());
+    gone(tree).await;
     killed
   }
 
   /// Stops the process group at once (SIGTERM, then SIGKILL): for a process that must not write
   /// anything more to the session's transcript.
   pub async fn kill(mut self) {
+    let tree = self.pid.map(super::process::descendants).unwrap_or_default();
     stop_group(&mut self.child, self.pid).await;
     self.end_group();
+    gone(tree).await;
   }
 
   /// Whatever the CLI left in its group (tools, shells) goes too.
@@ -370,6 +366,18 @@ impl WarmProcess {
     }
     self.dead = true;
   }
+}
+
+/// Waits (up to a second) for processes that die with the CLI without being in its group (a
+/// sandbox's inner processes), then kills what is left of them.
+async fn gone(tree: Vec<u32>) {
+  for _ in 0..100 {
+    if !tree.iter().any(|p| super::process::pid_alive(*p)) {
+      break;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+  }
+  super::process::kill_tree(&tree.into_iter().filter(|p| super::process::pid_alive(*p)).collect::<Vec<_>>());
 }
 
 impl Drop for WarmProcess {

@@ -61,7 +61,8 @@ pub(crate) struct WarmPool {
   /// Handles of the processes running a task, by session (steering, control requests).
   running: Mutex<HashMap<String, WarmHandle>>,
   /// Closings started in the background (idle timeout, eviction), awaited by `shutdown`.
-  closing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+  /// By session: a new CLI for the session starts only once its old one is gone.
+  closing: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -90,11 +91,24 @@ impl WarmPool {
     drop(token);
   }
 
-  fn retire_later(&self, w: Warm) {
+  fn retire_later(&self, session_id: &str, w: Warm) {
     let h = tokio::spawn(Self::retire(w, false));
     let mut c = lock(&self.closing);
-    c.retain(|h| !h.is_finished());
-    c.push(h);
+    c.retain(|(_, h)| !h.is_finished());
+    c.push((session_id.to_owned(), h));
+  }
+
+  /// Waits until the session's CLIs that are closing in the background have exited.
+  async fn closed_for(&self, session_id: &str) {
+    let mine: Vec<_> = {
+      let mut c = lock(&self.closing);
+      let (mine, rest): (Vec<_>, Vec<_>) = c.drain(..).partition(|(s, _)| s == session_id);
+      *c = rest;
+      mine
+    };
+    for (_, h) in mine {
+      let _ = h.await;
+    }
   }
 
   /// Puts a process back after its task, starts its idle timer and keeps the pool within its
@@ -108,19 +122,19 @@ impl WarmPool {
       }
       if let Some(old) = idle.insert(session_id.to_owned(), Idle { warm, last_used: Instant::now(), generation }) {
         // Cannot happen (one task per session at a time); never leave one running unseen.
-        self.retire_later(old.warm);
+        self.retire_later(session_id, old.warm);
       }
       let mut evicted = vec![];
       while idle.len() as u64 + self.in_use.load(Ordering::SeqCst) > cap as u64 {
         let Some(oldest) = idle.iter().min_by_key(|(_, i)| i.last_used).map(|(k, _)| k.clone()) else { break };
         if let Some(i) = idle.remove(&oldest) {
-          evicted.push(i.warm);
+          evicted.push((oldest, i.warm));
         }
       }
       evicted
     };
-    for w in evicted {
-      self.retire_later(w);
+    for (sid, w) in evicted {
+      self.retire_later(&sid, w);
     }
     let (pool, sid) = (Arc::downgrade(self), session_id.to_owned());
     tokio::spawn(async move {
@@ -134,7 +148,7 @@ impl WarmPool {
         }
       };
       if let Some(i) = expired {
-        pool.retire_later(i.warm);
+        pool.retire_later(&sid, i.warm);
       }
     });
     None
@@ -144,7 +158,7 @@ impl WarmPool {
   pub(crate) async fn shutdown(&self) {
     self.closed.store(true, Ordering::SeqCst);
     let all: Vec<Warm> = lock(&self.idle).drain().map(|(_, i)| i.warm).collect();
-    let closing: Vec<_> = lock(&self.closing).drain(..).collect();
+    let closing: Vec<_> = lock(&self.closing).drain(..).map(|(_, h)| h).collect();
     let mut handles: Vec<_> = all.into_iter().map(|w| tokio::spawn(Self::retire(w, false))).collect();
     handles.extend(closing);
     for h in handles {
@@ -205,6 +219,7 @@ impl Manager {
     if let Some(w) = self.warm.take(session_id) {
       WarmPool::retire(w, true).await;
     }
+    self.warm.closed_for(session_id).await;
   }
 
   /// Adds a message to the task running on the session (in this manager, in a warm process):
@@ -275,6 +290,8 @@ impl Manager {
     let mut warm = match warm {
       Some(w) => w,
       None => {
+        // One CLI per session: one closed after its idle time or evicted is gone first.
+        self.warm.closed_for(&session.id).await;
         spec.args = cli::warm_args(cli, can_use_tool.is_some());
         let token = self.secure(&mut spec).await?;
         let proc = WarmProcess::start(spec.clone())?;
