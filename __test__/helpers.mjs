@@ -51,7 +51,12 @@ function storeOptions(backend, dir) {
   return { databaseUrl: PG_URL, databaseSchema: schema }
 }
 
-/** A manager over a fresh database (`backend`: `sqlite` or `postgres`); `server` is optional. */
+/**
+ * A manager over a fresh database (`backend`: `sqlite` or `postgres`); `server` is optional.
+ * Warm processes are off (`warmIdleMs: 0`) unless the test asks for them: the suites written
+ * before them check that a task's CLI is gone when the task is, which is the cold path's promise
+ * (warm.test.mjs covers the warm one, the default).
+ */
 export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...options } = {}) {
   const configDir = path.join(dir, 'claude-config')
   fs.mkdirSync(configDir, { recursive: true })
@@ -59,6 +64,7 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
   fs.mkdirSync(work, { recursive: true })
   const store = storeOptions(backend, dir)
   const all = {
+    warmIdleMs: 0,
     ...store,
     workingDirectory: work,
     env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },

@@ -28,7 +28,10 @@ for (const backend of testBackends()) {
     const sessions = []
     for (let i = 0; i < SESSIONS; i++) sessions.push((await manager.getOrCreateSession({ projectId: 'load', userId: 'load', preferActive: false })).session.id)
     await manager.close()
-    const options = { ...store, workingDirectory: work, env: { ...server.env(), CLAUDE_CONFIG_DIR: configDir }, maxConcurrentTasks: 6, queueTimeoutMs: 600_000 }
+    // Warm CLIs on (the default), at most 4 per worker: tasks of the processes interleave on the
+    // same sessions, so warm CLIs go stale and are replaced all the time (and 16 per worker would
+    // be ~8 GB of idle CLIs on the test machine).
+    const options = { ...store, workingDirectory: work, env: { ...server.env(), CLAUDE_CONFIG_DIR: configDir }, maxConcurrentTasks: 6, queueTimeoutMs: 600_000, maxWarmSessions: 4 }
     const run = (w) =>
       new Promise((resolve, reject) => {
         const c = spawn(process.execPath, [path.resolve('__test__/fixtures/load-worker.mjs'), JSON.stringify(options), String(w), String(TASKS / PROCESSES), JSON.stringify(sessions)], { stdio: ['ignore', 'pipe', 'inherit'] })

@@ -6,12 +6,13 @@
 // section in its own Node process (sections/*.mjs write JSON), samples what else the machine
 // is running, and writes benchmark/RESULTS.md and benchmark/results/latest.json.
 //
-// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,postgres
+// Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,postgres,warm
 // (postgres needs CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL, else it is recorded as skipped;
 // and pathological, not in the default set: one "word" of 4 and 64 MiB),
 // --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
 // records those numbers in results/tokens-before.json; in pathological, runs the same inputs),
-// --out=<RESULTS.md path>. BENCH_ADDON=<.node> measures that build instead of index.js's.
+// --out=<RESULTS.md path>, --build=<label of the addon build, default 'release (LTO)', as
+// `npm run bench` builds it>. BENCH_ADDON=<.node> measures that build instead of index.js's.
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -28,7 +29,7 @@ for (const a of process.argv.slice(2)) {
   const m = /^--([^=]+)(?:=(.*))?$/.exec(a)
   if (m) opt[m[1]] = m[2] ?? true
 }
-const sections = String(opt.only ?? 'tokens,tasks,scale,growth,sandbox,postgres').split(',')
+const sections = String(opt.only ?? 'tokens,tasks,scale,growth,sandbox,postgres,warm').split(',')
 const quick = Boolean(opt.quick)
 const outFile = path.resolve(opt.out ?? path.join(here, 'RESULTS.md'))
 
@@ -141,7 +142,7 @@ table(['fact', 'value'], [
   ['claude CLI', `${facts.claude} (\`${facts.claudeBinary}\`)`],
   ['@anthropic-ai/claude-agent-sdk', facts.sdk],
   ['gpt-tokenizer / js-tiktoken / tiktoken', `${facts.gptTokenizer} / ${facts.jsTiktoken} / ${facts.tiktoken}`],
-  ['addon build', `release (LTO), commit ${facts.commit}`],
+  ['addon build', `${opt.build ?? 'release (LTO)'}, commit ${facts.commit}`],
 ])
 
 const loads = results.load.filter(Boolean)
@@ -359,6 +360,23 @@ if (patho) {
   const keys = [...new Set(patho.rows.flatMap((r) => Object.keys(r.ms)))]
   table(['input', 'bytes', ...keys.map((k) => `${k} ms (tokens)`)], patho.rows.map((r) => [r.input, fmt(r.bytes, 0), ...keys.map((k) => (k in r.ms ? `${fmt(r.ms[k], 1)} (${fmt(r.tokens[k], 0)})` : '–'))]))
   md.push(`\`executeTask\` with the 4 MiB one-letter word as its prompt (rejected before anything is stored or spawned): ${Object.entries(patho.executeTask).map(([k, v]) => `${k} ${fmt(v.ms, 1)} ms (${v.code})`).join(', ')}.`, '')
+}
+
+// Warm sessions.
+const warmS = results.sections.warm
+if (warmS) {
+  md.push('## 8. Warm sessions: a follow-up on a running CLI vs a new `claude -p --resume`', '')
+  md.push(
+    `Two managers over the same CLI and stand-in (in its own process), sandbox \`${warmS.sandbox}\`: *cold* (\`warmIdleMs: 0\`, a new CLI per task) and *warm* (the default: the session's CLI kept running, the prompt one line on its stdin). One session each, one task first; then ${warmS.runs} rounds of one follow-up on each, alternating which goes first; wall time from the call to the settled promise. One warm process ran every warm follow-up: ${warmS.sameWarmProcessEveryRound ? 'yes' : 'NO'}.`,
+    '',
+  )
+  table(['follow-up', 'wall ms (median / p90)'], [
+    ['cold', `${fmt(warmS.cold.median, 1)} / ${fmt(warmS.cold.p90, 1)}`],
+    ['warm', `${fmt(warmS.warm.median, 1)} / ${fmt(warmS.warm.p90, 1)}`],
+  ])
+  const m = warmS.warmProcessMemoryKb.map((x) => `RSS ${fmt(x.rss / 1024, 0)} MB, of which anonymous (its own heap, not the binary's pages) ${fmt(x.anonymous / 1024, 0)} MB`).join('; ')
+  md.push(`Warm/cold (ratio of medians): ${fmt(warmS.ratioOfMedians, 3)}; cold/warm per round: median ×${fmt(warmS.perRoundColdOverWarm.median, 1)} (×${fmt(warmS.perRoundColdOverWarm.min, 1)}–×${fmt(warmS.perRoundColdOverWarm.max, 1)}). The idle warm CLI after the rounds: ${m}.`, '')
+  bars.push(['warm follow-up', '≤ 0.15× cold (median)', `${fmt(warmS.ratioOfMedians, 3)}×`, yes(warmS.ratioOfMedians <= 0.15)])
 }
 
 md.push('## Bars', '')

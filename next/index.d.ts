@@ -43,6 +43,7 @@
  * | `POST /session` `{ action: 'tasks', sessionId }` | `{ tasks }` ({@link TaskRecord}s, oldest first) |
  * | `GET /compact?sessionId=…&threshold=…` | `{ context }` ({@link ContextInfo}) |
  * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
+ * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt? }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream; 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
  *
  * Errors are `{ error: { code, message } }`: no user → 401 `UNAUTHORIZED`; malformed JSON or an
  * invalid argument (also a field or model the client may not send) → 400 `INVALID_ARGUMENT`;
@@ -79,6 +80,19 @@ export interface ClaudeRoutes {
   session: { GET: RouteHandler; POST: RouteHandler }
   /** `app/api/claude/compact/route.ts`: `export const { GET, POST } = routes.compact` */
   compact: { GET: RouteHandler; POST: RouteHandler }
+  /** `app/api/claude/permission/route.ts`: `export const { POST } = routes.permission` (answers only with `permissionPrompts`) */
+  permission: { POST: RouteHandler }
+}
+
+/** The stream's `event: permission_request` data (with `permissionPrompts`). */
+export interface PermissionRequestEvent {
+  requestId: string
+  sessionId: string
+  toolName: string
+  /** The tool's input as the model wrote it (e.g. `{ file_path, content }` for Write). */
+  input: Record<string, unknown>
+  suggestions: unknown[]
+  toolUseID?: string
 }
 
 /** A field of {@link TaskRequest} other than `userId`. */
@@ -149,6 +163,16 @@ export interface ClaudeRoutesOptions {
    * (text, tool calls and their results) is never changed.
    */
   exposeServerDetails?: boolean
+  /**
+   * Ask the user before a tool that needs permission runs, instead of denying it (the headless
+   * default). Default `false`. The stream route then emits `event: permission_request`
+   * ({@link PermissionRequestEvent}) and waits for `POST /permission` from the same user (in this
+   * process: the pending requests live in its memory); `event: permission_cancelled` `{ requestId,
+   * sessionId }` when the task was aborted or nobody answered within the manager's
+   * `permissionTimeoutMs` (the tool is then denied). A client can allow, allow with an edited
+   * input, or deny (optionally ending the turn); it can never grant permanent permissions.
+   */
+  permissionPrompts?: boolean
   /**
    * Called with every error answered with a 5xx (after its message is hidden from the client when
    * it may name server paths: `STORE_ERROR`, `INTERNAL`, `CLI_NOT_FOUND`, errors without a code).

@@ -7,6 +7,9 @@
 
 const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
 const SIGNALS_KEY = Symbol.for('claude-session-manager.next.signals')
+// Permission requests waiting for the user, shared by every route module of the process.
+const PERMISSIONS_KEY = Symbol.for('claude-session-manager.next.permissions')
+const pendingPermissions = () => (globalThis[PERMISSIONS_KEY] ??= new Map())
 
 /** Fields of a task request a client may send unless `clientTaskFields` says otherwise. `model` is
  * not one of them: a client may choose the model only from `allowedModels`. */
@@ -317,6 +320,7 @@ function createClaudeRoutes(options) {
   }
   const { getUserId, manager, taskDefaults = {}, clientTaskFields = DEFAULT_CLIENT_TASK_FIELDS, allowedModels, maxBodyBytes = DEFAULT_MAX_BODY_BYTES } = options
   const exposeServerDetails = options.exposeServerDetails === true
+  const permissionPrompts = options.permissionPrompts === true
   const onError = options.onError === undefined ? (error) => console.error('[claude-session-manager/next]', error) : options.onError
   if (manager !== undefined && manager !== null && typeof manager !== 'function' && typeof manager !== 'object') {
     throw new TypeError('createClaudeRoutes: manager must be a SessionManager or a function returning one')
@@ -451,13 +455,41 @@ function createClaudeRoutes(options) {
     const send = exposeServerDetails ? (event) => event : publicEvent
     let markAccepted
     const accepted = new Promise((resolve) => (markAccepted = resolve))
+    let sessionId = typeof task.sessionId === 'string' ? task.sessionId : null
     const onEvent = (event) => {
+      if (event && typeof event.sessionId === 'string' && (event.type === 'task_queued' || event.type === 'task_started')) sessionId = event.sessionId
       push(sseFrame(null, send(event), nextId++))
       markAccepted()
     }
+    // A tool that needs permission: a `permission_request` event, answered by POST /permission
+    // from the same user; withdrawn (`permission_cancelled`) when the task is aborted or nobody
+    // decided within the manager's permissionTimeoutMs (the answer is then deny).
+    const canUseTool = (toolName, input, { signal, suggestions, toolUseID, requestId }) =>
+      new Promise((resolve) => {
+        const id = typeof requestId === 'string' && requestId ? requestId : crypto.randomUUID()
+        const pending = pendingPermissions()
+        const settle = (answer) => {
+          if (pending.get(id)?.settle !== settle) return
+          pending.delete(id)
+          resolve(answer)
+        }
+        pending.set(id, { userId, sessionId, settle })
+        push(sseFrame('permission_request', { requestId: id, sessionId, toolName, input, suggestions, toolUseID }, nextId++))
+        signal.addEventListener(
+          'abort',
+          () => {
+            if (pending.get(id)?.settle !== settle) return
+            push(sseFrame('permission_cancelled', { requestId: id, sessionId }, nextId++))
+            settle({ behavior: 'deny', message: 'the permission request was withdrawn' })
+          },
+          { once: true },
+        )
+      })
     let run
     try {
-      run = Promise.resolve(m.executeTask(task, { onEvent, signal: addonSignal(abort.signal) }))
+      const hooks = { onEvent, signal: addonSignal(abort.signal) }
+      if (permissionPrompts) hooks.canUseTool = canUseTool
+      run = Promise.resolve(m.executeTask(task, hooks))
     } catch (error) {
       if (request.signal) request.signal.removeEventListener('abort', onClientGone)
       throw error
@@ -589,11 +621,37 @@ function createClaudeRoutes(options) {
     return json(await m.compactSession({ ...body, userId }, { signal: addonSignal(request.signal) }))
   })
 
+  // POST /api/claude/permission — { sessionId, requestId, behavior, message?, updatedInput?,
+  // interrupt? }: the user's answer to a `permission_request` event of their own stream.
+  const permissionPOST = route(async (request, userId) => {
+    const b = only(await readBody(request), ['sessionId', 'requestId', 'behavior', 'message', 'updatedInput', 'interrupt'], 'permission')
+    if (typeof b.sessionId !== 'string' || typeof b.requestId !== 'string') throw badRequest('permission: sessionId and requestId must be strings')
+    if (b.behavior !== 'allow' && b.behavior !== 'deny') throw badRequest('permission: behavior must be "allow" or "deny"')
+    if (b.message !== undefined && typeof b.message !== 'string') throw badRequest('permission: message must be a string')
+    if (b.updatedInput !== undefined && (b.updatedInput === null || typeof b.updatedInput !== 'object' || Array.isArray(b.updatedInput))) {
+      throw badRequest('permission: updatedInput must be an object')
+    }
+    if (b.interrupt !== undefined && typeof b.interrupt !== 'boolean') throw badRequest('permission: interrupt must be a boolean')
+    const pending = pendingPermissions().get(b.requestId)
+    // Someone else's request answers exactly like one that does not exist (or was answered).
+    if (!pending || pending.userId !== userId || pending.sessionId !== b.sessionId) {
+      throw new RouteError(404, 'PERMISSION_REQUEST_NOT_FOUND', `no pending permission request ${b.requestId} in session ${b.sessionId}`)
+    }
+    // Never `updatedPermissions` from a client: it could change the session's permission mode.
+    const answer =
+      b.behavior === 'allow'
+        ? { behavior: 'allow', ...(b.updatedInput ? { updatedInput: b.updatedInput } : {}) }
+        : { behavior: 'deny', message: b.message || 'the user denied this', ...(b.interrupt ? { interrupt: true } : {}) }
+    pending.settle(answer)
+    return json({ ok: true, requestId: b.requestId, behavior: b.behavior })
+  })
+
   return {
     task: { POST: taskPOST },
     stream: { POST: streamPOST },
     session: { GET: sessionGET, POST: sessionPOST },
     compact: { GET: compactGET, POST: compactPOST },
+    permission: { POST: permissionPOST },
   }
 }
 

@@ -22,8 +22,9 @@
  * project's session list. Actions never reject: a failure sets `error` and resolves `null`.
  */
 import type { ContextInfo, Session, TaskResult } from '../index.js'
+import type { PermissionRequestEvent } from '../next/index.js'
 
-export type { ContextInfo, Session, TaskResult }
+export type { ContextInfo, PermissionRequestEvent, Session, TaskResult }
 
 /** A message on screen. `system` messages are notes the hook adds (e.g. after a compaction). */
 export interface ClaudeMessage {
@@ -82,6 +83,8 @@ export interface UseClaudeSessionOptions {
   onFinish?: (result: TaskResult) => void
   /** Every error that is also put in `error`. */
   onError?: (error: ClaudeSessionError) => void
+  /** Each `permission_request` as it arrives (it is also added to `permissionRequests`). */
+  onPermissionRequest?: (request: PermissionRequestEvent) => void
 }
 
 export interface UseClaudeSessionResult {
@@ -125,7 +128,18 @@ export interface UseClaudeSessionResult {
   selectSession: (sessionId: string) => Promise<string | null>
   /** Reloads the session list and the context meter. */
   refresh: () => Promise<Session[]>
+  /**
+   * Tools waiting for the user's decision while a prompt runs (the routes' `permissionPrompts`),
+   * oldest first; a request leaves the list when answered, withdrawn or when the prompt ends.
+   */
+  permissionRequests: PermissionRequestEvent[]
+  /** Answers one of `permissionRequests` through `POST /permission`; resolves `null` on failure (see `error`). */
+  respondToPermission: (
+    requestId: string,
+    answer: { behavior: 'allow'; updatedInput?: Record<string, unknown> } | { behavior: 'deny'; message?: string; interrupt?: boolean },
+  ) => Promise<{ ok: true; requestId: string; behavior: 'allow' | 'deny' } | null>
 }
+
 
 export declare function useClaudeSession(options: UseClaudeSessionOptions): UseClaudeSessionResult
 

@@ -170,6 +170,8 @@ function serverState(opts) {
     startFresh: resolveNull,
     selectSession: resolveNull,
     refresh: async () => [],
+    permissionRequests: [],
+    respondToPermission: resolveNull,
   }
 }
 
@@ -184,6 +186,8 @@ function useClientSession(opts) {
   const [status, setStatus] = useState('idle')
   const [error, setError] = useState(null)
   const [historySupported, setHistorySupported] = useState(null)
+  // Tools waiting for the user's decision (the routes' `permissionPrompts`).
+  const [permissionRequests, setPermissionRequests] = useState([])
 
   // The latest values, for callbacks that must not go stale.
   const latest = useRef(opts)
@@ -376,6 +380,16 @@ function useClientSession(opts) {
             streamError = apiError((data.error && data.error.code) || 'INTERNAL', data.error && data.error.message, data.error && data.error.status)
             return
           }
+          if (event === 'permission_request') {
+            if (mounted.current && data && data.requestId) setPermissionRequests((rs) => [...rs.filter((r) => r.requestId !== data.requestId), data])
+            const onPermissionRequest = latest.current.onPermissionRequest
+            if (onPermissionRequest) onPermissionRequest(data)
+            return
+          }
+          if (event === 'permission_cancelled') {
+            if (mounted.current && data) setPermissionRequests((rs) => rs.filter((r) => r.requestId !== data.requestId))
+            return
+          }
           const onEvent = latest.current.onEvent
           if (onEvent) onEvent(data)
           if (!data || typeof data !== 'object') return
@@ -428,7 +442,10 @@ function useClientSession(opts) {
         return result
       } finally {
         if (abortRef.current === controller) abortRef.current = null
-        if (mounted.current) setStatus('idle')
+        if (mounted.current) {
+          setStatus('idle')
+          setPermissionRequests([])
+        }
         refreshSessions()
       }
     },
@@ -527,6 +544,29 @@ function useClientSession(opts) {
 
   const clearError = useCallback(() => setError(null), [])
 
+  /** Answers a pending permission request: `{ behavior: 'allow', updatedInput? }` or
+   * `{ behavior: 'deny', message?, interrupt? }`. Never rejects: failures go to `error`. */
+  const respondToPermission = useCallback(
+    async (requestId, answer) => {
+      const pending = permissionRequests.find((r) => r.requestId === requestId)
+      const sessionForRequest = (pending && pending.sessionId) || sessionIdRef.current
+      const a = answer && typeof answer === 'object' ? answer : {}
+      const body = { sessionId: sessionForRequest, requestId, behavior: a.behavior === 'allow' ? 'allow' : 'deny' }
+      if (typeof a.message === 'string') body.message = a.message
+      if (a.updatedInput && typeof a.updatedInput === 'object') body.updatedInput = a.updatedInput
+      if (a.interrupt === true) body.interrupt = true
+      try {
+        const out = await callJson('POST', '/permission', body)
+        if (mounted.current) setPermissionRequests((rs) => rs.filter((r) => r.requestId !== requestId))
+        return out
+      } catch (e) {
+        report(e)
+        return null
+      }
+    },
+    [callJson, permissionRequests, report],
+  )
+
   const session = sessions.find((s) => s.id === sessionId) || null
 
   return {
@@ -549,6 +589,8 @@ function useClientSession(opts) {
     startFresh,
     selectSession,
     refresh,
+    permissionRequests,
+    respondToPermission,
   }
 }
 

@@ -4,7 +4,7 @@
 import { addon, BENCH_SANDBOX } from './harness.mjs'
 
 process.once('message', async ({ store, workingDirectory, env, tasks, concurrency, node }) => {
-  const m = new addon.SessionManager({ sandbox: BENCH_SANDBOX, ...store, workingDirectory, env, maxConcurrentTasks: concurrency })
+  const m = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, ...store, workingDirectory, env, maxConcurrentTasks: concurrency })
   const results = await Promise.all(
     Array.from({ length: tasks }, (_, i) =>
       m.executeTask({ prompt: `Node ${node} task ${i}: reply with one short sentence.`, projectId: `n${node}`, userId: 'u' }).then(

@@ -27,7 +27,7 @@ const standIn = await startStandIn()
 const out = { load: [machineLoad()], sizes: [], history: [] }
 
 function openManager(ws, log) {
-  return new addon.SessionManager({
+  return new addon.SessionManager({ warmIdleMs: 0,
   sandbox: BENCH_SANDBOX,
     databasePath: ws.db,
     workingDirectory: ws.work,
@@ -53,7 +53,7 @@ const stat = (v) => ({ median: median(v), p90: p90(v) })
 for (const n of COUNTS) {
   const ws = workspace('csm-growth-')
   const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
-  new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
+  new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
   await new Promise((r) => setTimeout(r, 50))
   populate(ws.db, n, { workDir: ws.work })
   const manager = openManager(ws, log)

@@ -54,6 +54,7 @@ try {
       const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
       const store = kind === 'postgres' ? { databaseUrl: url, databaseSchema: schema('overhead') } : { databasePath: ws.db }
       const m = new addon.SessionManager({
+        warmIdleMs: 0, // the cold path: one CLI per task, as the lifetime wrapper measures
         sandbox: BENCH_SANDBOX,
         ...store,
         workingDirectory: ws.work,
@@ -103,7 +104,7 @@ try {
   {
     const ws = workspace('csm-bench-pgstore-')
     const S = schema('store')
-    const m0 = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })
+    const m0 = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })
     await m0.close()
     const now = Date.now()
     const t0 = ns()
@@ -123,7 +124,7 @@ SELECT lpad(to_hex(i), 8, '0') || '-' || lpad(to_hex((i * 7919) % 65536), 4, '0'
 FROM generate_series(0, ${SESSIONS - 1}) AS i;
 ANALYZE "${S}".sessions;`)
     const populateMs = ms(t0, ns())
-    const m = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })
+    const m = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })
     const t = await timeStoreCalls(m, SESSIONS, { iter: quick ? 300 : 3000, lists: quick ? 100 : 1000 })
     out.store = { sessions: SESSIONS, populateMs, ...Object.fromEntries(Object.entries(t).map(([k, v]) => [k, stat(v)])) }
     console.error(`[postgres] ${SESSIONS} sessions: getSessionContext median ${(out.store.getSessionContext.median * 1000).toFixed(0)} µs, listSessions median ${out.store.listSessions.median.toFixed(3)} ms`)
@@ -138,7 +139,7 @@ ANALYZE "${S}".sessions;`)
     const ws = workspace(`csm-bench-nodes-${backend}-`)
     const store = backend === 'postgres' ? { databaseUrl: url, databaseSchema: schema('nodes') } : { databasePath: ws.db }
     // Create the schema once before the nodes start, so their start-up does not race on it.
-    await new addon.SessionManager({ sandbox: BENCH_SANDBOX, ...store, workingDirectory: ws.work }).close()
+    await new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, ...store, workingDirectory: ws.work }).close()
     const t0 = ns()
     const reports = await Promise.all(
       Array.from({ length: NODES }, (_, n) => {
@@ -153,7 +154,7 @@ ANALYZE "${S}".sessions;`)
       }),
     )
     const wall = ms(t0, ns())
-    const check = new addon.SessionManager({ sandbox: BENCH_SANDBOX, ...store, workingDirectory: ws.work })
+    const check = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, ...store, workingDirectory: ws.work })
     let rows = 0
     for (const r of reports) for (const id of r.sessionIds) rows += (await check.getSession(id, 'u'))?.taskCount ?? 0
     await check.close()

@@ -17,7 +17,7 @@ const standIn = await startStandIn()
 
 function manager(secured) {
   const ws = workspace(secured ? 'csm-bench-sbx-' : 'csm-bench-plain-')
-  const m = new addon.SessionManager({
+  const m = new addon.SessionManager({ warmIdleMs: 0,
     databasePath: ws.db,
     workingDirectory: ws.work,
     env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config },

@@ -34,7 +34,7 @@ const out = { load: [machineLoad()] }
 {
   const standIn = await startStandIn()
   const ws = workspace('csm-scale-')
-  const manager = new addon.SessionManager({
+  const manager = new addon.SessionManager({ warmIdleMs: 0,
   sandbox: BENCH_SANDBOX,
     databasePath: ws.db,
     workingDirectory: ws.work,
@@ -106,12 +106,12 @@ const out = { load: [machineLoad()] }
 // ---- B: store latency with 100,000 sessions --------------------------------------------------
 {
   const ws = workspace('csm-store-')
-  new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
+  new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work }).close()
   await new Promise((r) => setTimeout(r, 50))
   const t0 = ns()
   populate(ws.db, SESSIONS, { workDir: ws.work })
   const populateMs = msSince(t0)
-  const manager = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work })
+  const manager = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databasePath: ws.db, workingDirectory: ws.work })
   const t = await timeStoreCalls(manager, SESSIONS, { iter: quick ? 300 : 3000, lists: quick ? 100 : 1000 })
   const stat = (v) => ({ median: median(v), p90: p90(v), p99: p99(v) })
   out.store = {

@@ -36,7 +36,7 @@ const ms = (a, b) => Number(b - a) / 1e6
 // ---- the manager -----------------------------------------------------------------------------
 const mw = workspace('csm-bench-mgr-')
 const mLog = new LifetimeLog(path.join(mw.dir, 'lifetime.log'))
-const manager = new addon.SessionManager({
+const manager = new addon.SessionManager({ warmIdleMs: 0,
   sandbox: BENCH_SANDBOX,
   databasePath: mw.db,
   workingDirectory: mw.work,
@@ -137,8 +137,8 @@ for (let i = 0; i < RUNS; i++) {
 const cw = workspace('csm-bench-cal-')
 const fake = fakeCli(tempDir('csm-fake-'))
 const cLog = new LifetimeLog(path.join(cw.dir, 'lifetime.log'))
-const direct = new addon.SessionManager({ sandbox: BENCH_SANDBOX, databasePath: path.join(cw.dir, 'a.db'), workingDirectory: cw.work, claudePath: fake })
-const wrapped = new addon.SessionManager({
+const direct = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databasePath: path.join(cw.dir, 'a.db'), workingDirectory: cw.work, claudePath: fake })
+const wrapped = new addon.SessionManager({ warmIdleMs: 0,
   sandbox: BENCH_SANDBOX,
   databasePath: path.join(cw.dir, 'b.db'),
   workingDirectory: cw.work,

@@ -206,7 +206,7 @@ pub(crate) fn take_exception_text(env: &Env) -> Option<String> {
 
 /// A thrown or rejected value as text, without running the caller's code (no `toString`, no
 /// getters): an `Error`'s own `message`, a string as it is, otherwise its type.
-fn describe(v: Unknown<'_>) -> String {
+pub(crate) fn describe(v: Unknown<'_>) -> String {
   let ty = v.get_type();
   let reason = napi::Error::from_unknown_without_coercion(v).reason;
   if !reason.is_empty() {

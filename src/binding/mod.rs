@@ -17,6 +17,7 @@ use crate::{context, sessions as manager, store};
 mod convert;
 mod errors;
 mod hooks;
+mod permissions;
 mod requests;
 mod results;
 mod tokens;
@@ -297,9 +298,10 @@ impl SessionManager {
   pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
+    let can_use_tool = permissions::read_can_use_tool(env, options);
     with_hooks(env, "executeTask", options, move |sink, cancel| async move {
       let r: manager::TaskRequest = parse::<TaskRequest>("executeTask", request?)?.into();
-      m.execute_task(r, sink, cancel).await
+      m.execute_task_with(r, sink, cancel, can_use_tool?).await
     })
   }
 
@@ -320,6 +322,37 @@ impl SessionManager {
   #[napi]
   pub fn info(&self) -> ManagerInfo {
     self.inner.info().into()
+  }
+
+  /// Adds a message to the task running on the session (in a warm process of this manager):
+  /// the CLI runs it after the current prompt and the task ends at its result. Rejects with
+  /// `INVALID_ARGUMENT` when no task of this manager is running there.
+  #[napi(ts_args_type = "request: SendMessageRequest", ts_return_type = "Promise<void>")]
+  pub fn send_message<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, ()> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: SendMessageRequest = parse("sendMessage", request?)?;
+        m.send_message(&r.session_id, &r.user_id, &r.prompt).await
+      },
+      |()| (),
+    )
+  }
+
+  /// The session's context: the CLI's own breakdown (`get_context_usage`, no API call) when it
+  /// has a warm process here (`{ source: 'cli', usage: { categories, totalTokens, maxTokens,
+  /// percentage, ... } }`), else the stored meter (`{ source: 'store', contextInfo }`).
+  #[napi(
+    ts_args_type = "sessionId: string, userId: string",
+    ts_return_type = "Promise<{ source: 'cli'; usage: Record<string, any> } | { source: 'store'; contextInfo: ContextInfo }>"
+  )]
+  pub fn get_context_usage<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Value> {
+    let session_id = js_value(env, "sessionId", Some(session_id));
+    let user_id = js_value(env, "userId", Some(user_id));
+    let m = self.inner.clone();
+    promise(env, async move { m.get_context_usage(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await }, |v| v)
   }
 
   /// Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.

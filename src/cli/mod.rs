@@ -10,6 +10,7 @@ pub mod resolve;
 pub mod run;
 pub mod sandbox;
 pub mod stream;
+pub mod warm;
 
 pub use args::{build_args, child_env, CliArgs, SessionMode};
 pub use key_proxy::{KeyProxy, TaskToken, Upstream};
@@ -17,3 +18,4 @@ pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};
 pub use sandbox::Sandbox;
+pub use warm::{warm_args, CanUseTool, PermissionRequest, TurnOptions, WarmHandle, WarmProcess};

@@ -102,40 +102,101 @@ pub struct RunOutcome {
   pub elapsed: Duration,
 }
 
+impl RunOutcome {
+  /// An outcome before the CLI said anything.
+  pub(crate) fn empty(pid: Option<u32>) -> RunOutcome {
+    RunOutcome {
+      reason: EndReason::Exited,
+      exit_code: None,
+      signal: None,
+      stderr_tail: String::new(),
+      result: None,
+      cli_version: None,
+      session_id: None,
+      model: None,
+      context: None,
+      compactions: Vec::new(),
+      compact_errors: Vec::new(),
+      malformed: Vec::new(),
+      pid,
+      elapsed: Duration::ZERO,
+    }
+  }
+
+  /// Takes in what one line of the CLI's stream says about the run.
+  pub(crate) fn observe(&mut self, tracker: &mut ContextTracker, kind: &Kind) {
+    tracker.observe(kind);
+    match kind {
+      Kind::Init { cli_version, model, session_id } => {
+        self.session_id = session_id.clone().or(self.session_id.take());
+        self.cli_version = cli_version.clone().or(self.cli_version.take());
+        self.model = model.clone().or(self.model.take());
+      }
+      Kind::CompactBoundary { trigger, pre_tokens, post_tokens, duration_ms } => self.compactions.push(CompactEvent {
+        trigger: trigger.clone(),
+        pre_tokens: *pre_tokens,
+        post_tokens: *post_tokens,
+        duration_ms: *duration_ms,
+      }),
+      Kind::Status { compact_error: Some(e), .. } => self.compact_errors.push(e.clone()),
+      Kind::Result(r) => self.result = Some((**r).clone()),
+      _ => {}
+    }
+  }
+}
+
+/// Reads the CLI's stderr to its end and keeps the last [`STDERR_TAIL`] bytes.
+pub(crate) async fn stderr_tail(mut stderr: Output) -> String {
+  let mut tail: VecDeque<u8> = VecDeque::with_capacity(STDERR_TAIL);
+  let mut buf = [0u8; 4096];
+  while let Ok(n) = stderr.read(&mut buf).await {
+    if n == 0 {
+      break;
+    }
+    for b in &buf[..n] {
+      if tail.len() == STDERR_TAIL {
+        tail.pop_front();
+      }
+      tail.push_back(*b);
+    }
+  }
+  String::from_utf8_lossy(&tail.into_iter().collect::<Vec<u8>>()).into_owned()
+}
+
 const STDERR_TAIL: usize = 4096;
 const KILL_GRACE: Duration = Duration::from_millis(400);
 
 /// A running CLI: started by [`super::process::linux`] where it can be (Linux with pidfds), else by
 /// tokio's `Command`.
-enum Proc {
+pub(crate) enum Proc {
   Tokio(Child),
   #[cfg(target_os = "linux")]
   Raw(super::process::linux::RawChild),
 }
 
 impl Proc {
-  fn id(&self) -> Option<u32> {
+  pub(crate) fn id(&self) -> Option<u32> {
     match self {
       Proc::Tokio(c) => c.id(),
       #[cfg(target_os = "linux")]
       Proc::Raw(c) => Some(c.id()),
     }
   }
-  async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+  pub(crate) async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
     match self {
       Proc::Tokio(c) => c.wait().await,
       #[cfg(target_os = "linux")]
       Proc::Raw(c) => c.wait().await,
     }
   }
-  fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+  pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
     match self {
       Proc::Tokio(c) => c.try_wait(),
       #[cfg(target_os = "linux")]
       Proc::Raw(c) => c.try_wait(),
     }
   }
-  fn start_kill(&mut self) -> std::io::Result<()> {
+  pub(crate) fn start_kill(&mut self) -> std::io::Result<()> {
     match self {
       Proc::Tokio(c) => c.start_kill(),
       #[cfg(target_os = "linux")]
@@ -144,11 +205,11 @@ impl Proc {
   }
 }
 
-type Stdin = Box<dyn AsyncWrite + Send + Unpin>;
-type Output = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type Stdin = Box<dyn AsyncWrite + Send + Unpin>;
+pub(crate) type Output = Box<dyn AsyncRead + Send + Unpin>;
 
 /// Stops the child's whole process group: SIGTERM, a short grace, then SIGKILL.
-async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
+pub(crate) async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
   #[cfg(unix)]
   if let Some(pg) = pgid {
     // The CLI puts each tool command in a process group of its own: find them all before the
@@ -167,7 +228,7 @@ async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
 }
 
 /// Starts the CLI with piped stdio in its own process group, set to die with this process.
-fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
+pub(crate) fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   #[cfg(target_os = "linux")]
   if spec.program.is_absolute() && super::process::linux::available() {
     use super::process::linux::{spawn as clone_spawn, Step};
@@ -298,7 +359,7 @@ pub async fn run_until_result(
     return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
   }
   let started = Instant::now();
-  let (mut child, mut stdin, stdout, mut stderr) = spawn(spec)?;
+  let (mut child, mut stdin, stdout, stderr) = spawn(spec)?;
   let pid = child.id();
   let pgid = pid; // process_group(0): the group id is the child's pid.
 
@@ -307,40 +368,10 @@ pub async fn run_until_result(
     let _ = stdin.write_all(prompt.as_bytes()).await;
     let _ = stdin.shutdown().await;
   });
-  let err_reader = tokio::spawn(async move {
-    let mut tail: VecDeque<u8> = VecDeque::with_capacity(STDERR_TAIL);
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = stderr.read(&mut buf).await {
-      if n == 0 {
-        break;
-      }
-      for b in &buf[..n] {
-        if tail.len() == STDERR_TAIL {
-          tail.pop_front();
-        }
-        tail.push_back(*b);
-      }
-    }
-    String::from_utf8_lossy(&tail.into_iter().collect::<Vec<u8>>()).into_owned()
-  });
+  let err_reader = tokio::spawn(stderr_tail(stderr));
   let mut reader = BufReader::new(stdout);
 
-  let mut out = RunOutcome {
-    reason: EndReason::Exited,
-    exit_code: None,
-    signal: None,
-    stderr_tail: String::new(),
-    result: None,
-    cli_version: None,
-    session_id: None,
-    model: None,
-    context: None,
-    compactions: Vec::new(),
-    compact_errors: Vec::new(),
-    malformed: Vec::new(),
-    pid,
-    elapsed: Duration::ZERO,
-  };
+  let mut out = RunOutcome::empty(pid);
   let mut tracker = ContextTracker::default();
   let deadline = spec.timeout.map(|t| tokio::time::Instant::now() + t);
   let far = Duration::from_secs(60 * 60 * 24 * 365);
@@ -369,20 +400,7 @@ pub async fn run_until_result(
                 }
               }
               Ok(line) => {
-                tracker.observe(&line.kind);
-                match &line.kind {
-                  Kind::Init { cli_version, model, session_id } => {
-                    out.session_id = session_id.clone().or(out.session_id.take());
-                    out.cli_version = cli_version.clone().or(out.cli_version.take());
-                    out.model = model.clone().or(out.model.take());
-                  }
-                  Kind::CompactBoundary { trigger, pre_tokens, post_tokens, duration_ms } => out.compactions.push(CompactEvent {
-                    trigger: trigger.clone(), pre_tokens: *pre_tokens, post_tokens: *post_tokens, duration_ms: *duration_ms,
-                  }),
-                  Kind::Status { compact_error: Some(e), .. } => out.compact_errors.push(e.clone()),
-                  Kind::Result(r) => out.result = Some((**r).clone()),
-                  _ => {}
-                }
+                out.observe(&mut tracker, &line.kind);
                 on_line(&line);
                 early = settle_at_result && out.result.is_some();
               }
@@ -484,7 +502,7 @@ pub async fn run_until_result(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
   use super::*;
   use crate::cli::args::*;
   use crate::cli::process::*;
@@ -627,7 +645,7 @@ mod tests {
 
   /// A stand-in CLI (a shell script) reaches what the real one cannot show on demand: garbage
   /// output, a hang, a grandchild that would outlive it.
-  fn script(dir: &Path, body: &str) -> PathBuf {
+  pub(crate) fn script(dir: &Path, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let p = dir.join("fake-claude");
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -635,7 +653,7 @@ mod tests {
     p
   }
 
-  fn spec(program: PathBuf, cwd: &Path) -> RunSpec {
+  pub(crate) fn spec(program: PathBuf, cwd: &Path) -> RunSpec {
     RunSpec {
       program,
       args: vec![],

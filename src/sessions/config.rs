@@ -37,6 +37,9 @@ pub struct Options {
   pub setting_sources: Vec<String>,
   pub node_id: Option<String>,
   pub lease_ttl_ms: Option<f64>,
+  pub warm_idle_ms: Option<f64>,
+  pub max_warm_sessions: Option<f64>,
+  pub permission_timeout_ms: Option<f64>,
 }
 
 /// Extra folders the sandbox shows the agent.
@@ -107,6 +110,12 @@ pub struct Config {
   pub allow_file_mentions: bool,
   /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
   pub setting_sources: Vec<String>,
+  /// How long a session's CLI is kept running after its task; `None`: warm processes are off.
+  pub warm_idle: Option<Duration>,
+  /// At most this many warm processes (the least recently used is closed first).
+  pub max_warm_sessions: usize,
+  /// How long a permission request waits for the host's decision before it is denied.
+  pub permission_timeout: Duration,
 }
 
 /// The CLI's default nice increment: below the Node process serving requests, still above batch
@@ -206,6 +215,19 @@ impl Config {
       Some(t) => Some(Duration::from_millis(validate::positive_int("stallTimeoutMs", t)?)),
       None => Some(Duration::from_secs(15 * 60)),
     };
+    let warm_idle = match o.warm_idle_ms {
+      Some(0.0) => None,
+      Some(t) => Some(Duration::from_millis(validate::positive_int("warmIdleMs", t)?)),
+      None => Some(Duration::from_secs(10 * 60)),
+    };
+    let max_warm_sessions = match o.max_warm_sessions {
+      Some(n) => validate::positive_int("maxWarmSessions", n)?.min(4096) as usize,
+      None => 16,
+    };
+    let permission_timeout = Duration::from_millis(match o.permission_timeout_ms {
+      Some(t) => validate::positive_int("permissionTimeoutMs", t)?,
+      None => 5 * 60 * 1000,
+    });
     let cli_niceness = match o.cli_niceness {
       Some(n) => validate::non_negative_int("cliNiceness", n)?,
       None => DEFAULT_NICENESS,
@@ -306,6 +328,9 @@ impl Config {
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
       setting_sources: o.setting_sources,
+      warm_idle,
+      max_warm_sessions,
+      permission_timeout,
     })
   }
 }

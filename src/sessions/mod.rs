@@ -13,6 +13,7 @@ mod finish;
 mod mirror;
 mod tasks;
 mod types;
+mod warm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub(crate) struct RunOptions {
   trigger: Option<&'static str>,
   /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
   queue_timeout: Option<Duration>,
+  /// The task's permission callback (`canUseTool`).
+  can_use_tool: Option<cli::CanUseTool>,
 }
 
 /// A task handle aborted when dropped (the lease renewal: it must never outlive its task).
@@ -81,6 +84,8 @@ pub struct Manager {
   next_task: std::sync::atomic::AtomicU64,
   /// The API-key proxy, started with the first task that needs it (`None`: no key to hide).
   key_proxy: tokio::sync::OnceCell<Option<cli::KeyProxy>>,
+  /// Idle warm CLIs by session (`warmIdleMs`).
+  warm: Arc<warm::WarmPool>,
 }
 
 /// Keeps a task in the manager's registry until dropped.
@@ -192,6 +197,7 @@ impl Manager {
       tasks: Arc::new(Mutex::new(HashMap::new())),
       next_task: std::sync::atomic::AtomicU64::new(0),
       key_proxy: tokio::sync::OnceCell::new(),
+      warm: Arc::new(warm::WarmPool::default()),
     })
   }
 
@@ -414,6 +420,8 @@ impl Manager {
       }
       tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Then the idle warm CLIs: stdin EOF, signals after a grace.
+    self.warm.shutdown().await;
     Ok(())
   }
 }

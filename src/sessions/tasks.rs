@@ -158,6 +158,18 @@ impl Manager {
   /// Runs a task. Invalid requests are rejected before anything is spawned; failures of the model
   /// or the CLI resolve with `success: false` and a code.
   pub async fn execute_task(self: &Arc<Self>, r: TaskRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
+    self.execute_task_with(r, sink, cancel, None).await
+  }
+
+  /// [`Self::execute_task`] with a permission callback: the CLI asks it before a tool that needs
+  /// permission runs (`--permission-prompt-tool=stdio`, so the task runs in a warm process).
+  pub async fn execute_task_with(
+    self: &Arc<Self>,
+    r: TaskRequest,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+    can_use_tool: Option<cli::CanUseTool>,
+  ) -> Result<TaskResult> {
     self.check_open()?;
     let _registered = self.register(&cancel);
     let mut args = self.validate_task(&r)?;
@@ -210,7 +222,7 @@ impl Manager {
     let spec = self.run_spec(&session, program, r.prompt.clone(), r.timeout_ms.map(|t| Duration::from_millis(t as u64)))?;
     let include_partials = r.include_partial_messages.unwrap_or(false);
     let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
-    let opts = RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout };
+    let opts = RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout, can_use_tool };
     let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
     res.compacted = compacted.is_some() || res.compacted;
@@ -246,7 +258,7 @@ impl Manager {
     cancel: CancelToken,
     o: RunOptions,
   ) -> Result<TaskResult> {
-    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout } = o;
+    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout, can_use_tool } = o;
     let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
     let queued = Instant::now();
     let busy = || {
@@ -388,7 +400,13 @@ impl Manager {
       other => other,
     };
     let outcome = match mode {
+      Ok(mode) if self.runs_warm(kind, can_use_tool.is_some()) => {
+        cli.session = Some(mode);
+        self.run_warm(permit, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool).await.map(|o| (o, None))
+      }
       Ok(mode) => {
+        // One CLI per session: a warm one left from an earlier task goes first.
+        self.drop_warm(&session.id).await;
         cli.session = Some(mode);
         spec.args = cli::build_args(&cli);
         if spec.mirror.is_some() {
@@ -596,6 +614,7 @@ impl Manager {
       threshold: self.cfg.compact_threshold,
       trigger: Some(trigger),
       queue_timeout: None,
+      can_use_tool: None,
     };
     let res = self.run_locked(session, spec, sink, cancel, opts).await?;
     if res.compactions.is_empty() {
@@ -607,6 +626,13 @@ impl Manager {
       ));
     }
     Ok(res)
+  }
+}
+
+/// Removes what [`per_process_files`] names (after the CLI was killed).
+pub(crate) fn remove_per_process_files(spec: &RunSpec, pid: Option<u32>) {
+  for f in per_process_files(spec, pid) {
+    let _ = std::fs::remove_file(f);
   }
 }
 

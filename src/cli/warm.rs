@@ -1,0 +1,677 @@
+//! A warm CLI: one `claude` process kept running across the tasks of a session, prompts written
+//! to its stdin as stream-json lines (`--input-format=stream-json`), its control protocol
+//! answered. The cold executor is [`super::run`]; the manager picks one per task.
+//!
+//! What this file guarantees (see `/work/shared/notes/warm_process.md` for the protocol facts):
+//! - one writer per stdin: every line goes through one task, serialised by `serde_json` (a
+//!   malformed line would kill the CLI);
+//! - a turn is the task's only between the CLI's `command_lifecycle` `started` and the `result`
+//!   for the prompt's own uuid: turns the CLI starts by itself (background task notifications)
+//!   never reach a task;
+//! - every `control_request` the CLI sends is answered (`can_use_tool` by the task's handler, or
+//!   deny after its timeout; anything else with an error);
+//! - abort is the CLI's `interrupt`; a turn that does not settle within the grace is stopped
+//!   with its process group, as a cold run is.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::args::{build_args, CliArgs};
+use super::run::{spawn, stderr_tail, stop_group, CancelToken, EndReason, Output, Proc, RunOutcome, RunSpec};
+use super::stream::{self, ContextTracker, Kind, Line};
+use crate::error::{Error, ErrorCode, Result};
+
+/// A `can_use_tool` request of the CLI, as the host's callback sees it.
+#[derive(Debug, Clone)]
+pub struct PermissionRequest {
+  pub request_id: String,
+  pub tool_name: String,
+  pub input: Value,
+  /// The CLI's `permission_suggestions` (`[]` when none).
+  pub suggestions: Value,
+  pub tool_use_id: Option<String>,
+}
+
+/// What a permission callback resolves to: `{ behavior: 'allow', updatedInput?, updatedPermissions? }`
+/// or `{ behavior: 'deny', message, interrupt? }`; `Err` is reported to the CLI as a failed request
+/// (which it counts as a denial).
+pub type PermissionFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, String>> + Send>>;
+
+/// Decides a permission request. The token is cancelled when the CLI withdraws the request (after
+/// an interrupt), when the time is up, or when the turn ends.
+pub type CanUseTool = Arc<dyn Fn(PermissionRequest, CancelToken) -> PermissionFuture + Send + Sync>;
+
+/// The argv of a warm CLI: the cold one without `-p` and without `--max-budget-usd` (it counts
+/// the whole process; the manager enforces budgets per task), with stream-json input, and the
+/// permission prompts on the control protocol when `permission_prompts`.
+pub fn warm_args(a: &CliArgs, permission_prompts: bool) -> Vec<String> {
+  let a = CliArgs { max_budget_usd: None, ..a.clone() };
+  let mut v: Vec<String> = build_args(&a).into_iter().filter(|x| x != "-p").collect();
+  v.insert(0, "--input-format=stream-json".into());
+  if permission_prompts {
+    v.push("--permission-prompt-tool=stdio".into());
+  }
+  v
+}
+
+/// Per-turn limits and handlers.
+#[derive(Clone)]
+pub struct TurnOptions {
+  /// Whole-turn limit; reaching it stops the process.
+  pub timeout: Option<Duration>,
+  /// No stdout line for this long stops the process.
+  pub stall_timeout: Option<Duration>,
+  /// The task's permission callback and how long it may take before the answer is deny.
+  pub can_use_tool: Option<(CanUseTool, Duration)>,
+  /// How long an interrupted turn may take to end before the process group is stopped.
+  pub interrupt_grace: Duration,
+}
+
+/// Control requests and steering for a warm process, usable while a task runs in it. Writes go
+/// through the process's one stdin writer.
+#[derive(Clone)]
+pub struct WarmHandle {
+  out: Writer,
+  shared: Arc<Shared>,
+}
+
+impl WarmHandle {
+  /// Sends a control request; the receiver gets the CLI's `response` (or its error).
+  pub fn control(&self, request: Value) -> oneshot::Receiver<std::result::Result<Value, String>> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let (tx, rx) = oneshot::channel();
+    lock(&self.shared.pending).insert(id.clone(), tx);
+    if !send(&self.out, &json!({ "type": "control_request", "request_id": id, "request": request })) {
+      lock(&self.shared.pending).remove(&id);
+    }
+    rx
+  }
+
+  /// Sends a control request and waits up to `limit` for its answer.
+  pub async fn ask(&self, request: Value, limit: Duration) -> Result<Value> {
+    match tokio::time::timeout(limit, self.control(request)).await {
+      Ok(Ok(Ok(v))) => Ok(v),
+      Ok(Ok(Err(e))) => Err(Error::new(ErrorCode::CliError, format!("the CLI refused the request: {e}"))),
+      Ok(Err(_)) => Err(Error::new(ErrorCode::CliError, "the CLI exited before it answered")),
+      Err(_) => Err(Error::new(ErrorCode::Timeout, format!("the CLI did not answer within {} ms", limit.as_millis()))),
+    }
+  }
+
+  /// Adds a user message to the running task: the CLI queues it and runs it after the current
+  /// prompt, and the task ends at its result. False when no task is running (or it is ending).
+  pub fn steer(&self, text: &str) -> bool {
+    let mut turn = lock(&self.shared.turn);
+    let Some(t) = turn.as_mut() else { return false };
+    if self.shared.closed.load(Ordering::SeqCst) {
+      return false;
+    }
+    let uuid = uuid::Uuid::new_v4().to_string();
+    // Registered before it is written, so that its lifecycle lines find it.
+    t.uuids.push(uuid.clone());
+    t.outstanding.push(uuid.clone());
+    send(&self.out, &user_line(text, &uuid))
+  }
+}
+
+enum Event {
+  Line(Line),
+  Malformed(String),
+  /// The CLI ended the prompt (`completed` or `cancelled`) without a result line first.
+  Done,
+  /// stdout closed: the process is gone or going.
+  Closed,
+}
+
+/// The running task's prompts: its own and the ones steered into it (`steer`). The CLI runs them
+/// one after the other, each to its own `result`; the task ends at the result after which none
+/// of them is left.
+struct Turn {
+  uuids: Vec<String>,
+  /// Written and not yet `completed`/`cancelled`.
+  outstanding: Vec<String>,
+  /// The one the CLI said it started last.
+  current: Option<String>,
+  tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Turn {
+  /// Whether a `result` now ends the task: no prompt of it but the running one is left.
+  fn last_result(&self) -> bool {
+    self.outstanding.iter().all(|u| Some(u) == self.current.as_ref())
+  }
+}
+
+type Pending = oneshot::Sender<std::result::Result<Value, String>>;
+
+#[derive(Default)]
+struct Shared {
+  turn: Mutex<Option<Turn>>,
+  pending: Mutex<HashMap<String, Pending>>,
+  permissions: Mutex<Option<(CanUseTool, Duration)>>,
+  in_flight: Mutex<HashMap<String, CancelToken>>,
+  closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+  m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The queue of the one task that writes stdin; `None` closes stdin.
+type Writer = mpsc::UnboundedSender<Option<String>>;
+
+fn send(out: &Writer, v: &Value) -> bool {
+  // `to_string` of a `Value` cannot fail and never contains a raw newline.
+  let line = format!("{v}\n");
+  out.send(Some(line)).is_ok()
+}
+
+impl Shared {
+  /// Hands an event to the running turn, if it is the task's (started and not over).
+  fn to_turn(&self, ev: Event) {
+    if let Some(t) = lock(&self.turn).as_ref().filter(|t| t.current.is_some()) {
+      let _ = t.tx.send(ev);
+    }
+  }
+}
+
+/// A running warm CLI.
+pub struct WarmProcess {
+  child: Proc,
+  pid: Option<u32>,
+  out: Writer,
+  shared: Arc<Shared>,
+  reader: JoinHandle<()>,
+  writer: JoinHandle<()>,
+  stderr: Option<JoinHandle<String>>,
+  spec: RunSpec,
+  /// Set when a turn found the process gone or had to stop it.
+  dead: bool,
+}
+
+impl WarmProcess {
+  /// Spawns the CLI (without a shell, in its own process group, set to die with this process).
+  /// `spec.args` must be [`warm_args`]; `spec.stdin` is not used.
+  pub fn start(spec: RunSpec) -> Result<WarmProcess> {
+    if !spec.cwd.is_dir() {
+      return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
+    }
+    let (child, mut stdin, stdout, stderr) = spawn(&spec)?;
+    let pid = child.id();
+    let (out, mut rx) = mpsc::unbounded_channel::<Option<String>>();
+    let writer = tokio::spawn(async move {
+      while let Some(Some(line)) = rx.recv().await {
+        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+          break;
+        }
+      }
+      let _ = stdin.shutdown().await;
+    });
+    let shared = Arc::new(Shared::default());
+    let reader = tokio::spawn(read_loop(stdout, shared.clone(), out.clone()));
+    let stderr = Some(tokio::spawn(stderr_tail(stderr)));
+    Ok(WarmProcess { child, pid, out, shared, reader, writer, stderr, spec, dead: false })
+  }
+
+  pub fn pid(&self) -> Option<u32> {
+    self.pid
+  }
+
+  pub fn spec(&self) -> &RunSpec {
+    &self.spec
+  }
+
+  /// Whether the process can take another prompt.
+  pub fn alive(&mut self) -> bool {
+    !self.dead && !self.shared.closed.load(Ordering::SeqCst) && matches!(self.child.try_wait(), Ok(None))
+  }
+
+  /// Sends a control request; the receiver gets the CLI's `response` (or its error).
+  pub fn control(&self, request: Value) -> oneshot::Receiver<std::result::Result<Value, String>> {
+    self.handle().control(request)
+  }
+
+  /// A handle for control requests and steering from elsewhere while the process is kept.
+  pub fn handle(&self) -> WarmHandle {
+    WarmHandle { out: self.out.clone(), shared: self.shared.clone() }
+  }
+
+  /// Runs one prompt to its `result`: the outcome as a cold run reports it. The process stays
+  /// usable unless [`Self::alive`] says otherwise afterwards.
+  pub async fn turn(&mut self, prompt: &str, o: TurnOptions, cancel: &CancelToken, mut on_line: impl FnMut(&Line)) -> RunOutcome {
+    let started = Instant::now();
+    let mut out = RunOutcome::empty(self.pid);
+    let mut tracker = ContextTracker::default();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    *lock(&self.shared.turn) = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, tx });
+    *lock(&self.shared.permissions) = o.can_use_tool.clone();
+    let far = Duration::from_secs(60 * 60 * 24 * 365);
+    let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut interrupted: Option<tokio::time::Instant> = None;
+    let mut stop = false;
+    if !self.alive() || !send(&self.out, &user_line(prompt, &uuid)) {
+      self.dead = true;
+    } else {
+      loop {
+        let now = tokio::time::Instant::now();
+        let until_deadline = deadline.map(|d| d.saturating_duration_since(now)).unwrap_or(far);
+        let stall = o.stall_timeout.unwrap_or(far);
+        let settle = interrupted.map(|d| d.saturating_duration_since(now)).unwrap_or(far);
+        tokio::select! {
+          ev = rx.recv() => match ev {
+            Some(Event::Line(line)) => {
+              out.observe(&mut tracker, &line.kind);
+              on_line(&line);
+              if matches!(line.kind, Kind::Result(_)) {
+                // Closed in the same step, so that nothing is steered into a task that ended.
+                let mut turn = lock(&self.shared.turn);
+                if turn.as_ref().is_none_or(Turn::last_result) {
+                  *turn = None;
+                  break;
+                }
+              }
+            }
+            Some(Event::Malformed(m)) => out.malformed.push(m),
+            Some(Event::Done) => break,
+            Some(Event::Closed) | None => { self.dead = true; break; }
+          },
+          _ = cancel.cancelled(), if interrupted.is_none() => {
+            out.reason = EndReason::Aborted;
+            // Messages steered into this task and still queued go too.
+            drop(self.control(json!({ "subtype": "interrupt", "cancel_queued": true })));
+            interrupted = Some(now + o.interrupt_grace);
+          }
+          _ = tokio::time::sleep(settle), if interrupted.is_some() => { stop = true; break; }
+          _ = tokio::time::sleep(until_deadline), if interrupted.is_none() => { out.reason = EndReason::TimedOut; stop = true; break; }
+          _ = tokio::time::sleep(stall), if interrupted.is_none() => { out.reason = EndReason::Stalled; stop = true; break; }
+        }
+      }
+    }
+    *lock(&self.shared.turn) = None;
+    *lock(&self.shared.permissions) = None;
+    // A permission callback still waiting belongs to this turn: its signal aborts.
+    for (_, t) in lock(&self.shared.in_flight).drain() {
+      t.cancel();
+    }
+    out.context = tracker.last();
+    if stop {
+      self.dead = true;
+      let tree = self.pid.map(super::process::descendants).unwrap_or_default();
+      stop_group(&mut self.child, self.pid).await;
+      gone(tree).await;
+    }
+    if self.dead {
+      // Gone or going: its exit status and stderr say why.
+      let _ = self.out.send(None);
+      if tokio::time::timeout(super::run::EXIT_WAIT, self.child.wait()).await.is_err() {
+        stop_group(&mut self.child, self.pid).await;
+      }
+      if let Ok(Some(s)) = self.child.try_wait() {
+        out.exit_code = s.code();
+        #[cfg(unix)]
+        {
+          use std::os::unix::process::ExitStatusExt;
+          out.signal = s.signal();
+        }
+      }
+      if let Some(h) = self.stderr.take() {
+        out.stderr_tail = tokio::time::timeout(Duration::from_secs(2), h).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+      }
+    }
+    out.elapsed = started.elapsed();
+    out
+  }
+
+  /// Ends the process: stdin EOF (the CLI finishes what it has and exits), SIGTERM to its group
+  /// after `grace`, SIGKILL shortly after. Returns whether it had to be stopped by a signal.
+  pub async fn close(mut self, grace: Duration) -> bool {
+    // What runs under it (the CLI inside a sandbox, tools), found while it is alive.
+    let tree = self.pid.map(super::process::descendants).unwrap_or_default();
+    let _ = self.out.send(None);
+    let killed = match tokio::time::timeout(grace, self.child.wait()).await {
+      Ok(_) => false,
+      Err(_) => {
+        stop_group(&mut self.child, self.pid).await;
+        true
+      }
+    };
+    self.end_group();
+    gone(tree).await;
+    killed
+  }
+
+  /// Stops the process group at once (SIGTERM, then SIGKILL): for a process that must not write
+  /// anything more to the session's transcript.
+  pub async fn kill(mut self) {
+    let tree = self.pid.map(super::process::descendants).unwrap_or_default();
+    stop_group(&mut self.child, self.pid).await;
+    self.end_group();
+    gone(tree).await;
+  }
+
+  /// Whatever the CLI left in its group (tools, shells) goes too.
+  fn end_group(&mut self) {
+    #[cfg(unix)]
+    if let Some(pg) = self.pid {
+      super::process::kill_group(pg, libc::SIGKILL);
+    }
+    self.dead = true;
+  }
+}
+
+/// Waits (up to a second) for processes that die with the CLI without being in its group (a
+/// sandbox's inner processes), then kills what is left of them.
+async fn gone(tree: Vec<u32>) {
+  for _ in 0..100 {
+    if !tree.iter().any(|p| super::process::pid_alive(*p)) {
+      break;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+  }
+  super::process::kill_tree(&tree.into_iter().filter(|p| super::process::pid_alive(*p)).collect::<Vec<_>>());
+}
+
+impl Drop for WarmProcess {
+  fn drop(&mut self) {
+    // Never left running: a process still alive here (its pid not yet reaped, so still its own)
+    // is killed with its group.
+    if let Ok(None) = self.child.try_wait() {
+      #[cfg(unix)]
+      if let Some(pg) = self.pid {
+        super::process::kill_group(pg, libc::SIGKILL);
+      }
+      let _ = self.child.start_kill();
+    }
+    self.reader.abort();
+    self.writer.abort();
+    if let Some(h) = self.stderr.take() {
+      h.abort();
+    }
+  }
+}
+
+/// The user line the Agent SDK writes, with a uuid so that the CLI reports the prompt's
+/// lifecycle.
+fn user_line(text: &str, uuid: &str) -> Value {
+  json!({
+    "type": "user",
+    "session_id": "",
+    "message": { "role": "user", "content": [{ "type": "text", "text": text }] },
+    "parent_tool_use_id": null,
+    "uuid": uuid,
+  })
+}
+
+async fn read_loop(stdout: Output, shared: Arc<Shared>, out: Writer) {
+  let mut reader = BufReader::new(stdout);
+  let mut buf = Vec::with_capacity(8192);
+  loop {
+    buf.clear();
+    match reader.read_until(b'\n', &mut buf).await {
+      Ok(0) | Err(_) => break,
+      Ok(_) => {}
+    }
+    let text = String::from_utf8_lossy(&buf);
+    if text.trim().is_empty() {
+      continue;
+    }
+    let line = match stream::parse_line(&text) {
+      Ok(l) => l,
+      Err(why) => {
+        let shown: String = text.trim().chars().take(200).collect();
+        shared.to_turn(Event::Malformed(format!("{why}: {shown}")));
+        continue;
+      }
+    };
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match str_of(&line.raw, "type").as_str() {
+      "control_response" => {
+        let r = line.raw.get("response").cloned().unwrap_or(Value::Null);
+        if let Some(tx) = lock(&shared.pending).remove(&str_of(&r, "request_id")) {
+          let answer = if str_of(&r, "subtype") == "success" {
+            Ok(r.get("response").cloned().unwrap_or(Value::Null))
+          } else {
+            Err(str_of(&r, "error"))
+          };
+          let _ = tx.send(answer);
+        }
+      }
+      "control_request" => answer_request(&shared, &out, &line.raw),
+      "control_cancel_request" => {
+        if let Some(t) = lock(&shared.in_flight).remove(&str_of(&line.raw, "request_id")) {
+          t.cancel();
+        }
+      }
+      "keep_alive" => {}
+      "command_lifecycle" => {
+        let (id, state) = (str_of(&line.raw, "command_uuid"), str_of(&line.raw, "state"));
+        let mut turn = lock(&shared.turn);
+        if let Some(t) = turn.as_mut().filter(|t| t.uuids.contains(&id)) {
+          match state.as_str() {
+            "started" => t.current = Some(id),
+            "completed" | "cancelled" => {
+              t.outstanding.retain(|u| *u != id);
+              if t.outstanding.is_empty() {
+                let _ = t.tx.send(Event::Done);
+              }
+            }
+            _ => {}
+          }
+        }
+      }
+      _ => shared.to_turn(Event::Line(line)),
+    }
+  }
+  shared.closed.store(true, Ordering::SeqCst);
+  if let Some(t) = lock(&shared.turn).as_ref() {
+    let _ = t.tx.send(Event::Closed);
+  }
+  // Requests nobody will answer now: their receivers see the sender dropped.
+  lock(&shared.pending).clear();
+}
+
+/// Answers one `control_request` of the CLI: `can_use_tool` through the turn's handler (deny when
+/// there is none or it takes too long), anything else with an error.
+fn answer_request(shared: &Arc<Shared>, out: &Writer, raw: &Value) {
+  let id = raw.get("request_id").and_then(Value::as_str).unwrap_or("").to_owned();
+  let req = raw.get("request").cloned().unwrap_or(Value::Null);
+  let subtype = req.get("subtype").and_then(Value::as_str).unwrap_or("").to_owned();
+  let reply = move |out: &Writer, answer: std::result::Result<Value, String>| {
+    let response = match answer {
+      Ok(v) => json!({ "subtype": "success", "request_id": id, "response": v }),
+      Err(e) => json!({ "subtype": "error", "request_id": id, "error": e }),
+    };
+    send(out, &json!({ "type": "control_response", "response": response }));
+  };
+  if subtype != "can_use_tool" {
+    reply(out, Err(format!("Unsupported control request subtype: {subtype}")));
+    return;
+  }
+  let input = req.get("input").cloned().unwrap_or_else(|| json!({}));
+  let Some((handler, limit)) = lock(&shared.permissions).clone() else {
+    reply(out, Ok(json!({ "behavior": "deny", "message": "no permission handler is attached to this task" })));
+    return;
+  };
+  let request_id = raw.get("request_id").and_then(Value::as_str).unwrap_or("").to_owned();
+  let token = CancelToken::new();
+  lock(&shared.in_flight).insert(request_id.clone(), token.clone());
+  let request = PermissionRequest {
+    request_id: request_id.clone(),
+    tool_name: req.get("tool_name").and_then(Value::as_str).unwrap_or("").to_owned(),
+    input: input.clone(),
+    suggestions: req.get("permission_suggestions").cloned().unwrap_or_else(|| json!([])),
+    tool_use_id: req.get("tool_use_id").and_then(Value::as_str).map(str::to_owned),
+  };
+  let decision = handler(request, token.clone());
+  let (shared, out) = (shared.clone(), out.clone());
+  tokio::spawn(async move {
+    let answer = tokio::select! {
+      a = decision => a.map(|v| permission_answer(v, &input)),
+      _ = tokio::time::sleep(limit) => {
+        token.cancel();
+        Ok(json!({ "behavior": "deny", "message": format!("nobody decided within {} ms", limit.as_millis()) }))
+      }
+      // Withdrawn by the CLI (an interrupt) or the turn ended: a late answer would be ignored.
+      _ = token.cancelled() => return,
+    };
+    if lock(&shared.in_flight).remove(&request_id).is_some() {
+      reply(&out, answer);
+    }
+  });
+}
+
+/// The CLI's permission answer from what the host's callback returned; anything but a clear allow
+/// is a deny.
+pub fn permission_answer(v: Value, original_input: &Value) -> Value {
+  match v.get("behavior").and_then(Value::as_str) {
+    Some("allow") => {
+      let mut a = json!({
+        "behavior": "allow",
+        "updatedInput": v.get("updatedInput").filter(|u| u.is_object()).cloned().unwrap_or_else(|| original_input.clone()),
+      });
+      if let Some(p) = v.get("updatedPermissions").filter(|p| p.is_array()) {
+        a["updatedPermissions"] = p.clone();
+      }
+      a
+    }
+    Some("deny") => {
+      let mut d = json!({
+        "behavior": "deny",
+        "message": v.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or("denied"),
+      });
+      if v.get("interrupt").and_then(Value::as_bool) == Some(true) {
+        d["interrupt"] = json!(true);
+      }
+      d
+    }
+    _ => json!({ "behavior": "deny", "message": "the permission callback returned neither allow nor deny" }),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn warm_argv_has_stream_input_and_no_print_mode_or_budget() {
+    let a = CliArgs { max_budget_usd: Some(0.5), model: Some("m".into()), ..Default::default() };
+    let v = warm_args(&a, true);
+    assert!(v.contains(&"--input-format=stream-json".to_string()));
+    assert!(v.contains(&"--output-format=stream-json".to_string()));
+    assert!(v.contains(&"--permission-prompt-tool=stdio".to_string()));
+    assert!(v.contains(&"--model=m".to_string()));
+    assert!(!v.iter().any(|x| x == "-p" || x.starts_with("--max-budget-usd")));
+    assert!(!warm_args(&a, false).iter().any(|x| x.starts_with("--permission-prompt-tool")));
+  }
+
+  #[test]
+  fn permission_answers_are_normalised() {
+    let input = json!({ "file_path": "/a" });
+    assert_eq!(permission_answer(json!({ "behavior": "allow" }), &input), json!({ "behavior": "allow", "updatedInput": input }));
+    let edited = json!({ "behavior": "allow", "updatedInput": { "file_path": "/b" }, "updatedPermissions": [] });
+    assert_eq!(
+      permission_answer(edited, &input),
+      json!({ "behavior": "allow", "updatedInput": { "file_path": "/b" }, "updatedPermissions": [] })
+    );
+    assert_eq!(
+      permission_answer(json!({ "behavior": "deny", "message": "no", "interrupt": true }), &input),
+      json!({ "behavior": "deny", "message": "no", "interrupt": true })
+    );
+    assert_eq!(permission_answer(json!({ "behavior": "maybe" }), &input)["behavior"], "deny");
+    assert_eq!(permission_answer(json!(null), &input)["behavior"], "deny");
+  }
+}
+
+#[cfg(all(test, unix))]
+mod fake_cli_tests {
+  //! A stand-in CLI (a shell script) shows what the real one does not on demand: an unknown
+  //! control request, a line that is not JSON, a result that is not the task's.
+  use super::*;
+  use crate::cli::run::tests::{script, spec};
+
+  fn opts() -> TurnOptions {
+    TurnOptions { timeout: None, stall_timeout: Some(Duration::from_secs(20)), can_use_tool: None, interrupt_grace: Duration::from_secs(3) }
+  }
+
+  /// Prints lifecycle lines for the prompt it read (its uuid cut out with sed), then `$1`.
+  const READ_PROMPT: &str = r#"read line; u=$(printf '%s' "$line" | sed 's/.*"uuid":"\([^"]*\)".*/\1/')
+started() { echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$u\",\"state\":\"started\"}"; }
+done_() { echo "{\"type\":\"command_lifecycle\",\"command_uuid\":\"$u\",\"state\":\"completed\"}"; }"#;
+
+  #[tokio::test]
+  async fn an_unknown_control_request_gets_an_error_answer_and_the_turn_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let answer = dir.path().join("answer");
+    let p = script(
+      dir.path(),
+      &format!(
+        r#"{READ_PROMPT}
+started
+echo '{{"type":"control_request","request_id":"r1","request":{{"subtype":"banana"}}}}'
+read reply; printf '%s' "$reply" > {}
+echo '{{"type":"result","subtype":"success","result":"ok"}}'
+done_
+read rest"#,
+        answer.display()
+      ),
+    );
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}).await;
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("ok"));
+    let reply: Value = serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+    assert_eq!(reply["type"], "control_response");
+    assert_eq!(reply["response"]["subtype"], "error");
+    assert_eq!(reply["response"]["request_id"], "r1");
+    assert!(reply["response"]["error"].as_str().unwrap().contains("Unsupported control request subtype: banana"));
+    assert!(w.alive());
+    w.close(Duration::from_secs(2)).await;
+  }
+
+  #[tokio::test]
+  async fn lines_before_the_prompt_starts_are_not_the_task_s_and_garbage_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // A turn nobody sent (a background notification) ends with its own result before the
+    // CLI starts the prompt; then a line that is not JSON, then the prompt's own result.
+    let p = script(
+      dir.path(),
+      &format!(
+        r#"{READ_PROMPT}
+echo '{{"type":"result","subtype":"success","result":"not yours"}}'
+started
+echo 'this is not json'
+echo '{{"type":"result","subtype":"success","result":"yours"}}'
+done_
+read rest"#
+      ),
+    );
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let mut seen = vec![];
+    let out = w.turn("hi", opts(), &CancelToken::new(), |l| seen.push(l.raw.clone())).await;
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("yours"));
+    assert_eq!(seen.len(), 1, "only the task's lines were forwarded: {seen:?}");
+    assert_eq!(out.malformed.len(), 1, "{:?}", out.malformed);
+    w.close(Duration::from_secs(2)).await;
+  }
+
+  #[tokio::test]
+  async fn a_cli_that_dies_mid_turn_ends_it_without_a_result_and_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = script(dir.path(), &format!("{READ_PROMPT}\nstarted\necho 'dying' >&2\nexit 3"));
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}).await;
+    assert!(out.result.is_none());
+    assert_eq!(out.reason, EndReason::Exited);
+    assert_eq!(out.exit_code, Some(3));
+    assert!(out.stderr_tail.contains("dying"));
+    assert!(!w.alive());
+  }
+}

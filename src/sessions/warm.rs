@@ -1,0 +1,360 @@
+//! Warm sessions: after a task, the session's CLI stays running (`warmIdleMs`), and the next task
+//! on the session is one line on its stdin. The pool of idle processes, the checks that decide
+//! whether one may be used, and the per-task budget a warm process cannot enforce itself.
+//!
+//! A warm process is used only when
+//! - it was started with the argv and environment this task asks for (model, permission mode,
+//!   tools, system prompt append, working directory, environment, permission prompts),
+//! - no `CLAUDE.md` or settings file it read at start-up has changed since, and
+//! - no task ran on the session since its last one, in this process or another: the session's
+//!   `task_count`, read with the lease, must be the one it left behind. A task that ran
+//!   elsewhere appended to the transcript this process does not see; using it would split the
+//!   transcript into two branches. Such a process is killed (not closed: on stdin EOF it would
+//!   append its stale metadata) and the task resumes cold from the transcript.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::{EventSink, Manager};
+use crate::cli::stream::{Kind, Line};
+use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
+use crate::context;
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::Session;
+
+/// How long a closing warm process gets between stdin EOF and SIGTERM.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long an interrupted turn gets to end before its process group is stopped.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+
+/// A warm process with what decides whether it may run the next task.
+pub(crate) struct Warm {
+  proc: WarmProcess,
+  /// The argv (without the session flags) and environment it was started with.
+  key: String,
+  /// The session's `task_count` once its last task is recorded.
+  seen_tasks: u64,
+  /// The memory and settings files the CLI read when it started (see [`config_stamp`]).
+  stamp: String,
+  /// The key proxy's token the process uses: revoked when the process is gone.
+  token: Option<TaskToken>,
+}
+
+struct Idle {
+  warm: Warm,
+  last_used: Instant,
+  generation: u64,
+}
+
+/// The idle warm processes of one manager, by session.
+#[derive(Default)]
+pub(crate) struct WarmPool {
+  idle: Mutex<HashMap<String, Idle>>,
+  /// Processes running a task (not in `idle`).
+  in_use: AtomicU64,
+  generation: AtomicU64,
+  closed: std::sync::atomic::AtomicBool,
+  /// Handles of the processes running a task, by session (steering, control requests).
+  running: Mutex<HashMap<String, WarmHandle>>,
+  /// Closings started in the background (idle timeout, eviction), awaited by `shutdown`.
+  /// By session: a new CLI for the session starts only once its old one is gone.
+  closing: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+  m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WarmPool {
+  fn take(&self, session_id: &str) -> Option<Warm> {
+    lock(&self.idle).remove(session_id).map(|i| i.warm)
+  }
+
+  /// Ends a warm process: closed (stdin EOF, then signals), or killed when `stale`. Its token
+  /// is revoked once it is gone.
+  async fn retire(w: Warm, stale: bool) {
+    let Warm { proc, token, .. } = w;
+    let (spec, pid) = (proc.spec().clone(), proc.pid());
+    let killed = if stale {
+      proc.kill().await;
+      true
+    } else {
+      proc.close(CLOSE_GRACE).await
+    };
+    if killed {
+      super::tasks::remove_per_process_files(&spec, pid);
+    }
+    drop(token);
+  }
+
+  fn retire_later(&self, session_id: &str, w: Warm) {
+    let h = tokio::spawn(Self::retire(w, false));
+    let mut c = lock(&self.closing);
+    c.retain(|(_, h)| !h.is_finished());
+    c.push((session_id.to_owned(), h));
+  }
+
+  /// Waits until the session's CLIs that are closing in the background have exited.
+  async fn closed_for(&self, session_id: &str) {
+    let mine: Vec<_> = {
+      let mut c = lock(&self.closing);
+      let (mine, rest): (Vec<_>, Vec<_>) = c.drain(..).partition(|(s, _)| s == session_id);
+      *c = rest;
+      mine
+    };
+    for (_, h) in mine {
+      let _ = h.await;
+    }
+  }
+
+  /// Puts a process back after its task, starts its idle timer and keeps the pool within its
+  /// cap. Gives it back when the pool is closed.
+  fn put(self: &Arc<Self>, session_id: &str, warm: Warm, idle_for: Duration, cap: usize) -> Option<Warm> {
+    let generation = self.generation.fetch_add(1, Ordering::SeqCst);
+    let evicted = {
+      let mut idle = lock(&self.idle);
+      if self.closed.load(Ordering::SeqCst) {
+        return Some(warm);
+      }
+      if let Some(old) = idle.insert(session_id.to_owned(), Idle { warm, last_used: Instant::now(), generation }) {
+        // Cannot happen (one task per session at a time); never leave one running unseen.
+        self.retire_later(session_id, old.warm);
+      }
+      let mut evicted = vec![];
+      while idle.len() as u64 + self.in_use.load(Ordering::SeqCst) > cap as u64 {
+        let Some(oldest) = idle.iter().min_by_key(|(_, i)| i.last_used).map(|(k, _)| k.clone()) else { break };
+        if let Some(i) = idle.remove(&oldest) {
+          evicted.push((oldest, i.warm));
+        }
+      }
+      evicted
+    };
+    for (sid, w) in evicted {
+      self.retire_later(&sid, w);
+    }
+    let (pool, sid) = (Arc::downgrade(self), session_id.to_owned());
+    tokio::spawn(async move {
+      tokio::time::sleep(idle_for).await;
+      let Some(pool) = pool.upgrade() else { return };
+      let expired = {
+        let mut idle = lock(&pool.idle);
+        match idle.get(&sid) {
+          Some(i) if i.generation == generation => idle.remove(&sid),
+          _ => None,
+        }
+      };
+      if let Some(i) = expired {
+        pool.retire_later(&sid, i.warm);
+      }
+    });
+    None
+  }
+
+  /// Closes every idle process and waits for every closing to end; later returns are refused.
+  pub(crate) async fn shutdown(&self) {
+    self.closed.store(true, Ordering::SeqCst);
+    let all: Vec<Warm> = lock(&self.idle).drain().map(|(_, i)| i.warm).collect();
+    let closing: Vec<_> = lock(&self.closing).drain(..).map(|(_, h)| h).collect();
+    let mut handles: Vec<_> = all.into_iter().map(|w| tokio::spawn(Self::retire(w, false))).collect();
+    handles.extend(closing);
+    for h in handles {
+      let _ = h.await;
+    }
+  }
+
+  /// A handle of the session's warm process, running a task or idle.
+  fn handle(&self, session_id: &str) -> Option<WarmHandle> {
+    if let Some(h) = lock(&self.running).get(session_id) {
+      return Some(h.clone());
+    }
+    lock(&self.idle).get(session_id).map(|i| i.warm.proc.handle())
+  }
+}
+
+/// The files a CLI reads once, at start-up, that change what it does: `CLAUDE.md` (and
+/// `CLAUDE.local.md`) in the working directory and every folder above it, the project's
+/// `.claude/` memory and settings, and the configuration folder's. Their sizes and modification
+/// times: a process started before one of them changed is replaced (it would not see it).
+fn config_stamp(spec: &RunSpec) -> String {
+  let mut files: Vec<std::path::PathBuf> = vec![];
+  for dir in spec.cwd.ancestors() {
+    files.push(dir.join("CLAUDE.md"));
+    files.push(dir.join("CLAUDE.local.md"));
+  }
+  for f in [".claude/CLAUDE.md", ".claude/settings.json", ".claude/settings.local.json"] {
+    files.push(spec.cwd.join(f));
+  }
+  if let Some(config) = crate::transcript::config_dir(&spec.env) {
+    files.push(config.join("CLAUDE.md"));
+    files.push(config.join("settings.json"));
+  }
+  let stamp = |f: &std::path::Path| {
+    std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())))
+  };
+  files.iter().map(|f| format!("{:?}", stamp(f))).collect::<Vec<_>>().join("|")
+}
+
+/// What decides whether a warm process fits a task: its argv without the session flags, its
+/// working directory and its environment (before the key proxy's token replaces the key).
+fn fingerprint(cli: &CliArgs, spec: &RunSpec, permission_prompts: bool) -> String {
+  let args = cli::warm_args(&CliArgs { session: None, ..cli.clone() }, permission_prompts);
+  let mut env = spec.env.clone();
+  env.sort();
+  serde_json::to_string(&json!({ "program": spec.program, "args": args, "cwd": spec.cwd, "env": env })).unwrap_or_default()
+}
+
+impl Manager {
+  /// Whether a task of this kind runs in a warm process.
+  pub(crate) fn runs_warm(&self, kind: &str, can_use_tool: bool) -> bool {
+    kind == "task" && (self.warm_idle().is_some() || can_use_tool)
+  }
+
+  /// How long a warm process is kept after its task. Never on a store whose sessions move
+  /// between nodes (PostgreSQL) yet: the task's transcript is reconciled into the store when its
+  /// CLI has exited, and a kept process would go on writing the file after that; so there each
+  /// task's stream-json process (for `canUseTool`) is closed when the task ends.
+  fn warm_idle(&self) -> Option<Duration> {
+    self.cfg.warm_idle.filter(|_| !self.store.shares_transcripts())
+  }
+
+  /// Kills the session's idle warm process: before any other CLI runs on the session (a
+  /// compaction, a cold task), and when the session is deleted.
+  pub(crate) async fn drop_warm(&self, session_id: &str) {
+    if let Some(w) = self.warm.take(session_id) {
+      WarmPool::retire(w, true).await;
+    }
+    self.warm.closed_for(session_id).await;
+  }
+
+  /// Adds a message to the task running on the session (in this manager, in a warm process):
+  /// the CLI queues it after the current prompt, and the task ends at its result (its `result`
+  /// text is then the answer to the last message).
+  pub async fn send_message(&self, session_id: &str, user_id: &str, prompt: &str) -> Result<()> {
+    self.check_open()?;
+    if prompt.trim().is_empty() || prompt.contains('\0') || prompt.len() > crate::validate::MAX_PROMPT_BYTES {
+      return Err(Error::invalid("prompt must be a non-empty string without NUL bytes, within the prompt size limit"));
+    }
+    let first = prompt.split_whitespace().next().unwrap_or("");
+    if first.starts_with('/') {
+      return Err(Error::invalid("a message sent to a running task is text; slash commands cannot be sent this way"));
+    }
+    let s = self.get_session(session_id, user_id).await?;
+    let running = lock(&self.warm.running).get(&s.id).cloned();
+    match running {
+      Some(h) if h.steer(prompt) => Ok(()),
+      _ => Err(Error::new(
+        ErrorCode::InvalidArgument,
+        format!("no task is running on session {} in a warm process of this manager; send the message as a new task", s.id),
+      )),
+    }
+  }
+
+  /// The CLI's own context breakdown (`get_context_usage`, summary: no API call) when the
+  /// session has a warm process here, else the stored meter. `{ source: 'cli', usage }` or
+  /// `{ source: 'store', contextInfo }`.
+  pub async fn get_context_usage(&self, session_id: &str, user_id: &str) -> Result<Value> {
+    let s = self.get_session(session_id, user_id).await?;
+    if let Some(h) = self.warm.handle(&s.id) {
+      if let Ok(usage) = h.ask(json!({ "subtype": "get_context_usage", "detail": "summary" }), Duration::from_secs(10)).await {
+        return Ok(json!({ "source": "cli", "usage": usage }));
+      }
+    }
+    let info = self.get_context(session_id, user_id, None).await?;
+    Ok(json!({ "source": "store", "contextInfo": info }))
+  }
+
+  /// Runs a task's prompt in the session's warm process, or in a new one started for it (which
+  /// is then kept, within `warmIdleMs` and `maxWarmSessions`). `session` is the row read with the
+  /// lease.
+  #[allow(clippy::too_many_arguments, reason = "the parts of one run, passed once by run_locked")]
+  pub(crate) async fn run_warm(
+    &self,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    session: &Session,
+    task_id: &str,
+    cli: &CliArgs,
+    mut spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: &CancelToken,
+    include_partials: bool,
+    can_use_tool: Option<CanUseTool>,
+  ) -> Result<RunOutcome> {
+    let key = fingerprint(cli, &spec, can_use_tool.is_some());
+    let stamp = config_stamp(&spec);
+    let mut warm = None;
+    if let Some(mut w) = self.warm.take(&session.id) {
+      let fits = w.key == key && w.stamp == stamp && w.proc.alive();
+      let fresh = w.seen_tasks == session.task_count;
+      if fits && fresh {
+        warm = Some(w);
+      } else {
+        WarmPool::retire(w, !fresh).await;
+      }
+    }
+    let mut warm = match warm {
+      Some(w) => w,
+      None => {
+        // One CLI per session: one closed after its idle time or evicted is gone first.
+        self.warm.closed_for(&session.id).await;
+        spec.args = cli::warm_args(cli, can_use_tool.is_some());
+        let token = self.secure(&mut spec).await?;
+        let proc = WarmProcess::start(spec.clone())?;
+        Warm { proc, key, seen_tasks: 0, stamp, token }
+      }
+    };
+    self.warm.in_use.fetch_add(1, Ordering::SeqCst);
+    lock(&self.warm.running).insert(session.id.clone(), warm.proc.handle());
+    if let Some(s) = &sink {
+      s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
+    }
+    let forward = |line: &Line| {
+      if let Some(s) = &sink {
+        if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
+          s(line.raw.clone());
+        }
+      }
+    };
+    let opts = TurnOptions {
+      timeout: spec.timeout,
+      stall_timeout: spec.stall_timeout,
+      can_use_tool: can_use_tool.map(|h| (h, self.cfg.permission_timeout)),
+      interrupt_grace: INTERRUPT_GRACE,
+    };
+    let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
+    self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
+    lock(&self.warm.running).remove(&session.id);
+    enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
+    let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
+    match keep {
+      Some(idle_for) => {
+        warm.seen_tasks = session.task_count + 1;
+        if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
+          WarmPool::retire(w, false).await;
+        }
+      }
+      None => {
+        let dead = !warm.proc.alive();
+        WarmPool::retire(warm, dead).await;
+      }
+    }
+    drop(permit);
+    Ok(out)
+  }
+}
+
+/// `maxBudgetUsd` for a warm process, per task: the task's cost is the difference of the CLI's
+/// cumulative figure and the session's watermark, as for every task; a task that went over it
+/// ends as the CLI's own budget stop does (`error_max_budget_usd`, so `BUDGET_EXCEEDED`).
+fn enforce_budget(out: &mut RunOutcome, budget: Option<f64>, watermark: f64) {
+  let (Some(budget), Some(r)) = (budget, out.result.as_mut()) else { return };
+  let (cost, _) = context::task_cost(r, watermark);
+  if cost > budget && !r.is_error {
+    r.subtype = "error_max_budget_usd".into();
+    r.is_error = true;
+    r.result = Some(format!("Reached maximum budget (${budget})"));
+  }
+}
