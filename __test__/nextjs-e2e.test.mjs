@@ -1,7 +1,8 @@
 // The Next.js example (examples/nextjs) end to end: `next build`, `next start` on a free loopback
 // port (offline: the app starts the package's stand-in API itself), every route over HTTP, then
 // the page in headless Chromium: a streamed reply, the context meter filling up and changing
-// colour, Compact emptying it, Fork adding a session to the list, Start fresh.
+// colour, Compact emptying it, Fork adding a session to the list, Start fresh, and a Write the
+// agent asks permission for (an approval card: Allow writes the file, Deny does not).
 //
 // The example depends on this package by path and installs it as a copy (`install-links`), so
 // this test (re)installs the example when its copy is missing or older than the files here.
@@ -446,6 +447,40 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.strictEqual(await page.locator('[data-status=archived]').count(), 2)
     t.assert.strictEqual((await meter()).tokens, 0)
     await shot('nextjs-fresh.png')
+
+    // Permission prompts: the stand-in answers `write <file> <text>` with a Write call, which the
+    // CLI (permission mode default) asks about; the page shows a card. Allow: the file is written.
+    const note = path.join(work, 'note.txt')
+    await sendPrompt('write note.txt hello from the browser')
+    const card = page.locator('[data-testid=permission-card]')
+    await card.waitFor()
+    t.assert.strictEqual(await card.count(), 1)
+    t.assert.strictEqual(await card.locator('[data-testid=permission-tool]').textContent(), 'Write')
+    t.assert.strictEqual(await card.locator('[data-testid=permission-file]').textContent(), note)
+    t.assert.match(await card.textContent(), /\+ hello from the browser/)
+    t.assert.strictEqual(fs.existsSync(note), false, 'nothing is written before the answer')
+    await shot('nextjs-permission.png')
+    await page.click('[data-testid=permission-allow]')
+    await assistantDone(1)
+    await card.waitFor({ state: 'detached' })
+    t.assert.strictEqual(fs.readFileSync(note, 'utf8'), 'hello from the browser')
+    t.assert.strictEqual(await page.$eval('.message.assistant[data-status=done] .text', (el) => el.textContent), 'Wrote note.txt.')
+    t.assert.strictEqual(await page.locator('[data-testid=permission-denied]').count(), 0)
+
+    // Deny: the tool does not run, the model is told, and the result lists the denial.
+    const denied = path.join(work, 'denied.txt')
+    await sendPrompt('write denied.txt not this one')
+    await card.waitFor()
+    t.assert.strictEqual(await card.locator('[data-testid=permission-file]').textContent(), denied)
+    await page.click('[data-testid=permission-deny]')
+    await assistantDone(2)
+    await card.waitFor({ state: 'detached' })
+    t.assert.strictEqual(fs.existsSync(denied), false, 'a denied Write writes nothing')
+    const deniedReply = await page.$$eval('.message.assistant[data-status=done] .text', (els) => els.at(-1).textContent)
+    t.assert.match(deniedReply, /^Did not write denied\.txt: /)
+    t.assert.match(deniedReply, /denied this in the browser/)
+    t.assert.strictEqual(await page.$$eval('.message.assistant', (els) => els.at(-1).querySelector('[data-testid=permission-denied]')?.textContent), 'denied: Write')
+    await shot('nextjs-permission-denied.png')
 
     // Going back to the fork restores its meter.
     await page.click(`[data-session-id="${forkId}"]`)

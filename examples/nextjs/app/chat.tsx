@@ -2,7 +2,7 @@
 
 import { useEffect, useRef, useState } from 'react'
 import { contextLevel, useClaudeSession } from 'claude-session-manager/react'
-import type { ClaudeMessage } from 'claude-session-manager/react'
+import type { ClaudeMessage, PermissionRequestEvent } from 'claude-session-manager/react'
 
 const short = (id: string) => id.slice(0, 8)
 const time = (ms: number) => new Date(ms).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit', second: '2-digit' })
@@ -13,7 +13,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
   const bottom = useRef<HTMLDivElement>(null)
   useEffect(() => {
     bottom.current?.scrollIntoView({ block: 'end' }) // (a block body: scrollIntoView may return a promise)
-  }, [chat.messages])
+  }, [chat.messages, chat.permissionRequests])
 
   const ctx = chat.context
   const level = contextLevel(ctx)
@@ -113,6 +113,14 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
           {chat.messages.map((m) => (
             <Message key={m.id} message={m} />
           ))}
+          {chat.permissionRequests.map((r) => (
+            <PermissionCard
+              key={r.requestId}
+              request={r}
+              onAllow={() => void chat.respondToPermission(r.requestId, { behavior: 'allow' })}
+              onDeny={() => void chat.respondToPermission(r.requestId, { behavior: 'deny', message: 'The user denied this in the browser.' })}
+            />
+          ))}
           <div ref={bottom} />
         </div>
 
@@ -154,11 +162,74 @@ function Message({ message: m }: { message: ClaudeMessage }) {
       {m.toolUses && m.toolUses.length > 0 && (
         <div className="tools muted small">tools: {m.toolUses.map((t) => t.name).join(', ')}</div>
       )}
+      {m.result && m.result.permissionDenials.length > 0 && (
+        <div className="denied small" data-testid="permission-denied">
+          denied: {m.result.permissionDenials.map((d: { tool_name?: string }) => d.tool_name ?? 'a tool').join(', ')}
+        </div>
+      )}
       {m.result && (
         <div className="muted small">
           ${m.result.cost.toFixed(4)} · {m.result.turns} turn{m.result.turns === 1 ? '' : 's'} · {(m.result.duration.total / 1000).toFixed(1)} s
         </div>
       )}
+    </div>
+  )
+}
+
+const str = (v: unknown) => (typeof v === 'string' ? v : JSON.stringify(v, null, 2))
+
+/** A tool waiting for the user's decision: what it wants to do, with Allow and Deny. */
+function PermissionCard({ request: r, onAllow, onDeny }: { request: PermissionRequestEvent; onAllow: () => void; onDeny: () => void }) {
+  const [answered, setAnswered] = useState(false)
+  const input = r.input
+  const file = typeof input.file_path === 'string' ? input.file_path : null
+  let body: React.ReactNode
+  if (r.toolName === 'Write' && file) {
+    body = (
+      <>
+        <div className="perm-file" data-testid="permission-file">{file}</div>
+        <pre className="perm-diff">
+          {str(input.content ?? '').split('\n').map((line, i) => (
+            <div key={i} className="add">+ {line}</div>
+          ))}
+        </pre>
+      </>
+    )
+  } else if (r.toolName === 'Edit' && file) {
+    body = (
+      <>
+        <div className="perm-file" data-testid="permission-file">{file}{input.replace_all === true ? ' (every occurrence)' : ''}</div>
+        <pre className="perm-diff">
+          {str(input.old_string ?? '').split('\n').map((line, i) => (
+            <div key={`o${i}`} className="del">- {line}</div>
+          ))}
+          {str(input.new_string ?? '').split('\n').map((line, i) => (
+            <div key={`n${i}`} className="add">+ {line}</div>
+          ))}
+        </pre>
+      </>
+    )
+  } else {
+    body = <pre className="perm-diff">{JSON.stringify(input, null, 2)}</pre>
+  }
+  const answer = (f: () => void) => () => {
+    setAnswered(true)
+    f()
+  }
+  return (
+    <div className="permission" data-testid="permission-card" data-tool={r.toolName} role="group" aria-label={`Permission for ${r.toolName}`}>
+      <div className="perm-head">
+        Claude wants to use <strong data-testid="permission-tool">{r.toolName}</strong>
+      </div>
+      {body}
+      <div className="perm-actions">
+        <button type="button" className="allow" data-testid="permission-allow" onClick={answer(onAllow)} disabled={answered}>
+          Allow
+        </button>
+        <button type="button" className="deny" data-testid="permission-deny" onClick={answer(onDeny)} disabled={answered}>
+          Deny
+        </button>
+      </div>
     </div>
   )
 }

@@ -59,6 +59,15 @@ async function setup(): Promise<SessionManager> {
       if (lastText.startsWith('CRITICAL: Respond with TEXT ONLY')) {
         return { text: `Summary (stand-in): ${turns - 1} earlier messages, nothing to keep.`, usage }
       }
+      // `write <file> <text>`: a Write tool call for <file> in the workspace, which needs the
+      // user's permission (the page shows an approval card); then, after the tool result, a line
+      // saying what happened.
+      const written = afterWrite(req.body)
+      if (written) return { text: written, usage }
+      const write = /^write\s+([\w.-]+)\s+([\s\S]+)$/.exec(lastText)
+      if (write && !write[1].startsWith('.')) {
+        return { toolUse: { name: 'Write', input: { file_path: path.join(workspace, write[1]), content: write[2] } }, usage }
+      }
       return { ...echoReply(req), chunkDelayMs: 25, usage } // streamed word by word
     },
   })
@@ -73,9 +82,29 @@ async function setup(): Promise<SessionManager> {
   })
 }
 
+type Block = { type?: string; id?: string; name?: string; input?: { file_path?: string }; tool_use_id?: string; is_error?: boolean; content?: unknown; text?: string }
+type ApiMessage = { role?: string; content?: string | Block[] }
+
+/** The stand-in's answer to the result of its own Write call (the request's last message), or null. */
+function afterWrite(body: { messages?: ApiMessage[] }): string | null {
+  const messages = body?.messages ?? []
+  const last = messages[messages.length - 1]
+  const prev = messages[messages.length - 2]
+  if (last?.role !== 'user' || !Array.isArray(last.content) || !Array.isArray(prev?.content)) return null
+  const call = prev.content.find((b) => b.type === 'tool_use' && b.name === 'Write')
+  const result = call && last.content.find((b) => b.type === 'tool_result' && b.tool_use_id === call.id)
+  if (!call || !result) return null
+  const file = path.basename(call.input?.file_path ?? '')
+  const text = typeof result.content === 'string' ? result.content : Array.isArray(result.content) ? result.content.map((b: Block) => b.text ?? '').join(' ') : ''
+  return result.is_error ? `Did not write ${file}: ${text}` : `Wrote ${file}.`
+}
+
 export const routes = createClaudeRoutes({
   getUserId, // ← your authentication goes here
   manager,
   // Server-side task settings a browser may not change (see clientTaskFields).
-  taskDefaults: { maxTurns: 8 },
+  // permissionMode 'default': a tool that changes files (Write, Edit, Bash) needs the user's yes.
+  taskDefaults: { maxTurns: 8, permissionMode: 'default' },
+  // Ask the user (the page's approval card, POST /api/claude/permission) instead of denying.
+  permissionPrompts: true,
 })
