@@ -7,20 +7,9 @@ use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::{self, ListQuery, NewSession, Owner, Store, TaskEnd, Usage};
 use rusqlite::Connection;
 
-fn new_session(id: &str, user: &str, project: &str) -> NewSession {
-  NewSession {
-    id: id.into(),
-    project_id: project.into(),
-    user_id: user.into(),
-    parent_id: None,
-    title: None,
-    model: "sonnet".into(),
-    working_directory: "/tmp".into(),
-    context: None,
-    cli_cost_watermark: 0.0,
-    config_dir: None,
-  }
-}
+#[path = "shared/fixtures.rs"]
+mod fixtures;
+use fixtures::new_session;
 
 #[path = "shared/total_cap.rs"]
 mod total_cap;

@@ -6,7 +6,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
-use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
+use claude_session_manager::store::{ListQuery, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
+
+#[path = "shared/fixtures.rs"]
+mod fixtures;
+use fixtures::new_session;
 
 #[path = "shared/total_cap.rs"]
 mod total_cap;
@@ -61,21 +65,6 @@ impl Drop for Fresh {
   fn drop(&mut self) {
     self.store = None;
     let _ = admin(&self.url, &format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema));
-  }
-}
-
-fn new_session(id: &str, user: &str, project: &str) -> NewSession {
-  NewSession {
-    id: id.into(),
-    project_id: project.into(),
-    user_id: user.into(),
-    parent_id: None,
-    title: None,
-    model: "sonnet".into(),
-    working_directory: "/tmp".into(),
-    context: None,
-    cli_cost_watermark: 0.0,
-    config_dir: None,
   }
 }
 
