@@ -586,24 +586,28 @@ impl PgStore {
   /// to [`TX_ATTEMPTS`] times; the pool discards closed connections). A connection lost during
   /// the COMMIT itself is not retried: the outcome is unknown, and the caller gets the error.
   fn tx<T>(&self, mut f: impl AsyncFnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
-    self.block(async {
-      let mut attempt = 1;
-      loop {
-        let mut client = self.client().await?;
-        let ran = match client.transaction().await {
-          Ok(tx) => match f(&tx).await {
-            Ok(out) => return tx.commit().await.map(|()| out).map_err(pg),
-            Err(e) => Err(e),
-          },
-          Err(e) => Err(pg(e)),
-        };
-        match ran {
-          Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS => attempt += 1,
-          Err(e) => return Err(e),
-          Ok(out) => return Ok(out),
-        }
+    self.block(self.on_connection(async |client| {
+      let tx = client.transaction().await.map_err(pg)?;
+      let out = f(&tx).await?;
+      // Final either way: a COMMIT whose connection was lost may or may not have happened.
+      Ok(tx.commit().await.map(|()| out).map_err(pg))
+    }))
+  }
+
+  /// Runs `run` on a pooled connection, and again on a fresh one (up to [`TX_ATTEMPTS`] times in
+  /// all) when it failed because that connection turned out dropped. `run` answers `Err` for a
+  /// failure before anything could have been committed (retried if the connection was lost),
+  /// `Ok` with the outcome to return as it is.
+  async fn on_connection<T>(&self, mut run: impl AsyncFnMut(&mut deadpool_postgres::Object) -> Result<Result<T>>) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+      let mut client = self.client().await?;
+      match run(&mut client).await {
+        Ok(outcome) => return outcome,
+        Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS => attempt += 1,
+        Err(e) => return Err(e),
       }
-    })
+    }
   }
 
   /// A pooled connection.
@@ -623,33 +627,23 @@ impl PgStore {
   /// (`pgbouncer=true`) a statement's preparation and execution must share a server connection,
   /// so it runs in a read-only transaction there. Retried on a dropped connection, as `tx`.
   fn read<T>(&self, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
-    self.block(async {
-      let mut attempt = 1;
-      loop {
-        let client = self.client().await?;
-        let wrap = !self.cache_statements;
-        let ran = async {
-          if wrap {
-            client.batch_execute("BEGIN READ ONLY").await.map_err(pg)?;
+    let wrap = !self.cache_statements;
+    self.block(self.on_connection(async |client| {
+      if wrap {
+        client.batch_execute("BEGIN READ ONLY").await.map_err(pg)?;
+      }
+      let out = f(client).await;
+      if wrap {
+        match &out {
+          Ok(_) => client.batch_execute("COMMIT").await.map_err(pg)?,
+          Err(_) => {
+            let _ = client.batch_execute("ROLLBACK").await;
           }
-          let out = f(&client).await;
-          if wrap {
-            match &out {
-              Ok(_) => client.batch_execute("COMMIT").await.map_err(pg)?,
-              Err(_) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-              }
-            }
-          }
-          out
-        }
-        .await;
-        match ran {
-          Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS => attempt += 1,
-          other => return other,
         }
       }
-    })
+      // A read changes nothing: every failure may run again on a fresh connection.
+      out.map(Ok)
+    }))
   }
 
   /// The statement for `sql`, prepared once per pooled connection (deadpool's statement cache):
