@@ -784,10 +784,10 @@ impl PgStore {
   /// Sessions of a user, newest activity first.
   pub fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     let (limit, offset) = (q.limit.min(i64::MAX as u64) as i64, q.offset.min(i64::MAX as u64) as i64);
-    self.read(async |tx| {
+    self.read(async |c| {
       let rows = self
         .query(
-          tx,
+          c,
           &format!(
             "SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE user_id = $1
                AND ($2::text IS NULL OR project_id = $2) AND ($3::text IS NULL OR status = $3)
@@ -937,10 +937,10 @@ impl PgStore {
 
   /// Counts a user's sessions.
   pub fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
-    self.read(async |tx| {
+    self.read(async |c| {
       let r = self
         .query(
-          tx,
+          c,
           "SELECT COUNT(*) FROM {S}.sessions WHERE user_id = $1 AND ($2::text IS NULL OR project_id = $2)",
           &[&user_id, &project_id],
         )
@@ -968,11 +968,11 @@ impl PgStore {
 
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
   pub fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
-    self.read(async |tx| {
+    self.read(async |c| {
       Ok(
         self
           .opt(
-            tx,
+            c,
             "SELECT 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id
              WHERE l.session_id = $1 AND l.expires_at > now() AND t.status != 'running'",
             &[&session_id],
@@ -1257,10 +1257,10 @@ impl PgStore {
 
   /// Tasks of a session, oldest first.
   pub fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
-    self.read(async |tx| {
+    self.read(async |c| {
       let rows = self
         .query(
-          tx,
+          c,
           "SELECT id, session_id, status, kind, started_at, ended_at, model, turns, input_tokens, output_tokens,
              cache_read_tokens, cache_creation_tokens, cost_usd, error_code, error_message, cli_version
            FROM {S}.tasks WHERE session_id = $1 ORDER BY started_at, seq",
@@ -1311,10 +1311,10 @@ impl PgStore {
 
   /// Compactions of a session, oldest first.
   pub fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
-    self.read(async |tx| {
+    self.read(async |c| {
       let rows = self
         .query(
-          tx,
+          c,
           "SELECT session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms
            FROM {S}.compactions WHERE session_id = $1 ORDER BY started_at, id",
           &[&session_id],

@@ -53,10 +53,10 @@ impl PgStore {
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
   pub fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
-    self.read(async |tx| {
+    self.read(async |c| {
       let rows = self
         .query(
-          tx,
+          c,
           "SELECT seq, subpath, uuid, line FROM {S}.transcript_entries WHERE session_id = $1 AND seq > $2 ORDER BY seq",
           &[&session_id, &after],
         )
@@ -67,10 +67,10 @@ impl PgStore {
 
   /// How many lines of one file of the session (`""`: the main transcript) are stored.
   pub fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
-    self.read(async |tx| {
+    self.read(async |c| {
       Ok(
         self
-          .query(tx, "SELECT COUNT(*) FROM {S}.transcript_entries WHERE session_id = $1 AND subpath = $2", &[&session_id, &subpath])
+          .query(c, "SELECT COUNT(*) FROM {S}.transcript_entries WHERE session_id = $1 AND subpath = $2", &[&session_id, &subpath])
           .await?[0]
           .get(0),
       )
