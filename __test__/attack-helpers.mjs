@@ -50,11 +50,3 @@ export function transcripts(root) {
     .map((f) => path.join(root, f))
 }
 
-export async function waitFor(pred, ms = 5000, step = 100) {
-  const end = Date.now() + ms
-  for (;;) {
-    const v = await pred()
-    if (v || Date.now() > end) return v
-    await new Promise((res) => setTimeout(res, step))
-  }
-}

@@ -8,8 +8,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
-import { messageCalls, requestsText, runBash, toolResults, transcripts, waitFor } from './attack-helpers.mjs'
+import { eventually, makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
+import { messageCalls, requestsText, runBash, toolResults, transcripts } from './attack-helpers.mjs'
 
 let server
 before(async () => {
@@ -269,12 +269,12 @@ test('6. sandboxed: no process the agent starts outlives the task', async (t) =>
   try {
     // The setsid one leaves the tool's process group, so it outlives the Bash call (the CLI
     // itself stops the nohup one's group); it must not outlive the task.
-    const seen = await waitFor(() => processesMentioning(a).length > 0, 15000)
+    const seen = await eventually(() => processesMentioning(a).length > 0, 15000)
     t.assert.ok(seen, 'the setsid sleep ran during the task (control)')
     const { r, output } = await pending
     t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
     t.assert.match(output, /started/)
-    const gone = await waitFor(() => processesMentioning(a).length === 0 && processesMentioning(b).length === 0, 5000)
+    const gone = await eventually(() => processesMentioning(a).length === 0 && processesMentioning(b).length === 0, 5000)
     leftover.push(...processesMentioning(a), ...processesMentioning(b))
     t.assert.ok(gone, `processes outlived the task: ${leftover.join(', ')}`)
   } finally {
@@ -412,7 +412,7 @@ test("11. sandboxed: tenants cannot reach each other's running agents (ListAgent
     if (!(await requireSandbox(t, manager))) return
     const victim = manager.executeTask({ prompt: `${slow} please`, projectId: 'p', userId: 'victim' })
     victim.catch(() => {}) // awaited below; do not let a failed assertion leave it unhandled
-    const inFlight = await waitFor(() => srv.requests.some((r) => r.path === '/v1/messages' && JSON.stringify(r.body.messages).includes(slow)), 15000)
+    const inFlight = await eventually(() => srv.requests.some((r) => r.path === '/v1/messages' && JSON.stringify(r.body.messages).includes(slow)), 15000)
     t.assert.ok(inFlight, "the victim's task is in flight")
     const from = srv.requests.length
     srv.enqueue(

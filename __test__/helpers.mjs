@@ -76,14 +76,22 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
   return { manager, dir, work, configDir, store, options: all }
 }
 
-/** Waits until `check()` is true (polled every 50 ms); throws naming `what` after `ms`. */
-export async function until(what, check, ms = 15000) {
+/** Waits until `check()` is truthy (polled every 50 ms) and returns its value; after `ms`,
+ * returns the last (falsy) one, for `t.assert.ok(await eventually(...))`. */
+export async function eventually(check, ms = 15000) {
   const end = Date.now() + ms
-  while (Date.now() < end) {
-    if (await check()) return
+  for (;;) {
+    const v = await check()
+    if (v || Date.now() > end) return v
     await new Promise((r) => setTimeout(r, 50))
   }
-  throw new Error(`timed out waiting for ${what}`)
+}
+
+/** As {@link eventually}, but throws naming `what` when `check()` is still falsy after `ms`. */
+export async function until(what, check, ms = 15000) {
+  const v = await eventually(check, ms)
+  if (!v) throw new Error(`timed out waiting for ${what}`)
+  return v
 }
 
 /** Expects a promise (or function) to reject with an Error carrying `code`. */

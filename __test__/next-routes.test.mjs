@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, UUID } from './helpers.mjs'
+import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, until, UUID } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const nextRoutes = require('../next/index.js')
@@ -55,16 +55,6 @@ async function expectError(t, res, status, code, messagePart) {
   t.assert.strictEqual(typeof body.error.message, 'string')
   if (messagePart) t.assert.match(body.error.message, messagePart)
   return body.error
-}
-
-const waitFor = async (what, fn, ms = 15000) => {
-  const end = Date.now() + ms
-  for (;;) {
-    const v = await fn()
-    if (v) return v
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 25))
-  }
 }
 
 test('next routes: task POST runs a task and answers with the TaskResult; resume carries history', async (t) => {
@@ -154,7 +144,7 @@ test('next routes: closing the stream (client disconnect) aborts the task', asyn
   const reader2 = res2.body.getReader()
   await reader2.read()
   await reader2.cancel()
-  await waitFor('the second task to end aborted', async () => {
+  await until('the second task to end aborted', async () => {
     const list = (await jsonOf(await routes.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks
     return list.length === 2 && list[1].status === 'aborted'
   })
@@ -171,7 +161,7 @@ test('next routes: the stream answers as soon as its task is queued; a client le
     firstDone = true
     return res
   })
-  await waitFor('the first task to reach the model', () => server.requests.some((q) => q.path === '/v1/messages'))
+  await until('the first task to reach the model', () => server.requests.some((q) => q.path === '/v1/messages'))
 
   // 1. Headers and task_queued at once, while the first task still runs; request.signal aborts it.
   const began = Date.now()
@@ -250,7 +240,7 @@ echo '{"type":"result","subtype":"success","is_error":false,"result":"ok","num_t
   const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'order' })), 200)
   const first = r.task.POST(post('task', { prompt: 'hold', projectId: 'order', sessionId: session.id }))
   t.after(() => fs.writeFileSync(gate, '')) // a failure below must not leave the first task waiting
-  await waitFor('the first task to start', () => fs.existsSync(log))
+  await until('the first task to start', () => fs.existsSync(log))
   const streams = []
   for (let i = 0; i < N; i++) {
     const res = await r.stream.POST(post('stream', { prompt: `order ${i}`, projectId: 'order', sessionId: session.id }))
@@ -425,7 +415,7 @@ test('next routes: a session running a task is 409 SESSION_BUSY for another task
   const { session } = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'busy' })), 200)
   server.enqueue({ text: 'finally done', delayMs: 4000 })
   const first = routes.task.POST(post('task', { prompt: 'slow', projectId: 'busy', sessionId: session.id }))
-  await waitFor('the slow task to reach the model', () => server.requests.some((r) => r.path === '/v1/messages'))
+  await until('the slow task to reach the model', () => server.requests.some((r) => r.path === '/v1/messages'))
   const [task, stream, del] = await Promise.all([
     routes.task.POST(post('task', { prompt: 'me too', projectId: 'busy', sessionId: session.id })),
     routes.stream.POST(post('stream', { prompt: 'me too', projectId: 'busy', sessionId: session.id })),

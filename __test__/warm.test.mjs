@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, execFileSync } from 'node:child_process'
-import { makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL } from './helpers.mjs'
+import { eventually, makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -22,13 +22,6 @@ function warmManager(t, options = {}) {
   const m = makeManager({ server, warmIdleMs: 600_000, ...options })
   t.after(() => m.manager.close())
   return m
-}
-
-/** Waits (up to `ms`) until `f()` is true; returns its last value. */
-async function eventually(f, ms = 15_000) {
-  const end = Date.now() + ms
-  while (!f() && Date.now() < end) await new Promise((r) => setTimeout(r, 50))
-  return f()
 }
 
 const same = (a, b) => a.length > 0 && JSON.stringify([...a].sort()) === JSON.stringify([...b].sort())
