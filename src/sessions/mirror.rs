@@ -125,6 +125,8 @@ pub(crate) struct TaskMirror {
   /// the stored lines, and what the task adds is appended after both, so the check at the end
   /// compares only the task's part (not the whole conversation on every task).
   from: (i64, u64),
+  /// This node's transcript file of the session, as the CLI writes it.
+  pub(crate) local: Option<PathBuf>,
 }
 
 struct Writer {
@@ -185,9 +187,17 @@ impl Writer {
 }
 
 impl TaskMirror {
-  /// Starts the writer for `task_id`, numbering lines after `head`; `local_len` is the length of
-  /// the local transcript (0 when there is none), which holds the stored lines up to `head`.
-  pub(crate) fn start(store: Arc<Store>, session_id: &str, task_id: &str, head: i64, local_len: u64, clock: LeaseClock) -> TaskMirror {
+  /// Starts the writer for `task_id`, numbering lines after `head`; `local` is this node's
+  /// transcript file, which now holds the stored lines up to `head` (or does not exist).
+  pub(crate) fn start(
+    store: Arc<Store>,
+    session_id: &str,
+    task_id: &str,
+    head: i64,
+    local: Option<PathBuf>,
+    clock: LeaseClock,
+  ) -> TaskMirror {
+    let local_len = local.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
     let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
     let mut w =
       Writer { store, session_id: session_id.to_owned(), task_id: task_id.to_owned(), next_seq: head + 1, pending: vec![], clock };
@@ -210,7 +220,7 @@ impl TaskMirror {
       // The run is over and nobody flushes: a last try for what is left.
       let _ = w.write().await;
     });
-    TaskMirror { tx, writer, from: (head, local_len) }
+    TaskMirror { tx, writer, from: (head, local_len), local }
   }
 
   /// Waits until every frame sent so far is stored; Err says why it could not be.
@@ -499,7 +509,7 @@ mod pg_tests {
     .unwrap()
     .unwrap();
     let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
-    let m = TaskMirror::start(store.clone(), &sid, "t", 0, 0, clock);
+    let m = TaskMirror::start(store.clone(), &sid, "t", 0, None, clock);
     m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
     m.flush().await.unwrap();
     // The table goes away for a moment: the next batch fails, is retried, and lands once.

@@ -440,7 +440,7 @@ impl Manager {
         }
       }
     }
-    let local = task_mirror.as_ref().and_then(|_| self.transcript_of(session).ok().flatten());
+    let local = task_mirror.as_ref().and_then(|m| m.local.clone());
     let marker = self.marker_path(&session.id);
     if clock.is_lost() {
       // The CLI is being stopped (the clock cancelled the run); nothing more is written for it.
@@ -502,8 +502,8 @@ impl Manager {
     let sid = session.id.clone();
     let head = self.db(move |s| s.transcript_head(&sid)).await?;
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
-    let local_len = self.transcript_of(session).ok().flatten().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
-    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, local_len, clock.clone()))
+    let local = self.transcript_of(session).ok().flatten();
+    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone()))
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.
