@@ -39,6 +39,9 @@ async function startNode(name, { root, schema, server }) {
     sandbox: 'none',
     nodeId: name,
     leaseTtlMs: TTL,
+    // Cold tasks: this scenario follows each task's CLI by its argv across nodes (killed, frozen,
+    // gone). Warm processes across nodes: warm.test.mjs ("another node", "warm on PostgreSQL").
+    warmIdleMs: 0,
     env: server.env(),
   }
   const child = spawn(process.execPath, [FIXTURE, JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] })

@@ -60,40 +60,53 @@ test('warm: a changed model or permission mode starts a new process; the old one
   t.assert.ok(c.length > 0 && !c.some((p) => b.includes(p)), `new process for the new permission mode: ${b} -> ${c}`)
 })
 
-// (SQLite only: on PostgreSQL no warm process is kept, see the next test.)
-for (const backend of testBackends().filter((b) => b === 'sqlite')) {
-  test(`warm: a task run by another manager in between makes the warm process close; the next task resumes cold with the whole history${backendTag(backend)}`, async (t) => {
+// SQLite: two managers on one file and one machine folder. PostgreSQL: two nodes, each with its
+// own folders (their own copy of the transcript), on one schema: the other node can answer
+// `Echo #2` only if the warm process's turn reached the store while that process still runs.
+for (const backend of testBackends()) {
+  test(`warm: a task run by another ${backend === 'sqlite' ? 'manager' : 'node'} in between makes the warm process go; the next task resumes cold with the whole history${backendTag(backend)}`, async (t) => {
     server.reset()
-    const dir = tempDir()
-    // Both managers on one store: the same SQLite file, or the same PostgreSQL schema.
-    const store = backend === 'postgres' ? { databaseUrl: PG_URL, databaseSchema: `csm_js_warm_${process.pid}_${Math.random().toString(36).slice(2, 8)}` } : {}
-    if (backend === 'postgres') t.after(() => execFileSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS "${store.databaseSchema}" CASCADE`], { stdio: 'ignore' }))
-    const { manager } = warmManager(t, { dir, backend, ...store })
-    const other = makeManager({ server, dir, backend, warmIdleMs: 0, ...store }).manager
+    const a = warmManager(t, { backend })
+    const { manager } = a
+    const other = makeManager({ server, dir: backend === 'sqlite' ? a.dir : tempDir(), backend, warmIdleMs: 0, ...a.store }).manager
     t.after(() => other.close())
     const first = await task(manager, { prompt: 'one' })
     const warmPids = processesMentioning(first.sessionId)
     t.assert.ok(warmPids.length > 0)
     const elsewhere = await task(other, { prompt: 'two', sessionId: first.sessionId })
-    t.assert.strictEqual(elsewhere.result, 'Echo #2: two')
+    t.assert.strictEqual(elsewhere.result, 'Echo #2: two', JSON.stringify(elsewhere.error))
     const third = await task(manager, { prompt: 'three', sessionId: first.sessionId })
     // A stale warm process would answer from its own memory: `Echo #2`.
-    t.assert.strictEqual(third.result, 'Echo #3: three')
+    t.assert.strictEqual(third.result, 'Echo #3: three', JSON.stringify(third.error))
     const now = processesMentioning(first.sessionId)
     t.assert.ok(!now.some((p) => warmPids.includes(p)), 'the stale process is gone')
     t.assert.deepStrictEqual((await manager.listTasks(first.sessionId, 'u')).map((x) => x.status), ['succeeded', 'succeeded', 'succeeded'])
   })
 }
 
-test('warm: on PostgreSQL no process is kept after its task, so its whole transcript reaches the store when it exits', { skip: !PG_URL && 'PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them' }, async (t) => {
+test('warm on PostgreSQL: each turn is in the store when its task returns, while the CLI keeps running; what it writes as it closes is stored too', { skip: !PG_URL && 'PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them' }, async (t) => {
   server.reset()
-  const { manager } = warmManager(t, { backend: 'postgres' })
+  const { manager, store } = warmManager(t, { backend: 'postgres' })
+  const sql = (q) => execFileSync('psql', [PG_URL, '-AtXqc', q.replaceAll('{S}', `"${store.databaseSchema}"`)], { encoding: 'utf8' }).trim()
+  const stored = (sid, type) => Number(sql(`SELECT count(*) FROM {S}.transcript_entries WHERE session_id = '${sid}' AND line::jsonb->>'type' = '${type}'`))
   const r = await task(manager, { prompt: 'one' })
   t.assert.strictEqual(r.result, 'Echo #1: one')
-  t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0), 'the CLI exited after its task')
+  const pids = processesMentioning(r.sessionId)
+  t.assert.ok(pids.length > 0, 'kept running after its task')
+  t.assert.strictEqual(stored(r.sessionId, 'assistant'), 1, 'the answer is in the store')
   const again = await task(manager, { prompt: 'two', sessionId: r.sessionId })
   t.assert.strictEqual(again.result, 'Echo #2: two')
-  t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0), 'and again')
+  t.assert.ok(same(processesMentioning(r.sessionId), pids), 'the same process ran the second task')
+  t.assert.strictEqual(stored(r.sessionId, 'assistant'), 2)
+  t.assert.strictEqual(stored(r.sessionId, 'user'), 2)
+  // The CLI writes its cost state when its stdin closes, after its last task: stored under that
+  // task's lease (no other task took the session since).
+  t.assert.strictEqual(stored(r.sessionId, 'cost-state'), 0)
+  await manager.close()
+  t.assert.deepStrictEqual(processesMentioning(r.sessionId), [])
+  t.assert.ok(stored(r.sessionId, 'cost-state') >= 1, 'the closing lines reached the store')
+  // Nothing stored twice.
+  t.assert.strictEqual(Number(sql(`SELECT count(*) - count(DISTINCT uuid) FROM {S}.transcript_entries WHERE session_id = '${r.sessionId}' AND uuid IS NOT NULL`)), 0)
 })
 
 test('warm: an idle process is closed after warmIdleMs', async (t) => {

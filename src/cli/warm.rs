@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::args::{build_args, CliArgs};
+use super::mirror::{MirrorMsg, MirrorTx};
 use super::run::{spawn, stderr_tail, stop_group, CancelToken, EndReason, Output, Proc, RunOutcome, RunSpec};
 use super::stream::{self, ContextTracker, Kind, Line};
 use crate::error::{Error, ErrorCode, Result};
@@ -74,6 +75,9 @@ pub struct TurnOptions {
   pub can_use_tool: Option<(CanUseTool, Duration)>,
   /// How long an interrupted turn may take to end before the process group is stopped.
   pub interrupt_grace: Duration,
+  /// Where the turn's `transcript_mirror` frames go (a process started with `--session-mirror`),
+  /// after the ones printed while no turn ran.
+  pub mirror: Option<MirrorTx>,
 }
 
 /// Control requests and steering for a warm process, usable while a task runs in it. Writes go
@@ -159,6 +163,9 @@ struct Shared {
   permissions: Mutex<Option<(CanUseTool, Duration)>>,
   in_flight: Mutex<HashMap<String, CancelToken>>,
   closed: AtomicBool,
+  /// Where mirror frames go now; `None` between turns, when they wait in `unmirrored`.
+  mirror: Mutex<Option<MirrorTx>>,
+  unmirrored: Mutex<Vec<Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,7 +181,40 @@ fn send(out: &Writer, v: &Value) -> bool {
   out.send(Some(line)).is_ok()
 }
 
+/// How many mirror frames printed between turns are kept for the next one (a CLI printing more
+/// while idle is not one this manager started: the oldest are dropped, and the end-of-task check
+/// of the local file stores what they held).
+const MAX_UNMIRRORED: usize = 10_000;
+
 impl Shared {
+  /// A mirror frame: to the attached mirror, else kept, in order, for the next one.
+  fn mirror_frame(&self, frame: Value) {
+    let mirror = lock(&self.mirror);
+    match mirror.as_ref() {
+      Some(tx) => {
+        let _ = tx.send(MirrorMsg::Frame(frame));
+      }
+      None => {
+        let mut kept = lock(&self.unmirrored);
+        if kept.len() >= MAX_UNMIRRORED {
+          kept.remove(0);
+        }
+        kept.push(frame);
+      }
+    }
+  }
+
+  /// Attaches a mirror (first sending it the frames kept since the last one), or detaches it.
+  fn attach_mirror(&self, tx: Option<MirrorTx>) {
+    let mut mirror = lock(&self.mirror);
+    if let Some(tx) = &tx {
+      for f in lock(&self.unmirrored).drain(..) {
+        let _ = tx.send(MirrorMsg::Frame(f));
+      }
+    }
+    *mirror = tx;
+  }
+
   /// Hands an event to the running turn, if it is the task's (started and not over).
   fn to_turn(&self, ev: Event) {
     if let Some(t) = lock(&self.turn).as_ref().filter(|t| t.current.is_some()) {
@@ -254,6 +294,7 @@ impl WarmProcess {
     let (tx, mut rx) = mpsc::unbounded_channel();
     *lock(&self.shared.turn) = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, tx });
     *lock(&self.shared.permissions) = o.can_use_tool.clone();
+    self.shared.attach_mirror(o.mirror.clone());
     let far = Duration::from_secs(60 * 60 * 24 * 365);
     let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut interrupted: Option<tokio::time::Instant> = None;
@@ -298,6 +339,8 @@ impl WarmProcess {
     }
     *lock(&self.shared.turn) = None;
     *lock(&self.shared.permissions) = None;
+    // Frames printed from now on wait for the next turn (or the closing mirror).
+    self.shared.attach_mirror(None);
     // A permission callback still waiting belongs to this turn: its signal aborts.
     for (_, t) in lock(&self.shared.in_flight).drain() {
       t.cancel();
@@ -331,6 +374,12 @@ impl WarmProcess {
     out
   }
 
+  /// Where the mirror frames the process prints from now on go (with the ones kept since its
+  /// last turn): for what a closing CLI writes at stdin EOF.
+  pub fn attach_mirror(&self, tx: MirrorTx) {
+    self.shared.attach_mirror(Some(tx));
+  }
+
   /// Ends the process: stdin EOF (the CLI finishes what it has and exits), SIGTERM to its group
   /// after `grace`, SIGKILL shortly after. Returns whether it had to be stopped by a signal.
   pub async fn close(mut self, grace: Duration) -> bool {
@@ -344,6 +393,8 @@ impl WarmProcess {
         true
       }
     };
+    // What it printed before it exited (the mirror frames of its last writes) is read to the end.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.reader).await;
     self.end_group();
     gone(tree).await;
     killed
@@ -432,6 +483,10 @@ async fn read_loop(stdout: Output, shared: Arc<Shared>, out: Writer) {
         continue;
       }
     };
+    if super::mirror::is_frame(&line.raw) {
+      shared.mirror_frame(line.raw);
+      continue;
+    }
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     match str_of(&line.raw, "type").as_str() {
       "control_response" => {
@@ -599,7 +654,13 @@ mod fake_cli_tests {
   use crate::cli::run::tests::{script, spec};
 
   fn opts() -> TurnOptions {
-    TurnOptions { timeout: None, stall_timeout: Some(Duration::from_secs(20)), can_use_tool: None, interrupt_grace: Duration::from_secs(3) }
+    TurnOptions {
+      timeout: None,
+      stall_timeout: Some(Duration::from_secs(20)),
+      can_use_tool: None,
+      interrupt_grace: Duration::from_secs(3),
+      mirror: None,
+    }
   }
 
   /// Prints lifecycle lines for the prompt it read (its uuid cut out with sed), then `$1`.

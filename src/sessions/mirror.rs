@@ -136,6 +136,9 @@ struct Writer {
   next_seq: i64,
   pending: Vec<TranscriptEntry>,
   clock: LeaseClock,
+  /// Lines written after the task ended (a warm process closing): fenced by the task's last
+  /// lease, held or released, instead of a held one.
+  after_end: bool,
 }
 
 impl Writer {
@@ -164,7 +167,12 @@ impl Writer {
     for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
       tokio::time::sleep(wait).await;
       let (st, sid, tid, batch) = (self.store.clone(), self.session_id.clone(), self.task_id.clone(), self.pending.clone());
-      match tokio::task::spawn_blocking(move || st.append_transcript(&sid, &tid, &batch)).await {
+      let after_end = self.after_end;
+      let append = move || match after_end {
+        false => st.append_transcript(&sid, &tid, &batch),
+        true => st.append_transcript_after_end(&sid, &tid, &batch),
+      };
+      match tokio::task::spawn_blocking(append).await {
         Ok(Ok(true)) => {
           self.pending.clear();
           return Ok(());
@@ -188,7 +196,8 @@ impl Writer {
 
 impl TaskMirror {
   /// Starts the writer for `task_id`, numbering lines after `head`; `local` is this node's
-  /// transcript file, which now holds the stored lines up to `head` (or does not exist).
+  /// transcript file, which now holds the stored lines up to `head` (or does not exist);
+  /// `after_end`: the lines come after the task ended (see [`Self::after_end`]).
   pub(crate) fn start(
     store: Arc<Store>,
     session_id: &str,
@@ -196,11 +205,19 @@ impl TaskMirror {
     head: i64,
     local: Option<PathBuf>,
     clock: LeaseClock,
+    after_end: bool,
   ) -> TaskMirror {
     let local_len = local.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
     let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
-    let mut w =
-      Writer { store, session_id: session_id.to_owned(), task_id: task_id.to_owned(), next_seq: head + 1, pending: vec![], clock };
+    let mut w = Writer {
+      store,
+      session_id: session_id.to_owned(),
+      task_id: task_id.to_owned(),
+      next_seq: head + 1,
+      pending: vec![],
+      clock,
+      after_end,
+    };
     let writer = tokio::spawn(async move {
       while let Some(first) = rx.recv().await {
         let mut acks = vec![];
@@ -221,6 +238,14 @@ impl TaskMirror {
       let _ = w.write().await;
     });
     TaskMirror { tx, writer, from: (head, local_len), local }
+  }
+
+  /// The mirror of what a warm process writes as it closes, after its last task `task_id` ended:
+  /// stored only while no other task has taken the session since.
+  pub(crate) fn after_end(store: Arc<Store>, session_id: &str, task_id: &str, head: i64) -> TaskMirror {
+    // Nothing renews or loses this lease: the store's fence decides each write.
+    let clock = LeaseClock::new(Instant::now(), Duration::from_secs(24 * 60 * 60), CancelToken::new());
+    TaskMirror::start(store, session_id, task_id, head, None, clock, true)
   }
 
   /// Waits until every frame sent so far is stored; Err says why it could not be.
@@ -509,7 +534,7 @@ mod pg_tests {
     .unwrap()
     .unwrap();
     let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
-    let m = TaskMirror::start(store.clone(), &sid, "t", 0, None, clock);
+    let m = TaskMirror::start(store.clone(), &sid, "t", 0, None, clock, false);
     m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
     m.flush().await.unwrap();
     // The table goes away for a moment: the next batch fails, is retried, and lands once.

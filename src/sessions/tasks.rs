@@ -498,12 +498,15 @@ impl Manager {
   /// PostgreSQL, once the lease is the task's: this node's copy of the transcript the CLI will
   /// read refreshed from the store, and the writer that mirrors the CLI's lines into it.
   async fn start_mirror(&self, session: &Session, task_id: &str, mode: &SessionMode, clock: &LeaseClock) -> Result<TaskMirror> {
-    self.refresh_for(session, mode).await?;
+    // A warm process that may take the task wrote this node's copy itself, and reads only its own.
+    if !self.warm.fresh_for(&session.id, session.task_count) {
+      self.refresh_for(session, mode).await?;
+    }
     let sid = session.id.clone();
     let head = self.db(move |s| s.transcript_head(&sid)).await?;
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
     let local = self.transcript_of(session).ok().flatten();
-    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone()))
+    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false))
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.

@@ -11,6 +11,12 @@
 //!   elsewhere appended to the transcript this process does not see; using it would split the
 //!   transcript into two branches. Such a process is killed (not closed: on stdin EOF it would
 //!   append its stale metadata) and the task resumes cold from the transcript.
+//!
+//! On PostgreSQL a warm process runs with `--session-mirror`: each turn's frames go to that
+//! task's mirror (stored under its lease before the task returns); frames printed between turns
+//! wait for the next turn's mirror, and the ones printed as it closes are stored fenced by its
+//! last task (`Store::append_transcript_after_end`). This node's copy of the transcript is not
+//! rewritten from the store under a warm process that may take the task (`WarmPool::fresh_for`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,12 +25,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::mirror::TaskMirror;
 use super::{EventSink, Manager};
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::Session;
+use crate::store::{Session, Store};
 
 /// How long a closing warm process gets between stdin EOF and SIGTERM.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -42,6 +49,40 @@ pub(crate) struct Warm {
   stamp: String,
   /// The key proxy's token the process uses: revoked when the process is gone.
   token: Option<TaskToken>,
+  /// Where its session lives, once it ran a task (set when it is kept).
+  home: Option<Home>,
+}
+
+/// What a kept process needs to close properly: its session in the store, the last task it ran,
+/// and whether its transcript is mirrored into the store (PostgreSQL).
+struct Home {
+  store: Arc<Store>,
+  session_id: String,
+  user_id: String,
+  last_task: String,
+  mirrored: bool,
+}
+
+impl Home {
+  /// Whether a task ran on the session since this process's last one (in another process or
+  /// node), read from the store; a store that cannot be read counts as yes.
+  async fn stale(&self, seen_tasks: u64) -> bool {
+    let (st, sid, uid) = (self.store.clone(), self.session_id.clone(), self.user_id.clone());
+    !matches!(
+      tokio::task::spawn_blocking(move || st.get_session(&sid, &uid)).await,
+      Ok(Ok(Some(s))) if s.task_count == seen_tasks
+    )
+  }
+
+  /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
+  async fn closing_mirror(&self) -> Option<TaskMirror> {
+    if !self.mirrored {
+      return None;
+    }
+    let (st, sid) = (self.store.clone(), self.session_id.clone());
+    let head = tokio::task::spawn_blocking(move || st.transcript_head(&sid)).await.ok()?.ok()?;
+    Some(TaskMirror::after_end(self.store.clone(), &self.session_id, &self.last_task, head))
+  }
 }
 
 struct Idle {
@@ -74,16 +115,36 @@ impl WarmPool {
     lock(&self.idle).remove(session_id).map(|i| i.warm)
   }
 
-  /// Ends a warm process: closed (stdin EOF, then signals), or killed when `stale`. Its token
-  /// is revoked once it is gone.
+  /// Ends a warm process: closed (stdin EOF, then signals), or killed when `stale` or when the
+  /// store says a task ran on its session elsewhere since its last one (what it would write at
+  /// EOF belongs to an older branch of the conversation). On PostgreSQL what it writes as it
+  /// closes is stored, unless another task took the session meanwhile. Its token is revoked once
+  /// it is gone.
   async fn retire(w: Warm, stale: bool) {
-    let Warm { proc, token, .. } = w;
+    let Warm { proc, token, home, seen_tasks, .. } = w;
+    let stale = match &home {
+      Some(h) if !stale => h.stale(seen_tasks).await,
+      _ => stale,
+    };
     let (spec, pid) = (proc.spec().clone(), proc.pid());
     let killed = if stale {
       proc.kill().await;
       true
     } else {
-      proc.close(CLOSE_GRACE).await
+      let mirror = match &home {
+        Some(h) => h.closing_mirror().await,
+        None => None,
+      };
+      if let Some(m) = &mirror {
+        proc.attach_mirror(m.tx.clone());
+      }
+      let killed = proc.close(CLOSE_GRACE).await;
+      if let Some(m) = mirror {
+        // Refused (another task has the session) or unreachable: the next task's node rewrites
+        // its copy from the store, which then lacks only what this process wrote at exit.
+        let _ = m.flush().await;
+      }
+      killed
     };
     if killed {
       super::tasks::remove_per_process_files(&spec, pid);
@@ -166,6 +227,13 @@ impl WarmPool {
     }
   }
 
+  /// Whether the session has an idle process that may run its next task as far as the store
+  /// can tell (no task ran on the session since its last one): this node's copy of the
+  /// transcript is then that process's own, and must not be rewritten under it.
+  pub(crate) fn fresh_for(&self, session_id: &str, task_count: u64) -> bool {
+    lock(&self.idle).get(session_id).is_some_and(|i| i.warm.seen_tasks == task_count)
+  }
+
   /// A handle of the session's warm process, running a task or idle.
   fn handle(&self, session_id: &str) -> Option<WarmHandle> {
     if let Some(h) = lock(&self.running).get(session_id) {
@@ -213,12 +281,9 @@ impl Manager {
     kind == "task" && (self.warm_idle().is_some() || can_use_tool)
   }
 
-  /// How long a warm process is kept after its task. Never on a store whose sessions move
-  /// between nodes (PostgreSQL) yet: the task's transcript is reconciled into the store when its
-  /// CLI has exited, and a kept process would go on writing the file after that; so there each
-  /// task's stream-json process (for `canUseTool`) is closed when the task ends.
+  /// How long a warm process is kept after its task.
   fn warm_idle(&self) -> Option<Duration> {
-    self.cfg.warm_idle.filter(|_| !self.store.shares_transcripts())
+    self.cfg.warm_idle
   }
 
   /// Kills the session's idle warm process: before any other CLI runs on the session (a
@@ -283,6 +348,18 @@ impl Manager {
     include_partials: bool,
     can_use_tool: Option<CanUseTool>,
   ) -> Result<RunOutcome> {
+    // PostgreSQL: the turn's transcript is mirrored into the store as the CLI writes it; a CLI
+    // without `--session-mirror` is not kept (its file is stored when it exits).
+    // The turn's mirror: given to the turn only (a process kept with it would keep the task's
+    // writer open past the task).
+    let mirror = spec.mirror.take();
+    let mirrored = match &mirror {
+      Some(_) => {
+        let program = spec.program.clone();
+        tokio::task::spawn_blocking(move || cli::mirror::supported(&program)).await.unwrap_or(false)
+      }
+      None => false,
+    };
     let key = fingerprint(cli, &spec, can_use_tool.is_some());
     let stamp = config_stamp(&spec);
     let mut warm = None;
@@ -301,9 +378,12 @@ impl Manager {
         // One CLI per session: one closed after its idle time or evicted is gone first.
         self.warm.closed_for(&session.id).await;
         spec.args = cli::warm_args(cli, can_use_tool.is_some());
+        if mirrored {
+          spec.args.push(cli::mirror::FLAG.into());
+        }
         let token = self.secure(&mut spec).await?;
         let proc = WarmProcess::start(spec.clone())?;
-        Warm { proc, key, seen_tasks: 0, stamp, token }
+        Warm { proc, key, seen_tasks: 0, stamp, token, home: None }
       }
     };
     self.warm.in_use.fetch_add(1, Ordering::SeqCst);
@@ -323,15 +403,24 @@ impl Manager {
       stall_timeout: spec.stall_timeout,
       can_use_tool: can_use_tool.map(|h| (h, self.cfg.permission_timeout)),
       interrupt_grace: INTERRUPT_GRACE,
+      mirror: mirror.clone(),
     };
     let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);
     enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
     let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
+    let keep = keep.filter(|_| mirror.is_none() || mirrored);
     match keep {
       Some(idle_for) => {
         warm.seen_tasks = session.task_count + 1;
+        warm.home = Some(Home {
+          store: self.store.clone(),
+          session_id: session.id.clone(),
+          user_id: session.user_id.clone(),
+          last_task: task_id.to_owned(),
+          mirrored,
+        });
         if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
           WarmPool::retire(w, false).await;
         }

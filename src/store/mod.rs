@@ -571,6 +571,9 @@ dispatch! {
   fn transcript_head(&self, session_id: &str) -> Result<i64>;
   /// Appends transcript lines for a task, fenced by its lease; false when it lost the lease.
   fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool>;
+  /// Appends lines a task's CLI wrote after the task ended, unless another task took the
+  /// session's lease since; false then.
+  fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool>;
   /// A session's stored transcript lines after `after` (0: all), in order (none on SQLite).
   fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>>;
   /// How many lines of one transcript file of a session are stored.
@@ -585,6 +588,9 @@ impl SqliteStore {
     Ok(0)
   }
   pub fn append_transcript(&self, _session_id: &str, _task_id: &str, _entries: &[TranscriptEntry]) -> Result<bool> {
+    Ok(true)
+  }
+  pub fn append_transcript_after_end(&self, _session_id: &str, _task_id: &str, _entries: &[TranscriptEntry]) -> Result<bool> {
     Ok(true)
   }
   pub fn load_transcript(&self, _session_id: &str, _after: i64) -> Result<Vec<TranscriptEntry>> {

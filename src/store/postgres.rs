@@ -1073,6 +1073,22 @@ impl PgStore {
     )
   }
 
+  /// The fence of the session's lease when `task_id` was the last task to take it (held or
+  /// released since), locked until the transaction ends; `None` when another task took it since.
+  async fn last_fence(&self, tx: &Transaction<'_>, session_id: &str, task_id: &str) -> Result<Option<i64>> {
+    Ok(
+      self
+        .opt(
+          tx,
+          "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
+           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l",
+          &[&session_id, &task_id],
+        )
+        .await?
+        .map(|r| r.get(0)),
+    )
+  }
+
   /// Extends a held lease by `ttl` from the database's now. Returns false when the lease is no
   /// longer this task's (another task took it over under a newer fence, or it was released).
   pub fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {

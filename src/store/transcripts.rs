@@ -24,6 +24,18 @@ impl PgStore {
   /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
   /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
   pub fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, false)
+  }
+
+  /// Appends lines a task's CLI wrote after the task ended (a warm process closing: what it
+  /// writes at stdin EOF), fenced by that task's lease: stored only while the lease is still the
+  /// task's, held or released, and no other task has taken it since. False, writing nothing,
+  /// otherwise.
+  pub fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, true)
+  }
+
+  fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
     if entries.is_empty() {
       return Ok(true);
     }
@@ -33,7 +45,11 @@ impl PgStore {
     let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
     let last = seqs.iter().copied().max().unwrap_or(0);
     self.tx(async |tx| {
-      let Some(fence) = self.held_fence(tx, session_id, task_id).await? else {
+      let fence = match ended {
+        false => self.held_fence(tx, session_id, task_id).await?,
+        true => self.last_fence(tx, session_id, task_id).await?,
+      };
+      let Some(fence) = fence else {
         return Ok(false);
       };
       self
