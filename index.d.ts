@@ -95,11 +95,20 @@ export declare class SessionManager {
    */
   info(): ManagerInfo
   /**
-   * Adds a message to the task running on the session (in a warm process of this manager):
-   * the CLI runs it after the current prompt and the task ends at its result. Rejects with
-   * `INVALID_ARGUMENT` when no task of this manager is running there.
+   * Adds a message to the task running on the session in a warm process, in this manager or in
+   * another one sharing the store (forwarded through it; resolves once that manager has steered
+   * it): the CLI runs it after the current prompt and the task ends at its result. Rejects with
+   * `INVALID_ARGUMENT` when no such task is running there.
    */
   sendMessage(request: SendMessageRequest): Promise<void>
+  /**
+   * Answers a permission request of a task on the user's session, wherever the task runs (in
+   * this manager, or in another one sharing the store: forwarded through it). The task goes on
+   * as if its `canUseTool` had answered, and that callback's `signal` aborts. Another user's
+   * session rejects with `SESSION_NOT_FOUND`; a request not pending (answered, withdrawn, timed
+   * out, unknown) with `PERMISSION_REQUEST_NOT_FOUND`.
+   */
+  respondToPermission(request: PermissionResponse): Promise<void>
   /**
    * The session's context: the CLI's own breakdown (`get_context_usage`, no API call) when it
    * has a warm process here (`{ source: 'cli', usage: { categories, totalTokens, maxTokens,
@@ -223,11 +232,12 @@ export interface ExecuteOptions {
   /**
    * The Agent SDK's permission callback (`executeTask` only): asked before a tool that needs
    * permission runs (the CLI runs with `--permission-prompt-tool=stdio`). `signal` aborts when
-   * the CLI withdraws the request (the task was aborted) or nobody decided within the
-   * manager's `permissionTimeoutMs` (the answer is then deny). A throw, a rejection or an answer
-   * that is neither allow nor deny denies.
+   * the CLI withdraws the request (the task was aborted), nobody decided within the manager's
+   * `permissionTimeoutMs` (the answer is then deny), or the request was answered through
+   * `respondToPermission` (in any manager sharing the store, with `requestId`). A throw, a
+   * rejection or an answer that is neither allow nor deny denies.
    */
-  canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>
+  canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>
 }
 
 /** `fork`. */
@@ -337,6 +347,25 @@ export interface MessagesPage {
   liveFrom: number
   /** Compactions the conversation went through. */
   compactions: number
+}
+
+/**
+ * `respondToPermission`: the user's answer to a permission request of a task on their session.
+ * Unknown keys are refused (so is `updatedPermissions`: a user's answer never changes what the
+ * session may do next).
+ */
+export interface PermissionResponse {
+  sessionId: string
+  userId: string
+  /** The request's id (`options.requestId` of the callback, `requestId` of the Next.js event). */
+  requestId: string
+  behavior: 'allow' | 'deny'
+  /** Why (deny); default "the user denied this". */
+  message?: string
+  /** The tool's input to run with instead (allow): an object. */
+  updatedInput?: Record<string, unknown>
+  /** Also end the turn (deny). */
+  interrupt?: boolean
 }
 
 /** How many tokens a prompt would add to a session, and whether it still fits. */

@@ -130,6 +130,7 @@ test('errorCodes lists every code exactly, and the README documents each', (t) =
     'COMPACT_FAILED',
     'SANDBOX_UNAVAILABLE',
     'LEASE_LOST',
+    'PERMISSION_REQUEST_NOT_FOUND',
     'INTERNAL',
   ]
   t.assert.deepStrictEqual(addon.errorCodes(), expected)

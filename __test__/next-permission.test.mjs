@@ -4,6 +4,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { createRequire } from 'node:module'
+import { execFile } from 'node:child_process'
 import { makeManager, parseSse, startStandInServer } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
@@ -115,4 +116,59 @@ test('next permission: deny keeps the tool from running; an abandoned request is
   t.assert.strictEqual(result2.permissionDenials.length, 1)
   const tooLate = await routes.permission.POST(post('permission', { sessionId: asked2.sessionId, requestId: asked2.requestId, behavior: 'allow' }))
   t.assert.strictEqual(tooLate.status, 404)
+})
+
+/**
+ * POSTs `requests` (`[{ body, user }]`, in order) to `routes.permission` of another server: a
+ * separate Node process with its own routes over its own manager on the same database (`options`),
+ * so that nothing is shared in memory. Resolves with each `{ status, body }`.
+ */
+function permissionPostsElsewhere(options, requests) {
+  const script = `
+    const { createClaudeRoutes } = require(${JSON.stringify(path.resolve('next/index.js'))});
+    const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
+    const manager = new SessionManager(${JSON.stringify(options)});
+    const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, permissionPrompts: true, onError: null });
+    (async () => {
+      const out = [];
+      for (const { body, user } of ${JSON.stringify(requests)}) {
+        const res = await routes.permission.POST(new Request('http://localhost/api/claude/permission', {
+          method: 'POST', headers: { 'x-user': user, 'content-type': 'application/json' }, body: JSON.stringify(body) }));
+        out.push({ status: res.status, body: await res.json() });
+      }
+      await manager.close();
+      process.stdout.write(JSON.stringify(out));
+    })();`
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['-e', script], { timeout: 60_000 }, (error, stdout, stderr) => (error ? reject(new Error(`${error.message}\n${stderr}`)) : resolve(JSON.parse(stdout))))
+  })
+}
+
+test('next permission: an answer POSTed to another server reaches the one running the stream, through the store (no sticky sessions)', async (t) => {
+  server.reset()
+  const a = setup(t)
+  const file = path.join(a.work, 'through-b.txt')
+  server.enqueue({ toolUse: { name: 'Write', input: { file_path: file, content: 'via B\n' } } }, { text: 'Wrote it.' })
+  const sse = sseReader(await a.routes.stream.POST(post('stream', { prompt: 'write it', projectId: 'p' })))
+  const asked = (await sse.next((e) => e.event === 'permission_request')).data
+  const answer = { sessionId: asked.sessionId, requestId: asked.requestId, behavior: 'allow' }
+  const [other, unknown, ok, again] = await permissionPostsElsewhere(a.options, [
+    // Another user's answer is the same 404 as on this server, and settles nothing.
+    { body: answer, user: 'mallory' },
+    { body: { ...answer, requestId: 'no-such-request' }, user: 'alice' },
+    { body: answer, user: 'alice' },
+    // Answered once: a second answer finds nothing.
+    { body: { ...answer, behavior: 'deny' }, user: 'alice' },
+  ])
+  t.assert.deepStrictEqual([other.status, other.body.error.code], [404, 'PERMISSION_REQUEST_NOT_FOUND'])
+  t.assert.deepStrictEqual([unknown.status, unknown.body.error.code], [404, 'PERMISSION_REQUEST_NOT_FOUND'])
+  t.assert.deepStrictEqual([ok.status, ok.body], [200, { ok: true, requestId: asked.requestId, behavior: 'allow' }])
+  t.assert.strictEqual(again.status, 404)
+  // This server's stream: the request is no longer pending here, and the tool ran.
+  const withdrawn = (await sse.next((e) => e.event === 'permission_cancelled')).data
+  t.assert.strictEqual(withdrawn.requestId, asked.requestId)
+  const result = (await sse.next((e) => e.event === 'result')).data
+  t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
+  t.assert.deepStrictEqual(result.permissionDenials, [])
+  t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'via B\n')
 })

@@ -43,7 +43,7 @@
  * | `POST /session` `{ action: 'tasks', sessionId }` | `{ tasks }` ({@link TaskRecord}s, oldest first) |
  * | `GET /compact?sessionId=…&threshold=…` | `{ context }` ({@link ContextInfo}) |
  * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
- * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt? }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream; 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
+ * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt? }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream, whichever server runs it (forwarded through the store); 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
  *
  * Errors are `{ error: { code, message } }`: no user → 401 `UNAUTHORIZED`; malformed JSON or an
  * invalid argument (also a field or model the client may not send) → 400 `INVALID_ARGUMENT`;
@@ -166,10 +166,13 @@ export interface ClaudeRoutesOptions {
   /**
    * Ask the user before a tool that needs permission runs, instead of denying it (the headless
    * default). Default `false`. The stream route then emits `event: permission_request`
-   * ({@link PermissionRequestEvent}) and waits for `POST /permission` from the same user (in this
-   * process: the pending requests live in its memory); `event: permission_cancelled` `{ requestId,
-   * sessionId }` when the task was aborted or nobody answered within the manager's
-   * `permissionTimeoutMs` (the tool is then denied). A client can allow, allow with an edited
+   * ({@link PermissionRequestEvent}) and waits for `POST /permission` from the same user, on this
+   * server or any other sharing the database (no sticky sessions: an answer to a request of
+   * another server's stream goes through `manager.respondToPermission` and the store);
+   * `event: permission_cancelled` `{ requestId, sessionId }` when the request is no longer pending
+   * without an answer given on this server: the task was aborted, nobody answered within the
+   * manager's `permissionTimeoutMs` (the tool is then denied), or it was answered through another
+   * server (the tool then runs or not as answered). A client can allow, allow with an edited
    * input, or deny (optionally ending the turn); it can never grant permanent permissions.
    */
   permissionPrompts?: boolean

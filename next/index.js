@@ -31,6 +31,7 @@ const STATUS_BY_CODE = Object.freeze({
   INVALID_ARGUMENT: 400,
   UNAUTHORIZED: 401,
   SESSION_NOT_FOUND: 404,
+  PERMISSION_REQUEST_NOT_FOUND: 404,
   SESSION_BUSY: 409,
   PAYLOAD_TOO_LARGE: 413,
   // The manager refuses a prompt too long for any context window before anything runs.
@@ -462,8 +463,10 @@ function createClaudeRoutes(options) {
       markAccepted()
     }
     // A tool that needs permission: a `permission_request` event, answered by POST /permission
-    // from the same user; withdrawn (`permission_cancelled`) when the task is aborted or nobody
-    // decided within the manager's permissionTimeoutMs (the answer is then deny).
+    // from the same user (on this server, or on another one sharing the store: the signal then
+    // aborts); `permission_cancelled` once it is no longer pending here without an answer given
+    // on this server: the task was aborted, nobody decided within the manager's
+    // permissionTimeoutMs (the answer is then deny), or it was answered through another server.
     const canUseTool = (toolName, input, { signal, suggestions, toolUseID, requestId }) =>
       new Promise((resolve) => {
         const id = typeof requestId === 'string' && requestId ? requestId : crypto.randomUUID()
@@ -632,18 +635,31 @@ function createClaudeRoutes(options) {
       throw badRequest('permission: updatedInput must be an object')
     }
     if (b.interrupt !== undefined && typeof b.interrupt !== 'boolean') throw badRequest('permission: interrupt must be a boolean')
+    const notFound = () => new RouteError(404, 'PERMISSION_REQUEST_NOT_FOUND', `no pending permission request ${b.requestId} in session ${b.sessionId}`)
     const pending = pendingPermissions().get(b.requestId)
-    // Someone else's request answers exactly like one that does not exist (or was answered).
-    if (!pending || pending.userId !== userId || pending.sessionId !== b.sessionId) {
-      throw new RouteError(404, 'PERMISSION_REQUEST_NOT_FOUND', `no pending permission request ${b.requestId} in session ${b.sessionId}`)
+    const done = () => json({ ok: true, requestId: b.requestId, behavior: b.behavior })
+    if (pending) {
+      // Someone else's request answers exactly like one that does not exist (or was answered).
+      if (pending.userId !== userId || pending.sessionId !== b.sessionId) throw notFound()
+      // Never `updatedPermissions` from a client: it could change the session's permission mode.
+      const answer =
+        b.behavior === 'allow'
+          ? { behavior: 'allow', ...(b.updatedInput ? { updatedInput: b.updatedInput } : {}) }
+          : { behavior: 'deny', message: b.message || 'the user denied this', ...(b.interrupt ? { interrupt: true } : {}) }
+      pending.settle(answer)
+      return done()
     }
-    // Never `updatedPermissions` from a client: it could change the session's permission mode.
-    const answer =
-      b.behavior === 'allow'
-        ? { behavior: 'allow', ...(b.updatedInput ? { updatedInput: b.updatedInput } : {}) }
-        : { behavior: 'deny', message: b.message || 'the user denied this', ...(b.interrupt ? { interrupt: true } : {}) }
-    pending.settle(answer)
-    return json({ ok: true, requestId: b.requestId, behavior: b.behavior })
+    // Not a stream of this server: the task may run on another one sharing the store, which the
+    // manager forwards the answer to (it checks that the session is the user's; it never takes
+    // `updatedPermissions` either).
+    const m = await resolveManager()
+    try {
+      await m.respondToPermission({ ...b, userId })
+    } catch (error) {
+      if (error && error.code === 'SESSION_NOT_FOUND') throw notFound()
+      throw error
+    }
+    return done()
   })
 
   return {

@@ -40,6 +40,9 @@ pub enum ErrorCode {
   /// The task's node lost the session's lease (it could not renew it in time, or another node
   /// took it over): its CLI was stopped and the task ended `interrupted`.
   LeaseLost,
+  /// No permission request with that id is pending in that session (it was answered, timed out
+  /// or withdrawn, or never existed).
+  PermissionRequestNotFound,
   /// A bug in this package (a panic or an impossible state). Please report it.
   Internal,
 }
@@ -64,12 +67,13 @@ impl ErrorCode {
       ErrorCode::CompactFailed => "COMPACT_FAILED",
       ErrorCode::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
       ErrorCode::LeaseLost => "LEASE_LOST",
+      ErrorCode::PermissionRequestNotFound => "PERMISSION_REQUEST_NOT_FOUND",
       ErrorCode::Internal => "INTERNAL",
     }
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 17] = [
+  pub const ALL: [ErrorCode; 18] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
@@ -86,6 +90,7 @@ impl ErrorCode {
     ErrorCode::CompactFailed,
     ErrorCode::SandboxUnavailable,
     ErrorCode::LeaseLost,
+    ErrorCode::PermissionRequestNotFound,
     ErrorCode::Internal,
   ];
 }

@@ -11,6 +11,8 @@ use rusqlite::Connection;
 mod fixtures;
 use fixtures::new_session;
 
+#[path = "shared/inbox.rs"]
+mod inbox;
 #[path = "shared/total_cap.rs"]
 mod total_cap;
 
@@ -396,4 +398,13 @@ fn the_total_cap_counts_live_leases_of_every_process_and_is_taken_atomically() {
     s.create_session(&new_session(id, "u", "p")).unwrap();
   }
   total_cap::check(&s, &ids, || Store::open(&path).unwrap());
+}
+
+#[test]
+fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  s.create_session(&new_session(A, "u", "p")).unwrap();
+  inbox::check(&s, A, || Store::open(&path).unwrap());
 }

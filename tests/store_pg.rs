@@ -12,6 +12,8 @@ use claude_session_manager::store::{ListQuery, Owner, Store, TaskEnd, Transcript
 mod fixtures;
 use fixtures::new_session;
 
+#[path = "shared/inbox.rs"]
+mod inbox;
 #[path = "shared/total_cap.rs"]
 mod total_cap;
 
@@ -447,4 +449,14 @@ fn the_total_cap_counts_live_leases_of_every_node_and_is_taken_atomically() {
     s.create_session(&new_session(sid, "u", "p")).unwrap();
   }
   total_cap::check(s, &ids, || Store::connect(&url, &f.schema).unwrap());
+}
+
+#[test]
+fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  inbox::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
 }

@@ -324,9 +324,10 @@ impl SessionManager {
     self.inner.info().into()
   }
 
-  /// Adds a message to the task running on the session (in a warm process of this manager):
-  /// the CLI runs it after the current prompt and the task ends at its result. Rejects with
-  /// `INVALID_ARGUMENT` when no task of this manager is running there.
+  /// Adds a message to the task running on the session in a warm process, in this manager or in
+  /// another one sharing the store (forwarded through it; resolves once that manager has steered
+  /// it): the CLI runs it after the current prompt and the task ends at its result. Rejects with
+  /// `INVALID_ARGUMENT` when no such task is running there.
   #[napi(ts_args_type = "request: SendMessageRequest", ts_return_type = "Promise<void>")]
   pub fn send_message<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, ()> {
     let request = js_value(env, "request", Some(request));
@@ -336,6 +337,25 @@ impl SessionManager {
       async move {
         let r: SendMessageRequest = parse("sendMessage", request?)?;
         m.send_message(&r.session_id, &r.user_id, &r.prompt).await
+      },
+      |()| (),
+    )
+  }
+
+  /// Answers a permission request of a task on the user's session, wherever the task runs (in
+  /// this manager, or in another one sharing the store: forwarded through it). The task goes on
+  /// as if its `canUseTool` had answered, and that callback's `signal` aborts. Another user's
+  /// session rejects with `SESSION_NOT_FOUND`; a request not pending (answered, withdrawn, timed
+  /// out, unknown) with `PERMISSION_REQUEST_NOT_FOUND`.
+  #[napi(ts_args_type = "request: PermissionResponse", ts_return_type = "Promise<void>")]
+  pub fn respond_to_permission<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, ()> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: PermissionResponse = parse("respondToPermission", request?)?;
+        m.respond_to_permission(r.into()).await
       },
       |()| (),
     )

@@ -194,6 +194,48 @@ pub struct SendMessageRequest {
   pub prompt: String,
 }
 
+/// `respondToPermission`: the user's answer to a permission request of a task on their session.
+/// Unknown keys are refused (so is `updatedPermissions`: a user's answer never changes what the
+/// session may do next).
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PermissionResponse {
+  pub session_id: String,
+  pub user_id: String,
+  /// The request's id (`options.requestId` of the callback, `requestId` of the Next.js event).
+  pub request_id: String,
+  #[napi(ts_type = "'allow' | 'deny'")]
+  pub behavior: String,
+  /// Why (deny); default "the user denied this".
+  pub message: Option<String>,
+  /// The tool's input to run with instead (allow): an object.
+  #[napi(ts_type = "Record<string, unknown>")]
+  #[serde(default, deserialize_with = "present")]
+  pub updated_input: Option<serde_json::Value>,
+  /// Also end the turn (deny).
+  pub interrupt: Option<bool>,
+}
+
+/// A field that is there, even as `null` (which the check then refuses).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+  serde_json::Value::deserialize(d).map(Some)
+}
+
+impl From<PermissionResponse> for manager::PermissionResponse {
+  fn from(r: PermissionResponse) -> Self {
+    manager::PermissionResponse {
+      session_id: r.session_id,
+      user_id: r.user_id,
+      request_id: r.request_id,
+      behavior: r.behavior,
+      message: r.message,
+      updated_input: r.updated_input,
+      interrupt: r.interrupt,
+    }
+  }
+}
+
 /// How a caller follows and cancels a task. Read by `hooks` (functions and signals are no JSON).
 #[allow(dead_code, reason = "typing only: hooks::read_execute_options reads it from the JS object")]
 #[napi(object, object_from_js = false)]
@@ -211,11 +253,12 @@ pub struct ExecuteOptions {
   pub signal: Option<napi::bindgen_prelude::Unknown<'static>>,
   /// The Agent SDK's permission callback (`executeTask` only): asked before a tool that needs
   /// permission runs (the CLI runs with `--permission-prompt-tool=stdio`). `signal` aborts when
-  /// the CLI withdraws the request (the task was aborted) or nobody decided within the
-  /// manager's `permissionTimeoutMs` (the answer is then deny). A throw, a rejection or an answer
-  /// that is neither allow nor deny denies.
+  /// the CLI withdraws the request (the task was aborted), nobody decided within the manager's
+  /// `permissionTimeoutMs` (the answer is then deny), or the request was answered through
+  /// `respondToPermission` (in any manager sharing the store, with `requestId`). A throw, a
+  /// rejection or an answer that is neither allow nor deny denies.
   #[napi(
-    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
+    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
   )]
   pub can_use_tool: Option<napi::bindgen_prelude::Unknown<'static>>,
 }

@@ -10,6 +10,7 @@
 mod api;
 mod config;
 mod finish;
+mod inbox;
 mod mirror;
 mod tasks;
 mod types;
@@ -31,6 +32,7 @@ use crate::{transcript, validate};
 
 pub use config::{Config, Isolation, Options, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
+pub use inbox::PermissionResponse;
 pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
 
 /// How `run_locked` runs one CLI process.
@@ -86,6 +88,8 @@ pub struct Manager {
   key_proxy: tokio::sync::OnceCell<Option<cli::KeyProxy>>,
   /// Idle warm CLIs by session (`warmIdleMs`).
   warm: Arc<warm::WarmPool>,
+  /// Permission requests of this manager's tasks waiting for an answer (`inbox`).
+  waiting: Arc<inbox::Waiting>,
 }
 
 /// Keeps a task in the manager's registry until dropped.
@@ -198,6 +202,7 @@ impl Manager {
       next_task: std::sync::atomic::AtomicU64::new(0),
       key_proxy: tokio::sync::OnceCell::new(),
       warm: Arc::new(warm::WarmPool::default()),
+      waiting: Arc::new(inbox::Waiting::default()),
     })
   }
 
@@ -282,11 +287,7 @@ impl Manager {
   /// A write that completes a task (its row, totals, lease): done even once `close()` was
   /// called, since that is what `close()` waits for.
   pub(crate) async fn record<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    if let Some(r) = self.store.now(&f) {
-      return r;
-    }
-    let store = self.store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
+    inbox::on_store(self.store.clone(), f).await
   }
 
   /// Runs blocking work (a store call that may wait, reading a transcript) on the blocking pool.

@@ -30,7 +30,7 @@ use super::{EventSink, Manager};
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
 use crate::store::{Session, Store};
 
 /// How long a closing warm process gets between stdin EOF and SIGTERM.
@@ -311,10 +311,8 @@ impl Manager {
     let running = lock(&self.warm.running).get(&s.id).cloned();
     match running {
       Some(h) if h.steer(prompt) => Ok(()),
-      _ => Err(Error::new(
-        ErrorCode::InvalidArgument,
-        format!("no task is running on session {} in a warm process of this manager; send the message as a new task", s.id),
-      )),
+      // Another manager's task, maybe: through the store.
+      _ => self.forward_message(&s.id, prompt).await,
     }
   }
 
@@ -388,6 +386,8 @@ impl Manager {
     };
     self.warm.in_use.fetch_add(1, Ordering::SeqCst);
     lock(&self.warm.running).insert(session.id.clone(), warm.proc.handle());
+    // Answers and messages given through other managers reach the task while it runs.
+    let inbox = self.watch_inbox(&session.id, task_id, warm.proc.handle());
     if let Some(s) = &sink {
       s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
     }
@@ -408,6 +408,7 @@ impl Manager {
     let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);
+    drop(inbox);
     enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
     let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
     let keep = keep.filter(|_| mirror.is_none() || mirrored);

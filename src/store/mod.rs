@@ -19,12 +19,14 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+mod inbox;
 mod leases;
 mod meter;
 mod postgres;
 mod schema;
 mod sessions;
 
+pub use inbox::{Delivery, Receipt};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 use schema::MIGRATIONS;
 pub use schema::SCHEMA_VERSION;
@@ -578,6 +580,26 @@ dispatch! {
   fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>>;
   /// How many lines of one transcript file of a session are stored.
   fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64>;
+  /// The task's manager starts reading its inbox (`inbox.rs`): it takes steering messages and
+  /// answers to its permission requests from other processes and nodes.
+  fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()>;
+  /// The task's manager stops reading its inbox: its pending requests go, messages not yet
+  /// handled are refused.
+  fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()>;
+  /// Records a permission request of the task as pending.
+  fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()>;
+  /// A permission request is settled: no longer pending.
+  fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()>;
+  /// Writes the answer (JSON) to a pending request not yet answered; false when there is none.
+  fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool>;
+  /// Leaves a message for the session's watched running task: its id, or `None` when none runs.
+  fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>>;
+  /// Where a message left by `inbox_send` is; its row goes once it is steered or refused.
+  fn inbox_receipt(&self, id: i64) -> Result<Receipt>;
+  /// What waits for a task: answers to its permission requests, messages not yet handled.
+  fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>>;
+  /// Records whether a message was steered into its task.
+  fn inbox_mark(&self, id: i64, steered: bool) -> Result<()>;
 }
 
 /// SQLite serves one machine, where the CLI's transcript file is the conversation: there is

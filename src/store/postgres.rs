@@ -54,6 +54,8 @@ use tokio_postgres::Row;
 use super::{Begin, Compaction, ContextSnapshot, ListQuery, NewSession, Session, TaskEnd, TaskRecord, TaskStart, Usage};
 use crate::error::{Error, ErrorCode, Result};
 
+#[path = "inbox_pg.rs"]
+mod inbox_pg;
 #[path = "transcripts.rs"]
 mod transcripts;
 
@@ -204,6 +206,24 @@ const MIGRATIONS: &[&str] = &[
   -- maxConcurrentTasksTotal counts the held leases at every start: those alone, not one row
   -- per session ever run.
   CREATE INDEX leases_held ON {S}.leases (expires_at) WHERE task_id IS NOT NULL;
+  "#,
+  // 2 -> 3: what is forwarded to the node running a task (`inbox_pg.rs`): the task's `watch`
+  // while it reads its inbox, its pending permission requests with their answer once given, and
+  // steering messages with their outcome.
+  r#"
+  CREATE TABLE {S}.inbox (
+    id BIGSERIAL PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('watch', 'permission', 'message')),
+    request_id TEXT,
+    body TEXT,
+    answer TEXT,
+    created_at BIGINT NOT NULL
+  );
+  CREATE UNIQUE INDEX inbox_requests ON {S}.inbox (session_id, request_id) WHERE kind = 'permission';
+  CREATE INDEX inbox_by_task ON {S}.inbox (task_id);
+  CREATE INDEX inbox_by_session ON {S}.inbox (session_id, kind);
   "#,
 ];
 

@@ -101,6 +101,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
     retired_at INTEGER NOT NULL
   );
   "#,
+  // 5 -> 6: what is forwarded to the process running a task (`inbox.rs`): the task's `watch`
+  // while it reads its inbox, its pending permission requests with their answer once given, and
+  // steering messages with their outcome.
+  r#"
+  CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    task_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('watch', 'permission', 'message')),
+    request_id TEXT,
+    body TEXT,
+    answer TEXT,
+    created_at INTEGER NOT NULL
+  );
+  CREATE UNIQUE INDEX inbox_requests ON inbox (session_id, request_id) WHERE kind = 'permission';
+  CREATE INDEX inbox_by_task ON inbox (task_id);
+  CREATE INDEX inbox_by_session ON inbox (session_id, kind);
+  "#,
 ];
 
 /// The schema version this build writes.
