@@ -320,7 +320,9 @@ function useClientSession(opts) {
       setSessionId(id)
       setContextUsage(null)
       if (!keepMessages) setMessages([])
-      const [ctx, usage, history] = await Promise.all([fetchContext(id), fetchContextUsage(id), loadHistory && !keepMessages ? fetchHistory(id) : null])
+      // The breakdown is extra: a failure to load it does not keep the session from opening.
+      const usageOf = fetchContextUsage(id).catch(() => null)
+      const [ctx, usage, history] = await Promise.all([fetchContext(id), usageOf, loadHistory && !keepMessages ? fetchHistory(id) : null])
       if (!mounted.current || sessionIdRef.current !== id) return
       setContext(ctx)
       setContextUsage(usage)
