@@ -145,3 +145,30 @@ export function parseSse(text) {
   }
   return out
 }
+
+/** Reads an SSE response as it arrives: `next(pred)` resolves with the first event matching. */
+export function sseReader(res) {
+  const reader = res.body.getReader()
+  const decoder = new TextDecoder()
+  let buffer = ''
+  const seen = []
+  let done = false
+  return {
+    seen,
+    async next(pred) {
+      for (;;) {
+        const hit = seen.find(pred)
+        if (hit) return hit
+        if (done) throw new Error(`stream ended without the event; saw ${seen.map((e) => e.event + ':' + (e.data.type ?? '')).join(', ')}`)
+        const chunk = await reader.read()
+        if (chunk.done) done = true
+        else buffer += decoder.decode(chunk.value, { stream: true })
+        const cut = buffer.lastIndexOf('\n\n')
+        if (cut >= 0) {
+          seen.push(...parseSse(buffer.slice(0, cut + 2)))
+          buffer = buffer.slice(cut + 2)
+        }
+      }
+    },
+  }
+}

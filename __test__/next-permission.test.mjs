@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { createRequire } from 'node:module'
 import { execFile } from 'node:child_process'
-import { makeManager, parseSse, startStandInServer } from './helpers.mjs'
+import { makeManager, sseReader, startStandInServer } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const { createClaudeRoutes } = require('../next/index.js')
@@ -21,33 +21,6 @@ after(async () => {
 
 function post(route, body, user = 'alice') {
   return new Request(`${BASE}/${route}`, { method: 'POST', headers: { 'x-user': user, 'content-type': 'application/json' }, body: JSON.stringify(body) })
-}
-
-/** Reads an SSE response as it arrives: `next(pred)` resolves with the first event matching. */
-function sseReader(res) {
-  const reader = res.body.getReader()
-  const decoder = new TextDecoder()
-  let buffer = ''
-  const seen = []
-  let done = false
-  return {
-    seen,
-    async next(pred) {
-      for (;;) {
-        const hit = seen.find(pred)
-        if (hit) return hit
-        if (done) throw new Error(`stream ended without the event; saw ${seen.map((e) => e.event + ':' + (e.data.type ?? '')).join(', ')}`)
-        const chunk = await reader.read()
-        if (chunk.done) done = true
-        else buffer += decoder.decode(chunk.value, { stream: true })
-        const cut = buffer.lastIndexOf('\n\n')
-        if (cut >= 0) {
-          seen.push(...parseSse(buffer.slice(0, cut + 2)))
-          buffer = buffer.slice(cut + 2)
-        }
-      }
-    },
-  }
 }
 
 function setup(t, extra = {}) {

@@ -1,8 +1,10 @@
 // The Next.js example (examples/nextjs) end to end: `next build`, `next start` on a free loopback
 // port (offline: the app starts the package's stand-in API itself), every route over HTTP, then
 // the page in headless Chromium: a streamed reply, the context meter filling up and changing
-// colour, Compact emptying it, Fork adding a session to the list, Start fresh, and a Write the
-// agent asks permission for (an approval card: Allow writes the file, Deny does not).
+// colour, Compact emptying it, Fork adding a session to the list, Start fresh, a Write the
+// agent asks permission for (an approval card: Allow writes the file, Deny does not), a message
+// typed while a task runs reaching the model in that task (steering), and the context panel with
+// the CLI's own categories.
 //
 // The example depends on this package by path and installs it as a copy (`install-links`), so
 // this test (re)installs the example when its copy is missing or older than the files here.
@@ -206,6 +208,8 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
       post('session', { action: 'getOrCreate', projectId: 'p' }, null),
       get('compact?sessionId=00000000-0000-4000-8000-000000000000', null),
       post('compact', { sessionId: '00000000-0000-4000-8000-000000000000' }, null),
+      post('message', { sessionId: '00000000-0000-4000-8000-000000000000', prompt: 'x' }, null),
+      get('context?sessionId=00000000-0000-4000-8000-000000000000', null),
     ])) {
       t.assert.strictEqual(res.status, 401)
       t.assert.strictEqual((await res.json()).error.code, 'UNAUTHORIZED')
@@ -289,10 +293,20 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.ok(after.estimatedTokens < before.estimatedTokens / 10, `${before.estimatedTokens} -> ${after.estimatedTokens}`)
 
     lap('compact')
+    // The context breakdown (no server path in it) and steering with no task running.
+    const usage = (await ok(get(`context?sessionId=${c1.sessionId}`))).contextUsage
+    t.assert.ok(usage.total > 0 && usage.window > 0, JSON.stringify(usage))
+    t.assert.ok(!JSON.stringify(usage).includes(work), JSON.stringify(usage))
+    await fails(get('context'), 400, 'INVALID_ARGUMENT')
+    await fails(post('message', { sessionId: c1.sessionId, prompt: 'x', userId: USER }), 400, 'INVALID_ARGUMENT')
+    const idle = await fails(post('message', { sessionId: c1.sessionId, prompt: 'nobody is working' }), 400, 'INVALID_ARGUMENT')
+    t.assert.match(idle.message, /no task is running/)
     // 404: another user's session looks missing.
     await fails(get(`session?sessionId=${c1.sessionId}`, 'intruder'), 404, 'SESSION_NOT_FOUND')
     await fails(post('task', { prompt: 'x', projectId: 'compact', sessionId: c1.sessionId }, 'intruder'), 404, 'SESSION_NOT_FOUND')
     await fails(post('compact', { sessionId: c1.sessionId }, 'intruder'), 404, 'SESSION_NOT_FOUND')
+    await fails(post('message', { sessionId: c1.sessionId, prompt: 'x' }, 'intruder'), 404, 'SESSION_NOT_FOUND')
+    await fails(get(`context?sessionId=${c1.sessionId}`, 'intruder'), 404, 'SESSION_NOT_FOUND')
 
     lap('404s')
     // 409: deleting a session while it runs a task; then the client hangs up and the task is aborted.
@@ -350,6 +364,14 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
       await page.fill('[data-testid=prompt]', text)
       await page.click('[data-testid=send]')
     }
+    /** The context panel: where its numbers came from, its total and its categories. */
+    const contextPanel = () =>
+      page.$eval('[data-testid=context-panel]', (el) => ({
+        source: el.dataset.source,
+        total: Number(el.dataset.total),
+        categories: Object.fromEntries([...el.querySelectorAll('[data-testid=context-category]')].map((li) => [li.dataset.id, Number(li.dataset.tokens)])),
+        text: el.textContent,
+      }))
 
     // Sign-in redirect, then the project's session opens.
     await page.goto(`${base}/?project=browser`)
@@ -376,6 +398,13 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     const m1 = await meter()
     t.assert.strictEqual(m1.level, 'ok', JSON.stringify(m1))
     t.assert.ok(m1.pct > 20 && m1.pct < 60, JSON.stringify(m1))
+    // The context panel, loaded again after the task: the session's CLI is kept warm (on both
+    // stores) and gives its own categories.
+    await page.waitForFunction(() => Number(document.querySelector('[data-testid=context-panel]').dataset.total) > 0)
+    const afterTask = await contextPanel()
+    t.assert.strictEqual(afterTask.source, 'cli', JSON.stringify(afterTask))
+    for (const id of ['system_prompt', 'system_tools', 'free_space']) t.assert.ok(afterTask.categories[id] > 0, `${id}: ${JSON.stringify(afterTask)}`)
+    t.assert.match(afterTask.text, /System prompt[\d,]+/)
 
     // 2 and 3. The meter keeps filling: amber, then red (compaction recommended).
     await sendPrompt('second message')
@@ -481,6 +510,42 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.match(deniedReply, /denied this in the browser/)
     t.assert.strictEqual(await page.$$eval('.message.assistant', (els) => els.at(-1).querySelector('[data-testid=permission-denied]')?.textContent), 'denied: Write')
     await shot('nextjs-permission-denied.png')
+
+    // Steering: a task waiting for the user's permission is running until the answer. The input
+    // stays open; a message sent now goes to that task, and the model sees it there.
+    const steered = path.join(work, 'steered.txt')
+    await sendPrompt('write steered.txt a draft')
+    await card.waitFor()
+    // Asked now, the panel shows the running CLI's own categories (on either store).
+    await page.click('[data-testid=context-refresh]')
+    await page.waitForFunction(() => document.querySelector('[data-testid=context-panel]').dataset.source === 'cli')
+    const live = await contextPanel()
+    for (const id of ['system_prompt', 'system_tools', 'free_space']) t.assert.ok(live.categories[id] > 0, `${id}: ${JSON.stringify(live)}`)
+    t.assert.ok(live.total > 0, JSON.stringify(live))
+    t.assert.strictEqual(await page.isEnabled('[data-testid=prompt]'), true, 'the input stays open while Claude works')
+    const [steerResponse] = await Promise.all([page.waitForResponse((r) => r.url().endsWith('/api/claude/message')), sendPrompt('and call it the steered note')])
+    t.assert.strictEqual(steerResponse.status(), 200, await steerResponse.text())
+    // The message is in the list at once, while the task still runs.
+    await page.waitForFunction(() => [...document.querySelectorAll('.message.user .text')].some((el) => el.textContent === 'and call it the steered note'))
+    t.assert.strictEqual(fs.existsSync(steered), false)
+    await shot('nextjs-steering.png')
+    await page.click('[data-testid=permission-allow]')
+    await card.waitFor({ state: 'detached' })
+    await page.waitForFunction(() => {
+      const last = [...document.querySelectorAll('.messages > .message')].at(-1)
+      return last && last.dataset.role === 'assistant' && last.dataset.status === 'done'
+    })
+    t.assert.strictEqual(fs.readFileSync(steered, 'utf8'), 'a draft')
+    const tail = await page.$$eval('.messages > .message', (els) => els.slice(-4).map((el) => [el.dataset.role, el.querySelector('.text').textContent, el.dataset.status]))
+    t.assert.deepStrictEqual(tail, [
+      ['user', 'write steered.txt a draft', 'done'],
+      ['assistant', '', 'done'], // the Write call (shown as "tools: Write")
+      ['user', 'and call it the steered note', 'done'],
+      // The stand-in names what it was sent mid-turn: the model saw the message in this task.
+      ['assistant', 'Wrote steered.txt. You also said: and call it the steered note', 'done'],
+    ])
+    const tasks = await page.evaluate(async (id) => (await (await fetch('/api/claude/session', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ action: 'tasks', sessionId: id }) })).json()).tasks, await currentSession())
+    t.assert.strictEqual(tasks.length, 3, 'the steered message ran in the task, not as a task of its own')
 
     // Going back to the fork restores its meter.
     await page.click(`[data-session-id="${forkId}"]`)

@@ -58,6 +58,8 @@ const addonRows = (m) => [
   ['executeTask sessionId', (id, user) => m.executeTask({ prompt: 'steal', projectId: 'p', userId: user, sessionId: id })],
   ['executeTask forkSession', (id, user) => m.executeTask({ prompt: 'steal', projectId: 'p', userId: user, sessionId: id, forkSession: true })],
   ['executeTask autoCompact', (id, user) => m.executeTask({ prompt: 'steal', projectId: 'p', userId: user, sessionId: id, autoCompact: true })],
+  ['sendMessage', (id, user) => m.sendMessage({ sessionId: id, userId: user, prompt: 'steal' })],
+  ['getContextUsage', (id, user) => m.getContextUsage(id, user)],
 ]
 
 const BASE = 'http://localhost/api/claude'
@@ -77,6 +79,8 @@ const routeRows = (r) => [
   ['session tasks', (id, user) => r.session.POST(post('session', { action: 'tasks', sessionId: id }, user))],
   ['GET compact', (id, user) => r.compact.GET(get(`compact?sessionId=${id}`, user))],
   ['POST compact', (id, user) => r.compact.POST(post('compact', { sessionId: id }, user))],
+  ['POST message', (id, user) => r.message.POST(post('message', { sessionId: id, prompt: 'steal' }, user))],
+  ['GET context', (id, user) => r.context.GET(get(`context?sessionId=${id}`, user))],
 ]
 
 test('ownership: every method and route answers for another user\'s session exactly as for a missing one', async (t) => {

@@ -15,8 +15,9 @@
  * export const { POST } = routes.task
  * ```
  *
- * Mount the four route groups under one base path (the React hook's `api` option, default
- * `/api/claude`): `task`, `stream`, `session` and `compact`. Also set
+ * Mount the route groups under one base path (the React hook's `api` option, default
+ * `/api/claude`): `task`, `stream`, `session` and `compact`; `permission` (with
+ * `permissionPrompts`), `message` (steering) and `context` (the context breakdown) as you use them. Also set
  * `serverExternalPackages: ['claude-session-manager']` in `next.config`: the package loads a
  * native addon and must not be bundled.
  *
@@ -44,6 +45,8 @@
  * | `GET /compact?sessionId=…&threshold=…` | `{ context }` ({@link ContextInfo}) |
  * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
  * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt? }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream, whichever server runs it (forwarded through the store); 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
+ * | `POST /message` `{ sessionId, prompt }` | `{ ok: true, sessionId }`: the prompt is added to the task running on the session (`SessionManager.sendMessage`); the model sees it in that task and the task's stream carries the answer. 400 `INVALID_ARGUMENT` when no task runs on the session on any server sharing the database (send it as a new task then); 404 `SESSION_NOT_FOUND` for another user's session |
+ * | `GET /context?sessionId=…` | `{ contextUsage }` ({@link ContextUsageView}): the CLI's own breakdown when the session's CLI is running here, else the stored meter |
  *
  * Errors are `{ error: { code, message } }`: no user → 401 `UNAUTHORIZED`; malformed JSON or an
  * invalid argument (also a field or model the client may not send) → 400 `INVALID_ARGUMENT`;
@@ -82,6 +85,42 @@ export interface ClaudeRoutes {
   compact: { GET: RouteHandler; POST: RouteHandler }
   /** `app/api/claude/permission/route.ts`: `export const { POST } = routes.permission` (answers only with `permissionPrompts`) */
   permission: { POST: RouteHandler }
+  /** `app/api/claude/message/route.ts`: `export const { POST } = routes.message` (steering a running task) */
+  message: { POST: RouteHandler }
+  /** `app/api/claude/context/route.ts`: `export const { GET } = routes.context` (the context breakdown) */
+  context: { GET: RouteHandler }
+}
+
+/**
+ * The context route's answer (`GET /context?sessionId=…` → `{ contextUsage }`): the session's
+ * context as the CLI itself counts it (`source: 'cli'`, from its `get_context_usage`, no model
+ * call) when its CLI is running in this server (a task runs, or the process is kept warm), else
+ * the stored meter (`source: 'store'`, no categories). Only these fields: the rest of the CLI's
+ * answer names memory files, agents and skills by their server paths (with `exposeServerDetails`
+ * it is added as `raw`).
+ */
+export interface ContextUsageView {
+  source: 'cli' | 'store'
+  /** The CLI's categories in its order (system prompt, tools, memory files, messages, …,
+   * autocompact buffer, free space); empty for `store`. */
+  categories: Array<{
+    /** The CLI's id, e.g. `system_prompt`, `system_tools`, `memory_files`, `messages`, `free_space`. */
+    id: string
+    /** Its label, e.g. `System prompt`. */
+    name: string
+    tokens: number
+    /** `used` (in the context), `deferred` (tools loaded on demand), `buffer` (kept free for
+     * autocompaction) or `free`. */
+    kind: 'used' | 'deferred' | 'buffer' | 'free'
+  }>
+  /** Tokens in the context. */
+  total: number
+  /** The context window. */
+  window: number
+  /** `total / window` in percent (the CLI rounds it to a whole number). */
+  percentage: number
+  /** The manager's answer as it came (only with `exposeServerDetails`). */
+  raw?: Record<string, any>
 }
 
 /** The stream's `event: permission_request` data (with `permissionPrompts`). */
@@ -159,7 +198,9 @@ export interface ClaudeRoutesOptions {
    * drops those fields (`cwd`, `memory_paths`, `messaging_socket_path`, `transcript_path`,
    * `plugins`, `tools`, `mcp_servers`, `slash_commands`, `skills`, `agents`,
    * `claude_code_version`, `apiKeySource`, `output_style`) from the top level of any other event;
-   * and the session routes leave out each session's `workingDirectory`. What the model writes
+   * the session routes leave out each session's `workingDirectory`; and the context route answers
+   * with the {@link ContextUsageView} fields alone (with this option also `raw`, the CLI's whole
+   * answer, which names memory files, agents and skills by their paths). What the model writes
    * (text, tool calls and their results) is never changed.
    */
   exposeServerDetails?: boolean

@@ -302,6 +302,34 @@ function publicSessions(out) {
   return copy
 }
 
+/** Category kinds of the CLI's context breakdown (`get_context_usage`). */
+const CONTEXT_KINDS = new Set(['used', 'deferred', 'buffer', 'free'])
+
+const finiteOr = (value, fallback) => (typeof value === 'number' && Number.isFinite(value) ? value : fallback)
+
+/**
+ * `SessionManager.getContextUsage` as the browser may see it: `{ source, categories: [{ id, name,
+ * tokens, kind }], total, window, percentage }` — the CLI's categories and totals, or the stored
+ * meter's totals (no categories). Built from those fields alone: the rest of the CLI's answer
+ * names memory files, agents and skills by their paths on the server. With `exposeServerDetails`
+ * the answer as it came is added as `raw`.
+ */
+function publicContextUsage(out, exposeServerDetails) {
+  let view
+  if (out && out.source === 'cli' && out.usage && typeof out.usage === 'object') {
+    const u = out.usage
+    const categories = (Array.isArray(u.categories) ? u.categories : [])
+      .filter((c) => c && typeof c.name === 'string' && typeof c.tokens === 'number' && Number.isFinite(c.tokens))
+      .map((c) => ({ id: typeof c.id === 'string' ? c.id : c.name, name: c.name, tokens: c.tokens, kind: CONTEXT_KINDS.has(c.kind) ? c.kind : 'used' }))
+    view = { source: 'cli', categories, total: finiteOr(u.totalTokens, 0), window: finiteOr(u.maxTokens, 0), percentage: finiteOr(u.percentage, 0) }
+  } else {
+    const c = (out && out.contextInfo) || {}
+    view = { source: 'store', categories: [], total: finiteOr(c.estimatedTokens, 0), window: finiteOr(c.maxTokens, 0), percentage: finiteOr(c.usagePercentage, 0) }
+  }
+  if (exposeServerDetails) view.raw = out && out.source === 'cli' ? out.usage : out && out.contextInfo
+  return view
+}
+
 function sseFrame(event, data, id) {
   let frame = ''
   if (event) frame += `event: ${event}\n`
@@ -662,12 +690,32 @@ function createClaudeRoutes(options) {
     return done()
   })
 
+  // POST /api/claude/message — { sessionId, prompt }: a message for the task running on the
+  // user's session (steering); the model sees it in that task.
+  const messagePOST = route(async (request, userId) => {
+    const b = only(await readBody(request), ['sessionId', 'prompt'], 'message')
+    if (typeof b.sessionId !== 'string' || b.sessionId === '') throw badRequest('message: sessionId must be a non-empty string')
+    if (typeof b.prompt !== 'string' || !b.prompt.trim()) throw badRequest('message: prompt must be a non-empty string')
+    const m = await resolveManager()
+    await m.sendMessage({ sessionId: b.sessionId, userId, prompt: b.prompt })
+    return json({ ok: true, sessionId: b.sessionId })
+  })
+
+  // GET /api/claude/context?sessionId=… — the context breakdown (see publicContextUsage).
+  const contextGET = route(async (request, userId) => {
+    const sessionId = requiredQuery(new URL(request.url).searchParams, 'sessionId')
+    const m = await resolveManager()
+    return json({ contextUsage: publicContextUsage(await m.getContextUsage(sessionId, userId), exposeServerDetails) })
+  })
+
   return {
     task: { POST: taskPOST },
     stream: { POST: streamPOST },
     session: { GET: sessionGET, POST: sessionPOST },
     compact: { GET: compactGET, POST: compactPOST },
     permission: { POST: permissionPOST },
+    message: { POST: messagePOST },
+    context: { GET: contextGET },
   }
 }
 

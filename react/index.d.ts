@@ -22,9 +22,9 @@
  * project's session list. Actions never reject: a failure sets `error` and resolves `null`.
  */
 import type { ContextInfo, Session, TaskResult } from '../index.js'
-import type { PermissionRequestEvent } from '../next/index.js'
+import type { ContextUsageView, PermissionRequestEvent } from '../next/index.js'
 
-export type { ContextInfo, PermissionRequestEvent, Session, TaskResult }
+export type { ContextInfo, ContextUsageView, PermissionRequestEvent, Session, TaskResult }
 
 /** A message on screen. `system` messages are notes the hook adds (e.g. after a compaction). */
 export interface ClaudeMessage {
@@ -98,6 +98,15 @@ export interface UseClaudeSessionResult {
   setMessages: (update: ClaudeMessage[] | ((messages: ClaudeMessage[]) => ClaudeMessage[])) => void
   /** The context meter of the current session; `null` until loaded. */
   context: ContextInfo | null
+  /**
+   * The current session's context as the CLI counts it, by category (`GET /context`): loaded with
+   * the session and refreshed after each task and compaction. `source: 'cli'` while the session's
+   * CLI runs on the server (a task runs, or its process is kept warm), else `'store'` (the stored
+   * meter, no categories). `null` until loaded, or when the server has no context route.
+   */
+  contextUsage: ContextUsageView | null
+  /** Loads `contextUsage` again (e.g. while a task runs); resolves it, or `null` on failure (see `error`). */
+  refreshContextUsage: () => Promise<ContextUsageView | null>
   /** `streaming` while a prompt runs, `compacting`, `loading` (switching sessions), else `idle`. */
   status: 'idle' | 'loading' | 'streaming' | 'compacting'
   /** `status !== 'idle'`. */
@@ -116,6 +125,15 @@ export interface UseClaudeSessionResult {
    * (otherwise the request fails with `INVALID_ARGUMENT`).
    */
   send: (prompt: string, options?: { model?: string; title?: string; forkSession?: boolean }) => Promise<TaskResult | null>
+  /**
+   * Says `text` to Claude while it works: with a task running (`isStreaming`) the message goes to
+   * that task (`POST /message`); it shows in `messages` at once, and the model's words after it
+   * stream into a new assistant message below it, in the same task (whose result ends up on the
+   * last one). With no task running it is the same as `send(text)`. If the task ended while the
+   * message was on its way, the message becomes the next prompt. Resolves `true` once delivered
+   * (for a new prompt: once it has run), `false` on failure (see `error`).
+   */
+  sendMessage: (text: string) => Promise<boolean>
   /** Stops the running prompt: the stream closes and the server aborts the CLI. */
   abort: () => void
   /** Compacts the session; the meter shows the smaller context and a system note is added. */
@@ -126,7 +144,7 @@ export interface UseClaudeSessionResult {
   startFresh: () => Promise<Session | null>
   /** Switches to another session of the list (its history loads when the server can replay it). */
   selectSession: (sessionId: string) => Promise<string | null>
-  /** Reloads the session list and the context meter. */
+  /** Reloads the session list, the context meter and `contextUsage`. */
   refresh: () => Promise<Session[]>
   /**
    * Tools waiting for the user's decision while a prompt runs (the routes' `permissionPrompts`),

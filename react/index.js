@@ -17,6 +17,8 @@ const { useState, useRef, useCallback, useEffect } = React || {}
 const inflightInit = new Map()
 /** APIs whose server answered that it cannot replay history: not asked again in this page. */
 const noHistory = new Set()
+/** APIs whose server has no context route: not asked again in this page. */
+const noContextUsage = new Set()
 
 let localCounter = 0
 const localId = (prefix) => `${prefix}-${Date.now().toString(36)}-${(localCounter++).toString(36)}`
@@ -127,6 +129,9 @@ function contextLevel(context, options) {
   return 'ok'
 }
 
+/** Whether an error says the server does not have a route (an older version of the routes). */
+const isUnsupported = (e) => e.code === 'NOT_IMPLEMENTED' || e.status === 405 || e.status === 501 || (e.status === 404 && e.code !== 'SESSION_NOT_FOUND')
+
 /** Picks the string fields `names` from an argument that may also be a click event. */
 function stringFields(arg, names) {
   const out = {}
@@ -157,6 +162,8 @@ function serverState(opts) {
     messages: [],
     setMessages: noop,
     context: null,
+    contextUsage: null,
+    refreshContextUsage: resolveNull,
     status: 'idle',
     isLoading: false,
     isStreaming: false,
@@ -164,6 +171,7 @@ function serverState(opts) {
     clearError: noop,
     historySupported: null,
     send: resolveNull,
+    sendMessage: async () => false,
     abort: noop,
     compact: resolveNull,
     fork: resolveNull,
@@ -182,6 +190,7 @@ function useClientSession(opts) {
   const [sessionId, setSessionIdState] = useState(initialSessionId || null)
   const [messages, setMessages] = useState([])
   const [context, setContextState] = useState(null)
+  const [contextUsage, setContextUsage] = useState(null)
   const [sessions, setSessions] = useState([])
   const [status, setStatus] = useState('idle')
   const [error, setError] = useState(null)
@@ -195,6 +204,8 @@ function useClientSession(opts) {
   const sessionIdRef = useRef(sessionId)
   const contextRef = useRef(context)
   const abortRef = useRef(null)
+  // The task `send` is running: `{ sessionId, steered(userMessage), done }` (see sendMessage).
+  const runningRef = useRef(null)
   const readyRef = useRef(null) // Promise<string> of the current session id while it is loaded
   const mounted = useRef(true)
 
@@ -264,8 +275,7 @@ function useClientSession(opts) {
         return raw.map(historyMessage).filter(Boolean)
       } catch (e) {
         // History replay is optional: the server's addon (or route) may not have it yet.
-        const unsupported = e.code === 'NOT_IMPLEMENTED' || e.status === 405 || e.status === 501 || (e.status === 404 && e.code !== 'SESSION_NOT_FOUND')
-        if (unsupported) {
+        if (isUnsupported(e)) {
           noHistory.add(api)
           if (mounted.current) setHistorySupported(false)
           return null
@@ -276,17 +286,49 @@ function useClientSession(opts) {
     [api, callJson, historyLimit],
   )
 
+  /** The session's context breakdown (GET /context), or null when the server has no such route. */
+  const fetchContextUsage = useCallback(
+    async (id) => {
+      if (noContextUsage.has(api)) return null
+      try {
+        return (await callJson('GET', `/context?sessionId=${encodeURIComponent(id)}`)).contextUsage
+      } catch (e) {
+        if (!isUnsupported(e)) throw e
+        noContextUsage.add(api)
+        return null
+      }
+    },
+    [api, callJson],
+  )
+
+  const refreshContextUsage = useCallback(async () => {
+    const id = sessionIdRef.current
+    if (!id) return null
+    try {
+      const usage = await fetchContextUsage(id)
+      if (mounted.current && sessionIdRef.current === id) setContextUsage(usage)
+      return usage
+    } catch (e) {
+      report(e)
+      return null
+    }
+  }, [fetchContextUsage, report])
+
   /** Makes `id` the current session: its context and, when the server can replay it, its history. */
   const load = useCallback(
     async (id, { keepMessages = false } = {}) => {
       setSessionId(id)
+      setContextUsage(null)
       if (!keepMessages) setMessages([])
-      const [ctx, history] = await Promise.all([fetchContext(id), loadHistory && !keepMessages ? fetchHistory(id) : null])
+      // The breakdown is extra: a failure to load it does not keep the session from opening.
+      const usageOf = fetchContextUsage(id).catch(() => null)
+      const [ctx, usage, history] = await Promise.all([fetchContext(id), usageOf, loadHistory && !keepMessages ? fetchHistory(id) : null])
       if (!mounted.current || sessionIdRef.current !== id) return
       setContext(ctx)
+      setContextUsage(usage)
       if (history) setMessages(history)
     },
-    [fetchContext, fetchHistory, loadHistory, setContext, setSessionId],
+    [fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
   )
 
   // Find (or create) the project's session on mount and whenever the project changes.
@@ -352,21 +394,46 @@ function useClientSession(opts) {
       setError(null)
       setStatus('streaming')
       const user = { id: localId('user'), role: 'user', content: prompt, status: 'done', createdAt: Date.now() }
-      const reply = { id: localId('assistant'), role: 'assistant', content: '', status: 'streaming', toolUses: [], createdAt: Date.now() }
-      setMessages((ms) => [...ms, user, reply])
-      const update = (patch) => {
-        if (mounted.current) setMessages((ms) => ms.map((m) => (m.id === reply.id ? { ...m, ...patch } : m)))
+      const first = { id: localId('assistant'), role: 'assistant', content: '', status: 'streaming', toolUses: [], createdAt: Date.now() }
+      setMessages((ms) => [...ms, user, first])
+      // The task's replies: one, and a new one after each message sent to it while it runs
+      // (sendMessage). Each keeps the text per model message, in order: deltas as they stream,
+      // replaced by each complete message; a model message stays in the reply it started in.
+      const replies = [{ id: first.id, texts: new Map(), toolUses: [] }]
+      const replyFor = (key) => replies.find((r) => r.texts.has(key)) || replies[replies.length - 1]
+      const joined = (r) => Array.from(r.texts.values()).filter(Boolean).join('\n\n')
+      const update = (r, patch) => {
+        if (mounted.current) setMessages((ms) => ms.map((m) => (m.id === r.id ? { ...m, ...patch } : m)))
       }
-      // Text per model message, in order: deltas as they stream, replaced by each complete message.
-      const texts = new Map()
-      const toolUses = []
+      const last = () => replies[replies.length - 1]
       let currentMessage = null
-      const joined = () => Array.from(texts.values()).filter(Boolean).join('\n\n')
       let result = null
       let streamError = null
       let id = null
+      let finished
+      const running = {
+        sessionId: null,
+        done: new Promise((resolve) => (finished = resolve)),
+        // A message the user sent to this task was accepted: the model's next words are a new
+        // reply after it. The reply before it is done (or dropped, if it is still empty).
+        steered: (userMessage) => {
+          if (runningRef.current !== running || !mounted.current) return
+          const before = last()
+          const empty = before.texts.size === 0 && before.toolUses.length === 0
+          const next = { id: localId('assistant'), texts: new Map(), toolUses: [] }
+          if (empty) replies.pop()
+          replies.push(next)
+          setMessages((ms) => [
+            ...ms.filter((m) => !(empty && m.id === before.id)).map((m) => (m.id === before.id ? { ...m, status: 'done' } : m)),
+            ...(ms.some((m) => m.id === userMessage.id) ? [] : [userMessage]),
+            { id: next.id, role: 'assistant', content: '', status: 'streaming', toolUses: [], createdAt: Date.now() },
+          ])
+        },
+      }
+      runningRef.current = running
       try {
         id = await ensureSession()
+        running.sessionId = id
         const extra = stringFields(sendOptions, ['model', 'title'])
         const body = { ...(latest.current.body || {}), ...extra, prompt, projectId, sessionId: id }
         if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
@@ -393,8 +460,9 @@ function useClientSession(opts) {
           const onEvent = latest.current.onEvent
           if (onEvent) onEvent(data)
           if (!data || typeof data !== 'object') return
-          if (data.type === 'task_started' && data.sessionId && data.sessionId !== sessionIdRef.current) {
-            setSessionId(data.sessionId) // a forked task runs in a new session
+          if (data.type === 'task_started' && data.sessionId) {
+            running.sessionId = data.sessionId
+            if (data.sessionId !== sessionIdRef.current) setSessionId(data.sessionId) // a forked task runs in a new session
           }
           if (data.parent_tool_use_id) return // a subagent's message, not the reply
           if (data.type === 'stream_event' && data.event) {
@@ -402,16 +470,18 @@ function useClientSession(opts) {
             if (ev.type === 'message_start' && ev.message) currentMessage = ev.message.id || data.api_message_id || localId('m')
             if (ev.type === 'content_block_delta' && ev.delta && ev.delta.type === 'text_delta') {
               const key = data.api_message_id || currentMessage || 'current'
-              texts.set(key, (texts.get(key) || '') + ev.delta.text)
-              update({ content: joined() })
+              const r = replyFor(key)
+              r.texts.set(key, (r.texts.get(key) || '') + ev.delta.text)
+              update(r, { content: joined(r) })
             }
           } else if (data.type === 'assistant' && data.message) {
             const blocks = Array.isArray(data.message.content) ? data.message.content : []
             const key = data.message.id || localId('m')
+            const r = replyFor(key)
             const text = textOf(blocks)
-            if (text || !texts.has(key)) texts.set(key, text)
-            for (const b of blocks) if (b && b.type === 'tool_use') toolUses.push({ id: b.id, name: b.name, input: b.input })
-            update({ content: joined(), toolUses: toolUses.slice() })
+            if (text || !r.texts.has(key)) r.texts.set(key, text)
+            for (const b of blocks) if (b && b.type === 'tool_use') r.toolUses.push({ id: b.id, name: b.name, input: b.input })
+            update(r, { content: joined(r), toolUses: r.toolUses.slice() })
           }
         })
         if (streamError) throw streamError
@@ -420,11 +490,11 @@ function useClientSession(opts) {
           if (result.sessionId && result.sessionId !== sessionIdRef.current) setSessionId(result.sessionId)
           setContext(result.contextInfo)
         }
-        const content = joined() || result.result || ''
+        const content = joined(last()) || (replies.length === 1 ? result.result || '' : '')
         if (result.success) {
-          update({ content, status: 'done', result })
+          update(last(), { content, status: 'done', result })
         } else {
-          update({ content, status: result.error && result.error.code === 'ABORTED' ? 'aborted' : 'error', result })
+          update(last(), { content, status: result.error && result.error.code === 'ABORTED' ? 'aborted' : 'error', result })
           if (!(result.error && result.error.code === 'ABORTED')) report(apiError(result.error.code, result.error.message, result.error.status))
         }
         const onFinish = latest.current.onFinish
@@ -432,9 +502,9 @@ function useClientSession(opts) {
         return result
       } catch (e) {
         if (isAbort(e) || controller.signal.aborted) {
-          update({ content: joined(), status: 'aborted' })
+          update(last(), { content: joined(last()), status: 'aborted' })
         } else {
-          update({ content: joined(), status: 'error' })
+          update(last(), { content: joined(last()), status: 'error' })
           report(e)
         }
         // The server's view of the context may have changed before the failure.
@@ -442,14 +512,46 @@ function useClientSession(opts) {
         return result
       } finally {
         if (abortRef.current === controller) abortRef.current = null
+        if (runningRef.current === running) runningRef.current = null
         if (mounted.current) {
           setStatus('idle')
           setPermissionRequests([])
         }
+        finished()
         refreshSessions()
+        if (mounted.current) refreshContextUsage()
       }
     },
-    [call, ensureSession, fetchContext, projectId, refreshSessions, report, setContext, setSessionId],
+    [call, ensureSession, fetchContext, projectId, refreshContextUsage, refreshSessions, report, setContext, setSessionId],
+  )
+
+  /** Says `text` to Claude: into the running task when there is one (the model sees it in that
+   * task), else as a new prompt. Resolves true once it is delivered; false on failure (`error`). */
+  const sendMessage = useCallback(
+    async (text) => {
+      if (typeof text !== 'string' || !text.trim()) return false
+      const running = runningRef.current
+      if (!running || !running.sessionId) return (await send(text)) !== null
+      const user = { id: localId('user'), role: 'user', content: text, status: 'done', createdAt: Date.now() }
+      if (mounted.current) setMessages((ms) => [...ms, user])
+      try {
+        await callJson('POST', '/message', { sessionId: running.sessionId, prompt: text })
+        running.steered(user)
+        return true
+      } catch (e) {
+        if (e.code === 'INVALID_ARGUMENT' && e.status === 400) {
+          // Most likely the task ended while the message was on its way (the server's answer
+          // then says no task is running): it becomes the next prompt once the stream has ended.
+          await running.done
+          if (mounted.current) setMessages((ms) => ms.filter((m) => m.id !== user.id))
+          return (await send(text)) !== null
+        }
+        if (mounted.current) setMessages((ms) => ms.map((m) => (m.id === user.id ? { ...m, status: 'error' } : m)))
+        report(e)
+        return false
+      }
+    },
+    [callJson, report, send],
   )
 
   const abort = useCallback(() => {
@@ -489,9 +591,10 @@ function useClientSession(opts) {
         const to = result.contextInfo.estimatedTokens.toLocaleString('en-US')
         setMessages((ms) => [...ms, { id: localId('system'), role: 'system', content: `Context compacted: ${from} → ${to} tokens`, status: 'done', createdAt: Date.now() }])
         refreshSessions()
+        refreshContextUsage()
         return result
       }),
-    [callJson, ensureSession, guarded, refreshSessions, setContext],
+    [callJson, ensureSession, guarded, refreshContextUsage, refreshSessions, setContext],
   )
 
   const fork = useCallback(
@@ -538,9 +641,10 @@ function useClientSession(opts) {
             (e) => report(e),
           )
         : null,
+      id ? refreshContextUsage() : null,
     ])
     return list
-  }, [fetchContext, refreshSessions, report, setContext])
+  }, [fetchContext, refreshContextUsage, refreshSessions, report, setContext])
 
   const clearError = useCallback(() => setError(null), [])
 
@@ -576,6 +680,8 @@ function useClientSession(opts) {
     messages,
     setMessages,
     context,
+    contextUsage,
+    refreshContextUsage,
     status,
     isLoading: status !== 'idle',
     isStreaming: status === 'streaming',
@@ -583,6 +689,7 @@ function useClientSession(opts) {
     clearError,
     historySupported,
     send,
+    sendMessage,
     abort,
     compact,
     fork,

@@ -2,7 +2,7 @@
 
 import { useEffect, useRef, useState } from 'react'
 import { contextLevel, useClaudeSession } from 'claude-session-manager/react'
-import type { ClaudeMessage, PermissionRequestEvent } from 'claude-session-manager/react'
+import type { ClaudeMessage, ContextUsageView, PermissionRequestEvent } from 'claude-session-manager/react'
 
 const short = (id: string) => id.slice(0, 8)
 const time = (ms: number) => new Date(ms).toLocaleTimeString('en-GB', { hour: '2-digit', minute: '2-digit', second: '2-digit' })
@@ -19,12 +19,15 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
   const level = contextLevel(ctx)
   const pct = ctx ? ctx.usagePercentage : 0
 
+  // While Claude works the input stays open: what you send then goes to the running task
+  // (steering), and the model sees it in that task.
+  const canSend = !chat.isLoading || chat.isStreaming
   const submit = (e: React.FormEvent) => {
     e.preventDefault()
     const prompt = input.trim()
-    if (!prompt || chat.isLoading) return
+    if (!prompt || !canSend) return
     setInput('')
-    void chat.send(prompt)
+    void (chat.isStreaming ? chat.sendMessage(prompt) : chat.send(prompt))
   }
 
   return (
@@ -55,6 +58,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
             </li>
           ))}
         </ul>
+        <ContextPanel usage={chat.contextUsage} onRefresh={() => void chat.refreshContextUsage()} disabled={!chat.sessionId} />
         <p className="muted small">{mode}</p>
       </aside>
 
@@ -128,20 +132,19 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
           <textarea
             data-testid="prompt"
             value={input}
-            placeholder="Message Claude…  (Enter to send, Shift+Enter for a new line)"
+            placeholder={chat.isStreaming ? 'Claude is working: a message now goes to this task…' : 'Message Claude…  (Enter to send, Shift+Enter for a new line)'}
             onChange={(e) => setInput(e.target.value)}
             onKeyDown={(e) => {
               if (e.key === 'Enter' && !e.shiftKey) submit(e)
             }}
             rows={2}
           />
-          {chat.isStreaming ? (
+          <button type="submit" data-testid="send" disabled={!canSend || !input.trim()}>
+            Send
+          </button>
+          {chat.isStreaming && (
             <button type="button" data-testid="stop" onClick={chat.abort}>
               Stop
-            </button>
-          ) : (
-            <button type="submit" data-testid="send" disabled={chat.isLoading || !input.trim()}>
-              Send
             </button>
           )}
         </form>
@@ -231,5 +234,44 @@ function PermissionCard({ request: r, onAllow, onDeny }: { request: PermissionRe
         </button>
       </div>
     </div>
+  )
+}
+
+/** The context as the CLI counts it, by category: a bar and a number each. */
+function ContextPanel({ usage, onRefresh, disabled }: { usage: ContextUsageView | null; onRefresh: () => void; disabled: boolean }) {
+  const fmt = (n: number) => n.toLocaleString('en-US')
+  return (
+    <section className="context-panel" data-testid="context-panel" data-source={usage?.source ?? ''} data-total={usage?.total ?? 0}>
+      <div className="context-head">
+        <h3>Context</h3>
+        <button type="button" className="link" data-testid="context-refresh" onClick={onRefresh} disabled={disabled}>
+          refresh
+        </button>
+      </div>
+      {!usage ? (
+        <p className="muted small">…</p>
+      ) : (
+        <>
+          <p className="muted small" data-testid="context-total">
+            {fmt(usage.total)} / {fmt(usage.window)} tokens · {usage.percentage}% · {usage.source === 'cli' ? "the CLI's count" : 'stored meter'}
+          </p>
+          {usage.categories.length === 0 ? (
+            <p className="muted small">The breakdown shows while the session&apos;s CLI is running.</p>
+          ) : (
+            <ul className="context-categories">
+              {usage.categories.map((c) => (
+                <li key={c.id} data-testid="context-category" data-id={c.id} data-kind={c.kind} data-tokens={c.tokens}>
+                  <span className="context-name">{c.name}</span>
+                  <span className="context-tokens">{fmt(c.tokens)}</span>
+                  <span className="context-track">
+                    <span className={`context-fill ${c.kind}`} style={{ width: `${usage.window > 0 ? Math.max(0.5, (100 * c.tokens) / usage.window) : 0}%` }} />
+                  </span>
+                </li>
+              ))}
+            </ul>
+          )}
+        </>
+      )}
+    </section>
   )
 }

@@ -85,18 +85,31 @@ async function setup(): Promise<SessionManager> {
 type Block = { type?: string; id?: string; name?: string; input?: { file_path?: string }; tool_use_id?: string; is_error?: boolean; content?: unknown; text?: string }
 type ApiMessage = { role?: string; content?: string | Block[] }
 
-/** The stand-in's answer to the result of its own Write call (the request's last message), or null. */
+const blocksOf = (m: ApiMessage): Block[] => (Array.isArray(m.content) ? m.content : typeof m.content === 'string' ? [{ type: 'text', text: m.content }] : [])
+
+/** How the CLI hands the model a message the user sent while it worked (the page's input stays
+ * open during a task: POST /api/claude/message). */
+const MID_TURN = /The user sent a new message while you were working:\n([\s\S]*?)\n\n/
+
+/**
+ * The stand-in's answer to the result of its own Write call (after the request's last assistant
+ * message), or null. It names the messages the user sent meanwhile, so the page shows that the
+ * model saw them.
+ */
 function afterWrite(body: { messages?: ApiMessage[] }): string | null {
   const messages = body?.messages ?? []
-  const last = messages[messages.length - 1]
-  const prev = messages[messages.length - 2]
-  if (last?.role !== 'user' || !Array.isArray(last.content) || !Array.isArray(prev?.content)) return null
-  const call = prev.content.find((b) => b.type === 'tool_use' && b.name === 'Write')
-  const result = call && last.content.find((b) => b.type === 'tool_result' && b.tool_use_id === call.id)
+  let i = messages.length - 1
+  while (i >= 0 && messages[i].role !== 'assistant') i--
+  if (i < 0) return null
+  const tail = messages.slice(i + 1).flatMap(blocksOf)
+  const call = blocksOf(messages[i]).find((b) => b.type === 'tool_use' && b.name === 'Write')
+  const result = call && tail.find((b) => b.type === 'tool_result' && b.tool_use_id === call.id)
   if (!call || !result) return null
   const file = path.basename(call.input?.file_path ?? '')
   const text = typeof result.content === 'string' ? result.content : Array.isArray(result.content) ? result.content.map((b: Block) => b.text ?? '').join(' ') : ''
-  return result.is_error ? `Did not write ${file}: ${text}` : `Wrote ${file}.`
+  const answer = result.is_error ? `Did not write ${file}: ${text}` : `Wrote ${file}.`
+  const said = tail.map((b) => (b.type === 'text' && typeof b.text === 'string' ? MID_TURN.exec(b.text)?.[1] : undefined)).filter(Boolean)
+  return said.length ? `${answer} You also said: ${said.join(' / ')}` : answer
 }
 
 export const routes = createClaudeRoutes({

@@ -1,0 +1,5 @@
+import { routes } from '@/lib/claude'
+
+export const runtime = 'nodejs'
+export const dynamic = 'force-dynamic'
+export const { GET } = routes.context
