@@ -10,7 +10,8 @@
 //      direct – the CLI driven by a few lines of Node: spawned with the warm manager's CLI's argv
 //               and environment (read from /proc), a user line written to its stdin, its stdout
 //               parsed line by line until the result: the floor for any driver of a warm CLI
-//    Then RUNS rounds of one follow-up on each, the order rotated each round. Time: the managers,
+//    Then RUNS rounds of one follow-up on each, the order rotated each round; after a cold task the
+//    next contender waits until its CLI has exited (it exits after its result, in the background). Time: the managers,
 //    call → settled promise; sdk, the message handed to the iterable → its `result` message out of
 //    the iterator; direct, the line written → the result line parsed. Both managers run their CLIs
 //    at `cliNiceness: 0` here, the priority the SDK's and the direct CLI have.
@@ -82,11 +83,19 @@ function warmClis(cwd) {
   return childrenOf(process.pid).filter((pid) => {
     try {
       if (!fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a === '--input-format=stream-json' || a === 'stream-json')) return false
-      return cwd === undefined || fs.readlinkSync(`/proc/${pid}/cwd`) === cwd
+      return cwd === undefined || processCwd(pid) === cwd
     } catch {
       return false
     }
   })
+}
+
+function processCwd(pid) {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/cwd`)
+  } catch {
+    return null
+  }
 }
 
 /** A user message in the stream-json input format (the line the SDK writes, with a uuid). */
@@ -163,13 +172,7 @@ async function sdkTurn(text) {
   }
 }
 await sdkTurn(PROMPT)
-const sdkPids = childrenOf(process.pid).filter((p) => {
-  try {
-    return fs.readlinkSync(`/proc/${p}/cwd`) === sdkWs.work
-  } catch {
-    return false
-  }
-})
+const sdkPids = childrenOf(process.pid).filter((p) => processCwd(p) === sdkWs.work)
 const sdkArgv = sdkPids.length ? fs.readFileSync(`/proc/${sdkPids[0]}/cmdline`, 'utf8').split('\0').slice(1, -1) : []
 
 // Direct: the same argv (a session id of its own) and environment (a config dir of its own).
@@ -202,8 +205,16 @@ function directTurn(text) {
 }
 await directTurn(PROMPT)
 
+// A cold task settles at the CLI's result line and its CLI exits afterwards (~30 ms of work, in
+// the background): the next contender starts only once it is gone, so that none runs beside it.
+async function coldTask() {
+  const r = await task(cold, coldSession)
+  const deadline = Date.now() + 10_000
+  while (Date.now() < deadline && childrenOf(process.pid).some((p) => processCwd(p) === coldWs.work)) await sleep(2)
+  return r
+}
 const contenders = {
-  cold: () => task(cold, coldSession),
+  cold: coldTask,
   warm: () => task(warm, warmSession),
   sdk: () => sdkTurn(PROMPT),
   direct: () => directTurn(PROMPT),
