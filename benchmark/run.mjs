@@ -365,18 +365,84 @@ if (patho) {
 // Warm sessions.
 const warmS = results.sections.warm
 if (warmS) {
-  md.push('## 8. Warm sessions: a follow-up on a running CLI vs a new `claude -p --resume`', '')
+  const f = warmS.followUp
+  const mb = (kb) => `${fmt(kb / 1024, 0)} MB`
+  const range = (x, d = 1) => `${fmt(x.min, d)}–${fmt(x.max, d)}`
+  md.push('## 8. Warm sessions', '')
+  md.push('### A. One follow-up: cold, warm, the Agent SDK\'s own warm follow-up, and the CLI driven directly', '')
   md.push(
-    `Two managers over the same CLI and stand-in (in its own process), sandbox \`${warmS.sandbox}\`: *cold* (\`warmIdleMs: 0\`, a new CLI per task) and *warm* (the default: the session's CLI kept running, the prompt one line on its stdin). One session each, one task first; then ${warmS.runs} rounds of one follow-up on each, alternating which goes first; wall time from the call to the settled promise. One warm process ran every warm follow-up: ${warmS.sameWarmProcessEveryRound ? 'yes' : 'NO'}.`,
+    `One stand-in API server (in its own process) and one claude binary for all, sandbox \`${warmS.sandbox}\`. Four contenders, each with one session that has had one task: *cold*, a manager with \`warmIdleMs: 0\` (a new \`claude -p --resume\` per task); *warm*, a manager with the default \`warmIdleMs\` (the session's CLI kept running, the prompt one line on its stdin); *sdk*, the Agent SDK's \`query()\` with streaming input (an async iterable of user messages) on one CLI process for the whole run (one process: ${f.sdkOneProcess ? 'yes' : 'NO'}); *direct*, the CLI driven by a few lines of Node (spawned with the warm manager's CLI's argv and environment read from /proc, a user line written to its stdin, its stdout parsed line by line until the result), the floor for any driver of a warm CLI. ` +
+      `Then ${f.rounds} rounds of one follow-up on each, the order rotated each round; after a cold task the next contender waits until that task's CLI has exited (a cold task settles at the CLI's result line and the CLI exits ~30 ms later, in the background: without the wait, whoever came next ran beside that exit, and in the rotation that was the warm manager in 3 rounds of 4). Time: the managers, call → settled promise; sdk, the message handed to the iterable → the \`result\` message out of its iterator; direct, the line written → the result line parsed. ` +
+      `The SDK's options (\`model: 'sonnet'\`, \`includePartialMessages: true\`, \`permissionMode: 'default'\`, \`settingSources: []\`, \`extraArgs: { 'disable-slash-commands': null }\`) give its CLI the warm manager's flags: manager \`${f.argv.manager.join(' ')}\`; SDK \`${f.argv.sdk.join(' ')}\`. Both managers run their CLIs at \`cliNiceness: 0\` here, the priority the SDK's and the direct CLI have. One warm process ran every warm follow-up: ${f.sameWarmProcessEveryRound ? 'yes' : 'NO'}.`,
     '',
   )
-  table(['follow-up', 'wall ms (median / p90)'], [
-    ['cold', `${fmt(warmS.cold.median, 1)} / ${fmt(warmS.cold.p90, 1)}`],
-    ['warm', `${fmt(warmS.warm.median, 1)} / ${fmt(warmS.warm.p90, 1)}`],
+  table(['follow-up', 'wall ms (median / p90)', 'min–max'], ['cold', 'warm', 'sdk', 'direct'].map((k) => [k, `${fmt(f[k].median, 1)} / ${fmt(f[k].p90, 1)}`, range(f[k])]))
+  const d = (x) => `${fmt(x.ofMedians)} ms (per round: median ${fmt(x.perRound.median)}, p90 ${fmt(x.perRound.p90)}, ${range(x.perRound, 2)} ms)`
+  md.push(
+    `Warm/cold (ratio of medians): ${fmt(f.ratioOfMedians, 3)}; cold/warm per round: median ×${fmt(f.perRoundColdOverWarm.median, 1)} (×${fmt(f.perRoundColdOverWarm.min, 1)}–×${fmt(f.perRoundColdOverWarm.max, 1)}). ` +
+      `**The manager's overhead over the SDK** = warm median − sdk median: ${d(f.managerMinusSdk)}; the per-round figure is warm − sdk of the same round. ` +
+      `Over the direct driver: warm − direct ${d(f.managerMinusDirect)}; the SDK's own: sdk − direct ${d(f.sdkMinusDirect)}. ` +
+      `The idle warm CLI after the rounds: ${f.warmProcessMemoryKb.map((x) => `RSS ${mb(x.rss)}, RssAnon ${mb(x.anon)}, Pss ${mb(x.pss)}`).join('; ')}.`,
+    '',
+  )
+  bars.push(['warm follow-up', '≤ 0.15× cold (median)', `${fmt(f.ratioOfMedians, 3)}×`, yes(f.ratioOfMedians <= 0.15)])
+  bars.push(['warm follow-up vs the Agent SDK\'s (streaming input, one process)', '≤ SDK (median)', `${fmt(f.warm.median, 1)} vs ${fmt(f.sdk.median, 1)} ms`, yes(f.warm.median <= f.sdk.median)])
+  bars.push(['manager overhead on a warm follow-up (warm − SDK, medians)', '≤ 1 ms', `${fmt(f.managerMinusSdk.ofMedians)} ms (per round median ${fmt(f.managerMinusSdk.perRound.median)})`, yes(f.managerMinusSdk.ofMedians <= 1)])
+
+  const c = warmS.cap
+  md.push(`### B. Memory per idle warm session, at the default cap (\`maxWarmSessions\` ${c.sessions})`, '')
+  md.push(
+    `A manager with the default \`maxWarmSessions\`; ${c.sessions} new sessions with one short task each (run at once), then ${fmt(c.idleMs / 1000, 0)} s idle; each warm CLI's VmRSS, RssAnon and RssFile from /proc/<pid>/status and its Pss from /proc/<pid>/smaps_rollup. Warm CLIs found: ${c.warmClis}; after one more new session: ${c.warmClisAfterOneMoreSession} (the least recently used was closed). ` +
+      'RssFile is mostly the binary\'s pages, shared by every CLI of this binary on the machine; Pss splits shared pages among the processes mapping them, so its sum is what the CLIs cost together.',
+    '',
+  )
+  const pk = c.perSessionKb
+  table(['per warm CLI', 'median', 'min–max', `total over ${c.warmClis}`], [
+    ['VmRSS', mb(pk.rss.median), `${mb(pk.rss.min)}–${mb(pk.rss.max)}`, mb(c.totalKb.rss)],
+    ['RssAnon (its own memory)', `**${mb(pk.anon.median)}**`, `${mb(pk.anon.min)}–${mb(pk.anon.max)}`, `**${mb(c.totalKb.anon)}**`],
+    ['RssFile (the binary\'s pages, shared)', mb(pk.file.median), `${mb(pk.file.min)}–${mb(pk.file.max)}`, mb(c.totalKb.file)],
+    ['Pss', `**${mb(pk.pss.median)}**`, `${mb(pk.pss.min)}–${mb(pk.pss.max)}`, `**${mb(c.totalKb.pss)}**`],
+    ['of Pss: anonymous / file', `${mb(pk.pssAnon.median)} / ${mb(pk.pssFile.median)}`, '', ''],
   ])
-  const m = warmS.warmProcessMemoryKb.map((x) => `RSS ${fmt(x.rss / 1024, 0)} MB, of which anonymous (its own heap, not the binary's pages) ${fmt(x.anonymous / 1024, 0)} MB`).join('; ')
-  md.push(`Warm/cold (ratio of medians): ${fmt(warmS.ratioOfMedians, 3)}; cold/warm per round: median ×${fmt(warmS.perRoundColdOverWarm.median, 1)} (×${fmt(warmS.perRoundColdOverWarm.min, 1)}–×${fmt(warmS.perRoundColdOverWarm.max, 1)}). The idle warm CLI after the rounds: ${m}.`, '')
-  bars.push(['warm follow-up', '≤ 0.15× cold (median)', `${fmt(warmS.ratioOfMedians, 3)}×`, yes(warmS.ratioOfMedians <= 0.15)])
+  md.push(`The Node process holding the manager: RSS ${mb(c.nodeRssKb)}.`, '')
+
+  const many = warmS.many
+  md.push(`### C. ${many.sessions} sessions × ${many.followUps} follow-ups, warm vs cold`, '')
+  md.push(
+    `A fresh manager per run, all ${many.sessions} sessions started at once (as a server would see them), each running a first task and then ${many.followUps} follow-ups one after the other; ${many.rounds} rounds, warm and cold alternating which goes first. *warm*: \`maxWarmSessions: ${many.sessions}\` so that every session keeps its CLI, \`maxConcurrentTasks: ${many.sessions}\`; *cold*: \`warmIdleMs: 0\`, \`maxConcurrentTasks: ${many.sessions}\`; both at the default \`cliNiceness\` (10). ` +
+      '*Wall*: start → the last follow-up settled. *CPU*: this Node process (`process.cpuUsage()`) plus the CLIs (cutime + cstime of /proc/self/stat: the children it reaped, taken after `close()` waited for every CLI to exit, so the warm CLIs\' whole lives are in it); the stand-in server is not reaped during the run and is given on its own. ' +
+      '*Peak RSS*: a sibling process samples the VmRSS of this process and of its CLI children every 250 ms; the sum counts the binary\'s shared pages once per CLI, so it overstates memory in use (section B gives Pss). *CLI processes seen*: distinct CLI pids the sampler saw. *Event-loop delay*: `monitorEventLoopDelay({ resolution: 1 })` over the run, and the sampler\'s own as a control. ' +
+      `Each run is skipped with its reason if MemAvailable is under ${many.minAvailableGb} GB before it.`,
+    '',
+  )
+  const done = many.runs.filter((r) => !r.skipped)
+  table(
+    ['run', 'tasks done', 'wall s', 'CPU s: node + CLIs = total', 'stand-in CPU s', 'peak RSS GB (node + CLIs)', 'CLIs at once (peak) / seen', 'event-loop p99 ms (control)', 'follow-up ms median / p99', 'first task ms median'],
+    many.runs.map((r, i) =>
+      r.skipped
+        ? [`${i + 1}. ${r.kind}`, `skipped: ${r.skipped}`, '', '', '', '', '', '', '', '']
+        : [
+            `${i + 1}. ${r.kind}`,
+            `${r.tasksCompleted} / ${r.tasks}${r.failures.length ? ` (failures: ${r.failures.join(', ')})` : ''}`,
+            `**${fmt(r.wallMs / 1000, 1)}**`,
+            `${fmt(r.cpuSeconds.node, 1)} + ${fmt(r.cpuSeconds.clis, 1)} = **${fmt(r.cpuSeconds.total, 1)}**`,
+            fmt(r.cpuSeconds.standIn, 1),
+            `**${fmt(r.peakRssMb.total / 1024, 2)}**`,
+            `${r.peakRssMb.peakClis} / ${r.cliProcessesSeen}`,
+            `**${fmt(r.eventLoopDelayMs.p99)}** (${fmt(r.controlEventLoopDelayMs.p99)})`,
+            `${fmt(r.followUpMs.median, 0)} / ${fmt(r.followUpMs.p99, 0)}`,
+            fmt(r.firstTaskMs.median, 0),
+          ],
+    ),
+  )
+  const of = (kind, get) => median(done.filter((r) => r.kind === kind).map(get))
+  if (done.some((r) => r.kind === 'warm') && done.some((r) => r.kind === 'cold')) {
+    const ratio = (get) => fmt(of('warm', get) / of('cold', get), 2)
+    md.push(
+      `Warm/cold (medians over the rounds): wall ×${ratio((r) => r.wallMs)}, CPU ×${ratio((r) => r.cpuSeconds.total)}, peak RSS ×${ratio((r) => r.peakRssMb.total)}, follow-up latency ×${ratio((r) => r.followUpMs.median)}. Closing the manager took ${done.map((r) => `${fmt(r.closeMs / 1000, 1)} s (${r.kind})`).join(', ')}; children left after \`close()\`: ${done.map((r) => r.childrenLeftAfterClose).join(', ')}.`,
+      '',
+    )
+  }
 }
 
 md.push('## Bars', '')

@@ -58,6 +58,39 @@ export function startStandIn() {
   })
 }
 
+/**
+ * The environment the Agent SDK's CLI gets in these sections. The SDK's own default is the whole
+ * process.env; give it that (as the manager, too, passes on what the CLI needs from it, e.g.
+ * NODE_EXTRA_CA_CERTS, which costs the CLI ~20 ms to load), less credentials that would point the
+ * CLI elsewhere, plus the stand-in's variables and `extra`.
+ */
+export function sdkEnvironment(standInEnv, extra) {
+  const env = { ...process.env }
+  for (const k of Object.keys(env)) {
+    if (k === 'ANTHROPIC_AUTH_TOKEN' || k.startsWith('CLAUDE_CODE_USE_') || k.startsWith('AWS_') || k.startsWith('VERTEX_')) delete env[k]
+  }
+  return Object.assign(env, standInEnv, extra)
+}
+
+/**
+ * Memory of one process in KiB: VmRSS, RssAnon, RssFile, RssShmem (/proc/<pid>/status) and Pss,
+ * Pss_Anon, Pss_File (/proc/<pid>/smaps_rollup).
+ */
+export function procMemoryKb(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+  const rollup = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
+  const kb = (text, k) => Number((new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(text) || [])[1] || 0)
+  return {
+    rss: kb(status, 'VmRSS'),
+    anon: kb(status, 'RssAnon'),
+    file: kb(status, 'RssFile'),
+    shmem: kb(status, 'RssShmem'),
+    pss: kb(rollup, 'Pss'),
+    pssAnon: kb(rollup, 'Pss_Anon'),
+    pssFile: kb(rollup, 'Pss_File'),
+  }
+}
+
 /** A folder with a CLI config dir and a work dir. */
 export function workspace(prefix) {
   const dir = tempDir(prefix)

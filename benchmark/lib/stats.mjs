@@ -24,6 +24,12 @@ export function fmt(x, digits = 2) {
   return x.toFixed(digits)
 }
 
+/** MemAvailable from /proc/meminfo, in MiB. */
+export function memAvailableMb() {
+  const m = /MemAvailable:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))
+  return m ? Number(m[1]) / 1024 : NaN
+}
+
 export const nowMs = () => Number(process.hrtime.bigint()) / 1e6
 
 /** The parent pid of a process, or 0. */
@@ -34,6 +40,14 @@ function ppidOf(pid) {
   } catch {
     return 0
   }
+}
+
+/** The pids whose parent is `pid`. */
+export function childrenOf(pid) {
+  return fs
+    .readdirSync('/proc')
+    .filter((p) => /^\d+$/.test(p) && ppidOf(Number(p)) === pid)
+    .map(Number)
 }
 
 /**

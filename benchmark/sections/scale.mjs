@@ -7,7 +7,7 @@
 import fs from 'node:fs'
 import { fork } from 'node:child_process'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
-import { args, median, p90, p99, writeJson, machineLoad, sampler } from '../lib/stats.mjs'
+import { args, median, p90, p99, writeJson, machineLoad, sampler, memAvailableMb } from '../lib/stats.mjs'
 import { addon, startStandIn, workspace, populate, timeStoreCalls, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
@@ -16,11 +16,6 @@ const TASKS = Number(opt.tasks ?? 64)
 const SESSIONS = Number(opt.sessions ?? 100_000)
 const ns = () => process.hrtime.bigint()
 const msSince = (t) => Number(ns() - t) / 1e6
-
-function memAvailableMb() {
-  const m = /MemAvailable:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))
-  return m ? Number(m[1]) / 1024 : NaN
-}
 
 /** CPU time and time spent waiting for a CPU (ms) of this process's main (JavaScript) thread. */
 function schedstat() {
@@ -53,7 +48,7 @@ const out = { load: [machineLoad()] }
   const memBefore = memAvailableMb()
   const rssBefore = process.memoryUsage().rss / 2 ** 20
   const h = monitorEventLoopDelay({ resolution: 1 })
-  const monitor = fork(new URL('../lib/monitor.mjs', import.meta.url), [String(process.pid)])
+  const monitor = fork(new URL('../lib/monitor.mjs', import.meta.url), [String(process.pid), String(standIn.pid)])
   await new Promise((r) => monitor.once('message', r))
   monitor.send('start')
   const stopRss = sampler(() => process.memoryUsage().rss / 2 ** 20, 25)

@@ -19,7 +19,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { args, median, p90, writeJson, machineLoad } from '../lib/stats.mjs'
-import { addon, claudeBinary, startStandIn, workspace, LifetimeLog, fakeCli, tempDir, BENCH_SANDBOX } from '../lib/harness.mjs'
+import { addon, claudeBinary, startStandIn, workspace, LifetimeLog, fakeCli, tempDir, sdkEnvironment, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
 const quick = Boolean(opt.quick)
@@ -55,14 +55,7 @@ async function managerTask(sessionId) {
 // ---- the SDK ---------------------------------------------------------------------------------
 const sw = workspace('csm-bench-sdk-')
 const sLog = new LifetimeLog(path.join(sw.dir, 'lifetime.log'))
-// The SDK's own default is the whole process.env; give it that (as the manager, too, passes on
-// what the CLI needs from it, e.g. NODE_EXTRA_CA_CERTS, which costs the CLI ~20 ms to load), less
-// credentials that would point the CLI elsewhere, plus the stand-in's variables.
-const sdkEnv = { ...process.env }
-for (const k of Object.keys(sdkEnv)) {
-  if (k === 'ANTHROPIC_AUTH_TOKEN' || k.startsWith('CLAUDE_CODE_USE_') || k.startsWith('AWS_') || k.startsWith('VERTEX_')) delete sdkEnv[k]
-}
-Object.assign(sdkEnv, standIn.env, { CLAUDE_CONFIG_DIR: sw.config, REAL_CLAUDE: real, LIFETIME_LOG: sLog.file })
+const sdkEnv = sdkEnvironment(standIn.env, { CLAUDE_CONFIG_DIR: sw.config, REAL_CLAUDE: real, LIFETIME_LOG: sLog.file })
 
 async function sdkTask(resume) {
   const t0 = ns()
