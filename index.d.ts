@@ -222,7 +222,9 @@ export interface ExecuteOptions {
    * Called with every event as it arrives: `{ type: 'task_queued', sessionId }` at once,
    * `{ type: 'task_started', sessionId, taskId }` when the CLI starts, then the CLI's
    * stream-json messages (`system`, `assistant`, `user`, `result`, and `stream_event` when
-   * `includePartialMessages`). A throw, or a returned promise that rejects, does not stop the
+   * `includePartialMessages`); in a warm CLI also `{ type: 'background_activity', sessionId,
+   * events }`, the lines of turns the CLI ran by itself (a background job finishing) since the
+   * last task. A throw, or a returned promise that rejects, does not stop the
    * task or reach Node as an uncaught error: later events still arrive and the result's
    * `warnings` say what failed.
    */
@@ -563,14 +565,15 @@ export interface SessionManagerOptions {
   leaseTtlMs?: number
   /**
    * Keep a session's CLI running this long (ms) after its task, so that the next task on the
-   * session is one line on its stdin instead of a new process (~35 ms instead of ~0.4 s before
-   * the model is asked). Each idle process holds ~110 MB of private memory. 0 turns warm
+   * session is one line on its stdin instead of a new process (a follow-up in ~50 ms instead of
+   * ~0.5 s on the stand-in). Each idle process holds ~100 MB of private memory (PSS; it grows
+   * with the conversation). 0 turns warm
    * processes off: every task starts its own `claude -p`. Default 600000 (10 min).
    */
   warmIdleMs?: number
   /**
    * At most this many warm processes in this manager; the least recently used idle one is
-   * closed first. Default 16 (~1.8 GB at ~110 MB each).
+   * closed first. Default 16 (1.6 GB PSS measured for 16 idle processes, `benchmark/RESULTS-warm.md`).
    */
   maxWarmSessions?: number
   /**

@@ -429,7 +429,7 @@ for (const sandbox of ['auto', 'none']) {
   }
 }
 
-test('warm: a turn the CLI starts by itself (a background task finishing) is not taken for the next task\'s answer', async (t) => {
+test('warm: a turn the CLI starts by itself (a background task finishing) is not taken for the next task\'s answer; it is streamed to a task as background_activity', async (t) => {
   server.reset()
   const { manager } = warmManager(t)
   const marker = `bg-marker-${process.pid}-${Date.now()}`
@@ -444,13 +444,29 @@ test('warm: a turn the CLI starts by itself (a background task finishing) is not
   const before = calls().length
   // The next task's answer comes late, so that the job's notification turn overlaps it.
   server.enqueue({ text: 'the answer to two', delayMs: 2500 })
-  const second = await task(manager, { prompt: 'two', sessionId: first.sessionId, allowedTools: ['Bash'] })
+  const secondEvents = []
+  const second = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId, allowedTools: ['Bash'] },
+    { onEvent: (e) => secondEvents.push(e) },
+  )
   t.assert.strictEqual(second.success, true, JSON.stringify(second.error))
   t.assert.strictEqual(second.result, 'the answer to two')
   // The CLI did run a turn of its own about the job (a model call nobody's prompt asked for).
   t.assert.ok(await eventually(() => calls().slice(before).some((c) => JSON.stringify(c.body.messages).includes('SYSTEM NOTIFICATION')), 10_000), 'a notification turn ran')
-  const third = await task(manager, { prompt: 'three', sessionId: first.sessionId, allowedTools: ['Bash'] })
+  const events = []
+  const third = await manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'three', sessionId: first.sessionId, allowedTools: ['Bash'] },
+    { onEvent: (e) => events.push(e) },
+  )
   t.assert.match(third.result, /: three$/)
+  // The notification turn's lines reached a task's stream (the second's, or the third's when it
+  // ran after the second ended), as one event of their own, never as the task's answer.
+  const seen = [...secondEvents, ...events].filter((e) => e.type === 'background_activity')
+  t.assert.ok(seen.length > 0, `a background_activity event: ${JSON.stringify([...secondEvents, ...events].map((e) => e.type))}`)
+  t.assert.ok(seen.every((e) => e.sessionId === first.sessionId))
+  const lines = seen.flatMap((e) => e.events)
+  t.assert.ok(lines.some((l) => l.type === 'result'), `the CLI's own turn ended in a result: ${JSON.stringify(lines.map((l) => l.type))}`)
+  t.assert.ok(!lines.some((l) => l.type === 'result' && l.result === 'the answer to two'), 'the task\'s own result is not among them')
 })
 
 test('warm: a CLAUDE.md written after the process started makes the next task start a new one, which reads it', async (t) => {

@@ -57,6 +57,8 @@ const SERVER_DETAIL_FIELDS = new Set([
   'memory_paths',
   'messaging_socket_path',
   'transcript_path',
+  // A background job's output file: under the CLI's temp folder, named after the server's cwd.
+  'output_file',
   'plugins',
   'tools',
   'mcp_servers',
@@ -269,9 +271,13 @@ function addonSignal(signal) {
 }
 
 /** An event as the browser may see it: the CLI's `system`/`init` event reduced to
- * INIT_EVENT_FIELDS, and SERVER_DETAIL_FIELDS dropped from every other event. */
+ * INIT_EVENT_FIELDS, and SERVER_DETAIL_FIELDS dropped from every other event (and from the
+ * lines a `background_activity` event carries). */
 function publicEvent(event) {
   if (!event || typeof event !== 'object' || Array.isArray(event)) return event
+  // The CLI's own turns (a background job finishing), delivered with the next task: each line
+  // made public the same way.
+  if (event.type === 'background_activity' && Array.isArray(event.events)) return { ...event, events: event.events.map(publicEvent) }
   if (event.type === 'system' && event.subtype === 'init') {
     const out = {}
     for (const key of INIT_EVENT_FIELDS) if (event[key] !== undefined) out[key] = event[key]

@@ -7,7 +7,7 @@
 //!   malformed line would kill the CLI);
 //! - a turn is the task's only between the CLI's `command_lifecycle` `started` and the `result`
 //!   for the prompt's own uuid: turns the CLI starts by itself (background task notifications)
-//!   never reach a task;
+//!   never reach a task as its own; their lines are kept for the manager (`take_outside`);
 //! - every `control_request` the CLI sends is answered (`can_use_tool` by the task's handler, or
 //!   deny after its timeout; anything else with an error);
 //! - abort is the CLI's `interrupt`; a turn that does not settle within the grace is stopped
@@ -166,6 +166,9 @@ struct Shared {
   /// Where mirror frames go now; `None` between turns, when they wait in `unmirrored`.
   mirror: Mutex<Option<MirrorTx>>,
   unmirrored: Mutex<Vec<Value>>,
+  /// Lines of turns no task asked for (the CLI's own, about background jobs), kept until the
+  /// manager takes them.
+  outside: Mutex<Vec<Value>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -185,6 +188,9 @@ fn send(out: &Writer, v: &Value) -> bool {
 /// while idle is not one this manager started: the oldest are dropped, and the end-of-task check
 /// of the local file stores what they held).
 const MAX_UNMIRRORED: usize = 10_000;
+
+/// How many lines of turns the CLI starts by itself are kept for the manager (the newest).
+const MAX_OUTSIDE: usize = 1_000;
 
 impl Shared {
   /// A mirror frame: to the attached mirror, else kept, in order, for the next one.
@@ -215,10 +221,21 @@ impl Shared {
     *mirror = tx;
   }
 
-  /// Hands an event to the running turn, if it is the task's (started and not over).
+  /// Hands an event to the running turn, if it is the task's (started and not over); a line of
+  /// any other turn is kept as the CLI's own activity (streaming deltas aside).
   fn to_turn(&self, ev: Event) {
     if let Some(t) = lock(&self.turn).as_ref().filter(|t| t.current.is_some()) {
       let _ = t.tx.send(ev);
+      return;
+    }
+    if let Event::Line(line) = ev {
+      if !matches!(line.kind, Kind::Partial { .. }) {
+        let mut kept = lock(&self.outside);
+        if kept.len() >= MAX_OUTSIDE {
+          kept.remove(0);
+        }
+        kept.push(line.raw);
+      }
     }
   }
 }
@@ -372,6 +389,12 @@ impl WarmProcess {
     }
     out.elapsed = started.elapsed();
     out
+  }
+
+  /// The lines of turns the CLI ran by itself (a background job's notification) since the last
+  /// call, oldest first: no task's, so never part of a task's answer.
+  pub fn take_outside(&self) -> Vec<Value> {
+    std::mem::take(&mut *lock(&self.shared.outside))
   }
 
   /// Where the mirror frames the process prints from now on go (with the ones kept since its

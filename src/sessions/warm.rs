@@ -391,6 +391,8 @@ impl Manager {
     if let Some(s) = &sink {
       s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
     }
+    // What the CLI did by itself since the last task (a background job's notification turn).
+    background_activity(&warm.proc, &session.id, &sink);
     let forward = |line: &Line| {
       if let Some(s) = &sink {
         if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
@@ -406,6 +408,7 @@ impl Manager {
       mirror: mirror.clone(),
     };
     let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
+    background_activity(&warm.proc, &session.id, &sink);
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);
     drop(inbox);
@@ -433,6 +436,17 @@ impl Manager {
     }
     drop(permit);
     Ok(out)
+  }
+}
+
+/// Streams the turns the CLI ran by itself (a background job finishing) as one
+/// `background_activity` event of the task that runs next on the process: `{ sessionId, events }`,
+/// the CLI's lines of those turns (their cost is in the next task's, the difference of the CLI's
+/// cumulative figures).
+fn background_activity(proc: &WarmProcess, session_id: &str, sink: &Option<EventSink>) {
+  let events = proc.take_outside();
+  if let (Some(s), false) = (sink, events.is_empty()) {
+    s(json!({ "type": "background_activity", "sessionId": session_id, "events": events }));
   }
 }
 
