@@ -64,7 +64,7 @@ test('warm: a changed model or permission mode starts a new process; the old one
 // own folders (their own copy of the transcript), on one schema: the other node can answer
 // `Echo #2` only if the warm process's turn reached the store while that process still runs.
 for (const backend of testBackends()) {
-  test(`warm: a task run by another ${backend === 'sqlite' ? 'manager' : 'node'} in between makes the warm process go; the next task resumes cold with the whole history${backendTag(backend)}`, async (t) => {
+  test(`warm: a task run by another ${backend === 'sqlite' ? 'manager' : 'node'} in between: the idle warm CLI is gone before that task's CLI starts; the next task resumes cold with the whole history${backendTag(backend)}`, async (t) => {
     server.reset()
     const a = warmManager(t, { backend })
     const { manager } = a
@@ -73,8 +73,15 @@ for (const backend of testBackends()) {
     const first = await task(manager, { prompt: 'one' })
     const warmPids = processesMentioning(first.sessionId)
     t.assert.ok(warmPids.length > 0)
-    const elsewhere = await task(other, { prompt: 'two', sessionId: first.sessionId })
+    // One CLI per session across managers: the idle one is gone before the other's task starts.
+    // (Read from /proc: a process that is killed but not yet reaped has no command line left.)
+    let aliveAtStart
+    const elsewhere = await other.executeTask(
+      { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
+      { onEvent: (e) => { if (e.type === 'task_started') aliveAtStart = processesMentioning(first.sessionId).filter((p) => warmPids.includes(p)) } },
+    )
     t.assert.strictEqual(elsewhere.result, 'Echo #2: two', JSON.stringify(elsewhere.error))
+    t.assert.deepStrictEqual(aliveAtStart, [], 'the idle warm CLI of the first manager was gone when the other task started')
     const third = await task(manager, { prompt: 'three', sessionId: first.sessionId })
     // A stale warm process would answer from its own memory: `Echo #2`.
     t.assert.strictEqual(third.result, 'Echo #3: three', JSON.stringify(third.error))

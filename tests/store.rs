@@ -15,6 +15,8 @@ use fixtures::new_session;
 mod inbox;
 #[path = "shared/total_cap.rs"]
 mod total_cap;
+#[path = "shared/warm_holds.rs"]
+mod warm_holds;
 
 const A: &str = "11111111-1111-4111-8111-111111111111";
 const B: &str = "22222222-2222-4222-8222-222222222222";
@@ -407,4 +409,13 @@ fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
   let s = Store::open(&path).unwrap();
   s.create_session(&new_session(A, "u", "p")).unwrap();
   inbox::check(&s, A, || Store::open(&path).unwrap());
+}
+
+#[test]
+fn warm_holds_count_other_managers_cli_until_released_or_expired() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  s.create_session(&new_session(A, "u", "p")).unwrap();
+  warm_holds::check(&s, A, || Store::open(&path).unwrap());
 }

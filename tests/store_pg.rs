@@ -16,6 +16,8 @@ use fixtures::new_session;
 mod inbox;
 #[path = "shared/total_cap.rs"]
 mod total_cap;
+#[path = "shared/warm_holds.rs"]
+mod warm_holds;
 
 const SKIP: &str = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them";
 
@@ -459,4 +461,14 @@ fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
   let sid = id();
   s.create_session(&new_session(&sid, "u", "p")).unwrap();
   inbox::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
+}
+
+#[test]
+fn warm_holds_count_other_managers_cli_until_released_or_expired() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  warm_holds::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
 }

@@ -385,6 +385,11 @@ impl Manager {
     // past that, or once a renewal is refused, the CLI is stopped (see `LeaseClock`).
     let clock = LeaseClock::new(taken_at, self.cfg.lease_ttl, cancel.clone());
     let renew = AbortOnDrop(tokio::spawn(clock.clone().renew_loop(self.store.clone(), session.id.clone(), task_id.clone())));
+    // One CLI per session: an idle warm one kept by another manager goes first.
+    let mode = match mode {
+      Ok(m) => self.others_gone(&session.id, &cancel).await.map(|()| m),
+      Err(e) => Err(e),
+    };
     // PostgreSQL: this node's copy of the conversation made the store's, and the CLI's transcript
     // mirrored into the store while it runs.
     let mut task_mirror = None;

@@ -30,7 +30,7 @@ use super::{EventSink, Manager};
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Session, Store};
 
 /// How long a closing warm process gets between stdin EOF and SIGTERM.
@@ -61,6 +61,8 @@ struct Home {
   user_id: String,
   last_task: String,
   mirrored: bool,
+  /// The manager's id, under which the store knows it keeps this CLI (`Store::warm_hold`).
+  owner_id: String,
 }
 
 impl Home {
@@ -72,6 +74,13 @@ impl Home {
       tokio::task::spawn_blocking(move || st.get_session(&sid, &uid)).await,
       Ok(Ok(Some(s))) if s.task_count == seen_tasks
     )
+  }
+
+  /// The store no longer counts this manager as keeping a CLI of the session.
+  async fn release(&self) {
+    let (st, sid, owner) = (self.store.clone(), self.session_id.clone(), self.owner_id.clone());
+    // A hold that cannot be deleted expires (it is renewed only while this CLI lives).
+    let _ = tokio::task::spawn_blocking(move || st.warm_release(&sid, &owner)).await;
   }
 
   /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
@@ -104,7 +113,13 @@ pub(crate) struct WarmPool {
   /// Closings started in the background (idle timeout, eviction), awaited by `shutdown`.
   /// By session: a new CLI for the session starts only once its old one is gone.
   closing: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
+  /// Whether the loop that renews this manager's warm holds and gives up wanted CLIs runs.
+  watching: std::sync::atomic::AtomicBool,
 }
+
+/// How often a manager keeping idle warm CLIs asks the store whether another one wants one of
+/// their sessions (what a task elsewhere waits for, at most, before its CLI starts).
+const WANTED_POLL: Duration = Duration::from_millis(200);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
   m.lock().unwrap_or_else(|p| p.into_inner())
@@ -150,6 +165,9 @@ impl WarmPool {
       super::tasks::remove_per_process_files(&spec, pid);
     }
     drop(token);
+    if let Some(h) = &home {
+      h.release().await;
+    }
   }
 
   fn retire_later(&self, session_id: &str, w: Warm) {
@@ -213,6 +231,44 @@ impl WarmPool {
       }
     });
     None
+  }
+
+  /// While the pool keeps processes: renews the manager's holds (every third of `ttl`) and kills
+  /// the idle CLIs another manager wants (a task there took the session). Started by `put`; ends
+  /// when nothing is kept.
+  async fn watch(pool: std::sync::Weak<WarmPool>, store: Arc<Store>, owner_id: String, ttl: Duration) {
+    let mut renewed = Instant::now();
+    loop {
+      tokio::time::sleep(WANTED_POLL).await;
+      let Some(pool) = pool.upgrade() else { return };
+      if lock(&pool.idle).is_empty() && lock(&pool.running).is_empty() {
+        pool.watching.store(false, Ordering::SeqCst);
+        // A process kept after that check restarts the loop, or this one goes on.
+        if lock(&pool.idle).is_empty() || pool.watching.swap(true, Ordering::SeqCst) {
+          return;
+        }
+      }
+      if renewed.elapsed() >= ttl / 3 {
+        let (st, owner) = (store.clone(), owner_id.clone());
+        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || st.warm_renew(&owner, ttl)).await {
+          renewed = Instant::now();
+        }
+      }
+      let (st, owner) = (store.clone(), owner_id.clone());
+      let Ok(Ok(wanted)) = tokio::task::spawn_blocking(move || st.warm_wanted(&owner)).await else { continue };
+      for sid in wanted {
+        match pool.take(&sid) {
+          // Stale: a task elsewhere holds the session's lease now.
+          Some(w) => Self::retire(w, true).await,
+          None if !lock(&pool.running).contains_key(&sid) && !lock(&pool.closing).iter().any(|(s, _)| *s == sid) => {
+            // No CLI of the session here any more: the hold was left behind.
+            let (st, owner) = (store.clone(), owner_id.clone());
+            let _ = tokio::task::spawn_blocking(move || st.warm_release(&sid, &owner)).await;
+          }
+          None => {}
+        }
+      }
+    }
   }
 
   /// Closes every idle process and waits for every closing to end; later returns are refused.
@@ -293,6 +349,36 @@ impl Manager {
       WarmPool::retire(w, true).await;
     }
     self.warm.closed_for(session_id).await;
+  }
+
+  /// Before a task's CLI starts (the session's lease is this task's): waits until no other
+  /// manager sharing the database keeps an idle warm CLI of the session (they are asked to kill
+  /// it, and do within `WANTED_POLL`; a hold of a manager that died expires). One CLI per session,
+  /// across processes and nodes.
+  pub(crate) async fn others_gone(&self, session_id: &str, cancel: &CancelToken) -> Result<()> {
+    let deadline = Instant::now() + self.cfg.lease_ttl * 2;
+    loop {
+      let (st, sid, me) = (self.store.clone(), session_id.to_owned(), self.owner.id.clone());
+      let left = tokio::task::spawn_blocking(move || st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid)))
+        .await
+        .map_err(|e| Error::internal(format!("warm hold check failed: {e}")))??;
+      if left == 0 {
+        return Ok(());
+      }
+      if Instant::now() >= deadline {
+        return Err(Error::new(
+          ErrorCode::SessionBusy,
+          format!(
+            "another process keeps a CLI of session {session_id} and did not close it within {} ms",
+            (self.cfg.lease_ttl * 2).as_millis()
+          ),
+        ));
+      }
+      tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while another process closed its CLI of the session")),
+      }
+    }
   }
 
   /// Adds a message to the task running on the session (in this manager, in a warm process):
@@ -415,6 +501,17 @@ impl Manager {
     enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
     let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
     let keep = keep.filter(|_| mirror.is_none() || mirrored);
+    // Other managers sharing the database must learn that this one keeps a CLI of the session
+    // (it is written once, while this task still holds the lease); a CLI that cannot be recorded
+    // so is not kept.
+    let keep = match keep {
+      Some(idle_for) if warm.home.is_none() => {
+        let (st, sid, owner, ttl) = (self.store.clone(), session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
+        let held = matches!(tokio::task::spawn_blocking(move || st.warm_hold(&sid, &owner, ttl)).await, Ok(Ok(())));
+        held.then_some(idle_for)
+      }
+      other => other,
+    };
     match keep {
       Some(idle_for) => {
         warm.seen_tasks = session.task_count + 1;
@@ -424,9 +521,14 @@ impl Manager {
           user_id: session.user_id.clone(),
           last_task: task_id.to_owned(),
           mirrored,
+          owner_id: self.owner.id.clone(),
         });
         if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
           WarmPool::retire(w, false).await;
+        }
+        if !self.warm.watching.swap(true, Ordering::SeqCst) {
+          let owner = self.owner.id.clone();
+          tokio::spawn(WarmPool::watch(Arc::downgrade(&self.warm), self.store.clone(), owner, self.cfg.lease_ttl));
         }
       }
       None => {

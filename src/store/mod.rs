@@ -25,6 +25,7 @@ mod meter;
 mod postgres;
 mod schema;
 mod sessions;
+mod warm_holds;
 
 pub use inbox::{Delivery, Receipt};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
@@ -600,6 +601,16 @@ dispatch! {
   fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>>;
   /// Records whether a message was steered into its task.
   fn inbox_mark(&self, id: i64, steered: bool) -> Result<()>;
+  /// This manager keeps an idle warm CLI of the session (`warm_holds.rs`), until `ttl` from now.
+  fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()>;
+  /// The manager's warm CLI of the session is gone.
+  fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()>;
+  /// Extends every warm hold of the manager by `ttl` from now.
+  fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()>;
+  /// The sessions whose warm CLI another manager wants this one to give up.
+  fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>>;
+  /// Asks the other managers keeping a warm CLI of the session to give it up; how many are left.
+  fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64>;
 }
 
 /// SQLite serves one machine, where the CLI's transcript file is the conversation: there is

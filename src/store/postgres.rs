@@ -58,6 +58,8 @@ use crate::error::{Error, ErrorCode, Result};
 mod inbox_pg;
 #[path = "transcripts.rs"]
 mod transcripts;
+#[path = "warm_holds_pg.rs"]
+mod warm_holds_pg;
 
 /// The folders a node resolves stored relative paths under.
 struct Roots {
@@ -224,6 +226,19 @@ const MIGRATIONS: &[&str] = &[
   CREATE UNIQUE INDEX inbox_requests ON {S}.inbox (session_id, request_id) WHERE kind = 'permission';
   CREATE INDEX inbox_by_task ON {S}.inbox (task_id);
   CREATE INDEX inbox_by_session ON {S}.inbox (session_id, kind);
+  "#,
+  // 3 -> 4: which manager keeps an idle warm CLI of a session (`warm_holds_pg.rs`).
+  r#"
+  CREATE TABLE {S}.warm_holds (
+    session_id TEXT NOT NULL REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    owner_id TEXT NOT NULL,
+    owner_pid BIGINT NOT NULL,
+    host_id TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    wanted BOOLEAN NOT NULL DEFAULT false,
+    PRIMARY KEY (session_id, owner_id)
+  );
+  CREATE INDEX warm_holds_by_owner ON {S}.warm_holds (owner_id);
   "#,
 ];
 

@@ -119,6 +119,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
   CREATE INDEX inbox_by_task ON inbox (task_id);
   CREATE INDEX inbox_by_session ON inbox (session_id, kind);
   "#,
+  // 6 -> 7: which manager keeps an idle warm CLI of a session (`warm_holds.rs`).
+  r#"
+  CREATE TABLE warm_holds (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    owner_id TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    host_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    wanted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, owner_id)
+  );
+  CREATE INDEX warm_holds_by_owner ON warm_holds (owner_id);
+  "#,
 ];
 
 /// The schema version this build writes.
