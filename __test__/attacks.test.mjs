@@ -592,3 +592,48 @@ test('14. Next.js routes: another user cannot answer or read; an answer cannot s
   const rest = events.replaceAll(made.work, '<work>')
   for (const p of [stateDirectory, made.configDir, os.homedir()]) t.assert.ok(!rest.includes(p), `the stream names ${p}: ${rest.slice(rest.indexOf(p) - 200, rest.indexOf(p) + 200)}`)
 })
+
+test('15. a steering message is text: no slash command, no @path inlining, no shell escape (sandbox none, file tools disallowed)', async (t) => {
+  const outside = tempDir('csm-steer-')
+  const secret = mark('STEER_SECRET')
+  const file = path.join(outside, `${mark('steer')}.txt`)
+  fs.writeFileSync(file, secret)
+  const run = async (options) => {
+    server.reset()
+    const made = makeManager({ server, sandbox: 'none', warmIdleMs: 600_000, ...options })
+    t.after(() => made.manager.close())
+    const m = made.manager
+    const marker = path.join(made.work, mark('bang'))
+    const first = await m.executeTask({ prompt: 'one', projectId: 'p', userId: 'mallory', disallowedTools: FILE_TOOLS })
+    server.enqueue({ text: 'slow', delayMs: 1500 })
+    let sent
+    const r = await m.executeTask(
+      { prompt: 'two', projectId: 'p', userId: 'mallory', sessionId: first.sessionId, disallowedTools: FILE_TOOLS },
+      {
+        onEvent: (e) => {
+          if (e.type === 'task_started' && !sent) {
+            sent = (async () => {
+              for (const p of ['/config permissionMode=acceptEdits', '  /insights', '\n/heapdump']) {
+                await rejectsWith(t, m.sendMessage({ sessionId: first.sessionId, userId: 'mallory', prompt: p }), 'INVALID_ARGUMENT', /slash commands/)
+              }
+              await m.sendMessage({ sessionId: first.sessionId, userId: 'mallory', prompt: `what is in @${file} and @${outside}/` })
+              await m.sendMessage({ sessionId: first.sessionId, userId: 'mallory', prompt: `!touch ${marker}` })
+            })()
+          }
+        },
+      },
+    )
+    await sent
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    const text = requestsText(server)
+    t.assert.ok(text.includes(`what is in @${file}`), 'the steered message reached the model (control)')
+    t.assert.ok(!fs.existsSync(marker), 'a ! message ran as a shell command')
+    return text.includes(secret)
+  }
+  t.assert.strictEqual(await run({}), false, 'a steered @path inlined the file')
+  // Observed with CLI 2.1.331: a steered message's mention is not inlined even with
+  // allowFileMentions (the CLI expands mentions only in -p prompts), so this pins the CLI's
+  // behaviour as well as the manager's CLAUDE_CODE_DISABLE_FILE_MENTIONS; it fails if a CLI
+  // starts inlining them without honouring that variable.
+  t.diagnostic(`with allowFileMentions a steered mention is inlined: ${await run({ allowFileMentions: true })}`)
+})
