@@ -637,3 +637,30 @@ test('15. a steering message is text: no slash command, no @path inlining, no sh
   // starts inlining them without honouring that variable.
   t.diagnostic(`with allowFileMentions a steered mention is inlined: ${await run({ allowFileMentions: true })}`)
 })
+
+test("16. sandboxed, warm: a process mallory's agent leaves in her warm CLI is invisible to another tenant's agent and ends with her warm CLI", async (t) => {
+  server.reset()
+  const made = makeManager({ server, warmIdleMs: 600_000 })
+  const { manager } = made
+  t.after(() => manager.close())
+  if (!(await requireSandbox(t, manager))) return
+  const tag = 'sleep\u00003023'
+  const leftover = []
+  try {
+    const m = await runBash(manager, server, 'setsid sleep 3023 > /dev/null 2>&1 & echo started')
+    t.assert.strictEqual(m.r.success, true, JSON.stringify(m.r.error))
+    // Documented: between tasks it lives on in her session's sandbox (the warm CLI is kept).
+    t.assert.ok(await eventually(() => processesMentioning(tag).length > 0, 5000), 'the detached process runs after the task (documented)')
+    const v = await runBash(manager, server, 'ps -eo pid=,args= | sed "s/^/PS /"; ls /proc | grep -c "^[0-9]" | sed "s/^/N=/"; echo END', { userId: 'victim' })
+    t.assert.strictEqual(v.r.success, true, JSON.stringify(v.r.error))
+    t.assert.match(v.output, /END/)
+    t.assert.doesNotMatch(v.output, /sleep 3023/, `the victim's agent sees mallory's process:\n${v.output}`)
+    // It ends with her warm CLI (here: the session is deleted).
+    await manager.deleteSession(m.r.sessionId, 'mallory')
+    const gone = await eventually(() => processesMentioning(tag).length === 0, 10000)
+    leftover.push(...processesMentioning(tag))
+    t.assert.ok(gone, `left: ${leftover}`)
+  } finally {
+    for (const pid of leftover) try { process.kill(pid, 'SIGKILL') } catch {}
+  }
+})
