@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { eventually, makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir } from './helpers.mjs'
+import { eventually, makeManager, rejectsWith, startStandInServer, processesMentioning, sseReader, tempDir, until } from './helpers.mjs'
 import { messageCalls, requestsText, runBash, toolResults, transcripts } from './attack-helpers.mjs'
 
 let server
@@ -462,4 +462,205 @@ test('12. sandboxed: a CLAUDE.md planted in the shared working directory does no
   }
   t.assert.strictEqual(reached, false)
   await manager.close()
+})
+
+// ---- Permission answers, steering and warm processes (the forwarding surface) ----
+
+/** A task of `userId` whose permission callback answers only when its request is withdrawn: the
+ * request stays pending until answered through `respondToPermission`. */
+function pendingPermission(manager, request) {
+  const seen = { request: null, sessionId: null }
+  const run = manager.executeTask(
+    { projectId: 'p', permissionMode: 'default', ...request },
+    {
+      onEvent: (e) => {
+        if (e.type === 'task_started') seen.sessionId = e.sessionId
+      },
+      canUseTool: (toolName, input, options) => {
+        seen.request = { toolName, input, ...options }
+        return new Promise((resolve) => options.signal.addEventListener('abort', () => resolve({ behavior: 'deny', message: 'withdrawn' })))
+      },
+    },
+  )
+  run.catch(() => {}) // awaited by the test; a failed assertion must not leave it unhandled
+  return { seen, run }
+}
+
+test("13. a permission request cannot be answered by another user, and an answer cannot change what the CLI asked about (disallowedTools stays in force)", async (t) => {
+  server.reset()
+  const opts = { warmIdleMs: 600_000, permissionTimeoutMs: 30_000 }
+  const a = makeManager({ server, ...opts })
+  // Another process on the same store: its answers go through the inbox.
+  const b = makeManager({ server, dir: a.dir, ...a.store, ...opts })
+  t.after(() => Promise.all([a.manager.close(), b.manager.close()]))
+  const marker = path.join(a.work, mark('smuggled-touch'))
+  const asked = path.join(a.work, mark('asked-dir'))
+  const own = await a.manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'mallory' })
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: `mkdir ${asked}`, description: 'make it' } } }, { text: 'done' })
+  const { seen, run } = pendingPermission(a.manager, { prompt: 'make a folder', userId: 'victim', disallowedTools: ['Bash(touch:*)'] })
+  const req = await until('the permission request', () => seen.request && seen.sessionId && seen.request)
+  t.assert.strictEqual(req.toolName, 'Bash')
+  const base = { sessionId: seen.sessionId, userId: 'victim', requestId: req.requestId, behavior: 'allow' }
+
+  // Another user: not with the victim's session, not with their own session and the victim's id.
+  for (const m of [a.manager, b.manager]) {
+    await rejectsWith(t, m.respondToPermission({ ...base, userId: 'mallory' }), 'SESSION_NOT_FOUND')
+    await rejectsWith(t, m.respondToPermission({ ...base, userId: 'mallory', sessionId: own.sessionId }), 'PERMISSION_REQUEST_NOT_FOUND')
+  }
+  // No permanent grants, however they are dressed up; no oversized answers.
+  const grant = [{ type: 'addRules', rules: [{ toolName: 'Bash' }], behavior: 'allow', destination: 'session' }]
+  await rejectsWith(t, a.manager.respondToPermission({ ...base, updatedPermissions: grant }), 'INVALID_ARGUMENT')
+  const getter = { ...base }
+  Object.defineProperty(getter, 'updatedPermissions', { get: () => grant, enumerable: true })
+  await rejectsWith(t, a.manager.respondToPermission(getter), 'INVALID_ARGUMENT')
+  await rejectsWith(t, a.manager.respondToPermission({ ...base, behavior: 'deny', message: 'x'.repeat(65 * 1024) }), 'INVALID_ARGUMENT')
+  await rejectsWith(t, a.manager.respondToPermission({ ...base, updatedInput: { ...req.input, description: 'x'.repeat(5 * 1024 * 1024) } }), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(req.signal.aborted, false, 'the request is still pending')
+
+  // The victim's own answer may not swap the command the rules were checked against: refused
+  // here (the manager running the task)...
+  const smuggled = { ...base, updatedInput: { ...req.input, command: `touch ${marker}` } }
+  await rejectsWith(t, a.manager.respondToPermission(smuggled), 'INVALID_ARGUMENT', /"command"/)
+  t.assert.strictEqual(req.signal.aborted, false, 'a refused answer settles nothing')
+  // ...and denied when it comes through another manager (which cannot see the request's input).
+  await b.manager.respondToPermission(smuggled)
+  const r = await run
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.ok(!fs.existsSync(marker), 'the smuggled command ran despite disallowedTools Bash(touch:*)')
+  t.assert.ok(!fs.existsSync(asked), 'the denied command ran')
+  t.assert.strictEqual(r.permissionDenials.length, 1)
+
+  // Control: the CLI does not check its rules again on an edited input (the server's own
+  // callback may still edit it), so without the check above the touch would have run.
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: `mkdir ${asked}`, description: 'make it' } } }, { text: 'done' })
+  const c = await a.manager.executeTask(
+    { prompt: 'make a folder', projectId: 'p', userId: 'server', disallowedTools: ['Bash(touch:*)'] },
+    { canUseTool: async (_tool, input) => ({ behavior: 'allow', updatedInput: { ...input, command: `touch ${marker}` } }) },
+  )
+  t.assert.strictEqual(c.success, true, JSON.stringify(c.error))
+  t.assert.ok(fs.existsSync(marker), 'control: the server callback\'s edited command ran')
+})
+
+test('14. Next.js routes: another user cannot answer or read; an answer cannot swap the command; no server folder but the working directory reaches the browser', async (t) => {
+  server.reset()
+  const { createClaudeRoutes } = (await import('node:module')).createRequire(import.meta.url)('../next/index.js')
+  const made = makeManager({ server, warmIdleMs: 600_000, permissionTimeoutMs: 30_000 })
+  t.after(() => made.manager.close())
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager: made.manager, permissionPrompts: true, onError: null, taskDefaults: { disallowedTools: ['Bash(touch:*)'] } })
+  const call = (route, body, user) =>
+    routes[route].POST(new Request(`http://localhost/api/claude/${route}`, { method: 'POST', headers: { 'x-user': user, 'content-type': 'application/json' }, body: JSON.stringify(body) }))
+  const getContext = (sessionId, user) => routes.context.GET(new Request(`http://localhost/api/claude/context?sessionId=${encodeURIComponent(sessionId)}`, { headers: { 'x-user': user } }))
+  const marker = path.join(made.work, mark('route-touch'))
+  const asked = path.join(made.work, mark('route-dir'))
+  const own = await made.manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'mallory' })
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: `mkdir ${asked}`, description: 'make it' } } }, { text: 'done' })
+  const res = await call('stream', { prompt: 'make a folder', projectId: 'p' }, 'victim')
+  t.assert.strictEqual(res.status, 200)
+  const sse = sseReader(res)
+  const req = (await sse.next((e) => e.event === 'permission_request')).data
+  const answer = { sessionId: req.sessionId, requestId: req.requestId, behavior: 'allow' }
+  // mallory: the victim's request with the victim's session or with her own: 404 both ways.
+  t.assert.strictEqual((await call('permission', answer, 'mallory')).status, 404)
+  t.assert.strictEqual((await call('permission', { ...answer, sessionId: own.sessionId }, 'mallory')).status, 404)
+  t.assert.strictEqual((await call('message', { sessionId: req.sessionId, prompt: 'hi from mallory' }, 'mallory')).status, 404)
+  t.assert.strictEqual((await getContext(req.sessionId, 'mallory')).status, 404)
+  // Malformed answers: 400 with a code, nothing settled.
+  for (const bad of [{ ...answer, updatedPermissions: [] }, { ...answer, updatedInput: [] }, { ...answer, behavior: 'yes' }, { ...answer, interrupt: 'x' }]) {
+    const r = await call('permission', bad, 'victim')
+    t.assert.strictEqual(r.status, 400, JSON.stringify(bad))
+    t.assert.strictEqual((await r.json()).error.code, 'INVALID_ARGUMENT')
+  }
+  // The victim's own answer cannot swap the command the server's rules were checked against.
+  const swapped = await call('permission', { ...answer, updatedInput: { ...req.input, command: `touch ${marker}` } }, 'victim')
+  t.assert.strictEqual(swapped.status, 400)
+  t.assert.match((await swapped.json()).error.message, /"command"/)
+  // GET /context while the task runs (the warm CLI answers): categories only, no server folders.
+  const ctx = await getContext(req.sessionId, 'victim')
+  t.assert.strictEqual(ctx.status, 200)
+  const ctxText = await ctx.text()
+  t.assert.match(ctxText, /"source":"cli"/)
+  const { stateDirectory } = made.manager.info()
+  for (const p of [stateDirectory, made.configDir, made.work, os.homedir()]) t.assert.ok(!ctxText.includes(p), `GET /context names ${p}: ${ctxText}`)
+  // Deny, and the stream ends; its events name no server folder but the working directory
+  // (which tool inputs and results carry: documented).
+  t.assert.strictEqual((await call('permission', { ...answer, behavior: 'deny' }, 'victim')).status, 200)
+  await sse.next((e) => e.data && e.data.type === 'result')
+  t.assert.ok(!fs.existsSync(marker) && !fs.existsSync(asked), 'a command ran')
+  const events = JSON.stringify(sse.seen)
+  t.assert.ok(events.includes(made.work), 'control: tool inputs carry the working directory')
+  // (the state folder is the working directory's parent in this test: look past the latter)
+  const rest = events.replaceAll(made.work, '<work>')
+  for (const p of [stateDirectory, made.configDir, os.homedir()]) t.assert.ok(!rest.includes(p), `the stream names ${p}: ${rest.slice(rest.indexOf(p) - 200, rest.indexOf(p) + 200)}`)
+})
+
+test('15. a steering message is text: no slash command, no @path inlining, no shell escape (sandbox none, file tools disallowed)', async (t) => {
+  const outside = tempDir('csm-steer-')
+  const secret = mark('STEER_SECRET')
+  const file = path.join(outside, `${mark('steer')}.txt`)
+  fs.writeFileSync(file, secret)
+  const run = async (options) => {
+    server.reset()
+    const made = makeManager({ server, sandbox: 'none', warmIdleMs: 600_000, ...options })
+    t.after(() => made.manager.close())
+    const m = made.manager
+    const marker = path.join(made.work, mark('bang'))
+    const first = await m.executeTask({ prompt: 'one', projectId: 'p', userId: 'mallory', disallowedTools: FILE_TOOLS })
+    server.enqueue({ text: 'slow', delayMs: 1500 })
+    let sent
+    const r = await m.executeTask(
+      { prompt: 'two', projectId: 'p', userId: 'mallory', sessionId: first.sessionId, disallowedTools: FILE_TOOLS },
+      {
+        onEvent: (e) => {
+          if (e.type === 'task_started' && !sent) {
+            sent = (async () => {
+              for (const p of ['/config permissionMode=acceptEdits', '  /insights', '\n/heapdump']) {
+                await rejectsWith(t, m.sendMessage({ sessionId: first.sessionId, userId: 'mallory', prompt: p }), 'INVALID_ARGUMENT', /slash commands/)
+              }
+              await m.sendMessage({ sessionId: first.sessionId, userId: 'mallory', prompt: `what is in @${file} and @${outside}/` })
+              await m.sendMessage({ sessionId: first.sessionId, userId: 'mallory', prompt: `!touch ${marker}` })
+            })()
+          }
+        },
+      },
+    )
+    await sent
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    const text = requestsText(server)
+    t.assert.ok(text.includes(`what is in @${file}`), 'the steered message reached the model (control)')
+    t.assert.ok(!fs.existsSync(marker), 'a ! message ran as a shell command')
+    return text.includes(secret)
+  }
+  t.assert.strictEqual(await run({}), false, 'a steered @path inlined the file')
+  // Observed with CLI 2.1.331: a steered message's mention is not inlined even with
+  // allowFileMentions (the CLI expands mentions only in -p prompts), so this pins the CLI's
+  // behaviour as well as the manager's CLAUDE_CODE_DISABLE_FILE_MENTIONS; it fails if a CLI
+  // starts inlining them without honouring that variable.
+  t.diagnostic(`with allowFileMentions a steered mention is inlined: ${await run({ allowFileMentions: true })}`)
+})
+
+test("16. sandboxed, warm: a process mallory's agent leaves in her warm CLI is invisible to another tenant's agent and ends with her warm CLI", async (t) => {
+  server.reset()
+  const made = makeManager({ server, warmIdleMs: 600_000 })
+  const { manager } = made
+  t.after(() => manager.close())
+  if (!(await requireSandbox(t, manager))) return
+  const tag = 'sleep\u00003023'
+  const leftover = []
+  try {
+    const m = await runBash(manager, server, 'setsid sleep 3023 > /dev/null 2>&1 & echo started')
+    t.assert.strictEqual(m.r.success, true, JSON.stringify(m.r.error))
+    // Documented: between tasks it lives on in her session's sandbox (the warm CLI is kept).
+    t.assert.ok(await eventually(() => processesMentioning(tag).length > 0, 5000), 'the detached process runs after the task (documented)')
+    const v = await runBash(manager, server, 'ps -eo pid=,args= | sed "s/^/PS /"; ls /proc | grep -c "^[0-9]" | sed "s/^/N=/"; echo END', { userId: 'victim' })
+    t.assert.strictEqual(v.r.success, true, JSON.stringify(v.r.error))
+    t.assert.match(v.output, /END/)
+    t.assert.doesNotMatch(v.output, /sleep 3023/, `the victim's agent sees mallory's process:\n${v.output}`)
+    // It ends with her warm CLI (here: the session is deleted).
+    await manager.deleteSession(m.r.sessionId, 'mallory')
+    const gone = await eventually(() => processesMentioning(tag).length === 0, 10000)
+    leftover.push(...processesMentioning(tag))
+    t.assert.ok(gone, `left: ${leftover}`)
+  } finally {
+    for (const pid of leftover) try { process.kill(pid, 'SIGKILL') } catch {}
+  }
 })

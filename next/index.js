@@ -336,6 +336,20 @@ function publicContextUsage(out, exposeServerDetails) {
   return view
 }
 
+/** Tool input fields the CLI's permission rules and the user's decision are about (the manager's
+ * `respondToPermission` refuses the same): a user's `updatedInput` may not change them, since the
+ * CLI does not check its rules (`disallowedTools: ['Bash(rm:*)']`) again on an edited input. */
+const GUARDED_INPUT_FIELDS = Object.freeze(['command', 'file_path', 'notebook_path', 'path', 'url', 'dangerouslyDisableSandbox'])
+
+function checkUserEdit(input, updatedInput) {
+  const own = (o, k) => (o && Object.prototype.hasOwnProperty.call(o, k) ? JSON.stringify(o[k]) : undefined)
+  for (const f of GUARDED_INPUT_FIELDS) {
+    if (own(input, f) !== own(updatedInput, f)) {
+      throw badRequest(`permission: updatedInput may change the tool's other fields, not "${f}": the permission was asked for the ${f} it has`)
+    }
+  }
+}
+
 function sseFrame(event, data, id) {
   let frame = ''
   if (event) frame += `event: ${event}\n`
@@ -510,7 +524,7 @@ function createClaudeRoutes(options) {
           pending.delete(id)
           resolve(answer)
         }
-        pending.set(id, { userId, sessionId, settle })
+        pending.set(id, { userId, sessionId, input, settle })
         push(sseFrame('permission_request', { requestId: id, sessionId, toolName, input, suggestions, toolUseID }, nextId++))
         signal.addEventListener(
           'abort',
@@ -675,6 +689,7 @@ function createClaudeRoutes(options) {
     if (pending) {
       // Someone else's request answers exactly like one that does not exist (or was answered).
       if (pending.userId !== userId || pending.sessionId !== b.sessionId) throw notFound()
+      if (b.behavior === 'allow' && b.updatedInput) checkUserEdit(pending.input, b.updatedInput)
       // Never `updatedPermissions` from a client: it could change the session's permission mode.
       const answer =
         b.behavior === 'allow'

@@ -35,21 +35,50 @@ const RECEIPT_LIMIT: Duration = Duration::from_secs(30);
 /// Longest `message` of a permission answer, in bytes.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// A waiting request: where its answer goes, and the tool input the CLI asked about.
+type Waiter = (oneshot::Sender<Value>, Value);
+
 /// The permission requests of this manager's tasks that wait for an answer, by session and
 /// request id: where [`Manager::respond_to_permission`] and the inbox reader settle them.
 #[derive(Default)]
-pub(crate) struct Waiting(Mutex<HashMap<(String, String), oneshot::Sender<Value>>>);
+pub(crate) struct Waiting(Mutex<HashMap<(String, String), Waiter>>);
 
 impl Waiting {
-  fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), oneshot::Sender<Value>>> {
+  fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Waiter>> {
     self.0.lock().unwrap_or_else(|p| p.into_inner())
   }
 
-  /// Settles a waiting request with `answer`; false when none waits under that key.
-  fn settle(&self, key: &(String, String), answer: Value) -> bool {
-    let tx = self.map().remove(key);
-    tx.is_some_and(|tx| tx.send(answer).is_ok())
+  /// Settles a waiting request with a user's `answer`; false when none waits under that key. An
+  /// answer whose `updatedInput` changes what the request was about is refused (see
+  /// [`user_edit_allowed`]) and the request keeps waiting.
+  fn settle(&self, key: &(String, String), answer: Value) -> Result<bool> {
+    let mut map = self.map();
+    let Some((_, input)) = map.get(key) else { return Ok(false) };
+    user_edit_allowed(input, &answer)?;
+    let tx = map.remove(key).map(|(tx, _)| tx);
+    Ok(tx.is_some_and(|tx| tx.send(answer).is_ok()))
   }
+}
+
+/// Fields of a tool's input that the CLI's permission rules (`allowedTools`/`disallowedTools`,
+/// e.g. `Bash(rm:*)`) and the user's decision are about: where a file tool reads or writes, what
+/// a shell runs, which URL is fetched. The CLI checks its rules against the input it asked
+/// about, not against an `updatedInput` it is answered with.
+const GUARDED_INPUT_FIELDS: &[&str] = &["command", "file_path", "notebook_path", "path", "url", "dangerouslyDisableSandbox"];
+
+/// A user's answer (`respondToPermission`, the Next.js route) may edit a tool's input (a Write's
+/// content, an Edit's new text) but not the fields in [`GUARDED_INPUT_FIELDS`]: changed there it
+/// would run something the server's rules were never checked against.
+pub(crate) fn user_edit_allowed(input: &Value, answer: &Value) -> Result<()> {
+  let Some(updated) = answer.get("updatedInput") else { return Ok(()) };
+  for f in GUARDED_INPUT_FIELDS {
+    if updated.get(f) != input.get(f) {
+      return Err(Error::invalid(format!(
+        "updatedInput may change the tool's other fields, not {f:?}: the permission was asked for the {f} it has; deny and let the agent ask again instead"
+      )));
+    }
+  }
+  Ok(())
 }
 
 /// `respondToPermission`: the user's answer to a permission request of a task on their session.
@@ -80,6 +109,9 @@ impl PermissionResponse {
     }
     if self.updated_input.as_ref().is_some_and(|u| !u.is_object()) {
       return Err(Error::invalid("updatedInput must be an object (the tool's input)"));
+    }
+    if self.updated_input.as_ref().is_some_and(|u| u.to_string().len() > validate::MAX_PROMPT_BYTES) {
+      return Err(Error::invalid(format!("updatedInput must be at most {} bytes as JSON", validate::MAX_PROMPT_BYTES)));
     }
     match self.behavior.as_str() {
       "allow" => {
@@ -174,7 +206,7 @@ impl Manager {
       // drop then aborts the callback's own signal.
       let key = (session.clone(), req.request_id.clone());
       let (tx, answered) = oneshot::channel();
-      waiting.map().insert(key.clone(), tx);
+      waiting.map().insert(key.clone(), (tx, req.input.clone()));
       let signal = CancelToken::new();
       let mut pending = Pending { waiting: waiting.clone(), store: store.clone(), key, signal: signal.clone(), decided: false };
       let (handler, store, task) = (handler.clone(), store.clone(), task.clone());
@@ -212,7 +244,12 @@ impl Manager {
             match delivery {
               Delivery::Answer { request_id, answer } => {
                 let answer = serde_json::from_str(&answer).unwrap_or(Value::Null);
-                waiting.settle(&(session.clone(), request_id), answer);
+                let key = (session.clone(), request_id);
+                // Checked where the request is (the sender could not see its input): an answer
+                // that changes what was asked about denies.
+                if let Err(e) = waiting.settle(&key, answer) {
+                  let _ = waiting.settle(&key, json!({ "behavior": "deny", "message": e.message }));
+                }
               }
               Delivery::Message { id, text } => {
                 let steered = handle.steer(&text);
@@ -260,7 +297,7 @@ impl Manager {
     let answer = r.answer()?;
     let session = self.get_session(&r.session_id, &r.user_id).await?;
     let key = (session.id, r.request_id.clone());
-    if self.waiting.settle(&key, answer.clone()) {
+    if self.waiting.settle(&key, answer.clone())? {
       return Ok(());
     }
     let (text, (sid, rid)) = (answer.to_string(), key);
@@ -271,5 +308,30 @@ impl Manager {
       ErrorCode::PermissionRequestNotFound,
       format!("no permission request {} is pending in session {}", r.request_id, r.session_id),
     ))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn a_users_answer_may_edit_content_but_not_what_was_asked_about() {
+    let bash = json!({ "command": "mkdir d", "description": "make it" });
+    assert!(user_edit_allowed(&bash, &json!({ "behavior": "allow" })).is_ok());
+    assert!(
+      user_edit_allowed(&bash, &json!({ "behavior": "allow", "updatedInput": { "command": "mkdir d", "description": "other" } })).is_ok()
+    );
+    let e = user_edit_allowed(&bash, &json!({ "behavior": "allow", "updatedInput": { "command": "touch x", "description": "make it" } }));
+    assert!(e.unwrap_err().message.contains("\"command\""));
+    // Dropping or adding a guarded field is a change too.
+    assert!(user_edit_allowed(&bash, &json!({ "behavior": "allow", "updatedInput": { "description": "make it" } })).is_err());
+    let sneaky = json!({ "behavior": "allow", "updatedInput": { "command": "mkdir d", "dangerouslyDisableSandbox": true } });
+    assert!(user_edit_allowed(&bash, &sneaky).is_err());
+    let write = json!({ "file_path": "/w/a.txt", "content": "x" });
+    assert!(user_edit_allowed(&write, &json!({ "behavior": "allow", "updatedInput": { "file_path": "/w/a.txt", "content": "y" } })).is_ok());
+    assert!(
+      user_edit_allowed(&write, &json!({ "behavior": "allow", "updatedInput": { "file_path": "/etc/a.txt", "content": "x" } })).is_err()
+    );
   }
 }
