@@ -32,7 +32,7 @@ c.execute("COMMIT")`])
 
 test('store faults: a full disk is STORE_ERROR; what was written stays readable', async (t) => {
   const mnt = tempDir('csm-full-')
-  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=160k', 'tmpfs', mnt])
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=512k', 'tmpfs', mnt])
   if (mounted.status !== 0) return t.skip(`cannot mount a small tmpfs here: ${String(mounted.stderr).trim()}`)
   try {
     const m = new SessionManager({ databasePath: path.join(mnt, 's.db'), workingDirectory: mnt })
