@@ -283,7 +283,8 @@ fn block_on<F: Future>(f: F) -> F::Output {
   }
 }
 
-/// How many times a transaction runs when its connection turns out closed before it commits.
+/// How many times a transaction runs when its connection turns out closed before it commits (at
+/// least; more when the pool holds more connections, each of which may have been dropped).
 const TX_ATTEMPTS: u32 = 3;
 
 /// Whether a statement failed because its connection went away (what [`pg`] wrote: the server's
@@ -629,8 +630,8 @@ impl PgStore {
     }))
   }
 
-  /// Runs `run` on a pooled connection, and again on a fresh one (up to [`TX_ATTEMPTS`] times in
-  /// all) when it failed because that connection turned out dropped. `run` answers `Err` for a
+  /// Runs `run` on a pooled connection, and again on another one (up to [`TX_ATTEMPTS`] times in
+  /// all, or the pool's size plus one) when it failed because that connection turned out dropped. `run` answers `Err` for a
   /// failure before anything could have been committed (retried if the connection was lost),
   /// `Ok` with the outcome to return as it is.
   async fn on_connection<T>(&self, mut run: impl AsyncFnMut(&mut deadpool_postgres::Object) -> Result<Result<T>>) -> Result<T> {
@@ -639,7 +640,12 @@ impl PgStore {
       let mut client = self.client().await?;
       match run(&mut client).await {
         Ok(outcome) => return outcome,
-        Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS => attempt += 1,
+        // Every pooled connection may have been dropped at once (a restart): each is tried at
+        // most once, and a dropped one leaves the pool for good.
+        Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS.max(self.pool.status().max_size as u32 + 1) => {
+          drop(deadpool_postgres::Object::take(client));
+          attempt += 1
+        }
         Err(e) => return Err(e),
       }
     }
