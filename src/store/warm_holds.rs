@@ -57,6 +57,14 @@ impl SqliteStore {
   /// Asks every other manager keeping a CLI of the session to give it up; how many live holds of
   /// others are left (holds of dead owners go).
   pub fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+    // Before every task, and nearly always nobody else keeps one: a read, without the write lock.
+    let any = self.with(|c| {
+      let mut st = c.prepare_cached("SELECT EXISTS (SELECT 1 FROM warm_holds WHERE session_id = ?1 AND owner_id != ?2)")?;
+      Ok(st.query_row(params![session_id, owner_id], |r| r.get::<_, bool>(0))?)
+    })?;
+    if !any {
+      return Ok(0);
+    }
     self.write(|tx| {
       let now = now_ms();
       let mut st =
