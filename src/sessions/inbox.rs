@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::Manager;
+use super::{on_store, Manager};
 use crate::cli::{CanUseTool, CancelToken, PermissionRequest, WarmHandle};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Delivery, Receipt, Store};
@@ -132,15 +132,6 @@ impl PermissionResponse {
       other => Err(Error::invalid(format!("behavior must be \"allow\" or \"deny\", got {other:?}"))),
     }
   }
-}
-
-/// Runs a store call on the blocking pool, or right here when it needs no waiting (see
-/// [`Store::now`]).
-pub(crate) async fn on_store<T: Send + 'static>(store: Arc<Store>, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-  if let Some(r) = store.now(&f) {
-    return r;
-  }
-  tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
 }
 
 /// A permission request of this manager while it waits: on drop (settled, withdrawn, timed out)

@@ -311,6 +311,13 @@ impl TaskMirror {
   }
 }
 
+/// Whether the CLI at `program` prints `--session-mirror` frames: asked once per binary
+/// (`--version`), off the async workers.
+pub(crate) async fn mirror_supported(program: &Path) -> bool {
+  let program = program.to_path_buf();
+  tokio::task::spawn_blocking(move || crate::cli::mirror::supported(&program)).await.unwrap_or(false)
+}
+
 /// The marker that says a local transcript is the store's copy at `head`: `<head> <file size>`.
 fn marker_of(head: i64, file: &Path) -> Option<String> {
   std::fs::metadata(file).ok().map(|m| format!("{head} {}", m.len()))

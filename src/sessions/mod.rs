@@ -117,6 +117,16 @@ pub struct ManagerInfo {
   pub isolate_tenants: &'static str,
 }
 
+/// A store call where no manager is at hand (a warm CLI's bookkeeping, the inbox reader): run
+/// right here when it needs no waiting (see [`Store::now`] and [`Manager::point`]), else on the
+/// blocking pool.
+pub(crate) async fn on_store<T: Send + 'static>(store: Arc<Store>, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+  if let Some(r) = store.now(&f) {
+    return r;
+  }
+  tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
+}
+
 /// Creates a file only its owner can read (`0600` on Unix), or tightens an existing one.
 fn private_file(path: &Path) -> Result<()> {
   #[cfg(unix)]
@@ -287,7 +297,7 @@ impl Manager {
   /// A write that completes a task (its row, totals, lease): done even once `close()` was
   /// called, since that is what `close()` waits for.
   pub(crate) async fn record<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    inbox::on_store(self.store.clone(), f).await
+    on_store(self.store.clone(), f).await
   }
 
   /// Runs blocking work (a store call that may wait, reading a transcript) on the blocking pool.
@@ -309,10 +319,7 @@ impl Manager {
   /// CLI spawned from a thread gets its parent-death signal when that thread exits.)
   pub(crate) async fn point<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
     self.check_open()?;
-    if let Some(r) = self.store.now(&f) {
-      return r;
-    }
-    self.db(f).await
+    on_store(self.store.clone(), f).await
   }
 
   /// Resolves a requested working directory (or the manager's) inside the allowed roots.

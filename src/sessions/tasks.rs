@@ -415,12 +415,8 @@ impl Manager {
         self.drop_warm(&session.id).await;
         cli.session = Some(mode);
         spec.args = cli::build_args(&cli);
-        if spec.mirror.is_some() {
-          // Asked once per CLI binary (`--version`); off the async workers.
-          let program = spec.program.clone();
-          if tokio::task::spawn_blocking(move || cli::mirror::supported(&program)).await.unwrap_or(false) {
-            spec.args.push(cli::mirror::FLAG.into());
-          }
+        if spec.mirror.is_some() && super::mirror::mirror_supported(&spec.program).await {
+          spec.args.push(cli::mirror::FLAG.into());
         }
         match self.secure(&mut spec).await {
           // The key proxy's token for this CLI lives until its result is in.

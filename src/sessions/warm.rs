@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::mirror::TaskMirror;
-use super::{EventSink, Manager};
+use super::mirror::{mirror_supported, TaskMirror};
+use super::{on_store, EventSink, Manager};
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
@@ -69,18 +69,15 @@ impl Home {
   /// Whether a task ran on the session since this process's last one (in another process or
   /// node), read from the store; a store that cannot be read counts as yes.
   async fn stale(&self, seen_tasks: u64) -> bool {
-    let (st, sid, uid) = (self.store.clone(), self.session_id.clone(), self.user_id.clone());
-    !matches!(
-      tokio::task::spawn_blocking(move || st.get_session(&sid, &uid)).await,
-      Ok(Ok(Some(s))) if s.task_count == seen_tasks
-    )
+    let (sid, uid) = (self.session_id.clone(), self.user_id.clone());
+    !matches!(on_store(self.store.clone(), move |st| st.get_session(&sid, &uid)).await, Ok(Some(s)) if s.task_count == seen_tasks)
   }
 
   /// The store no longer counts this manager as keeping a CLI of the session.
   async fn release(&self) {
-    let (st, sid, owner) = (self.store.clone(), self.session_id.clone(), self.owner_id.clone());
+    let (sid, owner) = (self.session_id.clone(), self.owner_id.clone());
     // A hold that cannot be deleted expires (it is renewed only while this CLI lives).
-    let _ = tokio::task::spawn_blocking(move || st.warm_release(&sid, &owner)).await;
+    let _ = on_store(self.store.clone(), move |st| st.warm_release(&sid, &owner)).await;
   }
 
   /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
@@ -88,8 +85,8 @@ impl Home {
     if !self.mirrored {
       return None;
     }
-    let (st, sid) = (self.store.clone(), self.session_id.clone());
-    let head = tokio::task::spawn_blocking(move || st.transcript_head(&sid)).await.ok()?.ok()?;
+    let sid = self.session_id.clone();
+    let head = on_store(self.store.clone(), move |st| st.transcript_head(&sid)).await.ok()?;
     Some(TaskMirror::after_end(self.store.clone(), &self.session_id, &self.last_task, head))
   }
 }
@@ -249,21 +246,21 @@ impl WarmPool {
         }
       }
       if renewed.elapsed() >= ttl / 3 {
-        let (st, owner) = (store.clone(), owner_id.clone());
-        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || st.warm_renew(&owner, ttl)).await {
+        let owner = owner_id.clone();
+        if on_store(store.clone(), move |st| st.warm_renew(&owner, ttl)).await.is_ok() {
           renewed = Instant::now();
         }
       }
-      let (st, owner) = (store.clone(), owner_id.clone());
-      let Ok(Ok(wanted)) = tokio::task::spawn_blocking(move || st.warm_wanted(&owner)).await else { continue };
+      let owner = owner_id.clone();
+      let Ok(wanted) = on_store(store.clone(), move |st| st.warm_wanted(&owner)).await else { continue };
       for sid in wanted {
         match pool.take(&sid) {
           // Stale: a task elsewhere holds the session's lease now.
           Some(w) => Self::retire(w, true).await,
           None if !lock(&pool.running).contains_key(&sid) && !lock(&pool.closing).iter().any(|(s, _)| *s == sid) => {
             // No CLI of the session here any more: the hold was left behind.
-            let (st, owner) = (store.clone(), owner_id.clone());
-            let _ = tokio::task::spawn_blocking(move || st.warm_release(&sid, &owner)).await;
+            let owner = owner_id.clone();
+            let _ = on_store(store.clone(), move |st| st.warm_release(&sid, &owner)).await;
           }
           None => {}
         }
@@ -358,10 +355,8 @@ impl Manager {
   pub(crate) async fn others_gone(&self, session_id: &str, cancel: &CancelToken) -> Result<()> {
     let deadline = Instant::now() + self.cfg.lease_ttl * 2;
     loop {
-      let (st, sid, me) = (self.store.clone(), session_id.to_owned(), self.owner.id.clone());
-      let left = tokio::task::spawn_blocking(move || st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid)))
-        .await
-        .map_err(|e| Error::internal(format!("warm hold check failed: {e}")))??;
+      let (sid, me) = (session_id.to_owned(), self.owner.id.clone());
+      let left = on_store(self.store.clone(), move |st| st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid))).await?;
       if left == 0 {
         return Ok(());
       }
@@ -437,13 +432,7 @@ impl Manager {
     // The turn's mirror: given to the turn only (a process kept with it would keep the task's
     // writer open past the task).
     let mirror = spec.mirror.take();
-    let mirrored = match &mirror {
-      Some(_) => {
-        let program = spec.program.clone();
-        tokio::task::spawn_blocking(move || cli::mirror::supported(&program)).await.unwrap_or(false)
-      }
-      None => false,
-    };
+    let mirrored = mirror.is_some() && mirror_supported(&spec.program).await;
     let key = fingerprint(cli, &spec, can_use_tool.is_some());
     let stamp = config_stamp(&spec);
     let mut warm = None;
@@ -506,8 +495,8 @@ impl Manager {
     // so is not kept.
     let keep = match keep {
       Some(idle_for) if warm.home.is_none() => {
-        let (st, sid, owner, ttl) = (self.store.clone(), session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
-        let held = matches!(tokio::task::spawn_blocking(move || st.warm_hold(&sid, &owner, ttl)).await, Ok(Ok(())));
+        let (sid, owner, ttl) = (session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
+        let held = on_store(self.store.clone(), move |st| st.warm_hold(&sid, &owner, ttl)).await.is_ok();
         held.then_some(idle_for)
       }
       other => other,
