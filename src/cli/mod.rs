@@ -17,5 +17,5 @@ pub use key_proxy::{KeyProxy, TaskToken, Upstream};
 pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};
-pub use sandbox::Sandbox;
+pub use sandbox::{Sandbox, SandboxLimits};
 pub use warm::{warm_args, CanUseTool, PermissionRequest, TurnOptions, WarmHandle, WarmProcess};

@@ -60,6 +60,26 @@ pub struct RunSpec {
   /// Where `transcript_mirror` frames go (the run passes `--session-mirror` itself only through
   /// `args`); they are never given to `on_line`. `None`: frames, if any, are ordinary lines.
   pub mirror: Option<super::mirror::MirrorTx>,
+  /// Set by [`super::Sandbox::wrap`]: the namespace steps and seccomp programs of a sandboxed run.
+  pub confine: Option<std::sync::Arc<super::sandbox::Confinement>>,
+}
+
+impl RunSpec {
+  /// A run of `program` with no arguments in `cwd`, an empty environment but `PATH`, no limits.
+  pub fn probe(program: PathBuf, cwd: &std::path::Path) -> RunSpec {
+    RunSpec {
+      program,
+      args: vec![],
+      cwd: cwd.to_path_buf(),
+      env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+      stdin: String::new(),
+      timeout: None,
+      stall_timeout: None,
+      niceness: 0,
+      mirror: None,
+      confine: None,
+    }
+  }
 }
 
 /// Why a run ended.
@@ -233,9 +253,19 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   if spec.program.is_absolute() && super::process::linux::available() {
     use super::process::linux::{spawn as clone_spawn, Step};
     use tokio::net::unix::pipe;
-    return match clone_spawn(&spec.program, &spec.args, &spec.env, &spec.cwd, spec.niceness) {
-      Ok(s) => {
+    let setup = match &spec.confine {
+      Some(c) => Some(sandbox_setup(c).map_err(|e| Error::new(ErrorCode::SandboxUnavailable, format!("cannot prepare the sandbox: {e}")))?),
+      None => None,
+    };
+    let spawned = clone_spawn(&spec.program, &spec.args, &spec.env, &spec.cwd, spec.niceness, setup.as_ref().map(|(s, _)| s));
+    drop(setup);
+    return match spawned {
+      Ok(mut s) => {
         let io = |e: std::io::Error| Error::new(ErrorCode::CliError, format!("cannot start {}: {e}", spec.program.display()));
+        if let (Some(listener), Some(to)) = (s.listener.take(), spec.confine.as_ref().and_then(|c| c.relay_to)) {
+          let relay = super::sandbox::relay::start(listener, to, super::sandbox::relay::MAX_CONNECTIONS).map_err(io)?;
+          s.child.attach(Box::new(relay));
+        }
         let stdin = pipe::Sender::from_owned_fd(s.stdin).map_err(io)?;
         let stdout = pipe::Receiver::from_owned_fd(s.stdout).map_err(io)?;
         let stderr = pipe::Receiver::from_owned_fd(s.stderr).map_err(io)?;
@@ -243,6 +273,9 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
       }
       Err(e) => Err(match (e.step, e.error.kind()) {
         (Step::Chdir, _) => Error::invalid(format!("the working directory {} cannot be used: {}", spec.cwd.display(), e.error)),
+        (Step::Sandbox(step), _) => {
+          Error::new(ErrorCode::SandboxUnavailable, format!("cannot start the sandbox: could not {}: {}", step.describe(), e.error))
+        }
         (Step::Exec, std::io::ErrorKind::NotFound) => {
           Error::new(ErrorCode::CliNotFound, format!("cannot start {}: {}", spec.program.display(), e.error))
         }
@@ -255,6 +288,31 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
   let stdout = child.stdout.take().ok_or_else(|| Error::internal("child stdout missing"))?;
   let stderr = child.stderr.take().ok_or_else(|| Error::internal("child stderr missing"))?;
   Ok((Proc::Tokio(child), Box::new(stdin), Box::new(stdout), Box::new(stderr)))
+}
+
+/// The child's steps for a sandboxed run, with the seccomp programs in memory files at fds 3 and
+/// 4 of the exec'd bubblewrap (`--add-seccomp-fd`); the files are returned to be kept open until
+/// the spawn is done.
+#[cfg(target_os = "linux")]
+fn sandbox_setup(c: &super::sandbox::Confinement) -> std::io::Result<(super::process::linux::ChildSetup, Vec<std::os::fd::OwnedFd>)> {
+  use std::io::{Seek, Write};
+  use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+  let mut setup = c.setup.clone();
+  let mut files = vec![];
+  for (i, program) in c.seccomp.iter().enumerate() {
+    // SAFETY: the name is a NUL-terminated literal; the flags are plain integers.
+    let fd = unsafe { libc::memfd_create(c"csm-seccomp".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+      return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `memfd_create` succeeded: a new descriptor that nothing else owns.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    f.write_all(program)?;
+    f.rewind()?;
+    setup.pass_fds.push((f.as_raw_fd(), 3 + i as i32));
+    files.push(OwnedFd::from(f));
+  }
+  Ok((setup, files))
 }
 
 /// The portable way: tokio's `Command` (a `fork()` on Linux, because of the `pre_exec` hook).
@@ -664,6 +722,7 @@ pub(crate) mod tests {
       stall_timeout: None,
       niceness: 0,
       mirror: None,
+      confine: None,
     }
   }
 

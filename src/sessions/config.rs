@@ -104,6 +104,8 @@ pub struct Config {
   pub sandbox: SandboxMode,
   pub sandbox_read_only: Vec<PathBuf>,
   pub sandbox_read_write: Vec<PathBuf>,
+  /// What each sandbox may use (`sandboxLimits`).
+  pub sandbox_limits: crate::cli::SandboxLimits,
   pub expose_api_key: bool,
   /// Slash commands a prompt may run (each `/name`); every other prompt is plain text.
   pub allow_slash_commands: Vec<String>,
@@ -324,6 +326,7 @@ impl Config {
       sandbox,
       sandbox_read_only,
       sandbox_read_write,
+      sandbox_limits: crate::cli::SandboxLimits::default(),
       expose_api_key: o.expose_api_key_to_agent,
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,

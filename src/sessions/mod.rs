@@ -176,7 +176,13 @@ impl Manager {
   /// Opens the store, migrates it and marks tasks of dead processes `interrupted`.
   pub fn open(options: Options) -> Result<Manager> {
     let cfg = Config::resolve(options)?;
-    let sandbox = cli::Sandbox::detect(cfg.sandbox, cfg.sandbox_read_only.clone(), cfg.sandbox_read_write.clone())?;
+    let sandbox = cli::Sandbox::detect(
+      cfg.sandbox,
+      cfg.sandbox_read_only.clone(),
+      cfg.sandbox_read_write.clone(),
+      cfg.sandbox_limits,
+      &cfg.state_directory,
+    )?;
     let store = match &cfg.database_url {
       Some(url) => {
         let mut pg = PgStore::connect(url, &cfg.database_schema)?;
@@ -238,6 +244,7 @@ impl Manager {
   /// Makes a CLI run safe to start: the API key replaced by a per-task token of the key proxy
   /// (returned: the token is revoked when dropped), then the sandbox around the CLI.
   pub(crate) async fn secure(&self, spec: &mut cli::RunSpec) -> Result<Option<cli::TaskToken>> {
+    let mut proxy_addr = None;
     let token = if self.cfg.expose_api_key {
       None
     } else if let Some(upstream) = upstream_of(&spec.env) {
@@ -250,6 +257,7 @@ impl Manager {
       match proxy {
         Some(proxy) => {
           let token = proxy.issue();
+          proxy_addr = Some(proxy.addr());
           spec.env.retain(|(k, _)| !matches!(k.as_str(), "ANTHROPIC_API_KEY" | "ANTHROPIC_AUTH_TOKEN" | "ANTHROPIC_BASE_URL"));
           spec.env.push(("ANTHROPIC_BASE_URL".into(), proxy.base_url()));
           spec.env.push(("ANTHROPIC_API_KEY".into(), token.as_str().to_owned()));
@@ -262,7 +270,7 @@ impl Manager {
     };
     if let Some(sandbox) = &self.sandbox {
       let config_dir = transcript::config_dir(&spec.env).ok_or_else(|| Error::internal("the CLI has no configuration folder"))?;
-      sandbox.wrap(spec, &config_dir)?;
+      sandbox.wrap(spec, &config_dir, proxy_addr)?;
     }
     Ok(token)
   }

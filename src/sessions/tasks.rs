@@ -245,6 +245,7 @@ impl Manager {
       stall_timeout: self.cfg.stall_timeout,
       niceness: self.cfg.cli_niceness,
       mirror: None,
+      confine: None,
     })
   }
 

@@ -127,6 +127,11 @@ impl KeyProxy {
     Ok(KeyProxy { inner: Arc::new(Inner { addr, tokens, shutdown }) })
   }
 
+  /// The loopback address it listens on.
+  pub fn addr(&self) -> SocketAddr {
+    self.inner.addr
+  }
+
   /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL`.
   pub fn base_url(&self) -> String {
     format!("http://{}", self.inner.addr)

@@ -24,6 +24,9 @@ use std::sync::OnceLock;
 
 use tokio::io::unix::AsyncFd;
 
+use super::confine::Prepared;
+pub use super::confine::{ChildSetup, SandboxStep};
+
 /// Whether this kernel has `pidfd_open` (Linux 5.3+); without it the caller uses `Command`.
 pub fn available() -> bool {
   static OK: OnceLock<bool> = OnceLock::new();
@@ -62,6 +65,8 @@ pub enum Step {
   Setup,
   Chdir,
   Exec,
+  /// A sandbox step of [`ChildSetup`] (its number: see [`SandboxStep`]).
+  Sandbox(SandboxStep),
 }
 
 #[derive(Debug)]
@@ -75,6 +80,8 @@ pub struct RawChild {
   pid: libc::pid_t,
   status: Option<ExitStatus>,
   pidfd: AsyncFd<OwnedFd>,
+  /// Kept until the child is dropped (the sandbox's relay).
+  attached: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 pub struct Spawned {
@@ -82,6 +89,8 @@ pub struct Spawned {
   pub stdin: OwnedFd,
   pub stdout: OwnedFd,
   pub stderr: OwnedFd,
+  /// The listener the child made in its new network namespace ([`ChildSetup::listen_port`]).
+  pub listener: Option<OwnedFd>,
 }
 
 /// What the child reads; lives on the parent's stack, which is frozen until the child execs.
@@ -97,6 +106,8 @@ struct ChildArgs {
   parent: libc::pid_t,
   /// Nice increment (see `super::lower_priority`).
   niceness: i32,
+  /// Sandbox steps (namespaces, ids, a listener, limits) prepared by [`Prepared::new`]; null for none.
+  setup: *const Prepared,
 }
 
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
@@ -147,6 +158,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     if libc::getppid() != a.parent {
       libc::_exit(1);
     }
+    if !a.setup.is_null() {
+      if let Err(step) = (*a.setup).apply() {
+        fail(step);
+      }
+    }
     for (target, &fd) in a.fds.iter().enumerate() {
       let target = target as RawFd;
       if fd == target {
@@ -156,6 +172,13 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
       } else if libc::dup2(fd, target) < 0 {
         fail(0);
+      }
+    }
+    if !a.setup.is_null() {
+      for &(from, to) in &(*a.setup).pass_fds {
+        if libc::dup2(from, to) < 0 {
+          fail(SandboxStep::PassFd.code());
+        }
       }
     }
     super::lower_priority(a.niceness);
@@ -170,7 +193,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Starts `program` (an absolute path) with `args`, exactly the environment `env`, in `cwd`,
 /// `niceness` steps below this process's priority, with piped stdio, in a new process group,
 /// set to die with this process.
-pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Path, niceness: i32) -> Result<Spawned, SpawnError> {
+pub fn spawn(
+  program: &Path,
+  args: &[String],
+  env: &[(String, String)],
+  cwd: &Path,
+  niceness: i32,
+  spec_setup: Option<&ChildSetup>,
+) -> Result<Spawned, SpawnError> {
   let setup = |error: io::Error| SpawnError { step: Step::Setup, error };
   let cstr = |b: &[u8]| CString::new(b).map_err(|_| setup(io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument")));
   let program_c = cstr(program.as_os_str().as_bytes())?;
@@ -187,6 +217,10 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
   let (out_r, out_w) = pipe().map_err(setup)?;
   let (err_r, err_w) = pipe().map_err(setup)?;
   let (report_r, report_w) = pipe().map_err(setup)?;
+  let prepared = match spec_setup {
+    Some(c) => Some(Prepared::new(c).map_err(setup)?),
+    None => None,
+  };
   let a = ChildArgs {
     program: program_c.as_ptr(),
     argv: argv.as_ptr(),
@@ -197,6 +231,7 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
     // SAFETY: `getpid` has no preconditions and cannot fail.
     parent: unsafe { libc::getpid() },
     niceness,
+    setup: prepared.as_ref().map_or(std::ptr::null(), |p| p as *const Prepared),
   };
   // The child's stack: it makes a few system calls, nothing more.
   let mut stack = vec![0u8; 64 * 1024];
@@ -244,6 +279,7 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
     let step = match msg[0] {
       1 => Step::Chdir,
       2 => Step::Exec,
+      n if n >= 10 => Step::Sandbox(SandboxStep::from_code(n)),
       _ => Step::Setup,
     };
     return Err(SpawnError { step, error: io::Error::from_raw_os_error(msg[1]) });
@@ -265,10 +301,29 @@ pub fn spawn(program: &Path, args: &[String], env: &[(String, String)], cwd: &Pa
       return Err(setup(e));
     }
   };
-  Ok(Spawned { child: RawChild { pid, status: None, pidfd }, stdin: in_w, stdout: out_r, stderr: err_r })
+  let listener = match &prepared {
+    Some(p) if p.listen => match p.take_listener() {
+      Ok(fd) => Some(fd),
+      Err(e) => {
+        // SAFETY: `pid` is our child, not yet reaped; both calls take plain integers.
+        unsafe {
+          libc::kill(pid, libc::SIGKILL);
+          libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(SpawnError { step: Step::Sandbox(SandboxStep::Listen), error: e });
+      }
+    },
+    _ => None,
+  };
+  Ok(Spawned { child: RawChild { pid, status: None, pidfd, attached: vec![] }, stdin: in_w, stdout: out_r, stderr: err_r, listener })
 }
 
 impl RawChild {
+  /// Keeps `thing` alive as long as this child (dropped with it).
+  pub fn attach(&mut self, thing: Box<dyn std::any::Any + Send + Sync>) {
+    self.attached.push(thing);
+  }
+
   pub fn id(&self) -> u32 {
     self.pid as u32
   }
@@ -337,7 +392,7 @@ mod tests {
   use tokio::io::AsyncReadExt;
 
   async fn output(s: Spawned) -> (String, ExitStatus) {
-    let Spawned { mut child, stdin, stdout, stderr: _stderr } = s;
+    let Spawned { mut child, stdin, stdout, stderr: _stderr, .. } = s;
     drop(stdin);
     let mut out = String::new();
     tokio::net::unix::pipe::Receiver::from_owned_fd(stdout).unwrap().read_to_string(&mut out).await.unwrap();
@@ -354,7 +409,7 @@ mod tests {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
     let script = "exec cat /proc/self/status /proc/self/stat; ".to_string();
-    let s = spawn(Path::new("/bin/sh"), &["-c".into(), script], &env(), &dir, 5).unwrap();
+    let s = spawn(Path::new("/bin/sh"), &["-c".into(), script], &env(), &dir, 5, None).unwrap();
     let pid = s.child.id();
     let (out, status) = output(s).await;
     assert!(status.success());
@@ -369,7 +424,7 @@ mod tests {
     let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
     assert_eq!(nice, (super::super::own_nice() + 5).min(19), "the child runs 5 steps below this process");
 
-    let s = spawn(Path::new("/bin/sh"), &["-c".into(), "pwd; env".into()], &env(), &dir, 0).unwrap();
+    let s = spawn(Path::new("/bin/sh"), &["-c".into(), "pwd; env".into()], &env(), &dir, 0, None).unwrap();
     let (out, _) = output(s).await;
     let mut lines = out.lines();
     assert_eq!(lines.next().unwrap(), dir.to_str().unwrap());
@@ -378,17 +433,49 @@ mod tests {
     assert_eq!(vars, ["ONLY_THIS=1", "PATH=/usr/bin:/bin"]);
   }
 
+  /// A child in a network namespace of its own reaches the listener it made there (handed to
+  /// this process) and nothing on the host's loopback.
+  #[tokio::test]
+  async fn a_child_in_its_own_network_namespace_reaches_only_its_listener() {
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host.local_addr().unwrap().port();
+    for new_user_ns in [false, true] {
+      let setup = ChildSetup { new_user_ns, new_net_ns: true, listen_port: Some(4111), ..Default::default() };
+      let dir = tempfile::tempdir().unwrap();
+      let script = format!(
+        "if (echo x > /dev/tcp/127.0.0.1/{host_port}) 2>/dev/null; then echo HOST-REACHED; fi; echo hello > /dev/tcp/127.0.0.1/4111; cat /proc/self/uid_map"
+      );
+      let s = spawn(Path::new("/bin/bash"), &["-c".into(), script], &env(), dir.path(), 0, Some(&setup)).unwrap();
+      let listener = std::net::TcpListener::from(s.listener.expect("the listener was handed over"));
+      let accepted = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut c, &mut got).unwrap();
+        got
+      });
+      let (out, status) = output(Spawned { listener: None, ..s }).await;
+      assert!(status.success(), "{out}");
+      assert!(!out.contains("HOST-REACHED"), "the host's loopback is out of reach: {out}");
+      assert_eq!(accepted.join().unwrap(), "hello\n");
+      // SAFETY: getuid has no preconditions.
+      let uid = unsafe { libc::getuid() };
+      if new_user_ns {
+        assert_eq!(out.split_whitespace().take(3).collect::<Vec<_>>(), [uid.to_string(), uid.to_string(), "1".into()]);
+      }
+    }
+  }
+
   #[tokio::test]
   async fn failures_name_the_step_and_a_dropped_child_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let e = spawn(Path::new("/nonexistent/claude"), &[], &env(), dir.path(), 0).err().unwrap();
+    let e = spawn(Path::new("/nonexistent/claude"), &[], &env(), dir.path(), 0, None).err().unwrap();
     assert_eq!((e.step, e.error.kind()), (Step::Exec, io::ErrorKind::NotFound));
-    let e = spawn(Path::new("/bin/true"), &[], &env(), &dir.path().join("missing"), 0).err().unwrap();
+    let e = spawn(Path::new("/bin/true"), &[], &env(), &dir.path().join("missing"), 0, None).err().unwrap();
     assert_eq!((e.step, e.error.kind()), (Step::Chdir, io::ErrorKind::NotFound));
-    let e = spawn(Path::new("/bin/true"), &["a\0b".into()], &env(), dir.path(), 0).err().unwrap();
+    let e = spawn(Path::new("/bin/true"), &["a\0b".into()], &env(), dir.path(), 0, None).err().unwrap();
     assert_eq!(e.step, Step::Setup);
 
-    let s = spawn(Path::new("/bin/sleep"), &["30".into()], &env(), dir.path(), 0).unwrap();
+    let s = spawn(Path::new("/bin/sleep"), &["30".into()], &env(), dir.path(), 0, None).unwrap();
     let pid = s.child.id() as libc::pid_t;
     drop(s);
     let gone = (0..200).any(|_| {

@@ -2,6 +2,8 @@
 //! the clone-based spawner (`linux`).
 
 #[cfg(target_os = "linux")]
+pub mod confine;
+#[cfg(target_os = "linux")]
 pub mod linux;
 
 pub(crate) fn kill_group(pgid: u32, sig: i32) {

@@ -1,0 +1,59 @@
+//! The CLI binary the sandbox runs: an execute-only copy (mode `0111`) of the real one.
+//!
+//! The kernel marks a process whose executable its user may not read as not dumpable: its
+//! `/proc/<pid>/{fd,mem,environ,...}` belong to root and `ptrace` is refused. So the agent,
+//! which runs as the same user as the CLI inside the sandbox, can neither write into the CLI's
+//! output pipe (`/proc/<cli>/fd/1`: forging the task's result, cost and usage), nor inject lines
+//! into its input, nor read its memory or environment. The copy lives in the state folder
+//! (`bin/`), is made once per CLI version (size and modification time) and shown to the agent at
+//! the original path, read-only.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// The execute-only copy of `program` under `dir`, made if missing.
+pub fn execute_only_copy(program: &Path, dir: &Path) -> Result<PathBuf> {
+  let fail = |what: &str, e: std::io::Error| {
+    Error::new(ErrorCode::SandboxUnavailable, format!("cannot {what} the sandbox's copy of the CLI in {}: {e}", dir.display()))
+  };
+  let meta = std::fs::metadata(program).map_err(|e| fail("find", e))?;
+  let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+  let name = program.file_name().map_or_else(|| "claude".into(), |n| n.to_string_lossy().into_owned());
+  let copy = dir.join(format!("{name}-{}-{mtime}", meta.len()));
+  if let Ok(m) = std::fs::symlink_metadata(&copy) {
+    if m.is_file() && m.len() == meta.len() && m.permissions().mode() & 0o7777 == 0o111 {
+      return Ok(copy);
+    }
+  }
+  std::fs::create_dir_all(dir).map_err(|e| fail("create the folder of", e))?;
+  let tmp = dir.join(format!(".{name}-{}.tmp", uuid::Uuid::new_v4().simple()));
+  let made = std::fs::copy(program, &tmp)
+    .and_then(|_| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o111)))
+    .and_then(|_| std::fs::rename(&tmp, &copy));
+  if let Err(e) = made {
+    let _ = std::fs::remove_file(&tmp);
+    return Err(fail("make", e));
+  }
+  Ok(copy)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn the_copy_is_execute_only_and_made_once_per_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("claude");
+    std::fs::write(&prog, b"#!/bin/sh\necho hi\n").unwrap();
+    let a = execute_only_copy(&prog, &dir.path().join("bin")).unwrap();
+    assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o7777, 0o111);
+    assert_eq!(execute_only_copy(&prog, &dir.path().join("bin")).unwrap(), a);
+    std::fs::write(&prog, b"#!/bin/sh\necho hello\n").unwrap();
+    let b = execute_only_copy(&prog, &dir.path().join("bin")).unwrap();
+    assert_ne!(a, b, "a new version gets a new copy");
+  }
+}
