@@ -581,6 +581,13 @@ export interface SessionManagerOptions {
    * Default 300000 (5 min).
    */
   permissionTimeoutMs?: number
+  /**
+   * The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
+   * store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
+   * huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456
+   * (256 MiB).
+   */
+  maxTranscriptBytes?: number
 }
 
 /** `startFresh`. */

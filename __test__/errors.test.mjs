@@ -131,6 +131,8 @@ test('errorCodes lists every code exactly, and the README documents each', (t) =
     'SANDBOX_UNAVAILABLE',
     'LEASE_LOST',
     'PERMISSION_REQUEST_NOT_FOUND',
+    'TRANSCRIPT_TOO_LARGE',
+    'TRANSCRIPT_UNSAFE',
     'INTERNAL',
   ]
   t.assert.deepStrictEqual(addon.errorCodes(), expected)

@@ -23,7 +23,8 @@ fn main() {
   files.sort();
   let mut transcripts = Vec::new();
   for f in &files {
-    let pairs = pairs_from_transcript(f).unwrap_or_else(|e| panic!("{e}"));
+    let file = claude_session_manager::transcript::TenantFile::in_folder(f);
+    let pairs = pairs_from_transcript(&file, &claude_session_manager::transcript::ReadOptions::full()).unwrap_or_else(|e| panic!("{e}"));
     let usable = pairs.iter().filter(|p| p.usable()).count();
     println!("{:>4} pairs, {:>4} usable  {}", pairs.len(), usable, f.file_name().unwrap().to_string_lossy());
     transcripts.push(pairs);

@@ -43,6 +43,11 @@ pub enum ErrorCode {
   /// No permission request with that id is pending in that session (it was answered, timed out
   /// or withdrawn, or never existed).
   PermissionRequestNotFound,
+  /// A session's transcript is larger than `maxTranscriptBytes`: it was not read.
+  TranscriptTooLarge,
+  /// A session's transcript (or a folder on its path below the tenant's configuration folder) is
+  /// a symbolic link or not a regular file: the agent can write there, so it was not followed.
+  TranscriptUnsafe,
   /// A bug in this package (a panic or an impossible state). Please report it.
   Internal,
 }
@@ -68,12 +73,14 @@ impl ErrorCode {
       ErrorCode::SandboxUnavailable => "SANDBOX_UNAVAILABLE",
       ErrorCode::LeaseLost => "LEASE_LOST",
       ErrorCode::PermissionRequestNotFound => "PERMISSION_REQUEST_NOT_FOUND",
+      ErrorCode::TranscriptTooLarge => "TRANSCRIPT_TOO_LARGE",
+      ErrorCode::TranscriptUnsafe => "TRANSCRIPT_UNSAFE",
       ErrorCode::Internal => "INTERNAL",
     }
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 18] = [
+  pub const ALL: [ErrorCode; 20] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
@@ -91,6 +98,8 @@ impl ErrorCode {
     ErrorCode::SandboxUnavailable,
     ErrorCode::LeaseLost,
     ErrorCode::PermissionRequestNotFound,
+    ErrorCode::TranscriptTooLarge,
+    ErrorCode::TranscriptUnsafe,
     ErrorCode::Internal,
   ];
 }

@@ -122,6 +122,11 @@ pub struct SessionManagerOptions {
   /// How long a `canUseTool` decision may take (ms) before the request is answered deny.
   /// Default 300000 (5 min).
   pub permission_timeout_ms: Option<f64>,
+  /// The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
+  /// store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
+  /// huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456
+  /// (256 MiB).
+  pub max_transcript_bytes: Option<f64>,
 }
 
 /// Filters of `listSessions`.
@@ -407,6 +412,7 @@ impl From<SessionManagerOptions> for manager::Options {
       warm_idle_ms: o.warm_idle_ms,
       max_warm_sessions: o.max_warm_sessions,
       permission_timeout_ms: o.permission_timeout_ms,
+      max_transcript_bytes: o.max_transcript_bytes,
     }
   }
 }

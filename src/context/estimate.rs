@@ -21,14 +21,12 @@
 //! transcript (`<system-reminder>`s about edited files, todo lists, hook output). The last one is
 //! what the error figures in the tests mostly measure.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::tokens::{count, Encoding};
 use crate::error::Result;
-use crate::transcript::{read_messages_with, Block, History, MessageKind, ReadOptions, Role};
+use crate::transcript::{read_messages_with, Block, History, MessageKind, ReadOptions, Role, TenantFile};
 
 /// A model family. Claude models up to Opus 4.6 share a tokenizer, but the families render and
 /// frame content a little differently, so each has its own factors.
@@ -231,9 +229,10 @@ pub fn pairs_from_history(h: &History) -> Vec<Pair> {
   out
 }
 
-/// The pairs of a transcript file (empty when it does not exist).
-pub fn pairs_from_transcript(path: &Path) -> Result<Vec<Pair>> {
-  Ok(pairs_from_history(&read_messages_with(path, &ReadOptions::full())?))
+/// The pairs of a transcript file (empty when it does not exist), read within `opts`' bounds
+/// (never through a link: see [`TenantFile`]).
+pub fn pairs_from_transcript(file: &TenantFile, opts: &ReadOptions) -> Result<Vec<Pair>> {
+  Ok(pairs_from_history(&read_messages_with(file, opts)?))
 }
 
 /// What an [`Estimator`] learned for one family: the user-content growth it observed beyond the
@@ -329,8 +328,8 @@ impl Estimator {
   }
 
   /// Learns from every pair of a transcript; returns how many were usable.
-  pub fn train_on_transcript(&mut self, path: &Path) -> Result<usize> {
-    let pairs = pairs_from_transcript(path)?;
+  pub fn train_on_transcript(&mut self, file: &TenantFile, opts: &ReadOptions) -> Result<usize> {
+    let pairs = pairs_from_transcript(file, opts)?;
     pairs.iter().for_each(|p| self.observe_pair(p));
     Ok(pairs.iter().filter(|p| p.usable()).count())
   }
@@ -613,7 +612,7 @@ mod tests {
   }
 
   fn shared_pairs() -> Vec<Vec<Pair>> {
-    shared_transcripts().iter().map(|p| pairs_from_transcript(p).unwrap()).collect()
+    shared_transcripts().iter().map(|p| pairs_from_transcript(&TenantFile::in_folder(p), &ReadOptions::full()).unwrap()).collect()
   }
 
   /// The estimator's error on predicting the growth between consecutive calls of the real

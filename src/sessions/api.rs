@@ -86,11 +86,12 @@ impl Manager {
     Ok(())
   }
 
-  /// Removes a deleted session's transcript (and the folder of its subagents' transcripts).
+  /// Removes a deleted session's transcript (and the folder of its subagents' transcripts):
+  /// the entries themselves, never through a link (a link on the way leaves them in place).
   fn remove_transcript(&self, session: &Session) -> Result<()> {
-    if let Some(path) = self.transcript_of(session)? {
-      let _ = std::fs::remove_file(&path);
-      let _ = std::fs::remove_dir_all(path.with_extension(""));
+    if let Some(file) = self.transcript_of(session)? {
+      let _ = file.remove();
+      let _ = file.with_extension("").remove_tree();
     }
     Ok(())
   }
@@ -188,12 +189,11 @@ impl Manager {
     let family = estimate::Family::of_model(&session.model);
     let mut est = estimate::Estimator::new();
     // PostgreSQL: the conversation as the store has it (this node may have no copy, or an old one).
-    if let Some(h) = stored_history(&self.store, &session.id, &transcript::ReadOptions::full())? {
+    let opts = transcript::ReadOptions::full().bounded(self.cfg.max_transcript_bytes);
+    if let Some(h) = stored_history(&self.store, &session.id, &opts)? {
       est.train_on_history(&h);
-    } else if let Some(path) = self.transcript_of(session)? {
-      if path.is_file() {
-        est.train_on_transcript(&path)?;
-      }
+    } else if let Some(file) = self.transcript_of(session)? {
+      est.train_on_transcript(&file, &opts)?;
     }
     let tiktoken = crate::context::tokens::count(prompt, crate::context::tokens::Encoding::O200kBase) as u64;
     Ok((est.estimate(family, tiktoken), tiktoken, est.factor(family), family, est.learned(family).observations))
@@ -240,13 +240,14 @@ impl Manager {
     let session = self.get_session(session_id, user_id).await?;
     let path = self.transcript_of(&session)?;
     let store = self.store.clone();
+    let opts = transcript::ReadOptions::default().bounded(self.cfg.max_transcript_bytes);
     // Reading a transcript can take milliseconds: off the async workers.
     self
       .blocking("transcript reader", move || {
         // PostgreSQL: the store's copy, the same on every node; else this machine's file.
-        let history = match (stored_history(&store, &session.id, &transcript::ReadOptions::default())?, path) {
+        let history = match (stored_history(&store, &session.id, &opts)?, path) {
           (Some(h), _) => h,
-          (None, Some(p)) => transcript::read_messages(&p)?,
+          (None, Some(p)) => transcript::read_messages_with(&p, &opts)?,
           (None, None) => transcript::History::default(),
         };
         let page = match offset {

@@ -40,6 +40,7 @@ pub struct Options {
   pub warm_idle_ms: Option<f64>,
   pub max_warm_sessions: Option<f64>,
   pub permission_timeout_ms: Option<f64>,
+  pub max_transcript_bytes: Option<f64>,
 }
 
 /// Extra folders the sandbox shows the agent.
@@ -118,6 +119,8 @@ pub struct Config {
   pub max_warm_sessions: usize,
   /// How long a permission request waits for the host's decision before it is denied.
   pub permission_timeout: Duration,
+  /// A transcript longer than this is not read whole (`TRANSCRIPT_TOO_LARGE`).
+  pub max_transcript_bytes: u64,
 }
 
 /// The CLI's default nice increment: below the Node process serving requests, still above batch
@@ -230,6 +233,10 @@ impl Config {
       Some(t) => validate::positive_int("permissionTimeoutMs", t)?,
       None => 5 * 60 * 1000,
     });
+    let max_transcript_bytes = match o.max_transcript_bytes {
+      Some(n) => validate::positive_int("maxTranscriptBytes", n)?,
+      None => crate::transcript::DEFAULT_MAX_TRANSCRIPT_BYTES,
+    };
     let cli_niceness = match o.cli_niceness {
       Some(n) => validate::non_negative_int("cliNiceness", n)?,
       None => DEFAULT_NICENESS,
@@ -334,6 +341,7 @@ impl Config {
       warm_idle,
       max_warm_sessions,
       permission_timeout,
+      max_transcript_bytes,
     })
   }
 }

@@ -188,7 +188,7 @@ impl Manager {
   ) -> Result<TaskResult> {
     let env = self.child_env(session).unwrap_or_default();
     let transcript_exists = transcript::config_dir(&env)
-      .map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).is_file())
+      .map(|d| matches!(transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).regular_len(), Ok(Some(_))))
       .unwrap_or(false);
     let (res, end, watermark) = task_end(EndInput {
       session,

@@ -15,8 +15,14 @@
 //!   estimates read the store.
 //!
 //! SQLite (one machine) does none of this: the file is the conversation.
+//!
+//! The local file is the agent's to write: it is read and written only through
+//! [`transcript::TenantFile`] (no link below the configuration folder is followed, no special
+//! file opened), and read in bounded lines: the reconcile reads only the task's part of the file,
+//! at most `maxTranscriptBytes` of it.
 
 use std::collections::HashMap;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +37,7 @@ use crate::cli::{CancelToken, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Session, Store, TaskEnd, TranscriptEntry};
-use crate::transcript::{self, History, ReadOptions};
+use crate::transcript::{self, safe, History, ReadOptions, TenantFile};
 
 /// Waits between attempts of a store write that failed (then the last one again, while the task
 /// lasts).
@@ -126,7 +132,9 @@ pub(crate) struct TaskMirror {
   /// compares only the task's part (not the whole conversation on every task).
   from: (i64, u64),
   /// This node's transcript file of the session, as the CLI writes it.
-  pub(crate) local: Option<PathBuf>,
+  pub(crate) local: Option<TenantFile>,
+  /// The most the reconcile reads of the local file (`maxTranscriptBytes`).
+  pub(crate) max_bytes: u64,
 }
 
 struct Writer {
@@ -203,11 +211,11 @@ impl TaskMirror {
     session_id: &str,
     task_id: &str,
     head: i64,
-    local: Option<PathBuf>,
+    local: Option<TenantFile>,
     clock: LeaseClock,
     after_end: bool,
   ) -> TaskMirror {
-    let local_len = local.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
+    let local_len = local.as_ref().and_then(|p| p.regular_len().ok().flatten()).unwrap_or(0);
     let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
     let mut w = Writer {
       store,
@@ -237,7 +245,7 @@ impl TaskMirror {
       // The run is over and nobody flushes: a last try for what is left.
       let _ = w.write().await;
     });
-    TaskMirror { tx, writer, from: (head, local_len), local }
+    TaskMirror { tx, writer, from: (head, local_len), local, max_bytes: transcript::DEFAULT_MAX_TRANSCRIPT_BYTES }
   }
 
   /// The mirror of what a warm process writes as it closes, after its last task `task_id` ended:
@@ -263,23 +271,41 @@ impl TaskMirror {
 
   /// After the CLI exited: stores the lines of the local transcript the store lacks (frames lost,
   /// lines the CLI writes without a frame, or a CLI without `--session-mirror`), after the
-  /// others; waits for the writer, and stops it.
-  pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: PathBuf) -> std::result::Result<(), String> {
+  /// others; waits for the writer, and stops it. The file is the session's own regular file or
+  /// nothing is taken from it (a link or a special file is refused: Err, nothing stored, and the
+  /// next task here rewrites the file from the store); at most `max_bytes` of it are read, line
+  /// by line (a longer line is skipped).
+  pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: TenantFile) -> std::result::Result<(), String> {
     self.flush().await?;
-    let (st, sid, path, (head, offset)) = (store.clone(), session_id.clone(), local.clone(), self.from);
+    let (st, sid, file, (head, offset), max) = (store.clone(), session_id.clone(), local.clone(), self.from, self.max_bytes);
     let tail = tokio::task::spawn_blocking(move || -> Result<Vec<Value>> {
-      let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(Error::store(format!("cannot read transcript {}: {e}", path.display()))),
-      };
+      let Some((mut f, len)) = file.open_read()? else { return Ok(vec![]) };
+      let io_err = |e: std::io::Error| Error::store(format!("cannot read transcript {}: {e}", file.path().display()));
       // The task's part: the file past its length at the start, against the lines stored since.
       // A file shorter than it was (rewritten by something else) is compared whole.
-      let (bytes, after) = match usize::try_from(offset) {
-        Ok(o) if o > 0 && o <= bytes.len() => (&bytes[o..], head),
-        _ => (&bytes[..], 0),
+      let after = if offset > 0 && offset <= len {
+        f.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+        head
+      } else {
+        0
       };
-      let text = String::from_utf8_lossy(bytes);
+      let mut lines = safe::BoundedLines::new(BufReader::with_capacity(64 * 1024, f), transcript::DEFAULT_MAX_LINE_BYTES, max);
+      let mut read = vec![];
+      let mut buf = Vec::new();
+      loop {
+        match lines.next_into(&mut buf) {
+          Ok(true) => {
+            if let Some(v) = std::str::from_utf8(&buf).ok().and_then(|l| serde_json::from_str::<Value>(l).ok()) {
+              if v.is_object() && !not_mirrored(&v) {
+                read.push(v);
+              }
+            }
+          }
+          Ok(false) => break,
+          Err(safe::LineError::TooLarge) => return Err(safe::too_large(&format!("the transcript {}", file.path().display()), max)),
+          Err(safe::LineError::Io(e)) => return Err(io_err(e)),
+        }
+      }
       // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
       // the CLI also writes lines it does not mirror in the middle of the file (state it
       // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
@@ -288,7 +314,7 @@ impl TaskMirror {
         *stored.entry(e.line).or_default() += 1;
       }
       let mut missing = vec![];
-      for v in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v.is_object() && !not_mirrored(v)) {
+      for v in read {
         let key = serde_json::to_string(&v).unwrap_or_default();
         match stored.get_mut(&key) {
           Some(n) if *n > 0 => *n -= 1,
@@ -301,7 +327,7 @@ impl TaskMirror {
     .map_err(|e| e.to_string())?
     .map_err(|e| e.message)?;
     if !tail.is_empty() {
-      let frame = json!({ "type": "transcript_mirror", "filePath": local.to_string_lossy(), "entries": tail });
+      let frame = json!({ "type": "transcript_mirror", "filePath": local.path().to_string_lossy(), "entries": tail });
       let _ = self.tx.send(MirrorMsg::Frame(frame));
       self.flush().await?;
     }
@@ -318,36 +344,14 @@ pub(crate) async fn mirror_supported(program: &Path) -> bool {
   tokio::task::spawn_blocking(move || crate::cli::mirror::supported(&program)).await.unwrap_or(false)
 }
 
-/// The marker that says a local transcript is the store's copy at `head`: `<head> <file size>`.
-fn marker_of(head: i64, file: &Path) -> Option<String> {
-  std::fs::metadata(file).ok().map(|m| format!("{head} {}", m.len()))
-}
-
-/// Writes `text` to `path` through a temporary file in the same folder (readers never see half
-/// a file), `0600`.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-  let dir = path.parent().ok_or_else(|| Error::internal("a transcript path has no folder"))?;
-  std::fs::create_dir_all(dir).map_err(|e| Error::store(format!("cannot create {}: {e}", dir.display())))?;
-  let tmp = dir.join(format!(".{}.csm-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), uuid::Uuid::new_v4()));
-  let write = || -> std::io::Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o.open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-  };
-  write().map_err(|e| {
-    let _ = std::fs::remove_file(&tmp);
-    Error::store(format!("cannot write transcript {}: {e}", path.display()))
-  })
+/// The marker that says a local transcript is the store's copy at `head`: `<head> <file size>`
+/// (none for a file that is not a regular file).
+fn marker_of(head: i64, file: &TenantFile) -> Option<String> {
+  file.regular_len().ok().flatten().map(|len| format!("{head} {len}"))
 }
 
 /// Records that the local transcript `file` is the store's copy at `head`, in `marker`.
-pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &Path) {
+pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &TenantFile) {
   if let Some(m) = marker_of(head, file) {
     if let Some(d) = marker.parent() {
       let _ = super::config::private_dir(d);
@@ -359,7 +363,10 @@ pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &Path) {
 /// Makes this node's copy `path` of a session's transcript the store's, unless `marker` says it
 /// already is (blocking). Returns the store's head (0: the store has nothing; the local file is
 /// left as it is).
-pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &Path, marker: &Path) -> Result<i64> {
+/// The file and every folder on its way are checked as they are written (see [`TenantFile`]): a
+/// link planted below the configuration folder (the session's `projects/<slug>` folder linked to
+/// a host folder) fails the refresh with `TRANSCRIPT_UNSAFE` and nothing is written through it.
+pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, marker: &Path) -> Result<i64> {
   let head = store.transcript_head(session_id)?;
   if head == 0 {
     return Ok(0);
@@ -369,41 +376,46 @@ pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &Path, marker
     return Ok(head);
   }
   let entries = store.load_transcript(session_id, 0)?;
-  let mut files: std::collections::BTreeMap<&str, String> = Default::default();
-  for e in &entries {
-    let text = files.entry(e.subpath.as_str()).or_default();
-    text.push_str(&e.line);
-    text.push('\n');
-  }
+  let files: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.subpath.as_str()).collect();
+  // Each file written straight from the rows (no second copy of the conversation in memory).
+  let write = |file: &TenantFile, sub: &str| {
+    file.write_atomic(|w| {
+      for e in entries.iter().filter(|e| e.subpath == sub) {
+        w.write_all(e.line.as_bytes())?;
+        w.write_all(b"\n")?;
+      }
+      Ok(())
+    })
+  };
   let folder = path.with_extension("");
-  for (sub, text) in &files {
+  for sub in files {
     // Only plain relative names under the session's folder.
     if sub.is_empty() || sub.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
       continue;
     }
-    write_private(&folder.join(format!("{sub}.jsonl")), text)?;
+    write(&folder.join(format!("{sub}.jsonl")), sub)?;
   }
-  write_private(path, files.get("").map(String::as_str).unwrap_or(""))?;
+  write(path, "")?;
   mark_fresh(marker, head, path);
   Ok(head)
 }
 
 /// A session's conversation read from the store, when the store keeps transcripts and has one
-/// (blocking); `None` otherwise (read the local file).
+/// (blocking); `None` otherwise (read the local file). A stored transcript larger than
+/// `opts.max_transcript_bytes` is `TRANSCRIPT_TOO_LARGE`, refused before it is loaded.
 pub(crate) fn stored_history(store: &Store, session_id: &str, opts: &ReadOptions) -> Result<Option<History>> {
   if !store.shares_transcripts() {
     return Ok(None);
+  }
+  let bytes = store.transcript_bytes(session_id)?;
+  if u64::try_from(bytes).unwrap_or(0) > opts.max_transcript_bytes {
+    return Err(safe::too_large(&format!("the stored transcript of session {session_id}"), opts.max_transcript_bytes));
   }
   let entries = store.load_transcript(session_id, 0)?;
   if entries.is_empty() {
     return Ok(None);
   }
-  let mut text = String::new();
-  for e in entries.iter().filter(|e| e.subpath.is_empty()) {
-    text.push_str(&e.line);
-    text.push('\n');
-  }
-  Ok(Some(transcript::parse_str(&text, opts)))
+  Ok(Some(transcript::parse_lines(entries.iter().filter(|e| e.subpath.is_empty()).map(|e| e.line.as_str()), opts)))
 }
 
 impl Manager {
@@ -430,7 +442,7 @@ impl Manager {
 
 /// After the CLI exited: the mirror reconciled with the local file, and the marker set when the
 /// store took everything (else the next task here rewrites the file from the store).
-pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: PathBuf, marker: PathBuf) {
+pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: TenantFile, marker: PathBuf) {
   if m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok() {
     let _ = tokio::task::spawn_blocking(move || {
       if let Ok(head) = store.transcript_head(&session_id) {

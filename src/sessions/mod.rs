@@ -414,8 +414,9 @@ impl Manager {
     v
   }
 
-  /// The transcript file of a session.
-  pub(crate) fn transcript_of(&self, session: &Session) -> Result<Option<PathBuf>> {
+  /// The transcript file of a session (below its configuration folder, which the agent can
+  /// write: only ever opened through [`transcript::TenantFile`]).
+  pub(crate) fn transcript_of(&self, session: &Session) -> Result<Option<transcript::TenantFile>> {
     let env = self.child_env(session)?;
     Ok(transcript::config_dir(&env).map(|d| transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id)))
   }

@@ -509,7 +509,9 @@ impl Manager {
     let head = self.db(move |s| s.transcript_head(&sid)).await?;
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
     let local = self.transcript_of(session).ok().flatten();
-    Ok(TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false))
+    let mut m = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);
+    m.max_bytes = self.cfg.max_transcript_bytes;
+    Ok(m)
   }
 
   /// A task aborted before it got its session: one `aborted` row, and a result saying so.

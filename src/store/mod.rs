@@ -581,6 +581,9 @@ dispatch! {
   fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>>;
   /// How many lines of one transcript file of a session are stored.
   fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64>;
+  /// The bytes of every stored transcript line of a session (what `load_transcript(id, 0)`
+  /// returns), to refuse a load that would not fit before it is made.
+  fn transcript_bytes(&self, session_id: &str) -> Result<i64>;
   /// The task's manager starts reading its inbox (`inbox.rs`): it takes steering messages and
   /// answers to its permission requests from other processes and nodes.
   fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()>;
@@ -630,6 +633,9 @@ impl SqliteStore {
     Ok(vec![])
   }
   pub fn transcript_len(&self, _session_id: &str, _subpath: &str) -> Result<i64> {
+    Ok(0)
+  }
+  pub fn transcript_bytes(&self, _session_id: &str) -> Result<i64> {
     Ok(0)
   }
 }

@@ -81,6 +81,18 @@ impl PgStore {
     })
   }
 
+  /// The bytes of every stored line of the session (what `load_transcript(id, 0)` returns).
+  pub fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
+    self.read(async |c| {
+      Ok(
+        self
+          .query(c, "SELECT COALESCE(SUM(octet_length(line)), 0)::bigint FROM {S}.transcript_entries WHERE session_id = $1", &[&session_id])
+          .await?[0]
+          .get(0),
+      )
+    })
+  }
+
   /// How many lines of one file of the session (`""`: the main transcript) are stored.
   pub fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
     self.read(async |c| {

@@ -34,6 +34,16 @@ pub(super) fn is_message_line(v: &Value) -> bool {
   matches!(s(v, "type"), Some("user" | "assistant")) && v.get("message").is_some_and(Value::is_object)
 }
 
+/// What the tree and the history need of a line that is not a message: its place in the tree and,
+/// for a compaction boundary, its metadata.
+pub(super) fn skeleton(v: Value) -> Value {
+  let Value::Object(mut m) = v else { return v };
+  m.retain(|k, _| {
+    matches!(k.as_str(), "type" | "subtype" | "uuid" | "parentUuid" | "logicalParentUuid" | "isSidechain" | "compactMetadata")
+  });
+  Value::Object(m)
+}
+
 pub(super) fn is_compact_boundary(v: &Value) -> bool {
   s(v, "type") == Some("system") && s(v, "subtype") == Some("compact_boundary")
 }

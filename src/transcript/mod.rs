@@ -7,8 +7,7 @@
 //! assistant message (each repeating `message.id`). [`read_messages`] turns this back into the
 //! conversation the CLI would continue.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -19,6 +18,8 @@ use crate::store::Usage;
 
 mod build;
 use build::*;
+pub mod safe;
+pub use safe::{TenantFile, DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_TRANSCRIPT_BYTES};
 
 /// The CLI's folder name for a working directory: every character that is not an ASCII letter or
 /// digit becomes `-`.
@@ -34,9 +35,10 @@ pub fn config_dir(env: &[(String, String)]) -> Option<PathBuf> {
     .or_else(|| get("HOME").or_else(|| get("USERPROFILE")).map(|h| PathBuf::from(h).join(".claude")))
 }
 
-/// The transcript file of a session.
-pub fn transcript_path(config_dir: &Path, cwd: &Path, session_id: &str) -> PathBuf {
-  config_dir.join("projects").join(project_slug(cwd)).join(format!("{session_id}.jsonl"))
+/// The transcript file of a session: below the configuration folder, which the agent can write
+/// (so it is only ever opened through [`TenantFile`]).
+pub fn transcript_path(config_dir: &Path, cwd: &Path, session_id: &str) -> TenantFile {
+  TenantFile::new(config_dir, Path::new("projects").join(project_slug(cwd)).join(format!("{session_id}.jsonl")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,7 +209,8 @@ pub struct History {
   pub live_from: usize,
   /// How many compactions the history went through.
   pub compactions: usize,
-  /// Lines that were not JSON objects (or not UTF-8) and were skipped.
+  /// Lines that were not JSON objects (or not UTF-8), or longer than
+  /// [`ReadOptions::max_line_bytes`], and were skipped.
   pub malformed_lines: usize,
 }
 
@@ -250,6 +253,10 @@ pub struct ReadOptions {
   /// Keep CLI-internal `isMeta` user messages (as kind `meta`). They are sent to the model but a
   /// chat UI hides them.
   pub include_meta: bool,
+  /// A line longer than this is skipped (counted in `malformed_lines`) without being held.
+  pub max_line_bytes: usize,
+  /// A transcript longer than this is not read: `TRANSCRIPT_TOO_LARGE`.
+  pub max_transcript_bytes: u64,
 }
 
 /// The default cut for tool results, in characters.
@@ -257,65 +264,98 @@ pub const DEFAULT_MAX_TOOL_RESULT_CHARS: usize = 8_000;
 
 impl Default for ReadOptions {
   fn default() -> Self {
-    ReadOptions { max_tool_result_chars: DEFAULT_MAX_TOOL_RESULT_CHARS, include_meta: false }
+    ReadOptions {
+      max_tool_result_chars: DEFAULT_MAX_TOOL_RESULT_CHARS,
+      include_meta: false,
+      max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+      max_transcript_bytes: DEFAULT_MAX_TRANSCRIPT_BYTES,
+    }
   }
 }
 
 impl ReadOptions {
   /// Everything the model saw: meta messages included, tool results uncut (for token accounting).
   pub fn full() -> Self {
-    ReadOptions { max_tool_result_chars: usize::MAX, include_meta: true }
+    ReadOptions { max_tool_result_chars: usize::MAX, include_meta: true, ..ReadOptions::default() }
+  }
+
+  /// These options with a transcript bound (`maxTranscriptBytes`).
+  pub fn bounded(self, max_transcript_bytes: u64) -> Self {
+    ReadOptions { max_transcript_bytes, ..self }
   }
 }
 
 /// Reads a session's conversation from its transcript file with the default options.
-/// A missing file is an empty history (the session has not run yet); a file that cannot be read
-/// is a `STORE_ERROR` naming the path. Malformed lines are skipped and counted.
-pub fn read_messages(path: &Path) -> Result<History> {
-  read_messages_with(path, &ReadOptions::default())
+/// A missing file is an empty history (the session has not run yet). A link, a special file or a
+/// link on the way is `TRANSCRIPT_UNSAFE` (never followed); a file longer than the bound is
+/// `TRANSCRIPT_TOO_LARGE` (not read); one that cannot be read is a `STORE_ERROR` naming the path.
+/// Malformed lines, and lines over the line cap, are skipped and counted.
+pub fn read_messages(file: &TenantFile) -> Result<History> {
+  read_messages_with(file, &ReadOptions::default())
 }
 
 /// [`read_messages`] with options.
-pub fn read_messages_with(path: &Path, opts: &ReadOptions) -> Result<History> {
-  let file = match File::open(path) {
-    Ok(f) => f,
-    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(History::default()),
-    Err(e) => return Err(Error::store(format!("cannot read transcript {}: {e}", path.display()))),
-  };
-  parse_reader(BufReader::new(file), opts).map_err(|e| Error::store(format!("cannot read transcript {}: {e}", path.display())))
+pub fn read_messages_with(file: &TenantFile, opts: &ReadOptions) -> Result<History> {
+  let Some((f, len)) = file.open_read()? else { return Ok(History::default()) };
+  let what = || format!("the transcript {}", file.path().display());
+  if len > opts.max_transcript_bytes {
+    return Err(safe::too_large(&what(), opts.max_transcript_bytes));
+  }
+  parse_reader(BufReader::with_capacity(64 * 1024, f), opts).map_err(|e| match e {
+    safe::LineError::TooLarge => safe::too_large(&what(), opts.max_transcript_bytes),
+    safe::LineError::Io(e) => Error::store(format!("cannot read transcript {}: {e}", file.path().display())),
+  })
 }
 
-/// Reads a conversation from transcript JSONL.
-pub fn parse_reader<R: BufRead>(mut reader: R, opts: &ReadOptions) -> io::Result<History> {
-  let mut lines = Vec::new();
-  let mut malformed = 0;
+/// Reads a conversation from transcript JSONL, line by line within `opts`' bounds.
+pub fn parse_reader<R: BufRead>(reader: R, opts: &ReadOptions) -> std::result::Result<History, safe::LineError> {
+  let mut lines = safe::BoundedLines::new(reader, opts.max_line_bytes, opts.max_transcript_bytes);
+  let mut p = LineParser::default();
   let mut buf = Vec::new();
-  loop {
-    buf.clear();
-    if reader.read_until(b'\n', &mut buf)? == 0 {
-      break;
-    }
-    match parse_raw_line(&buf) {
-      Some(Some(v)) => lines.push(v),
-      Some(None) => malformed += 1,
-      None => {}
-    }
+  while lines.next_into(&mut buf)? {
+    p.push(&buf);
   }
-  Ok(build_history(&lines, malformed, opts))
+  p.malformed += lines.skipped;
+  Ok(p.finish(opts))
 }
 
 /// Reads a conversation from transcript JSONL text.
 pub fn parse_str(text: &str, opts: &ReadOptions) -> History {
-  let mut lines = Vec::new();
-  let mut malformed = 0;
-  for l in text.split('\n') {
-    match parse_raw_line(l.as_bytes()) {
-      Some(Some(v)) => lines.push(v),
-      Some(None) => malformed += 1,
+  parse_lines(text.split('\n'), opts)
+}
+
+/// Reads a conversation from transcript lines (lines over `opts.max_line_bytes` are skipped).
+pub fn parse_lines<'a>(lines: impl IntoIterator<Item = &'a str>, opts: &ReadOptions) -> History {
+  let mut p = LineParser::default();
+  for l in lines {
+    if l.len() > opts.max_line_bytes {
+      p.malformed += 1;
+    } else {
+      p.push(l.as_bytes());
+    }
+  }
+  p.finish(opts)
+}
+
+/// Lines parsed so far. Lines that are not messages keep only what the tree needs (a progress
+/// line or a file snapshot can be large and is never shown).
+#[derive(Default)]
+struct LineParser {
+  lines: Vec<Value>,
+  malformed: usize,
+}
+
+impl LineParser {
+  fn push(&mut self, bytes: &[u8]) {
+    match parse_raw_line(bytes) {
+      Some(Some(v)) => self.lines.push(if is_message_line(&v) { v } else { skeleton(v) }),
+      Some(None) => self.malformed += 1,
       None => {}
     }
   }
-  build_history(&lines, malformed, opts)
+  fn finish(self, opts: &ReadOptions) -> History {
+    build_history(&self.lines, self.malformed, opts)
+  }
 }
 
 #[cfg(test)]
@@ -329,7 +369,7 @@ pub(crate) mod tests {
     let env = vec![("HOME".to_string(), "/h".to_string())];
     assert_eq!(config_dir(&env), Some(PathBuf::from("/h/.claude")));
     let env = vec![("HOME".to_string(), "/h".to_string()), ("CLAUDE_CONFIG_DIR".to_string(), "/c".to_string())];
-    assert_eq!(transcript_path(&config_dir(&env).unwrap(), Path::new("/w"), "id"), PathBuf::from("/c/projects/-w/id.jsonl"));
+    assert_eq!(transcript_path(&config_dir(&env).unwrap(), Path::new("/w"), "id").path(), PathBuf::from("/c/projects/-w/id.jsonl"));
   }
 
   // --- conversation replay -------------------------------------------------------------------
@@ -532,7 +572,7 @@ pub(crate) mod tests {
     let doc =
       [user("u1", None, json!("x")), assistant("a1", "u1", "m1", tool_use("t1"), 10), user("r1", Some("a1"), tool_result("t1", &body))]
         .join("\n");
-    let h = parse_str(&doc, &ReadOptions { max_tool_result_chars: 100, include_meta: false });
+    let h = parse_str(&doc, &ReadOptions { max_tool_result_chars: 100, ..ReadOptions::default() });
     match &h.messages[2].blocks[0] {
       Block::ToolResult { content, truncated, content_chars, .. } => {
         assert!(*truncated);
@@ -546,17 +586,42 @@ pub(crate) mod tests {
   }
 
   #[test]
-  fn missing_file_is_empty_and_unreadable_file_is_a_store_error() {
+  fn missing_file_is_empty_and_a_folder_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let h = read_messages(&dir.path().join("nope.jsonl")).unwrap();
+    let h = read_messages(&TenantFile::new(dir.path(), "nope.jsonl")).unwrap();
     assert_eq!(h, History::default());
-    let err = read_messages(dir.path()).unwrap_err(); // a directory: opens, cannot be read
-    assert_eq!(err.code, crate::error::ErrorCode::StoreError);
+    std::fs::create_dir(dir.path().join("d.jsonl")).unwrap();
+    let err = read_messages(&TenantFile::new(dir.path(), "d.jsonl")).unwrap_err(); // a directory: refused
+    assert_eq!(err.code, crate::error::ErrorCode::TranscriptUnsafe);
     assert!(err.message.contains(&dir.path().display().to_string()), "{}", err.message);
-    let f = dir.path().join("t.jsonl");
-    std::fs::write(&f, rewind_tree().as_bytes().iter().chain(b"\n\xff\xfe\n").copied().collect::<Vec<u8>>()).unwrap();
+    let f = TenantFile::new(dir.path(), "t.jsonl");
+    std::fs::write(f.path(), rewind_tree().as_bytes().iter().chain(b"\n\xff\xfe\n").copied().collect::<Vec<u8>>()).unwrap();
     let h = read_messages(&f).unwrap();
     assert_eq!((h.messages.len(), h.malformed_lines), (8, 3));
+  }
+
+  #[test]
+  fn long_lines_are_skipped_and_a_transcript_over_the_bound_is_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = TenantFile::new(dir.path(), "t.jsonl");
+    let huge = user("big", Some("a5"), json!("x".repeat(5000)));
+    std::fs::write(f.path(), format!("{}\n{huge}\n", rewind_tree())).unwrap();
+    let opts = ReadOptions { max_line_bytes: 4000, ..ReadOptions::default() };
+    let h = read_messages_with(&f, &opts).unwrap();
+    assert_eq!((h.messages.len(), h.malformed_lines), (8, 3), "the long line is skipped, not read");
+    let len = std::fs::metadata(f.path()).unwrap().len();
+    let err = read_messages_with(&f, &ReadOptions::default().bounded(len - 1)).unwrap_err();
+    assert_eq!(err.code, crate::error::ErrorCode::TranscriptTooLarge);
+    assert!(err.message.contains(&f.path().display().to_string()), "{}", err.message);
+    assert_eq!(read_messages_with(&f, &ReadOptions::default().bounded(len)).unwrap().messages.len(), 9);
+    // The bound holds for what is read, not only for the size seen before (a file that grows).
+    let r = parse_reader(std::io::BufReader::new(std::fs::File::open(f.path()).unwrap()), &ReadOptions::default().bounded(100));
+    assert!(matches!(r, Err(safe::LineError::TooLarge)));
+    // Lines that are not messages keep only their place in the tree.
+    assert_eq!(
+      skeleton(json!({"type": "progress", "uuid": "p", "parentUuid": "u", "data": "x".repeat(100)})),
+      json!({"type": "progress", "uuid": "p", "parentUuid": "u"})
+    );
   }
 
   // --- real transcripts ----------------------------------------------------------------------
@@ -591,8 +656,8 @@ pub(crate) mod tests {
       let raw_by_uuid: HashMap<&str, &Value> = raw.iter().filter_map(|v| Some((s(v, "uuid")?, v))).collect();
       let all_sidechain = raw.iter().filter(|v| is_message_line(v)).all(|v| flag(v, "isSidechain"));
       let opts = ReadOptions::full();
-      let h = read_messages_with(&path, &opts).unwrap();
-      let plain = read_messages(&path).unwrap();
+      let h = read_messages_with(&TenantFile::in_folder(&path), &opts).unwrap();
+      let plain = read_messages(&TenantFile::in_folder(&path)).unwrap();
       assert_eq!(h.malformed_lines, 0, "{name}");
       if all_sidechain {
         // A subagent's own file: no main chain.
