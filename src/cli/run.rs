@@ -65,6 +65,11 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
+  /// The CLI binary this run starts (inside the sandbox when it is wrapped in one).
+  pub fn cli_program(&self) -> &std::path::Path {
+    self.confine.as_ref().map_or(&self.program, |c| &c.cli_program)
+  }
+
   /// A run of `program` with no arguments in `cwd`, an empty environment but `PATH`, no limits.
   pub fn probe(program: PathBuf, cwd: &std::path::Path) -> RunSpec {
     RunSpec {

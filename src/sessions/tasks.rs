@@ -416,7 +416,7 @@ impl Manager {
         self.drop_warm(&session.id).await;
         cli.session = Some(mode);
         spec.args = cli::build_args(&cli);
-        if spec.mirror.is_some() && super::mirror::mirror_supported(&spec.program).await {
+        if spec.mirror.is_some() && super::mirror::mirror_supported(spec.cli_program()).await {
           spec.args.push(cli::mirror::FLAG.into());
         }
         match self.secure(&mut spec).await {

@@ -432,7 +432,7 @@ impl Manager {
     // The turn's mirror: given to the turn only (a process kept with it would keep the task's
     // writer open past the task).
     let mirror = spec.mirror.take();
-    let mirrored = mirror.is_some() && mirror_supported(&spec.program).await;
+    let mirrored = mirror.is_some() && mirror_supported(spec.cli_program()).await;
     let key = fingerprint(cli, &spec, can_use_tool.is_some());
     let stamp = config_stamp(&spec);
     let mut warm = None;

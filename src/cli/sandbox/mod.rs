@@ -104,6 +104,8 @@ pub struct Confinement {
   pub seccomp: Arc<Vec<Vec<u8>>>,
   /// The key proxy's address on the host: the sandbox's listener is relayed there.
   pub relay_to: Option<SocketAddr>,
+  /// The CLI binary the sandbox runs (the run's `program` is bubblewrap).
+  pub cli_program: PathBuf,
   /// Keeps the idmap user namespace open while the run may still be spawned.
   #[cfg(target_os = "linux")]
   pub idmap: Option<Arc<std::os::fd::OwnedFd>>,
@@ -361,6 +363,7 @@ impl Sandbox {
       a.extend(["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"].map(String::from));
     }
     a.push(s(&spec.program));
+    let cli_args = spec.args.len();
     a.append(&mut spec.args);
     spec.args = a;
     spec.program = self.bwrap.clone();
@@ -368,12 +371,20 @@ impl Sandbox {
     spec.env.retain(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "TMP" | "TEMP" | "XDG_RUNTIME_DIR"));
     spec.env.push(("HOME".into(), SANDBOX_HOME.into()));
     spec.env.push(("TMPDIR".into(), "/tmp".into()));
-    spec.confine = Some(Arc::new(self.confinement(spec, config_dir, proxy, root_id)?));
+    let cli_program = PathBuf::from(&spec.args[spec.args.len() - cli_args - 1]);
+    spec.confine = Some(Arc::new(self.confinement(spec, config_dir, proxy, root_id, cli_program)?));
     Ok(())
   }
 
   #[cfg(target_os = "linux")]
-  fn confinement(&self, spec: &RunSpec, config_dir: &Path, proxy: Option<SocketAddr>, root_id: Option<u32>) -> Result<Confinement> {
+  fn confinement(
+    &self,
+    spec: &RunSpec,
+    config_dir: &Path,
+    proxy: Option<SocketAddr>,
+    root_id: Option<u32>,
+    cli_program: PathBuf,
+  ) -> Result<Confinement> {
     use super::process::confine::ChildSetup;
     let mut setup = ChildSetup {
       new_user_ns: root_id.is_none(),
@@ -411,11 +422,11 @@ impl Sandbox {
       setup.idmap = Some((std::os::fd::AsRawFd::as_raw_fd(&*fd), paths));
       idmap = Some(fd);
     }
-    Ok(Confinement { setup, seccomp: self.seccomp.clone(), relay_to: proxy, idmap })
+    Ok(Confinement { setup, seccomp: self.seccomp.clone(), relay_to: proxy, idmap, cli_program })
   }
 
   #[cfg(not(target_os = "linux"))]
-  fn confinement(&self, _: &RunSpec, _: &Path, proxy: Option<SocketAddr>, _: Option<u32>) -> Result<Confinement> {
-    Ok(Confinement { seccomp: self.seccomp.clone(), relay_to: proxy })
+  fn confinement(&self, _: &RunSpec, _: &Path, proxy: Option<SocketAddr>, _: Option<u32>, cli_program: PathBuf) -> Result<Confinement> {
+    Ok(Confinement { seccomp: self.seccomp.clone(), relay_to: proxy, cli_program })
   }
 }
