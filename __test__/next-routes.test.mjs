@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, until, UUID } from './helpers.mjs'
+import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, until, UUID, workDir } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const nextRoutes = require('../next/index.js')
@@ -550,8 +550,8 @@ test('next routes: options — taskDefaults, clientTaskFields, getUserId throwin
 
 test('next routes: getSessionManager is one manager per process, kept on globalThis', async (t) => {
   const { dir } = makeManager({ server }) // just for a temp folder
-  const a = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: dir })
-  const b = getSessionManager({ databasePath: `${dir}/ignored.db`, workingDirectory: dir })
+  const a = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: workDir(dir) })
+  const b = getSessionManager({ databasePath: `${dir}/ignored.db`, workingDirectory: workDir(dir) })
   t.assert.strictEqual(a, b)
   t.assert.strictEqual(a.databasePath, `${dir}/shared.db`)
   t.assert.strictEqual(globalThis[Symbol.for('claude-session-manager.next.manager')], a)
@@ -567,7 +567,7 @@ test('next routes: getSessionManager is one manager per process, kept on globalT
   await closeSessionManager()
   t.assert.strictEqual(globalThis[Symbol.for('claude-session-manager.next.manager')], undefined)
   await t.assert.rejects(a.listSessions({ userId: 'frank' }), (e) => e.code === 'CLOSED')
-  const c = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: dir })
+  const c = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: workDir(dir) })
   t.assert.notStrictEqual(c, a)
   await closeSessionManager()
 })
