@@ -172,7 +172,13 @@ test('F22: ids need a visible character; titles are one line with no bidi contro
   for (const title of ['Résumé — v2 🚀', '日本語のタイトル', 'a\u200Bb']) {
     t.assert.strictEqual((await manager.fork({ sessionId: session.id, userId: 'u', title })).title, title)
   }
-  t.assert.strictEqual((await manager.getOrCreateSession({ projectId: '\u200Bp', userId: 'u' })).session.projectId, '\u200Bp')
+  // Visible ids with a bidi control, a zero-width character or a BOM are refused too, as titles are.
+  for (const bad of ['\u200Bp', 'p\uFEFF', 'bob\u202Eexe', '\u202Ax', 'x\u2066y\u2069', 'a\u200Db', 'a\u200E']) {
+    await rejectsInvalid(t, () => manager.getOrCreateSession({ projectId: bad, userId: 'u' }), `projectId ${escape(bad)}`, /projectId .*U\+/)
+    await rejectsInvalid(t, () => manager.getOrCreateSession({ projectId: 'p', userId: bad }), `userId ${escape(bad)}`, /userId .*U\+/)
+    await rejectsInvalid(t, () => manager.executeTask({ ...base, projectId: bad }), `executeTask projectId ${escape(bad)}`, /projectId/)
+  }
+  t.assert.strictEqual((await manager.getOrCreateSession({ projectId: 'p\u2060q', userId: 'u' })).session.projectId, 'p\u2060q')
   await manager.close()
 })
 
