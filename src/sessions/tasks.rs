@@ -406,7 +406,7 @@ impl Manager {
       other => other,
     };
     let outcome = match mode {
-      Ok(mode) if self.runs_warm(kind, can_use_tool.is_some()) => {
+      Ok(mode) if self.runs_warm(kind, can_use_tool.is_some(), cli.max_budget_usd.is_some()) => {
         cli.session = Some(mode);
         let can_use_tool = can_use_tool.map(|h| self.answerable(h, &session.id, &task_id));
         self.run_warm(permit, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool).await.map(|o| (o, None))
