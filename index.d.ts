@@ -459,8 +459,26 @@ export interface SessionManagerOptions {
    * digits, underscores). Default `claude_sessions`, apart from the app's own (`public`) tables.
    */
   databaseSchema?: string
-  /** Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else `process.cwd()`. */
+  /**
+   * Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else each session
+   * gets a folder of its own under `workspaceRoot`. Refused (`INVALID_ARGUMENT`) when it contains
+   * the state folder, the database or the tenant folders, and, unless
+   * `allowServerFolderAsWorkspace`, when it is the server's folder (`process.cwd()`) or contains
+   * it, or has a `.env*` file at its top.
+   */
   workingDirectory?: string
+  /**
+   * Where sessions without a working directory get a folder each (`<workspaceRoot>/<session
+   * id>`, `0700`), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
+   * `/claude-session-manager/workspaces/<server folder name>-<hash>`. It may not contain the
+   * state folder or lie inside it.
+   */
+  workspaceRoot?: string
+  /**
+   * UNSAFE: let a working directory be the server's own folder (or contain it), or have `.env*`
+   * files at its top; an agent there can read the server's code and secrets. Default false.
+   */
+  allowServerFolderAsWorkspace?: boolean
   /** Model for new sessions. Default: env `CLAUDE_DEFAULT_MODEL`, else `sonnet`. */
   defaultModel?: string
   /** Context window when the CLI does not report one. Default 200000 (500000 on enterprise plans). */
@@ -594,7 +612,11 @@ export interface SessionManagerOptions {
 export interface StartFreshRequest {
   projectId: string
   userId: string
-  /** The new session's id (a UUID never used before); default a fresh one. */
+  /**
+   * The user's own session of `projectId` to start over from (it is archived with the
+   * project's other active sessions). The new session always gets a fresh id: a client never
+   * picks one. A missing id and another user's session answer `SESSION_NOT_FOUND`, alike.
+   */
   sessionId?: string
   /** The absolute folder the CLI runs in (inside `allowedRoots` when set). */
   workingDirectory?: string

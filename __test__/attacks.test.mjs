@@ -383,17 +383,21 @@ test("10. a deleted session's transcript cannot be adopted; startFresh gives no 
   const other = await manager.executeTask({ prompt: 'alice live', projectId: 'p', userId: 'alice' })
   const own = await manager.executeTask({ prompt: 'mallory live', projectId: 'p', userId: 'mallory' })
   const message = async (sessionId, label) => {
-    const e = await rejectsWith(t, manager.startFresh({ projectId: 'p', userId: 'mallory', sessionId }), 'INVALID_ARGUMENT', undefined, label)
+    const e = await rejectsWith(t, manager.startFresh({ projectId: 'p', userId: 'mallory', sessionId }), 'SESSION_NOT_FOUND', undefined, label)
     t.assert.ok(e.message.includes(sessionId), e.message)
     return e.message.replaceAll(sessionId, '<id>')
   }
+  // startFresh never takes a client's id for the new session: a deleted id, another user's live
+  // one and one never used all answer the same.
   const deleted = await message(v.sessionId, 'deleted id')
   const othersLive = await message(other.sessionId, "another user's live id")
-  const ownLive = await message(own.sessionId, 'own live id')
+  const neverUsed = await message(crypto.randomUUID(), 'never used id')
   t.assert.strictEqual(othersLive, deleted)
-  t.assert.strictEqual(ownLive, deleted)
+  t.assert.strictEqual(neverUsed, deleted)
+  const ownFresh = await manager.startFresh({ projectId: 'p', userId: 'mallory', sessionId: own.sessionId })
+  t.assert.notStrictEqual(ownFresh.session.id, own.sessionId, 'starting over from her own session gives a new id')
   // The victim cannot get it back either, and nothing about it is readable.
-  await rejectsWith(t, manager.startFresh({ projectId: 'p', userId: 'victim', sessionId: v.sessionId }), 'INVALID_ARGUMENT')
+  await rejectsWith(t, manager.startFresh({ projectId: 'p', userId: 'victim', sessionId: v.sessionId }), 'SESSION_NOT_FOUND')
   await rejectsWith(t, manager.getMessages(v.sessionId, 'mallory'), 'SESSION_NOT_FOUND')
   // A task naming the id does not resume it.
   server.reset()

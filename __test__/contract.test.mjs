@@ -4,7 +4,7 @@
 import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { addon, tempDir } from './helpers.mjs'
+import { addon, tempDir, workDir } from './helpers.mjs'
 
 const dts = fs.readFileSync(path.resolve('index.d.ts'), 'utf8')
 
@@ -30,7 +30,7 @@ test('contract: request interfaces in index.d.ts match what the addon accepts', 
     err = e
   }
   t.assert.deepStrictEqual(declaredFields('SessionManagerOptions'), acceptedFields(err.message))
-  const m = new addon.SessionManager({ databasePath: path.join(dir, 's.db'), workingDirectory: dir })
+  const m = new addon.SessionManager({ databasePath: path.join(dir, 's.db'), workingDirectory: workDir(dir) })
   err = await m.executeTask({ bogusField: 1 }).catch((e) => e)
   t.assert.deepStrictEqual(declaredFields('TaskRequest'), acceptedFields(err.message))
   err = await m.listSessions({ bogusField: 1 }).catch((e) => e)

@@ -14,6 +14,16 @@ export function tempDir(prefix = 'csm-') {
   return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))
 }
 
+/**
+ * A working directory beside a test's database: `<dir>/<name>`, made if missing. (A working
+ * directory may not contain the database or the state folder, so `dir` itself cannot be one.)
+ */
+export function workDir(dir, name = 'work') {
+  const w = path.join(dir, name)
+  fs.mkdirSync(w, { recursive: true })
+  return w
+}
+
 /** The PostgreSQL database the tests may use (`CSM_TEST_DATABASE_URL`), or ''. */
 export const PG_URL = process.env.CSM_TEST_DATABASE_URL || ''
 

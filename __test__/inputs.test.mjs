@@ -4,7 +4,7 @@
 // case here is refused before anything is spawned (the manager has no stand-in server).
 import { test } from 'node:test'
 import path from 'node:path'
-import { addon, makeManager, rejectsWith, tempDir } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, tempDir, workDir } from './helpers.mjs'
 
 const I = 'INVALID_ARGUMENT'
 
@@ -47,7 +47,7 @@ test('F19: only own enumerable properties are request fields', async (t) => {
     const child = await manager.fork({ sessionId: session.id, userId: 'u' })
     // (`child.title` itself would read the polluted prototype: the result has no own title.)
     t.assert.strictEqual(Object.hasOwn(child, 'title') ? child.title : null, null, 'an inherited title is not stored')
-    const other = new addon.SessionManager({ databasePath: path.join(dir, 'other.db'), workingDirectory: dir })
+    const other = new addon.SessionManager({ databasePath: path.join(dir, 'other.db'), workingDirectory: workDir(dir) })
     await other.close()
     t.assert.strictEqual(addon.countTokens(text, {}), o200k, 'an inherited encoding is not an option')
     t.assert.strictEqual(await addon.countTokensAsync(text, {}), o200k)
@@ -172,7 +172,13 @@ test('F22: ids need a visible character; titles are one line with no bidi contro
   for (const title of ['Résumé — v2 🚀', '日本語のタイトル', 'a\u200Bb']) {
     t.assert.strictEqual((await manager.fork({ sessionId: session.id, userId: 'u', title })).title, title)
   }
-  t.assert.strictEqual((await manager.getOrCreateSession({ projectId: '\u200Bp', userId: 'u' })).session.projectId, '\u200Bp')
+  // Visible ids with a bidi control, a zero-width character or a BOM are refused too, as titles are.
+  for (const bad of ['\u200Bp', 'p\uFEFF', 'bob\u202Eexe', '\u202Ax', 'x\u2066y\u2069', 'a\u200Db', 'a\u200E']) {
+    await rejectsInvalid(t, () => manager.getOrCreateSession({ projectId: bad, userId: 'u' }), `projectId ${escape(bad)}`, /projectId .*U\+/)
+    await rejectsInvalid(t, () => manager.getOrCreateSession({ projectId: 'p', userId: bad }), `userId ${escape(bad)}`, /userId .*U\+/)
+    await rejectsInvalid(t, () => manager.executeTask({ ...base, projectId: bad }), `executeTask projectId ${escape(bad)}`, /projectId/)
+  }
+  t.assert.strictEqual((await manager.getOrCreateSession({ projectId: 'p\u2060q', userId: 'u' })).session.projectId, 'p\u2060q')
   await manager.close()
 })
 
@@ -191,12 +197,12 @@ test('F22/§5: model names and maxBudgetUsd', async (t) => {
   }
   for (const defaultModel of ['sonnet --print', 'opus\tX']) {
     t.assert.throws(
-      () => new addon.SessionManager({ databasePath: path.join(dir, 'm.db'), workingDirectory: dir, defaultModel }),
+      () => new addon.SessionManager({ databasePath: path.join(dir, 'm.db'), workingDirectory: workDir(dir), defaultModel }),
       (e) => e.code === I && /defaultModel/.test(e.message),
       `defaultModel ${escape(defaultModel)}`,
     )
   }
-  const ok = new addon.SessionManager({ databasePath: path.join(dir, 'm.db'), workingDirectory: dir, defaultModel: 'claude-opus-4-1[1m]' })
+  const ok = new addon.SessionManager({ databasePath: path.join(dir, 'm.db'), workingDirectory: workDir(dir), defaultModel: 'claude-opus-4-1[1m]' })
   await ok.close()
 
   for (const maxBudgetUsd of [0.0001, 0.25, 10000]) {

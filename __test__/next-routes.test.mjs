@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, until, UUID } from './helpers.mjs'
+import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, until, UUID, workDir } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const nextRoutes = require('../next/index.js')
@@ -345,6 +345,13 @@ test('next routes: malformed JSON and invalid arguments are 400 INVALID_ARGUMENT
     [routes.task.POST(post('task', null, { raw: '[1,2]' })), /JSON object/],
     [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: 'text/plain' })), /application\/json/],
     [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: null })), /application\/json/],
+    // Only application/json itself, with at most a UTF-8 charset.
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: 'application/x-evil+json; charset=utf-16' })), /application\/json/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: 'application/json; charset=utf-16' })), /application\/json/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: 'application/vnd.api+json' })), /application\/json/],
+    [routes.task.POST(post('task', { prompt: 'x', projectId: 'p' }, { contentType: 'application/jsonx' })), /application\/json/],
+    [routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'p\u202Eexe' })), /projectId/],
+    [routes.session.POST(post('session', { action: 'getOrCreate', projectId: '\uFEFFp' })), /projectId/],
     [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', userId: 'mallory' })), /userId/],
     [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', allowedTools: ['Bash'] })), /allowedTools/],
     [routes.task.POST(post('task', { prompt: 'x', projectId: 'p', permissionMode: 'bypassPermissions' })), /permissionMode/],
@@ -550,8 +557,8 @@ test('next routes: options — taskDefaults, clientTaskFields, getUserId throwin
 
 test('next routes: getSessionManager is one manager per process, kept on globalThis', async (t) => {
   const { dir } = makeManager({ server }) // just for a temp folder
-  const a = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: dir })
-  const b = getSessionManager({ databasePath: `${dir}/ignored.db`, workingDirectory: dir })
+  const a = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: workDir(dir) })
+  const b = getSessionManager({ databasePath: `${dir}/ignored.db`, workingDirectory: workDir(dir) })
   t.assert.strictEqual(a, b)
   t.assert.strictEqual(a.databasePath, `${dir}/shared.db`)
   t.assert.strictEqual(globalThis[Symbol.for('claude-session-manager.next.manager')], a)
@@ -567,7 +574,14 @@ test('next routes: getSessionManager is one manager per process, kept on globalT
   await closeSessionManager()
   t.assert.strictEqual(globalThis[Symbol.for('claude-session-manager.next.manager')], undefined)
   await t.assert.rejects(a.listSessions({ userId: 'frank' }), (e) => e.code === 'CLOSED')
-  const c = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: dir })
+  const c = getSessionManager({ databasePath: `${dir}/shared.db`, workingDirectory: workDir(dir) })
   t.assert.notStrictEqual(c, a)
   await closeSessionManager()
+})
+
+test('next routes: application/json with an optional UTF-8 charset is accepted, in any letter case', async (t) => {
+  for (const contentType of ['application/json', 'application/json; charset=utf-8', 'Application/JSON; Charset=UTF-8', 'application/json;charset="utf-8"']) {
+    const res = await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'ct' }, { contentType }))
+    t.assert.strictEqual(res.status, 200, `${contentType}: ${await res.text()}`)
+  }
 })

@@ -116,6 +116,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
   t.diagnostic(`next build took ${((Date.now() - buildStarted) / 1000).toFixed(1)} s`)
 
   const work = tempDir('csm-next-e2e-')
+  const state = tempDir('csm-next-e2e-state-') // the addon's state folder, apart from the working directory
   const port = await freePort()
   const base = `http://127.0.0.1:${port}`
   let log = ''
@@ -128,6 +129,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     cwd: app,
     env: appEnv({
       CLAUDE_WORKING_DIR: work,
+      CLAUDE_SESSIONS_STATE_DIR: state,
       DEMO_TOKENS_PER_TURN: '300000',
       ...(pgSchema ? { CLAUDE_SESSIONS_DATABASE_URL: PG_URL, CLAUDE_SESSIONS_DATABASE_SCHEMA: pgSchema } : {}),
     }),
@@ -151,6 +153,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
       }
     }
     fs.rmSync(work, { recursive: true, force: true })
+    fs.rmSync(state, { recursive: true, force: true })
     if (pgSchema) psql(`DROP SCHEMA IF EXISTS "${pgSchema}" CASCADE`)
   })
 
@@ -556,7 +559,8 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
   })
 
   await t.test('the sessions are in the store the app was configured with', (t) => {
-    const dbFile = path.join(work, '.claude-sessions', 'sessions.db')
+    const dbFile = path.join(state, 'sessions.db')
+    t.assert.strictEqual(fs.existsSync(path.join(work, '.claude-sessions')), false, 'nothing of the store inside the working directory')
     if (pgSchema) {
       t.assert.ok(Number(psql(`SELECT count(*) FROM "${pgSchema}".tasks`)) > 0, 'task rows in PostgreSQL')
       t.assert.strictEqual(fs.existsSync(dbFile), false, 'no SQLite file beside it')

@@ -10,7 +10,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import readline from 'node:readline'
 import { spawn, execFileSync } from 'node:child_process'
-import { PG_URL, addon, testBackends, startStandInServer, tempDir, processesMentioning, until } from './helpers.mjs'
+import { PG_URL, addon, testBackends, startStandInServer, tempDir, processesMentioning, until, workDir } from './helpers.mjs'
 
 const { SessionManager } = addon
 
@@ -296,7 +296,7 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
 
 test('nodeId and leaseTtlMs are checked: bad values are INVALID_ARGUMENT naming the option', async (t) => {
   const dir = tempDir()
-  const make = (options) => () => new SessionManager({ databasePath: path.join(dir, 'sessions.db'), workingDirectory: dir, ...options })
+  const make = (options) => () => new SessionManager({ databasePath: path.join(dir, 'sessions.db'), workingDirectory: workDir(dir), ...options })
   for (const [options, name] of [
     [{ nodeId: '' }, /nodeId/],
     [{ nodeId: 'a\nb' }, /nodeId/],

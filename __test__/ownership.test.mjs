@@ -60,6 +60,9 @@ const addonRows = (m) => [
   ['executeTask autoCompact', (id, user) => m.executeTask({ prompt: 'steal', projectId: 'p', userId: user, sessionId: id, autoCompact: true })],
   ['sendMessage', (id, user) => m.sendMessage({ sessionId: id, userId: user, prompt: 'steal' })],
   ['getContextUsage', (id, user) => m.getContextUsage(id, user)],
+  ['startFresh sessionId', (id, user) => m.startFresh({ projectId: 'p', userId: user, sessionId: id })],
+  ['startFresh sessionId other project', (id, user) => m.startFresh({ projectId: 'q', userId: user, sessionId: id })],
+  ['executeTask sessionId other project', (id, user) => m.executeTask({ prompt: 'steal', projectId: 'q', userId: user, sessionId: id })],
 ]
 
 const BASE = 'http://localhost/api/claude'
@@ -120,15 +123,23 @@ test('ownership: every method and route answers for another user\'s session exac
     t.assert.strictEqual(theirs.message, 'session ID was not found for this user', name)
   }
 
-  // startFresh with a chosen id: any id already used (here alice's) answers as one mallory used
-  // herself and deleted; a fresh id would be accepted.
-  const usedByMallory = randomUUID()
-  await manager.startFresh({ projectId: 'q', userId: 'mallory', sessionId: usedByMallory })
+  // A client never picks a new session's id: startFresh and executeTask with an id never
+  // created, one mallory used herself and deleted, and alice's answer alike, creating nothing.
+  const usedByMallory = (await manager.startFresh({ projectId: 'q', userId: 'mallory' })).session.id
   await manager.deleteSession(usedByMallory, 'mallory')
-  const fresh = (sid) => outcome(() => manager.startFresh({ projectId: 'q', userId: 'mallory', sessionId: sid }), sid)
-  const freshTheirs = await fresh(id)
-  t.assert.deepStrictEqual(freshTheirs, await fresh(usedByMallory), 'startFresh with alice\'s id')
-  t.assert.strictEqual(freshTheirs.code, 'INVALID_ARGUMENT')
+  const mallorysBefore = await manager.listSessions({ userId: 'mallory' })
+  for (const [name, call] of [
+    ['startFresh', (sid) => manager.startFresh({ projectId: 'q', userId: 'mallory', sessionId: sid })],
+    ['executeTask', (sid) => manager.executeTask({ prompt: 'mine', projectId: 'q', userId: 'mallory', sessionId: sid })],
+    ['deleteSession', (sid) => manager.deleteSession(sid, 'mallory')],
+  ]) {
+    const never = randomUUID()
+    const theirs = await outcome(() => call(id), id)
+    t.assert.deepStrictEqual(await outcome(() => call(never), never), theirs, `${name} with a never-created id`)
+    t.assert.deepStrictEqual(await outcome(() => call(usedByMallory), usedByMallory), theirs, `${name} with a deleted id`)
+    t.assert.deepStrictEqual(theirs, { code: 'SESSION_NOT_FOUND', message: 'session ID was not found for this user' }, name)
+  }
+  t.assert.deepStrictEqual(await manager.listSessions({ userId: 'mallory' }), mallorysBefore, 'no session was created under a chosen id')
 
   // cleanupSessions: mallory's cleanup of everything idle answers as it would without alice, and
   // leaves alice's (idle, archived) session and its fork alone.
@@ -150,7 +161,8 @@ test('ownership: every method and route answers for another user\'s session exac
   const freshRoute = (sid) => routeOutcome(routes.session.POST(post('session', { action: 'startFresh', projectId: 'q', sessionId: sid }, 'mallory')), sid)
   const freshRouteTheirs = await freshRoute(id)
   t.assert.deepStrictEqual(freshRouteTheirs, await freshRoute(usedByMallory), 'route startFresh with alice\'s id')
-  t.assert.strictEqual(freshRouteTheirs.status, 400)
+  t.assert.deepStrictEqual(freshRouteTheirs, await freshRoute(randomUUID()), 'route startFresh with a never-created id')
+  t.assert.strictEqual(freshRouteTheirs.status, 404)
   const cleanRoute = await routeOutcome(routes.session.POST(post('session', { action: 'cleanup', maxAgeMs: 0, keepActive: false }, 'mallory')), id)
   t.assert.deepStrictEqual(cleanRoute, { status: 200, body: { deleted: 0, remaining: 0 } })
 

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { addon, makeManager, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, tempDir, workDir } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -185,9 +185,9 @@ test('sandbox: where bubblewrap cannot run, "bubblewrap" throws SANDBOX_UNAVAILA
   const script = `
     const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))})
     const out = {}
-    try { new SessionManager({ databasePath: ${JSON.stringify(path.join(dir, 'a.db'))}, workingDirectory: ${JSON.stringify(dir)}, sandbox: 'bubblewrap' }); out.bubblewrap = 'constructed' }
+    try { new SessionManager({ databasePath: ${JSON.stringify(path.join(dir, 'a.db'))}, workingDirectory: ${JSON.stringify(workDir(dir))}, sandbox: 'bubblewrap' }); out.bubblewrap = 'constructed' }
     catch (e) { out.bubblewrap = { code: e.code, message: e.message } }
-    const m = new SessionManager({ databasePath: ${JSON.stringify(path.join(dir, 'b.db'))}, workingDirectory: ${JSON.stringify(dir)} })
+    const m = new SessionManager({ databasePath: ${JSON.stringify(path.join(dir, 'b.db'))}, workingDirectory: ${JSON.stringify(workDir(dir))} })
     out.auto = m.info().sandbox
     m.close().then(() => console.log(JSON.stringify(out)))`
   const { execFileSync } = await import('node:child_process')

@@ -5,7 +5,7 @@ import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, execFileSync } from 'node:child_process'
-import { addon, makeManager, rejectsWith, tempDir, UUID, testBackends, backendTag, PG_URL } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, tempDir, UUID, testBackends, backendTag, PG_URL, workDir } from './helpers.mjs'
 
 const { SessionManager } = addon
 
@@ -37,10 +37,15 @@ for (const backend of testBackends()) {
     t.assert.strictEqual((await manager.listSessions({ userId: 'alice', status: 'active' })).length, 1)
     t.assert.strictEqual((await manager.listSessions({ userId: 'alice', limit: 1, offset: 1 })).length, 1)
 
+    // A client never picks a new session's id: `sessionId` names the user's own session to start
+    // over from; an id never created answers SESSION_NOT_FOUND and creates nothing.
     const chosen = '6f1c1d3e-8a8b-4c2d-9e0f-123456789abc'
-    const fresh2 = await manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen })
-    t.assert.strictEqual(fresh2.session.id, chosen)
-    await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen }), 'INVALID_ARGUMENT', /cannot be used/)
+    await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: chosen }), 'SESSION_NOT_FOUND')
+    t.assert.strictEqual((await manager.listSessions({ userId: 'alice', projectId: 'p2' })).length, 0)
+    const fresh2 = await manager.startFresh({ projectId: 'p1', userId: 'alice', sessionId: fresh.session.id })
+    t.assert.notStrictEqual(fresh2.session.id, fresh.session.id)
+    t.assert.strictEqual(fresh2.archived, 1, 'the session it started over from is archived')
+    await rejectsWith(t, manager.startFresh({ projectId: 'p2', userId: 'alice', sessionId: fresh.session.id }), 'SESSION_NOT_FOUND', undefined, 'another project')
 
     const archived = await manager.archiveSession(fresh.session.id, 'alice')
     t.assert.strictEqual(archived.status, 'archived')
@@ -116,14 +121,14 @@ test('sessions: bad input is INVALID_ARGUMENT before the store is touched', asyn
 test('store: missing folder, a folder, and a file that is not SQLite give STORE_ERROR and stay untouched', (t) => {
   const dir = tempDir()
   const missing = path.join(dir, 'nope', 'db.sqlite')
-  t.assert.throws(() => new SessionManager({ databasePath: missing, workingDirectory: dir }), (e) => e.code === 'STORE_ERROR' && e.message.includes(missing))
-  t.assert.throws(() => new SessionManager({ databasePath: dir, workingDirectory: dir }), (e) => e.code === 'STORE_ERROR')
+  t.assert.throws(() => new SessionManager({ databasePath: missing, workingDirectory: workDir(dir) }), (e) => e.code === 'STORE_ERROR' && e.message.includes(missing))
+  t.assert.throws(() => new SessionManager({ databasePath: dir, workingDirectory: workDir(dir) }), (e) => e.code === 'STORE_ERROR')
   const junk = path.join(dir, 'junk.db')
   const bytes = Buffer.from('this is not a database, and must survive '.repeat(200))
   fs.writeFileSync(junk, bytes)
-  t.assert.throws(() => new SessionManager({ databasePath: junk, workingDirectory: dir }), (e) => e.code === 'STORE_ERROR' && e.message.includes(junk))
+  t.assert.throws(() => new SessionManager({ databasePath: junk, workingDirectory: workDir(dir) }), (e) => e.code === 'STORE_ERROR' && e.message.includes(junk))
   t.assert.deepStrictEqual(fs.readFileSync(junk), bytes)
-  t.assert.throws(() => new SessionManager({ databasePath: '/proc/csm/sessions.db', workingDirectory: dir }), (e) => e.code === 'STORE_ERROR')
+  t.assert.throws(() => new SessionManager({ databasePath: '/proc/csm/sessions.db', workingDirectory: workDir(dir) }), (e) => e.code === 'STORE_ERROR')
 })
 
 test('store: the default database lives in a private state folder outside the working directory; env overrides', async (t) => {
@@ -133,7 +138,9 @@ test('store: the default database lives in a private state folder outside the wo
   // A database an older version left inside the working directory is moved out, not lost.
   const legacy = path.join(work, '.claude-sessions')
   fs.mkdirSync(legacy)
-  const old = new SessionManager({ workingDirectory: work, databasePath: path.join(legacy, 'sessions.db') })
+  // (An older version could be given this layout; this one refuses a database inside the working
+  // directory, so the old manager here runs elsewhere.)
+  const old = new SessionManager({ workingDirectory: workDir(dir, 'elsewhere'), databasePath: path.join(legacy, 'sessions.db') })
   await old.getOrCreateSession({ projectId: 'p', userId: 'u' })
   await old.close()
   const run = (env) => {
@@ -190,7 +197,7 @@ test('store: two Node processes writing to one database at once lose nothing', a
   const perProcess = 150
   const script = `
     const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
-    const m = new SessionManager({ databasePath: ${JSON.stringify(db)}, workingDirectory: ${JSON.stringify(dir)} });
+    const m = new SessionManager({ databasePath: ${JSON.stringify(db)}, workingDirectory: ${JSON.stringify(workDir(dir))} });
     (async () => {
       const ids = [];
       await Promise.all(Array.from({ length: ${perProcess} }, async (_, i) => {
@@ -212,7 +219,7 @@ test('store: two Node processes writing to one database at once lose nothing', a
     })
   const [a, b] = await Promise.all([run(1), run(2)])
   t.assert.strictEqual(a.length + b.length, 2 * perProcess)
-  const m = new SessionManager({ databasePath: db, workingDirectory: dir })
+  const m = new SessionManager({ databasePath: db, workingDirectory: workDir(dir) })
   const all = await m.listSessions({ userId: 'shared', limit: 1000 })
   t.assert.strictEqual(all.length, 2 * perProcess + 1, 'every write landed, and "common" exists once')
   t.assert.deepStrictEqual(new Set(all.map((s) => s.id)), new Set([...a, ...b, ...all.filter((s) => s.projectId === 'common').map((s) => s.id)]))
@@ -221,7 +228,7 @@ test('store: two Node processes writing to one database at once lose nothing', a
 
 test('store: an unreachable PostgreSQL URL or a wrong password is STORE_ERROR without the password', (t) => {
   const dir = tempDir()
-  const open = (databaseUrl, extra = {}) => new SessionManager({ databaseUrl, workingDirectory: dir, stateDirectory: path.join(dir, 'state'), ...extra })
+  const open = (databaseUrl, extra = {}) => new SessionManager({ databaseUrl, workingDirectory: workDir(dir), stateDirectory: path.join(dir, 'state'), ...extra })
   for (const url of ['postgresql://app:Sup3rSecretPw@127.0.0.1:1/db?connect_timeout=2&schema=public', 'postgres://app:Sup3rSecretPw@127.0.0.1:1/db']) {
     let e
     try {

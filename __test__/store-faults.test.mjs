@@ -5,14 +5,14 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, spawnSync, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { addon, rejectsWith, tempDir, makeManager, startStandInServer, PG_URL } from './helpers.mjs'
+import { addon, rejectsWith, tempDir, makeManager, startStandInServer, PG_URL, workDir } from './helpers.mjs'
 
 const { SessionManager } = addon
 
 test('store faults: a file locked by another process for a moment makes writers wait, not fail', async (t) => {
   const dir = tempDir()
   const db = path.join(dir, 's.db')
-  const m = new SessionManager({ databasePath: db, workingDirectory: dir })
+  const m = new SessionManager({ databasePath: db, workingDirectory: workDir(dir) })
   await m.getOrCreateSession({ projectId: 'p', userId: 'u' })
   const locker = spawn('python3', ['-c', `
 import sqlite3, sys, time
@@ -35,7 +35,7 @@ test('store faults: a full disk is STORE_ERROR; what was written stays readable'
   const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=512k', 'tmpfs', mnt])
   if (mounted.status !== 0) return t.skip(`cannot mount a small tmpfs here: ${String(mounted.stderr).trim()}`)
   try {
-    const m = new SessionManager({ databasePath: path.join(mnt, 's.db'), workingDirectory: mnt })
+    const m = new SessionManager({ databasePath: path.join(mnt, 's.db'), workingDirectory: workDir(mnt) })
     let made = 0
     let error
     for (let i = 0; i < 5000 && !error; i++) {
@@ -68,13 +68,13 @@ test('store faults: a read-only database file is STORE_ERROR naming the path', a
     const db = path.join(mnt, 's.db')
     const made = spawnSync(process.execPath, ['-e', `
       const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))});
-      const m = new SessionManager({ databasePath: ${JSON.stringify(db)}, workingDirectory: ${JSON.stringify(mnt)} });
+      const m = new SessionManager({ databasePath: ${JSON.stringify(db)}, workingDirectory: ${JSON.stringify(workDir(mnt))} });
       m.getOrCreateSession({ projectId: 'p', userId: 'u' }).then(() => m.close())`], { encoding: 'utf8' })
     t.assert.strictEqual(made.status, 0, made.stderr)
     const remount = spawnSync('mount', ['-o', 'remount,ro', mnt])
     t.assert.strictEqual(remount.status, 0, String(remount.stderr))
     const bytes = fs.readFileSync(db)
-    t.assert.throws(() => new SessionManager({ databasePath: db, workingDirectory: mnt }), (e) => e.code === 'STORE_ERROR' && e.message.includes(db), 'STORE_ERROR naming the path')
+    t.assert.throws(() => new SessionManager({ databasePath: db, workingDirectory: workDir(mnt) }), (e) => e.code === 'STORE_ERROR' && e.message.includes(db), 'STORE_ERROR naming the path')
     t.assert.deepStrictEqual(fs.readFileSync(db), bytes)
   } finally {
     spawnSync('umount', [mnt])
@@ -84,7 +84,7 @@ test('store faults: a read-only database file is STORE_ERROR naming the path', a
 test('store faults: the database deleted while running is STORE_ERROR', async (t) => {
   const dir = tempDir()
   const db = path.join(dir, 's.db')
-  const m = new SessionManager({ databasePath: db, workingDirectory: dir })
+  const m = new SessionManager({ databasePath: db, workingDirectory: workDir(dir) })
   await m.getOrCreateSession({ projectId: 'p', userId: 'u' })
   for (const f of fs.readdirSync(dir).filter((f) => f.startsWith('s.db'))) fs.rmSync(path.join(dir, f))
   await rejectsWith(t, m.getOrCreateSession({ projectId: 'p2', userId: 'u' }), 'STORE_ERROR', /deleted or replaced/)
@@ -109,7 +109,8 @@ test('a Rust panic becomes an INTERNAL rejection and Node keeps running (debug b
   const script = `
     const { SessionManager, countTokens } = require(${JSON.stringify(path.resolve('index.js'))});
     const dir = require('fs').mkdtempSync(require('os').tmpdir() + '/csm-');
-    const m = new SessionManager({ databasePath: dir + '/s.db', workingDirectory: dir });
+    require('fs').mkdirSync(dir + '/work');
+    const m = new SessionManager({ databasePath: dir + '/s.db', workingDirectory: dir + '/work' });
     process.env.CSM_DEBUG_PANIC = '1';
     const out = {};
     m.listSessions({ userId: 'u' }).then(() => { out.async = 'resolved' }, (e) => { out.async = e.code })

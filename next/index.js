@@ -207,8 +207,10 @@ async function readBodyText(request, limit) {
  * routes safe from CSRF. */
 async function readJsonObject(request, limit) {
   const type = (request.headers.get('content-type') || '').toLowerCase()
-  if (!/^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/.test(type)) {
-    throw badRequest(`the request body must be JSON sent with "content-type: application/json" (got ${type ? `"${type}"` : 'no content type'})`)
+  // Exactly `application/json`, with at most a UTF-8 charset: not `application/x-evil+json`, not
+  // `charset=utf-16` (the body is read as UTF-8).
+  if (!/^application\/json\s*(;\s*charset\s*=\s*"?utf-8"?\s*)?$/.test(type)) {
+    throw badRequest(`the request body must be JSON sent with "content-type: application/json" (optionally "; charset=utf-8"; got ${type ? `"${type}"` : 'no content type'})`)
   }
   const text = await readBodyText(request, limit)
   if (!text.trim()) throw badRequest('the request body is empty; expected a JSON object')

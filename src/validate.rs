@@ -33,6 +33,8 @@ pub fn is_bidi_control(c: char) -> bool {
 /// - An id contains no control character (U+0000–U+001F, U+007F–U+009F: no newline, tab or escape).
 /// - An id has at least one visible character: white space and the invisible characters (U+00AD,
 ///   U+200B–U+200F, U+2060–U+2064, U+FEFF) do not count.
+/// - An id has no bidirectional control (U+202A–U+202E, U+2066–U+2069), zero-width or direction
+///   mark (U+200B–U+200F) or byte-order mark (U+FEFF) anywhere.
 /// - An id is well-formed Unicode: a JavaScript string with an unpaired surrogate (U+D800–U+DFFF
 ///   without its partner) is refused where it is read, never changed into U+FFFD.
 /// - An id is compared exactly as given: it is not trimmed or normalised.
@@ -45,6 +47,14 @@ pub fn id(field: &str, value: &str) -> Result<()> {
   }
   if let Some(c) = describe_control(value) {
     return Err(Error::invalid(format!("{field} contains the control character {c}; ids must be printable")));
+  }
+  // Bidirectional controls reorder what is shown after them, and zero-width characters or a BOM
+  // make two ids look alike: refused, as in titles.
+  if let Some(c) = value.chars().find(|&c| is_bidi_control(c) || matches!(c, '\u{200B}'..='\u{200F}' | '\u{FEFF}')) {
+    return Err(Error::invalid(format!(
+      "{field} contains the invisible or bidirectional character U+{:04X}; ids must be plainly visible",
+      c as u32
+    )));
   }
   Ok(())
 }
@@ -248,8 +258,13 @@ mod tests {
       let e = id("userId", bad).unwrap_err();
       assert!(e.message.contains("userId"), "{bad:?}: {}", e.message);
     }
-    for good in ["alice", "\u{200B}a", "a\u{FEFF}", "é", "用户", "a b"] {
+    for good in ["alice", "é", "用户", "a b", "a\u{2060}b"] {
       assert!(id("userId", good).is_ok(), "{good:?}");
+    }
+    // Visible, but with a bidi control, a zero-width character or a BOM: refused, as in titles.
+    for bad in ["\u{200B}a", "a\u{FEFF}", "bob\u{202E}exe", "\u{202A}x", "x\u{2066}", "\u{2069}a", "a\u{200D}b", "a\u{200F}"] {
+      let e = id("projectId", bad).unwrap_err();
+      assert!(e.message.contains("projectId") && e.message.contains("U+"), "{bad:?}: {}", e.message);
     }
     assert!(id("userId", "a\u{1b}[31m").is_err());
   }

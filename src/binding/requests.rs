@@ -33,8 +33,20 @@ pub struct SessionManagerOptions {
   /// The PostgreSQL schema holding the addon's tables, created if needed (lowercase letters,
   /// digits, underscores). Default `claude_sessions`, apart from the app's own (`public`) tables.
   pub database_schema: Option<String>,
-  /// Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else `process.cwd()`.
+  /// Where the CLI runs for new sessions. Default: env `CLAUDE_WORKING_DIR`, else each session
+  /// gets a folder of its own under `workspaceRoot`. Refused (`INVALID_ARGUMENT`) when it contains
+  /// the state folder, the database or the tenant folders, and, unless
+  /// `allowServerFolderAsWorkspace`, when it is the server's folder (`process.cwd()`) or contains
+  /// it, or has a `.env*` file at its top.
   pub working_directory: Option<String>,
+  /// Where sessions without a working directory get a folder each (`<workspaceRoot>/<session
+  /// id>`, `0700`), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
+  /// `/claude-session-manager/workspaces/<server folder name>-<hash>`. It may not contain the
+  /// state folder or lie inside it.
+  pub workspace_root: Option<String>,
+  /// UNSAFE: let a working directory be the server's own folder (or contain it), or have `.env*`
+  /// files at its top; an agent there can read the server's code and secrets. Default false.
+  pub allow_server_folder_as_workspace: Option<bool>,
   /// Model for new sessions. Default: env `CLAUDE_DEFAULT_MODEL`, else `sonnet`.
   pub default_model: Option<String>,
   /// Context window when the CLI does not report one. Default 200000 (500000 on enterprise plans).
@@ -303,7 +315,9 @@ pub struct GetOrCreateRequest {
 pub struct StartFreshRequest {
   pub project_id: String,
   pub user_id: String,
-  /// The new session's id (a UUID never used before); default a fresh one.
+  /// The user's own session of `projectId` to start over from (it is archived with the
+  /// project's other active sessions). The new session always gets a fresh id: a client never
+  /// picks one. A missing id and another user's session answer `SESSION_NOT_FOUND`, alike.
   pub session_id: Option<String>,
   /// The absolute folder the CLI runs in (inside `allowedRoots` when set).
   pub working_directory: Option<String>,
@@ -383,6 +397,8 @@ impl From<SessionManagerOptions> for manager::Options {
       database_url: o.database_url,
       database_schema: o.database_schema,
       working_directory: o.working_directory,
+      workspace_root: o.workspace_root,
+      allow_server_folder_as_workspace: o.allow_server_folder_as_workspace.unwrap_or(false),
       default_model: o.default_model,
       context_window: o.context_window,
       compact_threshold: o.compact_threshold,

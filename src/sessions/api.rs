@@ -61,9 +61,18 @@ impl Manager {
     working_directory: Option<&str>,
   ) -> Result<(Session, u64)> {
     validate_user_project(user_id, Some(project_id))?;
-    let id = session_id.map(|s| validate::session_id("sessionId", s)).transpose()?;
+    // A client never picks a new session's id: `sessionId` names the user's own session of this
+    // project to start over from (archived with the project's other active sessions); a missing
+    // id, a retired one and another user's all answer `SESSION_NOT_FOUND`, alike.
+    if let Some(id) = session_id {
+      let id = validate::session_id("sessionId", id)?;
+      let from = self.get_session(&id, user_id).await?;
+      if from.project_id != project_id {
+        return Err(Error::not_found(&id));
+      }
+    }
     let wd = self.working_dir(working_directory)?;
-    let new = self.new_session(project_id, user_id, id, None, wd);
+    let new = self.new_session(project_id, user_id, None, None, wd);
     self.db(move |s| s.start_fresh(&new)).await
   }
 
@@ -128,7 +137,7 @@ impl Manager {
       context: parent.context.clone(),
       cli_cost_watermark: parent.cli_cost_watermark,
       config_dir: parent.config_dir.clone(),
-      ..self.new_session(&parent.project_id, &parent.user_id, None, None, PathBuf::from(&parent.working_directory))
+      ..self.new_session(&parent.project_id, &parent.user_id, None, None, Some(PathBuf::from(&parent.working_directory)))
     };
     self.point(move |s| s.create_session(&new)).await
   }

@@ -14,6 +14,8 @@ pub struct Options {
   pub database_url: Option<String>,
   pub database_schema: Option<String>,
   pub working_directory: Option<String>,
+  pub workspace_root: Option<String>,
+  pub allow_server_folder_as_workspace: bool,
   pub default_model: Option<String>,
   pub context_window: Option<f64>,
   pub compact_threshold: Option<f64>,
@@ -78,7 +80,20 @@ pub struct Config {
   pub database_url: Option<String>,
   /// The PostgreSQL schema holding the addon's tables.
   pub database_schema: String,
-  pub working_directory: PathBuf,
+  /// The configured working directory (`workingDirectory`, env `CLAUDE_WORKING_DIR`), if any.
+  pub working_directory: Option<PathBuf>,
+  /// Where a session without a configured working directory gets a folder of its own
+  /// (`<workspaceRoot>/<session id>`, `0700`).
+  pub workspace_root: PathBuf,
+  /// The server's folder (`process.cwd()` at construction), where the CLI is looked up and which
+  /// no agent works in unless `allowServerFolderAsWorkspace`.
+  pub server_directory: PathBuf,
+  /// `allowServerFolderAsWorkspace` (unsafe): the server's folder, or one with `.env*` files at
+  /// its top, may be a working directory.
+  pub allow_server_folder: bool,
+  /// Folders no working directory may contain: the state folder, the database, the tenant
+  /// configuration folders (with what each is, for the message).
+  pub protected: Vec<(PathBuf, &'static str)>,
   pub default_model: String,
   pub context_window: u64,
   pub compact_threshold: f64,
@@ -139,11 +154,18 @@ impl Config {
     for r in &o.allowed_roots {
       allowed_roots.push(validate::working_directory("allowedRoots entry", r, &[])?);
     }
-    let working_directory = PathBuf::from(
-      o.working_directory.clone().or_else(|| env_var("CLAUDE_WORKING_DIR")).unwrap_or_else(|| cwd.to_string_lossy().into_owned()),
-    );
-    let working_directory = if working_directory.is_absolute() { working_directory } else { cwd.join(working_directory) };
-    let working_directory = validate::working_directory("workingDirectory", &working_directory.to_string_lossy(), &allowed_roots)?;
+    let cwd = std::fs::canonicalize(&cwd).unwrap_or(cwd);
+    let configured = o.working_directory.clone().or_else(|| env_var("CLAUDE_WORKING_DIR")).map(PathBuf::from);
+    let working_directory = match configured {
+      Some(w) => {
+        let w = if w.is_absolute() { w } else { cwd.join(w) };
+        Some(validate::working_directory("workingDirectory", &w.to_string_lossy(), &allowed_roots)?)
+      }
+      None => None,
+    };
+    // What the default state folder and workspace root are named after: the configured working
+    // directory, else the server's folder (as before per-session workspaces).
+    let base = working_directory.clone().unwrap_or_else(|| cwd.clone());
     let isolation = match o.isolate_tenants.as_deref() {
       Some("none") => Isolation::None,
       None | Some("user") => Isolation::User,
@@ -181,7 +203,7 @@ impl Config {
       Some(d) => (PathBuf::from(d), true),
       None => match explicit_db.as_ref().and_then(|p| p.parent()).filter(|p| !p.as_os_str().is_empty()) {
         Some(parent) => (parent.to_path_buf(), false),
-        None => (default_state_directory(&working_directory)?, true),
+        None => (default_state_directory(&base)?, true),
       },
     };
     let state_directory = if state_directory.is_absolute() { state_directory } else { cwd.join(state_directory) };
@@ -193,7 +215,7 @@ impl Config {
       None => {
         let db = state_directory.join("sessions.db");
         if database_url.is_none() {
-          adopt_legacy_database(&working_directory, &db)?;
+          adopt_legacy_database(&base, &db)?;
         }
         db
       }
@@ -260,6 +282,53 @@ impl Config {
       Some(r) => validate::working_directory("tenantConfigRoot", r, &[])?,
       None => state_directory.join("claude-config"),
     };
+    let workspace_root = match o.workspace_root.clone() {
+      Some(r) => {
+        let r = PathBuf::from(r);
+        if !r.is_absolute() {
+          return Err(Error::invalid(format!("workspaceRoot must be an absolute path, got {:?}", r.display())));
+        }
+        r
+      }
+      None => default_workspace_root(&base),
+    };
+    // Made (and checked) when sessions will use it: no configured working directory, or given.
+    let workspace_root = if working_directory.is_none() || o.workspace_root.is_some() {
+      private_dir(&workspace_root)?;
+      validate::working_directory("workspaceRoot", &workspace_root.to_string_lossy(), &allowed_roots)?
+    } else {
+      workspace_root
+    };
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut protected =
+      vec![(canon(&state_directory), "the addon's state folder"), (canon(&tenant_config_root), "the tenant configuration folders")];
+    if database_url.is_none() {
+      let db = match (database_path.parent().filter(|p| !p.as_os_str().is_empty()), database_path.file_name()) {
+        (Some(parent), Some(name)) => canon(parent).join(name),
+        _ => canon(&cwd.join(&database_path)),
+      };
+      protected.push((db, "the session database"));
+    }
+    let guard = Guard { server: &cwd, allow_server_folder: o.allow_server_folder_as_workspace, protected: &protected };
+    for r in &allowed_roots {
+      guard.protected_inside("allowedRoots entry", r)?;
+    }
+    if let Some(w) = &working_directory {
+      guard.check("workingDirectory", w)?;
+    }
+    let uses_root = working_directory.is_none() || o.workspace_root.is_some();
+    if uses_root {
+      guard.protected_inside("workspaceRoot", &workspace_root)?;
+    }
+    for (p, what) in protected.iter().filter(|_| uses_root) {
+      if workspace_root.starts_with(p) {
+        return Err(Error::invalid(format!(
+          "workspaceRoot {} is inside {what} {}: agents must not work there; choose a folder outside it",
+          workspace_root.display(),
+          p.display()
+        )));
+      }
+    }
     let sandbox = match o.sandbox.as_deref() {
       None | Some("auto") => SandboxMode::Auto,
       Some("bubblewrap") => SandboxMode::Bubblewrap,
@@ -313,6 +382,10 @@ impl Config {
       database_url,
       database_schema,
       working_directory,
+      workspace_root,
+      server_directory: cwd,
+      allow_server_folder: o.allow_server_folder_as_workspace,
+      protected,
       default_model,
       context_window,
       compact_threshold,
@@ -372,6 +445,73 @@ fn default_state_directory(working_directory: &std::path::Path) -> Result<PathBu
     .map(|n| n.to_string_lossy().chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect())
     .unwrap_or_else(|| "root".into());
   Ok(base.join("claude-session-manager").join(format!("{name}-{:016x}", fnv1a(working_directory.to_string_lossy().as_bytes()))))
+}
+
+/// The default workspace root: `$XDG_DATA_HOME` (else `~/.local/share`)
+/// `/claude-session-manager/workspaces/<name>-<hash>`, apart from the state folder.
+fn default_workspace_root(base: &std::path::Path) -> PathBuf {
+  let data = env_var("XDG_DATA_HOME")
+    .map(PathBuf::from)
+    .or_else(|| env_var("HOME").map(|h| PathBuf::from(h).join(".local").join("share")))
+    .unwrap_or_else(std::env::temp_dir);
+  let name: String = base
+    .file_name()
+    .map(|n| n.to_string_lossy().chars().take(40).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect())
+    .unwrap_or_else(|| "root".into());
+  data.join("claude-session-manager").join("workspaces").join(format!("{name}-{:016x}", fnv1a(base.to_string_lossy().as_bytes())))
+}
+
+/// What no agent's working directory may be or contain.
+pub(crate) struct Guard<'a> {
+  /// The server's folder (`process.cwd()`).
+  pub server: &'a std::path::Path,
+  pub allow_server_folder: bool,
+  pub protected: &'a [(PathBuf, &'static str)],
+}
+
+impl Guard<'_> {
+  /// Refuses a folder (a root) that contains the state folder, the database or the tenant folders.
+  pub fn protected_inside(&self, field: &str, dir: &std::path::Path) -> Result<()> {
+    for (p, what) in self.protected {
+      if p.starts_with(dir) {
+        return Err(Error::invalid(format!(
+          "{field} {} contains {what} {}: an agent working there could read or change every tenant's sessions; keep the state folder and the database outside every working directory and allowed root",
+          dir.display(),
+          p.display()
+        )));
+      }
+    }
+    Ok(())
+  }
+
+  /// Refuses a working directory (resolved) that holds the addon's state, the server's own code,
+  /// or `.env*` files, unless the host opted in for the last two (`allowServerFolderAsWorkspace`).
+  pub fn check(&self, field: &str, dir: &std::path::Path) -> Result<()> {
+    self.protected_inside(field, dir)?;
+    if self.allow_server_folder {
+      return Ok(());
+    }
+    if self.server.starts_with(dir) {
+      return Err(Error::invalid(format!(
+        "{field} {} is the server's own folder or contains it (process.cwd() is {}): an agent there could read and change the server's code and secrets; leave workingDirectory unset (each session then gets a folder of its own under workspaceRoot), give another folder, or pass allowServerFolderAsWorkspace: true (unsafe)",
+        dir.display(),
+        self.server.display()
+      )));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+      for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with(".env") {
+          return Err(Error::invalid(format!(
+            "{field} {} has an environment file {:?} at its top (secrets an agent could read): choose another folder, or pass allowServerFolderAsWorkspace: true (unsafe)",
+            dir.display(),
+            name
+          )));
+        }
+      }
+    }
+    Ok(())
+  }
 }
 
 /// FNV-1a: a stable hash across builds and platforms, for folder names.

@@ -187,7 +187,10 @@ impl Manager {
       Some(url) => {
         let mut pg = PgStore::connect(url, &cfg.database_schema)?;
         pg.set_node(&cfg.node_id);
-        pg.set_roots(cfg.working_directory.clone(), cfg.tenant_config_root.clone());
+        // Session folders are stored relative to the configured working directory, else to the
+        // workspace root (per-session folders), so each node resolves them under its own.
+        let working = cfg.working_directory.clone().unwrap_or_else(|| cfg.workspace_root.clone());
+        pg.set_roots(working, cfg.tenant_config_root.clone());
         Store::Postgres(pg)
       }
       None => {
@@ -330,12 +333,32 @@ impl Manager {
     on_store(self.store.clone(), f).await
   }
 
-  /// Resolves a requested working directory (or the manager's) inside the allowed roots.
-  pub(crate) fn working_dir(&self, requested: Option<&str>) -> Result<PathBuf> {
+  /// Resolves a requested working directory (or the manager's) inside the allowed roots, and
+  /// refuses one that holds the addon's state, the server's code or `.env*` files (see
+  /// [`config::Guard`]). `None`: the session gets a folder of its own under `workspaceRoot`.
+  pub(crate) fn working_dir(&self, requested: Option<&str>) -> Result<Option<PathBuf>> {
     match requested {
-      Some(w) => validate::working_directory("workingDirectory", w, &self.cfg.allowed_roots),
+      Some(w) => {
+        let wd = validate::working_directory("workingDirectory", w, &self.cfg.allowed_roots)?;
+        self.guard().check("workingDirectory", &wd)?;
+        Ok(Some(wd))
+      }
       None => Ok(self.cfg.working_directory.clone()),
     }
+  }
+
+  fn guard(&self) -> config::Guard<'_> {
+    config::Guard { server: &self.cfg.server_directory, allow_server_folder: self.cfg.allow_server_folder, protected: &self.cfg.protected }
+  }
+
+  /// Makes a session's own folder under `workspaceRoot` (`0700`) when it is one and is missing
+  /// (a new session, or one made on another node).
+  pub(crate) fn ensure_workspace(&self, session: &Session) -> Result<()> {
+    let wd = Path::new(&session.working_directory);
+    if wd.parent() == Some(self.cfg.workspace_root.as_path()) {
+      config::private_dir(wd)?;
+    }
+    Ok(())
   }
 
   /// The CLI configuration folder of a tenant, when tenants are isolated: a stable name made
@@ -357,10 +380,12 @@ impl Manager {
     user_id: &str,
     id: Option<String>,
     model: Option<String>,
-    working_directory: PathBuf,
+    working_directory: Option<PathBuf>,
   ) -> NewSession {
+    let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let working_directory = working_directory.unwrap_or_else(|| self.cfg.workspace_root.join(&id));
     NewSession {
-      id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+      id,
       project_id: project_id.to_owned(),
       user_id: user_id.to_owned(),
       parent_id: None,
@@ -402,7 +427,7 @@ impl Manager {
   }
 
   pub(crate) fn search_dirs(&self) -> Vec<PathBuf> {
-    let mut v = vec![self.cfg.working_directory.clone()];
+    let mut v = vec![self.cfg.working_directory.clone().unwrap_or_else(|| self.cfg.server_directory.clone())];
     if let Ok(c) = std::env::current_dir() {
       v.push(c);
     }

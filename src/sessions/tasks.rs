@@ -235,6 +235,7 @@ impl Manager {
   /// How a CLI process for the session is started: its folder, environment, priority and limits.
   /// The argv is built once the session is held (see `run_locked`).
   pub(crate) fn run_spec(&self, session: &Session, program: PathBuf, stdin: String, timeout: Option<Duration>) -> Result<RunSpec> {
+    self.ensure_workspace(session)?;
     Ok(RunSpec {
       program,
       args: vec![],
@@ -406,7 +407,7 @@ impl Manager {
       other => other,
     };
     let outcome = match mode {
-      Ok(mode) if self.runs_warm(kind, can_use_tool.is_some()) => {
+      Ok(mode) if self.runs_warm(kind, can_use_tool.is_some(), cli.max_budget_usd.is_some()) => {
         cli.session = Some(mode);
         let can_use_tool = can_use_tool.map(|h| self.answerable(h, &session.id, &task_id));
         self.run_warm(permit, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool).await.map(|o| (o, None))

@@ -330,8 +330,13 @@ fn fingerprint(cli: &CliArgs, spec: &RunSpec, permission_prompts: bool) -> Strin
 
 impl Manager {
   /// Whether a task of this kind runs in a warm process.
-  pub(crate) fn runs_warm(&self, kind: &str, can_use_tool: bool) -> bool {
-    kind == "task" && (self.warm_idle().is_some() || can_use_tool)
+  /// Whether a task runs in a warm process. A task with `maxBudgetUsd` runs in a process of its
+  /// own (cold, or, with `canUseTool`, a fresh stream-json CLI that is not kept), started with
+  /// the CLI's `--max-budget-usd`: the CLI then stops after the model call that crosses it,
+  /// before any tool of that call runs, as a cold task does. (A reused warm process counts cost
+  /// over every task it ran, so the flag cannot be per task there.)
+  pub(crate) fn runs_warm(&self, kind: &str, can_use_tool: bool, budget: bool) -> bool {
+    kind == "task" && (can_use_tool || (self.warm_idle().is_some() && !budget))
   }
 
   /// How long a warm process is kept after its task.
@@ -436,6 +441,12 @@ impl Manager {
     let key = fingerprint(cli, &spec, can_use_tool.is_some());
     let stamp = config_stamp(&spec);
     let mut warm = None;
+    // A budget is enforced by the CLI itself (`--max-budget-usd`), counted from the process's
+    // start: such a task gets a fresh process, not kept after it.
+    let budget = cli.max_budget_usd;
+    if budget.is_some() {
+      self.drop_warm(&session.id).await;
+    }
     if let Some(mut w) = self.warm.take(&session.id) {
       let fits = w.key == key && w.stamp == stamp && w.proc.alive();
       let fresh = w.seen_tasks == session.task_count;
@@ -451,6 +462,9 @@ impl Manager {
         // One CLI per session: one closed after its idle time or evicted is gone first.
         self.warm.closed_for(&session.id).await;
         spec.args = cli::warm_args(cli, can_use_tool.is_some());
+        if let Some(b) = budget {
+          spec.args.push(format!("--max-budget-usd={b}"));
+        }
         if mirrored {
           spec.args.push(cli::mirror::FLAG.into());
         }
@@ -489,7 +503,7 @@ impl Manager {
     drop(inbox);
     enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
     let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
-    let keep = keep.filter(|_| mirror.is_none() || mirrored);
+    let keep = keep.filter(|_| (mirror.is_none() || mirrored) && budget.is_none());
     // Other managers sharing the database must learn that this one keeps a CLI of the session
     // (it is written once, while this task still holds the lease); a CLI that cannot be recorded
     // so is not kept.

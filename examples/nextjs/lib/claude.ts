@@ -4,17 +4,16 @@
 // With ANTHROPIC_API_KEY set, the `claude` CLI talks to the real Anthropic API. Without it, the
 // package's stand-in API server (claude-session-manager/testing) is started in this process and
 // the CLI is pointed at it, so the whole app works offline and costs nothing.
-import fs from 'node:fs'
 import path from 'node:path'
 import type { SessionManager } from 'claude-session-manager'
 import { createClaudeRoutes, getSessionManager } from 'claude-session-manager/next'
 import { getUserId } from './demo-auth'
 
-/** Where the CLI runs and the session database lives. Keep it a folder of its own: the CLI can
- * read the files under it. */
-const workspace = process.env.CLAUDE_WORKING_DIR
-  ? path.resolve(/* turbopackIgnore: true */ process.env.CLAUDE_WORKING_DIR)
-  : path.join(/* turbopackIgnore: true */ process.cwd(), '.claude-workspace')
+// Where agents work: with CLAUDE_WORKING_DIR set, that folder (the addon reads the variable);
+// else each session gets a folder of its own under the addon's workspace root. Never this app's
+// own folder: an agent there could read its code and `.env` files (the addon refuses it).
+// The session database lives in the addon's private state folder (CLAUDE_SESSIONS_STATE_DIR or
+// CLAUDE_SESSIONS_DB to move it), never inside a working directory.
 
 export const usingRealApi = Boolean(process.env.ANTHROPIC_API_KEY)
 
@@ -35,15 +34,13 @@ export function manager(): Promise<SessionManager> {
 
 async function setup(): Promise<SessionManager> {
   // The session store: PostgreSQL when CLAUDE_SESSIONS_DATABASE_URL is set (several server
-  // instances can then share it), else a SQLite file in the workspace.
+  // instances can then share it), else a SQLite file in the addon's state folder.
   const databaseUrl = process.env.CLAUDE_SESSIONS_DATABASE_URL
-  const store = databaseUrl
-    ? { databaseUrl, databaseSchema: process.env.CLAUDE_SESSIONS_DATABASE_SCHEMA || undefined }
-    : { databasePath: process.env.CLAUDE_SESSIONS_DB || path.join(workspace, '.claude-sessions', 'sessions.db') }
-  if (!databaseUrl) fs.mkdirSync(path.join(workspace, '.claude-sessions'), { recursive: true })
+  const store = databaseUrl ? { databaseUrl, databaseSchema: process.env.CLAUDE_SESSIONS_DATABASE_SCHEMA || undefined } : {}
   if (usingRealApi) {
-    console.log(`[claude] real Anthropic API; workspace ${workspace}`)
-    return getSessionManager({ workingDirectory: workspace, ...store })
+    const m = getSessionManager(store)
+    console.log(`[claude] real Anthropic API; state in ${m.info().stateDirectory}`)
+    return m
   }
 
   // Offline: the stand-in API. Its default reply echoes the prompt; here it also pads the usage it
@@ -65,21 +62,22 @@ async function setup(): Promise<SessionManager> {
       const written = afterWrite(req.body)
       if (written) return { text: written, usage }
       const write = /^write\s+([\w.-]+)\s+([\s\S]+)$/.exec(lastText)
-      if (write && !write[1].startsWith('.')) {
-        return { toolUse: { name: 'Write', input: { file_path: path.join(workspace, write[1]), content: write[2] } }, usage }
+      const cwd = workingDirectoryOf(req.body)
+      if (write && cwd && !write[1].startsWith('.')) {
+        return { toolUse: { name: 'Write', input: { file_path: path.join(cwd, write[1]), content: write[2] } }, usage }
       }
       return { ...echoReply(req), chunkDelayMs: 25, usage } // streamed word by word
     },
   })
-  // The CLI's own config and transcripts, apart from any real ~/.claude of this machine.
-  const configDir = path.join(workspace, '.claude-config')
-  fs.mkdirSync(configDir, { recursive: true })
-  console.log(`[claude] no ANTHROPIC_API_KEY: using the stand-in API at ${server.url}; workspace ${workspace}`)
-  return getSessionManager({
-    workingDirectory: workspace,
-    ...store,
-    env: { ...server.env(), CLAUDE_CONFIG_DIR: configDir },
-  })
+  const m = getSessionManager({ ...store, env: server.env() })
+  console.log(`[claude] no ANTHROPIC_API_KEY: using the stand-in API at ${server.url}; state in ${m.info().stateDirectory}`)
+  return m
+}
+
+/** The session's working directory, as the CLI tells the model ("Primary working directory"). */
+function workingDirectoryOf(body: unknown): string | null {
+  const m = /Primary working directory: ([^"\\\n]+)/.exec(JSON.stringify(body ?? ''))
+  return m ? m[1].trim() : null
 }
 
 type Block = { type?: string; id?: string; name?: string; input?: { file_path?: string }; tool_use_id?: string; is_error?: boolean; content?: unknown; text?: string }
