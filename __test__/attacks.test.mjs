@@ -421,7 +421,7 @@ test("11. sandboxed: tenants cannot reach each other's running agents (ListAgent
     const from = srv.requests.length
     srv.enqueue(
       { toolUse: { name: 'ListAgents', input: {} } },
-      { toolUse: { name: 'Bash', input: { command: 'ls -la /tmp/cc-socks; echo END' } } },
+      { toolUse: { name: 'Bash', input: { command: 'find /tmp -name "*.sock" 2>/dev/null; echo END' } } },
       { text: 'done' },
     )
     const m = await manager.executeTask({ prompt: 'who else is here', projectId: 'p', userId: 'mallory', allowedTools: ['Bash'] })
@@ -432,7 +432,9 @@ test("11. sandboxed: tenants cannot reach each other's running agents (ListAgent
     t.assert.ok(listed !== undefined && socks !== undefined, 'both tools ran')
     t.assert.doesNotMatch(listed, /Peer sessions|busy|interactive/, `mallory sees another agent:\n${listed}`)
     t.assert.match(listed, /No reachable agents/)
-    t.assert.strictEqual((socks.match(/\.sock/g) ?? []).length, 1, `other sockets are visible:\n${socks}`)
+    // Its own CLI's socket at most (where the CLI puts it depends on the uid it runs as).
+    t.assert.match(socks, /END/, 'the listing ran')
+    t.assert.ok((socks.match(/\.sock/g) ?? []).length <= 1, `other sockets are visible:\n${socks}`)
     const v = await victim
     t.assert.strictEqual(v.result, 'victim done')
     t.assert.ok(v.duration.total > 3000, 'the victim was in flight the whole time')

@@ -144,9 +144,13 @@ fn is_root() -> bool {
   unsafe { libc::geteuid() == 0 }
 }
 
-/// The argv that mounts the base system read-only.
+/// The argv that mounts the base system read-only. Folders bubblewrap makes on its own are 0700
+/// (to an agent that is not bubblewrap's uid, closed): `/etc` and `/home` are made 0755 first.
 fn base_args() -> Vec<String> {
-  let mut a: Vec<String> = ["--ro-bind", "/usr", "/usr"].iter().map(|s| s.to_string()).collect();
+  let mut a: Vec<String> = ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/home", "--ro-bind", "/usr", "/usr"]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
   for d in ROOT_DIRS {
     let p = Path::new(d);
     match std::fs::read_link(p) {
@@ -317,13 +321,13 @@ impl Sandbox {
       None => a.extend(["--unshare-user", "--disable-userns", "--cap-drop", "ALL"].map(String::from)),
     }
     a.extend(["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev"].map(String::from));
+    a.extend(base_args());
     // tmpfs mounts belong to bubblewrap's uid (root when the server is): writable by anyone in
     // the sandbox, which holds only this agent's processes.
     a.extend(["--perms", "1777", "--size"].map(String::from));
     a.extend([self.limits.tmp_bytes.to_string(), "--tmpfs".into(), "/tmp".into()]);
     a.extend(["--perms", "1777", "--size"].map(String::from));
     a.extend([self.limits.home_bytes.to_string(), "--tmpfs".into(), SANDBOX_HOME.into()]);
-    a.extend(base_args());
     // Files the CLI's environment names (custom CA bundles).
     for (k, v) in &spec.env {
       if matches!(k.as_str(), "NODE_EXTRA_CA_CERTS" | "SSL_CERT_FILE" | "SSL_CERT_DIR") && Path::new(v).is_absolute() {

@@ -1,0 +1,245 @@
+// The second attack round on the sandbox itself (an agent with Bash attacking the box it runs in):
+// host root through kernel knobs, the host's network, the manager's output channel, the server's
+// descriptors, and resources. Each test asserts on what the attack would have achieved (a kernel
+// setting changed, a host service answering, a task settled with the agent's text, the server's
+// descriptors exhausted), with a control showing the attack itself ran. Run as root (as CI runs)
+// and as an unprivileged user: `setpriv --reuid=65534 --regid=65534 --clear-groups env
+// HOME=/tmp/x node --test __test__/attacks-sandbox.test.mjs`.
+import { test, before, after } from 'node:test'
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import { eventually, makeManager, startStandInServer } from './helpers.mjs'
+import { messageCalls, runBash } from './attack-helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const mark = (name) => `${name}_${crypto.randomBytes(6).toString('hex')}`
+
+async function requireSandbox(t, manager) {
+  const { sandbox } = manager.info()
+  if (sandbox === 'bubblewrap') return true
+  t.skip(`agent sandbox is '${sandbox}', not 'bubblewrap': bwrap is unavailable here, the sandboxed attack cannot be checked`)
+  await manager.close()
+  return false
+}
+
+/** `KEY=value` lines of a probe's output. */
+const fields = (output) => Object.fromEntries([...output.matchAll(/^([A-Z_0-9]+)=(.*)$/gm)].map((m) => [m[1], m[2].trim()]))
+
+const isRoot = process.getuid?.() === 0
+
+for (const warm of [false, true]) {
+  const mode = warm ? 'warm' : 'cold'
+
+  test(`S1. never root: no uid 0, no capabilities, seccomp on, /proc/sys read-only, core_pattern unchanged (${mode})`, async (t) => {
+    server.reset()
+    const { manager, work } = makeManager({ server, warmIdleMs: warm ? 60000 : 0 })
+    if (!(await requireSandbox(t, manager))) return
+    const before = fs.readFileSync('/proc/sys/kernel/core_pattern', 'utf8')
+    const esc = path.join(work, 'esc.sh')
+    const pwned = path.join(work, mark('pwned'))
+    fs.writeFileSync(esc, `#!/bin/sh\ntouch ${pwned}\n`, { mode: 0o755 })
+    const knobs = ['kernel/core_pattern', 'kernel/pid_max', 'kernel/threads-max', 'kernel/panic', 'vm/overcommit_memory', 'kernel/randomize_va_space', 'fs/protected_symlinks']
+    const command = [
+      'echo START=1',
+      'echo UID=$(id -u)',
+      "grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status | sed 's/:\\s*/=/' | tr a-z A-Z | sed 's/=\\(.*\\)/=\\1/'",
+      `echo "|${esc} %p" > /proc/sys/kernel/core_pattern 2>/dev/null && echo CORE=written || echo CORE=refused`,
+      ...knobs.map((k, i) => `(cat /proc/sys/${k} > /proc/sys/${k}) 2>/dev/null && echo KNOB${i}=written || echo KNOB${i}=refused`),
+      'sh -c "kill -SEGV \\$\\$"; true',
+      'unshare --user --map-root-user true 2>/dev/null && echo UNSHARE=ok || echo UNSHARE=refused',
+      'unshare --net true 2>/dev/null && echo UNSHARE_NET=ok || echo UNSHARE_NET=refused',
+      'echo DONE=1',
+    ].join('; ')
+    try {
+      const { r, output } = await runBash(manager, server, command)
+      t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+      const f = fields(output)
+      t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+      t.assert.match(f.UID ?? '', /^\d+$/, `control: the uid was printed:\n${output}`)
+      t.assert.notStrictEqual(f.UID, '0', `the agent is root:\n${output}`)
+      t.assert.strictEqual(f.CAPEFF, '0000000000000000', output)
+      t.assert.strictEqual(f.CAPPRM, '0000000000000000', output)
+      t.assert.strictEqual(f.CAPBND, '0000000000000000', `the bounding set is not empty:\n${output}`)
+      t.assert.strictEqual(f.NONEWPRIVS, '1', output)
+      t.assert.strictEqual(f.SECCOMP, '2', `no seccomp filter:\n${output}`)
+      t.assert.strictEqual(f.CORE, 'refused', output)
+      knobs.forEach((k, i) => t.assert.strictEqual(f[`KNOB${i}`], 'refused', `${k} is writable:\n${output}`))
+      t.assert.strictEqual(f.UNSHARE, 'refused', output)
+      t.assert.strictEqual(f.UNSHARE_NET, 'refused', output)
+      t.assert.strictEqual(fs.readFileSync('/proc/sys/kernel/core_pattern', 'utf8'), before, 'core_pattern changed')
+      t.assert.ok(!fs.existsSync(pwned), 'the kernel ran the agent script')
+    } finally {
+      await manager.close()
+    }
+  })
+
+  test(`S2. the network is one address: no host loopback service answers, the key proxy does (${mode})`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ server, warmIdleMs: warm ? 60000 : 0 })
+    if (!(await requireSandbox(t, manager))) return
+    // A host service on loopback that answers anyone who connects.
+    const secret = mark('HOST_SERVICE')
+    const host = net.createServer((c) => c.end(secret))
+    await new Promise((res) => host.listen(0, '127.0.0.1', res))
+    const hostPort = host.address().port
+    const ports = [hostPort, 5432, 6379, 22, 80]
+    const proxyPort = new URL(server.env().ANTHROPIC_BASE_URL).port
+    const command = [
+      'echo START=1',
+      ...ports.map((p) => `(timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/${p}; head -c 200 <&3') 2>/dev/null | tr -d '\\n' | sed 's/^/PORT${p}=/'; echo`),
+      // The proxy's loopback port on the host is not this one (the CLI's ANTHROPIC_BASE_URL points inside).
+      `(timeout 3 bash -c 'exec 3<>/dev/tcp/127.0.0.1/${proxyPort}; echo -e "GET / HTTP/1.0\\r\\n\\r\\n" >&3; head -c 40 <&3') 2>/dev/null | head -1 | sed 's/^/STANDIN=/'; echo`,
+      'base=${ANTHROPIC_BASE_URL#http://}; (timeout 3 bash -c "exec 3<>/dev/tcp/${base%:*}/${base##*:}; echo -e \\"GET /v1/models HTTP/1.0\\\\r\\\\n\\\\r\\\\n\\" >&3; head -1 <&3") 2>/dev/null | sed "s/^/PROXY=/"; echo',
+      "echo IFACES=$(ls /sys/class/net 2>/dev/null | tr '\\n' ' ')",
+      "echo LISTENERS=$(awk 'NR>1 && $4==\"0A\"' /proc/net/tcp /proc/net/tcp6 2>/dev/null | wc -l)",
+      'echo DONE=1',
+    ].join('; ')
+    try {
+      const { r, output } = await runBash(manager, server, command)
+      t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+      const f = fields(output)
+      t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+      t.assert.ok(!output.includes(secret), `a host loopback service answered the agent:\n${output}`)
+      for (const p of ports) t.assert.ok(!f[`PORT${p}`], `127.0.0.1:${p} of the host answered:\n${output}`)
+      t.assert.ok(!f.STANDIN, `the host's stand-in API answered directly:\n${output}`)
+      t.assert.match(f.PROXY ?? '', /^HTTP\/1\.[01] /, `control: the key proxy answers inside the sandbox:\n${output}`)
+      t.assert.ok(Number(f.LISTENERS) <= 1, `listeners other than the sandbox's one are visible:\n${output}`)
+      t.assert.ok(messageCalls(server).length >= 2, 'the CLI reached the model through the sandbox (control)')
+    } finally {
+      host.close()
+      await manager.close()
+    }
+  })
+
+  test(`S3. the output channel is the CLI's alone: a forged result line, /proc/<cli>/fd and environ are out of reach (${mode})`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ server, warmIdleMs: warm ? 60000 : 0 })
+    if (!(await requireSandbox(t, manager))) return
+    const forged = mark('FORGED')
+    const line = JSON.stringify({ type: 'result', subtype: 'success', is_error: false, result: forged, session_id: 'x', total_cost_usd: 0, num_turns: 1, usage: { input_tokens: 1, output_tokens: 1 } })
+    // The CLI is the process named claude (its /proc/<pid>/stat stays readable).
+    const command = [
+      'echo START=1',
+      "cli=$(for p in /proc/[0-9]*; do grep -qs '(claude' $p/stat && echo ${p#/proc/}; done | head -1); echo CLI=$cli",
+      `for fd in 0 1 2; do (printf '%s\\n' '${line}' > /proc/$cli/fd/$fd) 2>/dev/null && echo "WROTE_FD$fd=1"; done`,
+      "(tr '\\0' '\\n' < /proc/$cli/environ | grep -c ANTHROPIC) 2>/dev/null | sed 's/^/ENVIRON=/'",
+      '(head -c 1 /proc/$cli/mem) >/dev/null 2>&1 && echo MEM=read',
+      '(ls /proc/$cli/fd) >/dev/null 2>&1 && echo FDS=listed',
+      'echo DONE=1',
+    ].join('; ')
+    try {
+      const { r, output } = await runBash(manager, server, command, {}, {}, { text: 'the real answer' })
+      t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+      const f = fields(output)
+      t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+      t.assert.match(f.CLI ?? '', /^\d+$/, `control: the CLI's process is visible:\n${output}`)
+      t.assert.strictEqual(r.result, 'the real answer', `the task settled with another text:\n${output}`)
+      t.assert.ok(r.cost > 0, `the cost was forged: ${r.cost}`)
+      t.assert.ok(r.usage.inputTokens > 1, `the usage was forged: ${JSON.stringify(r.usage)}`)
+      for (const k of ['WROTE_FD0', 'WROTE_FD1', 'WROTE_FD2', 'MEM', 'FDS']) t.assert.ok(!f[k], `${k}: the agent reached into the CLI:\n${output}`)
+      t.assert.ok(!(Number(f.ENVIRON) > 0), `the agent read the CLI's environment:\n${output}`)
+    } finally {
+      await manager.close()
+    }
+  })
+
+  test(`S4. resources: /tmp and HOME are bounded, so is the number of processes (${mode})`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ server, warmIdleMs: warm ? 60000 : 0 })
+    if (!(await requireSandbox(t, manager))) return
+    const command = [
+      'echo START=1',
+      'dd if=/dev/zero of=/tmp/fill bs=1M count=700 2>/dev/null; echo TMP_MB=$(( $(stat -c %s /tmp/fill) / 1048576 )); rm -f /tmp/fill',
+      'dd if=/dev/zero of=$HOME/fill bs=1M count=700 2>/dev/null; echo HOME_MB=$(( $(stat -c %s $HOME/fill) / 1048576 )); rm -f $HOME/fill',
+      'n=0; for i in $(seq 1 800); do (sleep 4 &) 2>/dev/null && n=$((n+1)) || break; done; echo STARTED=$(ls /proc | grep -c "^[0-9]")',
+      'echo DONE=1',
+    ].join('; ')
+    try {
+      const { r, output } = await runBash(manager, server, command, { timeoutMs: 120000 })
+      t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+      const f = fields(output)
+      t.diagnostic(output)
+      t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+      t.assert.ok(Number(f.TMP_MB) <= 512, `/tmp took ${f.TMP_MB} MB:\n${output}`)
+      t.assert.ok(Number(f.TMP_MB) >= 100, `control: /tmp is writable (${f.TMP_MB} MB)`)
+      t.assert.ok(Number(f.HOME_MB) <= 512, `HOME took ${f.HOME_MB} MB`)
+      t.assert.ok(Number(f.HOME_MB) >= 100, `control: HOME is writable (${f.HOME_MB} MB)`)
+      t.assert.ok(Number(f.STARTED) <= 512, `the agent ran ${f.STARTED} processes`)
+      t.assert.ok(Number(f.STARTED) >= 20, `control: processes start (${f.STARTED})`)
+    } finally {
+      await manager.close()
+    }
+  })
+}
+
+test("S5. an agent's connections to the key proxy cannot exhaust the server's descriptors", async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  if (!(await requireSandbox(t, manager))) return
+  const fds = () => fs.readdirSync('/proc/self/fd').length
+  const base = fds()
+  let peak = base
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, fds())
+  }, 20)
+  const command = [
+    'echo START=1',
+    'base=${ANTHROPIC_BASE_URL#http://}; ulimit -n 4096; opened=0',
+    'for i in $(seq 1 3000); do exec {fd}<>/dev/tcp/${base%:*}/${base##*:} 2>/dev/null && opened=$((opened+1)); done',
+    'echo OPENED=$opened; sleep 3; echo DONE=1',
+  ].join('; ')
+  try {
+    const { r, output } = await runBash(manager, server, command, { timeoutMs: 120000 })
+    clearInterval(sampler)
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    const f = fields(output)
+    t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+    t.assert.ok(Number(f.OPENED) >= 100, `control: the agent opened connections (${f.OPENED})`)
+    t.diagnostic(`server descriptors: ${base} before, ${peak} at the peak, agent opened ${f.OPENED}`)
+    t.assert.ok(peak - base < 300, `the server held ${peak - base} more descriptors`)
+  } finally {
+    clearInterval(sampler)
+    await manager.close()
+  }
+})
+
+test("S6. the agent's files are the server's on disk (idmapped when the server is root), and writable", async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server })
+  if (!(await requireSandbox(t, manager))) return
+  const existing = path.join(work, 'existing.txt')
+  fs.writeFileSync(existing, 'before\n', { mode: 0o644 })
+  const made = path.join(work, mark('made'))
+  try {
+    const { r, output } = await runBash(manager, server, `echo START=1; echo after >> ${existing} && touch ${made} && echo UID=$(id -u) && echo DONE=1`)
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    t.assert.strictEqual(fields(output).DONE, '1', `the agent could not write its working directory:\n${output}`)
+    t.assert.strictEqual(fs.readFileSync(existing, 'utf8'), 'before\nafter\n')
+    t.assert.strictEqual(fs.statSync(made).uid, process.getuid(), 'a file the agent made is not the server user\'s on disk')
+    if (isRoot) t.assert.notStrictEqual(fields(output).UID, '0', 'as root, the agent runs as another uid')
+  } finally {
+    await manager.close()
+  }
+})
+
+test('S7. without the key proxy (exposeApiKeyToAgent) the sandbox keeps the network, and says so', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server, exposeApiKeyToAgent: true })
+  if (!(await requireSandbox(t, manager))) return
+  try {
+    const r = await manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    t.assert.ok(await eventually(() => messageCalls(server).length >= 1), 'the CLI reached the API directly')
+  } finally {
+    await manager.close()
+  }
+})
