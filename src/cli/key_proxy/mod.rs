@@ -13,13 +13,15 @@
 //!
 //! and talks to this proxy, which:
 //!
-//! 1. accepts a request only if its `x-api-key` header (or `Authorization: Bearer <token>`) equals a token that is
+//! 1. forwards only model calls: `POST /v1/messages` and `POST /v1/messages/count_tokens`, the path matched byte for
+//!    byte (so no dot segment, percent-encoded byte or doubled slash passes), any query kept. Any other method or path
+//!    gets a `404`/`403` Anthropic-style JSON error and nothing is forwarded (counted in [`KeyProxy::refused`]);
+//! 2. accepts a request only if its `x-api-key` header (or `Authorization: Bearer <token>`) equals a token that is
 //!    currently registered, i.e. a task is running. Anything else gets a `401` with an Anthropic-style JSON error and
-//!    nothing is forwarded;
-//! 2. strips the task token and hop-by-hop headers (and `host`), adds the real credentials (`Authorization: Bearer`
-//!    if [`Upstream::auth_token`] is set, else `x-api-key`), and forwards method, path and query to the real upstream,
-//!    joined under the upstream's path prefix if it has one. Only the path and query of the incoming request are used:
-//!    the upstream scheme and host always come from [`Upstream::base_url`];
+//!    nothing is forwarded. It then strips the task token and hop-by-hop headers (and `host`), adds the real
+//!    credentials (`Authorization: Bearer` if [`Upstream::auth_token`] is set, else `x-api-key`), and forwards the
+//!    request to the real upstream, joined under the upstream's path prefix if it has one. Only the path and query
+//!    of the incoming request are used: the upstream scheme and host always come from [`Upstream::base_url`];
 //! 3. streams the request body up and the response body down frame by frame (server-sent events are not buffered).
 //!    If the upstream cannot be reached the client gets a `502` with a JSON error.
 //!
@@ -36,6 +38,7 @@ use std::error::Error as StdError;
 use std::fmt::{self, Write as _};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -58,6 +61,9 @@ use tokio::sync::watch;
 type ProxyBody = Either<Incoming, Full<Bytes>>;
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 type TokenSet = Arc<Mutex<HashSet<String>>>;
+
+/// The paths the proxy forwards (with `POST`): the Messages API and its token counter.
+pub const FORWARDED_PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
 
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,7 +100,7 @@ pub struct KeyProxy {
 
 struct Inner {
   addr: SocketAddr,
-  tokens: TokenSet,
+  state: Arc<State>,
   shutdown: watch::Sender<bool>,
 }
 
@@ -113,6 +119,8 @@ struct State {
   prefix: String,
   credential: Option<(HeaderName, HeaderValue)>,
   client: UpstreamClient,
+  /// Requests answered by the proxy itself without forwarding (bad route, no live token, over a limit).
+  refused: AtomicU64,
 }
 
 impl KeyProxy {
@@ -123,8 +131,8 @@ impl KeyProxy {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    tokio::spawn(accept_loop(listener, state, shutdown_rx));
-    Ok(KeyProxy { inner: Arc::new(Inner { addr, tokens, shutdown }) })
+    tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
+    Ok(KeyProxy { inner: Arc::new(Inner { addr, state, shutdown }) })
   }
 
   /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL`.
@@ -141,8 +149,14 @@ impl KeyProxy {
       let _ = write!(s, "{b:02x}");
       s
     });
-    lock(&self.inner.tokens).insert(token.clone());
-    TaskToken { token, tokens: self.inner.tokens.clone() }
+    lock(&self.inner.state.tokens).insert(token.clone());
+    TaskToken { token, tokens: self.inner.state.tokens.clone() }
+  }
+
+  /// How many requests the proxy refused so far (not forwarded: a path or method other than a model call, no live
+  /// token, over a limit).
+  pub fn refused(&self) -> u64 {
+    self.inner.state.refused.load(Ordering::Relaxed)
   }
 
   /// Stops accepting connections and drops open ones, including responses that are still streaming. Idempotent.
@@ -228,7 +242,7 @@ impl State {
     let connector = tls.https_or_http().enable_http1().wrap_connector(http);
     let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
 
-    Ok(State { tokens, scheme, authority, prefix, credential, client })
+    Ok(State { tokens, scheme, authority, prefix, credential, client, refused: AtomicU64::new(0) })
   }
 
   /// True if any `x-api-key` or `Authorization: Bearer` value is a registered token.
@@ -251,11 +265,13 @@ impl State {
   }
 
   async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-    if !self.authorized(req.headers()) {
-      return json_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or expired API key for the local key proxy");
+    if let Some(refusal) = route(req.method(), req.uri()) {
+      self.refused.fetch_add(1, Ordering::Relaxed);
+      return refusal;
     }
-    if req.method() == Method::CONNECT {
-      return json_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "CONNECT is not supported");
+    if !self.authorized(req.headers()) {
+      self.refused.fetch_add(1, Ordering::Relaxed);
+      return json_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or expired API key for the local key proxy");
     }
     let (parts, body) = req.into_parts();
     let Ok(uri) = self.upstream_uri(&parts.uri) else {
@@ -285,6 +301,24 @@ impl State {
       }
     }
   }
+}
+
+/// The only requests forwarded: model calls. The path must be one of [`FORWARDED_PATHS`] exactly (byte for byte, so
+/// no dot segment, percent-encoded character, double slash or trailing slash gets through); any query is kept. Anything
+/// else is refused here with an Anthropic-style error (returned), and nothing is forwarded.
+fn route(method: &Method, uri: &Uri) -> Option<Response<ProxyBody>> {
+  let path = uri.path();
+  if !FORWARDED_PATHS.contains(&path) {
+    return Some(json_error(
+      StatusCode::NOT_FOUND,
+      "not_found_error",
+      "the local key proxy forwards only POST /v1/messages and POST /v1/messages/count_tokens",
+    ));
+  }
+  if method != Method::POST {
+    return Some(json_error(StatusCode::FORBIDDEN, "permission_error", "the local key proxy forwards only POST requests"));
+  }
+  None
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {

@@ -28,8 +28,8 @@ struct Seen {
   headers: HeaderMap,
 }
 
-/// A plain-HTTP upstream that records what it got. `/.../sse` streams `SSE_CHUNKS`: the first right away, the rest
-/// only after `release_sse` is notified. `/.../echo` reports each request-body chunk on `req_chunks` and echoes the
+/// A plain-HTTP upstream that records what it got. `?mode=sse` streams `SSE_CHUNKS`: the first right away, the rest
+/// only after `release_sse` is notified. `?mode=echo` reports each request-body chunk on `req_chunks` and echoes the
 /// body. Anything else answers a small JSON body.
 struct FakeUpstream {
   addr: SocketAddr,
@@ -78,8 +78,8 @@ impl FakeUpstream {
     let (parts, mut body) = req.into_parts();
     let target = parts.uri.path_and_query().unwrap().to_string();
     self.seen.lock().unwrap().push(Seen { method: parts.method, target: target.clone(), headers: parts.headers });
-    let path = parts.uri.path();
-    if path.ends_with("/sse") {
+    let mode = parts.uri.query().unwrap_or("");
+    if mode.contains("mode=sse") {
       let (mut tx, rx) = Channel::<Bytes, Infallible>::new(1);
       let fake = self.clone();
       tokio::spawn(async move {
@@ -98,7 +98,7 @@ impl FakeUpstream {
       let mut resp = Response::new(rx.boxed());
       resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
       resp
-    } else if path.ends_with("/echo") {
+    } else if mode.contains("mode=echo") {
       let mut all = Vec::new();
       while let Some(frame) = body.frame().await {
         if let Ok(data) = frame.unwrap().into_data() {
@@ -123,8 +123,9 @@ fn client() -> TestClient {
   Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn get(proxy: &KeyProxy, path_and_query: &str) -> hyper::http::request::Builder {
-  Request::get(format!("{}{path_and_query}", proxy.base_url()))
+/// A `POST` to the proxy (the only method it forwards).
+fn post(proxy: &KeyProxy, path_and_query: &str) -> hyper::http::request::Builder {
+  Request::post(format!("{}{path_and_query}", proxy.base_url()))
 }
 
 fn empty() -> TestBody {
@@ -180,7 +181,7 @@ async fn bearer_task_token_is_accepted_and_auth_token_forwarded() {
     .await
     .unwrap();
   let token = proxy.issue();
-  let req = get(&proxy, "/v1/models").header("authorization", format!("Bearer {}", token.as_str())).body(empty()).unwrap();
+  let req = post(&proxy, "/v1/messages").header("authorization", format!("Bearer {}", token.as_str())).body(empty()).unwrap();
   let resp = within(client().request(req)).await.unwrap();
   assert_eq!(resp.status(), StatusCode::OK);
   let seen = upstream.last_seen();
@@ -193,7 +194,7 @@ async fn sse_response_streams_chunk_by_chunk() {
   let (upstream, _) = FakeUpstream::start().await;
   let proxy = proxy_for(&upstream).await;
   let token = proxy.issue();
-  let req = get(&proxy, "/v1/sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let req = post(&proxy, "/v1/messages?mode=sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
   let resp = within(client().request(req)).await.unwrap();
   assert_eq!(resp.status(), StatusCode::OK);
   assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -220,7 +221,8 @@ async fn request_body_streams_upward() {
   let proxy = proxy_for(&upstream).await;
   let token = proxy.issue();
   let (mut tx, body) = Channel::<Bytes, Infallible>::new(1);
-  let req = Request::post(format!("{}/v1/echo", proxy.base_url())).header("x-api-key", token.as_str()).body(body.boxed()).unwrap();
+  let req =
+    Request::post(format!("{}/v1/messages?mode=echo", proxy.base_url())).header("x-api-key", token.as_str()).body(body.boxed()).unwrap();
   let pending = tokio::spawn(client().request(req));
 
   tx.send_data(Bytes::from_static(b"part-one;")).await.unwrap();
@@ -244,10 +246,10 @@ async fn unknown_or_missing_token_is_rejected_without_calling_upstream() {
   let proxy = proxy_for(&upstream).await;
   let _live = proxy.issue();
   let attempts = [
-    get(&proxy, "/v1/messages").header("x-api-key", "0".repeat(64)),
-    get(&proxy, "/v1/messages").header("authorization", "Bearer nope"),
-    get(&proxy, "/v1/messages").header("x-api-key", REAL_KEY),
-    get(&proxy, "/v1/messages"),
+    post(&proxy, "/v1/messages").header("x-api-key", "0".repeat(64)),
+    post(&proxy, "/v1/messages").header("authorization", "Bearer nope"),
+    post(&proxy, "/v1/messages").header("x-api-key", REAL_KEY),
+    post(&proxy, "/v1/messages"),
   ];
   for req in attempts {
     let resp = within(client().request(req.body(empty()).unwrap())).await.unwrap();
@@ -266,7 +268,7 @@ async fn dropped_token_is_revoked() {
   let token = proxy.issue();
   let other = proxy.issue();
   let value = token.as_str().to_owned();
-  let send = |v: &str| client().request(get(&proxy, "/v1/models").header("x-api-key", v).body(empty()).unwrap());
+  let send = |v: &str| client().request(post(&proxy, "/v1/messages").header("x-api-key", v).body(empty()).unwrap());
 
   assert_eq!(within(send(&value)).await.unwrap().status(), StatusCode::OK);
   drop(token);
@@ -281,7 +283,7 @@ async fn path_prefix_and_query_are_preserved() {
   for base in [format!("{}/prefix", upstream.url()), format!("{}/prefix/", upstream.url())] {
     let proxy = KeyProxy::start(Upstream { base_url: base, api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap();
     let token = proxy.issue();
-    let req = get(&proxy, "/v1/messages/count_tokens?beta=true&x=a%20b").header("x-api-key", token.as_str()).body(empty()).unwrap();
+    let req = post(&proxy, "/v1/messages/count_tokens?beta=true&x=a%20b").header("x-api-key", token.as_str()).body(empty()).unwrap();
     assert_eq!(within(client().request(req)).await.unwrap().status(), StatusCode::OK);
     assert_eq!(upstream.last_seen().target, "/prefix/v1/messages/count_tokens?beta=true&x=a%20b");
   }
@@ -295,7 +297,7 @@ async fn absolute_form_target_cannot_redirect_to_another_host() {
   // Written by hand: an absolute-form request line naming some other host.
   let mut stream = TcpStream::connect(proxy.inner.addr).await.unwrap();
   let raw = format!(
-    "GET http://evil.example/steal?k=1 HTTP/1.1\r\nhost: evil.example\r\nx-api-key: {}\r\nconnection: close\r\n\r\n",
+    "POST http://evil.example/v1/messages?k=1 HTTP/1.1\r\nhost: evil.example\r\nx-api-key: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
     token.as_str()
   );
   tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes()).await.unwrap();
@@ -303,8 +305,79 @@ async fn absolute_form_target_cannot_redirect_to_another_host() {
   within(tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut out)).await.unwrap();
   assert!(out.starts_with("HTTP/1.1 200"), "{out}");
   let seen = upstream.last_seen();
-  assert_eq!(seen.target, "/steal?k=1");
+  assert_eq!(seen.target, "/v1/messages?k=1");
   assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
+}
+
+/// Sends `raw` (a request written by hand, so that nothing normalises its target) and returns the whole answer.
+async fn raw_exchange(addr: SocketAddr, raw: &str) -> String {
+  let mut stream = TcpStream::connect(addr).await.unwrap();
+  tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes()).await.unwrap();
+  let mut out = Vec::new();
+  within(tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut out)).await.unwrap();
+  String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_model_calls_are_forwarded() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy =
+    KeyProxy::start(Upstream { base_url: format!("{}/prefix", upstream.url()), api_key: Some(REAL_KEY.into()), ..Default::default() })
+      .await
+      .unwrap();
+  let token = proxy.issue();
+  let refused = [
+    ("GET", "/v1/models"),
+    ("GET", "/v1/files"),
+    ("DELETE", "/v1/files/file_123"),
+    ("POST", "/v1/messages/batches"),
+    ("GET", "/v1/organizations/api_keys"),
+    ("GET", "/v1/messages"),
+    ("PUT", "/v1/messages"),
+    ("DELETE", "/v1/messages"),
+    ("OPTIONS", "/v1/messages"),
+    ("POST", "/v1/messages/"),
+    ("POST", "/v1/messages/."),
+    ("POST", "/v1/messages/count_tokens/.."),
+    ("POST", "/v1/messages/../../admin/keys"),
+    ("POST", "/../admin/v1/messages"),
+    ("POST", "/v1/./messages"),
+    ("POST", "/v1/messages/%2e%2e/%2e%2e/admin"),
+    ("POST", "/v1/messages%2fcount_tokens"),
+    ("POST", "/v1/messages%2Fcount_tokens"),
+    ("POST", "/v1/messages%5c..%5cadmin"),
+    ("POST", "/v1/%6dessages"),
+    ("POST", "//v1/messages"),
+    ("POST", "/v1//messages"),
+    ("POST", "/V1/MESSAGES"),
+    ("POST", "*"),
+  ];
+  for (i, (method, target)) in refused.iter().enumerate() {
+    let raw =
+      format!("{method} {target} HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", token.as_str());
+    let out = raw_exchange(proxy.inner.addr, &raw).await;
+    let status = out.get(9..12).unwrap_or("");
+    assert!(matches!(status, "403" | "404" | "400"), "{method} {target}: {out}");
+    if status != "400" {
+      assert!(out.contains(r#"{"type":"error","error":{"type":""#), "{method} {target}: {out}");
+      assert_eq!(proxy.refused(), i as u64 + 1, "{method} {target}");
+    }
+  }
+  // CONNECT is refused too (hyper answers it or the route does), and nothing of any of them went upstream.
+  let out = raw_exchange(
+    proxy.inner.addr,
+    &format!("CONNECT evil.example:443 HTTP/1.1\r\nhost: evil.example:443\r\nx-api-key: {}\r\nconnection: close\r\n\r\n", token.as_str()),
+  )
+  .await;
+  assert!(!out.starts_with("HTTP/1.1 200"), "{out}");
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+
+  // The two model calls go through, with their query.
+  for target in ["/v1/messages?beta=true", "/v1/messages/count_tokens?beta=true"] {
+    let req = post(&proxy, target).header("x-api-key", token.as_str()).body(empty()).unwrap();
+    assert_eq!(within(client().request(req)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(upstream.last_seen().target, format!("/prefix{target}"));
+  }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,7 +386,7 @@ async fn upstream_down_gives_502() {
   let proxy =
     KeyProxy::start(Upstream { base_url: format!("http://{dead}"), api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap();
   let token = proxy.issue();
-  let req = get(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let req = post(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
   let resp = within(client().request(req)).await.unwrap();
   assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
   let body = body_string(resp).await;
@@ -331,7 +404,7 @@ async fn many_concurrent_requests() {
       let (proxy, client) = (proxy.clone(), client.clone());
       tokio::spawn(async move {
         let token = proxy.issue();
-        let req = get(&proxy, &format!("/v1/messages?i={i}")).header("x-api-key", token.as_str()).body(empty()).unwrap();
+        let req = post(&proxy, &format!("/v1/messages?i={i}")).header("x-api-key", token.as_str()).body(empty()).unwrap();
         let resp = client.request(req).await.unwrap();
         (resp.status(), body_string(resp).await)
       })
@@ -350,14 +423,14 @@ async fn shutdown_cuts_streams_and_stops_listening() {
   let (upstream, _) = FakeUpstream::start().await;
   let proxy = proxy_for(&upstream).await;
   let token = proxy.issue();
-  let req = get(&proxy, "/v1/sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let req = post(&proxy, "/v1/messages?mode=sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
   let mut body = within(client().request(req)).await.unwrap().into_body();
   within(body.frame()).await.unwrap().unwrap();
 
   proxy.shutdown();
   let rest = within(body.collect()).await;
   assert!(rest.is_err(), "a stream in flight must be cut by shutdown");
-  let req = get(&proxy, "/v1/models").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let req = post(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
   assert!(within(client().request(req)).await.is_err());
 }
 
