@@ -320,6 +320,12 @@ export interface ManagerInfo {
    * (false when there is no key to hide, e.g. a cloud provider, or with `exposeApiKeyToAgent`).
    */
   apiKeyProxy: boolean
+  /**
+   * Requests the key proxy answered itself without forwarding them since the manager started:
+   * anything but a model call, a token not live (no task running on its CLI), over a connection
+   * limit. 0 while the proxy has not started.
+   */
+  proxyRefused: number
   stateDirectory: string
   /**
    * The SQLite file, or with `databaseUrl` the PostgreSQL database (`postgresql://user@host:port/db`,
@@ -546,6 +552,13 @@ export interface SessionManagerOptions {
    * Default false.
    */
   allowFileMentions?: boolean
+  /**
+   * Let the agent use the CLI's tools that schedule work for later, outside any task
+   * (`CronCreate`, `ScheduleWakeup`, `RemoteTrigger`): such work would call the model when no
+   * task runs (the key proxy refuses it then) and is asked of nobody. Default false: they are
+   * disallowed whatever `allowedTools` says.
+   */
+  allowBackgroundTools?: boolean
   /**
    * The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
    * agent or another tenant could write, changes permissions.

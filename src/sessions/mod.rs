@@ -111,6 +111,8 @@ pub struct ManagerInfo {
   pub sandbox: &'static str,
   /// Whether the CLI gets a per-task token for a loopback proxy instead of the API key.
   pub api_key_proxy: bool,
+  /// Requests the key proxy answered itself, not forwarded ([`cli::KeyProxy::refused`]).
+  pub proxy_refused: u64,
   pub state_directory: PathBuf,
   /// The SQLite file, or the PostgreSQL database without its password.
   pub database_path: String,
@@ -221,6 +223,7 @@ impl Manager {
     ManagerInfo {
       sandbox: if self.sandbox.is_some() { "bubblewrap" } else { "none" },
       api_key_proxy: !self.cfg.expose_api_key && upstream_of(&self.base_env()).is_some(),
+      proxy_refused: self.key_proxy.get().and_then(|p| p.as_ref()).map_or(0, |p| p.refused()),
       state_directory: self.cfg.state_directory.clone(),
       database_path: self.store.describe(),
       isolate_tenants: match self.cfg.isolation {

@@ -25,14 +25,15 @@
 //! 3. streams the request body up and the response body down frame by frame (server-sent events are not buffered).
 //!    If the upstream cannot be reached the client gets a `502` with a JSON error.
 //!
-//! A leaked task token is only worth something while its task runs: dropping the [`TaskToken`] revokes it (requests
-//! already in flight are not cut). The proxy listens on `127.0.0.1` only, on a port picked by the OS.
+//! A leaked task token is only worth something while its task runs: dropping the [`TaskToken`] revokes it, and
+//! [`TaskToken::set_live`]`(false)` suspends it (a warm CLI between two tasks); requests already in flight are not
+//! cut. The proxy listens on `127.0.0.1` only, on a port picked by the OS.
 //!
 //! The upstream client is hyper-util's pooled client with hyper-rustls (ring provider, webpki roots, no OpenSSL): the
 //! server side already needs hyper, so the client adds only the TLS layer, and hyper's `Incoming` bodies are passed
 //! through as they are, with no stream adapters.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt::{self, Write as _};
@@ -60,7 +61,13 @@ use tokio::sync::watch;
 /// Body of the responses the proxy sends: the upstream's body passed through, or a small JSON error of its own.
 type ProxyBody = Either<Incoming, Full<Bytes>>;
 type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
-type TokenSet = Arc<Mutex<HashSet<String>>>;
+type TokenSet = Arc<Mutex<HashMap<String, Entry>>>;
+
+/// What the proxy knows of a registered token.
+struct Entry {
+  /// Whether requests with it are forwarded now ([`TaskToken::set_live`]).
+  live: bool,
+}
 
 /// The paths the proxy forwards (with `POST`): the Messages API and its token counter.
 pub const FORWARDED_PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
@@ -149,7 +156,7 @@ impl KeyProxy {
       let _ = write!(s, "{b:02x}");
       s
     });
-    lock(&self.inner.state.tokens).insert(token.clone());
+    lock(&self.inner.state.tokens).insert(token.clone(), Entry { live: true });
     TaskToken { token, tokens: self.inner.state.tokens.clone() }
   }
 
@@ -171,7 +178,7 @@ impl fmt::Debug for KeyProxy {
   }
 }
 
-/// A registered per-task token; dropping it revokes the token.
+/// A registered per-task token; dropping it revokes the token. It is issued live.
 pub struct TaskToken {
   token: String,
   tokens: TokenSet,
@@ -181,6 +188,19 @@ impl TaskToken {
   /// The token, for `ANTHROPIC_API_KEY`.
   pub fn as_str(&self) -> &str {
     &self.token
+  }
+
+  /// Suspends (`false`) or resumes (`true`) the token: while suspended, requests with it get a `401` as if it were
+  /// unknown; requests already forwarded finish. A warm CLI's token is live only while a task runs on it.
+  pub fn set_live(&self, live: bool) {
+    if let Some(e) = lock(&self.tokens).get_mut(&self.token) {
+      e.live = live;
+    }
+  }
+
+  /// Whether requests with the token are forwarded now.
+  pub fn is_live(&self) -> bool {
+    lock(&self.tokens).get(&self.token).is_some_and(|e| e.live)
   }
 }
 
@@ -196,7 +216,7 @@ impl fmt::Debug for TaskToken {
   }
 }
 
-fn lock(tokens: &TokenSet) -> MutexGuard<'_, HashSet<String>> {
+fn lock(tokens: &TokenSet) -> MutexGuard<'_, HashMap<String, Entry>> {
   tokens.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -245,7 +265,7 @@ impl State {
     Ok(State { tokens, scheme, authority, prefix, credential, client, refused: AtomicU64::new(0) })
   }
 
-  /// True if any `x-api-key` or `Authorization: Bearer` value is a registered token.
+  /// True if any `x-api-key` or `Authorization: Bearer` value is a registered, live token.
   fn authorized(&self, headers: &HeaderMap) -> bool {
     let tokens = lock(&self.tokens);
     let api_keys = headers.get_all(X_API_KEY).into_iter().filter_map(|v| v.to_str().ok());
@@ -253,7 +273,7 @@ impl State {
       let v = v.to_str().ok()?;
       v.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..])
     });
-    api_keys.chain(bearers).any(|t| tokens.contains(t.trim()))
+    api_keys.chain(bearers).any(|t| tokens.get(t.trim()).is_some_and(|e| e.live))
   }
 
   /// Upstream scheme and host, upstream prefix + the request's path and query. The request's own scheme and host

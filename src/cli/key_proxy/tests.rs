@@ -278,6 +278,31 @@ async fn dropped_token_is_revoked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspended_token_is_refused_until_resumed_and_streams_in_flight_finish() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_for(&upstream).await;
+  let token = proxy.issue();
+  assert!(token.is_live());
+  let send = |v: &str| client().request(post(&proxy, "/v1/messages").header("x-api-key", v).body(empty()).unwrap());
+  // A stream in flight when the token is suspended runs to its end.
+  let req = post(&proxy, "/v1/messages?mode=sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let mut body = within(client().request(req)).await.unwrap().into_body();
+  within(body.frame()).await.unwrap().unwrap();
+  token.set_live(false);
+  assert!(!token.is_live());
+  upstream.release_sse.notify_one();
+  assert_eq!(within(body.collect()).await.unwrap().to_bytes(), SSE_CHUNKS[1..].concat().as_bytes());
+
+  let resp = within(send(token.as_str())).await.unwrap();
+  assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 1);
+  let refused = proxy.refused();
+  token.set_live(true);
+  assert_eq!(within(send(token.as_str())).await.unwrap().status(), StatusCode::OK);
+  assert_eq!((upstream.hits.load(Ordering::SeqCst), proxy.refused()), (2, refused));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_prefix_and_query_are_preserved() {
   let (upstream, _) = FakeUpstream::start().await;
   for base in [format!("{}/prefix", upstream.url()), format!("{}/prefix/", upstream.url())] {
