@@ -39,7 +39,7 @@ use std::error::Error as StdError;
 use std::fmt::{self, Write as _};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -67,6 +67,71 @@ type TokenSet = Arc<Mutex<HashMap<String, Entry>>>;
 struct Entry {
   /// Whether requests with it are forwarded now ([`TaskToken::set_live`]).
   live: bool,
+  /// Open connections that carried a request with this token (at most
+  /// [`ProxyLimits::max_connections_per_token`]).
+  conns: Arc<AtomicUsize>,
+}
+
+/// The proxy's resource bounds. Each field has a default ([`ProxyLimits::default`]); tests lower them.
+#[derive(Debug, Clone)]
+pub struct ProxyLimits {
+  /// Open connections over every listener of the proxy; beyond it a new connection is closed as soon as it is
+  /// accepted, before anything is read or spawned for it. Default 1024.
+  pub max_connections: usize,
+  /// Connections that carried a request with one token, open at once; a request on one more connection gets a `429`
+  /// and that connection is closed. Default 32.
+  pub max_connections_per_token: usize,
+  /// How long a client has to send a request's whole header block (slow loris). Default 10 s.
+  pub header_read_timeout: Duration,
+  /// How long a connection may stay open with no request in flight (between keep-alive requests, or before the
+  /// first byte). Default 30 s.
+  pub idle_timeout: Duration,
+}
+
+impl Default for ProxyLimits {
+  fn default() -> Self {
+    ProxyLimits {
+      max_connections: 1024,
+      max_connections_per_token: 32,
+      header_read_timeout: Duration::from_secs(10),
+      idle_timeout: Duration::from_secs(30),
+    }
+  }
+}
+
+/// Counts a listener's open connections against its cap.
+struct Gate {
+  open: AtomicUsize,
+  cap: usize,
+}
+
+impl Gate {
+  fn new(cap: usize) -> Arc<Gate> {
+    Arc::new(Gate { open: AtomicUsize::new(0), cap })
+  }
+
+  /// One more open connection, or `None` (nothing counted) when that would pass the cap.
+  fn enter(self: &Arc<Self>) -> Option<GatePass> {
+    let mut n = self.open.load(Ordering::Relaxed);
+    loop {
+      if n >= self.cap {
+        return None;
+      }
+      match self.open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+        Ok(_) => return Some(GatePass(self.clone())),
+        Err(now) => n = now,
+      }
+    }
+  }
+}
+
+/// One open connection counted by a [`Gate`], until dropped.
+struct GatePass(Arc<Gate>);
+
+impl Drop for GatePass {
+  fn drop(&mut self) {
+    self.0.open.fetch_sub(1, Ordering::AcqRel);
+  }
 }
 
 /// The paths the proxy forwards (with `POST`): the Messages API and its token counter.
@@ -126,19 +191,92 @@ struct State {
   prefix: String,
   credential: Option<(HeaderName, HeaderValue)>,
   client: UpstreamClient,
-  /// Requests answered by the proxy itself without forwarding (bad route, no live token, over a limit).
+  /// Requests answered by the proxy itself without forwarding (bad route, no live token, over a limit), and
+  /// connections closed at once for being over a cap.
   refused: AtomicU64,
+  limits: ProxyLimits,
+  /// Open connections over every listener.
+  all: Arc<Gate>,
+}
+
+/// One connection's bookkeeping: its requests in flight (the idle timer runs only when there are none) and the token
+/// it is counted under.
+struct Conn {
+  in_flight: AtomicUsize,
+  idle_since: Mutex<std::time::Instant>,
+  bound: Mutex<Option<Arc<AtomicUsize>>>,
+}
+
+impl Drop for Conn {
+  fn drop(&mut self) {
+    if let Some(c) = self.bound.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+      c.fetch_sub(1, Ordering::AcqRel);
+    }
+  }
+}
+
+/// A request in flight on a connection, until its response body is done or dropped.
+struct InFlight(Arc<Conn>);
+
+impl InFlight {
+  fn new(conn: &Arc<Conn>) -> InFlight {
+    conn.in_flight.fetch_add(1, Ordering::AcqRel);
+    InFlight(conn.clone())
+  }
+}
+
+impl Drop for InFlight {
+  fn drop(&mut self) {
+    *self.0.idle_since.lock().unwrap_or_else(PoisonError::into_inner) = std::time::Instant::now();
+    self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+  }
+}
+
+/// A response body that keeps its request counted as in flight until it is sent or dropped.
+struct Tracked {
+  body: ProxyBody,
+  _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+  type Data = Bytes;
+  type Error = hyper::Error;
+
+  fn poll_frame(
+    mut self: std::pin::Pin<&mut Self>,
+    cx: &mut std::task::Context<'_>,
+  ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    match &mut self.body {
+      Either::Left(b) => std::pin::Pin::new(b).poll_frame(cx),
+      Either::Right(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+    }
+  }
+
+  fn is_end_stream(&self) -> bool {
+    self.body.is_end_stream()
+  }
+
+  fn size_hint(&self) -> hyper::body::SizeHint {
+    self.body.size_hint()
+  }
 }
 
 impl KeyProxy {
-  /// Validates `upstream`, binds `127.0.0.1:0` and starts serving on the current tokio runtime.
+  /// Validates `upstream`, binds `127.0.0.1:0` and starts serving on the current tokio runtime, with the default
+  /// [`ProxyLimits`].
   pub async fn start(upstream: Upstream) -> io::Result<KeyProxy> {
+    Self::start_with(upstream, ProxyLimits::default()).await
+  }
+
+  /// As [`KeyProxy::start`], with the given limits.
+  pub async fn start_with(upstream: Upstream, limits: ProxyLimits) -> io::Result<KeyProxy> {
     let tokens = TokenSet::default();
-    let state = Arc::new(State::new(upstream, tokens.clone())?);
+    let state = Arc::new(State::new(upstream, tokens.clone(), limits)?);
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx));
+    // The loopback listener has no cap of its own: the proxy's overall one.
+    tokio::spawn(accept_loop(listener, state.clone(), Gate::new(usize::MAX), shutdown_rx));
     Ok(KeyProxy { inner: Arc::new(Inner { addr, state, shutdown }) })
   }
 
@@ -156,7 +294,7 @@ impl KeyProxy {
       let _ = write!(s, "{b:02x}");
       s
     });
-    lock(&self.inner.state.tokens).insert(token.clone(), Entry { live: true });
+    lock(&self.inner.state.tokens).insert(token.clone(), Entry { live: true, conns: Arc::default() });
     TaskToken { token, tokens: self.inner.state.tokens.clone() }
   }
 
@@ -164,6 +302,11 @@ impl KeyProxy {
   /// token, over a limit).
   pub fn refused(&self) -> u64 {
     self.inner.state.refused.load(Ordering::Relaxed)
+  }
+
+  /// Connections open now, over every listener.
+  pub fn connections(&self) -> usize {
+    self.inner.state.all.open.load(Ordering::Acquire)
   }
 
   /// Stops accepting connections and drops open ones, including responses that are still streaming. Idempotent.
@@ -225,7 +368,7 @@ fn invalid_input(msg: String) -> io::Error {
 }
 
 impl State {
-  fn new(upstream: Upstream, tokens: TokenSet) -> io::Result<State> {
+  fn new(upstream: Upstream, tokens: TokenSet, limits: ProxyLimits) -> io::Result<State> {
     let base: Uri = upstream.base_url.parse().map_err(|e| invalid_input(format!("bad upstream base_url {:?}: {e}", upstream.base_url)))?;
     let scheme = match base.scheme() {
       Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
@@ -262,18 +405,35 @@ impl State {
     let connector = tls.https_or_http().enable_http1().wrap_connector(http);
     let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
 
-    Ok(State { tokens, scheme, authority, prefix, credential, client, refused: AtomicU64::new(0) })
+    let all = Gate::new(limits.max_connections);
+    Ok(State { tokens, scheme, authority, prefix, credential, client, refused: AtomicU64::new(0), limits, all })
   }
 
-  /// True if any `x-api-key` or `Authorization: Bearer` value is a registered, live token.
-  fn authorized(&self, headers: &HeaderMap) -> bool {
+  /// The connection counter of the first `x-api-key` or `Authorization: Bearer` value that is a registered, live
+  /// token.
+  fn authorized(&self, headers: &HeaderMap) -> Option<Arc<AtomicUsize>> {
     let tokens = lock(&self.tokens);
     let api_keys = headers.get_all(X_API_KEY).into_iter().filter_map(|v| v.to_str().ok());
     let bearers = headers.get_all(header::AUTHORIZATION).into_iter().filter_map(|v| {
       let v = v.to_str().ok()?;
       v.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..])
     });
-    api_keys.chain(bearers).any(|t| tokens.get(t.trim()).is_some_and(|e| e.live))
+    api_keys.chain(bearers).find_map(|t| tokens.get(t.trim()).filter(|e| e.live).map(|e| e.conns.clone()))
+  }
+
+  /// Counts the connection under the token of its first authorized request; false when the token already has
+  /// [`ProxyLimits::max_connections_per_token`] connections.
+  fn bind(&self, conn: &Conn, token_conns: Arc<AtomicUsize>) -> bool {
+    let mut bound = conn.bound.lock().unwrap_or_else(PoisonError::into_inner);
+    if bound.is_some() {
+      return true;
+    }
+    if token_conns.fetch_add(1, Ordering::AcqRel) >= self.limits.max_connections_per_token {
+      token_conns.fetch_sub(1, Ordering::AcqRel);
+      return false;
+    }
+    *bound = Some(token_conns);
+    true
   }
 
   /// Upstream scheme and host, upstream prefix + the request's path and query. The request's own scheme and host
@@ -284,14 +444,21 @@ impl State {
     Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(format!("{}{sep}{pq}", self.prefix)).build()
   }
 
-  async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+  async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
     if let Some(refusal) = route(req.method(), req.uri()) {
       self.refused.fetch_add(1, Ordering::Relaxed);
       return refusal;
     }
-    if !self.authorized(req.headers()) {
+    let Some(token_conns) = self.authorized(req.headers()) else {
       self.refused.fetch_add(1, Ordering::Relaxed);
       return json_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or expired API key for the local key proxy");
+    };
+    if !self.bind(conn, token_conns) {
+      self.refused.fetch_add(1, Ordering::Relaxed);
+      let mut resp =
+        json_error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "too many connections with this API key to the local key proxy");
+      resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+      return resp;
     }
     let (parts, body) = req.into_parts();
     let Ok(uri) = self.upstream_uri(&parts.uri) else {
@@ -341,7 +508,7 @@ fn route(method: &Method, uri: &Uri) -> Option<Response<ProxyBody>> {
   None
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, state: Arc<State>, gate: Arc<Gate>, mut shutdown: watch::Receiver<bool>) {
   loop {
     let stream = tokio::select! {
       biased;
@@ -355,20 +522,51 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut shutdown: wat
         }
       },
     };
-    tokio::spawn(serve_connection(stream, state.clone(), shutdown.clone()));
+    // Over a cap: closed right here (dropped), nothing spawned for it.
+    let Some(passes) = state.all.enter().and_then(|all| gate.enter().map(|own| (all, own))) else {
+      state.refused.fetch_add(1, Ordering::Relaxed);
+      drop(stream);
+      continue;
+    };
+    tokio::spawn(serve_connection(stream, state.clone(), passes, shutdown.clone()));
   }
 }
 
-async fn serve_connection(stream: TcpStream, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(stream: TcpStream, state: Arc<State>, passes: (GatePass, GatePass), mut shutdown: watch::Receiver<bool>) {
   let _ = stream.set_nodelay(true);
-  let service = service_fn(move |req| {
-    let state = state.clone();
-    async move { Ok::<_, Infallible>(state.handle(req).await) }
-  });
-  let conn = http1::Builder::new().timer(TokioTimer::new()).serve_connection(TokioIo::new(stream), service);
+  let conn = Arc::new(Conn { in_flight: AtomicUsize::new(0), idle_since: Mutex::new(std::time::Instant::now()), bound: Mutex::new(None) });
+  let idle_timeout = state.limits.idle_timeout;
+  let header_read_timeout = state.limits.header_read_timeout;
+  let service = {
+    let conn = conn.clone();
+    service_fn(move |req| {
+      let (state, conn) = (state.clone(), conn.clone());
+      async move {
+        let in_flight = InFlight::new(&conn);
+        let resp = state.handle(req, &conn).await;
+        Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+      }
+    })
+  };
+  let http =
+    http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).serve_connection(TokioIo::new(stream), service);
   tokio::select! {
-    _ = conn => {}
+    _ = http => {}
+    _ = idle(&conn, idle_timeout) => {}
     _ = stopped(&mut shutdown) => {}
+  }
+  drop(passes);
+}
+
+/// Resolves once the connection has had no request in flight for `timeout`.
+async fn idle(conn: &Conn, timeout: Duration) {
+  let tick = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+  loop {
+    tokio::time::sleep(tick).await;
+    let since = *conn.idle_since.lock().unwrap_or_else(PoisonError::into_inner);
+    if conn.in_flight.load(Ordering::Acquire) == 0 && since.elapsed() >= timeout {
+      return;
+    }
   }
 }
 

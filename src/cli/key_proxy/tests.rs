@@ -1,8 +1,9 @@
 //! Tests of the parent module.
 use super::*;
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http_body_util::channel::Channel;
 use http_body_util::combinators::BoxBody;
@@ -481,4 +482,159 @@ async fn bad_upstream_config_is_rejected() {
 #[test]
 fn json_errors_are_escaped() {
   assert_eq!(json_escape("a\"b\\c\nd\u{1}"), "a\\\"b\\\\c\\nd\\u0001");
+}
+
+async fn proxy_with(upstream: &FakeUpstream, limits: ProxyLimits) -> KeyProxy {
+  KeyProxy::start_with(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), ..Default::default() }, limits).await.unwrap()
+}
+
+/// Sockets of this process whose local port is `port`: the listener and the connections it accepted (not the
+/// clients' ends, which have ephemeral local ports).
+#[cfg(target_os = "linux")]
+fn server_side_sockets(port: u16) -> usize {
+  let mut inodes = HashSet::new();
+  for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    for line in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+      let cols: Vec<&str> = line.split_whitespace().collect();
+      let local_port = cols.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+      if local_port == Some(port) {
+        inodes.insert(cols[9].to_owned());
+      }
+    }
+  }
+  std::fs::read_dir("/proc/self/fd")
+    .unwrap()
+    .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+    .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+    .filter(|inode| inodes.contains(inode))
+    .count()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_cap_are_closed_at_once() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let cap = 64;
+  let proxy = proxy_with(&upstream, ProxyLimits { max_connections: cap, ..Default::default() }).await;
+  let port = proxy.inner.addr.port();
+  let token = proxy.issue();
+  let mut held = Vec::new();
+  for _ in 0..3000 {
+    held.push(within(TcpStream::connect(proxy.inner.addr)).await.unwrap());
+  }
+  // Every connection was accepted (the last one is the proof) and all but `cap` closed by the proxy.
+  assert!(
+    within(async {
+      while proxy.refused() < (3000 - cap) as u64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+      }
+      true
+    })
+    .await
+  );
+  assert_eq!(proxy.connections(), cap);
+  let server_side = server_side_sockets(port);
+  assert!(server_side <= cap + 1 + 4, "{server_side} sockets open on the proxy's side for a cap of {cap}");
+  // Over the cap a model call is refused too (its connection is closed unread) ...
+  let req = post(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  assert!(within(client().request(req)).await.is_err());
+  // ... and served again once the idle connections are gone.
+  drop(held);
+  within(async {
+    while proxy.connections() > 0 {
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  })
+  .await;
+  let req = post(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  assert_eq!(within(client().request(req)).await.unwrap().status(), StatusCode::OK);
+}
+
+/// Reads until the peer closes (EOF or reset); what was read.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+  let mut out = Vec::new();
+  let mut buf = [0u8; 1024];
+  loop {
+    match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+      Ok(0) | Err(_) => return out,
+      Ok(n) => out.extend_from_slice(&buf[..n]),
+    }
+  }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_but_long_responses_are_not() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let limits =
+    ProxyLimits { header_read_timeout: Duration::from_millis(200), idle_timeout: Duration::from_millis(300), ..Default::default() };
+  let proxy = proxy_with(&upstream, limits).await;
+  let token = proxy.issue();
+
+  // Half a request line and header block, then nothing: closed (hyper may answer 408 first).
+  let mut slow = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  tokio::io::AsyncWriteExt::write_all(&mut slow, b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-").await.unwrap();
+  let out = within(read_until_closed(&mut slow)).await;
+  assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&out));
+
+  // Connected, nothing sent: closed.
+  let mut silent = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  assert!(within(read_until_closed(&mut silent)).await.is_empty());
+
+  // Kept alive after a request, then idle: closed.
+  let mut kept = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  let raw = format!("POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-length: 0\r\n\r\n", token.as_str());
+  tokio::io::AsyncWriteExt::write_all(&mut kept, raw.as_bytes()).await.unwrap();
+  let out = within(read_until_closed(&mut kept)).await;
+  assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+
+  // A response that takes longer than the idle timeout to come is not cut.
+  let req = post(&proxy, "/v1/messages?mode=sse").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  let mut body = within(client().request(req)).await.unwrap().into_body();
+  within(body.frame()).await.unwrap().unwrap();
+  tokio::time::sleep(Duration::from_millis(900)).await;
+  upstream.release_sse.notify_one();
+  assert_eq!(within(body.collect()).await.unwrap().to_bytes(), SSE_CHUNKS[1..].concat().as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_token_are_capped() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_with(&upstream, ProxyLimits { max_connections_per_token: 2, ..Default::default() }).await;
+  let (token, other) = (proxy.issue(), proxy.issue());
+  let raw = |t: &TaskToken| format!("POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-length: 0\r\n\r\n", t.as_str());
+  // One request per connection, each connection kept open.
+  async fn first_response(stream: &mut TcpStream, raw: &str) -> String {
+    tokio::io::AsyncWriteExt::write_all(stream, raw.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = within(tokio::io::AsyncReadExt::read(stream, &mut buf)).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+  }
+  let mut conns = Vec::new();
+  for _ in 0..2 {
+    let mut c = TcpStream::connect(proxy.inner.addr).await.unwrap();
+    assert!(first_response(&mut c, &raw(&token)).await.starts_with("HTTP/1.1 200"));
+    conns.push(c);
+  }
+  let mut third = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  let out = first_response(&mut third, &raw(&token)).await;
+  assert!(out.starts_with("HTTP/1.1 429") && out.contains("rate_limit_error"), "{out}");
+  assert!(within(read_until_closed(&mut third)).await.is_empty(), "the refused connection is closed");
+  // Another token is not affected; a closed connection frees its place.
+  let mut c = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  assert!(first_response(&mut c, &raw(&other)).await.starts_with("HTTP/1.1 200"));
+  drop(conns.pop());
+  let mut again = TcpStream::connect(proxy.inner.addr).await.unwrap();
+  let ok = within(async {
+    loop {
+      let out = first_response(&mut again, &raw(&token)).await;
+      if out.starts_with("HTTP/1.1 200") {
+        return true;
+      }
+      again = TcpStream::connect(proxy.inner.addr).await.unwrap();
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  })
+  .await;
+  assert!(ok);
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 4);
 }
