@@ -67,6 +67,8 @@ type TokenSet = Arc<Mutex<HashMap<String, Entry>>>;
 struct Entry {
   /// Whether requests with it are forwarded now ([`TaskToken::set_live`]).
   live: bool,
+  /// The listener it is accepted on: 0 for the loopback one, else a [`SandboxListener`]'s.
+  scope: u64,
   /// Open connections that carried a request with this token (at most
   /// [`ProxyLimits::max_connections_per_token`]).
   conns: Arc<AtomicUsize>,
@@ -81,6 +83,8 @@ pub struct ProxyLimits {
   /// Connections that carried a request with one token, open at once; a request on one more connection gets a `429`
   /// and that connection is closed. Default 32.
   pub max_connections_per_token: usize,
+  /// Open connections on one [`SandboxListener`] (each has its own count, within `max_connections`). Default 32.
+  pub max_connections_per_listener: usize,
   /// How long a client has to send a request's whole header block (slow loris). Default 10 s.
   pub header_read_timeout: Duration,
   /// How long a connection may stay open with no request in flight (between keep-alive requests, or before the
@@ -93,6 +97,7 @@ impl Default for ProxyLimits {
     ProxyLimits {
       max_connections: 1024,
       max_connections_per_token: 32,
+      max_connections_per_listener: 32,
       header_read_timeout: Duration::from_secs(10),
       idle_timeout: Duration::from_secs(30),
     }
@@ -174,6 +179,10 @@ struct Inner {
   addr: SocketAddr,
   state: Arc<State>,
   shutdown: watch::Sender<bool>,
+  /// Where [`KeyProxy::serve_listener`] spawns, whatever thread calls it.
+  runtime: tokio::runtime::Handle,
+  /// The last scope given to a [`SandboxListener`].
+  scopes: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -276,8 +285,9 @@ impl KeyProxy {
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     // The loopback listener has no cap of its own: the proxy's overall one.
-    tokio::spawn(accept_loop(listener, state.clone(), Gate::new(usize::MAX), shutdown_rx));
-    Ok(KeyProxy { inner: Arc::new(Inner { addr, state, shutdown }) })
+    tokio::spawn(accept_loop(listener, state.clone(), Gate::new(usize::MAX), LOOPBACK, (shutdown_rx, None)));
+    let runtime = tokio::runtime::Handle::current();
+    Ok(KeyProxy { inner: Arc::new(Inner { addr, state, shutdown, runtime, scopes: AtomicU64::new(LOOPBACK) }) })
   }
 
   /// `http://127.0.0.1:PORT`, for `ANTHROPIC_BASE_URL`.
@@ -285,17 +295,28 @@ impl KeyProxy {
     format!("http://{}", self.inner.addr)
   }
 
-  /// Registers a fresh random token (32 bytes from the OS, hex) for one task; it is revoked when the returned
-  /// [`TaskToken`] is dropped.
+  /// Registers a fresh random token (32 bytes from the OS, hex) for one task, accepted on the loopback listener
+  /// only; it is revoked when the returned [`TaskToken`] is dropped.
   pub fn issue(&self) -> TaskToken {
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).expect("the OS random number generator failed");
-    let token = raw.iter().fold(String::with_capacity(64), |mut s, b| {
-      let _ = write!(s, "{b:02x}");
-      s
-    });
-    lock(&self.inner.state.tokens).insert(token.clone(), Entry { live: true, conns: Arc::default() });
-    TaskToken { token, tokens: self.inner.state.tokens.clone() }
+    issue_token(&self.inner.state.tokens, LOOPBACK)
+  }
+
+  /// Serves the same proxy (same upstream, same rules and limits) on `listener`, an already bound and listening
+  /// socket (e.g. one inside a sandbox's network namespace), until the returned [`SandboxListener`] is dropped or the
+  /// proxy shuts down; dropping it closes its open connections too. Tokens for it come from
+  /// [`SandboxListener::issue`] and are accepted on it alone; its connections count against its own cap
+  /// ([`ProxyLimits::max_connections_per_listener`]) and the proxy's overall one. May be called from any thread.
+  pub fn serve_listener(&self, listener: std::net::TcpListener) -> io::Result<SandboxListener> {
+    listener.set_nonblocking(true)?;
+    let _entered = self.inner.runtime.enter();
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    let scope = self.inner.scopes.fetch_add(1, Ordering::Relaxed) + 1;
+    let (shutdown, own_rx) = watch::channel(false);
+    let gate = Gate::new(self.inner.state.limits.max_connections_per_listener);
+    let stops = (self.inner.shutdown.subscribe(), Some(own_rx));
+    self.inner.runtime.spawn(accept_loop(listener, self.inner.state.clone(), gate.clone(), scope, stops));
+    Ok(SandboxListener { addr, scope, tokens: self.inner.state.tokens.clone(), gate, shutdown })
   }
 
   /// How many requests the proxy refused so far (not forwarded: a path or method other than a model call, no live
@@ -318,6 +339,60 @@ impl KeyProxy {
 impl fmt::Debug for KeyProxy {
   fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     f.debug_struct("KeyProxy").field("addr", &self.inner.addr).finish_non_exhaustive()
+  }
+}
+
+/// The scope of the tokens accepted on the loopback listener.
+const LOOPBACK: u64 = 0;
+
+fn issue_token(tokens: &TokenSet, scope: u64) -> TaskToken {
+  let mut raw = [0u8; 32];
+  getrandom::fill(&mut raw).expect("the OS random number generator failed");
+  let token = raw.iter().fold(String::with_capacity(64), |mut s, b| {
+    let _ = write!(s, "{b:02x}");
+    s
+  });
+  lock(tokens).insert(token.clone(), Entry { live: true, scope, conns: Arc::default() });
+  TaskToken { token, tokens: tokens.clone() }
+}
+
+/// The proxy served on a listener of its own ([`KeyProxy::serve_listener`]): stops (and closes its connections) when
+/// dropped.
+pub struct SandboxListener {
+  addr: SocketAddr,
+  scope: u64,
+  tokens: TokenSet,
+  gate: Arc<Gate>,
+  shutdown: watch::Sender<bool>,
+}
+
+impl SandboxListener {
+  /// Registers a fresh token accepted only on this listener (not on the loopback one, not on another
+  /// `SandboxListener`); revoked when dropped, and worthless once the listener is dropped.
+  pub fn issue(&self) -> TaskToken {
+    issue_token(&self.tokens, self.scope)
+  }
+
+  /// The listener's address, as bound.
+  pub fn local_addr(&self) -> SocketAddr {
+    self.addr
+  }
+
+  /// Connections open on this listener now.
+  pub fn connections(&self) -> usize {
+    self.gate.open.load(Ordering::Acquire)
+  }
+}
+
+impl Drop for SandboxListener {
+  fn drop(&mut self) {
+    self.shutdown.send_replace(true);
+  }
+}
+
+impl fmt::Debug for SandboxListener {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct("SandboxListener").field("addr", &self.addr).finish_non_exhaustive()
   }
 }
 
@@ -411,14 +486,14 @@ impl State {
 
   /// The connection counter of the first `x-api-key` or `Authorization: Bearer` value that is a registered, live
   /// token.
-  fn authorized(&self, headers: &HeaderMap) -> Option<Arc<AtomicUsize>> {
+  fn authorized(&self, headers: &HeaderMap, scope: u64) -> Option<Arc<AtomicUsize>> {
     let tokens = lock(&self.tokens);
     let api_keys = headers.get_all(X_API_KEY).into_iter().filter_map(|v| v.to_str().ok());
     let bearers = headers.get_all(header::AUTHORIZATION).into_iter().filter_map(|v| {
       let v = v.to_str().ok()?;
       v.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..])
     });
-    api_keys.chain(bearers).find_map(|t| tokens.get(t.trim()).filter(|e| e.live).map(|e| e.conns.clone()))
+    api_keys.chain(bearers).find_map(|t| tokens.get(t.trim()).filter(|e| e.live && e.scope == scope).map(|e| e.conns.clone()))
   }
 
   /// Counts the connection under the token of its first authorized request; false when the token already has
@@ -444,12 +519,12 @@ impl State {
     Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(format!("{}{sep}{pq}", self.prefix)).build()
   }
 
-  async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ProxyBody> {
+  async fn handle(&self, req: Request<Incoming>, conn: &Conn, scope: u64) -> Response<ProxyBody> {
     if let Some(refusal) = route(req.method(), req.uri()) {
       self.refused.fetch_add(1, Ordering::Relaxed);
       return refusal;
     }
-    let Some(token_conns) = self.authorized(req.headers()) else {
+    let Some(token_conns) = self.authorized(req.headers(), scope) else {
       self.refused.fetch_add(1, Ordering::Relaxed);
       return json_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or expired API key for the local key proxy");
     };
@@ -508,11 +583,14 @@ fn route(method: &Method, uri: &Uri) -> Option<Response<ProxyBody>> {
   None
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, gate: Arc<Gate>, mut shutdown: watch::Receiver<bool>) {
+/// What stops a listener: the proxy's shutdown, and a [`SandboxListener`]'s own.
+type Stops = (watch::Receiver<bool>, Option<watch::Receiver<bool>>);
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, gate: Arc<Gate>, scope: u64, mut stops: Stops) {
   loop {
     let stream = tokio::select! {
       biased;
-      _ = stopped(&mut shutdown) => return,
+      _ = any_stopped(&mut stops) => return,
       accepted = listener.accept() => match accepted {
         Ok((stream, _)) => stream,
         // e.g. out of file descriptors: back off instead of spinning.
@@ -528,11 +606,11 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, gate: Arc<Gate>, 
       drop(stream);
       continue;
     };
-    tokio::spawn(serve_connection(stream, state.clone(), passes, shutdown.clone()));
+    tokio::spawn(serve_connection(stream, state.clone(), passes, scope, stops.clone()));
   }
 }
 
-async fn serve_connection(stream: TcpStream, state: Arc<State>, passes: (GatePass, GatePass), mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(stream: TcpStream, state: Arc<State>, passes: (GatePass, GatePass), scope: u64, mut stops: Stops) {
   let _ = stream.set_nodelay(true);
   let conn = Arc::new(Conn { in_flight: AtomicUsize::new(0), idle_since: Mutex::new(std::time::Instant::now()), bound: Mutex::new(None) });
   let idle_timeout = state.limits.idle_timeout;
@@ -543,7 +621,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, passes: (GatePas
       let (state, conn) = (state.clone(), conn.clone());
       async move {
         let in_flight = InFlight::new(&conn);
-        let resp = state.handle(req, &conn).await;
+        let resp = state.handle(req, &conn, scope).await;
         Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
       }
     })
@@ -553,7 +631,7 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, passes: (GatePas
   tokio::select! {
     _ = http => {}
     _ = idle(&conn, idle_timeout) => {}
-    _ = stopped(&mut shutdown) => {}
+    _ = any_stopped(&mut stops) => {}
   }
   drop(passes);
 }
@@ -567,6 +645,16 @@ async fn idle(conn: &Conn, timeout: Duration) {
     if conn.in_flight.load(Ordering::Acquire) == 0 && since.elapsed() >= timeout {
       return;
     }
+  }
+}
+
+async fn any_stopped(stops: &mut Stops) {
+  match &mut stops.1 {
+    Some(own) => tokio::select! {
+      _ = stopped(&mut stops.0) => {}
+      _ = stopped(own) => {}
+    },
+    None => stopped(&mut stops.0).await,
   }
 }
 

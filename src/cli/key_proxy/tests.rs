@@ -638,3 +638,71 @@ async fn connections_per_token_are_capped() {
   assert!(ok);
   assert_eq!(upstream.hits.load(Ordering::SeqCst), 4);
 }
+
+/// A `POST /v1/messages` with `token` on a fresh connection to `addr`; the status, or `None` if the connection was
+/// refused or closed without an answer.
+async fn status_at(addr: SocketAddr, token: &TaskToken) -> Option<u16> {
+  let mut stream = TcpStream::connect(addr).await.ok()?;
+  let raw =
+    format!("POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", token.as_str());
+  tokio::io::AsyncWriteExt::write_all(&mut stream, raw.as_bytes()).await.ok()?;
+  let out = within(read_until_closed(&mut stream)).await;
+  String::from_utf8_lossy(&out).get(9..12)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_listener_accepts_only_its_own_tokens_and_has_its_own_cap() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = proxy_with(&upstream, ProxyLimits { max_connections_per_listener: 4, ..Default::default() }).await;
+  let bind = || std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+  // Called from a thread outside the runtime, as a sandbox set-up may.
+  let (a, b) = {
+    let proxy = proxy.clone();
+    tokio::task::spawn_blocking(move || (proxy.serve_listener(bind()).unwrap(), proxy.serve_listener(bind()).unwrap())).await.unwrap()
+  };
+  let (loopback, in_a, in_b) = (proxy.inner.addr, a.local_addr(), b.local_addr());
+  let (t_loop, t_a, t_b) = (proxy.issue(), a.issue(), b.issue());
+
+  assert_eq!(status_at(in_a, &t_a).await, Some(200));
+  assert_eq!(status_at(in_b, &t_b).await, Some(200));
+  assert_eq!(status_at(loopback, &t_loop).await, Some(200));
+  for (addr, token) in [(in_a, &t_loop), (in_a, &t_b), (in_b, &t_a), (loopback, &t_a), (loopback, &t_b)] {
+    assert_eq!(status_at(addr, token).await, Some(401), "a token used on another listener");
+  }
+  assert_eq!(upstream.hits.load(Ordering::SeqCst), 3);
+  // The same rules: suspended tokens and other paths are refused there too.
+  t_a.set_live(false);
+  assert_eq!(status_at(in_a, &t_a).await, Some(401));
+  t_a.set_live(true);
+
+  // Idle connections fill a's own cap; b and the loopback listener still serve.
+  let mut held = Vec::new();
+  for _ in 0..10 {
+    held.push(TcpStream::connect(in_a).await.unwrap());
+  }
+  within(async {
+    while a.connections() < 4 || proxy.refused() < 12 {
+      tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+  })
+  .await;
+  assert_eq!(a.connections(), 4);
+  assert_eq!(status_at(in_a, &t_a).await, None, "over a's cap");
+  assert_eq!(status_at(in_b, &t_b).await, Some(200));
+  assert_eq!(status_at(loopback, &t_loop).await, Some(200));
+  drop(held);
+
+  // Dropped: a stops serving (its connections closed), its tokens are worth nothing anywhere; b goes on.
+  let mut open = TcpStream::connect(in_a).await.unwrap();
+  within(async {
+    while a.connections() == 0 {
+      tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+  })
+  .await;
+  drop(a);
+  assert!(within(read_until_closed(&mut open)).await.is_empty(), "an open connection of a dropped listener is closed");
+  assert_eq!(status_at(in_a, &t_a).await, None);
+  assert_eq!(status_at(loopback, &t_a).await, Some(401));
+  assert_eq!(status_at(in_b, &t_b).await, Some(200));
+}
