@@ -108,3 +108,66 @@ test('proxy: the background scheduling tools (CronCreate, ScheduleWakeup, Remote
   t.assert.ok(messageCalls(server)[0].body.tools.map((x) => x.name).includes('ScheduleWakeup'), 'allowBackgroundTools: true offers ScheduleWakeup')
   t.assert.match(toolResults(server)[0] ?? '', /Scheduled/, 'allowBackgroundTools: true lets CronCreate schedule a job')
 })
+
+/** Sets process environment variables (what the addon reads as the server's environment) for one test. */
+function withProcessEnv(t, vars) {
+  const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]))
+  Object.assign(process.env, vars)
+  t.after(() => {
+    for (const [k, v] of Object.entries(old)) {
+      if (v === undefined) delete process.env[k]
+      else process.env[k] = v
+    }
+  })
+}
+
+test("proxy: the server's other credentials (admin key, Foundry key, OAuth token, custom headers) never reach the agent; the custom headers reach the API", async (t) => {
+  server.reset()
+  const secrets = {
+    ANTHROPIC_ADMIN_KEY: mark('ADMINKEY'),
+    ANTHROPIC_FOUNDRY_API_KEY: mark('FOUNDRYKEY'),
+    CLAUDE_CODE_OAUTH_TOKEN: mark('OAUTHTOKEN'),
+    CLAUDE_CODE_SESSION_ACCESS_TOKEN: mark('SESSIONTOKEN'),
+  }
+  const gateway = mark('GATEWAYSECRET')
+  withProcessEnv(t, { ...secrets, ANTHROPIC_CUSTOM_HEADERS: `X-Gateway-Secret: ${gateway}` })
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  if (!requireProxy(t, manager)) return
+  const pattern = [...Object.values(secrets), gateway, 'ADMIN_KEY', 'FOUNDRY', 'OAUTH', 'CUSTOM_HEADERS', 'SESSION_ACCESS'].join('|')
+  const { r, output } = await runBash(
+    manager,
+    server,
+    [
+      `echo "dump works: $(env | grep -c '^ANTHROPIC_BASE_URL=')"`,
+      `{ env; tr '\\0' '\\n' < /proc/self/environ; tr '\\0' '\\n' < /proc/$PPID/environ; for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ; done; } 2>/dev/null | grep -E '${pattern}' | sed 's/^/LEAK /'`,
+      'echo END',
+    ].join('; '),
+  )
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.match(output, /dump works: 1/, output)
+  t.assert.match(output, /END/)
+  t.assert.doesNotMatch(output, /LEAK/, `credentials in the agent's environment:\n${output}`)
+  for (const v of [...Object.values(secrets), gateway]) t.assert.ok(!output.includes(v))
+  const calls = messageCalls(server)
+  t.assert.ok(calls.length >= 2 && calls.every((q) => q.headers['x-gateway-secret'] === gateway), 'the custom header reached the API on every model call')
+})
+
+test('proxy: with only an OAuth token the CLI still goes through the proxy (Bearer and the OAuth beta upstream, a task token in the agent)', async (t) => {
+  server.reset()
+  const apiKey = server.env().ANTHROPIC_API_KEY
+  const { manager } = makeManager({ server, env: { ...server.env(), ANTHROPIC_API_KEY: '', CLAUDE_CODE_OAUTH_TOKEN: apiKey } })
+  t.after(() => manager.close())
+  t.assert.strictEqual(manager.info().apiKeyProxy, true, 'the proxy is on with an OAuth token')
+  const { r, output } = await runBash(manager, server, `env | grep -E '^(ANTHROPIC|CLAUDE_CODE)_' | grep -c '${apiKey}'; echo "oauth var: \${CLAUDE_CODE_OAUTH_TOKEN:-none}"; echo END`)
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.match(output, /^0$/m, `the OAuth token is in the agent's environment:\n${output}`)
+  t.assert.match(output, /oauth var: none/)
+  const calls = messageCalls(server)
+  t.assert.ok(calls.length >= 2)
+  for (const q of calls) {
+    t.assert.strictEqual(q.headers.authorization, `Bearer ${apiKey}`)
+    t.assert.match(q.headers['anthropic-beta'] ?? '', /oauth-2025-04-20/)
+    t.assert.strictEqual(q.headers['x-api-key'], undefined)
+  }
+})

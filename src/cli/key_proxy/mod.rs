@@ -142,6 +142,10 @@ impl Drop for GatePass {
 /// The paths the proxy forwards (with `POST`): the Messages API and its token counter.
 pub const FORWARDED_PATHS: [&str; 2] = ["/v1/messages", "/v1/messages/count_tokens"];
 
+/// The `anthropic-beta` value the API wants with an OAuth bearer token.
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -156,6 +160,12 @@ pub struct Upstream {
   pub api_key: Option<String>,
   /// Sent as `Authorization: Bearer <auth_token>`; takes precedence over `api_key`.
   pub auth_token: Option<String>,
+  /// `auth_token` is a Claude OAuth token (`CLAUDE_CODE_OAUTH_TOKEN`): the OAuth beta
+  /// ([`OAUTH_BETA`]) is added to `anthropic-beta` upstream, as the CLI would have.
+  pub oauth: bool,
+  /// Extra headers for every forwarded request, `Name: value` lines (`ANTHROPIC_CUSTOM_HEADERS`); they replace
+  /// headers of the same name the client sent.
+  pub headers: String,
 }
 
 impl fmt::Debug for Upstream {
@@ -165,6 +175,8 @@ impl fmt::Debug for Upstream {
       .field("base_url", &self.base_url)
       .field("api_key", &redact(&self.api_key))
       .field("auth_token", &redact(&self.auth_token))
+      .field("oauth", &self.oauth)
+      .field("headers", &(!self.headers.is_empty()).then_some("<redacted>"))
       .finish()
   }
 }
@@ -199,6 +211,9 @@ struct State {
   /// Path prefix of the upstream base URL without its trailing `/`; empty for none.
   prefix: String,
   credential: Option<(HeaderName, HeaderValue)>,
+  oauth: bool,
+  /// [`Upstream::headers`], parsed.
+  extra_headers: Vec<(HeaderName, HeaderValue)>,
   client: UpstreamClient,
   /// Requests answered by the proxy itself without forwarding (bad route, no live token, over a limit), and
   /// connections closed at once for being over a cap.
@@ -470,6 +485,8 @@ impl State {
       })
       .transpose()?;
 
+    let extra_headers = parse_headers(&upstream.headers)?;
+
     let tls = HttpsConnectorBuilder::new()
       .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
       .map_err(|e| io::Error::other(format!("TLS setup failed: {e}")))?;
@@ -481,7 +498,19 @@ impl State {
     let client = Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
 
     let all = Gate::new(limits.max_connections);
-    Ok(State { tokens, scheme, authority, prefix, credential, client, refused: AtomicU64::new(0), limits, all })
+    Ok(State {
+      tokens,
+      scheme,
+      authority,
+      prefix,
+      credential,
+      oauth: upstream.oauth,
+      extra_headers,
+      client,
+      refused: AtomicU64::new(0),
+      limits,
+      all,
+    })
   }
 
   /// The connection counter of the first `x-api-key` or `Authorization: Bearer` value that is a registered, live
@@ -546,6 +575,18 @@ impl State {
     headers.remove(header::AUTHORIZATION);
     if let Some((name, value)) = &self.credential {
       headers.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &self.extra_headers {
+      headers.insert(name.clone(), value.clone());
+    }
+    if self.oauth {
+      let betas: Vec<String> = headers.get_all(ANTHROPIC_BETA).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+      if !betas.iter().flat_map(|v| v.split(',')).any(|b| b.trim() == OAUTH_BETA) {
+        let joined = betas.into_iter().chain([OAUTH_BETA.to_owned()]).collect::<Vec<_>>().join(",");
+        if let Ok(v) = HeaderValue::try_from(joined) {
+          headers.insert(ANTHROPIC_BETA, v);
+        }
+      }
     }
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
@@ -661,6 +702,19 @@ async fn any_stopped(stops: &mut Stops) {
 /// Resolves once shutdown was requested (or every `KeyProxy` clone is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
   let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// `Name: value` lines (blank lines skipped), as the CLI reads `ANTHROPIC_CUSTOM_HEADERS`.
+fn parse_headers(lines: &str) -> io::Result<Vec<(HeaderName, HeaderValue)>> {
+  let mut out = Vec::new();
+  for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let (name, value) = line.split_once(':').ok_or_else(|| invalid_input("a custom header line has no ':'".into()))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| invalid_input("a custom header has a bad name".into()))?;
+    let mut value = HeaderValue::try_from(value.trim()).map_err(|_| invalid_input(format!("custom header {name} has a bad value")))?;
+    value.set_sensitive(true);
+    out.push((name, value));
+  }
+  Ok(out)
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including those named in `Connection`.

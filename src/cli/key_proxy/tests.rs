@@ -138,7 +138,9 @@ async fn body_string(resp: Response<Incoming>) -> String {
 }
 
 async fn proxy_for(upstream: &FakeUpstream) -> KeyProxy {
-  KeyProxy::start(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap()
+  KeyProxy::start(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: None, ..Default::default() })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,9 +180,14 @@ async fn valid_token_is_swapped_for_real_key_and_headers_are_cleaned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_task_token_is_accepted_and_auth_token_forwarded() {
   let (upstream, _) = FakeUpstream::start().await;
-  let proxy = KeyProxy::start(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: Some(REAL_AUTH.into()) })
-    .await
-    .unwrap();
+  let proxy = KeyProxy::start(Upstream {
+    base_url: upstream.url(),
+    api_key: Some(REAL_KEY.into()),
+    auth_token: Some(REAL_AUTH.into()),
+    ..Default::default()
+  })
+  .await
+  .unwrap();
   let token = proxy.issue();
   let req = post(&proxy, "/v1/messages").header("authorization", format!("Bearer {}", token.as_str())).body(empty()).unwrap();
   let resp = within(client().request(req)).await.unwrap();
@@ -307,7 +314,8 @@ async fn suspended_token_is_refused_until_resumed_and_streams_in_flight_finish()
 async fn path_prefix_and_query_are_preserved() {
   let (upstream, _) = FakeUpstream::start().await;
   for base in [format!("{}/prefix", upstream.url()), format!("{}/prefix/", upstream.url())] {
-    let proxy = KeyProxy::start(Upstream { base_url: base, api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap();
+    let proxy =
+      KeyProxy::start(Upstream { base_url: base, api_key: Some(REAL_KEY.into()), auth_token: None, ..Default::default() }).await.unwrap();
     let token = proxy.issue();
     let req = post(&proxy, "/v1/messages/count_tokens?beta=true&x=a%20b").header("x-api-key", token.as_str()).body(empty()).unwrap();
     assert_eq!(within(client().request(req)).await.unwrap().status(), StatusCode::OK);
@@ -409,8 +417,14 @@ async fn only_model_calls_are_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_gives_502() {
   let dead = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap().local_addr().unwrap();
-  let proxy =
-    KeyProxy::start(Upstream { base_url: format!("http://{dead}"), api_key: Some(REAL_KEY.into()), auth_token: None }).await.unwrap();
+  let proxy = KeyProxy::start(Upstream {
+    base_url: format!("http://{dead}"),
+    api_key: Some(REAL_KEY.into()),
+    auth_token: None,
+    ..Default::default()
+  })
+  .await
+  .unwrap();
   let token = proxy.issue();
   let req = post(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
   let resp = within(client().request(req)).await.unwrap();
@@ -463,19 +477,30 @@ async fn shutdown_cuts_streams_and_stops_listening() {
 #[tokio::test]
 async fn bad_upstream_config_is_rejected() {
   for base_url in ["", "api.anthropic.com", "ftp://host", "http://host/p?q=1"] {
-    let err = KeyProxy::start(Upstream { base_url: base_url.into(), api_key: None, auth_token: None }).await.unwrap_err();
+    let err =
+      KeyProxy::start(Upstream { base_url: base_url.into(), api_key: None, auth_token: None, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{base_url}");
   }
-  let err = KeyProxy::start(Upstream { base_url: "https://api.anthropic.com".into(), api_key: Some("bad\nkey".into()), auth_token: None })
-    .await
-    .unwrap_err();
+  let err = KeyProxy::start(Upstream {
+    base_url: "https://api.anthropic.com".into(),
+    api_key: Some("bad\nkey".into()),
+    auth_token: None,
+    ..Default::default()
+  })
+  .await
+  .unwrap_err();
   assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-  let ok = KeyProxy::start(Upstream { base_url: "https://api.anthropic.com/".into(), api_key: Some(REAL_KEY.into()), auth_token: None })
-    .await
-    .unwrap();
+  let ok = KeyProxy::start(Upstream {
+    base_url: "https://api.anthropic.com/".into(),
+    api_key: Some(REAL_KEY.into()),
+    auth_token: None,
+    ..Default::default()
+  })
+  .await
+  .unwrap();
   assert!(ok.base_url().starts_with("http://127.0.0.1:"));
   ok.shutdown();
-  let dbg = format!("{:?}", Upstream { base_url: "x".into(), api_key: Some(REAL_KEY.into()), auth_token: None });
+  let dbg = format!("{:?}", Upstream { base_url: "x".into(), api_key: Some(REAL_KEY.into()), auth_token: None, ..Default::default() });
   assert!(!dbg.contains(REAL_KEY));
 }
 
@@ -705,4 +730,44 @@ async fn a_sandbox_listener_accepts_only_its_own_tokens_and_has_its_own_cap() {
   assert_eq!(status_at(in_a, &t_a).await, None);
   assert_eq!(status_at(loopback, &t_a).await, Some(401));
   assert_eq!(status_at(in_b, &t_b).await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_headers_and_the_oauth_beta_are_added_upstream() {
+  let (upstream, _) = FakeUpstream::start().await;
+  let proxy = KeyProxy::start(Upstream {
+    base_url: upstream.url(),
+    auth_token: Some(REAL_AUTH.into()),
+    oauth: true,
+    headers: "X-Gateway-Secret: gw-123\n\n  x-team:  blue  \n".into(),
+    ..Default::default()
+  })
+  .await
+  .unwrap();
+  let token = proxy.issue();
+  let req = post(&proxy, "/v1/messages")
+    .header("x-api-key", token.as_str())
+    .header("x-gateway-secret", "forged-by-the-agent")
+    .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+    .body(empty())
+    .unwrap();
+  assert_eq!(within(client().request(req)).await.unwrap().status(), StatusCode::OK);
+  let seen = upstream.last_seen();
+  assert_eq!(seen.headers.get_all("x-gateway-secret").iter().collect::<Vec<_>>(), ["gw-123"]);
+  assert_eq!(seen.headers["x-team"], "blue");
+  assert_eq!(seen.headers["authorization"], format!("Bearer {REAL_AUTH}").as_str());
+  assert_eq!(seen.headers["anthropic-beta"], "interleaved-thinking-2025-05-14,oauth-2025-04-20");
+
+  // Not OAuth: no beta added.
+  let proxy = KeyProxy::start(Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), ..Default::default() }).await.unwrap();
+  let token = proxy.issue();
+  let req = post(&proxy, "/v1/messages").header("x-api-key", token.as_str()).body(empty()).unwrap();
+  within(client().request(req)).await.unwrap();
+  assert!(upstream.last_seen().headers.get("anthropic-beta").is_none());
+
+  for bad in ["no colon here", "bad name: x", "x-ok: bad\u{7f}value"] {
+    let err = KeyProxy::start(Upstream { base_url: upstream.url(), headers: bad.into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad}");
+    assert!(!err.to_string().contains("bad\u{7f}value"));
+  }
 }
