@@ -43,9 +43,11 @@ pub struct SessionManagerOptions {
   pub compact_threshold: Option<f64>,
   /// The `claude` binary. Default: env `CLAUDE_PATH`, the `@anthropic-ai/claude-code` package, `PATH`.
   pub claude_path: Option<String>,
-  /// Extra environment for the CLI. The CLI otherwise gets only what it needs from this process
-  /// (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`). The API key itself never reaches
-  /// it (see `exposeApiKeyToAgent`).
+  /// Extra environment for the CLI, passed as given. The CLI otherwise gets only what it needs
+  /// from this process (HOME, PATH, locale, proxy settings, `CLAUDE_CONFIG_DIR`, the CLI's own
+  /// model and behaviour variables; see the README's Security section), never other credentials.
+  /// The API key, auth/OAuth token and `ANTHROPIC_CUSTOM_HEADERS` never reach it: the key proxy
+  /// sends them upstream (see `exposeApiKeyToAgent`).
   pub env: Option<HashMap<String, String>>,
   /// Allow `permissionMode: 'bypassPermissions'`. Default false.
   pub allow_bypass_permissions: Option<bool>,
