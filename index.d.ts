@@ -320,6 +320,12 @@ export interface ManagerInfo {
    * (false when there is no key to hide, e.g. a cloud provider, or with `exposeApiKeyToAgent`).
    */
   apiKeyProxy: boolean
+  /**
+   * Requests the key proxy answered itself without forwarding them since the manager started:
+   * anything but a model call, a token not live (no task running on its CLI), over a connection
+   * limit. 0 while the proxy has not started.
+   */
+  proxyRefused: number
   stateDirectory: string
   /**
    * The SQLite file, or with `databaseUrl` the PostgreSQL database (`postgresql://user@host:port/db`,
@@ -488,9 +494,11 @@ export interface SessionManagerOptions {
   /** The `claude` binary. Default: env `CLAUDE_PATH`, the `@anthropic-ai/claude-code` package, `PATH`. */
   claudePath?: string
   /**
-   * Extra environment for the CLI. The CLI otherwise gets only what it needs from this process
-   * (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`). The API key itself never reaches
-   * it (see `exposeApiKeyToAgent`).
+   * Extra environment for the CLI, passed as given. The CLI otherwise gets only what it needs
+   * from this process (HOME, PATH, locale, proxy settings, `CLAUDE_CONFIG_DIR`, the CLI's own
+   * model and behaviour variables; see the README's Security section), never other credentials.
+   * The API key, auth/OAuth token and `ANTHROPIC_CUSTOM_HEADERS` never reach it: the key proxy
+   * sends them upstream (see `exposeApiKeyToAgent`).
    */
   env?: Record<string, string>
   /** Allow `permissionMode: 'bypassPermissions'`. Default false. */
@@ -564,6 +572,13 @@ export interface SessionManagerOptions {
    * Default false.
    */
   allowFileMentions?: boolean
+  /**
+   * Let the agent use the CLI's tools that schedule work for later, outside any task
+   * (`CronCreate`, `ScheduleWakeup`, `RemoteTrigger`): such work would call the model when no
+   * task runs (the key proxy refuses it then) and is asked of nobody. Default false: they are
+   * disallowed whatever `allowedTools` says.
+   */
+  allowBackgroundTools?: boolean
   /**
    * The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
    * agent or another tenant could write, changes permissions.

@@ -174,7 +174,8 @@ test('4. the API key never reaches the agent; its per-task token is revoked afte
     const { manager } = makeManager({ server })
     if (!(await requireSandbox(t, manager))) return
     t.assert.strictEqual(manager.info().apiKeyProxy, true)
-    const models = `curl -s -o /dev/null -w 'DURING=%{http_code}\\n' "$ANTHROPIC_BASE_URL/v1/models" -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01'`
+    // (count_tokens: the proxy forwards only model calls)
+    const models = `curl -s -o /dev/null -w 'DURING=%{http_code}\\n' -X POST "$ANTHROPIC_BASE_URL/v1/messages/count_tokens" -H "x-api-key: $ANTHROPIC_API_KEY" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' --data-binary '{"model":"claude-sonnet-4-5","messages":[{"role":"user","content":"hi"}]}'`
     const { r, output } = await runBash(
       manager,
       server,
@@ -200,7 +201,8 @@ test('4. the API key never reaches the agent; its per-task token is revoked afte
     // After the task the token is void: the same call and a model call get 401.
     const headers = { 'x-api-key': token, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }
     const before = server.requests.length
-    const afterModels = await fetch(`${base}/v1/models`, { headers })
+    const count = { method: 'POST', body: JSON.stringify({ model: 'claude-sonnet-4-5', messages: [{ role: 'user', content: 'hi' }] }) }
+    const afterModels = await fetch(`${base}/v1/messages/count_tokens`, { ...count, headers })
     t.assert.strictEqual(afterModels.status, 401, await afterModels.text())
     const afterMsg = await fetch(`${base}/v1/messages`, {
       method: 'POST',
@@ -208,7 +210,7 @@ test('4. the API key never reaches the agent; its per-task token is revoked afte
       body: JSON.stringify({ model: 'claude-sonnet-4-5', max_tokens: 16, messages: [{ role: 'user', content: 'hi' }] }),
     })
     t.assert.strictEqual(afterMsg.status, 401, await afterMsg.text())
-    const bearer = await fetch(`${base}/v1/models`, { headers: { authorization: `Bearer ${token}` } })
+    const bearer = await fetch(`${base}/v1/messages/count_tokens`, { ...count, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } })
     t.assert.strictEqual(bearer.status, 401)
     t.assert.strictEqual(server.requests.length, before, 'nothing was forwarded with the revoked token')
     await manager.close()

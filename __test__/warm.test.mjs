@@ -382,7 +382,7 @@ function cliKey(sessionId) {
   return null
 }
 
-test('warm: the CLI runs in the sandbox, and its key-proxy token works for the life of the process and is revoked when it closes', async (t) => {
+test('warm: the CLI runs in the sandbox, and its key-proxy token answers only while a task runs on it and is revoked when it closes', async (t) => {
   server.reset()
   const { manager } = warmManager(t, { warmIdleMs: 1500 })
   t.assert.strictEqual(manager.info().apiKeyProxy, true)
@@ -402,10 +402,12 @@ test('warm: the CLI runs in the sandbox, and its key-proxy token works for the l
       headers: { 'x-api-key': found.key, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
       body: JSON.stringify({ model: 'claude-sonnet-4-5', messages: [{ role: 'user', content: 'hi' }] }),
     }).then((res) => res.status)
-  // A second task in the same process: the token outlived the first task.
+  // Between tasks the token is suspended; a second task in the same process makes it live again.
+  t.assert.strictEqual(await probe(), 401, 'suspended between tasks')
   const again = await task(manager, { prompt: 'again', sessionId: r.sessionId })
   t.assert.strictEqual(again.success, true, JSON.stringify(again.error))
-  t.assert.notStrictEqual(await probe(), 401, 'valid while the process lives, between tasks')
+  t.assert.strictEqual(again.result, 'Echo #2: again', 'the second task ran in the same process, its token live again')
+  t.assert.strictEqual(await probe(), 401, 'suspended again once the task settled')
   t.assert.ok(await eventually(() => processesMentioning(r.sessionId).length === 0), 'closed once idle')
   // Revoked once the closing is done (just after the process is gone).
   let status
@@ -451,6 +453,7 @@ test('warm: a turn the CLI starts by itself (a background task finishing) is not
   t.assert.strictEqual(first.result, 'started it')
   const calls = () => server.requests.filter((x) => x.path === '/v1/messages')
   const before = calls().length
+  const refusedBefore = manager.info().proxyRefused
   // The next task's answer comes late, so that the job's notification turn overlaps it.
   server.enqueue({ text: 'the answer to two', delayMs: 2500 })
   const secondEvents = []
@@ -460,8 +463,11 @@ test('warm: a turn the CLI starts by itself (a background task finishing) is not
   )
   t.assert.strictEqual(second.success, true, JSON.stringify(second.error))
   t.assert.strictEqual(second.result, 'the answer to two')
-  // The CLI did run a turn of its own about the job (a model call nobody's prompt asked for).
-  t.assert.ok(await eventually(() => calls().slice(before).some((c) => JSON.stringify(c.body.messages).includes('SYSTEM NOTIFICATION')), 10_000), 'a notification turn ran')
+  // The CLI did run a turn of its own about the job (a model call nobody's prompt asked for):
+  // when it comes while a task runs it reaches the model; between tasks the key proxy refuses it
+  // (the CLI's token answers only while a task runs on it).
+  const notified = () => calls().slice(before).some((c) => JSON.stringify(c.body.messages).includes('SYSTEM NOTIFICATION'))
+  t.assert.ok(await eventually(() => notified() || manager.info().proxyRefused > refusedBefore, 10_000), 'a notification turn ran')
   const events = []
   const third = await manager.executeTask(
     { projectId: 'p', userId: 'u', prompt: 'three', sessionId: first.sessionId, allowedTools: ['Bash'] },

@@ -55,9 +55,11 @@ pub struct SessionManagerOptions {
   pub compact_threshold: Option<f64>,
   /// The `claude` binary. Default: env `CLAUDE_PATH`, the `@anthropic-ai/claude-code` package, `PATH`.
   pub claude_path: Option<String>,
-  /// Extra environment for the CLI. The CLI otherwise gets only what it needs from this process
-  /// (API key, base URL, proxy, HOME, PATH, `CLAUDE_CODE_*`). The API key itself never reaches
-  /// it (see `exposeApiKeyToAgent`).
+  /// Extra environment for the CLI, passed as given. The CLI otherwise gets only what it needs
+  /// from this process (HOME, PATH, locale, proxy settings, `CLAUDE_CONFIG_DIR`, the CLI's own
+  /// model and behaviour variables; see the README's Security section), never other credentials.
+  /// The API key, auth/OAuth token and `ANTHROPIC_CUSTOM_HEADERS` never reach it: the key proxy
+  /// sends them upstream (see `exposeApiKeyToAgent`).
   pub env: Option<HashMap<String, String>>,
   /// Allow `permissionMode: 'bypassPermissions'`. Default false.
   pub allow_bypass_permissions: Option<bool>,
@@ -110,6 +112,11 @@ pub struct SessionManagerOptions {
   /// Let `@path` in a prompt inline files (the CLI does that whatever the tool permissions say).
   /// Default false.
   pub allow_file_mentions: Option<bool>,
+  /// Let the agent use the CLI's tools that schedule work for later, outside any task
+  /// (`CronCreate`, `ScheduleWakeup`, `RemoteTrigger`): such work would call the model when no
+  /// task runs (the key proxy refuses it then) and is asked of nobody. Default false: they are
+  /// disallowed whatever `allowedTools` says.
+  pub allow_background_tools: Option<bool>,
   /// The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
   /// agent or another tenant could write, changes permissions.
   #[napi(ts_type = "Array<'user' | 'project' | 'local'>")]
@@ -422,6 +429,7 @@ impl From<SessionManagerOptions> for manager::Options {
       expose_api_key_to_agent: o.expose_api_key_to_agent.unwrap_or(false),
       allow_slash_commands: o.allow_slash_commands.unwrap_or_default(),
       allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
+      allow_background_tools: o.allow_background_tools.unwrap_or(false),
       setting_sources: o.setting_sources.unwrap_or_default(),
       node_id: o.node_id,
       lease_ttl_ms: o.lease_ttl_ms,

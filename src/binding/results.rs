@@ -399,6 +399,10 @@ pub struct ManagerInfo {
   /// Whether the CLI gets a per-task token for the loopback key proxy instead of the API key
   /// (false when there is no key to hide, e.g. a cloud provider, or with `exposeApiKeyToAgent`).
   pub api_key_proxy: bool,
+  /// Requests the key proxy answered itself without forwarding them since the manager started:
+  /// anything but a model call, a token not live (no task running on its CLI), over a connection
+  /// limit. 0 while the proxy has not started.
+  pub proxy_refused: f64,
   pub state_directory: String,
   /// The SQLite file, or with `databaseUrl` the PostgreSQL database (`postgresql://user@host:port/db`,
   /// never the password).
@@ -412,6 +416,7 @@ impl From<manager::ManagerInfo> for ManagerInfo {
     ManagerInfo {
       sandbox: i.sandbox.into(),
       api_key_proxy: i.api_key_proxy,
+      proxy_refused: i.proxy_refused as f64,
       state_directory: i.state_directory.to_string_lossy().into_owned(),
       database_path: i.database_path,
       isolate_tenants: i.isolate_tenants.into(),

@@ -36,6 +36,7 @@ pub struct Options {
   pub expose_api_key_to_agent: bool,
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
+  pub allow_background_tools: bool,
   pub setting_sources: Vec<String>,
   pub node_id: Option<String>,
   pub lease_ttl_ms: Option<f64>,
@@ -126,6 +127,8 @@ pub struct Config {
   /// Slash commands a prompt may run (each `/name`); every other prompt is plain text.
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
+  /// Let the agent schedule work of its own ([`BACKGROUND_TOOLS`]); off: they are disallowed.
+  pub allow_background_tools: bool,
   /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
   pub setting_sources: Vec<String>,
   /// How long a session's CLI is kept running after its task; `None`: warm processes are off.
@@ -137,6 +140,10 @@ pub struct Config {
   /// A transcript longer than this is not read whole (`TRANSCRIPT_TOO_LARGE`).
   pub max_transcript_bytes: u64,
 }
+
+/// The CLI's tools that schedule work to run later, outside any task (a cron job, a wake-up, a
+/// remote trigger): disallowed (`--disallowedTools`) unless `allowBackgroundTools`.
+pub const BACKGROUND_TOOLS: [&str; 3] = ["CronCreate", "ScheduleWakeup", "RemoteTrigger"];
 
 /// The CLI's default nice increment: below the Node process serving requests, still above batch
 /// work at 19.
@@ -410,6 +417,7 @@ impl Config {
       expose_api_key: o.expose_api_key_to_agent,
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
+      allow_background_tools: o.allow_background_tools,
       setting_sources: o.setting_sources,
       warm_idle,
       max_warm_sessions,

@@ -111,6 +111,8 @@ pub struct ManagerInfo {
   pub sandbox: &'static str,
   /// Whether the CLI gets a per-task token for a loopback proxy instead of the API key.
   pub api_key_proxy: bool,
+  /// Requests the key proxy answered itself, not forwarded ([`cli::KeyProxy::refused`]).
+  pub proxy_refused: u64,
   pub state_directory: PathBuf,
   /// The SQLite file, or the PostgreSQL database without its password.
   pub database_path: String,
@@ -146,18 +148,31 @@ fn private_file(path: &Path) -> Result<()> {
 }
 
 /// Where the CLI's API calls go and with which credentials, when it uses the Anthropic API with a
-/// key or token (not a cloud provider, which the proxy does not sign for).
+/// key or token (not a cloud provider, which the proxy does not sign for): `ANTHROPIC_AUTH_TOKEN`,
+/// else `ANTHROPIC_API_KEY`, else `CLAUDE_CODE_OAUTH_TOKEN` (sent as a bearer token with the
+/// OAuth beta), plus the `ANTHROPIC_CUSTOM_HEADERS` lines.
 fn upstream_of(env: &[(String, String)]) -> Option<cli::Upstream> {
   let get = |k: &str| env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone()).filter(|v| !v.is_empty());
   let on = |k: &str| get(k).is_some_and(|v| v != "0" && v != "false");
   if on("CLAUDE_CODE_USE_BEDROCK") || on("CLAUDE_CODE_USE_VERTEX") || on("CLAUDE_CODE_USE_FOUNDRY") {
     return None;
   }
-  let (api_key, auth_token) = (get("ANTHROPIC_API_KEY"), get("ANTHROPIC_AUTH_TOKEN"));
+  let (api_key, mut auth_token) = (get("ANTHROPIC_API_KEY"), get("ANTHROPIC_AUTH_TOKEN"));
+  let mut oauth = false;
+  if api_key.is_none() && auth_token.is_none() {
+    auth_token = get("CLAUDE_CODE_OAUTH_TOKEN");
+    oauth = auth_token.is_some();
+  }
   if api_key.is_none() && auth_token.is_none() {
     return None;
   }
-  Some(cli::Upstream { base_url: get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()), api_key, auth_token })
+  Some(cli::Upstream {
+    base_url: get("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into()),
+    api_key,
+    auth_token,
+    oauth,
+    headers: get("ANTHROPIC_CUSTOM_HEADERS").unwrap_or_default(),
+  })
 }
 
 const VALID_STATUSES: [&str; 2] = ["active", "archived"];
@@ -230,6 +245,7 @@ impl Manager {
     ManagerInfo {
       sandbox: if self.sandbox.is_some() { "bubblewrap" } else { "none" },
       api_key_proxy: !self.cfg.expose_api_key && upstream_of(&self.base_env()).is_some(),
+      proxy_refused: self.key_proxy.get().and_then(|p| p.as_ref()).map_or(0, |p| p.refused()),
       state_directory: self.cfg.state_directory.clone(),
       database_path: self.store.describe(),
       isolate_tenants: match self.cfg.isolation {
@@ -261,7 +277,7 @@ impl Manager {
         Some(proxy) => {
           let token = proxy.issue();
           proxy_addr = Some(proxy.addr());
-          spec.env.retain(|(k, _)| !matches!(k.as_str(), "ANTHROPIC_API_KEY" | "ANTHROPIC_AUTH_TOKEN" | "ANTHROPIC_BASE_URL"));
+          spec.env.retain(|(k, _)| !cli::args::API_ACCESS.contains(&k.as_str()));
           spec.env.push(("ANTHROPIC_BASE_URL".into(), proxy.base_url()));
           spec.env.push(("ANTHROPIC_API_KEY".into(), token.as_str().to_owned()));
           Some(token)
@@ -269,6 +285,9 @@ impl Manager {
         None => None,
       }
     } else {
+      // A cloud provider (the proxy does not sign for those) or no credentials: an OAuth token
+      // is of no use to the CLI then.
+      spec.env.retain(|(k, _)| k != "CLAUDE_CODE_OAUTH_TOKEN");
       None
     };
     if let Some(sandbox) = &self.sandbox {

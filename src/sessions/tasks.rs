@@ -64,7 +64,14 @@ impl Manager {
       Ok(list)
     };
     let allowed_tools = tools("allowedTools", &r.allowed_tools)?;
-    let disallowed_tools = tools("disallowedTools", &r.disallowed_tools)?;
+    let mut disallowed_tools = tools("disallowedTools", &r.disallowed_tools)?;
+    if !self.cfg.allow_background_tools {
+      for t in super::config::BACKGROUND_TOOLS {
+        if !disallowed_tools.iter().any(|d| d == t) {
+          disallowed_tools.push(t.to_owned());
+        }
+      }
+    }
     if let Some(m) = &r.permission_mode {
       if !PERMISSION_MODES.contains(&m.as_str()) {
         return Err(Error::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {:?}", m)));

@@ -47,7 +47,8 @@ pub(crate) struct Warm {
   seen_tasks: u64,
   /// The memory and settings files the CLI read when it started (see [`config_stamp`]).
   stamp: String,
-  /// The key proxy's token the process uses: revoked when the process is gone.
+  /// The key proxy's token the process uses: live only while a task runs on it, revoked when the
+  /// process is gone.
   token: Option<TaskToken>,
   /// Where its session lives, once it ran a task (set when it is kept).
   home: Option<Home>,
@@ -496,7 +497,16 @@ impl Manager {
       interrupt_grace: INTERRUPT_GRACE,
       mirror: mirror.clone(),
     };
+    // The key proxy's token answers only while a task runs on the process: live again just
+    // before the prompt is written, suspended as soon as the turn settles (what the agent left
+    // running in the background cannot call the model between tasks).
+    if let Some(t) = &warm.token {
+      t.set_live(true);
+    }
     let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
+    if let Some(t) = &warm.token {
+      t.set_live(false);
+    }
     background_activity(&warm.proc, &session.id, &sink);
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);
