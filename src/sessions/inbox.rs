@@ -190,7 +190,14 @@ impl Manager {
   /// comes first: the callback's, or one given through `respondToPermission` (in this manager,
   /// or in the store, read by [`Self::watch_inbox`]). The callback's signal aborts when the
   /// request settles without it.
-  pub(crate) fn answerable(&self, handler: CanUseTool, session_id: &str, task_id: &str) -> CanUseTool {
+  /// While a request waits, the task's concurrency `slot` is given back ([`super::slot`]).
+  pub(crate) fn answerable(
+    &self,
+    handler: CanUseTool,
+    session_id: &str,
+    task_id: &str,
+    slot: std::sync::Weak<super::slot::TaskSlot>,
+  ) -> CanUseTool {
     let (store, waiting, session, task) = (self.store.clone(), self.waiting.clone(), session_id.to_owned(), task_id.to_owned());
     Arc::new(move |req: PermissionRequest, _withdrawn: CancelToken| {
       // The caller drops this future when the request is withdrawn or times out: `Pending`'s
@@ -200,16 +207,24 @@ impl Manager {
       waiting.map().insert(key.clone(), (tx, req.input.clone()));
       let signal = CancelToken::new();
       let mut pending = Pending { waiting: waiting.clone(), store: store.clone(), key, signal: signal.clone(), decided: false };
-      let (handler, store, task) = (handler.clone(), store.clone(), task.clone());
+      let (handler, store, task, slot) = (handler.clone(), store.clone(), task.clone(), slot.clone());
       Box::pin(async move {
         let (s, r) = pending.key.clone();
         // Failing to record it only means it cannot be answered from elsewhere.
         let _ = on_store(store, move |st| st.inbox_ask(&s, &task, &r)).await;
         let asked = handler(req, signal);
-        tokio::select! {
+        let paused = slot.upgrade();
+        if let Some(p) = &paused {
+          p.pause().await;
+        }
+        let answer = tokio::select! {
           a = asked => pending.decided(a),
           Ok(a) = answered => Ok(a),
+        };
+        if let Some(p) = paused {
+          p.resume().await;
         }
+        answer
       })
     })
   }

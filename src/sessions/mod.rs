@@ -12,6 +12,7 @@ mod config;
 mod finish;
 mod inbox;
 mod mirror;
+mod slot;
 mod tasks;
 mod types;
 mod warm;

@@ -416,8 +416,9 @@ impl Manager {
     let outcome = match mode {
       Ok(mode) if self.runs_warm(kind, can_use_tool.is_some(), cli.max_budget_usd.is_some()) => {
         cli.session = Some(mode);
-        let can_use_tool = can_use_tool.map(|h| self.answerable(h, &session.id, &task_id));
-        self.run_warm(permit, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool).await.map(|o| (o, None))
+        let slot = Arc::new(super::slot::TaskSlot::new(self.slots.clone(), permit));
+        let can_use_tool = can_use_tool.map(|h| self.answerable(h, &session.id, &task_id, Arc::downgrade(&slot)));
+        self.run_warm(slot, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool).await.map(|o| (o, None))
       }
       Ok(mode) => {
         // One CLI per session: a warm one left from an earlier task goes first.

@@ -423,7 +423,7 @@ impl Manager {
   #[allow(clippy::too_many_arguments, reason = "the parts of one run, passed once by run_locked")]
   pub(crate) async fn run_warm(
     &self,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Arc<super::slot::TaskSlot>,
     session: &Session,
     task_id: &str,
     cli: &CliArgs,

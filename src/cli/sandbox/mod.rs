@@ -82,8 +82,11 @@ pub struct Sandbox {
   read_only: Vec<PathBuf>,
   read_write: Vec<PathBuf>,
   limits: SandboxLimits,
-  /// Where the execute-only copy of the CLI is kept.
+  /// Where the execute-only copy of the CLI is kept (one per user of this machine, see
+  /// [`binary::cache_dir`]).
   bin_dir: PathBuf,
+  /// The addon's state folder (the probe runs in it).
+  state_dir: PathBuf,
   /// The seccomp programs (`--add-seccomp-fd`): the main filter and the `clone3` one.
   seccomp: Arc<Vec<Vec<u8>>>,
   as_root: Option<AsRoot>,
@@ -239,7 +242,16 @@ impl Sandbox {
     } else {
       None
     };
-    Ok(Sandbox { bwrap, read_only, read_write, limits, bin_dir: state_dir.join("bin"), seccomp, as_root })
+    Ok(Sandbox {
+      bwrap,
+      read_only,
+      read_write,
+      limits,
+      bin_dir: binary::cache_dir(state_dir),
+      state_dir: state_dir.to_path_buf(),
+      seccomp,
+      as_root,
+    })
   }
 
   /// Whether a sandbox can be made here (this kernel and user may create the namespaces, the
@@ -249,7 +261,7 @@ impl Sandbox {
     static RESULT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     RESULT
       .get_or_init(|| {
-        let dir = self.bin_dir.with_file_name(format!("sandbox-probe-{}", uuid::Uuid::new_v4().simple()));
+        let dir = self.state_dir.join(format!("sandbox-probe-{}", uuid::Uuid::new_v4().simple()));
         let config = dir.join("config");
         std::fs::create_dir_all(&config).map_err(|e| format!("cannot make a probe folder in {}: {e}", dir.display()))?;
         let result = self.probe_in(&dir, &config);
@@ -299,7 +311,7 @@ impl Sandbox {
   /// The CLI's own argv is unchanged, after `--`.
   pub fn wrap(&self, spec: &mut RunSpec, config_dir: &Path, proxy: Option<SocketAddr>) -> Result<()> {
     let copy = binary::execute_only_copy(&spec.program, &self.bin_dir)?;
-    self.wrap_with(spec, config_dir, proxy, Some(copy))
+    self.wrap_with(spec, config_dir, proxy, copy)
   }
 
   fn wrap_with(&self, spec: &mut RunSpec, config_dir: &Path, proxy: Option<SocketAddr>, copy: Option<PathBuf>) -> Result<()> {
