@@ -160,6 +160,7 @@ for (const warm of [false, true]) {
       'echo START=1',
       'dd if=/dev/zero of=/tmp/fill bs=1M count=700 2>/dev/null; echo TMP_MB=$(( $(stat -c %s /tmp/fill) / 1048576 )); rm -f /tmp/fill',
       'dd if=/dev/zero of=$HOME/fill bs=1M count=700 2>/dev/null; echo HOME_MB=$(( $(stat -c %s $HOME/fill) / 1048576 )); rm -f $HOME/fill',
+      'if command -v python3 >/dev/null; then python3 -c "b = bytearray(5 * 1024 ** 3); print(\\"MEM=allocated\\")" 2>/dev/null || echo MEM=refused; else echo MEM=nopython; fi',
       'n=0; for i in $(seq 1 800); do (sleep 4 &) 2>/dev/null && n=$((n+1)) || break; done; echo STARTED=$(ls /proc | grep -c "^[0-9]")',
       'echo DONE=1',
     ].join('; ')
@@ -174,12 +175,42 @@ for (const warm of [false, true]) {
       t.assert.ok(Number(f.HOME_MB) <= 512, `HOME took ${f.HOME_MB} MB`)
       t.assert.ok(Number(f.HOME_MB) >= 100, `control: HOME is writable (${f.HOME_MB} MB)`)
       t.assert.ok(Number(f.STARTED) <= 512, `the agent ran ${f.STARTED} processes`)
+      if (f.MEM !== 'nopython') t.assert.strictEqual(f.MEM, 'refused', `a process of the agent allocated 5 GiB:\n${output}`)
       t.assert.ok(Number(f.STARTED) >= 20, `control: processes start (${f.STARTED})`)
     } finally {
       await manager.close()
     }
   })
 }
+
+test('S8. sandboxLimits: info() says how the sandbox is built and what it allows; bad limits are refused before anything runs', async (t) => {
+  const { manager } = makeManager({ server, sandboxLimits: { tmpMb: 64, homeMb: 32, processes: 100, memoryMb: 2048 } })
+  if (!(await requireSandbox(t, manager))) return
+  try {
+    const d = manager.info().sandboxDetails
+    t.assert.deepStrictEqual(
+      { ...d },
+      {
+        identity: isRoot ? 'unprivileged-uid' : 'user-namespace',
+        network: 'proxy-only',
+        tmpMb: 64,
+        homeMb: 32,
+        processes: 100,
+        processLimit: 'rlimit',
+        memoryLimit: 'rlimit-per-process',
+        memoryMb: 2048,
+      },
+    )
+    const { r, output } = await runBash(manager, server, 'echo START=1; dd if=/dev/zero of=/tmp/f bs=1M count=100 2>/dev/null; echo TMP_MB=$(( $(stat -c %s /tmp/f) / 1048576 )); echo DONE=1')
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    t.assert.strictEqual(fields(output).TMP_MB, '64', output)
+  } finally {
+    await manager.close()
+  }
+  for (const bad of [{ tmpMb: 0 }, { homeMb: -1 }, { processes: 5 }, { memoryMb: 1.5 }, { memoryMb: 10 }, { tmpMb: NaN }, { cpus: 2 }]) {
+    t.assert.throws(() => makeManager({ server, sandboxLimits: bad }), (e) => e.code === 'INVALID_ARGUMENT', JSON.stringify(bad))
+  }
+})
 
 test("S5. an agent's connections to the key proxy cannot exhaust the server's descriptors", async (t) => {
   server.reset()

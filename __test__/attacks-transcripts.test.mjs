@@ -209,7 +209,7 @@ for (const sandbox of SANDBOXES) {
     const { r, output } = await runBash(a.manager, server, `${OWN}; D=$(dirname "$F"); mv "$D" "$D.old" && ln -s ${hostDir} "$D" && echo LINKED`, {
       sessionId: first.sessionId,
     })
-    t.assert.match(output, /LINKED/, output)
+    t.assert.match(output, /LINKED/, `${output} ${JSON.stringify(r.error)}`)
     const projects = path.join(tenantDir(a.manager, 'mallory'), 'projects')
     t.assert.ok(
       fs.readdirSync(projects).some((n) => fs.lstatSync(path.join(projects, n)).isSymbolicLink()),

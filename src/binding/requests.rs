@@ -102,6 +102,10 @@ pub struct SessionManagerOptions {
   /// Extra host folders the sandbox shows the agent (absolute paths), besides `/usr`, the CLI, the
   /// session's working directory and the tenant's configuration folder.
   pub sandbox_paths: Option<SandboxPaths>,
+  /// What each sandbox may use: `{ tmpMb?, homeMb?, processes?, memoryMb? }`. Defaults: `/tmp` 512
+  /// MiB, `HOME` 512 MiB (tmpfs, in memory), 512 processes and threads (`RLIMIT_NPROC`, per
+  /// sandbox), 4096 MiB of address space per process (`RLIMIT_AS`).
+  pub sandbox_limits: Option<SandboxLimits>,
   /// Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
   /// per-task token for a loopback proxy in this process that adds the key; the token is void
   /// once the task ends. Default false.
@@ -301,6 +305,22 @@ pub struct SandboxPaths {
   pub read_write: Option<Vec<String>>,
 }
 
+/// What each sandbox may use.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxLimits {
+  /// Size of the agent's `/tmp` (a tmpfs), MiB, 1 to 65536. Default 512.
+  pub tmp_mb: Option<f64>,
+  /// Size of the agent's `HOME` (a tmpfs), MiB, 1 to 65536. Default 512.
+  pub home_mb: Option<f64>,
+  /// Processes and threads of one sandbox, 32 to 1000000. Default 512.
+  pub processes: Option<f64>,
+  /// Address space of each process in the sandbox (`RLIMIT_AS`), MiB, 1024 to 1048576. Default
+  /// 4096. A bound per process, not per sandbox (no cgroup is made).
+  pub memory_mb: Option<f64>,
+}
+
 /// `getOrCreateSession`.
 #[napi(object, object_from_js = false)]
 #[derive(Deserialize, Default)]
@@ -425,6 +445,12 @@ impl From<SessionManagerOptions> for manager::Options {
       sandbox_paths: Some(manager::SandboxPaths {
         read_only: paths.read_only.unwrap_or_default(),
         read_write: paths.read_write.unwrap_or_default(),
+      }),
+      sandbox_limits: o.sandbox_limits.map(|l| manager::SandboxLimitOptions {
+        tmp_mb: l.tmp_mb,
+        home_mb: l.home_mb,
+        processes: l.processes,
+        memory_mb: l.memory_mb,
       }),
       expose_api_key_to_agent: o.expose_api_key_to_agent.unwrap_or(false),
       allow_slash_commands: o.allow_slash_commands.unwrap_or_default(),

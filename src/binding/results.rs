@@ -409,6 +409,36 @@ pub struct ManagerInfo {
   pub database_path: String,
   #[napi(ts_type = "'none' | 'user' | 'project'")]
   pub isolate_tenants: String,
+  /// How the sandbox is built here; absent without one.
+  pub sandbox_details: Option<SandboxDetails>,
+}
+
+/// How the sandbox is built here (`info().sandboxDetails`).
+#[napi(object)]
+pub struct SandboxDetails {
+  /// `user-namespace`: the agent has the server's uid inside a user namespace of its own (the
+  /// server is not root); `unprivileged-uid`: the server is root and each sandbox runs as an
+  /// unprivileged uid of its own, its folders idmapped.
+  #[napi(ts_type = "'user-namespace' | 'unprivileged-uid'")]
+  pub identity: String,
+  /// `proxy-only`: a network namespace whose one address is the key proxy; `host`: the host's
+  /// network (there is no key proxy: `exposeApiKeyToAgent`, a cloud provider, no credentials).
+  #[napi(ts_type = "'proxy-only' | 'host'")]
+  pub network: String,
+  /// Size of the agent's `/tmp`, MiB.
+  pub tmp_mb: f64,
+  /// Size of the agent's `HOME`, MiB.
+  pub home_mb: f64,
+  /// Processes and threads of one sandbox.
+  pub processes: f64,
+  /// How processes are limited: `rlimit` (`RLIMIT_NPROC`, counted per sandbox).
+  #[napi(ts_type = "'rlimit'")]
+  pub process_limit: String,
+  /// How memory is limited: `rlimit-per-process` (`RLIMIT_AS` on each process, not a total).
+  #[napi(ts_type = "'rlimit-per-process'")]
+  pub memory_limit: String,
+  /// Address space of each process, MiB.
+  pub memory_mb: f64,
 }
 
 impl From<manager::ManagerInfo> for ManagerInfo {
@@ -420,6 +450,16 @@ impl From<manager::ManagerInfo> for ManagerInfo {
       state_directory: i.state_directory.to_string_lossy().into_owned(),
       database_path: i.database_path,
       isolate_tenants: i.isolate_tenants.into(),
+      sandbox_details: i.sandbox_details.map(|d| SandboxDetails {
+        identity: d.identity.into(),
+        network: d.network.into(),
+        tmp_mb: (d.limits.tmp_bytes >> 20) as f64,
+        home_mb: (d.limits.home_bytes >> 20) as f64,
+        processes: d.limits.processes as f64,
+        process_limit: d.process_limit.into(),
+        memory_limit: d.memory_limit.into(),
+        memory_mb: (d.limits.memory_bytes >> 20) as f64,
+      }),
     }
   }
 }

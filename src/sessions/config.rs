@@ -33,6 +33,7 @@ pub struct Options {
   pub state_directory: Option<String>,
   pub sandbox: Option<String>,
   pub sandbox_paths: Option<SandboxPaths>,
+  pub sandbox_limits: Option<SandboxLimitOptions>,
   pub expose_api_key_to_agent: bool,
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
@@ -51,6 +52,15 @@ pub struct Options {
 pub struct SandboxPaths {
   pub read_only: Vec<String>,
   pub read_write: Vec<String>,
+}
+
+/// `sandboxLimits` as given.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxLimitOptions {
+  pub tmp_mb: Option<f64>,
+  pub home_mb: Option<f64>,
+  pub processes: Option<f64>,
+  pub memory_mb: Option<f64>,
 }
 
 /// Whether the CLI runs in a sandbox.
@@ -342,6 +352,31 @@ impl Config {
       Some("none") => SandboxMode::None,
       Some(other) => return Err(Error::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
     };
+    let sandbox_limits = {
+      let d = crate::cli::SandboxLimits::default();
+      let l = o.sandbox_limits.clone().unwrap_or_default();
+      let mb = |name: &str, v: Option<f64>, default: u64| -> Result<u64> {
+        match v {
+          None => Ok(default),
+          Some(x) if x.is_finite() && x.fract() == 0.0 && (1.0..=65536.0).contains(&x) => Ok((x as u64) << 20),
+          Some(x) => Err(Error::invalid(format!("sandboxLimits.{name} must be a whole number of MiB from 1 to 65536, got {x}"))),
+        }
+      };
+      crate::cli::SandboxLimits {
+        tmp_bytes: mb("tmpMb", l.tmp_mb, d.tmp_bytes)?,
+        home_bytes: mb("homeMb", l.home_mb, d.home_bytes)?,
+        processes: match l.processes {
+          None => d.processes,
+          Some(x) if x.is_finite() && x.fract() == 0.0 && (32.0..=1_000_000.0).contains(&x) => x as u64,
+          Some(x) => return Err(Error::invalid(format!("sandboxLimits.processes must be a whole number from 32 to 1000000, got {x}"))),
+        },
+        memory_bytes: match l.memory_mb {
+          None => d.memory_bytes,
+          Some(x) if x.is_finite() && x.fract() == 0.0 && (1024.0..=1_048_576.0).contains(&x) => (x as u64) << 20,
+          Some(x) => return Err(Error::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}"))),
+        },
+      }
+    };
     let paths = o.sandbox_paths.unwrap_or_default();
     let mut sandbox_read_only = Vec::new();
     for p in &paths.read_only {
@@ -413,7 +448,7 @@ impl Config {
       sandbox,
       sandbox_read_only,
       sandbox_read_write,
-      sandbox_limits: crate::cli::SandboxLimits::default(),
+      sandbox_limits,
       expose_api_key: o.expose_api_key_to_agent,
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,

@@ -31,7 +31,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
-pub use config::{Config, Isolation, Options, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
+pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
 pub use inbox::PermissionResponse;
 pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
@@ -118,6 +118,24 @@ pub struct ManagerInfo {
   /// The SQLite file, or the PostgreSQL database without its password.
   pub database_path: String,
   pub isolate_tenants: &'static str,
+  /// How the sandbox is built, when there is one.
+  pub sandbox_details: Option<SandboxDetails>,
+}
+
+/// What the sandbox does here (`info().sandboxDetails`).
+#[derive(Debug, Clone)]
+pub struct SandboxDetails {
+  /// `user-namespace` (the server's uid, in a user namespace of its own) or `unprivileged-uid`
+  /// (the server is root: an unprivileged uid per sandbox).
+  pub identity: &'static str,
+  /// `proxy-only` (a network namespace whose one address is the key proxy) or `host` (no key
+  /// proxy to route through: `exposeApiKeyToAgent`, a cloud provider or no credentials).
+  pub network: &'static str,
+  pub limits: cli::SandboxLimits,
+  /// How processes are limited: `rlimit` (RLIMIT_NPROC, counted per sandbox).
+  pub process_limit: &'static str,
+  /// How memory is limited: `rlimit-per-process` (RLIMIT_AS on each process).
+  pub memory_limit: &'static str,
 }
 
 /// A store call where no manager is at hand (a warm CLI's bookkeeping, the inbox reader): run
@@ -249,6 +267,13 @@ impl Manager {
       proxy_refused: self.key_proxy.get().and_then(|p| p.as_ref()).map_or(0, |p| p.refused()),
       state_directory: self.cfg.state_directory.clone(),
       database_path: self.store.describe(),
+      sandbox_details: self.sandbox.as_ref().map(|s| SandboxDetails {
+        identity: if s.drops_root() { "unprivileged-uid" } else { "user-namespace" },
+        network: if !self.cfg.expose_api_key && upstream_of(&self.base_env()).is_some() { "proxy-only" } else { "host" },
+        limits: s.limits(),
+        process_limit: "rlimit",
+        memory_limit: "rlimit-per-process",
+      }),
       isolate_tenants: match self.cfg.isolation {
         Isolation::None => "none",
         Isolation::User => "user",

@@ -55,11 +55,13 @@ pub struct SandboxLimits {
   pub home_bytes: u64,
   /// Processes and threads (`RLIMIT_NPROC`, counted per sandbox).
   pub processes: u64,
+  /// Address space of each process, bytes (`RLIMIT_AS`): a bound per process, not per sandbox.
+  pub memory_bytes: u64,
 }
 
 impl Default for SandboxLimits {
   fn default() -> Self {
-    SandboxLimits { tmp_bytes: 512 << 20, home_bytes: 512 << 20, processes: 512 }
+    SandboxLimits { tmp_bytes: 512 << 20, home_bytes: 512 << 20, processes: 512, memory_bytes: 4 << 30 }
   }
 }
 
@@ -406,7 +408,7 @@ impl Sandbox {
       new_user_ns: root_id.is_none(),
       new_net_ns: proxy.is_some(),
       listen_port: proxy.map(|p| p.port()),
-      rlimits: vec![(libc::RLIMIT_NPROC, self.limits.processes)],
+      rlimits: vec![(libc::RLIMIT_NPROC, self.limits.processes), (libc::RLIMIT_AS, self.limits.memory_bytes)],
       ..Default::default()
     };
     let mut idmap = None;
