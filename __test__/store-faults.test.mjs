@@ -49,6 +49,7 @@ test('store faults: a full disk is STORE_ERROR; what was written stays readable'
     t.assert.ok(error, 'the disk filled up')
     t.assert.strictEqual(error.code, 'STORE_ERROR')
     t.assert.match(error.message, /full|disk|space/i)
+    t.assert.ok(error.message.includes(path.join(mnt, 's.db')), `STORE_ERROR names the database: ${error.message}`)
     t.assert.ok(made > 0)
     const list = await m.listSessions({ userId: 'u', limit: 1000 })
     t.assert.strictEqual(list.length, made, 'every acknowledged write is there, nothing half-written')

@@ -313,10 +313,12 @@ if (sandbox) {
     '',
   )
   const r = (k) => [k, `${fmt(sandbox[k].median, 1)} / ${fmt(sandbox[k].p90, 1)}`]
-  table(['task', 'wall ms (median / p90)'], ['plainNew', 'securedNew', 'plainResumed', 'securedResumed'].map(r))
-  md.push(`Added per task (difference of medians): new session ${fmt(sandbox.addedNewMs, 1)} ms, resumed ${fmt(sandbox.addedResumedMs, 1)} ms.`, '')
-  bars.push(['sandbox + key proxy, new session', '≤ 20 ms added (median)', `${fmt(sandbox.addedNewMs, 1)} ms`, yes(sandbox.addedNewMs <= 20)])
-  bars.push(['sandbox + key proxy, resumed', '≤ 20 ms added (median)', `${fmt(sandbox.addedResumedMs, 1)} ms`, yes(sandbox.addedResumedMs <= 20)])
+  table(['task', 'wall ms (median / p90)'], ['plainNew', 'securedNew', 'plainResumed', 'securedResumed', ...(sandbox.plainWarm ? ['plainWarm', 'securedWarm'] : [])].map(r))
+  md.push(`Added per task (difference of medians): new session ${fmt(sandbox.addedNewMs, 1)} ms, resumed ${fmt(sandbox.addedResumedMs, 1)} ms${sandbox.plainWarm ? `, warm follow-up ${fmt(sandbox.addedWarmMs, 2)} ms (plain warm ${fmt(sandbox.plainWarm.median, 1)} / secured warm ${fmt(sandbox.securedWarm.median, 1)} ms median)` : ''}.`, '')
+  if (sandbox.sandboxDetails) md.push(`Sandbox as built: \`${JSON.stringify(sandbox.sandboxDetails)}\`.`, '')
+  bars.push(['sandbox + key proxy, new session (cold)', '≤ 25 ms added (median)', `${fmt(sandbox.addedNewMs, 1)} ms`, yes(sandbox.addedNewMs <= 25)])
+  bars.push(['sandbox + key proxy, resumed (cold)', '≤ 25 ms added (median)', `${fmt(sandbox.addedResumedMs, 1)} ms`, yes(sandbox.addedResumedMs <= 25)])
+  if (sandbox.plainWarm) bars.push(['sandbox + key proxy, warm follow-up', '≤ 2 ms added (median)', `${fmt(sandbox.addedWarmMs, 2)} ms`, yes(sandbox.addedWarmMs <= 2)])
 }
 
 // The PostgreSQL store.

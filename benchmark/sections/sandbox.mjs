@@ -15,9 +15,9 @@ const quick = Boolean(opt.quick)
 const RUNS = Number(opt.runs ?? (quick ? 4 : 20))
 const standIn = await startStandIn()
 
-function manager(secured) {
+function manager(secured, warm = false) {
   const ws = workspace(secured ? 'csm-bench-sbx-' : 'csm-bench-plain-')
-  const m = new addon.SessionManager({ warmIdleMs: 0,
+  const m = new addon.SessionManager({ warmIdleMs: warm ? 600_000 : 0,
     databasePath: ws.db,
     workingDirectory: ws.work,
     env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config },
@@ -27,6 +27,8 @@ function manager(secured) {
 }
 const plain = manager(false)
 const secured = manager(true)
+const plainWarm = manager(false, true)
+const securedWarm = manager(true, true)
 const info = secured.info()
 
 async function timed(m, sessionId) {
@@ -40,7 +42,12 @@ async function timed(m, sessionId) {
 // Warm-up: the first CLI start reads the binary from disk.
 let ps = (await timed(plain)).sessionId
 let ss = (await timed(secured)).sessionId
-const rows = { plainNew: [], securedNew: [], plainResumed: [], securedResumed: [] }
+const rows = { plainNew: [], securedNew: [], plainResumed: [], securedResumed: [], plainWarm: [], securedWarm: [] }
+// Warm follow-ups: each manager's session keeps its CLI; the second task on it is the first measured.
+let pw = (await timed(plainWarm)).sessionId
+let sw = (await timed(securedWarm)).sessionId
+await timed(plainWarm, pw)
+await timed(securedWarm, sw)
 let sandboxed = true
 for (let i = 0; i < RUNS; i++) {
   rows.plainNew.push((await timed(plain)).ms)
@@ -49,6 +56,8 @@ for (let i = 0; i < RUNS; i++) {
   rows.securedNew.push(s.ms)
   rows.plainResumed.push((await timed(plain, ps)).ms)
   rows.securedResumed.push((await timed(secured, ss)).ms)
+  rows.plainWarm.push((await timed(plainWarm, pw)).ms)
+  rows.securedWarm.push((await timed(securedWarm, sw)).ms)
 }
 const summary = (a) => ({ median: median(a), p90: p90(a), n: a.length })
 const out = {
@@ -62,9 +71,15 @@ const out = {
   securedResumed: summary(rows.securedResumed),
   addedNewMs: median(rows.securedNew) - median(rows.plainNew),
   addedResumedMs: median(rows.securedResumed) - median(rows.plainResumed),
+  plainWarm: summary(rows.plainWarm),
+  securedWarm: summary(rows.securedWarm),
+  addedWarmMs: median(rows.securedWarm) - median(rows.plainWarm),
+  sandboxDetails: info.sandboxDetails ?? null,
   load: machineLoad(),
 }
 await plain.close()
 await secured.close()
+await plainWarm.close()
+await securedWarm.close()
 await standIn.close()
 writeJson(opt.json, out)

@@ -445,7 +445,7 @@ impl SqliteStore {
       )));
     }
     if !trying {
-      return f(&mut conn);
+      return f(&mut conn).map_err(|e| self.named(e));
     }
     // SQLite calls this instead of waiting for another process's lock: give up at once.
     conn.busy_handler(Some(|_| {
@@ -460,7 +460,17 @@ impl SqliteStore {
       NOW.with(|n| n.set(Now::Done));
     }
     restored?;
-    r
+    r.map_err(|e| self.named(e))
+  }
+
+  /// A SQLite error (`session store: database or disk is full`) with the file it is about.
+  fn named(&self, e: Error) -> Error {
+    match e.message.strip_prefix("session store: ") {
+      Some(rest) if e.code == crate::error::ErrorCode::StoreError => {
+        Error::store(format!("session store {}: {rest}", self.path.display()))
+      }
+      _ => e,
+    }
   }
 
   /// Runs `f` (which makes store calls on this store) on this thread if its first store call
