@@ -333,6 +333,8 @@ export interface ManagerInfo {
    */
   databasePath: string
   isolateTenants: 'none' | 'user' | 'project'
+  /** How the sandbox is built here; absent without one. */
+  sandboxDetails?: SandboxDetails
 }
 
 /** `getMessages`' options. */
@@ -392,6 +394,48 @@ export interface PromptEstimate {
   observations: number
   /** The session's context with the prompt added: `canContinue` says whether it fits. */
   contextInfo: ContextInfo
+}
+
+/** How the sandbox is built here (`info().sandboxDetails`). */
+export interface SandboxDetails {
+  /**
+   * `user-namespace`: the agent has the server's uid inside a user namespace of its own (the
+   * server is not root); `unprivileged-uid`: the server is root and each sandbox runs as an
+   * unprivileged uid of its own, its folders idmapped.
+   */
+  identity: 'user-namespace' | 'unprivileged-uid'
+  /**
+   * `proxy-only`: a network namespace whose one address is the key proxy; `host`: the host's
+   * network (there is no key proxy: `exposeApiKeyToAgent`, a cloud provider, no credentials).
+   */
+  network: 'proxy-only' | 'host'
+  /** Size of the agent's `/tmp`, MiB. */
+  tmpMb: number
+  /** Size of the agent's `HOME`, MiB. */
+  homeMb: number
+  /** Processes and threads of one sandbox. */
+  processes: number
+  /** How processes are limited: `rlimit` (`RLIMIT_NPROC`, counted per sandbox). */
+  processLimit: 'rlimit'
+  /** How memory is limited: `rlimit-per-process` (`RLIMIT_AS` on each process, not a total). */
+  memoryLimit: 'rlimit-per-process'
+  /** Address space of each process, MiB. */
+  memoryMb: number
+}
+
+/** What each sandbox may use. */
+export interface SandboxLimits {
+  /** Size of the agent's `/tmp` (a tmpfs), MiB, 1 to 65536. Default 512. */
+  tmpMb?: number
+  /** Size of the agent's `HOME` (a tmpfs), MiB, 1 to 65536. Default 512. */
+  homeMb?: number
+  /** Processes and threads of one sandbox, 32 to 1000000. Default 512. */
+  processes?: number
+  /**
+   * Address space of each process in the sandbox (`RLIMIT_AS`), MiB, 1024 to 1048576. Default
+   * 4096. A bound per process, not per sandbox (no cgroup is made).
+   */
+  memoryMb?: number
 }
 
 /** Extra host folders the sandbox shows the agent (absolute paths). */
@@ -556,6 +600,12 @@ export interface SessionManagerOptions {
    * session's working directory and the tenant's configuration folder.
    */
   sandboxPaths?: SandboxPaths
+  /**
+   * What each sandbox may use: `{ tmpMb?, homeMb?, processes?, memoryMb? }`. Defaults: `/tmp` 512
+   * MiB, `HOME` 512 MiB (tmpfs, in memory), 512 processes and threads (`RLIMIT_NPROC`, per
+   * sandbox), 4096 MiB of address space per process (`RLIMIT_AS`).
+   */
+  sandboxLimits?: SandboxLimits
   /**
    * Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
    * per-task token for a loopback proxy in this process that adds the key; the token is void

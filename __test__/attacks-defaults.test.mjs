@@ -48,7 +48,7 @@ test('defaults: without a working directory each session works in a folder of it
   t.assert.strictEqual(s.workingDirectory, path.join(root, n.sessionId))
 })
 
-test('defaults: the server folder, its ancestors and folders with .env files are refused unless allowServerFolderAsWorkspace', async (t) => {
+test('defaults: the server folder and its ancestors are refused unless allowServerFolderAsWorkspace; a planted .env file is no reason', async (t) => {
   const dir = tempDir()
   const { manager } = makeManager({ server, dir })
   t.after(() => manager.close())
@@ -59,7 +59,6 @@ test('defaults: the server folder, its ancestors and folders with .env files are
   for (const [wd, why] of [
     [cwd, /server's own folder/],
     [path.dirname(cwd), /server's own folder/],
-    [withEnv, /\.env\.local/],
   ]) {
     t.assert.throws(
       () => new addon.SessionManager({ databasePath: path.join(dir, 'x.db'), workingDirectory: wd }),
@@ -70,6 +69,11 @@ test('defaults: the server folder, its ancestors and folders with .env files are
     await rejectsWith(t, manager.startFresh({ projectId: 'p', userId: 'u', workingDirectory: wd }), I, why, `startFresh ${wd}`)
     await rejectsWith(t, manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u', workingDirectory: wd }), I, why, `executeTask ${wd}`)
   }
+  // A .env file at the top of a folder is not a reason to refuse it: an agent could plant one
+  // to keep the server from starting (attack round 3, R2).
+  const m1 = new addon.SessionManager({ databasePath: path.join(dir, 'z.db'), workingDirectory: withEnv })
+  t.assert.strictEqual((await m1.getOrCreateSession({ projectId: 'p', userId: 'u' })).session.workingDirectory, withEnv)
+  await m1.close()
   // The host may opt in (unsafe).
   const m2 = new addon.SessionManager({ databasePath: path.join(dir, 'y.db'), workingDirectory: withEnv, allowServerFolderAsWorkspace: true })
   t.assert.strictEqual((await m2.getOrCreateSession({ projectId: 'p', userId: 'u' })).session.workingDirectory, withEnv)

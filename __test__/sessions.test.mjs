@@ -135,7 +135,8 @@ test('store: the default database lives in a private state folder outside the wo
   const dir = tempDir()
   const work = path.join(dir, 'work')
   fs.mkdirSync(work)
-  // A database an older version left inside the working directory is moved out, not lost.
+  // A database left inside the working directory (an older version's layout, or one an agent
+  // planted there) is never adopted: the folder is the agent's.
   const legacy = path.join(work, '.claude-sessions')
   fs.mkdirSync(legacy)
   // (An older version could be given this layout; this one refuses a database inside the working
@@ -157,8 +158,8 @@ test('store: the default database lives in a private state folder outside the wo
   const info = JSON.parse(await run({ XDG_STATE_HOME: state, CLAUDE_SESSIONS_DB: '', CLAUDE_SESSIONS_STATE_DIR: '' }))
   t.assert.ok(info.databasePath.startsWith(path.join(state, 'claude-session-manager') + path.sep), info.databasePath)
   t.assert.ok(!info.databasePath.startsWith(work + path.sep), 'not under the working directory')
-  t.assert.strictEqual(info.sessions, 1, 'the legacy database was adopted')
-  t.assert.ok(!fs.existsSync(path.join(legacy, 'sessions.db')), 'and moved out of the agent\'s reach')
+  t.assert.strictEqual(info.sessions, 0, 'a database found in the working directory is not adopted')
+  t.assert.ok(fs.existsSync(path.join(legacy, 'sessions.db')), 'and is left where it is')
   t.assert.strictEqual(fs.statSync(info.databasePath).mode & 0o777, 0o600)
   t.assert.strictEqual(fs.statSync(info.stateDirectory).mode & 0o777, 0o700)
   t.assert.strictEqual(info.isolateTenants, 'user', 'tenants are apart by default')

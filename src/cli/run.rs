@@ -267,6 +267,10 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
     return match spawned {
       Ok(mut s) => {
         let io = |e: std::io::Error| Error::new(ErrorCode::CliError, format!("cannot start {}: {e}", spec.program.display()));
+        // The sandbox's uid is another's only once this process is gone.
+        if let Some(lease) = spec.confine.as_ref().and_then(|c| c.id_lease.clone()) {
+          s.child.attach(Box::new(lease));
+        }
         if let (Some(listener), Some(to)) = (s.listener.take(), spec.confine.as_ref().and_then(|c| c.relay_to)) {
           let relay = super::sandbox::relay::start(listener, to, super::sandbox::relay::MAX_CONNECTIONS).map_err(io)?;
           s.child.attach(Box::new(relay));

@@ -99,8 +99,8 @@ pub struct Config {
   /// The server's folder (`process.cwd()` at construction), where the CLI is looked up and which
   /// no agent works in unless `allowServerFolderAsWorkspace`.
   pub server_directory: PathBuf,
-  /// `allowServerFolderAsWorkspace` (unsafe): the server's folder, or one with `.env*` files at
-  /// its top, may be a working directory.
+  /// `allowServerFolderAsWorkspace` (unsafe): the server's folder (or an ancestor) may be a
+  /// working directory.
   pub allow_server_folder: bool,
   /// Folders no working directory may contain: the state folder, the database, the tenant
   /// configuration folders (with what each is, for the message).
@@ -230,11 +230,9 @@ impl Config {
     let database_path = match explicit_db {
       Some(p) => p,
       None => {
-        let db = state_directory.join("sessions.db");
-        if database_url.is_none() {
-          adopt_legacy_database(&base, &db)?;
-        }
-        db
+        // A database an older version kept at `<workingDirectory>/.claude-sessions/` is not
+        // adopted: that folder is the agent's, and a file there may be one it made.
+        state_directory.join("sessions.db")
       }
     };
     let default_model = o.default_model.clone().or_else(|| env_var("CLAUDE_DEFAULT_MODEL")).unwrap_or_else(|| "sonnet".into());
@@ -373,7 +371,9 @@ impl Config {
         memory_bytes: match l.memory_mb {
           None => d.memory_bytes,
           Some(x) if x.is_finite() && x.fract() == 0.0 && (1024.0..=1_048_576.0).contains(&x) => (x as u64) << 20,
-          Some(x) => return Err(Error::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}"))),
+          Some(x) => {
+            return Err(Error::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}")))
+          }
         },
       }
     };
@@ -527,8 +527,9 @@ impl Guard<'_> {
     Ok(())
   }
 
-  /// Refuses a working directory (resolved) that holds the addon's state, the server's own code,
-  /// or `.env*` files, unless the host opted in for the last two (`allowServerFolderAsWorkspace`).
+  /// Refuses a working directory (resolved) that holds the addon's state, or the server's own
+  /// folder (unless the host opted in: `allowServerFolderAsWorkspace`). A `.env*` file is no
+  /// reason: an agent could plant one to keep the server from starting.
   pub fn check(&self, field: &str, dir: &std::path::Path) -> Result<()> {
     self.protected_inside(field, dir)?;
     if self.allow_server_folder {
@@ -540,18 +541,6 @@ impl Guard<'_> {
         dir.display(),
         self.server.display()
       )));
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-      for e in entries.flatten() {
-        let name = e.file_name();
-        if name.to_string_lossy().starts_with(".env") {
-          return Err(Error::invalid(format!(
-            "{field} {} has an environment file {:?} at its top (secrets an agent could read): choose another folder, or pass allowServerFolderAsWorkspace: true (unsafe)",
-            dir.display(),
-            name
-          )));
-        }
-      }
     }
     Ok(())
   }
@@ -586,29 +575,6 @@ pub(crate) fn private_dir(dir: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
       .map_err(|e| Error::store(format!("cannot make {} private: {e}", dir.display())))?;
-  }
-  Ok(())
-}
-
-/// Moves a database left by an older version at `<workingDirectory>/.claude-sessions/` (inside the
-/// agent's reach) to the state folder, so that no session is lost.
-fn adopt_legacy_database(working_directory: &std::path::Path, db: &std::path::Path) -> Result<()> {
-  let legacy = working_directory.join(".claude-sessions").join("sessions.db");
-  if db.exists() || !legacy.is_file() {
-    return Ok(());
-  }
-  for suffix in ["", "-wal", "-shm"] {
-    let from = PathBuf::from(format!("{}{suffix}", legacy.display()));
-    let to = PathBuf::from(format!("{}{suffix}", db.display()));
-    if from.exists() {
-      std::fs::rename(&from, &to).map_err(|e| {
-        Error::store(format!(
-          "cannot move the session database {} out of the working directory to {}: {e}; move it yourself or pass databasePath",
-          from.display(),
-          to.display()
-        ))
-      })?;
-    }
   }
   Ok(())
 }

@@ -397,9 +397,25 @@ impl Manager {
   }
 
   /// Makes a session's own folder under `workspaceRoot` (`0700`) when it is one and is missing
-  /// (a new session, or one made on another node).
+  /// (a new session, or one made on another node). The stored folder is checked again first
+  /// (the store is not taken on trust): it may not hold the state folder, the database or the
+  /// tenant folders, and with `allowedRoots` it must be inside one of them, the manager's
+  /// working directory or the workspace root.
   pub(crate) fn ensure_workspace(&self, session: &Session) -> Result<()> {
     let wd = Path::new(&session.working_directory);
+    self.guard().protected_inside("the session's working directory", wd)?;
+    if !self.cfg.allowed_roots.is_empty() {
+      let inside = |root: &Path| wd.starts_with(root);
+      let ok = self.cfg.allowed_roots.iter().any(|r| inside(r))
+        || inside(&self.cfg.workspace_root)
+        || self.cfg.working_directory.as_deref().is_some_and(inside);
+      if !ok {
+        return Err(Error::invalid(format!(
+          "the session's working directory {} is outside allowedRoots and the workspace root",
+          wd.display()
+        )));
+      }
+    }
     if wd.parent() == Some(self.cfg.workspace_root.as_path()) {
       config::private_dir(wd)?;
     }

@@ -466,9 +466,7 @@ impl SqliteStore {
   /// A SQLite error (`session store: database or disk is full`) with the file it is about.
   fn named(&self, e: Error) -> Error {
     match e.message.strip_prefix("session store: ") {
-      Some(rest) if e.code == crate::error::ErrorCode::StoreError => {
-        Error::store(format!("session store {}: {rest}", self.path.display()))
-      }
+      Some(rest) if e.code == crate::error::ErrorCode::StoreError => Error::store(format!("session store {}: {rest}", self.path.display())),
       _ => e,
     }
   }

@@ -44,6 +44,8 @@ pub struct ChildSetup {
   pub rlimits: Vec<(u32, u64)>,
   /// Descriptors the exec'd program gets: `(open fd here, number there)`.
   pub pass_fds: Vec<(RawFd, RawFd)>,
+  /// `oom_score_adj` 1000: under memory pressure the kernel kills this child's processes first.
+  pub oom_first: bool,
 }
 
 /// Which sandbox step failed in the child.
@@ -125,6 +127,7 @@ pub struct Prepared {
   idmap_paths: Vec<CString>,
   cgroups: Vec<CString>,
   rlimits: Vec<(u32, u64)>,
+  oom_first: bool,
   uid_map: CString,
   gid_map: CString,
   /// The parent's and the child's ends of the socket pair the listener travels on.
@@ -193,6 +196,7 @@ impl Prepared {
       idmap_paths,
       cgroups: c.cgroup_procs.iter().map(|p| cstr(p)).collect::<io::Result<Vec<_>>>()?,
       rlimits: c.rlimits.clone(),
+      oom_first: c.oom_first,
       uid_map: CString::new(format!("{uid} {uid} 1\n")).expect("no NUL"),
       gid_map: CString::new(format!("{gid} {gid} 1\n")).expect("no NUL"),
       parent_end,
@@ -322,6 +326,10 @@ impl Prepared {
         if !sent {
           return Err(SandboxStep::Listen.code());
         }
+      }
+      // The OOM killer's first choice, whatever it runs (raising it needs no privilege).
+      if self.oom_first && !write_file(c"/proc/self/oom_score_adj".as_ptr(), b"1000") {
+        return Err(SandboxStep::Rlimit.code());
       }
       for &(resource, limit) in &self.rlimits {
         let r = libc::rlimit { rlim_cur: limit, rlim_max: limit };

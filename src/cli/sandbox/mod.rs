@@ -69,14 +69,49 @@ impl Default for SandboxLimits {
 /// folders are idmapped through (one per id, made on first use).
 struct AsRoot {
   setpriv: PathBuf,
-  next: std::sync::atomic::AtomicU32,
+  /// This process's block of ids: `ROOT_ID_BASE + block * ROOT_ID_COUNT`, picked at random so
+  /// that two servers on one machine (almost never) share ids, and with them a process limit.
+  first: u32,
+  /// Ids of sandboxes alive now (an id is reused only once its sandbox has ended, so a slow
+  /// sandbox's processes never count against a new one's `RLIMIT_NPROC`).
+  in_use: Arc<Mutex<std::collections::BTreeSet<u32>>>,
   idmaps: Mutex<std::collections::HashMap<u32, Arc<std::os::fd::OwnedFd>>>,
 }
 
-/// First uid (and gid) of the range agents of a root server run as; one per sandbox, reused
-/// round-robin over [`ROOT_ID_COUNT`].
+/// Agents of a root server run as uids (and gids) from `ROOT_ID_BASE`: each process takes a
+/// random block of [`ROOT_ID_COUNT`] ids among [`ROOT_ID_BLOCKS`], and each sandbox one id of it.
 pub const ROOT_ID_BASE: u32 = 0x6000_0000;
 const ROOT_ID_COUNT: u32 = 4096;
+const ROOT_ID_BLOCKS: u32 = 4096;
+
+/// A sandbox's uid, given back when the last holder (the spawned process) drops it.
+pub struct IdLease {
+  id: u32,
+  in_use: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+}
+
+impl Drop for IdLease {
+  fn drop(&mut self) {
+    self.in_use.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+  }
+}
+
+impl std::fmt::Debug for IdLease {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    write!(f, "IdLease({})", self.id)
+  }
+}
+
+impl AsRoot {
+  fn lease(&self) -> Result<IdLease> {
+    let mut used = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+    let id = (self.first..self.first + ROOT_ID_COUNT)
+      .find(|i| !used.contains(i))
+      .ok_or_else(|| Error::new(ErrorCode::SandboxUnavailable, format!("more than {ROOT_ID_COUNT} sandboxes at once in this process")))?;
+    used.insert(id);
+    Ok(IdLease { id, in_use: self.in_use.clone() })
+  }
+}
 
 /// A working bubblewrap and what the sandbox shows besides the task's own folders.
 pub struct Sandbox {
@@ -111,6 +146,8 @@ pub struct Confinement {
   pub relay_to: Option<SocketAddr>,
   /// The CLI binary the sandbox runs (the run's `program` is bubblewrap).
   pub cli_program: PathBuf,
+  /// The sandbox's uid when the server is root: kept by the spawned process until it ends.
+  pub id_lease: Option<Arc<IdLease>>,
   /// Keeps the idmap user namespace open while the run may still be spawned.
   #[cfg(target_os = "linux")]
   pub idmap: Option<Arc<std::os::fd::OwnedFd>>,
@@ -240,7 +277,10 @@ impl Sandbox {
     let seccomp = Arc::new(vec![seccomp::program()?, seccomp::clone3_program()?]);
     let as_root = if is_root() {
       let setpriv = find_setpriv().ok_or("the server runs as root and `setpriv` (util-linux) is missing: the agent could not drop root")?;
-      Some(AsRoot { setpriv, next: std::sync::atomic::AtomicU32::new(0), idmaps: Mutex::new(Default::default()) })
+      let mut r = [0u8; 4];
+      getrandom::fill(&mut r).map_err(|e| format!("no randomness for the sandbox ids: {e}"))?;
+      let first = ROOT_ID_BASE + (u32::from_le_bytes(r) % ROOT_ID_BLOCKS) * ROOT_ID_COUNT;
+      Some(AsRoot { setpriv, first, in_use: Default::default(), idmaps: Mutex::new(Default::default()) })
     } else {
       None
     };
@@ -326,7 +366,8 @@ impl Sandbox {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let root_id = self.as_root.as_ref().map(|r| ROOT_ID_BASE + r.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ROOT_ID_COUNT);
+    let lease = self.as_root.as_ref().map(AsRoot::lease).transpose()?;
+    let root_id = lease.as_ref().map(|l| l.id);
     match root_id {
       // bwrap (root) mounts; setpriv, inside, drops to the agent's uid and clears every set.
       Some(_) => {
@@ -390,7 +431,9 @@ impl Sandbox {
     spec.env.push(("HOME".into(), SANDBOX_HOME.into()));
     spec.env.push(("TMPDIR".into(), "/tmp".into()));
     let cli_program = PathBuf::from(&spec.args[spec.args.len() - cli_args - 1]);
-    spec.confine = Some(Arc::new(self.confinement(spec, config_dir, proxy, root_id, cli_program)?));
+    let mut confinement = self.confinement(spec, config_dir, proxy, root_id, cli_program)?;
+    confinement.id_lease = lease.map(Arc::new);
+    spec.confine = Some(Arc::new(confinement));
     Ok(())
   }
 
@@ -409,6 +452,7 @@ impl Sandbox {
       new_net_ns: proxy.is_some(),
       listen_port: proxy.map(|p| p.port()),
       rlimits: vec![(libc::RLIMIT_NPROC, self.limits.processes), (libc::RLIMIT_AS, self.limits.memory_bytes)],
+      oom_first: true,
       ..Default::default()
     };
     let mut idmap = None;
@@ -440,11 +484,11 @@ impl Sandbox {
       setup.idmap = Some((std::os::fd::AsRawFd::as_raw_fd(&*fd), paths));
       idmap = Some(fd);
     }
-    Ok(Confinement { setup, seccomp: self.seccomp.clone(), relay_to: proxy, idmap, cli_program })
+    Ok(Confinement { setup, seccomp: self.seccomp.clone(), relay_to: proxy, idmap, cli_program, id_lease: None })
   }
 
   #[cfg(not(target_os = "linux"))]
   fn confinement(&self, _: &RunSpec, _: &Path, proxy: Option<SocketAddr>, _: Option<u32>, cli_program: PathBuf) -> Result<Confinement> {
-    Ok(Confinement { seccomp: self.seccomp.clone(), relay_to: proxy, cli_program })
+    Ok(Confinement { seccomp: self.seccomp.clone(), relay_to: proxy, cli_program, id_lease: None })
   }
 }

@@ -8,8 +8,10 @@
 //! with a namespace flag; `clone3` answers `ENOSYS` so that libc falls back to `clone`, whose flags
 //! a filter can see), `perf_event_open`, kernel modules, `kexec`, `reboot`, swap, `acct`,
 //! `userfaultfd`, `open_by_handle_at` (reading a file by handle, past the mount table), port I/O,
-//! `syslog`, `quotactl`, `io_uring` (a second syscall path that seccomp cannot see into), and
-//! `personality` changes other than the default. Calls of another ABI (32-bit `int 0x80`) end the
+//! `syslog`, `quotactl`, `io_uring` (a second syscall path that seccomp cannot see into),
+//! `personality` changes other than the default, and any mode with a setuid or setgid bit
+//! (`chmod`, `open`/`creat` with `O_CREAT`, `mkdir`, `mknod` and their `*at` forms; `openat2`,
+//! whose mode is in memory, answers `ENOSYS`). Calls of another ABI (32-bit `int 0x80`) end the
 //! process (seccompiler's architecture check); x32 numbers of the refused calls are refused too.
 //! Everything else is allowed.
 
@@ -73,6 +75,27 @@ const REFUSED: &[libc::c_long] = &[
   libc::SYS_uselib,
 ];
 
+/// Calls that set a file's mode, and which argument holds it (`openat2` passes it in memory: it
+/// answers `ENOSYS`, so libc falls back to `openat`).
+const MODE_CALLS: &[(libc::c_long, u8)] = &[
+  #[cfg(target_arch = "x86_64")]
+  (libc::SYS_chmod, 1),
+  #[cfg(target_arch = "x86_64")]
+  (libc::SYS_open, 2),
+  #[cfg(target_arch = "x86_64")]
+  (libc::SYS_creat, 1),
+  #[cfg(target_arch = "x86_64")]
+  (libc::SYS_mkdir, 1),
+  #[cfg(target_arch = "x86_64")]
+  (libc::SYS_mknod, 1),
+  (libc::SYS_fchmod, 1),
+  (libc::SYS_fchmodat, 2),
+  (452, 2), // fchmodat2
+  (libc::SYS_openat, 3),
+  (libc::SYS_mkdirat, 2),
+  (libc::SYS_mknodat, 2),
+];
+
 /// The namespace flags `clone` may not be given.
 const NAMESPACE_FLAGS: &[libc::c_int] = &[
   libc::CLONE_NEWUSER,
@@ -129,6 +152,22 @@ pub fn program() -> Result<Vec<u8>, String> {
     })
     .collect::<Result<Vec<_>, String>>()?;
   rules.insert(libc::SYS_clone, clone_rules);
+  // No setuid or setgid bit on any file or folder the agent makes or changes: its working
+  // directory is the host's disk, where such a file (root's, through the idmapped mount, or the
+  // server user's) would be a way to that user for anyone who runs it later.
+  for &(nr, mode_arg) in MODE_CALLS {
+    let set_id = [libc::S_ISUID, libc::S_ISGID]
+      .iter()
+      .map(|&bit| {
+        let bit = u64::from(bit);
+        let cond = SeccompCondition::new(mode_arg, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(bit), bit).map_err(|e| e.to_string())?;
+        SeccompRule::new(vec![cond]).map_err(|e| e.to_string())
+      })
+      .collect::<Result<Vec<_>, String>>()?;
+    #[cfg(target_arch = "x86_64")]
+    rules.insert(X32_BIT | nr, set_id.clone());
+    rules.insert(nr, set_id);
+  }
   // personality(2): only the default persona (0) and queries (0xffffffff).
   let persona = [0u64, 0xffff_ffff]
     .iter()
@@ -145,7 +184,7 @@ pub fn program() -> Result<Vec<u8>, String> {
 
 /// The clone3 filter on its own (bubblewrap takes one program per `--add-seccomp-fd`).
 pub fn clone3_program() -> Result<Vec<u8>, String> {
-  let f = filter(BTreeMap::from([(libc::SYS_clone3, vec![])]), libc::ENOSYS as u32)?;
+  let f = filter(BTreeMap::from([(libc::SYS_clone3, vec![]), (libc::SYS_openat2, vec![])]), libc::ENOSYS as u32)?;
   let mut bytes = Vec::with_capacity(f.len() * 8);
   for i in &f {
     push(&mut bytes, i);
