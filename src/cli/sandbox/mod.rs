@@ -43,6 +43,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::run::RunSpec;
 use crate::error::{Error, ErrorCode, Result};
 
+/// coreutils `env`, which enters the working directory as the agent (`env -C`).
+const ENV: &str = "/usr/bin/env";
+
 /// Where a sandboxed agent's `HOME` is (an empty tmpfs).
 const SANDBOX_HOME: &str = "/home/agent";
 
@@ -415,11 +418,20 @@ impl Sandbox {
     a.extend(["--perms".into(), "1777".into(), "--size".into(), (1u64 << 20).to_string(), "--tmpfs".into(), s(&sessions)]);
     a.extend(["--bind".into(), s(&spec.cwd), s(&spec.cwd)]);
     a.extend(["--add-seccomp-fd".into(), "3".into(), "--add-seccomp-fd".into(), "4".into()]);
-    a.extend(["--chdir".into(), s(&spec.cwd), "--".into()]);
     if let (Some(root), Some(id)) = (&self.as_root, root_id) {
-      a.push(s(&root.setpriv));
+      // bubblewrap (root, its capabilities dropped by then) could not enter a working directory
+      // of mode 0700, which the idmapped mount shows as the agent's: the agent's uid enters it,
+      // with `env -C` after setpriv (no shell).
+      let program = s(&spec.program);
+      if program.contains('=') {
+        return Err(Error::new(ErrorCode::SandboxUnavailable, format!("the CLI's path {program} has a '=' in it")));
+      }
+      a.extend(["--chdir".into(), "/".into(), "--".into(), s(&root.setpriv)]);
       a.extend([format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()]);
-      a.extend(["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"].map(String::from));
+      a.extend(["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", ENV, "-C"].map(String::from));
+      a.extend([s(&spec.cwd), "--".into()]);
+    } else {
+      a.extend(["--chdir".into(), s(&spec.cwd), "--".into()]);
     }
     a.push(s(&spec.program));
     let cli_args = spec.args.len();
