@@ -106,6 +106,11 @@ pub struct SessionManagerOptions {
   /// MiB, `HOME` 512 MiB (tmpfs, in memory), 512 processes and threads (`RLIMIT_NPROC`, per
   /// sandbox), 4096 MiB of address space per process (`RLIMIT_AS`).
   pub sandbox_limits: Option<SandboxLimits>,
+  /// The sandbox's network besides the key proxy: `{ allowDomains: ['example.com', '*.docs.rs',
+  /// 'host:8443'] }` lets the agent's web tools open HTTPS tunnels (`CONNECT`, port 443 unless
+  /// given) to those host names only, through a proxy in this process (`HTTPS_PROXY` in the
+  /// sandbox). Default none: the sandbox reaches nothing but the key proxy.
+  pub sandbox_network: Option<SandboxNetwork>,
   /// Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
   /// per-task token for a loopback proxy in this process that adds the key; the token is void
   /// once the task ends. Default false.
@@ -305,6 +310,16 @@ pub struct SandboxPaths {
   pub read_write: Option<Vec<String>>,
 }
 
+/// The sandbox's network besides the key proxy.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxNetwork {
+  /// Host names (`example.com`), `*.` and a domain (any name below it), each with an optional
+  /// `:port` (443 otherwise). IP addresses are refused.
+  pub allow_domains: Option<Vec<String>>,
+}
+
 /// What each sandbox may use.
 #[napi(object, object_from_js = false)]
 #[derive(Deserialize, Default)]
@@ -446,6 +461,7 @@ impl From<SessionManagerOptions> for manager::Options {
         read_only: paths.read_only.unwrap_or_default(),
         read_write: paths.read_write.unwrap_or_default(),
       }),
+      sandbox_allow_domains: o.sandbox_network.and_then(|n| n.allow_domains).unwrap_or_default(),
       sandbox_limits: o.sandbox_limits.map(|l| manager::SandboxLimitOptions {
         tmp_mb: l.tmp_mb,
         home_mb: l.home_mb,

@@ -271,9 +271,13 @@ pub(crate) fn spawn(spec: &RunSpec) -> Result<(Proc, Stdin, Output, Output)> {
         if let Some(lease) = spec.confine.as_ref().and_then(|c| c.id_lease.clone()) {
           s.child.attach(Box::new(lease));
         }
-        if let (Some(listener), Some(to)) = (s.listener.take(), spec.confine.as_ref().and_then(|c| c.relay_to)) {
+        let mut listeners = std::mem::take(&mut s.listeners).into_iter();
+        if let (Some(listener), Some(to)) = (listeners.next(), spec.confine.as_ref().and_then(|c| c.relay_to)) {
           let relay = super::sandbox::relay::start(listener, to, super::sandbox::relay::MAX_CONNECTIONS).map_err(io)?;
           s.child.attach(Box::new(relay));
+        }
+        if let (Some(listener), Some(allowed)) = (listeners.next(), spec.confine.as_ref().and_then(|c| c.egress.clone())) {
+          s.child.attach(Box::new(super::sandbox::egress::start(listener, allowed).map_err(io)?));
         }
         let stdin = pipe::Sender::from_owned_fd(s.stdin).map_err(io)?;
         let stdout = pipe::Receiver::from_owned_fd(s.stdout).map_err(io)?;

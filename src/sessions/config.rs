@@ -34,6 +34,8 @@ pub struct Options {
   pub sandbox: Option<String>,
   pub sandbox_paths: Option<SandboxPaths>,
   pub sandbox_limits: Option<SandboxLimitOptions>,
+  /// `sandboxNetwork.allowDomains`.
+  pub sandbox_allow_domains: Vec<String>,
   pub expose_api_key_to_agent: bool,
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
@@ -133,6 +135,8 @@ pub struct Config {
   pub sandbox_read_write: Vec<PathBuf>,
   /// What each sandbox may use (`sandboxLimits`).
   pub sandbox_limits: crate::cli::SandboxLimits,
+  /// Where a sandboxed agent's web tools may connect (`sandboxNetwork.allowDomains`).
+  pub sandbox_allow_domains: Vec<crate::cli::sandbox::egress::Allowed>,
   pub expose_api_key: bool,
   /// Slash commands a prompt may run (each `/name`); every other prompt is plain text.
   pub allow_slash_commands: Vec<String>,
@@ -377,6 +381,11 @@ impl Config {
         },
       }
     };
+    if o.sandbox_allow_domains.len() > 256 {
+      return Err(Error::invalid("sandboxNetwork.allowDomains may list at most 256 entries"));
+    }
+    let sandbox_allow_domains =
+      o.sandbox_allow_domains.iter().map(|d| crate::cli::sandbox::egress::Allowed::parse(d)).collect::<Result<Vec<_>>>()?;
     let paths = o.sandbox_paths.unwrap_or_default();
     let mut sandbox_read_only = Vec::new();
     for p in &paths.read_only {
@@ -449,6 +458,7 @@ impl Config {
       sandbox_read_only,
       sandbox_read_write,
       sandbox_limits,
+      sandbox_allow_domains,
       expose_api_key: o.expose_api_key_to_agent,
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,

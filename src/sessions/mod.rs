@@ -216,6 +216,7 @@ impl Manager {
       cfg.sandbox_read_write.clone(),
       cfg.sandbox_limits,
       &cfg.state_directory,
+      cfg.sandbox_allow_domains.clone(),
     )?;
     let store = match &cfg.database_url {
       Some(url) => {

@@ -33,8 +33,9 @@ pub struct ChildSetup {
   pub new_user_ns: bool,
   /// Unshare a network namespace and bring its loopback up.
   pub new_net_ns: bool,
-  /// Bind `127.0.0.1:<port>` in the new network namespace and return the listener.
-  pub listen_port: Option<u16>,
+  /// Bind `127.0.0.1:<port>` for each port in the new network namespace and return the
+  /// listeners, in this order.
+  pub listen_ports: Vec<u16>,
   /// Mount these folders idmapped through `userns` (a user namespace fd), in a new mount
   /// namespace of the child (root only).
   pub idmap: Option<(RawFd, Vec<PathBuf>)>,
@@ -119,10 +120,10 @@ struct MountAttr {
 /// [`ChildSetup`] as the child reads it: C strings, ready-made buffers, a socket pair.
 pub struct Prepared {
   pub(super) pass_fds: Vec<(RawFd, RawFd)>,
-  pub(super) listen: bool,
+  pub(super) listen: usize,
   new_user_ns: bool,
   new_net_ns: bool,
-  port: u16,
+  ports: Vec<u16>,
   idmap_userns: RawFd,
   idmap_paths: Vec<CString>,
   cgroups: Vec<CString>,
@@ -153,7 +154,7 @@ impl Prepared {
   pub fn new(c: &ChildSetup) -> io::Result<Prepared> {
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let (parent_end, child_end) = if c.listen_port.is_some() {
+    let (parent_end, child_end) = if !c.listen_ports.is_empty() {
       let mut fds = [0 as RawFd; 2];
       // SAFETY: `fds` is a writable array of the two `c_int`s `socketpair` fills in.
       if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
@@ -188,10 +189,10 @@ impl Prepared {
     let attr = Box::new(MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: idmap_userns.max(0) as u64 });
     Ok(Prepared {
       pass_fds: c.pass_fds.clone(),
-      listen: c.listen_port.is_some(),
+      listen: c.listen_ports.len(),
       new_user_ns: c.new_user_ns,
       new_net_ns: c.new_net_ns,
-      port: c.listen_port.unwrap_or(0),
+      ports: c.listen_ports.clone(),
       idmap_userns,
       idmap_paths,
       cgroups: c.cgroup_procs.iter().map(|p| cstr(p)).collect::<io::Result<Vec<_>>>()?,
@@ -209,8 +210,12 @@ impl Prepared {
     })
   }
 
-  /// The listener the child sent (after it exec'd or failed).
-  pub(super) fn take_listener(&self) -> io::Result<OwnedFd> {
+  /// The listeners the child sent (after it exec'd or failed), one message each.
+  pub(super) fn take_listeners(&self) -> io::Result<Vec<OwnedFd>> {
+    (0..self.listen).map(|_| self.take_listener()).collect()
+  }
+
+  fn take_listener(&self) -> io::Result<OwnedFd> {
     let sock = self.parent_end.as_ref().ok_or_else(|| io::Error::other("no listener was asked for"))?;
     let mut byte = 0u8;
     let mut iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
@@ -306,11 +311,11 @@ impl Prepared {
           return Err(SandboxStep::Loopback.code());
         }
       }
-      if self.listen {
+      for &port in &self.ports {
         let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_port = self.port.to_be();
+        addr.sin_port = port.to_be();
         addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
         let ok = l >= 0
           && libc::bind(l, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) == 0

@@ -89,8 +89,8 @@ pub struct Spawned {
   pub stdin: OwnedFd,
   pub stdout: OwnedFd,
   pub stderr: OwnedFd,
-  /// The listener the child made in its new network namespace ([`ChildSetup::listen_port`]).
-  pub listener: Option<OwnedFd>,
+  /// The listeners the child made in its new network namespace ([`ChildSetup::listen_ports`]).
+  pub listeners: Vec<OwnedFd>,
 }
 
 /// What the child reads; lives on the parent's stack, which is frozen until the child execs.
@@ -301,9 +301,9 @@ pub fn spawn(
       return Err(setup(e));
     }
   };
-  let listener = match &prepared {
-    Some(p) if p.listen => match p.take_listener() {
-      Ok(fd) => Some(fd),
+  let listeners = match &prepared {
+    Some(p) if p.listen > 0 => match p.take_listeners() {
+      Ok(fds) => fds,
       Err(e) => {
         // SAFETY: `pid` is our child, not yet reaped; both calls take plain integers.
         unsafe {
@@ -313,9 +313,9 @@ pub fn spawn(
         return Err(SpawnError { step: Step::Sandbox(SandboxStep::Listen), error: e });
       }
     },
-    _ => None,
+    _ => vec![],
   };
-  Ok(Spawned { child: RawChild { pid, status: None, pidfd, attached: vec![] }, stdin: in_w, stdout: out_r, stderr: err_r, listener })
+  Ok(Spawned { child: RawChild { pid, status: None, pidfd, attached: vec![] }, stdin: in_w, stdout: out_r, stderr: err_r, listeners })
 }
 
 impl RawChild {
@@ -440,7 +440,7 @@ mod tests {
     let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host_port = host.local_addr().unwrap().port();
     for new_user_ns in [false, true] {
-      let setup = ChildSetup { new_user_ns, new_net_ns: true, listen_port: Some(4111), ..Default::default() };
+      let setup = ChildSetup { new_user_ns, new_net_ns: true, listen_ports: vec![4111], ..Default::default() };
       let dir = tempfile::tempdir().unwrap();
       let script = format!(
         "if (echo x > /dev/tcp/127.0.0.1/{host_port}) 2>/dev/null; then echo HOST-REACHED; fi; echo hello > /dev/tcp/127.0.0.1/4111; cat /proc/self/uid_map"
@@ -454,14 +454,15 @@ mod tests {
         }
         Err(e) => panic!("{:?} {}", e.step, e.error),
       };
-      let listener = std::net::TcpListener::from(s.listener.expect("the listener was handed over"));
+      let mut s = s;
+      let listener = std::net::TcpListener::from(s.listeners.pop().expect("the listener was handed over"));
       let accepted = std::thread::spawn(move || {
         let (mut c, _) = listener.accept().unwrap();
         let mut got = String::new();
         std::io::Read::read_to_string(&mut c, &mut got).unwrap();
         got
       });
-      let (out, status) = output(Spawned { listener: None, ..s }).await;
+      let (out, status) = output(s).await;
       assert!(status.success(), "{out}");
       assert!(!out.contains("HOST-REACHED"), "the host's loopback is out of reach: {out}");
       assert_eq!(accepted.join().unwrap(), "hello\n");

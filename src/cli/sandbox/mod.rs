@@ -32,6 +32,7 @@
 //! sandboxed CLIs (both pid 2 in their namespaces) never clash.
 
 pub mod binary;
+pub mod egress;
 pub mod relay;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
@@ -130,6 +131,8 @@ pub struct Sandbox {
   /// The seccomp programs (`--add-seccomp-fd`): the main filter and the `clone3` one.
   seccomp: Arc<Vec<Vec<u8>>>,
   as_root: Option<AsRoot>,
+  /// `sandboxNetwork.allowDomains`; empty: no way out but the key proxy.
+  egress: Arc<Vec<egress::Allowed>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -149,6 +152,8 @@ pub struct Confinement {
   pub relay_to: Option<SocketAddr>,
   /// The CLI binary the sandbox runs (the run's `program` is bubblewrap).
   pub cli_program: PathBuf,
+  /// Where the sandbox's second listener (`HTTPS_PROXY`) may open tunnels; `None`: no listener.
+  pub egress: Option<Arc<Vec<egress::Allowed>>>,
   /// The sandbox's uid when the server is root: kept by the spawned process until it ends.
   pub id_lease: Option<Arc<IdLease>>,
   /// Keeps the idmap user namespace open while the run may still be spawned.
@@ -249,12 +254,13 @@ impl Sandbox {
     read_write: Vec<PathBuf>,
     limits: SandboxLimits,
     state_dir: &Path,
+    egress: Vec<egress::Allowed>,
   ) -> Result<Option<Sandbox>> {
     use crate::sessions::SandboxMode;
     if mode == SandboxMode::None {
       return Ok(None);
     }
-    let checked = Sandbox::build(read_only, read_write, limits, state_dir).and_then(|s| s.probe().map(|_| s));
+    let checked = Sandbox::build(read_only, read_write, limits, state_dir, egress).and_then(|s| s.probe().map(|_| s));
     match (checked, mode) {
       (Ok(s), _) => Ok(Some(s)),
       (Err(_), SandboxMode::Auto) => Ok(None),
@@ -265,7 +271,7 @@ impl Sandbox {
   }
 
   #[cfg(not(target_os = "linux"))]
-  fn build(_: Vec<PathBuf>, _: Vec<PathBuf>, _: SandboxLimits, _: &Path) -> std::result::Result<Sandbox, String> {
+  fn build(_: Vec<PathBuf>, _: Vec<PathBuf>, _: SandboxLimits, _: &Path, _: Vec<egress::Allowed>) -> std::result::Result<Sandbox, String> {
     Err("bubblewrap needs Linux".into())
   }
 
@@ -275,6 +281,7 @@ impl Sandbox {
     read_write: Vec<PathBuf>,
     limits: SandboxLimits,
     state_dir: &Path,
+    egress: Vec<egress::Allowed>,
   ) -> std::result::Result<Sandbox, String> {
     let bwrap = find_bwrap().ok_or("bubblewrap (`bwrap`) is not installed (Debian/Ubuntu: apt-get install bubblewrap); it needs Linux")?;
     let seccomp = Arc::new(vec![seccomp::program()?, seccomp::clone3_program()?]);
@@ -296,6 +303,7 @@ impl Sandbox {
       state_dir: state_dir.to_path_buf(),
       seccomp,
       as_root,
+      egress: Arc::new(egress),
     })
   }
 
@@ -442,6 +450,15 @@ impl Sandbox {
     spec.env.retain(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "TMP" | "TEMP" | "XDG_RUNTIME_DIR"));
     spec.env.push(("HOME".into(), SANDBOX_HOME.into()));
     spec.env.push(("TMPDIR".into(), "/tmp".into()));
+    // The web, where allowed: through the sandbox's CONNECT listener only (the key proxy is on
+    // loopback and plain http, so no proxy applies to it).
+    let egress = proxy.is_some() && !self.egress.is_empty();
+    spec.env.retain(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "http_proxy" | "https_proxy" | "all_proxy" | "no_proxy"));
+    if egress {
+      let url = format!("http://127.0.0.1:{}", egress::PORT);
+      spec.env.extend([("HTTPS_PROXY".into(), url.clone()), ("https_proxy".into(), url)]);
+      spec.env.extend([("NO_PROXY".into(), "127.0.0.1,localhost".into()), ("no_proxy".into(), "127.0.0.1,localhost".into())]);
+    }
     let cli_program = PathBuf::from(&spec.args[spec.args.len() - cli_args - 1]);
     let mut confinement = self.confinement(spec, config_dir, proxy, root_id, cli_program)?;
     confinement.id_lease = lease.map(Arc::new);
@@ -462,7 +479,11 @@ impl Sandbox {
     let mut setup = ChildSetup {
       new_user_ns: root_id.is_none(),
       new_net_ns: proxy.is_some(),
-      listen_port: proxy.map(|p| p.port()),
+      listen_ports: match proxy {
+        Some(p) if !self.egress.is_empty() => vec![p.port(), egress::PORT],
+        Some(p) => vec![p.port()],
+        None => vec![],
+      },
       rlimits: vec![(libc::RLIMIT_NPROC, self.limits.processes), (libc::RLIMIT_AS, self.limits.memory_bytes)],
       oom_first: true,
       ..Default::default()
@@ -496,11 +517,12 @@ impl Sandbox {
       setup.idmap = Some((std::os::fd::AsRawFd::as_raw_fd(&*fd), paths));
       idmap = Some(fd);
     }
-    Ok(Confinement { setup, seccomp: self.seccomp.clone(), relay_to: proxy, idmap, cli_program, id_lease: None })
+    let egress = (proxy.is_some() && !self.egress.is_empty()).then(|| self.egress.clone());
+    Ok(Confinement { setup, seccomp: self.seccomp.clone(), relay_to: proxy, idmap, cli_program, id_lease: None, egress })
   }
 
   #[cfg(not(target_os = "linux"))]
   fn confinement(&self, _: &RunSpec, _: &Path, proxy: Option<SocketAddr>, _: Option<u32>, cli_program: PathBuf) -> Result<Confinement> {
-    Ok(Confinement { seccomp: self.seccomp.clone(), relay_to: proxy, cli_program, id_lease: None })
+    Ok(Confinement { seccomp: self.seccomp.clone(), relay_to: proxy, cli_program, id_lease: None, egress: None })
   }
 }

@@ -21,6 +21,12 @@ pub struct RelayGuard {
   task: tokio::task::JoinHandle<()>,
 }
 
+impl RelayGuard {
+  pub(crate) fn new(task: tokio::task::JoinHandle<()>) -> RelayGuard {
+    RelayGuard { task }
+  }
+}
+
 impl Drop for RelayGuard {
   fn drop(&mut self) {
     self.task.abort();
