@@ -438,6 +438,15 @@ export interface SandboxLimits {
   memoryMb?: number
 }
 
+/** The sandbox's network besides the key proxy. */
+export interface SandboxNetwork {
+  /**
+   * Host names (`example.com`), `*.` and a domain (any name below it), each with an optional
+   * `:port` (443 otherwise). IP addresses are refused.
+   */
+  allowDomains?: Array<string>
+}
+
 /** Extra host folders the sandbox shows the agent (absolute paths). */
 export interface SandboxPaths {
   /** Shown read-only. */
@@ -606,6 +615,13 @@ export interface SessionManagerOptions {
    * sandbox), 4096 MiB of address space per process (`RLIMIT_AS`).
    */
   sandboxLimits?: SandboxLimits
+  /**
+   * The sandbox's network besides the key proxy: `{ allowDomains: ['example.com', '*.docs.rs',
+   * 'host:8443'] }` lets the agent's web tools open HTTPS tunnels (`CONNECT`, port 443 unless
+   * given) to those host names only, through a proxy in this process (`HTTPS_PROXY` in the
+   * sandbox). Default none: the sandbox reaches nothing but the key proxy.
+   */
+  sandboxNetwork?: SandboxNetwork
   /**
    * Give the CLI the real API key (UNSAFE: an agent can read it). By default the CLI gets a
    * per-task token for a loopback proxy in this process that adds the key; the token is void
