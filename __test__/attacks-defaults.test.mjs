@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
-import { addon, makeManager, PG_URL, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
+import { addon, makeManager, PG_URL, skipWithoutPostgres, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
 import { runBash } from './attack-helpers.mjs'
 
 let server
@@ -104,7 +104,7 @@ test('defaults: the state folder, the database and tenant folders are never insi
 })
 
 test('defaults [postgres]: a per-session folder is stored relative to the workspace root and resolved under each node\'s own', async (t) => {
-  if (!PG_URL) return t.skip('set CSM_TEST_DATABASE_URL to run PostgreSQL tests')
+  if (skipWithoutPostgres(t)) return
   const dir = tempDir()
   const ws = tempDir()
   const one = makeManager({ server, dir, backend: 'postgres', workingDirectory: undefined, workspaceRoot: path.join(ws, 'ws1') })
