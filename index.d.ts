@@ -655,10 +655,14 @@ export interface TaskDuration {
 
 /** Why a task failed. */
 export interface TaskError {
-  /** `API_ERROR`, `MAX_TURNS`, `BUDGET_EXCEEDED`, `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ... */
+  /**
+   * `API_ERROR`, `AUTH_ERROR` (no API key reached the CLI, or the API refused it: set
+   * `ANTHROPIC_API_KEY` in the server's environment), `MAX_TURNS`, `BUDGET_EXCEEDED`,
+   * `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ...
+   */
   code: string
   message: string
-  /** The HTTP status of an `API_ERROR`. */
+  /** The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401). */
   status?: number
 }
 
