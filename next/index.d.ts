@@ -11,8 +11,7 @@
  *
  * // app/api/claude/task/route.ts
  * import { routes } from '@/lib/claude'
- * export const runtime = 'nodejs'
- * export const { POST } = routes.task
+ * export const { POST } = routes.task // Node.js is the default runtime; no route segment config
  * ```
  *
  * Mount the route groups under one base path (the React hook's `api` option, default

@@ -3,7 +3,7 @@
 // Plain CommonJS with no build step; the typings and the full contract are in ./index.d.ts.
 //
 // Server-only: this module loads the native addon (lazily, on the first request). Keep the
-// package in `serverExternalPackages` and use it from route handlers with `runtime = 'nodejs'`.
+// package in `serverExternalPackages` and use it from route handlers (Node.js runtime, the default).
 
 const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
 const SIGNALS_KEY = Symbol.for('claude-session-manager.next.signals')
