@@ -121,6 +121,8 @@ test('errors: AUTH_ERROR when no API key reaches the CLI, the API refuses it, or
   const cases = [
     // The real CLI without any credentials: "Not logged in · Please run /login".
     { name: 'no key', env: noKey, status: undefined, cli: /Not logged in/ },
+    // The same through a warm CLI (stream-json on stdin, the default in a server).
+    { name: 'no key, warm', env: noKey, status: undefined, cli: /Not logged in/, warm: true },
     // A key the API refuses: the CLI says "Invalid API key".
     { name: 'a refused key', env: { ...server.env(), ANTHROPIC_API_KEY: 'not-the-right-key' }, status: 401, cli: /Invalid API key/ },
     // A 401 on a call (a key revoked while the server runs).
@@ -128,7 +130,7 @@ test('errors: AUTH_ERROR when no API key reaches the CLI, the API refuses it, or
   ]
   for (const c of cases) {
     if (c.reply) server.enqueue(c.reply)
-    const { manager: m } = makeManager({ server, env: c.env })
+    const { manager: m } = makeManager({ server, env: c.env, ...(c.warm ? { warmIdleMs: 60000 } : {}) })
     const r = await m.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
     t.assert.strictEqual(r.success, false, c.name)
     t.assert.strictEqual(r.error.code, 'AUTH_ERROR', `${c.name}: ${JSON.stringify(r.error)}`)

@@ -184,7 +184,7 @@ test('README quick start: a fresh Next.js 16 app from the README builds (types c
   let exited = false
   const child = spawn(process.execPath, [nextBin, 'start', '-H', '127.0.0.1', '-p', String(port)], {
     cwd: app,
-    env: { ...env, ...server.env(), NODE_ENV: 'production' },
+    env: { ...env, ...server.env(), NODE_ENV: 'production', ALLOW_DEMO_USER_HEADER: '1' },
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
   })
