@@ -475,7 +475,7 @@ export interface SessionManagerOptions {
   workingDirectory?: string
   /**
    * Where sessions without a working directory get a folder each (`<workspaceRoot>/<session
-   * id>`, `0700`), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
+   * id>`, `0711`: searchable, for the sandbox run as root), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
    * `/claude-session-manager/workspaces/<server folder name>-<hash>`. It may not contain the
    * state folder or lie inside it.
    */

@@ -33,13 +33,14 @@ test('defaults: without a working directory each session works in a folder of it
   t.assert.strictEqual(a.workingDirectory, path.join(root, a.id))
   t.assert.strictEqual(b.workingDirectory, path.join(root, b.id))
   t.assert.notStrictEqual(a.workingDirectory, process.cwd())
-  // The agent's `pwd` and a file it writes land in its own folder, which is 0700.
+  // The agent's `pwd` and a file it writes land in its own folder: 0711 inside the 0700 root
+  // (searchable, so that bubblewrap run as root can enter it once idmapped to the agent).
   const { r, output } = await runBash(manager, server, 'pwd; echo hi > made-here.txt', { sessionId: a.id, userId: 'alice' })
   t.assert.ok(r.success, JSON.stringify(r.error))
   t.assert.match(output, new RegExp(a.id))
   t.assert.ok(fs.existsSync(path.join(a.workingDirectory, 'made-here.txt')))
   t.assert.ok(!fs.existsSync(path.join(process.cwd(), 'made-here.txt')), 'nothing written in the server folder')
-  t.assert.strictEqual(mode(a.workingDirectory), 0o700)
+  t.assert.strictEqual(mode(a.workingDirectory), 0o711)
   // A new session from executeTask gets its own folder as well.
   server.enqueue({ text: 'ok' })
   const n = await manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'alice' })

@@ -161,10 +161,10 @@ test('README quick start: a fresh Next.js 16 app from the README builds (types c
   t.assert.ok(!fs.lstatSync(path.join(app, 'node_modules', 'claude-session-manager')).isSymbolicLink(), 'installed as a copy')
 
   // Where the manager would keep its database: nothing may be made there during the build.
+  // The README's defaults: a folder per session under ~/.local/share/…/workspaces, with HOME a
+  // fresh folder of the test's; only the state folder is set, to check the build leaves it alone.
   const state = path.join(dir, 'state')
-  const work = path.join(dir, 'work')
-  fs.mkdirSync(work)
-  const env = cleanEnv({ CLAUDE_SESSIONS_STATE_DIR: state, CLAUDE_WORKING_DIR: work, HOME: path.join(dir, 'home') })
+  const env = cleanEnv({ CLAUDE_SESSIONS_STATE_DIR: state, HOME: path.join(dir, 'home') })
   fs.mkdirSync(env.HOME)
   const nextBin = path.join(app, 'node_modules', 'next', 'dist', 'bin', 'next')
   const buildStarted = Date.now()
@@ -247,6 +247,11 @@ test('README quick start: a fresh Next.js 16 app from the README builds (types c
   t.assert.strictEqual((await json(await post('task', { prompt: 'x', projectId: 'demo', sessionId: first.sessionId }, { user: 'bob' }), 404)).error.code, 'SESSION_NOT_FOUND')
   t.assert.strictEqual((await json(await post('task', 'prompt=x', { type: 'application/x-www-form-urlencoded' }), 400)).error.code, 'INVALID_ARGUMENT')
 
-  // The database is where the README says (the state folder), made on the first request.
+  // The database is where the README says (the state folder), made on the first request, and
+  // the agent worked in a folder of the session's own under ~/.local/share.
   t.assert.ok(fs.existsSync(path.join(state, 'sessions.db')), 'the sessions are in <state folder>/sessions.db')
+  const workspaces = path.join(env.HOME, '.local', 'share', 'claude-session-manager', 'workspaces')
+  const roots = fs.readdirSync(workspaces)
+  t.assert.strictEqual(roots.length, 1, roots.join(', '))
+  t.assert.ok(fs.readdirSync(path.join(workspaces, roots[0])).includes(first.sessionId), 'the session has its own folder')
 })

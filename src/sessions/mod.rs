@@ -370,12 +370,13 @@ impl Manager {
     config::Guard { server: &self.cfg.server_directory, allow_server_folder: self.cfg.allow_server_folder, protected: &self.cfg.protected }
   }
 
-  /// Makes a session's own folder under `workspaceRoot` (`0700`) when it is one and is missing
-  /// (a new session, or one made on another node).
+  /// Makes a session's own folder under `workspaceRoot` (`0711` inside the `0700` root, see
+  /// [`config::session_dir`]) when it is one and is missing (a new session, or one made on
+  /// another node).
   pub(crate) fn ensure_workspace(&self, session: &Session) -> Result<()> {
     let wd = Path::new(&session.working_directory);
     if wd.parent() == Some(self.cfg.workspace_root.as_path()) {
-      config::private_dir(wd)?;
+      config::session_dir(wd)?;
     }
     Ok(())
   }
