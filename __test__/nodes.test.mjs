@@ -30,6 +30,7 @@ async function startNode(name, { root, schema, server }) {
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
   fs.mkdirSync(path.join(dir, 'claude'), { recursive: true })
+  fs.mkdirSync(path.join(dir, 'home'), { recursive: true })
   const options = {
     databaseUrl: PG_URL,
     databaseSchema: schema,
@@ -42,7 +43,9 @@ async function startNode(name, { root, schema, server }) {
     // Cold tasks: this scenario follows each task's CLI by its argv across nodes (killed, frozen,
     // gone). Warm processes across nodes: warm.test.mjs ("another node", "warm on PostgreSQL").
     warmIdleMs: 0,
-    env: server.env(),
+    // A HOME of its own: without the sandbox the CLI's Bash is a login shell, which would read
+    // this machine's profile (e.g. a pyenv rehash waiting on its lock) as the server's user.
+    env: { ...server.env(), HOME: path.join(dir, 'home') },
   }
   const child = spawn(process.execPath, [FIXTURE, JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] })
   const pending = new Map()
