@@ -528,7 +528,7 @@ export interface SessionManagerOptions {
   workingDirectory?: string
   /**
    * Where sessions without a working directory get a folder each (`<workspaceRoot>/<session
-   * id>`, `0700`), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
+   * id>`, `0711`: searchable, for the sandbox run as root), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
    * `/claude-session-manager/workspaces/<server folder name>-<hash>`. It may not contain the
    * state folder or lie inside it.
    */
@@ -721,10 +721,14 @@ export interface TaskDuration {
 
 /** Why a task failed. */
 export interface TaskError {
-  /** `API_ERROR`, `MAX_TURNS`, `BUDGET_EXCEEDED`, `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ... */
+  /**
+   * `API_ERROR`, `AUTH_ERROR` (no API key reached the CLI, or the API refused it: set
+   * `ANTHROPIC_API_KEY` in the server's environment), `MAX_TURNS`, `BUDGET_EXCEEDED`,
+   * `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ...
+   */
   code: string
   message: string
-  /** The HTTP status of an `API_ERROR`. */
+  /** The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401). */
   status?: number
 }
 

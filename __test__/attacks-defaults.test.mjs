@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
-import { addon, makeManager, PG_URL, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
+import { addon, makeManager, PG_URL, skipWithoutPostgres, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
 import { runBash } from './attack-helpers.mjs'
 
 let server
@@ -33,13 +33,14 @@ test('defaults: without a working directory each session works in a folder of it
   t.assert.strictEqual(a.workingDirectory, path.join(root, a.id))
   t.assert.strictEqual(b.workingDirectory, path.join(root, b.id))
   t.assert.notStrictEqual(a.workingDirectory, process.cwd())
-  // The agent's `pwd` and a file it writes land in its own folder, which is 0700.
+  // The agent's `pwd` and a file it writes land in its own folder: 0711 inside the 0700 root
+  // (searchable, so that bubblewrap run as root can enter it once idmapped to the agent).
   const { r, output } = await runBash(manager, server, 'pwd; echo hi > made-here.txt', { sessionId: a.id, userId: 'alice' })
   t.assert.ok(r.success, JSON.stringify(r.error))
   t.assert.match(output, new RegExp(a.id))
   t.assert.ok(fs.existsSync(path.join(a.workingDirectory, 'made-here.txt')))
   t.assert.ok(!fs.existsSync(path.join(process.cwd(), 'made-here.txt')), 'nothing written in the server folder')
-  t.assert.strictEqual(mode(a.workingDirectory), 0o700)
+  t.assert.strictEqual(mode(a.workingDirectory), 0o711)
   // A new session from executeTask gets its own folder as well.
   server.enqueue({ text: 'ok' })
   const n = await manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'alice' })
@@ -108,7 +109,7 @@ test('defaults: the state folder, the database and tenant folders are never insi
 })
 
 test('defaults [postgres]: a per-session folder is stored relative to the workspace root and resolved under each node\'s own', async (t) => {
-  if (!PG_URL) return t.skip('set CSM_TEST_DATABASE_URL to run PostgreSQL tests')
+  if (skipWithoutPostgres(t)) return
   const dir = tempDir()
   const ws = tempDir()
   const one = makeManager({ server, dir, backend: 'postgres', workingDirectory: undefined, workspaceRoot: path.join(ws, 'ws1') })

@@ -9,7 +9,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
-import { PG_URL, addon, makeManager, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
+import { PG_URL, skipWithoutPostgres, addon, makeManager, rejectsWith, startStandInServer, tempDir } from './helpers.mjs'
 import { runBash, transcripts } from './attack-helpers.mjs'
 
 let server
@@ -134,10 +134,7 @@ for (const sandbox of SANDBOXES) {
 
 /** A PostgreSQL manager (a node) and a second one on the same schema with its own folders. */
 function pgNodes(t, sandbox) {
-  if (!PG_URL) {
-    t.skip('PostgreSQL attacks skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them')
-    return null
-  }
+  if (skipWithoutPostgres(t)) return null
   const a = managerFor(t, sandbox, { backend: 'postgres' })
   if (!a) return null
   const dir = tempDir()

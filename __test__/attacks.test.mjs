@@ -1,4 +1,4 @@
-// Attacks from /work/shared/notes/adversarial.md, replayed against the addon with the real CLI.
+// Attacks from the project's adversarial review notes, replayed against the addon with the real CLI.
 // Each test asserts on what the attack would have achieved (a secret in what the CLI sent to the
 // model, a file changed on the host, a process still alive), so it fails if the protection goes.
 // Tests marked "sandboxed" skip when bubblewrap is not usable on this machine.

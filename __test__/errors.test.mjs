@@ -1,9 +1,11 @@
 // Error codes produced by the real CLI against the stand-in: MAX_TURNS, BUDGET_EXCEEDED, CLI_ERROR
-// (a binary that cannot start, and an error the CLI reports itself), and the exact code list.
+// (a binary that cannot start, and an error the CLI reports itself), AUTH_ERROR (no key, a refused
+// key), and the exact code list.
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { addon, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+import nextRoutes from '../next/index.js'
 
 let server
 before(async () => {
@@ -112,6 +114,47 @@ test('errors: an error the CLI reports itself is CLI_ERROR with its message', as
   await manager.close()
 })
 
+test('errors: AUTH_ERROR when no API key reaches the CLI, the API refuses it, or answers 401; the task route answers 503 saying what to set', async (t) => {
+  server.reset()
+  // No credentials at all, whatever this process's environment has (empty values count as unset).
+  const noKey = { ...server.env(), ANTHROPIC_API_KEY: '', ANTHROPIC_AUTH_TOKEN: '', CLAUDE_CODE_OAUTH_TOKEN: '' }
+  const cases = [
+    // The real CLI without any credentials: "Not logged in · Please run /login".
+    { name: 'no key', env: noKey, status: undefined, cli: /Not logged in/ },
+    // The same through a warm CLI (stream-json on stdin, the default in a server).
+    { name: 'no key, warm', env: noKey, status: undefined, cli: /Not logged in/, warm: true },
+    // A key the API refuses: the CLI says "Invalid API key".
+    { name: 'a refused key', env: { ...server.env(), ANTHROPIC_API_KEY: 'not-the-right-key' }, status: 401, cli: /Invalid API key/ },
+    // A 401 on a call (a key revoked while the server runs).
+    { name: 'a 401 answer', env: server.env(), status: 401, cli: /401/, reply: { error: { status: 401 } } },
+  ]
+  for (const c of cases) {
+    if (c.reply) server.enqueue(c.reply)
+    const { manager: m } = makeManager({ server, env: c.env, ...(c.warm ? { warmIdleMs: 60000 } : {}) })
+    const r = await m.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(r.success, false, c.name)
+    t.assert.strictEqual(r.error.code, 'AUTH_ERROR', `${c.name}: ${JSON.stringify(r.error)}`)
+    t.assert.strictEqual(r.error.status, c.status, c.name)
+    t.assert.match(r.error.message, /set a valid ANTHROPIC_API_KEY in the server's environment/, c.name)
+    t.assert.match(r.error.message, c.cli, `${c.name}: the CLI's own words follow`)
+    const [task] = await m.listTasks(r.sessionId, 'u')
+    t.assert.deepStrictEqual([task.status, task.errorCode], ['failed', 'AUTH_ERROR'], c.name)
+    await m.close()
+  }
+  // Through the Next.js task route: 503 with the TaskResult, and onError told.
+  const { manager: m } = makeManager({ server, env: noKey })
+  const reported = []
+  const routes = nextRoutes.createClaudeRoutes({ getUserId: () => 'u', manager: m, onError: (e) => reported.push(e.code) })
+  const res = await routes.task.POST(new Request('http://localhost/api/claude/task', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'hi', projectId: 'p' }) }))
+  t.assert.strictEqual(res.status, 503)
+  const body = await res.json()
+  t.assert.strictEqual(body.error.code, 'AUTH_ERROR')
+  t.assert.match(body.error.message, /ANTHROPIC_API_KEY/)
+  t.assert.deepStrictEqual(reported, ['AUTH_ERROR'])
+  t.assert.strictEqual(nextRoutes.statusForCode('AUTH_ERROR'), 503)
+  await m.close()
+})
+
 test('errorCodes lists every code exactly, and the README documents each', (t) => {
   const expected = [
     'INVALID_ARGUMENT',
@@ -121,6 +164,7 @@ test('errorCodes lists every code exactly, and the README documents each', (t) =
     'CLI_NOT_FOUND',
     'CLI_ERROR',
     'API_ERROR',
+    'AUTH_ERROR',
     'MAX_TURNS',
     'BUDGET_EXCEEDED',
     'ABORTED',

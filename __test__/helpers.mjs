@@ -27,15 +27,40 @@ export function workDir(dir, name = 'work') {
 /** The PostgreSQL database the tests may use (`CSM_TEST_DATABASE_URL`), or ''. */
 export const PG_URL = process.env.CSM_TEST_DATABASE_URL || ''
 
+/** What a PostgreSQL-only test says when it is skipped (`.ci/run` looks for no such line). */
+export const PG_SKIP_REASON = 'PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them'
+
+/**
+ * With `CSM_REQUIRE_POSTGRES=1` (CI sets it with `CSM_TEST_DATABASE_URL`), a PostgreSQL test that
+ * would be skipped fails instead: a missing database must never look like a pass.
+ */
+function requirePostgres() {
+  if (!PG_URL && process.env.CSM_REQUIRE_POSTGRES === '1') {
+    throw new Error('CSM_REQUIRE_POSTGRES=1 but CSM_TEST_DATABASE_URL is not set: the PostgreSQL tests cannot run')
+  }
+}
+
+/**
+ * For a PostgreSQL-only test: true (and the test reported as skipped, with the reason) when there
+ * is no test database; use as `if (skipWithoutPostgres(t)) return`.
+ */
+export function skipWithoutPostgres(t) {
+  requirePostgres()
+  if (PG_URL) return false
+  t.skip(PG_SKIP_REASON)
+  return true
+}
+
 let skipNoted = false
 /**
  * The store backends to run a test against: `sqlite`, and `postgres` when `CSM_TEST_DATABASE_URL`
- * is set (otherwise one line says they were skipped).
+ * is set (otherwise one line says they were skipped, and no `[postgres]` test is made at all).
  */
 export function testBackends() {
+  requirePostgres()
   if (!PG_URL && !skipNoted) {
     skipNoted = true
-    console.log('PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them')
+    console.log(PG_SKIP_REASON)
   }
   return PG_URL ? ['sqlite', 'postgres'] : ['sqlite']
 }

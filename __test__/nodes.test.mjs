@@ -4,13 +4,13 @@
 // <text>`, so the number says how much history the model saw); a killed node's session is taken
 // over once its lease expires; a frozen node that lost its lease writes nothing; a compaction on
 // one node is what the others continue from. Runs when
-// CSM_TEST_DATABASE_URL is set (one line says it was skipped otherwise).
+// CSM_TEST_DATABASE_URL is set (reported as skipped otherwise).
 import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import readline from 'node:readline'
 import { spawn, execFileSync } from 'node:child_process'
-import { PG_URL, addon, testBackends, startStandInServer, tempDir, processesMentioning, until, workDir } from './helpers.mjs'
+import { PG_URL, addon, skipWithoutPostgres, startStandInServer, tempDir, processesMentioning, until, workDir } from './helpers.mjs'
 
 const { SessionManager } = addon
 
@@ -30,6 +30,7 @@ async function startNode(name, { root, schema, server }) {
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
   fs.mkdirSync(path.join(dir, 'claude'), { recursive: true })
+  fs.mkdirSync(path.join(dir, 'home'), { recursive: true })
   const options = {
     databaseUrl: PG_URL,
     databaseSchema: schema,
@@ -42,7 +43,9 @@ async function startNode(name, { root, schema, server }) {
     // Cold tasks: this scenario follows each task's CLI by its argv across nodes (killed, frozen,
     // gone). Warm processes across nodes: warm.test.mjs ("another node", "warm on PostgreSQL").
     warmIdleMs: 0,
-    env: server.env(),
+    // A HOME of its own: without the sandbox the CLI's Bash is a login shell, which would read
+    // this machine's profile (e.g. a pyenv rehash waiting on its lock) as the server's user.
+    env: { ...server.env(), HOME: path.join(dir, 'home') },
   }
   const child = spawn(process.execPath, [FIXTURE, JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] })
   const pending = new Map()
@@ -116,7 +119,7 @@ function flatKeys(v, out = {}) {
 }
 
 test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, take-over after SIGKILL, a frozen node fenced, compaction', async (t) => {
-  if (!testBackends().includes('postgres')) return
+  if (skipWithoutPostgres(t)) return
   const server = await startStandInServer()
   const root = tempDir('csm-nodes-')
   const schema = `csm_nodes_${process.pid}_${Math.random().toString(36).slice(2, 8)}`

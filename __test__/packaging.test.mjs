@@ -16,7 +16,9 @@ test('packaging: the packed tarballs install and run without cargo', { skip: pro
   const platformDir = path.join(out, 'linux-x64-gnu')
   fs.cpSync(path.join(root, 'npm', 'linux-x64-gnu'), platformDir, { recursive: true })
   fs.copyFileSync(path.join(root, binary), path.join(platformDir, binary))
-  const pack = (cwd) => JSON.parse(execFileSync('npm', ['pack', '--json', '--pack-destination', out], { cwd, encoding: 'utf8' }))[0]
+  // --ignore-scripts: the addon built for the tests may be a debug build, which `prepack`
+  // (scripts/check-pack.mjs) refuses to pack (see "packaging: npm pack refuses a debug build").
+  const pack = (cwd) => JSON.parse(execFileSync('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', out], { cwd, encoding: 'utf8' }))[0]
   const main = pack(root)
   const platform = pack(platformDir)
   const files = main.files.map((f) => f.path)
@@ -45,16 +47,35 @@ test('packaging: the packed tarballs install and run without cargo', { skip: pro
       const server = await startStandInServer();
       const dir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'csm-app-'));
       fs.mkdirSync(dir + '/cfg');
-      const m = new SessionManager({ workingDirectory: dir, claudePath: ${JSON.stringify(path.join(root, 'node_modules', '.bin', 'claude'))},
+      fs.mkdirSync(dir + '/work');
+      const m = new SessionManager({ workingDirectory: dir + '/work', stateDirectory: dir + '/state', claudePath: ${JSON.stringify(path.join(root, 'node_modules', '.bin', 'claude'))},
         env: { ...server.env(), CLAUDE_CONFIG_DIR: dir + '/cfg' } });
       const r = await m.executeTask({ prompt: 'from a packed install', projectId: 'p', userId: 'u' });
-      console.log(JSON.stringify({ tokens: countTokens('hello world'), success: r.success, result: r.result,
+      console.log(JSON.stringify({ tokens: countTokens('hello world'), success: r.success, result: r.result, error: r.error,
         from: require.resolve('claude-session-manager-linux-x64-gnu') }));
       await m.close(); await server.close();
     })().catch((e) => { console.error(e); process.exit(1) });`
   const run = spawnSync(process.execPath, ['-e', script], { cwd: project, env: { ...process.env, PATH }, encoding: 'utf8' })
   t.assert.strictEqual(run.status, 0, run.stderr)
   const got = JSON.parse(run.stdout.trim())
-  t.assert.deepStrictEqual({ tokens: got.tokens, success: got.success, result: got.result }, { tokens: 2, success: true, result: 'Echo #1: from a packed install' })
+  t.assert.deepStrictEqual({ tokens: got.tokens, success: got.success, result: got.result }, { tokens: 2, success: true, result: 'Echo #1: from a packed install' }, JSON.stringify(got.error))
   t.assert.ok(got.from.includes(path.join(project, 'node_modules')), got.from)
+})
+
+test('packaging: npm pack refuses a debug build of the addon and says to run the release build', (t) => {
+  const { debug, size } = (() => {
+    const bytes = fs.readFileSync(path.join(root, binary))
+    return { debug: bytes.includes('CSM_DEBUG_PANIC'), size: bytes.length }
+  })()
+  const run = spawnSync('npm', ['pack', '--dry-run', '--json'], { cwd: root, encoding: 'utf8' })
+  if (debug) {
+    t.assert.notStrictEqual(run.status, 0, 'a debug build is not packed')
+    t.assert.match(run.stderr, /npm pack refused: claude-session-manager\.linux-x64-gnu\.node is a debug build .*run `npm run build`/)
+  } else {
+    // A release build (after `npm run build`): packed, and small.
+    t.assert.strictEqual(run.status, 0, run.stderr)
+    const [info] = JSON.parse(run.stdout)
+    t.assert.ok(info.files.some((f) => f.path === binary), 'the addon is packed')
+    t.assert.ok(size < 60e6, `a release addon is tens of MB, not ${size}`)
+  }
 })

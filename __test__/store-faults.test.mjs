@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, spawnSync, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { addon, rejectsWith, tempDir, makeManager, startStandInServer, PG_URL, workDir } from './helpers.mjs'
+import { addon, rejectsWith, tempDir, makeManager, startStandInServer, PG_URL, skipWithoutPostgres, workDir } from './helpers.mjs'
 
 const { SessionManager } = addon
 
@@ -124,7 +124,8 @@ test('a Rust panic becomes an INTERNAL rejection and Node keeps running (debug b
   t.assert.deepStrictEqual(out, { async: 'INTERNAL', sync: 'INTERNAL', after: true })
 })
 
-test('store faults: PostgreSQL drops every connection while a task runs; the task is still recorded', { skip: !PG_URL && 'PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them' }, async (t) => {
+test('store faults: PostgreSQL drops every connection while a task runs; the task is still recorded', async (t) => {
+  if (skipWithoutPostgres(t)) return
   const server = await startStandInServer({ defaultReply: () => ({ text: 'one two three four five six seven eight', chunkDelayMs: 100 }) })
   t.after(() => server.close())
   const app = `csm_faults_${process.pid}`

@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, execFileSync } from 'node:child_process'
-import { eventually, makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL } from './helpers.mjs'
+import { eventually, makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL, skipWithoutPostgres } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -91,7 +91,8 @@ for (const backend of testBackends()) {
   })
 }
 
-test('warm on PostgreSQL: each turn is in the store when its task returns, while the CLI keeps running; what it writes as it closes is stored too', { skip: !PG_URL && 'PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… to run them' }, async (t) => {
+test('warm on PostgreSQL: each turn is in the store when its task returns, while the CLI keeps running; what it writes as it closes is stored too', async (t) => {
+  if (skipWithoutPostgres(t)) return
   server.reset()
   const { manager, store } = warmManager(t, { backend: 'postgres' })
   const sql = (q) => execFileSync('psql', [PG_URL, '-AtXqc', q.replaceAll('{S}', `"${store.databaseSchema}"`)], { encoding: 'utf8' }).trim()

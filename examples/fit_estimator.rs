@@ -1,6 +1,6 @@
 //! Fits the estimator's priors on a folder of Claude Code transcripts and reports its error.
 //!
-//!     cargo run --example fit_estimator [folder]      # default: ../shared/transcripts
+//!     cargo run --example fit_estimator [folder]      # default: tests/fixtures/transcripts
 //!
 //! Paste the printed priors into `estimate::prior`.
 
@@ -14,7 +14,7 @@ fn main() {
   let dir = std::env::args()
     .nth(1)
     .map(PathBuf::from)
-    .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/transcripts")));
+    .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts")));
   let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
     .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
     .filter_map(|e| e.ok().map(|e| e.path()))

@@ -11,8 +11,7 @@
  *
  * // app/api/claude/task/route.ts
  * import { routes } from '@/lib/claude'
- * export const runtime = 'nodejs'
- * export const { POST } = routes.task
+ * export const { POST } = routes.task // Node.js is the default runtime; no route segment config
  * ```
  *
  * Mount the route groups under one base path (the React hook's `api` option, default
@@ -54,7 +53,10 @@
  * `maxBodyBytes` → 413 `PAYLOAD_TOO_LARGE`; a prompt too long for the manager (over 4 MiB, or
  * more tokens than the context window) → 413 `CONTEXT_OVERFLOW`; every other code → 500 with that
  * code. A task that ran and failed (model or CLI error) is not an HTTP error: it is a 200
- * TaskResult with `success: false` and `error.code`.
+ * TaskResult with `success: false` and `error.code` — except `AUTH_ERROR` (no API key reached the
+ * CLI, or the API refused it: set `ANTHROPIC_API_KEY` in the server's environment), answered by
+ * `/task` and `/compact` with status 503 and the same TaskResult body, and reported to `onError`
+ * (also on `/stream`, whose `event: result` carries it).
  *
  * ## What the server decides
  *

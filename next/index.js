@@ -3,7 +3,7 @@
 // Plain CommonJS with no build step; the typings and the full contract are in ./index.d.ts.
 //
 // Server-only: this module loads the native addon (lazily, on the first request). Keep the
-// package in `serverExternalPackages` and use it from route handlers with `runtime = 'nodejs'`.
+// package in `serverExternalPackages` and use it from route handlers (Node.js runtime, the default).
 
 const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
 const SIGNALS_KEY = Symbol.for('claude-session-manager.next.signals')
@@ -37,6 +37,8 @@ const STATUS_BY_CODE = Object.freeze({
   // The manager refuses a prompt too long for any context window before anything runs.
   CONTEXT_OVERFLOW: 413,
   NOT_IMPLEMENTED: 501,
+  // The server's API key is missing or refused: the server needs fixing, not the request.
+  AUTH_ERROR: 503,
 })
 
 /** Numeric task limits: a value the server sets in `taskDefaults` is a cap the client may only lower. */
@@ -429,6 +431,21 @@ function createClaudeRoutes(options) {
       }
     }
 
+  /** A TaskResult as the answer: 200, also for a task that failed (`success: false`), except
+   * `AUTH_ERROR` (no API key reached the CLI, or the API refused it), which is the server's
+   * configuration: 503 with the same body (its `error.code` / `error.message` say what to set),
+   * and reported to `onError`. */
+  const taskResponse = (result, request) => {
+    const code = result && result.error && result.error.code
+    const status = code === 'AUTH_ERROR' ? statusForCode(code) : 200
+    if (status >= 500 && onError) {
+      try {
+        onError(Object.assign(new Error(result.error.message), { code }), request)
+      } catch {}
+    }
+    return json(result, status)
+  }
+
   /** The client's task fields merged with taskDefaults (see ClaudeRoutesOptions.taskDefaults). */
   const taskRequest = (body, userId) => {
     if (clientFields) {
@@ -474,7 +491,7 @@ function createClaudeRoutes(options) {
   const taskPOST = route(async (request, userId) => {
     const task = taskRequest(await readBody(request), userId)
     const m = await resolveManager()
-    return json(await m.executeTask(task, { signal: addonSignal(request.signal) }))
+    return taskResponse(await m.executeTask(task, { signal: addonSignal(request.signal) }), request)
   })
 
   // POST /api/claude/stream — run a task and forward its events as Server-Sent Events.
@@ -566,7 +583,15 @@ function createClaudeRoutes(options) {
         if (keepalive.unref) keepalive.unref()
         run
           .then(
-            (result) => push(sseFrame('result', result, nextId++)),
+            (result) => {
+              // The server's key is missing or refused: reported like a 5xx (see taskResponse).
+              if (result && result.error && result.error.code === 'AUTH_ERROR' && onError) {
+                try {
+                  onError(Object.assign(new Error(result.error.message), { code: 'AUTH_ERROR' }), request)
+                } catch {}
+              }
+              push(sseFrame('result', result, nextId++))
+            },
             (error) => {
               const { status, body } = errorBody(error)
               if (status >= 500 && onError) onError(error, request)
@@ -671,7 +696,7 @@ function createClaudeRoutes(options) {
   const compactPOST = route(async (request, userId) => {
     const body = only(await readBody(request), ['sessionId', 'summaryInstructions'], 'compact')
     const m = await resolveManager()
-    return json(await m.compactSession({ ...body, userId }, { signal: addonSignal(request.signal) }))
+    return taskResponse(await m.compactSession({ ...body, userId }, { signal: addonSignal(request.signal) }), request)
   })
 
   // POST /api/claude/permission — { sessionId, requestId, behavior, message?, updatedInput?,

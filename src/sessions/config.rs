@@ -569,13 +569,25 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// Called for every task and transcript read (`child_env`): a folder already there and private
 /// costs one `stat`, with no `mkdir` or `chmod` (which would write the inode's change time).
 pub(crate) fn private_dir(dir: &std::path::Path) -> Result<()> {
+  dir_with_mode(dir, 0o700)
+}
+
+/// A session's own folder under `workspaceRoot`: `0711` on Unix. Its parent (`0700`) already
+/// keeps every other user of the host out; the search bit lets bubblewrap, which runs as root
+/// without capabilities when the server is root, enter it (`--chdir`) once it is idmapped to the
+/// agent's uid (a `0700` folder is then closed to root). Nobody can list it but its owner.
+pub(crate) fn session_dir(dir: &std::path::Path) -> Result<()> {
+  dir_with_mode(dir, 0o711)
+}
+
+fn dir_with_mode(dir: &std::path::Path, mode: u32) -> Result<()> {
   #[cfg(unix)]
   {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    // Ours (as the chmod below requires), a folder, and private.
-    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me && m.permissions().mode() & 0o777 == 0o700) {
+    // Ours (as the chmod below requires), a folder, and with exactly that mode.
+    if std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == me && m.permissions().mode() & 0o777 == mode) {
       return Ok(());
     }
   }
@@ -583,9 +595,11 @@ pub(crate) fn private_dir(dir: &std::path::Path) -> Result<()> {
   #[cfg(unix)]
   {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
       .map_err(|e| Error::store(format!("cannot make {} private: {e}", dir.display())))?;
   }
+  #[cfg(not(unix))]
+  let _ = mode;
   Ok(())
 }
 

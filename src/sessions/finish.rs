@@ -215,13 +215,36 @@ impl Manager {
 pub fn classify_result(r: &crate::cli::stream::ResultLine) -> Option<TaskError> {
   let msg = r.result.clone().filter(|s| !s.is_empty()).or_else(|| r.errors.first().cloned()).unwrap_or_else(|| r.subtype.clone());
   let e = |code: ErrorCode, status: Option<u64>| Some(TaskError { code: code.as_str().into(), message: msg.clone(), status });
+  let status = r.api_error_status.or_else(|| if msg.contains("API Error") { parse_status(&msg) } else { None });
   match r.subtype.as_str() {
     "success" if !r.is_error => None,
     "error_max_turns" => e(ErrorCode::MaxTurns, None),
     "error_max_budget_usd" => e(ErrorCode::BudgetExceeded, None),
+    _ if status == Some(401) || is_not_logged_in(&msg) => Some(auth_error(&msg, status)),
     _ if r.api_error_status.is_some() => e(ErrorCode::ApiError, r.api_error_status),
     _ if msg.starts_with("API Error") => e(ErrorCode::ApiError, parse_status(&msg)),
     _ => e(ErrorCode::CliError, None),
+  }
+}
+
+/// The CLI's words when no credentials reached it (CLI 2.1.331: "Not logged in · Please run
+/// /login"; it says "Invalid API key" when the API refused the one it had).
+fn is_not_logged_in(msg: &str) -> bool {
+  msg.starts_with("Not logged in") || msg.contains("Please run /login")
+}
+
+/// `AUTH_ERROR`: what the server's developer has to do, then what the CLI said.
+fn auth_error(msg: &str, status: Option<u64>) -> TaskError {
+  let what = match status {
+    Some(s) => format!("the Anthropic API refused the server's credentials (HTTP {s})"),
+    None => "no API key reached the claude CLI".to_owned(),
+  };
+  TaskError {
+    code: ErrorCode::AuthError.as_str().into(),
+    message: format!(
+      "{what}: set a valid ANTHROPIC_API_KEY in the server's environment (or pass it in the manager's `env` option) and restart the server; the CLI said: {msg}"
+    ),
+    status,
   }
 }
 
@@ -474,6 +497,27 @@ mod classify_tests {
     assert_eq!(code(&line("error_during_execution", true, Some(""), None)), some("CLI_ERROR", "error_during_execution", None));
     // A status field wins over the message, whatever the subtype.
     assert_eq!(code(&line("error_during_execution", true, Some("x"), Some(429))), some("API_ERROR", "x", Some(429)));
+  }
+
+  /// A missing or refused key is AUTH_ERROR, with what to do first and the CLI's words after
+  /// (the real CLI 2.1.331 says these; see errors.test.mjs "AUTH_ERROR").
+  #[test]
+  fn missing_or_refused_credentials_are_auth_errors() {
+    let check = |r: ResultLine, status: Option<u64>, cli: &str| {
+      let e = classify_result(&r).expect("a failure");
+      assert_eq!((e.code.as_str(), e.status), ("AUTH_ERROR", status), "{}", e.message);
+      assert!(e.message.contains("set a valid ANTHROPIC_API_KEY in the server's environment"), "{}", e.message);
+      assert!(e.message.ends_with(&format!("the CLI said: {cli}")), "{}", e.message);
+    };
+    let no_key = "Not logged in · Please run /login";
+    check(line("success", true, Some(no_key), None), None, no_key);
+    let refused = "Invalid API key · Fix external API key";
+    check(line("success", true, Some(refused), Some(401)), Some(401), refused);
+    let stand_in = "Failed to authenticate. API Error: 401 stand-in authentication_error";
+    check(line("success", true, Some(stand_in), None), Some(401), stand_in);
+    // Other statuses stay API errors; a 401 elsewhere in a message is not an API status.
+    assert_eq!(code(&line("success", true, Some("API Error: 403 forbidden"), Some(403))).unwrap().0, "API_ERROR");
+    assert_eq!(code(&line("success", true, Some("tool failed: 401 lines"), None)).unwrap().0, "CLI_ERROR");
   }
 
   #[test]

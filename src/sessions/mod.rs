@@ -397,11 +397,12 @@ impl Manager {
     config::Guard { server: &self.cfg.server_directory, allow_server_folder: self.cfg.allow_server_folder, protected: &self.cfg.protected }
   }
 
-  /// Makes a session's own folder under `workspaceRoot` (`0700`) when it is one and is missing
-  /// (a new session, or one made on another node). The stored folder is checked again first
-  /// (the store is not taken on trust): it may not hold the state folder, the database or the
-  /// tenant folders, and with `allowedRoots` it must be inside one of them, the manager's
-  /// working directory or the workspace root.
+  /// Makes a session's own folder under `workspaceRoot` (`0711` inside the `0700` root, see
+  /// [`config::session_dir`]) when it is one and is missing (a new session, or one made on
+  /// another node). The stored folder is checked again first (the store is not taken on trust):
+  /// it may not hold the state folder, the database or the tenant folders, and with
+  /// `allowedRoots` it must be inside one of them, the manager's working directory or the
+  /// workspace root.
   pub(crate) fn ensure_workspace(&self, session: &Session) -> Result<()> {
     let wd = Path::new(&session.working_directory);
     self.guard().protected_inside("the session's working directory", wd)?;
@@ -418,7 +419,7 @@ impl Manager {
       }
     }
     if wd.parent() == Some(self.cfg.workspace_root.as_path()) {
-      config::private_dir(wd)?;
+      config::session_dir(wd)?;
     }
     Ok(())
   }

@@ -626,30 +626,25 @@ pub(crate) mod tests {
 
   // --- real transcripts ----------------------------------------------------------------------
 
-  /// The real transcripts in `../shared/transcripts` (beside the repository in development and
-  /// CI). Without them the tests that read them pass without checking anything, and the harness
-  /// hides the note below for passing tests; so with `CSM_REQUIRE_SHARED=1` a missing or empty
-  /// folder fails them instead (see GUARANTEES.md).
-  pub(crate) fn shared_transcripts() -> Vec<PathBuf> {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/transcripts"));
+  /// The real transcripts in `tests/fixtures/transcripts` (in the repository; its README names
+  /// each file's source, commit and license). An empty folder fails the tests that read them.
+  pub(crate) fn fixture_transcripts() -> Vec<PathBuf> {
+    transcripts_in(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts")))
+  }
+
+  /// The `*.jsonl` files of `dir`, sorted; none is a failure (a test must not pass on nothing).
+  pub(crate) fn transcripts_in(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
       .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "jsonl")).collect())
       .unwrap_or_default();
-    if files.is_empty() {
-      assert!(
-        std::env::var_os("CSM_REQUIRE_SHARED").is_none_or(|v| v != "1"),
-        "CSM_REQUIRE_SHARED=1 and {} has no transcripts (*.jsonl)",
-        dir.display()
-      );
-      eprintln!("note: {} has no transcripts; skipping the real-transcript checks", dir.display());
-    }
+    assert!(!files.is_empty(), "{} has no transcripts (*.jsonl)", dir.display());
     files.sort();
     files
   }
 
   #[test]
   fn real_transcripts_replay_as_connected_conversations() {
-    for path in shared_transcripts() {
+    for path in fixture_transcripts() {
       let name = path.file_name().unwrap().to_string_lossy().to_string();
       let text = std::fs::read_to_string(&path).unwrap();
       let raw: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();

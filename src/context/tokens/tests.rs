@@ -291,11 +291,10 @@ fn large_random_texts_split_and_count_in_parallel_like_one_thread() {
   check_split(&one_line, "one long line");
 }
 
-/// The transcripts in `../shared/transcripts` (present in development and CI), if any; with
-/// `CSM_REQUIRE_SHARED=1` their absence fails the test (see `shared_transcripts`).
+/// The real transcripts in `tests/fixtures/transcripts`.
 #[test]
 fn pieces_and_counts_match_tiktoken_on_transcripts() {
-  for f in crate::transcript::tests::shared_transcripts() {
+  for f in crate::transcript::tests::fixture_transcripts() {
     let text = std::fs::read_to_string(&f).unwrap();
     // Debug builds of fancy-regex are slow: the first 256 KiB of each is plenty of lines.
     let cut = text.floor_char_boundary(256 * 1024);
