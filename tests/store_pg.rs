@@ -1,8 +1,10 @@
 //! The PostgreSQL store without Node: sessions, leases with fencing tokens, migrations, bad
 //! connection strings. Runs when `CSM_TEST_DATABASE_URL` names a database (each test in a fresh
-//! schema, dropped afterwards); otherwise each test returns at once and one line says so.
+//! schema, dropped afterwards); otherwise each test is reported `ignored` with the reason (the
+//! `csm_pg_tests` cfg that build.rs sets when the variable is set at build time).
 
 use std::io::Write;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
@@ -12,6 +14,8 @@ use claude_session_manager::store::{ListQuery, Owner, Store, TaskEnd, Transcript
 mod fixtures;
 use fixtures::new_session;
 
+#[path = "shared/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "shared/inbox.rs"]
 mod inbox;
 #[path = "shared/total_cap.rs"]
@@ -24,6 +28,11 @@ const SKIP: &str = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgres
 fn test_url() -> Option<String> {
   static ONCE: std::sync::Once = std::sync::Once::new();
   let url = std::env::var("CSM_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
+  // Built with the variable (the tests are not ignored) but run without it: a failure, never a
+  // silent pass.
+  if cfg!(csm_pg_tests) && url.is_none() {
+    panic!("tests/store_pg.rs was built with CSM_TEST_DATABASE_URL set and runs without it");
+  }
   if url.is_none() {
     // Straight to stderr: the harness captures `eprintln!`, and this line must be seen.
     ONCE.call_once(|| {
@@ -88,6 +97,7 @@ fn fence(store: &Store, task: &str) -> i64 {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn sessions_round_trip_and_stay_per_user() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -130,6 +140,7 @@ fn sessions_round_trip_and_stay_per_user() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn get_or_create_from_many_threads_makes_one_session() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -143,6 +154,7 @@ fn get_or_create_from_many_threads_makes_one_session() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn leases_are_fenced_and_expire_by_the_database_clock() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -190,6 +202,7 @@ fn leases_are_fenced_and_expire_by_the_database_clock() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn one_running_task_per_session_is_enforced_by_the_database() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -208,6 +221,7 @@ fn one_running_task_per_session_is_enforced_by_the_database() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn recovery_judges_pids_only_for_this_node() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -231,6 +245,7 @@ fn recovery_judges_pids_only_for_this_node() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn a_newer_schema_is_refused_and_reopening_is_a_no_op() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -244,6 +259,7 @@ fn a_newer_schema_is_refused_and_reopening_is_a_no_op() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn prisma_style_parameters_are_accepted() {
   let Some(url) = test_url() else { return };
   let sep = if url.contains('?') { '&' } else { '?' };
@@ -261,6 +277,7 @@ fn prisma_style_parameters_are_accepted() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn unreachable_databases_and_bad_passwords_are_store_errors_without_the_password() {
   // Needs no database: nothing listens on port 1.
   let e = Store::connect("postgresql://app:Sup3rSecretPw@127.0.0.1:1/db?connect_timeout=2", "claude_sessions").err().expect("refused");
@@ -309,6 +326,7 @@ fn url_as(url: &str, user: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn a_role_that_may_not_create_the_schema_gets_a_store_error_that_says_so() {
   let Some(url) = test_url() else { return };
   let role = format!("csm_noperm_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -328,6 +346,7 @@ fn a_role_that_may_not_create_the_schema_gets_a_store_error_that_says_so() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn the_store_comes_back_after_the_server_drops_its_connections() {
   let Some(url) = test_url() else { return };
   let app = format!("csm_goaway_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -352,6 +371,7 @@ fn the_store_comes_back_after_the_server_drops_its_connections() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn sslmode_require_verifies_the_server_certificate() {
   let Some(url) = test_url() else { return };
   let sep = if url.contains('?') { '&' } else { '?' };
@@ -379,6 +399,7 @@ fn entry(seq: i64, uuid: Option<&str>, line: &str) -> TranscriptEntry {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -416,6 +437,7 @@ fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_roots() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -442,6 +464,7 @@ fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_ro
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn the_total_cap_counts_live_leases_of_every_node_and_is_taken_atomically() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -454,6 +477,7 @@ fn the_total_cap_counts_live_leases_of_every_node_and_is_taken_atomically() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -464,6 +488,7 @@ fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
 }
 
 #[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
 fn warm_holds_count_other_managers_cli_until_released_or_expired() {
   let Some(url) = test_url() else { return };
   let f = Fresh::new(&url);
@@ -471,4 +496,154 @@ fn warm_holds_count_other_managers_cli_until_released_or_expired() {
   let sid = id();
   s.create_session(&new_session(&sid, "u", "p")).unwrap();
   warm_holds::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
+}
+
+/// A warm CLI's closing lines (`append_transcript_after_end`) are stored under its last task's
+/// lease only while no other task took the session since: once t2 took and released the lease,
+/// t1's closing lines are refused and nothing of them is stored (second test audit, M16).
+#[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
+fn closing_lines_of_a_task_are_refused_once_another_task_took_the_session() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  let s = f.store();
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  let ttl = Duration::from_secs(30);
+  let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(s.append_transcript(&sid, "t1", &[entry(1, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)]).unwrap());
+  s.finish_task(&sid, "t1", &end, None).unwrap();
+  // Control: right after its task, t1's closing lines are stored (the lease is released, not taken).
+  assert!(s.append_transcript_after_end(&sid, "t1", &[entry(2, Some("c1"), r#"{"type":"system","uuid":"c1"}"#)]).unwrap());
+  assert_eq!(s.transcript_len(&sid, "").unwrap(), 2);
+  // t2 takes the session and releases it again.
+  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(s.append_transcript(&sid, "t2", &[entry(3, Some("u2"), r#"{"type":"user","uuid":"u2"}"#)]).unwrap());
+  s.finish_task(&sid, "t2", &end, None).unwrap();
+  let late = [entry(4, Some("c2"), r#"{"type":"system","uuid":"c2","late":"t1"}"#)];
+  assert!(!s.append_transcript_after_end(&sid, "t1", &late).unwrap(), "t1's closing lines were accepted after t2 took the session");
+  let lines: Vec<String> = s.load_transcript(&sid, 0).unwrap().into_iter().map(|e| e.line).collect();
+  assert!(!lines.iter().any(|l| l.contains("\"late\"")), "t1's closing line is stored: {lines:?}");
+  assert_eq!(s.transcript_len(&sid, "").unwrap(), 3);
+  // t2's own closing lines are stored (it was the last to take the session).
+  assert!(s.append_transcript_after_end(&sid, "t2", &[entry(4, Some("c3"), r#"{"type":"system","uuid":"c3"}"#)]).unwrap());
+  assert_eq!(s.transcript_len(&sid, "").unwrap(), 4);
+}
+
+// ---- Faults injected between the store and the server (tests/shared/fault_proxy.rs) ----
+
+/// A store in a fresh schema reached through a fault proxy (`p`), and the same schema reached
+/// directly (`direct`), to see what really happened.
+struct Faulty {
+  proxy: fault_proxy::FaultProxy,
+  direct: Fresh,
+  through: Store,
+}
+
+fn faulty(url: &str) -> Faulty {
+  let upstream = fault_proxy::upstream_of(url);
+  let proxy = fault_proxy::FaultProxy::start(upstream);
+  let direct = Fresh::new(url);
+  let through = Store::connect(&proxy.url(url, upstream), &direct.schema).unwrap();
+  Faulty { proxy, direct, through }
+}
+
+/// A session of `u` with task `t1` running and reading its inbox (what `inbox_send` needs).
+fn watched_session(s: &Store) -> String {
+  let sid = id();
+  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), Duration::from_secs(30)).unwrap());
+  s.inbox_open(&sid, "t1").unwrap();
+  sid
+}
+
+fn messages(s: &Store, sid: &str) -> Vec<String> {
+  s.inbox_poll(sid, "t1")
+    .unwrap()
+    .into_iter()
+    .filter_map(|d| match d {
+      claude_session_manager::store::Delivery::Message { text, .. } => Some(text),
+      _ => None,
+    })
+    .collect()
+}
+
+/// A COMMIT the server ran but whose answer was lost with the connection is not run again: the
+/// caller gets `STORE_ERROR` (the outcome is unknown to it) and the write is applied exactly once
+/// (second test audit, M25: retried, a steering message was stored twice and a task's start
+/// came back "busy" after it had started).
+#[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
+fn a_commit_lost_with_its_connection_is_a_store_error_and_applied_once() {
+  let Some(url) = test_url() else { return };
+  let f = faulty(&url);
+  let (s, p) = (f.direct.store(), &f.through);
+  let sid = watched_session(s);
+  f.proxy.faults.cut_commits.store(1, Ordering::SeqCst);
+  let e = p.inbox_send(&sid, "exactly once").expect_err("the COMMIT's answer was lost: the outcome is unknown");
+  assert_eq!(e.code, ErrorCode::StoreError, "{e:?}");
+  assert_eq!(f.proxy.faults.commits_cut.load(Ordering::SeqCst), 1, "control: a COMMIT was cut");
+  assert_eq!(messages(s, &sid), ["exactly once"], "the message is stored exactly once");
+
+  // A task's start: committed once, not reported busy by a second run of itself.
+  let other = id();
+  s.create_session(&new_session(&other, "u", "p")).unwrap();
+  f.proxy.faults.cut_commits.store(1, Ordering::SeqCst);
+  let e = p.try_begin_task(&other, "t2", "task", "sonnet", &owner(), Duration::from_secs(30)).expect_err("lost COMMIT");
+  assert_eq!(e.code, ErrorCode::StoreError, "{e:?}");
+  assert_eq!(f.proxy.faults.commits_cut.load(Ordering::SeqCst), 2, "control: the second COMMIT was cut");
+  let tasks = s.list_tasks(&other).unwrap();
+  assert_eq!(tasks.len(), 1, "one task row: {tasks:?}");
+  assert_eq!((tasks[0].id.as_str(), tasks[0].status.as_str()), ("t2", "running"));
+  // The store goes on through the proxy.
+  assert_eq!(p.get_session(&other, "u").unwrap().unwrap().id, other);
+}
+
+/// A connection cut in the middle of a result (before any COMMIT) is retried on a fresh
+/// connection: a write is applied once and answered; a read returns the whole result.
+#[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
+fn a_connection_cut_mid_result_is_retried_and_the_write_applied_once() {
+  let Some(url) = test_url() else { return };
+  let f = faulty(&url);
+  let (s, p) = (f.direct.store(), &f.through);
+  let sid = watched_session(s);
+  // The INSERT … RETURNING id of the message: its row is cut in half.
+  f.proxy.faults.cut_mid_results.store(1, Ordering::SeqCst);
+  let id = p.inbox_send(&sid, "after a cut").unwrap();
+  assert!(id.is_some(), "accepted for the watched task");
+  assert_eq!(f.proxy.faults.results_cut.load(Ordering::SeqCst), 1, "control: a result was cut");
+  assert_eq!(messages(s, &sid), ["after a cut"], "stored once");
+  // A read cut mid-row: answered in full on another connection.
+  f.proxy.faults.cut_mid_results.store(1, Ordering::SeqCst);
+  let got = p.get_session(&sid, "u").unwrap().expect("the session");
+  assert_eq!(got.id, sid);
+  assert_eq!(f.proxy.faults.results_cut.load(Ordering::SeqCst), 2, "control: the read's result was cut");
+}
+
+/// Every connection dropped between calls (a restart): the next call runs on fresh connections;
+/// a connection refused as it opens is a `STORE_ERROR` naming the store, and the store comes
+/// back once the server accepts again.
+#[test]
+#[cfg_attr(not(csm_pg_tests), ignore = "PostgreSQL tests skipped: set CSM_TEST_DATABASE_URL=postgresql://… when building and running them")]
+fn dropped_and_refused_connections_through_a_proxy() {
+  let Some(url) = test_url() else { return };
+  let f = faulty(&url);
+  let (s, p) = (f.direct.store(), &f.through);
+  let sid = watched_session(s);
+  assert!(p.get_session(&sid, "u").unwrap().is_some());
+  let before = f.proxy.faults.connections.load(Ordering::SeqCst);
+  f.proxy.drop_all();
+  assert!(p.inbox_send(&sid, "after a restart").unwrap().is_some());
+  assert!(f.proxy.faults.connections.load(Ordering::SeqCst) > before, "control: a new connection was opened");
+  assert_eq!(messages(s, &sid), ["after a restart"], "stored once");
+  // Refused on connect, every pooled connection gone: the call fails as a store error.
+  f.proxy.drop_all();
+  f.proxy.faults.refuse_connects.store(1000, Ordering::SeqCst);
+  let e = p.get_session(&sid, "u").expect_err("no connection can be made");
+  assert_eq!(e.code, ErrorCode::StoreError, "{e:?}");
+  assert!(f.proxy.faults.connects_refused.load(Ordering::SeqCst) >= 1, "control: connections were refused");
+  f.proxy.faults.refuse_connects.store(0, Ordering::SeqCst);
+  assert!(p.get_session(&sid, "u").unwrap().is_some(), "the store comes back");
 }
