@@ -47,6 +47,7 @@ for (const warm of [false, true]) {
     const esc = path.join(work, 'esc.sh')
     const pwned = path.join(work, mark('pwned'))
     fs.writeFileSync(esc, `#!/bin/sh\ntouch ${pwned}\n`, { mode: 0o755 })
+    const usrMarker = path.join('/usr', mark('csm-m02'))
     const knobs = ['kernel/core_pattern', 'kernel/pid_max', 'kernel/threads-max', 'kernel/panic', 'vm/overcommit_memory', 'kernel/randomize_va_space', 'fs/protected_symlinks']
     const command = [
       'echo START=1',
@@ -57,6 +58,10 @@ for (const warm of [false, true]) {
       'sh -c "kill -SEGV \\$\\$"; true',
       'unshare --user --map-root-user true 2>/dev/null && echo UNSHARE=ok || echo UNSHARE=refused',
       'unshare --net true 2>/dev/null && echo UNSHARE_NET=ok || echo UNSHARE_NET=refused',
+      // With a capability (CAP_SYS_ADMIN) the read-only /usr bind could be made writable, and a
+      // file written there lands on the host (second test audit, M02).
+      'mount -o remount,rw /usr 2>/dev/null && echo REMOUNT=ok || echo REMOUNT=refused',
+      `touch ${usrMarker} 2>/dev/null && echo USR_WRITE=ok || echo USR_WRITE=refused`,
       'echo DONE=1',
     ].join('; ')
     try {
@@ -77,6 +82,9 @@ for (const warm of [false, true]) {
       t.assert.strictEqual(f.UNSHARE_NET, 'refused', output)
       t.assert.strictEqual(fs.readFileSync('/proc/sys/kernel/core_pattern', 'utf8'), before, 'core_pattern changed')
       t.assert.ok(!fs.existsSync(pwned), 'the kernel ran the agent script')
+      t.assert.strictEqual(f.REMOUNT, 'refused', `the agent remounted /usr read-write:\n${output}`)
+      t.assert.strictEqual(f.USR_WRITE, 'refused', output)
+      t.assert.ok(!fs.existsSync(usrMarker), `the agent wrote ${usrMarker} on the host`)
     } finally {
       // A build the attack gets through leaves the host as it found it.
       if (fs.readFileSync('/proc/sys/kernel/core_pattern', 'utf8') !== before) {
@@ -84,6 +92,7 @@ for (const warm of [false, true]) {
           fs.writeFileSync('/proc/sys/kernel/core_pattern', before.trim())
         } catch {}
       }
+      fs.rmSync(usrMarker, { force: true })
       await manager.close()
     }
   })

@@ -33,12 +33,20 @@ async function requireSandbox(t, manager) {
 
 const FILE_TOOLS = ['Read', 'Bash', 'Glob', 'Grep', 'Edit', 'Write', 'NotebookEdit', 'WebFetch']
 
-test('1. sandboxed: a Bash agent cannot read or modify the session database; store modes are 0600/0700', async (t) => {
+/** Tests 1-12 run in both process models: a CLI per task (`warmIdleMs: 0`) and warm CLIs kept
+ * between tasks (the default), so that a difference between the two paths cannot hide a hole. */
+const PROCESS_MODES = [
+  { mode: 'cold', warmIdleMs: 0 },
+  { mode: 'warm', warmIdleMs: 600_000 },
+]
+
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`1. sandboxed: a Bash agent cannot read or modify the session database; store modes are 0600/0700 (${mode})`, async (t) => {
   server.reset()
   const dir = tempDir()
   // A state folder the addon has to create itself (mkdtemp would already be 0700).
   const stateDir = path.join(dir, 'state')
-  const { manager } = makeManager({ server, dir, stateDirectory: stateDir, databasePath: undefined })
+  const { manager } = makeManager({ server, warmIdleMs, dir, stateDirectory: stateDir, databasePath: undefined })
   if (!(await requireSandbox(t, manager))) return
   const { databasePath: db, stateDirectory } = manager.info()
   t.assert.strictEqual(stateDirectory, stateDir)
@@ -83,9 +91,10 @@ test('1. sandboxed: a Bash agent cannot read or modify the session database; sto
   await manager.close()
 })
 
-test("2. sandboxed: a Bash agent cannot read another tenant's transcript", async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`2. sandboxed: a Bash agent cannot read another tenant's transcript (${mode})`, async (t) => {
   server.reset()
-  const { manager, dir } = makeManager({ server })
+  const { manager, dir } = makeManager({ server, warmIdleMs })
   if (!(await requireSandbox(t, manager))) return
   const secret = mark('TENANT_SECRET')
   const a = await manager.executeTask({ prompt: `remember ${secret}`, projectId: 'p', userId: 'alice' })
@@ -121,9 +130,10 @@ test("2. sandboxed: a Bash agent cannot read another tenant's transcript", async
   await manager.close()
 })
 
-test("3. sandboxed: a Bash agent cannot read the server's environment or see its processes", async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`3. sandboxed: a Bash agent cannot read the server's environment or see its processes (${mode})`, async (t) => {
   server.reset()
-  const { manager } = makeManager({ server })
+  const { manager } = makeManager({ server, warmIdleMs })
   if (!(await requireSandbox(t, manager))) return
   // In-process (setenv: what the env filter sees) and in a host process's initial environment
   // (what /proc/<pid>/environ shows: a Node server started with the secret).
@@ -166,12 +176,13 @@ test("3. sandboxed: a Bash agent cannot read the server's environment or see its
   }
 })
 
-test('4. the API key never reaches the agent; its per-task token is revoked after the task', async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`4. the API key never reaches the agent; its per-task token is revoked after the task (${mode})`, async (t) => {
   server.reset()
   const realKey = server.env().ANTHROPIC_API_KEY
   t.assert.strictEqual(realKey, 'test-key')
   {
-    const { manager } = makeManager({ server })
+    const { manager } = makeManager({ server, warmIdleMs })
     if (!(await requireSandbox(t, manager))) return
     t.assert.strictEqual(manager.info().apiKeyProxy, true)
     // (count_tokens: the proxy forwards only model calls)
@@ -217,7 +228,7 @@ test('4. the API key never reaches the agent; its per-task token is revoked afte
   }
   // Unsandboxed: the CLI's own environment still has no real key.
   {
-    const { manager } = makeManager({ server, sandbox: 'none' })
+    const { manager } = makeManager({ server, warmIdleMs, sandbox: 'none' })
     t.assert.strictEqual(manager.info().sandbox, 'none')
     const { r, output } = await runBash(manager, server, 'env; echo END')
     t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
@@ -228,9 +239,10 @@ test('4. the API key never reaches the agent; its per-task token is revoked afte
   }
 })
 
-test('5. sandboxed: an agent cannot write outside its working directory', async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`5. sandboxed: an agent cannot write outside its working directory (${mode})`, async (t) => {
   server.reset()
-  const { manager, dir, work } = makeManager({ server })
+  const { manager, dir, work } = makeManager({ server, warmIdleMs })
   if (!(await requireSandbox(t, manager))) return
   const outsideMarker = path.join(dir, mark('outside-marker'))
   const hostTmpMarker = path.join(os.tmpdir(), mark('csm-host-tmp-marker'))
@@ -258,9 +270,10 @@ test('5. sandboxed: an agent cannot write outside its working directory', async 
   }
 })
 
-test('6. sandboxed: no process the agent starts outlives the task', async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`6. sandboxed: no process the agent starts outlives the task's CLI (${mode})`, async (t) => {
   server.reset()
-  const { manager } = makeManager({ server })
+  const { manager } = makeManager({ server, warmIdleMs })
   if (!(await requireSandbox(t, manager))) return
   // Unusual durations so that nothing else on the machine matches. /proc/<pid>/cmdline separates
   // arguments with NUL. The final reply is slow, so the sleeps are observable while the task runs.
@@ -276,6 +289,9 @@ test('6. sandboxed: no process the agent starts outlives the task', async (t) =>
     const { r, output } = await pending
     t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
     t.assert.match(output, /started/)
+    // A warm CLI outlives its task by design, and its sandbox with it (16 shows what another
+    // tenant sees meanwhile): there, nothing may outlive the CLI once it is closed.
+    if (warmIdleMs > 0) await manager.close()
     const gone = await eventually(() => processesMentioning(a).length === 0 && processesMentioning(b).length === 0, 5000)
     leftover.push(...processesMentioning(a), ...processesMentioning(b))
     t.assert.ok(gone, `processes outlived the task: ${leftover.join(', ')}`)
@@ -285,10 +301,11 @@ test('6. sandboxed: no process the agent starts outlives the task', async (t) =>
   }
 })
 
-for (const sandbox of ['auto', 'none']) {
-  test(`7. slash commands in a prompt are text (sandbox: ${sandbox})`, async (t) => {
+for (const sandbox of ['auto', 'none'])
+  for (const { mode, warmIdleMs } of PROCESS_MODES) {
+  test(`7. slash commands in a prompt are text (sandbox: ${sandbox}) (${mode})`, async (t) => {
     server.reset()
-    const { manager, work } = makeManager({ server, sandbox })
+    const { manager, work } = makeManager({ server, warmIdleMs, sandbox })
     if (sandbox === 'auto' && !(await requireSandbox(t, manager))) return
     const r1 = await manager.executeTask({ prompt: '/config permissionMode=acceptEdits', projectId: 'p', userId: 'mallory' })
     t.assert.strictEqual(r1.success, true, JSON.stringify(r1.error))
@@ -310,7 +327,7 @@ for (const sandbox of ['auto', 'none']) {
     t.assert.ok(r2.permissionDenials.length >= 1, 'the Write was denied')
     // Opt-in sanity: an allowed command runs, the others stay text.
     await manager.close()
-    const { manager: m2 } = makeManager({ server, sandbox, allowSlashCommands: ['/context'] })
+    const { manager: m2 } = makeManager({ server, warmIdleMs, sandbox, allowSlashCommands: ['/context'] })
     const ctx = await m2.executeTask({ prompt: '/context', projectId: 'p', userId: 'u' })
     t.assert.match(ctx.result, /Context Usage/)
     const cfg = await m2.executeTask({ prompt: '/config permissionMode=acceptEdits', projectId: 'p', userId: 'u' })
@@ -319,10 +336,11 @@ for (const sandbox of ['auto', 'none']) {
   })
 }
 
-for (const sandbox of ['auto', 'none']) {
-  test(`8. @-mentions do not inline files with the file tools disallowed (sandbox: ${sandbox})`, async (t) => {
+for (const sandbox of ['auto', 'none'])
+  for (const { mode, warmIdleMs } of PROCESS_MODES) {
+  test(`8. @-mentions do not inline files with the file tools disallowed (sandbox: ${sandbox}) (${mode})`, async (t) => {
     server.reset()
-    const { manager } = makeManager({ server, sandbox })
+    const { manager } = makeManager({ server, warmIdleMs, sandbox })
     if (sandbox === 'auto' && !(await requireSandbox(t, manager))) return
     const outside = tempDir('csm-mention-')
     const secret = mark('MENTION_SECRET')
@@ -341,7 +359,7 @@ for (const sandbox of ['auto', 'none']) {
     if (sandbox === 'none') {
       // Control: with the opt-in the CLI does inline them, so the check above can see a leak.
       server.reset()
-      const { manager: m2 } = makeManager({ server, sandbox, allowFileMentions: true })
+      const { manager: m2 } = makeManager({ server, warmIdleMs, sandbox, allowFileMentions: true })
       await m2.executeTask({ prompt, projectId: 'p', userId: 'mallory', disallowedTools: FILE_TOOLS })
       t.assert.ok(JSON.stringify(messageCalls(server)[0].body.messages).includes(secret), 'control: allowFileMentions inlines')
       await m2.close()
@@ -349,9 +367,10 @@ for (const sandbox of ['auto', 'none']) {
   })
 }
 
-test("9. tool lists that smuggle several tools in one entry are rejected before anything spawns", async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`9. tool lists that smuggle several tools in one entry are rejected before anything spawns (${mode})`, async (t) => {
   server.reset()
-  const { manager, work } = makeManager({ server, sandbox: 'none' })
+  const { manager, work } = makeManager({ server, warmIdleMs, sandbox: 'none' })
   const marker = path.join(work, mark('smuggled'))
   for (const field of ['allowedTools', 'disallowedTools']) {
     for (const entry of ['Read Bash', 'Read,Bash', 'Bash(touch x) Read', 'Read,  Write']) {
@@ -369,9 +388,10 @@ test("9. tool lists that smuggle several tools in one entry are rejected before 
   await manager.close()
 })
 
-test("10. a deleted session's transcript cannot be adopted; startFresh gives no existence oracle", async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`10. a deleted session's transcript cannot be adopted; startFresh gives no existence oracle (${mode})`, async (t) => {
   server.reset()
-  const { manager } = makeManager({ server })
+  const { manager } = makeManager({ server, warmIdleMs })
   const secret = mark('VICTIM_DELETED')
   const v = await manager.executeTask({ prompt: `my token is ${secret}`, projectId: 'p', userId: 'victim' })
   t.assert.strictEqual(v.success, true, JSON.stringify(v.error))
@@ -408,12 +428,13 @@ test("10. a deleted session's transcript cannot be adopted; startFresh gives no 
   await manager.close()
 })
 
-test("11. sandboxed: tenants cannot reach each other's running agents (ListAgents)", async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`11. sandboxed: tenants cannot reach each other's running agents (ListAgents) (${mode})`, async (t) => {
   const slow = mark('VICTIM_SLOW')
   const srv = await startStandInServer({
     defaultReply: (req) => (JSON.stringify(req.body.messages).includes(slow) ? { text: 'victim done', delayMs: 6000 } : { text: 'ok' }),
   })
-  const { manager } = makeManager({ server: srv })
+  const { manager } = makeManager({ server: srv, warmIdleMs })
   try {
     if (!(await requireSandbox(t, manager))) return
     const victim = manager.executeTask({ prompt: `${slow} please`, projectId: 'p', userId: 'victim' })
@@ -446,9 +467,10 @@ test("11. sandboxed: tenants cannot reach each other's running agents (ListAgent
   }
 })
 
-test('12. sandboxed: a CLAUDE.md planted in the shared working directory does not reach other tenants', async (t) => {
+for (const { mode, warmIdleMs } of PROCESS_MODES)
+test(`12. sandboxed: a CLAUDE.md planted in the shared working directory does not reach other tenants (${mode})`, async (t) => {
   server.reset()
-  const { manager, work } = makeManager({ server })
+  const { manager, work } = makeManager({ server, warmIdleMs })
   if (!(await requireSandbox(t, manager))) return
   const planted = mark('PLANTED_CLAUDE_MD')
   const file = path.join(work, 'CLAUDE.md')

@@ -157,3 +157,32 @@ test('tasks on one session start in the order they reach it (four waiters)', asy
   const order = server.requests.filter((q) => q.path === '/v1/messages').map((q) => [...JSON.stringify(q.body).matchAll(/order (\d)/g)].at(-1)?.[1]).filter(Boolean)
   t.assert.deepStrictEqual([...new Set(order)], ['1', '2', '3', '4', '5'], 'the model saw the prompts in arrival order (the newest prompt of each request)')
 })
+
+test('close() waits for a running CLI: when it resolves, the task has settled ABORTED and its CLI is gone (fails, not hangs, within a minute)', async (t) => {
+  const server = await startStandInServer()
+  t.after(() => server.close())
+  const { manager } = makeManager({ server, sandbox: 'none' })
+  t.after(() => manager.close())
+  // The model's answer comes late (30 s, the stand-in's timer keeps the file alive that long):
+  // the task is in flight, its CLI running, when close() is called.
+  server.enqueue({ text: 'too late', delayMs: 30_000 })
+  let settled = null
+  let sessionId
+  const run = manager.executeTask({ prompt: 'hold', projectId: 'p', userId: 'u' }, { onEvent: (e) => e.type === 'task_started' && (sessionId = e.sessionId) })
+  run.then((r) => (settled = r), (e) => (settled = e))
+  await until('the model call', () => server.requests.some((r) => r.path === '/v1/messages'), 60_000)
+  t.assert.ok(sessionId && processesMentioning(sessionId).length > 0, 'control: the CLI runs')
+  // A bound, not a timing assertion: a close() that never aborts would otherwise hang the suite.
+  let timer
+  const limit = new Promise((resolve) => (timer = setTimeout(() => resolve('no answer within 60 s'), 60_000)))
+  const outcome = await Promise.race([manager.close().then(() => 'closed'), limit])
+  clearTimeout(timer)
+  t.assert.strictEqual(outcome, 'closed', 'close() did not resolve')
+  // Read at once: close() must not resolve before the CLI is gone and the task settled.
+  const left = processesMentioning(sessionId)
+  for (const pid of left) try { process.kill(pid, 'SIGKILL') } catch {}
+  t.assert.deepStrictEqual(left, [], 'close() resolved while the CLI still ran')
+  await new Promise((r) => setImmediate(r))
+  t.assert.ok(settled, 'close() resolved before the task settled')
+  t.assert.strictEqual(settled.error?.code, 'ABORTED', JSON.stringify(settled))
+})

@@ -556,3 +556,55 @@ test('sendMessage then abort: the steered message is cancelled with the task and
   const texts = JSON.stringify(server.requests.filter((x) => x.path === '/v1/messages').map((x) => x.body.messages))
   t.assert.ok(!texts.includes('steered-then-cancelled'), 'the cancelled message never reached the model')
 })
+
+// ---- Second test audit (M12, M13): reuse must follow the task's rules and the store ----
+
+test('warm: a task with other tool rules gets a new CLI: Bash allowed in task 1, disallowed in task 2 does not run (M12)', async (t) => {
+  server.reset()
+  const { manager, work } = warmManager(t)
+  const ran1 = path.join(work, `m12-first-${process.pid}-${Date.now()}`)
+  const ran2 = path.join(work, `m12-second-${process.pid}-${Date.now()}`)
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: `touch ${ran1}`, description: 'x' } } }, { text: 'one done' })
+  const first = await task(manager, { prompt: 'one', allowedTools: ['Bash'] })
+  t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+  t.assert.ok(fs.existsSync(ran1), 'control: task 1 ran Bash (it was allowed)')
+  const pids = processesMentioning(first.sessionId)
+  t.assert.ok(pids.length > 0, 'task 1 left a warm CLI')
+  // The model asks for Bash again; this task disallows it.
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: `touch ${ran2}`, description: 'x' } } }, { text: 'two done' })
+  const second = await task(manager, { prompt: 'two', sessionId: first.sessionId, disallowedTools: ['Bash'] })
+  t.assert.strictEqual(second.success, true, JSON.stringify(second.error))
+  t.assert.ok(!fs.existsSync(ran2), 'task 2 ran Bash although it disallowed it: the warm CLI of task 1 (Bash allowed) was reused')
+  const now = processesMentioning(first.sessionId)
+  t.assert.ok(now.length > 0 && !now.some((p) => pids.includes(p)), `task 2 ran in a new CLI: ${pids} -> ${now}`)
+})
+
+/** Deletes every warm hold of a manager's store (what expiry does to the holds of a frozen manager). */
+function dropWarmHolds(made) {
+  if (made.store.databasePath) execFileSync('sqlite3', ['-cmd', '.timeout 5000', made.store.databasePath, 'DELETE FROM warm_holds'])
+  else execFileSync('psql', [PG_URL, '-qc', `DELETE FROM "${made.store.databaseSchema}".warm_holds`])
+}
+
+for (const backend of testBackends()) {
+  test(`warm: a kept CLI whose hold lapsed is not reused after a task ran elsewhere: the next task answers from the whole history (M13)${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const a = warmManager(t, { backend })
+    const { manager } = a
+    const other = makeManager({ server, dir: backend === 'sqlite' ? a.dir : tempDir(), backend, warmIdleMs: 0, ...a.store }).manager
+    t.after(() => other.close())
+    const first = await task(manager, { prompt: 'one' })
+    t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+    const warmPids = processesMentioning(first.sessionId)
+    t.assert.ok(warmPids.length > 0, 'a warm CLI is kept')
+    // The hold is gone as if it had expired (a manager frozen past it): the other manager's task
+    // does not ask this one to close its CLI, which stays, idle and behind.
+    dropWarmHolds(a)
+    const elsewhere = await other.executeTask({ projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId })
+    t.assert.strictEqual(elsewhere.result, 'Echo #2: two', JSON.stringify(elsewhere.error))
+    t.assert.ok(same(processesMentioning(first.sessionId).filter((p) => warmPids.includes(p)), warmPids), 'control: the stale CLI was still running')
+    const third = await task(manager, { prompt: 'three', sessionId: first.sessionId })
+    // The stale CLI never saw turn 2: reused, it would answer `Echo #2`.
+    t.assert.strictEqual(third.result, 'Echo #3: three', JSON.stringify(third.error))
+    t.assert.ok(!processesMentioning(first.sessionId).some((p) => warmPids.includes(p)), 'the stale CLI is gone')
+  })
+}

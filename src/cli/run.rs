@@ -800,4 +800,49 @@ exit 3"#,
     assert_eq!(out.reason, EndReason::Aborted);
     assert!(gone(out.pid.unwrap()), "the CLI outlived the abort");
   }
+
+  /// A CLI that ignores SIGTERM and whose tool left the CLI's process group and session
+  /// (`setsid`): the cold path's cancel must still end that tool (second test audit, M21).
+  #[tokio::test]
+  async fn cancel_kills_tools_in_sessions_of_their_own_even_when_the_cli_ignores_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("tool.pid");
+    let p = script(
+      dir.path(),
+      &format!(
+        "trap '' TERM\nsetsid sleep 307 & echo $! > {}\necho '{{\"type\":\"system\",\"subtype\":\"init\"}}'\nwhile true; do sleep 1; done",
+        pidfile.display()
+      ),
+    );
+    let token = CancelToken::new();
+    let t2 = token.clone();
+    let pf = pidfile.clone();
+    tokio::spawn(async move {
+      for _ in 0..200 {
+        if std::fs::read_to_string(&pf).is_ok_and(|s| s.ends_with('\n')) {
+          break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+      }
+      t2.cancel();
+    });
+    let out = run(&spec(p, dir.path()), &token, |_| {}).await.unwrap();
+    assert_eq!(out.reason, EndReason::Aborted);
+    let tool: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // (Polled: SIGKILL is delivered at once, the process leaves /proc a moment later.)
+    let mut alive = !gone(tool);
+    for _ in 0..40 {
+      if !alive {
+        break;
+      }
+      tokio::time::sleep(Duration::from_millis(50)).await;
+      alive = !gone(tool);
+    }
+    if alive {
+      // SAFETY: kill takes plain integers; the test's own leftover is cleaned up.
+      unsafe { libc::kill(tool as libc::pid_t, libc::SIGKILL) };
+    }
+    assert!(!alive, "the setsid tool outlived the cancelled CLI");
+    assert!(gone(out.pid.unwrap()), "the CLI outlived the abort");
+  }
 }
