@@ -12,6 +12,8 @@ use claude_session_manager::store::{ListQuery, Owner, Store, TaskEnd, Transcript
 mod fixtures;
 use fixtures::new_session;
 
+#[path = "shared/budgets.rs"]
+mod budgets;
 #[path = "shared/inbox.rs"]
 mod inbox;
 #[path = "shared/total_cap.rs"]
@@ -471,4 +473,11 @@ fn warm_holds_count_other_managers_cli_until_released_or_expired() {
   let sid = id();
   s.create_session(&new_session(&sid, "u", "p")).unwrap();
   warm_holds::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
+}
+
+#[test]
+fn spend_caps_admit_a_call_only_when_its_reserve_fits_and_the_ledger_sums_what_was_settled() {
+  let Some(url) = test_url() else { return };
+  let f = Fresh::new(&url);
+  budgets::check(f.store(), &id(), || Store::connect(&url, &f.schema).unwrap());
 }

@@ -905,8 +905,8 @@ fn json_escape(s: &str) -> String {
 }
 
 pub mod meter;
-pub use meter::{Admission, CallOwner, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, TaskMeter, LIST_PRICES};
 use meter::CallCharge;
+pub use meter::{Admission, CallOwner, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, TaskMeter, LIST_PRICES};
 
 #[cfg(test)]
 mod tests;
