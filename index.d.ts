@@ -115,8 +115,68 @@ export declare class SessionManager {
    * percentage, ... } }`), else the stored meter (`{ source: 'store', contextInfo }`).
    */
   getContextUsage(sessionId: string, userId: string): Promise<{ source: 'cli'; usage: Record<string, any> } | { source: 'store'; contextInfo: ContextInfo }>
-  /** Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`. */
+  /**
+   * Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.
+   * Sets (or replaces) a spend cap: `scope` `'user'`, `'project'` (with `projectId`) or
+   * `'session'` (with `sessionId`, the user's), `usd`, `period` `'day'` | `'month'` (not for a
+   * session). The key proxy refuses a model call whose reserve could cross any cap that applies;
+   * the task ends `BUDGET_EXCEEDED`.
+   */
+  setBudget(request: BudgetRequest): Promise<Budget>
+  /**
+   * A spend cap with what its scope spent this period: the one set, else the constructor's
+   * default that applies, else `null`.
+   */
+  getBudget(request: BudgetRequest): Promise<Budget | null>
+  /** Deletes a spend cap set with `setBudget` (a default one applies again); whether there was one. */
+  deleteBudget(request: BudgetRequest): Promise<boolean>
+  /**
+   * The key proxy's ledger of model calls (every call made with a task's token, the agent's own
+   * included), filtered by user, project, session and time and summed by day, model or session.
+   */
+  getUsage(request: UsageRequest): Promise<UsageGroup[]>
   close(): Promise<void>
+}
+
+/** A spend cap and what its scope spent this period (`setBudget`, `getBudget`). */
+export interface Budget {
+  scope: 'user' | 'project' | 'session'
+  userId: string
+  projectId?: string
+  sessionId?: string
+  /** The cap in US dollars. */
+  usd: number
+  period?: 'day' | 'month' | undefined
+  /** Charged by the key proxy since the period started (calls in flight at their reserve). */
+  spentUsd: number
+  /** `usd - spentUsd`, not below 0. */
+  remainingUsd: number
+  /** When the period started (ms since the epoch); 0 for a lifetime cap. */
+  periodStart: number
+}
+
+/** `budgets` in the manager's options. */
+export interface BudgetDefaults {
+  perUser?: DefaultCap
+  perSession?: DefaultCap
+}
+
+/**
+ * `setBudget`, `getBudget` and `deleteBudget`: a cap of a user, of a user's project, or of a
+ * session (which must be the user's).
+ */
+export interface BudgetRequest {
+  scope: 'user' | 'project' | 'session'
+  userId: string
+  projectId?: string
+  sessionId?: string
+  /** The cap in US dollars (`setBudget` only): finite, 0 or more. */
+  usd?: number
+  /**
+   * `'day'` or `'month'` (UTC, on the database clock); none for a lifetime cap. Not for a
+   * session cap.
+   */
+  period?: 'day' | 'month'
 }
 
 /** `cleanupSessions`. */
@@ -206,6 +266,13 @@ export declare function countTokens(text: string, options?: 'o200k_base' | 'cl10
  * A text over 64 MiB rejects with `INVALID_ARGUMENT` before anything is copied.
  */
 export declare function countTokensAsync(text: string, options?: 'o200k_base' | 'cl100k_base' | { encoding?: 'o200k_base' | 'cl100k_base' }): Promise<number>
+
+/** A default spend cap. */
+export interface DefaultCap {
+  usd: number
+  /** Per user only. */
+  period?: 'day' | 'month'
+}
 
 /** `deleteSession`'s options. */
 export interface DeleteSessionOptions {
@@ -357,6 +424,15 @@ export interface MessagesPage {
   liveFrom: number
   /** Compactions the conversation went through. */
   compactions: number
+}
+
+/** One entry of `modelPrices` (USD per million tokens). */
+export interface ModelPrice {
+  model: string
+  input: number
+  output: number
+  cacheWrite?: number
+  cacheRead?: number
 }
 
 /**
@@ -687,6 +763,20 @@ export interface SessionManagerOptions {
    * (256 MiB).
    */
   maxTranscriptBytes?: number
+  /**
+   * Spend caps where none is set with `setBudget`: `perUser: { usd, period? }` (each user's spend,
+   * `period` `'day'` or `'month'` (UTC, database clock) or none for a lifetime cap) and
+   * `perSession: { usd }` (each session's lifetime spend). Enforced by the key proxy on every
+   * model call; refused with `exposeApiKeyToAgent: true` (`INVALID_ARGUMENT`).
+   */
+  budgets?: BudgetDefaults
+  /**
+   * Prices the key proxy charges model calls at, replacing Anthropic's list prices (USD per
+   * million tokens) for models whose id contains `model` (a family such as `opus`, or a model id;
+   * the longest match wins). `cacheWrite` defaults to 1.25 × `input`, `cacheRead` to 0.1 × `input`.
+   * A model matching nothing is priced as the most expensive family.
+   */
+  modelPrices?: Array<ModelPrice>
 }
 
 /** `startFresh`. */
@@ -856,4 +946,29 @@ export interface TokenUsage {
   cacheReadInputTokens: number
   /** Input tokens written to the prompt cache. */
   cacheCreationInputTokens: number
+}
+
+/** One group of `getUsage`: the key proxy's ledger of model calls summed. */
+export interface UsageGroup {
+  /** The day (`YYYY-MM-DD`, UTC), the model (as upstream reported it) or the session id. */
+  key: string
+  calls: number
+  inputTokens: number
+  outputTokens: number
+  cacheReadInputTokens: number
+  cacheCreationInputTokens: number
+  /** At the key proxy's prices (`modelPrices` over Anthropic's list prices). */
+  usd: number
+}
+
+/** `getUsage`: the key proxy's ledger of model calls, filtered and grouped. */
+export interface UsageRequest {
+  userId?: string
+  projectId?: string
+  sessionId?: string
+  /** From this time (ms since the epoch, inclusive). */
+  since?: number
+  /** Until this time (ms since the epoch, exclusive). */
+  until?: number
+  groupBy: 'day' | 'model' | 'session'
 }

@@ -11,6 +11,8 @@ use rusqlite::Connection;
 mod fixtures;
 use fixtures::new_session;
 
+#[path = "shared/budgets.rs"]
+mod budgets;
 #[path = "shared/inbox.rs"]
 mod inbox;
 #[path = "shared/total_cap.rs"]
@@ -418,4 +420,12 @@ fn warm_holds_count_other_managers_cli_until_released_or_expired() {
   let s = Store::open(&path).unwrap();
   s.create_session(&new_session(A, "u", "p")).unwrap();
   warm_holds::check(&s, A, || Store::open(&path).unwrap());
+}
+
+#[test]
+fn spend_caps_admit_a_call_only_when_its_reserve_fits_and_the_ledger_sums_what_was_settled() {
+  let dir = tempfile::tempdir().unwrap();
+  let path = dir.path().join("s.db");
+  let s = Store::open(&path).unwrap();
+  budgets::check(&s, "alice", || Store::open(&path).unwrap());
 }

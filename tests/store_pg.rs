@@ -15,6 +15,8 @@ use claude_session_manager::store::{ListQuery, Owner, Store, TaskEnd, Transcript
 mod fixtures;
 use fixtures::new_session;
 
+#[path = "shared/budgets.rs"]
+mod budgets;
 #[path = "shared/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "shared/inbox.rs"]
@@ -636,4 +638,12 @@ fn dropped_and_refused_connections_through_a_proxy() {
   assert!(f.proxy.faults.connects_refused.load(Ordering::SeqCst) >= 1, "control: connections were refused");
   f.proxy.faults.refuse_connects.store(0, Ordering::SeqCst);
   assert!(p.get_session(&sid, "u").unwrap().is_some(), "the store comes back");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
+fn spend_caps_admit_a_call_only_when_its_reserve_fits_and_the_ledger_sums_what_was_settled() {
+  let url = test_url();
+  let f = Fresh::new(&url);
+  budgets::check(f.store(), &id(), || Store::connect(&url, &f.schema).unwrap());
 }

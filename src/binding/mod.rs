@@ -376,6 +376,45 @@ impl SessionManager {
   }
 
   /// Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.
+  /// Sets (or replaces) a spend cap: `scope` `'user'`, `'project'` (with `projectId`) or
+  /// `'session'` (with `sessionId`, the user's), `usd`, `period` `'day'` | `'month'` (not for a
+  /// session). The key proxy refuses a model call whose reserve could cross any cap that applies;
+  /// the task ends `BUDGET_EXCEEDED`.
+  #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget>")]
+  pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Budget> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(env, async move { m.set_budget(parse::<BudgetRequest>("setBudget", request?)?.into()).await }, Budget::from)
+  }
+
+  /// A spend cap with what its scope spent this period: the one set, else the constructor's
+  /// default that applies, else `null`.
+  #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget | null>")]
+  pub fn get_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Option<Budget>> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(env, async move { m.get_budget(parse::<BudgetRequest>("getBudget", request?)?.into()).await }, |b| b.map(Budget::from))
+  }
+
+  /// Deletes a spend cap set with `setBudget` (a default one applies again); whether there was one.
+  #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<boolean>")]
+  pub fn delete_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, bool> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(env, async move { m.delete_budget(parse::<BudgetRequest>("deleteBudget", request?)?.into()).await }, |b| b)
+  }
+
+  /// The key proxy's ledger of model calls (every call made with a task's token, the agent's own
+  /// included), filtered by user, project, session and time and summed by day, model or session.
+  #[napi(ts_args_type = "request: UsageRequest", ts_return_type = "Promise<UsageGroup[]>")]
+  pub fn get_usage<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<UsageGroup>> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(env, async move { m.get_usage(parse::<UsageRequest>("getUsage", request?)?.into()).await }, |rows| {
+      rows.into_iter().map(UsageGroup::from).collect()
+    })
+  }
+
   #[napi(ts_return_type = "Promise<void>")]
   pub fn close<'e>(&self, env: &'e Env) -> Promised<'e, ()> {
     let m = self.inner.clone();

@@ -155,6 +155,109 @@ pub struct SessionManagerOptions {
   /// huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456
   /// (256 MiB).
   pub max_transcript_bytes: Option<f64>,
+  /// Spend caps where none is set with `setBudget`: `perUser: { usd, period? }` (each user's spend,
+  /// `period` `'day'` or `'month'` (UTC, database clock) or none for a lifetime cap) and
+  /// `perSession: { usd }` (each session's lifetime spend). Enforced by the key proxy on every
+  /// model call; refused with `exposeApiKeyToAgent: true` (`INVALID_ARGUMENT`).
+  pub budgets: Option<BudgetDefaults>,
+  /// Prices the key proxy charges model calls at, replacing Anthropic's list prices (USD per
+  /// million tokens) for models whose id contains `model` (a family such as `opus`, or a model id;
+  /// the longest match wins). `cacheWrite` defaults to 1.25 × `input`, `cacheRead` to 0.1 × `input`.
+  /// A model matching nothing is priced as the most expensive family.
+  pub model_prices: Option<Vec<ModelPrice>>,
+}
+
+/// `budgets` in the manager's options.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetDefaults {
+  pub per_user: Option<DefaultCap>,
+  pub per_session: Option<DefaultCap>,
+}
+
+/// A default spend cap.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultCap {
+  pub usd: f64,
+  /// Per user only.
+  #[napi(ts_type = "'day' | 'month'")]
+  pub period: Option<String>,
+}
+
+/// One entry of `modelPrices` (USD per million tokens).
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelPrice {
+  pub model: String,
+  pub input: f64,
+  pub output: f64,
+  pub cache_write: Option<f64>,
+  pub cache_read: Option<f64>,
+}
+
+/// `setBudget`, `getBudget` and `deleteBudget`: a cap of a user, of a user's project, or of a
+/// session (which must be the user's).
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BudgetRequest {
+  #[napi(ts_type = "'user' | 'project' | 'session'")]
+  pub scope: String,
+  pub user_id: String,
+  pub project_id: Option<String>,
+  pub session_id: Option<String>,
+  /// The cap in US dollars (`setBudget` only): finite, 0 or more.
+  pub usd: Option<f64>,
+  /// `'day'` or `'month'` (UTC, on the database clock); none for a lifetime cap. Not for a
+  /// session cap.
+  #[napi(ts_type = "'day' | 'month'")]
+  pub period: Option<String>,
+}
+
+/// `getUsage`: the key proxy's ledger of model calls, filtered and grouped.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageRequest {
+  pub user_id: Option<String>,
+  pub project_id: Option<String>,
+  pub session_id: Option<String>,
+  /// From this time (ms since the epoch, inclusive).
+  pub since: Option<f64>,
+  /// Until this time (ms since the epoch, exclusive).
+  pub until: Option<f64>,
+  #[napi(ts_type = "'day' | 'model' | 'session'")]
+  pub group_by: String,
+}
+
+impl From<BudgetRequest> for manager::BudgetRequest {
+  fn from(r: BudgetRequest) -> Self {
+    manager::BudgetRequest {
+      scope: r.scope,
+      user_id: r.user_id,
+      project_id: r.project_id,
+      session_id: r.session_id,
+      usd: r.usd,
+      period: r.period,
+    }
+  }
+}
+
+impl From<UsageRequest> for manager::UsageRequest {
+  fn from(r: UsageRequest) -> Self {
+    manager::UsageRequest {
+      user_id: r.user_id,
+      project_id: r.project_id,
+      session_id: r.session_id,
+      since: r.since,
+      until: r.until,
+      group_by: r.group_by,
+    }
+  }
 }
 
 /// Filters of `listSessions`.
@@ -479,6 +582,21 @@ impl From<SessionManagerOptions> for manager::Options {
       max_warm_sessions: o.max_warm_sessions,
       permission_timeout_ms: o.permission_timeout_ms,
       max_transcript_bytes: o.max_transcript_bytes,
+      budgets: o
+        .budgets
+        .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),
+      model_prices: o
+        .model_prices
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| manager::ModelPrice {
+          model: p.model,
+          input: p.input,
+          output: p.output,
+          cache_write: p.cache_write,
+          cache_read: p.cache_read,
+        })
+        .collect(),
     }
   }
 }

@@ -478,3 +478,68 @@ impl From<manager::PromptEstimate> for PromptEstimate {
     }
   }
 }
+
+/// A spend cap and what its scope spent this period (`setBudget`, `getBudget`).
+#[napi(object)]
+pub struct Budget {
+  #[napi(ts_type = "'user' | 'project' | 'session'")]
+  pub scope: String,
+  pub user_id: String,
+  pub project_id: Option<String>,
+  pub session_id: Option<String>,
+  /// The cap in US dollars.
+  pub usd: f64,
+  #[napi(ts_type = "'day' | 'month' | undefined")]
+  pub period: Option<String>,
+  /// Charged by the key proxy since the period started (calls in flight at their reserve).
+  pub spent_usd: f64,
+  /// `usd - spentUsd`, not below 0.
+  pub remaining_usd: f64,
+  /// When the period started (ms since the epoch); 0 for a lifetime cap.
+  pub period_start: f64,
+}
+
+impl From<store::Budget> for Budget {
+  fn from(b: store::Budget) -> Self {
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    Budget {
+      scope: b.key.scope,
+      user_id: b.key.user_id,
+      project_id: some(b.key.project_id),
+      session_id: some(b.key.session_id),
+      usd: b.usd,
+      period: b.period,
+      spent_usd: b.spent_usd,
+      remaining_usd: (b.usd - b.spent_usd).max(0.0),
+      period_start: b.period_start as f64,
+    }
+  }
+}
+
+/// One group of `getUsage`: the key proxy's ledger of model calls summed.
+#[napi(object)]
+pub struct UsageGroup {
+  /// The day (`YYYY-MM-DD`, UTC), the model (as upstream reported it) or the session id.
+  pub key: String,
+  pub calls: f64,
+  pub input_tokens: f64,
+  pub output_tokens: f64,
+  pub cache_read_input_tokens: f64,
+  pub cache_creation_input_tokens: f64,
+  /// At the key proxy's prices (`modelPrices` over Anthropic's list prices).
+  pub usd: f64,
+}
+
+impl From<store::UsageRow> for UsageGroup {
+  fn from(r: store::UsageRow) -> Self {
+    UsageGroup {
+      key: r.key,
+      calls: r.calls as f64,
+      input_tokens: r.tokens.input as f64,
+      output_tokens: r.tokens.output as f64,
+      cache_read_input_tokens: r.tokens.cache_read as f64,
+      cache_creation_input_tokens: r.tokens.cache_write as f64,
+      usd: r.usd,
+    }
+  }
+}

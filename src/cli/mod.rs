@@ -13,7 +13,7 @@ pub mod stream;
 pub mod warm;
 
 pub use args::{build_args, child_env, CliArgs, SessionMode};
-pub use key_proxy::{KeyProxy, ProxyLimits, SandboxListener, TaskToken, Upstream};
+pub use key_proxy::{KeyProxy, ProxyLimits, SandboxListener, TaskMeter, TaskToken, Upstream};
 pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};

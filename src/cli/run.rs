@@ -125,6 +125,8 @@ pub struct RunOutcome {
   pub malformed: Vec<String>,
   pub pid: Option<u32>,
   pub elapsed: Duration,
+  /// What the key proxy metered for the task's model calls (`None`: not metered).
+  pub metered: Option<super::key_proxy::Metered>,
 }
 
 impl RunOutcome {
@@ -145,6 +147,7 @@ impl RunOutcome {
       malformed: Vec::new(),
       pid,
       elapsed: Duration::ZERO,
+      metered: None,
     }
   }
 

@@ -47,6 +47,10 @@ pub struct Options {
   pub max_warm_sessions: Option<f64>,
   pub permission_timeout_ms: Option<f64>,
   pub max_transcript_bytes: Option<f64>,
+  /// Spend caps where none is stored (`budgets.rs`).
+  pub budgets: Option<super::budgets::BudgetOptions>,
+  /// Prices that replace the list prices of the key proxy's meter.
+  pub model_prices: Vec<super::budgets::ModelPrice>,
 }
 
 /// Extra folders the sandbox shows the agent.
@@ -138,6 +142,10 @@ pub struct Config {
   /// Where a sandboxed agent's web tools may connect (`sandboxNetwork.allowDomains`).
   pub sandbox_allow_domains: Vec<crate::cli::sandbox::egress::Allowed>,
   pub expose_api_key: bool,
+  /// Spend caps where none is stored (`budgets`).
+  pub budget_defaults: crate::store::BudgetDefaults,
+  /// What the key proxy prices model calls at (`modelPrices` over the list prices).
+  pub model_prices: crate::cli::key_proxy::PriceTable,
   /// Slash commands a prompt may run (each `/name`); every other prompt is plain text.
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
@@ -460,6 +468,8 @@ impl Config {
       sandbox_limits,
       sandbox_allow_domains,
       expose_api_key: o.expose_api_key_to_agent,
+      budget_defaults: super::budgets::resolve_defaults(o.budgets, o.expose_api_key_to_agent)?,
+      model_prices: super::budgets::resolve_prices(o.model_prices)?,
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
       allow_background_tools: o.allow_background_tools,

@@ -126,6 +126,22 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
             .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
         }),
       };
+      // A model call the key proxy refused for a spend cap ends the task so, whatever the CLI made of the
+      // refusal (it may have answered with the error as text, or the agent's own call was the one refused).
+      let refused = out.metered.as_ref().and_then(|m| m.refused.clone());
+      let error = match (refused, out.reason) {
+        (Some(why), EndReason::Exited) => Some(fail(ErrorCode::BudgetExceeded, why, Some(402))),
+        (_, _) => error,
+      };
+      // The key proxy saw every model call made with the task's token (the agent's own included): the usage is
+      // never less than what upstream reported for them.
+      if let Some(m) = &out.metered {
+        let u = &mut res.usage;
+        u.input_tokens = u.input_tokens.max(m.usage.input);
+        u.output_tokens = u.output_tokens.max(m.usage.output);
+        u.cache_read_input_tokens = u.cache_read_input_tokens.max(m.usage.cache_read);
+        u.cache_creation_input_tokens = u.cache_creation_input_tokens.max(m.usage.cache_write);
+      }
       // Reported, not fatal.
       res.warnings = out.malformed.iter().map(|m| format!("malformed CLI output line: {m}")).collect();
       if trigger.is_none() {
@@ -300,6 +316,7 @@ mod tests {
       malformed: vec![],
       pid: Some(42),
       elapsed: Duration::from_millis(5),
+      metered: None,
     }
   }
 

@@ -8,6 +8,7 @@
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure.
 
 mod api;
+mod budgets;
 mod config;
 mod finish;
 mod inbox;
@@ -31,6 +32,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
+pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
 pub use inbox::PermissionResponse;
@@ -297,7 +299,15 @@ impl Manager {
       let proxy = self
         .key_proxy
         .get_or_try_init(|| async {
-          cli::KeyProxy::start(upstream).await.map(Some).map_err(|e| Error::internal(format!("cannot start the API-key proxy: {e}")))
+          // Every model call is metered into the store's ledger and checked against the caps.
+          let metering = cli::key_proxy::Metering {
+            ledger: Arc::new(budgets::StoreLedger { store: self.store.clone(), defaults: self.cfg.budget_defaults.clone() }),
+            prices: self.cfg.model_prices.clone(),
+          };
+          cli::KeyProxy::start_metered(upstream, cli::ProxyLimits::default(), Some(metering))
+            .await
+            .map(Some)
+            .map_err(|e| Error::internal(format!("cannot start the API-key proxy: {e}")))
         })
         .await?;
       match proxy {

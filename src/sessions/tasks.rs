@@ -413,12 +413,17 @@ impl Manager {
       },
       other => other,
     };
+    // What the key proxy meters for the task's model calls.
+    let meter = self.task_meter(session, &task_id);
     let outcome = match mode {
       Ok(mode) if self.runs_warm(kind, can_use_tool.is_some(), cli.max_budget_usd.is_some()) => {
         cli.session = Some(mode);
         let slot = Arc::new(super::slot::TaskSlot::new(self.slots.clone(), permit));
         let can_use_tool = can_use_tool.map(|h| self.answerable(h, &session.id, &task_id, Arc::downgrade(&slot)));
-        self.run_warm(slot, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool).await.map(|o| (o, None))
+        self
+          .run_warm(slot, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool, meter.clone())
+          .await
+          .map(|o| (o, None))
       }
       Ok(mode) => {
         // One CLI per session: a warm one left from an earlier task goes first.
@@ -429,11 +434,18 @@ impl Manager {
           spec.args.push(cli::mirror::FLAG.into());
         }
         match self.secure(&mut spec).await {
-          // The key proxy's token for this CLI lives until its result is in.
+          // The key proxy's token for this CLI lives until its result is in; its model calls are metered and
+          // charged to the task.
           Ok(token) => {
+            if let Some(t) = &token {
+              t.attach(Some(meter.clone()));
+            }
             let out = self.run_cli(permit, &session.id, &task_id, spec, sink, &cancel, include_partials).await;
             drop(token);
-            out
+            out.map(|(mut o, tail)| {
+              o.metered = Some(meter.snapshot());
+              (o, tail)
+            })
           }
           Err(e) => Err(e),
         }

@@ -432,6 +432,7 @@ impl Manager {
     cancel: &CancelToken,
     include_partials: bool,
     can_use_tool: Option<CanUseTool>,
+    meter: Arc<cli::TaskMeter>,
   ) -> Result<RunOutcome> {
     // PostgreSQL: the turn's transcript is mirrored into the store as the CLI writes it; a CLI
     // without `--session-mirror` is not kept (its file is stored when it exits).
@@ -470,6 +471,9 @@ impl Manager {
           spec.args.push(cli::mirror::FLAG.into());
         }
         let token = self.secure(&mut spec).await?;
+        if let Some(t) = &token {
+          t.attach(Some(meter.clone()));
+        }
         let proc = WarmProcess::start(spec.clone())?;
         Warm { proc, key, seen_tasks: 0, stamp, token, home: None }
       }
@@ -501,12 +505,15 @@ impl Manager {
     // before the prompt is written, suspended as soon as the turn settles (what the agent left
     // running in the background cannot call the model between tasks).
     if let Some(t) = &warm.token {
+      t.attach(Some(meter.clone()));
       t.set_live(true);
     }
     let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
     if let Some(t) = &warm.token {
       t.set_live(false);
+      t.attach(None);
     }
+    out.metered = warm.token.as_ref().map(|_| meter.snapshot());
     background_activity(&warm.proc, &session.id, &sink);
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+mod budgets;
 mod inbox;
 mod leases;
 mod meter;
@@ -27,6 +28,9 @@ mod schema;
 mod sessions;
 mod warm_holds;
 
+pub use budgets::{
+  Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, UsageQuery, UsageRow, PERIODS as BUDGET_PERIODS, SCOPES as BUDGET_SCOPES,
+};
 pub use inbox::{Delivery, Receipt};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 use schema::MIGRATIONS;
@@ -622,6 +626,21 @@ dispatch! {
   fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>>;
   /// Asks the other managers keeping a warm CLI of the session to give it up; how many are left.
   fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64>;
+  /// Checks every spend cap that applies to a model call against its reserve and records the
+  /// call at its reserve, atomically (`budgets.rs`).
+  fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit>;
+  /// Records what an admitted call really cost.
+  fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()>;
+  /// Sets (or replaces) a spend cap.
+  fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()>;
+  /// A stored spend cap with its scope's spend in the current period.
+  fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>>;
+  /// What a scope spent in the current `period`, and when that period started.
+  fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)>;
+  /// Deletes a spend cap; whether there was one.
+  fn delete_budget(&self, k: &BudgetKey) -> Result<bool>;
+  /// The ledger of model calls summed by day, model or session.
+  fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>>;
 }
 
 /// SQLite serves one machine, where the CLI's transcript file is the conversation: there is

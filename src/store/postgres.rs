@@ -54,6 +54,8 @@ use tokio_postgres::Row;
 use super::{Begin, Compaction, ContextSnapshot, ListQuery, NewSession, Session, TaskEnd, TaskRecord, TaskStart, Usage};
 use crate::error::{Error, ErrorCode, Result};
 
+#[path = "budgets_pg.rs"]
+mod budgets_pg;
 #[path = "inbox_pg.rs"]
 mod inbox_pg;
 #[path = "transcripts.rs"]
@@ -239,6 +241,40 @@ const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (session_id, owner_id)
   );
   CREATE INDEX warm_holds_by_owner ON {S}.warm_holds (owner_id);
+  "#,
+  // 4 -> 5: the key proxy's ledger of model calls and the spend caps (`budgets_pg.rs`); no
+  // foreign keys (a deleted session's spend still counts for its user and project).
+  r#"
+  CREATE TABLE {S}.model_calls (
+    id BIGSERIAL PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+    usd DOUBLE PRECISION NOT NULL,
+    reserved BOOLEAN NOT NULL DEFAULT true,
+    at BIGINT NOT NULL
+  );
+  CREATE INDEX model_calls_by_user ON {S}.model_calls (user_id, at);
+  CREATE INDEX model_calls_by_project ON {S}.model_calls (user_id, project_id, at);
+  CREATE INDEX model_calls_by_session ON {S}.model_calls (session_id, at);
+  CREATE INDEX model_calls_by_task ON {S}.model_calls (task_id);
+
+  CREATE TABLE {S}.budgets (
+    scope TEXT NOT NULL CHECK (scope IN ('user', 'project', 'session')),
+    user_id TEXT NOT NULL,
+    project_id TEXT NOT NULL DEFAULT '',
+    session_id TEXT NOT NULL DEFAULT '',
+    usd DOUBLE PRECISION NOT NULL,
+    period TEXT CHECK (period IN ('day', 'month')),
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, user_id, project_id, session_id)
+  );
   "#,
 ];
 

@@ -132,6 +132,40 @@ pub(super) const MIGRATIONS: &[&str] = &[
   );
   CREATE INDEX warm_holds_by_owner ON warm_holds (owner_id);
   "#,
+  // 7 -> 8: the key proxy's ledger of model calls and the spend caps (`budgets.rs`). No foreign
+  // keys: a deleted session's spend still counts against its user's and project's caps.
+  r#"
+  CREATE TABLE model_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    usd REAL NOT NULL,
+    reserved INTEGER NOT NULL DEFAULT 1,
+    at INTEGER NOT NULL
+  );
+  CREATE INDEX model_calls_by_user ON model_calls (user_id, at);
+  CREATE INDEX model_calls_by_project ON model_calls (user_id, project_id, at);
+  CREATE INDEX model_calls_by_session ON model_calls (session_id, at);
+  CREATE INDEX model_calls_by_task ON model_calls (task_id);
+
+  CREATE TABLE budgets (
+    scope TEXT NOT NULL CHECK (scope IN ('user', 'project', 'session')),
+    user_id TEXT NOT NULL,
+    project_id TEXT NOT NULL DEFAULT '',
+    session_id TEXT NOT NULL DEFAULT '',
+    usd REAL NOT NULL,
+    period TEXT CHECK (period IN ('day', 'month')),
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, user_id, project_id, session_id)
+  );
+  "#,
 ];
 
 /// The schema version this build writes.

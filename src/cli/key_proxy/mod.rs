@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, Scheme};
@@ -58,9 +58,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Body of the responses the proxy sends: the upstream's body passed through, or a small JSON error of its own.
-type ProxyBody = Either<Incoming, Full<Bytes>>;
-type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// Body of the responses the proxy sends: the upstream's body passed through (metered or not), or a small JSON error
+/// of its own.
+type ProxyBody = Either<MeteredBody, Full<Bytes>>;
+/// Body of the requests forwarded: the client's streamed through, or (a metered call) read whole first.
+type UpBody = Either<Incoming, Full<Bytes>>;
+type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpBody>;
 type TokenSet = Arc<Mutex<HashMap<String, Entry>>>;
 
 /// What the proxy knows of a registered token.
@@ -72,6 +75,8 @@ struct Entry {
   /// Open connections that carried a request with this token (at most
   /// [`ProxyLimits::max_connections_per_token`]).
   conns: Arc<AtomicUsize>,
+  /// The task its model calls are charged to ([`TaskToken::attach`]).
+  meter: Option<Arc<TaskMeter>>,
 }
 
 /// The proxy's resource bounds. Each field has a default ([`ProxyLimits::default`]); tests lower them.
@@ -221,6 +226,8 @@ struct State {
   limits: ProxyLimits,
   /// Open connections over every listener.
   all: Arc<Gate>,
+  /// The ledger and prices model calls are metered with ([`KeyProxy::start_metered`]).
+  metering: Option<Metering>,
 }
 
 /// One connection's bookkeeping: its requests in flight (the idle timer runs only when there are none) and the token
@@ -294,8 +301,17 @@ impl KeyProxy {
 
   /// As [`KeyProxy::start`], with the given limits.
   pub async fn start_with(upstream: Upstream, limits: ProxyLimits) -> io::Result<KeyProxy> {
+    Self::start_metered(upstream, limits, None).await
+  }
+
+  /// As [`KeyProxy::start_with`], metering every model call of a token with a [`TaskMeter`] attached
+  /// ([`TaskToken::attach`]) with `metering`: checked against the caps before it is forwarded, charged at what the
+  /// response reports.
+  pub async fn start_metered(upstream: Upstream, limits: ProxyLimits, metering: Option<Metering>) -> io::Result<KeyProxy> {
     let tokens = TokenSet::default();
-    let state = Arc::new(State::new(upstream, tokens.clone(), limits)?);
+    let mut state = State::new(upstream, tokens.clone(), limits)?;
+    state.metering = metering;
+    let state = Arc::new(state);
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -372,7 +388,7 @@ fn issue_token(tokens: &TokenSet, scope: u64) -> TaskToken {
     let _ = write!(s, "{b:02x}");
     s
   });
-  lock(tokens).insert(token.clone(), Entry { live: true, scope, conns: Arc::default() });
+  lock(tokens).insert(token.clone(), Entry { live: true, scope, conns: Arc::default(), meter: None });
   TaskToken { token, tokens: tokens.clone() }
 }
 
@@ -433,6 +449,14 @@ impl TaskToken {
   pub fn set_live(&self, live: bool) {
     if let Some(e) = lock(&self.tokens).get_mut(&self.token) {
       e.live = live;
+    }
+  }
+
+  /// Charges the token's model calls to `meter` from now on (`None`: not metered). A warm CLI's token is attached
+  /// to each task in turn.
+  pub fn attach(&self, meter: Option<Arc<TaskMeter>>) {
+    if let Some(e) = lock(&self.tokens).get_mut(&self.token) {
+      e.meter = meter;
     }
   }
 
@@ -515,19 +539,22 @@ impl State {
       refused: AtomicU64::new(0),
       limits,
       all,
+      metering: None,
     })
   }
 
-  /// The connection counter of the first `x-api-key` or `Authorization: Bearer` value that is a registered, live
-  /// token.
-  fn authorized(&self, headers: &HeaderMap, scope: u64) -> Option<Arc<AtomicUsize>> {
+  /// The connection counter and the meter of the first `x-api-key` or `Authorization: Bearer` value that is a
+  /// registered, live token.
+  fn authorized(&self, headers: &HeaderMap, scope: u64) -> Option<(Arc<AtomicUsize>, Option<Arc<TaskMeter>>)> {
     let tokens = lock(&self.tokens);
     let api_keys = headers.get_all(X_API_KEY).into_iter().filter_map(|v| v.to_str().ok());
     let bearers = headers.get_all(header::AUTHORIZATION).into_iter().filter_map(|v| {
       let v = v.to_str().ok()?;
       v.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..])
     });
-    api_keys.chain(bearers).find_map(|t| tokens.get(t.trim()).filter(|e| e.live && e.scope == scope).map(|e| e.conns.clone()))
+    api_keys
+      .chain(bearers)
+      .find_map(|t| tokens.get(t.trim()).filter(|e| e.live && e.scope == scope).map(|e| (e.conns.clone(), e.meter.clone())))
   }
 
   /// Counts the connection under the token of its first authorized request; false when the token already has
@@ -558,7 +585,7 @@ impl State {
       self.refused.fetch_add(1, Ordering::Relaxed);
       return refusal;
     }
-    let Some(token_conns) = self.authorized(req.headers(), scope) else {
+    let Some((token_conns, meter)) = self.authorized(req.headers(), scope) else {
       self.refused.fetch_add(1, Ordering::Relaxed);
       return json_error(StatusCode::UNAUTHORIZED, "authentication_error", "invalid or expired API key for the local key proxy");
     };
@@ -593,6 +620,45 @@ impl State {
         }
       }
     }
+    // A model call of a metered task: its body is read whole (for its model and max_tokens), the call is admitted
+    // against the caps with its reserve, and its response is metered as it passes.
+    let metered = match (&self.metering, meter) {
+      (Some(m), Some(meter)) if parts.uri.path() == FORWARDED_PATHS[0] => Some((m.clone(), meter)),
+      _ => None,
+    };
+    let (body, mut charge) = match metered {
+      None => (Either::Left(body), None),
+      Some((metering, meter)) => {
+        if let Some(why) = meter.refused() {
+          self.refused.fetch_add(1, Ordering::Relaxed);
+          return budget_error(&why);
+        }
+        let bytes = match Limited::new(body, meter::MAX_METERED_REQUEST).collect().await {
+          Ok(b) => b.to_bytes(),
+          Err(_) => {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body could not be read or is too large");
+          }
+        };
+        let (model, reserve) = meter::reserve_of(&bytes, &metering.prices);
+        let (ledger, owner, m) = (metering.ledger.clone(), meter.owner.clone(), model.clone());
+        let admitted = tokio::task::spawn_blocking(move || ledger.admit(&owner, &m, reserve))
+          .await
+          .unwrap_or_else(|e| Admission::Unavailable(format!("the spend check failed: {e}")));
+        match admitted {
+          Admission::Go(call) => (Either::Right(Full::new(bytes)), Some(CallCharge::new(metering, meter, call, model, reserve))),
+          Admission::Refused(why) => {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            meter.refuse(&why);
+            return budget_error(&why);
+          }
+          Admission::Unavailable(why) => {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "overloaded_error", &format!("local key proxy: {why}"));
+          }
+        }
+      }
+    };
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.uri_mut() = uri;
@@ -602,7 +668,11 @@ impl State {
       Ok(resp) => {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, Either::Left(body))
+        if let Some(c) = charge.as_mut() {
+          let sse = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
+          c.set_sse(sse);
+        }
+        Response::from_parts(parts, Either::Left(MeteredBody { inner: body, charge }))
       }
       Err(e) => {
         json_error(StatusCode::BAD_GATEWAY, "api_error", &format!("local key proxy could not reach the upstream API: {}", error_chain(&e)))
@@ -759,6 +829,54 @@ fn error_chain(e: &(dyn StdError + 'static)) -> String {
   msg
 }
 
+/// The HTTP status of a call refused for a spend cap: a client error the CLI does not retry, and shows.
+pub const BUDGET_STATUS: StatusCode = StatusCode::PAYMENT_REQUIRED;
+
+/// A call refused for a spend cap.
+fn budget_error(why: &str) -> Response<ProxyBody> {
+  json_error(BUDGET_STATUS, "budget_exceeded", why)
+}
+
+/// A response body from upstream, passed through frame by frame; a metered call's frames are shown to its
+/// [`CallCharge`] as they pass, and the call is charged when the body ends or is dropped.
+pub struct MeteredBody {
+  inner: Incoming,
+  charge: Option<CallCharge>,
+}
+
+impl hyper::body::Body for MeteredBody {
+  type Data = Bytes;
+  type Error = hyper::Error;
+
+  fn poll_frame(
+    mut self: std::pin::Pin<&mut Self>,
+    cx: &mut std::task::Context<'_>,
+  ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    let this = &mut *self;
+    let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+    if let Some(c) = this.charge.as_mut() {
+      match &polled {
+        std::task::Poll::Ready(Some(Ok(frame))) => {
+          if let Some(data) = frame.data_ref() {
+            c.feed(data);
+          }
+        }
+        std::task::Poll::Ready(_) => c.settle(),
+        std::task::Poll::Pending => {}
+      }
+    }
+    polled
+  }
+
+  fn is_end_stream(&self) -> bool {
+    self.inner.is_end_stream()
+  }
+
+  fn size_hint(&self) -> hyper::body::SizeHint {
+    self.inner.size_hint()
+  }
+}
+
 /// An error in the shape the Anthropic API uses: `{"type":"error","error":{"type":..,"message":..}}`.
 fn json_error(status: StatusCode, kind: &str, message: &str) -> Response<ProxyBody> {
   let body = format!(r#"{{"type":"error","error":{{"type":"{}","message":"{}"}}}}"#, json_escape(kind), json_escape(message));
@@ -785,6 +903,10 @@ fn json_escape(s: &str) -> String {
   }
   out
 }
+
+pub mod meter;
+use meter::CallCharge;
+pub use meter::{Admission, CallOwner, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, TaskMeter, LIST_PRICES};
 
 #[cfg(test)]
 mod tests;

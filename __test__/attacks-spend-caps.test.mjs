@@ -1,0 +1,126 @@
+// Spend caps enforced at the key proxy (the Budgets issue): every model call made with a task's
+// token is metered from upstream's reported usage and checked against the caps before it is
+// forwarded, so neither the CLI nor the agent can spend past them.
+import { test, before, after } from 'node:test'
+import crypto from 'node:crypto'
+import { backendTag, makeManager, startStandInServer, testBackends } from './helpers.mjs'
+import { messageCalls } from './attack-helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const total = (rows) => rows.reduce((s, r) => s + r.usd, 0)
+const calls = (rows) => rows.reduce((s, r) => s + r.calls, 0)
+// Every scripted call reports 200,000 input tokens: $0.60 at Sonnet's list price. The CLI asks for
+// max_tokens 128000, so each call's reserve is about $1.92 + its input (about $0.04): $2 at most.
+const RESERVE = 2
+const BIG = { input_tokens: 200_000, output_tokens: 10 }
+const tool = (i) => ({ toolUse: { name: 'Bash', input: { command: `echo step${i}`, description: `step ${i}` } }, usage: BIG })
+
+for (const backend of testBackends()) {
+  test(`a session cap: the call that would cross it is never forwarded, the task ends BUDGET_EXCEEDED, a raised cap lets the conversation go on${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ server, backend })
+    t.after(() => manager.close())
+    // The session exists (a first cheap task), then gets a cap.
+    const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+    const sessionId = first.sessionId
+    const spentBefore = total(await manager.getUsage({ sessionId, groupBy: 'session' }))
+    const cap = spentBefore + 4
+    await manager.setBudget({ scope: 'session', userId: 'u', sessionId, usd: cap })
+    const marker = `MARK_${crypto.randomBytes(4).toString('hex')}`
+    server.reset()
+    const since = Date.now() - 1
+    for (let i = 0; i < 8; i++) server.enqueue(tool(i))
+    server.enqueue({ text: 'finished' })
+    const r = await manager.executeTask({ prompt: `remember ${marker}; run the steps`, sessionId, projectId: 'p', userId: 'u', allowedTools: ['Bash'], permissionMode: 'acceptEdits' })
+    t.assert.strictEqual(r.success, false)
+    t.assert.strictEqual(r.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(r.error))
+    t.assert.match(r.error.message, /session/, 'the error names the scope')
+    const ledger = await manager.getUsage({ sessionId, groupBy: 'session', since })
+    const forwarded = messageCalls(server).length
+    t.diagnostic(`forwarded ${forwarded} model calls; the ledger has ${calls(ledger)} for $${total(ledger).toFixed(4)} under a cap of $${cap.toFixed(4)}`)
+    t.assert.ok(forwarded >= 2 && forwarded < 9, `a few calls went through, not all: ${forwarded}`)
+    // The ledger has exactly the calls upstream served: the refused one never reached it.
+    t.assert.strictEqual(calls(ledger), forwarded)
+    const all = total(await manager.getUsage({ sessionId, groupBy: 'session' }))
+    t.assert.ok(all <= cap + RESERVE, `spend ${all} within the cap ${cap} plus one call's reserve`)
+    const budget = await manager.getBudget({ scope: 'session', userId: 'u', sessionId })
+    t.assert.ok(budget.spentUsd > spentBefore + 1, `the cap's spend counts the task's calls: ${budget.spentUsd}`)
+    t.assert.ok(budget.remainingUsd < RESERVE, `less than one reserve is left: ${budget.remainingUsd}`)
+
+    // Raised: a follow-up goes on with the same conversation.
+    await manager.setBudget({ scope: 'session', userId: 'u', sessionId, usd: 1000 })
+    server.reset()
+    server.enqueue({ text: 'carrying on' })
+    const next = await manager.executeTask({ prompt: 'and now?', sessionId, projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
+    t.assert.strictEqual(next.sessionId, sessionId)
+    const sent = JSON.stringify(messageCalls(server).map((q) => q.body?.messages))
+    t.assert.ok(sent.includes(marker), 'the model sees the earlier turns')
+  })
+
+  test(`a user cap is shared by the user's sessions running at once${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const cap = 6
+    const { manager } = makeManager({ server, backend, budgets: { perUser: { usd: cap, period: 'day' } } })
+    t.after(() => manager.close())
+    for (let i = 0; i < 40; i++) server.enqueue(tool(i))
+    const run = (n) => manager.executeTask({ prompt: `run ${n}`, projectId: `p${n}`, userId: 'shared', allowedTools: ['Bash'], permissionMode: 'acceptEdits' })
+    const [a, b] = await Promise.all([run(1), run(2)])
+    const rows = await manager.getUsage({ userId: 'shared', groupBy: 'session' })
+    t.diagnostic(`sessions: ${JSON.stringify(rows.map((x) => [x.calls, x.usd]))}; ${a.error?.code} ${b.error?.code}`)
+    for (const x of [a, b]) {
+      t.assert.strictEqual(x.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(x.error))
+      t.assert.match(x.error.message, /user/)
+    }
+    // Each of the two tasks may have one call in flight past the check: at most two reserves over.
+    t.assert.ok(total(rows) <= cap + 2 * RESERVE, `user spend ${total(rows)}`)
+    t.assert.ok(total(rows) > cap - 2 * RESERVE, `the two sessions together spent up to the cap: ${total(rows)}`)
+    const budget = await manager.getBudget({ scope: 'user', userId: 'shared' })
+    t.assert.strictEqual(budget.usd, cap)
+    t.assert.strictEqual(budget.period, 'day')
+  })
+}
+
+test('a streamed response is charged from message_start and message_delta usage, cache reads and writes priced as such', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server, modelPrices: [{ model: 'claude', input: 1, output: 2, cacheWrite: 4, cacheRead: 0.5 }] })
+  t.after(() => manager.close())
+  server.enqueue({ text: 'streamed', usage: { input_tokens: 1000, output_tokens: 500, cache_read_input_tokens: 2000, cache_creation_input_tokens: 3000 } })
+  const r = await manager.executeTask({ prompt: 'stream please', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const streamed = server.responses.filter((x) => x.kind !== 'count_tokens' && x.stream)
+  t.assert.ok(streamed.length >= 1, 'the CLI streamed its call')
+  const rows = await manager.getUsage({ sessionId: r.sessionId, groupBy: 'model' })
+  const sum = rows.reduce((s, x) => ({ i: s.i + x.inputTokens, o: s.o + x.outputTokens, cr: s.cr + x.cacheReadInputTokens, cw: s.cw + x.cacheCreationInputTokens, usd: s.usd + x.usd }), { i: 0, o: 0, cr: 0, cw: 0, usd: 0 })
+  const served = server.responses.filter((x) => x.kind !== 'count_tokens' && x.usage).reduce((s, x) => ({ i: s.i + (x.usage.input_tokens ?? 0), o: s.o + (x.usage.output_tokens ?? 0), cr: s.cr + (x.usage.cache_read_input_tokens ?? 0), cw: s.cw + (x.usage.cache_creation_input_tokens ?? 0) }), { i: 0, o: 0, cr: 0, cw: 0 })
+  t.assert.deepStrictEqual({ i: sum.i, o: sum.o, cr: sum.cr, cw: sum.cw }, served, 'the ledger has what upstream reported')
+  const want = (served.i * 1 + served.o * 2 + served.cr * 0.5 + served.cw * 4) / 1e6
+  t.assert.ok(Math.abs(sum.usd - want) < 1e-9, `priced at modelPrices: ${sum.usd} vs ${want}`)
+})
+
+test('bad budget input is refused before anything is stored; another user\'s session answers as a missing one', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const r = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  const code = async (p) => p.then(() => 'ok', (e) => e.code)
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'user', userId: 'u', usd: -1 })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'user', userId: 'u', usd: NaN })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'user', userId: 'u', usd: Infinity })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'team', userId: 'u', usd: 1 })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'user', userId: 'u', usd: 1, period: 'week' })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'project', userId: 'u', usd: 1 })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'session', userId: 'other', sessionId: r.sessionId, usd: 1 })), 'SESSION_NOT_FOUND')
+  t.assert.strictEqual(await code(manager.getUsage({ groupBy: 'week' })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await manager.getBudget({ scope: 'user', userId: 'u' }), null, 'nothing was stored')
+  t.assert.throws(() => makeManager({ server, exposeApiKeyToAgent: true, budgets: { perUser: { usd: 1 } } }), (e) => e.code === 'INVALID_ARGUMENT' && /exposeApiKeyToAgent/.test(e.message))
+  t.assert.throws(() => makeManager({ server, budgets: { perSession: { usd: -5 } } }), (e) => e.code === 'INVALID_ARGUMENT')
+})

@@ -1,0 +1,464 @@
+//! Metering model calls at the key proxy: what each `POST /v1/messages` cost, read from the
+//! response as it passes (never buffered), priced per model family, charged to the task that owns
+//! the token; and the check, before a call is forwarded, that it cannot cross a spend cap.
+//!
+//! The proxy knows nothing of the store: the manager gives it a [`Ledger`] (admit a call against
+//! the caps with a reserve, then settle it at what upstream reported) and attaches a [`TaskMeter`]
+//! to each task's token ([`super::TaskToken::attach`]).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde_json::Value;
+
+/// Prices in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prices {
+  pub input: f64,
+  pub output: f64,
+  /// Writing the prompt cache (5-minute entries). One-hour entries are priced at twice `input`,
+  /// as the API prices them.
+  pub cache_write: f64,
+  pub cache_read: f64,
+}
+
+/// Anthropic's public list prices per model family (USD per million tokens, from
+/// <https://www.anthropic.com/pricing>): Opus 4 / 4.1 $15 in, $75 out, $18.75 cache write,
+/// $1.50 cache read; Sonnet 4 / 4.5 $3, $15, $3.75, $0.30; Haiku 4.5 $1, $5, $1.25, $0.10. A
+/// model is matched by the family name in its id (`claude-sonnet-4-5` → sonnet). A model of no
+/// known family is priced as the most expensive family (opus), so an unknown name can never be
+/// cheaper than a real one. Newer, cheaper models of a family (Opus 4.5 is $5/$25) are
+/// over-charged until `modelPrices` says otherwise.
+pub const LIST_PRICES: [(&str, Prices); 3] = [
+  ("opus", Prices { input: 15.0, output: 75.0, cache_write: 18.75, cache_read: 1.5 }),
+  ("sonnet", Prices { input: 3.0, output: 15.0, cache_write: 3.75, cache_read: 0.3 }),
+  ("haiku", Prices { input: 1.0, output: 5.0, cache_write: 1.25, cache_read: 0.1 }),
+];
+
+/// Bytes of a request body counted as one input token in a call's reserve (the API's tokens
+/// are three to four bytes of text; fewer bytes per token only for unusual text).
+pub const RESERVE_BYTES_PER_TOKEN: u64 = 4;
+
+/// The price table: `modelPrices` overrides first (matched as a substring of the model id, the
+/// longest first), then [`LIST_PRICES`]; anything else at the most expensive entry.
+#[derive(Debug, Clone)]
+pub struct PriceTable {
+  entries: Vec<(String, Prices)>,
+}
+
+impl Default for PriceTable {
+  fn default() -> Self {
+    PriceTable::with_overrides(Vec::new())
+  }
+}
+
+impl PriceTable {
+  /// The list prices with `overrides` (pattern, prices) taking precedence.
+  pub fn with_overrides(overrides: Vec<(String, Prices)>) -> PriceTable {
+    let mut own: Vec<(String, Prices)> = overrides.into_iter().map(|(k, p)| (k.to_ascii_lowercase(), p)).collect();
+    own.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+    own.extend(LIST_PRICES.iter().map(|(k, p)| ((*k).to_owned(), *p)));
+    PriceTable { entries: own }
+  }
+
+  /// The prices of `model`; an unknown model (or none) at the most expensive entry's.
+  pub fn for_model(&self, model: &str) -> Prices {
+    let m = model.to_ascii_lowercase();
+    if !m.is_empty() {
+      if let Some((_, p)) = self.entries.iter().find(|(k, _)| m.contains(k.as_str())) {
+        return *p;
+      }
+    }
+    self.most_expensive()
+  }
+
+  fn most_expensive(&self) -> Prices {
+    self.entries.iter().map(|(_, p)| *p).fold(LIST_PRICES[0].1, |a, b| if b.output > a.output { b } else { a })
+  }
+}
+
+/// Tokens of one call by kind, as upstream reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallUsage {
+  pub input: u64,
+  pub output: u64,
+  pub cache_read: u64,
+  /// Every cache write (`cache_creation_input_tokens`), one-hour ones included.
+  pub cache_write: u64,
+  /// The one-hour part of `cache_write`.
+  pub cache_write_1h: u64,
+}
+
+impl CallUsage {
+  /// The call's price in USD.
+  pub fn usd(&self, p: &Prices) -> f64 {
+    let five_min = self.cache_write.saturating_sub(self.cache_write_1h);
+    (self.input as f64 * p.input
+      + self.output as f64 * p.output
+      + self.cache_read as f64 * p.cache_read
+      + five_min as f64 * p.cache_write
+      + self.cache_write_1h as f64 * p.input * 2.0)
+      / 1_000_000.0
+  }
+
+  /// Overwrites the kinds `u` (an API `usage` object) reports; the others are kept (a
+  /// `message_delta` reports the cumulative output, and sometimes the input again).
+  fn merge(&mut self, u: &Value) {
+    let get = |k: &str| u.get(k).and_then(Value::as_u64);
+    if let Some(v) = get("input_tokens") {
+      self.input = v;
+    }
+    if let Some(v) = get("output_tokens") {
+      self.output = v;
+    }
+    if let Some(v) = get("cache_read_input_tokens") {
+      self.cache_read = v;
+    }
+    if let Some(v) = get("cache_creation_input_tokens") {
+      self.cache_write = v;
+    }
+    if let Some(v) = u.get("cache_creation").and_then(|c| c.get("ephemeral_1h_input_tokens")).and_then(Value::as_u64) {
+      self.cache_write_1h = v.min(self.cache_write);
+    }
+  }
+
+  fn add(&mut self, o: &CallUsage) {
+    self.input += o.input;
+    self.output += o.output;
+    self.cache_read += o.cache_read;
+    self.cache_write += o.cache_write;
+    self.cache_write_1h += o.cache_write_1h;
+  }
+}
+
+/// Whom a call is charged to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOwner {
+  pub task_id: String,
+  pub session_id: String,
+  pub user_id: String,
+  pub project_id: String,
+}
+
+/// What the proxy metered for one task: its calls' tokens and price, and the cap that stopped
+/// one of its calls, if any. Shared by the task (which reads it at its end) and the proxy.
+#[derive(Debug, Default)]
+pub struct TaskMeter {
+  pub owner: CallOwner,
+  state: Mutex<MeterState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct MeterState {
+  usage: CallUsage,
+  usd: f64,
+  calls: u64,
+  refused: Option<String>,
+}
+
+/// A snapshot of a [`TaskMeter`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Metered {
+  pub usage: CallUsage,
+  pub usd: f64,
+  /// Model calls charged (settled) so far.
+  pub calls: u64,
+  /// Why a call of the task was not forwarded (a spend cap), once one was refused.
+  pub refused: Option<String>,
+}
+
+impl TaskMeter {
+  pub fn new(owner: CallOwner) -> Arc<TaskMeter> {
+    Arc::new(TaskMeter { owner, state: Mutex::default() })
+  }
+
+  pub fn snapshot(&self) -> Metered {
+    let s = self.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    Metered { usage: s.usage, usd: s.usd, calls: s.calls, refused: s.refused }
+  }
+
+  fn charge(&self, usage: &CallUsage, usd: f64) {
+    let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    s.usage.add(usage);
+    s.usd += usd;
+    s.calls += 1;
+  }
+
+  pub(super) fn refuse(&self, why: &str) {
+    let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+    s.refused.get_or_insert_with(|| why.to_owned());
+  }
+
+  pub(super) fn refused(&self) -> Option<String> {
+    self.state.lock().unwrap_or_else(PoisonError::into_inner).refused.clone()
+  }
+}
+
+/// The answer of [`Ledger::admit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+  /// Forward the call; the reserve is held under this ledger id until it is settled.
+  Go(i64),
+  /// Not forwarded: a cap would be crossed. The message names the scope.
+  Refused(String),
+  /// The caps could not be checked (the store failed): not forwarded.
+  Unavailable(String),
+}
+
+/// Where calls are checked against the caps and charged: the manager's store.
+pub trait Ledger: Send + Sync + 'static {
+  /// Checks every cap that applies to `owner` against `reserve_usd` and, atomically with the
+  /// check, records the call with the reserve as its price until it is settled.
+  fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission;
+  /// Records what the call admitted as `call` really cost.
+  fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64);
+}
+
+/// What the proxy meters with: the ledger and the prices.
+#[derive(Clone)]
+pub struct Metering {
+  pub ledger: Arc<dyn Ledger>,
+  pub prices: PriceTable,
+}
+
+/// The largest request body read to find its model and `max_tokens` (a larger one is refused).
+pub const MAX_METERED_REQUEST: usize = 64 << 20;
+/// The largest JSON response kept to read its usage (a larger one is charged its reserve).
+const MAX_JSON_RESPONSE: usize = 16 << 20;
+/// The longest SSE line kept to read (`message_start` and `message_delta` are short).
+const MAX_SSE_LINE: usize = 1 << 20;
+
+/// The model and the reserve of a request body.
+pub(super) fn reserve_of(body: &[u8], prices: &PriceTable) -> (String, f64) {
+  let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+  let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+  // A request without a valid max_tokens is refused upstream; it is reserved as a large one.
+  let max_tokens = v.get("max_tokens").and_then(Value::as_u64).unwrap_or(128_000);
+  let p = prices.for_model(&model);
+  let input = body.len() as u64 / RESERVE_BYTES_PER_TOKEN;
+  (model.clone(), (max_tokens as f64 * p.output + input as f64 * p.input) / 1_000_000.0)
+}
+
+/// One forwarded call being metered: reads its response's usage as the frames pass, and charges
+/// it once when the body ends or is dropped (a response cut off is charged what it reported).
+pub(super) struct CallCharge {
+  pub metering: Metering,
+  pub meter: Arc<TaskMeter>,
+  pub call: i64,
+  pub model: String,
+  pub reserve: f64,
+  observer: Observer,
+  done: bool,
+}
+
+impl CallCharge {
+  pub fn new(metering: Metering, meter: Arc<TaskMeter>, call: i64, model: String, reserve: f64) -> CallCharge {
+    CallCharge { metering, meter, call, model, reserve, observer: Observer::new(false), done: false }
+  }
+
+  /// Whether the response is a stream of server-sent events (else JSON); said before any frame.
+  pub fn set_sse(&mut self, sse: bool) {
+    self.observer = Observer::new(sse);
+  }
+
+  pub fn feed(&mut self, chunk: &[u8]) {
+    self.observer.feed(chunk);
+  }
+
+  /// Charges the call (once).
+  pub fn settle(&mut self) {
+    if std::mem::replace(&mut self.done, true) {
+      return;
+    }
+    let seen = self.observer.finish();
+    let model = seen.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.clone());
+    let prices = self.metering.prices.for_model(&model);
+    let usd = if seen.unreadable { self.reserve } else { seen.usage.usd(&prices) };
+    self.meter.charge(&seen.usage, usd);
+    let (ledger, call, usage) = (self.metering.ledger.clone(), self.call, seen.usage);
+    match tokio::runtime::Handle::try_current() {
+      Ok(rt) => {
+        rt.spawn_blocking(move || ledger.settle(call, &model, &usage, usd));
+      }
+      Err(_) => ledger.settle(call, &model, &usage, usd),
+    }
+  }
+}
+
+impl Drop for CallCharge {
+  fn drop(&mut self) {
+    self.settle();
+  }
+}
+
+/// What a response said about itself.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Seen {
+  pub usage: CallUsage,
+  pub model: Option<String>,
+  /// A JSON response too large to read: charged its reserve.
+  pub unreadable: bool,
+}
+
+/// Reads usage from a response body as it passes: server-sent events line by line
+/// (`message_start`'s `message.usage`, then each `message_delta`'s `usage`), or a JSON body
+/// kept up to [`MAX_JSON_RESPONSE`] and read at its end.
+pub(super) struct Observer {
+  sse: bool,
+  buf: Vec<u8>,
+  /// Skipping the rest of an SSE line longer than [`MAX_SSE_LINE`].
+  skipping: bool,
+  seen: Seen,
+}
+
+impl Observer {
+  pub fn new(sse: bool) -> Observer {
+    Observer { sse, buf: Vec::new(), skipping: false, seen: Seen::default() }
+  }
+
+  pub fn feed(&mut self, chunk: &[u8]) {
+    if !self.sse {
+      if self.buf.len() + chunk.len() > MAX_JSON_RESPONSE {
+        self.seen.unreadable = true;
+        self.buf = Vec::new();
+      } else if !self.seen.unreadable {
+        self.buf.extend_from_slice(chunk);
+      }
+      return;
+    }
+    let mut rest = chunk;
+    while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+      let (head, tail) = rest.split_at(nl);
+      if self.skipping {
+        self.skipping = false;
+      } else {
+        self.buf.extend_from_slice(head);
+        let line = std::mem::take(&mut self.buf);
+        self.line(&line);
+      }
+      rest = &tail[1..];
+    }
+    if !self.skipping {
+      if self.buf.len() + rest.len() > MAX_SSE_LINE {
+        self.buf.clear();
+        self.skipping = true;
+      } else {
+        self.buf.extend_from_slice(rest);
+      }
+    }
+  }
+
+  fn line(&mut self, line: &[u8]) {
+    let Some(data) = line.strip_prefix(b"data:") else { return };
+    // Only the two events that carry usage are parsed.
+    let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+    if !has(b"message_start") && !has(b"message_delta") {
+      return;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) else { return };
+    match v.get("type").and_then(Value::as_str) {
+      Some("message_start") => {
+        if let Some(m) = v.get("message") {
+          if let Some(u) = m.get("usage") {
+            self.seen.usage.merge(u);
+          }
+          if let Some(model) = m.get("model").and_then(Value::as_str) {
+            self.seen.model = Some(model.to_owned());
+          }
+        }
+      }
+      Some("message_delta") => {
+        if let Some(u) = v.get("usage") {
+          self.seen.usage.merge(u);
+        }
+      }
+      _ => {}
+    }
+  }
+
+  pub fn finish(&mut self) -> Seen {
+    if self.sse {
+      if !self.buf.is_empty() && !self.skipping {
+        let line = std::mem::take(&mut self.buf);
+        self.line(&line);
+      }
+    } else if !self.seen.unreadable && !self.buf.is_empty() {
+      if let Ok(v) = serde_json::from_slice::<Value>(&self.buf) {
+        if let Some(u) = v.get("usage") {
+          self.seen.usage.merge(u);
+        }
+        if let Some(model) = v.get("model").and_then(Value::as_str) {
+          self.seen.model = Some(model.to_owned());
+        }
+      }
+      self.buf = Vec::new();
+    }
+    self.seen.clone()
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn families_unknown_models_and_overrides_are_priced() {
+    let t = PriceTable::default();
+    assert_eq!(t.for_model("claude-sonnet-4-5-20250929").output, 15.0);
+    assert_eq!(t.for_model("claude-3-5-haiku-latest").input, 1.0);
+    assert_eq!(t.for_model("claude-opus-4-1").output, 75.0);
+    assert_eq!(t.for_model("mystery-model").output, 75.0, "unknown: the most expensive family");
+    assert_eq!(t.for_model("").output, 75.0);
+    let p = Prices { input: 5.0, output: 25.0, cache_write: 6.25, cache_read: 0.5 };
+    let t = PriceTable::with_overrides(vec![("opus-4-5".into(), p)]);
+    assert_eq!(t.for_model("claude-opus-4-5").output, 25.0);
+    assert_eq!(t.for_model("claude-opus-4-1").output, 75.0);
+    let u = CallUsage { input: 1_000_000, output: 1_000_000, cache_read: 1_000_000, cache_write: 2_000_000, cache_write_1h: 1_000_000 };
+    let s = PriceTable::default().for_model("sonnet");
+    assert!((u.usd(&s) - (3.0 + 15.0 + 0.3 + 3.75 + 6.0)).abs() < 1e-9);
+  }
+
+  #[test]
+  fn streamed_usage_is_read_across_frame_boundaries() {
+    let sse = concat!(
+      "event: message_start\n",
+      "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":7,\"cache_creation_input_tokens\":3,\"output_tokens\":1}}}\n\n",
+      "event: content_block_delta\n",
+      "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+      "event: message_delta\n",
+      "data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":42}}\n\n",
+    );
+    for step in [1, 3, 7, 64, sse.len()] {
+      let mut o = Observer::new(true);
+      for c in sse.as_bytes().chunks(step) {
+        o.feed(c);
+      }
+      let s = o.finish();
+      assert_eq!(s.usage, CallUsage { input: 10, output: 42, cache_read: 7, cache_write: 3, cache_write_1h: 0 }, "step {step}");
+      assert_eq!(s.model.as_deref(), Some("claude-haiku-4-5"));
+    }
+    // Cut off after message_start: what was reported.
+    let mut o = Observer::new(true);
+    o.feed(&sse.as_bytes()[..sse.find("event: content").unwrap()]);
+    assert_eq!(o.finish().usage.output, 1);
+  }
+
+  #[test]
+  fn json_usage_is_read_at_the_end() {
+    let mut o = Observer::new(false);
+    let body = br#"{"model":"claude-sonnet-4-5","usage":{"input_tokens":5,"output_tokens":6,"cache_creation_input_tokens":4,"cache_creation":{"ephemeral_1h_input_tokens":4}}}"#;
+    for c in body.chunks(5) {
+      o.feed(c);
+    }
+    let s = o.finish();
+    assert_eq!(s.usage, CallUsage { input: 5, output: 6, cache_read: 0, cache_write: 4, cache_write_1h: 4 });
+  }
+
+  #[test]
+  fn the_reserve_is_max_tokens_at_the_output_price_plus_the_body_at_the_input_price() {
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":1000,"messages":[]}"#;
+    let (model, r) = reserve_of(body, &PriceTable::default());
+    assert_eq!(model, "claude-sonnet-4-5");
+    let want = (1000.0 * 15.0 + (body.len() as u64 / 4) as f64 * 3.0) / 1e6;
+    assert!((r - want).abs() < 1e-12, "{r} {want}");
+  }
+}

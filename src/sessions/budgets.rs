@@ -1,0 +1,266 @@
+//! Spend caps: the options (`budgets`, `modelPrices`), `setBudget` / `getBudget` /
+//! `deleteBudget` / `getUsage`, and the [`Ledger`] the key proxy admits and charges model calls
+//! with (the store's `budgets.rs`).
+
+use std::sync::Arc;
+
+use super::Manager;
+use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, TaskMeter};
+use crate::error::{Error, Result};
+use crate::store::{
+  Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Session, Store, UsageQuery, UsageRow, BUDGET_PERIODS, BUDGET_SCOPES,
+};
+use crate::validate;
+
+/// `budgets` in the manager's options: caps where none is stored.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetOptions {
+  /// `perUser: { usd, period? }`.
+  pub per_user: Option<(f64, Option<String>)>,
+  /// `perSession: { usd }`.
+  pub per_session: Option<f64>,
+}
+
+/// A model family's (or model's) prices in `modelPrices`, USD per million tokens.
+#[derive(Debug, Clone)]
+pub struct ModelPrice {
+  pub model: String,
+  pub input: f64,
+  pub output: f64,
+  pub cache_write: Option<f64>,
+  pub cache_read: Option<f64>,
+}
+
+/// A cap in USD: finite and not negative.
+fn usd(field: &str, v: f64) -> Result<f64> {
+  if !v.is_finite() || v < 0.0 {
+    return Err(Error::invalid(format!("{field} must be a finite number of US dollars, 0 or more, got {v}")));
+  }
+  Ok(v)
+}
+
+fn period(field: &str, p: Option<&str>) -> Result<Option<String>> {
+  match p {
+    None => Ok(None),
+    Some(p) if BUDGET_PERIODS.contains(&p) => Ok(Some(p.to_owned())),
+    Some(p) => Err(Error::invalid(format!("{field} must be \"day\" or \"month\" (or left out for no period), got {p:?}"))),
+  }
+}
+
+/// The defaults checked (`budgets` option).
+pub(crate) fn resolve_defaults(o: Option<BudgetOptions>, expose_api_key: bool) -> Result<BudgetDefaults> {
+  let Some(o) = o else { return Ok(BudgetDefaults::default()) };
+  let per_user = o
+    .per_user
+    .map(|(u, p)| Ok::<_, Error>((usd("budgets.perUser.usd", u)?, period("budgets.perUser.period", p.as_deref())?)))
+    .transpose()?;
+  let per_session = o.per_session.map(|u| usd("budgets.perSession.usd", u)).transpose()?;
+  if expose_api_key && (per_user.is_some() || per_session.is_some()) {
+    return Err(budgets_need_proxy());
+  }
+  Ok(BudgetDefaults { per_user, per_session })
+}
+
+fn budgets_need_proxy() -> Error {
+  Error::invalid(
+    "budgets cannot be enforced with exposeApiKeyToAgent: true (the agent holds the real API key and its calls bypass the key proxy that meters them)",
+  )
+}
+
+/// The price table (`modelPrices` over the list prices).
+pub(crate) fn resolve_prices(prices: Vec<ModelPrice>) -> Result<PriceTable> {
+  let mut own = Vec::new();
+  for p in prices {
+    if p.model.trim().is_empty() {
+      return Err(Error::invalid("modelPrices: each entry needs a model (a family such as \"opus\" or a model id)"));
+    }
+    let f = |name: &str, v: f64| usd(&format!("modelPrices[{:?}].{name}", p.model), v);
+    let input = f("input", p.input)?;
+    own.push((
+      p.model.clone(),
+      Prices {
+        input,
+        output: f("output", p.output)?,
+        cache_write: p.cache_write.map(|v| f("cacheWrite", v)).transpose()?.unwrap_or(input * 1.25),
+        cache_read: p.cache_read.map(|v| f("cacheRead", v)).transpose()?.unwrap_or(input * 0.1),
+      },
+    ));
+  }
+  Ok(PriceTable::with_overrides(own))
+}
+
+/// `setBudget`/`getBudget`/`deleteBudget`'s request.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetRequest {
+  pub scope: String,
+  pub user_id: String,
+  pub project_id: Option<String>,
+  pub session_id: Option<String>,
+  pub usd: Option<f64>,
+  pub period: Option<String>,
+}
+
+/// `getUsage`'s request.
+#[derive(Debug, Clone, Default)]
+pub struct UsageRequest {
+  pub user_id: Option<String>,
+  pub project_id: Option<String>,
+  pub session_id: Option<String>,
+  pub since: Option<f64>,
+  pub until: Option<f64>,
+  pub group_by: String,
+}
+
+/// The key proxy's ledger: the manager's store and default caps.
+pub(crate) struct StoreLedger {
+  pub store: Arc<Store>,
+  pub defaults: BudgetDefaults,
+}
+
+impl Ledger for StoreLedger {
+  fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission {
+    let call = CallAdmit {
+      task_id: &owner.task_id,
+      session_id: &owner.session_id,
+      user_id: &owner.user_id,
+      project_id: &owner.project_id,
+      model,
+      reserve_usd,
+    };
+    match self.store.admit_call(&call, &self.defaults) {
+      Ok(Admit::Go(id)) => Admission::Go(id),
+      Ok(Admit::Over { scope, cap_usd, spent_usd, period }) => Admission::Refused(format!(
+        "spend cap reached: the {scope} budget of ${cap_usd}{} has ${:.4} left and this call may cost up to ${reserve_usd:.4} (BUDGET_EXCEEDED, scope {scope})",
+        period.map(|p| format!(" a {p}")).unwrap_or_default(),
+        (cap_usd - spent_usd).max(0.0),
+      )),
+      Err(e) => Admission::Unavailable(format!("the spend caps could not be checked: {}", e.message)),
+    }
+  }
+
+  fn settle(&self, call: i64, model: &str, u: &CallUsage, usd: f64) {
+    let t = CallTokens { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write };
+    // A failed write leaves the row at its reserve (never less than the call was let through at).
+    let _ = self.store.settle_call(call, model, &t, usd);
+  }
+}
+
+impl Manager {
+  /// A meter for one task's model calls, charged to its session, user and project.
+  pub(crate) fn task_meter(&self, session: &Session, task_id: &str) -> Arc<TaskMeter> {
+    TaskMeter::new(CallOwner {
+      task_id: task_id.to_owned(),
+      session_id: session.id.clone(),
+      user_id: session.user_id.clone(),
+      project_id: session.project_id.clone(),
+    })
+  }
+
+  /// The request checked and made a key; a session cap's session must be the user's.
+  async fn budget_key(&self, r: &BudgetRequest) -> Result<BudgetKey> {
+    validate::id("userId", &r.user_id)?;
+    let mut k = BudgetKey { scope: r.scope.clone(), user_id: r.user_id.clone(), ..Default::default() };
+    match r.scope.as_str() {
+      "user" => {
+        if r.project_id.is_some() || r.session_id.is_some() {
+          return Err(Error::invalid("a user budget takes no projectId or sessionId"));
+        }
+      }
+      "project" => {
+        let p = r.project_id.as_deref().ok_or_else(|| Error::invalid("a project budget needs projectId"))?;
+        validate::id("projectId", p)?;
+        if r.session_id.is_some() {
+          return Err(Error::invalid("a project budget takes no sessionId"));
+        }
+        k.project_id = p.to_owned();
+      }
+      "session" => {
+        let s = r.session_id.as_deref().ok_or_else(|| Error::invalid("a session budget needs sessionId"))?;
+        let id = validate::session_id("sessionId", s)?;
+        // Another user's session answers as a missing one.
+        self.get_session(&id, &r.user_id).await?;
+        k.session_id = id;
+      }
+      other => {
+        return Err(Error::invalid(format!("scope must be one of {BUDGET_SCOPES:?}, got {other:?}")));
+      }
+    }
+    Ok(k)
+  }
+
+  /// Sets (or replaces) a spend cap.
+  pub async fn set_budget(&self, r: BudgetRequest) -> Result<Budget> {
+    self.check_open()?;
+    let cap = usd("usd", r.usd.ok_or_else(|| Error::invalid("usd is required"))?)?;
+    let period = period("period", r.period.as_deref())?;
+    if r.scope == "session" && period.is_some() {
+      return Err(Error::invalid("a session budget has no period"));
+    }
+    let k = self.budget_key(&r).await?;
+    if self.cfg.expose_api_key {
+      return Err(budgets_need_proxy());
+    }
+    let k2 = k.clone();
+    self
+      .db(move |s| {
+        s.set_budget(&k2, cap, period.as_deref())?;
+        s.get_budget(&k2)
+      })
+      .await?
+      .ok_or_else(|| Error::internal("the budget just stored is missing"))
+  }
+
+  /// A spend cap with its scope's spend this period: the stored one, else the default that
+  /// applies (`budgets`), else `None`.
+  pub async fn get_budget(&self, r: BudgetRequest) -> Result<Option<Budget>> {
+    self.check_open()?;
+    let k = self.budget_key(&r).await?;
+    let default = match k.scope.as_str() {
+      "user" => self.cfg.budget_defaults.per_user.clone(),
+      "session" => self.cfg.budget_defaults.per_session.map(|u| (u, None)),
+      _ => None,
+    };
+    self
+      .db(move |s| {
+        if let Some(b) = s.get_budget(&k)? {
+          return Ok(Some(b));
+        }
+        let Some((usd, period)) = default else { return Ok(None) };
+        let (spent, start) = s.spent_in(&k, period.as_deref())?;
+        Ok(Some(Budget { key: k, usd, period, spent_usd: spent, period_start: start }))
+      })
+      .await
+  }
+
+  /// Deletes a stored spend cap (a default one applies again); whether there was one.
+  pub async fn delete_budget(&self, r: BudgetRequest) -> Result<bool> {
+    self.check_open()?;
+    let k = self.budget_key(&r).await?;
+    self.db(move |s| s.delete_budget(&k)).await
+  }
+
+  /// The ledger of model calls, summed by day, model or session.
+  pub async fn get_usage(&self, r: UsageRequest) -> Result<Vec<UsageRow>> {
+    self.check_open()?;
+    if let Some(u) = &r.user_id {
+      validate::id("userId", u)?;
+    }
+    if let Some(p) = &r.project_id {
+      validate::id("projectId", p)?;
+    }
+    let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
+    if !["day", "model", "session"].contains(&r.group_by.as_str()) {
+      return Err(Error::invalid(format!("groupBy must be \"day\", \"model\" or \"session\", got {:?}", r.group_by)));
+    }
+    let ms = |field: &str, v: Option<f64>| v.map(|v| validate::non_negative_int(field, v).map(|v| v as i64)).transpose();
+    let q = UsageQuery {
+      user_id: r.user_id,
+      project_id: r.project_id,
+      session_id,
+      since: ms("since", r.since)?,
+      until: ms("until", r.until)?,
+      group_by: r.group_by,
+    };
+    self.db(move |s| s.usage_report(&q)).await
+  }
+}

@@ -1,0 +1,125 @@
+//! Spend caps and the ledger of model calls, the same on every backend: a call is admitted only
+//! when its reserve fits under every cap that applies, the check and the reserve are one step for
+//! admitters on several connections, and settled calls are summed by day, model and session.
+
+use claude_session_manager::store::{Admit, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Store, UsageQuery};
+
+fn key(scope: &str, user: &str, project: &str, session: &str) -> BudgetKey {
+  BudgetKey { scope: scope.into(), user_id: user.into(), project_id: project.into(), session_id: session.into() }
+}
+
+fn call<'a>(task: &'a str, session: &'a str, user: &'a str, project: &'a str, reserve: f64) -> CallAdmit<'a> {
+  CallAdmit { task_id: task, session_id: session, user_id: user, project_id: project, model: "claude-sonnet-4-5", reserve_usd: reserve }
+}
+
+fn go(a: Admit) -> i64 {
+  match a {
+    Admit::Go(id) => id,
+    other => panic!("refused: {other:?}"),
+  }
+}
+
+fn over_scope(a: Admit) -> String {
+  match a {
+    Admit::Over { scope, .. } => scope,
+    other => panic!("admitted: {other:?}"),
+  }
+}
+
+/// Runs the checks on `s` (fresh ids: `u` is unique to this run); `other` opens another
+/// connection to the same store.
+pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
+  let none = BudgetDefaults::default();
+  let t = CallTokens { input: 100, output: 10, cache_read: 5, cache_write: 1 };
+  // No cap: every call goes, and is in the ledger at its reserve until settled.
+  let id = go(s.admit_call(&call("t0", "s0", u, "p", 5.0), &none).unwrap());
+  s.settle_call(id, "claude-sonnet-4-5-20250929", &t, 0.25).unwrap();
+
+  // A session cap: reserves count until settled, then the real price does.
+  s.set_budget(&key("session", u, "", "s1"), 1.0, None).unwrap();
+  let a = go(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).unwrap()), "session", "0.6 reserved + 0.6 > 1");
+  s.settle_call(a, "", &t, 0.3).unwrap();
+  let b = go(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).unwrap());
+  s.settle_call(b, "", &t, 0.6).unwrap();
+  assert_eq!(over_scope(s.admit_call(&call("t1", "s1", u, "p", 0.2), &none).unwrap()), "session");
+  let got = s.get_budget(&key("session", u, "", "s1")).unwrap().expect("stored");
+  assert!((got.spent_usd - 0.9).abs() < 1e-9, "{got:?}");
+  assert_eq!((got.usd, got.period.as_deref(), got.period_start), (1.0, None, 0));
+  // Raised: the session goes on.
+  s.set_budget(&key("session", u, "", "s1"), 2.0, None).unwrap();
+  go(s.admit_call(&call("t2", "s1", u, "p", 0.6), &none).unwrap());
+  // Another session of the user has no cap.
+  go(s.admit_call(&call("t3", "s2", u, "p", 0.6), &none).unwrap());
+
+  // A user cap counts every session of the user (s0's 0.25, s1's 0.9 + 0.6, s2's 0.6 so far).
+  s.set_budget(&key("user", u, "", ""), 3.0, Some("day")).unwrap();
+  let user = s.get_budget(&key("user", u, "", "")).unwrap().unwrap();
+  assert!((user.spent_usd - 2.35).abs() < 1e-9, "{user:?}");
+  assert!(user.period_start > 0 && user.period_start % 86_400_000 == 0, "a UTC day: {}", user.period_start);
+  assert_eq!(over_scope(s.admit_call(&call("t4", "s3", u, "p", 0.7), &none).unwrap()), "user");
+  go(s.admit_call(&call("t4", "s3", u, "p", 0.6), &none).unwrap());
+  assert!(s.delete_budget(&key("user", u, "", "")).unwrap());
+  assert!(!s.delete_budget(&key("user", u, "", "")).unwrap(), "already gone");
+  assert!(s.get_budget(&key("user", u, "", "")).unwrap().is_none());
+
+  // A project cap of a user: other projects and other users are not counted.
+  s.set_budget(&key("project", u, "q", ""), 1.0, Some("month")).unwrap();
+  go(s.admit_call(&call("t5", "s4", u, "q", 0.9), &none).unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t5", "s5", u, "q", 0.2), &none).unwrap()), "project");
+  go(s.admit_call(&call("t5", "s6", u, "other", 0.2), &none).unwrap());
+  let v = format!("{u}-v");
+  go(s.admit_call(&call("t6", "s7", &v, "q", 0.9), &none).unwrap());
+
+  // Defaults apply where nothing is stored; a stored cap wins over them.
+  let w = format!("{u}-w");
+  let defaults = BudgetDefaults { per_user: Some((1.0, Some("day".into()))), per_session: Some(0.5) };
+  assert_eq!(over_scope(s.admit_call(&call("t7", "w1", &w, "p", 0.6), &defaults).unwrap()), "session");
+  go(s.admit_call(&call("t7", "w1", &w, "p", 0.4), &defaults).unwrap());
+  go(s.admit_call(&call("t7", "w2", &w, "p", 0.4), &defaults).unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t7", "w3", &w, "p", 0.4), &defaults).unwrap()), "user");
+  s.set_budget(&key("user", &w, "", ""), 10.0, None).unwrap();
+  go(s.admit_call(&call("t7", "w3", &w, "p", 0.4), &defaults).unwrap());
+
+  // Reports: by session, model and day, filtered.
+  let q = |group: &str| UsageQuery { user_id: Some(u.into()), group_by: group.into(), ..Default::default() };
+  let by_session = s.usage_report(&UsageQuery { project_id: Some("p".into()), ..q("session") }).unwrap();
+  let keys: Vec<&str> = by_session.iter().map(|r| r.key.as_str()).collect();
+  assert_eq!(keys, ["s0", "s1", "s2", "s3"]);
+  let s1 = &by_session[1];
+  assert_eq!(s1.calls, 3);
+  assert_eq!(s1.tokens, CallTokens { input: 200, output: 20, cache_read: 10, cache_write: 2 });
+  assert!((s1.usd - 1.5).abs() < 1e-9, "{s1:?}");
+  let by_model = s.usage_report(&UsageQuery { session_id: Some("s0".into()), ..q("model") }).unwrap();
+  assert_eq!(by_model.len(), 1);
+  assert_eq!(by_model[0].key, "claude-sonnet-4-5-20250929", "the model upstream reported");
+  let by_day = s.usage_report(&q("day")).unwrap();
+  assert_eq!(by_day.len(), 1);
+  assert_eq!(by_day[0].key.len(), 10, "{:?}", by_day[0].key);
+  assert_eq!(by_day[0].calls, 8);
+  let future = s.usage_report(&UsageQuery { since: Some(i64::MAX - 1), ..q("day") }).unwrap();
+  assert!(future.is_empty());
+
+  // Eight admitters on connections of their own, released together: a cap of 1.0 with reserves
+  // of 0.3 admits exactly three.
+  let r = format!("{u}-race");
+  s.set_budget(&key("user", &r, "", ""), 1.0, None).unwrap();
+  let stores: Vec<Store> = (0..8).map(|_| other()).collect();
+  let barrier = std::sync::Barrier::new(stores.len());
+  let admitted = std::thread::scope(|sc| {
+    let hs: Vec<_> = stores
+      .iter()
+      .enumerate()
+      .map(|(i, own)| {
+        let (barrier, r) = (&barrier, &r);
+        sc.spawn(move || {
+          let session = format!("race{i}");
+          barrier.wait();
+          own.admit_call(&call("race", &session, r, "p", 0.3), &BudgetDefaults::default()).unwrap()
+        })
+      })
+      .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+  });
+  assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
+}
