@@ -323,3 +323,54 @@ test('S7. without the key proxy (exposeApiKeyToAgent) the sandbox keeps the netw
     await manager.close()
   }
 })
+
+test('S10. sandboxNetwork.allowDomains: the agent tunnels to a listed host name only; no listed host, an IP or another port is refused', async (t) => {
+  server.reset()
+  const secret = mark('ALLOWED_HOST')
+  const host = net.createServer((c) => c.end(`HTTP/1.0 200 OK\r\nContent-Length: ${secret.length}\r\n\r\n${secret}`))
+  await new Promise((res) => host.listen(0, '127.0.0.1', res))
+  const port = host.address().port
+  const other = mark('OTHER_HOST')
+  const host2 = net.createServer((c) => c.end(`HTTP/1.0 200 OK\r\nContent-Length: ${other.length}\r\n\r\n${other}`))
+  await new Promise((res) => host2.listen(0, '127.0.0.1', res))
+  const { manager } = makeManager({ server, sandboxNetwork: { allowDomains: [`localhost:${port}`] } })
+  if (!(await requireSandbox(t, manager))) {
+    host.close()
+    host2.close()
+    return
+  }
+  if (!fs.existsSync('/usr/bin/curl')) {
+    host.close()
+    host2.close()
+    await manager.close()
+    return t.skip('curl is not installed: the agent has no client to try the tunnel with')
+  }
+  const port2 = host2.address().port
+  const curl = (url) => `curl -s -m 5 --noproxy '' -p -x "$HTTPS_PROXY" ${url} 2>/dev/null`
+  const command = [
+    'echo START=1',
+    'echo PROXY=$HTTPS_PROXY',
+    `echo ALLOWED=$(${curl(`http://localhost:${port}/`)})`,
+    `echo IP=$(${curl(`http://127.0.0.1:${port}/`)})`,
+    `echo OTHERPORT=$(${curl(`http://localhost:${port2}/`)})`,
+    `echo PG=$(${curl('http://localhost:5432/')} | head -c 20)`,
+    'echo DONE=1',
+  ].join('; ')
+  try {
+    const { r, output } = await runBash(manager, server, command)
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    const f = fields(output)
+    t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+    t.assert.match(f.PROXY ?? '', /^http:\/\/127\.0\.0\.1:\d+$/, output)
+    t.assert.strictEqual(f.ALLOWED, secret, `control: the listed host answers through the tunnel:\n${output}`)
+    t.assert.ok(!output.includes(other), `an unlisted port answered:\n${output}`)
+    t.assert.strictEqual(f.IP, '', `an IP address was tunnelled to:\n${output}`)
+    t.assert.strictEqual(f.PG, '', output)
+  } finally {
+    host.close()
+    host2.close()
+    await manager.close()
+  }
+  t.assert.throws(() => makeManager({ server, sandboxNetwork: { allowDomains: ['10.0.0.1'] } }), (e) => e.code === 'INVALID_ARGUMENT')
+  t.assert.throws(() => makeManager({ server, sandboxNetwork: { allowDomains: ['exa mple.com'] } }), (e) => e.code === 'INVALID_ARGUMENT')
+})
