@@ -95,6 +95,8 @@ function storeOptions(backend, dir) {
 export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...options } = {}) {
   const configDir = path.join(dir, 'claude-config')
   fs.mkdirSync(configDir, { recursive: true })
+  const home = path.join(dir, 'home')
+  fs.mkdirSync(home, { recursive: true })
   const work = path.join(dir, 'work')
   fs.mkdirSync(work, { recursive: true })
   const store = storeOptions(backend, dir)
@@ -102,7 +104,9 @@ export function makeManager({ server, dir = tempDir(), backend = 'sqlite', ...op
     warmIdleMs: 0,
     ...store,
     workingDirectory: work,
-    env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir },
+    // A HOME of its own: an unsandboxed CLI's Bash runs a login shell, which must not depend on
+    // (or wait for a lock in) the profile of whoever runs the tests.
+    env: { ...(server ? server.env() : {}), CLAUDE_CONFIG_DIR: configDir, HOME: home },
     ...options,
   }
   const manager = new addon.SessionManager(all)
