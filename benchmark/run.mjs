@@ -72,7 +72,8 @@ const facts = {
   kernel: `${os.type()} ${os.release()}`,
   node: process.version,
   claude: claudeVersion(),
-  claudeBinary: path.relative(root, claudeBinary()),
+  // The package the binary came from, never a path of the machine that ran this.
+  claudeBinary: claudeBinary().replace(/^.*node_modules\//, 'node_modules/'),
   sdk: version('@anthropic-ai/claude-agent-sdk'),
   gptTokenizer: version('gpt-tokenizer'),
   jsTiktoken: version('js-tiktoken'),

@@ -439,20 +439,20 @@ fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_ro
     p.set_node("n");
     Store::Postgres(p)
   };
-  let (a, b) = (open("/nodes/a/work", "/nodes/a/claude"), open("/nodes/b/work", "/nodes/b/claude"));
+  let (a, b) = (open("/nodes/a/wd", "/nodes/a/claude"), open("/nodes/b/wd", "/nodes/b/claude"));
   let (inside, root, outside) = (id(), id(), id());
-  for (sid, wd) in [(&inside, "/nodes/a/work/repo/sub"), (&root, "/nodes/a/work"), (&outside, "/srv/shared")] {
+  for (sid, wd) in [(&inside, "/nodes/a/wd/repo/sub"), (&root, "/nodes/a/wd"), (&outside, "/srv/shared")] {
     let mut n = new_session(sid, "u", "p");
     n.working_directory = wd.into();
     n.config_dir = Some("/nodes/a/claude/user-u-1".into());
     a.create_session(&n).unwrap();
   }
   let on_b = |sid: &str| b.get_session(sid, "u").unwrap().unwrap();
-  assert_eq!(on_b(&inside).working_directory, "/nodes/b/work/repo/sub");
+  assert_eq!(on_b(&inside).working_directory, "/nodes/b/wd/repo/sub");
   assert_eq!(on_b(&inside).config_dir.as_deref(), Some("/nodes/b/claude/user-u-1"));
-  assert_eq!(on_b(&root).working_directory, "/nodes/b/work");
+  assert_eq!(on_b(&root).working_directory, "/nodes/b/wd");
   assert_eq!(on_b(&outside).working_directory, "/srv/shared", "outside the root: the same path everywhere");
-  assert_eq!(a.get_session(&inside, "u").unwrap().unwrap().working_directory, "/nodes/a/work/repo/sub");
+  assert_eq!(a.get_session(&inside, "u").unwrap().unwrap().working_directory, "/nodes/a/wd/repo/sub");
 }
 
 #[test]
