@@ -165,8 +165,7 @@ test("R3. a database the agent plants at <workingDirectory>/.claude-sessions/ is
   }
 })
 
-// Not fixed yet: the key proxy does not meter calls (the Budgets issue); the README lists it under
-// "Not guaranteed". A todo: shown in every run, not failing it.
+// Fixed by the key proxy's metering: every call on a task's token counts in that task's usage.
 test("R4. the agent's own model calls with its task token are counted in the task's usage", async (t) => {
   server.reset()
   const { manager } = makeManager({ server })
