@@ -1,6 +1,7 @@
 // Helpers for attacks.test.mjs: run one scripted Bash command in a task and read back what the
 // tool printed, as the CLI sent it to the (stand-in) model.
 import fs from 'node:fs'
+import crypto from 'node:crypto'
 import path from 'node:path'
 
 export const messageCalls = (server) => server.requests.filter((r) => r.path === '/v1/messages')
@@ -50,3 +51,18 @@ export function transcripts(root) {
     .map((f) => path.join(root, f))
 }
 
+
+/** A marker string no other test (or the CLI) produces. */
+export const mark = (name) => `${name}_${crypto.randomBytes(6).toString('hex')}`
+
+/** `KEY=value` lines of a probe's output. */
+export const fields = (output) => Object.fromEntries([...output.matchAll(/^([A-Z_0-9]+)=(.*)$/gm)].map((m) => [m[1], m[2].trim()]))
+
+/** Skips (and closes the manager) when the agent would not run in bubblewrap. */
+export async function requireSandbox(t, manager) {
+  const { sandbox } = manager.info()
+  if (sandbox === 'bubblewrap') return true
+  t.skip(`agent sandbox is '${sandbox}', not 'bubblewrap': bwrap is unavailable here, the sandboxed attack cannot be checked`)
+  await manager.close()
+  return false
+}

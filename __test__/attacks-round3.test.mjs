@@ -5,12 +5,11 @@
 // `setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=<a folder of 65534> node --test
 // __test__/attacks-round3.test.mjs`.
 import { test, before, after } from 'node:test'
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { addon, makeManager, startStandInServer, tempDir, workDir } from './helpers.mjs'
-import { messageCalls, runBash } from './attack-helpers.mjs'
+import { fields, mark, messageCalls, requireSandbox, runBash } from './attack-helpers.mjs'
 
 let server
 before(async () => {
@@ -20,20 +19,10 @@ after(async () => {
   await server.close()
 })
 
-const mark = (name) => `${name}_${crypto.randomBytes(6).toString('hex')}`
 const isRoot = process.getuid?.() === 0
 const setpriv = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p))
 
-async function requireSandbox(t, manager) {
-  const { sandbox } = manager.info()
-  if (sandbox === 'bubblewrap') return true
-  t.skip(`agent sandbox is '${sandbox}', not 'bubblewrap': bwrap is unavailable here, the sandboxed attack cannot be checked`)
-  await manager.close()
-  return false
-}
 
-/** `KEY=value` lines of a probe's output. */
-const fields = (output) => Object.fromEntries([...output.matchAll(/^([A-Z_0-9]+)=(.*)$/gm)].map((m) => [m[1], m[2].trim()]))
 
 /** Writes `text` to `file` inside the sandbox (a quoted heredoc: no expansion). */
 const writeFile = (file, text) => `cat > ${file} <<'CSM_EOF'\n${text}\nCSM_EOF`

@@ -6,12 +6,11 @@
 // and as an unprivileged user: `setpriv --reuid=65534 --regid=65534 --clear-groups env
 // HOME=/tmp/x node --test __test__/attacks-sandbox.test.mjs`.
 import { test, before, after } from 'node:test'
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import { eventually, makeManager, startStandInServer } from './helpers.mjs'
-import { messageCalls, runBash } from './attack-helpers.mjs'
+import { fields, mark, messageCalls, requireSandbox, runBash } from './attack-helpers.mjs'
 
 let server
 before(async () => {
@@ -21,18 +20,8 @@ after(async () => {
   await server.close()
 })
 
-const mark = (name) => `${name}_${crypto.randomBytes(6).toString('hex')}`
 
-async function requireSandbox(t, manager) {
-  const { sandbox } = manager.info()
-  if (sandbox === 'bubblewrap') return true
-  t.skip(`agent sandbox is '${sandbox}', not 'bubblewrap': bwrap is unavailable here, the sandboxed attack cannot be checked`)
-  await manager.close()
-  return false
-}
 
-/** `KEY=value` lines of a probe's output. */
-const fields = (output) => Object.fromEntries([...output.matchAll(/^([A-Z_0-9]+)=(.*)$/gm)].map((m) => [m[1], m[2].trim()]))
 
 const isRoot = process.getuid?.() === 0
 
