@@ -40,8 +40,11 @@ function tenantDir(manager, user) {
   return path.join(root, fs.readdirSync(root).find((n) => n.startsWith(`user-${user}-`)))
 }
 
-/** A shell line that finds the agent's own transcript (its only one) into $F. */
-const OWN = 'F=$(ls "$CLAUDE_CONFIG_DIR"/projects/*/*.jsonl | head -1); echo "OWN=$F"'
+/** A shell line that finds the agent's own transcript (its only one) into $F. The CLI writes
+ *  its transcript in batches, so on a loaded machine the file may not exist yet when the
+ *  first tool runs: wait up to 15 s for it. */
+const OWN =
+  'for i in $(seq 75); do F=$(ls "$CLAUDE_CONFIG_DIR"/projects/*/*.jsonl 2>/dev/null | head -1); [ -n "$F" ] && break; sleep 0.2; done; echo "OWN=$F"'
 
 /** A JSON-lines conversation with `secret` in it, as a transcript would hold it. */
 function conversation(secret) {
