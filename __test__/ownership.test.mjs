@@ -4,7 +4,9 @@
 import { test, before, after } from 'node:test'
 import { randomUUID } from 'node:crypto'
 import { createRequire } from 'node:module'
-import { makeManager, startStandInServer } from './helpers.mjs'
+import fs from 'node:fs'
+import path from 'node:path'
+import { makeManager, processesMentioning, startStandInServer, until } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const { createClaudeRoutes } = require('../next/index.js')
@@ -170,4 +172,76 @@ test('ownership: every method and route answers for another user\'s session exac
   t.assert.deepStrictEqual(await snapshot(), before)
   t.assert.strictEqual(server.requests.length, requestsBefore, 'no call of mallory reached the API')
   await manager.close()
+})
+
+/** Every addon row and route row, called by mallory on alice's `id` and on a missing id: asserts
+ *  both answer alike, with SESSION_NOT_FOUND / 404. */
+async function assertLikeMissing(t, manager, routes, id, phase) {
+  for (const [name, call] of addonRows(manager)) {
+    const missing = randomUUID()
+    const theirs = await outcome(() => call(id, 'mallory'), id)
+    t.assert.deepStrictEqual(theirs, await outcome(() => call(missing, 'mallory'), missing), `${phase}: ${name}`)
+    t.assert.strictEqual(theirs.code, 'SESSION_NOT_FOUND', `${phase}: ${name}: ${JSON.stringify(theirs)}`)
+  }
+  for (const [name, call] of routeRows(routes)) {
+    const missing = randomUUID()
+    const theirs = await routeOutcome(call(id, 'mallory'), id)
+    t.assert.deepStrictEqual(theirs, await routeOutcome(call(missing, 'mallory'), missing), `${phase}: route ${name}`)
+    t.assert.strictEqual(theirs.status, 404, `${phase}: route ${name}: ${JSON.stringify(theirs)}`)
+  }
+}
+
+test("ownership while alice's session is live: a kept warm CLI and a pending permission request answer another user as a missing session, and stay alice's", async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server, warmIdleMs: 600_000, permissionTimeoutMs: 60_000 })
+  t.after(() => manager.close())
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
+  await manager.getOrCreateSession({ projectId: 'p', userId: 'mallory' })
+
+  // 1. A kept warm CLI: alice's first task ended, its process waits for her next one.
+  const first = await manager.executeTask({ prompt: 'alice one', projectId: 'p', userId: 'alice' })
+  t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+  const id = first.sessionId
+  const warm = processesMentioning(id)
+  t.assert.ok(warm.length > 0, 'a warm CLI is kept for alice')
+  const requestsBefore = server.requests.length
+  await assertLikeMissing(t, manager, routes, id, 'kept warm CLI')
+  t.assert.strictEqual(server.requests.length, requestsBefore, "no call of mallory's reached the API through alice's CLI")
+  t.assert.deepStrictEqual(processesMentioning(id).sort(), [...warm].sort(), "alice's warm CLI is untouched")
+  const second = await manager.executeTask({ prompt: 'alice two', projectId: 'p', userId: 'alice', sessionId: id })
+  t.assert.strictEqual(second.result, 'Echo #2: alice two', 'her next task continues her conversation alone')
+  t.assert.deepStrictEqual(processesMentioning(id).sort(), [...warm].sort(), 'in the same warm CLI')
+
+  // 2. A pending permission request: alice's task waits for her answer to a Write.
+  const file = path.join(work, 'alice-approves.txt')
+  server.enqueue({ toolUse: { name: 'Write', input: { file_path: file, content: 'alice\n' } } }, { text: 'Written.' })
+  let pending = null
+  const run = manager.executeTask(
+    { prompt: 'write it', projectId: 'p', userId: 'alice', sessionId: id, permissionMode: 'default' },
+    {
+      canUseTool: (toolName, input, options) => {
+        pending = options
+        return new Promise((resolve) => options.signal.addEventListener('abort', () => resolve({ behavior: 'deny', message: 'withdrawn' })))
+      },
+    },
+  )
+  await until('the permission request', () => pending)
+  const steal = { sessionId: id, userId: 'mallory', requestId: pending.requestId, behavior: 'allow' }
+  const missingId = randomUUID()
+  const theirs = await outcome(() => manager.respondToPermission(steal), id)
+  t.assert.deepStrictEqual(theirs, await outcome(() => manager.respondToPermission({ ...steal, sessionId: missingId }), missingId), 'respondToPermission')
+  t.assert.strictEqual(theirs.code, 'SESSION_NOT_FOUND', JSON.stringify(theirs))
+  const permRoute = (sid) => routes.permission.POST(post('permission', { sessionId: sid, requestId: pending.requestId, behavior: 'allow' }, 'mallory'))
+  const routeTheirs = await routeOutcome(permRoute(id), id)
+  t.assert.deepStrictEqual(routeTheirs, await routeOutcome(permRoute(missingId), missingId), 'route POST permission')
+  t.assert.strictEqual(routeTheirs.status, 404, JSON.stringify(routeTheirs))
+  await assertLikeMissing(t, manager, routes, id, 'pending permission request')
+  t.assert.strictEqual(pending.signal.aborted, false, "alice's request is still pending")
+  t.assert.strictEqual(fs.existsSync(file), false, 'nothing ran on a stranger\'s answer')
+  // Alice's own answer still settles it.
+  await manager.respondToPermission({ sessionId: id, userId: 'alice', requestId: pending.requestId, behavior: 'allow' })
+  const r = await run
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'alice\n')
+  t.assert.strictEqual((await manager.listTasks(id, 'alice')).length, 3, 'three tasks of hers, none of mallory\'s')
 })
