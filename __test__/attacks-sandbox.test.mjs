@@ -8,6 +8,8 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import net from 'node:net'
+import os from 'node:os'
+import dns from 'node:dns'
 import path from 'node:path'
 import { eventually, makeManager, startStandInServer } from './helpers.mjs'
 import { fields, mark, messageCalls, requireSandbox, runBash } from './attack-helpers.mjs'
@@ -362,4 +364,34 @@ test('S10. sandboxNetwork.allowDomains: the agent tunnels to a listed host name 
   }
   t.assert.throws(() => makeManager({ server, sandboxNetwork: { allowDomains: ['10.0.0.1'] } }), (e) => e.code === 'INVALID_ARGUMENT')
   t.assert.throws(() => makeManager({ server, sandboxNetwork: { allowDomains: ['exa mple.com'] } }), (e) => e.code === 'INVALID_ARGUMENT')
+})
+
+test("S11. sandboxNetwork.allowDomains: a listed name that resolves to the host itself or a private network is refused (only `localhost` listed as such reaches the host)", async (t) => {
+  server.reset()
+  // A name other than `localhost` that this machine resolves to a loopback or private address:
+  // its own host name, on most machines (a DNS answer the agent would control, for a wildcard).
+  const name = os.hostname().toLowerCase()
+  let address
+  try {
+    address = (await dns.promises.lookup(name, { family: 4 })).address
+  } catch {}
+  if (name === 'localhost' || !address || !/^(127\.|10\.|192\.168\.|172\.(1[6-9]|2\d|3[01])\.)/.test(address)) {
+    return t.skip(`this machine's host name (${name}) does not resolve to a loopback or private IPv4 address: nothing to try`)
+  }
+  const secret = mark('PRIVATE_HOST')
+  const host = net.createServer((c) => c.end(`HTTP/1.0 200 OK\r\nContent-Length: ${secret.length}\r\n\r\n${secret}`))
+  await new Promise((res) => host.listen(0, address, res))
+  t.after(() => host.close())
+  const port = host.address().port
+  const { manager } = makeManager({ server, sandboxNetwork: { allowDomains: [`${name}:${port}`] } })
+  t.after(() => manager.close())
+  if (!(await requireSandbox(t, manager))) return
+  if (!fs.existsSync('/usr/bin/curl')) return t.skip('curl is not installed: the agent has no client to try the tunnel with')
+  const curl = (url) => `curl -s -m 5 --noproxy '' -p -x "$HTTPS_PROXY" -o /dev/null -w '%{http_connect}' ${url} 2>/dev/null`
+  const { r, output } = await runBash(manager, server, `echo START=1; echo CODE=$(${curl(`http://${name}:${port}/`)}); echo DONE=1`)
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const f = fields(output)
+  t.assert.strictEqual(f.DONE, '1', `the probe ran:\n${output}`)
+  t.assert.ok(!output.includes(secret), `the listed name tunnelled to ${address}:\n${output}`)
+  t.assert.strictEqual(f.CODE, '502', `the tunnel was refused (502 from the proxy):\n${output}`)
 })

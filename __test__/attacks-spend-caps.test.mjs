@@ -51,6 +51,9 @@ for (const backend of testBackends()) {
     t.assert.strictEqual(calls(ledger), forwarded)
     const all = total(await manager.getUsage({ sessionId, groupBy: 'session' }))
     t.assert.ok(all <= cap + RESERVE, `spend ${all} within the cap ${cap} plus one call's reserve`)
+    // One task, one call at a time: a call is sent only when its reserve fits (and each call here
+    // costs less than its reserve), so the spend never crosses the cap at all.
+    t.assert.ok(all <= cap + 1e-9, `spend ${all} crossed the cap ${cap}: a call was sent whose reserve did not fit`)
     const budget = await manager.getBudget({ scope: 'session', userId: 'u', sessionId })
     t.assert.ok(budget.spentUsd > spentBefore + 1, `the cap's spend counts the task's calls: ${budget.spentUsd}`)
     t.assert.ok(budget.remainingUsd < RESERVE, `less than one reserve is left: ${budget.remainingUsd}`)
