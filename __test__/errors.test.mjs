@@ -4,6 +4,8 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
 import { addon, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
 import nextRoutes from '../next/index.js'
 
@@ -91,6 +93,46 @@ test('errors: a claudePath that cannot start is CLI_ERROR; one that is no execut
   t.assert.strictEqual(messageCalls().length, 0)
 })
 
+test('errors: a CLI older than the supported range is CLI_UNSUPPORTED before anything is stored; a newer one runs, with one warning on stderr', async (t) => {
+  server.reset()
+  const { dir } = makeManager()
+  const real = path.resolve('node_modules/@anthropic-ai/claude-code/bin/claude.exe')
+  if (!fs.existsSync(real)) return t.skip(`no CLI at ${real}`)
+  // Wrappers (no sandbox: a script is run as it is) that report a version and run the real CLI.
+  const wrapper = (name, version) => {
+    const p = path.join(dir, name)
+    fs.writeFileSync(p, `#!/bin/sh\nif [ "$1" = --version ]; then echo '${version} (Claude Code)'; exit 0; fi\nexec '${real}' "$@"\n`, { mode: 0o755 })
+    return p
+  }
+  const base = { prompt: 'x', projectId: 'p', userId: 'u' }
+  const old = wrapper('old-claude', '2.1.300')
+  const { manager } = makeManager({ server, claudePath: old, sandbox: 'none' })
+  await rejectsWith(t, manager.executeTask(base), 'CLI_UNSUPPORTED', /version 2\.1\.300, older than 2\.1\.331/)
+  t.assert.deepStrictEqual(await manager.listSessions({ userId: 'u' }), [], 'nothing stored')
+  t.assert.strictEqual(messageCalls().length, 0, 'nothing spawned that reached the API')
+  await manager.close()
+
+  // A newer one, in a process of its own to read its stderr: the task runs, the warning is
+  // printed once for two tasks.
+  const newer = wrapper('new-claude', '2.9.0')
+  const script = `
+    const { SessionManager } = require(${JSON.stringify(path.resolve('index.js'))})
+    const m = new SessionManager(${JSON.stringify({ ...makeManager({ server }).options, claudePath: newer, sandbox: 'none' })})
+    ;(async () => {
+      for (const prompt of ['one', 'two']) {
+        const r = await m.executeTask({ prompt, projectId: 'p', userId: 'u' })
+        console.log(JSON.stringify({ success: r.success, result: r.result }))
+      }
+      await m.close()
+    })()`
+  const { stdout, stderr } = await promisify(execFile)(process.execPath, ['-e', script], { timeout: 120_000 })
+  const results = stdout.trim().split('\n').map((l) => JSON.parse(l))
+  t.assert.deepStrictEqual(results.map((r) => r.success), [true, true], stdout)
+  const warnings = stderr.split('\n').filter((l) => l.includes('newer than the versions this package was tested with'))
+  t.assert.strictEqual(warnings.length, 1, stderr)
+  t.assert.match(warnings[0], /version 2\.9\.0/)
+})
+
 test('errors: an error the CLI reports itself is CLI_ERROR with its message', async (t) => {
   server.reset()
   const { manager, configDir } = makeManager({ server })
@@ -162,6 +204,7 @@ test('errorCodes lists every code exactly, and the README documents each', (t) =
     'SESSION_BUSY',
     'STORE_ERROR',
     'CLI_NOT_FOUND',
+    'CLI_UNSUPPORTED',
     'CLI_ERROR',
     'API_ERROR',
     'AUTH_ERROR',

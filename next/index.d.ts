@@ -221,7 +221,7 @@ export interface ClaudeRoutesOptions {
   permissionPrompts?: boolean
   /**
    * Called with every error answered with a 5xx (after its message is hidden from the client when
-   * it may name server paths: `STORE_ERROR`, `INTERNAL`, `CLI_NOT_FOUND`, errors without a code).
+   * it may name server paths: `STORE_ERROR`, `INTERNAL`, `CLI_NOT_FOUND`, `CLI_UNSUPPORTED`, errors without a code).
    * Default `console.error`; `null` silences it.
    */
   onError?: ((error: unknown, request: Request) => void) | null

@@ -74,7 +74,7 @@ const SERVER_DETAIL_FIELDS = new Set([
 
 /** Codes whose messages may name server paths or internals: a 5xx with one of these (or with no
  * code at all) gets a generic message; the real error goes to `onError`. */
-const PRIVATE_CODES = new Set(['STORE_ERROR', 'INTERNAL', 'CLI_NOT_FOUND'])
+const PRIVATE_CODES = new Set(['STORE_ERROR', 'INTERNAL', 'CLI_NOT_FOUND', 'CLI_UNSUPPORTED'])
 
 const JSON_HEADERS = Object.freeze({ 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' })
 const SSE_HEADERS = Object.freeze({

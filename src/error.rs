@@ -17,6 +17,8 @@ pub enum ErrorCode {
   StoreError,
   /// The `claude` binary could not be found.
   CliNotFound,
+  /// The `claude` binary is older than the oldest version this package supports.
+  CliUnsupported,
   /// The CLI failed: it could not start, exited abnormally, or printed no result.
   CliError,
   /// The model API answered with an error (see the HTTP status in the message).
@@ -64,6 +66,7 @@ impl ErrorCode {
       ErrorCode::SessionBusy => "SESSION_BUSY",
       ErrorCode::StoreError => "STORE_ERROR",
       ErrorCode::CliNotFound => "CLI_NOT_FOUND",
+      ErrorCode::CliUnsupported => "CLI_UNSUPPORTED",
       ErrorCode::CliError => "CLI_ERROR",
       ErrorCode::ApiError => "API_ERROR",
       ErrorCode::AuthError => "AUTH_ERROR",
@@ -84,12 +87,13 @@ impl ErrorCode {
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 21] = [
+  pub const ALL: [ErrorCode; 22] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
     ErrorCode::StoreError,
     ErrorCode::CliNotFound,
+    ErrorCode::CliUnsupported,
     ErrorCode::CliError,
     ErrorCode::ApiError,
     ErrorCode::AuthError,

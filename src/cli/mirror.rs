@@ -4,9 +4,7 @@
 //! frames off the stream (they never reach `onEvent`) and hands them to a [`MirrorTx`], in order,
 //! including the ones printed after the `result` line.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -53,31 +51,10 @@ pub async fn drain<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, tx: &MirrorT
   }
 }
 
-fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
-  let word = text.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
-  let mut parts = word.split('.').map(|p| p.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u64>().ok());
-  Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
-}
-
 /// Whether the CLI at `program` has the flag, by its `--version` (asked once per program, without
 /// a shell). A CLI without it is mirrored from its transcript file when the task ends.
 pub fn supported(program: &Path) -> bool {
-  static SEEN: Mutex<Option<HashMap<PathBuf, bool>>> = Mutex::new(None);
-  if let Some(v) = SEEN.lock().ok().and_then(|m| m.as_ref().and_then(|m| m.get(program).copied())) {
-    return v;
-  }
-  let ok = std::process::Command::new(program)
-    .arg("--version")
-    .stdin(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .output()
-    .ok()
-    .and_then(|o| parse_version(&String::from_utf8_lossy(&o.stdout)))
-    .is_some_and(|v| v >= MIN_VERSION);
-  if let Ok(mut m) = SEEN.lock() {
-    m.get_or_insert_with(HashMap::new).insert(program.to_path_buf(), ok);
-  }
-  ok
+  super::version::of(program).is_some_and(|v| v >= MIN_VERSION)
 }
 
 /// Which file of session `session_id` a frame's `filePath` is: `Some("")` for the main transcript
@@ -107,11 +84,10 @@ mod tests {
 
   #[test]
   fn versions_and_file_paths() {
-    assert_eq!(parse_version("2.1.331 (Claude Code)"), Some((2, 1, 331)));
-    assert_eq!(parse_version("2.0.5"), Some((2, 0, 5)));
-    assert_eq!(parse_version("nonsense"), None);
-    assert!(parse_version("2.1.331 (Claude Code)").unwrap() >= MIN_VERSION);
-    assert!(parse_version("2.1.99").unwrap() < MIN_VERSION);
+    assert_eq!(crate::cli::version::parse("2.0.5"), Some((2, 0, 5)));
+    assert_eq!(crate::cli::version::parse("nonsense"), None);
+    assert!(crate::cli::version::parse("2.1.331 (Claude Code)").unwrap() >= MIN_VERSION);
+    assert!(crate::cli::version::parse("2.1.99").unwrap() < MIN_VERSION);
     let id = "11111111-1111-4111-8111-111111111111";
     assert_eq!(subpath_of(&format!("/c/projects/-w/{id}.jsonl"), id), Some(String::new()));
     assert_eq!(subpath_of(&format!("/c/projects/-w/{id}/subagents/agent-1.jsonl"), id), Some("subagents/agent-1".into()));

@@ -10,6 +10,7 @@ pub mod resolve;
 pub mod run;
 pub mod sandbox;
 pub mod stream;
+pub mod version;
 pub mod warm;
 
 pub use args::{build_args, child_env, CliArgs, SessionMode};

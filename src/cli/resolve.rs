@@ -56,8 +56,15 @@ fn from_path(path_var: Option<OsString>) -> Option<PathBuf> {
 }
 
 /// Resolves the CLI: the `claudePath` option, then `CLAUDE_PATH`, then the npm package
-/// `@anthropic-ai/claude-code` under `search_dirs`, then `PATH`.
+/// `@anthropic-ai/claude-code` under `search_dirs`, then `PATH`; one older than the supported
+/// range is `CLI_UNSUPPORTED` (its `--version` is asked once per path: see [`super::version`]).
 pub fn resolve_cli(explicit: Option<&str>, search_dirs: &[PathBuf]) -> Result<PathBuf> {
+  let program = find_cli(explicit, search_dirs)?;
+  super::version::check(&program)?;
+  Ok(program)
+}
+
+fn find_cli(explicit: Option<&str>, search_dirs: &[PathBuf]) -> Result<PathBuf> {
   let hint = "install it with `npm install @anthropic-ai/claude-code`, or pass the `claudePath` option / set CLAUDE_PATH";
   if let Some(p) = explicit.map(str::to_owned).or_else(|| std::env::var("CLAUDE_PATH").ok().filter(|s| !s.is_empty())) {
     let pb = PathBuf::from(&p);
