@@ -251,17 +251,25 @@ impl SqliteStore {
       "model" => "model",
       _ => "session_id",
     };
+    // Only the filters given, so that SQLite can use the index of the narrowest one (a
+    // `?1 IS NULL OR user_id = ?1` condition would scan the whole ledger).
+    let mut filters = vec!["at >= ?", "at < ?"];
+    let mut args: Vec<rusqlite::types::Value> = vec![q.since.unwrap_or(0).into(), q.until.unwrap_or(i64::MAX).into()];
+    for (column, value) in [("user_id = ?", &q.user_id), ("project_id = ?", &q.project_id), ("session_id = ?", &q.session_id)] {
+      if let Some(v) = value {
+        filters.push(column);
+        args.push(v.clone().into());
+      }
+    }
     let sql = format!(
       "SELECT {key} AS k, COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
          COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(usd), 0)
-       FROM model_calls
-       WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR project_id = ?2) AND (?3 IS NULL OR session_id = ?3)
-         AND at >= ?4 AND at < ?5
-       GROUP BY k ORDER BY k"
+       FROM model_calls WHERE {} GROUP BY k ORDER BY k",
+      filters.join(" AND ")
     );
     self.with(|c| {
       let mut st = c.prepare_cached(&sql)?;
-      let rows = st.query_map(params![q.user_id, q.project_id, q.session_id, q.since.unwrap_or(0), q.until.unwrap_or(i64::MAX)], |r| {
+      let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
         Ok(UsageRow {
           key: r.get(0)?,
           calls: r.get::<_, i64>(1)? as u64,
