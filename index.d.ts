@@ -452,6 +452,14 @@ export interface PermissionResponse {
   updatedInput?: Record<string, unknown>
   /** Also end the turn (deny). */
   interrupt?: boolean
+  /**
+   * With an allow: also allow, without asking, the session's later requests for the same tool
+   * on a file in the same folder (file tools; the folder must be inside the session's working
+   * directory) or for exactly the same Bash command. A rule the manager running the session's
+   * tasks keeps in memory (until the session is deleted or the manager closes); never a
+   * change to the CLI's own permission settings. Other tools are allowed once.
+   */
+  remember?: 'session'
 }
 
 /** How many tokens a prompt would add to a session, and whether it still fits. */

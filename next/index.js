@@ -7,9 +7,12 @@
 
 const MANAGER_KEY = Symbol.for('claude-session-manager.next.manager')
 const SIGNALS_KEY = Symbol.for('claude-session-manager.next.signals')
-// Permission requests waiting for the user, shared by every route module of the process.
-const PERMISSIONS_KEY = Symbol.for('claude-session-manager.next.permissions')
-const pendingPermissions = () => (globalThis[PERMISSIONS_KEY] ??= new Map())
+// Permission requests answered through this server's POST /permission (user, session and
+// request id), shared by every route module of the process: their stream sends no
+// `permission_cancelled` when the manager then withdraws them from the callback.
+const ANSWERED_KEY = Symbol.for('claude-session-manager.next.answered')
+const answeredHere = () => (globalThis[ANSWERED_KEY] ??= new Set())
+const answerKey = (userId, sessionId, requestId) => JSON.stringify([userId, sessionId, requestId])
 
 /** Fields of a task request a client may send unless `clientTaskFields` says otherwise. `model` is
  * not one of them: a client may choose the model only from `allowedModels`. */
@@ -299,7 +302,7 @@ function publicEvent(event) {
 /** A session as the browser may see it: without its server-side `workingDirectory`. */
 function publicSession(session) {
   if (!session || typeof session !== 'object' || !('workingDirectory' in session)) return session
-  const { workingDirectory, ...rest } = session
+  const { workingDirectory: _workingDirectory, ...rest } = session
   return rest
 }
 
@@ -338,20 +341,6 @@ function publicContextUsage(out, exposeServerDetails) {
   }
   if (exposeServerDetails) view.raw = out && out.source === 'cli' ? out.usage : out && out.contextInfo
   return view
-}
-
-/** Tool input fields the CLI's permission rules and the user's decision are about (the manager's
- * `respondToPermission` refuses the same): a user's `updatedInput` may not change them, since the
- * CLI does not check its rules (`disallowedTools: ['Bash(rm:*)']`) again on an edited input. */
-const GUARDED_INPUT_FIELDS = Object.freeze(['command', 'file_path', 'notebook_path', 'path', 'url', 'dangerouslyDisableSandbox'])
-
-function checkUserEdit(input, updatedInput) {
-  const own = (o, k) => (o && Object.prototype.hasOwnProperty.call(o, k) ? JSON.stringify(o[k]) : undefined)
-  for (const f of GUARDED_INPUT_FIELDS) {
-    if (own(input, f) !== own(updatedInput, f)) {
-      throw badRequest(`permission: updatedInput may change the tool's other fields, not "${f}": the permission was asked for the ${f} it has`)
-    }
-  }
 }
 
 function sseFrame(event, data, id) {
@@ -530,27 +519,20 @@ function createClaudeRoutes(options) {
       markAccepted()
     }
     // A tool that needs permission: a `permission_request` event, answered by POST /permission
-    // from the same user (on this server, or on another one sharing the store: the signal then
-    // aborts); `permission_cancelled` once it is no longer pending here without an answer given
-    // on this server: the task was aborted, nobody decided within the manager's
-    // permissionTimeoutMs (the answer is then deny), or it was answered through another server.
+    // from the same user through the manager's `respondToPermission` (on this server, or on
+    // another one sharing the store), which settles the request and aborts this callback's
+    // signal; `permission_cancelled` when it aborts without an answer given on this server: the
+    // task was aborted, nobody decided within the manager's permissionTimeoutMs (the answer is
+    // then deny), or it was answered through another server. The callback itself never decides.
     const canUseTool = (toolName, input, { signal, suggestions, toolUseID, requestId }) =>
       new Promise((resolve) => {
         const id = typeof requestId === 'string' && requestId ? requestId : crypto.randomUUID()
-        const pending = pendingPermissions()
-        const settle = (answer) => {
-          if (pending.get(id)?.settle !== settle) return
-          pending.delete(id)
-          resolve(answer)
-        }
-        pending.set(id, { userId, sessionId, input, settle })
         push(sseFrame('permission_request', { requestId: id, sessionId, toolName, input, suggestions, toolUseID }, nextId++))
         signal.addEventListener(
           'abort',
           () => {
-            if (pending.get(id)?.settle !== settle) return
-            push(sseFrame('permission_cancelled', { requestId: id, sessionId }, nextId++))
-            settle({ behavior: 'deny', message: 'the permission request was withdrawn' })
+            if (!answeredHere().delete(answerKey(userId, sessionId, id))) push(sseFrame('permission_cancelled', { requestId: id, sessionId }, nextId++))
+            resolve({ behavior: 'deny', message: 'the permission request was withdrawn' })
           },
           { once: true },
         )
@@ -700,42 +682,26 @@ function createClaudeRoutes(options) {
   })
 
   // POST /api/claude/permission — { sessionId, requestId, behavior, message?, updatedInput?,
-  // interrupt? }: the user's answer to a `permission_request` event of their own stream.
+  // interrupt?, remember? }: the user's answer to a `permission_request` event of their own
+  // stream, through the manager's `respondToPermission` (which checks it, and forwards it to the
+  // server running the task if that is another one; it never takes `updatedPermissions`).
   const permissionPOST = route(async (request, userId) => {
-    const b = only(await readBody(request), ['sessionId', 'requestId', 'behavior', 'message', 'updatedInput', 'interrupt'], 'permission')
+    const b = only(await readBody(request), ['sessionId', 'requestId', 'behavior', 'message', 'updatedInput', 'interrupt', 'remember'], 'permission')
     if (typeof b.sessionId !== 'string' || typeof b.requestId !== 'string') throw badRequest('permission: sessionId and requestId must be strings')
-    if (b.behavior !== 'allow' && b.behavior !== 'deny') throw badRequest('permission: behavior must be "allow" or "deny"')
-    if (b.message !== undefined && typeof b.message !== 'string') throw badRequest('permission: message must be a string')
-    if (b.updatedInput !== undefined && (b.updatedInput === null || typeof b.updatedInput !== 'object' || Array.isArray(b.updatedInput))) {
-      throw badRequest('permission: updatedInput must be an object')
-    }
-    if (b.interrupt !== undefined && typeof b.interrupt !== 'boolean') throw badRequest('permission: interrupt must be a boolean')
-    const notFound = () => new RouteError(404, 'PERMISSION_REQUEST_NOT_FOUND', `no pending permission request ${b.requestId} in session ${b.sessionId}`)
-    const pending = pendingPermissions().get(b.requestId)
-    const done = () => json({ ok: true, requestId: b.requestId, behavior: b.behavior })
-    if (pending) {
-      // Someone else's request answers exactly like one that does not exist (or was answered).
-      if (pending.userId !== userId || pending.sessionId !== b.sessionId) throw notFound()
-      if (b.behavior === 'allow' && b.updatedInput) checkUserEdit(pending.input, b.updatedInput)
-      // Never `updatedPermissions` from a client: it could change the session's permission mode.
-      const answer =
-        b.behavior === 'allow'
-          ? { behavior: 'allow', ...(b.updatedInput ? { updatedInput: b.updatedInput } : {}) }
-          : { behavior: 'deny', message: b.message || 'the user denied this', ...(b.interrupt ? { interrupt: true } : {}) }
-      pending.settle(answer)
-      return done()
-    }
-    // Not a stream of this server: the task may run on another one sharing the store, which the
-    // manager forwards the answer to (it checks that the session is the user's; it never takes
-    // `updatedPermissions` either).
     const m = await resolveManager()
+    const key = answerKey(userId, b.sessionId, b.requestId)
+    answeredHere().add(key)
     try {
       await m.respondToPermission({ ...b, userId })
     } catch (error) {
-      if (error && error.code === 'SESSION_NOT_FOUND') throw notFound()
+      answeredHere().delete(key)
+      // Someone else's session answers exactly like a request that does not exist.
+      if (error && error.code === 'SESSION_NOT_FOUND') throw new RouteError(404, 'PERMISSION_REQUEST_NOT_FOUND', `no pending permission request ${b.requestId} in session ${b.sessionId}`)
       throw error
     }
-    return done()
+    // Answered through the store for a stream of another server: no abort will come here.
+    setTimeout(() => answeredHere().delete(key), 60_000).unref?.()
+    return json({ ok: true, requestId: b.requestId, behavior: b.behavior })
   })
 
   // POST /api/claude/message — { sessionId, prompt }: a message for the task running on the

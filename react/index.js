@@ -224,14 +224,14 @@ function useClientSession(opts) {
       const o = latest.current
       const doFetch = o.fetch || globalThis.fetch.bind(globalThis)
       const extra = typeof o.headers === 'function' ? await o.headers() : o.headers
-      const headers = { accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(extra || {}) }
+      const headers = { accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...extra }
       const res = await doFetch(`${api}${path}`, {
         method,
         headers,
         body: body !== undefined ? JSON.stringify(body) : undefined,
         credentials: o.credentials || 'same-origin',
         cache: 'no-store',
-        ...(init || {}),
+        ...init,
       })
       if (!res.ok) throw await errorFromResponse(res)
       return res
@@ -435,7 +435,7 @@ function useClientSession(opts) {
         id = await ensureSession()
         running.sessionId = id
         const extra = stringFields(sendOptions, ['model', 'title'])
-        const body = { ...(latest.current.body || {}), ...extra, prompt, projectId, sessionId: id }
+        const body = { ...latest.current.body, ...extra, prompt, projectId, sessionId: id }
         if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
         const res = await call('POST', '/stream', body, { signal: controller.signal })
         await readEventStream(res.body, (event, data) => {
@@ -658,6 +658,7 @@ function useClientSession(opts) {
       const body = { sessionId: sessionForRequest, requestId, behavior: a.behavior === 'allow' ? 'allow' : 'deny' }
       if (typeof a.message === 'string') body.message = a.message
       if (a.updatedInput && typeof a.updatedInput === 'object') body.updatedInput = a.updatedInput
+      if (a.remember === 'session' && body.behavior === 'allow') body.remember = 'session'
       if (a.interrupt === true) body.interrupt = true
       try {
         const out = await callJson('POST', '/permission', body)

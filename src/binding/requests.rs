@@ -352,6 +352,13 @@ pub struct PermissionResponse {
   pub updated_input: Option<serde_json::Value>,
   /// Also end the turn (deny).
   pub interrupt: Option<bool>,
+  /// With an allow: also allow, without asking, the session's later requests for the same tool
+  /// on a file in the same folder (file tools; the folder must be inside the session's working
+  /// directory) or for exactly the same Bash command. A rule the manager running the session's
+  /// tasks keeps in memory (until the session is deleted or the manager closes); never a
+  /// change to the CLI's own permission settings. Other tools are allowed once.
+  #[napi(ts_type = "'session'")]
+  pub remember: Option<String>,
 }
 
 /// A field that is there, even as `null` (which the check then refuses).
@@ -369,6 +376,7 @@ impl From<PermissionResponse> for manager::PermissionResponse {
       message: r.message,
       updated_input: r.updated_input,
       interrupt: r.interrupt,
+      remember: r.remember,
     }
   }
 }
