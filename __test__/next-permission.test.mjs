@@ -205,3 +205,24 @@ test('next permission: remember "session" allows the same tool in the same folde
   await fresh.next((e) => e.event === 'result')
   t.assert.strictEqual(fs.existsSync(path.join(dirA, 'four.txt')), false)
 })
+
+test('next permission: remember "session" given through another server holds on the server running the session', async (t) => {
+  server.reset()
+  const a = setup(t)
+  const dir = path.join(a.work, 'via-b')
+  fs.mkdirSync(dir)
+  const write = async (name, sessionId) => {
+    server.enqueue({ toolUse: { name: 'Write', input: { file_path: path.join(dir, name), content: `${name}\n` } } }, { text: 'Wrote it.' })
+    return sseReader(await a.routes.stream.POST(post('stream', { prompt: `write ${name}`, projectId: 'p', ...(sessionId ? { sessionId } : {}) })))
+  }
+  const first = await write('one.txt')
+  const asked = (await first.next((e) => e.event === 'permission_request')).data
+  const [ok] = await permissionPostsElsewhere(a.options, [{ body: { sessionId: asked.sessionId, requestId: asked.requestId, behavior: 'allow', remember: 'session' }, user: 'alice' }])
+  t.assert.strictEqual(ok.status, 200, JSON.stringify(ok.body))
+  t.assert.strictEqual((await first.next((e) => e.event === 'result')).data.success, true)
+  const second = await write('two.txt', asked.sessionId)
+  const result = (await second.next((e) => e.event === 'result')).data
+  t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
+  t.assert.deepStrictEqual(second.seen.filter((e) => e.event === 'permission_request'), [], 'no second prompt')
+  t.assert.strictEqual(fs.readFileSync(path.join(dir, 'two.txt'), 'utf8'), 'two.txt\n')
+})
