@@ -403,9 +403,10 @@ pub struct ExecuteOptions {
   /// the CLI withdraws the request (the task was aborted), nobody decided within the manager's
   /// `permissionTimeoutMs` (the answer is then deny), or the request was answered through
   /// `respondToPermission` (in any manager sharing the store, with `requestId`). A throw, a
-  /// rejection or an answer that is neither allow nor deny denies.
+  /// rejection or an answer that is neither allow nor deny denies. `remember: 'session'` with an
+  /// allow records the session's always-allow rule, as with `respondToPermission`.
   #[napi(
-    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
+    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[]; remember?: 'session' } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
   )]
   pub can_use_tool: Option<napi::bindgen_prelude::Unknown<'static>>,
 }
