@@ -304,9 +304,10 @@ export interface ExecuteOptions {
    * the CLI withdraws the request (the task was aborted), nobody decided within the manager's
    * `permissionTimeoutMs` (the answer is then deny), or the request was answered through
    * `respondToPermission` (in any manager sharing the store, with `requestId`). A throw, a
-   * rejection or an answer that is neither allow nor deny denies.
+   * rejection or an answer that is neither allow nor deny denies. `remember: 'session'` with an
+   * allow records the session's always-allow rule, as with `respondToPermission`.
    */
-  canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>
+  canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[]; remember?: 'session' } | { behavior: 'deny'; message: string; interrupt?: boolean }>
 }
 
 /** `fork`. */
@@ -452,6 +453,14 @@ export interface PermissionResponse {
   updatedInput?: Record<string, unknown>
   /** Also end the turn (deny). */
   interrupt?: boolean
+  /**
+   * With an allow: also allow, without asking, the session's later requests for the same tool
+   * on a file in the same folder (file tools; the folder must be inside the session's working
+   * directory) or for exactly the same Bash command. A rule the manager running the session's
+   * tasks keeps in memory (until the session is deleted or the manager closes); never a
+   * change to the CLI's own permission settings. Other tools are allowed once.
+   */
+  remember?: 'session'
 }
 
 /** How many tokens a prompt would add to a session, and whether it still fits. */

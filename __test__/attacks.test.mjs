@@ -1,4 +1,5 @@
-// Attacks from the project's adversarial review notes, replayed against the addon with the real CLI.
+// Attacks an adversarial review of the package tried (each described in its test), replayed
+// against the addon with the real CLI.
 // Each test asserts on what the attack would have achieved (a secret in what the CLI sent to the
 // model, a file changed on the host, a process still alive), so it fails if the protection goes.
 // Tests marked "sandboxed" skip when bubblewrap is not usable on this machine.
@@ -94,7 +95,7 @@ test(`1. sandboxed: a Bash agent cannot read or modify the session database; sto
 for (const { mode, warmIdleMs } of PROCESS_MODES)
 test(`2. sandboxed: a Bash agent cannot read another tenant's transcript (${mode})`, async (t) => {
   server.reset()
-  const { manager, dir } = makeManager({ server, warmIdleMs })
+  const { manager } = makeManager({ server, warmIdleMs })
   if (!(await requireSandbox(t, manager))) return
   const secret = mark('TENANT_SECRET')
   const a = await manager.executeTask({ prompt: `remember ${secret}`, projectId: 'p', userId: 'alice' })

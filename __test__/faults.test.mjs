@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { addon, makeManager, processesMentioning, startStandInServer, tempDir } from './helpers.mjs'
+import { makeManager, processesMentioning, startStandInServer, tempDir } from './helpers.mjs'
 
 let server
 before(async () => {

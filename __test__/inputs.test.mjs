@@ -1,10 +1,10 @@
-// How request values are read and checked (adversarial notes §4, F19–F23): only own properties,
+// How request values are read and checked (an adversarial review's findings on inputs): only own properties,
 // hostile objects reject instead of throwing, no two different strings become one id, invisible
 // ids and unprintable titles, model names and budgets, and a size cap on token counting. Every
 // case here is refused before anything is spawned (the manager has no stand-in server).
 import { test } from 'node:test'
 import path from 'node:path'
-import { addon, makeManager, rejectsWith, tempDir, workDir } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, workDir } from './helpers.mjs'
 
 const I = 'INVALID_ARGUMENT'
 

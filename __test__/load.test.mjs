@@ -24,7 +24,7 @@ for (const backend of testBackends()) {
     })
     // A failed assertion must not leave the server (and so this file's process) running.
     t.after(() => server.close())
-    const { manager, dir, work, configDir, store } = makeManager({ server, backend })
+    const { manager, work, configDir, store } = makeManager({ server, backend })
     const sessions = []
     for (let i = 0; i < SESSIONS; i++) sessions.push((await manager.getOrCreateSession({ projectId: 'load', userId: 'load', preferActive: false })).session.id)
     await manager.close()

@@ -47,8 +47,11 @@ test('next permission: the stream emits permission_request; only its user can an
   // Another user, or the wrong session, cannot see or answer it.
   const other = await routes.permission.POST(post('permission', { sessionId: asked.sessionId, requestId: asked.requestId, behavior: 'allow' }, 'mallory'))
   t.assert.strictEqual(other.status, 404)
-  const wrong = await routes.permission.POST(post('permission', { sessionId: 'not-it', requestId: asked.requestId, behavior: 'allow' }))
+  // (a well-formed id of no session of hers; a malformed one is a 400, as everywhere in the API)
+  const wrong = await routes.permission.POST(post('permission', { sessionId: crypto.randomUUID(), requestId: asked.requestId, behavior: 'allow' }))
   t.assert.strictEqual(wrong.status, 404)
+  const malformed = await routes.permission.POST(post('permission', { sessionId: 'not-it', requestId: asked.requestId, behavior: 'allow' }))
+  t.assert.strictEqual(malformed.status, 400)
   // A client may not grant itself permanent permissions.
   const escalate = await routes.permission.POST(
     post('permission', { sessionId: asked.sessionId, requestId: asked.requestId, behavior: 'allow', updatedPermissions: [{ type: 'setMode', mode: 'acceptEdits', destination: 'session' }] }),
@@ -144,4 +147,82 @@ test('next permission: an answer POSTed to another server reaches the one runnin
   t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
   t.assert.deepStrictEqual(result.permissionDenials, [])
   t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'via B\n')
+})
+
+test('next permission: remember "session" allows the same tool in the same folder of the same session without asking, and nothing more', async (t) => {
+  server.reset()
+  const { routes, work } = setup(t)
+  const dirA = path.join(work, 'a')
+  const dirB = path.join(work, 'b')
+  fs.mkdirSync(dirA)
+  fs.mkdirSync(dirB)
+  const write = (file, prompt, sessionId, user = 'alice') => {
+    server.enqueue({ toolUse: { name: 'Write', input: { file_path: file, content: `${path.basename(file)}\n` } } }, { text: 'Wrote it.' })
+    return routes.stream.POST(post('stream', { prompt, projectId: 'p', ...(sessionId ? { sessionId } : {}) }, user)).then(sseReader)
+  }
+  const finish = async (sse) => {
+    const result = (await sse.next((e) => e.event === 'result')).data
+    t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
+    return { result, asked: sse.seen.filter((e) => e.event === 'permission_request').map((e) => e.data) }
+  }
+
+  // The first Write to A asks; another user's "always" is refused like a missing session.
+  const first = await write(path.join(dirA, 'one.txt'), 'write one')
+  const asked = (await first.next((e) => e.event === 'permission_request')).data
+  const answer = { sessionId: asked.sessionId, requestId: asked.requestId, behavior: 'allow', remember: 'session' }
+  const mallory = await routes.permission.POST(post('permission', answer, 'mallory'))
+  t.assert.strictEqual(mallory.status, 404)
+  t.assert.strictEqual((await mallory.json()).error.code, 'PERMISSION_REQUEST_NOT_FOUND')
+  // "always" goes with allow only, and is "session" or nothing.
+  for (const bad of [{ ...answer, behavior: 'deny' }, { ...answer, remember: 'forever' }, { ...answer, remember: true }]) {
+    const r = await routes.permission.POST(post('permission', bad))
+    t.assert.strictEqual(r.status, 400, JSON.stringify(bad))
+  }
+  const ok = await routes.permission.POST(post('permission', answer))
+  t.assert.strictEqual(ok.status, 200, await ok.clone().text())
+  await finish(first)
+  const sessionId = asked.sessionId
+
+  // Another Write to A in the same session, in a later task: no prompt, the file is written.
+  const again = await finish(await write(path.join(dirA, 'two.txt'), 'write two', sessionId))
+  t.assert.deepStrictEqual(again.asked, [], 'no second prompt for the same folder')
+  t.assert.deepStrictEqual(again.result.permissionDenials, [])
+  t.assert.strictEqual(fs.readFileSync(path.join(dirA, 'two.txt'), 'utf8'), 'two.txt\n')
+
+  // A Write to another folder still asks (denied here: not written).
+  const other = await write(path.join(dirB, 'three.txt'), 'write three', sessionId)
+  const askedB = (await other.next((e) => e.event === 'permission_request')).data
+  t.assert.strictEqual(askedB.input.file_path, path.join(dirB, 'three.txt'))
+  t.assert.strictEqual((await routes.permission.POST(post('permission', { sessionId, requestId: askedB.requestId, behavior: 'deny' }))).status, 200)
+  await other.next((e) => e.event === 'result')
+  t.assert.strictEqual(fs.existsSync(path.join(dirB, 'three.txt')), false)
+
+  // Another session of the same user, writing to A: asks.
+  const fresh = await write(path.join(dirA, 'four.txt'), 'write four')
+  const askedFresh = (await fresh.next((e) => e.event === 'permission_request')).data
+  t.assert.notStrictEqual(askedFresh.sessionId, sessionId)
+  t.assert.strictEqual((await routes.permission.POST(post('permission', { sessionId: askedFresh.sessionId, requestId: askedFresh.requestId, behavior: 'deny' }))).status, 200)
+  await fresh.next((e) => e.event === 'result')
+  t.assert.strictEqual(fs.existsSync(path.join(dirA, 'four.txt')), false)
+})
+
+test('next permission: remember "session" given through another server holds on the server running the session', async (t) => {
+  server.reset()
+  const a = setup(t)
+  const dir = path.join(a.work, 'via-b')
+  fs.mkdirSync(dir)
+  const write = async (name, sessionId) => {
+    server.enqueue({ toolUse: { name: 'Write', input: { file_path: path.join(dir, name), content: `${name}\n` } } }, { text: 'Wrote it.' })
+    return sseReader(await a.routes.stream.POST(post('stream', { prompt: `write ${name}`, projectId: 'p', ...(sessionId ? { sessionId } : {}) })))
+  }
+  const first = await write('one.txt')
+  const asked = (await first.next((e) => e.event === 'permission_request')).data
+  const [ok] = await permissionPostsElsewhere(a.options, [{ body: { sessionId: asked.sessionId, requestId: asked.requestId, behavior: 'allow', remember: 'session' }, user: 'alice' }])
+  t.assert.strictEqual(ok.status, 200, JSON.stringify(ok.body))
+  t.assert.strictEqual((await first.next((e) => e.event === 'result')).data.success, true)
+  const second = await write('two.txt', asked.sessionId)
+  const result = (await second.next((e) => e.event === 'result')).data
+  t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
+  t.assert.deepStrictEqual(second.seen.filter((e) => e.event === 'permission_request'), [], 'no second prompt')
+  t.assert.strictEqual(fs.readFileSync(path.join(dir, 'two.txt'), 'utf8'), 'two.txt\n')
 })

@@ -87,7 +87,8 @@ console.error(`[bench] ${facts.cpu}, ${facts.cores} cores, node ${facts.node}, $
 
 // ---- sections ------------------------------------------------------------------------------
 const stopLoad = sampler(() => machineLoad(), 5000)
-const results = { facts, wrapper, sections: {}, errors: {} }
+// The wrapper is compiled into a temporary folder: recorded by kind, not by its path on this machine.
+const results = { facts, wrapper: { static: wrapper.static }, sections: {}, errors: {} }
 for (const name of sections) {
   const json = path.join(work, `${name}.json`)
   const argv = [path.join(here, 'sections', `${name}.mjs`), `--json=${json}`, `--wrapper=${wrapper.path}`]

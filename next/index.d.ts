@@ -43,7 +43,7 @@
  * | `POST /session` `{ action: 'tasks', sessionId }` | `{ tasks }` ({@link TaskRecord}s, oldest first) |
  * | `GET /compact?sessionId=…&threshold=…` | `{ context }` ({@link ContextInfo}) |
  * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
- * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt? }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream, whichever server runs it (forwarded through the store); 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
+ * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt?, remember?: 'session' }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream, whichever server runs it (through `manager.respondToPermission`, forwarded through the store); `remember: 'session'` with an allow also allows the session's later requests for the same tool in the same folder (file tools, inside the working directory) or with exactly the same Bash command, without asking; 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
  * | `POST /message` `{ sessionId, prompt }` | `{ ok: true, sessionId }`: the prompt is added to the task running on the session (`SessionManager.sendMessage`); the model sees it in that task and the task's stream carries the answer. 400 `INVALID_ARGUMENT` when no task runs on the session on any server sharing the database (send it as a new task then); 404 `SESSION_NOT_FOUND` for another user's session |
  * | `GET /context?sessionId=…` | `{ contextUsage }` ({@link ContextUsageView}): the CLI's own breakdown when the session's CLI is running here, else the stored meter |
  *
@@ -216,7 +216,10 @@ export interface ClaudeRoutesOptions {
    * without an answer given on this server: the task was aborted, nobody answered within the
    * manager's `permissionTimeoutMs` (the tool is then denied), or it was answered through another
    * server (the tool then runs or not as answered). A client can allow, allow with an edited
-   * input, or deny (optionally ending the turn); it can never grant permanent permissions.
+   * input (never the command, path or URL asked about), allow for the rest of the session
+   * (`remember: 'session'`: a rule the server bounds to the tool and the file's folder inside the
+   * working directory, or the exact Bash command; see `PermissionResponse.remember`), or deny
+   * (optionally ending the turn); it can never change the CLI's permission settings.
    */
   permissionPrompts?: boolean
   /**

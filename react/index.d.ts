@@ -154,7 +154,7 @@ export interface UseClaudeSessionResult {
   /** Answers one of `permissionRequests` through `POST /permission`; resolves `null` on failure (see `error`). */
   respondToPermission: (
     requestId: string,
-    answer: { behavior: 'allow'; updatedInput?: Record<string, unknown> } | { behavior: 'deny'; message?: string; interrupt?: boolean },
+    answer: { behavior: 'allow'; updatedInput?: Record<string, unknown>; remember?: 'session' } | { behavior: 'deny'; message?: string; interrupt?: boolean },
   ) => Promise<{ ok: true; requestId: string; behavior: 'allow' | 'deny' } | null>
 }
 

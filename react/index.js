@@ -11,6 +11,8 @@
 const isServer = typeof window === 'undefined' || typeof document === 'undefined'
 const React = isServer ? null : require('react')
 const { useState, useRef, useCallback, useEffect } = React || {}
+const { readEventStream } = require('./sse.js')
+const { localId, apiError, asError, isAbort, errorFromResponse, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies } = require('./state.js')
 
 /** In-flight "find or create the project's session" calls, shared by hook instances (and by
  * React's StrictMode double effects) so one mount does not create two sessions. */
@@ -19,127 +21,6 @@ const inflightInit = new Map()
 const noHistory = new Set()
 /** APIs whose server has no context route: not asked again in this page. */
 const noContextUsage = new Set()
-
-let localCounter = 0
-const localId = (prefix) => `${prefix}-${Date.now().toString(36)}-${(localCounter++).toString(36)}`
-
-/** An Error with the API's `code` (and the HTTP `status` when there was one). */
-function apiError(code, message, status) {
-  const e = new Error(message || code)
-  e.name = 'ClaudeSessionError'
-  e.code = code
-  if (status !== undefined) e.status = status
-  return e
-}
-
-function asError(e) {
-  if (e instanceof Error) return e
-  if (e && typeof e === 'object' && typeof e.code === 'string') return apiError(e.code, e.message, e.status)
-  return apiError('INTERNAL', String(e))
-}
-
-const isAbort = (e) => e && (e.name === 'AbortError' || e.code === 'ABORTED')
-
-async function errorFromResponse(res) {
-  let body = null
-  try {
-    body = await res.json()
-  } catch {}
-  const err = body && body.error
-  if (err && typeof err.code === 'string') return apiError(err.code, err.message, res.status)
-  return apiError(res.status === 401 ? 'UNAUTHORIZED' : 'HTTP_ERROR', `HTTP ${res.status} ${res.statusText || ''}`.trim(), res.status)
-}
-
-/** The text of a message's content: a string, or the `text` blocks of a content array. */
-function textOf(content) {
-  if (typeof content === 'string') return content
-  if (Array.isArray(content)) {
-    return content
-      .filter((b) => b && b.type === 'text' && typeof b.text === 'string')
-      .map((b) => b.text)
-      .join('')
-  }
-  return ''
-}
-
-/**
- * One replayed message (from the session route's `messages` action) as a chat message, or null.
- * Accepts the shapes a history API is likely to return: `{ role, content | text }` and the CLI's
- * transcript lines `{ type, uuid, message: { role, content } }`.
- */
-function historyMessage(m, i) {
-  if (!m || typeof m !== 'object') return null
-  const inner = m.message && typeof m.message === 'object' ? m.message : null
-  const role = m.role || (inner && inner.role) || m.type
-  if (role !== 'user' && role !== 'assistant') return null
-  const content = textOf(m.content !== undefined ? m.content : m.text !== undefined ? m.text : inner ? inner.content : undefined)
-  if (!content.trim()) return null
-  const createdAt = typeof m.createdAt === 'number' ? m.createdAt : typeof m.timestamp === 'string' ? Date.parse(m.timestamp) || undefined : typeof m.timestamp === 'number' ? m.timestamp : undefined
-  const id = m.id || m.uuid || (inner && inner.id) || `history-${i}`
-  const out = { id: String(id), role, content, status: 'done' }
-  if (createdAt !== undefined) out.createdAt = createdAt
-  return out
-}
-
-/**
- * Reads a `text/event-stream` body, calling `onFrame(event, data)` per event (`data` parsed as
- * JSON). Comments (keep-alives) are skipped.
- */
-async function readEventStream(body, onFrame) {
-  const reader = body.getReader()
-  const decoder = new TextDecoder()
-  let buffer = ''
-  const flush = (block) => {
-    let event = 'message'
-    const data = []
-    for (const line of block.split(/\r?\n/)) {
-      if (!line || line.charCodeAt(0) === 58 /* ':' */) continue
-      const i = line.indexOf(':')
-      const field = i < 0 ? line : line.slice(0, i)
-      const value = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '')
-      if (field === 'event') event = value
-      else if (field === 'data') data.push(value)
-    }
-    if (data.length) onFrame(event, JSON.parse(data.join('\n')))
-  }
-  for (;;) {
-    const { value, done } = await reader.read()
-    if (done) break
-    buffer += decoder.decode(value, { stream: true })
-    let m
-    while ((m = /\r?\n\r?\n/.exec(buffer))) {
-      const block = buffer.slice(0, m.index)
-      buffer = buffer.slice(m.index + m[0].length)
-      flush(block)
-    }
-  }
-  buffer += decoder.decode()
-  if (buffer.trim()) flush(buffer)
-}
-
-/**
- * The meter's level: `'critical'` when the session should be compacted, `'warning'` from
- * `warnAt` percent (default 60), else `'ok'`.
- */
-function contextLevel(context, options) {
-  if (!context) return 'ok'
-  const warnAt = options && typeof options.warnAt === 'number' ? options.warnAt : 60
-  if (context.shouldCompact || !context.canContinue) return 'critical'
-  if (context.usagePercentage >= warnAt) return 'warning'
-  return 'ok'
-}
-
-/** Whether an error says the server does not have a route (an older version of the routes). */
-const isUnsupported = (e) => e.code === 'NOT_IMPLEMENTED' || e.status === 405 || e.status === 501 || (e.status === 404 && e.code !== 'SESSION_NOT_FOUND')
-
-/** Picks the string fields `names` from an argument that may also be a click event. */
-function stringFields(arg, names) {
-  const out = {}
-  if (arg && typeof arg === 'object' && !('nativeEvent' in arg) && !('target' in arg)) {
-    for (const n of names) if (typeof arg[n] === 'string' && arg[n]) out[n] = arg[n]
-  }
-  return out
-}
 
 /**
  * A Claude Code session of one project, over the routes of `claude-session-manager/next`,
@@ -208,6 +89,8 @@ function useClientSession(opts) {
   const runningRef = useRef(null)
   const readyRef = useRef(null) // Promise<string> of the current session id while it is loaded
   const mounted = useRef(true)
+  // How many prompts `send` has started (load tells by it whether one was sent while it waited).
+  const sendsRef = useRef(0)
 
   const setSessionId = useCallback((id) => {
     sessionIdRef.current = id
@@ -224,14 +107,14 @@ function useClientSession(opts) {
       const o = latest.current
       const doFetch = o.fetch || globalThis.fetch.bind(globalThis)
       const extra = typeof o.headers === 'function' ? await o.headers() : o.headers
-      const headers = { accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(extra || {}) }
+      const headers = { accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...extra }
       const res = await doFetch(`${api}${path}`, {
         method,
         headers,
         body: body !== undefined ? JSON.stringify(body) : undefined,
         credentials: o.credentials || 'same-origin',
         cache: 'no-store',
-        ...(init || {}),
+        ...init,
       })
       if (!res.ok) throw await errorFromResponse(res)
       return res
@@ -314,19 +197,24 @@ function useClientSession(opts) {
     }
   }, [fetchContextUsage, report])
 
-  /** Makes `id` the current session: its context and, when the server can replay it, its history. */
+  /** Makes `id` the current session: its context and, when the server can replay it, its history.
+   * A prompt sent before these answers arrive stays: the history goes before it (mergeHistory),
+   * and the context and breakdown its task reported are not replaced by the older answers. */
   const load = useCallback(
     async (id, { keepMessages = false } = {}) => {
       setSessionId(id)
       setContextUsage(null)
-      if (!keepMessages) setMessages([])
+      // (a prompt already running, sent while the session was being found, stays on screen)
+      if (!keepMessages && !runningRef.current) setMessages([])
+      const sendsBefore = runningRef.current ? -1 : sendsRef.current
       // The breakdown is extra: a failure to load it does not keep the session from opening.
       const usageOf = fetchContextUsage(id).catch(() => null)
       const [ctx, usage, history] = await Promise.all([fetchContext(id), usageOf, loadHistory && !keepMessages ? fetchHistory(id) : null])
       if (!mounted.current || sessionIdRef.current !== id) return
-      setContext(ctx)
-      setContextUsage(usage)
-      if (history) setMessages(history)
+      const sentMeanwhile = sendsRef.current !== sendsBefore
+      if (!sentMeanwhile || !contextRef.current) setContext(ctx)
+      if (!sentMeanwhile) setContextUsage(usage)
+      if (history) setMessages((ms) => mergeHistory(history, ms))
     },
     [fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
   )
@@ -391,22 +279,19 @@ function useClientSession(opts) {
       }
       const controller = new AbortController()
       abortRef.current = controller
+      sendsRef.current += 1
       setError(null)
       setStatus('streaming')
       const user = { id: localId('user'), role: 'user', content: prompt, status: 'done', createdAt: Date.now() }
       const first = { id: localId('assistant'), role: 'assistant', content: '', status: 'streaming', toolUses: [], createdAt: Date.now() }
       setMessages((ms) => [...ms, user, first])
       // The task's replies: one, and a new one after each message sent to it while it runs
-      // (sendMessage). Each keeps the text per model message, in order: deltas as they stream,
-      // replaced by each complete message; a model message stays in the reply it started in.
-      const replies = [{ id: first.id, texts: new Map(), toolUses: [] }]
-      const replyFor = (key) => replies.find((r) => r.texts.has(key)) || replies[replies.length - 1]
-      const joined = (r) => Array.from(r.texts.values()).filter(Boolean).join('\n\n')
+      // (sendMessage); see createReplies.
+      const replies = createReplies(first.id)
+      const { last, joined } = replies
       const update = (r, patch) => {
         if (mounted.current) setMessages((ms) => ms.map((m) => (m.id === r.id ? { ...m, ...patch } : m)))
       }
-      const last = () => replies[replies.length - 1]
-      let currentMessage = null
       let result = null
       let streamError = null
       let id = null
@@ -418,11 +303,7 @@ function useClientSession(opts) {
         // reply after it. The reply before it is done (or dropped, if it is still empty).
         steered: (userMessage) => {
           if (runningRef.current !== running || !mounted.current) return
-          const before = last()
-          const empty = before.texts.size === 0 && before.toolUses.length === 0
-          const next = { id: localId('assistant'), texts: new Map(), toolUses: [] }
-          if (empty) replies.pop()
-          replies.push(next)
+          const { before, empty, next } = replies.steer()
           setMessages((ms) => [
             ...ms.filter((m) => !(empty && m.id === before.id)).map((m) => (m.id === before.id ? { ...m, status: 'done' } : m)),
             ...(ms.some((m) => m.id === userMessage.id) ? [] : [userMessage]),
@@ -435,7 +316,7 @@ function useClientSession(opts) {
         id = await ensureSession()
         running.sessionId = id
         const extra = stringFields(sendOptions, ['model', 'title'])
-        const body = { ...(latest.current.body || {}), ...extra, prompt, projectId, sessionId: id }
+        const body = { ...latest.current.body, ...extra, prompt, projectId, sessionId: id }
         if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
         const res = await call('POST', '/stream', body, { signal: controller.signal })
         await readEventStream(res.body, (event, data) => {
@@ -464,25 +345,8 @@ function useClientSession(opts) {
             running.sessionId = data.sessionId
             if (data.sessionId !== sessionIdRef.current) setSessionId(data.sessionId) // a forked task runs in a new session
           }
-          if (data.parent_tool_use_id) return // a subagent's message, not the reply
-          if (data.type === 'stream_event' && data.event) {
-            const ev = data.event
-            if (ev.type === 'message_start' && ev.message) currentMessage = ev.message.id || data.api_message_id || localId('m')
-            if (ev.type === 'content_block_delta' && ev.delta && ev.delta.type === 'text_delta') {
-              const key = data.api_message_id || currentMessage || 'current'
-              const r = replyFor(key)
-              r.texts.set(key, (r.texts.get(key) || '') + ev.delta.text)
-              update(r, { content: joined(r) })
-            }
-          } else if (data.type === 'assistant' && data.message) {
-            const blocks = Array.isArray(data.message.content) ? data.message.content : []
-            const key = data.message.id || localId('m')
-            const r = replyFor(key)
-            const text = textOf(blocks)
-            if (text || !r.texts.has(key)) r.texts.set(key, text)
-            for (const b of blocks) if (b && b.type === 'tool_use') r.toolUses.push({ id: b.id, name: b.name, input: b.input })
-            update(r, { content: joined(r), toolUses: r.toolUses.slice() })
-          }
+          const change = replies.event(data)
+          if (change) update(change[0], change[1])
         })
         if (streamError) throw streamError
         if (!result) throw apiError('STREAM_ENDED', 'the stream ended without a result')
@@ -490,7 +354,7 @@ function useClientSession(opts) {
           if (result.sessionId && result.sessionId !== sessionIdRef.current) setSessionId(result.sessionId)
           setContext(result.contextInfo)
         }
-        const content = joined(last()) || (replies.length === 1 ? result.result || '' : '')
+        const content = joined(last()) || (replies.count() === 1 ? result.result || '' : '')
         if (result.success) {
           update(last(), { content, status: 'done', result })
         } else {
@@ -658,6 +522,7 @@ function useClientSession(opts) {
       const body = { sessionId: sessionForRequest, requestId, behavior: a.behavior === 'allow' ? 'allow' : 'deny' }
       if (typeof a.message === 'string') body.message = a.message
       if (a.updatedInput && typeof a.updatedInput === 'object') body.updatedInput = a.updatedInput
+      if (a.remember === 'session' && body.behavior === 'allow') body.remember = 'session'
       if (a.interrupt === true) body.interrupt = true
       try {
         const out = await callJson('POST', '/permission', body)

@@ -13,7 +13,7 @@ pub enum ErrorCode {
   SessionNotFound,
   /// The session already runs a task and the wait for it exceeded the bound.
   SessionBusy,
-  /// The SQLite store could not be opened, read or written.
+  /// The session store (SQLite or PostgreSQL) could not be opened, read or written.
   StoreError,
   /// The `claude` binary could not be found.
   CliNotFound,

@@ -2,7 +2,7 @@
 //!
 //! The core is plain Rust that `cargo test` covers without Node, in rooms by responsibility:
 //! - [`sessions`]: the manager, the session API and task runs;
-//! - [`store`]: the session store (SQLite);
+//! - [`store`]: the session store (SQLite, or PostgreSQL shared by several servers);
 //! - [`cli`]: the `claude` CLI as a process (finding it, argv, environment, spawn, stream-json);
 //! - [`context`]: the context meter, the prompt estimator and token counting;
 //! - [`transcript`]: the CLI's transcript read back as a conversation;

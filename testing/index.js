@@ -176,7 +176,7 @@ async function startStandInServer(options = {}) {
       output_tokens: Math.max(1, estimateTokens(outChars)),
       cache_creation_input_tokens: 0,
       cache_read_input_tokens: 0,
-      ...(reply.usage || {}),
+      ...reply.usage,
     }
   }
 
@@ -226,7 +226,7 @@ async function startStandInServer(options = {}) {
     if (!stream) {
       if (kind === 'drop') {
         // Nothing reported: the connection closes before any response byte.
-        res.socket && res.socket.destroy()
+        res.socket?.destroy()
         return
       }
       response.usage = usage
@@ -319,7 +319,7 @@ async function startStandInServer(options = {}) {
     for (let i = 0; i < events.length; i++) {
       if (ctx.clientGone) return
       if (i >= dropAt) {
-        res.socket && res.socket.destroy()
+        res.socket?.destroy()
         return
       }
       if (i > 0 && reply.chunkDelayMs) {
@@ -480,7 +480,7 @@ async function startStandInServer(options = {}) {
         ANTHROPIC_API_KEY: apiKey === '*' ? DEFAULT_API_KEY : apiKey,
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
         CLAUDE_CODE_MAX_RETRIES: '0',
-        ...(extra || {}),
+        ...extra,
       }
     },
     enqueue(...replies) {

@@ -186,7 +186,7 @@ PRAGMA wal_checkpoint(TRUNCATE);
   const py = `import sqlite3,sys\nc=sqlite3.connect(sys.argv[1], isolation_level=None)\nc.executescript(sys.stdin.read())\nc.close()\n`
   try {
     execFileSync('python3', ['-c', py, db], { input: sql, stdio: ['pipe', 'pipe', 'pipe'] })
-  } catch (e) {
+  } catch {
     execFileSync('sqlite3', [db], { input: sql, stdio: ['pipe', 'pipe', 'pipe'] })
   }
 }

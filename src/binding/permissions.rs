@@ -1,6 +1,6 @@
 //! `executeTask(request, { canUseTool })`: the Agent SDK's permission callback, called on the
 //! JavaScript thread for each `can_use_tool` request of the task's CLI. Its promise's value is
-//! the answer; its `signal` aborts when the request is withdrawn or times out (see
+//! the answer (read as a [`Decision`]); its `signal` aborts when the request is withdrawn or times out (see
 //! `cli::warm`).
 
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::hooks::{describe, take_exception_text};
-use crate::cli::{CanUseTool, CancelToken, PermissionRequest};
+use crate::cli::{CanUseTool, CancelToken, Decision, PermissionRequest};
 use crate::error::{Error as CoreError, Result as CoreResult};
 
 /// Where the callback's answer goes, once; `settled` wakes the request's abort watcher.
@@ -114,7 +114,10 @@ pub(crate) fn read_can_use_tool(env: &Env, options: Option<Unknown<'_>>) -> Core
       }
       Ok(())
     });
-    Box::pin(async move { rx.await.unwrap_or_else(|_| Err("canUseTool was not called".into())) })
+    Box::pin(async move {
+      let answer = rx.await.unwrap_or_else(|_| Err("canUseTool was not called".into()));
+      answer.map(|v| Decision::from_callback(&v))
+    })
   })))
 }
 

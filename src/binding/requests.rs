@@ -352,6 +352,13 @@ pub struct PermissionResponse {
   pub updated_input: Option<serde_json::Value>,
   /// Also end the turn (deny).
   pub interrupt: Option<bool>,
+  /// With an allow: also allow, without asking, the session's later requests for the same tool
+  /// on a file in the same folder (file tools; the folder must be inside the session's working
+  /// directory) or for exactly the same Bash command. A rule the manager running the session's
+  /// tasks keeps in memory (until the session is deleted or the manager closes); never a
+  /// change to the CLI's own permission settings. Other tools are allowed once.
+  #[napi(ts_type = "'session'")]
+  pub remember: Option<String>,
 }
 
 /// A field that is there, even as `null` (which the check then refuses).
@@ -369,6 +376,7 @@ impl From<PermissionResponse> for manager::PermissionResponse {
       message: r.message,
       updated_input: r.updated_input,
       interrupt: r.interrupt,
+      remember: r.remember,
     }
   }
 }
@@ -395,9 +403,10 @@ pub struct ExecuteOptions {
   /// the CLI withdraws the request (the task was aborted), nobody decided within the manager's
   /// `permissionTimeoutMs` (the answer is then deny), or the request was answered through
   /// `respondToPermission` (in any manager sharing the store, with `requestId`). A throw, a
-  /// rejection or an answer that is neither allow nor deny denies.
+  /// rejection or an answer that is neither allow nor deny denies. `remember: 'session'` with an
+  /// allow records the session's always-allow rule, as with `respondToPermission`.
   #[napi(
-    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[] } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
+    ts_type = "(toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[]; remember?: 'session' } | { behavior: 'deny'; message: string; interrupt?: boolean }>"
   )]
   pub can_use_tool: Option<napi::bindgen_prelude::Unknown<'static>>,
 }

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod key_proxy;
 pub mod mirror;
+pub mod permission;
 pub mod process;
 pub mod resolve;
 pub mod run;
@@ -15,6 +16,7 @@ pub mod warm;
 
 pub use args::{build_args, child_env, CliArgs, SessionMode};
 pub use key_proxy::{KeyProxy, ProxyLimits, SandboxListener, TaskMeter, TaskToken, Upstream};
+pub use permission::Decision;
 pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};

@@ -1,6 +1,6 @@
 //! A warm CLI: one `claude` process kept running across the tasks of a session, prompts written
 //! to its stdin as stream-json lines (`--input-format=stream-json`), its control protocol
-//! answered. The cold executor is [`super::run`]; the manager picks one per task.
+//! answered. The cold executor is [`super::run()`]; the manager picks one per task.
 //!
 //! What this file guarantees (protocol facts as measured on CLI 2.1.331):
 //! - one writer per stdin: every line goes through one task, serialised by `serde_json` (a
@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::args::{build_args, CliArgs};
 use super::mirror::{MirrorMsg, MirrorTx};
+use super::permission::Decision;
 use super::run::{spawn, stderr_tail, stop_group, CancelToken, EndReason, Output, Proc, RunOutcome, RunSpec};
 use super::stream::{self, ContextTracker, Kind, Line};
 use crate::error::{Error, ErrorCode, Result};
@@ -42,10 +43,9 @@ pub struct PermissionRequest {
   pub tool_use_id: Option<String>,
 }
 
-/// What a permission callback resolves to: `{ behavior: 'allow', updatedInput?, updatedPermissions? }`
-/// or `{ behavior: 'deny', message, interrupt? }`; `Err` is reported to the CLI as a failed request
-/// (which it counts as a denial).
-pub type PermissionFuture = Pin<Box<dyn Future<Output = std::result::Result<Value, String>> + Send>>;
+/// What a permission callback resolves to: its [`Decision`]; `Err` is reported to the CLI as a
+/// failed request (which it counts as a denial).
+pub type PermissionFuture = Pin<Box<dyn Future<Output = std::result::Result<Decision, String>> + Send>>;
 
 /// Decides a permission request. The token is cancelled when the CLI withdraws the request (after
 /// an interrupt), when the time is up, or when the turn ends.
@@ -576,7 +576,7 @@ fn answer_request(shared: &Arc<Shared>, out: &Writer, raw: &Value) {
   }
   let input = req.get("input").cloned().unwrap_or_else(|| json!({}));
   let Some((handler, limit)) = lock(&shared.permissions).clone() else {
-    reply(out, Ok(json!({ "behavior": "deny", "message": "no permission handler is attached to this task" })));
+    reply(out, Ok(Decision::deny("no permission handler is attached to this task").to_cli(&input)));
     return;
   };
   let request_id = raw.get("request_id").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -593,10 +593,10 @@ fn answer_request(shared: &Arc<Shared>, out: &Writer, raw: &Value) {
   let (shared, out) = (shared.clone(), out.clone());
   tokio::spawn(async move {
     let answer = tokio::select! {
-      a = decision => a.map(|v| permission_answer(v, &input)),
+      a = decision => a.map(|d| d.to_cli(&input)),
       _ = tokio::time::sleep(limit) => {
         token.cancel();
-        Ok(json!({ "behavior": "deny", "message": format!("nobody decided within {} ms", limit.as_millis()) }))
+        Ok(Decision::deny(format!("nobody decided within {} ms", limit.as_millis())).to_cli(&input))
       }
       // Withdrawn by the CLI (an interrupt) or the turn ended: a late answer would be ignored.
       _ = token.cancelled() => return,
@@ -605,34 +605,6 @@ fn answer_request(shared: &Arc<Shared>, out: &Writer, raw: &Value) {
       reply(&out, answer);
     }
   });
-}
-
-/// The CLI's permission answer from what the host's callback returned; anything but a clear allow
-/// is a deny.
-pub fn permission_answer(v: Value, original_input: &Value) -> Value {
-  match v.get("behavior").and_then(Value::as_str) {
-    Some("allow") => {
-      let mut a = json!({
-        "behavior": "allow",
-        "updatedInput": v.get("updatedInput").filter(|u| u.is_object()).cloned().unwrap_or_else(|| original_input.clone()),
-      });
-      if let Some(p) = v.get("updatedPermissions").filter(|p| p.is_array()) {
-        a["updatedPermissions"] = p.clone();
-      }
-      a
-    }
-    Some("deny") => {
-      let mut d = json!({
-        "behavior": "deny",
-        "message": v.get("message").and_then(Value::as_str).filter(|m| !m.is_empty()).unwrap_or("denied"),
-      });
-      if v.get("interrupt").and_then(Value::as_bool) == Some(true) {
-        d["interrupt"] = json!(true);
-      }
-      d
-    }
-    _ => json!({ "behavior": "deny", "message": "the permission callback returned neither allow nor deny" }),
-  }
 }
 
 #[cfg(test)]
@@ -649,23 +621,6 @@ mod tests {
     assert!(v.contains(&"--model=m".to_string()));
     assert!(!v.iter().any(|x| x == "-p" || x.starts_with("--max-budget-usd")));
     assert!(!warm_args(&a, false).iter().any(|x| x.starts_with("--permission-prompt-tool")));
-  }
-
-  #[test]
-  fn permission_answers_are_normalised() {
-    let input = json!({ "file_path": "/a" });
-    assert_eq!(permission_answer(json!({ "behavior": "allow" }), &input), json!({ "behavior": "allow", "updatedInput": input }));
-    let edited = json!({ "behavior": "allow", "updatedInput": { "file_path": "/b" }, "updatedPermissions": [] });
-    assert_eq!(
-      permission_answer(edited, &input),
-      json!({ "behavior": "allow", "updatedInput": { "file_path": "/b" }, "updatedPermissions": [] })
-    );
-    assert_eq!(
-      permission_answer(json!({ "behavior": "deny", "message": "no", "interrupt": true }), &input),
-      json!({ "behavior": "deny", "message": "no", "interrupt": true })
-    );
-    assert_eq!(permission_answer(json!({ "behavior": "maybe" }), &input)["behavior"], "deny");
-    assert_eq!(permission_answer(json!(null), &input)["behavior"], "deny");
   }
 }
 

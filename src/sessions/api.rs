@@ -88,6 +88,7 @@ impl Manager {
     let session = self.get_session(session_id, user_id).await?;
     let (id, user) = (session.id.clone(), user_id.to_owned());
     self.db(move |s| s.delete_session(&id, &user)).await?;
+    self.waiting.rules.forget(&session.id);
     self.drop_warm(&session.id).await;
     if !keep_transcript {
       self.remove_transcript(&session)?;

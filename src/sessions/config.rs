@@ -149,7 +149,7 @@ pub struct Config {
   /// Slash commands a prompt may run (each `/name`); every other prompt is plain text.
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
-  /// Let the agent schedule work of its own ([`BACKGROUND_TOOLS`]); off: they are disallowed.
+  /// Let the agent schedule work of its own (`BACKGROUND_TOOLS`: CronCreate, ScheduleWakeup, RemoteTrigger); off: they are disallowed.
   pub allow_background_tools: bool,
   /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
   pub setting_sources: Vec<String>,

@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::permissions::{user_edit_allowed, PermissionResponse, Rule, Rules};
 use super::{on_store, Manager};
-use crate::cli::{CanUseTool, CancelToken, PermissionRequest, WarmHandle};
+use crate::cli::{CanUseTool, CancelToken, Decision, PermissionRequest, WarmHandle};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Delivery, Receipt, Store};
-use crate::validate;
 
 /// How often a running task's manager reads its inbox.
 const POLL: Duration = Duration::from_millis(100);
@@ -32,105 +32,32 @@ const RECEIPT_POLL: Duration = Duration::from_millis(50);
 /// How long a sender waits for that at most (the task's manager answers within a [`POLL`] or
 /// two; a frozen one stops renewing its lease, which ends the wait sooner).
 const RECEIPT_LIMIT: Duration = Duration::from_secs(30);
-/// Longest `message` of a permission answer, in bytes.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-
 /// A waiting request: where its answer goes, and the tool input the CLI asked about.
-type Waiter = (oneshot::Sender<Value>, Value);
+type Waiter = (oneshot::Sender<Decision>, Value);
 
-/// The permission requests of this manager's tasks that wait for an answer, by session and
-/// request id: where [`Manager::respond_to_permission`] and the inbox reader settle them.
+/// The permission state of this manager's tasks: the requests that wait for an answer, by session
+/// and request id (where [`Manager::respond_to_permission`] and the inbox reader settle them), and
+/// the sessions' always-allow rules.
 #[derive(Default)]
-pub(crate) struct Waiting(Mutex<HashMap<(String, String), Waiter>>);
+pub(crate) struct Waiting {
+  requests: Mutex<HashMap<(String, String), Waiter>>,
+  pub(crate) rules: Rules,
+}
 
 impl Waiting {
   fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Waiter>> {
-    self.0.lock().unwrap_or_else(|p| p.into_inner())
+    self.requests.lock().unwrap_or_else(|p| p.into_inner())
   }
 
   /// Settles a waiting request with a user's `answer`; false when none waits under that key. An
   /// answer whose `updatedInput` changes what the request was about is refused (see
   /// [`user_edit_allowed`]) and the request keeps waiting.
-  fn settle(&self, key: &(String, String), answer: Value) -> Result<bool> {
+  fn settle(&self, key: &(String, String), answer: Decision) -> Result<bool> {
     let mut map = self.map();
     let Some((_, input)) = map.get(key) else { return Ok(false) };
     user_edit_allowed(input, &answer)?;
     let tx = map.remove(key).map(|(tx, _)| tx);
     Ok(tx.is_some_and(|tx| tx.send(answer).is_ok()))
-  }
-}
-
-/// Fields of a tool's input that the CLI's permission rules (`allowedTools`/`disallowedTools`,
-/// e.g. `Bash(rm:*)`) and the user's decision are about: where a file tool reads or writes, what
-/// a shell runs, which URL is fetched. The CLI checks its rules against the input it asked
-/// about, not against an `updatedInput` it is answered with.
-const GUARDED_INPUT_FIELDS: &[&str] = &["command", "file_path", "notebook_path", "path", "url", "dangerouslyDisableSandbox"];
-
-/// A user's answer (`respondToPermission`, the Next.js route) may edit a tool's input (a Write's
-/// content, an Edit's new text) but not the fields in [`GUARDED_INPUT_FIELDS`]: changed there it
-/// would run something the server's rules were never checked against.
-pub(crate) fn user_edit_allowed(input: &Value, answer: &Value) -> Result<()> {
-  let Some(updated) = answer.get("updatedInput") else { return Ok(()) };
-  for f in GUARDED_INPUT_FIELDS {
-    if updated.get(f) != input.get(f) {
-      return Err(Error::invalid(format!(
-        "updatedInput may change the tool's other fields, not {f:?}: the permission was asked for the {f} it has; deny and let the agent ask again instead"
-      )));
-    }
-  }
-  Ok(())
-}
-
-/// `respondToPermission`: the user's answer to a permission request of a task on their session.
-#[derive(Debug, Clone, Default)]
-pub struct PermissionResponse {
-  pub session_id: String,
-  pub user_id: String,
-  pub request_id: String,
-  /// `allow` or `deny`.
-  pub behavior: String,
-  /// Why (deny).
-  pub message: Option<String>,
-  /// The tool's input to use instead (allow); must be an object.
-  pub updated_input: Option<Value>,
-  /// Also end the turn (deny).
-  pub interrupt: Option<bool>,
-}
-
-impl PermissionResponse {
-  /// The answer as a permission callback returns it, after checking every field. Never
-  /// `updatedPermissions`: a user's answer cannot change what the session may do next.
-  fn answer(&self) -> Result<Value> {
-    validate::id("requestId", &self.request_id)?;
-    if let Some(m) = &self.message {
-      if m.len() > MAX_MESSAGE_BYTES || m.contains('\0') {
-        return Err(Error::invalid(format!("message must be at most {MAX_MESSAGE_BYTES} bytes, without NUL bytes")));
-      }
-    }
-    if self.updated_input.as_ref().is_some_and(|u| !u.is_object()) {
-      return Err(Error::invalid("updatedInput must be an object (the tool's input)"));
-    }
-    if self.updated_input.as_ref().is_some_and(|u| u.to_string().len() > validate::MAX_PROMPT_BYTES) {
-      return Err(Error::invalid(format!("updatedInput must be at most {} bytes as JSON", validate::MAX_PROMPT_BYTES)));
-    }
-    match self.behavior.as_str() {
-      "allow" => {
-        let mut a = json!({ "behavior": "allow" });
-        if let Some(u) = &self.updated_input {
-          a["updatedInput"] = u.clone();
-        }
-        Ok(a)
-      }
-      "deny" => {
-        let message = self.message.as_deref().filter(|m| !m.is_empty()).unwrap_or("the user denied this");
-        let mut d = json!({ "behavior": "deny", "message": message });
-        if self.interrupt == Some(true) {
-          d["interrupt"] = json!(true);
-        }
-        Ok(d)
-      }
-      other => Err(Error::invalid(format!("behavior must be \"allow\" or \"deny\", got {other:?}"))),
-    }
   }
 }
 
@@ -190,16 +117,25 @@ impl Manager {
   /// comes first: the callback's, or one given through `respondToPermission` (in this manager,
   /// or in the store, read by [`Self::watch_inbox`]). The callback's signal aborts when the
   /// request settles without it.
+  /// A request that one of the session's always-allow rules matches is allowed without asking;
+  /// an allow with `remember` adds the rule it stands for ([`super::permissions`]; the session
+  /// works in `working_dir`).
   /// While a request waits, the task's concurrency `slot` is given back ([`super::slot`]).
   pub(crate) fn answerable(
     &self,
     handler: CanUseTool,
     session_id: &str,
+    working_dir: &str,
     task_id: &str,
     slot: std::sync::Weak<super::slot::TaskSlot>,
   ) -> CanUseTool {
     let (store, waiting, session, task) = (self.store.clone(), self.waiting.clone(), session_id.to_owned(), task_id.to_owned());
+    let working_dir = working_dir.to_owned();
     Arc::new(move |req: PermissionRequest, _withdrawn: CancelToken| {
+      let rule = Rule::of(&req.tool_name, &req.input, &working_dir);
+      if rule.as_ref().is_some_and(|r| waiting.rules.allows(&session, r)) {
+        return Box::pin(async { Ok(Decision::allow()) });
+      }
       // The caller drops this future when the request is withdrawn or times out: `Pending`'s
       // drop then aborts the callback's own signal.
       let key = (session.clone(), req.request_id.clone());
@@ -207,7 +143,7 @@ impl Manager {
       waiting.map().insert(key.clone(), (tx, req.input.clone()));
       let signal = CancelToken::new();
       let mut pending = Pending { waiting: waiting.clone(), store: store.clone(), key, signal: signal.clone(), decided: false };
-      let (handler, store, task, slot) = (handler.clone(), store.clone(), task.clone(), slot.clone());
+      let (handler, store, task, slot, waiting) = (handler.clone(), store.clone(), task.clone(), slot.clone(), waiting.clone());
       Box::pin(async move {
         let (s, r) = pending.key.clone();
         // Failing to record it only means it cannot be answered from elsewhere.
@@ -223,6 +159,11 @@ impl Manager {
         };
         if let Some(p) = paused {
           p.resume().await;
+        }
+        if let (Ok(d), Some(rule)) = (&answer, rule) {
+          if d.remember() {
+            waiting.rules.add(&pending.key.0, rule);
+          }
         }
         answer
       })
@@ -249,12 +190,11 @@ impl Manager {
           for delivery in found {
             match delivery {
               Delivery::Answer { request_id, answer } => {
-                let answer = serde_json::from_str(&answer).unwrap_or(Value::Null);
                 let key = (session.clone(), request_id);
                 // Checked where the request is (the sender could not see its input): an answer
                 // that changes what was asked about denies.
-                if let Err(e) = waiting.settle(&key, answer) {
-                  let _ = waiting.settle(&key, json!({ "behavior": "deny", "message": e.message }));
+                if let Err(e) = waiting.settle(&key, Decision::from_stored(&answer)) {
+                  let _ = waiting.settle(&key, Decision::deny(e.message));
                 }
               }
               Delivery::Message { id, text } => {
@@ -295,18 +235,18 @@ impl Manager {
 
   /// Answers a permission request of a task on the user's session, wherever the task runs: one
   /// waiting in this manager directly, else through its row in the store (written once, while
-  /// unanswered; the manager running the task reads it within [`POLL`]).
+  /// unanswered; the manager running the task reads it within `POLL`, 100 ms).
   /// `PERMISSION_REQUEST_NOT_FOUND` when no such request is pending; another user's session is
   /// `SESSION_NOT_FOUND`, as everywhere.
   pub async fn respond_to_permission(&self, r: PermissionResponse) -> Result<()> {
     self.check_open()?;
-    let answer = r.answer()?;
+    let answer = r.decision()?;
     let session = self.get_session(&r.session_id, &r.user_id).await?;
     let key = (session.id, r.request_id.clone());
     if self.waiting.settle(&key, answer.clone())? {
       return Ok(());
     }
-    let (text, (sid, rid)) = (answer.to_string(), key);
+    let (text, (sid, rid)) = (answer.to_stored(), key);
     if self.point(move |s| s.inbox_answer(&sid, &rid, &text)).await? {
       return Ok(());
     }
@@ -314,30 +254,5 @@ impl Manager {
       ErrorCode::PermissionRequestNotFound,
       format!("no permission request {} is pending in session {}", r.request_id, r.session_id),
     ))
-  }
-}
-
-#[cfg(test)]
-mod tests {
-  use super::*;
-
-  #[test]
-  fn a_users_answer_may_edit_content_but_not_what_was_asked_about() {
-    let bash = json!({ "command": "mkdir d", "description": "make it" });
-    assert!(user_edit_allowed(&bash, &json!({ "behavior": "allow" })).is_ok());
-    assert!(
-      user_edit_allowed(&bash, &json!({ "behavior": "allow", "updatedInput": { "command": "mkdir d", "description": "other" } })).is_ok()
-    );
-    let e = user_edit_allowed(&bash, &json!({ "behavior": "allow", "updatedInput": { "command": "touch x", "description": "make it" } }));
-    assert!(e.unwrap_err().message.contains("\"command\""));
-    // Dropping or adding a guarded field is a change too.
-    assert!(user_edit_allowed(&bash, &json!({ "behavior": "allow", "updatedInput": { "description": "make it" } })).is_err());
-    let sneaky = json!({ "behavior": "allow", "updatedInput": { "command": "mkdir d", "dangerouslyDisableSandbox": true } });
-    assert!(user_edit_allowed(&bash, &sneaky).is_err());
-    let write = json!({ "file_path": "/w/a.txt", "content": "x" });
-    assert!(user_edit_allowed(&write, &json!({ "behavior": "allow", "updatedInput": { "file_path": "/w/a.txt", "content": "y" } })).is_ok());
-    assert!(
-      user_edit_allowed(&write, &json!({ "behavior": "allow", "updatedInput": { "file_path": "/etc/a.txt", "content": "x" } })).is_err()
-    );
   }
 }

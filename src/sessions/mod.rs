@@ -13,6 +13,7 @@ mod config;
 mod finish;
 mod inbox;
 mod mirror;
+mod permissions;
 mod slot;
 mod tasks;
 mod types;
@@ -35,7 +36,7 @@ use crate::{transcript, validate};
 pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
-pub use inbox::PermissionResponse;
+pub use permissions::PermissionResponse;
 pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
 
 /// How `run_locked` runs one CLI process.
@@ -91,7 +92,8 @@ pub struct Manager {
   key_proxy: tokio::sync::OnceCell<Option<cli::KeyProxy>>,
   /// Idle warm CLIs by session (`warmIdleMs`).
   warm: Arc<warm::WarmPool>,
-  /// Permission requests of this manager's tasks waiting for an answer (`inbox`).
+  /// Permission requests of this manager's tasks waiting for an answer (`inbox`), and the
+  /// sessions' always-allow rules (`permissions`).
   waiting: Arc<inbox::Waiting>,
 }
 

@@ -419,7 +419,8 @@ impl Manager {
       Ok(mode) if self.runs_warm(kind, can_use_tool.is_some(), cli.max_budget_usd.is_some()) => {
         cli.session = Some(mode);
         let slot = Arc::new(super::slot::TaskSlot::new(self.slots.clone(), permit));
-        let can_use_tool = can_use_tool.map(|h| self.answerable(h, &session.id, &task_id, Arc::downgrade(&slot)));
+        let can_use_tool =
+          can_use_tool.map(|h| self.answerable(h, &session.id, &session.working_directory, &task_id, Arc::downgrade(&slot)));
         self
           .run_warm(slot, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool, meter.clone())
           .await

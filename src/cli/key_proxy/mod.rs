@@ -838,7 +838,7 @@ fn budget_error(why: &str) -> Response<ProxyBody> {
 }
 
 /// A response body from upstream, passed through frame by frame; a metered call's frames are shown to its
-/// [`CallCharge`] as they pass, and the call is charged when the body ends or is dropped.
+/// `CallCharge` as they pass, and the call is charged when the body ends or is dropped.
 pub struct MeteredBody {
   inner: Incoming,
   charge: Option<CallCharge>,

@@ -83,7 +83,7 @@ struct AsRoot {
 }
 
 /// Agents of a root server run as uids (and gids) from `ROOT_ID_BASE`: each process takes a
-/// random block of [`ROOT_ID_COUNT`] ids among [`ROOT_ID_BLOCKS`], and each sandbox one id of it.
+/// random block of `ROOT_ID_COUNT` ids among `ROOT_ID_BLOCKS`, and each sandbox one id of it.
 pub const ROOT_ID_BASE: u32 = 0x6000_0000;
 const ROOT_ID_COUNT: u32 = 4096;
 const ROOT_ID_BLOCKS: u32 = 4096;

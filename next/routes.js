@@ -1,0 +1,347 @@
+'use strict'
+// claude-session-manager/next: one function per route, `(ctx, request, userId) => Response`.
+// `ctx` is what createClaudeRoutes (./index.js) made of its options: `resolveManager`, `readBody`,
+// `exposeServerDetails`, `permissionPrompts`, `onError`, `taskDefaults`, `clientFields`,
+// `modelPolicy`. Authentication and the mapping of errors to responses are index.js's.
+
+const { RouteError, badRequest, statusForCode, json, errorBody, only, queryNumber, requiredQuery, addonSignal, sseFrame, SSE_HEADERS, KEEPALIVE_MS } = require('./http.js')
+const { publicEvent, publicSessions, publicContextUsage } = require('./public.js')
+
+/** Numeric task limits: a value the server sets in `taskDefaults` is a cap the client may only lower. */
+const LIMIT_FIELDS = Object.freeze(['maxTurns', 'timeoutMs', 'maxBudgetUsd'])
+
+/** Task fields that name a model: the client may send them only with `allowedModels`. */
+const MODEL_FIELDS = Object.freeze(['model', 'fallbackModel'])
+
+// Permission requests answered through this server's POST /permission (user, session and
+// request id), shared by every route module of the process: their stream sends no
+// `permission_cancelled` when the manager then withdraws them from the callback.
+const ANSWERED_KEY = Symbol.for('claude-session-manager.next.answered')
+const answeredHere = () => (globalThis[ANSWERED_KEY] ??= new Set())
+const answerKey = (userId, sessionId, requestId) => JSON.stringify([userId, sessionId, requestId])
+
+/** A TaskResult as the answer: 200, also for a task that failed (`success: false`), except
+ * `AUTH_ERROR` (no API key reached the CLI, or the API refused it), which is the server's
+ * configuration: 503 with the same body (its `error.code` / `error.message` say what to set),
+ * and reported to `onError`. */
+function taskResponse(ctx, result, request) {
+  const { onError } = ctx
+  const code = result && result.error && result.error.code
+  const status = code === 'AUTH_ERROR' ? statusForCode(code) : 200
+  if (status >= 500 && onError) {
+    try {
+      onError(Object.assign(new Error(result.error.message), { code }), request)
+    } catch {}
+  }
+  return json(result, status)
+}
+
+/** The client's task fields merged with taskDefaults (see ClaudeRoutesOptions.taskDefaults). */
+function taskRequest(ctx, body, userId) {
+  const { clientFields, modelPolicy, taskDefaults } = ctx
+  if (clientFields) {
+    for (const key of Object.keys(body)) {
+      if (key === 'model' && modelPolicy === null) continue // refused below, with a clearer message
+      if (!clientFields.includes(key)) {
+        throw badRequest(`task: the client may not set "${key}" (allowed: ${clientFields.join(', ')}); set server-side values with taskDefaults`)
+      }
+    }
+  }
+  for (const key of MODEL_FIELDS) {
+    const value = body[key]
+    if (value === undefined || !Object.prototype.hasOwnProperty.call(body, key)) continue
+    if (modelPolicy === null) {
+      throw badRequest(`task: the client may not choose the model ("${key}"); the server sets it (taskDefaults.model), or lists the models clients may choose with the allowedModels option`)
+    }
+    if (modelPolicy !== 'any' && (typeof value !== 'string' || !modelPolicy.includes(value))) {
+      throw badRequest(`task: ${key} ${JSON.stringify(value)} is not allowed (allowed models: ${modelPolicy.join(', ') || 'none'})`)
+    }
+  }
+  const task = { ...body }
+  for (const key of Object.keys(taskDefaults)) {
+    const serverValue = taskDefaults[key]
+    if (serverValue === undefined || key === 'userId') continue
+    const clientValue = task[key]
+    if (clientValue === undefined) {
+      task[key] = serverValue
+    } else if (LIMIT_FIELDS.includes(key) && typeof serverValue === 'number') {
+      // A server limit is a cap: the client may ask for less, never for more.
+      if (typeof clientValue !== 'number' || !Number.isFinite(clientValue)) throw badRequest(`task: ${key} must be a number`)
+      task[key] = Math.min(clientValue, serverValue)
+    } else if (MODEL_FIELDS.includes(key) && modelPolicy !== null) {
+      // The client's model, already checked against allowedModels, replaces the server's default.
+    } else {
+      task[key] = serverValue // the server's value wins
+    }
+  }
+  task.userId = userId
+  return task
+}
+
+// POST /api/claude/task — run a task, answer with the TaskResult.
+async function taskPOST(ctx, request, userId) {
+  const { resolveManager, readBody } = ctx
+  const task = taskRequest(ctx, await readBody(request), userId)
+  const m = await resolveManager()
+  return taskResponse(ctx, await m.executeTask(task, { signal: addonSignal(request.signal) }), request)
+}
+
+// POST /api/claude/stream — run a task and forward its events as Server-Sent Events.
+async function streamPOST(ctx, request, userId) {
+  const { resolveManager, readBody, exposeServerDetails, permissionPrompts, onError } = ctx
+  const task = taskRequest(ctx, await readBody(request), userId)
+  if (task.includePartialMessages === undefined) task.includePartialMessages = true
+  const m = await resolveManager()
+
+  const abort = new AbortController()
+  const onClientGone = () => abort.abort()
+  if (request.signal) {
+    if (request.signal.aborted) abort.abort()
+    else request.signal.addEventListener('abort', onClientGone, { once: true })
+  }
+  const encoder = new TextEncoder()
+  const pending = []
+  let controller = null
+  let closed = false
+  let nextId = 0
+  const push = (text) => {
+    if (closed) return
+    if (!controller) return void pending.push(text)
+    try {
+      controller.enqueue(encoder.encode(text))
+    } catch {
+      closed = true
+    }
+  }
+  const send = exposeServerDetails ? (event) => event : publicEvent
+  let markAccepted
+  const accepted = new Promise((resolve) => (markAccepted = resolve))
+  let sessionId = typeof task.sessionId === 'string' ? task.sessionId : null
+  const onEvent = (event) => {
+    if (event && typeof event.sessionId === 'string' && (event.type === 'task_queued' || event.type === 'task_started')) sessionId = event.sessionId
+    push(sseFrame(null, send(event), nextId++))
+    markAccepted()
+  }
+  // A tool that needs permission: a `permission_request` event, answered by POST /permission
+  // from the same user through the manager's `respondToPermission` (on this server, or on
+  // another one sharing the store), which settles the request and aborts this callback's
+  // signal; `permission_cancelled` when it aborts without an answer given on this server: the
+  // task was aborted, nobody decided within the manager's permissionTimeoutMs (the answer is
+  // then deny), or it was answered through another server. The callback itself never decides.
+  const canUseTool = (toolName, input, { signal, suggestions, toolUseID, requestId }) =>
+    new Promise((resolve) => {
+      const id = typeof requestId === 'string' && requestId ? requestId : crypto.randomUUID()
+      push(sseFrame('permission_request', { requestId: id, sessionId, toolName, input, suggestions, toolUseID }, nextId++))
+      signal.addEventListener(
+        'abort',
+        () => {
+          if (!answeredHere().delete(answerKey(userId, sessionId, id))) push(sseFrame('permission_cancelled', { requestId: id, sessionId }, nextId++))
+          resolve({ behavior: 'deny', message: 'the permission request was withdrawn' })
+        },
+        { once: true },
+      )
+    })
+  let run
+  try {
+    const hooks = { onEvent, signal: addonSignal(abort.signal) }
+    if (permissionPrompts) hooks.canUseTool = canUseTool
+    run = Promise.resolve(m.executeTask(task, hooks))
+  } catch (error) {
+    if (request.signal) request.signal.removeEventListener('abort', onClientGone)
+    throw error
+  }
+  // Answer as soon as the manager has accepted the task: its first event (`task_queued`) comes
+  // once the request is validated and the session found, before the task waits for its session
+  // or a slot. A request refused before that (bad arguments, someone else's session, a prompt
+  // too long) still gets its 400/404/413; a refusal after it (SESSION_BUSY once queueTimeoutMs
+  // has passed) is an `error` event.
+  const first = await Promise.race([accepted.then(() => null), run.then(() => null, (error) => ({ error }))])
+  if (first) {
+    if (request.signal) request.signal.removeEventListener('abort', onClientGone)
+    throw first.error
+  }
+  let keepalive
+  const stream = new ReadableStream({
+    start(c) {
+      controller = c
+      for (const text of pending.splice(0)) push(text)
+      keepalive = setInterval(() => push(': keep-alive\n\n'), KEEPALIVE_MS)
+      if (keepalive.unref) keepalive.unref()
+      run
+        .then(
+          (result) => {
+            // The server's key is missing or refused: reported like a 5xx (see taskResponse).
+            if (result && result.error && result.error.code === 'AUTH_ERROR' && onError) {
+              try {
+                onError(Object.assign(new Error(result.error.message), { code: 'AUTH_ERROR' }), request)
+              } catch {}
+            }
+            push(sseFrame('result', result, nextId++))
+          },
+          (error) => {
+            const { status, body } = errorBody(error)
+            if (status >= 500 && onError) onError(error, request)
+            push(sseFrame('error', { error: { ...body, status } }, nextId++))
+          },
+        )
+        .finally(() => {
+          clearInterval(keepalive)
+          if (request.signal) request.signal.removeEventListener('abort', onClientGone)
+          if (!closed) {
+            closed = true
+            try {
+              c.close()
+            } catch {}
+          }
+        })
+    },
+    cancel() {
+      // The client went away: stop the CLI.
+      closed = true
+      clearInterval(keepalive)
+      abort.abort()
+    },
+  })
+  return new Response(stream, { status: 200, headers: SSE_HEADERS })
+}
+
+// GET /api/claude/session — ?sessionId=… one session; otherwise the list (?projectId, status,
+// parentId, limit, offset).
+async function sessionGET(ctx, request, userId) {
+  const { resolveManager, exposeServerDetails } = ctx
+  const params = new URL(request.url).searchParams
+  const m = await resolveManager()
+  const sessionId = params.get('sessionId')
+  const out = exposeServerDetails ? (data) => json(data) : (data) => json(publicSessions(data))
+  if (sessionId !== null) return out({ session: await m.getSession(sessionId, userId) })
+  const filter = { userId }
+  for (const key of ['projectId', 'status', 'parentId']) {
+    const value = params.get(key)
+    if (value !== null) filter[key] = value
+  }
+  for (const key of ['limit', 'offset']) {
+    const value = queryNumber(params, key)
+    if (value !== undefined) filter[key] = value
+  }
+  return out({ sessions: await m.listSessions(filter) })
+}
+
+const sessionActions = {
+  getOrCreate: async (m, b, userId) => m.getOrCreateSession({ ...only(b, ['projectId', 'preferActive'], 'getOrCreate', ['action']), userId }),
+  startFresh: async (m, b, userId) => m.startFresh({ ...only(b, ['projectId', 'sessionId'], 'startFresh', ['action']), userId }),
+  cleanup: async (m, b, userId) => m.cleanupSessions({ ...only(b, ['projectId', 'maxAgeMs', 'keepActive'], 'cleanup', ['action']), userId }),
+  fork: async (m, b, userId) => ({ session: await m.fork({ ...only(b, ['sessionId', 'title'], 'fork', ['action']), userId }) }),
+  archive: async (m, b, userId) => {
+    const { sessionId } = only(b, ['sessionId'], 'archive', ['action'])
+    return { session: await m.archiveSession(sessionId, userId) }
+  },
+  delete: async (m, b, userId) => {
+    const { sessionId } = only(b, ['sessionId'], 'delete', ['action'])
+    await m.deleteSession(sessionId, userId)
+    return { deleted: true, sessionId }
+  },
+  messages: async (m, b, userId) => {
+    const { sessionId, ...page } = only(b, ['sessionId', 'limit', 'offset'], 'messages', ['action'])
+    if (typeof m.getMessages !== 'function') {
+      // Check ownership first, so the answer for someone else's session stays a 404.
+      await m.getSession(sessionId, userId)
+      throw new RouteError(501, 'NOT_IMPLEMENTED', 'this version of claude-session-manager cannot replay a session\'s messages (SessionManager.getMessages is missing)')
+    }
+    const out = await m.getMessages(sessionId, userId, page)
+    return Array.isArray(out) ? { messages: out } : out
+  },
+  tasks: async (m, b, userId) => {
+    const { sessionId } = only(b, ['sessionId'], 'tasks', ['action'])
+    return { tasks: await m.listTasks(sessionId, userId) }
+  },
+}
+const actionNames = Object.keys(sessionActions)
+
+// POST /api/claude/session — { action, ... }.
+async function sessionPOST(ctx, request, userId) {
+  const { resolveManager, readBody, exposeServerDetails } = ctx
+  const body = await readBody(request)
+  const action = body.action
+  if (typeof action !== 'string' || !Object.prototype.hasOwnProperty.call(sessionActions, action)) {
+    throw badRequest(`"action" must be one of ${actionNames.join(', ')}`)
+  }
+  const m = await resolveManager()
+  const out = await sessionActions[action](m, body, userId)
+  return json(exposeServerDetails ? out : publicSessions(out))
+}
+
+// GET /api/claude/compact?sessionId=…[&threshold=…] — the context meter.
+async function compactGET(ctx, request, userId) {
+  const { resolveManager } = ctx
+  const params = new URL(request.url).searchParams
+  const sessionId = requiredQuery(params, 'sessionId')
+  const threshold = queryNumber(params, 'threshold')
+  const m = await resolveManager()
+  const context = await m.getSessionContext(sessionId, userId, threshold === undefined ? undefined : { threshold })
+  return json({ context })
+}
+
+// POST /api/claude/compact — { sessionId, summaryInstructions? } → the compaction's TaskResult.
+async function compactPOST(ctx, request, userId) {
+  const { resolveManager, readBody } = ctx
+  const body = only(await readBody(request), ['sessionId', 'summaryInstructions'], 'compact')
+  const m = await resolveManager()
+  return taskResponse(ctx, await m.compactSession({ ...body, userId }, { signal: addonSignal(request.signal) }), request)
+}
+
+// POST /api/claude/permission — { sessionId, requestId, behavior, message?, updatedInput?,
+// interrupt?, remember? }: the user's answer to a `permission_request` event of their own
+// stream, through the manager's `respondToPermission` (which checks it, and forwards it to the
+// server running the task if that is another one; it never takes `updatedPermissions`).
+async function permissionPOST(ctx, request, userId) {
+  const { resolveManager, readBody } = ctx
+  const b = only(await readBody(request), ['sessionId', 'requestId', 'behavior', 'message', 'updatedInput', 'interrupt', 'remember'], 'permission')
+  if (typeof b.sessionId !== 'string' || typeof b.requestId !== 'string') throw badRequest('permission: sessionId and requestId must be strings')
+  const m = await resolveManager()
+  const key = answerKey(userId, b.sessionId, b.requestId)
+  answeredHere().add(key)
+  try {
+    await m.respondToPermission({ ...b, userId })
+  } catch (error) {
+    answeredHere().delete(key)
+    // Someone else's session answers exactly like a request that does not exist.
+    if (error && error.code === 'SESSION_NOT_FOUND') throw new RouteError(404, 'PERMISSION_REQUEST_NOT_FOUND', `no pending permission request ${b.requestId} in session ${b.sessionId}`)
+    throw error
+  }
+  // Answered through the store for a stream of another server: no abort will come here.
+  setTimeout(() => answeredHere().delete(key), 60_000).unref?.()
+  return json({ ok: true, requestId: b.requestId, behavior: b.behavior })
+}
+
+// POST /api/claude/message — { sessionId, prompt }: a message for the task running on the
+// user's session (steering); the model sees it in that task.
+async function messagePOST(ctx, request, userId) {
+  const { resolveManager, readBody } = ctx
+  const b = only(await readBody(request), ['sessionId', 'prompt'], 'message')
+  if (typeof b.sessionId !== 'string' || b.sessionId === '') throw badRequest('message: sessionId must be a non-empty string')
+  if (typeof b.prompt !== 'string' || !b.prompt.trim()) throw badRequest('message: prompt must be a non-empty string')
+  const m = await resolveManager()
+  await m.sendMessage({ sessionId: b.sessionId, userId, prompt: b.prompt })
+  return json({ ok: true, sessionId: b.sessionId })
+}
+
+// GET /api/claude/context?sessionId=… — the context breakdown (see publicContextUsage).
+async function contextGET(ctx, request, userId) {
+  const { resolveManager, exposeServerDetails } = ctx
+  const sessionId = requiredQuery(new URL(request.url).searchParams, 'sessionId')
+  const m = await resolveManager()
+  return json({ contextUsage: publicContextUsage(await m.getContextUsage(sessionId, userId), exposeServerDetails) })
+}
+
+module.exports = {
+  taskPOST,
+  streamPOST,
+  sessionGET,
+  sessionPOST,
+  compactGET,
+  compactPOST,
+  permissionPOST,
+  messagePOST,
+  contextGET,
+  MODEL_FIELDS,
+}
