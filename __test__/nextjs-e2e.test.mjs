@@ -829,6 +829,9 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     await sendPrompt('hello')
     await page.waitForSelector('[data-testid=error][data-code=BUDGET_EXCEEDED]')
     t.assert.strictEqual(await page.textContent('[data-testid=error-title]'), 'Spending limit reached: your daily spending limit is used up.')
+    // The reply says so too; the CLI's own text ("API Error: 402 …") only under "details".
+    t.assert.strictEqual(await page.textContent('.message.assistant[data-status=error] [data-testid=reply-error]'), 'Spending limit reached: your daily spending limit is used up.')
+    t.assert.doesNotMatch(await page.innerText('.message.assistant[data-status=error]'), /API Error/)
     await shot('nextjs-budget.png')
 
     t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')

@@ -153,7 +153,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
     return (measured.find((s) => s.model === model) ?? measured[0])?.context?.window ?? null
   }, [sessions, chat.session?.model])
   const unmeasured = !!ctx && ctx.estimatedTokens === 0 && !chat.session?.context
-  const windowTokens = ctx ? (unmeasured ? knownWindow : ctx.maxTokens) : null
+  const windowTokens = ctx ? (unmeasured ? (knownWindow ?? chat.contextUsage?.window ?? null) : ctx.maxTokens) : null
   const level = contextLevel(ctx)
   const pct = ctx ? ctx.usagePercentage : 0
 

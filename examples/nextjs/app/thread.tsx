@@ -6,6 +6,7 @@ import { memo, useState } from 'react'
 import ReactMarkdown from 'react-markdown'
 import remarkGfm from 'remark-gfm'
 import type { ClaudeMessage, PermissionRequestEvent } from 'claude-session-manager/react'
+import { explainError } from './errors'
 
 /** A tool's result as the thread shows it. */
 export interface ToolResultView {
@@ -128,11 +129,28 @@ export function Message({ message: m, results }: { message: ThreadMessage; resul
     )
   }
   const tools = m.toolUses ?? []
+  // A task that failed: what happened in words (the CLI's own text, e.g. "API Error: 402 …", stays
+  // under "details").
+  const failed = m.status === 'error' && m.result && !m.result.success && m.result.error ? m.result.error : null
   return (
     <div className={`message ${m.role} ${m.status}`} data-role={m.role} data-status={m.status}>
       <div className="who">{m.role === 'user' ? 'You' : 'Claude'}</div>
       <div className="text">
-        {m.role === 'assistant' ? m.content ? <Markdown text={m.content} /> : m.status === 'streaming' && tools.length === 0 ? '…' : '' : m.content}
+        {failed ? (
+          <>
+            <span className="error-text" data-testid="reply-error">{explainError(failed).title}</span>
+            {m.content && (
+              <details className="small muted">
+                <summary>details</summary>
+                {m.content}
+              </details>
+            )}
+          </>
+        ) : m.role === 'assistant' ? (
+          m.content ? <Markdown text={m.content} /> : m.status === 'streaming' && tools.length === 0 ? '…' : ''
+        ) : (
+          m.content
+        )}
         {m.status === 'streaming' && <span className="cursor">▍</span>}
         {m.status === 'aborted' && <span className="muted small"> (stopped)</span>}
       </div>
