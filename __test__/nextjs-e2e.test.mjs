@@ -687,18 +687,33 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.strictEqual(await write.getAttribute('data-state'), 'ok')
     await shot('nextjs-tools.png')
 
-    // After a reload the tool cards come back from the history, with their results.
+    // After a reload the tool cards come back from the history, with their results. The history
+    // answer (read by the server at once) is held back on its way to the page here, and a prompt
+    // is sent before it arrives: the prompt and its reply stay, below the history.
+    let heldBack = 0
+    await page.route('**/api/claude/session', async (route) => {
+      const req = route.request()
+      if (req.method() !== 'POST' || JSON.parse(req.postData() || '{}').action !== 'messages') return route.continue()
+      const response = await route.fetch()
+      heldBack++
+      await sleep(2500)
+      await route.fulfill({ response })
+    })
     await page.reload()
     await waitCurrent(first)
+    await sendPrompt('sent before the history')
+    await replyDone()
     await page.waitForSelector('[data-testid=tool-card][data-tool=Write]')
+    await page.unroute('**/api/claude/session')
+    t.assert.ok(heldBack > 0, 'the history request was held back')
     t.assert.match(await page.locator('[data-testid=tool-card][data-tool=Bash] [data-testid=tool-output]').first().textContent(), /hello-from-bash/)
     t.assert.match(await page.locator('[data-testid=tool-card][data-tool=Write] .diff').first().textContent(), /\+ line one/)
     t.assert.strictEqual(await page.locator('[data-testid=tool-card][data-tool=Write]').first().getAttribute('data-state'), 'ok')
     // The tool results are not "You" bubbles.
-    t.assert.deepStrictEqual(
-      await page.$$eval('.message.user .text', (els) => els.map((el) => el.textContent)),
-      ['markdown', 'run echo hello-from-bash > bash-out.txt && cat bash-out.txt', ...(remembered ? ['run echo no-card-this-time > bash-out.txt && cat bash-out.txt'] : []), 'write feature.txt line one'],
-    )
+    const prompts = ['markdown', 'run echo hello-from-bash > bash-out.txt && cat bash-out.txt', ...(remembered ? ['run echo no-card-this-time > bash-out.txt && cat bash-out.txt'] : []), 'write feature.txt line one', 'sent before the history']
+    t.assert.deepStrictEqual(await page.$$eval('.message.user .text', (els) => els.map((el) => el.textContent)), prompts)
+    t.assert.match(await lastReply(), /^Echo #\d+: sent before the history$/)
+    t.assert.strictEqual(await page.locator('.message.assistant', { hasText: 'sent before the history' }).count(), 1)
 
     // Compaction, then a reload: a system note, no CLI command lines, no server path anywhere.
     await page.click('[data-testid=compact]')
@@ -720,7 +735,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
       // working directory is the agent's, and tool cards name files in it)
       for (const secret of [state, os.homedir(), '.jsonl', '<command-name>', 'local-command-stdout', 'This session is being continued']) t.assert.ok(!text.includes(secret), `${what} shows ${secret}`)
     }
-    t.assert.strictEqual(await page.locator('.message.user').count(), remembered ? 4 : 3)
+    t.assert.strictEqual(await page.locator('.message.user').count(), prompts.length)
     await shot('nextjs-compaction.png')
 
     // Fork: a fork that has not run shows the conversation it continues from, also after a reload.

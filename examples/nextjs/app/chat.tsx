@@ -225,6 +225,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
   const shownError = appError ?? chat.error
   const explained = shownError ? explainError(shownError) : null
   const pending = chat.permissionRequests.filter((r) => !answered.has(r.requestId))
+  const awaiting = new Set(pending.map((r) => r.toolUseID).filter((id): id is string => typeof id === 'string'))
   const parent = chat.session?.parentId ? sessions.find((s) => s.id === chat.session?.parentId) : undefined
   const budget = account?.budget
 
@@ -347,7 +348,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
           )}
           {chat.messages.length === 0 && !inheritedFrom && <p className="muted empty">No messages yet. Ask something.</p>}
           {chat.messages.map((m) => (
-            <Message key={m.id} message={m as ThreadMessage} results={results} />
+            <Message key={m.id} message={m as ThreadMessage} results={results} awaiting={awaiting} />
           ))}
           {pending.map((r) => (
             <PermissionCard

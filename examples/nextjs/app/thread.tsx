@@ -111,7 +111,7 @@ function ToolCard({ tool, result }: { tool: { id: string; name: string; input: u
 }
 
 /** A message of the thread. */
-export function Message({ message: m, results }: { message: ThreadMessage; results: Record<string, ToolResultView> }) {
+export function Message({ message: m, results, awaiting }: { message: ThreadMessage; results: Record<string, ToolResultView>; awaiting?: Set<string> }) {
   if (m.role === 'system') {
     return (
       <div className="message system" data-role="system" data-status={m.status} data-kind={m.kind ?? 'note'} data-testid="system-note">
@@ -128,7 +128,8 @@ export function Message({ message: m, results }: { message: ThreadMessage; resul
       </div>
     )
   }
-  const tools = m.toolUses ?? []
+  // (a call waiting for the user's answer shows on its approval card instead)
+  const tools = (m.toolUses ?? []).filter((t) => !awaiting?.has(t.id))
   // A task that failed: what happened in words (the CLI's own text, e.g. "API Error: 402 …", stays
   // under "details").
   const failed = m.status === 'error' && m.result && !m.result.success && m.result.error ? m.result.error : null
