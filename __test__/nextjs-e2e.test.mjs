@@ -685,6 +685,20 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.match(await write.locator('[data-testid=tool-file]').textContent(), /feature\.txt$/)
     t.assert.match(await write.locator('.diff').textContent(), /\+ line one/)
     t.assert.strictEqual(await write.getAttribute('data-state'), 'ok')
+    // An Edit of that file (which the Write left read): the card and the tool card show a diff.
+    await sendPrompt('edit feature.txt line one => line two')
+    await card.waitFor()
+    t.assert.deepStrictEqual(await card.locator('.diff > div').evaluateAll((els) => els.map((el) => [el.className, el.textContent])), [
+      ['del', '- line one'],
+      ['add', '+ line two'],
+    ])
+    await page.click('[data-testid=permission-allow]')
+    await replyDone()
+    t.assert.strictEqual(await lastReply(), 'Edited feature.txt.')
+    const edit = page.locator('[data-testid=tool-card][data-tool=Edit]').last()
+    t.assert.strictEqual(await edit.getAttribute('data-state'), 'ok')
+    t.assert.match(await edit.locator('.diff').textContent(), /- line one\+ line two/)
+    t.assert.strictEqual(fs.readFileSync(path.join(work, 'feature.txt'), 'utf8'), 'line two')
     await shot('nextjs-tools.png')
 
     // After a reload the tool cards come back from the history, with their results. The history
@@ -710,7 +724,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.match(await page.locator('[data-testid=tool-card][data-tool=Write] .diff').first().textContent(), /\+ line one/)
     t.assert.strictEqual(await page.locator('[data-testid=tool-card][data-tool=Write]').first().getAttribute('data-state'), 'ok')
     // The tool results are not "You" bubbles.
-    const prompts = ['markdown', 'run echo hello-from-bash > bash-out.txt && cat bash-out.txt', ...(remembered ? ['run echo no-card-this-time > bash-out.txt && cat bash-out.txt'] : []), 'write feature.txt line one', 'sent before the history']
+    const prompts = ['markdown', 'run echo hello-from-bash > bash-out.txt && cat bash-out.txt', ...(remembered ? ['run echo no-card-this-time > bash-out.txt && cat bash-out.txt'] : []), 'write feature.txt line one', 'edit feature.txt line one => line two', 'sent before the history']
     t.assert.deepStrictEqual(await page.$$eval('.message.user .text', (els) => els.map((el) => el.textContent)), prompts)
     t.assert.match(await lastReply(), /^Echo #\d+: sent before the history$/)
     t.assert.strictEqual(await page.locator('.message.assistant', { hasText: 'sent before the history' }).count(), 1)
