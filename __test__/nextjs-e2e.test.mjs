@@ -757,6 +757,10 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     await page.waitForFunction((p) => document.querySelector('[data-testid=current-session] code')?.textContent !== p, first)
     const fork = await current()
     await page.reload()
+    // (a reload opens the project's most recently active session: that is the parent again once
+    // its kept-warm CLI is let go, which counts as activity; so open the fork from the list)
+    await page.waitForSelector(listRow(fork))
+    if ((await current()) !== fork) await page.click(`${listRow(fork)} [data-testid=session-open]`)
     await waitCurrent(fork)
     await page.waitForSelector('[data-testid=inherited]')
     t.assert.ok((await page.locator('.message.user').count()) > 0, 'the inherited conversation is shown')
@@ -814,22 +818,25 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     await page.waitForFunction(() => document.querySelector('.message.assistant[data-status=streaming] .text')?.textContent.includes('w1'))
     await page.click('[data-testid=stop]')
     await page.waitForSelector('.message.assistant[data-status=aborted]')
-    const serverSession = async () => JSON.parse((await api(`session?sessionId=${first}`)).text).session
-    await page.waitForFunction(
-      async ([id]) => {
-        const s = (await (await fetch(`/api/claude/session?sessionId=${id}`)).json()).session
-        const row = document.querySelector(`[data-testid=session-list] li[data-session-id="${id}"] .meta`)?.textContent || ''
-        return row.startsWith(`${s.taskCount} task`) && row.includes(`$${s.totalCostUsd.toFixed(4)}`)
-      },
-      [first],
-      { polling: 250 },
-    )
-    const s = await serverSession()
-    const tasks = JSON.parse((await api('session', { action: 'tasks', sessionId: first })).text).tasks
+    // The server records the stopped task a moment after the stream closed.
+    let tasks
+    for (const end = Date.now() + 15000; ; await sleep(200)) {
+      tasks = JSON.parse((await api('session', { action: 'tasks', sessionId: first })).text).tasks
+      if (tasks.at(-1).status !== 'running' || Date.now() > end) break
+    }
     t.assert.strictEqual(tasks.at(-1).status, 'aborted')
+    const s = JSON.parse((await api(`session?sessionId=${first}`)).text).session
     t.assert.strictEqual(s.taskCount, tasks.length)
     const ctx = JSON.parse((await api(`compact?sessionId=${first}`)).text).context
-    await page.waitForFunction((n) => Number(document.querySelector('[data-testid=meter]').dataset.tokens) === n, ctx.estimatedTokens)
+    // The page catches up by itself (no reload): the list's count and cost, and the meter.
+    await page.waitForFunction(
+      ([id, count, cost, tokens]) => {
+        const row = document.querySelector(`[data-testid=session-list] li[data-session-id="${id}"] .meta`)?.textContent || ''
+        return row.startsWith(`${count} task`) && row.includes(`$${cost}`) && Number(document.querySelector('[data-testid=meter]').dataset.tokens) === tokens
+      },
+      [first, s.taskCount, s.totalCostUsd.toFixed(4), ctx.estimatedTokens],
+      { polling: 250 },
+    )
     await shot('nextjs-after-stop.png')
 
     // Errors in words: a server shutting down (CLOSED), scripted here by answering the stream

@@ -10,6 +10,8 @@ import { SessionList, isArchived, sessionName, type ListedSession } from './sess
 import { Message, PermissionCard, type ThreadMessage, type ToolResultView } from './thread'
 
 const API = '/api/claude'
+/** The window the store assumes before any measurement (`contextWindow`'s default). */
+const STORE_DEFAULT_WINDOW = 200000
 const fmt = (n: number) => n.toLocaleString('en-US')
 
 /** POST JSON to the API; the parsed answer, or throws an Error with the API's `code`. */
@@ -143,9 +145,11 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
     }
   }, [chat.status, chat.sessionId, refresh, loadAccount])
 
-  // The model's context window: from the server's last measurement of this session, else from
-  // another session of the list on the same model (a new session has not been measured yet:
-  // the store's default would show "/ 200,000" and then jump to the model's real window).
+  // The model's context window. A session not measured yet gets the window the server learned
+  // for its model from earlier sessions, or the store's default (200,000) when the server has not
+  // seen the model yet: that would show "/ 200,000" and then jump to the model's real window. So
+  // an unmeasured session uses a window measured for the model in the list, else the server's
+  // number unless it is the default, else it says the window comes with the first reply.
   const ctx = chat.context
   const knownWindow = useMemo(() => {
     const model = chat.session?.model
@@ -153,7 +157,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
     return (measured.find((s) => s.model === model) ?? measured[0])?.context?.window ?? null
   }, [sessions, chat.session?.model])
   const unmeasured = !!ctx && ctx.estimatedTokens === 0 && !chat.session?.context
-  const windowTokens = ctx ? (unmeasured ? (knownWindow ?? chat.contextUsage?.window ?? null) : ctx.maxTokens) : null
+  const windowTokens = ctx ? (unmeasured ? (knownWindow ?? (ctx.maxTokens !== STORE_DEFAULT_WINDOW ? ctx.maxTokens : null)) : ctx.maxTokens) : null
   const level = contextLevel(ctx)
   const pct = ctx ? ctx.usagePercentage : 0
 
@@ -250,7 +254,7 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
           </section>
         )}
 
-        <ContextPanel usage={chat.contextUsage} knownWindow={knownWindow} onRefresh={() => void chat.refreshContextUsage()} disabled={!chat.sessionId} />
+        <ContextPanel usage={chat.contextUsage} meterWindow={windowTokens} onRefresh={() => void chat.refreshContextUsage()} disabled={!chat.sessionId} />
 
         <section className="demo-user">
           <label className="small">
@@ -388,9 +392,10 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
 }
 
 /** The context as the CLI counts it, by category: a bar and a number each. */
-function ContextPanel({ usage, knownWindow, onRefresh, disabled }: { usage: ContextUsageView | null; knownWindow: number | null; onRefresh: () => void; disabled: boolean }) {
-  // A session not measured yet has the store's default window; show the model's when known.
-  const window = usage ? (usage.source === 'store' && usage.total === 0 && knownWindow ? knownWindow : usage.window) : 0
+function ContextPanel({ usage, meterWindow, onRefresh, disabled }: { usage: ContextUsageView | null; meterWindow: number | null; onRefresh: () => void; disabled: boolean }) {
+  // A session not measured yet: the same window as the meter (see there), or none yet.
+  const unmeasured = usage?.source === 'store' && usage.total === 0
+  const window = usage ? (unmeasured ? (meterWindow ?? 0) : usage.window) : 0
   return (
     <section className="context-panel" data-testid="context-panel" data-source={usage?.source ?? ''} data-total={usage?.total ?? 0}>
       <div className="context-head">
@@ -404,7 +409,7 @@ function ContextPanel({ usage, knownWindow, onRefresh, disabled }: { usage: Cont
       ) : (
         <>
           <p className="muted small" data-testid="context-total">
-            {fmt(usage.total)} / {fmt(window)} tokens · {usage.percentage}% · {usage.source === 'cli' ? "the CLI's count" : 'stored meter'}
+            {window ? `${fmt(usage.total)} / ${fmt(window)} tokens · ${usage.percentage}%` : `${fmt(usage.total)} tokens`} · {usage.source === 'cli' ? "the CLI's count" : 'stored meter'}
           </p>
           {usage.categories.length === 0 ? (
             <p className="muted small">The breakdown shows while the session&apos;s CLI is running.</p>
