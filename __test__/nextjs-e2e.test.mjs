@@ -11,6 +11,7 @@
 // Needs the npm registry only for that install; the browser part needs /usr/bin/chromium.
 import { test } from 'node:test'
 import fs from 'node:fs'
+import os from 'node:os'
 import net from 'node:net'
 import path from 'node:path'
 import { spawn, spawnSync, execFileSync } from 'node:child_process'
@@ -23,6 +24,9 @@ const app = path.join(root, 'examples', 'nextjs')
 const artifacts = path.join(root, 'test-artifacts')
 const CHROMIUM = '/usr/bin/chromium'
 const USER = 'e2e-user'
+const FEATURE_USER = 'feat-user'
+const OTHER_USER = 'alice'
+const BROKE_USER = 'broke-user'
 
 // ---- set-up helpers ----------------------------------------------------------------------
 
@@ -105,6 +109,43 @@ function appEnv(extra) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
+/** Headless Chromium (closed after the test), or null after t.skip when it is not installed. */
+async function launchChromium(t) {
+  if (!fs.existsSync(CHROMIUM)) {
+    t.skip(`${CHROMIUM} is missing (install it with: apt-get install -y chromium)`)
+    return null
+  }
+  const { chromium } = createRequire(path.join(app, 'package.json'))('playwright-core')
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
+  })
+  t.after(() => browser.close())
+  return browser
+}
+
+/**
+ * A page in a new browser context, the errors it reports (uncaught exceptions and console
+ * errors; with `expectHttpErrors`, not the browser's own lines for HTTP error answers the test
+ * provokes) and `shot(name)`, a screenshot into the test artifacts.
+ */
+async function openPage(browser, t, { expectHttpErrors = false } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 820 } })
+  const page = await context.newPage()
+  page.setDefaultTimeout(30000)
+  const pageErrors = []
+  page.on('pageerror', (e) => pageErrors.push(e.stack || e.message))
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return
+    if (expectHttpErrors && /^Failed to load resource: the server responded with a status of (400|402|404|409|500)/.test(m.text())) return
+    pageErrors.push(`console: ${m.text()}`)
+  })
+  fs.mkdirSync(artifacts, { recursive: true })
+  const shot = (name) => page.screenshot({ path: path.join(artifacts, name) })
+  t.diagnostic(`screenshots in ${path.relative(root, artifacts)}/`)
+  return { page, pageErrors, shot }
+}
+
 // ---- the test ------------------------------------------------------------------------------
 
 test('nextjs example: build, start, every route over HTTP, and the page in Chromium', { timeout: 15 * 60 * 1000 }, async (t) => {
@@ -131,6 +172,10 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
       CLAUDE_WORKING_DIR: work,
       CLAUDE_SESSIONS_STATE_DIR: state,
       DEMO_TOKENS_PER_TURN: '300000',
+      // A daily spend cap for every user (high: never reached here) and a tiny one for one demo
+      // user, so the page's spend line and "Spending limit reached" can be checked.
+      BUDGET_USD_PER_USER_PER_DAY: '1000',
+      DEMO_USER_BUDGETS: JSON.stringify({ [BROKE_USER]: 0.01 }),
       ...(pgSchema ? { CLAUDE_SESSIONS_DATABASE_URL: PG_URL, CLAUDE_SESSIONS_DATABASE_SCHEMA: pgSchema } : {}),
     }),
     detached: true, // its own process group, so everything it started can be stopped at once
@@ -333,25 +378,9 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
   })
 
   await t.test('the page in headless Chromium', async (t) => {
-    if (!fs.existsSync(CHROMIUM)) {
-      t.skip(`${CHROMIUM} is missing (install it with: apt-get install -y chromium)`)
-      return
-    }
-    const { chromium } = createRequire(path.join(app, 'package.json'))('playwright-core')
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-    })
-    t.after(() => browser.close())
-    const context = await browser.newContext({ viewport: { width: 1280, height: 820 } })
-    const page = await context.newPage()
-    page.setDefaultTimeout(30000)
-    const pageErrors = []
-    page.on('pageerror', (e) => pageErrors.push(e.stack || e.message))
-    page.on('console', (m) => {
-      if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`)
-    })
-    fs.mkdirSync(artifacts, { recursive: true })
+    const browser = await launchChromium(t)
+    if (!browser) return
+    const { page, pageErrors, shot: screenshot } = await openPage(browser, t)
 
     const meter = async () => page.$eval('[data-testid=meter]', (el) => ({ level: el.dataset.level, pct: Number(el.dataset.percentage), tokens: Number(el.dataset.tokens), label: el.textContent }))
     const barColour = (rgb) => page.waitForFunction((rgb) => getComputedStyle(document.querySelector('.meter-fill')).backgroundColor === rgb, rgb, { timeout: 5000 })
@@ -359,7 +388,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     const settled = () => page.waitForFunction(() => document.querySelector('.meter-fill').getAnimations().length === 0)
     const shot = async (name) => {
       await settled()
-      await page.screenshot({ path: path.join(artifacts, name) })
+      await screenshot(name)
     }
     const currentSession = () => page.$eval('[data-testid=current-session] code', (el) => el.textContent)
     const assistantDone = (n) => page.waitForFunction((n) => document.querySelectorAll('.message.assistant[data-status=done]').length >= n, n)
@@ -442,7 +471,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     }, parentId)
     const forkId = await currentSession()
     await page.waitForSelector(`[data-session-id="${forkId}"]`)
-    t.assert.match(await page.textContent(`[data-session-id="${forkId}"]`), new RegExp(`fork of ${parentId.slice(0, 8)}`))
+    t.assert.match(await page.textContent(`[data-session-id="${forkId}"]`), /fork of Please repeat/)
     t.assert.strictEqual(await page.locator('[data-testid=session-list] li').count(), 2)
     t.assert.strictEqual(await page.locator('.message.assistant').count(), 3, 'the fork keeps the conversation on screen')
     // The fork answers (and has the parent's history: the echo counts its user turns).
@@ -469,14 +498,21 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.strictEqual(historyStatus, 200)
     await page.waitForFunction(() => [...document.querySelectorAll('.message.assistant .text')].some((el) => el.textContent.includes('hello from the fork')))
 
-    // Start fresh: a new, empty session; the others are archived.
+    // Start fresh: a new, empty session; the one on screen (the fork) is archived, the parent
+    // stays as it was (Start fresh archives the conversation it was pressed in, not the project).
     await page.click('[data-testid=start-fresh]')
     await page.waitForFunction((ids) => {
       const code = document.querySelector('[data-testid=current-session] code')
       return code && !ids.includes(code.textContent) && document.querySelectorAll('[data-testid=session-list] li').length === 3
     }, [parentId, forkId])
     t.assert.strictEqual(await page.locator('.message').count(), 0)
-    t.assert.strictEqual(await page.locator('[data-status=archived]').count(), 2)
+    t.assert.deepStrictEqual(
+      await page.$$eval('[data-testid=session-list] li', (els) => els.map((el) => [el.dataset.sessionId, el.dataset.status])).then((rows) => rows.filter(([id]) => id === parentId || id === forkId).sort()),
+      [
+        [forkId, 'archived'],
+        [parentId, 'active'],
+      ].sort(),
+    )
     t.assert.strictEqual((await meter()).tokens, 0)
     await shot('nextjs-fresh.png')
 
@@ -542,7 +578,7 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     const tail = await page.$$eval('.messages > .message', (els) => els.slice(-4).map((el) => [el.dataset.role, el.querySelector('.text').textContent, el.dataset.status]))
     t.assert.deepStrictEqual(tail, [
       ['user', 'write steered.txt a draft', 'done'],
-      ['assistant', '', 'done'], // the Write call (shown as "tools: Write")
+      ['assistant', '', 'done'], // the Write call (shown as a tool card)
       ['user', 'and call it the steered note', 'done'],
       // The stand-in names what it was sent mid-turn: the model saw the message in this task.
       ['assistant', 'Wrote steered.txt. You also said: and call it the steered note', 'done'],
@@ -551,9 +587,288 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.strictEqual(tasks.length, 3, 'the steered message ran in the task, not as a task of its own')
 
     // Going back to the fork restores its meter.
-    await page.click(`[data-session-id="${forkId}"]`)
+    await page.click(`[data-session-id="${forkId}"] [data-testid=session-open]`)
     await page.waitForFunction((id) => document.querySelector('[data-testid=current-session] code')?.textContent === id, forkId)
     await page.waitForFunction(() => Number(document.querySelector('[data-testid=meter]').dataset.tokens) > 0)
+
+    t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')
+  })
+
+  await t.test('the app in Chromium: Markdown, tool cards, always-allow, rename, search, delete, forks, compaction, users, errors', async (t) => {
+    const browser = await launchChromium(t)
+    if (!browser) return
+    const { page, pageErrors, shot } = await openPage(browser, t, { expectHttpErrors: true })
+    const project = 'features'
+    const current = () => page.$eval('[data-testid=current-session] code', (el) => el.textContent)
+    const waitCurrent = (id) => page.waitForFunction((id) => document.querySelector('[data-testid=current-session] code')?.textContent === id, id)
+    const sendPrompt = async (text) => {
+      await page.fill('[data-testid=prompt]', text)
+      await page.click('[data-testid=send]')
+    }
+    /** Waits until the thread's last message is a finished reply. */
+    const replyDone = () =>
+      page.waitForFunction(() => {
+        const last = [...document.querySelectorAll('.messages > .message')].at(-1)
+        return last && last.dataset.role === 'assistant' && last.dataset.status === 'done' && !document.querySelector('[data-testid=stop]')
+      })
+    const lastReply = () => page.$$eval('.message.assistant .text', (els) => els.at(-1).textContent)
+    const listRow = (id) => `[data-testid=session-list] li[data-session-id="${id}"]`
+    const listedIds = () => page.$$eval('[data-testid=session-list] li[data-session-id]', (els) => els.map((el) => el.dataset.sessionId))
+    const api = (route, body) =>
+      page.evaluate(
+        async ([route, body]) => {
+          const res = await fetch(`/api/claude/${route}`, body ? { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) } : {})
+          return { status: res.status, text: await res.text() }
+        },
+        [route, body],
+      )
+
+    await page.goto(`${base}/api/demo-login?user=${FEATURE_USER}&next=${encodeURIComponent(`/?project=${project}`)}`)
+    await page.waitForSelector('[data-testid=current-session] code')
+    const first = await current()
+    t.assert.strictEqual(await page.$eval('[data-testid=user-switcher]', (el) => el.value), FEATURE_USER)
+    // A spend cap is set for every user (BUDGET_USD_PER_USER_PER_DAY): the page shows the spend.
+    await page.waitForSelector('[data-testid=budget]')
+    t.assert.match(await page.textContent('[data-testid=budget]'), /Spending today\$0\.00 of \$1000\.00/)
+
+    // Markdown: a code block, a table and a list are elements; raw HTML from the model is not.
+    await sendPrompt('markdown')
+    await replyDone()
+    const md = await page.$eval('.message.assistant .markdown', (el) => ({
+      code: el.querySelector('pre > code')?.textContent,
+      codeClass: el.querySelector('pre > code')?.className,
+      cells: el.querySelectorAll('table td').length,
+      items: el.querySelectorAll('ul > li').length,
+      img: el.querySelectorAll('img').length,
+      h2: el.querySelector('h2')?.textContent,
+    }))
+    t.assert.deepStrictEqual(md, { code: 'export const greet = (name: string) => `hello ${name}`\n', codeClass: 'language-ts', cells: 4, items: 2, img: 0, h2: 'A Markdown reply' })
+    t.assert.strictEqual(await page.evaluate(() => window.__injected), undefined, 'no HTML from the model ran')
+    await shot('nextjs-markdown.png')
+
+    // A Bash call: the approval card shows the command; "Always allow for this session" sends
+    // `remember: 'session'` with the allow; the thread shows the command and its output.
+    // (a command that writes: Claude Code runs read-only ones such as a bare `echo` unasked)
+    await sendPrompt('run echo hello-from-bash > bash-out.txt && cat bash-out.txt')
+    const card = page.locator('[data-testid=permission-card]')
+    await card.waitFor()
+    t.assert.strictEqual(await card.getAttribute('data-tool'), 'Bash')
+    t.assert.match(await card.textContent(), /\$ echo hello-from-bash > bash-out\.txt && cat bash-out\.txt/)
+    const [always] = await Promise.all([page.waitForRequest((r) => r.url().endsWith('/api/claude/permission') && r.method() === 'POST'), page.click('[data-testid=permission-always]')])
+    const sent = JSON.parse(always.postData())
+    t.assert.deepStrictEqual([sent.behavior, sent.remember], ['allow', 'session'])
+    const answer = await always.response()
+    const remembered = answer.status() === 200
+    await replyDone()
+    t.assert.strictEqual(await lastReply(), 'Ran the command.')
+    const bash = page.locator('[data-testid=tool-card][data-tool=Bash]').last()
+    t.assert.strictEqual(await bash.locator('[data-testid=tool-command]').textContent(), '$ echo hello-from-bash > bash-out.txt && cat bash-out.txt')
+    t.assert.match(await bash.locator('[data-testid=tool-output]').textContent(), /hello-from-bash/)
+    await t.test('"always allow" is remembered by the server for the session', async (t) => {
+      if (!remembered) {
+        t.skip(`this version of the permission route does not accept "remember" (answered ${answer.status()}: ${await answer.text()}); the page allowed once instead`)
+        return
+      }
+      await sendPrompt('run echo no-card-this-time > bash-out.txt && cat bash-out.txt')
+      await replyDone()
+      t.assert.strictEqual(await page.locator('[data-testid=permission-card]').count(), 0)
+      t.assert.match(await page.locator('[data-testid=tool-card][data-tool=Bash] [data-testid=tool-output]').last().textContent(), /no-card-this-time/)
+    })
+    if (!remembered) t.assert.match(await page.textContent('[data-testid=note]'), /cannot remember approvals: allowed once/)
+
+    // A Write allowed once: the tool card shows the new file's lines.
+    await sendPrompt('write feature.txt line one')
+    await card.waitFor()
+    await page.click('[data-testid=permission-allow]')
+    await replyDone()
+    const write = page.locator('[data-testid=tool-card][data-tool=Write]').last()
+    t.assert.match(await write.locator('[data-testid=tool-file]').textContent(), /feature\.txt$/)
+    t.assert.match(await write.locator('.diff').textContent(), /\+ line one/)
+    t.assert.strictEqual(await write.getAttribute('data-state'), 'ok')
+    // An Edit of that file (which the Write left read): the card and the tool card show a diff.
+    await sendPrompt('edit feature.txt line one => line two')
+    await card.waitFor()
+    t.assert.deepStrictEqual(await card.locator('.diff > div').evaluateAll((els) => els.map((el) => [el.className, el.textContent])), [
+      ['del', '- line one'],
+      ['add', '+ line two'],
+    ])
+    await page.click('[data-testid=permission-allow]')
+    await replyDone()
+    t.assert.strictEqual(await lastReply(), 'Edited feature.txt.')
+    const edit = page.locator('[data-testid=tool-card][data-tool=Edit]').last()
+    t.assert.strictEqual(await edit.getAttribute('data-state'), 'ok')
+    t.assert.match(await edit.locator('.diff').textContent(), /- line one\+ line two/)
+    t.assert.strictEqual(fs.readFileSync(path.join(work, 'feature.txt'), 'utf8'), 'line two')
+    await shot('nextjs-tools.png')
+
+    // After a reload the tool cards come back from the history, with their results. The history
+    // answer (read by the server at once) is held back on its way to the page here, and a prompt
+    // is sent before it arrives: the prompt and its reply stay, below the history.
+    let heldBack = 0
+    await page.route('**/api/claude/session', async (route) => {
+      const req = route.request()
+      if (req.method() !== 'POST' || JSON.parse(req.postData() || '{}').action !== 'messages') return route.continue()
+      const response = await route.fetch()
+      heldBack++
+      await sleep(2500)
+      await route.fulfill({ response })
+    })
+    await page.reload()
+    await waitCurrent(first)
+    await sendPrompt('sent before the history')
+    await replyDone()
+    await page.waitForSelector('[data-testid=tool-card][data-tool=Write]')
+    await page.unroute('**/api/claude/session')
+    t.assert.ok(heldBack > 0, 'the history request was held back')
+    t.assert.match(await page.locator('[data-testid=tool-card][data-tool=Bash] [data-testid=tool-output]').first().textContent(), /hello-from-bash/)
+    t.assert.match(await page.locator('[data-testid=tool-card][data-tool=Write] .diff').first().textContent(), /\+ line one/)
+    t.assert.strictEqual(await page.locator('[data-testid=tool-card][data-tool=Write]').first().getAttribute('data-state'), 'ok')
+    // The tool results are not "You" bubbles.
+    const prompts = ['markdown', 'run echo hello-from-bash > bash-out.txt && cat bash-out.txt', ...(remembered ? ['run echo no-card-this-time > bash-out.txt && cat bash-out.txt'] : []), 'write feature.txt line one', 'edit feature.txt line one => line two', 'sent before the history']
+    t.assert.deepStrictEqual(await page.$$eval('.message.user .text', (els) => els.map((el) => el.textContent)), prompts)
+    t.assert.match(await lastReply(), /^Echo #\d+: sent before the history$/)
+    t.assert.strictEqual(await page.locator('.message.assistant', { hasText: 'sent before the history' }).count(), 1)
+
+    // Compaction, then a reload: a system note, no CLI command lines, no server path anywhere.
+    await page.click('[data-testid=compact]')
+    await page.waitForSelector('.message.system')
+    await page.reload()
+    await waitCurrent(first)
+    const compactNote = page.locator('[data-testid=system-note][data-kind=compaction]')
+    await compactNote.waitFor()
+    t.assert.match(await compactNote.textContent(), /Conversation compacted/)
+    await compactNote.locator('summary').click()
+    t.assert.match(await compactNote.textContent(), /Summary \(stand-in\)/)
+    const body = await page.textContent('body')
+    const history = await api('session', { action: 'messages', sessionId: first })
+    for (const [what, text] of [
+      ['the page', body],
+      ['the history answer', history.text],
+    ]) {
+      // (the state folder holds the CLI's config, the tenant folders and the transcripts; the
+      // working directory is the agent's, and tool cards name files in it)
+      for (const secret of [state, os.homedir(), '.jsonl', '<command-name>', 'local-command-stdout', 'This session is being continued']) t.assert.ok(!text.includes(secret), `${what} shows ${secret}`)
+    }
+    t.assert.strictEqual(await page.locator('.message.user').count(), prompts.length)
+    await shot('nextjs-compaction.png')
+
+    // Fork: a fork that has not run shows the conversation it continues from, also after a reload.
+    await page.click('[data-testid=fork]')
+    await page.waitForFunction((p) => document.querySelector('[data-testid=current-session] code')?.textContent !== p, first)
+    const fork = await current()
+    await page.reload()
+    // (a reload opens the project's most recently active session: that is the parent again once
+    // its kept-warm CLI is let go, which counts as activity; so open the fork from the list)
+    await page.waitForSelector(listRow(fork))
+    if ((await current()) !== fork) await page.click(`${listRow(fork)} [data-testid=session-open]`)
+    await waitCurrent(fork)
+    await page.waitForSelector('[data-testid=inherited]')
+    t.assert.ok((await page.locator('.message.user').count()) > 0, 'the inherited conversation is shown')
+    t.assert.strictEqual(await page.locator('.empty').count(), 0, 'not "No messages yet"')
+    t.assert.match(await page.textContent(listRow(fork)), /fork of markdown.*not used yet/)
+
+    // Rename and search (titles and first prompts).
+    await page.click(`${listRow(fork)} [data-testid=rename]`)
+    await page.fill('[data-testid=rename-input]', 'My renamed fork')
+    await page.click('[data-testid=rename-save]')
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.includes('My renamed fork'), `${listRow(fork)} [data-testid=session-title]`)
+    await page.fill('[data-testid=session-search]', 'renamed')
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=session-list] li[data-session-id]').length === 1)
+    t.assert.deepStrictEqual(await listedIds(), [fork])
+    await page.fill('[data-testid=session-search]', 'MARKDOWN') // the first prompt, any case: the parent and its fork
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=session-list] li[data-session-id]').length === 2)
+    t.assert.deepStrictEqual(new Set(await listedIds()), new Set([first, fork]))
+    await page.fill('[data-testid=session-search]', 'no such words')
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid=session-list] li[data-session-id]').length === 0)
+    await page.fill('[data-testid=session-search]', '')
+    // The title is kept by the server.
+    t.assert.strictEqual(JSON.parse((await api(`session?sessionId=${fork}`)).text).session.title, 'My renamed fork')
+
+    // Start fresh in the parent archives the parent only: its fork stays active. A meter of the
+    // new session shows the model's window at once (no "/ 200,000" first).
+    await page.click(`${listRow(first)} [data-testid=session-open]`)
+    await waitCurrent(first)
+    await page.click('[data-testid=start-fresh]')
+    await page.waitForFunction((ids) => !ids.includes(document.querySelector('[data-testid=current-session] code')?.textContent), [first, fork])
+    const fresh = await current()
+    await page.waitForSelector(listRow(fresh))
+    t.assert.strictEqual(await page.getAttribute(listRow(first), 'data-status'), 'archived')
+    t.assert.strictEqual(await page.getAttribute(listRow(fork), 'data-status'), 'active')
+    const label = await page.textContent('[data-testid=meter-label]')
+    t.assert.match(label, /^0 \/ 1,000,000 tokens/)
+    t.assert.match(await page.textContent('[data-testid=context-total]'), /\/ 1,000,000 tokens/)
+
+    // An archived session that is continued is no longer labelled archived.
+    await page.click(`${listRow(first)} [data-testid=session-open]`)
+    await waitCurrent(first)
+    await sendPrompt('carry on')
+    await replyDone()
+    await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.status === 'active', listRow(first))
+
+    // Delete (the empty fresh session), with its confirmation.
+    await page.click(`${listRow(fresh)} [data-testid=delete]`)
+    await page.click(`${listRow(fresh)} [data-testid=delete-confirm]`)
+    await page.waitForSelector(listRow(fresh), { state: 'detached' })
+    t.assert.strictEqual((await api(`session?sessionId=${fresh}`)).status, 404)
+
+    // Stop: once the server has recorded the stopped task, the list, the meter and the panel
+    // agree with the server.
+    const long = Array.from({ length: 300 }, (_, i) => `w${i}`).join(' ')
+    await sendPrompt(long)
+    await page.waitForFunction(() => document.querySelector('.message.assistant[data-status=streaming] .text')?.textContent.includes('w1'))
+    await page.click('[data-testid=stop]')
+    await page.waitForSelector('.message.assistant[data-status=aborted]')
+    // The server records the stopped task a moment after the stream closed.
+    let tasks
+    for (const end = Date.now() + 15000; ; await sleep(200)) {
+      tasks = JSON.parse((await api('session', { action: 'tasks', sessionId: first })).text).tasks
+      if (tasks.at(-1).status !== 'running' || Date.now() > end) break
+    }
+    t.assert.strictEqual(tasks.at(-1).status, 'aborted')
+    const s = JSON.parse((await api(`session?sessionId=${first}`)).text).session
+    t.assert.strictEqual(s.taskCount, tasks.length)
+    const ctx = JSON.parse((await api(`compact?sessionId=${first}`)).text).context
+    // The page catches up by itself (no reload): the list's count and cost, and the meter.
+    await page.waitForFunction(
+      ([id, count, cost, tokens]) => {
+        const row = document.querySelector(`[data-testid=session-list] li[data-session-id="${id}"] .meta`)?.textContent || ''
+        return row.startsWith(`${count} task`) && row.includes(`$${cost}`) && Number(document.querySelector('[data-testid=meter]').dataset.tokens) === tokens
+      },
+      [first, s.taskCount, s.totalCostUsd.toFixed(4), ctx.estimatedTokens],
+      { polling: 250 },
+    )
+    await shot('nextjs-after-stop.png')
+
+    // Errors in words: a server shutting down (CLOSED), scripted here by answering the stream
+    // request as the routes do then.
+    await page.route('**/api/claude/stream', (route) => route.fulfill({ status: 500, contentType: 'application/json', body: JSON.stringify({ error: { code: 'CLOSED', message: 'the session manager is closed; create a new one' } }) }))
+    await sendPrompt('while the server restarts')
+    await page.waitForSelector('[data-testid=error]')
+    t.assert.strictEqual(await page.textContent('[data-testid=error-title]'), 'The server is restarting. Try again in a moment.')
+    t.assert.ok(!(await page.textContent('[data-testid=error]')).includes('create a new one'))
+    await page.unroute('**/api/claude/stream')
+
+    // The user switcher: another demo user sees none of these sessions, and cannot open them.
+    await Promise.all([page.waitForURL((u) => u.searchParams.get('project') === project), page.selectOption('[data-testid=user-switcher]', OTHER_USER)])
+    await page.waitForSelector('[data-testid=current-session] code')
+    t.assert.strictEqual(await page.$eval('[data-testid=user-switcher]', (el) => el.value), OTHER_USER)
+    const theirs = await listedIds()
+    for (const id of [first, fork]) t.assert.ok(!theirs.includes(id), `${OTHER_USER} sees ${id}`)
+    t.assert.strictEqual((await api(`session?sessionId=${first}`)).status, 404)
+    t.assert.strictEqual((await api('session', { action: 'messages', sessionId: first })).status, 404)
+    await shot('nextjs-other-user.png')
+
+    // A user over their spend cap: the task is refused before the model call, in words.
+    await page.goto(`${base}/api/demo-login?user=${BROKE_USER}&next=${encodeURIComponent(`/?project=${project}`)}`)
+    await page.waitForSelector('[data-testid=current-session] code')
+    await page.waitForSelector('[data-testid=budget]')
+    await sendPrompt('hello')
+    await page.waitForSelector('[data-testid=error][data-code=BUDGET_EXCEEDED]')
+    t.assert.strictEqual(await page.textContent('[data-testid=error-title]'), 'Spending limit reached: your daily spending limit is used up.')
+    // The reply says so too; the CLI's own text ("API Error: 402 …") only under "details".
+    t.assert.strictEqual(await page.textContent('.message.assistant[data-status=error] [data-testid=reply-error]'), 'Spending limit reached: your daily spending limit is used up.')
+    t.assert.doesNotMatch(await page.innerText('.message.assistant[data-status=error]'), /API Error/)
+    await shot('nextjs-budget.png')
 
     t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')
   })

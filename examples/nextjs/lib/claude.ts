@@ -5,9 +5,10 @@
 // package's stand-in API server (claude-session-manager/testing) is started in this process and
 // the CLI is pointed at it, so the whole app works offline and costs nothing.
 import path from 'node:path'
-import type { SessionManager } from 'claude-session-manager'
+import type { SessionManager, SessionManagerOptions } from 'claude-session-manager'
 import { createClaudeRoutes, getSessionManager } from 'claude-session-manager/next'
 import { getUserId } from './demo-auth'
+import { setNotesFolder } from './session-notes'
 
 // Where agents work: with CLAUDE_WORKING_DIR set, that folder (the addon reads the variable);
 // else each session gets a folder of its own under the addon's workspace root. Never this app's
@@ -37,15 +38,43 @@ async function setup(): Promise<SessionManager> {
   // instances can then share it), else a SQLite file in the addon's state folder.
   const databaseUrl = process.env.CLAUDE_SESSIONS_DATABASE_URL
   const store = databaseUrl ? { databaseUrl, databaseSchema: process.env.CLAUDE_SESSIONS_DATABASE_SCHEMA || undefined } : {}
+  // A spend cap per user and day (USD), enforced by the package's key proxy on every model call.
+  const perDay = Number(process.env.BUDGET_USD_PER_USER_PER_DAY || 0)
+  const budgets = perDay > 0 ? { budgets: { perUser: { usd: perDay, period: 'day' as const } } } : {}
+  let m: SessionManager
   if (usingRealApi) {
-    const m = getSessionManager(store)
-    console.log(`[claude] real Anthropic API; state in ${m.info().stateDirectory}`)
-    return m
+    m = getSessionManager({ ...store, ...budgets })
+    console.log('[claude] real Anthropic API')
+  } else {
+    m = await standInManager({ ...store, ...budgets })
   }
+  await demoBudgets(m)
+  setNotesFolder(m.info().stateDirectory)
+  return m
+}
 
-  // Offline: the stand-in API. Its default reply echoes the prompt; here it also pads the usage it
-  // reports by DEMO_TOKENS_PER_TURN tokens per user turn, so the context meter visibly fills up
-  // (and Compact visibly empties it) without a real, long conversation.
+/**
+ * DEMO ONLY: `DEMO_USER_BUDGETS` (JSON, e.g. `{"carol": 0.05}`) gives demo users a daily cap of
+ * their own, so the page's "spending limit reached" can be seen. A real app sets budgets from
+ * its own server code (an admin screen, a billing plan), never from the browser.
+ */
+async function demoBudgets(m: SessionManager) {
+  const raw = process.env.DEMO_USER_BUDGETS
+  if (!raw) return
+  for (const [userId, usd] of Object.entries(JSON.parse(raw) as Record<string, number>)) {
+    await m.setBudget({ scope: 'user', userId, usd, period: 'day' })
+  }
+}
+
+// Offline: the stand-in API. Its default reply echoes the prompt; here it also pads the usage it
+// reports by DEMO_TOKENS_PER_TURN tokens per user turn, so the context meter visibly fills up
+// (and Compact visibly empties it) without a real, long conversation. A few prompts get other
+// answers, to show what the page does with them:
+// - `markdown`: a reply in Markdown (a heading, a list, a table, a code block);
+// - `write <file> <text>`: a Write tool call (the approval card shows the new file);
+// - `edit <file> <old> => <new>`: an Edit tool call (the card shows the change as a diff);
+// - `run <command>`: a Bash tool call (the thread shows the command and its output).
+async function standInManager(options: SessionManagerOptions): Promise<SessionManager> {
   const { startStandInServer, echoReply, summarizeUserTurns, countInputTokens } = await import('claude-session-manager/testing')
   const perTurn = Number(process.env.DEMO_TOKENS_PER_TURN || 150000)
   const server = await startStandInServer({
@@ -56,22 +85,50 @@ async function setup(): Promise<SessionManager> {
       if (lastText.startsWith('CRITICAL: Respond with TEXT ONLY')) {
         return { text: `Summary (stand-in): ${turns - 1} earlier messages, nothing to keep.`, usage }
       }
-      // `write <file> <text>`: a Write tool call for <file> in the workspace, which needs the
-      // user's permission (the page shows an approval card); then, after the tool result, a line
-      // saying what happened.
-      const written = afterWrite(req.body)
-      if (written) return { text: written, usage }
-      const write = /^write\s+([\w.-]+)\s+([\s\S]+)$/.exec(lastText)
-      const cwd = workingDirectoryOf(req.body)
-      if (write && cwd && !write[1].startsWith('.')) {
-        return { toolUse: { name: 'Write', input: { file_path: path.join(cwd, write[1]), content: write[2] } }, usage }
-      }
+      // After one of its own tool calls: a line saying what happened.
+      const after = afterTool(req.body)
+      if (after) return { text: after, usage }
+      if (/^markdown\b/i.test(lastText)) return { text: MARKDOWN_SAMPLE, chunkDelayMs: 5, usage }
+      const call = toolCall(lastText, workingDirectoryOf(req.body))
+      if (call) return { toolUse: call, usage }
       return { ...echoReply(req), chunkDelayMs: 25, usage } // streamed word by word
     },
   })
-  const m = getSessionManager({ ...store, env: server.env() })
-  console.log(`[claude] no ANTHROPIC_API_KEY: using the stand-in API at ${server.url}; state in ${m.info().stateDirectory}`)
+  const m = getSessionManager({ ...options, env: server.env() })
+  console.log(`[claude] no ANTHROPIC_API_KEY: using the stand-in API at ${server.url}`)
   return m
+}
+
+/** The stand-in's Markdown reply (`markdown`). The raw HTML in it is shown as text, never run. */
+const MARKDOWN_SAMPLE = [
+  '## A Markdown reply',
+  '',
+  'Replies are rendered as **Markdown**: lists, `inline code`, tables and code blocks.',
+  '',
+  '- one',
+  '- two',
+  '',
+  '| tool | needs permission |',
+  '| --- | --- |',
+  '| Read | no |',
+  '| Write | yes |',
+  '',
+  '```ts',
+  "export const greet = (name: string) => `hello ${name}`",
+  '```',
+  '',
+  'Raw HTML from the model is not injected: <img src="x" onerror="window.__injected = true"> stays text.',
+].join('\n')
+
+/** The tool call a demo prompt asks for (`write`, `edit`, `run`), or null. */
+function toolCall(text: string, cwd: string | null): { name: string; input: Record<string, unknown> } | null {
+  const write = /^write\s+([\w.-]+)\s+([\s\S]+)$/.exec(text)
+  if (write && cwd && !write[1].startsWith('.')) return { name: 'Write', input: { file_path: path.join(cwd, write[1]), content: write[2] } }
+  const edit = /^edit\s+([\w.-]+)\s+([\s\S]+?)\s+=>\s+([\s\S]+)$/.exec(text)
+  if (edit && cwd && !edit[1].startsWith('.')) return { name: 'Edit', input: { file_path: path.join(cwd, edit[1]), old_string: edit[2], new_string: edit[3] } }
+  const run = /^run\s+([\s\S]+)$/.exec(text)
+  if (run) return { name: 'Bash', input: { command: run[1], description: 'Run the command the user asked for' } }
+  return null
 }
 
 /** The session's working directory, as the CLI tells the model ("Primary working directory"). */
@@ -90,22 +147,24 @@ const blocksOf = (m: ApiMessage): Block[] => (Array.isArray(m.content) ? m.conte
 const MID_TURN = /The user sent a new message while you were working:\n([\s\S]*?)\n\n/
 
 /**
- * The stand-in's answer to the result of its own Write call (after the request's last assistant
+ * The stand-in's answer to the result of its own tool call (after the request's last assistant
  * message), or null. It names the messages the user sent meanwhile, so the page shows that the
  * model saw them.
  */
-function afterWrite(body: { messages?: ApiMessage[] }): string | null {
+function afterTool(body: { messages?: ApiMessage[] }): string | null {
   const messages = body?.messages ?? []
   let i = messages.length - 1
   while (i >= 0 && messages[i].role !== 'assistant') i--
   if (i < 0) return null
   const tail = messages.slice(i + 1).flatMap(blocksOf)
-  const call = blocksOf(messages[i]).find((b) => b.type === 'tool_use' && b.name === 'Write')
+  const call = blocksOf(messages[i]).find((b) => b.type === 'tool_use' && (b.name === 'Write' || b.name === 'Edit' || b.name === 'Bash'))
   const result = call && tail.find((b) => b.type === 'tool_result' && b.tool_use_id === call.id)
   if (!call || !result) return null
   const file = path.basename(call.input?.file_path ?? '')
   const text = typeof result.content === 'string' ? result.content : Array.isArray(result.content) ? result.content.map((b: Block) => b.text ?? '').join(' ') : ''
-  const answer = result.is_error ? `Did not write ${file}: ${text}` : `Wrote ${file}.`
+  const verb = call.name === 'Write' ? `write ${file}` : call.name === 'Edit' ? `edit ${file}` : 'run the command'
+  const done = call.name === 'Write' ? `Wrote ${file}.` : call.name === 'Edit' ? `Edited ${file}.` : 'Ran the command.'
+  const answer = result.is_error ? `Did not ${verb}: ${text}` : done
   const said = tail.map((b) => (b.type === 'text' && typeof b.text === 'string' ? MID_TURN.exec(b.text)?.[1] : undefined)).filter(Boolean)
   return said.length ? `${answer} You also said: ${said.join(' / ')}` : answer
 }

@@ -1,12 +1,17 @@
 // DEMO AUTHENTICATION — replace this file with your real auth (NextAuth/Auth.js, Clerk, a session
 // cookie you verify, ...). `getUserId` must return the signed-in user's id, or null when nobody is
 // signed in (the routes then answer 401). Sessions are scoped by this id, so it must come from
-// something the client cannot forge — unlike this demo, which trusts a plain cookie or header.
+// something the client cannot forge — unlike this demo, which trusts a plain cookie or header and
+// lets anyone "sign in" as any demo user without a password (the page's user switcher).
 
 /** The demo's "login" cookie (set by /api/demo-login). */
 export const DEMO_USER_COOKIE = 'demo_user'
-/** The user /api/demo-login signs in. */
+/** The user /api/demo-login signs in by default. */
 export const DEMO_USER = 'demo-user'
+/** The users the page's switcher offers (any name matching DEMO_USER_NAME works). */
+export const DEMO_USERS = ['demo-user', 'alice', 'bob']
+/** What a demo user name may be. */
+export const DEMO_USER_NAME = /^[a-z][a-z0-9-]{0,31}$/
 
 /** Reads one cookie from a Cookie header. */
 export function readCookie(header: string | null, name: string): string | null {

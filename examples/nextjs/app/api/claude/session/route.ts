@@ -1,5 +1,6 @@
-import { routes } from '@/lib/claude'
+import { sessionRoutes } from '@/lib/session-route'
 
 export const runtime = 'nodejs'
 export const dynamic = 'force-dynamic'
-export const { GET, POST } = routes.session
+// The package's session route with the app's additions (titles, search, the history as shown).
+export const { GET, POST } = sessionRoutes
