@@ -28,7 +28,7 @@ pub const NEWEST_TESTED: Version = (2, 1, 332);
 pub const FIRST_UNTESTED_MINOR: Version = (2, 2, 0);
 
 /// How long `claude --version` may take.
-const PROBE_LIMIT: Duration = Duration::from_secs(10);
+pub const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where a version stands against the supported range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
