@@ -1,5 +1,6 @@
 // Context tracking, compaction and token counting against the real CLI and the stand-in server.
 import { test, before, after } from 'node:test'
+import os from 'node:os'
 import { addon, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
 
 let server
@@ -220,7 +221,7 @@ test('countTokens: tiktoken counts, both encodings, async variant, bad input', a
 
 test('history: getMessages replays the conversation after resume, fork and compaction', async (t) => {
   server.reset()
-  const { manager, work } = makeManager({ server })
+  const { manager, work, configDir } = makeManager({ server })
   const { session } = await manager.getOrCreateSession({ projectId: 'p', userId: 'u' })
   t.assert.deepStrictEqual((await manager.getMessages(session.id, 'u')).messages, [], 'a session that never ran has no history')
   server.enqueue({ toolUse: { name: 'Write', input: { file_path: `${work}/h.txt`, content: 'x' } }, text: 'Let me write.' }, { text: 'Written.' })
@@ -252,6 +253,12 @@ test('history: getMessages replays the conversation after resume, fork and compa
   t.assert.strictEqual(ch.compactions, 1)
   t.assert.strictEqual(ch.messages[ch.liveFrom].kind, 'compactSummary')
   t.assert.strictEqual(ch.messages[ch.liveFrom].compaction.trigger, 'manual')
+  // The CLI's summary names the full transcript's path on the server: never returned.
+  const summary = ch.messages[ch.liveFrom]
+  t.assert.match(summary.text, /read the full transcript at: <transcript>/, 'control: the CLI wrote the sentence, its path hidden')
+  const shown = JSON.stringify(ch)
+  for (const folder of [configDir, os.homedir()].filter((f) => f.length > 1)) t.assert.ok(!shown.includes(folder), `getMessages names the server folder ${folder}`)
+  t.assert.ok(!/\.jsonl/.test(shown), 'no transcript file is named')
   t.assert.strictEqual(ch.messages[0].text.trim(), 'first prompt', 'history before the compaction is still shown')
   t.assert.strictEqual(ch.messages.at(-1).text, 'Echo #2: after compaction', 'the model saw two user turns: the summary and the new prompt')
   await rejectsWith(t, manager.getMessages(a.sessionId, 'mallory'), 'SESSION_NOT_FOUND')

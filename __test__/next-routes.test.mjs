@@ -224,8 +224,9 @@ for (const backend of testBackends()) test(`next routes: 200 stream requests que
   fs.writeFileSync(
     cli,
     `#!/bin/sh
-# (On PostgreSQL the manager first asks the CLI for its --version, to know whether it mirrors.)
-if [ "$1" = --version ]; then echo '0.0.0 (Claude Code)'; exit 0; fi
+# (The manager first asks the CLI for its --version: none here, so it runs the script as it is
+# and, on PostgreSQL, does not ask it to mirror its transcript.)
+if [ "$1" = --version ]; then exit 0; fi
 prompt=$(cat)
 printf '%s\\n' "$prompt" >> '${log}'
 if [ "$prompt" = hold ]; then while [ ! -e '${gate}' ]; do sleep 0.05; done; fi

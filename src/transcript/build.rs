@@ -223,7 +223,15 @@ pub(super) fn build_history(lines: &[Value], malformed: usize, opts: &ReadOption
         continue;
       }
     }
+    let mut blocks = blocks;
     let compaction = if kind == MessageKind::CompactSummary {
+      // The CLI's summary tells the model where the full transcript is: a path of the server
+      // (its home, state folder and the tenant's folder), never for the reader of the history.
+      for b in &mut blocks {
+        if let Block::Text { text } = b {
+          *text = hide_transcript_paths(text);
+        }
+      }
       Some(pending_compaction.take().unwrap_or(Compaction { trigger: None, pre_tokens: None }))
     } else {
       None
@@ -345,4 +353,43 @@ pub(super) fn cut(text: &str, chars: usize, max: usize) -> (String, bool) {
     _ => head,
   };
   (head.to_string(), true)
+}
+
+/// `text` with every absolute path to a `.jsonl` file replaced by `<transcript>`.
+pub(crate) fn hide_transcript_paths(text: &str) -> String {
+  let mut out = String::with_capacity(text.len());
+  let mut rest = text;
+  while let Some(at) = rest.find(".jsonl") {
+    let end = at + ".jsonl".len();
+    let head = &rest[..at];
+    let start = head.rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '(' | '<' | '[')).map_or(0, |i| i + 1);
+    let token = &head[start..];
+    let absolute = token.starts_with('/') || token.starts_with('~') || token.get(1..3).is_some_and(|d| d == ":\\" || d == ":/");
+    let boundary = rest[end..].chars().next().is_none_or(|c| !c.is_alphanumeric() && c != '_');
+    out.push_str(&rest[..start]);
+    if absolute && boundary {
+      out.push_str("<transcript>");
+    } else {
+      out.push_str(&rest[start..end]);
+    }
+    rest = &rest[end..];
+  }
+  out.push_str(rest);
+  out
+}
+
+#[cfg(test)]
+mod path_tests {
+  use super::hide_transcript_paths as hide;
+
+  #[test]
+  fn transcript_paths_in_a_summary_are_hidden() {
+    let t = "read the full transcript at: /srv/state/claude-config/user-a-1/projects/-w/3f.jsonl\nmore";
+    assert_eq!(hide(t), "read the full transcript at: <transcript>\nmore");
+    assert_eq!(hide("at `/h/a.jsonl` and (/h/b.jsonl)"), "at `<transcript>` and (<transcript>)");
+    assert_eq!(hide("see ~/.claude/p/a.jsonl."), "see <transcript>.");
+    assert_eq!(hide("C:\\Users\\a\\t.jsonl"), "<transcript>");
+    assert_eq!(hide("a file named notes.jsonl or x.jsonlines"), "a file named notes.jsonl or x.jsonlines");
+    assert_eq!(hide("no paths"), "no paths");
+  }
 }
