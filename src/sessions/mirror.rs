@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::run::HeldRun;
 use super::{Manager, TaskError, TaskResult};
 use crate::cli::mirror::{subpath_of, MirrorMsg, MirrorTx};
 use crate::cli::{CancelToken, SessionMode};
@@ -456,7 +457,8 @@ pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: 
 impl Manager {
   /// A task whose node lost the session's lease: `interrupted` with `LEASE_LOST`, written only if
   /// the lease is still this task's (else the node that took it over already marked the row).
-  pub(crate) async fn finish_lease_lost(&self, session: &Session, task_id: &str, queued: Instant, threshold: f64) -> TaskResult {
+  pub(crate) async fn finish_lease_lost(&self, run: &HeldRun) -> TaskResult {
+    let (session, task_id, queued, threshold) = (&run.session, run.task_id.as_str(), run.queued, run.threshold);
     let msg = "this node lost the session's lease (it could not renew it in time, or another node took the session over): \
       its CLI was stopped and nothing it did afterwards was stored";
     let mut res =

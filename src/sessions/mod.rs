@@ -4,7 +4,8 @@
 //! - `config`: options and their resolution;
 //! - `types`: requests and results;
 //! - `api`: sessions (create, list, fork, delete, the context meter, history);
-//! - `tasks`: running a task or a compaction (queue, lease, concurrency slot, the CLI);
+//! - `tasks`: a task or a compaction asked for (the request, the session to run in);
+//! - `run`: one run of the CLI on a held session (queue, slot, lease, cold or warm CLI, settle);
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure.
 
 mod api;
@@ -13,6 +14,7 @@ mod config;
 mod finish;
 mod inbox;
 mod mirror;
+mod run;
 mod slot;
 mod tasks;
 mod types;
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::cli::{self, CancelToken, CliArgs};
+use crate::cli::{self, CancelToken};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
@@ -37,34 +39,6 @@ pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, S
 pub use finish::classify_result;
 pub use inbox::PermissionResponse;
 pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
-
-/// How `run_locked` runs one CLI process.
-pub(crate) struct RunOptions {
-  /// `task` or `compact`, as the task row records it.
-  kind: &'static str,
-  /// The CLI's flags; how it picks the session up is decided once the session is held.
-  cli: CliArgs,
-  include_partials: bool,
-  threshold: f64,
-  /// The compaction trigger to record instead of the CLI's own label.
-  trigger: Option<&'static str>,
-  /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
-  queue_timeout: Option<Duration>,
-  /// The task's permission callback (`canUseTool`).
-  can_use_tool: Option<cli::CanUseTool>,
-}
-
-/// A task handle aborted when dropped (the lease renewal: it must never outlive its task).
-pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-  fn drop(&mut self) {
-    self.0.abort();
-  }
-}
-
-/// Work left after a task settled: the CLI's exit, then freeing what the task held.
-pub(crate) type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Receives every event of a task as it arrives.
 pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
