@@ -178,8 +178,8 @@ impl Writer {
       let (st, sid, tid, batch) = (self.store.clone(), self.session_id.clone(), self.task_id.clone(), self.pending.clone());
       let after_end = self.after_end;
       let append = move || match after_end {
-        false => st.append_transcript(&sid, &tid, &batch),
-        true => st.append_transcript_after_end(&sid, &tid, &batch),
+        false => st.shared_transcripts()?.append_transcript(&sid, &tid, &batch),
+        true => st.shared_transcripts()?.append_transcript_after_end(&sid, &tid, &batch),
       };
       match tokio::task::spawn_blocking(append).await {
         Ok(Ok(true)) => {
@@ -311,7 +311,7 @@ impl TaskMirror {
       // the CLI also writes lines it does not mirror in the middle of the file (state it
       // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
       let mut stored: HashMap<String, usize> = HashMap::new();
-      for e in st.load_transcript(&sid, after)?.into_iter().filter(|e| e.subpath.is_empty()) {
+      for e in st.shared_transcripts()?.load_transcript(&sid, after)?.into_iter().filter(|e| e.subpath.is_empty()) {
         *stored.entry(e.line).or_default() += 1;
       }
       let mut missing = vec![];
@@ -368,6 +368,7 @@ pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &TenantFile) {
 /// link planted below the configuration folder (the session's `projects/<slug>` folder linked to
 /// a host folder) fails the refresh with `TRANSCRIPT_UNSAFE` and nothing is written through it.
 pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, marker: &Path) -> Result<i64> {
+  let store = store.shared_transcripts()?;
   let head = store.transcript_head(session_id)?;
   if head == 0 {
     return Ok(0);
@@ -405,9 +406,7 @@ pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, 
 /// (blocking); `None` otherwise (read the local file). A stored transcript larger than
 /// `opts.max_transcript_bytes` is `TRANSCRIPT_TOO_LARGE`, refused before it is loaded.
 pub(crate) fn stored_history(store: &Store, session_id: &str, opts: &ReadOptions) -> Result<Option<History>> {
-  if !store.shares_transcripts() {
-    return Ok(None);
-  }
+  let Some(store) = store.transcripts() else { return Ok(None) };
   let bytes = store.transcript_bytes(session_id)?;
   if u64::try_from(bytes).unwrap_or(0) > opts.max_transcript_bytes {
     return Err(safe::too_large(&format!("the stored transcript of session {session_id}"), opts.max_transcript_bytes));
@@ -446,7 +445,7 @@ impl Manager {
 pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: TenantFile, marker: PathBuf) {
   if m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok() {
     let _ = tokio::task::spawn_blocking(move || {
-      if let Ok(head) = store.transcript_head(&session_id) {
+      if let Ok(head) = store.shared_transcripts().and_then(|t| t.transcript_head(&session_id)) {
         mark_fresh(&marker, head, &local);
       }
     })
@@ -570,7 +569,7 @@ mod pg_tests {
     r.unwrap();
     drop(m);
     let (st, s2) = (store.clone(), sid.clone());
-    let stored = tokio::task::spawn_blocking(move || st.load_transcript(&s2, 0)).await.unwrap().unwrap();
+    let stored = tokio::task::spawn_blocking(move || st.shared_transcripts()?.load_transcript(&s2, 0)).await.unwrap().unwrap();
     let types: Vec<String> =
       stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);

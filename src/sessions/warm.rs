@@ -90,7 +90,7 @@ impl Home {
       return None;
     }
     let sid = self.session_id.clone();
-    let head = on_store(self.store.clone(), move |st| st.transcript_head(&sid)).await.ok()?;
+    let head = on_store(self.store.clone(), move |st| st.shared_transcripts()?.transcript_head(&sid)).await.ok()?;
     Some(TaskMirror::after_end(self.store.clone(), &self.session_id, &self.last_task, head))
   }
 }

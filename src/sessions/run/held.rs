@@ -226,7 +226,7 @@ impl Manager {
       self.refresh_for(session, mode).await?;
     }
     let sid = session.id.clone();
-    let head = self.db(move |s| s.transcript_head(&sid)).await?;
+    let head = self.db(move |s| s.shared_transcripts()?.transcript_head(&sid)).await?;
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
     let local = self.transcript_of(session).ok().flatten();
     let mut tm = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);
