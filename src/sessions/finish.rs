@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::run::HeldRun;
-use super::{Manager, TaskError, TaskResult};
+use super::{store_call, Manager, TaskError, TaskResult, Wait};
 use crate::cli::stream::ResultLine;
 use crate::cli::{self, EndReason, RunOutcome};
 use crate::context;
@@ -156,7 +156,7 @@ impl Manager {
       now_ms: store::now_ms(),
     });
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    self.record(move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
+    store_call(self.store.clone(), Wait::Briefly, move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
     Ok(res)
   }
 }

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::run::HeldRun;
-use super::{Manager, TaskError, TaskResult};
+use super::{store_call, Manager, TaskError, TaskResult, Wait};
 use crate::cli::mirror::{subpath_of, MirrorMsg, MirrorTx};
 use crate::cli::{CancelToken, SessionMode};
 use crate::context;
@@ -106,14 +106,15 @@ impl LeaseClock {
         return;
       }
       let started = Instant::now();
-      let (st, sid, tid, ttl) = (store.clone(), session_id.clone(), task_id.clone(), self.ttl);
+      let (sid, tid, ttl) = (session_id.clone(), task_id.clone(), self.ttl);
       let left = self.valid_until().saturating_duration_since(started);
-      match tokio::time::timeout(left, tokio::task::spawn_blocking(move || st.renew_lease(&sid, &tid, ttl))).await {
-        Ok(Ok(Ok(true))) => {
+      let renew = store_call(store.clone(), Wait::Blocking, move |st| st.renew_lease(&sid, &tid, ttl));
+      match tokio::time::timeout(left, renew).await {
+        Ok(Ok(true)) => {
           self.renewed(started);
           pause = self.ttl / 3;
         }
-        Ok(Ok(Ok(false))) => {
+        Ok(Ok(false)) => {
           self.lose();
           return;
         }
@@ -175,24 +176,23 @@ impl Writer {
     let mut last = String::new();
     for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
       tokio::time::sleep(wait).await;
-      let (st, sid, tid, batch) = (self.store.clone(), self.session_id.clone(), self.task_id.clone(), self.pending.clone());
+      let (sid, tid, batch) = (self.session_id.clone(), self.task_id.clone(), self.pending.clone());
       let after_end = self.after_end;
-      let append = move || match after_end {
+      let append = move |st: &Store| match after_end {
         false => st.shared_transcripts()?.append_transcript(&sid, &tid, &batch),
         true => st.shared_transcripts()?.append_transcript_after_end(&sid, &tid, &batch),
       };
-      match tokio::task::spawn_blocking(append).await {
-        Ok(Ok(true)) => {
+      match store_call(self.store.clone(), Wait::Blocking, append).await {
+        Ok(true) => {
           self.pending.clear();
           return Ok(());
         }
-        Ok(Ok(false)) => {
+        Ok(false) => {
           self.pending.clear();
           self.clock.lose();
           return Err("the task lost the session's lease; its transcript lines were refused".into());
         }
-        Ok(Err(e)) => last = e.message,
-        Err(e) => last = e.to_string(),
+        Err(e) => last = e.message,
       }
       if self.clock.is_lost() {
         self.pending.clear();
@@ -472,7 +472,7 @@ impl Manager {
       ..Default::default()
     };
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    let _ = self.record(move |s| s.finish_task(&sid, &tid, &end, None)).await;
+    let _ = store_call(self.store.clone(), Wait::Briefly, move |s| s.finish_task(&sid, &tid, &end, None)).await;
     res
   }
 }

@@ -114,14 +114,40 @@ pub struct SandboxDetails {
   pub memory_limit: &'static str,
 }
 
-/// A store call where no manager is at hand (a warm CLI's bookkeeping, the inbox reader): run
-/// right here when it needs no waiting (see [`Store::now`] and [`Manager::point`]), else on the
-/// blocking pool.
-pub(crate) async fn on_store<T: Send + 'static>(store: Arc<Store>, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-  if let Some(r) = store.now(&f) {
-    return r;
+/// How long a store call may keep its caller waiting. Every store call of the manager goes
+/// through [`store_call`] (or [`Manager::store_call`]) with one of these; the third policy, never
+/// waiting, is [`Store::now`] itself: synchronous, for the JavaScript thread, answered right there
+/// or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+  /// A point read or small write (by primary key, a few rows): run right here, on the tokio
+  /// worker, when it can go through without waiting (see [`Store::now`]), because it takes tens
+  /// of microseconds, less than a hop to the blocking pool and back; else on the blocking pool.
+  /// (Not `block_in_place`: that can turn this worker into a pool thread that exits when idle,
+  /// and a CLI spawned from a thread gets its parent-death signal when that thread exits.)
+  Briefly,
+  /// A call that may wait (a scan, a lock, a network round trip): on the blocking pool.
+  Blocking,
+}
+
+/// Calls the store with the waiting policy `wait`.
+pub(crate) async fn store_call<T: Send + 'static>(
+  store: Arc<Store>,
+  wait: Wait,
+  f: impl Fn(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+  if wait == Wait::Briefly {
+    if let Some(r) = store.now(&f) {
+      return r;
+    }
   }
   tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
+}
+
+/// [`store_call`] with [`Wait::Briefly`], under the name `sessions/inbox.rs` still uses (that
+/// file is being reworked apart from this change; it moves to `store_call` with it).
+pub(crate) async fn on_store<T: Send + 'static>(store: Arc<Store>, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+  store_call(store, Wait::Briefly, f).await
 }
 
 /// Creates a file only its owner can read (`0600` on Unix), or tightens an existing one.
@@ -335,32 +361,29 @@ impl Manager {
     TaskRegistration { tasks: self.tasks.clone(), id }
   }
 
-  /// A write that completes a task (its row, totals, lease): done even once `close()` was
-  /// called, since that is what `close()` waits for.
-  pub(crate) async fn record<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    on_store(self.store.clone(), f).await
+  /// A store call while the manager is open, with the waiting policy `wait` (a write that
+  /// completes a task, which `close()` waits for, calls [`store_call`] itself: it is made even
+  /// once the manager is closed).
+  pub(crate) async fn store_call<T: Send + 'static>(&self, wait: Wait, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    self.check_open()?;
+    store_call(self.store.clone(), wait, f).await
   }
 
-  /// Runs blocking work (a store call that may wait, reading a transcript) on the blocking pool.
+  /// [`Self::store_call`] with [`Wait::Briefly`], and [`store_call`] itself for a write that
+  /// completes a task (`record`: done even once `close()` was called), under the names
+  /// `sessions/inbox.rs` still uses (see [`on_store`]).
+  pub(crate) async fn point<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    self.store_call(Wait::Briefly, f).await
+  }
+  pub(crate) async fn record<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    store_call(self.store.clone(), Wait::Briefly, f).await
+  }
+
+  /// Runs blocking work that is not a store call (an estimate, reading a transcript) on the
+  /// blocking pool.
   pub(crate) async fn blocking<T: Send + 'static>(&self, what: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     self.check_open()?;
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("{what} failed: {e}")))?
-  }
-
-  /// Runs a store call on the blocking pool.
-  pub(crate) async fn db<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    let store = self.store.clone();
-    self.blocking("store worker", move || f(&store)).await
-  }
-
-  /// A point read or small write (by primary key, a few rows): run right here, on the tokio
-  /// worker, when it can go through without waiting (see [`Store::now`]), because it takes tens
-  /// of microseconds, less than a hop to the blocking pool and back; else as [`Self::db`]. (Not
-  /// `block_in_place`: that can turn this worker into a pool thread that exits when idle, and a
-  /// CLI spawned from a thread gets its parent-death signal when that thread exits.)
-  pub(crate) async fn point<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    self.check_open()?;
-    on_store(self.store.clone(), f).await
   }
 
   /// Resolves a requested working directory (or the manager's) inside the allowed roots, and

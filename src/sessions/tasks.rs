@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::RunOptions;
-use super::{validate_user_project, EventSink, Manager, TaskRequest, TaskResult, PERMISSION_MODES};
+use super::{validate_user_project, EventSink, Manager, TaskRequest, TaskResult, Wait, PERMISSION_MODES};
 use crate::cli::{self, CancelToken, CliArgs, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
@@ -130,7 +130,7 @@ impl Manager {
     }
     if let Some(parent) = &session.parent_id {
       let (pid, user) = (parent.clone(), session.user_id.clone());
-      if let Some(p) = self.point(move |s| s.get_session(&pid, &user)).await? {
+      if let Some(p) = self.store_call(Wait::Briefly, move |s| s.get_session(&pid, &user)).await? {
         if p.materialized {
           return Ok(SessionMode::Fork { parent: p.id, child: session.id.clone() });
         }
@@ -191,7 +191,7 @@ impl Manager {
       (None, _) => {
         let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
-        (self.point(move |s| s.create_session(&new)).await?, None)
+        (self.store_call(Wait::Briefly, move |s| s.create_session(&new)).await?, None)
       }
       (Some(id), fork) => {
         let s = self.get_session(id, &r.user_id).await?;

@@ -61,7 +61,7 @@ pub struct CallTokens {
   pub cache_write: u64,
 }
 
-/// The answer to [`Store::admit_call`].
+/// The answer to [`Budgets::admit_call`](super::Budgets::admit_call).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Admit {
   /// Recorded under this id, with its reserve as its price until settled.

@@ -15,7 +15,7 @@
 //! A message is accepted only for a task that holds the session's live lease, is `running` and
 //! is watched, checked in the same transaction as the insert.
 
-/// What the inbox holds for a running task (see [`Store::inbox_poll`]).
+/// What the inbox holds for a running task (see [`Inbox::inbox_poll`](super::Inbox::inbox_poll)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
   /// The answer (JSON) to one of the task's permission requests.
@@ -24,7 +24,7 @@ pub enum Delivery {
   Message { id: i64, text: String },
 }
 
-/// Where a forwarded message is (see [`Store::inbox_receipt`]).
+/// Where a forwarded message is (see [`Inbox::inbox_receipt`](super::Inbox::inbox_receipt)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Receipt {
   /// Not handled yet, and its task still reads its inbox.

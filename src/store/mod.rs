@@ -157,9 +157,9 @@ pub struct TaskEnd {
   pub context: Option<ContextSnapshot>,
   /// Whether the CLI now has a transcript for the session.
   pub materialized: bool,
-  /// Keep the session's lease: the CLI is still exiting, and [`Store::release_lease`] frees it.
+  /// Keep the session's lease: the CLI is still exiting, and [`Tasks::release_lease`] frees it.
   pub keep_lease: bool,
-  /// The context window the CLI reported for a model, to remember (see [`Store::window_for`]).
+  /// The context window the CLI reported for a model, to remember (see [`Meter::window_for`]).
   pub window: Option<(String, u64)>,
   /// Compactions the task did.
   pub compactions: Vec<Compaction>,
@@ -247,7 +247,7 @@ pub struct TranscriptEntry {
   pub line: String,
 }
 
-/// A task about to start, as [`Store::begin_task`] records it.
+/// A task about to start, as [`Tasks::begin_task`] records it.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskStart<'a> {
   pub task_id: &'a str,
@@ -262,7 +262,7 @@ pub struct TaskStart<'a> {
   pub max_running: Option<u64>,
 }
 
-/// What [`Store::begin_task`] did.
+/// What [`Tasks::begin_task`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Begin {
   /// The lease is the task's and its row is `running`.
@@ -313,7 +313,7 @@ impl Store {
     PgStore::connect(url, schema).map(Store::Postgres)
   }
 
-  /// [`Store::begin_task`] without a database-wide limit: true when the task started.
+  /// [`Tasks::begin_task`] without a database-wide limit: true when the task started.
   pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
     let start = TaskStart { task_id, kind, model, owner, ttl, max_running: None };
     Ok(self.begin_task(session_id, &start)? == Begin::Started)

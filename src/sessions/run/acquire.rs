@@ -17,7 +17,7 @@ use crate::context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Begin, Session, TaskStart};
 
-use super::super::TaskError;
+use super::super::{TaskError, Wait};
 
 /// A run waiting for its session: what each step of [`Manager::acquire`] reads.
 pub(crate) struct Ticket<'a> {
@@ -161,7 +161,7 @@ impl Manager {
       t.kind,
     );
     self
-      .point(move |s| {
+      .store_call(Wait::Briefly, move |s| {
         let start = TaskStart { task_id: &tid, kind, model: &m, owner: &owner, ttl, max_running };
         Ok(match s.begin_task(&sid, &start)? {
           Begin::Started => Ok(s.get_session(&sid, &uid).ok().flatten()),

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::{Executed, Executor, Job, Manager, RunOptions, Tail};
 use crate::cli::stream::ResultLine;
 use crate::cli::{CancelToken, CliArgs, RunOutcome, RunSpec};
-use crate::sessions::{Options, TaskResult};
+use crate::sessions::{Options, TaskResult, Wait};
 use crate::store::{Begin, Owner, Session, TaskStart};
 
 /// Stands in for the CLI: tells when it starts, waits for `answer` before its result (the task is
@@ -78,7 +78,7 @@ fn manager(tweak: impl FnOnce(&mut Options)) -> Fixture {
 
 async fn session(m: &Manager) -> Session {
   let new = m.new_session("p", "u", None, None, None);
-  m.point(move |s| s.create_session(&new)).await.unwrap()
+  m.store_call(Wait::Briefly, move |s| s.create_session(&new)).await.unwrap()
 }
 
 /// The fake never starts it.
@@ -116,13 +116,13 @@ fn code(r: &TaskResult) -> Option<&str> {
 
 async fn statuses(m: &Manager, session_id: &str) -> Vec<String> {
   let sid = session_id.to_owned();
-  m.point(move |s| s.list_tasks(&sid)).await.unwrap().into_iter().map(|t| t.status).collect()
+  m.store_call(Wait::Briefly, move |s| s.list_tasks(&sid)).await.unwrap().into_iter().map(|t| t.status).collect()
 }
 
 /// Whether another owner could take the session's lease now.
 async fn lease_free(m: &Manager, session_id: &str) -> bool {
   let sid = session_id.to_owned();
-  m.point(move |s| {
+  m.store_call(Wait::Briefly, move |s| {
     let owner = Owner { id: "probe".into(), pid: std::process::id() };
     let start = TaskStart { task_id: "probe", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(30), max_running: None };
     let began = s.begin_task(&sid, &start)?;
@@ -218,7 +218,7 @@ async fn a_lease_held_by_another_process_keeps_the_run_out() {
   let s = session(&f.m).await;
   let sid = s.id.clone();
   f.m
-    .point(move |st| {
+    .store_call(Wait::Briefly, move |st| {
       let owner = Owner { id: "another".into(), pid: std::process::id() };
       let start = TaskStart { task_id: "theirs", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(60), max_running: None };
       st.begin_task(&sid, &start)

@@ -109,7 +109,8 @@ impl Tasks for SqliteStore {
     self.write(|tx| {
       let now = now_ms();
       for step in end.steps() {
-        match step {
+        // Each step writes rows; how many does not matter here.
+        let _rows: usize = match step {
           EndStep::TaskRow => exec(
             tx,
             "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
@@ -161,14 +162,8 @@ impl Tasks for SqliteStore {
              WHERE id = ?1",
             params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
           )?,
-          EndStep::Window(model, window) => {
-            Self::remember_window(tx, model, window)?;
-            0
-          }
-          EndStep::Compaction(c) => {
-            Self::add_compaction(tx, c)?;
-            0
-          }
+          EndStep::Window(model, window) => Self::remember_window(tx, model, window).map(|()| 1)?,
+          EndStep::Compaction(c) => Self::add_compaction(tx, c).map(|()| 1)?,
           EndStep::ReleaseLease => exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?,
         };
       }

@@ -172,7 +172,7 @@ impl Sessions for SqliteStore {
     Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
   }
 
-  /// As [`Store::cleanup`], returning the deleted sessions.
+  /// As [`Sessions::cleanup`](crate::store::Sessions::cleanup), returning the deleted sessions.
   fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
     self.write(|tx| {
       let now = now_ms();
