@@ -112,15 +112,8 @@ unsafe fn has_lone_surrogate(env: napi::sys::napi_env, v: napi::sys::napi_value)
 pub(crate) unsafe fn to_json(env: napi::sys::napi_env, v: napi::sys::napi_value, at: &str, depth: u32) -> CoreResult<Value> {
   use napi::sys;
   let bad = |why: &str| CoreError::invalid(format!("{at} {why}"));
-  let ok = |s: sys::napi_status| {
-    if s == sys::Status::napi_ok {
-      Ok(())
-    } else {
-      // SAFETY: `env` is live on this thread, as the caller guarantees.
-      let why = unsafe { take_exception(env) };
-      Err(CoreError::invalid(format!("{at} cannot be read{why}")))
-    }
-  };
+  // SAFETY: `env` is live on this thread, as the caller guarantees.
+  let ok = |s: sys::napi_status| unsafe { checked(env, at, s) };
   if depth > 64 {
     return Err(bad("is nested too deeply"));
   }
@@ -168,78 +161,108 @@ pub(crate) unsafe fn to_json(env: napi::sys::napi_env, v: napi::sys::napi_value,
       }
       Ok(Value::String(s))
     }
-    sys::ValueType::napi_object => {
-      let mut is_array = false;
-      // SAFETY: see above; `is_array` is a local `bool`.
-      ok(unsafe { sys::napi_is_array(env, v, &mut is_array) })?;
-      if is_array {
-        let mut n = 0u32;
-        // SAFETY: see above; `v` is an array (checked by `napi_is_array`), `n` a local `u32`.
-        ok(unsafe { sys::napi_get_array_length(env, v, &mut n) })?;
-        if n > 100_000 {
-          return Err(bad("has too many elements"));
-        }
-        let mut out = Vec::with_capacity(n as usize);
-        for i in 0..n {
-          let mut e = std::ptr::null_mut();
-          // SAFETY: see above; `e` is a local `napi_value` for the element handle.
-          ok(unsafe { sys::napi_get_element(env, v, i, &mut e) })?;
-          // SAFETY: same `env`, on the same thread; `e` was just returned by `napi_get_element`
-          // and is valid in the same handle scope.
-          out.push(unsafe { to_json(env, e, &format!("{at}[{i}]"), depth + 1) }?);
-        }
-        return Ok(Value::Array(out));
-      }
-      let mut keys = std::ptr::null_mut();
-      // Own enumerable string keys only, as `Object.keys` has them: a key inherited from the
-      // prototype (`Object.create({ prompt })`, a polluted `Object.prototype`) is not a field.
-      // SAFETY: see above; `v` is an object (checked by `napi_typeof`), `keys` a local `napi_value`.
-      ok(unsafe {
-        sys::napi_get_all_property_names(
-          env,
-          v,
-          sys::KeyCollectionMode::own_only,
-          sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
-          sys::KeyConversion::numbers_to_strings,
-          &mut keys,
-        )
-      })?;
-      let mut n = 0u32;
-      // SAFETY: see above; `keys` is the array `napi_get_all_property_names` returned, `n` a local `u32`.
-      ok(unsafe { sys::napi_get_array_length(env, keys, &mut n) })?;
-      let mut map = serde_json::Map::new();
-      for i in 0..n {
-        let mut k = std::ptr::null_mut();
-        // SAFETY: see above; `k` is a local `napi_value` for the key handle.
-        ok(unsafe { sys::napi_get_element(env, keys, i, &mut k) })?;
-        // SAFETY: same `env`, on the same thread; `k` was just returned by `napi_get_element`
-        // and is valid in the same handle scope.
-        let key = match unsafe { to_json(env, k, at, depth + 1) }? {
-          Value::String(s) => s,
-          other => other.to_string(),
-        };
-        let mut val = std::ptr::null_mut();
-        // SAFETY: see above; `k` is one of `v`'s own keys, `val` a local `napi_value`.
-        ok(unsafe { sys::napi_get_property(env, v, k, &mut val) })?;
-        let mut vt = 0;
-        // SAFETY: see above; `val` was just returned by `napi_get_property`, `vt` a local
-        // `napi_valuetype`.
-        ok(unsafe { sys::napi_typeof(env, val, &mut vt) })?;
-        if vt == sys::ValueType::napi_undefined {
-          continue; // `{ x: undefined }` reads as an absent x, as JSON.stringify would have it.
-        }
-        // SAFETY: same `env`, on the same thread; `val` was just returned by `napi_get_property`
-        // and is valid in the same handle scope.
-        let child = unsafe { to_json(env, val, &format!("{at}.{key}"), depth + 1) }?;
-        map.insert(key, child);
-      }
-      Ok(Value::Object(map))
-    }
+    // SAFETY: the caller's guarantees, passed on; `v` is an object (checked by `napi_typeof`).
+    sys::ValueType::napi_object => unsafe { object_to_json(env, v, at, depth) },
     sys::ValueType::napi_bigint => Err(bad("is a BigInt; pass a number")),
     sys::ValueType::napi_function => Err(bad("is a function; a plain value was expected")),
     sys::ValueType::napi_symbol => Err(bad("is a symbol; a plain value was expected")),
     _ => Err(bad("is not a plain value")),
   }
+}
+
+/// `Ok` when a napi call succeeded, else the pending exception taken and described.
+///
+/// # Safety
+///
+/// `env` must be the live `napi_env` of the JavaScript thread this is called on.
+unsafe fn checked(env: napi::sys::napi_env, at: &str, s: napi::sys::napi_status) -> CoreResult<()> {
+  if s == napi::sys::Status::napi_ok {
+    return Ok(());
+  }
+  // SAFETY: `env` is live on this thread, as the caller guarantees.
+  let why = unsafe { take_exception(env) };
+  Err(CoreError::invalid(format!("{at} cannot be read{why}")))
+}
+
+/// [`to_json`] of an array or an object (its own enumerable string keys).
+///
+/// # Safety
+///
+/// As [`to_json`]; `v` is an object.
+unsafe fn object_to_json(env: napi::sys::napi_env, v: napi::sys::napi_value, at: &str, depth: u32) -> CoreResult<Value> {
+  use napi::sys;
+  let bad = |why: &str| CoreError::invalid(format!("{at} {why}"));
+  // SAFETY: `env` is live on this thread, as the caller guarantees.
+  let ok = |s: sys::napi_status| unsafe { checked(env, at, s) };
+  // In every `unsafe` block below: `env` is live on this thread and `v` valid, as the caller
+  // guarantees; every other handle (`e`, `keys`, `k`, `val`) was just returned by a successful
+  // napi call on the same env, so it lives in the same open handle scope; and every out-pointer
+  // is a `&mut` to a local of exactly the type napi writes.
+  let mut is_array = false;
+  // SAFETY: see above; `is_array` is a local `bool`.
+  ok(unsafe { sys::napi_is_array(env, v, &mut is_array) })?;
+  if is_array {
+    let mut n = 0u32;
+    // SAFETY: see above; `v` is an array (checked by `napi_is_array`), `n` a local `u32`.
+    ok(unsafe { sys::napi_get_array_length(env, v, &mut n) })?;
+    if n > 100_000 {
+      return Err(bad("has too many elements"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+      let mut e = std::ptr::null_mut();
+      // SAFETY: see above; `e` is a local `napi_value` for the element handle.
+      ok(unsafe { sys::napi_get_element(env, v, i, &mut e) })?;
+      // SAFETY: same `env`, on the same thread; `e` was just returned by `napi_get_element`
+      // and is valid in the same handle scope.
+      out.push(unsafe { to_json(env, e, &format!("{at}[{i}]"), depth + 1) }?);
+    }
+    return Ok(Value::Array(out));
+  }
+  let mut keys = std::ptr::null_mut();
+  // Own enumerable string keys only, as `Object.keys` has them: a key inherited from the
+  // prototype (`Object.create({ prompt })`, a polluted `Object.prototype`) is not a field.
+  // SAFETY: see above; `v` is an object (checked by `napi_typeof`), `keys` a local `napi_value`.
+  ok(unsafe {
+    sys::napi_get_all_property_names(
+      env,
+      v,
+      sys::KeyCollectionMode::own_only,
+      sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
+      sys::KeyConversion::numbers_to_strings,
+      &mut keys,
+    )
+  })?;
+  let mut n = 0u32;
+  // SAFETY: see above; `keys` is the array `napi_get_all_property_names` returned, `n` a local `u32`.
+  ok(unsafe { sys::napi_get_array_length(env, keys, &mut n) })?;
+  let mut map = serde_json::Map::new();
+  for i in 0..n {
+    let mut k = std::ptr::null_mut();
+    // SAFETY: see above; `k` is a local `napi_value` for the key handle.
+    ok(unsafe { sys::napi_get_element(env, keys, i, &mut k) })?;
+    // SAFETY: same `env`, on the same thread; `k` was just returned by `napi_get_element`
+    // and is valid in the same handle scope.
+    let key = match unsafe { to_json(env, k, at, depth + 1) }? {
+      Value::String(s) => s,
+      other => other.to_string(),
+    };
+    let mut val = std::ptr::null_mut();
+    // SAFETY: see above; `k` is one of `v`'s own keys, `val` a local `napi_value`.
+    ok(unsafe { sys::napi_get_property(env, v, k, &mut val) })?;
+    let mut vt = 0;
+    // SAFETY: see above; `val` was just returned by `napi_get_property`, `vt` a local
+    // `napi_valuetype`.
+    ok(unsafe { sys::napi_typeof(env, val, &mut vt) })?;
+    if vt == sys::ValueType::napi_undefined {
+      continue; // `{ x: undefined }` reads as an absent x, as JSON.stringify would have it.
+    }
+    // SAFETY: same `env`, on the same thread; `val` was just returned by `napi_get_property`
+    // and is valid in the same handle scope.
+    let child = unsafe { to_json(env, val, &format!("{at}.{key}"), depth + 1) }?;
+    map.insert(key, child);
+  }
+  Ok(Value::Object(map))
 }
 
 /// Reads a JavaScript value into a core request type; shape errors are `INVALID_ARGUMENT`.

@@ -433,7 +433,7 @@ pub async fn run_until_result(
     return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
   }
   let started = Instant::now();
-  let (mut child, mut stdin, stdout, stderr) = spawn(spec)?;
+  let (child, mut stdin, stdout, stderr) = spawn(spec)?;
   let pid = child.id();
   let pgid = pid; // process_group(0): the group id is the child's pid.
 
@@ -465,24 +465,8 @@ pub async fn run_until_result(
         match read {
           Ok(0) | Err(_) => break,
           Ok(_) => {
-            let text = String::from_utf8_lossy(&buf);
-            if text.trim().is_empty() { continue; }
-            match stream::parse_line(&text) {
-              Ok(line) if spec.mirror.is_some() && super::mirror::is_frame(&line.raw) => {
-                if let Some(tx) = &spec.mirror {
-                  let _ = tx.send(super::mirror::MirrorMsg::Frame(line.raw));
-                }
-              }
-              Ok(line) => {
-                out.observe(&mut tracker, &line.kind);
-                on_line(&line);
-                early = settle_at_result && out.result.is_some();
-              }
-              Err(why) => {
-                let shown: String = text.trim().chars().take(200).collect();
-                out.malformed.push(format!("{why}: {shown}"));
-              }
-            }
+            take_line(&buf, spec, &mut out, &mut tracker, &mut on_line);
+            early = settle_at_result && out.result.is_some();
           }
         }
       }
@@ -492,71 +476,7 @@ pub async fn run_until_result(
     }
   }
 
-  let cancel = cancel.clone();
-  let mirror = spec.mirror.clone();
-  let ending = async move {
-    // After an early return, read (and drop) whatever the CLI still prints, so that it never
-    // blocks on a full pipe; its exit, not the end of its output (which a tool's background
-    // process can hold open), ends the wait below. Mirror frames printed after the result still
-    // go to the mirror.
-    let mirrored = mirror.is_some();
-    let mut drain = early.then(|| {
-      tokio::spawn(async move {
-        match mirror {
-          Some(tx) => super::mirror::drain(&mut reader, &tx).await,
-          None => {
-            let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
-          }
-        }
-      })
-    });
-    if stopped {
-      stop_group(&mut child, pgid).await;
-    } else {
-      // stdout closed or the result is in: the CLI is done. Give it a moment to exit, then make
-      // sure its whole group is gone.
-      tokio::select! {
-        r = tokio::time::timeout(if early { EXIT_WAIT_AFTER_RESULT } else { EXIT_WAIT }, child.wait()) => match r {
-          Ok(_) => {
-            if let Some(pg) = pgid {
-              #[cfg(unix)]
-              kill_group(pg, libc::SIGKILL);
-            }
-          }
-          Err(_) => stop_group(&mut child, pgid).await,
-        },
-        _ = cancel.cancelled() => stop_group(&mut child, pgid).await,
-      }
-    }
-    writer.abort();
-    if let Some(d) = drain.as_mut() {
-      // The CLI has exited: its last frames are in the pipe; read them unless a process that
-      // outlived it holds the output open.
-      if mirrored {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut *d).await;
-      }
-      d.abort();
-    }
-    let mut status = (None, None);
-    if let Ok(Some(s)) = child.try_wait() {
-      #[cfg(unix)]
-      {
-        use std::os::unix::process::ExitStatusExt;
-        status = (s.code(), s.signal());
-      }
-      #[cfg(not(unix))]
-      {
-        status = (s.code(), None);
-      }
-    }
-    if early {
-      // Nobody reads it: a process that left the group may hold stderr open, so do not wait.
-      err_reader.abort();
-      return (status, String::new());
-    }
-    let stderr_tail = tokio::time::timeout(Duration::from_secs(2), err_reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
-    (status, stderr_tail)
-  };
+  let ending = ending(Exiting { child, pgid, reader, writer, err_reader }, spec.mirror.clone(), cancel.clone(), early, stopped);
   out.context = tracker.last();
   out.elapsed = started.elapsed();
   if early {
@@ -573,6 +493,116 @@ pub async fn run_until_result(
   out.stderr_tail = stderr_tail;
   out.elapsed = started.elapsed();
   Ok((out, None))
+}
+
+/// A CLI after its output loop: the process, its group, and the pipes still open.
+struct Exiting {
+  child: Proc,
+  pgid: Option<u32>,
+  reader: BufReader<Output>,
+  writer: tokio::task::JoinHandle<()>,
+  err_reader: tokio::task::JoinHandle<String>,
+}
+
+/// One line of the CLI's output: a mirror frame goes to the mirror, a stream-json line is
+/// observed and handed to `on_line`, anything else is kept as malformed.
+fn take_line(buf: &[u8], spec: &RunSpec, out: &mut RunOutcome, tracker: &mut ContextTracker, on_line: &mut impl FnMut(&Line)) {
+  let text = String::from_utf8_lossy(buf);
+  if text.trim().is_empty() {
+    return;
+  }
+  match stream::parse_line(&text) {
+    Ok(line) if spec.mirror.is_some() && super::mirror::is_frame(&line.raw) => {
+      if let Some(tx) = &spec.mirror {
+        let _ = tx.send(super::mirror::MirrorMsg::Frame(line.raw));
+      }
+    }
+    Ok(line) => {
+      out.observe(tracker, &line.kind);
+      on_line(&line);
+    }
+    Err(why) => {
+      let shown: String = text.trim().chars().take(200).collect();
+      out.malformed.push(format!("{why}: {shown}"));
+    }
+  }
+}
+
+/// The exit code and signal of a CLI that has exited.
+fn exit_status(child: &mut Proc) -> (Option<i32>, Option<i32>) {
+  let Ok(Some(s)) = child.try_wait() else { return (None, None) };
+  #[cfg(unix)]
+  {
+    use std::os::unix::process::ExitStatusExt;
+    (s.code(), s.signal())
+  }
+  #[cfg(not(unix))]
+  {
+    (s.code(), None)
+  }
+}
+
+/// The CLI's end once its output loop is over: stopped (`stopped`), or given a moment to exit on
+/// its own; its whole group gone; its exit status and (unless it settled `early`, at its result)
+/// the tail of its stderr.
+async fn ending(
+  p: Exiting,
+  mirror: Option<super::mirror::MirrorTx>,
+  cancel: CancelToken,
+  early: bool,
+  stopped: bool,
+) -> ((Option<i32>, Option<i32>), String) {
+  let Exiting { mut child, pgid, mut reader, writer, err_reader } = p;
+  // After an early return, read (and drop) whatever the CLI still prints, so that it never
+  // blocks on a full pipe; its exit, not the end of its output (which a tool's background
+  // process can hold open), ends the wait below. Mirror frames printed after the result still
+  // go to the mirror.
+  let mirrored = mirror.is_some();
+  let mut drain = early.then(|| {
+    tokio::spawn(async move {
+      match mirror {
+        Some(tx) => super::mirror::drain(&mut reader, &tx).await,
+        None => {
+          let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+        }
+      }
+    })
+  });
+  if stopped {
+    stop_group(&mut child, pgid).await;
+  } else {
+    // stdout closed or the result is in: the CLI is done. Give it a moment to exit, then make
+    // sure its whole group is gone.
+    tokio::select! {
+      r = tokio::time::timeout(if early { EXIT_WAIT_AFTER_RESULT } else { EXIT_WAIT }, child.wait()) => match r {
+        Ok(_) => {
+          if let Some(pg) = pgid {
+            #[cfg(unix)]
+            kill_group(pg, libc::SIGKILL);
+          }
+        }
+        Err(_) => stop_group(&mut child, pgid).await,
+      },
+      _ = cancel.cancelled() => stop_group(&mut child, pgid).await,
+    }
+  }
+  writer.abort();
+  if let Some(d) = drain.as_mut() {
+    // The CLI has exited: its last frames are in the pipe; read them unless a process that
+    // outlived it holds the output open.
+    if mirrored {
+      let _ = tokio::time::timeout(Duration::from_secs(2), &mut *d).await;
+    }
+    d.abort();
+  }
+  let status = exit_status(&mut child);
+  if early {
+    // Nobody reads it: a process that left the group may hold stderr open, so do not wait.
+    err_reader.abort();
+    return (status, String::new());
+  }
+  let stderr_tail = tokio::time::timeout(Duration::from_secs(2), err_reader).await.ok().and_then(|r| r.ok()).unwrap_or_default();
+  (status, stderr_tail)
 }
 
 #[cfg(test)]

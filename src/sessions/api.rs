@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::mirror::stored_history;
-use super::{validate_user_project, ListRequest, Manager, MessagesPage, PromptEstimate, MAX_LIST, VALID_STATUSES};
+use super::{validate_user_project, ListRequest, Manager, MessagesPage, PromptEstimate, Wait, MAX_LIST, VALID_STATUSES};
 use crate::context::{self, estimate, ContextInfo};
 use crate::error::{Error, Result};
 use crate::store::{self, Compaction, ListQuery, NewSession, Session};
@@ -29,7 +29,7 @@ impl Manager {
       None => 0,
     };
     let q = ListQuery { user_id: r.user_id, project_id: r.project_id, status: r.status, parent_id, limit, offset };
-    self.db(move |s| s.list_sessions(&q)).await
+    self.store_call(Wait::Blocking, move |s| s.list_sessions(&q)).await
   }
 
   pub async fn get_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
@@ -37,7 +37,7 @@ impl Manager {
     validate::id("userId", user_id)?;
     let user = user_id.to_owned();
     let shown = id.clone();
-    self.point(move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
+    self.store_call(Wait::Briefly, move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
   }
 
   pub async fn get_or_create(
@@ -50,7 +50,7 @@ impl Manager {
     validate_user_project(user_id, Some(project_id))?;
     let wd = self.working_dir(working_directory)?;
     let new = self.new_session(project_id, user_id, None, None, wd);
-    self.db(move |s| s.get_or_create(&new, prefer_active)).await
+    self.store_call(Wait::Blocking, move |s| s.get_or_create(&new, prefer_active)).await
   }
 
   pub async fn start_fresh(
@@ -73,21 +73,21 @@ impl Manager {
     }
     let wd = self.working_dir(working_directory)?;
     let new = self.new_session(project_id, user_id, None, None, wd);
-    self.db(move |s| s.start_fresh(&new)).await
+    self.store_call(Wait::Blocking, move |s| s.start_fresh(&new)).await
   }
 
   pub async fn archive_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
     let id = validate::session_id("sessionId", session_id)?;
     validate::id("userId", user_id)?;
     let user = user_id.to_owned();
-    self.db(move |s| s.archive_session(&id, &user)).await
+    self.store_call(Wait::Blocking, move |s| s.archive_session(&id, &user)).await
   }
 
   /// Deletes a session's rows and, unless `keep_transcript`, the CLI's transcript of it.
   pub async fn delete_session(&self, session_id: &str, user_id: &str, keep_transcript: bool) -> Result<()> {
     let session = self.get_session(session_id, user_id).await?;
     let (id, user) = (session.id.clone(), user_id.to_owned());
-    self.db(move |s| s.delete_session(&id, &user)).await?;
+    self.store_call(Wait::Blocking, move |s| s.delete_session(&id, &user)).await?;
     self.waiting.rules.forget(&session.id);
     self.drop_warm(&session.id).await;
     if !keep_transcript {
@@ -112,7 +112,7 @@ impl Manager {
     let age = validate::non_negative_int("maxAgeMs", max_age_ms)?;
     let (user, project) = (user_id.to_owned(), project_id.map(str::to_owned));
     let (deleted, remaining) = self
-      .db(move |s| {
+      .store_call(Wait::Blocking, move |s| {
         let deleted = s.cleanup_sessions(&user, project.as_deref(), age, keep_active)?;
         Ok((deleted, s.count_sessions(&user, project.as_deref())?))
       })
@@ -140,7 +140,7 @@ impl Manager {
       config_dir: parent.config_dir.clone(),
       ..self.new_session(&parent.project_id, &parent.user_id, None, None, Some(PathBuf::from(&parent.working_directory)))
     };
-    self.point(move |s| s.create_session(&new)).await
+    self.store_call(Wait::Briefly, move |s| s.create_session(&new)).await
   }
 
   pub async fn get_context(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Result<ContextInfo> {
@@ -157,7 +157,7 @@ impl Manager {
       return Ok(self.cfg.context_window);
     }
     let model = s.model.clone();
-    Ok(self.point(move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
+    Ok(self.store_call(Wait::Briefly, move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
   }
 
   /// A session answered at once, on the calling thread, when the store can be read without
@@ -184,12 +184,12 @@ impl Manager {
 
   pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
     let s = self.get_session(session_id, user_id).await?;
-    self.db(move |st| st.list_tasks(&s.id)).await
+    self.store_call(Wait::Blocking, move |st| st.list_tasks(&s.id)).await
   }
 
   pub async fn list_compactions(&self, session_id: &str, user_id: &str) -> Result<Vec<Compaction>> {
     let s = self.get_session(session_id, user_id).await?;
-    self.db(move |st| st.list_compactions(&s.id)).await
+    self.store_call(Wait::Blocking, move |st| st.list_compactions(&s.id)).await
   }
 
   /// Tokens a prompt is expected to add to a session's context: its tiktoken count times a

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::Manager;
+use super::{Manager, Wait};
 use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, TaskMeter};
 use crate::error::{Error, Result};
 use crate::store::{
@@ -202,7 +202,7 @@ impl Manager {
     }
     let k2 = k.clone();
     self
-      .db(move |s| {
+      .store_call(Wait::Blocking, move |s| {
         s.set_budget(&k2, cap, period.as_deref())?;
         s.get_budget(&k2)
       })
@@ -221,13 +221,13 @@ impl Manager {
       _ => None,
     };
     self
-      .db(move |s| {
+      .store_call(Wait::Blocking, move |s| {
         if let Some(b) = s.get_budget(&k)? {
           return Ok(Some(b));
         }
-        let Some((usd, period)) = default else { return Ok(None) };
+        let Some((usd, period)) = default.clone() else { return Ok(None) };
         let (spent, start) = s.spent_in(&k, period.as_deref())?;
-        Ok(Some(Budget { key: k, usd, period, spent_usd: spent, period_start: start }))
+        Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: spent, period_start: start }))
       })
       .await
   }
@@ -236,7 +236,7 @@ impl Manager {
   pub async fn delete_budget(&self, r: BudgetRequest) -> Result<bool> {
     self.check_open()?;
     let k = self.budget_key(&r).await?;
-    self.db(move |s| s.delete_budget(&k)).await
+    self.store_call(Wait::Blocking, move |s| s.delete_budget(&k)).await
   }
 
   /// The ledger of model calls, summed by day, model or session.
@@ -261,6 +261,6 @@ impl Manager {
       until: ms("until", r.until)?,
       group_by: r.group_by,
     };
-    self.db(move |s| s.usage_report(&q)).await
+    self.store_call(Wait::Blocking, move |s| s.usage_report(&q)).await
   }
 }

@@ -1,7 +1,7 @@
 //! `new SessionManager(options)`: the options as read from JavaScript and the resolved
 //! configuration, with every default and environment variable applied and every value checked.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -201,23 +201,7 @@ impl Config {
       Some("project") => Isolation::Project,
       Some(other) => return Err(Error::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
     };
-    // `databaseUrl` (or env `CLAUDE_SESSIONS_DATABASE_URL`; never `DATABASE_URL`, which usually
-    // belongs to the app): PostgreSQL when it says so, else a SQLite file as `databasePath`.
-    let url = o.database_url.clone().or_else(|| if o.database_path.is_some() { None } else { env_var("CLAUDE_SESSIONS_DATABASE_URL") });
-    let (database_url, url_path) = match url {
-      Some(_) if o.database_url.is_some() && o.database_path.is_some() => {
-        return Err(Error::invalid("give databaseUrl or databasePath, not both"));
-      }
-      Some(u) if crate::store::is_postgres_url(&u) => (Some(u), None),
-      Some(u) => {
-        let path = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")).or_else(|| u.strip_prefix("file:")).unwrap_or(&u);
-        if path.is_empty() {
-          return Err(Error::invalid("databaseUrl must be a postgres:// or postgresql:// URL or a SQLite file path"));
-        }
-        (None, Some(path.to_owned()))
-      }
-      None => (None, None),
-    };
+    let (database_url, url_path) = database_url(&o)?;
     let database_schema = o.database_schema.clone().unwrap_or_else(|| "claude_sessions".into());
     crate::store::validate_pg_schema(&database_schema)?;
     let explicit_db = o
@@ -226,27 +210,179 @@ impl Config {
       .or(url_path)
       .or_else(|| if database_url.is_some() { None } else { env_var("CLAUDE_SESSIONS_DB") })
       .map(PathBuf::from);
-    // The database's own folder must exist (a typo must not create a new, empty store); a state
-    // folder chosen here is created, private.
-    let (state_directory, create) = match o.state_directory.clone().or_else(|| env_var("CLAUDE_SESSIONS_STATE_DIR")) {
-      Some(d) => (PathBuf::from(d), true),
-      None => match explicit_db.as_ref().and_then(|p| p.parent()).filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => (parent.to_path_buf(), false),
-        None => (default_state_directory(&base)?, true),
-      },
-    };
-    let state_directory = if state_directory.is_absolute() { state_directory } else { cwd.join(state_directory) };
-    if create {
-      private_dir(&state_directory)?;
+    let (state_directory, database_path) = state_and_database(o.state_directory.clone(), explicit_db, &base, &cwd)?;
+    let n = Numbers::resolve(&o)?;
+    let env = checked_env(&o.env)?;
+    if let Some(p) = &o.claude_path {
+      validate::cli_value("claudePath", p, 4096)?;
     }
-    let database_path = match explicit_db {
-      Some(p) => p,
-      None => {
-        // A database an older version kept at `<workingDirectory>/.claude-sessions/` is not
-        // adopted: that folder is the agent's, and a file there may be one it made.
-        state_directory.join("sessions.db")
-      }
+    let tenant_config_root = match &o.tenant_config_root {
+      Some(r) => validate::working_directory("tenantConfigRoot", r, &[])?,
+      None => state_directory.join("claude-config"),
     };
+    // Made (and checked) when sessions will use it: no configured working directory, or given.
+    let uses_root = working_directory.is_none() || o.workspace_root.is_some();
+    let workspace_root = workspace_root(o.workspace_root.clone(), &base, uses_root, &allowed_roots)?;
+    let sqlite = database_url.is_none().then_some(database_path.as_path());
+    let protected = protected_folders(&state_directory, &tenant_config_root, sqlite, &cwd);
+    let guard = Guard { server: &cwd, allow_server_folder: o.allow_server_folder_as_workspace, protected: &protected };
+    guard.check_roots(&allowed_roots, working_directory.as_deref(), uses_root.then_some(workspace_root.as_path()))?;
+    let sandbox = match o.sandbox.as_deref() {
+      None | Some("auto") => SandboxMode::Auto,
+      Some("bubblewrap") => SandboxMode::Bubblewrap,
+      Some("none") => SandboxMode::None,
+      Some(other) => return Err(Error::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
+    };
+    let sandbox_limits = sandbox_limits(o.sandbox_limits.clone().unwrap_or_default())?;
+    if o.sandbox_allow_domains.len() > 256 {
+      return Err(Error::invalid("sandboxNetwork.allowDomains may list at most 256 entries"));
+    }
+    let sandbox_allow_domains =
+      o.sandbox_allow_domains.iter().map(|d| crate::cli::sandbox::egress::Allowed::parse(d)).collect::<Result<Vec<_>>>()?;
+    let paths = o.sandbox_paths.clone().unwrap_or_default();
+    let sandbox_read_only = checked_paths("sandboxPaths.readOnly entry", &paths.read_only)?;
+    let sandbox_read_write = checked_paths("sandboxPaths.readWrite entry", &paths.read_write)?;
+    check_lists(&o)?;
+    let lease_ttl = lease_ttl(o.lease_ttl_ms)?;
+    let node_id = node_id(o.node_id.clone())?;
+    Ok(Config {
+      database_path,
+      database_url,
+      database_schema,
+      working_directory,
+      workspace_root,
+      server_directory: cwd,
+      allow_server_folder: o.allow_server_folder_as_workspace,
+      protected,
+      default_model: n.default_model,
+      context_window: n.context_window,
+      compact_threshold: n.compact_threshold,
+      claude_path: o.claude_path,
+      env,
+      allow_bypass_permissions: o.allow_bypass_permissions,
+      max_concurrent_tasks: n.max_concurrent_tasks,
+      max_concurrent_tasks_total: n.max_concurrent_tasks_total,
+      queue_timeout: n.queue_timeout,
+      stall_timeout: n.stall_timeout,
+      cli_niceness: n.cli_niceness,
+      lease_ttl,
+      node_id,
+      allowed_roots,
+      isolation,
+      tenant_config_root,
+      state_directory,
+      sandbox,
+      sandbox_read_only,
+      sandbox_read_write,
+      sandbox_limits,
+      sandbox_allow_domains,
+      expose_api_key: o.expose_api_key_to_agent,
+      budget_defaults: super::budgets::resolve_defaults(o.budgets, o.expose_api_key_to_agent)?,
+      model_prices: super::budgets::resolve_prices(o.model_prices)?,
+      allow_slash_commands: o.allow_slash_commands,
+      allow_file_mentions: o.allow_file_mentions,
+      allow_background_tools: o.allow_background_tools,
+      setting_sources: o.setting_sources,
+      warm_idle: n.warm_idle,
+      max_warm_sessions: n.max_warm_sessions,
+      permission_timeout: n.permission_timeout,
+      max_transcript_bytes: n.max_transcript_bytes,
+    })
+  }
+}
+
+/// The folder under which sessions get folders of their own; made, private, and checked when
+/// sessions `use` it.
+fn workspace_root(configured: Option<String>, base: &Path, used: bool, allowed_roots: &[PathBuf]) -> Result<PathBuf> {
+  let root = match configured {
+    Some(r) => {
+      let r = PathBuf::from(r);
+      if !r.is_absolute() {
+        return Err(Error::invalid(format!("workspaceRoot must be an absolute path, got {:?}", r.display())));
+      }
+      r
+    }
+    None => default_workspace_root(base),
+  };
+  if !used {
+    return Ok(root);
+  }
+  private_dir(&root)?;
+  validate::working_directory("workspaceRoot", &root.to_string_lossy(), allowed_roots)
+}
+
+/// The state folder (made, private, unless it is the database's own folder, which must exist: a
+/// typo must not create a new, empty store) and the SQLite file.
+fn state_and_database(configured: Option<String>, explicit_db: Option<PathBuf>, base: &Path, cwd: &Path) -> Result<(PathBuf, PathBuf)> {
+  let (state_directory, create) = match configured.or_else(|| env_var("CLAUDE_SESSIONS_STATE_DIR")) {
+    Some(d) => (PathBuf::from(d), true),
+    None => match explicit_db.as_ref().and_then(|p| p.parent()).filter(|p| !p.as_os_str().is_empty()) {
+      Some(parent) => (parent.to_path_buf(), false),
+      None => (default_state_directory(base)?, true),
+    },
+  };
+  let state_directory = if state_directory.is_absolute() { state_directory } else { cwd.join(state_directory) };
+  if create {
+    private_dir(&state_directory)?;
+  }
+  // A database an older version kept at `<workingDirectory>/.claude-sessions/` is not
+  // adopted: that folder is the agent's, and a file there may be one it made.
+  let database_path = explicit_db.unwrap_or_else(|| state_directory.join("sessions.db"));
+  Ok((state_directory, database_path))
+}
+
+/// The `env` option: names and values the CLI's environment can hold.
+fn checked_env(env: &std::collections::BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
+  let env: Vec<(String, String)> = env.clone().into_iter().collect();
+  for (k, v) in &env {
+    if v.contains('\0') {
+      return Err(Error::invalid(format!("env variable {k} contains a NUL byte")));
+    }
+    if k.is_empty() || k.contains('=') || k.contains('\0') {
+      return Err(Error::invalid(format!("env has an invalid variable name {:?}", k)));
+    }
+  }
+  Ok(env)
+}
+
+/// Folders no agent may work in: the state folder, the tenant configuration folders, and the
+/// SQLite file (when the store is one).
+fn protected_folders(state: &Path, tenant_root: &Path, sqlite: Option<&Path>, cwd: &Path) -> Vec<(PathBuf, &'static str)> {
+  let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+  let mut protected = vec![(canon(state), "the addon's state folder"), (canon(tenant_root), "the tenant configuration folders")];
+  if let Some(database_path) = sqlite {
+    let db = match (database_path.parent().filter(|p| !p.as_os_str().is_empty()), database_path.file_name()) {
+      (Some(parent), Some(name)) => canon(parent).join(name),
+      _ => canon(&cwd.join(database_path)),
+    };
+    protected.push((db, "the session database"));
+  }
+  protected
+}
+
+/// Absolute folders, each checked as a working directory would be.
+fn checked_paths(field: &str, paths: &[String]) -> Result<Vec<PathBuf>> {
+  paths.iter().map(|p| validate::working_directory(field, p, &[])).collect()
+}
+
+/// The numeric options (and the default model), checked, with their defaults.
+struct Numbers {
+  default_model: String,
+  context_window: u64,
+  compact_threshold: f64,
+  max_concurrent_tasks: usize,
+  max_concurrent_tasks_total: Option<u64>,
+  queue_timeout: Duration,
+  stall_timeout: Option<Duration>,
+  warm_idle: Option<Duration>,
+  max_warm_sessions: usize,
+  permission_timeout: Duration,
+  max_transcript_bytes: u64,
+  cli_niceness: i32,
+}
+
+impl Numbers {
+  fn resolve(o: &Options) -> Result<Numbers> {
     let default_model = o.default_model.clone().or_else(|| env_var("CLAUDE_DEFAULT_MODEL")).unwrap_or_else(|| "sonnet".into());
     validate::model("defaultModel", &default_model)?;
     let context_window = match o.context_window {
@@ -293,193 +429,113 @@ impl Config {
     if cli_niceness > 19 {
       return Err(Error::invalid(format!("cliNiceness must be an integer from 0 to 19, got {cli_niceness}")));
     }
-    let env: Vec<(String, String)> = o.env.into_iter().collect();
-    for (k, v) in &env {
-      if v.contains('\0') {
-        return Err(Error::invalid(format!("env variable {k} contains a NUL byte")));
-      }
-      if k.is_empty() || k.contains('=') || k.contains('\0') {
-        return Err(Error::invalid(format!("env has an invalid variable name {:?}", k)));
-      }
-    }
-    if let Some(p) = &o.claude_path {
-      validate::cli_value("claudePath", p, 4096)?;
-    }
-    let tenant_config_root = match &o.tenant_config_root {
-      Some(r) => validate::working_directory("tenantConfigRoot", r, &[])?,
-      None => state_directory.join("claude-config"),
-    };
-    let workspace_root = match o.workspace_root.clone() {
-      Some(r) => {
-        let r = PathBuf::from(r);
-        if !r.is_absolute() {
-          return Err(Error::invalid(format!("workspaceRoot must be an absolute path, got {:?}", r.display())));
-        }
-        r
-      }
-      None => default_workspace_root(&base),
-    };
-    // Made (and checked) when sessions will use it: no configured working directory, or given.
-    let workspace_root = if working_directory.is_none() || o.workspace_root.is_some() {
-      private_dir(&workspace_root)?;
-      validate::working_directory("workspaceRoot", &workspace_root.to_string_lossy(), &allowed_roots)?
-    } else {
-      workspace_root
-    };
-    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut protected =
-      vec![(canon(&state_directory), "the addon's state folder"), (canon(&tenant_config_root), "the tenant configuration folders")];
-    if database_url.is_none() {
-      let db = match (database_path.parent().filter(|p| !p.as_os_str().is_empty()), database_path.file_name()) {
-        (Some(parent), Some(name)) => canon(parent).join(name),
-        _ => canon(&cwd.join(&database_path)),
-      };
-      protected.push((db, "the session database"));
-    }
-    let guard = Guard { server: &cwd, allow_server_folder: o.allow_server_folder_as_workspace, protected: &protected };
-    for r in &allowed_roots {
-      guard.protected_inside("allowedRoots entry", r)?;
-    }
-    if let Some(w) = &working_directory {
-      guard.check("workingDirectory", w)?;
-    }
-    let uses_root = working_directory.is_none() || o.workspace_root.is_some();
-    if uses_root {
-      guard.protected_inside("workspaceRoot", &workspace_root)?;
-    }
-    for (p, what) in protected.iter().filter(|_| uses_root) {
-      if workspace_root.starts_with(p) {
-        return Err(Error::invalid(format!(
-          "workspaceRoot {} is inside {what} {}: agents must not work there; choose a folder outside it",
-          workspace_root.display(),
-          p.display()
-        )));
-      }
-    }
-    let sandbox = match o.sandbox.as_deref() {
-      None | Some("auto") => SandboxMode::Auto,
-      Some("bubblewrap") => SandboxMode::Bubblewrap,
-      Some("none") => SandboxMode::None,
-      Some(other) => return Err(Error::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
-    };
-    let sandbox_limits = {
-      let d = crate::cli::SandboxLimits::default();
-      let l = o.sandbox_limits.clone().unwrap_or_default();
-      let mb = |name: &str, v: Option<f64>, default: u64| -> Result<u64> {
-        match v {
-          None => Ok(default),
-          Some(x) if x.is_finite() && x.fract() == 0.0 && (1.0..=65536.0).contains(&x) => Ok((x as u64) << 20),
-          Some(x) => Err(Error::invalid(format!("sandboxLimits.{name} must be a whole number of MiB from 1 to 65536, got {x}"))),
-        }
-      };
-      crate::cli::SandboxLimits {
-        tmp_bytes: mb("tmpMb", l.tmp_mb, d.tmp_bytes)?,
-        home_bytes: mb("homeMb", l.home_mb, d.home_bytes)?,
-        processes: match l.processes {
-          None => d.processes,
-          Some(x) if x.is_finite() && x.fract() == 0.0 && (32.0..=1_000_000.0).contains(&x) => x as u64,
-          Some(x) => return Err(Error::invalid(format!("sandboxLimits.processes must be a whole number from 32 to 1000000, got {x}"))),
-        },
-        memory_bytes: match l.memory_mb {
-          None => d.memory_bytes,
-          Some(x) if x.is_finite() && x.fract() == 0.0 && (1024.0..=1_048_576.0).contains(&x) => (x as u64) << 20,
-          Some(x) => {
-            return Err(Error::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}")))
-          }
-        },
-      }
-    };
-    if o.sandbox_allow_domains.len() > 256 {
-      return Err(Error::invalid("sandboxNetwork.allowDomains may list at most 256 entries"));
-    }
-    let sandbox_allow_domains =
-      o.sandbox_allow_domains.iter().map(|d| crate::cli::sandbox::egress::Allowed::parse(d)).collect::<Result<Vec<_>>>()?;
-    let paths = o.sandbox_paths.unwrap_or_default();
-    let mut sandbox_read_only = Vec::new();
-    for p in &paths.read_only {
-      sandbox_read_only.push(validate::working_directory("sandboxPaths.readOnly entry", p, &[])?);
-    }
-    let mut sandbox_read_write = Vec::new();
-    for p in &paths.read_write {
-      sandbox_read_write.push(validate::working_directory("sandboxPaths.readWrite entry", p, &[])?);
-    }
-    for c in &o.allow_slash_commands {
-      let ok = c.len() <= 64
-        && c.starts_with('/')
-        && c.len() > 1
-        && c[1..].chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | ':'));
-      if !ok {
-        return Err(Error::invalid(format!("allowSlashCommands entries are commands such as \"/context\", got {:?}", c)));
-      }
-    }
-    for s in &o.setting_sources {
-      if !matches!(s.as_str(), "user" | "project" | "local") {
-        return Err(Error::invalid(format!("settingSources entries are \"user\", \"project\" or \"local\", got {:?}", s)));
-      }
-    }
-    let lease_ttl = match o.lease_ttl_ms {
-      Some(t) => {
-        let t = validate::positive_int("leaseTtlMs", t)?;
-        if !(MIN_LEASE_TTL_MS..=24 * 3_600_000).contains(&t) {
-          return Err(Error::invalid(format!("leaseTtlMs must be from {MIN_LEASE_TTL_MS} to 86400000, got {t}")));
-        }
-        Duration::from_millis(t)
-      }
-      None => Duration::from_secs(30),
-    };
-    let node_id = match o.node_id {
-      Some(n) => {
-        if n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_control()) {
-          return Err(Error::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
-        }
-        n
-      }
-      None => format!("{}:{}", host_name(), std::process::id()),
-    };
-    Ok(Config {
-      database_path,
-      database_url,
-      database_schema,
-      working_directory,
-      workspace_root,
-      server_directory: cwd,
-      allow_server_folder: o.allow_server_folder_as_workspace,
-      protected,
+    Ok(Numbers {
       default_model,
       context_window,
       compact_threshold,
-      claude_path: o.claude_path,
-      env,
-      allow_bypass_permissions: o.allow_bypass_permissions,
       max_concurrent_tasks,
       max_concurrent_tasks_total,
       queue_timeout,
       stall_timeout,
-      cli_niceness: cli_niceness as i32,
-      lease_ttl,
-      node_id,
-      allowed_roots,
-      isolation,
-      tenant_config_root,
-      state_directory,
-      sandbox,
-      sandbox_read_only,
-      sandbox_read_write,
-      sandbox_limits,
-      sandbox_allow_domains,
-      expose_api_key: o.expose_api_key_to_agent,
-      budget_defaults: super::budgets::resolve_defaults(o.budgets, o.expose_api_key_to_agent)?,
-      model_prices: super::budgets::resolve_prices(o.model_prices)?,
-      allow_slash_commands: o.allow_slash_commands,
-      allow_file_mentions: o.allow_file_mentions,
-      allow_background_tools: o.allow_background_tools,
-      setting_sources: o.setting_sources,
       warm_idle,
       max_warm_sessions,
       permission_timeout,
       max_transcript_bytes,
+      cli_niceness: cli_niceness as i32,
     })
   }
+}
+
+/// `databaseUrl` (or env `CLAUDE_SESSIONS_DATABASE_URL`; never `DATABASE_URL`, which usually
+/// belongs to the app): PostgreSQL when it says so, else a SQLite file as `databasePath` (returned second).
+fn database_url(o: &Options) -> Result<(Option<String>, Option<String>)> {
+  let url = o.database_url.clone().or_else(|| if o.database_path.is_some() { None } else { env_var("CLAUDE_SESSIONS_DATABASE_URL") });
+  Ok(match url {
+    Some(_) if o.database_url.is_some() && o.database_path.is_some() => {
+      return Err(Error::invalid("give databaseUrl or databasePath, not both"));
+    }
+    Some(u) if crate::store::is_postgres_url(&u) => (Some(u), None),
+    Some(u) => {
+      let path = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")).or_else(|| u.strip_prefix("file:")).unwrap_or(&u);
+      if path.is_empty() {
+        return Err(Error::invalid("databaseUrl must be a postgres:// or postgresql:// URL or a SQLite file path"));
+      }
+      (None, Some(path.to_owned()))
+    }
+    None => (None, None),
+  })
+}
+
+/// `sandboxLimits`, checked, with the sandbox's defaults.
+fn sandbox_limits(l: SandboxLimitOptions) -> Result<crate::cli::SandboxLimits> {
+  let d = crate::cli::SandboxLimits::default();
+  let mb = |name: &str, v: Option<f64>, default: u64| -> Result<u64> {
+    match v {
+      None => Ok(default),
+      Some(x) if x.is_finite() && x.fract() == 0.0 && (1.0..=65536.0).contains(&x) => Ok((x as u64) << 20),
+      Some(x) => Err(Error::invalid(format!("sandboxLimits.{name} must be a whole number of MiB from 1 to 65536, got {x}"))),
+    }
+  };
+  Ok(crate::cli::SandboxLimits {
+    tmp_bytes: mb("tmpMb", l.tmp_mb, d.tmp_bytes)?,
+    home_bytes: mb("homeMb", l.home_mb, d.home_bytes)?,
+    processes: match l.processes {
+      None => d.processes,
+      Some(x) if x.is_finite() && x.fract() == 0.0 && (32.0..=1_000_000.0).contains(&x) => x as u64,
+      Some(x) => return Err(Error::invalid(format!("sandboxLimits.processes must be a whole number from 32 to 1000000, got {x}"))),
+    },
+    memory_bytes: match l.memory_mb {
+      None => d.memory_bytes,
+      Some(x) if x.is_finite() && x.fract() == 0.0 && (1024.0..=1_048_576.0).contains(&x) => (x as u64) << 20,
+      Some(x) => return Err(Error::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}"))),
+    },
+  })
+}
+
+/// `allowSlashCommands` and `settingSources` entries.
+fn check_lists(o: &Options) -> Result<()> {
+  for c in &o.allow_slash_commands {
+    let ok = c.len() <= 64
+      && c.starts_with('/')
+      && c.len() > 1
+      && c[1..].chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | ':'));
+    if !ok {
+      return Err(Error::invalid(format!("allowSlashCommands entries are commands such as \"/context\", got {:?}", c)));
+    }
+  }
+  for s in &o.setting_sources {
+    if !matches!(s.as_str(), "user" | "project" | "local") {
+      return Err(Error::invalid(format!("settingSources entries are \"user\", \"project\" or \"local\", got {:?}", s)));
+    }
+  }
+  Ok(())
+}
+
+/// `leaseTtlMs`, within its bounds.
+fn lease_ttl(ms: Option<f64>) -> Result<Duration> {
+  Ok(match ms {
+    Some(t) => {
+      let t = validate::positive_int("leaseTtlMs", t)?;
+      if !(MIN_LEASE_TTL_MS..=24 * 3_600_000).contains(&t) {
+        return Err(Error::invalid(format!("leaseTtlMs must be from {MIN_LEASE_TTL_MS} to 86400000, got {t}")));
+      }
+      Duration::from_millis(t)
+    }
+    None => Duration::from_secs(30),
+  })
+}
+
+/// `nodeId`, or this host and process.
+fn node_id(n: Option<String>) -> Result<String> {
+  Ok(match n {
+    Some(n) => {
+      if n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
+      }
+      n
+    }
+    None => format!("{}:{}", host_name(), std::process::id()),
+  })
 }
 
 /// The shortest `leaseTtlMs`: renewals go out every third of it, and each is a round trip.
@@ -533,6 +589,29 @@ pub(crate) struct Guard<'a> {
 }
 
 impl Guard<'_> {
+  /// The configured folders checked at start-up: `allowedRoots` entries, the working directory,
+  /// and the workspace root when sessions use it (which may not be inside a protected folder).
+  fn check_roots(&self, allowed_roots: &[PathBuf], working_directory: Option<&Path>, workspace_root: Option<&Path>) -> Result<()> {
+    for r in allowed_roots {
+      self.protected_inside("allowedRoots entry", r)?;
+    }
+    if let Some(w) = working_directory {
+      self.check("workingDirectory", w)?;
+    }
+    let Some(root) = workspace_root else { return Ok(()) };
+    self.protected_inside("workspaceRoot", root)?;
+    for (p, what) in self.protected {
+      if root.starts_with(p) {
+        return Err(Error::invalid(format!(
+          "workspaceRoot {} is inside {what} {}: agents must not work there; choose a folder outside it",
+          root.display(),
+          p.display()
+        )));
+      }
+    }
+    Ok(())
+  }
+
   /// Refuses a folder (a root) that contains the state folder, the database or the tenant folders.
   pub fn protected_inside(&self, field: &str, dir: &std::path::Path) -> Result<()> {
     for (p, what) in self.protected {

@@ -2,9 +2,10 @@
 //! records for it in one transaction.
 
 use std::path::Path;
-use std::time::Instant;
 
-use super::{Manager, TaskError, TaskResult};
+use super::run::HeldRun;
+use super::{store_call, Manager, TaskError, TaskResult, Wait};
+use crate::cli::stream::ResultLine;
 use crate::cli::{self, EndReason, RunOutcome};
 use crate::context;
 use crate::error::{ErrorCode, Result};
@@ -52,10 +53,9 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
   let mut res = TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), default_window, threshold, 0));
   let mut watermark = None;
   let mut compactions: Vec<cli::CompactEvent> = vec![];
-  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
   match outcome {
     Err(e) => {
-      res.error = Some(fail(e.code, e.message.clone(), None));
+      res.error = Some(TaskError { code: e.code.as_str().into(), message: e.message.clone(), status: None });
       end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
     }
     Ok(out) => {
@@ -63,76 +63,19 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
       end.cli_version = out.cli_version.clone();
       res.model = out.model.clone();
       compactions = out.compactions.clone();
-      let tail = out.stderr_tail.trim();
-      let tail = if tail.is_empty() {
-        String::new()
-      } else {
-        let mut cut = tail.len().saturating_sub(1000);
-        while !tail.is_char_boundary(cut) {
-          cut += 1;
-        }
-        format!("; stderr: {}", &tail[cut..])
-      };
       if let Some(r) = &out.result {
-        res.result = r.result.clone().unwrap_or_default();
-        res.turns = r.num_turns.unwrap_or(0);
-        res.usage = r.usage;
-        res.duration_api_ms = r.duration_api_ms.unwrap_or(0);
-        res.permission_denials = r.permission_denials.clone();
-        res.stop_reason = r.stop_reason.clone();
-        let (cost, w) = context::task_cost(r, session.cli_cost_watermark);
-        res.cost = cost;
-        watermark = Some(w);
-        end.cli_reported_cost_usd = r.total_cost_usd;
-        let window = context::window_from_result(r).unwrap_or(default_window);
-        // The meter is what the API reported for the last main-chain call; only when no call
-        // completed after a compaction is the compaction's own figure used, marked an estimate.
-        if let Some(u) = out.context.filter(|u| u.context_total() > 0) {
-          end.context = Some(ContextSnapshot { tokens: u.context_total(), window, source: "api".into(), measured_at: now_ms });
-        } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
-          end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: now_ms });
-        }
-      } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
-        end.context = Some(ContextSnapshot { tokens: c, window: default_window, source: "estimate".into(), measured_at: now_ms });
+        watermark = Some(read_result(r, session.cli_cost_watermark, &mut res, &mut end));
       }
-      let error = match (out.reason, &out.result) {
-        (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
-        (EndReason::TimedOut, _) => {
-          Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None))
-        }
-        (EndReason::Stalled, _) => {
-          Some(fail(ErrorCode::Timeout, format!("the CLI printed nothing for {stall_timeout_ms} ms and was stopped{tail}"), None))
-        }
-        (EndReason::Exited, None) => Some(fail(
-          ErrorCode::CliError,
-          format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
-          None,
-        )),
-        // The CLI switched to another session behind the store's back (a command such as
-        // `/clear`): what it did is not this session's history.
-        (EndReason::Exited, Some(_)) if out.session_id.as_deref().is_some_and(|id| id != session.id) => Some(fail(
-          ErrorCode::CliError,
-          format!(
-            "the CLI ran in session {} instead of {}; the task is not recorded as this session's",
-            out.session_id.as_deref().unwrap_or(""),
-            session.id
-          ),
-          None,
-        )),
-        (EndReason::Exited, Some(r)) => classify_result(r).or_else(|| {
-          // A `/compact` that failed reports it through system/status, not the result. Only a
-          // compaction run fails for it; a task that answered keeps its answer (warnings).
-          (trigger.is_some() && out.compactions.is_empty() && !out.compact_errors.is_empty())
-            .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
-        }),
-      };
-      // A model call the key proxy refused for a spend cap ends the task so, whatever the CLI made of the
-      // refusal (it may have answered with the error as text, or the agent's own call was the one refused).
-      let refused = out.metered.as_ref().and_then(|m| m.refused.clone());
-      let error = match (refused, out.reason) {
-        (Some(why), EndReason::Exited) => Some(fail(ErrorCode::BudgetExceeded, why, Some(402))),
-        (_, _) => error,
-      };
+      // The meter is what the API reported for the last main-chain call; only when no call
+      // completed after a compaction is the compaction's own figure used, marked an estimate.
+      let window = out.result.as_ref().and_then(context::window_from_result).unwrap_or(default_window);
+      let measured = out.context.filter(|u| u.context_total() > 0 && out.result.is_some());
+      if let Some(u) = measured {
+        end.context = Some(ContextSnapshot { tokens: u.context_total(), window, source: "api".into(), measured_at: now_ms });
+      } else if let Some(c) = out.compactions.last().and_then(|c| c.post_tokens) {
+        end.context = Some(ContextSnapshot { tokens: c, window, source: "estimate".into(), measured_at: now_ms });
+      }
+      let error = end_error(&out, session, trigger, stall_timeout_ms);
       // The key proxy saw every model call made with the task's token (the agent's own included): the usage is
       // never less than what upstream reported for them.
       if let Some(m) = &out.metered {
@@ -191,17 +134,9 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
 impl Manager {
   /// Records a run's end ([`task_end`]) in the store, in one transaction: the row, the totals,
   /// the window, the compactions and the lease.
-  #[allow(clippy::too_many_arguments, reason = "the parts of one run's end, passed once by run_locked")]
-  pub(crate) async fn finish(
-    &self,
-    session: &Session,
-    task_id: &str,
-    outcome: Result<RunOutcome>,
-    queued: Instant,
-    threshold: f64,
-    trigger: Option<&'static str>,
-    keep_lease: bool,
-  ) -> Result<TaskResult> {
+  pub(crate) async fn finish(&self, run: &HeldRun, outcome: Result<RunOutcome>, keep_lease: bool) -> Result<TaskResult> {
+    let HeldRun { session, task_id, queued, threshold, trigger, .. } = run;
+    let (session, task_id, threshold, trigger) = (session, task_id.as_str(), *threshold, *trigger);
     let env = self.child_env(session).unwrap_or_default();
     let transcript_exists = transcript::config_dir(&env)
       .map(|d| matches!(transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).regular_len(), Ok(Some(_))))
@@ -221,8 +156,80 @@ impl Manager {
       now_ms: store::now_ms(),
     });
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    self.record(move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
+    store_call(self.store.clone(), Wait::Briefly, move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
     Ok(res)
+  }
+}
+
+/// What a run's result line says: the answer, turns, usage, cost (returned: the session's new
+/// cost watermark) and what the CLI reported.
+fn read_result(r: &ResultLine, watermark: f64, res: &mut TaskResult, end: &mut TaskEnd) -> f64 {
+  res.result = r.result.clone().unwrap_or_default();
+  res.turns = r.num_turns.unwrap_or(0);
+  res.usage = r.usage;
+  res.duration_api_ms = r.duration_api_ms.unwrap_or(0);
+  res.permission_denials = r.permission_denials.clone();
+  res.stop_reason = r.stop_reason.clone();
+  let (cost, w) = context::task_cost(r, watermark);
+  res.cost = cost;
+  end.cli_reported_cost_usd = r.total_cost_usd;
+  w
+}
+
+/// The last 1000 bytes of the CLI's stderr, as a suffix of an error message.
+fn stderr_suffix(stderr: &str) -> String {
+  let tail = stderr.trim();
+  if tail.is_empty() {
+    return String::new();
+  }
+  let mut cut = tail.len().saturating_sub(1000);
+  while !tail.is_char_boundary(cut) {
+    cut += 1;
+  }
+  format!("; stderr: {}", &tail[cut..])
+}
+
+/// Why a run that ended (stopped, exited, refused by the key proxy) failed, if it did.
+fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>, stall_timeout_ms: u128) -> Option<TaskError> {
+  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
+  let tail = stderr_suffix(&out.stderr_tail);
+  let error = match (out.reason, &out.result) {
+    (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
+    (EndReason::TimedOut, _) => {
+      Some(fail(ErrorCode::Timeout, format!("the task ran past its timeout after {} ms", out.elapsed.as_millis()), None))
+    }
+    (EndReason::Stalled, _) => {
+      Some(fail(ErrorCode::Timeout, format!("the CLI printed nothing for {stall_timeout_ms} ms and was stopped{tail}"), None))
+    }
+    (EndReason::Exited, None) => Some(fail(
+      ErrorCode::CliError,
+      format!("the CLI ended without a result (exit code {:?}, signal {:?}){tail}", out.exit_code, out.signal),
+      None,
+    )),
+    // The CLI switched to another session behind the store's back (a command such as
+    // `/clear`): what it did is not this session's history.
+    (EndReason::Exited, Some(_)) if out.session_id.as_deref().is_some_and(|id| id != session.id) => Some(fail(
+      ErrorCode::CliError,
+      format!(
+        "the CLI ran in session {} instead of {}; the task is not recorded as this session's",
+        out.session_id.as_deref().unwrap_or(""),
+        session.id
+      ),
+      None,
+    )),
+    (EndReason::Exited, Some(r)) => classify_result(r).or_else(|| {
+      // A `/compact` that failed reports it through system/status, not the result. Only a
+      // compaction run fails for it; a task that answered keeps its answer (warnings).
+      (trigger.is_some() && out.compactions.is_empty() && !out.compact_errors.is_empty())
+        .then(|| fail(ErrorCode::CompactFailed, out.compact_errors.join("; "), None))
+    }),
+  };
+  // A model call the key proxy refused for a spend cap ends the task so, whatever the CLI made of the
+  // refusal (it may have answered with the error as text, or the agent's own call was the one refused).
+  let refused = out.metered.as_ref().and_then(|m| m.refused.clone());
+  match (refused, out.reason) {
+    (Some(why), EndReason::Exited) => Some(fail(ErrorCode::BudgetExceeded, why, Some(402))),
+    (_, _) => error,
   }
 }
 

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::permissions::{user_edit_allowed, PermissionResponse, Rule, Rules};
-use super::{on_store, Manager};
+use super::{store_call, Manager, Wait};
 use crate::cli::{CanUseTool, CancelToken, Decision, PermissionRequest, WarmHandle};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Delivery, Receipt, Store};
@@ -147,7 +147,7 @@ impl Manager {
       Box::pin(async move {
         let (s, r) = pending.key.clone();
         // Failing to record it only means it cannot be answered from elsewhere.
-        let _ = on_store(store, move |st| st.inbox_ask(&s, &task, &r)).await;
+        let _ = store_call(store, Wait::Briefly, move |st| st.inbox_ask(&s, &task, &r)).await;
         let asked = handler(req, signal);
         let paused = slot.upgrade();
         if let Some(p) = &paused {
@@ -179,14 +179,14 @@ impl Manager {
       (self.store.clone(), self.waiting.clone(), session_id.to_owned(), task_id.to_owned(), stop.clone());
     tokio::spawn(async move {
       let (s, t) = (session.clone(), task.clone());
-      if on_store(store.clone(), move |st| st.inbox_open(&s, &t)).await.is_ok() {
+      if store_call(store.clone(), Wait::Briefly, move |st| st.inbox_open(&s, &t)).await.is_ok() {
         loop {
           tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stopped.cancelled() => break,
           }
           let (s, t) = (session.clone(), task.clone());
-          let Ok(found) = on_store(store.clone(), move |st| st.inbox_poll(&s, &t)).await else { continue };
+          let Ok(found) = store_call(store.clone(), Wait::Briefly, move |st| st.inbox_poll(&s, &t)).await else { continue };
           for delivery in found {
             match delivery {
               Delivery::Answer { request_id, answer } => {
@@ -199,13 +199,13 @@ impl Manager {
               }
               Delivery::Message { id, text } => {
                 let steered = handle.steer(&text);
-                let _ = on_store(store.clone(), move |st| st.inbox_mark(id, steered)).await;
+                let _ = store_call(store.clone(), Wait::Briefly, move |st| st.inbox_mark(id, steered)).await;
               }
             }
           }
         }
       }
-      let _ = on_store(store, move |st| st.inbox_close(&session, &task)).await;
+      let _ = store_call(store, Wait::Briefly, move |st| st.inbox_close(&session, &task)).await;
     });
     InboxWatch(stop)
   }
@@ -215,7 +215,7 @@ impl Manager {
   /// ending). No such task anywhere: `INVALID_ARGUMENT`, as before.
   pub(crate) async fn forward_message(&self, session_id: &str, prompt: &str) -> Result<()> {
     let (sid, text) = (session_id.to_owned(), prompt.to_owned());
-    let Some(id) = self.point(move |s| s.inbox_send(&sid, &text)).await? else {
+    let Some(id) = self.store_call(Wait::Briefly, move |s| s.inbox_send(&sid, &text)).await? else {
       return Err(no_task_running(session_id));
     };
     let deadline = Instant::now() + RECEIPT_LIMIT;
@@ -223,9 +223,9 @@ impl Manager {
       tokio::time::sleep(RECEIPT_POLL).await;
       if Instant::now() >= deadline {
         // Too late now: refused unless it was steered meanwhile.
-        self.record(move |s| s.inbox_mark(id, false)).await?;
+        store_call(self.store.clone(), Wait::Briefly, move |s| s.inbox_mark(id, false)).await?;
       }
-      match self.record(move |s| s.inbox_receipt(id)).await? {
+      match store_call(self.store.clone(), Wait::Briefly, move |s| s.inbox_receipt(id)).await? {
         Receipt::Steered => return Ok(()),
         Receipt::Refused => return Err(no_task_running(session_id)),
         Receipt::Waiting => {}
@@ -247,7 +247,7 @@ impl Manager {
       return Ok(());
     }
     let (text, (sid, rid)) = (answer.to_stored(), key);
-    if self.point(move |s| s.inbox_answer(&sid, &rid, &text)).await? {
+    if self.store_call(Wait::Briefly, move |s| s.inbox_answer(&sid, &rid, &text)).await? {
       return Ok(());
     }
     Err(Error::new(

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{Manager, TaskError, TaskResult};
+use super::run::HeldRun;
+use super::{store_call, Manager, TaskError, TaskResult, Wait};
 use crate::cli::mirror::{subpath_of, MirrorMsg, MirrorTx};
 use crate::cli::{CancelToken, SessionMode};
 use crate::context;
@@ -105,14 +106,15 @@ impl LeaseClock {
         return;
       }
       let started = Instant::now();
-      let (st, sid, tid, ttl) = (store.clone(), session_id.clone(), task_id.clone(), self.ttl);
+      let (sid, tid, ttl) = (session_id.clone(), task_id.clone(), self.ttl);
       let left = self.valid_until().saturating_duration_since(started);
-      match tokio::time::timeout(left, tokio::task::spawn_blocking(move || st.renew_lease(&sid, &tid, ttl))).await {
-        Ok(Ok(Ok(true))) => {
+      let renew = store_call(store.clone(), Wait::Blocking, move |st| st.renew_lease(&sid, &tid, ttl));
+      match tokio::time::timeout(left, renew).await {
+        Ok(Ok(true)) => {
           self.renewed(started);
           pause = self.ttl / 3;
         }
-        Ok(Ok(Ok(false))) => {
+        Ok(Ok(false)) => {
           self.lose();
           return;
         }
@@ -174,24 +176,23 @@ impl Writer {
     let mut last = String::new();
     for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
       tokio::time::sleep(wait).await;
-      let (st, sid, tid, batch) = (self.store.clone(), self.session_id.clone(), self.task_id.clone(), self.pending.clone());
+      let (sid, tid, batch) = (self.session_id.clone(), self.task_id.clone(), self.pending.clone());
       let after_end = self.after_end;
-      let append = move || match after_end {
-        false => st.append_transcript(&sid, &tid, &batch),
-        true => st.append_transcript_after_end(&sid, &tid, &batch),
+      let append = move |st: &Store| match after_end {
+        false => st.shared_transcripts()?.append_transcript(&sid, &tid, &batch),
+        true => st.shared_transcripts()?.append_transcript_after_end(&sid, &tid, &batch),
       };
-      match tokio::task::spawn_blocking(append).await {
-        Ok(Ok(true)) => {
+      match store_call(self.store.clone(), Wait::Blocking, append).await {
+        Ok(true) => {
           self.pending.clear();
           return Ok(());
         }
-        Ok(Ok(false)) => {
+        Ok(false) => {
           self.pending.clear();
           self.clock.lose();
           return Err("the task lost the session's lease; its transcript lines were refused".into());
         }
-        Ok(Err(e)) => last = e.message,
-        Err(e) => last = e.to_string(),
+        Err(e) => last = e.message,
       }
       if self.clock.is_lost() {
         self.pending.clear();
@@ -310,7 +311,7 @@ impl TaskMirror {
       // the CLI also writes lines it does not mirror in the middle of the file (state it
       // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
       let mut stored: HashMap<String, usize> = HashMap::new();
-      for e in st.load_transcript(&sid, after)?.into_iter().filter(|e| e.subpath.is_empty()) {
+      for e in st.shared_transcripts()?.load_transcript(&sid, after)?.into_iter().filter(|e| e.subpath.is_empty()) {
         *stored.entry(e.line).or_default() += 1;
       }
       let mut missing = vec![];
@@ -367,6 +368,7 @@ pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &TenantFile) {
 /// link planted below the configuration folder (the session's `projects/<slug>` folder linked to
 /// a host folder) fails the refresh with `TRANSCRIPT_UNSAFE` and nothing is written through it.
 pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, marker: &Path) -> Result<i64> {
+  let store = store.shared_transcripts()?;
   let head = store.transcript_head(session_id)?;
   if head == 0 {
     return Ok(0);
@@ -404,9 +406,7 @@ pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, 
 /// (blocking); `None` otherwise (read the local file). A stored transcript larger than
 /// `opts.max_transcript_bytes` is `TRANSCRIPT_TOO_LARGE`, refused before it is loaded.
 pub(crate) fn stored_history(store: &Store, session_id: &str, opts: &ReadOptions) -> Result<Option<History>> {
-  if !store.shares_transcripts() {
-    return Ok(None);
-  }
+  let Some(store) = store.transcripts() else { return Ok(None) };
   let bytes = store.transcript_bytes(session_id)?;
   if u64::try_from(bytes).unwrap_or(0) > opts.max_transcript_bytes {
     return Err(safe::too_large(&format!("the stored transcript of session {session_id}"), opts.max_transcript_bytes));
@@ -445,7 +445,7 @@ impl Manager {
 pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: TenantFile, marker: PathBuf) {
   if m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok() {
     let _ = tokio::task::spawn_blocking(move || {
-      if let Ok(head) = store.transcript_head(&session_id) {
+      if let Ok(head) = store.shared_transcripts().and_then(|t| t.transcript_head(&session_id)) {
         mark_fresh(&marker, head, &local);
       }
     })
@@ -456,7 +456,8 @@ pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: 
 impl Manager {
   /// A task whose node lost the session's lease: `interrupted` with `LEASE_LOST`, written only if
   /// the lease is still this task's (else the node that took it over already marked the row).
-  pub(crate) async fn finish_lease_lost(&self, session: &Session, task_id: &str, queued: Instant, threshold: f64) -> TaskResult {
+  pub(crate) async fn finish_lease_lost(&self, run: &HeldRun) -> TaskResult {
+    let (session, task_id, queued, threshold) = (&run.session, run.task_id.as_str(), run.queued, run.threshold);
     let msg = "this node lost the session's lease (it could not renew it in time, or another node took the session over): \
       its CLI was stopped and nothing it did afterwards was stored";
     let mut res =
@@ -471,7 +472,7 @@ impl Manager {
       ..Default::default()
     };
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    let _ = self.record(move |s| s.finish_task(&sid, &tid, &end, None)).await;
+    let _ = store_call(self.store.clone(), Wait::Briefly, move |s| s.finish_task(&sid, &tid, &end, None)).await;
     res
   }
 }
@@ -568,7 +569,7 @@ mod pg_tests {
     r.unwrap();
     drop(m);
     let (st, s2) = (store.clone(), sid.clone());
-    let stored = tokio::task::spawn_blocking(move || st.load_transcript(&s2, 0)).await.unwrap().unwrap();
+    let stored = tokio::task::spawn_blocking(move || st.shared_transcripts()?.load_transcript(&s2, 0)).await.unwrap().unwrap();
     let types: Vec<String> =
       stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);

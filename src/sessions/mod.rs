@@ -4,7 +4,8 @@
 //! - `config`: options and their resolution;
 //! - `types`: requests and results;
 //! - `api`: sessions (create, list, fork, delete, the context meter, history);
-//! - `tasks`: running a task or a compaction (queue, lease, concurrency slot, the CLI);
+//! - `tasks`: a task or a compaction asked for (the request, the session to run in);
+//! - `run`: one run of the CLI on a held session (queue, slot, lease, cold or warm CLI, settle);
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure.
 
 mod api;
@@ -14,6 +15,7 @@ mod finish;
 mod inbox;
 mod mirror;
 mod permissions;
+mod run;
 mod slot;
 mod tasks;
 mod types;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::cli::{self, CancelToken, CliArgs};
+use crate::cli::{self, CancelToken};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
@@ -38,34 +40,6 @@ pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, S
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
-
-/// How `run_locked` runs one CLI process.
-pub(crate) struct RunOptions {
-  /// `task` or `compact`, as the task row records it.
-  kind: &'static str,
-  /// The CLI's flags; how it picks the session up is decided once the session is held.
-  cli: CliArgs,
-  include_partials: bool,
-  threshold: f64,
-  /// The compaction trigger to record instead of the CLI's own label.
-  trigger: Option<&'static str>,
-  /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
-  queue_timeout: Option<Duration>,
-  /// The task's permission callback (`canUseTool`).
-  can_use_tool: Option<cli::CanUseTool>,
-}
-
-/// A task handle aborted when dropped (the lease renewal: it must never outlive its task).
-pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-  fn drop(&mut self) {
-    self.0.abort();
-  }
-}
-
-/// Work left after a task settled: the CLI's exit, then freeing what the task held.
-pub(crate) type Tail = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Receives every event of a task as it arrives.
 pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
@@ -142,12 +116,32 @@ pub struct SandboxDetails {
   pub memory_limit: &'static str,
 }
 
-/// A store call where no manager is at hand (a warm CLI's bookkeeping, the inbox reader): run
-/// right here when it needs no waiting (see [`Store::now`] and [`Manager::point`]), else on the
-/// blocking pool.
-pub(crate) async fn on_store<T: Send + 'static>(store: Arc<Store>, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-  if let Some(r) = store.now(&f) {
-    return r;
+/// How long a store call may keep its caller waiting. Every store call of the manager goes
+/// through [`store_call`] (or [`Manager::store_call`]) with one of these; the third policy, never
+/// waiting, is [`Store::now`] itself: synchronous, for the JavaScript thread, answered right there
+/// or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+  /// A point read or small write (by primary key, a few rows): run right here, on the tokio
+  /// worker, when it can go through without waiting (see [`Store::now`]), because it takes tens
+  /// of microseconds, less than a hop to the blocking pool and back; else on the blocking pool.
+  /// (Not `block_in_place`: that can turn this worker into a pool thread that exits when idle,
+  /// and a CLI spawned from a thread gets its parent-death signal when that thread exits.)
+  Briefly,
+  /// A call that may wait (a scan, a lock, a network round trip): on the blocking pool.
+  Blocking,
+}
+
+/// Calls the store with the waiting policy `wait`.
+pub(crate) async fn store_call<T: Send + 'static>(
+  store: Arc<Store>,
+  wait: Wait,
+  f: impl Fn(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+  if wait == Wait::Briefly {
+    if let Some(r) = store.now(&f) {
+      return r;
+    }
   }
   tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
 }
@@ -363,32 +357,19 @@ impl Manager {
     TaskRegistration { tasks: self.tasks.clone(), id }
   }
 
-  /// A write that completes a task (its row, totals, lease): done even once `close()` was
-  /// called, since that is what `close()` waits for.
-  pub(crate) async fn record<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    on_store(self.store.clone(), f).await
+  /// A store call while the manager is open, with the waiting policy `wait` (a write that
+  /// completes a task, which `close()` waits for, calls [`store_call`] itself: it is made even
+  /// once the manager is closed).
+  pub(crate) async fn store_call<T: Send + 'static>(&self, wait: Wait, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    self.check_open()?;
+    store_call(self.store.clone(), wait, f).await
   }
 
-  /// Runs blocking work (a store call that may wait, reading a transcript) on the blocking pool.
+  /// Runs blocking work that is not a store call (an estimate, reading a transcript) on the
+  /// blocking pool.
   pub(crate) async fn blocking<T: Send + 'static>(&self, what: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     self.check_open()?;
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("{what} failed: {e}")))?
-  }
-
-  /// Runs a store call on the blocking pool.
-  pub(crate) async fn db<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    let store = self.store.clone();
-    self.blocking("store worker", move || f(&store)).await
-  }
-
-  /// A point read or small write (by primary key, a few rows): run right here, on the tokio
-  /// worker, when it can go through without waiting (see [`Store::now`]), because it takes tens
-  /// of microseconds, less than a hop to the blocking pool and back; else as [`Self::db`]. (Not
-  /// `block_in_place`: that can turn this worker into a pool thread that exits when idle, and a
-  /// CLI spawned from a thread gets its parent-death signal when that thread exits.)
-  pub(crate) async fn point<T: Send + 'static>(&self, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
-    self.check_open()?;
-    on_store(self.store.clone(), f).await
   }
 
   /// Resolves a requested working directory (or the manager's) inside the allowed roots, and

@@ -20,8 +20,8 @@ struct State {
 }
 
 impl TaskSlot {
-  pub(crate) fn new(slots: Arc<Semaphore>, permit: OwnedSemaphorePermit) -> TaskSlot {
-    TaskSlot { slots, state: Mutex::new(State { permit: Some(permit), waiting: 0 }) }
+  pub(crate) fn new(slots: Arc<Semaphore>, permit: Option<OwnedSemaphorePermit>) -> TaskSlot {
+    TaskSlot { slots, state: Mutex::new(State { permit, waiting: 0 }) }
   }
 
   /// A permission request starts waiting: the first one gives the slot back.
@@ -52,7 +52,7 @@ mod tests {
   #[tokio::test]
   async fn a_paused_slot_is_free_for_others_and_taken_back_on_resume() {
     let sem = Arc::new(Semaphore::new(1));
-    let slot = Arc::new(TaskSlot::new(sem.clone(), sem.clone().try_acquire_owned().unwrap()));
+    let slot = Arc::new(TaskSlot::new(sem.clone(), Some(sem.clone().try_acquire_owned().unwrap())));
     assert!(sem.clone().try_acquire_owned().is_err(), "held while running");
     slot.pause().await;
     slot.pause().await;

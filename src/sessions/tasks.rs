@@ -1,21 +1,17 @@
-//! Running a task or a compaction: validation, the session to run in, the in-process queue, the
-//! cross-process lease, a concurrency slot, and the CLI itself.
+//! A task or a compaction asked for: the request checked, the session to run in (new, resumed or
+//! forked), an automatic compaction first when the context is nearly full; then the run itself
+//! (`run/`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
-
-use super::mirror::{finish_mirror, LeaseClock, TaskMirror};
-use super::{
-  validate_user_project, AbortOnDrop, EventSink, Manager, RunOptions, Tail, TaskError, TaskRequest, TaskResult, PERMISSION_MODES,
-};
-use crate::cli::stream::{Kind, Line};
-use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, SessionMode};
+use super::run::RunOptions;
+use super::{validate_user_project, EventSink, Manager, TaskRequest, TaskResult, Wait, PERMISSION_MODES};
+use crate::cli::{self, CancelToken, CliArgs, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Begin, Session, TaskStart};
+use crate::store::Session;
 use crate::validate;
 
 impl Manager {
@@ -134,7 +130,7 @@ impl Manager {
     }
     if let Some(parent) = &session.parent_id {
       let (pid, user) = (parent.clone(), session.user_id.clone());
-      if let Some(p) = self.point(move |s| s.get_session(&pid, &user)).await? {
+      if let Some(p) = self.store_call(Wait::Briefly, move |s| s.get_session(&pid, &user)).await? {
         if p.materialized {
           return Ok(SessionMode::Fork { parent: p.id, child: session.id.clone() });
         }
@@ -195,7 +191,7 @@ impl Manager {
       (None, _) => {
         let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
-        (self.point(move |s| s.create_session(&new)).await?, None)
+        (self.store_call(Wait::Briefly, move |s| s.create_session(&new)).await?, None)
       }
       (Some(id), fork) => {
         let s = self.get_session(id, &r.user_id).await?;
@@ -255,340 +251,6 @@ impl Manager {
       mirror: None,
       confine: None,
     })
-  }
-
-  /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
-  /// runs the CLI and records the end.
-  pub(crate) async fn run_locked(
-    &self,
-    session: &Session,
-    mut spec: RunSpec,
-    sink: Option<EventSink>,
-    cancel: CancelToken,
-    o: RunOptions,
-  ) -> Result<TaskResult> {
-    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout, can_use_tool } = o;
-    let queue_timeout = queue_timeout.unwrap_or(self.cfg.queue_timeout);
-    let queued = Instant::now();
-    let busy = || {
-      Error::new(ErrorCode::SessionBusy, format!("session {} is running another task; waited {} ms", session.id, queue_timeout.as_millis()))
-    };
-    let task_id = uuid::Uuid::new_v4().to_string();
-    // The in-process queue, in arrival order (the lock future is kept, so its place in line too).
-    // Time behind a CLI that is exiting after its task settled does not count against
-    // `queueTimeoutMs` (the caller sees no task running then).
-    let queued_for_lock = Instant::now();
-    let lock = self.session_lock(&session.id);
-    let mut acquire = std::pin::pin!(lock.lock_owned());
-    // The first poll takes the task's place in line; only then is the caller told it is queued,
-    // so that a request sent on seeing `task_queued` always queues behind this one (the event
-    // reaches JavaScript on its own thread, while this worker may not have polled yet).
-    let mut first = Some(std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(acquire.as_mut(), cx))).await);
-    if let Some(s) = &sink {
-      s(json!({ "type": "task_queued", "sessionId": session.id }));
-    }
-    let mut deadline = tokio::time::Instant::now() + queue_timeout;
-    let guard = loop {
-      if let Some(std::task::Poll::Ready(g)) = first.take() {
-        break g;
-      }
-      tokio::select! {
-        g = &mut acquire => break g,
-        _ = tokio::time::sleep_until(deadline) => {
-          if self.finishing.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&session.id) {
-            deadline = tokio::time::Instant::now() + Duration::from_millis(20);
-          } else {
-            return Err(busy());
-          }
-        }
-        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, queued, threshold),
-      }
-    };
-    // A concurrency slot, within what is left of the queue timeout; no task row exists yet, so a
-    // task waiting here is not `running` and does not hold the session against deletion.
-    let permit = match self.slots.clone().try_acquire_owned() {
-      Ok(p) => p,
-      Err(_) => {
-        let left = queue_timeout.saturating_sub(queued.elapsed());
-        tokio::select! {
-          p = tokio::time::timeout(left, self.slots.clone().acquire_owned()) => match p {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(Error::new(ErrorCode::Closed, "the manager was closed")),
-            Err(_) => return Err(Error::new(
-              ErrorCode::SessionBusy,
-              format!(
-                "no free task slot (maxConcurrentTasks {} in this process) within {} ms",
-                self.cfg.max_concurrent_tasks,
-                queue_timeout.as_millis()
-              ),
-            )),
-          },
-          _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, queued, threshold),
-        }
-      }
-    };
-    let model = cli.model.clone().unwrap_or_else(|| session.model.clone());
-    // Once the lease is ours, the session is read again (in the same trip to the store): a task
-    // that ran while this one waited (in this process or another) may have created its
-    // transcript or moved its cost watermark.
-    // Time spent behind another process's exiting CLI does not count, as above.
-    let mut excused = Duration::ZERO;
-    let mut last = Instant::now();
-    let mut taken_at;
-    let fresh = loop {
-      if cancel.is_cancelled() {
-        return self.aborted_in_queue(session, &task_id, queued, threshold);
-      }
-      taken_at = Instant::now();
-      let (sid, uid, tid, m, owner, ttl, max_running) = (
-        session.id.clone(),
-        session.user_id.clone(),
-        task_id.clone(),
-        model.clone(),
-        self.owner.clone(),
-        self.cfg.lease_ttl,
-        self.cfg.max_concurrent_tasks_total,
-      );
-      let began = self
-        .point(move |s| {
-          let start = TaskStart { task_id: &tid, kind, model: &m, owner: &owner, ttl, max_running };
-          Ok(match s.begin_task(&sid, &start)? {
-            Begin::Started => Ok(s.get_session(&sid, &uid).ok().flatten()),
-            Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid)?)),
-            // Every place of `maxConcurrentTasksTotal` is taken, in this process or another.
-            Begin::Full => Err(None),
-          })
-        })
-        .await?;
-      let exiting_elsewhere = match began {
-        Ok(fresh) => break fresh,
-        Err(exiting) => exiting,
-      };
-      let now = Instant::now();
-      if exiting_elsewhere == Some(true) {
-        excused += now - last;
-      }
-      last = now;
-      if queued_for_lock.elapsed().saturating_sub(excused) >= queue_timeout {
-        return Err(match exiting_elsewhere {
-          Some(_) => busy(),
-          None => Error::new(
-            ErrorCode::SessionBusy,
-            format!(
-              "no free task slot (maxConcurrentTasksTotal {} across the processes sharing the database) within {} ms",
-              max_running.unwrap_or_default(),
-              queue_timeout.as_millis()
-            ),
-          ),
-        });
-      }
-      tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        _ = cancel.cancelled() => return self.aborted_in_queue(session, &task_id, queued, threshold),
-      }
-    };
-    let session = &fresh.unwrap_or_else(|| session.clone());
-    let mode = self.session_mode(session).await;
-    self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.clone(), cancel.clone());
-    // The lease is the task's until the start of its last renewal plus the TTL (minus a margin);
-    // past that, or once a renewal is refused, the CLI is stopped (see `LeaseClock`).
-    let clock = LeaseClock::new(taken_at, self.cfg.lease_ttl, cancel.clone());
-    let renew = AbortOnDrop(tokio::spawn(clock.clone().renew_loop(self.store.clone(), session.id.clone(), task_id.clone())));
-    // One CLI per session: an idle warm one kept by another manager goes first.
-    let mode = match mode {
-      Ok(m) => self.others_gone(&session.id, &cancel).await.map(|()| m),
-      Err(e) => Err(e),
-    };
-    // PostgreSQL: this node's copy of the conversation made the store's, and the CLI's transcript
-    // mirrored into the store while it runs.
-    let mut task_mirror = None;
-    let mode = match mode {
-      Ok(m) if self.store.shares_transcripts() => match self.start_mirror(session, &task_id, &m, &clock).await {
-        Ok(tm) => {
-          spec.mirror = Some(tm.tx.clone());
-          task_mirror = Some(tm);
-          Ok(m)
-        }
-        Err(e) => Err(e),
-      },
-      other => other,
-    };
-    // What the key proxy meters for the task's model calls.
-    let meter = self.task_meter(session, &task_id);
-    let outcome = match mode {
-      Ok(mode) if self.runs_warm(kind, can_use_tool.is_some(), cli.max_budget_usd.is_some()) => {
-        cli.session = Some(mode);
-        let slot = Arc::new(super::slot::TaskSlot::new(self.slots.clone(), permit));
-        let can_use_tool =
-          can_use_tool.map(|h| self.answerable(h, &session.id, &session.working_directory, &task_id, Arc::downgrade(&slot)));
-        self
-          .run_warm(slot, session, &task_id, &cli, spec, sink, &cancel, include_partials, can_use_tool, meter.clone())
-          .await
-          .map(|o| (o, None))
-      }
-      Ok(mode) => {
-        // One CLI per session: a warm one left from an earlier task goes first.
-        self.drop_warm(&session.id).await;
-        cli.session = Some(mode);
-        spec.args = cli::build_args(&cli);
-        if spec.mirror.is_some() && super::mirror::mirror_supported(spec.cli_program()).await {
-          spec.args.push(cli::mirror::FLAG.into());
-        }
-        match self.secure(&mut spec).await {
-          // The key proxy's token for this CLI lives until its result is in; its model calls are metered and
-          // charged to the task.
-          Ok(token) => {
-            if let Some(t) = &token {
-              t.attach(Some(meter.clone()));
-            }
-            let out = self.run_cli(permit, &session.id, &task_id, spec, sink, &cancel, include_partials).await;
-            drop(token);
-            out.map(|(mut o, tail)| {
-              o.metered = Some(meter.snapshot());
-              (o, tail)
-            })
-          }
-          Err(e) => Err(e),
-        }
-      }
-      Err(e) => Err(e),
-    };
-    let (mut outcome, tail) = match outcome {
-      Ok((out, tail)) => (Ok(out), tail),
-      Err(e) => (Err(e), None),
-    };
-    // The turn is in the store before the caller sees the result (or the task says why not).
-    if let (Some(m), Ok(_)) = (&task_mirror, &outcome) {
-      if let Err(why) = m.flush().await {
-        if !clock.is_lost() {
-          outcome = Err(Error::store(why));
-        }
-      }
-    }
-    let local = task_mirror.as_ref().and_then(|m| m.local.clone());
-    let marker = self.marker_path(&session.id);
-    if clock.is_lost() {
-      // The CLI is being stopped (the clock cancelled the run); nothing more is written for it.
-      if let Some(tail) = tail {
-        tail.await;
-      }
-      drop(task_mirror);
-      drop(renew);
-      self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
-      return Ok(self.finish_lease_lost(session, &task_id, queued, threshold).await);
-    }
-    let Some(tail) = tail else {
-      if let (Some(m), Some(local)) = (task_mirror, local) {
-        finish_mirror(m, self.store.clone(), session.id.clone(), local, marker).await;
-      }
-      if clock.is_lost() {
-        drop(renew);
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
-        return Ok(self.finish_lease_lost(session, &task_id, queued, threshold).await);
-      }
-      drop(renew);
-      self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_id);
-      return self.finish(session, &task_id, outcome, queued, threshold, trigger, false).await;
-    };
-    // The task settles at the CLI's result line. The session stays held (the in-process queue,
-    // the lease and its renewal, the concurrency slot) until the CLI has exited, so the next task
-    // on it starts only after this CLI is gone; `close()` waits for that too.
-    let res = self.finish(session, &task_id, outcome, queued, threshold, trigger, true).await;
-    // If the end could not be recorded, the row is still `running`: leave the lease to expire,
-    // and the next task marks it `interrupted` (as after a crash).
-    let recorded = res.is_ok();
-    let (exiting_tx, exiting_rx) = tokio::sync::watch::channel(());
-    self.finishing.lock().unwrap_or_else(|p| p.into_inner()).insert(session.id.clone(), exiting_rx);
-    let (store, running, finishing, sid, tid) =
-      (self.store.clone(), self.running.clone(), self.finishing.clone(), session.id.clone(), task_id.clone());
-    let mirror_store = self.store.clone();
-    tokio::spawn(async move {
-      tail.await;
-      if let (Some(m), Some(local)) = (task_mirror, local) {
-        finish_mirror(m, mirror_store, sid.clone(), local, marker).await;
-      }
-      drop(renew);
-      if recorded {
-        let (sid2, tid2) = (sid.clone(), tid.clone());
-        let _ = tokio::task::spawn_blocking(move || store.release_lease(&sid2, &tid2)).await;
-      }
-      running.lock().unwrap_or_else(|p| p.into_inner()).remove(&tid);
-      finishing.lock().unwrap_or_else(|p| p.into_inner()).remove(&sid);
-      drop(guard);
-      drop(exiting_tx);
-    });
-    res
-  }
-
-  /// PostgreSQL, once the lease is the task's: this node's copy of the transcript the CLI will
-  /// read refreshed from the store, and the writer that mirrors the CLI's lines into it.
-  async fn start_mirror(&self, session: &Session, task_id: &str, mode: &SessionMode, clock: &LeaseClock) -> Result<TaskMirror> {
-    // A warm process that may take the task wrote this node's copy itself, and reads only its own.
-    if !self.warm.fresh_for(&session.id, session.task_count) {
-      self.refresh_for(session, mode).await?;
-    }
-    let sid = session.id.clone();
-    let head = self.db(move |s| s.transcript_head(&sid)).await?;
-    // The local copy as the CLI will find it (just refreshed from the store when it was behind).
-    let local = self.transcript_of(session).ok().flatten();
-    let mut m = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);
-    m.max_bytes = self.cfg.max_transcript_bytes;
-    Ok(m)
-  }
-
-  /// A task aborted before it got its session: one `aborted` row, and a result saying so.
-  /// A task aborted before it got its session or a slot: no task row (it never started), and a
-  /// result saying so.
-  pub(crate) fn aborted_in_queue(&self, session: &Session, task_id: &str, queued: Instant, threshold: f64) -> Result<TaskResult> {
-    let msg = "the task was aborted while it waited for its session";
-    let mut res =
-      TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
-    res.duration_total_ms = queued.elapsed().as_millis() as u64;
-    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
-    Ok(res)
-  }
-
-  #[allow(clippy::too_many_arguments, reason = "the parts of one run, passed once; no other caller")]
-  pub(crate) async fn run_cli(
-    &self,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    session_id: &str,
-    task_id: &str,
-    spec: RunSpec,
-    sink: Option<EventSink>,
-    cancel: &CancelToken,
-    include_partials: bool,
-  ) -> Result<(RunOutcome, Option<Tail>)> {
-    if let Some(s) = &sink {
-      s(json!({ "type": "task_started", "sessionId": session_id, "taskId": task_id }));
-    }
-    let forward = |line: &Line| {
-      if let Some(s) = &sink {
-        if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
-          s(line.raw.clone());
-        }
-      }
-    };
-    let (out, tail) = cli::run_until_result(&spec, cancel, forward, true).await?;
-    // A CLI that was killed leaves its per-process files; one that exited removed them.
-    let leftovers = per_process_files(&spec, out.pid);
-    let remove = move || {
-      for f in leftovers {
-        let _ = std::fs::remove_file(f);
-      }
-    };
-    let Some(tail) = tail else {
-      // Already gone: stopped (abort, timeout, stall) or ended without a result.
-      remove();
-      return Ok((out, None));
-    };
-    // The slot is the CLI's: it is freed when the CLI has exited.
-    let tail: Tail = Box::pin(async move {
-      tail.finish().await;
-      remove();
-      drop(permit);
-    });
-    Ok((out, Some(tail)))
   }
 
   /// Compacts a session through the CLI's `/compact`.
@@ -657,29 +319,4 @@ impl Manager {
     }
     Ok(res)
   }
-}
-
-/// Removes what [`per_process_files`] names (after the CLI was killed).
-pub(crate) fn remove_per_process_files(spec: &RunSpec, pid: Option<u32>) {
-  for f in per_process_files(spec, pid) {
-    let _ = std::fs::remove_file(f);
-  }
-}
-
-/// The files a CLI keeps while it runs, named by its pid: its session file and key under the
-/// configuration folder, and its messaging socket. Inside the sandbox they are on tmpfs mounts
-/// that vanish with it, so there is nothing to remove.
-fn per_process_files(spec: &RunSpec, pid: Option<u32>) -> Vec<PathBuf> {
-  let (Some(pid), false) = (pid, spec.args.iter().any(|a| a == "--die-with-parent")) else {
-    return vec![];
-  };
-  let var = |k: &str| spec.env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| PathBuf::from(v));
-  let mut files = vec![];
-  if let Some(config) = var("CLAUDE_CONFIG_DIR") {
-    files.push(config.join("sessions").join(format!("{pid}.json")));
-    files.push(config.join("sessions").join(format!("{pid}.key")));
-  }
-  let tmp = var("TMPDIR").unwrap_or_else(|| PathBuf::from("/tmp"));
-  files.push(tmp.join("cc-socks").join(format!("{pid}.sock")));
-  files
 }

@@ -26,12 +26,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::mirror::{mirror_supported, TaskMirror};
-use super::{on_store, EventSink, Manager};
+use super::run::Job;
+use super::slot::TaskSlot;
+use super::{store_call, EventSink, Manager, Wait};
+use crate::cli::mirror::MirrorTx;
 use crate::cli::stream::{Kind, Line};
-use crate::cli::{self, CanUseTool, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
+use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Session, Store};
+use crate::store::Store;
 
 /// How long a closing warm process gets between stdin EOF and SIGTERM.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -71,14 +74,14 @@ impl Home {
   /// node), read from the store; a store that cannot be read counts as yes.
   async fn stale(&self, seen_tasks: u64) -> bool {
     let (sid, uid) = (self.session_id.clone(), self.user_id.clone());
-    !matches!(on_store(self.store.clone(), move |st| st.get_session(&sid, &uid)).await, Ok(Some(s)) if s.task_count == seen_tasks)
+    !matches!(store_call(self.store.clone(), Wait::Briefly, move |st| st.get_session(&sid, &uid)).await, Ok(Some(s)) if s.task_count == seen_tasks)
   }
 
   /// The store no longer counts this manager as keeping a CLI of the session.
   async fn release(&self) {
     let (sid, owner) = (self.session_id.clone(), self.owner_id.clone());
     // A hold that cannot be deleted expires (it is renewed only while this CLI lives).
-    let _ = on_store(self.store.clone(), move |st| st.warm_release(&sid, &owner)).await;
+    let _ = store_call(self.store.clone(), Wait::Briefly, move |st| st.warm_release(&sid, &owner)).await;
   }
 
   /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
@@ -87,7 +90,7 @@ impl Home {
       return None;
     }
     let sid = self.session_id.clone();
-    let head = on_store(self.store.clone(), move |st| st.transcript_head(&sid)).await.ok()?;
+    let head = store_call(self.store.clone(), Wait::Briefly, move |st| st.shared_transcripts()?.transcript_head(&sid)).await.ok()?;
     Some(TaskMirror::after_end(self.store.clone(), &self.session_id, &self.last_task, head))
   }
 }
@@ -160,7 +163,7 @@ impl WarmPool {
       killed
     };
     if killed {
-      super::tasks::remove_per_process_files(&spec, pid);
+      super::run::remove_per_process_files(&spec, pid);
     }
     drop(token);
     if let Some(h) = &home {
@@ -248,12 +251,12 @@ impl WarmPool {
       }
       if renewed.elapsed() >= ttl / 3 {
         let owner = owner_id.clone();
-        if on_store(store.clone(), move |st| st.warm_renew(&owner, ttl)).await.is_ok() {
+        if store_call(store.clone(), Wait::Briefly, move |st| st.warm_renew(&owner, ttl)).await.is_ok() {
           renewed = Instant::now();
         }
       }
       let owner = owner_id.clone();
-      let Ok(wanted) = on_store(store.clone(), move |st| st.warm_wanted(&owner)).await else { continue };
+      let Ok(wanted) = store_call(store.clone(), Wait::Briefly, move |st| st.warm_wanted(&owner)).await else { continue };
       for sid in wanted {
         match pool.take(&sid) {
           // Stale: a task elsewhere holds the session's lease now.
@@ -261,7 +264,7 @@ impl WarmPool {
           None if !lock(&pool.running).contains_key(&sid) && !lock(&pool.closing).iter().any(|(s, _)| *s == sid) => {
             // No CLI of the session here any more: the hold was left behind.
             let owner = owner_id.clone();
-            let _ = on_store(store.clone(), move |st| st.warm_release(&sid, &owner)).await;
+            let _ = store_call(store.clone(), Wait::Briefly, move |st| st.warm_release(&sid, &owner)).await;
           }
           None => {}
         }
@@ -362,7 +365,7 @@ impl Manager {
     let deadline = Instant::now() + self.cfg.lease_ttl * 2;
     loop {
       let (sid, me) = (session_id.to_owned(), self.owner.id.clone());
-      let left = on_store(self.store.clone(), move |st| st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid))).await?;
+      let left = store_call(self.store.clone(), Wait::Briefly, move |st| st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid))).await?;
       if left == 0 {
         return Ok(());
       }
@@ -418,34 +421,34 @@ impl Manager {
   }
 
   /// Runs a task's prompt in the session's warm process, or in a new one started for it (which
-  /// is then kept, within `warmIdleMs` and `maxWarmSessions`). `session` is the row read with the
-  /// lease.
-  #[allow(clippy::too_many_arguments, reason = "the parts of one run, passed once by run_locked")]
-  pub(crate) async fn run_warm(
-    &self,
-    permit: Arc<super::slot::TaskSlot>,
-    session: &Session,
-    task_id: &str,
-    cli: &CliArgs,
-    mut spec: RunSpec,
-    sink: Option<EventSink>,
-    cancel: &CancelToken,
-    include_partials: bool,
-    can_use_tool: Option<CanUseTool>,
-    meter: Arc<cli::TaskMeter>,
-  ) -> Result<RunOutcome> {
+  /// is then kept, within `warmIdleMs` and `maxWarmSessions`). `job.session` is the row read with
+  /// the lease; `slot` is the task's concurrency slot, given back when the turn is over.
+  pub(crate) async fn run_warm(&self, slot: Arc<TaskSlot>, mut job: Job<'_>) -> Result<RunOutcome> {
     // PostgreSQL: the turn's transcript is mirrored into the store as the CLI writes it; a CLI
     // without `--session-mirror` is not kept (its file is stored when it exits).
     // The turn's mirror: given to the turn only (a process kept with it would keep the task's
     // writer open past the task).
-    let mirror = spec.mirror.take();
-    let mirrored = mirror.is_some() && mirror_supported(spec.cli_program()).await;
-    let key = fingerprint(cli, &spec, can_use_tool.is_some());
-    let stamp = config_stamp(&spec);
-    let mut warm = None;
+    let mirror = job.spec.mirror.take();
+    let mirrored = mirror.is_some() && mirror_supported(job.spec.cli_program()).await;
+    let mut warm = self.warm_for(&mut job, mirrored).await?;
+    let mut out = self.warm_turn(&mut warm, &mut job, mirror.clone()).await;
+    enforce_budget(&mut out, job.cli.max_budget_usd, job.session.cli_cost_watermark);
+    // A budget is enforced by the CLI itself, counted from the process's start: not kept.
+    let keep = (mirror.is_none() || mirrored) && job.cli.max_budget_usd.is_none();
+    self.keep_or_retire(warm, &job, mirrored, keep).await;
+    drop(slot);
+    Ok(out)
+  }
+
+  /// The session's idle warm process when it fits the task and no task ran on the session since
+  /// its last one, else a new one (the old one retired first: one CLI per session).
+  async fn warm_for(&self, job: &mut Job<'_>, mirrored: bool) -> Result<Warm> {
+    let session = job.session;
+    let key = fingerprint(&job.cli, &job.spec, job.can_use_tool.is_some());
+    let stamp = config_stamp(&job.spec);
     // A budget is enforced by the CLI itself (`--max-budget-usd`), counted from the process's
     // start: such a task gets a fresh process, not kept after it.
-    let budget = cli.max_budget_usd;
+    let budget = job.cli.max_budget_usd;
     if budget.is_some() {
       self.drop_warm(&session.id).await;
     }
@@ -453,37 +456,38 @@ impl Manager {
       let fits = w.key == key && w.stamp == stamp && w.proc.alive();
       let fresh = w.seen_tasks == session.task_count;
       if fits && fresh {
-        warm = Some(w);
-      } else {
-        WarmPool::retire(w, !fresh).await;
+        return Ok(w);
       }
+      WarmPool::retire(w, !fresh).await;
     }
-    let mut warm = match warm {
-      Some(w) => w,
-      None => {
-        // One CLI per session: one closed after its idle time or evicted is gone first.
-        self.warm.closed_for(&session.id).await;
-        spec.args = cli::warm_args(cli, can_use_tool.is_some());
-        if let Some(b) = budget {
-          spec.args.push(format!("--max-budget-usd={b}"));
-        }
-        if mirrored {
-          spec.args.push(cli::mirror::FLAG.into());
-        }
-        let token = self.secure(&mut spec).await?;
-        if let Some(t) = &token {
-          t.attach(Some(meter.clone()));
-        }
-        let proc = WarmProcess::start(spec.clone())?;
-        Warm { proc, key, seen_tasks: 0, stamp, token, home: None }
-      }
-    };
+    // One CLI per session: one closed after its idle time or evicted is gone first.
+    self.warm.closed_for(&session.id).await;
+    let spec = &mut job.spec;
+    spec.args = cli::warm_args(&job.cli, job.can_use_tool.is_some());
+    if let Some(b) = budget {
+      spec.args.push(format!("--max-budget-usd={b}"));
+    }
+    if mirrored {
+      spec.args.push(cli::mirror::FLAG.into());
+    }
+    let token = self.secure(spec).await?;
+    if let Some(t) = &token {
+      t.attach(Some(job.meter.clone()));
+    }
+    let proc = WarmProcess::start(spec.clone())?;
+    Ok(Warm { proc, key, seen_tasks: 0, stamp, token, home: None })
+  }
+
+  /// One turn of the task on the process: its inbox read, its events forwarded, the key proxy's
+  /// token live only while it runs.
+  async fn warm_turn(&self, warm: &mut Warm, job: &mut Job<'_>, mirror: Option<MirrorTx>) -> RunOutcome {
+    let (session, sink, include_partials) = (job.session, job.sink.clone(), job.include_partials);
     self.warm.in_use.fetch_add(1, Ordering::SeqCst);
     lock(&self.warm.running).insert(session.id.clone(), warm.proc.handle());
     // Answers and messages given through other managers reach the task while it runs.
-    let inbox = self.watch_inbox(&session.id, task_id, warm.proc.handle());
+    let inbox = self.watch_inbox(&session.id, job.task_id, warm.proc.handle());
     if let Some(s) = &sink {
-      s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
+      s(json!({ "type": "task_started", "sessionId": session.id, "taskId": job.task_id }));
     }
     // What the CLI did by itself since the last task (a background job's notification turn).
     background_activity(&warm.proc, &session.id, &sink);
@@ -495,69 +499,68 @@ impl Manager {
       }
     };
     let opts = TurnOptions {
-      timeout: spec.timeout,
-      stall_timeout: spec.stall_timeout,
-      can_use_tool: can_use_tool.map(|h| (h, self.cfg.permission_timeout)),
+      timeout: job.spec.timeout,
+      stall_timeout: job.spec.stall_timeout,
+      can_use_tool: job.can_use_tool.take().map(|h| (h, self.cfg.permission_timeout)),
       interrupt_grace: INTERRUPT_GRACE,
-      mirror: mirror.clone(),
+      mirror,
     };
     // The key proxy's token answers only while a task runs on the process: live again just
     // before the prompt is written, suspended as soon as the turn settles (what the agent left
     // running in the background cannot call the model between tasks).
     if let Some(t) = &warm.token {
-      t.attach(Some(meter.clone()));
+      t.attach(Some(job.meter.clone()));
       t.set_live(true);
     }
-    let mut out = warm.proc.turn(&spec.stdin, opts, cancel, forward).await;
+    let mut out = warm.proc.turn(&job.spec.stdin, opts, job.cancel, forward).await;
     if let Some(t) = &warm.token {
       t.set_live(false);
       t.attach(None);
     }
-    out.metered = warm.token.as_ref().map(|_| meter.snapshot());
+    out.metered = warm.token.as_ref().map(|_| job.meter.snapshot());
     background_activity(&warm.proc, &session.id, &sink);
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);
     drop(inbox);
-    enforce_budget(&mut out, cli.max_budget_usd, session.cli_cost_watermark);
-    let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst));
-    let keep = keep.filter(|_| (mirror.is_none() || mirrored) && budget.is_none());
+    out
+  }
+
+  /// After the turn: the process kept for the session's next task (`warmIdleMs`), or retired.
+  async fn keep_or_retire(&self, mut warm: Warm, job: &Job<'_>, mirrored: bool, may_keep: bool) {
+    let session = job.session;
+    let keep = self.warm_idle().filter(|_| warm.proc.alive() && !self.closed.load(Ordering::SeqCst) && may_keep);
     // Other managers sharing the database must learn that this one keeps a CLI of the session
     // (it is written once, while this task still holds the lease); a CLI that cannot be recorded
     // so is not kept.
     let keep = match keep {
       Some(idle_for) if warm.home.is_none() => {
         let (sid, owner, ttl) = (session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
-        let held = on_store(self.store.clone(), move |st| st.warm_hold(&sid, &owner, ttl)).await.is_ok();
+        let held = store_call(self.store.clone(), Wait::Briefly, move |st| st.warm_hold(&sid, &owner, ttl)).await.is_ok();
         held.then_some(idle_for)
       }
       other => other,
     };
-    match keep {
-      Some(idle_for) => {
-        warm.seen_tasks = session.task_count + 1;
-        warm.home = Some(Home {
-          store: self.store.clone(),
-          session_id: session.id.clone(),
-          user_id: session.user_id.clone(),
-          last_task: task_id.to_owned(),
-          mirrored,
-          owner_id: self.owner.id.clone(),
-        });
-        if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
-          WarmPool::retire(w, false).await;
-        }
-        if !self.warm.watching.swap(true, Ordering::SeqCst) {
-          let owner = self.owner.id.clone();
-          tokio::spawn(WarmPool::watch(Arc::downgrade(&self.warm), self.store.clone(), owner, self.cfg.lease_ttl));
-        }
-      }
-      None => {
-        let dead = !warm.proc.alive();
-        WarmPool::retire(warm, dead).await;
-      }
+    let Some(idle_for) = keep else {
+      let dead = !warm.proc.alive();
+      WarmPool::retire(warm, dead).await;
+      return;
+    };
+    warm.seen_tasks = session.task_count + 1;
+    warm.home = Some(Home {
+      store: self.store.clone(),
+      session_id: session.id.clone(),
+      user_id: session.user_id.clone(),
+      last_task: job.task_id.to_owned(),
+      mirrored,
+      owner_id: self.owner.id.clone(),
+    });
+    if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
+      WarmPool::retire(w, false).await;
     }
-    drop(permit);
-    Ok(out)
+    if !self.warm.watching.swap(true, Ordering::SeqCst) {
+      let owner = self.owner.id.clone();
+      tokio::spawn(WarmPool::watch(Arc::downgrade(&self.warm), self.store.clone(), owner, self.cfg.lease_ttl));
+    }
   }
 }
 

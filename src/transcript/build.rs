@@ -197,24 +197,7 @@ pub(super) fn build_history(lines: &[Value], malformed: usize, opts: &ReadOption
     if blocks.is_empty() {
       continue;
     }
-    let has_results = blocks.iter().any(|b| matches!(b, Block::ToolResult { .. }));
-    let kind = if flag(v, "isCompactSummary") {
-      MessageKind::CompactSummary
-    } else if meta {
-      MessageKind::Meta
-    } else if has_results {
-      MessageKind::ToolResults
-    } else {
-      let first = blocks.iter().find_map(|b| match b {
-        Block::Text { text } => Some(text.trim_start()),
-        _ => None,
-      });
-      match first {
-        Some(t) if COMMAND_PREFIXES.iter().any(|p| t.starts_with(p)) => MessageKind::Command,
-        Some(t) if t.starts_with("<task-notification>") => MessageKind::Notification,
-        _ => MessageKind::Prompt,
-      }
-    };
+    let kind = user_kind(v, meta, &blocks);
     // The results of one API call's tool uses form one user message.
     if kind == MessageKind::ToolResults {
       if let Some(last) = messages.last_mut().filter(|m| m.kind == MessageKind::ToolResults) {
@@ -252,9 +235,38 @@ pub(super) fn build_history(lines: &[Value], malformed: usize, opts: &ReadOption
     });
   }
 
-  // Texts, and the tool names on results.
+  texts_and_tool_names(&mut messages);
+  let live_from = messages.iter().rposition(|m| m.kind == MessageKind::CompactSummary).unwrap_or(0);
+  History { messages, live_from, compactions, malformed_lines: malformed }
+}
+
+/// What a user line is: a compaction summary, meta, tool results, a command, a notification,
+/// or a prompt.
+fn user_kind(v: &Value, meta: bool, blocks: &[Block]) -> MessageKind {
+  if flag(v, "isCompactSummary") {
+    return MessageKind::CompactSummary;
+  }
+  if meta {
+    return MessageKind::Meta;
+  }
+  if blocks.iter().any(|b| matches!(b, Block::ToolResult { .. })) {
+    return MessageKind::ToolResults;
+  }
+  let first = blocks.iter().find_map(|b| match b {
+    Block::Text { text } => Some(text.trim_start()),
+    _ => None,
+  });
+  match first {
+    Some(t) if COMMAND_PREFIXES.iter().any(|p| t.starts_with(p)) => MessageKind::Command,
+    Some(t) if t.starts_with("<task-notification>") => MessageKind::Notification,
+    _ => MessageKind::Prompt,
+  }
+}
+
+/// Each message's text, and the tool names on results.
+fn texts_and_tool_names(messages: &mut [Message]) {
   let mut names: HashMap<String, String> = HashMap::new();
-  for m in &mut messages {
+  for m in messages.iter_mut() {
     m.text = m
       .blocks
       .iter()
@@ -274,8 +286,6 @@ pub(super) fn build_history(lines: &[Value], malformed: usize, opts: &ReadOption
       }
     }
   }
-  let live_from = messages.iter().rposition(|m| m.kind == MessageKind::CompactSummary).unwrap_or(0);
-  History { messages, live_from, compactions, malformed_lines: malformed }
 }
 
 pub(super) const COMMAND_PREFIXES: [&str; 6] =

@@ -190,6 +190,44 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
   }
 }
 
+/// What the child reported before it exec'd: nothing (the pipe closed on exec), or the step that
+/// failed and its errno (the child has exited then; it is reaped here).
+fn child_report(report_r: &OwnedFd, pid: libc::pid_t) -> Result<(), SpawnError> {
+  let mut msg = [0i32; 2];
+  let n = loop {
+    // SAFETY: `report_r` is an open fd owned here, and `msg` is a writable local of exactly the
+    // byte length passed.
+    let n = unsafe { libc::read(report_r.as_raw_fd(), msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
+    if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+      continue;
+    }
+    break n;
+  };
+  if n <= 0 {
+    return Ok(());
+  }
+  let mut status = 0;
+  // SAFETY: `pid` is our child, not yet reaped, and `status` a writable local `c_int`.
+  unsafe { libc::waitpid(pid, &mut status, 0) };
+  let step = match msg[0] {
+    1 => Step::Chdir,
+    2 => Step::Exec,
+    n if n >= 10 => Step::Sandbox(SandboxStep::from_code(n)),
+    _ => Step::Setup,
+  };
+  Err(SpawnError { step, error: io::Error::from_raw_os_error(msg[1]) })
+}
+
+/// Kills and reaps a child that was started but cannot be handed out.
+fn kill_unreaped(pid: libc::pid_t) {
+  // SAFETY: `pid` is our child, not yet reaped (so the pid cannot have been reused); both
+  // calls take plain integers, and `waitpid` accepts a null status pointer.
+  unsafe {
+    libc::kill(pid, libc::SIGKILL);
+    libc::waitpid(pid, std::ptr::null_mut(), 0);
+  }
+}
+
 /// Starts `program` (an absolute path) with `args`, exactly the environment `env`, in `cwd`,
 /// `niceness` steps below this process's priority, with piped stdio, in a new process group,
 /// set to die with this process.
@@ -262,28 +300,7 @@ pub fn spawn(
   // CLONE_VFORK: the child has exec'd or exited by now, so its stack and arguments are free.
   drop(stack);
   drop((in_r, out_w, err_w, report_w));
-  let mut msg = [0i32; 2];
-  let n = loop {
-    // SAFETY: `report_r` is an open fd owned here, and `msg` is a writable local of exactly the
-    // byte length passed.
-    let n = unsafe { libc::read(report_r.as_raw_fd(), msg.as_mut_ptr().cast(), std::mem::size_of_val(&msg)) };
-    if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-      continue;
-    }
-    break n;
-  };
-  if n > 0 {
-    let mut status = 0;
-    // SAFETY: `pid` is our child, not yet reaped, and `status` a writable local `c_int`.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let step = match msg[0] {
-      1 => Step::Chdir,
-      2 => Step::Exec,
-      n if n >= 10 => Step::Sandbox(SandboxStep::from_code(n)),
-      _ => Step::Setup,
-    };
-    return Err(SpawnError { step, error: io::Error::from_raw_os_error(msg[1]) });
-  }
+  child_report(&report_r, pid)?;
   let pidfd = pidfd_open(pid).and_then(|fd| {
     // SAFETY: `fd` is an open pidfd owned by the `OwnedFd`, which is moved into the `AsyncFd`:
     // it stays open, and `as_raw_fd` keeps returning it, for the `AsyncFd`'s whole life.
@@ -292,12 +309,7 @@ pub fn spawn(
   let pidfd = match pidfd {
     Ok(fd) => fd,
     Err(e) => {
-      // SAFETY: `pid` is our child, not yet reaped (so the pid cannot have been reused); both
-      // calls take plain integers, and `waitpid` accepts a null status pointer.
-      unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-      }
+      kill_unreaped(pid);
       return Err(setup(e));
     }
   };
@@ -305,11 +317,7 @@ pub fn spawn(
     Some(p) if p.listen > 0 => match p.take_listeners() {
       Ok(fds) => fds,
       Err(e) => {
-        // SAFETY: `pid` is our child, not yet reaped; both calls take plain integers.
-        unsafe {
-          libc::kill(pid, libc::SIGKILL);
-          libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        kill_unreaped(pid);
         return Err(SpawnError { step: Step::Sandbox(SandboxStep::Listen), error: e });
       }
     },

@@ -17,3 +17,13 @@ pub fn new_session(id: &str, user: &str, project: &str) -> NewSession {
     config_dir: None,
   }
 }
+
+/// A new session id.
+pub fn id() -> String {
+  uuid::Uuid::new_v4().to_string()
+}
+
+/// An owner in this (live) process.
+pub fn owner(name: &str) -> claude_session_manager::store::Owner {
+  claude_session_manager::store::Owner { id: name.into(), pid: std::process::id() }
+}

@@ -2,7 +2,7 @@
 //! is accepted only for a task that holds the session's live lease (by `now()`), is `running`
 //! and is watched, checked in the transaction that inserts it.
 
-use super::PgStore;
+use super::*;
 use crate::error::Result;
 use crate::store::inbox::{Delivery, Receipt, ORPHAN_MS};
 
@@ -12,9 +12,9 @@ const WATCHED_TASK: &str = "SELECT w.task_id FROM {S}.inbox w
   JOIN {S}.tasks t ON t.id = w.task_id
   WHERE w.session_id = $1 AND w.kind = 'watch' AND l.expires_at > now() AND t.status = 'running'";
 
-impl PgStore {
+impl Inbox for PgStore {
   /// The task's manager starts reading its inbox.
-  pub fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()> {
+  fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()> {
     self.tx(async |tx| {
       self
         .exec(tx, "INSERT INTO {S}.inbox (session_id, task_id, kind, created_at) VALUES ($1, $2, 'watch', {NOW})", &[&session_id, &task_id])
@@ -24,7 +24,7 @@ impl PgStore {
   }
 
   /// The task's manager stops reading its inbox (see the SQLite store).
-  pub fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()> {
+  fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()> {
     self.tx(async |tx| {
       self
         .exec(
@@ -45,7 +45,7 @@ impl PgStore {
   }
 
   /// Records a permission request of the task as pending.
-  pub fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()> {
+  fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()> {
     self.tx(async |tx| {
       self
         .exec(
@@ -60,7 +60,7 @@ impl PgStore {
   }
 
   /// The request is settled: it is no longer pending.
-  pub fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()> {
+  fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()> {
     self.tx(async |tx| {
       self
         .exec(tx, "DELETE FROM {S}.inbox WHERE session_id = $1 AND request_id = $2 AND kind = 'permission'", &[&session_id, &request_id])
@@ -70,7 +70,7 @@ impl PgStore {
   }
 
   /// Writes the answer to a pending request not yet answered; false when there is none.
-  pub fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool> {
+  fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool> {
     self.tx(async |tx| {
       let n = self
         .exec(
@@ -85,7 +85,7 @@ impl PgStore {
 
   /// Leaves a message for the session's watched running task; its id, or `None` when no such
   /// task runs.
-  pub fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>> {
+  fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>> {
     self.tx(async |tx| {
       self
         .exec(tx, "DELETE FROM {S}.inbox WHERE kind = 'message' AND answer IS NOT NULL AND created_at < {NOW} - $1", &[&ORPHAN_MS])
@@ -104,7 +104,7 @@ impl PgStore {
   }
 
   /// Where a message left by [`Self::inbox_send`] is; the row goes once it is final.
-  pub fn inbox_receipt(&self, id: i64) -> Result<Receipt> {
+  fn inbox_receipt(&self, id: i64) -> Result<Receipt> {
     self.tx(async |tx| {
       let Some(row) =
         self.opt(tx, "SELECT session_id, answer FROM {S}.inbox WHERE id = $1 AND kind = 'message' FOR UPDATE", &[&id]).await?
@@ -124,7 +124,7 @@ impl PgStore {
   }
 
   /// What waits for the task: answers to its permission requests, messages not yet handled.
-  pub fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>> {
+  fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>> {
     self.read(async |c| {
       let rows = self
         .query(
@@ -155,7 +155,7 @@ impl PgStore {
   }
 
   /// Records whether a message was steered into its task.
-  pub fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
+  fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
     let answer = if steered { "steered" } else { "refused" };
     self.tx(async |tx| {
       self.exec(tx, "UPDATE {S}.inbox SET answer = $2 WHERE id = $1 AND answer IS NULL", &[&id, &answer]).await?;

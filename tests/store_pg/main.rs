@@ -1,5 +1,6 @@
-//! The PostgreSQL store without Node: sessions, leases with fencing tokens, migrations, bad
-//! connection strings. Every test that needs a database is `#[ignore]`d, so a plain `cargo test`
+//! What only the PostgreSQL store does, without Node: fencing tokens, expiry by the database
+//! clock, recovery per node, migrations, connection strings, TLS, lost connections and faults.
+//! What every backend does is in `tests/conformance/`. Every test that needs a database is `#[ignore]`d, so a plain `cargo test`
 //! reports them as ignored (never as passed); with a database they run with
 //! `CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored` (each
 //! test in a fresh schema, dropped afterwards), as `npm test` and CI do when the URL is set.
@@ -9,22 +10,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
-use claude_session_manager::store::{ListQuery, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
+use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
 
-#[path = "shared/fixtures.rs"]
-mod fixtures;
-use fixtures::new_session;
-
-#[path = "shared/budgets.rs"]
-mod budgets;
-#[path = "shared/fault_proxy.rs"]
 mod fault_proxy;
-#[path = "shared/inbox.rs"]
-mod inbox;
-#[path = "shared/total_cap.rs"]
-mod total_cap;
-#[path = "shared/warm_holds.rs"]
-mod warm_holds;
+
+/// A session of `user` in `project` (what the backend-neutral checks use: `tests/conformance/`).
+fn new_session(id: &str, user: &str, project: &str) -> NewSession {
+  let (id, user_id, project_id) = (id.into(), user.into(), project.into());
+  NewSession { id, user_id, project_id, model: "sonnet".into(), working_directory: "/tmp".into(), ..Default::default() }
+}
 
 /// Why the database tests are ignored by default (shown by `cargo test` next to each one).
 const NEEDS_PG: &str = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored";
@@ -398,34 +392,49 @@ fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
   let s = f.store();
   let sid = id();
   s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  assert_eq!(s.transcript_head(&sid).unwrap(), 0);
+  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).unwrap(), 0);
   let ttl = Duration::from_secs(30);
   assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), ttl).unwrap());
   let batch = vec![entry(1, None, r#"{"type":"queue-operation"}"#), entry(2, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)];
-  assert!(s.append_transcript(&sid, "t1", &batch).unwrap());
+  assert!(s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &batch).unwrap());
   // The same batch again (an answer lost on the way back): nothing doubles.
-  assert!(s.append_transcript(&sid, "t1", &batch).unwrap());
+  assert!(s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &batch).unwrap());
   // A line with a uuid already stored under another seq is skipped too.
-  assert!(s.append_transcript(&sid, "t1", &[entry(3, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)]).unwrap());
-  assert!(s.append_transcript(&sid, "t1", &[entry(4, Some("a1"), r#"{"type":"assistant","uuid":"a1"}"#)]).unwrap());
-  let lines: Vec<String> = s.load_transcript(&sid, 0).unwrap().into_iter().map(|e| e.line).collect();
+  assert!(s
+    .shared_transcripts()
+    .unwrap()
+    .append_transcript(&sid, "t1", &[entry(3, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)])
+    .unwrap());
+  assert!(s
+    .shared_transcripts()
+    .unwrap()
+    .append_transcript(&sid, "t1", &[entry(4, Some("a1"), r#"{"type":"assistant","uuid":"a1"}"#)])
+    .unwrap());
+  let lines: Vec<String> = s.shared_transcripts().unwrap().load_transcript(&sid, 0).unwrap().into_iter().map(|e| e.line).collect();
   assert_eq!(lines, [r#"{"type":"queue-operation"}"#, r#"{"type":"user","uuid":"u1"}"#, r#"{"type":"assistant","uuid":"a1"}"#]);
-  assert_eq!(s.transcript_len(&sid, "").unwrap(), 3);
-  assert_eq!(s.transcript_head(&sid).unwrap(), 4);
+  assert_eq!(s.shared_transcripts().unwrap().transcript_len(&sid, "").unwrap(), 3);
+  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).unwrap(), 4);
   // t1's lease expires and t2 takes the session over: t1 can write nothing more.
   admin(&url, &format!("UPDATE \"{}\".leases SET expires_at = now() - interval '1 second'", f.schema)).unwrap();
   assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &owner(), ttl).unwrap());
-  assert!(!s.append_transcript(&sid, "t1", &[entry(5, Some("z"), r#"{"type":"user","uuid":"z"}"#)]).unwrap(), "refused");
+  assert!(
+    !s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &[entry(5, Some("z"), r#"{"type":"user","uuid":"z"}"#)]).unwrap(),
+    "refused"
+  );
   assert!(!s.renew_lease(&sid, "t1", ttl).unwrap());
-  assert_eq!(s.transcript_len(&sid, "").unwrap(), 3, "nothing of the stale holder's");
-  assert!(s.append_transcript(&sid, "t2", &[entry(5, Some("b1"), r#"{"type":"user","uuid":"b1"}"#)]).unwrap());
-  assert_eq!(s.transcript_head(&sid).unwrap(), 5);
+  assert_eq!(s.shared_transcripts().unwrap().transcript_len(&sid, "").unwrap(), 3, "nothing of the stale holder's");
+  assert!(s
+    .shared_transcripts()
+    .unwrap()
+    .append_transcript(&sid, "t2", &[entry(5, Some("b1"), r#"{"type":"user","uuid":"b1"}"#)])
+    .unwrap());
+  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).unwrap(), 5);
   assert_eq!(s.list_tasks(&sid).unwrap()[0].status, "interrupted");
   // Deleting the session deletes its transcript.
   let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
   s.finish_task(&sid, "t2", &end, None).unwrap();
   s.delete_session(&sid, "u").unwrap();
-  assert!(s.load_transcript(&sid, 0).unwrap().is_empty());
+  assert!(s.shared_transcripts().unwrap().load_transcript(&sid, 0).unwrap().is_empty());
 }
 
 #[test]
@@ -455,75 +464,7 @@ fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_ro
   assert_eq!(a.get_session(&inside, "u").unwrap().unwrap().working_directory, "/nodes/a/wd/repo/sub");
 }
 
-#[test]
-#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
-fn the_total_cap_counts_live_leases_of_every_node_and_is_taken_atomically() {
-  let url = test_url();
-  let f = Fresh::new(&url);
-  let s = f.store();
-  let ids: Vec<String> = (0..8).map(|_| id()).collect();
-  for sid in &ids {
-    s.create_session(&new_session(sid, "u", "p")).unwrap();
-  }
-  total_cap::check(s, &ids, || Store::connect(&url, &f.schema).unwrap());
-}
-
-#[test]
-#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
-fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
-  let url = test_url();
-  let f = Fresh::new(&url);
-  let s = f.store();
-  let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  inbox::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
-}
-
-#[test]
-#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
-fn warm_holds_count_other_managers_cli_until_released_or_expired() {
-  let url = test_url();
-  let f = Fresh::new(&url);
-  let s = f.store();
-  let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  warm_holds::check(s, &sid, || Store::connect(&url, &f.schema).unwrap());
-}
-
-/// A warm CLI's closing lines (`append_transcript_after_end`) are stored under its last task's
-/// lease only while no other task took the session since: once t2 took and released the lease,
-/// t1's closing lines are refused and nothing of them is stored (second test audit, M16).
-#[test]
-#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
-fn closing_lines_of_a_task_are_refused_once_another_task_took_the_session() {
-  let url = test_url();
-  let f = Fresh::new(&url);
-  let s = f.store();
-  let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  let ttl = Duration::from_secs(30);
-  let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
-  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), ttl).unwrap());
-  assert!(s.append_transcript(&sid, "t1", &[entry(1, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)]).unwrap());
-  s.finish_task(&sid, "t1", &end, None).unwrap();
-  // Control: right after its task, t1's closing lines are stored (the lease is released, not taken).
-  assert!(s.append_transcript_after_end(&sid, "t1", &[entry(2, Some("c1"), r#"{"type":"system","uuid":"c1"}"#)]).unwrap());
-  assert_eq!(s.transcript_len(&sid, "").unwrap(), 2);
-  // t2 takes the session and releases it again.
-  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &owner(), ttl).unwrap());
-  assert!(s.append_transcript(&sid, "t2", &[entry(3, Some("u2"), r#"{"type":"user","uuid":"u2"}"#)]).unwrap());
-  s.finish_task(&sid, "t2", &end, None).unwrap();
-  let late = [entry(4, Some("c2"), r#"{"type":"system","uuid":"c2","late":"t1"}"#)];
-  assert!(!s.append_transcript_after_end(&sid, "t1", &late).unwrap(), "t1's closing lines were accepted after t2 took the session");
-  let lines: Vec<String> = s.load_transcript(&sid, 0).unwrap().into_iter().map(|e| e.line).collect();
-  assert!(!lines.iter().any(|l| l.contains("\"late\"")), "t1's closing line is stored: {lines:?}");
-  assert_eq!(s.transcript_len(&sid, "").unwrap(), 3);
-  // t2's own closing lines are stored (it was the last to take the session).
-  assert!(s.append_transcript_after_end(&sid, "t2", &[entry(4, Some("c3"), r#"{"type":"system","uuid":"c3"}"#)]).unwrap());
-  assert_eq!(s.transcript_len(&sid, "").unwrap(), 4);
-}
-
-// ---- Faults injected between the store and the server (tests/shared/fault_proxy.rs) ----
+// ---- Faults injected between the store and the server (tests/store_pg/fault_proxy.rs) ----
 
 /// A store in a fresh schema reached through a fault proxy (`p`), and the same schema reached
 /// directly (`direct`), to see what really happened.
@@ -638,12 +579,4 @@ fn dropped_and_refused_connections_through_a_proxy() {
   assert!(f.proxy.faults.connects_refused.load(Ordering::SeqCst) >= 1, "control: connections were refused");
   f.proxy.faults.refuse_connects.store(0, Ordering::SeqCst);
   assert!(p.get_session(&sid, "u").unwrap().is_some(), "the store comes back");
-}
-
-#[test]
-#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
-fn spend_caps_admit_a_call_only_when_its_reserve_fits_and_the_ledger_sums_what_was_settled() {
-  let url = test_url();
-  let f = Fresh::new(&url);
-  budgets::check(f.store(), &id(), || Store::connect(&url, &f.schema).unwrap());
 }

@@ -1,5 +1,5 @@
 //! Warm holds: which manager keeps an idle warm CLI of a session (SQLite here; PostgreSQL in
-//! `warm_holds_pg.rs`), so that there is never more than one CLI per session across the
+//! `postgres/warm_holds.rs`), so that there is never more than one CLI per session across the
 //! processes and nodes sharing the database.
 //!
 //! An idle warm CLI holds no lease (the session is free for any task), but it is a CLI on the
@@ -15,9 +15,9 @@ use rusqlite::params;
 use super::*;
 use crate::error::Result;
 
-impl SqliteStore {
+impl WarmHolds for SqliteStore {
   /// This manager keeps an idle warm CLI of the session, until `ttl` from now unless renewed.
-  pub fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
+  fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -30,7 +30,7 @@ impl SqliteStore {
   }
 
   /// The manager's CLI of the session is gone.
-  pub fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
+  fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(tx, "DELETE FROM warm_holds WHERE session_id = ?1 AND owner_id = ?2", params![session_id, owner_id])?;
       Ok(())
@@ -38,7 +38,7 @@ impl SqliteStore {
   }
 
   /// Extends every hold of the manager by `ttl` from now.
-  pub fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
+  fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
     self.write(|tx| {
       exec(tx, "UPDATE warm_holds SET expires_at = ?2 WHERE owner_id = ?1", params![owner_id, now_ms() + ttl.as_millis() as i64])?;
       Ok(())
@@ -46,7 +46,7 @@ impl SqliteStore {
   }
 
   /// The sessions whose CLI another manager wants this one to give up.
-  pub fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
+  fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
     self.with(|c| {
       let mut st = c.prepare_cached("SELECT session_id FROM warm_holds WHERE owner_id = ?1 AND wanted = 1")?;
       let rows = st.query_map([owner_id], |r| r.get(0))?;
@@ -56,7 +56,7 @@ impl SqliteStore {
 
   /// Asks every other manager keeping a CLI of the session to give it up; how many live holds of
   /// others are left (holds of dead owners go).
-  pub fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+  fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
     // Before every task, and nearly always nobody else keeps one: a read, without the write lock.
     let any = self.with(|c| {
       let mut st = c.prepare_cached("SELECT EXISTS (SELECT 1 FROM warm_holds WHERE session_id = ?1 AND owner_id != ?2)")?;

@@ -18,18 +18,6 @@ impl SqliteStore {
     Ok(())
   }
 
-  /// The last window reported for a model, if any.
-  pub fn window_for(&self, model: &str) -> Result<Option<u64>> {
-    self.with(|c| {
-      Ok(
-        c.prepare_cached("SELECT context_window FROM model_windows WHERE model = ?1")?
-          .query_row([model], |r| r.get::<_, i64>(0))
-          .optional()?
-          .map(|w| w as u64),
-      )
-    })
-  }
-
   // ---- compactions ------------------------------------------------------------------------
 
   /// Records a compaction; part of a task's end.
@@ -50,9 +38,23 @@ impl SqliteStore {
     )?;
     Ok(())
   }
+}
+
+impl Meter for SqliteStore {
+  /// The last window reported for a model, if any.
+  fn window_for(&self, model: &str) -> Result<Option<u64>> {
+    self.with(|c| {
+      Ok(
+        c.prepare_cached("SELECT context_window FROM model_windows WHERE model = ?1")?
+          .query_row([model], |r| r.get::<_, i64>(0))
+          .optional()?
+          .map(|w| w as u64),
+      )
+    })
+  }
 
   /// Compactions of a session, oldest first.
-  pub fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
+  fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
     self.with(|c| {
       let mut stmt = c.prepare_cached(
         "SELECT session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms

@@ -57,6 +57,10 @@ pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
   let user = s.get_budget(&key("user", u, "", "")).unwrap().unwrap();
   assert!((user.spent_usd - 2.35).abs() < 1e-9, "{user:?}");
   assert!(user.period_start > 0 && user.period_start % 86_400_000 == 0, "a UTC day: {}", user.period_start);
+  // What the scope spent, read alone, is what its cap reports, for the period asked.
+  let (spent, start) = s.spent_in(&key("user", u, "", ""), Some("day")).unwrap();
+  assert_eq!((spent, start), (user.spent_usd, user.period_start));
+  assert_eq!(s.spent_in(&key("user", u, "", ""), None).unwrap().1, 0, "a lifetime starts at 0");
   assert_eq!(over_scope(s.admit_call(&call("t4", "s3", u, "p", 0.7), &none).unwrap()), "user");
   go(s.admit_call(&call("t4", "s3", u, "p", 0.6), &none).unwrap());
   assert!(s.delete_budget(&key("user", u, "", "")).unwrap());

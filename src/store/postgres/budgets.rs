@@ -3,9 +3,9 @@
 //! on its user (every scope of a call belongs to one user), so that the check of the caps and the
 //! insert of the reserve are one step for every node; settling is one `UPDATE`.
 
-use super::PgStore;
+use super::*;
 use crate::error::Result;
-use crate::store::budgets::{applicable, spent_sql_pg};
+use crate::store::budgets::applicable;
 use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, UsageQuery, UsageRow};
 
 const SELECT_BUDGET: &str = "SELECT usd, period FROM {S}.budgets WHERE scope = $1 AND user_id = $2 AND project_id = $3 AND session_id = $4";
@@ -24,10 +24,12 @@ impl PgStore {
   async fn spent(&self, c: &impl deadpool_postgres::GenericClient, scope: &str, user: &str, other: &str, since: i64) -> Result<f64> {
     Ok(self.query(c, spent_sql_pg(scope), &[&user, &other, &since]).await?[0].get(0))
   }
+}
 
+impl Budgets for PgStore {
   /// Checks every cap that applies to the call against its reserve and records the call at its
   /// reserve, under the user's advisory lock.
-  pub fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
+  fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let lock_key = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
     self.tx(async |tx| {
       tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&lock_key]).await.map_err(super::pg)?;
@@ -67,7 +69,7 @@ impl PgStore {
   }
 
   /// Records what an admitted call really cost (one statement).
-  pub fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
+  fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
     let (i, o, r, w) = (t.input as i64, t.output as i64, t.cache_read as i64, t.cache_write as i64);
     self.read(async |c| {
       self
@@ -83,7 +85,7 @@ impl PgStore {
   }
 
   /// Sets (or replaces) a cap.
-  pub fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
+  fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
     self.tx(async |tx| {
       self
         .exec(
@@ -99,7 +101,7 @@ impl PgStore {
   }
 
   /// A stored cap with its scope's spend in the current period.
-  pub fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
+  fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
     self.tx(async |tx| {
       let Some(row) = self.opt(tx, SELECT_BUDGET, &[&k.scope, &k.user_id, &k.project_id, &k.session_id]).await? else {
         return Ok(None);
@@ -113,7 +115,7 @@ impl PgStore {
   }
 
   /// What a scope spent in the current `period`, and when that period started.
-  pub fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
+  fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
     self.tx(async |tx| {
       let start = self.period_start(tx, period).await?;
       let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
@@ -122,7 +124,7 @@ impl PgStore {
   }
 
   /// Deletes a cap; whether there was one.
-  pub fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
+  fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
     self.tx(async |tx| {
       let n = self
         .exec(
@@ -136,7 +138,7 @@ impl PgStore {
   }
 
   /// The ledger summed by day, model or session.
-  pub fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+  fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
     let key = match q.group_by.as_str() {
       "day" => "to_char(to_timestamp(at / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
       "model" => "model",
@@ -170,5 +172,14 @@ impl PgStore {
           .collect(),
       )
     })
+  }
+}
+
+/// The ledger's filter of a scope on PostgreSQL: `$1` the user, `$2` the project or session, `$3` the start.
+fn spent_sql_pg(scope: &str) -> &'static str {
+  match scope {
+    "user" => "SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND $2 = '' AND at >= $3",
+    "project" => "SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND project_id = $2 AND at >= $3",
+    _ => "SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE session_id = $2 AND user_id = $1 AND at >= $3",
   }
 }

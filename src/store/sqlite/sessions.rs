@@ -45,8 +45,17 @@ impl SqliteStore {
     )
   }
 
+  /// Unlinks a session from its forks and keeps its id from ever being used again.
+  fn retire(tx: &Connection, id: &str) -> Result<()> {
+    tx.execute("UPDATE sessions SET parent_id = NULL WHERE parent_id = ?1", [id])?;
+    tx.execute("INSERT OR IGNORE INTO retired_session_ids (id, retired_at) VALUES (?1, ?2)", params![id, now_ms()])?;
+    Ok(())
+  }
+}
+
+impl Sessions for SqliteStore {
   /// Creates a session.
-  pub fn create_session(&self, s: &NewSession) -> Result<Session> {
+  fn create_session(&self, s: &NewSession) -> Result<Session> {
     self.write(|tx| {
       Self::insert_session(tx, s, now_ms())?;
       Self::get_in(tx, &s.id, &s.user_id)?.ok_or_else(|| Error::internal("inserted session vanished"))
@@ -54,12 +63,12 @@ impl SqliteStore {
   }
 
   /// One session of one user; another user's session is `None`, as a missing one is.
-  pub fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
+  fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
     self.with(|c| Self::get_in(c, id, user_id))
   }
 
   /// Sessions of a user, newest activity first.
-  pub fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
+  fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     self.with(|c| {
       let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1");
       let mut args: Vec<rusqlite::types::Value> = vec![q.user_id.clone().into()];
@@ -86,7 +95,7 @@ impl SqliteStore {
 
   /// The newest active session of a user's project, or a new one made from `new` — atomically,
   /// so two processes asking at once get the same session.
-  pub fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
+  fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
     self.write(|tx| {
       if prefer_active {
         let found = tx
@@ -111,7 +120,7 @@ impl SqliteStore {
 
   /// Archives the user's active sessions of the project and creates `new`, in one transaction.
   /// Returns the new session and how many were archived.
-  pub fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
+  fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
     self.write(|tx| {
       let now = now_ms();
       let archived = tx.execute(
@@ -126,7 +135,7 @@ impl SqliteStore {
   }
 
   /// Archives one session.
-  pub fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
+  fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
     self.write(|tx| {
       let n = tx.execute(
         "UPDATE sessions SET status = 'archived', updated_at = ?3 WHERE id = ?1 AND user_id = ?2",
@@ -140,7 +149,7 @@ impl SqliteStore {
   }
 
   /// Deletes one session with its tasks and compactions. A session with a running task is busy.
-  pub fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
+  fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
     self.write(|tx| {
       if Self::get_in(tx, id, user_id)?.is_none() {
         return Err(Error::not_found(id));
@@ -159,19 +168,12 @@ impl SqliteStore {
 
   /// Deletes a user's sessions idle for longer than `max_age_ms` (only archived ones when
   /// `keep_active`) that run no task. Returns how many were deleted.
-  pub fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
+  fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
     Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
   }
 
-  /// Unlinks a session from its forks and keeps its id from ever being used again.
-  fn retire(tx: &Connection, id: &str) -> Result<()> {
-    tx.execute("UPDATE sessions SET parent_id = NULL WHERE parent_id = ?1", [id])?;
-    tx.execute("INSERT OR IGNORE INTO retired_session_ids (id, retired_at) VALUES (?1, ?2)", params![id, now_ms()])?;
-    Ok(())
-  }
-
-  /// As [`Store::cleanup`], returning the deleted sessions.
-  pub fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
+  /// As [`Sessions::cleanup`](crate::store::Sessions::cleanup), returning the deleted sessions.
+  fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
     self.write(|tx| {
       let now = now_ms();
       let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
@@ -196,7 +198,7 @@ impl SqliteStore {
   }
 
   /// Counts a user's sessions (for cleanup reports).
-  pub fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
+  fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
     self.with(|c| {
       Ok(c.query_row(
         "SELECT COUNT(*) FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR project_id = ?2)",
@@ -207,7 +209,7 @@ impl SqliteStore {
   }
 
   /// Replaces the context snapshot of a session (after a compaction, say).
-  pub fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
+  fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
     self.write(|tx| {
       tx.execute(
         "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4,

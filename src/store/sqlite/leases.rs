@@ -24,8 +24,24 @@ impl SqliteStore {
     )
   }
 
+  pub(crate) fn interrupt_expired(tx: &Connection, session_id: &str, now: i64) -> Result<()> {
+    let n = exec(
+      tx,
+      "UPDATE tasks SET status = 'interrupted', ended_at = ?2, error_code = 'INTERRUPTED',
+         error_message = 'the process running this task stopped before it ended'
+       WHERE session_id = ?1 AND status = 'running'
+         AND id IN (SELECT task_id FROM leases WHERE session_id = ?1 AND expires_at <= ?2)",
+      params![session_id, now],
+    )?;
+    // An interrupted task counts like every other task row.
+    exec(tx, "UPDATE sessions SET task_count = task_count + ?2 WHERE id = ?1", params![session_id, n as i64])?;
+    Ok(())
+  }
+}
+
+impl Tasks for SqliteStore {
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
-  pub fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
+  fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
     self.with(|c| {
       exists(
         c,
@@ -40,7 +56,7 @@ impl SqliteStore {
   /// Writes nothing when another live task holds the lease, or when `start.max_running` live
   /// leases are held in the file: `BEGIN IMMEDIATE` holds the file's write lock from the count
   /// to the insert, so processes starting at once never exceed it.
-  pub fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
+  fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
     let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     self.write(|tx| {
       let now = now_ms();
@@ -75,22 +91,8 @@ impl SqliteStore {
     })
   }
 
-  pub(crate) fn interrupt_expired(tx: &Connection, session_id: &str, now: i64) -> Result<()> {
-    let n = exec(
-      tx,
-      "UPDATE tasks SET status = 'interrupted', ended_at = ?2, error_code = 'INTERRUPTED',
-         error_message = 'the process running this task stopped before it ended'
-       WHERE session_id = ?1 AND status = 'running'
-         AND id IN (SELECT task_id FROM leases WHERE session_id = ?1 AND expires_at <= ?2)",
-      params![session_id, now],
-    )?;
-    // An interrupted task counts like every other task row.
-    exec(tx, "UPDATE sessions SET task_count = task_count + ?2 WHERE id = ?1", params![session_id, n as i64])?;
-    Ok(())
-  }
-
   /// Extends a held lease. Returns false when the lease is no longer this task's.
-  pub fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
+  fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
     self.write(|tx| {
       let n = tx.execute(
         "UPDATE leases SET expires_at = ?3 WHERE session_id = ?1 AND task_id = ?2",
@@ -102,78 +104,75 @@ impl SqliteStore {
 
   /// Ends a task: writes its row, adds to the session's totals, replaces the context snapshot
   /// and frees the lease (unless `end.keep_lease`) — all in one transaction.
-  pub fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
+  fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
+    let n = end.counts();
     self.write(|tx| {
       let now = now_ms();
-      let u = &end.usage;
-      exec(
-        tx,
-        "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
-           input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
-           cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
-           error_message = ?14, cli_version = ?15
-         WHERE id = ?1",
-        params![
-          task_id,
-          end.status,
-          now,
-          end.model,
-          end.turns.map(|t| t as i64),
-          u.input_tokens as i64,
-          u.output_tokens as i64,
-          u.cache_read_input_tokens as i64,
-          u.cache_creation_input_tokens as i64,
-          end.cost_usd,
-          end.cli_reported_cost_usd,
-          end.duration_api_ms.map(|t| t as i64),
-          end.error_code,
-          end.error_message,
-          end.cli_version,
-        ],
-      )?;
-      exec(
-        tx,
-        "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
-           input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
-           cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
-           last_active_at = ?7, updated_at = ?7, materialized = MAX(materialized, ?8),
-           cli_cost_watermark = COALESCE(?9, cli_cost_watermark)
-         WHERE id = ?1",
-        params![
-          session_id,
-          end.cost_usd,
-          u.input_tokens as i64,
-          u.output_tokens as i64,
-          u.cache_read_input_tokens as i64,
-          u.cache_creation_input_tokens as i64,
-          now,
-          end.materialized as i64,
-          cli_cost_watermark,
-        ],
-      )?;
-      if let Some(ctx) = &end.context {
-        exec(
-          tx,
-          "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
-           WHERE id = ?1",
-          params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
-        )?;
-      }
-      if let Some((model, window)) = &end.window {
-        Self::remember_window(tx, model, *window)?;
-      }
-      for c in &end.compactions {
-        Self::add_compaction(tx, c)?;
-      }
-      if !end.keep_lease {
-        exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
+      for step in end.steps() {
+        // Each step writes rows; how many does not matter here.
+        let _rows: usize = match step {
+          EndStep::TaskRow => exec(
+            tx,
+            "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
+               input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
+               cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
+               error_message = ?14, cli_version = ?15
+             WHERE id = ?1",
+            params![
+              task_id,
+              end.status,
+              now,
+              end.model,
+              n.turns,
+              n.input,
+              n.output,
+              n.cache_read,
+              n.cache_creation,
+              end.cost_usd,
+              end.cli_reported_cost_usd,
+              n.duration_api_ms,
+              end.error_code,
+              end.error_message,
+              end.cli_version,
+            ],
+          )?,
+          EndStep::Totals => exec(
+            tx,
+            "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
+               input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
+               cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
+               last_active_at = ?7, updated_at = ?7, materialized = MAX(materialized, ?8),
+               cli_cost_watermark = COALESCE(?9, cli_cost_watermark)
+             WHERE id = ?1",
+            params![
+              session_id,
+              end.cost_usd,
+              n.input,
+              n.output,
+              n.cache_read,
+              n.cache_creation,
+              now,
+              end.materialized as i64,
+              cli_cost_watermark
+            ],
+          )?,
+          EndStep::Context(ctx) => exec(
+            tx,
+            "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
+             WHERE id = ?1",
+            params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
+          )?,
+          EndStep::Window(model, window) => Self::remember_window(tx, model, window).map(|()| 1)?,
+          EndStep::Compaction(c) => Self::add_compaction(tx, c).map(|()| 1)?,
+          EndStep::ReleaseLease => exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?,
+        };
       }
       Ok(())
     })
   }
 
   /// Frees the lease a task kept past its end (see [`TaskEnd::keep_lease`]).
-  pub fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
+  fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
       Ok(())
@@ -183,7 +182,7 @@ impl SqliteStore {
   /// Marks `running` tasks whose holder is gone as `interrupted` and frees their leases:
   /// tasks of this host's dead processes at once, any other when its lease expired.
   /// Returns how many tasks were marked.
-  pub fn recover_interrupted(&self, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+  fn recover_interrupted(&self, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
     self.write(|tx| {
       let now = now_ms();
       let running: Vec<(String, String, i64, Option<i64>)> = tx
@@ -222,7 +221,7 @@ impl SqliteStore {
   }
 
   /// Tasks of a session, oldest first.
-  pub fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
+  fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
     self.with(|c| {
       let mut stmt = c.prepare_cached(
         "SELECT id, session_id, status, kind, started_at, ended_at, model, turns, input_tokens, output_tokens,

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use super::PgStore;
+use super::*;
 use crate::error::Result;
 use crate::store::Owner;
 
-impl PgStore {
+impl WarmHolds for PgStore {
   /// This manager keeps an idle warm CLI of the session, until `ttl` from now unless renewed.
-  pub fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
+  fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
     let (pid, ttl_ms) = (owner.pid as i64, ttl.as_millis() as f64);
     self.tx(async |tx| {
       self
@@ -26,7 +26,7 @@ impl PgStore {
   }
 
   /// The manager's CLI of the session is gone.
-  pub fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
+  fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
     self.read(async |c| {
       self.exec(c, "DELETE FROM {S}.warm_holds WHERE session_id = $1 AND owner_id = $2", &[&session_id, &owner_id]).await?;
       Ok(())
@@ -34,7 +34,7 @@ impl PgStore {
   }
 
   /// Extends every hold of the manager by `ttl` from now.
-  pub fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
+  fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
     let ttl_ms = ttl.as_millis() as f64;
     self.read(async |c| {
       self
@@ -45,7 +45,7 @@ impl PgStore {
   }
 
   /// The sessions whose CLI another manager wants this one to give up.
-  pub fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
+  fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
     self.read(async |c| {
       let rows = self.query(c, "SELECT session_id FROM {S}.warm_holds WHERE owner_id = $1 AND wanted", &[&owner_id]).await?;
       Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -54,7 +54,7 @@ impl PgStore {
 
   /// Asks every other manager keeping a CLI of the session to give it up; how many live holds of
   /// others are left (expired holds, and holds of dead owners on this machine, go).
-  pub fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+  fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
     // One statement (one round trip): this runs before every task.
     let rows = self.read(async |c| {
       self

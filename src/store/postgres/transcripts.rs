@@ -8,33 +8,11 @@
 //! other task has taken it over), in the same transaction that checks it. `sessions.transcript_seq`
 //! is the head a node compares its local copy with.
 
-use super::PgStore;
+use super::*;
 use crate::error::Result;
 use crate::store::TranscriptEntry;
 
 impl PgStore {
-  /// The newest `seq` stored for the session (0: nothing stored).
-  pub fn transcript_head(&self, session_id: &str) -> Result<i64> {
-    self.read(async |c| {
-      Ok(self.opt(c, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
-    })
-  }
-
-  /// Appends lines of the session's transcript for `task_id`, fenced by its lease: returns false,
-  /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
-  /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
-  pub fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, false)
-  }
-
-  /// Appends lines a task's CLI wrote after the task ended (a warm process closing: what it
-  /// writes at stdin EOF), fenced by that task's lease: stored only while the lease is still the
-  /// task's, held or released, and no other task has taken it since. False, writing nothing,
-  /// otherwise.
-  pub fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, true)
-  }
-
   fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
     if entries.is_empty() {
       return Ok(true);
@@ -66,9 +44,33 @@ impl PgStore {
       Ok(true)
     })
   }
+}
+
+impl Transcripts for PgStore {
+  /// The newest `seq` stored for the session (0: nothing stored).
+  fn transcript_head(&self, session_id: &str) -> Result<i64> {
+    self.read(async |c| {
+      Ok(self.opt(c, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
+    })
+  }
+
+  /// Appends lines of the session's transcript for `task_id`, fenced by its lease: returns false,
+  /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
+  /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
+  fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, false)
+  }
+
+  /// Appends lines a task's CLI wrote after the task ended (a warm process closing: what it
+  /// writes at stdin EOF), fenced by that task's lease: stored only while the lease is still the
+  /// task's, held or released, and no other task has taken it since. False, writing nothing,
+  /// otherwise.
+  fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, true)
+  }
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
-  pub fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
+  fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
     self.read(async |c| {
       let rows = self
         .query(
@@ -82,7 +84,7 @@ impl PgStore {
   }
 
   /// The bytes of every stored line of the session (what `load_transcript(id, 0)` returns).
-  pub fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
+  fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
     self.read(async |c| {
       Ok(
         self
@@ -94,7 +96,7 @@ impl PgStore {
   }
 
   /// How many lines of one file of the session (`""`: the main transcript) are stored.
-  pub fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
+  fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
     self.read(async |c| {
       Ok(
         self

@@ -1,0 +1,237 @@
+//! A session held for one run: what the run took ([`super::acquire`]) and gives back, in one
+//! place ([`HeldRun::settle`]): the in-process queue's guard, the concurrency slot, the lease and
+//! its renewal, the run's entry among the running tasks (what `close()` waits for), the
+//! `finishing` mark while its CLI exits after the result, and the transcript mirror.
+//!
+//! Each of these is a value that gives itself back when dropped, so a run that ends early (an
+//! error, a dropped future) leaves nothing behind; `settle` only decides *when*: the task settles
+//! at the CLI's result, and the session stays held until the CLI has exited, so the next task on
+//! it starts only after this CLI is gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{watch, OwnedMutexGuard, OwnedSemaphorePermit};
+
+use super::{AbortOnDrop, Executed, Manager, TaskResult, Ticket};
+use crate::cli::{CancelToken, RunSpec, SessionMode};
+use crate::error::{Error, Result};
+use crate::sessions::mirror::{finish_mirror, LeaseClock, TaskMirror};
+use crate::sessions::{store_call, Wait};
+use crate::store::Session;
+
+/// A run that holds its session (see the module's comment).
+pub(crate) struct HeldRun {
+  /// The session as read with the lease.
+  pub(crate) session: Session,
+  pub(crate) task_id: String,
+  /// When the run was asked for.
+  pub(crate) queued: Instant,
+  pub(crate) threshold: f64,
+  /// The compaction trigger to record instead of the CLI's own label.
+  pub(crate) trigger: Option<&'static str>,
+  /// When the lease stops being this run's; it stops the CLI then.
+  pub(crate) clock: LeaseClock,
+  cancel: CancelToken,
+  /// The concurrency slot, until an executor takes it.
+  permit: Option<OwnedSemaphorePermit>,
+  /// PostgreSQL: the CLI's transcript mirrored into the store while it runs.
+  mirror: Option<TaskMirror>,
+  /// `None` once given to the work that waits for the CLI's exit.
+  holds: Option<Holds>,
+}
+
+/// What keeps the session this run's, given back in field order: the renewal stops, the run
+/// leaves the running tasks, then the next run in line may go.
+struct Holds {
+  renew: AbortOnDrop,
+  running: Running,
+  guard: OwnedMutexGuard<()>,
+}
+
+/// The run's entry among the manager's running tasks (between start and the CLI's exit).
+struct Running {
+  map: Arc<Mutex<HashMap<String, CancelToken>>>,
+  task_id: String,
+}
+
+impl Drop for Running {
+  fn drop(&mut self) {
+    self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.task_id);
+  }
+}
+
+/// The session's mark while its CLI exits after the task settled: a task queued behind it waits
+/// past its queue timeout then (the caller sees no task running).
+struct Finishing {
+  map: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+  session_id: String,
+  _exiting: watch::Sender<()>,
+}
+
+impl Finishing {
+  fn mark(map: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>, session_id: &str) -> Finishing {
+    let (tx, rx) = watch::channel(());
+    map.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), rx);
+    Finishing { map, session_id: session_id.to_owned(), _exiting: tx }
+  }
+}
+
+impl Drop for Finishing {
+  fn drop(&mut self) {
+    self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.session_id);
+  }
+}
+
+impl HeldRun {
+  /// The session is the run's: it joins the running tasks and its lease is renewed from now on.
+  /// The lease is the task's until the start of its last renewal plus the TTL (minus a margin);
+  /// past that, or once a renewal is refused, the CLI is stopped (see `LeaseClock`).
+  pub(super) fn new(
+    m: &Manager,
+    t: &Ticket<'_>,
+    session: Session,
+    taken_at: Instant,
+    guard: OwnedMutexGuard<()>,
+    permit: OwnedSemaphorePermit,
+  ) -> HeldRun {
+    let cancel = t.cancel.clone();
+    m.running.lock().unwrap_or_else(|p| p.into_inner()).insert(t.task_id.clone(), cancel.clone());
+    let running = Running { map: m.running.clone(), task_id: t.task_id.clone() };
+    let clock = LeaseClock::new(taken_at, m.cfg.lease_ttl, cancel.clone());
+    let renew = AbortOnDrop(tokio::spawn(clock.clone().renew_loop(m.store.clone(), session.id.clone(), t.task_id.clone())));
+    HeldRun {
+      session,
+      task_id: t.task_id.clone(),
+      queued: t.queued,
+      threshold: t.threshold,
+      trigger: t.trigger,
+      clock,
+      cancel,
+      permit: Some(permit),
+      mirror: None,
+      holds: Some(Holds { renew, running, guard }),
+    }
+  }
+
+  /// The concurrency slot, for the executor.
+  pub(super) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+    self.permit.take()
+  }
+
+  /// Before the CLI starts: how it picks the session up; one CLI per session (an idle warm one
+  /// kept by another manager goes first); on PostgreSQL this node's copy of the conversation made
+  /// the store's, and the CLI's transcript mirrored into the store while it runs (`spec.mirror`).
+  pub(super) async fn prepare(&mut self, m: &Manager, spec: &mut RunSpec) -> Result<SessionMode> {
+    let mode = m.session_mode(&self.session).await?;
+    m.others_gone(&self.session.id, &self.cancel).await?;
+    if m.store.shares_transcripts() {
+      let tm = m.start_mirror(&self.session, &self.task_id, &mode, &self.clock).await?;
+      spec.mirror = Some(tm.tx.clone());
+      self.mirror = Some(tm);
+    }
+    Ok(mode)
+  }
+
+  /// Records the run's end and gives back what it held: now when the CLI is gone, else (the CLI
+  /// exits after its result) once it has exited, while the caller already has the result.
+  pub(super) async fn settle(mut self, m: &Manager, executed: Executed) -> Result<TaskResult> {
+    let (mut outcome, tail) = match executed {
+      Ok((out, tail)) => (Ok(out), tail),
+      Err(e) => (Err(e), None),
+    };
+    // The turn is in the store before the caller sees the result (or the task says why not).
+    if let (Some(mirror), Ok(_)) = (&self.mirror, &outcome) {
+      if let Err(why) = mirror.flush().await {
+        if !self.clock.is_lost() {
+          outcome = Err(Error::store(why));
+        }
+      }
+    }
+    let local = self.mirror.as_ref().and_then(|mirror| mirror.local.clone());
+    let marker = m.marker_path(&self.session.id);
+    if self.clock.is_lost() {
+      // The CLI is being stopped (the clock cancelled the run); nothing more is written for it.
+      if let Some(tail) = tail {
+        tail.await;
+      }
+      return Ok(self.lease_lost(m).await);
+    }
+    let Some(tail) = tail else {
+      if let (Some(mirror), Some(local)) = (self.mirror.take(), local) {
+        finish_mirror(mirror, m.store.clone(), self.session.id.clone(), local, marker).await;
+      }
+      if self.clock.is_lost() {
+        return Ok(self.lease_lost(m).await);
+      }
+      let guard = self.holds.take().map(Holds::stop);
+      let res = m.finish(&self, outcome, false).await;
+      drop(guard);
+      return res;
+    };
+    let res = m.finish(&self, outcome, true).await;
+    // If the end could not be recorded, the row is still `running`: leave the lease to expire,
+    // and the next task marks it `interrupted` (as after a crash).
+    let recorded = res.is_ok();
+    let finishing = Finishing::mark(m.finishing.clone(), &self.session.id);
+    let (store, sid, tid) = (m.store.clone(), self.session.id.clone(), self.task_id.clone());
+    let (mirror, holds, permit) = (self.mirror.take(), self.holds.take(), self.permit.take());
+    tokio::spawn(async move {
+      tail.await;
+      if let (Some(mirror), Some(local)) = (mirror, local) {
+        finish_mirror(mirror, store.clone(), sid.clone(), local, marker).await;
+      }
+      if let Some(Holds { renew, running, guard }) = holds {
+        drop(renew);
+        if recorded {
+          let _ = store_call(store, Wait::Blocking, move |st| st.release_lease(&sid, &tid)).await;
+        }
+        drop(running);
+        drop(finishing);
+        drop(guard);
+      }
+      drop(permit);
+    });
+    res
+  }
+
+  /// The run lost the session's lease: the mirror and the renewal stop, and the end is recorded
+  /// as lost (see `Manager::finish_lease_lost`).
+  async fn lease_lost(mut self, m: &Manager) -> TaskResult {
+    drop(self.mirror.take());
+    let guard = self.holds.take().map(Holds::stop);
+    let res = m.finish_lease_lost(&self).await;
+    drop(guard);
+    res
+  }
+}
+
+impl Holds {
+  /// The renewal stops and the run leaves the running tasks; the session's place in line is
+  /// returned (kept until the end is recorded).
+  fn stop(self) -> OwnedMutexGuard<()> {
+    let Holds { renew, running, guard } = self;
+    drop(renew);
+    drop(running);
+    guard
+  }
+}
+
+impl Manager {
+  /// PostgreSQL, once the lease is the task's: this node's copy of the transcript the CLI will
+  /// read refreshed from the store, and the writer that mirrors the CLI's lines into it.
+  async fn start_mirror(&self, session: &Session, task_id: &str, mode: &SessionMode, clock: &LeaseClock) -> Result<TaskMirror> {
+    // A warm process that may take the task wrote this node's copy itself, and reads only its own.
+    if !self.warm.fresh_for(&session.id, session.task_count) {
+      self.refresh_for(session, mode).await?;
+    }
+    let sid = session.id.clone();
+    let head = self.store_call(Wait::Blocking, move |s| s.shared_transcripts()?.transcript_head(&sid)).await?;
+    // The local copy as the CLI will find it (just refreshed from the store when it was behind).
+    let local = self.transcript_of(session).ok().flatten();
+    let mut tm = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);
+    tm.max_bytes = self.cfg.max_transcript_bytes;
+    Ok(tm)
+  }
+}

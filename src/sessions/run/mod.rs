@@ -1,0 +1,155 @@
+//! One run of the CLI on a session (a task or a compaction), as a sequence a newcomer can read:
+//!
+//! 1. [`acquire`]: the in-process queue (arrival order), a concurrency slot, the cross-process
+//!    lease; the result is a [`HeldRun`] that owns all three (and the lease's renewal).
+//! 2. [`HeldRun::prepare`]: how the CLI picks the session up, no other manager's idle CLI of it,
+//!    and (PostgreSQL) the transcript mirror.
+//! 3. An [`Executor`] runs the CLI: [`cold::Cold`] (a `-p` process per task) or [`warm::Warm`] (a
+//!    stream-json process kept across tasks); tests use a fake one.
+//! 4. [`HeldRun::settle`]: the end recorded, and everything the run held given back in one place,
+//!    after the CLI has exited.
+
+mod acquire;
+mod cold;
+mod held;
+#[cfg(test)]
+mod tests;
+mod warm;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+pub(crate) use acquire::Ticket;
+pub(crate) use cold::remove_per_process_files;
+pub(crate) use held::HeldRun;
+
+use super::{EventSink, Manager, TaskResult};
+use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskMeter};
+use crate::error::Result;
+use crate::store::Session;
+
+/// How `run_locked` runs one CLI process.
+pub(crate) struct RunOptions {
+  /// `task` or `compact`, as the task row records it.
+  pub(crate) kind: &'static str,
+  /// The CLI's flags; how it picks the session up is decided once the session is held.
+  pub(crate) cli: CliArgs,
+  pub(crate) include_partials: bool,
+  pub(crate) threshold: f64,
+  /// The compaction trigger to record instead of the CLI's own label.
+  pub(crate) trigger: Option<&'static str>,
+  /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
+  pub(crate) queue_timeout: Option<Duration>,
+  /// The task's permission callback (`canUseTool`).
+  pub(crate) can_use_tool: Option<cli::CanUseTool>,
+}
+
+/// A task handle aborted when dropped (the lease renewal: it must never outlive its task).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+  fn drop(&mut self) {
+    self.0.abort();
+  }
+}
+
+/// Work left after a task settled: the CLI's exit, then freeing what the task held.
+pub(crate) type Tail = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What an executor hands back: the CLI's outcome, and its exit when that comes after the result.
+pub(crate) type Executed = Result<(RunOutcome, Option<Tail>)>;
+
+/// The parts of one run an executor needs, once the session is held.
+pub(crate) struct Job<'a> {
+  /// The session as read with the lease.
+  pub(crate) session: &'a Session,
+  pub(crate) task_id: &'a str,
+  /// The CLI's flags, with how it picks the session up.
+  pub(crate) cli: CliArgs,
+  pub(crate) spec: RunSpec,
+  pub(crate) sink: Option<EventSink>,
+  pub(crate) cancel: &'a CancelToken,
+  pub(crate) include_partials: bool,
+  pub(crate) can_use_tool: Option<cli::CanUseTool>,
+  /// What the key proxy meters for the task's model calls.
+  pub(crate) meter: Arc<TaskMeter>,
+  /// The run's concurrency slot: the executor gives it back when its CLI no longer runs.
+  pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How the CLI runs once the session is held: cold (a process per task) or warm (a process kept
+/// across tasks). A boxed future, so that the run picks one at run time (and tests a fake).
+pub(crate) trait Executor: Send {
+  fn execute<'a>(self: Box<Self>, m: &'a Manager, job: Job<'a>) -> Pin<Box<dyn Future<Output = Executed> + Send + 'a>>;
+}
+
+impl Manager {
+  /// Takes the session (in-process queue, then the cross-process lease, then a concurrency slot),
+  /// runs the CLI and records the end.
+  pub(crate) async fn run_locked(
+    &self,
+    session: &Session,
+    spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+    o: RunOptions,
+  ) -> Result<TaskResult> {
+    let warm = self.runs_warm(o.kind, o.can_use_tool.is_some(), o.cli.max_budget_usd.is_some());
+    let executor: Box<dyn Executor> = if warm { Box::new(warm::Warm) } else { Box::new(cold::Cold) };
+    self.run_with(executor, session, spec, sink, cancel, o).await
+  }
+
+  /// [`Self::run_locked`] with the executor given.
+  pub(crate) async fn run_with(
+    &self,
+    executor: Box<dyn Executor>,
+    session: &Session,
+    mut spec: RunSpec,
+    sink: Option<EventSink>,
+    cancel: CancelToken,
+    o: RunOptions,
+  ) -> Result<TaskResult> {
+    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout, can_use_tool } = o;
+    let ticket = Ticket {
+      session,
+      task_id: uuid::Uuid::new_v4().to_string(),
+      kind,
+      model: cli.model.clone().unwrap_or_else(|| session.model.clone()),
+      queue_timeout: queue_timeout.unwrap_or(self.cfg.queue_timeout),
+      queued: Instant::now(),
+      threshold,
+      trigger,
+      cancel: &cancel,
+      sink: &sink,
+    };
+    let mut run = match self.acquire(&ticket).await? {
+      Ok(run) => run,
+      Err(aborted_in_queue) => return Ok(aborted_in_queue),
+    };
+    let outcome = match run.prepare(self, &mut spec).await {
+      Ok(mode) => {
+        cli.session = Some(mode);
+        let permit = run.take_permit();
+        let job = Job {
+          session: &run.session,
+          task_id: &run.task_id,
+          cli,
+          spec,
+          sink,
+          cancel: &cancel,
+          include_partials,
+          can_use_tool,
+          meter: self.task_meter(&run.session, &run.task_id),
+          permit,
+        };
+        executor.execute(self, job).await
+      }
+      Err(e) => Err(e),
+    };
+    run.settle(self, outcome).await
+  }
+}

@@ -1,0 +1,250 @@
+//! Sessions on PostgreSQL: create, read, list, archive, delete, clean up, the context snapshot.
+
+use super::*;
+
+impl PgStore {
+  pub(super) async fn get_in(&self, tx: &impl GenericClient, id: &str, user_id: &str) -> Result<Option<Session>> {
+    let row =
+      self.opt(tx, &format!("SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE id = $1 AND user_id = $2"), &[&id, &user_id]).await?;
+    Ok(row.as_ref().map(|r| self.session_row(r)))
+  }
+
+  pub(super) async fn insert_session(&self, tx: &Transaction<'_>, s: &NewSession) -> Result<()> {
+    let taken = self
+      .opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 UNION ALL SELECT 1 FROM {S}.retired_session_ids WHERE id = $1", &[&s.id])
+      .await?;
+    if taken.is_some() {
+      return Err(Error::invalid(format!("session id {} cannot be used for a new session; choose a new UUID", s.id)));
+    }
+    let (working_directory, config_dir) = match &self.roots {
+      Some(roots) => (relative_to(&roots.working, &s.working_directory), s.config_dir.as_deref().map(|d| relative_to(&roots.config, d))),
+      None => (s.working_directory.clone(), s.config_dir.clone()),
+    };
+    let ctx = s.context.as_ref();
+    let (tokens, window, source, measured) =
+      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
+    self
+      .exec(
+        tx,
+        "INSERT INTO {S}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
+           created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
+           cli_cost_watermark, config_dir)
+         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, {NOW}, {NOW}, {NOW}, $8, $9, $10, $11, $12, $13)",
+        &[
+          &s.id,
+          &s.project_id,
+          &s.user_id,
+          &s.parent_id,
+          &s.title,
+          &s.model,
+          &working_directory,
+          &tokens,
+          &window,
+          &source,
+          &measured,
+          &s.cli_cost_watermark,
+          &config_dir,
+        ],
+      )
+      .await?;
+    Ok(())
+  }
+
+  /// Serialises the writers of one user's project (get-or-create, start fresh) across nodes.
+  pub(super) async fn lock_project(&self, tx: &Transaction<'_>, user_id: &str, project_id: &str) -> Result<()> {
+    let key = format!("{}\u{1}{user_id}\u{1}{project_id}", self.schema);
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key]).await.map_err(pg)?;
+    Ok(())
+  }
+
+  pub(super) async fn task_running(&self, tx: &Transaction<'_>, session_id: &str) -> Result<bool> {
+    Ok(
+      self
+        .opt(
+          tx,
+          "SELECT 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id
+           WHERE l.session_id = $1 AND l.expires_at > now() AND t.status = 'running'",
+          &[&session_id],
+        )
+        .await?
+        .is_some(),
+    )
+  }
+
+  pub(super) async fn retire(&self, tx: &Transaction<'_>, id: &str) -> Result<()> {
+    self.exec(tx, "UPDATE {S}.sessions SET parent_id = NULL WHERE parent_id = $1", &[&id]).await?;
+    self.exec(tx, "INSERT INTO {S}.retired_session_ids (id, retired_at) VALUES ($1, {NOW}) ON CONFLICT (id) DO NOTHING", &[&id]).await?;
+    Ok(())
+  }
+}
+
+impl Sessions for PgStore {
+  /// Creates a session.
+  fn create_session(&self, s: &NewSession) -> Result<Session> {
+    self.tx(async |tx| {
+      self.insert_session(tx, s).await?;
+      self.get_in(tx, &s.id, &s.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))
+    })
+  }
+
+  /// One session of one user.
+  fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
+    self.read(async |c| self.get_in(c, id, user_id).await)
+  }
+
+  /// Sessions of a user, newest activity first.
+  fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
+    let (limit, offset) = (q.limit.min(i64::MAX as u64) as i64, q.offset.min(i64::MAX as u64) as i64);
+    self.read(async |c| {
+      let rows = self
+        .query(
+          c,
+          &format!(
+            "SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE user_id = $1
+               AND ($2::text IS NULL OR project_id = $2) AND ($3::text IS NULL OR status = $3)
+               AND ($4::text IS NULL OR parent_id = $4)
+             ORDER BY last_active_at DESC, created_at DESC, id LIMIT $5 OFFSET $6"
+          ),
+          &[&q.user_id, &q.project_id, &q.status, &q.parent_id, &limit, &offset],
+        )
+        .await?;
+      Ok(rows.iter().map(|r| self.session_row(r)).collect())
+    })
+  }
+
+  /// The newest active session of a user's project, or a new one made from `new`, atomically.
+  fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
+    self.tx(async |tx| {
+      self.lock_project(tx, &new.user_id, &new.project_id).await?;
+      if prefer_active {
+        let found = self
+          .opt(
+            tx,
+            &format!(
+              "SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE user_id = $1 AND project_id = $2 AND status = 'active'
+               ORDER BY last_active_at DESC, created_at DESC LIMIT 1"
+            ),
+            &[&new.user_id, &new.project_id],
+          )
+          .await?;
+        if let Some(r) = found {
+          return Ok((self.session_row(&r), false));
+        }
+      }
+      self.insert_session(tx, new).await?;
+      let s = self.get_in(tx, &new.id, &new.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))?;
+      Ok((s, true))
+    })
+  }
+
+  /// Archives the user's active sessions of the project and creates `new`, atomically.
+  fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
+    self.tx(async |tx| {
+      self.lock_project(tx, &new.user_id, &new.project_id).await?;
+      let archived = self
+        .exec(
+          tx,
+          "UPDATE {S}.sessions SET status = 'archived', updated_at = {NOW}
+           WHERE user_id = $1 AND project_id = $2 AND status = 'active'",
+          &[&new.user_id, &new.project_id],
+        )
+        .await?;
+      self.insert_session(tx, new).await?;
+      let s = self.get_in(tx, &new.id, &new.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))?;
+      Ok((s, archived))
+    })
+  }
+
+  /// Archives one session.
+  fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
+    self.tx(async |tx| {
+      let n = self
+        .exec(tx, "UPDATE {S}.sessions SET status = 'archived', updated_at = {NOW} WHERE id = $1 AND user_id = $2", &[&id, &user_id])
+        .await?;
+      if n == 0 {
+        return Err(Error::not_found(id));
+      }
+      self.get_in(tx, id, user_id).await?.ok_or_else(|| Error::not_found(id))
+    })
+  }
+
+  /// Deletes one session with its tasks and compactions; a session running a task is busy.
+  fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
+    self.tx(async |tx| {
+      // The row lock orders this against a task starting on the session.
+      if self.opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", &[&id, &user_id]).await?.is_none() {
+        return Err(Error::not_found(id));
+      }
+      if self.task_running(tx, id).await? {
+        return Err(Error::new(ErrorCode::SessionBusy, format!("session {id} is running a task; abort it or wait before deleting")));
+      }
+      self.retire(tx, id).await?;
+      self.exec(tx, "DELETE FROM {S}.sessions WHERE id = $1 AND user_id = $2", &[&id, &user_id]).await?;
+      Ok(())
+    })
+  }
+
+  /// Deletes idle sessions; returns how many.
+  fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
+    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
+  }
+
+  /// Deletes a user's sessions idle for longer than `max_age_ms` (only archived ones when
+  /// `keep_active`) that run no task; returns them.
+  fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
+    self.tx(async |tx| {
+      let now: i64 = self.query(tx, "SELECT {NOW}", &[]).await?[0].get(0);
+      let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
+      let rows = self
+        .query(
+          tx,
+          &format!(
+            "SELECT {SESSION_COLUMNS} FROM {{S}}.sessions s WHERE user_id = $1 AND ($2::text IS NULL OR project_id = $2)
+               AND last_active_at < $3 AND (NOT $4 OR status = 'archived')
+               AND NOT EXISTS (SELECT 1 FROM {{S}}.leases l JOIN {{S}}.tasks t ON t.id = l.task_id
+                 WHERE l.session_id = s.id AND l.expires_at > now() AND t.status = 'running')
+             FOR UPDATE"
+          ),
+          &[&user_id, &project_id, &cutoff, &keep_active],
+        )
+        .await?;
+      let mut deleted = Vec::with_capacity(rows.len());
+      for r in &rows {
+        let s = self.session_row(r);
+        self.retire(tx, &s.id).await?;
+        self.exec(tx, "DELETE FROM {S}.sessions WHERE id = $1 AND user_id = $2", &[&s.id, &user_id]).await?;
+        deleted.push(s);
+      }
+      Ok(deleted)
+    })
+  }
+
+  /// Counts a user's sessions.
+  fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
+    self.read(async |c| {
+      let r = self
+        .query(
+          c,
+          "SELECT COUNT(*) FROM {S}.sessions WHERE user_id = $1 AND ($2::text IS NULL OR project_id = $2)",
+          &[&user_id, &project_id],
+        )
+        .await?;
+      Ok(r[0].get::<_, i64>(0) as u64)
+    })
+  }
+
+  /// Replaces the context snapshot of a session.
+  fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
+    self.tx(async |tx| {
+      self
+        .exec(
+          tx,
+          "UPDATE {S}.sessions SET context_tokens = $2, context_window = $3, context_source = $4,
+             context_measured_at = $5, updated_at = {NOW} WHERE id = $1",
+          &[&id, &(ctx.tokens as i64), &(ctx.window as i64), &ctx.source, &ctx.measured_at],
+        )
+        .await?;
+      Ok(())
+    })
+  }
+}

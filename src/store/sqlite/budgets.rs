@@ -1,0 +1,180 @@
+//! Spend caps and the ledger of model calls on SQLite (what they are: `store/budgets.rs`).
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::*;
+use crate::error::Result;
+use crate::store::budgets::applicable;
+
+const SELECT_BUDGET: &str = "SELECT usd, period FROM budgets WHERE scope = ?1 AND user_id = ?2 AND project_id = ?3 AND session_id = ?4";
+
+/// The ledger's filter of a scope, `?1` the user, `?2` the project or session, `?3` the start.
+fn spent_sql(scope: &str) -> &'static str {
+  match scope {
+    "user" => "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND ?2 = '' AND at >= ?3",
+    "project" => "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND project_id = ?2 AND at >= ?3",
+    _ => "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE session_id = ?2 AND user_id = ?1 AND at >= ?3",
+  }
+}
+
+impl SqliteStore {
+  /// When the current `period` started, by `now` (UTC); 0 for none.
+  fn period_start(c: &Connection, period: Option<&str>, now: i64) -> Result<i64> {
+    let modifier = match period {
+      Some("day") => "start of day",
+      Some("month") => "start of month",
+      _ => return Ok(0),
+    };
+    Ok(c.query_row("SELECT CAST(strftime('%s', ?1 / 1000, 'unixepoch', ?2) AS INTEGER) * 1000", params![now, modifier], |r| r.get(0))?)
+  }
+
+  fn spent(c: &Connection, scope: &str, user: &str, other: &str, since: i64) -> Result<f64> {
+    Ok(c.prepare_cached(spent_sql(scope))?.query_row(params![user, other, since], |r| r.get(0))?)
+  }
+}
+
+impl Budgets for SqliteStore {
+  /// Checks every cap that applies to the call against its reserve and, in the same
+  /// transaction, records the call at its reserve.
+  fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
+    self.write(|tx| {
+      let now = now_ms();
+      let stored = |scope: &str| -> Result<Option<(f64, Option<String>)>> {
+        let (p, s) = match scope {
+          "project" => (call.project_id, ""),
+          "session" => ("", call.session_id),
+          _ => ("", ""),
+        };
+        Ok(
+          tx.prepare_cached(SELECT_BUDGET)?
+            .query_row(params![scope, call.user_id, p, s], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))
+            .optional()?,
+        )
+      };
+      for (scope, cap, period) in applicable(stored, defaults)? {
+        let since = Self::period_start(tx, period.as_deref(), now)?;
+        let other = match scope {
+          "project" => call.project_id,
+          "session" => call.session_id,
+          _ => "",
+        };
+        let spent = Self::spent(tx, scope, call.user_id, other, since)?;
+        if spent + call.reserve_usd > cap {
+          return Ok(Admit::Over { scope: scope.into(), cap_usd: cap, spent_usd: spent, period });
+        }
+      }
+      exec(
+        tx,
+        "INSERT INTO model_calls (task_id, session_id, user_id, project_id, model, usd, reserved, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
+        params![call.task_id, call.session_id, call.user_id, call.project_id, call.model, call.reserve_usd, now],
+      )?;
+      Ok(Admit::Go(tx.last_insert_rowid()))
+    })
+  }
+
+  /// Records what an admitted call really cost (one statement).
+  fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
+    self.with(|c| {
+      exec(
+        c,
+        "UPDATE model_calls SET model = CASE WHEN ?2 = '' THEN model ELSE ?2 END, input_tokens = ?3, output_tokens = ?4,
+           cache_read_tokens = ?5, cache_write_tokens = ?6, usd = ?7, reserved = 0 WHERE id = ?1",
+        params![id, model, t.input as i64, t.output as i64, t.cache_read as i64, t.cache_write as i64, usd],
+      )?;
+      Ok(())
+    })
+  }
+
+  /// Sets (or replaces) a cap.
+  fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
+    self.write(|tx| {
+      exec(
+        tx,
+        "INSERT INTO budgets (scope, user_id, project_id, session_id, usd, period, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (scope, user_id, project_id, session_id) DO UPDATE SET usd = ?5, period = ?6, updated_at = ?7",
+        params![k.scope, k.user_id, k.project_id, k.session_id, usd, period, now_ms()],
+      )?;
+      Ok(())
+    })
+  }
+
+  /// A stored cap with its scope's spend in the current period.
+  fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
+    self.with(|c| {
+      let row = c
+        .prepare_cached(SELECT_BUDGET)?
+        .query_row(params![k.scope, k.user_id, k.project_id, k.session_id], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))
+        .optional()?;
+      let Some((usd, period)) = row else { return Ok(None) };
+      let start = Self::period_start(c, period.as_deref(), now_ms())?;
+      let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
+      let spent = Self::spent(c, &k.scope, &k.user_id, other, start)?;
+      Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: spent, period_start: start }))
+    })
+  }
+
+  /// What a scope spent in the current `period` (for a default cap, which has no row).
+  fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
+    self.with(|c| {
+      let start = Self::period_start(c, period, now_ms())?;
+      let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
+      Ok((Self::spent(c, &k.scope, &k.user_id, other, start)?, start))
+    })
+  }
+
+  /// Deletes a cap; whether there was one.
+  fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
+    self.write(|tx| {
+      Ok(
+        exec(
+          tx,
+          "DELETE FROM budgets WHERE scope = ?1 AND user_id = ?2 AND project_id = ?3 AND session_id = ?4",
+          params![k.scope, k.user_id, k.project_id, k.session_id],
+        )? > 0,
+      )
+    })
+  }
+
+  /// The ledger summed by day, model or session.
+  fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+    let key = match q.group_by.as_str() {
+      "day" => "strftime('%Y-%m-%d', at / 1000, 'unixepoch')",
+      "model" => "model",
+      _ => "session_id",
+    };
+    // Only the filters given, so that SQLite can use the index of the narrowest one (a
+    // `?1 IS NULL OR user_id = ?1` condition would scan the whole ledger).
+    let mut filters = vec!["at >= ?", "at < ?"];
+    let mut args: Vec<rusqlite::types::Value> = vec![q.since.unwrap_or(0).into(), q.until.unwrap_or(i64::MAX).into()];
+    for (column, value) in [("user_id = ?", &q.user_id), ("project_id = ?", &q.project_id), ("session_id = ?", &q.session_id)] {
+      if let Some(v) = value {
+        filters.push(column);
+        args.push(v.clone().into());
+      }
+    }
+    let sql = format!(
+      "SELECT {key} AS k, COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),
+         COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(cache_write_tokens), 0), COALESCE(SUM(usd), 0)
+       FROM model_calls WHERE {} GROUP BY k ORDER BY k",
+      filters.join(" AND ")
+    );
+    self.with(|c| {
+      let mut st = c.prepare_cached(&sql)?;
+      let rows = st.query_map(rusqlite::params_from_iter(args.iter()), |r| {
+        Ok(UsageRow {
+          key: r.get(0)?,
+          calls: r.get::<_, i64>(1)? as u64,
+          tokens: CallTokens {
+            input: r.get::<_, i64>(2)? as u64,
+            output: r.get::<_, i64>(3)? as u64,
+            cache_read: r.get::<_, i64>(4)? as u64,
+            cache_write: r.get::<_, i64>(5)? as u64,
+          },
+          usd: r.get(6)?,
+        })
+      })?;
+      Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    })
+  }
+}
