@@ -206,7 +206,10 @@ for (const sandbox of SANDBOXES) {
     server.enqueue({ text: 'hi' })
     const first = await a.manager.executeTask({ prompt, projectId: 'p', userId: 'mallory' })
     t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
-    const { r, output } = await runBash(a.manager, server, `${OWN}; D=$(dirname "$F"); mv "$D" "$D.old" && ln -s ${hostDir} "$D" && echo LINKED`, {
+    // The CLI writes its transcript meanwhile and may create the folder again between the move
+    // and the link (the link then lands inside it): tried until the folder is the link.
+    const plant = `D=$(dirname "$F"); for i in $(seq 20); do [ -L "$D" ] && break; rm -rf "$D.old"; mv "$D" "$D.old"; ln -sT ${hostDir} "$D"; done; [ -L "$D" ] && echo LINKED`
+    const { r, output } = await runBash(a.manager, server, `${OWN}; ${plant}`, {
       sessionId: first.sessionId,
     })
     t.assert.match(output, /LINKED/, `${output} ${JSON.stringify(r.error)}`)

@@ -400,6 +400,70 @@ impl Observer {
 mod tests {
   use super::*;
 
+  /// A ledger that records what it was told.
+  #[derive(Default)]
+  struct Recorded(Mutex<Vec<(i64, String, CallUsage, f64)>>);
+
+  impl Ledger for Recorded {
+    fn admit(&self, _: &CallOwner, _: &str, _: f64) -> Admission {
+      Admission::Go(1)
+    }
+    fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64) {
+      self.0.lock().unwrap().push((call, model.to_owned(), *usage, usd));
+    }
+  }
+
+  #[test]
+  fn each_call_is_charged_once_to_the_task_and_the_ledger_and_a_task_keeps_its_first_refusal() {
+    let ledger = Arc::new(Recorded::default());
+    let metering = Metering { ledger: ledger.clone(), prices: PriceTable::default() };
+    let meter = TaskMeter::new(CallOwner::default());
+    // A streamed call, settled twice (the body's end, then the drop): charged once.
+    let mut a = CallCharge::new(metering.clone(), meter.clone(), 1, "claude-sonnet-4-5".into(), 9.0);
+    a.set_sse(true);
+    a.feed(b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1000000,\"cache_read_input_tokens\":2,\"cache_creation_input_tokens\":3}}}\n");
+    a.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1000000}}\n");
+    a.settle();
+    drop(a);
+    // A JSON call, charged when dropped (a response cut off is charged what it reported).
+    let mut b = CallCharge::new(metering.clone(), meter.clone(), 2, "claude-haiku-4-5".into(), 9.0);
+    b.feed(br#"{"model":"claude-haiku-4-5","usage":{"input_tokens":5,"output_tokens":7}}"#);
+    drop(b);
+    let m = meter.snapshot();
+    assert_eq!(m.calls, 2);
+    assert_eq!(m.usage, CallUsage { input: 1_000_005, output: 1_000_007, cache_read: 2, cache_write: 3, cache_write_1h: 0 });
+    let sonnet = 3.0 + 15.0 + (2.0 * 0.3 + 3.0 * 3.75) / 1e6;
+    let haiku = (5.0 * 1.0 + 7.0 * 5.0) / 1e6;
+    assert!((m.usd - (sonnet + haiku)).abs() < 1e-9, "{}", m.usd);
+    let settled = ledger.0.lock().unwrap().clone();
+    assert_eq!(
+      settled.iter().map(|(c, model, _, _)| (*c, model.as_str())).collect::<Vec<_>>(),
+      [(1, "claude-sonnet-4-5"), (2, "claude-haiku-4-5")]
+    );
+    assert!((settled[0].3 - sonnet).abs() < 1e-9 && (settled[1].3 - haiku).abs() < 1e-9);
+    // A JSON body over the bound is charged its reserve; an SSE line over it is skipped, and the
+    // lines after it are still read.
+    let mut big = CallCharge::new(metering.clone(), meter.clone(), 3, "claude-haiku-4-5".into(), 4.5);
+    big.feed(&vec![b' '; MAX_JSON_RESPONSE]);
+    big.feed(br#"{"usage":{"input_tokens":1}}"#);
+    big.settle();
+    assert!((meter.snapshot().usd - (sonnet + haiku + 4.5)).abs() < 1e-9);
+    let mut o = Observer::new(true);
+    o.feed(&vec![b'x'; MAX_SSE_LINE]);
+    o.feed(b"x\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n");
+    assert_eq!(o.finish().usage.output, 4);
+    let mut exact = Observer::new(true);
+    exact.feed(&[b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}".as_slice(), &vec![b' '; 100]].concat());
+    exact.feed(b"\n");
+    assert_eq!(exact.finish().usage.output, 6, "a line under the bound split over two chunks is read");
+    // The first refusal is the one the task reports.
+    assert_eq!(meter.refused(), None);
+    meter.refuse("the user cap");
+    meter.refuse("the session cap");
+    assert_eq!(meter.refused().as_deref(), Some("the user cap"));
+    assert_eq!(meter.snapshot().refused.as_deref(), Some("the user cap"));
+  }
+
   #[test]
   fn families_unknown_models_and_overrides_are_priced() {
     let t = PriceTable::default();
