@@ -453,7 +453,7 @@ mod tests {
     o.feed(b"x\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":4}}\n");
     assert_eq!(o.finish().usage.output, 4);
     let mut exact = Observer::new(true);
-    exact.feed(&[b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}".as_slice(), &vec![b' '; 100]].concat());
+    exact.feed(&[b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}".as_slice(), &[b' '; 100]].concat());
     exact.feed(b"\n");
     assert_eq!(exact.finish().usage.output, 6, "a line under the bound split over two chunks is read");
     // The first refusal is the one the task reports.
