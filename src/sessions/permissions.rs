@@ -243,15 +243,15 @@ mod tests {
 
   #[test]
   fn rules_are_a_tool_and_a_folder_inside_the_working_directory_or_an_exact_command() {
-    let wd = "/srv/work/t1";
+    let wd = "/srv/ws/t1";
     let write = |p: &str| Rule::of("Write", &json!({ "file_path": p, "content": "x" }), wd);
-    let a = write("/srv/work/t1/a/one.txt").unwrap();
-    assert_eq!(write("/srv/work/t1/a/two.txt"), Some(a.clone()), "same folder, same rule");
-    assert_ne!(write("/srv/work/t1/a/b/three.txt"), Some(a.clone()), "a subfolder is another folder");
-    assert_ne!(write("/srv/work/t1/b/one.txt"), Some(a.clone()));
-    assert_ne!(Rule::of("Edit", &json!({ "file_path": "/srv/work/t1/a/one.txt" }), wd), Some(a.clone()), "another tool");
-    assert!(write("/srv/work/t1/one.txt").is_some(), "the working directory itself");
-    for outside in ["/etc/passwd", "/srv/work/t10/x", "/srv/work/t1/../t2/x", "relative/x", "/srv/work/x"] {
+    let a = write("/srv/ws/t1/a/one.txt").unwrap();
+    assert_eq!(write("/srv/ws/t1/a/two.txt"), Some(a.clone()), "same folder, same rule");
+    assert_ne!(write("/srv/ws/t1/a/b/three.txt"), Some(a.clone()), "a subfolder is another folder");
+    assert_ne!(write("/srv/ws/t1/b/one.txt"), Some(a.clone()));
+    assert_ne!(Rule::of("Edit", &json!({ "file_path": "/srv/ws/t1/a/one.txt" }), wd), Some(a.clone()), "another tool");
+    assert!(write("/srv/ws/t1/one.txt").is_some(), "the working directory itself");
+    for outside in ["/etc/passwd", "/srv/ws/t10/x", "/srv/ws/t1/../t2/x", "relative/x", "/srv/ws/x"] {
       assert_eq!(write(outside), None, "{outside}");
     }
     assert_eq!(Rule::of("Write", &json!({ "content": "x" }), wd), None);
