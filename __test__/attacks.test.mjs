@@ -636,7 +636,9 @@ test('15. a steering message is text: no slash command, no @path inlining, no sh
     const m = made.manager
     const marker = path.join(made.work, mark('bang'))
     const first = await m.executeTask({ prompt: 'one', projectId: 'p', userId: 'mallory', disallowedTools: FILE_TOOLS })
-    server.enqueue({ text: 'slow', delayMs: 1500 })
+    // The task runs long enough for the five messages below to reach it on a loaded machine
+    // (one sent after it ended is refused, an unhandled rejection here).
+    server.enqueue({ text: 'slow', delayMs: 5000 })
     let sent
     const r = await m.executeTask(
       { prompt: 'two', projectId: 'p', userId: 'mallory', sessionId: first.sessionId, disallowedTools: FILE_TOOLS },
