@@ -175,5 +175,80 @@ mod tests {
     for bad in ["", "1.2.3.4", "exa mple.com", "example.com:0", "example.com:99999", "-x.com", "*.", "a..b", "host:port"] {
       assert!(Allowed::parse(bad).is_err(), "{bad:?}");
     }
+    // Label and name lengths at their bounds; a wildcard needs a whole label before the domain.
+    let label = "a".repeat(63);
+    assert!(Allowed::parse(&format!("{label}.com")).is_ok() && Allowed::parse(&format!("a{label}.com")).is_err());
+    let long = std::iter::repeat_n("a".repeat(49), 5).collect::<Vec<_>>().join(".");
+    assert!(
+      Allowed::parse(&long).is_ok() && Allowed::parse(&format!("a{long}")).is_ok() && Allowed::parse(&format!("{long}.abcd")).is_err()
+    );
+    assert!(!w.admits(".example.com", 8443));
+  }
+
+  #[test]
+  fn only_the_public_internet_is_public() {
+    let public = |a: &str| super::public(a.parse().unwrap());
+    for a in ["93.184.216.34", "8.8.8.8", "100.63.255.255", "100.128.0.0", "2606:4700::1111", "::ffff:93.184.216.34"] {
+      assert!(public(a), "{a} is public");
+    }
+    for a in [
+      "127.0.0.1",
+      "10.1.2.3",
+      "172.16.0.1",
+      "192.168.1.1",
+      "169.254.169.254",
+      "0.0.0.0",
+      "224.0.0.1",
+      "255.255.255.255",
+      "100.64.0.1",
+      "100.127.255.255",
+      "::1",
+      "::",
+      "ff02::1",
+      "fc00::1",
+      "fd12:3456::1",
+      "fe80::1",
+      "febf::1",
+      "::ffff:127.0.0.1",
+      "::ffff:192.168.0.1",
+    ] {
+      assert!(!public(a), "{a} is not public");
+    }
+  }
+
+  #[tokio::test]
+  async fn a_connect_head_is_read_within_its_bounds() {
+    use tokio::io::AsyncWriteExt;
+    async fn head(bytes: Vec<u8>) -> Option<(String, u16)> {
+      let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+      let addr = l.local_addr().unwrap();
+      let client = tokio::spawn(async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(&bytes).await;
+        let _ = c.shutdown().await;
+        c
+      });
+      let (mut s, _) = l.accept().await.unwrap();
+      let got = super::read_head(&mut s).await;
+      drop(client.await);
+      got
+    }
+    assert_eq!(head(b"CONNECT Example.com:8443 HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await, Some(("example.com".into(), 8443)));
+    assert_eq!(head(b"CONNECT a.io:443 HTTP/1.0\r\n\r\n".to_vec()).await, Some(("a.io".into(), 443)));
+    for bad in [
+      &b"GET http://a.io/ HTTP/1.1\r\n\r\n"[..],
+      b"CONNECT a.io:443 HTTP/2\r\n\r\n",
+      b"CONNECT a.io:443 HTTP/1.1 extra\r\n\r\n",
+      b"CONNECT a.io HTTP/1.1\r\n\r\n",
+      b"CONNECT a.io:99999 HTTP/1.1\r\n\r\n",
+      b"CONNECT a.io:443 HTTP/1.1\r\n",
+    ] {
+      assert_eq!(head(bad.to_vec()).await, None, "{:?}", String::from_utf8_lossy(bad));
+    }
+    // A head over 8 KiB is refused; one just under it is read.
+    let padded = |n: usize| [&b"CONNECT a.io:443 HTTP/1.1\r\nX: "[..], &vec![b'x'; n], b"\r\n\r\n"].concat();
+    let fits = 8192 - padded(0).len();
+    assert_eq!(head(padded(fits)).await, Some(("a.io".into(), 443)));
+    assert_eq!(head(padded(fits + 1)).await, None);
   }
 }
