@@ -143,6 +143,11 @@ impl Rule {
       if !folder.starts_with(wd) {
         return None;
       }
+      // The folder as it is on disk, with no link on the way (the agent can make a folder of the
+      // working directory a link to anywhere): else nothing is remembered or matched.
+      if std::fs::canonicalize(folder).ok()? != folder || std::fs::canonicalize(wd).ok()? != wd {
+        return None;
+      }
       Scope::Folder(folder.to_path_buf())
     } else if tool == "Bash" {
       let command = input.get("command").and_then(Value::as_str).filter(|c| !c.trim().is_empty())?;
@@ -243,16 +248,28 @@ mod tests {
 
   #[test]
   fn rules_are_a_tool_and_a_folder_inside_the_working_directory_or_an_exact_command() {
-    let wd = "/srv/ws/t1";
+    // Real folders: a rule's folder must be on disk as named (no link on the way).
+    let root = std::env::temp_dir().join(format!("csm-rules-{}", std::process::id()));
+    for d in ["t1/a/b", "t1/b", "t2", "outside"] {
+      std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let root = std::fs::canonicalize(&root).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(root.join("outside"), root.join("t1/link")).unwrap();
+    let at = |p: &str| root.join(p).to_string_lossy().into_owned();
+    let wd_owned = at("t1");
+    let wd = wd_owned.as_str();
     let write = |p: &str| Rule::of("Write", &json!({ "file_path": p, "content": "x" }), wd);
-    let a = write("/srv/ws/t1/a/one.txt").unwrap();
-    assert_eq!(write("/srv/ws/t1/a/two.txt"), Some(a.clone()), "same folder, same rule");
-    assert_ne!(write("/srv/ws/t1/a/b/three.txt"), Some(a.clone()), "a subfolder is another folder");
-    assert_ne!(write("/srv/ws/t1/b/one.txt"), Some(a.clone()));
-    assert_ne!(Rule::of("Edit", &json!({ "file_path": "/srv/ws/t1/a/one.txt" }), wd), Some(a.clone()), "another tool");
-    assert!(write("/srv/ws/t1/one.txt").is_some(), "the working directory itself");
-    for outside in ["/etc/passwd", "/srv/ws/t10/x", "/srv/ws/t1/../t2/x", "relative/x", "/srv/ws/x"] {
-      assert_eq!(write(outside), None, "{outside}");
+    let a = write(&at("t1/a/one.txt")).unwrap();
+    assert_eq!(write(&at("t1/a/two.txt")), Some(a.clone()), "same folder, same rule");
+    assert_ne!(write(&at("t1/a/b/three.txt")), Some(a.clone()), "a subfolder is another folder");
+    assert_ne!(write(&at("t1/b/one.txt")), Some(a.clone()));
+    assert_ne!(Rule::of("Edit", &json!({ "file_path": at("t1/a/one.txt") }), wd), Some(a.clone()), "another tool");
+    assert!(write(&at("t1/one.txt")).is_some(), "the working directory itself");
+    for outside in
+      ["/etc/passwd".to_owned(), at("t10/x"), at("t1/../t2/x"), "relative/x".to_owned(), at("x"), at("t1/link/x"), at("t1/new/x")]
+    {
+      assert_eq!(write(&outside), None, "{outside}");
     }
     assert_eq!(Rule::of("Write", &json!({ "content": "x" }), wd), None);
     let bash = |c: &str| Rule::of("Bash", &json!({ "command": c, "description": "d" }), wd);
@@ -268,6 +285,7 @@ mod tests {
     assert!(!rules.allows("s2", &a), "another session");
     rules.forget("s1");
     assert!(!rules.allows("s1", &a));
+    std::fs::remove_dir_all(&root).unwrap();
     for i in 0..=MAX_RULES_PER_SESSION {
       rules.add("s1", bash(&format!("echo {i}")).unwrap());
     }
