@@ -104,7 +104,7 @@ const NOW_MS: &str = "(floor(extract(epoch from now()) * 1000))::bigint";
 const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
-  context_measured_at, materialized, cli_cost_watermark, config_dir";
+  context_measured_at, materialized, cli_cost_watermark, config_dir, paused";
 
 const INTERRUPTED: &str = "the process running this task stopped before it ended";
 
@@ -203,6 +203,8 @@ pub struct PgStore {
   cache_statements: bool,
   /// The password, to scrub from any message that might carry it.
   secret: Option<String>,
+  /// Added to the database clock by the spend caps (`Budgets::shift_budget_clock`, for tests).
+  budget_clock_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Drop for PgStore {
@@ -261,6 +263,7 @@ impl PgStore {
       shown: parsed.shown,
       cache_statements: parsed.cache_statements,
       secret,
+      budget_clock_ms: Default::default(),
     };
     store.migrate(schema)?;
     Ok(store)
@@ -518,6 +521,7 @@ fn session_from_row(r: &Row) -> Session {
     materialized: r.get(21),
     cli_cost_watermark: r.get(22),
     config_dir: r.get(23),
+    paused: r.get(24),
   }
 }
 

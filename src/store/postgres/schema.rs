@@ -185,6 +185,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (scope, user_id, project_id, session_id)
   );
   "#,
+  // 5 -> 6: a project's cap across its users (a project budget with an empty user_id) sums the
+  // ledger by project alone; a session whose last task a spend cap stopped is paused (the cap's
+  // scope) until a task on it ends otherwise.
+  r#"
+  CREATE INDEX model_calls_by_project_total ON {S}.model_calls (project_id, at);
+  ALTER TABLE {S}.sessions ADD COLUMN paused TEXT;
+  "#,
 ];
 
 /// The schema version this build writes.
