@@ -813,7 +813,8 @@ async fn metering_cost() {
   let defaults = BudgetDefaults { per_user: Some((1e9, Some("day".into()))), per_session: Some(1e9) };
   let mut contenders = vec![("off", KeyProxy::start(upstream_cfg()).await.unwrap())];
   for (name, store) in &stores {
-    let metering = Metering { ledger: Arc::new(StoreLedger { store: store.clone(), defaults: defaults.clone() }), prices: PriceTable::default() };
+    let metering =
+      Metering { ledger: Arc::new(StoreLedger { store: store.clone(), defaults: defaults.clone() }), prices: PriceTable::default() };
     contenders.push((name, KeyProxy::start_metered(upstream_cfg(), ProxyLimits::default(), Some(metering)).await.unwrap()));
   }
   let tokens: Vec<TaskToken> = contenders

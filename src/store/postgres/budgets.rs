@@ -5,7 +5,6 @@
 
 use super::*;
 use crate::error::Result;
-use crate::store::budgets::applicable;
 use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, UsageQuery, UsageRow};
 
 const SELECT_BUDGET: &str = "SELECT usd, period FROM {S}.budgets WHERE scope = $1 AND user_id = $2 AND project_id = $3 AND session_id = $4";
@@ -39,39 +38,49 @@ impl PgStore {
 
 impl Budgets for PgStore {
   /// Checks every cap that applies to the call against its reserve and records the call at its
-  /// reserve, under the user's advisory lock.
+  /// reserve: one statement, the migrations' `admit_call` function (the rules of
+  /// `store/budgets.rs::applicable`, under the user's and the project's advisory locks), keyed by
+  /// a fresh UUID so that running it again after a lost connection charges nothing twice.
   fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
-    // Every cap of a call is its user's but the project's across users: lock both, in this order.
     let user_lock = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
     let project_lock = format!("claude-session-manager:budget-project:{}:{}", self.schema, call.project_id);
-    self.tx(async |tx| {
-      tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0)), pg_advisory_xact_lock(hashtextextended($2, 0))",
-        &[&user_lock, &project_lock],
-      )
-      .await
-      .map_err(super::pg)?;
-      let mut stored = Vec::new();
-      for k in crate::store::budgets::call_keys(call) {
-        stored.push((self.stored_cap(tx, &k).await?, k));
-      }
-      let caps = applicable(call, |k| Ok(stored.iter().find(|(_, s)| s == k).and_then(|(r, _)| r.clone())), defaults)?;
-      for (key, cap, period) in caps {
-        let since = self.period_start(tx, period.as_deref()).await?;
-        let spent = self.spent(tx, &key, since).await?;
-        if spent + call.reserve_usd > cap {
-          return Ok(Admit::Over { key, cap_usd: cap, spent_usd: spent, period });
-        }
-      }
-      let row = self
+    let (default_user, default_user_period) = defaults.per_user.clone().unzip();
+    let default_user_period = default_user_period.flatten();
+    let key = uuid::Uuid::new_v4().to_string();
+    self.idempotent(async |c| {
+      let row = &self
         .query(
-          tx,
-          "INSERT INTO {S}.model_calls (task_id, session_id, user_id, project_id, model, usd, reserved, at)
-           VALUES ($1, $2, $3, $4, $5, $6, true, {NOW} + $7) RETURNING id",
-          &[&call.task_id, &call.session_id, &call.user_id, &call.project_id, &call.model, &call.reserve_usd, &self.budget_shift()],
+          c,
+          "SELECT call_id, over_scope, over_user, over_cap, over_spent, over_period
+           FROM {S}.admit_call($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+          &[
+            &key,
+            &call.task_id,
+            &call.session_id,
+            &call.user_id,
+            &call.project_id,
+            &call.model,
+            &call.reserve_usd,
+            &user_lock,
+            &project_lock,
+            &default_user,
+            &default_user_period,
+            &defaults.per_session,
+            &self.budget_shift(),
+          ],
         )
-        .await?;
-      Ok(Admit::Go(row[0].get(0)))
+        .await?[0];
+      if let Some(id) = row.get::<_, Option<i64>>(0) {
+        return Ok(Admit::Go(id));
+      }
+      let scope: String = row.get(1);
+      let key = BudgetKey {
+        project_id: if scope == "project" { call.project_id.into() } else { String::new() },
+        session_id: if scope == "session" { call.session_id.into() } else { String::new() },
+        user_id: row.get(2),
+        scope,
+      };
+      Ok(Admit::Over { key, cap_usd: row.get(3), spent_usd: row.get(4), period: row.get(5) })
     })
   }
 

@@ -371,11 +371,22 @@ impl PgStore {
   /// [`Self::tx`] takes three (BEGIN, the statement, COMMIT). Behind PgBouncer
   /// (`pgbouncer=true`) a statement's preparation and execution must share a server connection,
   /// so it runs in a read-only transaction there. Retried on a dropped connection, as `tx`.
-  fn read<T>(&self, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+  fn read<T>(&self, f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+    self.one_statement("BEGIN READ ONLY", f)
+  }
+
+  /// Runs `f`, one statement that writes but may run twice with the same outcome (the ledger's
+  /// `admit_call`, keyed by the call), as [`Self::read`] does: one round trip, run again on a
+  /// fresh connection when the connection was lost, whether or not the first run committed.
+  fn idempotent<T>(&self, f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+    self.one_statement("BEGIN", f)
+  }
+
+  fn one_statement<T>(&self, begin: &str, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
     let wrap = !self.cache_statements;
     self.block(self.on_connection(async |client| {
       if wrap {
-        client.batch_execute("BEGIN READ ONLY").await.map_err(pg)?;
+        client.batch_execute(begin).await.map_err(pg)?;
       }
       let out = f(client).await;
       if wrap {
@@ -386,7 +397,8 @@ impl PgStore {
           }
         }
       }
-      // A read changes nothing: every failure may run again on a fresh connection.
+      // A read changes nothing, an idempotent write nothing more: every failure may run again on
+      // a fresh connection.
       out.map(Ok)
     }))
   }
