@@ -141,7 +141,8 @@ export declare class SessionManager {
 /** A spend cap and what its scope spent this period (`setBudget`, `getBudget`). */
 export interface Budget {
   scope: 'user' | 'project' | 'session'
-  userId: string
+  /** Absent for a project's cap across all its users. */
+  userId?: string
   projectId?: string
   sessionId?: string
   /** The cap in US dollars. */
@@ -167,7 +168,11 @@ export interface BudgetDefaults {
  */
 export interface BudgetRequest {
   scope: 'user' | 'project' | 'session'
-  userId: string
+  /**
+   * The user; required, except that a project cap without one is the project's across all its
+   * users.
+   */
+  userId?: string
   projectId?: string
   sessionId?: string
   /** The cap in US dollars (`setBudget` only): finite, 0 or more. */
@@ -554,8 +559,14 @@ export interface Session {
   id: string
   projectId: string
   userId: string
-  /** `active` or `archived`. */
-  status: 'active' | 'archived'
+  /**
+   * `active`, `archived`, or `paused`: active, but its last task was stopped by a spend cap
+   * (`pausedBy` says which); a task on it after the cap is raised or its period rolled over
+   * continues the conversation and ends the pause.
+   */
+  status: 'active' | 'archived' | 'paused'
+  /** The scope of the spend cap that paused the session. */
+  pausedBy?: 'user' | 'project' | 'session'
   /** The session this one was forked from. */
   parentId?: string
   title?: string
@@ -829,6 +840,8 @@ export interface TaskError {
   message: string
   /** The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401). */
   status?: number
+  /** For a `BUDGET_EXCEEDED` from a spend cap (`setBudget`, `budgets`): the cap's scope. */
+  scope?: 'user' | 'project' | 'session'
 }
 
 /** A task row as stored. */

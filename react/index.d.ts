@@ -56,6 +56,8 @@ export interface ClaudeSessionError extends Error {
   code: string
   /** The HTTP status, when the error came with a response. */
   status?: number
+  /** For `BUDGET_EXCEEDED` from a spend cap: which cap stopped the task. */
+  scope?: 'user' | 'project' | 'session'
 }
 
 export interface UseClaudeSessionOptions {

@@ -359,7 +359,7 @@ function useClientSession(opts) {
           update(last(), { content, status: 'done', result })
         } else {
           update(last(), { content, status: result.error && result.error.code === 'ABORTED' ? 'aborted' : 'error', result })
-          if (!(result.error && result.error.code === 'ABORTED')) report(apiError(result.error.code, result.error.message, result.error.status))
+          if (!(result.error && result.error.code === 'ABORTED')) report(apiError(result.error.code, result.error.message, result.error.status, result.error.scope))
         }
         const onFinish = latest.current.onFinish
         if (onFinish) onFinish(result)

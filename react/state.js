@@ -6,12 +6,14 @@
 let localCounter = 0
 const localId = (prefix) => `${prefix}-${Date.now().toString(36)}-${(localCounter++).toString(36)}`
 
-/** An Error with the API's `code` (and the HTTP `status` when there was one). */
-function apiError(code, message, status) {
+/** An Error with the API's `code` (and the HTTP `status` when there was one, and for a spend cap's
+ * `BUDGET_EXCEEDED` the cap's `scope`). */
+function apiError(code, message, status, scope) {
   const e = new Error(message || code)
   e.name = 'ClaudeSessionError'
   e.code = code
   if (status !== undefined) e.status = status
+  if (typeof scope === 'string') e.scope = scope
   return e
 }
 

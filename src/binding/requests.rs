@@ -207,7 +207,9 @@ pub struct ModelPrice {
 pub struct BudgetRequest {
   #[napi(ts_type = "'user' | 'project' | 'session'")]
   pub scope: String,
-  pub user_id: String,
+  /// The user; required, except that a project cap without one is the project's across all its
+  /// users.
+  pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
   /// The cap in US dollars (`setBudget` only): finite, 0 or more.
@@ -267,6 +269,7 @@ impl From<UsageRequest> for manager::UsageRequest {
 pub struct ListSessionsRequest {
   pub user_id: String,
   pub project_id: Option<String>,
+  /// `active` lists paused sessions too (a paused session is an active one a spend cap stopped).
   #[napi(ts_type = "'active' | 'archived'")]
   pub status: Option<String>,
   /// Only forks of this session.

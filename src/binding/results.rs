@@ -49,9 +49,14 @@ pub struct Session {
   pub id: String,
   pub project_id: String,
   pub user_id: String,
-  /// `active` or `archived`.
-  #[napi(ts_type = "'active' | 'archived'")]
+  /// `active`, `archived`, or `paused`: active, but its last task was stopped by a spend cap
+  /// (`pausedBy` says which); a task on it after the cap is raised or its period rolled over
+  /// continues the conversation and ends the pause.
+  #[napi(ts_type = "'active' | 'archived' | 'paused'")]
   pub status: String,
+  /// The scope of the spend cap that paused the session.
+  #[napi(ts_type = "'user' | 'project' | 'session'")]
+  pub paused_by: Option<String>,
   /// The session this one was forked from.
   pub parent_id: Option<String>,
   pub title: Option<String>,
@@ -79,7 +84,8 @@ impl From<store::Session> for Session {
       id: s.id,
       project_id: s.project_id,
       user_id: s.user_id,
-      status: s.status,
+      status: if s.paused.is_some() && s.status == "active" { "paused".into() } else { s.status },
+      paused_by: s.paused,
       parent_id: s.parent_id,
       title: s.title,
       model: s.model,
@@ -148,6 +154,9 @@ pub struct TaskError {
   pub message: String,
   /// The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401).
   pub status: Option<u32>,
+  /// For a `BUDGET_EXCEEDED` from a spend cap (`setBudget`, `budgets`): the cap's scope.
+  #[napi(ts_type = "'user' | 'project' | 'session'")]
+  pub scope: Option<String>,
 }
 
 /// Wall-clock and API time of a task.
@@ -220,7 +229,7 @@ impl From<manager::TaskResult> for TaskResult {
       compactions: compaction_records(r.compactions),
       warnings: r.warnings,
       sandboxed: r.sandboxed,
-      error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32) }),
+      error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32), scope: e.scope }),
     }
   }
 }
@@ -484,7 +493,8 @@ impl From<manager::PromptEstimate> for PromptEstimate {
 pub struct Budget {
   #[napi(ts_type = "'user' | 'project' | 'session'")]
   pub scope: String,
-  pub user_id: String,
+  /// Absent for a project's cap across all its users.
+  pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
   /// The cap in US dollars.
@@ -504,7 +514,7 @@ impl From<store::Budget> for Budget {
     let some = |s: String| (!s.is_empty()).then_some(s);
     Budget {
       scope: b.key.scope,
-      user_id: b.key.user_id,
+      user_id: some(b.key.user_id),
       project_id: some(b.key.project_id),
       session_id: some(b.key.session_id),
       usd: b.usd,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Manager, Wait};
-use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, TaskMeter};
+use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, Refusal, TaskMeter};
 use crate::error::{Error, Result};
 use crate::store::{
   Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Session, Store, UsageQuery, UsageRow, BUDGET_PERIODS, BUDGET_SCOPES,
@@ -93,7 +93,8 @@ pub(crate) fn resolve_prices(prices: Vec<ModelPrice>) -> Result<PriceTable> {
 #[derive(Debug, Clone, Default)]
 pub struct BudgetRequest {
   pub scope: String,
-  pub user_id: String,
+  /// `None` only for a project's cap across its users.
+  pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
   pub usd: Option<f64>,
@@ -129,11 +130,16 @@ impl Ledger for StoreLedger {
     };
     match self.store.admit_call(&call, &self.defaults) {
       Ok(Admit::Go(id)) => Admission::Go(id),
-      Ok(Admit::Over { scope, cap_usd, spent_usd, period }) => Admission::Refused(format!(
-        "spend cap reached: the {scope} budget of ${cap_usd}{} has ${:.4} left and this call may cost up to ${reserve_usd:.4} (BUDGET_EXCEEDED, scope {scope})",
-        period.map(|p| format!(" a {p}")).unwrap_or_default(),
-        (cap_usd - spent_usd).max(0.0),
-      )),
+      Ok(Admit::Over { key, cap_usd, spent_usd, period }) => Admission::Refused(Refusal {
+        message: format!(
+          "spend cap reached: the {} budget of ${cap_usd}{} has ${:.4} left and this call may cost up to ${reserve_usd:.4} (BUDGET_EXCEEDED, scope {})",
+          key.label(),
+          period.map(|p| format!(" a {p}")).unwrap_or_default(),
+          (cap_usd - spent_usd).max(0.0),
+          key.scope,
+        ),
+        scope: key.scope,
+      }),
       Err(e) => Admission::Unavailable(format!("the spend caps could not be checked: {}", e.message)),
     }
   }
@@ -156,10 +162,20 @@ impl Manager {
     })
   }
 
-  /// The request checked and made a key; a session cap's session must be the user's.
+  /// The request checked and made a key; a session cap's session must be the user's; only a
+  /// project cap may leave out the user (the project's cap across its users).
   async fn budget_key(&self, r: &BudgetRequest) -> Result<BudgetKey> {
-    validate::id("userId", &r.user_id)?;
-    let mut k = BudgetKey { scope: r.scope.clone(), user_id: r.user_id.clone(), ..Default::default() };
+    let user_id = match (&r.user_id, r.scope.as_str()) {
+      (Some(u), _) => {
+        validate::id("userId", u)?;
+        u.clone()
+      }
+      (None, "project") => String::new(),
+      (None, _) => {
+        return Err(Error::invalid("userId is required (only a project budget may leave it out: the project's cap across its users)"))
+      }
+    };
+    let mut k = BudgetKey { scope: r.scope.clone(), user_id, ..Default::default() };
     match r.scope.as_str() {
       "user" => {
         if r.project_id.is_some() || r.session_id.is_some() {
@@ -178,7 +194,7 @@ impl Manager {
         let s = r.session_id.as_deref().ok_or_else(|| Error::invalid("a session budget needs sessionId"))?;
         let id = validate::session_id("sessionId", s)?;
         // Another user's session answers as a missing one.
-        self.get_session(&id, &r.user_id).await?;
+        self.get_session(&id, &k.user_id).await?;
         k.session_id = id;
       }
       other => {

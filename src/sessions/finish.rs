@@ -55,7 +55,7 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
   let mut compactions: Vec<cli::CompactEvent> = vec![];
   match outcome {
     Err(e) => {
-      res.error = Some(TaskError { code: e.code.as_str().into(), message: e.message.clone(), status: None });
+      res.error = Some(TaskError { code: e.code.as_str().into(), message: e.message.clone(), status: None, scope: None });
       end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
     }
     Ok(out) => {
@@ -110,6 +110,7 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
   end.duration_api_ms = Some(res.duration_api_ms);
   end.error_code = res.error.as_ref().map(|e| e.code.clone());
   end.error_message = res.error.as_ref().map(|e| e.message.clone());
+  end.paused = res.error.as_ref().and_then(|e| e.scope.clone());
   if let Some(ctx) = &end.context {
     res.context_info = context::context_info(Some(ctx), default_window, threshold, 0);
   }
@@ -191,7 +192,7 @@ fn stderr_suffix(stderr: &str) -> String {
 
 /// Why a run that ended (stopped, exited, refused by the key proxy) failed, if it did.
 fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>, stall_timeout_ms: u128) -> Option<TaskError> {
-  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
+  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status, scope: None };
   let tail = stderr_suffix(&out.stderr_tail);
   let error = match (out.reason, &out.result) {
     (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
@@ -228,7 +229,7 @@ fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>,
   // refusal (it may have answered with the error as text, or the agent's own call was the one refused).
   let refused = out.metered.as_ref().and_then(|m| m.refused.clone());
   match (refused, out.reason) {
-    (Some(why), EndReason::Exited) => Some(fail(ErrorCode::BudgetExceeded, why, Some(402))),
+    (Some(why), EndReason::Exited) => Some(TaskError { scope: Some(why.scope), ..fail(ErrorCode::BudgetExceeded, why.message, Some(402)) }),
     (_, _) => error,
   }
 }
@@ -237,7 +238,7 @@ fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>,
 /// `is_error: true` is a failure (an API error after the CLI's retries).
 pub fn classify_result(r: &crate::cli::stream::ResultLine) -> Option<TaskError> {
   let msg = r.result.clone().filter(|s| !s.is_empty()).or_else(|| r.errors.first().cloned()).unwrap_or_else(|| r.subtype.clone());
-  let e = |code: ErrorCode, status: Option<u64>| Some(TaskError { code: code.as_str().into(), message: msg.clone(), status });
+  let e = |code: ErrorCode, status: Option<u64>| Some(TaskError { code: code.as_str().into(), message: msg.clone(), status, scope: None });
   let status = r.api_error_status.or_else(|| if msg.contains("API Error") { parse_status(&msg) } else { None });
   match r.subtype.as_str() {
     "success" if !r.is_error => None,
@@ -268,6 +269,7 @@ fn auth_error(msg: &str, status: Option<u64>) -> TaskError {
       "{what}: set a valid ANTHROPIC_API_KEY in the server's environment (or pass it in the manager's `env` option) and restart the server; the CLI said: {msg}"
     ),
     status,
+    scope: None,
   }
 }
 
@@ -304,6 +306,7 @@ mod tests {
       materialized: true,
       cli_cost_watermark: 0.0,
       config_dir: None,
+      paused: None,
     }
   }
 

@@ -9,7 +9,7 @@
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure.
 
 mod api;
-mod budgets;
+pub(crate) mod budgets;
 mod config;
 mod finish;
 mod inbox;

@@ -52,6 +52,8 @@ pub struct TaskError {
   pub code: String,
   pub message: String,
   pub status: Option<u64>,
+  /// For `BUDGET_EXCEEDED` from a spend cap: the cap's scope (`user`, `project`, `session`).
+  pub scope: Option<String>,
 }
 
 /// What `executeTask` resolves to.

@@ -135,6 +135,9 @@ pub trait Budgets {
   fn delete_budget(&self, k: &BudgetKey) -> Result<bool>;
   /// The ledger of model calls summed by day, model or session.
   fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>>;
+  /// Moves the clock the spend caps read (period starts and the ledger's call times) by `ms`
+  /// from the database clock: how tests roll a period over without waiting for it.
+  fn shift_budget_clock(&self, ms: i64);
 }
 
 /// A whole backend: every concern, and the transcripts when it keeps them.

@@ -92,6 +92,9 @@ pub struct Session {
   pub cli_cost_watermark: f64,
   /// The CLI's `CLAUDE_CONFIG_DIR` for this session when tenants are isolated.
   pub config_dir: Option<String>,
+  /// The scope of the spend cap that stopped the session's last task (`user`, `project`,
+  /// `session`); cleared by the end of a task that a cap did not stop.
+  pub paused: Option<String>,
 }
 
 /// What a new session row starts with.
@@ -163,6 +166,9 @@ pub struct TaskEnd {
   pub window: Option<(String, u64)>,
   /// Compactions the task did.
   pub compactions: Vec<Compaction>,
+  /// The scope of the spend cap that stopped the task: the session is paused (see
+  /// [`Session::paused`]).
+  pub paused: Option<String>,
 }
 
 /// One write of a task's end, as every backend makes them, in this order and in one transaction

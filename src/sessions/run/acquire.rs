@@ -179,7 +179,7 @@ impl Manager {
     let info = context::context_info(t.session.context.as_ref(), self.cfg.context_window, t.threshold, 0);
     let mut res = TaskResult::empty(t.session, &t.task_id, info);
     res.duration_total_ms = t.queued.elapsed().as_millis() as u64;
-    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
+    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None, scope: None });
     res
   }
 }

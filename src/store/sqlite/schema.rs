@@ -166,6 +166,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (scope, user_id, project_id, session_id)
   );
   "#,
+  // 8 -> 9: a project's cap across its users (a project budget with an empty user_id) sums the
+  // ledger by project alone; a session whose last task a spend cap stopped is paused (the cap's
+  // scope) until a task on it ends otherwise.
+  r#"
+  CREATE INDEX model_calls_by_project_total ON model_calls (project_id, at);
+  ALTER TABLE sessions ADD COLUMN paused TEXT;
+  "#,
 ];
 
 /// The schema version this build writes.
