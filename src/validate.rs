@@ -1,7 +1,7 @@
 //! Checks on every value that comes from a caller, run before the store is touched or anything is
 //! spawned. Each failure is an `INVALID_ARGUMENT` error naming the field.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Longest accepted project or user id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -191,6 +191,40 @@ pub fn working_directory(field: &str, value: &str, allowed_roots: &[std::path::P
   Ok(resolved)
 }
 
+/// A task's prompt: not blank, no NUL byte, at most [`MAX_PROMPT_BYTES`] (a longer one is
+/// `CONTEXT_OVERFLOW`: no model could take it).
+pub fn prompt(value: &str) -> Result<()> {
+  if value.trim().is_empty() {
+    return Err(Error::invalid("prompt must be a non-empty string"));
+  }
+  if value.len() > MAX_PROMPT_BYTES {
+    return Err(Error::new(
+      ErrorCode::ContextOverflow,
+      format!("the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES} bytes, far beyond any model's context window", value.len()),
+    ));
+  }
+  if value.contains('\0') {
+    return Err(Error::invalid("prompt contains a NUL byte"));
+  }
+  Ok(())
+}
+
+/// A list of tool rules (`allowedTools`, `disallowedTools`): at most `max` entries, each a flag
+/// value of at most 512 bytes without control characters, naming one tool ([`one_tool_rule`]).
+pub fn tool_rules(field: &str, list: &[String], max: usize) -> Result<()> {
+  if list.len() > max {
+    return Err(Error::invalid(format!("{field} has more than {max} entries")));
+  }
+  for t in list {
+    cli_value(field, t, 512)?;
+    if t.chars().any(|c| c.is_control()) {
+      return Err(Error::invalid(format!("{field} entry {:?} contains a control character", t)));
+    }
+    one_tool_rule(field, t)?;
+  }
+  Ok(())
+}
+
 /// A tool rule names one tool (`Bash`, `Bash(npm test:*)`, `mcp__server__tool`): the CLI splits
 /// `--allowedTools` values at spaces and commas outside parentheses, so `"Read Bash"` would grant
 /// two tools. Such entries are refused.
@@ -218,7 +252,6 @@ pub fn one_tool_rule(field: &str, rule: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::error::ErrorCode;
 
   #[test]
   fn one_tool_rule_per_entry() {
@@ -230,6 +263,20 @@ mod tests {
       assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
       assert!(e.message.contains("allowedTools"), "{bad}: {}", e.message);
     }
+  }
+
+  #[test]
+  fn prompts_and_tool_lists() {
+    assert!(prompt("hi").is_ok());
+    assert_eq!(prompt(" \n").unwrap_err().message, "prompt must be a non-empty string");
+    assert_eq!(prompt("a\0b").unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(prompt(&"x".repeat(MAX_PROMPT_BYTES + 1)).unwrap_err().code, ErrorCode::ContextOverflow);
+    assert!(prompt(&"x".repeat(MAX_PROMPT_BYTES)).is_ok());
+    let rules = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(tool_rules("allowedTools", &rules(&["Read", "Bash(git log:*)"]), 2).is_ok());
+    assert!(tool_rules("allowedTools", &rules(&["Read", "Write", "Edit"]), 2).unwrap_err().message.contains("more than 2 entries"));
+    assert!(tool_rules("disallowedTools", &rules(&["Bash(\u{1b})"]), 2).unwrap_err().message.contains("control character"));
+    assert!(tool_rules("allowedTools", &rules(&[""]), 2).unwrap_err().message.contains("must not be empty"));
   }
 
   #[test]

@@ -21,6 +21,7 @@ mod permissions;
 mod requests;
 mod results;
 mod tokens;
+mod typed;
 
 use convert::*;
 use errors::*;
@@ -300,7 +301,7 @@ impl SessionManager {
     let m = self.inner.clone();
     let can_use_tool = permissions::read_can_use_tool(env, options);
     with_hooks(env, "executeTask", options, move |sink, cancel| async move {
-      let r: manager::TaskRequest = parse::<TaskRequest>("executeTask", request?)?.into();
+      let r = manager::TaskRequest::try_from(parse::<JsTaskRequest>("executeTask", request?)?)?;
       m.execute_task_with(r, sink, cancel, can_use_tool?).await
     })
   }
@@ -312,8 +313,8 @@ impl SessionManager {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     with_hooks(env, "compactSession", options, move |sink, cancel| async move {
-      let r: CompactRequest = parse("compactSession", request?)?;
-      m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await
+      let r = manager::CompactRequest::try_from(parse::<JsCompactRequest>("compactSession", request?)?)?;
+      m.compact(r, sink, cancel).await
     })
   }
 

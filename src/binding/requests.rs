@@ -277,10 +277,10 @@ pub struct ListSessionsRequest {
 }
 
 /// A request to run a prompt in a session.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "TaskRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TaskRequest {
+pub struct JsTaskRequest {
   /// The prompt; it reaches the CLI on stdin, never in argv.
   pub prompt: String,
   pub project_id: String,
@@ -502,10 +502,10 @@ pub struct ForkRequest {
 }
 
 /// `compactSession`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "CompactRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CompactRequest {
+pub struct JsCompactRequest {
   pub session_id: String,
   pub user_id: String,
   /// What the summary should keep (appended to `/compact`).
@@ -619,33 +619,6 @@ impl From<ListSessionsRequest> for manager::ListRequest {
       parent_id: r.parent_id,
       limit: r.limit,
       offset: r.offset,
-    }
-  }
-}
-
-impl From<TaskRequest> for manager::TaskRequest {
-  fn from(r: TaskRequest) -> Self {
-    manager::TaskRequest {
-      prompt: r.prompt,
-      project_id: r.project_id,
-      user_id: r.user_id,
-      session_id: r.session_id,
-      model: r.model,
-      max_turns: r.max_turns,
-      allowed_tools: r.allowed_tools,
-      disallowed_tools: r.disallowed_tools,
-      permission_mode: r.permission_mode,
-      append_system_prompt: r.append_system_prompt,
-      max_budget_usd: r.max_budget_usd,
-      fallback_model: r.fallback_model,
-      auto_compact: r.auto_compact,
-      compact_threshold: r.compact_threshold,
-      fork_session: r.fork_session,
-      timeout_ms: r.timeout_ms,
-      include_partial_messages: r.include_partial_messages,
-      title: r.title,
-      working_directory: r.working_directory,
-      queue_timeout_ms: r.queue_timeout_ms,
     }
   }
 }

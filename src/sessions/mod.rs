@@ -39,7 +39,9 @@ pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
-pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
+pub use types::{
+  CompactRequest, ListRequest, MessagesPage, PermissionMode, PromptEstimate, TaskError, TaskRequest, TaskResult, MAX_TOOL_RULES, MAX_TURNS,
+};
 
 /// Receives every event of a task as it arrives.
 pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
@@ -193,7 +195,6 @@ fn upstream_of(env: &[(String, String)]) -> Option<cli::Upstream> {
 }
 
 const VALID_STATUSES: [&str; 2] = ["active", "archived"];
-const PERMISSION_MODES: [&str; 4] = ["default", "acceptEdits", "plan", "bypassPermissions"];
 const MAX_LIST: u64 = 1000;
 
 fn validate_user_project(user_id: &str, project_id: Option<&str>) -> Result<()> {

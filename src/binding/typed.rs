@@ -1,0 +1,201 @@
+//! The JS shapes of `requests.rs` made the core's typed requests, once, at the door: every
+//! `TryFrom` here checks the fields in the order the error names the first one refused (ids, then
+//! the free text, then names and rules, then numbers), turns numbers into counts and
+//! `Duration`s and strings into enums, and fails with the field's `INVALID_ARGUMENT` (or
+//! `CONTEXT_OVERFLOW` for a prompt no model could take). What the core gets is valid; it checks
+//! only what depends on its own settings or its store.
+
+use std::time::Duration;
+
+use super::*;
+use crate::validate;
+
+/// A whole number of milliseconds, 0 or more.
+fn millis(field: &str, v: f64) -> CoreResult<Duration> {
+  Ok(Duration::from_millis(validate::non_negative_int(field, v)?))
+}
+
+/// A whole number of milliseconds, at least 1.
+fn positive_millis(field: &str, v: f64) -> CoreResult<Duration> {
+  Ok(Duration::from_millis(validate::positive_int(field, v)?))
+}
+
+/// An optional value checked (or converted) by `check`.
+fn opt<T, U>(v: Option<T>, check: impl FnOnce(T) -> CoreResult<U>) -> CoreResult<Option<U>> {
+  v.map(check).transpose()
+}
+
+/// The user and project ids every project-scoped request carries.
+fn user_project(user_id: &str, project_id: Option<&str>) -> CoreResult<()> {
+  validate::id("userId", user_id)?;
+  opt(project_id, |p| validate::id("projectId", p))?;
+  Ok(())
+}
+
+impl TryFrom<JsTaskRequest> for manager::TaskRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsTaskRequest) -> CoreResult<Self> {
+    user_project(&r.user_id, Some(&r.project_id))?;
+    validate::prompt(&r.prompt)?;
+    opt(r.model.as_deref(), |m| validate::model("model", m))?;
+    opt(r.fallback_model.as_deref(), |m| validate::model("fallbackModel", m))?;
+    let max_turns = opt(r.max_turns, |t| {
+      let t = validate::positive_int("maxTurns", t)?;
+      u32::try_from(t)
+        .ok()
+        .filter(|t| *t <= manager::MAX_TURNS)
+        .ok_or_else(|| CoreError::invalid(format!("maxTurns must be at most {}", manager::MAX_TURNS)))
+    })?;
+    let allowed_tools = r.allowed_tools.unwrap_or_default();
+    validate::tool_rules("allowedTools", &allowed_tools, manager::MAX_TOOL_RULES)?;
+    let disallowed_tools = r.disallowed_tools.unwrap_or_default();
+    validate::tool_rules("disallowedTools", &disallowed_tools, manager::MAX_TOOL_RULES)?;
+    let permission_mode = opt(r.permission_mode, |m| {
+      manager::PermissionMode::ALL
+        .into_iter()
+        .find(|p| p.as_str() == m)
+        .ok_or_else(|| CoreError::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {m:?}")))
+    })?;
+    opt(r.append_system_prompt.as_deref(), |s| validate::cli_value("appendSystemPrompt", s, 64 * 1024))?;
+    let max_budget_usd = opt(r.max_budget_usd, |b| validate::budget_usd("maxBudgetUsd", b))?;
+    let compact_threshold = opt(r.compact_threshold, |t| validate::percent("compactThreshold", t))?;
+    let timeout = opt(r.timeout_ms, |t| positive_millis("timeoutMs", t))?;
+    let queue_timeout = opt(r.queue_timeout_ms, |t| millis("queueTimeoutMs", t))?;
+    opt(r.title.as_deref(), validate::title)?;
+    let fork_session = r.fork_session.unwrap_or(false);
+    if fork_session && r.session_id.is_none() {
+      return Err(CoreError::invalid("forkSession needs the sessionId of the session to fork"));
+    }
+    let session_id = opt(r.session_id.as_deref(), |s| validate::session_id("sessionId", s))?;
+    if session_id.is_some() && r.working_directory.is_some() {
+      return Err(CoreError::invalid(
+        "workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript",
+      ));
+    }
+    Ok(manager::TaskRequest {
+      prompt: r.prompt,
+      project_id: r.project_id,
+      user_id: r.user_id,
+      session_id,
+      model: r.model,
+      max_turns,
+      allowed_tools,
+      disallowed_tools,
+      permission_mode,
+      append_system_prompt: r.append_system_prompt,
+      max_budget_usd,
+      fallback_model: r.fallback_model,
+      auto_compact: r.auto_compact.unwrap_or(false),
+      compact_threshold,
+      fork_session,
+      timeout,
+      include_partial_messages: r.include_partial_messages.unwrap_or(false),
+      title: r.title,
+      working_directory: r.working_directory,
+      queue_timeout,
+    })
+  }
+}
+
+impl TryFrom<JsCompactRequest> for manager::CompactRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsCompactRequest) -> CoreResult<Self> {
+    opt(r.summary_instructions.as_deref(), |i| validate::cli_value("summaryInstructions", i, 64 * 1024))?;
+    Ok(manager::CompactRequest { session_id: r.session_id, user_id: r.user_id, summary_instructions: r.summary_instructions })
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::error::ErrorCode;
+
+  /// The error a conversion fails with: its code and message.
+  fn refused<T: std::fmt::Debug>(r: CoreResult<T>) -> (ErrorCode, String) {
+    let e = r.expect_err("refused");
+    (e.code, e.message)
+  }
+
+  fn task() -> JsTaskRequest {
+    JsTaskRequest { prompt: "hi".into(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }
+  }
+
+  #[test]
+  fn a_task_request_becomes_typed() {
+    let r = manager::TaskRequest::try_from(JsTaskRequest {
+      session_id: Some("123E4567-E89B-42D3-A456-426614174000".into()),
+      max_turns: Some(3.0),
+      permission_mode: Some("acceptEdits".into()),
+      timeout_ms: Some(1500.0),
+      queue_timeout_ms: Some(0.0),
+      fork_session: Some(true),
+      allowed_tools: Some(vec!["Bash(git log:*)".into()]),
+      ..task()
+    })
+    .unwrap();
+    assert_eq!(r.session_id.as_deref(), Some("123e4567-e89b-42d3-a456-426614174000"));
+    assert_eq!(r.max_turns, Some(3));
+    assert_eq!(r.permission_mode, Some(manager::PermissionMode::AcceptEdits));
+    assert_eq!(r.timeout, Some(Duration::from_millis(1500)));
+    assert_eq!(r.queue_timeout, Some(Duration::ZERO));
+    assert!(r.fork_session && !r.auto_compact && !r.include_partial_messages);
+    assert_eq!(r.allowed_tools, ["Bash(git log:*)"]);
+    assert!(r.disallowed_tools.is_empty());
+    for mode in manager::PermissionMode::ALL {
+      let r = manager::TaskRequest::try_from(JsTaskRequest { permission_mode: Some(mode.as_str().into()), ..task() }).unwrap();
+      assert_eq!(r.permission_mode, Some(mode));
+    }
+  }
+
+  #[test]
+  fn a_bad_task_field_is_named() {
+    use ErrorCode::{ContextOverflow, InvalidArgument};
+    let cases: Vec<(JsTaskRequest, ErrorCode, &str)> = vec![
+      (JsTaskRequest { user_id: " ".into(), ..task() }, InvalidArgument, "userId must be a non-empty string"),
+      (JsTaskRequest { project_id: "a\nb".into(), ..task() }, InvalidArgument, "projectId contains the control character"),
+      (JsTaskRequest { prompt: "  ".into(), ..task() }, InvalidArgument, "prompt must be a non-empty string"),
+      (JsTaskRequest { prompt: "x".repeat(validate::MAX_PROMPT_BYTES + 1), ..task() }, ContextOverflow, "the prompt is"),
+      (JsTaskRequest { model: Some("-x".into()), max_turns: Some(0.0), ..task() }, InvalidArgument, "model must be a model name"),
+      (JsTaskRequest { fallback_model: Some("a b".into()), ..task() }, InvalidArgument, "fallbackModel must be a model name"),
+      (JsTaskRequest { max_turns: Some(0.0), ..task() }, InvalidArgument, "maxTurns must be at least 1"),
+      (JsTaskRequest { max_turns: Some(1.5), ..task() }, InvalidArgument, "maxTurns must be a whole number >= 0, got 1.5"),
+      (JsTaskRequest { max_turns: Some(10_001.0), ..task() }, InvalidArgument, "maxTurns must be at most 10000"),
+      (JsTaskRequest { max_turns: Some(1e15), ..task() }, InvalidArgument, "maxTurns must be at most 10000"),
+      (JsTaskRequest { allowed_tools: Some(vec!["Read Bash".into()]), ..task() }, InvalidArgument, "allowedTools entry"),
+      (JsTaskRequest { disallowed_tools: Some(vec!["x".into(); 257]), ..task() }, InvalidArgument, "disallowedTools has more than 256"),
+      (
+        JsTaskRequest { permission_mode: Some("yolo".into()), ..task() },
+        InvalidArgument,
+        "permissionMode must be one of default, acceptEdits, plan; got \"yolo\"",
+      ),
+      (JsTaskRequest { append_system_prompt: Some("a\0".into()), ..task() }, InvalidArgument, "appendSystemPrompt contains a NUL"),
+      (JsTaskRequest { max_budget_usd: Some(-1.0), ..task() }, InvalidArgument, "maxBudgetUsd must be a number from"),
+      (JsTaskRequest { compact_threshold: Some(0.0), ..task() }, InvalidArgument, "compactThreshold must be a percentage"),
+      (JsTaskRequest { timeout_ms: Some(0.0), ..task() }, InvalidArgument, "timeoutMs must be at least 1"),
+      (JsTaskRequest { queue_timeout_ms: Some(-1.0), ..task() }, InvalidArgument, "queueTimeoutMs must be a whole number >= 0"),
+      (JsTaskRequest { title: Some("a\nb".into()), ..task() }, InvalidArgument, "title contains the control character"),
+      (JsTaskRequest { fork_session: Some(true), ..task() }, InvalidArgument, "forkSession needs the sessionId"),
+      (JsTaskRequest { session_id: Some("nope".into()), ..task() }, InvalidArgument, "sessionId must be a UUID"),
+      (
+        JsTaskRequest { session_id: Some("123e4567-e89b-42d3-a456-426614174000".into()), working_directory: Some("/tmp".into()), ..task() },
+        InvalidArgument,
+        "workingDirectory applies to new sessions only",
+      ),
+    ];
+    for (r, code, message) in cases {
+      let (c, m) = refused(manager::TaskRequest::try_from(r));
+      assert_eq!(c, code, "{m}");
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+  }
+
+  #[test]
+  fn compaction_instructions_are_a_flag_value() {
+    let r = |i: &str| JsCompactRequest { session_id: "s".into(), user_id: "u".into(), summary_instructions: Some(i.into()) };
+    assert_eq!(manager::CompactRequest::try_from(r("keep the plan")).unwrap().summary_instructions.as_deref(), Some("keep the plan"));
+    let (code, message) = refused(manager::CompactRequest::try_from(r("")));
+    assert_eq!((code, message.as_str()), (ErrorCode::InvalidArgument, "summaryInstructions must not be empty"));
+  }
+}
