@@ -71,7 +71,7 @@ impl SessionManager {
   pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<Session>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.list_sessions(parse::<ListSessionsRequest>("listSessions", request?)?.into()).await }, sessions)
+    promise(env, async move { m.list_sessions(parse::<ListSessionsRequest>("listSessions", request?)?.try_into()?).await }, sessions)
   }
 
   /// One session. Another user's session rejects with `SESSION_NOT_FOUND`, as a missing one does.
@@ -165,10 +165,7 @@ impl SessionManager {
     let m = self.inner.clone();
     promise(
       env,
-      async move {
-        let r: CleanupRequest = parse("cleanupSessions", request?)?;
-        m.cleanup(&r.user_id, r.project_id.as_deref(), r.max_age_ms, r.keep_active.unwrap_or(true)).await
-      },
+      async move { m.cleanup(parse::<JsCleanupRequest>("cleanupSessions", request?)?.try_into()?).await },
       |(deleted, remaining)| CleanupResult { deleted: num(deleted), remaining: num(remaining) },
     )
   }
@@ -179,14 +176,7 @@ impl SessionManager {
   pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Session> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(
-      env,
-      async move {
-        let r: ForkRequest = parse("fork", request?)?;
-        m.fork(&r.session_id, &r.user_id, r.title).await
-      },
-      Session::from,
-    )
+    promise(env, async move { m.fork(parse::<JsForkRequest>("fork", request?)?.try_into()?).await }, Session::from)
   }
 
   /// How full the session's context is, from the store (nothing is spawned). `threshold` is a
@@ -204,11 +194,11 @@ impl SessionManager {
     let options = js_value(env, "options", options);
     // Answered here when the store can be read without waiting (see `getSession`).
     if let (Ok(Value::String(id)), Ok(Value::String(user)), Ok(o)) = (&session_id, &user_id, &options) {
-      let threshold = match o {
-        Value::Null => Some(None),
-        v => parse::<ThresholdOptions>("getSessionContext options", v.clone()).ok().map(|o| o.threshold),
+      let options = match o {
+        Value::Null => Some(manager::ThresholdOptions::default()),
+        v => parse::<JsThresholdOptions>("getSessionContext options", v.clone()).ok().and_then(|o| o.try_into().ok()),
       };
-      if let Some(ci) = threshold.and_then(|t| self.inner.get_context_now(id, user, t)) {
+      if let Some(ci) = options.and_then(|o| self.inner.get_context_now(id, user, o)) {
         return PromiseRaw::resolve(env, ContextInfo::from(ci));
       }
     }
@@ -216,8 +206,8 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: ThresholdOptions = parse_optional("getSessionContext options", options?)?;
-        m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.threshold).await
+        let o: JsThresholdOptions = parse_optional("getSessionContext options", options?)?;
+        m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.try_into()?).await
       },
       ContextInfo::from,
     )
@@ -254,8 +244,8 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: MessagesOptions = parse_optional("getMessages options", options?)?;
-        let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.limit, o.offset).await?;
+        let o: JsMessagesOptions = parse_optional("getMessages options", options?)?;
+        let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.try_into()?).await?;
         serde_json::to_value(page).map_err(|e| CoreError::internal(format!("cannot encode messages: {e}")))
       },
       |v| v,
@@ -284,9 +274,9 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: ThresholdOptions = parse_optional("estimatePromptTokens options", options?)?;
+        let o: JsThresholdOptions = parse_optional("estimatePromptTokens options", options?)?;
         let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
-        m.estimate_prompt_tokens(&sid, &uid, p, o.threshold).await
+        m.estimate_prompt_tokens(&sid, &uid, p, o.try_into()?).await
       },
       PromptEstimate::from,
     )

@@ -478,10 +478,10 @@ pub struct StartFreshRequest {
 }
 
 /// `cleanupSessions`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "CleanupRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CleanupRequest {
+pub struct JsCleanupRequest {
   pub user_id: String,
   pub project_id: Option<String>,
   /// Sessions idle for longer than this (ms) are deleted.
@@ -491,10 +491,10 @@ pub struct CleanupRequest {
 }
 
 /// `fork`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "ForkRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ForkRequest {
+pub struct JsForkRequest {
   pub session_id: String,
   pub user_id: String,
   /// Default: the parent's title.
@@ -522,19 +522,19 @@ pub struct DeleteSessionOptions {
 }
 
 /// Options of `getSessionContext` and `estimatePromptTokens`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "ThresholdOptions")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ThresholdOptions {
+pub struct JsThresholdOptions {
   /// Percent at which `shouldCompact` turns true; default the manager's `compactThreshold`.
   pub threshold: Option<f64>,
 }
 
 /// `getMessages`' options.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "MessagesOptions")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MessagesOptions {
+pub struct JsMessagesOptions {
   /// At most this many messages (1..10000). Default 100.
   pub limit: Option<f64>,
   /// Index of the first message; without it, the newest `limit` messages.
@@ -606,19 +606,6 @@ impl From<SessionManagerOptions> for manager::Options {
           cache_read: p.cache_read,
         })
         .collect(),
-    }
-  }
-}
-
-impl From<ListSessionsRequest> for manager::ListRequest {
-  fn from(r: ListSessionsRequest) -> Self {
-    manager::ListRequest {
-      user_id: r.user_id,
-      project_id: r.project_id,
-      status: r.status,
-      parent_id: r.parent_id,
-      limit: r.limit,
-      offset: r.offset,
     }
   }
 }

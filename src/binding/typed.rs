@@ -107,6 +107,68 @@ impl TryFrom<JsCompactRequest> for manager::CompactRequest {
   }
 }
 
+impl TryFrom<ListSessionsRequest> for manager::ListRequest {
+  type Error = CoreError;
+
+  fn try_from(r: ListSessionsRequest) -> CoreResult<Self> {
+    user_project(&r.user_id, r.project_id.as_deref())?;
+    let status = opt(r.status, |s| {
+      manager::SessionStatus::ALL
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| CoreError::invalid(format!("status must be \"active\" or \"archived\", got {s:?}")))
+    })?;
+    let parent_id = opt(r.parent_id.as_deref(), |p| validate::session_id("parentId", p))?;
+    let limit = opt(r.limit, |l| Ok(validate::positive_int("limit", l)?.min(manager::MAX_LIST)))?;
+    let offset = opt(r.offset, |o| validate::non_negative_int("offset", o))?;
+    Ok(manager::ListRequest {
+      user_id: r.user_id,
+      project_id: r.project_id,
+      status,
+      parent_id,
+      limit: limit.unwrap_or(manager::DEFAULT_LIST),
+      offset: offset.unwrap_or(0),
+    })
+  }
+}
+
+impl TryFrom<JsCleanupRequest> for manager::CleanupRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsCleanupRequest) -> CoreResult<Self> {
+    user_project(&r.user_id, r.project_id.as_deref())?;
+    let max_age = millis("maxAgeMs", r.max_age_ms)?;
+    Ok(manager::CleanupRequest { user_id: r.user_id, project_id: r.project_id, max_age, keep_active: r.keep_active.unwrap_or(true) })
+  }
+}
+
+impl TryFrom<JsForkRequest> for manager::ForkRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsForkRequest) -> CoreResult<Self> {
+    opt(r.title.as_deref(), validate::title)?;
+    Ok(manager::ForkRequest { session_id: r.session_id, user_id: r.user_id, title: r.title })
+  }
+}
+
+impl TryFrom<JsThresholdOptions> for manager::ThresholdOptions {
+  type Error = CoreError;
+
+  fn try_from(o: JsThresholdOptions) -> CoreResult<Self> {
+    Ok(manager::ThresholdOptions { threshold: opt(o.threshold, |t| validate::percent("threshold", t))? })
+  }
+}
+
+impl TryFrom<JsMessagesOptions> for manager::MessagesOptions {
+  type Error = CoreError;
+
+  fn try_from(o: JsMessagesOptions) -> CoreResult<Self> {
+    let limit = opt(o.limit, |l| Ok(validate::positive_int("limit", l)?.min(manager::MAX_MESSAGES as u64) as usize))?;
+    let offset = opt(o.offset, |o| Ok(usize::try_from(validate::non_negative_int("offset", o)?).unwrap_or(usize::MAX)))?;
+    Ok(manager::MessagesOptions { limit: limit.unwrap_or(manager::MessagesOptions::default().limit), offset })
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -189,6 +251,67 @@ mod tests {
       assert_eq!(c, code, "{m}");
       assert!(m.starts_with(message), "{m:?} should start with {message:?}");
     }
+  }
+
+  #[test]
+  fn session_requests_become_typed() {
+    let list = |f: fn(&mut ListSessionsRequest)| {
+      let mut r = ListSessionsRequest { user_id: "u".into(), ..Default::default() };
+      f(&mut r);
+      manager::ListRequest::try_from(r)
+    };
+    let r = list(|_| {}).unwrap();
+    assert_eq!((r.status, r.limit, r.offset), (None, manager::DEFAULT_LIST, 0));
+    let r = list(|r| {
+      r.status = Some("archived".into());
+      r.limit = Some(5000.0);
+      r.offset = Some(7.0);
+      r.parent_id = Some("123E4567-E89B-42D3-A456-426614174000".into());
+    })
+    .unwrap();
+    assert_eq!((r.status, r.limit, r.offset), (Some(manager::SessionStatus::Archived), manager::MAX_LIST, 7));
+    assert_eq!(r.parent_id.as_deref(), Some("123e4567-e89b-42d3-a456-426614174000"));
+    for (bad, message) in [
+      (list(|r| r.user_id = "".into()), "userId must be a non-empty string"),
+      (list(|r| r.project_id = Some("\u{202E}p".into())), "projectId contains the invisible or bidirectional character"),
+      (list(|r| r.status = Some("deleted".into())), "status must be \"active\" or \"archived\", got \"deleted\""),
+      (list(|r| r.parent_id = Some("x".into())), "parentId must be a UUID"),
+      (list(|r| r.limit = Some(0.0)), "limit must be at least 1"),
+      (list(|r| r.offset = Some(-1.0)), "offset must be a whole number >= 0, got -1"),
+    ] {
+      let (code, m) = refused(bad);
+      assert_eq!(code, ErrorCode::InvalidArgument);
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+
+    let cleanup =
+      |age: f64| manager::CleanupRequest::try_from(JsCleanupRequest { user_id: "u".into(), max_age_ms: age, ..Default::default() });
+    let r = cleanup(60_000.0).unwrap();
+    assert_eq!((r.max_age, r.keep_active), (Duration::from_secs(60), true));
+    assert_eq!(refused(cleanup(0.5)), (ErrorCode::InvalidArgument, "maxAgeMs must be a whole number >= 0, got 0.5".into()));
+
+    let fork =
+      |t: &str| manager::ForkRequest::try_from(JsForkRequest { session_id: "s".into(), user_id: "u".into(), title: Some(t.into()) });
+    assert_eq!(fork("Résumé").unwrap().title.as_deref(), Some("Résumé"));
+    assert!(refused(fork("a\tb")).1.starts_with("title contains the control character U+0009"));
+  }
+
+  #[test]
+  fn option_bags_become_typed() {
+    let threshold = |t: Option<f64>| manager::ThresholdOptions::try_from(JsThresholdOptions { threshold: t });
+    assert_eq!(threshold(None).unwrap().threshold, None);
+    assert_eq!(threshold(Some(100.0)).unwrap().threshold, Some(100.0));
+    for bad in [0.0, 100.5, -1.0] {
+      assert_eq!(refused(threshold(Some(bad))).0, ErrorCode::InvalidArgument);
+      assert!(refused(threshold(Some(bad))).1.starts_with("threshold must be a percentage"));
+    }
+    let page = |limit: Option<f64>, offset: Option<f64>| manager::MessagesOptions::try_from(JsMessagesOptions { limit, offset });
+    let p = page(None, None).unwrap();
+    assert_eq!((p.limit, p.offset), (100, None));
+    let p = page(Some(1e6), Some(3.0)).unwrap();
+    assert_eq!((p.limit, p.offset), (manager::MAX_MESSAGES, Some(3)));
+    assert_eq!(refused(page(Some(0.0), None)).1, "limit must be at least 1");
+    assert_eq!(refused(page(None, Some(1.5))).1, "offset must be a whole number >= 0, got 1.5");
   }
 
   #[test]

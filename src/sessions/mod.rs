@@ -40,7 +40,8 @@ pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, S
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
-  CompactRequest, ListRequest, MessagesPage, PermissionMode, PromptEstimate, TaskError, TaskRequest, TaskResult, MAX_TOOL_RULES, MAX_TURNS,
+  CleanupRequest, CompactRequest, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate, SessionStatus,
+  TaskError, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES, MAX_TOOL_RULES, MAX_TURNS,
 };
 
 /// Receives every event of a task as it arrives.
@@ -193,9 +194,6 @@ fn upstream_of(env: &[(String, String)]) -> Option<cli::Upstream> {
     headers: get("ANTHROPIC_CUSTOM_HEADERS").unwrap_or_default(),
   })
 }
-
-const VALID_STATUSES: [&str; 2] = ["active", "archived"];
-const MAX_LIST: u64 = 1000;
 
 fn validate_user_project(user_id: &str, project_id: Option<&str>) -> Result<()> {
   validate::id("userId", user_id)?;

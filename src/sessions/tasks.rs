@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::RunOptions;
-use super::{CompactRequest, EventSink, Manager, PermissionMode, TaskRequest, TaskResult, Wait};
+use super::{CompactRequest, EventSink, ForkRequest, Manager, PermissionMode, TaskRequest, TaskResult, Wait};
 use crate::cli::{self, CancelToken, CliArgs, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
@@ -125,7 +125,7 @@ impl Manager {
           return Err(Error::not_found(id));
         }
         if fork {
-          let child = self.fork(id, &r.user_id, r.title.clone()).await?;
+          let child = self.fork(ForkRequest { session_id: id.clone(), user_id: r.user_id.clone(), title: r.title.clone() }).await?;
           (child, Some(s.id))
         } else {
           (s, None)

@@ -9,15 +9,86 @@ use crate::context::ContextInfo;
 use crate::store::{Compaction, Session, Usage};
 use crate::transcript;
 
-/// `listSessions` filters.
-#[derive(Debug, Clone, Default)]
+/// `listSessions` filters, checked where they came in.
+#[derive(Debug, Clone)]
 pub struct ListRequest {
   pub user_id: String,
   pub project_id: Option<String>,
-  pub status: Option<String>,
+  pub status: Option<SessionStatus>,
+  /// A session id in its canonical (lower-case) form.
   pub parent_id: Option<String>,
-  pub limit: Option<f64>,
-  pub offset: Option<f64>,
+  /// 1 to [`MAX_LIST`].
+  pub limit: u64,
+  pub offset: u64,
+}
+
+/// Most sessions one `listSessions` call returns (a larger `limit` is cut to it).
+pub const MAX_LIST: u64 = 1000;
+/// `listSessions`' `limit` when none is given.
+pub const DEFAULT_LIST: u64 = 50;
+
+/// A session's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatus {
+  Active,
+  Archived,
+}
+
+impl SessionStatus {
+  pub const ALL: [SessionStatus; 2] = [SessionStatus::Active, SessionStatus::Archived];
+
+  /// The status as JavaScript and the store spell it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      SessionStatus::Active => "active",
+      SessionStatus::Archived => "archived",
+    }
+  }
+}
+
+/// `cleanupSessions`, checked where it came in.
+#[derive(Debug, Clone)]
+pub struct CleanupRequest {
+  pub user_id: String,
+  pub project_id: Option<String>,
+  /// Sessions idle for longer than this are deleted.
+  pub max_age: Duration,
+  /// Delete only archived sessions.
+  pub keep_active: bool,
+}
+
+/// `fork`, checked where it came in.
+#[derive(Debug, Clone, Default)]
+pub struct ForkRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// A valid title; default the parent's.
+  pub title: Option<String>,
+}
+
+/// Options of `getSessionContext` and `estimatePromptTokens`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThresholdOptions {
+  /// A percentage in (0, 100]; default the manager's `compactThreshold`.
+  pub threshold: Option<f64>,
+}
+
+/// `getMessages`' options.
+#[derive(Debug, Clone, Copy)]
+pub struct MessagesOptions {
+  /// 1 to [`MAX_MESSAGES`].
+  pub limit: usize,
+  /// Index of the first message; without it, the newest `limit` messages.
+  pub offset: Option<usize>,
+}
+
+/// Most messages one `getMessages` call returns (a larger `limit` is cut to it).
+pub const MAX_MESSAGES: usize = 10_000;
+
+impl Default for MessagesOptions {
+  fn default() -> Self {
+    MessagesOptions { limit: 100, offset: None }
+  }
 }
 
 /// An `executeTask` request, checked field by field where it came in (the binding's
