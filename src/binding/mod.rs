@@ -375,7 +375,7 @@ impl SessionManager {
   pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Budget> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.set_budget(parse::<BudgetRequest>("setBudget", request?)?.into()).await }, Budget::from)
+    promise(env, async move { m.set_budget(parse::<JsBudgetRequest>("setBudget", request?)?.try_into()?).await }, Budget::from)
   }
 
   /// A spend cap with what its scope spent this period: the one set, else the constructor's
@@ -384,7 +384,7 @@ impl SessionManager {
   pub fn get_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Option<Budget>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.get_budget(parse::<BudgetRequest>("getBudget", request?)?.into()).await }, |b| b.map(Budget::from))
+    promise(env, async move { m.get_budget(parse::<JsBudgetRequest>("getBudget", request?)?.try_into()?).await }, |b| b.map(Budget::from))
   }
 
   /// Deletes a spend cap set with `setBudget` (a default one applies again); whether there was one.
@@ -392,7 +392,7 @@ impl SessionManager {
   pub fn delete_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, bool> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.delete_budget(parse::<BudgetRequest>("deleteBudget", request?)?.into()).await }, |b| b)
+    promise(env, async move { m.delete_budget(parse::<JsBudgetRequest>("deleteBudget", request?)?.try_into()?).await }, |b| b)
   }
 
   /// The key proxy's ledger of model calls (every call made with a task's token, the agent's own
@@ -401,7 +401,7 @@ impl SessionManager {
   pub fn get_usage<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<UsageGroup>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.get_usage(parse::<UsageRequest>("getUsage", request?)?.into()).await }, |rows| {
+    promise(env, async move { m.get_usage(parse::<JsUsageRequest>("getUsage", request?)?.try_into()?).await }, |rows| {
       rows.into_iter().map(UsageGroup::from).collect()
     })
   }

@@ -201,10 +201,10 @@ pub struct ModelPrice {
 
 /// `setBudget`, `getBudget` and `deleteBudget`: a cap of a user, of a user's project, or of a
 /// session (which must be the user's).
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "BudgetRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BudgetRequest {
+pub struct JsBudgetRequest {
   #[napi(ts_type = "'user' | 'project' | 'session'")]
   pub scope: String,
   pub user_id: String,
@@ -219,10 +219,10 @@ pub struct BudgetRequest {
 }
 
 /// `getUsage`: the key proxy's ledger of model calls, filtered and grouped.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "UsageRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UsageRequest {
+pub struct JsUsageRequest {
   pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
@@ -232,32 +232,6 @@ pub struct UsageRequest {
   pub until: Option<f64>,
   #[napi(ts_type = "'day' | 'model' | 'session'")]
   pub group_by: String,
-}
-
-impl From<BudgetRequest> for manager::BudgetRequest {
-  fn from(r: BudgetRequest) -> Self {
-    manager::BudgetRequest {
-      scope: r.scope,
-      user_id: r.user_id,
-      project_id: r.project_id,
-      session_id: r.session_id,
-      usd: r.usd,
-      period: r.period,
-    }
-  }
-}
-
-impl From<UsageRequest> for manager::UsageRequest {
-  fn from(r: UsageRequest) -> Self {
-    manager::UsageRequest {
-      user_id: r.user_id,
-      project_id: r.project_id,
-      session_id: r.session_id,
-      since: r.since,
-      until: r.until,
-      group_by: r.group_by,
-    }
-  }
 }
 
 /// Filters of `listSessions`.

@@ -169,6 +169,76 @@ impl TryFrom<JsMessagesOptions> for manager::MessagesOptions {
   }
 }
 
+impl TryFrom<JsBudgetRequest> for manager::BudgetRequest {
+  type Error = CoreError;
+
+  /// The cap's key (`usd` and `period` are `setBudget`'s, read by [`manager::SetBudgetRequest`]).
+  fn try_from(r: JsBudgetRequest) -> CoreResult<Self> {
+    validate::id("userId", &r.user_id)?;
+    let scope = match r.scope.as_str() {
+      "user" => {
+        if r.project_id.is_some() || r.session_id.is_some() {
+          return Err(CoreError::invalid("a user budget takes no projectId or sessionId"));
+        }
+        manager::BudgetScope::User
+      }
+      "project" => {
+        let p = r.project_id.ok_or_else(|| CoreError::invalid("a project budget needs projectId"))?;
+        validate::id("projectId", &p)?;
+        if r.session_id.is_some() {
+          return Err(CoreError::invalid("a project budget takes no sessionId"));
+        }
+        manager::BudgetScope::Project(p)
+      }
+      "session" => {
+        let s = r.session_id.ok_or_else(|| CoreError::invalid("a session budget needs sessionId"))?;
+        manager::BudgetScope::Session(validate::session_id("sessionId", &s)?)
+      }
+      other => {
+        return Err(CoreError::invalid(format!("scope must be one of {:?}, got {other:?}", store::BUDGET_SCOPES)));
+      }
+    };
+    Ok(manager::BudgetRequest { user_id: r.user_id, scope })
+  }
+}
+
+impl TryFrom<JsBudgetRequest> for manager::SetBudgetRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsBudgetRequest) -> CoreResult<Self> {
+    let usd = manager::budget_usd("usd", r.usd.ok_or_else(|| CoreError::invalid("usd is required"))?)?;
+    let period = manager::budget_period("period", r.period.as_deref())?;
+    if r.scope == "session" && period.is_some() {
+      return Err(CoreError::invalid("a session budget has no period"));
+    }
+    Ok(manager::SetBudgetRequest { key: r.try_into()?, usd, period })
+  }
+}
+
+impl TryFrom<JsUsageRequest> for manager::UsageRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsUsageRequest) -> CoreResult<Self> {
+    opt(r.user_id.as_deref(), |u| validate::id("userId", u))?;
+    opt(r.project_id.as_deref(), |p| validate::id("projectId", p))?;
+    let session_id = opt(r.session_id.as_deref(), |s| validate::session_id("sessionId", s))?;
+    let group_by = manager::UsageGroupBy::ALL
+      .into_iter()
+      .find(|g| g.as_str() == r.group_by)
+      .ok_or_else(|| CoreError::invalid(format!("groupBy must be \"day\", \"model\" or \"session\", got {:?}", r.group_by)))?;
+    // Whole milliseconds up to 2^53, so they fit an i64.
+    let ms = |field: &str, v: Option<f64>| opt(v, |v| Ok(validate::non_negative_int(field, v)? as i64));
+    Ok(manager::UsageRequest {
+      since: ms("since", r.since)?,
+      until: ms("until", r.until)?,
+      user_id: r.user_id,
+      project_id: r.project_id,
+      session_id,
+      group_by,
+    })
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -312,6 +382,82 @@ mod tests {
     assert_eq!((p.limit, p.offset), (manager::MAX_MESSAGES, Some(3)));
     assert_eq!(refused(page(Some(0.0), None)).1, "limit must be at least 1");
     assert_eq!(refused(page(None, Some(1.5))).1, "offset must be a whole number >= 0, got 1.5");
+  }
+
+  #[test]
+  fn budget_requests_become_typed() {
+    let sid = "123E4567-E89B-42D3-A456-426614174000";
+    let req = |scope: &str| JsBudgetRequest { scope: scope.into(), user_id: "u".into(), ..Default::default() };
+    let key = |r: JsBudgetRequest| manager::BudgetRequest::try_from(r);
+    assert_eq!(key(req("user")).unwrap().scope, manager::BudgetScope::User);
+    assert_eq!(
+      key(JsBudgetRequest { project_id: Some("p".into()), ..req("project") }).unwrap().scope,
+      manager::BudgetScope::Project("p".into())
+    );
+    assert_eq!(
+      key(JsBudgetRequest { session_id: Some(sid.into()), ..req("session") }).unwrap().scope,
+      manager::BudgetScope::Session(sid.to_lowercase())
+    );
+    // getBudget and deleteBudget ignore usd and period, as before.
+    assert!(key(JsBudgetRequest { usd: Some(-1.0), period: Some("week".into()), ..req("user") }).is_ok());
+    for (bad, message) in [
+      (key(req("team")), "scope must be one of [\"user\", \"project\", \"session\"], got \"team\""),
+      (key(JsBudgetRequest { user_id: "".into(), ..req("user") }), "userId must be a non-empty string"),
+      (key(JsBudgetRequest { project_id: Some("p".into()), ..req("user") }), "a user budget takes no projectId or sessionId"),
+      (key(req("project")), "a project budget needs projectId"),
+      (
+        key(JsBudgetRequest { project_id: Some("p".into()), session_id: Some(sid.into()), ..req("project") }),
+        "a project budget takes no sessionId",
+      ),
+      (key(req("session")), "a session budget needs sessionId"),
+      (key(JsBudgetRequest { session_id: Some("s".into()), ..req("session") }), "sessionId must be a UUID"),
+    ] {
+      let (code, m) = refused(bad);
+      assert_eq!(code, ErrorCode::InvalidArgument);
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+
+    let set = |r: JsBudgetRequest| manager::SetBudgetRequest::try_from(r);
+    let s = set(JsBudgetRequest { usd: Some(2.5), period: Some("month".into()), ..req("user") }).unwrap();
+    assert_eq!((s.usd, s.period, s.key.scope), (2.5, Some(manager::BudgetPeriod::Month), manager::BudgetScope::User));
+    for (bad, message) in [
+      (set(req("user")), "usd is required"),
+      (set(JsBudgetRequest { usd: Some(f64::NAN), ..req("user") }), "usd must be a finite number of US dollars, 0 or more"),
+      (set(JsBudgetRequest { usd: Some(1.0), period: Some("week".into()), ..req("user") }), "period must be \"day\" or \"month\""),
+      (set(JsBudgetRequest { usd: Some(1.0), period: Some("day".into()), ..req("session") }), "a session budget has no period"),
+      (set(JsBudgetRequest { usd: Some(1.0), ..req("team") }), "scope must be one of"),
+    ] {
+      let (code, m) = refused(bad);
+      assert_eq!(code, ErrorCode::InvalidArgument);
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+  }
+
+  #[test]
+  fn usage_requests_become_typed() {
+    let usage = |f: fn(&mut JsUsageRequest)| {
+      let mut r = JsUsageRequest { group_by: "model".into(), ..Default::default() };
+      f(&mut r);
+      manager::UsageRequest::try_from(r)
+    };
+    let r = usage(|r| r.since = Some(1_700_000_000_000.0)).unwrap();
+    assert_eq!((r.group_by, r.since, r.until), (manager::UsageGroupBy::Model, Some(1_700_000_000_000), None));
+    for g in manager::UsageGroupBy::ALL {
+      let r = manager::UsageRequest::try_from(JsUsageRequest { group_by: g.as_str().into(), ..Default::default() }).unwrap();
+      assert_eq!(r.group_by, g);
+    }
+    for (bad, message) in [
+      (usage(|r| r.group_by = "week".into()), "groupBy must be \"day\", \"model\" or \"session\", got \"week\""),
+      (usage(|r| r.user_id = Some("\n".into())), "userId must be a non-empty string"),
+      (usage(|r| r.project_id = Some("a\u{0}".into())), "projectId contains the control character"),
+      (usage(|r| r.session_id = Some("x".into())), "sessionId must be a UUID"),
+      (usage(|r| r.since = Some(-5.0)), "since must be a whole number >= 0"),
+      (usage(|r| r.until = Some(0.25)), "until must be a whole number >= 0"),
+    ] {
+      let (code, m) = refused(bad);
+      assert_eq!(code, ErrorCode::InvalidArgument);
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
   }
 
   #[test]

@@ -35,7 +35,8 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
-pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
+pub(crate) use budgets::{period as budget_period, usd as budget_usd};
+pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
