@@ -344,10 +344,7 @@ impl SessionManager {
     let m = self.inner.clone();
     promise(
       env,
-      async move {
-        let r: PermissionResponse = parse("respondToPermission", request?)?;
-        m.respond_to_permission(r.into()).await
-      },
+      async move { m.respond_to_permission(parse::<JsPermissionResponse>("respondToPermission", request?)?.try_into()?).await },
       |()| (),
     )
   }

@@ -308,10 +308,10 @@ pub struct SendMessageRequest {
 /// `respondToPermission`: the user's answer to a permission request of a task on their session.
 /// Unknown keys are refused (so is `updatedPermissions`: a user's answer never changes what the
 /// session may do next).
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "PermissionResponse")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PermissionResponse {
+pub struct JsPermissionResponse {
   pub session_id: String,
   pub user_id: String,
   /// The request's id (`options.requestId` of the callback, `requestId` of the Next.js event).
@@ -338,21 +338,6 @@ pub struct PermissionResponse {
 /// A field that is there, even as `null` (which the check then refuses).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
   serde_json::Value::deserialize(d).map(Some)
-}
-
-impl From<PermissionResponse> for manager::PermissionResponse {
-  fn from(r: PermissionResponse) -> Self {
-    manager::PermissionResponse {
-      session_id: r.session_id,
-      user_id: r.user_id,
-      request_id: r.request_id,
-      behavior: r.behavior,
-      message: r.message,
-      updated_input: r.updated_input,
-      interrupt: r.interrupt,
-      remember: r.remember,
-    }
-  }
 }
 
 /// How a caller follows and cancels a task. Read by `hooks` (functions and signals are no JSON).

@@ -239,6 +239,46 @@ impl TryFrom<JsUsageRequest> for manager::UsageRequest {
   }
 }
 
+/// Longest `message` of a permission answer, in bytes.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+impl TryFrom<JsPermissionResponse> for manager::PermissionResponse {
+  type Error = CoreError;
+
+  /// The answer checked and made the one [`Decision`](crate::cli::Decision). Never
+  /// `updatedPermissions`: a user's answer cannot change the CLI's own settings.
+  fn try_from(r: JsPermissionResponse) -> CoreResult<Self> {
+    use crate::cli::Decision;
+    validate::id("requestId", &r.request_id)?;
+    if let Some(m) = &r.message {
+      if m.len() > MAX_MESSAGE_BYTES || m.contains('\0') {
+        return Err(CoreError::invalid(format!("message must be at most {MAX_MESSAGE_BYTES} bytes, without NUL bytes")));
+      }
+    }
+    if r.updated_input.as_ref().is_some_and(|u| !u.is_object()) {
+      return Err(CoreError::invalid("updatedInput must be an object (the tool's input)"));
+    }
+    if r.updated_input.as_ref().is_some_and(|u| u.to_string().len() > validate::MAX_PROMPT_BYTES) {
+      return Err(CoreError::invalid(format!("updatedInput must be at most {} bytes as JSON", validate::MAX_PROMPT_BYTES)));
+    }
+    let remember = match r.remember.as_deref() {
+      None => false,
+      Some("session") if r.behavior == "allow" => true,
+      Some("session") => return Err(CoreError::invalid("remember goes with behavior \"allow\" only")),
+      Some(other) => return Err(CoreError::invalid(format!("remember must be \"session\", got {other:?}"))),
+    };
+    let decision = match r.behavior.as_str() {
+      "allow" => Decision::Allow { updated_input: r.updated_input, updated_permissions: None, remember },
+      "deny" => Decision::Deny {
+        message: r.message.filter(|m| !m.is_empty()).unwrap_or_else(|| "the user denied this".into()),
+        interrupt: r.interrupt == Some(true),
+      },
+      other => return Err(CoreError::invalid(format!("behavior must be \"allow\" or \"deny\", got {other:?}"))),
+    };
+    Ok(manager::PermissionResponse { session_id: r.session_id, user_id: r.user_id, request_id: r.request_id, decision })
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -455,6 +495,50 @@ mod tests {
       (usage(|r| r.until = Some(0.25)), "until must be a whole number >= 0"),
     ] {
       let (code, m) = refused(bad);
+      assert_eq!(code, ErrorCode::InvalidArgument);
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+  }
+
+  fn response(behavior: &str) -> JsPermissionResponse {
+    JsPermissionResponse {
+      session_id: "s".into(),
+      user_id: "u".into(),
+      request_id: "r1".into(),
+      behavior: behavior.into(),
+      ..Default::default()
+    }
+  }
+
+  #[test]
+  fn a_response_becomes_one_decision_or_is_refused() {
+    use crate::cli::Decision;
+    use serde_json::json;
+    let decision = |r: JsPermissionResponse| manager::PermissionResponse::try_from(r).map(|r| r.decision);
+    assert_eq!(decision(response("allow")).unwrap(), Decision::allow());
+    assert_eq!(decision(response("deny")).unwrap(), Decision::deny("the user denied this"));
+    let deny = JsPermissionResponse { message: Some("no".into()), interrupt: Some(true), ..response("deny") };
+    assert_eq!(decision(deny).unwrap(), Decision::Deny { message: "no".into(), interrupt: true });
+    let remember = JsPermissionResponse { remember: Some("session".into()), ..response("allow") };
+    assert!(decision(remember).unwrap().remember());
+    let edited = JsPermissionResponse { updated_input: Some(json!({ "content": "x" })), ..response("allow") };
+    assert_eq!(
+      decision(edited).unwrap(),
+      Decision::Allow { updated_input: Some(json!({ "content": "x" })), updated_permissions: None, remember: false }
+    );
+    for (bad, message) in [
+      (response("yes"), "behavior must be \"allow\" or \"deny\", got \"yes\""),
+      (JsPermissionResponse { remember: Some("session".into()), ..response("deny") }, "remember goes with behavior \"allow\" only"),
+      (JsPermissionResponse { remember: Some("forever".into()), ..response("allow") }, "remember must be \"session\", got \"forever\""),
+      (JsPermissionResponse { updated_input: Some(json!([])), ..response("allow") }, "updatedInput must be an object"),
+      (
+        JsPermissionResponse { updated_input: Some(json!({ "content": "x".repeat(validate::MAX_PROMPT_BYTES) })), ..response("allow") },
+        "updatedInput must be at most",
+      ),
+      (JsPermissionResponse { message: Some("a\0b".into()), ..response("deny") }, "message must be at most 65536 bytes"),
+      (JsPermissionResponse { request_id: String::new(), ..response("allow") }, "requestId must be a non-empty string"),
+    ] {
+      let (code, m) = refused(manager::PermissionResponse::try_from(bad));
       assert_eq!(code, ErrorCode::InvalidArgument);
       assert!(m.starts_with(message), "{m:?} should start with {message:?}");
     }
