@@ -68,7 +68,7 @@ impl SessionManager {
 
   /// Sessions of a user, newest activity first.
   #[napi(ts_args_type = "request: ListSessionsRequest", ts_return_type = "Promise<Session[]>")]
-  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<Session>> {
+  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<JsSession>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     promise(env, async move { m.list_sessions(parse::<ListSessionsRequest>("listSessions", request?)?.try_into()?).await }, sessions)
@@ -76,21 +76,21 @@ impl SessionManager {
 
   /// One session. Another user's session rejects with `SESSION_NOT_FOUND`, as a missing one does.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
-  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Session> {
+  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, JsSession> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     // A point read that needs no waiting is answered here: a trip through the worker threads
     // costs more than the read.
     if let (Ok(Value::String(id)), Ok(Value::String(user))) = (&session_id, &user_id) {
       if let Some(s) = self.inner.get_session_now(id, user) {
-        return PromiseRaw::resolve(env, Session::from(s));
+        return PromiseRaw::resolve(env, JsSession::from(s));
       }
     }
     let m = self.inner.clone();
     promise(
       env,
       async move { m.get_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
-      Session::from,
+      JsSession::from,
     )
   }
 
@@ -128,8 +128,8 @@ impl SessionManager {
 
   /// Marks a session archived; it stays readable and resumable.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
-  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Session> {
-    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.archive_session(&id, &user).await }, Session::from)
+  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, JsSession> {
+    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.archive_session(&id, &user).await }, JsSession::from)
   }
 
   /// Deletes a session with its task and compaction rows and the CLI's transcript (unless
@@ -173,10 +173,10 @@ impl SessionManager {
   /// A new session that continues from `sessionId`, made at once without calling the model; its
   /// first task forks the CLI's transcript. The parent is never changed by the fork.
   #[napi(ts_args_type = "request: ForkRequest", ts_return_type = "Promise<Session>")]
-  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Session> {
+  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsSession> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.fork(parse::<JsForkRequest>("fork", request?)?.try_into()?).await }, Session::from)
+    promise(env, async move { m.fork(parse::<JsForkRequest>("fork", request?)?.try_into()?).await }, JsSession::from)
   }
 
   /// How full the session's context is, from the store (nothing is spawned). `threshold` is a
@@ -188,7 +188,7 @@ impl SessionManager {
     session_id: Unknown<'e>,
     user_id: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> Promised<'e, ContextInfo> {
+  ) -> Promised<'e, JsContextInfo> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let options = js_value(env, "options", options);
@@ -199,7 +199,7 @@ impl SessionManager {
         v => parse::<JsThresholdOptions>("getSessionContext options", v.clone()).ok().and_then(|o| o.try_into().ok()),
       };
       if let Some(ci) = options.and_then(|o| self.inner.get_context_now(id, user, o)) {
-        return PromiseRaw::resolve(env, ContextInfo::from(ci));
+        return PromiseRaw::resolve(env, JsContextInfo::from(ci));
       }
     }
     let m = self.inner.clone();
@@ -209,13 +209,13 @@ impl SessionManager {
         let o: JsThresholdOptions = parse_optional("getSessionContext options", options?)?;
         m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.try_into()?).await
       },
-      ContextInfo::from,
+      JsContextInfo::from,
     )
   }
 
   /// The tasks run in a session, oldest first.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<TaskRecord[]>")]
-  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Vec<TaskRecord>> {
+  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Vec<JsTaskRecord>> {
     by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.list_tasks(&id, &user).await }, task_records)
   }
 
@@ -265,7 +265,7 @@ impl SessionManager {
     user_id: Unknown<'e>,
     prompt: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> Promised<'e, PromptEstimate> {
+  ) -> Promised<'e, JsPromptEstimate> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let prompt = js_value(env, "prompt", Some(prompt));
@@ -278,7 +278,7 @@ impl SessionManager {
         let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
         m.estimate_prompt_tokens(&sid, &uid, p, o.try_into()?).await
       },
-      PromptEstimate::from,
+      JsPromptEstimate::from,
     )
   }
 
@@ -286,7 +286,7 @@ impl SessionManager {
   /// Invalid requests reject before anything is spawned; model and CLI failures resolve with
   /// `success: false` and an `error.code`.
   #[napi(ts_args_type = "request: TaskRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
-  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
+  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, JsTaskResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     let can_use_tool = permissions::read_can_use_tool(env, options);
@@ -299,7 +299,7 @@ impl SessionManager {
   /// Compacts a session through the CLI's `/compact` and records the before/after tokens. A
   /// failed compaction rejects with `COMPACT_FAILED` and leaves the session as it was.
   #[napi(ts_args_type = "request: CompactRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
-  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
+  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, JsTaskResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     with_hooks(env, "compactSession", options, move |sink, cancel| async move {
@@ -311,7 +311,7 @@ impl SessionManager {
   /// How tasks run here: whether the agent is sandboxed, whether the API key is hidden behind the
   /// per-task proxy, and where the addon keeps its state.
   #[napi]
-  pub fn info(&self) -> ManagerInfo {
+  pub fn info(&self) -> JsManagerInfo {
     self.inner.info().into()
   }
 
@@ -369,19 +369,19 @@ impl SessionManager {
   /// session). The key proxy refuses a model call whose reserve could cross any cap that applies;
   /// the task ends `BUDGET_EXCEEDED`.
   #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget>")]
-  pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Budget> {
+  pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsBudget> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.set_budget(parse::<JsBudgetRequest>("setBudget", request?)?.try_into()?).await }, Budget::from)
+    promise(env, async move { m.set_budget(parse::<JsBudgetRequest>("setBudget", request?)?.try_into()?).await }, JsBudget::from)
   }
 
   /// A spend cap with what its scope spent this period: the one set, else the constructor's
   /// default that applies, else `null`.
   #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget | null>")]
-  pub fn get_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Option<Budget>> {
+  pub fn get_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Option<JsBudget>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.get_budget(parse::<JsBudgetRequest>("getBudget", request?)?.try_into()?).await }, |b| b.map(Budget::from))
+    promise(env, async move { m.get_budget(parse::<JsBudgetRequest>("getBudget", request?)?.try_into()?).await }, |b| b.map(JsBudget::from))
   }
 
   /// Deletes a spend cap set with `setBudget` (a default one applies again); whether there was one.
