@@ -1,5 +1,8 @@
-//! Checks on every value that comes from a caller, run before the store is touched or anything is
-//! spawned. Each failure is an `INVALID_ARGUMENT` error naming the field.
+//! Checks on the strings that come from a caller (ids, session ids, titles, model names, prompts,
+//! tool rules, CLI flag values, folders), run before the store is touched or anything is spawned:
+//! by the binding's conversions into typed requests (`binding/typed.rs`, which also reads the
+//! numbers) and by the manager for what it is given by position or resolves itself. Each failure
+//! is an `INVALID_ARGUMENT` error naming the field.
 
 use crate::error::{Error, ErrorCode, Result};
 
@@ -115,44 +118,6 @@ pub fn model(field: &str, value: &str) -> Result<()> {
     )));
   }
   Ok(())
-}
-
-/// Smallest accepted `maxBudgetUsd`.
-pub const MIN_BUDGET_USD: f64 = 0.0001;
-/// Largest accepted `maxBudgetUsd`.
-pub const MAX_BUDGET_USD: f64 = 10_000.0;
-
-/// A spending cap in US dollars: a finite number from 0.0001 to 10000.
-pub fn budget_usd(field: &str, value: f64) -> Result<f64> {
-  if !(MIN_BUDGET_USD..=MAX_BUDGET_USD).contains(&value) {
-    return Err(Error::invalid(format!("{field} must be a number from {MIN_BUDGET_USD} to {MAX_BUDGET_USD} (US dollars), got {value}")));
-  }
-  Ok(value)
-}
-
-/// A whole, non-negative number given from JavaScript as a double.
-pub fn non_negative_int(field: &str, value: f64) -> Result<u64> {
-  if !value.is_finite() || value < 0.0 || value.fract() != 0.0 || value > 9_007_199_254_740_991.0 {
-    return Err(Error::invalid(format!("{field} must be a whole number >= 0, got {value}")));
-  }
-  Ok(value as u64)
-}
-
-/// A whole number that must be at least 1.
-pub fn positive_int(field: &str, value: f64) -> Result<u64> {
-  let v = non_negative_int(field, value)?;
-  if v == 0 {
-    return Err(Error::invalid(format!("{field} must be at least 1")));
-  }
-  Ok(v)
-}
-
-/// A percentage in (0, 100].
-pub fn percent(field: &str, value: f64) -> Result<f64> {
-  if !value.is_finite() || value <= 0.0 || value > 100.0 {
-    return Err(Error::invalid(format!("{field} must be a percentage greater than 0 and at most 100, got {value}")));
-  }
-  Ok(value)
 }
 
 /// A value that will be passed to the CLI as a flag value: non-empty, printable, bounded.
@@ -353,16 +318,6 @@ mod tests {
   }
 
   #[test]
-  fn budgets() {
-    for good in [0.0001, 0.25, 1.0, 10_000.0] {
-      assert_eq!(budget_usd("maxBudgetUsd", good).unwrap(), good);
-    }
-    for bad in [0.0, -1.0, 0.00009, 1e-300, 5e-324, 10_000.01, 1e300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-      assert!(budget_usd("maxBudgetUsd", bad).is_err(), "{bad}");
-    }
-  }
-
-  #[test]
   fn session_ids() {
     let u = "123E4567-E89B-42D3-A456-426614174000";
     assert_eq!(session_id("sessionId", u).unwrap(), u.to_lowercase());
@@ -435,19 +390,5 @@ mod tests {
     let slash = vec![std::path::PathBuf::from(format!("{}/", base.join("app").display()))];
     assert!(working_directory("wd", base.join("app-secrets").to_str().unwrap(), &slash).is_err());
     assert!(working_directory("wd", base.join("app/src").to_str().unwrap(), &slash).is_ok());
-  }
-
-  #[test]
-  fn numbers() {
-    assert_eq!(non_negative_int("limit", 0.0).unwrap(), 0);
-    assert_eq!(non_negative_int("limit", 50.0).unwrap(), 50);
-    for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY, 1e300] {
-      assert!(non_negative_int("limit", bad).is_err(), "{bad}");
-    }
-    assert!(positive_int("maxTurns", 0.0).is_err());
-    assert!(percent("threshold", 0.0).is_err());
-    assert!(percent("threshold", 101.0).is_err());
-    assert!(percent("threshold", -5.0).is_err());
-    assert_eq!(percent("threshold", 80.0).unwrap(), 80.0);
   }
 }

@@ -55,7 +55,7 @@ impl SessionManager {
     let options = js_value(&env, "options", options);
     sync(&env, || {
       let opts: SessionManagerOptions = parse_optional("SessionManager options", options?)?;
-      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts.into())?) })
+      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts.try_into()?)?) })
     })
   }
 

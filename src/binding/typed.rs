@@ -10,14 +10,54 @@ use std::time::Duration;
 use super::*;
 use crate::validate;
 
+/// Smallest accepted `maxBudgetUsd`.
+pub(crate) const MIN_BUDGET_USD: f64 = 0.0001;
+/// Largest accepted `maxBudgetUsd`.
+pub(crate) const MAX_BUDGET_USD: f64 = 10_000.0;
+
+/// A spending cap in US dollars: a finite number from 0.0001 to 10000.
+pub(crate) fn budget_usd(field: &str, value: f64) -> CoreResult<f64> {
+  if !(MIN_BUDGET_USD..=MAX_BUDGET_USD).contains(&value) {
+    return Err(CoreError::invalid(format!(
+      "{field} must be a number from {MIN_BUDGET_USD} to {MAX_BUDGET_USD} (US dollars), got {value}"
+    )));
+  }
+  Ok(value)
+}
+
+/// A whole, non-negative number given from JavaScript as a double.
+pub(crate) fn non_negative_int(field: &str, value: f64) -> CoreResult<u64> {
+  if !value.is_finite() || value < 0.0 || value.fract() != 0.0 || value > 9_007_199_254_740_991.0 {
+    return Err(CoreError::invalid(format!("{field} must be a whole number >= 0, got {value}")));
+  }
+  Ok(value as u64)
+}
+
+/// A whole number that must be at least 1.
+pub(crate) fn positive_int(field: &str, value: f64) -> CoreResult<u64> {
+  let v = non_negative_int(field, value)?;
+  if v == 0 {
+    return Err(CoreError::invalid(format!("{field} must be at least 1")));
+  }
+  Ok(v)
+}
+
+/// A percentage in (0, 100].
+pub(crate) fn percent(field: &str, value: f64) -> CoreResult<f64> {
+  if !value.is_finite() || value <= 0.0 || value > 100.0 {
+    return Err(CoreError::invalid(format!("{field} must be a percentage greater than 0 and at most 100, got {value}")));
+  }
+  Ok(value)
+}
+
 /// A whole number of milliseconds, 0 or more.
 fn millis(field: &str, v: f64) -> CoreResult<Duration> {
-  Ok(Duration::from_millis(validate::non_negative_int(field, v)?))
+  Ok(Duration::from_millis(non_negative_int(field, v)?))
 }
 
 /// A whole number of milliseconds, at least 1.
 fn positive_millis(field: &str, v: f64) -> CoreResult<Duration> {
-  Ok(Duration::from_millis(validate::positive_int(field, v)?))
+  Ok(Duration::from_millis(positive_int(field, v)?))
 }
 
 /// An optional value checked (or converted) by `check`.
@@ -32,6 +72,157 @@ fn user_project(user_id: &str, project_id: Option<&str>) -> CoreResult<()> {
   Ok(())
 }
 
+impl TryFrom<SessionManagerOptions> for manager::Options {
+  type Error = CoreError;
+
+  /// The options' shapes; folders, the database and the environment are `Config::resolve`'s.
+  fn try_from(o: SessionManagerOptions) -> CoreResult<Self> {
+    use manager::{Isolation, SandboxMode};
+    let isolate_tenants = opt(o.isolate_tenants, |i| match i.as_str() {
+      "none" => Ok(Isolation::None),
+      "user" => Ok(Isolation::User),
+      "project" => Ok(Isolation::Project),
+      other => Err(CoreError::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
+    })?;
+    let count = |field: &str, v: Option<f64>| opt(v, |n| positive_int(field, n));
+    let context_window = count("contextWindow", o.context_window)?;
+    let compact_threshold = opt(o.compact_threshold, |t| percent("compactThreshold", t))?;
+    let max_concurrent_tasks = count("maxConcurrentTasks", o.max_concurrent_tasks)?;
+    let max_concurrent_tasks_total = count("maxConcurrentTasksTotal", o.max_concurrent_tasks_total)?;
+    let queue_timeout = opt(o.queue_timeout_ms, |t| millis("queueTimeoutMs", t))?;
+    // 0 turns these off (a zero Duration).
+    let off_or_positive = |field: &str, v: Option<f64>| opt(v, |t| if t == 0.0 { Ok(Duration::ZERO) } else { positive_millis(field, t) });
+    let stall_timeout = off_or_positive("stallTimeoutMs", o.stall_timeout_ms)?;
+    let warm_idle = off_or_positive("warmIdleMs", o.warm_idle_ms)?;
+    let max_warm_sessions = count("maxWarmSessions", o.max_warm_sessions)?;
+    let permission_timeout = opt(o.permission_timeout_ms, |t| positive_millis("permissionTimeoutMs", t))?;
+    let max_transcript_bytes = count("maxTranscriptBytes", o.max_transcript_bytes)?;
+    let cli_niceness = opt(o.cli_niceness, |n| {
+      let n = non_negative_int("cliNiceness", n)?;
+      u8::try_from(n)
+        .ok()
+        .filter(|n| *n <= 19)
+        .ok_or_else(|| CoreError::invalid(format!("cliNiceness must be an integer from 0 to 19, got {n}")))
+    })?;
+    let sandbox = opt(o.sandbox, |s| match s.as_str() {
+      "auto" => Ok(SandboxMode::Auto),
+      "bubblewrap" => Ok(SandboxMode::Bubblewrap),
+      "none" => Ok(SandboxMode::None),
+      other => Err(CoreError::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
+    })?;
+    let sandbox_limits = sandbox_limits(o.sandbox_limits.unwrap_or_default())?;
+    let allow_slash_commands = o.allow_slash_commands.unwrap_or_default();
+    for c in &allow_slash_commands {
+      let ok = c.len() <= 64
+        && c.starts_with('/')
+        && c.len() > 1
+        && c[1..].chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | ':'));
+      if !ok {
+        return Err(CoreError::invalid(format!("allowSlashCommands entries are commands such as \"/context\", got {:?}", c)));
+      }
+    }
+    let setting_sources = o.setting_sources.unwrap_or_default();
+    if let Some(s) = setting_sources.iter().find(|s| !matches!(s.as_str(), "user" | "project" | "local")) {
+      return Err(CoreError::invalid(format!("settingSources entries are \"user\", \"project\" or \"local\", got {:?}", s)));
+    }
+    let lease_ttl = opt(o.lease_ttl_ms, |t| {
+      let t = positive_int("leaseTtlMs", t)?;
+      if !(manager::MIN_LEASE_TTL_MS..=24 * 3_600_000).contains(&t) {
+        return Err(CoreError::invalid(format!("leaseTtlMs must be from {} to 86400000, got {t}", manager::MIN_LEASE_TTL_MS)));
+      }
+      Ok(Duration::from_millis(t))
+    })?;
+    if let Some(n) = &o.node_id {
+      if n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_control()) {
+        return Err(CoreError::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
+      }
+    }
+    let paths = o.sandbox_paths.unwrap_or_default();
+    Ok(manager::Options {
+      database_path: o.database_path,
+      database_url: o.database_url,
+      database_schema: o.database_schema,
+      working_directory: o.working_directory,
+      workspace_root: o.workspace_root,
+      allow_server_folder_as_workspace: o.allow_server_folder_as_workspace.unwrap_or(false),
+      default_model: o.default_model,
+      context_window,
+      compact_threshold,
+      claude_path: o.claude_path,
+      env: o.env.unwrap_or_default().into_iter().collect(),
+      allow_bypass_permissions: o.allow_bypass_permissions.unwrap_or(false),
+      max_concurrent_tasks,
+      max_concurrent_tasks_total,
+      queue_timeout,
+      stall_timeout,
+      cli_niceness,
+      allowed_roots: o.allowed_roots.unwrap_or_default(),
+      isolate_tenants,
+      tenant_config_root: o.tenant_config_root,
+      state_directory: o.state_directory,
+      sandbox,
+      sandbox_read_only: paths.read_only.unwrap_or_default(),
+      sandbox_read_write: paths.read_write.unwrap_or_default(),
+      sandbox_limits,
+      sandbox_allow_domains: o.sandbox_network.and_then(|n| n.allow_domains).unwrap_or_default(),
+      expose_api_key_to_agent: o.expose_api_key_to_agent.unwrap_or(false),
+      allow_slash_commands,
+      allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
+      allow_background_tools: o.allow_background_tools.unwrap_or(false),
+      setting_sources,
+      node_id: o.node_id,
+      lease_ttl,
+      warm_idle,
+      max_warm_sessions,
+      permission_timeout,
+      max_transcript_bytes,
+      budgets: o
+        .budgets
+        .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),
+      model_prices: o
+        .model_prices
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| manager::ModelPrice {
+          model: p.model,
+          input: p.input,
+          output: p.output,
+          cache_write: p.cache_write,
+          cache_read: p.cache_read,
+        })
+        .collect(),
+    })
+  }
+}
+
+/// `sandboxLimits` in bytes and processes, with the sandbox's defaults.
+fn sandbox_limits(l: JsSandboxLimits) -> CoreResult<crate::cli::SandboxLimits> {
+  let d = crate::cli::SandboxLimits::default();
+  let mb = |name: &str, v: Option<f64>, default: u64| -> CoreResult<u64> {
+    match v {
+      None => Ok(default),
+      Some(x) if x.is_finite() && x.fract() == 0.0 && (1.0..=65536.0).contains(&x) => Ok((x as u64) << 20),
+      Some(x) => Err(CoreError::invalid(format!("sandboxLimits.{name} must be a whole number of MiB from 1 to 65536, got {x}"))),
+    }
+  };
+  Ok(crate::cli::SandboxLimits {
+    tmp_bytes: mb("tmpMb", l.tmp_mb, d.tmp_bytes)?,
+    home_bytes: mb("homeMb", l.home_mb, d.home_bytes)?,
+    processes: match l.processes {
+      None => d.processes,
+      Some(x) if x.is_finite() && x.fract() == 0.0 && (32.0..=1_000_000.0).contains(&x) => x as u64,
+      Some(x) => return Err(CoreError::invalid(format!("sandboxLimits.processes must be a whole number from 32 to 1000000, got {x}"))),
+    },
+    memory_bytes: match l.memory_mb {
+      None => d.memory_bytes,
+      Some(x) if x.is_finite() && x.fract() == 0.0 && (1024.0..=1_048_576.0).contains(&x) => (x as u64) << 20,
+      Some(x) => {
+        return Err(CoreError::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}")))
+      }
+    },
+  })
+}
+
 impl TryFrom<JsTaskRequest> for manager::TaskRequest {
   type Error = CoreError;
 
@@ -41,7 +232,7 @@ impl TryFrom<JsTaskRequest> for manager::TaskRequest {
     opt(r.model.as_deref(), |m| validate::model("model", m))?;
     opt(r.fallback_model.as_deref(), |m| validate::model("fallbackModel", m))?;
     let max_turns = opt(r.max_turns, |t| {
-      let t = validate::positive_int("maxTurns", t)?;
+      let t = positive_int("maxTurns", t)?;
       u32::try_from(t)
         .ok()
         .filter(|t| *t <= manager::MAX_TURNS)
@@ -58,8 +249,8 @@ impl TryFrom<JsTaskRequest> for manager::TaskRequest {
         .ok_or_else(|| CoreError::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {m:?}")))
     })?;
     opt(r.append_system_prompt.as_deref(), |s| validate::cli_value("appendSystemPrompt", s, 64 * 1024))?;
-    let max_budget_usd = opt(r.max_budget_usd, |b| validate::budget_usd("maxBudgetUsd", b))?;
-    let compact_threshold = opt(r.compact_threshold, |t| validate::percent("compactThreshold", t))?;
+    let max_budget_usd = opt(r.max_budget_usd, |b| budget_usd("maxBudgetUsd", b))?;
+    let compact_threshold = opt(r.compact_threshold, |t| percent("compactThreshold", t))?;
     let timeout = opt(r.timeout_ms, |t| positive_millis("timeoutMs", t))?;
     let queue_timeout = opt(r.queue_timeout_ms, |t| millis("queueTimeoutMs", t))?;
     opt(r.title.as_deref(), validate::title)?;
@@ -119,8 +310,8 @@ impl TryFrom<ListSessionsRequest> for manager::ListRequest {
         .ok_or_else(|| CoreError::invalid(format!("status must be \"active\" or \"archived\", got {s:?}")))
     })?;
     let parent_id = opt(r.parent_id.as_deref(), |p| validate::session_id("parentId", p))?;
-    let limit = opt(r.limit, |l| Ok(validate::positive_int("limit", l)?.min(manager::MAX_LIST)))?;
-    let offset = opt(r.offset, |o| validate::non_negative_int("offset", o))?;
+    let limit = opt(r.limit, |l| Ok(positive_int("limit", l)?.min(manager::MAX_LIST)))?;
+    let offset = opt(r.offset, |o| non_negative_int("offset", o))?;
     Ok(manager::ListRequest {
       user_id: r.user_id,
       project_id: r.project_id,
@@ -155,7 +346,7 @@ impl TryFrom<JsThresholdOptions> for manager::ThresholdOptions {
   type Error = CoreError;
 
   fn try_from(o: JsThresholdOptions) -> CoreResult<Self> {
-    Ok(manager::ThresholdOptions { threshold: opt(o.threshold, |t| validate::percent("threshold", t))? })
+    Ok(manager::ThresholdOptions { threshold: opt(o.threshold, |t| percent("threshold", t))? })
   }
 }
 
@@ -163,8 +354,8 @@ impl TryFrom<JsMessagesOptions> for manager::MessagesOptions {
   type Error = CoreError;
 
   fn try_from(o: JsMessagesOptions) -> CoreResult<Self> {
-    let limit = opt(o.limit, |l| Ok(validate::positive_int("limit", l)?.min(manager::MAX_MESSAGES as u64) as usize))?;
-    let offset = opt(o.offset, |o| Ok(usize::try_from(validate::non_negative_int("offset", o)?).unwrap_or(usize::MAX)))?;
+    let limit = opt(o.limit, |l| Ok(positive_int("limit", l)?.min(manager::MAX_MESSAGES as u64) as usize))?;
+    let offset = opt(o.offset, |o| Ok(usize::try_from(non_negative_int("offset", o)?).unwrap_or(usize::MAX)))?;
     Ok(manager::MessagesOptions { limit: limit.unwrap_or(manager::MessagesOptions::default().limit), offset })
   }
 }
@@ -227,7 +418,7 @@ impl TryFrom<JsUsageRequest> for manager::UsageRequest {
       .find(|g| g.as_str() == r.group_by)
       .ok_or_else(|| CoreError::invalid(format!("groupBy must be \"day\", \"model\" or \"session\", got {:?}", r.group_by)))?;
     // Whole milliseconds up to 2^53, so they fit an i64.
-    let ms = |field: &str, v: Option<f64>| opt(v, |v| Ok(validate::non_negative_int(field, v)? as i64));
+    let ms = |field: &str, v: Option<f64>| opt(v, |v| Ok(non_negative_int(field, v)? as i64));
     Ok(manager::UsageRequest {
       since: ms("since", r.since)?,
       until: ms("until", r.until)?,
@@ -539,6 +730,88 @@ mod tests {
       (JsPermissionResponse { request_id: String::new(), ..response("allow") }, "requestId must be a non-empty string"),
     ] {
       let (code, m) = refused(manager::PermissionResponse::try_from(bad));
+      assert_eq!(code, ErrorCode::InvalidArgument);
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+  }
+
+  #[test]
+  fn budgets() {
+    for good in [0.0001, 0.25, 1.0, 10_000.0] {
+      assert_eq!(budget_usd("maxBudgetUsd", good).unwrap(), good);
+    }
+    for bad in [0.0, -1.0, 0.00009, 1e-300, 5e-324, 10_000.01, 1e300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+      assert!(budget_usd("maxBudgetUsd", bad).is_err(), "{bad}");
+    }
+  }
+
+  #[test]
+  fn numbers() {
+    assert_eq!(non_negative_int("limit", 0.0).unwrap(), 0);
+    assert_eq!(non_negative_int("limit", 50.0).unwrap(), 50);
+    for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY, 1e300] {
+      assert!(non_negative_int("limit", bad).is_err(), "{bad}");
+    }
+    assert!(positive_int("maxTurns", 0.0).is_err());
+    assert!(percent("threshold", 0.0).is_err());
+    assert!(percent("threshold", 101.0).is_err());
+    assert!(percent("threshold", -5.0).is_err());
+    assert_eq!(percent("threshold", 80.0).unwrap(), 80.0);
+  }
+
+  #[test]
+  fn manager_options_become_typed() {
+    let options = |f: fn(&mut SessionManagerOptions)| {
+      let mut o = SessionManagerOptions::default();
+      f(&mut o);
+      manager::Options::try_from(o)
+    };
+    let o = options(|_| {}).unwrap();
+    assert!(o.isolate_tenants.is_none() && o.sandbox.is_none() && o.lease_ttl.is_none() && o.stall_timeout.is_none());
+    assert_eq!(o.sandbox_limits, crate::cli::SandboxLimits::default());
+    let o = options(|o| {
+      o.isolate_tenants = Some("project".into());
+      o.sandbox = Some("none".into());
+      o.stall_timeout_ms = Some(0.0);
+      o.warm_idle_ms = Some(250.0);
+      o.lease_ttl_ms = Some(300.0);
+      o.cli_niceness = Some(19.0);
+      o.max_concurrent_tasks = Some(4.0);
+      o.sandbox_limits = Some(JsSandboxLimits { tmp_mb: Some(2.0), ..Default::default() });
+      o.sandbox_paths = Some(SandboxPaths { read_only: Some(vec!["/usr/share".into()]), read_write: None });
+    })
+    .unwrap();
+    assert_eq!((o.isolate_tenants, o.sandbox), (Some(manager::Isolation::Project), Some(manager::SandboxMode::None)));
+    assert_eq!(
+      (o.stall_timeout, o.warm_idle, o.lease_ttl),
+      (Some(Duration::ZERO), Some(Duration::from_millis(250)), Some(Duration::from_millis(300)))
+    );
+    assert_eq!((o.cli_niceness, o.max_concurrent_tasks, o.sandbox_limits.tmp_bytes), (Some(19), Some(4), 2 << 20));
+    assert_eq!(o.sandbox_read_only, ["/usr/share"]);
+    for (bad, message) in [
+      (options(|o| o.isolate_tenants = Some("team".into())), "isolateTenants must be \"none\", \"user\" or \"project\", got \"team\""),
+      (options(|o| o.context_window = Some(0.0)), "contextWindow must be at least 1"),
+      (options(|o| o.compact_threshold = Some(120.0)), "compactThreshold must be a percentage"),
+      (options(|o| o.max_concurrent_tasks = Some(2.5)), "maxConcurrentTasks must be a whole number >= 0, got 2.5"),
+      (options(|o| o.queue_timeout_ms = Some(-1.0)), "queueTimeoutMs must be a whole number >= 0"),
+      (options(|o| o.stall_timeout_ms = Some(-3.0)), "stallTimeoutMs must be a whole number >= 0"),
+      (options(|o| o.permission_timeout_ms = Some(0.0)), "permissionTimeoutMs must be at least 1"),
+      (options(|o| o.cli_niceness = Some(20.0)), "cliNiceness must be an integer from 0 to 19, got 20"),
+      (options(|o| o.sandbox = Some("docker".into())), "sandbox must be \"auto\", \"bubblewrap\" or \"none\", got \"docker\""),
+      (
+        options(|o| o.sandbox_limits = Some(JsSandboxLimits { memory_mb: Some(10.0), ..Default::default() })),
+        "sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got 10",
+      ),
+      (
+        options(|o| o.sandbox_limits = Some(JsSandboxLimits { processes: Some(8.0), ..Default::default() })),
+        "sandboxLimits.processes must be a whole number from 32 to 1000000, got 8",
+      ),
+      (options(|o| o.allow_slash_commands = Some(vec!["context".into()])), "allowSlashCommands entries are commands such as"),
+      (options(|o| o.setting_sources = Some(vec!["global".into()])), "settingSources entries are \"user\", \"project\" or \"local\""),
+      (options(|o| o.lease_ttl_ms = Some(299.0)), "leaseTtlMs must be from 300 to 86400000, got 299"),
+      (options(|o| o.node_id = Some("a\nb".into())), "nodeId must be 1 to 200 characters"),
+    ] {
+      let (code, m) = refused(bad);
       assert_eq!(code, ErrorCode::InvalidArgument);
       assert!(m.starts_with(message), "{m:?} should start with {message:?}");
     }

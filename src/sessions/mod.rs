@@ -37,7 +37,7 @@ use crate::{transcript, validate};
 
 pub(crate) use budgets::{period as budget_period, usd as budget_usd};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
-pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
+pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{

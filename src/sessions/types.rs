@@ -111,7 +111,7 @@ pub struct TaskRequest {
   pub disallowed_tools: Vec<String>,
   pub permission_mode: Option<PermissionMode>,
   pub append_system_prompt: Option<String>,
-  /// US dollars, `validate::MIN_BUDGET_USD` to `validate::MAX_BUDGET_USD`.
+  /// US dollars, 0.0001 to 10000 (checked by the binding).
   pub max_budget_usd: Option<f64>,
   pub fallback_model: Option<String>,
   pub auto_compact: bool,
