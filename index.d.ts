@@ -376,6 +376,7 @@ export interface HistoryMessage {
 export interface ListSessionsRequest {
   userId: string
   projectId?: string
+  /** `active` lists paused sessions too (a paused session is an active one a spend cap stopped). */
   status?: 'active' | 'archived'
   /** Only forks of this session. */
   parentId?: string

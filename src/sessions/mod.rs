@@ -35,11 +35,15 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
-pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
-pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
+pub(crate) use budgets::{period as budget_period, usd as budget_usd};
+pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
+pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
-pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
+pub use types::{
+  CleanupRequest, CompactRequest, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate, SessionStatus,
+  TaskError, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES, MAX_TOOL_RULES, MAX_TURNS,
+};
 
 /// Receives every event of a task as it arrives.
 pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
@@ -191,10 +195,6 @@ fn upstream_of(env: &[(String, String)]) -> Option<cli::Upstream> {
     headers: get("ANTHROPIC_CUSTOM_HEADERS").unwrap_or_default(),
   })
 }
-
-const VALID_STATUSES: [&str; 2] = ["active", "archived"];
-const PERMISSION_MODES: [&str; 4] = ["default", "acceptEdits", "plan", "bypassPermissions"];
-const MAX_LIST: u64 = 1000;
 
 fn validate_user_project(user_id: &str, project_id: Option<&str>) -> Result<()> {
   validate::id("userId", user_id)?;

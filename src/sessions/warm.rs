@@ -416,7 +416,7 @@ impl Manager {
         return Ok(json!({ "source": "cli", "usage": usage }));
       }
     }
-    let info = self.get_context(session_id, user_id, None).await?;
+    let info = self.get_context(session_id, user_id, Default::default()).await?;
     Ok(json!({ "source": "store", "contextInfo": info }))
   }
 
