@@ -20,6 +20,7 @@ mod hooks;
 mod permissions;
 mod requests;
 mod results;
+mod streams;
 mod tokens;
 
 use convert::*;
@@ -27,6 +28,7 @@ use errors::*;
 use hooks::*;
 pub use requests::*;
 pub use results::*;
+pub use streams::*;
 pub use tokens::*;
 
 type CoreResult<T> = std::result::Result<T, CoreError>;

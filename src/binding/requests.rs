@@ -150,6 +150,9 @@ pub struct SessionManagerOptions {
   /// How long a `canUseTool` decision may take (ms) before the request is answered deny.
   /// Default 300000 (5 min).
   pub permission_timeout_ms: Option<f64>,
+  /// How long a task's events stay in the store's event log after the task ended (ms), for
+  /// `streamEvents`; swept in the background. Default 86400000 (one day).
+  pub event_retention_ms: Option<f64>,
   /// The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
   /// store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
   /// huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456
@@ -591,6 +594,7 @@ impl From<SessionManagerOptions> for manager::Options {
       max_warm_sessions: o.max_warm_sessions,
       permission_timeout_ms: o.permission_timeout_ms,
       max_transcript_bytes: o.max_transcript_bytes,
+      event_retention_ms: o.event_retention_ms,
       budgets: o
         .budgets
         .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),

@@ -47,6 +47,7 @@ pub struct Options {
   pub max_warm_sessions: Option<f64>,
   pub permission_timeout_ms: Option<f64>,
   pub max_transcript_bytes: Option<f64>,
+  pub event_retention_ms: Option<f64>,
   /// Spend caps where none is stored (`budgets.rs`).
   pub budgets: Option<super::budgets::BudgetOptions>,
   /// Prices that replace the list prices of the key proxy's meter.
@@ -161,6 +162,8 @@ pub struct Config {
   pub permission_timeout: Duration,
   /// A transcript longer than this is not read whole (`TRANSCRIPT_TOO_LARGE`).
   pub max_transcript_bytes: u64,
+  /// How long a task's events stay in the log after it ended (`eventRetentionMs`).
+  pub event_retention: Duration,
 }
 
 /// The CLI's tools that schedule work to run later, outside any task (a cron job, a wake-up, a
@@ -287,6 +290,10 @@ impl Config {
       max_warm_sessions: n.max_warm_sessions,
       permission_timeout: n.permission_timeout,
       max_transcript_bytes: n.max_transcript_bytes,
+      event_retention: Duration::from_millis(match o.event_retention_ms {
+        Some(t) => validate::positive_int("eventRetentionMs", t)?,
+        None => 24 * 60 * 60 * 1000,
+      }),
     })
   }
 }
