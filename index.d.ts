@@ -9,11 +9,49 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+declare global {
+  interface __NapiRsAsyncGenerator<TOwner, T, TReturn, TNext> {
+    next(...[value]: [] | [TNext]): globalThis.Promise<globalThis.IteratorResult<T, TReturn | undefined>>
+    return(...[value]: [] | [TReturn]): globalThis.Promise<globalThis.IteratorResult<T, TReturn | undefined>>
+    throw(exception?: unknown): globalThis.Promise<globalThis.IteratorResult<T, TReturn | undefined>>
+    [globalThis.Symbol.asyncIterator](): this
+  }
+}
+
+/**
+ * A session's events: `for await (const e of stream)`. Ends when the task ends (or as
+ * `follow` says), when `signal` aborts, or on `break`. Holds at most a page of events: a
+ * slow reader never slows the task.
+ *
+ * This type implements JavaScript's async iterable protocol.
+ * It can be used with `for await...of` loops.
+ *
+ * @see https://developer.mozilla.org/en-US/docs/Web/JavaScript/Reference/Iteration_protocols#the_async_iterator_and_async_iterable_protocols
+ */
+export declare class EventStream {
+
+  [globalThis.Symbol.asyncIterator](): globalThis.__NapiRsAsyncGenerator<EventStream, StreamedEvent, void, undefined>
+}
+
 /**
  * Runs Claude Code tasks in sessions that persist (SQLite), resume, fork and compact.
  * Create one per server process and share it.
  */
 export declare class SessionManager {
+  /**
+   * The session's events after `after`, then the live ones, from whichever process or node
+   * runs the task (see `StreamEventsRequest`). Another user's session rejects with
+   * `SESSION_NOT_FOUND`, as a missing one does; a bad `after` with `INVALID_ARGUMENT`.
+   */
+  streamEvents(request: StreamEventsRequest, options?: { signal?: AbortSignal }): Promise<EventStream>
+  /** The task running on the user's session (in any process or node), or `null`. */
+  getRunningTask(request: { sessionId: string; userId: string }): Promise<RunningTask | null>
+  /**
+   * Stops the task running on the user's session, wherever it runs (recorded in the store; the
+   * manager running it stops the CLI at once when it is this one, else within a poll or a
+   * notification). Resolves with whether a task was running; the task ends `aborted`.
+   */
+  abortTask(request: { sessionId: string; userId: string }): Promise<boolean>
   /**
    * Opens (or creates) the session store and marks tasks left running by dead processes as
    * `interrupted`. Throws `INVALID_ARGUMENT` for bad options and `STORE_ERROR` when the database
@@ -487,6 +525,22 @@ export interface PromptEstimate {
   contextInfo: ContextInfo
 }
 
+/** The task running on a session, wherever it runs. */
+export interface RunningTask {
+  taskId: string
+  /** `task` or `compact`. */
+  kind: string
+  startedAt: number
+  /** The node running it (`nodeId`, PostgreSQL); `null` on SQLite (one machine). */
+  nodeId?: string
+  /** Its process id (on that node). */
+  pid: number
+  /** Whether a stop was requested (`abortTask`). */
+  abortRequested: boolean
+  /** The session's last event `seq`: `streamEvents({ after: lastSeq })` gets what comes next. */
+  lastSeq: number
+}
+
 /** How the sandbox is built here (`info().sandboxDetails`). */
 export interface SandboxDetails {
   /**
@@ -778,6 +832,11 @@ export interface SessionManagerOptions {
    */
   permissionTimeoutMs?: number
   /**
+   * How long a task's events stay in the store's event log after the task ended (ms), for
+   * `streamEvents`; swept in the background. Default 86400000 (one day).
+   */
+  eventRetentionMs?: number
+  /**
    * The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
    * store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
    * huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456
@@ -820,6 +879,46 @@ export interface StartFreshResult {
   session: Session
   /** How many active sessions were archived. */
   archived: number
+}
+
+/** One event of a session's log. */
+export interface StreamedEvent {
+  /**
+   * Its number in the session's log: contiguous, never reused; use it as the SSE `id` and as
+   * `after` to resume.
+   */
+  seq: number
+  /** The task it belongs to (`null` for `events_truncated`). */
+  taskId?: string
+  /** When it was written (ms since the epoch). */
+  at: number
+  /**
+   * The event: what `onEvent` saw (`task_started`, the CLI's lines, `stream_event`s with text
+   * deltas joined per few milliseconds, `background_activity`), `permission_request` /
+   * `permission_resolved`, `user_message` (steering), `task_end` (`{ result }` or `{ error }`),
+   * or `events_truncated` (`{ firstSeq }`: earlier events were swept; reload the history with
+   * `getMessages`).
+   */
+  event: any
+}
+
+/** `streamEvents`: which session's events, after which one, for how long. */
+export interface StreamEventsRequest {
+  sessionId: string
+  userId: string
+  /**
+   * The `seq` of the last event the caller has: the stream starts right after it (default: from
+   * the first event kept). A whole number from 0 to the session's last `seq`; anything else
+   * rejects with `INVALID_ARGUMENT`. Older than what `eventRetentionMs` kept: the stream starts
+   * with one `events_truncated` event.
+   */
+  after?: number
+  /**
+   * Omitted: the logged events, then the running task's live ones until it ends (at once when
+   * none runs). `false`: the logged events only. `true`: the session's events, task after task,
+   * until `signal` aborts or the stream is closed (`break`, `return()`).
+   */
+  follow?: boolean
 }
 
 /** Wall-clock and API time of a task. */

@@ -20,6 +20,7 @@ mod hooks;
 mod permissions;
 mod requests;
 mod results;
+mod streams;
 mod tokens;
 mod typed;
 
@@ -28,6 +29,7 @@ use errors::*;
 use hooks::*;
 pub use requests::*;
 pub use results::*;
+pub use streams::*;
 pub use tokens::*;
 
 type CoreResult<T> = std::result::Result<T, CoreError>;

@@ -151,6 +151,9 @@ pub struct SessionManagerOptions {
   /// How long a `canUseTool` decision may take (ms) before the request is answered deny.
   /// Default 300000 (5 min).
   pub permission_timeout_ms: Option<f64>,
+  /// How long a task's events stay in the store's event log after the task ended (ms), for
+  /// `streamEvents`; swept in the background. Default 86400000 (one day).
+  pub event_retention_ms: Option<f64>,
   /// The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
   /// store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
   /// huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456

@@ -96,6 +96,7 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
     let warm_idle = off_or_positive("warmIdleMs", o.warm_idle_ms)?;
     let max_warm_sessions = count("maxWarmSessions", o.max_warm_sessions)?;
     let permission_timeout = opt(o.permission_timeout_ms, |t| positive_millis("permissionTimeoutMs", t))?;
+    let event_retention = opt(o.event_retention_ms, |t| positive_millis("eventRetentionMs", t))?;
     let max_transcript_bytes = count("maxTranscriptBytes", o.max_transcript_bytes)?;
     let cli_niceness = opt(o.cli_niceness, |n| {
       let n = non_negative_int("cliNiceness", n)?;
@@ -176,6 +177,7 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
       max_warm_sessions,
       permission_timeout,
       max_transcript_bytes,
+      event_retention,
       budgets: o
         .budgets
         .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),

@@ -67,6 +67,8 @@ pub struct Options {
   pub permission_timeout: Option<Duration>,
   /// At least 1.
   pub max_transcript_bytes: Option<u64>,
+  /// At least 1 ms.
+  pub event_retention: Option<Duration>,
   /// Spend caps where none is stored (`budgets.rs`).
   pub budgets: Option<super::budgets::BudgetOptions>,
   /// Prices that replace the list prices of the key proxy's meter.
@@ -165,6 +167,8 @@ pub struct Config {
   pub permission_timeout: Duration,
   /// A transcript longer than this is not read whole (`TRANSCRIPT_TOO_LARGE`).
   pub max_transcript_bytes: u64,
+  /// How long a task's events stay in the log after it ended (`eventRetentionMs`).
+  pub event_retention: Duration,
 }
 
 /// The CLI's tools that schedule work to run later, outside any task (a cron job, a wake-up, a
@@ -278,6 +282,7 @@ impl Config {
       max_warm_sessions: n.max_warm_sessions,
       permission_timeout: n.permission_timeout,
       max_transcript_bytes: n.max_transcript_bytes,
+      event_retention: o.event_retention.unwrap_or(Duration::from_secs(24 * 60 * 60)),
     })
   }
 }

@@ -93,6 +93,23 @@ impl Drop for Pending {
   }
 }
 
+/// Records how a permission request was settled in the task's event log when it is (answered,
+/// or dropped: withdrawn, timed out, the task ended).
+struct PermissionRecord {
+  log: super::events::Recorder,
+  session: String,
+  request: String,
+  behavior: &'static str,
+}
+
+impl Drop for PermissionRecord {
+  fn drop(&mut self) {
+    self.log.record(
+      serde_json::json!({ "type": "permission_resolved", "sessionId": self.session, "requestId": self.request, "behavior": self.behavior }),
+    );
+  }
+}
+
 /// Stops the inbox reader of [`Manager::watch_inbox`] when dropped.
 pub(crate) struct InboxWatch(CancelToken);
 
@@ -131,6 +148,9 @@ impl Manager {
   ) -> CanUseTool {
     let (store, waiting, session, task) = (self.store.clone(), self.waiting.clone(), session_id.to_owned(), task_id.to_owned());
     let working_dir = working_dir.to_owned();
+    // Each request, and how it was settled, goes to the task's event log (a follower that
+    // attaches later still sees a request waiting for an answer).
+    let log = self.logs.writer(session_id);
     Arc::new(move |req: PermissionRequest, _withdrawn: CancelToken| {
       let rule = Rule::of(&req.tool_name, &req.input, &working_dir);
       if rule.as_ref().is_some_and(|r| waiting.rules.allows(&session, r)) {
@@ -143,8 +163,18 @@ impl Manager {
       waiting.map().insert(key.clone(), (tx, req.input.clone()));
       let signal = CancelToken::new();
       let mut pending = Pending { waiting: waiting.clone(), store: store.clone(), key, signal: signal.clone(), decided: false };
-      let (handler, store, task, slot, waiting) = (handler.clone(), store.clone(), task.clone(), slot.clone(), waiting.clone());
+      let (handler, store, task, slot, waiting, log) =
+        (handler.clone(), store.clone(), task.clone(), slot.clone(), waiting.clone(), log.clone());
+      if let Some(l) = &log {
+        l.record(
+          serde_json::json!({ "type": "permission_request", "sessionId": pending.key.0, "taskId": task, "requestId": req.request_id,
+          "toolName": req.tool_name, "input": req.input, "suggestions": req.suggestions, "toolUseID": req.tool_use_id }),
+        );
+      }
+      let settled =
+        log.map(|l| PermissionRecord { log: l, session: pending.key.0.clone(), request: req.request_id.clone(), behavior: "withdrawn" });
       Box::pin(async move {
+        let mut settled = settled;
         let (s, r) = pending.key.clone();
         // Failing to record it only means it cannot be answered from elsewhere.
         let _ = store_call(store, Wait::Briefly, move |st| st.inbox_ask(&s, &task, &r)).await;
@@ -159,6 +189,9 @@ impl Manager {
         };
         if let Some(p) = paused {
           p.resume().await;
+        }
+        if let (Some(r), Ok(d)) = (settled.as_mut(), &answer) {
+          r.behavior = if matches!(d, Decision::Allow { .. }) { "allow" } else { "deny" };
         }
         if let (Ok(d), Some(rule)) = (&answer, rule) {
           if d.remember() {
@@ -177,6 +210,7 @@ impl Manager {
     let stop = CancelToken::new();
     let (store, waiting, session, task, stopped) =
       (self.store.clone(), self.waiting.clone(), session_id.to_owned(), task_id.to_owned(), stop.clone());
+    let logs = self.logs.clone();
     tokio::spawn(async move {
       let (s, t) = (session.clone(), task.clone());
       if store_call(store.clone(), Wait::Briefly, move |st| st.inbox_open(&s, &t)).await.is_ok() {
@@ -199,6 +233,11 @@ impl Manager {
               }
               Delivery::Message { id, text } => {
                 let steered = handle.steer(&text);
+                if steered {
+                  if let Some(l) = logs.writer(&session) {
+                    l.record(serde_json::json!({ "type": "user_message", "sessionId": session, "text": text }));
+                  }
+                }
                 let _ = store_call(store.clone(), Wait::Briefly, move |st| st.inbox_mark(id, steered)).await;
               }
             }

@@ -6,11 +6,13 @@
 //! - `api`: sessions (create, list, fork, delete, the context meter, history);
 //! - `tasks`: a task or a compaction asked for (the request, the session to run in);
 //! - `run`: one run of the CLI on a held session (queue, slot, lease, cold or warm CLI, settle);
-//! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure.
+//! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure;
+//! - `events`: the task's events in the store's log, followed from anywhere; stopping a task.
 
 mod api;
 pub(crate) mod budgets;
 mod config;
+mod events;
 mod finish;
 mod inbox;
 mod mirror;
@@ -38,6 +40,7 @@ use crate::{transcript, validate};
 pub(crate) use budgets::{period as budget_period, usd as budget_usd};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
+pub use events::{Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
@@ -73,6 +76,8 @@ pub struct Manager {
   /// Permission requests of this manager's tasks waiting for an answer (`inbox`), and the
   /// sessions' always-allow rules (`permissions`).
   waiting: Arc<inbox::Waiting>,
+  /// The event log's doorbell in this process and the writers of the tasks running here.
+  logs: Arc<events::Logs>,
 }
 
 /// Keeps a task in the manager's registry until dropped.
@@ -255,6 +260,7 @@ impl Manager {
       key_proxy: tokio::sync::OnceCell::new(),
       warm: Arc::new(warm::WarmPool::default()),
       waiting: Arc::new(inbox::Waiting::default()),
+      logs: Arc::new(events::Logs::default()),
     })
   }
 

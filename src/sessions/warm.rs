@@ -400,7 +400,12 @@ impl Manager {
     let s = self.get_session(session_id, user_id).await?;
     let running = lock(&self.warm.running).get(&s.id).cloned();
     match running {
-      Some(h) if h.steer(prompt) => Ok(()),
+      Some(h) if h.steer(prompt) => {
+        if let Some(l) = self.logs.writer(&s.id) {
+          l.record(json!({ "type": "user_message", "sessionId": s.id, "text": prompt }));
+        }
+        Ok(())
+      }
       // Another manager's task, maybe: through the store.
       _ => self.forward_message(&s.id, prompt).await,
     }

@@ -140,8 +140,29 @@ pub trait Budgets {
   fn shift_budget_clock(&self, ms: i64);
 }
 
+/// The durable log of a session's task events (`store/events.rs`), and the task's stop requests.
+pub trait Events {
+  /// Appends a task's events (JSON text, in order) to its session's log, numbered right after
+  /// the session's last number; returns the last. PostgreSQL rings its doorbell (`pg_notify`,
+  /// session and number only) in the same transaction.
+  fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64>;
+  /// Up to `limit` events of the session after `after`, in order.
+  fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>>;
+  /// The first number still in the log (the last plus one when none is) and the last one given.
+  fn event_bounds(&self, session_id: &str) -> Result<EventBounds>;
+  /// Deletes the events of tasks that ended more than `retention` ago; returns how many.
+  fn sweep_events(&self, retention: Duration) -> Result<u64>;
+  /// The task running on the session (its row `running`, its lease live), if any.
+  fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>>;
+  /// Records a request to stop the session's running task (PostgreSQL: and rings the doorbell);
+  /// the task, or `None` when none runs.
+  fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>>;
+  /// Whether a stop was requested for the task.
+  fn abort_requested(&self, task_id: &str) -> Result<bool>;
+}
+
 /// A whole backend: every concern, and the transcripts when it keeps them.
-pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Send + Sync {
+pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Events + Send + Sync {
   /// The schema version of the open store.
   fn schema_version(&self) -> Result<i64>;
   /// The transcripts the store keeps for other nodes; `None` on a backend for one machine, where

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::error::Result;
 
 mod budgets;
+mod events;
 mod inbox;
 mod interface;
 mod postgres;
@@ -30,8 +31,9 @@ mod sqlite;
 pub use budgets::{
   Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, UsageQuery, UsageRow, PERIODS as BUDGET_PERIODS, SCOPES as BUDGET_SCOPES,
 };
+pub use events::{EventBounds, EventRow, Notice, RunningTask, NOTIFY_ABORT, NOTIFY_EVENTS};
 pub use inbox::{Delivery, Receipt};
-pub use interface::{Backend, Budgets, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
+pub use interface::{Backend, Budgets, Events, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -352,6 +354,15 @@ impl Store {
   /// node's refresh): an internal error on one that does not.
   pub fn shared_transcripts(&self) -> Result<&dyn Transcripts> {
     self.transcripts().ok_or_else(|| crate::error::Error::internal(format!("the {} store keeps no transcripts", self.name())))
+  }
+
+  /// The store's doorbell, on a backend that has one (PostgreSQL `LISTEN`): new events and stop
+  /// requests, from any node. `None` on SQLite: other processes' writes are found by reading.
+  pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+    match self {
+      Store::Sqlite(_) => None,
+      Store::Postgres(p) => p.subscribe(),
+    }
   }
 
   /// Which backend this is: `sqlite` or `postgres`.

@@ -1,6 +1,6 @@
 //! One suite every store backend runs: ownership, sessions, leases and fencing, task ends,
 //! cleanup, start-fresh, the meter, transcripts (or their absence, by type), the inbox, warm
-//! holds, the total cap and spend caps. SQLite always runs; PostgreSQL is `#[ignore]`d without a
+//! holds, the total cap, spend caps and the event log. SQLite always runs; PostgreSQL is `#[ignore]`d without a
 //! database and runs with `CSM_TEST_DATABASE_URL=postgresql://… cargo test --test conformance --
 //! --include-ignored` (each test in a fresh schema, dropped afterwards), as `npm test` and CI do
 //! when the URL is set.
@@ -10,6 +10,7 @@
 use claude_session_manager::store::Store;
 
 mod budgets;
+mod events;
 mod fixtures;
 mod inbox;
 mod leases;
@@ -152,6 +153,15 @@ macro_rules! suite {
       fn spend_caps_admit_a_call_only_when_its_reserve_fits_and_the_ledger_sums_what_was_settled() {
         let o = $open();
         budgets::check(&o.store, "alice", || o.other());
+      }
+      $(#[$attr])?
+      #[test]
+      fn the_event_log_numbers_each_session_s_events_without_gaps_and_stop_requests_mark_the_running_task() {
+        let o = $open();
+        let (a, b) = (fixtures::id(), fixtures::id());
+        o.store.create_session(&fixtures::new_session(&a, "u", "p")).unwrap();
+        o.store.create_session(&fixtures::new_session(&b, "u", "p")).unwrap();
+        events::check(&o.store, &a, &b, || o.other());
       }
     }
   };

@@ -130,6 +130,11 @@ impl Manager {
       Ok(run) => run,
       Err(aborted_in_queue) => return Ok(aborted_in_queue),
     };
+    // Every event from here on goes to the session's event log too; a stop request made
+    // through another manager reaches this run.
+    let recording = self.start_recording(&run.session.id, &run.task_id);
+    let _stop_watch = self.watch_abort(&run.task_id, cancel.clone());
+    let sink = Some(recorded(sink, recording.recorder.clone()));
     let outcome = match run.prepare(self, &mut spec).await {
       Ok(mode) => {
         cli.session = Some(mode);
@@ -150,6 +155,28 @@ impl Manager {
       }
       Err(e) => Err(e),
     };
-    run.settle(self, outcome).await
+    // The CLI's events are in the log before the task's row ends; its end right after.
+    recording.recorder.flush().await;
+    let (sid, tid) = (run.session.id.clone(), run.task_id.clone());
+    let res = run.settle(self, outcome).await;
+    let end = match &res {
+      Ok(r) => serde_json::json!({ "type": "task_end", "sessionId": sid, "taskId": tid, "result": r }),
+      Err(e) => {
+        serde_json::json!({ "type": "task_end", "sessionId": sid, "taskId": tid, "error": { "code": e.code.as_str(), "message": e.message } })
+      }
+    };
+    recording.recorder.record(end);
+    recording.recorder.flush().await;
+    res
   }
+}
+
+/// The task's sink, recording every event it is given (and still giving it to `sink`).
+fn recorded(sink: Option<EventSink>, log: super::events::Recorder) -> EventSink {
+  Arc::new(move |ev: serde_json::Value| {
+    if let Some(s) = &sink {
+      s(ev.clone());
+    }
+    log.record(ev);
+  })
 }

@@ -58,8 +58,10 @@ use super::{
 use crate::error::{Error, ErrorCode, Result};
 
 mod budgets;
+mod events;
 mod inbox;
 mod leases;
+mod listen;
 mod meter;
 mod schema;
 mod sessions;
@@ -205,6 +207,12 @@ pub struct PgStore {
   secret: Option<String>,
   /// Added to the database clock by the spend caps (`Budgets::shift_budget_clock`, for tests).
   budget_clock_ms: std::sync::atomic::AtomicI64,
+  /// The `LISTEN`/`NOTIFY` channel of this schema (`events.rs`): its name.
+  channel: String,
+  /// The connection settings, for the listening connection (`listen.rs`).
+  connect: listen::Connect,
+  /// The listening connection's notices, once a subscriber started it.
+  notices: std::sync::OnceLock<tokio::sync::broadcast::Sender<crate::store::Notice>>,
 }
 
 impl Drop for PgStore {
@@ -231,6 +239,7 @@ impl PgStore {
       .build()
       .map_err(|e| Error::internal(format!("cannot start the PostgreSQL runtime: {e}")))?;
     let mcfg = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let mut connect = listen::Connect { config: parsed.config.clone(), tls: None };
     let manager = if parsed.tls {
       let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
       let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -238,6 +247,7 @@ impl PgStore {
         .map_err(|e| Error::internal(format!("cannot set up TLS: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+      connect.tls = Some(tls.clone());
       Manager::from_config(parsed.config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), mcfg)
     } else {
       Manager::from_config(parsed.config, tokio_postgres::NoTls, mcfg)
@@ -264,9 +274,21 @@ impl PgStore {
       cache_statements: parsed.cache_statements,
       secret,
       budget_clock_ms: Default::default(),
+      // The schema's name is a valid channel name of its own (an identifier of at most 63 bytes).
+      channel: schema.to_owned(),
+      connect,
+      notices: std::sync::OnceLock::new(),
     };
     store.migrate(schema)?;
     Ok(store)
+  }
+
+  /// The store's doorbell: every notice of the listening connection (`listen.rs`), started with
+  /// the first subscriber.
+  pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::Notice>> {
+    let rt = self.rt.as_ref()?;
+    let _entered = rt.enter();
+    Some(self.notices.get_or_init(|| listen::start(self.connect.clone(), self.channel.clone())).subscribe())
   }
 
   /// The database, without credentials.

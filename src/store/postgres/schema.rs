@@ -255,6 +255,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
   END
   $fn$;
   "#,
+  // 7 -> 8: the event log of a session's tasks (`postgres/events.rs`): its last number on the
+  // session row (never reused once swept), one row per event; a stop requested for a running task.
+  r#"
+  ALTER TABLE {S}.sessions ADD COLUMN event_seq BIGINT NOT NULL DEFAULT 0;
+  ALTER TABLE {S}.tasks ADD COLUMN abort_requested_at BIGINT;
+  CREATE TABLE {S}.task_events (
+    session_id TEXT NOT NULL REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    task_id TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+  );
+  CREATE INDEX task_events_by_task ON {S}.task_events (task_id);
+  "#,
 ];
 
 /// The schema version this build writes.

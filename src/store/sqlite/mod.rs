@@ -2,7 +2,7 @@
 //! timeout and `BEGIN IMMEDIATE` for every write, so concurrent writers queue instead of failing;
 //! the schema is versioned with `PRAGMA user_version` and migrated forward on open
 //! (`schema.rs`). One file per concern: `sessions.rs`, `leases.rs` (tasks and the lease),
-//! `meter.rs`, `inbox.rs`, `warm_holds.rs`, `budgets.rs`.
+//! `meter.rs`, `inbox.rs`, `warm_holds.rs`, `budgets.rs`, `events.rs`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -14,6 +14,7 @@ use super::*;
 use crate::error::{Error, Result};
 
 mod budgets;
+mod events;
 mod inbox;
 mod leases;
 mod meter;

@@ -173,6 +173,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
   CREATE INDEX model_calls_by_project_total ON model_calls (project_id, at);
   ALTER TABLE sessions ADD COLUMN paused TEXT;
   "#,
+  // 9 -> 10: the event log of a session's tasks (`events.rs`): its last number on the session
+  // row (never reused once swept), one row per event; a stop requested for a running task.
+  r#"
+  ALTER TABLE sessions ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE tasks ADD COLUMN abort_requested_at INTEGER;
+  CREATE TABLE task_events (
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+  ) WITHOUT ROWID;
+  CREATE INDEX task_events_by_task ON task_events (task_id);
+  "#,
 ];
 
 /// The schema version this build writes.

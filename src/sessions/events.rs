@@ -1,0 +1,526 @@
+//! A task is not a connection: every event of a task goes to the store's event log
+//! ([`crate::store::Events`]), numbered per session, and any number of followers in any process
+//! or node replay it and follow it live ([`Manager::stream_events`]); a task is stopped from
+//! anywhere ([`Manager::abort_task`]).
+//!
+//! - **Recording** ([`Recorder`]): what `onEvent` sees, the permission requests and their
+//!   settling, steering messages and the task's end (`task_end`, with the result), in the order
+//!   produced, written by one writer per task. Text deltas that arrive within [`COALESCE`] of each
+//!   other are joined into one event (same block, text appended): no row per token, nothing a
+//!   client renders is lost.
+//! - **Following** ([`Follower`]): reads the log after a number in pages of [`PAGE`], then waits
+//!   for a doorbell and reads again: this process's writers ring an in-process channel, other
+//!   nodes' PostgreSQL `NOTIFY` (the store's one listening connection; after it was re-made, one
+//!   catch-up read), and on SQLite another process's events are found by reading the log every
+//!   [`POLL`]. A follower keeps at most a page in memory, however slowly it is read: the log is
+//!   its buffer, so a follower that never reads costs nothing and never slows the task.
+//! - **Stopping**: `abortTask` marks the running task's row; the manager running it stops the CLI
+//!   at once when it is this one, else when it hears of it (PostgreSQL `NOTIFY`) or reads the mark
+//!   (every [`POLL`] on SQLite). The task ends `aborted`.
+//! - **Retention**: a task's events go `eventRetentionMs` after it ended (swept in the
+//!   background); a follower asking for numbers swept gets one `events_truncated` event first.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{store_call, Manager, Wait};
+use crate::cli::CancelToken;
+use crate::error::{Error, Result};
+use crate::store::{EventRow, Notice, RunningTask, Store};
+
+/// How long a text delta waits for the next ones, to be written as one event.
+const COALESCE: Duration = Duration::from_millis(8);
+/// How many events a follower reads at once (and keeps at most).
+const PAGE: u32 = 256;
+/// How often a follower (and a running task's stop watch) reads the store when no doorbell
+/// reaches it from where the write happened: SQLite across processes.
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+/// With a doorbell (PostgreSQL), the store is still read this often, in case one went missing.
+const SAFETY_POLL: Duration = Duration::from_secs(2);
+/// How long a follower waits for a task's `task_end` event after its row has ended (the writer
+/// appends it right after the row is written); a task whose process died has none.
+const END_GRACE: Duration = Duration::from_secs(2);
+
+/// One event of a session's log, as `streamEvents` yields it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamedEvent {
+  /// Its number in the session's log (`events_truncated`: the number before the first one kept).
+  pub seq: i64,
+  /// The task it belongs to (`None` for `events_truncated`).
+  pub task_id: Option<String>,
+  /// When it was written (ms since the epoch).
+  pub at: i64,
+  pub event: Value,
+}
+
+/// What `streamEvents` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct StreamRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// The last number the caller has (default 0: from the start of what is kept).
+  pub after: Option<f64>,
+  /// `None`: until the running task ends (at once when none runs); `Some(false)`: what is logged
+  /// only; `Some(true)`: every task of the session, until the signal aborts.
+  pub follow: Option<bool>,
+}
+
+/// What `getRunningTask` says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningTaskInfo {
+  pub task: RunningTask,
+  /// The session's last event number.
+  pub last_seq: i64,
+}
+
+/// The manager's side of the log: the in-process doorbell, and the writer of each task running
+/// here (by session: one task per session).
+pub(crate) struct Logs {
+  local: broadcast::Sender<Notice>,
+  writers: Mutex<HashMap<String, Recorder>>,
+  sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Logs {
+  fn default() -> Logs {
+    Logs { local: broadcast::channel(1024).0, writers: Mutex::new(HashMap::new()), sweeping: Default::default() }
+  }
+}
+
+impl Logs {
+  /// The writer of the task running here on the session, if any.
+  pub(crate) fn writer(&self, session_id: &str) -> Option<Recorder> {
+    self.writers.lock().unwrap_or_else(|p| p.into_inner()).get(session_id).cloned()
+  }
+}
+
+enum Msg {
+  Event(Value),
+  Flush(oneshot::Sender<()>),
+}
+
+/// A task's writer to the log: events are queued (never waiting) and written in order by one
+/// background task.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+  tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Recorder {
+  /// Queues an event.
+  pub(crate) fn record(&self, event: Value) {
+    let _ = self.tx.send(Msg::Event(event));
+  }
+
+  /// Waits until every event queued so far is in the store.
+  pub(crate) async fn flush(&self) {
+    let (tx, rx) = oneshot::channel();
+    if self.tx.send(Msg::Flush(tx)).is_ok() {
+      let _ = rx.await;
+    }
+  }
+}
+
+/// Removes a task's writer from the manager's map when the run is over.
+pub(crate) struct Recording {
+  logs: Arc<Logs>,
+  session_id: String,
+  pub(crate) recorder: Recorder,
+}
+
+impl Drop for Recording {
+  fn drop(&mut self) {
+    self.logs.writers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.session_id);
+  }
+}
+
+/// The delta of a `content_block_delta` stream event that can be joined with the next: its
+/// block, its kind and the field holding the text.
+fn joinable(v: &Value) -> Option<(u64, &str, &'static str)> {
+  if v.get("type")?.as_str()? != "stream_event" {
+    return None;
+  }
+  let e = v.get("event")?;
+  if e.get("type")?.as_str()? != "content_block_delta" {
+    return None;
+  }
+  let delta = e.get("delta")?;
+  let kind = delta.get("type")?.as_str()?;
+  let field = match kind {
+    "text_delta" => "text",
+    "thinking_delta" => "thinking",
+    "input_json_delta" => "partial_json",
+    _ => return None,
+  };
+  delta.get(field)?.as_str()?;
+  Some((e.get("index")?.as_u64()?, kind, field))
+}
+
+/// Appends `next` to `last` when both are deltas of the same block and kind (and the same
+/// message); false when they cannot be joined.
+fn join(last: &mut Value, next: &Value) -> bool {
+  let (Some(a), Some(b)) = (joinable(last), joinable(next)) else { return false };
+  if (a.0, a.1) != (b.0, b.1) || last.get("parent_tool_use_id") != next.get("parent_tool_use_id") {
+    return false;
+  }
+  let field = a.2;
+  let more = next["event"]["delta"][field].as_str().unwrap_or("").to_owned();
+  if let Some(Value::String(text)) = last.pointer_mut(&format!("/event/delta/{field}")) {
+    text.push_str(&more);
+    return true;
+  }
+  false
+}
+
+/// Joins consecutive deltas of a batch (see [`join`]).
+fn coalesce(events: Vec<Value>) -> Vec<Value> {
+  let mut out: Vec<Value> = Vec::with_capacity(events.len());
+  for e in events {
+    if let Some(last) = out.last_mut() {
+      if join(last, &e) {
+        continue;
+      }
+    }
+    out.push(e);
+  }
+  out
+}
+
+/// The writer's loop: takes what is queued (after a text delta, waits [`COALESCE`] for the
+/// next ones), joins deltas, appends the batch, rings the in-process doorbell.
+async fn write_loop(
+  store: Arc<Store>,
+  local: broadcast::Sender<Notice>,
+  session_id: String,
+  task_id: String,
+  mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
+  while let Some(first) = rx.recv().await {
+    let mut batch = vec![];
+    let mut flushes = vec![];
+    let mut take = |m: Msg, batch: &mut Vec<Value>| match m {
+      Msg::Event(v) => batch.push(v),
+      Msg::Flush(tx) => flushes.push(tx),
+    };
+    take(first, &mut batch);
+    if batch.last().is_some_and(|v| joinable(v).is_some()) {
+      tokio::time::sleep(COALESCE).await;
+    }
+    while let Ok(m) = rx.try_recv() {
+      take(m, &mut batch);
+    }
+    let rows: Vec<String> = coalesce(batch).iter().map(Value::to_string).collect();
+    if !rows.is_empty() {
+      let (st, sid, tid) = (store.clone(), session_id.clone(), task_id.clone());
+      // One retry: a write that fails twice is lost to followers (the task goes on).
+      let mut written = None;
+      for _ in 0..2 {
+        let (sid, tid, rows) = (sid.clone(), tid.clone(), rows.clone());
+        if let Ok(seq) = store_call(st.clone(), Wait::Blocking, move |s| s.append_events(&sid, &tid, &rows)).await {
+          written = Some(seq);
+          break;
+        }
+      }
+      if let Some(seq) = written {
+        let _ = local.send(Notice::Events { session_id: session_id.clone(), seq });
+      }
+    }
+    for f in flushes {
+      let _ = f.send(());
+    }
+  }
+}
+
+/// How long a follower goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+  /// What is logged now.
+  Logged,
+  /// The running task's end.
+  TaskEnd,
+  /// The signal.
+  Aborted,
+}
+
+/// A follower of a session's log (see the module's comment).
+pub struct Follower {
+  store: Arc<Store>,
+  session_id: String,
+  after: i64,
+  until: Until,
+  cancel: CancelToken,
+  buf: VecDeque<EventRow>,
+  truncated: Option<i64>,
+  local: broadcast::Receiver<Notice>,
+  remote: Option<broadcast::Receiver<Notice>>,
+  /// A task was seen running while following, and its `task_end` not yet read.
+  saw_running: bool,
+  /// The last event read was a task's end.
+  at_end: bool,
+  /// Since when no task runs and no `task_end` came.
+  ended_at: Option<tokio::time::Instant>,
+  done: bool,
+}
+
+impl Follower {
+  /// The next event, or `None` once the stream is over.
+  pub async fn next(&mut self) -> Result<Option<StreamedEvent>> {
+    loop {
+      if let Some(first) = self.truncated.take() {
+        return Ok(Some(StreamedEvent {
+          seq: first - 1,
+          task_id: None,
+          at: crate::store::now_ms(),
+          event: json!({ "type": "events_truncated", "sessionId": self.session_id, "firstSeq": first }),
+        }));
+      }
+      if let Some(row) = self.buf.pop_front() {
+        self.after = row.seq;
+        let event: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        self.at_end = event.get("type").and_then(Value::as_str) == Some("task_end");
+        if self.at_end {
+          self.saw_running = false;
+          self.ended_at = None;
+        }
+        return Ok(Some(StreamedEvent { seq: row.seq, task_id: Some(row.task_id), at: row.at, event }));
+      }
+      if self.done || self.cancel.is_cancelled() {
+        self.done = true;
+        return Ok(None);
+      }
+      let (sid, after) = (self.session_id.clone(), self.after);
+      let rows = store_call(self.store.clone(), Wait::Briefly, move |s| s.read_events(&sid, after, PAGE)).await?;
+      if !rows.is_empty() {
+        self.buf.extend(rows);
+        continue;
+      }
+      match self.until {
+        Until::Logged => {
+          self.done = true;
+          continue;
+        }
+        Until::TaskEnd => {
+          let sid = self.session_id.clone();
+          let running = store_call(self.store.clone(), Wait::Briefly, move |s| s.running_task(&sid)).await?;
+          if running.is_some() {
+            self.saw_running = true;
+            self.ended_at = None;
+          } else if !self.saw_running || self.at_end {
+            self.done = true;
+            continue;
+          } else {
+            let since = *self.ended_at.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= END_GRACE {
+              self.done = true;
+              continue;
+            }
+          }
+        }
+        Until::Aborted => {}
+      }
+      self.wait().await;
+    }
+  }
+
+  /// Until a doorbell for this session rings (or a poll's time has passed, or the signal).
+  async fn wait(&mut self) {
+    let poll = if self.remote.is_some() { SAFETY_POLL } else { POLL };
+    let poll = if self.ended_at.is_some() { POLL } else { poll };
+    let deadline = tokio::time::sleep(poll);
+    tokio::pin!(deadline);
+    let sid = self.session_id.clone();
+    let rings = |r: std::result::Result<Notice, broadcast::error::RecvError>| match r {
+      Ok(Notice::Events { session_id, .. }) => session_id == sid,
+      Ok(Notice::Listening) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+      Ok(Notice::Abort { .. }) => false,
+      Err(broadcast::error::RecvError::Closed) => false,
+    };
+    loop {
+      let remote = async {
+        match self.remote.as_mut() {
+          Some(r) => r.recv().await,
+          None => std::future::pending().await,
+        }
+      };
+      tokio::select! {
+        r = self.local.recv() => if rings(r) { return },
+        r = remote => if rings(r) { return },
+        _ = &mut deadline => return,
+        _ = self.cancel.cancelled() => return,
+      }
+    }
+  }
+}
+
+impl Manager {
+  /// Starts recording a task's events: its writer, known to the manager (for the permission
+  /// and steering records) until the returned value drops.
+  pub(crate) fn start_recording(&self, session_id: &str, task_id: &str) -> Recording {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let recorder = Recorder { tx };
+    tokio::spawn(write_loop(self.store.clone(), self.logs.local.clone(), session_id.to_owned(), task_id.to_owned(), rx));
+    self.logs.writers.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), recorder.clone());
+    self.start_sweeping();
+    Recording { logs: self.logs.clone(), session_id: session_id.to_owned(), recorder }
+  }
+
+  /// The background sweep of events past `eventRetentionMs` (once per manager, with its first
+  /// task; it stops with the store).
+  fn start_sweeping(&self) {
+    if self.logs.sweeping.swap(true, std::sync::atomic::Ordering::SeqCst) {
+      return;
+    }
+    let store: Weak<Store> = Arc::downgrade(&self.store);
+    let retention = self.cfg.event_retention;
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(600));
+    tokio::spawn(async move {
+      loop {
+        let Some(s) = store.upgrade() else { return };
+        let _ = store_call(s, Wait::Blocking, move |s| s.sweep_events(retention)).await;
+        tokio::time::sleep(every).await;
+      }
+    });
+  }
+
+  /// Watches for a stop request of a task running here, made through another manager: it
+  /// cancels the task when one is read (PostgreSQL: heard of) until the returned guard drops.
+  pub(crate) fn watch_abort(&self, task_id: &str, cancel: CancelToken) -> super::run::AbortOnDrop {
+    let (store, task) = (self.store.clone(), task_id.to_owned());
+    let mut remote = self.store.subscribe();
+    super::run::AbortOnDrop(tokio::spawn(async move {
+      let poll = if remote.is_some() { SAFETY_POLL } else { POLL };
+      loop {
+        // A stop request for this task, or a reason to read the store (the listener was re-made,
+        // or this watch lagged behind its notices).
+        let heard = async {
+          let Some(r) = remote.as_mut() else { return std::future::pending().await };
+          loop {
+            match r.recv().await {
+              Ok(Notice::Abort { task_id, .. }) if task_id == task => return,
+              Ok(Notice::Listening) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+              Ok(_) => {}
+              Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+          }
+        };
+        tokio::select! {
+          _ = tokio::time::sleep(poll) => {}
+          _ = heard => {}
+        }
+        let t = task.clone();
+        if store_call(store.clone(), Wait::Briefly, move |s| s.abort_requested(&t)).await.unwrap_or(false) {
+          cancel.cancel();
+          return;
+        }
+      }
+    }))
+  }
+
+  /// A follower of the user's session's event log (see the module's comment). Another user's
+  /// session is `SESSION_NOT_FOUND`, as a missing one; an `after` that is not a whole number from
+  /// 0 to the session's last event number is `INVALID_ARGUMENT`.
+  pub async fn stream_events(&self, r: StreamRequest, cancel: CancelToken) -> Result<Follower> {
+    self.check_open()?;
+    let session = self.get_session(&r.session_id, &r.user_id).await?;
+    let after = match r.after {
+      None => 0,
+      Some(a) if a.is_finite() && a >= 0.0 && a.fract() == 0.0 && a <= 9.0e15 => a as i64,
+      Some(a) => return Err(Error::invalid(format!("after must be a whole number of 0 or more (an event's seq), got {a}"))),
+    };
+    let sid = session.id.clone();
+    let bounds = self.store_call(Wait::Briefly, move |s| s.event_bounds(&sid)).await?;
+    if after > bounds.last {
+      return Err(Error::invalid(format!(
+        "after {after} is beyond the last event of session {} ({}): it is not an event id of this session",
+        session.id, bounds.last
+      )));
+    }
+    let until = match r.follow {
+      None => Until::TaskEnd,
+      Some(false) => Until::Logged,
+      Some(true) => Until::Aborted,
+    };
+    Ok(Follower {
+      store: self.store.clone(),
+      session_id: session.id,
+      after: after.max(bounds.first - 1),
+      until,
+      cancel,
+      buf: VecDeque::new(),
+      truncated: (after < bounds.first - 1).then_some(bounds.first),
+      local: self.logs.local.subscribe(),
+      remote: if until == Until::Logged { None } else { self.store.subscribe() },
+      saw_running: false,
+      at_end: false,
+      ended_at: None,
+      done: false,
+    })
+  }
+
+  /// The task running on the user's session (in any process or node), with the session's last
+  /// event number; `None` when none runs.
+  pub async fn get_running_task(&self, session_id: &str, user_id: &str) -> Result<Option<RunningTaskInfo>> {
+    self.check_open()?;
+    let session = self.get_session(session_id, user_id).await?;
+    let sid = session.id;
+    self
+      .store_call(Wait::Briefly, move |s| {
+        let Some(task) = s.running_task(&sid)? else { return Ok(None) };
+        Ok(Some(RunningTaskInfo { task, last_seq: s.event_bounds(&sid)?.last }))
+      })
+      .await
+  }
+
+  /// Stops the task running on the user's session, wherever it runs: recorded in the store,
+  /// then stopped at once when it runs in this manager, else by the manager running it when it
+  /// hears of it or reads it. Whether a task was running.
+  pub async fn abort_task(&self, session_id: &str, user_id: &str) -> Result<bool> {
+    self.check_open()?;
+    let session = self.get_session(session_id, user_id).await?;
+    let sid = session.id;
+    let Some(task) = self.store_call(Wait::Briefly, move |s| s.request_abort(&sid)).await? else { return Ok(false) };
+    if task.owner_id == self.owner.id {
+      if let Some(c) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&task.task_id) {
+        c.cancel();
+      }
+    }
+    Ok(true)
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn delta(i: u64, kind: &str, field: &str, text: &str) -> Value {
+    json!({ "type": "stream_event", "event": { "type": "content_block_delta", "index": i, "delta": { "type": kind, field: text } }, "parent_tool_use_id": null })
+  }
+
+  #[test]
+  fn consecutive_deltas_of_one_block_are_joined_and_nothing_else_is() {
+    let other = json!({ "type": "assistant", "message": {} });
+    let out = coalesce(vec![
+      delta(0, "text_delta", "text", "Hel"),
+      delta(0, "text_delta", "text", "lo"),
+      delta(1, "text_delta", "text", "x"),
+      delta(1, "input_json_delta", "partial_json", "{\"a\""),
+      delta(1, "input_json_delta", "partial_json", ":1}"),
+      other.clone(),
+      delta(1, "input_json_delta", "partial_json", "y"),
+    ]);
+    assert_eq!(
+      out,
+      vec![
+        delta(0, "text_delta", "text", "Hello"),
+        delta(1, "text_delta", "text", "x"),
+        delta(1, "input_json_delta", "partial_json", "{\"a\":1}"),
+        other,
+        delta(1, "input_json_delta", "partial_json", "y"),
+      ]
+    );
+  }
+}

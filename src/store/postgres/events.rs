@@ -1,0 +1,123 @@
+//! The event log and stop requests on PostgreSQL (what they are: `store/events.rs`). Every append
+//! and stop request rings the store's doorbell in its own transaction: `pg_notify` on
+//! [`PgStore::channel`] with `e:<session>:<last seq>` or `a:<session>:<task>`, never the event
+//! itself (the row holds it; a listener reads the rows after the last one it has).
+
+use std::time::Duration;
+
+use super::*;
+use crate::error::Result;
+use crate::store::{EventBounds, EventRow, Events, RunningTask, NOTIFY_ABORT, NOTIFY_EVENTS};
+
+/// The running task of a session, as [`Events::running_task`] reads it.
+const RUNNING: &str = "SELECT t.id, t.kind, t.started_at, t.owner_id, t.owner_pid, t.node_id, t.abort_requested_at IS NOT NULL
+  FROM {S}.tasks t JOIN {S}.leases l ON l.session_id = t.session_id AND l.task_id = t.id
+  WHERE t.session_id = $1 AND t.status = 'running' AND l.expires_at > now()";
+
+fn running_from_row(r: &Row) -> RunningTask {
+  RunningTask {
+    task_id: r.get(0),
+    kind: r.get(1),
+    started_at: r.get(2),
+    owner_id: r.get(3),
+    owner_pid: r.get::<_, i64>(4) as u32,
+    node_id: Some(r.get(5)),
+    abort_requested: r.get(6),
+  }
+}
+
+impl Events for PgStore {
+  fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
+    let n = events.len() as i64;
+    self.tx(async |tx| {
+      let Some(row) =
+        self.opt(tx, "UPDATE {S}.sessions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq", &[&session_id, &n]).await?
+      else {
+        return Err(Error::not_found(session_id));
+      };
+      let last: i64 = row.get(0);
+      let first = last - n + 1;
+      let bodies: Vec<&str> = events.iter().map(String::as_str).collect();
+      self
+        .exec(
+          tx,
+          "INSERT INTO {S}.task_events (session_id, seq, task_id, at, body)
+           SELECT $1, $2 + o - 1, $3, {NOW}, b FROM unnest($4::text[]) WITH ORDINALITY AS x(b, o)",
+          &[&session_id, &first, &task_id, &bodies],
+        )
+        .await?;
+      let payload = format!("{NOTIFY_EVENTS}:{session_id}:{last}");
+      self.exec(tx, "SELECT pg_notify($1, $2)", &[&self.channel, &payload]).await?;
+      Ok(last)
+    })
+  }
+
+  fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {
+    let limit = limit as i64;
+    self.read(async |c| {
+      let rows = self
+        .query(
+          c,
+          "SELECT seq, task_id, at, body FROM {S}.task_events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+          &[&session_id, &after, &limit],
+        )
+        .await?;
+      Ok(rows.iter().map(|r| EventRow { seq: r.get(0), task_id: r.get(1), at: r.get(2), body: r.get(3) }).collect())
+    })
+  }
+
+  fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
+    self.read(async |c| {
+      let row = self
+        .opt(
+          c,
+          "SELECT s.event_seq, (SELECT min(seq) FROM {S}.task_events e WHERE e.session_id = s.id) FROM {S}.sessions s WHERE s.id = $1",
+          &[&session_id],
+        )
+        .await?;
+      Ok(match row {
+        Some(r) => {
+          let last: i64 = r.get(0);
+          EventBounds { first: r.get::<_, Option<i64>>(1).unwrap_or(last + 1), last }
+        }
+        None => EventBounds { first: 1, last: 0 },
+      })
+    })
+  }
+
+  fn sweep_events(&self, retention: Duration) -> Result<u64> {
+    let ms = retention.as_millis() as i64;
+    self.tx(async |tx| {
+      self
+        .exec(
+          tx,
+          "DELETE FROM {S}.task_events WHERE task_id IN
+             (SELECT id FROM {S}.tasks WHERE status != 'running' AND ended_at IS NOT NULL AND ended_at < {NOW} - $1)",
+          &[&ms],
+        )
+        .await
+    })
+  }
+
+  fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>> {
+    self.read(async |c| Ok(self.opt(c, RUNNING, &[&session_id]).await?.map(|r| running_from_row(&r))))
+  }
+
+  fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>> {
+    self.tx(async |tx| {
+      let Some(row) = self.opt(tx, RUNNING, &[&session_id]).await? else { return Ok(None) };
+      let mut t = running_from_row(&row);
+      self.exec(tx, "UPDATE {S}.tasks SET abort_requested_at = {NOW} WHERE id = $1 AND abort_requested_at IS NULL", &[&t.task_id]).await?;
+      let payload = format!("{NOTIFY_ABORT}:{session_id}:{}", t.task_id);
+      self.exec(tx, "SELECT pg_notify($1, $2)", &[&self.channel, &payload]).await?;
+      t.abort_requested = true;
+      Ok(Some(t))
+    })
+  }
+
+  fn abort_requested(&self, task_id: &str) -> Result<bool> {
+    self.read(async |c| {
+      Ok(self.opt(c, "SELECT 1 FROM {S}.tasks WHERE id = $1 AND abort_requested_at IS NOT NULL", &[&task_id]).await?.is_some())
+    })
+  }
+}
