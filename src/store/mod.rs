@@ -291,6 +291,8 @@ pub struct Owner {
 /// The session store the manager uses: one backend, whose concerns ([`Backend`]) it derefs to.
 /// Methods block; the manager runs them off the JavaScript thread (or, through [`Store::now`],
 /// right where it is when that cannot wait).
+// One `Store` per manager, behind an `Arc`: the variants' sizes cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
   /// One SQLite file (the default).
   Sqlite(SqliteStore),
