@@ -58,6 +58,14 @@ export declare class SessionManager {
    */
   fork(request: ForkRequest): Promise<Session>
   /**
+   * The session continues from an earlier message of its conversation (`toMessageId`, a
+   * `getMessages` id), without calling the model: the next task's model sees the conversation up
+   * to it. The dropped turns stay in the transcript as a dead branch (`getMessages` shows the
+   * live one); the meter is re-derived at the message; costs already spent stay spent; an idle
+   * warm CLI of the session is stopped.
+   */
+  rewind(request: RewindRequest): Promise<RewindResult>
+  /**
    * How full the session's context is, from the store (nothing is spawned). `threshold` is a
    * percentage; default the manager's `compactThreshold`.
    */
@@ -316,6 +324,13 @@ export interface ForkRequest {
   userId: string
   /** Default: the parent's title. */
   title?: string
+  /**
+   * Fork at this message of the parent's conversation (a `getMessages` id): the fork's history
+   * ends there. A prompt or an answer without tool calls, at or after the latest compaction; a
+   * message inside a tool call is `INVALID_ARGUMENT`, an id not on the parent's live
+   * conversation `MESSAGE_NOT_FOUND`. Default: the end.
+   */
+  atMessageId?: string
 }
 
 /** `getOrCreateSession`. */
@@ -425,6 +440,13 @@ export interface MessagesPage {
   liveFrom: number
   /** Compactions the conversation went through. */
   compactions: number
+  /**
+   * Sessions forked from this one, with the message each continues from (`null`: the end, as it
+   * was then).
+   */
+  branches: Array<{ sessionId: string; atMessageId: string | null }>
+  /** For a fork made at a message: that message of the parent (`parentId`). */
+  forkedAt?: string
 }
 
 /** One entry of `modelPrices` (USD per million tokens). */
@@ -478,6 +500,25 @@ export interface PromptEstimate {
   /** Turns of this session the factor learned from (0: the prior alone). */
   observations: number
   /** The session's context with the prompt added: `canContinue` says whether it fits. */
+  contextInfo: ContextInfo
+}
+
+/** `rewind`. */
+export interface RewindRequest {
+  sessionId: string
+  userId: string
+  /** The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`. */
+  toMessageId: string
+}
+
+/** What `rewind` did. */
+export interface RewindResult {
+  session: Session
+  /** The message the session now continues from. */
+  toMessageId: string
+  /** Messages no longer on the live conversation (they stay in the transcript as a dead branch). */
+  droppedMessages: number
+  /** The context meter re-derived at the branch point. */
   contextInfo: ContextInfo
 }
 
@@ -877,6 +918,11 @@ export interface TaskRequest {
   compactThreshold?: number
   /** Run in a new fork of `sessionId`; the parent is left as it was. */
   forkSession?: boolean
+  /**
+   * Run in a new fork of `sessionId` made at this message (a `getMessages` id): the model sees
+   * the conversation up to it, then the prompt (see `fork`).
+   */
+  atMessageId?: string
   /** Stop the task after this long (ms): it resolves with `TIMEOUT`. */
   timeoutMs?: number
   /** Also deliver `stream_event` partial messages (text deltas) to `onEvent`. */

@@ -182,9 +182,33 @@ impl SessionManager {
       env,
       async move {
         let r: ForkRequest = parse("fork", request?)?;
-        m.fork(&r.session_id, &r.user_id, r.title).await
+        m.fork_at(&r.session_id, &r.user_id, r.at_message_id.as_deref(), r.title).await
       },
       Session::from,
+    )
+  }
+
+  /// The session continues from an earlier message of its conversation (`toMessageId`, a
+  /// `getMessages` id), without calling the model: the next task's model sees the conversation up
+  /// to it. The dropped turns stay in the transcript as a dead branch (`getMessages` shows the
+  /// live one); the meter is re-derived at the message; costs already spent stay spent; an idle
+  /// warm CLI of the session is stopped.
+  #[napi(ts_args_type = "request: RewindRequest", ts_return_type = "Promise<RewindResult>")]
+  pub fn rewind<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, RewindResult> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: RewindRequest = parse("rewind", request?)?;
+        m.rewind(&r.session_id, &r.user_id, &r.to_message_id).await
+      },
+      |r| RewindResult {
+        session: Session::from(r.session),
+        to_message_id: r.to_message_id,
+        dropped_messages: r.dropped_messages as f64,
+        context_info: ContextInfo::from(r.context_info),
+      },
     )
   }
 

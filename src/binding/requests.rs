@@ -306,6 +306,9 @@ pub struct TaskRequest {
   pub compact_threshold: Option<f64>,
   /// Run in a new fork of `sessionId`; the parent is left as it was.
   pub fork_session: Option<bool>,
+  /// Run in a new fork of `sessionId` made at this message (a `getMessages` id): the model sees
+  /// the conversation up to it, then the prompt (see `fork`).
+  pub at_message_id: Option<String>,
   /// Stop the task after this long (ms): it resolves with `TIMEOUT`.
   pub timeout_ms: Option<f64>,
   /// Also deliver `stream_event` partial messages (text deltas) to `onEvent`.
@@ -499,6 +502,22 @@ pub struct ForkRequest {
   pub user_id: String,
   /// Default: the parent's title.
   pub title: Option<String>,
+  /// Fork at this message of the parent's conversation (a `getMessages` id): the fork's history
+  /// ends there. A prompt or an answer without tool calls, at or after the latest compaction; a
+  /// message inside a tool call is `INVALID_ARGUMENT`, an id not on the parent's live
+  /// conversation `MESSAGE_NOT_FOUND`. Default: the end.
+  pub at_message_id: Option<String>,
+}
+
+/// `rewind`.
+#[napi(object, object_from_js = false)]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewindRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`.
+  pub to_message_id: String,
 }
 
 /// `compactSession`.
@@ -641,6 +660,7 @@ impl From<TaskRequest> for manager::TaskRequest {
       auto_compact: r.auto_compact,
       compact_threshold: r.compact_threshold,
       fork_session: r.fork_session,
+      at_message_id: r.at_message_id,
       timeout_ms: r.timeout_ms,
       include_partial_messages: r.include_partial_messages,
       title: r.title,

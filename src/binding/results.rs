@@ -372,6 +372,25 @@ pub struct MessagesPage {
   pub live_from: f64,
   /// Compactions the conversation went through.
   pub compactions: f64,
+  /// Sessions forked from this one, with the message each continues from (`null`: the end, as it
+  /// was then).
+  #[napi(ts_type = "Array<{ sessionId: string; atMessageId: string | null }>")]
+  pub branches: Vec<serde_json::Value>,
+  /// For a fork made at a message: that message of the parent (`parentId`).
+  pub forked_at: Option<String>,
+}
+
+/// What `rewind` did.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false)]
+pub struct RewindResult {
+  pub session: Session,
+  /// The message the session now continues from.
+  pub to_message_id: String,
+  /// Messages no longer on the live conversation (they stay in the transcript as a dead branch).
+  pub dropped_messages: f64,
+  /// The context meter re-derived at the branch point.
+  pub context_info: ContextInfo,
 }
 
 /// How many tokens a prompt would add to a session, and whether it still fits.

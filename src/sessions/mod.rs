@@ -9,6 +9,7 @@
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure.
 
 mod api;
+mod branching;
 mod budgets;
 mod config;
 mod finish;
@@ -35,6 +36,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
+pub use branching::{Branch, RewindResult};
 pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;

@@ -96,11 +96,16 @@ impl Manager {
     if let Some(t) = &r.title {
       validate::title(t)?;
     }
+    if r.at_message_id.is_some() && r.session_id.is_none() {
+      return Err(Error::invalid("atMessageId needs the sessionId of the session to fork"));
+    }
     if r.fork_session == Some(true) && r.session_id.is_none() {
       return Err(Error::invalid("forkSession needs the sessionId of the session to fork"));
     }
     Ok(CliArgs {
       session: None,
+      resume_at: None,
+      resume_drops_turn: None,
       model: r.model.clone(),
       max_turns,
       allowed_tools,
@@ -198,8 +203,8 @@ impl Manager {
         if s.project_id != r.project_id {
           return Err(Error::not_found(id));
         }
-        if fork {
-          let child = self.fork(id, &r.user_id, r.title.clone()).await?;
+        if fork || r.at_message_id.is_some() {
+          let child = self.fork_at(id, &r.user_id, r.at_message_id.as_deref(), r.title.clone()).await?;
           (child, Some(s.id))
         } else {
           (s, None)

@@ -36,6 +36,8 @@ pub struct TaskRequest {
   pub auto_compact: Option<bool>,
   pub compact_threshold: Option<f64>,
   pub fork_session: Option<bool>,
+  /// Fork `session_id` at this message of its conversation and run there.
+  pub at_message_id: Option<String>,
   pub timeout_ms: Option<f64>,
   pub include_partial_messages: Option<bool>,
   pub title: Option<String>,
@@ -123,6 +125,10 @@ pub struct MessagesPage {
   pub live_from: usize,
   /// Compactions the conversation went through.
   pub compactions: usize,
+  /// Sessions forked from this one, with the message each continues from.
+  pub branches: Vec<super::Branch>,
+  /// For a fork made at a message: that message of the parent (`parentId`).
+  pub forked_at: Option<String>,
 }
 
 /// What `estimatePromptTokens` says about a prompt.

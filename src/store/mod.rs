@@ -31,7 +31,7 @@ pub use budgets::{
   Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, UsageQuery, UsageRow, PERIODS as BUDGET_PERIODS, SCOPES as BUDGET_SCOPES,
 };
 pub use inbox::{Delivery, Receipt};
-pub use interface::{Backend, Budgets, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
+pub use interface::{Backend, Branches, Budgets, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -92,6 +92,18 @@ pub struct Session {
   pub cli_cost_watermark: f64,
   /// The CLI's `CLAUDE_CONFIG_DIR` for this session when tenants are isolated.
   pub config_dir: Option<String>,
+}
+
+/// Where a session branches (`store::Branches`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BranchPoint {
+  /// The parent's message (its `getMessages` id) a fork continues from.
+  pub fork_at: Option<String>,
+  /// The transcript entry the next run continues from (`--resume-session-at`): a fork's first run,
+  /// or a pending rewind. Cleared once a run used it.
+  pub resume_at: Option<String>,
+  /// The one prompt a pending rewind drops (`--resume-drops-turn`), when it drops exactly one.
+  pub resume_drops: Option<String>,
 }
 
 /// What a new session row starts with.

@@ -130,9 +130,13 @@ impl Manager {
       Ok(run) => run,
       Err(aborted_in_queue) => return Ok(aborted_in_queue),
     };
-    let outcome = match run.prepare(self, &mut spec).await {
-      Ok(mode) => {
-        cli.session = Some(mode);
+    let mut branch = None;
+    let prepared = match run.prepare(self, &mut spec).await {
+      Ok(mode) => self.continue_from(&run.session, mode, &mut cli).await.map(|at| branch = at),
+      Err(e) => Err(e),
+    };
+    let outcome = match prepared {
+      Ok(()) => {
         let permit = run.take_permit();
         let job = Job {
           session: &run.session,
@@ -150,6 +154,11 @@ impl Manager {
       }
       Err(e) => Err(e),
     };
+    // The CLI ran from the branch point (or refused it for good): it is taken.
+    let ran = outcome.is_ok();
+    if let (Some(at), true) = (branch, ran) {
+      self.branch_taken(&run.session.id, at).await;
+    }
     run.settle(self, outcome).await
   }
 }

@@ -185,6 +185,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (scope, user_id, project_id, session_id)
   );
   "#,
+  // 5 -> 6: where a session branches (`postgres/branches.rs`): a fork's message, a pending rewind.
+  r#"
+  CREATE TABLE {S}.branch_points (
+    session_id TEXT PRIMARY KEY REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    fork_at TEXT,
+    resume_at TEXT,
+    resume_drops TEXT
+  );
+  "#,
 ];
 
 /// The schema version this build writes.

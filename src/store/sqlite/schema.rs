@@ -166,6 +166,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (scope, user_id, project_id, session_id)
   );
   "#,
+  // 8 -> 9: where a session branches (`branches.rs`): a fork's message, a pending rewind.
+  r#"
+  CREATE TABLE branch_points (
+    session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    fork_at TEXT,
+    resume_at TEXT,
+    resume_drops TEXT
+  );
+  "#,
 ];
 
 /// The schema version this build writes.
