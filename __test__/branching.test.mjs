@@ -3,10 +3,12 @@
 // branch, the meter, every task kept), and bad input (another session's message, an unknown id, a
 // message inside a tool call, the CLI's --resume-drops-turn refusal). Every backend.
 import { test, after } from 'node:test'
+import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
 import { makeManager, rejectsWith, startStandInServer, testBackends, backendTag } from './helpers.mjs'
 
+const require = createRequire(import.meta.url)
 const server = await startStandInServer()
 after(() => server.close())
 
@@ -190,5 +192,36 @@ test('the CLI refuses a rewind the conversation outgrew (--resume-drops-turn): R
   const next = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'next' })
   t.assert.ok(next.success, JSON.stringify(next.error))
   t.assert.deepStrictEqual(userTexts(), ['one', 'two', 'three', 'sneaky', 'next'])
+  await manager.close()
+})
+
+test('next routes: fork at a message, rewind, a task with atMessageId; MESSAGE_NOT_FOUND is a 404', async (t) => {
+  server.reset()
+  const { createClaudeRoutes } = require('../next/index.js')
+  const { manager } = makeManager({ server })
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
+  const post = (route, body, user = 'u') =>
+    routes[route].POST(new Request(`http://localhost/api/claude/${route}`, { method: 'POST', headers: { 'x-user': user, 'content-type': 'application/json' }, body: JSON.stringify(body) }))
+  const json = async (res, status) => {
+    const body = await res.json()
+    t.assert.strictEqual(res.status, status, JSON.stringify(body))
+    return body
+  }
+  const { sessionId, h } = await threeTurns(manager)
+  const a1 = h.messages[1].uuid
+  const { session: fork } = await json(await post('session', { action: 'fork', sessionId, atMessageId: a1, title: 'B' }), 200)
+  t.assert.strictEqual(fork.parentId, sessionId)
+  const ran = await json(await post('task', { projectId: 'p', sessionId, atMessageId: a1, prompt: 'via route' }), 200)
+  t.assert.strictEqual(ran.result, 'Echo #2: via route')
+  const page = await json(await post('session', { action: 'messages', sessionId }), 200)
+  t.assert.deepStrictEqual(page.branches.map((b) => b.atMessageId), [a1, a1])
+  const rw = await json(await post('session', { action: 'rewind', sessionId, toMessageId: a1 }), 200)
+  t.assert.strictEqual(rw.droppedMessages, 4)
+  t.assert.strictEqual(rw.session.id, sessionId)
+  t.assert.strictEqual(rw.session.workingDirectory, undefined, 'the session is the public view')
+  const err = await json(await post('session', { action: 'rewind', sessionId, toMessageId: '0b0b0b0b-0b0b-4b0b-8b0b-0b0b0b0b0b0b' }), 404)
+  t.assert.strictEqual(err.error.code, 'MESSAGE_NOT_FOUND')
+  t.assert.strictEqual((await json(await post('session', { action: 'rewind', sessionId, toMessageId: a1 }, 'mallory'), 404)).error.code, 'SESSION_NOT_FOUND')
+  t.assert.strictEqual((await json(await post('session', { action: 'rewind', sessionId, toMessageId: a1, extra: 1 }), 400)).error.code, 'INVALID_ARGUMENT')
   await manager.close()
 })
