@@ -318,6 +318,18 @@ export interface ExecuteOptions {
   canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[]; remember?: 'session' } | { behavior: 'deny'; message: string; interrupt?: boolean }>
 }
 
+/** The working directory's changes of a `rewind` with `files`. */
+export interface FileChanges {
+  /** Whether the files were restored (false for a dry run, and when nothing changed). */
+  restored: boolean
+  /** The files that changed (a dry run: would change), relative to the working directory. */
+  changed: Array<string>
+  /** Lines the restore adds back. */
+  insertions: number
+  /** Lines the restore removes. */
+  deletions: number
+}
+
 /** `fork`. */
 export interface ForkRequest {
   sessionId: string
@@ -509,6 +521,12 @@ export interface RewindRequest {
   userId: string
   /** The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`. */
   toMessageId: string
+  /**
+   * Restore the working directory too, as it was before the first dropped prompt (`true`), or
+   * only list what that would change (`'dryRun'`: nothing changes, the conversation included).
+   * Needs `fileCheckpoints`; only changes of the CLI's edit tools are undone.
+   */
+  files?: boolean | 'dryRun'
 }
 
 /** What `rewind` did. */
@@ -520,6 +538,8 @@ export interface RewindResult {
   droppedMessages: number
   /** The context meter re-derived at the branch point. */
   contextInfo: ContextInfo
+  /** With `files`: the working directory's changes. */
+  files?: FileChanges
 }
 
 /** How the sandbox is built here (`info().sandboxDetails`). */
@@ -771,6 +791,12 @@ export interface SessionManagerOptions {
    * disallowed whatever `allowedTools` says.
    */
   allowBackgroundTools?: boolean
+  /**
+   * The CLI backs up every file before its edit tools (Write, Edit, NotebookEdit) change it, so
+   * that `rewind` with `files` can restore the working directory. Default true; false turns the
+   * backups off (a rewind with `files` then has nothing to restore).
+   */
+  fileCheckpoints?: boolean
   /**
    * The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
    * agent or another tenant could write, changes permissions.

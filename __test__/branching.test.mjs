@@ -225,3 +225,47 @@ test('next routes: fork at a message, rewind, a task with atMessageId; MESSAGE_N
   t.assert.strictEqual((await json(await post('session', { action: 'rewind', sessionId, toMessageId: a1, extra: 1 }), 400)).error.code, 'INVALID_ARGUMENT')
   await manager.close()
 })
+
+test('rewind with files: the working directory as it was before the first turn; a dry run changes nothing and lists the same changes', async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server })
+  fs.writeFileSync(path.join(work, 'b.txt'), 'b original\n')
+  const dir = () => Object.fromEntries(fs.readdirSync(work).filter((f) => !f.startsWith('.')).sort().map((f) => [f, fs.readFileSync(path.join(work, f), 'utf8')]))
+  const before = dir()
+  const base = { projectId: 'p', userId: 'u', permissionMode: 'acceptEdits' }
+  server.enqueue(
+    { toolUse: { name: 'Write', input: { file_path: `${work}/a.txt`, content: 'a v1\n' } } },
+    { toolUse: { name: 'Edit', input: { file_path: `${work}/b.txt`, old_string: 'b original', new_string: 'b edited' } } },
+    { text: 'turn one done' },
+  )
+  const one = await manager.executeTask({ ...base, prompt: 'write a, edit b' })
+  t.assert.ok(one.success, JSON.stringify(one.error))
+  const sessionId = one.sessionId
+  server.enqueue(
+    { toolUse: { name: 'Read', input: { file_path: `${work}/a.txt` } } },
+    { toolUse: { name: 'Edit', input: { file_path: `${work}/a.txt`, old_string: 'a v1', new_string: 'a v2' } } },
+    { toolUse: { name: 'Write', input: { file_path: `${work}/c.txt`, content: 'c new\n' } } },
+    { text: 'turn two done' },
+  )
+  const two = await manager.executeTask({ ...base, sessionId, prompt: 'edit a, write c' })
+  t.assert.ok(two.success, JSON.stringify(two.error))
+  const edited = dir()
+  t.assert.deepStrictEqual(edited, { 'a.txt': 'a v2\n', 'b.txt': 'b edited\n', 'c.txt': 'c new\n' }, 'control: the agent changed the folder')
+  const h = await manager.getMessages(sessionId, 'u')
+  const first = h.messages[0]
+  t.assert.strictEqual(first.text, 'write a, edit b')
+
+  const dry = await manager.rewind({ sessionId, userId: 'u', toMessageId: first.uuid, files: 'dryRun' })
+  t.assert.deepStrictEqual([...dry.files.changed].sort(), ['a.txt', 'b.txt', 'c.txt'])
+  t.assert.strictEqual(dry.files.restored, false)
+  t.assert.deepStrictEqual(dir(), edited, 'a dry run changes no file')
+  t.assert.strictEqual((await manager.getMessages(sessionId, 'u')).total, h.total, 'nor the conversation')
+
+  const done = await manager.rewind({ sessionId, userId: 'u', toMessageId: first.uuid, files: true })
+  t.assert.strictEqual(done.files.restored, true)
+  t.assert.deepStrictEqual([...done.files.changed].sort(), [...dry.files.changed].sort(), 'the dry run listed the same changes')
+  t.assert.deepStrictEqual(dir(), before, 'the folder is as it was: b restored, the files the agent created gone')
+  t.assert.deepStrictEqual((await manager.getMessages(sessionId, 'u')).messages.map((m) => m.uuid), [first.uuid])
+  await rejectsWith(t, manager.rewind({ sessionId, userId: 'u', toMessageId: first.uuid, files: 'yes' }), 'INVALID_ARGUMENT', /files/)
+  await manager.close()
+})

@@ -201,13 +201,25 @@ impl SessionManager {
       env,
       async move {
         let r: RewindRequest = parse("rewind", request?)?;
-        m.rewind(&r.session_id, &r.user_id, &r.to_message_id).await
+        let files = match r.files {
+          None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+          Some(Value::Bool(true)) => Some(manager::FilesMode::Restore),
+          Some(Value::String(s)) if s == "dryRun" => Some(manager::FilesMode::DryRun),
+          Some(_) => return Err(CoreError::invalid("files must be true, false or 'dryRun'")),
+        };
+        m.rewind(&r.session_id, &r.user_id, &r.to_message_id, files).await
       },
       |r| RewindResult {
         session: Session::from(r.session),
         to_message_id: r.to_message_id,
         dropped_messages: r.dropped_messages as f64,
         context_info: ContextInfo::from(r.context_info),
+        files: r.files.map(|f| FileChanges {
+          restored: f.restored,
+          changed: f.changed,
+          insertions: f.insertions as f64,
+          deletions: f.deletions as f64,
+        }),
       },
     )
   }

@@ -126,6 +126,10 @@ pub struct SessionManagerOptions {
   /// task runs (the key proxy refuses it then) and is asked of nobody. Default false: they are
   /// disallowed whatever `allowedTools` says.
   pub allow_background_tools: Option<bool>,
+  /// The CLI backs up every file before its edit tools (Write, Edit, NotebookEdit) change it, so
+  /// that `rewind` with `files` can restore the working directory. Default true; false turns the
+  /// backups off (a rewind with `files` then has nothing to restore).
+  pub file_checkpoints: Option<bool>,
   /// The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
   /// agent or another tenant could write, changes permissions.
   #[napi(ts_type = "Array<'user' | 'project' | 'local'>")]
@@ -518,6 +522,11 @@ pub struct RewindRequest {
   pub user_id: String,
   /// The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`.
   pub to_message_id: String,
+  /// Restore the working directory too, as it was before the first dropped prompt (`true`), or
+  /// only list what that would change (`'dryRun'`: nothing changes, the conversation included).
+  /// Needs `fileCheckpoints`; only changes of the CLI's edit tools are undone.
+  #[napi(ts_type = "boolean | 'dryRun'")]
+  pub files: Option<serde_json::Value>,
 }
 
 /// `compactSession`.
@@ -603,6 +612,7 @@ impl From<SessionManagerOptions> for manager::Options {
       allow_slash_commands: o.allow_slash_commands.unwrap_or_default(),
       allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
       allow_background_tools: o.allow_background_tools.unwrap_or(false),
+      file_checkpoints: o.file_checkpoints,
       setting_sources: o.setting_sources.unwrap_or_default(),
       node_id: o.node_id,
       lease_ttl_ms: o.lease_ttl_ms,

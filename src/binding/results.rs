@@ -391,6 +391,21 @@ pub struct RewindResult {
   pub dropped_messages: f64,
   /// The context meter re-derived at the branch point.
   pub context_info: ContextInfo,
+  /// With `files`: the working directory's changes.
+  pub files: Option<FileChanges>,
+}
+
+/// The working directory's changes of a `rewind` with `files`.
+#[napi(object)]
+pub struct FileChanges {
+  /// Whether the files were restored (false for a dry run, and when nothing changed).
+  pub restored: bool,
+  /// The files that changed (a dry run: would change), relative to the working directory.
+  pub changed: Vec<String>,
+  /// Lines the restore adds back.
+  pub insertions: f64,
+  /// Lines the restore removes.
+  pub deletions: f64,
 }
 
 /// How many tokens a prompt would add to a session, and whether it still fits.

@@ -14,8 +14,18 @@
 //! the latest compaction. A message inside a tool call (an assistant message with tool calls, their
 //! results, a command or notification) is refused with `INVALID_ARGUMENT`, naming the nearest
 //! earlier point: a branch never starts in the middle of a tool call.
+//!
+//! Files: with `fileCheckpoints` (the default) the CLI backs up each file before its edit tools
+//! (Write, Edit, NotebookEdit) change it (`CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING`); a rewind with
+//! `files` asks a CLI of the session, started for it in the session's sandbox, to restore the
+//! working directory as it was before the first dropped prompt (the control request
+//! `rewind_files`): files those tools changed get their content back, files they created go. What
+//! other tools did (a `Bash` `rm`, a build) is not in the backups and is not undone.
+
+use std::time::Duration;
 
 use serde::Serialize;
+use serde_json::{json, Value};
 
 use super::mirror::stored_history;
 use super::{Manager, Wait};
@@ -36,6 +46,30 @@ pub struct Branch {
   pub at_message_id: Option<String>,
 }
 
+/// The CLI's variable that turns its file backups on (`fileCheckpoints`).
+pub(crate) const CHECKPOINTS_ENV: &str = "CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING";
+
+/// `rewind`'s `files`: restore the working directory too, or only say what that would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilesMode {
+  Restore,
+  DryRun,
+}
+
+/// The working directory's changes of a rewind with `files`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileChanges {
+  /// Whether the files were restored (false for a dry run, and when nothing changed).
+  pub restored: bool,
+  /// The files that changed (a dry run: would change), relative to the working directory.
+  pub changed: Vec<String>,
+  /// Lines the restore adds back.
+  pub insertions: u64,
+  /// Lines the restore removes.
+  pub deletions: u64,
+}
+
 /// What `rewind` did.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +81,9 @@ pub struct RewindResult {
   pub dropped_messages: usize,
   /// The context meter re-derived at the branch point.
   pub context_info: ContextInfo,
+  /// With `files`: the working directory's changes. A dry run changes nothing, the conversation
+  /// included.
+  pub files: Option<FileChanges>,
 }
 
 /// The message `id` of `h` as a branch point: its index and the transcript entry the CLI continues
@@ -94,6 +131,23 @@ fn context_at(h: &History, i: usize, window: u64) -> ContextSnapshot {
     source: if u.is_some() { "api" } else { "estimate" }.into(),
     measured_at: store::now_ms(),
   }
+}
+
+/// The CLI's answer to `rewind_files`: `{ canRewind, filesChanged, insertions, deletions }`, or
+/// `canRewind: false` with why; paths made relative to the working directory.
+fn file_changes(v: &Value, cwd: &str) -> Result<FileChanges> {
+  if v.get("canRewind").and_then(Value::as_bool) != Some(true) {
+    let why = v.get("error").and_then(Value::as_str).unwrap_or("no file backups for that message");
+    return Err(Error::invalid(format!("the working directory cannot be restored to that message: {why}")));
+  }
+  let prefix = format!("{}/", cwd.trim_end_matches('/'));
+  let changed = v
+    .get("filesChanged")
+    .and_then(Value::as_array)
+    .map(|a| a.iter().filter_map(Value::as_str).map(|p| p.strip_prefix(&prefix).unwrap_or(p).to_owned()).collect())
+    .unwrap_or_default();
+  let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+  Ok(FileChanges { restored: false, changed, insertions: n("insertions"), deletions: n("deletions") })
 }
 
 /// `h` cut after the message holding transcript entry `line` (a pending rewind).
@@ -198,7 +252,7 @@ impl Manager {
   /// `rewind`: the session continues from `to_message_id` of its live conversation. Nothing is
   /// spawned; the session's idle warm CLI is stopped (it holds the old branch), the meter is
   /// re-derived at the point, costs already spent stay spent.
-  pub async fn rewind(&self, session_id: &str, user_id: &str, to_message_id: &str) -> Result<RewindResult> {
+  pub async fn rewind(&self, session_id: &str, user_id: &str, to_message_id: &str, files: Option<FilesMode>) -> Result<RewindResult> {
     let to = validate::session_id("toMessageId", to_message_id)?;
     let session = self.get_session(session_id, user_id).await?;
     self.check_branching_cli()?;
@@ -207,6 +261,15 @@ impl Manager {
     let window = session.context.as_ref().map(|c| c.window).unwrap_or(self.cfg.context_window);
     let ctx = context_at(&h, i, window);
     let drops = dropped_turn(&h, i);
+    let dry_run = files == Some(FilesMode::DryRun);
+    let files = match files {
+      Some(mode) => Some(self.rewind_files(&session, &h, i, mode).await?),
+      None => None,
+    };
+    let context_info = context::context_info(Some(&ctx), window, self.cfg.compact_threshold, 0);
+    if dry_run {
+      return Ok(RewindResult { to_message_id: to, dropped_messages: h.messages.len() - i - 1, context_info, session, files });
+    }
     self.drop_warm(&session.id).await;
     let (id, c2) = (session.id.clone(), ctx.clone());
     self
@@ -217,12 +280,51 @@ impl Manager {
       })
       .await?;
     let session = self.get_session(session_id, user_id).await?;
-    Ok(RewindResult {
-      to_message_id: to,
-      dropped_messages: h.messages.len() - i - 1,
-      context_info: context::context_info(Some(&ctx), window, self.cfg.compact_threshold, 0),
-      session,
-    })
+    Ok(RewindResult { to_message_id: to, dropped_messages: h.messages.len() - i - 1, context_info, session, files })
+  }
+
+  /// Restores the working directory as it was before the first prompt after message `i` (or
+  /// says what that would change): a CLI of the session, started for it in the session's sandbox
+  /// while the session is held in this process, answers `rewind_files` (a dry run first, for the
+  /// list of files).
+  async fn rewind_files(&self, session: &Session, h: &History, i: usize, mode: FilesMode) -> Result<FileChanges> {
+    let first_dropped = match h.messages[i].kind {
+      MessageKind::Prompt => Some(&h.messages[i]),
+      _ => h.messages[i + 1..].iter().find(|m| m.kind == MessageKind::Prompt),
+    };
+    let Some(target) = first_dropped.map(|m| m.uuid.clone()) else { return Ok(FileChanges::default()) };
+    let lock = self.session_lock(&session.id);
+    let _held = lock.lock().await;
+    self.drop_warm(&session.id).await;
+    let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
+    let mut spec = self.run_spec(session, program, String::new(), None)?;
+    let args = CliArgs {
+      session: Some(SessionMode::Resume(session.id.clone())),
+      permission_mode: Some("default".into()),
+      setting_sources: Some(self.cfg.setting_sources.clone()),
+      disable_slash_commands: true,
+      ..Default::default()
+    };
+    spec.args = cli::warm_args(&args, false);
+    let _token = self.secure(&mut spec).await?;
+    let proc = cli::WarmProcess::start(spec)?;
+    let handle = proc.handle();
+    let ask = |dry_run: bool| {
+      let request = json!({ "subtype": "rewind_files", "user_message_id": target, "dry_run": dry_run });
+      handle.ask(request, Duration::from_secs(60))
+    };
+    let outcome = async {
+      let preview = ask(true).await?;
+      let mut changes = file_changes(&preview, &session.working_directory)?;
+      if mode == FilesMode::Restore && !changes.changed.is_empty() {
+        file_changes(&ask(false).await?, &session.working_directory)?;
+        changes.restored = true;
+      }
+      Ok(changes)
+    }
+    .await;
+    proc.close(Duration::from_secs(5)).await;
+    outcome
   }
 
   /// Before a run: how the CLI picks the session up, with its pending branch point (a fork's

@@ -41,6 +41,8 @@ pub struct Options {
   pub allow_file_mentions: bool,
   pub allow_background_tools: bool,
   pub setting_sources: Vec<String>,
+  /// `fileCheckpoints` (default true).
+  pub file_checkpoints: Option<bool>,
   pub node_id: Option<String>,
   pub lease_ttl_ms: Option<f64>,
   pub warm_idle_ms: Option<f64>,
@@ -151,6 +153,8 @@ pub struct Config {
   pub allow_file_mentions: bool,
   /// Let the agent schedule work of its own (`BACKGROUND_TOOLS`: CronCreate, ScheduleWakeup, RemoteTrigger); off: they are disallowed.
   pub allow_background_tools: bool,
+  /// The CLI backs up files before its edit tools change them (`rewind` with `files`).
+  pub file_checkpoints: bool,
   /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
   pub setting_sources: Vec<String>,
   /// How long a session's CLI is kept running after its task; `None`: warm processes are off.
@@ -282,6 +286,7 @@ impl Config {
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
       allow_background_tools: o.allow_background_tools,
+      file_checkpoints: o.file_checkpoints.unwrap_or(true),
       setting_sources: o.setting_sources,
       warm_idle: n.warm_idle,
       max_warm_sessions: n.max_warm_sessions,

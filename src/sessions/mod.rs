@@ -36,7 +36,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
-pub use branching::{Branch, RewindResult};
+pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
 pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
 pub use finish::classify_result;
@@ -475,6 +475,10 @@ impl Manager {
       let dir = self.cfg.state_directory.join("claude-config");
       config::private_dir(&dir)?;
       env.push(("CLAUDE_CONFIG_DIR".into(), dir.to_string_lossy().into_owned()));
+    }
+    if self.cfg.file_checkpoints {
+      env.retain(|(k, _)| k != branching::CHECKPOINTS_ENV);
+      env.push((branching::CHECKPOINTS_ENV.into(), "1".into()));
     }
     if !self.cfg.allow_file_mentions {
       // `@path` in a prompt would inline files whatever the tool permissions say.
