@@ -37,7 +37,7 @@
  * | `POST /session` `{ action: 'startFresh', projectId, sessionId? }` | `{ session, archived }` |
  * | `POST /session` `{ action: 'cleanup', maxAgeMs, projectId?, keepActive? }` | `{ deleted, remaining }` |
  * | `POST /session` `{ action: 'fork', sessionId, title?, atMessageId? }` | `{ session }` (the new fork; with `atMessageId`, a message id from `messages`, its conversation ends at that message) |
- * | `POST /session` `{ action: 'rewind', sessionId, toMessageId }` | `{ session, toMessageId, droppedMessages, contextInfo }`: the session continues from that message at its next task (`SessionManager.rewind`); 404 `MESSAGE_NOT_FOUND` for a message not on its live conversation |
+ * | `POST /session` `{ action: 'rewind', sessionId, toMessageId, files? }` | `{ session, toMessageId, droppedMessages, contextInfo, files? }`: the session continues from that message at its next task (`SessionManager.rewind`); 404 `MESSAGE_NOT_FOUND` for a message not on its live conversation |
  * | `POST /session` `{ action: 'archive', sessionId }` | `{ session }` |
  * | `POST /session` `{ action: 'delete', sessionId }` | `{ deleted: true, sessionId }` |
  * | `POST /session` `{ action: 'messages', sessionId, limit?, offset? }` | `{ messages, ... }` from `SessionManager.getMessages`; 501 `NOT_IMPLEMENTED` when the addon has no `getMessages` |

@@ -21,7 +21,7 @@
  * server can replay it (`messages` action; skipped quietly when the server answers 501), and the
  * project's session list. Actions never reject: a failure sets `error` and resolves `null`.
  */
-import type { ContextInfo, Session, TaskResult } from '../index.js'
+import type { ContextInfo, FileChanges, Session, TaskResult } from '../index.js'
 import type { ContextUsageView, PermissionRequestEvent } from '../next/index.js'
 
 export type { ContextInfo, ContextUsageView, PermissionRequestEvent, Session, TaskResult }
@@ -173,9 +173,13 @@ export interface UseClaudeSessionResult {
   regenerate: () => Promise<TaskResult | null>
   /**
    * Undoes the user message `messageId` and everything after it, in place: the session continues
-   * from the message before it (the routes' `rewind`); the history reloads.
+   * from the message before it (the routes' `rewind`); the history reloads. `files: true` also
+   * restores the working directory (`'dryRun'`: only lists the changes, nothing changes).
    */
-  rewind: (messageId: string) => Promise<{ session: Session; toMessageId: string; droppedMessages: number; contextInfo: ContextInfo } | null>
+  rewind: (
+    messageId: string,
+    options?: { files?: boolean | 'dryRun' },
+  ) => Promise<{ session: Session; toMessageId: string; droppedMessages: number; contextInfo: ContextInfo; files?: FileChanges } | null>
 }
 
 /** A session the current one branches with (`UseClaudeSessionResult.branches`). */

@@ -218,6 +218,13 @@ function useClientSession(opts) {
       const sendsBefore = runningRef.current ? -1 : sendsRef.current
       // The breakdown is extra: a failure to load it does not keep the session from opening.
       const usageOf = fetchContextUsage(id).catch(() => null)
+      // Without history loading, the branches still come from a one-message page.
+      if (!loadHistory && !noHistory.has(api)) {
+        callJson('POST', '/session', { action: 'messages', sessionId: id, limit: 1 }).then(
+          (body) => mounted.current && sessionIdRef.current === id && setForkInfo(forkInfoOf(body)),
+          () => {},
+        )
+      }
       const [ctx, usage, history] = await Promise.all([fetchContext(id), usageOf, loadHistory && !keepMessages ? fetchHistory(id) : null])
       if (!mounted.current || sessionIdRef.current !== id) return
       const sentMeanwhile = sendsRef.current !== sendsBefore
@@ -225,7 +232,7 @@ function useClientSession(opts) {
       if (!sentMeanwhile) setContextUsage(usage)
       if (history) setMessages((ms) => mergeHistory(history, ms))
     },
-    [fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
+    [api, callJson, fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
   )
 
   // Find (or create) the project's session on mount and whenever the project changes.
@@ -554,13 +561,14 @@ function useClientSession(opts) {
       const body = await callJson('POST', '/session', { action: 'messages', sessionId: id, limit: 10000 })
       const server = Array.isArray(body && body.messages) ? body.messages : []
       const prompts = server.map((m, i) => [m, i]).filter(([m]) => m.role === 'user' && m.kind === 'prompt')
+      const idOf = (m) => m.uuid || m.id
       const shown = messagesRef.current.filter((m) => m.role === 'user')
       const k = shown.findIndex((m) => m.id === messageId)
       if (k < 0) throw apiError('INVALID_ARGUMENT', 'editMessage needs the id of a user message on screen')
-      const direct = prompts.find(([m]) => m.uuid === messageId)
+      const direct = prompts.find(([m]) => idOf(m) === messageId)
       const hit = direct || prompts[prompts.length - (shown.length - k)]
       if (!hit) throw apiError('MESSAGE_NOT_FOUND', 'that message is not on the session\'s conversation')
-      return { server, index: hit[1] }
+      return { server: server.map((m) => ({ ...m, uuid: idOf(m) })), index: hit[1] }
     },
     [callJson],
   )
@@ -591,7 +599,7 @@ function useClientSession(opts) {
       if (mounted.current) setMessages((ms) => ms.slice(0, Math.max(0, ms.findIndex((m) => m.id === messageId))))
       const result = await send(text, at ? { atMessageId: at } : undefined)
       const now = sessionIdRef.current
-      if (now) fetchHistory(now).then((h) => h && mounted.current && sessionIdRef.current === now && setMessages(h), () => {})
+      if (now && latest.current.loadHistory !== false) fetchHistory(now).then((h) => h && mounted.current && sessionIdRef.current === now && setMessages(h), () => {})
       return result
     },
     [callJson, ensureSession, fetchHistory, locate, projectId, report, send, setSessionId],
@@ -606,12 +614,15 @@ function useClientSession(opts) {
   /** The session continues from the message before the user message `messageId` (undo that turn
    * and what follows; the server's `rewind`). Resolves the rewind's answer. */
   const rewind = useCallback(
-    (messageId) =>
+    (messageId, rewindOptions) =>
       guarded('loading', async () => {
         const id = await ensureSession()
         const { server, index } = await locate(id, messageId)
         if (index === 0) throw apiError('INVALID_ARGUMENT', 'the first message cannot be undone: start a new session')
-        const out = await callJson('POST', '/session', { action: 'rewind', sessionId: id, toMessageId: server[index - 1].uuid })
+        const body = { action: 'rewind', sessionId: id, toMessageId: server[index - 1].uuid }
+        const files = rewindOptions && typeof rewindOptions === 'object' ? rewindOptions.files : undefined
+        if (files === true || files === 'dryRun') body.files = files
+        const out = await callJson('POST', '/session', body)
         await load(id)
         return out
       }),
