@@ -6,7 +6,7 @@ import { test, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeManager, rejectsWith, startStandInServer, testBackends, backendTag } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, testBackends, backendTag } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const server = await startStandInServer()
@@ -267,5 +267,27 @@ test('rewind with files: the working directory as it was before the first turn; 
   t.assert.deepStrictEqual(dir(), before, 'the folder is as it was: b restored, the files the agent created gone')
   t.assert.deepStrictEqual((await manager.getMessages(sessionId, 'u')).messages.map((m) => m.uuid), [first.uuid])
   await rejectsWith(t, manager.rewind({ sessionId, userId: 'u', toMessageId: first.uuid, files: 'yes' }), 'INVALID_ARGUMENT', /files/)
+  await manager.close()
+})
+
+test('a CLI too old to branch answers CLI_UNSUPPORTED before anything is recorded or spawned', async (t) => {
+  server.reset()
+  const real = path.resolve('node_modules/@anthropic-ai/claude-code/bin/claude.exe')
+  if (!fs.existsSync(real)) return t.skip(`no CLI at ${real}`)
+  const { manager, dir, options } = makeManager({ server })
+  const { sessionId, h } = await threeTurns(manager)
+  const old = path.join(dir, 'old-claude')
+  fs.writeFileSync(old, `#!/bin/sh\nif [ "$1" = --version ]; then echo '2.1.300 (Claude Code)'; exit 0; fi\nexec '${real}' "$@"\n`, { mode: 0o755 })
+  const aged = new addon.SessionManager({ ...options, claudePath: old, sandbox: 'none' })
+  const calls = server.requests.length
+  const at = h.messages[1].uuid
+  await rejectsWith(t, aged.rewind({ sessionId, userId: 'u', toMessageId: at }), 'CLI_UNSUPPORTED')
+  await rejectsWith(t, aged.rewind({ sessionId, userId: 'u', toMessageId: at, files: true }), 'CLI_UNSUPPORTED')
+  await rejectsWith(t, aged.fork({ sessionId, userId: 'u', atMessageId: at }), 'CLI_UNSUPPORTED')
+  await rejectsWith(t, aged.executeTask({ projectId: 'p', userId: 'u', sessionId, atMessageId: at, prompt: 'x' }), 'CLI_UNSUPPORTED')
+  t.assert.strictEqual(server.requests.length, calls, 'nothing reached the API')
+  t.assert.strictEqual((await manager.listSessions({ userId: 'u' })).length, 1, 'no fork was recorded')
+  t.assert.strictEqual((await manager.getMessages(sessionId, 'u')).total, 6, 'no rewind was recorded')
+  await aged.close()
   await manager.close()
 })
