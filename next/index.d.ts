@@ -29,14 +29,15 @@
  *
  * | route | answer |
  * | --- | --- |
- * | `POST /task` `{ prompt, projectId, sessionId?, title?, forkSession?, ... }` (`model` only with `allowedModels`) | the {@link TaskResult} |
+ * | `POST /task` `{ prompt, projectId, sessionId?, title?, forkSession?, atMessageId?, ... }` (`model` only with `allowedModels`) | the {@link TaskResult} |
  * | `POST /stream` (same body) | `text/event-stream`, answered as soon as the task is queued (before it waits for its session or a slot): one unnamed event (`message`) per `onEvent` event, its data the event's JSON, starting with `task_queued`; then `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it was queued (e.g. `SESSION_BUSY`, status 409, once `queueTimeoutMs` has passed). Closing the connection aborts the task, also while it is still queued. `includePartialMessages` defaults to true here, so text deltas (`stream_event`) are included. Events are reduced unless `exposeServerDetails` (see there). |
  * | `GET /session?sessionId=…` | `{ session }` |
  * | `GET /session?projectId=…&status=…&parentId=…&limit=…&offset=…` (all optional) | `{ sessions }`, newest activity first |
  * | `POST /session` `{ action: 'getOrCreate', projectId, preferActive? }` | `{ session, created }` |
  * | `POST /session` `{ action: 'startFresh', projectId, sessionId? }` | `{ session, archived }` |
  * | `POST /session` `{ action: 'cleanup', maxAgeMs, projectId?, keepActive? }` | `{ deleted, remaining }` |
- * | `POST /session` `{ action: 'fork', sessionId, title? }` | `{ session }` (the new fork) |
+ * | `POST /session` `{ action: 'fork', sessionId, title?, atMessageId? }` | `{ session }` (the new fork; with `atMessageId`, a message id from `messages`, its conversation ends at that message) |
+ * | `POST /session` `{ action: 'rewind', sessionId, toMessageId, files? }` | `{ session, toMessageId, droppedMessages, contextInfo, files? }`: the session continues from that message at its next task (`SessionManager.rewind`); 404 `MESSAGE_NOT_FOUND` for a message not on its live conversation |
  * | `POST /session` `{ action: 'archive', sessionId }` | `{ session }` |
  * | `POST /session` `{ action: 'delete', sessionId }` | `{ deleted: true, sessionId }` |
  * | `POST /session` `{ action: 'messages', sessionId, limit?, offset? }` | `{ messages, ... }` from `SessionManager.getMessages`; 501 `NOT_IMPLEMENTED` when the addon has no `getMessages` |
@@ -257,7 +258,7 @@ export declare function closeSessionManager(): Promise<void>
 export declare function statusForCode(code: string): number
 
 /** The task fields a client may send by default: `prompt`, `projectId`, `sessionId`, `title`,
- * `forkSession`, `autoCompact`, `compactThreshold`, `maxTurns`, `timeoutMs`,
+ * `forkSession`, `atMessageId`, `autoCompact`, `compactThreshold`, `maxTurns`, `timeoutMs`,
  * `includePartialMessages` (not `model`: see `allowedModels`). */
 export declare const DEFAULT_CLIENT_TASK_FIELDS: readonly ClientTaskField[]
 

@@ -163,4 +163,10 @@ function createReplies(firstId) {
   }
 }
 
-module.exports = { localId, apiError, asError, isAbort, errorFromResponse, textOf, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies }
+/** A `messages` answer's branch information: the session's forks and the message it forked at. */
+function forkInfoOf(body) {
+  const forks = body && Array.isArray(body.branches) ? body.branches.filter((b) => b && typeof b.sessionId === 'string') : []
+  return { forks, forkedAt: body && typeof body.forkedAt === 'string' ? body.forkedAt : null }
+}
+
+module.exports = { forkInfoOf, localId, apiError, asError, isAbort, errorFromResponse, textOf, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies }

@@ -178,7 +178,50 @@ impl SessionManager {
   pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsSession> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.fork(parse::<JsForkRequest>("fork", request?)?.try_into()?).await }, JsSession::from)
+    promise(
+      env,
+      async move {
+        let r: manager::ForkRequest = parse::<JsForkRequest>("fork", request?)?.try_into()?;
+        m.fork_at(&r.session_id, &r.user_id, r.at_message_id.as_deref(), r.title).await
+      },
+      JsSession::from,
+    )
+  }
+
+  /// The session continues from an earlier message of its conversation (`toMessageId`, a
+  /// `getMessages` id), without calling the model: the next task's model sees the conversation up
+  /// to it. The dropped turns stay in the transcript as a dead branch (`getMessages` shows the
+  /// live one); the meter is re-derived at the message; costs already spent stay spent; an idle
+  /// warm CLI of the session is stopped.
+  #[napi(ts_args_type = "request: RewindRequest", ts_return_type = "Promise<RewindResult>")]
+  pub fn rewind<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsRewindResult> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: JsRewindRequest = parse("rewind", request?)?;
+        let files = match r.files {
+          None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+          Some(Value::Bool(true)) => Some(manager::FilesMode::Restore),
+          Some(Value::String(s)) if s == "dryRun" => Some(manager::FilesMode::DryRun),
+          Some(_) => return Err(CoreError::invalid("files must be true, false or 'dryRun'")),
+        };
+        m.rewind(&r.session_id, &r.user_id, &r.to_message_id, files).await
+      },
+      |r| JsRewindResult {
+        session: JsSession::from(r.session),
+        to_message_id: r.to_message_id,
+        dropped_messages: r.dropped_messages as f64,
+        context_info: JsContextInfo::from(r.context_info),
+        files: r.files.map(|f| JsFileChanges {
+          restored: f.restored,
+          changed: f.changed,
+          insertions: f.insertions as f64,
+          deletions: f.deletions as f64,
+        }),
+      },
+    )
   }
 
   /// How full the session's context is, from the store (nothing is spawned). `threshold` is a

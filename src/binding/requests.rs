@@ -127,6 +127,10 @@ pub struct SessionManagerOptions {
   /// task runs (the key proxy refuses it then) and is asked of nobody. Default false: they are
   /// disallowed whatever `allowedTools` says.
   pub allow_background_tools: Option<bool>,
+  /// The CLI backs up every file before its edit tools (Write, Edit, NotebookEdit) change it, so
+  /// that `rewind` with `files` can restore the working directory. Default true; false turns the
+  /// backups off (a rewind with `files` then has nothing to restore).
+  pub file_checkpoints: Option<bool>,
   /// The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
   /// agent or another tenant could write, changes permissions.
   #[napi(ts_type = "Array<'user' | 'project' | 'local'>")]
@@ -289,6 +293,9 @@ pub struct JsTaskRequest {
   pub compact_threshold: Option<f64>,
   /// Run in a new fork of `sessionId`; the parent is left as it was.
   pub fork_session: Option<bool>,
+  /// Run in a new fork of `sessionId` made at this message (a `getMessages` id): the model sees
+  /// the conversation up to it, then the prompt (see `fork`).
+  pub at_message_id: Option<String>,
   /// Stop the task after this long (ms): it resolves with `TIMEOUT`.
   pub timeout_ms: Option<f64>,
   /// Also deliver `stream_event` partial messages (text deltas) to `onEvent`.
@@ -467,6 +474,27 @@ pub struct JsForkRequest {
   pub user_id: String,
   /// Default: the parent's title.
   pub title: Option<String>,
+  /// Fork at this message of the parent's conversation (a `getMessages` id): the fork's history
+  /// ends there. A prompt or an answer without tool calls, at or after the latest compaction; a
+  /// message inside a tool call is `INVALID_ARGUMENT`, an id not on the parent's live
+  /// conversation `MESSAGE_NOT_FOUND`. Default: the end.
+  pub at_message_id: Option<String>,
+}
+
+/// `rewind`.
+#[napi(object, object_from_js = false, js_name = "RewindRequest")]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsRewindRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`.
+  pub to_message_id: String,
+  /// Restore the working directory too, as it was before the first dropped prompt (`true`), or
+  /// only list what that would change (`'dryRun'`: nothing changes, the conversation included).
+  /// Needs `fileCheckpoints`; only changes of the CLI's edit tools are undone.
+  #[napi(ts_type = "boolean | 'dryRun'")]
+  pub files: Option<serde_json::Value>,
 }
 
 /// `compactSession`.

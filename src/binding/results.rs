@@ -381,6 +381,40 @@ pub struct JsMessagesPage {
   pub live_from: f64,
   /// Compactions the conversation went through.
   pub compactions: f64,
+  /// Sessions forked from this one, with the message each continues from (`null`: the end, as it
+  /// was then).
+  #[napi(ts_type = "Array<{ sessionId: string; atMessageId: string | null }>")]
+  pub branches: Vec<serde_json::Value>,
+  /// For a fork made at a message: that message of the parent (`parentId`).
+  pub forked_at: Option<String>,
+}
+
+/// What `rewind` did.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false, js_name = "RewindResult")]
+pub struct JsRewindResult {
+  pub session: JsSession,
+  /// The message the session now continues from.
+  pub to_message_id: String,
+  /// Messages no longer on the live conversation (they stay in the transcript as a dead branch).
+  pub dropped_messages: f64,
+  /// The context meter re-derived at the branch point.
+  pub context_info: JsContextInfo,
+  /// With `files`: the working directory's changes.
+  pub files: Option<JsFileChanges>,
+}
+
+/// The working directory's changes of a `rewind` with `files`.
+#[napi(object, js_name = "FileChanges")]
+pub struct JsFileChanges {
+  /// Whether the files were restored (false for a dry run, and when nothing changed).
+  pub restored: bool,
+  /// The files that changed (a dry run: would change), relative to the working directory.
+  pub changed: Vec<String>,
+  /// Lines the restore adds back.
+  pub insertions: f64,
+  /// Lines the restore removes.
+  pub deletions: f64,
 }
 
 /// How many tokens a prompt would add to a session, and whether it still fits.

@@ -171,6 +171,7 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
       allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
       allow_background_tools: o.allow_background_tools.unwrap_or(false),
       setting_sources,
+      file_checkpoints: o.file_checkpoints,
       node_id: o.node_id,
       lease_ttl,
       warm_idle,
@@ -260,6 +261,9 @@ impl TryFrom<JsTaskRequest> for manager::TaskRequest {
     if fork_session && r.session_id.is_none() {
       return Err(CoreError::invalid("forkSession needs the sessionId of the session to fork"));
     }
+    if r.at_message_id.is_some() && r.session_id.is_none() {
+      return Err(CoreError::invalid("atMessageId needs the sessionId of the session to fork"));
+    }
     let session_id = opt(r.session_id.as_deref(), |s| validate::session_id("sessionId", s))?;
     if session_id.is_some() && r.working_directory.is_some() {
       return Err(CoreError::invalid(
@@ -282,6 +286,7 @@ impl TryFrom<JsTaskRequest> for manager::TaskRequest {
       auto_compact: r.auto_compact.unwrap_or(false),
       compact_threshold,
       fork_session,
+      at_message_id: r.at_message_id,
       timeout,
       include_partial_messages: r.include_partial_messages.unwrap_or(false),
       title: r.title,
@@ -340,7 +345,7 @@ impl TryFrom<JsForkRequest> for manager::ForkRequest {
 
   fn try_from(r: JsForkRequest) -> CoreResult<Self> {
     opt(r.title.as_deref(), validate::title)?;
-    Ok(manager::ForkRequest { session_id: r.session_id, user_id: r.user_id, title: r.title })
+    Ok(manager::ForkRequest { session_id: r.session_id, user_id: r.user_id, title: r.title, at_message_id: r.at_message_id })
   }
 }
 
@@ -608,7 +613,7 @@ mod tests {
     assert_eq!(refused(cleanup(0.5)), (ErrorCode::InvalidArgument, "maxAgeMs must be a whole number >= 0, got 0.5".into()));
 
     let fork =
-      |t: &str| manager::ForkRequest::try_from(JsForkRequest { session_id: "s".into(), user_id: "u".into(), title: Some(t.into()) });
+      |t: &str| manager::ForkRequest::try_from(JsForkRequest { session_id: "s".into(), user_id: "u".into(), title: Some(t.into()), at_message_id: None });
     assert_eq!(fork("Résumé").unwrap().title.as_deref(), Some("Résumé"));
     assert!(refused(fork("a\tb")).1.starts_with("title contains the control character U+0009"));
   }

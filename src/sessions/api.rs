@@ -235,30 +235,20 @@ impl Manager {
   pub async fn get_messages(&self, session_id: &str, user_id: &str, o: MessagesOptions) -> Result<MessagesPage> {
     let MessagesOptions { limit, offset } = o;
     let session = self.get_session(session_id, user_id).await?;
-    let path = self.transcript_of(&session)?;
-    let store = self.store.clone();
-    let opts = transcript::ReadOptions::default().bounded(self.cfg.max_transcript_bytes);
-    // Reading a transcript can take milliseconds: off the async workers.
-    self
-      .blocking("transcript reader", move || {
-        // PostgreSQL: the store's copy, the same on every node; else this machine's file.
-        let history = match (stored_history(&store, &session.id, &opts)?, path) {
-          (Some(h), _) => h,
-          (None, Some(p)) => transcript::read_messages_with(&p, &opts)?,
-          (None, None) => transcript::History::default(),
-        };
-        let page = match offset {
-          Some(o) => history.page(o, limit),
-          None => history.page_from_end(0, limit),
-        };
-        Ok(MessagesPage {
-          messages: page.messages,
-          offset: page.offset,
-          total: page.total,
-          live_from: history.live_from,
-          compactions: history.compactions,
-        })
-      })
-      .await
+    let history = self.live_history(&session, transcript::ReadOptions::default().bounded(self.cfg.max_transcript_bytes)).await?;
+    let (branches, forked_at) = self.branches_of(&session).await?;
+    let page = match offset {
+      Some(o) => history.page(o, limit),
+      None => history.page_from_end(0, limit),
+    };
+    Ok(MessagesPage {
+      messages: page.messages,
+      offset: page.offset,
+      total: page.total,
+      live_from: history.live_from,
+      compactions: history.compactions,
+      branches,
+      forked_at,
+    })
   }
 }

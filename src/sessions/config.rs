@@ -55,6 +55,8 @@ pub struct Options {
   pub allow_background_tools: bool,
   /// Each `user`, `project` or `local`.
   pub setting_sources: Vec<String>,
+  /// `fileCheckpoints` (default true).
+  pub file_checkpoints: Option<bool>,
   /// 1 to 200 characters without control characters.
   pub node_id: Option<String>,
   /// [`MIN_LEASE_TTL_MS`] to 24 hours.
@@ -157,6 +159,8 @@ pub struct Config {
   pub allow_file_mentions: bool,
   /// Let the agent schedule work of its own (`BACKGROUND_TOOLS`: CronCreate, ScheduleWakeup, RemoteTrigger); off: they are disallowed.
   pub allow_background_tools: bool,
+  /// The CLI backs up files before its edit tools change them (`rewind` with `files`).
+  pub file_checkpoints: bool,
   /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
   pub setting_sources: Vec<String>,
   /// How long a session's CLI is kept running after its task; `None`: warm processes are off.
@@ -277,6 +281,7 @@ impl Config {
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
       allow_background_tools: o.allow_background_tools,
+      file_checkpoints: o.file_checkpoints.unwrap_or(true),
       setting_sources: o.setting_sources,
       warm_idle: n.warm_idle,
       max_warm_sessions: n.max_warm_sessions,

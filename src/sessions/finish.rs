@@ -244,6 +244,8 @@ pub fn classify_result(r: &crate::cli::stream::ResultLine) -> Option<TaskError> 
     "success" if !r.is_error => None,
     "error_max_turns" => e(ErrorCode::MaxTurns, None),
     "error_max_budget_usd" => e(ErrorCode::BudgetExceeded, None),
+    _ if msg.starts_with("Resume rejected by --resume-drops-turn:") => e(ErrorCode::RewindRejected, None),
+    _ if msg.starts_with("No message found with message.uuid of:") => e(ErrorCode::MessageNotFound, None),
     _ if status == Some(401) || is_not_logged_in(&msg) => Some(auth_error(&msg, status)),
     _ if r.api_error_status.is_some() => e(ErrorCode::ApiError, r.api_error_status),
     _ if msg.starts_with("API Error") => e(ErrorCode::ApiError, parse_status(&msg)),
@@ -522,6 +524,13 @@ mod classify_tests {
       ResultLine { errors: vec!["No conversation found with session ID: x".into()], ..line("error_during_execution", true, None, None) };
     assert_eq!(code(&own), some("CLI_ERROR", "No conversation found with session ID: x", None));
     assert_eq!(code(&line("error_during_execution", true, Some(""), None)), some("CLI_ERROR", "error_during_execution", None));
+    // A branch point the CLI refuses (CLI 2.1.331's words): deterministic codes of their own.
+    let refused = "Resume rejected by --resume-drops-turn: resuming at a would discard entries not attributable to turn b";
+    let r = ResultLine { errors: vec![refused.into()], ..line("error_during_execution", true, None, None) };
+    assert_eq!(code(&r), some("REWIND_REJECTED", refused, None));
+    let gone = "No message found with message.uuid of: a";
+    let r = ResultLine { errors: vec![gone.into()], ..line("error_during_execution", true, None, None) };
+    assert_eq!(code(&r), some("MESSAGE_NOT_FOUND", gone, None));
     // A status field wins over the message, whatever the subtype.
     assert_eq!(code(&line("error_during_execution", true, Some("x"), Some(429))), some("API_ERROR", "x", Some(429)));
   }

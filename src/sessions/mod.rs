@@ -10,6 +10,7 @@
 //! - `events`: the task's events in the store's log, followed from anywhere; stopping a task.
 
 mod api;
+mod branching;
 pub(crate) mod budgets;
 mod config;
 mod events;
@@ -37,6 +38,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
+pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
 pub(crate) use budgets::{period as budget_period, usd as budget_usd};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
@@ -479,6 +481,10 @@ impl Manager {
       let dir = self.cfg.state_directory.join("claude-config");
       config::private_dir(&dir)?;
       env.push(("CLAUDE_CONFIG_DIR".into(), dir.to_string_lossy().into_owned()));
+    }
+    if self.cfg.file_checkpoints {
+      env.retain(|(k, _)| k != branching::CHECKPOINTS_ENV);
+      env.push((branching::CHECKPOINTS_ENV.into(), "1".into()));
     }
     if !self.cfg.allow_file_mentions {
       // `@path` in a prompt would inline files whatever the tool permissions say.

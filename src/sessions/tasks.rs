@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::RunOptions;
-use super::{CompactRequest, EventSink, ForkRequest, Manager, PermissionMode, TaskRequest, TaskResult, Wait};
+use super::{CompactRequest, EventSink, Manager, PermissionMode, TaskRequest, TaskResult, Wait};
 use crate::cli::{self, CancelToken, CliArgs, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
@@ -33,6 +33,8 @@ impl Manager {
     }
     Ok(CliArgs {
       session: None,
+      resume_at: None,
+      resume_drops_turn: None,
       model: r.model.clone(),
       max_turns: r.max_turns.map(u64::from),
       allowed_tools: r.allowed_tools.clone(),
@@ -124,8 +126,8 @@ impl Manager {
         if s.project_id != r.project_id {
           return Err(Error::not_found(id));
         }
-        if fork {
-          let child = self.fork(ForkRequest { session_id: id.clone(), user_id: r.user_id.clone(), title: r.title.clone() }).await?;
+        if fork || r.at_message_id.is_some() {
+          let child = self.fork_at(id, &r.user_id, r.at_message_id.as_deref(), r.title.clone()).await?;
           (child, Some(s.id))
         } else {
           (s, None)

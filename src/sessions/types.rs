@@ -64,6 +64,8 @@ pub struct ForkRequest {
   pub user_id: String,
   /// A valid title; default the parent's.
   pub title: Option<String>,
+  /// Fork at this message of the parent's conversation (checked by `fork_at`); default the end.
+  pub at_message_id: Option<String>,
 }
 
 /// Options of `getSessionContext` and `estimatePromptTokens`.
@@ -119,6 +121,8 @@ pub struct TaskRequest {
   pub compact_threshold: Option<f64>,
   /// Run in a new fork of `session_id` (which is then set).
   pub fork_session: bool,
+  /// Fork `session_id` at this message of its conversation and run there.
+  pub at_message_id: Option<String>,
   /// At least 1 ms.
   pub timeout: Option<Duration>,
   pub include_partial_messages: bool,
@@ -251,6 +255,10 @@ pub struct MessagesPage {
   pub live_from: usize,
   /// Compactions the conversation went through.
   pub compactions: usize,
+  /// Sessions forked from this one, with the message each continues from.
+  pub branches: Vec<super::Branch>,
+  /// For a fork made at a message: that message of the parent (`parentId`).
+  pub forked_at: Option<String>,
 }
 
 /// What `estimatePromptTokens` says about a prompt.

@@ -454,7 +454,8 @@ impl Manager {
     // A budget is enforced by the CLI itself (`--max-budget-usd`), counted from the process's
     // start: such a task gets a fresh process, not kept after it.
     let budget = job.cli.max_budget_usd;
-    if budget.is_some() {
+    // A branch point (a rewind): never the process that holds the old branch.
+    if budget.is_some() || job.cli.resume_at.is_some() {
       self.drop_warm(&session.id).await;
     }
     if let Some(mut w) = self.warm.take(&session.id) {

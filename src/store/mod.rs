@@ -33,7 +33,7 @@ pub use budgets::{
 };
 pub use events::{EventBounds, EventRow, Notice, RunningTask, NOTIFY_ABORT, NOTIFY_EVENTS};
 pub use inbox::{Delivery, Receipt};
-pub use interface::{Backend, Budgets, Events, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
+pub use interface::{Backend, Branches, Budgets, Events, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -97,6 +97,18 @@ pub struct Session {
   /// The scope of the spend cap that stopped the session's last task (`user`, `project`,
   /// `session`); cleared by the end of a task that a cap did not stop.
   pub paused: Option<String>,
+}
+
+/// Where a session branches (`store::Branches`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BranchPoint {
+  /// The parent's message (its `getMessages` id) a fork continues from.
+  pub fork_at: Option<String>,
+  /// The transcript entry the next run continues from (`--resume-session-at`): a fork's first run,
+  /// or a pending rewind. Cleared once a run used it.
+  pub resume_at: Option<String>,
+  /// The one prompt a pending rewind drops (`--resume-drops-turn`), when it drops exactly one.
+  pub resume_drops: Option<String>,
 }
 
 /// What a new session row starts with.

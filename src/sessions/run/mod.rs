@@ -135,9 +135,13 @@ impl Manager {
     let recording = self.start_recording(&run.session.id, &run.task_id);
     let _stop_watch = self.watch_abort(&run.task_id, cancel.clone());
     let sink = Some(recorded(sink, recording.recorder.clone()));
-    let outcome = match run.prepare(self, &mut spec).await {
-      Ok(mode) => {
-        cli.session = Some(mode);
+    let mut branch = None;
+    let prepared = match run.prepare(self, &mut spec).await {
+      Ok(mode) => self.continue_from(&run.session, mode, &mut cli).await.map(|at| branch = at),
+      Err(e) => Err(e),
+    };
+    let outcome = match prepared {
+      Ok(()) => {
         let permit = run.take_permit();
         let job = Job {
           session: &run.session,
@@ -155,6 +159,10 @@ impl Manager {
       }
       Err(e) => Err(e),
     };
+    // The CLI ran from the branch point (or refused it for good): it is taken.
+    if let (Some(at), true) = (branch, outcome.is_ok()) {
+      self.branch_taken(&run.session.id, at).await;
+    }
     // The CLI's events are in the log before the task's row ends; its end right after.
     recording.recorder.flush().await;
     let (sid, tid) = (run.session.id.clone(), run.task_id.clone());

@@ -52,11 +52,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-  Backend, Begin, Budgets, Compaction, ContextSnapshot, EndStep, Inbox, ListQuery, Meter, NewSession, Session, Sessions, TaskEnd,
-  TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
+  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, EndStep, Inbox, ListQuery, Meter, NewSession, Session,
+  Sessions, TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
 };
 use crate::error::{Error, ErrorCode, Result};
 
+mod branches;
 mod budgets;
 mod events;
 mod inbox;

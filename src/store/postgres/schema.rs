@@ -270,6 +270,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
   );
   CREATE INDEX task_events_by_task ON {S}.task_events (task_id);
   "#,
+  // 8 -> 9: where a session branches (`postgres/branches.rs`): a fork's message, a pending rewind.
+  r#"
+  CREATE TABLE {S}.branch_points (
+    session_id TEXT PRIMARY KEY REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    fork_at TEXT,
+    resume_at TEXT,
+    resume_drops TEXT
+  );
+  "#,
 ];
 
 /// The schema version this build writes.

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use super::*;
 use crate::error::{Error, Result};
 
+mod branches;
 mod budgets;
 mod events;
 mod inbox;

@@ -188,6 +188,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
   ) WITHOUT ROWID;
   CREATE INDEX task_events_by_task ON task_events (task_id);
   "#,
+  // 10 -> 11: where a session branches (`branches.rs`): a fork's message, a pending rewind.
+  r#"
+  CREATE TABLE branch_points (
+    session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    fork_at TEXT,
+    resume_at TEXT,
+    resume_drops TEXT
+  );
+  "#,
 ];
 
 /// The schema version this build writes.
