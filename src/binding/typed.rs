@@ -50,6 +50,20 @@ pub(crate) fn percent(field: &str, value: f64) -> CoreResult<f64> {
   Ok(value)
 }
 
+/// An amount of US dollars: finite and not negative.
+fn usd(field: &str, v: f64) -> CoreResult<f64> {
+  if !v.is_finite() || v < 0.0 {
+    return Err(CoreError::invalid(format!("{field} must be a finite number of US dollars, 0 or more, got {v}")));
+  }
+  Ok(v)
+}
+
+/// A cap's period: `day`, `month` or none.
+fn budget_period(field: &str, p: Option<&str>) -> CoreResult<Option<manager::BudgetPeriod>> {
+  let choices = manager::BudgetPeriod::ALL.map(|v| (v.as_str(), v));
+  opt(p, |p| pick(p, &choices, || format!("{field} must be \"day\" or \"month\" (or left out for no period), got {p:?}")))
+}
+
 /// A whole number of milliseconds, 0 or more.
 fn millis(field: &str, v: f64) -> CoreResult<Duration> {
   Ok(Duration::from_millis(non_negative_int(field, v)?))
@@ -138,6 +152,8 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
         return Err(CoreError::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
       }
     }
+    let budgets = opt(o.budgets, budget_defaults)?;
+    let model_prices = o.model_prices.unwrap_or_default().into_iter().map(model_price).collect::<CoreResult<Vec<_>>>()?;
     let paths = o.sandbox_paths.unwrap_or_default();
     Ok(manager::Options {
       database_path: o.database_path,
@@ -177,23 +193,35 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
       max_warm_sessions,
       permission_timeout,
       max_transcript_bytes,
-      budgets: o
-        .budgets
-        .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),
-      model_prices: o
-        .model_prices
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| manager::ModelPrice {
-          model: p.model,
-          input: p.input,
-          output: p.output,
-          cache_write: p.cache_write,
-          cache_read: p.cache_read,
-        })
-        .collect(),
+      budgets,
+      model_prices,
     })
   }
+}
+
+/// `budgets` in the manager's options.
+fn budget_defaults(b: JsBudgetDefaults) -> CoreResult<manager::BudgetOptions> {
+  let per_user = opt(b.per_user, |c| {
+    let cap = usd("budgets.perUser.usd", c.usd)?;
+    Ok((cap, budget_period("budgets.perUser.period", c.period.as_deref())?))
+  })?;
+  let per_session = opt(b.per_session, |c| usd("budgets.perSession.usd", c.usd))?;
+  Ok(manager::BudgetOptions { per_user, per_session })
+}
+
+/// One entry of `modelPrices`.
+fn model_price(p: JsModelPrice) -> CoreResult<manager::ModelPrice> {
+  if p.model.trim().is_empty() {
+    return Err(CoreError::invalid("modelPrices: each entry needs a model (a family such as \"opus\" or a model id)"));
+  }
+  let f = |name: &str, v: f64| usd(&format!("modelPrices[{:?}].{name}", p.model), v);
+  Ok(manager::ModelPrice {
+    input: f("input", p.input)?,
+    output: f("output", p.output)?,
+    cache_write: opt(p.cache_write, |v| f("cacheWrite", v))?,
+    cache_read: opt(p.cache_read, |v| f("cacheRead", v))?,
+    model: p.model,
+  })
 }
 
 /// `sandboxLimits` in bytes and processes, with the sandbox's defaults.
@@ -408,8 +436,8 @@ impl TryFrom<JsBudgetRequest> for manager::SetBudgetRequest {
   type Error = CoreError;
 
   fn try_from(r: JsBudgetRequest) -> CoreResult<Self> {
-    let usd = manager::budget_usd("usd", r.usd.ok_or_else(|| CoreError::invalid("usd is required"))?)?;
-    let period = manager::budget_period("period", r.period.as_deref())?;
+    let usd = usd("usd", r.usd.ok_or_else(|| CoreError::invalid("usd is required"))?)?;
+    let period = budget_period("period", r.period.as_deref())?;
     if r.scope == "session" && period.is_some() {
       return Err(CoreError::invalid("a session budget has no period"));
     }
@@ -814,6 +842,30 @@ mod tests {
       (options(|o| o.setting_sources = Some(vec!["global".into()])), "settingSources entries are \"user\", \"project\" or \"local\""),
       (options(|o| o.lease_ttl_ms = Some(299.0)), "leaseTtlMs must be from 300 to 86400000, got 299"),
       (options(|o| o.node_id = Some("a\nb".into())), "nodeId must be 1 to 200 characters"),
+      (
+        options(|o| o.budgets = Some(JsBudgetDefaults { per_user: Some(DefaultCap { usd: -1.0, period: None }), per_session: None })),
+        "budgets.perUser.usd must be a finite number of US dollars, 0 or more, got -1",
+      ),
+      (
+        options(|o| {
+          o.budgets = Some(JsBudgetDefaults { per_user: Some(DefaultCap { usd: 1.0, period: Some("week".into()) }), per_session: None })
+        }),
+        "budgets.perUser.period must be \"day\" or \"month\"",
+      ),
+      (
+        options(|o| {
+          o.budgets = Some(JsBudgetDefaults { per_session: Some(DefaultCap { usd: f64::INFINITY, period: None }), per_user: None })
+        }),
+        "budgets.perSession.usd must be a finite number",
+      ),
+      (
+        options(|o| o.model_prices = Some(vec![JsModelPrice { model: " ".into(), ..Default::default() }])),
+        "modelPrices: each entry needs a model",
+      ),
+      (
+        options(|o| o.model_prices = Some(vec![JsModelPrice { model: "opus".into(), input: 1.0, output: -2.0, ..Default::default() }])),
+        "modelPrices[\"opus\"].output must be a finite number of US dollars",
+      ),
     ]);
   }
 

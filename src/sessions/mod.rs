@@ -35,7 +35,6 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
-pub(crate) use budgets::{period as budget_period, usd as budget_usd};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use finish::classify_result;
