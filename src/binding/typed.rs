@@ -325,6 +325,21 @@ impl TryFrom<JsCompactRequest> for manager::CompactRequest {
   }
 }
 
+impl TryFrom<JsSendMessageRequest> for manager::SendMessageRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsSendMessageRequest) -> CoreResult<Self> {
+    let p = &r.prompt;
+    if p.trim().is_empty() || p.contains('\0') || p.len() > validate::MAX_PROMPT_BYTES {
+      return Err(CoreError::invalid("prompt must be a non-empty string without NUL bytes, within the prompt size limit"));
+    }
+    if p.split_whitespace().next().is_some_and(|first| first.starts_with('/')) {
+      return Err(CoreError::invalid("a message sent to a running task is text; slash commands cannot be sent this way"));
+    }
+    Ok(manager::SendMessageRequest { session_id: r.session_id, user_id: r.user_id, prompt: r.prompt })
+  }
+}
+
 impl TryFrom<ListSessionsRequest> for manager::ListRequest {
   type Error = CoreError;
 
@@ -866,6 +881,20 @@ mod tests {
         options(|o| o.model_prices = Some(vec![JsModelPrice { model: "opus".into(), input: 1.0, output: -2.0, ..Default::default() }])),
         "modelPrices[\"opus\"].output must be a finite number of US dollars",
       ),
+    ]);
+  }
+
+  #[test]
+  fn a_message_is_text() {
+    let send = |p: &str| {
+      manager::SendMessageRequest::try_from(JsSendMessageRequest { session_id: "s".into(), user_id: "u".into(), prompt: p.into() })
+    };
+    assert_eq!(send("and also the tests").unwrap().prompt, "and also the tests");
+    all_invalid([
+      (send(" "), "prompt must be a non-empty string without NUL bytes"),
+      (send("a\0"), "prompt must be a non-empty string without NUL bytes"),
+      (send(&"x".repeat(validate::MAX_PROMPT_BYTES + 1)), "prompt must be a non-empty string without NUL bytes"),
+      (send("  /compact now"), "a message sent to a running task is text"),
     ]);
   }
 

@@ -40,8 +40,9 @@ pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
-  CleanupRequest, CompactRequest, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate, SessionStatus,
-  TaskError, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES, MAX_TOOL_RULES, MAX_TURNS,
+  CleanupRequest, CompactRequest, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
+  SendMessageRequest, SessionStatus, TaskError, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
+  MAX_TOOL_RULES, MAX_TURNS,
 };
 
 /// Receives every event of a task as it arrives.

@@ -139,6 +139,15 @@ pub struct CompactRequest {
   pub summary_instructions: Option<String>,
 }
 
+/// A `sendMessage` request, checked where it came in.
+#[derive(Debug, Clone, Default)]
+pub struct SendMessageRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// Text (not a slash command): not blank, no NUL, at most `validate::MAX_PROMPT_BYTES`.
+  pub prompt: String,
+}
+
 /// Most turns a task may be given (`maxTurns`).
 pub const MAX_TURNS: u32 = 10_000;
 /// Most entries of `allowedTools` or `disallowedTools`.
