@@ -40,8 +40,8 @@ pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
-  CleanupRequest, CompactRequest, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
-  SendMessageRequest, SessionStatus, TaskError, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
+  CleanupRequest, CompactRequest, CompactTrigger, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
+  SendMessageRequest, SessionStatus, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
   MAX_TOOL_RULES, MAX_TURNS,
 };
 

@@ -148,6 +148,44 @@ pub struct SendMessageRequest {
   pub prompt: String,
 }
 
+/// What a run of the CLI is for (recorded on its task row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+  /// A prompt (`executeTask`).
+  Task,
+  /// `/compact` (`compactSession`, or before a task with `autoCompact`).
+  Compact,
+}
+
+impl TaskKind {
+  /// As the store records it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      TaskKind::Task => "task",
+      TaskKind::Compact => "compact",
+    }
+  }
+}
+
+/// Why a compaction ran (recorded instead of the CLI's own label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactTrigger {
+  /// `compactSession`.
+  Manual,
+  /// `autoCompact` before a task.
+  Auto,
+}
+
+impl CompactTrigger {
+  /// As the store and `getSessionContext` show it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      CompactTrigger::Manual => "manual",
+      CompactTrigger::Auto => "auto",
+    }
+  }
+}
+
 /// Most turns a task may be given (`maxTurns`).
 pub const MAX_TURNS: u32 = 10_000;
 /// Most entries of `allowedTools` or `disallowedTools`.

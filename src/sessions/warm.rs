@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::mirror::{mirror_supported, TaskMirror};
 use super::run::Job;
 use super::slot::TaskSlot;
-use super::{store_call, EventSink, Manager, SendMessageRequest, Wait};
+use super::{store_call, EventSink, Manager, SendMessageRequest, TaskKind, Wait};
 use crate::cli::mirror::MirrorTx;
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
@@ -339,8 +339,8 @@ impl Manager {
   /// the CLI's `--max-budget-usd`: the CLI then stops after the model call that crosses it,
   /// before any tool of that call runs, as a cold task does. (A reused warm process counts cost
   /// over every task it ran, so the flag cannot be per task there.)
-  pub(crate) fn runs_warm(&self, kind: &str, can_use_tool: bool, budget: bool) -> bool {
-    kind == "task" && (can_use_tool || (self.warm_idle().is_some() && !budget))
+  pub(crate) fn runs_warm(&self, kind: TaskKind, can_use_tool: bool, budget: bool) -> bool {
+    kind == TaskKind::Task && (can_use_tool || (self.warm_idle().is_some() && !budget))
   }
 
   /// How long a warm process is kept after its task.
