@@ -1,4 +1,6 @@
-//! The requests and results of the session API, as the binding reads and returns them.
+//! The requests and results of the session API. A request is typed (counts, `Duration`s, enums,
+//! canonical ids) and arrives checked: the binding's `TryFrom` (`binding/typed.rs`) made it from
+//! the JavaScript value, so the manager checks only what depends on its settings or its store.
 
 use std::time::Duration;
 
