@@ -368,14 +368,7 @@ impl SessionManager {
   pub fn send_message<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, ()> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(
-      env,
-      async move {
-        let r: SendMessageRequest = parse("sendMessage", request?)?;
-        m.send_message(&r.session_id, &r.user_id, &r.prompt).await
-      },
-      |()| (),
-    )
+    promise(env, async move { m.send_message(parse::<JsSendMessageRequest>("sendMessage", request?)?.try_into()?).await }, |()| ())
   }
 
   /// Answers a permission request of a task on the user's session, wherever the task runs (in

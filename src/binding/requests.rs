@@ -311,10 +311,10 @@ pub struct JsTaskRequest {
 }
 
 /// `sendMessage`: a message for the task running on a session.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "SendMessageRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SendMessageRequest {
+pub struct JsSendMessageRequest {
   pub session_id: String,
   pub user_id: String,
   /// Plain text (not a slash command); it reaches the CLI on stdin.

@@ -50,6 +50,20 @@ pub(crate) fn percent(field: &str, value: f64) -> CoreResult<f64> {
   Ok(value)
 }
 
+/// An amount of US dollars: finite and not negative.
+fn usd(field: &str, v: f64) -> CoreResult<f64> {
+  if !v.is_finite() || v < 0.0 {
+    return Err(CoreError::invalid(format!("{field} must be a finite number of US dollars, 0 or more, got {v}")));
+  }
+  Ok(v)
+}
+
+/// A cap's period: `day`, `month` or none.
+fn budget_period(field: &str, p: Option<&str>) -> CoreResult<Option<manager::BudgetPeriod>> {
+  let choices = manager::BudgetPeriod::ALL.map(|v| (v.as_str(), v));
+  opt(p, |p| pick(p, &choices, || format!("{field} must be \"day\" or \"month\" (or left out for no period), got {p:?}")))
+}
+
 /// A whole number of milliseconds, 0 or more.
 fn millis(field: &str, v: f64) -> CoreResult<Duration> {
   Ok(Duration::from_millis(non_negative_int(field, v)?))
@@ -58,6 +72,11 @@ fn millis(field: &str, v: f64) -> CoreResult<Duration> {
 /// A whole number of milliseconds, at least 1.
 fn positive_millis(field: &str, v: f64) -> CoreResult<Duration> {
   Ok(Duration::from_millis(positive_int(field, v)?))
+}
+
+/// The choice JavaScript spells `value`, else `INVALID_ARGUMENT` with the message `refused` makes.
+fn pick<T: Copy>(value: &str, choices: &[(&str, T)], refused: impl FnOnce() -> String) -> CoreResult<T> {
+  choices.iter().find(|(name, _)| *name == value).map(|(_, t)| *t).ok_or_else(|| CoreError::invalid(refused()))
 }
 
 /// An optional value checked (or converted) by `check`.
@@ -78,11 +97,9 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
   /// The options' shapes; folders, the database and the environment are `Config::resolve`'s.
   fn try_from(o: SessionManagerOptions) -> CoreResult<Self> {
     use manager::{Isolation, SandboxMode};
-    let isolate_tenants = opt(o.isolate_tenants, |i| match i.as_str() {
-      "none" => Ok(Isolation::None),
-      "user" => Ok(Isolation::User),
-      "project" => Ok(Isolation::Project),
-      other => Err(CoreError::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
+    let isolate_tenants = opt(o.isolate_tenants, |i| {
+      let choices = [("none", Isolation::None), ("user", Isolation::User), ("project", Isolation::Project)];
+      pick(&i, &choices, || format!("isolateTenants must be \"none\", \"user\" or \"project\", got {i:?}"))
     })?;
     let count = |field: &str, v: Option<f64>| opt(v, |n| positive_int(field, n));
     let context_window = count("contextWindow", o.context_window)?;
@@ -105,11 +122,9 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
         .filter(|n| *n <= 19)
         .ok_or_else(|| CoreError::invalid(format!("cliNiceness must be an integer from 0 to 19, got {n}")))
     })?;
-    let sandbox = opt(o.sandbox, |s| match s.as_str() {
-      "auto" => Ok(SandboxMode::Auto),
-      "bubblewrap" => Ok(SandboxMode::Bubblewrap),
-      "none" => Ok(SandboxMode::None),
-      other => Err(CoreError::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
+    let sandbox = opt(o.sandbox, |s| {
+      let choices = [("auto", SandboxMode::Auto), ("bubblewrap", SandboxMode::Bubblewrap), ("none", SandboxMode::None)];
+      pick(&s, &choices, || format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {s:?}"))
     })?;
     let sandbox_limits = sandbox_limits(o.sandbox_limits.unwrap_or_default())?;
     let allow_slash_commands = o.allow_slash_commands.unwrap_or_default();
@@ -138,6 +153,8 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
         return Err(CoreError::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
       }
     }
+    let budgets = opt(o.budgets, budget_defaults)?;
+    let model_prices = o.model_prices.unwrap_or_default().into_iter().map(model_price).collect::<CoreResult<Vec<_>>>()?;
     let paths = o.sandbox_paths.unwrap_or_default();
     Ok(manager::Options {
       database_path: o.database_path,
@@ -179,23 +196,35 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
       permission_timeout,
       max_transcript_bytes,
       event_retention,
-      budgets: o
-        .budgets
-        .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),
-      model_prices: o
-        .model_prices
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| manager::ModelPrice {
-          model: p.model,
-          input: p.input,
-          output: p.output,
-          cache_write: p.cache_write,
-          cache_read: p.cache_read,
-        })
-        .collect(),
+      budgets,
+      model_prices,
     })
   }
+}
+
+/// `budgets` in the manager's options.
+fn budget_defaults(b: JsBudgetDefaults) -> CoreResult<manager::BudgetOptions> {
+  let per_user = opt(b.per_user, |c| {
+    let cap = usd("budgets.perUser.usd", c.usd)?;
+    Ok((cap, budget_period("budgets.perUser.period", c.period.as_deref())?))
+  })?;
+  let per_session = opt(b.per_session, |c| usd("budgets.perSession.usd", c.usd))?;
+  Ok(manager::BudgetOptions { per_user, per_session })
+}
+
+/// One entry of `modelPrices`.
+fn model_price(p: JsModelPrice) -> CoreResult<manager::ModelPrice> {
+  if p.model.trim().is_empty() {
+    return Err(CoreError::invalid("modelPrices: each entry needs a model (a family such as \"opus\" or a model id)"));
+  }
+  let f = |name: &str, v: f64| usd(&format!("modelPrices[{:?}].{name}", p.model), v);
+  Ok(manager::ModelPrice {
+    input: f("input", p.input)?,
+    output: f("output", p.output)?,
+    cache_write: opt(p.cache_write, |v| f("cacheWrite", v))?,
+    cache_read: opt(p.cache_read, |v| f("cacheRead", v))?,
+    model: p.model,
+  })
 }
 
 /// `sandboxLimits` in bytes and processes, with the sandbox's defaults.
@@ -246,10 +275,8 @@ impl TryFrom<JsTaskRequest> for manager::TaskRequest {
     let disallowed_tools = r.disallowed_tools.unwrap_or_default();
     validate::tool_rules("disallowedTools", &disallowed_tools, manager::MAX_TOOL_RULES)?;
     let permission_mode = opt(r.permission_mode, |m| {
-      manager::PermissionMode::ALL
-        .into_iter()
-        .find(|p| p.as_str() == m)
-        .ok_or_else(|| CoreError::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {m:?}")))
+      let choices = manager::PermissionMode::ALL.map(|p| (p.as_str(), p));
+      pick(&m, &choices, || format!("permissionMode must be one of default, acceptEdits, plan; got {m:?}"))
     })?;
     opt(r.append_system_prompt.as_deref(), |s| validate::cli_value("appendSystemPrompt", s, 64 * 1024))?;
     let max_budget_usd = opt(r.max_budget_usd, |b| budget_usd("maxBudgetUsd", b))?;
@@ -305,16 +332,29 @@ impl TryFrom<JsCompactRequest> for manager::CompactRequest {
   }
 }
 
+impl TryFrom<JsSendMessageRequest> for manager::SendMessageRequest {
+  type Error = CoreError;
+
+  fn try_from(r: JsSendMessageRequest) -> CoreResult<Self> {
+    let p = &r.prompt;
+    if p.trim().is_empty() || p.contains('\0') || p.len() > validate::MAX_PROMPT_BYTES {
+      return Err(CoreError::invalid("prompt must be a non-empty string without NUL bytes, within the prompt size limit"));
+    }
+    if p.split_whitespace().next().is_some_and(|first| first.starts_with('/')) {
+      return Err(CoreError::invalid("a message sent to a running task is text; slash commands cannot be sent this way"));
+    }
+    Ok(manager::SendMessageRequest { session_id: r.session_id, user_id: r.user_id, prompt: r.prompt })
+  }
+}
+
 impl TryFrom<ListSessionsRequest> for manager::ListRequest {
   type Error = CoreError;
 
   fn try_from(r: ListSessionsRequest) -> CoreResult<Self> {
     user_project(&r.user_id, r.project_id.as_deref())?;
     let status = opt(r.status, |s| {
-      manager::SessionStatus::ALL
-        .into_iter()
-        .find(|v| v.as_str() == s)
-        .ok_or_else(|| CoreError::invalid(format!("status must be \"active\" or \"archived\", got {s:?}")))
+      let choices = manager::SessionStatus::ALL.map(|v| (v.as_str(), v));
+      pick(&s, &choices, || format!("status must be \"active\" or \"archived\", got {s:?}"))
     })?;
     let parent_id = opt(r.parent_id.as_deref(), |p| validate::session_id("parentId", p))?;
     let limit = opt(r.limit, |l| Ok(positive_int("limit", l)?.min(manager::MAX_LIST)))?;
@@ -418,8 +458,8 @@ impl TryFrom<JsBudgetRequest> for manager::SetBudgetRequest {
   type Error = CoreError;
 
   fn try_from(r: JsBudgetRequest) -> CoreResult<Self> {
-    let usd = manager::budget_usd("usd", r.usd.ok_or_else(|| CoreError::invalid("usd is required"))?)?;
-    let period = manager::budget_period("period", r.period.as_deref())?;
+    let usd = usd("usd", r.usd.ok_or_else(|| CoreError::invalid("usd is required"))?)?;
+    let period = budget_period("period", r.period.as_deref())?;
     if r.scope == "session" && period.is_some() {
       return Err(CoreError::invalid("a session budget has no period"));
     }
@@ -434,10 +474,8 @@ impl TryFrom<JsUsageRequest> for manager::UsageRequest {
     opt(r.user_id.as_deref(), |u| validate::id("userId", u))?;
     opt(r.project_id.as_deref(), |p| validate::id("projectId", p))?;
     let session_id = opt(r.session_id.as_deref(), |s| validate::session_id("sessionId", s))?;
-    let group_by = manager::UsageGroupBy::ALL
-      .into_iter()
-      .find(|g| g.as_str() == r.group_by)
-      .ok_or_else(|| CoreError::invalid(format!("groupBy must be \"day\", \"model\" or \"session\", got {:?}", r.group_by)))?;
+    let choices = manager::UsageGroupBy::ALL.map(|g| (g.as_str(), g));
+    let group_by = pick(&r.group_by, &choices, || format!("groupBy must be \"day\", \"model\" or \"session\", got {:?}", r.group_by))?;
     // Whole milliseconds up to 2^53, so they fit an i64.
     let ms = |field: &str, v: Option<f64>| opt(v, |v| Ok(non_negative_int(field, v)? as i64));
     Ok(manager::UsageRequest {
@@ -500,6 +538,21 @@ mod tests {
   fn refused<T: std::fmt::Debug>(r: CoreResult<T>) -> (ErrorCode, String) {
     let e = r.expect_err("refused");
     (e.code, e.message)
+  }
+
+  /// Each conversion fails with `INVALID_ARGUMENT` and a message that starts as given.
+  fn all_invalid<T: std::fmt::Debug, const N: usize>(cases: [(CoreResult<T>, &str); N]) {
+    for (r, message) in cases {
+      let (code, m) = refused(r);
+      assert_eq!(code, ErrorCode::InvalidArgument, "{m}");
+      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
+    }
+  }
+
+  /// `base` changed by `f`.
+  fn with<J>(mut base: J, f: fn(&mut J)) -> J {
+    f(&mut base);
+    base
   }
 
   fn task() -> JsTaskRequest {
@@ -578,9 +631,7 @@ mod tests {
   #[test]
   fn session_requests_become_typed() {
     let list = |f: fn(&mut ListSessionsRequest)| {
-      let mut r = ListSessionsRequest { user_id: "u".into(), ..Default::default() };
-      f(&mut r);
-      manager::ListRequest::try_from(r)
+      manager::ListRequest::try_from(with(ListSessionsRequest { user_id: "u".into(), ..Default::default() }, f))
     };
     let r = list(|_| {}).unwrap();
     assert_eq!((r.status, r.limit, r.offset), (None, manager::DEFAULT_LIST, 0));
@@ -593,18 +644,14 @@ mod tests {
     .unwrap();
     assert_eq!((r.status, r.limit, r.offset), (Some(manager::SessionStatus::Archived), manager::MAX_LIST, 7));
     assert_eq!(r.parent_id.as_deref(), Some("123e4567-e89b-42d3-a456-426614174000"));
-    for (bad, message) in [
+    all_invalid([
       (list(|r| r.user_id = "".into()), "userId must be a non-empty string"),
       (list(|r| r.project_id = Some("\u{202E}p".into())), "projectId contains the invisible or bidirectional character"),
       (list(|r| r.status = Some("deleted".into())), "status must be \"active\" or \"archived\", got \"deleted\""),
       (list(|r| r.parent_id = Some("x".into())), "parentId must be a UUID"),
       (list(|r| r.limit = Some(0.0)), "limit must be at least 1"),
       (list(|r| r.offset = Some(-1.0)), "offset must be a whole number >= 0, got -1"),
-    ] {
-      let (code, m) = refused(bad);
-      assert_eq!(code, ErrorCode::InvalidArgument);
-      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
-    }
+    ]);
 
     let cleanup =
       |age: f64| manager::CleanupRequest::try_from(JsCleanupRequest { user_id: "u".into(), max_age_ms: age, ..Default::default() });
@@ -612,8 +659,14 @@ mod tests {
     assert_eq!((r.max_age, r.keep_active), (Duration::from_secs(60), true));
     assert_eq!(refused(cleanup(0.5)), (ErrorCode::InvalidArgument, "maxAgeMs must be a whole number >= 0, got 0.5".into()));
 
-    let fork =
-      |t: &str| manager::ForkRequest::try_from(JsForkRequest { session_id: "s".into(), user_id: "u".into(), title: Some(t.into()), at_message_id: None });
+    let fork = |t: &str| {
+      manager::ForkRequest::try_from(JsForkRequest {
+        session_id: "s".into(),
+        user_id: "u".into(),
+        title: Some(t.into()),
+        at_message_id: None,
+      })
+    };
     assert_eq!(fork("Résumé").unwrap().title.as_deref(), Some("Résumé"));
     assert!(refused(fork("a\tb")).1.starts_with("title contains the control character U+0009"));
   }
@@ -655,7 +708,7 @@ mod tests {
     );
     // getBudget and deleteBudget ignore usd and period, as before.
     assert!(key(JsBudgetRequest { usd: Some(-1.0), period: Some("week".into()), ..req("user") }).is_ok());
-    for (bad, message) in [
+    all_invalid([
       (key(req("team")), "scope must be one of [\"user\", \"project\", \"session\"], got \"team\""),
       (key(JsBudgetRequest { user_id: Some("".into()), ..req("user") }), "userId must be a non-empty string"),
       (key(JsBudgetRequest { user_id: None, ..req("user") }), "userId is required"),
@@ -668,34 +721,24 @@ mod tests {
       ),
       (key(req("session")), "a session budget needs sessionId"),
       (key(JsBudgetRequest { session_id: Some("s".into()), ..req("session") }), "sessionId must be a UUID"),
-    ] {
-      let (code, m) = refused(bad);
-      assert_eq!(code, ErrorCode::InvalidArgument);
-      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
-    }
+    ]);
 
     let set = |r: JsBudgetRequest| manager::SetBudgetRequest::try_from(r);
     let s = set(JsBudgetRequest { usd: Some(2.5), period: Some("month".into()), ..req("user") }).unwrap();
     assert_eq!((s.usd, s.period, s.key.scope), (2.5, Some(manager::BudgetPeriod::Month), manager::BudgetScope::User));
-    for (bad, message) in [
+    all_invalid([
       (set(req("user")), "usd is required"),
       (set(JsBudgetRequest { usd: Some(f64::NAN), ..req("user") }), "usd must be a finite number of US dollars, 0 or more"),
       (set(JsBudgetRequest { usd: Some(1.0), period: Some("week".into()), ..req("user") }), "period must be \"day\" or \"month\""),
       (set(JsBudgetRequest { usd: Some(1.0), period: Some("day".into()), ..req("session") }), "a session budget has no period"),
       (set(JsBudgetRequest { usd: Some(1.0), ..req("team") }), "scope must be one of"),
-    ] {
-      let (code, m) = refused(bad);
-      assert_eq!(code, ErrorCode::InvalidArgument);
-      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
-    }
+    ]);
   }
 
   #[test]
   fn usage_requests_become_typed() {
     let usage = |f: fn(&mut JsUsageRequest)| {
-      let mut r = JsUsageRequest { group_by: "model".into(), ..Default::default() };
-      f(&mut r);
-      manager::UsageRequest::try_from(r)
+      manager::UsageRequest::try_from(with(JsUsageRequest { group_by: "model".into(), ..Default::default() }, f))
     };
     let r = usage(|r| r.since = Some(1_700_000_000_000.0)).unwrap();
     assert_eq!((r.group_by, r.since, r.until), (manager::UsageGroupBy::Model, Some(1_700_000_000_000), None));
@@ -703,18 +746,14 @@ mod tests {
       let r = manager::UsageRequest::try_from(JsUsageRequest { group_by: g.as_str().into(), ..Default::default() }).unwrap();
       assert_eq!(r.group_by, g);
     }
-    for (bad, message) in [
+    all_invalid([
       (usage(|r| r.group_by = "week".into()), "groupBy must be \"day\", \"model\" or \"session\", got \"week\""),
       (usage(|r| r.user_id = Some("\n".into())), "userId must be a non-empty string"),
       (usage(|r| r.project_id = Some("a\u{0}".into())), "projectId contains the control character"),
       (usage(|r| r.session_id = Some("x".into())), "sessionId must be a UUID"),
       (usage(|r| r.since = Some(-5.0)), "since must be a whole number >= 0"),
       (usage(|r| r.until = Some(0.25)), "until must be a whole number >= 0"),
-    ] {
-      let (code, m) = refused(bad);
-      assert_eq!(code, ErrorCode::InvalidArgument);
-      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
-    }
+    ]);
   }
 
   fn response(behavior: &str) -> JsPermissionResponse {
@@ -743,22 +782,21 @@ mod tests {
       decision(edited).unwrap(),
       Decision::Allow { updated_input: Some(json!({ "content": "x" })), updated_permissions: None, remember: false }
     );
-    for (bad, message) in [
-      (response("yes"), "behavior must be \"allow\" or \"deny\", got \"yes\""),
-      (JsPermissionResponse { remember: Some("session".into()), ..response("deny") }, "remember goes with behavior \"allow\" only"),
-      (JsPermissionResponse { remember: Some("forever".into()), ..response("allow") }, "remember must be \"session\", got \"forever\""),
-      (JsPermissionResponse { updated_input: Some(json!([])), ..response("allow") }, "updatedInput must be an object"),
-      (
-        JsPermissionResponse { updated_input: Some(json!({ "content": "x".repeat(validate::MAX_PROMPT_BYTES) })), ..response("allow") },
-        "updatedInput must be at most",
-      ),
-      (JsPermissionResponse { message: Some("a\0b".into()), ..response("deny") }, "message must be at most 65536 bytes"),
-      (JsPermissionResponse { request_id: String::new(), ..response("allow") }, "requestId must be a non-empty string"),
-    ] {
-      let (code, m) = refused(manager::PermissionResponse::try_from(bad));
-      assert_eq!(code, ErrorCode::InvalidArgument);
-      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
-    }
+    all_invalid(
+      [
+        (response("yes"), "behavior must be \"allow\" or \"deny\", got \"yes\""),
+        (JsPermissionResponse { remember: Some("session".into()), ..response("deny") }, "remember goes with behavior \"allow\" only"),
+        (JsPermissionResponse { remember: Some("forever".into()), ..response("allow") }, "remember must be \"session\", got \"forever\""),
+        (JsPermissionResponse { updated_input: Some(json!([])), ..response("allow") }, "updatedInput must be an object"),
+        (
+          JsPermissionResponse { updated_input: Some(json!({ "content": "x".repeat(validate::MAX_PROMPT_BYTES) })), ..response("allow") },
+          "updatedInput must be at most",
+        ),
+        (JsPermissionResponse { message: Some("a\0b".into()), ..response("deny") }, "message must be at most 65536 bytes"),
+        (JsPermissionResponse { request_id: String::new(), ..response("allow") }, "requestId must be a non-empty string"),
+      ]
+      .map(|(r, message)| (manager::PermissionResponse::try_from(r), message)),
+    );
   }
 
   #[test]
@@ -787,11 +825,7 @@ mod tests {
 
   #[test]
   fn manager_options_become_typed() {
-    let options = |f: fn(&mut SessionManagerOptions)| {
-      let mut o = SessionManagerOptions::default();
-      f(&mut o);
-      manager::Options::try_from(o)
-    };
+    let options = |f: fn(&mut SessionManagerOptions)| manager::Options::try_from(with(SessionManagerOptions::default(), f));
     let o = options(|_| {}).unwrap();
     assert!(o.isolate_tenants.is_none() && o.sandbox.is_none() && o.lease_ttl.is_none() && o.stall_timeout.is_none());
     assert_eq!(o.sandbox_limits, crate::cli::SandboxLimits::default());
@@ -814,7 +848,7 @@ mod tests {
     );
     assert_eq!((o.cli_niceness, o.max_concurrent_tasks, o.sandbox_limits.tmp_bytes), (Some(19), Some(4), 2 << 20));
     assert_eq!(o.sandbox_read_only, ["/usr/share"]);
-    for (bad, message) in [
+    all_invalid([
       (options(|o| o.isolate_tenants = Some("team".into())), "isolateTenants must be \"none\", \"user\" or \"project\", got \"team\""),
       (options(|o| o.context_window = Some(0.0)), "contextWindow must be at least 1"),
       (options(|o| o.compact_threshold = Some(120.0)), "compactThreshold must be a percentage"),
@@ -836,11 +870,45 @@ mod tests {
       (options(|o| o.setting_sources = Some(vec!["global".into()])), "settingSources entries are \"user\", \"project\" or \"local\""),
       (options(|o| o.lease_ttl_ms = Some(299.0)), "leaseTtlMs must be from 300 to 86400000, got 299"),
       (options(|o| o.node_id = Some("a\nb".into())), "nodeId must be 1 to 200 characters"),
-    ] {
-      let (code, m) = refused(bad);
-      assert_eq!(code, ErrorCode::InvalidArgument);
-      assert!(m.starts_with(message), "{m:?} should start with {message:?}");
-    }
+      (
+        options(|o| o.budgets = Some(JsBudgetDefaults { per_user: Some(DefaultCap { usd: -1.0, period: None }), per_session: None })),
+        "budgets.perUser.usd must be a finite number of US dollars, 0 or more, got -1",
+      ),
+      (
+        options(|o| {
+          o.budgets = Some(JsBudgetDefaults { per_user: Some(DefaultCap { usd: 1.0, period: Some("week".into()) }), per_session: None })
+        }),
+        "budgets.perUser.period must be \"day\" or \"month\"",
+      ),
+      (
+        options(|o| {
+          o.budgets = Some(JsBudgetDefaults { per_session: Some(DefaultCap { usd: f64::INFINITY, period: None }), per_user: None })
+        }),
+        "budgets.perSession.usd must be a finite number",
+      ),
+      (
+        options(|o| o.model_prices = Some(vec![JsModelPrice { model: " ".into(), ..Default::default() }])),
+        "modelPrices: each entry needs a model",
+      ),
+      (
+        options(|o| o.model_prices = Some(vec![JsModelPrice { model: "opus".into(), input: 1.0, output: -2.0, ..Default::default() }])),
+        "modelPrices[\"opus\"].output must be a finite number of US dollars",
+      ),
+    ]);
+  }
+
+  #[test]
+  fn a_message_is_text() {
+    let send = |p: &str| {
+      manager::SendMessageRequest::try_from(JsSendMessageRequest { session_id: "s".into(), user_id: "u".into(), prompt: p.into() })
+    };
+    assert_eq!(send("and also the tests").unwrap().prompt, "and also the tests");
+    all_invalid([
+      (send(" "), "prompt must be a non-empty string without NUL bytes"),
+      (send("a\0"), "prompt must be a non-empty string without NUL bytes"),
+      (send(&"x".repeat(validate::MAX_PROMPT_BYTES + 1)), "prompt must be a non-empty string without NUL bytes"),
+      (send("  /compact now"), "a message sent to a running task is text"),
+    ]);
   }
 
   #[test]

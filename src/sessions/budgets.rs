@@ -9,16 +9,17 @@ use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable,
 use crate::error::{Error, Result};
 use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Session, Store, UsageQuery, UsageRow};
 
-/// `budgets` in the manager's options: caps where none is stored.
+/// `budgets` in the manager's options: caps where none is stored (US dollars, finite, 0 or more).
 #[derive(Debug, Clone, Default)]
 pub struct BudgetOptions {
   /// `perUser: { usd, period? }`.
-  pub per_user: Option<(f64, Option<String>)>,
+  pub per_user: Option<(f64, Option<BudgetPeriod>)>,
   /// `perSession: { usd }`.
   pub per_session: Option<f64>,
 }
 
-/// A model family's (or model's) prices in `modelPrices`, USD per million tokens.
+/// A model family's (or model's) prices in `modelPrices`, USD per million tokens (finite, 0 or
+/// more; `model` not blank).
 #[derive(Debug, Clone)]
 pub struct ModelPrice {
   pub model: String,
@@ -28,41 +29,13 @@ pub struct ModelPrice {
   pub cache_read: Option<f64>,
 }
 
-/// A cap in USD: finite and not negative.
-pub(crate) fn usd(field: &str, v: f64) -> Result<f64> {
-  if !v.is_finite() || v < 0.0 {
-    return Err(Error::invalid(format!("{field} must be a finite number of US dollars, 0 or more, got {v}")));
-  }
-  Ok(v)
-}
-
-/// A cap's period: `day`, `month` or none.
-pub(crate) fn period(field: &str, p: Option<&str>) -> Result<Option<BudgetPeriod>> {
-  match p {
-    None => Ok(None),
-    Some(p) => BudgetPeriod::ALL
-      .into_iter()
-      .find(|v| v.as_str() == p)
-      .map(Some)
-      .ok_or_else(|| Error::invalid(format!("{field} must be \"day\" or \"month\" (or left out for no period), got {p:?}"))),
-  }
-}
-
-/// The defaults checked (`budgets` option).
+/// The defaults (`budgets` option), refused with `exposeApiKeyToAgent`.
 pub(crate) fn resolve_defaults(o: Option<BudgetOptions>, expose_api_key: bool) -> Result<BudgetDefaults> {
   let Some(o) = o else { return Ok(BudgetDefaults::default()) };
-  let per_user = o
-    .per_user
-    .map(|(u, p)| {
-      let cap = usd("budgets.perUser.usd", u)?;
-      Ok::<_, Error>((cap, period("budgets.perUser.period", p.as_deref())?.map(|p| p.as_str().to_owned())))
-    })
-    .transpose()?;
-  let per_session = o.per_session.map(|u| usd("budgets.perSession.usd", u)).transpose()?;
-  if expose_api_key && (per_user.is_some() || per_session.is_some()) {
+  if expose_api_key && (o.per_user.is_some() || o.per_session.is_some()) {
     return Err(budgets_need_proxy());
   }
-  Ok(BudgetDefaults { per_user, per_session })
+  Ok(BudgetDefaults { per_user: o.per_user.map(|(usd, p)| (usd, p.map(|p| p.as_str().to_owned()))), per_session: o.per_session })
 }
 
 fn budgets_need_proxy() -> Error {
@@ -72,25 +45,17 @@ fn budgets_need_proxy() -> Error {
 }
 
 /// The price table (`modelPrices` over the list prices).
-pub(crate) fn resolve_prices(prices: Vec<ModelPrice>) -> Result<PriceTable> {
-  let mut own = Vec::new();
-  for p in prices {
-    if p.model.trim().is_empty() {
-      return Err(Error::invalid("modelPrices: each entry needs a model (a family such as \"opus\" or a model id)"));
-    }
-    let f = |name: &str, v: f64| usd(&format!("modelPrices[{:?}].{name}", p.model), v);
-    let input = f("input", p.input)?;
-    own.push((
-      p.model.clone(),
-      Prices {
-        input,
-        output: f("output", p.output)?,
-        cache_write: p.cache_write.map(|v| f("cacheWrite", v)).transpose()?.unwrap_or(input * 1.25),
-        cache_read: p.cache_read.map(|v| f("cacheRead", v)).transpose()?.unwrap_or(input * 0.1),
-      },
-    ));
-  }
-  Ok(PriceTable::with_overrides(own))
+pub(crate) fn resolve_prices(prices: Vec<ModelPrice>) -> PriceTable {
+  let own = prices.into_iter().map(|p| {
+    let prices = Prices {
+      input: p.input,
+      output: p.output,
+      cache_write: p.cache_write.unwrap_or(p.input * 1.25),
+      cache_read: p.cache_read.unwrap_or(p.input * 0.1),
+    };
+    (p.model, prices)
+  });
+  PriceTable::with_overrides(own.collect())
 }
 
 /// Whose spend a cap bounds: `getBudget` and `deleteBudget`'s request, and `setBudget`'s key;

@@ -277,7 +277,7 @@ impl Config {
       sandbox_allow_domains,
       expose_api_key: o.expose_api_key_to_agent,
       budget_defaults: super::budgets::resolve_defaults(o.budgets, o.expose_api_key_to_agent)?,
-      model_prices: super::budgets::resolve_prices(o.model_prices)?,
+      model_prices: super::budgets::resolve_prices(o.model_prices),
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
       allow_background_tools: o.allow_background_tools,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::run::HeldRun;
-use super::{store_call, Manager, TaskError, TaskResult, Wait};
+use super::{store_call, CompactTrigger, Manager, TaskError, TaskResult, Wait};
 use crate::cli::stream::ResultLine;
 use crate::cli::{self, EndReason, RunOutcome};
 use crate::context;
@@ -21,7 +21,7 @@ pub(crate) struct EndInput<'a> {
   pub elapsed_ms: u64,
   pub threshold: f64,
   /// The compaction trigger to record instead of the CLI's own label (compaction runs only).
-  pub trigger: Option<&'static str>,
+  pub trigger: Option<CompactTrigger>,
   pub keep_lease: bool,
   /// Whether the CLI's transcript of the session exists now.
   pub transcript_exists: bool,
@@ -120,7 +120,7 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
       session_id: session.id.clone(),
       task_id: Some(task_id.to_owned()),
       // The CLI labels a `/compact` we sent for autoCompact as manual; record what it was.
-      trigger: trigger.map(str::to_owned).unwrap_or(c.trigger),
+      trigger: trigger.map_or(c.trigger, |t| t.as_str().to_owned()),
       pre_tokens: c.pre_tokens,
       post_tokens: c.post_tokens,
       started_at: now_ms,
@@ -191,7 +191,7 @@ fn stderr_suffix(stderr: &str) -> String {
 }
 
 /// Why a run that ended (stopped, exited, refused by the key proxy) failed, if it did.
-fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>, stall_timeout_ms: u128) -> Option<TaskError> {
+fn end_error(out: &RunOutcome, session: &Session, trigger: Option<CompactTrigger>, stall_timeout_ms: u128) -> Option<TaskError> {
   let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status, scope: None };
   let tail = stderr_suffix(&out.stderr_tail);
   let error = match (out.reason, &out.result) {
@@ -342,7 +342,7 @@ mod tests {
     }
   }
 
-  fn finish_of(outcome: Result<RunOutcome>, trigger: Option<&'static str>) -> (TaskResult, TaskEnd, Option<f64>) {
+  fn finish_of(outcome: Result<RunOutcome>, trigger: Option<CompactTrigger>) -> (TaskResult, TaskEnd, Option<f64>) {
     let s = session();
     task_end(EndInput {
       session: &s,
@@ -401,7 +401,7 @@ mod tests {
     assert!(res.success, "{:?}", res.error);
     assert_eq!(end.status, "succeeded");
     assert!(res.warnings.iter().any(|w| w.contains("too_few_groups")));
-    let (res, end, _) = finish_of(Ok(out), Some("manual"));
+    let (res, end, _) = finish_of(Ok(out), Some(CompactTrigger::Manual));
     assert_eq!(res.error.map(|e| e.code), Some("COMPACT_FAILED".into()));
     assert_eq!(end.status, "failed");
   }

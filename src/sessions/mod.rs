@@ -39,15 +39,15 @@ use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
 pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
-pub(crate) use budgets::{period as budget_period, usd as budget_usd};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use events::{Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
-  CleanupRequest, CompactRequest, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate, SessionStatus,
-  TaskError, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES, MAX_TOOL_RULES, MAX_TURNS,
+  CleanupRequest, CompactRequest, CompactTrigger, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
+  SendMessageRequest, SessionStatus, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
+  MAX_TOOL_RULES, MAX_TURNS,
 };
 
 /// Receives every event of a task as it arrives.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::RunOptions;
-use super::{CompactRequest, EventSink, Manager, PermissionMode, TaskRequest, TaskResult, Wait};
+use super::{CompactRequest, CompactTrigger, EventSink, Manager, PermissionMode, TaskKind, TaskRequest, TaskResult, Wait};
 use crate::cli::{self, CancelToken, CliArgs, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
@@ -146,14 +146,21 @@ impl Manager {
       };
       let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, next);
       if info.should_compact {
-        let done = self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
+        let done = self.compact_inner(&session, None, CompactTrigger::Auto, sink.clone(), cancel.clone()).await?;
         compacted = done.compactions.into_iter().next();
       }
     }
     let spec = self.run_spec(&session, program, r.prompt.clone(), r.timeout)?;
     let include_partials = r.include_partial_messages;
-    let opts =
-      RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout: r.queue_timeout, can_use_tool };
+    let opts = RunOptions {
+      kind: TaskKind::Task,
+      cli: args,
+      include_partials,
+      threshold,
+      trigger: None,
+      queue_timeout: r.queue_timeout,
+      can_use_tool,
+    };
     let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
     res.compacted = compacted.is_some() || res.compacted;
@@ -186,14 +193,14 @@ impl Manager {
     self.check_open()?;
     let _registered = self.register(&cancel);
     let session = self.get_session(&r.session_id, &r.user_id).await?;
-    self.compact_inner(&session, r.summary_instructions, "manual", sink, cancel).await
+    self.compact_inner(&session, r.summary_instructions, CompactTrigger::Manual, sink, cancel).await
   }
 
   pub(crate) async fn compact_inner(
     &self,
     session: &Session,
     instructions: Option<String>,
-    trigger: &'static str,
+    trigger: CompactTrigger,
     sink: Option<EventSink>,
     cancel: CancelToken,
   ) -> Result<TaskResult> {
@@ -218,7 +225,7 @@ impl Manager {
     };
     let spec = self.run_spec(session, program, prompt, None)?;
     let opts = RunOptions {
-      kind: "compact",
+      kind: TaskKind::Compact,
       cli: args,
       include_partials: false,
       threshold: self.cfg.compact_threshold,

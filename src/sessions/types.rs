@@ -1,4 +1,6 @@
-//! The requests and results of the session API, as the binding reads and returns them.
+//! The requests and results of the session API. A request is typed (counts, `Duration`s, enums,
+//! canonical ids) and arrives checked: the binding's `TryFrom` (`binding/typed.rs`) made it from
+//! the JavaScript value, so the manager checks only what depends on its settings or its store.
 
 use std::time::Duration;
 
@@ -141,6 +143,53 @@ pub struct CompactRequest {
   pub user_id: String,
   /// What the summary should keep (appended to `/compact`): a flag value of at most 64 KiB.
   pub summary_instructions: Option<String>,
+}
+
+/// A `sendMessage` request, checked where it came in.
+#[derive(Debug, Clone, Default)]
+pub struct SendMessageRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// Text (not a slash command): not blank, no NUL, at most `validate::MAX_PROMPT_BYTES`.
+  pub prompt: String,
+}
+
+/// What a run of the CLI is for (recorded on its task row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+  /// A prompt (`executeTask`).
+  Task,
+  /// `/compact` (`compactSession`, or before a task with `autoCompact`).
+  Compact,
+}
+
+impl TaskKind {
+  /// As the store records it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      TaskKind::Task => "task",
+      TaskKind::Compact => "compact",
+    }
+  }
+}
+
+/// Why a compaction ran (recorded instead of the CLI's own label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactTrigger {
+  /// `compactSession`.
+  Manual,
+  /// `autoCompact` before a task.
+  Auto,
+}
+
+impl CompactTrigger {
+  /// As the store and `getSessionContext` show it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      CompactTrigger::Manual => "manual",
+      CompactTrigger::Auto => "auto",
+    }
+  }
 }
 
 /// Most turns a task may be given (`maxTurns`).

@@ -27,7 +27,7 @@ pub(crate) use acquire::Ticket;
 pub(crate) use cold::remove_per_process_files;
 pub(crate) use held::HeldRun;
 
-use super::{EventSink, Manager, TaskResult};
+use super::{CompactTrigger, EventSink, Manager, TaskKind, TaskResult};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskMeter};
 use crate::error::Result;
 use crate::store::Session;
@@ -35,13 +35,13 @@ use crate::store::Session;
 /// How `run_locked` runs one CLI process.
 pub(crate) struct RunOptions {
   /// `task` or `compact`, as the task row records it.
-  pub(crate) kind: &'static str,
+  pub(crate) kind: TaskKind,
   /// The CLI's flags; how it picks the session up is decided once the session is held.
   pub(crate) cli: CliArgs,
   pub(crate) include_partials: bool,
   pub(crate) threshold: f64,
   /// The compaction trigger to record instead of the CLI's own label.
-  pub(crate) trigger: Option<&'static str>,
+  pub(crate) trigger: Option<CompactTrigger>,
   /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
   pub(crate) queue_timeout: Option<Duration>,
   /// The task's permission callback (`canUseTool`).

@@ -88,7 +88,7 @@ fn spec() -> RunSpec {
 
 fn opts(queue_timeout_ms: Option<u64>) -> RunOptions {
   RunOptions {
-    kind: "task",
+    kind: super::super::TaskKind::Task,
     cli: CliArgs::default(),
     include_partials: false,
     threshold: 80.0,
