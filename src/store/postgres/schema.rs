@@ -186,10 +186,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
   );
   "#,
   // 5 -> 6: a project's cap across its users (a project budget with an empty user_id) sums the
-  // ledger by project alone; a session whose last task a spend cap stopped is paused (the cap's
-  // scope) until a task on it ends otherwise.
+  // ledger by project alone; the indexes a cap's spend is summed by include `usd` (index-only
+  // scans where the rows are visible); a session whose last task a spend cap stopped is paused
+  // (the cap's scope) until a task on it ends otherwise.
   r#"
-  CREATE INDEX model_calls_by_project_total ON {S}.model_calls (project_id, at);
+  DROP INDEX {S}.model_calls_by_user;
+  CREATE INDEX model_calls_by_user ON {S}.model_calls (user_id, at) INCLUDE (usd);
+  DROP INDEX {S}.model_calls_by_project;
+  CREATE INDEX model_calls_by_project ON {S}.model_calls (user_id, project_id, at) INCLUDE (usd);
+  DROP INDEX {S}.model_calls_by_session;
+  CREATE INDEX model_calls_by_session ON {S}.model_calls (session_id, at) INCLUDE (user_id, usd);
+  CREATE INDEX model_calls_by_project_total ON {S}.model_calls (project_id, at) INCLUDE (usd);
   ALTER TABLE {S}.sessions ADD COLUMN paused TEXT;
   "#,
   // 6 -> 7: admitting a model call is one statement (`postgres/budgets.rs`): under the user's and

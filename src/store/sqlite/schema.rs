@@ -167,10 +167,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
   );
   "#,
   // 8 -> 9: a project's cap across its users (a project budget with an empty user_id) sums the
-  // ledger by project alone; a session whose last task a spend cap stopped is paused (the cap's
-  // scope) until a task on it ends otherwise.
+  // ledger by project alone; the indexes a cap's spend is summed by cover the sum (`usd` in the
+  // index: no row read per call); a session whose last task a spend cap stopped is paused (the
+  // cap's scope) until a task on it ends otherwise.
   r#"
-  CREATE INDEX model_calls_by_project_total ON model_calls (project_id, at);
+  DROP INDEX model_calls_by_user;
+  CREATE INDEX model_calls_by_user ON model_calls (user_id, at, usd);
+  DROP INDEX model_calls_by_project;
+  CREATE INDEX model_calls_by_project ON model_calls (user_id, project_id, at, usd);
+  DROP INDEX model_calls_by_session;
+  CREATE INDEX model_calls_by_session ON model_calls (session_id, at, user_id, usd);
+  CREATE INDEX model_calls_by_project_total ON model_calls (project_id, at, usd);
   ALTER TABLE sessions ADD COLUMN paused TEXT;
   "#,
   // 9 -> 10: the event log of a session's tasks (`events.rs`): its last number on the session
