@@ -789,7 +789,7 @@ async fn custom_headers_and_the_oauth_beta_are_added_upstream() {
 #[ignore = "a benchmark: cargo test --release --lib metering_cost -- --ignored --nocapture"]
 async fn metering_cost() {
   use crate::sessions::budgets::StoreLedger;
-  use crate::store::{BudgetDefaults, Store};
+  use crate::store::{Admit, BudgetDefaults, CallAdmit, CallTokens, Store};
   let rounds: usize = std::env::var("CSM_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
   let (upstream, _) = FakeUpstream::start().await;
   let dir = tempfile::tempdir().unwrap();
@@ -863,6 +863,25 @@ async fn metering_cost() {
   for (i, (name, _)) in contenders.iter().enumerate() {
     let (p50, p99) = (stat(&mut times[i], 0.5), stat(&mut times[i], 0.99));
     println!("| {name} | {p50:.3} | {p99:.3} | {:.3} | {:.3} |", p50 - off_p50, p99 - off_p99);
+  }
+  // The store's share: the same admit and settle called directly, one after the other.
+  for (name, store) in &stores {
+    let (store, defaults) = (store.clone(), defaults.clone());
+    let mut direct = tokio::task::spawn_blocking(move || {
+      let call = CallAdmit { task_id: "t", session_id: "s", user_id: "u", project_id: "p", model: "m", reserve_usd: 0.01 };
+      (0..rounds.min(1000))
+        .map(|_| {
+          let start = std::time::Instant::now();
+          let Ok(Admit::Go(id)) = store.admit_call(&call, &defaults) else { panic!("refused") };
+          let admitted = start.elapsed().as_secs_f64() * 1000.0;
+          store.settle_call(id, "m", &CallTokens::default(), 0.001).unwrap();
+          admitted
+        })
+        .collect::<Vec<f64>>()
+    })
+    .await
+    .unwrap();
+    println!("| {name}: admit_call alone | {:.3} | {:.3} | | |", stat(&mut direct, 0.5), stat(&mut direct, 0.99));
   }
   drop(tokens);
   if let (Some(url), true) = (pg_url, stores.len() > 1) {
