@@ -96,6 +96,14 @@ export declare class SessionManager {
    */
   fork(request: ForkRequest): Promise<Session>
   /**
+   * The session continues from an earlier message of its conversation (`toMessageId`, a
+   * `getMessages` id), without calling the model: the next task's model sees the conversation up
+   * to it. The dropped turns stay in the transcript as a dead branch (`getMessages` shows the
+   * live one); the meter is re-derived at the message; costs already spent stay spent; an idle
+   * warm CLI of the session is stopped.
+   */
+  rewind(request: RewindRequest): Promise<RewindResult>
+  /**
    * How full the session's context is, from the store (nothing is spawned). `threshold` is a
    * percentage; default the manager's `compactThreshold`.
    */
@@ -179,7 +187,8 @@ export declare class SessionManager {
 /** A spend cap and what its scope spent this period (`setBudget`, `getBudget`). */
 export interface Budget {
   scope: 'user' | 'project' | 'session'
-  userId: string
+  /** Absent for a project's cap across all its users. */
+  userId?: string
   projectId?: string
   sessionId?: string
   /** The cap in US dollars. */
@@ -205,7 +214,11 @@ export interface BudgetDefaults {
  */
 export interface BudgetRequest {
   scope: 'user' | 'project' | 'session'
-  userId: string
+  /**
+   * The user; required, except that a project cap without one is the project's across all its
+   * users.
+   */
+  userId?: string
   projectId?: string
   sessionId?: string
   /** The cap in US dollars (`setBudget` only): finite, 0 or more. */
@@ -348,12 +361,31 @@ export interface ExecuteOptions {
   canUseTool?: (toolName: string, input: Record<string, unknown>, options: { signal: AbortSignal; suggestions: any[]; toolUseID?: string; requestId: string }) => Promise<{ behavior: 'allow'; updatedInput?: Record<string, unknown>; updatedPermissions?: any[]; remember?: 'session' } | { behavior: 'deny'; message: string; interrupt?: boolean }>
 }
 
+/** The working directory's changes of a `rewind` with `files`. */
+export interface FileChanges {
+  /** Whether the files were restored (false for a dry run, and when nothing changed). */
+  restored: boolean
+  /** The files that changed (a dry run: would change), relative to the working directory. */
+  changed: Array<string>
+  /** Lines the restore adds back. */
+  insertions: number
+  /** Lines the restore removes. */
+  deletions: number
+}
+
 /** `fork`. */
 export interface ForkRequest {
   sessionId: string
   userId: string
   /** Default: the parent's title. */
   title?: string
+  /**
+   * Fork at this message of the parent's conversation (a `getMessages` id): the fork's history
+   * ends there. A prompt or an answer without tool calls, at or after the latest compaction; a
+   * message inside a tool call is `INVALID_ARGUMENT`, an id not on the parent's live
+   * conversation `MESSAGE_NOT_FOUND`. Default: the end.
+   */
+  atMessageId?: string
 }
 
 /** `getOrCreateSession`. */
@@ -409,6 +441,7 @@ export interface HistoryMessage {
 export interface ListSessionsRequest {
   userId: string
   projectId?: string
+  /** `active` lists paused sessions too (a paused session is an active one a spend cap stopped). */
   status?: 'active' | 'archived'
   /** Only forks of this session. */
   parentId?: string
@@ -463,6 +496,13 @@ export interface MessagesPage {
   liveFrom: number
   /** Compactions the conversation went through. */
   compactions: number
+  /**
+   * Sessions forked from this one, with the message each continues from (`null`: the end, as it
+   * was then).
+   */
+  branches: Array<{ sessionId: string; atMessageId: string | null }>
+  /** For a fork made at a message: that message of the parent (`parentId`). */
+  forkedAt?: string
 }
 
 /** One entry of `modelPrices` (USD per million tokens). */
@@ -517,6 +557,33 @@ export interface PromptEstimate {
   observations: number
   /** The session's context with the prompt added: `canContinue` says whether it fits. */
   contextInfo: ContextInfo
+}
+
+/** `rewind`. */
+export interface RewindRequest {
+  sessionId: string
+  userId: string
+  /** The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`. */
+  toMessageId: string
+  /**
+   * Restore the working directory too, as it was before the first dropped prompt (`true`), or
+   * only list what that would change (`'dryRun'`: nothing changes, the conversation included).
+   * Needs `fileCheckpoints`; only changes of the CLI's edit tools are undone.
+   */
+  files?: boolean | 'dryRun'
+}
+
+/** What `rewind` did. */
+export interface RewindResult {
+  session: Session
+  /** The message the session now continues from. */
+  toMessageId: string
+  /** Messages no longer on the live conversation (they stay in the transcript as a dead branch). */
+  droppedMessages: number
+  /** The context meter re-derived at the branch point. */
+  contextInfo: ContextInfo
+  /** With `files`: the working directory's changes. */
+  files?: JsFileChanges
 }
 
 /** The task running on a session, wherever it runs. */
@@ -608,8 +675,14 @@ export interface Session {
   id: string
   projectId: string
   userId: string
-  /** `active` or `archived`. */
-  status: 'active' | 'archived'
+  /**
+   * `active`, `archived`, or `paused`: active, but its last task was stopped by a spend cap
+   * (`pausedBy` says which); a task on it after the cap is raised or its period rolled over
+   * continues the conversation and ends the pause.
+   */
+  status: 'active' | 'archived' | 'paused'
+  /** The scope of the spend cap that paused the session. */
+  pausedBy?: 'user' | 'project' | 'session'
   /** The session this one was forked from. */
   parentId?: string
   title?: string
@@ -785,6 +858,12 @@ export interface SessionManagerOptions {
    */
   allowBackgroundTools?: boolean
   /**
+   * The CLI backs up every file before its edit tools (Write, Edit, NotebookEdit) change it, so
+   * that `rewind` with `files` can restore the working directory. Default true; false turns the
+   * backups off (a rewind with `files` then has nothing to restore).
+   */
+  fileCheckpoints?: boolean
+  /**
    * The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
    * agent or another tenant could write, changes permissions.
    */
@@ -933,6 +1012,8 @@ export interface TaskError {
   message: string
   /** The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401). */
   status?: number
+  /** For a `BUDGET_EXCEEDED` from a spend cap (`setBudget`, `budgets`): the cap's scope. */
+  scope?: 'user' | 'project' | 'session'
 }
 
 /** A task row as stored. */
@@ -981,6 +1062,11 @@ export interface TaskRequest {
   compactThreshold?: number
   /** Run in a new fork of `sessionId`; the parent is left as it was. */
   forkSession?: boolean
+  /**
+   * Run in a new fork of `sessionId` made at this message (a `getMessages` id): the model sees
+   * the conversation up to it, then the prompt (see `fork`).
+   */
+  atMessageId?: string
   /** Stop the task after this long (ms): it resolves with `TIMEOUT`. */
   timeoutMs?: number
   /** Also deliver `stream_event` partial messages (text deltas) to `onEvent`. */

@@ -43,6 +43,9 @@ for (const backend of testBackends()) {
     t.assert.strictEqual(r.success, false)
     t.assert.strictEqual(r.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(r.error))
     t.assert.match(r.error.message, /session/, 'the error names the scope')
+    t.assert.strictEqual(r.error.scope, 'session')
+    const paused = await manager.getSession(sessionId, 'u')
+    t.assert.deepStrictEqual([paused.status, paused.pausedBy], ['paused', 'session'], 'the session is paused, not failed')
     const ledger = await manager.getUsage({ sessionId, groupBy: 'session', since })
     const forwarded = messageCalls(server).length
     t.diagnostic(`forwarded ${forwarded} model calls; the ledger has ${calls(ledger)} for $${total(ledger).toFixed(4)} under a cap of $${cap.toFixed(4)}`)
@@ -65,6 +68,8 @@ for (const backend of testBackends()) {
     const next = await manager.executeTask({ prompt: 'and now?', sessionId, projectId: 'p', userId: 'u' })
     t.assert.strictEqual(next.success, true, JSON.stringify(next.error))
     t.assert.strictEqual(next.sessionId, sessionId)
+    const resumed = await manager.getSession(sessionId, 'u')
+    t.assert.deepStrictEqual([resumed.status, resumed.pausedBy], ['active', undefined], 'the pause ended with the task')
     const sent = JSON.stringify(messageCalls(server).map((q) => q.body?.messages))
     t.assert.ok(sent.includes(marker), 'the model sees the earlier turns')
   })
@@ -82,6 +87,7 @@ for (const backend of testBackends()) {
     for (const x of [a, b]) {
       t.assert.strictEqual(x.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(x.error))
       t.assert.match(x.error.message, /user/)
+      t.assert.strictEqual(x.error.scope, 'user')
     }
     // Each of the two tasks may have one call in flight past the check: at most two reserves over.
     t.assert.ok(total(rows) <= cap + 2 * RESERVE, `user spend ${total(rows)}`)
@@ -91,6 +97,40 @@ for (const backend of testBackends()) {
     t.assert.strictEqual(budget.period, 'day')
   })
 }
+
+test('a project cap without a user is the project\'s across its users: two users\' tasks share it, another project does not count', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const project = `shared-${crypto.randomBytes(3).toString('hex')}`
+  const cap = 3
+  const b = await manager.setBudget({ scope: 'project', projectId: project, usd: cap, period: 'month' })
+  t.assert.deepStrictEqual([b.scope, b.userId, b.projectId, b.usd, b.spentUsd], ['project', undefined, project, cap, 0])
+  // alice spends in the project; bob's first call there no longer fits.
+  server.enqueue({ text: 'one', usage: BIG })
+  const a = await manager.executeTask({ prompt: 'hello', projectId: project, userId: 'alice' })
+  t.assert.strictEqual(a.success, true, JSON.stringify(a.error))
+  server.enqueue({ text: 'elsewhere', usage: BIG })
+  const other = await manager.executeTask({ prompt: 'hello', projectId: `${project}-other`, userId: 'bob' })
+  t.assert.strictEqual(other.success, true, 'another project is not capped')
+  const spent = (await manager.getBudget({ scope: 'project', projectId: project })).spentUsd
+  t.assert.ok(spent > 0.5 && spent < 1, `alice's task is charged to the project: ${spent}`)
+  server.reset()
+  for (let i = 0; i < 8; i++) server.enqueue(tool(i))
+  const runs = await Promise.all(['alice', 'bob'].map((u) => manager.executeTask({ prompt: 'run the steps', projectId: project, userId: u, allowedTools: ['Bash'], permissionMode: 'acceptEdits' })))
+  for (const r of runs) {
+    t.assert.strictEqual(r.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(r.error))
+    t.assert.strictEqual(r.error.scope, 'project')
+    t.assert.match(r.error.message, /project \(all users\)/)
+  }
+  const rows = await manager.getUsage({ projectId: project, groupBy: 'session' })
+  t.assert.ok(total(rows) <= cap + 2 * RESERVE, `project spend ${total(rows)} within the cap plus one reserve per task`)
+  // A user's own project cap is another cap; a user cap may not leave out the user.
+  const code = async (p) => p.then(() => 'ok', (e) => e.code)
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'user', usd: 1 })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await code(manager.setBudget({ scope: 'session', sessionId: a.sessionId, usd: 1 })), 'INVALID_ARGUMENT')
+  t.assert.strictEqual(await manager.getBudget({ scope: 'project', userId: 'alice', projectId: project }), null)
+})
 
 test('a streamed response is charged from message_start and message_delta usage, cache reads and writes priced as such', async (t) => {
   server.reset()

@@ -220,6 +220,8 @@ test('errorCodes lists every code exactly, and the README documents each', (t) =
     'PERMISSION_REQUEST_NOT_FOUND',
     'TRANSCRIPT_TOO_LARGE',
     'TRANSCRIPT_UNSAFE',
+    'MESSAGE_NOT_FOUND',
+    'REWIND_REJECTED',
     'INTERNAL',
   ]
   t.assert.deepStrictEqual(addon.errorCodes(), expected)

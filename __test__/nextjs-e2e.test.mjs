@@ -875,6 +875,62 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')
   })
 
+  await t.test('the app in Chromium: edit an earlier message, get the new answer, switch back to the old branch; undo a turn', async (t) => {
+    const browser = await launchChromium(t)
+    if (!browser) return
+    const { page, pageErrors, shot } = await openPage(browser, t)
+    const current = () => page.$eval('[data-testid=current-session] code', (el) => el.textContent)
+    const texts = () => page.$$eval('.messages > .message .text', (els) => els.map((el) => el.textContent))
+    const settledOn = (n) =>
+      page.waitForFunction((n) => {
+        const ms = [...document.querySelectorAll('.messages > .message')]
+        return ms.length === n && ms.every((m) => m.dataset.status === 'done') && !document.querySelector('[data-testid=stop]') && document.querySelector('[data-testid=edit-message]')
+      }, n)
+    const sendPrompt = async (text) => {
+      await page.fill('[data-testid=prompt]', text)
+      await page.click('[data-testid=send]')
+    }
+    await page.goto(`${base}/?project=branching`)
+    await page.waitForSelector('[data-testid=current-session] code')
+    const original = await current()
+    await sendPrompt('first question')
+    await settledOn(2)
+    await sendPrompt('second question')
+    await settledOn(4)
+    t.assert.deepStrictEqual(await texts(), ['first question', 'Echo #1: first question', 'second question', 'Echo #2: second question'])
+
+    // Edit the second message: a new branch from the first answer, with the new answer.
+    await page.locator('[data-testid=edit-message]').nth(1).click()
+    await page.fill('[data-testid=edit-text]', 'second question, edited')
+    await page.click('[data-testid=edit-send]')
+    await page.waitForFunction((id) => document.querySelector('[data-testid=current-session] code')?.textContent !== id, original)
+    const edited = await current()
+    await page.waitForFunction(() => [...document.querySelectorAll('.messages > .message .text')].some((el) => el.textContent === 'Echo #2: second question, edited'))
+    await settledOn(4)
+    t.assert.deepStrictEqual(await texts(), ['first question', 'Echo #1: first question', 'second question, edited', 'Echo #2: second question, edited'])
+    await page.waitForSelector('[data-testid=branches] option[data-relation=parent]', { state: 'attached' })
+    await shot('nextjs-branch-edited.png')
+
+    // Switch back to the old branch: its own second question and answer.
+    await page.selectOption('[data-testid=branches]', original)
+    await page.waitForFunction((id) => document.querySelector('[data-testid=current-session] code')?.textContent === id, original)
+    await page.waitForFunction(() => [...document.querySelectorAll('.messages > .message .text')].some((el) => el.textContent === 'Echo #2: second question'))
+    await settledOn(4)
+    t.assert.deepStrictEqual(await texts(), ['first question', 'Echo #1: first question', 'second question', 'Echo #2: second question'])
+    t.assert.strictEqual(await page.$eval(`[data-testid=branches] option[value="${edited}"]`, (el) => el.dataset.relation), 'fork')
+
+    // Undo the last turn (files too): the session continues from the first answer.
+    await page.locator('[data-testid=undo-turn]').nth(1).click()
+    await page.waitForSelector('[data-testid=note]')
+    t.assert.match(await page.textContent('[data-testid=note]'), /Turn undone: 2 messages dropped/)
+    await settledOn(2)
+    await sendPrompt('third question')
+    await settledOn(4)
+    t.assert.deepStrictEqual(await texts(), ['first question', 'Echo #1: first question', 'third question', 'Echo #2: third question'])
+    t.assert.strictEqual(await current(), original)
+    t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')
+  })
+
   await t.test('the sessions are in the store the app was configured with', (t) => {
     const dbFile = path.join(state, 'sessions.db')
     t.assert.strictEqual(fs.existsSync(path.join(work, '.claude-sessions')), false, 'nothing of the store inside the working directory')

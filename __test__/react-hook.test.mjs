@@ -255,3 +255,48 @@ test('react hook: a reload mid-reply attaches to the running task, which was not
   t.assert.strictEqual(result?.success, true, JSON.stringify(result))
   t.assert.strictEqual(reply(fourth).content, words)
 })
+
+test('react hook: editMessage forks at the message before and switches; branches lead back; regenerate; rewind undoes a turn', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
+  const net = routesFetch(routes, 'alice')
+  net.release()
+  const hook = React.renderHook(() => useClaudeSession({ projectId: 'p', fetch: net.fetch }))
+  t.after(() => hook.unmount())
+  await until('the session', () => hook.result.sessionId)
+  for (const prompt of ['one', 'two']) t.assert.ok((await hook.result.send(prompt)).success)
+  const original = hook.result.sessionId
+  const second = hook.result.messages.filter((m) => m.role === 'user')[1]
+  // Edit the second prompt (a local id: the hook finds it on the server by its place).
+  const edited = await hook.result.editMessage(second.id, 'two, edited')
+  t.assert.ok(edited && edited.success, JSON.stringify(hook.result.error))
+  t.assert.strictEqual(edited.result, 'Echo #2: two, edited', 'the model saw the first exchange and the edited text')
+  await until('the fork on screen', () => hook.result.sessionId === edited.sessionId && hook.result.messages.length === 4 && hook.result.branches.length === 1)
+  t.assert.notStrictEqual(edited.sessionId, original)
+  t.assert.deepStrictEqual(hook.result.messages.map((m) => m.content), ['one', 'Echo #1: one', 'two, edited', 'Echo #2: two, edited'])
+  t.assert.deepStrictEqual(hook.result.branches.map((b) => [b.relation, b.sessionId]), [['parent', original]])
+
+  // Back to the old branch: its messages, and the fork listed at the message it branched at.
+  await hook.result.selectSession(original)
+  await until('the old branch', () => hook.result.messages.length === 4 && hook.result.messages[2].content === 'two')
+  const [fork] = hook.result.branches
+  t.assert.deepStrictEqual([fork.relation, fork.sessionId, fork.atMessageId], ['fork', edited.sessionId, hook.result.messages[1].id])
+
+  // regenerate: a new answer to the last prompt, in another fork.
+  const again = await hook.result.regenerate()
+  t.assert.ok(again && again.success)
+  t.assert.strictEqual(again.result, 'Echo #2: two')
+  t.assert.notStrictEqual(again.sessionId, original)
+
+  // rewind: undo the last turn in place.
+  await hook.result.selectSession(original)
+  await until('the old branch again', () => hook.result.messages.length === 4)
+  const undone = await hook.result.rewind(hook.result.messages[2].id)
+  t.assert.ok(undone, JSON.stringify(hook.result.error))
+  t.assert.strictEqual(undone.droppedMessages, 2)
+  await until('the undone turn gone', () => hook.result.messages.length === 2)
+  t.assert.strictEqual(hook.result.sessionId, original)
+  t.assert.strictEqual(hook.result.error, null)
+})

@@ -8,6 +8,9 @@ const STATUS_BY_CODE = Object.freeze({
   UNAUTHORIZED: 401,
   SESSION_NOT_FOUND: 404,
   PERMISSION_REQUEST_NOT_FOUND: 404,
+  MESSAGE_NOT_FOUND: 404,
+  // The conversation changed since the rewind: fetch the messages and rewind again.
+  REWIND_REJECTED: 409,
   SESSION_BUSY: 409,
   PAYLOAD_TOO_LARGE: 413,
   // The manager refuses a prompt too long for any context window before anything runs.

@@ -29,7 +29,7 @@
  *
  * | route | answer |
  * | --- | --- |
- * | `POST /task` `{ prompt, projectId, sessionId?, title?, forkSession?, ... }` (`model` only with `allowedModels`) | the {@link TaskResult} |
+ * | `POST /task` `{ prompt, projectId, sessionId?, title?, forkSession?, atMessageId?, ... }` (`model` only with `allowedModels`) | the {@link TaskResult} |
  * | `POST /stream` (same body) | `text/event-stream`, answered as soon as the task is queued (before it waits for its session or a slot): `task_queued` first (no `id`), then the task's events from the manager's event log, each with `id: <seq>` (its number in the session's log): unnamed events (`message`) with the event's JSON, `event: permission_request` / `permission_resolved` / `permission_cancelled`, and last `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it was queued (e.g. `SESSION_BUSY`, status 409, once `queueTimeoutMs` has passed). Closing the connection does not stop the task (unless `abortOnDisconnect`): resume with `GET /stream`, stop with `DELETE /stream`. `includePartialMessages` defaults to true here, so text deltas (`stream_event`, joined per few milliseconds) are included. Events are reduced unless `exposeServerDetails` (see there). |
  * | `GET /stream?sessionId=…[&after=<seq>]`, or the `Last-Event-ID` header | Resumes on any server sharing the store: the events after that `id`, then the running task's live ones to its end (at once when nothing runs); the same frames as `POST /stream`. Without `after` / `Last-Event-ID`: the running task's stream from its first event, or 204 when nothing runs. An id older than the log keeps: one `event: events_truncated` `{ firstSeq }` first (reload the history); not a number or beyond the log's last id: 400 `INVALID_ARGUMENT`; another user's session: 404 `SESSION_NOT_FOUND` |
  * | `DELETE /stream?sessionId=…` | `{ aborted, sessionId }`: stops the task running on the session, on whichever server runs it (`SessionManager.abortTask`); `aborted: false` when nothing ran |
@@ -38,7 +38,8 @@
  * | `POST /session` `{ action: 'getOrCreate', projectId, preferActive? }` | `{ session, created }` |
  * | `POST /session` `{ action: 'startFresh', projectId, sessionId? }` | `{ session, archived }` |
  * | `POST /session` `{ action: 'cleanup', maxAgeMs, projectId?, keepActive? }` | `{ deleted, remaining }` |
- * | `POST /session` `{ action: 'fork', sessionId, title? }` | `{ session }` (the new fork) |
+ * | `POST /session` `{ action: 'fork', sessionId, title?, atMessageId? }` | `{ session }` (the new fork; with `atMessageId`, a message id from `messages`, its conversation ends at that message) |
+ * | `POST /session` `{ action: 'rewind', sessionId, toMessageId, files? }` | `{ session, toMessageId, droppedMessages, contextInfo, files? }`: the session continues from that message at its next task (`SessionManager.rewind`); 404 `MESSAGE_NOT_FOUND` for a message not on its live conversation |
  * | `POST /session` `{ action: 'archive', sessionId }` | `{ session }` |
  * | `POST /session` `{ action: 'delete', sessionId }` | `{ deleted: true, sessionId }` |
  * | `POST /session` `{ action: 'messages', sessionId, limit?, offset? }` | `{ messages, ... }` from `SessionManager.getMessages`; 501 `NOT_IMPLEMENTED` when the addon has no `getMessages` |
@@ -265,7 +266,7 @@ export declare function closeSessionManager(): Promise<void>
 export declare function statusForCode(code: string): number
 
 /** The task fields a client may send by default: `prompt`, `projectId`, `sessionId`, `title`,
- * `forkSession`, `autoCompact`, `compactThreshold`, `maxTurns`, `timeoutMs`,
+ * `forkSession`, `atMessageId`, `autoCompact`, `compactThreshold`, `maxTurns`, `timeoutMs`,
  * `includePartialMessages` (not `model`: see `allowedModels`). */
 export declare const DEFAULT_CLIENT_TASK_FIELDS: readonly ClientTaskField[]
 

@@ -19,6 +19,7 @@ const DEFAULT_CLIENT_TASK_FIELDS = Object.freeze([
   'sessionId',
   'title',
   'forkSession',
+  'atMessageId',
   'autoCompact',
   'compactThreshold',
   'maxTurns',

@@ -333,7 +333,8 @@ const sessionActions = {
   getOrCreate: async (m, b, userId) => m.getOrCreateSession({ ...only(b, ['projectId', 'preferActive'], 'getOrCreate', ['action']), userId }),
   startFresh: async (m, b, userId) => m.startFresh({ ...only(b, ['projectId', 'sessionId'], 'startFresh', ['action']), userId }),
   cleanup: async (m, b, userId) => m.cleanupSessions({ ...only(b, ['projectId', 'maxAgeMs', 'keepActive'], 'cleanup', ['action']), userId }),
-  fork: async (m, b, userId) => ({ session: await m.fork({ ...only(b, ['sessionId', 'title'], 'fork', ['action']), userId }) }),
+  fork: async (m, b, userId) => ({ session: await m.fork({ ...only(b, ['sessionId', 'title', 'atMessageId'], 'fork', ['action']), userId }) }),
+  rewind: async (m, b, userId) => m.rewind({ ...only(b, ['sessionId', 'toMessageId', 'files'], 'rewind', ['action']), userId }),
   archive: async (m, b, userId) => {
     const { sessionId } = only(b, ['sessionId'], 'archive', ['action'])
     return { session: await m.archiveSession(sessionId, userId) }

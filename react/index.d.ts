@@ -21,7 +21,7 @@
  * server can replay it (`messages` action; skipped quietly when the server answers 501), and the
  * project's session list. Actions never reject: a failure sets `error` and resolves `null`.
  */
-import type { ContextInfo, Session, TaskResult } from '../index.js'
+import type { ContextInfo, FileChanges, Session, TaskResult } from '../index.js'
 import type { ContextUsageView, PermissionRequestEvent } from '../next/index.js'
 
 export type { ContextInfo, ContextUsageView, PermissionRequestEvent, Session, TaskResult }
@@ -56,6 +56,8 @@ export interface ClaudeSessionError extends Error {
   code: string
   /** The HTTP status, when the error came with a response. */
   status?: number
+  /** For `BUDGET_EXCEEDED` from a spend cap: which cap stopped the task. */
+  scope?: 'user' | 'project' | 'session'
 }
 
 export interface UseClaudeSessionOptions {
@@ -124,7 +126,7 @@ export interface UseClaudeSessionResult {
    * `model` is accepted by the server routes only when their `allowedModels` option lists it
    * (otherwise the request fails with `INVALID_ARGUMENT`).
    */
-  send: (prompt: string, options?: { model?: string; title?: string; forkSession?: boolean }) => Promise<TaskResult | null>
+  send: (prompt: string, options?: { model?: string; title?: string; forkSession?: boolean; atMessageId?: string }) => Promise<TaskResult | null>
   /**
    * Says `text` to Claude while it works: with a task running (`isStreaming`) the message goes to
    * that task (`POST /message`); it shows in `messages` at once, and the model's words after it
@@ -163,6 +165,37 @@ export interface UseClaudeSessionResult {
     requestId: string,
     answer: { behavior: 'allow'; updatedInput?: Record<string, unknown>; remember?: 'session' } | { behavior: 'deny'; message?: string; interrupt?: boolean },
   ) => Promise<{ ok: true; requestId: string; behavior: 'allow' | 'deny' } | null>
+  /**
+   * The sessions this one branches with: its parent (`relation: 'parent'`, `atMessageId` the
+   * parent's message it was forked at) and its forks (`'fork'`, `atMessageId` this session's
+   * message each continues from; `null`: from the end). Switch with `selectSession`.
+   */
+  branches: ClaudeBranch[]
+  /**
+   * Sends `text` instead of the user message `messageId` (one of `messages`): the session is
+   * forked at the message before it (the old branch stays in `branches`), the new text runs in the
+   * fork and the hook switches to it; editing the first message starts a new session. Resolves
+   * the task's result, or `null` on failure (see `error`).
+   */
+  editMessage: (messageId: string, text: string) => Promise<TaskResult | null>
+  /** A new answer to the last prompt, in a fork (`editMessage` with the prompt's own text). */
+  regenerate: () => Promise<TaskResult | null>
+  /**
+   * Undoes the user message `messageId` and everything after it, in place: the session continues
+   * from the message before it (the routes' `rewind`); the history reloads. `files: true` also
+   * restores the working directory (`'dryRun'`: only lists the changes, nothing changes).
+   */
+  rewind: (
+    messageId: string,
+    options?: { files?: boolean | 'dryRun' },
+  ) => Promise<{ session: Session; toMessageId: string; droppedMessages: number; contextInfo: ContextInfo; files?: FileChanges } | null>
+}
+
+/** A session the current one branches with (`UseClaudeSessionResult.branches`). */
+export interface ClaudeBranch {
+  sessionId: string
+  atMessageId: string | null
+  relation: 'parent' | 'fork'
 }
 
 

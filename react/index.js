@@ -12,7 +12,7 @@ const isServer = typeof window === 'undefined' || typeof document === 'undefined
 const React = isServer ? null : require('react')
 const { useState, useRef, useCallback, useEffect } = React || {}
 const { readEventStream } = require('./sse.js')
-const { localId, apiError, asError, isAbort, errorFromResponse, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies } = require('./state.js')
+const { forkInfoOf, localId, apiError, asError, isAbort, errorFromResponse, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies } = require('./state.js')
 
 /** In-flight "find or create the project's session" calls, shared by hook instances (and by
  * React's StrictMode double effects) so one mount does not create two sessions. */
@@ -62,6 +62,10 @@ function serverState(opts) {
     refresh: async () => [],
     permissionRequests: [],
     respondToPermission: resolveNull,
+    branches: [],
+    editMessage: resolveNull,
+    regenerate: resolveNull,
+    rewind: resolveNull,
   }
 }
 
@@ -79,6 +83,8 @@ function useClientSession(opts) {
   const [historySupported, setHistorySupported] = useState(null)
   // Tools waiting for the user's decision (the routes' `permissionPrompts`).
   const [permissionRequests, setPermissionRequests] = useState([])
+  // This session's forks and the message it was forked at (`messages` action).
+  const [forkInfo, setForkInfo] = useState({ forks: [], forkedAt: null })
 
   // The latest values, for callbacks that must not go stale.
   const latest = useRef(opts)
@@ -92,6 +98,8 @@ function useClientSession(opts) {
   const mounted = useRef(true)
   // How many prompts `send` has started (load tells by it whether one was sent while it waited).
   const sendsRef = useRef(0)
+  const messagesRef = useRef(messages)
+  messagesRef.current = messages
 
   const setSessionId = useCallback((id) => {
     sessionIdRef.current = id
@@ -156,6 +164,7 @@ function useClientSession(opts) {
         const body = await callJson('POST', '/session', { action: 'messages', sessionId: id, limit: historyLimit })
         const raw = Array.isArray(body) ? body : body && Array.isArray(body.messages) ? body.messages : []
         if (mounted.current) setHistorySupported(true)
+        if (mounted.current && sessionIdRef.current === id) setForkInfo(forkInfoOf(body))
         return raw.map(historyMessage).filter(Boolean)
       } catch (e) {
         // History replay is optional: the server's addon (or route) may not have it yet.
@@ -210,6 +219,13 @@ function useClientSession(opts) {
       const sendsBefore = runningRef.current ? -1 : sendsRef.current
       // The breakdown is extra: a failure to load it does not keep the session from opening.
       const usageOf = fetchContextUsage(id).catch(() => null)
+      // Without history loading, the branches still come from a one-message page.
+      if (!loadHistory && !noHistory.has(api)) {
+        callJson('POST', '/session', { action: 'messages', sessionId: id, limit: 1 }).then(
+          (body) => mounted.current && sessionIdRef.current === id && setForkInfo(forkInfoOf(body)),
+          () => {},
+        )
+      }
       const [ctx, usage, history] = await Promise.all([fetchContext(id), usageOf, loadHistory && !keepMessages ? fetchHistory(id) : null])
       if (!mounted.current || sessionIdRef.current !== id) return
       const sentMeanwhile = sendsRef.current !== sendsBefore
@@ -217,7 +233,7 @@ function useClientSession(opts) {
       if (!sentMeanwhile) setContextUsage(usage)
       if (history) setMessages((ms) => mergeHistory(history, ms))
     },
-    [fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
+    [api, callJson, fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
   )
 
   // Find (or create) the project's session on mount and whenever the project changes.
@@ -400,7 +416,7 @@ function useClientSession(opts) {
           update(last(), { content, status: 'done', result })
         } else {
           update(last(), { content, status: result.error && result.error.code === 'ABORTED' ? 'aborted' : 'error', result })
-          if (!(result.error && result.error.code === 'ABORTED')) report(apiError(result.error.code, result.error.message, result.error.status))
+          if (!(result.error && result.error.code === 'ABORTED')) report(apiError(result.error.code, result.error.message, result.error.status, result.error.scope))
         }
         const onFinish = latest.current.onFinish
         if (onFinish) onFinish(result)
@@ -442,6 +458,7 @@ function useClientSession(opts) {
         const extra = stringFields(sendOptions, ['model', 'title'])
         const body = { ...latest.current.body, ...extra, prompt, projectId, sessionId: id }
         if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
+        if (sendOptions && typeof sendOptions === 'object' && typeof sendOptions.atMessageId === 'string') body.atMessageId = sendOptions.atMessageId
         return call('POST', '/stream', body, { signal })
       }
       return runStream(open, user, null)
@@ -611,7 +628,87 @@ function useClientSession(opts) {
     [callJson, permissionRequests, report],
   )
 
+  /** The server's ids of the conversation: `messages` (the server's, oldest first) and where the
+   * on-screen user message `messageId` is among them (matched from the end, prompt by prompt:
+   * messages sent here carry local ids until the history is reloaded). */
+  const locate = useCallback(
+    async (id, messageId) => {
+      const body = await callJson('POST', '/session', { action: 'messages', sessionId: id, limit: 10000 })
+      const server = Array.isArray(body && body.messages) ? body.messages : []
+      const prompts = server.map((m, i) => [m, i]).filter(([m]) => m.role === 'user' && m.kind === 'prompt')
+      const idOf = (m) => m.uuid || m.id
+      const shown = messagesRef.current.filter((m) => m.role === 'user')
+      const k = shown.findIndex((m) => m.id === messageId)
+      if (k < 0) throw apiError('INVALID_ARGUMENT', 'editMessage needs the id of a user message on screen')
+      const direct = prompts.find(([m]) => idOf(m) === messageId)
+      const hit = direct || prompts[prompts.length - (shown.length - k)]
+      if (!hit) throw apiError('MESSAGE_NOT_FOUND', 'that message is not on the session\'s conversation')
+      return { server: server.map((m) => ({ ...m, uuid: idOf(m) })), index: hit[1] }
+    },
+    [callJson],
+  )
+
+  /** Sends `text` instead of the user message `messageId`: a fork of the session at the message
+   * before it (the old branch stays, see `branches`), switching to the fork. Editing the first
+   * message starts a new session. */
+  const editMessage = useCallback(
+    async (messageId, text) => {
+      if (typeof text !== 'string' || !text.trim()) return null
+      if (abortRef.current) {
+        report(apiError('SESSION_BUSY', 'a task is running; wait for it or abort() it first'))
+        return null
+      }
+      let at
+      try {
+        const id = await ensureSession()
+        const { server, index } = await locate(id, messageId)
+        at = index > 0 ? server[index - 1].uuid : null
+        if (!at) {
+          const { session } = await callJson('POST', '/session', { action: 'getOrCreate', projectId, preferActive: false })
+          setSessionId(session.id)
+        }
+      } catch (e) {
+        report(e)
+        return null
+      }
+      if (mounted.current) setMessages((ms) => ms.slice(0, Math.max(0, ms.findIndex((m) => m.id === messageId))))
+      const result = await send(text, at ? { atMessageId: at } : undefined)
+      const now = sessionIdRef.current
+      if (now && latest.current.loadHistory !== false) fetchHistory(now).then((h) => h && mounted.current && sessionIdRef.current === now && setMessages(h), () => {})
+      return result
+    },
+    [callJson, ensureSession, fetchHistory, locate, projectId, report, send, setSessionId],
+  )
+
+  /** A new answer to the last prompt: `editMessage` with its own text. */
+  const regenerate = useCallback(async () => {
+    const last = [...messagesRef.current].reverse().find((m) => m.role === 'user')
+    return last ? editMessage(last.id, last.content) : null
+  }, [editMessage])
+
+  /** The session continues from the message before the user message `messageId` (undo that turn
+   * and what follows; the server's `rewind`). Resolves the rewind's answer. */
+  const rewind = useCallback(
+    (messageId, rewindOptions) =>
+      guarded('loading', async () => {
+        const id = await ensureSession()
+        const { server, index } = await locate(id, messageId)
+        if (index === 0) throw apiError('INVALID_ARGUMENT', 'the first message cannot be undone: start a new session')
+        const body = { action: 'rewind', sessionId: id, toMessageId: server[index - 1].uuid }
+        const files = rewindOptions && typeof rewindOptions === 'object' ? rewindOptions.files : undefined
+        if (files === true || files === 'dryRun') body.files = files
+        const out = await callJson('POST', '/session', body)
+        await load(id)
+        return out
+      }),
+    [callJson, ensureSession, guarded, load, locate],
+  )
+
   const session = sessions.find((s) => s.id === sessionId) || null
+  const branches = [
+    ...(session && session.parentId ? [{ sessionId: session.parentId, atMessageId: forkInfo.forkedAt, relation: 'parent' }] : []),
+    ...forkInfo.forks.map((b) => ({ sessionId: b.sessionId, atMessageId: b.atMessageId, relation: 'fork' })),
+  ]
 
   return {
     sessionId,
@@ -639,6 +736,10 @@ function useClientSession(opts) {
     refresh,
     permissionRequests,
     respondToPermission,
+    branches,
+    editMessage,
+    regenerate,
+    rewind,
   }
 }
 

@@ -6,12 +6,14 @@
 let localCounter = 0
 const localId = (prefix) => `${prefix}-${Date.now().toString(36)}-${(localCounter++).toString(36)}`
 
-/** An Error with the API's `code` (and the HTTP `status` when there was one). */
-function apiError(code, message, status) {
+/** An Error with the API's `code` (and the HTTP `status` when there was one, and for a spend cap's
+ * `BUDGET_EXCEEDED` the cap's `scope`). */
+function apiError(code, message, status, scope) {
   const e = new Error(message || code)
   e.name = 'ClaudeSessionError'
   e.code = code
   if (status !== undefined) e.status = status
+  if (typeof scope === 'string') e.scope = scope
   return e
 }
 
@@ -161,4 +163,10 @@ function createReplies(firstId) {
   }
 }
 
-module.exports = { localId, apiError, asError, isAbort, errorFromResponse, textOf, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies }
+/** A `messages` answer's branch information: the session's forks and the message it forked at. */
+function forkInfoOf(body) {
+  const forks = body && Array.isArray(body.branches) ? body.branches.filter((b) => b && typeof b.sessionId === 'string') : []
+  return { forks, forkedAt: body && typeof body.forkedAt === 'string' ? body.forkedAt : null }
+}
+
+module.exports = { forkInfoOf, localId, apiError, asError, isAbort, errorFromResponse, textOf, historyMessage, contextLevel, isUnsupported, stringFields, mergeHistory, createReplies }

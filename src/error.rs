@@ -53,6 +53,13 @@ pub enum ErrorCode {
   /// A session's transcript (or a folder on its path below the tenant's configuration folder) is
   /// a symbolic link or not a regular file: the agent can write there, so it was not followed.
   TranscriptUnsafe,
+  /// No message with that id is on the session's live conversation (`fork`, `rewind`,
+  /// `executeTask`'s `atMessageId`): the id is unknown, on a dead branch, or another session's.
+  MessageNotFound,
+  /// The CLI refused to continue from a rewind point because the conversation changed since the
+  /// rewind (`--resume-drops-turn`): nothing ran, the rewind was withdrawn, the session is as it
+  /// was before it. Deterministic: rewind again from what `getMessages` shows, never retry.
+  RewindRejected,
   /// A bug in this package (a panic or an impossible state). Please report it.
   Internal,
 }
@@ -82,12 +89,14 @@ impl ErrorCode {
       ErrorCode::PermissionRequestNotFound => "PERMISSION_REQUEST_NOT_FOUND",
       ErrorCode::TranscriptTooLarge => "TRANSCRIPT_TOO_LARGE",
       ErrorCode::TranscriptUnsafe => "TRANSCRIPT_UNSAFE",
+      ErrorCode::MessageNotFound => "MESSAGE_NOT_FOUND",
+      ErrorCode::RewindRejected => "REWIND_REJECTED",
       ErrorCode::Internal => "INTERNAL",
     }
   }
 
   /// Every code, for documentation and tests.
-  pub const ALL: [ErrorCode; 22] = [
+  pub const ALL: [ErrorCode; 24] = [
     ErrorCode::InvalidArgument,
     ErrorCode::SessionNotFound,
     ErrorCode::SessionBusy,
@@ -109,6 +118,8 @@ impl ErrorCode {
     ErrorCode::PermissionRequestNotFound,
     ErrorCode::TranscriptTooLarge,
     ErrorCode::TranscriptUnsafe,
+    ErrorCode::MessageNotFound,
+    ErrorCode::RewindRejected,
     ErrorCode::Internal,
   ];
 }

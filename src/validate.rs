@@ -1,7 +1,10 @@
-//! Checks on every value that comes from a caller, run before the store is touched or anything is
-//! spawned. Each failure is an `INVALID_ARGUMENT` error naming the field.
+//! Checks on the strings that come from a caller (ids, session ids, titles, model names, prompts,
+//! tool rules, CLI flag values, folders), run before the store is touched or anything is spawned:
+//! by the binding's conversions into typed requests (`binding/typed.rs`, which also reads the
+//! numbers) and by the manager for what it is given by position or resolves itself. Each failure
+//! is an `INVALID_ARGUMENT` error naming the field.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Longest accepted project or user id, in bytes.
 pub const MAX_ID_LEN: usize = 256;
@@ -117,44 +120,6 @@ pub fn model(field: &str, value: &str) -> Result<()> {
   Ok(())
 }
 
-/// Smallest accepted `maxBudgetUsd`.
-pub const MIN_BUDGET_USD: f64 = 0.0001;
-/// Largest accepted `maxBudgetUsd`.
-pub const MAX_BUDGET_USD: f64 = 10_000.0;
-
-/// A spending cap in US dollars: a finite number from 0.0001 to 10000.
-pub fn budget_usd(field: &str, value: f64) -> Result<f64> {
-  if !(MIN_BUDGET_USD..=MAX_BUDGET_USD).contains(&value) {
-    return Err(Error::invalid(format!("{field} must be a number from {MIN_BUDGET_USD} to {MAX_BUDGET_USD} (US dollars), got {value}")));
-  }
-  Ok(value)
-}
-
-/// A whole, non-negative number given from JavaScript as a double.
-pub fn non_negative_int(field: &str, value: f64) -> Result<u64> {
-  if !value.is_finite() || value < 0.0 || value.fract() != 0.0 || value > 9_007_199_254_740_991.0 {
-    return Err(Error::invalid(format!("{field} must be a whole number >= 0, got {value}")));
-  }
-  Ok(value as u64)
-}
-
-/// A whole number that must be at least 1.
-pub fn positive_int(field: &str, value: f64) -> Result<u64> {
-  let v = non_negative_int(field, value)?;
-  if v == 0 {
-    return Err(Error::invalid(format!("{field} must be at least 1")));
-  }
-  Ok(v)
-}
-
-/// A percentage in (0, 100].
-pub fn percent(field: &str, value: f64) -> Result<f64> {
-  if !value.is_finite() || value <= 0.0 || value > 100.0 {
-    return Err(Error::invalid(format!("{field} must be a percentage greater than 0 and at most 100, got {value}")));
-  }
-  Ok(value)
-}
-
 /// A value that will be passed to the CLI as a flag value: non-empty, printable, bounded.
 /// Values that begin with `-` are allowed because the executor always passes them as
 /// `--flag=value`, which the CLI cannot mistake for another flag. Model names have a stricter
@@ -191,6 +156,40 @@ pub fn working_directory(field: &str, value: &str, allowed_roots: &[std::path::P
   Ok(resolved)
 }
 
+/// A task's prompt: not blank, no NUL byte, at most [`MAX_PROMPT_BYTES`] (a longer one is
+/// `CONTEXT_OVERFLOW`: no model could take it).
+pub fn prompt(value: &str) -> Result<()> {
+  if value.trim().is_empty() {
+    return Err(Error::invalid("prompt must be a non-empty string"));
+  }
+  if value.len() > MAX_PROMPT_BYTES {
+    return Err(Error::new(
+      ErrorCode::ContextOverflow,
+      format!("the prompt is {} bytes; the limit is {MAX_PROMPT_BYTES} bytes, far beyond any model's context window", value.len()),
+    ));
+  }
+  if value.contains('\0') {
+    return Err(Error::invalid("prompt contains a NUL byte"));
+  }
+  Ok(())
+}
+
+/// A list of tool rules (`allowedTools`, `disallowedTools`): at most `max` entries, each a flag
+/// value of at most 512 bytes without control characters, naming one tool ([`one_tool_rule`]).
+pub fn tool_rules(field: &str, list: &[String], max: usize) -> Result<()> {
+  if list.len() > max {
+    return Err(Error::invalid(format!("{field} has more than {max} entries")));
+  }
+  for t in list {
+    cli_value(field, t, 512)?;
+    if t.chars().any(|c| c.is_control()) {
+      return Err(Error::invalid(format!("{field} entry {:?} contains a control character", t)));
+    }
+    one_tool_rule(field, t)?;
+  }
+  Ok(())
+}
+
 /// A tool rule names one tool (`Bash`, `Bash(npm test:*)`, `mcp__server__tool`): the CLI splits
 /// `--allowedTools` values at spaces and commas outside parentheses, so `"Read Bash"` would grant
 /// two tools. Such entries are refused.
@@ -218,7 +217,6 @@ pub fn one_tool_rule(field: &str, rule: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::error::ErrorCode;
 
   #[test]
   fn one_tool_rule_per_entry() {
@@ -230,6 +228,20 @@ mod tests {
       assert_eq!(e.code, ErrorCode::InvalidArgument, "{bad}");
       assert!(e.message.contains("allowedTools"), "{bad}: {}", e.message);
     }
+  }
+
+  #[test]
+  fn prompts_and_tool_lists() {
+    assert!(prompt("hi").is_ok());
+    assert_eq!(prompt(" \n").unwrap_err().message, "prompt must be a non-empty string");
+    assert_eq!(prompt("a\0b").unwrap_err().code, ErrorCode::InvalidArgument);
+    assert_eq!(prompt(&"x".repeat(MAX_PROMPT_BYTES + 1)).unwrap_err().code, ErrorCode::ContextOverflow);
+    assert!(prompt(&"x".repeat(MAX_PROMPT_BYTES)).is_ok());
+    let rules = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(tool_rules("allowedTools", &rules(&["Read", "Bash(git log:*)"]), 2).is_ok());
+    assert!(tool_rules("allowedTools", &rules(&["Read", "Write", "Edit"]), 2).unwrap_err().message.contains("more than 2 entries"));
+    assert!(tool_rules("disallowedTools", &rules(&["Bash(\u{1b})"]), 2).unwrap_err().message.contains("control character"));
+    assert!(tool_rules("allowedTools", &rules(&[""]), 2).unwrap_err().message.contains("must not be empty"));
   }
 
   #[test]
@@ -306,16 +318,6 @@ mod tests {
   }
 
   #[test]
-  fn budgets() {
-    for good in [0.0001, 0.25, 1.0, 10_000.0] {
-      assert_eq!(budget_usd("maxBudgetUsd", good).unwrap(), good);
-    }
-    for bad in [0.0, -1.0, 0.00009, 1e-300, 5e-324, 10_000.01, 1e300, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
-      assert!(budget_usd("maxBudgetUsd", bad).is_err(), "{bad}");
-    }
-  }
-
-  #[test]
   fn session_ids() {
     let u = "123E4567-E89B-42D3-A456-426614174000";
     assert_eq!(session_id("sessionId", u).unwrap(), u.to_lowercase());
@@ -388,19 +390,5 @@ mod tests {
     let slash = vec![std::path::PathBuf::from(format!("{}/", base.join("app").display()))];
     assert!(working_directory("wd", base.join("app-secrets").to_str().unwrap(), &slash).is_err());
     assert!(working_directory("wd", base.join("app/src").to_str().unwrap(), &slash).is_ok());
-  }
-
-  #[test]
-  fn numbers() {
-    assert_eq!(non_negative_int("limit", 0.0).unwrap(), 0);
-    assert_eq!(non_negative_int("limit", 50.0).unwrap(), 50);
-    for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY, 1e300] {
-      assert!(non_negative_int("limit", bad).is_err(), "{bad}");
-    }
-    assert!(positive_int("maxTurns", 0.0).is_err());
-    assert!(percent("threshold", 0.0).is_err());
-    assert!(percent("threshold", 101.0).is_err());
-    assert!(percent("threshold", -5.0).is_err());
-    assert_eq!(percent("threshold", 80.0).unwrap(), 80.0);
   }
 }

@@ -385,7 +385,7 @@ pub(crate) fn with_hooks<'e, F>(
   what: &str,
   options: Option<Unknown<'e>>,
   run: impl FnOnce(Option<manager::EventSink>, CancelToken) -> F,
-) -> napi::Result<PromiseRaw<'e, TaskResult>>
+) -> napi::Result<PromiseRaw<'e, JsTaskResult>>
 where
   F: std::future::Future<Output = CoreResult<manager::TaskResult>> + Send + 'static,
 {
@@ -394,5 +394,5 @@ where
     Err(e) => return PromiseRaw::reject(env, js_error(env, e)),
   };
   let fut = run(sink, cancel);
-  promise_then(env, async move { failures.add_to(fut.await).await }, TaskResult::from, ExecuteHooks::cleanup(abort))
+  promise_then(env, async move { failures.add_to(fut.await).await }, JsTaskResult::from, ExecuteHooks::cleanup(abort))
 }

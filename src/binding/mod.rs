@@ -22,6 +22,7 @@ mod requests;
 mod results;
 mod streams;
 mod tokens;
+mod typed;
 
 use convert::*;
 use errors::*;
@@ -56,7 +57,7 @@ impl SessionManager {
     let options = js_value(&env, "options", options);
     sync(&env, || {
       let opts: SessionManagerOptions = parse_optional("SessionManager options", options?)?;
-      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts.into())?) })
+      Ok(SessionManager { inner: Arc::new(manager::Manager::open(opts.try_into()?)?) })
     })
   }
 
@@ -69,29 +70,29 @@ impl SessionManager {
 
   /// Sessions of a user, newest activity first.
   #[napi(ts_args_type = "request: ListSessionsRequest", ts_return_type = "Promise<Session[]>")]
-  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<Session>> {
+  pub fn list_sessions<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<JsSession>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.list_sessions(parse::<ListSessionsRequest>("listSessions", request?)?.into()).await }, sessions)
+    promise(env, async move { m.list_sessions(parse::<ListSessionsRequest>("listSessions", request?)?.try_into()?).await }, sessions)
   }
 
   /// One session. Another user's session rejects with `SESSION_NOT_FOUND`, as a missing one does.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
-  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Session> {
+  pub fn get_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, JsSession> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     // A point read that needs no waiting is answered here: a trip through the worker threads
     // costs more than the read.
     if let (Ok(Value::String(id)), Ok(Value::String(user))) = (&session_id, &user_id) {
       if let Some(s) = self.inner.get_session_now(id, user) {
-        return PromiseRaw::resolve(env, Session::from(s));
+        return PromiseRaw::resolve(env, JsSession::from(s));
       }
     }
     let m = self.inner.clone();
     promise(
       env,
       async move { m.get_session(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?).await },
-      Session::from,
+      JsSession::from,
     )
   }
 
@@ -129,8 +130,8 @@ impl SessionManager {
 
   /// Marks a session archived; it stays readable and resumable.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<Session>")]
-  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Session> {
-    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.archive_session(&id, &user).await }, Session::from)
+  pub fn archive_session<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, JsSession> {
+    by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.archive_session(&id, &user).await }, JsSession::from)
   }
 
   /// Deletes a session with its task and compaction rows and the CLI's transcript (unless
@@ -166,10 +167,7 @@ impl SessionManager {
     let m = self.inner.clone();
     promise(
       env,
-      async move {
-        let r: CleanupRequest = parse("cleanupSessions", request?)?;
-        m.cleanup(&r.user_id, r.project_id.as_deref(), r.max_age_ms, r.keep_active.unwrap_or(true)).await
-      },
+      async move { m.cleanup(parse::<JsCleanupRequest>("cleanupSessions", request?)?.try_into()?).await },
       |(deleted, remaining)| CleanupResult { deleted: num(deleted), remaining: num(remaining) },
     )
   }
@@ -177,16 +175,52 @@ impl SessionManager {
   /// A new session that continues from `sessionId`, made at once without calling the model; its
   /// first task forks the CLI's transcript. The parent is never changed by the fork.
   #[napi(ts_args_type = "request: ForkRequest", ts_return_type = "Promise<Session>")]
-  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Session> {
+  pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsSession> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     promise(
       env,
       async move {
-        let r: ForkRequest = parse("fork", request?)?;
-        m.fork(&r.session_id, &r.user_id, r.title).await
+        let r: manager::ForkRequest = parse::<JsForkRequest>("fork", request?)?.try_into()?;
+        m.fork_at(&r.session_id, &r.user_id, r.at_message_id.as_deref(), r.title).await
       },
-      Session::from,
+      JsSession::from,
+    )
+  }
+
+  /// The session continues from an earlier message of its conversation (`toMessageId`, a
+  /// `getMessages` id), without calling the model: the next task's model sees the conversation up
+  /// to it. The dropped turns stay in the transcript as a dead branch (`getMessages` shows the
+  /// live one); the meter is re-derived at the message; costs already spent stay spent; an idle
+  /// warm CLI of the session is stopped.
+  #[napi(ts_args_type = "request: RewindRequest", ts_return_type = "Promise<RewindResult>")]
+  pub fn rewind<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsRewindResult> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(
+      env,
+      async move {
+        let r: JsRewindRequest = parse("rewind", request?)?;
+        let files = match r.files {
+          None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+          Some(Value::Bool(true)) => Some(manager::FilesMode::Restore),
+          Some(Value::String(s)) if s == "dryRun" => Some(manager::FilesMode::DryRun),
+          Some(_) => return Err(CoreError::invalid("files must be true, false or 'dryRun'")),
+        };
+        m.rewind(&r.session_id, &r.user_id, &r.to_message_id, files).await
+      },
+      |r| JsRewindResult {
+        session: JsSession::from(r.session),
+        to_message_id: r.to_message_id,
+        dropped_messages: r.dropped_messages as f64,
+        context_info: JsContextInfo::from(r.context_info),
+        files: r.files.map(|f| JsFileChanges {
+          restored: f.restored,
+          changed: f.changed,
+          insertions: f.insertions as f64,
+          deletions: f.deletions as f64,
+        }),
+      },
     )
   }
 
@@ -199,34 +233,34 @@ impl SessionManager {
     session_id: Unknown<'e>,
     user_id: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> Promised<'e, ContextInfo> {
+  ) -> Promised<'e, JsContextInfo> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let options = js_value(env, "options", options);
     // Answered here when the store can be read without waiting (see `getSession`).
     if let (Ok(Value::String(id)), Ok(Value::String(user)), Ok(o)) = (&session_id, &user_id, &options) {
-      let threshold = match o {
-        Value::Null => Some(None),
-        v => parse::<ThresholdOptions>("getSessionContext options", v.clone()).ok().map(|o| o.threshold),
+      let options = match o {
+        Value::Null => Some(manager::ThresholdOptions::default()),
+        v => parse::<JsThresholdOptions>("getSessionContext options", v.clone()).ok().and_then(|o| o.try_into().ok()),
       };
-      if let Some(ci) = threshold.and_then(|t| self.inner.get_context_now(id, user, t)) {
-        return PromiseRaw::resolve(env, ContextInfo::from(ci));
+      if let Some(ci) = options.and_then(|o| self.inner.get_context_now(id, user, o)) {
+        return PromiseRaw::resolve(env, JsContextInfo::from(ci));
       }
     }
     let m = self.inner.clone();
     promise(
       env,
       async move {
-        let o: ThresholdOptions = parse_optional("getSessionContext options", options?)?;
-        m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.threshold).await
+        let o: JsThresholdOptions = parse_optional("getSessionContext options", options?)?;
+        m.get_context(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.try_into()?).await
       },
-      ContextInfo::from,
+      JsContextInfo::from,
     )
   }
 
   /// The tasks run in a session, oldest first.
   #[napi(ts_args_type = "sessionId: string, userId: string", ts_return_type = "Promise<TaskRecord[]>")]
-  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Vec<TaskRecord>> {
+  pub fn list_tasks<'e>(&self, env: &'e Env, session_id: Unknown<'e>, user_id: Unknown<'e>) -> Promised<'e, Vec<JsTaskRecord>> {
     by_session(env, &self.inner, session_id, user_id, |m, id, user| async move { m.list_tasks(&id, &user).await }, task_records)
   }
 
@@ -255,8 +289,8 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: MessagesOptions = parse_optional("getMessages options", options?)?;
-        let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.limit, o.offset).await?;
+        let o: JsMessagesOptions = parse_optional("getMessages options", options?)?;
+        let page = m.get_messages(&string_arg("sessionId", session_id?)?, &string_arg("userId", user_id?)?, o.try_into()?).await?;
         serde_json::to_value(page).map_err(|e| CoreError::internal(format!("cannot encode messages: {e}")))
       },
       |v| v,
@@ -276,7 +310,7 @@ impl SessionManager {
     user_id: Unknown<'e>,
     prompt: Unknown<'e>,
     options: Option<Unknown<'e>>,
-  ) -> Promised<'e, PromptEstimate> {
+  ) -> Promised<'e, JsPromptEstimate> {
     let session_id = js_value(env, "sessionId", Some(session_id));
     let user_id = js_value(env, "userId", Some(user_id));
     let prompt = js_value(env, "prompt", Some(prompt));
@@ -285,11 +319,11 @@ impl SessionManager {
     promise(
       env,
       async move {
-        let o: ThresholdOptions = parse_optional("estimatePromptTokens options", options?)?;
+        let o: JsThresholdOptions = parse_optional("estimatePromptTokens options", options?)?;
         let (sid, uid, p) = (string_arg("sessionId", session_id?)?, string_arg("userId", user_id?)?, string_arg("prompt", prompt?)?);
-        m.estimate_prompt_tokens(&sid, &uid, p, o.threshold).await
+        m.estimate_prompt_tokens(&sid, &uid, p, o.try_into()?).await
       },
-      PromptEstimate::from,
+      JsPromptEstimate::from,
     )
   }
 
@@ -297,12 +331,12 @@ impl SessionManager {
   /// Invalid requests reject before anything is spawned; model and CLI failures resolve with
   /// `success: false` and an `error.code`.
   #[napi(ts_args_type = "request: TaskRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
-  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
+  pub fn execute_task<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, JsTaskResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     let can_use_tool = permissions::read_can_use_tool(env, options);
     with_hooks(env, "executeTask", options, move |sink, cancel| async move {
-      let r: manager::TaskRequest = parse::<TaskRequest>("executeTask", request?)?.into();
+      let r = manager::TaskRequest::try_from(parse::<JsTaskRequest>("executeTask", request?)?)?;
       m.execute_task_with(r, sink, cancel, can_use_tool?).await
     })
   }
@@ -310,19 +344,19 @@ impl SessionManager {
   /// Compacts a session through the CLI's `/compact` and records the before/after tokens. A
   /// failed compaction rejects with `COMPACT_FAILED` and leaves the session as it was.
   #[napi(ts_args_type = "request: CompactRequest, options?: ExecuteOptions", ts_return_type = "Promise<TaskResult>")]
-  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, TaskResult> {
+  pub fn compact_session<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> Promised<'e, JsTaskResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
     with_hooks(env, "compactSession", options, move |sink, cancel| async move {
-      let r: CompactRequest = parse("compactSession", request?)?;
-      m.compact(&r.session_id, &r.user_id, r.summary_instructions, sink, cancel).await
+      let r = manager::CompactRequest::try_from(parse::<JsCompactRequest>("compactSession", request?)?)?;
+      m.compact(r, sink, cancel).await
     })
   }
 
   /// How tasks run here: whether the agent is sandboxed, whether the API key is hidden behind the
   /// per-task proxy, and where the addon keeps its state.
   #[napi]
-  pub fn info(&self) -> ManagerInfo {
+  pub fn info(&self) -> JsManagerInfo {
     self.inner.info().into()
   }
 
@@ -334,14 +368,7 @@ impl SessionManager {
   pub fn send_message<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, ()> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(
-      env,
-      async move {
-        let r: SendMessageRequest = parse("sendMessage", request?)?;
-        m.send_message(&r.session_id, &r.user_id, &r.prompt).await
-      },
-      |()| (),
-    )
+    promise(env, async move { m.send_message(parse::<JsSendMessageRequest>("sendMessage", request?)?.try_into()?).await }, |()| ())
   }
 
   /// Answers a permission request of a task on the user's session, wherever the task runs (in
@@ -355,10 +382,7 @@ impl SessionManager {
     let m = self.inner.clone();
     promise(
       env,
-      async move {
-        let r: PermissionResponse = parse("respondToPermission", request?)?;
-        m.respond_to_permission(r.into()).await
-      },
+      async move { m.respond_to_permission(parse::<JsPermissionResponse>("respondToPermission", request?)?.try_into()?).await },
       |()| (),
     )
   }
@@ -383,19 +407,19 @@ impl SessionManager {
   /// session). The key proxy refuses a model call whose reserve could cross any cap that applies;
   /// the task ends `BUDGET_EXCEEDED`.
   #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget>")]
-  pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Budget> {
+  pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsBudget> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.set_budget(parse::<BudgetRequest>("setBudget", request?)?.into()).await }, Budget::from)
+    promise(env, async move { m.set_budget(parse::<JsBudgetRequest>("setBudget", request?)?.try_into()?).await }, JsBudget::from)
   }
 
   /// A spend cap with what its scope spent this period: the one set, else the constructor's
   /// default that applies, else `null`.
   #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget | null>")]
-  pub fn get_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Option<Budget>> {
+  pub fn get_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Option<JsBudget>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.get_budget(parse::<BudgetRequest>("getBudget", request?)?.into()).await }, |b| b.map(Budget::from))
+    promise(env, async move { m.get_budget(parse::<JsBudgetRequest>("getBudget", request?)?.try_into()?).await }, |b| b.map(JsBudget::from))
   }
 
   /// Deletes a spend cap set with `setBudget` (a default one applies again); whether there was one.
@@ -403,7 +427,7 @@ impl SessionManager {
   pub fn delete_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, bool> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.delete_budget(parse::<BudgetRequest>("deleteBudget", request?)?.into()).await }, |b| b)
+    promise(env, async move { m.delete_budget(parse::<JsBudgetRequest>("deleteBudget", request?)?.try_into()?).await }, |b| b)
   }
 
   /// The key proxy's ledger of model calls (every call made with a task's token, the agent's own
@@ -412,7 +436,7 @@ impl SessionManager {
   pub fn get_usage<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, Vec<UsageGroup>> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(env, async move { m.get_usage(parse::<UsageRequest>("getUsage", request?)?.into()).await }, |rows| {
+    promise(env, async move { m.get_usage(parse::<JsUsageRequest>("getUsage", request?)?.try_into()?).await }, |rows| {
       rows.into_iter().map(UsageGroup::from).collect()
     })
   }

@@ -1,14 +1,14 @@
-//! The request types: each struct is the one definition of its request. It generates the
-//! `.d.ts` interface (`#[napi(object)]`, doc comments included) and reads the input (serde over
-//! the JSON form of the JS value, so that every shape error is an `INVALID_ARGUMENT` naming the
-//! field and unknown keys are refused), then converts once into the core's request.
+//! The request types as JavaScript gives them: each struct is the one definition of its JS shape.
+//! It generates the `.d.ts` interface (`#[napi(object)]`, doc comments included) and reads the
+//! input (serde over the JSON form of the JS value, so that every shape error is an
+//! `INVALID_ARGUMENT` naming the field and unknown keys are refused); `typed.rs` then converts it
+//! once into the core's typed request. A struct that has a core counterpart is named `Js…` with
+//! `js_name` giving its `.d.ts` name, so that the two are never confused.
 
 use std::collections::HashMap;
 
 use napi_derive::napi;
 use serde::Deserialize;
-
-use crate::sessions as manager;
 
 /// Options of `new SessionManager(options)`. Unknown keys are rejected.
 #[napi(object, object_from_js = false)]
@@ -105,7 +105,8 @@ pub struct SessionManagerOptions {
   /// What each sandbox may use: `{ tmpMb?, homeMb?, processes?, memoryMb? }`. Defaults: `/tmp` 512
   /// MiB, `HOME` 512 MiB (tmpfs, in memory), 512 processes and threads (`RLIMIT_NPROC`, per
   /// sandbox), 4096 MiB of address space per process (`RLIMIT_AS`).
-  pub sandbox_limits: Option<SandboxLimits>,
+  #[napi(ts_type = "SandboxLimits")]
+  pub sandbox_limits: Option<JsSandboxLimits>,
   /// The sandbox's network besides the key proxy: `{ allowDomains: ['example.com', '*.docs.rs',
   /// 'host:8443'] }` lets the agent's web tools open HTTPS tunnels (`CONNECT`, port 443 unless
   /// given) to those host names only, through a proxy in this process (`HTTPS_PROXY` in the
@@ -126,6 +127,10 @@ pub struct SessionManagerOptions {
   /// task runs (the key proxy refuses it then) and is asked of nobody. Default false: they are
   /// disallowed whatever `allowedTools` says.
   pub allow_background_tools: Option<bool>,
+  /// The CLI backs up every file before its edit tools (Write, Edit, NotebookEdit) change it, so
+  /// that `rewind` with `files` can restore the working directory. Default true; false turns the
+  /// backups off (a rewind with `files` then has nothing to restore).
+  pub file_checkpoints: Option<bool>,
   /// The CLI's setting sources (`--setting-sources`). Default none: no settings file, which an
   /// agent or another tenant could write, changes permissions.
   #[napi(ts_type = "Array<'user' | 'project' | 'local'>")]
@@ -162,19 +167,21 @@ pub struct SessionManagerOptions {
   /// `period` `'day'` or `'month'` (UTC, database clock) or none for a lifetime cap) and
   /// `perSession: { usd }` (each session's lifetime spend). Enforced by the key proxy on every
   /// model call; refused with `exposeApiKeyToAgent: true` (`INVALID_ARGUMENT`).
-  pub budgets: Option<BudgetDefaults>,
+  #[napi(ts_type = "BudgetDefaults")]
+  pub budgets: Option<JsBudgetDefaults>,
   /// Prices the key proxy charges model calls at, replacing Anthropic's list prices (USD per
   /// million tokens) for models whose id contains `model` (a family such as `opus`, or a model id;
   /// the longest match wins). `cacheWrite` defaults to 1.25 × `input`, `cacheRead` to 0.1 × `input`.
   /// A model matching nothing is priced as the most expensive family.
-  pub model_prices: Option<Vec<ModelPrice>>,
+  #[napi(ts_type = "Array<ModelPrice>")]
+  pub model_prices: Option<Vec<JsModelPrice>>,
 }
 
 /// `budgets` in the manager's options.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "BudgetDefaults")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BudgetDefaults {
+pub struct JsBudgetDefaults {
   pub per_user: Option<DefaultCap>,
   pub per_session: Option<DefaultCap>,
 }
@@ -191,10 +198,10 @@ pub struct DefaultCap {
 }
 
 /// One entry of `modelPrices` (USD per million tokens).
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "ModelPrice")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ModelPrice {
+pub struct JsModelPrice {
   pub model: String,
   pub input: f64,
   pub output: f64,
@@ -204,13 +211,15 @@ pub struct ModelPrice {
 
 /// `setBudget`, `getBudget` and `deleteBudget`: a cap of a user, of a user's project, or of a
 /// session (which must be the user's).
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "BudgetRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BudgetRequest {
+pub struct JsBudgetRequest {
   #[napi(ts_type = "'user' | 'project' | 'session'")]
   pub scope: String,
-  pub user_id: String,
+  /// The user; required, except that a project cap without one is the project's across all its
+  /// users.
+  pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
   /// The cap in US dollars (`setBudget` only): finite, 0 or more.
@@ -222,10 +231,10 @@ pub struct BudgetRequest {
 }
 
 /// `getUsage`: the key proxy's ledger of model calls, filtered and grouped.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "UsageRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UsageRequest {
+pub struct JsUsageRequest {
   pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
@@ -237,32 +246,6 @@ pub struct UsageRequest {
   pub group_by: String,
 }
 
-impl From<BudgetRequest> for manager::BudgetRequest {
-  fn from(r: BudgetRequest) -> Self {
-    manager::BudgetRequest {
-      scope: r.scope,
-      user_id: r.user_id,
-      project_id: r.project_id,
-      session_id: r.session_id,
-      usd: r.usd,
-      period: r.period,
-    }
-  }
-}
-
-impl From<UsageRequest> for manager::UsageRequest {
-  fn from(r: UsageRequest) -> Self {
-    manager::UsageRequest {
-      user_id: r.user_id,
-      project_id: r.project_id,
-      session_id: r.session_id,
-      since: r.since,
-      until: r.until,
-      group_by: r.group_by,
-    }
-  }
-}
-
 /// Filters of `listSessions`.
 #[napi(object, object_from_js = false)]
 #[derive(Deserialize, Default)]
@@ -270,6 +253,7 @@ impl From<UsageRequest> for manager::UsageRequest {
 pub struct ListSessionsRequest {
   pub user_id: String,
   pub project_id: Option<String>,
+  /// `active` lists paused sessions too (a paused session is an active one a spend cap stopped).
   #[napi(ts_type = "'active' | 'archived'")]
   pub status: Option<String>,
   /// Only forks of this session.
@@ -280,10 +264,10 @@ pub struct ListSessionsRequest {
 }
 
 /// A request to run a prompt in a session.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "TaskRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TaskRequest {
+pub struct JsTaskRequest {
   /// The prompt; it reaches the CLI on stdin, never in argv.
   pub prompt: String,
   pub project_id: String,
@@ -309,6 +293,9 @@ pub struct TaskRequest {
   pub compact_threshold: Option<f64>,
   /// Run in a new fork of `sessionId`; the parent is left as it was.
   pub fork_session: Option<bool>,
+  /// Run in a new fork of `sessionId` made at this message (a `getMessages` id): the model sees
+  /// the conversation up to it, then the prompt (see `fork`).
+  pub at_message_id: Option<String>,
   /// Stop the task after this long (ms): it resolves with `TIMEOUT`.
   pub timeout_ms: Option<f64>,
   /// Also deliver `stream_event` partial messages (text deltas) to `onEvent`.
@@ -324,10 +311,10 @@ pub struct TaskRequest {
 }
 
 /// `sendMessage`: a message for the task running on a session.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "SendMessageRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SendMessageRequest {
+pub struct JsSendMessageRequest {
   pub session_id: String,
   pub user_id: String,
   /// Plain text (not a slash command); it reaches the CLI on stdin.
@@ -337,10 +324,10 @@ pub struct SendMessageRequest {
 /// `respondToPermission`: the user's answer to a permission request of a task on their session.
 /// Unknown keys are refused (so is `updatedPermissions`: a user's answer never changes what the
 /// session may do next).
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "PermissionResponse")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PermissionResponse {
+pub struct JsPermissionResponse {
   pub session_id: String,
   pub user_id: String,
   /// The request's id (`options.requestId` of the callback, `requestId` of the Next.js event).
@@ -367,21 +354,6 @@ pub struct PermissionResponse {
 /// A field that is there, even as `null` (which the check then refuses).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
   serde_json::Value::deserialize(d).map(Some)
-}
-
-impl From<PermissionResponse> for manager::PermissionResponse {
-  fn from(r: PermissionResponse) -> Self {
-    manager::PermissionResponse {
-      session_id: r.session_id,
-      user_id: r.user_id,
-      request_id: r.request_id,
-      behavior: r.behavior,
-      message: r.message,
-      updated_input: r.updated_input,
-      interrupt: r.interrupt,
-      remember: r.remember,
-    }
-  }
 }
 
 /// How a caller follows and cancels a task. Read by `hooks` (functions and signals are no JSON).
@@ -436,10 +408,10 @@ pub struct SandboxNetwork {
 }
 
 /// What each sandbox may use.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "SandboxLimits")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SandboxLimits {
+pub struct JsSandboxLimits {
   /// Size of the agent's `/tmp` (a tmpfs), MiB, 1 to 65536. Default 512.
   pub tmp_mb: Option<f64>,
   /// Size of the agent's `HOME` (a tmpfs), MiB, 1 to 65536. Default 512.
@@ -481,10 +453,10 @@ pub struct StartFreshRequest {
 }
 
 /// `cleanupSessions`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "CleanupRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CleanupRequest {
+pub struct JsCleanupRequest {
   pub user_id: String,
   pub project_id: Option<String>,
   /// Sessions idle for longer than this (ms) are deleted.
@@ -494,21 +466,42 @@ pub struct CleanupRequest {
 }
 
 /// `fork`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "ForkRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ForkRequest {
+pub struct JsForkRequest {
   pub session_id: String,
   pub user_id: String,
   /// Default: the parent's title.
   pub title: Option<String>,
+  /// Fork at this message of the parent's conversation (a `getMessages` id): the fork's history
+  /// ends there. A prompt or an answer without tool calls, at or after the latest compaction; a
+  /// message inside a tool call is `INVALID_ARGUMENT`, an id not on the parent's live
+  /// conversation `MESSAGE_NOT_FOUND`. Default: the end.
+  pub at_message_id: Option<String>,
+}
+
+/// `rewind`.
+#[napi(object, object_from_js = false, js_name = "RewindRequest")]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsRewindRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// The message to continue from (a `getMessages` id), with the rules of `fork`'s `atMessageId`.
+  pub to_message_id: String,
+  /// Restore the working directory too, as it was before the first dropped prompt (`true`), or
+  /// only list what that would change (`'dryRun'`: nothing changes, the conversation included).
+  /// Needs `fileCheckpoints`; only changes of the CLI's edit tools are undone.
+  #[napi(ts_type = "boolean | 'dryRun'")]
+  pub files: Option<serde_json::Value>,
 }
 
 /// `compactSession`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "CompactRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CompactRequest {
+pub struct JsCompactRequest {
   pub session_id: String,
   pub user_id: String,
   /// What the summary should keep (appended to `/compact`).
@@ -525,131 +518,21 @@ pub struct DeleteSessionOptions {
 }
 
 /// Options of `getSessionContext` and `estimatePromptTokens`.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "ThresholdOptions")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ThresholdOptions {
+pub struct JsThresholdOptions {
   /// Percent at which `shouldCompact` turns true; default the manager's `compactThreshold`.
   pub threshold: Option<f64>,
 }
 
 /// `getMessages`' options.
-#[napi(object, object_from_js = false)]
+#[napi(object, object_from_js = false, js_name = "MessagesOptions")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MessagesOptions {
+pub struct JsMessagesOptions {
   /// At most this many messages (1..10000). Default 100.
   pub limit: Option<f64>,
   /// Index of the first message; without it, the newest `limit` messages.
   pub offset: Option<f64>,
-}
-
-// ---- into the core's requests ------------------------------------------------------------------
-
-impl From<SessionManagerOptions> for manager::Options {
-  fn from(o: SessionManagerOptions) -> Self {
-    let paths = o.sandbox_paths.unwrap_or_default();
-    manager::Options {
-      database_path: o.database_path,
-      database_url: o.database_url,
-      database_schema: o.database_schema,
-      working_directory: o.working_directory,
-      workspace_root: o.workspace_root,
-      allow_server_folder_as_workspace: o.allow_server_folder_as_workspace.unwrap_or(false),
-      default_model: o.default_model,
-      context_window: o.context_window,
-      compact_threshold: o.compact_threshold,
-      claude_path: o.claude_path,
-      env: o.env.unwrap_or_default().into_iter().collect(),
-      allow_bypass_permissions: o.allow_bypass_permissions.unwrap_or(false),
-      max_concurrent_tasks: o.max_concurrent_tasks,
-      max_concurrent_tasks_total: o.max_concurrent_tasks_total,
-      queue_timeout_ms: o.queue_timeout_ms,
-      stall_timeout_ms: o.stall_timeout_ms,
-      cli_niceness: o.cli_niceness,
-      allowed_roots: o.allowed_roots.unwrap_or_default(),
-      isolate_tenants: o.isolate_tenants,
-      tenant_config_root: o.tenant_config_root,
-      state_directory: o.state_directory,
-      sandbox: o.sandbox,
-      sandbox_paths: Some(manager::SandboxPaths {
-        read_only: paths.read_only.unwrap_or_default(),
-        read_write: paths.read_write.unwrap_or_default(),
-      }),
-      sandbox_allow_domains: o.sandbox_network.and_then(|n| n.allow_domains).unwrap_or_default(),
-      sandbox_limits: o.sandbox_limits.map(|l| manager::SandboxLimitOptions {
-        tmp_mb: l.tmp_mb,
-        home_mb: l.home_mb,
-        processes: l.processes,
-        memory_mb: l.memory_mb,
-      }),
-      expose_api_key_to_agent: o.expose_api_key_to_agent.unwrap_or(false),
-      allow_slash_commands: o.allow_slash_commands.unwrap_or_default(),
-      allow_file_mentions: o.allow_file_mentions.unwrap_or(false),
-      allow_background_tools: o.allow_background_tools.unwrap_or(false),
-      setting_sources: o.setting_sources.unwrap_or_default(),
-      node_id: o.node_id,
-      lease_ttl_ms: o.lease_ttl_ms,
-      warm_idle_ms: o.warm_idle_ms,
-      max_warm_sessions: o.max_warm_sessions,
-      permission_timeout_ms: o.permission_timeout_ms,
-      max_transcript_bytes: o.max_transcript_bytes,
-      event_retention_ms: o.event_retention_ms,
-      budgets: o
-        .budgets
-        .map(|b| manager::BudgetOptions { per_user: b.per_user.map(|c| (c.usd, c.period)), per_session: b.per_session.map(|c| c.usd) }),
-      model_prices: o
-        .model_prices
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| manager::ModelPrice {
-          model: p.model,
-          input: p.input,
-          output: p.output,
-          cache_write: p.cache_write,
-          cache_read: p.cache_read,
-        })
-        .collect(),
-    }
-  }
-}
-
-impl From<ListSessionsRequest> for manager::ListRequest {
-  fn from(r: ListSessionsRequest) -> Self {
-    manager::ListRequest {
-      user_id: r.user_id,
-      project_id: r.project_id,
-      status: r.status,
-      parent_id: r.parent_id,
-      limit: r.limit,
-      offset: r.offset,
-    }
-  }
-}
-
-impl From<TaskRequest> for manager::TaskRequest {
-  fn from(r: TaskRequest) -> Self {
-    manager::TaskRequest {
-      prompt: r.prompt,
-      project_id: r.project_id,
-      user_id: r.user_id,
-      session_id: r.session_id,
-      model: r.model,
-      max_turns: r.max_turns,
-      allowed_tools: r.allowed_tools,
-      disallowed_tools: r.disallowed_tools,
-      permission_mode: r.permission_mode,
-      append_system_prompt: r.append_system_prompt,
-      max_budget_usd: r.max_budget_usd,
-      fallback_model: r.fallback_model,
-      auto_compact: r.auto_compact,
-      compact_threshold: r.compact_threshold,
-      fork_session: r.fork_session,
-      timeout_ms: r.timeout_ms,
-      include_partial_messages: r.include_partial_messages,
-      title: r.title,
-      working_directory: r.working_directory,
-      queue_timeout_ms: r.queue_timeout_ms,
-    }
-  }
 }

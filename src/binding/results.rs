@@ -29,8 +29,8 @@ impl From<store::Usage> for TokenUsage {
 }
 
 /// The last measurement of a session's context window.
-#[napi(object)]
-pub struct ContextSnapshot {
+#[napi(object, js_name = "ContextSnapshot")]
+pub struct JsContextSnapshot {
   /// Tokens in the context after the last model call.
   pub tokens: f64,
   /// The model's context window.
@@ -43,15 +43,20 @@ pub struct ContextSnapshot {
 }
 
 /// A persisted session. Its `id` is the id the `claude` CLI uses for the conversation.
-#[napi(object)]
-pub struct Session {
+#[napi(object, js_name = "Session")]
+pub struct JsSession {
   /// UUID v4; the CLI's session id.
   pub id: String,
   pub project_id: String,
   pub user_id: String,
-  /// `active` or `archived`.
-  #[napi(ts_type = "'active' | 'archived'")]
+  /// `active`, `archived`, or `paused`: active, but its last task was stopped by a spend cap
+  /// (`pausedBy` says which); a task on it after the cap is raised or its period rolled over
+  /// continues the conversation and ends the pause.
+  #[napi(ts_type = "'active' | 'archived' | 'paused'")]
   pub status: String,
+  /// The scope of the spend cap that paused the session.
+  #[napi(ts_type = "'user' | 'project' | 'session'")]
+  pub paused_by: Option<String>,
   /// The session this one was forked from.
   pub parent_id: Option<String>,
   pub title: Option<String>,
@@ -70,16 +75,17 @@ pub struct Session {
   /// Sum of the tasks' token usage.
   pub usage: TokenUsage,
   /// The last context measurement, if any task ran.
-  pub context: Option<ContextSnapshot>,
+  pub context: Option<JsContextSnapshot>,
 }
 
-impl From<store::Session> for Session {
+impl From<store::Session> for JsSession {
   fn from(s: store::Session) -> Self {
-    Session {
+    JsSession {
       id: s.id,
       project_id: s.project_id,
       user_id: s.user_id,
-      status: s.status,
+      status: if s.paused.is_some() && s.status == "active" { "paused".into() } else { s.status },
+      paused_by: s.paused,
       parent_id: s.parent_id,
       title: s.title,
       model: s.model,
@@ -90,7 +96,7 @@ impl From<store::Session> for Session {
       task_count: num(s.task_count),
       total_cost_usd: s.total_cost_usd,
       usage: s.usage.into(),
-      context: s.context.map(|c| ContextSnapshot {
+      context: s.context.map(|c| JsContextSnapshot {
         tokens: num(c.tokens),
         window: num(c.window),
         source: c.source,
@@ -100,13 +106,13 @@ impl From<store::Session> for Session {
   }
 }
 
-pub(crate) fn sessions(v: Vec<store::Session>) -> Vec<Session> {
-  v.into_iter().map(Session::from).collect()
+pub(crate) fn sessions(v: Vec<store::Session>) -> Vec<JsSession> {
+  v.into_iter().map(JsSession::from).collect()
 }
 
 /// How full a session's context window is.
-#[napi(object)]
-pub struct ContextInfo {
+#[napi(object, js_name = "ContextInfo")]
+pub struct JsContextInfo {
   /// Tokens in the context (as the API reported for the last call, or estimated).
   pub estimated_tokens: f64,
   /// The context window.
@@ -124,9 +130,9 @@ pub struct ContextInfo {
   pub measured_at: Option<f64>,
 }
 
-impl From<context::ContextInfo> for ContextInfo {
+impl From<context::ContextInfo> for JsContextInfo {
   fn from(c: context::ContextInfo) -> Self {
-    ContextInfo {
+    JsContextInfo {
       estimated_tokens: num(c.estimated_tokens),
       max_tokens: num(c.max_tokens),
       usage_percentage: c.usage_percentage,
@@ -139,8 +145,8 @@ impl From<context::ContextInfo> for ContextInfo {
 }
 
 /// Why a task failed.
-#[napi(object)]
-pub struct TaskError {
+#[napi(object, js_name = "TaskError")]
+pub struct JsTaskError {
   /// `API_ERROR`, `AUTH_ERROR` (no API key reached the CLI, or the API refused it: set
   /// `ANTHROPIC_API_KEY` in the server's environment), `MAX_TURNS`, `BUDGET_EXCEEDED`,
   /// `CLI_ERROR`, `ABORTED`, `TIMEOUT`, ...
@@ -148,6 +154,9 @@ pub struct TaskError {
   pub message: String,
   /// The HTTP status of an `API_ERROR` (or of an `AUTH_ERROR` the API answered: 401).
   pub status: Option<u32>,
+  /// For a `BUDGET_EXCEEDED` from a spend cap (`setBudget`, `budgets`): the cap's scope.
+  #[napi(ts_type = "'user' | 'project' | 'session'")]
+  pub scope: Option<String>,
 }
 
 /// Wall-clock and API time of a task.
@@ -161,8 +170,8 @@ pub struct TaskDuration {
 
 /// What `executeTask` resolves to. Failures of the model or the CLI resolve with
 /// `success: false` and an `error`; invalid requests reject instead.
-#[napi(object)]
-pub struct TaskResult {
+#[napi(object, js_name = "TaskResult")]
+pub struct JsTaskResult {
   pub success: bool,
   /// The session the task ran in (a new id when the request forked).
   pub session_id: String,
@@ -173,7 +182,7 @@ pub struct TaskResult {
   /// The model's final text.
   pub result: String,
   /// The session's context after the task.
-  pub context_info: ContextInfo,
+  pub context_info: JsContextInfo,
   pub duration: TaskDuration,
   /// This task's cost in US dollars.
   pub cost: f64,
@@ -197,12 +206,12 @@ pub struct TaskResult {
   pub warnings: Vec<String>,
   /// Whether the CLI ran in the sandbox (see `SessionManager.info()`).
   pub sandboxed: bool,
-  pub error: Option<TaskError>,
+  pub error: Option<JsTaskError>,
 }
 
-impl From<manager::TaskResult> for TaskResult {
+impl From<manager::TaskResult> for JsTaskResult {
   fn from(r: manager::TaskResult) -> Self {
-    TaskResult {
+    JsTaskResult {
       success: r.success,
       session_id: r.session_id,
       task_id: r.task_id,
@@ -220,7 +229,7 @@ impl From<manager::TaskResult> for TaskResult {
       compactions: compaction_records(r.compactions),
       warnings: r.warnings,
       sandboxed: r.sandboxed,
-      error: r.error.map(|e| TaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32) }),
+      error: r.error.map(|e| JsTaskError { code: e.code, message: e.message, status: e.status.map(|s| s as u32), scope: e.scope }),
     }
   }
 }
@@ -259,8 +268,8 @@ pub(crate) fn compaction_records(v: Vec<store::Compaction>) -> Vec<CompactionRec
 }
 
 /// A task row as stored.
-#[napi(object)]
-pub struct TaskRecord {
+#[napi(object, js_name = "TaskRecord")]
+pub struct JsTaskRecord {
   pub id: String,
   pub session_id: String,
   /// `running`, `succeeded`, `failed`, `aborted`, `timed_out` or `interrupted`.
@@ -279,9 +288,9 @@ pub struct TaskRecord {
   pub cli_version: Option<String>,
 }
 
-pub(crate) fn task_records(v: Vec<store::TaskRecord>) -> Vec<TaskRecord> {
+pub(crate) fn task_records(v: Vec<store::TaskRecord>) -> Vec<JsTaskRecord> {
   v.into_iter()
-    .map(|t| TaskRecord {
+    .map(|t| JsTaskRecord {
       id: t.id,
       session_id: t.session_id,
       status: t.status,
@@ -302,7 +311,7 @@ pub(crate) fn task_records(v: Vec<store::TaskRecord>) -> Vec<TaskRecord> {
 /// `getOrCreateSession`'s answer.
 #[napi(object)]
 pub struct GetOrCreateResult {
-  pub session: Session,
+  pub session: JsSession,
   /// True when no active session existed and a new one was made.
   pub created: bool,
 }
@@ -311,7 +320,7 @@ pub struct GetOrCreateResult {
 #[napi(object)]
 pub struct StartFreshResult {
   /// The new active session.
-  pub session: Session,
+  pub session: JsSession,
   /// How many active sessions were archived.
   pub archived: f64,
 }
@@ -360,8 +369,8 @@ pub struct HistoryMessage {
 
 /// A page of a session's conversation.
 #[allow(dead_code)]
-#[napi(object, object_from_js = false)]
-pub struct MessagesPage {
+#[napi(object, object_from_js = false, js_name = "MessagesPage")]
+pub struct JsMessagesPage {
   /// Oldest first.
   pub messages: Vec<HistoryMessage>,
   /// Index of the first returned message in the whole conversation.
@@ -372,11 +381,45 @@ pub struct MessagesPage {
   pub live_from: f64,
   /// Compactions the conversation went through.
   pub compactions: f64,
+  /// Sessions forked from this one, with the message each continues from (`null`: the end, as it
+  /// was then).
+  #[napi(ts_type = "Array<{ sessionId: string; atMessageId: string | null }>")]
+  pub branches: Vec<serde_json::Value>,
+  /// For a fork made at a message: that message of the parent (`parentId`).
+  pub forked_at: Option<String>,
+}
+
+/// What `rewind` did.
+#[allow(dead_code)]
+#[napi(object, object_from_js = false, js_name = "RewindResult")]
+pub struct JsRewindResult {
+  pub session: JsSession,
+  /// The message the session now continues from.
+  pub to_message_id: String,
+  /// Messages no longer on the live conversation (they stay in the transcript as a dead branch).
+  pub dropped_messages: f64,
+  /// The context meter re-derived at the branch point.
+  pub context_info: JsContextInfo,
+  /// With `files`: the working directory's changes.
+  pub files: Option<JsFileChanges>,
+}
+
+/// The working directory's changes of a `rewind` with `files`.
+#[napi(object, js_name = "FileChanges")]
+pub struct JsFileChanges {
+  /// Whether the files were restored (false for a dry run, and when nothing changed).
+  pub restored: bool,
+  /// The files that changed (a dry run: would change), relative to the working directory.
+  pub changed: Vec<String>,
+  /// Lines the restore adds back.
+  pub insertions: f64,
+  /// Lines the restore removes.
+  pub deletions: f64,
 }
 
 /// How many tokens a prompt would add to a session, and whether it still fits.
-#[napi(object)]
-pub struct PromptEstimate {
+#[napi(object, js_name = "PromptEstimate")]
+pub struct JsPromptEstimate {
   /// Tokens the prompt is expected to add: `tiktokenTokens × factor`.
   pub tokens: f64,
   /// Its tiktoken (`o200k_base`) count.
@@ -389,12 +432,12 @@ pub struct PromptEstimate {
   /// Turns of this session the factor learned from (0: the prior alone).
   pub observations: f64,
   /// The session's context with the prompt added: `canContinue` says whether it fits.
-  pub context_info: ContextInfo,
+  pub context_info: JsContextInfo,
 }
 
 /// `SessionManager.info()`.
-#[napi(object, object_from_js = false)]
-pub struct ManagerInfo {
+#[napi(object, object_from_js = false, js_name = "ManagerInfo")]
+pub struct JsManagerInfo {
   /// Where the agent runs: `bubblewrap` (sandboxed) or `none`.
   #[napi(ts_type = "'bubblewrap' | 'none'")]
   pub sandbox: String,
@@ -412,12 +455,15 @@ pub struct ManagerInfo {
   #[napi(ts_type = "'none' | 'user' | 'project'")]
   pub isolate_tenants: String,
   /// How the sandbox is built here; absent without one.
-  pub sandbox_details: Option<SandboxDetails>,
+  // (Named here: napi's type generator learns `js_name` in file order, and `JsSandboxDetails`
+  // comes below.)
+  #[napi(ts_type = "SandboxDetails")]
+  pub sandbox_details: Option<JsSandboxDetails>,
 }
 
 /// How the sandbox is built here (`info().sandboxDetails`).
-#[napi(object)]
-pub struct SandboxDetails {
+#[napi(object, js_name = "SandboxDetails")]
+pub struct JsSandboxDetails {
   /// `user-namespace`: the agent has the server's uid inside a user namespace of its own (the
   /// server is not root); `unprivileged-uid`: the server is root and each sandbox runs as an
   /// unprivileged uid of its own, its folders idmapped.
@@ -443,16 +489,16 @@ pub struct SandboxDetails {
   pub memory_mb: f64,
 }
 
-impl From<manager::ManagerInfo> for ManagerInfo {
+impl From<manager::ManagerInfo> for JsManagerInfo {
   fn from(i: manager::ManagerInfo) -> Self {
-    ManagerInfo {
+    JsManagerInfo {
       sandbox: i.sandbox.into(),
       api_key_proxy: i.api_key_proxy,
       proxy_refused: i.proxy_refused as f64,
       state_directory: i.state_directory.to_string_lossy().into_owned(),
       database_path: i.database_path,
       isolate_tenants: i.isolate_tenants.into(),
-      sandbox_details: i.sandbox_details.map(|d| SandboxDetails {
+      sandbox_details: i.sandbox_details.map(|d| JsSandboxDetails {
         identity: d.identity.into(),
         network: d.network.into(),
         tmp_mb: (d.limits.tmp_bytes >> 20) as f64,
@@ -466,9 +512,9 @@ impl From<manager::ManagerInfo> for ManagerInfo {
   }
 }
 
-impl From<manager::PromptEstimate> for PromptEstimate {
+impl From<manager::PromptEstimate> for JsPromptEstimate {
   fn from(e: manager::PromptEstimate) -> Self {
-    PromptEstimate {
+    JsPromptEstimate {
       tokens: num(e.tokens),
       tiktoken_tokens: num(e.tiktoken_tokens),
       factor: e.factor,
@@ -480,11 +526,12 @@ impl From<manager::PromptEstimate> for PromptEstimate {
 }
 
 /// A spend cap and what its scope spent this period (`setBudget`, `getBudget`).
-#[napi(object)]
-pub struct Budget {
+#[napi(object, js_name = "Budget")]
+pub struct JsBudget {
   #[napi(ts_type = "'user' | 'project' | 'session'")]
   pub scope: String,
-  pub user_id: String,
+  /// Absent for a project's cap across all its users.
+  pub user_id: Option<String>,
   pub project_id: Option<String>,
   pub session_id: Option<String>,
   /// The cap in US dollars.
@@ -499,12 +546,12 @@ pub struct Budget {
   pub period_start: f64,
 }
 
-impl From<store::Budget> for Budget {
+impl From<store::Budget> for JsBudget {
   fn from(b: store::Budget) -> Self {
     let some = |s: String| (!s.is_empty()).then_some(s);
-    Budget {
+    JsBudget {
       scope: b.key.scope,
-      user_id: b.key.user_id,
+      user_id: some(b.key.user_id),
       project_id: some(b.key.project_id),
       session_id: some(b.key.session_id),
       usd: b.usd,

@@ -16,6 +16,10 @@ pub enum SessionMode {
 #[derive(Debug, Clone, Default)]
 pub struct CliArgs {
   pub session: Option<SessionMode>,
+  /// `--resume-session-at`: with a resumed or forked session, the transcript entry to continue from.
+  pub resume_at: Option<String>,
+  /// `--resume-drops-turn`: the one prompt a `resume_at` may drop (the CLI refuses otherwise).
+  pub resume_drops_turn: Option<String>,
   pub model: Option<String>,
   pub max_turns: Option<u64>,
   pub allowed_tools: Vec<String>,
@@ -43,6 +47,12 @@ pub fn build_args(a: &CliArgs) -> Vec<String> {
       v.push(format!("--session-id={child}"));
     }
     None => {}
+  }
+  if let (Some(at), Some(SessionMode::Resume(_) | SessionMode::Fork { .. })) = (&a.resume_at, &a.session) {
+    v.push(format!("--resume-session-at={at}"));
+    if let Some(t) = &a.resume_drops_turn {
+      v.push(format!("--resume-drops-turn={t}"));
+    }
   }
   if a.disable_slash_commands {
     v.push("--disable-slash-commands".into());

@@ -717,6 +717,17 @@ pub(crate) mod tests {
   }
 
   #[test]
+  fn a_branch_point_goes_with_a_resumed_or_forked_session_only() {
+    let at = |session| CliArgs { session, resume_at: Some("u".into()), resume_drops_turn: Some("p".into()), ..Default::default() };
+    let v = build_args(&at(Some(SessionMode::Resume("s".into()))));
+    let i = v.iter().position(|s| s == "--resume=s").unwrap();
+    assert_eq!(v[i + 1..i + 3], ["--resume-session-at=u".to_string(), "--resume-drops-turn=p".to_string()]);
+    assert!(build_args(&at(Some(SessionMode::Fork { parent: "p".into(), child: "c".into() }))).contains(&"--resume-session-at=u".into()));
+    let v = build_args(&at(Some(SessionMode::New("s".into()))));
+    assert!(!v.iter().any(|s| s.starts_with("--resume")), "{v:?}");
+  }
+
+  #[test]
   fn env_passes_what_the_cli_needs_and_nothing_else() {
     let parent = [
       ("PATH", "/bin"),

@@ -22,6 +22,9 @@ pub type Version = (u64, u64, u64);
 
 /// The oldest CLI the manager was verified on.
 pub const OLDEST: Version = (2, 1, 331);
+/// The oldest CLI that continues a session from an earlier message (`--resume-session-at`,
+/// `--resume-drops-turn`): `fork` at a message and `rewind` need it.
+pub const BRANCHING: Version = (2, 1, 331);
 /// The newest CLI the test suite ran on.
 pub const NEWEST_TESTED: Version = (2, 1, 332);
 /// The first version outside the supported range (the package's peer range is `<2.2.0`).

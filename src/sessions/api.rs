@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::mirror::stored_history;
-use super::{validate_user_project, ListRequest, Manager, MessagesPage, PromptEstimate, Wait, MAX_LIST, VALID_STATUSES};
+use super::{
+  validate_user_project, CleanupRequest, ForkRequest, ListRequest, Manager, MessagesOptions, MessagesPage, PromptEstimate,
+  ThresholdOptions, Wait,
+};
 use crate::context::{self, estimate, ContextInfo};
 use crate::error::{Error, Result};
 use crate::store::{self, Compaction, ListQuery, NewSession, Session};
@@ -13,22 +16,14 @@ use crate::{transcript, validate};
 
 impl Manager {
   pub async fn list_sessions(&self, r: ListRequest) -> Result<Vec<Session>> {
-    validate_user_project(&r.user_id, r.project_id.as_deref())?;
-    if let Some(s) = &r.status {
-      if !VALID_STATUSES.contains(&s.as_str()) {
-        return Err(Error::invalid(format!("status must be \"active\" or \"archived\", got {:?}", s)));
-      }
-    }
-    let parent_id = r.parent_id.as_deref().map(|p| validate::session_id("parentId", p)).transpose()?;
-    let limit = match r.limit {
-      Some(l) => validate::positive_int("limit", l)?.min(MAX_LIST),
-      None => 50,
+    let q = ListQuery {
+      user_id: r.user_id,
+      project_id: r.project_id,
+      status: r.status.map(|s| s.as_str().to_owned()),
+      parent_id: r.parent_id,
+      limit: r.limit,
+      offset: r.offset,
     };
-    let offset = match r.offset {
-      Some(o) => validate::non_negative_int("offset", o)?,
-      None => 0,
-    };
-    let q = ListQuery { user_id: r.user_id, project_id: r.project_id, status: r.status, parent_id, limit, offset };
     self.store_call(Wait::Blocking, move |s| s.list_sessions(&q)).await
   }
 
@@ -107,10 +102,9 @@ impl Manager {
   }
 
   /// Returns `(deleted, remaining)`.
-  pub async fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: f64, keep_active: bool) -> Result<(u64, u64)> {
-    validate_user_project(user_id, project_id)?;
-    let age = validate::non_negative_int("maxAgeMs", max_age_ms)?;
-    let (user, project) = (user_id.to_owned(), project_id.map(str::to_owned));
+  pub async fn cleanup(&self, r: CleanupRequest) -> Result<(u64, u64)> {
+    let (user, project, keep_active) = (r.user_id, r.project_id, r.keep_active);
+    let age = u64::try_from(r.max_age.as_millis()).unwrap_or(u64::MAX);
     let (deleted, remaining) = self
       .store_call(Wait::Blocking, move |s| {
         let deleted = s.cleanup_sessions(&user, project.as_deref(), age, keep_active)?;
@@ -125,14 +119,11 @@ impl Manager {
 
   /// A new session that continues from `session_id` without calling the model; its first task
   /// makes the CLI fork the transcript.
-  pub async fn fork(&self, session_id: &str, user_id: &str, title: Option<String>) -> Result<Session> {
-    if let Some(t) = &title {
-      validate::title(t)?;
-    }
-    let parent = self.get_session(session_id, user_id).await?;
+  pub async fn fork(&self, r: ForkRequest) -> Result<Session> {
+    let parent = self.get_session(&r.session_id, &r.user_id).await?;
     let new = NewSession {
       parent_id: Some(parent.id.clone()),
-      title: title.or_else(|| parent.title.clone()),
+      title: r.title.or_else(|| parent.title.clone()),
       model: parent.model.clone(),
       working_directory: parent.working_directory.clone(),
       context: parent.context.clone(),
@@ -143,8 +134,8 @@ impl Manager {
     self.store_call(Wait::Briefly, move |s| s.create_session(&new)).await
   }
 
-  pub async fn get_context(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Result<ContextInfo> {
-    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
+  pub async fn get_context(&self, session_id: &str, user_id: &str, o: ThresholdOptions) -> Result<ContextInfo> {
+    let threshold = o.threshold.unwrap_or(self.cfg.compact_threshold);
     let s = self.get_session(session_id, user_id).await?;
     let window = self.window_of(&s).await?;
     Ok(context::context_info(s.context.as_ref(), window, threshold, 0))
@@ -171,8 +162,8 @@ impl Manager {
   }
 
   /// `get_context` answered at once, as `get_session_now` is.
-  pub fn get_context_now(&self, session_id: &str, user_id: &str, threshold: Option<f64>) -> Option<ContextInfo> {
-    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold)).ok()?;
+  pub fn get_context_now(&self, session_id: &str, user_id: &str, o: ThresholdOptions) -> Option<ContextInfo> {
+    let threshold = o.threshold.unwrap_or(self.cfg.compact_threshold);
     let s = self.get_session_now(session_id, user_id)?;
     // As `window_of`: a session not measured yet takes the window last reported for its model.
     let window = match s.context {
@@ -224,9 +215,9 @@ impl Manager {
     session_id: &str,
     user_id: &str,
     prompt: String,
-    threshold: Option<f64>,
+    o: ThresholdOptions,
   ) -> Result<PromptEstimate> {
-    let threshold = validate::percent("threshold", threshold.unwrap_or(self.cfg.compact_threshold))?;
+    let threshold = o.threshold.unwrap_or(self.cfg.compact_threshold);
     if prompt.len() > validate::MAX_PROMPT_BYTES * 4 {
       return Err(Error::invalid(format!("prompt is longer than {} bytes", validate::MAX_PROMPT_BYTES * 4)));
     }
@@ -241,37 +232,23 @@ impl Manager {
 
   /// `getMessages`: the conversation the model has, from the CLI's transcript. Without `offset`
   /// it returns the newest `limit` (default 100) messages, oldest first.
-  pub async fn get_messages(&self, session_id: &str, user_id: &str, limit: Option<f64>, offset: Option<f64>) -> Result<MessagesPage> {
-    let limit = match limit {
-      Some(l) => validate::positive_int("limit", l)?.min(10_000) as usize,
-      None => 100,
-    };
-    let offset = offset.map(|o| validate::non_negative_int("offset", o)).transpose()?.map(|o| o as usize);
+  pub async fn get_messages(&self, session_id: &str, user_id: &str, o: MessagesOptions) -> Result<MessagesPage> {
+    let MessagesOptions { limit, offset } = o;
     let session = self.get_session(session_id, user_id).await?;
-    let path = self.transcript_of(&session)?;
-    let store = self.store.clone();
-    let opts = transcript::ReadOptions::default().bounded(self.cfg.max_transcript_bytes);
-    // Reading a transcript can take milliseconds: off the async workers.
-    self
-      .blocking("transcript reader", move || {
-        // PostgreSQL: the store's copy, the same on every node; else this machine's file.
-        let history = match (stored_history(&store, &session.id, &opts)?, path) {
-          (Some(h), _) => h,
-          (None, Some(p)) => transcript::read_messages_with(&p, &opts)?,
-          (None, None) => transcript::History::default(),
-        };
-        let page = match offset {
-          Some(o) => history.page(o, limit),
-          None => history.page_from_end(0, limit),
-        };
-        Ok(MessagesPage {
-          messages: page.messages,
-          offset: page.offset,
-          total: page.total,
-          live_from: history.live_from,
-          compactions: history.compactions,
-        })
-      })
-      .await
+    let history = self.live_history(&session, transcript::ReadOptions::default().bounded(self.cfg.max_transcript_bytes)).await?;
+    let (branches, forked_at) = self.branches_of(&session).await?;
+    let page = match offset {
+      Some(o) => history.page(o, limit),
+      None => history.page_from_end(0, limit),
+    };
+    Ok(MessagesPage {
+      messages: page.messages,
+      offset: page.offset,
+      total: page.total,
+      live_from: history.live_from,
+      compactions: history.compactions,
+      branches,
+      forked_at,
+    })
   }
 }

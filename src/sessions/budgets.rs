@@ -5,23 +5,21 @@
 use std::sync::Arc;
 
 use super::{Manager, Wait};
-use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, TaskMeter};
+use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, Refusal, TaskMeter};
 use crate::error::{Error, Result};
-use crate::store::{
-  Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Session, Store, UsageQuery, UsageRow, BUDGET_PERIODS, BUDGET_SCOPES,
-};
-use crate::validate;
+use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Session, Store, UsageQuery, UsageRow};
 
-/// `budgets` in the manager's options: caps where none is stored.
+/// `budgets` in the manager's options: caps where none is stored (US dollars, finite, 0 or more).
 #[derive(Debug, Clone, Default)]
 pub struct BudgetOptions {
   /// `perUser: { usd, period? }`.
-  pub per_user: Option<(f64, Option<String>)>,
+  pub per_user: Option<(f64, Option<BudgetPeriod>)>,
   /// `perSession: { usd }`.
   pub per_session: Option<f64>,
 }
 
-/// A model family's (or model's) prices in `modelPrices`, USD per million tokens.
+/// A model family's (or model's) prices in `modelPrices`, USD per million tokens (finite, 0 or
+/// more; `model` not blank).
 #[derive(Debug, Clone)]
 pub struct ModelPrice {
   pub model: String,
@@ -31,34 +29,13 @@ pub struct ModelPrice {
   pub cache_read: Option<f64>,
 }
 
-/// A cap in USD: finite and not negative.
-fn usd(field: &str, v: f64) -> Result<f64> {
-  if !v.is_finite() || v < 0.0 {
-    return Err(Error::invalid(format!("{field} must be a finite number of US dollars, 0 or more, got {v}")));
-  }
-  Ok(v)
-}
-
-fn period(field: &str, p: Option<&str>) -> Result<Option<String>> {
-  match p {
-    None => Ok(None),
-    Some(p) if BUDGET_PERIODS.contains(&p) => Ok(Some(p.to_owned())),
-    Some(p) => Err(Error::invalid(format!("{field} must be \"day\" or \"month\" (or left out for no period), got {p:?}"))),
-  }
-}
-
-/// The defaults checked (`budgets` option).
+/// The defaults (`budgets` option), refused with `exposeApiKeyToAgent`.
 pub(crate) fn resolve_defaults(o: Option<BudgetOptions>, expose_api_key: bool) -> Result<BudgetDefaults> {
   let Some(o) = o else { return Ok(BudgetDefaults::default()) };
-  let per_user = o
-    .per_user
-    .map(|(u, p)| Ok::<_, Error>((usd("budgets.perUser.usd", u)?, period("budgets.perUser.period", p.as_deref())?)))
-    .transpose()?;
-  let per_session = o.per_session.map(|u| usd("budgets.perSession.usd", u)).transpose()?;
-  if expose_api_key && (per_user.is_some() || per_session.is_some()) {
+  if expose_api_key && (o.per_user.is_some() || o.per_session.is_some()) {
     return Err(budgets_need_proxy());
   }
-  Ok(BudgetDefaults { per_user, per_session })
+  Ok(BudgetDefaults { per_user: o.per_user.map(|(usd, p)| (usd, p.map(|p| p.as_str().to_owned()))), per_session: o.per_session })
 }
 
 fn budgets_need_proxy() -> Error {
@@ -68,47 +45,114 @@ fn budgets_need_proxy() -> Error {
 }
 
 /// The price table (`modelPrices` over the list prices).
-pub(crate) fn resolve_prices(prices: Vec<ModelPrice>) -> Result<PriceTable> {
-  let mut own = Vec::new();
-  for p in prices {
-    if p.model.trim().is_empty() {
-      return Err(Error::invalid("modelPrices: each entry needs a model (a family such as \"opus\" or a model id)"));
-    }
-    let f = |name: &str, v: f64| usd(&format!("modelPrices[{:?}].{name}", p.model), v);
-    let input = f("input", p.input)?;
-    own.push((
-      p.model.clone(),
-      Prices {
-        input,
-        output: f("output", p.output)?,
-        cache_write: p.cache_write.map(|v| f("cacheWrite", v)).transpose()?.unwrap_or(input * 1.25),
-        cache_read: p.cache_read.map(|v| f("cacheRead", v)).transpose()?.unwrap_or(input * 0.1),
-      },
-    ));
-  }
-  Ok(PriceTable::with_overrides(own))
+pub(crate) fn resolve_prices(prices: Vec<ModelPrice>) -> PriceTable {
+  let own = prices.into_iter().map(|p| {
+    let prices = Prices {
+      input: p.input,
+      output: p.output,
+      cache_write: p.cache_write.unwrap_or(p.input * 1.25),
+      cache_read: p.cache_read.unwrap_or(p.input * 0.1),
+    };
+    (p.model, prices)
+  });
+  PriceTable::with_overrides(own.collect())
 }
 
-/// `setBudget`/`getBudget`/`deleteBudget`'s request.
-#[derive(Debug, Clone, Default)]
+/// Whose spend a cap bounds: `getBudget` and `deleteBudget`'s request, and `setBudget`'s key;
+/// checked where it came in.
+#[derive(Debug, Clone)]
 pub struct BudgetRequest {
-  pub scope: String,
+  /// The user (a valid id); empty for [`BudgetScope::ProjectTotal`] only.
   pub user_id: String,
-  pub project_id: Option<String>,
-  pub session_id: Option<String>,
-  pub usd: Option<f64>,
-  pub period: Option<String>,
+  pub scope: BudgetScope,
 }
 
-/// `getUsage`'s request.
-#[derive(Debug, Clone, Default)]
+/// The scope of a cap, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetScope {
+  /// Every session of the user.
+  User,
+  /// Every session of the user's project (a valid project id).
+  Project(String),
+  /// Every session of the project, whoever's (a valid project id; the request's user is empty).
+  ProjectTotal(String),
+  /// One session of the user (a session id in its canonical form; its owner is checked by the
+  /// manager).
+  Session(String),
+}
+
+impl BudgetScope {
+  /// The scope as JavaScript and the store spell it.
+  pub fn as_str(&self) -> &'static str {
+    match self {
+      BudgetScope::User => "user",
+      BudgetScope::Project(_) | BudgetScope::ProjectTotal(_) => "project",
+      BudgetScope::Session(_) => "session",
+    }
+  }
+}
+
+/// The period a cap counts spend over (UTC, on the database clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+  Day,
+  Month,
+}
+
+impl BudgetPeriod {
+  pub const ALL: [BudgetPeriod; 2] = [BudgetPeriod::Day, BudgetPeriod::Month];
+
+  /// The period as JavaScript and the store spell it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      BudgetPeriod::Day => "day",
+      BudgetPeriod::Month => "month",
+    }
+  }
+}
+
+/// `setBudget`'s request, checked where it came in.
+#[derive(Debug, Clone)]
+pub struct SetBudgetRequest {
+  pub key: BudgetRequest,
+  /// US dollars: finite, 0 or more.
+  pub usd: f64,
+  /// None for a lifetime cap; never for a session cap.
+  pub period: Option<BudgetPeriod>,
+}
+
+/// `getUsage`'s request, checked where it came in.
+#[derive(Debug, Clone)]
 pub struct UsageRequest {
   pub user_id: Option<String>,
   pub project_id: Option<String>,
+  /// A session id in its canonical form.
   pub session_id: Option<String>,
-  pub since: Option<f64>,
-  pub until: Option<f64>,
-  pub group_by: String,
+  /// From (inclusive) and until (exclusive), ms since the epoch.
+  pub since: Option<i64>,
+  pub until: Option<i64>,
+  pub group_by: UsageGroupBy,
+}
+
+/// What `getUsage` sums by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGroupBy {
+  Day,
+  Model,
+  Session,
+}
+
+impl UsageGroupBy {
+  pub const ALL: [UsageGroupBy; 3] = [UsageGroupBy::Day, UsageGroupBy::Model, UsageGroupBy::Session];
+
+  /// As JavaScript and the store spell it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      UsageGroupBy::Day => "day",
+      UsageGroupBy::Model => "model",
+      UsageGroupBy::Session => "session",
+    }
+  }
 }
 
 /// The key proxy's ledger: the manager's store and default caps.
@@ -129,11 +173,16 @@ impl Ledger for StoreLedger {
     };
     match self.store.admit_call(&call, &self.defaults) {
       Ok(Admit::Go(id)) => Admission::Go(id),
-      Ok(Admit::Over { scope, cap_usd, spent_usd, period }) => Admission::Refused(format!(
-        "spend cap reached: the {scope} budget of ${cap_usd}{} has ${:.4} left and this call may cost up to ${reserve_usd:.4} (BUDGET_EXCEEDED, scope {scope})",
-        period.map(|p| format!(" a {p}")).unwrap_or_default(),
-        (cap_usd - spent_usd).max(0.0),
-      )),
+      Ok(Admit::Over { key, cap_usd, spent_usd, period }) => Admission::Refused(Refusal {
+        message: format!(
+          "spend cap reached: the {} budget of ${cap_usd}{} has ${:.4} left and this call may cost up to ${reserve_usd:.4} (BUDGET_EXCEEDED, scope {})",
+          key.label(),
+          period.map(|p| format!(" a {p}")).unwrap_or_default(),
+          (cap_usd - spent_usd).max(0.0),
+          key.scope,
+        ),
+        scope: key.scope,
+      }),
       Err(e) => Admission::Unavailable(format!("the spend caps could not be checked: {}", e.message)),
     }
   }
@@ -156,54 +205,34 @@ impl Manager {
     })
   }
 
-  /// The request checked and made a key; a session cap's session must be the user's.
+  /// The store's key of a cap (a project's cap across its users has no user); a session cap's
+  /// session must be the user's.
   async fn budget_key(&self, r: &BudgetRequest) -> Result<BudgetKey> {
-    validate::id("userId", &r.user_id)?;
-    let mut k = BudgetKey { scope: r.scope.clone(), user_id: r.user_id.clone(), ..Default::default() };
-    match r.scope.as_str() {
-      "user" => {
-        if r.project_id.is_some() || r.session_id.is_some() {
-          return Err(Error::invalid("a user budget takes no projectId or sessionId"));
-        }
-      }
-      "project" => {
-        let p = r.project_id.as_deref().ok_or_else(|| Error::invalid("a project budget needs projectId"))?;
-        validate::id("projectId", p)?;
-        if r.session_id.is_some() {
-          return Err(Error::invalid("a project budget takes no sessionId"));
-        }
-        k.project_id = p.to_owned();
-      }
-      "session" => {
-        let s = r.session_id.as_deref().ok_or_else(|| Error::invalid("a session budget needs sessionId"))?;
-        let id = validate::session_id("sessionId", s)?;
+    let mut k = BudgetKey { scope: r.scope.as_str().to_owned(), user_id: r.user_id.clone(), ..Default::default() };
+    match &r.scope {
+      BudgetScope::User => {}
+      BudgetScope::Project(p) | BudgetScope::ProjectTotal(p) => k.project_id = p.clone(),
+      BudgetScope::Session(id) => {
         // Another user's session answers as a missing one.
-        self.get_session(&id, &r.user_id).await?;
-        k.session_id = id;
-      }
-      other => {
-        return Err(Error::invalid(format!("scope must be one of {BUDGET_SCOPES:?}, got {other:?}")));
+        self.get_session(id, &r.user_id).await?;
+        k.session_id = id.clone();
       }
     }
     Ok(k)
   }
 
   /// Sets (or replaces) a spend cap.
-  pub async fn set_budget(&self, r: BudgetRequest) -> Result<Budget> {
+  pub async fn set_budget(&self, r: SetBudgetRequest) -> Result<Budget> {
     self.check_open()?;
-    let cap = usd("usd", r.usd.ok_or_else(|| Error::invalid("usd is required"))?)?;
-    let period = period("period", r.period.as_deref())?;
-    if r.scope == "session" && period.is_some() {
-      return Err(Error::invalid("a session budget has no period"));
-    }
-    let k = self.budget_key(&r).await?;
+    let (cap, period) = (r.usd, r.period.map(|p| p.as_str()));
+    let k = self.budget_key(&r.key).await?;
     if self.cfg.expose_api_key {
       return Err(budgets_need_proxy());
     }
     let k2 = k.clone();
     self
       .store_call(Wait::Blocking, move |s| {
-        s.set_budget(&k2, cap, period.as_deref())?;
+        s.set_budget(&k2, cap, period)?;
         s.get_budget(&k2)
       })
       .await?
@@ -242,24 +271,13 @@ impl Manager {
   /// The ledger of model calls, summed by day, model or session.
   pub async fn get_usage(&self, r: UsageRequest) -> Result<Vec<UsageRow>> {
     self.check_open()?;
-    if let Some(u) = &r.user_id {
-      validate::id("userId", u)?;
-    }
-    if let Some(p) = &r.project_id {
-      validate::id("projectId", p)?;
-    }
-    let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
-    if !["day", "model", "session"].contains(&r.group_by.as_str()) {
-      return Err(Error::invalid(format!("groupBy must be \"day\", \"model\" or \"session\", got {:?}", r.group_by)));
-    }
-    let ms = |field: &str, v: Option<f64>| v.map(|v| validate::non_negative_int(field, v).map(|v| v as i64)).transpose();
     let q = UsageQuery {
       user_id: r.user_id,
       project_id: r.project_id,
-      session_id,
-      since: ms("since", r.since)?,
-      until: ms("until", r.until)?,
-      group_by: r.group_by,
+      session_id: r.session_id,
+      since: r.since,
+      until: r.until,
+      group_by: r.group_by.as_str().to_owned(),
     };
     self.store_call(Wait::Blocking, move |s| s.usage_report(&q)).await
   }

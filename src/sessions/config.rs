@@ -1,5 +1,6 @@
-//! `new SessionManager(options)`: the options as read from JavaScript and the resolved
-//! configuration, with every default and environment variable applied and every value checked.
+//! `new SessionManager(options)`: the options (their shapes checked where they came in) and the
+//! resolved configuration, with every default and environment variable applied and what depends
+//! on this machine (folders, the database) checked.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,7 +8,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::validate;
 
-/// Options of `new SessionManager(options)`.
+/// Options of `new SessionManager(options)`, their shapes checked where they came in (the
+/// binding's `TryFrom`); [`Config::resolve`] applies the defaults and environment variables and
+/// checks what depends on this machine (folders, the database).
 #[derive(Debug, Clone, Default)]
 pub struct Options {
   pub database_path: Option<String>,
@@ -17,57 +20,61 @@ pub struct Options {
   pub workspace_root: Option<String>,
   pub allow_server_folder_as_workspace: bool,
   pub default_model: Option<String>,
-  pub context_window: Option<f64>,
+  /// At least 1.
+  pub context_window: Option<u64>,
+  /// A percentage in (0, 100].
   pub compact_threshold: Option<f64>,
   pub claude_path: Option<String>,
   pub env: std::collections::BTreeMap<String, String>,
   pub allow_bypass_permissions: bool,
-  pub max_concurrent_tasks: Option<f64>,
-  pub max_concurrent_tasks_total: Option<f64>,
-  pub queue_timeout_ms: Option<f64>,
-  pub stall_timeout_ms: Option<f64>,
-  pub cli_niceness: Option<f64>,
+  /// At least 1.
+  pub max_concurrent_tasks: Option<u64>,
+  /// At least 1.
+  pub max_concurrent_tasks_total: Option<u64>,
+  pub queue_timeout: Option<Duration>,
+  /// Zero turns the stall timeout off.
+  pub stall_timeout: Option<Duration>,
+  /// 0 to 19.
+  pub cli_niceness: Option<u8>,
   pub allowed_roots: Vec<String>,
-  pub isolate_tenants: Option<String>,
+  pub isolate_tenants: Option<Isolation>,
   pub tenant_config_root: Option<String>,
   pub state_directory: Option<String>,
-  pub sandbox: Option<String>,
-  pub sandbox_paths: Option<SandboxPaths>,
-  pub sandbox_limits: Option<SandboxLimitOptions>,
+  pub sandbox: Option<SandboxMode>,
+  /// `sandboxPaths.readOnly` and `readWrite`.
+  pub sandbox_read_only: Vec<String>,
+  pub sandbox_read_write: Vec<String>,
+  /// `sandboxLimits`, with the defaults of what was not given.
+  pub sandbox_limits: crate::cli::SandboxLimits,
   /// `sandboxNetwork.allowDomains`.
   pub sandbox_allow_domains: Vec<String>,
   pub expose_api_key_to_agent: bool,
+  /// Each a command such as `/context`.
   pub allow_slash_commands: Vec<String>,
   pub allow_file_mentions: bool,
   pub allow_background_tools: bool,
+  /// Each `user`, `project` or `local`.
   pub setting_sources: Vec<String>,
+  /// `fileCheckpoints` (default true).
+  pub file_checkpoints: Option<bool>,
+  /// 1 to 200 characters without control characters.
   pub node_id: Option<String>,
-  pub lease_ttl_ms: Option<f64>,
-  pub warm_idle_ms: Option<f64>,
-  pub max_warm_sessions: Option<f64>,
-  pub permission_timeout_ms: Option<f64>,
-  pub max_transcript_bytes: Option<f64>,
-  pub event_retention_ms: Option<f64>,
+  /// [`MIN_LEASE_TTL_MS`] to 24 hours.
+  pub lease_ttl: Option<Duration>,
+  /// Zero turns warm processes off.
+  pub warm_idle: Option<Duration>,
+  /// At least 1.
+  pub max_warm_sessions: Option<u64>,
+  /// At least 1 ms.
+  pub permission_timeout: Option<Duration>,
+  /// At least 1.
+  pub max_transcript_bytes: Option<u64>,
+  /// At least 1 ms.
+  pub event_retention: Option<Duration>,
   /// Spend caps where none is stored (`budgets.rs`).
   pub budgets: Option<super::budgets::BudgetOptions>,
   /// Prices that replace the list prices of the key proxy's meter.
   pub model_prices: Vec<super::budgets::ModelPrice>,
-}
-
-/// Extra folders the sandbox shows the agent.
-#[derive(Debug, Clone, Default)]
-pub struct SandboxPaths {
-  pub read_only: Vec<String>,
-  pub read_write: Vec<String>,
-}
-
-/// `sandboxLimits` as given.
-#[derive(Debug, Clone, Default)]
-pub struct SandboxLimitOptions {
-  pub tmp_mb: Option<f64>,
-  pub home_mb: Option<f64>,
-  pub processes: Option<f64>,
-  pub memory_mb: Option<f64>,
 }
 
 /// Whether the CLI runs in a sandbox.
@@ -152,6 +159,8 @@ pub struct Config {
   pub allow_file_mentions: bool,
   /// Let the agent schedule work of its own (`BACKGROUND_TOOLS`: CronCreate, ScheduleWakeup, RemoteTrigger); off: they are disallowed.
   pub allow_background_tools: bool,
+  /// The CLI backs up files before its edit tools change them (`rewind` with `files`).
+  pub file_checkpoints: bool,
   /// The CLI's `--setting-sources` (default none: no settings file an agent could write counts).
   pub setting_sources: Vec<String>,
   /// How long a session's CLI is kept running after its task; `None`: warm processes are off.
@@ -172,7 +181,7 @@ pub const BACKGROUND_TOOLS: [&str; 3] = ["CronCreate", "ScheduleWakeup", "Remote
 
 /// The CLI's default nice increment: below the Node process serving requests, still above batch
 /// work at 19.
-pub const DEFAULT_NICENESS: u64 = 10;
+pub const DEFAULT_NICENESS: u8 = 10;
 
 fn env_var(k: &str) -> Option<String> {
   std::env::var(k).ok().filter(|v| !v.is_empty())
@@ -198,12 +207,7 @@ impl Config {
     // What the default state folder and workspace root are named after: the configured working
     // directory, else the server's folder (as before per-session workspaces).
     let base = working_directory.clone().unwrap_or_else(|| cwd.clone());
-    let isolation = match o.isolate_tenants.as_deref() {
-      Some("none") => Isolation::None,
-      None | Some("user") => Isolation::User,
-      Some("project") => Isolation::Project,
-      Some(other) => return Err(Error::invalid(format!("isolateTenants must be \"none\", \"user\" or \"project\", got {:?}", other))),
-    };
+    let isolation = o.isolate_tenants.unwrap_or(Isolation::User);
     let (database_url, url_path) = database_url(&o)?;
     let database_schema = o.database_schema.clone().unwrap_or_else(|| "claude_sessions".into());
     crate::store::validate_pg_schema(&database_schema)?;
@@ -230,24 +234,16 @@ impl Config {
     let protected = protected_folders(&state_directory, &tenant_config_root, sqlite, &cwd);
     let guard = Guard { server: &cwd, allow_server_folder: o.allow_server_folder_as_workspace, protected: &protected };
     guard.check_roots(&allowed_roots, working_directory.as_deref(), uses_root.then_some(workspace_root.as_path()))?;
-    let sandbox = match o.sandbox.as_deref() {
-      None | Some("auto") => SandboxMode::Auto,
-      Some("bubblewrap") => SandboxMode::Bubblewrap,
-      Some("none") => SandboxMode::None,
-      Some(other) => return Err(Error::invalid(format!("sandbox must be \"auto\", \"bubblewrap\" or \"none\", got {:?}", other))),
-    };
-    let sandbox_limits = sandbox_limits(o.sandbox_limits.clone().unwrap_or_default())?;
+    let sandbox = o.sandbox.unwrap_or(SandboxMode::Auto);
     if o.sandbox_allow_domains.len() > 256 {
       return Err(Error::invalid("sandboxNetwork.allowDomains may list at most 256 entries"));
     }
     let sandbox_allow_domains =
       o.sandbox_allow_domains.iter().map(|d| crate::cli::sandbox::egress::Allowed::parse(d)).collect::<Result<Vec<_>>>()?;
-    let paths = o.sandbox_paths.clone().unwrap_or_default();
-    let sandbox_read_only = checked_paths("sandboxPaths.readOnly entry", &paths.read_only)?;
-    let sandbox_read_write = checked_paths("sandboxPaths.readWrite entry", &paths.read_write)?;
-    check_lists(&o)?;
-    let lease_ttl = lease_ttl(o.lease_ttl_ms)?;
-    let node_id = node_id(o.node_id.clone())?;
+    let sandbox_read_only = checked_paths("sandboxPaths.readOnly entry", &o.sandbox_read_only)?;
+    let sandbox_read_write = checked_paths("sandboxPaths.readWrite entry", &o.sandbox_read_write)?;
+    let lease_ttl = o.lease_ttl.unwrap_or(Duration::from_secs(30));
+    let node_id = o.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), std::process::id()));
     Ok(Config {
       database_path,
       database_url,
@@ -277,23 +273,21 @@ impl Config {
       sandbox,
       sandbox_read_only,
       sandbox_read_write,
-      sandbox_limits,
+      sandbox_limits: o.sandbox_limits,
       sandbox_allow_domains,
       expose_api_key: o.expose_api_key_to_agent,
       budget_defaults: super::budgets::resolve_defaults(o.budgets, o.expose_api_key_to_agent)?,
-      model_prices: super::budgets::resolve_prices(o.model_prices)?,
+      model_prices: super::budgets::resolve_prices(o.model_prices),
       allow_slash_commands: o.allow_slash_commands,
       allow_file_mentions: o.allow_file_mentions,
       allow_background_tools: o.allow_background_tools,
+      file_checkpoints: o.file_checkpoints.unwrap_or(true),
       setting_sources: o.setting_sources,
       warm_idle: n.warm_idle,
       max_warm_sessions: n.max_warm_sessions,
       permission_timeout: n.permission_timeout,
       max_transcript_bytes: n.max_transcript_bytes,
-      event_retention: Duration::from_millis(match o.event_retention_ms {
-        Some(t) => validate::positive_int("eventRetentionMs", t)?,
-        None => 24 * 60 * 60 * 1000,
-      }),
+      event_retention: o.event_retention.unwrap_or(Duration::from_secs(24 * 60 * 60)),
     })
   }
 }
@@ -372,7 +366,7 @@ fn checked_paths(field: &str, paths: &[String]) -> Result<Vec<PathBuf>> {
   paths.iter().map(|p| validate::working_directory(field, p, &[])).collect()
 }
 
-/// The numeric options (and the default model), checked, with their defaults.
+/// The numeric options (and the default model), with their defaults.
 struct Numbers {
   default_model: String,
   context_window: u64,
@@ -392,63 +386,24 @@ impl Numbers {
   fn resolve(o: &Options) -> Result<Numbers> {
     let default_model = o.default_model.clone().or_else(|| env_var("CLAUDE_DEFAULT_MODEL")).unwrap_or_else(|| "sonnet".into());
     validate::model("defaultModel", &default_model)?;
-    let context_window = match o.context_window {
-      Some(w) => validate::positive_int("contextWindow", w)?,
-      None => 200_000,
+    // Zero turns a timeout off.
+    let off_at_zero = |d: Option<Duration>, default: Duration| match d {
+      Some(d) if d.is_zero() => None,
+      d => Some(d.unwrap_or(default)),
     };
-    let compact_threshold = validate::percent("compactThreshold", o.compact_threshold.unwrap_or(80.0))?;
-    let max_concurrent_tasks = match o.max_concurrent_tasks {
-      Some(n) => validate::positive_int("maxConcurrentTasks", n)?.min(1024) as usize,
-      None => 8,
-    };
-    let max_concurrent_tasks_total =
-      o.max_concurrent_tasks_total.map(|n| validate::positive_int("maxConcurrentTasksTotal", n)).transpose()?.map(|n| n.min(1_000_000));
-    let queue_timeout = Duration::from_millis(match o.queue_timeout_ms {
-      Some(t) => validate::non_negative_int("queueTimeoutMs", t)?,
-      None => 60_000,
-    });
-    let stall_timeout = match o.stall_timeout_ms {
-      Some(0.0) => None,
-      Some(t) => Some(Duration::from_millis(validate::positive_int("stallTimeoutMs", t)?)),
-      None => Some(Duration::from_secs(15 * 60)),
-    };
-    let warm_idle = match o.warm_idle_ms {
-      Some(0.0) => None,
-      Some(t) => Some(Duration::from_millis(validate::positive_int("warmIdleMs", t)?)),
-      None => Some(Duration::from_secs(10 * 60)),
-    };
-    let max_warm_sessions = match o.max_warm_sessions {
-      Some(n) => validate::positive_int("maxWarmSessions", n)?.min(4096) as usize,
-      None => 16,
-    };
-    let permission_timeout = Duration::from_millis(match o.permission_timeout_ms {
-      Some(t) => validate::positive_int("permissionTimeoutMs", t)?,
-      None => 5 * 60 * 1000,
-    });
-    let max_transcript_bytes = match o.max_transcript_bytes {
-      Some(n) => validate::positive_int("maxTranscriptBytes", n)?,
-      None => crate::transcript::DEFAULT_MAX_TRANSCRIPT_BYTES,
-    };
-    let cli_niceness = match o.cli_niceness {
-      Some(n) => validate::non_negative_int("cliNiceness", n)?,
-      None => DEFAULT_NICENESS,
-    };
-    if cli_niceness > 19 {
-      return Err(Error::invalid(format!("cliNiceness must be an integer from 0 to 19, got {cli_niceness}")));
-    }
     Ok(Numbers {
       default_model,
-      context_window,
-      compact_threshold,
-      max_concurrent_tasks,
-      max_concurrent_tasks_total,
-      queue_timeout,
-      stall_timeout,
-      warm_idle,
-      max_warm_sessions,
-      permission_timeout,
-      max_transcript_bytes,
-      cli_niceness: cli_niceness as i32,
+      context_window: o.context_window.unwrap_or(200_000),
+      compact_threshold: o.compact_threshold.unwrap_or(80.0),
+      max_concurrent_tasks: o.max_concurrent_tasks.map_or(8, |n| n.min(1024) as usize),
+      max_concurrent_tasks_total: o.max_concurrent_tasks_total.map(|n| n.min(1_000_000)),
+      queue_timeout: o.queue_timeout.unwrap_or(Duration::from_secs(60)),
+      stall_timeout: off_at_zero(o.stall_timeout, Duration::from_secs(15 * 60)),
+      warm_idle: off_at_zero(o.warm_idle, Duration::from_secs(10 * 60)),
+      max_warm_sessions: o.max_warm_sessions.map_or(16, |n| n.min(4096) as usize),
+      permission_timeout: o.permission_timeout.unwrap_or(Duration::from_secs(5 * 60)),
+      max_transcript_bytes: o.max_transcript_bytes.unwrap_or(crate::transcript::DEFAULT_MAX_TRANSCRIPT_BYTES),
+      cli_niceness: i32::from(o.cli_niceness.unwrap_or(DEFAULT_NICENESS)),
     })
   }
 }
@@ -470,78 +425,6 @@ fn database_url(o: &Options) -> Result<(Option<String>, Option<String>)> {
       (None, Some(path.to_owned()))
     }
     None => (None, None),
-  })
-}
-
-/// `sandboxLimits`, checked, with the sandbox's defaults.
-fn sandbox_limits(l: SandboxLimitOptions) -> Result<crate::cli::SandboxLimits> {
-  let d = crate::cli::SandboxLimits::default();
-  let mb = |name: &str, v: Option<f64>, default: u64| -> Result<u64> {
-    match v {
-      None => Ok(default),
-      Some(x) if x.is_finite() && x.fract() == 0.0 && (1.0..=65536.0).contains(&x) => Ok((x as u64) << 20),
-      Some(x) => Err(Error::invalid(format!("sandboxLimits.{name} must be a whole number of MiB from 1 to 65536, got {x}"))),
-    }
-  };
-  Ok(crate::cli::SandboxLimits {
-    tmp_bytes: mb("tmpMb", l.tmp_mb, d.tmp_bytes)?,
-    home_bytes: mb("homeMb", l.home_mb, d.home_bytes)?,
-    processes: match l.processes {
-      None => d.processes,
-      Some(x) if x.is_finite() && x.fract() == 0.0 && (32.0..=1_000_000.0).contains(&x) => x as u64,
-      Some(x) => return Err(Error::invalid(format!("sandboxLimits.processes must be a whole number from 32 to 1000000, got {x}"))),
-    },
-    memory_bytes: match l.memory_mb {
-      None => d.memory_bytes,
-      Some(x) if x.is_finite() && x.fract() == 0.0 && (1024.0..=1_048_576.0).contains(&x) => (x as u64) << 20,
-      Some(x) => return Err(Error::invalid(format!("sandboxLimits.memoryMb must be a whole number of MiB from 1024 to 1048576, got {x}"))),
-    },
-  })
-}
-
-/// `allowSlashCommands` and `settingSources` entries.
-fn check_lists(o: &Options) -> Result<()> {
-  for c in &o.allow_slash_commands {
-    let ok = c.len() <= 64
-      && c.starts_with('/')
-      && c.len() > 1
-      && c[1..].chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | ':'));
-    if !ok {
-      return Err(Error::invalid(format!("allowSlashCommands entries are commands such as \"/context\", got {:?}", c)));
-    }
-  }
-  for s in &o.setting_sources {
-    if !matches!(s.as_str(), "user" | "project" | "local") {
-      return Err(Error::invalid(format!("settingSources entries are \"user\", \"project\" or \"local\", got {:?}", s)));
-    }
-  }
-  Ok(())
-}
-
-/// `leaseTtlMs`, within its bounds.
-fn lease_ttl(ms: Option<f64>) -> Result<Duration> {
-  Ok(match ms {
-    Some(t) => {
-      let t = validate::positive_int("leaseTtlMs", t)?;
-      if !(MIN_LEASE_TTL_MS..=24 * 3_600_000).contains(&t) {
-        return Err(Error::invalid(format!("leaseTtlMs must be from {MIN_LEASE_TTL_MS} to 86400000, got {t}")));
-      }
-      Duration::from_millis(t)
-    }
-    None => Duration::from_secs(30),
-  })
-}
-
-/// `nodeId`, or this host and process.
-fn node_id(n: Option<String>) -> Result<String> {
-  Ok(match n {
-    Some(n) => {
-      if n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid(format!("nodeId must be 1 to 200 characters without control characters, got {n:?}")));
-      }
-      n
-    }
-    None => format!("{}:{}", host_name(), std::process::id()),
   })
 }
 

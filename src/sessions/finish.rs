@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::run::HeldRun;
-use super::{store_call, Manager, TaskError, TaskResult, Wait};
+use super::{store_call, CompactTrigger, Manager, TaskError, TaskResult, Wait};
 use crate::cli::stream::ResultLine;
 use crate::cli::{self, EndReason, RunOutcome};
 use crate::context;
@@ -21,7 +21,7 @@ pub(crate) struct EndInput<'a> {
   pub elapsed_ms: u64,
   pub threshold: f64,
   /// The compaction trigger to record instead of the CLI's own label (compaction runs only).
-  pub trigger: Option<&'static str>,
+  pub trigger: Option<CompactTrigger>,
   pub keep_lease: bool,
   /// Whether the CLI's transcript of the session exists now.
   pub transcript_exists: bool,
@@ -55,7 +55,7 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
   let mut compactions: Vec<cli::CompactEvent> = vec![];
   match outcome {
     Err(e) => {
-      res.error = Some(TaskError { code: e.code.as_str().into(), message: e.message.clone(), status: None });
+      res.error = Some(TaskError { code: e.code.as_str().into(), message: e.message.clone(), status: None, scope: None });
       end.status = if e.code == ErrorCode::Aborted { "aborted" } else { "failed" }.into();
     }
     Ok(out) => {
@@ -110,6 +110,7 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
   end.duration_api_ms = Some(res.duration_api_ms);
   end.error_code = res.error.as_ref().map(|e| e.code.clone());
   end.error_message = res.error.as_ref().map(|e| e.message.clone());
+  end.paused = res.error.as_ref().and_then(|e| e.scope.clone());
   if let Some(ctx) = &end.context {
     res.context_info = context::context_info(Some(ctx), default_window, threshold, 0);
   }
@@ -119,7 +120,7 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
       session_id: session.id.clone(),
       task_id: Some(task_id.to_owned()),
       // The CLI labels a `/compact` we sent for autoCompact as manual; record what it was.
-      trigger: trigger.map(str::to_owned).unwrap_or(c.trigger),
+      trigger: trigger.map_or(c.trigger, |t| t.as_str().to_owned()),
       pre_tokens: c.pre_tokens,
       post_tokens: c.post_tokens,
       started_at: now_ms,
@@ -190,8 +191,8 @@ fn stderr_suffix(stderr: &str) -> String {
 }
 
 /// Why a run that ended (stopped, exited, refused by the key proxy) failed, if it did.
-fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>, stall_timeout_ms: u128) -> Option<TaskError> {
-  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status };
+fn end_error(out: &RunOutcome, session: &Session, trigger: Option<CompactTrigger>, stall_timeout_ms: u128) -> Option<TaskError> {
+  let fail = |code: ErrorCode, message: String, status: Option<u64>| TaskError { code: code.as_str().into(), message, status, scope: None };
   let tail = stderr_suffix(&out.stderr_tail);
   let error = match (out.reason, &out.result) {
     (EndReason::Aborted, _) => Some(fail(ErrorCode::Aborted, "the task was aborted".into(), None)),
@@ -228,7 +229,7 @@ fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>,
   // refusal (it may have answered with the error as text, or the agent's own call was the one refused).
   let refused = out.metered.as_ref().and_then(|m| m.refused.clone());
   match (refused, out.reason) {
-    (Some(why), EndReason::Exited) => Some(fail(ErrorCode::BudgetExceeded, why, Some(402))),
+    (Some(why), EndReason::Exited) => Some(TaskError { scope: Some(why.scope), ..fail(ErrorCode::BudgetExceeded, why.message, Some(402)) }),
     (_, _) => error,
   }
 }
@@ -237,12 +238,14 @@ fn end_error(out: &RunOutcome, session: &Session, trigger: Option<&'static str>,
 /// `is_error: true` is a failure (an API error after the CLI's retries).
 pub fn classify_result(r: &crate::cli::stream::ResultLine) -> Option<TaskError> {
   let msg = r.result.clone().filter(|s| !s.is_empty()).or_else(|| r.errors.first().cloned()).unwrap_or_else(|| r.subtype.clone());
-  let e = |code: ErrorCode, status: Option<u64>| Some(TaskError { code: code.as_str().into(), message: msg.clone(), status });
+  let e = |code: ErrorCode, status: Option<u64>| Some(TaskError { code: code.as_str().into(), message: msg.clone(), status, scope: None });
   let status = r.api_error_status.or_else(|| if msg.contains("API Error") { parse_status(&msg) } else { None });
   match r.subtype.as_str() {
     "success" if !r.is_error => None,
     "error_max_turns" => e(ErrorCode::MaxTurns, None),
     "error_max_budget_usd" => e(ErrorCode::BudgetExceeded, None),
+    _ if msg.starts_with("Resume rejected by --resume-drops-turn:") => e(ErrorCode::RewindRejected, None),
+    _ if msg.starts_with("No message found with message.uuid of:") => e(ErrorCode::MessageNotFound, None),
     _ if status == Some(401) || is_not_logged_in(&msg) => Some(auth_error(&msg, status)),
     _ if r.api_error_status.is_some() => e(ErrorCode::ApiError, r.api_error_status),
     _ if msg.starts_with("API Error") => e(ErrorCode::ApiError, parse_status(&msg)),
@@ -268,6 +271,7 @@ fn auth_error(msg: &str, status: Option<u64>) -> TaskError {
       "{what}: set a valid ANTHROPIC_API_KEY in the server's environment (or pass it in the manager's `env` option) and restart the server; the CLI said: {msg}"
     ),
     status,
+    scope: None,
   }
 }
 
@@ -304,6 +308,7 @@ mod tests {
       materialized: true,
       cli_cost_watermark: 0.0,
       config_dir: None,
+      paused: None,
     }
   }
 
@@ -337,7 +342,7 @@ mod tests {
     }
   }
 
-  fn finish_of(outcome: Result<RunOutcome>, trigger: Option<&'static str>) -> (TaskResult, TaskEnd, Option<f64>) {
+  fn finish_of(outcome: Result<RunOutcome>, trigger: Option<CompactTrigger>) -> (TaskResult, TaskEnd, Option<f64>) {
     let s = session();
     task_end(EndInput {
       session: &s,
@@ -396,7 +401,7 @@ mod tests {
     assert!(res.success, "{:?}", res.error);
     assert_eq!(end.status, "succeeded");
     assert!(res.warnings.iter().any(|w| w.contains("too_few_groups")));
-    let (res, end, _) = finish_of(Ok(out), Some("manual"));
+    let (res, end, _) = finish_of(Ok(out), Some(CompactTrigger::Manual));
     assert_eq!(res.error.map(|e| e.code), Some("COMPACT_FAILED".into()));
     assert_eq!(end.status, "failed");
   }
@@ -519,6 +524,13 @@ mod classify_tests {
       ResultLine { errors: vec!["No conversation found with session ID: x".into()], ..line("error_during_execution", true, None, None) };
     assert_eq!(code(&own), some("CLI_ERROR", "No conversation found with session ID: x", None));
     assert_eq!(code(&line("error_during_execution", true, Some(""), None)), some("CLI_ERROR", "error_during_execution", None));
+    // A branch point the CLI refuses (CLI 2.1.331's words): deterministic codes of their own.
+    let refused = "Resume rejected by --resume-drops-turn: resuming at a would discard entries not attributable to turn b";
+    let r = ResultLine { errors: vec![refused.into()], ..line("error_during_execution", true, None, None) };
+    assert_eq!(code(&r), some("REWIND_REJECTED", refused, None));
+    let gone = "No message found with message.uuid of: a";
+    let r = ResultLine { errors: vec![gone.into()], ..line("error_during_execution", true, None, None) };
+    assert_eq!(code(&r), some("MESSAGE_NOT_FOUND", gone, None));
     // A status field wins over the message, whatever the subtype.
     assert_eq!(code(&line("error_during_execution", true, Some("x"), Some(429))), some("API_ERROR", "x", Some(429)));
   }

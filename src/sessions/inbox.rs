@@ -279,7 +279,7 @@ impl Manager {
   /// `SESSION_NOT_FOUND`, as everywhere.
   pub async fn respond_to_permission(&self, r: PermissionResponse) -> Result<()> {
     self.check_open()?;
-    let answer = r.decision()?;
+    let answer = r.decision;
     let session = self.get_session(&r.session_id, &r.user_id).await?;
     let key = (session.id, r.request_id.clone());
     if self.waiting.settle(&key, answer.clone())? {

@@ -10,7 +10,8 @@
 //! - `events`: the task's events in the store's log, followed from anywhere; stopping a task.
 
 mod api;
-mod budgets;
+mod branching;
+pub(crate) mod budgets;
 mod config;
 mod events;
 mod finish;
@@ -37,12 +38,17 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::store::{NewSession, Owner, PgStore, Session, Store};
 use crate::{transcript, validate};
 
-pub use budgets::{BudgetOptions, BudgetRequest, ModelPrice, UsageRequest};
-pub use config::{Config, Isolation, Options, SandboxLimitOptions, SandboxMode, SandboxPaths, DEFAULT_NICENESS};
+pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
+pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
+pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use events::{Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
-pub use types::{ListRequest, MessagesPage, PromptEstimate, TaskError, TaskRequest, TaskResult};
+pub use types::{
+  CleanupRequest, CompactRequest, CompactTrigger, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
+  SendMessageRequest, SessionStatus, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
+  MAX_TOOL_RULES, MAX_TURNS,
+};
 
 /// Receives every event of a task as it arrives.
 pub type EventSink = Arc<dyn Fn(Value) + Send + Sync>;
@@ -196,10 +202,6 @@ fn upstream_of(env: &[(String, String)]) -> Option<cli::Upstream> {
     headers: get("ANTHROPIC_CUSTOM_HEADERS").unwrap_or_default(),
   })
 }
-
-const VALID_STATUSES: [&str; 2] = ["active", "archived"];
-const PERMISSION_MODES: [&str; 4] = ["default", "acceptEdits", "plan", "bypassPermissions"];
-const MAX_LIST: u64 = 1000;
 
 fn validate_user_project(user_id: &str, project_id: Option<&str>) -> Result<()> {
   validate::id("userId", user_id)?;
@@ -479,6 +481,10 @@ impl Manager {
       let dir = self.cfg.state_directory.join("claude-config");
       config::private_dir(&dir)?;
       env.push(("CLAUDE_CONFIG_DIR".into(), dir.to_string_lossy().into_owned()));
+    }
+    if self.cfg.file_checkpoints {
+      env.retain(|(k, _)| k != branching::CHECKPOINTS_ENV);
+      env.push((branching::CHECKPOINTS_ENV.into(), "1".into()));
     }
     if !self.cfg.allow_file_mentions {
       // `@path` in a prompt would inline files whatever the tool permissions say.

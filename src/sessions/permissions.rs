@@ -1,7 +1,8 @@
 //! What a user's permission answer may say, and the always-allow rules it can leave behind.
 //!
-//! - [`PermissionResponse::decision`]: `respondToPermission` (and so the Next.js route, which
-//!   always goes through it) checked once and turned into the one [`Decision`] type.
+//! - [`PermissionResponse`]: `respondToPermission` (and so the Next.js route, which always goes
+//!   through it), checked once where it came in (the binding's `TryFrom`) and carrying the one
+//!   [`Decision`] type.
 //! - [`user_edit_allowed`]: the guarded-input rule. A user may edit a tool's content, never what
 //!   the permission was asked about (the CLI does not check its rules again on an edited input).
 //! - [`Rules`]: `remember: 'session'` on an allow. The manager records a rule for that session,
@@ -21,10 +22,6 @@ use serde_json::Value;
 
 use crate::cli::Decision;
 use crate::error::{Error, Result};
-use crate::validate;
-
-/// Longest `message` of a permission answer, in bytes.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Fields of a tool's input that the CLI's permission rules (`allowedTools`/`disallowedTools`,
 /// e.g. `Bash(rm:*)`) and the user's decision are about: where a file tool reads or writes, what
@@ -47,55 +44,17 @@ pub(crate) fn user_edit_allowed(input: &Value, answer: &Decision) -> Result<()> 
   Ok(())
 }
 
-/// `respondToPermission`: the user's answer to a permission request of a task on their session.
-#[derive(Debug, Clone, Default)]
+/// `respondToPermission`: the user's answer to a permission request of a task on their session,
+/// checked where it came in.
+#[derive(Debug, Clone)]
 pub struct PermissionResponse {
   pub session_id: String,
   pub user_id: String,
+  /// A valid id.
   pub request_id: String,
-  /// `allow` or `deny`.
-  pub behavior: String,
-  /// Why (deny).
-  pub message: Option<String>,
-  /// The tool's input to use instead (allow); must be an object.
-  pub updated_input: Option<Value>,
-  /// Also end the turn (deny).
-  pub interrupt: Option<bool>,
-  /// `session` (allow): also allow matching requests of this session from now on (see the module's doc).
-  pub remember: Option<String>,
-}
-
-impl PermissionResponse {
-  /// The answer, after checking every field. Never `updatedPermissions`: a user's answer cannot
-  /// change the CLI's own settings.
-  pub(crate) fn decision(&self) -> Result<Decision> {
-    validate::id("requestId", &self.request_id)?;
-    if let Some(m) = &self.message {
-      if m.len() > MAX_MESSAGE_BYTES || m.contains('\0') {
-        return Err(Error::invalid(format!("message must be at most {MAX_MESSAGE_BYTES} bytes, without NUL bytes")));
-      }
-    }
-    if self.updated_input.as_ref().is_some_and(|u| !u.is_object()) {
-      return Err(Error::invalid("updatedInput must be an object (the tool's input)"));
-    }
-    if self.updated_input.as_ref().is_some_and(|u| u.to_string().len() > validate::MAX_PROMPT_BYTES) {
-      return Err(Error::invalid(format!("updatedInput must be at most {} bytes as JSON", validate::MAX_PROMPT_BYTES)));
-    }
-    let remember = match self.remember.as_deref() {
-      None => false,
-      Some("session") if self.behavior == "allow" => true,
-      Some("session") => return Err(Error::invalid("remember goes with behavior \"allow\" only")),
-      Some(other) => return Err(Error::invalid(format!("remember must be \"session\", got {other:?}"))),
-    };
-    match self.behavior.as_str() {
-      "allow" => Ok(Decision::Allow { updated_input: self.updated_input.clone(), updated_permissions: None, remember }),
-      "deny" => Ok(Decision::Deny {
-        message: self.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| "the user denied this".into()),
-        interrupt: self.interrupt == Some(true),
-      }),
-      other => Err(Error::invalid(format!("behavior must be \"allow\" or \"deny\", got {other:?}"))),
-    }
-  }
+  /// The answer; never with `updated_permissions` (a user's answer cannot change the CLI's own
+  /// settings), an `updated_input` only as an object of at most `validate::MAX_PROMPT_BYTES`.
+  pub decision: Decision,
 }
 
 /// Tools whose request names one file (`file_path`, or `notebook_path`): a rule for them is the
@@ -214,36 +173,6 @@ mod tests {
     let write = json!({ "file_path": "/w/a.txt", "content": "x" });
     assert!(user_edit_allowed(&write, &allow_with(json!({ "file_path": "/w/a.txt", "content": "y" }))).is_ok());
     assert!(user_edit_allowed(&write, &allow_with(json!({ "file_path": "/etc/a.txt", "content": "x" }))).is_err());
-  }
-
-  fn response(behavior: &str) -> PermissionResponse {
-    PermissionResponse {
-      session_id: "s".into(),
-      user_id: "u".into(),
-      request_id: "r1".into(),
-      behavior: behavior.into(),
-      ..Default::default()
-    }
-  }
-
-  #[test]
-  fn a_response_becomes_one_decision_or_is_refused() {
-    assert_eq!(response("allow").decision().unwrap(), Decision::allow());
-    assert_eq!(response("deny").decision().unwrap(), Decision::deny("the user denied this"));
-    let deny = PermissionResponse { message: Some("no".into()), interrupt: Some(true), ..response("deny") };
-    assert_eq!(deny.decision().unwrap(), Decision::Deny { message: "no".into(), interrupt: true });
-    let remember = PermissionResponse { remember: Some("session".into()), ..response("allow") };
-    assert!(remember.decision().unwrap().remember());
-    for bad in [
-      response("yes"),
-      PermissionResponse { remember: Some("session".into()), ..response("deny") },
-      PermissionResponse { remember: Some("forever".into()), ..response("allow") },
-      PermissionResponse { updated_input: Some(json!([])), ..response("allow") },
-      PermissionResponse { message: Some("a\0b".into()), ..response("deny") },
-      PermissionResponse { request_id: String::new(), ..response("allow") },
-    ] {
-      assert!(bad.decision().is_err(), "{bad:?}");
-    }
   }
 
   #[test]

@@ -7,60 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::RunOptions;
-use super::{validate_user_project, EventSink, Manager, TaskRequest, TaskResult, Wait, PERMISSION_MODES};
+use super::{CompactRequest, CompactTrigger, EventSink, Manager, PermissionMode, TaskKind, TaskRequest, TaskResult, Wait};
 use crate::cli::{self, CancelToken, CliArgs, RunSpec, SessionMode};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::Session;
-use crate::validate;
 
 impl Manager {
-  pub(crate) fn validate_task(&self, r: &TaskRequest) -> Result<CliArgs> {
-    validate_user_project(&r.user_id, Some(&r.project_id))?;
-    if r.prompt.trim().is_empty() {
-      return Err(Error::invalid("prompt must be a non-empty string"));
-    }
-    if r.prompt.len() > validate::MAX_PROMPT_BYTES {
-      return Err(Error::new(
-        ErrorCode::ContextOverflow,
-        format!(
-          "the prompt is {} bytes; the limit is {} bytes, far beyond any model's context window",
-          r.prompt.len(),
-          validate::MAX_PROMPT_BYTES
-        ),
-      ));
-    }
-    if r.prompt.contains('\0') {
-      return Err(Error::invalid("prompt contains a NUL byte"));
-    }
-    if let Some(m) = &r.model {
-      validate::model("model", m)?;
-    }
-    if let Some(m) = &r.fallback_model {
-      validate::model("fallbackModel", m)?;
-    }
-    let max_turns = r.max_turns.map(|t| validate::positive_int("maxTurns", t)).transpose()?;
-    if let Some(t) = max_turns {
-      if t > 10_000 {
-        return Err(Error::invalid("maxTurns must be at most 10000"));
-      }
-    }
-    let tools = |field: &str, list: &Option<Vec<String>>| -> Result<Vec<String>> {
-      let list = list.clone().unwrap_or_default();
-      if list.len() > 256 {
-        return Err(Error::invalid(format!("{field} has more than 256 entries")));
-      }
-      for t in &list {
-        validate::cli_value(field, t, 512)?;
-        if t.chars().any(|c| c.is_control()) {
-          return Err(Error::invalid(format!("{field} entry {:?} contains a control character", t)));
-        }
-        validate::one_tool_rule(field, t)?;
-      }
-      Ok(list)
-    };
-    let allowed_tools = tools("allowedTools", &r.allowed_tools)?;
-    let mut disallowed_tools = tools("disallowedTools", &r.disallowed_tools)?;
+  /// The CLI's arguments for a task: what the request asks for (its fields were checked where it
+  /// came in), with what the manager's settings add or refuse.
+  pub(crate) fn task_args(&self, r: &TaskRequest) -> Result<CliArgs> {
+    let mut disallowed_tools = r.disallowed_tools.clone();
     if !self.cfg.allow_background_tools {
       for t in super::config::BACKGROUND_TOOLS {
         if !disallowed_tools.iter().any(|d| d == t) {
@@ -68,45 +25,22 @@ impl Manager {
         }
       }
     }
-    if let Some(m) = &r.permission_mode {
-      if !PERMISSION_MODES.contains(&m.as_str()) {
-        return Err(Error::invalid(format!("permissionMode must be one of default, acceptEdits, plan; got {:?}", m)));
-      }
-      if m == "bypassPermissions" && !self.cfg.allow_bypass_permissions {
-        return Err(Error::invalid(
-          "permissionMode \"bypassPermissions\" is refused: construct the SessionManager with allowBypassPermissions: true to allow it",
-        ));
-      }
-    }
-    if let Some(s) = &r.append_system_prompt {
-      validate::cli_value("appendSystemPrompt", s, 64 * 1024)?;
-    }
-    if let Some(b) = r.max_budget_usd {
-      validate::budget_usd("maxBudgetUsd", b)?;
-    }
-    if let Some(t) = r.compact_threshold {
-      validate::percent("compactThreshold", t)?;
-    }
-    if let Some(t) = r.timeout_ms {
-      validate::positive_int("timeoutMs", t)?;
-    }
-    if let Some(t) = r.queue_timeout_ms {
-      validate::non_negative_int("queueTimeoutMs", t)?;
-    }
-    if let Some(t) = &r.title {
-      validate::title(t)?;
-    }
-    if r.fork_session == Some(true) && r.session_id.is_none() {
-      return Err(Error::invalid("forkSession needs the sessionId of the session to fork"));
+    let permission_mode = r.permission_mode.unwrap_or_default();
+    if permission_mode == PermissionMode::BypassPermissions && !self.cfg.allow_bypass_permissions {
+      return Err(Error::invalid(
+        "permissionMode \"bypassPermissions\" is refused: construct the SessionManager with allowBypassPermissions: true to allow it",
+      ));
     }
     Ok(CliArgs {
       session: None,
+      resume_at: None,
+      resume_drops_turn: None,
       model: r.model.clone(),
-      max_turns,
-      allowed_tools,
+      max_turns: r.max_turns.map(u64::from),
+      allowed_tools: r.allowed_tools.clone(),
       disallowed_tools,
       // Always explicit: no settings file can change what the server decided.
-      permission_mode: Some(r.permission_mode.clone().unwrap_or_else(|| "default".into())),
+      permission_mode: Some(permission_mode.as_str().to_owned()),
       append_system_prompt: r.append_system_prompt.clone(),
       max_budget_usd: r.max_budget_usd,
       fallback_model: r.fallback_model.clone(),
@@ -175,19 +109,13 @@ impl Manager {
   ) -> Result<TaskResult> {
     self.check_open()?;
     let _registered = self.register(&cancel);
-    let mut args = self.validate_task(&r)?;
-    let session_id = r.session_id.as_deref().map(|s| validate::session_id("sessionId", s)).transpose()?;
-    if session_id.is_some() && r.working_directory.is_some() {
-      return Err(Error::invalid(
-        "workingDirectory applies to new sessions only: a session always runs in its own folder, where the CLI keeps its transcript",
-      ));
-    }
+    let mut args = self.task_args(&r)?;
     let wd = self.working_dir(r.working_directory.as_deref())?;
     self.check_prompt_fits(&r.prompt, self.cfg.context_window).await?;
     let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
 
     // The session to run in.
-    let (session, forked_from) = match (&session_id, r.fork_session.unwrap_or(false)) {
+    let (session, forked_from) = match (&r.session_id, r.fork_session) {
       (None, _) => {
         let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
@@ -198,8 +126,8 @@ impl Manager {
         if s.project_id != r.project_id {
           return Err(Error::not_found(id));
         }
-        if fork {
-          let child = self.fork(id, &r.user_id, r.title.clone()).await?;
+        if fork || r.at_message_id.is_some() {
+          let child = self.fork_at(id, &r.user_id, r.at_message_id.as_deref(), r.title.clone()).await?;
           (child, Some(s.id))
         } else {
           (s, None)
@@ -211,21 +139,28 @@ impl Manager {
     }
     let threshold = r.compact_threshold.unwrap_or(self.cfg.compact_threshold);
     let mut compacted = None;
-    if r.auto_compact == Some(true) && session.materialized {
+    if r.auto_compact && session.materialized {
       let next = {
         let (me, s2, p) = (self.clone(), session.clone(), r.prompt.clone());
         tokio::task::spawn_blocking(move || me.estimate_prompt(&s2, &p)).await.unwrap_or(0)
       };
       let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, next);
       if info.should_compact {
-        let done = self.compact_inner(&session, None, "auto", sink.clone(), cancel.clone()).await?;
+        let done = self.compact_inner(&session, None, CompactTrigger::Auto, sink.clone(), cancel.clone()).await?;
         compacted = done.compactions.into_iter().next();
       }
     }
-    let spec = self.run_spec(&session, program, r.prompt.clone(), r.timeout_ms.map(|t| Duration::from_millis(t as u64)))?;
-    let include_partials = r.include_partial_messages.unwrap_or(false);
-    let queue_timeout = r.queue_timeout_ms.map(|t| Duration::from_millis(t as u64));
-    let opts = RunOptions { kind: "task", cli: args, include_partials, threshold, trigger: None, queue_timeout, can_use_tool };
+    let spec = self.run_spec(&session, program, r.prompt.clone(), r.timeout)?;
+    let include_partials = r.include_partial_messages;
+    let opts = RunOptions {
+      kind: TaskKind::Task,
+      cli: args,
+      include_partials,
+      threshold,
+      trigger: None,
+      queue_timeout: r.queue_timeout,
+      can_use_tool,
+    };
     let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
     res.compacted = compacted.is_some() || res.compacted;
@@ -254,28 +189,18 @@ impl Manager {
   }
 
   /// Compacts a session through the CLI's `/compact`.
-  pub async fn compact(
-    &self,
-    session_id: &str,
-    user_id: &str,
-    instructions: Option<String>,
-    sink: Option<EventSink>,
-    cancel: CancelToken,
-  ) -> Result<TaskResult> {
+  pub async fn compact(&self, r: CompactRequest, sink: Option<EventSink>, cancel: CancelToken) -> Result<TaskResult> {
     self.check_open()?;
     let _registered = self.register(&cancel);
-    if let Some(i) = &instructions {
-      validate::cli_value("summaryInstructions", i, 64 * 1024)?;
-    }
-    let session = self.get_session(session_id, user_id).await?;
-    self.compact_inner(&session, instructions, "manual", sink, cancel).await
+    let session = self.get_session(&r.session_id, &r.user_id).await?;
+    self.compact_inner(&session, r.summary_instructions, CompactTrigger::Manual, sink, cancel).await
   }
 
   pub(crate) async fn compact_inner(
     &self,
     session: &Session,
     instructions: Option<String>,
-    trigger: &'static str,
+    trigger: CompactTrigger,
     sink: Option<EventSink>,
     cancel: CancelToken,
   ) -> Result<TaskResult> {
@@ -300,7 +225,7 @@ impl Manager {
     };
     let spec = self.run_spec(session, program, prompt, None)?;
     let opts = RunOptions {
-      kind: "compact",
+      kind: TaskKind::Compact,
       cli: args,
       include_partials: false,
       threshold: self.cfg.compact_threshold,

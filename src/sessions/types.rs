@@ -1,4 +1,8 @@
-//! The requests and results of the session API, as the binding reads and returns them.
+//! The requests and results of the session API. A request is typed (counts, `Duration`s, enums,
+//! canonical ids) and arrives checked: the binding's `TryFrom` (`binding/typed.rs`) made it from
+//! the JavaScript value, so the manager checks only what depends on its settings or its store.
+
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -7,42 +11,217 @@ use crate::context::ContextInfo;
 use crate::store::{Compaction, Session, Usage};
 use crate::transcript;
 
-/// `listSessions` filters.
-#[derive(Debug, Clone, Default)]
+/// `listSessions` filters, checked where they came in.
+#[derive(Debug, Clone)]
 pub struct ListRequest {
   pub user_id: String,
   pub project_id: Option<String>,
-  pub status: Option<String>,
+  pub status: Option<SessionStatus>,
+  /// A session id in its canonical (lower-case) form.
   pub parent_id: Option<String>,
-  pub limit: Option<f64>,
-  pub offset: Option<f64>,
+  /// 1 to [`MAX_LIST`].
+  pub limit: u64,
+  pub offset: u64,
 }
 
-/// An `executeTask` request.
+/// Most sessions one `listSessions` call returns (a larger `limit` is cut to it).
+pub const MAX_LIST: u64 = 1000;
+/// `listSessions`' `limit` when none is given.
+pub const DEFAULT_LIST: u64 = 50;
+
+/// A session's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatus {
+  Active,
+  Archived,
+}
+
+impl SessionStatus {
+  pub const ALL: [SessionStatus; 2] = [SessionStatus::Active, SessionStatus::Archived];
+
+  /// The status as JavaScript and the store spell it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      SessionStatus::Active => "active",
+      SessionStatus::Archived => "archived",
+    }
+  }
+}
+
+/// `cleanupSessions`, checked where it came in.
+#[derive(Debug, Clone)]
+pub struct CleanupRequest {
+  pub user_id: String,
+  pub project_id: Option<String>,
+  /// Sessions idle for longer than this are deleted.
+  pub max_age: Duration,
+  /// Delete only archived sessions.
+  pub keep_active: bool,
+}
+
+/// `fork`, checked where it came in.
+#[derive(Debug, Clone, Default)]
+pub struct ForkRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// A valid title; default the parent's.
+  pub title: Option<String>,
+  /// Fork at this message of the parent's conversation (checked by `fork_at`); default the end.
+  pub at_message_id: Option<String>,
+}
+
+/// Options of `getSessionContext` and `estimatePromptTokens`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThresholdOptions {
+  /// A percentage in (0, 100]; default the manager's `compactThreshold`.
+  pub threshold: Option<f64>,
+}
+
+/// `getMessages`' options.
+#[derive(Debug, Clone, Copy)]
+pub struct MessagesOptions {
+  /// 1 to [`MAX_MESSAGES`].
+  pub limit: usize,
+  /// Index of the first message; without it, the newest `limit` messages.
+  pub offset: Option<usize>,
+}
+
+/// Most messages one `getMessages` call returns (a larger `limit` is cut to it).
+pub const MAX_MESSAGES: usize = 10_000;
+
+impl Default for MessagesOptions {
+  fn default() -> Self {
+    MessagesOptions { limit: 100, offset: None }
+  }
+}
+
+/// An `executeTask` request, checked field by field where it came in (the binding's
+/// `TryFrom`): ids, the prompt, models, tool rules, titles and numbers are valid here, so the
+/// manager checks only what depends on its own settings (`bypassPermissions`, the working
+/// directory's roots, the session's owner).
 #[derive(Debug, Clone, Default)]
 pub struct TaskRequest {
+  /// Non-empty, at most `validate::MAX_PROMPT_BYTES`, no NUL.
   pub prompt: String,
   pub project_id: String,
   pub user_id: String,
+  /// A session id in its canonical (lower-case) form.
   pub session_id: Option<String>,
   pub model: Option<String>,
-  pub max_turns: Option<f64>,
-  pub allowed_tools: Option<Vec<String>>,
-  pub disallowed_tools: Option<Vec<String>>,
-  pub permission_mode: Option<String>,
+  /// 1 to [`MAX_TURNS`].
+  pub max_turns: Option<u32>,
+  /// One tool rule per entry, at most [`MAX_TOOL_RULES`].
+  pub allowed_tools: Vec<String>,
+  pub disallowed_tools: Vec<String>,
+  pub permission_mode: Option<PermissionMode>,
   pub append_system_prompt: Option<String>,
+  /// US dollars, 0.0001 to 10000 (checked by the binding).
   pub max_budget_usd: Option<f64>,
   pub fallback_model: Option<String>,
-  pub auto_compact: Option<bool>,
+  pub auto_compact: bool,
+  /// A percentage in (0, 100].
   pub compact_threshold: Option<f64>,
-  pub fork_session: Option<bool>,
-  pub timeout_ms: Option<f64>,
-  pub include_partial_messages: Option<bool>,
+  /// Run in a new fork of `session_id` (which is then set).
+  pub fork_session: bool,
+  /// Fork `session_id` at this message of its conversation and run there.
+  pub at_message_id: Option<String>,
+  /// At least 1 ms.
+  pub timeout: Option<Duration>,
+  pub include_partial_messages: bool,
   pub title: Option<String>,
-  /// For a new session: the folder the CLI runs in (default: the manager's).
+  /// For a new session only (`session_id` is then `None`): the folder the CLI runs in (default:
+  /// the manager's).
   pub working_directory: Option<String>,
-  /// How long to wait while the session runs another task (0: fail at once with SESSION_BUSY).
-  pub queue_timeout_ms: Option<f64>,
+  /// How long to wait while the session runs another task (zero: fail at once with SESSION_BUSY).
+  pub queue_timeout: Option<Duration>,
+}
+
+/// A `compactSession` request.
+#[derive(Debug, Clone, Default)]
+pub struct CompactRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// What the summary should keep (appended to `/compact`): a flag value of at most 64 KiB.
+  pub summary_instructions: Option<String>,
+}
+
+/// A `sendMessage` request, checked where it came in.
+#[derive(Debug, Clone, Default)]
+pub struct SendMessageRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// Text (not a slash command): not blank, no NUL, at most `validate::MAX_PROMPT_BYTES`.
+  pub prompt: String,
+}
+
+/// What a run of the CLI is for (recorded on its task row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+  /// A prompt (`executeTask`).
+  Task,
+  /// `/compact` (`compactSession`, or before a task with `autoCompact`).
+  Compact,
+}
+
+impl TaskKind {
+  /// As the store records it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      TaskKind::Task => "task",
+      TaskKind::Compact => "compact",
+    }
+  }
+}
+
+/// Why a compaction ran (recorded instead of the CLI's own label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactTrigger {
+  /// `compactSession`.
+  Manual,
+  /// `autoCompact` before a task.
+  Auto,
+}
+
+impl CompactTrigger {
+  /// As the store and `getSessionContext` show it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      CompactTrigger::Manual => "manual",
+      CompactTrigger::Auto => "auto",
+    }
+  }
+}
+
+/// Most turns a task may be given (`maxTurns`).
+pub const MAX_TURNS: u32 = 10_000;
+/// Most entries of `allowedTools` or `disallowedTools`.
+pub const MAX_TOOL_RULES: usize = 256;
+
+/// How the CLI asks for permission (`--permission-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PermissionMode {
+  #[default]
+  Default,
+  AcceptEdits,
+  Plan,
+  /// Only with the manager's `allowBypassPermissions`.
+  BypassPermissions,
+}
+
+impl PermissionMode {
+  /// Every mode, as JavaScript spells it.
+  pub const ALL: [PermissionMode; 4] =
+    [PermissionMode::Default, PermissionMode::AcceptEdits, PermissionMode::Plan, PermissionMode::BypassPermissions];
+
+  /// The mode as JavaScript and the CLI spell it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      PermissionMode::Default => "default",
+      PermissionMode::AcceptEdits => "acceptEdits",
+      PermissionMode::Plan => "plan",
+      PermissionMode::BypassPermissions => "bypassPermissions",
+    }
+  }
 }
 
 /// A task failure as the result reports it.
@@ -52,6 +231,8 @@ pub struct TaskError {
   pub code: String,
   pub message: String,
   pub status: Option<u64>,
+  /// For `BUDGET_EXCEEDED` from a spend cap: the cap's scope (`user`, `project`, `session`).
+  pub scope: Option<String>,
 }
 
 /// What `executeTask` resolves to.
@@ -123,6 +304,10 @@ pub struct MessagesPage {
   pub live_from: usize,
   /// Compactions the conversation went through.
   pub compactions: usize,
+  /// Sessions forked from this one, with the message each continues from.
+  pub branches: Vec<super::Branch>,
+  /// For a fork made at a message: that message of the parent (`parentId`).
+  pub forked_at: Option<String>,
 }
 
 /// What `estimatePromptTokens` says about a prompt.

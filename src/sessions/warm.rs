@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::mirror::{mirror_supported, TaskMirror};
 use super::run::Job;
 use super::slot::TaskSlot;
-use super::{store_call, EventSink, Manager, Wait};
+use super::{store_call, EventSink, Manager, SendMessageRequest, TaskKind, Wait};
 use crate::cli::mirror::MirrorTx;
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
@@ -339,8 +339,8 @@ impl Manager {
   /// the CLI's `--max-budget-usd`: the CLI then stops after the model call that crosses it,
   /// before any tool of that call runs, as a cold task does. (A reused warm process counts cost
   /// over every task it ran, so the flag cannot be per task there.)
-  pub(crate) fn runs_warm(&self, kind: &str, can_use_tool: bool, budget: bool) -> bool {
-    kind == "task" && (can_use_tool || (self.warm_idle().is_some() && !budget))
+  pub(crate) fn runs_warm(&self, kind: TaskKind, can_use_tool: bool, budget: bool) -> bool {
+    kind == TaskKind::Task && (can_use_tool || (self.warm_idle().is_some() && !budget))
   }
 
   /// How long a warm process is kept after its task.
@@ -388,16 +388,9 @@ impl Manager {
   /// Adds a message to the task running on the session (in this manager, in a warm process):
   /// the CLI queues it after the current prompt, and the task ends at its result (its `result`
   /// text is then the answer to the last message).
-  pub async fn send_message(&self, session_id: &str, user_id: &str, prompt: &str) -> Result<()> {
+  pub async fn send_message(&self, r: SendMessageRequest) -> Result<()> {
     self.check_open()?;
-    if prompt.trim().is_empty() || prompt.contains('\0') || prompt.len() > crate::validate::MAX_PROMPT_BYTES {
-      return Err(Error::invalid("prompt must be a non-empty string without NUL bytes, within the prompt size limit"));
-    }
-    let first = prompt.split_whitespace().next().unwrap_or("");
-    if first.starts_with('/') {
-      return Err(Error::invalid("a message sent to a running task is text; slash commands cannot be sent this way"));
-    }
-    let s = self.get_session(session_id, user_id).await?;
+    let (prompt, s) = (r.prompt.as_str(), self.get_session(&r.session_id, &r.user_id).await?);
     let running = lock(&self.warm.running).get(&s.id).cloned();
     match running {
       Some(h) if h.steer(prompt) => {
@@ -421,7 +414,7 @@ impl Manager {
         return Ok(json!({ "source": "cli", "usage": usage }));
       }
     }
-    let info = self.get_context(session_id, user_id, None).await?;
+    let info = self.get_context(session_id, user_id, Default::default()).await?;
     Ok(json!({ "source": "store", "contextInfo": info }))
   }
 
@@ -454,7 +447,8 @@ impl Manager {
     // A budget is enforced by the CLI itself (`--max-budget-usd`), counted from the process's
     // start: such a task gets a fresh process, not kept after it.
     let budget = job.cli.max_budget_usd;
-    if budget.is_some() {
+    // A branch point (a rewind): never the process that holds the old branch.
+    if budget.is_some() || job.cli.resume_at.is_some() {
       self.drop_warm(&session.id).await;
     }
     if let Some(mut w) = self.warm.take(&session.id) {

@@ -135,6 +135,9 @@ pub trait Budgets {
   fn delete_budget(&self, k: &BudgetKey) -> Result<bool>;
   /// The ledger of model calls summed by day, model or session.
   fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>>;
+  /// Moves the clock the spend caps read (period starts and the ledger's call times) by `ms`
+  /// from the database clock: how tests roll a period over without waiting for it.
+  fn shift_budget_clock(&self, ms: i64);
 }
 
 /// The durable log of a session's task events (`store/events.rs`), and the task's stop requests.
@@ -160,8 +163,20 @@ pub trait Events {
   fn abort_requested(&self, task_id: &str) -> Result<bool>;
 }
 
+/// Where a session branches (`fork` at a message, `rewind`): one row per session with a branch point.
+pub trait Branches {
+  /// The session's branch point, if any.
+  fn branch_point(&self, session_id: &str) -> Result<Option<BranchPoint>>;
+  /// Records (replaces) the session's branch point.
+  fn set_branch_point(&self, session_id: &str, b: &BranchPoint) -> Result<()>;
+  /// A run continued from `resume_at`: the pending point is cleared, unless a newer one replaced it.
+  fn clear_resume(&self, session_id: &str, resume_at: &str) -> Result<()>;
+  /// The user's sessions forked from `parent_id`, with the message each forked at, oldest first.
+  fn forks_of(&self, parent_id: &str, user_id: &str) -> Result<Vec<(String, Option<String>)>>;
+}
+
 /// A whole backend: every concern, and the transcripts when it keeps them.
-pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Events + Send + Sync {
+pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Events + Branches + Send + Sync {
   /// The schema version of the open store.
   fn schema_version(&self) -> Result<i64>;
   /// The transcripts the store keeps for other nodes; `None` on a backend for one machine, where

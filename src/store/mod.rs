@@ -33,7 +33,7 @@ pub use budgets::{
 };
 pub use events::{EventBounds, EventRow, Notice, RunningTask, NOTIFY_ABORT, NOTIFY_EVENTS};
 pub use inbox::{Delivery, Receipt};
-pub use interface::{Backend, Budgets, Events, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
+pub use interface::{Backend, Branches, Budgets, Events, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -94,6 +94,21 @@ pub struct Session {
   pub cli_cost_watermark: f64,
   /// The CLI's `CLAUDE_CONFIG_DIR` for this session when tenants are isolated.
   pub config_dir: Option<String>,
+  /// The scope of the spend cap that stopped the session's last task (`user`, `project`,
+  /// `session`); cleared by the end of a task that a cap did not stop.
+  pub paused: Option<String>,
+}
+
+/// Where a session branches (`store::Branches`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BranchPoint {
+  /// The parent's message (its `getMessages` id) a fork continues from.
+  pub fork_at: Option<String>,
+  /// The transcript entry the next run continues from (`--resume-session-at`): a fork's first run,
+  /// or a pending rewind. Cleared once a run used it.
+  pub resume_at: Option<String>,
+  /// The one prompt a pending rewind drops (`--resume-drops-turn`), when it drops exactly one.
+  pub resume_drops: Option<String>,
 }
 
 /// What a new session row starts with.
@@ -165,6 +180,9 @@ pub struct TaskEnd {
   pub window: Option<(String, u64)>,
   /// Compactions the task did.
   pub compactions: Vec<Compaction>,
+  /// The scope of the spend cap that stopped the task: the session is paused (see
+  /// [`Session::paused`]).
+  pub paused: Option<String>,
 }
 
 /// One write of a task's end, as every backend makes them, in this order and in one transaction
@@ -285,6 +303,8 @@ pub struct Owner {
 /// The session store the manager uses: one backend, whose concerns ([`Backend`]) it derefs to.
 /// Methods block; the manager runs them off the JavaScript thread (or, through [`Store::now`],
 /// right where it is when that cannot wait).
+// One `Store` per manager, behind an `Arc`: the variants' sizes cost nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
   /// One SQLite file (the default).
   Sqlite(SqliteStore),

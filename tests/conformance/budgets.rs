@@ -21,9 +21,31 @@ fn go(a: Admit) -> i64 {
 
 fn over_scope(a: Admit) -> String {
   match a {
-    Admit::Over { scope, .. } => scope,
+    Admit::Over { key, .. } => key.label(),
     other => panic!("admitted: {other:?}"),
   }
+}
+
+/// Eight calls of 0.3 admitted at once, each on a connection of its own, released together;
+/// `who(i)` is the i-th call's (user, session, project).
+fn at_once(other: &(impl Fn() -> Store + Sync), who: impl Fn(usize) -> (String, String, String) + Sync) -> Vec<Admit> {
+  let stores: Vec<Store> = (0..8).map(|_| other()).collect();
+  let barrier = std::sync::Barrier::new(stores.len());
+  std::thread::scope(|sc| {
+    let hs: Vec<_> = stores
+      .iter()
+      .enumerate()
+      .map(|(i, own)| {
+        let (barrier, who) = (&barrier, &who);
+        sc.spawn(move || {
+          let (user, session, project) = who(i);
+          barrier.wait();
+          own.admit_call(&call("race", &session, &user, &project, 0.3), &BudgetDefaults::default()).unwrap()
+        })
+      })
+      .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+  })
 }
 
 /// Runs the checks on `s` (fresh ids: `u` is unique to this run); `other` opens another
@@ -108,22 +130,58 @@ pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
   // of 0.3 admits exactly three.
   let r = format!("{u}-race");
   s.set_budget(&key("user", &r, "", ""), 1.0, None).unwrap();
-  let stores: Vec<Store> = (0..8).map(|_| other()).collect();
-  let barrier = std::sync::Barrier::new(stores.len());
-  let admitted = std::thread::scope(|sc| {
-    let hs: Vec<_> = stores
-      .iter()
-      .enumerate()
-      .map(|(i, own)| {
-        let (barrier, r) = (&barrier, &r);
-        sc.spawn(move || {
-          let session = format!("race{i}");
-          barrier.wait();
-          own.admit_call(&call("race", &session, r, "p", 0.3), &BudgetDefaults::default()).unwrap()
-        })
-      })
-      .collect();
-    hs.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
-  });
+  let admitted = at_once(&other, |i| (r.clone(), format!("race{i}"), "p".into()));
   assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
+
+  project_total(s, u, &other);
+  rollover(s, u);
+}
+
+/// A project's cap across its users (a project key with no user): every user's calls in the
+/// project count, other projects do not; eight users admitting at once on connections of their
+/// own get exactly what fits.
+fn project_total(s: &Store, u: &str, other: &(impl Fn() -> Store + Sync)) {
+  let none = BudgetDefaults::default();
+  let (a, b, project) = (format!("{u}-pa"), format!("{u}-pb"), format!("{u}-shared"));
+  s.set_budget(&key("project", "", &project, ""), 1.0, Some("month")).unwrap();
+  go(s.admit_call(&call("pt1", "pa1", &a, &project, 0.4), &none).unwrap());
+  go(s.admit_call(&call("pt2", "pb1", &b, &project, 0.4), &none).unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("pt2", "pb2", &b, &project, 0.4), &none).unwrap()), "project (all users)");
+  go(s.admit_call(&call("pt2", "pb3", &b, "elsewhere", 0.4), &none).unwrap());
+  let total = s.get_budget(&key("project", "", &project, "")).unwrap().expect("stored");
+  assert!((total.spent_usd - 0.8).abs() < 1e-9, "{total:?}");
+  // A user's own cap on the project is another cap: it sees that user's calls only.
+  s.set_budget(&key("project", &a, &project, ""), 5.0, None).unwrap();
+  let own = s.get_budget(&key("project", &a, &project, "")).unwrap().unwrap();
+  assert!((own.spent_usd - 0.4).abs() < 1e-9, "{own:?}");
+
+  let race = format!("{u}-race-project");
+  s.set_budget(&key("project", "", &race, ""), 1.0, None).unwrap();
+  let admitted = at_once(other, |i| (format!("{u}-racer{i}"), format!("rp{i}"), race.clone()));
+  assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
+}
+
+/// Periods roll over on the store's clock, moved forward instead of waited for: a day's cap spent
+/// today is whole again tomorrow, a lifetime cap is not, and the period's start moves with it.
+fn rollover(s: &Store, u: &str) {
+  let none = BudgetDefaults::default();
+  let (daily, lifetime) = (format!("{u}-daily"), format!("{u}-lifetime"));
+  s.set_budget(&key("user", &daily, "", ""), 1.0, Some("day")).unwrap();
+  s.set_budget(&key("user", &lifetime, "", ""), 1.0, None).unwrap();
+  for who in [&daily, &lifetime] {
+    go(s.admit_call(&call("r1", "r1", who, "p", 0.9), &none).unwrap());
+    assert_eq!(over_scope(s.admit_call(&call("r1", "r1", who, "p", 0.2), &none).unwrap()), "user");
+  }
+  let today = s.get_budget(&key("user", &daily, "", "")).unwrap().unwrap();
+  s.shift_budget_clock(86_400_000);
+  let tomorrow = s.get_budget(&key("user", &daily, "", "")).unwrap().unwrap();
+  assert_eq!(tomorrow.period_start, today.period_start + 86_400_000, "{today:?} {tomorrow:?}");
+  assert_eq!(tomorrow.spent_usd, 0.0, "{tomorrow:?}");
+  go(s.admit_call(&call("r2", "r2", &daily, "p", 0.9), &none).unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("r2", "r2", &daily, "p", 0.2), &none).unwrap()), "user", "the new day's own spend counts");
+  assert_eq!(over_scope(s.admit_call(&call("r2", "r2", &lifetime, "p", 0.2), &none).unwrap()), "user", "a lifetime cap never rolls over");
+  // The ledger records the call at the moved clock: the report by day has two days.
+  let days = s.usage_report(&UsageQuery { user_id: Some(daily.clone()), group_by: "day".into(), ..Default::default() }).unwrap();
+  assert_eq!(days.len(), 2, "{days:?}");
+  s.shift_budget_clock(0);
 }

@@ -1,6 +1,6 @@
 //! One suite every store backend runs: ownership, sessions, leases and fencing, task ends,
 //! cleanup, start-fresh, the meter, transcripts (or their absence, by type), the inbox, warm
-//! holds, the total cap, spend caps and the event log. SQLite always runs; PostgreSQL is `#[ignore]`d without a
+//! holds, the total cap, spend caps, the event log and branch points. SQLite always runs; PostgreSQL is `#[ignore]`d without a
 //! database and runs with `CSM_TEST_DATABASE_URL=postgresql://… cargo test --test conformance --
 //! --include-ignored` (each test in a fresh schema, dropped afterwards), as `npm test` and CI do
 //! when the URL is set.
@@ -9,6 +9,7 @@
 
 use claude_session_manager::store::Store;
 
+mod branches;
 mod budgets;
 mod events;
 mod fixtures;
@@ -147,6 +148,12 @@ macro_rules! suite {
         let sid = fixtures::id();
         o.store.create_session(&fixtures::new_session(&sid, "u", "p")).unwrap();
         warm_holds::check(&o.store, &sid, || o.other());
+      }
+      $(#[$attr])?
+      #[test]
+      fn branch_points_round_trip_and_a_run_clears_only_the_point_it_used() {
+        let o = $open();
+        branches::check(&o.store, || o.other());
       }
       $(#[$attr])?
       #[test]

@@ -42,6 +42,23 @@ fn admin(url: &str, sql: &str) -> Result<(), String> {
   })
 }
 
+/// The first column of each row `sql` answers, as text.
+fn admin_rows(url: &str, sql: &str) -> Vec<String> {
+  let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+  rt.block_on(async {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rows = client.simple_query(sql).await.unwrap();
+    rows
+      .iter()
+      .filter_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+        _ => None,
+      })
+      .collect()
+  })
+}
+
 /// A store in a schema of its own, dropped when the guard goes.
 struct Fresh {
   url: String,
@@ -354,6 +371,33 @@ fn the_store_comes_back_after_the_server_drops_its_connections() {
       .unwrap_or_else(|e| panic!("round {round}: {}", e.message));
   }
   assert_eq!(f.store().get_session(&sid, "u").unwrap().unwrap().task_count, 3);
+}
+
+/// Admitting a model call is one statement keyed by the call: run again with the same key (as the
+/// store does when the connection was lost and the first run's outcome is unknown), it answers the
+/// row the first run made and charges nothing more; another key is another call.
+#[test]
+#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
+fn admitting_a_call_again_with_its_key_charges_it_once() {
+  let url = test_url();
+  let f = Fresh::new(&url);
+  let admit = |key: &str| {
+    let sql = format!(
+      "SELECT call_id FROM \"{}\".admit_call('{key}', 't', 's', 'u', 'p', 'm', 0.5, 'lock-u', 'lock-p', 1.0, NULL, NULL, 0)",
+      f.schema
+    );
+    admin_rows(&url, &sql)
+  };
+  let first = admit("k1");
+  assert_eq!(first.len(), 1);
+  assert_ne!(first[0], "NULL", "admitted under a cap of 1.0");
+  assert_eq!(admit("k1"), first, "the same call again: the same row");
+  assert_eq!(admit("k1"), first, "and again");
+  let other = admit("k2");
+  assert_ne!(other, first, "another call is another row");
+  assert_eq!(admit("k3"), ["NULL"], "a third 0.5 does not fit under 1.0: the repeats charged nothing");
+  let n = admin_rows(&url, &format!("SELECT count(*) FROM \"{}\".model_calls", f.schema));
+  assert_eq!(n, ["2"]);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 'use client'
 
-import { useCallback, useEffect, useMemo, useRef, useState } from 'react'
+import { Fragment, useCallback, useEffect, useMemo, useRef, useState } from 'react'
 import { contextLevel, useClaudeSession } from 'claude-session-manager/react'
 import type { ClaudeMessage, ClaudeStreamEvent, ContextUsageView } from 'claude-session-manager/react'
 import { DEMO_USERS } from '@/lib/demo-auth'
@@ -91,9 +91,13 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
   const currentId = useRef<string | null>(null)
   currentId.current = chat.sessionId
   const { setMessages } = chat
+  // Bumped to load the history of the same session again (after an undo).
+  const [reloads, setReloads] = useState(0)
+  const streaming = chat.isStreaming
   useEffect(() => {
     const id = chat.sessionId
-    if (!id || loadedFor.current === id) return
+    // A session switched to while a task streams (an edit runs in a new fork) loads once it ended.
+    if (!id || loadedFor.current === id || streaming) return
     loadedFor.current = id
     setInheritedFrom(null)
     const requestedAt = Date.now()
@@ -113,7 +117,29 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
         })
       })
       .catch((e) => currentId.current === id && setAppError(e))
-  }, [chat.sessionId, setMessages])
+  }, [chat.sessionId, setMessages, reloads, streaming])
+
+  // Branching: edit one of your messages (a fork from the message before it), undo a turn with
+  // its file changes (a rewind of this session), switch between the branches.
+  const [editing, setEditing] = useState<{ id: string; text: string } | null>(null)
+  const { editMessage, rewind } = chat
+  const saveEdit = (e: React.FormEvent) => {
+    e.preventDefault()
+    if (!editing || !editing.text.trim()) return
+    const { id, text } = editing
+    setEditing(null)
+    void editMessage(id, text.trim())
+  }
+  const undoTurn = (messageId: string) =>
+    act(async () => {
+      const out = await rewind(messageId, { files: true })
+      if (!out) return
+      loadedFor.current = null
+      setReloads((n) => n + 1)
+      const changed = out.files?.changed ?? []
+      setNote(`Turn undone: ${out.droppedMessages} messages dropped${changed.length ? `, files restored: ${changed.join(', ')}` : ''}.`)
+      await chat.refresh()
+    })
 
   // When a task ends (also by Stop), the server records it a moment later: wait for that, then
   // reload the list, the meter and the panel together so they agree.
@@ -300,6 +326,23 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
             <button type="button" data-testid="fork" onClick={() => chat.fork()} disabled={chat.isLoading || busy || !chat.sessionId}>
               Fork
             </button>
+            {chat.branches.length > 0 && (
+              <select
+                data-testid="branches"
+                value={chat.sessionId ?? ''}
+                onChange={(e) => void chat.selectSession(e.target.value)}
+                disabled={chat.isLoading || busy}
+                title="Switch between this conversation and its branches"
+              >
+                <option value={chat.sessionId ?? ''}>this branch</option>
+                {chat.branches.map((b) => (
+                  <option key={b.sessionId} value={b.sessionId} data-relation={b.relation}>
+                    {b.relation === 'parent' ? 'branched from: ' : 'branch: '}
+                    {sessionName((sessions.find((s) => s.id === b.sessionId) ?? { id: b.sessionId }) as ListedSession)}
+                  </option>
+                ))}
+              </select>
+            )}
             <button type="button" data-testid="start-fresh" onClick={() => void startFresh()} disabled={chat.isLoading || busy} title="Archive this conversation and start a new one">
               Start fresh
             </button>
@@ -352,7 +395,31 @@ export function Chat({ projectId, userId, mode }: { projectId: string; userId: s
           )}
           {chat.messages.length === 0 && !inheritedFrom && <p className="muted empty">No messages yet. Ask something.</p>}
           {chat.messages.map((m) => (
-            <Message key={m.id} message={m as ThreadMessage} results={results} awaiting={awaiting} />
+            <Fragment key={m.id}>
+              <Message message={m as ThreadMessage} results={results} awaiting={awaiting} />
+              {m.role === 'user' &&
+                !chat.isLoading &&
+                (editing?.id === m.id ? (
+                  <form className="edit-form" onSubmit={saveEdit}>
+                    <textarea data-testid="edit-text" value={editing.text} onChange={(e) => setEditing({ id: m.id, text: e.target.value })} rows={2} />
+                    <button type="submit" data-testid="edit-send" disabled={!editing.text.trim()}>
+                      Send edited
+                    </button>
+                    <button type="button" className="link" onClick={() => setEditing(null)}>
+                      cancel
+                    </button>
+                  </form>
+                ) : (
+                  <div className="turn-actions muted small">
+                    <button type="button" className="link" data-testid="edit-message" onClick={() => setEditing({ id: m.id, text: m.content })}>
+                      edit
+                    </button>
+                    <button type="button" className="link" data-testid="undo-turn" onClick={() => void undoTurn(m.id)} title="Drop this message and everything after it, and restore the files the agent changed since">
+                      undo this turn (files too)
+                    </button>
+                  </div>
+                ))}
+            </Fragment>
           ))}
           {pending.map((r) => (
             <PermissionCard

@@ -9,15 +9,15 @@ export interface Explained {
 const SCOPES: Record<string, string> = { user: 'your', project: "this project's", session: "this conversation's" }
 
 /** What to tell the user about an error of the API (`code`, `message`, HTTP `status`). */
-export function explainError(e: { code?: string; message?: string; status?: number } | null | undefined): Explained {
+export function explainError(e: { code?: string; message?: string; status?: number; scope?: string } | null | undefined): Explained {
   const code = e?.code ?? ''
   const message = e?.message ?? ''
   switch (code) {
     case 'CLOSED':
       return { title: 'The server is restarting. Try again in a moment.' }
     case 'BUDGET_EXCEEDED': {
-      // The key proxy's refusal names the scope: "… (BUDGET_EXCEEDED, scope user)".
-      const scope = /scope (user|project|session)\b/.exec(message)?.[1]
+      // The hook's error has the cap's scope (a task's own maxBudgetUsd has none).
+      const scope = e?.scope
       const period = /\$[\d.]+ (?:a|per) (day|month)\b/.exec(message)?.[1]
       if (!scope) return { title: 'Spending limit reached for this task.', detail: 'The task stopped at its cost limit.' }
       const which = `${SCOPES[scope]}${period ? ` ${period === 'day' ? 'daily' : 'monthly'}` : ''} spending limit`

@@ -40,6 +40,10 @@ export interface ThreadPage {
   compactions: number
   /** Set when the session has no history of its own yet (an unused fork): the parent's, shown instead. */
   inheritedFrom?: string
+  /** Sessions forked from this one, with the message each continues from. */
+  branches?: MessagesPage['branches']
+  /** For a fork made at a message: that message of its parent. */
+  forkedAt?: string
 }
 
 /** Folders of this server that must not reach a browser, longest first. */

@@ -98,7 +98,8 @@ async function POST(request: Request): Promise<Response> {
     const res = await libraryPost(request, { limit: 200, ...body })
     if (!res.ok) return res
     const stateDirectory = (await manager()).info().stateDirectory
-    const page: ThreadPage = toThread(await res.json(), stateDirectory)
+    const raw = await res.json()
+    const page: ThreadPage = { ...toThread(raw, stateDirectory), branches: raw.branches, forkedAt: raw.forkedAt }
     if (page.messages.length === 0 && body.offset === undefined && typeof body.sessionId === 'string') {
       // A fork that has not run a task has no transcript yet: its first task continues from its
       // parent's conversation, so that is what it shows (marked as inherited).

@@ -152,7 +152,16 @@ struct MeterState {
   usage: CallUsage,
   usd: f64,
   calls: u64,
-  refused: Option<String>,
+  refused: Option<Refusal>,
+}
+
+/// A model call the proxy did not forward because of a spend cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+  /// The cap's scope: `user`, `project` or `session`.
+  pub scope: String,
+  /// What the CLI is told, naming the cap.
+  pub message: String,
 }
 
 /// A snapshot of a [`TaskMeter`].
@@ -163,7 +172,7 @@ pub struct Metered {
   /// Model calls charged (settled) so far.
   pub calls: u64,
   /// Why a call of the task was not forwarded (a spend cap), once one was refused.
-  pub refused: Option<String>,
+  pub refused: Option<Refusal>,
 }
 
 impl TaskMeter {
@@ -183,12 +192,12 @@ impl TaskMeter {
     s.calls += 1;
   }
 
-  pub(super) fn refuse(&self, why: &str) {
+  pub(super) fn refuse(&self, why: &Refusal) {
     let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-    s.refused.get_or_insert_with(|| why.to_owned());
+    s.refused.get_or_insert_with(|| why.clone());
   }
 
-  pub(super) fn refused(&self) -> Option<String> {
+  pub(super) fn refused(&self) -> Option<Refusal> {
     self.state.lock().unwrap_or_else(PoisonError::into_inner).refused.clone()
   }
 }
@@ -198,8 +207,8 @@ impl TaskMeter {
 pub enum Admission {
   /// Forward the call; the reserve is held under this ledger id until it is settled.
   Go(i64),
-  /// Not forwarded: a cap would be crossed. The message names the scope.
-  Refused(String),
+  /// Not forwarded: a cap would be crossed.
+  Refused(Refusal),
   /// The caps could not be checked (the store failed): not forwarded.
   Unavailable(String),
 }
@@ -458,10 +467,11 @@ mod tests {
     assert_eq!(exact.finish().usage.output, 6, "a line under the bound split over two chunks is read");
     // The first refusal is the one the task reports.
     assert_eq!(meter.refused(), None);
-    meter.refuse("the user cap");
-    meter.refuse("the session cap");
-    assert_eq!(meter.refused().as_deref(), Some("the user cap"));
-    assert_eq!(meter.snapshot().refused.as_deref(), Some("the user cap"));
+    let cap = |scope: &str| Refusal { scope: scope.into(), message: format!("the {scope} cap") };
+    meter.refuse(&cap("user"));
+    meter.refuse(&cap("session"));
+    assert_eq!(meter.refused(), Some(cap("user")));
+    assert_eq!(meter.snapshot().refused, Some(cap("user")));
   }
 
   #[test]

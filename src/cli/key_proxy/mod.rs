@@ -631,7 +631,7 @@ impl State {
       Some((metering, meter)) => {
         if let Some(why) = meter.refused() {
           self.refused.fetch_add(1, Ordering::Relaxed);
-          return budget_error(&why);
+          return budget_error(&why.message);
         }
         let bytes = match Limited::new(body, meter::MAX_METERED_REQUEST).collect().await {
           Ok(b) => b.to_bytes(),
@@ -650,7 +650,7 @@ impl State {
           Admission::Refused(why) => {
             self.refused.fetch_add(1, Ordering::Relaxed);
             meter.refuse(&why);
-            return budget_error(&why);
+            return budget_error(&why.message);
           }
           Admission::Unavailable(why) => {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -906,7 +906,7 @@ fn json_escape(s: &str) -> String {
 
 pub mod meter;
 use meter::CallCharge;
-pub use meter::{Admission, CallOwner, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, TaskMeter, LIST_PRICES};
+pub use meter::{Admission, CallOwner, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, Refusal, TaskMeter, LIST_PRICES};
 
 #[cfg(test)]
 mod tests;

@@ -779,3 +779,115 @@ async fn custom_headers_and_the_oauth_beta_are_added_upstream() {
     assert!(!err.to_string().contains("bad\u{7f}value"));
   }
 }
+
+/// What metering adds to a model call at the proxy: the same `POST /v1/messages` through a proxy
+/// without metering and through one charging a SQLite store (and a PostgreSQL one when
+/// `CSM_TEST_DATABASE_URL` is set), one call of each in turn, round after round, after a warm-up.
+/// Prints the median and p99 per contender and what metering adds. A benchmark, run on purpose:
+/// `cargo test --release --lib metering_cost -- --ignored --nocapture` (`benchmark/RESULTS-budgets.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo test --release --lib metering_cost -- --ignored --nocapture"]
+async fn metering_cost() {
+  use crate::sessions::budgets::StoreLedger;
+  use crate::store::{Admit, BudgetDefaults, CallAdmit, CallTokens, Store};
+  let rounds: usize = std::env::var("CSM_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+  let (upstream, _) = FakeUpstream::start().await;
+  let dir = tempfile::tempdir().unwrap();
+  let db = dir.path().join("bench.db");
+  let pg_url = std::env::var("CSM_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty());
+  let schema = format!("csm_bench_{}", std::process::id());
+  let stores = tokio::task::spawn_blocking({
+    let (pg_url, schema) = (pg_url.clone(), schema.clone());
+    move || {
+      let mut s = vec![("sqlite", Arc::new(Store::open(&db).unwrap()))];
+      if let Some(url) = pg_url {
+        s.push(("postgres", Arc::new(Store::connect(&url, &schema).unwrap())));
+      }
+      s
+    }
+  })
+  .await
+  .unwrap();
+  let upstream_cfg = || Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: None, ..Default::default() };
+  // A cap on the user, so every call is checked against one (and never reached).
+  let defaults = BudgetDefaults { per_user: Some((1e9, Some("day".into()))), per_session: Some(1e9) };
+  let mut contenders = vec![("off", KeyProxy::start(upstream_cfg()).await.unwrap())];
+  for (name, store) in &stores {
+    let metering =
+      Metering { ledger: Arc::new(StoreLedger { store: store.clone(), defaults: defaults.clone() }), prices: PriceTable::default() };
+    contenders.push((name, KeyProxy::start_metered(upstream_cfg(), ProxyLimits::default(), Some(metering)).await.unwrap()));
+  }
+  let tokens: Vec<TaskToken> = contenders
+    .iter()
+    .map(|(_, p)| {
+      let t = p.issue();
+      let owner = CallOwner { task_id: "t".into(), session_id: "s".into(), user_id: "u".into(), project_id: "p".into() };
+      t.attach(Some(TaskMeter::new(owner)));
+      t
+    })
+    .collect();
+  let c = client();
+  let body = b"{\"model\":\"claude-sonnet-4-5\",\"max_tokens\":1024,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+  let call = |proxy: &KeyProxy, token: &TaskToken| {
+    let req = Request::post(format!("{}/v1/messages", proxy.base_url()))
+      .header("x-api-key", token.as_str())
+      .header("content-type", "application/json")
+      .body(Full::new(Bytes::from_static(body)).boxed())
+      .unwrap();
+    let c = c.clone();
+    async move {
+      let start = std::time::Instant::now();
+      let resp = c.request(req).await.unwrap();
+      assert_eq!(resp.status(), StatusCode::OK);
+      resp.into_body().collect().await.unwrap();
+      start.elapsed().as_secs_f64() * 1000.0
+    }
+  };
+  let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); contenders.len()];
+  for round in 0..rounds + 100 {
+    for (i, ((_, proxy), token)) in contenders.iter().zip(&tokens).enumerate() {
+      let ms = call(proxy, token).await;
+      if round >= 100 {
+        times[i].push(ms);
+      }
+    }
+  }
+  let stat = |v: &mut Vec<f64>, q: f64| {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+  };
+  let (off_p50, off_p99) = (stat(&mut times[0], 0.5), stat(&mut times[0], 0.99));
+  println!("metering_cost: {rounds} calls per contender, interleaved, after 100 warm-up rounds");
+  println!("| contender | median (ms) | p99 (ms) | added, median (ms) | added, p99 (ms) |");
+  println!("| --- | --- | --- | --- | --- |");
+  for (i, (name, _)) in contenders.iter().enumerate() {
+    let (p50, p99) = (stat(&mut times[i], 0.5), stat(&mut times[i], 0.99));
+    println!("| {name} | {p50:.3} | {p99:.3} | {:.3} | {:.3} |", p50 - off_p50, p99 - off_p99);
+  }
+  // The store's share: the same admit and settle called directly, one after the other.
+  for (name, store) in &stores {
+    let (store, defaults) = (store.clone(), defaults.clone());
+    let mut direct = tokio::task::spawn_blocking(move || {
+      let call = CallAdmit { task_id: "t", session_id: "s", user_id: "u", project_id: "p", model: "m", reserve_usd: 0.01 };
+      (0..rounds.min(1000))
+        .map(|_| {
+          let start = std::time::Instant::now();
+          let Ok(Admit::Go(id)) = store.admit_call(&call, &defaults) else { panic!("refused") };
+          let admitted = start.elapsed().as_secs_f64() * 1000.0;
+          store.settle_call(id, "m", &CallTokens::default(), 0.001).unwrap();
+          admitted
+        })
+        .collect::<Vec<f64>>()
+    })
+    .await
+    .unwrap();
+    println!("| {name}: admit_call alone | {:.3} | {:.3} | | |", stat(&mut direct, 0.5), stat(&mut direct, 0.99));
+  }
+  drop(tokens);
+  if let (Some(url), true) = (pg_url, stores.len() > 1) {
+    let _ = tokio::process::Command::new("psql")
+      .args([url.as_str(), "-qc", &format!("SET client_min_messages = warning; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")])
+      .status()
+      .await;
+  }
+}

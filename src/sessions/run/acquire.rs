@@ -17,20 +17,19 @@ use crate::context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Begin, Session, TaskStart};
 
-use super::super::{TaskError, Wait};
+use super::super::{CompactTrigger, TaskError, TaskKind, Wait};
 
 /// A run waiting for its session: what each step of [`Manager::acquire`] reads.
 pub(crate) struct Ticket<'a> {
   pub(crate) session: &'a Session,
   pub(crate) task_id: String,
-  /// `task` or `compact`.
-  pub(crate) kind: &'static str,
+  pub(crate) kind: TaskKind,
   pub(crate) model: String,
   pub(crate) queue_timeout: Duration,
   /// When the run was asked for.
   pub(crate) queued: Instant,
   pub(crate) threshold: f64,
-  pub(crate) trigger: Option<&'static str>,
+  pub(crate) trigger: Option<CompactTrigger>,
   pub(crate) cancel: &'a CancelToken,
   pub(crate) sink: &'a Option<EventSink>,
 }
@@ -158,7 +157,7 @@ impl Manager {
       self.owner.clone(),
       self.cfg.lease_ttl,
       self.cfg.max_concurrent_tasks_total,
-      t.kind,
+      t.kind.as_str(),
     );
     self
       .store_call(Wait::Briefly, move |s| {
@@ -179,7 +178,7 @@ impl Manager {
     let info = context::context_info(t.session.context.as_ref(), self.cfg.context_window, t.threshold, 0);
     let mut res = TaskResult::empty(t.session, &t.task_id, info);
     res.duration_total_ms = t.queued.elapsed().as_millis() as u64;
-    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None });
+    res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None, scope: None });
     res
   }
 }

@@ -18,7 +18,7 @@ use super::{AbortOnDrop, Executed, Manager, TaskResult, Ticket};
 use crate::cli::{CancelToken, RunSpec, SessionMode};
 use crate::error::{Error, Result};
 use crate::sessions::mirror::{finish_mirror, LeaseClock, TaskMirror};
-use crate::sessions::{store_call, Wait};
+use crate::sessions::{store_call, CompactTrigger, Wait};
 use crate::store::Session;
 
 /// A run that holds its session (see the module's comment).
@@ -30,7 +30,7 @@ pub(crate) struct HeldRun {
   pub(crate) queued: Instant,
   pub(crate) threshold: f64,
   /// The compaction trigger to record instead of the CLI's own label.
-  pub(crate) trigger: Option<&'static str>,
+  pub(crate) trigger: Option<CompactTrigger>,
   /// When the lease stops being this run's; it stops the CLI then.
   pub(crate) clock: LeaseClock,
   cancel: CancelToken,

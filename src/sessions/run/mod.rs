@@ -27,7 +27,7 @@ pub(crate) use acquire::Ticket;
 pub(crate) use cold::remove_per_process_files;
 pub(crate) use held::HeldRun;
 
-use super::{EventSink, Manager, TaskResult};
+use super::{CompactTrigger, EventSink, Manager, TaskKind, TaskResult};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskMeter};
 use crate::error::Result;
 use crate::store::Session;
@@ -35,13 +35,13 @@ use crate::store::Session;
 /// How `run_locked` runs one CLI process.
 pub(crate) struct RunOptions {
   /// `task` or `compact`, as the task row records it.
-  pub(crate) kind: &'static str,
+  pub(crate) kind: TaskKind,
   /// The CLI's flags; how it picks the session up is decided once the session is held.
   pub(crate) cli: CliArgs,
   pub(crate) include_partials: bool,
   pub(crate) threshold: f64,
   /// The compaction trigger to record instead of the CLI's own label.
-  pub(crate) trigger: Option<&'static str>,
+  pub(crate) trigger: Option<CompactTrigger>,
   /// How long to wait for a busy session; default the manager's `queueTimeoutMs`.
   pub(crate) queue_timeout: Option<Duration>,
   /// The task's permission callback (`canUseTool`).
@@ -135,9 +135,13 @@ impl Manager {
     let recording = self.start_recording(&run.session.id, &run.task_id);
     let _stop_watch = self.watch_abort(&run.task_id, cancel.clone());
     let sink = Some(recorded(sink, recording.recorder.clone()));
-    let outcome = match run.prepare(self, &mut spec).await {
-      Ok(mode) => {
-        cli.session = Some(mode);
+    let mut branch = None;
+    let prepared = match run.prepare(self, &mut spec).await {
+      Ok(mode) => self.continue_from(&run.session, mode, &mut cli).await.map(|at| branch = at),
+      Err(e) => Err(e),
+    };
+    let outcome = match prepared {
+      Ok(()) => {
         let permit = run.take_permit();
         let job = Job {
           session: &run.session,
@@ -155,6 +159,10 @@ impl Manager {
       }
       Err(e) => Err(e),
     };
+    // The CLI ran from the branch point (or refused it for good): it is taken.
+    if let (Some(at), true) = (branch, outcome.is_ok()) {
+      self.branch_taken(&run.session.id, at).await;
+    }
     // The CLI's events are in the log before the task's row ends; its end right after.
     recording.recorder.flush().await;
     let (sid, tid) = (run.session.id.clone(), run.task_id.clone());

@@ -68,8 +68,8 @@ fn manager(tweak: impl FnOnce(&mut Options)) -> Fixture {
   let mut o = Options {
     state_directory: Some(dir.path().join("state").to_string_lossy().into_owned()),
     workspace_root: Some(dir.path().join("ws").to_string_lossy().into_owned()),
-    isolate_tenants: Some("none".into()),
-    sandbox: Some("none".into()),
+    isolate_tenants: Some(super::super::Isolation::None),
+    sandbox: Some(super::super::SandboxMode::None),
     ..Default::default()
   };
   tweak(&mut o);
@@ -88,7 +88,7 @@ fn spec() -> RunSpec {
 
 fn opts(queue_timeout_ms: Option<u64>) -> RunOptions {
   RunOptions {
-    kind: "task",
+    kind: super::super::TaskKind::Task,
     cli: CliArgs::default(),
     include_partials: false,
     threshold: 80.0,
@@ -195,7 +195,7 @@ async fn a_run_behind_a_running_task_times_out_busy_and_one_cancelled_in_line_is
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_free_slot_a_run_on_another_session_times_out() {
-  let f = manager(|o| o.max_concurrent_tasks = Some(1.0));
+  let f = manager(|o| o.max_concurrent_tasks = Some(1));
   let (a, b) = (session(&f.m).await, session(&f.m).await);
   let (started_tx, started) = oneshot::channel();
   let (answer_tx, answer) = oneshot::channel();
@@ -234,7 +234,7 @@ async fn a_lease_held_by_another_process_keeps_the_run_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lease_is_taken_ends_lease_lost() {
-  let f = manager(|o| o.lease_ttl_ms = Some(super::super::config::MIN_LEASE_TTL_MS as f64));
+  let f = manager(|o| o.lease_ttl = Some(Duration::from_millis(super::super::MIN_LEASE_TTL_MS)));
   let s = session(&f.m).await;
   let fake = Fake { steal_lease: true, ..Default::default() };
   let res = f.m.run_with(Box::new(fake), &s, spec(), None, CancelToken::new(), opts(None)).await.unwrap();

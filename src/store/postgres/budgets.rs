@@ -5,66 +5,82 @@
 
 use super::*;
 use crate::error::Result;
-use crate::store::budgets::applicable;
 use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, UsageQuery, UsageRow};
 
 const SELECT_BUDGET: &str = "SELECT usd, period FROM {S}.budgets WHERE scope = $1 AND user_id = $2 AND project_id = $3 AND session_id = $4";
 
-/// The start of the current period on the database clock, in ms; 0 for none.
+/// The start of the current period on the database clock moved by `$2` ms, in ms; 0 for none.
 const PERIOD_START: &str = "SELECT CASE $1::text
-    WHEN 'day' THEN (extract(epoch from date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
-    WHEN 'month' THEN (extract(epoch from date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+    WHEN 'day' THEN (extract(epoch from date_trunc('day', (now() + $2::bigint * interval '1 millisecond') AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+    WHEN 'month' THEN (extract(epoch from date_trunc('month', (now() + $2::bigint * interval '1 millisecond') AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
     ELSE 0::bigint END";
 
 impl PgStore {
-  async fn period_start(&self, c: &impl deadpool_postgres::GenericClient, period: Option<&str>) -> Result<i64> {
-    Ok(self.query(c, PERIOD_START, &[&period]).await?[0].get(0))
+  /// How far `shift_budget_clock` moved the caps' clock, in ms.
+  fn budget_shift(&self) -> i64 {
+    self.budget_clock_ms.load(std::sync::atomic::Ordering::Relaxed)
   }
 
-  async fn spent(&self, c: &impl deadpool_postgres::GenericClient, scope: &str, user: &str, other: &str, since: i64) -> Result<f64> {
-    Ok(self.query(c, spent_sql_pg(scope), &[&user, &other, &since]).await?[0].get(0))
+  async fn period_start(&self, c: &impl deadpool_postgres::GenericClient, period: Option<&str>) -> Result<i64> {
+    Ok(self.query(c, PERIOD_START, &[&period, &self.budget_shift()]).await?[0].get(0))
+  }
+
+  async fn spent(&self, c: &impl deadpool_postgres::GenericClient, k: &BudgetKey, since: i64) -> Result<f64> {
+    let (sql, other) = spent_sql_pg(k);
+    Ok(self.query(c, sql, &[&k.user_id, &other, &since]).await?[0].get(0))
+  }
+
+  async fn stored_cap(&self, c: &impl deadpool_postgres::GenericClient, k: &BudgetKey) -> Result<Option<(f64, Option<String>)>> {
+    let row = self.opt(c, SELECT_BUDGET, &[&k.scope, &k.user_id, &k.project_id, &k.session_id]).await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
   }
 }
 
 impl Budgets for PgStore {
   /// Checks every cap that applies to the call against its reserve and records the call at its
-  /// reserve, under the user's advisory lock.
+  /// reserve: one statement, the migrations' `admit_call` function (the rules of
+  /// `store/budgets.rs::applicable`, under the user's and the project's advisory locks), keyed by
+  /// a fresh UUID so that running it again after a lost connection charges nothing twice.
   fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
-    let lock_key = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
-    self.tx(async |tx| {
-      tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&lock_key]).await.map_err(super::pg)?;
-      let mut stored = Vec::new();
-      for scope in crate::store::budgets::SCOPES {
-        let (p, s) = match scope {
-          "project" => (call.project_id, ""),
-          "session" => ("", call.session_id),
-          _ => ("", ""),
-        };
-        let row = self.opt(tx, SELECT_BUDGET, &[&scope, &call.user_id, &p, &s]).await?;
-        stored.push((scope, row.map(|r| (r.get::<_, f64>(0), r.get::<_, Option<String>>(1)))));
-      }
-      let caps = applicable(|scope| Ok(stored.iter().find(|(s, _)| *s == scope).and_then(|(_, r)| r.clone())), defaults)?;
-      for (scope, cap, period) in caps {
-        let since = self.period_start(tx, period.as_deref()).await?;
-        let other = match scope {
-          "project" => call.project_id,
-          "session" => call.session_id,
-          _ => "",
-        };
-        let spent = self.spent(tx, scope, call.user_id, other, since).await?;
-        if spent + call.reserve_usd > cap {
-          return Ok(Admit::Over { scope: scope.into(), cap_usd: cap, spent_usd: spent, period });
-        }
-      }
-      let row = self
+    let user_lock = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
+    let project_lock = format!("claude-session-manager:budget-project:{}:{}", self.schema, call.project_id);
+    let (default_user, default_user_period) = defaults.per_user.clone().unzip();
+    let default_user_period = default_user_period.flatten();
+    let key = uuid::Uuid::new_v4().to_string();
+    self.idempotent(async |c| {
+      let row = &self
         .query(
-          tx,
-          "INSERT INTO {S}.model_calls (task_id, session_id, user_id, project_id, model, usd, reserved, at)
-           VALUES ($1, $2, $3, $4, $5, $6, true, {NOW}) RETURNING id",
-          &[&call.task_id, &call.session_id, &call.user_id, &call.project_id, &call.model, &call.reserve_usd],
+          c,
+          "SELECT call_id, over_scope, over_user, over_cap, over_spent, over_period
+           FROM {S}.admit_call($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+          &[
+            &key,
+            &call.task_id,
+            &call.session_id,
+            &call.user_id,
+            &call.project_id,
+            &call.model,
+            &call.reserve_usd,
+            &user_lock,
+            &project_lock,
+            &default_user,
+            &default_user_period,
+            &defaults.per_session,
+            &self.budget_shift(),
+          ],
         )
-        .await?;
-      Ok(Admit::Go(row[0].get(0)))
+        .await?[0];
+      if let Some(id) = row.get::<_, Option<i64>>(0) {
+        return Ok(Admit::Go(id));
+      }
+      let scope: String = row.get(1);
+      let key = BudgetKey {
+        project_id: if scope == "project" { call.project_id.into() } else { String::new() },
+        session_id: if scope == "session" { call.session_id.into() } else { String::new() },
+        user_id: row.get(2),
+        scope,
+      };
+      Ok(Admit::Over { key, cap_usd: row.get(3), spent_usd: row.get(4), period: row.get(5) })
     })
   }
 
@@ -103,13 +119,9 @@ impl Budgets for PgStore {
   /// A stored cap with its scope's spend in the current period.
   fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
     self.tx(async |tx| {
-      let Some(row) = self.opt(tx, SELECT_BUDGET, &[&k.scope, &k.user_id, &k.project_id, &k.session_id]).await? else {
-        return Ok(None);
-      };
-      let (usd, period): (f64, Option<String>) = (row.get(0), row.get(1));
+      let Some((usd, period)) = self.stored_cap(tx, k).await? else { return Ok(None) };
       let start = self.period_start(tx, period.as_deref()).await?;
-      let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
-      let spent = self.spent(tx, &k.scope, &k.user_id, other, start).await?;
+      let spent = self.spent(tx, k, start).await?;
       Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: spent, period_start: start }))
     })
   }
@@ -118,8 +130,7 @@ impl Budgets for PgStore {
   fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
     self.tx(async |tx| {
       let start = self.period_start(tx, period).await?;
-      let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
-      Ok((self.spent(tx, &k.scope, &k.user_id, other, start).await?, start))
+      Ok((self.spent(tx, k, start).await?, start))
     })
   }
 
@@ -135,6 +146,10 @@ impl Budgets for PgStore {
         .await?;
       Ok(n > 0)
     })
+  }
+
+  fn shift_budget_clock(&self, ms: i64) {
+    self.budget_clock_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
   }
 
   /// The ledger summed by day, model or session.
@@ -175,11 +190,17 @@ impl Budgets for PgStore {
   }
 }
 
-/// The ledger's filter of a scope on PostgreSQL: `$1` the user, `$2` the project or session, `$3` the start.
-fn spent_sql_pg(scope: &str) -> &'static str {
-  match scope {
-    "user" => "SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND $2 = '' AND at >= $3",
-    "project" => "SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND project_id = $2 AND at >= $3",
-    _ => "SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE session_id = $2 AND user_id = $1 AND at >= $3",
+/// What a cap's scope spent since `$3` on PostgreSQL: the ledger's rows of `$1` the user and `$2`
+/// the project or session (each filter the prefix of an index).
+fn spent_sql_pg(k: &BudgetKey) -> (&'static str, &str) {
+  match k.scope.as_str() {
+    "user" => ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND $2 = '' AND at >= $3", ""),
+    "project" if k.is_project_total() => {
+      ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE project_id = $2 AND $1 = '' AND at >= $3", &k.project_id)
+    }
+    "project" => {
+      ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND project_id = $2 AND at >= $3", &k.project_id)
+    }
+    _ => ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE session_id = $2 AND user_id = $1 AND at >= $3", &k.session_id),
   }
 }

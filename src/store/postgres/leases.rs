@@ -200,10 +200,19 @@ impl Tasks for PgStore {
                input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
                cache_read_tokens = cache_read_tokens + $5, cache_creation_tokens = cache_creation_tokens + $6,
                last_active_at = {NOW}, updated_at = {NOW}, materialized = materialized OR $7,
-               cli_cost_watermark = COALESCE($8, cli_cost_watermark)
+               cli_cost_watermark = COALESCE($8, cli_cost_watermark), paused = $9
              WHERE id = $1";
-            let params: Params =
-              &[&session_id, &end.cost_usd, &n.input, &n.output, &n.cache_read, &n.cache_creation, &end.materialized, &cli_cost_watermark];
+            let params: Params = &[
+              &session_id,
+              &end.cost_usd,
+              &n.input,
+              &n.output,
+              &n.cache_read,
+              &n.cache_creation,
+              &end.materialized,
+              &cli_cost_watermark,
+              &end.paused,
+            ];
             self.exec(tx, sql, params).await?;
           }
           EndStep::Context(ctx) => {

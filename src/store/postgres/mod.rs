@@ -52,11 +52,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-  Backend, Begin, Budgets, Compaction, ContextSnapshot, EndStep, Inbox, ListQuery, Meter, NewSession, Session, Sessions, TaskEnd,
-  TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
+  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, EndStep, Inbox, ListQuery, Meter, NewSession, Session,
+  Sessions, TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
 };
 use crate::error::{Error, ErrorCode, Result};
 
+mod branches;
 mod budgets;
 mod events;
 mod inbox;
@@ -106,7 +107,7 @@ const NOW_MS: &str = "(floor(extract(epoch from now()) * 1000))::bigint";
 const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
-  context_measured_at, materialized, cli_cost_watermark, config_dir";
+  context_measured_at, materialized, cli_cost_watermark, config_dir, paused";
 
 const INTERRUPTED: &str = "the process running this task stopped before it ended";
 
@@ -205,6 +206,8 @@ pub struct PgStore {
   cache_statements: bool,
   /// The password, to scrub from any message that might carry it.
   secret: Option<String>,
+  /// Added to the database clock by the spend caps (`Budgets::shift_budget_clock`, for tests).
+  budget_clock_ms: std::sync::atomic::AtomicI64,
   /// The `LISTEN`/`NOTIFY` channel of this schema (`events.rs`): its name.
   channel: String,
   /// The connection settings, for the listening connection (`listen.rs`).
@@ -271,6 +274,7 @@ impl PgStore {
       shown: parsed.shown,
       cache_statements: parsed.cache_statements,
       secret,
+      budget_clock_ms: Default::default(),
       // The schema's name is a valid channel name of its own (an identifier of at most 63 bytes).
       channel: schema.to_owned(),
       connect: Box::new(connect),
@@ -390,11 +394,22 @@ impl PgStore {
   /// [`Self::tx`] takes three (BEGIN, the statement, COMMIT). Behind PgBouncer
   /// (`pgbouncer=true`) a statement's preparation and execution must share a server connection,
   /// so it runs in a read-only transaction there. Retried on a dropped connection, as `tx`.
-  fn read<T>(&self, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+  fn read<T>(&self, f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+    self.one_statement("BEGIN READ ONLY", f)
+  }
+
+  /// Runs `f`, one statement that writes but may run twice with the same outcome (the ledger's
+  /// `admit_call`, keyed by the call), as [`Self::read`] does: one round trip, run again on a
+  /// fresh connection when the connection was lost, whether or not the first run committed.
+  fn idempotent<T>(&self, f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+    self.one_statement("BEGIN", f)
+  }
+
+  fn one_statement<T>(&self, begin: &str, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
     let wrap = !self.cache_statements;
     self.block(self.on_connection(async |client| {
       if wrap {
-        client.batch_execute("BEGIN READ ONLY").await.map_err(pg)?;
+        client.batch_execute(begin).await.map_err(pg)?;
       }
       let out = f(client).await;
       if wrap {
@@ -405,7 +420,8 @@ impl PgStore {
           }
         }
       }
-      // A read changes nothing: every failure may run again on a fresh connection.
+      // A read changes nothing, an idempotent write nothing more: every failure may run again on
+      // a fresh connection.
       out.map(Ok)
     }))
   }
@@ -540,6 +556,7 @@ fn session_from_row(r: &Row) -> Session {
     materialized: r.get(21),
     cli_cost_watermark: r.get(22),
     config_dir: r.get(23),
+    paused: r.get(24),
   }
 }
 

@@ -185,7 +185,84 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (scope, user_id, project_id, session_id)
   );
   "#,
-  // 5 -> 6: the event log of a session's tasks (`postgres/events.rs`): its last number on the
+  // 5 -> 6: a project's cap across its users (a project budget with an empty user_id) sums the
+  // ledger by project alone; the indexes a cap's spend is summed by include `usd` (index-only
+  // scans where the rows are visible); a session whose last task a spend cap stopped is paused
+  // (the cap's scope) until a task on it ends otherwise.
+  r#"
+  DROP INDEX {S}.model_calls_by_user;
+  CREATE INDEX model_calls_by_user ON {S}.model_calls (user_id, at) INCLUDE (usd);
+  DROP INDEX {S}.model_calls_by_project;
+  CREATE INDEX model_calls_by_project ON {S}.model_calls (user_id, project_id, at) INCLUDE (usd);
+  DROP INDEX {S}.model_calls_by_session;
+  CREATE INDEX model_calls_by_session ON {S}.model_calls (session_id, at) INCLUDE (user_id, usd);
+  CREATE INDEX model_calls_by_project_total ON {S}.model_calls (project_id, at) INCLUDE (usd);
+  ALTER TABLE {S}.sessions ADD COLUMN paused TEXT;
+  "#,
+  // 6 -> 7: admitting a model call is one statement (`postgres/budgets.rs`): under the user's and
+  // the project's advisory locks, every cap that applies (the user's, the user's project's, the
+  // project's across users, the session's; stored, else the defaults passed in) is checked
+  // against the reserve, in that order, and the call recorded at its reserve when all fit. The
+  // same rules as `store/budgets.rs::applicable`; the conformance suite holds both to them. The
+  // call's key (a UUID the proxy makes) makes it idempotent: run again after a lost connection,
+  // it answers the row the first run made instead of charging the call twice.
+  r#"
+  ALTER TABLE {S}.model_calls ADD COLUMN call_key TEXT UNIQUE;
+  CREATE FUNCTION {S}.admit_call(p_key text, p_task text, p_session text, p_user text, p_project text, p_model text,
+      p_reserve float8, p_user_lock text, p_project_lock text, p_default_user float8,
+      p_default_user_period text, p_default_session float8, p_shift bigint)
+    RETURNS TABLE (call_id bigint, over_scope text, over_user text, over_cap float8, over_spent float8, over_period text)
+    LANGUAGE plpgsql AS $fn$
+  DECLARE
+    k record;
+    cap float8;
+    cap_period text;
+    since bigint;
+    spent float8;
+    at_now timestamptz := now() + p_shift * interval '1 millisecond';
+  BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_user_lock, 0));
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_project_lock, 0));
+    RETURN QUERY SELECT m.id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text
+      FROM {S}.model_calls m WHERE m.call_key = p_key;
+    IF FOUND THEN
+      RETURN;
+    END IF;
+    FOR k IN SELECT * FROM (VALUES (1, 'user', p_user, '', ''), (2, 'project', p_user, p_project, ''),
+        (3, 'project', '', p_project, ''), (4, 'session', p_user, '', p_session)) AS v(ord, scope, u, p, s) ORDER BY ord LOOP
+      SELECT b.usd, b.period INTO cap, cap_period FROM {S}.budgets b
+        WHERE b.scope = k.scope AND b.user_id = k.u AND b.project_id = k.p AND b.session_id = k.s;
+      IF NOT FOUND THEN
+        cap := CASE k.scope WHEN 'user' THEN p_default_user WHEN 'session' THEN p_default_session END;
+        cap_period := CASE k.scope WHEN 'user' THEN p_default_user_period END;
+      END IF;
+      CONTINUE WHEN cap IS NULL;
+      since := CASE cap_period
+        WHEN 'day' THEN (extract(epoch from date_trunc('day', at_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+        WHEN 'month' THEN (extract(epoch from date_trunc('month', at_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+        ELSE 0 END;
+      -- One query per scope, so that each is planned on its own index.
+      IF k.ord = 1 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.user_id = k.u AND m.at >= since;
+      ELSIF k.ord = 2 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.user_id = k.u AND m.project_id = k.p AND m.at >= since;
+      ELSIF k.ord = 3 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.project_id = k.p AND m.at >= since;
+      ELSE
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.session_id = k.s AND m.user_id = k.u AND m.at >= since;
+      END IF;
+      IF spent + p_reserve > cap THEN
+        RETURN QUERY SELECT NULL::bigint, k.scope::text, k.u::text, cap, spent, cap_period;
+        RETURN;
+      END IF;
+    END LOOP;
+    RETURN QUERY INSERT INTO {S}.model_calls (call_key, task_id, session_id, user_id, project_id, model, usd, reserved, at)
+      VALUES (p_key, p_task, p_session, p_user, p_project, p_model, p_reserve, true, (floor(extract(epoch from at_now) * 1000))::bigint)
+      RETURNING id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text;
+  END
+  $fn$;
+  "#,
+  // 7 -> 8: the event log of a session's tasks (`postgres/events.rs`): its last number on the
   // session row (never reused once swept), one row per event; a stop requested for a running task.
   r#"
   ALTER TABLE {S}.sessions ADD COLUMN event_seq BIGINT NOT NULL DEFAULT 0;
@@ -199,6 +276,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (session_id, seq)
   );
   CREATE INDEX task_events_by_task ON {S}.task_events (task_id);
+  "#,
+  // 8 -> 9: where a session branches (`postgres/branches.rs`): a fork's message, a pending rewind.
+  r#"
+  CREATE TABLE {S}.branch_points (
+    session_id TEXT PRIMARY KEY REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    fork_at TEXT,
+    resume_at TEXT,
+    resume_drops TEXT
+  );
   "#,
 ];
 

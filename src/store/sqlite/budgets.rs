@@ -8,12 +8,16 @@ use crate::store::budgets::applicable;
 
 const SELECT_BUDGET: &str = "SELECT usd, period FROM budgets WHERE scope = ?1 AND user_id = ?2 AND project_id = ?3 AND session_id = ?4";
 
-/// The ledger's filter of a scope, `?1` the user, `?2` the project or session, `?3` the start.
-fn spent_sql(scope: &str) -> &'static str {
-  match scope {
-    "user" => "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND ?2 = '' AND at >= ?3",
-    "project" => "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND project_id = ?2 AND at >= ?3",
-    _ => "SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE session_id = ?2 AND user_id = ?1 AND at >= ?3",
+/// What a cap's scope spent since `?3`: the ledger's rows of `?1` the user and `?2` the project
+/// or session (each filter the prefix of an index).
+fn spent_sql(k: &BudgetKey) -> (&'static str, &str) {
+  match k.scope.as_str() {
+    "user" => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND ?2 = '' AND at >= ?3", ""),
+    "project" if k.is_project_total() => {
+      ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE project_id = ?2 AND ?1 = '' AND at >= ?3", &k.project_id)
+    }
+    "project" => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND project_id = ?2 AND at >= ?3", &k.project_id),
+    _ => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE session_id = ?2 AND user_id = ?1 AND at >= ?3", &k.session_id),
   }
 }
 
@@ -28,8 +32,23 @@ impl SqliteStore {
     Ok(c.query_row("SELECT CAST(strftime('%s', ?1 / 1000, 'unixepoch', ?2) AS INTEGER) * 1000", params![now, modifier], |r| r.get(0))?)
   }
 
-  fn spent(c: &Connection, scope: &str, user: &str, other: &str, since: i64) -> Result<f64> {
-    Ok(c.prepare_cached(spent_sql(scope))?.query_row(params![user, other, since], |r| r.get(0))?)
+  fn spent(c: &Connection, k: &BudgetKey, since: i64) -> Result<f64> {
+    let (sql, other) = spent_sql(k);
+    Ok(c.prepare_cached(sql)?.query_row(params![k.user_id, other, since], |r| r.get(0))?)
+  }
+
+  /// The clock the caps read: now, moved by `shift_budget_clock`.
+  fn budget_now(&self) -> i64 {
+    now_ms() + self.budget_clock_ms.load(std::sync::atomic::Ordering::Relaxed)
+  }
+
+  /// A stored cap.
+  fn stored_cap(c: &Connection, k: &BudgetKey) -> Result<Option<(f64, Option<String>)>> {
+    Ok(
+      c.prepare_cached(SELECT_BUDGET)?
+        .query_row(params![k.scope, k.user_id, k.project_id, k.session_id], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))
+        .optional()?,
+    )
   }
 }
 
@@ -37,30 +56,12 @@ impl Budgets for SqliteStore {
   /// Checks every cap that applies to the call against its reserve and, in the same
   /// transaction, records the call at its reserve.
   fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
+    let now = self.budget_now();
     self.write(|tx| {
-      let now = now_ms();
-      let stored = |scope: &str| -> Result<Option<(f64, Option<String>)>> {
-        let (p, s) = match scope {
-          "project" => (call.project_id, ""),
-          "session" => ("", call.session_id),
-          _ => ("", ""),
-        };
-        Ok(
-          tx.prepare_cached(SELECT_BUDGET)?
-            .query_row(params![scope, call.user_id, p, s], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))
-            .optional()?,
-        )
-      };
-      for (scope, cap, period) in applicable(stored, defaults)? {
-        let since = Self::period_start(tx, period.as_deref(), now)?;
-        let other = match scope {
-          "project" => call.project_id,
-          "session" => call.session_id,
-          _ => "",
-        };
-        let spent = Self::spent(tx, scope, call.user_id, other, since)?;
+      for (key, cap, period) in applicable(call, |k| Self::stored_cap(tx, k), defaults)? {
+        let spent = Self::spent(tx, &key, Self::period_start(tx, period.as_deref(), now)?)?;
         if spent + call.reserve_usd > cap {
-          return Ok(Admit::Over { scope: scope.into(), cap_usd: cap, spent_usd: spent, period });
+          return Ok(Admit::Over { key, cap_usd: cap, spent_usd: spent, period });
         }
       }
       exec(
@@ -101,25 +102,20 @@ impl Budgets for SqliteStore {
 
   /// A stored cap with its scope's spend in the current period.
   fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
+    let now = self.budget_now();
     self.with(|c| {
-      let row = c
-        .prepare_cached(SELECT_BUDGET)?
-        .query_row(params![k.scope, k.user_id, k.project_id, k.session_id], |r| Ok((r.get::<_, f64>(0)?, r.get::<_, Option<String>>(1)?)))
-        .optional()?;
-      let Some((usd, period)) = row else { return Ok(None) };
-      let start = Self::period_start(c, period.as_deref(), now_ms())?;
-      let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
-      let spent = Self::spent(c, &k.scope, &k.user_id, other, start)?;
-      Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: spent, period_start: start }))
+      let Some((usd, period)) = Self::stored_cap(c, k)? else { return Ok(None) };
+      let start = Self::period_start(c, period.as_deref(), now)?;
+      Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: Self::spent(c, k, start)?, period_start: start }))
     })
   }
 
   /// What a scope spent in the current `period` (for a default cap, which has no row).
   fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
+    let now = self.budget_now();
     self.with(|c| {
-      let start = Self::period_start(c, period, now_ms())?;
-      let other = if k.scope == "project" { &k.project_id } else { &k.session_id };
-      Ok((Self::spent(c, &k.scope, &k.user_id, other, start)?, start))
+      let start = Self::period_start(c, period, now)?;
+      Ok((Self::spent(c, k, start)?, start))
     })
   }
 
@@ -176,5 +172,9 @@ impl Budgets for SqliteStore {
       })?;
       Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     })
+  }
+
+  fn shift_budget_clock(&self, ms: i64) {
+    self.budget_clock_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
   }
 }

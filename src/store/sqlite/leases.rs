@@ -142,7 +142,7 @@ impl Tasks for SqliteStore {
                input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
                cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
                last_active_at = ?7, updated_at = ?7, materialized = MAX(materialized, ?8),
-               cli_cost_watermark = COALESCE(?9, cli_cost_watermark)
+               cli_cost_watermark = COALESCE(?9, cli_cost_watermark), paused = ?10
              WHERE id = ?1",
             params![
               session_id,
@@ -153,7 +153,8 @@ impl Tasks for SqliteStore {
               n.cache_creation,
               now,
               end.materialized as i64,
-              cli_cost_watermark
+              cli_cost_watermark,
+              end.paused
             ],
           )?,
           EndStep::Context(ctx) => exec(

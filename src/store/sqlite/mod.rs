@@ -13,6 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use super::*;
 use crate::error::{Error, Result};
 
+mod branches;
 mod budgets;
 mod events;
 mod inbox;
@@ -64,7 +65,7 @@ pub(crate) fn exists<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) 
 pub(crate) const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
-  context_measured_at, materialized, cli_cost_watermark, config_dir";
+  context_measured_at, materialized, cli_cost_watermark, config_dir, paused";
 
 pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
   let context_tokens: Option<i64> = r.get(17)?;
@@ -101,6 +102,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     materialized: r.get::<_, i64>(21)? != 0,
     cli_cost_watermark: r.get(22)?,
     config_dir: r.get(23)?,
+    paused: r.get(24)?,
   })
 }
 
@@ -115,6 +117,8 @@ pub struct SqliteStore {
   /// Declared after `conn`: it closes after the connection, so SQLite's POSIX locks (which any
   /// close of the file releases) are never dropped under a live connection.
   _pin: Option<std::fs::File>,
+  /// Added to the clock by the spend caps (`Budgets::shift_budget_clock`, for tests).
+  budget_clock_ms: std::sync::atomic::AtomicI64,
 }
 
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
@@ -203,7 +207,8 @@ impl SqliteStore {
     conn.set_prepared_statement_cache_capacity(64);
     let pin = std::fs::File::open(path).ok();
     let identity = file_identity(path);
-    let mut store = SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin };
+    let mut store =
+      SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin, budget_clock_ms: Default::default() };
     store.migrate()?;
     Ok(store)
   }

@@ -166,7 +166,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (scope, user_id, project_id, session_id)
   );
   "#,
-  // 8 -> 9: the event log of a session's tasks (`events.rs`): its last number on the session
+  // 8 -> 9: a project's cap across its users (a project budget with an empty user_id) sums the
+  // ledger by project alone; the indexes a cap's spend is summed by cover the sum (`usd` in the
+  // index: no row read per call); a session whose last task a spend cap stopped is paused (the
+  // cap's scope) until a task on it ends otherwise.
+  r#"
+  DROP INDEX model_calls_by_user;
+  CREATE INDEX model_calls_by_user ON model_calls (user_id, at, usd);
+  DROP INDEX model_calls_by_project;
+  CREATE INDEX model_calls_by_project ON model_calls (user_id, project_id, at, usd);
+  DROP INDEX model_calls_by_session;
+  CREATE INDEX model_calls_by_session ON model_calls (session_id, at, user_id, usd);
+  CREATE INDEX model_calls_by_project_total ON model_calls (project_id, at, usd);
+  ALTER TABLE sessions ADD COLUMN paused TEXT;
+  "#,
+  // 9 -> 10: the event log of a session's tasks (`events.rs`): its last number on the session
   // row (never reused once swept), one row per event; a stop requested for a running task.
   r#"
   ALTER TABLE sessions ADD COLUMN event_seq INTEGER NOT NULL DEFAULT 0;
@@ -180,6 +194,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (session_id, seq)
   ) WITHOUT ROWID;
   CREATE INDEX task_events_by_task ON task_events (task_id);
+  "#,
+  // 10 -> 11: where a session branches (`branches.rs`): a fork's message, a pending rewind.
+  r#"
+  CREATE TABLE branch_points (
+    session_id TEXT PRIMARY KEY NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    fork_at TEXT,
+    resume_at TEXT,
+    resume_drops TEXT
+  );
   "#,
 ];
 
