@@ -583,7 +583,7 @@ export interface RewindResult {
   /** The context meter re-derived at the branch point. */
   contextInfo: ContextInfo
   /** With `files`: the working directory's changes. */
-  files?: JsFileChanges
+  files?: FileChanges
 }
 
 /** The task running on a session, wherever it runs. */

@@ -401,6 +401,7 @@ pub struct JsRewindResult {
   /// The context meter re-derived at the branch point.
   pub context_info: JsContextInfo,
   /// With `files`: the working directory's changes.
+  #[napi(ts_type = "FileChanges")]
   pub files: Option<JsFileChanges>,
 }
 
