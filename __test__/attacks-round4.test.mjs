@@ -1,0 +1,182 @@
+// Fourth attack round: the surfaces added with the durable event log (streamEvents,
+// getRunningTask, abortTask), branching (fork / rewind / executeTask at a message) and the spend
+// caps (paused sessions, error.scope), attacked as a hostile user would, with the real CLI against
+// the stand-in API. R-tests are attacks that GOT THROUGH when written (they FAIL until fixed);
+// H-tests are attacks that held (regression tests). Each test has a control showing the attack ran.
+import { test, before, after } from 'node:test'
+import { makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const BIG = { input_tokens: 200_000, output_tokens: 10 } // $0.60 a call at Sonnet's list price
+const collect = async (stream) => {
+  const out = []
+  for await (const e of stream) out.push(e)
+  return out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attacks that got through (expected to FAIL until fixed)
+// ---------------------------------------------------------------------------------------------
+
+test('R4-1. a session paused by its session cap does not go on spending through fork or executeTask atMessageId', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+  const sid = first.sessionId
+  // The server caps this conversation at $1; the next call (reserve about $2) is refused.
+  await manager.setBudget({ scope: 'session', userId: 'u', sessionId: sid, usd: 1 })
+  server.reset()
+  for (let i = 0; i < 4; i++) server.enqueue({ text: `paid answer ${i}`, usage: BIG })
+  const capped = await manager.executeTask({ prompt: 'go', sessionId: sid, projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(capped.error?.code, 'BUDGET_EXCEEDED', 'control: the cap stopped the session')
+  t.assert.strictEqual(capped.error?.scope, 'session')
+  t.assert.strictEqual((await manager.getSession(sid, 'u')).status, 'paused')
+  const { messages } = await manager.getMessages(sid, 'u')
+  const answer = messages.findLast((m) => m.kind === 'assistant')
+  // The user continues the same conversation in a fork (the hook's editMessage/regenerate do this).
+  const fork = await manager.fork({ sessionId: sid, userId: 'u' })
+  const viaFork = await manager.executeTask({ prompt: 'go on', sessionId: fork.id, projectId: 'p', userId: 'u' })
+  const viaAt = await manager.executeTask({ prompt: 'go on', sessionId: sid, atMessageId: answer.uuid, projectId: 'p', userId: 'u' })
+  const spentInBranches = (await manager.getUsage({ userId: 'u', groupBy: 'session' }))
+    .filter((row) => row.key !== sid)
+    .reduce((s, row) => s + row.usd, 0)
+  t.diagnostic(`fork: ${viaFork.success} ${viaFork.error?.code ?? ''}; atMessageId: ${viaAt.success} ${viaAt.error?.code ?? ''}; spent in branches $${spentInBranches.toFixed(2)}`)
+  t.assert.strictEqual(viaFork.success, false, `the fork of a capped session spent on: "${viaFork.result}"`)
+  t.assert.strictEqual(viaAt.success, false, `executeTask atMessageId on a capped session spent on: "${viaAt.result}"`)
+})
+
+test('R4-2. the event log (streamEvents) carries no server path outside the working directory', async (t) => {
+  server.reset()
+  const { manager, dir, work, configDir } = makeManager({ server })
+  t.after(() => manager.close())
+  const r = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const events = await collect(await manager.streamEvents({ sessionId: r.sessionId, userId: 'u', follow: false }))
+  t.assert.ok(events.some((e) => e.event?.type === 'task_end'), 'control: the log has the task')
+  // What an app relaying streamEvents to a reconnecting browser (Last-Event-ID) sends it.
+  const text = JSON.stringify(events).split(work).join('<work>')
+  const leaks = [...new Set([...text.matchAll(/"[^"]*(?:claude-config|csm-)[^"]*"/g)].map((m) => m[0]))]
+  t.diagnostic(`state ${manager.info().stateDirectory}, leaked: ${leaks.join(', ')}`)
+  t.assert.ok(!text.includes(configDir), `the tenant configuration folder is in the event log: ${leaks.join(', ')}`)
+  t.assert.ok(!text.includes(dir), `a server folder is in the event log: ${leaks.join(', ')}`)
+})
+
+test('R4-3. a task aborted mid-answer is charged the output it already streamed to the user', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  const sid = first.sessionId
+  server.reset()
+  // A long answer (its final usage: 100,000 output tokens, $1.50) streamed word by word; the user
+  // reads it as it comes and aborts just before the end (the message_delta with the usage).
+  const words = Array.from({ length: 60 }, (_, i) => `word${i}`).join(' ')
+  server.enqueue({ text: words, chunkDelayMs: 40, usage: { output_tokens: 100_000 } })
+  let deltas = 0
+  let streamed = ''
+  const since = Date.now() - 1
+  const r = await manager.executeTask(
+    { prompt: 'write a lot', sessionId: sid, projectId: 'p', userId: 'u', includePartialMessages: true },
+    {
+      onEvent: (e) => {
+        if (e.type !== 'stream_event' || e.event?.delta?.type !== 'text_delta') return
+        deltas++
+        streamed += e.event.delta.text
+        if (deltas === 50) manager.abortTask({ sessionId: sid, userId: 'u' }).catch(() => {})
+      },
+    },
+  )
+  t.assert.strictEqual(r.error?.code, 'ABORTED', 'control: the abort stopped the task')
+  t.assert.ok(deltas >= 50, `control: the answer streamed (${deltas} deltas)`)
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  const [row] = await manager.getUsage({ sessionId: sid, since, groupBy: 'session' })
+  t.diagnostic(`streamed ${streamed.length} characters in ${deltas} deltas; ledger: ${JSON.stringify(row)}`)
+  t.assert.ok(row, 'control: the call is in the ledger')
+  // At the very least what was streamed (a token per word here) must count against the caps.
+  t.assert.ok(row.outputTokens >= deltas, `charged ${row.outputTokens} output tokens for ${deltas} words streamed: a user aborting before the end gets answers whose output never counts against any cap`)
+})
+
+// ---------------------------------------------------------------------------------------------
+// Attacks that held (regression tests)
+// ---------------------------------------------------------------------------------------------
+
+test('H4-1. another user cannot stream, inspect or abort a running task of a session, and learns nothing about it', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'alice' })
+  const sid = first.sessionId
+  server.reset()
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: 'sleep 3; echo slept', description: 'wait' } } }, { text: 'alice done' })
+  const running = manager.executeTask({ prompt: 'wait', sessionId: sid, projectId: 'p', userId: 'alice', allowedTools: ['Bash'], permissionMode: 'acceptEdits' })
+  let seen = null
+  for (let i = 0; i < 200 && !seen; i++) {
+    seen = await manager.getRunningTask({ sessionId: sid, userId: 'alice' })
+    if (!seen) await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  t.assert.ok(seen, 'control: alice sees her task running')
+  for (const [what, call] of [
+    ['streamEvents', () => manager.streamEvents({ sessionId: sid, userId: 'mallory' })],
+    ['streamEvents after', () => manager.streamEvents({ sessionId: sid, userId: 'mallory', after: 1 })],
+    ['getRunningTask', () => manager.getRunningTask({ sessionId: sid, userId: 'mallory' })],
+    ['abortTask', () => manager.abortTask({ sessionId: sid, userId: 'mallory' })],
+    ['fork', () => manager.fork({ sessionId: sid, userId: 'mallory' })],
+  ]) {
+    await rejectsWith(t, call, 'SESSION_NOT_FOUND', undefined, what)
+  }
+  const r = await running
+  t.assert.strictEqual(r.success, true, `alice's task was not aborted: ${JSON.stringify(r.error)}`)
+  t.assert.strictEqual(r.result, 'alice done')
+})
+
+test('H4-2. streamEvents refuses an after that is not one of the session\'s event numbers', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const r = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  const sid = r.sessionId
+  const all = await collect(await manager.streamEvents({ sessionId: sid, userId: 'u', follow: false }))
+  const last = all.at(-1).seq
+  for (const after of [-1, 1.5, Number.NaN, Infinity, -Infinity, last + 1, 2 ** 53, 1e300, '3', {}, [1]]) {
+    await rejectsWith(t, () => manager.streamEvents({ sessionId: sid, userId: 'u', after, follow: false }), 'INVALID_ARGUMENT', undefined, `after ${String(after)}`)
+  }
+  // Another session's numbers are this session's own: no event of the other session comes back.
+  const other = await manager.executeTask({ prompt: 'other', projectId: 'p', userId: 'u' })
+  const mine = await collect(await manager.streamEvents({ sessionId: other.sessionId, userId: 'u', after: 0, follow: false }))
+  t.assert.ok(mine.length > 0 && mine.every((e) => e.event?.sessionId === undefined || e.event.sessionId === other.sessionId || e.event.session_id === other.sessionId), 'only its own events')
+  t.assert.ok(!JSON.stringify(mine).includes(sid), 'no event of the first session in the second one\'s stream')
+})
+
+test('H4-3. fork, rewind and executeTask refuse a message id of another session or another user', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const a = await manager.executeTask({ prompt: 'alice secret', projectId: 'p', userId: 'alice' })
+  const m = await manager.executeTask({ prompt: 'mallory', projectId: 'p', userId: 'mallory' })
+  const m2 = await manager.executeTask({ prompt: 'mallory two', projectId: 'p', userId: 'mallory' })
+  const alices = (await manager.getMessages(a.sessionId, 'alice')).messages
+  const aliceAnswer = alices.findLast((x) => x.kind === 'assistant').uuid
+  const otherOwn = (await manager.getMessages(m2.sessionId, 'mallory')).messages.findLast((x) => x.kind === 'assistant').uuid
+  for (const id of [aliceAnswer, otherOwn]) {
+    await rejectsWith(t, () => manager.fork({ sessionId: m.sessionId, userId: 'mallory', atMessageId: id }), 'MESSAGE_NOT_FOUND', undefined, 'fork')
+    await rejectsWith(t, () => manager.rewind({ sessionId: m.sessionId, userId: 'mallory', toMessageId: id }), 'MESSAGE_NOT_FOUND', undefined, 'rewind')
+    await rejectsWith(t, () => manager.rewind({ sessionId: m.sessionId, userId: 'mallory', toMessageId: id, files: 'dryRun' }), 'MESSAGE_NOT_FOUND', undefined, 'rewind files')
+    await rejectsWith(t, () => manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'mallory', sessionId: m.sessionId, atMessageId: id }), 'MESSAGE_NOT_FOUND', undefined, 'executeTask')
+  }
+  // Alice's session itself, with her own message id: as a missing session.
+  await rejectsWith(t, () => manager.fork({ sessionId: a.sessionId, userId: 'mallory', atMessageId: aliceAnswer }), 'SESSION_NOT_FOUND', undefined, 'fork of alice')
+  await rejectsWith(t, () => manager.rewind({ sessionId: a.sessionId, userId: 'mallory', toMessageId: aliceAnswer }), 'SESSION_NOT_FOUND', undefined, 'rewind of alice')
+  await rejectsWith(t, () => manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'mallory', sessionId: a.sessionId, atMessageId: aliceAnswer }), 'SESSION_NOT_FOUND', undefined, 'executeTask of alice')
+  for (const bad of ['../../etc/passwd', 'a'.repeat(5000), 'x\u0000y', '']) {
+    await rejectsWith(t, () => manager.rewind({ sessionId: m.sessionId, userId: 'mallory', toMessageId: bad }), 'INVALID_ARGUMENT', undefined, `toMessageId ${bad.slice(0, 20)}`)
+  }
+})
