@@ -4,7 +4,10 @@
 // the stand-in API. R-tests are attacks that GOT THROUGH when written (they FAIL until fixed);
 // H-tests are attacks that held (regression tests). Each test has a control showing the attack ran.
 import { test, before, after } from 'node:test'
+import fs from 'node:fs'
+import path from 'node:path'
 import { makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+import { requireSandbox, runBash } from './attack-helpers.mjs'
 
 let server
 before(async () => {
@@ -179,4 +182,74 @@ test('H4-3. fork, rewind and executeTask refuse a message id of another session 
   for (const bad of ['../../etc/passwd', 'a'.repeat(5000), 'x\u0000y', '']) {
     await rejectsWith(t, () => manager.rewind({ sessionId: m.sessionId, userId: 'mallory', toMessageId: bad }), 'INVALID_ARGUMENT', undefined, `toMessageId ${bad.slice(0, 20)}`)
   }
+})
+
+test('H4-4. file history the agent forges in its transcript makes a rewind with files write nothing outside the working directory', async (t) => {
+  server.reset()
+  const { manager, dir, work } = makeManager({ server })
+  t.after(() => manager.close())
+  if (!(await requireSandbox(t, manager))) return
+  const outside = fs.mkdtempSync(path.join(path.dirname(dir), 'csm-outside-'))
+  fs.chmodSync(outside, 0o755)
+  t.after(() => fs.rmSync(outside, { recursive: true, force: true }))
+  fs.symlinkSync(outside, path.join(work, 'lnk'))
+  const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'mallory' })
+  const sid = first.sessionId
+  // The agent appends file-history-delta lines to its own transcript (backup named as the CLI
+  // names them: sha256 of the absolute path, 16 hex digits) and writes the backups.
+  const targets = [
+    ['inside-new.txt', work], // control: inside the working directory
+    ['../escape-rel.txt', work],
+    [path.join(outside, 'escape-abs.txt'), work],
+    ['escape-rpd.txt', outside],
+    ['lnk/via-link.txt', work],
+  ]
+  const py = `
+import json, glob, os, hashlib
+cfg = os.environ['CLAUDE_CONFIG_DIR']
+t = [p for p in glob.glob(cfg + '/projects/*/*.jsonl') if ${JSON.stringify(sid)} in p][0]
+lines = [json.loads(l) for l in open(t) if l.strip()]
+snap = [l for l in lines if l.get('type') == 'file-history-snapshot'][-1]['messageId']
+am = [l for l in lines if l.get('type') == 'assistant'][-1]['uuid']
+fh = cfg + '/file-history/' + ${JSON.stringify(sid)}
+os.makedirs(fh, exist_ok=True)
+with open(t, 'a') as f:
+  for tp, rp in ${JSON.stringify(targets)}:
+    ab = tp if tp.startswith('/') else os.path.normpath(os.path.join(rp, tp))
+    name = hashlib.sha256(ab.encode()).hexdigest()[:16] + '@v1'
+    open(fh + '/' + name, 'w').write('PWNED ' + tp + '\\n')
+    f.write(json.dumps({"type": "file-history-delta", "messageId": am, "snapshotMessageId": snap, "trackingPath": tp,
+      "backup": {"backupFileName": name, "version": 1, "backupTime": "2026-12-06T11:49:40.291Z", "realParentDir": rp},
+      "timestamp": "2026-12-06T11:49:40.292Z"}) + "\\n")
+print("FORGED=" + snap)
+`
+  const { r, output } = await runBash(manager, server, `python3 - <<'CSM_EOF'\n${py}\nCSM_EOF`, { sessionId: sid })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.match(output, /FORGED=/, `control: the agent forged its history:\n${output}`)
+  const { messages } = await manager.getMessages(sid, 'mallory')
+  const res = await manager.rewind({ sessionId: sid, userId: 'mallory', toMessageId: messages[1].uuid, files: true })
+  t.diagnostic(`rewind files: ${JSON.stringify(res.files)}`)
+  t.assert.ok(fs.existsSync(path.join(work, 'inside-new.txt')), 'control: the CLI restored the forged file inside the working directory')
+  for (const p of [path.join(dir, 'escape-rel.txt'), path.join(outside, 'escape-abs.txt'), path.join(outside, 'escape-rpd.txt'), path.join(outside, 'via-link.txt')]) {
+    t.assert.ok(!fs.existsSync(p), `the rewind wrote ${p} outside the working directory`)
+  }
+})
+
+test('H4-5. executeTask on a session of another project (plain, atMessageId, forkSession) is refused: a project cap is not escaped', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  const sid = first.sessionId
+  await manager.setBudget({ scope: 'project', projectId: 'p', usd: 1 })
+  for (let i = 0; i < 6; i++) server.enqueue({ text: `x${i}`, usage: BIG })
+  const capped = await manager.executeTask({ prompt: 'go', sessionId: sid, projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(capped.error?.scope, 'project', 'control: the project cap stopped it')
+  const answer = (await manager.getMessages(sid, 'u')).messages.findLast((m) => m.kind === 'assistant').uuid
+  for (const extra of [{}, { atMessageId: answer }, { forkSession: true }]) {
+    await rejectsWith(t, () => manager.executeTask({ prompt: 'more', userId: 'u', sessionId: sid, projectId: 'q', ...extra }), 'SESSION_NOT_FOUND', undefined, JSON.stringify(extra))
+  }
+  // And a fork of the capped session stays in the capped project.
+  const viaAt = await manager.executeTask({ prompt: 'more', userId: 'u', sessionId: sid, projectId: 'p', atMessageId: answer })
+  t.assert.strictEqual(viaAt.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(viaAt.error ?? viaAt.result))
 })
