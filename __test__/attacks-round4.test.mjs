@@ -4,10 +4,13 @@
 // the stand-in API. R-tests are attacks that GOT THROUGH when written (they FAIL until fixed);
 // H-tests are attacks that held (regression tests). Each test has a control showing the attack ran.
 import { test, before, after } from 'node:test'
+import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
 import { makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
 import { requireSandbox, runBash } from './attack-helpers.mjs'
+
+const { createClaudeRoutes } = createRequire(import.meta.url)('../next/index.js')
 
 let server
 before(async () => {
@@ -106,6 +109,30 @@ test('R4-3. a task aborted mid-answer is charged the output it already streamed 
   t.assert.ok(row, 'control: the call is in the ledger')
   // At the very least what was streamed (a token per word here) must count against the caps.
   t.assert.ok(row.outputTokens >= deltas, `charged ${row.outputTokens} output tokens for ${deltas} words streamed: a user aborting before the end gets answers whose output never counts against any cap`)
+})
+
+test('R4-1b. through the Next.js routes: a browser user whose session is paused by its cap keeps talking via editMessage/regenerate (POST /task atMessageId)', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
+  const post = (route, body) =>
+    routes[route].POST(new Request(`http://localhost/api/claude/${route}`, { method: 'POST', headers: { 'x-user': 'u', 'content-type': 'application/json' }, body: JSON.stringify(body) }))
+  const first = await (await post('task', { prompt: 'hello', projectId: 'p' })).json()
+  t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+  const sid = first.sessionId
+  // The server caps this session (e.g. from an admin page); the cap stops the next task.
+  await manager.setBudget({ scope: 'session', userId: 'u', sessionId: sid, usd: 1 })
+  for (let i = 0; i < 4; i++) server.enqueue({ text: `paid answer ${i}`, usage: BIG })
+  const capped = await (await post('task', { prompt: 'go', projectId: 'p', sessionId: sid })).json()
+  t.assert.strictEqual(capped.error?.scope, 'session', `control: the cap stopped it: ${JSON.stringify(capped)}`)
+  const page = await (await post('session', { action: 'messages', sessionId: sid })).json()
+  const prompt = page.messages.findLast((m) => m.kind === 'prompt')
+  const before = page.messages[page.messages.indexOf(prompt) - 1]
+  // What the hook's editMessage(prompt.uuid, text) sends.
+  const edited = await (await post('task', { prompt: 'go, edited', projectId: 'p', sessionId: sid, atMessageId: before.uuid })).json()
+  t.diagnostic(`edited: ${edited.success} ${edited.error?.code ?? ''} "${edited.result ?? ''}" in ${edited.sessionId}`)
+  t.assert.notStrictEqual(edited.success, true, `the paused conversation went on in a fork: "${edited.result}"`)
 })
 
 // ---------------------------------------------------------------------------------------------
