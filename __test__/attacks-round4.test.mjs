@@ -280,3 +280,17 @@ test('H4-5. executeTask on a session of another project (plain, atMessageId, for
   const viaAt = await manager.executeTask({ prompt: 'more', userId: 'u', sessionId: sid, projectId: 'p', atMessageId: answer })
   t.assert.strictEqual(viaAt.error?.code, 'BUDGET_EXCEEDED', JSON.stringify(viaAt.error ?? viaAt.result))
 })
+
+test('H4-6. a task run with forkSession logs its events in the fork, never in the parent\'s stream', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  const f = await manager.executeTask({ prompt: 'forked FORKMARK', projectId: 'p', userId: 'u', sessionId: first.sessionId, forkSession: true })
+  t.assert.strictEqual(f.success, true, JSON.stringify(f.error))
+  t.assert.notStrictEqual(f.sessionId, first.sessionId, 'control: a fork ran')
+  const parent = JSON.stringify(await collect(await manager.streamEvents({ sessionId: first.sessionId, userId: 'u', follow: false })))
+  const child = JSON.stringify(await collect(await manager.streamEvents({ sessionId: f.sessionId, userId: 'u', follow: false })))
+  t.assert.ok(child.includes('FORKMARK'), 'control: the fork\'s log has its task')
+  t.assert.ok(!parent.includes('FORKMARK'), 'the fork\'s task is in the parent\'s event log')
+})
