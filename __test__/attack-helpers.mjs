@@ -41,14 +41,26 @@ export async function runBash(manager, server, command, request = {}, options = 
   return { r, output: toolResults(server, from).join('\n'), from }
 }
 
-/** Transcript files (*.jsonl) under a folder. */
+/** Transcript files (*.jsonl) under a folder. A folder that goes while it is read (a live CLI's
+ * lock folder) is skipped. */
 export function transcripts(root) {
-  if (!fs.existsSync(root)) return []
-  return fs
-    .readdirSync(root, { recursive: true })
-    .map(String)
-    .filter((f) => f.endsWith('.jsonl'))
-    .map((f) => path.join(root, f))
+  const found = []
+  const walk = (dir) => {
+    let entries
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true })
+    } catch (e) {
+      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return
+      throw e
+    }
+    for (const e of entries) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) walk(p)
+      else if (e.name.endsWith('.jsonl')) found.push(p)
+    }
+  }
+  walk(root)
+  return found
 }
 
 

@@ -66,7 +66,9 @@ test(`1. sandboxed: a Bash agent cannot read or modify the session database; sto
       `test -e ${db} && echo DB_VISIBLE || echo DB_ABSENT`,
       `ls -la ${stateDirectory}`,
       `cat ${db} ${db}-wal | head -c 4000`,
-      `echo ${written} >> ${db}; echo ${written} >> ${db}-wal`,
+      // What the agent writes is computed by its shell: the command's own text (with the marker)
+      // is in the store's event log, as every tool input is.
+      `echo ${written}_$((40+2)) >> ${db}; echo ${written}_$((40+2)) >> ${db}-wal`,
       'echo END',
     ].join('; '),
   )
@@ -79,7 +81,7 @@ test(`1. sandboxed: a Bash agent cannot read or modify the session database; sto
   t.assert.ok(!output.includes(title), 'another session\'s title leaked to the agent')
   // Not modified on the host.
   for (const f of [db, `${db}-wal`, `${db}-shm`]) {
-    if (fs.existsSync(f)) t.assert.ok(!fs.readFileSync(f).includes(written), `${f} was written by the agent`)
+    if (fs.existsSync(f)) t.assert.ok(!fs.readFileSync(f).includes(`${written}_42`), `${f} was written by the agent`)
   }
   t.assert.strictEqual((await manager.listSessions({ userId: 'victim' })).length, 2, 'the store still reads')
   // Modes on the host.

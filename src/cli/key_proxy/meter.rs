@@ -233,6 +233,9 @@ pub struct Metering {
 pub const MAX_METERED_REQUEST: usize = 64 << 20;
 /// The largest JSON response kept to read its usage (a larger one is charged its reserve).
 const MAX_JSON_RESPONSE: usize = 16 << 20;
+/// Characters per output token assumed for a stream cut off before its final usage (English
+/// prose runs about 4; code and other languages fewer, so this errs low).
+const CUT_OFF_CHARS_PER_TOKEN: u64 = 4;
 /// The longest SSE line kept to read (`message_start` and `message_delta` are short).
 const MAX_SSE_LINE: usize = 1 << 20;
 
@@ -306,6 +309,10 @@ pub(super) struct Seen {
   pub model: Option<String>,
   /// A JSON response too large to read: charged its reserve.
   pub unreadable: bool,
+  /// Characters of content the stream delivered (text, thinking, tool input deltas).
+  pub streamed_chars: u64,
+  /// Whether a `message_delta` reported the final usage (a stream cut off before it has not).
+  pub final_usage: bool,
 }
 
 /// Reads usage from a response body as it passes: server-sent events line by line
@@ -358,13 +365,18 @@ impl Observer {
 
   fn line(&mut self, line: &[u8]) {
     let Some(data) = line.strip_prefix(b"data:") else { return };
-    // Only the two events that carry usage are parsed.
+    // Only the two events that carry usage, and the content deltas (counted), are parsed.
     let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
-    if !has(b"message_start") && !has(b"message_delta") {
+    if !has(b"message_start") && !has(b"message_delta") && !has(b"content_block_delta") {
       return;
     }
     let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) else { return };
     match v.get("type").and_then(Value::as_str) {
+      Some("content_block_delta") => {
+        let d = v.get("delta");
+        let text = ["text", "thinking", "partial_json"].iter().find_map(|k| d.and_then(|d| d.get(*k)).and_then(Value::as_str));
+        self.seen.streamed_chars += text.map_or(0, |t| t.chars().count() as u64);
+      }
       Some("message_start") => {
         if let Some(m) = v.get("message") {
           if let Some(u) = m.get("usage") {
@@ -378,6 +390,7 @@ impl Observer {
       Some("message_delta") => {
         if let Some(u) = v.get("usage") {
           self.seen.usage.merge(u);
+          self.seen.final_usage = true;
         }
       }
       _ => {}
@@ -389,6 +402,13 @@ impl Observer {
       if !self.buf.is_empty() && !self.skipping {
         let line = std::mem::take(&mut self.buf);
         self.line(&line);
+      }
+      // Cut off before its final usage (an aborted task, a dropped connection): what it already
+      // streamed counts, at one token per CUT_OFF_CHARS_PER_TOKEN characters, so that stopping a
+      // reply before its end does not make its output free.
+      if !self.seen.final_usage {
+        let streamed = self.seen.streamed_chars.div_ceil(CUT_OFF_CHARS_PER_TOKEN);
+        self.seen.usage.output = self.seen.usage.output.max(streamed);
       }
     } else if !self.seen.unreadable && !self.buf.is_empty() {
       if let Ok(v) = serde_json::from_slice::<Value>(&self.buf) {
@@ -513,6 +533,24 @@ mod tests {
     // Cut off after message_start: what was reported.
     let mut o = Observer::new(true);
     o.feed(&sse.as_bytes()[..sse.find("event: content").unwrap()]);
+    assert_eq!(o.finish().usage.output, 1);
+    // Cut off after content but before the final usage: the content streamed counts, at a token
+    // per 4 characters (what was reported, when more, still wins).
+    let delta = |text: &str| {
+      format!("data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n")
+    };
+    let mut o = Observer::new(true);
+    o.feed(&sse.as_bytes()[..sse.find("event: content").unwrap()]);
+    for _ in 0..10 {
+      o.feed(delta("0123456789").as_bytes());
+    }
+    o.feed(b"data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":1}\"}}\n\n");
+    let seen = o.finish();
+    assert_eq!((seen.streamed_chars, seen.final_usage, seen.usage.output), (107, false, 27));
+    // With the final usage, the usage is what upstream reported.
+    let mut o = Observer::new(true);
+    o.feed(delta("0123456789").as_bytes());
+    o.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1}}\n");
     assert_eq!(o.finish().usage.output, 1);
   }
 
