@@ -32,7 +32,9 @@ test('packaging: the packed tarballs install and run without cargo', { skip: pro
   // A PATH without cargo or rustc.
   const PATH = process.env.PATH.split(':').filter((d) => !fs.existsSync(path.join(d, 'cargo')) && !fs.existsSync(path.join(d, 'rustc'))).join(':')
   t.assert.ok(!spawnSync('sh', ['-c', 'command -v cargo'], { env: { ...process.env, PATH } }).stdout.length, 'cargo is hidden')
-  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', path.join(out, main.filename), path.join(out, platform.filename)], {
+  // Offline, and without the peer dependency (`@anthropic-ai/claude-code`, which an app installs
+  // itself): npm would otherwise fetch its metadata from the registry to resolve the range.
+  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', '--legacy-peer-deps', path.join(out, main.filename), path.join(out, platform.filename)], {
     cwd: project,
     env: { ...process.env, PATH },
     stdio: 'pipe',
