@@ -5,8 +5,9 @@
 //! forwarded, with its reserve as its price (`reserved = 1`), in the same transaction that checks
 //! every cap that applies; then, once the response's usage is in, at its real price (one
 //! `UPDATE`). A cap (`budgets`) is per user, per project of a user, per project across its users
-//! (a project key with no user), or per session, with an optional period (`day` or `month`, UTC, on the database clock); the spend of a scope is the sum
-//! of its calls since the period's start, reserved ones included. Ledger rows have no foreign key:
+//! (a project key with no user), or per session, with an optional period (`day` or `month`, UTC,
+//! on the database clock); the spend of a scope is the sum of its calls since the period's start,
+//! reserved ones included. Ledger rows have no foreign key:
 //! deleting a session does not give its spend back to its user's or project's cap.
 
 use crate::error::Result;
@@ -113,7 +114,7 @@ impl BudgetKey {
 
 /// The caps a call is checked against, in this order: its user's, its user's project's, its
 /// project's across users, its session's.
-pub(crate) fn call_keys(call: &CallAdmit<'_>) -> [BudgetKey; 4] {
+fn call_keys(call: &CallAdmit<'_>) -> [BudgetKey; 4] {
   let key = |scope: &str, user: &str, project: &str, session: &str| BudgetKey {
     scope: scope.into(),
     user_id: user.into(),

@@ -1,7 +1,8 @@
 //! Spend caps and the ledger of model calls on PostgreSQL: the rows and rules of `budgets.rs`,
-//! periods on the database clock (UTC). Admitting a call takes a transaction-scoped advisory lock
-//! on its user (every scope of a call belongs to one user), so that the check of the caps and the
-//! insert of the reserve are one step for every node; settling is one `UPDATE`.
+//! periods on the database clock (UTC). Admitting a call is one statement, the migrations'
+//! `admit_call` function, under transaction-scoped advisory locks on the call's user and on its
+//! project (a project's cap spans its users), so that the check of the caps and the insert of the
+//! reserve are one step for every node; settling is one `UPDATE`.
 
 use super::*;
 use crate::error::Result;
