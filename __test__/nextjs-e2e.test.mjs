@@ -365,16 +365,19 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     let seen = ''
     while (!seen.includes('text_delta')) seen += decoder.decode((await r2.read()).value, { stream: true })
     await fails(post('session', { action: 'delete', sessionId: c1.sessionId }), 409, 'SESSION_BUSY')
-    await r2.cancel() // the client goes away
+    await r2.cancel() // the client goes away: the task runs on
+    t.assert.strictEqual((await get(`stream?sessionId=${c1.sessionId}`)).status, 200, 'still running: its stream resumes')
+    const stopped = await ok(fetch(`${base}/api/claude/stream?sessionId=${c1.sessionId}`, { method: 'DELETE', headers: headers() }))
+    t.assert.strictEqual(stopped.aborted, true)
     const end = Date.now() + 15000
     let last
     do {
       await sleep(100)
       last = (await ok(post('session', { action: 'tasks', sessionId: c1.sessionId }))).tasks.at(-1)
     } while (last.status === 'running' && Date.now() < end)
-    t.assert.strictEqual(last.status, 'aborted', 'closing the connection aborted the task')
+    t.assert.strictEqual(last.status, 'aborted', 'DELETE /stream aborted the task')
     t.assert.strictEqual(last.errorCode, 'ABORTED')
-    lap('409 and abort on disconnect')
+    lap('409, the task outlives its connection, DELETE stops it')
   })
 
   await t.test('the page in headless Chromium', async (t) => {
