@@ -135,6 +135,14 @@ async function openPage(browser, t, { expectHttpErrors = false } = {}) {
   page.setDefaultTimeout(30000)
   const pageErrors = []
   page.on('pageerror', (e) => pageErrors.push(e.stack || e.message))
+  // An exception React or Next.js catches (they then show their error page) is reported here too,
+  // and said even when the test fails first on a wait it made hopeless.
+  t.after(() => pageErrors.length && t.diagnostic(`errors in the page:\n${pageErrors.join('\n')}`))
+  await page.exposeFunction('__e2eReportError', (text) => pageErrors.push(text))
+  await page.addInitScript(() => {
+    window.addEventListener('error', (e) => window.__e2eReportError(String((e.error && e.error.stack) || e.message)))
+    window.addEventListener('unhandledrejection', (e) => window.__e2eReportError(`unhandled rejection: ${String((e.reason && e.reason.stack) || e.reason)}`))
+  })
   page.on('console', (m) => {
     if (m.type() !== 'error') return
     if (expectHttpErrors && /^Failed to load resource: the server responded with a status of (400|402|404|409|500)/.test(m.text())) return

@@ -46,7 +46,7 @@ pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
   CleanupRequest, CompactRequest, CompactTrigger, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
-  SendMessageRequest, SessionStatus, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
+  SendMessageRequest, SessionStatus, TaskDuration, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
   MAX_TOOL_RULES, MAX_TURNS,
 };
 
