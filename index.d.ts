@@ -986,6 +986,11 @@ export interface StreamEventsRequest {
    * until `signal` aborts or the stream is closed (`break`, `return()`).
    */
   follow?: boolean
+  /**
+   * Instead of `after`: from the first event of this task (the `taskId` of its `task_started`),
+   * or what comes next when it has logged none yet.
+   */
+  taskId?: string
 }
 
 /** Wall-clock and API time of a task. */

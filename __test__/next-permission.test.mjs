@@ -140,9 +140,9 @@ test('next permission: an answer POSTed to another server reaches the one runnin
   t.assert.deepStrictEqual([unknown.status, unknown.body.error.code], [404, 'PERMISSION_REQUEST_NOT_FOUND'])
   t.assert.deepStrictEqual([ok.status, ok.body], [200, { ok: true, requestId: asked.requestId, behavior: 'allow' }])
   t.assert.strictEqual(again.status, 404)
-  // This server's stream: the request is no longer pending here, and the tool ran.
-  const withdrawn = (await sse.next((e) => e.event === 'permission_cancelled')).data
-  t.assert.strictEqual(withdrawn.requestId, asked.requestId)
+  // This server's stream (from the event log): the request was settled, allowed, and the tool ran.
+  const settled = (await sse.next((e) => e.event === 'permission_resolved')).data
+  t.assert.deepStrictEqual(settled, { requestId: asked.requestId, sessionId: asked.sessionId, behavior: 'allow' })
   const result = (await sse.next((e) => e.event === 'result')).data
   t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
   t.assert.deepStrictEqual(result.permissionDenials, [])

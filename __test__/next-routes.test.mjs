@@ -93,8 +93,9 @@ test('next routes: the stream route sends every event as SSE, then a result even
     .map((e) => e.data.event.delta.text)
     .join('')
   t.assert.strictEqual(deltas, 'streamed word by word', 'text deltas are forwarded (includePartialMessages defaults to true)')
-  const ids = events.map((e) => Number(e.id))
-  t.assert.deepStrictEqual(ids, ids.map((_, i) => i), 'ids count up from 0')
+  t.assert.strictEqual(events[0].id, undefined, 'task_queued is not in the log')
+  const ids = events.slice(1).map((e) => Number(e.id))
+  t.assert.deepStrictEqual(ids, ids.map((_, i) => ids[0] + i), 'ids are the log\'s numbers: contiguous')
   const last = events.at(-1)
   t.assert.strictEqual(last.event, 'result', 'the final event is the TaskResult')
   t.assert.strictEqual(events.filter((e) => e.event === 'result').length, 1)
@@ -110,8 +111,9 @@ test('next routes: the stream route sends every event as SSE, then a result even
   t.assert.strictEqual(quiet.at(-1).data.result, 'Echo #2: quiet')
 })
 
-test('next routes: closing the stream (client disconnect) aborts the task', async (t) => {
+test('next routes: closing the stream (client disconnect) aborts the task with abortOnDisconnect', async (t) => {
   server.reset()
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null, abortOnDisconnect: true })
   const { session } = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'abort' })), 200)
   // 1. The request's signal fires (Next aborts request.signal when the client goes away).
   server.enqueue({ text: 'a b c d e f g h i j k l m n o p q r s t u v w x y z '.repeat(4), chunkDelayMs: 100 })
@@ -150,10 +152,68 @@ test('next routes: closing the stream (client disconnect) aborts the task', asyn
   })
 })
 
+test('next routes: the task outlives its stream; GET resumes after Last-Event-ID (or ?after=) with every missed event once; DELETE stops it', async (t) => {
+  server.reset()
+  const { session } = await jsonOf(await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'resume' })), 200)
+  const sid = session.id
+  t.assert.strictEqual((await routes.stream.GET(get(`stream?sessionId=${sid}`))).status, 204, 'nothing runs: answered at once')
+  const words = 'one two three four five six seven eight nine ten'
+  server.enqueue({ text: words, chunkDelayMs: 150 })
+  const res = await routes.stream.POST(post('stream', { prompt: 'resume me', projectId: 'resume', sessionId: sid }))
+  const reader = res.body.getReader()
+  let head = ''
+  while (!head.includes('text_delta')) {
+    const { value, done } = await reader.read()
+    if (done) break
+    head += new TextDecoder().decode(value)
+  }
+  await reader.cancel() // the browser reloads
+  const seen = parseSse(head).filter((e) => e.id !== undefined)
+  const lastId = seen.at(-1).id
+  const text = (events) =>
+    events
+      .filter((e) => e.data.type === 'stream_event' && e.data.event?.delta?.type === 'text_delta')
+      .map((e) => e.data.event.delta.text)
+      .join('')
+  // Another tab, from the start of the running task, and the reloaded page from its last id.
+  const other = routes.stream.GET(get(`stream?sessionId=${sid}`)).then((r) => r.text())
+  const resumed = parseSse(await (await routes.stream.GET(new Request(`${BASE}/stream?sessionId=${sid}`, { headers: { 'x-user': 'alice', 'last-event-id': lastId } }))).text())
+  const ids = [...seen, ...resumed].map((e) => Number(e.id))
+  t.assert.deepStrictEqual(ids, ids.map((_, i) => ids[0] + i), 'every event once, in order')
+  t.assert.strictEqual(resumed.at(-1).event, 'result')
+  t.assert.strictEqual(resumed.at(-1).data.success, true, 'closing the stream did not stop the task')
+  t.assert.strictEqual(text([...seen, ...resumed]), words)
+  t.assert.strictEqual(text(parseSse(await other)), words, 'a second tab sees the same stream')
+  const replay = parseSse(await (await routes.stream.GET(get(`stream?sessionId=${sid}&after=${lastId}`))).text())
+  t.assert.deepStrictEqual(replay.map((e) => e.id), resumed.map((e) => e.id), '?after= as Last-Event-ID; nothing runs: at once')
+
+  // Bad ids and someone else's session.
+  await expectError(t, await routes.stream.GET(get(`stream?sessionId=${sid}&after=abc`)), 400, 'INVALID_ARGUMENT')
+  await expectError(t, await routes.stream.GET(get(`stream?sessionId=${sid}&after=${Number(resumed.at(-1).id) + 1}`)), 400, 'INVALID_ARGUMENT')
+  await expectError(t, await routes.stream.GET(new Request(`${BASE}/stream?sessionId=${sid}`, { headers: { 'x-user': 'alice', 'last-event-id': '-3' } })), 400, 'INVALID_ARGUMENT')
+  await expectError(t, await routes.stream.GET(get(`stream?sessionId=${sid}&after=0`, { user: 'mallory' })), 404, 'SESSION_NOT_FOUND')
+  await expectError(t, await routes.stream.DELETE(new Request(`${BASE}/stream?sessionId=${sid}`, { method: 'DELETE', headers: { 'x-user': 'mallory' } })), 404, 'SESSION_NOT_FOUND')
+
+  // DELETE stops a running task whose stream is gone.
+  server.enqueue({ text: 'slow '.repeat(80), chunkDelayMs: 100 })
+  const res2 = await routes.stream.POST(post('stream', { prompt: 'stop me later', projectId: 'resume', sessionId: sid }))
+  const reader2 = res2.body.getReader()
+  await reader2.read()
+  await reader2.cancel()
+  await until('the task to run', async () => (await routes.stream.GET(get(`stream?sessionId=${sid}`))).status === 200)
+  const del = (user = 'alice') => routes.stream.DELETE(new Request(`${BASE}/stream?sessionId=${sid}`, { method: 'DELETE', headers: { 'x-user': user } }))
+  t.assert.deepStrictEqual(await jsonOf(await del(), 200), { aborted: true, sessionId: sid })
+  await until('the task to end aborted', async () => {
+    const list = (await jsonOf(await routes.session.POST(post('session', { action: 'tasks', sessionId: sid })), 200)).tasks
+    return list.at(-1).status === 'aborted'
+  })
+  t.assert.deepStrictEqual(await jsonOf(await del(), 200), { aborted: false, sessionId: sid })
+})
+
 test('next routes: the stream answers as soon as its task is queued; a client leaving the queue aborts the task', async (t) => {
   server.reset()
   // The server lets tasks wait long for their session, so the queued streams would wait too.
-  const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, taskDefaults: { queueTimeoutMs: 30000 }, onError: null })
+  const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, taskDefaults: { queueTimeoutMs: 30000 }, onError: null, abortOnDisconnect: true })
   const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'queued' })), 200)
   server.enqueue({ text: 'first, slowly', delayMs: 3000 })
   let firstDone = false

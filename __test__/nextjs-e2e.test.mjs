@@ -17,7 +17,7 @@ import path from 'node:path'
 import { spawn, spawnSync, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { parseSse, tempDir, PG_URL } from './helpers.mjs'
+import { parseSse, tempDir, until, PG_URL } from './helpers.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const app = path.join(root, 'examples', 'nextjs')
@@ -135,6 +135,14 @@ async function openPage(browser, t, { expectHttpErrors = false } = {}) {
   page.setDefaultTimeout(30000)
   const pageErrors = []
   page.on('pageerror', (e) => pageErrors.push(e.stack || e.message))
+  // An exception React or Next.js catches (they then show their error page) is reported here too,
+  // and said even when the test fails first on a wait it made hopeless.
+  t.after(() => pageErrors.length && t.diagnostic(`errors in the page:\n${pageErrors.join('\n')}`))
+  await page.exposeFunction('__e2eReportError', (text) => pageErrors.push(text))
+  await page.addInitScript(() => {
+    window.addEventListener('error', (e) => window.__e2eReportError(String((e.error && e.error.stack) || e.message)))
+    window.addEventListener('unhandledrejection', (e) => window.__e2eReportError(`unhandled rejection: ${String((e.reason && e.reason.stack) || e.reason)}`))
+  })
   page.on('console', (m) => {
     if (m.type() !== 'error') return
     if (expectHttpErrors && /^Failed to load resource: the server responded with a status of (400|402|404|409|500)/.test(m.text())) return
@@ -365,16 +373,19 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     let seen = ''
     while (!seen.includes('text_delta')) seen += decoder.decode((await r2.read()).value, { stream: true })
     await fails(post('session', { action: 'delete', sessionId: c1.sessionId }), 409, 'SESSION_BUSY')
-    await r2.cancel() // the client goes away
+    await r2.cancel() // the client goes away: the task runs on
+    t.assert.strictEqual((await get(`stream?sessionId=${c1.sessionId}`)).status, 200, 'still running: its stream resumes')
+    const stopped = await ok(fetch(`${base}/api/claude/stream?sessionId=${c1.sessionId}`, { method: 'DELETE', headers: headers() }))
+    t.assert.strictEqual(stopped.aborted, true)
     const end = Date.now() + 15000
     let last
     do {
       await sleep(100)
       last = (await ok(post('session', { action: 'tasks', sessionId: c1.sessionId }))).tasks.at(-1)
     } while (last.status === 'running' && Date.now() < end)
-    t.assert.strictEqual(last.status, 'aborted', 'closing the connection aborted the task')
+    t.assert.strictEqual(last.status, 'aborted', 'DELETE /stream aborted the task')
     t.assert.strictEqual(last.errorCode, 'ABORTED')
-    lap('409 and abort on disconnect')
+    lap('409, the task outlives its connection, DELETE stops it')
   })
 
   await t.test('the page in headless Chromium', async (t) => {
@@ -926,6 +937,71 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     t.assert.deepStrictEqual(await texts(), ['first question', 'Echo #1: first question', 'third question', 'Echo #2: third question'])
     t.assert.strictEqual(await current(), original)
     t.assert.deepStrictEqual(pageErrors, [], 'no errors in the page')
+  })
+
+  await t.test('the app in Chromium: a reload mid-reply, a second tab, Stop after a reload, a permission card answered after a reload', async (t) => {
+    const browser = await launchChromium(t)
+    if (!browser) return
+    const { page, pageErrors, shot } = await openPage(browser, t)
+    const current = () => page.$eval('[data-testid=current-session] code', (el) => el.textContent)
+    const sendPrompt = async (p, text) => {
+      await p.fill('[data-testid=prompt]', text)
+      await p.click('[data-testid=send]')
+    }
+    /** The text of the page's streaming reply once it contains `part`. */
+    const streamingWith = (p, part) => p.waitForFunction((part) => [...document.querySelectorAll('.message.assistant[data-status=streaming] .text')].some((el) => el.textContent.includes(part)), part)
+    const lastReply = (p) => p.waitForFunction(() => {
+      const last = [...document.querySelectorAll('.messages > .message')].at(-1)
+      return last && last.dataset.role === 'assistant' && last.dataset.status !== 'streaming' && !document.querySelector('[data-testid=stop]') ? { status: last.dataset.status, text: last.querySelector('.text')?.textContent ?? '' } : null
+    }).then((h) => h.jsonValue())
+    const running = (id) => page.evaluate(async (id) => (await fetch(`/api/claude/stream?sessionId=${id}`, { method: 'GET' }).then(async (r) => { if (r.body) await r.body.cancel(); return r.status })), id)
+    const words = Array.from({ length: 30 }, (_, i) => `w${i}`).join(' ')
+
+    await page.goto(`${base}/?project=reload`)
+    await page.waitForSelector('[data-testid=current-session] code')
+    const sessionId = await current()
+
+    // 1. A reload mid-reply: the page attaches to the running task and the reply finishes
+    // streaming into it. A second tab opened meanwhile shows the same reply.
+    await sendPrompt(page, `slow ${words}`)
+    await streamingWith(page, 'w2 ')
+    await page.reload()
+    await page.waitForSelector('[data-testid=current-session] code')
+    t.assert.strictEqual(await current(), sessionId, 'the reload opens the same session')
+    await streamingWith(page, 'w')
+    const second = await openPage(browser, t)
+    await second.page.goto(`${base}/?project=reload`)
+    await streamingWith(second.page, 'w')
+    const [afterReload, inSecond] = await Promise.all([lastReply(page), lastReply(second.page)])
+    t.assert.deepStrictEqual(afterReload, { status: 'done', text: `Echo #1: slow ${words}` })
+    t.assert.deepStrictEqual(inSecond, afterReload)
+    await shot('nextjs-reload-finished.png')
+
+    // 2. Stop after a reload stops the task on the server: nothing runs on the session any more
+    // and the reply stays unfinished.
+    await sendPrompt(page, `slow ${words}`)
+    await streamingWith(page, 'w1 ')
+    await page.reload()
+    await streamingWith(page, 'w')
+    await page.click('[data-testid=stop]')
+    const stopped = await lastReply(page)
+    t.assert.strictEqual(stopped.status, 'aborted')
+    t.assert.ok(!stopped.text.includes('w29'), `the reply stopped early: ${stopped.text}`)
+    await until('nothing runs on the session', async () => (await running(sessionId)) === 204)
+
+    // 3. A permission card raised before the reload is shown again after it, answered, and the
+    // tool runs.
+    await sendPrompt(page, 'write reload.txt written after a reload')
+    await page.locator('[data-testid=permission-card]').waitFor()
+    await page.reload()
+    const card = page.locator('[data-testid=permission-card]')
+    await card.waitFor()
+    t.assert.strictEqual(await card.getAttribute('data-tool'), 'Write')
+    await page.click('[data-testid=permission-allow]')
+    const written = await lastReply(page)
+    t.assert.strictEqual(written.status, 'done')
+    t.assert.strictEqual(fs.readFileSync(path.join(work, 'reload.txt'), 'utf8'), 'written after a reload')
+    t.assert.deepStrictEqual([...pageErrors, ...second.pageErrors], [], 'no errors in the pages')
   })
 
   await t.test('the sessions are in the store the app was configured with', (t) => {

@@ -185,6 +185,77 @@ test('react hook: a history answer that already holds the prompt sent while it l
   t.assert.deepStrictEqual([shown[0][1], shown[2][1]], ['the earlier prompt', 'the new prompt'])
 })
 
+test('react hook: a reload mid-reply attaches to the running task, which was not stopped; stop() after a reload stops it; a dropped stream resumes from its last id', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  const routes = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager, onError: null })
+  const words = 'one two three four five six seven eight nine ten'
+  const tasks = async (sessionId) => manager.listTasks(sessionId, 'alice')
+  const reply = (hook) => hook.result.messages.filter((m) => m.role === 'assistant').at(-1)
+  const mount = (fetch) => {
+    const hook = React.renderHook(() => useClaudeSession({ projectId: 'reload', fetch: fetch || routesFetch(routes, 'alice').fetch, loadHistory: false }))
+    t.after(() => hook.unmount())
+    return hook
+  }
+
+  // 1. A reply streams; the page reloads; the new page shows the rest of it, and it finishes.
+  server.enqueue({ text: words, chunkDelayMs: 150 })
+  const first = mount()
+  await until('the session', () => first.result.sessionId)
+  const sessionId = first.result.sessionId
+  first.result.send('a long one')
+  await until('some words on the first page', () => reply(first)?.content.length > 0)
+  first.unmount()
+  const second = mount()
+  await until('the second page to attach', () => second.result.isStreaming)
+  await until('the reply to finish on the second page', () => reply(second)?.status === 'done')
+  t.assert.strictEqual(reply(second).content, words)
+  t.assert.strictEqual((await tasks(sessionId)).at(-1).status, 'succeeded', 'the reload did not stop the task')
+
+  // 2. stop() on a page that only attached (after a reload) stops the task on the server.
+  server.enqueue({ text: 'slow '.repeat(60), chunkDelayMs: 150 })
+  const before = second.result.messages.length
+  second.result.send('another long one')
+  await until('the task to run', () => second.result.messages.length > before && reply(second)?.content.length > 0)
+  second.unmount()
+  const third = mount()
+  await until('the third page to attach', () => third.result.isStreaming)
+  third.result.stop()
+  for (let i = 0; i < 300 && (await tasks(sessionId)).at(-1).status === 'running'; i++) await new Promise((r) => setTimeout(r, 50))
+  t.assert.strictEqual((await tasks(sessionId)).at(-1).status, 'aborted')
+  third.unmount()
+
+  // 3. The connection drops midway: the hook resumes from the last event id, every word once.
+  server.enqueue({ text: words, chunkDelayMs: 100 })
+  const inner = routesFetch(routes, 'alice').fetch
+  let cut = false
+  const flaky = async (url, init) => {
+    const res = await inner(url, init)
+    if (cut || init.method !== 'POST' || !url.endsWith('/stream')) return res
+    cut = true
+    const reader = res.body.getReader()
+    let n = 0
+    const body = new ReadableStream({
+      async pull(c) {
+        const { value, done } = await reader.read()
+        if (done || ++n > 6) {
+          reader.cancel()
+          return c.error(new TypeError('network error'))
+        }
+        c.enqueue(value)
+      },
+    })
+    return new Response(body, { status: res.status, headers: res.headers })
+  }
+  const fourth = mount(flaky)
+  await until('the session', () => fourth.result.sessionId)
+  const result = await fourth.result.send('once more')
+  t.assert.ok(cut)
+  t.assert.strictEqual(result?.success, true, JSON.stringify(result))
+  t.assert.strictEqual(reply(fourth).content, words)
+})
+
 test('react hook: editMessage forks at the message before and switches; branches lead back; regenerate; rewind undoes a turn', async (t) => {
   server.reset()
   const { manager } = makeManager({ server })

@@ -95,6 +95,25 @@ for (const backend of testBackends()) {
     t.assert.deepStrictEqual(tail, [])
   })
 
+  test(`the log's task_end carries the TaskResult executeTask returned, field for field, for a success and a failure${backendTag(backend)}`, async (t) => {
+    const server = await startStandInServer()
+    const { manager } = makeManager({ server, backend })
+    t.after(async () => {
+      await manager.close()
+      server.close()
+    })
+    const ok = await manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'u' })
+    server.enqueue({ error: { status: 500 } })
+    const failed = await manager.executeTask({ prompt: 'again', projectId: 'p', userId: 'u', sessionId: ok.sessionId })
+    t.assert.strictEqual(failed.success, false)
+    const ends = (await collect(await manager.streamEvents({ sessionId: ok.sessionId, userId: 'u', after: 0 }))).filter((e) => e.event.type === 'task_end')
+    // The browser renders the logged result as it renders executeTask's (duration.total, error.code).
+    t.assert.deepStrictEqual(
+      ends.map((e) => e.event.result),
+      [ok, failed].map((r) => JSON.parse(JSON.stringify(r))),
+    )
+  })
+
   test(`abortTask stops a running task from another manager on the same store; its row says aborted${backendTag(backend)}`, async (t) => {
     const server = await startStandInServer()
     const a = makeManager({ server, backend })

@@ -30,7 +30,9 @@
  * | route | answer |
  * | --- | --- |
  * | `POST /task` `{ prompt, projectId, sessionId?, title?, forkSession?, atMessageId?, ... }` (`model` only with `allowedModels`) | the {@link TaskResult} |
- * | `POST /stream` (same body) | `text/event-stream`, answered as soon as the task is queued (before it waits for its session or a slot): one unnamed event (`message`) per `onEvent` event, its data the event's JSON, starting with `task_queued`; then `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it was queued (e.g. `SESSION_BUSY`, status 409, once `queueTimeoutMs` has passed). Closing the connection aborts the task, also while it is still queued. `includePartialMessages` defaults to true here, so text deltas (`stream_event`) are included. Events are reduced unless `exposeServerDetails` (see there). |
+ * | `POST /stream` (same body) | `text/event-stream`, answered as soon as the task is queued (before it waits for its session or a slot): `task_queued` first (no `id`), then the task's events from the manager's event log, each with `id: <seq>` (its number in the session's log): unnamed events (`message`) with the event's JSON, `event: permission_request` / `permission_resolved` / `permission_cancelled`, and last `event: result` with the {@link TaskResult}, or `event: error` with `{ error: { code, message, status } }` if the task rejected after it was queued (e.g. `SESSION_BUSY`, status 409, once `queueTimeoutMs` has passed). Closing the connection does not stop the task (unless `abortOnDisconnect`): resume with `GET /stream`, stop with `DELETE /stream`. `includePartialMessages` defaults to true here, so text deltas (`stream_event`, joined per few milliseconds) are included. Events are reduced unless `exposeServerDetails` (see there). |
+ * | `GET /stream?sessionId=…[&after=<seq>]`, or the `Last-Event-ID` header | Resumes on any server sharing the store: the events after that `id`, then the running task's live ones to its end (at once when nothing runs); the same frames as `POST /stream`. Without `after` / `Last-Event-ID`: the running task's stream from its first event, or 204 when nothing runs. An id older than the log keeps: one `event: events_truncated` `{ firstSeq }` first (reload the history); not a number or beyond the log's last id: 400 `INVALID_ARGUMENT`; another user's session: 404 `SESSION_NOT_FOUND` |
+ * | `DELETE /stream?sessionId=…` | `{ aborted, sessionId }`: stops the task running on the session, on whichever server runs it (`SessionManager.abortTask`); `aborted: false` when nothing ran |
  * | `GET /session?sessionId=…` | `{ session }` |
  * | `GET /session?projectId=…&status=…&parentId=…&limit=…&offset=…` (all optional) | `{ sessions }`, newest activity first |
  * | `POST /session` `{ action: 'getOrCreate', projectId, preferActive? }` | `{ session, created }` |
@@ -80,8 +82,8 @@ export type RouteHandler = (request: Request, context?: unknown) => Promise<Resp
 export interface ClaudeRoutes {
   /** `app/api/claude/task/route.ts`: `export const { POST } = routes.task` */
   task: { POST: RouteHandler }
-  /** `app/api/claude/stream/route.ts`: `export const { POST } = routes.stream` */
-  stream: { POST: RouteHandler }
+  /** `app/api/claude/stream/route.ts`: `export const { POST, GET, DELETE } = routes.stream` */
+  stream: { POST: RouteHandler; GET: RouteHandler; DELETE: RouteHandler }
   /** `app/api/claude/session/route.ts`: `export const { GET, POST } = routes.session` */
   session: { GET: RouteHandler; POST: RouteHandler }
   /** `app/api/claude/compact/route.ts`: `export const { GET, POST } = routes.compact` */
@@ -223,6 +225,12 @@ export interface ClaudeRoutesOptions {
    * (optionally ending the turn); it can never change the CLI's permission settings.
    */
   permissionPrompts?: boolean
+  /**
+   * Stop the task when the client of its `POST /stream` goes away (the behaviour before the event
+   * log). Default `false`: the task runs on, its events stay in the log for `GET /stream`, and a
+   * client stops it with `DELETE /stream`.
+   */
+  abortOnDisconnect?: boolean
   /**
    * Called with every error answered with a 5xx (after its message is hidden from the client when
    * it may name server paths: `STORE_ERROR`, `INTERNAL`, `CLI_NOT_FOUND`, `CLI_UNSUPPORTED`, errors without a code).

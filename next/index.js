@@ -77,7 +77,7 @@ function createClaudeRoutes(options) {
   const handler = (fn) => authenticated(options.getUserId, ctx.onError, (request, userId) => fn(ctx, request, userId))
   return {
     task: { POST: handler(routes.taskPOST) },
-    stream: { POST: handler(routes.streamPOST) },
+    stream: { POST: handler(routes.streamPOST), GET: handler(routes.streamGET), DELETE: handler(routes.streamDELETE) },
     session: { GET: handler(routes.sessionGET), POST: handler(routes.sessionPOST) },
     compact: { GET: handler(routes.compactGET), POST: handler(routes.compactPOST) },
     permission: { POST: handler(routes.permissionPOST) },
@@ -94,6 +94,7 @@ function routeContext(options) {
   const { manager, taskDefaults = {}, clientTaskFields = DEFAULT_CLIENT_TASK_FIELDS, allowedModels, maxBodyBytes = DEFAULT_MAX_BODY_BYTES } = options
   const exposeServerDetails = options.exposeServerDetails === true
   const permissionPrompts = options.permissionPrompts === true
+  const abortOnDisconnect = options.abortOnDisconnect === true
   const onError = options.onError === undefined ? (error) => console.error('[claude-session-manager/next]', error) : options.onError
   if (manager !== undefined && manager !== null && typeof manager !== 'function' && typeof manager !== 'object') {
     throw new TypeError('createClaudeRoutes: manager must be a SessionManager or a function returning one')
@@ -128,7 +129,7 @@ function routeContext(options) {
     return manager
   }
 
-  return { resolveManager, readBody, exposeServerDetails, permissionPrompts, onError, taskDefaults, clientFields, modelPolicy }
+  return { resolveManager, readBody, exposeServerDetails, permissionPrompts, abortOnDisconnect, onError, taskDefaults, clientFields, modelPolicy }
 }
 
 /** The signed-in user's id from `getUserId` (401 without one). */

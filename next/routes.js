@@ -88,14 +88,17 @@ async function taskPOST(ctx, request, userId) {
 
 // POST /api/claude/stream — run a task and forward its events as Server-Sent Events.
 async function streamPOST(ctx, request, userId) {
-  const { resolveManager, readBody, exposeServerDetails, permissionPrompts, onError } = ctx
+  const { resolveManager, readBody, exposeServerDetails, permissionPrompts, onError, abortOnDisconnect } = ctx
   const task = taskRequest(ctx, await readBody(request), userId)
   if (task.includePartialMessages === undefined) task.includePartialMessages = true
   const m = await resolveManager()
+  // A manager with an event log: the task's events come from it (each with `id: <seq>`), and the
+  // task outlives this connection unless abortOnDisconnect.
+  const logged = typeof m.streamEvents === 'function'
 
   const abort = new AbortController()
   const onClientGone = () => abort.abort()
-  if (request.signal) {
+  if (request.signal && (abortOnDisconnect || !logged)) {
     if (request.signal.aborted) abort.abort()
     else request.signal.addEventListener('abort', onClientGone, { once: true })
   }
@@ -117,9 +120,13 @@ async function streamPOST(ctx, request, userId) {
   let markAccepted
   const accepted = new Promise((resolve) => (markAccepted = resolve))
   let sessionId = typeof task.sessionId === 'string' ? task.sessionId : null
+  let markStarted
+  const started = new Promise((resolve) => (markStarted = resolve))
   const onEvent = (event) => {
     if (event && typeof event.sessionId === 'string' && (event.type === 'task_queued' || event.type === 'task_started')) sessionId = event.sessionId
-    push(sseFrame(null, send(event), nextId++))
+    if (event && event.type === 'task_started') markStarted(event)
+    if (!logged) push(sseFrame(null, send(event), nextId++))
+    else if (event && event.type === 'task_queued') push(sseFrame(null, send(event)))
     markAccepted()
   }
   // A tool that needs permission: a `permission_request` event, answered by POST /permission
@@ -131,6 +138,8 @@ async function streamPOST(ctx, request, userId) {
   const canUseTool = (toolName, input, { signal, suggestions, toolUseID, requestId }) =>
     new Promise((resolve) => {
       const id = typeof requestId === 'string' && requestId ? requestId : crypto.randomUUID()
+      // With an event log, the request and its settling are frames of the log.
+      if (logged) return signal.addEventListener('abort', () => resolve({ behavior: 'deny', message: 'the permission request was withdrawn' }), { once: true })
       push(sseFrame('permission_request', { requestId: id, sessionId, toolName, input, suggestions, toolUseID }, nextId++))
       signal.addEventListener(
         'abort',
@@ -161,15 +170,28 @@ async function streamPOST(ctx, request, userId) {
     throw first.error
   }
   let keepalive
+  let events = null
   const stream = new ReadableStream({
     start(c) {
       controller = c
       for (const text of pending.splice(0)) push(text)
       keepalive = setInterval(() => push(': keep-alive\n\n'), KEEPALIVE_MS)
       if (keepalive.unref) keepalive.unref()
-      run
+      // With an event log: the task's events from its first, once it started; the run's own
+      // result only when it ended before that (aborted while queued, SESSION_BUSY).
+      const source = !logged
+        ? run
+        : Promise.race([started, run.then(() => null, () => null)]).then(async (s) => {
+            if (!s || closed) return run
+            events = await m.streamEvents({ sessionId: s.sessionId, userId, taskId: s.taskId })
+            if (closed) return void events.return?.()
+            for await (const e of events) push(logFrame(ctx, request, e))
+            return LOGGED
+          })
+      source
         .then(
           (result) => {
+            if (result === LOGGED) return
             // The server's key is missing or refused: reported like a 5xx (see taskResponse).
             if (result && result.error && result.error.code === 'AUTH_ERROR' && onError) {
               try {
@@ -196,13 +218,94 @@ async function streamPOST(ctx, request, userId) {
         })
     },
     cancel() {
-      // The client went away: stop the CLI.
+      // The client went away: stop reading; the CLI stops only with abortOnDisconnect (or
+      // without an event log, where nobody could follow the task any more).
       closed = true
       clearInterval(keepalive)
-      abort.abort()
+      if (events) events.return?.()
+      if (abortOnDisconnect || !logged) abort.abort()
     },
   })
   return new Response(stream, { status: 200, headers: SSE_HEADERS })
+}
+
+/** Returned by the logged stream's source: its frames are sent already. */
+const LOGGED = Symbol('logged')
+
+/** One event of the log as an SSE frame with `id: <seq>`: the task's end is the `result` (or
+ * `error`) frame, permission requests and their settling are frames of their own. */
+function logFrame(ctx, request, { seq, event }) {
+  const type = event && event.type
+  if (type === 'permission_request') {
+    const { requestId, sessionId, toolName, input, suggestions, toolUseID } = event
+    return sseFrame('permission_request', { requestId, sessionId, toolName, input, suggestions, toolUseID }, seq)
+  }
+  if (type === 'permission_resolved') return sseFrame(event.behavior === 'withdrawn' ? 'permission_cancelled' : 'permission_resolved', { requestId: event.requestId, sessionId: event.sessionId, behavior: event.behavior }, seq)
+  if (type === 'events_truncated') return sseFrame('events_truncated', event, seq)
+  if (type === 'task_end' && event.result) {
+    const code = event.result.error && event.result.error.code
+    if (code === 'AUTH_ERROR' && ctx.onError) {
+      try {
+        ctx.onError(Object.assign(new Error(event.result.error.message), { code }), request)
+      } catch {}
+    }
+    return sseFrame('result', event.result, seq)
+  }
+  if (type === 'task_end') return sseFrame('error', { error: { ...event.error, status: statusForCode(event.error && event.error.code) } }, seq)
+  return sseFrame(null, ctx.exposeServerDetails ? event : publicEvent(event), seq)
+}
+
+/** A response streaming a session's log from `events` (an EventStream) as SSE. */
+function logResponse(ctx, request, events) {
+  const encoder = new TextEncoder()
+  let keepalive
+  const stream = new ReadableStream({
+    async start(c) {
+      keepalive = setInterval(() => c.enqueue(encoder.encode(': keep-alive\n\n')), KEEPALIVE_MS)
+      if (keepalive.unref) keepalive.unref()
+      try {
+        for await (const e of events) c.enqueue(encoder.encode(logFrame(ctx, request, e)))
+      } catch (error) {
+        const { status, body } = errorBody(error)
+        try {
+          c.enqueue(encoder.encode(sseFrame('error', { error: { ...body, status } })))
+        } catch {}
+      }
+      clearInterval(keepalive)
+      try {
+        c.close()
+      } catch {}
+    },
+    cancel() {
+      clearInterval(keepalive)
+      events.return?.()
+    },
+  })
+  return new Response(stream, { status: 200, headers: SSE_HEADERS })
+}
+
+// GET /api/claude/stream?sessionId=…[&after=<seq>] (or the `Last-Event-ID` header) — resumes a
+// session's stream right after that event, on any server sharing the store: the events since,
+// then the running task's live ones to its end (at once when nothing runs). Without either,
+// the running task's stream from its first event, or 204 when nothing runs.
+async function streamGET(ctx, request, userId) {
+  const params = new URL(request.url).searchParams
+  const sessionId = requiredQuery(params, 'sessionId')
+  const header = request.headers.get('last-event-id')
+  const after = header !== null ? (header.trim() === '' ? Number.NaN : Number(header)) : queryNumber(params, 'after')
+  const m = await ctx.resolveManager()
+  if (after !== undefined) return logResponse(ctx, request, await m.streamEvents({ sessionId, userId, after }, { signal: addonSignal(request.signal) }))
+  const running = await m.getRunningTask({ sessionId, userId })
+  if (!running) return new Response(null, { status: 204 })
+  return logResponse(ctx, request, await m.streamEvents({ sessionId, userId, taskId: running.taskId }, { signal: addonSignal(request.signal) }))
+}
+
+// DELETE /api/claude/stream?sessionId=… — stops the task running on the user's session, on
+// whichever server runs it: `{ aborted }` (false when nothing ran).
+async function streamDELETE(ctx, request, userId) {
+  const sessionId = requiredQuery(new URL(request.url).searchParams, 'sessionId')
+  const m = await ctx.resolveManager()
+  return json({ aborted: await m.abortTask({ sessionId, userId }), sessionId })
 }
 
 // GET /api/claude/session — ?sessionId=… one session; otherwise the list (?projectId, status,
@@ -337,6 +440,8 @@ async function contextGET(ctx, request, userId) {
 module.exports = {
   taskPOST,
   streamPOST,
+  streamGET,
+  streamDELETE,
   sessionGET,
   sessionPOST,
   compactGET,

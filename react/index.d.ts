@@ -136,8 +136,15 @@ export interface UseClaudeSessionResult {
    * (for a new prompt: once it has run), `false` on failure (see `error`).
    */
   sendMessage: (text: string) => Promise<boolean>
-  /** Stops the running prompt: the stream closes and the server aborts the CLI. */
+  /**
+   * Stops the running task on the server (`DELETE /stream`, wherever it runs: also a task this
+   * page attached to after a reload) and closes this page's stream. Closing the page or losing the
+   * connection does not stop the task: on mount the hook attaches to a task running on the
+   * session, and a stream that breaks off resumes from its last event id with backoff.
+   */
   abort: () => void
+  /** The same as `abort`. */
+  stop: () => void
   /** Compacts the session; the meter shows the smaller context and a system note is added. */
   compact: (options?: { summaryInstructions?: string }) => Promise<TaskResult | null>
   /** Forks the session (no model call) and switches to the fork, keeping the messages on screen. */
@@ -204,4 +211,4 @@ export declare function contextLevel(context: ContextInfo | null | undefined, op
  * Reads a `text/event-stream` body (as the stream route sends it), calling `onFrame` with each
  * event's name (`message`, `result`, `error`) and its JSON data. Resolves when the body ends.
  */
-export declare function readEventStream(body: ReadableStream<Uint8Array>, onFrame: (event: string, data: any) => void): Promise<void>
+export declare function readEventStream(body: ReadableStream<Uint8Array>, onFrame: (event: string, data: any, id?: string) => void): Promise<void>

@@ -54,6 +54,7 @@ function serverState(opts) {
     send: resolveNull,
     sendMessage: async () => false,
     abort: noop,
+    stop: noop,
     compact: resolveNull,
     fork: resolveNull,
     startFresh: resolveNull,
@@ -252,6 +253,8 @@ function useClientSession(opts) {
         id = (await p).session.id
       }
       if (!cancelled) await Promise.all([load(id), refreshSessions()])
+      // A task already running on the session (a reload, another tab): its stream, from its start.
+      if (!cancelled && mounted.current && sessionIdRef.current === id) attachRef.current(id)
       return id
     })()
     readyRef.current = ready
@@ -264,7 +267,8 @@ function useClientSession(opts) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [projectId, api, initialSessionId])
 
-  // Unmounting stops a running task (its HTTP stream closes, so the server aborts the CLI).
+  // Unmounting closes the task's stream; the task goes on (the server stops it only with
+  // abortOnDisconnect), and the next mount attaches to it again.
   useEffect(() => {
     mounted.current = true
     return () => {
@@ -286,21 +290,33 @@ function useClientSession(opts) {
     return session.id
   }, [callJson, projectId, setSessionId])
 
-  const send = useCallback(
-    async (prompt, sendOptions) => {
-      if (typeof prompt !== 'string' || !prompt.trim()) return null
-      if (abortRef.current) {
-        report(apiError('SESSION_BUSY', 'a task is already running in this session; wait for it or abort() it'))
-        return null
-      }
+  /** Runs one task's stream: `open(signal)` answers the first response (POST /stream for a new
+   * prompt, GET /stream to attach to a running task); `user`, the prompt's message, if any. A
+   * stream that breaks off before the task's result is resumed from its last event id (GET
+   * /stream with `after`), with backoff. */
+  const runStream = useCallback(
+    async (open, user, attachTo) => {
       const controller = new AbortController()
+      let firstRes = null
+      if (attachTo) {
+        // Attaching: only when a task runs (204 otherwise), nothing shown before that, and not
+        // when a prompt was sent meanwhile.
+        try {
+          firstRes = await open(controller.signal, attachTo)
+        } catch {
+          firstRes = null
+        }
+        if (!firstRes || firstRes.status === 204 || abortRef.current || !mounted.current) {
+          if (firstRes && firstRes.body) firstRes.body.cancel().catch(() => {})
+          return null
+        }
+      }
       abortRef.current = controller
       sendsRef.current += 1
       setError(null)
       setStatus('streaming')
-      const user = { id: localId('user'), role: 'user', content: prompt, status: 'done', createdAt: Date.now() }
       const first = { id: localId('assistant'), role: 'assistant', content: '', status: 'streaming', toolUses: [], createdAt: Date.now() }
-      setMessages((ms) => [...ms, user, first])
+      setMessages((ms) => [...ms, ...(user ? [user] : []), first])
       // The task's replies: one, and a new one after each message sent to it while it runs
       // (sendMessage); see createReplies.
       const replies = createReplies(first.id)
@@ -329,14 +345,12 @@ function useClientSession(opts) {
       }
       runningRef.current = running
       try {
-        id = await ensureSession()
+        id = attachTo || (await ensureSession())
         running.sessionId = id
-        const extra = stringFields(sendOptions, ['model', 'title'])
-        const body = { ...latest.current.body, ...extra, prompt, projectId, sessionId: id }
-        if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
-        if (sendOptions && typeof sendOptions === 'object' && typeof sendOptions.atMessageId === 'string') body.atMessageId = sendOptions.atMessageId
-        const res = await call('POST', '/stream', body, { signal: controller.signal })
-        await readEventStream(res.body, (event, data) => {
+        let res = firstRes || (await open(controller.signal, id))
+        let lastId = null
+        const onFrame = (event, data) => {
+          if (event === 'events_truncated') return
           if (event === 'result') {
             result = data
             return
@@ -351,7 +365,7 @@ function useClientSession(opts) {
             if (onPermissionRequest) onPermissionRequest(data)
             return
           }
-          if (event === 'permission_cancelled') {
+          if (event === 'permission_cancelled' || event === 'permission_resolved') {
             if (mounted.current && data) setPermissionRequests((rs) => rs.filter((r) => r.requestId !== data.requestId))
             return
           }
@@ -364,7 +378,33 @@ function useClientSession(opts) {
           }
           const change = replies.event(data)
           if (change) update(change[0], change[1])
-        })
+        }
+        // Read the stream; when it breaks off (network, server restart, another node) before the
+        // result, resume right after the last event seen, backing off up to 5 s, 8 tries.
+        for (let attempt = 0; ; attempt++) {
+          try {
+            if (res.status !== 204) {
+              await readEventStream(res.body, (event, data, frameId) => {
+                if (frameId !== undefined && frameId !== '') lastId = frameId
+                attempt = 0
+                onFrame(event, data)
+              })
+            }
+          } catch (e) {
+            if (isAbort(e) || controller.signal.aborted) throw e
+          }
+          if (result || streamError || controller.signal.aborted || lastId === null || attempt >= 8) break
+          await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)))
+          if (controller.signal.aborted) break
+          try {
+            res = await call('GET', `/stream?sessionId=${encodeURIComponent(running.sessionId || id)}&after=${encodeURIComponent(lastId)}`, undefined, { signal: controller.signal })
+          } catch (e) {
+            if (isAbort(e) || controller.signal.aborted) throw e
+            if (e && e.status && e.status < 500) throw e
+            res = { status: 204 }
+          }
+        }
+        if (controller.signal.aborted) throw Object.assign(new Error('aborted'), { name: 'AbortError' })
         if (streamError) throw streamError
         if (!result) throw apiError('STREAM_ENDED', 'the stream ended without a result')
         if (mounted.current) {
@@ -403,8 +443,39 @@ function useClientSession(opts) {
         if (mounted.current) refreshContextUsage()
       }
     },
-    [call, ensureSession, fetchContext, projectId, refreshContextUsage, refreshSessions, report, setContext, setSessionId],
+    [call, ensureSession, fetchContext, refreshContextUsage, refreshSessions, report, setContext, setSessionId],
   )
+
+  const send = useCallback(
+    async (prompt, sendOptions) => {
+      if (typeof prompt !== 'string' || !prompt.trim()) return null
+      if (abortRef.current) {
+        report(apiError('SESSION_BUSY', 'a task is already running in this session; wait for it or abort() it'))
+        return null
+      }
+      const user = { id: localId('user'), role: 'user', content: prompt, status: 'done', createdAt: Date.now() }
+      const open = (signal, id) => {
+        const extra = stringFields(sendOptions, ['model', 'title'])
+        const body = { ...latest.current.body, ...extra, prompt, projectId, sessionId: id }
+        if (sendOptions && typeof sendOptions === 'object' && sendOptions.forkSession === true) body.forkSession = true
+        if (sendOptions && typeof sendOptions === 'object' && typeof sendOptions.atMessageId === 'string') body.atMessageId = sendOptions.atMessageId
+        return call('POST', '/stream', body, { signal })
+      }
+      return runStream(open, user, null)
+    },
+    [call, projectId, report, runStream],
+  )
+
+  /** Shows the task running on session `id` (after a reload, in a second tab), if one runs. */
+  const attach = useCallback(
+    (id) => {
+      if (abortRef.current || !id) return null
+      return runStream((signal) => call('GET', `/stream?sessionId=${encodeURIComponent(id)}`, undefined, { signal }), null, id)
+    },
+    [call, runStream],
+  )
+  const attachRef = useRef(attach)
+  attachRef.current = attach
 
   /** Says `text` to Claude: into the running task when there is one (the model sees it in that
    * task), else as a new prompt. Resolves true once it is delivered; false on failure (`error`). */
@@ -435,9 +506,13 @@ function useClientSession(opts) {
     [callJson, report, send],
   )
 
+  /** Stops the task: on the server (DELETE /stream, wherever it runs; also a task this page only
+   * attached to after a reload), and this page's stream. */
   const abort = useCallback(() => {
+    const id = (runningRef.current && runningRef.current.sessionId) || sessionIdRef.current
+    if (id && (abortRef.current || runningRef.current)) call('DELETE', `/stream?sessionId=${encodeURIComponent(id)}`).catch(() => {})
     if (abortRef.current) abortRef.current.abort()
-  }, [])
+  }, [call])
 
   /** Runs one session-changing call with status and error handling; never rejects. */
   const guarded = useCallback(
@@ -653,6 +728,7 @@ function useClientSession(opts) {
     send,
     sendMessage,
     abort,
+    stop: abort,
     compact,
     fork,
     startFresh,

@@ -3,8 +3,8 @@
 // (no React, no addon); used by the hook, and exported by ./index.js.
 
 /**
- * Reads a `text/event-stream` body, calling `onFrame(event, data)` per event (`data` parsed as
- * JSON). Comments (keep-alives) are skipped.
+ * Reads a `text/event-stream` body, calling `onFrame(event, data, id)` per event (`data` parsed as
+ * JSON, `id` the frame's `id:` if any). Comments (keep-alives) are skipped.
  */
 async function readEventStream(body, onFrame) {
   const reader = body.getReader()
@@ -12,6 +12,7 @@ async function readEventStream(body, onFrame) {
   let buffer = ''
   const flush = (block) => {
     let event = 'message'
+    let id
     const data = []
     for (const line of block.split(/\r?\n/)) {
       if (!line || line.charCodeAt(0) === 58 /* ':' */) continue
@@ -20,8 +21,9 @@ async function readEventStream(body, onFrame) {
       const value = i < 0 ? '' : line.slice(i + 1).replace(/^ /, '')
       if (field === 'event') event = value
       else if (field === 'data') data.push(value)
+      else if (field === 'id') id = value
     }
-    if (data.length) onFrame(event, JSON.parse(data.join('\n')))
+    if (data.length) onFrame(event, JSON.parse(data.join('\n')), id)
   }
   for (;;) {
     const { value, done } = await reader.read()

@@ -21,11 +21,13 @@ const routes: ClaudeRoutes = createClaudeRoutes({
   allowedModels: ['claude-sonnet-4-5'],
   maxBodyBytes: DEFAULT_MAX_BODY_BYTES,
   permissionPrompts: true,
+  abortOnDisconnect: false,
   onError: (error: unknown) => console.error(error),
 })
 
 export const POST: RouteHandler = routes.task.POST
 export const stream: RouteHandler = routes.stream.POST
+export const { GET: resume, DELETE: stop } = routes.stream
 export const { GET: sessionGET, POST: sessionPOST } = routes.session
 export const handlers: RouteHandler[] = [routes.compact.GET, routes.compact.POST, routes.permission.POST, routes.message.POST, routes.context.GET]
 

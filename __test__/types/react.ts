@@ -9,6 +9,8 @@ export function useChat(): string {
     void session.respondToPermission(request.requestId, { behavior: 'deny', message: 'no', interrupt: true })
   }
   void session.send('hello')
+  const stop: () => void = session.stop
+  if (session.isLoading) stop()
   return `${contextLevel(session.context, { warnAt: 50 })} ${last ? last.role : 'none'} ${session.isLoading}`
 }
 

@@ -218,7 +218,7 @@ impl From<manager::TaskResult> for JsTaskResult {
       parent_session_id: r.parent_session_id,
       result: r.result,
       context_info: r.context_info.into(),
-      duration: TaskDuration { total: num(r.duration_total_ms), api: num(r.duration_api_ms) },
+      duration: TaskDuration { total: num(r.duration.total_ms), api: num(r.duration.api_ms) },
       cost: r.cost,
       turns: num(r.turns),
       usage: r.usage.into(),

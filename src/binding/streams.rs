@@ -29,6 +29,9 @@ pub struct StreamEventsRequest {
   /// none runs). `false`: the logged events only. `true`: the session's events, task after task,
   /// until `signal` aborts or the stream is closed (`break`, `return()`).
   pub follow: Option<bool>,
+  /// Instead of `after`: from the first event of this task (the `taskId` of its `task_started`),
+  /// or what comes next when it has logged none yet.
+  pub task_id: Option<String>,
 }
 
 /// One event of a session's log.
@@ -158,18 +161,18 @@ impl SessionManager {
       )?;
     }
     let m = self.inner.clone();
+    // Dropped on any failure below (cancelling `done`), else kept by the stream.
+    let done = Done(done);
     promise(
       env,
       async move {
         let r: StreamEventsRequest = parse("streamEvents", request?)?;
-        let req = manager::StreamRequest { session_id: r.session_id, user_id: r.user_id, after: r.after, follow: r.follow };
-        let f = m.stream_events(req, cancel.clone()).await;
-        if f.is_err() {
-          done.cancel();
-        }
-        Ok((f?, cancel, done))
+        let req =
+          manager::StreamRequest { session_id: r.session_id, user_id: r.user_id, after: r.after, follow: r.follow, task_id: r.task_id };
+        let f = m.stream_events(req, cancel.clone()).await?;
+        Ok((f, cancel, done))
       },
-      |(f, cancel, done)| EventStream { follower: Arc::new(tokio::sync::Mutex::new(f)), cancel, done: Done(done) },
+      |(f, cancel, done)| EventStream { follower: Arc::new(tokio::sync::Mutex::new(f)), cancel, done },
     )
   }
 

@@ -67,6 +67,8 @@ pub struct StreamRequest {
   /// `None`: until the running task ends (at once when none runs); `Some(false)`: what is logged
   /// only; `Some(true)`: every task of the session, until the signal aborts.
   pub follow: Option<bool>,
+  /// Only from this task's first event (kept or to come), instead of `after`.
+  pub task_id: Option<String>,
 }
 
 /// What `getRunningTask` says.
@@ -263,6 +265,8 @@ pub struct Follower {
   at_end: bool,
   /// Since when no task runs and no `task_end` came.
   ended_at: Option<tokio::time::Instant>,
+  /// The one task followed (`taskId`): the stream ends with its `task_end`.
+  only_task: Option<String>,
   done: bool,
 }
 
@@ -285,6 +289,7 @@ impl Follower {
         if self.at_end {
           self.saw_running = false;
           self.ended_at = None;
+          self.done |= self.only_task.as_deref() == Some(row.task_id.as_str());
         }
         return Ok(Some(StreamedEvent { seq: row.seq, task_id: Some(row.task_id), at: row.at, event }));
       }
@@ -431,8 +436,22 @@ impl Manager {
       Some(a) if a.is_finite() && a >= 0.0 && a.fract() == 0.0 && a <= 9.0e15 => a as i64,
       Some(a) => return Err(Error::invalid(format!("after must be a whole number of 0 or more (an event's seq), got {a}"))),
     };
-    let sid = session.id.clone();
-    let bounds = self.store_call(Wait::Briefly, move |s| s.event_bounds(&sid)).await?;
+    let (sid, task) = (session.id.clone(), r.task_id.clone());
+    let only_task = r.task_id.clone().filter(|_| r.follow.is_none());
+    let (bounds, task_first) = self
+      .store_call(Wait::Briefly, move |s| {
+        Ok((s.event_bounds(&sid)?, task.as_deref().map(|t| s.task_first_seq(&sid, t)).transpose()?.flatten()))
+      })
+      .await?;
+    if r.task_id.is_some() && r.after.is_some() {
+      return Err(Error::invalid("give after or taskId, not both"));
+    }
+    // A task's stream starts at its first event; one not logged yet starts with what comes next.
+    let after = match (&r.task_id, task_first) {
+      (Some(_), Some(first)) => first - 1,
+      (Some(_), None) => bounds.last,
+      (None, _) => after,
+    };
     if after > bounds.last {
       return Err(Error::invalid(format!(
         "after {after} is beyond the last event of session {} ({}): it is not an event id of this session",
@@ -454,9 +473,12 @@ impl Manager {
       truncated: (after < bounds.first - 1).then_some(bounds.first),
       local: self.logs.local.subscribe(),
       remote: if until == Until::Logged { None } else { self.store.subscribe() },
-      saw_running: false,
+      // A task's stream waits for that task's end, even when its row ended a moment before
+      // its `task_end` event is written.
+      saw_running: r.task_id.is_some(),
       at_end: false,
       ended_at: None,
+      only_task,
       done: false,
     })
   }

@@ -102,12 +102,12 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
     }
   }
   res.success = res.error.is_none();
-  res.duration_total_ms = elapsed_ms;
+  res.duration.total_ms = elapsed_ms;
   end.model = res.model.clone();
   end.turns = Some(res.turns);
   end.usage = res.usage;
   end.cost_usd = res.cost;
-  end.duration_api_ms = Some(res.duration_api_ms);
+  end.duration_api_ms = Some(res.duration.api_ms);
   end.error_code = res.error.as_ref().map(|e| e.code.clone());
   end.error_message = res.error.as_ref().map(|e| e.message.clone());
   end.paused = res.error.as_ref().and_then(|e| e.scope.clone());
@@ -168,7 +168,7 @@ fn read_result(r: &ResultLine, watermark: f64, res: &mut TaskResult, end: &mut T
   res.result = r.result.clone().unwrap_or_default();
   res.turns = r.num_turns.unwrap_or(0);
   res.usage = r.usage;
-  res.duration_api_ms = r.duration_api_ms.unwrap_or(0);
+  res.duration.api_ms = r.duration_api_ms.unwrap_or(0);
   res.permission_denials = r.permission_denials.clone();
   res.stop_reason = r.stop_reason.clone();
   let (cost, w) = context::task_cost(r, watermark);
@@ -373,7 +373,7 @@ mod tests {
     assert_eq!((ctx.tokens, ctx.source.as_str()), (1250, "api"));
     assert_eq!(end.window, Some(("sonnet".into(), 200_000)));
     assert_eq!(watermark, Some(0.25));
-    assert_eq!(res.duration_total_ms, 7);
+    assert_eq!(res.duration.total_ms, 7);
   }
 
   #[test]

@@ -462,7 +462,7 @@ impl Manager {
       its CLI was stopped and nothing it did afterwards was stored";
     let mut res =
       TaskResult::empty(session, task_id, context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, 0));
-    res.duration_total_ms = queued.elapsed().as_millis() as u64;
+    res.duration.total_ms = queued.elapsed().as_millis() as u64;
     res.error = Some(TaskError { code: ErrorCode::LeaseLost.as_str().into(), message: msg.into(), status: None, scope: None });
     let end = TaskEnd {
       status: "interrupted".into(),

@@ -46,8 +46,8 @@ pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
   CleanupRequest, CompactRequest, CompactTrigger, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
-  SendMessageRequest, SessionStatus, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST, MAX_MESSAGES,
-  MAX_TOOL_RULES, MAX_TURNS,
+  SendMessageRequest, SessionStatus, TaskDuration, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST,
+  MAX_MESSAGES, MAX_TOOL_RULES, MAX_TURNS,
 };
 
 /// Receives every event of a task as it arrives.

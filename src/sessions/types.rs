@@ -230,23 +230,37 @@ impl PermissionMode {
 pub struct TaskError {
   pub code: String,
   pub message: String,
+  #[serde(skip_serializing_if = "Option::is_none")]
   pub status: Option<u64>,
   /// For `BUDGET_EXCEEDED` from a spend cap: the cap's scope (`user`, `project`, `session`).
+  #[serde(skip_serializing_if = "Option::is_none")]
   pub scope: Option<String>,
 }
 
-/// What `executeTask` resolves to.
+/// How long a task took, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TaskDuration {
+  /// From the request to the result (queueing included).
+  #[serde(rename = "total")]
+  pub total_ms: u64,
+  /// Waiting for the API, as the CLI measured it.
+  #[serde(rename = "api")]
+  pub api_ms: u64,
+}
+
+/// What `executeTask` resolves to. Its JSON (in the event log's `task_end`) has the shape of the
+/// JS `TaskResult`, absent optional fields included.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskResult {
   pub success: bool,
   pub session_id: String,
   pub task_id: String,
+  #[serde(skip_serializing_if = "Option::is_none")]
   pub parent_session_id: Option<String>,
   pub result: String,
   pub context_info: ContextInfo,
-  pub duration_total_ms: u64,
-  pub duration_api_ms: u64,
+  pub duration: TaskDuration,
   pub cost: f64,
   pub turns: u64,
   pub usage: Usage,
@@ -260,6 +274,7 @@ pub struct TaskResult {
   pub warnings: Vec<String>,
   /// Whether the CLI ran in the sandbox.
   pub sandboxed: bool,
+  #[serde(skip_serializing_if = "Option::is_none")]
   pub error: Option<TaskError>,
 }
 
@@ -273,8 +288,7 @@ impl TaskResult {
       parent_session_id: session.parent_id.clone(),
       result: String::new(),
       context_info,
-      duration_total_ms: 0,
-      duration_api_ms: 0,
+      duration: TaskDuration::default(),
       cost: 0.0,
       turns: 0,
       usage: Usage::default(),

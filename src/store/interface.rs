@@ -148,6 +148,8 @@ pub trait Events {
   fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64>;
   /// Up to `limit` events of the session after `after`, in order.
   fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>>;
+  /// The number of the first event of a task still in its session's log, if any.
+  fn task_first_seq(&self, session_id: &str, task_id: &str) -> Result<Option<i64>>;
   /// The first number still in the log (the last plus one when none is) and the last one given.
   fn event_bounds(&self, session_id: &str) -> Result<EventBounds>;
   /// Deletes the events of tasks that ended more than `retention` ago; returns how many.

@@ -42,6 +42,9 @@ pub fn check(s: &Store, sid: &str, other_sid: &str, other: impl Fn() -> Store) {
   assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3], "after a number, up to the limit");
   assert!(s.read_events(sid, 4, 10).unwrap().is_empty());
   assert_eq!(s.event_bounds(sid).unwrap(), EventBounds { first: 1, last: 4 });
+  assert_eq!(elsewhere.task_first_seq(sid, "t1").unwrap(), Some(1));
+  assert_eq!(elsewhere.task_first_seq(sid, "t2").unwrap(), None);
+  assert_eq!(elsewhere.task_first_seq(other_sid, "t1").unwrap(), None, "another session's");
   assert!(s.append_events("00000000-0000-4000-8000-000000000000", "t1", &[ev(1)]).is_err(), "no such session");
 
   // A stop request marks the running task, seen from anywhere.
@@ -68,6 +71,8 @@ pub fn check(s: &Store, sid: &str, other_sid: &str, other: impl Fn() -> Store) {
   assert_eq!(s.event_bounds(sid).unwrap(), EventBounds { first: 5, last: 4 }, "nothing kept; the numbers go on");
   assert!(s.try_begin_task(sid, "t2", "task", "sonnet", &me, Duration::from_secs(30)).unwrap());
   assert_eq!(s.append_events(sid, "t2", &[ev(5)]).unwrap(), 5, "never reused");
+  assert_eq!(s.task_first_seq(sid, "t2").unwrap(), Some(5));
+  assert_eq!(s.task_first_seq(sid, "t1").unwrap(), None, "swept");
   assert_eq!(s.event_bounds(sid).unwrap(), EventBounds { first: 5, last: 5 });
   assert_eq!(elsewhere.read_events(other_sid, 0, 10).unwrap().len(), 1, "another session's log is untouched");
 }

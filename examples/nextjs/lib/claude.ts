@@ -73,7 +73,8 @@ async function demoBudgets(m: SessionManager) {
 // - `markdown`: a reply in Markdown (a heading, a list, a table, a code block);
 // - `write <file> <text>`: a Write tool call (the approval card shows the new file);
 // - `edit <file> <old> => <new>`: an Edit tool call (the card shows the change as a diff);
-// - `run <command>`: a Bash tool call (the thread shows the command and its output).
+// - `run <command>`: a Bash tool call (the thread shows the command and its output);
+// - `slow <words>`: the echo, one word every 200 ms (time to reload the page mid-reply).
 async function standInManager(options: SessionManagerOptions): Promise<SessionManager> {
   const { startStandInServer, echoReply, summarizeUserTurns, countInputTokens } = await import('claude-session-manager/testing')
   const perTurn = Number(process.env.DEMO_TOKENS_PER_TURN || 150000)
@@ -89,6 +90,7 @@ async function standInManager(options: SessionManagerOptions): Promise<SessionMa
       const after = afterTool(req.body)
       if (after) return { text: after, usage }
       if (/^markdown\b/i.test(lastText)) return { text: MARKDOWN_SAMPLE, chunkDelayMs: 5, usage }
+      if (/^slow\b/i.test(lastText)) return { ...echoReply(req), chunkDelayMs: 200, usage }
       const call = toolCall(lastText, workingDirectoryOf(req.body))
       if (call) return { toolUse: call, usage }
       return { ...echoReply(req), chunkDelayMs: 25, usage } // streamed word by word

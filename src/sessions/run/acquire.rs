@@ -177,7 +177,7 @@ impl Manager {
     let msg = "the task was aborted while it waited for its session";
     let info = context::context_info(t.session.context.as_ref(), self.cfg.context_window, t.threshold, 0);
     let mut res = TaskResult::empty(t.session, &t.task_id, info);
-    res.duration_total_ms = t.queued.elapsed().as_millis() as u64;
+    res.duration.total_ms = t.queued.elapsed().as_millis() as u64;
     res.error = Some(TaskError { code: ErrorCode::Aborted.as_str().into(), message: msg.into(), status: None, scope: None });
     res
   }

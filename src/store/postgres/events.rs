@@ -66,6 +66,14 @@ impl Events for PgStore {
     })
   }
 
+  fn task_first_seq(&self, session_id: &str, task_id: &str) -> Result<Option<i64>> {
+    self.read(async |c| {
+      let row =
+        self.opt(c, "SELECT min(seq) FROM {S}.task_events WHERE task_id = $1 AND session_id = $2", &[&task_id, &session_id]).await?;
+      Ok(row.and_then(|r| r.get(0)))
+    })
+  }
+
   fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
     self.read(async |c| {
       let row = self

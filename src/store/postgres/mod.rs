@@ -211,7 +211,7 @@ pub struct PgStore {
   /// The `LISTEN`/`NOTIFY` channel of this schema (`events.rs`): its name.
   channel: String,
   /// The connection settings, for the listening connection (`listen.rs`).
-  connect: listen::Connect,
+  connect: Box<listen::Connect>,
   /// The listening connection's notices, once a subscriber started it.
   notices: std::sync::OnceLock<tokio::sync::broadcast::Sender<crate::store::Notice>>,
 }
@@ -277,7 +277,7 @@ impl PgStore {
       budget_clock_ms: Default::default(),
       // The schema's name is a valid channel name of its own (an identifier of at most 63 bytes).
       channel: schema.to_owned(),
-      connect,
+      connect: Box::new(connect),
       notices: std::sync::OnceLock::new(),
     };
     store.migrate(schema)?;
@@ -289,7 +289,7 @@ impl PgStore {
   pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::Notice>> {
     let rt = self.rt.as_ref()?;
     let _entered = rt.enter();
-    Some(self.notices.get_or_init(|| listen::start(self.connect.clone(), self.channel.clone())).subscribe())
+    Some(self.notices.get_or_init(|| listen::start((*self.connect).clone(), self.channel.clone())).subscribe())
   }
 
   /// The database, without credentials.

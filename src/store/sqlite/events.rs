@@ -54,6 +54,15 @@ impl Events for SqliteStore {
     })
   }
 
+  fn task_first_seq(&self, session_id: &str, task_id: &str) -> Result<Option<i64>> {
+    self.with(|c| {
+      Ok(
+        c.prepare_cached("SELECT min(seq) FROM task_events WHERE task_id = ?1 AND session_id = ?2")?
+          .query_row(params![task_id, session_id], |r| r.get(0))?,
+      )
+    })
+  }
+
   fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
     self.with(|c| {
       let last: i64 =
