@@ -49,6 +49,10 @@ pub struct Branch {
   pub at_message_id: Option<String>,
 }
 
+/// How long a rewind with files waits for a session that runs a task before it answers
+/// `SESSION_BUSY` (at most the manager's `queueTimeoutMs`).
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+
 /// The CLI's variable that turns its file backups on (`fileCheckpoints`).
 pub(crate) const CHECKPOINTS_ENV: &str = "CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING";
 
@@ -307,8 +311,8 @@ impl Manager {
 
   /// Takes the session for a rewind with files as a task takes it (the in-process queue, a
   /// concurrency slot, the lease: fenced and renewed on PostgreSQL), recorded as a task of kind
-  /// `rewind`, without waiting: `SESSION_BUSY` when a task runs on it (here or on another node).
-  /// A CLI still exiting after its task is waited for.
+  /// `rewind`, waiting at most [`BUSY_WAIT`]: `SESSION_BUSY` when a task runs on it (here or on
+  /// another node). A CLI still exiting after its task is waited for.
   async fn hold_for_files(&self, session: &Session) -> Result<HeldRun> {
     let (cancel, sink) = (CancelToken::new(), None);
     let ticket = Ticket {
@@ -316,7 +320,7 @@ impl Manager {
       task_id: uuid::Uuid::new_v4().to_string(),
       kind: TaskKind::Rewind,
       model: session.model.clone(),
-      queue_timeout: Duration::ZERO,
+      queue_timeout: BUSY_WAIT.min(self.cfg.queue_timeout),
       queued: Instant::now(),
       threshold: self.cfg.compact_threshold,
       trigger: None,
