@@ -260,7 +260,7 @@ impl Manager {
   /// `rewind`: the session continues from `to_message_id` of its live conversation. Nothing is
   /// spawned; the session's idle warm CLI is stopped (it holds the old branch), the meter is
   /// re-derived at the point, costs already spent stay spent. With `files`, the whole rewind
-  /// happens under the session's lease (see [`Self::hold_for_files`]).
+  /// happens under the session's lease (as a task holds it; `SESSION_BUSY` while one runs).
   pub async fn rewind(&self, session_id: &str, user_id: &str, to_message_id: &str, files: Option<FilesMode>) -> Result<RewindResult> {
     let to = validate::session_id("toMessageId", to_message_id)?;
     let session = self.get_session(session_id, user_id).await?;

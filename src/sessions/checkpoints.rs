@@ -22,7 +22,7 @@
 //!   writes, removes and reads nothing but files of the working directory and its own backups.
 
 use std::collections::HashSet;
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
@@ -417,7 +417,8 @@ mod tests {
   fn paths_outside_links_and_bad_backups_are_refused() {
     let wdp = Path::new("WD");
     let outside = std::env::temp_dir();
-    let cases: Vec<(&str, Vec<Value>, Box<dyn Fn(&Path, &Path)>)> = vec![
+    type Prepare = Box<dyn Fn(&Path, &Path)>;
+    let cases: Vec<(&str, Vec<Value>, Prepare)> = vec![
       ("relative escape", vec![delta("../x.txt", wdp, None)], Box::new(|_, _| {})),
       ("absolute elsewhere", vec![delta(&outside.join("x.txt").to_string_lossy(), wdp, None)], Box::new(|_, _| {})),
       ("parent elsewhere", vec![delta("x.txt", &outside, None)], Box::new(|_, _| {})),
