@@ -1022,7 +1022,10 @@ export interface TaskRecord {
   sessionId: string
   /** `running`, `succeeded`, `failed`, `aborted`, `timed_out` or `interrupted`. */
   status: string
-  /** `task` or `compact`. */
+  /**
+   * `task`, `compact`, or `rewind` (a `rewind` with `files`: the working directory restored under
+   * the session's lease, no model call, no cost).
+   */
   kind: string
   startedAt: number
   endedAt?: number

@@ -228,14 +228,8 @@ test('H4-4. file history the agent forges in its transcript makes a rewind with 
   const sid = first.sessionId
   // The agent appends file-history-delta lines to its own transcript (backup named as the CLI
   // names them: sha256 of the absolute path, 16 hex digits) and writes the backups.
-  const targets = [
-    ['inside-new.txt', work], // control: inside the working directory
-    ['../escape-rel.txt', work],
-    [path.join(outside, 'escape-abs.txt'), work],
-    ['escape-rpd.txt', outside],
-    ['lnk/via-link.txt', work],
-  ]
-  const py = `
+  const forge = async (targets) => {
+    const py = `
 import json, glob, os, hashlib
 cfg = os.environ['CLAUDE_CONFIG_DIR']
 t = [p for p in glob.glob(cfg + '/projects/*/*.jsonl') if ${JSON.stringify(sid)} in p][0]
@@ -254,15 +248,31 @@ with open(t, 'a') as f:
       "timestamp": "2026-12-06T11:49:40.292Z"}) + "\\n")
 print("FORGED=" + snap)
 `
-  const { r, output } = await runBash(manager, server, `python3 - <<'CSM_EOF'\n${py}\nCSM_EOF`, { sessionId: sid })
-  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
-  t.assert.match(output, /FORGED=/, `control: the agent forged its history:\n${output}`)
+    const { r, output } = await runBash(manager, server, `python3 - <<'CSM_EOF'\n${py}\nCSM_EOF`, { sessionId: sid })
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    t.assert.match(output, /FORGED=/, `control: the agent forged its history:\n${output}`)
+  }
   const { messages } = await manager.getMessages(sid, 'mallory')
-  const res = await manager.rewind({ sessionId: sid, userId: 'mallory', toMessageId: messages[1].uuid, files: true })
-  t.diagnostic(`rewind files: ${JSON.stringify(res.files)}`)
+  // Control: a forged entry inside the working directory is restored (the agent can write there anyway).
+  await forge([['inside-new.txt', work]])
+  await manager.rewind({ sessionId: sid, userId: 'mallory', toMessageId: messages[1].uuid, files: true })
   t.assert.ok(fs.existsSync(path.join(work, 'inside-new.txt')), 'control: the CLI restored the forged file inside the working directory')
-  for (const p of [path.join(dir, 'escape-rel.txt'), path.join(outside, 'escape-abs.txt'), path.join(outside, 'escape-rpd.txt'), path.join(outside, 'via-link.txt')]) {
-    t.assert.ok(!fs.existsSync(p), `the rewind wrote ${p} outside the working directory`)
+  fs.rmSync(path.join(work, 'inside-new.txt'))
+  // Entries naming files outside it (a relative escape, an absolute path, a folder elsewhere, a
+  // link in the working directory): the whole restore is refused before any CLI acts on them.
+  await forge([
+    ['inside-new.txt', work],
+    ['../escape-rel.txt', work],
+    [path.join(outside, 'escape-abs.txt'), work],
+    ['escape-rpd.txt', outside],
+    ['lnk/via-link.txt', work],
+  ])
+  const now = (await manager.getMessages(sid, 'mallory')).messages
+  for (const files of ['dryRun', true]) {
+    await rejectsWith(t, manager.rewind({ sessionId: sid, userId: 'mallory', toMessageId: now[1].uuid, files }), 'TRANSCRIPT_UNSAFE', /file history/, `rewind ${files}`)
+  }
+  for (const p of [path.join(dir, 'escape-rel.txt'), path.join(outside, 'escape-abs.txt'), path.join(outside, 'escape-rpd.txt'), path.join(outside, 'via-link.txt'), path.join(work, 'inside-new.txt')]) {
+    t.assert.ok(!fs.existsSync(p), `the rewind wrote ${p}`)
   }
 })
 

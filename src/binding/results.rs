@@ -274,7 +274,8 @@ pub struct JsTaskRecord {
   pub session_id: String,
   /// `running`, `succeeded`, `failed`, `aborted`, `timed_out` or `interrupted`.
   pub status: String,
-  /// `task` or `compact`.
+  /// `task`, `compact`, or `rewind` (a `rewind` with `files`: the working directory restored under
+  /// the session's lease, no model call, no cost).
   pub kind: String,
   pub started_at: f64,
   pub ended_at: Option<f64>,

@@ -22,14 +22,17 @@
 //! `rewind_files`): files those tools changed get their content back, files they created go. What
 //! other tools did (a `Bash` `rm`, a build) is not in the backups and is not undone.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::checkpoints;
 use super::mirror::stored_history;
-use super::{ForkRequest, Manager, Wait};
-use crate::cli::{self, CliArgs, SessionMode};
+use super::run::{HeldRun, Ticket};
+use super::{ForkRequest, Manager, TaskKind, Wait};
+use crate::cli::{self, CancelToken, CliArgs, SessionMode};
 use crate::context::{self, ContextInfo};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{self, BranchPoint, ContextSnapshot, NewSession, Session};
@@ -45,6 +48,10 @@ pub struct Branch {
   /// The message of this session it continues from; `None`: from the end, as it was then.
   pub at_message_id: Option<String>,
 }
+
+/// How long a rewind with files waits for a session that runs a task before it answers
+/// `SESSION_BUSY` (at most the manager's `queueTimeoutMs`).
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 
 /// The CLI's variable that turns its file backups on (`fileCheckpoints`).
 pub(crate) const CHECKPOINTS_ENV: &str = "CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING";
@@ -252,24 +259,42 @@ impl Manager {
 
   /// `rewind`: the session continues from `to_message_id` of its live conversation. Nothing is
   /// spawned; the session's idle warm CLI is stopped (it holds the old branch), the meter is
-  /// re-derived at the point, costs already spent stay spent.
+  /// re-derived at the point, costs already spent stay spent. With `files`, the whole rewind
+  /// happens under the session's lease (as a task holds it; `SESSION_BUSY` while one runs).
   pub async fn rewind(&self, session_id: &str, user_id: &str, to_message_id: &str, files: Option<FilesMode>) -> Result<RewindResult> {
     let to = validate::session_id("toMessageId", to_message_id)?;
     let session = self.get_session(session_id, user_id).await?;
     self.check_branching_cli()?;
+    let Some(mode) = files else { return self.rewind_to(session, &to, None).await };
+    let held = self.hold_for_files(&session).await?;
+    let cancel = held.cancel().clone();
+    let result = self.rewind_to(held.session.clone(), &to, Some((mode, &cancel))).await;
+    let released = held.release(self, result.as_ref().err()).await;
+    let result = result?;
+    released?;
+    Ok(result)
+  }
+
+  /// [`Self::rewind`] once the session is held when files are restored.
+  async fn rewind_to(&self, session: Session, to: &str, files: Option<(FilesMode, &CancelToken)>) -> Result<RewindResult> {
+    if files.is_some() {
+      self.files_ready(&session).await?;
+    }
     let h = self.live_history(&session, transcript::ReadOptions::default().bounded(self.cfg.max_transcript_bytes)).await?;
-    let (i, line) = branch_point(&h, &to)?;
+    let (i, line) = branch_point(&h, to)?;
     let window = session.context.as_ref().map(|c| c.window).unwrap_or(self.cfg.context_window);
     let ctx = context_at(&h, i, window);
     let drops = dropped_turn(&h, i);
-    let dry_run = files == Some(FilesMode::DryRun);
+    let dry_run = matches!(files, Some((FilesMode::DryRun, _)));
     let files = match files {
-      Some(mode) => Some(self.rewind_files(&session, &h, i, mode).await?),
+      Some((mode, cancel)) => Some(self.rewind_files(&session, &h, i, mode, cancel).await?),
       None => None,
     };
     let context_info = context::context_info(Some(&ctx), window, self.cfg.compact_threshold, 0);
+    let dropped_messages = h.messages.len() - i - 1;
+    let to_message_id = to.to_owned();
     if dry_run {
-      return Ok(RewindResult { to_message_id: to, dropped_messages: h.messages.len() - i - 1, context_info, session, files });
+      return Ok(RewindResult { to_message_id, dropped_messages, context_info, session, files });
     }
     self.drop_warm(&session.id).await;
     let (id, c2) = (session.id.clone(), ctx.clone());
@@ -280,23 +305,70 @@ impl Manager {
         s.set_context(&id, &c2)
       })
       .await?;
-    let session = self.get_session(session_id, user_id).await?;
-    Ok(RewindResult { to_message_id: to, dropped_messages: h.messages.len() - i - 1, context_info, session, files })
+    let session = self.get_session(&session.id, &session.user_id).await?;
+    Ok(RewindResult { to_message_id, dropped_messages, context_info, session, files })
+  }
+
+  /// Takes the session for a rewind with files as a task takes it (the in-process queue, a
+  /// concurrency slot, the lease: fenced and renewed on PostgreSQL), recorded as a task of kind
+  /// `rewind`, waiting at most [`BUSY_WAIT`]: `SESSION_BUSY` when a task runs on it (here or on
+  /// another node). A CLI still exiting after its task is waited for.
+  async fn hold_for_files(&self, session: &Session) -> Result<HeldRun> {
+    let (cancel, sink) = (CancelToken::new(), None);
+    let ticket = Ticket {
+      session,
+      task_id: uuid::Uuid::new_v4().to_string(),
+      kind: TaskKind::Rewind,
+      model: session.model.clone(),
+      queue_timeout: BUSY_WAIT.min(self.cfg.queue_timeout),
+      queued: Instant::now(),
+      threshold: self.cfg.compact_threshold,
+      trigger: None,
+      cancel: &cancel,
+      sink: &sink,
+    };
+    match self.acquire(&ticket).await? {
+      Ok(held) => Ok(held),
+      Err(_) => Err(Error::new(ErrorCode::Aborted, "the rewind was aborted while it waited for its session")),
+    }
+  }
+
+  /// Before the CLI restores files: no CLI of the session runs anywhere (this manager's warm one
+  /// is stopped, other managers' idle ones given up), and on a store that keeps transcripts this
+  /// node's copy of the transcript and the session's file backups are the store's.
+  async fn files_ready(&self, session: &Session) -> Result<()> {
+    self.drop_warm(&session.id).await;
+    self.others_gone(&session.id, &CancelToken::new()).await?;
+    if !self.store.shares_transcripts() {
+      return Ok(());
+    }
+    self.refresh_for(session, &SessionMode::Resume(session.id.clone())).await?;
+    let Some(local) = self.transcript_of(session)? else { return Ok(()) };
+    let (store, id, max) = (self.store.clone(), session.id.clone(), self.cfg.max_transcript_bytes);
+    let wd = PathBuf::from(&session.working_directory);
+    self
+      .blocking("file backup restore", move || {
+        checkpoints::restore(&store, &id, local.root(), max)?;
+        checkpoints::rebase_history(&local, &wd, max).map(|_| ())
+      })
+      .await
   }
 
   /// Restores the working directory as it was before the first prompt after message `i` (or
-  /// says what that would change): a CLI of the session, started for it in the session's sandbox
-  /// while the session is held in this process, answers `rewind_files` (a dry run first, for the
-  /// list of files).
-  async fn rewind_files(&self, session: &Session, h: &History, i: usize, mode: FilesMode) -> Result<FileChanges> {
+  /// says what that would change): once the file history the CLI will act on is checked (see
+  /// [`checkpoints::check_history`]), a CLI of the session, started for it in the session's
+  /// sandbox while the session is held, answers `rewind_files` (a dry run first, for the list of
+  /// files). `cancel`: the session's lease was lost; the CLI is stopped.
+  async fn rewind_files(&self, session: &Session, h: &History, i: usize, mode: FilesMode, cancel: &CancelToken) -> Result<FileChanges> {
     let first_dropped = match h.messages[i].kind {
       MessageKind::Prompt => Some(&h.messages[i]),
       _ => h.messages[i + 1..].iter().find(|m| m.kind == MessageKind::Prompt),
     };
     let Some(target) = first_dropped.map(|m| m.uuid.clone()) else { return Ok(FileChanges::default()) };
-    let lock = self.session_lock(&session.id);
-    let _held = lock.lock().await;
-    self.drop_warm(&session.id).await;
+    if let Some(local) = self.transcript_of(session)? {
+      let (wd, id, max) = (PathBuf::from(&session.working_directory), session.id.clone(), self.cfg.max_transcript_bytes);
+      self.blocking("file history check", move || checkpoints::check_history(&local, &wd, &id, max)).await?;
+    }
     let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
     let mut spec = self.run_spec(session, program, String::new(), None)?;
     let args = CliArgs {
@@ -322,8 +394,11 @@ impl Manager {
         changes.restored = true;
       }
       Ok(changes)
-    }
-    .await;
+    };
+    let outcome = tokio::select! {
+      r = outcome => r,
+      _ = cancel.cancelled() => Err(Error::new(ErrorCode::LeaseLost, "the session's lease was lost while the working directory was restored")),
+    };
     proc.close(Duration::from_secs(5)).await;
     outcome
   }

@@ -135,8 +135,11 @@ pub(crate) struct TaskMirror {
   from: (i64, u64),
   /// This node's transcript file of the session, as the CLI writes it.
   pub(crate) local: Option<TenantFile>,
-  /// The most the reconcile reads of the local file (`maxTranscriptBytes`).
+  /// The most the reconcile reads of the local file (`maxTranscriptBytes`), and the most the
+  /// session's file backups may take in the store.
   pub(crate) max_bytes: u64,
+  /// The task the lines and file backups are stored for.
+  task_id: String,
 }
 
 struct Writer {
@@ -246,7 +249,14 @@ impl TaskMirror {
       // The run is over and nobody flushes: a last try for what is left.
       let _ = w.write().await;
     });
-    TaskMirror { tx, writer, from: (head, local_len), local, max_bytes: transcript::DEFAULT_MAX_TRANSCRIPT_BYTES }
+    TaskMirror {
+      tx,
+      writer,
+      from: (head, local_len),
+      local,
+      max_bytes: transcript::DEFAULT_MAX_TRANSCRIPT_BYTES,
+      task_id: task_id.to_owned(),
+    }
   }
 
   /// The mirror of what a warm process writes as it closes, after its last task `task_id` ended:
@@ -441,16 +451,21 @@ impl Manager {
 }
 
 /// After the CLI exited: the mirror reconciled with the local file, and the marker set when the
-/// store took everything (else the next task here rewrites the file from the store).
+/// store took everything (else the next task here rewrites the file from the store); the file
+/// backups the CLI made for the session stored with the transcript (see `checkpoints.rs`).
 pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: TenantFile, marker: PathBuf) {
-  if m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok() {
-    let _ = tokio::task::spawn_blocking(move || {
+  let (task_id, max_bytes) = (m.task_id.clone(), m.max_bytes);
+  let reconciled = m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok();
+  let _ = tokio::task::spawn_blocking(move || {
+    if reconciled {
       if let Ok(head) = store.shared_transcripts().and_then(|t| t.transcript_head(&session_id)) {
         mark_fresh(&marker, head, &local);
       }
-    })
-    .await;
-  }
+    }
+    // Fenced by the task's lease: nothing is stored once another task took the session.
+    let _ = super::checkpoints::capture(&store, &session_id, &task_id, local.root(), max_bytes);
+  })
+  .await;
 }
 
 impl Manager {

@@ -12,6 +12,7 @@
 mod api;
 mod branching;
 pub(crate) mod budgets;
+mod checkpoints;
 mod config;
 mod events;
 mod finish;

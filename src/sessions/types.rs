@@ -161,6 +161,9 @@ pub enum TaskKind {
   Task,
   /// `/compact` (`compactSession`, or before a task with `autoCompact`).
   Compact,
+  /// `rewind` with `files`: the working directory restored by a CLI of the session, under the
+  /// session's lease (no model call).
+  Rewind,
 }
 
 impl TaskKind {
@@ -169,6 +172,7 @@ impl TaskKind {
     match self {
       TaskKind::Task => "task",
       TaskKind::Compact => "compact",
+      TaskKind::Rewind => "rewind",
     }
   }
 }

@@ -80,6 +80,19 @@ pub trait Transcripts {
   fn transcript_bytes(&self, session_id: &str) -> Result<i64>;
 }
 
+/// The CLI's file-checkpoint backups of a session kept in the store with its transcript (a store
+/// shared by several nodes), so that a rewind with files works on any node
+/// (`sessions/checkpoints.rs`). The names and contents are the agent's: untrusted.
+pub trait FileBackups {
+  /// The stored backups of a session: name and size in bytes.
+  fn file_backup_sizes(&self, session_id: &str) -> Result<Vec<(String, i64)>>;
+  /// Stores one backup for `task_id`, fenced like the transcript: false, writing nothing, when
+  /// another task took the session's lease since. A name already stored is kept.
+  fn put_file_backup(&self, session_id: &str, task_id: &str, name: &str, content: &[u8]) -> Result<bool>;
+  /// Every stored backup of a session: name and content.
+  fn load_file_backups(&self, session_id: &str) -> Result<Vec<(String, Vec<u8>)>>;
+}
+
 /// Permission answers and messages forwarded to the process running a task (`store/inbox.rs`).
 pub trait Inbox {
   /// The task's manager starts reading its inbox (`inbox.rs`): it takes steering messages and
@@ -182,6 +195,9 @@ pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Even
   /// The transcripts the store keeps for other nodes; `None` on a backend for one machine, where
   /// the CLI's transcript file is the conversation (the manager does not mirror then).
   fn transcripts(&self) -> Option<&dyn Transcripts>;
+  /// The file-checkpoint backups the store keeps with the transcripts (`None` where it keeps no
+  /// transcripts).
+  fn file_backups(&self) -> Option<&dyn FileBackups>;
   /// Which backend this is: `sqlite`, `postgres`.
   fn name(&self) -> &'static str;
 }

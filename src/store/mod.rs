@@ -33,7 +33,7 @@ pub use budgets::{
 };
 pub use events::{EventBounds, EventRow, Notice, RunningTask, NOTIFY_ABORT, NOTIFY_EVENTS};
 pub use inbox::{Delivery, Receipt};
-pub use interface::{Backend, Branches, Budgets, Events, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
+pub use interface::{Backend, Branches, Budgets, Events, FileBackups, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -183,6 +183,9 @@ pub struct TaskEnd {
   /// The scope of the spend cap that stopped the task: the session is paused (see
   /// [`Session::paused`]).
   pub paused: Option<String>,
+  /// The row and the lease only: the session's totals, activity and pause are left as they are
+  /// (a `rewind` with files, which calls no model).
+  pub record_only: bool,
 }
 
 /// One write of a task's end, as every backend makes them, in this order and in one transaction
@@ -217,7 +220,10 @@ impl TaskEnd {
   /// What recording this end writes, in order: the task's row and the session's totals always,
   /// the context, the window and the compactions when there are any, the lease unless kept.
   pub(crate) fn steps(&self) -> Vec<EndStep<'_>> {
-    let mut steps = vec![EndStep::TaskRow, EndStep::Totals];
+    let mut steps = vec![EndStep::TaskRow];
+    if !self.record_only {
+      steps.push(EndStep::Totals);
+    }
     steps.extend(self.context.as_ref().map(EndStep::Context));
     steps.extend(self.window.as_ref().map(|(model, window)| EndStep::Window(model, *window)));
     steps.extend(self.compactions.iter().map(EndStep::Compaction));

@@ -212,6 +212,44 @@ impl TenantFile {
     Ok(Some((file.into_std(), m.len())))
   }
 
+  /// The names of the entries of this folder (not `.` and `..`; names that are not UTF-8 left
+  /// out), whatever they are: the caller opens each through [`TenantFile`]. Empty when the folder
+  /// (or one on its way) does not exist; refused when one is a link or not a folder.
+  pub fn list(&self) -> Result<Vec<String>> {
+    let Some((dir, name)) = self.walk(false)? else { return Ok(vec![]) };
+    let folder = match dir.open_dir_nofollow(&name) {
+      Ok(d) => d,
+      Err(e) if e.kind() == io::ErrorKind::NotFound && dir.symlink_metadata(&name).is_err() => return Ok(vec![]),
+      Err(e) => return Err(self.explain(&dir, &name, true, e)),
+    };
+    let mut names = vec![];
+    for entry in folder.entries().map_err(|e| self.io("list", e))? {
+      let entry = entry.map_err(|e| self.io("list", e))?;
+      if let Ok(n) = entry.file_name().into_string() {
+        names.push(n);
+      }
+    }
+    names.sort();
+    Ok(names)
+  }
+
+  /// The whole file, when it is a regular file of at most `max` bytes: `None` when it does not
+  /// exist, `TRANSCRIPT_TOO_LARGE` when it is larger (nothing more than `max + 1` bytes is read,
+  /// whatever its length said).
+  pub fn read_bounded(&self, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Some((f, len)) = self.open_read()? else { return Ok(None) };
+    if len > max {
+      return Err(too_large(&self.path().display().to_string(), max));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(max + 1).read_to_end(&mut buf).map_err(|e| self.io("read", e))?;
+    if buf.len() as u64 > max {
+      return Err(too_large(&self.path().display().to_string(), max));
+    }
+    Ok(Some(buf))
+  }
+
   /// Replaces the file with what `fill` writes, through a temporary file in the same folder
   /// (readers never see half a file), `0600`; missing folders are created `0700`.
   pub fn write_atomic(&self, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {

@@ -16,10 +16,10 @@ use tokio::sync::{watch, OwnedMutexGuard, OwnedSemaphorePermit};
 
 use super::{AbortOnDrop, Executed, Manager, TaskResult, Ticket};
 use crate::cli::{CancelToken, RunSpec, SessionMode};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::sessions::mirror::{finish_mirror, LeaseClock, TaskMirror};
 use crate::sessions::{store_call, CompactTrigger, Wait};
-use crate::store::Session;
+use crate::store::{Session, TaskEnd};
 
 /// A run that holds its session (see the module's comment).
 pub(crate) struct HeldRun {
@@ -194,6 +194,45 @@ impl HeldRun {
       drop(permit);
     });
     res
+  }
+
+  /// The run's cancel token: cancelled when the lease stops being the run's.
+  pub(crate) fn cancel(&self) -> &CancelToken {
+    &self.cancel
+  }
+
+  /// Ends a run that called no model (a `rewind` with files): its row is ended (`succeeded`, or
+  /// `failed` with `failed`'s code), the session's totals untouched, fenced like a task's end, and
+  /// what it held is given back. `LEASE_LOST` when the lease stopped being the run's meanwhile.
+  pub(crate) async fn release(mut self, m: &Manager, failed: Option<&Error>) -> Result<()> {
+    let guard = self.holds.take().map(Holds::stop);
+    let lost = self.clock.is_lost();
+    let end = match (lost, failed) {
+      (true, _) => TaskEnd {
+        status: "interrupted".into(),
+        error_code: Some(ErrorCode::LeaseLost.as_str().into()),
+        error_message: Some("the session's lease was lost while the working directory was restored".into()),
+        ..Default::default()
+      },
+      (false, Some(e)) => TaskEnd {
+        status: "failed".into(),
+        error_code: Some(e.code.as_str().into()),
+        error_message: Some(e.message.clone()),
+        ..Default::default()
+      },
+      (false, None) => TaskEnd { status: "succeeded".into(), ..Default::default() },
+    };
+    let end = TaskEnd { record_only: true, ..end };
+    let (sid, tid) = (self.session.id.clone(), self.task_id.clone());
+    let recorded = store_call(m.store.clone(), Wait::Blocking, move |s| s.finish_task(&sid, &tid, &end, None)).await;
+    drop(guard);
+    if lost {
+      return Err(Error::new(
+        ErrorCode::LeaseLost,
+        "this node lost the session's lease while it restored the working directory (another node took the session over)",
+      ));
+    }
+    recorded
   }
 
   /// The run lost the session's lease: the mirror and the renewal stop, and the end is recorded

@@ -60,6 +60,7 @@ use crate::error::{Error, ErrorCode, Result};
 mod branches;
 mod budgets;
 mod events;
+mod file_backups;
 mod inbox;
 mod leases;
 mod listen;
@@ -502,6 +503,9 @@ impl Backend for PgStore {
     self.read(async |c| Ok(self.opt(c, "SELECT version FROM {S}.schema_version", &[]).await?.map(|r| r.get(0)).unwrap_or(0)))
   }
   fn transcripts(&self) -> Option<&dyn Transcripts> {
+    Some(self)
+  }
+  fn file_backups(&self) -> Option<&dyn super::FileBackups> {
     Some(self)
   }
   fn name(&self) -> &'static str {

@@ -286,6 +286,18 @@ pub(super) const MIGRATIONS: &[&str] = &[
     resume_drops TEXT
   );
   "#,
+  // 9 -> 10: the CLI's file-checkpoint backups of a session (`postgres/file_backups.rs`), stored
+  // with the transcript so that a rewind with files works on another node.
+  r#"
+  CREATE TABLE {S}.file_backups (
+    session_id TEXT NOT NULL REFERENCES {S}.sessions (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    content BYTEA NOT NULL,
+    fence BIGINT NOT NULL,
+    task_id TEXT NOT NULL,
+    PRIMARY KEY (session_id, name)
+  );
+  "#,
 ];
 
 /// The schema version this build writes.

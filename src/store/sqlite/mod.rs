@@ -320,6 +320,9 @@ impl Backend for SqliteStore {
   fn transcripts(&self) -> Option<&dyn Transcripts> {
     None
   }
+  fn file_backups(&self) -> Option<&dyn super::FileBackups> {
+    None
+  }
   fn name(&self) -> &'static str {
     "sqlite"
   }
