@@ -369,11 +369,9 @@ impl SessionManager {
   pub fn prewarm<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, PrewarmResult> {
     let request = js_value(env, "request", Some(request));
     let m = self.inner.clone();
-    promise(
-      env,
-      async move { m.prewarm(parse::<JsPrewarmRequest>("prewarm", request?)?.try_into()?).await },
-      |p| PrewarmResult { status: p.as_str().to_owned() },
-    )
+    promise(env, async move { m.prewarm(parse::<JsPrewarmRequest>("prewarm", request?)?.try_into()?).await }, |p| PrewarmResult {
+      status: p.as_str().to_owned(),
+    })
   }
 
   /// Adds a message to the task running on the session in a warm process, in this manager or in
