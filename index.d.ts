@@ -141,6 +141,14 @@ export declare class SessionManager {
    */
   info(): ManagerInfo
   /**
+   * Starts the session's CLI before its next prompt, so that the prompt does not wait for the
+   * CLI's start-up: the process is the one the next task with these options would start (same
+   * identity, sandbox and working directory), kept like a warm CLI after a task (`warmIdleMs`,
+   * `maxWarmSessions`), and costs no model call. Another user's session rejects with
+   * `SESSION_NOT_FOUND`; bad options as `executeTask` would.
+   */
+  prewarm(request: PrewarmRequest): Promise<PrewarmResult>
+  /**
    * Adds a message to the task running on the session in a warm process, in this manager or in
    * another one sharing the store (forwarded through it; resolves once that manager has steered
    * it): the CLI runs it after the current prompt and the task ends at its result. Rejects with
@@ -539,6 +547,40 @@ export interface PermissionResponse {
    * change to the CLI's own permission settings. Other tools are allowed once.
    */
   remember?: 'session'
+}
+
+/**
+ * `prewarm`: a session's CLI started before its next prompt. The options are the next task's
+ * (those that decide which CLI it runs in): a task with other options starts a CLI of its own.
+ */
+export interface PrewarmRequest {
+  sessionId: string
+  userId: string
+  /** When given, the session must be in this project (else `SESSION_NOT_FOUND`). */
+  projectId?: string
+  model?: string
+  maxTurns?: number
+  allowedTools?: Array<string>
+  disallowedTools?: Array<string>
+  permissionMode?: 'default' | 'acceptEdits' | 'plan' | 'bypassPermissions'
+  appendSystemPrompt?: string
+  fallbackModel?: string
+  /**
+   * Whether the next task will have a `canUseTool` callback (the Next.js routes with
+   * `permissionPrompts`): its CLI is started for permission prompts.
+   */
+  permissionPrompts?: boolean
+}
+
+/**
+ * What `prewarm` did: `started` (a CLI now waits for the session's next task), `already_warm`
+ * (one that fits is kept; its idle time starts again), or why none was started:
+ * `warm_disabled` (`warmIdleMs: 0`), `busy` (a task runs on the session), `held_elsewhere`
+ * (another process or node keeps the session's CLI), `branch_point` (the next task continues
+ * from a rewind, which starts a CLI of its own).
+ */
+export interface PrewarmResult {
+  status: 'started' | 'already_warm' | 'warm_disabled' | 'busy' | 'held_elsewhere' | 'branch_point'
 }
 
 /** How many tokens a prompt would add to a session, and whether it still fits. */

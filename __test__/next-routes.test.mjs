@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { backendTag, makeManager, parseSse, startStandInServer, tempDir, testBackends, until, UUID, workDir } from './helpers.mjs'
+import { backendTag, makeManager, parseSse, processesMentioning, startStandInServer, tempDir, testBackends, until, UUID, workDir } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const nextRoutes = require('../next/index.js')
@@ -645,4 +645,28 @@ test('next routes: application/json with an optional UTF-8 charset is accepted, 
     const res = await routes.session.POST(post('session', { action: 'getOrCreate', projectId: 'ct' }, { contentType }))
     t.assert.strictEqual(res.status, 200, `${contentType}: ${await res.text()}`)
   }
+})
+
+test('next routes: the prewarm action starts the session\'s CLI with the options the stream route gives its task (taskDefaults, permissionPrompts); the task then runs in it', async (t) => {
+  server.reset()
+  const warm = makeManager({ server, warmIdleMs: 600_000 })
+  t.after(() => warm.manager.close())
+  const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager: warm.manager, onError: null, permissionPrompts: true, taskDefaults: { model: 'haiku', maxTurns: 5 } })
+  const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'pw' })), 200)
+  t.assert.deepStrictEqual(await jsonOf(await r.session.POST(post('session', { action: 'prewarm', sessionId: session.id, projectId: 'pw' })), 200), { status: 'started' })
+  const cli = () => processesMentioning(session.id).filter((pid) => /claude/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0]))
+  await until('the CLI to run', () => cli().length > 0)
+  const before = cli()
+  t.assert.strictEqual(server.requests.length, 0, 'no model call before the prompt')
+  // The stream route's task (haiku, maxTurns 5, permission prompts) runs in that process.
+  const res = await r.stream.POST(post('stream', { prompt: 'after a prewarm', projectId: 'pw', sessionId: session.id }))
+  const events = parseSse(await res.text())
+  t.assert.strictEqual(events.at(-1).event, 'result')
+  t.assert.strictEqual(events.at(-1).data.result, 'Echo #1: after a prewarm')
+  t.assert.deepStrictEqual(cli(), before, 'the prewarmed CLI ran the task')
+  t.assert.ok(server.requests.at(-1).body.model.includes('haiku'))
+  // Someone else's session, a field the client may not set, no session.
+  await expectError(t, await r.session.POST(post('session', { action: 'prewarm', sessionId: session.id }, { user: 'mallory' })), 404, 'SESSION_NOT_FOUND')
+  await expectError(t, await r.session.POST(post('session', { action: 'prewarm', sessionId: session.id, appendSystemPrompt: 'x' })), 400, 'INVALID_ARGUMENT')
+  await expectError(t, await r.session.POST(post('session', { action: 'prewarm', projectId: 'pw' })), 400, 'INVALID_ARGUMENT')
 })

@@ -17,7 +17,7 @@ import path from 'node:path'
 import { spawn, spawnSync, execFileSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { parseSse, tempDir, until, PG_URL } from './helpers.mjs'
+import { parseSse, processesMentioning, tempDir, until, PG_URL } from './helpers.mjs'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const app = path.join(root, 'examples', 'nextjs')
@@ -424,6 +424,8 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     await page.waitForSelector(`[data-session-id="${parentId}"]`)
     const m0 = await meter()
     t.assert.deepStrictEqual([m0.level, m0.tokens], ['ok', 0])
+    // Opening the session started its CLI (the hook's prewarm), before any prompt.
+    await until('the session\'s CLI to be prewarmed', () => processesMentioning(parentId).length > 0)
 
     // 1. A streamed reply: seen mid-way while still streaming, then complete. The meter moves.
     const words = Array.from({ length: 40 }, (_, i) => `token${i}`).join(' ')

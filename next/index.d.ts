@@ -44,6 +44,7 @@
  * | `POST /session` `{ action: 'delete', sessionId }` | `{ deleted: true, sessionId }` |
  * | `POST /session` `{ action: 'messages', sessionId, limit?, offset? }` | `{ messages, ... }` from `SessionManager.getMessages`; 501 `NOT_IMPLEMENTED` when the addon has no `getMessages` |
  * | `POST /session` `{ action: 'tasks', sessionId }` | `{ tasks }` ({@link TaskRecord}s, oldest first) |
+ * | `POST /session` `{ action: 'prewarm', sessionId, projectId?, model? }` | `{ status }` ({@link PrewarmResult}): the session's CLI started for its next task, with the options the stream route would give it (`taskDefaults`, `permissionPrompts`) |
  * | `GET /compact?sessionId=…&threshold=…` | `{ context }` ({@link ContextInfo}) |
  * | `POST /compact` `{ sessionId, summaryInstructions? }` | the compaction's {@link TaskResult} (its `contextInfo` is the context after it) |
  * | `POST /permission` `{ sessionId, requestId, behavior: 'allow' \| 'deny', message?, updatedInput?, interrupt?, remember?: 'session' }` (with `permissionPrompts`) | `{ ok: true, requestId, behavior }`: the answer to a `permission_request` event of the same user's stream, whichever server runs it (through `manager.respondToPermission`, forwarded through the store); `remember: 'session'` with an allow also allows the session's later requests for the same tool in the same folder (file tools, inside the working directory) or with exactly the same Bash command, without asking; 404 `PERMISSION_REQUEST_NOT_FOUND` for another user's, an answered or a withdrawn request |
@@ -285,4 +286,4 @@ export interface ErrorResponseBody {
   error: { code: string; message: string }
 }
 
-export type { ContextInfo, Session, TaskRecord, TaskResult } from '../index.js'
+export type { ContextInfo, PrewarmResult, Session, TaskRecord, TaskResult } from '../index.js'

@@ -358,7 +358,19 @@ const sessionActions = {
     const { sessionId } = only(b, ['sessionId'], 'tasks', ['action'])
     return { tasks: await m.listTasks(sessionId, userId) }
   },
+  // The session's CLI started before its next prompt, with the options the stream route would
+  // give that task (taskDefaults, permissionPrompts): `{ status }` (see SessionManager.prewarm).
+  prewarm: async (m, b, userId, ctx) => {
+    const task = taskRequest(ctx, only(b, ['sessionId', 'projectId', 'model'], 'prewarm', ['action']), userId)
+    if (typeof task.sessionId !== 'string') throw badRequest('prewarm: "sessionId" is required')
+    if (typeof m.prewarm !== 'function') return { status: 'unsupported' }
+    const request = { permissionPrompts: ctx.permissionPrompts }
+    for (const key of PREWARM_FIELDS) if (task[key] !== undefined) request[key] = task[key]
+    return m.prewarm(request)
+  },
 }
+/** What a prewarm takes of a task request: the fields that decide which CLI the task runs in. */
+const PREWARM_FIELDS = ['sessionId', 'userId', 'projectId', 'model', 'maxTurns', 'allowedTools', 'disallowedTools', 'permissionMode', 'appendSystemPrompt', 'fallbackModel']
 const actionNames = Object.keys(sessionActions)
 
 // POST /api/claude/session — { action, ... }.
@@ -370,7 +382,7 @@ async function sessionPOST(ctx, request, userId) {
     throw badRequest(`"action" must be one of ${actionNames.join(', ')}`)
   }
   const m = await resolveManager()
-  const out = await sessionActions[action](m, body, userId)
+  const out = await sessionActions[action](m, body, userId, ctx)
   return json(exposeServerDetails ? out : publicSessions(out))
 }
 

@@ -79,6 +79,11 @@ export interface UseClaudeSessionOptions {
   loadHistory?: boolean
   /** How many history messages to load. Default 200. */
   historyLimit?: number
+  /**
+   * Start the session's CLI on the server when a session is opened (the `prewarm` session
+   * action), so that the first prompt does not wait for the CLI's start-up. Default true.
+   */
+  prewarm?: boolean
   /** Every event of a running task, as it arrives. */
   onEvent?: (event: ClaudeStreamEvent) => void
   /** Each finished task's result (also failed ones: check `success`). */

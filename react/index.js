@@ -232,8 +232,13 @@ function useClientSession(opts) {
       if (!sentMeanwhile || !contextRef.current) setContext(ctx)
       if (!sentMeanwhile) setContextUsage(usage)
       if (history) setMessages((ms) => mergeHistory(history, ms))
+      // The session's CLI started now, so the first prompt does not wait for it (`prewarm: false`
+      // to leave it): the server answers `busy` when a task runs, and a failure changes nothing.
+      if (latest.current.prewarm !== false && !runningRef.current && sessionIdRef.current === id) {
+        callJson('POST', '/session', { action: 'prewarm', sessionId: id, projectId, ...stringFields(latest.current.body, ['model']) }).catch(() => {})
+      }
     },
-    [api, callJson, fetchContext, fetchContextUsage, fetchHistory, loadHistory, setContext, setSessionId],
+    [api, callJson, fetchContext, fetchContextUsage, fetchHistory, loadHistory, projectId, setContext, setSessionId],
   )
 
   // Find (or create) the project's session on mount and whenever the project changes.

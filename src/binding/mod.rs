@@ -360,6 +360,20 @@ impl SessionManager {
     self.inner.info().into()
   }
 
+  /// Starts the session's CLI before its next prompt, so that the prompt does not wait for the
+  /// CLI's start-up: the process is the one the next task with these options would start (same
+  /// identity, sandbox and working directory), kept like a warm CLI after a task (`warmIdleMs`,
+  /// `maxWarmSessions`), and costs no model call. Another user's session rejects with
+  /// `SESSION_NOT_FOUND`; bad options as `executeTask` would.
+  #[napi(ts_args_type = "request: PrewarmRequest", ts_return_type = "Promise<PrewarmResult>")]
+  pub fn prewarm<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, PrewarmResult> {
+    let request = js_value(env, "request", Some(request));
+    let m = self.inner.clone();
+    promise(env, async move { m.prewarm(parse::<JsPrewarmRequest>("prewarm", request?)?.try_into()?).await }, |p| PrewarmResult {
+      status: p.as_str().to_owned(),
+    })
+  }
+
   /// Adds a message to the task running on the session in a warm process, in this manager or in
   /// another one sharing the store (forwarded through it; resolves once that manager has steered
   /// it): the CLI runs it after the current prompt and the task ends at its result. Rejects with

@@ -310,6 +310,40 @@ pub struct JsTaskRequest {
   pub queue_timeout_ms: Option<f64>,
 }
 
+/// `prewarm`: a session's CLI started before its next prompt. The options are the next task's
+/// (those that decide which CLI it runs in): a task with other options starts a CLI of its own.
+#[napi(object, object_from_js = false, js_name = "PrewarmRequest")]
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsPrewarmRequest {
+  pub session_id: String,
+  pub user_id: String,
+  /// When given, the session must be in this project (else `SESSION_NOT_FOUND`).
+  pub project_id: Option<String>,
+  pub model: Option<String>,
+  pub max_turns: Option<f64>,
+  pub allowed_tools: Option<Vec<String>>,
+  pub disallowed_tools: Option<Vec<String>>,
+  #[napi(ts_type = "'default' | 'acceptEdits' | 'plan' | 'bypassPermissions'")]
+  pub permission_mode: Option<String>,
+  pub append_system_prompt: Option<String>,
+  pub fallback_model: Option<String>,
+  /// Whether the next task will have a `canUseTool` callback (the Next.js routes with
+  /// `permissionPrompts`): its CLI is started for permission prompts.
+  pub permission_prompts: Option<bool>,
+}
+
+/// What `prewarm` did: `started` (a CLI now waits for the session's next task), `already_warm`
+/// (one that fits is kept; its idle time starts again), or why none was started:
+/// `warm_disabled` (`warmIdleMs: 0`), `busy` (a task runs on the session), `held_elsewhere`
+/// (another process or node keeps the session's CLI), `branch_point` (the next task continues
+/// from a rewind, which starts a CLI of its own).
+#[napi(object)]
+pub struct PrewarmResult {
+  #[napi(ts_type = "'started' | 'already_warm' | 'warm_disabled' | 'busy' | 'held_elsewhere' | 'branch_point'")]
+  pub status: String,
+}
+
 /// `sendMessage`: a message for the task running on a session.
 #[napi(object, object_from_js = false, js_name = "SendMessageRequest")]
 #[derive(Deserialize, Default)]

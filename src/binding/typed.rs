@@ -323,6 +323,36 @@ impl TryFrom<JsTaskRequest> for manager::TaskRequest {
   }
 }
 
+impl TryFrom<JsPrewarmRequest> for manager::PrewarmRequest {
+  type Error = CoreError;
+
+  /// Checked as the next task's options are (the same conversion, with a placeholder prompt that
+  /// is dropped: a prewarmed CLI gets no prompt until a task runs on it).
+  fn try_from(r: JsPrewarmRequest) -> CoreResult<Self> {
+    let project_given = r.project_id.is_some();
+    let task = JsTaskRequest {
+      prompt: "-".into(),
+      project_id: r.project_id.unwrap_or_else(|| "-".into()),
+      user_id: r.user_id,
+      session_id: Some(r.session_id),
+      model: r.model,
+      max_turns: r.max_turns,
+      allowed_tools: r.allowed_tools,
+      disallowed_tools: r.disallowed_tools,
+      permission_mode: r.permission_mode,
+      append_system_prompt: r.append_system_prompt,
+      fallback_model: r.fallback_model,
+      ..Default::default()
+    };
+    let mut task = manager::TaskRequest::try_from(task)?;
+    task.prompt.clear();
+    if !project_given {
+      task.project_id.clear();
+    }
+    Ok(manager::PrewarmRequest { task, permission_prompts: r.permission_prompts.unwrap_or(false) })
+  }
+}
+
 impl TryFrom<JsCompactRequest> for manager::CompactRequest {
   type Error = CoreError;
 

@@ -19,6 +19,7 @@ mod finish;
 mod inbox;
 mod mirror;
 mod permissions;
+mod prewarm;
 mod run;
 mod slot;
 mod tasks;
@@ -45,6 +46,7 @@ pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_
 pub use events::{Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
+pub use prewarm::{PrewarmRequest, Prewarmed};
 pub use types::{
   CleanupRequest, CompactRequest, CompactTrigger, ForkRequest, ListRequest, MessagesOptions, MessagesPage, PermissionMode, PromptEstimate,
   SendMessageRequest, SessionStatus, TaskDuration, TaskError, TaskKind, TaskRequest, TaskResult, ThresholdOptions, DEFAULT_LIST, MAX_LIST,

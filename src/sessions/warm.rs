@@ -43,30 +43,33 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 
 /// A warm process with what decides whether it may run the next task.
 pub(crate) struct Warm {
-  proc: WarmProcess,
+  pub(super) proc: WarmProcess,
   /// The argv (without the session flags) and environment it was started with.
-  key: String,
-  /// The session's `task_count` once its last task is recorded.
-  seen_tasks: u64,
+  pub(super) key: String,
+  /// The session's `task_count` once its last task is recorded (a prewarmed process: when it
+  /// started).
+  pub(super) seen_tasks: u64,
   /// The memory and settings files the CLI read when it started (see [`config_stamp`]).
-  stamp: String,
+  pub(super) stamp: String,
   /// The key proxy's token the process uses: live only while a task runs on it, revoked when the
   /// process is gone.
   token: Option<TaskToken>,
-  /// Where its session lives, once it ran a task (set when it is kept).
-  home: Option<Home>,
+  /// Where its session lives, once it is kept (after a task, or prewarmed).
+  pub(super) home: Option<Home>,
 }
 
 /// What a kept process needs to close properly: its session in the store, the last task it ran,
 /// and whether its transcript is mirrored into the store (PostgreSQL).
-struct Home {
-  store: Arc<Store>,
-  session_id: String,
-  user_id: String,
-  last_task: String,
-  mirrored: bool,
+pub(super) struct Home {
+  pub(super) store: Arc<Store>,
+  pub(super) session_id: String,
+  pub(super) user_id: String,
+  /// `None` for a prewarmed process that has run no task yet: it is killed when it goes (it has
+  /// nothing of the conversation to write).
+  pub(super) last_task: Option<String>,
+  pub(super) mirrored: bool,
   /// The manager's id, under which the store knows it keeps this CLI (`Store::warm_hold`).
-  owner_id: String,
+  pub(super) owner_id: String,
 }
 
 impl Home {
@@ -86,12 +89,10 @@ impl Home {
 
   /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
   async fn closing_mirror(&self) -> Option<TaskMirror> {
-    if !self.mirrored {
-      return None;
-    }
+    let last_task = self.last_task.as_deref().filter(|_| self.mirrored)?;
     let sid = self.session_id.clone();
     let head = store_call(self.store.clone(), Wait::Briefly, move |st| st.shared_transcripts()?.transcript_head(&sid)).await.ok()?;
-    Some(TaskMirror::after_end(self.store.clone(), &self.session_id, &self.last_task, head))
+    Some(TaskMirror::after_end(self.store.clone(), &self.session_id, last_task, head))
   }
 }
 
@@ -127,7 +128,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WarmPool {
-  fn take(&self, session_id: &str) -> Option<Warm> {
+  pub(super) fn take(&self, session_id: &str) -> Option<Warm> {
     lock(&self.idle).remove(session_id).map(|i| i.warm)
   }
 
@@ -136,8 +137,10 @@ impl WarmPool {
   /// EOF belongs to an older branch of the conversation). On PostgreSQL what it writes as it
   /// closes is stored, unless another task took the session meanwhile. Its token is revoked once
   /// it is gone.
-  async fn retire(w: Warm, stale: bool) {
+  pub(super) async fn retire(w: Warm, stale: bool) {
     let Warm { proc, token, home, seen_tasks, .. } = w;
+    // A prewarmed process that never ran a task has nothing to write: killed.
+    let stale = stale || home.as_ref().is_some_and(|h| h.last_task.is_none());
     let stale = match &home {
       Some(h) if !stale => h.stale(seen_tasks).await,
       _ => stale,
@@ -179,7 +182,7 @@ impl WarmPool {
   }
 
   /// Waits until the session's CLIs that are closing in the background have exited.
-  async fn closed_for(&self, session_id: &str) {
+  pub(super) async fn closed_for(&self, session_id: &str) {
     let mine: Vec<_> = {
       let mut c = lock(&self.closing);
       let (mine, rest): (Vec<_>, Vec<_>) = c.drain(..).partition(|(s, _)| s == session_id);
@@ -304,7 +307,7 @@ impl WarmPool {
 /// `CLAUDE.local.md`) in the working directory and every folder above it, the project's
 /// `.claude/` memory and settings, and the configuration folder's. Their sizes and modification
 /// times: a process started before one of them changed is replaced (it would not see it).
-fn config_stamp(spec: &RunSpec) -> String {
+pub(super) fn config_stamp(spec: &RunSpec) -> String {
   let mut files: Vec<std::path::PathBuf> = vec![];
   for dir in spec.cwd.ancestors() {
     files.push(dir.join("CLAUDE.md"));
@@ -325,7 +328,7 @@ fn config_stamp(spec: &RunSpec) -> String {
 
 /// What decides whether a warm process fits a task: its argv without the session flags, its
 /// working directory and its environment (before the key proxy's token replaces the key).
-fn fingerprint(cli: &CliArgs, spec: &RunSpec, permission_prompts: bool) -> String {
+pub(super) fn fingerprint(cli: &CliArgs, spec: &RunSpec, permission_prompts: bool) -> String {
   let args = cli::warm_args(&CliArgs { session: None, ..cli.clone() }, permission_prompts);
   let mut env = spec.env.clone();
   env.sort();
@@ -344,7 +347,7 @@ impl Manager {
   }
 
   /// How long a warm process is kept after its task.
-  fn warm_idle(&self) -> Option<Duration> {
+  pub(super) fn warm_idle(&self) -> Option<Duration> {
     self.cfg.warm_idle
   }
 
@@ -461,8 +464,26 @@ impl Manager {
     }
     // One CLI per session: one closed after its idle time or evicted is gone first.
     self.warm.closed_for(&session.id).await;
-    let spec = &mut job.spec;
-    spec.args = cli::warm_args(&job.cli, job.can_use_tool.is_some());
+    let warm = self.start_warm(&job.cli, &mut job.spec, job.can_use_tool.is_some(), mirrored, budget, (key, stamp)).await?;
+    if let Some(t) = &warm.token {
+      t.attach(Some(job.meter.clone()));
+    }
+    Ok(warm)
+  }
+
+  /// Starts a stream-json CLI for the session (`cli` says how it picks the session up) under a key
+  /// proxy token of its own that answers no model call until a task runs on it. `fits` is its
+  /// [`fingerprint`] and [`config_stamp`].
+  pub(super) async fn start_warm(
+    &self,
+    cli: &CliArgs,
+    spec: &mut RunSpec,
+    permission_prompts: bool,
+    mirrored: bool,
+    budget: Option<f64>,
+    (key, stamp): (String, String),
+  ) -> Result<Warm> {
+    spec.args = cli::warm_args(cli, permission_prompts);
     if let Some(b) = budget {
       spec.args.push(format!("--max-budget-usd={b}"));
     }
@@ -470,9 +491,6 @@ impl Manager {
       spec.args.push(cli::mirror::FLAG.into());
     }
     let token = self.secure(spec).await?;
-    if let Some(t) = &token {
-      t.attach(Some(job.meter.clone()));
-    }
     let proc = WarmProcess::start(spec.clone())?;
     Ok(Warm { proc, key, seen_tasks: 0, stamp, token, home: None })
   }
@@ -549,11 +567,17 @@ impl Manager {
       store: self.store.clone(),
       session_id: session.id.clone(),
       user_id: session.user_id.clone(),
-      last_task: job.task_id.to_owned(),
+      last_task: Some(job.task_id.to_owned()),
       mirrored,
       owner_id: self.owner.id.clone(),
     });
-    if let Some(w) = self.warm.put(&session.id, warm, idle_for, self.cfg.max_warm_sessions) {
+    self.keep(&session.id, warm, idle_for).await;
+  }
+
+  /// Puts a process in the pool for `idle_for` (within `maxWarmSessions`) and makes sure the
+  /// loop that renews this manager's holds runs.
+  pub(super) async fn keep(&self, session_id: &str, warm: Warm, idle_for: Duration) {
+    if let Some(w) = self.warm.put(session_id, warm, idle_for, self.cfg.max_warm_sessions) {
       WarmPool::retire(w, false).await;
     }
     if !self.warm.watching.swap(true, Ordering::SeqCst) {

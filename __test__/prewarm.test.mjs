@@ -1,0 +1,153 @@
+// Prewarm (issue #27): a session's CLI started before its first prompt, with the identity the
+// task would give it, kept like a warm CLI, never serving another session or option set, and
+// costing no model call. The real `claude` CLI against the stand-in API; which process ran a task
+// is read from /proc (the processes whose argv names the session), never from timing.
+import { test, before, after } from 'node:test'
+import fs from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { eventually, makeManager, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+/** A manager with warm processes on, closed after the test. */
+function warmManager(t, options = {}) {
+  const m = makeManager({ server, warmIdleMs: 600_000, ...options })
+  t.after(() => m.manager.close())
+  return m
+}
+
+const modelCalls = () => server.requests.filter((r) => r.path.startsWith('/v1/messages')).length
+/** The session's CLI processes (not the sandbox's launchers), once one runs. */
+const cliPidsNow = (sessionId) =>
+  processesMentioning(sessionId).filter((pid) => {
+    try {
+      return /claude/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])
+    } catch {
+      return false
+    }
+  })
+async function cliPids(sessionId) {
+  await eventually(() => cliPidsNow(sessionId).length > 0)
+  return cliPidsNow(sessionId)
+}
+/** Runs a task; resolves with its result and the session's CLI processes while it ran. */
+async function taskSeen(manager, request) {
+  let running = []
+  const result = await manager.executeTask(request, { onEvent: (e) => e.type === 'task_started' && (running = cliPidsNow(e.sessionId)) })
+  return { result, running }
+}
+const same = (a, b) => a.length > 0 && JSON.stringify([...a].sort()) === JSON.stringify([...b].sort())
+const newSession = async (manager, userId = 'u') => (await manager.getOrCreateSession({ projectId: 'p', userId, preferActive: false })).session.id
+
+for (const backend of testBackends()) {
+  test(`prewarm: a new session's first task runs in the CLI started before it, which made no model call${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = warmManager(t, { backend })
+    const sessionId = await newSession(manager)
+    t.assert.deepStrictEqual(await manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }), { status: 'started' })
+    const pids = await cliPids(sessionId)
+    t.assert.ok(pids.length > 0, 'a CLI runs for the session before its first prompt')
+    // Time for the CLI to do whatever it does at start-up: still no model call.
+    await sleep(1500)
+    t.assert.strictEqual(modelCalls(), 0, 'a prewarmed CLI calls no model')
+    t.assert.deepStrictEqual(await manager.prewarm({ sessionId, userId: 'u' }), { status: 'already_warm' })
+    t.assert.ok(same(await cliPids(sessionId), pids), 'already_warm started nothing')
+
+    const first = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'one' })
+    t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+    t.assert.strictEqual(first.result, 'Echo #1: one')
+    t.assert.ok(same(await cliPids(sessionId), pids), 'the prewarmed process ran the first task')
+    const second = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'two' })
+    t.assert.strictEqual(second.result, 'Echo #2: two')
+    t.assert.ok(same(await cliPids(sessionId), pids), 'and the next one')
+    t.assert.strictEqual(modelCalls(), 2)
+    t.assert.strictEqual((await manager.getSession(sessionId, 'u')).taskCount, 2)
+  })
+}
+
+test('prewarm: a task with other options does not use the prewarmed CLI (it is replaced)', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const sessionId = await newSession(manager)
+  t.assert.strictEqual((await manager.prewarm({ sessionId, userId: 'u', model: 'haiku' })).status, 'started')
+  const a = await cliPids(sessionId)
+  const r = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'one' })
+  t.assert.strictEqual(r.result, 'Echo #1: one')
+  const b = await cliPids(sessionId)
+  t.assert.ok(b.length > 0 && !b.some((p) => a.includes(p)), `another process for the other model: ${a} -> ${b}`)
+  t.assert.ok(!server.requests.at(-1).body.model.includes('haiku'), 'the task ran with its own model')
+})
+
+test('prewarm: a resumed session whose CLI idled out is prewarmed with its history; an unused prewarmed CLI idles out too', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t, { warmIdleMs: 400 })
+  const first = await manager.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
+  const sessionId = first.sessionId
+  t.assert.ok(await eventually(() => processesMentioning(sessionId).length === 0), 'the CLI idled out')
+  t.assert.strictEqual((await manager.prewarm({ sessionId, userId: 'u' })).status, 'started')
+  const pids = await cliPids(sessionId)
+  t.assert.ok(pids.length > 0)
+  const { result: second, running } = await taskSeen(manager, { projectId: 'p', userId: 'u', sessionId, prompt: 'two' })
+  t.assert.strictEqual(second.result, 'Echo #2: two', 'the prewarmed CLI resumed the conversation')
+  t.assert.ok(same(running, pids), `the prewarmed CLI ran it: ${pids} vs ${running}`)
+  t.assert.strictEqual(server.requests.filter((r) => r.path.startsWith('/v1/messages')).length, 2)
+
+  const other = await newSession(manager)
+  t.assert.strictEqual((await manager.prewarm({ sessionId: other, userId: 'u' })).status, 'started')
+  t.assert.ok(processesMentioning(other).length > 0)
+  t.assert.ok(await eventually(() => processesMentioning(other).length === 0), 'an unused prewarmed CLI idles out')
+  // Nothing of it is left in the session: its first task starts it as new.
+  const r = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId: other, prompt: 'fresh' })
+  t.assert.strictEqual(r.result, 'Echo #1: fresh')
+})
+
+test('prewarm: counts against maxWarmSessions; another user\'s session and bad options are refused before anything starts; off with warmIdleMs 0', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t, { maxWarmSessions: 2 })
+  const ids = [await newSession(manager), await newSession(manager), await newSession(manager)]
+  for (const sessionId of ids) t.assert.strictEqual((await manager.prewarm({ sessionId, userId: 'u' })).status, 'started')
+  t.assert.ok(await eventually(() => ids.filter((id) => processesMentioning(id).length > 0).length === 2), 'two CLIs kept, the oldest evicted')
+  t.assert.deepStrictEqual(processesMentioning(ids[0]), [])
+
+  const mine = await newSession(manager)
+  await rejectsWith(t, manager.prewarm({ sessionId: mine, userId: 'mallory' }), 'SESSION_NOT_FOUND')
+  await rejectsWith(t, manager.prewarm({ sessionId: mine, userId: 'u', projectId: 'other' }), 'SESSION_NOT_FOUND')
+  await rejectsWith(t, manager.prewarm({ sessionId: mine, userId: 'u', permissionMode: 'bypassPermissions' }), 'INVALID_ARGUMENT', /allowBypassPermissions/)
+  await rejectsWith(t, manager.prewarm({ sessionId: mine, userId: 'u', model: 'x; rm -rf /' }), 'INVALID_ARGUMENT')
+  await rejectsWith(t, manager.prewarm({ sessionId: mine, userId: 'u', prompt: 'hi' }), 'INVALID_ARGUMENT', /prompt/)
+  await rejectsWith(t, manager.prewarm({ sessionId: 'not-a-uuid', userId: 'u' }), 'INVALID_ARGUMENT')
+  t.assert.deepStrictEqual(processesMentioning(mine), [], 'nothing started for a refused prewarm')
+  t.assert.strictEqual(modelCalls(), 0)
+
+  const cold = makeManager({ server, warmIdleMs: 0 })
+  t.after(() => cold.manager.close())
+  const id = await newSession(cold.manager)
+  t.assert.deepStrictEqual(await cold.manager.prewarm({ sessionId: id, userId: 'u' }), { status: 'warm_disabled' })
+  t.assert.deepStrictEqual(processesMentioning(id), [])
+})
+
+test('prewarm on PostgreSQL: another node keeping the session\'s CLI is held_elsewhere; once it is gone, a node that never ran the session prewarms it with the history from the store', async (t) => {
+  if (!PG_URL) return t.skip(PG_SKIP_REASON)
+  server.reset()
+  const a = makeManager({ server, backend: 'postgres', warmIdleMs: 600_000 })
+  const b = makeManager({ server, backend: 'postgres', warmIdleMs: 600_000, ...a.store })
+  t.after(async () => {
+    await a.manager.close()
+    await b.manager.close()
+  })
+  const first = await a.manager.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
+  const sessionId = first.sessionId
+  t.assert.deepStrictEqual(await b.manager.prewarm({ sessionId, userId: 'u' }), { status: 'held_elsewhere' })
+  await a.manager.close()
+  t.assert.deepStrictEqual(await b.manager.prewarm({ sessionId, userId: 'u' }), { status: 'started' })
+  const pids = await cliPids(sessionId)
+  const { result: second, running } = await taskSeen(b.manager, { projectId: 'p', userId: 'u', sessionId, prompt: 'two' })
+  t.assert.strictEqual(second.result, 'Echo #2: two', 'the conversation came from the store')
+  t.assert.ok(same(running, pids), `the prewarmed CLI ran it: ${pids} vs ${running}`)
+})
