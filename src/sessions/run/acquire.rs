@@ -157,14 +157,14 @@ impl Manager {
       self.owner.clone(),
       self.cfg.lease_ttl,
       self.cfg.max_concurrent_tasks_total,
-      t.kind.as_str(),
+      t.kind.as_str().to_owned(),
     );
     self
-      .store_call(Wait::Briefly, move |s| {
-        let start = TaskStart { task_id: &tid, kind, model: &m, owner: &owner, ttl, max_running };
-        Ok(match s.begin_task(&sid, &start)? {
-          Begin::Started => Ok(s.get_session(&sid, &uid).ok().flatten()),
-          Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid)?)),
+      .store_call(Wait::Briefly, async move |s| {
+        let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running };
+        Ok(match s.begin_task(&sid, &start).await? {
+          Begin::Started => Ok(s.get_session(&sid, &uid).await.ok().flatten()),
+          Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid).await?)),
           Begin::Full => Err(None),
         })
       })

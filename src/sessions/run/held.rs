@@ -18,7 +18,7 @@ use super::{AbortOnDrop, Executed, Manager, TaskResult, Ticket};
 use crate::cli::{CancelToken, RunSpec, SessionMode};
 use crate::error::{Error, Result};
 use crate::sessions::mirror::{finish_mirror, LeaseClock, TaskMirror};
-use crate::sessions::{store_call, CompactTrigger, Wait};
+use crate::sessions::{CompactTrigger, Wait};
 use crate::store::Session;
 
 /// A run that holds its session (see the module's comment).
@@ -185,7 +185,7 @@ impl HeldRun {
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
         if recorded {
-          let _ = store_call(store, Wait::Blocking, move |st| st.release_lease(&sid, &tid)).await;
+          let _ = store.call(Wait::Blocking, async move |st| st.release_lease(&sid, &tid).await).await;
         }
         drop(running);
         drop(finishing);
@@ -227,7 +227,7 @@ impl Manager {
       self.refresh_for(session, mode).await?;
     }
     let sid = session.id.clone();
-    let head = self.store_call(Wait::Blocking, move |s| s.shared_transcripts()?.transcript_head(&sid)).await?;
+    let head = self.store_call(Wait::Blocking, async move |s| s.shared_transcripts()?.transcript_head(&sid).await).await?;
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
     let local = self.transcript_of(session).ok().flatten();
     let mut tm = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);

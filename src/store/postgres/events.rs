@@ -26,10 +26,11 @@ fn running_from_row(r: &Row) -> RunningTask {
   }
 }
 
+#[async_trait::async_trait]
 impl Events for PgStore {
-  fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
+  async fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
     let n = events.len() as i64;
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       let Some(row) =
         self.opt(tx, "UPDATE {S}.sessions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq", &[&session_id, &n]).await?
       else {
@@ -52,9 +53,9 @@ impl Events for PgStore {
     })
   }
 
-  fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {
+  async fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {
     let limit = limit as i64;
-    self.read(async |c| {
+    read!(self, |c| {
       let rows = self
         .query(
           c,
@@ -66,8 +67,8 @@ impl Events for PgStore {
     })
   }
 
-  fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
-    self.read(async |c| {
+  async fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
+    read!(self, |c| {
       let row = self
         .opt(
           c,
@@ -85,9 +86,9 @@ impl Events for PgStore {
     })
   }
 
-  fn sweep_events(&self, retention: Duration) -> Result<u64> {
+  async fn sweep_events(&self, retention: Duration) -> Result<u64> {
     let ms = retention.as_millis() as i64;
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       self
         .exec(
           tx,
@@ -99,12 +100,12 @@ impl Events for PgStore {
     })
   }
 
-  fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>> {
-    self.read(async |c| Ok(self.opt(c, RUNNING, &[&session_id]).await?.map(|r| running_from_row(&r))))
+  async fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>> {
+    read!(self, |c| Ok(self.opt(c, RUNNING, &[&session_id]).await?.map(|r| running_from_row(&r))))
   }
 
-  fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>> {
-    self.tx(async |tx| {
+  async fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>> {
+    tx!(self, |tx| {
       let Some(row) = self.opt(tx, RUNNING, &[&session_id]).await? else { return Ok(None) };
       let mut t = running_from_row(&row);
       self.exec(tx, "UPDATE {S}.tasks SET abort_requested_at = {NOW} WHERE id = $1 AND abort_requested_at IS NULL", &[&t.task_id]).await?;
@@ -115,8 +116,8 @@ impl Events for PgStore {
     })
   }
 
-  fn abort_requested(&self, task_id: &str) -> Result<bool> {
-    self.read(async |c| {
+  async fn abort_requested(&self, task_id: &str) -> Result<bool> {
+    read!(self, |c| {
       Ok(self.opt(c, "SELECT 1 FROM {S}.tasks WHERE id = $1 AND abort_requested_at IS NOT NULL", &[&task_id]).await?.is_some())
     })
   }

@@ -59,15 +59,16 @@ impl PgStore {
   }
 
   /// The fence of a task (the lease generation it ran under), for tests and diagnostics.
-  pub fn task_fence(&self, task_id: &str) -> Result<Option<i64>> {
-    self.read(async |c| Ok(self.opt(c, "SELECT fence FROM {S}.tasks WHERE id = $1", &[&task_id]).await?.and_then(|r| r.get(0))))
+  pub async fn task_fence(&self, task_id: &str) -> Result<Option<i64>> {
+    read!(self, |c| Ok(self.opt(c, "SELECT fence FROM {S}.tasks WHERE id = $1", &[&task_id]).await?.and_then(|r| r.get(0))))
   }
 }
 
+#[async_trait::async_trait]
 impl Tasks for PgStore {
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
-  fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
-    self.read(async |c| {
+  async fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
+    read!(self, |c| {
       Ok(
         self
           .opt(
@@ -87,11 +88,11 @@ impl Tasks for PgStore {
   /// `start.max_running` live leases are held in the schema: with a limit, the count and the
   /// insert happen under one transaction-level advisory lock, so nodes starting at once never
   /// exceed it.
-  fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
+  async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
     let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
     let pid = owner.pid as i64;
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       // The session row's lock orders every start (and delete) of this session, on every node.
       if self.opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 FOR UPDATE", &[&session_id]).await?.is_none() {
         return Err(Error::not_found(session_id));
@@ -143,9 +144,9 @@ impl Tasks for PgStore {
 
   /// Extends a held lease by `ttl` from the database's now. Returns false when the lease is no
   /// longer this task's (another task took it over under a newer fence, or it was released).
-  fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
+  async fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       let n = self
         .exec(
           tx,
@@ -161,9 +162,9 @@ impl Tasks for PgStore {
   /// Ends a task: its row, the session's totals, the context snapshot and (unless
   /// `end.keep_lease`) the lease, in one transaction — fenced: refused with `STORE_ERROR`,
   /// writing nothing, when another task has taken the session's lease over meanwhile.
-  fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
+  async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
     let n = end.counts();
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       if self.held_fence(tx, session_id, task_id).await?.is_none() {
         return Err(Error::store(format!(
           "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
@@ -239,15 +240,15 @@ impl Tasks for PgStore {
   }
 
   /// Frees the lease a task kept past its end.
-  fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
-    self.tx(async |tx| self.release_in(tx, session_id, task_id).await)
+  async fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
+    tx!(self, |tx| self.release_in(tx, session_id, task_id).await)
   }
 
   /// Marks `running` tasks whose holder is gone as `interrupted` and frees their leases: tasks
   /// of this node's dead processes at once, any task (of any node) whose lease expired. Returns
   /// how many tasks were marked.
-  fn recover_interrupted(&self, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
-    self.tx(async |tx| {
+  async fn recover_interrupted(&self, is_alive: &(dyn Fn(u32) -> bool + Sync)) -> Result<u64> {
+    tx!(self, |tx| {
       let running = self
         .query(
           tx,
@@ -298,8 +299,8 @@ impl Tasks for PgStore {
   }
 
   /// Tasks of a session, oldest first.
-  fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
-    self.read(async |c| {
+  async fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
+    read!(self, |c| {
       let rows = self
         .query(
           c,

@@ -78,24 +78,25 @@ impl PgStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Sessions for PgStore {
   /// Creates a session.
-  fn create_session(&self, s: &NewSession) -> Result<Session> {
-    self.tx(async |tx| {
+  async fn create_session(&self, s: &NewSession) -> Result<Session> {
+    tx!(self, |tx| {
       self.insert_session(tx, s).await?;
       self.get_in(tx, &s.id, &s.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))
     })
   }
 
   /// One session of one user.
-  fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
-    self.read(async |c| self.get_in(c, id, user_id).await)
+  async fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
+    read!(self, |c| self.get_in(c, id, user_id).await)
   }
 
   /// Sessions of a user, newest activity first.
-  fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
+  async fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     let (limit, offset) = (q.limit.min(i64::MAX as u64) as i64, q.offset.min(i64::MAX as u64) as i64);
-    self.read(async |c| {
+    read!(self, |c| {
       let rows = self
         .query(
           c,
@@ -113,8 +114,8 @@ impl Sessions for PgStore {
   }
 
   /// The newest active session of a user's project, or a new one made from `new`, atomically.
-  fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
-    self.tx(async |tx| {
+  async fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
+    tx!(self, |tx| {
       self.lock_project(tx, &new.user_id, &new.project_id).await?;
       if prefer_active {
         let found = self
@@ -138,8 +139,8 @@ impl Sessions for PgStore {
   }
 
   /// Archives the user's active sessions of the project and creates `new`, atomically.
-  fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
-    self.tx(async |tx| {
+  async fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
+    tx!(self, |tx| {
       self.lock_project(tx, &new.user_id, &new.project_id).await?;
       let archived = self
         .exec(
@@ -156,8 +157,8 @@ impl Sessions for PgStore {
   }
 
   /// Archives one session.
-  fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
-    self.tx(async |tx| {
+  async fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
+    tx!(self, |tx| {
       let n = self
         .exec(tx, "UPDATE {S}.sessions SET status = 'archived', updated_at = {NOW} WHERE id = $1 AND user_id = $2", &[&id, &user_id])
         .await?;
@@ -169,8 +170,8 @@ impl Sessions for PgStore {
   }
 
   /// Deletes one session with its tasks and compactions; a session running a task is busy.
-  fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
-    self.tx(async |tx| {
+  async fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
+    tx!(self, |tx| {
       // The row lock orders this against a task starting on the session.
       if self.opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", &[&id, &user_id]).await?.is_none() {
         return Err(Error::not_found(id));
@@ -185,14 +186,14 @@ impl Sessions for PgStore {
   }
 
   /// Deletes idle sessions; returns how many.
-  fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
-    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
+  async fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
+    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active).await?.len() as u64)
   }
 
   /// Deletes a user's sessions idle for longer than `max_age_ms` (only archived ones when
   /// `keep_active`) that run no task; returns them.
-  fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
-    self.tx(async |tx| {
+  async fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
+    tx!(self, |tx| {
       let now: i64 = self.query(tx, "SELECT {NOW}", &[]).await?[0].get(0);
       let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
       let rows = self
@@ -220,8 +221,8 @@ impl Sessions for PgStore {
   }
 
   /// Counts a user's sessions.
-  fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
-    self.read(async |c| {
+  async fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
+    read!(self, |c| {
       let r = self
         .query(
           c,
@@ -234,8 +235,8 @@ impl Sessions for PgStore {
   }
 
   /// Replaces the context snapshot of a session.
-  fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
-    self.tx(async |tx| {
+  async fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(
           tx,

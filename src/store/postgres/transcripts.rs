@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::store::TranscriptEntry;
 
 impl PgStore {
-  fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
+  async fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
     if entries.is_empty() {
       return Ok(true);
     }
@@ -22,7 +22,7 @@ impl PgStore {
     let uuids: Vec<Option<&str>> = entries.iter().map(|e| e.uuid.as_deref()).collect();
     let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
     let last = seqs.iter().copied().max().unwrap_or(0);
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       let fence = match ended {
         false => self.held_fence(tx, session_id, task_id).await?,
         true => self.last_fence(tx, session_id, task_id).await?,
@@ -46,10 +46,11 @@ impl PgStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Transcripts for PgStore {
   /// The newest `seq` stored for the session (0: nothing stored).
-  fn transcript_head(&self, session_id: &str) -> Result<i64> {
-    self.read(async |c| {
+  async fn transcript_head(&self, session_id: &str) -> Result<i64> {
+    read!(self, |c| {
       Ok(self.opt(c, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
     })
   }
@@ -57,21 +58,21 @@ impl Transcripts for PgStore {
   /// Appends lines of the session's transcript for `task_id`, fenced by its lease: returns false,
   /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
   /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
-  fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, false)
+  async fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, false).await
   }
 
   /// Appends lines a task's CLI wrote after the task ended (a warm process closing: what it
   /// writes at stdin EOF), fenced by that task's lease: stored only while the lease is still the
   /// task's, held or released, and no other task has taken it since. False, writing nothing,
   /// otherwise.
-  fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, true)
+  async fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, true).await
   }
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
-  fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
-    self.read(async |c| {
+  async fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
+    read!(self, |c| {
       let rows = self
         .query(
           c,
@@ -84,8 +85,8 @@ impl Transcripts for PgStore {
   }
 
   /// The bytes of every stored line of the session (what `load_transcript(id, 0)` returns).
-  fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
-    self.read(async |c| {
+  async fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
+    read!(self, |c| {
       Ok(
         self
           .query(c, "SELECT COALESCE(SUM(octet_length(line)), 0)::bigint FROM {S}.transcript_entries WHERE session_id = $1", &[&session_id])
@@ -96,8 +97,8 @@ impl Transcripts for PgStore {
   }
 
   /// How many lines of one file of the session (`""`: the main transcript) are stored.
-  fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
-    self.read(async |c| {
+  async fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
+    read!(self, |c| {
       Ok(
         self
           .query(c, "SELECT COUNT(*) FROM {S}.transcript_entries WHERE session_id = $1 AND subpath = $2", &[&session_id, &subpath])
