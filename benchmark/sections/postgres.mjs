@@ -6,9 +6,13 @@
 //    interleaved run by run. The difference of medians is what PostgreSQL adds per task.
 // B. getSessionContext / getSession / listSessions with 100,000 sessions in the PostgreSQL
 //    schema (bulk-inserted with generate_series into tables the addon created).
+// R. Round trips to PostgreSQL per task, new and resumed: the PostgreSQL manager again, through a
+//    counting proxy (lib/pg-proxy.mjs; a separate pass, so the proxy's hop is not in A's times):
+//    flights before the CLI's main, after its result line, and in all.
 // C. Three Node processes (three "nodes") sharing one schema, 50 new-session tasks each, 4 at a
 //    time per node: wall time, tasks per second, every task row written — and the same on one
 //    SQLite file shared by three processes.
+// --parts=A,R,B,C picks the parts (default all).
 // Needs a database: --url=postgresql://… or CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL;
 // without one the section records that it was skipped. Each run uses schemas of its own and
 // drops them at the end.
@@ -16,6 +20,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fork, execFileSync } from 'node:child_process'
 import { args, median, p90, p99, writeJson, machineLoad } from '../lib/stats.mjs'
+import { startPgProxy } from '../lib/pg-proxy.mjs'
 import { addon, startStandIn, workspace, LifetimeLog, claudeBinary, timeStoreCalls, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
@@ -45,10 +50,11 @@ const schema = (tag) => {
 const out = { load: [machineLoad()], database: url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@') }
 out.server = psql('SHOW server_version').trim()
 const standIn = await startStandIn()
+const parts = new Set(String(opt.parts ?? 'A,R,B,C').split(','))
 
 try {
   // ---- A: overhead per task, SQLite vs PostgreSQL -------------------------------------------
-  {
+  if (parts.has('A')) {
     const make = (kind) => {
       const ws = workspace(`csm-bench-${kind}-`)
       const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
@@ -100,8 +106,52 @@ try {
     out.load.push(machineLoad())
   }
 
+  // ---- R: round trips per task ----------------------------------------------------------------
+  if (parts.has('R')) {
+    const proxy = await startPgProxy(url)
+    const ws = workspace('csm-bench-rt-')
+    const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
+    const m = new addon.SessionManager({
+      warmIdleMs: 0,
+      sandbox: BENCH_SANDBOX,
+      databaseUrl: proxy.url,
+      databaseSchema: schema('roundtrips'),
+      workingDirectory: ws.work,
+      claudePath: wrapper,
+      env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config, REAL_CLAUDE: real, LIFETIME_LOG: log.file },
+    })
+    const one = async (sessionId) => {
+      const t0 = ns()
+      const r = await m.executeTask({ prompt: 'Reply with one short sentence about databases.', projectId: 'bench', userId: 'u', sessionId })
+      const t1 = ns()
+      if (!r.success) throw new Error(`executeTask failed: ${r.error?.code} ${r.error?.message}`)
+      const life = (await log.next()).sort((a, b) => Number(b.reaped - b.forked - (a.reaped - a.forked)))[0]
+      const flights = await proxy.flights()
+      const count = (a, b) => flights.filter((t) => t >= a && t <= b).length
+      return { sessionId: r.sessionId, pre: count(t0, life.main), post: count(life.result ?? life.reaped, t1), total: count(t0, t1) }
+    }
+    // Warm-up, not recorded: the pool's connections and prepared statements.
+    await one((await one()).sessionId)
+    const rows = { new: [], resume: [] }
+    for (let i = 0; i < Math.max(3, Math.round(RUNS / 4)); i++) {
+      const n = await one()
+      rows.new.push(n)
+      rows.resume.push(await one(n.sessionId))
+    }
+    out.roundTrips = {}
+    for (const [k, v] of Object.entries(rows)) {
+      const pick = (f) => ({ median: median(v.map(f)), max: Math.max(...v.map(f)), n: v.length })
+      out.roundTrips[k] = { pre: pick((r) => r.pre), post: pick((r) => r.post), total: pick((r) => r.total) }
+    }
+    const rt = out.roundTrips
+    console.error(`[postgres] round trips: new ${rt.new.pre.median} before the CLI + ${rt.new.post.median} after its result (${rt.new.total.median} in all), resumed ${rt.resume.pre.median} + ${rt.resume.post.median} (${rt.resume.total.median})`)
+    await m.close()
+    await proxy.close()
+    fs.rmSync(ws.dir, { recursive: true, force: true })
+  }
+
   // ---- B: store calls with 100,000 sessions ---------------------------------------------------
-  {
+  if (parts.has('B')) {
     const ws = workspace('csm-bench-pgstore-')
     const S = schema('store')
     const m0 = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })
@@ -134,8 +184,8 @@ ANALYZE "${S}".sessions;`)
   }
 
   // ---- C: three nodes × PER_NODE tasks, PostgreSQL and SQLite --------------------------------
-  out.nodes = {}
-  for (const backend of ['postgres', 'sqlite']) {
+  if (parts.has('C')) out.nodes = {}
+  for (const backend of parts.has('C') ? ['postgres', 'sqlite'] : []) {
     const ws = workspace(`csm-bench-nodes-${backend}-`)
     const store = backend === 'postgres' ? { databaseUrl: url, databaseSchema: schema('nodes') } : { databasePath: ws.db }
     // Create the schema once before the nodes start, so their start-up does not race on it.

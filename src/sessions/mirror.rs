@@ -457,15 +457,17 @@ impl Manager {
   }
 
   /// Before a task: this node's copy of the transcript the CLI will read (the session's own, or a
-  /// fork's parent's) made the store's. Only on a store that keeps transcripts.
-  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode) -> Result<()> {
+  /// fork's parent's) made the store's. Only on a store that keeps transcripts. The session's
+  /// own head in the store when it read it (a resumed session), for the task's mirror.
+  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode) -> Result<Option<i64>> {
     let source = match mode {
-      SessionMode::New(_) => return Ok(()),
+      SessionMode::New(_) => return Ok(None),
       SessionMode::Resume(_) => session.clone(),
       SessionMode::Fork { parent, .. } => self.get_session(parent, &session.user_id).await?,
     };
-    let Some(path) = self.transcript_of(&source)? else { return Ok(()) };
-    refresh_local(&self.store, &source.id, &path, &self.marker_path(&source.id)).await.map(|_| ())
+    let Some(path) = self.transcript_of(&source)? else { return Ok(None) };
+    let head = refresh_local(&self.store, &source.id, &path, &self.marker_path(&source.id)).await?;
+    Ok((source.id == session.id).then_some(head))
   }
 }
 

@@ -43,6 +43,10 @@ pub trait Tasks {
   /// another live task holds the lease or `start.max_running` live leases are held across the
   /// database (counted and taken in one step, so concurrent starters never exceed it).
   async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin>;
+  /// [`Tasks::begin_task`] and what a starting run reads next, in one round trip where the
+  /// backend can: the session once the lease is taken (as `user_id` sees it), or whether the
+  /// holder's CLI is exiting ([`Tasks::lease_kept_after_end`]).
+  async fn start_task(&self, session_id: &str, user_id: &str, start: &TaskStart<'_>) -> Result<Start>;
   /// Extends a held lease; false when it is no longer this task's.
   async fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool>;
   /// Ends a task: its row, the session's totals, the context snapshot, the lease.

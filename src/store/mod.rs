@@ -294,6 +294,17 @@ pub enum Begin {
   Full,
 }
 
+/// What [`Tasks::start_task`] did: [`Begin`] with what the caller reads next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+  /// The lease is the task's; the session as it is now (`None` if it is not the user's).
+  Started(Option<Session>),
+  /// Another live task holds the session's lease; whether its CLI is exiting after its end.
+  SessionHeld { exiting: bool },
+  /// `max_running` live leases are held across the database.
+  Full,
+}
+
 /// Who holds work in this store: one per manager instance.
 #[derive(Debug, Clone)]
 pub struct Owner {

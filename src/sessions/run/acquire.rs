@@ -15,7 +15,7 @@ use super::{EventSink, HeldRun, Manager, TaskResult};
 use crate::cli::CancelToken;
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Begin, Session, TaskStart};
+use crate::store::{Session, Start, TaskStart};
 
 use super::super::{CompactTrigger, TaskError, TaskKind, Wait};
 
@@ -162,10 +162,10 @@ impl Manager {
     self
       .store_call(Wait::Briefly, async move |s| {
         let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running };
-        Ok(match s.begin_task(&sid, &start).await? {
-          Begin::Started => Ok(s.get_session(&sid, &uid).await.ok().flatten()),
-          Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid).await?)),
-          Begin::Full => Err(None),
+        Ok(match s.start_task(&sid, &uid, &start).await? {
+          Start::Started(fresh) => Ok(fresh),
+          Start::SessionHeld { exiting } => Err(Some(exiting)),
+          Start::Full => Err(None),
         })
       })
       .await

@@ -223,11 +223,18 @@ impl Manager {
   /// read refreshed from the store, and the writer that mirrors the CLI's lines into it.
   async fn start_mirror(&self, session: &Session, task_id: &str, mode: &SessionMode, clock: &LeaseClock) -> Result<TaskMirror> {
     // A warm process that may take the task wrote this node's copy itself, and reads only its own.
-    if !self.warm.fresh_for(&session.id, session.task_count) {
-      self.refresh_for(session, mode).await?;
-    }
-    let sid = session.id.clone();
-    let head = self.store_call(Wait::Blocking, async move |s| s.shared_transcripts()?.transcript_head(&sid).await).await?;
+    let refreshed = match self.warm.fresh_for(&session.id, session.task_count) {
+      false => self.refresh_for(session, mode).await?,
+      true => None,
+    };
+    // The head the refresh read, else read now (the lease is this task's: no one moves it since).
+    let head = match refreshed {
+      Some(head) => head,
+      None => {
+        let sid = session.id.clone();
+        self.store_call(Wait::Blocking, async move |s| s.shared_transcripts()?.transcript_head(&sid).await).await?
+      }
+    };
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
     let local = self.transcript_of(session).ok().flatten();
     let mut tm = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);

@@ -28,29 +28,20 @@ fn running_from_row(r: &Row) -> RunningTask {
 
 #[async_trait::async_trait]
 impl Events for PgStore {
+  /// One statement (one round trip, with the statement cache): the session's number moved, the
+  /// rows inserted, the doorbell rung, in one transaction.
   async fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
     let n = events.len() as i64;
-    tx!(self, |tx| {
-      let Some(row) =
-        self.opt(tx, "UPDATE {S}.sessions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq", &[&session_id, &n]).await?
-      else {
-        return Err(Error::not_found(session_id));
-      };
-      let last: i64 = row.get(0);
-      let first = last - n + 1;
-      let bodies: Vec<&str> = events.iter().map(String::as_str).collect();
-      self
-        .exec(
-          tx,
-          "INSERT INTO {S}.task_events (session_id, seq, task_id, at, body)
-           SELECT $1, $2 + o - 1, $3, {NOW}, b FROM unnest($4::text[]) WITH ORDINALITY AS x(b, o)",
-          &[&session_id, &first, &task_id, &bodies],
-        )
-        .await?;
-      let payload = format!("{NOTIFY_EVENTS}:{session_id}:{last}");
-      self.exec(tx, "SELECT pg_notify($1, $2)", &[&self.channel, &payload]).await?;
-      Ok(last)
-    })
+    let bodies: Vec<&str> = events.iter().map(String::as_str).collect();
+    let prefix = format!("{NOTIFY_EVENTS}:{session_id}:");
+    let sql = "WITH s AS (UPDATE {S}.sessions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq),
+       ins AS (INSERT INTO {S}.task_events (session_id, seq, task_id, at, body)
+         SELECT $1, s.event_seq - $2 + x.o, $3, {NOW}, x.b FROM s, unnest($4::text[]) WITH ORDINALITY AS x(b, o))
+       SELECT s.event_seq, pg_notify($5, $6 || s.event_seq::text)::text FROM s";
+    let params: Params = &[&session_id, &n, &task_id, &bodies, &self.channel, &prefix];
+    // As before: the writer of a task's events tries a failed append once more.
+    let row = idempotent!(self, |c| self.opt(c, sql, params).await)?;
+    row.map(|r| r.get(0)).ok_or_else(|| Error::not_found(session_id))
   }
 
   async fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {

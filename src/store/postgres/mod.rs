@@ -48,7 +48,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, EndStep, Inbox, ListQuery, Meter, NewSession, Session,
+  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, Inbox, ListQuery, Meter, NewSession, Session,
   Sessions, TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
 };
 use crate::error::{Error, ErrorCode, Result};

@@ -2,7 +2,20 @@
 
 use super::*;
 
+/// A session id that is in use or was used.
+fn taken(id: &str) -> Error {
+  Error::invalid(format!("session id {id} cannot be used for a new session; choose a new UUID"))
+}
+
 impl PgStore {
+  /// A new session's folders as stored: relative to this node's roots when inside them.
+  fn stored_folders(&self, s: &NewSession) -> (String, Option<String>) {
+    match &self.roots {
+      Some(roots) => (relative_to(&roots.working, &s.working_directory), s.config_dir.as_deref().map(|d| relative_to(&roots.config, d))),
+      None => (s.working_directory.clone(), s.config_dir.clone()),
+    }
+  }
+
   pub(super) async fn get_in(&self, tx: &impl GenericClient, id: &str, user_id: &str) -> Result<Option<Session>> {
     let row =
       self.opt(tx, &format!("SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE id = $1 AND user_id = $2"), &[&id, &user_id]).await?;
@@ -14,12 +27,9 @@ impl PgStore {
       .opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 UNION ALL SELECT 1 FROM {S}.retired_session_ids WHERE id = $1", &[&s.id])
       .await?;
     if taken.is_some() {
-      return Err(Error::invalid(format!("session id {} cannot be used for a new session; choose a new UUID", s.id)));
+      return Err(self::taken(&s.id));
     }
-    let (working_directory, config_dir) = match &self.roots {
-      Some(roots) => (relative_to(&roots.working, &s.working_directory), s.config_dir.as_deref().map(|d| relative_to(&roots.config, d))),
-      None => (s.working_directory.clone(), s.config_dir.clone()),
-    };
+    let (working_directory, config_dir) = self.stored_folders(s);
     let ctx = s.context.as_ref();
     let (tokens, window, source, measured) =
       (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
@@ -81,11 +91,42 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Sessions for PgStore {
   /// Creates a session.
+  ///
+  /// One statement (one round trip, with the statement cache): an id in use or retired inserts
+  /// nothing and is refused.
   async fn create_session(&self, s: &NewSession) -> Result<Session> {
-    tx!(self, |tx| {
-      self.insert_session(tx, s).await?;
-      self.get_in(tx, &s.id, &s.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))
-    })
+    let (working_directory, config_dir) = self.stored_folders(s);
+    let ctx = s.context.as_ref();
+    let (tokens, window, source, measured) =
+      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
+    let sql = format!(
+      "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
+         created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
+         cli_cost_watermark, config_dir)
+       SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
+         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text
+       WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
+       ON CONFLICT (id) DO NOTHING
+       RETURNING {SESSION_COLUMNS}"
+    );
+    let params: Params = &[
+      &s.id,
+      &s.project_id,
+      &s.user_id,
+      &s.parent_id,
+      &s.title,
+      &s.model,
+      &working_directory,
+      &tokens,
+      &window,
+      &source,
+      &measured,
+      &s.cli_cost_watermark,
+      &config_dir,
+    ];
+    // Run again after a lost answer, the id is in use: refused as any taken id is.
+    let row = idempotent!(self, |c| self.opt(c, &sql, params).await)?;
+    row.map(|r| self.session_row(&r)).ok_or_else(|| taken(&s.id))
   }
 
   /// One session of one user.

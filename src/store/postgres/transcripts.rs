@@ -13,6 +13,8 @@ use crate::error::Result;
 use crate::store::TranscriptEntry;
 
 impl PgStore {
+  /// One statement (one round trip, with the statement cache): the fence read and locked, the
+  /// lines inserted under it, the head moved; nothing when the fence is not the task's.
   async fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
     if entries.is_empty() {
       return Ok(true);
@@ -22,27 +24,27 @@ impl PgStore {
     let uuids: Vec<Option<&str>> = entries.iter().map(|e| e.uuid.as_deref()).collect();
     let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
     let last = seqs.iter().copied().max().unwrap_or(0);
-    tx!(self, |tx| {
-      let fence = match ended {
-        false => self.held_fence(tx, session_id, task_id).await?,
-        true => self.last_fence(tx, session_id, task_id).await?,
-      };
-      let Some(fence) = fence else {
-        return Ok(false);
-      };
-      self
-        .exec(
-          tx,
-          "INSERT INTO {S}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
-           SELECT $1, x.seq, x.subpath, x.uuid, $2, $3, x.line
-           FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[]) AS x(seq, subpath, uuid, line)
-           ON CONFLICT DO NOTHING",
-          &[&session_id, &fence, &task_id, &seqs, &subpaths, &uuids, &lines],
-        )
-        .await?;
-      self.exec(tx, "UPDATE {S}.sessions SET transcript_seq = GREATEST(transcript_seq, $2) WHERE id = $1", &[&session_id, &last]).await?;
-      Ok(true)
-    })
+    // The fence the task holds the lease under (`held_fence`), or, after its end, the fence of
+    // the lease it was the last to take (`last_fence`).
+    let fence = match ended {
+      false => "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+           WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l",
+      true => "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
+           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l",
+    };
+    let sql = format!(
+      "WITH f AS ({fence}),
+       ins AS (INSERT INTO {{S}}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
+         SELECT $1, x.seq, x.subpath, x.uuid, f.fence, $2, x.line
+         FROM f, unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS x(seq, subpath, uuid, line)
+         ON CONFLICT DO NOTHING),
+       head AS (UPDATE {{S}}.sessions SET transcript_seq = GREATEST(transcript_seq, $7) WHERE id = $1 AND EXISTS (SELECT 1 FROM f))
+       SELECT COUNT(*) FROM f"
+    );
+    let params: Params = &[&session_id, &task_id, &seqs, &subpaths, &uuids, &lines, &last];
+    // Keyed by `seq` (and `uuid`): a batch sent again after a lost answer changes nothing.
+    let held: i64 = idempotent!(self, |c| Ok(self.query(c, &sql, params).await?[0].get(0)))?;
+    Ok(held > 0)
   }
 }
 

@@ -57,6 +57,14 @@ impl Tasks for SqliteStore {
   /// Writes nothing when another live task holds the lease, or when `start.max_running` live
   /// leases are held in the file: `BEGIN IMMEDIATE` holds the file's write lock from the count
   /// to the insert, so processes starting at once never exceed it.
+  async fn start_task(&self, session_id: &str, user_id: &str, start: &TaskStart<'_>) -> Result<Start> {
+    Ok(match self.begin_task(session_id, start).await? {
+      Begin::Started => Start::Started(self.get_session(session_id, user_id).await.ok().flatten()),
+      Begin::SessionHeld => Start::SessionHeld { exiting: self.lease_kept_after_end(session_id).await? },
+      Begin::Full => Start::Full,
+    })
+  }
+
   async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
     let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     self.write(|tx| {
