@@ -94,7 +94,7 @@ for (const name of sections) {
   const argv = [path.join(here, 'sections', `${name}.mjs`), `--json=${json}`, `--wrapper=${wrapper.path}`]
   if (quick) argv.push('--quick')
   if (opt.parts && name === 'postgres') argv.push(`--parts=${opt.parts}`)
-  if (opt.baseline && (name === 'tokens' || name === 'pathological')) argv.push(`--baseline=${path.resolve(opt.baseline)}`)
+  if (opt.baseline && (name === 'tokens' || name === 'pathological' || name === 'postgres')) argv.push(`--baseline=${path.resolve(opt.baseline)}`)
   console.error(`[bench] section ${name} ...`)
   const started = Date.now()
   const code = await new Promise((resolve) => spawn(process.execPath, argv, { stdio: 'inherit', cwd: root }).on('exit', (c, s) => resolve(c ?? s)))
@@ -336,10 +336,11 @@ else if (pg) {
   )
   if (o) table(
     ['backend / task', 'overhead ms (median / p90)', 'pre ms', 'post ms', 'wall ms (median)'],
-    ['sqlite/new', 'postgres/new', 'sqlite/resume', 'postgres/resume'].map((k) => [k, `${fmt(o[k].overhead.median)} / ${fmt(o[k].overhead.p90)}`, fmt(o[k].pre.median), fmt(o[k].post.median), fmt(o[k].wall.median, 1)]),
+    ['sqlite/new', 'postgres/new', 'baseline/new', 'sqlite/resume', 'postgres/resume', 'baseline/resume'].filter((k) => o[k]).map((k) => [k, `${fmt(o[k].overhead.median)} / ${fmt(o[k].overhead.p90)}`, fmt(o[k].pre.median), fmt(o[k].post.median), fmt(o[k].wall.median, 1)]),
   )
   if (o) {
     md.push(`PostgreSQL adds (difference of medians): new session ${fmt(o.addedNewMs)} ms, resumed ${fmt(o.addedResumedMs)} ms.`, '')
+    if (o.baseline) md.push(`The baseline build (\`${o.baseline}\`, PostgreSQL, interleaved in the same run) adds: new session ${fmt(o.baselineAddedNewMs)} ms, resumed ${fmt(o.baselineAddedResumedMs)} ms.`, '')
     bars.push(['PostgreSQL store, new session', '≤ 2 ms added per task (median)', `${fmt(o.addedNewMs)} ms`, yes(o.addedNewMs <= 2)])
     bars.push(['PostgreSQL store, resumed', '≤ 2 ms added per task (median)', `${fmt(o.addedResumedMs)} ms`, yes(o.addedResumedMs <= 2)])
   }

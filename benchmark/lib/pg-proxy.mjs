@@ -5,7 +5,10 @@
 // (or opens it): statements the client pipelines before the server answers are one flight, as
 // they cost one network wait; a server's unasked bytes (a NOTIFY on a listening connection) are
 // no flight. Each flight is stamped with process.hrtime.bigint() (CLOCK_MONOTONIC nanoseconds,
-// the lifetime wrapper's clock), so flights can be counted between two moments of a task.
+// the lifetime wrapper's clock), so flights can be counted between two moments of a task. The
+// proxy reads the client's messages enough to tell a flight that only appends to the event log
+// (a task's events are written by a writer beside the task, which nothing on the task's path
+// waits for), so that it can be counted apart.
 //
 // The proxy runs on a worker thread: the addon's constructor connects synchronously, blocking the
 // main thread's event loop.
@@ -14,6 +17,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 
 if (!isMainThread && workerData?.pgProxy) {
   const { host, port } = workerData
+  /** Per flight: when, and whether every statement in it appends to the event log. */
   const flights = []
   const server = net.createServer((client) => {
     const upstream = net.connect(port, host)
@@ -21,11 +25,52 @@ if (!isMainThread && workerData?.pgProxy) {
     upstream.setNoDelay(true)
     // Whether the server spoke since the client's last bytes (a new flight starts then).
     let answered = true
+    let flight = null
+    // The client's messages, parsed to tell which statements a flight runs (prepared statement
+    // names to their SQL, from Parse messages).
+    let buf = Buffer.alloc(0)
+    let started = false
+    const statements = new Map()
+    const cstr = (b, at) => {
+      const end = b.indexOf(0, at)
+      return [b.toString('utf8', at, end), end + 1]
+    }
+    const parse = () => {
+      for (;;) {
+        if (!started) {
+          if (buf.length < 8) return
+          const len = buf.readInt32BE(0)
+          const code = buf.readInt32BE(4)
+          if (buf.length < len) return
+          buf = buf.subarray(len)
+          if (code !== 80877103) started = true // SSLRequest, else the startup message
+          continue
+        }
+        if (buf.length < 5) return
+        const type = String.fromCharCode(buf[0])
+        const len = buf.readInt32BE(1)
+        if (buf.length < 1 + len) return
+        const body = buf.subarray(5, 1 + len)
+        buf = buf.subarray(1 + len)
+        if (type === 'P') {
+          const [name, at] = cstr(body, 0)
+          statements.set(name, cstr(body, at)[0])
+        }
+        if (flight && (type === 'B' || type === 'Q')) {
+          const sql = type === 'Q' ? cstr(body, 0)[0] : statements.get(cstr(body, cstr(body, 0)[1])[0]) ?? ''
+          flight.events = flight.events !== false && /\.task_events\b/.test(sql) && /^\s*WITH s AS \(UPDATE/.test(sql)
+        }
+        if (flight && type === 'P') flight.events = false
+      }
+    }
     client.on('data', (b) => {
       if (answered) {
-        flights.push(process.hrtime.bigint())
+        flight = { t: process.hrtime.bigint(), events: undefined }
+        flights.push(flight)
         answered = false
       }
+      buf = buf.length ? Buffer.concat([buf, b]) : b
+      parse()
       upstream.write(b)
     })
     upstream.on('data', (b) => {
@@ -41,7 +86,7 @@ if (!isMainThread && workerData?.pgProxy) {
   })
   server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }))
   parentPort.on('message', (m) => {
-    if (m === 'flights') parentPort.postMessage({ flights: flights.slice() })
+    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, events: f.events === true })) })
   })
 }
 
@@ -51,22 +96,23 @@ export async function startPgProxy(url) {
   const worker = new Worker(new URL(import.meta.url), {
     workerData: { pgProxy: true, host: target.hostname || '127.0.0.1', port: Number(target.port || 5432) },
   })
-  const next = () => new Promise((resolve, reject) => worker.once('message', resolve).once('error', reject))
+  let failed = null
+  worker.once('error', (e) => (failed = e))
+  const next = () => (failed ? Promise.reject(failed) : new Promise((resolve) => worker.once('message', resolve)))
   const { port } = await next()
   const proxied = new URL(url)
   proxied.hostname = '127.0.0.1'
   proxied.port = String(port)
   return {
     url: proxied.toString(),
-    /** The flights' times so far (hrtime nanoseconds), in order. */
+    /**
+     * The flights so far, in order: `t` when (hrtime nanoseconds), `events` whether it only
+     * appends to the event log (its writer runs beside the task: nothing waits for it).
+     */
     async flights() {
       const answer = next()
       worker.postMessage('flights')
       return (await answer).flights
-    },
-    /** How many flights were stamped in [from, to] (hrtime nanoseconds, inclusive). */
-    async between(from, to) {
-      return (await this.flights()).filter((t) => t >= from && t <= to).length
     },
     async close() {
       await worker.terminate()

@@ -329,15 +329,28 @@ impl Manager {
   }
 
   /// Before a run: how the CLI picks the session up, with its pending branch point (a fork's
-  /// message, a rewind); returns the point, which the run clears once the CLI ran.
-  pub(crate) async fn continue_from(&self, session: &Session, mode: SessionMode, cli: &mut CliArgs) -> Result<Option<String>> {
+  /// message, a rewind); returns the point, which the run clears once the CLI ran. `known`: the
+  /// point, when the task's start read it.
+  pub(crate) async fn continue_from(
+    &self,
+    session: &Session,
+    mode: SessionMode,
+    cli: &mut CliArgs,
+    known: Option<Option<BranchPoint>>,
+  ) -> Result<Option<String>> {
     let branches = !matches!(mode, SessionMode::New(_));
     cli.session = Some(mode);
     if !branches {
       return Ok(None);
     }
-    let id = session.id.clone();
-    let Some(b) = self.store_call(Wait::Briefly, async move |s| s.branch_point(&id).await).await? else { return Ok(None) };
+    let point = match known {
+      Some(point) => point,
+      None => {
+        let id = session.id.clone();
+        self.store_call(Wait::Briefly, async move |s| s.branch_point(&id).await).await?
+      }
+    };
+    let Some(b) = point else { return Ok(None) };
     if b.resume_at.is_some() {
       self.check_branching_cli()?;
     }

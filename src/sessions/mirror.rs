@@ -125,10 +125,22 @@ impl LeaseClock {
   }
 }
 
+/// What a task's writer has stored, as the store has it: the lease holder is the one writer of
+/// the session, so these are the stored lines after the head the task started from.
+#[derive(Default)]
+struct Stored {
+  /// The store's head: the last `seq` stored (the start's head before any).
+  head: i64,
+  /// The main transcript's lines stored, as text, with how many times each.
+  lines: HashMap<String, usize>,
+}
+
 /// One task's mirror: a writer that stores the CLI's frames in order.
 pub(crate) struct TaskMirror {
   pub(crate) tx: MirrorTx,
   writer: tokio::task::JoinHandle<()>,
+  /// What the writer has stored.
+  stored: Arc<Mutex<Stored>>,
   /// The store's head and the local file's length when the task started: the file then held
   /// the stored lines, and what the task adds is appended after both, so the check at the end
   /// compares only the task's part (not the whole conversation on every task).
@@ -149,6 +161,7 @@ struct Writer {
   /// Lines written after the task ended (a warm process closing): fenced by the task's last
   /// lease, held or released, instead of a held one.
   after_end: bool,
+  stored: Arc<Mutex<Stored>>,
 }
 
 impl Writer {
@@ -184,7 +197,13 @@ impl Writer {
       };
       match self.store.call(Wait::Blocking, append).await {
         Ok(true) => {
-          self.pending.clear();
+          let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+          for e in self.pending.drain(..) {
+            stored.head = stored.head.max(e.seq);
+            if e.subpath.is_empty() {
+              *stored.lines.entry(e.line).or_default() += 1;
+            }
+          }
           return Ok(());
         }
         Ok(false) => {
@@ -218,7 +237,9 @@ impl TaskMirror {
   ) -> TaskMirror {
     let local_len = local.as_ref().and_then(|p| p.regular_len().ok().flatten()).unwrap_or(0);
     let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
+    let stored = Arc::new(Mutex::new(Stored { head, lines: HashMap::new() }));
     let mut w = Writer {
+      stored: stored.clone(),
       store,
       session_id: session_id.to_owned(),
       task_id: task_id.to_owned(),
@@ -246,7 +267,7 @@ impl TaskMirror {
       // The run is over and nobody flushes: a last try for what is left.
       let _ = w.write().await;
     });
-    TaskMirror { tx, writer, from: (head, local_len), local, max_bytes: transcript::DEFAULT_MAX_TRANSCRIPT_BYTES }
+    TaskMirror { tx, writer, stored, from: (head, local_len), local, max_bytes: transcript::DEFAULT_MAX_TRANSCRIPT_BYTES }
   }
 
   /// The mirror of what a warm process writes as it closes, after its last task `task_id` ended:
@@ -275,8 +296,18 @@ impl TaskMirror {
   /// others; waits for the writer, and stops it. The file is the session's own regular file or
   /// nothing is taken from it (a link or a special file is refused: Err, nothing stored, and the
   /// next task here rewrites the file from the store); at most `max_bytes` of it are read, line
-  /// by line (a longer line is skipped).
-  pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: TenantFile) -> std::result::Result<(), String> {
+  /// by line (a longer line is skipped). The task's part of the file is compared with what its
+  /// writer stored, without a trip to the store: only lines the store lacks cost one (the
+  /// transcript is behind). Returns the store's head, and with `give_back` the lines the store
+  /// lacks, numbered after it, instead of storing them (the caller stores them with the lease's
+  /// release, in one trip).
+  pub(crate) async fn reconcile(
+    self,
+    store: Arc<Store>,
+    session_id: String,
+    local: TenantFile,
+    give_back: bool,
+  ) -> std::result::Result<(i64, Vec<TranscriptEntry>), String> {
     self.flush().await?;
     let (file, (head, offset), max) = (local.clone(), self.from, self.max_bytes);
     let read = tokio::task::spawn_blocking(move || -> Result<Option<(Vec<Value>, i64)>> {
@@ -317,16 +348,23 @@ impl TaskMirror {
       Some((read, after)) => {
         // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
         // the CLI also writes lines it does not mirror in the middle of the file (state it
-        // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
-        let sid = session_id.clone();
-        let rows = store
-          .call(Wait::Blocking, async move |st| st.shared_transcripts()?.load_transcript(&sid, after).await)
-          .await
-          .map_err(|e| e.message)?;
-        let mut stored: HashMap<String, usize> = HashMap::new();
-        for e in rows.into_iter().filter(|e| e.subpath.is_empty()) {
-          *stored.entry(e.line).or_default() += 1;
-        }
+        // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat. The
+        // task's part is compared with what its writer stored; the whole file with the store.
+        let mut stored: HashMap<String, usize> = match after == head {
+          true => self.stored.lock().unwrap_or_else(|p| p.into_inner()).lines.clone(),
+          false => {
+            let sid = session_id.clone();
+            let rows = store
+              .call(Wait::Blocking, async move |st| st.shared_transcripts()?.load_transcript(&sid, after).await)
+              .await
+              .map_err(|e| e.message)?;
+            let mut all = HashMap::new();
+            for e in rows.into_iter().filter(|e| e.subpath.is_empty()) {
+              *all.entry(e.line).or_default() += 1;
+            }
+            all
+          }
+        };
         let mut missing = vec![];
         for v in read {
           let key = serde_json::to_string(&v).unwrap_or_default();
@@ -338,6 +376,18 @@ impl TaskMirror {
         missing
       }
     };
+    if give_back {
+      drop(self.tx);
+      let _ = self.writer.await;
+      let head = self.stored.lock().unwrap_or_else(|p| p.into_inner()).head;
+      let lines = tail.iter().zip(head + 1..).map(|(v, seq)| TranscriptEntry {
+        seq,
+        subpath: String::new(),
+        uuid: v.get("uuid").and_then(Value::as_str).map(str::to_owned),
+        line: serde_json::to_string(v).unwrap_or_default(),
+      });
+      return Ok((head, lines.collect()));
+    }
     if !tail.is_empty() {
       let frame = json!({ "type": "transcript_mirror", "filePath": local.path().to_string_lossy(), "entries": tail });
       let _ = self.tx.send(MirrorMsg::Frame(frame));
@@ -345,7 +395,8 @@ impl TaskMirror {
     }
     drop(self.tx);
     let _ = self.writer.await;
-    Ok(())
+    let head = self.stored.lock().unwrap_or_else(|p| p.into_inner()).head;
+    Ok((head, vec![]))
   }
 }
 
@@ -378,9 +429,21 @@ pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &TenantFile) {
 /// The file and every folder on its way are checked as they are written (see [`TenantFile`]): a
 /// link planted below the configuration folder (the session's `projects/<slug>` folder linked to
 /// a host folder) fails the refresh with `TRANSCRIPT_UNSAFE` and nothing is written through it.
-pub(crate) async fn refresh_local(store: &Arc<Store>, session_id: &str, path: &TenantFile, marker: &Path) -> Result<i64> {
-  let sid = session_id.to_owned();
-  let head = store.call(Wait::Briefly, async move |st| st.shared_transcripts()?.transcript_head(&sid).await).await?;
+/// `head`: the store's head, when the caller read it already.
+pub(crate) async fn refresh_local(
+  store: &Arc<Store>,
+  session_id: &str,
+  path: &TenantFile,
+  marker: &Path,
+  head: Option<i64>,
+) -> Result<i64> {
+  let head = match head {
+    Some(head) => head,
+    None => {
+      let sid = session_id.to_owned();
+      store.call(Wait::Briefly, async move |st| st.shared_transcripts()?.transcript_head(&sid).await).await?
+    }
+  };
   if head == 0 {
     return Ok(0);
   }
@@ -459,25 +522,62 @@ impl Manager {
   /// Before a task: this node's copy of the transcript the CLI will read (the session's own, or a
   /// fork's parent's) made the store's. Only on a store that keeps transcripts. The session's
   /// own head in the store when it read it (a resumed session), for the task's mirror.
-  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode) -> Result<Option<i64>> {
+  /// `head`: the session's own head, when already read.
+  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode, head: Option<i64>) -> Result<Option<i64>> {
     let source = match mode {
       SessionMode::New(_) => return Ok(None),
       SessionMode::Resume(_) => session.clone(),
       SessionMode::Fork { parent, .. } => self.get_session(parent, &session.user_id).await?,
     };
     let Some(path) = self.transcript_of(&source)? else { return Ok(None) };
-    let head = refresh_local(&self.store, &source.id, &path, &self.marker_path(&source.id)).await?;
-    Ok((source.id == session.id).then_some(head))
+    let own = source.id == session.id;
+    let head = refresh_local(&self.store, &source.id, &path, &self.marker_path(&source.id), head.filter(|_| own)).await?;
+    Ok(own.then_some(head))
   }
 }
 
 /// After the CLI exited: the mirror reconciled with the local file, and the marker set when the
 /// store took everything (else the next task here rewrites the file from the store).
 pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: TenantFile, marker: PathBuf) {
-  if m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok() {
-    if let Ok(head) = store.call(Wait::Briefly, async move |st| st.shared_transcripts()?.transcript_head(&session_id).await).await {
-      let _ = tokio::task::spawn_blocking(move || mark_fresh(&marker, head, &local)).await;
+  if let Ok((head, _)) = m.reconcile(store, session_id, local.clone(), false).await {
+    let _ = tokio::task::spawn_blocking(move || mark_fresh(&marker, head, &local)).await;
+  }
+}
+
+/// After the CLI of a task that kept the session's lease exited: the lease released (`release`:
+/// the task's end was recorded) and, with a mirror, the lines the store lacks stored in the same
+/// trip ([`Transcripts::append_and_release`]); the marker set when the store took everything.
+/// Nothing more than the release when the transcript is not behind.
+pub(crate) async fn release_after_exit(
+  mirror: Option<(TaskMirror, TenantFile)>,
+  store: Arc<Store>,
+  session_id: String,
+  task_id: String,
+  marker: PathBuf,
+  release: bool,
+) {
+  if !release {
+    // The end was not recorded: the lease is left to expire; the lines the store lacks are
+    // stored under it while it lasts, as after any task.
+    if let Some((m, local)) = mirror {
+      finish_mirror(m, store, session_id, local, marker).await;
     }
+    return;
+  }
+  let reconciled = match mirror {
+    Some((m, local)) => m.reconcile(store.clone(), session_id.clone(), local.clone(), true).await.ok().map(|r| (r, local)),
+    None => None,
+  };
+  let lines = reconciled.as_ref().map(|((_, lines), _)| lines.clone()).unwrap_or_default();
+  let released = store
+    .call(Wait::Blocking, async move |st| match lines.is_empty() {
+      true => st.release_lease(&session_id, &task_id).await.map(|()| true),
+      false => st.shared_transcripts()?.append_and_release(&session_id, &task_id, &lines).await,
+    })
+    .await;
+  if let (Ok(true), Some(((head, lines), local))) = (released, reconciled) {
+    let head = lines.last().map_or(head, |e| e.seq);
+    let _ = tokio::task::spawn_blocking(move || mark_fresh(&marker, head, &local)).await;
   }
 }
 

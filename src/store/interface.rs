@@ -79,6 +79,10 @@ pub trait Transcripts: Send + Sync {
   /// Appends lines a task's CLI wrote after the task ended, unless another task took the
   /// session's lease since; false then.
   async fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool>;
+  /// [`Transcripts::append_transcript_after_end`] and [`Tasks::release_lease`] in one round trip:
+  /// the lines a task's CLI wrote as it exited, and the lease the task kept freed; false, writing
+  /// nothing, when another task took the session since.
+  async fn append_and_release(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool>;
   /// A session's stored transcript lines after `after` (0: all), in order (none on SQLite).
   async fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>>;
   /// How many lines of one transcript file of a session are stored.

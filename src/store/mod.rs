@@ -294,11 +294,26 @@ pub enum Begin {
   Full,
 }
 
+/// What a run reads once its task started ([`Start::Started`]), in the same trip where the
+/// backend can.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Began {
+  /// The session as it is now (`None` if it is not the user's).
+  pub session: Option<Session>,
+  /// The session's transcript head in the store ([`Transcripts::transcript_head`]), when read.
+  pub transcript_head: Option<i64>,
+  /// How many other managers keep an idle warm CLI of the session once asked to give it up
+  /// ([`WarmHolds::warm_elsewhere`]), when asked: `Some(0)` when none does.
+  pub warm_left: Option<u64>,
+  /// The session's branch point ([`Branches::branch_point`]), when read: `Some(None)` when it has none.
+  pub branch_point: Option<Option<BranchPoint>>,
+}
+
 /// What [`Tasks::start_task`] did: [`Begin`] with what the caller reads next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Start {
-  /// The lease is the task's; the session as it is now (`None` if it is not the user's).
-  Started(Option<Session>),
+  /// The lease is the task's.
+  Started(Began),
   /// Another live task holds the session's lease; whether its CLI is exiting after its end.
   SessionHeld { exiting: bool },
   /// `max_running` live leases are held across the database.

@@ -1,34 +1,58 @@
 //! Tasks and the one-CLI-per-session lease on PostgreSQL, fenced (see `postgres/mod.rs`).
 
 use super::*;
-use crate::store::Start;
+use crate::store::{Began, Start};
 
 impl PgStore {
-  /// The function `begin_task` (see `schema.rs`), and with `user_id` the session read right after
-  /// it, both sent before either answers: one round trip. The read runs after the start
-  /// committed (one connection runs its statements in order), so it sees the lease taken.
+  /// The function `begin_task` (see `schema.rs`); with `user_id`, also what the run reads next
+  /// ([`Began`]): the session with its transcript head, the other managers' warm holds of it
+  /// asked to give way ([`WarmHolds::warm_elsewhere`], only once the lease is this task's), its
+  /// branch point. All
+  /// sent before any answers: one round trip; one connection runs them in order, so the reads
+  /// see the start committed.
   async fn start_in(&self, session_id: &str, user_id: Option<&str>, start: &TaskStart<'_>) -> Result<Start> {
     let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
     let (pid, max) = (owner.pid as i64, max_running.map(|m| m.min(i64::MAX as u64) as i64));
     let key = format!("{}\u{1}running", self.schema);
     let begin = "SELECT outcome, kept FROM {S}.begin_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-    let read = format!("SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE id = $1 AND user_id = $2");
-    let params: Params = &[&session_id, &task_id, &kind, &model, &owner.id, &pid, &self.node, &ttl_ms, &self.host, &max, &key, &INTERRUPTED];
-    let (outcome, kept, fresh) = idempotent!(self, |c| {
-      let (began, fresh) = match user_id {
+    let read = format!("SELECT {SESSION_COLUMNS}, transcript_seq FROM {{S}}.sessions WHERE id = $1 AND user_id = $2");
+    let warm = "WITH gone AS (DELETE FROM {S}.warm_holds WHERE session_id = $1 AND expires_at <= now())
+       UPDATE {S}.warm_holds SET wanted = true WHERE session_id = $1 AND owner_id != $2 AND expires_at > now()
+         AND EXISTS (SELECT 1 FROM {S}.leases WHERE session_id = $1 AND task_id = $3)
+       RETURNING owner_id";
+    let point = "SELECT fork_at, resume_at, resume_drops FROM {S}.branch_points WHERE session_id = $1";
+    let params: Params =
+      &[&session_id, &task_id, &kind, &model, &owner.id, &pid, &self.node, &ttl_ms, &self.host, &max, &key, &INTERRUPTED];
+    let (outcome, kept, next) = idempotent!(self, |c| {
+      let (began, next) = match user_id {
         Some(user) => {
-          let by: Params = &[&session_id, &user];
-          let (began, fresh) = tokio::join!(self.query(c, begin, params), self.opt(c, &read, by));
-          (began?, fresh?)
+          let (by_user, by_owner, by_id): (Params, Params, Params) =
+            (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
+          let (began, fresh, holds, point) = tokio::join!(
+            self.query(c, begin, params),
+            self.opt(c, &read, by_user),
+            self.query(c, warm, by_owner),
+            self.opt(c, point, by_id)
+          );
+          (began?, Some((fresh?, holds?, point?)))
         }
         None => (self.query(c, begin, params).await?, None),
       };
       let (outcome, kept): (String, bool) = (began[0].get(0), began[0].get(1));
-      Ok((outcome, kept, fresh))
+      Ok((outcome, kept, next))
     })?;
     match outcome.as_str() {
-      "started" => Ok(Start::Started(fresh.as_ref().map(|r| self.session_row(r)))),
+      "started" => Ok(Start::Started(match next {
+        Some((fresh, holds, point)) => Began {
+          session: fresh.as_ref().map(|r| self.session_row(r)),
+          transcript_head: fresh.as_ref().map(|r| r.get(25)),
+          // Other managers' holds asked to give way: the run waits for them as before.
+          warm_left: Some(holds.len() as u64),
+          branch_point: Some(point.map(|r| BranchPoint { fork_at: r.get(0), resume_at: r.get(1), resume_drops: r.get(2) })),
+        },
+        None => Began::default(),
+      })),
       "held" => Ok(Start::SessionHeld { exiting: kept }),
       "full" => Ok(Start::Full),
       _ => Err(Error::not_found(session_id)),
@@ -174,7 +198,11 @@ impl Tasks for PgStore {
   async fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
     idempotent!(self, |c| {
       self
-        .exec(c, "UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2", &[&session_id, &task_id])
+        .exec(
+          c,
+          "UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2",
+          &[&session_id, &task_id],
+        )
         .await
     })?;
     Ok(())

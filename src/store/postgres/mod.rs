@@ -48,8 +48,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, Inbox, ListQuery, Meter, NewSession, Session,
-  Sessions, TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
+  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, Inbox, ListQuery, Meter, NewSession, Session, Sessions,
+  TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
 };
 use crate::error::{Error, ErrorCode, Result};
 

@@ -15,8 +15,10 @@ use crate::store::TranscriptEntry;
 impl PgStore {
   /// One statement (one round trip, with the statement cache): the fence read and locked, the
   /// lines inserted under it, the head moved; nothing when the fence is not the task's.
-  async fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
-    if entries.is_empty() {
+  /// `release`: the lease the task kept is freed in the same statement (see
+  /// [`Transcripts::append_and_release`]; `ended` then).
+  async fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool, release: bool) -> Result<bool> {
+    if entries.is_empty() && !release {
       return Ok(true);
     }
     let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
@@ -27,10 +29,14 @@ impl PgStore {
     // The fence the task holds the lease under (`held_fence`), or, after its end, the fence of
     // the lease it was the last to take (`last_fence`).
     let fence = match ended {
-      false => "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
-           WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l",
-      true => "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
-           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l",
+      false => {
+        "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+           WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l"
+      }
+      true => {
+        "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
+           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l"
+      }
     };
     let sql = format!(
       "WITH f AS ({fence}),
@@ -38,8 +44,14 @@ impl PgStore {
          SELECT $1, x.seq, x.subpath, x.uuid, f.fence, $2, x.line
          FROM f, unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS x(seq, subpath, uuid, line)
          ON CONFLICT DO NOTHING),
-       head AS (UPDATE {{S}}.sessions SET transcript_seq = GREATEST(transcript_seq, $7) WHERE id = $1 AND EXISTS (SELECT 1 FROM f))
-       SELECT COUNT(*) FROM f"
+       head AS (UPDATE {{S}}.sessions SET transcript_seq = GREATEST(transcript_seq, $7) WHERE id = $1 AND EXISTS (SELECT 1 FROM f)){release}
+       SELECT COUNT(*) FROM f",
+      release = match release {
+        // The row stays (its fence must keep growing); only the holder goes.
+        true => ",
+       freed AS (UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2 AND EXISTS (SELECT 1 FROM f))",
+        false => "",
+      }
     );
     let params: Params = &[&session_id, &task_id, &seqs, &subpaths, &uuids, &lines, &last];
     // Keyed by `seq` (and `uuid`): a batch sent again after a lost answer changes nothing.
@@ -61,7 +73,7 @@ impl Transcripts for PgStore {
   /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
   /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
   async fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, false).await
+    self.append_fenced(session_id, task_id, entries, false, false).await
   }
 
   /// Appends lines a task's CLI wrote after the task ended (a warm process closing: what it
@@ -69,7 +81,12 @@ impl Transcripts for PgStore {
   /// task's, held or released, and no other task has taken it since. False, writing nothing,
   /// otherwise.
   async fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, true).await
+    self.append_fenced(session_id, task_id, entries, true, false).await
+  }
+
+  /// One statement: the lines appended under the task's last fence, and its kept lease freed.
+  async fn append_and_release(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, true, true).await
   }
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
