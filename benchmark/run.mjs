@@ -346,7 +346,7 @@ else if (pg) {
   }
   const rt = pg.roundTrips
   if (rt) {
-    md.push('**R. Round trips to PostgreSQL per task** (the PostgreSQL manager again, through a counting proxy, `benchmark/lib/pg-proxy.mjs`; a flight of statements sent before the server answers is one): median (max) over the runs.', '')
+    md.push('**R. Round trips to PostgreSQL per task** (the PostgreSQL manager again, through a counting proxy, `benchmark/lib/pg-proxy.mjs`; a flight of statements sent before the server answers is one). Before the CLI starts: on the task\'s path (the event log\'s writer and the stop-request poll run beside the task and are not counted); after its result line: all but the poll; in all: every flight from the call to the settled promise. Median (max) over the runs.', '')
     table(
       ['task', 'before the CLI starts', 'after its result line', 'in all'],
       ['new', 'resume'].map((k) => [k, `${rt[k].pre.median} (${rt[k].pre.max})`, `${rt[k].post.median} (${rt[k].post.max})`, `${rt[k].total.median} (${rt[k].total.max})`]),

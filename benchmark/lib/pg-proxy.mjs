@@ -6,18 +6,28 @@
 // they cost one network wait; a server's unasked bytes (a NOTIFY on a listening connection) are
 // no flight. Each flight is stamped with process.hrtime.bigint() (CLOCK_MONOTONIC nanoseconds,
 // the lifetime wrapper's clock), so flights can be counted between two moments of a task. The
-// proxy reads the client's messages enough to tell a flight that only appends to the event log
-// (a task's events are written by a writer beside the task, which nothing on the task's path
-// waits for), so that it can be counted apart.
+// proxy reads the client's messages enough to tell the flights of work beside a task (the event
+// log's writer, the poll of stop requests) from the task's own, so that they can be counted apart.
 //
 // The proxy runs on a worker thread: the addon's constructor connects synchronously, blocking the
 // main thread's event loop.
 import net from 'node:net'
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads'
 
+/**
+ * What a statement is for: `events`, an append to the event log (its writer runs beside the task,
+ * and only the task's end waits for it); `watch`, the poll of a task's stop requests (beside the
+ * task, nothing waits for it); else `task`.
+ */
+function kindOf(sql) {
+  if (/^\s*WITH s AS \(UPDATE\b/.test(sql) && /\.task_events\b/.test(sql)) return 'events'
+  if (/abort_requested_at IS NOT NULL/.test(sql) && /^\s*SELECT 1 FROM\b/.test(sql)) return 'watch'
+  return 'task'
+}
+
 if (!isMainThread && workerData?.pgProxy) {
   const { host, port } = workerData
-  /** Per flight: when, and whether every statement in it appends to the event log. */
+  /** Per flight: when, and what runs in it (see `kindOf`). */
   const flights = []
   const server = net.createServer((client) => {
     const upstream = net.connect(port, host)
@@ -58,14 +68,15 @@ if (!isMainThread && workerData?.pgProxy) {
         }
         if (flight && (type === 'B' || type === 'Q')) {
           const sql = type === 'Q' ? cstr(body, 0)[0] : statements.get(cstr(body, cstr(body, 0)[1])[0]) ?? ''
-          flight.events = flight.events !== false && /\.task_events\b/.test(sql) && /^\s*WITH s AS \(UPDATE/.test(sql)
+          const kind = kindOf(sql)
+          flight.kind = flight.kind === undefined || flight.kind === kind ? kind : 'task'
         }
-        if (flight && type === 'P') flight.events = false
+        if (flight && type === 'P') flight.kind = 'task'
       }
     }
     client.on('data', (b) => {
       if (answered) {
-        flight = { t: process.hrtime.bigint(), events: undefined }
+        flight = { t: process.hrtime.bigint(), kind: undefined }
         flights.push(flight)
         answered = false
       }
@@ -86,7 +97,7 @@ if (!isMainThread && workerData?.pgProxy) {
   })
   server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }))
   parentPort.on('message', (m) => {
-    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, events: f.events === true })) })
+    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, kind: f.kind ?? 'task' })) })
   })
 }
 
@@ -106,8 +117,8 @@ export async function startPgProxy(url) {
   return {
     url: proxied.toString(),
     /**
-     * The flights so far, in order: `t` when (hrtime nanoseconds), `events` whether it only
-     * appends to the event log (its writer runs beside the task: nothing waits for it).
+     * The flights so far, in order: `t` when (hrtime nanoseconds), `kind` what runs in it:
+     * `events` (only appends to the event log), `watch` (only polls for stop requests), `task`.
      */
     async flights() {
       const answer = next()

@@ -141,8 +141,14 @@ try {
       const flights = await proxy.flights()
       // Before the CLI, on the task's path: not the event log's writer, which runs beside it; after
       // the result, every flight (the task's end waits for its events to be written).
-      const count = (a, b, all = true) => flights.filter((f) => f.t >= a && f.t <= b && (all || !f.events)).length
-      return { sessionId: r.sessionId, pre: count(t0, life.main, false), post: count(life.result ?? life.reaped, t1), total: count(t0, t1) }
+      // (The stop-request watch polls beside the task, nothing waits for it: never counted there.)
+      const count = (a, b, skip) => flights.filter((f) => f.t >= a && f.t <= b && !skip.includes(f.kind)).length
+      return {
+        sessionId: r.sessionId,
+        pre: count(t0, life.main, ['events', 'watch']),
+        post: count(life.result ?? life.reaped, t1, ['watch']),
+        total: count(t0, t1, []),
+      }
     }
     // Warm-up, not recorded: the pool's connections and prepared statements.
     await one((await one()).sessionId)

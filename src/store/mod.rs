@@ -313,7 +313,7 @@ pub struct Began {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Start {
   /// The lease is the task's.
-  Started(Began),
+  Started(Box<Began>),
   /// Another live task holds the session's lease; whether its CLI is exiting after its end.
   SessionHeld { exiting: bool },
   /// `max_running` live leases are held across the database.
@@ -455,7 +455,7 @@ impl Store {
   }
 
   /// Runs `f` on this thread if its first store call can go through without waiting: the
-  /// [`Wait::Never`] policy, for the JavaScript thread. `None` when it would have waited, or when
+  /// never-waiting policy, for the JavaScript thread. `None` when it would have waited, or when
   /// the backend cannot tell without a network round trip (PostgreSQL); nothing was done then,
   /// and the caller calls the store where waiting is fine. Store calls after the first one wait
   /// as usual.
@@ -481,11 +481,10 @@ impl Store {
   }
 }
 
-/// How long a store call may keep its caller waiting ([`Store::call`], [`Store::now`]).
+/// How long a store call may keep its caller waiting ([`Store::call`]). The third policy, never
+/// waiting (answered right here or not at all, for the JavaScript thread), is [`Store::now`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
-  /// Answered right here or not at all ([`Store::now`]): the JavaScript thread.
-  Never,
   /// A point read or small write (by primary key, a few rows): on SQLite, run right here, on the
   /// tokio worker, when it can go through without waiting, because it takes tens of
   /// microseconds, less than a hop to the blocking pool and back; else on the blocking pool.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::Blocking as _;
-use claude_session_manager::store::{ContextSnapshot, Owner, TaskEnd, Usage};
+use claude_session_manager::store::{ContextSnapshot, Owner, Start, TaskEnd, TaskStart, Usage};
 
 use super::fixtures::{id, new_session, owner};
 use super::Opened;
@@ -78,6 +78,30 @@ pub fn kept_after_end(o: &Opened) {
   s.release_lease(&b, "t3").wait().unwrap();
   // But a running task still makes its session busy.
   assert_eq!(s.delete_session(&a, "alice").wait().unwrap_err().code, ErrorCode::SessionBusy);
+}
+
+/// `start_task`: the start with what the run reads next; held while another task runs (and
+/// whether its CLI is exiting).
+pub fn start_task(o: &Opened) {
+  let s = &o.store;
+  let sid = id();
+  s.create_session(&new_session(&sid, "alice", "p")).wait().unwrap();
+  let (me, ttl) = (owner("me"), Duration::from_secs(30));
+  let start = |task_id| TaskStart { task_id, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+  let Start::Started(began) = s.start_task(&sid, "alice", &start("t1")).wait().unwrap() else { panic!("not started") };
+  let session = began.session.expect("the session, read once the lease is the task's");
+  assert_eq!(session, s.get_session(&sid, "alice").wait().unwrap().unwrap());
+  assert_eq!(began.transcript_head.unwrap_or(0), 0);
+  assert!(matches!(began.warm_left, None | Some(0)), "no other manager keeps a warm CLI");
+  assert!(matches!(began.branch_point, None | Some(None)), "no branch point");
+  assert_eq!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::SessionHeld { exiting: false });
+  assert_eq!(statuses(o, &sid), ["running"]);
+  let kept = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
+  s.finish_task(&sid, "t1", &kept, None).wait().unwrap();
+  assert_eq!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::SessionHeld { exiting: true });
+  s.release_lease(&sid, "t1").wait().unwrap();
+  assert!(matches!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::Started(_)), "once released");
+  assert_eq!(statuses(o, &sid), ["succeeded", "running"]);
 }
 
 pub fn renewal(o: &Opened) {

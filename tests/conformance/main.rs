@@ -106,6 +106,11 @@ macro_rules! suite {
       }
       $(#[$attr])?
       #[test]
+      fn a_start_reads_what_the_run_needs_next_and_says_who_holds_the_session() {
+        leases::start_task(&$open());
+      }
+      $(#[$attr])?
+      #[test]
       fn a_renewed_lease_keeps_a_second_owner_out_and_a_lapsed_one_lets_it_in() {
         leases::renewal(&$open());
       }

@@ -52,8 +52,19 @@ pub fn check(o: &Opened) {
   let late = [entry(7, Some("c2"), r#"{"type":"system","uuid":"c2","late":"t1"}"#)];
   assert!(!t.append_transcript_after_end(&sid, "t1", &late).wait().unwrap(), "t1's closing lines after t2 took the session");
   assert_eq!(t.transcript_len(&sid, "").wait().unwrap(), 5, "nothing of the stale holder's");
+  // A task that kept the lease while its CLI exits: its last lines and the release in one step.
+  assert!(s.try_begin_task(&sid, "t3", "task", "sonnet", &owner("b"), ttl).wait().unwrap());
+  let kept = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
+  s.finish_task(&sid, "t3", &kept, None).wait().unwrap();
+  assert!(s.lease_kept_after_end(&sid).wait().unwrap());
+  assert!(t.append_and_release(&sid, "t3", &[entry(7, Some("c3"), r#"{"type":"system","uuid":"c3"}"#)]).wait().unwrap());
+  assert!(!s.lease_kept_after_end(&sid).wait().unwrap(), "released");
+  assert!(s.try_begin_task(&sid, "t4", "task", "sonnet", &owner("b"), ttl).wait().unwrap());
+  assert!(!t.append_and_release(&sid, "t3", &[entry(8, Some("c4"), r#"{"type":"system","uuid":"c4"}"#)]).wait().unwrap(), "t4 holds it");
+  s.finish_task(&sid, "t4", &end, None).wait().unwrap();
+  assert_eq!(t.transcript_len(&sid, "").wait().unwrap(), 6);
   // Another connection (another node) reads the same lines.
-  assert_eq!(o.other().shared_transcripts().unwrap().transcript_head(&sid).wait().unwrap(), 6);
+  assert_eq!(o.other().shared_transcripts().unwrap().transcript_head(&sid).wait().unwrap(), 7);
   // Deleting the session deletes its transcript.
   s.delete_session(&sid, "u").wait().unwrap();
   assert!(t.load_transcript(&sid, 0).wait().unwrap().is_empty());

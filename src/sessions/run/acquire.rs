@@ -164,7 +164,7 @@ impl Manager {
       .store_call(Wait::Briefly, async move |s| {
         let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running };
         Ok(match s.start_task(&sid, &uid, &start).await? {
-          Start::Started(began) => Ok(began),
+          Start::Started(began) => Ok(*began),
           Start::SessionHeld { exiting } => Err(Some(exiting)),
           Start::Full => Err(None),
         })

@@ -43,7 +43,7 @@ impl PgStore {
       Ok((outcome, kept, next))
     })?;
     match outcome.as_str() {
-      "started" => Ok(Start::Started(match next {
+      "started" => Ok(Start::Started(Box::new(match next {
         Some((fresh, holds, point)) => Began {
           session: fresh.as_ref().map(|r| self.session_row(r)),
           transcript_head: fresh.as_ref().map(|r| r.get(25)),
@@ -52,7 +52,7 @@ impl PgStore {
           branch_point: Some(point.map(|r| BranchPoint { fork_at: r.get(0), resume_at: r.get(1), resume_drops: r.get(2) })),
         },
         None => Began::default(),
-      })),
+      }))),
       "held" => Ok(Start::SessionHeld { exiting: kept }),
       "full" => Ok(Start::Full),
       _ => Err(Error::not_found(session_id)),
@@ -131,7 +131,7 @@ impl Tasks for PgStore {
 
   /// Ends a task: its row, the session's totals, the context snapshot and (unless
   /// `end.keep_lease`) the lease, in one statement (the function `finish_task`, see `schema.rs`:
-  /// the steps of [`TaskEnd::steps`] in that order) — fenced: refused with `STORE_ERROR`, writing
+  /// the steps of `TaskEnd::steps` in that order) — fenced: refused with `STORE_ERROR`, writing
   /// nothing, when another task has taken the session's lease over meanwhile. Run again after it
   /// committed (a lost answer), it writes nothing more.
   async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {

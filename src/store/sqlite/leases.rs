@@ -59,7 +59,9 @@ impl Tasks for SqliteStore {
   /// to the insert, so processes starting at once never exceed it.
   async fn start_task(&self, session_id: &str, user_id: &str, start: &TaskStart<'_>) -> Result<Start> {
     Ok(match self.begin_task(session_id, start).await? {
-      Begin::Started => Start::Started(Began { session: self.get_session(session_id, user_id).await.ok().flatten(), ..Default::default() }),
+      Begin::Started => {
+        Start::Started(Box::new(Began { session: self.get_session(session_id, user_id).await.ok().flatten(), ..Default::default() }))
+      }
       Begin::SessionHeld => Start::SessionHeld { exiting: self.lease_kept_after_end(session_id).await? },
       Begin::Full => Start::Full,
     })
