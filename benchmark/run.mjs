@@ -8,7 +8,7 @@
 //
 // Options: --quick (fewer rounds and runs, for a smoke test), --only=tokens,tasks,scale,growth,sandbox,postgres,warm
 // (postgres needs CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL, else it is recorded as skipped;
-// and pathological, not in the default set: one "word" of 4 and 64 MiB),
+// --parts=A,R,B,C picks parts of the postgres section; and pathological, not in the default set: one "word" of 4 and 64 MiB),
 // --baseline=<path to an older build's .node> (adds its countTokens as "addon before" and
 // records those numbers in results/tokens-before.json; in pathological, runs the same inputs),
 // --out=<RESULTS.md path>, --build=<label of the addon build, default 'release (LTO)', as
@@ -93,7 +93,8 @@ for (const name of sections) {
   const json = path.join(work, `${name}.json`)
   const argv = [path.join(here, 'sections', `${name}.mjs`), `--json=${json}`, `--wrapper=${wrapper.path}`]
   if (quick) argv.push('--quick')
-  if (opt.baseline && (name === 'tokens' || name === 'pathological')) argv.push(`--baseline=${path.resolve(opt.baseline)}`)
+  if (opt.parts && name === 'postgres') argv.push(`--parts=${opt.parts}`)
+  if (opt.baseline && (name === 'tokens' || name === 'pathological' || name === 'postgres')) argv.push(`--baseline=${path.resolve(opt.baseline)}`)
   console.error(`[bench] section ${name} ...`)
   const started = Date.now()
   const code = await new Promise((resolve) => spawn(process.execPath, argv, { stdio: 'inherit', cwd: root }).on('exit', (c, s) => resolve(c ?? s)))
@@ -328,26 +329,37 @@ const pg = results.sections.postgres
 if (pg?.skipped) md.push('## 6. PostgreSQL', '', `Skipped: ${pg.skipped}.`, '')
 else if (pg) {
   md.push('## 6. PostgreSQL beside SQLite', '')
-  md.push(
+  const o = pg.overhead
+  if (o) md.push(
     `PostgreSQL ${pg.server} on ${pg.database}. **A. Overhead per task**: a SQLite manager and a PostgreSQL manager over the same CLI (through the lifetime wrapper, as in section 2) and stand-in, ${pg.overhead.runs} runs each of a new-session and a resumed task, interleaved; overhead = (call → the wrapper's main) + (the CLI's result line → settled promise), so the CLI's own lifetime is left out.`,
     '',
   )
-  const o = pg.overhead
-  table(
+  if (o) table(
     ['backend / task', 'overhead ms (median / p90)', 'pre ms', 'post ms', 'wall ms (median)'],
-    ['sqlite/new', 'postgres/new', 'sqlite/resume', 'postgres/resume'].map((k) => [k, `${fmt(o[k].overhead.median)} / ${fmt(o[k].overhead.p90)}`, fmt(o[k].pre.median), fmt(o[k].post.median), fmt(o[k].wall.median, 1)]),
+    ['sqlite/new', 'postgres/new', 'baseline/new', 'sqlite/resume', 'postgres/resume', 'baseline/resume'].filter((k) => o[k]).map((k) => [k, `${fmt(o[k].overhead.median)} / ${fmt(o[k].overhead.p90)}`, fmt(o[k].pre.median), fmt(o[k].post.median), fmt(o[k].wall.median, 1)]),
   )
-  md.push(`PostgreSQL adds (difference of medians): new session ${fmt(o.addedNewMs)} ms, resumed ${fmt(o.addedResumedMs)} ms.`, '')
-  bars.push(['PostgreSQL store, new session', '≤ 2 ms added per task (median)', `${fmt(o.addedNewMs)} ms`, yes(o.addedNewMs <= 2)])
-  bars.push(['PostgreSQL store, resumed', '≤ 2 ms added per task (median)', `${fmt(o.addedResumedMs)} ms`, yes(o.addedResumedMs <= 2)])
+  if (o) {
+    md.push(`PostgreSQL adds (difference of medians): new session ${fmt(o.addedNewMs)} ms, resumed ${fmt(o.addedResumedMs)} ms.`, '')
+    if (o.baseline) md.push(`The baseline build (\`${o.baseline}\`, PostgreSQL, interleaved in the same run) adds: new session ${fmt(o.baselineAddedNewMs)} ms, resumed ${fmt(o.baselineAddedResumedMs)} ms.`, '')
+    bars.push(['PostgreSQL store, new session', '≤ 2 ms added per task (median)', `${fmt(o.addedNewMs)} ms`, yes(o.addedNewMs <= 2)])
+    bars.push(['PostgreSQL store, resumed', '≤ 2 ms added per task (median)', `${fmt(o.addedResumedMs)} ms`, yes(o.addedResumedMs <= 2)])
+  }
+  const rt = pg.roundTrips
+  if (rt) {
+    md.push('**R. Round trips to PostgreSQL per task** (the PostgreSQL manager again, through a counting proxy, `benchmark/lib/pg-proxy.mjs`; a flight of statements sent before the server answers is one). Before the CLI starts: on the task\'s path (the event log\'s writer and the stop-request poll run beside the task and are not counted); after its result line: all but the poll; in all: every flight from the call to the settled promise. Median (max) over the runs.', '')
+    table(
+      ['task', 'before the CLI starts', 'after its result line', 'in all'],
+      ['new', 'resume'].map((k) => [k, `${rt[k].pre.median} (${rt[k].pre.max})`, `${rt[k].post.median} (${rt[k].post.max})`, `${rt[k].total.median} (${rt[k].total.max})`]),
+    )
+  }
   const st = pg.store
-  md.push(`**B. Store calls with ${st.sessions.toLocaleString('en-US')} sessions** in the schema (inserted in ${fmt(st.populateMs / 1000, 1)} s), on random sessions:`, '')
-  table(
+  if (st) md.push(`**B. Store calls with ${st.sessions.toLocaleString('en-US')} sessions** in the schema (inserted in ${fmt(st.populateMs / 1000, 1)} s), on random sessions:`, '')
+  if (st) table(
     ['call', 'median ms', 'p90 ms', 'p99 ms'],
     ['getSessionContext', 'getSession', 'listSessions', 'listSessionsProject'].map((k) => [k, fmt(st[k].median, 3), fmt(st[k].p90, 3), fmt(st[k].p99, 3)]),
   )
-  md.push('**C. Three nodes**: three Node processes sharing one store, each running its tasks 4 at a time (new sessions), the CLI against the stand-in:', '')
-  table(
+  if (pg.nodes) md.push('**C. Three nodes**: three Node processes sharing one store, each running its tasks 4 at a time (new sessions), the CLI against the stand-in:', '')
+  if (pg.nodes) table(
     ['store', 'tasks', 'completed', 'task rows', 'wall s', 'tasks/s', 'failures'],
     Object.entries(pg.nodes).map(([k, n]) => [k, `${n.nodes} × ${n.tasksPerNode}`, n.completed, n.taskRowsCounted, fmt(n.wallMs / 1000, 1), fmt(n.tasksPerSec), n.failures.length ? n.failures.join(', ') : 'none']),
   )

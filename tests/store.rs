@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
+use claude_session_manager::store::Blocking as _;
 use claude_session_manager::store::{self, ListQuery, NewSession, Owner, Store, TaskEnd};
 use rusqlite::Connection;
 
@@ -35,19 +36,19 @@ fn migrates_a_version_1_database_and_keeps_its_rows() {
     .unwrap();
   }
   let s = Store::open(&path).unwrap();
-  assert_eq!(s.schema_version().unwrap(), store::SCHEMA_VERSION);
-  let old = s.get_session(A, "alice").unwrap().expect("row kept");
+  assert_eq!(s.schema_version().wait().unwrap(), store::SCHEMA_VERSION);
+  let old = s.get_session(A, "alice").wait().unwrap().expect("row kept");
   assert_eq!(old.title.as_deref(), Some("old one"));
   assert_eq!(old.model, "opus");
   assert_eq!(old.task_count, 0);
   assert_eq!(old.context, None);
   // The new tables work on the migrated file.
   let owner = Owner { id: "o".into(), pid: std::process::id() };
-  assert!(s.try_begin_task(A, "t1", "task", "opus", &owner, Duration::from_secs(30)).unwrap());
+  assert!(s.try_begin_task(A, "t1", "task", "opus", &owner, Duration::from_secs(30)).wait().unwrap());
   // Opening again is a no-op.
   drop(s);
   let s = Store::open(&path).unwrap();
-  assert_eq!(s.list_tasks(A).unwrap().len(), 1);
+  assert_eq!(s.list_tasks(A).wait().unwrap().len(), 1);
 }
 
 #[test]
@@ -64,21 +65,21 @@ fn refuses_a_database_from_a_newer_build() {
 fn tasks_of_dead_processes_and_expired_leases_are_interrupted() {
   let dir = tempfile::tempdir().unwrap();
   let s = Store::open(&dir.path().join("s.db")).unwrap();
-  s.create_session(&new_session(A, "alice", "p")).unwrap();
-  s.create_session(&new_session(B, "alice", "p")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).wait().unwrap();
+  s.create_session(&new_session(B, "alice", "p")).wait().unwrap();
   let dead = Owner { id: "dead".into(), pid: 999_999_999 };
   let alive = Owner { id: "alive".into(), pid: std::process::id() };
-  assert!(s.try_begin_task(A, "ta", "task", "m", &dead, Duration::from_secs(300)).unwrap());
-  assert!(s.try_begin_task(B, "tb", "task", "m", &alive, Duration::from_secs(300)).unwrap());
-  let n = s.recover_interrupted(&|pid| pid == std::process::id()).unwrap();
+  assert!(s.try_begin_task(A, "ta", "task", "m", &dead, Duration::from_secs(300)).wait().unwrap());
+  assert!(s.try_begin_task(B, "tb", "task", "m", &alive, Duration::from_secs(300)).wait().unwrap());
+  let n = s.recover_interrupted(&|pid| pid == std::process::id()).wait().unwrap();
   assert_eq!(n, 1);
-  assert_eq!(s.list_tasks(A).unwrap()[0].status, "interrupted");
-  assert_eq!(s.list_tasks(B).unwrap()[0].status, "running", "a live holder keeps its task");
+  assert_eq!(s.list_tasks(A).wait().unwrap()[0].status, "interrupted");
+  assert_eq!(s.list_tasks(B).wait().unwrap()[0].status, "running", "a live holder keeps its task");
   // An expired lease can be taken over; its task becomes interrupted.
   let c = Connection::open(dir.path().join("s.db")).unwrap();
   c.execute("UPDATE leases SET expires_at = 0 WHERE session_id = ?1", [B]).unwrap();
-  assert!(s.try_begin_task(B, "tb2", "task", "m", &alive, Duration::from_secs(30)).unwrap());
-  let statuses: Vec<String> = s.list_tasks(B).unwrap().into_iter().map(|t| t.status).collect();
+  assert!(s.try_begin_task(B, "tb2", "task", "m", &alive, Duration::from_secs(30)).wait().unwrap());
+  let statuses: Vec<String> = s.list_tasks(B).wait().unwrap().into_iter().map(|t| t.status).collect();
   assert_eq!(statuses, vec!["interrupted", "running"]);
 }
 
@@ -87,12 +88,12 @@ fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
   let dir = tempfile::tempdir().unwrap();
   let path = dir.path().join("s.db");
   let s = Store::open(&path).unwrap();
-  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).wait().unwrap();
   std::fs::remove_file(&path).unwrap();
-  let e = s.create_session(&new_session(B, "alice", "p")).unwrap_err();
+  let e = s.create_session(&new_session(B, "alice", "p")).wait().unwrap_err();
   assert_eq!(e.code, ErrorCode::StoreError);
   assert!(e.message.contains("deleted or replaced"), "{}", e.message);
-  assert_eq!(s.get_session(A, "alice").unwrap_err().code, ErrorCode::StoreError);
+  assert_eq!(s.get_session(A, "alice").wait().unwrap_err().code, ErrorCode::StoreError);
   assert_eq!(
     s.get_session_now(A, "alice").expect("nothing to wait for").unwrap_err().code,
     ErrorCode::StoreError,
@@ -103,7 +104,7 @@ fn a_deleted_or_replaced_file_is_a_store_error_not_a_silent_copy() {
   drop(other);
   std::fs::rename(dir.path().join("other.db"), &path).unwrap();
   assert_eq!(
-    s.list_sessions(&ListQuery { user_id: "alice".into(), limit: 5, ..Default::default() }).unwrap_err().code,
+    s.list_sessions(&ListQuery { user_id: "alice".into(), limit: 5, ..Default::default() }).wait().unwrap_err().code,
     ErrorCode::StoreError
   );
 }
@@ -113,9 +114,9 @@ fn reads_without_waiting_answer_like_get_session_or_step_aside() {
   let dir = tempfile::tempdir().unwrap();
   let path = dir.path().join("s.db");
   let s = Store::open(&path).unwrap();
-  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).wait().unwrap();
   let now = s.get_session_now(A, "alice").expect("a free store answers at once").unwrap().unwrap();
-  assert_eq!(now.id, s.get_session(A, "alice").unwrap().unwrap().id);
+  assert_eq!(now.id, s.get_session(A, "alice").wait().unwrap().unwrap().id);
   assert!(s.get_session_now(A, "bob").unwrap().unwrap().is_none(), "another user's session is a miss, as in get_session");
 
   // The busy timeout is restored afterwards: a write that meets another process's write lock
@@ -126,7 +127,7 @@ fn reads_without_waiting_answer_like_get_session_or_step_aside() {
     std::thread::sleep(Duration::from_millis(300));
     other.execute_batch("COMMIT;").unwrap();
   });
-  s.create_session(&new_session(B, "alice", "p")).unwrap();
+  s.create_session(&new_session(B, "alice", "p")).wait().unwrap();
   release.join().unwrap();
   assert_eq!(s.get_session_now(A, "alice").unwrap().unwrap().unwrap().title.as_deref(), Some("x"));
 
@@ -137,7 +138,9 @@ fn reads_without_waiting_answer_like_get_session_or_step_aside() {
   other.execute_batch("BEGIN IMMEDIATE;").unwrap();
   let writer = {
     let s = s.clone();
-    std::thread::spawn(move || s.set_context(A, &store::ContextSnapshot { tokens: 1, window: 2, source: "api".into(), measured_at: 3 }))
+    std::thread::spawn(move || {
+      s.set_context(A, &store::ContextSnapshot { tokens: 1, window: 2, source: "api".into(), measured_at: 3 }).wait()
+    })
   };
   let deadline = std::time::Instant::now() + Duration::from_secs(10);
   let mut stepped_aside = false;
@@ -160,46 +163,46 @@ fn now_gives_up_before_waiting_and_never_half_way() {
   let dir = tempfile::tempdir().unwrap();
   let path = dir.path().join("s.db");
   let s = Store::open(&path).unwrap();
-  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).wait().unwrap();
   // Another process holds the write lock: a write gives up at once and writes nothing.
   let other = Connection::open(&path).unwrap();
   other.execute_batch("BEGIN IMMEDIATE;").unwrap();
-  assert!(s.now(|s| s.create_session(&new_session(B, "alice", "p"))).is_none());
+  assert!(s.now(async |s| s.create_session(&new_session(B, "alice", "p")).await).is_none());
   // Reads need no lock under WAL: they go through.
-  assert_eq!(s.now(|s| s.get_session(A, "alice")).unwrap().unwrap().unwrap().id, A);
+  assert_eq!(s.now(async |s| s.get_session(A, "alice").await).unwrap().unwrap().unwrap().id, A);
   other.execute_batch("COMMIT;").unwrap();
-  assert!(s.get_session(B, "alice").unwrap().is_none(), "nothing was written");
-  assert_eq!(s.now(|s| s.create_session(&new_session(B, "alice", "p"))).unwrap().unwrap().id, B);
+  assert!(s.get_session(B, "alice").wait().unwrap().is_none(), "nothing was written");
+  assert_eq!(s.now(async |s| s.create_session(&new_session(B, "alice", "p")).await).unwrap().unwrap().id, B);
 
   // Once a first call went through, the ones after it wait as usual instead of giving up, so the
   // caller never has to run a half-done sequence again.
   let other = Connection::open(&path).unwrap();
   let me = Owner { id: "me".into(), pid: std::process::id() };
-  let r = s.now(|s| {
-    let began = s.try_begin_task(A, "t1", "task", "m", &me, Duration::from_secs(30))?;
+  let r = s.now(async |s| {
+    let began = s.try_begin_task(A, "t1", "task", "m", &me, Duration::from_secs(30)).await?;
     other.execute_batch("BEGIN IMMEDIATE;").unwrap();
     // The lock is released from another thread after a while (its connection moves there).
     let holder = std::thread::spawn(move || {
       std::thread::sleep(Duration::from_millis(200));
       other.execute_batch("COMMIT;").unwrap();
     });
-    let finished = s.finish_task(A, "t1", &TaskEnd { status: "succeeded".into(), ..Default::default() }, None);
+    let finished = s.finish_task(A, "t1", &TaskEnd { status: "succeeded".into(), ..Default::default() }, None).await;
     holder.join().unwrap();
     finished.map(|_| began)
   });
   assert!(r.expect("not given up").unwrap());
-  assert_eq!(s.list_tasks(A).unwrap()[0].status, "succeeded");
+  assert_eq!(s.list_tasks(A).wait().unwrap()[0].status, "succeeded");
 }
 
 #[test]
 fn a_models_window_is_read_without_waiting() {
   let dir = tempfile::tempdir().unwrap();
   let s = Store::open(&dir.path().join("s.db")).unwrap();
-  s.create_session(&new_session(A, "alice", "p")).unwrap();
+  s.create_session(&new_session(A, "alice", "p")).wait().unwrap();
   assert_eq!(s.window_for_now("sonnet").expect("a free store answers at once").unwrap(), None);
   let me = Owner { id: "me".into(), pid: std::process::id() };
-  assert!(s.try_begin_task(A, "t1", "task", "sonnet", &me, Duration::from_secs(30)).unwrap());
+  assert!(s.try_begin_task(A, "t1", "task", "sonnet", &me, Duration::from_secs(30)).wait().unwrap());
   let end = TaskEnd { status: "succeeded".into(), window: Some(("sonnet".into(), 1_000_000)), ..Default::default() };
-  s.finish_task(A, "t1", &end, None).unwrap();
+  s.finish_task(A, "t1", &end, None).wait().unwrap();
   assert_eq!(s.window_for_now("sonnet").unwrap().unwrap(), Some(1_000_000));
 }

@@ -6,9 +6,16 @@
 //    interleaved run by run. The difference of medians is what PostgreSQL adds per task.
 // B. getSessionContext / getSession / listSessions with 100,000 sessions in the PostgreSQL
 //    schema (bulk-inserted with generate_series into tables the addon created).
+// R. Round trips to PostgreSQL per task, new and resumed: the PostgreSQL manager again, through a
+//    counting proxy (lib/pg-proxy.mjs; a separate pass, so the proxy's hop is not in A's times):
+//    flights before the CLI's main (on the task's path: not the event log's writer, which runs
+//    beside it until the task's end waits for it), after its result line (all), and in all.
 // C. Three Node processes (three "nodes") sharing one schema, 50 new-session tasks each, 4 at a
 //    time per node: wall time, tasks per second, every task row written — and the same on one
 //    SQLite file shared by three processes.
+// --parts=A,R,B,C picks the parts (default all). --baseline=<an older build's .node> adds a third
+// manager to A, PostgreSQL on that build (`baseline/…` rows), interleaved with the other two, so
+// that both builds' PostgreSQL overhead is measured in the same run, under the same noise.
 // Needs a database: --url=postgresql://… or CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL;
 // without one the section records that it was skipped. Each run uses schemas of its own and
 // drops them at the end.
@@ -16,6 +23,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { fork, execFileSync } from 'node:child_process'
 import { args, median, p90, p99, writeJson, machineLoad } from '../lib/stats.mjs'
+import { startPgProxy } from '../lib/pg-proxy.mjs'
 import { addon, startStandIn, workspace, LifetimeLog, claudeBinary, timeStoreCalls, BENCH_SANDBOX } from '../lib/harness.mjs'
 
 const opt = args()
@@ -45,15 +53,18 @@ const schema = (tag) => {
 const out = { load: [machineLoad()], database: url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@') }
 out.server = psql('SHOW server_version').trim()
 const standIn = await startStandIn()
+const parts = new Set(String(opt.parts ?? 'A,R,B,C').split(','))
 
 try {
   // ---- A: overhead per task, SQLite vs PostgreSQL -------------------------------------------
-  {
-    const make = (kind) => {
+  if (parts.has('A')) {
+    const { createRequire } = await import('node:module')
+    const baseline = opt.baseline ? createRequire(import.meta.url)(path.resolve(String(opt.baseline))) : null
+    const make = (kind, lib = addon) => {
       const ws = workspace(`csm-bench-${kind}-`)
       const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
-      const store = kind === 'postgres' ? { databaseUrl: url, databaseSchema: schema('overhead') } : { databasePath: ws.db }
-      const m = new addon.SessionManager({
+      const store = kind === 'sqlite' ? { databasePath: ws.db } : { databaseUrl: url, databaseSchema: schema(kind === 'baseline' ? 'baseline' : 'overhead') }
+      const m = new lib.SessionManager({
         warmIdleMs: 0, // the cold path: one CLI per task, as the lifetime wrapper measures
         sandbox: BENCH_SANDBOX,
         ...store,
@@ -63,7 +74,7 @@ try {
       })
       return { m, log, ws }
     }
-    const sides = { sqlite: make('sqlite'), postgres: make('postgres') }
+    const sides = { sqlite: make('sqlite'), postgres: make('postgres'), ...(baseline ? { baseline: make('baseline', baseline) } : {}) }
     const one = async (side, sessionId) => {
       const t0 = ns()
       const r = await side.m.executeTask({ prompt: 'Reply with one short sentence about databases.', projectId: 'bench', userId: 'u', sessionId })
@@ -74,11 +85,12 @@ try {
       const post = ms(life.result ?? life.reaped, t1)
       return { sessionId: r.sessionId, wall: ms(t0, t1), pre, post, overhead: pre + post }
     }
-    const rows = { 'sqlite/new': [], 'sqlite/resume': [], 'postgres/new': [], 'postgres/resume': [] }
+    const rows = Object.fromEntries(Object.keys(sides).flatMap((k) => [[`${k}/new`, []], [`${k}/resume`, []]]))
     // Warm-up, not recorded: the first CLI start, the pool's first connections.
     for (const k of Object.keys(sides)) await one(sides[k], (await one(sides[k])).sessionId)
     for (let i = 0; i < RUNS; i++) {
-      const order = i % 2 === 0 ? ['sqlite', 'postgres'] : ['postgres', 'sqlite']
+      const names = Object.keys(sides)
+      const order = names.map((_, j) => names[(i + j) % names.length])
       for (const k of order) {
         const n = await one(sides[k])
         rows[`${k}/new`].push(n)
@@ -93,6 +105,12 @@ try {
     out.overhead.addedResumedMs = out.overhead['postgres/resume'].overhead.median - out.overhead['sqlite/resume'].overhead.median
     out.overhead.runs = RUNS
     console.error(`[postgres] overhead added: new ${out.overhead.addedNewMs.toFixed(2)} ms, resumed ${out.overhead.addedResumedMs.toFixed(2)} ms`)
+    if (baseline) {
+      out.overhead.baselineAddedNewMs = out.overhead['baseline/new'].overhead.median - out.overhead['sqlite/new'].overhead.median
+      out.overhead.baselineAddedResumedMs = out.overhead['baseline/resume'].overhead.median - out.overhead['sqlite/resume'].overhead.median
+      out.overhead.baseline = path.basename(String(opt.baseline))
+      console.error(`[postgres] baseline build adds: new ${out.overhead.baselineAddedNewMs.toFixed(2)} ms, resumed ${out.overhead.baselineAddedResumedMs.toFixed(2)} ms`)
+    }
     for (const s of Object.values(sides)) {
       await s.m.close()
       fs.rmSync(s.ws.dir, { recursive: true, force: true })
@@ -100,8 +118,62 @@ try {
     out.load.push(machineLoad())
   }
 
+  // ---- R: round trips per task ----------------------------------------------------------------
+  if (parts.has('R')) {
+    const proxy = await startPgProxy(url)
+    const ws = workspace('csm-bench-rt-')
+    const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
+    const m = new addon.SessionManager({
+      warmIdleMs: 0,
+      sandbox: BENCH_SANDBOX,
+      databaseUrl: proxy.url,
+      databaseSchema: schema('roundtrips'),
+      workingDirectory: ws.work,
+      claudePath: wrapper,
+      env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config, REAL_CLAUDE: real, LIFETIME_LOG: log.file },
+    })
+    const one = async (sessionId) => {
+      const t0 = ns()
+      const r = await m.executeTask({ prompt: 'Reply with one short sentence about databases.', projectId: 'bench', userId: 'u', sessionId })
+      const t1 = ns()
+      if (!r.success) throw new Error(`executeTask failed: ${r.error?.code} ${r.error?.message}`)
+      const life = (await log.next()).sort((a, b) => Number(b.reaped - b.forked - (a.reaped - a.forked)))[0]
+      const flights = await proxy.flights()
+      // Before the CLI, on the task's path: not the event log's writer, which runs beside it; after
+      // the result, every flight (the task's end waits for its events to be written).
+      // (The stop-request watch polls beside the task, nothing waits for it: never counted there.)
+      const count = (a, b, skip) => flights.filter((f) => f.t >= a && f.t <= b && !skip.includes(f.kind)).length
+      return {
+        sessionId: r.sessionId,
+        pre: count(t0, life.main, ['events', 'watch']),
+        post: count(life.result ?? life.reaped, t1, ['watch']),
+        total: count(t0, t1, []),
+      }
+    }
+    // Warm-up, not recorded: the pool's connections and prepared statements.
+    await one((await one()).sessionId)
+    const rows = { new: [], resume: [] }
+    for (let i = 0; i < Math.max(3, Math.round(RUNS / 4)); i++) {
+      // The last task's exit (another session's) is over: its writes are not this one's.
+      await new Promise((r) => setTimeout(r, 300))
+      const n = await one()
+      rows.new.push(n)
+      rows.resume.push(await one(n.sessionId))
+    }
+    out.roundTrips = {}
+    for (const [k, v] of Object.entries(rows)) {
+      const pick = (f) => ({ median: median(v.map(f)), max: Math.max(...v.map(f)), n: v.length })
+      out.roundTrips[k] = { pre: pick((r) => r.pre), post: pick((r) => r.post), total: pick((r) => r.total) }
+    }
+    const rt = out.roundTrips
+    console.error(`[postgres] round trips: new ${rt.new.pre.median} before the CLI + ${rt.new.post.median} after its result (${rt.new.total.median} in all), resumed ${rt.resume.pre.median} + ${rt.resume.post.median} (${rt.resume.total.median})`)
+    await m.close()
+    await proxy.close()
+    fs.rmSync(ws.dir, { recursive: true, force: true })
+  }
+
   // ---- B: store calls with 100,000 sessions ---------------------------------------------------
-  {
+  if (parts.has('B')) {
     const ws = workspace('csm-bench-pgstore-')
     const S = schema('store')
     const m0 = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })
@@ -134,8 +206,8 @@ ANALYZE "${S}".sessions;`)
   }
 
   // ---- C: three nodes × PER_NODE tasks, PostgreSQL and SQLite --------------------------------
-  out.nodes = {}
-  for (const backend of ['postgres', 'sqlite']) {
+  if (parts.has('C')) out.nodes = {}
+  for (const backend of parts.has('C') ? ['postgres', 'sqlite'] : []) {
     const ws = workspace(`csm-bench-nodes-${backend}-`)
     const store = backend === 'postgres' ? { databaseUrl: url, databaseSchema: schema('nodes') } : { databasePath: ws.db }
     // Create the schema once before the nodes start, so their start-up does not race on it.

@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::mirror::stored_history;
+use super::mirror::{stored_history, stored_lines};
 use super::{
   validate_user_project, CleanupRequest, ForkRequest, ListRequest, Manager, MessagesOptions, MessagesPage, PromptEstimate,
   ThresholdOptions, Wait,
 };
 use crate::context::{self, estimate, ContextInfo};
 use crate::error::{Error, Result};
+use crate::store::TranscriptEntry;
 use crate::store::{self, Compaction, ListQuery, NewSession, Session};
 use crate::{transcript, validate};
 
@@ -24,7 +25,7 @@ impl Manager {
       limit: r.limit,
       offset: r.offset,
     };
-    self.store_call(Wait::Blocking, move |s| s.list_sessions(&q)).await
+    self.store_call(Wait::Blocking, async move |s| s.list_sessions(&q).await).await
   }
 
   pub async fn get_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
@@ -32,7 +33,7 @@ impl Manager {
     validate::id("userId", user_id)?;
     let user = user_id.to_owned();
     let shown = id.clone();
-    self.store_call(Wait::Briefly, move |s| s.get_session(&id, &user)).await?.ok_or_else(|| Error::not_found(&shown))
+    self.store_call(Wait::Briefly, async move |s| s.get_session(&id, &user).await).await?.ok_or_else(|| Error::not_found(&shown))
   }
 
   pub async fn get_or_create(
@@ -45,7 +46,7 @@ impl Manager {
     validate_user_project(user_id, Some(project_id))?;
     let wd = self.working_dir(working_directory)?;
     let new = self.new_session(project_id, user_id, None, None, wd);
-    self.store_call(Wait::Blocking, move |s| s.get_or_create(&new, prefer_active)).await
+    self.store_call(Wait::Blocking, async move |s| s.get_or_create(&new, prefer_active).await).await
   }
 
   pub async fn start_fresh(
@@ -68,21 +69,21 @@ impl Manager {
     }
     let wd = self.working_dir(working_directory)?;
     let new = self.new_session(project_id, user_id, None, None, wd);
-    self.store_call(Wait::Blocking, move |s| s.start_fresh(&new)).await
+    self.store_call(Wait::Blocking, async move |s| s.start_fresh(&new).await).await
   }
 
   pub async fn archive_session(&self, session_id: &str, user_id: &str) -> Result<Session> {
     let id = validate::session_id("sessionId", session_id)?;
     validate::id("userId", user_id)?;
     let user = user_id.to_owned();
-    self.store_call(Wait::Blocking, move |s| s.archive_session(&id, &user)).await
+    self.store_call(Wait::Blocking, async move |s| s.archive_session(&id, &user).await).await
   }
 
   /// Deletes a session's rows and, unless `keep_transcript`, the CLI's transcript of it.
   pub async fn delete_session(&self, session_id: &str, user_id: &str, keep_transcript: bool) -> Result<()> {
     let session = self.get_session(session_id, user_id).await?;
     let (id, user) = (session.id.clone(), user_id.to_owned());
-    self.store_call(Wait::Blocking, move |s| s.delete_session(&id, &user)).await?;
+    self.store_call(Wait::Blocking, async move |s| s.delete_session(&id, &user).await).await?;
     self.waiting.rules.forget(&session.id);
     self.drop_warm(&session.id).await;
     if !keep_transcript {
@@ -106,9 +107,9 @@ impl Manager {
     let (user, project, keep_active) = (r.user_id, r.project_id, r.keep_active);
     let age = u64::try_from(r.max_age.as_millis()).unwrap_or(u64::MAX);
     let (deleted, remaining) = self
-      .store_call(Wait::Blocking, move |s| {
-        let deleted = s.cleanup_sessions(&user, project.as_deref(), age, keep_active)?;
-        Ok((deleted, s.count_sessions(&user, project.as_deref())?))
+      .store_call(Wait::Blocking, async move |s| {
+        let deleted = s.cleanup_sessions(&user, project.as_deref(), age, keep_active).await?;
+        Ok((deleted, s.count_sessions(&user, project.as_deref()).await?))
       })
       .await?;
     for s in &deleted {
@@ -131,7 +132,7 @@ impl Manager {
       config_dir: parent.config_dir.clone(),
       ..self.new_session(&parent.project_id, &parent.user_id, None, None, Some(PathBuf::from(&parent.working_directory)))
     };
-    self.store_call(Wait::Briefly, move |s| s.create_session(&new)).await
+    self.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await
   }
 
   pub async fn get_context(&self, session_id: &str, user_id: &str, o: ThresholdOptions) -> Result<ContextInfo> {
@@ -148,7 +149,7 @@ impl Manager {
       return Ok(self.cfg.context_window);
     }
     let model = s.model.clone();
-    Ok(self.store_call(Wait::Briefly, move |st| st.window_for(&model)).await?.unwrap_or(self.cfg.context_window))
+    Ok(self.store_call(Wait::Briefly, async move |st| st.window_for(&model).await).await?.unwrap_or(self.cfg.context_window))
   }
 
   /// A session answered at once, on the calling thread, when the store can be read without
@@ -175,24 +176,30 @@ impl Manager {
 
   pub async fn list_tasks(&self, session_id: &str, user_id: &str) -> Result<Vec<store::TaskRecord>> {
     let s = self.get_session(session_id, user_id).await?;
-    self.store_call(Wait::Blocking, move |st| st.list_tasks(&s.id)).await
+    self.store_call(Wait::Blocking, async move |st| st.list_tasks(&s.id).await).await
   }
 
   pub async fn list_compactions(&self, session_id: &str, user_id: &str) -> Result<Vec<Compaction>> {
     let s = self.get_session(session_id, user_id).await?;
-    self.store_call(Wait::Blocking, move |st| st.list_compactions(&s.id)).await
+    self.store_call(Wait::Blocking, async move |st| st.list_compactions(&s.id).await).await
   }
 
   /// Tokens a prompt is expected to add to a session's context: its tiktoken count times a
-  /// factor per model family, learned from the session's own transcript on top of a prior fitted
-  /// on real transcripts (see `estimate`). Reads the transcript: call it off the async threads.
-  pub(crate) fn estimate_blocking(&self, session: &Session, prompt: &str) -> Result<(u64, u64, f64, estimate::Family, u64)> {
+  /// factor per model family, learned from the session's own transcript (`stored`: the store's
+  /// copy on PostgreSQL, see [`stored_lines`]) on top of a prior fitted on real transcripts (see
+  /// `estimate`). Reads the transcript: call it off the async threads.
+  pub(crate) fn estimate_blocking(
+    &self,
+    session: &Session,
+    prompt: &str,
+    stored: Option<&[TranscriptEntry]>,
+  ) -> Result<(u64, u64, f64, estimate::Family, u64)> {
     let family = estimate::Family::of_model(&session.model);
     let mut est = estimate::Estimator::new();
     // PostgreSQL: the conversation as the store has it (this node may have no copy, or an old one).
     let opts = transcript::ReadOptions::full().bounded(self.cfg.max_transcript_bytes);
-    if let Some(h) = stored_history(&self.store, &session.id, &opts)? {
-      est.train_on_history(&h);
+    if let Some(entries) = stored {
+      est.train_on_history(&stored_history(entries, &opts));
     } else if let Some(file) = self.transcript_of(session)? {
       est.train_on_transcript(&file, &opts)?;
     }
@@ -202,8 +209,11 @@ impl Manager {
 
   /// Tokens a prompt is expected to add (see `estimate_blocking`); a failure to read the
   /// transcript falls back to the prior.
-  pub fn estimate_prompt(&self, session: &Session, prompt: &str) -> u64 {
-    self.estimate_blocking(session, prompt).map(|e| e.0).unwrap_or_else(|_| {
+  pub async fn estimate_prompt(self: &Arc<Self>, session: &Session, prompt: &str) -> u64 {
+    let stored = stored_lines(&self.store, &session.id, self.cfg.max_transcript_bytes).await;
+    let (me, s2, p) = (self.clone(), session.clone(), prompt.to_owned());
+    let estimated = tokio::task::spawn_blocking(move || me.estimate_blocking(&s2, &p, stored?.as_deref())).await;
+    estimated.ok().and_then(|e| e.ok()).map(|e| e.0).unwrap_or_else(|| {
       let f = estimate::Family::of_model(&session.model);
       estimate::Estimator::new().estimate(f, crate::context::tokens::count(prompt, crate::context::tokens::Encoding::O200kBase) as u64)
     })
@@ -222,9 +232,11 @@ impl Manager {
       return Err(Error::invalid(format!("prompt is longer than {} bytes", validate::MAX_PROMPT_BYTES * 4)));
     }
     let session = self.get_session(session_id, user_id).await?;
+    let stored = stored_lines(&self.store, &session.id, self.cfg.max_transcript_bytes).await?;
     let (me, s2) = (self.clone(), session.clone());
     // It reads the transcript: off the async workers.
-    let (tokens, tiktoken, factor, family, observations) = self.blocking("estimator", move || me.estimate_blocking(&s2, &prompt)).await?;
+    let (tokens, tiktoken, factor, family, observations) =
+      self.blocking("estimator", move || me.estimate_blocking(&s2, &prompt, stored.as_deref())).await?;
     let window = self.window_of(&session).await?;
     let context_info = context::context_info(session.context.as_ref(), window, threshold, tokens);
     Ok(PromptEstimate { tokens, tiktoken_tokens: tiktoken, factor, family: family.as_str().to_string(), observations, context_info })

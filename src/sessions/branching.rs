@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::checkpoints;
-use super::mirror::stored_history;
+use super::mirror::{stored_history, stored_lines};
 use super::run::{HeldRun, Ticket};
 use super::{ForkRequest, Manager, TaskKind, Wait};
 use crate::cli::{self, CancelToken, CliArgs, SessionMode};
@@ -182,13 +182,13 @@ impl Manager {
   /// store's copy), cut at a pending rewind.
   pub(crate) async fn live_history(&self, session: &Session, opts: transcript::ReadOptions) -> Result<History> {
     let path = self.transcript_of(session)?;
-    let (store, id) = (self.store.clone(), session.id.clone());
-    let point = self.store_call(Wait::Briefly, move |s| s.branch_point(&id)).await?;
     let id = session.id.clone();
+    let point = self.store_call(Wait::Briefly, async move |s| s.branch_point(&id).await).await?;
+    let stored = stored_lines(&self.store, &session.id, opts.max_transcript_bytes).await?;
     // Reading a transcript can take milliseconds: off the async workers.
     self
       .blocking("transcript reader", move || {
-        let mut h = match (stored_history(&store, &id, &opts)?, path) {
+        let mut h = match (stored.map(|e| stored_history(&e, &opts)), path) {
           (Some(h), _) => h,
           (None, Some(p)) => transcript::read_messages_with(&p, &opts)?,
           (None, None) => History::default(),
@@ -205,9 +205,9 @@ impl Manager {
   pub(crate) async fn branches_of(&self, session: &Session) -> Result<(Vec<Branch>, Option<String>)> {
     let (id, user) = (session.id.clone(), session.user_id.clone());
     self
-      .store_call(Wait::Blocking, move |s| {
-        let forks = s.forks_of(&id, &user)?;
-        let own = s.branch_point(&id)?.and_then(|b| b.fork_at);
+      .store_call(Wait::Blocking, async move |s| {
+        let forks = s.forks_of(&id, &user).await?;
+        let own = s.branch_point(&id).await?.and_then(|b| b.fork_at);
         Ok((forks.into_iter().map(|(session_id, at_message_id)| Branch { session_id, at_message_id }).collect(), own))
       })
       .await
@@ -221,10 +221,10 @@ impl Manager {
       let child =
         self.fork(ForkRequest { session_id: session_id.to_owned(), user_id: user_id.to_owned(), title, at_message_id: None }).await?;
       let parent = child.parent_id.clone().unwrap_or_default();
-      let pending = self.store_call(Wait::Briefly, move |s| s.branch_point(&parent)).await?.and_then(|b| b.resume_at);
+      let pending = self.store_call(Wait::Briefly, async move |s| s.branch_point(&parent).await).await?.and_then(|b| b.resume_at);
       if pending.is_some() {
         let (id, b) = (child.id.clone(), BranchPoint { resume_at: pending, ..Default::default() });
-        self.store_call(Wait::Blocking, move |s| s.set_branch_point(&id, &b)).await?;
+        self.store_call(Wait::Blocking, async move |s| s.set_branch_point(&id, &b).await).await?;
       }
       return Ok(child);
     };
@@ -249,9 +249,9 @@ impl Manager {
     };
     let b = BranchPoint { fork_at: Some(at), resume_at: Some(line), resume_drops: None };
     self
-      .store_call(Wait::Blocking, move |s| {
-        let child = s.create_session(&new)?;
-        s.set_branch_point(&child.id, &b)?;
+      .store_call(Wait::Blocking, async move |s| {
+        let child = s.create_session(&new).await?;
+        s.set_branch_point(&child.id, &b).await?;
         Ok(child)
       })
       .await
@@ -299,10 +299,10 @@ impl Manager {
     self.drop_warm(&session.id).await;
     let (id, c2) = (session.id.clone(), ctx.clone());
     self
-      .store_call(Wait::Blocking, move |s| {
-        let old = s.branch_point(&id)?.unwrap_or_default();
-        s.set_branch_point(&id, &BranchPoint { fork_at: old.fork_at, resume_at: Some(line.clone()), resume_drops: drops.clone() })?;
-        s.set_context(&id, &c2)
+      .store_call(Wait::Blocking, async move |s| {
+        let old = s.branch_point(&id).await?.unwrap_or_default();
+        s.set_branch_point(&id, &BranchPoint { fork_at: old.fork_at, resume_at: Some(line.clone()), resume_drops: drops.clone() }).await?;
+        s.set_context(&id, &c2).await
       })
       .await?;
     let session = self.get_session(&session.id, &session.user_id).await?;
@@ -342,7 +342,7 @@ impl Manager {
     if !self.store.shares_transcripts() {
       return Ok(());
     }
-    self.refresh_for(session, &SessionMode::Resume(session.id.clone())).await?;
+    self.refresh_for(session, &SessionMode::Resume(session.id.clone()), None).await?;
     let Some(local) = self.transcript_of(session)? else { return Ok(()) };
     let (store, id, max) = (self.store.clone(), session.id.clone(), self.cfg.max_transcript_bytes);
     let wd = PathBuf::from(&session.working_directory);
@@ -404,15 +404,28 @@ impl Manager {
   }
 
   /// Before a run: how the CLI picks the session up, with its pending branch point (a fork's
-  /// message, a rewind); returns the point, which the run clears once the CLI ran.
-  pub(crate) async fn continue_from(&self, session: &Session, mode: SessionMode, cli: &mut CliArgs) -> Result<Option<String>> {
+  /// message, a rewind); returns the point, which the run clears once the CLI ran. `known`: the
+  /// point, when the task's start read it.
+  pub(crate) async fn continue_from(
+    &self,
+    session: &Session,
+    mode: SessionMode,
+    cli: &mut CliArgs,
+    known: Option<Option<BranchPoint>>,
+  ) -> Result<Option<String>> {
     let branches = !matches!(mode, SessionMode::New(_));
     cli.session = Some(mode);
     if !branches {
       return Ok(None);
     }
-    let id = session.id.clone();
-    let Some(b) = self.store_call(Wait::Briefly, move |s| s.branch_point(&id)).await? else { return Ok(None) };
+    let point = match known {
+      Some(point) => point,
+      None => {
+        let id = session.id.clone();
+        self.store_call(Wait::Briefly, async move |s| s.branch_point(&id).await).await?
+      }
+    };
+    let Some(b) = point else { return Ok(None) };
     if b.resume_at.is_some() {
       self.check_branching_cli()?;
     }
@@ -424,7 +437,7 @@ impl Manager {
   /// After a run that continued from `at`: the point is taken (or, refused, withdrawn).
   pub(crate) async fn branch_taken(&self, session_id: &str, at: String) {
     let id = session_id.to_owned();
-    let _ = self.store_call(Wait::Blocking, move |s| s.clear_resume(&id, &at)).await;
+    let _ = self.store_call(Wait::Blocking, async move |s| s.clear_resume(&id, &at).await).await;
   }
 }
 

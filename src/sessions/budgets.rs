@@ -161,17 +161,25 @@ pub(crate) struct StoreLedger {
   pub defaults: BudgetDefaults,
 }
 
+#[async_trait::async_trait]
 impl Ledger for StoreLedger {
-  fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission {
-    let call = CallAdmit {
-      task_id: &owner.task_id,
-      session_id: &owner.session_id,
-      user_id: &owner.user_id,
-      project_id: &owner.project_id,
-      model,
-      reserve_usd,
-    };
-    match self.store.admit_call(&call, &self.defaults) {
+  async fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission {
+    let (owner, model, defaults) = (owner.clone(), model.to_owned(), self.defaults.clone());
+    let admitted = self
+      .store
+      .call(Wait::Briefly, async move |s| {
+        let call = CallAdmit {
+          task_id: &owner.task_id,
+          session_id: &owner.session_id,
+          user_id: &owner.user_id,
+          project_id: &owner.project_id,
+          model: &model,
+          reserve_usd,
+        };
+        s.admit_call(&call, &defaults).await
+      })
+      .await;
+    match admitted {
       Ok(Admit::Go(id)) => Admission::Go(id),
       Ok(Admit::Over { key, cap_usd, spent_usd, period }) => Admission::Refused(Refusal {
         message: format!(
@@ -187,10 +195,11 @@ impl Ledger for StoreLedger {
     }
   }
 
-  fn settle(&self, call: i64, model: &str, u: &CallUsage, usd: f64) {
+  async fn settle(&self, call: i64, model: &str, u: &CallUsage, usd: f64) {
     let t = CallTokens { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write };
+    let model = model.to_owned();
     // A failed write leaves the row at its reserve (never less than the call was let through at).
-    let _ = self.store.settle_call(call, model, &t, usd);
+    let _ = self.store.call(Wait::Blocking, async move |s| s.settle_call(call, &model, &t, usd).await).await;
   }
 }
 
@@ -224,16 +233,16 @@ impl Manager {
   /// Sets (or replaces) a spend cap.
   pub async fn set_budget(&self, r: SetBudgetRequest) -> Result<Budget> {
     self.check_open()?;
-    let (cap, period) = (r.usd, r.period.map(|p| p.as_str()));
+    let (cap, period) = (r.usd, r.period.map(|p| p.as_str().to_owned()));
     let k = self.budget_key(&r.key).await?;
     if self.cfg.expose_api_key {
       return Err(budgets_need_proxy());
     }
     let k2 = k.clone();
     self
-      .store_call(Wait::Blocking, move |s| {
-        s.set_budget(&k2, cap, period)?;
-        s.get_budget(&k2)
+      .store_call(Wait::Blocking, async move |s| {
+        s.set_budget(&k2, cap, period.as_deref()).await?;
+        s.get_budget(&k2).await
       })
       .await?
       .ok_or_else(|| Error::internal("the budget just stored is missing"))
@@ -250,12 +259,12 @@ impl Manager {
       _ => None,
     };
     self
-      .store_call(Wait::Blocking, move |s| {
-        if let Some(b) = s.get_budget(&k)? {
+      .store_call(Wait::Blocking, async move |s| {
+        if let Some(b) = s.get_budget(&k).await? {
           return Ok(Some(b));
         }
         let Some((usd, period)) = default.clone() else { return Ok(None) };
-        let (spent, start) = s.spent_in(&k, period.as_deref())?;
+        let (spent, start) = s.spent_in(&k, period.as_deref()).await?;
         Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: spent, period_start: start }))
       })
       .await
@@ -265,7 +274,7 @@ impl Manager {
   pub async fn delete_budget(&self, r: BudgetRequest) -> Result<bool> {
     self.check_open()?;
     let k = self.budget_key(&r).await?;
-    self.store_call(Wait::Blocking, move |s| s.delete_budget(&k)).await
+    self.store_call(Wait::Blocking, async move |s| s.delete_budget(&k).await).await
   }
 
   /// The ledger of model calls, summed by day, model or session.
@@ -279,6 +288,6 @@ impl Manager {
       until: r.until,
       group_by: r.group_by.as_str().to_owned(),
     };
-    self.store_call(Wait::Blocking, move |s| s.usage_report(&q)).await
+    self.store_call(Wait::Blocking, async move |s| s.usage_report(&q).await).await
   }
 }

@@ -28,7 +28,7 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::Store;
+use crate::store::{block_on, Store};
 use crate::transcript::{safe, TenantFile, DEFAULT_MAX_LINE_BYTES};
 
 /// The CLI's backup folder, below its configuration folder.
@@ -60,7 +60,7 @@ pub(crate) fn capture(store: &Store, session_id: &str, task_id: &str, config_roo
   if names.is_empty() {
     return Ok(0);
   }
-  let stored = backups.file_backup_sizes(session_id)?;
+  let stored = block_on(backups.file_backup_sizes(session_id))?;
   let mut total: u64 = stored.iter().map(|(_, n)| u64::try_from(*n).unwrap_or(0)).sum();
   let known: HashSet<String> = stored.into_iter().map(|(n, _)| n).collect();
   let mut n = 0;
@@ -71,7 +71,7 @@ pub(crate) fn capture(store: &Store, session_id: &str, task_id: &str, config_roo
       Err(e) if matches!(e.code, ErrorCode::TranscriptUnsafe | ErrorCode::TranscriptTooLarge) => continue,
       Err(e) => return Err(e),
     };
-    if !backups.put_file_backup(session_id, task_id, &name, &content)? {
+    if !block_on(backups.put_file_backup(session_id, task_id, &name, &content))? {
       break;
     }
     total += content.len() as u64;
@@ -86,13 +86,13 @@ pub(crate) fn capture(store: &Store, session_id: &str, task_id: &str, config_roo
 /// not plain is skipped; a link on the way is refused (`TRANSCRIPT_UNSAFE`), never followed.
 pub(crate) fn restore(store: &Store, session_id: &str, config_root: &Path, max_total: u64) -> Result<usize> {
   let Some(backups) = store.file_backups() else { return Ok(0) };
-  let total: u64 = backups.file_backup_sizes(session_id)?.iter().map(|(_, n)| u64::try_from(*n).unwrap_or(0)).sum();
+  let total: u64 = block_on(backups.file_backup_sizes(session_id))?.iter().map(|(_, n)| u64::try_from(*n).unwrap_or(0)).sum();
   if total > max_total {
     return Err(safe::too_large(&format!("the stored file backups of session {session_id}"), max_total));
   }
   let folder = history_dir(config_root, session_id);
   let mut n = 0;
-  for (name, content) in backups.load_file_backups(session_id)? {
+  for (name, content) in block_on(backups.load_file_backups(session_id))? {
     if !backup_name_ok(&name) || content.len() as u64 > max_total {
       continue;
     }

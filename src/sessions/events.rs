@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::{store_call, Manager, Wait};
+use super::{Manager, Wait};
 use crate::cli::CancelToken;
 use crate::error::{Error, Result};
 use crate::store::{EventRow, Notice, RunningTask, Store};
@@ -222,7 +222,7 @@ async fn write_loop(
       let mut written = None;
       for _ in 0..2 {
         let (sid, tid, rows) = (sid.clone(), tid.clone(), rows.clone());
-        if let Ok(seq) = store_call(st.clone(), Wait::Blocking, move |s| s.append_events(&sid, &tid, &rows)).await {
+        if let Ok(seq) = st.call(Wait::Blocking, async move |s| s.append_events(&sid, &tid, &rows).await).await {
           written = Some(seq);
           break;
         }
@@ -298,7 +298,7 @@ impl Follower {
         return Ok(None);
       }
       let (sid, after) = (self.session_id.clone(), self.after);
-      let rows = store_call(self.store.clone(), Wait::Briefly, move |s| s.read_events(&sid, after, PAGE)).await?;
+      let rows = self.store.call(Wait::Briefly, async move |s| s.read_events(&sid, after, PAGE).await).await?;
       if !rows.is_empty() {
         self.buf.extend(rows);
         continue;
@@ -310,7 +310,7 @@ impl Follower {
         }
         Until::TaskEnd => {
           let sid = self.session_id.clone();
-          let running = store_call(self.store.clone(), Wait::Briefly, move |s| s.running_task(&sid)).await?;
+          let running = self.store.call(Wait::Briefly, async move |s| s.running_task(&sid).await).await?;
           if running.is_some() {
             self.saw_running = true;
             self.ended_at = None;
@@ -385,7 +385,7 @@ impl Manager {
     tokio::spawn(async move {
       loop {
         let Some(s) = store.upgrade() else { return };
-        let _ = store_call(s, Wait::Blocking, move |s| s.sweep_events(retention)).await;
+        let _ = s.call(Wait::Blocking, async move |s| s.sweep_events(retention).await).await;
         tokio::time::sleep(every).await;
       }
     });
@@ -417,7 +417,7 @@ impl Manager {
           _ = heard => {}
         }
         let t = task.clone();
-        if store_call(store.clone(), Wait::Briefly, move |s| s.abort_requested(&t)).await.unwrap_or(false) {
+        if store.call(Wait::Briefly, async move |s| s.abort_requested(&t).await).await.unwrap_or(false) {
           cancel.cancel();
           return;
         }
@@ -439,8 +439,12 @@ impl Manager {
     let (sid, task) = (session.id.clone(), r.task_id.clone());
     let only_task = r.task_id.clone().filter(|_| r.follow.is_none());
     let (bounds, task_first) = self
-      .store_call(Wait::Briefly, move |s| {
-        Ok((s.event_bounds(&sid)?, task.as_deref().map(|t| s.task_first_seq(&sid, t)).transpose()?.flatten()))
+      .store_call(Wait::Briefly, async move |s| {
+        let first = match task.as_deref() {
+          Some(t) => s.task_first_seq(&sid, t).await?,
+          None => None,
+        };
+        Ok((s.event_bounds(&sid).await?, first))
       })
       .await?;
     if r.task_id.is_some() && r.after.is_some() {
@@ -490,9 +494,9 @@ impl Manager {
     let session = self.get_session(session_id, user_id).await?;
     let sid = session.id;
     self
-      .store_call(Wait::Briefly, move |s| {
-        let Some(task) = s.running_task(&sid)? else { return Ok(None) };
-        Ok(Some(RunningTaskInfo { task, last_seq: s.event_bounds(&sid)?.last }))
+      .store_call(Wait::Briefly, async move |s| {
+        let Some(task) = s.running_task(&sid).await? else { return Ok(None) };
+        Ok(Some(RunningTaskInfo { task, last_seq: s.event_bounds(&sid).await?.last }))
       })
       .await
   }
@@ -504,7 +508,7 @@ impl Manager {
     self.check_open()?;
     let session = self.get_session(session_id, user_id).await?;
     let sid = session.id;
-    let Some(task) = self.store_call(Wait::Briefly, move |s| s.request_abort(&sid)).await? else { return Ok(false) };
+    let Some(task) = self.store_call(Wait::Briefly, async move |s| s.request_abort(&sid).await).await? else { return Ok(false) };
     if task.owner_id == self.owner.id {
       if let Some(c) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&task.task_id) {
         c.cancel();

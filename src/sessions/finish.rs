@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::run::HeldRun;
-use super::{store_call, CompactTrigger, Manager, TaskError, TaskResult, Wait};
+use super::{CompactTrigger, Manager, TaskError, TaskResult, Wait};
 use crate::cli::stream::ResultLine;
 use crate::cli::{self, EndReason, RunOutcome};
 use crate::context;
@@ -157,7 +157,7 @@ impl Manager {
       now_ms: store::now_ms(),
     });
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    store_call(self.store.clone(), Wait::Briefly, move |s| s.finish_task(&sid, &tid, &end, watermark)).await?;
+    self.store.call(Wait::Briefly, async move |s| s.finish_task(&sid, &tid, &end, watermark).await).await?;
     Ok(res)
   }
 }

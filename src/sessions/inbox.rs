@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::permissions::{user_edit_allowed, PermissionResponse, Rule, Rules};
-use super::{store_call, Manager, Wait};
+use super::{Manager, Wait};
 use crate::cli::{CanUseTool, CancelToken, Decision, PermissionRequest, WarmHandle};
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Delivery, Receipt, Store};
@@ -88,7 +88,7 @@ impl Drop for Pending {
     }
     let (store, (session, request)) = (self.store.clone(), self.key.clone());
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
-      rt.spawn_blocking(move || store.inbox_forget(&session, &request));
+      rt.spawn(async move { store.call(Wait::Briefly, async move |s| s.inbox_forget(&session, &request).await).await });
     }
   }
 }
@@ -177,7 +177,7 @@ impl Manager {
         let mut settled = settled;
         let (s, r) = pending.key.clone();
         // Failing to record it only means it cannot be answered from elsewhere.
-        let _ = store_call(store, Wait::Briefly, move |st| st.inbox_ask(&s, &task, &r)).await;
+        let _ = store.call(Wait::Briefly, async move |st| st.inbox_ask(&s, &task, &r).await).await;
         let asked = handler(req, signal);
         let paused = slot.upgrade();
         if let Some(p) = &paused {
@@ -213,14 +213,14 @@ impl Manager {
     let logs = self.logs.clone();
     tokio::spawn(async move {
       let (s, t) = (session.clone(), task.clone());
-      if store_call(store.clone(), Wait::Briefly, move |st| st.inbox_open(&s, &t)).await.is_ok() {
+      if store.call(Wait::Briefly, async move |st| st.inbox_open(&s, &t).await).await.is_ok() {
         loop {
           tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stopped.cancelled() => break,
           }
           let (s, t) = (session.clone(), task.clone());
-          let Ok(found) = store_call(store.clone(), Wait::Briefly, move |st| st.inbox_poll(&s, &t)).await else { continue };
+          let Ok(found) = store.call(Wait::Briefly, async move |st| st.inbox_poll(&s, &t).await).await else { continue };
           for delivery in found {
             match delivery {
               Delivery::Answer { request_id, answer } => {
@@ -238,13 +238,13 @@ impl Manager {
                     l.record(serde_json::json!({ "type": "user_message", "sessionId": session, "text": text }));
                   }
                 }
-                let _ = store_call(store.clone(), Wait::Briefly, move |st| st.inbox_mark(id, steered)).await;
+                let _ = store.call(Wait::Briefly, async move |st| st.inbox_mark(id, steered).await).await;
               }
             }
           }
         }
       }
-      let _ = store_call(store, Wait::Briefly, move |st| st.inbox_close(&session, &task)).await;
+      let _ = store.call(Wait::Briefly, async move |st| st.inbox_close(&session, &task).await).await;
     });
     InboxWatch(stop)
   }
@@ -254,7 +254,7 @@ impl Manager {
   /// ending). No such task anywhere: `INVALID_ARGUMENT`, as before.
   pub(crate) async fn forward_message(&self, session_id: &str, prompt: &str) -> Result<()> {
     let (sid, text) = (session_id.to_owned(), prompt.to_owned());
-    let Some(id) = self.store_call(Wait::Briefly, move |s| s.inbox_send(&sid, &text)).await? else {
+    let Some(id) = self.store_call(Wait::Briefly, async move |s| s.inbox_send(&sid, &text).await).await? else {
       return Err(no_task_running(session_id));
     };
     let deadline = Instant::now() + RECEIPT_LIMIT;
@@ -262,9 +262,9 @@ impl Manager {
       tokio::time::sleep(RECEIPT_POLL).await;
       if Instant::now() >= deadline {
         // Too late now: refused unless it was steered meanwhile.
-        store_call(self.store.clone(), Wait::Briefly, move |s| s.inbox_mark(id, false)).await?;
+        self.store.call(Wait::Briefly, async move |s| s.inbox_mark(id, false).await).await?;
       }
-      match store_call(self.store.clone(), Wait::Briefly, move |s| s.inbox_receipt(id)).await? {
+      match self.store.call(Wait::Briefly, async move |s| s.inbox_receipt(id).await).await? {
         Receipt::Steered => return Ok(()),
         Receipt::Refused => return Err(no_task_running(session_id)),
         Receipt::Waiting => {}
@@ -286,7 +286,7 @@ impl Manager {
       return Ok(());
     }
     let (text, (sid, rid)) = (answer.to_stored(), key);
-    if self.store_call(Wait::Briefly, move |s| s.inbox_answer(&sid, &rid, &text)).await? {
+    if self.store_call(Wait::Briefly, async move |s| s.inbox_answer(&sid, &rid, &text).await).await? {
       return Ok(());
     }
     Err(Error::new(

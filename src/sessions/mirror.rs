@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::run::HeldRun;
-use super::{store_call, Manager, TaskError, TaskResult, Wait};
+use super::{Manager, TaskError, TaskResult, Wait};
 use crate::cli::mirror::{subpath_of, MirrorMsg, MirrorTx};
 use crate::cli::{CancelToken, SessionMode};
 use crate::context;
@@ -108,7 +108,7 @@ impl LeaseClock {
       let started = Instant::now();
       let (sid, tid, ttl) = (session_id.clone(), task_id.clone(), self.ttl);
       let left = self.valid_until().saturating_duration_since(started);
-      let renew = store_call(store.clone(), Wait::Blocking, move |st| st.renew_lease(&sid, &tid, ttl));
+      let renew = store.call(Wait::Blocking, async move |st| st.renew_lease(&sid, &tid, ttl).await);
       match tokio::time::timeout(left, renew).await {
         Ok(Ok(true)) => {
           self.renewed(started);
@@ -125,10 +125,22 @@ impl LeaseClock {
   }
 }
 
+/// What a task's writer has stored, as the store has it: the lease holder is the one writer of
+/// the session, so these are the stored lines after the head the task started from.
+#[derive(Default)]
+struct Stored {
+  /// The store's head: the last `seq` stored (the start's head before any).
+  head: i64,
+  /// The main transcript's lines stored, as text, with how many times each.
+  lines: HashMap<String, usize>,
+}
+
 /// One task's mirror: a writer that stores the CLI's frames in order.
 pub(crate) struct TaskMirror {
   pub(crate) tx: MirrorTx,
   writer: tokio::task::JoinHandle<()>,
+  /// What the writer has stored.
+  stored: Arc<Mutex<Stored>>,
   /// The store's head and the local file's length when the task started: the file then held
   /// the stored lines, and what the task adds is appended after both, so the check at the end
   /// compares only the task's part (not the whole conversation on every task).
@@ -152,6 +164,7 @@ struct Writer {
   /// Lines written after the task ended (a warm process closing): fenced by the task's last
   /// lease, held or released, instead of a held one.
   after_end: bool,
+  stored: Arc<Mutex<Stored>>,
 }
 
 impl Writer {
@@ -181,13 +194,19 @@ impl Writer {
       tokio::time::sleep(wait).await;
       let (sid, tid, batch) = (self.session_id.clone(), self.task_id.clone(), self.pending.clone());
       let after_end = self.after_end;
-      let append = move |st: &Store| match after_end {
-        false => st.shared_transcripts()?.append_transcript(&sid, &tid, &batch),
-        true => st.shared_transcripts()?.append_transcript_after_end(&sid, &tid, &batch),
+      let append = async move |st: &Store| match after_end {
+        false => st.shared_transcripts()?.append_transcript(&sid, &tid, &batch).await,
+        true => st.shared_transcripts()?.append_transcript_after_end(&sid, &tid, &batch).await,
       };
-      match store_call(self.store.clone(), Wait::Blocking, append).await {
+      match self.store.call(Wait::Blocking, append).await {
         Ok(true) => {
-          self.pending.clear();
+          let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+          for e in self.pending.drain(..) {
+            stored.head = stored.head.max(e.seq);
+            if e.subpath.is_empty() {
+              *stored.lines.entry(e.line).or_default() += 1;
+            }
+          }
           return Ok(());
         }
         Ok(false) => {
@@ -221,7 +240,9 @@ impl TaskMirror {
   ) -> TaskMirror {
     let local_len = local.as_ref().and_then(|p| p.regular_len().ok().flatten()).unwrap_or(0);
     let (tx, mut rx) = mpsc::unbounded_channel::<MirrorMsg>();
+    let stored = Arc::new(Mutex::new(Stored { head, lines: HashMap::new() }));
     let mut w = Writer {
+      stored: stored.clone(),
       store,
       session_id: session_id.to_owned(),
       task_id: task_id.to_owned(),
@@ -252,6 +273,7 @@ impl TaskMirror {
     TaskMirror {
       tx,
       writer,
+      stored,
       from: (head, local_len),
       local,
       max_bytes: transcript::DEFAULT_MAX_TRANSCRIPT_BYTES,
@@ -285,12 +307,22 @@ impl TaskMirror {
   /// others; waits for the writer, and stops it. The file is the session's own regular file or
   /// nothing is taken from it (a link or a special file is refused: Err, nothing stored, and the
   /// next task here rewrites the file from the store); at most `max_bytes` of it are read, line
-  /// by line (a longer line is skipped).
-  pub(crate) async fn reconcile(self, store: Arc<Store>, session_id: String, local: TenantFile) -> std::result::Result<(), String> {
+  /// by line (a longer line is skipped). The task's part of the file is compared with what its
+  /// writer stored, without a trip to the store: only lines the store lacks cost one (the
+  /// transcript is behind). Returns the store's head, and with `give_back` the lines the store
+  /// lacks, numbered after it, instead of storing them (the caller stores them with the lease's
+  /// release, in one trip).
+  pub(crate) async fn reconcile(
+    self,
+    store: Arc<Store>,
+    session_id: String,
+    local: TenantFile,
+    give_back: bool,
+  ) -> std::result::Result<(i64, Vec<TranscriptEntry>), String> {
     self.flush().await?;
-    let (st, sid, file, (head, offset), max) = (store.clone(), session_id.clone(), local.clone(), self.from, self.max_bytes);
-    let tail = tokio::task::spawn_blocking(move || -> Result<Vec<Value>> {
-      let Some((mut f, len)) = file.open_read()? else { return Ok(vec![]) };
+    let (file, (head, offset), max) = (local.clone(), self.from, self.max_bytes);
+    let read = tokio::task::spawn_blocking(move || -> Result<Option<(Vec<Value>, i64)>> {
+      let Some((mut f, len)) = file.open_read()? else { return Ok(None) };
       let io_err = |e: std::io::Error| Error::store(format!("cannot read transcript {}: {e}", file.path().display()));
       // The task's part: the file past its length at the start, against the lines stored since.
       // A file shorter than it was (rewritten by something else) is compared whole.
@@ -317,26 +349,56 @@ impl TaskMirror {
           Err(safe::LineError::Io(e)) => return Err(io_err(e)),
         }
       }
-      // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
-      // the CLI also writes lines it does not mirror in the middle of the file (state it
-      // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat.
-      let mut stored: HashMap<String, usize> = HashMap::new();
-      for e in st.shared_transcripts()?.load_transcript(&sid, after)?.into_iter().filter(|e| e.subpath.is_empty()) {
-        *stored.entry(e.line).or_default() += 1;
-      }
-      let mut missing = vec![];
-      for v in read {
-        let key = serde_json::to_string(&v).unwrap_or_default();
-        match stored.get_mut(&key) {
-          Some(n) if *n > 0 => *n -= 1,
-          _ => missing.push(v),
-        }
-      }
-      Ok(missing)
+      Ok(Some((read, after)))
     })
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.message)?;
+    let tail = match read {
+      None => vec![],
+      Some((read, after)) => {
+        // Lines are compared as the store keeps them (serde_json's canonical text), as a multiset:
+        // the CLI also writes lines it does not mirror in the middle of the file (state it
+        // restores on resume: `mode`, `tools-used`, …), and lines without a uuid repeat. The
+        // task's part is compared with what its writer stored; the whole file with the store.
+        let mut stored: HashMap<String, usize> = match after == head {
+          true => self.stored.lock().unwrap_or_else(|p| p.into_inner()).lines.clone(),
+          false => {
+            let sid = session_id.clone();
+            let rows = store
+              .call(Wait::Blocking, async move |st| st.shared_transcripts()?.load_transcript(&sid, after).await)
+              .await
+              .map_err(|e| e.message)?;
+            let mut all = HashMap::new();
+            for e in rows.into_iter().filter(|e| e.subpath.is_empty()) {
+              *all.entry(e.line).or_default() += 1;
+            }
+            all
+          }
+        };
+        let mut missing = vec![];
+        for v in read {
+          let key = serde_json::to_string(&v).unwrap_or_default();
+          match stored.get_mut(&key) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => missing.push(v),
+          }
+        }
+        missing
+      }
+    };
+    if give_back {
+      drop(self.tx);
+      let _ = self.writer.await;
+      let head = self.stored.lock().unwrap_or_else(|p| p.into_inner()).head;
+      let lines = tail.iter().zip(head + 1..).map(|(v, seq)| TranscriptEntry {
+        seq,
+        subpath: String::new(),
+        uuid: v.get("uuid").and_then(Value::as_str).map(str::to_owned),
+        line: serde_json::to_string(v).unwrap_or_default(),
+      });
+      return Ok((head, lines.collect()));
+    }
     if !tail.is_empty() {
       let frame = json!({ "type": "transcript_mirror", "filePath": local.path().to_string_lossy(), "entries": tail });
       let _ = self.tx.send(MirrorMsg::Frame(frame));
@@ -344,7 +406,8 @@ impl TaskMirror {
     }
     drop(self.tx);
     let _ = self.writer.await;
-    Ok(())
+    let head = self.stored.lock().unwrap_or_else(|p| p.into_inner()).head;
+    Ok((head, vec![]))
   }
 }
 
@@ -377,9 +440,21 @@ pub(crate) fn mark_fresh(marker: &Path, head: i64, file: &TenantFile) {
 /// The file and every folder on its way are checked as they are written (see [`TenantFile`]): a
 /// link planted below the configuration folder (the session's `projects/<slug>` folder linked to
 /// a host folder) fails the refresh with `TRANSCRIPT_UNSAFE` and nothing is written through it.
-pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, marker: &Path) -> Result<i64> {
-  let store = store.shared_transcripts()?;
-  let head = store.transcript_head(session_id)?;
+/// `head`: the store's head, when the caller read it already.
+pub(crate) async fn refresh_local(
+  store: &Arc<Store>,
+  session_id: &str,
+  path: &TenantFile,
+  marker: &Path,
+  head: Option<i64>,
+) -> Result<i64> {
+  let head = match head {
+    Some(head) => head,
+    None => {
+      let sid = session_id.to_owned();
+      store.call(Wait::Briefly, async move |st| st.shared_transcripts()?.transcript_head(&sid).await).await?
+    }
+  };
   if head == 0 {
     return Ok(0);
   }
@@ -387,7 +462,18 @@ pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, 
   if seen.is_some() && seen == marker_of(head, path) {
     return Ok(head);
   }
-  let entries = store.load_transcript(session_id, 0)?;
+  let sid = session_id.to_owned();
+  let entries = store.call(Wait::Blocking, async move |st| st.shared_transcripts()?.load_transcript(&sid, 0).await).await?;
+  let (path, marker) = (path.clone(), marker.to_path_buf());
+  // Writing the files can take milliseconds: off the async workers.
+  tokio::task::spawn_blocking(move || write_local(&entries, head, &path, &marker))
+    .await
+    .map_err(|e| Error::internal(format!("transcript refresh failed: {e}")))??;
+  Ok(head)
+}
+
+/// Writes the store's transcript lines (at `head`) as this node's copy `path`, and the marker.
+fn write_local(entries: &[TranscriptEntry], head: i64, path: &TenantFile, marker: &Path) -> Result<()> {
   let files: std::collections::BTreeSet<&str> = entries.iter().map(|e| e.subpath.as_str()).collect();
   // Each file written straight from the rows (no second copy of the conversation in memory).
   let write = |file: &TenantFile, sub: &str| {
@@ -409,23 +495,33 @@ pub(crate) fn refresh_local(store: &Store, session_id: &str, path: &TenantFile, 
   }
   write(path, "")?;
   mark_fresh(marker, head, path);
-  Ok(head)
+  Ok(())
 }
 
-/// A session's conversation read from the store, when the store keeps transcripts and has one
-/// (blocking); `None` otherwise (read the local file). A stored transcript larger than
-/// `opts.max_transcript_bytes` is `TRANSCRIPT_TOO_LARGE`, refused before it is loaded.
-pub(crate) fn stored_history(store: &Store, session_id: &str, opts: &ReadOptions) -> Result<Option<History>> {
-  let Some(store) = store.transcripts() else { return Ok(None) };
-  let bytes = store.transcript_bytes(session_id)?;
-  if u64::try_from(bytes).unwrap_or(0) > opts.max_transcript_bytes {
-    return Err(safe::too_large(&format!("the stored transcript of session {session_id}"), opts.max_transcript_bytes));
-  }
-  let entries = store.load_transcript(session_id, 0)?;
-  if entries.is_empty() {
+/// A session's stored transcript lines, when the store keeps transcripts and has some; `None`
+/// otherwise (read the local file). A stored transcript larger than `max_bytes` is
+/// `TRANSCRIPT_TOO_LARGE`, refused before it is loaded.
+pub(crate) async fn stored_lines(store: &Arc<Store>, session_id: &str, max_bytes: u64) -> Result<Option<Vec<TranscriptEntry>>> {
+  if !store.shares_transcripts() {
     return Ok(None);
   }
-  Ok(Some(transcript::parse_lines(entries.iter().filter(|e| e.subpath.is_empty()).map(|e| e.line.as_str()), opts)))
+  let sid = session_id.to_owned();
+  let entries = store
+    .call(Wait::Blocking, async move |st| {
+      let t = st.shared_transcripts()?;
+      let bytes = t.transcript_bytes(&sid).await?;
+      if u64::try_from(bytes).unwrap_or(0) > max_bytes {
+        return Err(safe::too_large(&format!("the stored transcript of session {sid}"), max_bytes));
+      }
+      t.load_transcript(&sid, 0).await
+    })
+    .await?;
+  Ok((!entries.is_empty()).then_some(entries))
+}
+
+/// The conversation in stored transcript lines (see [`stored_lines`]).
+pub(crate) fn stored_history(entries: &[TranscriptEntry], opts: &ReadOptions) -> History {
+  transcript::parse_lines(entries.iter().filter(|e| e.subpath.is_empty()).map(|e| e.line.as_str()), opts)
 }
 
 impl Manager {
@@ -435,18 +531,19 @@ impl Manager {
   }
 
   /// Before a task: this node's copy of the transcript the CLI will read (the session's own, or a
-  /// fork's parent's) made the store's. Only on a store that keeps transcripts.
-  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode) -> Result<()> {
+  /// fork's parent's) made the store's. Only on a store that keeps transcripts. The session's
+  /// own head in the store when it read it (a resumed session), for the task's mirror.
+  /// `head`: the session's own head, when already read.
+  pub(crate) async fn refresh_for(&self, session: &Session, mode: &SessionMode, head: Option<i64>) -> Result<Option<i64>> {
     let source = match mode {
-      SessionMode::New(_) => return Ok(()),
+      SessionMode::New(_) => return Ok(None),
       SessionMode::Resume(_) => session.clone(),
       SessionMode::Fork { parent, .. } => self.get_session(parent, &session.user_id).await?,
     };
-    let Some(path) = self.transcript_of(&source)? else { return Ok(()) };
-    let (store, marker) = (self.store.clone(), self.marker_path(&source.id));
-    tokio::task::spawn_blocking(move || refresh_local(&store, &source.id, &path, &marker).map(|_| ()))
-      .await
-      .map_err(|e| Error::internal(format!("transcript refresh failed: {e}")))?
+    let Some(path) = self.transcript_of(&source)? else { return Ok(None) };
+    let own = source.id == session.id;
+    let head = refresh_local(&self.store, &source.id, &path, &self.marker_path(&source.id), head.filter(|_| own)).await?;
+    Ok(own.then_some(head))
   }
 }
 
@@ -455,17 +552,60 @@ impl Manager {
 /// backups the CLI made for the session stored with the transcript (see `checkpoints.rs`).
 pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: String, local: TenantFile, marker: PathBuf) {
   let (task_id, max_bytes) = (m.task_id.clone(), m.max_bytes);
-  let reconciled = m.reconcile(store.clone(), session_id.clone(), local.clone()).await.is_ok();
+  let reconciled = m.reconcile(store.clone(), session_id.clone(), local.clone(), false).await;
   let _ = tokio::task::spawn_blocking(move || {
-    if reconciled {
-      if let Ok(head) = store.shared_transcripts().and_then(|t| t.transcript_head(&session_id)) {
-        mark_fresh(&marker, head, &local);
-      }
+    if let Ok((head, _)) = reconciled {
+      mark_fresh(&marker, head, &local);
     }
     // Fenced by the task's lease: nothing is stored once another task took the session.
     let _ = super::checkpoints::capture(&store, &session_id, &task_id, local.root(), max_bytes);
   })
   .await;
+}
+
+/// After the CLI of a task that kept the session's lease exited: the lease released (`release`:
+/// the task's end was recorded) and, with a mirror, the lines the store lacks stored in the same
+/// trip ([`Transcripts::append_and_release`]); the marker set when the store took everything;
+/// the file backups the CLI made stored with the transcript. Nothing more than the release when
+/// the transcript is not behind.
+pub(crate) async fn release_after_exit(
+  mirror: Option<(TaskMirror, TenantFile)>,
+  store: Arc<Store>,
+  session_id: String,
+  task_id: String,
+  marker: PathBuf,
+  release: bool,
+) {
+  if !release {
+    // The end was not recorded: the lease is left to expire; the lines the store lacks are
+    // stored under it while it lasts, as after any task.
+    if let Some((m, local)) = mirror {
+      finish_mirror(m, store, session_id, local, marker).await;
+    }
+    return;
+  }
+  let max_bytes = mirror.as_ref().map(|(m, _)| m.max_bytes);
+  let reconciled = match mirror {
+    Some((m, local)) => m.reconcile(store.clone(), session_id.clone(), local.clone(), true).await.ok().map(|r| (r, local)),
+    None => None,
+  };
+  let lines = reconciled.as_ref().map(|((_, lines), _)| lines.clone()).unwrap_or_default();
+  let (sid, tid) = (session_id.clone(), task_id.clone());
+  let released = store
+    .call(Wait::Blocking, async move |st| match lines.is_empty() {
+      true => st.release_lease(&sid, &tid).await.map(|()| true),
+      false => st.shared_transcripts()?.append_and_release(&sid, &tid, &lines).await,
+    })
+    .await;
+  if let (Ok(true), Some(((head, lines), local))) = (released, reconciled) {
+    let head = lines.last().map_or(head, |e| e.seq);
+    let _ = tokio::task::spawn_blocking(move || {
+      mark_fresh(&marker, head, &local);
+      // Fenced by the task's last lease (released, not taken since).
+      let _ = super::checkpoints::capture(&store, &session_id, &task_id, local.root(), max_bytes.unwrap_or(u64::MAX));
+    })
+    .await;
+  }
 }
 
 impl Manager {
@@ -487,7 +627,7 @@ impl Manager {
       ..Default::default()
     };
     let (sid, tid) = (session.id.clone(), task_id.to_owned());
-    let _ = store_call(self.store.clone(), Wait::Briefly, move |s| s.finish_task(&sid, &tid, &end, None)).await;
+    let _ = self.store.call(Wait::Briefly, async move |s| s.finish_task(&sid, &tid, &end, None).await).await;
     res
   }
 }
@@ -495,6 +635,7 @@ impl Manager {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::store::Blocking as _;
   use crate::store::{NewSession, Owner};
 
   #[tokio::test]
@@ -512,10 +653,13 @@ mod tests {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
     let sid = uuid::Uuid::new_v4().to_string();
-    store.create_session(&NewSession { id: sid.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).unwrap();
+    store
+      .create_session(&NewSession { id: sid.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() })
+      .wait()
+      .unwrap();
     let ttl = Duration::from_millis(600);
     let taken = Instant::now();
-    assert!(store.try_begin_task(&sid, "t", "task", "sonnet", &Owner { id: "o".into(), pid: std::process::id() }, ttl).unwrap());
+    assert!(store.try_begin_task(&sid, "t", "task", "sonnet", &Owner { id: "o".into(), pid: std::process::id() }, ttl).wait().unwrap());
     let cancel = CancelToken::new();
     let clock = LeaseClock::new(taken, ttl, cancel.clone());
     let renewing = tokio::spawn(clock.clone().renew_loop(store.clone(), sid.clone(), "t".into()));
@@ -524,7 +668,7 @@ mod tests {
     assert!(!clock.is_lost() && !cancel.is_cancelled());
     assert!(clock.valid_until() > taken + ttl, "the deadline moved with the renewals");
     // The lease stops being the task's: the next renewal is refused and the run is stopped.
-    store.release_lease(&sid, "t").unwrap();
+    store.release_lease(&sid, "t").wait().unwrap();
     tokio::time::timeout(ttl * 3, renewing).await.expect("the loop ended").unwrap();
     assert!(clock.is_lost() && cancel.is_cancelled());
   }
@@ -536,7 +680,7 @@ mod tests {
 #[cfg(test)]
 mod pg_tests {
   use super::*;
-  use crate::store::{NewSession, Owner};
+  use crate::store::{Blocking as _, NewSession, Owner};
 
   async fn admin(url: &str, sql: &str) {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
@@ -563,8 +707,8 @@ mod pg_tests {
     let sid = uuid::Uuid::new_v4().to_string();
     let (st, s2) = (store.clone(), sid.clone());
     tokio::task::spawn_blocking(move || {
-      st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() })?;
-      st.try_begin_task(&s2, "t", "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60))
+      st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).wait()?;
+      st.try_begin_task(&s2, "t", "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60)).wait()
     })
     .await
     .unwrap()
@@ -584,7 +728,7 @@ mod pg_tests {
     r.unwrap();
     drop(m);
     let (st, s2) = (store.clone(), sid.clone());
-    let stored = tokio::task::spawn_blocking(move || st.shared_transcripts()?.load_transcript(&s2, 0)).await.unwrap().unwrap();
+    let stored = tokio::task::spawn_blocking(move || st.shared_transcripts()?.load_transcript(&s2, 0).wait()).await.unwrap().unwrap();
     let types: Vec<String> =
       stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);

@@ -130,35 +130,7 @@ pub struct SandboxDetails {
   pub memory_limit: &'static str,
 }
 
-/// How long a store call may keep its caller waiting. Every store call of the manager goes
-/// through [`store_call`] (or [`Manager::store_call`]) with one of these; the third policy, never
-/// waiting, is [`Store::now`] itself: synchronous, for the JavaScript thread, answered right there
-/// or not at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
-  /// A point read or small write (by primary key, a few rows): run right here, on the tokio
-  /// worker, when it can go through without waiting (see [`Store::now`]), because it takes tens
-  /// of microseconds, less than a hop to the blocking pool and back; else on the blocking pool.
-  /// (Not `block_in_place`: that can turn this worker into a pool thread that exits when idle,
-  /// and a CLI spawned from a thread gets its parent-death signal when that thread exits.)
-  Briefly,
-  /// A call that may wait (a scan, a lock, a network round trip): on the blocking pool.
-  Blocking,
-}
-
-/// Calls the store with the waiting policy `wait`.
-pub(crate) async fn store_call<T: Send + 'static>(
-  store: Arc<Store>,
-  wait: Wait,
-  f: impl Fn(&Store) -> Result<T> + Send + 'static,
-) -> Result<T> {
-  if wait == Wait::Briefly {
-    if let Some(r) = store.now(&f) {
-      return r;
-    }
-  }
-  tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
-}
+pub(crate) use crate::store::Wait;
 
 /// Creates a file only its owner can read (`0600` on Unix), or tightens an existing one.
 fn private_file(path: &Path) -> Result<()> {
@@ -249,7 +221,7 @@ impl Manager {
       }
     };
     config::private_dir(&cfg.tenant_config_root)?;
-    store.recover_interrupted(&cli::pid_alive)?;
+    crate::store::block_on(store.recover_interrupted(&cli::pid_alive))?;
     Ok(Manager {
       store: Arc::new(store),
       slots: Arc::new(Semaphore::new(cfg.max_concurrent_tasks)),
@@ -368,12 +340,16 @@ impl Manager {
     TaskRegistration { tasks: self.tasks.clone(), id }
   }
 
-  /// A store call while the manager is open, with the waiting policy `wait` (a write that
-  /// completes a task, which `close()` waits for, calls [`store_call`] itself: it is made even
-  /// once the manager is closed).
-  pub(crate) async fn store_call<T: Send + 'static>(&self, wait: Wait, f: impl Fn(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+  /// A store call while the manager is open, with the waiting policy `wait` ([`Store::call`]; a
+  /// write that completes a task, which `close()` waits for, calls the store itself: it is made
+  /// even once the manager is closed).
+  pub(crate) async fn store_call<T, F>(&self, wait: Wait, f: F) -> Result<T>
+  where
+    T: Send + 'static,
+    F: AsyncFn(&Store) -> Result<T> + Send + Sync + 'static,
+  {
     self.check_open()?;
-    store_call(self.store.clone(), wait, f).await
+    self.store.call(wait, f).await
   }
 
   /// Runs blocking work that is not a store call (an estimate, reading a transcript) on the

@@ -83,9 +83,10 @@ impl Manager {
     let Ok(_guard) = lock.try_lock_owned() else { return Ok(Prewarmed::Busy) };
     let (sid, uid, me) = (session.id.clone(), session.user_id.clone(), self.owner.id.clone());
     let (session, running, elsewhere) = self
-      .store_call(Wait::Briefly, move |s| {
-        let session = s.get_session(&sid, &uid)?.ok_or_else(|| Error::not_found(&sid))?;
-        Ok((session, s.running_task(&sid)?.is_some(), s.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid))?))
+      .store_call(Wait::Briefly, async move |s| {
+        let session = s.get_session(&sid, &uid).await?.ok_or_else(|| Error::not_found(&sid))?;
+        let running = s.running_task(&sid).await?.is_some();
+        Ok((session, running, s.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid)).await?))
       })
       .await?;
     if running {
@@ -99,7 +100,7 @@ impl Manager {
     }
     let mut spec = self.run_spec(&session, program, String::new(), None)?;
     let mode = self.session_mode(&session).await?;
-    if self.continue_from(&session, mode.clone(), &mut cli).await?.is_some() {
+    if self.continue_from(&session, mode.clone(), &mut cli, None).await?.is_some() {
       return Ok(Prewarmed::BranchPoint);
     }
     let fits = (fingerprint(&cli, &spec, r.permission_prompts), config_stamp(&spec));
@@ -118,11 +119,11 @@ impl Manager {
     // first (as a task does once it holds the lease); its turns are mirrored as a task's are.
     let mirrored = self.store.shares_transcripts() && mirror_supported(spec.cli_program()).await;
     if self.store.shares_transcripts() && !matches!(mode, SessionMode::New(_)) {
-      self.refresh_for(&session, &mode).await?;
+      self.refresh_for(&session, &mode, None).await?;
     }
     let mut warm = self.start_warm(&cli, &mut spec, r.permission_prompts, mirrored, None, fits).await?;
     let (sid, owner, ttl) = (session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
-    if let Err(e) = self.store_call(Wait::Briefly, move |st| st.warm_hold(&sid, &owner, ttl)).await {
+    if let Err(e) = self.store_call(Wait::Briefly, async move |st| st.warm_hold(&sid, &owner, ttl).await).await {
       WarmPool::retire(warm, true).await;
       return Err(e);
     }

@@ -64,7 +64,7 @@ impl Manager {
     }
     if let Some(parent) = &session.parent_id {
       let (pid, user) = (parent.clone(), session.user_id.clone());
-      if let Some(p) = self.store_call(Wait::Briefly, move |s| s.get_session(&pid, &user)).await? {
+      if let Some(p) = self.store_call(Wait::Briefly, async move |s| s.get_session(&pid, &user).await).await? {
         if p.materialized {
           return Ok(SessionMode::Fork { parent: p.id, child: session.id.clone() });
         }
@@ -119,7 +119,7 @@ impl Manager {
       (None, _) => {
         let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
-        (self.store_call(Wait::Briefly, move |s| s.create_session(&new)).await?, None)
+        (self.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await?, None)
       }
       (Some(id), fork) => {
         let s = self.get_session(id, &r.user_id).await?;
@@ -140,10 +140,7 @@ impl Manager {
     let threshold = r.compact_threshold.unwrap_or(self.cfg.compact_threshold);
     let mut compacted = None;
     if r.auto_compact && session.materialized {
-      let next = {
-        let (me, s2, p) = (self.clone(), session.clone(), r.prompt.clone());
-        tokio::task::spawn_blocking(move || me.estimate_prompt(&s2, &p)).await.unwrap_or(0)
-      };
+      let next = self.estimate_prompt(&session, &r.prompt).await;
       let info = context::context_info(session.context.as_ref(), self.cfg.context_window, threshold, next);
       if info.should_compact {
         let done = self.compact_inner(&session, None, CompactTrigger::Auto, sink.clone(), cancel.clone()).await?;

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use super::mirror::{mirror_supported, TaskMirror};
 use super::run::Job;
 use super::slot::TaskSlot;
-use super::{store_call, EventSink, Manager, SendMessageRequest, TaskKind, Wait};
+use super::{EventSink, Manager, SendMessageRequest, TaskKind, Wait};
 use crate::cli::mirror::MirrorTx;
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
@@ -77,21 +77,21 @@ impl Home {
   /// node), read from the store; a store that cannot be read counts as yes.
   async fn stale(&self, seen_tasks: u64) -> bool {
     let (sid, uid) = (self.session_id.clone(), self.user_id.clone());
-    !matches!(store_call(self.store.clone(), Wait::Briefly, move |st| st.get_session(&sid, &uid)).await, Ok(Some(s)) if s.task_count == seen_tasks)
+    !matches!(self.store.call(Wait::Briefly, async move |st| st.get_session(&sid, &uid).await).await, Ok(Some(s)) if s.task_count == seen_tasks)
   }
 
   /// The store no longer counts this manager as keeping a CLI of the session.
   async fn release(&self) {
     let (sid, owner) = (self.session_id.clone(), self.owner_id.clone());
     // A hold that cannot be deleted expires (it is renewed only while this CLI lives).
-    let _ = store_call(self.store.clone(), Wait::Briefly, move |st| st.warm_release(&sid, &owner)).await;
+    let _ = self.store.call(Wait::Briefly, async move |st| st.warm_release(&sid, &owner).await).await;
   }
 
   /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
   async fn closing_mirror(&self) -> Option<TaskMirror> {
     let last_task = self.last_task.as_deref().filter(|_| self.mirrored)?;
     let sid = self.session_id.clone();
-    let head = store_call(self.store.clone(), Wait::Briefly, move |st| st.shared_transcripts()?.transcript_head(&sid)).await.ok()?;
+    let head = self.store.call(Wait::Briefly, async move |st| st.shared_transcripts()?.transcript_head(&sid).await).await.ok()?;
     Some(TaskMirror::after_end(self.store.clone(), &self.session_id, last_task, head))
   }
 }
@@ -254,12 +254,12 @@ impl WarmPool {
       }
       if renewed.elapsed() >= ttl / 3 {
         let owner = owner_id.clone();
-        if store_call(store.clone(), Wait::Briefly, move |st| st.warm_renew(&owner, ttl)).await.is_ok() {
+        if store.call(Wait::Briefly, async move |st| st.warm_renew(&owner, ttl).await).await.is_ok() {
           renewed = Instant::now();
         }
       }
       let owner = owner_id.clone();
-      let Ok(wanted) = store_call(store.clone(), Wait::Briefly, move |st| st.warm_wanted(&owner)).await else { continue };
+      let Ok(wanted) = store.call(Wait::Briefly, async move |st| st.warm_wanted(&owner).await).await else { continue };
       for sid in wanted {
         match pool.take(&sid) {
           // Stale: a task elsewhere holds the session's lease now.
@@ -267,7 +267,7 @@ impl WarmPool {
           None if !lock(&pool.running).contains_key(&sid) && !lock(&pool.closing).iter().any(|(s, _)| *s == sid) => {
             // No CLI of the session here any more: the hold was left behind.
             let owner = owner_id.clone();
-            let _ = store_call(store.clone(), Wait::Briefly, move |st| st.warm_release(&sid, &owner)).await;
+            let _ = store.call(Wait::Briefly, async move |st| st.warm_release(&sid, &owner).await).await;
           }
           None => {}
         }
@@ -368,7 +368,7 @@ impl Manager {
     let deadline = Instant::now() + self.cfg.lease_ttl * 2;
     loop {
       let (sid, me) = (session_id.to_owned(), self.owner.id.clone());
-      let left = store_call(self.store.clone(), Wait::Briefly, move |st| st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid))).await?;
+      let left = self.store.call(Wait::Briefly, async move |st| st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid)).await).await?;
       if left == 0 {
         return Ok(());
       }
@@ -552,7 +552,7 @@ impl Manager {
     let keep = match keep {
       Some(idle_for) if warm.home.is_none() => {
         let (sid, owner, ttl) = (session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
-        let held = store_call(self.store.clone(), Wait::Briefly, move |st| st.warm_hold(&sid, &owner, ttl)).await.is_ok();
+        let held = self.store.call(Wait::Briefly, async move |st| st.warm_hold(&sid, &owner, ttl).await).await.is_ok();
         held.then_some(idle_for)
       }
       other => other,

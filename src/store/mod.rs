@@ -15,6 +15,7 @@
 //! (`budgets.rs`, `inbox.rs`). `tests/conformance/` runs one suite on every backend.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -299,6 +300,32 @@ pub enum Begin {
   Full,
 }
 
+/// What a run reads once its task started ([`Start::Started`]), in the same trip where the
+/// backend can.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Began {
+  /// The session as it is now (`None` if it is not the user's).
+  pub session: Option<Session>,
+  /// The session's transcript head in the store ([`Transcripts::transcript_head`]), when read.
+  pub transcript_head: Option<i64>,
+  /// How many other managers keep an idle warm CLI of the session once asked to give it up
+  /// ([`WarmHolds::warm_elsewhere`]), when asked: `Some(0)` when none does.
+  pub warm_left: Option<u64>,
+  /// The session's branch point ([`Branches::branch_point`]), when read: `Some(None)` when it has none.
+  pub branch_point: Option<Option<BranchPoint>>,
+}
+
+/// What [`Tasks::start_task`] did: [`Begin`] with what the caller reads next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+  /// The lease is the task's.
+  Started(Box<Began>),
+  /// Another live task holds the session's lease; whether its CLI is exiting after its end.
+  SessionHeld { exiting: bool },
+  /// `max_running` live leases are held across the database.
+  Full,
+}
+
 /// Who holds work in this store: one per manager instance.
 #[derive(Debug, Clone)]
 pub struct Owner {
@@ -307,8 +334,10 @@ pub struct Owner {
 }
 
 /// The session store the manager uses: one backend, whose concerns ([`Backend`]) it derefs to.
-/// Methods block; the manager runs them off the JavaScript thread (or, through [`Store::now`],
-/// right where it is when that cannot wait).
+/// Every method is a future. The manager calls the store one way, [`Store::call`], with a waiting
+/// policy ([`Wait`]); PostgreSQL's futures are awaited where they are (async all the way down),
+/// SQLite's do their blocking work when polled, so `call` polls them on the blocking pool (or
+/// right here when they cannot wait). A thread that may block waits with [`block_on`].
 // One `Store` per manager, behind an `Arc`: the variants' sizes cost nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 pub enum Store {
@@ -342,9 +371,17 @@ impl Store {
   }
 
   /// [`Tasks::begin_task`] without a database-wide limit: true when the task started.
-  pub fn try_begin_task(&self, session_id: &str, task_id: &str, kind: &str, model: &str, owner: &Owner, ttl: Duration) -> Result<bool> {
+  pub async fn try_begin_task(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    kind: &str,
+    model: &str,
+    owner: &Owner,
+    ttl: Duration,
+  ) -> Result<bool> {
     let start = TaskStart { task_id, kind, model, owner, ttl, max_running: None };
-    Ok(self.begin_task(session_id, &start)? == Begin::Started)
+    Ok(self.begin_task(session_id, &start).await? == Begin::Started)
   }
 
   /// The SQLite file, for the SQLite backend.
@@ -390,28 +427,118 @@ impl Store {
     self.name()
   }
 
-  /// Runs `f` on this thread if its first store call can go through without waiting (SQLite:
-  /// the connection is free and no other process holds a lock it needs). `None` when it would
-  /// have waited, or when the backend cannot tell without a network round trip (PostgreSQL);
-  /// nothing was done then, and the caller runs `f` where waiting is fine. Store calls after
-  /// the first one wait as usual.
-  pub fn now<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
+  /// Calls the store with the waiting policy `wait`: the one way the manager calls it. `f` makes
+  /// the calls (one or several, awaiting each) on the store it is given.
+  ///
+  /// - PostgreSQL: `f`'s future is awaited right here, whatever the policy (a network round trip
+  ///   waits without holding a thread).
+  /// - SQLite: a call blocks its thread while it runs. [`Wait::Briefly`] runs `f` on this thread
+  ///   when its first call can go through without waiting (the connection is free and no other
+  ///   process holds a lock it needs), else as [`Wait::Blocking`] does: on tokio's blocking pool.
+  ///
+  /// `f` owns what it captures (`async move`, owned strings): a borrowed capture, even a
+  /// `&'static str`, keeps the caller's future from being proven `Send` (a limit of today's
+  /// compiler with async closures: "implementation of `Send` is not general enough").
+  pub async fn call<T, F>(self: &Arc<Self>, wait: Wait, f: F) -> Result<T>
+  where
+    T: Send + 'static,
+    F: AsyncFn(&Store) -> Result<T> + Send + Sync + 'static,
+  {
+    match &**self {
+      Store::Postgres(_) => f(self).await,
+      Store::Sqlite(_) => {
+        if wait == Wait::Briefly {
+          if let Some(r) = self.now(&f) {
+            return r;
+          }
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || block_on(f(&store)))
+          .await
+          .map_err(|e| crate::error::Error::internal(format!("store worker failed: {e}")))?
+      }
+    }
+  }
+
+  /// Runs `f` on this thread if its first store call can go through without waiting: the
+  /// never-waiting policy, for the JavaScript thread. `None` when it would have waited, or when
+  /// the backend cannot tell without a network round trip (PostgreSQL); nothing was done then,
+  /// and the caller calls the store where waiting is fine. Store calls after the first one wait
+  /// as usual.
+  pub fn now<T>(&self, f: impl AsyncFnOnce(&Store) -> Result<T>) -> Option<Result<T>> {
     match self {
-      Store::Sqlite(s) => s.try_now(|| f(self)),
+      // SQLite's futures do their work when first polled.
+      Store::Sqlite(s) => s.try_now(|| block_on(f(self))),
       // Every call is a network round trip that may wait: never on the caller's thread.
       Store::Postgres(_) => None,
     }
   }
 
   /// `get_session` if it can be answered without waiting (see [`Store::now`]); `None` means "ask
-  /// again the blocking way". Meant for the JavaScript thread: a point read by primary key takes
+  /// again the waiting way". Meant for the JavaScript thread: a point read by primary key takes
   /// microseconds, less than a trip to another thread and back.
   pub fn get_session_now(&self, id: &str, user_id: &str) -> Option<Result<Option<Session>>> {
-    self.now(|s| s.get_session(id, user_id))
+    self.now(async |s| s.get_session(id, user_id).await)
   }
 
   /// `window_for`, answered without waiting or not at all, as `get_session_now` is.
   pub fn window_for_now(&self, model: &str) -> Option<Result<Option<u64>>> {
-    self.now(|s| s.window_for(model))
+    self.now(async |s| s.window_for(model).await)
+  }
+}
+
+/// How long a store call may keep its caller waiting ([`Store::call`]). The third policy, never
+/// waiting (answered right here or not at all, for the JavaScript thread), is [`Store::now`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+  /// A point read or small write (by primary key, a few rows): on SQLite, run right here, on the
+  /// tokio worker, when it can go through without waiting, because it takes tens of
+  /// microseconds, less than a hop to the blocking pool and back; else on the blocking pool.
+  /// (Not `block_in_place`: that can turn this worker into a pool thread that exits when idle,
+  /// and a CLI spawned from a thread gets its parent-death signal when that thread exits.)
+  Briefly,
+  /// A call that may wait (a scan, a lock): on SQLite, on the blocking pool.
+  Blocking,
+}
+
+/// `.wait()` on a store call: [`block_on`] it (tests, and code on a thread that may block).
+pub trait Blocking: std::future::Future + Sized {
+  /// Waits for the call on this thread.
+  fn wait(self) -> Self::Output {
+    block_on(self)
+  }
+}
+
+impl<F: std::future::Future> Blocking for F {}
+
+/// Waits for a store call on this thread, for the threads that may block: tests, the addon's
+/// constructors. It parks the thread between polls (no nested runtime: it works on any thread,
+/// a tokio worker's included), inside a small runtime's context of its own that the connection
+/// pool's timers need.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+  use std::sync::OnceLock;
+  use std::task::{Context, Poll, Wake, Waker};
+  /// Wakes the parked thread.
+  struct Unpark(std::thread::Thread);
+  impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+      self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+      self.0.unpark();
+    }
+  }
+  static TIMERS: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+  let timers = TIMERS
+    .get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("csm-store-wait").enable_all().build().ok());
+  let _entered = timers.as_ref().map(|rt| rt.enter());
+  let mut f = std::pin::pin!(f);
+  let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+  let mut cx = Context::from_waker(&waker);
+  loop {
+    if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+      return v;
+    }
+    std::thread::park();
   }
 }

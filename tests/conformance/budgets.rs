@@ -2,6 +2,7 @@
 //! when its reserve fits under every cap that applies, the check and the reserve are one step for
 //! admitters on several connections, and settled calls are summed by day, model and session.
 
+use claude_session_manager::store::Blocking as _;
 use claude_session_manager::store::{Admit, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Store, UsageQuery};
 
 fn key(scope: &str, user: &str, project: &str, session: &str) -> BudgetKey {
@@ -40,7 +41,7 @@ fn at_once(other: &(impl Fn() -> Store + Sync), who: impl Fn(usize) -> (String, 
         sc.spawn(move || {
           let (user, session, project) = who(i);
           barrier.wait();
-          own.admit_call(&call("race", &session, &user, &project, 0.3), &BudgetDefaults::default()).unwrap()
+          own.admit_call(&call("race", &session, &user, &project, 0.3), &BudgetDefaults::default()).wait().unwrap()
         })
       })
       .collect();
@@ -54,82 +55,82 @@ pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
   let none = BudgetDefaults::default();
   let t = CallTokens { input: 100, output: 10, cache_read: 5, cache_write: 1 };
   // No cap: every call goes, and is in the ledger at its reserve until settled.
-  let id = go(s.admit_call(&call("t0", "s0", u, "p", 5.0), &none).unwrap());
-  s.settle_call(id, "claude-sonnet-4-5-20250929", &t, 0.25).unwrap();
+  let id = go(s.admit_call(&call("t0", "s0", u, "p", 5.0), &none).wait().unwrap());
+  s.settle_call(id, "claude-sonnet-4-5-20250929", &t, 0.25).wait().unwrap();
 
   // A session cap: reserves count until settled, then the real price does.
-  s.set_budget(&key("session", u, "", "s1"), 1.0, None).unwrap();
-  let a = go(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).unwrap());
-  assert_eq!(over_scope(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).unwrap()), "session", "0.6 reserved + 0.6 > 1");
-  s.settle_call(a, "", &t, 0.3).unwrap();
-  let b = go(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).unwrap());
-  s.settle_call(b, "", &t, 0.6).unwrap();
-  assert_eq!(over_scope(s.admit_call(&call("t1", "s1", u, "p", 0.2), &none).unwrap()), "session");
-  let got = s.get_budget(&key("session", u, "", "s1")).unwrap().expect("stored");
+  s.set_budget(&key("session", u, "", "s1"), 1.0, None).wait().unwrap();
+  let a = go(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).wait().unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).wait().unwrap()), "session", "0.6 reserved + 0.6 > 1");
+  s.settle_call(a, "", &t, 0.3).wait().unwrap();
+  let b = go(s.admit_call(&call("t1", "s1", u, "p", 0.6), &none).wait().unwrap());
+  s.settle_call(b, "", &t, 0.6).wait().unwrap();
+  assert_eq!(over_scope(s.admit_call(&call("t1", "s1", u, "p", 0.2), &none).wait().unwrap()), "session");
+  let got = s.get_budget(&key("session", u, "", "s1")).wait().unwrap().expect("stored");
   assert!((got.spent_usd - 0.9).abs() < 1e-9, "{got:?}");
   assert_eq!((got.usd, got.period.as_deref(), got.period_start), (1.0, None, 0));
   // Raised: the session goes on.
-  s.set_budget(&key("session", u, "", "s1"), 2.0, None).unwrap();
-  go(s.admit_call(&call("t2", "s1", u, "p", 0.6), &none).unwrap());
+  s.set_budget(&key("session", u, "", "s1"), 2.0, None).wait().unwrap();
+  go(s.admit_call(&call("t2", "s1", u, "p", 0.6), &none).wait().unwrap());
   // Another session of the user has no cap.
-  go(s.admit_call(&call("t3", "s2", u, "p", 0.6), &none).unwrap());
+  go(s.admit_call(&call("t3", "s2", u, "p", 0.6), &none).wait().unwrap());
 
   // A user cap counts every session of the user (s0's 0.25, s1's 0.9 + 0.6, s2's 0.6 so far).
-  s.set_budget(&key("user", u, "", ""), 3.0, Some("day")).unwrap();
-  let user = s.get_budget(&key("user", u, "", "")).unwrap().unwrap();
+  s.set_budget(&key("user", u, "", ""), 3.0, Some("day")).wait().unwrap();
+  let user = s.get_budget(&key("user", u, "", "")).wait().unwrap().unwrap();
   assert!((user.spent_usd - 2.35).abs() < 1e-9, "{user:?}");
   assert!(user.period_start > 0 && user.period_start % 86_400_000 == 0, "a UTC day: {}", user.period_start);
   // What the scope spent, read alone, is what its cap reports, for the period asked.
-  let (spent, start) = s.spent_in(&key("user", u, "", ""), Some("day")).unwrap();
+  let (spent, start) = s.spent_in(&key("user", u, "", ""), Some("day")).wait().unwrap();
   assert_eq!((spent, start), (user.spent_usd, user.period_start));
-  assert_eq!(s.spent_in(&key("user", u, "", ""), None).unwrap().1, 0, "a lifetime starts at 0");
-  assert_eq!(over_scope(s.admit_call(&call("t4", "s3", u, "p", 0.7), &none).unwrap()), "user");
-  go(s.admit_call(&call("t4", "s3", u, "p", 0.6), &none).unwrap());
-  assert!(s.delete_budget(&key("user", u, "", "")).unwrap());
-  assert!(!s.delete_budget(&key("user", u, "", "")).unwrap(), "already gone");
-  assert!(s.get_budget(&key("user", u, "", "")).unwrap().is_none());
+  assert_eq!(s.spent_in(&key("user", u, "", ""), None).wait().unwrap().1, 0, "a lifetime starts at 0");
+  assert_eq!(over_scope(s.admit_call(&call("t4", "s3", u, "p", 0.7), &none).wait().unwrap()), "user");
+  go(s.admit_call(&call("t4", "s3", u, "p", 0.6), &none).wait().unwrap());
+  assert!(s.delete_budget(&key("user", u, "", "")).wait().unwrap());
+  assert!(!s.delete_budget(&key("user", u, "", "")).wait().unwrap(), "already gone");
+  assert!(s.get_budget(&key("user", u, "", "")).wait().unwrap().is_none());
 
   // A project cap of a user: other projects and other users are not counted.
-  s.set_budget(&key("project", u, "q", ""), 1.0, Some("month")).unwrap();
-  go(s.admit_call(&call("t5", "s4", u, "q", 0.9), &none).unwrap());
-  assert_eq!(over_scope(s.admit_call(&call("t5", "s5", u, "q", 0.2), &none).unwrap()), "project");
-  go(s.admit_call(&call("t5", "s6", u, "other", 0.2), &none).unwrap());
+  s.set_budget(&key("project", u, "q", ""), 1.0, Some("month")).wait().unwrap();
+  go(s.admit_call(&call("t5", "s4", u, "q", 0.9), &none).wait().unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t5", "s5", u, "q", 0.2), &none).wait().unwrap()), "project");
+  go(s.admit_call(&call("t5", "s6", u, "other", 0.2), &none).wait().unwrap());
   let v = format!("{u}-v");
-  go(s.admit_call(&call("t6", "s7", &v, "q", 0.9), &none).unwrap());
+  go(s.admit_call(&call("t6", "s7", &v, "q", 0.9), &none).wait().unwrap());
 
   // Defaults apply where nothing is stored; a stored cap wins over them.
   let w = format!("{u}-w");
   let defaults = BudgetDefaults { per_user: Some((1.0, Some("day".into()))), per_session: Some(0.5) };
-  assert_eq!(over_scope(s.admit_call(&call("t7", "w1", &w, "p", 0.6), &defaults).unwrap()), "session");
-  go(s.admit_call(&call("t7", "w1", &w, "p", 0.4), &defaults).unwrap());
-  go(s.admit_call(&call("t7", "w2", &w, "p", 0.4), &defaults).unwrap());
-  assert_eq!(over_scope(s.admit_call(&call("t7", "w3", &w, "p", 0.4), &defaults).unwrap()), "user");
-  s.set_budget(&key("user", &w, "", ""), 10.0, None).unwrap();
-  go(s.admit_call(&call("t7", "w3", &w, "p", 0.4), &defaults).unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t7", "w1", &w, "p", 0.6), &defaults).wait().unwrap()), "session");
+  go(s.admit_call(&call("t7", "w1", &w, "p", 0.4), &defaults).wait().unwrap());
+  go(s.admit_call(&call("t7", "w2", &w, "p", 0.4), &defaults).wait().unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("t7", "w3", &w, "p", 0.4), &defaults).wait().unwrap()), "user");
+  s.set_budget(&key("user", &w, "", ""), 10.0, None).wait().unwrap();
+  go(s.admit_call(&call("t7", "w3", &w, "p", 0.4), &defaults).wait().unwrap());
 
   // Reports: by session, model and day, filtered.
   let q = |group: &str| UsageQuery { user_id: Some(u.into()), group_by: group.into(), ..Default::default() };
-  let by_session = s.usage_report(&UsageQuery { project_id: Some("p".into()), ..q("session") }).unwrap();
+  let by_session = s.usage_report(&UsageQuery { project_id: Some("p".into()), ..q("session") }).wait().unwrap();
   let keys: Vec<&str> = by_session.iter().map(|r| r.key.as_str()).collect();
   assert_eq!(keys, ["s0", "s1", "s2", "s3"]);
   let s1 = &by_session[1];
   assert_eq!(s1.calls, 3);
   assert_eq!(s1.tokens, CallTokens { input: 200, output: 20, cache_read: 10, cache_write: 2 });
   assert!((s1.usd - 1.5).abs() < 1e-9, "{s1:?}");
-  let by_model = s.usage_report(&UsageQuery { session_id: Some("s0".into()), ..q("model") }).unwrap();
+  let by_model = s.usage_report(&UsageQuery { session_id: Some("s0".into()), ..q("model") }).wait().unwrap();
   assert_eq!(by_model.len(), 1);
   assert_eq!(by_model[0].key, "claude-sonnet-4-5-20250929", "the model upstream reported");
-  let by_day = s.usage_report(&q("day")).unwrap();
+  let by_day = s.usage_report(&q("day")).wait().unwrap();
   assert_eq!(by_day.len(), 1);
   assert_eq!(by_day[0].key.len(), 10, "{:?}", by_day[0].key);
   assert_eq!(by_day[0].calls, 8);
-  let future = s.usage_report(&UsageQuery { since: Some(i64::MAX - 1), ..q("day") }).unwrap();
+  let future = s.usage_report(&UsageQuery { since: Some(i64::MAX - 1), ..q("day") }).wait().unwrap();
   assert!(future.is_empty());
 
   // Eight admitters on connections of their own, released together: a cap of 1.0 with reserves
   // of 0.3 admits exactly three.
   let r = format!("{u}-race");
-  s.set_budget(&key("user", &r, "", ""), 1.0, None).unwrap();
+  s.set_budget(&key("user", &r, "", ""), 1.0, None).wait().unwrap();
   let admitted = at_once(&other, |i| (r.clone(), format!("race{i}"), "p".into()));
   assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
 
@@ -143,20 +144,20 @@ pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
 fn project_total(s: &Store, u: &str, other: &(impl Fn() -> Store + Sync)) {
   let none = BudgetDefaults::default();
   let (a, b, project) = (format!("{u}-pa"), format!("{u}-pb"), format!("{u}-shared"));
-  s.set_budget(&key("project", "", &project, ""), 1.0, Some("month")).unwrap();
-  go(s.admit_call(&call("pt1", "pa1", &a, &project, 0.4), &none).unwrap());
-  go(s.admit_call(&call("pt2", "pb1", &b, &project, 0.4), &none).unwrap());
-  assert_eq!(over_scope(s.admit_call(&call("pt2", "pb2", &b, &project, 0.4), &none).unwrap()), "project (all users)");
-  go(s.admit_call(&call("pt2", "pb3", &b, "elsewhere", 0.4), &none).unwrap());
-  let total = s.get_budget(&key("project", "", &project, "")).unwrap().expect("stored");
+  s.set_budget(&key("project", "", &project, ""), 1.0, Some("month")).wait().unwrap();
+  go(s.admit_call(&call("pt1", "pa1", &a, &project, 0.4), &none).wait().unwrap());
+  go(s.admit_call(&call("pt2", "pb1", &b, &project, 0.4), &none).wait().unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("pt2", "pb2", &b, &project, 0.4), &none).wait().unwrap()), "project (all users)");
+  go(s.admit_call(&call("pt2", "pb3", &b, "elsewhere", 0.4), &none).wait().unwrap());
+  let total = s.get_budget(&key("project", "", &project, "")).wait().unwrap().expect("stored");
   assert!((total.spent_usd - 0.8).abs() < 1e-9, "{total:?}");
   // A user's own cap on the project is another cap: it sees that user's calls only.
-  s.set_budget(&key("project", &a, &project, ""), 5.0, None).unwrap();
-  let own = s.get_budget(&key("project", &a, &project, "")).unwrap().unwrap();
+  s.set_budget(&key("project", &a, &project, ""), 5.0, None).wait().unwrap();
+  let own = s.get_budget(&key("project", &a, &project, "")).wait().unwrap().unwrap();
   assert!((own.spent_usd - 0.4).abs() < 1e-9, "{own:?}");
 
   let race = format!("{u}-race-project");
-  s.set_budget(&key("project", "", &race, ""), 1.0, None).unwrap();
+  s.set_budget(&key("project", "", &race, ""), 1.0, None).wait().unwrap();
   let admitted = at_once(other, |i| (format!("{u}-racer{i}"), format!("rp{i}"), race.clone()));
   assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
 }
@@ -166,22 +167,30 @@ fn project_total(s: &Store, u: &str, other: &(impl Fn() -> Store + Sync)) {
 fn rollover(s: &Store, u: &str) {
   let none = BudgetDefaults::default();
   let (daily, lifetime) = (format!("{u}-daily"), format!("{u}-lifetime"));
-  s.set_budget(&key("user", &daily, "", ""), 1.0, Some("day")).unwrap();
-  s.set_budget(&key("user", &lifetime, "", ""), 1.0, None).unwrap();
+  s.set_budget(&key("user", &daily, "", ""), 1.0, Some("day")).wait().unwrap();
+  s.set_budget(&key("user", &lifetime, "", ""), 1.0, None).wait().unwrap();
   for who in [&daily, &lifetime] {
-    go(s.admit_call(&call("r1", "r1", who, "p", 0.9), &none).unwrap());
-    assert_eq!(over_scope(s.admit_call(&call("r1", "r1", who, "p", 0.2), &none).unwrap()), "user");
+    go(s.admit_call(&call("r1", "r1", who, "p", 0.9), &none).wait().unwrap());
+    assert_eq!(over_scope(s.admit_call(&call("r1", "r1", who, "p", 0.2), &none).wait().unwrap()), "user");
   }
-  let today = s.get_budget(&key("user", &daily, "", "")).unwrap().unwrap();
+  let today = s.get_budget(&key("user", &daily, "", "")).wait().unwrap().unwrap();
   s.shift_budget_clock(86_400_000);
-  let tomorrow = s.get_budget(&key("user", &daily, "", "")).unwrap().unwrap();
+  let tomorrow = s.get_budget(&key("user", &daily, "", "")).wait().unwrap().unwrap();
   assert_eq!(tomorrow.period_start, today.period_start + 86_400_000, "{today:?} {tomorrow:?}");
   assert_eq!(tomorrow.spent_usd, 0.0, "{tomorrow:?}");
-  go(s.admit_call(&call("r2", "r2", &daily, "p", 0.9), &none).unwrap());
-  assert_eq!(over_scope(s.admit_call(&call("r2", "r2", &daily, "p", 0.2), &none).unwrap()), "user", "the new day's own spend counts");
-  assert_eq!(over_scope(s.admit_call(&call("r2", "r2", &lifetime, "p", 0.2), &none).unwrap()), "user", "a lifetime cap never rolls over");
+  go(s.admit_call(&call("r2", "r2", &daily, "p", 0.9), &none).wait().unwrap());
+  assert_eq!(
+    over_scope(s.admit_call(&call("r2", "r2", &daily, "p", 0.2), &none).wait().unwrap()),
+    "user",
+    "the new day's own spend counts"
+  );
+  assert_eq!(
+    over_scope(s.admit_call(&call("r2", "r2", &lifetime, "p", 0.2), &none).wait().unwrap()),
+    "user",
+    "a lifetime cap never rolls over"
+  );
   // The ledger records the call at the moved clock: the report by day has two days.
-  let days = s.usage_report(&UsageQuery { user_id: Some(daily.clone()), group_by: "day".into(), ..Default::default() }).unwrap();
+  let days = s.usage_report(&UsageQuery { user_id: Some(daily.clone()), group_by: "day".into(), ..Default::default() }).wait().unwrap();
   assert_eq!(days.len(), 2, "{days:?}");
   s.shift_budget_clock(0);
 }

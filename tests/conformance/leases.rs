@@ -5,26 +5,27 @@
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
-use claude_session_manager::store::{ContextSnapshot, Owner, TaskEnd, Usage};
+use claude_session_manager::store::Blocking as _;
+use claude_session_manager::store::{ContextSnapshot, Owner, Start, TaskEnd, TaskStart, Usage};
 
 use super::fixtures::{id, new_session, owner};
 use super::Opened;
 
 fn statuses(o: &Opened, sid: &str) -> Vec<String> {
-  o.store.list_tasks(sid).unwrap().into_iter().map(|t| t.status).collect()
+  o.store.list_tasks(sid).wait().unwrap().into_iter().map(|t| t.status).collect()
 }
 
 pub fn one_lease_and_totals(o: &Opened) {
   let s = &o.store;
   let a = id();
-  s.create_session(&new_session(&a, "alice", "p")).unwrap();
+  s.create_session(&new_session(&a, "alice", "p")).wait().unwrap();
   let me = owner("me");
   let ttl = Duration::from_secs(30);
-  assert!(s.try_begin_task(&a, "t1", "task", "sonnet", &me, ttl).unwrap());
-  assert!(!s.try_begin_task(&a, "t2", "task", "sonnet", &me, ttl).unwrap(), "the lease is held");
-  assert!(!o.other().try_begin_task(&a, "t2", "task", "sonnet", &owner("other"), ttl).unwrap(), "from another connection too");
-  assert!(s.renew_lease(&a, "t1", ttl).unwrap());
-  assert!(!s.renew_lease(&a, "t2", ttl).unwrap());
+  assert!(s.try_begin_task(&a, "t1", "task", "sonnet", &me, ttl).wait().unwrap());
+  assert!(!s.try_begin_task(&a, "t2", "task", "sonnet", &me, ttl).wait().unwrap(), "the lease is held");
+  assert!(!o.other().try_begin_task(&a, "t2", "task", "sonnet", &owner("other"), ttl).wait().unwrap(), "from another connection too");
+  assert!(s.renew_lease(&a, "t1", ttl).wait().unwrap());
+  assert!(!s.renew_lease(&a, "t2", ttl).wait().unwrap());
   let usage = Usage { input_tokens: 10, output_tokens: 5, cache_read_input_tokens: 100, cache_creation_input_tokens: 1 };
   let end = TaskEnd {
     status: "succeeded".into(),
@@ -34,11 +35,11 @@ pub fn one_lease_and_totals(o: &Opened) {
     context: Some(ContextSnapshot { tokens: 116, window: 200_000, source: "api".into(), measured_at: 1 }),
     ..Default::default()
   };
-  s.finish_task(&a, "t1", &end, Some(0.25)).unwrap();
-  assert!(!s.renew_lease(&a, "t1", ttl).unwrap(), "an ended task holds no lease");
-  assert!(s.try_begin_task(&a, "t2", "task", "sonnet", &me, ttl).unwrap(), "released at the end");
-  s.finish_task(&a, "t2", &TaskEnd { status: "failed".into(), cost_usd: 0.5, usage, ..Default::default() }, None).unwrap();
-  let row = s.get_session(&a, "alice").unwrap().unwrap();
+  s.finish_task(&a, "t1", &end, Some(0.25)).wait().unwrap();
+  assert!(!s.renew_lease(&a, "t1", ttl).wait().unwrap(), "an ended task holds no lease");
+  assert!(s.try_begin_task(&a, "t2", "task", "sonnet", &me, ttl).wait().unwrap(), "released at the end");
+  s.finish_task(&a, "t2", &TaskEnd { status: "failed".into(), cost_usd: 0.5, usage, ..Default::default() }, None).wait().unwrap();
+  let row = s.get_session(&a, "alice").wait().unwrap().unwrap();
   assert_eq!(row.task_count, 2);
   assert_eq!(row.total_cost_usd, 0.75);
   assert_eq!(row.usage.input_tokens, 20);
@@ -46,7 +47,7 @@ pub fn one_lease_and_totals(o: &Opened) {
   assert_eq!(row.cli_cost_watermark, 0.25, "the watermark moves only when given");
   assert!(row.materialized, "a later failure does not unmark the transcript");
   assert_eq!(row.context.unwrap().tokens, 116, "a task without a measurement keeps the last one");
-  let tasks = s.list_tasks(&a).unwrap();
+  let tasks = s.list_tasks(&a).wait().unwrap();
   assert_eq!(tasks.iter().map(|t| t.status.as_str()).collect::<Vec<_>>(), vec!["succeeded", "failed"]);
   let sum: f64 = tasks.iter().map(|t| t.cost_usd).sum();
   assert_eq!(sum, row.total_cost_usd);
@@ -56,27 +57,51 @@ pub fn kept_after_end(o: &Opened) {
   let s = &o.store;
   let (a, b) = (id(), id());
   for sid in [&a, &b] {
-    s.create_session(&new_session(sid, "alice", "p")).unwrap();
+    s.create_session(&new_session(sid, "alice", "p")).wait().unwrap();
   }
   let me = owner("me");
   let ttl = Duration::from_secs(30);
   let kept = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
-  assert!(s.try_begin_task(&a, "t1", "task", "m", &me, ttl).unwrap());
-  s.finish_task(&a, "t1", &kept, None).unwrap();
+  assert!(s.try_begin_task(&a, "t1", "task", "m", &me, ttl).wait().unwrap());
+  s.finish_task(&a, "t1", &kept, None).wait().unwrap();
   assert_eq!(statuses(o, &a), ["succeeded"], "the task has ended");
-  assert!(!s.try_begin_task(&a, "t2", "task", "m", &me, ttl).unwrap(), "the next task waits for the exit");
-  assert!(s.lease_kept_after_end(&a).unwrap(), "and knows it waits for an exit, not a task");
-  s.release_lease(&a, "t1").unwrap();
-  assert!(!s.lease_kept_after_end(&a).unwrap());
-  assert!(s.try_begin_task(&a, "t2", "task", "m", &me, ttl).unwrap(), "and runs once it is released");
-  assert!(!s.lease_kept_after_end(&a).unwrap(), "a running task's lease is not an exiting one");
+  assert!(!s.try_begin_task(&a, "t2", "task", "m", &me, ttl).wait().unwrap(), "the next task waits for the exit");
+  assert!(s.lease_kept_after_end(&a).wait().unwrap(), "and knows it waits for an exit, not a task");
+  s.release_lease(&a, "t1").wait().unwrap();
+  assert!(!s.lease_kept_after_end(&a).wait().unwrap());
+  assert!(s.try_begin_task(&a, "t2", "task", "m", &me, ttl).wait().unwrap(), "and runs once it is released");
+  assert!(!s.lease_kept_after_end(&a).wait().unwrap(), "a running task's lease is not an exiting one");
   // Deleting does not wait for an exiting CLI: its task is over.
-  assert!(s.try_begin_task(&b, "t3", "task", "m", &me, ttl).unwrap());
-  s.finish_task(&b, "t3", &kept, None).unwrap();
-  s.delete_session(&b, "alice").unwrap();
-  s.release_lease(&b, "t3").unwrap();
+  assert!(s.try_begin_task(&b, "t3", "task", "m", &me, ttl).wait().unwrap());
+  s.finish_task(&b, "t3", &kept, None).wait().unwrap();
+  s.delete_session(&b, "alice").wait().unwrap();
+  s.release_lease(&b, "t3").wait().unwrap();
   // But a running task still makes its session busy.
-  assert_eq!(s.delete_session(&a, "alice").unwrap_err().code, ErrorCode::SessionBusy);
+  assert_eq!(s.delete_session(&a, "alice").wait().unwrap_err().code, ErrorCode::SessionBusy);
+}
+
+/// `start_task`: the start with what the run reads next; held while another task runs (and
+/// whether its CLI is exiting).
+pub fn start_task(o: &Opened) {
+  let s = &o.store;
+  let sid = id();
+  s.create_session(&new_session(&sid, "alice", "p")).wait().unwrap();
+  let (me, ttl) = (owner("me"), Duration::from_secs(30));
+  let start = |task_id| TaskStart { task_id, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+  let Start::Started(began) = s.start_task(&sid, "alice", &start("t1")).wait().unwrap() else { panic!("not started") };
+  let session = began.session.expect("the session, read once the lease is the task's");
+  assert_eq!(session, s.get_session(&sid, "alice").wait().unwrap().unwrap());
+  assert_eq!(began.transcript_head.unwrap_or(0), 0);
+  assert!(matches!(began.warm_left, None | Some(0)), "no other manager keeps a warm CLI");
+  assert!(matches!(began.branch_point, None | Some(None)), "no branch point");
+  assert_eq!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::SessionHeld { exiting: false });
+  assert_eq!(statuses(o, &sid), ["running"]);
+  let kept = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
+  s.finish_task(&sid, "t1", &kept, None).wait().unwrap();
+  assert_eq!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::SessionHeld { exiting: true });
+  s.release_lease(&sid, "t1").wait().unwrap();
+  assert!(matches!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::Started(_)), "once released");
+  assert_eq!(statuses(o, &sid), ["succeeded", "running"]);
 }
 
 pub fn renewal(o: &Opened) {
@@ -85,17 +110,17 @@ pub fn renewal(o: &Opened) {
   // renewed lease look lapsed; only a renewal that does not extend the lease can.)
   let s = &o.store;
   let a = id();
-  s.create_session(&new_session(&a, "alice", "p")).unwrap();
+  s.create_session(&new_session(&a, "alice", "p")).wait().unwrap();
   let (first, second) = (owner("first"), owner("second"));
   let ttl = Duration::from_millis(400);
   let began = std::time::Instant::now();
-  assert!(s.try_begin_task(&a, "t1", "task", "m", &first, ttl).unwrap());
+  assert!(s.try_begin_task(&a, "t1", "task", "m", &first, ttl).wait().unwrap());
   let mut checks = 0;
   while began.elapsed() < ttl * 3 {
     std::thread::sleep(Duration::from_millis(50));
-    assert!(s.renew_lease(&a, "t1", ttl).unwrap(), "the lease is still the first owner's");
+    assert!(s.renew_lease(&a, "t1", ttl).wait().unwrap(), "the lease is still the first owner's");
     assert!(
-      !s.try_begin_task(&a, "t2", "task", "m", &second, ttl).unwrap(),
+      !s.try_begin_task(&a, "t2", "task", "m", &second, ttl).wait().unwrap(),
       "renewed at {:?}: the second owner stays out",
       began.elapsed()
     );
@@ -106,29 +131,29 @@ pub fn renewal(o: &Opened) {
   // Renewal stops: once the TTL has passed, the second owner gets in and the first task is
   // interrupted; the first owner's renewal now fails.
   std::thread::sleep(ttl + Duration::from_millis(100));
-  assert!(s.try_begin_task(&a, "t2", "task", "m", &second, ttl).unwrap(), "a lapsed lease is taken over");
-  assert!(!s.renew_lease(&a, "t1", ttl).unwrap(), "the first owner has lost it");
+  assert!(s.try_begin_task(&a, "t2", "task", "m", &second, ttl).wait().unwrap(), "a lapsed lease is taken over");
+  assert!(!s.renew_lease(&a, "t1", ttl).wait().unwrap(), "the first owner has lost it");
   assert_eq!(statuses(o, &a), ["interrupted", "running"]);
 }
 
 pub fn recovery(o: &Opened) {
   let s = &o.store;
   let (a, b) = (id(), id());
-  s.create_session(&new_session(&a, "alice", "p")).unwrap();
-  s.create_session(&new_session(&b, "alice", "p")).unwrap();
+  s.create_session(&new_session(&a, "alice", "p")).wait().unwrap();
+  s.create_session(&new_session(&b, "alice", "p")).wait().unwrap();
   let dead = Owner { id: "dead".into(), pid: 999_999_999 };
   let ttl = Duration::from_secs(300);
-  assert!(s.try_begin_task(&a, "ta", "task", "m", &dead, ttl).unwrap());
-  assert!(s.try_begin_task(&b, "tb", "task", "m", &owner("alive"), ttl).unwrap());
-  assert_eq!(s.recover_interrupted(&|pid| pid == std::process::id()).unwrap(), 1);
+  assert!(s.try_begin_task(&a, "ta", "task", "m", &dead, ttl).wait().unwrap());
+  assert!(s.try_begin_task(&b, "tb", "task", "m", &owner("alive"), ttl).wait().unwrap());
+  assert_eq!(s.recover_interrupted(&|pid| pid == std::process::id()).wait().unwrap(), 1);
   assert_eq!(statuses(o, &a), ["interrupted"]);
   assert_eq!(statuses(o, &b), ["running"], "a live holder keeps its task");
   // The dead holder's lease went with its task: the session runs again.
-  assert!(s.try_begin_task(&a, "ta2", "task", "m", &owner("alive"), ttl).unwrap());
-  s.finish_task(&a, "ta2", &TaskEnd { status: "succeeded".into(), ..Default::default() }, None).unwrap();
+  assert!(s.try_begin_task(&a, "ta2", "task", "m", &owner("alive"), ttl).wait().unwrap());
+  s.finish_task(&a, "ta2", &TaskEnd { status: "succeeded".into(), ..Default::default() }, None).wait().unwrap();
   // A lease kept while a dead process's CLI exited is dropped too, with no task to interrupt.
   let kept = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
-  s.finish_task(&b, "tb", &kept, None).unwrap();
-  assert_eq!(s.recover_interrupted(&|pid| pid != std::process::id()).unwrap(), 0, "no running task to interrupt");
-  assert!(s.try_begin_task(&b, "tb2", "task", "m", &owner("alive"), ttl).unwrap(), "the dead holder's lease is gone");
+  s.finish_task(&b, "tb", &kept, None).wait().unwrap();
+  assert_eq!(s.recover_interrupted(&|pid| pid != std::process::id()).wait().unwrap(), 0, "no running task to interrupt");
+  assert!(s.try_begin_task(&b, "tb2", "task", "m", &owner("alive"), ttl).wait().unwrap(), "the dead holder's lease is gone");
 }

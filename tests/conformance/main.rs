@@ -7,6 +7,7 @@
 //!
 //! A third backend is a line at the bottom: `suite!(name, opener)`.
 
+use claude_session_manager::store::Blocking as _;
 use claude_session_manager::store::Store;
 
 mod branches;
@@ -105,6 +106,11 @@ macro_rules! suite {
       }
       $(#[$attr])?
       #[test]
+      fn a_start_reads_what_the_run_needs_next_and_says_who_holds_the_session() {
+        leases::start_task(&$open());
+      }
+      $(#[$attr])?
+      #[test]
       fn a_renewed_lease_keeps_a_second_owner_out_and_a_lapsed_one_lets_it_in() {
         leases::renewal(&$open());
       }
@@ -129,7 +135,7 @@ macro_rules! suite {
         let o = $open();
         let ids: Vec<String> = (0..8).map(|_| fixtures::id()).collect();
         for id in &ids {
-          o.store.create_session(&fixtures::new_session(id, "u", "p")).unwrap();
+          o.store.create_session(&fixtures::new_session(id, "u", "p")).wait().unwrap();
         }
         total_cap::check(&o.store, &ids, || o.other());
       }
@@ -138,7 +144,7 @@ macro_rules! suite {
       fn the_inbox_forwards_answers_and_messages_to_the_watched_running_task_only() {
         let o = $open();
         let sid = fixtures::id();
-        o.store.create_session(&fixtures::new_session(&sid, "u", "p")).unwrap();
+        o.store.create_session(&fixtures::new_session(&sid, "u", "p")).wait().unwrap();
         inbox::check(&o.store, &sid, || o.other());
       }
       $(#[$attr])?
@@ -146,7 +152,7 @@ macro_rules! suite {
       fn warm_holds_count_other_managers_cli_until_released_or_expired() {
         let o = $open();
         let sid = fixtures::id();
-        o.store.create_session(&fixtures::new_session(&sid, "u", "p")).unwrap();
+        o.store.create_session(&fixtures::new_session(&sid, "u", "p")).wait().unwrap();
         warm_holds::check(&o.store, &sid, || o.other());
       }
       $(#[$attr])?
@@ -166,8 +172,8 @@ macro_rules! suite {
       fn the_event_log_numbers_each_session_s_events_without_gaps_and_stop_requests_mark_the_running_task() {
         let o = $open();
         let (a, b) = (fixtures::id(), fixtures::id());
-        o.store.create_session(&fixtures::new_session(&a, "u", "p")).unwrap();
-        o.store.create_session(&fixtures::new_session(&b, "u", "p")).unwrap();
+        o.store.create_session(&fixtures::new_session(&a, "u", "p")).wait().unwrap();
+        o.store.create_session(&fixtures::new_session(&b, "u", "p")).wait().unwrap();
         events::check(&o.store, &a, &b, || o.other());
       }
     }

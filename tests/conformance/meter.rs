@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use claude_session_manager::store::Blocking as _;
 use claude_session_manager::store::{Compaction, TaskEnd};
 
 use super::fixtures::{id, new_session, owner};
@@ -11,11 +12,11 @@ use super::Opened;
 pub fn window_and_compactions(o: &Opened) {
   let s = &o.store;
   let (a, b) = (id(), id());
-  s.create_session(&new_session(&a, "alice", "p")).unwrap();
+  s.create_session(&new_session(&a, "alice", "p")).wait().unwrap();
   let me = owner("me");
-  assert_eq!(s.window_for("sonnet").unwrap(), None);
-  assert!(s.list_compactions(&a).unwrap().is_empty());
-  assert!(s.try_begin_task(&a, "t1", "task", "sonnet", &me, Duration::from_secs(30)).unwrap());
+  assert_eq!(s.window_for("sonnet").wait().unwrap(), None);
+  assert!(s.list_compactions(&a).wait().unwrap().is_empty());
+  assert!(s.try_begin_task(&a, "t1", "task", "sonnet", &me, Duration::from_secs(30)).wait().unwrap());
   let compaction = |pre: u64, post: u64| Compaction {
     session_id: a.clone(),
     task_id: Some("t1".into()),
@@ -31,14 +32,14 @@ pub fn window_and_compactions(o: &Opened) {
     compactions: vec![compaction(990_047, 1018), compaction(50_000, 900)],
     ..Default::default()
   };
-  s.finish_task(&a, "t1", &end, None).unwrap();
-  assert_eq!(s.window_for("sonnet").unwrap(), Some(1_000_000));
-  assert_eq!(s.window_for("opus").unwrap(), None, "per model");
-  assert_eq!(s.list_compactions(&a).unwrap(), vec![compaction(990_047, 1018), compaction(50_000, 900)]);
-  assert!(s.list_compactions(&b).unwrap().is_empty(), "per session");
+  s.finish_task(&a, "t1", &end, None).wait().unwrap();
+  assert_eq!(s.window_for("sonnet").wait().unwrap(), Some(1_000_000));
+  assert_eq!(s.window_for("opus").wait().unwrap(), None, "per model");
+  assert_eq!(s.list_compactions(&a).wait().unwrap(), vec![compaction(990_047, 1018), compaction(50_000, 900)]);
+  assert!(s.list_compactions(&b).wait().unwrap().is_empty(), "per session");
   // A later report replaces the window.
-  assert!(s.try_begin_task(&a, "t2", "task", "sonnet", &me, Duration::from_secs(30)).unwrap());
+  assert!(s.try_begin_task(&a, "t2", "task", "sonnet", &me, Duration::from_secs(30)).wait().unwrap());
   let end = TaskEnd { status: "succeeded".into(), window: Some(("sonnet".into(), 200_000)), ..Default::default() };
-  s.finish_task(&a, "t2", &end, None).unwrap();
-  assert_eq!(s.window_for("sonnet").unwrap(), Some(200_000));
+  s.finish_task(&a, "t2", &end, None).wait().unwrap();
+  assert_eq!(s.window_for("sonnet").wait().unwrap(), Some(200_000));
 }

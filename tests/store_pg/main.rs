@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
+use claude_session_manager::store::Blocking as _;
 use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
 
 mod fault_proxy;
@@ -98,7 +99,7 @@ fn owner() -> Owner {
 
 fn fence(store: &Store, task: &str) -> i64 {
   match store {
-    Store::Postgres(p) => p.task_fence(task).unwrap().unwrap(),
+    Store::Postgres(p) => p.task_fence(task).wait().unwrap().unwrap(),
     _ => unreachable!(),
   }
 }
@@ -110,40 +111,40 @@ fn sessions_round_trip_and_stay_per_user() {
   let f = Fresh::new(&url);
   let s = f.store();
   assert_eq!(s.backend(), "postgres");
-  assert_eq!(s.schema_version().unwrap(), PG_SCHEMA_VERSION);
+  assert_eq!(s.schema_version().wait().unwrap(), PG_SCHEMA_VERSION);
   let a = id();
-  let created = s.create_session(&new_session(&a, "alice", "p")).unwrap();
+  let created = s.create_session(&new_session(&a, "alice", "p")).wait().unwrap();
   assert_eq!(created.status, "active");
   assert!(created.created_at > 1_600_000_000_000, "milliseconds by the database clock");
-  assert_eq!(s.get_session(&a, "alice").unwrap().unwrap(), created);
-  assert!(s.get_session(&a, "bob").unwrap().is_none());
+  assert_eq!(s.get_session(&a, "alice").wait().unwrap().unwrap(), created);
+  assert!(s.get_session(&a, "bob").wait().unwrap().is_none());
   // No fast path without a round trip.
   assert!(s.get_session_now(&a, "alice").is_none());
   assert!(s.window_for_now("sonnet").is_none());
   // The same id again is refused, as on SQLite.
-  assert_eq!(s.create_session(&new_session(&a, "bob", "p")).unwrap_err().code, ErrorCode::InvalidArgument);
-  let (same, made) = s.get_or_create(&new_session(&id(), "alice", "p"), true).unwrap();
+  assert_eq!(s.create_session(&new_session(&a, "bob", "p")).wait().unwrap_err().code, ErrorCode::InvalidArgument);
+  let (same, made) = s.get_or_create(&new_session(&id(), "alice", "p"), true).wait().unwrap();
   assert!(!made);
   assert_eq!(same.id, a);
-  let (fresh, archived) = s.start_fresh(&new_session(&id(), "alice", "p")).unwrap();
+  let (fresh, archived) = s.start_fresh(&new_session(&id(), "alice", "p")).wait().unwrap();
   assert_eq!(archived, 1);
-  assert_eq!(s.get_session(&a, "alice").unwrap().unwrap().status, "archived");
+  assert_eq!(s.get_session(&a, "alice").wait().unwrap().unwrap().status, "archived");
   let q =
     ListQuery { user_id: "alice".into(), project_id: Some("p".into()), status: Some("active".into()), limit: 10, ..Default::default() };
-  let listed = s.list_sessions(&q).unwrap();
+  let listed = s.list_sessions(&q).wait().unwrap();
   assert_eq!(listed.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), vec![fresh.id.clone()]);
-  assert_eq!(s.count_sessions("alice", None).unwrap(), 2);
-  assert_eq!(s.archive_session(&fresh.id, "bob").unwrap_err().code, ErrorCode::SessionNotFound);
-  s.delete_session(&a, "alice").unwrap();
-  assert_eq!(s.delete_session(&a, "alice").unwrap_err().code, ErrorCode::SessionNotFound);
+  assert_eq!(s.count_sessions("alice", None).wait().unwrap(), 2);
+  assert_eq!(s.archive_session(&fresh.id, "bob").wait().unwrap_err().code, ErrorCode::SessionNotFound);
+  s.delete_session(&a, "alice").wait().unwrap();
+  assert_eq!(s.delete_session(&a, "alice").wait().unwrap_err().code, ErrorCode::SessionNotFound);
   // A deleted id is never given out again.
-  assert_eq!(s.create_session(&new_session(&a, "alice", "p")).unwrap_err().code, ErrorCode::InvalidArgument);
+  assert_eq!(s.create_session(&new_session(&a, "alice", "p")).wait().unwrap_err().code, ErrorCode::InvalidArgument);
   // Cleanup: everything idle for more than 0 ms, archived or not.
   std::thread::sleep(Duration::from_millis(5));
-  let gone = s.cleanup_sessions("alice", None, 0, false).unwrap();
+  let gone = s.cleanup_sessions("alice", None, 0, false).wait().unwrap();
   assert_eq!(gone.len(), 1);
-  assert_eq!(s.count_sessions("alice", None).unwrap(), 0);
-  assert_eq!(s.cleanup("alice", Some("p"), u64::MAX, false).unwrap(), 0);
+  assert_eq!(s.count_sessions("alice", None).wait().unwrap(), 0);
+  assert_eq!(s.cleanup("alice", Some("p"), u64::MAX, false).wait().unwrap(), 0);
 }
 
 #[test]
@@ -153,11 +154,11 @@ fn get_or_create_from_many_threads_makes_one_session() {
   let f = Fresh::new(&url);
   let s = f.store();
   let ids: Vec<String> = std::thread::scope(|sc| {
-    let hs: Vec<_> = (0..6).map(|_| sc.spawn(|| s.get_or_create(&new_session(&id(), "u", "shared"), true).unwrap().0.id)).collect();
+    let hs: Vec<_> = (0..6).map(|_| sc.spawn(|| s.get_or_create(&new_session(&id(), "u", "shared"), true).wait().unwrap().0.id)).collect();
     hs.into_iter().map(|h| h.join().unwrap()).collect()
   });
   assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
-  assert_eq!(s.count_sessions("u", Some("shared")).unwrap(), 1);
+  assert_eq!(s.count_sessions("u", Some("shared")).wait().unwrap(), 1);
 }
 
 #[test]
@@ -167,44 +168,44 @@ fn leases_are_fenced_and_expire_by_the_database_clock() {
   let f = Fresh::new(&url);
   let s = f.store();
   let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
+  s.create_session(&new_session(&sid, "u", "p")).wait().unwrap();
   let (a, b) = (owner(), owner());
   let ttl = Duration::from_secs(30);
-  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &a, ttl).unwrap());
-  assert!(!s.try_begin_task(&sid, "t2", "task", "sonnet", &b, ttl).unwrap(), "one holder at a time");
-  assert_eq!(s.delete_session(&sid, "u").unwrap_err().code, ErrorCode::SessionBusy);
-  assert!(s.renew_lease(&sid, "t1", ttl).unwrap());
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &a, ttl).wait().unwrap());
+  assert!(!s.try_begin_task(&sid, "t2", "task", "sonnet", &b, ttl).wait().unwrap(), "one holder at a time");
+  assert_eq!(s.delete_session(&sid, "u").wait().unwrap_err().code, ErrorCode::SessionBusy);
+  assert!(s.renew_lease(&sid, "t1", ttl).wait().unwrap());
   let end = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
-  s.finish_task(&sid, "t1", &end, None).unwrap();
-  assert!(s.lease_kept_after_end(&sid).unwrap());
-  assert!(!s.try_begin_task(&sid, "t2", "task", "sonnet", &b, ttl).unwrap(), "kept while the CLI exits");
-  s.release_lease(&sid, "t1").unwrap();
-  assert!(!s.lease_kept_after_end(&sid).unwrap());
-  assert!(!s.renew_lease(&sid, "t1", ttl).unwrap(), "released");
-  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &b, Duration::from_millis(200)).unwrap());
+  s.finish_task(&sid, "t1", &end, None).wait().unwrap();
+  assert!(s.lease_kept_after_end(&sid).wait().unwrap());
+  assert!(!s.try_begin_task(&sid, "t2", "task", "sonnet", &b, ttl).wait().unwrap(), "kept while the CLI exits");
+  s.release_lease(&sid, "t1").wait().unwrap();
+  assert!(!s.lease_kept_after_end(&sid).wait().unwrap());
+  assert!(!s.renew_lease(&sid, "t1", ttl).wait().unwrap(), "released");
+  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &b, Duration::from_millis(200)).wait().unwrap());
   assert_eq!((fence(s, "t1"), fence(s, "t2")), (1, 2), "one more on every take-over");
   // t2's holder stops renewing; once the lease expires by the database's clock, t3 takes over.
   std::thread::sleep(Duration::from_millis(400));
-  assert!(s.try_begin_task(&sid, "t3", "task", "sonnet", &a, ttl).unwrap());
+  assert!(s.try_begin_task(&sid, "t3", "task", "sonnet", &a, ttl).wait().unwrap());
   assert_eq!(fence(s, "t3"), 3);
-  let tasks = s.list_tasks(&sid).unwrap();
+  let tasks = s.list_tasks(&sid).wait().unwrap();
   let t2 = tasks.iter().find(|t| t.id == "t2").unwrap();
   assert_eq!((t2.status.as_str(), t2.error_code.as_deref()), ("interrupted", Some("INTERRUPTED")));
   // The stale holder is fenced out: no renewal, and its end is refused without a write.
-  assert!(!s.renew_lease(&sid, "t2", ttl).unwrap());
+  assert!(!s.renew_lease(&sid, "t2", ttl).wait().unwrap());
   let late = TaskEnd { status: "succeeded".into(), cost_usd: 5.0, ..Default::default() };
-  let e = s.finish_task(&sid, "t2", &late, None).unwrap_err();
+  let e = s.finish_task(&sid, "t2", &late, None).wait().unwrap_err();
   assert_eq!(e.code, ErrorCode::StoreError);
   assert!(e.message.contains("took it over"), "{}", e.message);
-  let session = s.get_session(&sid, "u").unwrap().unwrap();
+  let session = s.get_session(&sid, "u").wait().unwrap().unwrap();
   assert_eq!(session.total_cost_usd, 0.0);
   assert_eq!(session.task_count, 2, "t1 and the interrupted t2");
   let end = TaskEnd { status: "succeeded".into(), cost_usd: 0.5, materialized: true, ..Default::default() };
-  s.finish_task(&sid, "t3", &end, Some(0.5)).unwrap();
-  let session = s.get_session(&sid, "u").unwrap().unwrap();
+  s.finish_task(&sid, "t3", &end, Some(0.5)).wait().unwrap();
+  let session = s.get_session(&sid, "u").wait().unwrap().unwrap();
   assert_eq!((session.task_count, session.total_cost_usd, session.materialized), (3, 0.5, true));
   // The next start after a release takes fence 4.
-  assert!(s.try_begin_task(&sid, "t4", "task", "sonnet", &b, ttl).unwrap());
+  assert!(s.try_begin_task(&sid, "t4", "task", "sonnet", &b, ttl).wait().unwrap());
   assert_eq!(fence(s, "t4"), 4);
 }
 
@@ -215,8 +216,8 @@ fn one_running_task_per_session_is_enforced_by_the_database() {
   let f = Fresh::new(&url);
   let s = f.store();
   let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), Duration::from_secs(30)).unwrap());
+  s.create_session(&new_session(&sid, "u", "p")).wait().unwrap();
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), Duration::from_secs(30)).wait().unwrap());
   let dup = admin(
     &url,
     &format!(
@@ -235,20 +236,20 @@ fn recovery_judges_pids_only_for_this_node() {
   let s = f.store();
   let (here, elsewhere) = (id(), id());
   for sid in [&here, &elsewhere] {
-    s.create_session(&new_session(sid, "u", "p")).unwrap();
+    s.create_session(&new_session(sid, "u", "p")).wait().unwrap();
   }
   let ttl = Duration::from_secs(30);
-  assert!(s.try_begin_task(&here, "mine", "task", "sonnet", &owner(), ttl).unwrap());
-  assert!(s.try_begin_task(&elsewhere, "theirs", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(s.try_begin_task(&here, "mine", "task", "sonnet", &owner(), ttl).wait().unwrap());
+  assert!(s.try_begin_task(&elsewhere, "theirs", "task", "sonnet", &owner(), ttl).wait().unwrap());
   // Pretend "theirs" was started by another machine: its pid means nothing here.
   admin(&url, &format!("UPDATE \"{0}\".tasks SET node_id = 'other', host_id = 'other' WHERE id = 'theirs'; UPDATE \"{0}\".leases SET node_id = 'other', host_id = 'other' WHERE task_id = 'theirs'", f.schema)).unwrap();
-  assert_eq!(s.recover_interrupted(&|_| false).unwrap(), 1, "only this node's dead pid");
-  assert_eq!(s.list_tasks(&here).unwrap()[0].status, "interrupted");
-  assert_eq!(s.list_tasks(&elsewhere).unwrap()[0].status, "running");
+  assert_eq!(s.recover_interrupted(&|_| false).wait().unwrap(), 1, "only this node's dead pid");
+  assert_eq!(s.list_tasks(&here).wait().unwrap()[0].status, "interrupted");
+  assert_eq!(s.list_tasks(&elsewhere).wait().unwrap()[0].status, "running");
   // Once its lease expires by the database clock, the other node's task is recovered too.
   admin(&url, &format!("UPDATE \"{}\".leases SET expires_at = now() - interval '1 second' WHERE task_id = 'theirs'", f.schema)).unwrap();
-  assert_eq!(s.recover_interrupted(&|_| true).unwrap(), 1);
-  assert!(s.try_begin_task(&elsewhere, "next", "task", "sonnet", &owner(), ttl).unwrap());
+  assert_eq!(s.recover_interrupted(&|_| true).wait().unwrap(), 1);
+  assert!(s.try_begin_task(&elsewhere, "next", "task", "sonnet", &owner(), ttl).wait().unwrap());
 }
 
 #[test]
@@ -257,7 +258,7 @@ fn a_newer_schema_is_refused_and_reopening_is_a_no_op() {
   let url = test_url();
   let f = Fresh::new(&url);
   let again = Store::connect(&url, &f.schema).unwrap();
-  assert_eq!(again.schema_version().unwrap(), PG_SCHEMA_VERSION);
+  assert_eq!(again.schema_version().wait().unwrap(), PG_SCHEMA_VERSION);
   drop(again);
   admin(&url, &format!("UPDATE \"{}\".schema_version SET version = 999", f.schema)).unwrap();
   let e = Store::connect(&url, &f.schema).err().expect("refused");
@@ -273,11 +274,11 @@ fn prisma_style_parameters_are_accepted() {
   let prisma = format!("{url}{sep}schema=public&connection_limit=2&pgbouncer=true&pool_timeout=5&socket_timeout=3");
   let f = Fresh::with(&prisma, &url);
   let sid = id();
-  f.store().create_session(&new_session(&sid, "u", "p")).unwrap();
+  f.store().create_session(&new_session(&sid, "u", "p")).wait().unwrap();
   // Behind PgBouncer no statement outlives its transaction: the same read twice on a pool of
   // two connections prepares it each time and still works.
   for _ in 0..2 {
-    assert_eq!(f.store().get_session(&sid, "u").unwrap().map(|s| s.id), Some(sid.clone()));
+    assert_eq!(f.store().get_session(&sid, "u").wait().unwrap().map(|s| s.id), Some(sid.clone()));
   }
   // The tables went to the addon's schema, not Prisma's `public`.
   assert_eq!(admin(&url, &format!("SELECT 1 FROM \"{}\".sessions WHERE id = '{sid}'", f.schema)), Ok(()),);
@@ -356,21 +357,22 @@ fn the_store_comes_back_after_the_server_drops_its_connections() {
   let sep = if url.contains('?') { '&' } else { '?' };
   let f = Fresh::with(&format!("{url}{sep}application_name={app}&connection_limit=2"), &url);
   let sid = id();
-  f.store().create_session(&new_session(&sid, "u", "p")).unwrap();
+  f.store().create_session(&new_session(&sid, "u", "p")).wait().unwrap();
   let kill = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'");
   for round in 0..3 {
     // Every pooled connection is gone (as when the server restarts or a proxy drops them).
     admin(&url, &kill).unwrap();
-    let s = f.store().get_session(&sid, "u").unwrap_or_else(|e| panic!("round {round}: {}", e.message));
+    let s = f.store().get_session(&sid, "u").wait().unwrap_or_else(|e| panic!("round {round}: {}", e.message));
     assert_eq!(s.map(|s| s.id), Some(sid.clone()));
     let t = id();
-    assert!(f.store().try_begin_task(&sid, &t, "task", "sonnet", &owner(), Duration::from_secs(30)).unwrap());
+    assert!(f.store().try_begin_task(&sid, &t, "task", "sonnet", &owner(), Duration::from_secs(30)).wait().unwrap());
     admin(&url, &kill).unwrap();
     f.store()
       .finish_task(&sid, &t, &TaskEnd { status: "succeeded".into(), ..Default::default() }, None)
+      .wait()
       .unwrap_or_else(|e| panic!("round {round}: {}", e.message));
   }
-  assert_eq!(f.store().get_session(&sid, "u").unwrap().unwrap().task_count, 3);
+  assert_eq!(f.store().get_session(&sid, "u").wait().unwrap().unwrap().task_count, 3);
 }
 
 /// Admitting a model call is one statement keyed by the call: run again with the same key (as the
@@ -435,50 +437,53 @@ fn transcript_appends_are_idempotent_ordered_and_fenced_by_the_lease() {
   let f = Fresh::new(&url);
   let s = f.store();
   let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).unwrap(), 0);
+  s.create_session(&new_session(&sid, "u", "p")).wait().unwrap();
+  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).wait().unwrap(), 0);
   let ttl = Duration::from_secs(30);
-  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), ttl).wait().unwrap());
   let batch = vec![entry(1, None, r#"{"type":"queue-operation"}"#), entry(2, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)];
-  assert!(s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &batch).unwrap());
+  assert!(s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &batch).wait().unwrap());
   // The same batch again (an answer lost on the way back): nothing doubles.
-  assert!(s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &batch).unwrap());
+  assert!(s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &batch).wait().unwrap());
   // A line with a uuid already stored under another seq is skipped too.
   assert!(s
     .shared_transcripts()
     .unwrap()
     .append_transcript(&sid, "t1", &[entry(3, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)])
+    .wait()
     .unwrap());
   assert!(s
     .shared_transcripts()
     .unwrap()
     .append_transcript(&sid, "t1", &[entry(4, Some("a1"), r#"{"type":"assistant","uuid":"a1"}"#)])
+    .wait()
     .unwrap());
-  let lines: Vec<String> = s.shared_transcripts().unwrap().load_transcript(&sid, 0).unwrap().into_iter().map(|e| e.line).collect();
+  let lines: Vec<String> = s.shared_transcripts().unwrap().load_transcript(&sid, 0).wait().unwrap().into_iter().map(|e| e.line).collect();
   assert_eq!(lines, [r#"{"type":"queue-operation"}"#, r#"{"type":"user","uuid":"u1"}"#, r#"{"type":"assistant","uuid":"a1"}"#]);
-  assert_eq!(s.shared_transcripts().unwrap().transcript_len(&sid, "").unwrap(), 3);
-  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).unwrap(), 4);
+  assert_eq!(s.shared_transcripts().unwrap().transcript_len(&sid, "").wait().unwrap(), 3);
+  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).wait().unwrap(), 4);
   // t1's lease expires and t2 takes the session over: t1 can write nothing more.
   admin(&url, &format!("UPDATE \"{}\".leases SET expires_at = now() - interval '1 second'", f.schema)).unwrap();
-  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &owner(), ttl).unwrap());
+  assert!(s.try_begin_task(&sid, "t2", "task", "sonnet", &owner(), ttl).wait().unwrap());
   assert!(
-    !s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &[entry(5, Some("z"), r#"{"type":"user","uuid":"z"}"#)]).unwrap(),
+    !s.shared_transcripts().unwrap().append_transcript(&sid, "t1", &[entry(5, Some("z"), r#"{"type":"user","uuid":"z"}"#)]).wait().unwrap(),
     "refused"
   );
-  assert!(!s.renew_lease(&sid, "t1", ttl).unwrap());
-  assert_eq!(s.shared_transcripts().unwrap().transcript_len(&sid, "").unwrap(), 3, "nothing of the stale holder's");
+  assert!(!s.renew_lease(&sid, "t1", ttl).wait().unwrap());
+  assert_eq!(s.shared_transcripts().unwrap().transcript_len(&sid, "").wait().unwrap(), 3, "nothing of the stale holder's");
   assert!(s
     .shared_transcripts()
     .unwrap()
     .append_transcript(&sid, "t2", &[entry(5, Some("b1"), r#"{"type":"user","uuid":"b1"}"#)])
+    .wait()
     .unwrap());
-  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).unwrap(), 5);
-  assert_eq!(s.list_tasks(&sid).unwrap()[0].status, "interrupted");
+  assert_eq!(s.shared_transcripts().unwrap().transcript_head(&sid).wait().unwrap(), 5);
+  assert_eq!(s.list_tasks(&sid).wait().unwrap()[0].status, "interrupted");
   // Deleting the session deletes its transcript.
   let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
-  s.finish_task(&sid, "t2", &end, None).unwrap();
-  s.delete_session(&sid, "u").unwrap();
-  assert!(s.shared_transcripts().unwrap().load_transcript(&sid, 0).unwrap().is_empty());
+  s.finish_task(&sid, "t2", &end, None).wait().unwrap();
+  s.delete_session(&sid, "u").wait().unwrap();
+  assert!(s.shared_transcripts().unwrap().load_transcript(&sid, 0).wait().unwrap().is_empty());
 }
 
 #[test]
@@ -498,14 +503,14 @@ fn folders_inside_the_roots_are_stored_relative_and_resolved_under_each_nodes_ro
     let mut n = new_session(sid, "u", "p");
     n.working_directory = wd.into();
     n.config_dir = Some("/nodes/a/claude/user-u-1".into());
-    a.create_session(&n).unwrap();
+    a.create_session(&n).wait().unwrap();
   }
-  let on_b = |sid: &str| b.get_session(sid, "u").unwrap().unwrap();
+  let on_b = |sid: &str| b.get_session(sid, "u").wait().unwrap().unwrap();
   assert_eq!(on_b(&inside).working_directory, "/nodes/b/wd/repo/sub");
   assert_eq!(on_b(&inside).config_dir.as_deref(), Some("/nodes/b/claude/user-u-1"));
   assert_eq!(on_b(&root).working_directory, "/nodes/b/wd");
   assert_eq!(on_b(&outside).working_directory, "/srv/shared", "outside the root: the same path everywhere");
-  assert_eq!(a.get_session(&inside, "u").unwrap().unwrap().working_directory, "/nodes/a/wd/repo/sub");
+  assert_eq!(a.get_session(&inside, "u").wait().unwrap().unwrap().working_directory, "/nodes/a/wd/repo/sub");
 }
 
 // ---- Faults injected between the store and the server (tests/store_pg/fault_proxy.rs) ----
@@ -529,14 +534,15 @@ fn faulty(url: &str) -> Faulty {
 /// A session of `u` with task `t1` running and reading its inbox (what `inbox_send` needs).
 fn watched_session(s: &Store) -> String {
   let sid = id();
-  s.create_session(&new_session(&sid, "u", "p")).unwrap();
-  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), Duration::from_secs(30)).unwrap());
-  s.inbox_open(&sid, "t1").unwrap();
+  s.create_session(&new_session(&sid, "u", "p")).wait().unwrap();
+  assert!(s.try_begin_task(&sid, "t1", "task", "sonnet", &owner(), Duration::from_secs(30)).wait().unwrap());
+  s.inbox_open(&sid, "t1").wait().unwrap();
   sid
 }
 
 fn messages(s: &Store, sid: &str) -> Vec<String> {
   s.inbox_poll(sid, "t1")
+    .wait()
     .unwrap()
     .into_iter()
     .filter_map(|d| match d {
@@ -549,7 +555,8 @@ fn messages(s: &Store, sid: &str) -> Vec<String> {
 /// A COMMIT the server ran but whose answer was lost with the connection is not run again: the
 /// caller gets `STORE_ERROR` (the outcome is unknown to it) and the write is applied exactly once
 /// (second test audit, M25: retried, a steering message was stored twice and a task's start
-/// came back "busy" after it had started).
+/// came back "busy" after it had started). A task's start, one statement that knows its own
+/// task, is run again instead and answers that it started.
 #[test]
 #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
 fn a_commit_lost_with_its_connection_is_a_store_error_and_applied_once() {
@@ -558,23 +565,24 @@ fn a_commit_lost_with_its_connection_is_a_store_error_and_applied_once() {
   let (s, p) = (f.direct.store(), &f.through);
   let sid = watched_session(s);
   f.proxy.faults.cut_commits.store(1, Ordering::SeqCst);
-  let e = p.inbox_send(&sid, "exactly once").expect_err("the COMMIT's answer was lost: the outcome is unknown");
+  let e = p.inbox_send(&sid, "exactly once").wait().expect_err("the COMMIT's answer was lost: the outcome is unknown");
   assert_eq!(e.code, ErrorCode::StoreError, "{e:?}");
   assert_eq!(f.proxy.faults.commits_cut.load(Ordering::SeqCst), 1, "control: a COMMIT was cut");
   assert_eq!(messages(s, &sid), ["exactly once"], "the message is stored exactly once");
 
-  // A task's start: committed once, not reported busy by a second run of itself.
+  // A task's start is one statement, without a COMMIT of its own: its answer cut mid-row, it runs
+  // again on a fresh connection, finds the task started, and says so (not busy: the second run
+  // of itself) — committed once.
   let other = id();
-  s.create_session(&new_session(&other, "u", "p")).unwrap();
-  f.proxy.faults.cut_commits.store(1, Ordering::SeqCst);
-  let e = p.try_begin_task(&other, "t2", "task", "sonnet", &owner(), Duration::from_secs(30)).expect_err("lost COMMIT");
-  assert_eq!(e.code, ErrorCode::StoreError, "{e:?}");
-  assert_eq!(f.proxy.faults.commits_cut.load(Ordering::SeqCst), 2, "control: the second COMMIT was cut");
-  let tasks = s.list_tasks(&other).unwrap();
+  s.create_session(&new_session(&other, "u", "p")).wait().unwrap();
+  f.proxy.faults.cut_mid_results.store(1, Ordering::SeqCst);
+  assert!(p.try_begin_task(&other, "t2", "task", "sonnet", &owner(), Duration::from_secs(30)).wait().unwrap(), "started, once");
+  assert_eq!(f.proxy.faults.results_cut.load(Ordering::SeqCst), 1, "control: the start's answer was cut");
+  let tasks = s.list_tasks(&other).wait().unwrap();
   assert_eq!(tasks.len(), 1, "one task row: {tasks:?}");
   assert_eq!((tasks[0].id.as_str(), tasks[0].status.as_str()), ("t2", "running"));
   // The store goes on through the proxy.
-  assert_eq!(p.get_session(&other, "u").unwrap().unwrap().id, other);
+  assert_eq!(p.get_session(&other, "u").wait().unwrap().unwrap().id, other);
 }
 
 /// A connection cut in the middle of a result (before any COMMIT) is retried on a fresh
@@ -588,13 +596,13 @@ fn a_connection_cut_mid_result_is_retried_and_the_write_applied_once() {
   let sid = watched_session(s);
   // The INSERT … RETURNING id of the message: its row is cut in half.
   f.proxy.faults.cut_mid_results.store(1, Ordering::SeqCst);
-  let id = p.inbox_send(&sid, "after a cut").unwrap();
+  let id = p.inbox_send(&sid, "after a cut").wait().unwrap();
   assert!(id.is_some(), "accepted for the watched task");
   assert_eq!(f.proxy.faults.results_cut.load(Ordering::SeqCst), 1, "control: a result was cut");
   assert_eq!(messages(s, &sid), ["after a cut"], "stored once");
   // A read cut mid-row: answered in full on another connection.
   f.proxy.faults.cut_mid_results.store(1, Ordering::SeqCst);
-  let got = p.get_session(&sid, "u").unwrap().expect("the session");
+  let got = p.get_session(&sid, "u").wait().unwrap().expect("the session");
   assert_eq!(got.id, sid);
   assert_eq!(f.proxy.faults.results_cut.load(Ordering::SeqCst), 2, "control: the read's result was cut");
 }
@@ -609,18 +617,18 @@ fn dropped_and_refused_connections_through_a_proxy() {
   let f = faulty(&url);
   let (s, p) = (f.direct.store(), &f.through);
   let sid = watched_session(s);
-  assert!(p.get_session(&sid, "u").unwrap().is_some());
+  assert!(p.get_session(&sid, "u").wait().unwrap().is_some());
   let before = f.proxy.faults.connections.load(Ordering::SeqCst);
   f.proxy.drop_all();
-  assert!(p.inbox_send(&sid, "after a restart").unwrap().is_some());
+  assert!(p.inbox_send(&sid, "after a restart").wait().unwrap().is_some());
   assert!(f.proxy.faults.connections.load(Ordering::SeqCst) > before, "control: a new connection was opened");
   assert_eq!(messages(s, &sid), ["after a restart"], "stored once");
   // Refused on connect, every pooled connection gone: the call fails as a store error.
   f.proxy.drop_all();
   f.proxy.faults.refuse_connects.store(1000, Ordering::SeqCst);
-  let e = p.get_session(&sid, "u").expect_err("no connection can be made");
+  let e = p.get_session(&sid, "u").wait().expect_err("no connection can be made");
   assert_eq!(e.code, ErrorCode::StoreError, "{e:?}");
   assert!(f.proxy.faults.connects_refused.load(Ordering::SeqCst) >= 1, "control: connections were refused");
   f.proxy.faults.refuse_connects.store(0, Ordering::SeqCst);
-  assert!(p.get_session(&sid, "u").unwrap().is_some(), "the store comes back");
+  assert!(p.get_session(&sid, "u").wait().unwrap().is_some(), "the store comes back");
 }

@@ -214,12 +214,13 @@ pub enum Admission {
 }
 
 /// Where calls are checked against the caps and charged: the manager's store.
+#[async_trait::async_trait]
 pub trait Ledger: Send + Sync + 'static {
   /// Checks every cap that applies to `owner` against `reserve_usd` and, atomically with the
   /// check, records the call with the reserve as its price until it is settled.
-  fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission;
+  async fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission;
   /// Records what the call admitted as `call` really cost.
-  fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64);
+  async fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64);
 }
 
 /// What the proxy meters with: the ledger and the prices.
@@ -289,9 +290,9 @@ impl CallCharge {
     let (ledger, call, usage) = (self.metering.ledger.clone(), self.call, seen.usage);
     match tokio::runtime::Handle::try_current() {
       Ok(rt) => {
-        rt.spawn_blocking(move || ledger.settle(call, &model, &usage, usd));
+        rt.spawn(async move { ledger.settle(call, &model, &usage, usd).await });
       }
-      Err(_) => ledger.settle(call, &model, &usage, usd),
+      Err(_) => crate::store::block_on(ledger.settle(call, &model, &usage, usd)),
     }
   }
 }
@@ -433,11 +434,12 @@ mod tests {
   #[derive(Default)]
   struct Recorded(Mutex<Vec<(i64, String, CallUsage, f64)>>);
 
+  #[async_trait::async_trait]
   impl Ledger for Recorded {
-    fn admit(&self, _: &CallOwner, _: &str, _: f64) -> Admission {
+    async fn admit(&self, _: &CallOwner, _: &str, _: f64) -> Admission {
       Admission::Go(1)
     }
-    fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64) {
+    async fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64) {
       self.0.lock().unwrap().push((call, model.to_owned(), *usage, usd));
     }
   }

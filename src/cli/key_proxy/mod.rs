@@ -641,10 +641,7 @@ impl State {
           }
         };
         let (model, reserve) = meter::reserve_of(&bytes, &metering.prices);
-        let (ledger, owner, m) = (metering.ledger.clone(), meter.owner.clone(), model.clone());
-        let admitted = tokio::task::spawn_blocking(move || ledger.admit(&owner, &m, reserve))
-          .await
-          .unwrap_or_else(|e| Admission::Unavailable(format!("the spend check failed: {e}")));
+        let admitted = metering.ledger.admit(&meter.owner, &model, reserve).await;
         match admitted {
           Admission::Go(call) => (Either::Right(Full::new(bytes)), Some(CallCharge::new(metering, meter, call, model, reserve))),
           Admission::Refused(why) => {

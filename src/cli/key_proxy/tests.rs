@@ -1,5 +1,6 @@
 //! Tests of the parent module.
 use super::*;
+use crate::store::Blocking as _;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -872,9 +873,9 @@ async fn metering_cost() {
       (0..rounds.min(1000))
         .map(|_| {
           let start = std::time::Instant::now();
-          let Ok(Admit::Go(id)) = store.admit_call(&call, &defaults) else { panic!("refused") };
+          let Ok(Admit::Go(id)) = store.admit_call(&call, &defaults).wait() else { panic!("refused") };
           let admitted = start.elapsed().as_secs_f64() * 1000.0;
-          store.settle_call(id, "m", &CallTokens::default(), 0.001).unwrap();
+          store.settle_call(id, "m", &CallTokens::default(), 0.001).wait().unwrap();
           admitted
         })
         .collect::<Vec<f64>>()

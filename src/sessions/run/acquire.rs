@@ -15,7 +15,7 @@ use super::{EventSink, HeldRun, Manager, TaskResult};
 use crate::cli::CancelToken;
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Begin, Session, TaskStart};
+use crate::store::{Began, Session, Start, TaskStart};
 
 use super::super::{CompactTrigger, TaskError, TaskKind, Wait};
 
@@ -54,12 +54,12 @@ impl Manager {
   pub(crate) async fn acquire(&self, t: &Ticket<'_>) -> Result<std::result::Result<HeldRun, TaskResult>> {
     let Some(guard) = self.queue(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     let Some(permit) = self.slot(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
-    let Some((fresh, taken_at)) = self.lease(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
+    let Some((mut began, taken_at)) = self.lease(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     // Once the lease is ours, the session is read again (in the same trip to the store): a task
     // that ran while this one waited (in this process or another) may have created its
     // transcript or moved its cost watermark.
-    let session = fresh.unwrap_or_else(|| t.session.clone());
-    Ok(Ok(HeldRun::new(self, t, session, taken_at, guard, permit)))
+    let session = began.session.take().unwrap_or_else(|| t.session.clone());
+    Ok(Ok(HeldRun::new(self, t, session, taken_at, guard, permit).with(began)))
   }
 
   /// The in-process queue, in arrival order (the lock future is kept, so its place in line too).
@@ -112,7 +112,7 @@ impl Manager {
   /// The cross-process lease, with the session as read in the same trip to the store, and when
   /// the attempt that took it started (the lease's clock starts there). Time spent behind another
   /// process's exiting CLI does not count against the queue timeout.
-  async fn lease(&self, t: &Ticket<'_>) -> Step<(Option<Session>, Instant)> {
+  async fn lease(&self, t: &Ticket<'_>) -> Step<(Began, Instant)> {
     let mut excused = Duration::ZERO;
     let mut last = Instant::now();
     loop {
@@ -121,7 +121,7 @@ impl Manager {
       }
       let taken_at = Instant::now();
       let exiting_elsewhere = match self.begin(t).await? {
-        Ok(fresh) => return Ok(Some((fresh, taken_at))),
+        Ok(began) => return Ok(Some((began, taken_at))),
         Err(exiting) => exiting,
       };
       let now = Instant::now();
@@ -145,10 +145,11 @@ impl Manager {
     }
   }
 
-  /// One attempt at the lease: `Ok(the session read again)`, or `Err(Some(whether the holder's
-  /// CLI is exiting after its task))` when another task holds the session, `Err(None)` when every
-  /// place of `maxConcurrentTasksTotal` is taken, in this process or another.
-  async fn begin(&self, t: &Ticket<'_>) -> Result<std::result::Result<Option<Session>, Option<bool>>> {
+  /// One attempt at the lease: `Ok(the session read again, with what the run reads next)`, or
+  /// `Err(Some(whether the holder's CLI is exiting after its task))` when another task holds the
+  /// session, `Err(None)` when every place of `maxConcurrentTasksTotal` is taken, in this process
+  /// or another.
+  async fn begin(&self, t: &Ticket<'_>) -> Result<std::result::Result<Began, Option<bool>>> {
     let (sid, uid, tid, m, owner, ttl, max_running, kind) = (
       t.session.id.clone(),
       t.session.user_id.clone(),
@@ -157,15 +158,15 @@ impl Manager {
       self.owner.clone(),
       self.cfg.lease_ttl,
       self.cfg.max_concurrent_tasks_total,
-      t.kind.as_str(),
+      t.kind.as_str().to_owned(),
     );
     self
-      .store_call(Wait::Briefly, move |s| {
-        let start = TaskStart { task_id: &tid, kind, model: &m, owner: &owner, ttl, max_running };
-        Ok(match s.begin_task(&sid, &start)? {
-          Begin::Started => Ok(s.get_session(&sid, &uid).ok().flatten()),
-          Begin::SessionHeld => Err(Some(s.lease_kept_after_end(&sid)?)),
-          Begin::Full => Err(None),
+      .store_call(Wait::Briefly, async move |s| {
+        let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running };
+        Ok(match s.start_task(&sid, &uid, &start).await? {
+          Start::Started(began) => Ok(*began),
+          Start::SessionHeld { exiting } => Err(Some(exiting)),
+          Start::Full => Err(None),
         })
       })
       .await

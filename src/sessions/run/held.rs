@@ -17,9 +17,9 @@ use tokio::sync::{watch, OwnedMutexGuard, OwnedSemaphorePermit};
 use super::{AbortOnDrop, Executed, Manager, TaskResult, Ticket};
 use crate::cli::{CancelToken, RunSpec, SessionMode};
 use crate::error::{Error, ErrorCode, Result};
-use crate::sessions::mirror::{finish_mirror, LeaseClock, TaskMirror};
-use crate::sessions::{store_call, CompactTrigger, Wait};
-use crate::store::{Session, TaskEnd};
+use crate::sessions::mirror::{finish_mirror, release_after_exit, LeaseClock, TaskMirror};
+use crate::sessions::{CompactTrigger, Wait};
+use crate::store::{Began, Session, TaskEnd};
 
 /// A run that holds its session (see the module's comment).
 pub(crate) struct HeldRun {
@@ -40,6 +40,8 @@ pub(crate) struct HeldRun {
   mirror: Option<TaskMirror>,
   /// `None` once given to the work that waits for the CLI's exit.
   holds: Option<Holds>,
+  /// What the start read in its trip to the store (the transcript head, the warm holds left).
+  began: Began,
 }
 
 /// What keeps the session this run's, given back in field order: the renewal stops, the run
@@ -112,7 +114,19 @@ impl HeldRun {
       permit: Some(permit),
       mirror: None,
       holds: Some(Holds { renew, running, guard }),
+      began: Began::default(),
     }
+  }
+
+  /// The session's branch point, when the task's start read it.
+  pub(super) fn branch_point(&mut self) -> Option<Option<crate::store::BranchPoint>> {
+    self.began.branch_point.take()
+  }
+
+  /// With what the task's start read in the same trip ([`Began`]; its session is the run's).
+  pub(super) fn with(mut self, began: Began) -> HeldRun {
+    self.began = began;
+    self
   }
 
   /// The concurrency slot, for the executor.
@@ -125,9 +139,11 @@ impl HeldRun {
   /// the store's, and the CLI's transcript mirrored into the store while it runs (`spec.mirror`).
   pub(super) async fn prepare(&mut self, m: &Manager, spec: &mut RunSpec) -> Result<SessionMode> {
     let mode = m.session_mode(&self.session).await?;
-    m.others_gone(&self.session.id, &self.cancel).await?;
+    if self.began.warm_left != Some(0) {
+      m.others_gone(&self.session.id, &self.cancel).await?;
+    }
     if m.store.shares_transcripts() {
-      let tm = m.start_mirror(&self.session, &self.task_id, &mode, &self.clock).await?;
+      let tm = m.start_mirror(&self.session, &self.task_id, &mode, &self.clock, self.began.transcript_head).await?;
       spec.mirror = Some(tm.tx.clone());
       self.mirror = Some(tm);
     }
@@ -179,14 +195,10 @@ impl HeldRun {
     let (mirror, holds, permit) = (self.mirror.take(), self.holds.take(), self.permit.take());
     tokio::spawn(async move {
       tail.await;
-      if let (Some(mirror), Some(local)) = (mirror, local) {
-        finish_mirror(mirror, store.clone(), sid.clone(), local, marker).await;
-      }
+      let release = recorded && holds.is_some();
+      release_after_exit(mirror.zip(local), store, sid, tid, marker, release).await;
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
-        if recorded {
-          let _ = store_call(store, Wait::Blocking, move |st| st.release_lease(&sid, &tid)).await;
-        }
         drop(running);
         drop(finishing);
         drop(guard);
@@ -224,7 +236,7 @@ impl HeldRun {
     };
     let end = TaskEnd { record_only: true, ..end };
     let (sid, tid) = (self.session.id.clone(), self.task_id.clone());
-    let recorded = store_call(m.store.clone(), Wait::Blocking, move |s| s.finish_task(&sid, &tid, &end, None)).await;
+    let recorded = m.store.call(Wait::Blocking, async move |s| s.finish_task(&sid, &tid, &end, None).await).await;
     drop(guard);
     if lost {
       return Err(Error::new(
@@ -260,13 +272,29 @@ impl Holds {
 impl Manager {
   /// PostgreSQL, once the lease is the task's: this node's copy of the transcript the CLI will
   /// read refreshed from the store, and the writer that mirrors the CLI's lines into it.
-  async fn start_mirror(&self, session: &Session, task_id: &str, mode: &SessionMode, clock: &LeaseClock) -> Result<TaskMirror> {
+  /// `head`: the session's transcript head, when the task's start read it (the lease is this
+  /// task's since: no one moves it).
+  async fn start_mirror(
+    &self,
+    session: &Session,
+    task_id: &str,
+    mode: &SessionMode,
+    clock: &LeaseClock,
+    head: Option<i64>,
+  ) -> Result<TaskMirror> {
     // A warm process that may take the task wrote this node's copy itself, and reads only its own.
-    if !self.warm.fresh_for(&session.id, session.task_count) {
-      self.refresh_for(session, mode).await?;
-    }
-    let sid = session.id.clone();
-    let head = self.store_call(Wait::Blocking, move |s| s.shared_transcripts()?.transcript_head(&sid)).await?;
+    let refreshed = match self.warm.fresh_for(&session.id, session.task_count) {
+      false => self.refresh_for(session, mode, head).await?.or(head),
+      true => head,
+    };
+    // The head the start or the refresh read, else read now.
+    let head = match refreshed {
+      Some(head) => head,
+      None => {
+        let sid = session.id.clone();
+        self.store_call(Wait::Blocking, async move |s| s.shared_transcripts()?.transcript_head(&sid).await).await?
+      }
+    };
     // The local copy as the CLI will find it (just refreshed from the store when it was behind).
     let local = self.transcript_of(session).ok().flatten();
     let mut tm = TaskMirror::start(self.store.clone(), &session.id, task_id, head, local, clock.clone(), false);

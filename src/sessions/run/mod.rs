@@ -137,7 +137,10 @@ impl Manager {
     let sink = Some(recorded(sink, recording.recorder.clone()));
     let mut branch = None;
     let prepared = match run.prepare(self, &mut spec).await {
-      Ok(mode) => self.continue_from(&run.session, mode, &mut cli).await.map(|at| branch = at),
+      Ok(mode) => {
+        let known = run.branch_point();
+        self.continue_from(&run.session, mode, &mut cli, known).await.map(|at| branch = at)
+      }
       Err(e) => Err(e),
     };
     let outcome = match prepared {

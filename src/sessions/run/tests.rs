@@ -1,6 +1,7 @@
 //! The queue and lease policy of a run, with a fake executor in place of the CLI: a real manager
 //! over a SQLite store in a temporary folder.
 
+use crate::store::Blocking as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ impl Executor for Fake {
         let _ = s.send(job.task_id.to_owned());
       }
       if steal_lease {
-        m.store.release_lease(&job.session.id, job.task_id).unwrap();
+        m.store.release_lease(&job.session.id, job.task_id).wait().unwrap();
         // The lease clock stops the run (its cancel token) once a renewal is refused.
         job.cancel.cancelled().await;
         let mut out = RunOutcome::empty(None);
@@ -78,7 +79,7 @@ fn manager(tweak: impl FnOnce(&mut Options)) -> Fixture {
 
 async fn session(m: &Manager) -> Session {
   let new = m.new_session("p", "u", None, None, None);
-  m.store_call(Wait::Briefly, move |s| s.create_session(&new)).await.unwrap()
+  m.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await.unwrap()
 }
 
 /// The fake never starts it.
@@ -116,18 +117,18 @@ fn code(r: &TaskResult) -> Option<&str> {
 
 async fn statuses(m: &Manager, session_id: &str) -> Vec<String> {
   let sid = session_id.to_owned();
-  m.store_call(Wait::Briefly, move |s| s.list_tasks(&sid)).await.unwrap().into_iter().map(|t| t.status).collect()
+  m.store_call(Wait::Briefly, async move |s| s.list_tasks(&sid).await).await.unwrap().into_iter().map(|t| t.status).collect()
 }
 
 /// Whether another owner could take the session's lease now.
 async fn lease_free(m: &Manager, session_id: &str) -> bool {
   let sid = session_id.to_owned();
-  m.store_call(Wait::Briefly, move |s| {
+  m.store_call(Wait::Briefly, async move |s| {
     let owner = Owner { id: "probe".into(), pid: std::process::id() };
     let start = TaskStart { task_id: "probe", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(30), max_running: None };
-    let began = s.begin_task(&sid, &start)?;
+    let began = s.begin_task(&sid, &start).await?;
     if matches!(began, Begin::Started) {
-      s.release_lease(&sid, "probe")?;
+      s.release_lease(&sid, "probe").await?;
     }
     Ok(matches!(began, Begin::Started))
   })
@@ -218,10 +219,10 @@ async fn a_lease_held_by_another_process_keeps_the_run_out() {
   let s = session(&f.m).await;
   let sid = s.id.clone();
   f.m
-    .store_call(Wait::Briefly, move |st| {
+    .store_call(Wait::Briefly, async move |st| {
       let owner = Owner { id: "another".into(), pid: std::process::id() };
       let start = TaskStart { task_id: "theirs", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(60), max_running: None };
-      st.begin_task(&sid, &start)
+      st.begin_task(&sid, &start).await
     })
     .await
     .unwrap();

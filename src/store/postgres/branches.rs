@@ -3,16 +3,17 @@
 use super::*;
 use crate::error::Result;
 
+#[async_trait::async_trait]
 impl Branches for PgStore {
-  fn branch_point(&self, session_id: &str) -> Result<Option<BranchPoint>> {
-    let rows = self.read(async |c| {
+  async fn branch_point(&self, session_id: &str) -> Result<Option<BranchPoint>> {
+    let rows = read!(self, |c| {
       self.query(c, "SELECT fork_at, resume_at, resume_drops FROM {S}.branch_points WHERE session_id = $1", &[&session_id]).await
     })?;
     Ok(rows.first().map(|r| BranchPoint { fork_at: r.get(0), resume_at: r.get(1), resume_drops: r.get(2) }))
   }
 
-  fn set_branch_point(&self, session_id: &str, b: &BranchPoint) -> Result<()> {
-    self.read(async |c| {
+  async fn set_branch_point(&self, session_id: &str, b: &BranchPoint) -> Result<()> {
+    read!(self, |c| {
       self
         .exec(
           c,
@@ -26,8 +27,8 @@ impl Branches for PgStore {
     })
   }
 
-  fn clear_resume(&self, session_id: &str, resume_at: &str) -> Result<()> {
-    self.read(async |c| {
+  async fn clear_resume(&self, session_id: &str, resume_at: &str) -> Result<()> {
+    read!(self, |c| {
       self
         .exec(
           c,
@@ -39,8 +40,8 @@ impl Branches for PgStore {
     })
   }
 
-  fn forks_of(&self, parent_id: &str, user_id: &str) -> Result<Vec<(String, Option<String>)>> {
-    let rows = self.read(async |c| {
+  async fn forks_of(&self, parent_id: &str, user_id: &str) -> Result<Vec<(String, Option<String>)>> {
+    let rows = read!(self, |c| {
       self
         .query(
           c,

@@ -37,18 +37,19 @@ impl PgStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Budgets for PgStore {
   /// Checks every cap that applies to the call against its reserve and records the call at its
   /// reserve: one statement, the migrations' `admit_call` function (the rules of
   /// `store/budgets.rs::applicable`, under the user's and the project's advisory locks), keyed by
   /// a fresh UUID so that running it again after a lost connection charges nothing twice.
-  fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
+  async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let user_lock = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
     let project_lock = format!("claude-session-manager:budget-project:{}:{}", self.schema, call.project_id);
     let (default_user, default_user_period) = defaults.per_user.clone().unzip();
     let default_user_period = default_user_period.flatten();
     let key = uuid::Uuid::new_v4().to_string();
-    self.idempotent(async |c| {
+    idempotent!(self, |c| {
       let row = &self
         .query(
           c,
@@ -86,9 +87,9 @@ impl Budgets for PgStore {
   }
 
   /// Records what an admitted call really cost (one statement).
-  fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
+  async fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
     let (i, o, r, w) = (t.input as i64, t.output as i64, t.cache_read as i64, t.cache_write as i64);
-    self.read(async |c| {
+    read!(self, |c| {
       self
         .exec(
           c,
@@ -102,8 +103,8 @@ impl Budgets for PgStore {
   }
 
   /// Sets (or replaces) a cap.
-  fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
-    self.tx(async |tx| {
+  async fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(
           tx,
@@ -118,8 +119,8 @@ impl Budgets for PgStore {
   }
 
   /// A stored cap with its scope's spend in the current period.
-  fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
-    self.tx(async |tx| {
+  async fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
+    tx!(self, |tx| {
       let Some((usd, period)) = self.stored_cap(tx, k).await? else { return Ok(None) };
       let start = self.period_start(tx, period.as_deref()).await?;
       let spent = self.spent(tx, k, start).await?;
@@ -128,16 +129,16 @@ impl Budgets for PgStore {
   }
 
   /// What a scope spent in the current `period`, and when that period started.
-  fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
-    self.tx(async |tx| {
+  async fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
+    tx!(self, |tx| {
       let start = self.period_start(tx, period).await?;
       Ok((self.spent(tx, k, start).await?, start))
     })
   }
 
   /// Deletes a cap; whether there was one.
-  fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
-    self.tx(async |tx| {
+  async fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
+    tx!(self, |tx| {
       let n = self
         .exec(
           tx,
@@ -154,7 +155,7 @@ impl Budgets for PgStore {
   }
 
   /// The ledger summed by day, model or session.
-  fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+  async fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
     let key = match q.group_by.as_str() {
       "day" => "to_char(to_timestamp(at / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
       "model" => "model",
@@ -169,7 +170,7 @@ impl Budgets for PgStore {
        GROUP BY k ORDER BY k"
     );
     let (since, until) = (q.since.unwrap_or(0), q.until.unwrap_or(i64::MAX));
-    self.read(async |c| {
+    read!(self, |c| {
       let rows = self.query(c, &sql, &[&q.user_id, &q.project_id, &q.session_id, &since, &until]).await?;
       Ok(
         rows

@@ -12,10 +12,11 @@ const WATCHED_TASK: &str = "SELECT w.task_id FROM {S}.inbox w
   JOIN {S}.tasks t ON t.id = w.task_id
   WHERE w.session_id = $1 AND w.kind = 'watch' AND l.expires_at > now() AND t.status = 'running'";
 
+#[async_trait::async_trait]
 impl Inbox for PgStore {
   /// The task's manager starts reading its inbox.
-  fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()> {
-    self.tx(async |tx| {
+  async fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(tx, "INSERT INTO {S}.inbox (session_id, task_id, kind, created_at) VALUES ($1, $2, 'watch', {NOW})", &[&session_id, &task_id])
         .await?;
@@ -24,8 +25,8 @@ impl Inbox for PgStore {
   }
 
   /// The task's manager stops reading its inbox (see the SQLite store).
-  fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()> {
-    self.tx(async |tx| {
+  async fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(
           tx,
@@ -45,8 +46,8 @@ impl Inbox for PgStore {
   }
 
   /// Records a permission request of the task as pending.
-  fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()> {
-    self.tx(async |tx| {
+  async fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(
           tx,
@@ -60,8 +61,8 @@ impl Inbox for PgStore {
   }
 
   /// The request is settled: it is no longer pending.
-  fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()> {
-    self.tx(async |tx| {
+  async fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(tx, "DELETE FROM {S}.inbox WHERE session_id = $1 AND request_id = $2 AND kind = 'permission'", &[&session_id, &request_id])
         .await?;
@@ -70,8 +71,8 @@ impl Inbox for PgStore {
   }
 
   /// Writes the answer to a pending request not yet answered; false when there is none.
-  fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool> {
-    self.tx(async |tx| {
+  async fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool> {
+    tx!(self, |tx| {
       let n = self
         .exec(
           tx,
@@ -85,8 +86,8 @@ impl Inbox for PgStore {
 
   /// Leaves a message for the session's watched running task; its id, or `None` when no such
   /// task runs.
-  fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>> {
-    self.tx(async |tx| {
+  async fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>> {
+    tx!(self, |tx| {
       self
         .exec(tx, "DELETE FROM {S}.inbox WHERE kind = 'message' AND answer IS NOT NULL AND created_at < {NOW} - $1", &[&ORPHAN_MS])
         .await?;
@@ -104,8 +105,8 @@ impl Inbox for PgStore {
   }
 
   /// Where a message left by [`Self::inbox_send`] is; the row goes once it is final.
-  fn inbox_receipt(&self, id: i64) -> Result<Receipt> {
-    self.tx(async |tx| {
+  async fn inbox_receipt(&self, id: i64) -> Result<Receipt> {
+    tx!(self, |tx| {
       let Some(row) =
         self.opt(tx, "SELECT session_id, answer FROM {S}.inbox WHERE id = $1 AND kind = 'message' FOR UPDATE", &[&id]).await?
       else {
@@ -124,8 +125,8 @@ impl Inbox for PgStore {
   }
 
   /// What waits for the task: answers to its permission requests, messages not yet handled.
-  fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>> {
-    self.read(async |c| {
+  async fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>> {
+    read!(self, |c| {
       let rows = self
         .query(
           c,
@@ -155,9 +156,9 @@ impl Inbox for PgStore {
   }
 
   /// Records whether a message was steered into its task.
-  fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
+  async fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
     let answer = if steered { "steered" } else { "refused" };
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       self.exec(tx, "UPDATE {S}.inbox SET answer = $2 WHERE id = $1 AND answer IS NULL", &[&id, &answer]).await?;
       Ok(())
     })

@@ -1,53 +1,62 @@
 //! Tasks and the one-CLI-per-session lease on PostgreSQL, fenced (see `postgres/mod.rs`).
 
 use super::*;
+use crate::store::{Began, Start};
 
 impl PgStore {
-  pub(super) async fn interrupt_orphans(&self, tx: &Transaction<'_>, session_id: &str) -> Result<()> {
-    let n = self
-      .exec(
-        tx,
-        "UPDATE {S}.tasks SET status = 'interrupted', ended_at = {NOW}, error_code = 'INTERRUPTED', error_message = $2
-         WHERE session_id = $1 AND status = 'running'",
-        &[&session_id, &INTERRUPTED],
-      )
-      .await?;
-    if n > 0 {
-      self.exec(tx, "UPDATE {S}.sessions SET task_count = task_count + $2 WHERE id = $1", &[&session_id, &(n as i64)]).await?;
+  /// The function `begin_task` (see `schema.rs`); with `user_id`, also what the run reads next
+  /// ([`Began`]): the session with its transcript head, the other managers' warm holds of it
+  /// asked to give way ([`WarmHolds::warm_elsewhere`], only once the lease is this task's), its
+  /// branch point. All
+  /// sent before any answers: one round trip; one connection runs them in order, so the reads
+  /// see the start committed.
+  async fn start_in(&self, session_id: &str, user_id: Option<&str>, start: &TaskStart<'_>) -> Result<Start> {
+    let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
+    let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
+    let (pid, max) = (owner.pid as i64, max_running.map(|m| m.min(i64::MAX as u64) as i64));
+    let key = format!("{}\u{1}running", self.schema);
+    let begin = "SELECT outcome, kept FROM {S}.begin_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    let read = format!("SELECT {SESSION_COLUMNS}, transcript_seq FROM {{S}}.sessions WHERE id = $1 AND user_id = $2");
+    let warm = "WITH gone AS (DELETE FROM {S}.warm_holds WHERE session_id = $1 AND expires_at <= now())
+       UPDATE {S}.warm_holds SET wanted = true WHERE session_id = $1 AND owner_id != $2 AND expires_at > now()
+         AND EXISTS (SELECT 1 FROM {S}.leases WHERE session_id = $1 AND task_id = $3)
+       RETURNING owner_id";
+    let point = "SELECT fork_at, resume_at, resume_drops FROM {S}.branch_points WHERE session_id = $1";
+    let params: Params =
+      &[&session_id, &task_id, &kind, &model, &owner.id, &pid, &self.node, &ttl_ms, &self.host, &max, &key, &INTERRUPTED];
+    let (outcome, kept, next) = idempotent!(self, |c| {
+      let (began, next) = match user_id {
+        Some(user) => {
+          let (by_user, by_owner, by_id): (Params, Params, Params) =
+            (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
+          let (began, fresh, holds, point) = tokio::join!(
+            self.query(c, begin, params),
+            self.opt(c, &read, by_user),
+            self.query(c, warm, by_owner),
+            self.opt(c, point, by_id)
+          );
+          (began?, Some((fresh?, holds?, point?)))
+        }
+        None => (self.query(c, begin, params).await?, None),
+      };
+      let (outcome, kept): (String, bool) = (began[0].get(0), began[0].get(1));
+      Ok((outcome, kept, next))
+    })?;
+    match outcome.as_str() {
+      "started" => Ok(Start::Started(Box::new(match next {
+        Some((fresh, holds, point)) => Began {
+          session: fresh.as_ref().map(|r| self.session_row(r)),
+          transcript_head: fresh.as_ref().map(|r| r.get(25)),
+          // Other managers' holds asked to give way: the run waits for them as before.
+          warm_left: Some(holds.len() as u64),
+          branch_point: Some(point.map(|r| BranchPoint { fork_at: r.get(0), resume_at: r.get(1), resume_drops: r.get(2) })),
+        },
+        None => Began::default(),
+      }))),
+      "held" => Ok(Start::SessionHeld { exiting: kept }),
+      "full" => Ok(Start::Full),
+      _ => Err(Error::not_found(session_id)),
     }
-    Ok(())
-  }
-
-  /// The fence a task holds the session's lease under, if it still does (expired or not, as long
-  /// as no other task has taken it over). Locks the lease row.
-  pub(super) async fn held_fence(&self, tx: &Transaction<'_>, session_id: &str, task_id: &str) -> Result<Option<i64>> {
-    Ok(
-      self
-        .opt(
-          tx,
-          "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
-           WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l",
-          &[&session_id, &task_id],
-        )
-        .await?
-        .map(|r| r.get(0)),
-    )
-  }
-
-  /// The fence of the session's lease when `task_id` was the last task to take it (held or
-  /// released since), locked until the transaction ends; `None` when another task took it since.
-  pub(super) async fn last_fence(&self, tx: &Transaction<'_>, session_id: &str, task_id: &str) -> Result<Option<i64>> {
-    Ok(
-      self
-        .opt(
-          tx,
-          "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
-           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l",
-          &[&session_id, &task_id],
-        )
-        .await?
-        .map(|r| r.get(0)),
-    )
   }
 
   pub(super) async fn release_in(&self, tx: &Transaction<'_>, session_id: &str, task_id: &str) -> Result<()> {
@@ -59,15 +68,16 @@ impl PgStore {
   }
 
   /// The fence of a task (the lease generation it ran under), for tests and diagnostics.
-  pub fn task_fence(&self, task_id: &str) -> Result<Option<i64>> {
-    self.read(async |c| Ok(self.opt(c, "SELECT fence FROM {S}.tasks WHERE id = $1", &[&task_id]).await?.and_then(|r| r.get(0))))
+  pub async fn task_fence(&self, task_id: &str) -> Result<Option<i64>> {
+    read!(self, |c| Ok(self.opt(c, "SELECT fence FROM {S}.tasks WHERE id = $1", &[&task_id]).await?.and_then(|r| r.get(0))))
   }
 }
 
+#[async_trait::async_trait]
 impl Tasks for PgStore {
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
-  fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
-    self.read(async |c| {
+  async fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
+    read!(self, |c| {
       Ok(
         self
           .opt(
@@ -83,69 +93,30 @@ impl Tasks for PgStore {
   }
 
   /// Takes the session's lease (a new fence) and inserts the task row as `running`, in one
-  /// transaction. Writes nothing when another live task holds the lease, or when
-  /// `start.max_running` live leases are held in the schema: with a limit, the count and the
-  /// insert happen under one transaction-level advisory lock, so nodes starting at once never
-  /// exceed it.
-  fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
-    let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
-    let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
-    let pid = owner.pid as i64;
-    self.tx(async |tx| {
-      // The session row's lock orders every start (and delete) of this session, on every node.
-      if self.opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 FOR UPDATE", &[&session_id]).await?.is_none() {
-        return Err(Error::not_found(session_id));
-      }
-      let live = self
-        .opt(tx, "SELECT 1 FROM {S}.leases WHERE session_id = $1 AND task_id IS NOT NULL AND expires_at > now()", &[&session_id])
-        .await?;
-      if live.is_some() {
-        return Ok(Begin::SessionHeld);
-      }
-      if let Some(max) = max_running {
-        // Held until commit: the next starter counts after this one's lease is in. (Each
-        // statement under READ COMMITTED sees what was committed before it began.)
-        let key = format!("{}\u{1}running", self.schema);
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key]).await.map_err(pg)?;
-        let live: i64 =
-          self.query(tx, "SELECT COUNT(*) FROM {S}.leases WHERE task_id IS NOT NULL AND expires_at > clock_timestamp()", &[]).await?[0]
-            .get(0);
-        if live as u64 >= max {
-          return Ok(Begin::Full);
-        }
-      }
-      // No live lease: a `running` row left is a dead or stuck holder's, interrupted.
-      self.interrupt_orphans(tx, session_id).await?;
-      let fence: i64 = self
-        .query(
-          tx,
-          "INSERT INTO {S}.leases (session_id, fence, task_id, owner_id, owner_pid, node_id, expires_at, host_id)
-           VALUES ($1, 1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond', $7)
-           ON CONFLICT (session_id) DO UPDATE SET fence = {S}.leases.fence + 1, task_id = EXCLUDED.task_id,
-             owner_id = EXCLUDED.owner_id, owner_pid = EXCLUDED.owner_pid, node_id = EXCLUDED.node_id,
-             expires_at = EXCLUDED.expires_at, host_id = EXCLUDED.host_id
-           RETURNING fence",
-          &[&session_id, &task_id, &owner.id, &pid, &self.node, &(ttl_ms as f64), &self.host],
-        )
-        .await?[0]
-        .get(0);
-      self
-        .exec(
-          tx,
-          "INSERT INTO {S}.tasks (id, session_id, status, started_at, model, owner_id, owner_pid, node_id, kind, fence, host_id)
-           VALUES ($1, $2, 'running', {NOW}, $3, $4, $5, $6, $7, $8, $9)",
-          &[&task_id, &session_id, &model, &owner.id, &pid, &self.node, &kind, &fence, &self.host],
-        )
-        .await?;
-      Ok(Begin::Started)
+  /// statement (the function `begin_task`, see `schema.rs`). Writes nothing when another live
+  /// task holds the lease, or when `start.max_running` live leases are held in the schema: with a
+  /// limit, the count and the insert happen under one transaction-level advisory lock, so nodes
+  /// starting at once never exceed it. Run again for a task that started (a lost answer), it
+  /// answers `Started` and writes nothing.
+  async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
+    Ok(match self.start_in(session_id, None, start).await? {
+      Start::Started(_) => Begin::Started,
+      Start::SessionHeld { .. } => Begin::SessionHeld,
+      Start::Full => Begin::Full,
     })
+  }
+
+  /// [`Tasks::begin_task`] with the session read after it, pipelined on one connection: one
+  /// round trip.
+  async fn start_task(&self, session_id: &str, user_id: &str, start: &TaskStart<'_>) -> Result<Start> {
+    self.start_in(session_id, Some(user_id), start).await
   }
 
   /// Extends a held lease by `ttl` from the database's now. Returns false when the lease is no
   /// longer this task's (another task took it over under a newer fence, or it was released).
-  fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
+  async fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       let n = self
         .exec(
           tx,
@@ -159,95 +130,90 @@ impl Tasks for PgStore {
   }
 
   /// Ends a task: its row, the session's totals, the context snapshot and (unless
-  /// `end.keep_lease`) the lease, in one transaction — fenced: refused with `STORE_ERROR`,
-  /// writing nothing, when another task has taken the session's lease over meanwhile.
-  fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
+  /// `end.keep_lease`) the lease, in one statement (the function `finish_task`, see `schema.rs`:
+  /// the steps of `TaskEnd::steps` in that order) — fenced: refused with `STORE_ERROR`, writing
+  /// nothing, when another task has taken the session's lease over meanwhile. Run again after it
+  /// committed (a lost answer), it writes nothing more.
+  async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
     let n = end.counts();
-    self.tx(async |tx| {
-      if self.held_fence(tx, session_id, task_id).await?.is_none() {
-        return Err(Error::store(format!(
-          "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
-        )));
-      }
-      for step in end.steps() {
-        match step {
-          EndStep::TaskRow => {
-            let sql = "UPDATE {S}.tasks SET status = $2, ended_at = {NOW}, model = COALESCE($3, model), turns = $4,
-               input_tokens = $5, output_tokens = $6, cache_read_tokens = $7, cache_creation_tokens = $8,
-               cost_usd = $9, cli_reported_cost_usd = $10, duration_api_ms = $11, error_code = $12,
-               error_message = $13, cli_version = $14
-             WHERE id = $1";
-            let params: Params = &[
-              &task_id,
-              &end.status,
-              &end.model,
-              &n.turns,
-              &n.input,
-              &n.output,
-              &n.cache_read,
-              &n.cache_creation,
-              &end.cost_usd,
-              &end.cli_reported_cost_usd,
-              &n.duration_api_ms,
-              &end.error_code,
-              &end.error_message,
-              &end.cli_version,
-            ];
-            self.exec(tx, sql, params).await?;
-          }
-          EndStep::Totals => {
-            let sql = "UPDATE {S}.sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + $2,
-               input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
-               cache_read_tokens = cache_read_tokens + $5, cache_creation_tokens = cache_creation_tokens + $6,
-               last_active_at = {NOW}, updated_at = {NOW}, materialized = materialized OR $7,
-               cli_cost_watermark = COALESCE($8, cli_cost_watermark), paused = $9
-             WHERE id = $1";
-            let params: Params = &[
-              &session_id,
-              &end.cost_usd,
-              &n.input,
-              &n.output,
-              &n.cache_read,
-              &n.cache_creation,
-              &end.materialized,
-              &cli_cost_watermark,
-              &end.paused,
-            ];
-            self.exec(tx, sql, params).await?;
-          }
-          EndStep::Context(ctx) => {
-            let sql = "UPDATE {S}.sessions SET context_tokens = $2, context_window = $3, context_source = $4, context_measured_at = $5
-             WHERE id = $1";
-            self.exec(tx, sql, &[&session_id, &(ctx.tokens as i64), &(ctx.window as i64), &ctx.source, &ctx.measured_at]).await?;
-          }
-          EndStep::Window(model, window) => {
-            let sql = "INSERT INTO {S}.model_windows (model, context_window, updated_at) VALUES ($1, $2, {NOW})
-             ON CONFLICT (model) DO UPDATE SET context_window = EXCLUDED.context_window, updated_at = EXCLUDED.updated_at";
-            self.exec(tx, sql, &[&model, &(window as i64)]).await?;
-          }
-          EndStep::Compaction(c) => {
-            let sql = "INSERT INTO {S}.compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)";
-            let (pre, post, ms) = (c.pre_tokens.map(|t| t as i64), c.post_tokens.map(|t| t as i64), c.duration_ms.map(|t| t as i64));
-            self.exec(tx, sql, &[&c.session_id, &c.task_id, &c.trigger, &pre, &post, &c.started_at, &ms]).await?;
-          }
-          EndStep::ReleaseLease => self.release_in(tx, session_id, task_id).await?,
-        }
-      }
-      Ok(())
-    })
+    let ctx = end.context.as_ref();
+    let (ctx_tokens, ctx_window, ctx_source, ctx_measured) =
+      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.as_str()), ctx.map(|c| c.measured_at));
+    let (window_model, window) = (end.window.as_ref().map(|w| w.0.as_str()), end.window.as_ref().map(|w| w.1 as i64));
+    let c = &end.compactions;
+    let c_session: Vec<&str> = c.iter().map(|c| c.session_id.as_str()).collect();
+    let c_task: Vec<Option<&str>> = c.iter().map(|c| c.task_id.as_deref()).collect();
+    let c_trigger: Vec<&str> = c.iter().map(|c| c.trigger.as_str()).collect();
+    let c_pre: Vec<Option<i64>> = c.iter().map(|c| c.pre_tokens.map(|t| t as i64)).collect();
+    let c_post: Vec<Option<i64>> = c.iter().map(|c| c.post_tokens.map(|t| t as i64)).collect();
+    let c_started: Vec<i64> = c.iter().map(|c| c.started_at).collect();
+    let c_duration: Vec<Option<i64>> = c.iter().map(|c| c.duration_ms.map(|t| t as i64)).collect();
+    let release = !end.keep_lease;
+    let params: Params = &[
+      &session_id,
+      &task_id,
+      &end.status,
+      &end.model,
+      &n.turns,
+      &n.input,
+      &n.output,
+      &n.cache_read,
+      &n.cache_creation,
+      &end.cost_usd,
+      &end.cli_reported_cost_usd,
+      &n.duration_api_ms,
+      &end.error_code,
+      &end.error_message,
+      &end.cli_version,
+      &end.materialized,
+      &cli_cost_watermark,
+      &end.paused,
+      &ctx_tokens,
+      &ctx_window,
+      &ctx_source,
+      &ctx_measured,
+      &window_model,
+      &window,
+      &c_session,
+      &c_task,
+      &c_trigger,
+      &c_pre,
+      &c_post,
+      &c_started,
+      &c_duration,
+      &release,
+      &end.record_only,
+    ];
+    let sql = "SELECT {S}.finish_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+       $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
+    let held: bool = idempotent!(self, |c| Ok(self.query(c, sql, params).await?[0].get(0)))?;
+    if !held {
+      return Err(Error::store(format!(
+        "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
+      )));
+    }
+    Ok(())
   }
 
-  /// Frees the lease a task kept past its end.
-  fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
-    self.tx(async |tx| self.release_in(tx, session_id, task_id).await)
+  /// Frees the lease a task kept past its end: one statement, which may run again.
+  async fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
+    idempotent!(self, |c| {
+      self
+        .exec(
+          c,
+          "UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2",
+          &[&session_id, &task_id],
+        )
+        .await
+    })?;
+    Ok(())
   }
 
   /// Marks `running` tasks whose holder is gone as `interrupted` and frees their leases: tasks
   /// of this node's dead processes at once, any task (of any node) whose lease expired. Returns
   /// how many tasks were marked.
-  fn recover_interrupted(&self, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
-    self.tx(async |tx| {
+  async fn recover_interrupted(&self, is_alive: &(dyn Fn(u32) -> bool + Sync)) -> Result<u64> {
+    tx!(self, |tx| {
       let running = self
         .query(
           tx,
@@ -298,8 +264,8 @@ impl Tasks for PgStore {
   }
 
   /// Tasks of a session, oldest first.
-  fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
-    self.read(async |c| {
+  async fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
+    read!(self, |c| {
       let rows = self
         .query(
           c,

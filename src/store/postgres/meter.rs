@@ -2,17 +2,18 @@
 
 use super::*;
 
+#[async_trait::async_trait]
 impl Meter for PgStore {
   /// The last context window reported for a model, if any.
-  fn window_for(&self, model: &str) -> Result<Option<u64>> {
-    self.read(async |c| {
+  async fn window_for(&self, model: &str) -> Result<Option<u64>> {
+    read!(self, |c| {
       Ok(self.opt(c, "SELECT context_window FROM {S}.model_windows WHERE model = $1", &[&model]).await?.map(|r| r.get::<_, i64>(0) as u64))
     })
   }
 
   /// Compactions of a session, oldest first.
-  fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
-    self.read(async |c| {
+  async fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
+    read!(self, |c| {
       let rows = self
         .query(
           c,

@@ -1,14 +1,11 @@
 //! The PostgreSQL session store: one database shared by several nodes (servers).
 //!
-//! **Driver.** `tokio-postgres` with a `deadpool-postgres` pool, driven by a small runtime of
-//! the store's own (one worker thread, which runs the connections and the pool's timers). The
-//! store's callers are synchronous (the manager runs store calls on tokio's blocking pool, the
-//! renewal loop and the tests call it from plain threads), so each method enters that runtime's
-//! context and blocks its calling thread on one future (`block_on` below: park and unpark, no
-//! nested runtime, so it works from any thread, including a tokio worker, without the
-//! "runtime within a runtime" panic the sync `postgres` crate would give there). The methods keep
-//! their borrowed arguments (no `'static` copies), and one pool serves every thread. The sync
-//! `postgres` crate would have needed a pool of our own and a runtime per connection.
+//! **Driver.** `tokio-postgres` with a `deadpool-postgres` pool, async all the way: every method
+//! is a future the manager awaits on its own runtime (`Store::call`), with its borrowed arguments
+//! (no `'static` copies). The connections are opened and driven on a small runtime of the store's
+//! own (one worker thread, `OnRuntime` below), so a pooled connection serves a caller on any
+//! runtime; a thread that may block (a test, the addon's constructor) waits for a call with
+//! [`crate::store::block_on`].
 //!
 //! **TLS.** `sslmode=require` (and `verify-ca`/`verify-full`, which mean the same here) connects
 //! with rustls (ring provider) and verifies the server's certificate against the Mozilla roots
@@ -44,7 +41,6 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
@@ -52,10 +48,117 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{
-  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, EndStep, Inbox, ListQuery, Meter, NewSession, Session,
-  Sessions, TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
+  Backend, Begin, BranchPoint, Branches, Budgets, Compaction, ContextSnapshot, Inbox, ListQuery, Meter, NewSession, Session, Sessions,
+  TaskEnd, TaskRecord, TaskStart, Tasks, Transcripts, Usage, WarmHolds,
 };
 use crate::error::{Error, ErrorCode, Result};
+
+/// Runs `$body` (an expression of type `Result<Result<T>>`, with `$client` the pooled
+/// connection) on a pooled connection, and again on another one (up to [`TX_ATTEMPTS`] times in
+/// all, or the pool's size plus one) when it failed because that connection turned out dropped.
+/// `$body` answers `Err` for a failure before anything could have been committed (retried if the
+/// connection was lost), `Ok` with the outcome to return as it is. Every pooled connection may
+/// have been dropped at once (a restart): each is tried at most once, and a dropped one leaves
+/// the pool for good.
+///
+/// A macro, not a function taking an async closure: the body stays inline in the calling
+/// `async fn`, whose future the compiler can then prove `Send` (a generic helper holding a
+/// closure's future across its awaits cannot be, for every lifetime, on stable Rust).
+macro_rules! on_connection {
+  ($store:expr, |$client:ident| $body:expr) => {{
+    let store: &PgStore = $store;
+    let mut attempt = 1;
+    loop {
+      #[allow(unused_mut)]
+      let mut $client = match store.client().await {
+        Ok(c) => c,
+        Err(e) => break Err(store.scrub(e)),
+      };
+      let run: Result<Result<_>> = async { $body }.await;
+      match run {
+        Ok(outcome) => break outcome.map_err(|e| store.scrub(e)),
+        Err(e) if store.retry(&$client, &e, attempt) => {
+          drop(deadpool_postgres::Object::take($client));
+          attempt += 1
+        }
+        Err(e) => break Err(store.scrub(e)),
+      }
+    }
+  }};
+}
+
+/// Runs `$body` (a `Result<T>`, with `$tx` the transaction) in one transaction on a pooled
+/// connection; commits when it is `Ok`.
+///
+/// A pooled connection the server has dropped (a restart, a failover, an idle timeout of a
+/// proxy) is found out only when used. When the connection turns out closed before the COMMIT
+/// was sent, nothing of the transaction happened, so it runs again on a fresh connection (see
+/// [`on_connection!`]). A connection lost during the COMMIT itself is not retried: the outcome is
+/// unknown, and the caller gets the error.
+macro_rules! tx {
+  ($store:expr, |$tx:ident| $body:expr) => {
+    on_connection!($store, |client| {
+      let transaction = client.transaction().await.map_err(pg)?;
+      let out = {
+        let $tx = &transaction;
+        let out: Result<_> = async { $body }.await;
+        out?
+      };
+      // Final either way: a COMMIT whose connection was lost may or may not have happened.
+      Ok(transaction.commit().await.map(|()| out).map_err(pg))
+    })
+  };
+}
+
+/// Runs `$body` (a `Result<T>`, with `$c` the connection), one statement, on a pooled connection
+/// without a transaction around it, after `$begin` when statements are not cached (see
+/// [`read!`]). Every failure may run again on a fresh connection.
+macro_rules! one_statement {
+  ($store:expr, $begin:expr, |$c:ident| $body:expr) => {{
+    let wrap = !$store.cache_statements;
+    on_connection!($store, |client| {
+      if wrap {
+        client.batch_execute($begin).await.map_err(pg)?;
+      }
+      let out = {
+        let $c: &deadpool_postgres::Client = &client;
+        let out: Result<_> = async { $body }.await;
+        out
+      };
+      if wrap {
+        match &out {
+          Ok(_) => client.batch_execute("COMMIT").await.map_err(pg)?,
+          Err(_) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+          }
+        }
+      }
+      // A read changes nothing, an idempotent write nothing more: every failure may run again on
+      // a fresh connection.
+      out.map(Ok)
+    })
+  }};
+}
+
+/// Runs `$body`, a read of one statement, on a pooled connection without a transaction around it
+/// (a statement is atomic on its own): one round trip with the statement cache, where [`tx!`]
+/// takes three (BEGIN, the statement, COMMIT). Behind PgBouncer (`pgbouncer=true`) a statement's
+/// preparation and execution must share a server connection, so it runs in a read-only
+/// transaction there. Retried on a dropped connection, as `tx!`.
+macro_rules! read {
+  ($store:expr, |$c:ident| $body:expr) => {
+    one_statement!($store, "BEGIN READ ONLY", |$c| $body)
+  };
+}
+
+/// Runs `$body`, one statement that writes but may run twice with the same outcome (the ledger's
+/// `admit_call`, keyed by the call), as [`read!`] does: one round trip, run again on a fresh
+/// connection when the connection was lost, whether or not the first run committed.
+macro_rules! idempotent {
+  ($store:expr, |$c:ident| $body:expr) => {
+    one_statement!($store, "BEGIN", |$c| $body)
+  };
+}
 
 mod branches;
 mod budgets;
@@ -114,32 +217,6 @@ const INTERRUPTED: &str = "the process running this task stopped before it ended
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-/// Wakes the thread blocked in [`block_on`].
-struct Unpark(std::thread::Thread);
-
-impl Wake for Unpark {
-  fn wake(self: Arc<Self>) {
-    self.0.unpark();
-  }
-  fn wake_by_ref(self: &Arc<Self>) {
-    self.0.unpark();
-  }
-}
-
-/// Polls `f` on this thread until it is ready, parking in between. The I/O and timers it waits
-/// on are driven by the store's runtime (entered by the caller).
-fn block_on<F: Future>(f: F) -> F::Output {
-  let mut f = std::pin::pin!(f);
-  let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-  let mut cx = Context::from_waker(&waker);
-  loop {
-    if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-      return v;
-    }
-    std::thread::park();
-  }
-}
-
 /// How many times a transaction runs when its connection turns out closed before it commits (at
 /// least; more when the pool holds more connections, each of which may have been dropped).
 const TX_ATTEMPTS: u32 = 3;
@@ -183,6 +260,48 @@ fn host_id() -> String {
   match read("/proc/sys/kernel/random/boot_id") {
     Some(boot) => format!("{host}/{boot}"),
     None => host,
+  }
+}
+
+/// Opens the pool's connections on the store's own runtime, whichever runtime asked for one: the
+/// socket and the task that drives it live there, so a connection serves callers on any runtime
+/// (the addon's, a test's) and outlives none of them.
+struct OnRuntime<T> {
+  tls: T,
+  rt: tokio::runtime::Handle,
+}
+
+impl<T> deadpool_postgres::Connect for OnRuntime<T>
+where
+  T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Sync + Send + 'static,
+  T::Stream: Sync + Send,
+  T::TlsConnect: Sync + Send,
+  <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+  fn connect(
+    &self,
+    config: &tokio_postgres::Config,
+  ) -> std::pin::Pin<
+    Box<dyn Future<Output = std::result::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> + Send + '_>,
+  > {
+    let (tls, config) = (self.tls.clone(), config.clone());
+    let opened = self.rt.spawn(async move {
+      let (client, connection) = config.connect(tls).await?;
+      // Ends with an error when the server goes; the pool finds the client closed then.
+      let driver = tokio::spawn(async move {
+        let _ = connection.await;
+      });
+      Ok((client, driver))
+    });
+    Box::pin(async move {
+      match opened.await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: the runtime shuts down only when the store is dropped, which no call in
+        // flight (holding the store) lets happen.
+        Err(_) => unreachable!("the PostgreSQL store's runtime stopped during a call"),
+      }
+    })
   }
 }
 
@@ -250,9 +369,10 @@ impl PgStore {
         .with_root_certificates(roots)
         .with_no_client_auth();
       connect.tls = Some(tls.clone());
-      Manager::from_config(parsed.config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), mcfg)
+      let on = OnRuntime { tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls), rt: rt.handle().clone() };
+      Manager::from_connect(parsed.config, on, mcfg)
     } else {
-      Manager::from_config(parsed.config, tokio_postgres::NoTls, mcfg)
+      Manager::from_connect(parsed.config, OnRuntime { tls: tokio_postgres::NoTls, rt: rt.handle().clone() }, mcfg)
     };
     let pool = {
       let _entered = rt.enter();
@@ -281,7 +401,7 @@ impl PgStore {
       connect: Box::new(connect),
       notices: std::sync::OnceLock::new(),
     };
-    store.migrate(schema)?;
+    super::block_on(store.migrate(schema))?;
     Ok(store)
   }
 
@@ -332,51 +452,8 @@ impl PgStore {
     e
   }
 
-  fn block<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
-    let rt = self.rt.as_ref().ok_or_else(|| Error::internal("the PostgreSQL store is closed"))?;
-    let _entered = rt.enter();
-    block_on(f).map_err(|e| self.scrub(e))
-  }
-
   fn sql(&self, sql: &str) -> String {
     sql.replace("{S}", &self.schema).replace("{NOW}", NOW_MS)
-  }
-
-  /// Runs `f` in one transaction on a pooled connection; commits when it returns `Ok`.
-  ///
-  /// A pooled connection the server has dropped (a restart, a failover, an idle timeout of a
-  /// proxy) is found out only when used. When the connection turns out closed before the COMMIT
-  /// was sent, nothing of the transaction happened, so it runs again on a fresh connection (up
-  /// to [`TX_ATTEMPTS`] times; the pool discards closed connections). A connection lost during
-  /// the COMMIT itself is not retried: the outcome is unknown, and the caller gets the error.
-  fn tx<T>(&self, mut f: impl AsyncFnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
-    self.block(self.on_connection(async |client| {
-      let tx = client.transaction().await.map_err(pg)?;
-      let out = f(&tx).await?;
-      // Final either way: a COMMIT whose connection was lost may or may not have happened.
-      Ok(tx.commit().await.map(|()| out).map_err(pg))
-    }))
-  }
-
-  /// Runs `run` on a pooled connection, and again on another one (up to [`TX_ATTEMPTS`] times in
-  /// all, or the pool's size plus one) when it failed because that connection turned out dropped. `run` answers `Err` for a
-  /// failure before anything could have been committed (retried if the connection was lost),
-  /// `Ok` with the outcome to return as it is.
-  async fn on_connection<T>(&self, mut run: impl AsyncFnMut(&mut deadpool_postgres::Object) -> Result<Result<T>>) -> Result<T> {
-    let mut attempt = 1;
-    loop {
-      let mut client = self.client().await?;
-      match run(&mut client).await {
-        Ok(outcome) => return outcome,
-        // Every pooled connection may have been dropped at once (a restart): each is tried at
-        // most once, and a dropped one leaves the pool for good.
-        Err(e) if (client.is_closed() || connection_lost(&e)) && attempt < TX_ATTEMPTS.max(self.pool.status().max_size as u32 + 1) => {
-          drop(deadpool_postgres::Object::take(client));
-          attempt += 1
-        }
-        Err(e) => return Err(e),
-      }
-    }
   }
 
   /// A pooled connection.
@@ -390,41 +467,9 @@ impl PgStore {
     })
   }
 
-  /// Runs `f`, a read of one statement, on a pooled connection without a transaction around it
-  /// (a statement is atomic on its own): one round trip with the statement cache, where
-  /// [`Self::tx`] takes three (BEGIN, the statement, COMMIT). Behind PgBouncer
-  /// (`pgbouncer=true`) a statement's preparation and execution must share a server connection,
-  /// so it runs in a read-only transaction there. Retried on a dropped connection, as `tx`.
-  fn read<T>(&self, f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
-    self.one_statement("BEGIN READ ONLY", f)
-  }
-
-  /// Runs `f`, one statement that writes but may run twice with the same outcome (the ledger's
-  /// `admit_call`, keyed by the call), as [`Self::read`] does: one round trip, run again on a
-  /// fresh connection when the connection was lost, whether or not the first run committed.
-  fn idempotent<T>(&self, f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
-    self.one_statement("BEGIN", f)
-  }
-
-  fn one_statement<T>(&self, begin: &str, mut f: impl AsyncFnMut(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
-    let wrap = !self.cache_statements;
-    self.block(self.on_connection(async |client| {
-      if wrap {
-        client.batch_execute(begin).await.map_err(pg)?;
-      }
-      let out = f(client).await;
-      if wrap {
-        match &out {
-          Ok(_) => client.batch_execute("COMMIT").await.map_err(pg)?,
-          Err(_) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-          }
-        }
-      }
-      // A read changes nothing, an idempotent write nothing more: every failure may run again on
-      // a fresh connection.
-      out.map(Ok)
-    }))
+  /// Whether a failed attempt on `client` may run again on another connection (see [`on_connection!`]).
+  fn retry(&self, client: &deadpool_postgres::Object, e: &Error, attempt: u32) -> bool {
+    (client.is_closed() || connection_lost(e)) && attempt < TX_ATTEMPTS.max(self.pool.status().max_size as u32 + 1)
   }
 
   /// The statement for `sql`, prepared once per pooled connection (deadpool's statement cache):
@@ -453,10 +498,9 @@ impl PgStore {
     tx.execute(&st, params).await.map_err(pg)
   }
 
-  fn migrate(&self, schema: &str) -> Result<()> {
+  async fn migrate(&self, schema: &str) -> Result<()> {
     let lock_key = format!("claude-session-manager:{schema}");
-    self
-      .tx(async |tx| {
+    tx!(self, |tx| {
         // Nodes starting together migrate one after another.
         tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key]).await.map_err(pg)?;
         tx.batch_execute(&self.sql(
@@ -497,10 +541,11 @@ impl PgStore {
 }
 
 /// PostgreSQL is shared by several nodes: it keeps the transcripts (`transcripts.rs`).
+#[async_trait::async_trait]
 impl Backend for PgStore {
   /// The schema version of the database.
-  fn schema_version(&self) -> Result<i64> {
-    self.read(async |c| Ok(self.opt(c, "SELECT version FROM {S}.schema_version", &[]).await?.map(|r| r.get(0)).unwrap_or(0)))
+  async fn schema_version(&self) -> Result<i64> {
+    read!(self, |c| Ok(self.opt(c, "SELECT version FROM {S}.schema_version", &[]).await?.map(|r| r.get(0)).unwrap_or(0)))
   }
   fn transcripts(&self) -> Option<&dyn Transcripts> {
     Some(self)

@@ -286,7 +286,120 @@ pub(super) const MIGRATIONS: &[&str] = &[
     resume_drops TEXT
   );
   "#,
-  // 9 -> 10: the CLI's file-checkpoint backups of a session (`postgres/file_backups.rs`), stored
+  // 9 -> 10: a task's start and its end are one statement each (`postgres/leases.rs`), so that
+  // each is one round trip on the task's path instead of a transaction of six to eight: the same
+  // steps as before, in the same order, inside a function. `begin_task` answers `started`, `held`
+  // (with whether the holder's CLI is exiting after its end), `full` or `missing`; run again for
+  // a task that already started (its answer lost with the connection), it answers `started` and
+  // writes nothing. `finish_task` answers false, writing nothing, when the task no longer holds the
+  // lease; run again after it committed (the answer lost), true and nothing more.
+  r#"
+  CREATE FUNCTION {S}.begin_task(p_session TEXT, p_task TEXT, p_kind TEXT, p_model TEXT, p_owner TEXT,
+    p_pid BIGINT, p_node TEXT, p_ttl_ms DOUBLE PRECISION, p_host TEXT, p_max BIGINT, p_running_key TEXT,
+    p_interrupted TEXT)
+  RETURNS TABLE (outcome TEXT, kept BOOLEAN) LANGUAGE plpgsql AS $fn$
+  DECLARE
+    f BIGINT;
+    n BIGINT;
+  BEGIN
+    -- The session row's lock orders every start (and delete) of this session, on every node.
+    PERFORM 1 FROM {S}.sessions WHERE id = p_session FOR UPDATE;
+    IF NOT FOUND THEN
+      RETURN QUERY SELECT 'missing'::TEXT, false;
+      RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+               WHERE l.session_id = p_session AND l.task_id = p_task AND t.status = 'running') THEN
+      RETURN QUERY SELECT 'started'::TEXT, false;
+      RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {S}.leases WHERE session_id = p_session AND task_id IS NOT NULL AND expires_at > now()) THEN
+      RETURN QUERY SELECT 'held'::TEXT, EXISTS (
+        SELECT 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id
+        WHERE l.session_id = p_session AND l.expires_at > now() AND t.status != 'running');
+      RETURN;
+    END IF;
+    IF p_max IS NOT NULL THEN
+      -- Held until commit: the next starter counts after this one's lease is in.
+      PERFORM pg_advisory_xact_lock(hashtext(p_running_key));
+      SELECT COUNT(*) INTO n FROM {S}.leases WHERE task_id IS NOT NULL AND expires_at > clock_timestamp();
+      IF n >= p_max THEN
+        RETURN QUERY SELECT 'full'::TEXT, false;
+        RETURN;
+      END IF;
+    END IF;
+    -- No live lease: a `running` row left is a dead or stuck holder's, interrupted.
+    UPDATE {S}.tasks SET status = 'interrupted', ended_at = {NOW}, error_code = 'INTERRUPTED', error_message = p_interrupted
+      WHERE session_id = p_session AND status = 'running';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+      UPDATE {S}.sessions SET task_count = task_count + n WHERE id = p_session;
+    END IF;
+    INSERT INTO {S}.leases (session_id, fence, task_id, owner_id, owner_pid, node_id, expires_at, host_id)
+      VALUES (p_session, 1, p_task, p_owner, p_pid, p_node, now() + p_ttl_ms * interval '1 millisecond', p_host)
+      ON CONFLICT (session_id) DO UPDATE SET fence = {S}.leases.fence + 1, task_id = EXCLUDED.task_id,
+        owner_id = EXCLUDED.owner_id, owner_pid = EXCLUDED.owner_pid, node_id = EXCLUDED.node_id,
+        expires_at = EXCLUDED.expires_at, host_id = EXCLUDED.host_id
+      RETURNING fence INTO f;
+    INSERT INTO {S}.tasks (id, session_id, status, started_at, model, owner_id, owner_pid, node_id, kind, fence, host_id)
+      VALUES (p_task, p_session, 'running', {NOW}, p_model, p_owner, p_pid, p_node, p_kind, f, p_host);
+    RETURN QUERY SELECT 'started'::TEXT, false;
+  END
+  $fn$;
+
+  CREATE FUNCTION {S}.finish_task(p_session TEXT, p_task TEXT, p_status TEXT, p_model TEXT, p_turns BIGINT,
+    p_input BIGINT, p_output BIGINT, p_cache_read BIGINT, p_cache_creation BIGINT, p_cost DOUBLE PRECISION,
+    p_cli_cost DOUBLE PRECISION, p_duration_api BIGINT, p_error_code TEXT, p_error_message TEXT, p_cli_version TEXT,
+    p_materialized BOOLEAN, p_watermark DOUBLE PRECISION, p_paused TEXT,
+    p_ctx_tokens BIGINT, p_ctx_window BIGINT, p_ctx_source TEXT, p_ctx_measured BIGINT,
+    p_window_model TEXT, p_window BIGINT,
+    p_c_session TEXT[], p_c_task TEXT[], p_c_trigger TEXT[], p_c_pre BIGINT[], p_c_post BIGINT[], p_c_started BIGINT[],
+    p_c_duration BIGINT[], p_release BOOLEAN, p_record_only BOOLEAN)
+  RETURNS BOOLEAN LANGUAGE plpgsql AS $fn$
+  BEGIN
+    -- Fenced: the lease must still carry this task and its fence.
+    PERFORM 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+      WHERE l.session_id = p_session AND l.task_id = p_task AND t.status = 'running' FOR UPDATE OF l;
+    IF NOT FOUND THEN
+      -- Already ended by this very call (run again after its answer was lost), no task since.
+      RETURN EXISTS (SELECT 1 FROM {S}.tasks t JOIN {S}.leases l ON l.session_id = t.session_id AND l.fence = t.fence
+        WHERE t.id = p_task AND t.session_id = p_session AND t.status = p_status AND t.ended_at IS NOT NULL
+          AND t.error_code IS NOT DISTINCT FROM p_error_code AND (l.task_id IS NULL OR l.task_id = p_task));
+    END IF;
+    UPDATE {S}.tasks SET status = p_status, ended_at = {NOW}, model = COALESCE(p_model, model), turns = p_turns,
+      input_tokens = p_input, output_tokens = p_output, cache_read_tokens = p_cache_read,
+      cache_creation_tokens = p_cache_creation, cost_usd = p_cost, cli_reported_cost_usd = p_cli_cost,
+      duration_api_ms = p_duration_api, error_code = p_error_code, error_message = p_error_message,
+      cli_version = p_cli_version
+      WHERE id = p_task;
+    -- A run that called no model (a rewind with files) leaves the session's totals as they are.
+    IF NOT p_record_only THEN
+      UPDATE {S}.sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + p_cost,
+        input_tokens = input_tokens + p_input, output_tokens = output_tokens + p_output,
+        cache_read_tokens = cache_read_tokens + p_cache_read, cache_creation_tokens = cache_creation_tokens + p_cache_creation,
+        last_active_at = {NOW}, updated_at = {NOW}, materialized = materialized OR p_materialized,
+        cli_cost_watermark = COALESCE(p_watermark, cli_cost_watermark), paused = p_paused
+        WHERE id = p_session;
+    END IF;
+    IF p_ctx_tokens IS NOT NULL THEN
+      UPDATE {S}.sessions SET context_tokens = p_ctx_tokens, context_window = p_ctx_window, context_source = p_ctx_source,
+        context_measured_at = p_ctx_measured WHERE id = p_session;
+    END IF;
+    IF p_window_model IS NOT NULL THEN
+      INSERT INTO {S}.model_windows (model, context_window, updated_at) VALUES (p_window_model, p_window, {NOW})
+        ON CONFLICT (model) DO UPDATE SET context_window = EXCLUDED.context_window, updated_at = EXCLUDED.updated_at;
+    END IF;
+    INSERT INTO {S}.compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
+      SELECT * FROM unnest(p_c_session, p_c_task, p_c_trigger, p_c_pre, p_c_post, p_c_started, p_c_duration);
+    IF p_release THEN
+      -- The row stays (its fence must keep growing); only the holder goes.
+      UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = p_session AND task_id = p_task;
+    END IF;
+    RETURN true;
+  END
+  $fn$;
+  "#,
+  // 10 -> 11: the CLI's file-checkpoint backups of a session (`postgres/file_backups.rs`), stored
   // with the transcript so that a rewind with files works on another node.
   r#"
   CREATE TABLE {S}.file_backups (

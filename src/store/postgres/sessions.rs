@@ -2,7 +2,20 @@
 
 use super::*;
 
+/// A session id that is in use or was used.
+fn taken(id: &str) -> Error {
+  Error::invalid(format!("session id {id} cannot be used for a new session; choose a new UUID"))
+}
+
 impl PgStore {
+  /// A new session's folders as stored: relative to this node's roots when inside them.
+  fn stored_folders(&self, s: &NewSession) -> (String, Option<String>) {
+    match &self.roots {
+      Some(roots) => (relative_to(&roots.working, &s.working_directory), s.config_dir.as_deref().map(|d| relative_to(&roots.config, d))),
+      None => (s.working_directory.clone(), s.config_dir.clone()),
+    }
+  }
+
   pub(super) async fn get_in(&self, tx: &impl GenericClient, id: &str, user_id: &str) -> Result<Option<Session>> {
     let row =
       self.opt(tx, &format!("SELECT {SESSION_COLUMNS} FROM {{S}}.sessions WHERE id = $1 AND user_id = $2"), &[&id, &user_id]).await?;
@@ -14,12 +27,9 @@ impl PgStore {
       .opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 UNION ALL SELECT 1 FROM {S}.retired_session_ids WHERE id = $1", &[&s.id])
       .await?;
     if taken.is_some() {
-      return Err(Error::invalid(format!("session id {} cannot be used for a new session; choose a new UUID", s.id)));
+      return Err(self::taken(&s.id));
     }
-    let (working_directory, config_dir) = match &self.roots {
-      Some(roots) => (relative_to(&roots.working, &s.working_directory), s.config_dir.as_deref().map(|d| relative_to(&roots.config, d))),
-      None => (s.working_directory.clone(), s.config_dir.clone()),
-    };
+    let (working_directory, config_dir) = self.stored_folders(s);
     let ctx = s.context.as_ref();
     let (tokens, window, source, measured) =
       (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
@@ -78,24 +88,56 @@ impl PgStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Sessions for PgStore {
   /// Creates a session.
-  fn create_session(&self, s: &NewSession) -> Result<Session> {
-    self.tx(async |tx| {
-      self.insert_session(tx, s).await?;
-      self.get_in(tx, &s.id, &s.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))
-    })
+  ///
+  /// One statement (one round trip, with the statement cache): an id in use or retired inserts
+  /// nothing and is refused.
+  async fn create_session(&self, s: &NewSession) -> Result<Session> {
+    let (working_directory, config_dir) = self.stored_folders(s);
+    let ctx = s.context.as_ref();
+    let (tokens, window, source, measured) =
+      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
+    let sql = format!(
+      "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
+         created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
+         cli_cost_watermark, config_dir)
+       SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
+         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text
+       WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
+       ON CONFLICT (id) DO NOTHING
+       RETURNING {SESSION_COLUMNS}"
+    );
+    let params: Params = &[
+      &s.id,
+      &s.project_id,
+      &s.user_id,
+      &s.parent_id,
+      &s.title,
+      &s.model,
+      &working_directory,
+      &tokens,
+      &window,
+      &source,
+      &measured,
+      &s.cli_cost_watermark,
+      &config_dir,
+    ];
+    // Run again after a lost answer, the id is in use: refused as any taken id is.
+    let row = idempotent!(self, |c| self.opt(c, &sql, params).await)?;
+    row.map(|r| self.session_row(&r)).ok_or_else(|| taken(&s.id))
   }
 
   /// One session of one user.
-  fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
-    self.read(async |c| self.get_in(c, id, user_id).await)
+  async fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
+    read!(self, |c| self.get_in(c, id, user_id).await)
   }
 
   /// Sessions of a user, newest activity first.
-  fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
+  async fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     let (limit, offset) = (q.limit.min(i64::MAX as u64) as i64, q.offset.min(i64::MAX as u64) as i64);
-    self.read(async |c| {
+    read!(self, |c| {
       let rows = self
         .query(
           c,
@@ -113,8 +155,8 @@ impl Sessions for PgStore {
   }
 
   /// The newest active session of a user's project, or a new one made from `new`, atomically.
-  fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
-    self.tx(async |tx| {
+  async fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
+    tx!(self, |tx| {
       self.lock_project(tx, &new.user_id, &new.project_id).await?;
       if prefer_active {
         let found = self
@@ -138,8 +180,8 @@ impl Sessions for PgStore {
   }
 
   /// Archives the user's active sessions of the project and creates `new`, atomically.
-  fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
-    self.tx(async |tx| {
+  async fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
+    tx!(self, |tx| {
       self.lock_project(tx, &new.user_id, &new.project_id).await?;
       let archived = self
         .exec(
@@ -156,8 +198,8 @@ impl Sessions for PgStore {
   }
 
   /// Archives one session.
-  fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
-    self.tx(async |tx| {
+  async fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
+    tx!(self, |tx| {
       let n = self
         .exec(tx, "UPDATE {S}.sessions SET status = 'archived', updated_at = {NOW} WHERE id = $1 AND user_id = $2", &[&id, &user_id])
         .await?;
@@ -169,8 +211,8 @@ impl Sessions for PgStore {
   }
 
   /// Deletes one session with its tasks and compactions; a session running a task is busy.
-  fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
-    self.tx(async |tx| {
+  async fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
+    tx!(self, |tx| {
       // The row lock orders this against a task starting on the session.
       if self.opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 AND user_id = $2 FOR UPDATE", &[&id, &user_id]).await?.is_none() {
         return Err(Error::not_found(id));
@@ -185,14 +227,14 @@ impl Sessions for PgStore {
   }
 
   /// Deletes idle sessions; returns how many.
-  fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
-    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
+  async fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
+    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active).await?.len() as u64)
   }
 
   /// Deletes a user's sessions idle for longer than `max_age_ms` (only archived ones when
   /// `keep_active`) that run no task; returns them.
-  fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
-    self.tx(async |tx| {
+  async fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
+    tx!(self, |tx| {
       let now: i64 = self.query(tx, "SELECT {NOW}", &[]).await?[0].get(0);
       let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
       let rows = self
@@ -220,8 +262,8 @@ impl Sessions for PgStore {
   }
 
   /// Counts a user's sessions.
-  fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
-    self.read(async |c| {
+  async fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
+    read!(self, |c| {
       let r = self
         .query(
           c,
@@ -234,8 +276,8 @@ impl Sessions for PgStore {
   }
 
   /// Replaces the context snapshot of a session.
-  fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
-    self.tx(async |tx| {
+  async fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
+    tx!(self, |tx| {
       self
         .exec(
           tx,

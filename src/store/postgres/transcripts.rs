@@ -13,8 +13,12 @@ use crate::error::Result;
 use crate::store::TranscriptEntry;
 
 impl PgStore {
-  fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool) -> Result<bool> {
-    if entries.is_empty() {
+  /// One statement (one round trip, with the statement cache): the fence read and locked, the
+  /// lines inserted under it, the head moved; nothing when the fence is not the task's.
+  /// `release`: the lease the task kept is freed in the same statement (see
+  /// [`Transcripts::append_and_release`]; `ended` then).
+  async fn append_fenced(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry], ended: bool, release: bool) -> Result<bool> {
+    if entries.is_empty() && !release {
       return Ok(true);
     }
     let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
@@ -22,34 +26,45 @@ impl PgStore {
     let uuids: Vec<Option<&str>> = entries.iter().map(|e| e.uuid.as_deref()).collect();
     let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
     let last = seqs.iter().copied().max().unwrap_or(0);
-    self.tx(async |tx| {
-      let fence = match ended {
-        false => self.held_fence(tx, session_id, task_id).await?,
-        true => self.last_fence(tx, session_id, task_id).await?,
-      };
-      let Some(fence) = fence else {
-        return Ok(false);
-      };
-      self
-        .exec(
-          tx,
-          "INSERT INTO {S}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
-           SELECT $1, x.seq, x.subpath, x.uuid, $2, $3, x.line
-           FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[]) AS x(seq, subpath, uuid, line)
-           ON CONFLICT DO NOTHING",
-          &[&session_id, &fence, &task_id, &seqs, &subpaths, &uuids, &lines],
-        )
-        .await?;
-      self.exec(tx, "UPDATE {S}.sessions SET transcript_seq = GREATEST(transcript_seq, $2) WHERE id = $1", &[&session_id, &last]).await?;
-      Ok(true)
-    })
+    // The fence the task holds the lease under (`held_fence`), or, after its end, the fence of
+    // the lease it was the last to take (`last_fence`).
+    let fence = match ended {
+      false => {
+        "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+           WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l"
+      }
+      true => {
+        "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
+           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l"
+      }
+    };
+    let sql = format!(
+      "WITH f AS ({fence}),
+       ins AS (INSERT INTO {{S}}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
+         SELECT $1, x.seq, x.subpath, x.uuid, f.fence, $2, x.line
+         FROM f, unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS x(seq, subpath, uuid, line)
+         ON CONFLICT DO NOTHING),
+       head AS (UPDATE {{S}}.sessions SET transcript_seq = GREATEST(transcript_seq, $7) WHERE id = $1 AND EXISTS (SELECT 1 FROM f)){release}
+       SELECT COUNT(*) FROM f",
+      release = match release {
+        // The row stays (its fence must keep growing); only the holder goes.
+        true => ",
+       freed AS (UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2 AND EXISTS (SELECT 1 FROM f))",
+        false => "",
+      }
+    );
+    let params: Params = &[&session_id, &task_id, &seqs, &subpaths, &uuids, &lines, &last];
+    // Keyed by `seq` (and `uuid`): a batch sent again after a lost answer changes nothing.
+    let held: i64 = idempotent!(self, |c| Ok(self.query(c, &sql, params).await?[0].get(0)))?;
+    Ok(held > 0)
   }
 }
 
+#[async_trait::async_trait]
 impl Transcripts for PgStore {
   /// The newest `seq` stored for the session (0: nothing stored).
-  fn transcript_head(&self, session_id: &str) -> Result<i64> {
-    self.read(async |c| {
+  async fn transcript_head(&self, session_id: &str) -> Result<i64> {
+    read!(self, |c| {
       Ok(self.opt(c, "SELECT transcript_seq FROM {S}.sessions WHERE id = $1", &[&session_id]).await?.map(|r| r.get(0)).unwrap_or(0))
     })
   }
@@ -57,21 +72,26 @@ impl Transcripts for PgStore {
   /// Appends lines of the session's transcript for `task_id`, fenced by its lease: returns false,
   /// writing nothing, when the task no longer holds the lease. Lines already stored (same `seq`,
   /// or same `uuid` in the same file) are skipped, so sending a batch again is harmless.
-  fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, false)
+  async fn append_transcript(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, false, false).await
   }
 
   /// Appends lines a task's CLI wrote after the task ended (a warm process closing: what it
   /// writes at stdin EOF), fenced by that task's lease: stored only while the lease is still the
   /// task's, held or released, and no other task has taken it since. False, writing nothing,
   /// otherwise.
-  fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
-    self.append_fenced(session_id, task_id, entries, true)
+  async fn append_transcript_after_end(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, true, false).await
+  }
+
+  /// One statement: the lines appended under the task's last fence, and its kept lease freed.
+  async fn append_and_release(&self, session_id: &str, task_id: &str, entries: &[TranscriptEntry]) -> Result<bool> {
+    self.append_fenced(session_id, task_id, entries, true, true).await
   }
 
   /// Every stored line of the session, in order (the main transcript and its subagents' files).
-  fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
-    self.read(async |c| {
+  async fn load_transcript(&self, session_id: &str, after: i64) -> Result<Vec<TranscriptEntry>> {
+    read!(self, |c| {
       let rows = self
         .query(
           c,
@@ -84,8 +104,8 @@ impl Transcripts for PgStore {
   }
 
   /// The bytes of every stored line of the session (what `load_transcript(id, 0)` returns).
-  fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
-    self.read(async |c| {
+  async fn transcript_bytes(&self, session_id: &str) -> Result<i64> {
+    read!(self, |c| {
       Ok(
         self
           .query(c, "SELECT COALESCE(SUM(octet_length(line)), 0)::bigint FROM {S}.transcript_entries WHERE session_id = $1", &[&session_id])
@@ -96,8 +116,8 @@ impl Transcripts for PgStore {
   }
 
   /// How many lines of one file of the session (`""`: the main transcript) are stored.
-  fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
-    self.read(async |c| {
+  async fn transcript_len(&self, session_id: &str, subpath: &str) -> Result<i64> {
+    read!(self, |c| {
       Ok(
         self
           .query(c, "SELECT COUNT(*) FROM {S}.transcript_entries WHERE session_id = $1 AND subpath = $2", &[&session_id, &subpath])

@@ -7,11 +7,12 @@ use super::*;
 use crate::error::Result;
 use crate::store::Owner;
 
+#[async_trait::async_trait]
 impl WarmHolds for PgStore {
   /// This manager keeps an idle warm CLI of the session, until `ttl` from now unless renewed.
-  fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
+  async fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
     let (pid, ttl_ms) = (owner.pid as i64, ttl.as_millis() as f64);
-    self.tx(async |tx| {
+    tx!(self, |tx| {
       self
         .exec(
           tx,
@@ -26,17 +27,17 @@ impl WarmHolds for PgStore {
   }
 
   /// The manager's CLI of the session is gone.
-  fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
-    self.read(async |c| {
+  async fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
+    read!(self, |c| {
       self.exec(c, "DELETE FROM {S}.warm_holds WHERE session_id = $1 AND owner_id = $2", &[&session_id, &owner_id]).await?;
       Ok(())
     })
   }
 
   /// Extends every hold of the manager by `ttl` from now.
-  fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
+  async fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
     let ttl_ms = ttl.as_millis() as f64;
-    self.read(async |c| {
+    read!(self, |c| {
       self
         .exec(c, "UPDATE {S}.warm_holds SET expires_at = now() + $2 * interval '1 millisecond' WHERE owner_id = $1", &[&owner_id, &ttl_ms])
         .await?;
@@ -45,8 +46,8 @@ impl WarmHolds for PgStore {
   }
 
   /// The sessions whose CLI another manager wants this one to give up.
-  fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
-    self.read(async |c| {
+  async fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
+    read!(self, |c| {
       let rows = self.query(c, "SELECT session_id FROM {S}.warm_holds WHERE owner_id = $1 AND wanted", &[&owner_id]).await?;
       Ok(rows.iter().map(|r| r.get(0)).collect())
     })
@@ -54,9 +55,9 @@ impl WarmHolds for PgStore {
 
   /// Asks every other manager keeping a CLI of the session to give it up; how many live holds of
   /// others are left (expired holds, and holds of dead owners on this machine, go).
-  fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+  async fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &(dyn Fn(u32) -> bool + Sync)) -> Result<u64> {
     // One statement (one round trip): this runs before every task.
-    let rows = self.read(async |c| {
+    let rows = read!(self, |c| {
       self
         .query(
           c,
@@ -71,7 +72,7 @@ impl WarmHolds for PgStore {
     for r in rows {
       let (owner, pid, host): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
       if host == self.host && !is_alive(pid as u32) {
-        self.warm_release(session_id, &owner)?;
+        self.warm_release(session_id, &owner).await?;
       } else {
         live += 1;
       }

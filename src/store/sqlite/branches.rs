@@ -6,8 +6,9 @@ use rusqlite::{params, OptionalExtension};
 use super::*;
 use crate::error::Result;
 
+#[async_trait::async_trait]
 impl Branches for SqliteStore {
-  fn branch_point(&self, session_id: &str) -> Result<Option<BranchPoint>> {
+  async fn branch_point(&self, session_id: &str) -> Result<Option<BranchPoint>> {
     self.with(|c| {
       let row = c
         .prepare_cached("SELECT fork_at, resume_at, resume_drops FROM branch_points WHERE session_id = ?1")?
@@ -17,7 +18,7 @@ impl Branches for SqliteStore {
     })
   }
 
-  fn set_branch_point(&self, session_id: &str, b: &BranchPoint) -> Result<()> {
+  async fn set_branch_point(&self, session_id: &str, b: &BranchPoint) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -30,7 +31,7 @@ impl Branches for SqliteStore {
     })
   }
 
-  fn clear_resume(&self, session_id: &str, resume_at: &str) -> Result<()> {
+  async fn clear_resume(&self, session_id: &str, resume_at: &str) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -41,7 +42,7 @@ impl Branches for SqliteStore {
     })
   }
 
-  fn forks_of(&self, parent_id: &str, user_id: &str) -> Result<Vec<(String, Option<String>)>> {
+  async fn forks_of(&self, parent_id: &str, user_id: &str) -> Result<Vec<(String, Option<String>)>> {
     self.with(|c| {
       let mut st = c.prepare_cached(
         "SELECT s.id, b.fork_at FROM sessions s LEFT JOIN branch_points b ON b.session_id = s.id

@@ -52,10 +52,11 @@ impl SqliteStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Budgets for SqliteStore {
   /// Checks every cap that applies to the call against its reserve and, in the same
   /// transaction, records the call at its reserve.
-  fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
+  async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let now = self.budget_now();
     self.write(|tx| {
       for (key, cap, period) in applicable(call, |k| Self::stored_cap(tx, k), defaults)? {
@@ -75,7 +76,7 @@ impl Budgets for SqliteStore {
   }
 
   /// Records what an admitted call really cost (one statement).
-  fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
+  async fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
     self.with(|c| {
       exec(
         c,
@@ -88,7 +89,7 @@ impl Budgets for SqliteStore {
   }
 
   /// Sets (or replaces) a cap.
-  fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
+  async fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -101,7 +102,7 @@ impl Budgets for SqliteStore {
   }
 
   /// A stored cap with its scope's spend in the current period.
-  fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
+  async fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
     let now = self.budget_now();
     self.with(|c| {
       let Some((usd, period)) = Self::stored_cap(c, k)? else { return Ok(None) };
@@ -111,7 +112,7 @@ impl Budgets for SqliteStore {
   }
 
   /// What a scope spent in the current `period` (for a default cap, which has no row).
-  fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
+  async fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
     let now = self.budget_now();
     self.with(|c| {
       let start = Self::period_start(c, period, now)?;
@@ -120,7 +121,7 @@ impl Budgets for SqliteStore {
   }
 
   /// Deletes a cap; whether there was one.
-  fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
+  async fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
     self.write(|tx| {
       Ok(
         exec(
@@ -133,7 +134,7 @@ impl Budgets for SqliteStore {
   }
 
   /// The ledger summed by day, model or session.
-  fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
+  async fn usage_report(&self, q: &UsageQuery) -> Result<Vec<UsageRow>> {
     let key = match q.group_by.as_str() {
       "day" => "strftime('%Y-%m-%d', at / 1000, 'unixepoch')",
       "model" => "model",

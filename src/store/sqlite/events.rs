@@ -25,8 +25,9 @@ fn running_from_row(r: &Row<'_>) -> rusqlite::Result<RunningTask> {
   })
 }
 
+#[async_trait::async_trait]
 impl Events for SqliteStore {
-  fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
+  async fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
     self.write(|tx| {
       let n = events.len() as i64;
       let last: Option<i64> = tx
@@ -43,7 +44,7 @@ impl Events for SqliteStore {
     })
   }
 
-  fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {
+  async fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {
     self.with(|c| {
       let mut st =
         c.prepare_cached("SELECT seq, task_id, at, body FROM task_events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
@@ -54,7 +55,7 @@ impl Events for SqliteStore {
     })
   }
 
-  fn task_first_seq(&self, session_id: &str, task_id: &str) -> Result<Option<i64>> {
+  async fn task_first_seq(&self, session_id: &str, task_id: &str) -> Result<Option<i64>> {
     self.with(|c| {
       Ok(
         c.prepare_cached("SELECT min(seq) FROM task_events WHERE task_id = ?1 AND session_id = ?2")?
@@ -63,7 +64,7 @@ impl Events for SqliteStore {
     })
   }
 
-  fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
+  async fn event_bounds(&self, session_id: &str) -> Result<EventBounds> {
     self.with(|c| {
       let last: i64 =
         c.prepare_cached("SELECT event_seq FROM sessions WHERE id = ?1")?.query_row([session_id], |r| r.get(0)).optional()?.unwrap_or(0);
@@ -73,7 +74,7 @@ impl Events for SqliteStore {
     })
   }
 
-  fn sweep_events(&self, retention: Duration) -> Result<u64> {
+  async fn sweep_events(&self, retention: Duration) -> Result<u64> {
     self.write(|tx| {
       let before = now_ms() - retention.as_millis() as i64;
       let n = exec(
@@ -86,11 +87,11 @@ impl Events for SqliteStore {
     })
   }
 
-  fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>> {
+  async fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>> {
     self.with(|c| Ok(c.prepare_cached(RUNNING)?.query_row(params![session_id, now_ms()], running_from_row).optional()?))
   }
 
-  fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>> {
+  async fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>> {
     self.write(|tx| {
       let now = now_ms();
       let Some(mut t) = tx.prepare_cached(RUNNING)?.query_row(params![session_id, now], running_from_row).optional()? else {
@@ -102,7 +103,7 @@ impl Events for SqliteStore {
     })
   }
 
-  fn abort_requested(&self, task_id: &str) -> Result<bool> {
+  async fn abort_requested(&self, task_id: &str) -> Result<bool> {
     self.with(|c| exists(c, "SELECT 1 FROM tasks WHERE id = ?1 AND abort_requested_at IS NOT NULL", [task_id]))
   }
 }

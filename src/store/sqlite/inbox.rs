@@ -12,9 +12,10 @@ const WATCHED_TASK: &str = "SELECT w.task_id FROM inbox w
   JOIN tasks t ON t.id = w.task_id
   WHERE w.session_id = ?1 AND w.kind = 'watch' AND l.expires_at > ?2 AND t.status = 'running'";
 
+#[async_trait::async_trait]
 impl Inbox for SqliteStore {
   /// The task's manager starts reading its inbox.
-  fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()> {
+  async fn inbox_open(&self, session_id: &str, task_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -27,7 +28,7 @@ impl Inbox for SqliteStore {
 
   /// The task's manager stops reading its inbox: its watch and permission rows go, its messages
   /// not yet handled are refused (their senders learn it).
-  fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()> {
+  async fn inbox_close(&self, session_id: &str, task_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -44,7 +45,7 @@ impl Inbox for SqliteStore {
   }
 
   /// Records a permission request of the task as pending.
-  fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()> {
+  async fn inbox_ask(&self, session_id: &str, task_id: &str, request_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -56,7 +57,7 @@ impl Inbox for SqliteStore {
   }
 
   /// The request is settled (answered, timed out, withdrawn): it is no longer pending.
-  fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()> {
+  async fn inbox_forget(&self, session_id: &str, request_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(tx, "DELETE FROM inbox WHERE session_id = ?1 AND request_id = ?2 AND kind = 'permission'", params![session_id, request_id])?;
       Ok(())
@@ -64,7 +65,7 @@ impl Inbox for SqliteStore {
   }
 
   /// Writes the answer to a pending request not yet answered; false when there is none.
-  fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool> {
+  async fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool> {
     self.write(|tx| {
       let n = exec(
         tx,
@@ -77,7 +78,7 @@ impl Inbox for SqliteStore {
 
   /// Leaves a message for the session's watched running task; its id, or `None` when no such
   /// task runs.
-  fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>> {
+  async fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>> {
     self.write(|tx| {
       let now = now_ms();
       exec(tx, "DELETE FROM inbox WHERE kind = 'message' AND answer IS NOT NULL AND created_at < ?1", [now - ORPHAN_MS])?;
@@ -94,7 +95,7 @@ impl Inbox for SqliteStore {
 
   /// Where a message left by [`Self::inbox_send`] is. Once it is steered or refused (also when
   /// its task stopped reading, or the row is gone with its session) the row is deleted.
-  fn inbox_receipt(&self, id: i64) -> Result<Receipt> {
+  async fn inbox_receipt(&self, id: i64) -> Result<Receipt> {
     self.write(|tx| {
       let row: Option<(String, Option<String>)> = tx
         .prepare_cached("SELECT session_id, answer FROM inbox WHERE id = ?1 AND kind = 'message'")?
@@ -113,7 +114,7 @@ impl Inbox for SqliteStore {
   }
 
   /// What waits for the task: answers to its permission requests, messages not yet handled.
-  fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>> {
+  async fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>> {
     self.with(|c| {
       let mut stmt = c.prepare_cached(
         "SELECT id, kind, request_id, body, answer FROM inbox WHERE session_id = ?1 AND task_id = ?2
@@ -136,7 +137,7 @@ impl Inbox for SqliteStore {
   }
 
   /// Records whether a message was steered into its task.
-  fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
+  async fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
     self.write(|tx| {
       exec(tx, "UPDATE inbox SET answer = ?2 WHERE id = ?1 AND answer IS NULL", params![id, if steered { "steered" } else { "refused" }])?;
       Ok(())

@@ -39,9 +39,10 @@ impl SqliteStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Tasks for SqliteStore {
   /// Whether the session's lease is held past its task's end (that task's CLI is exiting).
-  fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
+  async fn lease_kept_after_end(&self, session_id: &str) -> Result<bool> {
     self.with(|c| {
       exists(
         c,
@@ -56,7 +57,17 @@ impl Tasks for SqliteStore {
   /// Writes nothing when another live task holds the lease, or when `start.max_running` live
   /// leases are held in the file: `BEGIN IMMEDIATE` holds the file's write lock from the count
   /// to the insert, so processes starting at once never exceed it.
-  fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
+  async fn start_task(&self, session_id: &str, user_id: &str, start: &TaskStart<'_>) -> Result<Start> {
+    Ok(match self.begin_task(session_id, start).await? {
+      Begin::Started => {
+        Start::Started(Box::new(Began { session: self.get_session(session_id, user_id).await.ok().flatten(), ..Default::default() }))
+      }
+      Begin::SessionHeld => Start::SessionHeld { exiting: self.lease_kept_after_end(session_id).await? },
+      Begin::Full => Start::Full,
+    })
+  }
+
+  async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
     let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     self.write(|tx| {
       let now = now_ms();
@@ -92,7 +103,7 @@ impl Tasks for SqliteStore {
   }
 
   /// Extends a held lease. Returns false when the lease is no longer this task's.
-  fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
+  async fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool> {
     self.write(|tx| {
       let n = tx.execute(
         "UPDATE leases SET expires_at = ?3 WHERE session_id = ?1 AND task_id = ?2",
@@ -104,7 +115,7 @@ impl Tasks for SqliteStore {
 
   /// Ends a task: writes its row, adds to the session's totals, replaces the context snapshot
   /// and frees the lease (unless `end.keep_lease`) — all in one transaction.
-  fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
+  async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
     let n = end.counts();
     self.write(|tx| {
       let now = now_ms();
@@ -173,7 +184,7 @@ impl Tasks for SqliteStore {
   }
 
   /// Frees the lease a task kept past its end (see [`TaskEnd::keep_lease`]).
-  fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
+  async fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?;
       Ok(())
@@ -183,7 +194,7 @@ impl Tasks for SqliteStore {
   /// Marks `running` tasks whose holder is gone as `interrupted` and frees their leases:
   /// tasks of this host's dead processes at once, any other when its lease expired.
   /// Returns how many tasks were marked.
-  fn recover_interrupted(&self, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+  async fn recover_interrupted(&self, is_alive: &(dyn Fn(u32) -> bool + Sync)) -> Result<u64> {
     self.write(|tx| {
       let now = now_ms();
       let running: Vec<(String, String, i64, Option<i64>)> = tx
@@ -222,7 +233,7 @@ impl Tasks for SqliteStore {
   }
 
   /// Tasks of a session, oldest first.
-  fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
+  async fn list_tasks(&self, session_id: &str) -> Result<Vec<TaskRecord>> {
     self.with(|c| {
       let mut stmt = c.prepare_cached(
         "SELECT id, session_id, status, kind, started_at, ended_at, model, turns, input_tokens, output_tokens,

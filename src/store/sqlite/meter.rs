@@ -40,9 +40,10 @@ impl SqliteStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Meter for SqliteStore {
   /// The last window reported for a model, if any.
-  fn window_for(&self, model: &str) -> Result<Option<u64>> {
+  async fn window_for(&self, model: &str) -> Result<Option<u64>> {
     self.with(|c| {
       Ok(
         c.prepare_cached("SELECT context_window FROM model_windows WHERE model = ?1")?
@@ -54,7 +55,7 @@ impl Meter for SqliteStore {
   }
 
   /// Compactions of a session, oldest first.
-  fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
+  async fn list_compactions(&self, session_id: &str) -> Result<Vec<Compaction>> {
     self.with(|c| {
       let mut stmt = c.prepare_cached(
         "SELECT session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms

@@ -312,9 +312,10 @@ impl SqliteStore {
 
 /// SQLite serves one machine, where the CLI's transcript file is the conversation: it keeps no
 /// transcripts (the manager does not mirror on this backend).
+#[async_trait::async_trait]
 impl Backend for SqliteStore {
   /// The schema version of the open file.
-  fn schema_version(&self) -> Result<i64> {
+  async fn schema_version(&self) -> Result<i64> {
     self.with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
   }
   fn transcripts(&self) -> Option<&dyn Transcripts> {

@@ -53,9 +53,10 @@ impl SqliteStore {
   }
 }
 
+#[async_trait::async_trait]
 impl Sessions for SqliteStore {
   /// Creates a session.
-  fn create_session(&self, s: &NewSession) -> Result<Session> {
+  async fn create_session(&self, s: &NewSession) -> Result<Session> {
     self.write(|tx| {
       Self::insert_session(tx, s, now_ms())?;
       Self::get_in(tx, &s.id, &s.user_id)?.ok_or_else(|| Error::internal("inserted session vanished"))
@@ -63,12 +64,12 @@ impl Sessions for SqliteStore {
   }
 
   /// One session of one user; another user's session is `None`, as a missing one is.
-  fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
+  async fn get_session(&self, id: &str, user_id: &str) -> Result<Option<Session>> {
     self.with(|c| Self::get_in(c, id, user_id))
   }
 
   /// Sessions of a user, newest activity first.
-  fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
+  async fn list_sessions(&self, q: &ListQuery) -> Result<Vec<Session>> {
     self.with(|c| {
       let mut sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1");
       let mut args: Vec<rusqlite::types::Value> = vec![q.user_id.clone().into()];
@@ -95,7 +96,7 @@ impl Sessions for SqliteStore {
 
   /// The newest active session of a user's project, or a new one made from `new` — atomically,
   /// so two processes asking at once get the same session.
-  fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
+  async fn get_or_create(&self, new: &NewSession, prefer_active: bool) -> Result<(Session, bool)> {
     self.write(|tx| {
       if prefer_active {
         let found = tx
@@ -120,7 +121,7 @@ impl Sessions for SqliteStore {
 
   /// Archives the user's active sessions of the project and creates `new`, in one transaction.
   /// Returns the new session and how many were archived.
-  fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
+  async fn start_fresh(&self, new: &NewSession) -> Result<(Session, u64)> {
     self.write(|tx| {
       let now = now_ms();
       let archived = tx.execute(
@@ -135,7 +136,7 @@ impl Sessions for SqliteStore {
   }
 
   /// Archives one session.
-  fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
+  async fn archive_session(&self, id: &str, user_id: &str) -> Result<Session> {
     self.write(|tx| {
       let n = tx.execute(
         "UPDATE sessions SET status = 'archived', updated_at = ?3 WHERE id = ?1 AND user_id = ?2",
@@ -149,7 +150,7 @@ impl Sessions for SqliteStore {
   }
 
   /// Deletes one session with its tasks and compactions. A session with a running task is busy.
-  fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
+  async fn delete_session(&self, id: &str, user_id: &str) -> Result<()> {
     self.write(|tx| {
       if Self::get_in(tx, id, user_id)?.is_none() {
         return Err(Error::not_found(id));
@@ -168,12 +169,12 @@ impl Sessions for SqliteStore {
 
   /// Deletes a user's sessions idle for longer than `max_age_ms` (only archived ones when
   /// `keep_active`) that run no task. Returns how many were deleted.
-  fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
-    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active)?.len() as u64)
+  async fn cleanup(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<u64> {
+    Ok(self.cleanup_sessions(user_id, project_id, max_age_ms, keep_active).await?.len() as u64)
   }
 
   /// As [`Sessions::cleanup`](crate::store::Sessions::cleanup), returning the deleted sessions.
-  fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
+  async fn cleanup_sessions(&self, user_id: &str, project_id: Option<&str>, max_age_ms: u64, keep_active: bool) -> Result<Vec<Session>> {
     self.write(|tx| {
       let now = now_ms();
       let cutoff = now.saturating_sub(max_age_ms.min(i64::MAX as u64) as i64);
@@ -198,7 +199,7 @@ impl Sessions for SqliteStore {
   }
 
   /// Counts a user's sessions (for cleanup reports).
-  fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
+  async fn count_sessions(&self, user_id: &str, project_id: Option<&str>) -> Result<u64> {
     self.with(|c| {
       Ok(c.query_row(
         "SELECT COUNT(*) FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR project_id = ?2)",
@@ -209,7 +210,7 @@ impl Sessions for SqliteStore {
   }
 
   /// Replaces the context snapshot of a session (after a compaction, say).
-  fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
+  async fn set_context(&self, id: &str, ctx: &ContextSnapshot) -> Result<()> {
     self.write(|tx| {
       tx.execute(
         "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4,

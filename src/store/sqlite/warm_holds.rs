@@ -15,9 +15,10 @@ use rusqlite::params;
 use super::*;
 use crate::error::Result;
 
+#[async_trait::async_trait]
 impl WarmHolds for SqliteStore {
   /// This manager keeps an idle warm CLI of the session, until `ttl` from now unless renewed.
-  fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
+  async fn warm_hold(&self, session_id: &str, owner: &Owner, ttl: Duration) -> Result<()> {
     self.write(|tx| {
       exec(
         tx,
@@ -30,7 +31,7 @@ impl WarmHolds for SqliteStore {
   }
 
   /// The manager's CLI of the session is gone.
-  fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
+  async fn warm_release(&self, session_id: &str, owner_id: &str) -> Result<()> {
     self.write(|tx| {
       exec(tx, "DELETE FROM warm_holds WHERE session_id = ?1 AND owner_id = ?2", params![session_id, owner_id])?;
       Ok(())
@@ -38,7 +39,7 @@ impl WarmHolds for SqliteStore {
   }
 
   /// Extends every hold of the manager by `ttl` from now.
-  fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
+  async fn warm_renew(&self, owner_id: &str, ttl: Duration) -> Result<()> {
     self.write(|tx| {
       exec(tx, "UPDATE warm_holds SET expires_at = ?2 WHERE owner_id = ?1", params![owner_id, now_ms() + ttl.as_millis() as i64])?;
       Ok(())
@@ -46,7 +47,7 @@ impl WarmHolds for SqliteStore {
   }
 
   /// The sessions whose CLI another manager wants this one to give up.
-  fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
+  async fn warm_wanted(&self, owner_id: &str) -> Result<Vec<String>> {
     self.with(|c| {
       let mut st = c.prepare_cached("SELECT session_id FROM warm_holds WHERE owner_id = ?1 AND wanted = 1")?;
       let rows = st.query_map([owner_id], |r| r.get(0))?;
@@ -56,7 +57,7 @@ impl WarmHolds for SqliteStore {
 
   /// Asks every other manager keeping a CLI of the session to give it up; how many live holds of
   /// others are left (holds of dead owners go).
-  fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &dyn Fn(u32) -> bool) -> Result<u64> {
+  async fn warm_elsewhere(&self, session_id: &str, owner_id: &str, is_alive: &(dyn Fn(u32) -> bool + Sync)) -> Result<u64> {
     // Before every task, and nearly always nobody else keeps one: a read, without the write lock.
     let any = self.with(|c| {
       let mut st = c.prepare_cached("SELECT EXISTS (SELECT 1 FROM warm_holds WHERE session_id = ?1 AND owner_id != ?2)")?;

@@ -1,0 +1,90 @@
+// Round trips to PostgreSQL per task (issue #27), counted so that they cannot creep back: a
+// manager on PostgreSQL through a proxy that counts flights (benchmark/lib/pg-proxy.mjs: the
+// statements a client sends before the server answers are one), and the real CLI through the
+// lifetime wrapper (benchmark/lib/lifetime.c), which stamps its start and its result line on the
+// clock the proxy stamps flights with. Flights between the call and the CLI's start are the
+// task's "before", between its result line and the settled promise its "after"; a new session's
+// task and a resumed one. Work beside the task that nothing on its path waits for is not counted
+// (the proxy tells its statements apart): the poll of stop requests, and before the CLI the event
+// log's writer (after the result the task's end waits for its events: counted then). Each is the fewest
+// over a few tasks: other work in the background can fall into a window, never take one out.
+// Counts, not times.
+import { test } from 'node:test'
+import fs from 'node:fs'
+import path from 'node:path'
+import { execFileSync } from 'node:child_process'
+import { PG_URL, addon, skipWithoutPostgres, startStandInServer, tempDir, workDir } from './helpers.mjs'
+import { startPgProxy } from '../benchmark/lib/pg-proxy.mjs'
+import { buildWrapper, claudeBinary, LifetimeLog } from '../benchmark/lib/harness.mjs'
+
+/** At most this many round trips (issue #27): before the CLI starts and after its result line. */
+const BOUNDS = { new: { before: 3, after: 3 }, resume: { before: 3, after: 3 } }
+const RUNS = 4
+
+test('a task makes a bounded number of round trips to PostgreSQL before its CLI starts and after its result', async (t) => {
+  if (skipWithoutPostgres(t)) return
+  const dir = tempDir('csm-pg-rt-')
+  let wrapper
+  try {
+    wrapper = buildWrapper(dir).path
+  } catch (e) {
+    t.skip(`no C compiler to build the lifetime wrapper (benchmark/lib/lifetime.c): ${e.message}`)
+    return
+  }
+  const server = await startStandInServer()
+  const proxy = await startPgProxy(PG_URL)
+  const schema = `csm_rt_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const log = new LifetimeLog(path.join(dir, 'lifetime.log'))
+  const config = path.join(dir, 'claude-config')
+  fs.mkdirSync(config, { recursive: true })
+  const m = new addon.SessionManager({
+    warmIdleMs: 0,
+    // The lifetime wrapper in a temporary folder runs the CLI: no sandbox, whose view of the
+    // machine has no such folder (the benchmark's setting; round trips do not depend on it).
+    sandbox: 'none',
+    databaseUrl: proxy.url,
+    databaseSchema: schema,
+    workingDirectory: workDir(dir),
+    claudePath: wrapper,
+    env: { ...server.env(), CLAUDE_CONFIG_DIR: config, HOME: workDir(dir, 'home'), REAL_CLAUDE: claudeBinary(), LIFETIME_LOG: log.file },
+  })
+  t.after(async () => {
+    await m.close()
+    await proxy.close()
+    await server.close()
+    try {
+      execFileSync('psql', [PG_URL, '-qXc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
+    } catch {}
+  })
+  const one = async (sessionId) => {
+    const t0 = process.hrtime.bigint()
+    const r = await m.executeTask({ prompt: 'Say hello.', projectId: 'p', userId: 'u', sessionId })
+    const t1 = process.hrtime.bigint()
+    t.assert.ok(r.success, JSON.stringify(r.error))
+    const [life] = await log.next()
+    t.assert.ok(life?.result, 'the wrapper saw the CLI and its result line')
+    const flights = await proxy.flights()
+    // Before the CLI, the event log's writer runs beside the task (nothing waits for it): not
+    // counted; after its result the task's end waits for its events: counted. The poll of stop
+    // requests runs beside the task, never waited for.
+    const count = (a, b, skip) => flights.filter((f) => f.t >= a && f.t <= b && !skip.includes(f.kind)).length
+    return { sessionId: r.sessionId, before: count(t0, life.main, ['events', 'watch']), after: count(life.result, t1, ['watch']) }
+  }
+  // The first tasks prepare the statements and open the pool's connections: not counted.
+  await one((await one()).sessionId)
+  const seen = { new: [], resume: [] }
+  for (let i = 0; i < RUNS; i++) {
+    // The last task's exit (another session's: its lease released after its CLI exits) is over.
+    await new Promise((r) => setTimeout(r, 300))
+    const n = await one()
+    seen.new.push(n)
+    seen.resume.push(await one(n.sessionId))
+  }
+  for (const kind of ['new', 'resume']) {
+    for (const phase of ['before', 'after']) {
+      const fewest = Math.min(...seen[kind].map((r) => r[phase]))
+      t.diagnostic(`${kind} ${phase}: ${seen[kind].map((r) => r[phase]).join(', ')}`)
+      t.assert.ok(fewest <= BOUNDS[kind][phase], `${kind} task, ${phase} the CLI: ${fewest} round trips, at most ${BOUNDS[kind][phase]}`)
+    }
+  }
+})
