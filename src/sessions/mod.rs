@@ -7,13 +7,15 @@
 //! - `tasks`: a task or a compaction asked for (the request, the session to run in);
 //! - `run`: one run of the CLI on a held session (queue, slot, lease, cold or warm CLI, settle);
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure;
-//! - `events`: the task's events in the store's log, followed from anywhere; stopping a task.
+//! - `events`: the task's events in the store's log, followed from anywhere; stopping a task;
+//! - `fanout`: the live events on Redis (`redisUrl`).
 
 mod api;
 mod branching;
 pub(crate) mod budgets;
 mod config;
 mod events;
+mod fanout;
 mod finish;
 mod inbox;
 mod mirror;
@@ -42,6 +44,7 @@ pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use events::{Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
+pub use fanout::check_url as check_redis_url;
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use types::{
@@ -157,6 +160,14 @@ pub(crate) async fn store_call<T: Send + 'static>(
   tokio::task::spawn_blocking(move || f(&store)).await.map_err(|e| Error::internal(format!("store worker failed: {e}")))?
 }
 
+/// Rings the store's doorbell for `notice` in this process at once, then in every other process
+/// and node ([`crate::store::Doorbell::ring`], where waiting is fine). A ring that could not be
+/// sent is found by the subscribers' periodic read.
+pub(crate) async fn ring(store: &Arc<Store>, notice: crate::store::Notice) {
+  store.ring_here(notice.clone());
+  let _ = store_call(store.clone(), Wait::Briefly, move |s| s.ring(&notice)).await;
+}
+
 /// Creates a file only its owner can read (`0600` on Unix), or tightens an existing one.
 fn private_file(path: &Path) -> Result<()> {
   #[cfg(unix)]
@@ -247,6 +258,10 @@ impl Manager {
     };
     config::private_dir(&cfg.tenant_config_root)?;
     store.recover_interrupted(&cli::pid_alive)?;
+    let fanout = match &cfg.redis_url {
+      Some(url) => Some(Arc::new(fanout::Fanout::new(url, &store.shared_name())?)),
+      None => None,
+    };
     Ok(Manager {
       store: Arc::new(store),
       slots: Arc::new(Semaphore::new(cfg.max_concurrent_tasks)),
@@ -262,7 +277,7 @@ impl Manager {
       key_proxy: tokio::sync::OnceCell::new(),
       warm: Arc::new(warm::WarmPool::default()),
       waiting: Arc::new(inbox::Waiting::default()),
-      logs: Arc::new(events::Logs::default()),
+      logs: Arc::new(events::Logs::new(fanout)),
     })
   }
 

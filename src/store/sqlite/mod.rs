@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 
 mod branches;
 mod budgets;
+mod doorbell;
 mod events;
 mod inbox;
 mod leases;
@@ -119,6 +120,8 @@ pub struct SqliteStore {
   _pin: Option<std::fs::File>,
   /// Added to the clock by the spend caps (`Budgets::shift_budget_clock`, for tests).
   budget_clock_ms: std::sync::atomic::AtomicI64,
+  /// The reader of other processes' rings, while this store lives (`doorbell.rs`).
+  listening: std::sync::OnceLock<std::sync::Arc<()>>,
 }
 
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
@@ -208,7 +211,14 @@ impl SqliteStore {
     let pin = std::fs::File::open(path).ok();
     let identity = file_identity(path);
     let mut store =
-      SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin, budget_clock_ms: Default::default() };
+      SqliteStore {
+      conn: Mutex::new(conn),
+      path: path.to_path_buf(),
+      identity,
+      _pin: pin,
+      budget_clock_ms: Default::default(),
+      listening: Default::default(),
+    };
     store.migrate()?;
     Ok(store)
   }
