@@ -317,12 +317,13 @@ function redisWatch(url, sessionId) {
 /** A TCP proxy to Redis that the test can drop (every connection cut, nothing accepted) and bring back. */
 async function redisProxy(url) {
   const u = new URL(url)
+  const [upHost, upPort] = [u.hostname, Number(u.port || 6379)]
   const sockets = new Set()
   let server
   const listen = (port) =>
     new Promise((resolve) => {
       server = net.createServer((c) => {
-        const up = net.connect(Number(u.port || 6379), u.hostname)
+        const up = net.connect(upPort, upHost)
         for (const s of [c, up]) {
           sockets.add(s)
           s.on('error', () => {})

@@ -216,7 +216,9 @@ async fn publish_loop(client: redis::Client, mut rx: mpsc::Receiver<(String, Str
     let Some(c) = conn.as_mut() else { continue };
     let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(&channel).arg(&payload).query_async(c).await;
     if let Err(e) = sent {
+      // Made anew for the next message (a manager whose reconnection gave up stays failed).
       Fanout::warn(&warned, &describe(&e));
+      conn = None;
     }
   }
 }
