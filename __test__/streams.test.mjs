@@ -249,21 +249,7 @@ test('across processes on SQLite: the task runs in another process, this one fol
 
 test('across nodes on PostgreSQL: task on A, stream on B, abort from C; B follows through the listener being killed', async (t) => {
   if (skipWithoutPostgres(t)) return
-  const server = await startStandInServer()
-  const root = tempDir('csm-streams-')
-  const schema = `csm_streams_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
-  const b = makeManager({ server, dir: path.join(root, 'b'), backend: 'postgres', databaseSchema: schema, nodeId: 'b' })
-  const a = await child({ ...b.options, nodeId: 'a', stateDirectory: path.join(root, 'state-a') })
-  const c = await child({ ...b.options, nodeId: 'c', stateDirectory: path.join(root, 'state-c') })
-  t.after(async () => {
-    a.proc.kill('SIGKILL')
-    c.proc.kill('SIGKILL')
-    await b.manager.close()
-    await server.close()
-    try {
-      execFileSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
-    } catch {}
-  })
+  const { server, a, b, c } = await threeNodes(t)
   server.enqueue(slow(200), slow(1000))
   const created = await a.call('getOrCreateSession', { projectId: 'p', userId: 'u' })
   const sessionId = created.session.id
@@ -287,16 +273,24 @@ test('across nodes on PostgreSQL: task on A, stream on B, abort from C; B follow
   t.assert.strictEqual(textOf(seen), WORDS)
   t.assert.strictEqual(seen.at(-1).event.type, 'task_end')
 
+  await abortFromC(t, { a, b, c }, sessionId, seen.at(-1).seq)
+})
+
+/** A second task on A, followed on B from `after`, stopped from C once it streams: B gets the rest
+ * in order, to the ABORTED end; the row says `aborted`. Resolves to the task as B saw it running. */
+async function abortFromC(t, { a, b, c }, sessionId, after) {
   const second = a.call('executeTask', { prompt: 'again', projectId: 'p', userId: 'u', sessionId, includePartialMessages: true })
-  await until('the second task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
-  const following = collect(await b.manager.streamEvents({ sessionId, userId: 'u', after: seen.at(-1).seq }))
+  const running = await until('the second task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
+  const following = collect(await b.manager.streamEvents({ sessionId, userId: 'u', after }))
+  await until('a few words of the second reply', async () => textOf(await b.manager.streamEvents({ sessionId, userId: 'u', after, follow: false }).then(collect)).length > 0)
   t.assert.strictEqual(await c.call('abortTask', { sessionId, userId: 'u' }), true)
   t.assert.strictEqual((await second).error?.code, 'ABORTED')
   const rest = await following
-  contiguous(t, rest, seen.at(-1).seq + 1)
+  contiguous(t, rest, after + 1)
   t.assert.strictEqual(rest.at(-1).event.result.error.code, 'ABORTED')
   t.assert.strictEqual((await c.call('listTasks', sessionId, 'u')).at(-1).status, 'aborted')
-})
+  return running
+}
 
 const REDIS_URL = process.env.CSM_TEST_REDIS_URL || ''
 const REDIS_SKIP = 'Redis tests skipped: set CSM_TEST_REDIS_URL=redis://… to run them'
@@ -390,16 +384,7 @@ test('through Redis: task on A, stream on B, abort from C; B gets every event in
   t.assert.strictEqual(seen.at(-1).event.type, 'task_end')
   t.assert.ok(watch.count() > 0, 'the live events were published on Redis')
 
-  const second = a.call('executeTask', { prompt: 'again', projectId: 'p', userId: 'u', sessionId, includePartialMessages: true })
-  const running = await until('the second task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
-  const following = collect(await b.manager.streamEvents({ sessionId, userId: 'u', after: seen.at(-1).seq }))
-  await until('a few words of the second reply', async () => textOf(await b.manager.streamEvents({ sessionId, userId: 'u', after: seen.at(-1).seq, follow: false }).then(collect)).length > 0)
-  t.assert.strictEqual(await c.call('abortTask', { sessionId, userId: 'u' }), true)
-  t.assert.strictEqual((await second).error?.code, 'ABORTED')
-  const rest = await following
-  contiguous(t, rest, seen.at(-1).seq + 1)
-  t.assert.strictEqual(rest.at(-1).event.result.error.code, 'ABORTED')
-  t.assert.strictEqual((await c.call('listTasks', sessionId, 'u')).at(-1).status, 'aborted')
+  const running = await abortFromC(t, { a, b, c }, sessionId, seen.at(-1).seq)
   t.assert.strictEqual(running.pid, a.proc.pid)
   // The CLI on A is gone: A's process has no child left.
   await until('the CLI on A to exit', () => {

@@ -250,7 +250,13 @@ impl Config {
     let node_id = o.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), std::process::id()));
     let redis_url = o.redis_url.clone().or_else(|| env_var("CLAUDE_SESSIONS_REDIS_URL"));
     if let Some(u) = &redis_url {
-      super::fanout::check_url(u).map_err(|e| if o.redis_url.is_some() { e } else { Error::invalid(format!("CLAUDE_SESSIONS_REDIS_URL: {}", e.message)) })?;
+      super::fanout::check_url(u).map_err(|e| {
+        if o.redis_url.is_some() {
+          e
+        } else {
+          Error::invalid(format!("CLAUDE_SESSIONS_REDIS_URL: {}", e.message))
+        }
+      })?;
     }
     Ok(Config {
       database_path,

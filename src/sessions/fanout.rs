@@ -98,7 +98,9 @@ pub fn check_url(url: &str) -> Result<()> {
   if !scheme_ok {
     return Err(Error::invalid("redisUrl must be a redis://, rediss:// or redis+unix:// URL"));
   }
-  redis::Client::open(url).map(|_| ()).map_err(|e| Error::invalid(format!("redisUrl is not a Redis URL the client accepts ({:?})", e.kind())))
+  redis::Client::open(url)
+    .map(|_| ())
+    .map_err(|e| Error::invalid(format!("redisUrl is not a Redis URL the client accepts ({:?})", e.kind())))
 }
 
 /// What to tell about a Redis failure: its kind and the server's or the socket's words, never the

@@ -404,7 +404,7 @@ impl Store {
   /// PostgreSQL database and schema.
   pub fn scope(&self) -> String {
     match self {
-      Store::Sqlite(s) => format!("sqlite:{}", std::fs::canonicalize(s.path()).unwrap_or_else(|_| s.path().to_path_buf()).display()),
+      Store::Sqlite(s) => s.scope.clone(),
       Store::Postgres(p) => p.scope(),
     }
   }

@@ -1,9 +1,9 @@
 //! The doorbell on SQLite (what it is: `store/doorbell.rs`). A ring is a row of `notices`
 //! (`seq` never reused, the payload of a [`Notice`]), written in the transaction of what it is
 //! about when there is one. Other processes hear it through one reader thread per open store,
-//! started with the first subscriber: on a connection of its own it reads the rows after the last
-//! one it saw every [`SQLITE_POLL`] (one indexed range read, empty nearly always) and puts them
-//! on the process's channel. The table keeps the last [`KEEP`] rings; a reader that fell further
+//! started with the first subscriber: while something in the process waits, on a connection of its
+//! own, it reads the rows after the last one it saw every [`SQLITE_POLL`] (one indexed range read,
+//! empty nearly always) and puts them on the process's channel. The table keeps the last [`KEEP`] rings; a reader that fell further
 //! behind says [`Notice::Listening`] (its subscribers read the store).
 
 use std::sync::{Arc, Weak};
@@ -16,6 +16,8 @@ use crate::error::Result;
 use crate::store::doorbell::SQLITE_POLL;
 use crate::store::{Doorbell, Notice};
 
+/// How often the reader looks whether something waits, while nothing does.
+const IDLE: Duration = Duration::from_millis(50);
 /// How many rings the table keeps.
 const KEEP: i64 = 4096;
 
@@ -58,6 +60,12 @@ fn read_rings(path: &Path, alive: Weak<()>, bus: &broadcast::Sender<Notice>) {
   let mut conn: Option<Connection> = None;
   let mut last: Option<i64> = None;
   while alive.strong_count() > 0 {
+    if bus.receiver_count() == 0 {
+      // Nothing waits: no reads (a waiter reads the store once it subscribed, and a long pause
+      // shows as a gap: a catch-up).
+      std::thread::sleep(IDLE);
+      continue;
+    }
     if conn.is_none() {
       conn = open().ok();
     }
