@@ -946,6 +946,14 @@ export interface SessionManagerOptions {
    */
   eventRetentionMs?: number
   /**
+   * A Redis server on which live task events are also published (`redis://`, `rediss://` for
+   * TLS, `redis+unix://`; a user and password in the URL), so that `streamEvents` on other
+   * nodes gets them without reading the database. The store's event log stays the record and
+   * the replay path: while Redis is unreachable followers read the log (one warning on stderr),
+   * and no event is lost. Default: env `CLAUDE_SESSIONS_REDIS_URL`, else none.
+   */
+  redisUrl?: string
+  /**
    * The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
    * store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
    * huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456

@@ -3,8 +3,13 @@
 // order, then the live events, from this process, another process (SQLite) or another node
 // (PostgreSQL: task on A, stream on B, abort from C; the listening connection killed midway). A
 // task is stopped from anywhere (`abortTask`). Bad `after` values, another user's session and
-// swept events answer clearly.
+// swept events answer clearly. With CSM_TEST_REDIS_URL the cross-node scenario runs again with
+// `redisUrl` (events through Redis), and again with Redis dropped midway (the database path takes
+// over; no event lost). A permission answer given on another node reaches the task's node through
+// the store's doorbell.
 import { test } from 'node:test'
+import fs from 'node:fs'
+import net from 'node:net'
 import path from 'node:path'
 import readline from 'node:readline'
 import { spawn, execFileSync } from 'node:child_process'
@@ -200,12 +205,13 @@ test('a follower that never reads holds no events and does not slow the task; br
 async function child(options) {
   const proc = spawn(process.execPath, [FIXTURE, JSON.stringify(options)], { stdio: ['pipe', 'pipe', 'inherit'] })
   const pending = new Map()
+  const events = []
   let ready
   const isReady = new Promise((r) => (ready = r))
   readline.createInterface({ input: proc.stdout }).on('line', (line) => {
     const m = JSON.parse(line)
     if (m.ready) return ready()
-    if (m.event) return
+    if (m.event) return events.push(m)
     const p = pending.get(m.id)
     pending.delete(m.id)
     if (m.ok) p.resolve(m.value)
@@ -215,6 +221,8 @@ async function child(options) {
   let next = 0
   return {
     proc,
+    /** What its tasks reported (`task_started`, `permission_settled`). */
+    events,
     call(method, ...args) {
       const id = next++
       return new Promise((resolve, reject) => {
@@ -260,21 +268,7 @@ test('across processes on SQLite: the task runs in another process, this one fol
 
 test('across nodes on PostgreSQL: task on A, stream on B, abort from C; B follows through the listener being killed', async (t) => {
   if (skipWithoutPostgres(t)) return
-  const server = await startStandInServer()
-  const root = tempDir('csm-streams-')
-  const schema = `csm_streams_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
-  const b = makeManager({ server, dir: path.join(root, 'b'), backend: 'postgres', databaseSchema: schema, nodeId: 'b' })
-  const a = await child({ ...b.options, nodeId: 'a', stateDirectory: path.join(root, 'state-a') })
-  const c = await child({ ...b.options, nodeId: 'c', stateDirectory: path.join(root, 'state-c') })
-  t.after(async () => {
-    a.proc.kill('SIGKILL')
-    c.proc.kill('SIGKILL')
-    await b.manager.close()
-    await server.close()
-    try {
-      execFileSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
-    } catch {}
-  })
+  const { server, a, b, c } = await threeNodes(t)
   server.enqueue(slow(200), slow(1000))
   const created = await a.call('getOrCreateSession', { projectId: 'p', userId: 'u' })
   const sessionId = created.session.id
@@ -298,13 +292,187 @@ test('across nodes on PostgreSQL: task on A, stream on B, abort from C; B follow
   t.assert.strictEqual(textOf(seen), WORDS)
   t.assert.strictEqual(seen.at(-1).event.type, 'task_end')
 
+  await abortFromC(t, { a, b, c }, sessionId, seen.at(-1).seq)
+})
+
+/** A second task on A, followed on B from `after`, stopped from C once it streams: B gets the rest
+ * in order, to the ABORTED end; the row says `aborted`. Resolves to the task as B saw it running. */
+async function abortFromC(t, { a, b, c }, sessionId, after) {
   const second = a.call('executeTask', { prompt: 'again', projectId: 'p', userId: 'u', sessionId, includePartialMessages: true })
-  await until('the second task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
-  const following = collect(await b.manager.streamEvents({ sessionId, userId: 'u', after: seen.at(-1).seq }))
+  const running = await until('the second task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
+  const following = collect(await b.manager.streamEvents({ sessionId, userId: 'u', after }))
+  await until('a few words of the second reply', async () => textOf(await b.manager.streamEvents({ sessionId, userId: 'u', after, follow: false }).then(collect)).length > 0)
   t.assert.strictEqual(await c.call('abortTask', { sessionId, userId: 'u' }), true)
   t.assert.strictEqual((await second).error?.code, 'ABORTED')
   const rest = await following
-  contiguous(t, rest, seen.at(-1).seq + 1)
+  contiguous(t, rest, after + 1)
   t.assert.strictEqual(rest.at(-1).event.result.error.code, 'ABORTED')
   t.assert.strictEqual((await c.call('listTasks', sessionId, 'u')).at(-1).status, 'aborted')
+  return running
+}
+
+const REDIS_URL = process.env.CSM_TEST_REDIS_URL || ''
+const REDIS_SKIP = 'Redis tests skipped: set CSM_TEST_REDIS_URL=redis://… to run them'
+
+/** Watches what is published on Redis for `sessionId` (a raw RESP PSUBSCRIBE): `count()` batches. */
+function redisWatch(url, sessionId) {
+  const u = new URL(url)
+  const sock = net.connect(Number(u.port || 6379), u.hostname)
+  const pattern = `csm:*:${sessionId}`
+  const auth = u.password ? `*3\r\n$4\r\nAUTH\r\n$${(u.username || 'default').length}\r\n${u.username || 'default'}\r\n$${decodeURIComponent(u.password).length}\r\n${decodeURIComponent(u.password)}\r\n` : ''
+  sock.write(`${auth}*2\r\n$10\r\nPSUBSCRIBE\r\n$${pattern.length}\r\n${pattern}\r\n`)
+  let data = ''
+  sock.on('data', (d) => (data += d))
+  sock.on('error', () => {})
+  return { count: () => data.split(`"s":"${sessionId}"`).length - 1, close: () => sock.destroy() }
+}
+
+/** A TCP proxy to Redis that the test can drop (every connection cut, nothing accepted) and bring back. */
+async function redisProxy(url) {
+  const u = new URL(url)
+  const [upHost, upPort] = [u.hostname, Number(u.port || 6379)]
+  const sockets = new Set()
+  let server
+  const listen = (port) =>
+    new Promise((resolve) => {
+      server = net.createServer((c) => {
+        const up = net.connect(upPort, upHost)
+        for (const s of [c, up]) {
+          sockets.add(s)
+          s.on('error', () => {})
+          s.on('close', () => (sockets.delete(s), c.destroy(), up.destroy()))
+        }
+        c.pipe(up)
+        up.pipe(c)
+      })
+      server.listen(port, '127.0.0.1', () => resolve(server.address().port))
+    })
+  const port = await listen(0)
+  u.hostname = '127.0.0.1'
+  u.port = String(port)
+  return {
+    url: u.toString(),
+    async drop() {
+      await new Promise((r) => (server.close(() => r()), sockets.forEach((s) => s.destroy())))
+    },
+    restore: () => listen(port),
+    close() {
+      sockets.forEach((s) => s.destroy())
+      server.close()
+    },
+  }
+}
+
+/** Three managers on one store: B here, A and C in processes of their own (PostgreSQL when set, else SQLite). */
+async function threeNodes(t, extra = {}) {
+  const server = await startStandInServer()
+  const root = tempDir('csm-streams-')
+  const pg = Boolean(PG_URL)
+  const schema = `csm_streams_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const store = pg ? { backend: 'postgres', databaseSchema: schema } : {}
+  const b = makeManager({ server, dir: path.join(root, 'b'), ...store, nodeId: 'b', ...extra })
+  const a = await child({ ...b.options, nodeId: 'a', stateDirectory: path.join(root, 'state-a') })
+  const c = await child({ ...b.options, nodeId: 'c', stateDirectory: path.join(root, 'state-c') })
+  t.after(async () => {
+    a.proc.kill('SIGKILL')
+    c.proc.kill('SIGKILL')
+    await b.manager.close()
+    await server.close()
+    if (pg) {
+      try {
+        execFileSync('psql', [PG_URL, '-qc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
+      } catch {}
+    }
+  })
+  return { server, a, b, c, root }
+}
+
+test('through Redis: task on A, stream on B, abort from C; B gets every event in order, published on Redis; the CLI on A stops, the row says aborted', async (t) => {
+  if (!REDIS_URL) return t.skip(REDIS_SKIP)
+  const { server, a, b, c } = await threeNodes(t, { redisUrl: REDIS_URL })
+  server.enqueue(slow(100), slow(1000))
+  const sessionId = (await a.call('getOrCreateSession', { projectId: 'p', userId: 'u' })).session.id
+  const watch = redisWatch(REDIS_URL, sessionId)
+  t.after(() => watch.close())
+  const first = a.call('executeTask', { prompt: 'hi', projectId: 'p', userId: 'u', sessionId, includePartialMessages: true })
+  await until('the task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
+  const seen = await collect(await b.manager.streamEvents({ sessionId, userId: 'u' }))
+  t.assert.strictEqual((await first).success, true)
+  contiguous(t, seen, 1)
+  t.assert.strictEqual(textOf(seen), WORDS)
+  t.assert.strictEqual(seen.at(-1).event.type, 'task_end')
+  t.assert.ok(watch.count() > 0, 'the live events were published on Redis')
+
+  const running = await abortFromC(t, { a, b, c }, sessionId, seen.at(-1).seq)
+  t.assert.strictEqual(running.pid, a.proc.pid)
+  // The CLI on A is gone: A's process has no child left.
+  await until('the CLI on A to exit', () => {
+    try {
+      return execFileSync('ps', ['-o', 'pid=', '--ppid', String(a.proc.pid)]).toString().trim() === ''
+    } catch {
+      return true // ps exits 1 when it lists nothing
+    }
+  })
+})
+
+test('Redis dropped mid-task: B still gets every event, in order, through the database; Redis is used again once it is back', async (t) => {
+  if (!REDIS_URL) return t.skip(REDIS_SKIP)
+  const proxy = await redisProxy(REDIS_URL)
+  t.after(() => proxy.close())
+  const { server, a, b } = await threeNodes(t, { redisUrl: proxy.url })
+  server.enqueue(slow(150), slow(50))
+  const sessionId = (await a.call('getOrCreateSession', { projectId: 'p', userId: 'u' })).session.id
+  const first = a.call('executeTask', { prompt: 'hi', projectId: 'p', userId: 'u', sessionId, includePartialMessages: true })
+  await until('the task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
+  const seen = []
+  let dropped = false
+  for await (const e of await b.manager.streamEvents({ sessionId, userId: 'u' })) {
+    seen.push(e)
+    if (!dropped && textOf(seen).split(' ').length === 3) {
+      dropped = true
+      await proxy.drop()
+    }
+  }
+  t.assert.strictEqual((await first).success, true)
+  t.assert.ok(dropped)
+  contiguous(t, seen, 1)
+  t.assert.strictEqual(textOf(seen), WORDS)
+  t.assert.strictEqual(seen.at(-1).event.type, 'task_end')
+
+  // Back: the next task's events come through Redis again, and still all of them.
+  await proxy.restore()
+  const watch = redisWatch(REDIS_URL, sessionId)
+  t.after(() => watch.close())
+  const second = a.call('executeTask', { prompt: 'again', projectId: 'p', userId: 'u', sessionId, includePartialMessages: true })
+  await until('the second task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
+  const rest = await collect(await b.manager.streamEvents({ sessionId, userId: 'u', after: seen.at(-1).seq }))
+  t.assert.strictEqual((await second).success, true)
+  contiguous(t, rest, seen.at(-1).seq + 1)
+  t.assert.strictEqual(textOf(rest), WORDS)
+  await until('a batch published on Redis after it came back', () => watch.count() > 0)
+})
+
+test('a permission answer given on another node reaches the task on A through the doorbell; the tool runs', async (t) => {
+  const { server, a, b } = await threeNodes(t, { warmIdleMs: 600_000, permissionTimeoutMs: 60_000 })
+  // Every node works in B's folder (the same options).
+  const file = path.join(b.work, 'answered.txt')
+  server.enqueue({ toolUse: { name: 'Write', input: { file_path: file, content: 'after the answer\n' } } }, { text: 'Done.' })
+  const sessionId = (await a.call('getOrCreateSession', { projectId: 'p', userId: 'u' })).session.id
+  const run = a.call('executeTask', { prompt: 'write it', projectId: 'p', userId: 'u', sessionId, permissionMode: 'default' }, { waitForAnswers: true })
+  // B learns of the request from the event log, and answers it.
+  await until('the task on A', () => b.manager.getRunningTask({ sessionId, userId: 'u' }))
+  let request
+  for await (const e of await b.manager.streamEvents({ sessionId, userId: 'u' })) {
+    if (e.event.type === 'permission_request') {
+      request = e.event
+      break
+    }
+  }
+  t.assert.strictEqual(request.toolName, 'Write')
+  t.assert.strictEqual(fs.existsSync(file), false)
+  await b.manager.respondToPermission({ sessionId, userId: 'u', requestId: request.requestId, behavior: 'allow' })
+  const r = await run
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'after the answer\n')
+  t.assert.ok(a.events.some((e) => e.event === 'permission_settled' && e.requestId === request.requestId), "A's callback was told it was answered elsewhere")
 })

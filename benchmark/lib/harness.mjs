@@ -48,6 +48,8 @@ export function startStandIn() {
         url: m.url,
         env: m.env,
         pid: child.pid,
+        /** Scripts replies (`server.enqueue` in the child). */
+        enqueue: (...replies) => child.send({ enqueue: replies }),
         close: () =>
           new Promise((done) => {
             child.once('exit', done)

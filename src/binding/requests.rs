@@ -158,6 +158,12 @@ pub struct SessionManagerOptions {
   /// How long a task's events stay in the store's event log after the task ended (ms), for
   /// `streamEvents`; swept in the background. Default 86400000 (one day).
   pub event_retention_ms: Option<f64>,
+  /// A Redis server on which live task events are also published (`redis://`, `rediss://` for
+  /// TLS, `redis+unix://`; a user and password in the URL), so that `streamEvents` on other
+  /// nodes gets them without reading the database. The store's event log stays the record and
+  /// the replay path: while Redis is unreachable followers read the log (one warning on stderr),
+  /// and no event is lost. Default: env `CLAUDE_SESSIONS_REDIS_URL`, else none.
+  pub redis_url: Option<String>,
   /// The largest transcript (bytes) `getMessages`, `estimatePromptTokens` and the PostgreSQL
   /// store read whole; a longer one fails with `TRANSCRIPT_TOO_LARGE` (it is not read, so a
   /// huge transcript costs no memory). A single line over 8 MiB is skipped. Default 268435456

@@ -114,6 +114,7 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
     let max_warm_sessions = count("maxWarmSessions", o.max_warm_sessions)?;
     let permission_timeout = opt(o.permission_timeout_ms, |t| positive_millis("permissionTimeoutMs", t))?;
     let event_retention = opt(o.event_retention_ms, |t| positive_millis("eventRetentionMs", t))?;
+    opt(o.redis_url.as_deref(), manager::check_redis_url)?;
     let max_transcript_bytes = count("maxTranscriptBytes", o.max_transcript_bytes)?;
     let cli_niceness = opt(o.cli_niceness, |n| {
       let n = non_negative_int("cliNiceness", n)?;
@@ -196,6 +197,7 @@ impl TryFrom<SessionManagerOptions> for manager::Options {
       permission_timeout,
       max_transcript_bytes,
       event_retention,
+      redis_url: o.redis_url,
       budgets,
       model_prices,
     })
@@ -878,6 +880,8 @@ mod tests {
     );
     assert_eq!((o.cli_niceness, o.max_concurrent_tasks, o.sandbox_limits.tmp_bytes), (Some(19), Some(4), 2 << 20));
     assert_eq!(o.sandbox_read_only, ["/usr/share"]);
+    let o = options(|o| o.redis_url = Some("rediss://:pw@cache:6380/1".into())).unwrap();
+    assert_eq!(o.redis_url.as_deref(), Some("rediss://:pw@cache:6380/1"));
     all_invalid([
       (options(|o| o.isolate_tenants = Some("team".into())), "isolateTenants must be \"none\", \"user\" or \"project\", got \"team\""),
       (options(|o| o.context_window = Some(0.0)), "contextWindow must be at least 1"),
@@ -900,6 +904,8 @@ mod tests {
       (options(|o| o.setting_sources = Some(vec!["global".into()])), "settingSources entries are \"user\", \"project\" or \"local\""),
       (options(|o| o.lease_ttl_ms = Some(299.0)), "leaseTtlMs must be from 300 to 86400000, got 299"),
       (options(|o| o.node_id = Some("a\nb".into())), "nodeId must be 1 to 200 characters"),
+      (options(|o| o.redis_url = Some("http://cache:6379".into())), "redisUrl must be a redis://, rediss:// or redis+unix:// URL"),
+      (options(|o| o.redis_url = Some("redis://:pw@cache:port".into())), "redisUrl is not a Redis URL the client accepts"),
       (
         options(|o| o.budgets = Some(JsBudgetDefaults { per_user: Some(DefaultCap { usd: -1.0, period: None }), per_session: None })),
         "budgets.perUser.usd must be a finite number of US dollars, 0 or more, got -1",

@@ -71,6 +71,8 @@ pub struct Options {
   pub max_transcript_bytes: Option<u64>,
   /// At least 1 ms.
   pub event_retention: Option<Duration>,
+  /// `redis://`, `rediss://` or `redis+unix://` (checked by the binding).
+  pub redis_url: Option<String>,
   /// Spend caps where none is stored (`budgets.rs`).
   pub budgets: Option<super::budgets::BudgetOptions>,
   /// Prices that replace the list prices of the key proxy's meter.
@@ -173,6 +175,8 @@ pub struct Config {
   pub max_transcript_bytes: u64,
   /// How long a task's events stay in the log after it ended (`eventRetentionMs`).
   pub event_retention: Duration,
+  /// Where live events are also published (`redisUrl`, env `CLAUDE_SESSIONS_REDIS_URL`).
+  pub redis_url: Option<String>,
 }
 
 /// The CLI's tools that schedule work to run later, outside any task (a cron job, a wake-up, a
@@ -244,6 +248,16 @@ impl Config {
     let sandbox_read_write = checked_paths("sandboxPaths.readWrite entry", &o.sandbox_read_write)?;
     let lease_ttl = o.lease_ttl.unwrap_or(Duration::from_secs(30));
     let node_id = o.node_id.clone().unwrap_or_else(|| format!("{}:{}", host_name(), std::process::id()));
+    let redis_url = o.redis_url.clone().or_else(|| env_var("CLAUDE_SESSIONS_REDIS_URL"));
+    if let Some(u) = &redis_url {
+      super::fanout::check_url(u).map_err(|e| {
+        if o.redis_url.is_some() {
+          e
+        } else {
+          Error::invalid(format!("CLAUDE_SESSIONS_REDIS_URL: {}", e.message))
+        }
+      })?;
+    }
     Ok(Config {
       database_path,
       database_url,
@@ -288,6 +302,7 @@ impl Config {
       permission_timeout: n.permission_timeout,
       max_transcript_bytes: n.max_transcript_bytes,
       event_retention: o.event_retention.unwrap_or(Duration::from_secs(24 * 60 * 60)),
+      redis_url,
     })
   }
 }

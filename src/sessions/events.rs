@@ -9,14 +9,15 @@
 //!   other are joined into one event (same block, text appended): no row per token, nothing a
 //!   client renders is lost.
 //! - **Following** ([`Follower`]): reads the log after a number in pages of [`PAGE`], then waits
-//!   for a doorbell and reads again: this process's writers ring an in-process channel, other
-//!   nodes' PostgreSQL `NOTIFY` (the store's one listening connection; after it was re-made, one
-//!   catch-up read), and on SQLite another process's events are found by reading the log every
-//!   [`POLL`]. A follower keeps at most a page in memory, however slowly it is read: the log is
-//!   its buffer, so a follower that never reads costs nothing and never slows the task.
-//! - **Stopping**: `abortTask` marks the running task's row; the manager running it stops the CLI
-//!   at once when it is this one, else when it hears of it (PostgreSQL `NOTIFY`) or reads the mark
-//!   (every [`POLL`] on SQLite). The task ends `aborted`.
+//!   for the store's doorbell (`store/doorbell.rs`: at once in this process, PostgreSQL `NOTIFY`
+//!   from other nodes, SQLite's `notices` read every few milliseconds from other processes; after
+//!   the doorbell was down, one catch-up read) and reads again. With `redisUrl` the events
+//!   themselves come through Redis (`fanout.rs`), and the log is read only for what Redis did not
+//!   bring. A follower keeps at most a page in memory, however slowly it is read: the log is its
+//!   buffer, so a follower that never reads costs nothing and never slows the task.
+//! - **Stopping**: `abortTask` marks the running task's row and rings the doorbell; the manager
+//!   running it stops the CLI at once when it is this one, else when it hears the ring. The task
+//!   ends `aborted`.
 //! - **Retention**: a task's events go `eventRetentionMs` after it ended (swept in the
 //!   background); a follower asking for numbers swept gets one `events_truncated` event first.
 
@@ -27,20 +28,21 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::fanout::{Batch, Fanout, Following, GRACE};
 use super::{Manager, Wait};
 use crate::cli::CancelToken;
 use crate::error::{Error, Result};
+use crate::store::doorbell::wait_ring;
 use crate::store::{EventRow, Notice, RunningTask, Store};
 
 /// How long a text delta waits for the next ones, to be written as one event.
 const COALESCE: Duration = Duration::from_millis(8);
 /// How many events a follower reads at once (and keeps at most).
 const PAGE: u32 = 256;
-/// How often a follower (and a running task's stop watch) reads the store when no doorbell
-/// reaches it from where the write happened: SQLite across processes.
-pub(crate) const POLL: Duration = Duration::from_millis(50);
-/// With a doorbell (PostgreSQL), the store is still read this often, in case one went missing.
-const SAFETY_POLL: Duration = Duration::from_secs(2);
+/// How often a follower reads the log while a task it follows has ended without its `task_end`.
+const POLL: Duration = Duration::from_millis(50);
+/// The store is still read this often, in case a ring went missing.
+pub(crate) const SAFETY_POLL: Duration = Duration::from_secs(2);
 /// How long a follower waits for a task's `task_end` event after its row has ended (the writer
 /// appends it right after the row is written); a task whose process died has none.
 const END_GRACE: Duration = Duration::from_secs(2);
@@ -79,21 +81,21 @@ pub struct RunningTaskInfo {
   pub last_seq: i64,
 }
 
-/// The manager's side of the log: the in-process doorbell, and the writer of each task running
-/// here (by session: one task per session).
+/// The manager's side of the log: the writer of each task running here (by session: one task
+/// per session), and Redis when `redisUrl` is set.
+#[derive(Default)]
 pub(crate) struct Logs {
-  local: broadcast::Sender<Notice>,
   writers: Mutex<HashMap<String, Recorder>>,
   sweeping: std::sync::atomic::AtomicBool,
-}
-
-impl Default for Logs {
-  fn default() -> Logs {
-    Logs { local: broadcast::channel(1024).0, writers: Mutex::new(HashMap::new()), sweeping: Default::default() }
-  }
+  pub(crate) fanout: Option<Arc<Fanout>>,
 }
 
 impl Logs {
+  /// The logs of a manager publishing on Redis through `fanout`, if any.
+  pub(crate) fn new(fanout: Option<Arc<Fanout>>) -> Logs {
+    Logs { fanout, ..Default::default() }
+  }
+
   /// The writer of the task running here on the session, if any.
   pub(crate) fn writer(&self, session_id: &str) -> Option<Recorder> {
     self.writers.lock().unwrap_or_else(|p| p.into_inner()).get(session_id).cloned()
@@ -193,10 +195,11 @@ fn coalesce(events: Vec<Value>) -> Vec<Value> {
 }
 
 /// The writer's loop: takes what is queued (after a text delta, waits [`COALESCE`] for the
-/// next ones), joins deltas, appends the batch, rings the in-process doorbell.
+/// next ones), joins deltas, appends the batch (the store rings its doorbell elsewhere), rings
+/// this process's doorbell and publishes the batch on Redis.
 async fn write_loop(
   store: Arc<Store>,
-  local: broadcast::Sender<Notice>,
+  fanout: Option<Arc<Fanout>>,
   session_id: String,
   task_id: String,
   mut rx: mpsc::UnboundedReceiver<Msg>,
@@ -223,12 +226,18 @@ async fn write_loop(
       for _ in 0..2 {
         let (sid, tid, rows) = (sid.clone(), tid.clone(), rows.clone());
         if let Ok(seq) = st.call(Wait::Blocking, async move |s| s.append_events(&sid, &tid, &rows).await).await {
-          written = Some(seq);
+          // Redis's copies say when they were written by this clock (the log's, by the store's).
+          written = Some((seq, crate::store::now_ms()));
           break;
         }
       }
-      if let Some(seq) = written {
-        let _ = local.send(Notice::Events { session_id: session_id.clone(), seq });
+      if let Some((seq, at)) = written {
+        store.ring_here(Notice::Events { session_id: session_id.clone(), seq });
+        if let Some(f) = &fanout {
+          let first = seq - rows.len() as i64 + 1;
+          let rows = rows.into_iter().enumerate().map(|(i, body)| EventRow { seq: first + i as i64, task_id: task_id.clone(), at, body });
+          f.publish(&Batch { session_id: session_id.clone(), rows: rows.collect() });
+        }
       }
     }
     for f in flushes {
@@ -257,8 +266,12 @@ pub struct Follower {
   cancel: CancelToken,
   buf: VecDeque<EventRow>,
   truncated: Option<i64>,
-  local: broadcast::Receiver<Notice>,
-  remote: Option<broadcast::Receiver<Notice>>,
+  /// The store's doorbell (`None`: reading what is logged only).
+  bell: Option<broadcast::Receiver<Notice>>,
+  /// The session's channel on Redis, with `redisUrl`.
+  redis: Option<Following>,
+  /// The last wait brought the events from Redis: no need to read the log before the next.
+  fresh: bool,
   /// A task was seen running while following, and its `task_end` not yet read.
   saw_running: bool,
   /// The last event read was a task's end.
@@ -297,6 +310,10 @@ impl Follower {
         self.done = true;
         return Ok(None);
       }
+      if std::mem::take(&mut self.fresh) && !self.at_end {
+        self.wait().await;
+        continue;
+      }
       let (sid, after) = (self.session_id.clone(), self.after);
       let rows = self.store.call(Wait::Briefly, async move |s| s.read_events(&sid, after, PAGE).await).await?;
       if !rows.is_empty() {
@@ -331,34 +348,74 @@ impl Follower {
     }
   }
 
-  /// Until a doorbell for this session rings (or a poll's time has passed, or the signal).
+  /// Until a doorbell for this session rings (or a poll's time has passed, or the signal), or
+  /// Redis brings the events right after the last one read (then [`Self::fresh`]).
   async fn wait(&mut self) {
-    let poll = if self.remote.is_some() { SAFETY_POLL } else { POLL };
-    let poll = if self.ended_at.is_some() { POLL } else { poll };
+    let poll = if self.ended_at.is_some() { POLL } else { SAFETY_POLL };
     let deadline = tokio::time::sleep(poll);
     tokio::pin!(deadline);
-    let sid = self.session_id.clone();
-    let rings = |r: std::result::Result<Notice, broadcast::error::RecvError>| match r {
-      Ok(Notice::Events { session_id, .. }) => session_id == sid,
-      Ok(Notice::Listening) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-      Ok(Notice::Abort { .. }) => false,
-      Err(broadcast::error::RecvError::Closed) => false,
-    };
+    // The doorbell rang for events Redis has not brought yet: read the log once this passes.
+    let mut grace: Option<tokio::time::Instant> = None;
+    let (sid, after) = (self.session_id.clone(), self.after);
+    let redis_up = |r: &Option<Following>| r.as_ref().is_some_and(|f| *f.up.borrow());
     loop {
-      let remote = async {
-        match self.remote.as_mut() {
-          Some(r) => r.recv().await,
-          None => std::future::pending().await,
-        }
+      let (bell, redis) = (&mut self.bell, &mut self.redis);
+      let (heard, up) = match redis.as_mut() {
+        Some(f) => (Some(&mut f.rx), Some(&mut f.up)),
+        None => (None, None),
       };
-      tokio::select! {
-        r = self.local.recv() => if rings(r) { return },
-        r = remote => if rings(r) { return },
+      let woke = tokio::select! {
+        r = async { match bell.as_mut() { Some(b) => b.recv().await, None => std::future::pending().await } } => Woke::Bell(r),
+        r = async { match heard { Some(h) => h.recv().await, None => std::future::pending().await } } => Woke::Redis(r),
+        ok = async { match up { Some(u) => u.changed().await.is_ok(), None => std::future::pending().await } } => Woke::Up(ok),
+        _ = async { match grace { Some(g) => tokio::time::sleep_until(g).await, None => std::future::pending().await } } => return,
         _ = &mut deadline => return,
         _ = self.cancel.cancelled() => return,
+      };
+      match woke {
+        Woke::Bell(r) => match r {
+          Ok(Notice::Events { session_id, seq }) if session_id == sid && seq > after => {
+            if !redis_up(&self.redis) {
+              return;
+            }
+            grace.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
+          }
+          Ok(Notice::Listening) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+          Ok(_) => {}
+          Err(broadcast::error::RecvError::Closed) => self.bell = None,
+        },
+        Woke::Redis(Ok(batch)) => {
+          let rows: Vec<EventRow> = batch.rows.iter().filter(|r| r.seq > after).cloned().collect();
+          match rows.first() {
+            // The events right after the last one read: no need to read the log for them.
+            Some(first) if first.seq == after + 1 && rows.windows(2).all(|w| w[1].seq == w[0].seq + 1) => {
+              self.buf.extend(rows);
+              self.fresh = true;
+              return;
+            }
+            // A gap (Redis dropped a message, or this follower lagged): the log has them.
+            Some(_) => return,
+            None => {}
+          }
+        }
+        Woke::Redis(Err(_)) => return,
+        Woke::Up(ok) => {
+          if !ok {
+            self.redis = None;
+          }
+          // Up again: what it missed is in the log; down: so is what the follower waited for.
+          return;
+        }
       }
     }
   }
+}
+
+/// What woke a waiting follower.
+enum Woke {
+  Bell(std::result::Result<Notice, broadcast::error::RecvError>),
+  Redis(std::result::Result<Arc<Batch>, broadcast::error::RecvError>),
+  Up(bool),
 }
 
 impl Manager {
@@ -367,7 +424,7 @@ impl Manager {
   pub(crate) fn start_recording(&self, session_id: &str, task_id: &str) -> Recording {
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = Recorder { tx };
-    tokio::spawn(write_loop(self.store.clone(), self.logs.local.clone(), session_id.to_owned(), task_id.to_owned(), rx));
+    tokio::spawn(write_loop(self.store.clone(), self.logs.fanout.clone(), session_id.to_owned(), task_id.to_owned(), rx));
     self.logs.writers.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), recorder.clone());
     self.start_sweeping();
     Recording { logs: self.logs.clone(), session_id: session_id.to_owned(), recorder }
@@ -395,27 +452,12 @@ impl Manager {
   /// cancels the task when one is read (PostgreSQL: heard of) until the returned guard drops.
   pub(crate) fn watch_abort(&self, task_id: &str, cancel: CancelToken) -> super::run::AbortOnDrop {
     let (store, task) = (self.store.clone(), task_id.to_owned());
-    let mut remote = self.store.subscribe();
+    let mut bell = self.store.subscribe();
     super::run::AbortOnDrop(tokio::spawn(async move {
-      let poll = if remote.is_some() { SAFETY_POLL } else { POLL };
       loop {
-        // A stop request for this task, or a reason to read the store (the listener was re-made,
-        // or this watch lagged behind its notices).
-        let heard = async {
-          let Some(r) = remote.as_mut() else { return std::future::pending().await };
-          loop {
-            match r.recv().await {
-              Ok(Notice::Abort { task_id, .. }) if task_id == task => return,
-              Ok(Notice::Listening) | Err(broadcast::error::RecvError::Lagged(_)) => return,
-              Ok(_) => {}
-              Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
-            }
-          }
-        };
-        tokio::select! {
-          _ = tokio::time::sleep(poll) => {}
-          _ = heard => {}
-        }
+        // A stop request for this task, or a reason to read the store (the doorbell was down,
+        // or this watch lagged behind its notices), or the periodic read.
+        wait_ring(&mut bell, SAFETY_POLL, None, |n| matches!(n, Notice::Abort { task_id, .. } if *task_id == task)).await;
         let t = task.clone();
         if store.call(Wait::Briefly, async move |s| s.abort_requested(&t).await).await.unwrap_or(false) {
           cancel.cancel();
@@ -467,6 +509,7 @@ impl Manager {
       Some(false) => Until::Logged,
       Some(true) => Until::Aborted,
     };
+    let redis = if until == Until::Logged { None } else { self.logs.fanout.as_ref().map(|f| f.follow(&session.id)) };
     Ok(Follower {
       store: self.store.clone(),
       session_id: session.id,
@@ -475,8 +518,9 @@ impl Manager {
       cancel,
       buf: VecDeque::new(),
       truncated: (after < bounds.first - 1).then_some(bounds.first),
-      local: self.logs.local.subscribe(),
-      remote: if until == Until::Logged { None } else { self.store.subscribe() },
+      bell: (until != Until::Logged).then(|| self.store.subscribe()),
+      redis,
+      fresh: false,
       // A task's stream waits for that task's end, even when its row ended a moment before
       // its `task_end` event is written.
       saw_running: r.task_id.is_some(),
@@ -507,8 +551,10 @@ impl Manager {
   pub async fn abort_task(&self, session_id: &str, user_id: &str) -> Result<bool> {
     self.check_open()?;
     let session = self.get_session(session_id, user_id).await?;
-    let sid = session.id;
+    let sid = session.id.clone();
     let Some(task) = self.store_call(Wait::Briefly, async move |s| s.request_abort(&sid).await).await? else { return Ok(false) };
+    // The store rang for other processes and nodes; the other managers of this process now.
+    self.store.ring_here(Notice::Abort { session_id: session.id.clone(), task_id: task.task_id.clone() });
     if task.owner_id == self.owner.id {
       if let Some(c) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(&task.task_id) {
         c.cancel();

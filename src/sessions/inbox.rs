@@ -4,13 +4,14 @@
 //!
 //! - A task with a permission callback registers each request in the store while it waits
 //!   ([`Manager::answerable`]) and removes it once settled, however (answer, timeout, abort).
-//! - While a warm task runs, its manager reads its inbox every [`POLL`] ([`Manager::watch_inbox`]):
-//!   an answer found settles the request as if the callback had answered (the callback's `signal`
-//!   aborts: the request is no longer pending); a message found is steered into the task and its
-//!   outcome written back for the sender.
+//! - While a warm task runs, its manager reads its inbox when the store's doorbell rings for the
+//!   session (`store/doorbell.rs`; and every [`SAFETY_POLL`] in case a ring went missing)
+//!   ([`Manager::watch_inbox`]): an answer found settles the request as if the callback had
+//!   answered (the callback's `signal` aborts: the request is no longer pending); a message found
+//!   is steered into the task and its outcome written back for the sender, with a ring.
 //! - `respondToPermission` settles a request waiting in this manager directly, else writes the
-//!   answer to its row; `sendMessage` leaves a message for a task another manager runs and waits
-//!   until that manager has steered it (or could not).
+//!   answer to its row and rings; `sendMessage` leaves a message for a task another manager runs,
+//!   rings, and waits for the ring of its outcome (steered, or not: the task was ending).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,17 +21,19 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::permissions::{user_edit_allowed, PermissionResponse, Rule, Rules};
-use super::{Manager, Wait};
+use super::{ring, Manager, Wait};
 use crate::cli::{CanUseTool, CancelToken, Decision, PermissionRequest, WarmHandle};
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Delivery, Receipt, Store};
+use crate::store::doorbell::wait_ring;
+use crate::store::{Delivery, Notice, Receipt, Store};
 
-/// How often a running task's manager reads its inbox.
-const POLL: Duration = Duration::from_millis(100);
-/// How often a sender looks whether its message was steered.
-const RECEIPT_POLL: Duration = Duration::from_millis(50);
-/// How long a sender waits for that at most (the task's manager answers within a [`POLL`] or
-/// two; a frozen one stops renewing its lease, which ends the wait sooner).
+/// How often a running task's manager reads its inbox without a ring (in case one went missing).
+const SAFETY_POLL: Duration = super::events::SAFETY_POLL;
+/// How often a sender looks whether its message was steered without a ring (also how soon it
+/// learns that the task's manager died: its lease expired).
+const RECEIPT_POLL: Duration = Duration::from_secs(1);
+/// How long a sender waits for that at most (the task's manager answers as soon as it hears the
+/// ring; a frozen one stops renewing its lease, which ends the wait sooner).
 const RECEIPT_LIMIT: Duration = Duration::from_secs(30);
 /// A waiting request: where its answer goes, and the tool input the CLI asked about.
 type Waiter = (oneshot::Sender<Decision>, Value);
@@ -211,13 +214,16 @@ impl Manager {
     let (store, waiting, session, task, stopped) =
       (self.store.clone(), self.waiting.clone(), session_id.to_owned(), task_id.to_owned(), stop.clone());
     let logs = self.logs.clone();
+    // Subscribed before the inbox opens: no ring for it is missed.
+    let mut bell = self.store.subscribe();
     tokio::spawn(async move {
       let (s, t) = (session.clone(), task.clone());
       if store.call(Wait::Briefly, async move |st| st.inbox_open(&s, &t).await).await.is_ok() {
+        let mine = Notice::Inbox { session_id: session.clone() };
         loop {
-          tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
-            _ = stopped.cancelled() => break,
+          wait_ring(&mut bell, SAFETY_POLL, Some(&stopped), |n| *n == mine).await;
+          if stopped.is_cancelled() {
+            break;
           }
           let (s, t) = (session.clone(), task.clone());
           let Ok(found) = store.call(Wait::Briefly, async move |st| st.inbox_poll(&s, &t).await).await else { continue };
@@ -238,13 +244,19 @@ impl Manager {
                     l.record(serde_json::json!({ "type": "user_message", "sessionId": session, "text": text }));
                   }
                 }
-                let _ = store.call(Wait::Briefly, async move |st| st.inbox_mark(id, steered).await).await;
+                if store.call(Wait::Briefly, async move |st| st.inbox_mark(id, steered).await).await.is_ok() {
+                  ring(&store, Notice::Receipt { session_id: session.clone(), id }).await;
+                }
               }
             }
           }
         }
       }
-      let _ = store.call(Wait::Briefly, async move |st| st.inbox_close(&session, &task).await).await;
+      let sid = session.clone();
+      if store.call(Wait::Briefly, async move |st| st.inbox_close(&sid, &task).await).await.is_ok() {
+        // Messages not handled were refused: their senders learn it now.
+        ring(&store, Notice::Receipt { session_id: session, id: 0 }).await;
+      }
     });
     InboxWatch(stop)
   }
@@ -254,12 +266,16 @@ impl Manager {
   /// ending). No such task anywhere: `INVALID_ARGUMENT`, as before.
   pub(crate) async fn forward_message(&self, session_id: &str, prompt: &str) -> Result<()> {
     let (sid, text) = (session_id.to_owned(), prompt.to_owned());
+    // Subscribed before the message is left: the ring of its outcome is not missed.
+    let mut bell = self.store.subscribe();
     let Some(id) = self.store_call(Wait::Briefly, async move |s| s.inbox_send(&sid, &text).await).await? else {
       return Err(no_task_running(session_id));
     };
+    ring(&self.store, Notice::Inbox { session_id: session_id.to_owned() }).await;
     let deadline = Instant::now() + RECEIPT_LIMIT;
     loop {
-      tokio::time::sleep(RECEIPT_POLL).await;
+      let outcome = |n: &Notice| matches!(n, Notice::Receipt { session_id: s, id: i } if s == session_id && (*i == id || *i == 0));
+      wait_ring(&mut bell, RECEIPT_POLL, None, outcome).await;
       if Instant::now() >= deadline {
         // Too late now: refused unless it was steered meanwhile.
         self.store.call(Wait::Briefly, async move |s| s.inbox_mark(id, false).await).await?;
@@ -274,7 +290,7 @@ impl Manager {
 
   /// Answers a permission request of a task on the user's session, wherever the task runs: one
   /// waiting in this manager directly, else through its row in the store (written once, while
-  /// unanswered; the manager running the task reads it within `POLL`, 100 ms).
+  /// unanswered, then a ring: the manager running the task reads it when it hears it).
   /// `PERMISSION_REQUEST_NOT_FOUND` when no such request is pending; another user's session is
   /// `SESSION_NOT_FOUND`, as everywhere.
   pub async fn respond_to_permission(&self, r: PermissionResponse) -> Result<()> {
@@ -286,7 +302,9 @@ impl Manager {
       return Ok(());
     }
     let (text, (sid, rid)) = (answer.to_stored(), key);
+    let session_id = sid.clone();
     if self.store_call(Wait::Briefly, async move |s| s.inbox_answer(&sid, &rid, &text).await).await? {
+      ring(&self.store, Notice::Inbox { session_id }).await;
       return Ok(());
     }
     Err(Error::new(

@@ -7,7 +7,8 @@
 //! - `tasks`: a task or a compaction asked for (the request, the session to run in);
 //! - `run`: one run of the CLI on a held session (queue, slot, lease, cold or warm CLI, settle);
 //! - `finish`: what a finished run means (result, error code, the store's bookkeeping), pure;
-//! - `events`: the task's events in the store's log, followed from anywhere; stopping a task.
+//! - `events`: the task's events in the store's log, followed from anywhere; stopping a task;
+//! - `fanout`: the live events on Redis (`redisUrl`).
 
 mod api;
 mod branching;
@@ -15,6 +16,7 @@ pub(crate) mod budgets;
 mod checkpoints;
 mod config;
 mod events;
+mod fanout;
 mod finish;
 mod inbox;
 mod mirror;
@@ -44,6 +46,7 @@ pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
 pub use events::{Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
+pub use fanout::check_url as check_redis_url;
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
 pub use prewarm::{PrewarmRequest, Prewarmed};
@@ -131,6 +134,14 @@ pub struct SandboxDetails {
 }
 
 pub(crate) use crate::store::Wait;
+
+/// Rings the store's doorbell for `notice` in this process at once, then in every other process
+/// and node ([`crate::store::Doorbell::ring`], where waiting is fine). A ring that could not be
+/// sent is found by the subscribers' periodic read.
+pub(crate) async fn ring(store: &Arc<Store>, notice: crate::store::Notice) {
+  store.ring_here(notice.clone());
+  let _ = store.call(Wait::Briefly, async move |s| s.ring(&notice).await).await;
+}
 
 /// Creates a file only its owner can read (`0600` on Unix), or tightens an existing one.
 fn private_file(path: &Path) -> Result<()> {
@@ -222,6 +233,10 @@ impl Manager {
     };
     config::private_dir(&cfg.tenant_config_root)?;
     crate::store::block_on(store.recover_interrupted(&cli::pid_alive))?;
+    let fanout = match &cfg.redis_url {
+      Some(url) => Some(Arc::new(fanout::Fanout::new(url, &store.shared_name())?)),
+      None => None,
+    };
     Ok(Manager {
       store: Arc::new(store),
       slots: Arc::new(Semaphore::new(cfg.max_concurrent_tasks)),
@@ -237,7 +252,7 @@ impl Manager {
       key_proxy: tokio::sync::OnceCell::new(),
       warm: Arc::new(warm::WarmPool::default()),
       waiting: Arc::new(inbox::Waiting::default()),
-      logs: Arc::new(events::Logs::default()),
+      logs: Arc::new(events::Logs::new(fanout)),
     })
   }
 

@@ -34,7 +34,8 @@ use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskToken, TurnOptions, WarmHandle, WarmProcess};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::Store;
+use crate::store::doorbell::wait_ring;
+use crate::store::{Notice, Store};
 
 /// How long a closing warm process gets between stdin EOF and SIGTERM.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -84,7 +85,10 @@ impl Home {
   async fn release(&self) {
     let (sid, owner) = (self.session_id.clone(), self.owner_id.clone());
     // A hold that cannot be deleted expires (it is renewed only while this CLI lives).
-    let _ = self.store.call(Wait::Briefly, async move |st| st.warm_release(&sid, &owner).await).await;
+    if self.store.call(Wait::Briefly, async move |st| st.warm_release(&sid, &owner).await).await.is_ok() {
+      // A task elsewhere may wait for it (`others_gone`).
+      super::ring(&self.store, Notice::WarmReleased { session_id: self.session_id.clone() }).await;
+    }
   }
 
   /// A mirror for what the process writes as it closes (PostgreSQL), fenced by its last task.
@@ -120,8 +124,12 @@ pub(crate) struct WarmPool {
 }
 
 /// How often a manager keeping idle warm CLIs asks the store whether another one wants one of
-/// their sessions (what a task elsewhere waits for, at most, before its CLI starts).
-const WANTED_POLL: Duration = Duration::from_millis(200);
+/// their sessions without a ring (in case one went missing): it asks when the store's doorbell
+/// rings for one of them (`store/doorbell.rs`).
+const WANTED_POLL: Duration = super::events::SAFETY_POLL;
+/// How often a task waiting for another manager to give up its warm CLI of the session looks
+/// without a ring (holds of managers that died meanwhile go then).
+const RELEASED_POLL: Duration = Duration::from_millis(500);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
   m.lock().unwrap_or_else(|p| p.into_inner())
@@ -238,12 +246,15 @@ impl WarmPool {
   }
 
   /// While the pool keeps processes: renews the manager's holds (every third of `ttl`) and kills
-  /// the idle CLIs another manager wants (a task there took the session). Started by `put`; ends
-  /// when nothing is kept.
+  /// the idle CLIs another manager wants (a task there took the session), when the doorbell rings
+  /// for one of its sessions. Started by `put`; ends when nothing is kept.
   async fn watch(pool: std::sync::Weak<WarmPool>, store: Arc<Store>, owner_id: String, ttl: Duration) {
     let mut renewed = Instant::now();
+    let mut bell = store.subscribe();
     loop {
-      tokio::time::sleep(WANTED_POLL).await;
+      let within = WANTED_POLL.min((ttl / 3).saturating_sub(renewed.elapsed())).max(Duration::from_millis(10));
+      let kept = |sid: &str| pool.upgrade().is_some_and(|p| lock(&p.idle).contains_key(sid));
+      wait_ring(&mut bell, within, None, |n| matches!(n, Notice::WarmWanted { session_id } if kept(session_id))).await;
       let Some(pool) = pool.upgrade() else { return };
       if lock(&pool.idle).is_empty() && lock(&pool.running).is_empty() {
         pool.watching.store(false, Ordering::SeqCst);
@@ -362,15 +373,21 @@ impl Manager {
 
   /// Before a task's CLI starts (the session's lease is this task's): waits until no other
   /// manager sharing the database keeps an idle warm CLI of the session (they are asked to kill
-  /// it, and do within `WANTED_POLL`; a hold of a manager that died expires). One CLI per session,
+  /// it with a ring, and ring back when it is gone; a hold of a manager that died expires). One CLI per session,
   /// across processes and nodes.
   pub(crate) async fn others_gone(&self, session_id: &str, cancel: &CancelToken) -> Result<()> {
     let deadline = Instant::now() + self.cfg.lease_ttl * 2;
+    let (mut bell, mut asked) = (self.store.subscribe(), false);
     loop {
       let (sid, me) = (session_id.to_owned(), self.owner.id.clone());
       let left = self.store.call(Wait::Briefly, async move |st| st.warm_elsewhere(&sid, &me, &|pid| cli::pid_alive(pid)).await).await?;
       if left == 0 {
         return Ok(());
+      }
+      if !asked {
+        // Their managers hear it and kill the CLI; each rings when its hold is gone.
+        asked = true;
+        super::ring(&self.store, Notice::WarmWanted { session_id: session_id.to_owned() }).await;
       }
       if Instant::now() >= deadline {
         return Err(Error::new(
@@ -381,9 +398,10 @@ impl Manager {
           ),
         ));
       }
-      tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the task was aborted while another process closed its CLI of the session")),
+      let released = Notice::WarmReleased { session_id: session_id.to_owned() };
+      wait_ring(&mut bell, RELEASED_POLL, Some(cancel), |n| *n == released).await;
+      if cancel.is_cancelled() {
+        return Err(Error::new(ErrorCode::Aborted, "the task was aborted while another process closed its CLI of the session"));
       }
     }
   }

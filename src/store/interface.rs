@@ -174,7 +174,7 @@ pub trait Budgets {
 pub trait Events {
   /// Appends a task's events (JSON text, in order) to its session's log, numbered right after
   /// the session's last number; returns the last. PostgreSQL rings its doorbell (`pg_notify`,
-  /// session and number only) in the same transaction.
+  /// session and number only) in the same transaction, SQLite writes its ring there.
   async fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64>;
   /// Up to `limit` events of the session after `after`, in order.
   async fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>>;
@@ -186,11 +186,19 @@ pub trait Events {
   async fn sweep_events(&self, retention: Duration) -> Result<u64>;
   /// The task running on the session (its row `running`, its lease live), if any.
   async fn running_task(&self, session_id: &str) -> Result<Option<RunningTask>>;
-  /// Records a request to stop the session's running task (PostgreSQL: and rings the doorbell);
+  /// Records a request to stop the session's running task and rings the doorbell;
   /// the task, or `None` when none runs.
   async fn request_abort(&self, session_id: &str) -> Result<Option<RunningTask>>;
   /// Whether a stop was requested for the task.
   async fn abort_requested(&self, task_id: &str) -> Result<bool>;
+}
+
+/// The store's doorbell across processes and nodes (`store/doorbell.rs`).
+#[async_trait::async_trait]
+pub trait Doorbell {
+  /// Rings for `notice` in every other process and node sharing the store (PostgreSQL
+  /// `NOTIFY`; SQLite: a row of `notices`).
+  async fn ring(&self, notice: &Notice) -> Result<()>;
 }
 
 /// Where a session branches (`fork` at a message, `rewind`): one row per session with a branch point.
@@ -208,7 +216,7 @@ pub trait Branches {
 
 /// A whole backend: every concern, and the transcripts when it keeps them.
 #[async_trait::async_trait]
-pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Events + Branches + Send + Sync {
+pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Events + Branches + Doorbell + Send + Sync {
   /// The schema version of the open store.
   async fn schema_version(&self) -> Result<i64>;
   /// The transcripts the store keeps for other nodes; `None` on a backend for one machine, where

@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::error::Result;
 
 mod budgets;
+pub mod doorbell;
 mod events;
 mod inbox;
 mod interface;
@@ -34,7 +35,7 @@ pub use budgets::{
 };
 pub use events::{EventBounds, EventRow, Notice, RunningTask, NOTIFY_ABORT, NOTIFY_EVENTS};
 pub use inbox::{Delivery, Receipt};
-pub use interface::{Backend, Branches, Budgets, Events, FileBackups, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
+pub use interface::{Backend, Branches, Budgets, Doorbell, Events, FileBackups, Inbox, Meter, Sessions, Tasks, Transcripts, WarmHolds};
 pub use postgres::{is_postgres_url, validate_schema as validate_pg_schema, PgStore, PG_SCHEMA_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
@@ -413,12 +414,41 @@ impl Store {
     self.transcripts().ok_or_else(|| crate::error::Error::internal(format!("the {} store keeps no transcripts", self.name())))
   }
 
-  /// The store's doorbell, on a backend that has one (PostgreSQL `LISTEN`): new events and stop
-  /// requests, from any node. `None` on SQLite: other processes' writes are found by reading.
-  pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+  /// The store's doorbell (`doorbell.rs`): new events, stop requests, inbox answers and
+  /// messages, warm holds wanted and released, from this process and from any other process or
+  /// node sharing the store. Starts the store's listener (PostgreSQL `LISTEN`, SQLite's reader
+  /// of `notices`) with the first subscriber; it says [`Notice::Listening`] when it is up.
+  pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+    let bus = doorbell::bus(&self.scope());
+    let rx = bus.subscribe();
     match self {
-      Store::Sqlite(_) => None,
-      Store::Postgres(p) => p.subscribe(),
+      Store::Sqlite(s) => s.listen(&bus),
+      Store::Postgres(p) => p.listen(&bus),
+    }
+    rx
+  }
+
+  /// Rings for `notice` in this process only: what the store rang for elsewhere already (an
+  /// append, a stop request), or before [`Doorbell::ring`] does.
+  pub fn ring_here(&self, notice: Notice) {
+    let _ = doorbell::bus(&self.scope()).send(notice);
+  }
+
+  /// What names this store to every node sharing it, whatever address each reaches it by (the
+  /// channels of `redisUrl`): the PostgreSQL database's name and schema, or the SQLite file.
+  pub fn shared_name(&self) -> String {
+    match self {
+      Store::Sqlite(_) => self.scope(),
+      Store::Postgres(p) => p.shared_name(),
+    }
+  }
+
+  /// What names this store in the process's doorbell channels: the SQLite file, or the
+  /// PostgreSQL database and schema.
+  pub fn scope(&self) -> String {
+    match self {
+      Store::Sqlite(s) => s.scope.clone(),
+      Store::Postgres(p) => p.scope(),
     }
   }
 

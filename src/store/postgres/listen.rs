@@ -1,5 +1,6 @@
 //! The store's one listening connection (`LISTEN` on [`PgStore`]'s channel), started with the
-//! first subscriber and kept for the store's life: its notifications go to every subscriber; when
+//! first subscriber and kept for the store's life: its notifications go to the process's channel
+//! of the store (`store/doorbell.rs`), so to every subscriber; when
 //! it drops, it is made again (backing off up to 2 s) and says [`Notice::Listening`] once it
 //! listens again, so that subscribers read the store for what they may have missed. Its
 //! `application_name` is `csm-listener`.
@@ -18,14 +19,8 @@ pub(super) struct Connect {
   pub(super) tls: Option<rustls::ClientConfig>,
 }
 
-/// How many notices a slow subscriber may lag behind before it is told it lagged (it then reads
-/// the store, as after a reconnect).
-const CAPACITY: usize = 1024;
-
-/// Starts the listener on the current runtime; its notices go to the returned sender's subscribers.
-pub(super) fn start(connect: Connect, channel: String) -> broadcast::Sender<Notice> {
-  let (tx, _) = broadcast::channel(CAPACITY);
-  let sender = tx.clone();
+/// Starts the listener on the current runtime; its notices go to `tx`'s subscribers.
+pub(super) fn start(connect: Connect, channel: String, tx: broadcast::Sender<Notice>) {
   tokio::spawn(async move {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -42,7 +37,6 @@ pub(super) fn start(connect: Connect, channel: String) -> broadcast::Sender<Noti
       backoff = (backoff * 2).min(Duration::from_secs(2));
     }
   });
-  sender
 }
 
 /// One listening connection, until it drops; whether it got to listen.

@@ -162,6 +162,7 @@ macro_rules! idempotent {
 
 mod branches;
 mod budgets;
+mod doorbell;
 mod events;
 mod file_backups;
 mod inbox;
@@ -332,8 +333,8 @@ pub struct PgStore {
   channel: String,
   /// The connection settings, for the listening connection (`listen.rs`).
   connect: Box<listen::Connect>,
-  /// The listening connection's notices, once a subscriber started it.
-  notices: std::sync::OnceLock<tokio::sync::broadcast::Sender<crate::store::Notice>>,
+  /// Set once a subscriber started the listening connection.
+  notices: std::sync::OnceLock<()>,
 }
 
 impl Drop for PgStore {
@@ -405,12 +406,22 @@ impl PgStore {
     Ok(store)
   }
 
-  /// The store's doorbell: every notice of the listening connection (`listen.rs`), started with
-  /// the first subscriber.
-  pub fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::Notice>> {
-    let rt = self.rt.as_ref()?;
+  /// Starts the listening connection (`listen.rs`) once; its notices go to `bus`.
+  pub(crate) fn listen(&self, bus: &tokio::sync::broadcast::Sender<crate::store::Notice>) {
+    let Some(rt) = self.rt.as_ref() else { return };
     let _entered = rt.enter();
-    Some(self.notices.get_or_init(|| listen::start((*self.connect).clone(), self.channel.clone())).subscribe())
+    self.notices.get_or_init(|| listen::start((*self.connect).clone(), self.channel.clone(), bus.clone()));
+  }
+
+  /// What names this store to every node (the channels of `redisUrl`): the database's name and
+  /// the schema.
+  pub(crate) fn shared_name(&self) -> String {
+    format!("postgres:{}:{}", self.connect.config.get_dbname().unwrap_or(""), self.channel)
+  }
+
+  /// What names this store in the process's doorbell channels: the database and schema.
+  pub(crate) fn scope(&self) -> String {
+    format!("postgres:{}:{}", self.shown, self.channel)
   }
 
   /// The database, without credentials.

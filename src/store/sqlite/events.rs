@@ -1,5 +1,5 @@
-//! The event log and stop requests on SQLite (what they are: `store/events.rs`). Other processes
-//! learn of new events by reading one indexed row (`sessions.event_seq`) on a short poll.
+//! The event log and stop requests on SQLite (what they are: `store/events.rs`). Every append and
+//! stop request rings the doorbell (`doorbell.rs`) in its own transaction, as PostgreSQL does.
 
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ impl Events for SqliteStore {
       for (i, body) in events.iter().enumerate() {
         insert.execute(params![session_id, last - n + 1 + i as i64, task_id, now, body])?;
       }
+      super::doorbell::ring_in(tx, &Notice::Events { session_id: session_id.to_owned(), seq: last })?;
       Ok(last)
     })
   }
@@ -98,6 +99,7 @@ impl Events for SqliteStore {
         return Ok(None);
       };
       exec(tx, "UPDATE tasks SET abort_requested_at = ?2 WHERE id = ?1 AND abort_requested_at IS NULL", params![t.task_id, now])?;
+      super::doorbell::ring_in(tx, &Notice::Abort { session_id: session_id.to_owned(), task_id: t.task_id.clone() })?;
       t.abort_requested = true;
       Ok(Some(t))
     })

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 
 mod branches;
 mod budgets;
+mod doorbell;
 mod events;
 mod inbox;
 mod leases;
@@ -119,6 +120,10 @@ pub struct SqliteStore {
   _pin: Option<std::fs::File>,
   /// Added to the clock by the spend caps (`Budgets::shift_budget_clock`, for tests).
   budget_clock_ms: std::sync::atomic::AtomicI64,
+  /// The reader of other processes' rings, while this store lives (`doorbell.rs`).
+  listening: std::sync::OnceLock<std::sync::Arc<()>>,
+  /// What names the file in the process's doorbell channels (`store/doorbell.rs`).
+  pub(crate) scope: String,
 }
 
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
@@ -207,8 +212,15 @@ impl SqliteStore {
     conn.set_prepared_statement_cache_capacity(64);
     let pin = std::fs::File::open(path).ok();
     let identity = file_identity(path);
-    let mut store =
-      SqliteStore { conn: Mutex::new(conn), path: path.to_path_buf(), identity, _pin: pin, budget_clock_ms: Default::default() };
+    let mut store = SqliteStore {
+      conn: Mutex::new(conn),
+      path: path.to_path_buf(),
+      identity,
+      _pin: pin,
+      budget_clock_ms: Default::default(),
+      listening: Default::default(),
+      scope: format!("sqlite:{}", std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display()),
+    };
     store.migrate()?;
     Ok(store)
   }

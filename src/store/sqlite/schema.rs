@@ -204,6 +204,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     resume_drops TEXT
   );
   "#,
+  // 11 -> 12: the doorbell (`doorbell.rs`): one row per ring, read by the other processes.
+  r#"
+  CREATE TABLE notices (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload TEXT NOT NULL
+  );
+  "#,
 ];
 
 /// The schema version this build writes.
