@@ -358,11 +358,11 @@ mod tests {
 
   #[test]
   fn history_folders_move_to_this_nodes_working_directory() {
-    let here = Path::new("/b/work");
-    assert_eq!(rebased("a.txt", "/a/work", here).as_deref(), Some("/b/work"));
-    assert_eq!(rebased("sub/x.txt", "/a/work/sub", here).as_deref(), Some("/b/work/sub"));
-    assert_eq!(rebased("a.txt", "/b/work", here), None, "already here");
-    assert_eq!(rebased("sub/x.txt", "/a/work/other", here), None, "not the file's folder");
+    let here = Path::new("/b/wd");
+    assert_eq!(rebased("a.txt", "/a/wd", here).as_deref(), Some("/b/wd"));
+    assert_eq!(rebased("sub/x.txt", "/a/wd/sub", here).as_deref(), Some("/b/wd/sub"));
+    assert_eq!(rebased("a.txt", "/b/wd", here), None, "already here");
+    assert_eq!(rebased("sub/x.txt", "/a/wd/other", here), None, "not the file's folder");
     assert_eq!(rebased("../x.txt", "/a", here), None);
     assert_eq!(rebased("/etc/x", "/etc", here), None);
     assert_eq!(rebased("a.txt", "relative", here), None);
@@ -371,8 +371,8 @@ mod tests {
     let other = r#"{"type":"user","z":1,"a":2}"#;
     let text = format!(
       "{other}\n{}\n{}\n",
-      json!({"type": "file-history-delta", "trackingPath": "a.txt", "backup": {"backupFileName": null, "realParentDir": "/a/work"}}),
-      json!({"type": "file-history-snapshot", "snapshot": {"trackedFileBackups": {"s/b.txt": {"backupFileName": "x@v1", "realParentDir": "/a/work/s"}}}}),
+      json!({"type": "file-history-delta", "trackingPath": "a.txt", "backup": {"backupFileName": null, "realParentDir": "/a/wd"}}),
+      json!({"type": "file-history-snapshot", "snapshot": {"trackedFileBackups": {"s/b.txt": {"backupFileName": "x@v1", "realParentDir": "/a/wd/s"}}}}),
     );
     t.write_atomic(|w| w.write_all(text.as_bytes())).unwrap();
     assert!(rebase_history(&t, &wd, 1 << 20).unwrap());
