@@ -3,7 +3,7 @@
 //   node benchmark/streams.mjs [tasks=10] [answers=20]
 //
 // Env: CSM_TEST_DATABASE_URL (the PostgreSQL rows), CSM_TEST_REDIS_URL (the Redis row),
-// BENCH_ADDON (another build's index.js or .node, for "before" figures).
+// BENCH_ADDON (another build's index.js or .node, for "before" figures: no Redis row then).
 //
 // - Event latency: node A (a process of its own) runs tasks with a slow scripted reply; node B
 //   (this process) follows the session with `streamEvents`. Per event: B's time of receipt minus
@@ -56,12 +56,19 @@ async function node(options) {
 const isDelta = (e) => e.type === 'stream_event' && e.event?.type === 'content_block_delta'
 const logOnly = new Set(['task_end', 'permission_request', 'permission_resolved', 'user_message'])
 
-/** Latencies (ms) of one task's events: A's `onEvent` times against B's receipts. */
+/** Latencies (ms) of one task's events, A's `onEvent` times against B's receipts: `[delta, other]`. */
 function latencies(sent, received) {
   const out = []
+  const deltas = []
+  // Other events in order, by type (`onEvent` sees a few the log does not keep, and the reverse).
   const a = sent.filter((x) => !isDelta(x.e))
-  const b = received.filter((x) => !isDelta(x.e) && !logOnly.has(x.e.type))
-  if (a.length === b.length && a.every((x, i) => x.e.type === b[i].e.type)) out.push(...a.map((x, i) => b[i].at - x.at))
+  let j = 0
+  for (const x of received.filter((y) => !isDelta(y.e) && !logOnly.has(y.e.type))) {
+    const k = a.findIndex((y, i) => i >= j && y.e.type === x.e.type)
+    if (k < 0) continue
+    out.push(x.at - a[k].at)
+    j = k + 1
+  }
   // Text deltas by offset in the joined text.
   const text = (x) => (x.e.event?.delta?.type === 'text_delta' ? x.e.event.delta.text : null)
   const starts = new Map()
@@ -76,10 +83,10 @@ function latencies(sent, received) {
   for (const x of received) {
     const t = text(x)
     if (t === null) continue
-    if (starts.has(off)) out.push(x.at - starts.get(off))
+    if (starts.has(off)) deltas.push(x.at - starts.get(off))
     off += t.length
   }
-  return out
+  return [deltas, out]
 }
 
 async function eventLatency(label, store) {
@@ -89,33 +96,37 @@ async function eventLatency(label, store) {
   const base = { sandbox: 'none', workingDirectory: work, env: standIn.env, warmIdleMs: 600_000, ...store }
   const b = new addon.SessionManager({ ...base, stateDirectory: path.join(root, 'state-b') })
   const a = await node({ ...base, stateDirectory: path.join(root, 'state-a') })
-  const samples = []
-  let sessionId
+  const samples = [[], []]
+  const { session } = await a.ask({ call: 'getOrCreateSession', args: [{ projectId: 'p', userId: 'u' }] })
+  const sessionId = session.id
+  // B follows the session from before the first task: every event is a live one.
+  const received = []
+  const stop = new AbortController()
+  const following = (async () => {
+    for await (const e of await b.streamEvents({ sessionId, userId: 'u', follow: true }, { signal: stop.signal })) {
+      received.push({ at: now(), e: e.event, taskId: e.taskId })
+    }
+  })().catch(() => {})
   for (let i = 0; i < TASKS + 1; i++) {
     enqueue({ text: WORDS, chunkDelayMs: 25 })
-    let started
-    const isStarted = new Promise((r) => (started = r))
-    const l = (m) => m.started && started(m.started)
-    a.on(l)
-    const run = a.ask({ run: { prompt: `task ${i}`, projectId: 'p', userId: 'u', sessionId, includePartialMessages: true } })
-    sessionId = await isStarted
-    a.off(l)
-    const received = []
-    const after = (await b.getRunningTask({ sessionId, userId: 'u' }))?.lastSeq ?? 0
-    for await (const e of await b.streamEvents({ sessionId, userId: 'u', after: Math.max(0, after - 5) })) {
-      received.push({ at: now(), e: e.event, seq: e.seq })
-    }
-    const r = await run
+    const r = await a.ask({ run: { prompt: `task ${i}`, projectId: 'p', userId: 'u', sessionId, includePartialMessages: true } })
     if (!r.success) throw new Error(`${label}: task failed: ${JSON.stringify(r.error)}`)
+    const taskId = r.events.find((x) => x.e.type === 'task_started').e.taskId
+    const end = Date.now() + 30000
+    while (!received.some((x) => x.taskId === taskId && x.e.type === 'task_end') && Date.now() < end) await new Promise((res) => setTimeout(res, 20))
     // The first task warms the CLI and the connections: not counted.
-    if (i === 0) continue
-    // From this task's start on (the stream began a few events before it).
-    const from = received.findIndex((x) => x.e.type === 'task_started' && x.e.taskId === r.events[0].e.taskId)
-    samples.push(...latencies(r.events, received.slice(from)))
+    if (i > 0) latencies(r.events, received.filter((x) => x.taskId === taskId)).forEach((l, k) => samples[k].push(...l))
   }
+  stop.abort()
+  await following
   await a.close()
   await b.close()
-  return { label, n: samples.length, p50: quantile(samples, 0.5), p99: quantile(samples, 0.99) }
+  const all = [...samples[0], ...samples[1]]
+  return [
+    { label: `${label}, text deltas`, n: samples[0].length, p50: quantile(samples[0], 0.5), p99: quantile(samples[0], 0.99) },
+    { label: `${label}, other events`, n: samples[1].length, p50: quantile(samples[1], 0.5), p99: quantile(samples[1], 0.99) },
+    { label: `${label}, all`, n: all.length, p50: quantile(all, 0.5), p99: quantile(all, 0.99) },
+  ]
 }
 
 async function answerLatency(label, store) {
@@ -147,8 +158,18 @@ async function answerLatency(label, store) {
         break
       }
     }
-    const t0 = now()
-    await b.respondToPermission({ sessionId, userId: 'u', requestId: request.requestId, behavior: 'allow' })
+    // The request is in the log a moment before it is answerable elsewhere: the answer that lands counts.
+    let t0
+    for (;;) {
+      t0 = now()
+      try {
+        await b.respondToPermission({ sessionId, userId: 'u', requestId: request.requestId, behavior: 'allow' })
+        break
+      } catch (e) {
+        if (e.code !== 'PERMISSION_REQUEST_NOT_FOUND') throw e
+        await new Promise((res) => setTimeout(res, 2))
+      }
+    }
     const r = await run
     a.off(l)
     if (!r.success) throw new Error(`${label}: task failed: ${JSON.stringify(r.error)}`)
@@ -169,9 +190,10 @@ const sqlite = () => ({ databasePath: path.join(tempDir('csm-bench-db-'), 'sessi
 
 const rows = []
 try {
-  rows.push(['events', await eventLatency('another process (SQLite)', sqlite())])
-  if (PG) rows.push(['events', await eventLatency('another node (PostgreSQL NOTIFY)', pg())])
-  if (PG && REDIS) rows.push(['events', await eventLatency('another node (PostgreSQL + Redis)', { ...pg(), redisUrl: REDIS })])
+  const events = async (label, store) => (await eventLatency(label, store)).forEach((r) => rows.push(['events', r]))
+  await events('another process (SQLite)', sqlite())
+  if (PG) await events('another node (PostgreSQL NOTIFY)', pg())
+  if (PG && REDIS && !process.env.BENCH_ADDON) await events('another node (PostgreSQL + Redis)', { ...pg(), redisUrl: REDIS })
   rows.push(['permission answer', await answerLatency('another process (SQLite)', sqlite())])
   if (PG) rows.push(['permission answer', await answerLatency('another node (PostgreSQL)', pg())])
 } finally {
