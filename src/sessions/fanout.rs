@@ -68,6 +68,9 @@ impl Batch {
   }
 }
 
+/// The followed channels: the batches heard on each, and how many followers it has.
+type Channels = Arc<Mutex<HashMap<String, (broadcast::Sender<Arc<Batch>>, usize)>>>;
+
 enum Cmd {
   Subscribe(String),
   Unsubscribe(String),
@@ -79,7 +82,7 @@ pub(crate) struct Fanout {
   prefix: String,
   started: OnceLock<Started>,
   /// The followed sessions' channels here: the batches heard, and how many followers.
-  channels: Arc<Mutex<HashMap<String, (broadcast::Sender<Arc<Batch>>, usize)>>>,
+  channels: Channels,
   /// Whether the subscribing connection is up (subscribed to every followed channel).
   up: watch::Sender<bool>,
   /// An outage was reported (reset once Redis answers again).
@@ -230,7 +233,7 @@ async fn publish_loop(client: redis::Client, mut rx: mpsc::Receiver<(String, Str
 async fn subscribe_loop(
   client: redis::Client,
   mut commands: mpsc::UnboundedReceiver<Cmd>,
-  channels: Arc<Mutex<HashMap<String, (broadcast::Sender<Arc<Batch>>, usize)>>>,
+  channels: Channels,
   up: watch::Sender<bool>,
   warned: Arc<AtomicBool>,
 ) {

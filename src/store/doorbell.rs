@@ -4,7 +4,7 @@
 //! without each of them reading the store on a short timer.
 //!
 //! - **In this process**: one channel per store (the same SQLite file, or the same PostgreSQL
-//!   database and schema), shared by every manager of the process that opened it ([`bus`]). A
+//!   database and schema), shared by every manager of the process that opened it (`bus`). A
 //!   ring reaches the others at once.
 //! - **Across processes and nodes**: PostgreSQL `NOTIFY` on the schema's channel, heard by the
 //!   store's one listening connection (`postgres/listen.rs`), re-made after a drop; SQLite has no
