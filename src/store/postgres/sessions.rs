@@ -22,42 +22,40 @@ impl PgStore {
     Ok(row.as_ref().map(|r| self.session_row(r)))
   }
 
-  pub(super) async fn insert_session(&self, tx: &Transaction<'_>, s: &NewSession) -> Result<()> {
-    let taken = self
-      .opt(tx, "SELECT 1 FROM {S}.sessions WHERE id = $1 UNION ALL SELECT 1 FROM {S}.retired_session_ids WHERE id = $1", &[&s.id])
-      .await?;
-    if taken.is_some() {
-      return Err(self::taken(&s.id));
-    }
+  /// Inserts `s`, one statement: an id in use or retired inserts nothing and is refused. The
+  /// session as stored.
+  pub(super) async fn insert_session(&self, c: &impl GenericClient, s: &NewSession) -> Result<Session> {
     let (working_directory, config_dir) = self.stored_folders(s);
     let ctx = s.context.as_ref();
     let (tokens, window, source, measured) =
       (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
-    self
-      .exec(
-        tx,
-        "INSERT INTO {S}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
-           created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
-           cli_cost_watermark, config_dir)
-         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, {NOW}, {NOW}, {NOW}, $8, $9, $10, $11, $12, $13)",
-        &[
-          &s.id,
-          &s.project_id,
-          &s.user_id,
-          &s.parent_id,
-          &s.title,
-          &s.model,
-          &working_directory,
-          &tokens,
-          &window,
-          &source,
-          &measured,
-          &s.cli_cost_watermark,
-          &config_dir,
-        ],
-      )
-      .await?;
-    Ok(())
+    let sql = format!(
+      "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
+         created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
+         cli_cost_watermark, config_dir)
+       SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
+         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text
+       WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
+       ON CONFLICT (id) DO NOTHING
+       RETURNING {SESSION_COLUMNS}"
+    );
+    let params: Params = &[
+      &s.id,
+      &s.project_id,
+      &s.user_id,
+      &s.parent_id,
+      &s.title,
+      &s.model,
+      &working_directory,
+      &tokens,
+      &window,
+      &source,
+      &measured,
+      &s.cli_cost_watermark,
+      &config_dir,
+    ];
+    let row = self.opt(c, &sql, params).await?;
+    row.map(|r| self.session_row(&r)).ok_or_else(|| taken(&s.id))
   }
 
   /// Serialises the writers of one user's project (get-or-create, start fresh) across nodes.
@@ -95,38 +93,8 @@ impl Sessions for PgStore {
   /// One statement (one round trip, with the statement cache): an id in use or retired inserts
   /// nothing and is refused.
   async fn create_session(&self, s: &NewSession) -> Result<Session> {
-    let (working_directory, config_dir) = self.stored_folders(s);
-    let ctx = s.context.as_ref();
-    let (tokens, window, source, measured) =
-      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
-    let sql = format!(
-      "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
-         created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
-         cli_cost_watermark, config_dir)
-       SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
-         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text
-       WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
-       ON CONFLICT (id) DO NOTHING
-       RETURNING {SESSION_COLUMNS}"
-    );
-    let params: Params = &[
-      &s.id,
-      &s.project_id,
-      &s.user_id,
-      &s.parent_id,
-      &s.title,
-      &s.model,
-      &working_directory,
-      &tokens,
-      &window,
-      &source,
-      &measured,
-      &s.cli_cost_watermark,
-      &config_dir,
-    ];
     // Run again after a lost answer, the id is in use: refused as any taken id is.
-    let row = idempotent!(self, |c| self.opt(c, &sql, params).await)?;
-    row.map(|r| self.session_row(&r)).ok_or_else(|| taken(&s.id))
+    idempotent!(self, |c| self.insert_session(c, s).await)
   }
 
   /// One session of one user.
@@ -173,9 +141,7 @@ impl Sessions for PgStore {
           return Ok((self.session_row(&r), false));
         }
       }
-      self.insert_session(tx, new).await?;
-      let s = self.get_in(tx, &new.id, &new.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))?;
-      Ok((s, true))
+      Ok((self.insert_session(tx, new).await?, true))
     })
   }
 
@@ -191,9 +157,7 @@ impl Sessions for PgStore {
           &[&new.user_id, &new.project_id],
         )
         .await?;
-      self.insert_session(tx, new).await?;
-      let s = self.get_in(tx, &new.id, &new.user_id).await?.ok_or_else(|| Error::internal("inserted session vanished"))?;
-      Ok((s, archived))
+      Ok((self.insert_session(tx, new).await?, archived))
     })
   }
 
