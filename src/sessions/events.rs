@@ -5,9 +5,9 @@
 //!
 //! - **Recording** ([`Recorder`]): what `onEvent` sees, the permission requests and their
 //!   settling, steering messages and the task's end (`task_end`, with the result), in the order
-//!   produced, written by one writer per task. Text deltas that arrive within [`COALESCE`] of each
-//!   other are joined into one event (same block, text appended): no row per token, nothing a
-//!   client renders is lost.
+//!   produced, written by one writer per task. Text deltas that arrive within [`COALESCE`] of the
+//!   last write are joined into one event (same block, text appended): no row per token in a
+//!   burst, no wait for a delta after a pause, nothing a client renders is lost.
 //! - **Following** ([`Follower`]): reads the log after a number in pages of [`PAGE`], then waits
 //!   for the store's doorbell (`store/doorbell.rs`: at once in this process, PostgreSQL `NOTIFY`
 //!   from other nodes, SQLite's `notices` read every few milliseconds from other processes; after
@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::fanout::{Batch, Fanout, Following, GRACE};
 use super::{Manager, Wait};
@@ -35,7 +36,8 @@ use crate::error::{Error, Result};
 use crate::store::doorbell::wait_ring;
 use crate::store::{EventRow, Notice, RunningTask, Store};
 
-/// How long a text delta waits for the next ones, to be written as one event.
+/// Text deltas that come within this of the last write are held until it is over and written
+/// as one event (see [`write_loop`]).
 const COALESCE: Duration = Duration::from_millis(8);
 /// How many events a follower reads at once (and keeps at most).
 const PAGE: u32 = 256;
@@ -194,9 +196,14 @@ fn coalesce(events: Vec<Value>) -> Vec<Value> {
   out
 }
 
-/// The writer's loop: takes what is queued (after a text delta, waits [`COALESCE`] for the
-/// next ones), joins deltas, appends the batch (the store rings its doorbell elsewhere), rings
-/// this process's doorbell and publishes the batch on Redis.
+/// The writer's loop: takes what is queued, joins deltas, appends the batch (the store rings its
+/// doorbell elsewhere), rings this process's doorbell and publishes the batch on Redis.
+///
+/// At most one batch that ends with a text delta is written per [`COALESCE`]: a delta that
+/// comes later than that after the last write is written at once (a model's tokens, tens of
+/// milliseconds apart, each reach followers without waiting), and deltas that come faster are
+/// held until the window is over and joined (no row per token in a burst). A flush asked for
+/// meanwhile ends the wait.
 async fn write_loop(
   store: Arc<Store>,
   fanout: Option<Arc<Fanout>>,
@@ -204,20 +211,33 @@ async fn write_loop(
   task_id: String,
   mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
+  let mut last_write: Option<Instant> = None;
   while let Some(first) = rx.recv().await {
     let mut batch = vec![];
     let mut flushes = vec![];
-    let mut take = |m: Msg, batch: &mut Vec<Value>| match m {
+    let take = |m: Msg, batch: &mut Vec<Value>, flushes: &mut Vec<oneshot::Sender<()>>| match m {
       Msg::Event(v) => batch.push(v),
       Msg::Flush(tx) => flushes.push(tx),
     };
-    take(first, &mut batch);
-    if batch.last().is_some_and(|v| joinable(v).is_some()) {
-      tokio::time::sleep(COALESCE).await;
-    }
+    take(first, &mut batch, &mut flushes);
     while let Ok(m) = rx.try_recv() {
-      take(m, &mut batch);
+      take(m, &mut batch, &mut flushes);
     }
+    let due = last_write.map(|t| t + COALESCE).filter(|due| *due > Instant::now());
+    if let (Some(due), true) = (due, batch.last().is_some_and(|v| joinable(v).is_some())) {
+      let window = tokio::time::sleep_until(due);
+      tokio::pin!(window);
+      while flushes.is_empty() {
+        tokio::select! {
+          _ = &mut window => break,
+          m = rx.recv() => match m {
+            Some(m) => take(m, &mut batch, &mut flushes),
+            None => break,
+          },
+        }
+      }
+    }
+    last_write = Some(Instant::now());
     let rows: Vec<String> = coalesce(batch).iter().map(Value::to_string).collect();
     if !rows.is_empty() {
       let (st, sid, tid) = (store.clone(), session_id.clone(), task_id.clone());
@@ -570,6 +590,143 @@ mod tests {
 
   fn delta(i: u64, kind: &str, field: &str, text: &str) -> Value {
     json!({ "type": "stream_event", "event": { "type": "content_block_delta", "index": i, "delta": { "type": kind, field: text } }, "parent_tool_use_id": null })
+  }
+
+  /// The texts of the log's events, in order.
+  async fn logged(store: &Store, sid: &str) -> Vec<String> {
+    let rows = store.read_events(sid, 0, 100).await.unwrap();
+    rows
+      .iter()
+      .map(|r| serde_json::from_str::<Value>(&r.body).unwrap()["event"]["delta"]["text"].as_str().unwrap_or("").to_owned())
+      .collect()
+  }
+
+  /// The write window, on the store's real SQLite and tokio's paused clock (sends are placed in
+  /// time exactly; what is compared is which deltas share a row).
+  #[tokio::test(start_paused = true)]
+  async fn a_delta_after_a_pause_is_written_alone_and_a_burst_is_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+    let sid = uuid::Uuid::new_v4().to_string();
+    let new = crate::store::NewSession { id: sid.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() };
+    store.create_session(&new).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(store.clone(), None, sid.clone(), "t".into(), rx));
+    let rec = Recorder { tx };
+    let text = |t: &str| delta(0, "text_delta", "text", t);
+    let ms = |n| tokio::time::sleep(Duration::from_millis(n));
+    // The first delta: written at once. Two more within the window after it: joined.
+    rec.record(text("A"));
+    ms(1).await;
+    rec.record(text("B"));
+    ms(1).await;
+    rec.record(text("C"));
+    // A pause, then a delta (at once, alone), and one within its window (held, alone).
+    ms(100).await;
+    rec.record(text("D"));
+    ms(1).await;
+    rec.record(text("E"));
+    ms(100).await;
+    // A flush ends a window: F goes in without waiting for G.
+    rec.record(text("F"));
+    ms(1).await;
+    rec.record(text("G"));
+    rec.flush().await;
+    assert_eq!(logged(&store, &sid).await, ["A", "BC", "D", "E", "F", "G"]);
+    drop(rec);
+    writer.await.unwrap();
+  }
+
+  /// This process's CPU time so far (user + system), in milliseconds.
+  fn cpu_ms() -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the buffer it is given, which is that size.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) } == 0;
+    assert!(ok);
+    // SAFETY: getrusage succeeded, so it wrote the whole struct (and it was zeroed before).
+    let u = unsafe { u.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(u.ru_utime) + ms(u.ru_stime)
+  }
+
+  /// What the event log costs a task on SQLite (a file, WAL): tasks whose events (an init event
+  /// of 3 kB, 40 text deltas `CSM_BENCH_GAP_MS` apart (default 25), the assistant message, the
+  /// result) are recorded as a run records them, against the same tasks unrecorded, one of each in
+  /// turn. Per task: the wait at its end (the two flushes a run waits for: its events, then its
+  /// `task_end`) and the process's CPU time. A benchmark, run on purpose:
+  /// `cargo test --release --lib event_log_cost -- --ignored --nocapture` (`benchmark/RESULTS-streams.md`).
+  #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+  #[ignore = "a benchmark: cargo test --release --lib event_log_cost -- --ignored --nocapture"]
+  async fn event_log_cost() {
+    let tasks: usize = std::env::var("CSM_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let gap: u64 = std::env::var("CSM_BENCH_GAP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("bench.db")).unwrap());
+    let init = json!({ "type": "system", "subtype": "init", "tools": vec!["x".repeat(60); 48], "cwd": "/srv/work" });
+    let words: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
+    let events = |sid: &str| {
+      let mut v = vec![init.clone(), json!({ "type": "stream_event", "event": { "type": "message_start" }, "session_id": sid })];
+      v.extend(words.iter().map(|w| {
+        json!({ "type": "stream_event", "event": { "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": w } }, "parent_tool_use_id": null, "session_id": sid })
+      }));
+      let text: String = words.concat();
+      v.push(json!({ "type": "assistant", "message": { "role": "assistant", "content": [{ "type": "text", "text": text }] }, "session_id": sid }));
+      v.push(json!({ "type": "result", "subtype": "success", "result": text, "session_id": sid, "usage": { "input_tokens": 10, "output_tokens": 40 } }));
+      v
+    };
+    let mut end_wait = vec![];
+    let (mut cpu_on, mut cpu_off, mut rows) = (vec![], vec![], 0usize);
+    for round in 0..tasks + 3 {
+      for on in [true, false] {
+        let sid = uuid::Uuid::new_v4().to_string();
+        let new = crate::store::NewSession { id: sid.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() };
+        store.create_session(&new).await.unwrap();
+        let rec = on.then(|| {
+          let (tx, rx) = mpsc::unbounded_channel();
+          tokio::spawn(write_loop(store.clone(), None, sid.clone(), "t".into(), rx));
+          Recorder { tx }
+        });
+        let cpu = cpu_ms();
+        for (i, e) in events(&sid).into_iter().enumerate() {
+          if i > 0 {
+            tokio::time::sleep(Duration::from_millis(if i < 43 { gap } else { 1 })).await;
+          }
+          if let Some(r) = &rec {
+            r.record(e);
+          }
+        }
+        let ended = std::time::Instant::now();
+        if let Some(r) = &rec {
+          r.flush().await;
+          r.record(json!({ "type": "task_end", "sessionId": sid, "taskId": "t", "result": { "success": true } }));
+          r.flush().await;
+        }
+        let waited = ended.elapsed().as_secs_f64() * 1000.0;
+        let cpu = cpu_ms() - cpu;
+        if round >= 3 {
+          if on {
+            end_wait.push(waited);
+            cpu_on.push(cpu);
+            rows += store.read_events(&sid, 0, 1000).await.unwrap().len();
+          } else {
+            cpu_off.push(cpu);
+          }
+        }
+      }
+    }
+    let median = |v: &mut Vec<f64>| {
+      v.sort_by(f64::total_cmp);
+      v[v.len() / 2]
+    };
+    let p99 = |v: &mut Vec<f64>| {
+      v.sort_by(f64::total_cmp);
+      v[((v.len() as f64 - 1.0) * 0.99).round() as usize]
+    };
+    println!("event_log_cost: {tasks} tasks each way, interleaved, after 3 warm-up rounds; deltas {gap} ms apart");
+    println!("rows per task: {:.1}", rows as f64 / tasks as f64);
+    println!("wait at the task's end (ms): median {:.3}, p99 {:.3}", median(&mut end_wait), p99(&mut end_wait));
+    let (on, off) = (median(&mut cpu_on), median(&mut cpu_off));
+    println!("process CPU per task (ms): recorded median {on:.3}, unrecorded median {off:.3}, added {:.3}", on - off);
   }
 
   #[test]

@@ -168,12 +168,8 @@ impl Manager {
       let mut pending = Pending { waiting: waiting.clone(), store: store.clone(), key, signal: signal.clone(), decided: false };
       let (handler, store, task, slot, waiting, log) =
         (handler.clone(), store.clone(), task.clone(), slot.clone(), waiting.clone(), log.clone());
-      if let Some(l) = &log {
-        l.record(
-          serde_json::json!({ "type": "permission_request", "sessionId": pending.key.0, "taskId": task, "requestId": req.request_id,
-          "toolName": req.tool_name, "input": req.input, "suggestions": req.suggestions, "toolUseID": req.tool_use_id }),
-        );
-      }
+      let logged = serde_json::json!({ "type": "permission_request", "sessionId": pending.key.0, "taskId": task, "requestId": req.request_id,
+          "toolName": req.tool_name, "input": req.input, "suggestions": req.suggestions, "toolUseID": req.tool_use_id });
       let settled =
         log.map(|l| PermissionRecord { log: l, session: pending.key.0.clone(), request: req.request_id.clone(), behavior: "withdrawn" });
       Box::pin(async move {
@@ -181,6 +177,10 @@ impl Manager {
         let (s, r) = pending.key.clone();
         // Failing to record it only means it cannot be answered from elsewhere.
         let _ = store.call(Wait::Briefly, async move |st| st.inbox_ask(&s, &task, &r).await).await;
+        // Logged once the store has it: a follower that reads the request can answer it at once.
+        if let Some(r) = &settled {
+          r.log.record(logged);
+        }
         let asked = handler(req, signal);
         let paused = slot.upgrade();
         if let Some(p) = &paused {
