@@ -443,15 +443,23 @@ impl WarmProcess {
 }
 
 /// Waits (up to a second) for processes that die with the CLI without being in its group (a
-/// sandbox's inner processes), then kills what is left of them.
+/// sandbox's inner processes), then kills what is left of them and waits (up to five seconds
+/// more, on a loaded machine) until they no longer run: the CLI's session is free only then.
 async fn gone(tree: Vec<u32>) {
+  let running = |tree: &[u32]| tree.iter().copied().filter(|p| super::process::pid_running(*p)).collect::<Vec<_>>();
   for _ in 0..100 {
-    if !tree.iter().any(|p| super::process::pid_alive(*p)) {
-      break;
+    if running(&tree).is_empty() {
+      return;
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
   }
-  super::process::kill_tree(&tree.into_iter().filter(|p| super::process::pid_alive(*p)).collect::<Vec<_>>());
+  super::process::kill_tree(&running(&tree));
+  for _ in 0..500 {
+    if running(&tree).is_empty() {
+      return;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+  }
 }
 
 impl Drop for WarmProcess {

@@ -84,6 +84,20 @@ pub fn own_nice() -> i32 {
   stat[stat.rfind(')').unwrap() + 2..].split(' ').nth(16).unwrap().parse().unwrap()
 }
 
+/// Whether a process with this pid still runs on this host: it exists and, on Linux, is not a
+/// zombie (exited, waiting for its parent to reap it; a sandbox's inner process may wait so for
+/// a reaper that never comes).
+pub fn pid_running(pid: u32) -> bool {
+  #[cfg(target_os = "linux")]
+  {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command, which may hold spaces and parentheses.
+    !matches!(stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()), Some("Z" | "X"))
+  }
+  #[cfg(not(target_os = "linux"))]
+  pid_alive(pid)
+}
+
 /// Every process descended from `pid` on this host (Linux: from `/proc`; elsewhere none).
 pub fn descendants(pid: u32) -> Vec<u32> {
   #[cfg(target_os = "linux")]
