@@ -199,11 +199,11 @@ fn coalesce(events: Vec<Value>) -> Vec<Value> {
 /// The writer's loop: takes what is queued, joins deltas, appends the batch (the store rings its
 /// doorbell elsewhere), rings this process's doorbell and publishes the batch on Redis.
 ///
-/// At most one batch that ends with a text delta is written per [`COALESCE`]: a delta that
-/// comes later than that after the last write is written at once (a model's tokens, tens of
-/// milliseconds apart, each reach followers without waiting), and deltas that come faster are
-/// held until the window is over and joined (no row per token in a burst). A flush asked for
-/// meanwhile ends the wait.
+/// At most one batch of text deltas alone is written per [`COALESCE`]: a delta that comes later
+/// than that after the last write is written at once (a model's tokens, tens of milliseconds
+/// apart, each reach followers without waiting), and deltas that come faster are held until the
+/// window is over and joined (no row per token in a burst). A batch holding any other event
+/// (a block's start, the message) is written at once, and a flush asked for ends the wait.
 async fn write_loop(
   store: Arc<Store>,
   fanout: Option<Arc<Fanout>>,
@@ -224,7 +224,7 @@ async fn write_loop(
       take(m, &mut batch, &mut flushes);
     }
     let due = last_write.map(|t| t + COALESCE).filter(|due| *due > Instant::now());
-    if let (Some(due), true) = (due, batch.last().is_some_and(|v| joinable(v).is_some())) {
+    if let (Some(due), true) = (due, !batch.is_empty() && batch.iter().all(|v| joinable(v).is_some())) {
       let window = tokio::time::sleep_until(due);
       tokio::pin!(window);
       while flushes.is_empty() {
@@ -241,11 +241,12 @@ async fn write_loop(
     let rows: Vec<String> = coalesce(batch).iter().map(Value::to_string).collect();
     if !rows.is_empty() {
       let (st, sid, tid) = (store.clone(), session_id.clone(), task_id.clone());
-      // One retry: a write that fails twice is lost to followers (the task goes on).
+      // One retry: a write that fails twice is lost to followers (the task goes on). A few rows:
+      // on SQLite written right here when nothing else writes (no hop to the blocking pool).
       let mut written = None;
       for _ in 0..2 {
         let (sid, tid, rows) = (sid.clone(), tid.clone(), rows.clone());
-        if let Ok(seq) = st.call(Wait::Blocking, async move |s| s.append_events(&sid, &tid, &rows).await).await {
+        if let Ok(seq) = st.call(Wait::Briefly, async move |s| s.append_events(&sid, &tid, &rows).await).await {
           // Redis's copies say when they were written by this clock (the log's, by the store's).
           written = Some((seq, crate::store::now_ms()));
           break;
@@ -627,12 +628,21 @@ mod tests {
     ms(1).await;
     rec.record(text("E"));
     ms(100).await;
+    // Another event is written at once, with the deltas that came with it.
+    ms(100).await;
+    rec.record(text("H"));
+    ms(1).await;
+    rec.record(json!({ "type": "assistant" }));
+    rec.record(text("I"));
+    ms(1).await;
+    rec.record(text("J"));
+    ms(100).await;
     // A flush ends a window: F goes in without waiting for G.
     rec.record(text("F"));
     ms(1).await;
     rec.record(text("G"));
     rec.flush().await;
-    assert_eq!(logged(&store, &sid).await, ["A", "BC", "D", "E", "F", "G"]);
+    assert_eq!(logged(&store, &sid).await, ["A", "BC", "D", "E", "H", "", "I", "J", "F", "G"]);
     drop(rec);
     writer.await.unwrap();
   }
