@@ -411,7 +411,147 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (session_id, name)
   );
   "#,
+  // 11 -> 12: a session cap covers the session's lineage (`postgres/budgets.rs`): each session
+  // names the root of its `parent_id` chain (its own id when not forked; a fork takes its
+  // parent's, kept when the parent is deleted), each ledger row the lineage it was charged to, and
+  // a session cap is stored under the lineage's root. Existing rows are filled in from the
+  // `parent_id` chains as they are now; where several sessions of one lineage had caps, the
+  // strictest stays. `admit_call` (its arguments unchanged, replaced in place) checks the session
+  // cap stored under the call's lineage against the lineage's spend, and records the lineage.
+  r#"
+  ALTER TABLE {S}.sessions ADD COLUMN lineage_id TEXT;
+  WITH RECURSIVE chain (id, root) AS (
+    SELECT s.id, s.id FROM {S}.sessions s WHERE NOT EXISTS (SELECT 1 FROM {S}.sessions p WHERE p.id = s.parent_id)
+    UNION
+    SELECT s.id, c.root FROM {S}.sessions s JOIN chain c ON s.parent_id = c.id
+  )
+  UPDATE {S}.sessions s SET lineage_id = chain.root FROM chain WHERE chain.id = s.id;
+  UPDATE {S}.sessions SET lineage_id = id WHERE lineage_id IS NULL;
+  ALTER TABLE {S}.sessions ALTER COLUMN lineage_id SET NOT NULL;
+
+  ALTER TABLE {S}.model_calls ADD COLUMN lineage_id TEXT;
+  UPDATE {S}.model_calls m SET lineage_id = s.lineage_id FROM {S}.sessions s WHERE s.id = m.session_id;
+  UPDATE {S}.model_calls SET lineage_id = session_id WHERE lineage_id IS NULL;
+  ALTER TABLE {S}.model_calls ALTER COLUMN lineage_id SET NOT NULL;
+  CREATE INDEX model_calls_by_lineage ON {S}.model_calls (lineage_id, at) INCLUDE (user_id, usd);
+
+  WITH keyed AS (
+    SELECT b.user_id, b.session_id, COALESCE(s.lineage_id, b.session_id) AS lineage, b.usd
+    FROM {S}.budgets b LEFT JOIN {S}.sessions s ON s.id = b.session_id WHERE b.scope = 'session'
+  ), kept AS (
+    SELECT DISTINCT ON (user_id, lineage) user_id, session_id FROM keyed ORDER BY user_id, lineage, usd, session_id
+  )
+  DELETE FROM {S}.budgets b WHERE b.scope = 'session'
+    AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.user_id = b.user_id AND k.session_id = b.session_id);
+  UPDATE {S}.budgets b SET session_id = s.lineage_id FROM {S}.sessions s
+    WHERE b.scope = 'session' AND s.id = b.session_id AND s.lineage_id <> b.session_id;
+
+  CREATE OR REPLACE FUNCTION {S}.admit_call(p_key text, p_task text, p_session text, p_user text, p_project text, p_model text,
+      p_reserve float8, p_user_lock text, p_project_lock text, p_default_user float8,
+      p_default_user_period text, p_default_session float8, p_shift bigint)
+    RETURNS TABLE (call_id bigint, over_scope text, over_user text, over_cap float8, over_spent float8, over_period text)
+    LANGUAGE plpgsql AS $fn$
+  DECLARE
+    k record;
+    cap float8;
+    cap_period text;
+    since bigint;
+    spent float8;
+    lineage text;
+    at_now timestamptz := now() + p_shift * interval '1 millisecond';
+  BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_user_lock, 0));
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_project_lock, 0));
+    RETURN QUERY SELECT m.id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text
+      FROM {S}.model_calls m WHERE m.call_key = p_key;
+    IF FOUND THEN
+      RETURN;
+    END IF;
+    -- The session's lineage (a session the store does not have is a lineage of its own).
+    SELECT s.lineage_id INTO lineage FROM {S}.sessions s WHERE s.id = p_session;
+    lineage := COALESCE(lineage, p_session);
+    FOR k IN SELECT * FROM (VALUES (1, 'user', p_user, '', ''), (2, 'project', p_user, p_project, ''),
+        (3, 'project', '', p_project, ''), (4, 'session', p_user, '', lineage)) AS v(ord, scope, u, p, s) ORDER BY ord LOOP
+      SELECT b.usd, b.period INTO cap, cap_period FROM {S}.budgets b
+        WHERE b.scope = k.scope AND b.user_id = k.u AND b.project_id = k.p AND b.session_id = k.s;
+      IF NOT FOUND THEN
+        cap := CASE k.scope WHEN 'user' THEN p_default_user WHEN 'session' THEN p_default_session END;
+        cap_period := CASE k.scope WHEN 'user' THEN p_default_user_period END;
+      END IF;
+      CONTINUE WHEN cap IS NULL;
+      since := CASE cap_period
+        WHEN 'day' THEN (extract(epoch from date_trunc('day', at_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+        WHEN 'month' THEN (extract(epoch from date_trunc('month', at_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+        ELSE 0 END;
+      -- One query per scope, so that each is planned on its own index.
+      IF k.ord = 1 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.user_id = k.u AND m.at >= since;
+      ELSIF k.ord = 2 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.user_id = k.u AND m.project_id = k.p AND m.at >= since;
+      ELSIF k.ord = 3 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.project_id = k.p AND m.at >= since;
+      ELSE
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.lineage_id = k.s AND m.user_id = k.u AND m.at >= since;
+      END IF;
+      IF spent + p_reserve > cap THEN
+        RETURN QUERY SELECT NULL::bigint, k.scope::text, k.u::text, cap, spent, cap_period;
+        RETURN;
+      END IF;
+    END LOOP;
+    RETURN QUERY INSERT INTO {S}.model_calls (call_key, task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
+      VALUES (p_key, p_task, p_session, lineage, p_user, p_project, p_model, p_reserve, true, (floor(extract(epoch from at_now) * 1000))::bigint)
+      RETURNING id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text;
+  END
+  $fn$;
+  "#,
 ];
 
 /// The schema version this build writes.
 pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Against PostgreSQL (`CSM_TEST_DATABASE_URL`; `#[ignore]`d, run with `cargo test --lib pg_tests --
+/// --include-ignored`).
+#[cfg(test)]
+mod pg_tests {
+  use super::MIGRATIONS;
+  use crate::store::budgets::lineage_migration;
+  use crate::store::Store;
+
+  /// 11 -> 12 fills the lineage in from the `parent_id` chains as they were
+  /// (`store/budgets.rs::lineage_migration`), and the replaced `admit_call` sums the lineage.
+  #[test]
+  #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
+  fn the_lineage_migration_fills_in_sessions_ledger_and_caps() {
+    let url = std::env::var("CSM_TEST_DATABASE_URL")
+      .ok()
+      .filter(|u| !u.is_empty())
+      .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
+    let schema = format!("csm_lineage_{}", uuid::Uuid::new_v4().simple());
+    let q = format!("\"{schema}\"");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(async {
+      let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+      tokio::spawn(conn);
+      client
+    });
+    let sql = |sql: &str| rt.block_on(client.query(&sql.replace("{S}", &q), &[])).unwrap();
+    let mut setup = String::from(
+      "CREATE SCHEMA {S}; CREATE TABLE {S}.schema_version (version BIGINT NOT NULL); INSERT INTO {S}.schema_version VALUES (11);",
+    );
+    for m in &MIGRATIONS[..11] {
+      setup += &m.replace("{NOW}", "(floor(extract(epoch from now()) * 1000))::bigint");
+    }
+    setup += &lineage_migration::rows_sql("{S}.");
+    rt.block_on(client.batch_execute(&setup.replace("{S}", &q))).unwrap();
+    let s = Store::connect(&url, &schema).unwrap();
+    let read = || {
+      let calls = sql("SELECT session_id, lineage_id FROM {S}.model_calls ORDER BY id");
+      let caps = sql("SELECT scope, session_id, usd FROM {S}.budgets ORDER BY usd");
+      (calls.iter().map(|r| (r.get(0), r.get(1))).collect(), caps.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    };
+    let lineage_of_call = |id: i64| sql(&format!("SELECT lineage_id FROM {{S}}.model_calls WHERE id = {id}"))[0].get(0);
+    lineage_migration::check(&s, read, lineage_of_call);
+    drop(s);
+    rt.block_on(client.batch_execute(&format!("DROP SCHEMA {q} CASCADE"))).unwrap();
+  }
+}

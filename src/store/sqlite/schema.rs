@@ -211,7 +211,69 @@ pub(super) const MIGRATIONS: &[&str] = &[
     payload TEXT NOT NULL
   );
   "#,
+  // 12 -> 13: a session cap covers the session's lineage (`budgets.rs`): each session names the
+  // root of its `parent_id` chain (its own id when not forked; a fork takes its parent's, kept
+  // when the parent is deleted), each ledger row the lineage it was charged to, and a session cap
+  // is stored under the lineage's root. Existing rows are filled in from the `parent_id` chains as
+  // they are now; where several sessions of one lineage had caps, the strictest stays.
+  r#"
+  ALTER TABLE sessions ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  WITH RECURSIVE chain (id, root) AS (
+    SELECT s.id, s.id FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM sessions p WHERE p.id = s.parent_id)
+    UNION
+    SELECT s.id, c.root FROM sessions s JOIN chain c ON s.parent_id = c.id
+  )
+  UPDATE sessions SET lineage_id = chain.root FROM chain WHERE chain.id = sessions.id;
+  UPDATE sessions SET lineage_id = id WHERE lineage_id = '';
+
+  ALTER TABLE model_calls ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  UPDATE model_calls SET lineage_id = COALESCE((SELECT s.lineage_id FROM sessions s WHERE s.id = model_calls.session_id), session_id);
+  CREATE INDEX model_calls_by_lineage ON model_calls (lineage_id, at, user_id, usd);
+
+  DELETE FROM budgets WHERE scope = 'session' AND EXISTS (
+    SELECT 1 FROM budgets o WHERE o.scope = 'session' AND o.user_id = budgets.user_id
+      AND COALESCE((SELECT s.lineage_id FROM sessions s WHERE s.id = o.session_id), o.session_id)
+        = COALESCE((SELECT s.lineage_id FROM sessions s WHERE s.id = budgets.session_id), budgets.session_id)
+      AND (o.usd < budgets.usd OR (o.usd = budgets.usd AND o.session_id < budgets.session_id)));
+  UPDATE budgets SET session_id = (SELECT s.lineage_id FROM sessions s WHERE s.id = budgets.session_id)
+    WHERE scope = 'session' AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = budgets.session_id AND s.lineage_id != budgets.session_id);
+  "#,
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[cfg(test)]
+mod tests {
+  use super::MIGRATIONS;
+  use crate::store::budgets::lineage_migration;
+  use crate::store::{Blocking as _, Store};
+
+  /// 12 -> 13 fills the lineage in from the `parent_id` chains as they were
+  /// (`store/budgets.rs::lineage_migration`).
+  #[test]
+  fn the_lineage_migration_fills_in_sessions_ledger_and_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v12.db");
+    {
+      let c = rusqlite::Connection::open(&path).unwrap();
+      for m in &MIGRATIONS[..12] {
+        c.execute_batch(m).unwrap();
+      }
+      c.execute_batch(&format!("PRAGMA user_version = 12; {}", lineage_migration::rows_sql(""))).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().wait().unwrap(), super::SCHEMA_VERSION);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let read = || {
+      let mut calls = c.prepare("SELECT session_id, lineage_id FROM model_calls ORDER BY id").unwrap();
+      let mut caps = c.prepare("SELECT scope, session_id, usd FROM budgets ORDER BY usd").unwrap();
+      (
+        calls.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect(),
+        caps.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(|r| r.unwrap()).collect(),
+      )
+    };
+    let lineage_of_call = |id: i64| c.query_row("SELECT lineage_id FROM model_calls WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+    lineage_migration::check(&s, read, lineage_of_call);
+  }
+}
