@@ -32,9 +32,9 @@ const now = Date.now()
 
 // The rows, in SQL both dialects read (the session id, a UUID, is built per dialect): session s belongs to user s % USERS, project (s / USERS) % 10.
 const fill = (table, series, sessionId) => `
-  INSERT INTO ${table} (task_id, session_id, lineage_id, user_id, project_id, model, input_tokens, output_tokens,
+  INSERT INTO ${table} (task_id, session_id, user_id, project_id, model, input_tokens, output_tokens,
     cache_read_tokens, cache_write_tokens, usd, reserved, at)
-  SELECT 'task-' || (n / ${CALLS}), ${sessionId}, ${sessionId}, 'user-' || ((n / ${CALLS}) % ${USERS}),
+  SELECT 'task-' || (n / ${CALLS}), ${sessionId}, 'user-' || ((n / ${CALLS}) % ${USERS}),
     'project-' || (((n / ${CALLS}) / ${USERS}) % 10),
     CASE n % 3 WHEN 0 THEN 'claude-sonnet-4-5' WHEN 1 THEN 'claude-haiku-4-5' ELSE 'claude-opus-4-1' END,
     1000 + n % 5000, 100 + n % 700, n % 2000, n % 300, 0.001 * (1 + n % 50), false,

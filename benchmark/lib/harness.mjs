@@ -174,14 +174,14 @@ WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < ${n
 INSERT INTO sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens,
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source,
-  context_measured_at, materialized, cli_cost_watermark, config_dir, lineage_id)
-SELECT id,
+  context_measured_at, materialized, cli_cost_watermark, config_dir)
+SELECT printf('%08x-%04x-4%03x-%x%03x-%012x', i, (i * 7919) % 65536, i % 4096, 8 + (i % 4), (i / 4) % 4096, (i * 2654435761) % 281474976710656),
   'p' || ((i / ${users}) % ${projects}), 'u' || (i % ${users}),
   CASE WHEN i % 5 = 0 THEN 'archived' ELSE 'active' END, NULL, 'session ' || i, 'sonnet', '${workDir}',
   ${now} - i * 1000, ${now} - i * 1000, ${now} - i * 997, i % 7, (i % 100) / 1000.0, i % 5000, i % 900, i % 20000, i % 3000,
   CASE WHEN i % 3 = 0 THEN NULL ELSE 1000 + i % 150000 END, 200000, CASE WHEN i % 3 = 0 THEN NULL ELSE 'api' END,
-  CASE WHEN i % 3 = 0 THEN NULL ELSE ${now} - i * 1000 END, CASE WHEN i % 3 = 0 THEN 0 ELSE 1 END, 0, NULL, id
-FROM (SELECT i, printf('%08x-%04x-4%03x-%x%03x-%012x', i, (i * 7919) % 65536, i % 4096, 8 + (i % 4), (i / 4) % 4096, (i * 2654435761) % 281474976710656) AS id FROM seq);
+  CASE WHEN i % 3 = 0 THEN NULL ELSE ${now} - i * 1000 END, CASE WHEN i % 3 = 0 THEN 0 ELSE 1 END, 0, NULL
+FROM seq;
 COMMIT;
 PRAGMA wal_checkpoint(TRUNCATE);
 `

@@ -185,16 +185,15 @@ try {
 INSERT INTO "${S}".sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens,
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source,
-  context_measured_at, materialized, cli_cost_watermark, config_dir, lineage_id)
-SELECT id,
+  context_measured_at, materialized, cli_cost_watermark, config_dir)
+SELECT lpad(to_hex(i), 8, '0') || '-' || lpad(to_hex((i * 7919) % 65536), 4, '0') || '-4' || lpad(to_hex(i % 4096), 3, '0') || '-'
+    || to_hex(8 + (i % 4)) || lpad(to_hex((i / 4) % 4096), 3, '0') || '-' || lpad(to_hex((i::bigint * 2654435761) % 281474976710656), 12, '0'),
   'p' || ((i / 100) % 10), 'u' || (i % 100),
   CASE WHEN i % 5 = 0 THEN 'archived' ELSE 'active' END, NULL, 'session ' || i, 'sonnet', '${ws.work}',
   ${now} - i * 1000::bigint, ${now} - i * 1000::bigint, ${now} - i * 997::bigint, i % 7, (i % 100) / 1000.0, i % 5000, i % 900, i % 20000, i % 3000,
   CASE WHEN i % 3 = 0 THEN NULL ELSE 1000 + i % 150000 END, 200000, CASE WHEN i % 3 = 0 THEN NULL ELSE 'api' END,
-  CASE WHEN i % 3 = 0 THEN NULL ELSE ${now} - i * 1000::bigint END, i % 3 <> 0, 0, NULL, id
-FROM generate_series(0, ${SESSIONS - 1}) AS i,
-  LATERAL (SELECT lpad(to_hex(i), 8, '0') || '-' || lpad(to_hex((i * 7919) % 65536), 4, '0') || '-4' || lpad(to_hex(i % 4096), 3, '0') || '-'
-    || to_hex(8 + (i % 4)) || lpad(to_hex((i / 4) % 4096), 3, '0') || '-' || lpad(to_hex((i::bigint * 2654435761) % 281474976710656), 12, '0') AS id) AS made;
+  CASE WHEN i % 3 = 0 THEN NULL ELSE ${now} - i * 1000::bigint END, i % 3 <> 0, 0, NULL
+FROM generate_series(0, ${SESSIONS - 1}) AS i;
 ANALYZE "${S}".sessions;`)
     const populateMs = ms(t0, ns())
     const m = new addon.SessionManager({ warmIdleMs: 0, sandbox: BENCH_SANDBOX, databaseUrl: url, databaseSchema: S, workingDirectory: ws.work })

@@ -100,9 +100,19 @@ pub struct Session {
   /// `session`); cleared by the end of a task that a cap did not stop.
   pub paused: Option<String>,
   /// The session's lineage: the root of its `parent_id` chain (its own id when it was not
-  /// forked; a fork's is its parent's, and stays when the parent is deleted). A session cap
-  /// covers the lineage (`budgets.rs`).
+  /// forked, stored as `''`; a fork's is its parent's, and stays when the parent is deleted). A
+  /// session cap covers the lineage (`budgets.rs`).
   pub lineage_id: String,
+}
+
+/// A session's lineage as [`Session::lineage_id`] has it: the stored root, or the session itself
+/// where none is stored (`''`: a root).
+pub(crate) fn lineage_or_self(stored: String, id: String) -> String {
+  if stored.is_empty() {
+    id
+  } else {
+    stored
+  }
 }
 
 /// Where a session branches (`store::Branches`).

@@ -39,7 +39,8 @@ impl PgStore {
     if k.scope != "session" {
       return Ok(k.clone());
     }
-    let row = self.opt(c, "SELECT lineage_id FROM {S}.sessions WHERE id = $1", &[&k.session_id]).await?;
+    let sql = "SELECT CASE lineage_id WHEN '' THEN id ELSE lineage_id END FROM {S}.sessions WHERE id = $1";
+    let row = self.opt(c, sql, &[&k.session_id]).await?;
     Ok(BudgetKey { session_id: row.map(|r| r.get(0)).unwrap_or_else(|| k.session_id.clone()), ..k.clone() })
   }
 
@@ -221,6 +222,11 @@ fn spent_sql_pg(k: &BudgetKey) -> (&'static str, &str) {
     "project" => {
       ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND project_id = $2 AND at >= $3", &k.project_id)
     }
-    _ => ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE lineage_id = $2 AND user_id = $1 AND at >= $3", &k.session_id),
+    // The lineage's root's own calls, and its forks' (which name it).
+    _ => (
+      "SELECT ((SELECT COALESCE(SUM(usd), 0) FROM {S}.model_calls WHERE session_id = $2 AND user_id = $1 AND at >= $3)
+         + (SELECT COALESCE(SUM(usd), 0) FROM {S}.model_calls WHERE lineage_id = $2 AND lineage_id <> '' AND user_id = $1 AND at >= $3))::float8",
+      &k.session_id,
+    ),
   }
 }

@@ -617,7 +617,7 @@ fn session_from_row(r: &Row) -> Session {
     cli_cost_watermark: r.get(22),
     config_dir: r.get(23),
     paused: r.get(24),
-    lineage_id: r.get(25),
+    lineage_id: crate::store::lineage_or_self(r.get(25), r.get(0)),
   }
 }
 

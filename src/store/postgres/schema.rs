@@ -411,40 +411,36 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (session_id, name)
   );
   "#,
-  // 11 -> 12: a session cap covers the session's lineage (`postgres/budgets.rs`): each session
-  // names the root of its `parent_id` chain (its own id when not forked; a fork takes its
-  // parent's, kept when the parent is deleted), each ledger row the lineage it was charged to, and
-  // a session cap is stored under the lineage's root. Existing rows are filled in from the
-  // `parent_id` chains as they are now; where several sessions of one lineage had caps, the
-  // strictest stays. `admit_call` (its arguments unchanged, replaced in place) checks the session
-  // cap stored under the call's lineage against the lineage's spend, and records the lineage.
+  // 11 -> 12: a session cap covers the session's lineage (`postgres/budgets.rs`): a fork names
+  // the root of its `parent_id` chain (kept when the parent is deleted), a ledger row of a fork's
+  // call the root it was charged to; '' (the default, so that rows written without it stay valid)
+  // for a root and its calls. A session cap is stored under the lineage's root. Existing rows are
+  // filled in from the `parent_id` chains as they are now (only forks and their calls are
+  // written); where several sessions of one lineage had caps, the strictest stays. `admit_call`
+  // (its arguments unchanged, replaced in place) checks the session cap stored under the call's
+  // lineage against the lineage's spend: the root's calls and the calls naming the root.
   r#"
-  ALTER TABLE {S}.sessions ADD COLUMN lineage_id TEXT;
+  ALTER TABLE {S}.sessions ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
   WITH RECURSIVE chain (id, root) AS (
-    SELECT s.id, s.id FROM {S}.sessions s WHERE NOT EXISTS (SELECT 1 FROM {S}.sessions p WHERE p.id = s.parent_id)
+    SELECT s.id, p.id FROM {S}.sessions s JOIN {S}.sessions p ON p.id = s.parent_id
+      WHERE NOT EXISTS (SELECT 1 FROM {S}.sessions g WHERE g.id = p.parent_id)
     UNION
     SELECT s.id, c.root FROM {S}.sessions s JOIN chain c ON s.parent_id = c.id
   )
   UPDATE {S}.sessions s SET lineage_id = chain.root FROM chain WHERE chain.id = s.id;
-  UPDATE {S}.sessions SET lineage_id = id WHERE lineage_id IS NULL;
-  ALTER TABLE {S}.sessions ALTER COLUMN lineage_id SET NOT NULL;
 
-  ALTER TABLE {S}.model_calls ADD COLUMN lineage_id TEXT;
-  UPDATE {S}.model_calls m SET lineage_id = s.lineage_id FROM {S}.sessions s WHERE s.id = m.session_id;
-  UPDATE {S}.model_calls SET lineage_id = session_id WHERE lineage_id IS NULL;
-  ALTER TABLE {S}.model_calls ALTER COLUMN lineage_id SET NOT NULL;
-  CREATE INDEX model_calls_by_lineage ON {S}.model_calls (lineage_id, at) INCLUDE (user_id, usd);
+  ALTER TABLE {S}.model_calls ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  UPDATE {S}.model_calls m SET lineage_id = s.lineage_id FROM {S}.sessions s WHERE s.id = m.session_id AND s.lineage_id <> '';
+  CREATE INDEX model_calls_by_lineage ON {S}.model_calls (lineage_id, at) INCLUDE (user_id, usd) WHERE lineage_id <> '';
 
-  WITH keyed AS (
-    SELECT b.user_id, b.session_id, COALESCE(s.lineage_id, b.session_id) AS lineage, b.usd
-    FROM {S}.budgets b LEFT JOIN {S}.sessions s ON s.id = b.session_id WHERE b.scope = 'session'
-  ), kept AS (
-    SELECT DISTINCT ON (user_id, lineage) user_id, session_id FROM keyed ORDER BY user_id, lineage, usd, session_id
-  )
-  DELETE FROM {S}.budgets b WHERE b.scope = 'session'
-    AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.user_id = b.user_id AND k.session_id = b.session_id);
+  DELETE FROM {S}.budgets WHERE scope = 'session' AND (user_id, session_id) IN (
+    SELECT user_id, session_id FROM (
+      SELECT b.user_id, b.session_id,
+        ROW_NUMBER() OVER (PARTITION BY b.user_id, COALESCE(NULLIF(s.lineage_id, ''), b.session_id) ORDER BY b.usd, b.session_id) AS n
+      FROM {S}.budgets b LEFT JOIN {S}.sessions s ON s.id = b.session_id WHERE b.scope = 'session') ranked
+    WHERE n > 1);
   UPDATE {S}.budgets b SET session_id = s.lineage_id FROM {S}.sessions s
-    WHERE b.scope = 'session' AND s.id = b.session_id AND s.lineage_id <> b.session_id;
+    WHERE b.scope = 'session' AND s.id = b.session_id AND s.lineage_id <> '';
 
   CREATE OR REPLACE FUNCTION {S}.admit_call(p_key text, p_task text, p_session text, p_user text, p_project text, p_model text,
       p_reserve float8, p_user_lock text, p_project_lock text, p_default_user float8,
@@ -467,8 +463,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     IF FOUND THEN
       RETURN;
     END IF;
-    -- The session's lineage (a session the store does not have is a lineage of its own).
-    SELECT s.lineage_id INTO lineage FROM {S}.sessions s WHERE s.id = p_session;
+    -- The session's lineage: its root ('' on a root; a session the store does not have is a
+    -- lineage of its own).
+    SELECT NULLIF(s.lineage_id, '') INTO lineage FROM {S}.sessions s WHERE s.id = p_session;
     lineage := COALESCE(lineage, p_session);
     FOR k IN SELECT * FROM (VALUES (1, 'user', p_user, '', ''), (2, 'project', p_user, p_project, ''),
         (3, 'project', '', p_project, ''), (4, 'session', p_user, '', lineage)) AS v(ord, scope, u, p, s) ORDER BY ord LOOP
@@ -491,7 +488,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
       ELSIF k.ord = 3 THEN
         SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.project_id = k.p AND m.at >= since;
       ELSE
-        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.lineage_id = k.s AND m.user_id = k.u AND m.at >= since;
+        -- The root's own calls, and its forks' (which name it).
+        SELECT (SELECT COALESCE(SUM(m.usd), 0) FROM {S}.model_calls m WHERE m.session_id = k.s AND m.user_id = k.u AND m.at >= since)
+          + (SELECT COALESCE(SUM(m.usd), 0) FROM {S}.model_calls m
+             WHERE m.lineage_id = k.s AND m.lineage_id <> '' AND m.user_id = k.u AND m.at >= since) INTO spent;
       END IF;
       IF spent + p_reserve > cap THEN
         RETURN QUERY SELECT NULL::bigint, k.scope::text, k.u::text, cap, spent, cap_period;
@@ -499,7 +499,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
       END IF;
     END LOOP;
     RETURN QUERY INSERT INTO {S}.model_calls (call_key, task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
-      VALUES (p_key, p_task, p_session, lineage, p_user, p_project, p_model, p_reserve, true, (floor(extract(epoch from at_now) * 1000))::bigint)
+      VALUES (p_key, p_task, p_session, CASE WHEN lineage = p_session THEN '' ELSE lineage END, p_user, p_project, p_model, p_reserve, true, (floor(extract(epoch from at_now) * 1000))::bigint)
       RETURNING id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text;
   END
   $fn$;

@@ -18,7 +18,12 @@ fn spent_sql(k: &BudgetKey) -> (&'static str, &str) {
       ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE project_id = ?2 AND ?1 = '' AND at >= ?3", &k.project_id)
     }
     "project" => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND project_id = ?2 AND at >= ?3", &k.project_id),
-    _ => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE lineage_id = ?2 AND user_id = ?1 AND at >= ?3", &k.session_id),
+    // The lineage's root's own calls, and its forks' (which name it).
+    _ => (
+      "SELECT (SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE session_id = ?2 AND user_id = ?1 AND at >= ?3)
+         + (SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE lineage_id = ?2 AND lineage_id != '' AND user_id = ?1 AND at >= ?3)",
+      &k.session_id,
+    ),
   }
 }
 
@@ -43,10 +48,13 @@ impl SqliteStore {
     now_ms() + self.budget_clock_ms.load(std::sync::atomic::Ordering::Relaxed)
   }
 
-  /// The lineage of a session (`store/budgets.rs`); a session the store does not have is a
-  /// lineage of its own.
+  /// The lineage of a session, its root (`store/budgets.rs`); a session the store does not have
+  /// is a lineage of its own.
   fn lineage(c: &Connection, session_id: &str) -> Result<String> {
-    let found = c.prepare_cached("SELECT lineage_id FROM sessions WHERE id = ?1")?.query_row([session_id], |r| r.get(0)).optional()?;
+    let found = c
+      .prepare_cached("SELECT CASE lineage_id WHEN '' THEN id ELSE lineage_id END FROM sessions WHERE id = ?1")?
+      .query_row([session_id], |r| r.get(0))
+      .optional()?;
     Ok(found.unwrap_or_else(|| session_id.to_owned()))
   }
 
@@ -71,7 +79,8 @@ impl SqliteStore {
 #[async_trait::async_trait]
 impl Budgets for SqliteStore {
   /// Checks every cap that applies to the call against its reserve and, in the same
-  /// transaction, records the call at its reserve, with its session's lineage.
+  /// transaction, records the call at its reserve, with its session's lineage when that is not
+  /// the session itself.
   async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let now = self.budget_now();
     self.write(|tx| {
@@ -89,7 +98,16 @@ impl Budgets for SqliteStore {
         tx,
         "INSERT INTO model_calls (task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
-        params![call.task_id, call.session_id, lineage, call.user_id, call.project_id, call.model, call.reserve_usd, now],
+        params![
+          call.task_id,
+          call.session_id,
+          if lineage == call.session_id { "" } else { &lineage },
+          call.user_id,
+          call.project_id,
+          call.model,
+          call.reserve_usd,
+          now
+        ],
       )?;
       Ok(Admit::Go(tx.last_insert_rowid()))
     })

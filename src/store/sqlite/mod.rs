@@ -104,7 +104,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     cli_cost_watermark: r.get(22)?,
     config_dir: r.get(23)?,
     paused: r.get(24)?,
-    lineage_id: r.get(25)?,
+    lineage_id: crate::store::lineage_or_self(r.get(25)?, r.get(0)?),
   })
 }
 

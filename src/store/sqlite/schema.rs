@@ -211,32 +211,35 @@ pub(super) const MIGRATIONS: &[&str] = &[
     payload TEXT NOT NULL
   );
   "#,
-  // 12 -> 13: a session cap covers the session's lineage (`budgets.rs`): each session names the
-  // root of its `parent_id` chain (its own id when not forked; a fork takes its parent's, kept
-  // when the parent is deleted), each ledger row the lineage it was charged to, and a session cap
-  // is stored under the lineage's root. Existing rows are filled in from the `parent_id` chains as
-  // they are now; where several sessions of one lineage had caps, the strictest stays.
+  // 12 -> 13: a session cap covers the session's lineage (`store/budgets.rs`): a fork names the
+  // root of its `parent_id` chain (kept when the parent is deleted), a ledger row of a fork's call
+  // the root it was charged to; '' (the default, so that rows written without it stay valid) for
+  // a root and its calls. A session cap is stored under the lineage's root. Existing rows are
+  // filled in from the `parent_id` chains as they are now (only forks and their calls are
+  // written); where several sessions of one lineage had caps, the strictest stays.
   r#"
   ALTER TABLE sessions ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
   WITH RECURSIVE chain (id, root) AS (
-    SELECT s.id, s.id FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM sessions p WHERE p.id = s.parent_id)
+    SELECT s.id, p.id FROM sessions s JOIN sessions p ON p.id = s.parent_id
+      WHERE NOT EXISTS (SELECT 1 FROM sessions g WHERE g.id = p.parent_id)
     UNION
     SELECT s.id, c.root FROM sessions s JOIN chain c ON s.parent_id = c.id
   )
   UPDATE sessions SET lineage_id = chain.root FROM chain WHERE chain.id = sessions.id;
-  UPDATE sessions SET lineage_id = id WHERE lineage_id = '';
 
   ALTER TABLE model_calls ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
-  UPDATE model_calls SET lineage_id = COALESCE((SELECT s.lineage_id FROM sessions s WHERE s.id = model_calls.session_id), session_id);
-  CREATE INDEX model_calls_by_lineage ON model_calls (lineage_id, at, user_id, usd);
+  UPDATE model_calls SET lineage_id = (SELECT s.lineage_id FROM sessions s WHERE s.id = model_calls.session_id)
+    WHERE session_id IN (SELECT id FROM sessions WHERE lineage_id != '');
+  CREATE INDEX model_calls_by_lineage ON model_calls (lineage_id, at, user_id, usd) WHERE lineage_id != '';
 
-  DELETE FROM budgets WHERE scope = 'session' AND EXISTS (
-    SELECT 1 FROM budgets o WHERE o.scope = 'session' AND o.user_id = budgets.user_id
-      AND COALESCE((SELECT s.lineage_id FROM sessions s WHERE s.id = o.session_id), o.session_id)
-        = COALESCE((SELECT s.lineage_id FROM sessions s WHERE s.id = budgets.session_id), budgets.session_id)
-      AND (o.usd < budgets.usd OR (o.usd = budgets.usd AND o.session_id < budgets.session_id)));
-  UPDATE budgets SET session_id = (SELECT s.lineage_id FROM sessions s WHERE s.id = budgets.session_id)
-    WHERE scope = 'session' AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = budgets.session_id AND s.lineage_id != budgets.session_id);
+  DELETE FROM budgets WHERE scope = 'session' AND (user_id, session_id) IN (
+    SELECT user_id, session_id FROM (
+      SELECT b.user_id, b.session_id,
+        ROW_NUMBER() OVER (PARTITION BY b.user_id, COALESCE(NULLIF(s.lineage_id, ''), b.session_id) ORDER BY b.usd, b.session_id) AS n
+      FROM budgets b LEFT JOIN sessions s ON s.id = b.session_id WHERE b.scope = 'session')
+    WHERE n > 1);
+  UPDATE budgets SET session_id = s.lineage_id FROM sessions s
+    WHERE budgets.scope = 'session' AND s.id = budgets.session_id AND s.lineage_id != '';
   "#,
 ];
 
