@@ -56,8 +56,8 @@ impl Budgets for PgStore {
   /// Checks every cap that applies to the call against its reserve and records the call at its
   /// reserve: one statement, the migrations' `admit_call` function (the rules of
   /// `store/budgets.rs::applicable`, the session cap the lineage's, under the user's and the
-  /// project's advisory locks), keyed by
-  /// a fresh UUID so that running it again after a lost connection charges nothing twice.
+  /// project's advisory locks), keyed by a fresh UUID so that running it again after a lost
+  /// connection charges nothing twice.
   async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let user_lock = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
     let project_lock = format!("claude-session-manager:budget-project:{}:{}", self.schema, call.project_id);
