@@ -92,7 +92,9 @@ export declare class SessionManager {
   cleanupSessions(request: CleanupRequest): Promise<CleanupResult>
   /**
    * A new session that continues from `sessionId`, made at once without calling the model; its
-   * first task forks the CLI's transcript. The parent is never changed by the fork.
+   * first task forks the CLI's transcript. The parent is never changed by the fork. The fork is
+   * in the parent's lineage: the parent's session cap covers it (and a paused parent's fork
+   * starts paused).
    */
   fork(request: ForkRequest): Promise<Session>
   /**
@@ -172,9 +174,10 @@ export declare class SessionManager {
   /**
    * Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.
    * Sets (or replaces) a spend cap: `scope` `'user'`, `'project'` (with `projectId`) or
-   * `'session'` (with `sessionId`, the user's), `usd`, `period` `'day'` | `'month'` (not for a
-   * session). The key proxy refuses a model call whose reserve could cross any cap that applies;
-   * the task ends `BUDGET_EXCEEDED`.
+   * `'session'` (with `sessionId`, the user's: the cap of its lineage, the session it was forked
+   * from and every fork, which their spend counts against together), `usd`, `period` `'day'` |
+   * `'month'` (not for a session). The key proxy refuses a model call whose reserve could cross
+   * any cap that applies; the task ends `BUDGET_EXCEEDED`.
    */
   setBudget(request: BudgetRequest): Promise<Budget>
   /**
@@ -198,6 +201,10 @@ export interface Budget {
   /** Absent for a project's cap across all its users. */
   userId?: string
   projectId?: string
+  /**
+   * The session asked about; a session cap is its lineage's (`spentUsd` counts the session it
+   * was forked from and every fork).
+   */
   sessionId?: string
   /** The cap in US dollars. */
   usd: number
@@ -218,7 +225,8 @@ export interface BudgetDefaults {
 
 /**
  * `setBudget`, `getBudget` and `deleteBudget`: a cap of a user, of a user's project, or of a
- * session (which must be the user's).
+ * session (which must be the user's): the cap of the session's lineage, the session it was
+ * forked from (and so on up) and every fork of them, which one cap covers.
  */
 export interface BudgetRequest {
   scope: 'user' | 'project' | 'session'
@@ -719,8 +727,9 @@ export interface Session {
   userId: string
   /**
    * `active`, `archived`, or `paused`: active, but its last task was stopped by a spend cap
-   * (`pausedBy` says which); a task on it after the cap is raised or its period rolled over
-   * continues the conversation and ends the pause.
+   * (`pausedBy` says which), or it is a fork of a paused session (the same caps apply to it); a
+   * task on it after the cap is raised or its period rolled over continues the conversation and
+   * ends the pause.
    */
   status: 'active' | 'archived' | 'paused'
   /** The scope of the spend cap that paused the session. */
@@ -963,7 +972,8 @@ export interface SessionManagerOptions {
   /**
    * Spend caps where none is set with `setBudget`: `perUser: { usd, period? }` (each user's spend,
    * `period` `'day'` or `'month'` (UTC, database clock) or none for a lifetime cap) and
-   * `perSession: { usd }` (each session's lifetime spend). Enforced by the key proxy on every
+   * `perSession: { usd }` (the lifetime spend of each session together with its forks and
+   * theirs: a session's lineage). Enforced by the key proxy on every
    * model call; refused with `exposeApiKeyToAgent: true` (`INVALID_ARGUMENT`).
    */
   budgets?: BudgetDefaults

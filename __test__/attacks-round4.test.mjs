@@ -2,9 +2,10 @@
 // getRunningTask, abortTask), branching (fork / rewind / executeTask at a message) and the spend
 // caps (paused sessions, error.scope), attacked as a hostile user would, with the real CLI against
 // the stand-in API. R-tests are attacks that GOT THROUGH when written: R4-3 is fixed (a stream cut
-// off before its final usage is charged what it streamed); R4-1, R4-1b and R4-2 are known and
-// listed in the README's "Not guaranteed", marked todo here (they fail until fixed). H-tests are
-// attacks that held (regression tests). Each test has a control showing the attack ran.
+// off before its final usage is charged what it streamed), R4-1 and R4-1b are fixed (a session cap
+// covers the session's lineage: its forks and theirs); R4-2 is known and listed in the README's
+// "Not guaranteed", marked todo here (it fails until fixed). H-tests are attacks that held
+// (regression tests). Each test has a control showing the attack ran.
 import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
@@ -33,9 +34,7 @@ const collect = async (stream) => {
 // Attacks that got through when written
 // ---------------------------------------------------------------------------------------------
 
-const SESSION_CAP_TODO = 'known: a session cap bounds one session, and a fork is a new one (README, Not guaranteed)'
-
-test('R4-1. a session paused by its session cap does not go on spending through fork or executeTask atMessageId', { todo: SESSION_CAP_TODO }, async (t) => {
+test('R4-1. a session paused by its session cap does not go on spending through fork or executeTask atMessageId', async (t) => {
   server.reset()
   const { manager } = makeManager({ server })
   t.after(() => manager.close())
@@ -115,7 +114,7 @@ test('R4-3. a task aborted mid-answer is charged the output it already streamed 
   t.assert.ok(row.outputTokens >= deltas, `charged ${row.outputTokens} output tokens for ${deltas} words streamed: a user aborting before the end gets answers whose output never counts against any cap`)
 })
 
-test('R4-1b. through the Next.js routes: a browser user whose session is paused by its cap keeps talking via editMessage/regenerate (POST /task atMessageId)', { todo: SESSION_CAP_TODO }, async (t) => {
+test('R4-1b. through the Next.js routes: a browser user whose session is paused by its cap keeps talking via editMessage/regenerate (POST /task atMessageId)', async (t) => {
   server.reset()
   const { manager } = makeManager({ server })
   t.after(() => manager.close())

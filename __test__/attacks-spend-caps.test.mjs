@@ -74,6 +74,55 @@ for (const backend of testBackends()) {
     t.assert.ok(sent.includes(marker), 'the model sees the earlier turns')
   })
 
+  test(`a session cap covers the session's lineage: a fork's spend counts, a fork's fork is refused and paused, another session of the user is not${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager } = makeManager({ server, backend })
+    t.after(() => manager.close())
+    const first = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+    const root = first.sessionId
+    // Room for one call's reserve (about $2), not two: the fork's call ($0.60) leaves less.
+    const cap = total(await manager.getUsage({ sessionId: root, groupBy: 'session' })) + 2.2
+    await manager.setBudget({ scope: 'session', userId: 'u', sessionId: root, usd: cap })
+    const fork = await manager.fork({ sessionId: root, userId: 'u' })
+    server.reset()
+    server.enqueue({ text: 'paid in the fork', usage: BIG })
+    const inFork = await manager.executeTask({ prompt: 'go on', sessionId: fork.id, projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(inFork.success, true, `control: the fork had room for one call: ${JSON.stringify(inFork.error)}`)
+    const lineage = await manager.getBudget({ scope: 'session', userId: 'u', sessionId: root })
+    t.assert.ok(lineage.spentUsd >= cap - 2.2 + 0.6 - 1e-9, `the root's cap counts the fork's spend: ${JSON.stringify(lineage)}`)
+    // The fork's fork: no cap of its own, but the lineage's leaves no room for a call.
+    const fork2 = await manager.fork({ sessionId: fork.id, userId: 'u' })
+    server.reset()
+    server.enqueue({ text: 'paid in the fork of the fork', usage: BIG })
+    const inFork2 = await manager.executeTask({ prompt: 'go on', sessionId: fork2.id, projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(inFork2.error?.code, 'BUDGET_EXCEEDED', `the fork's fork spent on: ${JSON.stringify(inFork2)}`)
+    t.assert.strictEqual(inFork2.error.scope, 'session')
+    t.assert.strictEqual(messageCalls(server).length, 0, 'the refused call was never forwarded')
+    const paused = await manager.getSession(fork2.id, 'u')
+    t.assert.deepStrictEqual([paused.status, paused.pausedBy], ['paused', 'session'])
+    const read = await manager.getBudget({ scope: 'session', userId: 'u', sessionId: fork2.id })
+    t.assert.deepStrictEqual([read.usd, read.sessionId, read.spentUsd], [cap, fork2.id, lineage.spentUsd], 'read on the fork\'s fork: the lineage\'s cap')
+    // A fork of the paused one starts paused; the user's other conversation is not in the lineage.
+    const fork3 = await manager.fork({ sessionId: fork2.id, userId: 'u' })
+    t.assert.deepStrictEqual([fork3.status, fork3.pausedBy], ['paused', 'session'])
+    server.reset()
+    server.enqueue({ text: 'another conversation', usage: BIG })
+    const apart = await manager.executeTask({ prompt: 'something else', projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(apart.success, true, `another session of the user was stopped: ${JSON.stringify(apart.error)}`)
+    t.assert.strictEqual(apart.result, 'another conversation')
+    t.assert.strictEqual((await manager.getSession(apart.sessionId, 'u')).status, 'active')
+    t.assert.strictEqual(await manager.getBudget({ scope: 'session', userId: 'u', sessionId: apart.sessionId }), null)
+    t.assert.strictEqual((await manager.fork({ sessionId: apart.sessionId, userId: 'u' })).status, 'active')
+    // Raised on the fork's fork, the lineage's cap lets the root go on.
+    await manager.setBudget({ scope: 'session', userId: 'u', sessionId: fork2.id, usd: 1000 })
+    server.reset()
+    server.enqueue({ text: 'the root goes on' })
+    const again = await manager.executeTask({ prompt: 'and now?', sessionId: root, projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(again.success, true, JSON.stringify(again.error))
+    t.assert.strictEqual((await manager.getBudget({ scope: 'session', userId: 'u', sessionId: root })).usd, 1000)
+  })
+
   test(`a user cap is shared by the user's sessions running at once${backendTag(backend)}`, async (t) => {
     server.reset()
     const cap = 6

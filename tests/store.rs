@@ -42,6 +42,7 @@ fn migrates_a_version_1_database_and_keeps_its_rows() {
   assert_eq!(old.model, "opus");
   assert_eq!(old.task_count, 0);
   assert_eq!(old.context, None);
+  assert_eq!(old.lineage_id, A, "a session not forked is a lineage of its own");
   // The new tables work on the migrated file.
   let owner = Owner { id: "o".into(), pid: std::process::id() };
   assert!(s.try_begin_task(A, "t1", "task", "opus", &owner, Duration::from_secs(30)).wait().unwrap());

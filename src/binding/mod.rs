@@ -173,7 +173,9 @@ impl SessionManager {
   }
 
   /// A new session that continues from `sessionId`, made at once without calling the model; its
-  /// first task forks the CLI's transcript. The parent is never changed by the fork.
+  /// first task forks the CLI's transcript. The parent is never changed by the fork. The fork is
+  /// in the parent's lineage: the parent's session cap covers it (and a paused parent's fork
+  /// starts paused).
   #[napi(ts_args_type = "request: ForkRequest", ts_return_type = "Promise<Session>")]
   pub fn fork<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsSession> {
     let request = js_value(env, "request", Some(request));
@@ -417,9 +419,10 @@ impl SessionManager {
 
   /// Aborts running tasks, waits for them to settle, and refuses further calls with `CLOSED`.
   /// Sets (or replaces) a spend cap: `scope` `'user'`, `'project'` (with `projectId`) or
-  /// `'session'` (with `sessionId`, the user's), `usd`, `period` `'day'` | `'month'` (not for a
-  /// session). The key proxy refuses a model call whose reserve could cross any cap that applies;
-  /// the task ends `BUDGET_EXCEEDED`.
+  /// `'session'` (with `sessionId`, the user's: the cap of its lineage, the session it was forked
+  /// from and every fork, which their spend counts against together), `usd`, `period` `'day'` |
+  /// `'month'` (not for a session). The key proxy refuses a model call whose reserve could cross
+  /// any cap that applies; the task ends `BUDGET_EXCEEDED`.
   #[napi(ts_args_type = "request: BudgetRequest", ts_return_type = "Promise<Budget>")]
   pub fn set_budget<'e>(&self, env: &'e Env, request: Unknown<'e>) -> Promised<'e, JsBudget> {
     let request = js_value(env, "request", Some(request));

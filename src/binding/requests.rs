@@ -171,7 +171,8 @@ pub struct SessionManagerOptions {
   pub max_transcript_bytes: Option<f64>,
   /// Spend caps where none is set with `setBudget`: `perUser: { usd, period? }` (each user's spend,
   /// `period` `'day'` or `'month'` (UTC, database clock) or none for a lifetime cap) and
-  /// `perSession: { usd }` (each session's lifetime spend). Enforced by the key proxy on every
+  /// `perSession: { usd }` (the lifetime spend of each session together with its forks and
+  /// theirs: a session's lineage). Enforced by the key proxy on every
   /// model call; refused with `exposeApiKeyToAgent: true` (`INVALID_ARGUMENT`).
   #[napi(ts_type = "BudgetDefaults")]
   pub budgets: Option<JsBudgetDefaults>,
@@ -216,7 +217,8 @@ pub struct JsModelPrice {
 }
 
 /// `setBudget`, `getBudget` and `deleteBudget`: a cap of a user, of a user's project, or of a
-/// session (which must be the user's).
+/// session (which must be the user's): the cap of the session's lineage, the session it was
+/// forked from (and so on up) and every fork of them, which one cap covers.
 #[napi(object, object_from_js = false, js_name = "BudgetRequest")]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -50,8 +50,9 @@ pub struct JsSession {
   pub project_id: String,
   pub user_id: String,
   /// `active`, `archived`, or `paused`: active, but its last task was stopped by a spend cap
-  /// (`pausedBy` says which); a task on it after the cap is raised or its period rolled over
-  /// continues the conversation and ends the pause.
+  /// (`pausedBy` says which), or it is a fork of a paused session (the same caps apply to it); a
+  /// task on it after the cap is raised or its period rolled over continues the conversation and
+  /// ends the pause.
   #[napi(ts_type = "'active' | 'archived' | 'paused'")]
   pub status: String,
   /// The scope of the spend cap that paused the session.
@@ -535,6 +536,8 @@ pub struct JsBudget {
   /// Absent for a project's cap across all its users.
   pub user_id: Option<String>,
   pub project_id: Option<String>,
+  /// The session asked about; a session cap is its lineage's (`spentUsd` counts the session it
+  /// was forked from and every fork).
   pub session_id: Option<String>,
   /// The cap in US dollars.
   pub usd: f64,

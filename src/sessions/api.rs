@@ -130,6 +130,7 @@ impl Manager {
       context: parent.context.clone(),
       cli_cost_watermark: parent.cli_cost_watermark,
       config_dir: parent.config_dir.clone(),
+      paused: parent.paused.clone(),
       ..self.new_session(&parent.project_id, &parent.user_id, None, None, Some(PathBuf::from(&parent.working_directory)))
     };
     self.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await

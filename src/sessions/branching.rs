@@ -245,6 +245,7 @@ impl Manager {
       context: Some(context_at(&h, i, window)),
       cli_cost_watermark: parent.cli_cost_watermark,
       config_dir: parent.config_dir.clone(),
+      paused: parent.paused.clone(),
       ..self.new_session(&parent.project_id, &parent.user_id, None, None, Some(parent.working_directory.clone().into()))
     };
     let b = BranchPoint { fork_at: Some(at), resume_at: Some(line), resume_drops: None };

@@ -14,7 +14,7 @@ use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallToke
 pub struct BudgetOptions {
   /// `perUser: { usd, period? }`.
   pub per_user: Option<(f64, Option<BudgetPeriod>)>,
-  /// `perSession: { usd }`.
+  /// `perSession: { usd }`, per session lineage (a session with its forks and theirs).
   pub per_session: Option<f64>,
 }
 
@@ -77,7 +77,7 @@ pub enum BudgetScope {
   /// Every session of the project, whoever's (a valid project id; the request's user is empty).
   ProjectTotal(String),
   /// One session of the user (a session id in its canonical form; its owner is checked by the
-  /// manager).
+  /// manager): the cap of its lineage, which the session it was forked from and every fork share.
   Session(String),
 }
 
@@ -249,7 +249,7 @@ impl Manager {
   }
 
   /// A spend cap with its scope's spend this period: the stored one, else the default that
-  /// applies (`budgets`), else `None`.
+  /// applies (`budgets`), else `None`. A session's is its lineage's cap and spend.
   pub async fn get_budget(&self, r: BudgetRequest) -> Result<Option<Budget>> {
     self.check_open()?;
     let k = self.budget_key(&r).await?;

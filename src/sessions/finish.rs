@@ -309,6 +309,7 @@ mod tests {
       cli_cost_watermark: 0.0,
       config_dir: None,
       paused: None,
+      lineage_id: "11111111-1111-4111-8111-111111111111".into(),
     }
   }
 

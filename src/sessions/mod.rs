@@ -453,6 +453,7 @@ impl Manager {
       context: None,
       cli_cost_watermark: 0.0,
       config_dir: self.tenant_config_dir(project_id, user_id),
+      paused: None,
     }
   }
 

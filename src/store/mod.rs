@@ -99,6 +99,20 @@ pub struct Session {
   /// The scope of the spend cap that stopped the session's last task (`user`, `project`,
   /// `session`); cleared by the end of a task that a cap did not stop.
   pub paused: Option<String>,
+  /// The session's lineage: the root of its `parent_id` chain (its own id when it was not
+  /// forked, stored as `''`; a fork's is its parent's, and stays when the parent is deleted). A
+  /// session cap covers the lineage (`budgets.rs`).
+  pub lineage_id: String,
+}
+
+/// A session's lineage as [`Session::lineage_id`] has it: the stored root, or the session itself
+/// where none is stored (`''`: a root).
+pub(crate) fn lineage_or_self(stored: String, id: String) -> String {
+  if stored.is_empty() {
+    id
+  } else {
+    stored
+  }
 }
 
 /// Where a session branches (`store::Branches`).
@@ -127,6 +141,8 @@ pub struct NewSession {
   /// For forks: the parent's running total of CLI-reported cost (see `context::task_cost`).
   pub cli_cost_watermark: f64,
   pub config_dir: Option<String>,
+  /// For forks: the parent's pause (the same caps apply to the fork).
+  pub paused: Option<String>,
 }
 
 /// Filters of `list_sessions`.

@@ -3,7 +3,9 @@
 //! admitters on several connections, and settled calls are summed by day, model and session.
 
 use claude_session_manager::store::Blocking as _;
-use claude_session_manager::store::{Admit, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Store, UsageQuery};
+use claude_session_manager::store::{Admit, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, NewSession, Store, UsageQuery};
+
+use crate::fixtures::{id, new_session};
 
 fn key(scope: &str, user: &str, project: &str, session: &str) -> BudgetKey {
   BudgetKey { scope: scope.into(), user_id: user.into(), project_id: project.into(), session_id: session.into() }
@@ -135,7 +137,68 @@ pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
   assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
 
   project_total(s, u, &other);
+  lineage(s, u, &other);
   rollover(s, u);
+}
+
+/// A session cap covers the session's lineage: the root, its forks and theirs, even once the root
+/// is deleted; setting, reading or deleting it on any of them is the lineage's one cap; another
+/// session of the user is not in it; admitters on several connections get exactly what fits.
+fn lineage(s: &Store, u: &str, other: &(impl Fn() -> Store + Sync)) {
+  let none = BudgetDefaults::default();
+  let l = format!("{u}-lineage");
+  let (root, fork, fork2, apart) = (id(), id(), id(), id());
+  let fork_of = |child: &str, parent: &str| NewSession { parent_id: Some(parent.into()), ..new_session(child, &l, "p") };
+  s.create_session(&new_session(&root, &l, "p")).wait().unwrap();
+  s.create_session(&fork_of(&fork, &root)).wait().unwrap();
+  s.create_session(&fork_of(&fork2, &fork)).wait().unwrap();
+  s.create_session(&new_session(&apart, &l, "p")).wait().unwrap();
+  let lineage_of = |sid: &str| s.get_session(sid, &l).wait().unwrap().unwrap().lineage_id;
+  assert_eq!([lineage_of(&root), lineage_of(&fork), lineage_of(&fork2)], [root.clone(), root.clone(), root.clone()]);
+  assert_eq!(lineage_of(&apart), apart, "a session not forked is a lineage of its own");
+
+  // A cap set on the root: the fork's fork is refused once the lineage's spend leaves no room.
+  s.set_budget(&key("session", &l, "", &root), 1.0, None).wait().unwrap();
+  go(s.admit_call(&call("l1", &root, &l, "p", 0.4), &none).wait().unwrap());
+  go(s.admit_call(&call("l2", &fork, &l, "p", 0.4), &none).wait().unwrap());
+  assert_eq!(over_scope(s.admit_call(&call("l3", &fork2, &l, "p", 0.4), &none).wait().unwrap()), "session", "0.8 spent in the lineage");
+  go(s.admit_call(&call("l4", &apart, &l, "p", 0.9), &none).wait().unwrap());
+  // Read on the fork's fork: the lineage's cap and spend, named by the session asked about.
+  let got = s.get_budget(&key("session", &l, "", &fork2)).wait().unwrap().expect("the lineage's cap");
+  assert_eq!((got.usd, got.key.session_id.as_str()), (1.0, fork2.as_str()));
+  assert!((got.spent_usd - 0.8).abs() < 1e-9, "{got:?}");
+  assert!(s.get_budget(&key("session", &l, "", &apart)).wait().unwrap().is_none(), "no cap on the other session");
+  assert!((s.spent_in(&key("session", &l, "", &fork), None).wait().unwrap().0 - 0.8).abs() < 1e-9);
+  assert!((s.spent_in(&key("session", &l, "", &apart), None).wait().unwrap().0 - 0.9).abs() < 1e-9);
+  // Set on a fork, it replaces the lineage's cap (one cap per lineage).
+  s.set_budget(&key("session", &l, "", &fork), 1.5, None).wait().unwrap();
+  assert_eq!(s.get_budget(&key("session", &l, "", &root)).wait().unwrap().unwrap().usd, 1.5);
+  go(s.admit_call(&call("l5", &fork2, &l, "p", 0.4), &none).wait().unwrap());
+
+  // The root deleted: its forks and a new fork of them stay in the lineage, its spend counted.
+  s.delete_session(&root, &l).wait().unwrap();
+  let fork3 = id();
+  s.create_session(&fork_of(&fork3, &fork2)).wait().unwrap();
+  assert_eq!(lineage_of(&fork3), root);
+  assert_eq!(over_scope(s.admit_call(&call("l6", &fork3, &l, "p", 0.4), &none).wait().unwrap()), "session", "1.2 spent");
+  go(s.admit_call(&call("l6", &fork3, &l, "p", 0.2), &none).wait().unwrap());
+
+  // Deleted on any session of it: the default per session applies to the lineage as a whole.
+  assert!(s.delete_budget(&key("session", &l, "", &fork3)).wait().unwrap());
+  assert!(!s.delete_budget(&key("session", &l, "", &fork)).wait().unwrap(), "the lineage's one cap is gone");
+  let per_session = BudgetDefaults { per_session: Some(2.0), ..Default::default() };
+  assert_eq!(over_scope(s.admit_call(&call("l7", &fork, &l, "p", 0.7), &per_session).wait().unwrap()), "session", "1.4 spent");
+  go(s.admit_call(&call("l7", &apart, &l, "p", 0.6), &per_session).wait().unwrap());
+
+  // Eight admitters on connections of their own, on four sessions of the lineage: room for three.
+  s.set_budget(&key("session", &l, "", &fork), 1.4 + 1.0, None).wait().unwrap();
+  let sessions = [fork.clone(), fork2.clone(), fork3.clone(), fork.clone()];
+  let admitted = at_once(other, |i| (l.clone(), sessions[i % 4].clone(), "p".into()));
+  assert_eq!(admitted.iter().filter(|a| matches!(a, Admit::Go(_))).count(), 3, "{admitted:?}");
+  // The ledger still reports by session.
+  let by_session =
+    s.usage_report(&UsageQuery { user_id: Some(l.clone()), group_by: "session".into(), ..Default::default() }).wait().unwrap();
+  assert_eq!(by_session.len(), 5, "{by_session:?}");
 }
 
 /// A project's cap across its users (a project key with no user): every user's calls in the

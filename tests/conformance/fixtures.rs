@@ -15,6 +15,7 @@ pub fn new_session(id: &str, user: &str, project: &str) -> NewSession {
     context: None,
     cli_cost_watermark: 0.0,
     config_dir: None,
+    paused: None,
   }
 }
 

@@ -2,7 +2,9 @@
 //! periods on the database clock (UTC). Admitting a call is one statement, the migrations'
 //! `admit_call` function, under transaction-scoped advisory locks on the call's user and on its
 //! project (a project's cap spans its users), so that the check of the caps and the insert of the
-//! reserve are one step for every node; settling is one `UPDATE`.
+//! reserve are one step for every node; settling is one `UPDATE`. A session cap is stored under
+//! the session's lineage and bounds the lineage's spend (`store/budgets.rs`); a lineage is one
+//! user's, so the user's lock covers it.
 
 use super::*;
 use crate::error::Result;
@@ -31,6 +33,18 @@ impl PgStore {
     Ok(self.query(c, sql, &[&k.user_id, &other, &since]).await?[0].get(0))
   }
 
+  /// The key a cap is stored and its spend summed under: a session cap's session is its lineage
+  /// (a session the store does not have is a lineage of its own).
+  async fn stored_key(&self, c: &impl deadpool_postgres::GenericClient, k: &BudgetKey) -> Result<BudgetKey> {
+    if k.scope != "session" {
+      return Ok(k.clone());
+    }
+    let sql = "SELECT CASE lineage_id WHEN '' THEN id ELSE lineage_id END FROM {S}.sessions WHERE id = $1";
+    let row = self.opt(c, sql, &[&k.session_id]).await?;
+    Ok(BudgetKey { session_id: row.map(|r| r.get(0)).unwrap_or_else(|| k.session_id.clone()), ..k.clone() })
+  }
+
+  /// A stored cap (`k` a stored key).
   async fn stored_cap(&self, c: &impl deadpool_postgres::GenericClient, k: &BudgetKey) -> Result<Option<(f64, Option<String>)>> {
     let row = self.opt(c, SELECT_BUDGET, &[&k.scope, &k.user_id, &k.project_id, &k.session_id]).await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
@@ -41,8 +55,9 @@ impl PgStore {
 impl Budgets for PgStore {
   /// Checks every cap that applies to the call against its reserve and records the call at its
   /// reserve: one statement, the migrations' `admit_call` function (the rules of
-  /// `store/budgets.rs::applicable`, under the user's and the project's advisory locks), keyed by
-  /// a fresh UUID so that running it again after a lost connection charges nothing twice.
+  /// `store/budgets.rs::applicable`, the session cap the lineage's, under the user's and the
+  /// project's advisory locks), keyed by a fresh UUID so that running it again after a lost
+  /// connection charges nothing twice.
   async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let user_lock = format!("claude-session-manager:budget:{}:{}", self.schema, call.user_id);
     let project_lock = format!("claude-session-manager:budget-project:{}:{}", self.schema, call.project_id);
@@ -102,9 +117,10 @@ impl Budgets for PgStore {
     })
   }
 
-  /// Sets (or replaces) a cap.
+  /// Sets (or replaces) a cap (a session's: its lineage's).
   async fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
     tx!(self, |tx| {
+      let k = &self.stored_key(tx, k).await?;
       self
         .exec(
           tx,
@@ -118,12 +134,13 @@ impl Budgets for PgStore {
     })
   }
 
-  /// A stored cap with its scope's spend in the current period.
+  /// A stored cap with its scope's spend in the current period (a session's: its lineage's).
   async fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
     tx!(self, |tx| {
-      let Some((usd, period)) = self.stored_cap(tx, k).await? else { return Ok(None) };
+      let stored = self.stored_key(tx, k).await?;
+      let Some((usd, period)) = self.stored_cap(tx, &stored).await? else { return Ok(None) };
       let start = self.period_start(tx, period.as_deref()).await?;
-      let spent = self.spent(tx, k, start).await?;
+      let spent = self.spent(tx, &stored, start).await?;
       Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: spent, period_start: start }))
     })
   }
@@ -132,13 +149,15 @@ impl Budgets for PgStore {
   async fn spent_in(&self, k: &BudgetKey, period: Option<&str>) -> Result<(f64, i64)> {
     tx!(self, |tx| {
       let start = self.period_start(tx, period).await?;
-      Ok((self.spent(tx, k, start).await?, start))
+      let stored = self.stored_key(tx, k).await?;
+      Ok((self.spent(tx, &stored, start).await?, start))
     })
   }
 
-  /// Deletes a cap; whether there was one.
+  /// Deletes a cap (a session's: its lineage's); whether there was one.
   async fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
     tx!(self, |tx| {
+      let k = &self.stored_key(tx, k).await?;
       let n = self
         .exec(
           tx,
@@ -193,7 +212,7 @@ impl Budgets for PgStore {
 }
 
 /// What a cap's scope spent since `$3` on PostgreSQL: the ledger's rows of `$1` the user and `$2`
-/// the project or session (each filter the prefix of an index).
+/// the project or the session lineage (each filter the prefix of an index); `k` is a stored key.
 fn spent_sql_pg(k: &BudgetKey) -> (&'static str, &str) {
   match k.scope.as_str() {
     "user" => ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND $2 = '' AND at >= $3", ""),
@@ -203,6 +222,11 @@ fn spent_sql_pg(k: &BudgetKey) -> (&'static str, &str) {
     "project" => {
       ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE user_id = $1 AND project_id = $2 AND at >= $3", &k.project_id)
     }
-    _ => ("SELECT COALESCE(SUM(usd), 0)::float8 FROM {S}.model_calls WHERE session_id = $2 AND user_id = $1 AND at >= $3", &k.session_id),
+    // The lineage's root's own calls, and its forks' (which name it).
+    _ => (
+      "SELECT ((SELECT COALESCE(SUM(usd), 0) FROM {S}.model_calls WHERE session_id = $2 AND user_id = $1 AND at >= $3)
+         + (SELECT COALESCE(SUM(usd), 0) FROM {S}.model_calls WHERE lineage_id = $2 AND lineage_id <> '' AND user_id = $1 AND at >= $3))::float8",
+      &k.session_id,
+    ),
   }
 }

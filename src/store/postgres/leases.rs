@@ -46,7 +46,7 @@ impl PgStore {
       "started" => Ok(Start::Started(Box::new(match next {
         Some((fresh, holds, point)) => Began {
           session: fresh.as_ref().map(|r| self.session_row(r)),
-          transcript_head: fresh.as_ref().map(|r| r.get(25)),
+          transcript_head: fresh.as_ref().map(|r| r.get(26)),
           // Other managers' holds asked to give way: the run waits for them as before.
           warm_left: Some(holds.len() as u64),
           branch_point: Some(point.map(|r| BranchPoint { fork_at: r.get(0), resume_at: r.get(1), resume_drops: r.get(2) })),

@@ -212,7 +212,7 @@ const NOW_MS: &str = "(floor(extract(epoch from now()) * 1000))::bigint";
 const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
-  context_measured_at, materialized, cli_cost_watermark, config_dir, paused";
+  context_measured_at, materialized, cli_cost_watermark, config_dir, paused, lineage_id";
 
 const INTERRUPTED: &str = "the process running this task stopped before it ended";
 
@@ -617,6 +617,7 @@ fn session_from_row(r: &Row) -> Session {
     cli_cost_watermark: r.get(22),
     config_dir: r.get(23),
     paused: r.get(24),
+    lineage_id: crate::store::lineage_or_self(r.get(25), r.get(0)),
   }
 }
 

@@ -411,7 +411,147 @@ pub(super) const MIGRATIONS: &[&str] = &[
     PRIMARY KEY (session_id, name)
   );
   "#,
+  // 11 -> 12: a session cap covers the session's lineage (`postgres/budgets.rs`): a fork names
+  // the root of its `parent_id` chain (kept when the parent is deleted), a ledger row of a fork's
+  // call the root it was charged to; '' (the default, so that rows written without it stay valid)
+  // for a root and its calls. A session cap is stored under the lineage's root. Existing rows are
+  // filled in from the `parent_id` chains as they are now (only forks and their calls are
+  // written); where several sessions of one lineage had caps, the strictest stays. `admit_call`
+  // (its arguments unchanged, replaced in place) checks the session cap stored under the call's
+  // lineage against the lineage's spend: the root's calls and the calls naming the root.
+  r#"
+  ALTER TABLE {S}.sessions ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  WITH RECURSIVE chain (id, root) AS (
+    SELECT s.id, p.id FROM {S}.sessions s JOIN {S}.sessions p ON p.id = s.parent_id
+      WHERE NOT EXISTS (SELECT 1 FROM {S}.sessions g WHERE g.id = p.parent_id)
+    UNION
+    SELECT s.id, c.root FROM {S}.sessions s JOIN chain c ON s.parent_id = c.id
+  )
+  UPDATE {S}.sessions s SET lineage_id = chain.root FROM chain WHERE chain.id = s.id;
+
+  ALTER TABLE {S}.model_calls ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  UPDATE {S}.model_calls m SET lineage_id = s.lineage_id FROM {S}.sessions s WHERE s.id = m.session_id AND s.lineage_id <> '';
+  CREATE INDEX model_calls_by_lineage ON {S}.model_calls (lineage_id, at) INCLUDE (user_id, usd) WHERE lineage_id <> '';
+
+  DELETE FROM {S}.budgets WHERE scope = 'session' AND (user_id, session_id) IN (
+    SELECT user_id, session_id FROM (
+      SELECT b.user_id, b.session_id,
+        ROW_NUMBER() OVER (PARTITION BY b.user_id, COALESCE(NULLIF(s.lineage_id, ''), b.session_id) ORDER BY b.usd, b.session_id) AS n
+      FROM {S}.budgets b LEFT JOIN {S}.sessions s ON s.id = b.session_id WHERE b.scope = 'session') ranked
+    WHERE n > 1);
+  UPDATE {S}.budgets b SET session_id = s.lineage_id FROM {S}.sessions s
+    WHERE b.scope = 'session' AND s.id = b.session_id AND s.lineage_id <> '';
+
+  CREATE OR REPLACE FUNCTION {S}.admit_call(p_key text, p_task text, p_session text, p_user text, p_project text, p_model text,
+      p_reserve float8, p_user_lock text, p_project_lock text, p_default_user float8,
+      p_default_user_period text, p_default_session float8, p_shift bigint)
+    RETURNS TABLE (call_id bigint, over_scope text, over_user text, over_cap float8, over_spent float8, over_period text)
+    LANGUAGE plpgsql AS $fn$
+  DECLARE
+    k record;
+    cap float8;
+    cap_period text;
+    since bigint;
+    spent float8;
+    lineage text;
+    at_now timestamptz := now() + p_shift * interval '1 millisecond';
+  BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_user_lock, 0));
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_project_lock, 0));
+    RETURN QUERY SELECT m.id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text
+      FROM {S}.model_calls m WHERE m.call_key = p_key;
+    IF FOUND THEN
+      RETURN;
+    END IF;
+    -- The session's lineage: its root ('' on a root; a session the store does not have is a
+    -- lineage of its own).
+    SELECT NULLIF(s.lineage_id, '') INTO lineage FROM {S}.sessions s WHERE s.id = p_session;
+    lineage := COALESCE(lineage, p_session);
+    FOR k IN SELECT * FROM (VALUES (1, 'user', p_user, '', ''), (2, 'project', p_user, p_project, ''),
+        (3, 'project', '', p_project, ''), (4, 'session', p_user, '', lineage)) AS v(ord, scope, u, p, s) ORDER BY ord LOOP
+      SELECT b.usd, b.period INTO cap, cap_period FROM {S}.budgets b
+        WHERE b.scope = k.scope AND b.user_id = k.u AND b.project_id = k.p AND b.session_id = k.s;
+      IF NOT FOUND THEN
+        cap := CASE k.scope WHEN 'user' THEN p_default_user WHEN 'session' THEN p_default_session END;
+        cap_period := CASE k.scope WHEN 'user' THEN p_default_user_period END;
+      END IF;
+      CONTINUE WHEN cap IS NULL;
+      since := CASE cap_period
+        WHEN 'day' THEN (extract(epoch from date_trunc('day', at_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+        WHEN 'month' THEN (extract(epoch from date_trunc('month', at_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') * 1000)::bigint
+        ELSE 0 END;
+      -- One query per scope, so that each is planned on its own index.
+      IF k.ord = 1 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.user_id = k.u AND m.at >= since;
+      ELSIF k.ord = 2 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.user_id = k.u AND m.project_id = k.p AND m.at >= since;
+      ELSIF k.ord = 3 THEN
+        SELECT COALESCE(SUM(m.usd), 0) INTO spent FROM {S}.model_calls m WHERE m.project_id = k.p AND m.at >= since;
+      ELSE
+        -- The root's own calls, and its forks' (which name it).
+        SELECT (SELECT COALESCE(SUM(m.usd), 0) FROM {S}.model_calls m WHERE m.session_id = k.s AND m.user_id = k.u AND m.at >= since)
+          + (SELECT COALESCE(SUM(m.usd), 0) FROM {S}.model_calls m
+             WHERE m.lineage_id = k.s AND m.lineage_id <> '' AND m.user_id = k.u AND m.at >= since) INTO spent;
+      END IF;
+      IF spent + p_reserve > cap THEN
+        RETURN QUERY SELECT NULL::bigint, k.scope::text, k.u::text, cap, spent, cap_period;
+        RETURN;
+      END IF;
+    END LOOP;
+    RETURN QUERY INSERT INTO {S}.model_calls (call_key, task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
+      VALUES (p_key, p_task, p_session, CASE WHEN lineage = p_session THEN '' ELSE lineage END, p_user, p_project, p_model, p_reserve, true, (floor(extract(epoch from at_now) * 1000))::bigint)
+      RETURNING id, NULL::text, NULL::text, NULL::float8, NULL::float8, NULL::text;
+  END
+  $fn$;
+  "#,
 ];
 
 /// The schema version this build writes.
 pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Against PostgreSQL (`CSM_TEST_DATABASE_URL`; `#[ignore]`d, run with `cargo test --lib pg_tests --
+/// --include-ignored`).
+#[cfg(test)]
+mod pg_tests {
+  use super::MIGRATIONS;
+  use crate::store::budgets::lineage_migration;
+  use crate::store::Store;
+
+  /// 11 -> 12 fills the lineage in from the `parent_id` chains as they were
+  /// (`store/budgets.rs::lineage_migration`), and the replaced `admit_call` sums the lineage.
+  #[test]
+  #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
+  fn the_lineage_migration_fills_in_sessions_ledger_and_caps() {
+    let url = std::env::var("CSM_TEST_DATABASE_URL")
+      .ok()
+      .filter(|u| !u.is_empty())
+      .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
+    let schema = format!("csm_lineage_{}", uuid::Uuid::new_v4().simple());
+    let q = format!("\"{schema}\"");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = rt.block_on(async {
+      let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+      tokio::spawn(conn);
+      client
+    });
+    let sql = |sql: &str| rt.block_on(client.query(&sql.replace("{S}", &q), &[])).unwrap();
+    let mut setup = String::from(
+      "CREATE SCHEMA {S}; CREATE TABLE {S}.schema_version (version BIGINT NOT NULL); INSERT INTO {S}.schema_version VALUES (11);",
+    );
+    for m in &MIGRATIONS[..11] {
+      setup += &m.replace("{NOW}", "(floor(extract(epoch from now()) * 1000))::bigint");
+    }
+    setup += &lineage_migration::rows_sql("{S}.");
+    rt.block_on(client.batch_execute(&setup.replace("{S}", &q))).unwrap();
+    let s = Store::connect(&url, &schema).unwrap();
+    let read = || {
+      let calls = sql("SELECT session_id, lineage_id FROM {S}.model_calls ORDER BY id");
+      let caps = sql("SELECT scope, session_id, usd FROM {S}.budgets ORDER BY usd");
+      (calls.iter().map(|r| (r.get(0), r.get(1))).collect(), caps.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    };
+    let lineage_of_call = |id: i64| sql(&format!("SELECT lineage_id FROM {{S}}.model_calls WHERE id = {id}"))[0].get(0);
+    lineage_migration::check(&s, read, lineage_of_call);
+    drop(s);
+    rt.block_on(client.batch_execute(&format!("DROP SCHEMA {q} CASCADE"))).unwrap();
+  }
+}

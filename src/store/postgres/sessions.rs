@@ -29,12 +29,15 @@ impl PgStore {
     let ctx = s.context.as_ref();
     let (tokens, window, source, measured) =
       (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
+    // A fork's lineage is its parent's (the user's own session); any other session is a root ('').
     let sql = format!(
       "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
          created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
-         cli_cost_watermark, config_dir)
+         cli_cost_watermark, config_dir, paused, lineage_id)
        SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
-         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text
+         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text, $14::text,
+         COALESCE((SELECT CASE p.lineage_id WHEN '' THEN p.id ELSE p.lineage_id END FROM {{S}}.sessions p
+           WHERE p.id = $4 AND p.user_id = $3), '')
        WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
        ON CONFLICT (id) DO NOTHING
        RETURNING {SESSION_COLUMNS}"
@@ -53,6 +56,7 @@ impl PgStore {
       &measured,
       &s.cli_cost_watermark,
       &config_dir,
+      &s.paused,
     ];
     let row = self.opt(c, &sql, params).await?;
     row.map(|r| self.session_row(&r)).ok_or_else(|| taken(&s.id))

@@ -9,7 +9,8 @@ use crate::store::budgets::applicable;
 const SELECT_BUDGET: &str = "SELECT usd, period FROM budgets WHERE scope = ?1 AND user_id = ?2 AND project_id = ?3 AND session_id = ?4";
 
 /// What a cap's scope spent since `?3`: the ledger's rows of `?1` the user and `?2` the project
-/// or session (each filter the prefix of an index).
+/// or the session lineage (each filter the prefix of an index); `k` is a stored key
+/// ([`SqliteStore::stored_key`]).
 fn spent_sql(k: &BudgetKey) -> (&'static str, &str) {
   match k.scope.as_str() {
     "user" => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND ?2 = '' AND at >= ?3", ""),
@@ -17,7 +18,12 @@ fn spent_sql(k: &BudgetKey) -> (&'static str, &str) {
       ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE project_id = ?2 AND ?1 = '' AND at >= ?3", &k.project_id)
     }
     "project" => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE user_id = ?1 AND project_id = ?2 AND at >= ?3", &k.project_id),
-    _ => ("SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE session_id = ?2 AND user_id = ?1 AND at >= ?3", &k.session_id),
+    // The lineage's root's own calls, and its forks' (which name it).
+    _ => (
+      "SELECT (SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE session_id = ?2 AND user_id = ?1 AND at >= ?3)
+         + (SELECT COALESCE(SUM(usd), 0) FROM model_calls WHERE lineage_id = ?2 AND lineage_id != '' AND user_id = ?1 AND at >= ?3)",
+      &k.session_id,
+    ),
   }
 }
 
@@ -42,7 +48,25 @@ impl SqliteStore {
     now_ms() + self.budget_clock_ms.load(std::sync::atomic::Ordering::Relaxed)
   }
 
-  /// A stored cap.
+  /// The lineage of a session, its root (`store/budgets.rs`); a session the store does not have
+  /// is a lineage of its own.
+  fn lineage(c: &Connection, session_id: &str) -> Result<String> {
+    let found = c
+      .prepare_cached("SELECT CASE lineage_id WHEN '' THEN id ELSE lineage_id END FROM sessions WHERE id = ?1")?
+      .query_row([session_id], |r| r.get(0))
+      .optional()?;
+    Ok(found.unwrap_or_else(|| session_id.to_owned()))
+  }
+
+  /// The key a cap is stored and its spend summed under: a session cap's session is its lineage.
+  fn stored_key(c: &Connection, k: &BudgetKey) -> Result<BudgetKey> {
+    if k.scope != "session" {
+      return Ok(k.clone());
+    }
+    Ok(BudgetKey { session_id: Self::lineage(c, &k.session_id)?, ..k.clone() })
+  }
+
+  /// A stored cap (`k` a stored key).
   fn stored_cap(c: &Connection, k: &BudgetKey) -> Result<Option<(f64, Option<String>)>> {
     Ok(
       c.prepare_cached(SELECT_BUDGET)?
@@ -55,21 +79,35 @@ impl SqliteStore {
 #[async_trait::async_trait]
 impl Budgets for SqliteStore {
   /// Checks every cap that applies to the call against its reserve and, in the same
-  /// transaction, records the call at its reserve.
+  /// transaction, records the call at its reserve, with its session's lineage when that is not
+  /// the session itself.
   async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit> {
     let now = self.budget_now();
     self.write(|tx| {
-      for (key, cap, period) in applicable(call, |k| Self::stored_cap(tx, k), defaults)? {
+      let lineage = Self::lineage(tx, call.session_id)?;
+      for (mut key, cap, period) in applicable(call, &lineage, |k| Self::stored_cap(tx, k), defaults)? {
         let spent = Self::spent(tx, &key, Self::period_start(tx, period.as_deref(), now)?)?;
         if spent + call.reserve_usd > cap {
+          if key.scope == "session" {
+            key.session_id = call.session_id.to_owned();
+          }
           return Ok(Admit::Over { key, cap_usd: cap, spent_usd: spent, period });
         }
       }
       exec(
         tx,
-        "INSERT INTO model_calls (task_id, session_id, user_id, project_id, model, usd, reserved, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
-        params![call.task_id, call.session_id, call.user_id, call.project_id, call.model, call.reserve_usd, now],
+        "INSERT INTO model_calls (task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+        params![
+          call.task_id,
+          call.session_id,
+          if lineage == call.session_id { "" } else { &lineage },
+          call.user_id,
+          call.project_id,
+          call.model,
+          call.reserve_usd,
+          now
+        ],
       )?;
       Ok(Admit::Go(tx.last_insert_rowid()))
     })
@@ -88,9 +126,10 @@ impl Budgets for SqliteStore {
     })
   }
 
-  /// Sets (or replaces) a cap.
+  /// Sets (or replaces) a cap (a session's: its lineage's).
   async fn set_budget(&self, k: &BudgetKey, usd: f64, period: Option<&str>) -> Result<()> {
     self.write(|tx| {
+      let k = &Self::stored_key(tx, k)?;
       exec(
         tx,
         "INSERT INTO budgets (scope, user_id, project_id, session_id, usd, period, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -101,13 +140,14 @@ impl Budgets for SqliteStore {
     })
   }
 
-  /// A stored cap with its scope's spend in the current period.
+  /// A stored cap with its scope's spend in the current period (a session's: its lineage's).
   async fn get_budget(&self, k: &BudgetKey) -> Result<Option<Budget>> {
     let now = self.budget_now();
     self.with(|c| {
-      let Some((usd, period)) = Self::stored_cap(c, k)? else { return Ok(None) };
+      let stored = Self::stored_key(c, k)?;
+      let Some((usd, period)) = Self::stored_cap(c, &stored)? else { return Ok(None) };
       let start = Self::period_start(c, period.as_deref(), now)?;
-      Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: Self::spent(c, k, start)?, period_start: start }))
+      Ok(Some(Budget { key: k.clone(), usd, period, spent_usd: Self::spent(c, &stored, start)?, period_start: start }))
     })
   }
 
@@ -116,13 +156,14 @@ impl Budgets for SqliteStore {
     let now = self.budget_now();
     self.with(|c| {
       let start = Self::period_start(c, period, now)?;
-      Ok((Self::spent(c, k, start)?, start))
+      Ok((Self::spent(c, &Self::stored_key(c, k)?, start)?, start))
     })
   }
 
-  /// Deletes a cap; whether there was one.
+  /// Deletes a cap (a session's: its lineage's); whether there was one.
   async fn delete_budget(&self, k: &BudgetKey) -> Result<bool> {
     self.write(|tx| {
+      let k = &Self::stored_key(tx, k)?;
       Ok(
         exec(
           tx,

@@ -66,7 +66,7 @@ pub(crate) fn exists<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) 
 pub(crate) const SESSION_COLUMNS: &str = "id, project_id, user_id, status, parent_id, title, model, working_directory, \
   created_at, updated_at, last_active_at, task_count, total_cost_usd, input_tokens, output_tokens, \
   cache_read_tokens, cache_creation_tokens, context_tokens, context_window, context_source, \
-  context_measured_at, materialized, cli_cost_watermark, config_dir, paused";
+  context_measured_at, materialized, cli_cost_watermark, config_dir, paused, lineage_id";
 
 pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
   let context_tokens: Option<i64> = r.get(17)?;
@@ -104,6 +104,7 @@ pub(crate) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     cli_cost_watermark: r.get(22)?,
     config_dir: r.get(23)?,
     paused: r.get(24)?,
+    lineage_id: crate::store::lineage_or_self(r.get(25)?, r.get(0)?),
   })
 }
 

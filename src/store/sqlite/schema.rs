@@ -211,7 +211,72 @@ pub(super) const MIGRATIONS: &[&str] = &[
     payload TEXT NOT NULL
   );
   "#,
+  // 12 -> 13: a session cap covers the session's lineage (`store/budgets.rs`): a fork names the
+  // root of its `parent_id` chain (kept when the parent is deleted), a ledger row of a fork's call
+  // the root it was charged to; '' (the default, so that rows written without it stay valid) for
+  // a root and its calls. A session cap is stored under the lineage's root. Existing rows are
+  // filled in from the `parent_id` chains as they are now (only forks and their calls are
+  // written); where several sessions of one lineage had caps, the strictest stays.
+  r#"
+  ALTER TABLE sessions ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  WITH RECURSIVE chain (id, root) AS (
+    SELECT s.id, p.id FROM sessions s JOIN sessions p ON p.id = s.parent_id
+      WHERE NOT EXISTS (SELECT 1 FROM sessions g WHERE g.id = p.parent_id)
+    UNION
+    SELECT s.id, c.root FROM sessions s JOIN chain c ON s.parent_id = c.id
+  )
+  UPDATE sessions SET lineage_id = chain.root FROM chain WHERE chain.id = sessions.id;
+
+  ALTER TABLE model_calls ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+  UPDATE model_calls SET lineage_id = (SELECT s.lineage_id FROM sessions s WHERE s.id = model_calls.session_id)
+    WHERE session_id IN (SELECT id FROM sessions WHERE lineage_id != '');
+  CREATE INDEX model_calls_by_lineage ON model_calls (lineage_id, at, user_id, usd) WHERE lineage_id != '';
+
+  DELETE FROM budgets WHERE scope = 'session' AND (user_id, session_id) IN (
+    SELECT user_id, session_id FROM (
+      SELECT b.user_id, b.session_id,
+        ROW_NUMBER() OVER (PARTITION BY b.user_id, COALESCE(NULLIF(s.lineage_id, ''), b.session_id) ORDER BY b.usd, b.session_id) AS n
+      FROM budgets b LEFT JOIN sessions s ON s.id = b.session_id WHERE b.scope = 'session')
+    WHERE n > 1);
+  UPDATE budgets SET session_id = s.lineage_id FROM sessions s
+    WHERE budgets.scope = 'session' AND s.id = budgets.session_id AND s.lineage_id != '';
+  "#,
 ];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+#[cfg(test)]
+mod tests {
+  use super::MIGRATIONS;
+  use crate::store::budgets::lineage_migration;
+  use crate::store::{Blocking as _, Store};
+
+  /// 12 -> 13 fills the lineage in from the `parent_id` chains as they were
+  /// (`store/budgets.rs::lineage_migration`).
+  #[test]
+  fn the_lineage_migration_fills_in_sessions_ledger_and_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v12.db");
+    {
+      let c = rusqlite::Connection::open(&path).unwrap();
+      for m in &MIGRATIONS[..12] {
+        c.execute_batch(m).unwrap();
+      }
+      c.execute_batch(&format!("PRAGMA user_version = 12; {}", lineage_migration::rows_sql(""))).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().wait().unwrap(), super::SCHEMA_VERSION);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let read = || {
+      let mut calls = c.prepare("SELECT session_id, lineage_id FROM model_calls ORDER BY id").unwrap();
+      let mut caps = c.prepare("SELECT scope, session_id, usd FROM budgets ORDER BY usd").unwrap();
+      (
+        calls.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect(),
+        caps.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(|r| r.unwrap()).collect(),
+      )
+    };
+    let lineage_of_call = |id: i64| c.query_row("SELECT lineage_id FROM model_calls WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+    lineage_migration::check(&s, read, lineage_of_call);
+  }
+}

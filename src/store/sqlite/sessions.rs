@@ -12,11 +12,13 @@ impl SqliteStore {
       return Err(Error::invalid(format!("session id {} cannot be used for a new session; choose a new UUID", s.id)));
     }
     let ctx = s.context.as_ref();
+    // A fork's lineage is its parent's (the user's own session); any other session is a root ('').
     tx.prepare_cached(
       "INSERT INTO sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
          created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
-         cli_cost_watermark, config_dir)
-       VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+         cli_cost_watermark, config_dir, paused, lineage_id)
+       VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6, ?7, ?8, ?8, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+         COALESCE((SELECT CASE p.lineage_id WHEN '' THEN p.id ELSE p.lineage_id END FROM sessions p WHERE p.id = ?4 AND p.user_id = ?3), ''))",
     )?
     .execute(params![
       s.id,
@@ -33,6 +35,7 @@ impl SqliteStore {
       ctx.map(|c| c.measured_at),
       s.cli_cost_watermark,
       s.config_dir,
+      s.paused,
     ])?;
     Ok(())
   }
