@@ -1021,7 +1021,7 @@ export interface StreamedEvent {
   at: number
   /**
    * The event: what `onEvent` saw (`task_started`, the CLI's lines, `stream_event`s with text
-   * deltas joined per few milliseconds, `background_activity`), `permission_request` /
+   * deltas after a pause at once, faster ones joined per 8 ms, `background_activity`), `permission_request` /
    * `permission_resolved`, `user_message` (steering), `task_end` (`{ result }` or `{ error }`),
    * or `events_truncated` (`{ firstSeq }`: earlier events were swept; reload the history with
    * `getMessages`).
