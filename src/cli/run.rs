@@ -247,9 +247,12 @@ pub(crate) async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
     if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
       kill_group(pg, libc::SIGKILL);
     }
-    // Whatever the CLI started (tools, shells) goes too.
+    // Whatever the CLI started (tools, shells) goes too, and is waited for (up to 2 s).
     kill_group(pg, libc::SIGKILL);
     super::process::kill_tree(&tools);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    super::process::until_gone(&tools, Duration::from_secs(2)).await;
   }
   let _ = child.start_kill();
   let _ = child.wait().await;

@@ -446,19 +446,10 @@ impl WarmProcess {
 /// sandbox's inner processes), then kills what is left of them and waits (up to five seconds
 /// more, on a loaded machine) until they no longer run: the CLI's session is free only then.
 async fn gone(tree: Vec<u32>) {
-  let running = |tree: &[u32]| tree.iter().copied().filter(|p| super::process::pid_running(*p)).collect::<Vec<_>>();
-  for _ in 0..100 {
-    if running(&tree).is_empty() {
-      return;
-    }
-    tokio::time::sleep(Duration::from_millis(10)).await;
-  }
-  super::process::kill_tree(&running(&tree));
-  for _ in 0..500 {
-    if running(&tree).is_empty() {
-      return;
-    }
-    tokio::time::sleep(Duration::from_millis(10)).await;
+  use super::process::{kill_tree, pid_running, until_gone};
+  if !until_gone(&tree, Duration::from_secs(1)).await {
+    kill_tree(&tree.iter().copied().filter(|p| pid_running(*p)).collect::<Vec<_>>());
+    until_gone(&tree, Duration::from_secs(5)).await;
   }
 }
 

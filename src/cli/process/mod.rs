@@ -98,6 +98,22 @@ pub fn pid_running(pid: u32) -> bool {
   pid_alive(pid)
 }
 
+/// Waits until none of `pids` runs any more ([`pid_running`]), looking every 10 ms for at most
+/// `limit`; whether they are all gone. A process sent SIGKILL still takes a moment to go (longer
+/// on a loaded machine): what stops a CLI waits for this before it says the CLI is gone.
+pub async fn until_gone(pids: &[u32], limit: std::time::Duration) -> bool {
+  let deadline = tokio::time::Instant::now() + limit;
+  loop {
+    if !pids.iter().any(|p| pid_running(*p)) {
+      return true;
+    }
+    if tokio::time::Instant::now() >= deadline {
+      return false;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+  }
+}
+
 /// Every process descended from `pid` on this host (Linux: from `/proc`; elsewhere none).
 pub fn descendants(pid: u32) -> Vec<u32> {
   #[cfg(target_os = "linux")]
