@@ -239,23 +239,28 @@ pub(crate) type Output = Box<dyn AsyncRead + Send + Unpin>;
 /// Stops the child's whole process group: SIGTERM, a short grace, then SIGKILL.
 pub(crate) async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
   #[cfg(unix)]
-  if let Some(pg) = pgid {
-    // The CLI puts each tool command in a process group of its own: find them all before the
-    // CLI dies (its children are then reparented and can no longer be told apart).
-    let tools = super::process::descendants(pg);
-    kill_group(pg, libc::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+  let tools = match pgid {
+    Some(pg) => {
+      // The CLI puts each tool command in a process group of its own: find them all before the
+      // CLI dies (its children are then reparented and can no longer be told apart).
+      let tools = super::process::descendants(pg);
+      kill_group(pg, libc::SIGTERM);
+      if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+        kill_group(pg, libc::SIGKILL);
+      }
+      // Whatever the CLI started (tools, shells) goes too.
       kill_group(pg, libc::SIGKILL);
+      super::process::kill_tree(&tools);
+      tools
     }
-    // Whatever the CLI started (tools, shells) goes too, and is waited for (up to 2 s).
-    kill_group(pg, libc::SIGKILL);
-    super::process::kill_tree(&tools);
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    super::process::until_gone(&tools, Duration::from_secs(2)).await;
-  }
+    None => vec![],
+  };
+  #[cfg(not(unix))]
+  let tools: Vec<u32> = vec![];
   let _ = child.start_kill();
   let _ = child.wait().await;
+  // ... and is waited for (up to 2 s after its SIGKILL).
+  super::process::until_gone(&tools, Duration::from_secs(2)).await;
 }
 
 /// Starts the CLI with piped stdio in its own process group, set to die with this process.
