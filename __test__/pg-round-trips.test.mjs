@@ -8,7 +8,10 @@
 // (the proxy tells its statements apart): the poll of stop requests, and before the CLI the event
 // log's writer (after the result the task's end waits for its events: counted then). Each is the fewest
 // over a few tasks: other work in the background can fall into a window, never take one out.
-// Counts, not times.
+// Counts, not times. The CLI runs as in production, with PostgreSQL's transcript mirror
+// (`--session-mirror`: the wrapper answers the manager's `claude --version` for the real binary),
+// so the turn's last lines are on the path after the result; the test checks the flag was given.
+// `CSM_RT_TRACE=1` prints every flight with its statements.
 import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -63,11 +66,19 @@ test('a task makes a bounded number of round trips to PostgreSQL before its CLI 
     t.assert.ok(r.success, JSON.stringify(r.error))
     const [life] = await log.next()
     t.assert.ok(life?.result, 'the wrapper saw the CLI and its result line')
+    // The production path: the manager read the CLI's version through the wrapper and mirrors.
+    t.assert.ok(life.mirror, 'the CLI ran with --session-mirror')
     const flights = await proxy.flights()
     // Before the CLI, the event log's writer runs beside the task (nothing waits for it): not
     // counted; after its result the task's end waits for its events: counted. The poll of stop
     // requests runs beside the task, never waited for.
     const count = (a, b, skip) => flights.filter((f) => f.t >= a && f.t <= b && !skip.includes(f.kind)).length
+    if (process.env.CSM_RT_TRACE) {
+      for (const f of flights.filter((f) => f.t >= t0 && f.t <= t1)) {
+        const at = f.t < life.main ? 'before' : life.result && f.t >= life.result ? 'after' : 'cli'
+        t.diagnostic(`${at} ${Number(f.t - t0) / 1e6} ms ${f.kind}: ${f.sql.join(' | ')}`)
+      }
+    }
     return { sessionId: r.sessionId, before: count(t0, life.main, ['events', 'watch']), after: count(life.result, t1, ['watch']) }
   }
   // The first tasks prepare the statements and open the pool's connections: not counted.

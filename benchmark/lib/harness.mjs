@@ -116,8 +116,18 @@ export class LifetimeLog {
       .split('\n')
       .filter(Boolean)
       .map((l) => {
-        const [main, forked, reaped, maxRssKb, status, pid, result = '0'] = l.split(' ')
-        return { main: BigInt(main), forked: BigInt(forked), reaped: BigInt(reaped), maxRssKb: Number(maxRssKb), status: Number(status), pid: Number(pid), result: result === '0' ? null : BigInt(result) }
+        const [main, forked, reaped, maxRssKb, status, pid, result = '0', mirror = '0'] = l.split(' ')
+        return {
+          main: BigInt(main),
+          forked: BigInt(forked),
+          reaped: BigInt(reaped),
+          maxRssKb: Number(maxRssKb),
+          status: Number(status),
+          pid: Number(pid),
+          result: result === '0' ? null : BigInt(result),
+          // Whether the CLI ran with --session-mirror (PostgreSQL's transcript mirror).
+          mirror: mirror === '1',
+        }
       })
   }
   /** The records added since the last call (waiting up to `waitMs` for at least one). */
@@ -135,16 +145,22 @@ export class LifetimeLog {
   }
 }
 
-/** Compiles benchmark/lib/lifetime.c (static when the toolchain allows) into `dir`. */
-export function buildWrapper(dir) {
+/**
+ * Compiles benchmark/lib/lifetime.c (static when the toolchain allows) into `dir`, for the real
+ * claude binary: run without REAL_CLAUDE (the manager's `claude --version`, with an empty
+ * environment) it runs that binary, so the manager sees the real version and takes the same
+ * paths as in production (PostgreSQL's transcript mirror among them).
+ */
+export function buildWrapper(dir, real = claudeBinary()) {
   const src = path.join(repoRoot, 'benchmark/lib/lifetime.c')
   const out = path.join(dir, 'lifetime')
   const cc = process.env.CC || 'cc'
+  const define = `-DBUILT_FOR=${JSON.stringify(real)}`
   try {
-    execFileSync(cc, ['-O2', '-static', '-o', out, src], { stdio: 'pipe' })
+    execFileSync(cc, ['-O2', '-static', define, '-o', out, src], { stdio: 'pipe' })
     return { path: out, static: true }
   } catch {
-    execFileSync(cc, ['-O2', '-o', out, src], { stdio: 'pipe' })
+    execFileSync(cc, ['-O2', define, '-o', out, src], { stdio: 'pipe' })
     return { path: out, static: false }
   }
 }

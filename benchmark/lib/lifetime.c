@@ -2,11 +2,17 @@
 // lifetime of the CLI process itself. It runs REAL_CLAUDE with the same argv, environment, cwd
 // and stdio, waits for it, and appends one line to LIFETIME_LOG:
 //
-//   <wrapper main> <before fork> <after exec'd child reaped> <child max RSS KiB> <exit status> <pid> <result>
+//   <wrapper main> <before fork> <after exec'd child reaped> <child max RSS KiB> <exit status> <pid> <result> <mirror>
 //
 // <result> is when the wrapper read the end of the CLI's stream-json `result` line (0 if none):
-// the CLI's stdout goes through the wrapper, which relays each chunk to its own stdout as soon as
+// <mirror> is 1 when the CLI was given `--session-mirror` (PostgreSQL's transcript mirror), else 0.
+// The CLI's stdout goes through the wrapper, which relays each chunk to its own stdout as soon as
 // it has read it (a read and a write, microseconds, counted against whoever reads the stream).
+//
+// Run with an environment lacking REAL_CLAUDE (the manager reads `claude --version` with an empty
+// environment, and turns features such as PostgreSQL's `--session-mirror` on by that version) it
+// runs the binary it was built for (`-DBUILT_FOR=...`), and without LIFETIME_LOG it only execs it:
+// a wrapper that failed `--version` would silently measure another code path than production's.
 //
 // Times are CLOCK_MONOTONIC nanoseconds, the clock behind Node's process.hrtime.bigint(), so
 // they compare directly with timestamps taken in the benchmark process. After the fork the
@@ -41,11 +47,22 @@ int main(int argc, char **argv) {
   unsigned long long t_main = now_ns();
   const char *real = getenv("REAL_CLAUDE");
   const char *log = getenv("LIFETIME_LOG");
-  if (!real || !log) {
-    fprintf(stderr, "lifetime wrapper: REAL_CLAUDE and LIFETIME_LOG must be set\n");
+#ifdef BUILT_FOR
+  if (!real) real = BUILT_FOR;
+#endif
+  if (!real) {
+    fprintf(stderr, "lifetime wrapper: REAL_CLAUDE must be set (or the wrapper built with -DBUILT_FOR)\n");
     return 127;
   }
-  (void)argc;
+  int mirror = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--session-mirror") == 0) mirror = 1;
+  }
+  if (!log) {
+    argv[0] = (char *)real;
+    execv(real, argv);
+    return 127;
+  }
   signal(SIGTERM, forward);
   signal(SIGINT, forward);
   signal(SIGHUP, forward);
@@ -114,7 +131,7 @@ int main(int argc, char **argv) {
   }
   unsigned long long t_end = now_ns();
   char line[256];
-  int n = snprintf(line, sizeof line, "%llu %llu %llu %ld %d %d %llu\n", t_main, t_fork, t_end, ru.ru_maxrss, status, (int)pid, t_result);
+  int n = snprintf(line, sizeof line, "%llu %llu %llu %ld %d %d %llu %d\n", t_main, t_fork, t_end, ru.ru_maxrss, status, (int)pid, t_result, mirror);
   int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
   if (fd >= 0) {
     ssize_t w = write(fd, line, (size_t)n);

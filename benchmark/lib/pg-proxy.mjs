@@ -69,6 +69,7 @@ if (!isMainThread && workerData?.pgProxy) {
         if (flight && (type === 'B' || type === 'Q')) {
           const sql = type === 'Q' ? cstr(body, 0)[0] : statements.get(cstr(body, cstr(body, 0)[1])[0]) ?? ''
           const kind = kindOf(sql)
+          flight.sql.push(sql.replace(/\s+/g, ' ').trim().slice(0, 100))
           flight.kind = flight.kind === undefined || flight.kind === kind ? kind : 'task'
         }
         if (flight && type === 'P') flight.kind = 'task'
@@ -76,7 +77,7 @@ if (!isMainThread && workerData?.pgProxy) {
     }
     client.on('data', (b) => {
       if (answered) {
-        flight = { t: process.hrtime.bigint(), kind: undefined }
+        flight = { t: process.hrtime.bigint(), kind: undefined, sql: [] }
         flights.push(flight)
         answered = false
       }
@@ -97,7 +98,7 @@ if (!isMainThread && workerData?.pgProxy) {
   })
   server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }))
   parentPort.on('message', (m) => {
-    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, kind: f.kind ?? 'task' })) })
+    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, kind: f.kind ?? 'task', sql: f.sql })) })
   })
 }
 
@@ -118,7 +119,8 @@ export async function startPgProxy(url) {
     url: proxied.toString(),
     /**
      * The flights so far, in order: `t` when (hrtime nanoseconds), `kind` what runs in it:
-     * `events` (only appends to the event log), `watch` (only polls for stop requests), `task`.
+     * `events` (only appends to the event log), `watch` (only polls for stop requests), `task`;
+     * `sql` the statements it ran (whitespace folded, each cut at 100 characters).
      */
     async flights() {
       const answer = next()

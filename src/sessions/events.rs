@@ -107,6 +107,13 @@ impl Logs {
 enum Msg {
   Event(Value),
   Flush(oneshot::Sender<()>),
+  /// Hand over what is queued instead of writing it: the task's end stores it with the end, in
+  /// one transaction. The writer holds every later event until [`Msg::Resume`].
+  Take(oneshot::Sender<Vec<String>>),
+  /// After a take: `Some((seq, end))`, the rows taken, then `end` if any, are in the log up to
+  /// `seq` (rung here and published on Redis now); `None`, they are not (written now, before
+  /// anything later).
+  Resume(Option<(i64, Option<String>)>),
 }
 
 /// A task's writer to the log: events are queued (never waiting) and written in order by one
@@ -127,6 +134,52 @@ impl Recorder {
     let (tx, rx) = oneshot::channel();
     if self.tx.send(Msg::Flush(tx)).is_ok() {
       let _ = rx.await;
+    }
+  }
+
+  /// Every event queued so far and not yet written, as the log's rows, for the caller to store
+  /// (the task's end): the writer writes nothing more until the returned [`Taken`] says whether
+  /// they were stored (dropped without a word: they were not).
+  pub(crate) async fn take(&self) -> Taken {
+    let (tx, rx) = oneshot::channel();
+    let rows = match self.tx.send(Msg::Take(tx)) {
+      Ok(()) => rx.await.unwrap_or_default(),
+      Err(_) => vec![],
+    };
+    Taken { rows, tx: self.tx.clone(), answered: false }
+  }
+}
+
+/// Events handed over by [`Recorder::take`].
+pub(crate) struct Taken {
+  pub(crate) rows: Vec<String>,
+  tx: mpsc::UnboundedSender<Msg>,
+  answered: bool,
+}
+
+impl Taken {
+  /// The rows are in the log, followed by `end` if any, the last at `seq`.
+  pub(crate) fn stored(mut self, seq: i64, end: Option<String>) {
+    self.answered = true;
+    let _ = self.tx.send(Msg::Resume(Some((seq, end))));
+  }
+}
+
+impl Taken {
+  /// The rows were not stored: the writer writes them now, and this waits until it has.
+  pub(crate) async fn write(mut self) {
+    self.answered = true;
+    let (tx, rx) = oneshot::channel();
+    if self.tx.send(Msg::Resume(None)).is_ok() && self.tx.send(Msg::Flush(tx)).is_ok() {
+      let _ = rx.await;
+    }
+  }
+}
+
+impl Drop for Taken {
+  fn drop(&mut self) {
+    if !self.answered {
+      let _ = self.tx.send(Msg::Resume(None));
     }
   }
 }
@@ -211,58 +264,121 @@ async fn write_loop(
   task_id: String,
   mut rx: mpsc::UnboundedReceiver<Msg>,
 ) {
+  let log = TaskLog { store, fanout, session_id, task_id };
   let mut last_write: Option<Instant> = None;
-  while let Some(first) = rx.recv().await {
-    let mut batch = vec![];
-    let mut flushes = vec![];
-    let take = |m: Msg, batch: &mut Vec<Value>, flushes: &mut Vec<oneshot::Sender<()>>| match m {
-      Msg::Event(v) => batch.push(v),
-      Msg::Flush(tx) => flushes.push(tx),
-    };
-    take(first, &mut batch, &mut flushes);
+  // What came while a take held the writer: written first, in order.
+  let (mut held, mut held_flushes) = (vec![], vec![]);
+  loop {
+    let mut d = Drained { batch: std::mem::take(&mut held), flushes: std::mem::take(&mut held_flushes), taker: None };
+    if d.batch.is_empty() && d.flushes.is_empty() {
+      match rx.recv().await {
+        Some(m) => d.add(m),
+        None => return,
+      }
+    }
     while let Ok(m) = rx.try_recv() {
-      take(m, &mut batch, &mut flushes);
+      d.add(m);
     }
     let due = last_write.map(|t| t + COALESCE).filter(|due| *due > Instant::now());
-    if let (Some(due), true) = (due, !batch.is_empty() && batch.iter().all(|v| joinable(v).is_some())) {
+    if let (Some(due), true) = (due, !d.batch.is_empty() && d.batch.iter().all(|v| joinable(v).is_some())) {
       let window = tokio::time::sleep_until(due);
       tokio::pin!(window);
-      while flushes.is_empty() {
+      while d.flushes.is_empty() && d.taker.is_none() {
         tokio::select! {
           _ = &mut window => break,
           m = rx.recv() => match m {
-            Some(m) => take(m, &mut batch, &mut flushes),
+            Some(m) => d.add(m),
             None => break,
           },
         }
       }
     }
-    last_write = Some(Instant::now());
+    let Drained { batch, flushes, taker } = d;
     let rows: Vec<String> = coalesce(batch).iter().map(Value::to_string).collect();
-    if !rows.is_empty() {
-      let (st, sid, tid) = (store.clone(), session_id.clone(), task_id.clone());
-      // One retry: a write that fails twice is lost to followers (the task goes on). A few rows:
-      // on SQLite written right here when nothing else writes (no hop to the blocking pool).
-      let mut written = None;
-      for _ in 0..2 {
-        let (sid, tid, rows) = (sid.clone(), tid.clone(), rows.clone());
-        if let Ok(seq) = st.call(Wait::Briefly, async move |s| s.append_events(&sid, &tid, &rows).await).await {
-          // Redis's copies say when they were written by this clock (the log's, by the store's).
-          written = Some((seq, crate::store::now_ms()));
-          break;
+    match taker {
+      Some(taker) => {
+        let _ = taker.send(rows.clone());
+        // Held until the taker answers; what comes meanwhile is written after.
+        let stored = loop {
+          match rx.recv().await {
+            Some(Msg::Resume(r)) => break r,
+            Some(Msg::Event(v)) => held.push(v),
+            Some(Msg::Flush(f)) => held_flushes.push(f),
+            Some(Msg::Take(t)) => drop(t),
+            None => break None,
+          }
+        };
+        match stored {
+          Some((seq, end)) => log.published(seq, rows.into_iter().chain(end).collect()),
+          None => log.write(rows).await,
         }
       }
-      if let Some((seq, at)) = written {
-        store.ring_here(Notice::Events { session_id: session_id.clone(), seq });
-        if let Some(f) = &fanout {
-          let first = seq - rows.len() as i64 + 1;
-          let rows = rows.into_iter().enumerate().map(|(i, body)| EventRow { seq: first + i as i64, task_id: task_id.clone(), at, body });
-          f.publish(&Batch { session_id: session_id.clone(), rows: rows.collect() });
-        }
-      }
+      None => log.write(rows).await,
     }
+    last_write = Some(Instant::now());
     for f in flushes {
       let _ = f.send(());
+    }
+  }
+}
+
+/// What the writer took from its queue for one write.
+struct Drained {
+  batch: Vec<Value>,
+  flushes: Vec<oneshot::Sender<()>>,
+  taker: Option<oneshot::Sender<Vec<String>>>,
+}
+
+impl Drained {
+  fn add(&mut self, m: Msg) {
+    match m {
+      Msg::Event(v) => self.batch.push(v),
+      Msg::Flush(tx) => self.flushes.push(tx),
+      Msg::Take(tx) => self.taker = Some(tx),
+      // An answer to a take comes only while the writer waits for it (below).
+      Msg::Resume(_) => {}
+    }
+  }
+}
+
+/// Where a task's writer writes: the session's log, this process's doorbell, Redis.
+struct TaskLog {
+  store: Arc<Store>,
+  fanout: Option<Arc<Fanout>>,
+  session_id: String,
+  task_id: String,
+}
+
+impl TaskLog {
+  /// Appends `rows`, then says so (see [`Self::published`]).
+  async fn write(&self, rows: Vec<String>) {
+    if rows.is_empty() {
+      return;
+    }
+    // One retry: a write that fails twice is lost to followers (the task goes on). A few rows:
+    // on SQLite written right here when nothing else writes (no hop to the blocking pool).
+    for _ in 0..2 {
+      let (sid, tid, batch) = (self.session_id.clone(), self.task_id.clone(), rows.clone());
+      if let Ok(seq) = self.store.call(Wait::Briefly, async move |s| s.append_events(&sid, &tid, &batch).await).await {
+        self.published(seq, rows);
+        return;
+      }
+    }
+  }
+
+  /// `rows` are in the log, the last at `seq`: rings this process's doorbell (the store rang it
+  /// for others) and publishes them on Redis.
+  fn published(&self, seq: i64, rows: Vec<String>) {
+    if rows.is_empty() {
+      return;
+    }
+    self.store.ring_here(Notice::Events { session_id: self.session_id.clone(), seq });
+    if let Some(f) = &self.fanout {
+      // Redis's copies say when they were written by this clock (the log's, by the store's).
+      let at = crate::store::now_ms();
+      let first = seq - rows.len() as i64 + 1;
+      let rows = rows.into_iter().enumerate().map(|(i, body)| EventRow { seq: first + i as i64, task_id: self.task_id.clone(), at, body });
+      f.publish(&Batch { session_id: self.session_id.clone(), rows: rows.collect() });
     }
   }
 }

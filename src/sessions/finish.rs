@@ -3,13 +3,17 @@
 
 use std::path::Path;
 
+use serde_json::json;
+
+use super::events::Taken;
+use super::mirror::TakenLines;
 use super::run::HeldRun;
 use super::{CompactTrigger, Manager, TaskError, TaskResult, Wait};
 use crate::cli::stream::ResultLine;
 use crate::cli::{self, EndReason, RunOutcome};
 use crate::context;
-use crate::error::{ErrorCode, Result};
-use crate::store::{self, Compaction, ContextSnapshot, Session, TaskEnd};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::{self, Compaction, ContextSnapshot, EndWith, Session, TaskEnd};
 use crate::transcript;
 
 /// What a task's end depends on, besides the store: everything [`task_end`] reads.
@@ -132,12 +136,28 @@ pub(crate) fn task_end(i: EndInput<'_>) -> (TaskResult, TaskEnd, Option<f64>) {
   (res, end, watermark)
 }
 
+/// A run's end, worked out ([`task_end`]) and not yet recorded.
+pub(crate) struct Ending {
+  pub(crate) res: TaskResult,
+  end: TaskEnd,
+  watermark: Option<f64>,
+}
+
+/// How [`Manager::record_end_with`] went.
+pub(crate) enum EndRecorded {
+  /// The end, the lines, the events and the `task_end` event are stored.
+  All,
+  /// The store refused the end: the task no longer held the session's lease (the events were
+  /// written, nothing else).
+  Refused(Error),
+  /// Nothing was recorded (or it is not known): the lines and events went back to their writers.
+  Failed,
+}
+
 impl Manager {
-  /// Records a run's end ([`task_end`]) in the store, in one transaction: the row, the totals,
-  /// the window, the compactions and the lease.
-  pub(crate) async fn finish(&self, run: &HeldRun, outcome: Result<RunOutcome>, keep_lease: bool) -> Result<TaskResult> {
+  /// What a run's end means ([`task_end`]), for the store to record.
+  pub(crate) fn ending(&self, run: &HeldRun, outcome: Result<RunOutcome>, keep_lease: bool) -> Ending {
     let HeldRun { session, task_id, queued, threshold, trigger, .. } = run;
-    let (session, task_id, threshold, trigger) = (session, task_id.as_str(), *threshold, *trigger);
     let env = self.child_env(session).unwrap_or_default();
     let transcript_exists = transcript::config_dir(&env)
       .map(|d| matches!(transcript::transcript_path(&d, Path::new(&session.working_directory), &session.id).regular_len(), Ok(Some(_))))
@@ -147,8 +167,8 @@ impl Manager {
       task_id,
       outcome,
       elapsed_ms: queued.elapsed().as_millis() as u64,
-      threshold,
-      trigger,
+      threshold: *threshold,
+      trigger: *trigger,
       keep_lease,
       transcript_exists,
       default_window: self.cfg.context_window,
@@ -156,9 +176,55 @@ impl Manager {
       sandboxed: self.sandboxed(),
       now_ms: store::now_ms(),
     });
-    let (sid, tid) = (session.id.clone(), task_id.to_owned());
+    Ending { res, end, watermark }
+  }
+
+  /// Records a run's end in the store, in one transaction: the row, the totals, the window, the
+  /// compactions and the lease.
+  pub(crate) async fn record_end(&self, run: &HeldRun, e: Ending) -> Result<TaskResult> {
+    let Ending { res, end, watermark } = e;
+    let (sid, tid) = (run.session.id.clone(), run.task_id.clone());
     self.store.call(Wait::Briefly, async move |s| s.finish_task(&sid, &tid, &end, watermark).await).await?;
     Ok(res)
+  }
+
+  /// [`Self::record_end`] with what the run has not stored yet, in the same transaction (one
+  /// round trip on PostgreSQL): the transcript's last `lines`, the `events` its writer had not
+  /// written, and after the end the `task_end` event with the result. Whatever was not recorded
+  /// goes back to its writer.
+  pub(crate) async fn record_end_with(&self, run: &HeldRun, e: &Ending, lines: Option<TakenLines>, events: Taken) -> EndRecorded {
+    let end_event = json!({ "type": "task_end", "sessionId": run.session.id, "taskId": run.task_id, "result": e.res }).to_string();
+    let (sid, tid, end, watermark) = (run.session.id.clone(), run.task_id.clone(), e.end.clone(), e.watermark);
+    let (rows, entries, ev) = (events.rows.clone(), lines.as_ref().map(|l| l.entries.clone()).unwrap_or_default(), end_event.clone());
+    let written = self
+      .store
+      .call(Wait::Briefly, async move |s| {
+        let with = EndWith { lines: &entries, events: &rows, end_event: Some(&ev) };
+        s.finish_task_with(&sid, &tid, &end, watermark, &with).await
+      })
+      .await;
+    match written {
+      Ok(w) => {
+        if let Some(seq) = w.last_event {
+          events.stored(seq, w.ended.then_some(end_event));
+        }
+        if !w.ended {
+          return EndRecorded::Refused(Error::store(format!(
+            "task {} no longer holds the lease of session {} (another task took it over); its end was not recorded",
+            run.task_id, run.session.id
+          )));
+        }
+        if let Some(l) = lines {
+          l.stored();
+        }
+        EndRecorded::All
+      }
+      Err(_) => {
+        drop(lines);
+        events.write().await;
+        EndRecorded::Failed
+      }
+    }
   }
 }
 

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::run::HeldRun;
 use super::{Manager, TaskError, TaskResult, Wait};
@@ -138,6 +138,8 @@ struct Stored {
 /// One task's mirror: a writer that stores the CLI's frames in order.
 pub(crate) struct TaskMirror {
   pub(crate) tx: MirrorTx,
+  /// The task's end taking the lines not stored yet ([`TaskMirror::take`]).
+  ctl: mpsc::UnboundedSender<Ctl>,
   writer: tokio::task::JoinHandle<()>,
   /// What the writer has stored.
   stored: Arc<Mutex<Stored>>,
@@ -152,6 +154,37 @@ pub(crate) struct TaskMirror {
   pub(crate) max_bytes: u64,
   /// The task the lines and file backups are stored for.
   task_id: String,
+}
+
+/// The task's end asking the writer for its pending lines, and its word on them.
+enum Ctl {
+  Take(oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>),
+  /// Whether the lines handed over are stored.
+  Resume(bool),
+}
+
+/// Lines handed over by [`TaskMirror::take`], for the task's end to store; dropped without
+/// [`TakenLines::stored`], the writer keeps them and writes them itself.
+pub(crate) struct TakenLines {
+  pub(crate) entries: Vec<TranscriptEntry>,
+  ctl: mpsc::UnboundedSender<Ctl>,
+  answered: bool,
+}
+
+impl TakenLines {
+  /// The lines are in the store.
+  pub(crate) fn stored(mut self) {
+    self.answered = true;
+    let _ = self.ctl.send(Ctl::Resume(true));
+  }
+}
+
+impl Drop for TakenLines {
+  fn drop(&mut self) {
+    if !self.answered {
+      let _ = self.ctl.send(Ctl::Resume(false));
+    }
+  }
 }
 
 struct Writer {
@@ -179,6 +212,41 @@ impl Writer {
     }
   }
 
+  /// What was pending is in the store.
+  fn pending_stored(&mut self) {
+    let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
+    for e in self.pending.drain(..) {
+      stored.head = stored.head.max(e.seq);
+      if e.subpath.is_empty() {
+        *stored.lines.entry(e.line).or_default() += 1;
+      }
+    }
+  }
+
+  /// Hands what is pending to the task's end (or says why it cannot be stored), then waits for
+  /// its word: stored, or not (kept pending, written next).
+  async fn hand_over(
+    &mut self,
+    taker: oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
+  ) {
+    if self.clock.is_lost() {
+      self.pending.clear();
+      let _ = taker.send(Err("the task lost the session's lease; nothing more is stored for it".into()));
+      return;
+    }
+    if taker.send(Ok(self.pending.clone())).is_err() {
+      return;
+    }
+    loop {
+      match ctl.recv().await {
+        Some(Ctl::Resume(true)) => return self.pending_stored(),
+        Some(Ctl::Resume(false)) | None => return,
+        Some(Ctl::Take(other)) => drop(other),
+      }
+    }
+  }
+
   /// Stores what is pending, retrying transient errors up to [`BACKOFF`]'s length; what could not
   /// be stored stays pending. Err says why.
   async fn write(&mut self) -> std::result::Result<(), String> {
@@ -200,13 +268,7 @@ impl Writer {
       };
       match self.store.call(Wait::Blocking, append).await {
         Ok(true) => {
-          let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-          for e in self.pending.drain(..) {
-            stored.head = stored.head.max(e.seq);
-            if e.subpath.is_empty() {
-              *stored.lines.entry(e.line).or_default() += 1;
-            }
-          }
+          self.pending_stored();
           return Ok(());
         }
         Ok(false) => {
@@ -251,16 +313,55 @@ impl TaskMirror {
       clock,
       after_end,
     };
+    let (ctl_tx, mut ctl) = mpsc::unbounded_channel::<Ctl>();
     let writer = tokio::spawn(async move {
-      while let Some(first) = rx.recv().await {
+      let mut ctl_open = true;
+      loop {
+        let mut taker = None;
+        let first = tokio::select! {
+          biased;
+          m = rx.recv() => match m {
+            Some(m) => Some(m),
+            None => break,
+          },
+          c = ctl.recv(), if ctl_open => match c {
+            Some(Ctl::Take(t)) => {
+              taker = Some(t);
+              None
+            }
+            Some(Ctl::Resume(_)) => continue,
+            None => {
+              ctl_open = false;
+              continue;
+            }
+          },
+        };
         let mut acks = vec![];
-        let mut msg = Some(first);
-        while let Some(m) = msg {
-          match m {
-            MirrorMsg::Frame(f) => w.take(&f),
-            MirrorMsg::Flush(ack) => acks.push(ack),
+        let mut msg = first.or_else(|| rx.try_recv().ok());
+        loop {
+          while let Some(m) = msg {
+            match m {
+              MirrorMsg::Frame(f) => w.take(&f),
+              MirrorMsg::Flush(ack) => acks.push(ack),
+            }
+            msg = rx.try_recv().ok();
           }
-          msg = rx.try_recv().ok();
+          // A take asked for meanwhile takes these lines instead of a write of their own; the
+          // frames sent before it are queued by now: read them too.
+          if taker.is_some() {
+            break;
+          }
+          match ctl.try_recv() {
+            Ok(Ctl::Take(t)) => {
+              taker = Some(t);
+              msg = rx.try_recv().ok();
+            }
+            // No take (an answer comes only after a hand-over).
+            _ => break,
+          }
+        }
+        if let Some(t) = taker {
+          w.hand_over(t, &mut ctl).await;
         }
         let r = w.write().await;
         for a in acks {
@@ -272,6 +373,7 @@ impl TaskMirror {
     });
     TaskMirror {
       tx,
+      ctl: ctl_tx,
       writer,
       stored,
       from: (head, local_len),
@@ -287,6 +389,22 @@ impl TaskMirror {
     // Nothing renews or loses this lease: the store's fence decides each write.
     let clock = LeaseClock::new(Instant::now(), Duration::from_secs(24 * 60 * 60), CancelToken::new());
     TaskMirror::start(store, session_id, task_id, head, None, clock, true)
+  }
+
+  /// Every line of the frames sent so far that is not stored yet, for the task's end to store
+  /// with it (once a write in flight is over); the writer writes nothing more until told whether
+  /// they were stored. Err says why they cannot be (the lease is lost).
+  pub(crate) async fn take(&self) -> std::result::Result<TakenLines, String> {
+    let (taker, taken) = tokio::sync::oneshot::channel();
+    if self.ctl.send(Ctl::Take(taker)).is_err() {
+      return Err("the transcript mirror stopped".into());
+    }
+    match tokio::time::timeout(FLUSH_WAIT, taken).await {
+      Ok(Ok(Ok(entries))) => Ok(TakenLines { entries, ctl: self.ctl.clone(), answered: false }),
+      Ok(Ok(Err(why))) => Err(why),
+      Ok(Err(_)) => Err("the transcript mirror stopped".into()),
+      Err(_) => Err("the session store did not take the conversation in time".into()),
+    }
   }
 
   /// Waits until every frame sent so far is stored; Err says why it could not be.

@@ -51,6 +51,22 @@ pub trait Tasks {
   async fn renew_lease(&self, session_id: &str, task_id: &str, ttl: Duration) -> Result<bool>;
   /// Ends a task: its row, the session's totals, the context snapshot, the lease.
   async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()>;
+  /// [`Tasks::finish_task`] with what the task has not stored yet, in one transaction (on
+  /// PostgreSQL one round trip): `with.lines`, the transcript's last lines, appended fenced by
+  /// the task's lease as [`Transcripts::append_transcript`] does (a backend without transcripts
+  /// takes none); `with.events`, appended to the session's log; the end; then `with.end_event`,
+  /// appended only if the end was recorded. The end refused because the lease is no longer the
+  /// task's: `Ok` with `ended: false` (the events written, the lines and the end event not).
+  /// `Err`: the transaction did not commit, or its outcome is unknown (the connection was lost
+  /// during it).
+  async fn finish_task_with(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    end: &TaskEnd,
+    cli_cost_watermark: Option<f64>,
+    with: &EndWith<'_>,
+  ) -> Result<EndWritten>;
   /// Frees the lease a task kept past its end.
   async fn release_lease(&self, session_id: &str, task_id: &str) -> Result<()>;
   /// Marks `running` tasks whose holder is gone as `interrupted`; returns how many.

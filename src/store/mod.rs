@@ -206,6 +206,27 @@ pub struct TaskEnd {
   pub record_only: bool,
 }
 
+/// What a task's end stores with it, in the same transaction ([`Tasks::finish_task_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EndWith<'a> {
+  /// The transcript's lines the task's mirror has not stored yet (PostgreSQL).
+  pub lines: &'a [TranscriptEntry],
+  /// The task's events not yet in the log, in order.
+  pub events: &'a [String],
+  /// The `task_end` event, logged after the end only if the end was recorded.
+  pub end_event: Option<&'a str>,
+}
+
+/// What [`Tasks::finish_task_with`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndWritten {
+  /// The end (and the lines and the end event) was recorded; false: the task no longer held the
+  /// session's lease, and only the events were written.
+  pub ended: bool,
+  /// The log's last seq once the events (and the end event) were appended, when any was.
+  pub last_event: Option<i64>,
+}
+
 /// One write of a task's end, as every backend makes them, in this order and in one transaction
 /// (see [`TaskEnd::steps`]); each backend says only how, in its SQL.
 #[derive(Debug, Clone, Copy)]

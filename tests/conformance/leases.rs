@@ -157,3 +157,62 @@ pub fn recovery(o: &Opened) {
   assert_eq!(s.recover_interrupted(&|pid| pid != std::process::id()).wait().unwrap(), 0, "no running task to interrupt");
   assert!(s.try_begin_task(&b, "tb2", "task", "m", &owner("alive"), ttl).wait().unwrap(), "the dead holder's lease is gone");
 }
+
+/// A task's end with what it had not stored yet, in one step: its events, then the end, then the
+/// end event, in the log in that order; its transcript's last lines (a backend that keeps
+/// transcripts). On a backend that fences the end (PostgreSQL), a task whose lease was taken
+/// over gets `ended: false`: its events are written, its lines, end and end event are not.
+pub fn end_with(o: &Opened) {
+  use claude_session_manager::store::{EndWith, EndWritten, TranscriptEntry};
+  let s = &o.store;
+  let a = id();
+  s.create_session(&new_session(&a, "alice", "p")).wait().unwrap();
+  let ttl = Duration::from_millis(400);
+  let line = |seq: i64, uuid: &str| TranscriptEntry {
+    seq,
+    subpath: String::new(),
+    uuid: Some(uuid.into()),
+    line: format!(r#"{{"type":"user","uuid":"{uuid}"}}"#),
+  };
+  let ev = |n: usize| format!(r#"{{"type":"e","n":{n}}}"#);
+  let shares = s.transcripts().is_some();
+  let lines = if shares { vec![line(1, "u1"), line(2, "a1")] } else { vec![] };
+  assert!(s.try_begin_task(&a, "t1", "task", "m", &owner("first"), ttl).wait().unwrap());
+  assert_eq!(s.append_events(&a, "t1", &[ev(1)]).wait().unwrap(), 1);
+  let end =
+    TaskEnd { status: "succeeded".into(), usage: Usage { input_tokens: 7, ..Default::default() }, keep_lease: true, ..Default::default() };
+  let end_event = r#"{"type":"task_end","taskId":"t1"}"#;
+  let with = EndWith { lines: &lines, events: &[ev(2), ev(3)], end_event: Some(end_event) };
+  let written = s.finish_task_with(&a, "t1", &end, None, &with).wait().unwrap();
+  assert_eq!(written, EndWritten { ended: true, last_event: Some(4) });
+  let bodies: Vec<String> = o.other().read_events(&a, 0, 10).wait().unwrap().into_iter().map(|e| e.body).collect();
+  assert_eq!(bodies, [ev(1), ev(2), ev(3), end_event.to_owned()], "the events, then the end event");
+  assert_eq!(statuses(o, &a), ["succeeded"]);
+  assert_eq!(s.get_session(&a, "alice").wait().unwrap().unwrap().usage.input_tokens, 7, "the totals");
+  assert!(s.lease_kept_after_end(&a).wait().unwrap(), "kept as asked");
+  if let Some(t) = s.transcripts() {
+    assert_eq!(t.transcript_head(&a).wait().unwrap(), 2);
+    assert_eq!(t.load_transcript(&a, 0).wait().unwrap(), lines);
+  }
+  s.release_lease(&a, "t1").wait().unwrap();
+  // Nothing but the end: no events, no end event.
+  assert!(s.try_begin_task(&a, "t2", "task", "m", &owner("first"), ttl).wait().unwrap());
+  let plain = TaskEnd { status: "failed".into(), error_code: Some("CLI_ERROR".into()), ..Default::default() };
+  let written = s.finish_task_with(&a, "t2", &plain, None, &EndWith::default()).wait().unwrap();
+  assert_eq!(written, EndWritten { ended: true, last_event: None });
+  assert_eq!(statuses(o, &a), ["succeeded", "failed"]);
+  if !shares {
+    return;
+  }
+  // Fenced: t3's lease lapses and another owner's t4 takes the session over.
+  assert!(s.try_begin_task(&a, "t3", "task", "m", &owner("first"), ttl).wait().unwrap());
+  std::thread::sleep(ttl + Duration::from_millis(100));
+  assert!(o.other().try_begin_task(&a, "t4", "task", "m", &owner("second"), ttl).wait().unwrap());
+  let late = [line(3, "late")];
+  let with = EndWith { lines: &late, events: &[ev(5)], end_event: Some(r#"{"type":"task_end","taskId":"t3"}"#) };
+  let written = s.finish_task_with(&a, "t3", &end, None, &with).wait().unwrap();
+  assert_eq!(written, EndWritten { ended: false, last_event: Some(5) }, "the events only");
+  assert_eq!(statuses(o, &a), ["succeeded", "failed", "interrupted", "running"]);
+  assert_eq!(s.read_events(&a, 4, 10).wait().unwrap().into_iter().map(|e| e.body).collect::<Vec<_>>(), [ev(5)], "no end event");
+  assert_eq!(s.transcripts().unwrap().transcript_head(&a).wait().unwrap(), 2, "no line of the stale holder's");
+}

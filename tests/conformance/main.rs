@@ -111,6 +111,11 @@ macro_rules! suite {
       }
       $(#[$attr])?
       #[test]
+      fn a_task_end_stores_its_last_lines_and_events_with_it_and_logs_its_end_only_if_recorded() {
+        leases::end_with(&$open());
+      }
+      $(#[$attr])?
+      #[test]
       fn a_renewed_lease_keeps_a_second_owner_out_and_a_lapsed_one_lets_it_in() {
         leases::renewal(&$open());
       }

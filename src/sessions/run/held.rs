@@ -15,9 +15,12 @@ use std::time::Instant;
 use tokio::sync::{watch, OwnedMutexGuard, OwnedSemaphorePermit};
 
 use super::{AbortOnDrop, Executed, Manager, TaskResult, Ticket};
+use crate::cli::RunOutcome;
 use crate::cli::{CancelToken, RunSpec, SessionMode};
 use crate::error::{Error, ErrorCode, Result};
-use crate::sessions::mirror::{finish_mirror, release_after_exit, LeaseClock, TaskMirror};
+use crate::sessions::events::Taken;
+use crate::sessions::finish::EndRecorded;
+use crate::sessions::mirror::{finish_mirror, release_after_exit, LeaseClock, TakenLines, TaskMirror};
 use crate::sessions::{CompactTrigger, Wait};
 use crate::store::{Began, Session, TaskEnd};
 
@@ -152,41 +155,55 @@ impl HeldRun {
 
   /// Records the run's end and gives back what it held: now when the CLI is gone, else (the CLI
   /// exits after its result) once it has exited, while the caller already has the result.
-  pub(super) async fn settle(mut self, m: &Manager, executed: Executed) -> Result<TaskResult> {
+  /// `events` are the run's events its log's writer had not written yet: stored with the end
+  /// when they can be, else given back to the writer. Answers whether the `task_end` event is
+  /// logged too.
+  pub(super) async fn settle(mut self, m: &Manager, executed: Executed, events: Taken) -> (Result<TaskResult>, bool) {
     let (mut outcome, tail) = match executed {
       Ok((out, tail)) => (Ok(out), tail),
       Err(e) => (Err(e), None),
     };
-    // The turn is in the store before the caller sees the result (or the task says why not).
+    // The turn is in the store before the caller sees the result (or the task says why not):
+    // stored with the end when the CLI is still exiting, else flushed first (the reconcile of
+    // the CLI's file follows).
+    let mut lines = None;
     if let (Some(mirror), Ok(_)) = (&self.mirror, &outcome) {
-      if let Err(why) = mirror.flush().await {
-        if !self.clock.is_lost() {
-          outcome = Err(Error::store(why));
-        }
+      let taken = match tail {
+        Some(_) => mirror.take().await.map(Some),
+        None => mirror.flush().await.map(|()| None),
+      };
+      match taken {
+        Ok(taken) => lines = taken,
+        Err(why) if !self.clock.is_lost() => outcome = Err(Error::store(why)),
+        Err(_) => {}
       }
     }
     let local = self.mirror.as_ref().and_then(|mirror| mirror.local.clone());
     let marker = m.marker_path(&self.session.id);
     if self.clock.is_lost() {
       // The CLI is being stopped (the clock cancelled the run); nothing more is written for it.
+      drop(lines);
+      events.write().await;
       if let Some(tail) = tail {
         tail.await;
       }
-      return Ok(self.lease_lost(m).await);
+      return (Ok(self.lease_lost(m).await), false);
     }
     let Some(tail) = tail else {
+      events.write().await;
       if let (Some(mirror), Some(local)) = (self.mirror.take(), local) {
         finish_mirror(mirror, m.store.clone(), self.session.id.clone(), local, marker).await;
       }
       if self.clock.is_lost() {
-        return Ok(self.lease_lost(m).await);
+        return (Ok(self.lease_lost(m).await), false);
       }
       let guard = self.holds.take().map(Holds::stop);
-      let res = m.finish(&self, outcome, false).await;
+      let ending = m.ending(&self, outcome, false);
+      let res = m.record_end(&self, ending).await;
       drop(guard);
-      return res;
+      return (res, false);
     };
-    let res = m.finish(&self, outcome, true).await;
+    let (res, logged) = self.record_end_with(m, outcome, lines, events).await;
     // If the end could not be recorded, the row is still `running`: leave the lease to expire,
     // and the next task marks it `interrupted` (as after a crash).
     let recorded = res.is_ok();
@@ -205,7 +222,36 @@ impl HeldRun {
       }
       drop(permit);
     });
-    res
+    (res, logged)
+  }
+
+  /// The end of a run whose CLI is still exiting (the lease kept), with its last transcript
+  /// lines and events, in one step; when that step fails, as before it: the lines flushed (the
+  /// turn in the store before the result), the events left to their writer, then the end.
+  async fn record_end_with(
+    &self,
+    m: &Manager,
+    outcome: Result<RunOutcome>,
+    lines: Option<TakenLines>,
+    events: Taken,
+  ) -> (Result<TaskResult>, bool) {
+    let ending = m.ending(self, outcome, true);
+    let had_lines = lines.is_some();
+    match m.record_end_with(self, &ending, lines, events).await {
+      EndRecorded::All => (Ok(ending.res), true),
+      EndRecorded::Refused(e) => (Err(e), false),
+      EndRecorded::Failed => {
+        let flushed = match (&self.mirror, had_lines) {
+          (Some(mirror), true) => mirror.flush().await,
+          _ => Ok(()),
+        };
+        let ending = match flushed {
+          Ok(()) => ending,
+          Err(why) => m.ending(self, Err(Error::store(why)), true),
+        };
+        (m.record_end(self, ending).await, false)
+      }
+    }
   }
 
   /// The run's cancel token: cancelled when the lease stops being the run's.

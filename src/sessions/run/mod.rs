@@ -166,10 +166,14 @@ impl Manager {
     if let (Some(at), true) = (branch, outcome.is_ok()) {
       self.branch_taken(&run.session.id, at).await;
     }
-    // The CLI's events are in the log before the task's row ends; its end right after.
-    recording.recorder.flush().await;
+    // The CLI's events are in the log before the task's row ends; its end right after (all in
+    // one step when they can be: see `HeldRun::settle`).
+    let events = recording.recorder.take().await;
     let (sid, tid) = (run.session.id.clone(), run.task_id.clone());
-    let res = run.settle(self, outcome).await;
+    let (res, end_logged) = run.settle(self, outcome, events).await;
+    if end_logged {
+      return res;
+    }
     let end = match &res {
       Ok(r) => serde_json::json!({ "type": "task_end", "sessionId": sid, "taskId": tid, "result": r }),
       Err(e) => {

@@ -1,7 +1,100 @@
 //! Tasks and the one-CLI-per-session lease on PostgreSQL, fenced (see `postgres/mod.rs`).
 
 use super::*;
-use crate::store::{Began, Start};
+use crate::store::{Began, EndWith, EndWritten, Start};
+
+/// The function `finish_task` (see `schema.rs`), called with [`FinishArgs::params`].
+const FINISH: &str = "SELECT {S}.finish_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+   $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
+
+/// The error of an end the store refused: the lease is another task's.
+fn lease_gone(session_id: &str, task_id: &str) -> Error {
+  Error::store(format!(
+    "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
+  ))
+}
+
+/// `finish_task`'s arguments, converted once.
+struct FinishArgs<'a> {
+  session_id: &'a str,
+  task_id: &'a str,
+  end: &'a TaskEnd,
+  n: crate::store::EndCounts,
+  watermark: Option<f64>,
+  ctx: (Option<i64>, Option<i64>, Option<&'a str>, Option<i64>),
+  window: (Option<&'a str>, Option<i64>),
+  c_session: Vec<&'a str>,
+  c_task: Vec<Option<&'a str>>,
+  c_trigger: Vec<&'a str>,
+  c_pre: Vec<Option<i64>>,
+  c_post: Vec<Option<i64>>,
+  c_started: Vec<i64>,
+  c_duration: Vec<Option<i64>>,
+  release: bool,
+}
+
+impl<'a> FinishArgs<'a> {
+  fn new(session_id: &'a str, task_id: &'a str, end: &'a TaskEnd, watermark: Option<f64>) -> Self {
+    let ctx = end.context.as_ref();
+    let c = &end.compactions;
+    FinishArgs {
+      session_id,
+      task_id,
+      end,
+      n: end.counts(),
+      watermark,
+      ctx: (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.as_str()), ctx.map(|c| c.measured_at)),
+      window: (end.window.as_ref().map(|w| w.0.as_str()), end.window.as_ref().map(|w| w.1 as i64)),
+      c_session: c.iter().map(|c| c.session_id.as_str()).collect(),
+      c_task: c.iter().map(|c| c.task_id.as_deref()).collect(),
+      c_trigger: c.iter().map(|c| c.trigger.as_str()).collect(),
+      c_pre: c.iter().map(|c| c.pre_tokens.map(|t| t as i64)).collect(),
+      c_post: c.iter().map(|c| c.post_tokens.map(|t| t as i64)).collect(),
+      c_started: c.iter().map(|c| c.started_at).collect(),
+      c_duration: c.iter().map(|c| c.duration_ms.map(|t| t as i64)).collect(),
+      release: !end.keep_lease,
+    }
+  }
+
+  fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    let (end, n) = (self.end, &self.n);
+    vec![
+      &self.session_id,
+      &self.task_id,
+      &end.status,
+      &end.model,
+      &n.turns,
+      &n.input,
+      &n.output,
+      &n.cache_read,
+      &n.cache_creation,
+      &end.cost_usd,
+      &end.cli_reported_cost_usd,
+      &n.duration_api_ms,
+      &end.error_code,
+      &end.error_message,
+      &end.cli_version,
+      &end.materialized,
+      &self.watermark,
+      &end.paused,
+      &self.ctx.0,
+      &self.ctx.1,
+      &self.ctx.2,
+      &self.ctx.3,
+      &self.window.0,
+      &self.window.1,
+      &self.c_session,
+      &self.c_task,
+      &self.c_trigger,
+      &self.c_pre,
+      &self.c_post,
+      &self.c_started,
+      &self.c_duration,
+      &self.release,
+      &end.record_only,
+    ]
+  }
+}
 
 impl PgStore {
   /// The function `begin_task` (see `schema.rs`); with `user_id`, also what the run reads next
@@ -135,64 +228,105 @@ impl Tasks for PgStore {
   /// nothing, when another task has taken the session's lease over meanwhile. Run again after it
   /// committed (a lost answer), it writes nothing more.
   async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
-    let n = end.counts();
-    let ctx = end.context.as_ref();
-    let (ctx_tokens, ctx_window, ctx_source, ctx_measured) =
-      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.as_str()), ctx.map(|c| c.measured_at));
-    let (window_model, window) = (end.window.as_ref().map(|w| w.0.as_str()), end.window.as_ref().map(|w| w.1 as i64));
-    let c = &end.compactions;
-    let c_session: Vec<&str> = c.iter().map(|c| c.session_id.as_str()).collect();
-    let c_task: Vec<Option<&str>> = c.iter().map(|c| c.task_id.as_deref()).collect();
-    let c_trigger: Vec<&str> = c.iter().map(|c| c.trigger.as_str()).collect();
-    let c_pre: Vec<Option<i64>> = c.iter().map(|c| c.pre_tokens.map(|t| t as i64)).collect();
-    let c_post: Vec<Option<i64>> = c.iter().map(|c| c.post_tokens.map(|t| t as i64)).collect();
-    let c_started: Vec<i64> = c.iter().map(|c| c.started_at).collect();
-    let c_duration: Vec<Option<i64>> = c.iter().map(|c| c.duration_ms.map(|t| t as i64)).collect();
-    let release = !end.keep_lease;
-    let params: Params = &[
-      &session_id,
-      &task_id,
-      &end.status,
-      &end.model,
-      &n.turns,
-      &n.input,
-      &n.output,
-      &n.cache_read,
-      &n.cache_creation,
-      &end.cost_usd,
-      &end.cli_reported_cost_usd,
-      &n.duration_api_ms,
-      &end.error_code,
-      &end.error_message,
-      &end.cli_version,
-      &end.materialized,
-      &cli_cost_watermark,
-      &end.paused,
-      &ctx_tokens,
-      &ctx_window,
-      &ctx_source,
-      &ctx_measured,
-      &window_model,
-      &window,
-      &c_session,
-      &c_task,
-      &c_trigger,
-      &c_pre,
-      &c_post,
-      &c_started,
-      &c_duration,
-      &release,
-      &end.record_only,
-    ];
-    let sql = "SELECT {S}.finish_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-       $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
-    let held: bool = idempotent!(self, |c| Ok(self.query(c, sql, params).await?[0].get(0)))?;
+    let args = FinishArgs::new(session_id, task_id, end, cli_cost_watermark);
+    let params = args.params();
+    let held: bool = idempotent!(self, |c| Ok(self.query(c, FINISH, &params).await?[0].get(0)))?;
     if !held {
-      return Err(Error::store(format!(
-        "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
-      )));
+      return Err(lease_gone(session_id, task_id));
     }
     Ok(())
+  }
+
+  /// One flight on one connection: `BEGIN`, the lines (fenced, as `append_transcript`), the
+  /// events, `finish_task`, the end event (only if the end was recorded: the task's row ended
+  /// under the lease's current fence, the condition `finish_task` itself answers a repeated call
+  /// with), `COMMIT`, all sent before any answer. The statements are prepared first (from the
+  /// cache: no trip), so that none of them can run after the `COMMIT`. Behind PgBouncer
+  /// (statements prepared unnamed per transaction) the same statements run one after another in
+  /// one transaction. Never run again on another connection: a lost answer leaves the outcome
+  /// unknown (`Err`).
+  async fn finish_task_with(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    end: &TaskEnd,
+    cli_cost_watermark: Option<f64>,
+    with: &EndWith<'_>,
+  ) -> Result<EndWritten> {
+    let args = FinishArgs::new(session_id, task_id, end, cli_cost_watermark);
+    let finish = args.params();
+    let lines = self.lines_args(session_id, task_id, with.lines);
+    let events = self.events_args(session_id, task_id, with.events);
+    let end_event = with.end_event.as_ref().map(|e| self.events_args(session_id, task_id, std::slice::from_ref(e)));
+    let guard: Params = &[&end.status, &end.error_code];
+    let lines_sql = transcripts::append_sql(false, false);
+    let end_sql = events::append_sql(true);
+    on_connection!(self, |client| {
+      let out: Result<EndWritten> = async {
+        if !self.cache_statements {
+          let tx = client.transaction().await.map_err(pg)?;
+          let held = match lines.is_empty() {
+            true => true,
+            false => self.query(&tx, &lines_sql, &lines.params()).await?[0].get::<_, i64>(0) > 0,
+          };
+          let mut last_event = match events.is_empty() {
+            true => None,
+            false => self.opt(&tx, &events::append_sql(false), &events.params()).await?.map(|r| r.get(0)),
+          };
+          let ended: bool = held && self.query(&tx, FINISH, &finish).await?[0].get(0);
+          if let (true, Some(e)) = (ended, &end_event) {
+            last_event = self.opt(&tx, &end_sql, &e.params_with(guard)).await?.map(|r| r.get(0)).or(last_event);
+          }
+          tx.commit().await.map_err(pg)?;
+          return Ok(EndWritten { ended, last_event });
+        }
+        let c: &deadpool_postgres::Client = &client;
+        let st_lines = match lines.is_empty() {
+          true => None,
+          false => Some(self.prepared(c, &lines_sql).await?),
+        };
+        let st_events = match events.is_empty() {
+          true => None,
+          false => Some(self.prepared(c, &events::append_sql(false)).await?),
+        };
+        let st_finish = self.prepared(c, FINISH).await?;
+        let st_end = match end_event {
+          None => None,
+          Some(_) => Some(self.prepared(c, &end_sql).await?),
+        };
+        let (lines_p, events_p, end_p) = (lines.params(), events.params(), end_event.as_ref().map(|e| e.params_with(guard)));
+        let (begin, held, logged, finished, end_logged, commit) = tokio::join!(
+          c.batch_execute("BEGIN"),
+          async {
+            match &st_lines {
+              Some(st) => c.query_one(st, &lines_p).await.map(|r| r.get::<_, i64>(0) > 0),
+              None => Ok(true),
+            }
+          },
+          async {
+            match &st_events {
+              Some(st) => c.query_opt(st, &events_p).await.map(|r| r.map(|r| r.get::<_, i64>(0))),
+              None => Ok(None),
+            }
+          },
+          c.query_one(&st_finish, &finish),
+          async {
+            match (&st_end, &end_p) {
+              (Some(st), Some(p)) => c.query_opt(st, p.as_slice()).await.map(|r| r.map(|r| r.get::<_, i64>(0))),
+              _ => Ok(None),
+            }
+          },
+          c.batch_execute("COMMIT")
+        );
+        begin.map_err(pg)?;
+        let (held, logged, finished, end_logged) = (held.map_err(pg)?, logged.map_err(pg)?, finished.map_err(pg)?, end_logged.map_err(pg)?);
+        commit.map_err(pg)?;
+        let ended = held && finished.get::<_, bool>(0);
+        Ok(EndWritten { ended, last_event: end_logged.or(logged) })
+      }
+      .await;
+      Ok(out)
+    })
   }
 
   /// Frees the lease a task kept past its end: one statement, which may run again.

@@ -21,43 +21,79 @@ impl PgStore {
     if entries.is_empty() && !release {
       return Ok(true);
     }
-    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-    let subpaths: Vec<&str> = entries.iter().map(|e| e.subpath.as_str()).collect();
-    let uuids: Vec<Option<&str>> = entries.iter().map(|e| e.uuid.as_deref()).collect();
-    let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
-    let last = seqs.iter().copied().max().unwrap_or(0);
-    // The fence the task holds the lease under (`held_fence`), or, after its end, the fence of
-    // the lease it was the last to take (`last_fence`).
-    let fence = match ended {
-      false => {
-        "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
-           WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l"
-      }
-      true => {
-        "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
-           WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l"
-      }
-    };
-    let sql = format!(
-      "WITH f AS ({fence}),
-       ins AS (INSERT INTO {{S}}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
-         SELECT $1, x.seq, x.subpath, x.uuid, f.fence, $2, x.line
-         FROM f, unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS x(seq, subpath, uuid, line)
-         ON CONFLICT DO NOTHING),
-       head AS (UPDATE {{S}}.sessions SET transcript_seq = GREATEST(transcript_seq, $7) WHERE id = $1 AND EXISTS (SELECT 1 FROM f)){release}
-       SELECT COUNT(*) FROM f",
-      release = match release {
-        // The row stays (its fence must keep growing); only the holder goes.
-        true => ",
-       freed AS (UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2 AND EXISTS (SELECT 1 FROM f))",
-        false => "",
-      }
-    );
-    let params: Params = &[&session_id, &task_id, &seqs, &subpaths, &uuids, &lines, &last];
+    let args = self.lines_args(session_id, task_id, entries);
+    let sql = append_sql(ended, release);
+    let params = args.params();
     // Keyed by `seq` (and `uuid`): a batch sent again after a lost answer changes nothing.
-    let held: i64 = idempotent!(self, |c| Ok(self.query(c, &sql, params).await?[0].get(0)))?;
+    let held: i64 = idempotent!(self, |c| Ok(self.query(c, &sql, &params).await?[0].get(0)))?;
     Ok(held > 0)
   }
+
+  /// The arguments of [`append_sql`]'s statement for `entries`.
+  pub(super) fn lines_args<'a>(&self, session_id: &'a str, task_id: &'a str, entries: &'a [TranscriptEntry]) -> LinesArgs<'a> {
+    LinesArgs {
+      session_id,
+      task_id,
+      seqs: entries.iter().map(|e| e.seq).collect(),
+      subpaths: entries.iter().map(|e| e.subpath.as_str()).collect(),
+      uuids: entries.iter().map(|e| e.uuid.as_deref()).collect(),
+      lines: entries.iter().map(|e| e.line.as_str()).collect(),
+      last: entries.iter().map(|e| e.seq).max().unwrap_or(0),
+    }
+  }
+}
+
+/// A batch of lines to append, converted once.
+pub(super) struct LinesArgs<'a> {
+  session_id: &'a str,
+  task_id: &'a str,
+  seqs: Vec<i64>,
+  subpaths: Vec<&'a str>,
+  uuids: Vec<Option<&'a str>>,
+  lines: Vec<&'a str>,
+  last: i64,
+}
+
+impl LinesArgs<'_> {
+  pub(super) fn is_empty(&self) -> bool {
+    self.seqs.is_empty()
+  }
+
+  pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    vec![&self.session_id, &self.task_id, &self.seqs, &self.subpaths, &self.uuids, &self.lines, &self.last]
+  }
+}
+
+/// The statement appending lines fenced by the task's lease (answers how many leases matched: 0
+/// when refused). The fence the task holds the lease under (`held_fence`), or with `ended`, after
+/// its end, the fence of the lease it was the last to take; with `release`, the lease's holder
+/// freed in the same statement.
+pub(super) fn append_sql(ended: bool, release: bool) -> String {
+  let fence = match ended {
+    false => {
+      "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+         WHERE l.session_id = $1 AND l.task_id = $2 FOR UPDATE OF l"
+    }
+    true => {
+      "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = $2 AND t.fence = l.fence
+         WHERE l.session_id = $1 AND (l.task_id IS NULL OR l.task_id = $2) FOR UPDATE OF l"
+    }
+  };
+  format!(
+    "WITH f AS ({fence}),
+     ins AS (INSERT INTO {{S}}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
+       SELECT $1, x.seq, x.subpath, x.uuid, f.fence, $2, x.line
+       FROM f, unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS x(seq, subpath, uuid, line)
+       ON CONFLICT DO NOTHING),
+     head AS (UPDATE {{S}}.sessions SET transcript_seq = GREATEST(transcript_seq, $7) WHERE id = $1 AND EXISTS (SELECT 1 FROM f)){release}
+     SELECT COUNT(*) FROM f",
+    release = match release {
+      // The row stays (its fence must keep growing); only the holder goes.
+      true => ",
+     freed AS (UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = $1 AND task_id = $2 AND EXISTS (SELECT 1 FROM f))",
+      false => "",
+    }
+  )
 }
 
 #[async_trait::async_trait]

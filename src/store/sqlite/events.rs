@@ -25,24 +25,30 @@ fn running_from_row(r: &Row<'_>) -> rusqlite::Result<RunningTask> {
   })
 }
 
+impl SqliteStore {
+  /// [`Events::append_events`] in the caller's transaction: the rows, and the doorbell rung when
+  /// it commits.
+  pub(super) fn append_events_in(tx: &rusqlite::Transaction<'_>, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
+    let n = events.len() as i64;
+    let last: Option<i64> = tx
+      .prepare_cached("UPDATE sessions SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq")?
+      .query_row(params![session_id, n], |r| r.get(0))
+      .optional()?;
+    let Some(last) = last else { return Err(crate::error::Error::not_found(session_id)) };
+    let now = now_ms();
+    let mut insert = tx.prepare_cached("INSERT INTO task_events (session_id, seq, task_id, at, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    for (i, body) in events.iter().enumerate() {
+      insert.execute(params![session_id, last - n + 1 + i as i64, task_id, now, body])?;
+    }
+    super::doorbell::ring_in(tx, &Notice::Events { session_id: session_id.to_owned(), seq: last })?;
+    Ok(last)
+  }
+}
+
 #[async_trait::async_trait]
 impl Events for SqliteStore {
   async fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
-    self.write(|tx| {
-      let n = events.len() as i64;
-      let last: Option<i64> = tx
-        .prepare_cached("UPDATE sessions SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq")?
-        .query_row(params![session_id, n], |r| r.get(0))
-        .optional()?;
-      let Some(last) = last else { return Err(crate::error::Error::not_found(session_id)) };
-      let now = now_ms();
-      let mut insert = tx.prepare_cached("INSERT INTO task_events (session_id, seq, task_id, at, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-      for (i, body) in events.iter().enumerate() {
-        insert.execute(params![session_id, last - n + 1 + i as i64, task_id, now, body])?;
-      }
-      super::doorbell::ring_in(tx, &Notice::Events { session_id: session_id.to_owned(), seq: last })?;
-      Ok(last)
-    })
+    self.write(|tx| Self::append_events_in(tx, session_id, task_id, events))
   }
 
   async fn read_events(&self, session_id: &str, after: i64, limit: u32) -> Result<Vec<EventRow>> {

@@ -6,8 +6,76 @@ use rusqlite::{params, Connection};
 
 use super::*;
 use crate::error::{Error, Result};
+use crate::store::{EndWith, EndWritten};
 
 impl SqliteStore {
+  /// [`Tasks::finish_task`]'s writes, in the caller's transaction.
+  fn finish_in(tx: &Connection, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
+    let n = end.counts();
+    let now = now_ms();
+    for step in end.steps() {
+      // Each step writes rows; how many does not matter here.
+      let _rows: usize = match step {
+        EndStep::TaskRow => exec(
+          tx,
+          "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
+             input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
+             cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
+             error_message = ?14, cli_version = ?15
+           WHERE id = ?1",
+          params![
+            task_id,
+            end.status,
+            now,
+            end.model,
+            n.turns,
+            n.input,
+            n.output,
+            n.cache_read,
+            n.cache_creation,
+            end.cost_usd,
+            end.cli_reported_cost_usd,
+            n.duration_api_ms,
+            end.error_code,
+            end.error_message,
+            end.cli_version,
+          ],
+        )?,
+        EndStep::Totals => exec(
+          tx,
+          "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
+             input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
+             cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
+             last_active_at = ?7, updated_at = ?7, materialized = MAX(materialized, ?8),
+             cli_cost_watermark = COALESCE(?9, cli_cost_watermark), paused = ?10
+           WHERE id = ?1",
+          params![
+            session_id,
+            end.cost_usd,
+            n.input,
+            n.output,
+            n.cache_read,
+            n.cache_creation,
+            now,
+            end.materialized as i64,
+            cli_cost_watermark,
+            end.paused
+          ],
+        )?,
+        EndStep::Context(ctx) => exec(
+          tx,
+          "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
+           WHERE id = ?1",
+          params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
+        )?,
+        EndStep::Window(model, window) => Self::remember_window(tx, model, window).map(|()| 1)?,
+        EndStep::Compaction(c) => Self::add_compaction(tx, c).map(|()| 1)?,
+        EndStep::ReleaseLease => exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?,
+      };
+    }
+    Ok(())
+  }
+
   pub(crate) fn lease_live(tx: &Connection, session_id: &str, now: i64) -> Result<bool> {
     exists(tx, "SELECT 1 FROM leases WHERE session_id = ?1 AND expires_at > ?2", params![session_id, now])
   }
@@ -116,70 +184,32 @@ impl Tasks for SqliteStore {
   /// Ends a task: writes its row, adds to the session's totals, replaces the context snapshot
   /// and frees the lease (unless `end.keep_lease`) — all in one transaction.
   async fn finish_task(&self, session_id: &str, task_id: &str, end: &TaskEnd, cli_cost_watermark: Option<f64>) -> Result<()> {
-    let n = end.counts();
+    self.write(|tx| Self::finish_in(tx, session_id, task_id, end, cli_cost_watermark))
+  }
+
+  /// The events, the end and the end event in one transaction (SQLite keeps no transcript
+  /// lines; the end is never refused here: one machine, no fence).
+  async fn finish_task_with(
+    &self,
+    session_id: &str,
+    task_id: &str,
+    end: &TaskEnd,
+    cli_cost_watermark: Option<f64>,
+    with: &EndWith<'_>,
+  ) -> Result<EndWritten> {
+    if !with.lines.is_empty() {
+      return Err(Error::internal("the sqlite store keeps no transcripts"));
+    }
     self.write(|tx| {
-      let now = now_ms();
-      for step in end.steps() {
-        // Each step writes rows; how many does not matter here.
-        let _rows: usize = match step {
-          EndStep::TaskRow => exec(
-            tx,
-            "UPDATE tasks SET status = ?2, ended_at = ?3, model = COALESCE(?4, model), turns = ?5,
-               input_tokens = ?6, output_tokens = ?7, cache_read_tokens = ?8, cache_creation_tokens = ?9,
-               cost_usd = ?10, cli_reported_cost_usd = ?11, duration_api_ms = ?12, error_code = ?13,
-               error_message = ?14, cli_version = ?15
-             WHERE id = ?1",
-            params![
-              task_id,
-              end.status,
-              now,
-              end.model,
-              n.turns,
-              n.input,
-              n.output,
-              n.cache_read,
-              n.cache_creation,
-              end.cost_usd,
-              end.cli_reported_cost_usd,
-              n.duration_api_ms,
-              end.error_code,
-              end.error_message,
-              end.cli_version,
-            ],
-          )?,
-          EndStep::Totals => exec(
-            tx,
-            "UPDATE sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + ?2,
-               input_tokens = input_tokens + ?3, output_tokens = output_tokens + ?4,
-               cache_read_tokens = cache_read_tokens + ?5, cache_creation_tokens = cache_creation_tokens + ?6,
-               last_active_at = ?7, updated_at = ?7, materialized = MAX(materialized, ?8),
-               cli_cost_watermark = COALESCE(?9, cli_cost_watermark), paused = ?10
-             WHERE id = ?1",
-            params![
-              session_id,
-              end.cost_usd,
-              n.input,
-              n.output,
-              n.cache_read,
-              n.cache_creation,
-              now,
-              end.materialized as i64,
-              cli_cost_watermark,
-              end.paused
-            ],
-          )?,
-          EndStep::Context(ctx) => exec(
-            tx,
-            "UPDATE sessions SET context_tokens = ?2, context_window = ?3, context_source = ?4, context_measured_at = ?5
-             WHERE id = ?1",
-            params![session_id, ctx.tokens as i64, ctx.window as i64, ctx.source, ctx.measured_at],
-          )?,
-          EndStep::Window(model, window) => Self::remember_window(tx, model, window).map(|()| 1)?,
-          EndStep::Compaction(c) => Self::add_compaction(tx, c).map(|()| 1)?,
-          EndStep::ReleaseLease => exec(tx, "DELETE FROM leases WHERE session_id = ?1 AND task_id = ?2", params![session_id, task_id])?,
-        };
+      let mut last_event = None;
+      if !with.events.is_empty() {
+        last_event = Some(Self::append_events_in(tx, session_id, task_id, with.events)?);
       }
-      Ok(())
+      Self::finish_in(tx, session_id, task_id, end, cli_cost_watermark)?;
+      if let Some(ev) = with.end_event {
+        last_event = Some(Self::append_events_in(tx, session_id, task_id, &[ev.to_owned()])?);
+      }
+      Ok(EndWritten { ended: true, last_event })
     })
   }
 
