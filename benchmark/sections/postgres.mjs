@@ -81,6 +81,8 @@ try {
       const t1 = ns()
       if (!r.success) throw new Error(`executeTask failed: ${r.error?.code} ${r.error?.message}`)
       const life = (await side.log.next()).sort((a, b) => Number(b.reaped - b.forked - (a.reaped - a.forked)))[0]
+      // PostgreSQL as in production: the CLI mirrors its transcript into the store.
+      if (side !== sides.sqlite && !life.mirror) throw new Error('the CLI ran without --session-mirror on PostgreSQL')
       const pre = ms(t0, life.main)
       const post = ms(life.result ?? life.reaped, t1)
       return { sessionId: r.sessionId, wall: ms(t0, t1), pre, post, overhead: pre + post }

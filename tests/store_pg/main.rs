@@ -254,6 +254,30 @@ fn recovery_judges_pids_only_for_this_node() {
 
 #[test]
 #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
+fn large_values_are_compressed_with_lz4_where_the_server_has_it() {
+  let url = test_url();
+  let f = Fresh::new(&url);
+  // lz4 is there when a column can be given it (PostgreSQL 14 or later, built with lz4).
+  let probe = format!("CREATE TABLE \"{}\".lz4_probe (t TEXT COMPRESSION lz4); DROP TABLE \"{}\".lz4_probe", f.schema, f.schema);
+  let expected = if admin(&url, &probe).is_ok() { "l" } else { "" };
+  let rows = admin_rows(
+    &url,
+    &format!(
+      "SELECT c.relname || '.' || a.attname || '=' || a.attcompression::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+       WHERE n.nspname = '{}' AND (c.relname, a.attname) IN (('transcript_entries', 'line'), ('task_events', 'body'), ('file_backups', 'content'))
+       ORDER BY 1",
+      f.schema
+    ),
+  );
+  assert_eq!(
+    rows,
+    [format!("file_backups.content={expected}"), format!("task_events.body={expected}"), format!("transcript_entries.line={expected}")]
+  );
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --test store_pg -- --include-ignored"]
 fn a_newer_schema_is_refused_and_reopening_is_a_no_op() {
   let url = test_url();
   let f = Fresh::new(&url);

@@ -504,6 +504,22 @@ pub(super) const MIGRATIONS: &[&str] = &[
   END
   $fn$;
   "#,
+  // 12 -> 13: the large values (a transcript line, an event, a file backup) compressed with lz4
+  // instead of pglz: a new session's first turn stores a line of about 80 KB (the CLI's system
+  // prompt attachment), which pglz took 2-4 ms to compress on the task's path and lz4 under 1 ms.
+  // New rows only; where the server lacks lz4 (PostgreSQL before 14, or built without it), pglz
+  // stays.
+  r#"
+  DO $$
+  BEGIN
+    EXECUTE 'ALTER TABLE {S}.transcript_entries ALTER COLUMN line SET COMPRESSION lz4';
+    EXECUTE 'ALTER TABLE {S}.task_events ALTER COLUMN body SET COMPRESSION lz4';
+    EXECUTE 'ALTER TABLE {S}.file_backups ALTER COLUMN content SET COMPRESSION lz4';
+  EXCEPTION WHEN OTHERS THEN
+    NULL;
+  END
+  $$;
+  "#,
 ];
 
 /// The schema version this build writes.
