@@ -53,9 +53,20 @@ for (const backend of testBackends()) {
     t.assert.deepStrictEqual(await manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }), { status: 'started' })
     const pids = await cliPids(sessionId)
     t.assert.ok(pids.length > 0, 'a CLI runs for the session before its first prompt')
-    // Time for the CLI to do whatever it does at start-up: still no model call.
+    // Time for the CLI to do whatever it does at start-up: still no request reaches the API, and
+    // the conversation is empty.
     await sleep(1500)
-    t.assert.strictEqual(modelCalls(), 0, 'a prewarmed CLI calls no model')
+    t.assert.strictEqual(server.requests.length, 0, 'a prewarmed CLI sends the API nothing')
+    t.assert.deepStrictEqual((await manager.getMessages(sessionId, 'u')).messages, [], 'nothing in the conversation before the first prompt')
+    // Nor could it: the key proxy refuses its token until a task runs on it.
+    const env = Object.fromEntries(fs.readFileSync(`/proc/${pids[0]}/environ`, 'utf8').split('\0').filter(Boolean).map((l) => l.split(/=(.*)/s)))
+    const early = await fetch(`${env.ANTHROPIC_BASE_URL}/v1/messages/count_tokens`, {
+      method: 'POST',
+      headers: { 'x-api-key': env.ANTHROPIC_API_KEY, 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'claude-sonnet-4-5', messages: [{ role: 'user', content: 'hi' }] }),
+    })
+    t.assert.strictEqual(early.status, 401, 'a prewarmed CLI\'s key answers no model call')
+    t.assert.strictEqual(server.requests.length, 0)
     t.assert.deepStrictEqual(await manager.prewarm({ sessionId, userId: 'u' }), { status: 'already_warm' })
     t.assert.ok(same(await cliPids(sessionId), pids), 'already_warm started nothing')
 
@@ -63,6 +74,13 @@ for (const backend of testBackends()) {
     t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
     t.assert.strictEqual(first.result, 'Echo #1: one')
     t.assert.ok(same(await cliPids(sessionId), pids), 'the prewarmed process ran the first task')
+    const sent = server.requests.filter((r) => r.path.startsWith('/v1/messages'))
+    t.assert.strictEqual(sent.length, 1, 'one model call, the task\'s')
+    const userTexts = sent[0].body.messages.filter((m) => m.role === 'user').flatMap((m) => (typeof m.content === 'string' ? [m.content] : m.content.map((c) => c.text ?? '')))
+    t.assert.strictEqual(userTexts.at(-1), 'one', 'the model saw the prompt last')
+    t.assert.ok(!userTexts.some((x) => /interrupted|context/i.test(x) && !x.startsWith('<system-reminder>')), `nothing of the prewarm reached the model: ${JSON.stringify(userTexts)}`)
+    const kinds = (await manager.getMessages(sessionId, 'u')).messages.map((m) => m.kind)
+    t.assert.deepStrictEqual(kinds, ['prompt', 'assistant'], 'the conversation holds the task alone')
     const second = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'two' })
     t.assert.strictEqual(second.result, 'Echo #2: two')
     t.assert.ok(same(await cliPids(sessionId), pids), 'and the next one')

@@ -509,6 +509,10 @@ impl Manager {
       spec.args.push(cli::mirror::FLAG.into());
     }
     let token = self.secure(spec).await?;
+    // Suspended until a task runs on it: a CLI that is only waiting cannot call the model.
+    if let Some(t) = &token {
+      t.set_live(false);
+    }
     let proc = WarmProcess::start(spec.clone())?;
     Ok(Warm { proc, key, seen_tasks: 0, stamp, token, home: None })
   }
