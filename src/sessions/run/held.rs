@@ -190,20 +190,19 @@ impl HeldRun {
       return (Ok(self.lease_lost(m).await), false);
     }
     let Some(tail) = tail else {
-      events.write().await;
       if let (Some(mirror), Some(local)) = (self.mirror.take(), local) {
         finish_mirror(mirror, m.store.clone(), self.session.id.clone(), local, marker).await;
       }
       if self.clock.is_lost() {
+        events.write().await;
         return (Ok(self.lease_lost(m).await), false);
       }
       let guard = self.holds.take().map(Holds::stop);
-      let ending = m.ending(&self, outcome, false);
-      let res = m.record_end(&self, ending).await;
+      let ended = self.record_end_with(m, outcome, false, None, events).await;
       drop(guard);
-      return (res, false);
+      return ended;
     };
-    let (res, logged) = self.record_end_with(m, outcome, lines, events).await;
+    let (res, logged) = self.record_end_with(m, outcome, true, lines, events).await;
     // If the end could not be recorded, the row is still `running`: leave the lease to expire,
     // and the next task marks it `interrupted` (as after a crash).
     let recorded = res.is_ok();
@@ -225,17 +224,18 @@ impl HeldRun {
     (res, logged)
   }
 
-  /// The end of a run whose CLI is still exiting (the lease kept), with its last transcript
-  /// lines and events, in one step; when that step fails, as before it: the lines flushed (the
-  /// turn in the store before the result), the events left to their writer, then the end.
+  /// The run's end with its last transcript lines (when its CLI is still exiting, the lease
+  /// kept) and events, in one step; when that step fails, one after another: the lines flushed
+  /// (the turn in the store before the result), the events written by their writer, then the end.
   async fn record_end_with(
     &self,
     m: &Manager,
     outcome: Result<RunOutcome>,
+    keep_lease: bool,
     lines: Option<TakenLines>,
     events: Taken,
   ) -> (Result<TaskResult>, bool) {
-    let ending = m.ending(self, outcome, true);
+    let ending = m.ending(self, outcome, keep_lease);
     let had_lines = lines.is_some();
     match m.record_end_with(self, &ending, lines, events).await {
       EndRecorded::All => (Ok(ending.res), true),
@@ -247,7 +247,7 @@ impl HeldRun {
         };
         let ending = match flushed {
           Ok(()) => ending,
-          Err(why) => m.ending(self, Err(Error::store(why)), true),
+          Err(why) => m.ending(self, Err(Error::store(why)), keep_lease),
         };
         (m.record_end(self, ending).await, false)
       }
