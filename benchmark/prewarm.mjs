@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // Prewarm against cold: `node benchmark/prewarm.mjs [--sessions=16] [--followups=5] [--think=2000]`
+// (BENCH_ADDON=<.node> for another build than index.js's)
 //
 // Two runs, one after the other, each in its own Node process (so its CPU time, its CLIs' included
 // once they are reaped, is its own): `cold` opens `sessions` new sessions and runs the first task
@@ -34,7 +35,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 if (opt.mode) {
   // One run, in this process.
-  const { SessionManager } = require('../index.js')
+  // BENCH_ADDON=<.node> measures that build instead of index.js's (as the suite's sections do).
+  const { SessionManager } = require(process.env.BENCH_ADDON || '../index.js')
   const { startStandInServer } = require('../testing/index.js')
   const server = await startStandInServer()
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csm-bench-prewarm-'))

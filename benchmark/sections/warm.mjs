@@ -178,7 +178,13 @@ const sdkArgv = sdkPids.length ? fs.readFileSync(`/proc/${sdkPids[0]}/cmdline`, 
 // Direct: the same argv (a session id of its own) and environment (a config dir of its own).
 const directWs = workspace('csm-bench-direct-')
 const directArgv = managerArgv.map((a) => (a.startsWith('--session-id=') ? `--session-id=${crypto.randomUUID()}` : a))
-const direct = spawn(real, directArgv, { cwd: directWs.work, env: { ...managerEnv, CLAUDE_CONFIG_DIR: directWs.config }, stdio: ['pipe', 'pipe', 'ignore'] })
+// The stand-in's address and key, as the SDK's CLI has them: the manager's CLI reaches the API
+// through the key proxy, whose token answers only while one of the manager's tasks runs.
+const direct = spawn(real, directArgv, {
+  cwd: directWs.work,
+  env: { ...managerEnv, ...standIn.env, CLAUDE_CONFIG_DIR: directWs.config },
+  stdio: ['pipe', 'pipe', 'ignore'],
+})
 direct.stdout.setEncoding('utf8')
 let directBuf = ''
 let directWaiter = null

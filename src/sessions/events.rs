@@ -718,10 +718,8 @@ mod tests {
       .collect()
   }
 
-  /// The write window, on the store's real SQLite and tokio's paused clock (sends are placed in
-  /// time exactly; what is compared is which deltas share a row).
-  #[tokio::test(start_paused = true)]
-  async fn a_delta_after_a_pause_is_written_alone_and_a_burst_is_joined() {
+  /// A session in a fresh SQLite store, and a writer of task `t`'s events to its log.
+  async fn task_log() -> (tempfile::TempDir, Arc<Store>, String, Recorder, tokio::task::JoinHandle<()>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
     let sid = uuid::Uuid::new_v4().to_string();
@@ -729,7 +727,14 @@ mod tests {
     store.create_session(&new).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(store.clone(), None, sid.clone(), "t".into(), rx));
-    let rec = Recorder { tx };
+    (dir, store, sid, Recorder { tx }, writer)
+  }
+
+  /// The write window, on the store's real SQLite and tokio's paused clock (sends are placed in
+  /// time exactly; what is compared is which deltas share a row).
+  #[tokio::test(start_paused = true)]
+  async fn a_delta_after_a_pause_is_written_alone_and_a_burst_is_joined() {
+    let (_dir, store, sid, rec, writer) = task_log().await;
     let text = |t: &str| delta(0, "text_delta", "text", t);
     let ms = |n| tokio::time::sleep(Duration::from_millis(n));
     // The first delta: written at once. Two more within the window after it: joined.
@@ -759,6 +764,36 @@ mod tests {
     rec.record(text("G"));
     rec.flush().await;
     assert_eq!(logged(&store, &sid).await, ["A", "BC", "D", "E", "H", "", "I", "J", "F", "G"]);
+    drop(rec);
+    writer.await.unwrap();
+  }
+
+  /// A take hands the queued events over and holds the writer: what comes meanwhile is written
+  /// after them. Not stored by the taker (dropped): the writer writes them first; stored: never
+  /// written again.
+  #[tokio::test]
+  async fn a_take_holds_the_writer_until_the_taker_says_whether_it_stored_the_events() {
+    let (_dir, store, sid, rec, writer) = task_log().await;
+    let ev = |t: &str| json!({ "type": "e", "event": { "delta": { "text": t } } });
+    rec.record(ev("A"));
+    rec.record(ev("B"));
+    let taken = rec.take().await;
+    assert_eq!(taken.rows.len(), 2, "A and B handed over");
+    rec.record(ev("C"));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(logged(&store, &sid).await.is_empty(), "nothing written while the taker decides");
+    drop(taken);
+    rec.flush().await;
+    assert_eq!(logged(&store, &sid).await, ["A", "B", "C"], "not stored by the taker: written first, in order");
+    rec.record(ev("D"));
+    let taken = rec.take().await;
+    let end = ev("END").to_string();
+    let (s2, rows) = (sid.clone(), [taken.rows.clone(), vec![end.clone()]].concat());
+    let seq = store.append_events(&s2, "t", &rows).await.unwrap();
+    rec.record(ev("E"));
+    taken.stored(seq, Some(end));
+    rec.flush().await;
+    assert_eq!(logged(&store, &sid).await, ["A", "B", "C", "D", "END", "E"], "stored by the taker: not written twice");
     drop(rec);
     writer.await.unwrap();
   }
