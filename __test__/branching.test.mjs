@@ -226,13 +226,13 @@ test('next routes: fork at a message, rewind, a task with atMessageId; MESSAGE_N
   await manager.close()
 })
 
-test('rewind with files: the working directory as it was before the first turn; a dry run changes nothing and lists the same changes', async (t) => {
+test('rewind with files: the working directory as it was before the first turn, a file the agent deleted with Bash included; a dry run changes nothing and lists the same changes', async (t) => {
   server.reset()
   const { manager, work } = makeManager({ server })
   fs.writeFileSync(path.join(work, 'b.txt'), 'b original\n')
   const dir = () => Object.fromEntries(fs.readdirSync(work).filter((f) => !f.startsWith('.')).sort().map((f) => [f, fs.readFileSync(path.join(work, f), 'utf8')]))
   const before = dir()
-  const base = { projectId: 'p', userId: 'u', permissionMode: 'acceptEdits' }
+  const base = { projectId: 'p', userId: 'u', permissionMode: 'acceptEdits', allowedTools: ['Bash(rm:*)'] }
   server.enqueue(
     { toolUse: { name: 'Write', input: { file_path: `${work}/a.txt`, content: 'a v1\n' } } },
     { toolUse: { name: 'Edit', input: { file_path: `${work}/b.txt`, old_string: 'b original', new_string: 'b edited' } } },
@@ -245,12 +245,14 @@ test('rewind with files: the working directory as it was before the first turn; 
     { toolUse: { name: 'Read', input: { file_path: `${work}/a.txt` } } },
     { toolUse: { name: 'Edit', input: { file_path: `${work}/a.txt`, old_string: 'a v1', new_string: 'a v2' } } },
     { toolUse: { name: 'Write', input: { file_path: `${work}/c.txt`, content: 'c new\n' } } },
+    // b.txt, edited (so backed up) in the first turn, deleted with Bash in the second.
+    { toolUse: { name: 'Bash', input: { command: `rm ${work}/b.txt` } } },
     { text: 'turn two done' },
   )
-  const two = await manager.executeTask({ ...base, sessionId, prompt: 'edit a, write c' })
+  const two = await manager.executeTask({ ...base, sessionId, prompt: 'edit a, write c, delete b' })
   t.assert.ok(two.success, JSON.stringify(two.error))
   const edited = dir()
-  t.assert.deepStrictEqual(edited, { 'a.txt': 'a v2\n', 'b.txt': 'b edited\n', 'c.txt': 'c new\n' }, 'control: the agent changed the folder')
+  t.assert.deepStrictEqual(edited, { 'a.txt': 'a v2\n', 'c.txt': 'c new\n' }, 'control: the agent changed the folder and deleted b')
   const h = await manager.getMessages(sessionId, 'u')
   const first = h.messages[0]
   t.assert.strictEqual(first.text, 'write a, edit b')
@@ -264,7 +266,7 @@ test('rewind with files: the working directory as it was before the first turn; 
   const done = await manager.rewind({ sessionId, userId: 'u', toMessageId: first.uuid, files: true })
   t.assert.strictEqual(done.files.restored, true)
   t.assert.deepStrictEqual([...done.files.changed].sort(), [...dry.files.changed].sort(), 'the dry run listed the same changes')
-  t.assert.deepStrictEqual(dir(), before, 'the folder is as it was: b restored, the files the agent created gone')
+  t.assert.deepStrictEqual(dir(), before, 'the folder is as it was: b restored (deleted, then brought back), the files the agent created gone')
   t.assert.deepStrictEqual((await manager.getMessages(sessionId, 'u')).messages.map((m) => m.uuid), [first.uuid])
   await rejectsWith(t, manager.rewind({ sessionId, userId: 'u', toMessageId: first.uuid, files: 'yes' }), 'INVALID_ARGUMENT', /files/)
   await manager.close()
