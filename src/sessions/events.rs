@@ -184,6 +184,16 @@ impl Drop for Taken {
   }
 }
 
+/// The `task_end` event of a run: its result, or the error the run ended with.
+pub(crate) fn task_end_event(session_id: &str, task_id: &str, res: std::result::Result<&super::TaskResult, &Error>) -> Value {
+  match res {
+    Ok(r) => json!({ "type": "task_end", "sessionId": session_id, "taskId": task_id, "result": r }),
+    Err(e) => {
+      json!({ "type": "task_end", "sessionId": session_id, "taskId": task_id, "error": { "code": e.code.as_str(), "message": e.message } })
+    }
+  }
+}
+
 /// Removes a task's writer from the manager's map when the run is over.
 pub(crate) struct Recording {
   logs: Arc<Logs>,

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::json;
-
-use super::events::Taken;
+use super::events::{task_end_event, Taken};
 use super::mirror::TakenLines;
 use super::run::HeldRun;
 use super::{CompactTrigger, Manager, TaskError, TaskResult, Wait};
@@ -193,7 +191,7 @@ impl Manager {
   /// written, and after the end the `task_end` event with the result. Whatever was not recorded
   /// goes back to its writer.
   pub(crate) async fn record_end_with(&self, run: &HeldRun, e: &Ending, lines: Option<TakenLines>, events: Taken) -> EndRecorded {
-    let end_event = json!({ "type": "task_end", "sessionId": run.session.id, "taskId": run.task_id, "result": e.res }).to_string();
+    let end_event = task_end_event(&run.session.id, &run.task_id, Ok(&e.res)).to_string();
     let (sid, tid, end, watermark) = (run.session.id.clone(), run.task_id.clone(), e.end.clone(), e.watermark);
     let (rows, entries, ev) = (events.rows.clone(), lines.as_ref().map(|l| l.entries.clone()).unwrap_or_default(), end_event.clone());
     let written = self
@@ -209,10 +207,7 @@ impl Manager {
           events.stored(seq, w.ended.then_some(end_event));
         }
         if !w.ended {
-          return EndRecorded::Refused(Error::store(format!(
-            "task {} no longer holds the lease of session {} (another task took it over); its end was not recorded",
-            run.task_id, run.session.id
-          )));
+          return EndRecorded::Refused(store::end_refused(&run.session.id, &run.task_id));
         }
         if let Some(l) = lines {
           l.stored();

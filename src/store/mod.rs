@@ -206,6 +206,13 @@ pub struct TaskEnd {
   pub record_only: bool,
 }
 
+/// The error of a task's end the store refused: another task took the session's lease over.
+pub(crate) fn end_refused(session_id: &str, task_id: &str) -> crate::error::Error {
+  crate::error::Error::store(format!(
+    "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
+  ))
+}
+
 /// What a task's end stores with it, in the same transaction ([`Tasks::finish_task_with`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EndWith<'a> {

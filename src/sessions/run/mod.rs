@@ -174,13 +174,7 @@ impl Manager {
     if end_logged {
       return res;
     }
-    let end = match &res {
-      Ok(r) => serde_json::json!({ "type": "task_end", "sessionId": sid, "taskId": tid, "result": r }),
-      Err(e) => {
-        serde_json::json!({ "type": "task_end", "sessionId": sid, "taskId": tid, "error": { "code": e.code.as_str(), "message": e.message } })
-      }
-    };
-    recording.recorder.record(end);
+    recording.recorder.record(super::events::task_end_event(&sid, &tid, res.as_ref()));
     recording.recorder.flush().await;
     res
   }

@@ -7,13 +7,6 @@ use crate::store::{Began, EndWith, EndWritten, Start};
 const FINISH: &str = "SELECT {S}.finish_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
    $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
 
-/// The error of an end the store refused: the lease is another task's.
-fn lease_gone(session_id: &str, task_id: &str) -> Error {
-  Error::store(format!(
-    "task {task_id} no longer holds the lease of session {session_id} (another task took it over); its end was not recorded"
-  ))
-}
-
 /// `finish_task`'s arguments, converted once.
 struct FinishArgs<'a> {
   session_id: &'a str,
@@ -232,7 +225,7 @@ impl Tasks for PgStore {
     let params = args.params();
     let held: bool = idempotent!(self, |c| Ok(self.query(c, FINISH, &params).await?[0].get(0)))?;
     if !held {
-      return Err(lease_gone(session_id, task_id));
+      return Err(crate::store::end_refused(session_id, task_id));
     }
     Ok(())
   }

@@ -200,15 +200,14 @@ impl Tasks for SqliteStore {
     if !with.lines.is_empty() {
       return Err(Error::internal("the sqlite store keeps no transcripts"));
     }
+    // The end is never refused here, so its event follows the task's last ones in one append.
+    let rows: Vec<String> = with.events.iter().cloned().chain(with.end_event.map(str::to_owned)).collect();
     self.write(|tx| {
-      let mut last_event = None;
-      if !with.events.is_empty() {
-        last_event = Some(Self::append_events_in(tx, session_id, task_id, with.events)?);
-      }
       Self::finish_in(tx, session_id, task_id, end, cli_cost_watermark)?;
-      if let Some(ev) = with.end_event {
-        last_event = Some(Self::append_events_in(tx, session_id, task_id, &[ev.to_owned()])?);
-      }
+      let last_event = match rows.is_empty() {
+        true => None,
+        false => Some(Self::append_events_in(tx, session_id, task_id, &rows)?),
+      };
       Ok(EndWritten { ended: true, last_event })
     })
   }
