@@ -102,6 +102,21 @@ pub fn start_task(o: &Opened) {
   s.release_lease(&sid, "t1").wait().unwrap();
   assert!(matches!(s.start_task(&sid, "alice", &start("t2")).wait().unwrap(), Start::Started(_)), "once released");
   assert_eq!(statuses(o, &sid), ["succeeded", "running"]);
+
+  // Another manager keeps an idle warm CLI of the session: the start says so, also on a node's
+  // first start (a fresh connection, nothing prepared yet), where the reads once went out before
+  // the start and found the lease still free.
+  let (kept_by, ttl) = (owner("keeps"), Duration::from_secs(30));
+  for round in 0..8 {
+    let (sid, task) = (id(), id());
+    s.create_session(&new_session(&sid, "alice", "p")).wait().unwrap();
+    s.warm_hold(&sid, &kept_by, ttl).wait().unwrap();
+    let node = o.other();
+    let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+    let Start::Started(began) = node.start_task(&sid, "alice", &start).wait().unwrap() else { panic!("not started") };
+    assert_ne!(began.warm_left, Some(0), "round {round}: another manager's warm CLI is counted (or left to the run to ask)");
+    assert_eq!(began.session.map(|s| s.id), Some(sid.clone()), "round {round}: the session read with the start");
+  }
 }
 
 pub fn renewal(o: &Opened) {

@@ -115,13 +115,20 @@ impl PgStore {
         Some(user) => {
           let (by_user, by_owner, by_id): (Params, Params, Params) =
             (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
+          // Prepared first: the four are then sent in this order in one poll, and the server runs
+          // them in it (the reads see the start). A statement still being prepared when the others
+          // go out would be sent after them (`join!` polls its branches in turn, not in order), and
+          // the warm holds' update would run before the lease is the task's and find nothing.
+          let (st_begin, st_read, st_warm, st_point) =
+            tokio::try_join!(self.prepared(c, begin), self.prepared(c, &read), self.prepared(c, warm), self.prepared(c, point))?;
           let (began, fresh, holds, point) = tokio::join!(
-            self.query(c, begin, params),
-            self.opt(c, &read, by_user),
-            self.query(c, warm, by_owner),
-            self.opt(c, point, by_id)
+            c.query(&st_begin, params),
+            c.query_opt(&st_read, by_user),
+            c.query(&st_warm, by_owner),
+            c.query_opt(&st_point, by_id)
           );
-          (began?, Some((fresh?, holds?, point?)))
+          let (began, fresh, holds, point) = (began.map_err(pg)?, fresh.map_err(pg)?, holds.map_err(pg)?, point.map_err(pg)?);
+          (began, Some((fresh, holds, point)))
         }
         None => (self.query(c, begin, params).await?, None),
       };
