@@ -1,10 +1,12 @@
 // Section 8: warm sessions (issue #15). One stand-in API server (in its own process) and one claude
 // binary for everything below; sandbox 'none' (the process model the Agent SDK has).
 //
-// A. Follow-up latency. Four contenders, each with one session that has had one task:
+// A. Follow-up latency. Five contenders, each with one session that has had one task:
 //      cold   – a manager with `warmIdleMs: 0` (a new `claude -p --resume` per task)
 //      warm   – a manager with the default `warmIdleMs` (the session's CLI kept running; the prompt
 //               is one line on its stdin)
+//      open   – warm with `exposeApiKeyToAgent: true`: no key proxy, no spend ledger (warm − open is
+//               what they add)
 //      sdk    – the Agent SDK's query() with streaming input (an async iterable of user messages)
 //               on one CLI process, its options mapped to the warm manager's argv
 //      direct – the CLI driven by a few lines of Node: spawned with the warm manager's CLI's argv
@@ -106,8 +108,14 @@ const coldWs = workspace('csm-bench-cold-')
 const warmWs = workspace('csm-bench-warm-')
 const cold = manager(coldWs, { warmIdleMs: 0, cliNiceness: 0 })
 const warm = manager(warmWs, { warmIdleMs: 600_000, cliNiceness: 0 })
+// The warm manager without the key proxy (`exposeApiKeyToAgent`, unsafe, for this measurement
+// only): its CLI calls the API directly, as the SDK's does, and no call is admitted in the spend
+// ledger; warm − open is what the proxy and the ledger add to a follow-up.
+const openWs = workspace('csm-bench-open-')
+const open = manager(openWs, { warmIdleMs: 600_000, cliNiceness: 0, exposeApiKeyToAgent: true })
 const coldSession = (await task(cold)).sessionId
 const warmSession = (await task(warm)).sessionId
+const openSession = (await task(open)).sessionId
 const [warmPid] = warmClis(warmWs.work)
 if (!warmPid) throw new Error('the warm manager kept no CLI after its first task')
 const managerArgv = fs.readFileSync(`/proc/${warmPid}/cmdline`, 'utf8').split('\0').slice(1, -1)
@@ -222,6 +230,7 @@ async function coldTask() {
 const contenders = {
   cold: coldTask,
   warm: () => task(warm, warmSession),
+  open: () => task(open, openSession),
   sdk: () => sdkTurn(PROMPT),
   direct: () => directTurn(PROMPT),
 }
@@ -238,11 +247,14 @@ out.followUp = {
   rounds: RUNS,
   cold: summary(rows.cold),
   warm: summary(rows.warm),
+  open: summary(rows.open),
   sdk: summary(rows.sdk),
   direct: summary(rows.direct),
   ratioOfMedians: median(rows.warm) / median(rows.cold),
   perRoundColdOverWarm: summary(rows.cold.map((c, i) => c / rows.warm[i])),
   managerMinusSdk: { ofMedians: median(rows.warm) - median(rows.sdk), perRound: summary(diff('warm', 'sdk')) },
+  proxyAndLedger: { ofMedians: median(rows.warm) - median(rows.open), perRound: summary(diff('warm', 'open')) },
+  openMinusSdk: { ofMedians: median(rows.open) - median(rows.sdk), perRound: summary(diff('open', 'sdk')) },
   managerMinusDirect: { ofMedians: median(rows.warm) - median(rows.direct), perRound: summary(diff('warm', 'direct')) },
   sdkMinusDirect: { ofMedians: median(rows.sdk) - median(rows.direct), perRound: summary(diff('sdk', 'direct')) },
   sameWarmProcessEveryRound: afterA.length === 1 && afterA[0] === warmPid,
@@ -252,7 +264,7 @@ out.followUp = {
   raw: rows,
 }
 console.error(
-  `[warm] follow-up medians: cold ${median(rows.cold).toFixed(1)}, warm ${median(rows.warm).toFixed(1)}, sdk ${median(rows.sdk).toFixed(1)}, direct ${median(rows.direct).toFixed(1)} ms`,
+  `[warm] follow-up medians: cold ${median(rows.cold).toFixed(1)}, warm ${median(rows.warm).toFixed(1)}, open (no key proxy) ${median(rows.open).toFixed(1)}, sdk ${median(rows.sdk).toFixed(1)}, direct ${median(rows.direct).toFixed(1)} ms`,
 )
 inbox.end()
 for (;;) if ((await sdkIter.next()).done) break
@@ -260,6 +272,7 @@ direct.stdin.end()
 if (direct.exitCode === null) await once(direct, 'exit')
 await cold.close()
 await warm.close()
+await open.close()
 
 // ---- B: memory at the default cap ----------------------------------------------------------------
 {
