@@ -327,6 +327,8 @@ impl Manager {
       trigger: None,
       cancel: &cancel,
       sink: &sink,
+      create: None,
+      created: Default::default(),
     };
     match self.acquire(&ticket).await? {
       Ok(held) => Ok(held),

@@ -115,11 +115,15 @@ impl Manager {
     let program = cli::resolve_cli(self.cfg.claude_path.as_deref(), &self.search_dirs())?;
 
     // The session to run in.
+    // A new session is stored with the task's start, in one step (`Backend::create_and_start`).
+    let mut create = None;
     let (session, forked_from) = match (&r.session_id, r.fork_session) {
       (None, _) => {
         let mut new = self.new_session(&r.project_id, &r.user_id, None, r.model.clone(), wd);
         new.title = r.title.clone();
-        (self.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await?, None)
+        let session = new.unstored();
+        create = Some(new);
+        (session, None)
       }
       (Some(id), fork) => {
         let s = self.get_session(id, &r.user_id).await?;
@@ -157,6 +161,7 @@ impl Manager {
       trigger: None,
       queue_timeout: r.queue_timeout,
       can_use_tool,
+      create,
     };
     let mut res = self.run_locked(&session, spec, sink, cancel, opts).await?;
     res.parent_session_id = forked_from.or(res.parent_session_id);
@@ -229,6 +234,7 @@ impl Manager {
       trigger: Some(trigger),
       queue_timeout: None,
       can_use_tool: None,
+      create: None,
     };
     let res = self.run_locked(session, spec, sink, cancel, opts).await?;
     if res.compactions.is_empty() {

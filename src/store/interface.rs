@@ -243,4 +243,11 @@ pub trait Backend: Sessions + Tasks + Meter + Inbox + WarmHolds + Budgets + Even
   fn file_backups(&self) -> Option<&dyn FileBackups>;
   /// Which backend this is: `sqlite`, `postgres`.
   fn name(&self) -> &'static str;
+  /// A new session and its first task's start ([`Tasks::start_task`]) in one step where the
+  /// backend can (PostgreSQL: the session's row goes out with the start, one round trip less). An
+  /// id in use or retired is refused as [`Sessions::create_session`] refuses it, and nothing starts.
+  async fn create_and_start(&self, new: &NewSession, start: &TaskStart<'_>) -> Result<Start> {
+    self.create_session(new).await?;
+    self.start_task(&new.id, &new.user_id, start).await
+  }
 }

@@ -145,6 +145,37 @@ pub struct NewSession {
   pub paused: Option<String>,
 }
 
+impl NewSession {
+  /// The session as it will be stored, before it is (times from this machine's clock; the store's
+  /// row replaces it once read): a new session's first task builds its run from it and stores it
+  /// with its start ([`Backend::create_and_start`]).
+  pub fn unstored(&self) -> Session {
+    let now = now_ms();
+    Session {
+      id: self.id.clone(),
+      project_id: self.project_id.clone(),
+      user_id: self.user_id.clone(),
+      status: "active".into(),
+      parent_id: self.parent_id.clone(),
+      title: self.title.clone(),
+      model: self.model.clone(),
+      working_directory: self.working_directory.clone(),
+      created_at: now,
+      updated_at: now,
+      last_active_at: now,
+      task_count: 0,
+      total_cost_usd: 0.0,
+      usage: Usage::default(),
+      context: self.context.clone(),
+      materialized: false,
+      cli_cost_watermark: self.cli_cost_watermark,
+      config_dir: self.config_dir.clone(),
+      paused: self.paused.clone(),
+      lineage_id: self.id.clone(),
+    }
+  }
+}
+
 /// Filters of `list_sessions`.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {

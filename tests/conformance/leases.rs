@@ -231,3 +231,40 @@ pub fn end_with(o: &Opened) {
   assert_eq!(s.read_events(&a, 4, 10).wait().unwrap().into_iter().map(|e| e.body).collect::<Vec<_>>(), [ev(5)], "no end event");
   assert_eq!(s.transcripts().unwrap().transcript_head(&a).wait().unwrap(), 2, "no line of the stale holder's");
 }
+
+/// `create_and_start`: a new session stored with its first task's start, as `create_session`
+/// then `start_task` would; an id in use, or a deleted session's, is refused and nothing starts.
+pub fn create_and_start(o: &Opened) {
+  let s = &o.store;
+  let (me, ttl) = (owner("me"), Duration::from_secs(30));
+  let mut new = new_session(&id(), "alice", "p");
+  new.title = Some("first".into());
+  let task = id();
+  let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+  let Start::Started(began) = s.create_and_start(&new, &start).wait().unwrap() else { panic!("not started") };
+  let stored = s.get_session(&new.id, "alice").wait().unwrap().expect("the session is stored");
+  assert_eq!(began.session.as_ref(), Some(&stored), "the session read with the start");
+  assert_eq!(statuses(o, &new.id), ["running"]);
+  // What the run used before it was stored is what was stored, but for the times.
+  let mut unstored = new.unstored();
+  (unstored.created_at, unstored.updated_at, unstored.last_active_at) = (stored.created_at, stored.updated_at, stored.last_active_at);
+  assert_eq!(unstored, stored);
+
+  // An id in use: refused (as create_session refuses it), the running task alone.
+  let (second, third) = (id(), id());
+  let again = TaskStart { task_id: &second, ..start };
+  let err = s.create_and_start(&new, &again).wait().unwrap_err();
+  assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+  assert_eq!(statuses(o, &new.id), ["running"]);
+  // Also once that task is over (the lease free): nothing starts on the session.
+  s.finish_task(&new.id, &task, &TaskEnd { status: "succeeded".into(), ..Default::default() }, None).wait().unwrap();
+  let err = s.create_and_start(&new, &again).wait().unwrap_err();
+  assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+  assert_eq!(statuses(o, &new.id), ["succeeded"]);
+  // A deleted session's id is not used again.
+  s.delete_session(&new.id, "alice").wait().unwrap();
+  let gone = TaskStart { task_id: &third, ..start };
+  let err = s.create_and_start(&new, &gone).wait().unwrap_err();
+  assert_eq!(err.code, ErrorCode::InvalidArgument, "{err:?}");
+  assert_eq!(s.get_session(&new.id, "alice").wait().unwrap(), None);
+}

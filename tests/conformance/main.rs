@@ -111,6 +111,11 @@ macro_rules! suite {
       }
       $(#[$attr])?
       #[test]
+      fn a_new_session_is_stored_with_its_first_start_and_a_used_id_starts_nothing() {
+        leases::create_and_start(&$open());
+      }
+      $(#[$attr])?
+      #[test]
       fn a_task_end_stores_its_last_lines_and_events_with_it_and_logs_its_end_only_if_recorded() {
         leases::end_with(&$open());
       }

@@ -5,6 +5,7 @@
 //! its task settled does not count against the timeout (the caller saw no task running then).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use super::{EventSink, HeldRun, Manager, TaskResult};
 use crate::cli::CancelToken;
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::{Began, Session, Start, TaskStart};
+use crate::store::{Began, NewSession, Session, Start, TaskStart};
 
 use super::super::{CompactTrigger, TaskError, TaskKind, Wait};
 
@@ -32,6 +33,10 @@ pub(crate) struct Ticket<'a> {
   pub(crate) trigger: Option<CompactTrigger>,
   pub(crate) cancel: &'a CancelToken,
   pub(crate) sink: &'a Option<EventSink>,
+  /// A new session not stored yet: stored with the first attempt at the lease.
+  pub(crate) create: Option<&'a NewSession>,
+  /// Whether `create` is stored.
+  pub(crate) created: AtomicBool,
 }
 
 /// A step's end: what it took, or `None` when the run was aborted while it waited.
@@ -52,6 +57,21 @@ impl Manager {
   /// Takes the session for a run: `Ok(Err(result))` when the run was aborted while it waited (no
   /// task row: it never started).
   pub(crate) async fn acquire(&self, t: &Ticket<'_>) -> Result<std::result::Result<HeldRun, TaskResult>> {
+    let taken = self.take_session(t).await;
+    // A new session whose run ended before its first attempt at the lease (aborted, or no slot
+    // in time) is stored now, as it would have been before its task.
+    if let (Some(new), false) = (t.create, t.created.load(Ordering::SeqCst)) {
+      let new = new.clone();
+      let stored = self.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await;
+      if let (Err(e), Ok(_)) = (stored, &taken) {
+        return Err(e);
+      }
+    }
+    taken
+  }
+
+  /// [`Self::acquire`]'s three steps.
+  async fn take_session(&self, t: &Ticket<'_>) -> Result<std::result::Result<HeldRun, TaskResult>> {
     let Some(guard) = self.queue(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     let Some(permit) = self.slot(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     let Some((mut began, taken_at)) = self.lease(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
@@ -160,16 +180,27 @@ impl Manager {
       self.cfg.max_concurrent_tasks_total,
       t.kind.as_str().to_owned(),
     );
-    self
+    // A new session's row goes with its first attempt (one step where the store can).
+    let create = t.create.filter(|_| !t.created.load(Ordering::SeqCst)).cloned();
+    let creating = create.is_some();
+    let started = self
       .store_call(Wait::Briefly, async move |s| {
         let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running };
-        Ok(match s.start_task(&sid, &uid, &start).await? {
+        let started = match &create {
+          Some(new) => s.create_and_start(new, &start).await?,
+          None => s.start_task(&sid, &uid, &start).await?,
+        };
+        Ok(match started {
           Start::Started(began) => Ok(*began),
           Start::SessionHeld { exiting } => Err(Some(exiting)),
           Start::Full => Err(None),
         })
       })
-      .await
+      .await;
+    if creating && started.is_ok() {
+      t.created.store(true, Ordering::SeqCst);
+    }
+    started
   }
 
   /// A task aborted before it got its session or a slot: no task row (it never started), and a

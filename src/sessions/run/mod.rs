@@ -30,7 +30,7 @@ pub(crate) use held::HeldRun;
 use super::{CompactTrigger, EventSink, Manager, TaskKind, TaskResult};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskMeter};
 use crate::error::Result;
-use crate::store::Session;
+use crate::store::{NewSession, Session};
 
 /// How `run_locked` runs one CLI process.
 pub(crate) struct RunOptions {
@@ -46,6 +46,9 @@ pub(crate) struct RunOptions {
   pub(crate) queue_timeout: Option<Duration>,
   /// The task's permission callback (`canUseTool`).
   pub(crate) can_use_tool: Option<cli::CanUseTool>,
+  /// The session is new and not stored yet: its row is stored with the task's start (one step),
+  /// or, if the run ends before it starts, then.
+  pub(crate) create: Option<NewSession>,
 }
 
 /// A task handle aborted when dropped (the lease renewal: it must never outlive its task).
@@ -113,7 +116,7 @@ impl Manager {
     cancel: CancelToken,
     o: RunOptions,
   ) -> Result<TaskResult> {
-    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout, can_use_tool } = o;
+    let RunOptions { kind, mut cli, include_partials, threshold, trigger, queue_timeout, can_use_tool, create } = o;
     let ticket = Ticket {
       session,
       task_id: uuid::Uuid::new_v4().to_string(),
@@ -125,6 +128,8 @@ impl Manager {
       trigger,
       cancel: &cancel,
       sink: &sink,
+      create: create.as_ref(),
+      created: Default::default(),
     };
     let mut run = match self.acquire(&ticket).await? {
       Ok(run) => run,

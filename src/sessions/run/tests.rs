@@ -96,6 +96,7 @@ fn opts(queue_timeout_ms: Option<u64>) -> RunOptions {
     trigger: None,
     queue_timeout: queue_timeout_ms.map(Duration::from_millis),
     can_use_tool: None,
+    create: None,
   }
 }
 

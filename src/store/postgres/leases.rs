@@ -95,8 +95,16 @@ impl PgStore {
   /// asked to give way ([`WarmHolds::warm_elsewhere`], only once the lease is this task's), its
   /// branch point. All
   /// sent before any answers: one round trip; one connection runs them in order, so the reads
-  /// see the start committed.
-  async fn start_in(&self, session_id: &str, user_id: Option<&str>, start: &TaskStart<'_>) -> Result<Start> {
+  /// see the start committed. With `create`, the new session's `INSERT` goes first, all of it in
+  /// one transaction (still one flight): an id in use or retired is refused as
+  /// [`Sessions::create_session`] refuses it, and nothing is written.
+  pub(super) async fn start_in(
+    &self,
+    session_id: &str,
+    user_id: Option<&str>,
+    start: &TaskStart<'_>,
+    create: Option<&NewSession>,
+  ) -> Result<Start> {
     let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
     let (pid, max) = (owner.pid as i64, max_running.map(|m| m.min(i64::MAX as u64) as i64));
@@ -110,8 +118,57 @@ impl PgStore {
     let point = "SELECT fork_at, resume_at, resume_drops FROM {S}.branch_points WHERE session_id = $1";
     let params: Params =
       &[&session_id, &task_id, &kind, &model, &owner.id, &pid, &self.node, &ttl_ms, &self.host, &max, &key, &INTERRUPTED];
+    let insert = create.map(|new| super::sessions::SessionInsert::of(self, new, true));
     let (outcome, kept, next) = idempotent!(self, |c| {
       let (began, next) = match user_id {
+        Some(user) if insert.is_some() => {
+          let insert = insert.as_ref().expect("checked");
+          let (by_user, by_owner, by_id): (Params, Params, Params) =
+            (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
+          // As below, in one transaction with the session's row first: an id in use fails the
+          // insert, and nothing after it happens (behind PgBouncer `idempotent!` opened it).
+          let (st_insert, st_begin, st_read, st_warm, st_point) = tokio::try_join!(
+            self.prepared(c, &insert.sql),
+            self.prepared(c, begin),
+            self.prepared(c, &read),
+            self.prepared(c, warm),
+            self.prepared(c, point)
+          )?;
+          let (insert_params, own_tx) = (insert.params(), self.cache_statements);
+          let (opened, inserted, began, fresh, holds, point, committed) = tokio::join!(
+            async {
+              if own_tx {
+                c.batch_execute("BEGIN").await
+              } else {
+                Ok(())
+              }
+            },
+            c.query_opt(&st_insert, &insert_params),
+            c.query(&st_begin, params),
+            c.query_opt(&st_read, by_user),
+            c.query(&st_warm, by_owner),
+            c.query_opt(&st_point, by_id),
+            async {
+              if own_tx {
+                c.batch_execute("COMMIT").await
+              } else {
+                Ok(())
+              }
+            }
+          );
+          opened.map_err(pg)?;
+          let inserted = match inserted {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Err(super::sessions::taken(session_id)),
+            other => other.map_err(pg),
+          };
+          if inserted?.is_none() {
+            // A retired id (its session deleted): the start found no session either.
+            return Err(super::sessions::taken(session_id));
+          }
+          let (began, fresh, holds, point) = (began.map_err(pg)?, fresh.map_err(pg)?, holds.map_err(pg)?, point.map_err(pg)?);
+          committed.map_err(pg)?;
+          (began, Some((fresh, holds, point)))
+        }
         Some(user) => {
           let (by_user, by_owner, by_id): (Params, Params, Params) =
             (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
@@ -192,7 +249,7 @@ impl Tasks for PgStore {
   /// starting at once never exceed it. Run again for a task that started (a lost answer), it
   /// answers `Started` and writes nothing.
   async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
-    Ok(match self.start_in(session_id, None, start).await? {
+    Ok(match self.start_in(session_id, None, start, None).await? {
       Start::Started(_) => Begin::Started,
       Start::SessionHeld { .. } => Begin::SessionHeld,
       Start::Full => Begin::Full,
@@ -202,7 +259,7 @@ impl Tasks for PgStore {
   /// [`Tasks::begin_task`] with the session read after it, pipelined on one connection: one
   /// round trip.
   async fn start_task(&self, session_id: &str, user_id: &str, start: &TaskStart<'_>) -> Result<Start> {
-    self.start_in(session_id, Some(user_id), start).await
+    self.start_in(session_id, Some(user_id), start, None).await
   }
 
   /// Extends a held lease by `ttl` from the database's now. Returns false when the lease is no

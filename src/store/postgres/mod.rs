@@ -567,6 +567,10 @@ impl Backend for PgStore {
   fn name(&self) -> &'static str {
     "postgres"
   }
+  /// The session's `INSERT` goes out first in the start's flight (`PgStore::start_in`).
+  async fn create_and_start(&self, new: &NewSession, start: &TaskStart<'_>) -> Result<crate::store::Start> {
+    self.start_in(&new.id, Some(&new.user_id), start, Some(new)).await
+  }
 }
 
 /// A connection failure's detail: the server's message for a database error, else the error

@@ -3,8 +3,74 @@
 use super::*;
 
 /// A session id that is in use or was used.
-fn taken(id: &str) -> Error {
+pub(super) fn taken(id: &str) -> Error {
   Error::invalid(format!("session id {id} cannot be used for a new session; choose a new UUID"))
+}
+
+/// The statement that inserts a new session and its values: an id in use or retired inserts
+/// nothing (no row returned).
+pub(super) struct SessionInsert<'a> {
+  pub(super) sql: String,
+  s: &'a NewSession,
+  working_directory: String,
+  config_dir: Option<String>,
+  tokens: Option<i64>,
+  window: Option<i64>,
+  source: Option<String>,
+  measured: Option<i64>,
+}
+
+impl<'a> SessionInsert<'a> {
+  /// With `strict`, an id in use is an error (unique violation) instead of nothing inserted: in a
+  /// transaction it then stops everything after it.
+  pub(super) fn of(store: &PgStore, s: &'a NewSession, strict: bool) -> SessionInsert<'a> {
+    let (working_directory, config_dir) = store.stored_folders(s);
+    let ctx = s.context.as_ref();
+    // A fork's lineage is its parent's (the user's own session); any other session is a root ('').
+    let sql = format!(
+      "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
+         created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
+         cli_cost_watermark, config_dir, paused, lineage_id)
+       SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
+         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text, $14::text,
+         COALESCE((SELECT CASE p.lineage_id WHEN '' THEN p.id ELSE p.lineage_id END FROM {{S}}.sessions p
+           WHERE p.id = $4 AND p.user_id = $3), '')
+       WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
+       {}
+       RETURNING {SESSION_COLUMNS}",
+      if strict { "" } else { "ON CONFLICT (id) DO NOTHING" }
+    );
+    SessionInsert {
+      sql,
+      s,
+      working_directory,
+      config_dir,
+      tokens: ctx.map(|c| c.tokens as i64),
+      window: ctx.map(|c| c.window as i64),
+      source: ctx.map(|c| c.source.clone()),
+      measured: ctx.map(|c| c.measured_at),
+    }
+  }
+
+  pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    let s = self.s;
+    vec![
+      &s.id,
+      &s.project_id,
+      &s.user_id,
+      &s.parent_id,
+      &s.title,
+      &s.model,
+      &self.working_directory,
+      &self.tokens,
+      &self.window,
+      &self.source,
+      &self.measured,
+      &s.cli_cost_watermark,
+      &self.config_dir,
+      &s.paused,
+    ]
+  }
 }
 
 impl PgStore {
@@ -25,43 +91,10 @@ impl PgStore {
   /// Inserts `s`, one statement: an id in use or retired inserts nothing and is refused. The
   /// session as stored.
   pub(super) async fn insert_session(&self, c: &impl GenericClient, s: &NewSession) -> Result<Session> {
-    let (working_directory, config_dir) = self.stored_folders(s);
-    let ctx = s.context.as_ref();
-    let (tokens, window, source, measured) =
-      (ctx.map(|c| c.tokens as i64), ctx.map(|c| c.window as i64), ctx.map(|c| c.source.clone()), ctx.map(|c| c.measured_at));
-    // A fork's lineage is its parent's (the user's own session); any other session is a root ('').
-    let sql = format!(
-      "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, parent_id, title, model, working_directory,
-         created_at, updated_at, last_active_at, context_tokens, context_window, context_source, context_measured_at,
-         cli_cost_watermark, config_dir, paused, lineage_id)
-       SELECT $1::text, $2::text, $3::text, 'active', $4::text, $5::text, $6::text, $7::text, {{NOW}}, {{NOW}}, {{NOW}},
-         $8::bigint, $9::bigint, $10::text, $11::bigint, $12::float8, $13::text, $14::text,
-         COALESCE((SELECT CASE p.lineage_id WHEN '' THEN p.id ELSE p.lineage_id END FROM {{S}}.sessions p
-           WHERE p.id = $4 AND p.user_id = $3), '')
-       WHERE NOT EXISTS (SELECT 1 FROM {{S}}.retired_session_ids WHERE id = $1)
-       ON CONFLICT (id) DO NOTHING
-       RETURNING {SESSION_COLUMNS}"
-    );
-    let params: Params = &[
-      &s.id,
-      &s.project_id,
-      &s.user_id,
-      &s.parent_id,
-      &s.title,
-      &s.model,
-      &working_directory,
-      &tokens,
-      &window,
-      &source,
-      &measured,
-      &s.cli_cost_watermark,
-      &config_dir,
-      &s.paused,
-    ];
-    let row = self.opt(c, &sql, params).await?;
+    let insert = SessionInsert::of(self, s, false);
+    let row = self.opt(c, &insert.sql, &insert.params()).await?;
     row.map(|r| self.session_row(&r)).ok_or_else(|| taken(&s.id))
   }
-
   /// Serialises the writers of one user's project (get-or-create, start fresh) across nodes.
   pub(super) async fn lock_project(&self, tx: &Transaction<'_>, user_id: &str, project_id: &str) -> Result<()> {
     let key = format!("{}\u{1}{user_id}\u{1}{project_id}", self.schema);
