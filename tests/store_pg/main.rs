@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::Blocking as _;
-use claude_session_manager::store::{ListQuery, NewSession, Owner, Store, TaskEnd, TranscriptEntry, PG_SCHEMA_VERSION};
+use claude_session_manager::store::{ListQuery, NewSession, Owner, Start, Store, TaskEnd, TaskStart, TranscriptEntry, PG_SCHEMA_VERSION};
 
 mod fault_proxy;
 
@@ -306,6 +306,16 @@ fn prisma_style_parameters_are_accepted() {
   }
   // The tables went to the addon's schema, not Prisma's `public`.
   assert_eq!(admin(&url, &format!("SELECT 1 FROM \"{}\".sessions WHERE id = '{sid}'", f.schema)), Ok(()),);
+  // A new session stored with its first start (in the transaction `idempotent!` opens here); an
+  // id in use refused, nothing started.
+  let (me, task, other) = (Owner { id: "me".into(), pid: std::process::id() }, id(), id());
+  let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl: Duration::from_secs(30), max_running: None };
+  let new = new_session(&id(), "u", "p");
+  assert!(matches!(f.store().create_and_start(&new, &start).wait().unwrap(), Start::Started(_)));
+  assert_eq!(f.store().list_tasks(&new.id).wait().unwrap().len(), 1);
+  let again = TaskStart { task_id: &other, ..start };
+  assert_eq!(f.store().create_and_start(&new, &again).wait().unwrap_err().code, ErrorCode::InvalidArgument);
+  assert_eq!(f.store().list_tasks(&new.id).wait().unwrap().len(), 1);
 }
 
 #[test]

@@ -121,20 +121,26 @@ impl PgStore {
     let insert = create.map(|new| super::sessions::SessionInsert::of(self, new, true));
     let (outcome, kept, next) = idempotent!(self, |c| {
       let (began, next) = match user_id {
-        Some(user) if insert.is_some() => {
-          let insert = insert.as_ref().expect("checked");
+        Some(user) => {
           let (by_user, by_owner, by_id): (Params, Params, Params) =
             (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
-          // As below, in one transaction with the session's row first: an id in use fails the
-          // insert, and nothing after it happens (behind PgBouncer `idempotent!` opened it).
-          let (st_insert, st_begin, st_read, st_warm, st_point) = tokio::try_join!(
-            self.prepared(c, &insert.sql),
-            self.prepared(c, begin),
-            self.prepared(c, &read),
-            self.prepared(c, warm),
-            self.prepared(c, point)
-          )?;
-          let (insert_params, own_tx) = (insert.params(), self.cache_statements);
+          // Prepared first: the statements are then sent in this order in one poll, and the
+          // server runs them in it (the reads see the start). A statement still being prepared
+          // when the others go out would be sent after them (`join!` polls its branches in turn,
+          // not in order), and the warm holds' update would run before the lease is the task's
+          // and find nothing. A new session's row goes first, all of it in one transaction: an
+          // id in use fails the insert, and nothing after it happens (behind PgBouncer
+          // `idempotent!` opened the transaction).
+          let st_insert = async {
+            match &insert {
+              Some(i) => self.prepared(c, &i.sql).await.map(Some),
+              None => Ok(None),
+            }
+          };
+          let (st_insert, st_begin, st_read, st_warm, st_point) =
+            tokio::try_join!(st_insert, self.prepared(c, begin), self.prepared(c, &read), self.prepared(c, warm), self.prepared(c, point))?;
+          let insert_params = insert.as_ref().map(|i| i.params()).unwrap_or_default();
+          let own_tx = insert.is_some() && self.cache_statements;
           let (opened, inserted, began, fresh, holds, point, committed) = tokio::join!(
             async {
               if own_tx {
@@ -143,7 +149,12 @@ impl PgStore {
                 Ok(())
               }
             },
-            c.query_opt(&st_insert, &insert_params),
+            async {
+              match &st_insert {
+                Some(st) => c.query_opt(st, &insert_params).await.map(|row| row.is_some()),
+                None => Ok(true),
+              }
+            },
             c.query(&st_begin, params),
             c.query_opt(&st_read, by_user),
             c.query(&st_warm, by_owner),
@@ -157,34 +168,16 @@ impl PgStore {
             }
           );
           opened.map_err(pg)?;
-          let inserted = match inserted {
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Err(super::sessions::taken(session_id)),
-            other => other.map_err(pg),
-          };
-          if inserted?.is_none() {
+          match inserted {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+              return Err(super::sessions::taken(session_id));
+            }
             // A retired id (its session deleted): the start found no session either.
-            return Err(super::sessions::taken(session_id));
-          }
+            Ok(false) => return Err(super::sessions::taken(session_id)),
+            other => other.map_err(pg)?,
+          };
           let (began, fresh, holds, point) = (began.map_err(pg)?, fresh.map_err(pg)?, holds.map_err(pg)?, point.map_err(pg)?);
           committed.map_err(pg)?;
-          (began, Some((fresh, holds, point)))
-        }
-        Some(user) => {
-          let (by_user, by_owner, by_id): (Params, Params, Params) =
-            (&[&session_id, &user], &[&session_id, &owner.id, &task_id], &[&session_id]);
-          // Prepared first: the four are then sent in this order in one poll, and the server runs
-          // them in it (the reads see the start). A statement still being prepared when the others
-          // go out would be sent after them (`join!` polls its branches in turn, not in order), and
-          // the warm holds' update would run before the lease is the task's and find nothing.
-          let (st_begin, st_read, st_warm, st_point) =
-            tokio::try_join!(self.prepared(c, begin), self.prepared(c, &read), self.prepared(c, warm), self.prepared(c, point))?;
-          let (began, fresh, holds, point) = tokio::join!(
-            c.query(&st_begin, params),
-            c.query_opt(&st_read, by_user),
-            c.query(&st_warm, by_owner),
-            c.query_opt(&st_point, by_id)
-          );
-          let (began, fresh, holds, point) = (began.map_err(pg)?, fresh.map_err(pg)?, holds.map_err(pg)?, point.map_err(pg)?);
           (began, Some((fresh, holds, point)))
         }
         None => (self.query(c, begin, params).await?, None),
