@@ -10,10 +10,9 @@
 // SDK's environment instead of the manager's allow-list, and with both of the last two. One
 // follow-up on each per round, the order rotated; the median per variant.
 import fs from 'node:fs'
-import crypto from 'node:crypto'
-import { spawn } from 'node:child_process'
 import { addon, claudeBinary, startStandIn, workspace, sdkEnvironment } from './lib/harness.mjs'
 import { median, childrenOf } from './lib/stats.mjs'
+import { driveCli, processLaunch } from './lib/direct-cli.mjs'
 
 const ROUNDS = Number(process.argv[2] ?? 30)
 const PROMPT = 'Reply with one short sentence about warm processes.'
@@ -39,45 +38,13 @@ const isWarm = (p) => {
 }
 const pid = childrenOf(process.pid).find(isWarm)
 if (!pid) throw new Error('the manager kept no warm CLI')
-const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(1, -1)
-const env = Object.fromEntries(
-  fs
-    .readFileSync(`/proc/${pid}/environ`, 'utf8')
-    .split('\0')
-    .filter(Boolean)
-    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
-)
+const { argv, env } = processLaunch(pid)
 await m.close()
 
-const userLine = (text) => ({ type: 'user', session_id: '', message: { role: 'user', content: [{ type: 'text', text }] }, parent_tool_use_id: null, uuid: crypto.randomUUID() })
 function driver(name, args, env) {
   const w = workspace(`csm-flags-${name}-`)
-  const fresh = args.map((a) => (a.startsWith('--session-id=') ? `--session-id=${crypto.randomUUID()}` : a))
-  const p = spawn(real, fresh, { cwd: w.work, env: { ...env, CLAUDE_CONFIG_DIR: w.config }, stdio: ['pipe', 'pipe', 'ignore'] })
-  p.stdout.setEncoding('utf8')
-  let buf = ''
-  let waiter = null
-  p.stdout.on('data', (d) => {
-    buf += d
-    for (let i; (i = buf.indexOf('\n')) >= 0; ) {
-      const line = buf.slice(0, i)
-      buf = buf.slice(i + 1)
-      if (!line) continue
-      const j = JSON.parse(line)
-      if (j.type === 'result' && waiter) {
-        const w = waiter
-        waiter = null
-        w(j)
-      }
-    }
-  })
-  const turn = (text) =>
-    new Promise((resolve, reject) => {
-      const t0 = process.hrtime.bigint()
-      waiter = (j) => (j.is_error ? reject(new Error(j.result)) : resolve(Number(process.hrtime.bigint() - t0) / 1e6))
-      p.stdin.write(`${JSON.stringify(userLine(text))}\n`)
-    })
-  return { name, p, turn }
+  const { proc, turn } = driveCli(real, args, { cwd: w.work, env: { ...env, CLAUDE_CONFIG_DIR: w.config } })
+  return { name, proc, turn }
 }
 // The manager's CLI reaches the API through its key proxy; these reach the stand-in directly.
 const managers = { ...env, ...standIn.env }
@@ -102,6 +69,6 @@ for (let i = 0; i < ROUNDS; i++) {
 }
 for (const [n, a] of Object.entries(rows)) console.log(`${n.padEnd(20)} ${median(a).toFixed(2)} ms`)
 console.log(`the manager's environment beyond the SDK's: ${Object.keys(managers).filter((k) => managers[k] !== sdkEnv[k]).join(', ')}`)
-for (const v of variants) v.p.stdin.end()
+for (const v of variants) v.proc.stdin.end()
 standIn.close?.()
 process.exit(0)

@@ -35,12 +35,12 @@
 //    event-loop delay p99 (perf_hooks.monitorEventLoopDelay, resolution 1 ms). Skipped, with the
 //    reason recorded, when MemAvailable is under MIN_AVAILABLE_GB before a run.
 import fs from 'node:fs'
-import crypto from 'node:crypto'
-import { spawn, fork, execFileSync } from 'node:child_process'
+import { fork, execFileSync } from 'node:child_process'
 import { once } from 'node:events'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { args, median, p90, p99, writeJson, machineLoad, memAvailableMb, childrenOf } from '../lib/stats.mjs'
 import { addon, claudeBinary, startStandIn, workspace, sdkEnvironment, procMemoryKb, BENCH_SANDBOX } from '../lib/harness.mjs'
+import { driveCli, processLaunch, userLine } from '../lib/direct-cli.mjs'
 
 const opt = args()
 const quick = Boolean(opt.quick)
@@ -100,8 +100,6 @@ function processCwd(pid) {
   }
 }
 
-/** A user message in the stream-json input format (the line the SDK writes, with a uuid). */
-const userLine = (text) => ({ type: 'user', session_id: '', message: { role: 'user', content: [{ type: 'text', text }] }, parent_tool_use_id: null, uuid: crypto.randomUUID() })
 
 // ---- A: follow-up latency ----------------------------------------------------------------------
 const coldWs = workspace('csm-bench-cold-')
@@ -118,14 +116,7 @@ const warmSession = (await task(warm)).sessionId
 const openSession = (await task(open)).sessionId
 const [warmPid] = warmClis(warmWs.work)
 if (!warmPid) throw new Error('the warm manager kept no CLI after its first task')
-const managerArgv = fs.readFileSync(`/proc/${warmPid}/cmdline`, 'utf8').split('\0').slice(1, -1)
-const managerEnv = Object.fromEntries(
-  fs
-    .readFileSync(`/proc/${warmPid}/environ`, 'utf8')
-    .split('\0')
-    .filter(Boolean)
-    .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
-)
+const { argv: managerArgv, env: managerEnv } = processLaunch(warmPid)
 
 // The SDK: one query() fed by an async iterable; each follow-up is pushed into it.
 const sdkWs = workspace('csm-bench-sdk-')
@@ -185,38 +176,13 @@ const sdkArgv = sdkPids.length ? fs.readFileSync(`/proc/${sdkPids[0]}/cmdline`, 
 
 // Direct: the same argv (a session id of its own) and environment (a config dir of its own).
 const directWs = workspace('csm-bench-direct-')
-const directArgv = managerArgv.map((a) => (a.startsWith('--session-id=') ? `--session-id=${crypto.randomUUID()}` : a))
 // The stand-in's address and key, as the SDK's CLI has them: the manager's CLI reaches the API
 // through the key proxy, whose token answers only while one of the manager's tasks runs.
-const direct = spawn(real, directArgv, {
+const { proc: direct, argv: directArgv, turn: directMs } = driveCli(real, managerArgv, {
   cwd: directWs.work,
   env: { ...managerEnv, ...standIn.env, CLAUDE_CONFIG_DIR: directWs.config },
-  stdio: ['pipe', 'pipe', 'ignore'],
 })
-direct.stdout.setEncoding('utf8')
-let directBuf = ''
-let directWaiter = null
-direct.stdout.on('data', (d) => {
-  directBuf += d
-  for (let i; (i = directBuf.indexOf('\n')) >= 0; ) {
-    const line = directBuf.slice(0, i)
-    directBuf = directBuf.slice(i + 1)
-    if (!line) continue
-    const m = JSON.parse(line)
-    if (m.type === 'result' && directWaiter) {
-      const w = directWaiter
-      directWaiter = null
-      w(m)
-    }
-  }
-})
-function directTurn(text) {
-  return new Promise((resolve, reject) => {
-    const t0 = ns()
-    directWaiter = (m) => (m.is_error ? reject(new Error(`direct turn failed: ${m.result}`)) : resolve({ ms: msSince(t0) }))
-    direct.stdin.write(`${JSON.stringify(userLine(text))}\n`)
-  })
-}
+const directTurn = async (text) => ({ ms: await directMs(text) })
 await directTurn(PROMPT)
 
 // A cold task settles at the CLI's result line and its CLI exits afterwards (~30 ms of work, in
