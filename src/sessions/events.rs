@@ -627,13 +627,17 @@ impl Manager {
     };
     let (sid, task) = (session.id.clone(), r.task_id.clone());
     let only_task = r.task_id.clone().filter(|_| r.follow.is_none());
+    // The bounds first, then the task's first event: a first batch of the task written in between
+    // is then found (read the other way round, it could land after the lookup and before the
+    // bounds, and the stream would start past it).
     let (bounds, task_first) = self
       .store_call(Wait::Briefly, async move |s| {
+        let bounds = s.event_bounds(&sid).await?;
         let first = match task.as_deref() {
           Some(t) => s.task_first_seq(&sid, t).await?,
           None => None,
         };
-        Ok((s.event_bounds(&sid).await?, first))
+        Ok((bounds, first))
       })
       .await?;
     if r.task_id.is_some() && r.after.is_some() {
@@ -645,7 +649,7 @@ impl Manager {
       (Some(_), None) => bounds.last,
       (None, _) => after,
     };
-    if after > bounds.last {
+    if r.task_id.is_none() && after > bounds.last {
       return Err(Error::invalid(format!(
         "after {after} is beyond the last event of session {} ({}): it is not an event id of this session",
         session.id, bounds.last
