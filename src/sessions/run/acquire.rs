@@ -59,8 +59,8 @@ impl Manager {
   pub(crate) async fn acquire(&self, t: &Ticket<'_>) -> Result<std::result::Result<HeldRun, TaskResult>> {
     let taken = self.take_session(t).await;
     // A new session whose run ended before its first attempt at the lease (aborted, or no slot
-    // in time) is stored now, as it would have been before its task (not by a closed manager:
-    // its store takes no more calls).
+    // in time) is stored now, as it would have been before its task. Best effort: a closed
+    // manager's store refuses the call, and the run's own outcome is what the caller gets.
     if let (Some(new), false) = (t.create, t.created.load(Ordering::SeqCst)) {
       let new = new.clone();
       let _ = self.store_call(Wait::Briefly, async move |s| s.create_session(&new).await).await;
