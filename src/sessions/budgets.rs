@@ -2,6 +2,7 @@
 //! `deleteBudget` / `getUsage`, and the [`Ledger`] the key proxy admits and charges model calls
 //! with (the store's `budgets.rs`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Manager, Wait};
@@ -156,29 +157,89 @@ impl UsageGroupBy {
 }
 
 /// The key proxy's ledger: the manager's store and default caps.
+///
+/// A call some cap applies to is admitted (checked and recorded at its reserve in one store
+/// step) before it is forwarded. A call no cap applies to (a read says so: no default cap, no
+/// stored one on its user, project or session) cannot be refused: it is forwarded at once and
+/// recorded beside it, under a provisional id (negative) that its settling exchanges for the
+/// stored one. A cap set while such a call is on its way counts from the next call, as it does
+/// for a call admitted just before the cap was set.
 pub(crate) struct StoreLedger {
-  pub store: Arc<Store>,
-  pub defaults: BudgetDefaults,
+  store: Arc<Store>,
+  defaults: BudgetDefaults,
+  /// The records on their way, by provisional id, with what they record.
+  recording: std::sync::Mutex<HashMap<i64, Recording>>,
+  next_provisional: std::sync::atomic::AtomicI64,
+}
+
+impl StoreLedger {
+  pub(crate) fn new(store: Arc<Store>, defaults: BudgetDefaults) -> StoreLedger {
+    StoreLedger { store, defaults, recording: Default::default(), next_provisional: std::sync::atomic::AtomicI64::new(-1) }
+  }
+
+  /// Records a call beside its forwarding.
+  fn record(&self, owner: CallOwner, model: String, reserve_usd: f64) -> Recording {
+    let store = self.store.clone();
+    let (o, m) = (owner.clone(), model.clone());
+    let handle =
+      tokio::spawn(async move { store.call(Wait::Blocking, async move |s| s.record_call(&call_admit(&o, &m, reserve_usd)).await).await });
+    Recording { handle, owner, model, reserve_usd }
+  }
+
+  /// The stored id of an admitted call: a provisional one waits for its record, made once more
+  /// if that failed; `None` when it could not be made.
+  async fn stored_id(&self, call: i64) -> Option<i64> {
+    if call >= 0 {
+      return Some(call);
+    }
+    let Recording { handle, owner, model, reserve_usd } =
+      self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&call)?;
+    if let Ok(Ok(id)) = handle.await {
+      return Some(id);
+    }
+    self.store.call(Wait::Blocking, async move |s| s.record_call(&call_admit(&owner, &model, reserve_usd)).await).await.ok()
+  }
+}
+
+/// A call's record on its way to the ledger.
+struct Recording {
+  handle: tokio::task::JoinHandle<Result<i64>>,
+  owner: CallOwner,
+  model: String,
+  reserve_usd: f64,
+}
+
+fn call_admit<'a>(owner: &'a CallOwner, model: &'a str, reserve_usd: f64) -> CallAdmit<'a> {
+  CallAdmit {
+    task_id: &owner.task_id,
+    session_id: &owner.session_id,
+    user_id: &owner.user_id,
+    project_id: &owner.project_id,
+    model,
+    reserve_usd,
+  }
 }
 
 #[async_trait::async_trait]
 impl Ledger for StoreLedger {
   async fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission {
     let (owner, model, defaults) = (owner.clone(), model.to_owned(), self.defaults.clone());
-    let admitted = self
-      .store
-      .call(Wait::Briefly, async move |s| {
-        let call = CallAdmit {
-          task_id: &owner.task_id,
-          session_id: &owner.session_id,
-          user_id: &owner.user_id,
-          project_id: &owner.project_id,
-          model: &model,
-          reserve_usd,
-        };
-        s.admit_call(&call, &defaults).await
-      })
-      .await;
+    let capped = {
+      let (owner, model, defaults) = (owner.clone(), model.clone(), defaults.clone());
+      self.store.call(Wait::Briefly, async move |s| s.call_capped(&call_admit(&owner, &model, reserve_usd), &defaults).await).await
+    };
+    match capped {
+      Ok(false) => {
+        let recording = self.record(owner, model, reserve_usd);
+        let id = self.next_provisional.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, recording);
+        return Admission::Go(id);
+      }
+      Ok(true) => {}
+      Err(e) => return Admission::Unavailable(format!("the spend caps could not be checked: {}", e.message)),
+    }
+    let admitted =
+      self.store.call(Wait::Briefly, async move |s| s.admit_call(&call_admit(&owner, &model, reserve_usd), &defaults).await).await;
     match admitted {
       Ok(Admit::Go(id)) => Admission::Go(id),
       Ok(Admit::Over { key, cap_usd, spent_usd, period }) => Admission::Refused(Refusal {
@@ -198,8 +259,12 @@ impl Ledger for StoreLedger {
   async fn settle(&self, call: i64, model: &str, u: &CallUsage, usd: f64) {
     let t = CallTokens { input: u.input, output: u.output, cache_read: u.cache_read, cache_write: u.cache_write };
     let model = model.to_owned();
+    let Some(id) = self.stored_id(call).await else {
+      eprintln!("claude-session-manager: a model call could not be recorded in the spend ledger (the store refused it)");
+      return;
+    };
     // A failed write leaves the row at its reserve (never less than the call was let through at).
-    let _ = self.store.call(Wait::Blocking, async move |s| s.settle_call(call, &model, &t, usd).await).await;
+    let _ = self.store.call(Wait::Blocking, async move |s| s.settle_call(id, &model, &t, usd).await).await;
   }
 }
 
@@ -289,5 +354,51 @@ impl Manager {
       group_by: r.group_by.as_str().to_owned(),
     };
     self.store_call(Wait::Blocking, async move |s| s.usage_report(&q).await).await
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::store::Blocking as _;
+
+  fn owner(user: &str) -> CallOwner {
+    CallOwner { task_id: "t".into(), session_id: "s".into(), user_id: user.into(), project_id: "p".into() }
+  }
+
+  fn usage() -> CallUsage {
+    CallUsage { input: 10, output: 2, ..Default::default() }
+  }
+
+  /// A call no cap applies to goes at once under a provisional id, recorded beside it and settled
+  /// under the stored one; once a cap applies, calls are admitted first and refused when over it.
+  #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+  async fn an_uncapped_call_is_recorded_beside_its_forwarding_and_a_capped_one_admitted_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("s.db")).unwrap());
+    let ledger = StoreLedger::new(store.clone(), BudgetDefaults::default());
+    let report = |user: &str| {
+      let q = UsageQuery { user_id: Some(user.into()), group_by: "model".into(), ..Default::default() };
+      store.usage_report(&q).wait().unwrap()
+    };
+
+    let Admission::Go(call) = ledger.admit(&owner("u"), "m", 0.5).await else { panic!("refused") };
+    assert!(call < 0, "provisional: {call}");
+    ledger.settle(call, "m2", &usage(), 0.01).await;
+    let rows = report("u");
+    assert_eq!((rows.len(), rows[0].key.as_str(), rows[0].calls, rows[0].tokens.input), (1, "m2", 1, 10), "{rows:?}");
+    assert!((rows[0].usd - 0.01).abs() < 1e-9);
+    assert!(ledger.recording.lock().unwrap().is_empty(), "nothing left on its way");
+
+    // A cap on the user: admitted first (a stored id), then refused once its reserve does not fit.
+    store.set_budget(&BudgetKey { scope: "user".into(), user_id: "u".into(), ..Default::default() }, 1.0, None).wait().unwrap();
+    let Admission::Go(call) = ledger.admit(&owner("u"), "m", 0.6).await else { panic!("refused") };
+    assert!(call > 0, "admitted: {call}");
+    let Admission::Refused(why) = ledger.admit(&owner("u"), "m", 0.6).await else { panic!("over the cap, admitted") };
+    assert_eq!(why.scope, "user");
+    // A default cap: every call admitted first.
+    let capped = StoreLedger::new(store.clone(), BudgetDefaults { per_session: Some(1e9), ..Default::default() });
+    let Admission::Go(call) = capped.admit(&owner("v"), "m", 0.1).await else { panic!("refused") };
+    assert!(call > 0, "admitted: {call}");
   }
 }

@@ -295,7 +295,7 @@ impl Manager {
         .get_or_try_init(|| async {
           // Every model call is metered into the store's ledger and checked against the caps.
           let metering = cli::key_proxy::Metering {
-            ledger: Arc::new(budgets::StoreLedger { store: self.store.clone(), defaults: self.cfg.budget_defaults.clone() }),
+            ledger: Arc::new(budgets::StoreLedger::new(self.store.clone(), self.cfg.budget_defaults.clone())),
             prices: self.cfg.model_prices.clone(),
           };
           cli::KeyProxy::start_metered(upstream, cli::ProxyLimits::default(), Some(metering))

@@ -168,6 +168,13 @@ pub trait Budgets {
   /// Checks every spend cap that applies to a model call against its reserve and records the
   /// call at its reserve, atomically (`budgets.rs`).
   async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit>;
+  /// Whether any spend cap applies to a model call (a stored one on its user, its user's project,
+  /// its project or its session's lineage, or a default): a read that takes no lock. A call no
+  /// cap applies to cannot be refused, so it is recorded with [`Budgets::record_call`] while it
+  /// is forwarded instead of admitted before.
+  async fn call_capped(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<bool>;
+  /// Records a call at its reserve without checking any cap (one no cap applied to); its id.
+  async fn record_call(&self, call: &CallAdmit<'_>) -> Result<i64>;
   /// Records what an admitted call really cost.
   async fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()>;
   /// Sets (or replaces) a spend cap.

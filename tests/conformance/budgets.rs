@@ -139,6 +139,55 @@ pub fn check(s: &Store, u: &str, other: impl Fn() -> Store + Sync) {
   project_total(s, u, &other);
   lineage(s, u, &other);
   rollover(s, u);
+  uncapped(s, u);
+}
+
+/// The key proxy's way for a call no cap applies to: `call_capped` says whether any does (each
+/// kind of cap, a session's through its lineage, and the defaults), and `record_call` records
+/// such a call at its reserve, which caps set later count until it is settled.
+fn uncapped(s: &Store, u: &str) {
+  let none = BudgetDefaults::default();
+  let x = format!("{u}-uncapped");
+  let capped = |c: &CallAdmit<'_>, d: &BudgetDefaults| s.call_capped(c, d).wait().unwrap();
+  let (root, fork) = (id(), id());
+  s.create_session(&new_session(&root, &x, "p")).wait().unwrap();
+  s.create_session(&NewSession { parent_id: Some(root.clone()), ..new_session(&fork, &x, "p") }).wait().unwrap();
+  assert!(!capped(&call("c0", &fork, &x, "p", 0.5), &none), "no cap anywhere");
+  assert!(!capped(&call("c0", "not-stored", &x, "p", 0.5), &none), "nor on a session the store does not have");
+  for d in
+    [BudgetDefaults { per_user: Some((1e9, None)), ..Default::default() }, BudgetDefaults { per_session: Some(1e9), ..Default::default() }]
+  {
+    assert!(capped(&call("c0", &fork, &x, "p", 0.5), &d), "a default cap: {d:?}");
+  }
+  // Another user's caps, another project's, another lineage's: not this call's.
+  s.set_budget(&key("user", &format!("{x}-other"), "", ""), 1.0, None).wait().unwrap();
+  s.set_budget(&key("project", &x, "q", ""), 1.0, None).wait().unwrap();
+  s.set_budget(&key("session", &x, "", "not-stored"), 1.0, None).wait().unwrap();
+  assert!(!capped(&call("c0", &fork, &x, "p", 0.5), &none));
+  assert!(capped(&call("c0", "not-stored", &x, "p", 0.5), &none), "a session cap on a session the store does not have");
+  assert!(capped(&call("c0", &fork, &x, "q", 0.5), &none), "the user's cap on the project");
+  // Each kind of cap on this call, set and then deleted.
+  for k in [key("user", &x, "", ""), key("project", &x, "p", ""), key("project", "", "p", ""), key("session", &x, "", &root)] {
+    s.set_budget(&k, 1.0, None).wait().unwrap();
+    assert!(capped(&call("c0", &fork, &x, "p", 0.5), &none), "{k:?} (a session cap on the root covers its fork)");
+    assert!(s.delete_budget(&k).wait().unwrap());
+  }
+  assert!(!capped(&call("c0", &fork, &x, "p", 0.5), &none));
+
+  // Recorded at its reserve: a cap set meanwhile counts it until it is settled.
+  let id = s.record_call(&call("c1", &fork, &x, "p", 0.6)).wait().unwrap();
+  s.set_budget(&key("user", &x, "", ""), 1.0, None).wait().unwrap();
+  assert_eq!(over_scope(s.admit_call(&call("c2", &fork, &x, "p", 0.5), &none).wait().unwrap()), "user", "0.6 reserved + 0.5 > 1");
+  let t = CallTokens { input: 7, output: 3, cache_read: 0, cache_write: 0 };
+  s.settle_call(id, "claude-haiku-4-5", &t, 0.1).wait().unwrap();
+  go(s.admit_call(&call("c2", &fork, &x, "p", 0.5), &none).wait().unwrap());
+  // In the ledger as an admitted call is: under its session, in its lineage.
+  let rows = s.usage_report(&UsageQuery { user_id: Some(x.clone()), group_by: "model".into(), ..Default::default() }).wait().unwrap();
+  let haiku = rows.iter().find(|r| r.key == "claude-haiku-4-5").expect("the recorded call, settled");
+  assert_eq!((haiku.calls, haiku.tokens), (1, t));
+  assert!((haiku.usd - 0.1).abs() < 1e-9, "{haiku:?}");
+  s.set_budget(&key("session", &x, "", &root), 0.5, None).wait().unwrap();
+  assert_eq!(over_scope(s.admit_call(&call("c3", &root, &x, "p", 0.0), &none).wait().unwrap()), "session", "0.6 spent in the lineage");
 }
 
 /// A session cap covers the session's lineage: the root, its forks and theirs, even once the root

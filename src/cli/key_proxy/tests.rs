@@ -812,11 +812,14 @@ async fn metering_cost() {
   let upstream_cfg = || Upstream { base_url: upstream.url(), api_key: Some(REAL_KEY.into()), auth_token: None, ..Default::default() };
   // A cap on the user, so every call is checked against one (and never reached).
   let defaults = BudgetDefaults { per_user: Some((1e9, Some("day".into()))), per_session: Some(1e9) };
-  let mut contenders = vec![("off", KeyProxy::start(upstream_cfg()).await.unwrap())];
+  let mut contenders = vec![("off".to_owned(), KeyProxy::start(upstream_cfg()).await.unwrap())];
   for (name, store) in &stores {
-    let metering =
-      Metering { ledger: Arc::new(StoreLedger { store: store.clone(), defaults: defaults.clone() }), prices: PriceTable::default() };
-    contenders.push((name, KeyProxy::start_metered(upstream_cfg(), ProxyLimits::default(), Some(metering)).await.unwrap()));
+    // Capped (the defaults above), and with no cap at all (the call cannot be refused).
+    for (kind, defaults) in [("capped", defaults.clone()), ("uncapped", BudgetDefaults::default())] {
+      let metering = Metering { ledger: Arc::new(StoreLedger::new(store.clone(), defaults)), prices: PriceTable::default() };
+      let proxy = KeyProxy::start_metered(upstream_cfg(), ProxyLimits::default(), Some(metering)).await.unwrap();
+      contenders.push((format!("{name}, {kind}"), proxy));
+    }
   }
   let tokens: Vec<TaskToken> = contenders
     .iter()

@@ -101,6 +101,48 @@ impl Budgets for PgStore {
     })
   }
 
+  /// One read of the caps `admit_call` checks (the session cap under the session's lineage),
+  /// without its locks.
+  async fn call_capped(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<bool> {
+    if defaults.per_user.is_some() || defaults.per_session.is_some() {
+      return Ok(true);
+    }
+    read!(self, |c| {
+      let row = self
+        .query(
+          c,
+          "SELECT EXISTS (SELECT 1 FROM {S}.budgets b WHERE (b.scope, b.user_id, b.project_id, b.session_id) IN (
+             ('user', $1, '', ''), ('project', $1, $2, ''), ('project', '', $2, ''),
+             ('session', $1, '', COALESCE((SELECT NULLIF(s.lineage_id, '') FROM {S}.sessions s WHERE s.id = $3), $3))))",
+          &[&call.user_id, &call.project_id, &call.session_id],
+        )
+        .await?;
+      Ok(row[0].get::<_, bool>(0))
+    })
+  }
+
+  /// The insert of `admit_call` alone, keyed by a fresh UUID as it is (run again after a lost
+  /// connection, it records nothing twice).
+  async fn record_call(&self, call: &CallAdmit<'_>) -> Result<i64> {
+    let key = uuid::Uuid::new_v4().to_string();
+    let shift = self.budget_shift();
+    idempotent!(self, |c| {
+      let rows = self
+        .query(
+          c,
+          "WITH lineage AS (SELECT COALESCE((SELECT NULLIF(s.lineage_id, '') FROM {S}.sessions s WHERE s.id = $3), $3) AS id),
+           ins AS (INSERT INTO {S}.model_calls (call_key, task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
+             SELECT $1, $2, $3, CASE WHEN lineage.id = $3 THEN '' ELSE lineage.id END, $4, $5, $6, $7, true,
+               (floor(extract(epoch from now() + $8::bigint * interval '1 millisecond') * 1000))::bigint FROM lineage
+             ON CONFLICT (call_key) DO NOTHING RETURNING id)
+           SELECT id FROM ins UNION ALL SELECT id FROM {S}.model_calls WHERE call_key = $1",
+          &[&key, &call.task_id, &call.session_id, &call.user_id, &call.project_id, &call.model, &call.reserve_usd, &shift],
+        )
+        .await?;
+      Ok(rows[0].get::<_, i64>(0))
+    })
+  }
+
   /// Records what an admitted call really cost (one statement).
   async fn settle_call(&self, id: i64, model: &str, t: &CallTokens, usd: f64) -> Result<()> {
     let (i, o, r, w) = (t.input as i64, t.output as i64, t.cache_read as i64, t.cache_write as i64);

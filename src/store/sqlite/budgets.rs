@@ -66,6 +66,27 @@ impl SqliteStore {
     Ok(BudgetKey { session_id: Self::lineage(c, &k.session_id)?, ..k.clone() })
   }
 
+  /// Records a call at its reserve, with its session's lineage when that is not the session
+  /// itself; its id.
+  fn insert_call(c: &Connection, call: &CallAdmit<'_>, lineage: &str, now: i64) -> Result<i64> {
+    exec(
+      c,
+      "INSERT INTO model_calls (task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
+       VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
+      params![
+        call.task_id,
+        call.session_id,
+        if lineage == call.session_id { "" } else { lineage },
+        call.user_id,
+        call.project_id,
+        call.model,
+        call.reserve_usd,
+        now
+      ],
+    )?;
+    Ok(c.last_insert_rowid())
+  }
+
   /// A stored cap (`k` a stored key).
   fn stored_cap(c: &Connection, k: &BudgetKey) -> Result<Option<(f64, Option<String>)>> {
     Ok(
@@ -94,23 +115,25 @@ impl Budgets for SqliteStore {
           return Ok(Admit::Over { key, cap_usd: cap, spent_usd: spent, period });
         }
       }
-      exec(
-        tx,
-        "INSERT INTO model_calls (task_id, session_id, lineage_id, user_id, project_id, model, usd, reserved, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8)",
-        params![
-          call.task_id,
-          call.session_id,
-          if lineage == call.session_id { "" } else { &lineage },
-          call.user_id,
-          call.project_id,
-          call.model,
-          call.reserve_usd,
-          now
-        ],
-      )?;
-      Ok(Admit::Go(tx.last_insert_rowid()))
+      Ok(Admit::Go(Self::insert_call(tx, call, &lineage, now)?))
     })
+  }
+
+  /// Reads the caps as [`Budgets::admit_call`] checks them, without the write lock.
+  async fn call_capped(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<bool> {
+    if defaults.per_user.is_some() || defaults.per_session.is_some() {
+      return Ok(true);
+    }
+    self.with(|c| {
+      let lineage = Self::lineage(c, call.session_id)?;
+      Ok(!applicable(call, &lineage, |k| Self::stored_cap(c, k), defaults)?.is_empty())
+    })
+  }
+
+  /// The insert of [`Budgets::admit_call`] alone.
+  async fn record_call(&self, call: &CallAdmit<'_>) -> Result<i64> {
+    let now = self.budget_now();
+    self.write(|tx| Self::insert_call(tx, call, &Self::lineage(tx, call.session_id)?, now))
   }
 
   /// Records what an admitted call really cost (one statement).
