@@ -36,6 +36,8 @@ pub mod egress;
 pub mod relay;
 #[cfg(target_os = "linux")]
 pub mod seccomp;
+#[cfg(target_os = "linux")]
+mod sweep;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -262,7 +264,20 @@ impl Sandbox {
     }
     let checked = Sandbox::build(read_only, read_write, limits, state_dir, egress).and_then(|s| s.probe().map(|_| s));
     match (checked, mode) {
-      (Ok(s), _) => Ok(Some(s)),
+      (Ok(s), _) => {
+        // Once per process: what a killed server left waiting (`sweep.rs`).
+        #[cfg(target_os = "linux")]
+        {
+          static SWEPT: std::sync::Once = std::sync::Once::new();
+          SWEPT.call_once(|| {
+            let n = sweep::sweep();
+            if n > 0 {
+              eprintln!("claude-session-manager: ended {n} bubblewrap process(es) that a killed server had left waiting");
+            }
+          });
+        }
+        Ok(Some(s))
+      }
       (Err(_), SandboxMode::Auto) => Ok(None),
       (Err(why), _) => {
         Err(Error::new(ErrorCode::SandboxUnavailable, format!("sandbox \"bubblewrap\" was asked for but cannot be used: {why}")))
