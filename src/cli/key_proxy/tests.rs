@@ -784,6 +784,9 @@ async fn custom_headers_and_the_oauth_beta_are_added_upstream() {
 /// What metering adds to a model call at the proxy: the same `POST /v1/messages` through a proxy
 /// without metering and through one charging a SQLite store (and a PostgreSQL one when
 /// `CSM_TEST_DATABASE_URL` is set), one call of each in turn, round after round, after a warm-up.
+/// Each store is charged twice: with a cap on the user (every call admitted before it is sent) and
+/// with none (the call recorded beside its forwarding); `CSM_BENCH_ONLY=capped` or `uncapped` runs
+/// one kind alone, since the kinds share a ledger and one's background writes slow the other's.
 /// Prints the median and p99 per contender and what metering adds. A benchmark, run on purpose:
 /// `cargo test --release --lib metering_cost -- --ignored --nocapture` (`benchmark/RESULTS-budgets.md`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,7 +818,11 @@ async fn metering_cost() {
   let mut contenders = vec![("off".to_owned(), KeyProxy::start(upstream_cfg()).await.unwrap())];
   for (name, store) in &stores {
     // Capped (the defaults above), and with no cap at all (the call cannot be refused).
+    let only = std::env::var("CSM_BENCH_ONLY").unwrap_or_default();
     for (kind, defaults) in [("capped", defaults.clone()), ("uncapped", BudgetDefaults::default())] {
+      if !only.is_empty() && only != kind {
+        continue;
+      }
       let metering = Metering { ledger: Arc::new(StoreLedger::new(store.clone(), defaults)), prices: PriceTable::default() };
       let proxy = KeyProxy::start_metered(upstream_cfg(), ProxyLimits::default(), Some(metering)).await.unwrap();
       contenders.push((format!("{name}, {kind}"), proxy));
