@@ -1051,6 +1051,14 @@ export interface StreamEventsRequest {
    * or what comes next when it has logged none yet.
    */
   taskId?: string
+  /**
+   * `true`: the events as they were logged, server details included (the CLI's `init` event
+   * names the tenant's folders, its tools and versions): for server code only. By default they
+   * are as a browser may see them: the `init` event reduced to its type, session, model and
+   * permission mode, and the fields naming server paths, sockets, tools and versions dropped
+   * from every other event (the Next.js routes' rules).
+   */
+  exposeServerDetails?: boolean
 }
 
 /** Wall-clock and API time of a task. */

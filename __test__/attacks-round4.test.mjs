@@ -3,8 +3,8 @@
 // caps (paused sessions, error.scope), attacked as a hostile user would, with the real CLI against
 // the stand-in API. R-tests are attacks that GOT THROUGH when written: R4-3 is fixed (a stream cut
 // off before its final usage is charged what it streamed), R4-1 and R4-1b are fixed (a session cap
-// covers the session's lineage: its forks and theirs); R4-2 is known and listed in the README's
-// "Not guaranteed", marked todo here (it fails until fixed). H-tests are attacks that held
+// covers the session's lineage: its forks and theirs), R4-2 is fixed (streamEvents yields events as
+// a browser may see them unless asked for the server's details). H-tests are attacks that held
 // (regression tests). Each test has a control showing the attack ran.
 import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
@@ -63,7 +63,7 @@ test('R4-1. a session paused by its session cap does not go on spending through 
   t.assert.strictEqual(viaAt.success, false, `executeTask atMessageId on a capped session spent on: "${viaAt.result}"`)
 })
 
-test('R4-2. the event log (streamEvents) carries no server path outside the working directory', { todo: 'known: streamEvents yields the events as onEvent does, server details included; the Next.js stream route removes them (README, Not guaranteed)' }, async (t) => {
+test('R4-2. the event log (streamEvents) carries no server path outside the working directory', async (t) => {
   server.reset()
   const { manager, dir, work, configDir } = makeManager({ server })
   t.after(() => manager.close())
@@ -77,6 +77,9 @@ test('R4-2. the event log (streamEvents) carries no server path outside the work
   t.diagnostic(`state ${manager.info().stateDirectory}, leaked: ${leaks.join(', ')}`)
   t.assert.ok(!text.includes(configDir), `the tenant configuration folder is in the event log: ${leaks.join(', ')}`)
   t.assert.ok(!text.includes(dir), `a server folder is in the event log: ${leaks.join(', ')}`)
+  // Control: the log has them, for server code that asks by name.
+  const raw = await collect(await manager.streamEvents({ sessionId: r.sessionId, userId: 'u', follow: false, exposeServerDetails: true }))
+  t.assert.ok(JSON.stringify(raw).includes(configDir), 'control: exposeServerDetails yields the events as logged')
 })
 
 test('R4-3. a task aborted mid-answer is charged the output it already streamed to the user', async (t) => {

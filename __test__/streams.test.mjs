@@ -476,3 +476,23 @@ test('a permission answer given on another node reaches the task on A through th
   t.assert.strictEqual(fs.readFileSync(file, 'utf8'), 'after the answer\n')
   t.assert.ok(a.events.some((e) => e.event === 'permission_settled' && e.requestId === request.requestId), "A's callback was told it was answered elsewhere")
 })
+
+test('streamEvents yields each event as the Next.js routes make it public, unless exposeServerDetails: the two filters agree event for event', async (t) => {
+  const { publicEvent } = (await import('node:module')).createRequire(import.meta.url)('../next/public.js')
+  const server = await startStandInServer()
+  const { manager } = makeManager({ server })
+  t.after(async () => {
+    await manager.close()
+    server.close()
+  })
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: 'echo hi' } } }, { text: 'done' })
+  const r = await manager.executeTask({ prompt: 'hi', projectId: 'p', userId: 'u', allowedTools: ['Bash'], includePartialMessages: true })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const read = async (extra) => collect(await manager.streamEvents({ sessionId: r.sessionId, userId: 'u', follow: false, ...extra }))
+  const [shown, raw] = [await read({}), await read({ exposeServerDetails: true })]
+  t.assert.deepStrictEqual(shown.map((e) => e.seq), raw.map((e) => e.seq))
+  t.assert.deepStrictEqual(shown.map((e) => e.event), raw.map((e) => publicEvent(e.event)))
+  const init = raw.find((e) => e.event.type === 'system' && e.event.subtype === 'init')
+  t.assert.ok(init && init.event.cwd && init.event.tools, 'control: the logged init event names the server folder and the tools')
+  t.assert.ok(shown.every((e) => !('cwd' in e.event) && !('tools' in e.event)), 'none does by default')
+})

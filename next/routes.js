@@ -183,7 +183,7 @@ async function streamPOST(ctx, request, userId) {
         ? run
         : Promise.race([started, run.then(() => null, () => null)]).then(async (s) => {
             if (!s || closed) return run
-            events = await m.streamEvents({ sessionId: s.sessionId, userId, taskId: s.taskId })
+            events = await m.streamEvents({ sessionId: s.sessionId, userId, taskId: s.taskId, exposeServerDetails: Boolean(exposeServerDetails) })
             if (closed) return void events.return?.()
             for await (const e of events) push(logFrame(ctx, request, e))
             return LOGGED
@@ -294,10 +294,11 @@ async function streamGET(ctx, request, userId) {
   const header = request.headers.get('last-event-id')
   const after = header !== null ? (header.trim() === '' ? Number.NaN : Number(header)) : queryNumber(params, 'after')
   const m = await ctx.resolveManager()
-  if (after !== undefined) return logResponse(ctx, request, await m.streamEvents({ sessionId, userId, after }, { signal: addonSignal(request.signal) }))
+  const exposeServerDetails = Boolean(ctx.exposeServerDetails)
+  if (after !== undefined) return logResponse(ctx, request, await m.streamEvents({ sessionId, userId, after, exposeServerDetails }, { signal: addonSignal(request.signal) }))
   const running = await m.getRunningTask({ sessionId, userId })
   if (!running) return new Response(null, { status: 204 })
-  return logResponse(ctx, request, await m.streamEvents({ sessionId, userId, taskId: running.taskId }, { signal: addonSignal(request.signal) }))
+  return logResponse(ctx, request, await m.streamEvents({ sessionId, userId, taskId: running.taskId, exposeServerDetails }, { signal: addonSignal(request.signal) }))
 }
 
 // DELETE /api/claude/stream?sessionId=… — stops the task running on the user's session, on

@@ -32,6 +32,12 @@ pub struct StreamEventsRequest {
   /// Instead of `after`: from the first event of this task (the `taskId` of its `task_started`),
   /// or what comes next when it has logged none yet.
   pub task_id: Option<String>,
+  /// `true`: the events as they were logged, server details included (the CLI's `init` event
+  /// names the tenant's folders, its tools and versions): for server code only. By default they
+  /// are as a browser may see them: the `init` event reduced to its type, session, model and
+  /// permission mode, and the fields naming server paths, sockets, tools and versions dropped
+  /// from every other event (the Next.js routes' rules).
+  pub expose_server_details: Option<bool>,
 }
 
 /// One event of a session's log.
@@ -167,8 +173,14 @@ impl SessionManager {
       env,
       async move {
         let r: StreamEventsRequest = parse("streamEvents", request?)?;
-        let req =
-          manager::StreamRequest { session_id: r.session_id, user_id: r.user_id, after: r.after, follow: r.follow, task_id: r.task_id };
+        let req = manager::StreamRequest {
+          session_id: r.session_id,
+          user_id: r.user_id,
+          after: r.after,
+          follow: r.follow,
+          task_id: r.task_id,
+          expose_server_details: r.expose_server_details.unwrap_or(false),
+        };
         let f = m.stream_events(req, cancel.clone()).await?;
         Ok((f, cancel, done))
       },

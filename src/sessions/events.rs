@@ -73,6 +73,54 @@ pub struct StreamRequest {
   pub follow: Option<bool>,
   /// Only from this task's first event (kept or to come), instead of `after`.
   pub task_id: Option<String>,
+  /// The events as they were logged, server details included (see [`public_event`]); else as a
+  /// browser may see them.
+  pub expose_server_details: bool,
+}
+
+/// The CLI's `system`/`init` event keeps only these fields in a public event.
+const INIT_EVENT_FIELDS: [&str; 6] = ["type", "subtype", "session_id", "model", "permissionMode", "uuid"];
+
+/// Top-level event fields that describe the server (its paths, sockets, installed tools and
+/// versions), left out of a public event.
+const SERVER_DETAIL_FIELDS: [&str; 14] = [
+  "cwd",
+  "memory_paths",
+  "messaging_socket_path",
+  "transcript_path",
+  // A background job's output file: under the CLI's temp folder, named after the server's cwd.
+  "output_file",
+  "plugins",
+  "tools",
+  "mcp_servers",
+  "slash_commands",
+  "skills",
+  "agents",
+  "claude_code_version",
+  "apiKeySource",
+  "output_style",
+];
+
+/// An event as a browser may see it (what `streamEvents` yields unless `exposeServerDetails`, and
+/// what the Next.js routes send): the CLI's `system`/`init` event reduced to its type, session,
+/// model and permission mode; the fields naming server paths, sockets, tools and versions dropped
+/// from every other event, and from the lines a `background_activity` event carries. The same
+/// rules as `next/public.js`.
+pub fn public_event(event: Value) -> Value {
+  let Value::Object(mut map) = event else { return event };
+  let kind = map.get("type").and_then(Value::as_str);
+  if kind == Some("background_activity") {
+    if let Some(Value::Array(lines)) = map.remove("events") {
+      map.insert("events".into(), Value::Array(lines.into_iter().map(public_event).collect()));
+    }
+    return Value::Object(map);
+  }
+  if kind == Some("system") && map.get("subtype").and_then(Value::as_str) == Some("init") {
+    map.retain(|k, _| INIT_EVENT_FIELDS.contains(&k.as_str()));
+    return Value::Object(map);
+  }
+  map.retain(|k, _| !SERVER_DETAIL_FIELDS.contains(&k.as_str()));
+  Value::Object(map)
 }
 
 /// What `getRunningTask` says.
@@ -427,6 +475,8 @@ pub struct Follower {
   ended_at: Option<tokio::time::Instant>,
   /// The one task followed (`taskId`): the stream ends with its `task_end`.
   only_task: Option<String>,
+  /// Events as a browser may see them ([`public_event`]).
+  public: bool,
   done: bool,
 }
 
@@ -444,7 +494,10 @@ impl Follower {
       }
       if let Some(row) = self.buf.pop_front() {
         self.after = row.seq;
-        let event: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        let mut event: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
+        if self.public {
+          event = public_event(event);
+        }
         self.at_end = event.get("type").and_then(Value::as_str) == Some("task_end");
         if self.at_end {
           self.saw_running = false;
@@ -678,6 +731,7 @@ impl Manager {
       at_end: false,
       ended_at: None,
       only_task,
+      public: !r.expose_server_details,
       done: false,
     })
   }
@@ -718,6 +772,29 @@ impl Manager {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  /// The `init` event keeps its type, session, model and permission mode; every other event loses
+  /// the fields naming server paths, tools and versions, also inside a `background_activity`;
+  /// what is not an object passes as it is.
+  #[test]
+  fn a_public_event_names_no_server_detail() {
+    let init = json!({ "type": "system", "subtype": "init", "session_id": "s", "model": "m", "permissionMode": "default", "uuid": "u",
+      "cwd": "/srv/work", "tools": ["Bash"], "memory_paths": { "user": "/srv/config/memory" }, "apiKeySource": "none" });
+    assert_eq!(
+      public_event(init),
+      json!({ "type": "system", "subtype": "init", "session_id": "s", "model": "m", "permissionMode": "default", "uuid": "u" })
+    );
+    let status = json!({ "type": "system", "subtype": "status", "cwd": "/srv/work", "output_file": "/tmp/x", "status": "ok" });
+    assert_eq!(public_event(status.clone()), json!({ "type": "system", "subtype": "status", "status": "ok" }));
+    let bg = json!({ "type": "background_activity", "events": [status, "text"] });
+    assert_eq!(
+      public_event(bg),
+      json!({ "type": "background_activity", "events": [{ "type": "system", "subtype": "status", "status": "ok" }, "text"] })
+    );
+    let result = json!({ "type": "task_end", "result": { "cwd": "kept: not top level" } });
+    assert_eq!(public_event(result.clone()), result);
+    assert_eq!(public_event(json!([1, 2])), json!([1, 2]));
+  }
 
   fn delta(i: u64, kind: &str, field: &str, text: &str) -> Value {
     json!({ "type": "stream_event", "event": { "type": "content_block_delta", "index": i, "delta": { "type": kind, field: text } }, "parent_tool_use_id": null })
