@@ -303,20 +303,38 @@ impl WarmProcess {
 
   /// Runs one prompt to its `result`: the outcome as a cold run reports it. The process stays
   /// usable unless [`Self::alive`] says otherwise afterwards.
-  pub async fn turn(&mut self, prompt: &str, o: TurnOptions, cancel: &CancelToken, mut on_line: impl FnMut(&Line)) -> RunOutcome {
+  /// `on_start` is called once the prompt is written (or could not be: the process is gone) and
+  /// the turn takes steered messages, before any of its lines, with what the process printed
+  /// while no turn ran ([`WarmProcess::take_outside`]).
+  pub async fn turn(
+    &mut self,
+    prompt: &str,
+    o: TurnOptions,
+    cancel: &CancelToken,
+    on_start: impl FnOnce(Vec<Value>),
+    mut on_line: impl FnMut(&Line),
+  ) -> RunOutcome {
     let started = Instant::now();
     let mut out = RunOutcome::empty(self.pid);
     let mut tracker = ContextTracker::default();
     let uuid = uuid::Uuid::new_v4().to_string();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    *lock(&self.shared.turn) = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, tx });
     *lock(&self.shared.permissions) = o.can_use_tool.clone();
     self.shared.attach_mirror(o.mirror.clone());
     let far = Duration::from_secs(60 * 60 * 24 * 365);
     let deadline = o.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut interrupted: Option<tokio::time::Instant> = None;
     let mut stop = false;
-    if !self.alive() || !send(&self.out, &user_line(prompt, &uuid)) {
+    // The turn is registered and its prompt written in one step: a message steered meanwhile
+    // (`WarmHandle::steer`, which takes the same lock) goes after the prompt.
+    let alive = self.alive();
+    let written = {
+      let mut turn = lock(&self.shared.turn);
+      *turn = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, tx });
+      alive && send(&self.out, &user_line(prompt, &uuid))
+    };
+    on_start(self.take_outside());
+    if !written {
       self.dead = true;
     } else {
       loop {
@@ -663,7 +681,7 @@ read rest"#,
       ),
     );
     let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
-    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}).await;
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}, |_| {}).await;
     assert_eq!(out.result.unwrap().result.as_deref(), Some("ok"));
     let reply: Value = serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
     assert_eq!(reply["type"], "control_response");
@@ -693,10 +711,45 @@ read rest"#
     );
     let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
     let mut seen = vec![];
-    let out = w.turn("hi", opts(), &CancelToken::new(), |l| seen.push(l.raw.clone())).await;
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}, |l| seen.push(l.raw.clone())).await;
     assert_eq!(out.result.unwrap().result.as_deref(), Some("yours"));
     assert_eq!(seen.len(), 1, "only the task's lines were forwarded: {seen:?}");
     assert_eq!(out.malformed.len(), 1, "{:?}", out.malformed);
+    w.close(Duration::from_secs(2)).await;
+  }
+
+  /// A message steered the moment the turn says it started (a client's `sendMessage` on
+  /// `task_started`) is taken, and reaches the CLI after the prompt. A fake CLI: the order of the
+  /// lines on its stdin is what is checked.
+  #[tokio::test]
+  async fn a_message_steered_when_the_turn_starts_is_taken_and_comes_after_the_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let got = dir.path().join("stdin");
+    let p = script(
+      dir.path(),
+      &format!(
+        r#"{READ_PROMPT}
+started
+read steered; printf '%s\n%s\n' "$line" "$steered" > {}
+s=$(printf '%s' "$steered" | sed 's/.*"uuid":"\([^"]*\)".*/\1/')
+echo '{{"type":"result","subtype":"success","result":"first"}}'
+done_
+echo "{{\"type\":\"command_lifecycle\",\"command_uuid\":\"$s\",\"state\":\"started\"}}"
+echo '{{"type":"result","subtype":"success","result":"steered"}}'
+echo "{{\"type\":\"command_lifecycle\",\"command_uuid\":\"$s\",\"state\":\"completed\"}}"
+read rest"#,
+        got.display()
+      ),
+    );
+    let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
+    let h = w.handle();
+    let taken = std::sync::atomic::AtomicBool::new(false);
+    let out = w.turn("the prompt", opts(), &CancelToken::new(), |_| taken.store(h.steer("steered now"), Ordering::SeqCst), |_| {}).await;
+    assert!(taken.load(Ordering::SeqCst), "refused when the turn said it started");
+    assert_eq!(out.result.unwrap().result.as_deref(), Some("steered"), "the task ends at the steered message's result");
+    let lines = std::fs::read_to_string(&got).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(lines[0].contains("the prompt") && lines[1].contains("steered now"), "{lines:?}");
     w.close(Duration::from_secs(2)).await;
   }
 
@@ -705,7 +758,7 @@ read rest"#
     let dir = tempfile::tempdir().unwrap();
     let p = script(dir.path(), &format!("{READ_PROMPT}\nstarted\necho 'dying' >&2\nexit 3"));
     let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
-    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}).await;
+    let out = w.turn("hi", opts(), &CancelToken::new(), |_| {}, |_| {}).await;
     assert!(out.result.is_none());
     assert_eq!(out.reason, EndReason::Exited);
     assert_eq!(out.exit_code, Some(3));

@@ -525,11 +525,15 @@ impl Manager {
     lock(&self.warm.running).insert(session.id.clone(), warm.proc.handle());
     // Answers and messages given through other managers reach the task while it runs.
     let inbox = self.watch_inbox(&session.id, job.task_id, warm.proc.handle());
-    if let Some(s) = &sink {
-      s(json!({ "type": "task_started", "sessionId": session.id, "taskId": job.task_id }));
-    }
-    // What the CLI did by itself since the last task (a background job's notification turn).
-    background_activity(&warm.proc, &session.id, &sink);
+    // Said once the prompt is written, so that a message sent on `task_started` is steered into
+    // the task; then what the CLI did by itself since the last task (a background job's
+    // notification turn).
+    let started = |outside: Vec<Value>| {
+      if let Some(s) = &sink {
+        s(json!({ "type": "task_started", "sessionId": session.id, "taskId": job.task_id }));
+      }
+      background_activity(outside, &session.id, &sink);
+    };
     let forward = |line: &Line| {
       if let Some(s) = &sink {
         if include_partials || !matches!(line.kind, Kind::Partial { .. }) {
@@ -551,13 +555,13 @@ impl Manager {
       t.attach(Some(job.meter.clone()));
       t.set_live(true);
     }
-    let mut out = warm.proc.turn(&job.spec.stdin, opts, job.cancel, forward).await;
+    let mut out = warm.proc.turn(&job.spec.stdin, opts, job.cancel, started, forward).await;
     if let Some(t) = &warm.token {
       t.set_live(false);
       t.attach(None);
     }
     out.metered = warm.token.as_ref().map(|_| job.meter.snapshot());
-    background_activity(&warm.proc, &session.id, &sink);
+    background_activity(warm.proc.take_outside(), &session.id, &sink);
     self.warm.in_use.fetch_sub(1, Ordering::SeqCst);
     lock(&self.warm.running).remove(&session.id);
     drop(inbox);
@@ -613,8 +617,7 @@ impl Manager {
 /// `background_activity` event of the task that runs next on the process: `{ sessionId, events }`,
 /// the CLI's lines of those turns (their cost is in the next task's, the difference of the CLI's
 /// cumulative figures).
-fn background_activity(proc: &WarmProcess, session_id: &str, sink: &Option<EventSink>) {
-  let events = proc.take_outside();
+fn background_activity(events: Vec<Value>, session_id: &str, sink: &Option<EventSink>) {
   if let (Some(s), false) = (sink, events.is_empty()) {
     s(json!({ "type": "background_activity", "sessionId": session_id, "events": events }));
   }
