@@ -82,6 +82,47 @@ test('R4-2. the event log (streamEvents) carries no server path outside the work
   t.assert.ok(JSON.stringify(raw).includes(configDir), 'control: exposeServerDetails yields the events as logged')
 })
 
+// Found by an attack on R4-2's fix: the CLI writes the tenant's folder into message text and
+// tool results on its own. A public event names no server folder anywhere in it (the working
+// directory stays).
+const serverFolders = (manager, work, events) => {
+  const text = JSON.stringify(events).split(work).join('<work>')
+  const state = manager.info().stateDirectory
+  return { text, state, hits: [...new Set([...text.matchAll(/[^"\\ ]*claude-config[^"\\ ]*/g)].map((m) => m[0]))] }
+}
+
+test('R4-2b. a large tool output the CLI saves under the tenant folder is not named by its path in streamEvents', async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server })
+  t.after(() => manager.close())
+  server.enqueue({ toolUse: { name: 'Bash', input: { command: 'seq 1 40000', description: 'count' } } }, { text: 'done' })
+  const r = await manager.executeTask({ prompt: 'count', projectId: 'p', userId: 'u', allowedTools: ['Bash'] })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  const read = async (extra) => collect(await manager.streamEvents({ sessionId: r.sessionId, userId: 'u', follow: false, ...extra }))
+  const raw = serverFolders(manager, work, await read({ exposeServerDetails: true }))
+  t.assert.ok(raw.text.includes(raw.state), 'control: the CLI saved the output under the tenant folder and said where')
+  const shown = serverFolders(manager, work, await read({}))
+  t.assert.ok(!shown.text.includes(shown.state), `a server folder in streamEvents: ${shown.hits.join(', ')}`)
+  t.assert.ok(shown.text.includes('<tenant config>'), 'the path is there with its placeholder')
+})
+
+test('R4-2c. a compaction summary does not name the transcript by its path in streamEvents', async (t) => {
+  server.reset()
+  const { manager, work } = makeManager({ server })
+  t.after(() => manager.close())
+  const r = await manager.executeTask({ prompt: 'hello', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  await manager.executeTask({ prompt: 'more', sessionId: r.sessionId, projectId: 'p', userId: 'u' })
+  await manager.compactSession({ sessionId: r.sessionId, userId: 'u' })
+  const read = async (extra) => collect(await manager.streamEvents({ sessionId: r.sessionId, userId: 'u', follow: false, ...extra }))
+  const events = await read({})
+  t.assert.ok(events.some((e) => e.event?.subtype === 'compact_boundary'), 'control: the compaction is in the log')
+  const raw = serverFolders(manager, work, await read({ exposeServerDetails: true }))
+  t.assert.ok(raw.text.includes(raw.state), 'control: the summary names the transcript by its path')
+  const shown = serverFolders(manager, work, events)
+  t.assert.ok(!shown.text.includes(shown.state), `a server folder in streamEvents: ${shown.hits.join(', ')}`)
+})
+
 test('R4-3. a task aborted mid-answer is charged the output it already streamed to the user', async (t) => {
   server.reset()
   const { manager } = makeManager({ server })

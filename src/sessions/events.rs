@@ -101,6 +101,35 @@ const SERVER_DETAIL_FIELDS: [&str; 14] = [
   "output_style",
 ];
 
+/// The server's folders a public event does not name, and the ones it may although they lie
+/// inside those (the session's working directory may be under the state folder).
+#[derive(Debug, Clone, Default)]
+pub struct HiddenFolders {
+  /// Each with its placeholder, a folder inside another first.
+  pub hidden: Vec<(String, &'static str)>,
+  /// Left as they are, the longest first.
+  pub kept: Vec<String>,
+}
+
+/// `event` with every occurrence of each hidden folder in its strings (at any depth, keys
+/// untouched) replaced by its placeholder, except where it begins a kept folder: what the CLI
+/// writes into its messages on its own (a large tool output saved under the tenant's folder, the
+/// transcript a compaction summary points at) names no server folder, and the working directory
+/// stays readable.
+pub fn hide_folders(event: Value, folders: &HiddenFolders) -> Value {
+  match event {
+    Value::String(text) if folders.hidden.iter().any(|(f, _)| text.contains(f.as_str())) => {
+      let mark = |i: usize| format!("\u{1}{i}\u{1}");
+      let kept = folders.kept.iter().enumerate().fold(text, |t, (i, k)| t.replace(k.as_str(), &mark(i)));
+      let hidden = folders.hidden.iter().fold(kept, |t, (f, placeholder)| t.replace(f.as_str(), placeholder));
+      Value::String(folders.kept.iter().enumerate().rev().fold(hidden, |t, (i, k)| t.replace(&mark(i), k)))
+    }
+    Value::Array(items) => Value::Array(items.into_iter().map(|v| hide_folders(v, folders)).collect()),
+    Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, hide_folders(v, folders))).collect()),
+    other => other,
+  }
+}
+
 /// An event as a browser may see it (what `streamEvents` yields unless `exposeServerDetails`, and
 /// what the Next.js routes send): the CLI's `system`/`init` event reduced to its type, session,
 /// model and permission mode; the fields naming server paths, sockets, tools and versions dropped
@@ -475,8 +504,9 @@ pub struct Follower {
   ended_at: Option<tokio::time::Instant>,
   /// The one task followed (`taskId`): the stream ends with its `task_end`.
   only_task: Option<String>,
-  /// Events as a browser may see them ([`public_event`]).
-  public: bool,
+  /// Events as a browser may see them ([`public_event`]), the server's folders in their text
+  /// replaced ([`hide_folders`]); `None`: as logged.
+  public: Option<HiddenFolders>,
   done: bool,
 }
 
@@ -495,8 +525,8 @@ impl Follower {
       if let Some(row) = self.buf.pop_front() {
         self.after = row.seq;
         let mut event: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-        if self.public {
-          event = public_event(event);
+        if let Some(folders) = &self.public {
+          event = hide_folders(public_event(event), folders);
         }
         self.at_end = event.get("type").and_then(Value::as_str) == Some("task_end");
         if self.at_end {
@@ -670,9 +700,44 @@ impl Manager {
   /// A follower of the user's session's event log (see the module's comment). Another user's
   /// session is `SESSION_NOT_FOUND`, as a missing one; an `after` that is not a whole number from
   /// 0 to the session's last event number is `INVALID_ARGUMENT`.
+  /// What a public event of a session working in `session_dir` does not name: the tenants'
+  /// configuration folders and the manager's state folder (as configured and as the kernel
+  /// resolves them: the CLI may print either), but the working directories under them.
+  fn server_folders(&self, session_dir: &str) -> HiddenFolders {
+    let forms = |dir: &std::path::Path| {
+      [Some(dir.to_path_buf()), std::fs::canonicalize(dir).ok()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.to_string_lossy().into_owned())
+        .filter(|d| d.len() > 1)
+        .collect::<Vec<_>>()
+    };
+    let mut folders = HiddenFolders::default();
+    for (dir, placeholder) in [(&self.cfg.tenant_config_root, "<tenant config>"), (&self.cfg.state_directory, "<state>")] {
+      for d in forms(dir) {
+        if !folders.hidden.iter().any(|(f, _)| *f == d) {
+          folders.hidden.push((d, placeholder));
+        }
+      }
+    }
+    let mut work = vec![std::path::PathBuf::from(session_dir), self.cfg.workspace_root.clone()];
+    work.extend(self.cfg.working_directory.clone());
+    for dir in work {
+      for d in forms(&dir) {
+        if !folders.kept.contains(&d) {
+          folders.kept.push(d);
+        }
+      }
+    }
+    folders.kept.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    folders.hidden.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
+    folders
+  }
+
   pub async fn stream_events(&self, r: StreamRequest, cancel: CancelToken) -> Result<Follower> {
     self.check_open()?;
     let session = self.get_session(&r.session_id, &r.user_id).await?;
+    let session_dir = session.working_directory.clone();
     let after = match r.after {
       None => 0,
       Some(a) if a.is_finite() && a >= 0.0 && a.fract() == 0.0 && a <= 9.0e15 => a as i64,
@@ -731,7 +796,7 @@ impl Manager {
       at_end: false,
       ended_at: None,
       only_task,
-      public: !r.expose_server_details,
+      public: (!r.expose_server_details).then(|| self.server_folders(&session_dir)),
       done: false,
     })
   }
@@ -776,6 +841,24 @@ mod tests {
   /// The `init` event keeps its type, session, model and permission mode; every other event loses
   /// the fields naming server paths, tools and versions, also inside a `background_activity`;
   /// what is not an object passes as it is.
+  /// Each folder is replaced wherever it is in a string, at any depth; the inner one first, so
+  /// that a path under both names the inner one; a kept folder inside one stays; keys and other
+  /// values stay.
+  #[test]
+  fn hidden_folders_are_replaced_in_every_string() {
+    let folders = HiddenFolders {
+      hidden: vec![("/srv/state/config".to_owned(), "<tenant config>"), ("/srv/state".to_owned(), "<state>")],
+      kept: vec!["/srv/state/work".to_owned()],
+    };
+    let event = json!({ "type": "user", "/srv/state": 1, "message": { "content": [{ "content": "saved to: /srv/state/config/u/x.txt and /srv/state/db" }] },
+      "tool_use_result": { "persistedOutputPath": "/srv/state/config/u/x.txt", "n": 2, "file": "/srv/state/work/a.txt" } });
+    assert_eq!(
+      hide_folders(event, &folders),
+      json!({ "type": "user", "/srv/state": 1, "message": { "content": [{ "content": "saved to: <tenant config>/u/x.txt and <state>/db" }] },
+        "tool_use_result": { "persistedOutputPath": "<tenant config>/u/x.txt", "n": 2, "file": "/srv/state/work/a.txt" } })
+    );
+  }
+
   #[test]
   fn a_public_event_names_no_server_detail() {
     let init = json!({ "type": "system", "subtype": "init", "session_id": "s", "model": "m", "permissionMode": "default", "uuid": "u",

@@ -45,7 +45,7 @@ use crate::{transcript, validate};
 pub use branching::{Branch, FileChanges, FilesMode, RewindResult};
 pub use budgets::{BudgetOptions, BudgetPeriod, BudgetRequest, BudgetScope, ModelPrice, SetBudgetRequest, UsageGroupBy, UsageRequest};
 pub use config::{Config, Isolation, Options, SandboxMode, DEFAULT_NICENESS, MIN_LEASE_TTL_MS};
-pub use events::{public_event, Follower, RunningTaskInfo, StreamRequest, StreamedEvent};
+pub use events::{hide_folders, public_event, Follower, HiddenFolders, RunningTaskInfo, StreamRequest, StreamedEvent};
 pub use fanout::check_url as check_redis_url;
 pub use finish::classify_result;
 pub use permissions::PermissionResponse;
