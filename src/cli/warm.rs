@@ -128,6 +128,8 @@ impl WarmHandle {
 
 enum Event {
   Line(Line),
+  /// The `result` line after which none of the task's prompts is left: the task ends at it.
+  Last(Line),
   Malformed(String),
   /// The CLI ended the prompt (`completed` or `cancelled`) without a result line first.
   Done,
@@ -224,10 +226,24 @@ impl Shared {
   /// Hands an event to the running turn, if it is the task's (started and not over); a line of
   /// any other turn is kept as the CLI's own activity (streaming deltas aside).
   fn to_turn(&self, ev: Event) {
-    if let Some(t) = lock(&self.turn).as_ref().filter(|t| t.current.is_some()) {
-      let _ = t.tx.send(ev);
+    let mut turn = lock(&self.turn);
+    if let Some(t) = turn.as_ref().filter(|t| t.current.is_some()) {
+      // Whether a result ends the task is decided here, in the order the CLI printed its lines
+      // (the prompts' `command_lifecycle` lines move the turn on as they are read), and the turn
+      // is closed in the same step, so that nothing is steered into a task that ended.
+      let last = matches!(&ev, Event::Line(line) if matches!(line.kind, Kind::Result(_))) && t.last_result();
+      match ev {
+        Event::Line(line) if last => {
+          let _ = t.tx.send(Event::Last(line));
+          *turn = None;
+        }
+        ev => {
+          let _ = t.tx.send(ev);
+        }
+      }
       return;
     }
+    drop(turn);
     if let Event::Line(line) = ev {
       if !matches!(line.kind, Kind::Partial { .. }) {
         let mut kept = lock(&self.outside);
@@ -347,14 +363,11 @@ impl WarmProcess {
             Some(Event::Line(line)) => {
               out.observe(&mut tracker, &line.kind);
               on_line(&line);
-              if matches!(line.kind, Kind::Result(_)) {
-                // Closed in the same step, so that nothing is steered into a task that ended.
-                let mut turn = lock(&self.shared.turn);
-                if turn.as_ref().is_none_or(Turn::last_result) {
-                  *turn = None;
-                  break;
-                }
-              }
+            }
+            Some(Event::Last(line)) => {
+              out.observe(&mut tracker, &line.kind);
+              on_line(&line);
+              break;
             }
             Some(Event::Malformed(m)) => out.malformed.push(m),
             Some(Event::Done) => break,
