@@ -848,14 +848,14 @@ mod tests {
   fn hidden_folders_are_replaced_in_every_string() {
     let folders = HiddenFolders {
       hidden: vec![("/srv/state/config".to_owned(), "<tenant config>"), ("/srv/state".to_owned(), "<state>")],
-      kept: vec!["/srv/state/work".to_owned()],
+      kept: vec!["/srv/state/sessions".to_owned()],
     };
     let event = json!({ "type": "user", "/srv/state": 1, "message": { "content": [{ "content": "saved to: /srv/state/config/u/x.txt and /srv/state/db" }] },
-      "tool_use_result": { "persistedOutputPath": "/srv/state/config/u/x.txt", "n": 2, "file": "/srv/state/work/a.txt" } });
+      "tool_use_result": { "persistedOutputPath": "/srv/state/config/u/x.txt", "n": 2, "file": "/srv/state/sessions/a.txt" } });
     assert_eq!(
       hide_folders(event, &folders),
       json!({ "type": "user", "/srv/state": 1, "message": { "content": [{ "content": "saved to: <tenant config>/u/x.txt and <state>/db" }] },
-        "tool_use_result": { "persistedOutputPath": "<tenant config>/u/x.txt", "n": 2, "file": "/srv/state/work/a.txt" } })
+        "tool_use_result": { "persistedOutputPath": "<tenant config>/u/x.txt", "n": 2, "file": "/srv/state/sessions/a.txt" } })
     );
   }
 
@@ -867,7 +867,7 @@ mod tests {
       public_event(init),
       json!({ "type": "system", "subtype": "init", "session_id": "s", "model": "m", "permissionMode": "default", "uuid": "u" })
     );
-    let status = json!({ "type": "system", "subtype": "status", "cwd": "/srv/work", "output_file": "/tmp/x", "status": "ok" });
+    let status = json!({ "type": "system", "subtype": "status", "cwd": "/srv/work", "output_file": "/srv/cli-tmp/x", "status": "ok" });
     assert_eq!(public_event(status.clone()), json!({ "type": "system", "subtype": "status", "status": "ok" }));
     let bg = json!({ "type": "background_activity", "events": [status, "text"] });
     assert_eq!(
