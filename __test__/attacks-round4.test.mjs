@@ -123,6 +123,20 @@ test('R4-2c. a compaction summary does not name the transcript by its path in st
   t.assert.ok(!shown.text.includes(shown.state), `a server folder in streamEvents: ${shown.hits.join(', ')}`)
 })
 
+test('R4-2d. an API error does not name the key proxy\'s address in streamEvents', async (t) => {
+  server.reset()
+  const { manager } = makeManager({ server })
+  t.after(() => manager.close())
+  for (let i = 0; i < 12; i++) server.enqueue({ error: { status: 500 } })
+  const r = await manager.executeTask({ prompt: 'go', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(r.success, false, 'control: the task failed on the API error')
+  const read = async (extra) => JSON.stringify(await collect(await manager.streamEvents({ sessionId: r.sessionId, userId: 'u', follow: false, ...extra })))
+  t.assert.match(await read({ exposeServerDetails: true }), /127\.0\.0\.1:\d+/, 'control: the CLI named the address it calls')
+  const shown = await read({})
+  t.assert.doesNotMatch(shown, /127\.0\.0\.1:\d+/, 'the key proxy\'s address in streamEvents')
+  t.assert.ok(shown.includes('<key proxy>'), 'named by its placeholder')
+})
+
 test('R4-3. a task aborted mid-answer is charged the output it already streamed to the user', async (t) => {
   server.reset()
   const { manager } = makeManager({ server })

@@ -111,7 +111,7 @@ for (const backend of testBackends()) {
     server.enqueue({ error: { status: 500 } })
     const failed = await manager.executeTask({ prompt: 'again', projectId: 'p', userId: 'u', sessionId: ok.sessionId })
     t.assert.strictEqual(failed.success, false)
-    const ends = (await collect(await manager.streamEvents({ sessionId: ok.sessionId, userId: 'u', after: 0 }))).filter((e) => e.event.type === 'task_end')
+    const ends = (await collect(await manager.streamEvents({ sessionId: ok.sessionId, userId: 'u', after: 0, exposeServerDetails: true }))).filter((e) => e.event.type === 'task_end')
     // The browser renders the logged result as it renders executeTask's (duration.total, error.code).
     t.assert.deepStrictEqual(
       ends.map((e) => e.event.result),

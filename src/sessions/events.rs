@@ -702,7 +702,8 @@ impl Manager {
   /// 0 to the session's last event number is `INVALID_ARGUMENT`.
   /// What a public event of a session working in `session_dir` does not name: the tenants'
   /// configuration folders and the manager's state folder (as configured and as the kernel
-  /// resolves them: the CLI may print either), but the working directories under them.
+  /// resolves them: the CLI may print either), but the working directories under them; and the
+  /// key proxy's address.
   fn server_folders(&self, session_dir: &str) -> HiddenFolders {
     let forms = |dir: &std::path::Path| {
       [Some(dir.to_path_buf()), std::fs::canonicalize(dir).ok()]
@@ -730,6 +731,11 @@ impl Manager {
       }
     }
     folders.kept.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    // The key proxy's address, which the CLI names in its API errors ("check your inference
+    // gateway (127.0.0.1:<port>)"): this manager's (another node's stays as it is).
+    if let Some(Some(proxy)) = self.key_proxy.get() {
+      folders.hidden.push((proxy.addr().to_string(), "<key proxy>"));
+    }
     folders.hidden.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
     folders
   }
