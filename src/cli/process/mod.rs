@@ -114,6 +114,14 @@ pub async fn until_gone(pids: &[u32], limit: std::time::Duration) -> bool {
   }
 }
 
+/// The parent of a process on this host, from `/proc/<pid>/stat` (the field after the state,
+/// which follows the command, itself free to hold spaces and parentheses).
+#[cfg(target_os = "linux")]
+pub fn parent_pid(pid: u32) -> Option<u32> {
+  let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+  stat.rfind(')').map(|i| &stat[i + 1..])?.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Every process descended from `pid` on this host (Linux: from `/proc`; elsewhere none).
 pub fn descendants(pid: u32) -> Vec<u32> {
   #[cfg(target_os = "linux")]
@@ -122,10 +130,7 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     if let Ok(dir) = std::fs::read_dir("/proc") {
       for e in dir.flatten() {
         let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        // The field after the command (which may hold spaces and parentheses) and the state.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(ppid) = parent_pid(p) {
           parent_of.push((p, ppid));
         }
       }

@@ -27,12 +27,6 @@ fn comm(pid: u32) -> Option<String> {
   std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|c| c.trim_end_matches('\n').to_owned())
 }
 
-/// The parent's pid, from `/proc/<pid>/stat` (the fields after the command's closing parenthesis).
-fn ppid(pid: u32) -> Option<u32> {
-  let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-  stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn pid_ns(pid: &str) -> Option<std::path::PathBuf> {
   std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
 }
@@ -57,7 +51,7 @@ pub fn sweep() -> usize {
       Some(ns) if ns != own_ns => {}
       _ => continue,
     }
-    let Some(parent) = ppid(pid) else { continue };
+    let Some(parent) = crate::cli::process::parent_pid(pid) else { continue };
     if comm(parent).as_deref() == Some("bwrap") {
       continue;
     }
@@ -75,11 +69,7 @@ mod tests {
   use std::process::{Child, Command, Stdio};
   use std::time::{Duration, Instant};
 
-  /// Running, not a zombie.
-  fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-      .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
-  }
+  use crate::cli::process::pid_running as alive;
 
   fn gone_within(pid: u32, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
