@@ -6,7 +6,8 @@
 //!   a channel to [`TaskMirror`]'s writer, which numbers the lines from the store's head and
 //!   appends them fenced by the task's lease (refused once another task took the lease over),
 //!   retrying transient store errors and never dropping a line it still has. At the result the
-//!   task waits for the writer (the store then holds the turn before the caller sees it); after
+//!   task's end takes what the writer has not stored yet, a write in flight included, and stores
+//!   it with the end (the store then holds the turn before the caller sees it); after
 //!   the CLI exits, the local file is compared with the store and any tail the store lacks is
 //!   appended (a CLI without the flag is mirrored that way only).
 //! - **Reading**: before a task resumes or forks, the local file
@@ -214,8 +215,13 @@ impl Writer {
 
   /// What was pending is in the store.
   fn pending_stored(&mut self) {
+    self.first_stored(self.pending.len());
+  }
+
+  /// The first `n` pending lines (a write's batch) are in the store.
+  fn first_stored(&mut self, n: usize) {
     let mut stored = self.stored.lock().unwrap_or_else(|p| p.into_inner());
-    for e in self.pending.drain(..) {
+    for e in self.pending.drain(..n.min(self.pending.len())) {
       stored.head = stored.head.max(e.seq);
       if e.subpath.is_empty() {
         *stored.lines.entry(e.line).or_default() += 1;
@@ -249,7 +255,15 @@ impl Writer {
 
   /// Stores what is pending, retrying transient errors up to [`BACKOFF`]'s length; what could not
   /// be stored stays pending. Err says why.
-  async fn write(&mut self) -> std::result::Result<(), String> {
+  ///
+  /// A take asked for while a write is in flight is answered at once, with the lines of that write
+  /// and every frame queued since (a flush queued meanwhile joins `acks`, answered with the
+  /// outcome): the task's end does not wait for the write. Both statements append under the
+  /// task's lease, whose row they lock, and skip lines already stored (same `seq`), so the end's
+  /// transaction runs after the write's commit, or before it and the write then adds nothing. Once
+  /// the write is over, the end's word decides: stored (nothing more to write), or not (the lines
+  /// are written again).
+  async fn write(&mut self, inbox: &mut Inbox<'_>) -> std::result::Result<(), String> {
     if self.pending.is_empty() {
       return Ok(());
     }
@@ -259,17 +273,45 @@ impl Writer {
     }
     let mut last = String::new();
     for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
-      tokio::time::sleep(wait).await;
+      // Not `sleep(ZERO)` for the first try: the timer's resolution is a millisecond, and every
+      // write would wait up to one for nothing.
+      if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+      }
       let (sid, tid, batch) = (self.session_id.clone(), self.task_id.clone(), self.pending.clone());
+      let n = batch.len();
       let after_end = self.after_end;
       let append = async move |st: &Store| match after_end {
         false => st.shared_transcripts()?.append_transcript(&sid, &tid, &batch).await,
         true => st.shared_transcripts()?.append_transcript_after_end(&sid, &tid, &batch).await,
       };
-      match self.store.call(Wait::Blocking, append).await {
+      let store = self.store.clone();
+      let call = store.call(Wait::Blocking, append);
+      tokio::pin!(call);
+      let mut handed = false;
+      let written = loop {
+        tokio::select! {
+          biased;
+          r = &mut call => break r,
+          c = inbox.ctl.recv(), if !handed && inbox.ctl_open => match c {
+            Some(Ctl::Take(taker)) if self.clock.is_lost() => {
+              let _ = taker.send(Err("the task lost the session's lease; nothing more is stored for it".into()));
+            }
+            Some(Ctl::Take(taker)) => {
+              self.gather(inbox);
+              handed = taker.send(Ok(self.pending.clone())).is_ok();
+            }
+            Some(Ctl::Resume(_)) => {}
+            None => inbox.ctl_open = false,
+          },
+        }
+      };
+      match written {
         Ok(true) => {
-          self.pending_stored();
-          return Ok(());
+          self.first_stored(n);
+          if !handed {
+            return Ok(());
+          }
         }
         Ok(false) => {
           self.pending.clear();
@@ -278,6 +320,16 @@ impl Writer {
         }
         Err(e) => last = e.message,
       }
+      if handed {
+        match self.end_word(inbox).await {
+          true => {
+            self.pending_stored();
+            return Ok(());
+          }
+          false if self.pending.is_empty() => return Ok(()),
+          false => {}
+        }
+      }
       if self.clock.is_lost() {
         self.pending.clear();
         return Err("the task lost the session's lease while the store was unreachable".into());
@@ -285,6 +337,39 @@ impl Writer {
     }
     Err(format!("the conversation could not be saved to the session store: {last}"))
   }
+
+  /// The frames queued in `inbox` taken in (a flush joins its acks).
+  fn gather(&mut self, inbox: &mut Inbox<'_>) {
+    while let Ok(m) = inbox.rx.try_recv() {
+      match m {
+        MirrorMsg::Frame(f) => self.take(&f),
+        MirrorMsg::Flush(ack) => inbox.acks.push(ack),
+      }
+    }
+  }
+
+  /// The task's end's word on the lines handed over: whether they are stored.
+  async fn end_word(&mut self, inbox: &mut Inbox<'_>) -> bool {
+    loop {
+      match inbox.ctl.recv().await {
+        Some(Ctl::Resume(stored)) => return stored,
+        None => {
+          inbox.ctl_open = false;
+          return false;
+        }
+        Some(Ctl::Take(other)) => drop(other),
+      }
+    }
+  }
+}
+
+/// What the writer reads besides the write it is doing: the frames, the task's end, the flushes
+/// waiting for the write's outcome.
+struct Inbox<'a> {
+  rx: &'a mut mpsc::UnboundedReceiver<MirrorMsg>,
+  ctl: &'a mut mpsc::UnboundedReceiver<Ctl>,
+  ctl_open: bool,
+  acks: Vec<oneshot::Sender<std::result::Result<(), String>>>,
 }
 
 impl TaskMirror {
@@ -315,61 +400,60 @@ impl TaskMirror {
     };
     let (ctl_tx, mut ctl) = mpsc::unbounded_channel::<Ctl>();
     let writer = tokio::spawn(async move {
-      let mut ctl_open = true;
+      let mut inbox = Inbox { rx: &mut rx, ctl: &mut ctl, ctl_open: true, acks: vec![] };
       loop {
         let mut taker = None;
         let first = tokio::select! {
           biased;
-          m = rx.recv() => match m {
+          m = inbox.rx.recv() => match m {
             Some(m) => Some(m),
             None => break,
           },
-          c = ctl.recv(), if ctl_open => match c {
+          c = inbox.ctl.recv(), if inbox.ctl_open => match c {
             Some(Ctl::Take(t)) => {
               taker = Some(t);
               None
             }
             Some(Ctl::Resume(_)) => continue,
             None => {
-              ctl_open = false;
+              inbox.ctl_open = false;
               continue;
             }
           },
         };
-        let mut acks = vec![];
-        let mut msg = first.or_else(|| rx.try_recv().ok());
+        let mut msg = first.or_else(|| inbox.rx.try_recv().ok());
         loop {
           while let Some(m) = msg {
             match m {
               MirrorMsg::Frame(f) => w.take(&f),
-              MirrorMsg::Flush(ack) => acks.push(ack),
+              MirrorMsg::Flush(ack) => inbox.acks.push(ack),
             }
-            msg = rx.try_recv().ok();
+            msg = inbox.rx.try_recv().ok();
           }
           // A take asked for meanwhile takes these lines instead of a write of their own; the
           // frames sent before it are queued by now: read them too.
           if taker.is_some() {
             break;
           }
-          match ctl.try_recv() {
+          match inbox.ctl.try_recv() {
             Ok(Ctl::Take(t)) => {
               taker = Some(t);
-              msg = rx.try_recv().ok();
+              msg = inbox.rx.try_recv().ok();
             }
             // No take (an answer comes only after a hand-over).
             _ => break,
           }
         }
         if let Some(t) = taker {
-          w.hand_over(t, &mut ctl).await;
+          w.hand_over(t, inbox.ctl).await;
         }
-        let r = w.write().await;
-        for a in acks {
+        let r = w.write(&mut inbox).await;
+        for a in inbox.acks.drain(..) {
           let _ = a.send(r.clone());
         }
       }
       // The run is over and nobody flushes: a last try for what is left.
-      let _ = w.write().await;
+      let _ = w.write(&mut inbox).await;
     });
     TaskMirror {
       tx,
@@ -851,6 +935,87 @@ mod pg_tests {
       stored.iter().map(|e| serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned()).collect();
     assert_eq!(types, ["user", "queue-operation", "assistant", "last-prompt"]);
     assert_eq!(stored.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    drop(store);
+    admin(&url, &format!("DROP SCHEMA {s} CASCADE")).await;
+  }
+
+  /// The task's end takes a write in flight with it: the take is answered while the write waits
+  /// (here for the lease's row, locked by another connection), and holds the write's lines and
+  /// the frames sent after it; each line is stored once, whether the end stores them (its word:
+  /// stored) or gives them back (they are written again).
+  #[tokio::test(flavor = "multi_thread")]
+  #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
+  async fn a_take_does_not_wait_for_a_write_in_flight_and_every_line_is_stored_once() {
+    let url = std::env::var("CSM_TEST_DATABASE_URL")
+      .ok()
+      .filter(|u| !u.is_empty())
+      .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
+    let schema = format!("csm_mirror_{}", uuid::Uuid::new_v4().simple());
+    let store = {
+      let (u, s) = (url.clone(), schema.clone());
+      Arc::new(tokio::task::spawn_blocking(move || Store::connect(&u, &s)).await.unwrap().unwrap())
+    };
+    let s = format!("\"{schema}\"");
+    let stored_types = async |sid: &str| -> Vec<(i64, String)> {
+      let (st, s2) = (store.clone(), sid.to_owned());
+      let rows = tokio::task::spawn_blocking(move || st.shared_transcripts()?.load_transcript(&s2, 0).wait()).await.unwrap().unwrap();
+      rows.iter().map(|e| (e.seq, serde_json::from_str::<Value>(&e.line).unwrap()["type"].as_str().unwrap().to_owned())).collect()
+    };
+    for end_stores in [true, false] {
+      let (sid, tid) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
+      let (st, s2, t2) = (store.clone(), sid.clone(), tid.clone());
+      tokio::task::spawn_blocking(move || {
+        st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).wait()?;
+        st.try_begin_task(&s2, &t2, "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60)).wait()
+      })
+      .await
+      .unwrap()
+      .unwrap();
+      let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
+      let m = TaskMirror::start(store.clone(), &sid, &tid, 0, None, clock, false);
+      // Another connection holds the lease's row: the writer's first write waits for it.
+      let (locker, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+      tokio::spawn(conn);
+      locker.batch_execute(&format!("BEGIN; SELECT 1 FROM {s}.leases WHERE session_id = '{sid}' FOR UPDATE")).await.unwrap();
+      m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
+      // Asked on a connection of its own: inside a transaction the activity view is read once.
+      let (watcher, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+      tokio::spawn(conn);
+      let waiting = async || {
+        let q = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%transcript_entries%'";
+        for _ in 0..500 {
+          if watcher.query_one(q, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            return;
+          }
+          tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the writer's write never reached the server");
+      };
+      waiting().await;
+      m.tx.send(frame(&sid, &[json!({"type": "assistant", "uuid": "a1"})])).unwrap();
+      let taken = tokio::time::timeout(Duration::from_secs(5), m.take()).await.expect("the take waited for the write in flight").unwrap();
+      let seqs: Vec<i64> = taken.entries.iter().map(|e| e.seq).collect();
+      assert_eq!(seqs, [1, 2, 3], "the write's lines and the frame sent after it");
+      assert!(stored_types(&sid).await.is_empty(), "the write is still waiting");
+      locker.batch_execute("COMMIT").await.unwrap();
+      if end_stores {
+        // What the end does: the lines under the lease (those of the write skipped), then its word.
+        let (st, s2, t2, entries) = (store.clone(), sid.clone(), tid.clone(), taken.entries.clone());
+        assert!(tokio::task::spawn_blocking(move || st.shared_transcripts()?.append_transcript(&s2, &t2, &entries).wait())
+          .await
+          .unwrap()
+          .unwrap());
+        taken.stored();
+      } else {
+        drop(taken);
+      }
+      m.tx.send(frame(&sid, &[json!({"type": "last-prompt"})])).unwrap();
+      m.flush().await.unwrap();
+      let want: Vec<(i64, String)> =
+        [(1, "user"), (2, "queue-operation"), (3, "assistant"), (4, "last-prompt")].iter().map(|(n, t)| (*n, (*t).to_owned())).collect();
+      assert_eq!(stored_types(&sid).await, want, "each line once, in order (the end stored them: {end_stores})");
+      drop(m);
+    }
     drop(store);
     admin(&url, &format!("DROP SCHEMA {s} CASCADE")).await;
   }

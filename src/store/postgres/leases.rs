@@ -109,7 +109,12 @@ impl PgStore {
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
     let (pid, max) = (owner.pid as i64, max_running.map(|m| m.min(i64::MAX as u64) as i64));
     let key = format!("{}\u{1}running", self.schema);
-    let begin = "SELECT outcome, kept FROM {S}.begin_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    // The start commits without waiting for the disk: nothing the caller sees depends on it
+    // alone. Every later write of the task (its transcript lines, its end) is fenced by this
+    // lease and commits waiting, which flushes the log up to it, start included; a start the
+    // database lost in a crash leaves those writes refused (the task fails), never stored
+    // without their lease.
+    let begin = "SELECT outcome, kept, set_config('synchronous_commit', 'off', true) FROM {S}.begin_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
     let read = format!("SELECT {SESSION_COLUMNS}, transcript_seq FROM {{S}}.sessions WHERE id = $1 AND user_id = $2");
     let warm = "WITH gone AS (DELETE FROM {S}.warm_holds WHERE session_id = $1 AND expires_at <= now())
        UPDATE {S}.warm_holds SET wanted = true WHERE session_id = $1 AND owner_id != $2 AND expires_at > now()
