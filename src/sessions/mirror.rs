@@ -894,27 +894,34 @@ mod pg_tests {
     MirrorMsg::Frame(json!({ "type": "transcript_mirror", "filePath": format!("/c/projects/-w/{session_id}.jsonl"), "entries": lines }))
   }
 
-  #[tokio::test(flavor = "multi_thread")]
-  #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
-  async fn the_writer_retries_a_failing_store_and_stores_every_line_once() {
+  /// The database's URL, a new schema's name, and a store on it.
+  async fn connect() -> (String, String, Arc<Store>) {
     let url = std::env::var("CSM_TEST_DATABASE_URL")
       .ok()
       .filter(|u| !u.is_empty())
       .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
     let schema = format!("csm_mirror_{}", uuid::Uuid::new_v4().simple());
-    let store = {
-      let (u, s) = (url.clone(), schema.clone());
-      Arc::new(tokio::task::spawn_blocking(move || Store::connect(&u, &s)).await.unwrap().unwrap())
-    };
-    let sid = uuid::Uuid::new_v4().to_string();
-    let (st, s2) = (store.clone(), sid.clone());
-    tokio::task::spawn_blocking(move || {
+    let (u, s) = (url.clone(), schema.clone());
+    let store = Arc::new(tokio::task::spawn_blocking(move || Store::connect(&u, &s)).await.unwrap().unwrap());
+    (url, schema, store)
+  }
+
+  /// A new session `sid` with its task `tid` started.
+  async fn started(store: &Arc<Store>, sid: &str, tid: &str) {
+    let (st, s2, t2) = (store.clone(), sid.to_owned(), tid.to_owned());
+    let began = tokio::task::spawn_blocking(move || {
       st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).wait()?;
-      st.try_begin_task(&s2, "t", "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60)).wait()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+      st.try_begin_task(&s2, &t2, "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60)).wait()
+    });
+    assert!(began.await.unwrap().unwrap());
+  }
+
+  #[tokio::test(flavor = "multi_thread")]
+  #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
+  async fn the_writer_retries_a_failing_store_and_stores_every_line_once() {
+    let (url, schema, store) = connect().await;
+    let sid = uuid::Uuid::new_v4().to_string();
+    started(&store, &sid, "t").await;
     let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
     let m = TaskMirror::start(store.clone(), &sid, "t", 0, None, clock, false);
     m.tx.send(frame(&sid, &[json!({"type": "user", "uuid": "u1"}), json!({"type": "queue-operation"})])).unwrap();
@@ -946,15 +953,7 @@ mod pg_tests {
   #[tokio::test(flavor = "multi_thread")]
   #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
   async fn a_take_does_not_wait_for_a_write_in_flight_and_every_line_is_stored_once() {
-    let url = std::env::var("CSM_TEST_DATABASE_URL")
-      .ok()
-      .filter(|u| !u.is_empty())
-      .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
-    let schema = format!("csm_mirror_{}", uuid::Uuid::new_v4().simple());
-    let store = {
-      let (u, s) = (url.clone(), schema.clone());
-      Arc::new(tokio::task::spawn_blocking(move || Store::connect(&u, &s)).await.unwrap().unwrap())
-    };
+    let (url, schema, store) = connect().await;
     let s = format!("\"{schema}\"");
     let stored_types = async |sid: &str| -> Vec<(i64, String)> {
       let (st, s2) = (store.clone(), sid.to_owned());
@@ -963,14 +962,7 @@ mod pg_tests {
     };
     for end_stores in [true, false] {
       let (sid, tid) = (uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string());
-      let (st, s2, t2) = (store.clone(), sid.clone(), tid.clone());
-      tokio::task::spawn_blocking(move || {
-        st.create_session(&NewSession { id: s2.clone(), project_id: "p".into(), user_id: "u".into(), ..Default::default() }).wait()?;
-        st.try_begin_task(&s2, &t2, "task", "sonnet", &Owner { id: "o".into(), pid: 1 }, Duration::from_secs(60)).wait()
-      })
-      .await
-      .unwrap()
-      .unwrap();
+      started(&store, &sid, &tid).await;
       let clock = LeaseClock::new(Instant::now(), Duration::from_secs(60), CancelToken::new());
       let m = TaskMirror::start(store.clone(), &sid, &tid, 0, None, clock, false);
       // Another connection holds the lease's row: the writer's first write waits for it.
