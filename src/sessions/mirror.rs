@@ -45,6 +45,9 @@ use crate::transcript::{self, safe, History, ReadOptions, TenantFile};
 /// lasts).
 const BACKOFF: [Duration; 4] = [Duration::from_millis(200), Duration::from_millis(800), Duration::from_secs(2), Duration::from_secs(5)];
 
+/// Why nothing more is stored for a task that lost its lease.
+const LOST: &str = "the task lost the session's lease; nothing more is stored for it";
+
 /// How long the task waits for the mirror at its result, and after the CLI's exit.
 const FLUSH_WAIT: Duration = Duration::from_secs(20);
 
@@ -231,25 +234,14 @@ impl Writer {
 
   /// Hands what is pending to the task's end (or says why it cannot be stored), then waits for
   /// its word: stored, or not (kept pending, written next).
-  async fn hand_over(
-    &mut self,
-    taker: oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>,
-    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
-  ) {
+  async fn hand_over(&mut self, taker: oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>, inbox: &mut Inbox<'_>) {
     if self.clock.is_lost() {
       self.pending.clear();
-      let _ = taker.send(Err("the task lost the session's lease; nothing more is stored for it".into()));
+      let _ = taker.send(Err(LOST.into()));
       return;
     }
-    if taker.send(Ok(self.pending.clone())).is_err() {
-      return;
-    }
-    loop {
-      match ctl.recv().await {
-        Some(Ctl::Resume(true)) => return self.pending_stored(),
-        Some(Ctl::Resume(false)) | None => return,
-        Some(Ctl::Take(other)) => drop(other),
-      }
+    if taker.send(Ok(self.pending.clone())).is_ok() && self.end_word(inbox).await {
+      self.pending_stored();
     }
   }
 
@@ -269,7 +261,7 @@ impl Writer {
     }
     if self.clock.is_lost() {
       self.pending.clear();
-      return Err("the task lost the session's lease; nothing more is stored for it".into());
+      return Err(LOST.into());
     }
     let mut last = String::new();
     for wait in std::iter::once(Duration::ZERO).chain(BACKOFF) {
@@ -295,7 +287,7 @@ impl Writer {
           r = &mut call => break r,
           c = inbox.ctl.recv(), if !handed && inbox.ctl_open => match c {
             Some(Ctl::Take(taker)) if self.clock.is_lost() => {
-              let _ = taker.send(Err("the task lost the session's lease; nothing more is stored for it".into()));
+              let _ = taker.send(Err(LOST.into()));
             }
             Some(Ctl::Take(taker)) => {
               self.gather(inbox);
@@ -338,13 +330,18 @@ impl Writer {
     Err(format!("the conversation could not be saved to the session store: {last}"))
   }
 
-  /// The frames queued in `inbox` taken in (a flush joins its acks).
+  /// A message taken in: a frame's lines become pending, a flush joins the acks.
+  fn receive(&mut self, m: MirrorMsg, inbox: &mut Inbox<'_>) {
+    match m {
+      MirrorMsg::Frame(f) => self.take(&f),
+      MirrorMsg::Flush(ack) => inbox.acks.push(ack),
+    }
+  }
+
+  /// Every message queued in `inbox` taken in.
   fn gather(&mut self, inbox: &mut Inbox<'_>) {
     while let Ok(m) = inbox.rx.try_recv() {
-      match m {
-        MirrorMsg::Frame(f) => self.take(&f),
-        MirrorMsg::Flush(ack) => inbox.acks.push(ack),
-      }
+      self.receive(m, inbox);
     }
   }
 
@@ -421,31 +418,24 @@ impl TaskMirror {
             }
           },
         };
-        let mut msg = first.or_else(|| inbox.rx.try_recv().ok());
+        if let Some(m) = first {
+          w.receive(m, &mut inbox);
+        }
         loop {
-          while let Some(m) = msg {
-            match m {
-              MirrorMsg::Frame(f) => w.take(&f),
-              MirrorMsg::Flush(ack) => inbox.acks.push(ack),
-            }
-            msg = inbox.rx.try_recv().ok();
-          }
+          w.gather(&mut inbox);
           // A take asked for meanwhile takes these lines instead of a write of their own; the
           // frames sent before it are queued by now: read them too.
           if taker.is_some() {
             break;
           }
           match inbox.ctl.try_recv() {
-            Ok(Ctl::Take(t)) => {
-              taker = Some(t);
-              msg = inbox.rx.try_recv().ok();
-            }
+            Ok(Ctl::Take(t)) => taker = Some(t),
             // No take (an answer comes only after a hand-over).
             _ => break,
           }
         }
         if let Some(t) = taker {
-          w.hand_over(t, inbox.ctl).await;
+          w.hand_over(t, &mut inbox).await;
         }
         let r = w.write(&mut inbox).await;
         for a in inbox.acks.drain(..) {
