@@ -697,9 +697,6 @@ impl Manager {
     }))
   }
 
-  /// A follower of the user's session's event log (see the module's comment). Another user's
-  /// session is `SESSION_NOT_FOUND`, as a missing one; an `after` that is not a whole number from
-  /// 0 to the session's last event number is `INVALID_ARGUMENT`.
   /// What a public event of a session working in `session_dir` does not name: the tenants'
   /// configuration folders and the manager's state folder (as configured and as the kernel
   /// resolves them: the CLI may print either), but the working directories under them; and the
@@ -740,6 +737,9 @@ impl Manager {
     folders
   }
 
+  /// A follower of the user's session's event log (see the module's comment). Another user's
+  /// session is `SESSION_NOT_FOUND`, as a missing one; an `after` that is not a whole number from
+  /// 0 to the session's last event number is `INVALID_ARGUMENT`.
   pub async fn stream_events(&self, r: StreamRequest, cancel: CancelToken) -> Result<Follower> {
     self.check_open()?;
     let session = self.get_session(&r.session_id, &r.user_id).await?;
@@ -844,9 +844,6 @@ impl Manager {
 mod tests {
   use super::*;
 
-  /// The `init` event keeps its type, session, model and permission mode; every other event loses
-  /// the fields naming server paths, tools and versions, also inside a `background_activity`;
-  /// what is not an object passes as it is.
   /// Each folder is replaced wherever it is in a string, at any depth; the inner one first, so
   /// that a path under both names the inner one; a kept folder inside one stays; keys and other
   /// values stay.
@@ -865,6 +862,9 @@ mod tests {
     );
   }
 
+  /// The `init` event keeps its type, session, model and permission mode; every other event loses
+  /// the fields naming server paths, tools and versions, also inside a `background_activity`;
+  /// what is not an object passes as it is.
   #[test]
   fn a_public_event_names_no_server_detail() {
     let init = json!({ "type": "system", "subtype": "init", "session_id": "s", "model": "m", "permissionMode": "default", "uuid": "u",

@@ -162,10 +162,13 @@ pub(crate) struct TaskMirror {
 
 /// The task's end asking the writer for its pending lines, and its word on them.
 enum Ctl {
-  Take(oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>),
+  Take(Taker),
   /// Whether the lines handed over are stored.
   Resume(bool),
 }
+
+/// Where the writer answers a take: the lines not stored yet, or why they cannot be.
+type Taker = oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>;
 
 /// Lines handed over by [`TaskMirror::take`], for the task's end to store; dropped without
 /// [`TakenLines::stored`], the writer keeps them and writes them itself.
@@ -234,15 +237,24 @@ impl Writer {
 
   /// Hands what is pending to the task's end (or says why it cannot be stored), then waits for
   /// its word: stored, or not (kept pending, written next).
-  async fn hand_over(&mut self, taker: oneshot::Sender<std::result::Result<Vec<TranscriptEntry>, String>>, inbox: &mut Inbox<'_>) {
-    if self.clock.is_lost() {
+  async fn hand_over(&mut self, taker: Taker, inbox: &mut Inbox<'_>) {
+    if self.offer(taker) {
+      if self.end_word(inbox).await {
+        self.pending_stored();
+      }
+    } else if self.clock.is_lost() {
       self.pending.clear();
+    }
+  }
+
+  /// Answers a take with what is pending, or why it cannot be stored (the lease is lost); true
+  /// when the taker has the lines.
+  fn offer(&self, taker: Taker) -> bool {
+    if self.clock.is_lost() {
       let _ = taker.send(Err(LOST.into()));
-      return;
+      return false;
     }
-    if taker.send(Ok(self.pending.clone())).is_ok() && self.end_word(inbox).await {
-      self.pending_stored();
-    }
+    taker.send(Ok(self.pending.clone())).is_ok()
   }
 
   /// Stores what is pending, retrying transient errors up to [`BACKOFF`]'s length; what could not
@@ -286,12 +298,9 @@ impl Writer {
           biased;
           r = &mut call => break r,
           c = inbox.ctl.recv(), if !handed && inbox.ctl_open => match c {
-            Some(Ctl::Take(taker)) if self.clock.is_lost() => {
-              let _ = taker.send(Err(LOST.into()));
-            }
             Some(Ctl::Take(taker)) => {
               self.gather(inbox);
-              handed = taker.send(Ok(self.pending.clone())).is_ok();
+              handed = self.offer(taker);
             }
             Some(Ctl::Resume(_)) => {}
             None => inbox.ctl_open = false,
