@@ -17,11 +17,13 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 /**
  * What a statement is for: `events`, an append to the event log (its writer runs beside the task,
  * and only the task's end waits for it); `watch`, the poll of a task's stop requests (beside the
- * task, nothing waits for it); else `task`.
+ * task, nothing waits for it); `release`, a lease kept while the last task's CLI exited released
+ * (the next task of the same manager takes it over instead of waiting); else `task`.
  */
 function kindOf(sql) {
   if (/^\s*WITH s AS \(UPDATE\b/.test(sql) && /\.task_events\b/.test(sql)) return 'events'
   if (/abort_requested_at IS NOT NULL/.test(sql) && /^\s*SELECT 1 FROM\b/.test(sql)) return 'watch'
+  if (/^\s*UPDATE \S+\.leases SET task_id = NULL\b/.test(sql)) return 'release'
   return 'task'
 }
 
@@ -29,6 +31,10 @@ if (!isMainThread && workerData?.pgProxy) {
   const { host, port } = workerData
   /** Per flight: when, and what runs in it (see `kindOf`). */
   const flights = []
+  /** While set, flights with a statement of this kind wait (with everything after them on their connection). */
+  let hold = null
+  /** What `hold` keeps back: per connection, a function that sends it on. */
+  const held = new Set()
   const server = net.createServer((client) => {
     const upstream = net.connect(port, host)
     client.setNoDelay(true)
@@ -71,19 +77,33 @@ if (!isMainThread && workerData?.pgProxy) {
           const kind = kindOf(sql)
           flight.sql.push(sql.replace(/\s+/g, ' ').trim().slice(0, 100))
           flight.kind = flight.kind === undefined || flight.kind === kind ? kind : 'task'
+          flight.kinds.add(kind)
         }
         if (flight && type === 'P') flight.kind = 'task'
       }
     }
+    // Bytes kept back by `hold` on this connection, in order.
+    let waiting = null
+    const flush = () => {
+      held.delete(flush)
+      const bytes = waiting
+      waiting = null
+      for (const b of bytes) upstream.write(b)
+    }
     client.on('data', (b) => {
       if (answered) {
-        flight = { t: process.hrtime.bigint(), kind: undefined, sql: [] }
+        flight = { t: process.hrtime.bigint(), kind: undefined, kinds: new Set(), sql: [] }
         flights.push(flight)
         answered = false
       }
       buf = buf.length ? Buffer.concat([buf, b]) : b
       parse()
-      upstream.write(b)
+      if (!waiting && hold && flight?.kinds.has(hold)) {
+        waiting = []
+        held.add(flush)
+      }
+      if (waiting) waiting.push(b)
+      else upstream.write(b)
     })
     upstream.on('data', (b) => {
       answered = true
@@ -99,6 +119,11 @@ if (!isMainThread && workerData?.pgProxy) {
   server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }))
   parentPort.on('message', (m) => {
     if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, kind: f.kind ?? 'task', sql: f.sql })) })
+    if (m?.hold !== undefined) {
+      hold = m.hold
+      if (!hold) for (const f of held) f() // each deletes itself: a Set goes on past a deleted entry
+      parentPort.postMessage({ held: true })
+    }
   })
 }
 
@@ -126,6 +151,15 @@ export async function startPgProxy(url) {
       const answer = next()
       worker.postMessage('flights')
       return (await answer).flights
+    },
+    /**
+     * Keeps flights with a statement of `kind` (see `flights`) from the server, each with
+     * everything after it on its connection, until `hold(null)` sends them on.
+     */
+    async hold(kind) {
+      const answer = next()
+      worker.postMessage({ hold: kind })
+      await answer
     },
     async close() {
       await worker.terminate()

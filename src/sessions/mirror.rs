@@ -767,8 +767,10 @@ pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: 
 /// After the CLI of a task that kept the session's lease exited: the lease released (`release`:
 /// the task's end was recorded) and, with a mirror, the lines the store lacks stored in the same
 /// trip ([`Transcripts::append_and_release`]); the marker set when the store took everything;
-/// the file backups the CLI made stored with the transcript. Nothing more than the release when
-/// the transcript is not behind.
+/// the file backups the CLI made stored with the transcript. When the transcript is not behind,
+/// `hand_over` is called once the marker and the backups are done, before the release is sent:
+/// the next task of this process may then take the kept lease over, and the release (harmless
+/// once it did) is off its path.
 pub(crate) async fn release_after_exit(
   mirror: Option<(TaskMirror, TenantFile)>,
   store: Arc<Store>,
@@ -776,6 +778,7 @@ pub(crate) async fn release_after_exit(
   task_id: String,
   marker: PathBuf,
   release: bool,
+  hand_over: impl FnOnce(),
 ) {
   if !release {
     // The end was not recorded: the lease is left to expire; the lines the store lacks are
@@ -792,20 +795,25 @@ pub(crate) async fn release_after_exit(
   };
   let lines = reconciled.as_ref().map(|((_, lines), _)| lines.clone()).unwrap_or_default();
   let (sid, tid) = (session_id.clone(), task_id.clone());
-  let released = store
-    .call(Wait::Blocking, async move |st| match lines.is_empty() {
-      true => st.release_lease(&sid, &tid).await.map(|()| true),
-      false => st.shared_transcripts()?.append_and_release(&sid, &tid, &lines).await,
-    })
-    .await;
-  if let (Ok(true), Some(((head, lines), local))) = (released, reconciled) {
-    let head = lines.last().map_or(head, |e| e.seq);
-    let _ = tokio::task::spawn_blocking(move || {
+  let fresh = |head: i64, local: TenantFile, store: Arc<Store>| {
+    tokio::task::spawn_blocking(move || {
       mark_fresh(&marker, head, &local);
-      // Fenced by the task's last lease (released, not taken since).
+      // Fenced by the task's last lease (kept or released, not taken since).
       let _ = super::checkpoints::capture(&store, &session_id, &task_id, local.root(), max_bytes.unwrap_or(u64::MAX));
     })
-    .await;
+  };
+  if lines.is_empty() {
+    if let Some(((head, _), local)) = reconciled {
+      let _ = fresh(head, local, store.clone()).await;
+    }
+    hand_over();
+    let _ = store.call(Wait::Blocking, async move |st| st.release_lease(&sid, &tid).await).await;
+    return;
+  }
+  let released = store.call(Wait::Blocking, async move |st| st.shared_transcripts()?.append_and_release(&sid, &tid, &lines).await).await;
+  if let (Ok(true), Some(((_, lines), local))) = (released, reconciled) {
+    let head = lines.last().map_or(0, |e| e.seq);
+    let _ = fresh(head, local, store).await;
   }
 }
 

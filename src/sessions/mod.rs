@@ -71,6 +71,10 @@ pub struct Manager {
   /// Sessions whose last task has settled while its CLI is still exiting: the receiver sees its
   /// channel close once the session is free again.
   finishing: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<()>>>>,
+  /// Sessions whose last task's CLI has exited, with that task: its lease, kept while the CLI
+  /// exited, is being released, and the next task here may take it over instead
+  /// ([`crate::store::TaskStart::after`]). Removed once the release is sent.
+  handed_over: Arc<Mutex<HashMap<String, String>>>,
   closed: AtomicBool,
   /// The agent's sandbox, when tasks run in one.
   sandbox: Option<cli::Sandbox>,
@@ -245,6 +249,7 @@ impl Manager {
       session_locks: Mutex::new(HashMap::new()),
       running: Arc::new(Mutex::new(HashMap::new())),
       finishing: Arc::new(Mutex::new(HashMap::new())),
+      handed_over: Arc::new(Mutex::new(HashMap::new())),
       closed: AtomicBool::new(false),
       sandbox,
       tasks: Arc::new(Mutex::new(HashMap::new())),

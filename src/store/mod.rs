@@ -363,6 +363,11 @@ pub struct TaskStart<'a> {
   /// At most this many live leases in the whole database, whichever process holds them
   /// (`maxConcurrentTasksTotal`); `None`: no limit beyond one per session.
   pub max_running: Option<u64>,
+  /// A task of the same owner whose end was recorded with its lease kept while its CLI exited,
+  /// once that CLI is gone and the store holds its lines: the start takes that lease over
+  /// instead of waiting for its release (its later writes are then fenced out). Any other
+  /// holder, or that task while still `running`, holds the start as before.
+  pub after: Option<&'a str>,
 }
 
 /// What [`Tasks::begin_task`] did.
@@ -456,7 +461,7 @@ impl Store {
     owner: &Owner,
     ttl: Duration,
   ) -> Result<bool> {
-    let start = TaskStart { task_id, kind, model, owner, ttl, max_running: None };
+    let start = TaskStart { task_id, kind, model, owner, ttl, max_running: None, after: None };
     Ok(self.begin_task(session_id, &start).await? == Begin::Started)
   }
 

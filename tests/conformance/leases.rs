@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::Blocking as _;
-use claude_session_manager::store::{ContextSnapshot, Owner, Start, TaskEnd, TaskStart, Usage};
+use claude_session_manager::store::{ContextSnapshot, Owner, Start, TaskEnd, TaskStart, TranscriptEntry, Usage};
 
 use super::fixtures::{id, new_session, owner};
 use super::Opened;
@@ -80,6 +80,41 @@ pub fn kept_after_end(o: &Opened) {
   assert_eq!(s.delete_session(&a, "alice").wait().unwrap_err().code, ErrorCode::SessionBusy);
 }
 
+/// A lease kept while a task's CLI exited, handed to the same owner's next task (`after`): taken
+/// over at once (a new fence: the old task's late lines are refused), and only by that owner,
+/// only from that task, only once it ended.
+pub fn hand_over(o: &Opened) {
+  let s = &o.store;
+  let sid = id();
+  s.create_session(&new_session(&sid, "alice", "p")).wait().unwrap();
+  let (me, other, ttl) = (owner("me"), owner("other"), Duration::from_secs(30));
+  let start = |task_id, owner, after, max_running| TaskStart { task_id, kind: "task", model: "m", owner, ttl, max_running, after };
+  let started = |r: Start| matches!(r, Start::Started(_));
+  assert!(started(s.start_task(&sid, "alice", &start("t1", &me, None, None)).wait().unwrap()));
+  assert_eq!(
+    s.start_task(&sid, "alice", &start("t2", &me, Some("t1"), None)).wait().unwrap(),
+    Start::SessionHeld { exiting: false },
+    "a running task's lease is not handed over"
+  );
+  let kept = TaskEnd { status: "succeeded".into(), keep_lease: true, ..Default::default() };
+  s.finish_task(&sid, "t1", &kept, None).wait().unwrap();
+  for (who, after, why) in [(&other, Some("t1"), "another owner"), (&me, Some("t0"), "another task"), (&me, None, "no hand-over")] {
+    assert_eq!(s.start_task(&sid, "alice", &start("t2", who, after, None)).wait().unwrap(), Start::SessionHeld { exiting: true }, "{why}");
+  }
+  // Taken over, even with every place of the total cap taken by that very lease.
+  assert!(started(o.other().start_task(&sid, "alice", &start("t2", &me, Some("t1"), Some(1))).wait().unwrap()));
+  assert_eq!(statuses(o, &sid), ["succeeded", "running"]);
+  // The old task's release, sent after, frees nothing; its late lines are refused.
+  s.release_lease(&sid, "t1").wait().unwrap();
+  assert!(s.renew_lease(&sid, "t2", ttl).wait().unwrap(), "the lease is t2's");
+  assert_eq!(s.start_task(&sid, "alice", &start("t3", &me, Some("t1"), None)).wait().unwrap(), Start::SessionHeld { exiting: false });
+  if let Ok(t) = s.shared_transcripts() {
+    let line = TranscriptEntry { seq: 1, subpath: String::new(), uuid: None, line: "{}".into() };
+    assert!(!t.append_transcript_after_end(&sid, "t1", std::slice::from_ref(&line)).wait().unwrap(), "fenced out");
+    assert!(t.append_transcript(&sid, "t2", &[line]).wait().unwrap());
+  }
+}
+
 /// `start_task`: the start with what the run reads next; held while another task runs (and
 /// whether its CLI is exiting).
 pub fn start_task(o: &Opened) {
@@ -87,7 +122,7 @@ pub fn start_task(o: &Opened) {
   let sid = id();
   s.create_session(&new_session(&sid, "alice", "p")).wait().unwrap();
   let (me, ttl) = (owner("me"), Duration::from_secs(30));
-  let start = |task_id| TaskStart { task_id, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+  let start = |task_id| TaskStart { task_id, kind: "task", model: "m", owner: &me, ttl, max_running: None, after: None };
   let Start::Started(began) = s.start_task(&sid, "alice", &start("t1")).wait().unwrap() else { panic!("not started") };
   let session = began.session.expect("the session, read once the lease is the task's");
   assert_eq!(session, s.get_session(&sid, "alice").wait().unwrap().unwrap());
@@ -112,7 +147,7 @@ pub fn start_task(o: &Opened) {
     s.create_session(&new_session(&sid, "alice", "p")).wait().unwrap();
     s.warm_hold(&sid, &kept_by, ttl).wait().unwrap();
     let node = o.other();
-    let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+    let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl, max_running: None, after: None };
     let Start::Started(began) = node.start_task(&sid, "alice", &start).wait().unwrap() else { panic!("not started") };
     assert_ne!(began.warm_left, Some(0), "round {round}: another manager's warm CLI is counted (or left to the run to ask)");
     assert_eq!(began.session.map(|s| s.id), Some(sid.clone()), "round {round}: the session read with the start");
@@ -240,7 +275,7 @@ pub fn create_and_start(o: &Opened) {
   let mut new = new_session(&id(), "alice", "p");
   new.title = Some("first".into());
   let task = id();
-  let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl, max_running: None };
+  let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl, max_running: None, after: None };
   let Start::Started(began) = s.create_and_start(&new, &start).wait().unwrap() else { panic!("not started") };
   let stored = s.get_session(&new.id, "alice").wait().unwrap().expect("the session is stored");
   assert_eq!(began.session.as_ref(), Some(&stored), "the session read with the start");

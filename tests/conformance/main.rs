@@ -106,6 +106,11 @@ macro_rules! suite {
       }
       $(#[$attr])?
       #[test]
+      fn a_lease_kept_while_the_cli_exits_is_handed_to_the_same_owners_next_task() {
+        leases::hand_over(&$open());
+      }
+      $(#[$attr])?
+      #[test]
       fn a_start_reads_what_the_run_needs_next_and_says_who_holds_the_session() {
         leases::start_task(&$open());
       }

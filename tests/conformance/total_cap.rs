@@ -11,7 +11,7 @@ use claude_session_manager::store::{Begin, Owner, Store, TaskEnd, TaskStart};
 /// another connection to the same store.
 pub fn check(s: &Store, ids: &[String], other: impl Fn() -> Store + Sync) {
   let me = Owner { id: uuid::Uuid::new_v4().to_string(), pid: std::process::id() };
-  let start = |task_id, ttl, max_running| TaskStart { task_id, kind: "task", model: "sonnet", owner: &me, ttl, max_running };
+  let start = |task_id, ttl, max_running| TaskStart { task_id, kind: "task", model: "sonnet", owner: &me, ttl, max_running, after: None };
   let (ttl, cap) = (Duration::from_secs(30), Some(2));
   let done = TaskEnd { status: "succeeded".into(), ..Default::default() };
   assert_eq!(s.begin_task(&ids[0], &start("t0", ttl, cap)).wait().unwrap(), Begin::Started);
@@ -51,8 +51,15 @@ pub fn check(s: &Store, ids: &[String], other: impl Fn() -> Store + Sync) {
           let owner = Owner { id: format!("racer{i}"), pid: std::process::id() };
           let task = format!("race{i}");
           barrier.wait();
-          let start =
-            TaskStart { task_id: &task, kind: "task", model: "sonnet", owner: &owner, ttl: Duration::from_secs(30), max_running: Some(3) };
+          let start = TaskStart {
+            task_id: &task,
+            kind: "task",
+            model: "sonnet",
+            owner: &owner,
+            ttl: Duration::from_secs(30),
+            max_running: Some(3),
+            after: None,
+          };
           own.begin_task(sid, &start).wait().unwrap()
         })
       })

@@ -309,7 +309,8 @@ fn prisma_style_parameters_are_accepted() {
   // A new session stored with its first start (in the transaction `idempotent!` opens here); an
   // id in use refused, nothing started.
   let (me, task, other) = (Owner { id: "me".into(), pid: std::process::id() }, id(), id());
-  let start = TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl: Duration::from_secs(30), max_running: None };
+  let start =
+    TaskStart { task_id: &task, kind: "task", model: "m", owner: &me, ttl: Duration::from_secs(30), max_running: None, after: None };
   let new = new_session(&id(), "u", "p");
   assert!(matches!(f.store().create_and_start(&new, &start).wait().unwrap(), Start::Started(_)));
   assert_eq!(f.store().list_tasks(&new.id).wait().unwrap().len(), 1);

@@ -71,8 +71,10 @@ impl Manager {
   /// [`Self::acquire`]'s three steps.
   async fn take_session(&self, t: &Ticket<'_>) -> Result<std::result::Result<HeldRun, TaskResult>> {
     let Some(guard) = self.queue(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
+    // The run before here may have left its kept lease to take over.
+    let after = self.handed_over.lock().unwrap_or_else(|p| p.into_inner()).get(&t.session.id).cloned();
     let Some(permit) = self.slot(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
-    let Some((mut began, taken_at)) = self.lease(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
+    let Some((mut began, taken_at)) = self.lease(t, after.as_deref()).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     // Once the lease is ours, the session is read again (in the same trip to the store): a task
     // that ran while this one waited (in this process or another) may have created its
     // transcript or moved its cost watermark.
@@ -130,7 +132,7 @@ impl Manager {
   /// The cross-process lease, with the session as read in the same trip to the store, and when
   /// the attempt that took it started (the lease's clock starts there). Time spent behind another
   /// process's exiting CLI does not count against the queue timeout.
-  async fn lease(&self, t: &Ticket<'_>) -> Step<(Began, Instant)> {
+  async fn lease(&self, t: &Ticket<'_>, after: Option<&str>) -> Step<(Began, Instant)> {
     let mut excused = Duration::ZERO;
     let mut last = Instant::now();
     loop {
@@ -138,7 +140,7 @@ impl Manager {
         return Ok(None);
       }
       let taken_at = Instant::now();
-      let exiting_elsewhere = match self.begin(t).await? {
+      let exiting_elsewhere = match self.begin(t, after).await? {
         Ok(began) => return Ok(Some((began, taken_at))),
         Err(exiting) => exiting,
       };
@@ -166,8 +168,8 @@ impl Manager {
   /// One attempt at the lease: `Ok(the session read again, with what the run reads next)`, or
   /// `Err(Some(whether the holder's CLI is exiting after its task))` when another task holds the
   /// session, `Err(None)` when every place of `maxConcurrentTasksTotal` is taken, in this process
-  /// or another.
-  async fn begin(&self, t: &Ticket<'_>) -> Result<std::result::Result<Began, Option<bool>>> {
+  /// or another. `after`: the task of this process whose kept lease the start may take over.
+  async fn begin(&self, t: &Ticket<'_>, after: Option<&str>) -> Result<std::result::Result<Began, Option<bool>>> {
     let (sid, uid, tid, m, owner, ttl, max_running, kind) = (
       t.session.id.clone(),
       t.session.user_id.clone(),
@@ -178,12 +180,13 @@ impl Manager {
       self.cfg.max_concurrent_tasks_total,
       t.kind.as_str().to_owned(),
     );
+    let after = after.map(str::to_owned);
     // A new session's row goes with its first attempt (one step where the store can).
     let create = t.create.filter(|_| !t.created.load(Ordering::SeqCst)).cloned();
     let creating = create.is_some();
     let started = self
       .store_call(Wait::Briefly, async move |s| {
-        let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running };
+        let start = TaskStart { task_id: &tid, kind: &kind, model: &m, owner: &owner, ttl, max_running, after: after.as_deref() };
         let started = match &create {
           Some(new) => s.create_and_start(new, &start).await?,
           None => s.start_task(&sid, &uid, &start).await?,

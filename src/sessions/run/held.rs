@@ -89,6 +89,30 @@ impl Drop for Finishing {
   }
 }
 
+/// A session's entry in `Manager::handed_over` while its last task's kept lease is released:
+/// the next task here may take that lease over meanwhile.
+struct HandedOver {
+  map: Arc<Mutex<HashMap<String, String>>>,
+  session_id: String,
+  task_id: String,
+}
+
+impl HandedOver {
+  fn mark(map: Arc<Mutex<HashMap<String, String>>>, session_id: &str, task_id: &str) -> HandedOver {
+    map.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), task_id.to_owned());
+    HandedOver { map, session_id: session_id.to_owned(), task_id: task_id.to_owned() }
+  }
+}
+
+impl Drop for HandedOver {
+  fn drop(&mut self) {
+    let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+    if map.get(&self.session_id) == Some(&self.task_id) {
+      map.remove(&self.session_id);
+    }
+  }
+}
+
 impl HeldRun {
   /// The session is the run's: it joins the running tasks and its lease is renewed from now on.
   /// The lease is the task's until the start of its last renewal plus the TTL (minus a margin);
@@ -208,11 +232,22 @@ impl HeldRun {
     let recorded = res.is_ok();
     let finishing = Finishing::mark(m.finishing.clone(), &self.session.id);
     let (store, sid, tid) = (m.store.clone(), self.session.id.clone(), self.task_id.clone());
-    let (mirror, holds, permit) = (self.mirror.take(), self.holds.take(), self.permit.take());
+    let (mirror, holds, permit, handed_over) = (self.mirror.take(), self.holds.take(), self.permit.take(), m.handed_over.clone());
     tokio::spawn(async move {
       tail.await;
       let release = recorded && holds.is_some();
-      release_after_exit(mirror.zip(local), store, sid, tid, marker, release).await;
+      let (mut holds, mut finishing, mut permit) = (holds, Some(finishing), permit);
+      let (mut still_running, mut handed) = (None, None);
+      // Once the store holds everything the CLI wrote: the next run in line goes, and may take
+      // the kept lease over instead of waiting for its release (`TaskStart::after`); this run
+      // stays among the running tasks (what `close()` waits for) until the release is sent.
+      let hand_over = || {
+        handed = Some(HandedOver::mark(handed_over, &sid, &tid));
+        drop(finishing.take());
+        drop(permit.take());
+        still_running = holds.take().map(Holds::hand_over);
+      };
+      release_after_exit(mirror.zip(local), store, sid.clone(), tid.clone(), marker, release, hand_over).await;
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
         drop(running);
@@ -220,6 +255,8 @@ impl HeldRun {
         drop(guard);
       }
       drop(permit);
+      drop(handed);
+      drop(still_running);
     });
     (res, logged)
   }
@@ -305,6 +342,16 @@ impl HeldRun {
 }
 
 impl Holds {
+  /// The session given to the next run in line (which may take the kept lease over): the
+  /// renewal stops and the place in line is returned; the run's entry among the running tasks
+  /// is kept by the caller.
+  fn hand_over(self) -> Running {
+    let Holds { renew, running, guard } = self;
+    drop(renew);
+    drop(guard);
+    running
+  }
+
   /// The renewal stops and the run leaves the running tasks; the session's place in line is
   /// returned (kept until the end is recorded).
   fn stop(self) -> OwnedMutexGuard<()> {

@@ -126,7 +126,8 @@ async fn lease_free(m: &Manager, session_id: &str) -> bool {
   let sid = session_id.to_owned();
   m.store_call(Wait::Briefly, async move |s| {
     let owner = Owner { id: "probe".into(), pid: std::process::id() };
-    let start = TaskStart { task_id: "probe", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(30), max_running: None };
+    let start =
+      TaskStart { task_id: "probe", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(30), max_running: None, after: None };
     let began = s.begin_task(&sid, &start).await?;
     if matches!(began, Begin::Started) {
       s.release_lease(&sid, "probe").await?;
@@ -222,7 +223,15 @@ async fn a_lease_held_by_another_process_keeps_the_run_out() {
   f.m
     .store_call(Wait::Briefly, async move |st| {
       let owner = Owner { id: "another".into(), pid: std::process::id() };
-      let start = TaskStart { task_id: "theirs", kind: "task", model: "m", owner: &owner, ttl: Duration::from_secs(60), max_running: None };
+      let start = TaskStart {
+        task_id: "theirs",
+        kind: "task",
+        model: "m",
+        owner: &owner,
+        ttl: Duration::from_secs(60),
+        max_running: None,
+        after: None,
+      };
       st.begin_task(&sid, &start).await
     })
     .await

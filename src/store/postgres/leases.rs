@@ -105,7 +105,7 @@ impl PgStore {
     start: &TaskStart<'_>,
     create: Option<&NewSession>,
   ) -> Result<Start> {
-    let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
+    let TaskStart { task_id, kind, model, owner, ttl, max_running, after } = *start;
     let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as f64;
     let (pid, max) = (owner.pid as i64, max_running.map(|m| m.min(i64::MAX as u64) as i64));
     let key = format!("{}\u{1}running", self.schema);
@@ -114,7 +114,7 @@ impl PgStore {
     // lease and commits waiting, which flushes the log up to it, start included; a start the
     // database lost in a crash leaves those writes refused (the task fails), never stored
     // without their lease.
-    let begin = "SELECT outcome, kept, set_config('synchronous_commit', 'off', true) FROM {S}.begin_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    let begin = "SELECT outcome, kept, set_config('synchronous_commit', 'off', true) FROM {S}.begin_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
     let read = format!("SELECT {SESSION_COLUMNS}, transcript_seq FROM {{S}}.sessions WHERE id = $1 AND user_id = $2");
     let warm = "WITH gone AS (DELETE FROM {S}.warm_holds WHERE session_id = $1 AND expires_at <= now())
        UPDATE {S}.warm_holds SET wanted = true WHERE session_id = $1 AND owner_id != $2 AND expires_at > now()
@@ -122,7 +122,7 @@ impl PgStore {
        RETURNING owner_id";
     let point = "SELECT fork_at, resume_at, resume_drops FROM {S}.branch_points WHERE session_id = $1";
     let params: Params =
-      &[&session_id, &task_id, &kind, &model, &owner.id, &pid, &self.node, &ttl_ms, &self.host, &max, &key, &INTERRUPTED];
+      &[&session_id, &task_id, &kind, &model, &owner.id, &pid, &self.node, &ttl_ms, &self.host, &max, &key, &INTERRUPTED, &after];
     let insert = create.map(|new| super::sessions::SessionInsert::of(self, new, true));
     let (outcome, kept, next) = idempotent!(self, |c| {
       let (began, next) = match user_id {

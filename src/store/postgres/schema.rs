@@ -520,6 +520,72 @@ pub(super) const MIGRATIONS: &[&str] = &[
   END
   $$;
   "#,
+  // 13 -> 14: `begin_task` with `p_after`: a task of the same owner whose end was recorded and
+  // whose lease was kept while its CLI exited. Its CLI is gone and the store holds its lines, so
+  // the start takes that lease over (a new fence) instead of waiting for its release: the
+  // release is then off the next task's path. A lease kept by anyone else, or by a task still
+  // `running`, holds the start as before. The 12-argument function stays for a node still running
+  // the build before (it never takes a lease over).
+  r#"
+  CREATE FUNCTION {S}.begin_task(p_session TEXT, p_task TEXT, p_kind TEXT, p_model TEXT, p_owner TEXT,
+    p_pid BIGINT, p_node TEXT, p_ttl_ms DOUBLE PRECISION, p_host TEXT, p_max BIGINT, p_running_key TEXT,
+    p_interrupted TEXT, p_after TEXT)
+  RETURNS TABLE (outcome TEXT, kept BOOLEAN) LANGUAGE plpgsql AS $fn$
+  DECLARE
+    f BIGINT;
+    n BIGINT;
+  BEGIN
+    -- The session row's lock orders every start (and delete) of this session, on every node.
+    PERFORM 1 FROM {S}.sessions WHERE id = p_session FOR UPDATE;
+    IF NOT FOUND THEN
+      RETURN QUERY SELECT 'missing'::TEXT, false;
+      RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+               WHERE l.session_id = p_session AND l.task_id = p_task AND t.status = 'running') THEN
+      RETURN QUERY SELECT 'started'::TEXT, false;
+      RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {S}.leases l LEFT JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+               WHERE l.session_id = p_session AND l.task_id IS NOT NULL AND l.expires_at > now()
+                 AND (p_after IS NULL OR l.task_id != p_after OR l.owner_id != p_owner
+                      OR t.status IS NULL OR t.status = 'running')) THEN
+      RETURN QUERY SELECT 'held'::TEXT, EXISTS (
+        SELECT 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id
+        WHERE l.session_id = p_session AND l.expires_at > now() AND t.status != 'running');
+      RETURN;
+    END IF;
+    IF p_max IS NOT NULL THEN
+      -- Held until commit: the next starter counts after this one's lease is in. A lease taken
+      -- over is not counted: it becomes this task's.
+      PERFORM pg_advisory_xact_lock(hashtext(p_running_key));
+      SELECT COUNT(*) INTO n FROM {S}.leases WHERE task_id IS NOT NULL AND expires_at > clock_timestamp()
+        AND NOT (session_id = p_session AND task_id = p_after);
+      IF n >= p_max THEN
+        RETURN QUERY SELECT 'full'::TEXT, false;
+        RETURN;
+      END IF;
+    END IF;
+    -- No live lease (or the one handed over): a `running` row left is a dead or stuck holder's,
+    -- interrupted.
+    UPDATE {S}.tasks SET status = 'interrupted', ended_at = {NOW}, error_code = 'INTERRUPTED', error_message = p_interrupted
+      WHERE session_id = p_session AND status = 'running';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+      UPDATE {S}.sessions SET task_count = task_count + n WHERE id = p_session;
+    END IF;
+    INSERT INTO {S}.leases (session_id, fence, task_id, owner_id, owner_pid, node_id, expires_at, host_id)
+      VALUES (p_session, 1, p_task, p_owner, p_pid, p_node, now() + p_ttl_ms * interval '1 millisecond', p_host)
+      ON CONFLICT (session_id) DO UPDATE SET fence = {S}.leases.fence + 1, task_id = EXCLUDED.task_id,
+        owner_id = EXCLUDED.owner_id, owner_pid = EXCLUDED.owner_pid, node_id = EXCLUDED.node_id,
+        expires_at = EXCLUDED.expires_at, host_id = EXCLUDED.host_id
+      RETURNING fence INTO f;
+    INSERT INTO {S}.tasks (id, session_id, status, started_at, model, owner_id, owner_pid, node_id, kind, fence, host_id)
+      VALUES (p_task, p_session, 'running', {NOW}, p_model, p_owner, p_pid, p_node, p_kind, f, p_host);
+    RETURN QUERY SELECT 'started'::TEXT, false;
+  END
+  $fn$;
+  "#,
 ];
 
 /// The schema version this build writes.

@@ -136,18 +136,31 @@ impl Tasks for SqliteStore {
   }
 
   async fn begin_task(&self, session_id: &str, start: &TaskStart<'_>) -> Result<Begin> {
-    let TaskStart { task_id, kind, model, owner, ttl, max_running } = *start;
+    let TaskStart { task_id, kind, model, owner, ttl, max_running, after } = *start;
     self.write(|tx| {
       let now = now_ms();
       // Deleted while this task waited for it.
       if !exists(tx, "SELECT 1 FROM sessions WHERE id = ?1", [session_id])? {
         return Err(Error::not_found(session_id));
       }
-      if Self::lease_live(tx, session_id, now)? {
+      // A lease kept by `after` (same owner, ended) is handed over, not waited for.
+      let handed = match after {
+        Some(prev) => exists(
+          tx,
+          "SELECT 1 FROM leases l JOIN tasks t ON t.id = l.task_id
+           WHERE l.session_id = ?1 AND l.task_id = ?2 AND l.owner_id = ?3 AND t.status != 'running'",
+          params![session_id, prev, owner.id],
+        )?,
+        None => false,
+      };
+      if !handed && Self::lease_live(tx, session_id, now)? {
         return Ok(Begin::SessionHeld);
       }
       if let Some(max) = max_running {
-        let live: i64 = tx.prepare_cached("SELECT COUNT(*) FROM leases WHERE expires_at > ?1")?.query_row([now], |r| r.get(0))?;
+        // A lease handed over becomes this task's: not counted.
+        let live: i64 = tx
+          .prepare_cached("SELECT COUNT(*) FROM leases WHERE expires_at > ?1 AND NOT (session_id = ?2 AND task_id IS ?3)")?
+          .query_row(params![now, session_id, after], |r| r.get(0))?;
         if live as u64 >= max {
           return Ok(Begin::Full);
         }
