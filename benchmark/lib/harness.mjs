@@ -38,10 +38,14 @@ export function tempDir(prefix) {
   return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))
 }
 
-/** Starts the stand-in server in a child process; resolves to { url, env, close }. */
-export function startStandIn() {
+/**
+ * Starts the stand-in server in a child process; resolves to { url, env, close }. `delayMs`: how
+ * long each reply waits before it is sent (a model that takes time; default: at once).
+ */
+export function startStandIn({ delayMs = 0 } = {}) {
   return new Promise((resolve, reject) => {
-    const child = fork(new URL('./standin-process.mjs', import.meta.url), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+    const env = { ...process.env, CSM_STANDIN_DELAY_MS: String(delayMs) }
+    const child = fork(new URL('./standin-process.mjs', import.meta.url), [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     child.once('error', reject)
     child.once('message', (m) =>
       resolve({

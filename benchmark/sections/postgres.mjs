@@ -9,10 +9,14 @@
 // R. Round trips to PostgreSQL per task, new and resumed: the PostgreSQL manager again, through a
 //    counting proxy (lib/pg-proxy.mjs; a separate pass, so the proxy's hop is not in A's times):
 //    flights before the CLI's main (on the task's path: not the event log's writer, which runs
-//    beside it until the task's end waits for it), after its result line (all), and in all.
+//    beside it until the task's end waits for it, nor the last task's lease release, taken over),
+//    after its result line (all but that release), and in all.
 // C. Three Node processes (three "nodes") sharing one schema, 50 new-session tasks each, 4 at a
 //    time per node: wall time, tasks per second, every task row written — and the same on one
 //    SQLite file shared by three processes.
+// --model-ms=N makes the stand-in wait N ms before each reply (default 0, at once): with a model
+// that takes time, the transcript lines the CLI mirrors before its result are stored before it
+// comes, as with a real model, instead of being written when it comes.
 // --parts=A,R,B,C picks the parts (default all). --baseline=<an older build's .node> adds a third
 // manager to A, PostgreSQL on that build (`baseline/…` rows), interleaved with the other two, so
 // that both builds' PostgreSQL overhead is measured in the same run, under the same noise.
@@ -52,7 +56,9 @@ const schema = (tag) => {
 }
 const out = { load: [machineLoad()], database: url.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@') }
 out.server = psql('SHOW server_version').trim()
-const standIn = await startStandIn()
+const MODEL_MS = Number(opt['model-ms'] ?? 0)
+out.modelMs = MODEL_MS
+const standIn = await startStandIn({ delayMs: MODEL_MS })
 const parts = new Set(String(opt.parts ?? 'A,R,B,C').split(','))
 
 try {
@@ -143,12 +149,14 @@ try {
       const flights = await proxy.flights()
       // Before the CLI, on the task's path: not the event log's writer, which runs beside it; after
       // the result, every flight (the task's end waits for its events to be written).
-      // (The stop-request watch polls beside the task, nothing waits for it: never counted there.)
+      // (The stop-request watch polls beside the task, nothing waits for it: never counted there;
+      // nor the release of the lease the last task kept while its CLI exited, which the next task
+      // takes over instead of waiting for: __test__/pg-round-trips.test.mjs proves it.)
       const count = (a, b, skip) => flights.filter((f) => f.t >= a && f.t <= b && !skip.includes(f.kind)).length
       return {
         sessionId: r.sessionId,
-        pre: count(t0, life.main, ['events', 'watch']),
-        post: count(life.result ?? life.reaped, t1, ['watch']),
+        pre: count(t0, life.main, ['events', 'watch', 'release']),
+        post: count(life.result ?? life.reaped, t1, ['watch', 'release']),
         total: count(t0, t1, []),
       }
     }
