@@ -175,6 +175,12 @@ impl Logs {
     Logs { fanout, ..Default::default() }
   }
 
+  /// `recorder` becomes the session's writer, until the returned value drops.
+  fn register(self: &Arc<Self>, session_id: &str, recorder: Recorder) -> Recording {
+    self.writers.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), recorder.clone());
+    Recording { logs: self.clone(), session_id: session_id.to_owned(), recorder }
+  }
+
   /// The writer of the task running here on the session, if any.
   pub(crate) fn writer(&self, session_id: &str) -> Option<Recorder> {
     self.writers.lock().unwrap_or_else(|p| p.into_inner()).get(session_id).cloned()
@@ -280,7 +286,12 @@ pub(crate) struct Recording {
 
 impl Drop for Recording {
   fn drop(&mut self) {
-    self.logs.writers.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.session_id);
+    let mut writers = self.logs.writers.lock().unwrap_or_else(|p| p.into_inner());
+    // Only this run's: the session's next run may have put its own writer in since (it can start
+    // while this one records its end, once the CLI has exited).
+    if writers.get(&self.session_id).is_some_and(|w| w.tx.same_channel(&self.recorder.tx)) {
+      writers.remove(&self.session_id);
+    }
   }
 }
 
@@ -655,9 +666,9 @@ impl Manager {
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = Recorder { tx };
     tokio::spawn(write_loop(self.store.clone(), self.logs.fanout.clone(), session_id.to_owned(), task_id.to_owned(), rx));
-    self.logs.writers.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), recorder.clone());
+    let recording = self.logs.register(session_id, recorder);
     self.start_sweeping();
-    Recording { logs: self.logs.clone(), session_id: session_id.to_owned(), recorder }
+    recording
   }
 
   /// The background sweep of events past `eventRetentionMs` (once per manager, with its first
@@ -896,6 +907,21 @@ mod tests {
       .iter()
       .map(|r| serde_json::from_str::<Value>(&r.body).unwrap()["event"]["delta"]["text"].as_str().unwrap_or("").to_owned())
       .collect()
+  }
+
+  /// A run's writer leaves the manager's map when the run is over, but not the writer the
+  /// session's next run put in meanwhile.
+  #[test]
+  fn a_finished_runs_writer_leaves_the_next_runs_in_place() {
+    let logs = Arc::new(Logs::default());
+    let (tx1, _rx1) = mpsc::unbounded_channel();
+    let (tx2, _rx2) = mpsc::unbounded_channel();
+    let first = logs.register("s", Recorder { tx: tx1 });
+    let second = logs.register("s", Recorder { tx: tx2.clone() });
+    drop(first);
+    assert!(logs.writer("s").is_some_and(|w| w.tx.same_channel(&tx2)), "the next run's writer stays");
+    drop(second);
+    assert!(logs.writer("s").is_none());
   }
 
   /// A session in a fresh SQLite store, and a writer of task `t`'s events to its log.

@@ -767,10 +767,12 @@ pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: 
 /// After the CLI of a task that kept the session's lease exited: the lease released (`release`:
 /// the task's end was recorded) and, with a mirror, the lines the store lacks stored in the same
 /// trip ([`Transcripts::append_and_release`]); the marker set when the store took everything;
-/// the file backups the CLI made stored with the transcript. When the transcript is not behind,
-/// `hand_over` is called once the marker and the backups are done, before the release is sent:
-/// the next task of this process may then take the kept lease over, and the release (harmless
-/// once it did) is off its path.
+/// the file backups the CLI made stored with the transcript. Unless the store lacks lines (they go
+/// with the release), `hand_over` is called once the marker and the backups are done, before the
+/// release is sent: the next task of this process may then take the kept lease over, and the
+/// release (harmless once it did) is off its path. A failed reconcile counts as nothing lacking,
+/// as it did before the hand-over: no marker is set, so the next task here rewrites its copy from
+/// the store.
 pub(crate) async fn release_after_exit(
   mirror: Option<(TaskMirror, TenantFile)>,
   store: Arc<Store>,

@@ -162,6 +162,14 @@ async fn a_run_settles_at_its_result_and_holds_the_session_until_its_cli_exits()
   let second = next.await.unwrap().unwrap();
   assert!(second.success, "{:?}", second.error);
   assert_eq!(statuses(&f.m, &s.id).await, ["succeeded", "succeeded"]);
+  // The first run stays among the running tasks until its lease's release is sent, beside the
+  // second run, which took that lease over.
+  for _ in 0..100 {
+    if f.m.running.lock().unwrap().is_empty() {
+      break;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+  }
   assert!(f.m.running.lock().unwrap().is_empty());
   assert!(f.m.finishing.lock().unwrap().is_empty());
   assert_eq!(f.m.slots.available_permits(), f.m.cfg.max_concurrent_tasks, "every slot given back");
