@@ -813,8 +813,8 @@ pub(crate) async fn release_after_exit(
     return;
   }
   let released = store.call(Wait::Blocking, async move |st| st.shared_transcripts()?.append_and_release(&sid, &tid, &lines).await).await;
-  if let (Ok(true), Some(((_, lines), local))) = (released, reconciled) {
-    let head = lines.last().map_or(0, |e| e.seq);
+  if let (Ok(true), Some(((head, lines), local))) = (released, reconciled) {
+    let head = lines.last().map_or(head, |e| e.seq);
     let _ = fresh(head, local, store).await;
   }
 }
