@@ -343,8 +343,8 @@ impl HeldRun {
 
 impl Holds {
   /// The session given to the next run in line (which may take the kept lease over): the
-  /// renewal stops and the place in line is returned; the run's entry among the running tasks
-  /// is kept by the caller.
+  /// renewal stops and the place in line is given up; the run's entry among the running tasks
+  /// is returned, for the caller to keep until the release is sent.
   fn hand_over(self) -> Running {
     let Holds { renew, running, guard } = self;
     drop(renew);
