@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Manager, Wait};
-use crate::cli::key_proxy::{Admission, CallOwner, CallUsage, Ledger, PriceTable, Prices, Refusal, TaskMeter};
+use crate::cli::key_proxy::{Admission, CallOwner, CallRequest, CallUsage, Ledger, PriceTable, Prices, Refusal, TaskMeter};
 use crate::error::{Error, Result};
 use crate::store::{Admit, Budget, BudgetDefaults, BudgetKey, CallAdmit, CallTokens, Session, Store, UsageQuery, UsageRow};
 
@@ -160,9 +160,9 @@ impl UsageGroupBy {
 ///
 /// A call some cap applies to is admitted (checked and recorded at its reserve in one store
 /// step) before it is forwarded. A call no cap applies to (a read says so: no default cap, no
-/// stored one on its user, project or session) cannot be refused: it is forwarded at once and
-/// recorded beside it, under a provisional id (negative) that its settling exchanges for the
-/// stored one. A cap set while such a call is on its way counts from the next call, as it does
+/// stored one on its user, project or session) cannot be refused: it is forwarded at once, and
+/// its request read (its model and reserve) and recorded beside it, under a provisional id
+/// (negative) that its settling exchanges for the stored one. A cap set while such a call is on its way counts from the next call, as it does
 /// for a call admitted just before the cap was set.
 pub(crate) struct StoreLedger {
   store: Arc<Store>,
@@ -177,13 +177,14 @@ impl StoreLedger {
     StoreLedger { store, defaults, recording: Default::default(), next_provisional: std::sync::atomic::AtomicI64::new(-1) }
   }
 
-  /// Records a call beside its forwarding.
-  fn record(&self, owner: CallOwner, model: String, reserve_usd: f64) -> Recording {
+  /// Records a call beside its forwarding (its request is read there, off the call's way).
+  fn record(&self, owner: CallOwner, call: Arc<CallRequest>) -> Recording {
     let store = self.store.clone();
-    let (o, m) = (owner.clone(), model.clone());
-    let handle =
-      tokio::spawn(async move { store.call(Wait::Blocking, async move |s| s.record_call(&call_admit(&o, &m, reserve_usd)).await).await });
-    Recording { handle, owner, model, reserve_usd }
+    let (o, c) = (owner.clone(), call.clone());
+    let handle = tokio::spawn(async move {
+      store.call(Wait::Blocking, async move |s| s.record_call(&call_admit(&o, c.model(), c.reserve_usd())).await).await
+    });
+    Recording { handle, owner, call }
   }
 
   /// The stored id of an admitted call: a provisional one waits for its record, made once more
@@ -192,12 +193,11 @@ impl StoreLedger {
     if call >= 0 {
       return Some(call);
     }
-    let Recording { handle, owner, model, reserve_usd } =
-      self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&call)?;
+    let Recording { handle, owner, call } = self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&call)?;
     if let Ok(Ok(id)) = handle.await {
       return Some(id);
     }
-    self.store.call(Wait::Blocking, async move |s| s.record_call(&call_admit(&owner, &model, reserve_usd)).await).await.ok()
+    self.store.call(Wait::Blocking, async move |s| s.record_call(&call_admit(&owner, call.model(), call.reserve_usd())).await).await.ok()
   }
 }
 
@@ -205,8 +205,7 @@ impl StoreLedger {
 struct Recording {
   handle: tokio::task::JoinHandle<Result<i64>>,
   owner: CallOwner,
-  model: String,
-  reserve_usd: f64,
+  call: Arc<CallRequest>,
 }
 
 fn call_admit<'a>(owner: &'a CallOwner, model: &'a str, reserve_usd: f64) -> CallAdmit<'a> {
@@ -222,15 +221,16 @@ fn call_admit<'a>(owner: &'a CallOwner, model: &'a str, reserve_usd: f64) -> Cal
 
 #[async_trait::async_trait]
 impl Ledger for StoreLedger {
-  async fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission {
-    let (owner, model, defaults) = (owner.clone(), model.to_owned(), self.defaults.clone());
+  async fn admit(&self, owner: &CallOwner, call: &Arc<CallRequest>) -> Admission {
+    let (owner, defaults) = (owner.clone(), self.defaults.clone());
     let capped = {
-      let (owner, model, defaults) = (owner.clone(), model.clone(), defaults.clone());
-      self.store.call(Wait::Briefly, async move |s| s.call_capped(&call_admit(&owner, &model, reserve_usd), &defaults).await).await
+      let (owner, defaults) = (owner.clone(), defaults.clone());
+      // Whether a cap applies depends on whom the call is charged to, not on its request.
+      self.store.call(Wait::Briefly, async move |s| s.call_capped(&call_admit(&owner, "", 0.0), &defaults).await).await
     };
     match capped {
       Ok(false) => {
-        let recording = self.record(owner, model, reserve_usd);
+        let recording = self.record(owner, call.clone());
         let id = self.next_provisional.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, recording);
         return Admission::Go(id);
@@ -238,6 +238,7 @@ impl Ledger for StoreLedger {
       Ok(true) => {}
       Err(e) => return Admission::Unavailable(format!("the spend caps could not be checked: {}", e.message)),
     }
+    let (model, reserve_usd) = (call.model().to_owned(), call.reserve_usd());
     let admitted =
       self.store.call(Wait::Briefly, async move |s| s.admit_call(&call_admit(&owner, &model, reserve_usd), &defaults).await).await;
     match admitted {
@@ -382,7 +383,7 @@ mod tests {
       store.usage_report(&q).wait().unwrap()
     };
 
-    let Admission::Go(call) = ledger.admit(&owner("u"), "m", 0.5).await else { panic!("refused") };
+    let Admission::Go(call) = ledger.admit(&owner("u"), &CallRequest::known("m", 0.5)).await else { panic!("refused") };
     assert!(call < 0, "provisional: {call}");
     ledger.settle(call, "m2", &usage(), 0.01).await;
     let rows = report("u");
@@ -392,13 +393,13 @@ mod tests {
 
     // A cap on the user: admitted first (a stored id), then refused once its reserve does not fit.
     store.set_budget(&BudgetKey { scope: "user".into(), user_id: "u".into(), ..Default::default() }, 1.0, None).wait().unwrap();
-    let Admission::Go(call) = ledger.admit(&owner("u"), "m", 0.6).await else { panic!("refused") };
+    let Admission::Go(call) = ledger.admit(&owner("u"), &CallRequest::known("m", 0.6)).await else { panic!("refused") };
     assert!(call > 0, "admitted: {call}");
-    let Admission::Refused(why) = ledger.admit(&owner("u"), "m", 0.6).await else { panic!("over the cap, admitted") };
+    let Admission::Refused(why) = ledger.admit(&owner("u"), &CallRequest::known("m", 0.6)).await else { panic!("over the cap, admitted") };
     assert_eq!(why.scope, "user");
     // A default cap: every call admitted first.
     let capped = StoreLedger::new(store.clone(), BudgetDefaults { per_session: Some(1e9), ..Default::default() });
-    let Admission::Go(call) = capped.admit(&owner("v"), "m", 0.1).await else { panic!("refused") };
+    let Admission::Go(call) = capped.admit(&owner("v"), &CallRequest::known("m", 0.1)).await else { panic!("refused") };
     assert!(call > 0, "admitted: {call}");
   }
 }

@@ -169,9 +169,10 @@ pub trait Budgets {
   /// call at its reserve, atomically (`budgets.rs`).
   async fn admit_call(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<Admit>;
   /// Whether any spend cap applies to a model call (a stored one on its user, its user's project,
-  /// its project or its session's lineage, or a default): a read that takes no lock. A call no
-  /// cap applies to cannot be refused, so it is recorded with [`Budgets::record_call`] while it
-  /// is forwarded instead of admitted before.
+  /// its project or its session's lineage, or a default): a read that takes no lock. Only whom the
+  /// call is charged to is read, not its model or reserve: it is asked before the request is read.
+  /// A call no cap applies to cannot be refused, so it is recorded with [`Budgets::record_call`]
+  /// while it is forwarded instead of admitted before.
   async fn call_capped(&self, call: &CallAdmit<'_>, defaults: &BudgetDefaults) -> Result<bool>;
   /// Records a call at its reserve without checking any cap (one no cap applied to); its id.
   async fn record_call(&self, call: &CallAdmit<'_>) -> Result<i64>;

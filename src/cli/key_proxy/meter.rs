@@ -6,8 +6,11 @@
 //! the caps with a reserve, then settle it at what upstream reported) and attaches a [`TaskMeter`]
 //! to each task's token ([`super::TaskToken::attach`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
+use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 /// Prices in USD per million tokens.
@@ -42,7 +45,8 @@ pub const RESERVE_BYTES_PER_TOKEN: u64 = 4;
 /// longest first), then [`LIST_PRICES`]; anything else at the most expensive entry.
 #[derive(Debug, Clone)]
 pub struct PriceTable {
-  entries: Vec<(String, Prices)>,
+  /// Shared: the table is cloned with each call's metering.
+  entries: Arc<[(String, Prices)]>,
 }
 
 impl Default for PriceTable {
@@ -57,7 +61,7 @@ impl PriceTable {
     let mut own: Vec<(String, Prices)> = overrides.into_iter().map(|(k, p)| (k.to_ascii_lowercase(), p)).collect();
     own.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
     own.extend(LIST_PRICES.iter().map(|(k, p)| ((*k).to_owned(), *p)));
-    PriceTable { entries: own }
+    PriceTable { entries: own.into() }
   }
 
   /// The prices of `model`; an unknown model (or none) at the most expensive entry's.
@@ -216,9 +220,10 @@ pub enum Admission {
 /// Where calls are checked against the caps and charged: the manager's store.
 #[async_trait::async_trait]
 pub trait Ledger: Send + Sync + 'static {
-  /// Checks every cap that applies to `owner` against `reserve_usd` and, atomically with the
-  /// check, records the call with the reserve as its price until it is settled.
-  async fn admit(&self, owner: &CallOwner, model: &str, reserve_usd: f64) -> Admission;
+  /// Checks every cap that applies to `owner` against the call's reserve and, atomically with
+  /// the check, records the call with the reserve as its price until it is settled. A call no
+  /// cap applies to may be let go before its request is read, and recorded beside its forwarding.
+  async fn admit(&self, owner: &CallOwner, call: &Arc<CallRequest>) -> Admission;
   /// Records what the call admitted as `call` really cost.
   async fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64);
 }
@@ -240,15 +245,103 @@ const CUT_OFF_CHARS_PER_TOKEN: u64 = 4;
 /// The longest SSE line kept to read (`message_start` and `message_delta` are short).
 const MAX_SSE_LINE: usize = 1 << 20;
 
+/// A model call's request as the ledger records it: the model it names and the reserve held for
+/// it until it is settled. Both are read from the body when first asked for: a call no cap
+/// applies to is forwarded first and read beside its forwarding, so a request of tens of
+/// kilobytes is not parsed on the way to the model.
+pub struct CallRequest {
+  body: Bytes,
+  prices: PriceTable,
+  read: OnceLock<(String, f64)>,
+}
+
+impl CallRequest {
+  pub fn new(body: Bytes, prices: &PriceTable) -> Arc<CallRequest> {
+    Arc::new(CallRequest { body, prices: prices.clone(), read: OnceLock::new() })
+  }
+
+  /// A call whose model and reserve are already known.
+  pub fn known(model: &str, reserve_usd: f64) -> Arc<CallRequest> {
+    let read = OnceLock::from((model.to_owned(), reserve_usd));
+    Arc::new(CallRequest { body: Bytes::new(), prices: PriceTable::default(), read })
+  }
+
+  /// The model the request names (`""` when it names none).
+  pub fn model(&self) -> &str {
+    &self.read().0
+  }
+
+  /// What the call may cost at most: its `max_tokens` at the output price plus its body at the
+  /// input price.
+  pub fn reserve_usd(&self) -> f64 {
+    self.read().1
+  }
+
+  fn read(&self) -> &(String, f64) {
+    self.read.get_or_init(|| reserve_of(&self.body, &self.prices))
+  }
+}
+
+impl fmt::Debug for CallRequest {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    f.debug_struct("CallRequest").field("bytes", &self.body.len()).field("read", &self.read.get()).finish()
+  }
+}
+
 /// The model and the reserve of a request body.
 pub(super) fn reserve_of(body: &[u8], prices: &PriceTable) -> (String, f64) {
-  let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-  let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+  // The reader skips the strings it does not keep without checking them as a whole parse would:
+  // their bytes are checked as UTF-8 here, and a body with an escaped surrogate (which a whole
+  // parse refuses when it is not half of a pair) is parsed whole.
+  let surrogate = memchr::memmem::find_iter(body, b"\\u").any(|i| body.get(i + 2).is_some_and(|c| c.eq_ignore_ascii_case(&b'd')));
+  let head = match std::str::from_utf8(body) {
+    Ok(text) if !surrogate => serde_json::from_str::<RequestHead>(text).unwrap_or_default(),
+    Ok(text) => serde_json::from_str::<Value>(text)
+      .map(|v| RequestHead { model: v.get("model").cloned(), max_tokens: v.get("max_tokens").cloned() })
+      .unwrap_or_default(),
+    Err(_) => RequestHead::default(),
+  };
+  let model = head.model.as_ref().and_then(Value::as_str).unwrap_or("").to_owned();
   // A request without a valid max_tokens is refused upstream; it is reserved as a large one.
-  let max_tokens = v.get("max_tokens").and_then(Value::as_u64).unwrap_or(128_000);
+  let max_tokens = head.max_tokens.as_ref().and_then(Value::as_u64).unwrap_or(128_000);
   let p = prices.for_model(&model);
   let input = body.len() as u64 / RESERVE_BYTES_PER_TOKEN;
-  (model.clone(), (max_tokens as f64 * p.output + input as f64 * p.input) / 1_000_000.0)
+  (model, (max_tokens as f64 * p.output + input as f64 * p.input) / 1_000_000.0)
+}
+
+/// The two members of a request body the reserve needs, read without building the rest (the
+/// messages, the system prompt, the tools): as a `serde_json::Value` would give them, the last of
+/// duplicate keys winning, and nothing from a body that is not one JSON object.
+#[derive(Default)]
+struct RequestHead {
+  model: Option<Value>,
+  max_tokens: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for RequestHead {
+  fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+      type Value = RequestHead;
+      fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+      }
+      fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RequestHead, A::Error> {
+        let mut head = RequestHead::default();
+        while let Some(key) = map.next_key::<String>()? {
+          match key.as_str() {
+            "model" => head.model = Some(map.next_value()?),
+            "max_tokens" => head.max_tokens = Some(map.next_value()?),
+            _ => {
+              map.next_value::<IgnoredAny>()?;
+            }
+          }
+        }
+        Ok(head)
+      }
+    }
+    d.deserialize_map(Members)
+  }
 }
 
 /// One forwarded call being metered: reads its response's usage as the frames pass, and charges
@@ -257,15 +350,14 @@ pub(super) struct CallCharge {
   pub metering: Metering,
   pub meter: Arc<TaskMeter>,
   pub call: i64,
-  pub model: String,
-  pub reserve: f64,
+  pub request: Arc<CallRequest>,
   observer: Observer,
   done: bool,
 }
 
 impl CallCharge {
-  pub fn new(metering: Metering, meter: Arc<TaskMeter>, call: i64, model: String, reserve: f64) -> CallCharge {
-    CallCharge { metering, meter, call, model, reserve, observer: Observer::new(false), done: false }
+  pub fn new(metering: Metering, meter: Arc<TaskMeter>, call: i64, request: Arc<CallRequest>) -> CallCharge {
+    CallCharge { metering, meter, call, request, observer: Observer::new(false), done: false }
   }
 
   /// Whether the response is a stream of server-sent events (else JSON); said before any frame.
@@ -283,9 +375,9 @@ impl CallCharge {
       return;
     }
     let seen = self.observer.finish();
-    let model = seen.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.model.clone());
+    let model = seen.model.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| self.request.model().to_owned());
     let prices = self.metering.prices.for_model(&model);
-    let usd = if seen.unreadable { self.reserve } else { seen.usage.usd(&prices) };
+    let usd = if seen.unreadable { self.request.reserve_usd() } else { seen.usage.usd(&prices) };
     self.meter.charge(&seen.usage, usd);
     let (ledger, call, usage) = (self.metering.ledger.clone(), self.call, seen.usage);
     match tokio::runtime::Handle::try_current() {
@@ -436,7 +528,7 @@ mod tests {
 
   #[async_trait::async_trait]
   impl Ledger for Recorded {
-    async fn admit(&self, _: &CallOwner, _: &str, _: f64) -> Admission {
+    async fn admit(&self, _: &CallOwner, _: &Arc<CallRequest>) -> Admission {
       Admission::Go(1)
     }
     async fn settle(&self, call: i64, model: &str, usage: &CallUsage, usd: f64) {
@@ -450,14 +542,14 @@ mod tests {
     let metering = Metering { ledger: ledger.clone(), prices: PriceTable::default() };
     let meter = TaskMeter::new(CallOwner::default());
     // A streamed call, settled twice (the body's end, then the drop): charged once.
-    let mut a = CallCharge::new(metering.clone(), meter.clone(), 1, "claude-sonnet-4-5".into(), 9.0);
+    let mut a = CallCharge::new(metering.clone(), meter.clone(), 1, CallRequest::known("claude-sonnet-4-5", 9.0));
     a.set_sse(true);
     a.feed(b"data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1000000,\"cache_read_input_tokens\":2,\"cache_creation_input_tokens\":3}}}\n");
     a.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":1000000}}\n");
     a.settle();
     drop(a);
     // A JSON call, charged when dropped (a response cut off is charged what it reported).
-    let mut b = CallCharge::new(metering.clone(), meter.clone(), 2, "claude-haiku-4-5".into(), 9.0);
+    let mut b = CallCharge::new(metering.clone(), meter.clone(), 2, CallRequest::known("claude-haiku-4-5", 9.0));
     b.feed(br#"{"model":"claude-haiku-4-5","usage":{"input_tokens":5,"output_tokens":7}}"#);
     drop(b);
     let m = meter.snapshot();
@@ -474,7 +566,7 @@ mod tests {
     assert!((settled[0].3 - sonnet).abs() < 1e-9 && (settled[1].3 - haiku).abs() < 1e-9);
     // A JSON body over the bound is charged its reserve; an SSE line over it is skipped, and the
     // lines after it are still read.
-    let mut big = CallCharge::new(metering.clone(), meter.clone(), 3, "claude-haiku-4-5".into(), 4.5);
+    let mut big = CallCharge::new(metering.clone(), meter.clone(), 3, CallRequest::known("claude-haiku-4-5", 4.5));
     big.feed(&vec![b' '; MAX_JSON_RESPONSE]);
     big.feed(br#"{"usage":{"input_tokens":1}}"#);
     big.settle();
@@ -574,5 +666,92 @@ mod tests {
     assert_eq!(model, "claude-sonnet-4-5");
     let want = (1000.0 * 15.0 + (body.len() as u64 / 4) as f64 * 3.0) / 1e6;
     assert!((r - want).abs() < 1e-12, "{r} {want}");
+  }
+
+  /// The reserve as read before its reader skipped what it does not need: the whole body parsed.
+  fn reserve_of_whole_body(body: &[u8], prices: &PriceTable) -> (String, f64) {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+    let max_tokens = v.get("max_tokens").and_then(Value::as_u64).unwrap_or(128_000);
+    let p = prices.for_model(&model);
+    let input = body.len() as u64 / RESERVE_BYTES_PER_TOKEN;
+    (model, (max_tokens as f64 * p.output + input as f64 * p.input) / 1_000_000.0)
+  }
+
+  #[test]
+  fn the_reserve_reads_a_body_as_a_whole_parse_would_whatever_the_body() {
+    let bodies: Vec<&[u8]> = vec![
+      br#"{"model":"claude-haiku-4-5","max_tokens":1000,"messages":[{"role":"user","content":"max_tokens model"}]}"#,
+      // The last of duplicate keys wins, as upstream's parser and a Value have it.
+      br#"{"max_tokens":1,"model":"claude-haiku-4-5","max_tokens":64000,"model":"claude-opus-4-1"}"#,
+      // An escaped key is the key it spells.
+      br#"{"mo\u0064el":"claude-haiku-4-5","max_\u0074okens":5}"#,
+      // Members of the wrong type, nested look-alikes, a negative or fractional max_tokens.
+      br#"{"model":7,"max_tokens":"9","metadata":{"model":"claude-haiku-4-5","max_tokens":1}}"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":-1}"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":1.5}"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":18446744073709551616}"#,
+      // Not one JSON object: nothing is read.
+      br#"{"model":"claude-haiku-4-5","max_tokens":10} trailing"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":10,"messages":[1,2,}"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":10,"x":"\q"}"#,
+      b"{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"x\":\"\xff\xfe\"}",
+      br#"{"model":"claude-haiku-4-5","max_tokens":10,"x":"\ud800"}"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":10,"x":"\ud83d\ude00 \\ud800"}"#,
+      br#"{"model":"claude-haiku-4-5","max_tokens":10,"x":"\udc00 \ud83d\ude00"}"#,
+      b"{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"x\":\"a\nb\"}",
+      b"{\"model\":\"claude-haiku-4-5\",\"max_tokens\":10,\"x\":\"a\x00b\"}",
+      br#"[{"model":"claude-haiku-4-5","max_tokens":10}]"#,
+      br#""claude-haiku-4-5""#,
+      b"",
+      br#"{"model":"claude-haiku-4-5","max_tokens":10,"model":"claude-haiku-4-5","x":{"deep":[[[[{"a":null}]]]]}}"#,
+    ];
+    let prices = PriceTable::default();
+    for body in bodies {
+      assert_eq!(reserve_of(body, &prices), reserve_of_whole_body(body, &prices), "{}", String::from_utf8_lossy(body));
+    }
+  }
+
+  #[test]
+  fn a_call_request_is_read_only_when_asked() {
+    let body = Bytes::from_static(br#"{"model":"claude-haiku-4-5","max_tokens":100}"#);
+    let call = CallRequest::new(body.clone(), &PriceTable::default());
+    assert!(call.read.get().is_none(), "read before it was asked for");
+    assert_eq!((call.model().to_owned(), call.reserve_usd()), reserve_of(&body, &PriceTable::default()));
+  }
+
+  /// What reading a call's model and reserve costs, against parsing the whole body, on a body of
+  /// the CLI's shape (about 50 KB: system prompt, tools, messages). A measurement, not a check:
+  /// `cargo test --release --lib reserve_reading_cost -- --ignored --nocapture`.
+  #[test]
+  #[ignore]
+  fn reserve_reading_cost() {
+    let tool = |i: usize| {
+      serde_json::json!({ "name": format!("Tool{i}"), "description": "Does one thing with care.\n".repeat(30),
+        "input_schema": { "type": "object", "properties": { "path": { "type": "string", "description": "where" } } } })
+    };
+    let body = serde_json::to_vec(&serde_json::json!({
+      "model": "claude-sonnet-4-5", "max_tokens": 32000,
+      "system": [{ "type": "text", "text": "You are an agent. \"Quoted\" and\ttabbed.\n".repeat(400) }],
+      "tools": (0..20).map(tool).collect::<Vec<_>>(),
+      "messages": [{ "role": "user", "content": [{ "type": "text", "text": "Reply with one sentence, café ✓." }] }],
+    }))
+    .unwrap();
+    let prices = PriceTable::default();
+    let rounds = 2000;
+    for _ in 0..2 {
+      let t = std::time::Instant::now();
+      for _ in 0..rounds {
+        std::hint::black_box(reserve_of_whole_body(std::hint::black_box(&body), &prices));
+      }
+      let whole = t.elapsed() / rounds;
+      let t = std::time::Instant::now();
+      for _ in 0..rounds {
+        std::hint::black_box(reserve_of(std::hint::black_box(&body), &prices));
+      }
+      let head = t.elapsed() / rounds;
+      println!("body {} bytes: whole parse {whole:?}, model and max_tokens only {head:?} per call", body.len());
+    }
+    assert_eq!(reserve_of(&body, &prices), reserve_of_whole_body(&body, &prices));
   }
 }

@@ -620,8 +620,9 @@ impl State {
         }
       }
     }
-    // A model call of a metered task: its body is read whole (for its model and max_tokens), the call is admitted
-    // against the caps with its reserve, and its response is metered as it passes.
+    // A model call of a metered task: its body is taken whole, the call is admitted against the caps with its
+    // reserve (read from the body: its model and max_tokens; where no cap applies, read beside the forwarding), and
+    // its response is metered as it passes.
     let metered = match (&self.metering, meter) {
       (Some(m), Some(meter)) if parts.uri.path() == FORWARDED_PATHS[0] => Some((m.clone(), meter)),
       _ => None,
@@ -640,10 +641,10 @@ impl State {
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "the request body could not be read or is too large");
           }
         };
-        let (model, reserve) = meter::reserve_of(&bytes, &metering.prices);
-        let admitted = metering.ledger.admit(&meter.owner, &model, reserve).await;
+        let request = CallRequest::new(bytes.clone(), &metering.prices);
+        let admitted = metering.ledger.admit(&meter.owner, &request).await;
         match admitted {
-          Admission::Go(call) => (Either::Right(Full::new(bytes)), Some(CallCharge::new(metering, meter, call, model, reserve))),
+          Admission::Go(call) => (Either::Right(Full::new(bytes)), Some(CallCharge::new(metering, meter, call, request))),
           Admission::Refused(why) => {
             self.refused.fetch_add(1, Ordering::Relaxed);
             meter.refuse(&why);
@@ -903,7 +904,9 @@ fn json_escape(s: &str) -> String {
 
 pub mod meter;
 use meter::CallCharge;
-pub use meter::{Admission, CallOwner, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, Refusal, TaskMeter, LIST_PRICES};
+pub use meter::{
+  Admission, CallOwner, CallRequest, CallUsage, Ledger, Metered, Metering, PriceTable, Prices, Refusal, TaskMeter, LIST_PRICES,
+};
 
 #[cfg(test)]
 mod tests;
