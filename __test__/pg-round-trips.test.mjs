@@ -25,6 +25,7 @@ import { buildWrapper, claudeBinary, LifetimeLog } from '../benchmark/lib/harnes
 /** Closes a test's manager, proxy (letting go of what it held) and stand-in; drops its schema. */
 async function shutDown(m, proxy, server, schema) {
   await proxy.hold(null)
+  await proxy.cut(null)
   await m.close()
   await proxy.close()
   await server.close()
@@ -134,6 +135,43 @@ test("a resumed task takes over the lease its session's last task kept while its
   const psql = (sql) => execFileSync('psql', [PG_URL, '-qXAtc', sql.replaceAll('{S}', `"${schema}"`)], { encoding: 'utf8' }).trim()
   // Both releases went through once let go; the second task's freed the lease, the first's nothing.
   await until('the releases to land', () => psql(`SELECT count(*) FROM {S}.leases WHERE task_id IS NULL`) === '1')
+  t.assert.equal(psql(`SELECT string_agg(status, ',' ORDER BY started_at) FROM {S}.tasks`), 'succeeded,succeeded')
+  t.assert.equal(psql(`SELECT fence FROM {S}.leases`), '2', 'the second task took the lease over under a new fence')
+})
+
+// A kept lease whose release fails (the connection lost, every try) is still the task's in the
+// store until it expires. The session's next task here takes it over all the same, instead of
+// waiting out the lease (10 minutes here): before, the hand-over ended with the release, failed
+// or not, and the next task waited behind the lease.
+test("a kept lease whose release failed is still taken over by the session's next task, not waited out", async (t) => {
+  if (skipWithoutPostgres(t)) return
+  const server = await startStandInServer()
+  const proxy = await startPgProxy(PG_URL)
+  const schema = `csm_handover_cut_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const { manager: m } = makeManager({ server, backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema, leaseTtlMs: 600_000 })
+  t.after(() => shutDown(m, proxy, server, schema))
+  const ask = (sessionId) => m.executeTask({ prompt: 'Say hello.', projectId: 'p', userId: 'u', sessionId })
+  await proxy.cut('release')
+  const first = await ask()
+  t.assert.ok(first.success, JSON.stringify(first.error))
+  // Every try of the release is cut (each on a fresh connection); once no new one came for a
+  // while, the manager has given up on it.
+  const releases = async () => (await proxy.flights()).filter((f) => f.kind === 'release' && f.cut).length
+  let seen = await until('the first release to be cut', releases)
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 500))
+    const now = await releases()
+    if (now === seen) break
+    seen = now
+  }
+  const psql = (sql) => execFileSync('psql', [PG_URL, '-qXAtc', sql.replaceAll('{S}', `"${schema}"`)], { encoding: 'utf8' }).trim()
+  t.assert.equal(psql(`SELECT task_id FROM {S}.leases`), first.taskId, "the store still has the lease as the first task's")
+  let timer
+  const stuck = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error('the resumed task waited out the lease whose release failed')), 30_000)
+  })
+  const second = await Promise.race([ask(first.sessionId), stuck]).finally(() => clearTimeout(timer))
+  t.assert.ok(second.success, JSON.stringify(second.error))
   t.assert.equal(psql(`SELECT string_agg(status, ',' ORDER BY started_at) FROM {S}.tasks`), 'succeeded,succeeded')
   t.assert.equal(psql(`SELECT fence FROM {S}.leases`), '2', 'the second task took the lease over under a new fence')
 })

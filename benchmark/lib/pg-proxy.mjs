@@ -35,6 +35,8 @@ if (!isMainThread && workerData?.pgProxy) {
   let hold = null
   /** What `hold` keeps back: per connection, a function that sends it on. */
   const held = new Set()
+  /** While set, a flight with a statement of this kind closes its connection instead (a lost connection). */
+  let cut = null
   const server = net.createServer((client) => {
     const upstream = net.connect(port, host)
     client.setNoDelay(true)
@@ -98,6 +100,12 @@ if (!isMainThread && workerData?.pgProxy) {
       }
       buf = buf.length ? Buffer.concat([buf, b]) : b
       parse()
+      if (cut && flight?.kinds.has(cut)) {
+        flight.cut = true
+        client.destroy()
+        upstream.destroy()
+        return
+      }
       if (!waiting && hold && flight?.kinds.has(hold)) {
         waiting = []
         held.add(flush)
@@ -118,7 +126,11 @@ if (!isMainThread && workerData?.pgProxy) {
   })
   server.listen(0, '127.0.0.1', () => parentPort.postMessage({ port: server.address().port }))
   parentPort.on('message', (m) => {
-    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, kind: f.kind ?? 'task', sql: f.sql })) })
+    if (m === 'flights') parentPort.postMessage({ flights: flights.map((f) => ({ t: f.t, kind: f.kind ?? 'task', sql: f.sql, cut: Boolean(f.cut) })) })
+    if (m?.cut !== undefined) {
+      cut = m.cut
+      parentPort.postMessage({ cut: true })
+    }
     if (m?.hold !== undefined) {
       hold = m.hold
       if (!hold) for (const f of held) f() // each deletes itself: a Set goes on past a deleted entry
@@ -145,7 +157,8 @@ export async function startPgProxy(url) {
     /**
      * The flights so far, in order: `t` when (hrtime nanoseconds), `kind` what runs in it:
      * `events` (only appends to the event log), `watch` (only polls for stop requests), `task`;
-     * `sql` the statements it ran (whitespace folded, each cut at 100 characters).
+     * `sql` the statements it ran (whitespace folded, each cut at 100 characters); `cut` whether
+     * `cut` closed its connection instead.
      */
     async flights() {
       const answer = next()
@@ -159,6 +172,15 @@ export async function startPgProxy(url) {
     async hold(kind) {
       const answer = next()
       worker.postMessage({ hold: kind })
+      await answer
+    },
+    /**
+     * Closes the connection of each flight with a statement of `kind` (see `flights`) instead of
+     * sending it on, as a connection lost to the server would be, until `cut(null)`.
+     */
+    async cut(kind) {
+      const answer = next()
+      worker.postMessage({ cut: kind })
       await answer
     },
     async close() {

@@ -772,7 +772,8 @@ pub(crate) async fn finish_mirror(m: TaskMirror, store: Arc<Store>, session_id: 
 /// release is sent: the next task of this process may then take the kept lease over, and the
 /// release (harmless once it did) is off its path. A failed reconcile counts as nothing lacking,
 /// as it did before the hand-over: no marker is set, so the next task here rewrites its copy from
-/// the store.
+/// the store. Returns false when the lease was handed over and its release then failed: the
+/// store still has the lease as this task's (until it expires, or a take-over).
 pub(crate) async fn release_after_exit(
   mirror: Option<(TaskMirror, TenantFile)>,
   store: Arc<Store>,
@@ -781,14 +782,14 @@ pub(crate) async fn release_after_exit(
   marker: PathBuf,
   release: bool,
   hand_over: impl FnOnce(),
-) {
+) -> bool {
   if !release {
     // The end was not recorded: the lease is left to expire; the lines the store lacks are
     // stored under it while it lasts, as after any task.
     if let Some((m, local)) = mirror {
       finish_mirror(m, store, session_id, local, marker).await;
     }
-    return;
+    return true;
   }
   let max_bytes = mirror.as_ref().map(|(m, _)| m.max_bytes);
   let reconciled = match mirror {
@@ -809,14 +810,14 @@ pub(crate) async fn release_after_exit(
       let _ = fresh(head, local, store.clone()).await;
     }
     hand_over();
-    let _ = store.call(Wait::Blocking, async move |st| st.release_lease(&sid, &tid).await).await;
-    return;
+    return store.call(Wait::Blocking, async move |st| st.release_lease(&sid, &tid).await).await.is_ok();
   }
   let released = store.call(Wait::Blocking, async move |st| st.shared_transcripts()?.append_and_release(&sid, &tid, &lines).await).await;
   if let (Ok(true), Some(((head, lines), local))) = (released, reconciled) {
     let head = lines.last().map_or(head, |e| e.seq);
     let _ = fresh(head, local, store).await;
   }
+  true
 }
 
 impl Manager {

@@ -75,6 +75,14 @@ impl Manager {
     let after = self.handed_over.lock().unwrap_or_else(|p| p.into_inner()).get(&t.session.id).cloned();
     let Some(permit) = self.slot(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     let Some((mut began, taken_at)) = self.lease(t, after.as_deref()).await? else { return Ok(Err(self.aborted_in_queue(t))) };
+    // The kept lease is taken over or gone: its entry is done with (one kept past a failed release
+    // stays only until here).
+    if let Some(after) = after {
+      let mut map = self.handed_over.lock().unwrap_or_else(|p| p.into_inner());
+      if map.get(&t.session.id) == Some(&after) {
+        map.remove(&t.session.id);
+      }
+    }
     // Once the lease is ours, the session is read again (in the same trip to the store): a task
     // that ran while this one waited (in this process or another) may have created its
     // transcript or moved its cost watermark.

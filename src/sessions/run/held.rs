@@ -90,24 +90,27 @@ impl Drop for Finishing {
 }
 
 /// A session's entry in `Manager::handed_over` while its last task's kept lease is released:
-/// the next task here may take that lease over meanwhile.
+/// the next task here may take that lease over meanwhile. Kept past the release when that failed
+/// (the store still has the lease as the task's, until it expires): the next task here then takes
+/// it over instead of waiting, and its start removes the entry.
 struct HandedOver {
   map: Arc<Mutex<HashMap<String, String>>>,
   session_id: String,
   task_id: String,
+  kept: bool,
 }
 
 impl HandedOver {
   fn mark(map: Arc<Mutex<HashMap<String, String>>>, session_id: &str, task_id: &str) -> HandedOver {
     map.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), task_id.to_owned());
-    HandedOver { map, session_id: session_id.to_owned(), task_id: task_id.to_owned() }
+    HandedOver { map, session_id: session_id.to_owned(), task_id: task_id.to_owned(), kept: false }
   }
 }
 
 impl Drop for HandedOver {
   fn drop(&mut self) {
     let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-    if map.get(&self.session_id) == Some(&self.task_id) {
+    if !self.kept && map.get(&self.session_id) == Some(&self.task_id) {
       map.remove(&self.session_id);
     }
   }
@@ -247,7 +250,10 @@ impl HeldRun {
         drop(permit.take());
         still_running = holds.take().map(Holds::hand_over);
       };
-      release_after_exit(mirror.zip(local), store, sid.clone(), tid.clone(), marker, release, hand_over).await;
+      let released = release_after_exit(mirror.zip(local), store, sid.clone(), tid.clone(), marker, release, hand_over).await;
+      if let (false, Some(h)) = (released, handed.as_mut()) {
+        h.kept = true;
+      }
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
         drop(running);
