@@ -927,6 +927,8 @@ test('nextjs example: build, start, every route over HTTP, and the page in Chrom
     await page.waitForFunction(() => [...document.querySelectorAll('.messages > .message .text')].some((el) => el.textContent === 'Echo #2: second question'))
     await settledOn(4)
     t.assert.deepStrictEqual(await texts(), ['first question', 'Echo #1: first question', 'second question', 'Echo #2: second question'])
+    // The branch list is the session's own, loaded with its history: wait for the fork to be in it.
+    await page.waitForSelector(`[data-testid=branches] option[value="${edited}"]`, { state: 'attached' })
     t.assert.strictEqual(await page.$eval(`[data-testid=branches] option[value="${edited}"]`, (el) => el.dataset.relation), 'fork')
 
     // Undo the last turn (files too): the session continues from the first answer.
