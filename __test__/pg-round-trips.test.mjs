@@ -154,12 +154,13 @@ test("a kept lease whose release failed is still taken over by the session's nex
   await proxy.cut('release')
   const first = await ask()
   t.assert.ok(first.success, JSON.stringify(first.error))
-  // Every try of the release is cut (each on a fresh connection); once no new one came for a
-  // while, the manager has given up on it.
+  // Every try of the release is cut (each at once on a fresh connection); once no new one came
+  // for a second, the manager has given up on it. (Should the tries outlast that, the second task
+  // would find the entry still there: the test could then pass on the old code, never fail on this.)
   const releases = async () => (await proxy.flights()).filter((f) => f.kind === 'release' && f.cut).length
   let seen = await until('the first release to be cut', releases)
   for (;;) {
-    await new Promise((r) => setTimeout(r, 500))
+    await new Promise((r) => setTimeout(r, 1000))
     const now = await releases()
     if (now === seen) break
     seen = now

@@ -12,7 +12,8 @@ const quick = Boolean(opt.quick)
 const ROUNDS = Number(opt.rounds ?? (quick ? 2 : 7))
 const ROUND_MS = quick ? 40 : 120 // each implementation runs at least this long per round (at least one call)
 
-const addon = require('../../index.js')
+// BENCH_ADDON=<.node> measures that build instead of index.js's, as in every other section.
+const addon = require(process.env.BENCH_ADDON || '../../index.js')
 const baseline = opt.baseline ? require(opt.baseline) : null
 
 const t0 = performance.now()

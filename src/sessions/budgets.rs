@@ -162,8 +162,8 @@ impl UsageGroupBy {
 /// step) before it is forwarded. A call no cap applies to (a read says so: no default cap, no
 /// stored one on its user, project or session) cannot be refused: it is forwarded at once, and
 /// its request read (its model and reserve) and recorded beside it, under a provisional id
-/// (negative) that its settling exchanges for the stored one. A cap set while such a call is on its way counts from the next call, as it does
-/// for a call admitted just before the cap was set.
+/// (negative) that its settling exchanges for the stored one. A cap set while such a call is on
+/// its way counts from the next call, as it does for a call admitted just before the cap was set.
 pub(crate) struct StoreLedger {
   store: Arc<Store>,
   defaults: BudgetDefaults,

@@ -250,20 +250,22 @@ const MAX_SSE_LINE: usize = 1 << 20;
 /// applies to is forwarded first and read beside its forwarding, so a request of tens of
 /// kilobytes is not parsed on the way to the model.
 pub struct CallRequest {
-  body: Bytes,
+  /// The body until it is read (then let go: the call's response may stream for minutes).
+  body: Mutex<Option<Bytes>>,
+  len: usize,
   prices: PriceTable,
   read: OnceLock<(String, f64)>,
 }
 
 impl CallRequest {
   pub fn new(body: Bytes, prices: &PriceTable) -> Arc<CallRequest> {
-    Arc::new(CallRequest { body, prices: prices.clone(), read: OnceLock::new() })
+    Arc::new(CallRequest { len: body.len(), body: Mutex::new(Some(body)), prices: prices.clone(), read: OnceLock::new() })
   }
 
   /// A call whose model and reserve are already known.
   pub fn known(model: &str, reserve_usd: f64) -> Arc<CallRequest> {
     let read = OnceLock::from((model.to_owned(), reserve_usd));
-    Arc::new(CallRequest { body: Bytes::new(), prices: PriceTable::default(), read })
+    Arc::new(CallRequest { body: Mutex::new(None), len: 0, prices: PriceTable::default(), read })
   }
 
   /// The model the request names (`""` when it names none).
@@ -278,13 +280,16 @@ impl CallRequest {
   }
 
   fn read(&self) -> &(String, f64) {
-    self.read.get_or_init(|| reserve_of(&self.body, &self.prices))
+    self.read.get_or_init(|| {
+      let body = self.body.lock().unwrap_or_else(PoisonError::into_inner).take().unwrap_or_default();
+      reserve_of(&body, &self.prices)
+    })
   }
 }
 
 impl fmt::Debug for CallRequest {
   fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    f.debug_struct("CallRequest").field("bytes", &self.body.len()).field("read", &self.read.get()).finish()
+    f.debug_struct("CallRequest").field("bytes", &self.len).field("read", &self.read.get()).finish()
   }
 }
 
@@ -311,7 +316,10 @@ pub(super) fn reserve_of(body: &[u8], prices: &PriceTable) -> (String, f64) {
 
 /// The two members of a request body the reserve needs, read without building the rest (the
 /// messages, the system prompt, the tools): as a `serde_json::Value` would give them, the last of
-/// duplicate keys winning, and nothing from a body that is not one JSON object.
+/// duplicate keys winning, and nothing from a body that is not one JSON object. Two bodies a whole
+/// parse refuses are read all the same: one with a number out of range, or nesting deeper than
+/// 128 levels, in a member the reader skips. Such a body is reserved at its model and `max_tokens`
+/// like any other (the whole parse's refusal gave it the largest reserve, by accident).
 #[derive(Default)]
 struct RequestHead {
   model: Option<Value>,
@@ -679,7 +687,7 @@ mod tests {
   }
 
   #[test]
-  fn the_reserve_reads_a_body_as_a_whole_parse_would_whatever_the_body() {
+  fn the_reserve_reads_a_body_as_a_whole_parse_would() {
     let bodies: Vec<&[u8]> = vec![
       br#"{"model":"claude-haiku-4-5","max_tokens":1000,"messages":[{"role":"user","content":"max_tokens model"}]}"#,
       // The last of duplicate keys wins, as upstream's parser and a Value have it.
@@ -710,6 +718,16 @@ mod tests {
     for body in bodies {
       assert_eq!(reserve_of(body, &prices), reserve_of_whole_body(body, &prices), "{}", String::from_utf8_lossy(body));
     }
+    // What the whole parse refuses in a skipped member and the reader does not: a number out of
+    // range, nesting deeper than 128. Read for the two members, as the same body without it.
+    let deep = format!(r#"{{"model":"claude-haiku-4-5","max_tokens":10,"x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+    for body in [br#"{"model":"claude-haiku-4-5","max_tokens":10,"x":1e400}"#.to_vec(), deep.into_bytes()] {
+      assert_eq!(reserve_of_whole_body(&body, &prices).0, "", "the whole parse refuses it");
+      let (model, r) = reserve_of(&body, &prices);
+      let want = (10.0 * 5.0 + (body.len() as u64 / 4) as f64 * 1.0) / 1e6;
+      assert_eq!(model, "claude-haiku-4-5");
+      assert!((r - want).abs() < 1e-12, "{r} {want}");
+    }
   }
 
   #[test]
@@ -718,6 +736,7 @@ mod tests {
     let call = CallRequest::new(body.clone(), &PriceTable::default());
     assert!(call.read.get().is_none(), "read before it was asked for");
     assert_eq!((call.model().to_owned(), call.reserve_usd()), reserve_of(&body, &PriceTable::default()));
+    assert!(call.body.lock().unwrap().is_none(), "the body is let go once read");
   }
 
   /// What reading a call's model and reserve costs, against parsing the whole body, on a body of

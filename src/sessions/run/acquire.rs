@@ -76,7 +76,7 @@ impl Manager {
     let Some(permit) = self.slot(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     let Some((mut began, taken_at)) = self.lease(t, after.as_deref()).await? else { return Ok(Err(self.aborted_in_queue(t))) };
     // The kept lease is taken over or gone: its entry is done with (one kept past a failed release
-    // stays only until here).
+    // goes here, or when the lease has expired).
     if let Some(after) = after {
       let mut map = self.handed_over.lock().unwrap_or_else(|p| p.into_inner());
       if map.get(&t.session.id) == Some(&after) {

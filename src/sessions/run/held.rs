@@ -90,27 +90,34 @@ impl Drop for Finishing {
 }
 
 /// A session's entry in `Manager::handed_over` while its last task's kept lease is released:
-/// the next task here may take that lease over meanwhile. Kept past the release when that failed
-/// (the store still has the lease as the task's, until it expires): the next task here then takes
-/// it over instead of waiting, and its start removes the entry.
+/// the next task here may take that lease over meanwhile.
 struct HandedOver {
   map: Arc<Mutex<HashMap<String, String>>>,
   session_id: String,
   task_id: String,
-  kept: bool,
 }
 
 impl HandedOver {
   fn mark(map: Arc<Mutex<HashMap<String, String>>>, session_id: &str, task_id: &str) -> HandedOver {
     map.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), task_id.to_owned());
-    HandedOver { map, session_id: session_id.to_owned(), task_id: task_id.to_owned(), kept: false }
+    HandedOver { map, session_id: session_id.to_owned(), task_id: task_id.to_owned() }
+  }
+
+  /// The release failed: the store still has the lease as the task's, until it expires. The entry
+  /// stays for the lease's life (`ttl` at most), so that the next task here takes the lease over
+  /// instead of waiting it out; that task's start removes it sooner.
+  fn keep_for(self, ttl: std::time::Duration) {
+    tokio::spawn(async move {
+      tokio::time::sleep(ttl).await;
+      drop(self);
+    });
   }
 }
 
 impl Drop for HandedOver {
   fn drop(&mut self) {
     let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-    if !self.kept && map.get(&self.session_id) == Some(&self.task_id) {
+    if map.get(&self.session_id) == Some(&self.task_id) {
       map.remove(&self.session_id);
     }
   }
@@ -234,7 +241,7 @@ impl HeldRun {
     // and the next task marks it `interrupted` (as after a crash).
     let recorded = res.is_ok();
     let finishing = Finishing::mark(m.finishing.clone(), &self.session.id);
-    let (store, sid, tid) = (m.store.clone(), self.session.id.clone(), self.task_id.clone());
+    let (store, sid, tid, ttl) = (m.store.clone(), self.session.id.clone(), self.task_id.clone(), m.cfg.lease_ttl);
     let (mirror, holds, permit, handed_over) = (self.mirror.take(), self.holds.take(), self.permit.take(), m.handed_over.clone());
     tokio::spawn(async move {
       tail.await;
@@ -251,8 +258,8 @@ impl HeldRun {
         still_running = holds.take().map(Holds::hand_over);
       };
       let released = release_after_exit(mirror.zip(local), store, sid.clone(), tid.clone(), marker, release, hand_over).await;
-      if let (false, Some(h)) = (released, handed.as_mut()) {
-        h.kept = true;
+      if let (false, Some(h)) = (released, handed.take()) {
+        h.keep_for(ttl);
       }
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
