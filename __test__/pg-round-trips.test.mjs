@@ -176,3 +176,32 @@ test("a kept lease whose release failed is still taken over by the session's nex
   t.assert.equal(psql(`SELECT string_agg(status, ',' ORDER BY started_at) FROM {S}.tasks`), 'succeeded,succeeded')
   t.assert.equal(psql(`SELECT fence FROM {S}.leases`), '2', 'the second task took the lease over under a new fence')
 })
+
+// The same failed release, and no task of the session follows here: the manager tries the release
+// again a little later (other processes cannot take the lease over, and would wait it out), so the
+// lease is free long before its 10 minutes. Before, nothing tried again.
+test('a kept lease whose release failed is released by a later try, for other processes', async (t) => {
+  if (skipWithoutPostgres(t)) return
+  const server = await startStandInServer()
+  const proxy = await startPgProxy(PG_URL)
+  const schema = `csm_handover_retry_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const { manager: m } = makeManager({ server, backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema, leaseTtlMs: 600_000 })
+  t.after(() => shutDown(m, proxy, server, schema))
+  await proxy.cut('release')
+  const first = await m.executeTask({ prompt: 'Say hello.', projectId: 'p', userId: 'u' })
+  t.assert.ok(first.success, JSON.stringify(first.error))
+  // The first tries (at once, each on a fresh connection) are over once no new one came for half a
+  // second; then the connection is let be.
+  const releases = async () => (await proxy.flights()).filter((f) => f.kind === 'release' && f.cut).length
+  let seen = await until('the first release to be cut', releases)
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 500))
+    const now = await releases()
+    if (now === seen) break
+    seen = now
+  }
+  await proxy.cut(null)
+  const psql = (sql) => execFileSync('psql', [PG_URL, '-qXAtc', sql.replaceAll('{S}', `"${schema}"`)], { encoding: 'utf8' }).trim()
+  await until('a later try to release the lease', () => psql(`SELECT count(*) FROM {S}.leases WHERE task_id IS NULL`) === '1', 20_000)
+  t.assert.equal(psql(`SELECT string_agg(status, ',') FROM {S}.tasks`), 'succeeded')
+})

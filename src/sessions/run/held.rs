@@ -105,14 +105,35 @@ impl HandedOver {
 
   /// The release failed: the store still has the lease as the task's, until it expires. The entry
   /// stays for the lease's life (`ttl` at most), so that the next task here takes the lease over
-  /// instead of waiting it out; that task's start removes it sooner.
-  fn keep_for(self, ttl: std::time::Duration) {
+  /// instead of waiting it out (that task's start removes it), and the release is tried again
+  /// meanwhile ([`RELEASE_RETRIES`]) for other processes, which cannot take it over.
+  fn keep_for(self, ttl: std::time::Duration, store: Arc<crate::store::Store>) {
+    let until = tokio::time::Instant::now() + ttl;
     tokio::spawn(async move {
-      tokio::time::sleep(ttl).await;
-      drop(self);
+      for wait in RELEASE_RETRIES {
+        tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(until)).await;
+        // Expired, or taken over by a task here: nothing left to release.
+        if tokio::time::Instant::now() >= until || !self.offered() {
+          return;
+        }
+        let (sid, tid) = (self.session_id.clone(), self.task_id.clone());
+        if store.call(Wait::Blocking, async move |st| st.release_lease(&sid, &tid).await).await.is_ok() {
+          return;
+        }
+      }
+      tokio::time::sleep_until(until).await;
     });
   }
+
+  /// Whether the entry is still this one (no task here took the lease over since).
+  fn offered(&self) -> bool {
+    self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&self.session_id) == Some(&self.task_id)
+  }
 }
+
+/// The waits before each new try of a kept lease's release that failed.
+const RELEASE_RETRIES: [std::time::Duration; 3] =
+  [std::time::Duration::from_secs(1), std::time::Duration::from_secs(5), std::time::Duration::from_secs(20)];
 
 impl Drop for HandedOver {
   fn drop(&mut self) {
@@ -242,6 +263,7 @@ impl HeldRun {
     let recorded = res.is_ok();
     let finishing = Finishing::mark(m.finishing.clone(), &self.session.id);
     let (store, sid, tid, ttl) = (m.store.clone(), self.session.id.clone(), self.task_id.clone(), m.cfg.lease_ttl);
+    let retry_store = m.store.clone();
     let (mirror, holds, permit, handed_over) = (self.mirror.take(), self.holds.take(), self.permit.take(), m.handed_over.clone());
     tokio::spawn(async move {
       tail.await;
@@ -259,7 +281,7 @@ impl HeldRun {
       };
       let released = release_after_exit(mirror.zip(local), store, sid.clone(), tid.clone(), marker, release, hand_over).await;
       if let (false, Some(h)) = (released, handed.take()) {
-        h.keep_for(ttl);
+        h.keep_for(ttl, retry_store);
       }
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
