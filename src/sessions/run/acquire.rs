@@ -78,10 +78,7 @@ impl Manager {
     // The kept lease is taken over or gone: its entry is done with (one kept past a failed release
     // goes here, or when the lease has expired).
     if let Some(after) = after {
-      let mut map = self.handed_over.lock().unwrap_or_else(|p| p.into_inner());
-      if map.get(&t.session.id) == Some(&after) {
-        map.remove(&t.session.id);
-      }
+      super::held::withdraw(&self.handed_over, &t.session.id, &after);
     }
     // Once the lease is ours, the session is read again (in the same trip to the store): a task
     // that ran while this one waited (in this process or another) may have created its

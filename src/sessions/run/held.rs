@@ -137,10 +137,16 @@ const RELEASE_RETRIES: [std::time::Duration; 3] =
 
 impl Drop for HandedOver {
   fn drop(&mut self) {
-    let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-    if map.get(&self.session_id) == Some(&self.task_id) {
-      map.remove(&self.session_id);
-    }
+    withdraw(&self.map, &self.session_id, &self.task_id);
+  }
+}
+
+/// Removes the session's entry from `Manager::handed_over` if it still names `task_id` (a later
+/// task's entry stays).
+pub(super) fn withdraw(map: &Mutex<HashMap<String, String>>, session_id: &str, task_id: &str) {
+  let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+  if map.get(session_id).is_some_and(|t| t == task_id) {
+    map.remove(session_id);
   }
 }
 
@@ -263,7 +269,6 @@ impl HeldRun {
     let recorded = res.is_ok();
     let finishing = Finishing::mark(m.finishing.clone(), &self.session.id);
     let (store, sid, tid, ttl) = (m.store.clone(), self.session.id.clone(), self.task_id.clone(), m.cfg.lease_ttl);
-    let retry_store = m.store.clone();
     let (mirror, holds, permit, handed_over) = (self.mirror.take(), self.holds.take(), self.permit.take(), m.handed_over.clone());
     tokio::spawn(async move {
       tail.await;
@@ -279,9 +284,9 @@ impl HeldRun {
         drop(permit.take());
         still_running = holds.take().map(Holds::hand_over);
       };
-      let released = release_after_exit(mirror.zip(local), store, sid.clone(), tid.clone(), marker, release, hand_over).await;
+      let released = release_after_exit(mirror.zip(local), store.clone(), sid.clone(), tid.clone(), marker, release, hand_over).await;
       if let (false, Some(h)) = (released, handed.take()) {
-        h.keep_for(ttl, retry_store);
+        h.keep_for(ttl, store);
       }
       if let Some(Holds { renew, running, guard }) = holds {
         drop(renew);
