@@ -4,11 +4,28 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { createRequire } from 'node:module'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 
 const require = createRequire(import.meta.url)
 export const addon = require('../index.js')
 export const { startStandInServer } = require('../testing/index.js')
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+/** The `claude` CLI this package's dependencies installed, checked to run. */
+export function findClaude() {
+  const candidates = [
+    path.join(root, 'node_modules', '.bin', 'claude'),
+    path.join(root, 'node_modules', '@anthropic-ai', 'claude-code-linux-x64', 'claude'),
+  ]
+  for (const bin of candidates) {
+    if (!fs.existsSync(bin)) continue
+    const r = spawnSync(bin, ['--version'], { encoding: 'utf8', timeout: 15_000 })
+    if (r.status === 0) return bin
+  }
+  throw new Error(`no runnable claude CLI among: ${candidates.join(', ')}`)
+}
 
 export function tempDir(prefix = 'csm-') {
   return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))

@@ -13,21 +13,9 @@ import { fileURLToPath } from 'node:url'
 const require = createRequire(import.meta.url)
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const { startStandInServer, countInputTokens } = require('claude-session-manager/testing')
+import { findClaude } from './helpers.mjs'
 
 const RUN_TIMEOUT_MS = 20_000
-
-function findClaude() {
-  const candidates = [
-    path.join(root, 'node_modules', '.bin', 'claude'),
-    path.join(root, 'node_modules', '@anthropic-ai', 'claude-code-linux-x64', 'claude'),
-  ]
-  for (const bin of candidates) {
-    if (!fs.existsSync(bin)) continue
-    const r = spawnSync(bin, ['--version'], { encoding: 'utf8', timeout: 15_000 })
-    if (r.status === 0) return bin
-  }
-  throw new Error(`no runnable claude CLI among: ${candidates.join(', ')}`)
-}
 
 const CLAUDE = findClaude()
 

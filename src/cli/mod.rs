@@ -20,5 +20,6 @@ pub use permission::Decision;
 pub use process::pid_alive;
 pub use resolve::resolve_cli;
 pub use run::{run, run_until_result, CancelToken, CompactEvent, EndReason, RunOutcome, RunSpec, Tail};
+pub(crate) use run::{run_launched, Launched};
 pub use sandbox::{Sandbox, SandboxLimits};
 pub use warm::{warm_args, CanUseTool, PermissionRequest, TurnOptions, WarmHandle, WarmProcess};

@@ -233,8 +233,8 @@ impl Proc {
   }
 }
 
-pub(crate) type Stdin = Box<dyn AsyncWrite + Send + Unpin>;
-pub(crate) type Output = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type Stdin = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+pub(crate) type Output = Box<dyn AsyncRead + Send + Sync + Unpin>;
 
 /// Stops the child's whole process group: SIGTERM, a short grace, then SIGKILL.
 pub(crate) async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
@@ -434,14 +434,67 @@ pub async fn run(spec: &RunSpec, cancel: &CancelToken, on_line: impl FnMut(&Line
 pub async fn run_until_result(
   spec: &RunSpec,
   cancel: &CancelToken,
+  on_line: impl FnMut(&Line),
+  settle_at_result: bool,
+) -> Result<(RunOutcome, Option<Tail>)> {
+  run_launched(Launched::start(spec)?, spec, cancel, on_line, settle_at_result).await
+}
+
+/// A CLI started and not yet given its prompt: in `-p` mode it reads its stdin to the end before
+/// it reads anything of the session (its transcript, its settings for the session), and it makes
+/// no model call before (`__test__/early-start.test.mjs` checks both on the CLI in use). Dropped,
+/// it is killed.
+pub(crate) struct Launched {
+  child: Proc,
+  stdin: Stdin,
+  stdout: Output,
+  stderr: Output,
+}
+
+impl Launched {
+  /// Spawns the CLI of `spec` (its prompt, `spec.stdin`, is written by [`run_launched`]).
+  pub(crate) fn start(spec: &RunSpec) -> Result<Launched> {
+    if !spec.cwd.is_dir() {
+      return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
+    }
+    let (child, stdin, stdout, stderr) = spawn(spec)?;
+    Ok(Launched { child, stdin, stdout, stderr })
+  }
+
+  pub(crate) fn pid(&self) -> Option<u32> {
+    self.child.id()
+  }
+
+  /// Kills the CLI and whatever it started, at once (it had no prompt: there is nothing to let
+  /// it finish), and reaps it.
+  pub(crate) async fn kill(mut self) {
+    #[cfg(unix)]
+    let started = match self.child.id() {
+      Some(pg) => {
+        let started = super::process::descendants(pg);
+        kill_group(pg, libc::SIGKILL);
+        super::process::kill_tree(&started);
+        started
+      }
+      None => vec![],
+    };
+    let _ = self.child.start_kill();
+    let _ = self.child.wait().await;
+    #[cfg(unix)]
+    super::process::until_gone(&started, Duration::from_secs(2)).await;
+  }
+}
+
+/// [`run_until_result`] for a CLI already started from `spec`.
+pub(crate) async fn run_launched(
+  launched: Launched,
+  spec: &RunSpec,
+  cancel: &CancelToken,
   mut on_line: impl FnMut(&Line),
   settle_at_result: bool,
 ) -> Result<(RunOutcome, Option<Tail>)> {
-  if !spec.cwd.is_dir() {
-    return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
-  }
   let started = Instant::now();
-  let (child, mut stdin, stdout, stderr) = spawn(spec)?;
+  let Launched { child, mut stdin, stdout, stderr } = launched;
   let pid = child.id();
   let pgid = pid; // process_group(0): the group id is the child's pid.
 
@@ -851,6 +904,29 @@ exit 3"#,
     let out = run(&spec(p, dir.path()), &token, |_| {}).await.unwrap();
     assert_eq!(out.reason, EndReason::Aborted);
     assert!(gone(out.pid.unwrap()), "the CLI outlived the abort");
+  }
+
+  /// A CLI started early and not taken (`sessions::run::early`) is killed with what it started,
+  /// at once (no grace: it ignores SIGTERM here), and never gets its prompt.
+  #[tokio::test]
+  async fn a_launched_cli_killed_before_its_prompt_leaves_nothing_and_read_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pidfile, got) = (dir.path().join("child.pid"), dir.path().join("prompt"));
+    let p = script(dir.path(), &format!("trap '' TERM\nsleep 300 & echo $! > {}\ncat > {}\nsleep 300", pidfile.display(), got.display()));
+    let launched = Launched::start(&spec(p, dir.path())).unwrap();
+    let pid = launched.pid().unwrap();
+    let t0 = Instant::now();
+    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
+      assert!(t0.elapsed() < Duration::from_secs(10), "the script did not start");
+      tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let child: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let t1 = Instant::now();
+    launched.kill().await;
+    assert!(t1.elapsed() < KILL_GRACE, "killed without the grace a running CLI gets");
+    assert!(gone(pid), "the CLI outlived its kill");
+    assert!(gone(child), "what it started outlived its kill");
+    assert_eq!(std::fs::read_to_string(&got).unwrap_or_default(), "", "it never got a prompt");
   }
 
   /// A CLI that ignores SIGTERM and whose tool left the CLI's process group and session

@@ -329,6 +329,7 @@ impl Manager {
       sink: &sink,
       create: None,
       created: Default::default(),
+      early: None,
     };
     match self.acquire(&ticket).await? {
       Ok(held) => Ok(held),

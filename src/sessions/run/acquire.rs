@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 
 use super::{EventSink, HeldRun, Manager, TaskResult};
-use crate::cli::CancelToken;
+use crate::cli::{CancelToken, CliArgs, RunSpec};
 use crate::context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::store::{Began, NewSession, Session, Start, TaskStart};
@@ -37,6 +37,8 @@ pub(crate) struct Ticket<'a> {
   pub(crate) create: Option<&'a NewSession>,
   /// Whether `create` is stored.
   pub(crate) created: AtomicBool,
+  /// What to start the run's CLI with while the session is taken (`run::early`), if it may be.
+  pub(crate) early: Option<(&'a CliArgs, &'a RunSpec)>,
 }
 
 /// A step's end: what it took, or `None` when the run was aborted while it waited.
@@ -74,7 +76,21 @@ impl Manager {
     // The run before here may have left its kept lease to take over.
     let after = self.handed_over.lock().unwrap_or_else(|p| p.into_inner()).get(&t.session.id).cloned();
     let Some(permit) = self.slot(t).await? else { return Ok(Err(self.aborted_in_queue(t))) };
-    let Some((mut began, taken_at)) = self.lease(t, after.as_deref()).await? else { return Ok(Err(self.aborted_in_queue(t))) };
+    // With the session's place in line and a slot, the CLI can start while the store is asked for
+    // the lease; it is given its prompt only once the session is held.
+    let mut early = match t.early {
+      Some((cli, spec)) if !t.cancel.is_cancelled() => self.start_early(t.session, cli, spec).await,
+      _ => None,
+    };
+    let (mut began, taken_at) = match self.lease(t, after.as_deref(), &mut early).await {
+      Ok(Some(taken)) => taken,
+      not_taken => {
+        if let Some(e) = early {
+          e.discard().await;
+        }
+        return not_taken.map(|_| Err(self.aborted_in_queue(t)));
+      }
+    };
     // The kept lease is taken over or gone: its entry is done with (one kept past a failed release
     // goes here, or when the lease has expired).
     if let Some(after) = after {
@@ -84,7 +100,7 @@ impl Manager {
     // that ran while this one waited (in this process or another) may have created its
     // transcript or moved its cost watermark.
     let session = began.session.take().unwrap_or_else(|| t.session.clone());
-    Ok(Ok(HeldRun::new(self, t, session, taken_at, guard, permit).with(began)))
+    Ok(Ok(HeldRun::new(self, t, session, taken_at, guard, permit).with(began, early)))
   }
 
   /// The in-process queue, in arrival order (the lock future is kept, so its place in line too).
@@ -137,7 +153,7 @@ impl Manager {
   /// The cross-process lease, with the session as read in the same trip to the store, and when
   /// the attempt that took it started (the lease's clock starts there). Time spent behind another
   /// process's exiting CLI does not count against the queue timeout.
-  async fn lease(&self, t: &Ticket<'_>, after: Option<&str>) -> Step<(Began, Instant)> {
+  async fn lease(&self, t: &Ticket<'_>, after: Option<&str>, early: &mut Option<super::early::Early>) -> Step<(Began, Instant)> {
     let mut excused = Duration::ZERO;
     let mut last = Instant::now();
     loop {
@@ -149,6 +165,10 @@ impl Manager {
         Ok(began) => return Ok(Some((began, taken_at))),
         Err(exiting) => exiting,
       };
+      // A CLI does not wait for a lease.
+      if let Some(e) = early.take() {
+        e.discard().await;
+      }
       let now = Instant::now();
       if exiting_elsewhere == Some(true) {
         excused += now - last;

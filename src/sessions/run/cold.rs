@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use serde_json::json;
 
+use super::early::cli_argv;
 use super::{Executed, Executor, Job, Manager, Tail};
 use crate::cli::stream::{Kind, Line};
 use crate::cli::{self, RunSpec};
@@ -14,6 +15,10 @@ use crate::cli::{self, RunSpec};
 pub(crate) struct Cold;
 
 impl Executor for Cold {
+  fn starts_early(&self) -> bool {
+    true
+  }
+
   fn execute<'a>(self: Box<Self>, m: &'a Manager, job: Job<'a>) -> Pin<Box<dyn Future<Output = Executed> + Send + 'a>> {
     Box::pin(m.run_cold(job))
   }
@@ -24,18 +29,27 @@ impl Manager {
   /// per session) behind the key proxy and the sandbox, and reads it up to its result.
   async fn run_cold(&self, mut job: Job<'_>) -> Executed {
     self.drop_warm(&job.session.id).await;
-    job.spec.args = cli::build_args(&job.cli);
-    if job.spec.mirror.is_some() && crate::sessions::mirror::mirror_supported(job.spec.cli_program()).await {
-      job.spec.args.push(cli::mirror::FLAG.into());
-    }
+    job.spec.args = cli_argv(&job.cli, job.spec.mirror.is_some(), job.spec.cli_program()).await;
+    // The CLI started while the session was taken, if it was started with this argv.
+    let adopted = match job.early.take() {
+      Some(early) => early.adopt(&job.spec.args, &job.spec).await,
+      None => None,
+    };
     // The key proxy's token for this CLI lives until its result is in; its model calls are
     // metered and charged to the task.
-    let token = self.secure(&mut job.spec).await?;
+    let (token, launched) = match adopted {
+      Some(a) => {
+        job.spec = a.spec;
+        (a.token, Some(a.launched))
+      }
+      None => (self.secure(&mut job.spec).await?, None),
+    };
     if let Some(t) = &token {
       t.attach(Some(job.meter.clone()));
+      t.set_live(true);
     }
     let meter = job.meter.clone();
-    let out = self.run_cli(job).await;
+    let out = self.run_cli(job, launched).await;
     drop(token);
     out.map(|(mut o, tail)| {
       o.metered = Some(meter.snapshot());
@@ -45,7 +59,7 @@ impl Manager {
 
   /// Runs the CLI up to its result, forwarding its lines; its exit (and the slot's return) is
   /// left to the returned tail when it comes after the result.
-  async fn run_cli(&self, job: Job<'_>) -> Executed {
+  async fn run_cli(&self, job: Job<'_>, launched: Option<cli::Launched>) -> Executed {
     let Job { session, task_id, spec, sink, cancel, include_partials, permit, .. } = job;
     if let Some(s) = &sink {
       s(json!({ "type": "task_started", "sessionId": session.id, "taskId": task_id }));
@@ -57,7 +71,11 @@ impl Manager {
         }
       }
     };
-    let (out, tail) = cli::run_until_result(&spec, cancel, forward, true).await?;
+    let launched = match launched {
+      Some(l) => l,
+      None => cli::Launched::start(&spec)?,
+    };
+    let (out, tail) = cli::run_launched(launched, &spec, cancel, forward, true).await?;
     // A CLI that was killed leaves its per-process files; one that exited removed them.
     let leftovers = per_process_files(&spec, out.pid);
     let remove = move || {

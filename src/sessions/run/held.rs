@@ -45,6 +45,8 @@ pub(crate) struct HeldRun {
   holds: Option<Holds>,
   /// What the start read in its trip to the store (the transcript head, the warm holds left).
   began: Began,
+  /// The CLI started while the session was taken, until the executor takes it.
+  early: Option<super::early::Early>,
 }
 
 /// What keeps the session this run's, given back in field order: the renewal stops, the run
@@ -179,6 +181,7 @@ impl HeldRun {
       mirror: None,
       holds: Some(Holds { renew, running, guard }),
       began: Began::default(),
+      early: None,
     }
   }
 
@@ -187,10 +190,17 @@ impl HeldRun {
     self.began.branch_point.take()
   }
 
-  /// With what the task's start read in the same trip ([`Began`]; its session is the run's).
-  pub(super) fn with(mut self, began: Began) -> HeldRun {
+  /// With what the task's start read in the same trip ([`Began`]; its session is the run's), and
+  /// the CLI started meanwhile.
+  pub(super) fn with(mut self, began: Began, early: Option<super::early::Early>) -> HeldRun {
     self.began = began;
+    self.early = early;
     self
+  }
+
+  /// The CLI started while the session was taken, for the executor.
+  pub(super) fn take_early(&mut self) -> Option<super::early::Early> {
+    self.early.take()
   }
 
   /// The concurrency slot, for the executor.

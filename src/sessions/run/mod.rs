@@ -11,6 +11,7 @@
 
 mod acquire;
 mod cold;
+mod early;
 mod held;
 #[cfg(test)]
 mod tests;
@@ -82,11 +83,19 @@ pub(crate) struct Job<'a> {
   pub(crate) meter: Arc<TaskMeter>,
   /// The run's concurrency slot: the executor gives it back when its CLI no longer runs.
   pub(crate) permit: Option<OwnedSemaphorePermit>,
+  /// The CLI started while the session was taken ([`Executor::starts_early`]).
+  pub(crate) early: Option<early::Early>,
 }
 
 /// How the CLI runs once the session is held: cold (a process per task) or warm (a process kept
 /// across tasks). A boxed future, so that the run picks one at run time (and tests a fake).
 pub(crate) trait Executor: Send {
+  /// Whether the run's CLI may be started while its session is taken (`early`): only a CLI that
+  /// reads nothing of the session before its prompt.
+  fn starts_early(&self) -> bool {
+    false
+  }
+
   fn execute<'a>(self: Box<Self>, m: &'a Manager, job: Job<'a>) -> Pin<Box<dyn Future<Output = Executed> + Send + 'a>>;
 }
 
@@ -130,6 +139,7 @@ impl Manager {
       sink: &sink,
       create: create.as_ref(),
       created: Default::default(),
+      early: executor.starts_early().then_some((&cli, &spec)),
     };
     let mut run = match self.acquire(&ticket).await? {
       Ok(run) => run,
@@ -151,6 +161,7 @@ impl Manager {
     let outcome = match prepared {
       Ok(()) => {
         let permit = run.take_permit();
+        let early = run.take_early();
         let job = Job {
           session: &run.session,
           task_id: &run.task_id,
@@ -162,10 +173,16 @@ impl Manager {
           can_use_tool,
           meter: self.task_meter(&run.session, &run.task_id),
           permit,
+          early,
         };
         executor.execute(self, job).await
       }
-      Err(e) => Err(e),
+      Err(e) => {
+        if let Some(early) = run.take_early() {
+          early.discard().await;
+        }
+        Err(e)
+      }
     };
     // The CLI ran from the branch point (or refused it for good): it is taken.
     if let (Some(at), true) = (branch, outcome.is_ok()) {

@@ -1,0 +1,120 @@
+// The early start (issue #27): a cold task's CLI is started while the store takes the session's
+// lease, and is given its prompt only once the session is held (`src/sessions/run/early.rs`).
+// That is sound only because of what the CLI does in `-p` mode before its prompt, checked here on
+// the CLI in use: it reads nothing of the session and calls no model. And a CLI started early is
+// killed when its start finds the session held elsewhere: it never waits for a lease.
+import { test, before, after } from 'node:test'
+import { spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import fs from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { addon, eventually, findClaude, makeManager, processesMentioning, startStandInServer, tempDir, testBackends, backendTag } from './helpers.mjs'
+
+let server
+before(async () => {
+  server = await startStandInServer()
+})
+after(async () => {
+  await server.close()
+})
+
+const modelCalls = () => server.requests.filter((r) => r.path.startsWith('/v1/messages'))
+const userTexts = (request) =>
+  request.body.messages.filter((m) => m.role === 'user').flatMap((m) => (typeof m.content === 'string' ? [m.content] : m.content.map((c) => c.text ?? '')))
+
+/** A `claude -p` process as the manager starts one (prompt on stdin, stream-json out). */
+function startCli({ cwd, configDir }, sessionArg) {
+  const env = { PATH: '/usr/bin:/bin', HOME: path.dirname(configDir), ...server.env(), CLAUDE_CONFIG_DIR: configDir }
+  const args = ['-p', '--output-format=stream-json', '--verbose', sessionArg, '--permission-mode=default', '--disable-slash-commands', '--model=claude-sonnet-4-5']
+  const child = spawn(findClaude(), args, { cwd, env, stdio: ['pipe', 'pipe', 'pipe'] })
+  let out = ''
+  child.stdout.on('data', (d) => (out += d))
+  const exited = new Promise((resolve) => child.on('close', (code) => resolve({ code, out })))
+  return { child, exited }
+}
+
+test('a -p CLI waiting for its prompt has read nothing of its session and called no model', async (t) => {
+  const base = tempDir('csm-early-')
+  t.after(() => fs.rmSync(base, { recursive: true, force: true }))
+  const dirs = { cwd: path.join(base, 'work'), configDir: path.join(base, 'config') }
+  fs.mkdirSync(dirs.cwd)
+  fs.mkdirSync(dirs.configDir)
+  server.reset()
+  const id = randomUUID()
+  const first = startCli(dirs, `--session-id=${id}`)
+  first.child.stdin.end('first words')
+  t.assert.strictEqual((await first.exited).code, 0)
+  const [project] = fs.readdirSync(path.join(dirs.configDir, 'projects'))
+  const transcript = path.join(dirs.configDir, 'projects', project, `${id}.jsonl`)
+  t.assert.match(fs.readFileSync(transcript, 'utf8'), /first words/)
+
+  // The resumed CLI is started and left without its prompt well past its start-up.
+  const calls = modelCalls().length
+  const held = startCli(dirs, `--resume=${id}`)
+  await sleep(2500)
+  t.assert.strictEqual(held.child.exitCode, null, 'it waits for its prompt')
+  t.assert.strictEqual(modelCalls().length, calls, 'no model call before its prompt')
+  // Meanwhile the conversation changes on disk (as the store's copy would be written here once
+  // the lease is the task's): the CLI must answer from the changed one.
+  fs.writeFileSync(transcript, fs.readFileSync(transcript, 'utf8').replaceAll('first words', 'words written while it waited'))
+  held.child.stdin.end('second words')
+  const { code, out } = await held.exited
+  t.assert.strictEqual(code, 0, out)
+  const sent = modelCalls().slice(calls)
+  t.assert.strictEqual(sent.length, 1, 'one model call, after the prompt')
+  const texts = userTexts(sent[0])
+  t.assert.ok(texts.includes('words written while it waited'), `the CLI read its transcript after its prompt: ${JSON.stringify(texts)}`)
+  t.assert.ok(!texts.includes('first words'), 'nothing of the transcript as it was at the CLI\'s start')
+  t.assert.strictEqual(texts.at(-1), 'second words')
+})
+
+/** The session's CLI processes (not the sandbox's launchers). */
+const clis = (sessionId) =>
+  processesMentioning(sessionId).filter((pid) => {
+    try {
+      return /claude/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])
+    } catch {
+      return false
+    }
+  })
+
+for (const backend of testBackends()) {
+  test(`a task whose session another process holds starts no CLI while it waits, then runs on the held turn${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager: first, options } = makeManager({ server, backend })
+    t.after(() => first.close())
+    // Another manager on the same store and configuration folder: another owner, as another
+    // process of the same server is.
+    const second = new addon.SessionManager(options)
+    t.after(() => second.close())
+    const one = await first.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+    t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
+    const sessionId = one.sessionId
+
+    server.enqueue({ text: 'a slow turn', delayMs: 3000 })
+    const holder = first.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId })
+    while (server.inFlight === 0) await sleep(20)
+    t.assert.strictEqual(clis(sessionId).length, 1, 'the holder\'s CLI runs')
+    let queued = false
+    const waiter = second.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 30_000 }, { onEvent: (e) => e.type === 'task_queued' && (queued = true) })
+    while (!queued) await sleep(5)
+    // Sampled for a second while the holder's turn goes on: one CLI of the session at most.
+    const seen = []
+    for (let i = 0; i < 20; i++) {
+      await sleep(50)
+      seen.push(clis(sessionId).length)
+    }
+    t.assert.ok(server.inFlight > 0, 'the holder still runs: the samples were taken while the waiter waited')
+    t.assert.deepStrictEqual([...new Set(seen)], [1], `only the holder's CLI runs while the other task waits (${seen})`)
+
+    t.assert.strictEqual((await holder).result, 'a slow turn')
+    const three = await waiter
+    t.assert.strictEqual(three.success, true, JSON.stringify(three.error))
+    t.assert.strictEqual(three.result, 'Echo #3: three')
+    // It answered from the conversation as the holder left it.
+    const last = modelCalls().at(-1)
+    t.assert.deepStrictEqual(userTexts(last).filter((x) => !x.startsWith('<system-reminder>')), ['one', 'two', 'three'])
+    t.assert.ok(await eventually(() => clis(sessionId).length === 0), 'nothing left running once the CLIs exited')
+  })
+}
