@@ -1,15 +1,17 @@
 // The early start (issue #27): a cold task's CLI is started while the store takes the session's
 // lease, and is given its prompt only once the session is held (`src/sessions/run/early.rs`).
-// That is sound only because of what the CLI does in `-p` mode before its prompt, checked here on
-// the CLI in use: it reads nothing of the session and calls no model. And a CLI started early is
-// killed when its start finds the session held elsewhere: it never waits for a lease.
+// That is sound only because of what the CLI does in `-p` mode before the end of its prompt,
+// checked here on the CLI in use: it reads nothing of the session and calls no model. And a CLI
+// started early is killed when its start finds the session held elsewhere (it never waits for a
+// lease), and taken when the start is slow, however slow.
 import { test, before, after } from 'node:test'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { addon, eventually, findClaude, makeManager, processesMentioning, startStandInServer, tempDir, testBackends, backendTag } from './helpers.mjs'
+import { PG_URL, addon, eventually, findClaude, makeManager, processesMentioning, skipWithoutPostgres, startStandInServer, tempDir, testBackends, backendTag } from './helpers.mjs'
+import { startPgProxy } from '../benchmark/lib/pg-proxy.mjs'
 
 let server
 before(async () => {
@@ -34,7 +36,7 @@ function startCli({ cwd, configDir }, sessionArg) {
   return { child, exited }
 }
 
-test('a -p CLI waiting for its prompt has read nothing of its session and called no model', async (t) => {
+test('a -p CLI given the first byte of its prompt waits for the rest, having read nothing of its session and called no model', async (t) => {
   const base = tempDir('csm-early-')
   t.after(() => fs.rmSync(base, { recursive: true, force: true }))
   const dirs = { cwd: path.join(base, 'work'), configDir: path.join(base, 'config') }
@@ -49,16 +51,18 @@ test('a -p CLI waiting for its prompt has read nothing of its session and called
   const transcript = path.join(dirs.configDir, 'projects', project, `${id}.jsonl`)
   t.assert.match(fs.readFileSync(transcript, 'utf8'), /first words/)
 
-  // The resumed CLI is started and left without its prompt well past its start-up.
+  // The resumed CLI is started with the first byte of its prompt (without one it would go on
+  // without a prompt after 3 s) and left waiting for the rest well past its start-up and that.
   const calls = modelCalls().length
   const held = startCli(dirs, `--resume=${id}`)
-  await sleep(2500)
-  t.assert.strictEqual(held.child.exitCode, null, 'it waits for its prompt')
+  held.child.stdin.write('s')
+  await sleep(4500)
+  t.assert.strictEqual(held.child.exitCode, null, 'it waits for the rest of its prompt')
   t.assert.strictEqual(modelCalls().length, calls, 'no model call before its prompt')
   // Meanwhile the conversation changes on disk (as the store's copy would be written here once
   // the lease is the task's): the CLI must answer from the changed one.
   fs.writeFileSync(transcript, fs.readFileSync(transcript, 'utf8').replaceAll('first words', 'words written while it waited'))
-  held.child.stdin.end('second words')
+  held.child.stdin.end('econd words')
   const { code, out } = await held.exited
   t.assert.strictEqual(code, 0, out)
   const sent = modelCalls().slice(calls)
@@ -118,3 +122,40 @@ for (const backend of testBackends()) {
     t.assert.ok(await eventually(() => clis(sessionId).length === 0), 'nothing left running once the CLIs exited')
   })
 }
+
+test('a CLI started early is the one that runs its task when the start takes longer than the CLI would wait for a first byte [postgres]', async (t) => {
+  if (skipWithoutPostgres(t)) return
+  server.reset()
+  const proxy = await startPgProxy(PG_URL)
+  const schema = `csm_early_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const { manager } = makeManager({ server, backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema })
+  t.after(async () => {
+    await proxy.hold(null)
+    await manager.close()
+    await proxy.close()
+    try {
+      execFileSync('psql', [PG_URL, '-qXc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
+    } catch {}
+  })
+  const one = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
+  await eventually(() => clis(one.sessionId).length === 0)
+  // The next task's start is held at the proxy for 4.5 s: its CLI starts meanwhile and waits.
+  await proxy.hold('start')
+  let running = []
+  const two = manager.executeTask(
+    { prompt: 'two', projectId: 'p', userId: 'u', sessionId: one.sessionId },
+    { onEvent: (e) => e.type === 'task_started' && (running = clis(e.sessionId)) },
+  )
+  t.assert.ok(await eventually(() => clis(one.sessionId).length === 1), 'the CLI started while the start is held')
+  const early = clis(one.sessionId)
+  const calls = modelCalls().length
+  await sleep(4500)
+  t.assert.deepStrictEqual(clis(one.sessionId), early, 'the same CLI still waits, past its 3 s')
+  t.assert.strictEqual(modelCalls().length, calls, 'and has called no model')
+  await proxy.hold(null)
+  const done = await two
+  t.assert.strictEqual(done.success, true, JSON.stringify(done.error))
+  t.assert.strictEqual(done.result, 'Echo #2: two')
+  t.assert.deepStrictEqual(running, early, 'the CLI started early ran the task')
+})

@@ -2,16 +2,14 @@
 // `claude` CLI, fully offline. Run: node --test __test__/standin.test.mjs
 import { test, before, after, beforeEach } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn, spawnSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { createRequire } from 'node:module'
-import { fileURLToPath } from 'node:url'
 
 const require = createRequire(import.meta.url)
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const { startStandInServer, countInputTokens } = require('claude-session-manager/testing')
 import { findClaude } from './helpers.mjs'
 

@@ -24,6 +24,7 @@ function kindOf(sql) {
   if (/^\s*WITH s AS \(UPDATE\b/.test(sql) && /\.task_events\b/.test(sql)) return 'events'
   if (/abort_requested_at IS NOT NULL/.test(sql) && /^\s*SELECT 1 FROM\b/.test(sql)) return 'watch'
   if (/^\s*UPDATE \S+\.leases SET task_id = NULL\b/.test(sql)) return 'release'
+  if (/\.begin_task\(/.test(sql)) return 'start'
   return 'task'
 }
 

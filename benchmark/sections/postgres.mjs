@@ -19,7 +19,9 @@
 // comes, as with a real model, instead of being written when it comes.
 // --parts=A,R,B,C picks the parts (default all). --baseline=<an older build's .node> adds a third
 // manager to A, PostgreSQL on that build (`baseline/…` rows), interleaved with the other two, so
-// that both builds' PostgreSQL overhead is measured in the same run, under the same noise.
+// that both builds' PostgreSQL overhead is measured in the same run, under the same noise;
+// with --baseline-store=sqlite the older build runs on SQLite instead (both builds' SQLite
+// overhead, in the same run).
 // Needs a database: --url=postgresql://… or CSM_BENCH_DATABASE_URL or CSM_TEST_DATABASE_URL;
 // without one the section records that it was skipped. Each run uses schemas of its own and
 // drops them at the end.
@@ -69,7 +71,8 @@ try {
     const make = (kind, lib = addon) => {
       const ws = workspace(`csm-bench-${kind}-`)
       const log = new LifetimeLog(path.join(ws.dir, 'lifetime.log'))
-      const store = kind === 'sqlite' ? { databasePath: ws.db } : { databaseUrl: url, databaseSchema: schema(kind === 'baseline' ? 'baseline' : 'overhead') }
+      const sqlite = kind === 'sqlite' || (kind === 'baseline' && opt['baseline-store'] === 'sqlite')
+      const store = sqlite ? { databasePath: ws.db } : { databaseUrl: url, databaseSchema: schema(kind === 'baseline' ? 'baseline' : 'overhead') }
       const m = new lib.SessionManager({
         warmIdleMs: 0, // the cold path: one CLI per task, as the lifetime wrapper measures
         sandbox: BENCH_SANDBOX,
@@ -78,7 +81,7 @@ try {
         claudePath: wrapper,
         env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config, REAL_CLAUDE: real, LIFETIME_LOG: log.file },
       })
-      return { m, log, ws }
+      return { m, log, ws, pg: !sqlite }
     }
     const sides = { sqlite: make('sqlite'), postgres: make('postgres'), ...(baseline ? { baseline: make('baseline', baseline) } : {}) }
     const one = async (side, sessionId) => {
@@ -88,7 +91,7 @@ try {
       if (!r.success) throw new Error(`executeTask failed: ${r.error?.code} ${r.error?.message}`)
       const life = (await side.log.next()).sort((a, b) => Number(b.reaped - b.forked - (a.reaped - a.forked)))[0]
       // PostgreSQL as in production: the CLI mirrors its transcript into the store.
-      if (side !== sides.sqlite && !life.mirror) throw new Error('the CLI ran without --session-mirror on PostgreSQL')
+      if (side.pg && !life.mirror) throw new Error('the CLI ran without --session-mirror on PostgreSQL')
       const pre = ms(t0, life.main)
       const post = ms(life.result ?? life.reaped, t1)
       return { sessionId: r.sessionId, wall: ms(t0, t1), pre, post, overhead: pre + post }

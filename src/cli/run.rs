@@ -440,15 +440,32 @@ pub async fn run_until_result(
   run_launched(Launched::start(spec)?, spec, cancel, on_line, settle_at_result).await
 }
 
-/// A CLI started and not yet given its prompt: in `-p` mode it reads its stdin to the end before
-/// it reads anything of the session (its transcript, its settings for the session), and it makes
-/// no model call before (`__test__/early-start.test.mjs` checks both on the CLI in use). Dropped,
-/// it is killed.
+/// A CLI started and not yet given the whole of its prompt. In `-p` mode the CLI reads its stdin
+/// to the end before it reads anything of the session (its transcript, its settings for the
+/// session), and it makes no model call before; but it waits for the *first* byte only 3 s, then
+/// goes on without a prompt. [`Launched::hold`] writes the first byte, after which it waits for
+/// the end of its stdin for as long as it takes (`__test__/early-start.test.mjs` checks all of this
+/// on the CLI in use). Dropped, it is killed with its process group.
 pub(crate) struct Launched {
   child: Proc,
   stdin: Stdin,
   stdout: Output,
   stderr: Output,
+  /// How much of the prompt is written already.
+  written: usize,
+  group: GroupGuard,
+}
+
+/// Kills a process group when dropped, unless disarmed (its process is in other hands then).
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+  fn drop(&mut self) {
+    #[cfg(unix)]
+    if let Some(pg) = self.0 {
+      kill_group(pg, libc::SIGKILL);
+    }
+  }
 }
 
 impl Launched {
@@ -458,9 +475,20 @@ impl Launched {
       return Err(Error::invalid(format!("the working directory {} does not exist", spec.cwd.display())));
     }
     let (child, stdin, stdout, stderr) = spawn(spec)?;
-    Ok(Launched { child, stdin, stdout, stderr })
+    let group = GroupGuard(child.id());
+    Ok(Launched { child, stdin, stdout, stderr, written: 0, group })
   }
 
+  /// Writes the first byte of `prompt`, so that the CLI waits for the rest however long that takes
+  /// (see the type's comment). A pipe takes one byte at once.
+  pub(crate) async fn hold(&mut self, prompt: &str) -> Result<()> {
+    let Some(first) = prompt.as_bytes().first() else { return Err(Error::internal("an empty prompt cannot hold a CLI")) };
+    self.stdin.write_all(&[*first]).await.map_err(|e| Error::new(ErrorCode::CliError, format!("cannot write to the CLI: {e}")))?;
+    self.written = 1;
+    Ok(())
+  }
+
+  #[cfg(test)]
   pub(crate) fn pid(&self) -> Option<u32> {
     self.child.id()
   }
@@ -469,7 +497,7 @@ impl Launched {
   /// it finish), and reaps it.
   pub(crate) async fn kill(mut self) {
     #[cfg(unix)]
-    let started = match self.child.id() {
+    let started = match self.group.0.take() {
       Some(pg) => {
         let started = super::process::descendants(pg);
         kill_group(pg, libc::SIGKILL);
@@ -494,13 +522,15 @@ pub(crate) async fn run_launched(
   settle_at_result: bool,
 ) -> Result<(RunOutcome, Option<Tail>)> {
   let started = Instant::now();
-  let Launched { child, mut stdin, stdout, stderr } = launched;
+  let Launched { child, mut stdin, stdout, stderr, written, mut group } = launched;
+  // From here on the group is stopped by the run's end (`ending`).
+  group.0 = None;
   let pid = child.id();
   let pgid = pid; // process_group(0): the group id is the child's pid.
 
   let prompt = spec.stdin.clone();
   let writer = tokio::spawn(async move {
-    let _ = stdin.write_all(prompt.as_bytes()).await;
+    let _ = stdin.write_all(&prompt.as_bytes()[written.min(prompt.len())..]).await;
     let _ = stdin.shutdown().await;
   });
   let err_reader = tokio::spawn(stderr_tail(stderr));
@@ -907,26 +937,28 @@ exit 3"#,
   }
 
   /// A CLI started early and not taken (`sessions::run::early`) is killed with what it started,
-  /// at once (no grace: it ignores SIGTERM here), and never gets its prompt.
+  /// at once (no grace: it ignores SIGTERM here), and never gets more than its prompt's first byte.
   #[tokio::test]
-  async fn a_launched_cli_killed_before_its_prompt_leaves_nothing_and_read_nothing() {
+  async fn a_held_cli_killed_before_its_prompt_leaves_nothing_and_got_one_byte() {
     let dir = tempfile::tempdir().unwrap();
     let (pidfile, got) = (dir.path().join("child.pid"), dir.path().join("prompt"));
     let p = script(dir.path(), &format!("trap '' TERM\nsleep 300 & echo $! > {}\ncat > {}\nsleep 300", pidfile.display(), got.display()));
-    let launched = Launched::start(&spec(p, dir.path())).unwrap();
+    let mut launched = Launched::start(&spec(p, dir.path())).unwrap();
+    launched.hold("the prompt").await.unwrap();
     let pid = launched.pid().unwrap();
     let t0 = Instant::now();
-    while !pidfile.exists() || std::fs::read_to_string(&pidfile).unwrap().trim().is_empty() {
-      assert!(t0.elapsed() < Duration::from_secs(10), "the script did not start");
+    let read = |f: &Path| std::fs::read_to_string(f).unwrap_or_default();
+    while read(&pidfile).trim().is_empty() || read(&got).is_empty() {
+      assert!(t0.elapsed() < Duration::from_secs(10), "the script did not start or did not read the first byte");
       tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let child: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let child: u32 = read(&pidfile).trim().parse().unwrap();
     let t1 = Instant::now();
     launched.kill().await;
     assert!(t1.elapsed() < KILL_GRACE, "killed without the grace a running CLI gets");
     assert!(gone(pid), "the CLI outlived its kill");
     assert!(gone(child), "what it started outlived its kill");
-    assert_eq!(std::fs::read_to_string(&got).unwrap_or_default(), "", "it never got a prompt");
+    assert_eq!(read(&got), "t", "it got the prompt's first byte, and never the rest");
   }
 
   /// A CLI that ignores SIGTERM and whose tool left the CLI's process group and session

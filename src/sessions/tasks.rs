@@ -173,7 +173,7 @@ impl Manager {
   }
 
   /// How a CLI process for the session is started: its folder, environment, priority and limits.
-  /// The argv is built once the session is held (see `run_locked`).
+  /// The argv is built once the session is in line for the run (see `run_locked`).
   pub(crate) fn run_spec(&self, session: &Session, program: PathBuf, stdin: String, timeout: Option<Duration>) -> Result<RunSpec> {
     self.ensure_workspace(session)?;
     Ok(RunSpec {

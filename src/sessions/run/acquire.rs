@@ -37,7 +37,7 @@ pub(crate) struct Ticket<'a> {
   pub(crate) create: Option<&'a NewSession>,
   /// Whether `create` is stored.
   pub(crate) created: AtomicBool,
-  /// What to start the run's CLI with while the session is taken (`run::early`), if it may be.
+  /// What to start the run's CLI with while the lease is asked for (`run::early`), if it may be.
   pub(crate) early: Option<(&'a CliArgs, &'a RunSpec)>,
 }
 
@@ -88,7 +88,8 @@ impl Manager {
         if let Some(e) = early {
           e.discard().await;
         }
-        return not_taken.map(|_| Err(self.aborted_in_queue(t)));
+        not_taken?;
+        return Ok(Err(self.aborted_in_queue(t)));
       }
     };
     // The kept lease is taken over or gone: its entry is done with (one kept past a failed release

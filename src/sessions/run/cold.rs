@@ -30,9 +30,9 @@ impl Manager {
   async fn run_cold(&self, mut job: Job<'_>) -> Executed {
     self.drop_warm(&job.session.id).await;
     job.spec.args = cli_argv(&job.cli, job.spec.mirror.is_some(), job.spec.cli_program()).await;
-    // The CLI started while the session was taken, if it was started with this argv.
+    // The CLI started while the lease was asked for, if it is the one this run needs.
     let adopted = match job.early.take() {
-      Some(early) => early.adopt(&job.spec.args, &job.spec).await,
+      Some(early) => early.adopt(&job.spec, job.cancel).await,
       None => None,
     };
     // The key proxy's token for this CLI lives until its result is in; its model calls are

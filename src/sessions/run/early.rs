@@ -1,9 +1,11 @@
-//! A cold CLI started while its task's start is in the store, so that the start's trip (and, on
-//! PostgreSQL, the rest of the preparation) is not on the task's path: the CLI spends its first
-//! hundred milliseconds or so starting up, and in `-p` mode it reads nothing of the session before
-//! its prompt (see [`cli::Launched`]). The prompt is written only once the session is held and the
-//! CLI's argv is known to be the one the held session asks for; the proxy token stays suspended
-//! until then, so a CLI started this way can reach nothing.
+//! A cold CLI started while its task's start asks the store for the lease, so that the start's
+//! trip (and, on PostgreSQL, the rest of the preparation) is not on the task's path: the CLI spends
+//! its first hundred milliseconds or so starting up, and in `-p` mode it reads nothing of the
+//! session before the end of its prompt (see [`cli::Launched`]; it is given the prompt's first byte
+//! at once, so that it waits for the rest). The rest is written only once the session is held and
+//! the CLI is known to be the one the held session asks for (the same argv, environment, folder
+//! and prompt); the proxy token stays suspended until then, so a CLI started this way can reach
+//! nothing.
 //!
 //! The argv is a guess from the session as read before its start (resumed if it has a transcript,
 //! new if it has none and no parent; a fork's first run is not guessed): when the start reads the
@@ -14,13 +16,14 @@
 use std::path::Path;
 
 use super::Manager;
-use crate::cli::{self, CliArgs, Launched, RunSpec, SessionMode, TaskToken};
+use crate::cli::{self, CancelToken, CliArgs, Launched, RunSpec, SessionMode, TaskToken};
 use crate::store::Session;
 
 /// A CLI started before its session was held, with what it was started with.
 pub(crate) struct Early {
-  /// The argv the run was guessed to need (the CLI's, before the sandbox wraps it).
-  args: Vec<String>,
+  /// The spec it was guessed to need, as the run builds it (before the sandbox's wrapping and the
+  /// proxy token).
+  guess: RunSpec,
   /// The spec it was started from: the sandbox's wrapping and the proxy token in.
   spec: RunSpec,
   /// Suspended until the CLI is given its prompt.
@@ -36,11 +39,11 @@ pub(crate) struct Adopted {
 }
 
 impl Early {
-  /// The CLI, if it was started with `args` (what the held session asks for); `spec` is the run's,
-  /// prepared for the held session, whose transcript mirror the CLI's frames go to. Otherwise it
-  /// is killed, and `None`.
-  pub(crate) async fn adopt(self, args: &[String], spec: &RunSpec) -> Option<Adopted> {
-    if self.args != args {
+  /// The CLI, if it was started from `spec` (the run's, prepared for the held session, whose
+  /// transcript mirror the CLI's frames go to) and the run goes on; otherwise it is killed, and
+  /// `None`.
+  pub(crate) async fn adopt(self, spec: &RunSpec, cancel: &CancelToken) -> Option<Adopted> {
+    if cancel.is_cancelled() || !same_process(&self.guess, spec) {
       self.discard().await;
       return None;
     }
@@ -49,14 +52,18 @@ impl Early {
     Some(Adopted { spec: started, token, launched })
   }
 
-  /// Kills the CLI (it had no prompt) and removes the files it keeps while it runs.
+  /// Kills the CLI (it had no more than the first byte of its prompt).
   pub(crate) async fn discard(self) {
-    let Early { spec, token, launched, .. } = self;
-    let pid = launched.pid();
+    let Early { token, launched, .. } = self;
     launched.kill().await;
     drop(token);
-    super::remove_per_process_files(&spec, pid);
   }
+}
+
+/// Whether two specs start the same process with the same prompt (what the run only reads, its
+/// limits and its mirror, may differ).
+fn same_process(a: &RunSpec, b: &RunSpec) -> bool {
+  (&a.program, &a.args, &a.cwd, &a.env, &a.stdin, a.niceness) == (&b.program, &b.args, &b.cwd, &b.env, &b.stdin, b.niceness)
 }
 
 impl Manager {
@@ -72,16 +79,20 @@ impl Manager {
     // One CLI per session: this manager's idle warm one goes first (as it would before the run's
     // own start).
     self.drop_warm(&session.id).await;
-    let mut spec = spec.clone();
+    let mut guess = spec.clone();
     let cli = CliArgs { session: Some(mode), resume_at: None, resume_drops_turn: None, ..cli.clone() };
-    spec.args = cli_argv(&cli, self.store.shares_transcripts(), spec.cli_program()).await;
-    let args = spec.args.clone();
+    guess.args = cli_argv(&cli, self.store.shares_transcripts(), guess.cli_program()).await;
+    let mut spec = guess.clone();
     let token = self.secure(&mut spec).await.ok()?;
     if let Some(t) = &token {
       t.set_live(false);
     }
-    let launched = Launched::start(&spec).ok()?;
-    Some(Early { args, spec, token, launched })
+    let mut launched = Launched::start(&spec).ok()?;
+    if launched.hold(&spec.stdin).await.is_err() {
+      launched.kill().await;
+      return None;
+    }
+    Some(Early { guess, spec, token, launched })
   }
 }
 

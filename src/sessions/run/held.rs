@@ -45,7 +45,7 @@ pub(crate) struct HeldRun {
   holds: Option<Holds>,
   /// What the start read in its trip to the store (the transcript head, the warm holds left).
   began: Began,
-  /// The CLI started while the session was taken, until the executor takes it.
+  /// The CLI started while the lease was asked for, until the executor takes it.
   early: Option<super::early::Early>,
 }
 
@@ -198,7 +198,7 @@ impl HeldRun {
     self
   }
 
-  /// The CLI started while the session was taken, for the executor.
+  /// The CLI started while the lease was asked for, for the executor.
   pub(super) fn take_early(&mut self) -> Option<super::early::Early> {
     self.early.take()
   }

@@ -1,11 +1,13 @@
 //! One run of the CLI on a session (a task or a compaction), as a sequence a newcomer can read:
 //!
 //! 1. [`acquire`]: the in-process queue (arrival order), a concurrency slot, the cross-process
-//!    lease; the result is a [`HeldRun`] that owns all three (and the lease's renewal).
+//!    lease; the result is a [`HeldRun`] that owns all three (and the lease's renewal). A cold
+//!    run's CLI is started while the lease is asked for ([`early`]), and waits for its prompt.
 //! 2. [`HeldRun::prepare`]: how the CLI picks the session up, no other manager's idle CLI of it,
 //!    and (PostgreSQL) the transcript mirror.
-//! 3. An [`Executor`] runs the CLI: [`cold::Cold`] (a `-p` process per task) or [`warm::Warm`] (a
-//!    stream-json process kept across tasks); tests use a fake one.
+//! 3. An [`Executor`] runs the CLI: [`cold::Cold`] (a `-p` process per task: the one started early
+//!    if it is the one the held session needs) or [`warm::Warm`] (a stream-json process kept
+//!    across tasks); tests use a fake one.
 //! 4. [`HeldRun::settle`]: the end recorded, and everything the run held given back in one place,
 //!    after the CLI has exited.
 
@@ -83,7 +85,7 @@ pub(crate) struct Job<'a> {
   pub(crate) meter: Arc<TaskMeter>,
   /// The run's concurrency slot: the executor gives it back when its CLI no longer runs.
   pub(crate) permit: Option<OwnedSemaphorePermit>,
-  /// The CLI started while the session was taken ([`Executor::starts_early`]).
+  /// The CLI started while the lease was asked for ([`Executor::starts_early`]).
   pub(crate) early: Option<early::Early>,
 }
 
