@@ -159,3 +159,36 @@ test('a CLI started early is the one that runs its task when the start takes lon
   t.assert.strictEqual(done.result, 'Echo #2: two')
   t.assert.deepStrictEqual(running, early, 'the CLI started early ran the task')
 })
+
+test('requests refused one after another start no CLI each: after a refused start, none starts early until a start succeeds', async (t) => {
+  server.reset()
+  const { manager: holder, options, dir } = makeManager({ server })
+  t.after(() => holder.close())
+  // The other manager's CLI is a script that notes each task's start, then runs the real CLI
+  // (no sandbox: the script runs the CLI itself).
+  const log = path.join(dir, 'starts.log')
+  const script = path.join(dir, 'claude-noting-starts')
+  fs.writeFileSync(script, `#!/bin/sh\ncase " $* " in *" -p "*) echo start >> '${log}';; esac\nexec '${findClaude()}' "$@"\n`, { mode: 0o755 })
+  const other = new addon.SessionManager({ ...options, claudePath: script, sandbox: 'none' })
+  t.after(() => other.close())
+  const starts = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).length : 0)
+  const one = await holder.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
+  const sessionId = one.sessionId
+
+  server.enqueue({ text: 'a slow turn', delayMs: 4000 })
+  const held = holder.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId })
+  while (server.inFlight === 0) await sleep(20)
+  for (let i = 0; i < 10; i++) {
+    await t.assert.rejects(other.executeTask({ prompt: `refused ${i}`, projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 0 }), (e) => e.code === 'SESSION_BUSY')
+  }
+  t.assert.strictEqual(starts(), 1, 'one CLI started early for the first refused request, none for the nine after it')
+  t.assert.strictEqual((await held).success, true)
+  // Once the session is free, tasks run as before; the first after the refusals starts its CLI
+  // after its start, and the starts are early again after it.
+  for (const prompt of ['three', 'four']) {
+    const r = await other.executeTask({ prompt, projectId: 'p', userId: 'u', sessionId })
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+  }
+  t.assert.strictEqual(starts(), 3, 'one CLI for each of the two tasks, none discarded')
+})

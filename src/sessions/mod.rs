@@ -75,6 +75,10 @@ pub struct Manager {
   /// exited, is being released, and the next task here may take it over instead
   /// ([`crate::store::TaskStart::after`]). Removed once the release is sent.
   handed_over: Arc<Mutex<HashMap<String, String>>>,
+  /// Whether a task's start was refused (the session held elsewhere, or every place of
+  /// `maxConcurrentTasksTotal` taken) since the last start that took its lease: no CLI is started
+  /// early meanwhile (`run::early`), so that refused requests cost no CLI start each.
+  early_paused: std::sync::atomic::AtomicBool,
   closed: AtomicBool,
   /// The agent's sandbox, when tasks run in one.
   sandbox: Option<cli::Sandbox>,
@@ -250,6 +254,7 @@ impl Manager {
       running: Arc::new(Mutex::new(HashMap::new())),
       finishing: Arc::new(Mutex::new(HashMap::new())),
       handed_over: Arc::new(Mutex::new(HashMap::new())),
+      early_paused: Default::default(),
       closed: AtomicBool::new(false),
       sandbox,
       tasks: Arc::new(Mutex::new(HashMap::new())),

@@ -79,7 +79,9 @@ impl Manager {
     // With the session's place in line and a slot, the CLI can start while the store is asked for
     // the lease; it is given its prompt only once the session is held.
     let mut early = match t.early {
-      Some((cli, spec)) if !t.cancel.is_cancelled() => self.start_early(t.session, cli, spec).await,
+      Some((cli, spec)) if !t.cancel.is_cancelled() && !self.early_paused.load(Ordering::SeqCst) => {
+        self.start_early(t.session, cli, spec).await
+      }
       _ => None,
     };
     let (mut began, taken_at) = match self.lease(t, after.as_deref(), &mut early).await {
@@ -163,10 +165,14 @@ impl Manager {
       }
       let taken_at = Instant::now();
       let exiting_elsewhere = match self.begin(t, after).await? {
-        Ok(began) => return Ok(Some((began, taken_at))),
+        Ok(began) => {
+          self.early_paused.store(false, Ordering::SeqCst);
+          return Ok(Some((began, taken_at)));
+        }
         Err(exiting) => exiting,
       };
-      // A CLI does not wait for a lease.
+      // A CLI does not wait for a lease; nor does the next one start before a start succeeds.
+      self.early_paused.store(true, Ordering::SeqCst);
       if let Some(e) = early.take() {
         e.discard().await;
       }

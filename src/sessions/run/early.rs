@@ -11,7 +11,10 @@
 //! new if it has none and no parent; a fork's first run is not guessed): when the start reads the
 //! session otherwise (another process ran it meanwhile), or the session has a branch point, the
 //! CLI is killed and the run starts another, as it would have without this. So it is when the
-//! start finds the session held or every place taken: a CLI never waits for a lease.
+//! start finds the session held or every place taken: a CLI never waits for a lease. After such a
+//! refusal no CLI of the manager starts early until a start takes its lease, so that requests
+//! refused one after another (a flood against a held session or a full `maxConcurrentTasksTotal`)
+//! cost no CLI start each.
 
 use std::path::Path;
 
