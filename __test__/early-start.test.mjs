@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { PG_URL, addon, eventually, findClaude, makeManager, processesMentioning, skipWithoutPostgres, startStandInServer, tempDir, testBackends, backendTag } from './helpers.mjs'
+import { PG_URL, addon, cliProcesses, eventually, findClaude, makeManager, skipWithoutPostgres, startStandInServer, tempDir, testBackends, backendTag } from './helpers.mjs'
 import { startPgProxy } from '../benchmark/lib/pg-proxy.mjs'
 
 let server
@@ -73,15 +73,18 @@ test('a -p CLI given the first byte of its prompt waits for the rest, having rea
   t.assert.strictEqual(texts.at(-1), 'second words')
 })
 
-/** The session's CLI processes (not the sandbox's launchers). */
-const clis = (sessionId) =>
-  processesMentioning(sessionId).filter((pid) => {
-    try {
-      return /claude/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])
-    } catch {
-      return false
-    }
-  })
+const clis = cliProcesses
+
+/** A session whose first task ran on `manager`, now held by its second, whose model answers after
+ * `delayMs`: resolves once that answer is awaited, with the session and the holding task. */
+async function heldSession(t, manager, delayMs) {
+  const one = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
+  t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
+  server.enqueue({ text: 'a slow turn', delayMs })
+  const held = manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: one.sessionId })
+  while (server.inFlight === 0) await sleep(20)
+  return { sessionId: one.sessionId, held }
+}
 
 for (const backend of testBackends()) {
   test(`a task whose session another process holds starts no CLI while it waits, then runs on the held turn${backendTag(backend)}`, async (t) => {
@@ -92,13 +95,7 @@ for (const backend of testBackends()) {
     // process of the same server is.
     const second = new addon.SessionManager(options)
     t.after(() => second.close())
-    const one = await first.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
-    t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
-    const sessionId = one.sessionId
-
-    server.enqueue({ text: 'a slow turn', delayMs: 3000 })
-    const holder = first.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId })
-    while (server.inFlight === 0) await sleep(20)
+    const { sessionId, held: holder } = await heldSession(t, first, 3000)
     t.assert.strictEqual(clis(sessionId).length, 1, 'the holder\'s CLI runs')
     let queued = false
     const waiter = second.executeTask({ prompt: 'three', projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 30_000 }, { onEvent: (e) => e.type === 'task_queued' && (queued = true) })
@@ -172,13 +169,7 @@ test('requests refused one after another start no CLI each: after a refused star
   const other = new addon.SessionManager({ ...options, claudePath: script, sandbox: 'none' })
   t.after(() => other.close())
   const starts = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).length : 0)
-  const one = await holder.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
-  t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
-  const sessionId = one.sessionId
-
-  server.enqueue({ text: 'a slow turn', delayMs: 4000 })
-  const held = holder.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId })
-  while (server.inFlight === 0) await sleep(20)
+  const { sessionId, held } = await heldSession(t, holder, 4000)
   for (let i = 0; i < 10; i++) {
     await t.assert.rejects(other.executeTask({ prompt: `refused ${i}`, projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 0 }), (e) => e.code === 'SESSION_BUSY')
   }

@@ -177,6 +177,17 @@ export function processesMentioning(needle) {
   return found
 }
 
+/** The `claude` processes whose argv names `sessionId` (not the sandbox's launchers). */
+export function cliProcesses(sessionId) {
+  return processesMentioning(sessionId).filter((pid) => {
+    try {
+      return /claude/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])
+    } catch {
+      return false
+    }
+  })
+}
+
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/
 
 /** Parses a text/event-stream body into `{ event, data, id }` records. */

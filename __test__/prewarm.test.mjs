@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { eventually, makeManager, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
+import { cliProcesses, eventually, makeManager, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -23,15 +23,7 @@ function warmManager(t, options = {}) {
 }
 
 const modelCalls = () => server.requests.filter((r) => r.path.startsWith('/v1/messages')).length
-/** The session's CLI processes (not the sandbox's launchers), once one runs. */
-const cliPidsNow = (sessionId) =>
-  processesMentioning(sessionId).filter((pid) => {
-    try {
-      return /claude/.test(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0])
-    } catch {
-      return false
-    }
-  })
+const cliPidsNow = cliProcesses
 async function cliPids(sessionId) {
   await eventually(() => cliPidsNow(sessionId).length > 0)
   return cliPidsNow(sessionId)
