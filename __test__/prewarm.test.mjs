@@ -23,15 +23,14 @@ function warmManager(t, options = {}) {
 }
 
 const modelCalls = () => server.requests.filter((r) => r.path.startsWith('/v1/messages')).length
-const cliPidsNow = cliProcesses
 async function cliPids(sessionId) {
-  await eventually(() => cliPidsNow(sessionId).length > 0)
-  return cliPidsNow(sessionId)
+  await eventually(() => cliProcesses(sessionId).length > 0)
+  return cliProcesses(sessionId)
 }
 /** Runs a task; resolves with its result and the session's CLI processes while it ran. */
 async function taskSeen(manager, request) {
   let running = []
-  const result = await manager.executeTask(request, { onEvent: (e) => e.type === 'task_started' && (running = cliPidsNow(e.sessionId)) })
+  const result = await manager.executeTask(request, { onEvent: (e) => e.type === 'task_started' && (running = cliProcesses(e.sessionId)) })
   return { result, running }
 }
 const same = (a, b) => a.length > 0 && JSON.stringify([...a].sort()) === JSON.stringify([...b].sort())

@@ -238,15 +238,21 @@ pub(crate) type Output = Box<dyn AsyncRead + Send + Sync + Unpin>;
 
 /// Stops the child's whole process group: SIGTERM, a short grace, then SIGKILL.
 pub(crate) async fn stop_group(child: &mut Proc, pgid: Option<u32>) {
+  end_group(child, pgid, true).await
+}
+
+/// Ends the child's whole process group and reaps the child: with `term_first`, SIGTERM and
+/// [`KILL_GRACE`] before the SIGKILL; else SIGKILL at once.
+async fn end_group(child: &mut Proc, pgid: Option<u32>, term_first: bool) {
   #[cfg(unix)]
   let tools = match pgid {
     Some(pg) => {
       // The CLI puts each tool command in a process group of its own: find them all before the
       // CLI dies (its children are then reparented and can no longer be told apart).
       let tools = super::process::descendants(pg);
-      kill_group(pg, libc::SIGTERM);
-      if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
-        kill_group(pg, libc::SIGKILL);
+      if term_first {
+        kill_group(pg, libc::SIGTERM);
+        let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
       }
       // Whatever the CLI started (tools, shells) goes too.
       kill_group(pg, libc::SIGKILL);
@@ -496,20 +502,8 @@ impl Launched {
   /// Kills the CLI and whatever it started, at once (it had no prompt: there is nothing to let
   /// it finish), and reaps it.
   pub(crate) async fn kill(mut self) {
-    #[cfg(unix)]
-    let started = match self.group.0.take() {
-      Some(pg) => {
-        let started = super::process::descendants(pg);
-        kill_group(pg, libc::SIGKILL);
-        super::process::kill_tree(&started);
-        started
-      }
-      None => vec![],
-    };
-    let _ = self.child.start_kill();
-    let _ = self.child.wait().await;
-    #[cfg(unix)]
-    super::process::until_gone(&started, Duration::from_secs(2)).await;
+    let pgid = self.group.0.take();
+    end_group(&mut self.child, pgid, false).await;
   }
 }
 
