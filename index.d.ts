@@ -558,8 +558,10 @@ export interface PermissionResponse {
 }
 
 /**
- * `prewarm`: a session's CLI started before its next prompt. The options are the next task's
- * (those that decide which CLI it runs in): a task with other options starts a CLI of its own.
+ * `prewarm`: a session's CLI started before its next prompt, and its first turn run and taken
+ * back (a warm-up no model sees), so that the prompt runs as a follow-up would. Resolves once
+ * the warm-up is over. The options are the next task's (those that decide which CLI it runs
+ * in): a task with other options starts a CLI of its own.
  */
 export interface PrewarmRequest {
   sessionId: string
@@ -583,7 +585,8 @@ export interface PrewarmRequest {
 /**
  * What `prewarm` did: `started` (a CLI now waits for the session's next task), `already_warm`
  * (one that fits is kept; its idle time starts again), or why none was started:
- * `warm_disabled` (`warmIdleMs: 0`), `busy` (a task runs on the session), `held_elsewhere`
+ * `warm_disabled` (`warmIdleMs: 0`), `busy` (a task runs on the session, or one in another
+ * process wanted it while the CLI warmed up), `held_elsewhere`
  * (another process or node keeps the session's CLI), `branch_point` (the next task continues
  * from a rewind, which starts a CLI of its own).
  */

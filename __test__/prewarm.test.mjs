@@ -4,6 +4,7 @@
 // is read from /proc (the processes whose argv names the session), never from timing.
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
+import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { cliProcesses, eventually, makeManager, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
 
@@ -91,6 +92,76 @@ test('prewarm: a task with other options does not use the prewarmed CLI (it is r
   const b = await cliPids(sessionId)
   t.assert.ok(b.length > 0 && !b.some((p) => a.includes(p)), `another process for the other model: ${a} -> ${b}`)
   t.assert.ok(!server.requests.at(-1).body.model.includes('haiku'), 'the task ran with its own model')
+})
+
+/** The session's transcript file under the manager's configuration folder, or undefined. */
+const transcriptOf = (configDir, sessionId) =>
+  fs.readdirSync(configDir, { recursive: true }).map((f) => path.join(configDir, String(f))).find((f) => f.endsWith(`${sessionId}.jsonl`))
+const read = (file) => (file && fs.existsSync(file) ? fs.readFileSync(file) : null)
+/** Whether a transcript file holds a message line of a warm-up. */
+const warmUpLines = (file) =>
+  (read(file) ?? '')
+    .toString()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l))
+    .some((l) => (l.type === 'user' || l.type === 'assistant') && JSON.stringify(l.message?.content ?? '').includes('warm-up'))
+/** The texts of a model request's messages, system reminders left out. */
+const textsOf = (req) =>
+  req.body.messages.flatMap((m) => (typeof m.content === 'string' ? [m.content] : m.content.map((c) => c.text ?? ''))).filter((x) => x && !x.startsWith('<system-reminder>'))
+
+for (const backend of testBackends()) {
+  test(`prewarm's warm-up: the CLI's first turn runs before the first prompt, answered by the key proxy, and is taken back from the CLI, its transcript and the store${backendTag(backend)}`, async (t) => {
+    server.reset()
+    const { manager, configDir } = warmManager(t, { backend, warmIdleMs: 1500 })
+    // A resumed session (its CLI idled out) and a new one.
+    const first = await manager.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
+    const resumed = first.sessionId
+    t.assert.ok(await eventually(() => cliProcesses(resumed).length === 0), 'the CLI idled out')
+    const fresh = await newSession(manager)
+    for (const [sessionId, n] of [[resumed, 2], [fresh, 1]]) {
+      const file = transcriptOf(configDir, resumed)
+      const before = sessionId === resumed ? read(file) : null
+      const refused = manager.info().proxyRefused
+      const calls = modelCalls()
+      t.assert.deepStrictEqual(await manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }), { status: 'started' })
+      // The warm-up ran: its model call was answered by the key proxy (401), not the API.
+      t.assert.ok(manager.info().proxyRefused > refused, `the warm-up's call reached the key proxy (${sessionId === resumed ? 'resumed' : 'new'})`)
+      t.assert.strictEqual(modelCalls(), calls, 'and not the API')
+      // Taken back from the transcript: the file is as it was (a new session's: none; on
+      // PostgreSQL the node's copy is made from the store at the prewarm), and from the store.
+      if (sessionId === fresh) t.assert.strictEqual(transcriptOf(configDir, fresh), undefined, 'a new session has no transcript before its first prompt')
+      else if (backend === 'sqlite') t.assert.ok(before && read(transcriptOf(configDir, resumed)).equals(before), 'the transcript is byte for byte as before the prewarm')
+      else t.assert.ok(!warmUpLines(transcriptOf(configDir, resumed)), "no line of the warm-up in the node's copy")
+      const kindsBefore = (await manager.getMessages(sessionId, 'u')).messages.map((m) => m.kind)
+      t.assert.deepStrictEqual(kindsBefore, sessionId === resumed ? ['prompt', 'assistant'] : [], 'the conversation is as before the prewarm')
+      const pids = await cliPids(sessionId)
+      const { result, running } = await taskSeen(manager, { projectId: 'p', userId: 'u', sessionId, prompt: 'two' })
+      t.assert.strictEqual(result.result, `Echo #${n}: two`, JSON.stringify(result.error))
+      t.assert.ok(same(running, pids), 'the prewarmed CLI ran the task')
+      // Taken back from the CLI: the model saw the conversation and the prompt, nothing else.
+      const sent = server.requests.filter((r) => r.path.startsWith('/v1/messages')).at(-1)
+      const texts = textsOf(sent)
+      t.assert.ok(!texts.some((x) => x.includes('warm-up')), 'the model saw nothing of the warm-up')
+      t.assert.deepStrictEqual(texts.filter((x) => /^(one|two|Echo #\d: one)$/.test(x)), sessionId === resumed ? ['one', 'Echo #1: one', 'two'] : ['two'])
+      const kinds = (await manager.getMessages(sessionId, 'u')).messages.map((m) => m.kind)
+      t.assert.deepStrictEqual(kinds, sessionId === resumed ? ['prompt', 'assistant', 'prompt', 'assistant'] : ['prompt', 'assistant'])
+      t.assert.ok(!warmUpLines(transcriptOf(configDir, sessionId)), 'no message line of the warm-up in the transcript')
+    }
+  })
+}
+
+test('prewarm: a task that arrives while the prewarmed CLI runs its warm-up waits for it, past queueTimeoutMs, and runs in it', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const sessionId = await newSession(manager)
+  const prewarmed = manager.prewarm({ sessionId, userId: 'u', projectId: 'p' })
+  const pids = await cliPids(sessionId)
+  const { result, running } = await taskSeen(manager, { projectId: 'p', userId: 'u', sessionId, prompt: 'soon', queueTimeoutMs: 0 })
+  t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
+  t.assert.deepStrictEqual(await prewarmed, { status: 'started' })
+  t.assert.ok(same(running, pids), 'the prewarmed CLI ran the task')
+  t.assert.strictEqual(modelCalls(), 1)
 })
 
 test('prewarm: a resumed session whose CLI idled out is prewarmed with its history; an unused prewarmed CLI idles out too', async (t) => {

@@ -9,37 +9,21 @@
 // (CLAUDE_CODE_ENABLE_SDK_FILE_CHECKPOINTING), without the disallowed background tools, with the
 // SDK's environment instead of the manager's allow-list, and with both of the last two. One
 // follow-up on each per round, the order rotated; the median per variant.
-import fs from 'node:fs'
 import { addon, claudeBinary, startStandIn, workspace, sdkEnvironment } from './lib/harness.mjs'
-import { median, childrenOf } from './lib/stats.mjs'
-import { driveCli, processLaunch } from './lib/direct-cli.mjs'
+import { median } from './lib/stats.mjs'
+import { driveCli, managersLaunch } from './lib/direct-cli.mjs'
 
 const ROUNDS = Number(process.argv[2] ?? 30)
 const PROMPT = 'Reply with one short sentence about warm processes.'
 const real = claudeBinary()
 const standIn = await startStandIn()
 const ws = workspace('csm-flags-')
-const m = new addon.SessionManager({
-  sandbox: 'none',
+const { argv, env } = await managersLaunch(addon.SessionManager, {
   databasePath: ws.db,
   workingDirectory: ws.work,
   claudePath: real,
   env: { ...standIn.env, CLAUDE_CONFIG_DIR: ws.config },
-  warmIdleMs: 600_000,
-  cliNiceness: 0,
 })
-await m.executeTask({ prompt: 'hi', projectId: 'p', userId: 'u' })
-const isWarm = (p) => {
-  try {
-    return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('stream-json')
-  } catch {
-    return false
-  }
-}
-const pid = childrenOf(process.pid).find(isWarm)
-if (!pid) throw new Error('the manager kept no warm CLI')
-const { argv, env } = processLaunch(pid)
-await m.close()
 
 function driver(name, args, env) {
   const w = workspace(`csm-flags-${name}-`)

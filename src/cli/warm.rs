@@ -51,6 +51,9 @@ pub type PermissionFuture = Pin<Box<dyn Future<Output = std::result::Result<Deci
 /// an interrupt), when the time is up, or when the turn ends.
 pub type CanUseTool = Arc<dyn Fn(PermissionRequest, CancelToken) -> PermissionFuture + Send + Sync>;
 
+/// The prompt of prewarm's warm-up turn ([`WarmProcess::warm_up`]); no model reads it.
+pub const WARM_UP_PROMPT: &str = "(A warm-up turn of the process, taken back before any model reads it.)";
+
 /// The argv of a warm CLI: the cold one without `-p` and without `--max-budget-usd` (it counts
 /// the whole process; the manager enforces budgets per task), with stream-json input, and the
 /// permission prompts on the control protocol when `permission_prompts`.
@@ -328,12 +331,55 @@ impl WarmProcess {
     o: TurnOptions,
     cancel: &CancelToken,
     on_start: impl FnOnce(Vec<Value>),
+    on_line: impl FnMut(&Line),
+  ) -> RunOutcome {
+    self.turn_as(&uuid::Uuid::new_v4().to_string(), prompt, o, cancel, on_start, on_line).await
+  }
+
+  /// Prewarm's warm-up: one turn that no model sees, taken back at once. A CLI's first turn runs
+  /// its code for the first time (reading the prompt, its attachments, the request, the stream,
+  /// the transcript writes) and takes several times a later turn; this one is that first turn,
+  /// so the session's first real prompt runs as a follow-up would.
+  ///
+  /// The process's key-proxy token must be suspended (the caller's duty): the turn's one model
+  /// call is then answered `401` by the proxy and reaches no API. The turn is then taken back
+  /// with the CLI's `rewind_conversation` control request (the conversation is as before the
+  /// warm-up, the next prompt's parent is the last message before it), the mirror frames and
+  /// the lines it printed are dropped. What it wrote to the transcript file stays there: the
+  /// caller restores the file. Returns the warm-up prompt's uuid (the first line it wrote). An
+  /// error (or `cancel`) means the conversation may hold the warm-up: the process must not be
+  /// kept.
+  pub async fn warm_up(&mut self, limit: Duration, cancel: &CancelToken) -> Result<String> {
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let o =
+      TurnOptions { timeout: Some(limit), stall_timeout: None, can_use_tool: None, interrupt_grace: Duration::from_secs(3), mirror: None };
+    let out = self.turn_as(&uuid, WARM_UP_PROMPT, o, cancel, |_| {}, |_| {}).await;
+    if self.dead || out.reason != super::run::EndReason::Exited {
+      return Err(Error::new(ErrorCode::CliError, format!("the CLI's warm-up turn did not end ({:?})", out.reason)));
+    }
+    let rewound = self.handle().ask(json!({ "subtype": "rewind_conversation", "target_message_uuid": uuid }), limit).await?;
+    if rewound.get("rewound") != Some(&Value::Bool(true)) {
+      return Err(Error::new(ErrorCode::CliError, format!("the CLI did not take its warm-up turn back: {rewound}")));
+    }
+    lock(&self.shared.unmirrored).clear();
+    drop(self.take_outside());
+    Ok(uuid)
+  }
+
+  /// [`Self::turn`] with the prompt's uuid given.
+  async fn turn_as(
+    &mut self,
+    uuid: &str,
+    prompt: &str,
+    o: TurnOptions,
+    cancel: &CancelToken,
+    on_start: impl FnOnce(Vec<Value>),
     mut on_line: impl FnMut(&Line),
   ) -> RunOutcome {
     let started = Instant::now();
     let mut out = RunOutcome::empty(self.pid);
     let mut tracker = ContextTracker::default();
-    let uuid = uuid::Uuid::new_v4().to_string();
+    let uuid = uuid.to_owned();
     let (tx, mut rx) = mpsc::unbounded_channel();
     *lock(&self.shared.permissions) = o.can_use_tool.clone();
     self.shared.attach_mirror(o.mirror.clone());

@@ -9,15 +9,30 @@
 //! since) and when it goes (`warmIdleMs`, `maxWarmSessions`, a task elsewhere, `close()`). Its
 //! token answers no model call until a task runs on it, so a prewarmed CLI costs nothing. One
 //! that never ran a task is killed when it goes: it has nothing of the conversation to write.
+//!
+//! A CLI runs its first turn several times slower than its next ones (its code runs for the first
+//! time), so a prewarmed CLI runs one turn before it is kept: the warm-up
+//! ([`WarmProcess::warm_up`](crate::cli::WarmProcess::warm_up)). Its one model call is answered
+//! `401` by the key proxy (the token is suspended), the CLI takes the turn back
+//! (`rewind_conversation`), and the transcript file is cut back to what it was. Without a key
+//! proxy (`exposeApiKeyToAgent`) there is no warm-up: its call would reach the API.
 
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
 
 use super::mirror::mirror_supported;
-use super::warm::{config_stamp, fingerprint, Home, WarmPool};
+use super::run::Finishing;
+use super::warm::{config_stamp, fingerprint, Home, Warm, WarmPool};
 use super::{Manager, TaskRequest, Wait};
-use crate::cli::{self, SessionMode};
-use crate::error::{Error, Result};
+use crate::cli::{self, CancelToken, SessionMode};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::Session;
+use crate::transcript::TenantFile;
 
 /// A `prewarm` request: the options of the session's next task (what decides which CLI it can
 /// run in), without its prompt.
@@ -71,6 +86,9 @@ impl Manager {
       return Err(Error::invalid("prewarm needs the sessionId of the session to prewarm"));
     };
     let mut cli = self.task_args(t)?;
+    // `close()` stops the warm-up and waits for the prewarm to end.
+    let cancel = CancelToken::new();
+    let _registered = self.register(&cancel);
     let session = self.get_session(session_id, &t.user_id).await?;
     if !t.project_id.is_empty() && session.project_id != t.project_id {
       return Err(Error::not_found(session_id));
@@ -127,6 +145,20 @@ impl Manager {
       WarmPool::retire(warm, true).await;
       return Err(e);
     }
+    // The warm-up, with the key given to the agent never: its model call would reach the API.
+    if warm.token.is_some() {
+      match self.warm_up(&session, &mut warm, &cancel).await {
+        Ok(true) => {}
+        Ok(false) => {
+          WarmPool::retire(warm, true).await;
+          return Ok(Prewarmed::Busy);
+        }
+        Err(e) => {
+          WarmPool::retire(warm, true).await;
+          return Err(e);
+        }
+      }
+    }
     warm.seen_tasks = session.task_count;
     warm.home = Some(Home {
       store: self.store.clone(),
@@ -142,5 +174,151 @@ impl Manager {
     }
     self.keep(&session.id, warm, idle_for).await;
     Ok(Prewarmed::Started)
+  }
+
+  /// The prewarmed CLI's warm-up turn ([`WarmProcess::warm_up`]), once the store knows this
+  /// manager keeps a CLI of the session, and the transcript file cut back to what it was before
+  /// it. `Ok(false)`, with nothing run or the CLI to be dropped, when a task elsewhere started on
+  /// the session before the hold was seen, or wants the session now.
+  ///
+  /// Tasks of other managers wait for this CLI once they hold the lease (`others_gone`), and this
+  /// one looks for their tasks after its hold is stored: one of the two sees the other, so no
+  /// other CLI writes the transcript meanwhile. A task of this manager waits for the session's
+  /// place in line, which the caller holds, past its queue timeout.
+  async fn warm_up(&self, session: &Session, warm: &mut Warm, cancel: &CancelToken) -> Result<bool> {
+    let (sid, me) = (session.id.clone(), self.owner.id.clone());
+    if self.store_call(Wait::Briefly, async move |s| s.running_task(&sid).await).await?.is_some() {
+      return Ok(false);
+    }
+    let file = self.transcript_of(session)?;
+    let before = match file.clone() {
+      Some(f) => self.blocking("transcript reader", move || f.regular_len()).await?,
+      None => None,
+    };
+    let _excused = Finishing::mark(self.finishing.clone(), &session.id);
+    let first = warm.proc.warm_up(WARM_UP_LIMIT, cancel).await?;
+    if let Some(file) = file {
+      let cut = WarmUpCut { file, before, first };
+      let now = cut.clone();
+      self.blocking("transcript writer", move || now.undo()).await?;
+      // Again if the CLI goes without a task: it writes the warm-up's last record as it exits.
+      warm.warm_up = Some(cut);
+    }
+    let wanted = self.store_call(Wait::Briefly, async move |s| s.warm_wanted(&me).await).await?;
+    Ok(!wanted.contains(&session.id))
+  }
+}
+
+/// How long a prewarmed CLI may take to start and run its warm-up turn.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(30);
+/// The most a warm-up may have written to the transcript (a new session's first turn writes
+/// about 85 KB: the prompt, the CLI's attachments, its request records).
+const WARM_UP_MAX_BYTES: u64 = 4 << 20;
+
+/// Where a warm-up began in the session's transcript file.
+#[derive(Debug, Clone)]
+pub(super) struct WarmUpCut {
+  file: TenantFile,
+  /// Its length then; `None` when it did not exist.
+  before: Option<u64>,
+  /// The uuid of the warm-up's prompt, the first line it wrote.
+  first: String,
+}
+
+impl WarmUpCut {
+  /// The file as it was: cut back to its length, or removed; once every line written since is
+  /// the warm-up's: its prompt or a line whose parent is one of the warm-up's (lines without a
+  /// uuid are the CLI's bookkeeping). Anything else (a line another CLI wrote) leaves the file as
+  /// it is and fails.
+  pub(super) fn undo(&self) -> Result<()> {
+    let refused = |why: &str| Error::new(ErrorCode::CliError, format!("the prewarmed CLI's warm-up could not be taken back: {why}"));
+    // What was written since, with the byte before it (the end of the last line before).
+    let from = self.before.unwrap_or(0);
+    let mut tail = vec![];
+    if let Some((mut file, len)) = self.file.open_read()? {
+      if len < from || len - from > WARM_UP_MAX_BYTES {
+        return Err(refused("the transcript changed under it"));
+      }
+      file
+        .seek(SeekFrom::Start(from.saturating_sub(1)))
+        .and_then(|_| file.take(WARM_UP_MAX_BYTES + 1).read_to_end(&mut tail))
+        .map_err(|e| refused(&e.to_string()))?;
+    }
+    let written = match from {
+      0 => &tail[..],
+      _ if tail.first() == Some(&b'\n') => &tail[1..],
+      _ => return Err(refused("the transcript changed under it")),
+    };
+    let mut own: HashSet<&str> = HashSet::from([self.first.as_str()]);
+    let lines: Vec<Value> = written
+      .split(|b| *b == b'\n')
+      .filter(|l| !l.is_empty())
+      .map(serde_json::from_slice)
+      .collect::<std::result::Result<_, _>>()
+      .map_err(|_| refused("a line that is not JSON"))?;
+    for v in &lines {
+      let Some(uuid) = v.get("uuid").and_then(Value::as_str) else { continue };
+      let parent = v.get("parentUuid").and_then(Value::as_str);
+      if uuid != self.first && !parent.is_some_and(|p| own.contains(p)) {
+        return Err(refused("a line that is not the warm-up's"));
+      }
+      own.insert(uuid);
+    }
+    match self.before {
+      Some(len) => self.file.truncate_to(len),
+      None => self.file.remove(),
+    }
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  const BEFORE: &str =
+    "{\"type\":\"user\",\"uuid\":\"u1\",\"parentUuid\":null}\n{\"type\":\"assistant\",\"uuid\":\"a1\",\"parentUuid\":\"u1\"}\n";
+
+  fn file(content: &str) -> (tempfile::TempDir, WarmUpCut) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("projects/-w")).unwrap();
+    std::fs::write(d.path().join("projects/-w/s.jsonl"), content).unwrap();
+    let cut = WarmUpCut { file: TenantFile::new(d.path(), "projects/-w/s.jsonl"), before: Some(BEFORE.len() as u64), first: "w1".into() };
+    (d, cut)
+  }
+
+  /// The warm-up's lines as the CLI writes them: its prompt, bookkeeping without a uuid, lines
+  /// whose parents are the warm-up's.
+  fn warm_up(parent: &str) -> String {
+    format!(
+      "{{\"type\":\"user\",\"uuid\":\"w1\",\"parentUuid\":\"{parent}\"}}\n{{\"type\":\"queue-operation\"}}\n{{\"type\":\"attachment\",\"uuid\":\"w2\",\"parentUuid\":\"w1\"}}\n{{\"type\":\"assistant\",\"uuid\":\"w3\",\"parentUuid\":\"w2\"}}\n"
+    )
+  }
+
+  #[test]
+  fn the_warm_up_is_cut_and_a_new_sessions_file_removed() {
+    let (d, cut) = file(&format!("{BEFORE}{}", warm_up("a1")));
+    cut.undo().unwrap();
+    assert_eq!(std::fs::read_to_string(d.path().join("projects/-w/s.jsonl")).unwrap(), BEFORE);
+    let (d, mut cut) = file(&warm_up("null"));
+    cut.before = None;
+    cut.undo().unwrap();
+    assert!(!d.path().join("projects/-w/s.jsonl").exists());
+  }
+
+  #[test]
+  fn a_line_another_cli_wrote_leaves_the_file_alone() {
+    let foreign = "{\"type\":\"user\",\"uuid\":\"x1\",\"parentUuid\":\"a1\"}\n";
+    for content in [
+      format!("{BEFORE}{foreign}{}", warm_up("a1")),
+      format!("{BEFORE}{}{foreign}", warm_up("a1")),
+      // The file rewritten shorter, or not at a line's end where the warm-up began.
+      BEFORE[..10].to_string(),
+      format!("{}X{}", &BEFORE[..BEFORE.len() - 1], warm_up("a1")),
+    ] {
+      let (d, cut) = file(&content);
+      let err = cut.undo().unwrap_err();
+      assert_eq!(err.code, ErrorCode::CliError, "{}", err.message);
+      assert_eq!(std::fs::read_to_string(d.path().join("projects/-w/s.jsonl")).unwrap(), content);
+    }
   }
 }

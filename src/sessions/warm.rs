@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::mirror::{mirror_supported, TaskMirror};
+use super::prewarm::WarmUpCut;
 use super::run::Job;
 use super::slot::TaskSlot;
 use super::{EventSink, Manager, SendMessageRequest, TaskKind, Wait};
@@ -54,9 +55,12 @@ pub(crate) struct Warm {
   pub(super) stamp: String,
   /// The key proxy's token the process uses: live only while a task runs on it, revoked when the
   /// process is gone.
-  token: Option<TaskToken>,
+  pub(super) token: Option<TaskToken>,
   /// Where its session lives, once it is kept (after a task, or prewarmed).
   pub(super) home: Option<Home>,
+  /// A prewarmed process's warm-up, taken out of the transcript again if the process goes
+  /// without a task (it writes the warm-up's last record as it exits).
+  pub(super) warm_up: Option<WarmUpCut>,
 }
 
 /// What a kept process needs to close properly: its session in the store, the last task it ran,
@@ -146,9 +150,12 @@ impl WarmPool {
   /// closes is stored, unless another task took the session meanwhile. Its token is revoked once
   /// it is gone.
   pub(super) async fn retire(w: Warm, stale: bool) {
-    let Warm { proc, token, home, seen_tasks, .. } = w;
-    // A prewarmed process that never ran a task has nothing to write: killed.
-    let stale = stale || home.as_ref().is_some_and(|h| h.last_task.is_none());
+    let Warm { proc, token, home, seen_tasks, warm_up, .. } = w;
+    // A prewarmed process that never ran a task has nothing to write: killed, and what its
+    // warm-up left in the transcript taken out.
+    let unused = home.as_ref().is_some_and(|h| h.last_task.is_none());
+    let warm_up = warm_up.filter(|_| unused || home.is_none());
+    let stale = stale || unused;
     let stale = match &home {
       Some(h) if !stale => h.stale(seen_tasks).await,
       _ => stale,
@@ -175,6 +182,9 @@ impl WarmPool {
     };
     if killed {
       super::run::remove_per_process_files(&spec, pid);
+    }
+    if let Some(cut) = warm_up {
+      let _ = tokio::task::spawn_blocking(move || cut.undo()).await;
     }
     drop(token);
     if let Some(h) = &home {
@@ -514,7 +524,7 @@ impl Manager {
       t.set_live(false);
     }
     let proc = WarmProcess::start(spec.clone())?;
-    Ok(Warm { proc, key, seen_tasks: 0, stamp, token, home: None })
+    Ok(Warm { proc, key, seen_tasks: 0, stamp, token, home: None, warm_up: None })
   }
 
   /// One turn of the task on the process: its inbox read, its events forwarded, the key proxy's

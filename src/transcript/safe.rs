@@ -190,15 +190,21 @@ impl TenantFile {
   /// Opens the file for reading, with its length; `None` when it does not exist. Refused when it
   /// (or a folder on the way) is a link or not what it should be.
   pub fn open_read(&self) -> Result<Option<(std::fs::File, u64)>> {
+    self.open_regular(false)
+  }
+
+  /// Opens the file (for writing when `write`) with its length, as [`Self::open_read`] does.
+  fn open_regular(&self, write: bool) -> Result<Option<(std::fs::File, u64)>> {
+    let what = if write { "write" } else { "read" };
     let Some((dir, name)) = self.walk(false)? else { return Ok(None) };
     // lstat first: a FIFO or a device is never opened (opening one can block or act).
     match dir.symlink_metadata(&name) {
       Ok(m) => self.check_regular(&m)?,
       Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-      Err(e) => return Err(self.io("read", e)),
+      Err(e) => return Err(self.io(what, e)),
     }
     let mut o = OpenOptions::new();
-    o.read(true).follow(FollowSymlinks::No);
+    o.read(!write).write(write).follow(FollowSymlinks::No);
     #[cfg(unix)]
     cap_std::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK | libc::O_NOCTTY);
     let file = match dir.open_with(&name, &o) {
@@ -207,7 +213,7 @@ impl TenantFile {
       Err(e) => return Err(self.explain(&dir, &name, false, e)),
     };
     // What was opened, not what was there a moment before.
-    let m = file.metadata().map_err(|e| self.io("read", e))?;
+    let m = file.metadata().map_err(|e| self.io(what, e))?;
     self.check_regular(&m)?;
     Ok(Some((file.into_std(), m.len())))
   }
@@ -276,6 +282,16 @@ impl TenantFile {
       let _ = dir.remove_file(&tmp);
       self.io("write", e)
     })
+  }
+
+  /// Cuts the file back to its first `len` bytes, in place (the same file, for a process that
+  /// appends to it by name). Refused when it (or a folder on the way) is a link or not a regular
+  /// file; nothing when it does not exist.
+  pub fn truncate_to(&self, len: u64) -> Result<()> {
+    match self.open_regular(true)? {
+      Some((file, _)) => file.set_len(len).map_err(|e| self.io("write", e)),
+      None => Ok(()),
+    }
   }
 
   /// Removes the file, or whatever entry has its name (a link is removed, not followed); nothing
@@ -444,6 +460,8 @@ mod tests {
       assert_eq!(err.code, ErrorCode::TranscriptUnsafe, "{component}: {}", err.message);
       assert!(err.message.contains("symbolic link"), "{}", err.message);
       assert_eq!(f.regular_len().unwrap_err().code, ErrorCode::TranscriptUnsafe, "{component}");
+      // Nor is a cut made through it.
+      assert_eq!(f.truncate_to(0).unwrap_err().code, ErrorCode::TranscriptUnsafe, "{component}");
       // A write neither writes through the link nor follows it.
       let w = f.write_atomic(|w| w.write_all(b"NEW\n"));
       if component == "projects/-w/s.jsonl" {
@@ -501,6 +519,21 @@ mod tests {
     std::fs::hard_link(&victim, &p).unwrap();
     let err = read_all(&f).unwrap_err();
     assert!(err.message.contains("hard links"), "{}", err.message);
+    assert!(f.truncate_to(0).unwrap_err().message.contains("hard links"));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "SECRET\n", "a cut does not reach the other name");
+  }
+
+  #[test]
+  fn a_cut_keeps_the_first_bytes_of_the_same_file_and_a_missing_file_is_nothing() {
+    let (_d, root, f) = setup();
+    let p = root.join("projects/-w/s.jsonl");
+    std::fs::write(&p, "{\"a\":1}\n{\"b\":2}\n").unwrap();
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = inode(&p);
+    f.truncate_to(8).unwrap();
+    assert_eq!((std::fs::read_to_string(&p).unwrap().as_str(), inode(&p)), ("{\"a\":1}\n", before));
+    TenantFile::new(&root, "projects/-w/none.jsonl").truncate_to(0).unwrap();
+    assert!(!root.join("projects/-w/none.jsonl").exists());
   }
 
   #[test]

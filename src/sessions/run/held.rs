@@ -69,16 +69,17 @@ impl Drop for Running {
   }
 }
 
-/// The session's mark while its CLI exits after the task settled: a task queued behind it waits
-/// past its queue timeout then (the caller sees no task running).
-struct Finishing {
+/// The session's mark while its CLI exits after the task settled, or a prewarmed CLI runs its
+/// warm-up: a task queued behind it waits past its queue timeout then (the caller sees no task
+/// running).
+pub(crate) struct Finishing {
   map: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
   session_id: String,
   _exiting: watch::Sender<()>,
 }
 
 impl Finishing {
-  fn mark(map: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>, session_id: &str) -> Finishing {
+  pub(crate) fn mark(map: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>, session_id: &str) -> Finishing {
     let (tx, rx) = watch::channel(());
     map.lock().unwrap_or_else(|p| p.into_inner()).insert(session_id.to_owned(), rx);
     Finishing { map, session_id: session_id.to_owned(), _exiting: tx }

@@ -28,7 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub(crate) use acquire::Ticket;
 pub(crate) use cold::remove_per_process_files;
-pub(crate) use held::HeldRun;
+pub(crate) use held::{Finishing, HeldRun};
 
 use super::{CompactTrigger, EventSink, Manager, TaskKind, TaskResult};
 use crate::cli::{self, CancelToken, CliArgs, RunOutcome, RunSpec, TaskMeter};
