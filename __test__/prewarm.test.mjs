@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { cliProcesses, eventually, makeManager, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
+import { cliProcesses, eventually, makeManager, tempDir, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -105,10 +105,9 @@ const warmUpLines = (file) =>
     .split('\n')
     .filter(Boolean)
     .map((l) => JSON.parse(l))
-    .some((l) => (l.type === 'user' || l.type === 'assistant') && JSON.stringify(l.message?.content ?? '').includes('warm-up'))
-/** The texts of a model request's messages, system reminders left out. */
-const textsOf = (req) =>
-  req.body.messages.flatMap((m) => (typeof m.content === 'string' ? [m.content] : m.content.map((c) => c.text ?? ''))).filter((x) => x && !x.startsWith('<system-reminder>'))
+    .some((l) => (l.type === 'user' || l.type === 'assistant') && /warm-up|authenticat|401/.test(JSON.stringify(l.message?.content ?? '')))
+/** The texts of a model request's messages. */
+const textsOf = (req) => req.body.messages.flatMap((m) => (typeof m.content === 'string' ? [m.content] : m.content.map((c) => c.text ?? ''))).filter(Boolean)
 
 for (const backend of testBackends()) {
   test(`prewarm's warm-up: the CLI's first turn runs before the first prompt, answered by the key proxy, and is taken back from the CLI, its transcript and the store${backendTag(backend)}`, async (t) => {
@@ -120,8 +119,7 @@ for (const backend of testBackends()) {
     t.assert.ok(await eventually(() => cliProcesses(resumed).length === 0), 'the CLI idled out')
     const fresh = await newSession(manager)
     for (const [sessionId, n] of [[resumed, 2], [fresh, 1]]) {
-      const file = transcriptOf(configDir, resumed)
-      const before = sessionId === resumed ? read(file) : null
+      const before = sessionId === resumed ? read(transcriptOf(configDir, resumed)) : null
       const refused = manager.info().proxyRefused
       const calls = modelCalls()
       t.assert.deepStrictEqual(await manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }), { status: 'started' })
@@ -142,7 +140,7 @@ for (const backend of testBackends()) {
       // Taken back from the CLI: the model saw the conversation and the prompt, nothing else.
       const sent = server.requests.filter((r) => r.path.startsWith('/v1/messages')).at(-1)
       const texts = textsOf(sent)
-      t.assert.ok(!texts.some((x) => x.includes('warm-up')), 'the model saw nothing of the warm-up')
+      t.assert.ok(!texts.some((x) => /warm-up|authenticat/.test(x)), 'the model saw nothing of the warm-up')
       t.assert.deepStrictEqual(texts.filter((x) => /^(one|two|Echo #\d: one)$/.test(x)), sessionId === resumed ? ['one', 'Echo #1: one', 'two'] : ['two'])
       const kinds = (await manager.getMessages(sessionId, 'u')).messages.map((m) => m.kind)
       t.assert.deepStrictEqual(kinds, sessionId === resumed ? ['prompt', 'assistant', 'prompt', 'assistant'] : ['prompt', 'assistant'])
@@ -155,13 +153,35 @@ test('prewarm: a task that arrives while the prewarmed CLI runs its warm-up wait
   server.reset()
   const { manager } = warmManager(t)
   const sessionId = await newSession(manager)
-  const prewarmed = manager.prewarm({ sessionId, userId: 'u', projectId: 'p' })
+  const refused = manager.info().proxyRefused
+  let settled = false
+  const prewarmed = manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }).finally(() => (settled = true))
   const pids = await cliPids(sessionId)
+  t.assert.strictEqual(settled, false, 'the task comes while the prewarm runs')
   const { result, running } = await taskSeen(manager, { projectId: 'p', userId: 'u', sessionId, prompt: 'soon', queueTimeoutMs: 0 })
   t.assert.strictEqual(result.success, true, JSON.stringify(result.error))
   t.assert.deepStrictEqual(await prewarmed, { status: 'started' })
+  t.assert.ok(manager.info().proxyRefused > refused, 'the warm-up ran before the task')
   t.assert.ok(same(running, pids), 'the prewarmed CLI ran the task')
   t.assert.strictEqual(modelCalls(), 1)
+})
+
+test('prewarm: close() during the warm-up stops it, and takes it back: the session runs its first task in another manager', async (t) => {
+  server.reset()
+  const dir = tempDir()
+  const first = makeManager({ server, dir, warmIdleMs: 600_000 })
+  const sessionId = await newSession(first.manager)
+  const prewarmed = first.manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }).catch((e) => e)
+  await cliPids(sessionId)
+  await first.manager.close()
+  await prewarmed
+  t.assert.ok(await eventually(() => cliProcesses(sessionId).length === 0), 'nothing left running')
+  t.assert.ok(!warmUpLines(transcriptOf(first.configDir, sessionId)), 'no line of the warm-up in the transcript')
+  const second = makeManager({ server, dir, warmIdleMs: 600_000 })
+  t.after(() => second.manager.close())
+  const r = await second.manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'after' })
+  t.assert.strictEqual(r.result, 'Echo #1: after', JSON.stringify(r.error))
+  t.assert.deepStrictEqual((await second.manager.getMessages(sessionId, 'u')).messages.map((m) => m.kind), ['prompt', 'assistant'])
 })
 
 test('prewarm: a resumed session whose CLI idled out is prewarmed with its history; an unused prewarmed CLI idles out too', async (t) => {

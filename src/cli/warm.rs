@@ -346,24 +346,28 @@ impl WarmProcess {
   /// with the CLI's `rewind_conversation` control request (the conversation is as before the
   /// warm-up, the next prompt's parent is the last message before it), the mirror frames and
   /// the lines it printed are dropped. What it wrote to the transcript file stays there: the
-  /// caller restores the file. Returns the warm-up prompt's uuid (the first line it wrote). An
-  /// error (or `cancel`) means the conversation may hold the warm-up: the process must not be
-  /// kept.
-  pub async fn warm_up(&mut self, limit: Duration, cancel: &CancelToken) -> Result<String> {
-    let uuid = uuid::Uuid::new_v4().to_string();
+  /// caller restores the file. `uuid` is the warm-up prompt's. An error (or `cancel`) means the
+  /// conversation may hold the warm-up: the process must not be kept. `limit` bounds the turn,
+  /// and then the rewind.
+  pub async fn warm_up(&mut self, uuid: &str, limit: Duration, cancel: &CancelToken) -> Result<()> {
     let o =
       TurnOptions { timeout: Some(limit), stall_timeout: None, can_use_tool: None, interrupt_grace: Duration::from_secs(3), mirror: None };
-    let out = self.turn_as(&uuid, WARM_UP_PROMPT, o, cancel, |_| {}, |_| {}).await;
+    let out = self.turn_as(uuid, WARM_UP_PROMPT, o, cancel, |_| {}, |_| {}).await;
     if self.dead || out.reason != super::run::EndReason::Exited {
       return Err(Error::new(ErrorCode::CliError, format!("the CLI's warm-up turn did not end ({:?})", out.reason)));
     }
-    let rewound = self.handle().ask(json!({ "subtype": "rewind_conversation", "target_message_uuid": uuid }), limit).await?;
+    let handle = self.handle();
+    let ask = handle.ask(json!({ "subtype": "rewind_conversation", "target_message_uuid": uuid }), limit);
+    let rewound = tokio::select! {
+      r = ask => r?,
+      _ = cancel.cancelled() => return Err(Error::new(ErrorCode::Aborted, "the warm-up was stopped")),
+    };
     if rewound.get("rewound") != Some(&Value::Bool(true)) {
       return Err(Error::new(ErrorCode::CliError, format!("the CLI did not take its warm-up turn back: {rewound}")));
     }
     lock(&self.shared.unmirrored).clear();
     drop(self.take_outside());
-    Ok(uuid)
+    Ok(())
   }
 
   /// [`Self::turn`] with the prompt's uuid given.

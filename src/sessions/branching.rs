@@ -181,6 +181,8 @@ impl Manager {
   /// The session's conversation as the CLI will continue it: its transcript (PostgreSQL: the
   /// store's copy), cut at a pending rewind.
   pub(crate) async fn live_history(&self, session: &Session, opts: transcript::ReadOptions) -> Result<History> {
+    // A prewarmed CLI's warm-up is in the transcript until it is taken back: read after it.
+    self.warm.warmed_up(&session.id).await;
     let path = self.transcript_of(session)?;
     let id = session.id.clone();
     let point = self.store_call(Wait::Briefly, async move |s| s.branch_point(&id).await).await?;

@@ -18,7 +18,6 @@
 //! proxy (`exposeApiKeyToAgent`) there is no warm-up: its call would reach the API.
 
 use std::collections::HashSet;
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +98,9 @@ impl Manager {
     // arrives meanwhile waits for it and then finds it.
     let lock = self.session_lock(&session.id);
     let Ok(_guard) = lock.try_lock_owned() else { return Ok(Prewarmed::Busy) };
+    // A task queued behind the prewarm (its CLI's start and warm-up, or its retiring) waits past
+    // its queue timeout: the caller sees no task running.
+    let _excused = Finishing::mark(self.finishing.clone(), &session.id);
     let (sid, uid, me) = (session.id.clone(), session.user_id.clone(), self.owner.id.clone());
     let (session, running, elsewhere) = self
       .store_call(Wait::Briefly, async move |s| {
@@ -139,15 +141,36 @@ impl Manager {
     if self.store.shares_transcripts() && !matches!(mode, SessionMode::New(_)) {
       self.refresh_for(&session, &mode, None).await?;
     }
+    // Where a warm-up would begin in the transcript, before the CLI can write to it. None for a
+    // fork (its first turn copies the parent's conversation into its file) or without a key
+    // proxy to answer the warm-up's call (`exposeApiKeyToAgent`: it would reach the API).
+    let warms_up = !self.cfg.expose_api_key && matches!(mode, SessionMode::New(_) | SessionMode::Resume(_));
+    let cut = match self.transcript_of(&session)?.filter(|_| warms_up) {
+      Some(file) => {
+        let f = file.clone();
+        let before = self.blocking("transcript reader", move || f.regular_len()).await?;
+        Some(WarmUpCut { file, before, first: uuid::Uuid::new_v4().to_string(), session_id: session.id.clone() })
+      }
+      None => None,
+    };
     let mut warm = self.start_warm(&cli, &mut spec, r.permission_prompts, mirrored, None, fits).await?;
     let (sid, owner, ttl) = (session.id.clone(), self.owner.clone(), self.cfg.lease_ttl);
     if let Err(e) = self.store_call(Wait::Briefly, async move |st| st.warm_hold(&sid, &owner, ttl).await).await {
       WarmPool::retire(warm, true).await;
       return Err(e);
     }
-    // The warm-up, with the key given to the agent never: its model call would reach the API.
-    if warm.token.is_some() {
-      match self.warm_up(&session, &mut warm, &cancel).await {
+    // From here on, retiring the CLI releases the hold (and rings for a task waiting for it).
+    warm.seen_tasks = session.task_count;
+    warm.home = Some(Home {
+      store: self.store.clone(),
+      session_id: session.id.clone(),
+      user_id: session.user_id.clone(),
+      last_task: None,
+      mirrored,
+      owner_id: self.owner.id.clone(),
+    });
+    if let (Some(cut), true) = (cut, warm.token.is_some()) {
+      match self.warm_up(&session, &mut warm, cut, &cancel).await {
         Ok(true) => {}
         Ok(false) => {
           WarmPool::retire(warm, true).await;
@@ -159,15 +182,6 @@ impl Manager {
         }
       }
     }
-    warm.seen_tasks = session.task_count;
-    warm.home = Some(Home {
-      store: self.store.clone(),
-      session_id: session.id.clone(),
-      user_id: session.user_id.clone(),
-      last_task: None,
-      mirrored,
-      owner_id: self.owner.id.clone(),
-    });
     if self.closed.load(Ordering::SeqCst) {
       WarmPool::retire(warm, true).await;
       return Err(Error::new(crate::error::ErrorCode::Closed, "the manager was closed"));
@@ -178,32 +192,35 @@ impl Manager {
 
   /// The prewarmed CLI's warm-up turn ([`WarmProcess::warm_up`]), once the store knows this
   /// manager keeps a CLI of the session, and the transcript file cut back to what it was before
-  /// it. `Ok(false)`, with nothing run or the CLI to be dropped, when a task elsewhere started on
-  /// the session before the hold was seen, or wants the session now.
+  /// it (`cut`, kept with the CLI: if the warm-up fails, or the CLI goes without a task, the file
+  /// is cut again once it is dead). `Ok(false)`, the CLI to be dropped, when a task elsewhere
+  /// started on the session before the hold was seen, or wants the session now.
   ///
   /// Tasks of other managers wait for this CLI once they hold the lease (`others_gone`), and this
   /// one looks for their tasks after its hold is stored: one of the two sees the other, so no
-  /// other CLI writes the transcript meanwhile. A task of this manager waits for the session's
-  /// place in line, which the caller holds, past its queue timeout.
-  async fn warm_up(&self, session: &Session, warm: &mut Warm, cancel: &CancelToken) -> Result<bool> {
+  /// other CLI writes the transcript meanwhile. The hold is renewed while the warm-up runs, and
+  /// the pool does not take it for one left behind. A task of this manager waits for the
+  /// session's place in line, which the caller holds.
+  async fn warm_up(&self, session: &Session, warm: &mut Warm, cut: WarmUpCut, cancel: &CancelToken) -> Result<bool> {
     let (sid, me) = (session.id.clone(), self.owner.id.clone());
     if self.store_call(Wait::Briefly, async move |s| s.running_task(&sid).await).await?.is_some() {
       return Ok(false);
     }
-    let file = self.transcript_of(session)?;
-    let before = match file.clone() {
-      Some(f) => self.blocking("transcript reader", move || f.regular_len()).await?,
-      None => None,
+    let _warming = self.warm.warming(&session.id);
+    warm.warm_up = Some(cut.clone());
+    let (store, owner, ttl) = (self.store.clone(), self.owner.id.clone(), self.cfg.lease_ttl);
+    let renew = async move {
+      loop {
+        tokio::time::sleep(ttl / 3).await;
+        let owner = owner.clone();
+        let _ = store.call(Wait::Briefly, async move |st| st.warm_renew(&owner, ttl).await).await;
+      }
     };
-    let _excused = Finishing::mark(self.finishing.clone(), &session.id);
-    let first = warm.proc.warm_up(WARM_UP_LIMIT, cancel).await?;
-    if let Some(file) = file {
-      let cut = WarmUpCut { file, before, first };
-      let now = cut.clone();
-      self.blocking("transcript writer", move || now.undo()).await?;
-      // Again if the CLI goes without a task: it writes the warm-up's last record as it exits.
-      warm.warm_up = Some(cut);
+    tokio::select! {
+      done = warm.proc.warm_up(&cut.first, WARM_UP_LIMIT, cancel) => done?,
+      () = renew => unreachable!("the renewal never ends"),
     }
+    self.blocking("transcript writer", move || cut.undo()).await?;
     let wanted = self.store_call(Wait::Briefly, async move |s| s.warm_wanted(&me).await).await?;
     Ok(!wanted.contains(&session.id))
   }
@@ -221,52 +238,40 @@ pub(super) struct WarmUpCut {
   file: TenantFile,
   /// Its length then; `None` when it did not exist.
   before: Option<u64>,
-  /// The uuid of the warm-up's prompt, the first line it wrote.
+  /// The uuid of the warm-up's prompt.
   first: String,
+  session_id: String,
 }
 
 impl WarmUpCut {
   /// The file as it was: cut back to its length, or removed; once every line written since is
-  /// the warm-up's: its prompt or a line whose parent is one of the warm-up's (lines without a
-  /// uuid are the CLI's bookkeeping). Anything else (a line another CLI wrote) leaves the file as
-  /// it is and fails.
+  /// the warm-up's: its prompt, lines of the session whose parent is one of the warm-up's, and
+  /// no other prompt (lines without a uuid are the CLI's bookkeeping). Anything else (a line
+  /// another CLI wrote) leaves the file as it is and fails.
   pub(super) fn undo(&self) -> Result<()> {
     let refused = |why: &str| Error::new(ErrorCode::CliError, format!("the prewarmed CLI's warm-up could not be taken back: {why}"));
-    // What was written since, with the byte before it (the end of the last line before).
-    let from = self.before.unwrap_or(0);
-    let mut tail = vec![];
-    if let Some((mut file, len)) = self.file.open_read()? {
-      if len < from || len - from > WARM_UP_MAX_BYTES {
-        return Err(refused("the transcript changed under it"));
+    let check = |written: &[u8]| -> Result<()> {
+      let mut own: HashSet<String> = HashSet::from([self.first.clone()]);
+      for line in written.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_slice(line).map_err(|_| refused("a line that is not JSON"))?;
+        if v.get("sessionId").and_then(Value::as_str).is_some_and(|s| s != self.session_id) {
+          return Err(refused("a line of another session"));
+        }
+        let Some(uuid) = v.get("uuid").and_then(Value::as_str) else { continue };
+        let parent = v.get("parentUuid").and_then(Value::as_str);
+        let prompt = v.get("type").and_then(Value::as_str) == Some("user");
+        if uuid != self.first && (prompt || !parent.is_some_and(|p| own.contains(p))) {
+          return Err(refused("a line that is not the warm-up's"));
+        }
+        own.insert(uuid.to_owned());
       }
-      file
-        .seek(SeekFrom::Start(from.saturating_sub(1)))
-        .and_then(|_| file.take(WARM_UP_MAX_BYTES + 1).read_to_end(&mut tail))
-        .map_err(|e| refused(&e.to_string()))?;
-    }
-    let written = match from {
-      0 => &tail[..],
-      _ if tail.first() == Some(&b'\n') => &tail[1..],
-      _ => return Err(refused("the transcript changed under it")),
+      Ok(())
     };
-    let mut own: HashSet<&str> = HashSet::from([self.first.as_str()]);
-    let lines: Vec<Value> = written
-      .split(|b| *b == b'\n')
-      .filter(|l| !l.is_empty())
-      .map(serde_json::from_slice)
-      .collect::<std::result::Result<_, _>>()
-      .map_err(|_| refused("a line that is not JSON"))?;
-    for v in &lines {
-      let Some(uuid) = v.get("uuid").and_then(Value::as_str) else { continue };
-      let parent = v.get("parentUuid").and_then(Value::as_str);
-      if uuid != self.first && !parent.is_some_and(|p| own.contains(p)) {
-        return Err(refused("a line that is not the warm-up's"));
-      }
-      own.insert(uuid);
-    }
-    match self.before {
-      Some(len) => self.file.truncate_to(len),
-      None => self.file.remove(),
+    let cut = self.file.cut_checked(self.before.unwrap_or(0), WARM_UP_MAX_BYTES, check)?;
+    match (cut, self.before) {
+      (false, Some(_)) => Err(refused("the transcript changed under it")),
+      (true, None) => self.file.remove(),
+      _ => Ok(()),
     }
   }
 }
@@ -282,7 +287,12 @@ mod tests {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("projects/-w")).unwrap();
     std::fs::write(d.path().join("projects/-w/s.jsonl"), content).unwrap();
-    let cut = WarmUpCut { file: TenantFile::new(d.path(), "projects/-w/s.jsonl"), before: Some(BEFORE.len() as u64), first: "w1".into() };
+    let cut = WarmUpCut {
+      file: TenantFile::new(d.path(), "projects/-w/s.jsonl"),
+      before: Some(BEFORE.len() as u64),
+      first: "w1".into(),
+      session_id: "s".into(),
+    };
     (d, cut)
   }
 
@@ -308,9 +318,14 @@ mod tests {
   #[test]
   fn a_line_another_cli_wrote_leaves_the_file_alone() {
     let foreign = "{\"type\":\"user\",\"uuid\":\"x1\",\"parentUuid\":\"a1\"}\n";
+    // Another CLI's prompt continuing the warm-up's branch, and a line of another session.
+    let chained = "{\"type\":\"user\",\"uuid\":\"x2\",\"parentUuid\":\"w3\"}\n";
+    let other = "{\"type\":\"attachment\",\"uuid\":\"x3\",\"parentUuid\":\"w3\",\"sessionId\":\"t\"}\n";
     for content in [
       format!("{BEFORE}{foreign}{}", warm_up("a1")),
       format!("{BEFORE}{}{foreign}", warm_up("a1")),
+      format!("{BEFORE}{}{chained}", warm_up("a1")),
+      format!("{BEFORE}{}{other}", warm_up("a1")),
       // The file rewritten shorter, or not at a line's end where the warm-up began.
       BEFORE[..10].to_string(),
       format!("{}X{}", &BEFORE[..BEFORE.len() - 1], warm_up("a1")),

@@ -125,6 +125,23 @@ pub(crate) struct WarmPool {
   closing: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
   /// Whether the loop that renews this manager's warm holds and gives up wanted CLIs runs.
   watching: std::sync::atomic::AtomicBool,
+  /// Sessions whose prewarmed CLI runs its warm-up (held in the store, not kept yet).
+  warming: Mutex<std::collections::HashSet<String>>,
+  /// Told when a warm-up ends.
+  warmed: tokio::sync::Notify,
+}
+
+/// A session's entry in [`WarmPool::warming`], until dropped.
+pub(super) struct Warming<'a> {
+  pool: &'a WarmPool,
+  session_id: String,
+}
+
+impl Drop for Warming<'_> {
+  fn drop(&mut self) {
+    lock(&self.pool.warming).remove(&self.session_id);
+    self.pool.warmed.notify_waiters();
+  }
 }
 
 /// How often a manager keeping idle warm CLIs asks the store whether another one wants one of
@@ -140,6 +157,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WarmPool {
+  /// Marks the session's CLI as warming up: its hold in the store is not one left behind.
+  pub(super) fn warming(&self, session_id: &str) -> Warming<'_> {
+    lock(&self.warming).insert(session_id.to_owned());
+    Warming { pool: self, session_id: session_id.to_owned() }
+  }
+
+  /// Returns once no warm-up runs on the session (its transcript holds the warm-up meanwhile).
+  pub(super) async fn warmed_up(&self, session_id: &str) {
+    loop {
+      let told = self.warmed.notified();
+      if !lock(&self.warming).contains(session_id) {
+        return;
+      }
+      told.await;
+    }
+  }
+
   pub(super) fn take(&self, session_id: &str) -> Option<Warm> {
     lock(&self.idle).remove(session_id).map(|i| i.warm)
   }
@@ -285,7 +319,11 @@ impl WarmPool {
         match pool.take(&sid) {
           // Stale: a task elsewhere holds the session's lease now.
           Some(w) => Self::retire(w, true).await,
-          None if !lock(&pool.running).contains_key(&sid) && !lock(&pool.closing).iter().any(|(s, _)| *s == sid) => {
+          None
+            if !lock(&pool.running).contains_key(&sid)
+              && !lock(&pool.closing).iter().any(|(s, _)| *s == sid)
+              && !lock(&pool.warming).contains(&sid) =>
+          {
             // No CLI of the session here any more: the hold was left behind.
             let owner = owner_id.clone();
             let _ = store.call(Wait::Briefly, async move |st| st.warm_release(&sid, &owner).await).await;
@@ -530,6 +568,8 @@ impl Manager {
   /// One turn of the task on the process: its inbox read, its events forwarded, the key proxy's
   /// token live only while it runs.
   async fn warm_turn(&self, warm: &mut Warm, job: &mut Job<'_>, mirror: Option<MirrorTx>) -> RunOutcome {
+    // A task's lines follow the warm-up's in the transcript from here on: never cut again.
+    warm.warm_up = None;
     let (session, sink, include_partials) = (job.session, job.sink.clone(), job.include_partials);
     self.warm.in_use.fetch_add(1, Ordering::SeqCst);
     lock(&self.warm.running).insert(session.id.clone(), warm.proc.handle());

@@ -204,7 +204,7 @@ impl TenantFile {
       Err(e) => return Err(self.io(what, e)),
     }
     let mut o = OpenOptions::new();
-    o.read(!write).write(write).follow(FollowSymlinks::No);
+    o.read(true).write(write).follow(FollowSymlinks::No);
     #[cfg(unix)]
     cap_std::fs::OpenOptionsExt::custom_flags(&mut o, libc::O_NONBLOCK | libc::O_NOCTTY);
     let file = match dir.open_with(&name, &o) {
@@ -285,13 +285,32 @@ impl TenantFile {
   }
 
   /// Cuts the file back to its first `len` bytes, in place (the same file, for a process that
-  /// appends to it by name). Refused when it (or a folder on the way) is a link or not a regular
-  /// file; nothing when it does not exist.
-  pub fn truncate_to(&self, len: u64) -> Result<()> {
-    match self.open_regular(true)? {
-      Some((file, _)) => file.set_len(len).map_err(|e| self.io("write", e)),
-      None => Ok(()),
+  /// appends to it by name), once `check` accepts what follows them (at most `max` bytes): all
+  /// on one open handle, whose length must not change meanwhile. `Ok(false)`, nothing cut, when
+  /// the file does not exist, is shorter than `len`, longer than `len + max`, or `len` is not at
+  /// a line's end. Refused when it (or a folder on the way) is a link or not a regular file.
+  pub fn cut_checked(&self, len: u64, max: u64, check: impl FnOnce(&[u8]) -> Result<()>) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some((mut file, now)) = self.open_regular(true)? else { return Ok(false) };
+    if now < len || now - len > max {
+      return Ok(false);
     }
+    let mut tail = Vec::with_capacity((now - len + 1) as usize);
+    file
+      .seek(SeekFrom::Start(len.saturating_sub(1)))
+      .and_then(|_| (&mut file).take(max + 1).read_to_end(&mut tail))
+      .map_err(|e| self.io("read", e))?;
+    let written = match len {
+      0 => &tail[..],
+      _ if tail.first() == Some(&b'\n') => &tail[1..],
+      _ => return Ok(false),
+    };
+    check(written)?;
+    if file.metadata().map_err(|e| self.io("read", e))?.len() != now {
+      return Ok(false);
+    }
+    file.set_len(len).map_err(|e| self.io("write", e))?;
+    Ok(true)
   }
 
   /// Removes the file, or whatever entry has its name (a link is removed, not followed); nothing
@@ -461,7 +480,7 @@ mod tests {
       assert!(err.message.contains("symbolic link"), "{}", err.message);
       assert_eq!(f.regular_len().unwrap_err().code, ErrorCode::TranscriptUnsafe, "{component}");
       // Nor is a cut made through it.
-      assert_eq!(f.truncate_to(0).unwrap_err().code, ErrorCode::TranscriptUnsafe, "{component}");
+      assert_eq!(f.cut_checked(0, 100, |_| Ok(())).unwrap_err().code, ErrorCode::TranscriptUnsafe, "{component}");
       // A write neither writes through the link nor follows it.
       let w = f.write_atomic(|w| w.write_all(b"NEW\n"));
       if component == "projects/-w/s.jsonl" {
@@ -519,20 +538,28 @@ mod tests {
     std::fs::hard_link(&victim, &p).unwrap();
     let err = read_all(&f).unwrap_err();
     assert!(err.message.contains("hard links"), "{}", err.message);
-    assert!(f.truncate_to(0).unwrap_err().message.contains("hard links"));
+    assert!(f.cut_checked(0, 100, |_| Ok(())).unwrap_err().message.contains("hard links"));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "SECRET\n", "a cut does not reach the other name");
   }
 
   #[test]
-  fn a_cut_keeps_the_first_bytes_of_the_same_file_and_a_missing_file_is_nothing() {
+  fn a_cut_keeps_the_first_bytes_of_the_same_file_once_checked_and_a_missing_file_is_nothing() {
     let (_d, root, f) = setup();
     let p = root.join("projects/-w/s.jsonl");
     std::fs::write(&p, "{\"a\":1}\n{\"b\":2}\n").unwrap();
     let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
     let before = inode(&p);
-    f.truncate_to(8).unwrap();
+    // The check sees what follows the cut; refused, nothing is cut.
+    let err = f.cut_checked(8, 100, |w| Err(Error::internal(String::from_utf8_lossy(w).into_owned()))).unwrap_err();
+    assert_eq!(err.message, "{\"b\":2}\n");
+    assert_eq!(std::fs::read_to_string(&p).unwrap().len(), 16);
+    // Not at a line's end, past the length, or more than `max` after it: nothing is cut.
+    assert!(!f.cut_checked(7, 100, |_| Ok(())).unwrap());
+    assert!(!f.cut_checked(17, 100, |_| Ok(())).unwrap());
+    assert!(!f.cut_checked(8, 7, |_| Ok(())).unwrap());
+    assert!(f.cut_checked(8, 100, |_| Ok(())).unwrap());
     assert_eq!((std::fs::read_to_string(&p).unwrap().as_str(), inode(&p)), ("{\"a\":1}\n", before));
-    TenantFile::new(&root, "projects/-w/none.jsonl").truncate_to(0).unwrap();
+    assert!(!TenantFile::new(&root, "projects/-w/none.jsonl").cut_checked(0, 100, |_| Ok(())).unwrap());
     assert!(!root.join("projects/-w/none.jsonl").exists());
   }
 
