@@ -31,7 +31,7 @@ const tests = files.length
   ? files
   : ['tasks', 'warm', 'sessions', 'forward', 'context', 'attacks-sandbox', 'callbacks'].map((f) => `__test__/${f}.test.mjs`)
 try {
-  execFileSync(process.execPath, ['--test', '--test-concurrency=1', '--test-timeout=600000', ...tests], {
+  execFileSync(process.execPath, ['--test', '--test-concurrency=1', '--test-timeout=1200000', ...tests], {
     stdio: 'inherit',
     env: { ...process.env, CLAUDE_PATH: bin },
   })
