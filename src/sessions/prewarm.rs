@@ -170,6 +170,9 @@ impl Manager {
       owner_id: self.owner.id.clone(),
     });
     if let (Some(cut), true) = (cut, warm.token.is_some()) {
+      // Until the CLI is kept, or retired and its warm-up taken out of the file: reads of the
+      // conversation wait, and the pool does not take the hold for one left behind.
+      let _warming = self.warm.warming(&session.id);
       match self.warm_up(&session, &mut warm, cut, &cancel).await {
         Ok(true) => {}
         Ok(false) => {
@@ -206,7 +209,6 @@ impl Manager {
     if self.store_call(Wait::Briefly, async move |s| s.running_task(&sid).await).await?.is_some() {
       return Ok(false);
     }
-    let _warming = self.warm.warming(&session.id);
     warm.warm_up = Some(cut.clone());
     let (store, owner, ttl) = (self.store.clone(), self.owner.id.clone(), self.cfg.lease_ttl);
     let renew = async move {

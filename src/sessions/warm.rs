@@ -187,8 +187,8 @@ impl WarmPool {
     let Warm { proc, token, home, seen_tasks, warm_up, .. } = w;
     // A prewarmed process that never ran a task has nothing to write: killed, and what its
     // warm-up left in the transcript taken out.
+    // (Its warm-up's cut is dropped when it runs a task.)
     let unused = home.as_ref().is_some_and(|h| h.last_task.is_none());
-    let warm_up = warm_up.filter(|_| unused || home.is_none());
     let stale = stale || unused;
     let stale = match &home {
       Some(h) if !stale => h.stale(seen_tasks).await,
