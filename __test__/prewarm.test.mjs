@@ -184,6 +184,53 @@ test('prewarm: close() during the warm-up stops it, and takes it back: the sessi
   t.assert.deepStrictEqual((await second.manager.getMessages(sessionId, 'u')).messages.map((m) => m.kind), ['prompt', 'assistant'])
 })
 
+test('prewarm: deleteSession while the prewarmed CLI starts or runs its warm-up stops it: no CLI and no transcript of the deleted session are left', async (t) => {
+  server.reset()
+  const { manager, configDir } = warmManager(t)
+  for (const when of ['once its CLI runs', 'once the warm-up asked for the model']) {
+    const sessionId = await newSession(manager)
+    const refused = manager.info().proxyRefused
+    const prewarmed = manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }).then((r) => r.status, (e) => e.code)
+    if (when === 'once its CLI runs') await cliPids(sessionId)
+    else t.assert.ok(await eventually(() => manager.info().proxyRefused > refused), when)
+    await manager.deleteSession(sessionId, 'u')
+    // Stopped; or, deleted once it was over, its CLI dropped by deleteSession.
+    t.assert.ok(['SESSION_NOT_FOUND', 'started'].includes(await prewarmed), `${when}: ${await prewarmed}`)
+    t.assert.deepStrictEqual(processesMentioning(sessionId), [], `no process of the deleted session (${when})`)
+    t.assert.strictEqual(transcriptOf(configDir, sessionId), undefined, `no transcript of the deleted session (${when})`)
+    await rejectsWith(t, manager.getSession(sessionId, 'u'), 'SESSION_NOT_FOUND')
+  }
+  t.assert.strictEqual(modelCalls(), 0)
+})
+
+test('prewarm: a line another process of the tenant writes into a new session\'s transcript during the warm-up goes with it: the first task runs, and the model never reads the warm-up', async (t) => {
+  server.reset()
+  const { manager, configDir } = warmManager(t)
+  const sessionId = await newSession(manager)
+  const foreign = { type: 'user', uuid: '7c1f6a4e-0000-4000-8000-000000000001', parentUuid: null, sessionId: 'another', message: { role: 'user', content: 'planted' } }
+  // Appended as soon as the warm-up's prompt is in the file (a window of some tens of ms).
+  let planted = false
+  const plant = (async () => {
+    for (const end = Date.now() + 20_000; !planted && Date.now() < end; await sleep(1)) {
+      const file = transcriptOf(configDir, sessionId)
+      if (file && /warm-up/.test(read(file) ?? '')) {
+        fs.appendFileSync(file, JSON.stringify(foreign) + '\n')
+        planted = true
+      }
+    }
+  })()
+  const prewarmed = await manager.prewarm({ sessionId, userId: 'u', projectId: 'p' })
+  await plant
+  t.assert.ok(planted, 'the line was written during the warm-up')
+  t.assert.strictEqual(prewarmed.status, 'started')
+  t.assert.ok(!/planted|"type":"user"/.test(read(transcriptOf(configDir, sessionId)) ?? ''), "the new session's file holds no message")
+  const r = await manager.executeTask({ projectId: 'p', userId: 'u', sessionId, prompt: 'first' })
+  t.assert.strictEqual(r.result, 'Echo #1: first', JSON.stringify(r.error))
+  const seen = server.requests.filter((q) => q.path.startsWith('/v1/messages')).flatMap(textsOf)
+  t.assert.ok(seen.includes('first') && !seen.some((x) => x === 'planted' || /warm-up turn|Failed to authenticate/.test(x)), JSON.stringify(seen))
+  t.assert.ok(!warmUpLines(transcriptOf(configDir, sessionId)))
+})
+
 test('prewarm: a resumed session whose CLI idled out is prewarmed with its history; an unused prewarmed CLI idles out too', async (t) => {
   server.reset()
   const { manager } = warmManager(t, { warmIdleMs: 400 })

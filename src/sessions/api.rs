@@ -84,10 +84,21 @@ impl Manager {
     let session = self.get_session(session_id, user_id).await?;
     let (id, user) = (session.id.clone(), user_id.to_owned());
     self.store_call(Wait::Blocking, async move |s| s.delete_session(&id, &user).await).await?;
+    self.deleted(&session, keep_transcript).await
+  }
+
+  /// What a session deleted from the store leaves in this process: its CLIs, its transcript.
+  async fn deleted(&self, session: &Session, keep_transcript: bool) -> Result<()> {
     self.waiting.rules.forget(&session.id);
+    // A prewarm of the session is stopped, and holds the session's place in line until its CLI
+    // is gone (or kept, if it was past stopping: dropped below). One that starts later reads the
+    // session after it took that place, and finds it deleted.
+    if self.warm.stop_prewarm(&session.id) {
+      drop(self.session_lock(&session.id).lock().await);
+    }
     self.drop_warm(&session.id).await;
     if !keep_transcript {
-      self.remove_transcript(&session)?;
+      self.remove_transcript(session)?;
     }
     Ok(())
   }
@@ -113,7 +124,7 @@ impl Manager {
       })
       .await?;
     for s in &deleted {
-      self.remove_transcript(s)?;
+      self.deleted(s, false).await?;
     }
     Ok((deleted.len() as u64, remaining))
   }

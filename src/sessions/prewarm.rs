@@ -98,6 +98,8 @@ impl Manager {
     // arrives meanwhile waits for it and then finds it.
     let lock = self.session_lock(&session.id);
     let Ok(_guard) = lock.try_lock_owned() else { return Ok(Prewarmed::Busy) };
+    // `deleteSession` stops the prewarm, then waits for the session's place in line.
+    let _prewarming = self.warm.prewarming(&session.id, &cancel);
     // A task queued behind the prewarm (its CLI's start and warm-up, or its retiring) waits past
     // its queue timeout: the caller sees no task running.
     let _excused = Finishing::mark(self.finishing.clone(), &session.id);
@@ -181,13 +183,21 @@ impl Manager {
         }
         Err(e) => {
           WarmPool::retire(warm, true).await;
-          return Err(e);
+          return Err(match cancel.is_cancelled() && !self.closed.load(Ordering::SeqCst) {
+            true => Error::not_found(&session.id),
+            false => e,
+          });
         }
       }
     }
     if self.closed.load(Ordering::SeqCst) {
       WarmPool::retire(warm, true).await;
       return Err(Error::new(crate::error::ErrorCode::Closed, "the manager was closed"));
+    }
+    if cancel.is_cancelled() {
+      // Stopped by `deleteSession`.
+      WarmPool::retire(warm, true).await;
+      return Err(Error::not_found(&session.id));
     }
     self.keep(&session.id, warm, idle_for).await;
     Ok(Prewarmed::Started)
@@ -246,11 +256,17 @@ pub(super) struct WarmUpCut {
 }
 
 impl WarmUpCut {
-  /// The file as it was: cut back to its length, or removed; once every line written since is
-  /// the warm-up's: its prompt, lines of the session whose parent is one of the warm-up's, and
-  /// no other prompt (lines without a uuid are the CLI's bookkeeping). Anything else (a line
-  /// another CLI wrote) leaves the file as it is and fails.
+  /// The file as it was. One that did not exist is removed. Otherwise it is cut back to its
+  /// length once every line written since is the warm-up's: its prompt, lines of the session
+  /// whose parent is one of the warm-up's, and no other prompt (lines without a uuid are taken
+  /// for the CLI's bookkeeping and go too). Anything else (a message another process wrote)
+  /// leaves the file as it is and fails.
   pub(super) fn undo(&self) -> Result<()> {
+    // A new session's file holds nothing of value, whatever it holds: no task ran on the session
+    // (the store says so), and none can while the warm-up's CLI holds it. Only its own tenant's
+    // processes could have written to it besides the warm-up; kept, the file would make the
+    // session's first task fail ("already in use") and its next one read the warm-up.
+    let Some(before) = self.before else { return self.file.remove() };
     let refused = |why: &str| Error::new(ErrorCode::CliError, format!("the prewarmed CLI's warm-up could not be taken back: {why}"));
     let check = |written: &[u8]| -> Result<()> {
       let mut own: HashSet<String> = HashSet::from([self.first.clone()]);
@@ -269,11 +285,9 @@ impl WarmUpCut {
       }
       Ok(())
     };
-    let cut = self.file.cut_checked(self.before.unwrap_or(0), WARM_UP_MAX_BYTES, check)?;
-    match (cut, self.before) {
-      (false, Some(_)) => Err(refused("the transcript changed under it")),
-      (true, None) => self.file.remove(),
-      _ => Ok(()),
+    match self.file.cut_checked(before, WARM_UP_MAX_BYTES, check)? {
+      true => Ok(()),
+      false => Err(refused("the transcript changed under it")),
     }
   }
 }
@@ -315,6 +329,25 @@ mod tests {
     cut.before = None;
     cut.undo().unwrap();
     assert!(!d.path().join("projects/-w/s.jsonl").exists());
+  }
+
+  #[test]
+  fn a_new_sessions_file_is_removed_whatever_it_holds_and_never_through_a_link() {
+    let foreign = "{\"type\":\"user\",\"uuid\":\"x1\",\"parentUuid\":null,\"sessionId\":\"t\"}\nnot json\n";
+    let (d, mut cut) = file(&format!("{}{foreign}", warm_up("null")));
+    cut.before = None;
+    cut.undo().unwrap();
+    assert!(!d.path().join("projects/-w/s.jsonl").exists());
+    // A link in the file's place goes, not what it points to.
+    let (d, mut cut) = file("");
+    cut.before = None;
+    let target = d.path().join("victim.jsonl");
+    std::fs::write(&target, BEFORE).unwrap();
+    std::fs::remove_file(d.path().join("projects/-w/s.jsonl")).unwrap();
+    std::os::unix::fs::symlink(&target, d.path().join("projects/-w/s.jsonl")).unwrap();
+    cut.undo().unwrap();
+    assert!(std::fs::symlink_metadata(d.path().join("projects/-w/s.jsonl")).is_err());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), BEFORE);
   }
 
   #[test]

@@ -129,6 +129,20 @@ pub(crate) struct WarmPool {
   warming: Mutex<std::collections::HashSet<String>>,
   /// Told when a warm-up ends.
   warmed: tokio::sync::Notify,
+  /// What stops each prewarm running, by session (`deleteSession` does).
+  prewarms: Mutex<HashMap<String, CancelToken>>,
+}
+
+/// A session's entry in [`WarmPool::prewarms`], until dropped.
+pub(super) struct Prewarming<'a> {
+  pool: &'a WarmPool,
+  session_id: String,
+}
+
+impl Drop for Prewarming<'_> {
+  fn drop(&mut self) {
+    lock(&self.pool.prewarms).remove(&self.session_id);
+  }
 }
 
 /// A session's entry in [`WarmPool::warming`], until dropped.
@@ -161,6 +175,17 @@ impl WarmPool {
   pub(super) fn warming(&self, session_id: &str) -> Warming<'_> {
     lock(&self.warming).insert(session_id.to_owned());
     Warming { pool: self, session_id: session_id.to_owned() }
+  }
+
+  /// Marks a prewarm of the session as running, stopped by `cancel` ([`Self::stop_prewarm`]).
+  pub(super) fn prewarming(&self, session_id: &str, cancel: &CancelToken) -> Prewarming<'_> {
+    lock(&self.prewarms).insert(session_id.to_owned(), cancel.clone());
+    Prewarming { pool: self, session_id: session_id.to_owned() }
+  }
+
+  /// Stops the session's prewarm, if one runs (then `true`): it ends its CLI and returns.
+  pub(super) fn stop_prewarm(&self, session_id: &str) -> bool {
+    lock(&self.prewarms).get(session_id).map(CancelToken::cancel).is_some()
   }
 
   /// Returns once no warm-up runs on the session (its transcript holds the warm-up meanwhile).
