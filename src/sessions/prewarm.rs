@@ -99,7 +99,7 @@ impl Manager {
     let lock = self.session_lock(&session.id);
     let Ok(_guard) = lock.try_lock_owned() else { return Ok(Prewarmed::Busy) };
     // `deleteSession` stops the prewarm, then waits for the session's place in line.
-    let _prewarming = self.warm.prewarming(&session.id, &cancel);
+    let prewarming = self.warm.prewarming(&session.id, &cancel);
     // A task queued behind the prewarm (its CLI's start and warm-up, or its retiring) waits past
     // its queue timeout: the caller sees no task running.
     let _excused = Finishing::mark(self.finishing.clone(), &session.id);
@@ -172,9 +172,8 @@ impl Manager {
       owner_id: self.owner.id.clone(),
     });
     if let (Some(cut), true) = (cut, warm.token.is_some()) {
-      // Until the CLI is kept, or retired and its warm-up taken out of the file: reads of the
-      // conversation wait, and the pool does not take the hold for one left behind.
-      let _warming = self.warm.warming(&session.id);
+      // Until the CLI is kept, or retired and its warm-up taken out of the file.
+      prewarming.warming_up();
       match self.warm_up(&session, &mut warm, cut, &cancel).await {
         Ok(true) => {}
         Ok(false) => {

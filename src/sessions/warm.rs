@@ -125,12 +125,18 @@ pub(crate) struct WarmPool {
   closing: Mutex<Vec<(String, tokio::task::JoinHandle<()>)>>,
   /// Whether the loop that renews this manager's warm holds and gives up wanted CLIs runs.
   watching: std::sync::atomic::AtomicBool,
-  /// Sessions whose prewarmed CLI runs its warm-up (held in the store, not kept yet).
-  warming: Mutex<std::collections::HashSet<String>>,
-  /// Told when a warm-up ends.
+  /// The prewarms running, by session.
+  prewarms: Mutex<HashMap<String, Prewarm>>,
+  /// Told when a prewarm ends.
   warmed: tokio::sync::Notify,
-  /// What stops each prewarm running, by session (`deleteSession` does).
-  prewarms: Mutex<HashMap<String, CancelToken>>,
+}
+
+/// A prewarm running.
+struct Prewarm {
+  /// Stops it (`deleteSession` does).
+  cancel: CancelToken,
+  /// Its CLI runs its warm-up (until the prewarm ends).
+  warming_up: bool,
 }
 
 /// A session's entry in [`WarmPool::prewarms`], until dropped.
@@ -139,21 +145,19 @@ pub(super) struct Prewarming<'a> {
   session_id: String,
 }
 
-impl Drop for Prewarming<'_> {
-  fn drop(&mut self) {
-    lock(&self.pool.prewarms).remove(&self.session_id);
+impl Prewarming<'_> {
+  /// The CLI runs its warm-up from now on: reads of the conversation wait for the prewarm's end.
+  /// (The pool never takes the hold of a prewarm running for one left behind.)
+  pub(super) fn warming_up(&self) {
+    if let Some(p) = lock(&self.pool.prewarms).get_mut(&self.session_id) {
+      p.warming_up = true;
+    }
   }
 }
 
-/// A session's entry in [`WarmPool::warming`], until dropped.
-pub(super) struct Warming<'a> {
-  pool: &'a WarmPool,
-  session_id: String,
-}
-
-impl Drop for Warming<'_> {
+impl Drop for Prewarming<'_> {
   fn drop(&mut self) {
-    lock(&self.pool.warming).remove(&self.session_id);
+    lock(&self.pool.prewarms).remove(&self.session_id);
     self.pool.warmed.notify_waiters();
   }
 }
@@ -171,28 +175,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WarmPool {
-  /// Marks the session's CLI as warming up: its hold in the store is not one left behind.
-  pub(super) fn warming(&self, session_id: &str) -> Warming<'_> {
-    lock(&self.warming).insert(session_id.to_owned());
-    Warming { pool: self, session_id: session_id.to_owned() }
-  }
-
   /// Marks a prewarm of the session as running, stopped by `cancel` ([`Self::stop_prewarm`]).
   pub(super) fn prewarming(&self, session_id: &str, cancel: &CancelToken) -> Prewarming<'_> {
-    lock(&self.prewarms).insert(session_id.to_owned(), cancel.clone());
+    lock(&self.prewarms).insert(session_id.to_owned(), Prewarm { cancel: cancel.clone(), warming_up: false });
     Prewarming { pool: self, session_id: session_id.to_owned() }
   }
 
   /// Stops the session's prewarm, if one runs (then `true`): it ends its CLI and returns.
   pub(super) fn stop_prewarm(&self, session_id: &str) -> bool {
-    lock(&self.prewarms).get(session_id).map(CancelToken::cancel).is_some()
+    lock(&self.prewarms).get(session_id).map(|p| p.cancel.cancel()).is_some()
   }
 
   /// Returns once no warm-up runs on the session (its transcript holds the warm-up meanwhile).
   pub(super) async fn warmed_up(&self, session_id: &str) {
     loop {
       let told = self.warmed.notified();
-      if !lock(&self.warming).contains(session_id) {
+      if !lock(&self.prewarms).get(session_id).is_some_and(|p| p.warming_up) {
         return;
       }
       told.await;
@@ -347,7 +345,7 @@ impl WarmPool {
           None
             if !lock(&pool.running).contains_key(&sid)
               && !lock(&pool.closing).iter().any(|(s, _)| *s == sid)
-              && !lock(&pool.warming).contains(&sid) =>
+              && !lock(&pool.prewarms).contains_key(&sid) =>
           {
             // No CLI of the session here any more: the hold was left behind.
             let owner = owner_id.clone();
