@@ -588,10 +588,11 @@ export interface PrewarmRequest {
  * `warm_disabled` (`warmIdleMs: 0`), `busy` (a task runs on the session, or one in another
  * process wanted it while the CLI warmed up), `held_elsewhere`
  * (another process or node keeps the session's CLI), `branch_point` (the next task continues
- * from a rewind, which starts a CLI of its own).
+ * from a rewind, which starts a CLI of its own), `at_capacity` (every `maxConcurrentTasks` place
+ * of this process is taken: a prewarm starts a CLI only in a free one, and never waits for it).
  */
 export interface PrewarmResult {
-  status: 'started' | 'already_warm' | 'warm_disabled' | 'busy' | 'held_elsewhere' | 'branch_point'
+  status: 'started' | 'already_warm' | 'warm_disabled' | 'busy' | 'held_elsewhere' | 'branch_point' | 'at_capacity'
 }
 
 /** How many tokens a prompt would add to a session, and whether it still fits. */

@@ -211,8 +211,10 @@ test('prewarm: a line another process of the tenant writes into a new session\'s
   // Appended as soon as the warm-up's prompt is in the file (a window of some tens of ms).
   let planted = false
   const plant = (async () => {
+    let file
     for (const end = Date.now() + 20_000; !planted && Date.now() < end; await sleep(1)) {
-      const file = transcriptOf(configDir, sessionId)
+      // (The walk fails when a folder it lists goes meanwhile: the CLI's lock folders come and go.)
+      file ??= (() => { try { return transcriptOf(configDir, sessionId) } catch { return undefined } })()
       if (file && /warm-up/.test(read(file) ?? '')) {
         fs.appendFileSync(file, JSON.stringify(foreign) + '\n')
         planted = true
@@ -229,6 +231,33 @@ test('prewarm: a line another process of the tenant writes into a new session\'s
   const seen = server.requests.filter((q) => q.path.startsWith('/v1/messages')).flatMap(textsOf)
   t.assert.ok(seen.includes('first') && !seen.some((x) => x === 'planted' || /warm-up turn|Failed to authenticate/.test(x)), JSON.stringify(seen))
   t.assert.ok(!warmUpLines(transcriptOf(configDir, sessionId)))
+})
+
+test('prewarm: a CLI starts only in a free maxConcurrentTasks place (at_capacity otherwise, never waiting), so a flood of prewarms cannot start more CLIs at once than tasks can', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t, { maxConcurrentTasks: 1 })
+  const busy = await newSession(manager)
+  const other = await newSession(manager)
+  server.enqueue({ text: 'slow', delayMs: 4000 })
+  const task = manager.executeTask({ projectId: 'p', userId: 'u', sessionId: busy, prompt: 'slow' })
+  t.assert.ok(await eventually(() => modelCalls() === 1), 'the task runs')
+  t.assert.strictEqual((await manager.prewarm({ sessionId: other, userId: 'u' })).status, 'at_capacity')
+  t.assert.deepStrictEqual(processesMentioning(other), [], 'no CLI started')
+  t.assert.strictEqual((await task).result, 'slow')
+  t.assert.strictEqual((await manager.prewarm({ sessionId: other, userId: 'u' })).status, 'started', 'once the place is free')
+
+  // Many at once, as a client could send them: no more CLIs starting at a time than places.
+  const { manager: two } = warmManager(t, { maxConcurrentTasks: 2 })
+  const ids = []
+  for (let i = 0; i < 6; i++) ids.push(await newSession(two))
+  let peak = 0
+  const sampler = setInterval(() => (peak = Math.max(peak, ids.filter((id) => cliProcesses(id).length > 0).length)), 20)
+  const statuses = await Promise.all(ids.map((sessionId) => two.prewarm({ sessionId, userId: 'u' }).then((r) => r.status)))
+  clearInterval(sampler)
+  t.assert.ok(statuses.every((s) => s === 'started' || s === 'at_capacity') && statuses.includes('at_capacity'), JSON.stringify(statuses))
+  t.assert.ok(statuses.filter((s) => s === 'started').length <= 2, JSON.stringify(statuses))
+  t.assert.ok(peak <= 2, `at most 2 CLIs started at once, saw ${peak}`)
+  t.assert.strictEqual(modelCalls(), 1)
 })
 
 test('prewarm: a resumed session whose CLI idled out is prewarmed with its history; an unused prewarmed CLI idles out too', async (t) => {

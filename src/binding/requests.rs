@@ -348,10 +348,11 @@ pub struct JsPrewarmRequest {
 /// `warm_disabled` (`warmIdleMs: 0`), `busy` (a task runs on the session, or one in another
 /// process wanted it while the CLI warmed up), `held_elsewhere`
 /// (another process or node keeps the session's CLI), `branch_point` (the next task continues
-/// from a rewind, which starts a CLI of its own).
+/// from a rewind, which starts a CLI of its own), `at_capacity` (every `maxConcurrentTasks` place
+/// of this process is taken: a prewarm starts a CLI only in a free one, and never waits for it).
 #[napi(object)]
 pub struct PrewarmResult {
-  #[napi(ts_type = "'started' | 'already_warm' | 'warm_disabled' | 'busy' | 'held_elsewhere' | 'branch_point'")]
+  #[napi(ts_type = "'started' | 'already_warm' | 'warm_disabled' | 'busy' | 'held_elsewhere' | 'branch_point' | 'at_capacity'")]
   pub status: String,
 }
 

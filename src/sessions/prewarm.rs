@@ -58,6 +58,8 @@ pub enum Prewarmed {
   HeldElsewhere,
   /// The next task continues from a branch point (after a rewind), which a kept CLI cannot do.
   BranchPoint,
+  /// Every `maxConcurrentTasks` place of this process is taken: a CLI starts only in a free one.
+  AtCapacity,
 }
 
 impl Prewarmed {
@@ -70,6 +72,7 @@ impl Prewarmed {
       Prewarmed::Busy => "busy",
       Prewarmed::HeldElsewhere => "held_elsewhere",
       Prewarmed::BranchPoint => "branch_point",
+      Prewarmed::AtCapacity => "at_capacity",
     }
   }
 }
@@ -136,6 +139,10 @@ impl Manager {
       }
       WarmPool::retire(w, !fresh).await;
     }
+    // A CLI starts and warms up in a free place of `maxConcurrentTasks`, as a task's does, so
+    // that prewarms (which cost their caller nothing) cannot start more CLIs at once than tasks
+    // can; never waiting for one: the next task starts its CLI then.
+    let Ok(_slot) = self.slots.clone().try_acquire_owned() else { return Ok(Prewarmed::AtCapacity) };
     self.warm.closed_for(&session.id).await;
     // PostgreSQL: the CLI reads this node's copy of the transcript at start-up, made the store's
     // first (as a task does once it holds the lease); its turns are mirrored as a task's are.
