@@ -106,6 +106,18 @@ const warmUpLines = (file) =>
     .filter(Boolean)
     .map((l) => JSON.parse(l))
     .some((l) => (l.type === 'user' || l.type === 'assistant') && /warm-up|authenticat|401/.test(JSON.stringify(l.message?.content ?? '')))
+/** Resolves with the session's transcript file as soon as it holds the warm-up's prompt (looked
+ * at every millisecond), or undefined after 20 s. */
+async function warmUpWritten(configDir, sessionId) {
+  let file
+  for (const end = Date.now() + 20_000; Date.now() < end; await sleep(1)) {
+    // (The walk fails when a folder it lists goes meanwhile: the CLI's lock folders come and go.)
+    try {
+      file ??= transcriptOf(configDir, sessionId)
+      if (file && /warm-up/.test(read(file) ?? '')) return file
+    } catch {}
+  }
+}
 /** The texts of a model request's messages. */
 const textsOf = (req) => req.body.messages.flatMap((m) => (typeof m.content === 'string' ? [m.content] : m.content.map((c) => c.text ?? ''))).filter(Boolean)
 
@@ -187,12 +199,11 @@ test('prewarm: close() during the warm-up stops it, and takes it back: the sessi
 test('prewarm: deleteSession while the prewarmed CLI starts or runs its warm-up stops it: no CLI and no transcript of the deleted session are left', async (t) => {
   server.reset()
   const { manager, configDir } = warmManager(t)
-  for (const when of ['once its CLI runs', 'once the warm-up asked for the model']) {
+  for (const when of ['once its CLI runs', 'once the warm-up is in the transcript']) {
     const sessionId = await newSession(manager)
-    const refused = manager.info().proxyRefused
     const prewarmed = manager.prewarm({ sessionId, userId: 'u', projectId: 'p' }).then((r) => r.status, (e) => e.code)
     if (when === 'once its CLI runs') await cliPids(sessionId)
-    else t.assert.ok(await eventually(() => manager.info().proxyRefused > refused), when)
+    else t.assert.ok(await warmUpWritten(configDir, sessionId), when)
     await manager.deleteSession(sessionId, 'u')
     // Stopped; or, deleted once it was over, its CLI dropped by deleteSession.
     t.assert.ok(['SESSION_NOT_FOUND', 'started'].includes(await prewarmed), `${when}: ${await prewarmed}`)
@@ -208,21 +219,17 @@ test('prewarm: a line another process of the tenant writes into a new session\'s
   const { manager, configDir } = warmManager(t)
   const sessionId = await newSession(manager)
   const foreign = { type: 'user', uuid: '7c1f6a4e-0000-4000-8000-000000000001', parentUuid: null, sessionId: 'another', message: { role: 'user', content: 'planted' } }
-  // Appended as soon as the warm-up's prompt is in the file (a window of some tens of ms).
-  let planted = false
-  const plant = (async () => {
-    let file
-    for (const end = Date.now() + 20_000; !planted && Date.now() < end; await sleep(1)) {
-      // (The walk fails when a folder it lists goes meanwhile: the CLI's lock folders come and go.)
-      file ??= (() => { try { return transcriptOf(configDir, sessionId) } catch { return undefined } })()
-      if (file && /warm-up/.test(read(file) ?? '')) {
-        fs.appendFileSync(file, JSON.stringify(foreign) + '\n')
-        planted = true
-      }
-    }
-  })()
+  // Appended as soon as the warm-up's prompt is in the file (a window of some tens of ms), to
+  // the file as it is (never making one).
+  const plant = warmUpWritten(configDir, sessionId).then((file) => {
+    if (!file) return false
+    const fd = fs.openSync(file, 'r+')
+    fs.writeSync(fd, JSON.stringify(foreign) + '\n', fs.fstatSync(fd).size)
+    fs.closeSync(fd)
+    return true
+  })
   const prewarmed = await manager.prewarm({ sessionId, userId: 'u', projectId: 'p' })
-  await plant
+  const planted = await plant
   t.assert.ok(planted, 'the line was written during the warm-up')
   t.assert.strictEqual(prewarmed.status, 'started')
   t.assert.ok(!/planted|"type":"user"/.test(read(transcriptOf(configDir, sessionId)) ?? ''), "the new session's file holds no message")
@@ -250,13 +257,14 @@ test('prewarm: a CLI starts only in a free maxConcurrentTasks place (at_capacity
   const { manager: two } = warmManager(t, { maxConcurrentTasks: 2 })
   const ids = []
   for (let i = 0; i < 6; i++) ids.push(await newSession(two))
+  // Starting: a CLI of a session whose prewarm has not resolved yet.
+  const pending = new Set(ids)
   let peak = 0
-  const sampler = setInterval(() => (peak = Math.max(peak, ids.filter((id) => cliProcesses(id).length > 0).length)), 20)
-  const statuses = await Promise.all(ids.map((sessionId) => two.prewarm({ sessionId, userId: 'u' }).then((r) => r.status)))
+  const sampler = setInterval(() => (peak = Math.max(peak, [...pending].filter((id) => cliProcesses(id).length > 0).length)), 10)
+  const statuses = await Promise.all(ids.map((sessionId) => two.prewarm({ sessionId, userId: 'u' }).then((r) => (pending.delete(sessionId), r.status))))
   clearInterval(sampler)
   t.assert.ok(statuses.every((s) => s === 'started' || s === 'at_capacity') && statuses.includes('at_capacity'), JSON.stringify(statuses))
-  t.assert.ok(statuses.filter((s) => s === 'started').length <= 2, JSON.stringify(statuses))
-  t.assert.ok(peak <= 2, `at most 2 CLIs started at once, saw ${peak}`)
+  t.assert.ok(peak >= 1 && peak <= 2, `at most 2 CLIs starting at once, saw ${peak}`)
   t.assert.strictEqual(modelCalls(), 1)
 })
 

@@ -90,12 +90,10 @@ impl Manager {
   /// What a session deleted from the store leaves in this process: its CLIs, its transcript.
   async fn deleted(&self, session: &Session, keep_transcript: bool) -> Result<()> {
     self.waiting.rules.forget(&session.id);
-    // A prewarm of the session is stopped, and holds the session's place in line until its CLI
-    // is gone (or kept, if it was past stopping: dropped below). One that starts later reads the
-    // session after it took that place, and finds it deleted.
-    if self.warm.stop_prewarm(&session.id) {
-      drop(self.session_lock(&session.id).lock().await);
-    }
+    // A prewarm of the session in this process is stopped; once it has ended its CLI is gone
+    // (or kept, if it was past stopping: dropped below). One that starts later reads the session
+    // after it is registered, and finds it deleted.
+    self.warm.stop_prewarm(&session.id).await;
     self.drop_warm(&session.id).await;
     if !keep_transcript {
       self.remove_transcript(session)?;
@@ -123,9 +121,11 @@ impl Manager {
         Ok((deleted, s.count_sessions(&user, project.as_deref()).await?))
       })
       .await?;
+    let mut failed = Ok(());
     for s in &deleted {
-      self.deleted(s, false).await?;
+      failed = failed.and(self.deleted(s, false).await);
     }
+    failed?;
     Ok((deleted.len() as u64, remaining))
   }
 

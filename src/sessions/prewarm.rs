@@ -83,14 +83,25 @@ impl Manager {
   /// are checked as a task's are.
   pub async fn prewarm(self: &Arc<Self>, r: PrewarmRequest) -> Result<Prewarmed> {
     self.check_open()?;
+    // `close()` stops the warm-up and waits for the prewarm to end; `deleteSession` stops it too.
+    let cancel = CancelToken::new();
+    let _registered = self.register(&cancel);
+    let session_id = r.task.session_id.clone().unwrap_or_default();
+    let out = self.prewarm_stoppable(r, &cancel).await;
+    match out {
+      // Whatever failed once the session was deleted (a store write refused, the warm-up
+      // stopped): the session is gone.
+      Err(_) if cancel.is_cancelled() && !self.closed.load(Ordering::SeqCst) => Err(Error::not_found(&session_id)),
+      out => out,
+    }
+  }
+
+  async fn prewarm_stoppable(self: &Arc<Self>, r: PrewarmRequest, cancel: &CancelToken) -> Result<Prewarmed> {
     let t = &r.task;
     let Some(session_id) = t.session_id.as_deref() else {
       return Err(Error::invalid("prewarm needs the sessionId of the session to prewarm"));
     };
     let mut cli = self.task_args(t)?;
-    // `close()` stops the warm-up and waits for the prewarm to end.
-    let cancel = CancelToken::new();
-    let _registered = self.register(&cancel);
     let session = self.get_session(session_id, &t.user_id).await?;
     if !t.project_id.is_empty() && session.project_id != t.project_id {
       return Err(Error::not_found(session_id));
@@ -102,7 +113,7 @@ impl Manager {
     let lock = self.session_lock(&session.id);
     let Ok(_guard) = lock.try_lock_owned() else { return Ok(Prewarmed::Busy) };
     // `deleteSession` stops the prewarm, then waits for the session's place in line.
-    let prewarming = self.warm.prewarming(&session.id, &cancel);
+    let prewarming = self.warm.prewarming(&session.id, cancel);
     // A task queued behind the prewarm (its CLI's start and warm-up, or its retiring) waits past
     // its queue timeout: the caller sees no task running.
     let _excused = Finishing::mark(self.finishing.clone(), &session.id);
@@ -143,6 +154,9 @@ impl Manager {
     // that prewarms (which cost their caller nothing) cannot start more CLIs at once than tasks
     // can; never waiting for one: the next task starts its CLI then.
     let Ok(_slot) = self.slots.clone().try_acquire_owned() else { return Ok(Prewarmed::AtCapacity) };
+    if cancel.is_cancelled() {
+      return Err(Error::new(ErrorCode::Aborted, "the prewarm was stopped"));
+    }
     self.warm.closed_for(&session.id).await;
     // PostgreSQL: the CLI reads this node's copy of the transcript at start-up, made the store's
     // first (as a task does once it holds the lease); its turns are mirrored as a task's are.
@@ -181,7 +195,7 @@ impl Manager {
     if let (Some(cut), true) = (cut, warm.token.is_some()) {
       // Until the CLI is kept, or retired and its warm-up taken out of the file.
       prewarming.warming_up();
-      match self.warm_up(&session, &mut warm, cut, &cancel).await {
+      match self.warm_up(&session, &mut warm, cut, cancel).await {
         Ok(true) => {}
         Ok(false) => {
           WarmPool::retire(warm, true).await;
@@ -189,10 +203,7 @@ impl Manager {
         }
         Err(e) => {
           WarmPool::retire(warm, true).await;
-          return Err(match cancel.is_cancelled() && !self.closed.load(Ordering::SeqCst) {
-            true => Error::not_found(&session.id),
-            false => e,
-          });
+          return Err(e);
         }
       }
     }
@@ -201,9 +212,8 @@ impl Manager {
       return Err(Error::new(crate::error::ErrorCode::Closed, "the manager was closed"));
     }
     if cancel.is_cancelled() {
-      // Stopped by `deleteSession`.
       WarmPool::retire(warm, true).await;
-      return Err(Error::not_found(&session.id));
+      return Err(Error::new(ErrorCode::Aborted, "the prewarm was stopped"));
     }
     self.keep(&session.id, warm, idle_for).await;
     Ok(Prewarmed::Started)
@@ -221,8 +231,13 @@ impl Manager {
   /// the pool does not take it for one left behind. A task of this manager waits for the
   /// session's place in line, which the caller holds.
   async fn warm_up(&self, session: &Session, warm: &mut Warm, cut: WarmUpCut, cancel: &CancelToken) -> Result<bool> {
-    let (sid, me) = (session.id.clone(), self.owner.id.clone());
-    if self.store_call(Wait::Briefly, async move |s| s.running_task(&sid).await).await?.is_some() {
+    let (sid, uid, me) = (session.id.clone(), session.user_id.clone(), self.owner.id.clone());
+    let (running, now) = self
+      .store_call(Wait::Briefly, async move |s| Ok((s.running_task(&sid).await?, s.get_session(&sid, &uid).await?)))
+      .await?;
+    // A task ran or runs on the session since it was read: its transcript is not the one measured.
+    let same = now.is_some_and(|n| n.task_count == session.task_count && n.materialized == session.materialized);
+    if running.is_some() || !same {
       return Ok(false);
     }
     warm.warm_up = Some(cut.clone());
@@ -262,38 +277,36 @@ pub(super) struct WarmUpCut {
 }
 
 impl WarmUpCut {
-  /// The file as it was. One that did not exist is removed. Otherwise it is cut back to its
-  /// length once every line written since is the warm-up's: its prompt, lines of the session
-  /// whose parent is one of the warm-up's, and no other prompt (lines without a uuid are taken
-  /// for the CLI's bookkeeping and go too). Anything else (a message another process wrote)
-  /// leaves the file as it is and fails.
+  /// The file as it was: cut back to its length, or removed when it did not exist; once every
+  /// message of the session written since is the warm-up's: its prompt, and lines whose parent
+  /// is one of the warm-up's, none of them another prompt. Anything else in the file since (a
+  /// line that is not JSON, a line of another session, a line without a uuid: the CLI's
+  /// bookkeeping, or what another process of the tenant wrote) goes with it. A message of the
+  /// session that is not the warm-up's (one a task wrote) leaves the file as it is and fails.
   pub(super) fn undo(&self) -> Result<()> {
-    // A new session's file holds nothing of value, whatever it holds: no task ran on the session
-    // (the store says so), and none can while the warm-up's CLI holds it. Only its own tenant's
-    // processes could have written to it besides the warm-up; kept, the file would make the
-    // session's first task fail ("already in use") and its next one read the warm-up.
-    let Some(before) = self.before else { return self.file.remove() };
     let refused = |why: &str| Error::new(ErrorCode::CliError, format!("the prewarmed CLI's warm-up could not be taken back: {why}"));
     let check = |written: &[u8]| -> Result<()> {
       let mut own: HashSet<String> = HashSet::from([self.first.clone()]);
       for line in written.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let v: Value = serde_json::from_slice(line).map_err(|_| refused("a line that is not JSON"))?;
+        let Ok(v) = serde_json::from_slice::<Value>(line) else { continue };
         if v.get("sessionId").and_then(Value::as_str).is_some_and(|s| s != self.session_id) {
-          return Err(refused("a line of another session"));
+          continue;
         }
         let Some(uuid) = v.get("uuid").and_then(Value::as_str) else { continue };
         let parent = v.get("parentUuid").and_then(Value::as_str);
         let prompt = v.get("type").and_then(Value::as_str) == Some("user");
         if uuid != self.first && (prompt || !parent.is_some_and(|p| own.contains(p))) {
-          return Err(refused("a line that is not the warm-up's"));
+          return Err(refused("a message of the session that is not the warm-up's"));
         }
         own.insert(uuid.to_owned());
       }
       Ok(())
     };
-    match self.file.cut_checked(before, WARM_UP_MAX_BYTES, check)? {
-      true => Ok(()),
-      false => Err(refused("the transcript changed under it")),
+    let cut = self.file.cut_checked(self.before.unwrap_or(0), WARM_UP_MAX_BYTES, check)?;
+    match (cut, self.before) {
+      (false, Some(_)) => Err(refused("the transcript changed under it")),
+      (true, None) => self.file.remove(),
+      _ => Ok(()),
     }
   }
 }
@@ -338,35 +351,40 @@ mod tests {
   }
 
   #[test]
-  fn a_new_sessions_file_is_removed_whatever_it_holds_and_never_through_a_link() {
-    let foreign = "{\"type\":\"user\",\"uuid\":\"x1\",\"parentUuid\":null,\"sessionId\":\"t\"}\nnot json\n";
-    let (d, mut cut) = file(&format!("{}{foreign}", warm_up("null")));
+  fn what_another_process_wrote_that_is_no_message_of_the_session_goes_with_the_warm_up() {
+    // A line of another session, one that is not JSON, one without a uuid (all a process of the
+    // tenant could write during the warm-up), between and after the warm-up's.
+    let junk = "{\"type\":\"user\",\"uuid\":\"x1\",\"parentUuid\":null,\"sessionId\":\"t\"}\nnot json\n{\"type\":\"summary\"}\n";
+    let (d, cut) = file(&format!("{BEFORE}{junk}{}{junk}", warm_up("a1")));
+    cut.undo().unwrap();
+    assert_eq!(std::fs::read_to_string(d.path().join("projects/-w/s.jsonl")).unwrap(), BEFORE);
+    let (d, mut cut) = file(&format!("{}{junk}", warm_up("null")));
     cut.before = None;
     cut.undo().unwrap();
     assert!(!d.path().join("projects/-w/s.jsonl").exists());
-    // A link in the file's place goes, not what it points to.
+    // A link in a new session's file's place: refused, and what it points to untouched.
     let (d, mut cut) = file("");
     cut.before = None;
     let target = d.path().join("victim.jsonl");
     std::fs::write(&target, BEFORE).unwrap();
     std::fs::remove_file(d.path().join("projects/-w/s.jsonl")).unwrap();
     std::os::unix::fs::symlink(&target, d.path().join("projects/-w/s.jsonl")).unwrap();
-    cut.undo().unwrap();
-    assert!(std::fs::symlink_metadata(d.path().join("projects/-w/s.jsonl")).is_err());
+    assert!(cut.undo().is_err());
     assert_eq!(std::fs::read_to_string(&target).unwrap(), BEFORE);
   }
 
   #[test]
   fn a_line_another_cli_wrote_leaves_the_file_alone() {
     let foreign = "{\"type\":\"user\",\"uuid\":\"x1\",\"parentUuid\":\"a1\"}\n";
-    // Another CLI's prompt continuing the warm-up's branch, and a line of another session.
+    // Another CLI's prompt continuing the warm-up's branch; a message of the session (its id
+    // given) that does not follow the warm-up.
     let chained = "{\"type\":\"user\",\"uuid\":\"x2\",\"parentUuid\":\"w3\"}\n";
-    let other = "{\"type\":\"attachment\",\"uuid\":\"x3\",\"parentUuid\":\"w3\",\"sessionId\":\"t\"}\n";
+    let unchained = "{\"type\":\"assistant\",\"uuid\":\"x3\",\"parentUuid\":\"a1\",\"sessionId\":\"s\"}\n";
     for content in [
       format!("{BEFORE}{foreign}{}", warm_up("a1")),
       format!("{BEFORE}{}{foreign}", warm_up("a1")),
       format!("{BEFORE}{}{chained}", warm_up("a1")),
-      format!("{BEFORE}{}{other}", warm_up("a1")),
+      format!("{BEFORE}{}{unchained}", warm_up("a1")),
       // The file rewritten shorter, or not at a line's end where the warm-up began.
       BEFORE[..10].to_string(),
       format!("{}X{}", &BEFORE[..BEFORE.len() - 1], warm_up("a1")),
@@ -376,5 +394,11 @@ mod tests {
       assert_eq!(err.code, ErrorCode::CliError, "{}", err.message);
       assert_eq!(std::fs::read_to_string(d.path().join("projects/-w/s.jsonl")).unwrap(), content);
     }
+    // A new session's file with a task's prompt in it (a task ran elsewhere meanwhile) stays.
+    let content = format!("{}{foreign}", warm_up("null"));
+    let (d, mut cut) = file(&content);
+    cut.before = None;
+    assert!(cut.undo().is_err());
+    assert_eq!(std::fs::read_to_string(d.path().join("projects/-w/s.jsonl")).unwrap(), content);
   }
 }

@@ -127,7 +127,8 @@ pub(crate) struct WarmPool {
   watching: std::sync::atomic::AtomicBool,
   /// The prewarms running, by session.
   prewarms: Mutex<HashMap<String, Prewarm>>,
-  /// Told when a prewarm ends.
+  /// Told when a prewarm ends (`notify_waiters`: a waiter takes its `notified()` before it
+  /// looks).
   warmed: tokio::sync::Notify,
 }
 
@@ -181,9 +182,17 @@ impl WarmPool {
     Prewarming { pool: self, session_id: session_id.to_owned() }
   }
 
-  /// Stops the session's prewarm, if one runs (then `true`): it ends its CLI and returns.
-  pub(super) fn stop_prewarm(&self, session_id: &str) -> bool {
-    lock(&self.prewarms).get(session_id).map(|p| p.cancel.cancel()).is_some()
+  /// Stops the session's prewarm, if one runs, and waits for its end (its CLI gone, or kept if
+  /// it was past stopping).
+  pub(super) async fn stop_prewarm(&self, session_id: &str) {
+    loop {
+      let told = self.warmed.notified();
+      match lock(&self.prewarms).get(session_id) {
+        Some(p) => p.cancel.cancel(),
+        None => return,
+      }
+      told.await;
+    }
   }
 
   /// Returns once no warm-up runs on the session (its transcript holds the warm-up meanwhile).
