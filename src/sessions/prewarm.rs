@@ -232,9 +232,8 @@ impl Manager {
   /// session's place in line, which the caller holds.
   async fn warm_up(&self, session: &Session, warm: &mut Warm, cut: WarmUpCut, cancel: &CancelToken) -> Result<bool> {
     let (sid, uid, me) = (session.id.clone(), session.user_id.clone(), self.owner.id.clone());
-    let (running, now) = self
-      .store_call(Wait::Briefly, async move |s| Ok((s.running_task(&sid).await?, s.get_session(&sid, &uid).await?)))
-      .await?;
+    let (running, now) =
+      self.store_call(Wait::Briefly, async move |s| Ok((s.running_task(&sid).await?, s.get_session(&sid, &uid).await?))).await?;
     // A task ran or runs on the session since it was read: its transcript is not the one measured.
     let same = now.is_some_and(|n| n.task_count == session.task_count && n.materialized == session.materialized);
     if running.is_some() || !same {
