@@ -205,7 +205,11 @@ test('next routes: the task outlives its stream; GET resumes after Last-Event-ID
   const reader2 = res2.body.getReader()
   await reader2.read()
   await reader2.cancel()
-  await until('the task to run', async () => (await routes.stream.GET(get(`stream?sessionId=${sid}`))).status === 200)
+  await until('the task to run', async () => {
+    const res = await routes.stream.GET(get(`stream?sessionId=${sid}`))
+    await res.body?.cancel() // a stream left unread stays open (it is read as the client reads)
+    return res.status === 200
+  })
   const del = (user = 'alice') => routes.stream.DELETE(new Request(`${BASE}/stream?sessionId=${sid}`, { method: 'DELETE', headers: { 'x-user': user } }))
   t.assert.deepStrictEqual(await jsonOf(await del(), 200), { aborted: true, sessionId: sid })
   await until('the task to end aborted', async () => {
@@ -213,6 +217,64 @@ test('next routes: the task outlives its stream; GET resumes after Last-Event-ID
     return list.at(-1).status === 'aborted'
   })
   t.assert.deepStrictEqual(await jsonOf(await del(), 200), { aborted: false, sessionId: sid })
+})
+
+test('next routes: the stream routes read the event log only as fast as the client reads the response (a client that never reads costs a frame, not the log)', async (t) => {
+  server.reset()
+  // The routes over the same manager, counting the log's events they take from streamEvents.
+  let pulled = 0
+  const counting = new Proxy(manager, {
+    get(target, prop) {
+      if (prop === 'streamEvents')
+        return async (...args) => {
+          const events = await target.streamEvents(...args)
+          const it = events[Symbol.asyncIterator]()
+          return {
+            [Symbol.asyncIterator]() {
+              return this
+            },
+            next: async () => {
+              const r = await it.next()
+              if (!r.done) pulled++
+              return r
+            },
+            return: async () => events.return?.(),
+          }
+        }
+      const v = Reflect.get(target, prop)
+      return typeof v === 'function' ? v.bind(target) : v
+    },
+  })
+  const r = createClaudeRoutes({ getUserId: (req) => req.headers.get('x-user'), manager: counting, onError: null })
+  const { session } = await jsonOf(await r.session.POST(post('session', { action: 'getOrCreate', projectId: 'slow-reader' })), 200)
+  const words = Array.from({ length: 150 }, (_, i) => `w${i}`).join(' ')
+  const done = async () => (await jsonOf(await r.session.POST(post('session', { action: 'tasks', sessionId: session.id })), 200)).tasks.at(-1)?.status === 'succeeded'
+
+  // The task's own stream, read once, then left unread until the task has ended.
+  server.enqueue({ text: words, chunkDelayMs: 5 }) // many events
+  const live = await r.stream.POST(post('stream', { prompt: 'many events', projectId: 'slow-reader', sessionId: session.id }))
+  const reader = live.body.getReader()
+  await reader.read()
+  await until('the task to end', done)
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.assert.ok(pulled <= 4, `taken from the log while nobody read: ${pulled}`)
+  let rest = ''
+  for (;;) {
+    const { value, done: end } = await reader.read()
+    if (end) break
+    rest += new TextDecoder().decode(value)
+  }
+  t.assert.strictEqual(parseSse(rest).at(-1).event, 'result', 'read to its end once the client reads')
+  const total = pulled
+
+  // A replay of the whole log, never read.
+  pulled = 0
+  const replay = await r.stream.GET(get(`stream?sessionId=${session.id}&after=0`))
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  t.assert.ok(pulled <= 2, `taken from the log while nobody read: ${pulled}`)
+  const all = parseSse(await replay.text())
+  t.assert.ok(total > 40 && all.length >= total, `${all.length} frames of ${total} events`)
+  t.assert.strictEqual(all.at(-1).event, 'result')
 })
 
 test('next routes: the stream answers as soon as its task is queued; a client leaving the queue aborts the task', async (t) => {

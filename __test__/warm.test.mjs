@@ -557,6 +557,36 @@ test('sendMessage then abort: the steered message is cancelled with the task and
   t.assert.ok(!texts.includes('steered-then-cancelled'), 'the cancelled message never reached the model')
 })
 
+test('sendMessage: one task takes at most 100 messages and 4 MiB of them (each goes to the event log): past that CONTEXT_OVERFLOW, and the task runs on', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  const first = await task(manager, { prompt: 'one' })
+  server.enqueue({ text: 'a slow answer', delayMs: 20_000 })
+  const controller = new AbortController()
+  let started
+  const isStarted = new Promise((resolve) => (started = resolve))
+  const running = manager.executeTask(
+    { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
+    { signal: controller.signal, onEvent: (e) => e.type === 'system' && e.subtype === 'init' && started() },
+  )
+  await isStarted
+  const send = (prompt) => manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt }).then(() => 'ok', (e) => e.code)
+  const big = 'x'.repeat(3 * 1024 * 1024)
+  t.assert.strictEqual(await send(big), 'ok')
+  t.assert.strictEqual(await send(big), 'CONTEXT_OVERFLOW', 'past 4 MiB in all')
+  const small = []
+  for (let i = 0; i < 100; i++) small.push(await send(`m${i}`))
+  t.assert.deepStrictEqual([...new Set(small.slice(0, 99))], ['ok'])
+  t.assert.strictEqual(small[99], 'CONTEXT_OVERFLOW', 'the 101st message')
+  controller.abort()
+  t.assert.strictEqual((await running).error?.code, 'ABORTED')
+  // The next task takes messages again.
+  const logged = (await manager.streamEvents({ sessionId: first.sessionId, userId: 'u', after: 0 }))
+  let messages = 0
+  for await (const { event } of logged) if (event.type === 'user_message') messages++
+  t.assert.strictEqual(messages, 100, 'only the messages taken are in the log')
+})
+
 // ---- Second test audit (M12, M13): reuse must follow the task's rules and the store ----
 
 test('warm: a task with other tool rules gets a new CLI: Bash allowed in task 1, disallowed in task 2 does not run (M12)', async (t) => {

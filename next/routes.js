@@ -171,11 +171,20 @@ async function streamPOST(ctx, request, userId) {
   }
   let keepalive
   let events = null
+  // The log is read one frame per read of the response (see logResponse): `demand` resolves
+  // when the client has read what was sent.
+  let wanted = null
+  const demand = () => (closed || controller.desiredSize > 0 ? null : new Promise((resolve) => (wanted = resolve)))
+  const wake = () => {
+    const w = wanted
+    wanted = null
+    if (w) w()
+  }
   const stream = new ReadableStream({
     start(c) {
       controller = c
       for (const text of pending.splice(0)) push(text)
-      keepalive = setInterval(() => push(': keep-alive\n\n'), KEEPALIVE_MS)
+      keepalive = setInterval(() => controller.desiredSize > 0 && push(': keep-alive\n\n'), KEEPALIVE_MS)
       if (keepalive.unref) keepalive.unref()
       // With an event log: the task's events from its first, once it started; the run's own
       // result only when it ended before that (aborted while queued, SESSION_BUSY).
@@ -185,8 +194,14 @@ async function streamPOST(ctx, request, userId) {
             if (!s || closed) return run
             events = await m.streamEvents({ sessionId: s.sessionId, userId, taskId: s.taskId, exposeServerDetails: Boolean(exposeServerDetails) })
             if (closed) return void events.return?.()
-            for await (const e of events) push(logFrame(ctx, request, e))
-            return LOGGED
+            const frames = events[Symbol.asyncIterator]()
+            for (;;) {
+              await demand()
+              if (closed) return LOGGED
+              const { value, done } = await frames.next()
+              if (done) return LOGGED
+              push(logFrame(ctx, request, value))
+            }
           })
       source
         .then(
@@ -217,10 +232,14 @@ async function streamPOST(ctx, request, userId) {
           }
         })
     },
+    pull() {
+      wake()
+    },
     cancel() {
       // The client went away: stop reading; the CLI stops only with abortOnDisconnect (or
       // without an event log, where nobody could follow the task any more).
       closed = true
+      wake()
       clearInterval(keepalive)
       if (events) events.return?.()
       if (abortOnDisconnect || !logged) abort.abort()
@@ -255,28 +274,44 @@ function logFrame(ctx, request, { seq, event }) {
   return sseFrame(null, ctx.exposeServerDetails ? event : publicEvent(event), seq)
 }
 
-/** A response streaming a session's log from `events` (an EventStream) as SSE. */
+/** A response streaming a session's log from `events` (an EventStream) as SSE, one frame per
+ * read of the response: the log is the buffer, so a client that reads slowly, or never, holds no
+ * more than a frame here (and the EventStream's page). */
 function logResponse(ctx, request, events) {
   const encoder = new TextEncoder()
+  const frames = events[Symbol.asyncIterator]()
   let keepalive
+  let ended = false
+  const end = (c) => {
+    if (ended) return
+    ended = true
+    clearInterval(keepalive)
+    try {
+      c.close()
+    } catch {}
+  }
   const stream = new ReadableStream({
-    async start(c) {
-      keepalive = setInterval(() => c.enqueue(encoder.encode(': keep-alive\n\n')), KEEPALIVE_MS)
+    start(c) {
+      // For a quiet stream, not a full one: only when the client has read what was sent.
+      keepalive = setInterval(() => c.desiredSize > 0 && c.enqueue(encoder.encode(': keep-alive\n\n')), KEEPALIVE_MS)
       if (keepalive.unref) keepalive.unref()
+    },
+    async pull(c) {
+      if (ended) return
       try {
-        for await (const e of events) c.enqueue(encoder.encode(logFrame(ctx, request, e)))
+        const { value, done } = await frames.next()
+        if (done) return end(c)
+        if (!ended) c.enqueue(encoder.encode(logFrame(ctx, request, value)))
       } catch (error) {
         const { status, body } = errorBody(error)
         try {
           c.enqueue(encoder.encode(sseFrame('error', { error: { ...body, status } })))
         } catch {}
+        end(c)
       }
-      clearInterval(keepalive)
-      try {
-        c.close()
-      } catch {}
     },
     cancel() {
+      ended = true
       clearInterval(keepalive)
       events.return?.()
     },

@@ -114,20 +114,34 @@ impl WarmHandle {
   }
 
   /// Adds a user message to the running task: the CLI queues it and runs it after the current
-  /// prompt, and the task ends at its result. False when no task is running (or it is ending).
-  pub fn steer(&self, text: &str) -> bool {
+  /// prompt, and the task ends at its result. `Ok(false)` when no task is running (or it is
+  /// ending); `CONTEXT_OVERFLOW` past [`MAX_STEERED`] messages or [`MAX_STEERED_BYTES`] in all
+  /// for the task (each is stored in the session's event log, and all of them go to the model).
+  pub fn steer(&self, text: &str) -> Result<bool> {
     let mut turn = lock(&self.shared.turn);
-    let Some(t) = turn.as_mut() else { return false };
+    let Some(t) = turn.as_mut() else { return Ok(false) };
     if self.shared.closed.load(Ordering::SeqCst) {
-      return false;
+      return Ok(false);
     }
+    if t.uuids.len() > MAX_STEERED || t.steered_bytes + text.len() > MAX_STEERED_BYTES {
+      return Err(Error::new(
+        ErrorCode::ContextOverflow,
+        format!("a task takes at most {MAX_STEERED} messages and {MAX_STEERED_BYTES} bytes of them in all; send the rest as the next task"),
+      ));
+    }
+    t.steered_bytes += text.len();
     let uuid = uuid::Uuid::new_v4().to_string();
     // Registered before it is written, so that its lifecycle lines find it.
     t.uuids.push(uuid.clone());
     t.outstanding.push(uuid.clone());
-    send(&self.out, &user_line(text, &uuid))
+    Ok(send(&self.out, &user_line(text, &uuid)))
   }
 }
+
+/// The most messages one task takes besides its prompt ([`WarmHandle::steer`]).
+pub const MAX_STEERED: usize = 100;
+/// The most bytes the messages one task takes may add up to: as much as one prompt may have.
+pub const MAX_STEERED_BYTES: usize = crate::validate::MAX_PROMPT_BYTES;
 
 enum Event {
   Line(Line),
@@ -149,6 +163,8 @@ struct Turn {
   outstanding: Vec<String>,
   /// The one the CLI said it started last.
   current: Option<String>,
+  /// What the messages steered into it add up to, in bytes.
+  steered_bytes: usize,
   tx: mpsc::UnboundedSender<Event>,
 }
 
@@ -396,7 +412,7 @@ impl WarmProcess {
     let alive = self.alive();
     let written = {
       let mut turn = lock(&self.shared.turn);
-      *turn = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, tx });
+      *turn = Some(Turn { uuids: vec![uuid.clone()], outstanding: vec![uuid.clone()], current: None, steered_bytes: 0, tx });
       alive && send(&self.out, &user_line(prompt, &uuid))
     };
     on_start(self.take_outside());
@@ -807,7 +823,7 @@ read rest"#,
     let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
     let h = w.handle();
     let taken = std::sync::atomic::AtomicBool::new(false);
-    let out = w.turn("the prompt", opts(), &CancelToken::new(), |_| taken.store(h.steer("steered now"), Ordering::SeqCst), |_| {}).await;
+    let out = w.turn("the prompt", opts(), &CancelToken::new(), |_| taken.store(h.steer("steered now").unwrap(), Ordering::SeqCst), |_| {}).await;
     assert!(taken.load(Ordering::SeqCst), "refused when the turn said it started");
     assert_eq!(out.result.unwrap().result.as_deref(), Some("steered"), "the task ends at the steered message's result");
     let lines = std::fs::read_to_string(&got).unwrap();

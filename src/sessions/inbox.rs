@@ -238,7 +238,8 @@ impl Manager {
                 }
               }
               Delivery::Message { id, text } => {
-                let steered = handle.steer(&text);
+                // (A message past the task's limit is refused: its sender is told none runs.)
+                let steered = handle.steer(&text).unwrap_or(false);
                 if steered {
                   if let Some(l) = logs.writer(&session) {
                     l.record(serde_json::json!({ "type": "user_message", "sessionId": session, "text": text }));

@@ -494,7 +494,7 @@ impl Manager {
     let (prompt, s) = (r.prompt.as_str(), self.get_session(&r.session_id, &r.user_id).await?);
     let running = lock(&self.warm.running).get(&s.id).cloned();
     match running {
-      Some(h) if h.steer(prompt) => {
+      Some(h) if h.steer(prompt)? => {
         if let Some(l) = self.logs.writer(&s.id) {
           l.record(json!({ "type": "user_message", "sessionId": s.id, "text": prompt }));
         }
