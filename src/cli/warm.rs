@@ -823,7 +823,8 @@ read rest"#,
     let mut w = WarmProcess::start(spec(p, dir.path())).unwrap();
     let h = w.handle();
     let taken = std::sync::atomic::AtomicBool::new(false);
-    let out = w.turn("the prompt", opts(), &CancelToken::new(), |_| taken.store(h.steer("steered now").unwrap(), Ordering::SeqCst), |_| {}).await;
+    let out =
+      w.turn("the prompt", opts(), &CancelToken::new(), |_| taken.store(h.steer("steered now").unwrap(), Ordering::SeqCst), |_| {}).await;
     assert!(taken.load(Ordering::SeqCst), "refused when the turn said it started");
     assert_eq!(out.result.unwrap().result.as_deref(), Some("steered"), "the task ends at the steered message's result");
     let lines = std::fs::read_to_string(&got).unwrap();
