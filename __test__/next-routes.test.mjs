@@ -223,22 +223,26 @@ test('next routes: the stream routes read the event log only as fast as the clie
   server.reset()
   // The routes over the same manager, counting the log's events they take from streamEvents.
   let pulled = 0
+  let returned = 0
   const counting = new Proxy(manager, {
     get(target, prop) {
       if (prop === 'streamEvents')
         return async (...args) => {
           const events = await target.streamEvents(...args)
           const it = events[Symbol.asyncIterator]()
+          // As the EventStream: an iterable whose iterator alone has `return()`.
           return {
-            [Symbol.asyncIterator]() {
-              return this
-            },
-            next: async () => {
-              const r = await it.next()
-              if (!r.done) pulled++
-              return r
-            },
-            return: async () => events.return?.(),
+            [Symbol.asyncIterator]: () => ({
+              next: async () => {
+                const r = await it.next()
+                if (!r.done) pulled++
+                return r
+              },
+              return: async () => {
+                returned++
+                return it.return()
+              },
+            }),
           }
         }
       const v = Reflect.get(target, prop)
@@ -275,6 +279,22 @@ test('next routes: the stream routes read the event log only as fast as the clie
   const all = parseSse(await replay.text())
   t.assert.ok(total > 40 && all.length >= total, `${all.length} frames of ${total} events`)
   t.assert.strictEqual(all.at(-1).event, 'result')
+
+  // A client leaving a quiet running task's stream ends its reader of the log at once (a pending
+  // read settles), on both routes.
+  server.enqueue({ text: 'late', delayMs: 3000 })
+  const quiet = await r.stream.POST(post('stream', { prompt: 'quiet', projectId: 'slow-reader', sessionId: session.id }))
+  const qr = quiet.body.getReader()
+  await qr.read()
+  await until('the model call', () => server.requests.filter((q) => q.path === '/v1/messages').length >= 2)
+  const follower = await r.stream.GET(get(`stream?sessionId=${session.id}`))
+  const fr = follower.body.getReader()
+  await fr.read()
+  returned = 0
+  await qr.cancel()
+  await fr.cancel()
+  t.assert.ok(returned >= 2, `both readers of the log were ended (${returned} returns)`)
+  await until('the task to end', done)
 })
 
 test('next routes: the stream answers as soon as its task is queued; a client leaving the queue aborts the task', async (t) => {

@@ -170,7 +170,8 @@ async function streamPOST(ctx, request, userId) {
     throw first.error
   }
   let keepalive
-  let events = null
+  // The log's iterator: its `return()` ends the reader (the EventStream itself has none).
+  let frames = null
   // The log is read one frame per read of the response (see logResponse): `demand` resolves
   // when the client has read what was sent.
   let wanted = null
@@ -192,12 +193,14 @@ async function streamPOST(ctx, request, userId) {
         ? run
         : Promise.race([started, run.then(() => null, () => null)]).then(async (s) => {
             if (!s || closed) return run
-            events = await m.streamEvents({ sessionId: s.sessionId, userId, taskId: s.taskId, exposeServerDetails: Boolean(exposeServerDetails) })
-            if (closed) return void events.return?.()
-            const frames = events[Symbol.asyncIterator]()
+            const events = await m.streamEvents({ sessionId: s.sessionId, userId, taskId: s.taskId, exposeServerDetails: Boolean(exposeServerDetails) })
+            frames = events[Symbol.asyncIterator]()
             for (;;) {
               await demand()
-              if (closed) return LOGGED
+              if (closed) {
+                frames.return?.()
+                return LOGGED
+              }
               const { value, done } = await frames.next()
               if (done) return LOGGED
               push(logFrame(ctx, request, value))
@@ -241,7 +244,7 @@ async function streamPOST(ctx, request, userId) {
       closed = true
       wake()
       clearInterval(keepalive)
-      if (events) events.return?.()
+      frames?.return?.()
       if (abortOnDisconnect || !logged) abort.abort()
     },
   })
@@ -313,7 +316,7 @@ function logResponse(ctx, request, events) {
     cancel() {
       ended = true
       clearInterval(keepalive)
-      events.return?.()
+      frames.return?.()
     },
   })
   return new Response(stream, { status: 200, headers: SSE_HEADERS })
