@@ -525,24 +525,28 @@ test('warm: compaction, deleteSession and timeoutMs each leave no warm process b
   t.assert.deepStrictEqual(processesMentioning(slow.sessionId), [], 'a timed-out warm CLI is stopped')
 })
 
-test('sendMessage then abort: the steered message is cancelled with the task and never reaches the model', async (t) => {
-  server.reset()
-  const { manager } = warmManager(t)
+/** A session with one task done, and its second task ('two') running, whose model call answers
+ * after 20 s (abort it with `controller`); `onEvent(event, sessionId)` sees its events. */
+async function slowSecondTask(manager, onEvent) {
   const first = await task(manager, { prompt: 'one' })
   server.enqueue({ text: 'a slow answer', delayMs: 20_000 })
   const controller = new AbortController()
-  let sent
   const running = manager.executeTask(
     { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
-    {
-      signal: controller.signal,
-      onEvent: (e) => {
-        if (e.type === 'system' && e.subtype === 'init' && !sent) {
-          sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'steered-then-cancelled' })
-        }
-      },
-    },
+    { signal: controller.signal, onEvent: (e) => onEvent(e, first.sessionId) },
   )
+  return { first, running, controller }
+}
+
+test('sendMessage then abort: the steered message is cancelled with the task and never reaches the model', async (t) => {
+  server.reset()
+  const { manager } = warmManager(t)
+  let sent
+  const { first, running, controller } = await slowSecondTask(manager, (e, sessionId) => {
+    if (e.type === 'system' && e.subtype === 'init' && !sent) {
+      sent = manager.sendMessage({ sessionId, userId: 'u', prompt: 'steered-then-cancelled' })
+    }
+  })
   // Abort once the model call for `two` is under way (it takes the slow reply off the queue).
   const asked = () => server.requests.some((x) => x.path === '/v1/messages' && JSON.stringify(x.body.messages.at(-1)).includes('two'))
   for (let i = 0; i < 300 && !(sent && asked()); i++) await new Promise((r) => setTimeout(r, 50))
@@ -560,15 +564,9 @@ test('sendMessage then abort: the steered message is cancelled with the task and
 test('sendMessage: one task takes at most 100 messages and 4 MiB of them (each goes to the event log): past that CONTEXT_OVERFLOW, and the task runs on', async (t) => {
   server.reset()
   const { manager } = warmManager(t)
-  const first = await task(manager, { prompt: 'one' })
-  server.enqueue({ text: 'a slow answer', delayMs: 20_000 })
-  const controller = new AbortController()
   let started
   const isStarted = new Promise((resolve) => (started = resolve))
-  const running = manager.executeTask(
-    { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
-    { signal: controller.signal, onEvent: (e) => e.type === 'system' && e.subtype === 'init' && started() },
-  )
+  const { first, running, controller } = await slowSecondTask(manager, (e) => e.type === 'system' && e.subtype === 'init' && started())
   await isStarted
   const send = (prompt) => manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt }).then(() => 'ok', (e) => e.code)
   const big = 'x'.repeat(3 * 1024 * 1024)

@@ -112,7 +112,7 @@ impl Manager {
     // arrives meanwhile waits for it and then finds it.
     let lock = self.session_lock(&session.id);
     let Ok(_guard) = lock.try_lock_owned() else { return Ok(Prewarmed::Busy) };
-    // `deleteSession` stops the prewarm, then waits for the session's place in line.
+    // `deleteSession` stops the prewarm, then waits for its end (this mark's drop).
     let prewarming = self.warm.prewarming(&session.id, cancel);
     // A task queued behind the prewarm (its CLI's start and warm-up, or its retiring) waits past
     // its queue timeout: the caller sees no task running.

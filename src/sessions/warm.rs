@@ -185,21 +185,27 @@ impl WarmPool {
   /// Stops the session's prewarm, if one runs, and waits for its end (its CLI gone, or kept if
   /// it was past stopping).
   pub(super) async fn stop_prewarm(&self, session_id: &str) {
-    loop {
-      let told = self.warmed.notified();
-      match lock(&self.prewarms).get(session_id) {
-        Some(p) => p.cancel.cancel(),
-        None => return,
-      }
-      told.await;
-    }
+    self
+      .prewarms_until(|running| match running.get(session_id) {
+        Some(p) => {
+          p.cancel.cancel();
+          false
+        }
+        None => true,
+      })
+      .await;
   }
 
   /// Returns once no warm-up runs on the session (its transcript holds the warm-up meanwhile).
   pub(super) async fn warmed_up(&self, session_id: &str) {
+    self.prewarms_until(|running| !running.get(session_id).is_some_and(|p| p.warming_up)).await;
+  }
+
+  /// Returns once `done` holds of the prewarms running, asked again whenever one ends.
+  async fn prewarms_until(&self, done: impl Fn(&HashMap<String, Prewarm>) -> bool) {
     loop {
       let told = self.warmed.notified();
-      if !lock(&self.prewarms).get(session_id).is_some_and(|p| p.warming_up) {
+      if done(&lock(&self.prewarms)) {
         return;
       }
       told.await;
