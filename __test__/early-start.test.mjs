@@ -157,21 +157,40 @@ test('a CLI started early is the one that runs its task when the start takes lon
   t.assert.deepStrictEqual(running, early, 'the CLI started early ran the task')
 })
 
-test('requests refused one after another start no CLI each: after a refused start, none starts early until a start succeeds', async (t) => {
+test('requests refused one after another start no CLI each: after a refused start, none starts early until a start succeeds [postgres]', async (t) => {
+  // On PostgreSQL behind a proxy that holds each refused start's trip until its early CLI (if one
+  // starts) has noted its start: without the hold a CLI killed at once by a quick refusal may die
+  // before it notes anything, and the count would be luck.
+  if (skipWithoutPostgres(t)) return
   server.reset()
-  const { manager: holder, options, dir } = makeManager({ server })
-  t.after(() => holder.close())
+  const proxy = await startPgProxy(PG_URL)
+  const schema = `csm_early_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
+  const { manager: holder, options, dir } = makeManager({ server, backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema })
   // The other manager's CLI is a script that notes each task's start, then runs the real CLI
   // (no sandbox: the script runs the CLI itself).
   const log = path.join(dir, 'starts.log')
   const script = path.join(dir, 'claude-noting-starts')
   fs.writeFileSync(script, `#!/bin/sh\ncase " $* " in *" -p "*) echo start >> '${log}';; esac\nexec '${findClaude()}' "$@"\n`, { mode: 0o755 })
   const other = new addon.SessionManager({ ...options, claudePath: script, sandbox: 'none' })
-  t.after(() => other.close())
+  t.after(async () => {
+    await proxy.hold(null)
+    await other.close()
+    await holder.close()
+    await proxy.close()
+    try {
+      execFileSync('psql', [PG_URL, '-qXc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
+    } catch {}
+  })
   const starts = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).length : 0)
-  const { sessionId, held } = await heldSession(t, holder, 4000)
+  const { sessionId, held } = await heldSession(t, holder, 10_000)
   for (let i = 0; i < 10; i++) {
-    await t.assert.rejects(other.executeTask({ prompt: `refused ${i}`, projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 0 }), (e) => e.code === 'SESSION_BUSY')
+    await proxy.hold('start')
+    const refused = t.assert.rejects(other.executeTask({ prompt: `refused ${i}`, projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 0 }), (e) => e.code === 'SESSION_BUSY')
+    // The first request's CLI starts while its start is held; the others' would have as long.
+    if (i === 0) t.assert.ok(await eventually(() => starts() === 1), 'the first refused request started its CLI early')
+    else await sleep(300)
+    await proxy.hold(null)
+    await refused
   }
   t.assert.strictEqual(starts(), 1, 'one CLI started early for the first refused request, none for the nine after it')
   t.assert.strictEqual((await held).success, true)
