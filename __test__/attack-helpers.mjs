@@ -1,8 +1,7 @@
 // Helpers for attacks.test.mjs: run one scripted Bash command in a task and read back what the
 // tool printed, as the CLI sent it to the (stand-in) model.
-import fs from 'node:fs'
 import crypto from 'node:crypto'
-import path from 'node:path'
+import { filesUnder } from './helpers.mjs'
 
 export const messageCalls = (server) => server.requests.filter((r) => r.path === '/v1/messages')
 
@@ -41,27 +40,8 @@ export async function runBash(manager, server, command, request = {}, options = 
   return { r, output: toolResults(server, from).join('\n'), from }
 }
 
-/** Transcript files (*.jsonl) under a folder. A folder that goes while it is read (a live CLI's
- * lock folder) is skipped. */
-export function transcripts(root) {
-  const found = []
-  const walk = (dir) => {
-    let entries
-    try {
-      entries = fs.readdirSync(dir, { withFileTypes: true })
-    } catch (e) {
-      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return
-      throw e
-    }
-    for (const e of entries) {
-      const p = path.join(dir, e.name)
-      if (e.isDirectory()) walk(p)
-      else if (e.name.endsWith('.jsonl')) found.push(p)
-    }
-  }
-  walk(root)
-  return found
-}
+/** Transcript files (*.jsonl) under a folder (see `filesUnder`). */
+export const transcripts = (root) => filesUnder(root).filter((f) => f.endsWith('.jsonl'))
 
 
 /** A marker string no other test (or the CLI) produces. */

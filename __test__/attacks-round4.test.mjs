@@ -10,7 +10,7 @@ import { test, before, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+import { eventually, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
 import { requireSandbox, runBash } from './attack-helpers.mjs'
 
 const { createClaudeRoutes } = createRequire(import.meta.url)('../next/index.js')
@@ -164,8 +164,11 @@ test('R4-3. a task aborted mid-answer is charged the output it already streamed 
   )
   t.assert.strictEqual(r.error?.code, 'ABORTED', 'control: the abort stopped the task')
   t.assert.ok(deltas >= 50, `control: the answer streamed (${deltas} deltas)`)
-  await new Promise((resolve) => setTimeout(resolve, 300))
-  const [row] = await manager.getUsage({ sessionId: sid, since, groupBy: 'session' })
+  // The ledger settles the cut call beside the task's end: waited for (up to 15 s) until it holds
+  // at least what was streamed.
+  const usage = async () => (await manager.getUsage({ sessionId: sid, since, groupBy: 'session' }))[0]
+  await eventually(async () => (await usage())?.outputTokens >= deltas)
+  const row = await usage()
   t.diagnostic(`streamed ${streamed.length} characters in ${deltas} deltas; ledger: ${JSON.stringify(row)}`)
   t.assert.ok(row, 'control: the call is in the ledger')
   // At the very least what was streamed (a token per word here) must count against the caps.

@@ -9,7 +9,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { eventually, makeManager, rejectsWith, startStandInServer, processesMentioning, sseReader, tempDir, until } from './helpers.mjs'
+import { eventually, makeManager, rejectsWith, startStandInServer, processesMentioning, sseReader, tempDir, until, filesUnder } from './helpers.mjs'
 import { messageCalls, requestsText, runBash, toolResults, transcripts } from './attack-helpers.mjs'
 
 let server
@@ -314,8 +314,8 @@ for (const sandbox of ['auto', 'none'])
     t.assert.strictEqual(r1.success, true, JSON.stringify(r1.error))
     t.assert.doesNotMatch(r1.result, /Set .*permission mode/i, r1.result)
     const root = path.join(manager.info().stateDirectory, 'claude-config')
-    for (const f of fs.readdirSync(root, { recursive: true }).map(String).filter((x) => x.endsWith('.json'))) {
-      const text = fs.readFileSync(path.join(root, f), 'utf8')
+    for (const f of filesUnder(root).filter((x) => x.endsWith('.json'))) {
+      const text = fs.readFileSync(f, 'utf8')
       t.assert.ok(!/defaultMode|acceptEdits/.test(text), `${f} was written by the prompt: ${text}`)
     }
     // The next task runs in the default mode: a Write is refused.

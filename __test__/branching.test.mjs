@@ -6,7 +6,7 @@ import { test, after } from 'node:test'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
 import path from 'node:path'
-import { addon, makeManager, rejectsWith, startStandInServer, testBackends, backendTag } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, testBackends, backendTag, filesUnder } from './helpers.mjs'
 
 const require = createRequire(import.meta.url)
 const server = await startStandInServer()
@@ -174,7 +174,7 @@ test('the CLI refuses a rewind the conversation outgrew (--resume-drops-turn): R
   // Rewind one turn (the CLI is told that exactly that turn is dropped)...
   await manager.rewind({ sessionId, userId: 'u', toMessageId: h.messages[3].uuid })
   // ...then the transcript grows behind the store's back (another writer): the rewind would drop more.
-  const file = fs.readdirSync(configDir, { recursive: true }).map((f) => path.join(configDir, f)).find((f) => f.endsWith(`${sessionId}.jsonl`))
+  const file = filesUnder(configDir).find((f) => f.endsWith(`${sessionId}.jsonl`))
   const lines = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l))
   const last = lines.findLast((l) => l.type === 'assistant')
   const sneak = { ...lines.findLast((l) => l.type === 'user'), uuid: crypto.randomUUID(), parentUuid: last.uuid, message: { role: 'user', content: 'sneaky' }, promptId: undefined }

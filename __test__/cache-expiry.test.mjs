@@ -10,7 +10,7 @@
 import { test, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeManager, startStandInServer } from './helpers.mjs'
+import { makeManager, startStandInServer, filesUnder } from './helpers.mjs'
 
 const server = await startStandInServer()
 after(() => server.close())
@@ -18,7 +18,7 @@ after(() => server.close())
 const total = (u) => u.input_tokens + u.output_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens
 
 function transcriptOf(configDir, sessionId) {
-  const file = fs.readdirSync(configDir, { recursive: true }).map((f) => path.join(configDir, String(f))).find((f) => f.endsWith(`${sessionId}.jsonl`))
+  const file = filesUnder(configDir).find((f) => f.endsWith(`${sessionId}.jsonl`))
   if (!file) throw new Error(`no transcript of ${sessionId} under ${configDir}`)
   return file
 }

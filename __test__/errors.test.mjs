@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import { addon, makeManager, rejectsWith, startStandInServer } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, filesUnder } from './helpers.mjs'
 import nextRoutes from '../next/index.js'
 
 let server
@@ -141,9 +141,9 @@ test('errors: an error the CLI reports itself is CLI_ERROR with its message', as
   // The CLI's transcript disappears behind the manager's back (an operator cleaned the CLI's
   // folder): the manager passes --resume=<id>, and the real CLI refuses that value itself with a
   // result line of subtype error_during_execution.
-  const transcripts = fs.readdirSync(configDir, { recursive: true }).map(String).filter((f) => f.endsWith(`${a.sessionId}.jsonl`))
+  const transcripts = filesUnder(configDir).filter((f) => f.endsWith(`${a.sessionId}.jsonl`))
   t.assert.strictEqual(transcripts.length, 1)
-  fs.rmSync(path.join(configDir, transcripts[0]))
+  fs.rmSync(transcripts[0])
   server.reset()
   const events = []
   const r = await manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: a.sessionId }, { onEvent: (e) => events.push(e) })

@@ -121,7 +121,9 @@ for (const backend of testBackends()) {
     const { a, b } = twoManagers(t, backend)
     const first = await a.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
     t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
-    server.enqueue({ text: 'a slow first answer', delayMs: 1500 })
+    // The first answer is held until the message is steered in (a loaded machine may take long).
+    let steered
+    server.enqueue({ text: 'a slow first answer', after: new Promise((r) => (steered = r)) })
     let sent
     // With a permission callback the task runs in a stream-json CLI on both backends (PostgreSQL
     // keeps no warm CLI between tasks).
@@ -132,6 +134,7 @@ for (const backend of testBackends()) {
         onEvent: (e) => {
           if (e.type === 'system' && e.subtype === 'init' && !sent) {
             sent = b.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'and also this, through B' })
+            sent.finally(steered).catch(() => {})
           }
         },
       },

@@ -31,6 +31,28 @@ export function tempDir(prefix = 'csm-') {
   return fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), prefix)))
 }
 
+/** Every file under a folder (absolute paths). A folder that goes while it is read is skipped: a
+ * live or exiting CLI's lock and temporary folders come and go under its configuration folder. */
+export function filesUnder(root) {
+  const found = []
+  const walk = (dir) => {
+    let entries
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true })
+    } catch (e) {
+      if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return
+      throw e
+    }
+    for (const e of entries) {
+      const p = path.join(dir, e.name)
+      if (e.isDirectory()) walk(p)
+      else found.push(p)
+    }
+  }
+  walk(root)
+  return found
+}
+
 /**
  * A working directory beside a test's database: `<dir>/<name>`, made if missing. (A working
  * directory may not contain the database or the state folder, so `dir` itself cannot be one.)

@@ -47,7 +47,7 @@ test('a task waiting for a slot is not running, respects queueTimeoutMs, and del
   const { manager } = makeManager({ server, maxConcurrentTasks: 1 })
   server.enqueue({ text: 'slow', delayMs: 4000 })
   const busy = manager.executeTask({ prompt: 'hold the slot', projectId: 'p', userId: 'u' })
-  await new Promise((r) => setTimeout(r, 300))
+  await until('the first task holds the slot (its model call in flight)', () => server.inFlight > 0)
   await rejectsWith(t, manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u', queueTimeoutMs: 0 }), 'SESSION_BUSY', /slot/)
   const { session } = await manager.getOrCreateSession({ projectId: 'q', userId: 'u', preferActive: false })
   const waiting = manager.executeTask({ prompt: 'wait', projectId: 'q', userId: 'u', sessionId: session.id })
@@ -96,7 +96,12 @@ function sandboxPids(needle) {
   return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && read(p, 'comm').trim() === 'bwrap' && read(p, 'cmdline').split('\0').some((a) => a.startsWith(needle)) && !/^\S+ \(.*\) Z/.test(read(p, 'stat')))
 }
 function orphaned(pid) {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  let stat
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  } catch {
+    return true // gone meanwhile: not waiting for anything
+  }
   const ppid = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]
   try { return fs.readFileSync(`/proc/${ppid}/comm`, 'utf8').trim() !== 'bwrap' } catch { return true }
 }

@@ -163,7 +163,7 @@ test('next routes: the task outlives its stream; GET resumes after Last-Event-ID
   const sid = session.id
   t.assert.strictEqual((await routes.stream.GET(get(`stream?sessionId=${sid}`))).status, 204, 'nothing runs: answered at once')
   const words = 'one two three four five six seven eight nine ten'
-  server.enqueue({ text: words, chunkDelayMs: 150 })
+  server.enqueue({ text: words, chunkDelayMs: 300 })
   const res = await routes.stream.POST(post('stream', { prompt: 'resume me', projectId: 'resume', sessionId: sid }))
   const reader = res.body.getReader()
   let head = ''

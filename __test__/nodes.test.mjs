@@ -9,27 +9,17 @@ import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { execFileSync } from 'node:child_process'
-import { PG_URL, addon, skipWithoutPostgres, startStandInServer, tempDir, processesMentioning, until, workDir } from './helpers.mjs'
+import { PG_URL, addon, filesUnder, skipWithoutPostgres, startStandInServer, tempDir, processesMentioning, until, workDir } from './helpers.mjs'
 import { startNode as startNodeWith, within } from './node-harness.mjs'
 
 const { SessionManager } = addon
 
-const TTL = 2000
+// Long enough that a node starved for a second or two on a loaded machine keeps its lease.
+const TTL = 4000
 const startNode = (name, ctx) => startNodeWith(name, { ...ctx, ttl: TTL })
 
 /** The local transcript files of `sessionId` under a node's configuration folders. */
-function localTranscripts(node, sessionId) {
-  const found = []
-  const walk = (d) => {
-    for (const e of fs.existsSync(d) ? fs.readdirSync(d, { withFileTypes: true }) : []) {
-      const p = path.join(d, e.name)
-      if (e.isDirectory()) walk(p)
-      else if (e.name === `${sessionId}.jsonl`) found.push(p)
-    }
-  }
-  walk(node.configRoot)
-  return found
-}
+const localTranscripts = (node, sessionId) => filesUnder(node.configRoot).filter((f) => path.basename(f) === `${sessionId}.jsonl`)
 
 const echo = (n, text) => `Echo #${n}: ${text}`
 

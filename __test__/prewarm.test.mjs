@@ -4,9 +4,8 @@
 // is read from /proc (the processes whose argv names the session), never from timing.
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
-import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { cliProcesses, eventually, makeManager, tempDir, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON } from './helpers.mjs'
+import { cliProcesses, eventually, makeManager, tempDir, startStandInServer, processesMentioning, rejectsWith, testBackends, backendTag, PG_URL, PG_SKIP_REASON, filesUnder } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -96,8 +95,16 @@ test('prewarm: a task with other options does not use the prewarmed CLI (it is r
 
 /** The session's transcript file under the manager's configuration folder, or undefined. */
 const transcriptOf = (configDir, sessionId) =>
-  fs.readdirSync(configDir, { recursive: true }).map((f) => path.join(configDir, String(f))).find((f) => f.endsWith(`${sessionId}.jsonl`))
-const read = (file) => (file && fs.existsSync(file) ? fs.readFileSync(file) : null)
+  filesUnder(configDir).find((f) => f.endsWith(`${sessionId}.jsonl`))
+/** A file's bytes, or null when there is none (a new session's cut warm-up removes its file). */
+function read(file) {
+  try {
+    return file ? fs.readFileSync(file) : null
+  } catch (e) {
+    if (e.code === 'ENOENT') return null
+    throw e
+  }
+}
 /** Whether a transcript file holds a message line of a warm-up. */
 const warmUpLines = (file) =>
   (read(file) ?? '')
@@ -111,11 +118,8 @@ const warmUpLines = (file) =>
 async function warmUpWritten(configDir, sessionId) {
   let file
   for (const end = Date.now() + 20_000; Date.now() < end; await sleep(1)) {
-    // (The walk fails when a folder it lists goes meanwhile: the CLI's lock folders come and go.)
-    try {
-      file ??= transcriptOf(configDir, sessionId)
-      if (file && /warm-up/.test(read(file) ?? '')) return file
-    } catch {}
+    file ??= transcriptOf(configDir, sessionId)
+    if (file && /warm-up/.test(read(file) ?? '')) return file
   }
 }
 /** The texts of a model request's messages. */
@@ -124,7 +128,7 @@ const textsOf = (req) => req.body.messages.flatMap((m) => (typeof m.content === 
 for (const backend of testBackends()) {
   test(`prewarm's warm-up: the CLI's first turn runs before the first prompt, answered by the key proxy, and is taken back from the CLI, its transcript and the store${backendTag(backend)}`, async (t) => {
     server.reset()
-    const { manager, configDir } = warmManager(t, { backend, warmIdleMs: 1500 })
+    const { manager, configDir } = warmManager(t, { backend, warmIdleMs: 3000 })
     // A resumed session (its CLI idled out) and a new one.
     const first = await manager.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
     const resumed = first.sessionId
@@ -270,7 +274,7 @@ test('prewarm: a CLI starts only in a free maxConcurrentTasks place (at_capacity
 
 test('prewarm: a resumed session whose CLI idled out is prewarmed with its history; an unused prewarmed CLI idles out too', async (t) => {
   server.reset()
-  const { manager } = warmManager(t, { warmIdleMs: 400 })
+  const { manager } = warmManager(t, { warmIdleMs: 2500 })
   const first = await manager.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
   const sessionId = first.sessionId
   t.assert.ok(await eventually(() => processesMentioning(sessionId).length === 0), 'the CLI idled out')

@@ -200,7 +200,7 @@ test('react hook: a reload mid-reply attaches to the running task, which was not
   }
 
   // 1. A reply streams; the page reloads; the new page shows the rest of it, and it finishes.
-  server.enqueue({ text: words, chunkDelayMs: 150 })
+  server.enqueue({ text: words, chunkDelayMs: 300 })
   const first = mount()
   await until('the session', () => first.result.sessionId)
   const sessionId = first.result.sessionId

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { addon, makeManager, rejectsWith, startStandInServer, tempDir, workDir } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, tempDir, workDir, filesUnder } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -142,7 +142,7 @@ test('tenancy: isolateTenants gives each user a configuration folder of their ow
   const tenants = fs.readdirSync(root).sort()
   t.assert.strictEqual(tenants.length, 2, tenants.join())
   const transcripts = (tenant) =>
-    fs.readdirSync(path.join(root, tenant, 'projects'), { recursive: true }).filter((f) => String(f).endsWith('.jsonl')).map((f) => path.basename(String(f), '.jsonl'))
+    filesUnder(path.join(root, tenant, 'projects')).filter((f) => f.endsWith('.jsonl')).map((f) => path.basename(f, '.jsonl'))
   const owners = Object.fromEntries(tenants.map((x) => [x, transcripts(x)]))
   t.assert.deepStrictEqual(Object.values(owners).flat().sort(), [a.sessionId, b.sessionId].sort())
   t.assert.ok(Object.values(owners).every((ids) => ids.length === 1), 'one tenant per folder')
@@ -167,7 +167,7 @@ test("tenancy: isolateTenants 'project' gives each user's project a configuratio
   const tenants = fs.readdirSync(root).sort()
   t.assert.strictEqual(tenants.length, 3, `one folder per (user, project): ${tenants.join()}`)
   t.assert.ok(tenants.every((x) => x.startsWith('project-')), tenants.join())
-  const held = tenants.map((x) => fs.readdirSync(path.join(root, x, 'projects'), { recursive: true }).filter((f) => String(f).endsWith('.jsonl')).map((f) => path.basename(String(f), '.jsonl')))
+  const held = tenants.map((x) => filesUnder(path.join(root, x, 'projects')).filter((f) => f.endsWith('.jsonl')).map((f) => path.basename(f, '.jsonl')))
   t.assert.deepStrictEqual(held.flat().sort(), [...runs].sort())
   t.assert.ok(held.every((ids) => ids.length === 1), "a user's two projects do not share a folder")
   const again = await manager.executeTask({ prompt: 'again', projectId: 'q', userId: 'alice', sessionId: runs[1] })

@@ -140,6 +140,20 @@ test('server: inFlight and maxInFlight count the messages calls open at once', a
   assert.equal(server.maxInFlight, 1)
 })
 
+test('server: an answer with `after` is held until its promise settles', async () => {
+  const headers = { 'content-type': 'application/json', 'x-api-key': 'test-key' }
+  const body = JSON.stringify({ model: 'm', messages: [{ role: 'user', content: 'hi' }] })
+  let release
+  server.enqueue({ text: 'held', after: new Promise((r) => (release = r)) })
+  let answered = false
+  const call = fetch(`${server.url}/v1/messages`, { method: 'POST', headers, body }).then((r) => r.json()).then((j) => ((answered = true), j))
+  await waitFor(() => server.inFlight === 1)
+  await new Promise((r) => setTimeout(r, 300))
+  assert.equal(answered, false, 'held while the promise is pending')
+  release()
+  assert.equal((await call).content[0].text, 'held')
+})
+
 test('server basics: env(), routes, auth, count_tokens', async () => {
   assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+$/)
   assert.deepEqual(server.env(), {

@@ -119,7 +119,7 @@ test('warm on PostgreSQL: each turn is in the store when its task returns, while
 
 test('warm: an idle process is closed after warmIdleMs', async (t) => {
   server.reset()
-  const { manager } = warmManager(t, { warmIdleMs: 300 })
+  const { manager } = warmManager(t, { warmIdleMs: 2000 })
   const r = await task(manager)
   t.assert.strictEqual(r.success, true)
   t.assert.ok(processesMentioning(r.sessionId).length > 0, 'kept running after the task')
@@ -330,7 +330,9 @@ test('sendMessage: a message sent while a task runs is answered in that task; wi
   server.reset()
   const { manager } = warmManager(t)
   const first = await task(manager, { prompt: 'one' })
-  server.enqueue({ text: 'a slow first answer', delayMs: 1500 })
+  // The first answer is held until the message is steered in (a loaded machine may take long).
+  let steered
+  server.enqueue({ text: 'a slow first answer', after: new Promise((r) => (steered = r)) })
   let sent
   const r = await manager.executeTask(
     { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
@@ -338,6 +340,7 @@ test('sendMessage: a message sent while a task runs is answered in that task; wi
       onEvent: (e) => {
         if (e.type === 'system' && e.subtype === 'init' && !sent) {
           sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'and also this' })
+          sent.finally(steered).catch(() => {})
         }
       },
     },
@@ -385,7 +388,7 @@ function cliKey(sessionId) {
 
 test('warm: the CLI runs in the sandbox, and its key-proxy token answers only while a task runs on it and is revoked when it closes', async (t) => {
   server.reset()
-  const { manager } = warmManager(t, { warmIdleMs: 1500 })
+  const { manager } = warmManager(t, { warmIdleMs: 3000 })
   t.assert.strictEqual(manager.info().apiKeyProxy, true)
   const r = await task(manager)
   const sandboxed = manager.info().sandbox === 'bubblewrap'

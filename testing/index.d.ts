@@ -85,6 +85,11 @@ export interface Reply {
   error?: ErrorSpec
   /** Wait this long before the first byte (status line) is sent. */
   delayMs?: number
+  /**
+   * Wait until this settles (after `delayMs`) before the first byte is sent: an answer held until
+   * the test has done something while the call is in flight, whatever the machine's speed.
+   */
+  after?: PromiseLike<unknown>
   /** Wait this long between SSE events (text is streamed one word per event). */
   chunkDelayMs?: number
   /**

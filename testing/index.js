@@ -199,6 +199,7 @@ async function startStandInServer(options = {}) {
     responses.push(response)
 
     if (reply.delayMs) await sleep(reply.delayMs)
+    if (reply.after) await Promise.resolve(reply.after).catch(() => {})
     if (ctx.clientGone) return
 
     if (kind === 'error') {
