@@ -77,6 +77,10 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
     const id = await within(Promise.race([taskId, done.then(() => Promise.reject(new Error(`${prompt} ended early`)))]), `${prompt} to start`)
     await until(`the tool of ${prompt} on ${node.name}`, () => processesMentioning(`${tool}\u0000`).length > 0, 30000)
     t.assert.ok(processesMentioning(`--resume=${S}\u0000`).length > 0, 'the CLI is found by its argv')
+    // The prompt's line reaches the store a little after the CLI writes it (its mirror frame), and
+    // on a loaded machine that may be after the tool started: what a node killed or frozen now
+    // leaves is what it stored, so the test waits for the line.
+    await until(`the prompt of ${prompt} stored`, () => Number(sql(`SELECT count(*) FROM {S}.transcript_entries WHERE task_id = '${id}' AND line LIKE '%"content":"${prompt}","role":"user"%'`)) > 0, 30000)
     return { taskId: id, tool, done }
   }
   let S
