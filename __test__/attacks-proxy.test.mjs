@@ -68,7 +68,8 @@ test('proxy: a warm CLI\'s token is refused between tasks: a call the agent left
   fs.writeFileSync(body, JSON.stringify({ model: 'claude-sonnet-4-5', max_tokens: 5, messages: [{ role: 'user', content: marker }] }))
   // The call waits for a file the test makes once the task has ended (not a fixed time).
   const go = path.join(work, 'late-go')
-  const late = `while [ ! -e ${go} ]; do sleep 0.1; done; curl -s -o /dev/null -w '%{http_code}' -X POST -H "x-api-key: $ANTHROPIC_API_KEY" -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' --data-binary @${body} "$ANTHROPIC_BASE_URL/v1/messages" > ${out}.tmp 2>&1; mv ${out}.tmp ${out}`
+  t.after(() => fs.writeFileSync(go, '')) // (the waiting call ends even if an assertion fails first)
+  const late = `i=0; while [ ! -e ${go} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; [ -e ${go} ] || exit 0; curl -s -o /dev/null -w '%{http_code}' -X POST -H "x-api-key: $ANTHROPIC_API_KEY" -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' --data-binary @${body} "$ANTHROPIC_BASE_URL/v1/messages" > ${out}.tmp 2>&1; mv ${out}.tmp ${out}`
   const { r, output } = await runBash(manager, server, `setsid -f sh -c '${late.replace(/'/g, `'\\''`)}' < /dev/null > /dev/null 2>&1; echo SCHEDULED`)
   t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
   t.assert.match(output, /SCHEDULED/)

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { PG_URL, addon, cliProcesses, eventually, findClaude, makeManager, skipWithoutPostgres, startStandInServer, tempDir, testBackends, backendTag } from './helpers.mjs'
+import { PG_URL, addon, cliProcesses, eventually, findClaude, makeManager, skipWithoutPostgres, startStandInServer, tempDir, testBackends, backendTag, gate } from './helpers.mjs'
 import { startPgProxy } from '../benchmark/lib/pg-proxy.mjs'
 
 let server
@@ -77,10 +77,10 @@ const clis = cliProcesses
 
 /** A session whose first task ran on `manager`, now held by its second, whose model answers after
  * `delayMs`: resolves once that answer is awaited, with the session and the holding task. */
-async function heldSession(t, manager, delayMs) {
+async function heldSession(t, manager, delayMs, after) {
   const one = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
   t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
-  server.enqueue({ text: 'a slow turn', delayMs })
+  server.enqueue({ text: 'a slow turn', delayMs, after })
   const held = manager.executeTask({ prompt: 'two', projectId: 'p', userId: 'u', sessionId: one.sessionId })
   while (server.inFlight === 0) await sleep(20)
   return { sessionId: one.sessionId, held }
@@ -182,7 +182,9 @@ test('requests refused one after another start no CLI each: after a refused star
     } catch {}
   })
   const starts = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).length : 0)
-  const { sessionId, held } = await heldSession(t, holder, 10_000)
+  // The holder's turn is held until the refusals are done (however long they take).
+  const turn = gate(120_000)
+  const { sessionId, held } = await heldSession(t, holder, 0, turn.promise)
   for (let i = 0; i < 10; i++) {
     await proxy.hold('start')
     const refused = t.assert.rejects(other.executeTask({ prompt: `refused ${i}`, projectId: 'p', userId: 'u', sessionId, queueTimeoutMs: 0 }), (e) => e.code === 'SESSION_BUSY')
@@ -193,6 +195,7 @@ test('requests refused one after another start no CLI each: after a refused star
     await refused
   }
   t.assert.strictEqual(starts(), 1, 'one CLI started early for the first refused request, none for the nine after it')
+  turn.open()
   t.assert.strictEqual((await held).success, true)
   // Once the session is free, tasks run as before; the first after the refusals starts its CLI
   // after its start, and the starts are early again after it.

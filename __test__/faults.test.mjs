@@ -81,10 +81,10 @@ test('faults (stand-in CLI): garbage and a truncated line fail with CLI_ERROR an
 
 test('faults: a CLI that goes silent (the API never answers) is stopped by the stall timeout', async (t) => {
   server.reset()
-  // The real CLI waits 30 s for a reply and prints nothing meanwhile.
+  // The real CLI waits 12 s for a reply and prints nothing meanwhile.
   // 6 s: long enough for the CLI's start-up on a loaded machine, which prints its init line within it.
   const { manager } = makeManager({ server, stallTimeoutMs: 6000 })
-  server.enqueue({ text: 'too late', delayMs: 30_000 })
+  server.enqueue({ text: 'too late', delayMs: 12_000 })
   const r = await manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u' })
   t.assert.deepStrictEqual(r.error, { code: 'TIMEOUT', message: 'the CLI printed nothing for 6000 ms and was stopped' })
   t.assert.strictEqual((await manager.listTasks(r.sessionId, 'u'))[0].status, 'timed_out')

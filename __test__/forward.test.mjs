@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
-import { makeManager, rejectsWith, startStandInServer, testBackends, backendTag, until } from './helpers.mjs'
+import { makeManager, rejectsWith, startStandInServer, testBackends, backendTag, until, gate } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -122,8 +122,8 @@ for (const backend of testBackends()) {
     const first = await a.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
     t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
     // The first answer is held until the message is steered in (a loaded machine may take long).
-    let steered
-    server.enqueue({ text: 'a slow first answer', after: new Promise((r) => (steered = r)) })
+    const steered = gate()
+    server.enqueue({ text: 'a slow first answer', after: steered.promise })
     let sent
     // With a permission callback the task runs in a stream-json CLI on both backends (PostgreSQL
     // keeps no warm CLI between tasks).
@@ -134,7 +134,7 @@ for (const backend of testBackends()) {
         onEvent: (e) => {
           if (e.type === 'system' && e.subtype === 'init' && !sent) {
             sent = b.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'and also this, through B' })
-            sent.finally(steered).catch(() => {})
+            sent.finally(steered.open).catch(() => {})
           }
         },
       },

@@ -53,6 +53,18 @@ export function filesUnder(root) {
   return found
 }
 
+/** A gate for the stand-in's `Reply.after`: `{ promise, open }`; the promise settles when `open()`
+ * is called, or after `ms` at the latest (so that a product that never gets there fails the test
+ * instead of hanging it; the timer does not keep the process alive). */
+export function gate(ms = 30_000) {
+  let open
+  const promise = new Promise((resolve) => {
+    open = resolve
+    setTimeout(resolve, ms).unref()
+  })
+  return { promise, open }
+}
+
 /**
  * A working directory beside a test's database: `<dir>/<name>`, made if missing. (A working
  * directory may not contain the database or the state folder, so `dir` itself cannot be one.)

@@ -4,7 +4,7 @@ import { test } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
-import { addon, makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir, until } from './helpers.mjs'
+import { addon, makeManager, rejectsWith, startStandInServer, processesMentioning, tempDir, until, gate } from './helpers.mjs'
 
 const { SessionManager } = addon
 
@@ -45,7 +45,8 @@ test('close() while a task runs and another waits for a slot: both settle ABORTE
 test('a task waiting for a slot is not running, respects queueTimeoutMs, and deleting its session makes it SESSION_NOT_FOUND', async (t) => {
   const server = await startStandInServer()
   const { manager } = makeManager({ server, maxConcurrentTasks: 1 })
-  server.enqueue({ text: 'slow', delayMs: 4000 })
+  const slow = gate() // the first task's answer, held until the test is done with the slot
+  server.enqueue({ text: 'slow', after: slow.promise })
   const busy = manager.executeTask({ prompt: 'hold the slot', projectId: 'p', userId: 'u' })
   await until('the first task holds the slot (its model call in flight)', () => server.inFlight > 0)
   await rejectsWith(t, manager.executeTask({ prompt: 'x', projectId: 'p', userId: 'u', queueTimeoutMs: 0 }), 'SESSION_BUSY', /slot/)
@@ -55,6 +56,7 @@ test('a task waiting for a slot is not running, respects queueTimeoutMs, and del
   t.assert.deepStrictEqual(await manager.listTasks(session.id, 'u'), [], 'no running row while it waits')
   await manager.deleteSession(session.id, 'u') // not held against deletion
   await rejectsWith(t, waiting, 'SESSION_NOT_FOUND')
+  slow.open()
   t.assert.strictEqual((await busy).success, true)
   await manager.close()
   await server.close()

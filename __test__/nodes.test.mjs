@@ -80,7 +80,7 @@ test('three nodes share sessions through PostgreSQL: resume, stale copy, fork, t
     // The prompt's line reaches the store a little after the CLI writes it (its mirror frame), and
     // on a loaded machine that may be after the tool started: what a node killed or frozen now
     // leaves is what it stored, so the test waits for the line.
-    await until(`the prompt of ${prompt} stored`, () => Number(sql(`SELECT count(*) FROM {S}.transcript_entries WHERE task_id = '${id}' AND line LIKE '%"content":"${prompt}","role":"user"%'`)) > 0, 30000)
+    await until(`the prompt of ${prompt} stored`, () => Number(sql(`SELECT count(*) FROM {S}.transcript_entries WHERE task_id = '${id}' AND line::jsonb -> 'message' ->> 'content' = '${prompt}'`)) > 0, 30000)
     return { taskId: id, tool, done }
   }
   let S

@@ -147,10 +147,13 @@ test('server: an answer with `after` is held until its promise settles', async (
   server.enqueue({ text: 'held', after: new Promise((r) => (release = r)) })
   let answered = false
   const call = fetch(`${server.url}/v1/messages`, { method: 'POST', headers, body }).then((r) => r.json()).then((j) => ((answered = true), j))
-  await waitFor(() => server.inFlight === 1)
-  await new Promise((r) => setTimeout(r, 300))
-  assert.equal(answered, false, 'held while the promise is pending')
-  release()
+  try {
+    await waitFor(() => server.inFlight === 1)
+    await new Promise((r) => setTimeout(r, 300))
+    assert.equal(answered, false, 'held while the promise is pending')
+  } finally {
+    release()
+  }
   assert.equal((await call).content[0].text, 'held')
 })
 

@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test'
 import fs from 'node:fs'
 import path from 'node:path'
 import { spawn, execFileSync } from 'node:child_process'
-import { eventually, makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL, skipWithoutPostgres } from './helpers.mjs'
+import { eventually, makeManager, startStandInServer, processesMentioning, tempDir, testBackends, backendTag, PG_URL, skipWithoutPostgres, gate } from './helpers.mjs'
 
 let server
 before(async () => {
@@ -331,8 +331,8 @@ test('sendMessage: a message sent while a task runs is answered in that task; wi
   const { manager } = warmManager(t)
   const first = await task(manager, { prompt: 'one' })
   // The first answer is held until the message is steered in (a loaded machine may take long).
-  let steered
-  server.enqueue({ text: 'a slow first answer', after: new Promise((r) => (steered = r)) })
+  const steered = gate()
+  server.enqueue({ text: 'a slow first answer', after: steered.promise })
   let sent
   const r = await manager.executeTask(
     { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
@@ -340,7 +340,7 @@ test('sendMessage: a message sent while a task runs is answered in that task; wi
       onEvent: (e) => {
         if (e.type === 'system' && e.subtype === 'init' && !sent) {
           sent = manager.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'and also this' })
-          sent.finally(steered).catch(() => {})
+          sent.finally(steered.open).catch(() => {})
         }
       },
     },

@@ -4,6 +4,7 @@ import { startStandInServer, countInputTokens, summarizeUserTurns, echoReply, ty
 export async function run(): Promise<number> {
   const server: StandInServer = await startStandInServer()
   server.enqueue({ toolUse: { name: 'Write', input: { file_path: '/tmp/x', content: 'x' } } }, { text: 'done' })
+  server.enqueue({ text: 'held', after: new Promise<void>((resolve) => setTimeout(resolve, 10)) })
   const tokens = countInputTokens({ messages: [{ role: 'user', content: 'hi' }] })
   const { turns } = summarizeUserTurns({ messages: [] })
   const reply = echoReply({ body: {} })
