@@ -120,20 +120,29 @@ for (const backend of testBackends()) {
   })
 }
 
-test('a CLI started early is the one that runs its task when the start takes longer than the CLI would wait for a first byte [postgres]', async (t) => {
-  if (skipWithoutPostgres(t)) return
-  server.reset()
+/** A PostgreSQL schema of its own reached through the counting proxy (which can hold a kind of
+ * statement): `store` is the managers' options for it; `closing(m)` has a manager closed after the
+ * test (the last given first), before the proxy closes and the schema is dropped. */
+async function behindProxy(t) {
   const proxy = await startPgProxy(PG_URL)
   const schema = `csm_early_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
-  const { manager } = makeManager({ server, backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema })
+  const managers = []
   t.after(async () => {
     await proxy.hold(null)
-    await manager.close()
+    for (const m of managers.reverse()) await m.close()
     await proxy.close()
     try {
       execFileSync('psql', [PG_URL, '-qXc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
     } catch {}
   })
+  return { proxy, store: { backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema }, closing: (m) => (managers.push(m), m) }
+}
+
+test('a CLI started early is the one that runs its task when the start takes longer than the CLI would wait for a first byte [postgres]', async (t) => {
+  if (skipWithoutPostgres(t)) return
+  server.reset()
+  const { proxy, store, closing } = await behindProxy(t)
+  const manager = closing(makeManager({ server, ...store }).manager)
   const one = await manager.executeTask({ prompt: 'one', projectId: 'p', userId: 'u' })
   t.assert.strictEqual(one.success, true, JSON.stringify(one.error))
   await eventually(() => clis(one.sessionId).length === 0)
@@ -163,24 +172,15 @@ test('requests refused one after another start no CLI each: after a refused star
   // before it notes anything, and the count would be luck.
   if (skipWithoutPostgres(t)) return
   server.reset()
-  const proxy = await startPgProxy(PG_URL)
-  const schema = `csm_early_${process.pid}_${Math.random().toString(36).slice(2, 8)}`
-  const { manager: holder, options, dir } = makeManager({ server, backend: 'postgres', databaseUrl: proxy.url, databaseSchema: schema })
+  const { proxy, store, closing } = await behindProxy(t)
+  const { manager: holder, options, dir } = makeManager({ server, ...store })
+  closing(holder)
   // The other manager's CLI is a script that notes each task's start, then runs the real CLI
   // (no sandbox: the script runs the CLI itself).
   const log = path.join(dir, 'starts.log')
   const script = path.join(dir, 'claude-noting-starts')
   fs.writeFileSync(script, `#!/bin/sh\ncase " $* " in *" -p "*) echo start >> '${log}';; esac\nexec '${findClaude()}' "$@"\n`, { mode: 0o755 })
-  const other = new addon.SessionManager({ ...options, claudePath: script, sandbox: 'none' })
-  t.after(async () => {
-    await proxy.hold(null)
-    await other.close()
-    await holder.close()
-    await proxy.close()
-    try {
-      execFileSync('psql', [PG_URL, '-qXc', `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: 'ignore' })
-    } catch {}
-  })
+  const other = closing(new addon.SessionManager({ ...options, claudePath: script, sandbox: 'none' }))
   const starts = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean).length : 0)
   // The holder's turn is held until the refusals are done (however long they take).
   const turn = gate(120_000)
