@@ -71,6 +71,12 @@ pub fn check(s: &Store, sid: &str, other_sid: &str, other: impl Fn() -> Store) {
   assert_eq!(s.task_first_seq(sid, "t1").wait().unwrap(), None, "swept");
   assert_eq!(s.event_bounds(sid).wait().unwrap(), EventBounds { first: 5, last: 5 });
   assert_eq!(elsewhere.read_events(other_sid, 0, 10).wait().unwrap().len(), 1, "another session's log is untouched");
+
+  // Deleting a session deletes its events, and only its own.
+  s.finish_task(sid, "t2", &TaskEnd { status: "succeeded".into(), ..Default::default() }, None).wait().unwrap();
+  s.delete_session(sid, "u").wait().unwrap();
+  assert!(elsewhere.read_events(sid, 0, 10).wait().unwrap().is_empty(), "deleted with the session");
+  assert_eq!(elsewhere.read_events(other_sid, 0, 10).wait().unwrap().len(), 1, "another session's log is untouched");
 }
 
 /// The next notice of a doorbell, waiting up to 10 s.

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use claude_session_manager::error::ErrorCode;
 use claude_session_manager::store::Blocking as _;
-use claude_session_manager::store::{ListQuery, NewSession, Owner, Start, Store, TaskEnd, TaskStart, TranscriptEntry, PG_SCHEMA_VERSION};
+use claude_session_manager::store::{
+  EndWith, EndWritten, ListQuery, NewSession, Owner, Start, Store, TaskEnd, TaskStart, TranscriptEntry, PG_SCHEMA_VERSION,
+};
 
 mod fault_proxy;
 
@@ -317,6 +319,18 @@ fn prisma_style_parameters_are_accepted() {
   let again = TaskStart { task_id: &other, ..start };
   assert_eq!(f.store().create_and_start(&new, &again).wait().unwrap_err().code, ErrorCode::InvalidArgument);
   assert_eq!(f.store().list_tasks(&new.id).wait().unwrap().len(), 1);
+  // The task's end with its lines and events: one statement, prepared and run in a transaction
+  // of its own here.
+  let lines = [entry(1, Some("u1"), r#"{"type":"user","uuid":"u1"}"#)];
+  let events = [r#"{"type":"e"}"#.to_owned()];
+  let with = EndWith { lines: &lines, events: &events, end_event: Some(r#"{"type":"task_end"}"#) };
+  let end = TaskEnd { status: "succeeded".into(), ..Default::default() };
+  assert_eq!(
+    f.store().finish_task_with(&new.id, &task, &end, None, &with).wait().unwrap(),
+    EndWritten { ended: true, last_event: Some(2) }
+  );
+  assert_eq!(f.store().list_tasks(&new.id).wait().unwrap()[0].status, "succeeded");
+  assert_eq!(f.store().shared_transcripts().unwrap().transcript_head(&new.id).wait().unwrap(), 1);
 }
 
 #[test]

@@ -45,48 +45,23 @@ pub(super) struct EventsArgs<'a> {
   session_id: &'a str,
   task_id: &'a str,
   n: i64,
-  bodies: Vec<&'a str>,
-  channel: &'a str,
-  prefix: String,
+  pub(super) bodies: Vec<&'a str>,
+  pub(super) channel: &'a str,
+  pub(super) prefix: String,
 }
 
 impl<'a> EventsArgs<'a> {
-  pub(super) fn is_empty(&self) -> bool {
-    self.n == 0
-  }
-
   pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
     vec![&self.session_id, &self.n, &self.task_id, &self.bodies, &self.channel, &self.prefix]
-  }
-
-  /// With the guard of `append_sql(true)`: the status and error code the task's end recorded.
-  pub(super) fn params_with(&'a self, guard: Params<'a>) -> Vec<&'a (dyn ToSql + Sync)> {
-    let mut p = self.params();
-    p.extend_from_slice(guard);
-    p
   }
 }
 
 /// The statement appending events: the session's number moved, the rows inserted, the doorbell
-/// rung (`e:<session>:<last seq>`), answering the last seq. `guarded`: only if the task's row
-/// ended with status `$7` and error code `$8` under the lease's current fence, held or released
-/// (its end was recorded, and no task took the session since): no row otherwise.
-pub(super) fn append_sql(guarded: bool) -> String {
-  let guard = match guarded {
-    false => "",
-    true => {
-      " AND EXISTS (SELECT 1 FROM {S}.tasks t JOIN {S}.leases l ON l.session_id = t.session_id AND l.fence = t.fence
-         WHERE t.id = $3 AND t.session_id = $1 AND t.status = $7 AND t.ended_at IS NOT NULL
-           AND t.error_code IS NOT DISTINCT FROM $8 AND (l.task_id IS NULL OR l.task_id = $3))"
-    }
-  };
-  format!(
-    "WITH s AS (UPDATE {{S}}.sessions SET event_seq = event_seq + $2 WHERE id = $1{guard} RETURNING event_seq),
-     ins AS (INSERT INTO {{S}}.task_events (session_id, seq, task_id, at, body)
-       SELECT $1, s.event_seq - $2 + x.o, $3, {{NOW}}, x.b FROM s, unnest($4::text[]) WITH ORDINALITY AS x(b, o))
-     SELECT s.event_seq, pg_notify($5, $6 || s.event_seq::text)::text FROM s"
-  )
-}
+/// rung (`e:<session>:<last seq>`), answering the last seq; no row when the session is gone.
+const APPEND: &str = "WITH s AS (UPDATE {S}.sessions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq),
+   ins AS (INSERT INTO {S}.task_events (session_id, seq, task_id, at, body)
+     SELECT $1, s.event_seq - $2 + x.o, $3, {NOW}, x.b FROM s, unnest($4::text[]) WITH ORDINALITY AS x(b, o))
+   SELECT s.event_seq, pg_notify($5, $6 || s.event_seq::text)::text FROM s";
 
 #[async_trait::async_trait]
 impl Events for PgStore {
@@ -94,9 +69,9 @@ impl Events for PgStore {
   /// rows inserted, the doorbell rung, in one transaction.
   async fn append_events(&self, session_id: &str, task_id: &str, events: &[String]) -> Result<i64> {
     let args = self.events_args(session_id, task_id, events);
-    let (sql, params) = (append_sql(false), args.params());
+    let params = args.params();
     // As before: the writer of a task's events tries a failed append once more.
-    let row = idempotent!(self, |c| self.opt(c, &sql, &params).await)?;
+    let row = idempotent!(self, |c| self.opt(c, APPEND, &params).await)?;
     row.map(|r| r.get(0)).ok_or_else(|| Error::not_found(session_id))
   }
 

@@ -7,6 +7,11 @@ use crate::store::{Began, EndWith, EndWritten, Start};
 const FINISH: &str = "SELECT {S}.finish_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
    $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)";
 
+/// The function `end_task` (see `schema.rs`): `finish_task`'s arguments, then the lines'
+/// ([`super::transcripts::LinesArgs::arrays`]), the events', the end event's and the doorbell's.
+const END: &str = "SELECT * FROM {S}.end_task($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+   $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38, $39, $40, $41, $42)";
+
 /// `finish_task`'s arguments, converted once.
 struct FinishArgs<'a> {
   session_id: &'a str,
@@ -292,14 +297,10 @@ impl Tasks for PgStore {
     Ok(())
   }
 
-  /// One flight on one connection: `BEGIN`, the lines (fenced, as `append_transcript`), the
-  /// events, `finish_task`, the end event (only if the end was recorded: the task's row ended
-  /// under the lease's current fence, the condition `finish_task` itself answers a repeated call
-  /// with), `COMMIT`, all sent before any answer. The statements are prepared first (from the
-  /// cache: no trip), so that none of them can run after the `COMMIT`. Behind PgBouncer
-  /// (statements prepared unnamed per transaction) the same statements run one after another in
-  /// one transaction. Never run again on another connection: a lost answer leaves the outcome
-  /// unknown (`Err`).
+  /// One statement, the function `end_task` (see `schema.rs`): the lines (fenced, as
+  /// `append_transcript`), the events, `finish_task`, the end event (only if the end was
+  /// recorded), in that order, in the statement's own transaction. Never run again on another
+  /// connection: a lost answer leaves the outcome unknown (`Err`).
   async fn finish_task_with(
     &self,
     session_id: &str,
@@ -309,75 +310,29 @@ impl Tasks for PgStore {
     with: &EndWith<'_>,
   ) -> Result<EndWritten> {
     let args = FinishArgs::new(session_id, task_id, end, cli_cost_watermark);
-    let finish = args.params();
     let lines = self.lines_args(session_id, task_id, with.lines);
     let events = self.events_args(session_id, task_id, with.events);
-    let end_event = with.end_event.as_ref().map(|e| self.events_args(session_id, task_id, std::slice::from_ref(e)));
-    let guard: Params = &[&end.status, &end.error_code];
-    let lines_sql = transcripts::append_sql(false, false);
-    let end_sql = events::append_sql(true);
+    let end_event: Vec<&str> = with.end_event.into_iter().collect();
+    let mut params = args.params();
+    params.extend(lines.arrays());
+    params.extend([&events.bodies as &(dyn ToSql + Sync), &end_event, &events.channel, &events.prefix]);
     on_connection!(self, |client| {
+      // Not `idempotent!`: its retry on a fresh connection would run the end twice.
       let out: Result<EndWritten> = async {
-        if !self.cache_statements {
-          let tx = client.transaction().await.map_err(pg)?;
-          let held = match lines.is_empty() {
-            true => true,
-            false => self.query(&tx, &lines_sql, &lines.params()).await?[0].get::<_, i64>(0) > 0,
-          };
-          let mut last_event = match events.is_empty() {
-            true => None,
-            false => self.opt(&tx, &events::append_sql(false), &events.params()).await?.map(|r| r.get(0)),
-          };
-          let ended: bool = held && self.query(&tx, FINISH, &finish).await?[0].get(0);
-          if let (true, Some(e)) = (ended, &end_event) {
-            last_event = self.opt(&tx, &end_sql, &e.params_with(guard)).await?.map(|r| r.get(0)).or(last_event);
+        let row = match self.cache_statements {
+          true => {
+            let c: &deadpool_postgres::Client = &client;
+            c.query_one(&self.prepared(c, END).await?, &params).await.map_err(pg)?
           }
-          tx.commit().await.map_err(pg)?;
-          return Ok(EndWritten { ended, last_event });
-        }
-        let c: &deadpool_postgres::Client = &client;
-        let st_lines = match lines.is_empty() {
-          true => None,
-          false => Some(self.prepared(c, &lines_sql).await?),
+          // Behind PgBouncer the statement's preparation and execution share a transaction.
+          false => {
+            let tx = client.transaction().await.map_err(pg)?;
+            let row = tx.query_one(&self.prepared(&tx, END).await?, &params).await.map_err(pg)?;
+            tx.commit().await.map_err(pg)?;
+            row
+          }
         };
-        let st_events = match events.is_empty() {
-          true => None,
-          false => Some(self.prepared(c, &events::append_sql(false)).await?),
-        };
-        let st_finish = self.prepared(c, FINISH).await?;
-        let st_end = match end_event {
-          None => None,
-          Some(_) => Some(self.prepared(c, &end_sql).await?),
-        };
-        let (lines_p, events_p, end_p) = (lines.params(), events.params(), end_event.as_ref().map(|e| e.params_with(guard)));
-        let (begin, held, logged, finished, end_logged, commit) = tokio::join!(
-          c.batch_execute("BEGIN"),
-          async {
-            match &st_lines {
-              Some(st) => c.query_one(st, &lines_p).await.map(|r| r.get::<_, i64>(0) > 0),
-              None => Ok(true),
-            }
-          },
-          async {
-            match &st_events {
-              Some(st) => c.query_opt(st, &events_p).await.map(|r| r.map(|r| r.get::<_, i64>(0))),
-              None => Ok(None),
-            }
-          },
-          c.query_one(&st_finish, &finish),
-          async {
-            match (&st_end, &end_p) {
-              (Some(st), Some(p)) => c.query_opt(st, p.as_slice()).await.map(|r| r.map(|r| r.get::<_, i64>(0))),
-              _ => Ok(None),
-            }
-          },
-          c.batch_execute("COMMIT")
-        );
-        begin.map_err(pg)?;
-        let (held, logged, finished, end_logged) = (held.map_err(pg)?, logged.map_err(pg)?, finished.map_err(pg)?, end_logged.map_err(pg)?);
-        commit.map_err(pg)?;
-        let ended = held && finished.get::<_, bool>(0);
-        Ok(EndWritten { ended, last_event: end_logged.or(logged) })
+        Ok(EndWritten { ended: row.get(0), last_event: row.get(1) })
       }
       .await;
       Ok(out)

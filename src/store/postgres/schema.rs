@@ -586,6 +586,154 @@ pub(super) const MIGRATIONS: &[&str] = &[
   END
   $fn$;
   "#,
+  // 14 -> 15: a task's end writes less. The transcript lines and the events no longer name their
+  // session by a foreign key: its check ran once per inserted row (a query and a row lock on the
+  // session, about 0.1 ms per statement of a task's end), while each insert already reads the
+  // session's lease or row under a lock, so none can add rows to a session being deleted. A
+  // trigger deletes them with their session, as the cascade did, whichever build deletes it.
+  // `finish_task` (same arguments) updates the session's row once instead of twice, skips the
+  // empty insert of compactions, and writes a model's window only when it changed.
+  r#"
+  ALTER TABLE {S}.transcript_entries DROP CONSTRAINT IF EXISTS transcript_entries_session_id_fkey;
+  ALTER TABLE {S}.task_events DROP CONSTRAINT IF EXISTS task_events_session_id_fkey;
+  CREATE FUNCTION {S}.session_rows_gone() RETURNS TRIGGER LANGUAGE plpgsql AS $fn$
+  BEGIN
+    DELETE FROM {S}.transcript_entries WHERE session_id = OLD.id;
+    DELETE FROM {S}.task_events WHERE session_id = OLD.id;
+    RETURN NULL;
+  END
+  $fn$;
+  CREATE TRIGGER session_rows_gone AFTER DELETE ON {S}.sessions FOR EACH ROW EXECUTE FUNCTION {S}.session_rows_gone();
+
+  CREATE OR REPLACE FUNCTION {S}.finish_task(p_session TEXT, p_task TEXT, p_status TEXT, p_model TEXT, p_turns BIGINT,
+    p_input BIGINT, p_output BIGINT, p_cache_read BIGINT, p_cache_creation BIGINT, p_cost DOUBLE PRECISION,
+    p_cli_cost DOUBLE PRECISION, p_duration_api BIGINT, p_error_code TEXT, p_error_message TEXT, p_cli_version TEXT,
+    p_materialized BOOLEAN, p_watermark DOUBLE PRECISION, p_paused TEXT,
+    p_ctx_tokens BIGINT, p_ctx_window BIGINT, p_ctx_source TEXT, p_ctx_measured BIGINT,
+    p_window_model TEXT, p_window BIGINT,
+    p_c_session TEXT[], p_c_task TEXT[], p_c_trigger TEXT[], p_c_pre BIGINT[], p_c_post BIGINT[], p_c_started BIGINT[],
+    p_c_duration BIGINT[], p_release BOOLEAN, p_record_only BOOLEAN)
+  RETURNS BOOLEAN LANGUAGE plpgsql AS $fn$
+  DECLARE
+    ctx BOOLEAN := p_ctx_tokens IS NOT NULL;
+  BEGIN
+    -- Fenced: the lease must still carry this task and its fence.
+    PERFORM 1 FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+      WHERE l.session_id = p_session AND l.task_id = p_task AND t.status = 'running' FOR UPDATE OF l;
+    IF NOT FOUND THEN
+      -- Already ended by this very call (run again after its answer was lost), no task since.
+      RETURN EXISTS (SELECT 1 FROM {S}.tasks t JOIN {S}.leases l ON l.session_id = t.session_id AND l.fence = t.fence
+        WHERE t.id = p_task AND t.session_id = p_session AND t.status = p_status AND t.ended_at IS NOT NULL
+          AND t.error_code IS NOT DISTINCT FROM p_error_code AND (l.task_id IS NULL OR l.task_id = p_task));
+    END IF;
+    UPDATE {S}.tasks SET status = p_status, ended_at = {NOW}, model = COALESCE(p_model, model), turns = p_turns,
+      input_tokens = p_input, output_tokens = p_output, cache_read_tokens = p_cache_read,
+      cache_creation_tokens = p_cache_creation, cost_usd = p_cost, cli_reported_cost_usd = p_cli_cost,
+      duration_api_ms = p_duration_api, error_code = p_error_code, error_message = p_error_message,
+      cli_version = p_cli_version
+      WHERE id = p_task;
+    -- A run that called no model (a rewind with files) leaves the session's totals as they are.
+    IF NOT p_record_only THEN
+      UPDATE {S}.sessions SET task_count = task_count + 1, total_cost_usd = total_cost_usd + p_cost,
+        input_tokens = input_tokens + p_input, output_tokens = output_tokens + p_output,
+        cache_read_tokens = cache_read_tokens + p_cache_read, cache_creation_tokens = cache_creation_tokens + p_cache_creation,
+        last_active_at = {NOW}, updated_at = {NOW}, materialized = materialized OR p_materialized,
+        cli_cost_watermark = COALESCE(p_watermark, cli_cost_watermark), paused = p_paused,
+        context_tokens = CASE WHEN ctx THEN p_ctx_tokens ELSE context_tokens END,
+        context_window = CASE WHEN ctx THEN p_ctx_window ELSE context_window END,
+        context_source = CASE WHEN ctx THEN p_ctx_source ELSE context_source END,
+        context_measured_at = CASE WHEN ctx THEN p_ctx_measured ELSE context_measured_at END
+        WHERE id = p_session;
+    ELSIF ctx THEN
+      UPDATE {S}.sessions SET context_tokens = p_ctx_tokens, context_window = p_ctx_window, context_source = p_ctx_source,
+        context_measured_at = p_ctx_measured WHERE id = p_session;
+    END IF;
+    -- The model's window is written when it changed only: the row is every session's, and an
+    -- update would hold its lock until this transaction commits.
+    IF p_window_model IS NOT NULL AND NOT EXISTS (
+      SELECT 1 FROM {S}.model_windows WHERE model = p_window_model AND context_window = p_window) THEN
+      INSERT INTO {S}.model_windows (model, context_window, updated_at) VALUES (p_window_model, p_window, {NOW})
+        ON CONFLICT (model) DO UPDATE SET context_window = EXCLUDED.context_window, updated_at = EXCLUDED.updated_at;
+    END IF;
+    IF cardinality(p_c_session) > 0 THEN
+      INSERT INTO {S}.compactions (session_id, task_id, trigger, pre_tokens, post_tokens, started_at, duration_ms)
+        SELECT * FROM unnest(p_c_session, p_c_task, p_c_trigger, p_c_pre, p_c_post, p_c_started, p_c_duration);
+    END IF;
+    IF p_release THEN
+      -- The row stays (its fence must keep growing); only the holder goes.
+      UPDATE {S}.leases SET task_id = NULL, expires_at = now() WHERE session_id = p_session AND task_id = p_task;
+    END IF;
+    RETURN true;
+  END
+  $fn$;
+
+  -- A task's end in one statement (one round trip, no BEGIN and COMMIT of their own), the steps
+  -- the flight of six statements took before, in the same order: the turn's last lines, fenced
+  -- as `append_transcript`; the task's events; `finish_task`, if the lines were held; the end
+  -- event, if the end was recorded (`finish_task` answered true: the task's row ended as asked
+  -- under the lease's current fence, held or released, which is the end event's guard). Answers
+  -- whether the end was recorded and the log's last number when any event was appended.
+  CREATE FUNCTION {S}.end_task(p_session TEXT, p_task TEXT, p_status TEXT, p_model TEXT, p_turns BIGINT,
+    p_input BIGINT, p_output BIGINT, p_cache_read BIGINT, p_cache_creation BIGINT, p_cost DOUBLE PRECISION,
+    p_cli_cost DOUBLE PRECISION, p_duration_api BIGINT, p_error_code TEXT, p_error_message TEXT, p_cli_version TEXT,
+    p_materialized BOOLEAN, p_watermark DOUBLE PRECISION, p_paused TEXT,
+    p_ctx_tokens BIGINT, p_ctx_window BIGINT, p_ctx_source TEXT, p_ctx_measured BIGINT,
+    p_window_model TEXT, p_window BIGINT,
+    p_c_session TEXT[], p_c_task TEXT[], p_c_trigger TEXT[], p_c_pre BIGINT[], p_c_post BIGINT[], p_c_started BIGINT[],
+    p_c_duration BIGINT[], p_release BOOLEAN, p_record_only BOOLEAN,
+    p_l_seq BIGINT[], p_l_subpath TEXT[], p_l_uuid TEXT[], p_l_line TEXT[], p_l_last BIGINT,
+    p_events TEXT[], p_end_event TEXT[], p_channel TEXT, p_prefix TEXT)
+  RETURNS TABLE (o_ended BOOLEAN, o_last_event BIGINT) LANGUAGE plpgsql AS $fn$
+  DECLARE
+    v_held BOOLEAN := true;
+    v_ended BOOLEAN := false;
+    v_fence BIGINT;
+    v_seq BIGINT;
+    v_last BIGINT;
+  BEGIN
+    IF cardinality(p_l_seq) > 0 THEN
+      SELECT l.fence INTO v_fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
+        WHERE l.session_id = p_session AND l.task_id = p_task FOR UPDATE OF l;
+      v_held := FOUND;
+      IF v_held THEN
+        INSERT INTO {S}.transcript_entries (session_id, seq, subpath, uuid, fence, task_id, line)
+          SELECT p_session, x.seq, x.subpath, x.uuid, v_fence, p_task, x.line
+          FROM unnest(p_l_seq, p_l_subpath, p_l_uuid, p_l_line) AS x(seq, subpath, uuid, line)
+          ON CONFLICT DO NOTHING;
+        UPDATE {S}.sessions SET transcript_seq = GREATEST(transcript_seq, p_l_last) WHERE id = p_session;
+      END IF;
+    END IF;
+    IF cardinality(p_events) > 0 THEN
+      UPDATE {S}.sessions SET event_seq = event_seq + cardinality(p_events) WHERE id = p_session RETURNING event_seq INTO v_seq;
+      IF FOUND THEN
+        INSERT INTO {S}.task_events (session_id, seq, task_id, at, body)
+          SELECT p_session, v_seq - cardinality(p_events) + x.o, p_task, {NOW}, x.b
+          FROM unnest(p_events) WITH ORDINALITY AS x(b, o);
+        PERFORM pg_notify(p_channel, p_prefix || v_seq::text);
+        v_last := v_seq;
+      END IF;
+    END IF;
+    IF v_held THEN
+      v_ended := {S}.finish_task(p_session, p_task, p_status, p_model, p_turns, p_input, p_output, p_cache_read,
+        p_cache_creation, p_cost, p_cli_cost, p_duration_api, p_error_code, p_error_message, p_cli_version,
+        p_materialized, p_watermark, p_paused, p_ctx_tokens, p_ctx_window, p_ctx_source, p_ctx_measured,
+        p_window_model, p_window, p_c_session, p_c_task, p_c_trigger, p_c_pre, p_c_post, p_c_started, p_c_duration,
+        p_release, p_record_only);
+    END IF;
+    IF v_ended AND cardinality(p_end_event) > 0 THEN
+      UPDATE {S}.sessions SET event_seq = event_seq + cardinality(p_end_event) WHERE id = p_session RETURNING event_seq INTO v_seq;
+      IF FOUND THEN
+        INSERT INTO {S}.task_events (session_id, seq, task_id, at, body)
+          SELECT p_session, v_seq - cardinality(p_end_event) + x.o, p_task, {NOW}, x.b
+          FROM unnest(p_end_event) WITH ORDINALITY AS x(b, o);
+        PERFORM pg_notify(p_channel, p_prefix || v_seq::text);
+        v_last := v_seq;
+      END IF;
+    END IF;
+    RETURN QUERY SELECT v_ended, v_last;
+  END
+  $fn$;
+  "#,
 ];
 
 /// The schema version this build writes.

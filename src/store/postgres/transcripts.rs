@@ -55,12 +55,16 @@ pub(super) struct LinesArgs<'a> {
 }
 
 impl LinesArgs<'_> {
-  pub(super) fn is_empty(&self) -> bool {
-    self.seqs.is_empty()
+  pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    let mut p: Vec<&(dyn ToSql + Sync)> = vec![&self.session_id, &self.task_id];
+    p.extend(self.arrays());
+    p
   }
 
-  pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-    vec![&self.session_id, &self.task_id, &self.seqs, &self.subpaths, &self.uuids, &self.lines, &self.last]
+  /// The lines' own arguments (without the session and the task): seqs, subpaths, uuids, lines
+  /// and the last seq.
+  pub(super) fn arrays(&self) -> [&(dyn ToSql + Sync); 5] {
+    [&self.seqs, &self.subpaths, &self.uuids, &self.lines, &self.last]
   }
 }
 
