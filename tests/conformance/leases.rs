@@ -265,6 +265,12 @@ pub fn end_with(o: &Opened) {
   assert_eq!(statuses(o, &a), ["succeeded", "failed", "interrupted", "running"]);
   assert_eq!(s.read_events(&a, 4, 10).wait().unwrap().into_iter().map(|e| e.body).collect::<Vec<_>>(), [ev(5)], "no end event");
   assert_eq!(s.transcripts().unwrap().transcript_head(&a).wait().unwrap(), 2, "no line of the stale holder's");
+  // With no lines to fence it, the end itself is refused, and its end event goes with it.
+  let with = EndWith { lines: &[], events: &[], end_event: Some(r#"{"type":"task_end","taskId":"t3"}"#) };
+  let written = s.finish_task_with(&a, "t3", &end, None, &with).wait().unwrap();
+  assert_eq!(written, EndWritten { ended: false, last_event: None }, "nothing written");
+  assert_eq!(statuses(o, &a), ["succeeded", "failed", "interrupted", "running"]);
+  assert!(s.read_events(&a, 5, 10).wait().unwrap().is_empty(), "no end event");
 }
 
 /// `create_and_start`: a new session stored with its first task's start, as `create_session`

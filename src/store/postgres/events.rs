@@ -27,7 +27,7 @@ fn running_from_row(r: &Row) -> RunningTask {
 }
 
 impl PgStore {
-  /// The arguments of [`append_sql`]'s statement for `events`.
+  /// The arguments of [`APPEND`] (and of `end_task`'s events) for `events`.
   pub(super) fn events_args<'a, E: AsRef<str>>(&'a self, session_id: &'a str, task_id: &'a str, events: &'a [E]) -> EventsArgs<'a> {
     EventsArgs {
       session_id,

@@ -594,6 +594,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
   // `finish_task` (same arguments) updates the session's row once instead of twice, skips the
   // empty insert of compactions, and writes a model's window only when it changed.
   r#"
+  -- Dropping a foreign key locks the table it names too: the sessions table is taken first, as a
+  -- delete of a session (then its cascade) takes them, so that a node of the build before
+  -- deleting a session meanwhile is waited for instead of deadlocked with.
+  LOCK TABLE {S}.sessions, {S}.transcript_entries, {S}.task_events IN ACCESS EXCLUSIVE MODE;
   ALTER TABLE {S}.transcript_entries DROP CONSTRAINT IF EXISTS transcript_entries_session_id_fkey;
   ALTER TABLE {S}.task_events DROP CONSTRAINT IF EXISTS task_events_session_id_fkey;
   CREATE FUNCTION {S}.session_rows_gone() RETURNS TRIGGER LANGUAGE plpgsql AS $fn$
@@ -649,7 +653,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         context_measured_at = p_ctx_measured WHERE id = p_session;
     END IF;
     -- The model's window is written when it changed only: the row is every session's, and an
-    -- update would hold its lock until this transaction commits.
+    -- update would hold its lock until this transaction commits. (Two ends reporting different
+    -- windows at once may leave the older one; the next end that reports the other writes it.)
     IF p_window_model IS NOT NULL AND NOT EXISTS (
       SELECT 1 FROM {S}.model_windows WHERE model = p_window_model AND context_window = p_window) THEN
       INSERT INTO {S}.model_windows (model, context_window, updated_at) VALUES (p_window_model, p_window, {NOW})

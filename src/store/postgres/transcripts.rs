@@ -72,7 +72,7 @@ impl LinesArgs<'_> {
 /// when refused). The fence the task holds the lease under (`held_fence`), or with `ended`, after
 /// its end, the fence of the lease it was the last to take; with `release`, the lease's holder
 /// freed in the same statement.
-pub(super) fn append_sql(ended: bool, release: bool) -> String {
+fn append_sql(ended: bool, release: bool) -> String {
   let fence = match ended {
     false => {
       "SELECT l.fence FROM {S}.leases l JOIN {S}.tasks t ON t.id = l.task_id AND t.fence = l.fence
