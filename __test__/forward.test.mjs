@@ -148,4 +148,32 @@ for (const backend of testBackends()) {
     await rejectsWith(t, b.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt: 'nobody listens' }), 'INVALID_ARGUMENT')
     await rejectsWith(t, b.sendMessage({ sessionId: first.sessionId, userId: 'someone-else', prompt: 'x' }), 'SESSION_NOT_FOUND')
   })
+
+  test(`forward: a message sent through B past the task's limit (4 MiB of messages) is CONTEXT_OVERFLOW, as it is in A, and the task runs on${tag}`, async (t) => {
+    server.reset()
+    const { a, b } = twoManagers(t, backend)
+    const first = await a.executeTask({ projectId: 'p', userId: 'u', prompt: 'one' })
+    t.assert.strictEqual(first.success, true, JSON.stringify(first.error))
+    const held = gate()
+    server.enqueue({ text: 'a slow first answer', after: held.promise })
+    let sent
+    const run = a.executeTask(
+      { projectId: 'p', userId: 'u', prompt: 'two', sessionId: first.sessionId },
+      {
+        canUseTool: async () => ({ behavior: 'allow' }),
+        onEvent: (e) => {
+          if (e.type === 'system' && e.subtype === 'init' && !sent) {
+            const send = (prompt) => b.sendMessage({ sessionId: first.sessionId, userId: 'u', prompt }).then(() => 'ok', (e) => e.code)
+            sent = (async () => [await send('x'.repeat(3 * 1024 * 1024)), await send('y'.repeat(2 * 1024 * 1024))])()
+            sent.finally(held.open).catch(() => {})
+          }
+        },
+      },
+    )
+    const r = await run
+    t.assert.deepStrictEqual(await sent, ['ok', 'CONTEXT_OVERFLOW'], 'the second message through B passes the 4 MiB a task takes')
+    t.assert.strictEqual(r.success, true, JSON.stringify(r.error))
+    const asked = JSON.stringify(server.requests.filter((x) => x.path === '/v1/messages').map((x) => x.body.messages))
+    t.assert.ok(asked.includes('x'.repeat(1000)) && !asked.includes('y'.repeat(1000)), 'the model saw the first message only')
+  })
 }

@@ -124,10 +124,7 @@ impl WarmHandle {
       return Ok(false);
     }
     if t.uuids.len() > MAX_STEERED || t.steered_bytes + text.len() > MAX_STEERED_BYTES {
-      return Err(Error::new(
-        ErrorCode::ContextOverflow,
-        format!("a task takes at most {MAX_STEERED} messages and {MAX_STEERED_BYTES} bytes of them in all; send the rest as the next task"),
-      ));
+      return Err(too_many_steered());
     }
     t.steered_bytes += text.len();
     let uuid = uuid::Uuid::new_v4().to_string();
@@ -567,6 +564,15 @@ impl Drop for WarmProcess {
       h.abort();
     }
   }
+}
+
+/// `CONTEXT_OVERFLOW`: a task took [`MAX_STEERED`] messages or [`MAX_STEERED_BYTES`] of them
+/// already (also the answer to a message forwarded from another manager).
+pub fn too_many_steered() -> Error {
+  Error::new(
+    ErrorCode::ContextOverflow,
+    format!("a task takes at most {MAX_STEERED} messages and {MAX_STEERED_BYTES} bytes of them in all; send the rest as the next task"),
+  )
 }
 
 /// The user line the Agent SDK writes, with a uuid so that the CLI reports the prompt's

@@ -238,14 +238,18 @@ impl Manager {
                 }
               }
               Delivery::Message { id, text } => {
-                // (A message past the task's limit is refused: its sender is told none runs.)
-                let steered = handle.steer(&text).unwrap_or(false);
+                let outcome = match handle.steer(&text) {
+                  Ok(true) => Receipt::Steered,
+                  Err(e) if e.code == ErrorCode::ContextOverflow => Receipt::TooMuch,
+                  Ok(false) | Err(_) => Receipt::Refused,
+                };
+                let steered = outcome == Receipt::Steered;
                 if steered {
                   if let Some(l) = logs.writer(&session) {
                     l.record(serde_json::json!({ "type": "user_message", "sessionId": session, "text": text }));
                   }
                 }
-                if store.call(Wait::Briefly, async move |st| st.inbox_mark(id, steered).await).await.is_ok() {
+                if store.call(Wait::Briefly, async move |st| st.inbox_mark(id, outcome).await).await.is_ok() {
                   ring(&store, Notice::Receipt { session_id: session.clone(), id }).await;
                 }
               }
@@ -279,11 +283,12 @@ impl Manager {
       wait_ring(&mut bell, RECEIPT_POLL, None, outcome).await;
       if Instant::now() >= deadline {
         // Too late now: refused unless it was steered meanwhile.
-        self.store.call(Wait::Briefly, async move |s| s.inbox_mark(id, false).await).await?;
+        self.store.call(Wait::Briefly, async move |s| s.inbox_mark(id, Receipt::Refused).await).await?;
       }
       match self.store.call(Wait::Briefly, async move |s| s.inbox_receipt(id).await).await? {
         Receipt::Steered => return Ok(()),
         Receipt::Refused => return Err(no_task_running(session_id)),
+        Receipt::TooMuch => return Err(crate::cli::warm::too_many_steered()),
         Receipt::Waiting => {}
       }
     }

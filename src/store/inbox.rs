@@ -9,8 +9,8 @@
 //!   the task's manager reads it, settles the request, and deletes the row (as it does when the
 //!   request is settled any other way).
 //! - `message`: a steering message (`body`) for the task. The task's manager steers it into the
-//!   task and writes the outcome (`answer`: `steered` or `refused`); the sender reads the outcome
-//!   and deletes the row.
+//!   task and writes the outcome (`answer`: `steered`, `refused`, or `too_much` past the task's
+//!   limit of steered messages); the sender reads the outcome and deletes the row.
 //!
 //! A message is accepted only for a task that holds the session's live lease, is `running` and
 //! is watched, checked in the same transaction as the insert.
@@ -33,17 +33,30 @@ pub enum Receipt {
   Steered,
   /// The task could not take it (it was ending), or stopped reading its inbox first.
   Refused,
+  /// The task already took as many steered messages (or bytes of them) as one task takes.
+  TooMuch,
 }
 
 /// How long a handled message whose sender never came back for it is kept.
 pub(crate) const ORPHAN_MS: i64 = 10 * 60 * 1000;
 
 impl Receipt {
+  /// The outcome an `answer` stores (an answer this build does not know is a refusal).
   pub(crate) fn of(answer: Option<&str>) -> Receipt {
     match answer {
       Some("steered") => Receipt::Steered,
+      Some("too_much") => Receipt::TooMuch,
       Some(_) => Receipt::Refused,
       None => Receipt::Waiting,
+    }
+  }
+
+  /// The `answer` that stores this outcome (`Waiting` stores none: it is stored as a refusal).
+  pub(crate) fn answer(self) -> &'static str {
+    match self {
+      Receipt::Steered => "steered",
+      Receipt::TooMuch => "too_much",
+      Receipt::Refused | Receipt::Waiting => "refused",
     }
   }
 }

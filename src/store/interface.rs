@@ -139,12 +139,13 @@ pub trait Inbox {
   async fn inbox_answer(&self, session_id: &str, request_id: &str, answer: &str) -> Result<bool>;
   /// Leaves a message for the session's watched running task: its id, or `None` when none runs.
   async fn inbox_send(&self, session_id: &str, text: &str) -> Result<Option<i64>>;
-  /// Where a message left by `inbox_send` is; its row goes once it is steered or refused.
+  /// Where a message left by `inbox_send` is; its row goes once it is handled.
   async fn inbox_receipt(&self, id: i64) -> Result<Receipt>;
   /// What waits for a task: answers to its permission requests, messages not yet handled.
   async fn inbox_poll(&self, session_id: &str, task_id: &str) -> Result<Vec<Delivery>>;
-  /// Records whether a message was steered into its task.
-  async fn inbox_mark(&self, id: i64, steered: bool) -> Result<()>;
+  /// Records what became of a message not handled yet: steered into its task, refused, or past
+  /// the task's limit (`Waiting` is recorded as refused).
+  async fn inbox_mark(&self, id: i64, outcome: Receipt) -> Result<()>;
 }
 
 /// Which manager keeps an idle warm CLI of a session, so that another asks it to give it up.

@@ -22,11 +22,15 @@ pub fn check(s: &Store, sid: &str, other: impl Fn() -> Store) {
   let m = elsewhere.inbox_send(sid, "also this").wait().unwrap().expect("accepted for the watched task");
   assert_eq!(elsewhere.inbox_receipt(m).wait().unwrap(), Receipt::Waiting);
   assert_eq!(s.inbox_poll(sid, "t1").wait().unwrap(), vec![Delivery::Message { id: m, text: "also this".into() }]);
-  s.inbox_mark(m, true).wait().unwrap();
-  s.inbox_mark(m, false).wait().unwrap();
+  s.inbox_mark(m, Receipt::Steered).wait().unwrap();
+  s.inbox_mark(m, Receipt::Refused).wait().unwrap();
   assert!(s.inbox_poll(sid, "t1").wait().unwrap().is_empty(), "handled");
   assert_eq!(elsewhere.inbox_receipt(m).wait().unwrap(), Receipt::Steered, "the first outcome stays");
   assert_eq!(elsewhere.inbox_receipt(m).wait().unwrap(), Receipt::Refused, "read once; the row is gone");
+  // One past the task's limit: its sender reads why.
+  let over = elsewhere.inbox_send(sid, "one too many").wait().unwrap().expect("accepted");
+  s.inbox_mark(over, Receipt::TooMuch).wait().unwrap();
+  assert_eq!(elsewhere.inbox_receipt(over).wait().unwrap(), Receipt::TooMuch);
 
   // A permission request: answered once, elsewhere; read here; gone once settled.
   s.inbox_ask(sid, "t1", "r1").wait().unwrap();

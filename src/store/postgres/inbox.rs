@@ -155,9 +155,9 @@ impl Inbox for PgStore {
     })
   }
 
-  /// Records whether a message was steered into its task.
-  async fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
-    let answer = if steered { "steered" } else { "refused" };
+  /// Records what became of a message not handled yet.
+  async fn inbox_mark(&self, id: i64, outcome: Receipt) -> Result<()> {
+    let answer = outcome.answer();
     tx!(self, |tx| {
       self.exec(tx, "UPDATE {S}.inbox SET answer = $2 WHERE id = $1 AND answer IS NULL", &[&id, &answer]).await?;
       Ok(())

@@ -136,10 +136,10 @@ impl Inbox for SqliteStore {
     })
   }
 
-  /// Records whether a message was steered into its task.
-  async fn inbox_mark(&self, id: i64, steered: bool) -> Result<()> {
+  /// Records what became of a message not handled yet.
+  async fn inbox_mark(&self, id: i64, outcome: Receipt) -> Result<()> {
     self.write(|tx| {
-      exec(tx, "UPDATE inbox SET answer = ?2 WHERE id = ?1 AND answer IS NULL", params![id, if steered { "steered" } else { "refused" }])?;
+      exec(tx, "UPDATE inbox SET answer = ?2 WHERE id = ?1 AND answer IS NULL", params![id, outcome.answer()])?;
       Ok(())
     })
   }
