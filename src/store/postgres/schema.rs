@@ -750,43 +750,120 @@ pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 mod pg_tests {
   use super::MIGRATIONS;
   use crate::store::budgets::lineage_migration;
+  use crate::store::Blocking as _;
   use crate::store::Store;
+
+  /// A schema of its own as the build of schema `version` left it, with `rows` (SQL, `{S}` the
+  /// schema) written in it; dropped with the value.
+  struct Old {
+    url: String,
+    schema: String,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+  }
+
+  impl Old {
+    fn new(prefix: &str, version: usize, rows: &str) -> Old {
+      let url = std::env::var("CSM_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
+      let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+      let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+      let client = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+      });
+      let mut setup = format!(
+        "CREATE SCHEMA {{S}}; CREATE TABLE {{S}}.schema_version (version BIGINT NOT NULL); INSERT INTO {{S}}.schema_version VALUES ({version});"
+      );
+      for m in &MIGRATIONS[..version] {
+        setup += &m.replace("{NOW}", "(floor(extract(epoch from now()) * 1000))::bigint");
+      }
+      setup += rows;
+      let old = Old { url, schema, rt, client };
+      old.run(&setup);
+      old
+    }
+
+    fn quoted(&self, sql: &str) -> String {
+      sql.replace("{S}", &format!("\"{}\"", self.schema))
+    }
+
+    fn run(&self, sql: &str) {
+      self.rt.block_on(self.client.batch_execute(&self.quoted(sql))).unwrap();
+    }
+
+    fn rows(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+      self.rt.block_on(self.client.query(&self.quoted(sql), &[])).unwrap()
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+      self.rows(sql)[0].get(0)
+    }
+
+    /// The store opened on it, which migrates it to this build's schema.
+    fn open(&self) -> Store {
+      Store::connect(&self.url, &self.schema).unwrap()
+    }
+  }
+
+  impl Drop for Old {
+    fn drop(&mut self) {
+      let _ = self.rt.block_on(self.client.batch_execute(&self.quoted("DROP SCHEMA {S} CASCADE")));
+    }
+  }
 
   /// 11 -> 12 fills the lineage in from the `parent_id` chains as they were
   /// (`store/budgets.rs::lineage_migration`), and the replaced `admit_call` sums the lineage.
   #[test]
   #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
   fn the_lineage_migration_fills_in_sessions_ledger_and_caps() {
-    let url = std::env::var("CSM_TEST_DATABASE_URL")
-      .ok()
-      .filter(|u| !u.is_empty())
-      .expect("this test needs PostgreSQL and CSM_TEST_DATABASE_URL is not set");
-    let schema = format!("csm_lineage_{}", uuid::Uuid::new_v4().simple());
-    let q = format!("\"{schema}\"");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let client = rt.block_on(async {
-      let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-      tokio::spawn(conn);
-      client
-    });
-    let sql = |sql: &str| rt.block_on(client.query(&sql.replace("{S}", &q), &[])).unwrap();
-    let mut setup = String::from(
-      "CREATE SCHEMA {S}; CREATE TABLE {S}.schema_version (version BIGINT NOT NULL); INSERT INTO {S}.schema_version VALUES (11);",
-    );
-    for m in &MIGRATIONS[..11] {
-      setup += &m.replace("{NOW}", "(floor(extract(epoch from now()) * 1000))::bigint");
-    }
-    setup += &lineage_migration::rows_sql("{S}.");
-    rt.block_on(client.batch_execute(&setup.replace("{S}", &q))).unwrap();
-    let s = Store::connect(&url, &schema).unwrap();
+    let old = Old::new("csm_lineage", 11, &lineage_migration::rows_sql("{S}."));
+    let s = old.open();
     let read = || {
-      let calls = sql("SELECT session_id, lineage_id FROM {S}.model_calls ORDER BY id");
-      let caps = sql("SELECT scope, session_id, usd FROM {S}.budgets ORDER BY usd");
+      let calls = old.rows("SELECT session_id, lineage_id FROM {S}.model_calls ORDER BY id");
+      let caps = old.rows("SELECT scope, session_id, usd FROM {S}.budgets ORDER BY usd");
       (calls.iter().map(|r| (r.get(0), r.get(1))).collect(), caps.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     };
-    let lineage_of_call = |id: i64| sql(&format!("SELECT lineage_id FROM {{S}}.model_calls WHERE id = {id}"))[0].get(0);
+    let lineage_of_call = |id: i64| old.rows(&format!("SELECT lineage_id FROM {{S}}.model_calls WHERE id = {id}"))[0].get(0);
     lineage_migration::check(&s, read, lineage_of_call);
+  }
+
+  /// 14 -> 15 on a schema with rows: the lines and events stay; the foreign keys are gone; deleting
+  /// a session (as the store does, or as a build before does, by the cascade it knew) deletes its
+  /// lines and events, and only its own.
+  #[test]
+  #[ignore = "needs PostgreSQL: CSM_TEST_DATABASE_URL=postgresql://… cargo test --lib pg_tests -- --include-ignored"]
+  fn the_end_migration_keeps_the_rows_and_deletes_them_with_their_session() {
+    let rows: String = ["a", "b"]
+      .iter()
+      .map(|id| {
+        format!(
+          "INSERT INTO {{S}}.sessions (id, project_id, user_id, status, model, working_directory, created_at, updated_at, last_active_at)
+             VALUES ('{id}', 'p', 'u', 'active', 'm', '/tmp', 0, 0, 0);
+           INSERT INTO {{S}}.transcript_entries (session_id, seq, fence, line) VALUES ('{id}', 1, 1, '{{}}'), ('{id}', 2, 1, '{{}}');
+           INSERT INTO {{S}}.task_events (session_id, seq, task_id, at, body) VALUES ('{id}', 1, 't', 0, '{{}}');"
+        )
+      })
+      .collect();
+    let old = Old::new("csm_end", 14, &rows);
+    let fks = "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid IN ('{S}.transcript_entries'::regclass, '{S}.task_events'::regclass)";
+    assert_eq!(old.count(fks), 2, "the build before's keys");
+    let s = old.open();
+    assert_eq!(s.schema_version().wait().unwrap(), super::PG_SCHEMA_VERSION);
+    assert_eq!(old.count(fks), 0, "the keys are gone");
+    assert_eq!(old.count("SELECT count(*) FROM {S}.transcript_entries"), 4, "the lines stay");
+    assert_eq!(old.count("SELECT count(*) FROM {S}.task_events"), 2, "the events stay");
+    s.delete_session("a", "u").wait().unwrap();
+    assert_eq!(old.count("SELECT count(*) FROM {S}.transcript_entries WHERE session_id = 'b'"), 2, "another session's lines stay");
+    assert_eq!(old.count("SELECT count(*) FROM {S}.transcript_entries"), 2, "a's lines went with it");
+    assert_eq!(old.count("SELECT count(*) FROM {S}.task_events"), 1, "a's events went with it");
+    // A build before deletes the row alone, counting on the cascade.
+    old.run("DELETE FROM {S}.sessions WHERE id = 'b'");
+    assert_eq!(old.count("SELECT count(*) FROM {S}.transcript_entries"), 0, "deleted with their sessions");
+    assert_eq!(old.count("SELECT count(*) FROM {S}.task_events"), 0, "deleted with their sessions");
     drop(s);
-    rt.block_on(client.batch_execute(&format!("DROP SCHEMA {q} CASCADE"))).unwrap();
   }
 }
