@@ -79,6 +79,25 @@ export function sdkEnvironment(standInEnv, extra) {
 }
 
 /**
+ * The Agent SDK's options that give its CLI the warm manager's flags (`--input-format=stream-json
+ * --output-format=stream-json --verbose --include-partial-messages --disable-slash-commands
+ * --setting-sources= --model=sonnet --permission-mode=default`; the SDK adds the stream-json ones
+ * itself and starts a new session without --session-id), in workspace `ws`.
+ */
+export function sdkWarmOptions(cli, ws, standInEnv) {
+  return {
+    pathToClaudeCodeExecutable: cli,
+    cwd: ws.work,
+    env: sdkEnvironment(standInEnv, { CLAUDE_CONFIG_DIR: ws.config }),
+    model: 'sonnet',
+    includePartialMessages: true,
+    permissionMode: 'default',
+    settingSources: [],
+    extraArgs: { 'disable-slash-commands': null },
+  }
+}
+
+/**
  * Memory of one process in KiB: VmRSS, RssAnon, RssFile, RssShmem (/proc/<pid>/status) and Pss,
  * Pss_Anon, Pss_File (/proc/<pid>/smaps_rollup).
  */

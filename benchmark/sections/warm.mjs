@@ -39,7 +39,7 @@ import { fork, execFileSync } from 'node:child_process'
 import { once } from 'node:events'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { args, median, p90, p99, writeJson, machineLoad, memAvailableMb, childrenOf } from '../lib/stats.mjs'
-import { addon, claudeBinary, startStandIn, workspace, sdkEnvironment, procMemoryKb, BENCH_SANDBOX } from '../lib/harness.mjs'
+import { addon, claudeBinary, startStandIn, workspace, sdkWarmOptions, procMemoryKb, BENCH_SANDBOX } from '../lib/harness.mjs'
 import { driveCli, processLaunch, userLine } from '../lib/direct-cli.mjs'
 
 const opt = args()
@@ -141,20 +141,8 @@ const inbox = {
     }
   },
 }
-// The warm manager's CLI argv is `--input-format=stream-json --output-format=stream-json --verbose
-// --include-partial-messages --session-id=… --disable-slash-commands --setting-sources= --model=sonnet
-// --permission-mode=default`; these options give the SDK's CLI the same flags (the SDK adds the
-// stream-json ones itself; it starts a new session without --session-id).
-const sdkOptions = {
-  pathToClaudeCodeExecutable: real,
-  cwd: sdkWs.work,
-  env: sdkEnvironment(standIn.env, { CLAUDE_CONFIG_DIR: sdkWs.config }),
-  model: 'sonnet',
-  includePartialMessages: true,
-  permissionMode: 'default',
-  settingSources: [],
-  extraArgs: { 'disable-slash-commands': null },
-}
+// The SDK's CLI gets the warm manager's flags.
+const sdkOptions = sdkWarmOptions(real, sdkWs, standIn.env)
 const sdkQuery = query({ prompt: inbox, options: sdkOptions })
 const sdkIter = sdkQuery[Symbol.asyncIterator]()
 async function sdkTurn(text) {
